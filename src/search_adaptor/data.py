@@ -1,0 +1,569 @@
+"""Labelled retrieval data in BEIR layout: loading, validation and query splits.
+
+A BEIR folder holds ``corpus.jsonl`` (or ``corpus.jsonl.gz``), ``queries.jsonl`` and
+``qrels/<split>.tsv``. Everything is validated while it is read, because an adapter trained on
+silently broken labels looks like a bad model rather than bad data: every problem raises a
+:class:`DataError` whose one-line message names the file, the line, the field and the fix.
+
+``beir:NAME`` sources are downloaded once from the public BEIR mirror, checked against the md5
+published in BEIR's README, extracted atomically and reused offline afterwards.
+
+Only the standard library is imported, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "BEIR_MD5",
+    "DEFAULT_BEIR_URL",
+    "ENV_BEIR_URL",
+    "DataError",
+    "Dataset",
+    "kfold",
+    "load_beir",
+    "train_val_split",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
+ENV_BEIR_URL = "SEARCH_ADAPTOR_BEIR_URL"
+
+# md5 of each public BEIR zip, as published in the "Available Datasets" table of BEIR's README
+# (github.com/beir-cellar/beir, README.md at commit 20b76b0d7715a2d91f92638b52cee28104979df0).
+BEIR_MD5: dict[str, str] = {
+    "msmarco": "444067daf65d982533ea17ebd59501e4",
+    "trec-covid": "ce62140cb23feb9becf6270d0d1fe6d1",
+    "nfcorpus": "a89dba18a62ef92f7d323ec890a0d38d",
+    "nq": "d4d3d2e48787a744b6f6e691ff534307",
+    "hotpotqa": "f412724f78b0d91183a0e86805e16114",
+    "fiqa": "17918ed23cd04fb15047f73e6c3bd9d9",
+    "arguana": "8ad3e3c2a5867cdced806d6503f29b99",
+    "webis-touche2020": "46f650ba5a527fc69e0a6521c5a23563",
+    "cqadupstack": "4e41456d7df8ee7760a7f866133bda78",
+    "quora": "18fb154900ba42a600f84b839c173167",
+    "dbpedia-entity": "c2a39eb420a3164af735795df012ac2c",
+    "scidocs": "38121350fc3a4d2f48850f6aff52e4a9",
+    "fever": "5a818580227bfb4b35bb6fa46d9b6c03",
+    "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d",
+    "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
+}
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_LAYOUT_HINT = "a BEIR folder holds corpus.jsonl[.gz], queries.jsonl and qrels/<split>.tsv"
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60
+
+
+class DataError(ValueError):
+    """Bad input data; the message is always a single line naming the file, line, field and fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+def _quote(value: str) -> str:
+    """An id as it should appear in a one-line message: double-quoted, control characters escaped."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+@dataclass
+class Dataset:
+    """A retrieval dataset: documents, queries and graded relevance judgements per split.
+
+    Attributes
+    ----------
+    name : str
+        Short name (the folder name, or ``NAME`` of ``beir:NAME``).
+    path : Path
+        The folder the data was read from.
+    doc_ids : list of str
+        Document ids in file order.
+    doc_texts : list of str
+        The text embedded for each document, aligned with ``doc_ids``:
+        ``(title + " " + text).strip()``, exactly as BEIR builds it, so embedding caches keyed on
+        the text are shared with BEIR-based tooling.
+    queries : dict of str to str
+        Every query in ``queries.jsonl``, labelled or not.
+    qrels : dict
+        ``split -> query id -> doc id -> grade``, every judgement as given, including grade 0
+        (judged non-relevant) and queries that have no relevant document.
+    """
+
+    name: str
+    path: Path
+    doc_ids: list[str]
+    doc_texts: list[str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, dict[str, int]]]
+
+    @property
+    def splits(self) -> list[str]:
+        """Names of the qrels splits that were found (sorted), e.g. ``["test", "train"]``."""
+        return sorted(self.qrels)
+
+    @property
+    def has_train(self) -> bool:
+        """Whether a ``train`` split exists and has at least one query with a relevant document."""
+        return any(
+            any(grade > 0 for grade in judged.values()) for judged in self.qrels.get("train", {}).values()
+        )
+
+    def split(self, name: str) -> dict[str, dict[str, int]]:
+        """Judgements of one split, restricted to queries with at least one relevant (grade > 0) doc.
+
+        Queries whose judgements are all non-positive cannot be scored by rank metrics nor
+        trained on, so they are left out; their grade-0 judgements are kept for the others.
+
+        Raises
+        ------
+        DataError
+            When the split file does not exist or no query in it has a relevant document.
+        """
+        file = self.path / "qrels" / f"{name}.tsv"
+        available = ", ".join(self.splits) or "none"
+        if name not in self.qrels:
+            raise DataError(f"{file}: split {name!r} not found (available splits: {available})")
+        judged = {
+            qid: dict(docs) for qid, docs in self.qrels[name].items() if any(g > 0 for g in docs.values())
+        }
+        if not judged:
+            raise DataError(
+                f"{file}: split {name!r} has no query with a relevant document (score > 0); "
+                f"add positive judgements or use another split (available splits: {available})"
+            )
+        return judged
+
+
+def load_beir(source: str | Path, cache_dir: Path | None = None, *, md5: str | None = None) -> Dataset:
+    """Load a dataset in BEIR layout from a folder, or from the public BEIR mirror.
+
+    Parameters
+    ----------
+    source : str or Path
+        A folder containing ``corpus.jsonl`` (or ``corpus.jsonl.gz``), ``queries.jsonl`` and
+        ``qrels/<split>.tsv``; or ``"beir:NAME"`` (e.g. ``"beir:scifact"``) to download
+        ``{base}/NAME.zip``, where ``base`` is ``$SEARCH_ADAPTOR_BEIR_URL`` or
+        :data:`DEFAULT_BEIR_URL`. The download is kept under ``cache_dir`` as ``NAME.zip`` and
+        ``NAME/``; later calls use ``NAME/`` without touching the network.
+    cache_dir : Path, optional
+        Where ``beir:`` downloads live; defaults to ``default_cache_dir() / "datasets"`` from
+        :mod:`search_adaptor.store`.
+    md5 : str, optional
+        Expected md5 of ``NAME.zip``; overrides :data:`BEIR_MD5` and is required for names not in
+        it (a mirror, or a dataset added after this table). Only valid with ``beir:`` sources; it is
+        checked when the zip is downloaded, an already extracted ``NAME/`` is used as is.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DataError
+        Missing or malformed files, unknown ids in qrels, checksum mismatch, no network.
+    """
+    if isinstance(source, str) and source.startswith("beir:"):
+        folder = _fetch_beir(source[len("beir:") :], cache_dir, md5)
+        return _load_folder(folder, name=folder.name)
+    if md5 is not None:
+        raise ValueError(f"md5= only applies to beir:NAME sources, not to the folder {source}")
+    folder = Path(source)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (pass a BEIR folder or beir:NAME; {_LAYOUT_HINT})")
+    return _load_folder(folder, name=folder.resolve().name)
+
+
+# --------------------------------------------------------------------------- reading a folder
+
+
+def _load_folder(folder: Path, name: str) -> Dataset:
+    """Read and cross-check the three parts of a BEIR folder."""
+    doc_ids, doc_texts = _read_corpus(_find_jsonl(folder, "corpus"))
+    queries = _read_queries(_find_jsonl(folder, "queries"))
+    known_docs = set(doc_ids)
+    qrels: dict[str, dict[str, dict[str, int]]] = {}
+    qrels_dir = folder / "qrels"
+    if qrels_dir.is_dir():
+        for file in sorted(qrels_dir.glob("*.tsv")):
+            qrels[file.stem] = _read_qrels(file, queries, known_docs)
+    return Dataset(name=name, path=folder, doc_ids=doc_ids, doc_texts=doc_texts, queries=queries, qrels=qrels)
+
+
+def _find_jsonl(folder: Path, stem: str) -> Path:
+    """``stem.jsonl`` or ``stem.jsonl.gz`` in ``folder``; exactly one of them must exist."""
+    plain, packed = folder / f"{stem}.jsonl", folder / f"{stem}.jsonl.gz"
+    if plain.is_file() and packed.is_file():
+        raise DataError(f"{folder}: both {plain.name} and {packed.name} exist (keep only one of them)")
+    if plain.is_file():
+        return plain
+    if packed.is_file():
+        return packed
+    raise DataError(f"{plain}: file not found (nor {packed.name}; {_LAYOUT_HINT})")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, text)`` of every non-blank line; a UTF-8 BOM and CRLF are tolerated.
+
+    Lines are read as bytes and decoded one at a time so that a decoding error is reported at
+    its exact line, and a gzip file is streamed rather than decompressed in memory.
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    lineno = 0
+    try:
+        with opener(path, "rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as err:
+                    raise DataError(
+                        f"{path}:{lineno}: not valid UTF-8 at byte {err.start} (save the file as UTF-8)"
+                    ) from None
+                if line:
+                    yield lineno, line
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise DataError(
+            f"{path}:{lineno + 1}: not a valid gzip file ({err}); re-create it or decompress it to "
+            f"{path.name.removesuffix('.gz')}"
+        ) from None
+
+
+def _records(path: Path, what: str) -> Iterator[tuple[int, str, dict]]:
+    """Yield ``(line number, id, object)`` for each JSON line, checking the ``_id`` and ``text`` fields.
+
+    ``what`` names the kind of record ("corpus", "query") in messages.
+    """
+    seen: set[str] = set()
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
+                "each line must be one JSON object"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{where}: expected a JSON object, got {type(obj).__name__} "
+                f'(each {what} line is {{"_id": ..., "text": ...}})'
+            )
+        for field in ("_id", "text"):
+            if field not in obj:
+                raise DataError(
+                    f'{where}: missing field "{field}" (every {what} line needs "_id" and "text")'
+                )
+        raw_id = obj["_id"]
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
+            raise DataError(
+                f'{where}: field "_id" must be a non-empty string or integer, got {json.dumps(raw_id)}'
+            )
+        rid = str(raw_id)
+        if rid in seen:
+            raise DataError(
+                f'{where}: duplicate "_id" {_quote(rid)} '
+                "(already used on an earlier line; ids must be unique)"
+            )
+        seen.add(rid)
+        if not isinstance(obj["text"], str):
+            raise DataError(
+                f'{where}: field "text" must be a string, got {json.dumps(obj["text"])[:40]} '
+                f'(use "" for an empty text)'
+            )
+        yield lineno, rid, obj
+
+
+def _read_corpus(path: Path) -> tuple[list[str], list[str]]:
+    """Document ids and the texts to embed, ``(title + " " + text).strip()`` as BEIR does."""
+    doc_ids: list[str] = []
+    doc_texts: list[str] = []
+    for lineno, did, obj in _records(path, "corpus"):
+        title = obj.get("title")
+        if title is None:
+            title = ""
+        elif not isinstance(title, str):
+            raise DataError(
+                f'{path}:{lineno}: field "title" must be a string or null, got {json.dumps(title)[:40]}'
+            )
+        doc_ids.append(did)
+        doc_texts.append((title + " " + obj["text"]).strip())
+    if not doc_ids:
+        raise DataError(
+            f'{path}: no documents (the file is empty; add one JSON line per document with "_id", "text")'
+        )
+    return doc_ids, doc_texts
+
+
+def _read_queries(path: Path) -> dict[str, str]:
+    """Query id to text, for every query in the file (labelled or not)."""
+    queries = {qid: obj["text"] for _, qid, obj in _records(path, "query")}
+    if not queries:
+        raise DataError(
+            f'{path}: no queries (the file is empty; add one JSON line per query with "_id", "text")'
+        )
+    return queries
+
+
+def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str, dict[str, int]]:
+    """One qrels split: ``query id -> doc id -> grade``, every line kept, ids checked.
+
+    The first non-blank line is the header when its score column is not a number (BEIR files
+    start with ``query-id<TAB>corpus-id<TAB>score``); a repeated pair must repeat the same grade.
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    for index, (lineno, line) in enumerate(_lines(path)):
+        where = f"{path}:{lineno}"
+        cols = line.split("\t")
+        if len(cols) != 3:
+            raise DataError(
+                f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
+            )
+        qid, did, score = (c.strip() for c in cols)
+        try:
+            grade = int(score)
+        except ValueError:
+            if index == 0 and not _is_number(score):
+                continue
+            raise DataError(
+                f"{where}: score {_quote(score)} is not an integer "
+                "(grades are integers; 0 = judged non-relevant)"
+            ) from None
+        if qid not in queries:
+            raise DataError(
+                f"{where}: query-id {_quote(qid)} is not in queries.jsonl (add the query or drop the line)"
+            )
+        if did not in docs:
+            raise DataError(
+                f"{where}: corpus-id {_quote(did)} is not in the corpus (add the document or drop the line)"
+            )
+        judged = qrels.setdefault(qid, {})
+        if judged.setdefault(did, grade) != grade:
+            raise DataError(
+                f"{where}: query-id {_quote(qid)} corpus-id {_quote(did)} is graded {grade} here but "
+                f"{judged[did]} on an earlier line (keep one grade per pair)"
+            )
+    return qrels
+
+
+def _is_number(text: str) -> bool:
+    """Whether ``text`` parses as a float (a mistyped grade like ``1.0``, not a header word)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- query splits
+
+
+def _shuffled(query_ids: Sequence[str], seed: int) -> list[str]:
+    """Ids sorted then shuffled with ``seed``: the result does not depend on the input order."""
+    ids = sorted(query_ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError("query_ids contains duplicates; each query must appear once")
+    random.Random(seed).shuffle(ids)
+    return ids
+
+
+def kfold(query_ids: Sequence[str], k: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """Deterministic shuffled k-fold split of queries, for cross-validation on test-only datasets.
+
+    Parameters
+    ----------
+    query_ids : sequence of str
+        Distinct query ids; their order does not matter.
+    k : int
+        Number of folds, ``2 <= k <= len(query_ids)``.
+    seed : int
+        Shuffle seed; the same ids, ``k`` and seed always give the same folds.
+
+    Returns
+    -------
+    list of (train_ids, test_ids)
+        ``k`` pairs; every query is in exactly one test fold, fold sizes differ by at most one,
+        and each ``train_ids`` is the complement of its ``test_ids``.
+    """
+    n = len(query_ids)
+    if not 2 <= k <= n:
+        raise ValueError(f"k must be between 2 and the number of queries ({n}), got {k}")
+    ids = _shuffled(query_ids, seed)
+    bounds = [n * i // k for i in range(k + 1)]
+    return [(ids[: bounds[i]] + ids[bounds[i + 1] :], ids[bounds[i] : bounds[i + 1]]) for i in range(k)]
+
+
+def train_val_split(
+    query_ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Deterministic shuffled split of queries into training and validation (early stopping) sets.
+
+    Parameters
+    ----------
+    query_ids : sequence of str
+        At least two distinct query ids; their order does not matter.
+    val_fraction : float
+        Share of queries for validation, in (0, 1); rounded, then clamped so that both sides get
+        at least one query.
+    seed : int
+        Shuffle seed.
+
+    Returns
+    -------
+    (train_ids, val_ids)
+    """
+    n = len(query_ids)
+    if n < 2:
+        raise ValueError(f"need at least 2 queries to split into train and validation, got {n}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    ids = _shuffled(query_ids, seed)
+    n_val = min(max(round(n * val_fraction), 1), n - 1)
+    return ids[n_val:], ids[:n_val]
+
+
+# --------------------------------------------------------------------------- beir:NAME downloads
+
+
+def _fetch_beir(name: str, cache_dir: Path | None, md5: str | None) -> Path:
+    """The extracted folder of ``NAME.zip``, downloading and extracting it on first use."""
+    if not _NAME_RE.fullmatch(name):
+        raise DataError(
+            f"beir:{name}: invalid dataset name (use letters, digits, '.', '_', '-', e.g. beir:scifact)"
+        )
+    expected = (md5 or BEIR_MD5.get(name, "")).lower()
+    if cache_dir is None:
+        from search_adaptor.store import default_cache_dir
+
+        cache_dir = default_cache_dir() / "datasets"
+    cache_dir = Path(cache_dir)
+    folder = cache_dir / name
+    if folder.is_dir():
+        return folder
+    if not expected:
+        raise DataError(
+            f"beir:{name}: no known md5 for {name}.zip (known: {', '.join(sorted(BEIR_MD5))}); "
+            f"pass load_beir('beir:{name}', md5=...) or a local folder"
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    zip_path = cache_dir / f"{name}.zip"
+    if not (zip_path.is_file() and _md5(zip_path) == expected):
+        base = os.environ.get(ENV_BEIR_URL) or DEFAULT_BEIR_URL
+        _download(f"{base.rstrip('/')}/{name}.zip", zip_path, expected)
+    _extract(zip_path, folder)
+    return folder
+
+
+def _md5(path: Path) -> str:
+    """Hex md5 of a file, read in chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, dest: Path, expected_md5: str) -> None:
+    """Stream ``url`` into a temp file next to ``dest``, check its md5, then move it into place.
+
+    The temp file lives in the destination folder so that :func:`os.replace` is atomic: ``dest``
+    either does not exist or is the complete, verified zip. The HTTP modules are imported here,
+    keeping them (and ssl) out of ``import search_adaptor.data``.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    log.info("downloading %s -> %s", url, dest)
+    try:
+        response = urllib.request.urlopen(url, timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as err:
+        raise DataError(
+            f"{url}: HTTP {err.code} {err.reason} (check the dataset name, set {ENV_BEIR_URL} to a mirror, "
+            f"or pass a local BEIR folder)"
+        ) from None
+    except (urllib.error.URLError, OSError) as err:
+        raise _unreachable(url, err) from None
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        with response, os.fdopen(fd, "wb") as out:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except (OSError, http.client.HTTPException) as err:
+                    raise _unreachable(url, err) from None
+                if not chunk:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+        got = digest.hexdigest()
+        if got != expected_md5:
+            raise DataError(
+                f"{dest}: md5 mismatch for {url}: expected {expected_md5}, got {got}; the partial file was "
+                f"removed (retry, or pass md5= if the published zip has changed)"
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _unreachable(url: str, err: Exception) -> DataError:
+    """The error for a download that could not start or was cut off: most often, no network."""
+    reason = getattr(err, "reason", None) or err
+    return DataError(
+        f"{url}: download failed ({reason}); this machine seems to be offline or the host is unreachable "
+        f"- pass a local BEIR folder instead of beir:NAME"
+    )
+
+
+def _extract(zip_path: Path, folder: Path) -> None:
+    """Extract ``zip_path`` into ``folder`` atomically: into a temp dir first, then one rename.
+
+    BEIR zips hold a single top folder (``scifact/corpus.jsonl``, ...); a zip with the files at its
+    root is accepted too.
+    """
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".extract"))
+    try:
+        try:
+            with zipfile.ZipFile(zip_path) as archive:
+                archive.extractall(tmp)
+        except zipfile.BadZipFile as err:
+            zip_path.unlink(missing_ok=True)
+            raise DataError(
+                f"{zip_path}: not a valid zip file ({err}); it was removed, retry the download"
+            ) from None
+        entries = [p for p in tmp.iterdir() if not p.name.startswith(("__MACOSX", "."))]
+        if (tmp / folder.name).is_dir():
+            root = tmp / folder.name
+        elif len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+        else:
+            root = tmp
+        try:
+            os.rename(root, folder)
+        except OSError:
+            if not folder.is_dir():  # lost no race: a real failure
+                raise
+            # another process finished extracting the same zip first; its copy is as good as ours
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)

@@ -1,0 +1,487 @@
+"""Retrieval metrics that reproduce pytrec_eval / trec_eval (and hence BEIR) numbers exactly.
+
+Metrics are named by ranx-style strings, parsed case-insensitively:
+
+======================  =====================  ==========================================
+name                    pytrec_eval measure    definition
+======================  =====================  ==========================================
+``ndcg@k``              ``ndcg_cut_k``         DCG of the top ``k`` (gain = grade, discount
+                                               ``1/log2(rank+1)``) over the ideal DCG of all
+                                               the query's judged grades, sorted, cut at ``k``
+``recall@k``            ``recall_k``           relevant in the top ``k`` / relevant in qrels
+``precision@k``         ``P_k``                relevant in the top ``k`` / ``k`` (``p@k`` too)
+``map@k``               ``map_cut_k``          sum of precision@r over relevant ranks ``r <= k``
+                                               / relevant in qrels
+``mrr@k``               ``recip_rank`` on the  ``1/rank`` of the first relevant doc in the top
+                        run cut at ``k``       ``k``, else 0 (as BEIR computes MRR@k)
+``ndcg``, ``map``,      ``ndcg``, ``map``,     the same over the whole ranking; the ideal DCG
+``mrr``                 ``recip_rank``         of ``ndcg`` uses all judged grades
+======================  =====================  ==========================================
+
+Relevance grades are ints; a grade ``<= 0`` is not relevant and has zero gain, a grade ``>= 1`` is
+relevant (trec_eval's default ``relevance_level`` of 1). Documents the qrels do not judge are not
+relevant. A mean is taken over the qrels queries that have at least one relevant document; such a
+query missing from the run scores 0. Run queries absent from the qrels are ignored.
+
+Two entry points share one vectorised kernel:
+
+* :func:`evaluate` takes ``{qid: {doc_id: score}}`` runs, ranks them the way trec_eval does (see
+  below) and is the reference path.
+* :class:`RelevanceIndex` + :func:`evaluate_topk` take a ``(n_queries, k)`` array of ranked document
+  positions, as produced by a dense top-k search over the whole corpus, and never loop in Python
+  over queries or documents -- fast enough to run every few training steps.
+
+Ranking a dict run follows trec_eval's ``comp_sim_docno``: scores descending, ties broken by doc id
+in *descending* string order. trec_eval stores scores as C ``float``, so scores are first rounded to
+float32 and scores that differ only beyond float32 precision tie.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["RelevanceIndex", "evaluate", "evaluate_topk", "max_k", "paired_test"]
+
+_SUPPORTED = "ndcg@k, map@k, mrr@k, recall@k, precision@k (or p@k), with k >= 1; ndcg, map, mrr uncut"
+_NAME_RE = re.compile(r"(ndcg|map|mrr|recall|precision|p)(?:@(\d+))?")
+_UNCUT_KINDS = frozenset({"ndcg", "map", "mrr"})
+
+
+class _Metric(NamedTuple):
+    """A parsed metric: canonical ``name``, ``kind`` and cut ``k`` (None: whole ranking)."""
+
+    name: str
+    kind: str
+    k: int | None
+
+
+def _parse_metrics(metrics: str | Sequence[str]) -> list[_Metric]:
+    """Parse metric names into :class:`_Metric` s, dropping duplicates and keeping order."""
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not names:
+        raise ValueError(f"no metrics given; supported: {_SUPPORTED}")
+    parsed: dict[str, _Metric] = {}
+    for raw in names:
+        match = _NAME_RE.fullmatch(str(raw).strip().lower())
+        if match is None:
+            raise ValueError(f"unknown metric {raw!r}; supported: {_SUPPORTED}")
+        kind = "precision" if match[1] == "p" else match[1]
+        k = None if match[2] is None else int(match[2])
+        if (k is None and kind not in _UNCUT_KINDS) or k == 0:
+            raise ValueError(f"unknown metric {raw!r}; supported: {_SUPPORTED}")
+        name = kind if k is None else f"{kind}@{k}"
+        parsed.setdefault(name, _Metric(name, kind, k))
+    return list(parsed.values())
+
+
+def max_k(metrics: str | Sequence[str], n_docs: int | None = None) -> int:
+    """Deepest ranking depth the metrics need, so the caller retrieves that many documents.
+
+    Parameters
+    ----------
+    metrics : str or sequence of str
+        Metric names, e.g. ``["ndcg@10", "recall@100"]``.
+    n_docs : int, optional
+        Corpus size. Cuts deeper than the corpus are capped to it; an uncut metric (``"map"``,
+        ``"mrr"``, ``"ndcg"``) needs the whole ranking, i.e. ``n_docs``.
+
+    Returns
+    -------
+    int
+        The largest cut, capped at ``n_docs`` when given.
+
+    Raises
+    ------
+    ValueError
+        On an unknown metric name, or an uncut metric without ``n_docs``.
+    """
+    parsed = _parse_metrics(metrics)
+    if any(m.k is None for m in parsed):
+        if n_docs is None:
+            raise ValueError("an uncut metric (map, mrr, ndcg) needs the whole ranking: pass n_docs")
+        return n_docs
+    deepest = max(m.k for m in parsed if m.k is not None)
+    return deepest if n_docs is None else min(deepest, n_docs)
+
+
+def _index_ids(ids: Sequence[str], what: str) -> dict[str, int]:
+    """Map each id to its position, refusing duplicates (they would make positions ambiguous)."""
+    positions: dict[str, int] = {}
+    for i, item in enumerate(ids):
+        if positions.setdefault(item, i) != i:
+            raise ValueError(f"duplicate {what} id {item!r}")
+    return positions
+
+
+def _as_grade(value: object, qid: str, doc_id: str) -> int:
+    """Return a qrels grade as an int, refusing non-integral values (trec_eval grades are ints)."""
+    grade = int(value)  # type: ignore[call-overload]
+    if grade != value:
+        raise ValueError(f"qrels grade {value!r} for query {qid!r}, doc {doc_id!r} is not an integer")
+    return grade
+
+
+class RelevanceIndex:
+    """Qrels mapped once onto integer query and document positions, for :func:`evaluate_topk`.
+
+    Judgements are kept CSR-style: the judged documents of query ``i`` are
+    ``doc_positions[indptr[i]:indptr[i + 1]]`` (ascending) with grades at the same slice of
+    ``grades``. Each judgement is also encoded as the int64 key ``i * n_docs + doc_position``; those
+    keys come out sorted, so the grades of a whole ``(n_queries, k)`` ranking are looked up with one
+    ``np.searchsorted``.
+
+    Only queries with at least one relevant document (grade >= 1) are kept, as no metric is defined
+    for the others; ``query_ids`` lists the kept ones, in the order of the ``query_ids`` given, and
+    ``query_index`` their positions in it, so that ``query_embeddings[rel.query_index]`` lines the
+    queries up with the rows :func:`evaluate_topk` expects.
+
+    Parameters
+    ----------
+    qrels : Mapping[str, Mapping[str, int]]
+        ``{query_id: {doc_id: grade}}``; grades ``<= 0`` are judged non-relevant.
+    query_ids : Sequence[str]
+        The queries that can be ranked, e.g. those with text.
+    doc_ids : Sequence[str]
+        The corpus; document positions are indices into it.
+
+    Raises
+    ------
+    ValueError
+        If the qrels name a query not in ``query_ids`` or a document not in ``doc_ids`` (the
+        message names the id; the caller knows which file and line it came from), if ids repeat,
+        or if a grade is not an integer.
+
+    Attributes
+    ----------
+    query_ids : tuple of str, length n_queries
+        Kept queries, i.e. those with at least one relevant document.
+    query_index : np.ndarray of int64, shape (n_queries,)
+        Position of each kept query in the ``query_ids`` given.
+    n_docs : int
+        Corpus size.
+    indptr : np.ndarray of int64, shape (n_queries + 1,)
+        Offsets of each query's judgements in ``doc_positions`` and ``grades``.
+    doc_positions : np.ndarray of int64, shape (n_judged,)
+        Judged document positions, ascending within each query.
+    grades : np.ndarray of int64, shape (n_judged,)
+        Grades of those judgements.
+    num_rel : np.ndarray of int64, shape (n_queries,)
+        Relevant (grade >= 1) documents per query; the recall and MAP denominator.
+    """
+
+    def __init__(
+        self,
+        qrels: Mapping[str, Mapping[str, int]],
+        query_ids: Sequence[str],
+        doc_ids: Sequence[str],
+    ) -> None:
+        query_pos = _index_ids(query_ids, "query")
+        doc_pos = _index_ids(doc_ids, "document")
+        per_query: dict[int, tuple[list[int], list[int]]] = {}
+        for qid, judged in qrels.items():
+            if qid not in query_pos:
+                raise ValueError(f"qrels name query id {qid!r}, which is not among the query ids")
+            positions: list[int] = []
+            grades: list[int] = []
+            for doc_id, value in judged.items():
+                if doc_id not in doc_pos:
+                    raise ValueError(
+                        f"qrels for query {qid!r} name doc id {doc_id!r}, which is not in the corpus"
+                    )
+                positions.append(doc_pos[doc_id])
+                grades.append(_as_grade(value, qid, doc_id))
+            if any(g >= 1 for g in grades):
+                per_query[query_pos[qid]] = (positions, grades)
+
+        kept = sorted(per_query)
+        self.query_ids: tuple[str, ...] = tuple(query_ids[i] for i in kept)
+        self.query_index = _frozen(np.asarray(kept, dtype=np.int64))
+        self.n_docs = len(doc_ids)
+        counts = np.array([len(per_query[i][0]) for i in kept], dtype=np.int64)
+        self.indptr = _frozen(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        positions_flat = np.array([p for i in kept for p in per_query[i][0]], dtype=np.int64)
+        grades_flat = np.array([g for i in kept for g in per_query[i][1]], dtype=np.int64)
+        segment = np.repeat(np.arange(len(kept), dtype=np.int64), counts)
+        order = np.lexsort((positions_flat, segment))
+        self.doc_positions = _frozen(positions_flat[order])
+        self.grades = _frozen(grades_flat[order])
+        self.num_rel = _frozen(
+            np.bincount(segment, weights=self.grades >= 1, minlength=len(kept)).astype(np.int64)
+        )
+        self._segment = segment
+        self._keys = segment * self.n_docs + self.doc_positions
+        # Ideal ranking: within each query, gains sorted descending, each times its rank's discount.
+        ideal_order = np.lexsort((-self.grades, segment))
+        ideal_gain = np.maximum(self.grades[ideal_order], 0)
+        self._ideal_rank = np.arange(len(segment), dtype=np.int64) - self.indptr[segment]
+        self._ideal_contrib = ideal_gain * _discount(len(segment))[self._ideal_rank]
+        self._ideal_dcg_cache: dict[int | None, np.ndarray] = {}
+
+    @property
+    def n_queries(self) -> int:
+        """Number of kept queries (rows :func:`evaluate_topk` expects)."""
+        return len(self.query_ids)
+
+    def ideal_dcg(self, k: int | None) -> np.ndarray:
+        """Ideal DCG of each query cut at ``k`` (None: all judged documents), cached per ``k``.
+
+        Returns
+        -------
+        np.ndarray of float64, shape (n_queries,)
+        """
+        if k not in self._ideal_dcg_cache:
+            weights = (
+                self._ideal_contrib if k is None else np.where(self._ideal_rank < k, self._ideal_contrib, 0.0)
+            )
+            self._ideal_dcg_cache[k] = _frozen(
+                np.bincount(self._segment, weights=weights, minlength=self.n_queries)
+            )
+        return self._ideal_dcg_cache[k]
+
+    def lookup_grades(self, topk: np.ndarray) -> np.ndarray:
+        """Grades of ranked documents; 0 for documents the qrels do not judge.
+
+        Parameters
+        ----------
+        topk : np.ndarray of int, shape (n_queries, k)
+            Document positions, row ``i`` for query ``query_ids[i]``.
+
+        Returns
+        -------
+        np.ndarray of int64, shape (n_queries, k)
+        """
+        keys = np.arange(len(topk), dtype=np.int64)[:, None] * self.n_docs + topk.astype(np.int64)
+        if len(self._keys) == 0:
+            return np.zeros(keys.shape, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        return np.where(self._keys[at] == keys, self.grades[at], 0)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """Mark an array read-only, so cached index arrays cannot be altered by a caller."""
+    array.flags.writeable = False
+    return array
+
+
+def _discount(depth: int) -> np.ndarray:
+    """DCG discounts ``1 / log2(rank + 1)`` for ranks ``1..depth``, shape (depth,)."""
+    return 1.0 / np.log2(np.arange(2, depth + 2, dtype=np.float64))
+
+
+def _metric_values(
+    grades: np.ndarray,
+    num_rel: np.ndarray,
+    ideal_dcg: Callable[[int | None], np.ndarray],
+    metrics: Sequence[_Metric],
+) -> dict[str, np.ndarray]:
+    """Per-query metric values from the grades of ranked documents.
+
+    Parameters
+    ----------
+    grades : np.ndarray of int, shape (n_queries, depth), depth >= 1
+        Grade of the document at each rank; 0 for unjudged documents and for padding.
+    num_rel : np.ndarray of int, shape (n_queries,)
+        Relevant documents per query, all >= 1.
+    ideal_dcg : callable
+        ``ideal_dcg(k)`` gives the ideal DCG per query cut at ``k`` (None: uncut), shape (n_queries,).
+    metrics : sequence of _Metric
+
+    Returns
+    -------
+    dict of str to np.ndarray of float64, shape (n_queries,)
+    """
+    width = grades.shape[1]
+    relevant = grades >= 1
+    gain = np.maximum(grades, 0)
+    values: dict[str, np.ndarray] = {}
+    for metric in metrics:
+        depth = width if metric.k is None else min(metric.k, width)
+        top = relevant[:, :depth]
+        if metric.kind == "ndcg":
+            value = (gain[:, :depth] * _discount(depth)).sum(axis=1) / ideal_dcg(metric.k)
+        elif metric.kind == "recall":
+            value = top.sum(axis=1) / num_rel
+        elif metric.kind == "precision":
+            value = top.sum(axis=1) / metric.k
+        elif metric.kind == "map":
+            precision_at_rank = np.cumsum(top, axis=1) / np.arange(1, depth + 1)
+            value = np.where(top, precision_at_rank, 0.0).sum(axis=1) / num_rel
+        else:  # mrr
+            value = np.where(top.any(axis=1), 1.0 / (top.argmax(axis=1) + 1), 0.0)
+        values[metric.name] = value.astype(np.float64)
+    return values
+
+
+def _means(values: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean of each metric over queries; refuses an empty query set, whose mean is undefined."""
+    if any(len(v) == 0 for v in values.values()):
+        raise ValueError("no query has a relevant document (grade >= 1): the mean is undefined")
+    return {name: float(v.mean()) for name, v in values.items()}
+
+
+def evaluate(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    metrics: str | Sequence[str],
+    per_query: bool = False,
+) -> dict[str, float] | dict[str, dict[str, float]]:
+    """Evaluate a scored run against qrels, exactly as pytrec_eval does.
+
+    Each query's documents are ranked by score descending (scores rounded to float32, as
+    trec_eval stores them), ties broken by doc id in descending string order.
+
+    Parameters
+    ----------
+    qrels : Mapping[str, Mapping[str, int]]
+        ``{query_id: {doc_id: grade}}``.
+    run : Mapping[str, Mapping[str, float]]
+        ``{query_id: {doc_id: score}}``.
+    metrics : str or sequence of str
+        Metric names, e.g. ``["ndcg@10", "recall@100"]``; see the module docstring.
+    per_query : bool
+        Return per-query values instead of means.
+
+    Returns
+    -------
+    dict
+        ``{metric: mean}``, or with ``per_query`` ``{metric: {query_id: value}}``, keyed by the
+        canonical lower-case metric name (``"nDCG@10"`` gives ``"ndcg@10"``, ``"p@5"``
+        ``"precision@5"``). Queries are those of ``qrels`` with a relevant document, in qrels order.
+
+    Raises
+    ------
+    ValueError
+        On an unknown metric name, or (for means) when no query has a relevant document.
+    """
+    parsed = _parse_metrics(metrics)
+    cut = None if any(m.k is None for m in parsed) else max(m.k for m in parsed if m.k is not None)
+    judged_docs = list(dict.fromkeys(doc for judged in qrels.values() for doc in judged))
+    rel = RelevanceIndex(qrels, list(qrels), judged_docs)
+    ranked_grades: list[list[int]] = []
+    for qid in rel.query_ids:
+        judged = qrels[qid]
+        scored = [(doc, float(np.float32(score))) for doc, score in run.get(qid, {}).items()]
+        scored.sort(key=lambda item: item[0], reverse=True)
+        scored.sort(key=lambda item: item[1], reverse=True)  # stable: ties keep doc id descending
+        ranked_grades.append([int(judged.get(doc, 0)) for doc, _ in scored[:cut]])
+    depth = max([1, *map(len, ranked_grades)])
+    grades = np.zeros((rel.n_queries, depth), dtype=np.int64)
+    for row, ranked in enumerate(ranked_grades):
+        grades[row, : len(ranked)] = ranked
+    values = _metric_values(grades, rel.num_rel, rel.ideal_dcg, parsed)
+    if per_query:
+        return {name: dict(zip(rel.query_ids, v.tolist(), strict=True)) for name, v in values.items()}
+    return _means(values)
+
+
+def evaluate_topk(
+    topk: np.ndarray,
+    rel: RelevanceIndex,
+    metrics: str | Sequence[str],
+    per_query: bool = False,
+) -> dict[str, float] | dict[str, np.ndarray]:
+    """Evaluate rankings given as document positions, vectorised over queries and ranks.
+
+    The order of each row is taken as the ranking; ties in the scores that produced it are the
+    caller's to break (trec_eval breaks them by doc id, descending). Uncut metrics are computed
+    over all ``k`` columns, as trec_eval computes them over the whole run.
+
+    Parameters
+    ----------
+    topk : np.ndarray of int, shape (n_queries, k)
+        Row ``i`` ranks document positions (into ``rel``'s ``doc_ids``) for ``rel.query_ids[i]``,
+        best first, without repeats. ``k`` must reach every cut, up to the corpus size
+        (see :func:`max_k`).
+    rel : RelevanceIndex
+        The qrels, on the same query order and document positions.
+    metrics : str or sequence of str
+        Metric names; see the module docstring.
+    per_query : bool
+        Return per-query arrays instead of means.
+
+    Returns
+    -------
+    dict
+        ``{metric: mean}``, or with ``per_query`` ``{metric: np.ndarray of shape (n_queries,)}``
+        aligned with ``rel.query_ids``; keys are canonical metric names as in :func:`evaluate`.
+
+    Raises
+    ------
+    ValueError
+        On an unknown metric name, a ``topk`` of the wrong shape or dtype, out-of-range or repeated
+        positions, too few columns for a cut, or (for means) no queries.
+    """
+    parsed = _parse_metrics(metrics)
+    topk = np.asarray(topk)
+    if topk.ndim != 2 or topk.shape[0] != rel.n_queries or topk.shape[1] == 0:
+        raise ValueError(f"topk must have shape (n_queries={rel.n_queries}, k >= 1), got {topk.shape}")
+    if not np.issubdtype(topk.dtype, np.integer):
+        raise ValueError(f"topk must hold integer document positions, got dtype {topk.dtype}")
+    if topk.size and (topk.min() < 0 or topk.max() >= rel.n_docs):
+        raise ValueError(f"topk positions must lie in [0, {rel.n_docs})")
+    if topk.shape[1] > 1 and (np.diff(np.sort(topk, axis=1), axis=1) == 0).any():
+        raise ValueError("a topk row ranks the same document twice")
+    for metric in parsed:
+        if metric.k is not None and topk.shape[1] < min(metric.k, rel.n_docs):
+            raise ValueError(
+                f"{metric.name} needs {min(metric.k, rel.n_docs)} ranked documents, topk has "
+                f"{topk.shape[1]}; retrieve max_k(metrics, n_docs) of them"
+            )
+    values = _metric_values(rel.lookup_grades(topk), rel.num_rel, rel.ideal_dcg, parsed)
+    return values if per_query else _means(values)
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, n_resamples: int = 10000, seed: int = 0) -> float:
+    """Two-sided paired randomization (sign-flip permutation) test of equal means.
+
+    Under the null hypothesis that systems A and B are exchangeable, each query's difference
+    ``a[i] - b[i]`` is as likely to have either sign. The test draws ``n_resamples`` random sign
+    vectors and counts how often ``|mean(signs * (a - b))|`` reaches the observed ``|mean(a - b)|``;
+    this is Fisher's randomization test as used in IR evaluation (Smucker et al., 2007; ranx). The
+    p-value is ``(count + 1) / (n_resamples + 1)``, which counts the observed assignment as one
+    resample, so it is never 0 and stays valid for a finite number of resamples; identical inputs
+    give exactly 1.0.
+
+    Parameters
+    ----------
+    a, b : np.ndarray of float, shape (n_queries,)
+        Per-query scores of two systems on the same queries, in the same order.
+    n_resamples : int
+        Random sign vectors to draw; the p-value resolution is ``1 / (n_resamples + 1)``.
+    seed : int
+        Seed of the random generator, so the p-value is reproducible.
+
+    Returns
+    -------
+    float
+        Two-sided p-value in ``(0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If the arrays are not 1-D, differ in length, are empty or hold non-finite values, or
+        ``n_resamples < 1``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"a and b must be non-empty 1-D arrays of equal length, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("a and b must be finite")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    diff = a - b
+    # Compare sums rather than means; the relative slack absorbs summation-order rounding, so a
+    # resample equal to the observed statistic (e.g. all signs +1) is always counted.
+    threshold = abs(diff.sum()) * (1.0 - 1e-9)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, (1 << 22) // len(diff))  # bounds the sign matrix to ~4M entries
+    count = 0
+    for start in range(0, n_resamples, chunk):
+        signs = rng.integers(0, 2, size=(min(chunk, n_resamples - start), len(diff)), dtype=np.int8)
+        count += int((np.abs((2.0 * signs - 1.0) @ diff) >= threshold).sum())
+    return (count + 1) / (n_resamples + 1)

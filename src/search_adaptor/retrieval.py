@@ -1,0 +1,50 @@
+"""Exact top-k search over a dense matrix: the reference every index is measured against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_QUERY_CHUNK = 1024
+_DOC_CHUNK = 262144
+
+
+def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` documents by inner product for every query, best first.
+
+    Memory stays bounded on large corpora: queries and documents are processed in chunks and only
+    the running top-k is kept.
+
+    Parameters
+    ----------
+    queries : ndarray of shape (n_queries, dim)
+    docs : ndarray of shape (n_docs, dim)
+    k : int
+        Clipped to ``n_docs``.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_queries, k), int64
+    scores : ndarray of shape (n_queries, k), float32
+    """
+    n_docs = docs.shape[0]
+    k = min(int(k), n_docs)
+    out_idx = np.empty((queries.shape[0], k), dtype=np.int64)
+    out_score = np.empty((queries.shape[0], k), dtype=np.float32)
+    for qs in range(0, queries.shape[0], _QUERY_CHUNK):
+        q = queries[qs : qs + _QUERY_CHUNK]
+        best_idx = np.empty((q.shape[0], 0), dtype=np.int64)
+        best_score = np.empty((q.shape[0], 0), dtype=np.float32)
+        for ds in range(0, n_docs, _DOC_CHUNK):
+            s = q @ docs[ds : ds + _DOC_CHUNK].T
+            kk = min(k, s.shape[1])
+            part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.tile(
+                np.arange(s.shape[1]), (s.shape[0], 1)
+            )
+            cand_score = np.concatenate([best_score, np.take_along_axis(s, part, axis=1)], axis=1)
+            cand_idx = np.concatenate([best_idx, part + ds], axis=1)
+            keep = np.argsort(-cand_score, axis=1, kind="stable")[:, :k]
+            best_score = np.take_along_axis(cand_score, keep, axis=1)
+            best_idx = np.take_along_axis(cand_idx, keep, axis=1)
+        out_idx[qs : qs + q.shape[0]] = best_idx
+        out_score[qs : qs + q.shape[0]] = best_score
+    return out_idx, out_score

@@ -1,0 +1,520 @@
+"""Tests of BEIR-layout loading, its one-line errors, query splits and ``beir:NAME`` downloads."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import socket
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from search_adaptor.data import (
+    BEIR_MD5,
+    ENV_BEIR_URL,
+    DataError,
+    Dataset,
+    kfold,
+    load_beir,
+    train_val_split,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+HEADER = "query-id\tcorpus-id\tscore\n"
+CORPUS = [
+    {"_id": "d1", "title": "Alpha", "text": "first doc"},
+    {"_id": "d2", "title": None, "text": "second doc"},
+    {"_id": "d3", "text": "  third doc  "},
+    {"_id": 7, "title": "Seven", "text": ""},
+]
+QUERIES = [
+    {"_id": "q1", "text": "find alpha"},
+    {"_id": "q2", "text": "find second"},
+    {"_id": "q3", "text": "only non-relevant judgements"},
+    {"_id": "q4", "text": "never judged"},
+]
+QRELS = {
+    "train": HEADER + "q1\td1\t2\nq1\td2\t0\nq2\td2\t1\nq3\td3\t0\n",
+    "test": HEADER + "q2\t7\t1\n",
+}
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def write_beir(
+    folder: Path,
+    corpus: str | None = None,
+    queries: str | None = None,
+    qrels: dict[str, str] | None = None,
+    gz: bool = False,
+) -> Path:
+    """A BEIR folder with the default tiny dataset, any part replaced by raw file text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus_text = jsonl(CORPUS) if corpus is None else corpus
+    if gz:
+        (folder / "corpus.jsonl.gz").write_bytes(gzip.compress(corpus_text.encode()))
+    else:
+        (folder / "corpus.jsonl").write_text(corpus_text, encoding="utf-8")
+    (folder / "queries.jsonl").write_text(jsonl(QUERIES) if queries is None else queries, encoding="utf-8")
+    (folder / "qrels").mkdir(exist_ok=True)
+    for split, text in (QRELS if qrels is None else qrels).items():
+        (folder / "qrels" / f"{split}.tsv").write_text(text, encoding="utf-8")
+    return folder
+
+
+def one_line_error(excinfo: pytest.ExceptionInfo[DataError], *parts: str) -> str:
+    """The message, checked to be one line containing every part."""
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for part in parts:
+        assert part in message, (part, message)
+    return message
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_plain_and_gz(tmp_path: Path, gz: bool) -> None:
+    ds = load_beir(write_beir(tmp_path / "tiny", gz=gz))
+    assert isinstance(ds, Dataset)
+    assert ds.name == "tiny"
+    assert ds.path == tmp_path / "tiny"
+    assert ds.doc_ids == ["d1", "d2", "d3", "7"]
+    assert ds.doc_texts == ["Alpha first doc", "second doc", "third doc", "Seven"]
+    assert ds.queries["q4"] == "never judged"  # unlabeled queries are kept
+    assert len(ds.queries) == 4
+    assert ds.splits == ["test", "train"]
+    assert ds.qrels["train"] == {"q1": {"d1": 2, "d2": 0}, "q2": {"d2": 1}, "q3": {"d3": 0}}
+    assert ds.qrels["test"] == {"q2": {"7": 1}}
+
+
+def test_doc_text_is_the_beir_formula(tmp_path: Path) -> None:
+    rows = [
+        {"_id": "a", "title": " T ", "text": " x "},
+        {"_id": "b", "title": "", "text": "x"},
+        {"_id": "c", "title": "T", "text": ""},
+        {"_id": "d", "text": "x"},
+    ]
+    ds = load_beir(write_beir(tmp_path / "f", corpus=jsonl(rows), qrels={}))
+    assert ds.doc_texts == [(r.get("title", "") + " " + r["text"]).strip() for r in rows]
+
+
+def test_split_keeps_grades_and_drops_queries_without_relevant(tmp_path: Path) -> None:
+    ds = load_beir(write_beir(tmp_path / "f"))
+    train = ds.split("train")
+    assert train == {"q1": {"d1": 2, "d2": 0}, "q2": {"d2": 1}}  # q3 has only grade 0
+    train["q1"]["d1"] = 99
+    assert ds.qrels["train"]["q1"]["d1"] == 2  # split returns a copy
+    assert ds.has_train
+
+
+def test_blank_lines_bom_and_crlf(tmp_path: Path) -> None:
+    corpus = "\ufeff" + jsonl(CORPUS[:2]).replace("\n", "\r\n\r\n") + "\n   \n"
+    queries = "\ufeff\n" + jsonl(QUERIES) + "\n"
+    qrels = {"test": "\ufeff" + HEADER.replace("\n", "\r\n") + "\nq1\td1\t1\r\n\n"}
+    ds = load_beir(write_beir(tmp_path / "f", corpus=corpus, queries=queries, qrels=qrels))
+    assert ds.doc_ids == ["d1", "d2"]
+    assert len(ds.queries) == 4
+    assert ds.split("test") == {"q1": {"d1": 1}}
+
+
+def test_bom_in_gz_corpus(tmp_path: Path) -> None:
+    ds = load_beir(write_beir(tmp_path / "f", corpus="\ufeff" + jsonl(CORPUS), gz=True))
+    assert ds.doc_ids[0] == "d1"
+
+
+def test_qrels_header_is_optional_and_negative_grades_kept(tmp_path: Path) -> None:
+    ds = load_beir(write_beir(tmp_path / "f", qrels={"dev": "q1\td1\t1\nq1\td2\t-1\n"}))
+    assert ds.qrels["dev"] == {"q1": {"d1": 1, "d2": -1}}
+    ds = load_beir(write_beir(tmp_path / "g", qrels={"dev": "\n\n" + HEADER + "q1\td1\t1\n"}))
+    assert ds.qrels["dev"] == {"q1": {"d1": 1}}
+
+
+def test_repeated_identical_judgement_is_accepted(tmp_path: Path) -> None:
+    ds = load_beir(write_beir(tmp_path / "f", qrels={"test": HEADER + "q1\td1\t1\nq1\td1\t1\n"}))
+    assert ds.qrels["test"] == {"q1": {"d1": 1}}
+
+
+def test_no_qrels_folder_gives_no_splits(tmp_path: Path) -> None:
+    folder = write_beir(tmp_path / "f", qrels={})
+    (folder / "qrels").rmdir()
+    ds = load_beir(str(folder))
+    assert ds.splits == []
+    assert not ds.has_train
+    with pytest.raises(DataError) as excinfo:
+        ds.split("test")
+    one_line_error(excinfo, "qrels/test.tsv", "available splits: none")
+
+
+def test_missing_split_names_file_and_available(tmp_path: Path) -> None:
+    ds = load_beir(write_beir(tmp_path / "f"))
+    with pytest.raises(DataError) as excinfo:
+        ds.split("dev")
+    one_line_error(excinfo, str(tmp_path / "f" / "qrels" / "dev.tsv"), "test, train")
+
+
+def test_split_with_no_relevant_is_an_error(tmp_path: Path) -> None:
+    ds = load_beir(write_beir(tmp_path / "f", qrels={"train": HEADER + "q1\td1\t0\n", "test": HEADER}))
+    assert not ds.has_train
+    for split in ("train", "test"):
+        with pytest.raises(DataError) as excinfo:
+            ds.split(split)
+        one_line_error(excinfo, f"qrels/{split}.tsv", "score > 0", "available splits: test, train")
+
+
+# --------------------------------------------------------------------------- one-line errors
+
+BAD_JSON = '{"_id": "d1" "text": "x"}\n'
+INT_AND_STR_ID = '{"_id": 1, "text": ""}\n{"_id": "1", "text": ""}\n'
+
+
+@pytest.mark.parametrize(
+    ("part", "text", "expected"),
+    [
+        ("corpus", jsonl(CORPUS) + '{"text": "x"}\n', ["corpus.jsonl:5:", 'missing field "_id"', '"text"']),
+        ("corpus", '\n{"_id": "d1"}\n', ["corpus.jsonl:2:", 'missing field "text"']),
+        ("corpus", '{"_id": "d1", "text": null}\n', ["corpus.jsonl:1:", 'field "text"', "must be a string"]),
+        ("corpus", '{"_id": "d1", "title": 3, "text": "x"}\n', ["corpus.jsonl:1:", 'field "title"']),
+        ("corpus", '{"_id": 1.5, "text": "x"}\n', ["corpus.jsonl:1:", 'field "_id"', "1.5"]),
+        ("corpus", '{"_id": "", "text": "x"}\n', ["corpus.jsonl:1:", 'field "_id"', "non-empty"]),
+        ("corpus", '{"_id": true, "text": "x"}\n', ["corpus.jsonl:1:", 'field "_id"', "true"]),
+        ("corpus", jsonl(CORPUS) + jsonl(CORPUS[:1]), ["corpus.jsonl:5:", 'duplicate "_id" "d1"']),
+        ("corpus", INT_AND_STR_ID, ["corpus.jsonl:2:", 'duplicate "_id" "1"']),
+        ("corpus", BAD_JSON, ["corpus.jsonl:1:", "not valid JSON (Expecting ',' delimiter"]),
+        ("corpus", '["d1", "x"]\n', ["corpus.jsonl:1:", "expected a JSON object, got list"]),
+        ("corpus", "\n\n", ["corpus.jsonl:", "no documents"]),
+        ("corpus", "", ["corpus.jsonl:", "no documents"]),
+        ("queries", jsonl(QUERIES) + BAD_JSON, ["queries.jsonl:5:", "not valid JSON (Expecting ','"]),
+        ("queries", jsonl(QUERIES[:2]) + '{"_id": "q9"}\n', ["queries.jsonl:3:", 'field "text"', "query"]),
+        ("queries", jsonl(QUERIES + QUERIES[:1]), ["queries.jsonl:5:", 'duplicate "_id" "q1"']),
+        ("queries", "", ["queries.jsonl:", "no queries"]),
+        ("qrels", HEADER + "q1\td1\tx\n", ["qrels/test.tsv:2:", 'score "x" is not an integer']),
+        ("qrels", HEADER + "q1\td1\t1.0\n", ["qrels/test.tsv:2:", 'score "1.0"']),
+        ("qrels", HEADER + "q1\td1\n", ["qrels/test.tsv:2:", "3 tab-separated columns", "got 2"]),
+        ("qrels", HEADER + "q1 d1 1\n", ["qrels/test.tsv:2:", "got 1"]),
+        ("qrels", HEADER + "q1\td1\t1\textra\n", ["qrels/test.tsv:2:", "got 4"]),
+        ("qrels", HEADER + "q1\td1\t1\nq9\td1\t1\n", ["qrels/test.tsv:3:", 'query-id "q9"', "queries.jsonl"]),
+        ("qrels", HEADER + "\nq1\tnope\t1\n", ["qrels/test.tsv:3:", 'corpus-id "nope"', "corpus"]),
+        ("qrels", HEADER + "q1\td1\t1\nq1\td1\t2\n", ["qrels/test.tsv:3:", "graded 2 here but 1"]),
+        ("qrels", "q1\td1\t1\nq-id\tc-id\tscore\n", ["qrels/test.tsv:2:", 'score "score"']),
+        ("qrels", "\nq1\td1\t1.0\n", ["qrels/test.tsv:2:", 'score "1.0" is not an integer']),
+    ],
+)
+def test_errors_are_one_line_with_file_line_and_field(
+    tmp_path: Path, part: str, text: str, expected: list[str]
+) -> None:
+    folder = tmp_path / "f"
+    if part == "qrels":
+        write_beir(folder, qrels={"test": text})
+    else:
+        write_beir(folder, **{part: text})
+    with pytest.raises(DataError) as excinfo:
+        load_beir(folder)
+    message = one_line_error(excinfo, *expected)
+    assert str(folder) in message  # the full path of the file
+
+
+def test_gz_corpus_error_names_gz_file_and_line(tmp_path: Path) -> None:
+    corpus = jsonl(CORPUS) + "".join(json.dumps({"_id": f"x{i}", "text": "t"}) + "\n" for i in range(12))
+    corpus += '{"title": "no id", "text": "t"}\n'
+    write_beir(tmp_path / "f", corpus=corpus, gz=True)
+    with pytest.raises(DataError) as excinfo:
+        load_beir(tmp_path / "f")
+    one_line_error(
+        excinfo, 'corpus.jsonl.gz:17: missing field "_id" (every corpus line needs "_id" and "text")'
+    )
+
+
+def test_invalid_utf8_names_line(tmp_path: Path) -> None:
+    folder = write_beir(tmp_path / "f")
+    (folder / "queries.jsonl").write_bytes(jsonl(QUERIES).encode() + b'{"_id": "q9", "text": "\xff"}\n')
+    with pytest.raises(DataError) as excinfo:
+        load_beir(folder)
+    one_line_error(excinfo, "queries.jsonl:5:", "UTF-8")
+
+
+def test_corrupt_gzip(tmp_path: Path) -> None:
+    folder = write_beir(tmp_path / "f", gz=True)
+    (folder / "corpus.jsonl.gz").write_bytes(b"not gzip at all\n")
+    with pytest.raises(DataError) as excinfo:
+        load_beir(folder)
+    one_line_error(excinfo, "corpus.jsonl.gz", "gzip")
+
+
+def test_missing_folder_and_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as excinfo:
+        load_beir(tmp_path / "absent")
+    one_line_error(excinfo, "absent", "no such folder")
+    folder = write_beir(tmp_path / "f")
+    (folder / "corpus.jsonl").unlink()
+    with pytest.raises(DataError) as excinfo:
+        load_beir(folder)
+    one_line_error(excinfo, "corpus.jsonl", "not found", "corpus.jsonl.gz")
+    write_beir(folder)
+    (folder / "queries.jsonl").unlink()
+    with pytest.raises(DataError) as excinfo:
+        load_beir(folder)
+    one_line_error(excinfo, "queries.jsonl", "not found")
+
+
+def test_plain_and_gz_corpus_together_is_ambiguous(tmp_path: Path) -> None:
+    folder = write_beir(tmp_path / "f")
+    write_beir(folder, gz=True)
+    with pytest.raises(DataError) as excinfo:
+        load_beir(folder)
+    one_line_error(excinfo, "corpus.jsonl", "corpus.jsonl.gz", "keep only one")
+
+
+def test_md5_only_for_beir_sources(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="md5"):
+        load_beir(write_beir(tmp_path / "f"), md5="0" * 32)
+
+
+# --------------------------------------------------------------------------- query splits
+
+IDS = [f"q{i}" for i in range(23)]
+
+
+@pytest.mark.parametrize("k", [2, 5, 23])
+def test_kfold_partitions(k: int) -> None:
+    folds = kfold(IDS, k=k, seed=3)
+    assert len(folds) == k
+    tests = [t for _, t in folds]
+    assert sorted(q for t in tests for q in t) == sorted(IDS)  # each query in exactly one test fold
+    sizes = [len(t) for t in tests]
+    assert max(sizes) - min(sizes) <= 1
+    for train, test in folds:
+        assert set(train).isdisjoint(test)
+        assert sorted(train + test) == sorted(IDS)
+
+
+def test_kfold_deterministic_and_order_independent() -> None:
+    assert kfold(IDS, 5, 0) == kfold(IDS, 5, 0)
+    assert kfold(IDS, 5, 0) == kfold(list(reversed(IDS)), 5, 0)
+    assert kfold(IDS, 5, 0) != kfold(IDS, 5, 1)
+    assert [t for _, t in kfold(IDS, 5, 0)] != [sorted(IDS)[i::5] for i in range(5)]  # shuffled
+
+
+@pytest.mark.parametrize("k", [1, 0, 24])
+def test_kfold_rejects_bad_k(k: int) -> None:
+    with pytest.raises(ValueError, match="k must be"):
+        kfold(IDS, k=k)
+
+
+def test_kfold_rejects_duplicates() -> None:
+    with pytest.raises(ValueError, match="duplicates"):
+        kfold(["a", "b", "a"], k=2)
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "n_val"), [(2, 0.2, 1), (10, 0.2, 2), (10, 0.01, 1), (10, 0.99, 9)]
+)
+def test_train_val_split(n: int, fraction: float, n_val: int) -> None:
+    ids = IDS[:n]
+    train, val = train_val_split(ids, fraction, seed=1)
+    assert len(val) == n_val
+    assert sorted(train + val) == sorted(ids)
+    assert set(train).isdisjoint(val)
+    assert (train, val) == train_val_split(list(reversed(ids)), fraction, seed=1)
+
+
+def test_train_val_split_rejects() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        train_val_split(["only"])
+    with pytest.raises(ValueError, match="val_fraction"):
+        train_val_split(IDS, 1.0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        train_val_split(IDS, 0.0)
+
+
+# --------------------------------------------------------------------------- shared real datasets
+
+
+def shared(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"shared dataset {name} not present at {path}")
+    return path
+
+
+def test_scifact() -> None:
+    ds = load_beir(shared("scifact"))
+    assert len(ds.doc_ids) == 5183 == len(ds.doc_texts) == len(set(ds.doc_ids))
+    assert len(ds.queries) == 1109
+    assert ds.splits == ["test", "train"]
+    assert len(ds.split("train")) == 809
+    assert len(ds.split("test")) == 300
+    assert sum(len(d) for d in ds.qrels["test"].values()) == 339
+    assert ds.has_train
+    assert all(ds.doc_texts)
+
+
+def test_cranfield() -> None:
+    ds = load_beir(shared("cranfield"))
+    assert len(ds.doc_ids) == 1400
+    assert ds.splits == ["test"]
+    test = ds.split("test")
+    assert len(test) == 225
+    assert {g for docs in test.values() for g in docs.values()} == {1, 2, 3, 4}
+    assert not ds.has_train
+
+
+def test_xquad_r_en() -> None:
+    ds = load_beir(shared("xquad-r/en"))
+    assert len(ds.doc_ids) == 1180
+    assert len(ds.queries) == 1190
+    test = ds.split("test")
+    assert len(test) == 1190
+    assert all(len(docs) == 1 for docs in test.values())
+
+
+# --------------------------------------------------------------------------- beir:NAME downloads
+
+
+class _Server:
+    """A local HTTP server serving in-memory files and counting requests."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.hits: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.hits.append(self.path)
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/beir"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
+    srv = _Server()
+    monkeypatch.setenv(ENV_BEIR_URL, srv.url)
+    yield srv
+    srv.stop()
+
+
+def beir_zip(tmp_path: Path, name: str, top: str | None = None) -> bytes:
+    """A zip like BEIR's: ``name/corpus.jsonl`` etc. (files at the root when ``top`` is "")."""
+    src = write_beir(tmp_path / "src" / name)
+    prefix = name if top is None else top
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for file in sorted(src.rglob("*")):
+            if file.is_file():
+                rel = file.relative_to(src).as_posix()
+                archive.write(file, f"{prefix}/{rel}" if prefix else rel)
+    return buf.getvalue()
+
+
+def test_beir_download_extract_and_offline_reuse(tmp_path: Path, server: _Server) -> None:
+    body = beir_zip(tmp_path, "tinybeir")
+    server.files["/beir/tinybeir.zip"] = body
+    cache = tmp_path / "cache"
+    md5 = hashlib.md5(body).hexdigest()
+    ds = load_beir("beir:tinybeir", cache_dir=cache, md5=md5)
+    assert ds.name == "tinybeir"
+    assert ds.path == cache / "tinybeir"
+    assert ds.doc_ids == ["d1", "d2", "d3", "7"]
+    assert ds.split("train") == {"q1": {"d1": 2, "d2": 0}, "q2": {"d2": 1}}
+    assert server.hits == ["/beir/tinybeir.zip"]
+    assert sorted(p.name for p in cache.iterdir()) == ["tinybeir", "tinybeir.zip"]  # no temp leftovers
+    server.stop()  # the second load must not need the network
+    again = load_beir("beir:tinybeir", cache_dir=cache)
+    assert again == ds
+    assert server.hits == ["/beir/tinybeir.zip"]
+
+
+def test_beir_zip_with_files_at_root(tmp_path: Path, server: _Server) -> None:
+    body = beir_zip(tmp_path, "flat", top="")
+    server.files["/beir/flat.zip"] = body
+    ds = load_beir("beir:flat", cache_dir=tmp_path / "c", md5=hashlib.md5(body).hexdigest())
+    assert ds.path == tmp_path / "c" / "flat"
+    assert (ds.path / "corpus.jsonl").is_file()
+
+
+def test_beir_checksum_mismatch_uses_table_and_removes_file(tmp_path: Path, server: _Server) -> None:
+    server.files["/beir/scifact.zip"] = beir_zip(tmp_path, "scifact")
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as excinfo:
+        load_beir("beir:scifact", cache_dir=cache)
+    got = hashlib.md5(server.files["/beir/scifact.zip"]).hexdigest()
+    one_line_error(excinfo, "scifact.zip", "md5 mismatch", BEIR_MD5["scifact"], got, "removed")
+    assert list(cache.iterdir()) == []
+
+
+def test_beir_unknown_name_needs_md5(tmp_path: Path, server: _Server) -> None:
+    with pytest.raises(DataError) as excinfo:
+        load_beir("beir:not-in-table", cache_dir=tmp_path)
+    one_line_error(excinfo, "not-in-table", "md5=")
+    assert server.hits == []
+
+
+def test_beir_http_404(tmp_path: Path, server: _Server) -> None:
+    with pytest.raises(DataError) as excinfo:
+        load_beir("beir:missing", cache_dir=tmp_path / "c", md5="0" * 32)
+    one_line_error(excinfo, "missing.zip", "HTTP 404")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_beir_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv(ENV_BEIR_URL, f"http://127.0.0.1:{port}")
+    with pytest.raises(DataError) as excinfo:
+        load_beir("beir:scifact", cache_dir=tmp_path / "c")
+    one_line_error(excinfo, "scifact.zip", "offline", "local BEIR folder")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_beir_not_a_zip(tmp_path: Path, server: _Server) -> None:
+    body = b"this is not a zip"
+    server.files["/beir/broken.zip"] = body
+    with pytest.raises(DataError) as excinfo:
+        load_beir("beir:broken", cache_dir=tmp_path / "c", md5=hashlib.md5(body).hexdigest())
+    one_line_error(excinfo, "broken.zip", "not a valid zip")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_beir_invalid_name(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as excinfo:
+        load_beir("beir:../etc", cache_dir=tmp_path)
+    one_line_error(excinfo, "beir:../etc", "invalid dataset name")
+
+
+def test_beir_default_cache_dir(tmp_path: Path, server: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEARCH_ADAPTOR_CACHE", str(tmp_path / "home-cache"))
+    body = beir_zip(tmp_path, "tinybeir")
+    server.files["/beir/tinybeir.zip"] = body
+    ds = load_beir("beir:tinybeir", md5=hashlib.md5(body).hexdigest())
+    assert ds.path == tmp_path / "home-cache" / "datasets" / "tinybeir"
