@@ -35,8 +35,12 @@ class Embeddings:
 
 def encoder_info(encoder: Encoder) -> dict[str, Any]:
     """What a saved adapter and a report record about the embedding space (never a key)."""
-    return {"fingerprint": encoder.fingerprint, "provider": encoder.provider, "model": encoder.model,
-            "config": encoder.config()}
+    return {
+        "fingerprint": encoder.fingerprint,
+        "provider": encoder.provider,
+        "model": encoder.model,
+        "config": encoder.config(),
+    }
 
 
 def embed_dataset(
@@ -54,21 +58,35 @@ def embed_dataset(
     start = time.perf_counter()
     with EmbeddingStore(encoder, cache_dir) as store:
         todo = len(store.missing("query", qtexts)) + len(store.missing("document", dataset.doc_texts))
-        with tqdm(total=todo, desc=f"embedding {dataset.name}", unit="text", disable=not progress or todo == 0,
-                  leave=False) as bar:
+        with tqdm(
+            total=todo,
+            desc=f"embedding {dataset.name}",
+            unit="text",
+            disable=not progress or todo == 0,
+            leave=False,
+        ) as bar:
             Q = store.embed(qtexts, "query", progress=bar.update, stats=stats)
             D = store.embed(dataset.doc_texts, "document", progress=bar.update, stats=stats)
-    return Embeddings(qids, Q, list(dataset.doc_ids), D, encoder_info(encoder),
-                      embed_s=time.perf_counter() - start, stats=stats)
+    return Embeddings(
+        qids,
+        Q,
+        list(dataset.doc_ids),
+        D,
+        encoder_info(encoder),
+        embed_s=time.perf_counter() - start,
+        stats=stats,
+    )
 
 
 def _read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
-    """(ids, matrix) from ``.npz`` (arrays ``ids``, ``embeddings``) or ``.parquet`` (columns ``id``, ``embedding``)."""
+    """(ids, matrix) from ``.npz`` (arrays ids, embeddings) or ``.parquet`` (columns id, embedding)."""
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             missing = {"ids", "embeddings"} - set(z.files)
             if missing:
-                raise ValueError(f"{path}: missing array(s) {', '.join(sorted(missing))}; save ids= and embeddings=")
+                raise ValueError(
+                    f"{path}: missing array(s) {', '.join(sorted(missing))}; save ids= and embeddings="
+                )
             return [str(i) for i in z["ids"].tolist()], np.asarray(z["embeddings"], dtype=np.float32)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -86,7 +104,9 @@ def _find(folder: Path, stem: str) -> Path:
     for ext in (".npz", ".parquet"):
         if (folder / f"{stem}{ext}").is_file():
             return folder / f"{stem}{ext}"
-    raise FileNotFoundError(f"{folder}: no {stem}.npz or {stem}.parquet; put your precomputed {stem} vectors there")
+    raise FileNotFoundError(
+        f"{folder}: no {stem}.npz or {stem}.parquet; put your precomputed {stem} vectors there"
+    )
 
 
 def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | None = None) -> Embeddings:
@@ -107,18 +127,28 @@ def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | N
         pos = {i: n for n, i in enumerate(have_ids)}
         missing = [i for i in ids if i not in pos]
         if missing:
-            raise ValueError(f"{path}: no vector for {stem[:-1] if stem == 'queries' else 'document'} id "
-                             f"{missing[0]!r} ({len(missing)} missing); embed every id of the dataset")
+            raise ValueError(
+                f"{path}: no vector for {stem[:-1] if stem == 'queries' else 'document'} id "
+                f"{missing[0]!r} ({len(missing)} missing); embed every id of the dataset"
+            )
         sub = mat[[pos[i] for i in ids]]
         bad = ~np.isfinite(sub).all(axis=1)
         if bad.any():
             raise ValueError(f"{path}: vector of id {ids[int(np.argmax(bad))]!r} contains NaN or inf")
         out[stem] = (ids, sub, path)
     if out["queries"][1].shape[1] != out["corpus"][1].shape[1]:
-        raise ValueError(f"{out['queries'][2]} holds {out['queries'][1].shape[1]}-d vectors but "
-                         f"{out['corpus'][2]} holds {out['corpus'][1].shape[1]}-d ones; use one model for both")
+        raise ValueError(
+            f"{out['queries'][2]} holds {out['queries'][1].shape[1]}-d vectors but "
+            f"{out['corpus'][2]} holds {out['corpus'][1].shape[1]}-d ones; use one model for both"
+        )
     digest = hashlib.sha256(out["corpus"][2].read_bytes()).hexdigest()[:12]
     name = model or f"precomputed:{digest}"
     info = {"fingerprint": f"precomputed:{name}", "provider": "precomputed", "model": name, "config": {}}
-    return Embeddings(out["queries"][0], out["queries"][1], out["corpus"][0], out["corpus"][1], info,
-                      embed_s=time.perf_counter() - start)
+    return Embeddings(
+        out["queries"][0],
+        out["queries"][1],
+        out["corpus"][0],
+        out["corpus"][1],
+        info,
+        embed_s=time.perf_counter() - start,
+    )

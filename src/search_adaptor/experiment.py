@@ -78,26 +78,47 @@ def run_fit(
 
     Test queries never reach training, early stopping or selection.
     """
+
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str) -> Selection:
         def on_candidate(row: dict[str, Any]) -> None:
-            log(f"  {tag} {row['variant']}: val nDCG@10 {row['val_ndcg@10']:.4f} "
-                f"(zero-shot {row['zero_shot_val_ndcg@10']:.4f}), {row['train_s']} s")
+            log(
+                f"  {tag} {row['variant']}: val nDCG@10 {row['val_ndcg@10']:.4f} "
+                f"(zero-shot {row['zero_shot_val_ndcg@10']:.4f}), {row['train_s']} s"
+            )
 
-        sel = select(family, emb.queries, emb.corpus, qrels, emb.query_ids, emb.doc_ids, seed=seed,
-                     overrides=overrides, on_candidate=on_candidate)
+        sel = select(
+            family,
+            emb.queries,
+            emb.corpus,
+            qrels,
+            emb.query_ids,
+            emb.doc_ids,
+            seed=seed,
+            overrides=overrides,
+            on_candidate=on_candidate,
+        )
         sel.adapter.encoder_ = emb.encoder
         return sel
 
     start = time.perf_counter()
-    report: dict[str, Any] = {"dataset": dataset.name, "model": emb.encoder["model"],
-                              "encoder_fingerprint": emb.encoder["fingerprint"], "family": family, "seed": seed}
+    report: dict[str, Any] = {
+        "dataset": dataset.name,
+        "model": emb.encoder["model"],
+        "encoder_fingerprint": emb.encoder["fingerprint"],
+        "family": family,
+        "seed": seed,
+    }
     if dataset.has_train and test_split in dataset.splits:
         test_qrels = dataset.split(test_split)
         final = fit_on(dataset.split(train_split), "train")
         zs, zs_q, _ = evaluate_embeddings(emb, test_qrels)
         ad, ad_q, _ = evaluate_embeddings(emb, test_qrels, final.adapter)
-        report.update(protocol="test", train_split=train_split, test_split=test_split,
-                      n_test_queries=len(zs_q[DEFAULT_METRICS[0]]))
+        report.update(
+            protocol="test",
+            train_split=train_split,
+            test_split=test_split,
+            n_test_queries=len(zs_q[DEFAULT_METRICS[0]]),
+        )
         folds_info: list[dict[str, Any]] = []
     else:
         split = test_split if test_split in dataset.splits else dataset.splits[0]
@@ -110,9 +131,20 @@ def run_fit(
             ad_f, aq, _ = evaluate_embeddings(emb, held_out, sel.adapter)
             zs_parts.append(zq)
             ad_parts.append(aq)
-            folds_info.append({"fold": f + 1, "selected": sel.selected, "n_test_queries": len(test_ids),
-                               "zero-shot": zs_f, "adapted": ad_f, "candidates": sel.candidates})
-            log(f"fold {f + 1}/{folds}: {sel.selected}: nDCG@10 {zs_f['ndcg@10']:.4f} -> {ad_f['ndcg@10']:.4f}")
+            folds_info.append(
+                {
+                    "fold": f + 1,
+                    "selected": sel.selected,
+                    "n_test_queries": len(test_ids),
+                    "zero-shot": zs_f,
+                    "adapted": ad_f,
+                    "candidates": sel.candidates,
+                }
+            )
+            log(
+                f"fold {f + 1}/{folds}: {sel.selected}: "
+                f"nDCG@10 {zs_f['ndcg@10']:.4f} -> {ad_f['ndcg@10']:.4f}"
+            )
         zs_q = {m: np.concatenate([p[m] for p in zs_parts]) for m in DEFAULT_METRICS}
         ad_q = {m: np.concatenate([p[m] for p in ad_parts]) for m in DEFAULT_METRICS}
         zs = {m: float(np.mean(v)) for m, v in zs_q.items()}

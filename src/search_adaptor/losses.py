@@ -34,7 +34,7 @@ def _masked_mean_per_query(terms: torch.Tensor, weight: torch.Tensor) -> torch.T
 def pairwise_ranking_loss(
     scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, weighted: bool = True
 ) -> torch.Tensor:
-    """Search-Adaptor's ranking loss: ``(y_ij - y_ik) * log(1 + exp(s_ik - s_ij))`` over pairs with y_ij > y_ik.
+    """Search-Adaptor's ranking loss: ``(y_ij - y_ik) * log(1 + exp(s_ik - s_ij))`` for y_ij > y_ik.
 
     Graded relevance matters: a grade-2 document must outrank a grade-1 one, not only the negatives.
     With ``weighted=False`` every ordered pair weighs 1, which is RankNet (the paper's ablation).

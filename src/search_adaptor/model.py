@@ -272,8 +272,8 @@ class SearchAdaptor:
         if arr.ndim != 2 or arr.shape[1] != self.dim_:
             got = arr.shape[1] if arr.ndim == 2 else f"shape {arr.shape}"
             raise CompatibilityError(
-                f"{what}: this adapter expects {self.dim_}-d embeddings of {self._encoder_name()}, got {got}-d; "
-                "embed with the same model as at training time"
+                f"{what}: this adapter expects {self.dim_}-d embeddings of {self._encoder_name()}, "
+                f"got {got}-d; embed with the same model as at training time"
             )
         if not np.isfinite(arr).all():
             row = int(np.argmax(~np.isfinite(arr).all(axis=1)))
@@ -299,6 +299,7 @@ class SearchAdaptor:
         -------
         ndarray of shape (n_queries, dim), float32
         """
+        self._check_fitted()
         return self._apply(self.query_net_, X, "queries")
 
     def transform_corpus(self, X: np.ndarray) -> np.ndarray:
@@ -343,7 +344,9 @@ class SearchAdaptor:
         out.mkdir(parents=True, exist_ok=True)
         tensors = {f"query.{k}": v.detach().contiguous() for k, v in self.query_net_.state_dict().items()}
         if self.mode == "separate" and self.corpus_net_ is not None:
-            tensors.update({f"corpus.{k}": v.detach().contiguous() for k, v in self.corpus_net_.state_dict().items()})
+            tensors.update(
+                {f"corpus.{k}": v.detach().contiguous() for k, v in self.corpus_net_.state_dict().items()}
+            )
         config = {
             "library": "search-adaptor",
             "version": __version__,
@@ -383,7 +386,9 @@ class SearchAdaptor:
         try:
             config = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{cfg_path}: not valid JSON ({exc.msg}); the adapter folder is damaged") from exc
+            raise ValueError(
+                f"{cfg_path}: not valid JSON ({exc.msg}); the adapter folder is damaged"
+            ) from exc
         if config.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(
                 f"{cfg_path}: format_version {config['format_version']} is newer than this library "
@@ -422,7 +427,8 @@ def _model_card(config: Mapping[str, Any]) -> str:
         f"Variant: {hp['architecture']} adapter, mode `{hp['mode']}`, loss `{hp['loss']}`, "
         f"alpha={hp['alpha']}, beta={hp['beta']}, negatives `{hp['negatives']}`.",
         f"Validation nDCG@10: {tr['val_ndcg@10']:.4f} (zero-shot {tr['zero_shot_val_ndcg@10']:.4f}) "
-        f"on {tr['n_val_queries']} held-out training queries; best step {tr['best_step']} of {tr['n_steps']}.",
+        f"on {tr['n_val_queries']} held-out training queries; "
+        f"best step {tr['best_step']} of {tr['n_steps']}.",
     ]
     if config.get("identity"):
         lines.append("No trained checkpoint beat zero-shot on validation: this adapter is the identity.")

@@ -52,14 +52,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     if protocol == "kfold":
         lines.append(
-            f"Protocol: {report['folds']}-fold cross-validation over the labelled queries (the dataset has no "
-            "train split): each fold's adapter is trained and selected on the other folds only, and the "
+            f"Protocol: {report['folds']}-fold cross-validation over the labelled queries (the dataset "
+            "has no train split): each fold's adapter is trained and selected on the other folds only, and the "
             "metrics are the mean over all held-out queries. The saved adapter is trained on all of them."
         )
     else:
         lines.append(
-            f"Protocol: train on `{report.get('train_split', 'train')}`, select on a validation split carved "
-            f"from it, report on the {report.get('n_test_queries', '?')} `{report.get('test_split', 'test')}` "
+            f"Protocol: train on `{report.get('train_split', 'train')}`, select on a validation split "
+            f"carved from it, report on the {report.get('n_test_queries', '?')} `{report.get('test_split', 'test')}` "
             "queries, which training, early stopping and selection never saw."
         )
     lines += ["", *metrics_table({"zero-shot": zs, "adapted": ad}, names), ""]
@@ -76,9 +76,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )
     cands = (report.get("validation") or {}).get("candidates") or []
     if cands:
-        lines += ["", "## Candidates (validation nDCG@10; the test queries play no part)", "",
-                  "| variant | val nDCG@10 | zero-shot val | best step | steps | train s |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Candidates (validation nDCG@10; the test queries play no part)",
+            "",
+            "| variant | val nDCG@10 | zero-shot val | best step | steps | train s |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in cands:
             lines.append(
                 f"| {c['variant']} | {c['val_ndcg@10']:.4f} | {c['zero_shot_val_ndcg@10']:.4f} | "

@@ -37,8 +37,10 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndar
         for ds in range(0, n_docs, _DOC_CHUNK):
             s = q @ docs[ds : ds + _DOC_CHUNK].T
             kk = min(k, s.shape[1])
-            part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.tile(
-                np.arange(s.shape[1]), (s.shape[0], 1)
+            part = (
+                np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+                if kk < s.shape[1]
+                else np.tile(np.arange(s.shape[1]), (s.shape[0], 1))
             )
             cand_score = np.concatenate([best_score, np.take_along_axis(s, part, axis=1)], axis=1)
             cand_idx = np.concatenate([best_idx, part + ds], axis=1)

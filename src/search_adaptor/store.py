@@ -109,7 +109,9 @@ class EmbeddingStore:
             chunk = keys[i : i + _SQL_VARS]
             marks = ",".join("?" * len(chunk))
             with self._lock:
-                rows = self._db.execute(f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk).fetchall()
+                rows = self._db.execute(
+                    f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk
+                ).fetchall()
             for key, blob in rows:
                 found[key] = np.frombuffer(blob, dtype=np.float32)
         return found
@@ -126,15 +128,16 @@ class EmbeddingStore:
         return out
 
     def _write(self, kind: Kind, texts: Sequence[str], vectors: np.ndarray) -> None:
-        rows = [(text_key(kind, t), v.tobytes()) for t, v in zip(texts, vectors)]
+        rows = [(text_key(kind, t), v.tobytes()) for t, v in zip(texts, vectors, strict=False)]
         with self._lock:
             if self._dim is None:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(vectors.shape[1]),))
                 self._dim = vectors.shape[1]
             elif vectors.shape[1] != self._dim:
                 raise ValueError(
-                    f"{self.encoder.model}: returned {vectors.shape[1]}-d vectors but the store at {self.path} "
-                    f"holds {self._dim}-d ones for the same fingerprint; delete that folder or fix the encoder"
+                    f"{self.encoder.model}: returned {vectors.shape[1]}-d vectors but the store at "
+                    f"{self.path} holds {self._dim}-d ones for the same fingerprint; "
+                    "delete that folder or fix the encoder"
                 )
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
@@ -156,7 +159,9 @@ class EmbeddingStore:
         todo = self.missing(kind, texts)
         local = StoreStats(requested=len(texts), unique=len({text_key(kind, t) for t in texts}))
         local.cached = local.unique - len(todo)
-        batches = [todo[i : i + self.encoder.batch_size] for i in range(0, len(todo), self.encoder.batch_size)]
+        batches = [
+            todo[i : i + self.encoder.batch_size] for i in range(0, len(todo), self.encoder.batch_size)
+        ]
         for batch, vectors in self._run_batches(batches, kind):
             self._write(kind, batch, vectors)
             local.encoded += len(batch)
@@ -171,9 +176,7 @@ class EmbeddingStore:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
         return np.stack([have[text_key(kind, t)] for t in texts])
 
-    def _run_batches(
-        self, batches: list[list[str]], kind: Kind
-    ) -> Iterator[tuple[list[str], np.ndarray]]:
+    def _run_batches(self, batches: list[list[str]], kind: Kind) -> Iterator[tuple[list[str], np.ndarray]]:
         """Encode batches, at most ``encoder.max_concurrency`` in flight, yielding each as it finishes."""
 
         def one(batch: list[str]) -> np.ndarray:
@@ -192,14 +195,20 @@ class EmbeddingStore:
                     pending[pool.submit(one, batch)] = batch
                     if len(pending) >= workers:
                         break
+                failure: BaseException | None = None
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
                         batch = pending.pop(fut)
-                        yield batch, fut.result()
-                        nxt = next(queue, None)
+                        if fut.exception() is not None:
+                            failure = failure or fut.exception()
+                            continue
+                        yield batch, fut.result()  # committed by the caller before the next one
+                        nxt = None if failure else next(queue, None)
                         if nxt is not None:
                             pending[pool.submit(one, nxt)] = nxt
+                if failure is not None:  # batches already in flight were kept; now report the failure
+                    raise failure
             finally:
                 for fut in pending:
                     fut.cancel()

@@ -82,7 +82,9 @@ def _index_qrels(
     return out
 
 
-def _csr(qids: Sequence[str], judged: Mapping[str, list[tuple[int, int]]], qid_to_row: Mapping[str, int]) -> _TrainSet:
+def _csr(
+    qids: Sequence[str], judged: Mapping[str, list[tuple[int, int]]], qid_to_row: Mapping[str, int]
+) -> _TrainSet:
     rows, ptr, docs, grades = [], [0], [], []
     for qid in qids:
         pos = [(d, g) for d, g in judged[qid] if g > 0]
@@ -96,8 +98,15 @@ def _csr(qids: Sequence[str], judged: Mapping[str, list[tuple[int, int]]], qid_t
 class _Sampler:
     """Draws batches of (query, candidates, grades) for one training set, vectorised over the batch."""
 
-    def __init__(self, est: SearchAdaptor, ts: _TrainSet, grades: _Grades, hard: np.ndarray | None,
-                 n_docs: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        est: SearchAdaptor,
+        ts: _TrainSet,
+        grades: _Grades,
+        hard: np.ndarray | None,
+        n_docs: int,
+        rng: np.random.Generator,
+    ) -> None:
         self.est, self.ts, self.grades, self.hard, self.n_docs, self.rng = est, ts, grades, hard, n_docs, rng
         self.counts = np.diff(ts.ptr)
         self._order = np.empty(0, dtype=np.int64)
@@ -120,10 +129,14 @@ class _Sampler:
         pick = np.argsort(noise, axis=1)[:, :p]
         pos_valid = pick < counts[:, None]
         pos_docs = self.ts.docs[np.minimum(self.ts.ptr[qi][:, None] + pick, len(self.ts.docs) - 1)]
+        pos_docs = np.where(pos_valid, pos_docs, pos_docs[:, :1])
+        # about n_negatives per relevant document: padding slots repeat a positive and are masked out
         n_neg = min(self.est.n_negatives * p, MAX_NEGATIVES)
         neg = self._negatives(qi, n_neg)
+        neg_valid = np.arange(n_neg)[None, :] < self.est.n_negatives * np.minimum(counts, p)[:, None]
+        neg = np.where(neg_valid, neg, pos_docs[:, :1])
         cand = np.concatenate([pos_docs, neg], axis=1)
-        valid = np.concatenate([pos_valid, np.ones_like(neg, dtype=bool)], axis=1)
+        valid = np.concatenate([pos_valid, neg_valid], axis=1)
         labels = self.grades(self.ts.q_rows[qi], cand) * valid
         return qi, cand, labels, valid, p
 
@@ -138,7 +151,9 @@ class _Sampler:
         return np.concatenate(parts, axis=1)
 
 
-def _mine_hard(est: SearchAdaptor, Qn: np.ndarray, Dn: np.ndarray, ts: _TrainSet, grades: _Grades) -> np.ndarray:
+def _mine_hard(
+    est: SearchAdaptor, Qn: np.ndarray, Dn: np.ndarray, ts: _TrainSet, grades: _Grades
+) -> np.ndarray:
     """Top ``hard_pool`` zero-shot documents per training query, labelled positives replaced by others."""
     depth = min(est.hard_pool + MAX_POSITIVES, Dn.shape[0])
     idx, _ = exact_search(Qn[ts.q_rows], Dn, depth)
@@ -149,8 +164,9 @@ def _mine_hard(est: SearchAdaptor, Qn: np.ndarray, Dn: np.ndarray, ts: _TrainSet
     return ranked
 
 
-def _val_score(est: SearchAdaptor, Qv: np.ndarray, Dn: np.ndarray, doc_cache: np.ndarray | None,
-               rel: RelevanceIndex) -> tuple[float, np.ndarray | None]:
+def _val_score(
+    est: SearchAdaptor, Qv: np.ndarray, Dn: np.ndarray, doc_cache: np.ndarray | None, rel: RelevanceIndex
+) -> tuple[float, np.ndarray | None]:
     """Full-corpus nDCG@10 of the current adapter on the validation queries."""
     with torch.inference_mode():
         est.query_net_.eval()
@@ -160,14 +176,19 @@ def _val_score(est: SearchAdaptor, Qv: np.ndarray, Dn: np.ndarray, doc_cache: np
         else:
             est.corpus_net_.eval()
             docs = np.concatenate(
-                [est.corpus_net_(torch.from_numpy(Dn[i : i + 65536])).numpy() for i in range(0, len(Dn), 65536)]
+                [
+                    est.corpus_net_(torch.from_numpy(Dn[i : i + 65536])).numpy()
+                    for i in range(0, len(Dn), 65536)
+                ]
             )
             docs = l2_normalize(docs)
     est.query_net_.train()
     if est.corpus_net_ is not None:
         est.corpus_net_.train()
     top, _ = exact_search(l2_normalize(qa), docs, 10)
-    return float(evaluate_topk(top, rel, [VAL_METRIC])[VAL_METRIC]), (docs if est.corpus_net_ is None else None)
+    return float(evaluate_topk(top, rel, [VAL_METRIC])[VAL_METRIC]), (
+        docs if est.corpus_net_ is None else None
+    )
 
 
 def train(
@@ -188,7 +209,8 @@ def train(
     dids = [str(d) for d in corpus_ids] if corpus_ids is not None else [str(i) for i in range(len(D))]
     if len(qids) != len(Q) or len(dids) != len(D):
         raise ValueError(
-            f"{len(qids)} query ids for {len(Q)} query embeddings / {len(dids)} corpus ids for {len(D)} documents"
+            f"{len(qids)} query ids for {len(Q)} query embeddings / "
+            f"{len(dids)} corpus ids for {len(D)} documents"
         )
     qid_to_row = {q: i for i, q in enumerate(qids)}
     did_to_col = {d: i for i, d in enumerate(dids)}
@@ -205,7 +227,9 @@ def train(
         val = sorted({str(q) for q in val_query_ids})
         missing = [q for q in val if q not in judged]
         if missing:
-            raise ValueError(f"validation query {missing[0]!r} has no qrels; give labelled validation queries")
+            raise ValueError(
+                f"validation query {missing[0]!r} has no qrels; give labelled validation queries"
+            )
     val_set = set(val)
     train_q = [q for q in labelled if q not in val_set]
     if not train_q:
@@ -264,22 +288,29 @@ def train(
         if grades_dense is not None:
             scores = qa @ Dn_t.T
             lab = torch.from_numpy(grades_dense[qi])
-            main = ranking_objective(est.loss, scores, lab, torch.ones_like(lab, dtype=torch.bool), est.temperature)
+            main = ranking_objective(
+                est.loss, scores, lab, torch.ones_like(lab, dtype=torch.bool), est.temperature
+            )
         elif est.in_batch and est.loss in ("infonce", "softmax"):
             scores = qa @ da.T
             lab = torch.from_numpy(grades(ts.q_rows[qi], uniq))
-            main = ranking_objective(est.loss, scores, lab, torch.ones_like(lab, dtype=torch.bool), est.temperature)
+            main = ranking_objective(
+                est.loss, scores, lab, torch.ones_like(lab, dtype=torch.bool), est.temperature
+            )
         else:
             inv_t = torch.from_numpy(inv)
             scores = (qa.unsqueeze(1) * da[inv_t]).sum(-1)
-            main = ranking_objective(est.loss, scores, torch.from_numpy(labels), torch.from_numpy(valid),
-                                     est.temperature)
+            main = ranking_objective(
+                est.loss, scores, torch.from_numpy(labels), torch.from_numpy(valid), est.temperature
+            )
         loss = main
         if rec_terms:
             loss = loss + est.alpha * sum(rec_terms) / len(rec_terms)
         if predictor is not None:
             pos_adapted = da[torch.from_numpy(inv[:, :p])]  # (B, P, dim) adapted relevant documents
-            loss = loss + est.beta * prediction_loss(qa, predictor(pos_adapted), torch.from_numpy(labels[:, :p]))
+            loss = loss + est.beta * prediction_loss(
+                qa, predictor(pos_adapted), torch.from_numpy(labels[:, :p])
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -294,7 +325,7 @@ def train(
             elif step - last_improvement >= est.patience:
                 break
     if best["state"] is not None:
-        for net, state in zip(nets, best["state"]):
+        for net, state in zip(nets, best["state"], strict=False):
             net.load_state_dict(state)
     for net in nets:
         net.eval()
@@ -319,25 +350,31 @@ def _paper(alpha: float, beta: float) -> dict[str, Any]:
     return {"mode": "shared", "loss": "ranking", "negatives": "random", "alpha": alpha, "beta": beta}
 
 
+def _infonce(mode: str, architecture: str = "mlp") -> dict[str, Any]:
+    return {
+        "architecture": architecture,
+        "mode": mode,
+        "loss": "infonce",
+        "in_batch": True,
+        "negatives": "hard",
+        "alpha": 0.1,
+        "beta": 0.0,
+    }
+
+
 #: Named variants: {family: [(variant name, SearchAdaptor parameters), ...]}.
 FAMILIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "paper": [(f"paper(alpha={a:g},beta={b:g})", _paper(a, b)) for a, b in PAPER_GRID],
     "paper-default": [("paper(alpha=0.1,beta=0.01)", _paper(0.1, 0.01))],
-    "query-only": [
-        ("query-only-infonce", {"mode": "query_only", "loss": "infonce", "in_batch": True, "negatives": "hard",
-                                "alpha": 0.0, "beta": 0.0}),
-    ],
+    "query-only": [("query-only-infonce", _infonce("query_only"))],
     "query-only-ranking": [("query-only-ranking", {**_paper(0.1, 0.01), "mode": "query_only"})],
-    "linear": [
-        ("linear-query-only-infonce", {"architecture": "linear", "mode": "query_only", "loss": "infonce",
-                                       "in_batch": True, "negatives": "hard", "alpha": 0.0, "beta": 0.0}),
-    ],
-    "shared-infonce": [
-        ("shared-infonce-hard", {"mode": "shared", "loss": "infonce", "in_batch": True, "negatives": "hard",
-                                 "alpha": 0.0, "beta": 0.0}),
-    ],
+    "linear": [("linear-query-only-infonce", _infonce("query_only", "linear"))],
+    "shared-infonce": [("shared-infonce", _infonce("shared"))],
 }
-AUTO = ("query-only", "linear", "shared-infonce", "paper")
+#: What ``family="auto"`` trains, simplest first (ties go to the earlier one). The paper's own
+#: recipe is not in it: on SciFact it scored lower on validation at 3-10x the cost (BENCHMARKS.md);
+#: ``family="paper"`` runs it with the paper's alpha/beta grid.
+AUTO = ("query-only", "linear", "shared-infonce")
 
 
 def family_variants(family: str) -> list[tuple[str, dict[str, Any]]]:
@@ -401,7 +438,9 @@ def select(
         if on_candidate is not None:
             on_candidate(row)
         # the first candidate doubles as the identity fallback: at best_step 0 it changes nothing
-        if best is None or (est.best_step_ > 0 and (best.best_step_ == 0 or est.best_score_ > best.best_score_ + 1e-9)):
+        if best is None or (
+            est.best_step_ > 0 and (best.best_step_ == 0 or est.best_score_ > best.best_score_ + 1e-9)
+        ):
             best, best_name = est, name
     assert best is not None
     if best.best_step_ == 0:

@@ -90,7 +90,7 @@ def check_vectors(vectors: Any, source: str, expected_rows: int | None = None) -
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
         raise EncoderError(
-            f"{source}: {int(bad.sum())} embedding(s) contain NaN or inf (first at row {int(np.argmax(bad))}); "
-            "check the model or the input texts"
+            f"{source}: {int(bad.sum())} embedding(s) contain NaN or inf "
+            f"(first at row {int(np.argmax(bad))}); check the model or the input texts"
         )
     return arr

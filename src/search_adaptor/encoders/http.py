@@ -1,7 +1,7 @@
 """Shared HTTP machinery of the embedding-API providers: one place for retries, backoff and errors.
 
 Why we speak each provider's wire format instead of using the official SDKs
---------------------------------------------------------------------------
+---------------------------------------------------------------------------
 The OpenAI, Google, Cohere and Voyage SDKs each bring their own retry loop (their own attempt
 counts, backoff and list of retryable statuses), their own timeouts and their own exception types.
 Under our bounded-concurrency :class:`~search_adaptor.store.EmbeddingStore` they would fight our
@@ -26,6 +26,7 @@ provider, the status and the server's own message, with any key or token scrubbe
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
 import logging
@@ -152,6 +153,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are always UTC
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
@@ -409,7 +412,11 @@ class ApiEncoder(Encoder):
     Subclasses set the class attributes below and implement :meth:`_request` (one HTTP request
     for at most ``max_inputs`` texts). This class resolves the key, owns the retrying client,
     splits each batch into requests within the provider's documented limits, and builds
-    :meth:`config`.
+    :meth:`config`. Each provider sets ``provider``, ``default_model``, ``default_base_url``,
+    ``key_env`` (the environment variables holding the key, in order of preference),
+    ``key_required``, ``auth_header`` and ``auth_scheme`` (how the key is sent), ``max_inputs``
+    and ``max_request_tokens`` (documented limits per request) and ``default_max_chars``.
+    ``retries`` counts the retries made so far, across threads.
 
     Parameters
     ----------

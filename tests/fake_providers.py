@@ -1,0 +1,582 @@
+"""Local fake embedding APIs for tests: one ``ThreadingHTTPServer`` per provider on 127.0.0.1.
+
+Each fake speaks its provider's request and response format: it checks the route, the auth header,
+the body fields (including the query/document mode field) and the documented per-request limits,
+and answers with deterministic unit vectors derived from (mode, text), so a test can tell that the
+right vector came back for the right text in the right mode. It records every request and every
+text served successfully, and injects faults on a schedule (429 with ``Retry-After``, 5xx, replies
+slower than the client's timeout, malformed bodies).
+
+Usage::
+
+    with FakeProvider("cohere") as fake:
+        enc = make_encoder("cohere", base_url=fake.url, api_key=fake.key)
+        fake.schedule(Fault.rate_limited("0.05"), Fault.server_error())
+        vecs = enc.encode_queries(["a", "b"])
+        assert np.allclose(vecs, fake.expected(["a", "b"], "query"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from search_adaptor.encoders.base import Encoder
+from search_adaptor.encoders.http import RetryPolicy
+from search_adaptor.encoders.registry import make_encoder
+
+FAKE_KEY = "sk-fake-SECRET-0123456789abcdef"
+PROVIDER_NAMES = ("openai", "azure-openai", "openai-compatible", "gemini", "vertex", "cohere", "voyage")
+#: Where each provider's encoder reads its credential from.
+KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "azure-openai": "AZURE_OPENAI_API_KEY",
+    "openai-compatible": "OPENAI_COMPATIBLE_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "vertex": "VERTEX_ACCESS_TOKEN",
+    "cohere": "CO_API_KEY",
+    "voyage": "VOYAGE_API_KEY",
+}
+#: Retries fast enough for tests (milliseconds of backoff instead of seconds).
+FAST_RETRY = RetryPolicy(
+    max_attempts=4, max_total_wait=5.0, base_delay=0.005, max_delay=0.02, malformed_retries=2
+)
+
+
+class BadRequest(Exception):
+    """The request body breaks the provider's documented format (answered with a 400)."""
+
+
+def fake_vector(text: str, mode: str | None, dim: int) -> np.ndarray:
+    """Deterministic unit vector of ``text`` embedded in ``mode`` (None: a model without modes)."""
+    seed = int.from_bytes(hashlib.sha256(f"{mode}\x00{text}".encode()).digest()[:8], "little")
+    vec = np.random.default_rng(seed).standard_normal(dim)
+    return (vec / np.linalg.norm(vec)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the fake does instead of (or before) answering one request.
+
+    ``delay`` sleeps first; then a non-200 ``status`` answers with the provider's error body and
+    the given ``Retry-After`` / ``retry-after-ms`` headers; else a ``malformed`` kind
+    (``not-json``, ``missing-field``, ``wrong-count``, ``nan``) answers 200 with a bad body; else
+    the normal reply follows the delay.
+    """
+
+    status: int = 200
+    message: str = "injected fault"
+    retry_after: str | None = None
+    retry_after_ms: str | None = None
+    delay: float = 0.0
+    malformed: str | None = None
+
+    @classmethod
+    def rate_limited(cls, retry_after: str | None = "0.05", retry_after_ms: str | None = None) -> Fault:
+        return cls(429, "rate limit exceeded", retry_after=retry_after, retry_after_ms=retry_after_ms)
+
+    @classmethod
+    def server_error(cls, status: int = 500) -> Fault:
+        return cls(status, "the server had an error")
+
+    @classmethod
+    def slow(cls, delay: float) -> Fault:
+        return cls(delay=delay)
+
+    @classmethod
+    def bad_body(cls, kind: str) -> Fault:
+        return cls(malformed=kind)
+
+    @classmethod
+    def rejected(cls, status: int = 400, message: str = "input is invalid") -> Fault:
+        return cls(status, message)
+
+
+@dataclass
+class Call:
+    """One request the fake received."""
+
+    path: str
+    status: int
+    texts: list[str] = field(default_factory=list)
+    mode: str | None = None
+    dimensions: int | None = None
+    body: Any = None
+
+
+# -- wire formats --------------------------------------------------------------------------------
+
+
+class Wire:
+    """One provider's wire format, as the fake checks and answers it."""
+
+    name = ""
+    prefix = ""  # path prefix that the client's base_url includes
+    has_mode = True
+
+    def route(self, path: str, query: dict[str, list[str]]) -> bool:
+        raise NotImplementedError
+
+    def auth_ok(self, headers: Any, key: str) -> bool:
+        return headers.get("authorization") == f"Bearer {key}"
+
+    def presented_key(self, headers: Any) -> str:
+        return (headers.get("authorization") or "").removeprefix("Bearer ")
+
+    def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
+        """(texts, mode as "query"/"document"/None, dimensions) of a request, or BadRequest."""
+        raise NotImplementedError
+
+    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+        raise NotImplementedError
+
+    def error(self, status: int, message: str) -> Any:
+        raise NotImplementedError
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise BadRequest(message)
+
+
+def _texts(value: Any, limit: int, what: str) -> list[str]:
+    _require(
+        isinstance(value, list) and all(isinstance(t, str) for t in value),
+        f"{what} must be a list of strings",
+    )
+    _require(0 < len(value) <= limit, f"{what} must hold 1 to {limit} items, got {len(value)}")
+    return value
+
+
+class OpenAIWire(Wire):
+    name = "openai"
+    prefix = "/v1"
+    has_mode = False
+    max_inputs = 2048
+
+    def route(self, path: str, query: dict[str, list[str]]) -> bool:
+        return path == "/v1/embeddings"
+
+    def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
+        self.check_model(body)
+        texts = _texts(body.get("input"), self.max_inputs, "'input'")
+        _require(all(texts), "'$.input' is invalid: an input cannot be an empty string")
+        _require(body.get("encoding_format", "float") == "float", "encoding_format must be float")
+        return texts, None, body.get("dimensions")
+
+    def check_model(self, body: Any) -> None:
+        _require(isinstance(body.get("model"), str), "you must provide a model parameter")
+
+    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        n = sum(len(t) for t in texts)
+        return {
+            "object": "list",
+            "data": data[::-1],
+            "model": "fake",
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        }
+
+    def error(self, status: int, message: str) -> Any:
+        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+
+
+class CompatibleWire(OpenAIWire):
+    name = "openai-compatible"
+    max_inputs = 32  # text-embeddings-inference's default client batch limit
+
+
+class AzureWire(OpenAIWire):
+    name = "azure-openai"
+    prefix = ""
+
+    def route(self, path: str, query: dict[str, list[str]]) -> bool:
+        return bool(re.fullmatch(r"/openai/deployments/[^/]+/embeddings", path)) and bool(
+            query.get("api-version")
+        )
+
+    def auth_ok(self, headers: Any, key: str) -> bool:
+        return headers.get("api-key") == key
+
+    def presented_key(self, headers: Any) -> str:
+        return headers.get("api-key") or ""
+
+    def check_model(self, body: Any) -> None:
+        """Azure takes the model from the deployment in the URL."""
+
+    def error(self, status: int, message: str) -> Any:
+        return {"error": {"code": str(status), "message": message}}
+
+
+class GoogleErrors(Wire):
+    def error(self, status: int, message: str) -> Any:
+        names = {
+            400: "INVALID_ARGUMENT",
+            401: "UNAUTHENTICATED",
+            403: "PERMISSION_DENIED",
+            429: "RESOURCE_EXHAUSTED",
+        }
+        return {"error": {"code": status, "message": message, "status": names.get(status, "INTERNAL")}}
+
+
+TASKS = {"RETRIEVAL_QUERY": "query", "RETRIEVAL_DOCUMENT": "document"}
+COHERE_INPUT_TYPES = {"search_query": "query", "search_document": "document"}
+VOYAGE_INPUT_TYPES = {"query": "query", "document": "document"}
+
+
+def _one_mode(modes: list[Any], table: dict[str, str], field_name: str) -> str:
+    _require(all(m in table for m in modes), f"{field_name} must be one of {sorted(table)}, got {set(modes)}")
+    _require(len(set(modes)) == 1, f"mixed {field_name} values in one request")
+    return table[modes[0]]
+
+
+class GeminiWire(GoogleErrors):
+    name = "gemini"
+    prefix = "/v1beta"
+
+    def route(self, path: str, query: dict[str, list[str]]) -> bool:
+        return bool(re.fullmatch(r"/v1beta/models/[^/:]+:batchEmbedContents", path))
+
+    def auth_ok(self, headers: Any, key: str) -> bool:
+        return headers.get("x-goog-api-key") == key
+
+    def presented_key(self, headers: Any) -> str:
+        return headers.get("x-goog-api-key") or ""
+
+    def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
+        model = "models/" + path.split("/models/")[1].split(":")[0]
+        requests = body.get("requests")
+        _require(
+            isinstance(requests, list) and 0 < len(requests) <= 100,
+            "at most 100 requests can be in one batch",
+        )
+        _require(all(r.get("model") == model for r in requests), f"each request's model must be {model}")
+        texts = [r["content"]["parts"][0]["text"] for r in requests]
+        mode = _one_mode([r.get("taskType") for r in requests], TASKS, "taskType")
+        dims = {r.get("outputDimensionality") for r in requests}
+        _require(len(dims) == 1, "mixed outputDimensionality")
+        return texts, mode, dims.pop()
+
+    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+        return {"embeddings": [{"values": v} for v in vectors]}
+
+
+class VertexWire(GoogleErrors):
+    name = "vertex"
+    prefix = "/v1"
+    route_re = re.compile(r"/v1/projects/[^/]+/locations/[^/]+/publishers/google/models/([^/:]+):predict")
+
+    def route(self, path: str, query: dict[str, list[str]]) -> bool:
+        return bool(self.route_re.fullmatch(path))
+
+    def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
+        match = self.route_re.fullmatch(path)
+        assert match is not None
+        limit = 1 if match.group(1).startswith("gemini") else 250
+        instances = body.get("instances")
+        _require(isinstance(instances, list) and 0 < len(instances) <= limit, f"at most {limit} instances")
+        texts = [i["content"] for i in instances]
+        mode = _one_mode([i.get("task_type") for i in instances], TASKS, "task_type")
+        params = body.get("parameters", {})
+        _require(isinstance(params.get("autoTruncate", True), bool), "autoTruncate must be a bool")
+        return texts, mode, params.get("outputDimensionality")
+
+    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+        preds = [
+            {"embeddings": {"values": v, "statistics": {"truncated": False, "token_count": len(t)}}}
+            for v, t in zip(vectors, texts, strict=True)
+        ]
+        return {"predictions": preds, "metadata": {"billableCharacterCount": sum(len(t) for t in texts)}}
+
+
+class CohereWire(Wire):
+    name = "cohere"
+    prefix = ""
+
+    def route(self, path: str, query: dict[str, list[str]]) -> bool:
+        return path == "/v2/embed"
+
+    def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
+        _require(isinstance(body.get("model"), str), "model is required")
+        texts = _texts(body.get("texts"), 96, "texts")
+        mode = _one_mode([body.get("input_type")], COHERE_INPUT_TYPES, "input_type")
+        _require(body.get("embedding_types") == ["float"], "this fake serves embedding_types ['float'] only")
+        _require(
+            body.get("truncate", "END") in ("NONE", "START", "END"), "truncate must be NONE, START or END"
+        )
+        return texts, mode, body.get("output_dimension")
+
+    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+        return {
+            "id": "fake",
+            "embeddings": {"float": vectors},
+            "texts": texts,
+            "meta": {"billed_units": {"input_tokens": sum(len(t) for t in texts)}},
+            "response_type": "embeddings_by_type",
+        }
+
+    def error(self, status: int, message: str) -> Any:
+        return {"id": "fake-error", "message": message}
+
+
+class VoyageWire(Wire):
+    name = "voyage"
+    prefix = "/v1"
+
+    def route(self, path: str, query: dict[str, list[str]]) -> bool:
+        return path == "/v1/embeddings"
+
+    def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
+        _require(isinstance(body.get("model"), str), "model is required")
+        texts = _texts(body.get("input"), 1000, "input")
+        _require(all(texts), "input texts must be non-empty")
+        mode = _one_mode([body.get("input_type")], VOYAGE_INPUT_TYPES, "input_type")
+        _require(isinstance(body.get("truncation", True), bool), "truncation must be a bool")
+        return texts, mode, body.get("output_dimension")
+
+    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+        data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
+        return {
+            "object": "list",
+            "data": data,
+            "model": "fake",
+            "usage": {"total_tokens": sum(len(t) for t in texts)},
+        }
+
+    def error(self, status: int, message: str) -> Any:
+        return {"detail": message}
+
+
+WIRES: dict[str, type[Wire]] = {
+    w.name: w for w in (OpenAIWire, AzureWire, CompatibleWire, GeminiWire, VertexWire, CohereWire, VoyageWire)
+}
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs (and httpx's pool) use
+    disable_nagle_algorithm = True
+    wbufsize = 1 << 16  # headers and body leave in one write, not two (no delayed-ACK stalls)
+    server: _Server
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.server.fake.handle(self, self.rfile.read(length))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request log lines."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeProvider
+
+
+class FakeProvider:
+    """A provider's fake API on 127.0.0.1 (a context manager).
+
+    Parameters
+    ----------
+    provider : str
+        One of :data:`PROVIDER_NAMES`.
+    key : str
+        The key the fake accepts. Its 401 message echoes the key it was sent (as some real
+        APIs echo part of it), so tests can check that clients scrub keys from errors.
+    dim : int
+        Width of the vectors served when the request does not ask for one.
+    delay : float
+        Seconds every successful reply waits (a slow server).
+    require_key : bool
+        Refuse requests without the right key (off for servers that need none).
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        key: str = FAKE_KEY,
+        dim: int = 8,
+        delay: float = 0.0,
+        require_key: bool = True,
+    ) -> None:
+        self.wire = WIRES[provider]()
+        self.provider = provider
+        self.key = key
+        self.dim = dim
+        self.delay = delay
+        self.require_key = require_key
+        self.calls: list[Call] = []
+        self.served: Counter[tuple[str, str | None]] = Counter()
+        self._faults: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+
+    # lifecycle
+
+    def __enter__(self) -> FakeProvider:
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        serve = threading.Thread(
+            target=self._server.serve_forever, args=(0.01,), name=f"fake-{self.provider}", daemon=True
+        )
+        serve.start()  # a short poll interval makes shutdown() quick
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        """The ``base_url`` to give this provider's encoder."""
+        assert self._server is not None, "use FakeProvider as a context manager"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}{self.wire.prefix}"
+
+    # test helpers
+
+    def schedule(self, *faults: Fault) -> None:
+        """Apply ``faults`` to the next well-formed, authorised requests, one each, in order."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    def mode(self, kind: str) -> str | None:
+        """The mode the fake records for an encoder's ``kind`` (None for models without modes)."""
+        return kind if self.wire.has_mode else None
+
+    def expected(self, texts: list[str], kind: str, dim: int | None = None) -> np.ndarray:
+        """The vectors this fake serves for ``texts`` embedded as ``kind``."""
+        return np.stack([fake_vector(t, self.mode(kind), dim or self.dim) for t in texts])
+
+    def texts_sent(self) -> list[str]:
+        """Every text of every well-formed request, in arrival order."""
+        with self._lock:
+            return [t for c in self.calls for t in c.texts]
+
+    # request handling
+
+    def handle(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        parts = urlsplit(handler.path)
+        call = Call(parts.path, 0)
+        with self._lock:
+            self.calls.append(call)
+        if not self.wire.route(parts.path, parse_qs(parts.query)):
+            self._send_error(handler, call, 404, f"no route {parts.path}")
+            return
+        if self.require_key and not self.wire.auth_ok(handler.headers, self.key):
+            got = self.wire.presented_key(handler.headers)
+            self._send_error(
+                handler, call, 401, f"Incorrect API key provided: {got}. Find your key in the console."
+            )
+            return
+        try:
+            call.body = json.loads(raw)
+            call.texts, call.mode, call.dimensions = self.wire.parse(parts.path, call.body)
+        except BadRequest as exc:
+            self._send_error(handler, call, 400, str(exc))
+            return
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            self._send_error(handler, call, 400, f"invalid request body: {exc!r}")
+            return
+        with self._lock:
+            fault = self._faults.popleft() if self._faults else None
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.status != 200:
+            headers = {"retry-after": fault.retry_after, "retry-after-ms": fault.retry_after_ms}
+            self._send_error(handler, call, fault.status, fault.message, headers)
+            return
+        if self.delay:
+            time.sleep(self.delay)
+        dim = call.dimensions or self.dim
+        vectors = [fake_vector(t, call.mode, dim).tolist() for t in call.texts]
+        if fault is not None and fault.malformed:
+            call.status = 200
+            self._send(handler, 200, self._malformed(fault.malformed, vectors, call.texts))
+            return
+        call.status = 200
+        if self._send(handler, 200, json.dumps(self.wire.reply(vectors, call.texts)).encode()):
+            with self._lock:
+                self.served.update((t, call.mode) for t in call.texts)
+
+    def _malformed(self, kind: str, vectors: list[list[float]], texts: list[str]) -> bytes:
+        if kind == "not-json":
+            return b"<html><body>502 Bad Gateway</body></html>"
+        if kind == "missing-field":
+            return b'{"object": "list", "unexpected": true}'
+        if kind == "wrong-count":
+            return json.dumps(self.wire.reply(vectors[:-1], texts[:-1])).encode()
+        if kind == "nan":
+            vectors[0][0] = float("nan")
+            return json.dumps(self.wire.reply(vectors, texts)).encode()  # json writes a bare NaN
+        raise ValueError(f"unknown malformed kind {kind!r}")
+
+    def _send_error(
+        self,
+        handler: BaseHTTPRequestHandler,
+        call: Call,
+        status: int,
+        message: str,
+        headers: dict[str, str | None] | None = None,
+    ) -> None:
+        call.status = status
+        self._send(handler, status, json.dumps(self.wire.error(status, message)).encode(), headers)
+
+    @staticmethod
+    def _send(
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        headers: dict[str, str | None] | None = None,
+    ) -> bool:
+        """Write one reply; False when the client has already gone (e.g. after its timeout)."""
+        try:
+            handler.send_response(status)
+            handler.send_header("content-type", "application/json")
+            handler.send_header("content-length", str(len(body)))
+            for name, value in (headers or {}).items():
+                if value is not None:
+                    handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(body)
+            handler.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return True
+
+
+def required_options(provider: str) -> dict[str, Any]:
+    """Options a provider needs besides the key and base URL (deployment, model, project)."""
+    if provider == "azure-openai":
+        return {"model": "fake-deployment"}
+    if provider == "openai-compatible":
+        return {"model": "fake-model"}
+    if provider == "vertex":
+        return {"project": "fake-project", "location": "us-central1"}
+    return {}
+
+
+def fake_encoder(fake: FakeProvider, *, key: str | None = None, **kw: Any) -> Encoder:
+    """The real encoder of ``fake``'s provider, pointed at the fake, with fast retries."""
+    options: dict[str, Any] = {
+        **required_options(fake.provider),
+        "base_url": fake.url,
+        "api_key": key or fake.key,
+        "retry": FAST_RETRY,
+        "timeout": 5.0,
+    }
+    options.update(kw)
+    return make_encoder(fake.provider, **options)

@@ -1,0 +1,150 @@
+"""The estimator contract every adapter variant must honour, save/load, and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from search_adaptor.model import CompatibilityError, ResidualAdapter, SearchAdaptor, l2_normalize
+from search_adaptor.training import family_variants, select
+
+FAST = {"max_steps": 150, "eval_every": 10, "patience": 60, "batch_size": 32}
+
+VARIANTS = {
+    "paper": {"mode": "shared", "loss": "ranking", "alpha": 0.1, "beta": 0.01},
+    "query_only_infonce": {"mode": "query_only", "loss": "infonce", "in_batch": True, "negatives": "hard"},
+    "separate_softmax": {"mode": "separate", "loss": "softmax", "negatives": "mixed"},
+    "linear_ranknet": {"architecture": "linear", "loss": "ranknet"},
+    "no_skip_pointwise": {"residual": False, "loss": "pointwise"},
+    "shared_infonce_in_batch": {"mode": "shared", "loss": "infonce", "in_batch": True},
+}
+
+
+def _fit(data: dict, **params) -> SearchAdaptor:
+    est = SearchAdaptor(**{**FAST, **params})
+    return est.fit(data["Q"], data["D"], data["qrels"], data["qids"], data["dids"])
+
+
+def test_untrained_residual_adapter_is_exactly_the_identity():
+    x = torch.randn(5, 8)
+    for arch in ("mlp", "linear"):
+        assert torch.equal(ResidualAdapter(8, 8, arch)(x), x)
+    assert torch.allclose(ResidualAdapter(8, 8, "linear", residual=False)(x), x)
+
+
+def test_init_stores_hyperparameters_verbatim_and_params_round_trip():
+    est = SearchAdaptor(alpha=0.5, mode="query_only", hidden_dim=7)
+    params = est.get_params()
+    assert params["alpha"] == 0.5 and params["mode"] == "query_only" and params["hidden_dim"] == 7
+    assert est.clone().get_params() == params
+    assert est.set_params(beta=0.2) is est and est.beta == 0.2
+    assert "alpha=0.5" in repr(est)
+    with pytest.raises(ValueError, match="unknown SearchAdaptor parameter"):
+        est.set_params(gamma=1)
+    assert not hasattr(est, "query_net_")  # nothing learned before fit
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_contract_every_variant(name, synthetic, tmp_path):
+    est = _fit(synthetic, **VARIANTS[name])
+    # fitted state, and the never-worse-than-zero-shot-on-validation guarantee
+    assert est.best_score_ >= est.zero_shot_score_
+    assert est.history_[0]["step"] == 0 and len(est.history_) >= 2
+    assert est.n_train_queries_ + est.n_val_queries_ == len(synthetic["qrels"])
+    q = est.transform_queries(synthetic["Q"][:7])
+    d = est.transform_corpus(synthetic["D"][:9])
+    assert q.shape == (7, 16) and d.shape == (9, 16) and q.dtype == np.float32
+    assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+    if est.mode == "query_only":
+        assert np.allclose(d, l2_normalize(synthetic["D"][:9]))
+    # save -> load -> identical outputs, no pickle
+    est.save(tmp_path / "a")
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"config.json", "adapter.safetensors", "README.md"}
+    again = SearchAdaptor.load(tmp_path / "a")
+    assert np.array_equal(again.transform_queries(synthetic["Q"]), est.transform_queries(synthetic["Q"]))
+    assert np.array_equal(again.transform_corpus(synthetic["D"]), est.transform_corpus(synthetic["D"]))
+    assert again.get_params() == est.get_params()
+
+
+def test_training_beats_zero_shot_on_a_learnable_problem(synthetic):
+    est = _fit(synthetic, mode="query_only", loss="infonce", in_batch=True, max_steps=300, patience=300)
+    assert est.best_step_ > 0
+    assert est.best_score_ > est.zero_shot_score_ + 0.05
+
+
+def test_identity_ships_when_nothing_beats_zero_shot(synthetic):
+    est = _fit(synthetic, lr=1e-12, max_steps=40)
+    assert est.is_identity_ and est.best_step_ == 0
+    assert np.array_equal(est.transform_queries(synthetic["Q"]), l2_normalize(synthetic["Q"]))
+
+
+def test_select_keeps_the_best_candidate_on_one_split(synthetic):
+    sel = select(
+        "auto",
+        synthetic["Q"],
+        synthetic["D"],
+        synthetic["qrels"],
+        synthetic["qids"],
+        synthetic["dids"],
+        overrides=FAST,
+    )
+    names = [name for name, _ in family_variants("auto")]
+    assert [c["variant"] for c in sel.candidates] == names
+    best = max(sel.candidates, key=lambda c: c["val_ndcg@10"])
+    assert sel.selected == best["variant"]
+    assert sel.adapter.best_score_ == pytest.approx(best["val_ndcg@10"])
+    assert len({c["zero_shot_val_ndcg@10"] for c in sel.candidates}) == 1  # same validation split for all
+
+
+def test_saved_config_describes_the_adapter(synthetic, tmp_path):
+    est = _fit(synthetic, max_steps=30)
+    est.encoder_ = {"fingerprint": "sentence-transformers:m:abc", "model": "m"}
+    est.save(tmp_path / "a", extra={"test": {"ndcg@10": 0.5}})
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["dim"] == 16 and cfg["encoder"]["model"] == "m"
+    assert cfg["hyperparameters"]["alpha"] == est.alpha
+    assert cfg["training"]["val_ndcg@10"] == pytest.approx(est.best_score_)
+    assert cfg["metrics"]["test"]["ndcg@10"] == 0.5 and "version" in cfg
+    assert "Search-Adaptor adapter" in (tmp_path / "a" / "README.md").read_text()
+
+
+def test_refuses_other_dimension_and_other_model(synthetic, tmp_path):
+    est = _fit(synthetic, max_steps=20)
+    est.encoder_ = {"fingerprint": "sentence-transformers:model-a:111", "model": "model-a"}
+    est.save(tmp_path / "a")
+    loaded = SearchAdaptor.load(tmp_path / "a")
+    with pytest.raises(CompatibilityError, match=r"expects 16-d embeddings of model-a, got 8-d") as err:
+        loaded.transform_queries(np.ones((2, 8), dtype=np.float32))
+    assert "\n" not in str(err.value)
+    with pytest.raises(CompatibilityError, match=r"model-a.*openai:text-embedding-3-small"):
+        loaded.check_encoder("openai:text-embedding-3-small:222")
+    loaded.check_encoder("sentence-transformers:model-a:111", 16)
+
+
+def test_nan_embeddings_are_refused_with_the_row(synthetic):
+    bad = synthetic["Q"].copy()
+    bad[5, 3] = np.nan
+    with pytest.raises(ValueError, match=r"query embeddings: row 5 contains NaN"):
+        SearchAdaptor(**FAST).fit(
+            bad, synthetic["D"], synthetic["qrels"], synthetic["qids"], synthetic["dids"]
+        )
+    est = _fit(synthetic, max_steps=20)
+    with pytest.raises(ValueError, match="row 5 contains NaN or inf"):
+        est.transform_queries(bad)
+
+
+def test_bad_fit_inputs_fail_with_one_clear_line(synthetic):
+    d = synthetic
+    with pytest.raises(ValueError, match="16-d but corpus embeddings are 8-d"):
+        SearchAdaptor().fit(d["Q"], d["D"][:, :8], d["qrels"], d["qids"], d["dids"])
+    with pytest.raises(ValueError, match="names document 'nope'"):
+        SearchAdaptor().fit(d["Q"], d["D"], {"q0": {"nope": 1}, "q1": {"d1": 1}}, d["qids"], d["dids"])
+    with pytest.raises(ValueError, match="at least 2 labelled queries"):
+        SearchAdaptor().fit(d["Q"], d["D"], {"q0": {"d0": 1}}, d["qids"], d["dids"])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        SearchAdaptor(mode="both").fit(d["Q"], d["D"], d["qrels"], d["qids"], d["dids"])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SearchAdaptor().transform_queries(d["Q"])

@@ -1,0 +1,441 @@
+"""The embedding-API providers against local fakes of their wire formats (no network, no keys)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import subprocess
+import sys
+import time
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from fake_providers import (
+    FAKE_KEY,
+    FAST_RETRY,
+    KEY_ENV,
+    PROVIDER_NAMES,
+    FakeProvider,
+    Fault,
+    fake_encoder,
+    required_options,
+)
+from search_adaptor.encoders.base import EncoderError
+from search_adaptor.encoders.http import (
+    RetryPolicy,
+    Secret,
+    parse_retry_after,
+    plan_requests,
+    prepare_texts,
+)
+from search_adaptor.encoders.registry import PROVIDERS, make_encoder
+from search_adaptor.store import EmbeddingStore
+
+TEXTS = ["the cat sat on the mat", "embeddings map text to vectors", "a third, rather different text"]
+
+
+@pytest.fixture(params=PROVIDER_NAMES)
+def fake(request: pytest.FixtureRequest):
+    with FakeProvider(request.param) as server:
+        yield server
+
+
+# -- the happy path --------------------------------------------------------------------------------
+
+
+def test_right_vector_for_each_text_and_mode(fake: FakeProvider) -> None:
+    enc = fake_encoder(fake)
+    queries = enc.encode_queries(TEXTS)
+    docs = enc.encode_corpus(TEXTS)
+    np.testing.assert_allclose(queries, fake.expected(TEXTS, "query"), atol=1e-6)
+    np.testing.assert_allclose(docs, fake.expected(TEXTS, "document"), atol=1e-6)
+    assert [c.mode for c in fake.calls] == [fake.mode("query"), fake.mode("document")]
+    assert fake.texts_sent() == TEXTS + TEXTS
+    assert enc.retries == 0
+
+
+def test_output_dimensions_are_requested(fake: FakeProvider) -> None:
+    enc = fake_encoder(fake, dimensions=4)
+    vecs = enc.encode_corpus(TEXTS)
+    assert vecs.shape == (3, 4)
+    np.testing.assert_allclose(vecs, fake.expected(TEXTS, "document", dim=4), atol=1e-6)
+    assert fake.calls[0].dimensions == 4
+    assert enc.config()["dimensions"] == 4
+
+
+def test_batches_are_split_to_the_documented_limit(fake: FakeProvider) -> None:
+    enc = fake_encoder(fake, batch_size=10_000)
+    texts = [f"t{i}" for i in range(enc.max_inputs + 3)]
+    vecs = enc.encode_batch(texts, "document")
+    np.testing.assert_allclose(vecs, fake.expected(texts, "document"), atol=1e-6)
+    assert [len(c.texts) for c in fake.calls] == [enc.max_inputs, 3]
+
+
+def test_vertex_gemini_models_send_one_text_per_request() -> None:
+    with FakeProvider("vertex") as fake:
+        enc = fake_encoder(fake, model="gemini-embedding-001")
+        assert enc.batch_size == 1
+        vecs = enc.encode_batch(TEXTS, "query")
+        np.testing.assert_allclose(vecs, fake.expected(TEXTS, "query"), atol=1e-6)
+        assert [len(c.texts) for c in fake.calls] == [1, 1, 1]
+
+
+def test_token_budget_splits_requests() -> None:
+    with FakeProvider("azure-openai") as fake:  # Azure's documented 8192 tokens per request
+        enc = fake_encoder(fake)
+        texts = ["x" * 9000] * 3  # ~3000 estimated tokens each: two fit in one request
+        enc.encode_batch(texts, "document")
+        assert [len(c.texts) for c in fake.calls] == [2, 1]
+
+
+def test_openai_cuts_long_and_empty_texts_as_configured() -> None:
+    with FakeProvider("openai") as fake:
+        enc = fake_encoder(fake)
+        enc.encode_batch(["y" * 30_000, ""], "document")
+        assert [len(t) for t in fake.calls[0].texts] == [8192 * 3, 1]
+        assert enc.config()["max_chars"] == 8192 * 3
+        uncut = fake_encoder(fake, max_chars=None)
+        assert uncut.fingerprint != enc.fingerprint
+
+
+def test_prompts_are_prefixed_and_fingerprinted() -> None:
+    with FakeProvider("openai-compatible") as fake:
+        enc = fake_encoder(fake, query_prompt="query: ", document_prompt="passage: ")
+        q = enc.encode_queries(["a"])
+        enc.encode_corpus(["a"])
+        assert fake.texts_sent() == ["query: a", "passage: a"]
+        np.testing.assert_allclose(q, fake.expected(["query: a"], "query"), atol=1e-6)
+        assert enc.fingerprint != fake_encoder(fake).fingerprint
+
+
+# -- errors that must not be retried --------------------------------------------------------------
+
+
+def test_bad_key_fails_at_once_naming_the_env_var(fake: FakeProvider) -> None:
+    wrong = "sk-wrong-SECRET-4242424242"
+    enc = fake_encoder(fake, key=wrong)
+    with pytest.raises(EncoderError) as info:
+        enc.encode_queries(["a"])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{fake.provider}:")
+    assert "401" in message and KEY_ENV[fake.provider] in message
+    assert wrong not in message and "Incorrect API key" in message  # server text kept, key scrubbed
+    assert len(fake.calls) == 1 and enc.retries == 0
+
+
+def test_bad_request_is_not_retried(fake: FakeProvider) -> None:
+    enc = fake_encoder(fake)
+    fake.schedule(Fault.rejected(400, "this model's maximum context length is 8192 tokens"))
+    with pytest.raises(EncoderError) as info:
+        enc.encode_corpus(TEXTS)
+    message = str(info.value)
+    assert "400" in message and "maximum context length is 8192 tokens" in message
+    assert "\n" not in message
+    assert len(fake.calls) == 1 and enc.retries == 0
+
+
+@pytest.mark.parametrize("status", [403, 404, 422])
+def test_other_client_errors_are_not_retried(status: int) -> None:
+    with FakeProvider("voyage") as fake:
+        enc = fake_encoder(fake)
+        fake.schedule(Fault.rejected(status, "nope"))
+        with pytest.raises(EncoderError, match=f"HTTP {status}"):
+            enc.encode_corpus(TEXTS)
+        assert len(fake.calls) == 1
+
+
+# -- transient faults are retried -----------------------------------------------------------------
+
+TRANSIENT = {
+    "429": Fault.rate_limited("0.01"),
+    "500": Fault.server_error(500),
+    "503": Fault.server_error(503),
+    "not-json": Fault.bad_body("not-json"),
+    "missing-field": Fault.bad_body("missing-field"),
+    "wrong-count": Fault.bad_body("wrong-count"),
+    "nan": Fault.bad_body("nan"),
+}
+
+
+@pytest.mark.parametrize("fault", TRANSIENT.values(), ids=TRANSIENT.keys())
+def test_transient_faults_are_retried(fake: FakeProvider, fault: Fault) -> None:
+    enc = fake_encoder(fake)
+    fake.schedule(fault, fault)
+    vecs = enc.encode_corpus(TEXTS)
+    np.testing.assert_allclose(vecs, fake.expected(TEXTS, "document"), atol=1e-6)
+    assert len(fake.calls) == 3
+    assert enc.retries == 2
+
+
+def test_timeouts_are_retried(fake: FakeProvider) -> None:
+    enc = fake_encoder(fake, timeout=0.2)
+    fake.schedule(Fault.slow(0.6))
+    vecs = enc.encode_queries(TEXTS)
+    np.testing.assert_allclose(vecs, fake.expected(TEXTS, "query"), atol=1e-6)
+    assert enc.retries == 1
+
+
+def test_connection_errors_are_retried_then_reported() -> None:
+    with FakeProvider("cohere") as fake:
+        url = fake.url
+    enc = make_encoder(
+        "cohere", base_url=url, api_key=FAKE_KEY, retry=RetryPolicy(max_attempts=2, base_delay=0.001)
+    )
+    with pytest.raises(EncoderError, match=r"cohere: giving up after 2 attempts.*connection error"):
+        enc.encode_queries(["a"])
+    assert enc.retries == 1
+
+
+def test_retry_after_is_honoured(fake: FakeProvider) -> None:
+    enc = fake_encoder(fake)  # its own backoff is at most 0.02 s
+    fake.schedule(Fault.rate_limited("0.06"))
+    start = time.monotonic()
+    enc.encode_queries(["a"])
+    assert time.monotonic() - start >= 0.06
+    assert enc.retries == 1
+
+
+def test_retry_after_ms_is_honoured() -> None:
+    with FakeProvider("azure-openai") as fake:
+        enc = fake_encoder(fake)
+        fake.schedule(Fault.rate_limited(retry_after="30", retry_after_ms="120"))
+        start = time.monotonic()
+        enc.encode_queries(["a"])
+        assert 0.12 <= time.monotonic() - start < 5
+
+
+def test_gives_up_after_max_attempts_in_one_line(fake: FakeProvider) -> None:
+    enc = fake_encoder(fake)
+    fake.schedule(*[Fault.server_error(503)] * 4)
+    with pytest.raises(EncoderError) as info:
+        enc.encode_corpus(TEXTS)
+    message = str(info.value)
+    assert message.startswith(f"{fake.provider}: giving up after 4 attempts")
+    assert "HTTP 503" in message and "the server had an error" in message and "\n" not in message
+    assert len(fake.calls) == 4 and enc.retries == 3
+
+
+def test_malformed_bodies_are_retried_a_limited_number_of_times() -> None:
+    with FakeProvider("gemini") as fake:
+        enc = fake_encoder(fake)
+        fake.schedule(*[Fault.bad_body("wrong-count")] * 4)
+        with pytest.raises(EncoderError, match=r"gemini: malformed reply.*3 unusable replies"):
+            enc.encode_corpus(TEXTS)
+        assert len(fake.calls) == 3
+
+
+def test_a_retry_after_beyond_the_wait_budget_fails_fast() -> None:
+    with FakeProvider("openai") as fake:
+        enc = fake_encoder(fake)
+        fake.schedule(Fault.rate_limited("3600"))
+        start = time.monotonic()
+        with pytest.raises(EncoderError, match=r"openai: giving up: waiting .* max_total_wait.*HTTP 429"):
+            enc.encode_queries(["a"])
+        assert time.monotonic() - start < 1
+
+
+def test_retry_counter_is_shared_across_threads(tmp_path) -> None:
+    with FakeProvider("voyage") as fake:
+        enc = fake_encoder(fake, batch_size=2, max_concurrency=4)
+        fake.schedule(*[Fault.server_error(500)] * 5)
+        texts = [f"doc {i}" for i in range(20)]
+        with EmbeddingStore(enc, tmp_path) as store:
+            vecs = store.embed(texts, "document")
+        np.testing.assert_allclose(vecs, fake.expected(texts, "document"), atol=1e-6)
+        assert enc.retries == 5
+
+
+# -- secrets ------------------------------------------------------------------------------------------
+
+
+def test_keys_never_leak(fake: FakeProvider, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    enc = fake_encoder(fake)
+    fake.schedule(Fault.server_error(500))
+    enc.encode_queries(["a"])  # one retry, logged
+    wrong = "sk-other-SECRET-987654321"
+    with pytest.raises(EncoderError) as info:
+        fake_encoder(fake, key=wrong).encode_queries(["a"])
+    assert caplog.records, "the retry should have been logged"
+    places = [repr(enc), str(enc), enc.fingerprint, json.dumps(enc.config()), str(info.value), caplog.text]
+    for place in places:
+        assert FAKE_KEY not in place and wrong not in place
+
+
+def test_secret_hides_its_value() -> None:
+    secret = Secret("sk-abc")
+    assert "sk-abc" not in repr(secret) and "sk-abc" not in str(secret)
+    assert secret.reveal() == "sk-abc"
+
+
+# -- with the store -----------------------------------------------------------------------------------
+
+
+def test_store_sends_each_text_once(fake: FakeProvider, tmp_path) -> None:
+    enc = fake_encoder(fake, batch_size=2, max_concurrency=3)
+    texts = [f"passage {i}" for i in range(9)]
+    with EmbeddingStore(enc, tmp_path) as store:
+        first = store.embed(texts, "document")
+        calls = len(fake.calls)
+        again = store.embed(texts, "document")
+        assert len(fake.calls) == calls  # the second embed sent nothing
+        queries = store.embed(texts[:2], "query")
+    np.testing.assert_allclose(first, fake.expected(texts, "document"), atol=1e-6)
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(queries, fake.expected(texts[:2], "query"), atol=1e-6)
+    assert sorted(fake.texts_sent()) == sorted(texts + texts[:2])
+
+
+# -- registry -----------------------------------------------------------------------------------------
+
+
+def test_provider_names() -> None:
+    assert set(PROVIDERS) == {"sentence-transformers", *PROVIDER_NAMES}
+
+
+def test_unknown_provider_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown embedding provider 'acme'.*openai.*voyage"):
+        make_encoder("acme")
+
+
+@pytest.mark.parametrize("provider", [p for p in PROVIDER_NAMES if p != "openai-compatible"])
+def test_missing_key_names_the_env_var(provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in (*KEY_ENV.values(), "OPENAI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setitem(sys.modules, "google.auth", None)  # no application-default credentials either
+    with pytest.raises(EncoderError, match=KEY_ENV[provider]):
+        make_encoder(provider, base_url="http://127.0.0.1:9", **required_options(provider))
+
+
+def test_keys_are_read_from_the_environment(fake: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV[fake.provider], fake.key)
+    enc = make_encoder(fake.provider, base_url=fake.url, **required_options(fake.provider))
+    np.testing.assert_allclose(enc.encode_queries(["a"]), fake.expected(["a"], "query"), atol=1e-6)
+
+
+def test_gemini_accepts_google_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.setenv("GOOGLE_API_KEY", FAKE_KEY)
+    with FakeProvider("gemini") as fake:
+        make_encoder("gemini", base_url=fake.url).encode_queries(["a"])
+
+
+def test_openai_compatible_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_COMPATIBLE_API_KEY", raising=False)
+    with FakeProvider("openai-compatible", require_key=False) as fake:
+        enc = make_encoder("openai-compatible", "nomic-embed-text", base_url=fake.url)
+        enc.encode_queries(["a"])
+        assert "base_url" in enc.config()
+
+
+def test_vertex_falls_back_to_application_default_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without $VERTEX_ACCESS_TOKEN, google-auth's default credentials supply (and refresh) the token."""
+    monkeypatch.delenv("VERTEX_ACCESS_TOKEN", raising=False)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+
+    class Credentials:
+        valid, token, refreshes = False, None, 0
+
+        def refresh(self, request: object) -> None:
+            self.refreshes += 1
+            self.valid, self.token = True, FAKE_KEY
+
+    credentials = Credentials()
+    modules = {name: ModuleType(name) for name in ("google", "google.auth", "google.auth.exceptions")}
+    modules["google.auth.transport"] = ModuleType("google.auth.transport")
+    modules["google.auth.transport.requests"] = ModuleType("google.auth.transport.requests")
+    errors = modules["google.auth.exceptions"]
+    errors.GoogleAuthError = type("GoogleAuthError", (Exception,), {})
+    errors.DefaultCredentialsError = type("DefaultCredentialsError", (errors.GoogleAuthError,), {})
+    modules["google.auth.transport.requests"].Request = object
+    modules["google.auth.transport"].requests = modules["google.auth.transport.requests"]
+    auth = modules["google.auth"]
+    auth.default = lambda scopes: (credentials, "adc-project")
+    auth.exceptions, auth.transport = errors, modules["google.auth.transport"]
+    modules["google"].auth = auth
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    with FakeProvider("vertex") as fake:
+        enc = make_encoder("vertex", base_url=fake.url, retry=FAST_RETRY)
+        assert enc.project == "adc-project"
+        enc.encode_queries(["a"])
+        enc.encode_corpus(["b"])
+    assert credentials.refreshes == 1
+
+
+def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_OPENAI_ENDPOINT", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    with pytest.raises(EncoderError, match="AZURE_OPENAI_ENDPOINT"):
+        make_encoder("azure-openai", "dep", api_key="k")
+    with pytest.raises(ValueError, match="base_url"):
+        make_encoder("openai-compatible", "m")
+    with pytest.raises(ValueError, match="model"):
+        make_encoder("openai-compatible", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(EncoderError, match="GOOGLE_CLOUD_PROJECT"):
+        make_encoder("vertex", api_key="token")
+    with pytest.raises(ValueError, match="do not apply"):
+        make_encoder("sentence-transformers", dimensions=64)
+
+
+def test_local_provider_builds_lazily() -> None:
+    from search_adaptor.encoders.local import DEFAULT_MODEL
+
+    enc = make_encoder("sentence-transformers", batch_size=8)
+    assert enc.model == DEFAULT_MODEL and enc.batch_size == 8
+
+
+def test_registry_import_is_light() -> None:
+    code = (
+        "import sys; from search_adaptor.encoders.registry import make_encoder; "
+        "heavy = {'httpx', 'torch', 'sentence_transformers'} & set(sys.modules); assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fingerprint_depends_on_what_changes_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = make_encoder("cohere", api_key="k1")
+    assert (
+        base.fingerprint == make_encoder("cohere", api_key="k2", max_concurrency=9, batch_size=5).fingerprint
+    )
+    assert base.fingerprint != make_encoder("cohere", api_key="k1", truncate="NONE").fingerprint
+    assert base.fingerprint != make_encoder("cohere", api_key="k1", dimensions=256).fingerprint
+    assert base.fingerprint != make_encoder("cohere", "embed-english-v3.0", api_key="k1").fingerprint
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after({"Retry-After": "2"}) == 2.0
+    assert parse_retry_after({"retry-after": "0.5", "retry-after-ms": "150"}) == pytest.approx(0.15)
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after({"Retry-After": date}, now=now) == pytest.approx(30.0)
+    assert parse_retry_after({"Retry-After": email.utils.formatdate(now - 30, usegmt=True)}, now=now) == 0.0
+    assert parse_retry_after({"Retry-After": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_plan_requests() -> None:
+    assert plan_requests(["a"] * 5, 2, None) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    texts = ["x" * 30, "x" * 30, "x" * 300, "x"]  # 10, 10, 100, 1 estimated tokens
+    assert plan_requests(texts, 10, 25) == [slice(0, 2), slice(2, 3), slice(3, 4)]
+    assert plan_requests([], 10, 25) == []
+
+
+def test_prepare_texts() -> None:
+    assert prepare_texts(["", "abcdef"], 3) == [" ", "abc"]
+    assert prepare_texts(["abcdef"], None) == ["abcdef"]
+
+
+def test_retry_policy_backoff_is_full_jitter() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=5.0)
+    delays = [policy.backoff(10) for _ in range(200)]
+    assert all(0.0 <= d <= 5.0 for d in delays) and max(delays) > 2.5

@@ -1,0 +1,82 @@
+"""The embedding store never embeds a text twice and survives being reopened."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from search_adaptor.encoders.base import Encoder, EncoderError
+from search_adaptor.store import EmbeddingStore, StoreStats, default_cache_dir
+
+
+class CountingEncoder(Encoder):
+    """Deterministic fake: a vector from the text's hash; counts every text it is asked for."""
+
+    provider = "fake"
+
+    def __init__(self, dim: int = 4, batch_size: int = 3, max_concurrency: int = 1, nan_on: str = "") -> None:
+        self.model, self.dim, self.batch_size, self.max_concurrency = (
+            "fake-model",
+            dim,
+            batch_size,
+            max_concurrency,
+        )
+        self.nan_on = nan_on
+        self.calls: list[tuple[str, ...]] = []
+
+    def config(self) -> dict:
+        return {"provider": self.provider, "model": self.model, "dim": self.dim}
+
+    def encode_batch(self, texts, kind):
+        self.calls.append(tuple(texts))
+        out = np.stack(
+            [np.random.default_rng(abs(hash((t, kind))) % 2**32).normal(size=self.dim) for t in texts]
+        )
+        if self.nan_on in texts:
+            out[list(texts).index(self.nan_on)] = np.nan
+        return out.astype(np.float32)
+
+
+def test_second_run_makes_zero_encoder_calls(tmp_path):
+    texts = [f"text {i}" for i in range(10)] + ["text 0"]  # a duplicate is embedded once
+    enc = CountingEncoder()
+    stats = StoreStats()
+    with EmbeddingStore(enc, tmp_path) as store:
+        first = store.embed(texts, "document", stats=stats)
+    assert stats.encoded == 10 and stats.cached == 0 and sum(len(c) for c in enc.calls) == 10
+    enc2 = CountingEncoder()
+    stats2 = StoreStats()
+    with EmbeddingStore(enc2, tmp_path) as store:
+        again = store.embed(texts, "document", stats=stats2)
+        assert len(store) == 10
+    assert enc2.calls == [] and stats2.encoded == 0 and stats2.cached == 10
+    assert np.array_equal(first, again) and np.array_equal(first[0], first[10])
+
+
+def test_queries_and_documents_are_cached_apart(tmp_path):
+    enc = CountingEncoder()
+    with EmbeddingStore(enc, tmp_path) as store:
+        q = store.embed(["same"], "query")
+        d = store.embed(["same"], "document")
+    assert len(enc.calls) == 2 and not np.array_equal(q, d)
+
+
+def test_concurrent_batches_keep_order(tmp_path):
+    texts = [f"t{i}" for i in range(40)]
+    ref = CountingEncoder(batch_size=40).encode_batch(texts, "document")
+    with EmbeddingStore(CountingEncoder(batch_size=3, max_concurrency=4), tmp_path) as store:
+        assert np.array_equal(store.embed(texts, "document"), ref)
+
+
+def test_a_failing_batch_keeps_the_finished_ones(tmp_path):
+    texts = [f"t{i}" for i in range(9)]
+    with EmbeddingStore(CountingEncoder(batch_size=3, nan_on="t7"), tmp_path) as store:
+        with pytest.raises(EncoderError, match="NaN or inf"):
+            store.embed(texts, "document")
+        assert len(store) == 6  # the first two batches were committed
+        assert store.missing("document", texts) == ["t6", "t7", "t8"]
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEARCH_ADAPTOR_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
