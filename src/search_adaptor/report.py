@@ -53,14 +53,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if protocol == "kfold":
         lines.append(
             f"Protocol: {report['folds']}-fold cross-validation over the labelled queries (the dataset "
-            "has no train split): each fold's adapter is trained and selected on the other folds only, and the "
-            "metrics are the mean over all held-out queries. The saved adapter is trained on all of them."
+            "has no train split): each fold's adapter is trained and selected on the other folds only, "
+            "and the metrics are the mean over all held-out queries. The saved adapter is trained on "
+            "all of them."
         )
     else:
+        n_test, test_split = report.get("n_test_queries", "?"), report.get("test_split", "test")
         lines.append(
             f"Protocol: train on `{report.get('train_split', 'train')}`, select on a validation split "
-            f"carved from it, report on the {report.get('n_test_queries', '?')} `{report.get('test_split', 'test')}` "
-            "queries, which training, early stopping and selection never saw."
+            f"carved from it, report on the {n_test} `{test_split}` queries, which training, early "
+            "stopping and selection never saw."
         )
     lines += ["", *metrics_table({"zero-shot": zs, "adapted": ad}, names), ""]
     delta = ad[names[0]] - zs[names[0]]

@@ -1,0 +1,189 @@
+"""The command line: fast help, one-line errors, and a small real end-to-end ``fit`` on SciFact."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search_adaptor.cli import main
+from tests.conftest import shared_dataset
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from search_adaptor.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'numpy' not in sys.modules, 'numpy imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "fit" in out.stdout and "evaluate" in out.stdout
+
+
+def test_bad_data_dir_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n{"text": "no id"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "y"}\n')
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("search-adaptor: error: ") and "\n" not in err
+    assert "corpus.jsonl:2" in err and "_id" in err
+
+
+def _subset(src: Path, dst: Path, n_train: int = 60, n_test: int = 30, n_docs: int = 250) -> Path:
+    """A small BEIR folder cut from a real dataset: sampled queries, their documents and distractors."""
+    rng = random.Random(0)
+    qrels = {}
+    for split in ("train", "test"):
+        rows = (src / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]
+        by_q: dict[str, list[str]] = {}
+        for row in rows:
+            q, d, s = row.split("\t")
+            by_q.setdefault(q, []).append(f"{q}\t{d}\t{s}")
+        keep = rng.sample(sorted(by_q), n_train if split == "train" else n_test)
+        qrels[split] = [r for q in keep for r in by_q[q]]
+    needed = {r.split("\t")[1] for rows in qrels.values() for r in rows}
+    with gzip.open(src / "corpus.jsonl.gz", "rt") as fh:
+        docs = [json.loads(line) for line in fh]
+    extra = rng.sample([d for d in docs if d["_id"] not in needed], n_docs)
+    corpus = [d for d in docs if d["_id"] in needed] + extra
+    queries_needed = {r.split("\t")[0] for rows in qrels.values() for r in rows}
+    queries = [json.loads(line) for line in (src / "queries.jsonl").read_text().splitlines()]
+    (dst / "qrels").mkdir(parents=True)
+    (dst / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (dst / "queries.jsonl").write_text(
+        "".join(json.dumps(q) + "\n" for q in queries if q["_id"] in queries_needed)
+    )
+    for split, rows in qrels.items():
+        (dst / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    return dst
+
+
+@pytest.mark.slow
+def test_fit_end_to_end_on_a_scifact_subset(tmp_path, capsys):
+    data = _subset(shared_dataset("scifact"), tmp_path / "scifact-small")
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    args = ["fit", str(data), "--out", str(out), "--cache", str(cache), "--max-steps", "60", "--quiet"]
+    assert main([*args, "-o", "json"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"] == "test" and report["dataset"] == "scifact-small"
+    assert report["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert set(report["metrics"]) == {"zero-shot", "adapted"}
+    assert set(report["metrics"]["adapted"]) == {"ndcg@10", "recall@100", "mrr@10", "map@100"}
+    assert report["validation"]["selected_val_ndcg@10"] >= report["validation"]["zero_shot_val_ndcg@10"]
+    assert set(report["timings"]) == {"embed_s", "train_s"}
+    assert report["encoder_calls"]["texts_sent"] > 0
+    assert (out / "report.md").read_text().startswith("# search-adaptor report")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["metrics"] == report["metrics"]
+
+    # the saved adapter scores the same test queries to the same numbers
+    assert (
+        main(
+            [
+                "evaluate",
+                str(data),
+                "--adapter",
+                str(out / "adapter"),
+                "--cache",
+                str(cache),
+                "--quiet",
+                "-o",
+                "json",
+            ]
+        )
+        == 0
+    )
+    evaluated = json.loads(capsys.readouterr().out)
+    for name, value in report["metrics"]["adapted"].items():
+        assert evaluated["metrics"]["adapted"][name] == pytest.approx(value, abs=1e-9)
+
+    # a second fit on the same data makes zero encoder calls
+    assert main([*args, "-o", "json"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["encoder_calls"]["texts_sent"] == 0
+
+    # the adapter refuses embeddings of another model, naming both
+    other = tmp_path / "vectors"
+    other.mkdir()
+    from search_adaptor.data import load_beir
+
+    ds = load_beir(data)
+    rng = np.random.default_rng(0)
+    np.savez(
+        other / "queries.npz",
+        ids=np.array(list(ds.queries)),
+        embeddings=rng.normal(size=(len(ds.queries), 8)),
+    )
+    np.savez(other / "corpus.npz", ids=np.array(ds.doc_ids), embeddings=rng.normal(size=(len(ds.doc_ids), 8)))
+    assert (
+        main(
+            [
+                "evaluate",
+                str(data),
+                "--adapter",
+                str(out / "adapter"),
+                "--embeddings",
+                str(other),
+                "--model",
+                "my-8d-model",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "all-MiniLM-L6-v2" in err and "my-8d-model" in err
+
+
+def test_fit_with_precomputed_embeddings_and_kfold(tmp_path, synthetic, capsys):
+    """Bring-your-own vectors + a dataset without a train split -> k-fold protocol."""
+    d = synthetic
+    data = tmp_path / "syn"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": i}) + "\n" for i in d["dids"]))
+    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": q}) + "\n" for q in d["qids"]))
+    rows = [f"{q}\t{doc}\t{g}" for q, docs in d["qrels"].items() for doc, g in docs.items()]
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    vec = tmp_path / "vec"
+    vec.mkdir()
+    np.savez(vec / "queries.npz", ids=np.array(d["qids"]), embeddings=d["Q"])
+    np.savez(vec / "corpus.npz", ids=np.array(d["dids"]), embeddings=d["D"])
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "fit",
+                str(data),
+                "--out",
+                str(out),
+                "--embeddings",
+                str(vec),
+                "--model",
+                "syn-16",
+                "--folds",
+                "3",
+                "--max-steps",
+                "80",
+                "--quiet",
+                "-o",
+                "json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"] == "kfold" and report["folds"] == 3 and len(report["fold_results"]) == 3
+    assert report["n_test_queries"] == len(d["qrels"])
+    assert report["metrics"]["adapted"]["ndcg@10"] > report["metrics"]["zero-shot"]["ndcg@10"]
+    assert "3-fold cross-validation" in (out / "report.md").read_text()
+    cfg = json.loads((out / "adapter" / "config.json").read_text())
+    assert cfg["encoder"]["fingerprint"] == "precomputed:syn-16"
