@@ -4,7 +4,8 @@ Each fake speaks its provider's request and response format: it checks the route
 the body fields (including the query/document mode field) and the documented per-request limits,
 and answers with deterministic unit vectors derived from (mode, text), so a test can tell that the
 right vector came back for the right text in the right mode. It records every request and every
-text served successfully, and injects faults on a schedule (429 with ``Retry-After``, 5xx, replies
+text served successfully (not counting replies due to a client that has already hung up, e.g.
+after its timeout), and injects faults on a schedule (429 with ``Retry-After``, 5xx, replies
 slower than the client's timeout, malformed bodies).
 
 Usage::
@@ -21,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import select
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -36,6 +39,8 @@ from search_adaptor.encoders.http import RetryPolicy
 from search_adaptor.encoders.registry import make_encoder
 
 FAKE_KEY = "sk-fake-SECRET-0123456789abcdef"
+#: ``Call.status`` of a request whose client hung up before the reply (nginx's "client closed request").
+CLIENT_GONE = 499
 PROVIDER_NAMES = ("openai", "azure-openai", "openai-compatible", "gemini", "vertex", "cohere", "voyage")
 #: Where each provider's encoder reads its credential from.
 KEY_ENV = {
@@ -365,6 +370,17 @@ WIRES: dict[str, type[Wire]] = {
 # -- the server ----------------------------------------------------------------------------------
 
 
+def _client_gone(handler: BaseHTTPRequestHandler) -> bool:
+    """True when the client has hung up: its socket reads as closed (or reset) without blocking."""
+    sock = handler.connection
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs (and httpx's pool) use
     disable_nagle_algorithm = True
@@ -501,6 +517,9 @@ class FakeProvider:
             return
         if self.delay:
             time.sleep(self.delay)
+        if _client_gone(handler):  # e.g. it timed out while we stalled: nothing is served
+            call.status = CLIENT_GONE
+            return
         dim = call.dimensions or self.dim
         vectors = [fake_vector(t, call.mode, dim).tolist() for t in call.texts]
         if fault is not None and fault.malformed:

@@ -45,6 +45,15 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base-url", default=None, help="API root for openai-compatible / self-hosted endpoints")
     g.add_argument("--dimensions", type=int, default=None, help="shorter output vectors, where supported")
     g.add_argument(
+        "--batch-size", type=int, default=None, help="texts per request (default: the provider's maximum)"
+    )
+    g.add_argument(
+        "--max-concurrency", type=int, default=None, help="API requests in flight at once (default 4)"
+    )
+    g.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait for one API reply before retrying"
+    )
+    g.add_argument(
         "--embeddings",
         default=None,
         metavar="DIR",
@@ -101,9 +110,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _encoder(args: argparse.Namespace) -> Any:
-    from search_adaptor.encoders.registry import make_encoder
+    from search_adaptor.encoders.registry import LOCAL, make_encoder
 
-    return make_encoder(args.provider, args.model, base_url=args.base_url, dimensions=args.dimensions)
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--max-concurrency", args.max_concurrency),
+        ("--timeout", args.timeout),
+    ):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value:g}")
+    options = {} if args.timeout is None else {"timeout": args.timeout}
+    if options and args.provider == LOCAL:
+        raise ValueError("--timeout applies to API providers only")
+    return make_encoder(
+        args.provider,
+        args.model,
+        base_url=args.base_url,
+        dimensions=args.dimensions,
+        batch_size=args.batch_size,
+        max_concurrency=args.max_concurrency,
+        **options,
+    )
 
 
 def _embeddings(args: argparse.Namespace, dataset: Any) -> Any:
@@ -187,27 +214,41 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    """Embed a dataset into the store, or with ``--dry-run`` say what that would send, sending nothing."""
     from search_adaptor.data import load_beir
 
+    if args.embeddings:
+        raise ValueError("embed: --embeddings brings vectors already made; there is nothing to embed")
     dataset = load_beir(args.data)
+    encoder = _encoder(args)
     if args.dry_run:
+        from search_adaptor.encoders.http import CHARS_PER_TOKEN, estimate_tokens, prepare_texts
         from search_adaptor.store import EmbeddingStore
 
-        encoder = _encoder(args)
-        qtexts = list(dataset.queries.values())
+        by_kind = {"query": list(dataset.queries.values()), "document": dataset.doc_texts}
         with EmbeddingStore(encoder, args.cache) as store:
-            todo = store.missing("query", qtexts) + store.missing("document", dataset.doc_texts)
-        unique = len(set(qtexts)) + len(set(dataset.doc_texts))
-        chars = sum(len(t) for t in todo)
+            todo = {kind: store.missing(kind, texts) for kind, texts in by_kind.items()}
+        unique = sum(len(set(texts)) for texts in by_kind.values())
+        n_todo = sum(len(texts) for texts in todo.values())
+        # tokens of the texts as the encoder sends them: with its prompts, cut to its max_chars
+        max_chars = getattr(encoder, "max_chars", None)
+        tokens = sum(
+            estimate_tokens(text)
+            for kind, texts in todo.items()
+            for text in prepare_texts([getattr(encoder, f"{kind}_prompt", "") + t for t in texts], max_chars)
+        )
         print(
-            f"{dataset.name} with {encoder.fingerprint}: {unique - len(todo)} texts cached, "
-            f"{len(todo)} would be sent (~{chars // 4} tokens estimated at 4 characters per token)"
+            f"{dataset.name} with {encoder.fingerprint}: {unique - n_todo} texts cached, {n_todo} would be "
+            f"sent (~{tokens} tokens, estimated at {CHARS_PER_TOKEN:g} characters per token)"
         )
         return 0
-    emb = _embeddings(args, dataset)
+    from search_adaptor.embed import embed_dataset
+
+    emb = embed_dataset(dataset, encoder, args.cache, progress=not args.quiet)
+    retries = f", {encoder.retries} retries" if hasattr(encoder, "retries") else ""
     print(
         f"{dataset.name}: {emb.stats.encoded} texts embedded, {emb.stats.cached} already cached "
-        f"({emb.dim}-d, {emb.embed_s:.1f} s)"
+        f"({emb.dim}-d, {emb.embed_s:.1f} s{retries})"
     )
     return 0
 

@@ -49,7 +49,12 @@ def embed_dataset(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Embeddings:
-    """Embed every query and document of ``dataset``, paying only for texts not in the store yet."""
+    """Embed every query and document of ``dataset``, paying only for texts not in the store yet.
+
+    The progress bar shows texts per second and, for encoders that count them (the API
+    providers), the retries made so far: a climbing count is the sign of rate limits or an
+    unhealthy endpoint while the run still makes progress.
+    """
     from tqdm.auto import tqdm
 
     qids = list(dataset.queries)
@@ -65,8 +70,14 @@ def embed_dataset(
             disable=not progress or todo == 0,
             leave=False,
         ) as bar:
-            Q = store.embed(qtexts, "query", progress=bar.update, stats=stats)
-            D = store.embed(dataset.doc_texts, "document", progress=bar.update, stats=stats)
+
+            def advance(n: int) -> None:
+                if hasattr(encoder, "retries"):
+                    bar.set_postfix(retries=encoder.retries, refresh=False)
+                bar.update(n)
+
+            Q = store.embed(qtexts, "query", progress=advance, stats=stats)
+            D = store.embed(dataset.doc_texts, "document", progress=advance, stats=stats)
     return Embeddings(
         qids,
         Q,
