@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import shared_dataset
 from search_adaptor.cli import main
-from tests.conftest import shared_dataset
 
 
 def test_help_does_not_import_torch():

@@ -45,13 +45,19 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--base-url", default=None, help="API root for openai-compatible / self-hosted endpoints")
     g.add_argument("--dimensions", type=int, default=None, help="shorter output vectors, where supported")
     g.add_argument(
-        "--batch-size", type=int, default=None, help="texts per request (default: the provider's maximum)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="texts per batch (default: the provider's maximum per request)",
     )
     g.add_argument(
         "--max-concurrency", type=int, default=None, help="API requests in flight at once (default 4)"
     )
     g.add_argument(
-        "--timeout", type=float, default=None, help="seconds to wait for one API reply before retrying"
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for one API reply before retrying (default 60)",
     )
     g.add_argument(
         "--embeddings",
@@ -106,6 +112,48 @@ def _parser() -> argparse.ArgumentParser:
         help="print cached / to-send counts and estimated tokens; send nothing",
     )
     _add_encoder_args(emb)
+
+    idx = sub.add_parser("index", help="embed a corpus, adapt it and write a searchable index folder")
+    idx.add_argument("data", metavar="DATA_DIR", help="BEIR-layout folder whose corpus is indexed")
+    idx.add_argument("--adapter", required=True, metavar="ADAPTER_DIR")
+    idx.add_argument("--out", required=True, metavar="INDEX_DIR")
+    idx.add_argument(
+        "--backend",
+        default="flat",
+        choices=("flat", "hnsw"),
+        help="flat: exact inner product (default); hnsw: approximate, faster on large corpora",
+    )
+    _add_encoder_args(idx)
+
+    srch = sub.add_parser("search", help="search an index folder with one query")
+    srch.add_argument("index", metavar="INDEX_DIR")
+    srch.add_argument("query", help="query text")
+    srch.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    srch.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+    srv = sub.add_parser("serve", help="serve an index folder over HTTP (POST /search, /embed; GET /health)")
+    srv.add_argument("index", metavar="INDEX_DIR")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="require Authorization: Bearer <key>, the key read from environment variable VAR",
+    )
+    srv.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for the model, adapter and FAISS (default: all cores); 1 avoids stalls on shared "
+        "or CPU-limited machines",
+    )
+
+    exp = sub.add_parser("export", help="export an adapter as ONNX or as a sentence-transformers model")
+    exp.add_argument("adapter", metavar="ADAPTER_DIR")
+    exp.add_argument("--out", required=True, metavar="DIR")
+    exp.add_argument("--format", required=True, choices=("onnx", "sentence-transformers"))
     return parser
 
 
@@ -253,7 +301,115 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": _cmd_fit, "evaluate": _cmd_evaluate, "embed": _cmd_embed}
+def _cmd_index(args: argparse.Namespace) -> int:
+    from search_adaptor.data import load_beir
+    from search_adaptor.index import AdaptedIndex, import_faiss
+    from search_adaptor.model import SearchAdaptor
+
+    import_faiss()  # fail before embedding anything
+    adapter = SearchAdaptor.load(args.adapter)
+    dataset = load_beir(args.data)
+    if args.embeddings:
+        emb = _embeddings(args, dataset)
+        index = AdaptedIndex.from_vectors(adapter, emb.doc_ids, emb.corpus, emb.encoder, backend=args.backend)
+    else:
+        index = AdaptedIndex.build(
+            adapter,
+            _encoder(args),
+            dataset.doc_ids,
+            dataset.doc_texts,
+            backend=args.backend,
+            cache_dir=args.cache,
+            progress=not args.quiet,
+        )
+    out = index.save(args.out)
+    print(
+        f"{dataset.name}: {index.n_docs} documents indexed ({args.backend}, {index.dim}-d, "
+        f"adapter mode {adapter.mode}) in {out}"
+    )
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from search_adaptor.index import AdaptedIndex
+
+    hits = AdaptedIndex.load(args.index).search([args.query], k=args.k)[0]
+    if args.output == "json":
+        print(json.dumps([{"id": doc, "score": score} for doc, score in hits], indent=2))
+        return 0
+    print("rank  score   id")
+    for rank, (doc, score) in enumerate(hits, 1):
+        print(f"{rank:>4}  {score:.4f}  {doc}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    try:
+        import uvicorn
+
+        from search_adaptor.server import create_app
+    except ImportError as exc:
+        raise RuntimeError(f"serve needs {exc.name}: pip install 'search-adaptor[serve]'") from exc
+    from search_adaptor.index import AdaptedIndex, import_faiss
+
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env, "").strip()
+        if not key:
+            raise ValueError(
+                f"--api-key-env {args.api_key_env}: that environment variable is empty; "
+                "set it to the key clients will send"
+            )
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not key and not loopback:
+        _eprint(
+            f"search-adaptor: warning: serving on {args.host} without an API key; anyone who can reach it "
+            "can search (use --api-key-env)"
+        )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+        import_faiss().omp_set_num_threads(args.threads)
+    index = AdaptedIndex.load(args.index)
+    app = create_app(index, api_key=key)
+    _eprint(
+        f"search-adaptor: serving {index.n_docs} documents on http://{args.host}:{args.port} "
+        f"(OpenAPI docs at /docs{'; API key required' if key else ''})"
+    )
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from search_adaptor.export import export_onnx, export_sentence_transformers
+
+        export = export_onnx if args.format == "onnx" else export_sentence_transformers
+        out = export(args.adapter, args.out)
+    except ImportError as exc:
+        extra = "onnx" if args.format == "onnx" else "local"
+        raise RuntimeError(f"export needs {exc.name}: pip install 'search-adaptor[{extra}]'") from exc
+    print(f"{args.format} export of {args.adapter} written to {out} and checked against the adapter")
+    return 0
+
+
+COMMANDS = {
+    "fit": _cmd_fit,
+    "evaluate": _cmd_evaluate,
+    "embed": _cmd_embed,
+    "index": _cmd_index,
+    "search": _cmd_search,
+    "serve": _cmd_serve,
+    "export": _cmd_export,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

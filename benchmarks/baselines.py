@@ -1,0 +1,294 @@
+"""Baselines the benchmark suite compares Search-Adaptor with, beyond the library's own variants.
+
+- Closed-form linear maps fitted on (query -> relevant document) pairs of the training queries:
+  orthogonal Procrustes (a rotation) and a ridge least-squares map shrunk towards the identity.
+  Both map queries only, so the corpus index stays as it is.
+- The linear query-only adapter LlamaIndex ships (``EmbeddingAdapterFinetuneEngine``): one linear
+  map on queries, trained with an in-batch contrastive loss, expressed as SearchAdaptor parameters.
+- Full fine-tuning of the base sentence-transformers model with MultipleNegativesRankingLoss, the
+  upper bound that needs the model's weights.
+
+Every baseline validates on the same split the adapters use (:func:`validation_split`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from search_adaptor.embed import Embeddings
+from search_adaptor.experiment import evaluate_embeddings
+from search_adaptor.model import l2_normalize
+
+#: LlamaIndex's linear adapter: a query-only linear map (identity at start), in-batch contrastive
+#: loss with scale 20 (temperature 0.05), no regulariser, no full-corpus softmax. SearchAdaptor
+#: always adds at least one random document per positive to the batch's pool of candidates.
+LLAMAINDEX_LINEAR: dict[str, Any] = {
+    "architecture": "linear",
+    "mode": "query_only",
+    "loss": "infonce",
+    "in_batch": True,
+    "full_corpus_max": 0,
+    "negatives": "random",
+    "n_negatives": 1,
+    "alpha": 0.0,
+    "beta": 0.0,
+}
+#: Ridge strengths tried for the least-squares map; infinity is the identity (zero-shot).
+RIDGE_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+VAL_METRIC = "ndcg@10"
+
+
+def labelled_queries(qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Queries with at least one relevant document (grade > 0), sorted."""
+    return sorted(q for q, docs in qrels.items() if any(g > 0 for g in docs.values()))
+
+
+def validation_split(
+    qrels: Mapping[str, Mapping[str, int]], seed: int, val_fraction: float = 0.2
+) -> tuple[list[str], list[str]]:
+    """(train, validation) query ids exactly as ``training.select`` and ``SearchAdaptor.fit`` draw them.
+
+    Baselines that are not SearchAdaptor variants must early-stop on the same queries as the
+    adapters; ``tests/test_baselines.py`` checks this against ``select``.
+    """
+    labelled = labelled_queries(qrels)
+    n_val = min(max(1, round(val_fraction * len(labelled))), len(labelled) - 1)
+    val = sorted(labelled[i] for i in np.random.default_rng(seed).permutation(len(labelled))[:n_val])
+    chosen = set(val)
+    return [q for q in labelled if q not in chosen], val
+
+
+@dataclass
+class QueryMap:
+    """A fixed linear map of unit query vectors, ``q -> normalize(normalize(q) @ W)``; documents unchanged.
+
+    Duck-types the two methods :func:`search_adaptor.experiment.evaluate_embeddings` calls.
+    """
+
+    W: np.ndarray
+    name: str = "linear map"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def transform_queries(self, X: np.ndarray) -> np.ndarray:
+        """Mapped, unit-norm query vectors."""
+        return l2_normalize(l2_normalize(np.asarray(X, dtype=np.float32)) @ self.W.astype(np.float32))
+
+    def transform_corpus(self, X: np.ndarray) -> np.ndarray:
+        """Unit-norm document vectors (not mapped: no re-index)."""
+        return l2_normalize(np.asarray(X, dtype=np.float32))
+
+
+def procrustes(Q: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """The rotation ``W`` minimising ``||Q W - D||_F`` over orthogonal matrices (Schönemann, 1966).
+
+    With ``Q^T D = U S V^T``, ``W = U V^T``. Rows of ``Q`` and ``D`` are paired vectors.
+    """
+    U, _, Vt = np.linalg.svd(Q.T.astype(np.float64) @ D.astype(np.float64))
+    return U @ Vt
+
+
+def ridge_map(Q: np.ndarray, D: np.ndarray, ridge: float) -> np.ndarray:
+    """``argmin_W ||Q W - D||_F^2 + ridge ||W - I||_F^2``; ``ridge = 0`` is plain least squares.
+
+    Closed form ``W = (Q^T Q + ridge I)^-1 (Q^T D + ridge I)``; shrinking towards the identity
+    (rather than zero) keeps a weakly regularised map close to zero-shot.
+    """
+    Q64, D64 = Q.astype(np.float64), D.astype(np.float64)
+    if ridge == 0:
+        return np.linalg.lstsq(Q64, D64, rcond=None)[0]
+    eye = np.eye(Q.shape[1])
+    return np.linalg.solve(Q64.T @ Q64 + ridge * eye, Q64.T @ D64 + ridge * eye)
+
+
+def positive_pairs(
+    emb: Embeddings, qrels: Mapping[str, Mapping[str, int]], query_ids: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of every (query, relevant document) pair of ``query_ids``, as two aligned matrices."""
+    qrow = {q: i for i, q in enumerate(emb.query_ids)}
+    drow = {d: i for i, d in enumerate(emb.doc_ids)}
+    pairs = [(qrow[q], drow[d]) for q in query_ids for d, g in qrels[q].items() if g > 0]
+    qi, di = np.asarray(pairs, dtype=np.int64).T
+    return l2_normalize(emb.queries[qi]), l2_normalize(emb.corpus[di])
+
+
+def fit_procrustes(emb: Embeddings, qrels: Mapping[str, Mapping[str, int]]) -> QueryMap:
+    """Orthogonal Procrustes on every labelled training query (no hyperparameter, so no validation)."""
+    return QueryMap(procrustes(*positive_pairs(emb, qrels, labelled_queries(qrels))), "procrustes")
+
+
+def fit_least_squares(emb: Embeddings, qrels: Mapping[str, Mapping[str, int]], seed: int) -> QueryMap:
+    """Ridge least-squares map; the ridge (or the identity) is chosen on the adapters' validation split.
+
+    The chosen ridge is refitted on all training queries, as a closed form has no early stopping
+    that would need the held-out queries.
+    """
+    train, val = validation_split(qrels, seed)
+    val_qrels = {q: qrels[q] for q in val}
+    Qt, Dt = positive_pairs(emb, qrels, train)
+    scores = {"identity": evaluate_embeddings(emb, val_qrels, metrics=[VAL_METRIC])[0][VAL_METRIC]}
+    for ridge in RIDGE_GRID:
+        candidate = QueryMap(ridge_map(Qt, Dt, ridge))
+        scores[f"ridge={ridge:g}"] = evaluate_embeddings(emb, val_qrels, candidate, metrics=[VAL_METRIC])[0][
+            VAL_METRIC
+        ]
+    best = max(scores, key=lambda k: scores[k] + (1e-9 if k == "identity" else 0.0))
+    info = {"selected": best, "val_ndcg@10": scores[best], "zero_shot_val_ndcg@10": scores["identity"]}
+    if best == "identity":
+        return QueryMap(np.eye(emb.dim), "least-squares", info)
+    ridge = float(best.split("=")[1])
+    W = ridge_map(*positive_pairs(emb, qrels, labelled_queries(qrels)), ridge)
+    return QueryMap(W, "least-squares", info)
+
+
+# -- full fine-tuning ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FineTuneResult:
+    """A fine-tuned (or, when no epoch beat zero-shot on validation, the original) model."""
+
+    model: Any  # sentence_transformers.SentenceTransformer
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    zero_shot_score: float
+    train_s: float
+
+
+def _embed_with(model: Any, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    return model.encode(
+        list(texts),
+        batch_size=batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
+
+
+def embed_split(
+    model: Any,
+    emb: Embeddings,
+    query_texts: Mapping[str, str],
+    doc_texts: Sequence[str],
+    query_ids: Sequence[str],
+) -> Embeddings:
+    """Re-embed the whole corpus and the given queries with ``model`` (for evaluate_embeddings)."""
+    qids = list(query_ids)
+    return Embeddings(
+        qids,
+        _embed_with(model, [query_texts[q] for q in qids], 64),
+        list(emb.doc_ids),
+        _embed_with(model, doc_texts, 64),
+        emb.encoder,
+    )
+
+
+def finetune(
+    model_path: str,
+    emb: Embeddings,
+    query_texts: Mapping[str, str],
+    doc_texts: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    seed: int,
+    max_epochs: int = 6,
+    patience: int = 1,
+    batch_size: int = 32,
+    lr: float = 5e-5,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> FineTuneResult:
+    """Fine-tune the base model with MultipleNegativesRankingLoss on (query, relevant doc) pairs.
+
+    Same training queries and validation split as the adapters (:func:`validation_split` with
+    ``seed``); after every epoch the whole corpus is re-embedded and validation nDCG@10 computed;
+    training stops after ``patience`` epochs without improvement and the best epoch's weights are
+    kept. Epoch 0 (the base model) is a candidate too, as for the adapters. Batches never repeat a
+    query or a document, so no in-batch negative is a labelled positive of its own query's pair.
+    A plain torch loop (AdamW, linear warm-up over the first 10% of steps) keeps the dependencies
+    to sentence-transformers itself.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer, losses
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    model = SentenceTransformer(model_path, device="cpu")
+    loss_fn = losses.MultipleNegativesRankingLoss(model)
+    train, val = validation_split(qrels, seed)
+    val_qrels = {q: qrels[q] for q in val}
+    doc_pos = {d: i for i, d in enumerate(emb.doc_ids)}
+    pairs = [(q, doc_pos[d]) for q in train for d, g in qrels[q].items() if g > 0]
+
+    def validate() -> float:
+        model.eval()
+        score = evaluate_embeddings(
+            embed_split(model, emb, query_texts, doc_texts, val), val_qrels, metrics=[VAL_METRIC]
+        )[0][VAL_METRIC]
+        model.train()
+        return score
+
+    zero_shot = validate()
+    history = [{"epoch": 0, VAL_METRIC: zero_shot}]
+    best_score, best_epoch, best_state = zero_shot, 0, None
+    steps_per_epoch = max(1, len(pairs) // batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    warmup = max(1, int(0.1 * steps_per_epoch * max_epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    model.train()
+    for epoch in range(1, max_epochs + 1):
+        for batch in _unique_batches(pairs, batch_size, rng):
+            q_feat = model.preprocess([query_texts[q] for q, _ in batch])
+            d_feat = model.preprocess([doc_texts[d] for _, d in batch])
+            loss = loss_fn([q_feat, d_feat], None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        score = validate()
+        history.append({"epoch": epoch, VAL_METRIC: score})
+        log(
+            f"  full fine-tuning epoch {epoch}: val nDCG@10 {score:.4f} ({time.perf_counter() - start:.0f} s)"
+        )
+        if score > best_score + 1e-9:
+            best_score, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= patience:
+            break
+    if best_state is None:
+        model = SentenceTransformer(model_path, device="cpu")
+    else:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FineTuneResult(model, history, best_epoch, best_score, zero_shot, time.perf_counter() - start)
+
+
+def _unique_batches(
+    pairs: Sequence[tuple[str, int]], batch_size: int, rng: np.random.Generator
+) -> list[list[tuple[str, int]]]:
+    """Shuffled full batches in which no query and no document appears twice (leftovers are dropped)."""
+    batches: list[list[tuple[str, int]]] = []
+    current: list[tuple[str, int]] = []
+    seen_q: set[str] = set()
+    seen_d: set[int] = set()
+    pending = [pairs[i] for i in rng.permutation(len(pairs))]
+    while pending:
+        deferred = []
+        for q, d in pending:
+            if q in seen_q or d in seen_d:
+                deferred.append((q, d))
+                continue
+            current.append((q, d))
+            seen_q.add(q)
+            seen_d.add(d)
+            if len(current) == batch_size:
+                batches.append(current)
+                current, seen_q, seen_d = [], set(), set()
+        if len(deferred) == len(pending):  # only conflicting pairs left: they cannot fill a batch
+            break
+        pending = deferred
+    return batches

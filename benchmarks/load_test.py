@@ -1,0 +1,196 @@
+"""Load test: ``search-adaptor serve`` on 127.0.0.1 under concurrent clients, with an API key set.
+
+Run from the repository root::
+
+    HF_HUB_OFFLINE=1 python benchmarks/load_test.py                        # trains an adapter first
+    HF_HUB_OFFLINE=1 python benchmarks/load_test.py --adapter DIR --threads 1
+
+Builds the SciFact index, starts the server in a subprocess (loopback only, key from an environment
+variable), checks that calls without the key or with a wrong one are refused (401) while ``/health``
+stays open, then runs CLIENTS concurrent clients that each send REQUESTS sequential ``/search``
+requests (one SciFact query, k=10). Every request has a timeout and the whole run a deadline, so the
+test always ends; the server is stopped at the end. Writes ``benchmarks/results/load_test.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from serving import DATA, RESULTS, build_index, scifact_adapter
+
+HOST = "127.0.0.1"
+KEY_ENV = "SEARCH_ADAPTOR_LOAD_TEST_KEY"
+REQUEST_TIMEOUT = 120.0
+DEADLINE = 900.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server not healthy after {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+def auth_checks(url: str, key: str) -> dict[str, int]:
+    """Status codes of unauthenticated, wrong-key, right-key and health calls."""
+    body = {"queries": ["vitamin D"], "k": 3}
+    return {
+        "no key": httpx.post(f"{url}/search", json=body, timeout=60).status_code,
+        "wrong key": httpx.post(
+            f"{url}/search", json=body, headers={"Authorization": "Bearer wrong"}, timeout=60
+        ).status_code,
+        "no key, /embed": httpx.post(f"{url}/embed", json=body, timeout=60).status_code,
+        "right key": httpx.post(
+            f"{url}/search", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ).status_code,
+        "/health, no key": httpx.get(f"{url}/health", timeout=60).status_code,
+    }
+
+
+async def _load(url: str, key: str, texts: list[str], clients: int, requests: int) -> dict[str, Any]:
+    """Latencies (s) of the successful requests, failures by kind, and wall time."""
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    answers: dict[str, list[str]] = {}
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=REQUEST_TIMEOUT
+    ) as http:
+
+        async def client(c: int) -> None:
+            for r in range(requests):
+                text = texts[(c * requests + r) % len(texts)]
+                start = time.perf_counter()
+                try:
+                    answer = await http.post("/search", json={"queries": [text], "k": 10})
+                except httpx.HTTPError as exc:
+                    failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+                    continue
+                if answer.status_code != 200:
+                    failures[str(answer.status_code)] = failures.get(str(answer.status_code), 0) + 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+                answers[text] = [hit["id"] for hit in answer.json()["results"][0]]
+
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(client(c) for c in range(clients))), DEADLINE)
+        except TimeoutError:
+            failures["unfinished at the deadline"] = (
+                clients * requests - len(latencies) - sum(failures.values())
+            )
+        wall = time.perf_counter() - start
+    return {"latencies": np.array(latencies), "failures": failures, "wall": wall, "answers": answers}
+
+
+def markdown(res: dict[str, Any], cmd: str) -> str:
+    lat = res["latencies"] * 1e3
+    sent = res["clients"] * res["requests"]
+    errors = sum(res["failures"].values())
+    auth = ", ".join(f"{k} -> {v}" for k, v in res["auth"].items())
+    lines = [
+        "## Load test (search-adaptor serve, SciFact index)",
+        "",
+        f"`{cmd}` on {platform.machine()}, {os.cpu_count()} cores, load average at start {res['load']:.1f}; "
+        f"server: one uvicorn process on {HOST}, API key required, model threads "
+        f"{res['threads'] or 'default (all cores)'}; clients: {res['clients']} concurrent "
+        f"httpx clients in one process on the same machine, {res['requests']} sequential requests each "
+        "(1 query, k=10).",
+        "",
+        "| requests | errors | throughput | p50 | p90 | p99 | max |",
+        "|---|---|---|---|---|---|---|",
+        f"| {sent} | {errors}{' ' + str(res['failures']) if errors else ''} | "
+        f"{len(lat) / res['wall']:.1f} req/s | {np.percentile(lat, 50):.0f} ms | "
+        f"{np.percentile(lat, 90):.0f} ms | {np.percentile(lat, 99):.0f} ms | {lat.max():.0f} ms |",
+        "",
+        f"Auth (HTTP status): {auth}. Answers equal in-process `AdaptedIndex.search` for "
+        f"{res['agree']}/{res['checked']} checked queries.",
+        "The local model embeds one request at a time (its tokenizer is not thread-safe), so latency under "
+        "load is mostly queueing behind it: with closed-loop clients, mean latency = clients / throughput.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter", default=None, metavar="DIR", help="saved adapter (default: train one)")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=20, help="sequential requests per client")
+    parser.add_argument("--threads", type=int, default=None, help="passed to `serve --threads`")
+    args = parser.parse_args()
+    from search_adaptor.data import load_beir
+
+    load = os.getloadavg()[0]
+    queries = load_beir(DATA).queries
+    texts = [queries[q] for q in sorted(queries)]
+    key = secrets.token_urlsafe(32)
+    with tempfile.TemporaryDirectory() as tmp:
+        index, _, _ = build_index(scifact_adapter(args.adapter, Path(tmp)), Path(tmp) / "index")
+        port = _free_port()
+        url = f"http://{HOST}:{port}"
+        cmd = [sys.executable, "-m", "search_adaptor.cli", "serve", str(Path(tmp) / "index"), "--host", HOST]
+        cmd += ["--port", str(port), "--api-key-env", KEY_ENV]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        log = Path(tmp) / "server.log"
+        with log.open("w") as log_fh:
+            proc = subprocess.Popen(cmd, env={**os.environ, KEY_ENV: key}, stdout=log_fh, stderr=log_fh)
+            try:
+                _wait_healthy(url, proc, log)
+                auth = auth_checks(url, key)
+                res = asyncio.run(_load(url, key, texts, args.clients, args.requests))
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        checked = sorted(res["answers"])[:20]
+        local = index.search(checked, k=10)
+        agree = sum(res["answers"][t] == [d for d, _ in hits] for t, hits in zip(checked, local, strict=True))
+    res.update(
+        auth=auth, load=load, threads=args.threads, clients=args.clients, requests=args.requests, agree=agree
+    )
+    res["checked"] = len(checked)
+    cmd_text = "HF_HUB_OFFLINE=1 python benchmarks/load_test.py"
+    cmd_text += f" --adapter {args.adapter}" if args.adapter else ""
+    cmd_text += f" --clients {args.clients} --requests {args.requests}"
+    cmd_text += f" --threads {args.threads}" if args.threads else ""
+    text = markdown(res, cmd_text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "load_test.md").write_text(text)
+    print(text)
+    if sum(res["failures"].values()) or auth["no key"] != 401 or auth["wrong key"] != 401:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1055 @@
+"""The benchmark suite: every baseline, the paper's recipe, its ablations and ``auto``, over seeds.
+
+Run from the repository root::
+
+    HF_HUB_OFFLINE=1 python benchmarks/suite.py                      # everything, resumable
+    HF_HUB_OFFLINE=1 python benchmarks/suite.py --datasets scifact --seeds 2 --budget-minutes 60
+    python benchmarks/suite.py --report-only                        # rebuild suite.md and plots
+
+Each process trains on one thread (``--threads``); on the 2-core machine run one process per core on
+disjoint datasets or rows, which share the cache safely, e.g.::
+
+    python benchmarks/suite.py --datasets scifact cranfield &
+    python benchmarks/suite.py --seed-major --datasets xquad-r/{en,de,es,ru,zh} &
+
+Protocols are the ones ``search-adaptor fit`` uses (``search_adaptor.experiment.run_fit``): SciFact
+trains on its official train split and is scored on its test split; the datasets with one labelled
+split (Cranfield, XQuAD-R) are scored by 5-fold cross-validation over their queries, each fold's
+model trained and validated on the other folds only, with a different fold assignment per seed.
+Every model early-stops and selects on the same validation split (20% of its training queries,
+drawn from the seed).
+
+Every (dataset, row, seed, fold) result is a *cell*, cached in ``results/suite_cells.json`` as soon
+as it is computed (per-query nDCG@10 stored as base64 uint16 in units of 1e-4), so an interrupted
+run resumes where it stopped and a later session can extend it. A cell is recomputed when its
+parameters change. ``results/suite.md`` and ``results/plots/*.png`` are regenerated from the cache
+at the end of every run; ``benchmarks/assemble.py`` puts ``suite.md`` into ``BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baselines
+from search_adaptor.data import Dataset, kfold, load_beir
+from search_adaptor.embed import Embeddings
+from search_adaptor.experiment import evaluate_embeddings
+from search_adaptor.metrics import paired_test
+from search_adaptor.model import SearchAdaptor
+from search_adaptor.report import write_text_atomic
+from search_adaptor.training import FAMILIES, family_variants, select
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+DATASETS = ("scifact", "cranfield", "xquad-r/en", "xquad-r/de", "xquad-r/es", "xquad-r/ru", "xquad-r/zh")
+FOLDS = 5
+METRICS = ("ndcg@10", "recall@100", "mrr@10")
+#: Full fine-tuning needs the model's weights and is slow on 2 cores: these datasets, this many seeds.
+FINETUNE_DATASETS = ("scifact", "cranfield")
+FINETUNE_SEEDS = 3
+#: Data efficiency: shares of the training queries, on the first dataset with an official train split.
+FRACTIONS = (0.1, 0.3, 0.5)
+EFFICIENCY_ROWS = ("auto", "paper", "llamaindex-linear")
+#: Rows whose seed-0 adapter is drawn in the similarity figure (the paper's Figure 5).
+SIMILARITY_ROWS = ("auto", "paper-default")
+P_SIGNIFICANT = 0.05
+AUTO_CANDIDATES = tuple(name for name, _ in family_variants("auto"))
+
+PAPER_DEFAULT = dict(FAMILIES["paper-default"][0][1])
+GRID = FAMILIES["paper"]
+GRID_NAMES = tuple(name for name, _ in GRID)
+#: A residual MLP trained with InfoNCE and nothing else: the obvious contrastive baseline (auto's
+#: ``shared-infonce`` adds hard negatives and the recovery loss to it).
+MLP_INFONCE = {
+    "mode": "shared",
+    "loss": "infonce",
+    "in_batch": True,
+    "negatives": "random",
+    "alpha": 0.0,
+    "beta": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class CellRow:
+    """Something trained and scored once per (dataset, seed, fold): the unit of caching."""
+
+    name: str
+    kind: str  # zero-shot | procrustes | least-squares | adapter | family | finetune
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+CELL_ROWS: dict[str, CellRow] = {
+    r.name: r
+    for r in [
+        CellRow("zero-shot", "zero-shot"),
+        CellRow("procrustes", "procrustes"),
+        CellRow("least-squares", "least-squares"),
+        CellRow("llamaindex-linear", "adapter", baselines.LLAMAINDEX_LINEAR),
+        CellRow("mlp-infonce", "adapter", MLP_INFONCE),
+        *[CellRow(name, "adapter", params) for name, params in GRID],
+        CellRow("no-skip", "adapter", {**PAPER_DEFAULT, "residual": False}),
+        *[
+            CellRow(f"loss-{loss}", "adapter", {**PAPER_DEFAULT, "loss": loss})
+            for loss in ("ranknet", "infonce", "softmax", "pointwise")
+        ],
+        CellRow("query-only", "adapter", FAMILIES["query-only-ranking"][0][1]),
+        CellRow("auto", "family", {"family": "auto"}),
+        CellRow("full-ft", "finetune", {"max_epochs": 6, "patience": 1, "batch_size": 32, "lr": 5e-5}),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """A row of the result tables, made of one cell row, or picked among several on validation."""
+
+    key: str
+    label: str
+    cells: tuple[str, ...]
+
+
+def _grid_name(alpha: float, beta: float) -> str:
+    name = f"paper(alpha={alpha:g},beta={beta:g})"
+    assert name in GRID_NAMES, name
+    return name
+
+
+TABLE_ROWS: dict[str, TableRow] = {
+    r.key: r
+    for r in [
+        TableRow("zero-shot", "zero-shot", ("zero-shot",)),
+        TableRow("procrustes", "orthogonal Procrustes query map (closed form)", ("procrustes",)),
+        TableRow("least-squares", "ridge least-squares query map (closed form)", ("least-squares",)),
+        TableRow(
+            "llamaindex-linear",
+            "linear query-only, in-batch contrastive (LlamaIndex)",
+            ("llamaindex-linear",),
+        ),
+        TableRow("mlp-infonce", "residual MLP + InfoNCE, no regulariser", ("mlp-infonce",)),
+        TableRow("paper", "Search-Adaptor, paper recipe (alpha x beta grid on val)", GRID_NAMES),
+        TableRow("paper-default", "paper recipe at alpha 0.1, beta 0.01", (_grid_name(0.1, 0.01),)),
+        TableRow("no-recovery", "ablation: no recovery loss (alpha 0)", (_grid_name(0, 0.01),)),
+        TableRow("no-prediction", "ablation: no prediction loss (beta 0)", (_grid_name(0.1, 0),)),
+        TableRow("no-skip", "ablation: no skip connection", ("no-skip",)),
+        TableRow("loss-ranknet", "ablation: RankNet loss", ("loss-ranknet",)),
+        TableRow("loss-infonce", "ablation: InfoNCE loss", ("loss-infonce",)),
+        TableRow("loss-softmax", "ablation: softmax cross-entropy loss", ("loss-softmax",)),
+        TableRow("loss-pointwise", "ablation: point-wise sigmoid loss", ("loss-pointwise",)),
+        TableRow("query-only", "Search-Adaptor query-only (paper recipe, no re-index)", ("query-only",)),
+        TableRow("auto", "auto (library default: best of 3 on validation)", ("auto",)),
+        TableRow("full-ft", "full fine-tuning, MNRL (needs weights; upper bound)", ("full-ft",)),
+    ]
+}
+#: Rows that are not adapters (the `auto` claim is about every adapter row).
+NON_ADAPTER = ("zero-shot", "full-ft")
+
+
+# -- cache -----------------------------------------------------------------------------------------
+
+
+def encode_scores(values: np.ndarray) -> str:
+    """Per-query scores in [0, 1] as base64 of little-endian uint16 in units of 1e-4."""
+    q = np.clip(np.rint(np.asarray(values, dtype=np.float64) * 1e4), 0, 10000).astype("<u2")
+    return base64.b64encode(q.tobytes()).decode("ascii")
+
+
+def decode_scores(text: str) -> np.ndarray:
+    """Inverse of :func:`encode_scores`."""
+    return np.frombuffer(base64.b64decode(text), dtype="<u2").astype(np.float64) / 1e4
+
+
+class Cache:
+    """``suite_cells.json``: {"cells": {key: cell}, "runs": [...]}, rewritten atomically after every cell.
+
+    Several processes may run on disjoint datasets at once (one per core): every save takes a lock,
+    re-reads the file and merges its own new cells and run record into what is there.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cells, self.runs = self._read()
+        self._new: set[str] = set()
+
+    def _read(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        return data.get("cells", {}), data.get("runs", [])
+
+    def put(self, key: str, cell: dict[str, Any]) -> None:
+        """Record a computed cell (written by the next :meth:`save`)."""
+        self.cells[key] = cell
+        self._new.add(key)
+
+    def get(self, key: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The cached cell, unless it was computed with other parameters."""
+        cell = self.cells.get(key)
+        return cell if cell is not None and cell.get("params") == _jsonable(params) else None
+
+    def save(self, run: dict[str, Any] | None = None) -> None:
+        """Merge this process's new cells and its ``run`` record into the file, under a lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path.with_suffix(".lock")):
+            cells, runs = self._read()
+            cells.update({k: self.cells[k] for k in self._new})
+            if run is not None:
+                runs = [r for r in runs if r.get("id") != run["id"]] + [run]
+            self.cells, self.runs = cells, runs
+            # one cell per line: the file diffs cleanly when a run adds cells
+            body = ",\n".join(
+                f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(cells.items())
+            )
+            write_text_atomic(
+                self.path, f'{{"runs": {json.dumps(runs, indent=1)},\n"cells": {{\n{body}\n}}}}\n'
+            )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(params), sort_keys=True))
+
+
+def cell_key(dataset: str, row: str, seed: int, fold: str, fraction: float = 1.0) -> str:
+    """``dataset|row|seed|fold`` (fold ``test`` or ``k0``..), plus ``|f=0.1`` for a share of the queries."""
+    key = f"{dataset}|{row}|{seed}|{fold}"
+    return key if fraction == 1.0 else f"{key}|f={fraction:g}"
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """One dataset with its embeddings and its evaluation protocol."""
+
+    name: str
+    dataset: Dataset
+    emb: Embeddings
+    protocol: str  # "test" or "kfold"
+    labelled: dict[str, dict[str, int]]  # the split scored (test split, or the one k-folded)
+    train: dict[str, dict[str, int]] = field(default_factory=dict)  # official train split, if any
+
+    def folds(self, seed: int) -> list[tuple[str, dict[str, dict[str, int]], dict[str, dict[str, int]]]]:
+        """(fold name, training qrels, held-out qrels) for this seed."""
+        if self.protocol == "test":
+            return [("test", self.train, self.labelled)]
+        return [
+            (f"k{i}", {q: self.labelled[q] for q in tr}, {q: self.labelled[q] for q in te})
+            for i, (tr, te) in enumerate(kfold(sorted(self.labelled), k=FOLDS, seed=seed))
+        ]
+
+    def test_ids(self) -> list[str]:
+        """Every scored query, sorted: the order of per-query arrays across seeds."""
+        return sorted(self.labelled)
+
+
+def load_shared(name: str) -> Bench:
+    """A dataset of ``../shared/data`` with MiniLM embeddings from the persistent store."""
+    from search_adaptor.embed import embed_dataset
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+
+    ds = load_beir(DATA / name)
+    emb = embed_dataset(ds, SentenceTransformerEncoder(), progress=False)
+    return make_bench(name, ds, emb)
+
+
+def make_bench(name: str, ds: Dataset, emb: Embeddings) -> Bench:
+    """The protocol ``run_fit`` would use: official train/test split if there is one, else k-fold."""
+    if ds.has_train and "test" in ds.splits:
+        return Bench(name, ds, emb, "test", ds.split("test"), ds.split("train"))
+    return Bench(name, ds, emb, "kfold", ds.split("test" if "test" in ds.splits else ds.splits[0]))
+
+
+def subsample(
+    qrels: Mapping[str, Mapping[str, int]], fraction: float, seed: int
+) -> dict[str, dict[str, int]]:
+    """``fraction`` of the labelled queries, drawn with ``seed`` (nested: 10% is inside 30% for a seed)."""
+    ids = baselines.labelled_queries(qrels)
+    if fraction >= 1.0:
+        return {q: dict(qrels[q]) for q in ids}
+    n = max(5, round(fraction * len(ids)))
+    keep = np.random.default_rng(seed).permutation(len(ids))[:n]
+    return {ids[i]: dict(qrels[ids[i]]) for i in sorted(keep)}
+
+
+# -- computing one cell ----------------------------------------------------------------------------
+
+
+def cell_params(row: CellRow, max_steps: int | None) -> dict[str, Any]:
+    """What a cell was computed with; a change invalidates the cached cell."""
+    params = dict(row.params)
+    if row.kind in ("adapter", "family") and max_steps is not None:
+        params["max_steps"] = max_steps
+    return {"kind": row.kind, **params}
+
+
+def compute_cell(
+    bench: Bench,
+    row: CellRow,
+    seed: int,
+    train_qrels: dict[str, dict[str, int]],
+    test_qrels: dict[str, dict[str, int]],
+    max_steps: int | None,
+    keep_history: bool,
+    similarity_plot: Path | None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, Any]:
+    """Train (or fit) one row on ``train_qrels`` and score it on ``test_qrels``."""
+    emb = bench.emb
+    start = time.perf_counter()
+    out: dict[str, Any] = {}
+    adapter: Any = None
+    eval_emb = emb
+    steps = {} if max_steps is None else {"max_steps": max_steps}
+    if row.kind == "procrustes":
+        adapter = baselines.fit_procrustes(emb, train_qrels)
+    elif row.kind == "least-squares":
+        adapter = baselines.fit_least_squares(emb, train_qrels, seed)
+        out.update(selected=adapter.info["selected"], val=adapter.info["val_ndcg@10"])
+    elif row.kind == "adapter":
+        adapter = SearchAdaptor(seed=seed, **{**row.params, **steps})
+        adapter.fit(emb.queries, emb.corpus, train_qrels, emb.query_ids, emb.doc_ids)
+    elif row.kind == "family":
+        sel = select(
+            row.params["family"],
+            emb.queries,
+            emb.corpus,
+            train_qrels,
+            emb.query_ids,
+            emb.doc_ids,
+            seed=seed,
+            overrides=steps,
+        )
+        adapter = sel.adapter
+        out["selected"] = sel.selected
+    elif row.kind == "finetune":
+        from search_adaptor.encoders.local import DEFAULT_MODEL, resolve_model
+
+        ft = baselines.finetune(
+            resolve_model(DEFAULT_MODEL),
+            emb,
+            bench.dataset.queries,
+            bench.dataset.doc_texts,
+            train_qrels,
+            seed,
+            log=log,
+            **row.params,
+        )
+        out.update(
+            val=ft.best_score,
+            zs_val=ft.zero_shot_score,
+            best_step=ft.best_epoch,
+            n_steps=len(ft.history) - 1,
+            history=[[h["epoch"], round(h["ndcg@10"], 4)] for h in ft.history],
+            # best epoch == max_epochs flags a model that might have gained from more epochs
+            selected=f"best epoch {ft.best_epoch} of {row.params['max_epochs']}",
+        )
+        eval_emb = baselines.embed_split(
+            ft.model, emb, bench.dataset.queries, bench.dataset.doc_texts, sorted(test_qrels)
+        )
+    train_s = time.perf_counter() - start
+    if isinstance(adapter, SearchAdaptor):
+        out.update(
+            val=adapter.best_score_,
+            zs_val=adapter.zero_shot_score_,
+            best_step=adapter.best_step_,
+            n_steps=adapter.n_steps_,
+        )
+        if keep_history:
+            out["history"] = [[h["step"], round(h["ndcg@10"], 4)] for h in adapter.history_]
+    means, per_query, _ = evaluate_embeddings(
+        eval_emb, test_qrels, None if row.kind == "finetune" else adapter, metrics=METRICS
+    )
+    if similarity_plot is not None and adapter is not None:
+        from search_adaptor.plots import plot_similarity
+
+        plot_similarity(
+            emb,
+            test_qrels,
+            adapter,
+            similarity_plot,
+            title=f"{bench.name}, {row.name}, seed {seed}, held-out queries",
+        )
+    out.update(
+        n=len(per_query["ndcg@10"]),
+        ndcg=encode_scores(per_query["ndcg@10"]),
+        mean={m: round(v, 5) for m, v in means.items()},
+        train_s=round(train_s, 2),
+        cell_s=round(time.perf_counter() - start, 2),
+    )
+    if "val" in out:
+        out["val"] = round(float(out["val"]), 5)
+    if "zs_val" in out:
+        out["zs_val"] = round(float(out["zs_val"]), 5)
+    return out
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    dataset: str
+    row: str
+    seed: int
+    fraction: float = 1.0
+
+
+def plan(
+    datasets: Sequence[str],
+    seeds: int,
+    table_rows: Sequence[str],
+    fractions: Sequence[float],
+    efficiency_dataset: str | None,
+    seed_major: bool = False,
+) -> list[Task]:
+    """Tasks in priority order: each dataset's rows seed by seed (or, with ``seed_major``, seed 0 of
+    every dataset first), data efficiency after its dataset, full fine-tuning last."""
+    cell_rows = [c for c in CELL_ROWS if any(c in TABLE_ROWS[t].cells for t in table_rows) and c != "full-ft"]
+    eff_rows = [
+        c for c in CELL_ROWS if any(c in TABLE_ROWS[t].cells for t in EFFICIENCY_ROWS if t in table_rows)
+    ]
+    main = [Task(n, r, s) for n in datasets for s in range(seeds) for r in cell_rows]
+    efficiency = (
+        [Task(efficiency_dataset, r, s, f) for s in range(seeds) for f in fractions for r in eff_rows]
+        if efficiency_dataset is not None
+        else []
+    )
+    if seed_major:
+        tasks = sorted(main, key=lambda t: t.seed) + efficiency  # stable: dataset and row order kept
+    else:
+        tasks = []
+        for name in datasets:
+            tasks += [t for t in main if t.dataset == name] + (
+                efficiency if name == efficiency_dataset else []
+            )
+    if "full-ft" in table_rows:
+        tasks += [
+            Task(n, "full-ft", s)
+            for s in range(min(seeds, FINETUNE_SEEDS))
+            for n in datasets
+            if n in FINETUNE_DATASETS
+        ]
+    return tasks
+
+
+def run(
+    datasets: Sequence[str] = DATASETS,
+    seeds: int = 5,
+    table_rows: Sequence[str] = tuple(TABLE_ROWS),
+    fractions: Sequence[float] = FRACTIONS,
+    budget_minutes: float | None = None,
+    max_steps: int | None = None,
+    results: Path = RESULTS,
+    loader: Callable[[str], Bench] = load_shared,
+    command: str = "",
+    seed_major: bool = False,
+    log: Callable[[str], None] = print,
+) -> Cache:
+    """Compute every missing cell in priority order (until the budget runs out), then write the report."""
+    cache = Cache(results / "suite_cells.json")
+    benches: dict[str, Bench] = {}
+    started = time.time()
+    run_info = {
+        "id": f"{os.getpid()}-{started:.0f}",
+        "command": command,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "wall_s": 0.0,
+        "cells": 0,
+    }
+
+    def bench(name: str) -> Bench:
+        if name not in benches:
+            benches[name] = loader(name)
+        return benches[name]
+
+    eff_dataset = next((d for d in datasets if bench(d).protocol == "test"), None) if fractions else None
+    tasks = plan(datasets, seeds, table_rows, fractions, eff_dataset, seed_major)
+    for i, task in enumerate(tasks):
+        if budget_minutes is not None and time.time() - started > 60 * budget_minutes:
+            log(f"budget of {budget_minutes} min spent; {len(tasks) - i} tasks left for a later run")
+            break
+        b = bench(task.dataset)
+        row = CELL_ROWS[task.row]
+        params = cell_params(row, max_steps)
+        for fold, train_q, test_q in b.folds(task.seed):
+            key = cell_key(task.dataset, task.row, task.seed, fold, task.fraction)
+            if cache.get(key, params) is not None:
+                continue
+            first = task.seed == 0 and fold in ("test", "k0") and task.fraction == 1.0
+            plot = None
+            if first and task.row in [TABLE_ROWS[t].cells[0] for t in SIMILARITY_ROWS]:
+                plot = results / "plots" / f"similarity_{_slug(task.dataset)}_{_slug(task.row)}.png"
+            cell = compute_cell(
+                b,
+                row,
+                task.seed,
+                subsample(train_q, task.fraction, task.seed),
+                test_q,
+                max_steps,
+                keep_history=first,
+                similarity_plot=plot,
+                log=log,
+            )
+            cache.put(key, {"params": params, **cell})
+            run_info["cells"] += 1
+            run_info["wall_s"] = round(time.time() - started, 1)
+            cache.save(run_info)
+            log(
+                f"[{i + 1}/{len(tasks)}] {key}: nDCG@10 {cell['mean']['ndcg@10']:.4f} "
+                f"({cell['cell_s']:.1f} s{', ' + cell['selected'] if 'selected' in cell else ''})"
+            )
+    run_info["wall_s"] = round(time.time() - started, 1)
+    cache.save(run_info)
+    shown = [d for d in DATASETS if d in datasets or any(k.startswith(f"{d}|") for k in cache.cells)]
+    write_report(cache, [bench(d) for d in shown + [d for d in datasets if d not in shown]], seeds, results)
+    return cache
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
+
+# -- aggregation -----------------------------------------------------------------------------------
+
+
+def _pick_on_validation(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The rule of ``training.select``: best validation score among candidates that moved off the
+    identity (ties to the earlier one); the first candidate, i.e. the identity, if none did."""
+    best = cells[0]
+    for c in cells[1:]:
+        if c["best_step"] > 0 and (best["best_step"] == 0 or c["val"] > best["val"] + 1e-9):
+            best = c
+    return best
+
+
+@dataclass
+class RowResult:
+    """A table row on one dataset: per-seed means, per-query scores averaged over seeds, timings."""
+
+    per_seed: dict[str, list[float]]  # metric -> one mean per complete seed
+    per_query: np.ndarray  # nDCG@10 per query (Bench.test_ids order), averaged over seeds
+    train_s: list[float]  # training time per seed (summed over folds)
+    picked: list[str]  # what validation picked, per seed and fold (rows that select)
+    seeds: int
+
+
+def current_cell(cache: Cache, key: str) -> dict[str, Any] | None:
+    """The cached cell, unless its row has been redefined since (a ``max_steps`` cap is allowed)."""
+    cell = cache.cells.get(key)
+    if cell is None:
+        return None
+    params = {k: v for k, v in cell["params"].items() if k != "max_steps"}
+    return cell if params == _jsonable(cell_params(CELL_ROWS[key.split("|")[1]], None)) else None
+
+
+def aggregate(
+    cache: Cache, b: Bench, table_row: TableRow, seeds: Sequence[int], fraction: float = 1.0
+) -> RowResult | None:
+    """Combine the cells of one table row over folds and seeds; seeds with a missing cell are left out."""
+    order = {q: i for i, q in enumerate(b.test_ids())}
+    means: dict[str, list[float]] = {m: [] for m in METRICS}
+    queries, times, picked = [], [], []
+    for seed in seeds:
+        scores = np.full(len(order), np.nan)
+        sums = dict.fromkeys(METRICS, 0.0)
+        total_s, complete = 0.0, True
+        chosen: list[str] = []
+        for fold, _, test_q in b.folds(seed):
+            cells = [current_cell(cache, cell_key(b.name, c, seed, fold, fraction)) for c in table_row.cells]
+            if any(c is None for c in cells):
+                complete = False
+                break
+            cell = _pick_on_validation(cells) if len(cells) > 1 else cells[0]
+            if cell.get("best_step") == 0 and "selected" not in cell:
+                chosen.append("identity")  # validation kept the zero-shot model
+            elif len(cells) > 1:
+                chosen.append(table_row.cells[cells.index(cell)])
+            elif "selected" in cell:
+                chosen.append(cell["selected"])
+            ids = sorted(test_q)
+            scores[[order[q] for q in ids]] = decode_scores(cell["ndcg"])
+            for m in METRICS:
+                sums[m] += cell["mean"][m] * cell["n"]
+            total_s += sum(c["train_s"] for c in cells)
+        if not complete:
+            continue
+        n = int(np.isfinite(scores).sum())
+        for m in METRICS:
+            means[m].append(sums[m] / n)
+        queries.append(scores)
+        times.append(total_s)
+        picked += chosen
+    if not queries:
+        return None
+    return RowResult(means, np.mean(queries, axis=0), times, picked, len(queries))
+
+
+def _ms(values: Sequence[float], digits: int = 4) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _p(p: float) -> str:
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _counts(names: Sequence[str]) -> str:
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return ", ".join(f"{k} ×{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _machine() -> str:
+    import torch
+
+    from search_adaptor import __version__
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    try:
+        import sentence_transformers
+
+        st = f", sentence-transformers {sentence_transformers.__version__}"
+    except ImportError:
+        st = ""
+    return (
+        f"{cpu}, {os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}, "
+        f"torch {torch.__version__} (CPU), numpy {np.__version__}{st}, search-adaptor {__version__}"
+    )
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+
+def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Path) -> Path:
+    """Regenerate ``suite.md`` and the cached-result plots from the cache."""
+    from search_adaptor.plots import plot_data_efficiency, plot_learning_curves
+
+    caps = sorted({c["params"]["max_steps"] for c in cache.cells.values() if "max_steps" in c["params"]})
+    fractions = sorted({float(k.rsplit("|f=", 1)[1]) for k in cache.cells if "|f=" in k})
+    eff_dataset = next(
+        (b.name for b in benches if any(k.startswith(f"{b.name}|") and "|f=" in k for k in cache.cells)), None
+    )
+    plots = results / "plots"
+    rel = os.path.relpath(plots, ROOT) if plots.is_relative_to(ROOT) else str(plots)
+    seed_list = list(range(seeds))
+    lines = [
+        "## Suite: baselines, the paper's recipe, ablations and `auto`, over seeds",
+        "",
+        "Generated by `HF_HUB_OFFLINE=1 python benchmarks/suite.py` (resumable: every cell is cached in "
+        "`benchmarks/results/suite_cells.json`; `--report-only` rebuilds this section).",
+        f"Machine: {_machine()}.",
+        "Encoder: sentence-transformers/all-MiniLM-L6-v2 (384-d), frozen; adapters see its embeddings only.",
+        "Training budget: max_steps "
+        + ("= library default (2000)" if not caps else f"capped at {', '.join(map(str, caps))} in some cells")
+        + ", early stopping on validation nDCG@10 (patience 125 steps), identity kept when nothing beats it.",
+        "",
+        "Protocol: SciFact trains on its official train split and is scored on its 300 test queries; "
+        "Cranfield and XQuAD-R have one labelled split and are scored by 5-fold cross-validation (each "
+        "fold's model trained and validated on the other four folds; a different fold assignment per "
+        "seed), so every query is scored once per seed by a model that never saw it. Every model "
+        "validates on the same 20% of its training queries (drawn from the seed). Cells are mean ± sample "
+        "std over seeds of the test nDCG@10. p: two-sided paired randomization test (10,000 sign flips) on "
+        "per-query nDCG@10 averaged over seeds, row vs zero-shot; **bold** marks p < "
+        f"{P_SIGNIFICANT} and a gain, *italics* a significant loss. Train s: training + selection wall "
+        "time per seed (summed over the 5 folds for k-fold), on this shared 2-core machine.",
+        "",
+    ]
+    lines += _progress(cache, benches, seeds)
+    results_by = {
+        b.name: {
+            k: aggregate(cache, b, r, seed_list[:FINETUNE_SEEDS] if k == "full-ft" else seed_list)
+            for k, r in TABLE_ROWS.items()
+        }
+        for b in benches
+    }
+    lines += _summary(benches, results_by)
+    notes: list[str] = []
+    for b in benches:
+        lines += _dataset_section(cache, b, results_by[b.name], seed_list, plots, rel, notes)
+    if eff_dataset is not None:
+        lines += _efficiency(
+            cache,
+            next(b for b in benches if b.name == eff_dataset),
+            seed_list,
+            fractions,
+            results_by[eff_dataset],
+            plots,
+            rel,
+            plot_data_efficiency,
+        )
+    lines += ["", "### Where the adapter does not win", ""]
+    lines += [f"- {n}" for n in notes] or [
+        "- every adapter row beat zero-shot significantly on every dataset."
+    ]
+    for b in benches:
+        histories = _histories(cache, b)
+        if histories:
+            plot_learning_curves(
+                histories,
+                plots / f"curves_{_slug(b.name)}.png",
+                title=f"{b.name}: validation nDCG@10, seed 0, first fold",
+            )
+    out = results / "suite.md"
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    return out
+
+
+def _progress(cache: Cache, benches: Sequence[Bench], seeds: int) -> list[str]:
+    names = {b.name for b in benches}
+    keys = [k for k in cache.cells if k.split("|")[0] in names and current_cell(cache, k) is not None]
+    main = [k for k in keys if "|f=" not in k]
+    compute_s = sum(cache.cells[k]["cell_s"] for k in keys)
+    ft_s = sum(cache.cells[k]["cell_s"] for k in keys if k.split("|")[1] == "full-ft")
+    total = 0
+    for b in benches:
+        total += seeds * len(b.folds(0)) * len([c for c in CELL_ROWS if c != "full-ft"])
+        if b.name in FINETUNE_DATASETS:
+            total += min(seeds, FINETUNE_SEEDS) * len(b.folds(0))
+    runs = [r for r in cache.runs if r.get("cells")]
+    starts = [time.mktime(time.strptime(r["started"], "%Y-%m-%d %H:%M:%S")) for r in runs]
+    span_h = (
+        (max(t + r["wall_s"] for t, r in zip(starts, runs, strict=True)) - min(starts)) / 3600 if runs else 0
+    )
+    commands = sorted({r["command"] for r in runs if r["command"]})
+    return [
+        f"Progress: {len(main)} of the {total} cells of the tables below, plus {len(keys) - len(main)} "
+        f"data-efficiency cells. Compute: {compute_s / 3600:.1f} h summed over cells (full fine-tuning "
+        f"{ft_s / 3600:.1f} h of it), in {len(runs)} runs over {span_h:.1f} h elapsed, at most two processes "
+        "at a time (one per core) on disjoint datasets. Commands: "
+        + "; ".join(f"`{c}`" for c in commands)
+        + ".",
+        "",
+    ]
+
+
+def _summary(benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, RowResult | None]]) -> list[str]:
+    lines = [
+        "### Test nDCG@10, every row on every dataset",
+        "",
+        "| row | " + " | ".join(b.name for b in benches) + " |",
+        "|---|" + "---|" * len(benches),
+    ]
+    for key, tr in TABLE_ROWS.items():
+        cells = []
+        for b in benches:
+            r = results_by[b.name][key]
+            zs = results_by[b.name]["zero-shot"]
+            if r is None:
+                cells.append("–")
+                continue
+            text = _ms(r.per_seed["ndcg@10"], 3) + (f" ({r.seeds})" if r.seeds < 5 else "")
+            if zs is not None and key != "zero-shot":
+                p = paired_test(r.per_query, zs.per_query)
+                gain = np.mean(r.per_seed["ndcg@10"]) - np.mean(zs.per_seed["ndcg@10"])
+                text = (
+                    f"**{text}**"
+                    if p < P_SIGNIFICANT and gain > 0
+                    else f"*{text}*"
+                    if p < P_SIGNIFICANT
+                    else text
+                )
+            cells.append(text)
+        lines.append(f"| {tr.label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "(n) after a cell: number of seeds when fewer than 5 are done. Reading the rows: the ablations "
+        "change one thing of the paper recipe at alpha 0.1, beta 0.01. The RankNet ablation drops the "
+        "grade weighting of the paper's pairwise loss, so it is the same objective on binary qrels "
+        "(SciFact, XQuAD-R) and differs only on Cranfield's graded ones. `auto` trains "
+        f"{', '.join(AUTO_CANDIDATES)} and keeps the best on validation; the LlamaIndex and MLP + InfoNCE "
+        "baselines differ from its candidates (random in-batch negatives, no recovery loss). In the "
+        "per-dataset tables, 'picked on validation' counts what selection chose per seed and fold, "
+        "'identity' where no trained checkpoint beat zero-shot on validation.",
+        "",
+    ]
+    return lines
+
+
+def _dataset_section(
+    cache: Cache,
+    b: Bench,
+    res: Mapping[str, RowResult | None],
+    seeds: Sequence[int],
+    plots: Path,
+    rel: str,
+    notes: list[str],
+) -> list[str]:
+    zs = res["zero-shot"]
+    if zs is None:
+        return []
+    zs_mean = float(np.mean(zs.per_seed["ndcg@10"]))
+    lines = [
+        f"### {b.name} ({b.protocol}: {len(b.test_ids())} scored queries, {len(b.emb.doc_ids)} documents)",
+        "",
+        "| row | nDCG@10 | Δ vs zero-shot | p vs zero-shot | recall@100 | MRR@10 | train s / seed | seeds | "
+        "picked on validation |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    adapters: dict[str, RowResult] = {}
+    for key, tr in TABLE_ROWS.items():
+        r = res[key]
+        if r is None:
+            continue
+        mean = float(np.mean(r.per_seed["ndcg@10"]))
+        delta = mean - zs_mean
+        if key == "zero-shot":
+            p_text, d_text = "–", "–"
+        else:
+            p = paired_test(r.per_query, zs.per_query)
+            p_text = _p(p)
+            verdict = ""
+            if p < P_SIGNIFICANT and delta < 0:
+                verdict = " (significantly below zero-shot)"
+            elif p >= P_SIGNIFICANT and abs(delta) < 1e-3:
+                verdict = " (no measurable change)"
+            elif p >= P_SIGNIFICANT:
+                verdict = f" ({'gain' if delta > 0 else 'loss'} not significant)"
+            d_text = f"{delta:+.4f}{verdict}"
+            if verdict:
+                notes.append(
+                    f"{b.name}: {tr.label} {mean:.4f} vs zero-shot {zs_mean:.4f}, p = {p_text}"
+                    f"{verdict.replace(' (', ' — ').rstrip(')')}."
+                )
+            if key not in NON_ADAPTER:
+                adapters[key] = r
+        lines.append(
+            f"| {tr.label} | {_ms(r.per_seed['ndcg@10'])} | {d_text} | {p_text} | "
+            f"{np.mean(r.per_seed['recall@100']):.4f} | {np.mean(r.per_seed['mrr@10']):.4f} | "
+            f"{_ms(r.train_s, 1) if key != 'zero-shot' else '–'} | {r.seeds} | {_counts(r.picked)} |"
+        )
+    lines.append("")
+    if "auto" in adapters and len(adapters) > 1:
+        auto = adapters["auto"]
+        others = {k: v for k, v in adapters.items() if k != "auto"}
+        best_key = max(others, key=lambda k: np.mean(others[k].per_seed["ndcg@10"]))
+        best = others[best_key]
+        p = paired_test(auto.per_query, best.per_query)
+        a_mean, b_mean = np.mean(auto.per_seed["ndcg@10"]), np.mean(best.per_seed["ndcg@10"])
+        verdict = (
+            ("significantly better than" if p < P_SIGNIFICANT else "at least as good as")
+            if a_mean >= b_mean
+            else ("below, but not significantly below," if p >= P_SIGNIFICANT else "significantly below")
+        )
+        lines.append(
+            f"`auto` vs the best other adapter row ({TABLE_ROWS[best_key].label}): {a_mean:.4f} vs "
+            f"{b_mean:.4f}, p = {_p(p)}: auto is {verdict} it."
+        )
+        if a_mean < b_mean:
+            n_val = len(baselines.validation_split(b.folds(0)[0][1], 0)[1])
+            unit = "fold" if b.protocol == "kfold" else "seed"
+            why = (
+                f"auto picks among {', '.join(AUTO_CANDIDATES)} by nDCG@10 on {n_val} validation queries "
+                f"per {unit} (picked: {_counts(auto.picked)}); {TABLE_ROWS[best_key].label} is not one of "
+                "them, and "
+                + (
+                    "the gap is within seed and selection noise."
+                    if p >= P_SIGNIFICANT
+                    else "on this dataset it beats the candidate auto picks on validation."
+                )
+            )
+            notes.append(
+                f"{b.name}: auto ({a_mean:.4f}) is {verdict} {TABLE_ROWS[best_key].label} "
+                f"({b_mean:.4f}), p = {_p(p)}. Why: {why}"
+            )
+        lines.append("")
+    grid = [(name, aggregate(cache, b, TableRow(name, name, (name,)), seeds)) for name in GRID_NAMES]
+    if all(g is not None for _, g in grid) and res["paper"] is not None:
+        lines += [
+            "Paper grid, each (alpha, beta) on its own (test nDCG@10; picked: how often validation "
+            "chose it):",
+            "",
+            "| variant | nDCG@10 | picked |",
+            "|---|---|---|",
+        ]
+        for name, g in grid:
+            assert g is not None
+            lines.append(f"| {name} | {_ms(g.per_seed['ndcg@10'])} | {res['paper'].picked.count(name)} |")
+        lines.append("")
+    figures = []
+    for key in SIMILARITY_ROWS:
+        png = plots / f"similarity_{_slug(b.name)}_{_slug(TABLE_ROWS[key].cells[0])}.png"
+        if png.is_file():
+            figures.append(f"[cosine similarities, {key}]({rel}/{png.name})")
+    if (plots / f"curves_{_slug(b.name)}.png").is_file() or _histories(cache, b):
+        figures.append(f"[validation learning curves]({rel}/curves_{_slug(b.name)}.png)")
+    if figures:
+        lines += ["Figures: " + " · ".join(figures), ""]
+    return lines
+
+
+def _histories(cache: Cache, b: Bench) -> dict[str, list[dict[str, float]]]:
+    """Seed-0, first-fold validation curves of the adapter rows (rows that select: the picked model)."""
+    fold = "test" if b.protocol == "test" else "k0"
+    out = {}
+    for key, tr in TABLE_ROWS.items():
+        if key in NON_ADAPTER or key == "paper":
+            continue
+        cell = current_cell(cache, cell_key(b.name, tr.cells[0], 0, fold))
+        if cell and cell.get("history"):
+            out[key] = [{"step": s, "ndcg@10": v} for s, v in cell["history"]]
+    return out
+
+
+def _efficiency(
+    cache: Cache,
+    b: Bench,
+    seeds: Sequence[int],
+    fractions: Sequence[float],
+    full: Mapping[str, RowResult | None],
+    plots: Path,
+    rel: str,
+    plot: Callable[..., Path],
+) -> list[str]:
+    zs = full["zero-shot"]
+    n_train = len(b.train)
+    lines = [
+        f"### Data efficiency on {b.name}: share of the {n_train} training queries",
+        "",
+        "Each seed draws its own subset (nested: the 10% subset is inside the 30% one); validation is 20% of "
+        "the subset. p: vs zero-shot, as above.",
+        "",
+        "| row | " + " | ".join(f"{int(100 * f)}%" for f in (*fractions, 1.0)) + " |",
+        "|---|" + "---|" * (len(fractions) + 1),
+    ]
+    curves: dict[str, dict[float, tuple[float, float]]] = {}
+    for key in EFFICIENCY_ROWS:
+        texts, points = [], {}
+        for f in (*fractions, 1.0):
+            r = full[key] if f == 1.0 else aggregate(cache, b, TABLE_ROWS[key], seeds, f)
+            if r is None:
+                texts.append("–")
+                continue
+            vals = r.per_seed["ndcg@10"]
+            points[f] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+            p = paired_test(r.per_query, zs.per_query) if zs is not None else float("nan")
+            texts.append(f"{_ms(vals)} (p {_p(p)})")
+        curves[TABLE_ROWS[key].label] = points
+        lines.append(f"| {TABLE_ROWS[key].label} | " + " | ".join(texts) + " |")
+    lines.append("")
+    if zs is not None and any(len(v) > 1 for v in curves.values()):
+        png = plot(
+            curves,
+            plots / f"efficiency_{_slug(b.name)}.png",
+            zero_shot=float(np.mean(zs.per_seed["ndcg@10"])),
+            title=f"{b.name}: test nDCG@10 vs training queries",
+        )
+        lines += [f"Figure: [data-efficiency curve]({rel}/{png.name})", ""]
+    return lines
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), help="names under ../shared/data")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (full fine-tuning: at most 3)")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=list(TABLE_ROWS),
+        choices=list(TABLE_ROWS),
+        metavar="ROW",
+        help=f"table rows to compute (default all): {', '.join(TABLE_ROWS)}",
+    )
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="*",
+        default=list(FRACTIONS),
+        help="data-efficiency shares of the training queries (none: skip)",
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="start no new cell after this many minutes (the run resumes later)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="cap every adapter's max_steps (default: the library's 2000); --fast is 500",
+    )
+    parser.add_argument("--fast", action="store_true", help="shorthand for --max-steps 500")
+    parser.add_argument(
+        "--seed-major",
+        action="store_true",
+        help="seed 0 of every dataset first, then seed 1, ... (default: dataset by dataset)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine more threads oversubscribe "
+        "the cores and run several times slower; run one process per core instead)",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="where the cache, suite.md and plots go"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild suite.md and plots from the cache"
+    )
+    args = parser.parse_args(argv)
+    max_steps = 500 if args.fast else args.max_steps
+    import torch
+
+    torch.set_num_threads(args.threads)
+    command = "python benchmarks/suite.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.report_only:
+        cache = Cache(args.results / "suite_cells.json")
+        shown = [d for d in args.datasets if any(k.startswith(f"{d}|") for k in cache.cells)]
+        print(f"wrote {write_report(cache, [load_shared(d) for d in shown], args.seeds, args.results)}")
+        return 0
+    run(
+        args.datasets,
+        args.seeds,
+        args.rows,
+        args.fractions,
+        args.budget_minutes,
+        max_steps,
+        args.results,
+        command=command.strip(),
+        seed_major=args.seed_major,
+    )
+    print(f"wrote {args.results / 'suite.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Ship a trained adapter without this library: ONNX graphs, or a sentence-transformers model folder.
+
+``export_onnx`` writes ``query.onnx`` and ``corpus.onnx`` (input ``embeddings``: base vectors of
+shape (n, dim); output ``adapted``: unit-norm vectors), each including the input and output L2
+normalisation, so any ONNX runtime reproduces ``transform_queries`` / ``transform_corpus``. Both
+files exist for every mode: in ``shared`` mode they are the same network, in ``query_only`` mode
+``corpus.onnx`` only normalises. ``export.json`` records the mode and base encoder.
+
+``export_sentence_transformers`` (local sentence-transformers base models only) writes a model
+folder that plain ``SentenceTransformer(folder)`` loads (no ``trust_remote_code``, no search-adaptor
+needed): the base modules, then the adapter as built-in ``Dense`` and ``Normalize`` modules. For
+``query_only`` and ``separate`` adapters a built-in ``Router`` sends queries and documents through
+their own side: ``encode_query`` and ``encode_document`` give the adapted vectors in every mode, and
+plain ``encode`` is the query encoder.
+
+Every export is checked against the torch adapter before it is written (1e-5), and written
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from search_adaptor.index import replace_folder
+from search_adaptor.integrations import _as_adapter
+from search_adaptor.model import ResidualAdapter, SearchAdaptor
+
+FORMATS = ("onnx", "sentence-transformers")
+OPSET = 17  # ReduceL2 still takes axes as an attribute; onnxruntime >= 1.13 runs it
+TOLERANCE = 1e-5
+_EPS = 1e-12  # as l2_normalize
+_CHECK_TEXTS = ["what causes fever", "Aspirin lowers the risk of heart attacks.", "", "ß ünïcode 漢字 ✓"]
+
+Layer = tuple[np.ndarray, np.ndarray, bool]  # weight (out, in), bias (out,), ReLU after
+
+
+def _nets(adapter: SearchAdaptor) -> tuple[ResidualAdapter | None, ResidualAdapter | None]:
+    """(query, corpus) networks as ``transform_*`` applies them; None means "normalise only"."""
+    if adapter.is_identity_:
+        return None, None
+    return adapter.query_net_, adapter.corpus_net_
+
+
+def dense_layers(net: ResidualAdapter) -> list[Layer]:
+    """The residual function ``f`` as a list of dense layers."""
+    layers: list[Layer] = []
+    for module in net.f:
+        if isinstance(module, nn.Linear):
+            layers.append((module.weight.detach().numpy().copy(), module.bias.detach().numpy().copy(), False))
+        elif isinstance(module, nn.ReLU):
+            weight, bias, _ = layers[-1]
+            layers[-1] = (weight, bias, True)
+        else:
+            raise TypeError(f"cannot export adapter layer {type(module).__name__}")
+    return layers
+
+
+# -- ONNX --------------------------------------------------------------------------------------------
+def _onnx_graph(net: ResidualAdapter | None, dim: int, name: str) -> Any:
+    """ONNX model: normalise -> [residual function (+ input)] -> normalise."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits = [numpy_helper.from_array(np.array(_EPS, dtype=np.float32), "eps")]
+
+    def normalize(x: str, out: str) -> None:
+        nodes.append(helper.make_node("ReduceL2", [x], [f"{out}_norm"], axes=[1], keepdims=1))
+        nodes.append(helper.make_node("Max", [f"{out}_norm", "eps"], [f"{out}_safe"]))
+        nodes.append(helper.make_node("Div", [x, f"{out}_safe"], [out]))
+
+    normalize("embeddings", "x")
+    h = "x"
+    if net is not None:
+        for i, (weight, bias, relu) in enumerate(dense_layers(net)):
+            inits += [numpy_helper.from_array(weight, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
+            nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [f"h{i}"], transB=1))
+            h = f"h{i}"
+            if relu:
+                nodes.append(helper.make_node("Relu", [h], [f"{h}_relu"]))
+                h = f"{h}_relu"
+        if net.residual:
+            nodes.append(helper.make_node("Add", ["x", h], ["residual"]))
+            h = "residual"
+    normalize(h, "adapted")
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["n", dim])],
+        [helper.make_tensor_value_info("adapted", TensorProto.FLOAT, ["n", dim])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="search-adaptor"
+    )
+    model.ir_version = 8  # readable by onnxruntime >= 1.13
+    return model
+
+
+def export_onnx(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write ``query.onnx``, ``corpus.onnx`` and ``export.json`` into ``out``, verified with onnxruntime.
+
+    Parameters
+    ----------
+    adapter : SearchAdaptor or path
+    out : path
+        Replaced atomically if it is an earlier ONNX export (has ``export.json``) or empty.
+
+    Raises
+    ------
+    RuntimeError
+        onnxruntime's output differs from the torch adapter's by more than 1e-5.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    adapter = _as_adapter(adapter)
+    sample = np.random.default_rng(0).normal(size=(16, adapter.dim_)).astype(np.float32)
+    query_net, corpus_net = _nets(adapter)
+    models = {}
+    for side, net, expected in (
+        ("query", query_net, adapter.transform_queries(sample)),
+        ("corpus", corpus_net, adapter.transform_corpus(sample)),
+    ):
+        model = _onnx_graph(net, adapter.dim_, f"search_adaptor_{side}")
+        onnx.checker.check_model(model, full_check=True)
+        blob = model.SerializeToString()
+        session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        got = session.run(["adapted"], {"embeddings": sample})[0]
+        err = float(np.abs(got - expected).max())
+        if err > TOLERANCE:
+            raise RuntimeError(f"{side}.onnx differs from the torch adapter by {err:.2e}; please report this")
+        models[f"{side}.onnx"] = blob
+    info = {
+        "format": "onnx",
+        "mode": adapter.mode,
+        "dim": adapter.dim_,
+        "encoder": adapter.encoder_,
+        "input": "embeddings: base embeddings, float32 (n, dim)",
+        "output": "adapted: unit-norm adapted embeddings, float32 (n, dim)",
+        "queries": "query.onnx",
+        "documents": "corpus.onnx",
+    }
+
+    def fill(tmp: Path) -> None:
+        for name, blob in models.items():
+            (tmp / name).write_bytes(blob)
+        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    return replace_folder(out, fill, "export.json", "an ONNX export")
+
+
+# -- sentence-transformers ---------------------------------------------------------------------------
+def _dense_modules(net: ResidualAdapter | None) -> list[Any]:
+    """Built-in sentence-transformers modules computing ``normalize(net(x))`` for unit-norm ``x``.
+
+    A residual MLP ``x + W2 relu(W1 x + b1) + b2`` becomes two ``Dense`` layers through the identity
+    ``x = relu(x) - relu(-x)``: the first outputs ``[relu(W1 x + b1), relu(x), relu(-x)]``, the second
+    ``[W2, I, -I]`` times that plus ``b2``. A residual linear map ``x + W x + b`` is ``(I + W) x + b``.
+    """
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    def dense(weight: np.ndarray, bias: np.ndarray, relu: bool) -> Any:
+        return Dense(
+            weight.shape[1],
+            weight.shape[0],
+            activation_function=nn.ReLU() if relu else nn.Identity(),
+            init_weight=torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)),
+            init_bias=torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)),
+        )
+
+    if net is None:
+        return [Normalize()]
+    layers = dense_layers(net)
+    if not net.residual:
+        return [*(dense(*layer) for layer in layers), Normalize()]
+    if len(layers) == 1:
+        (weight, bias, _) = layers[0]
+        return [dense(weight + np.eye(len(weight), dtype=np.float32), bias, False), Normalize()]
+    (w1, b1, _), (w2, b2, _) = layers
+    eye = np.eye(w1.shape[1], dtype=np.float32)
+    first = dense(np.vstack([w1, eye, -eye]), np.concatenate([b1, np.zeros(2 * len(eye), np.float32)]), True)
+    return [first, dense(np.hstack([w2, eye, -eye]), b2, False), Normalize()]
+
+
+def export_sentence_transformers(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write a sentence-transformers model folder whose vectors are the adapted ones.
+
+    ``SentenceTransformer(out).encode_query(texts)`` equals the base model's query embeddings through
+    ``transform_queries``, and ``encode_document`` the documents' through ``transform_corpus``;
+    plain ``encode`` is the query encoder (the same as both in ``shared`` mode).
+
+    Parameters
+    ----------
+    adapter : SearchAdaptor or path
+        Trained on a local sentence-transformers model.
+    out : path
+        Replaced atomically if it is a sentence-transformers folder (has ``modules.json``) or empty.
+
+    Raises
+    ------
+    ValueError
+        The adapter's base model is not a local sentence-transformers model.
+    RuntimeError
+        The reloaded folder's vectors differ from the adapter's by more than 1e-5.
+    """
+    from search_adaptor.encoders.registry import LOCAL
+
+    adapter = _as_adapter(adapter)
+    info = adapter.encoder_ or {}
+    if info.get("provider") != LOCAL:
+        raise ValueError(
+            f"this adapter was trained on {info.get('provider') or 'unknown'} embeddings "
+            f"({info.get('model') or 'unknown model'}); only a local sentence-transformers base model can "
+            "be exported as a sentence-transformers folder; use --format onnx"
+        )
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Router
+
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+
+    cfg = info.get("config") or {}
+    base = SentenceTransformerEncoder(
+        cfg.get("model", info.get("model")),
+        query_prompt=cfg.get("query_prompt", ""),
+        document_prompt=cfg.get("document_prompt", ""),
+        device="cpu",
+    )
+    adapter.check_encoder(base.fingerprint)
+    expected_q = adapter.transform_queries(base.encode_queries(_CHECK_TEXTS))
+    expected_d = adapter.transform_corpus(base.encode_corpus(_CHECK_TEXTS))
+    modules = list(base._load().children())  # the very model the encoder runs
+    if not isinstance(modules[-1], Normalize):  # the encoder normalises; so must the folder
+        modules.append(Normalize())
+    query_net, corpus_net = _nets(adapter)
+    if adapter.mode == "shared":
+        modules += _dense_modules(query_net)
+    else:
+        modules.append(
+            Router.for_query_document(
+                query_modules=_dense_modules(query_net),
+                document_modules=_dense_modules(corpus_net),
+                default_route="query",
+            )
+        )
+    model = SentenceTransformer(
+        modules=modules,
+        device="cpu",
+        prompts={"query": base.query_prompt, "document": base.document_prompt},
+        default_prompt_name="query" if base.query_prompt else None,
+    )
+
+    def fill(tmp: Path) -> None:
+        model.save(str(tmp))
+        again = SentenceTransformer(str(tmp), device="cpu")
+        for name, got, expected in (
+            ("encode_query", again.encode_query(_CHECK_TEXTS), expected_q),
+            ("encode_document", again.encode_document(_CHECK_TEXTS), expected_d),
+        ):
+            err = float(np.abs(got - expected).max())
+            if err > TOLERANCE:
+                raise RuntimeError(f"exported {name} differs from the adapter by {err:.2e}; report this")
+
+    return replace_folder(out, fill, "modules.json", "a sentence-transformers model")

@@ -1,0 +1,172 @@
+"""The command line with embedding-API providers, against the local fakes of their wire formats."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fake_providers import FAKE_KEY, KEY_ENV, PROVIDER_NAMES, FakeProvider, Fault
+from search_adaptor.cli import main
+
+#: What the CLI needs besides --provider and --base-url for each provider.
+PROVIDER_ARGS = {
+    "azure-openai": ["--model", "fake-deployment"],
+    "openai-compatible": ["--model", "fake-model"],
+}
+
+
+def _write_beir(root: Path, n_docs: int, n_queries: int) -> Path:
+    """A tiny BEIR folder: query ``i`` is relevant to documents ``i`` and ``i + n_queries``."""
+    (root / "qrels").mkdir(parents=True)
+    docs = [
+        {"_id": f"d{i}", "title": f"title {i}", "text": f"passage number {i} about topic {i % 7}"}
+        for i in range(n_docs)
+    ]
+    queries = [{"_id": f"q{i}", "text": f"which passage is about item {i}?"} for i in range(n_queries)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    rows = [f"q{i}\td{j}\t1" for i in range(n_queries) for j in (i, i + n_queries) if j < n_docs]
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No provider credential or endpoint leaks in from the machine running the tests."""
+    for var in (*KEY_ENV.values(), "OPENAI_API_KEY", "OPENAI_BASE_URL", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def _cli_args(fake: FakeProvider, data: Path, cache: Path) -> list[str]:
+    return [
+        str(data),
+        "--provider",
+        fake.provider,
+        "--base-url",
+        fake.url,
+        "--cache",
+        str(cache),
+        *PROVIDER_ARGS.get(fake.provider, []),
+    ]
+
+
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
+def test_embed_then_dry_run_sends_nothing(
+    provider: str, tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_beir(tmp_path / "tiny", n_docs=10, n_queries=5)
+    with FakeProvider(provider) as fake:
+        clean_env.setenv(KEY_ENV[provider], fake.key)
+        clean_env.setenv("GOOGLE_CLOUD_PROJECT", "fake-project")
+        args = [*_cli_args(fake, data, tmp_path / "cache"), "--dimensions", "4", "--batch-size", "3"]
+
+        assert main(["embed", *args, "--dry-run"]) == 0
+        before = capsys.readouterr().out
+        assert "0 texts cached, 15 would be sent" in before
+        assert not fake.calls
+
+        assert main(["embed", *args, "--max-concurrency", "2", "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert "15 texts embedded, 0 already cached (4-d" in out and "0 retries" in out
+        assert all(count == 1 for count in fake.served.values()) and len(fake.served) == 15
+        assert max(len(call.texts) for call in fake.calls) <= 3
+
+        calls = len(fake.calls)
+        assert main(["embed", *args, "--dry-run"]) == 0
+        assert "15 texts cached, 0 would be sent (~0 tokens" in capsys.readouterr().out
+        assert len(fake.calls) == calls
+
+
+def test_dry_run_estimates_tokens_of_the_texts_as_sent(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_beir(tmp_path / "tiny", n_docs=4, n_queries=2)
+    clean_env.setenv("OPENAI_API_KEY", FAKE_KEY)
+    assert main(["embed", str(data), "--provider", "openai", "--cache", str(tmp_path), "--dry-run"]) == 0
+    from search_adaptor.data import load_beir
+
+    dataset = load_beir(data)
+    texts = [*dataset.queries.values(), *dataset.doc_texts]
+    tokens = sum(math.ceil(len(t) / 3) for t in texts)
+    assert f"0 texts cached, 6 would be sent (~{tokens} tokens" in capsys.readouterr().out
+
+
+def test_progress_bar_shows_rate_and_retries(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_beir(tmp_path / "tiny", n_docs=12, n_queries=8)
+    with FakeProvider("openai", delay=0.04) as fake:
+        clean_env.setenv("OPENAI_API_KEY", fake.key)
+        fake.schedule(Fault.rate_limited("0.01"))
+        args = [*_cli_args(fake, data, tmp_path / "cache"), "--batch-size", "4", "--max-concurrency", "1"]
+        assert main(["embed", *args]) == 0
+    captured = capsys.readouterr()
+    assert "20 texts embedded" in captured.out and "1 retries" in captured.out
+    assert "text/s" in captured.err and "retries=1" in captured.err
+
+
+def test_fit_with_an_api_encoder_never_records_the_key(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_beir(tmp_path / "tiny", n_docs=60, n_queries=30)
+    out = tmp_path / "out"
+    with FakeProvider("openai-compatible", dim=16) as fake:
+        clean_env.setenv("OPENAI_COMPATIBLE_API_KEY", fake.key)
+        args = [*_cli_args(fake, data, tmp_path / "cache"), "--out", str(out)]
+        assert main(["fit", *args, "--max-steps", "30", "--folds", "2"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    config = json.loads((out / "adapter" / "config.json").read_text())
+    assert report["protocol"] == "kfold" and report["encoder_calls"]["texts_sent"] == 90
+    assert config["encoder"]["fingerprint"].startswith("openai-compatible:fake-model:")
+    assert config["encoder"]["config"]["base_url"] == fake.url
+    assert FAKE_KEY not in captured.out + captured.err
+    for path in out.rglob("*"):
+        assert not path.is_file() or FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+def test_bad_key_is_one_line_naming_the_env_var(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_beir(tmp_path / "tiny", n_docs=4, n_queries=2)
+    wrong = "sk-wrong-SECRET-0000"
+    with FakeProvider("openai") as fake:
+        clean_env.setenv("OPENAI_API_KEY", wrong)
+        assert main(["embed", *_cli_args(fake, data, tmp_path / "cache"), "--quiet"]) == 2
+        assert len(fake.calls) == 1  # a 401 is not retried
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("search-adaptor: error: openai: HTTP 401") and "\n" not in err
+    assert "$OPENAI_API_KEY" in err and wrong not in captured.err + captured.out
+
+    clean_env.delenv("OPENAI_API_KEY")
+    assert main(["embed", str(data), "--provider", "openai", "--cache", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("search-adaptor: error: openai: no API key") and "OPENAI_API_KEY" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--provider", "openai", "--batch-size", "0"], "--batch-size must be positive"),
+        (["--provider", "openai", "--timeout", "-1"], "--timeout must be positive"),
+        (["--timeout", "5"], "--timeout applies to API providers only"),
+        (["--embeddings", "vectors"], "nothing to embed"),
+    ],
+)
+def test_bad_encoder_options_are_one_line(
+    flags: list[str],
+    message: str,
+    tmp_path: Path,
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = _write_beir(tmp_path / "tiny", n_docs=4, n_queries=2)
+    clean_env.setenv("OPENAI_API_KEY", FAKE_KEY)
+    assert main(["embed", str(data), "--cache", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("search-adaptor: error: ") and message in err and "\n" not in err

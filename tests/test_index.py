@@ -1,0 +1,185 @@
+"""The adapted index: same results as exact search, a folder that round-trips, refusals that name the fix."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from importlib.util import find_spec
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from search_adaptor.cli import main
+from search_adaptor.embed import encoder_info
+from search_adaptor.index import AdaptedIndex
+from search_adaptor.model import CompatibilityError, SearchAdaptor
+from search_adaptor.retrieval import exact_search
+from test_store import CountingEncoder
+
+pytestmark = pytest.mark.skipif(find_spec("faiss") is None, reason="needs faiss-cpu (the faiss extra)")
+
+
+def make_adapter(
+    dim: int = 16, *, info: Mapping[str, Any] | None = None, seed: int = 0, **params: Any
+) -> SearchAdaptor:
+    """A fitted, non-identity adapter with random weights (fast: one training step, then randomised).
+
+    ``info`` is the base encoder it claims (``encoder_info(...)``); ``params`` are hyperparameters
+    (``mode``, ``architecture``, ``residual``...).
+    """
+    rng = np.random.default_rng(seed)
+    D = rng.normal(size=(40, dim)).astype(np.float32)
+    Q = (D[:20] + 0.3 * rng.normal(size=(20, dim))).astype(np.float32)
+    qids, dids = [f"q{i}" for i in range(20)], [f"d{i}" for i in range(40)]
+    qrels = {q: {dids[i]: 1} for i, q in enumerate(qids)}
+    est = SearchAdaptor(max_steps=1, eval_every=1, patience=1, batch_size=8, seed=seed, **params)
+    est.fit(Q, D, qrels, qids, dids)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in {id(n): n for n in (est.query_net_, est.corpus_net_) if n is not None}.values():
+            for p in net.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / p.shape[-1] ** 0.5))
+    est.best_step_ = 1  # as if a trained checkpoint beat zero-shot
+    est.encoder_ = dict(info or {})
+    return est
+
+
+FAKE = CountingEncoder(dim=16)
+FAKE_INFO = encoder_info(FAKE)
+
+
+@pytest.mark.parametrize("mode", ["shared", "query_only", "separate"])
+def test_flat_index_equals_exact_search_and_round_trips(synthetic, tmp_path, mode):
+    adapter = make_adapter(info=FAKE_INFO, mode=mode)
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)
+    Q = synthetic["Q"][:25]
+    top, scores = exact_search(adapter.transform_queries(Q), adapter.transform_corpus(synthetic["D"]), 10)
+    hits = index.search(Q, k=10)
+    assert [[d for d, _ in row] for row in hits] == [[synthetic["dids"][i] for i in row] for row in top]
+    assert np.allclose([[s for _, s in row] for row in hits], scores, atol=1e-5)
+
+    index.save(tmp_path / "idx")
+    assert {p.name for p in (tmp_path / "idx").iterdir()} == {
+        "manifest.json",
+        "index.faiss",
+        "doc_ids.json",
+        "adapter",
+    }
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["n_docs"] == 300 and manifest["dim"] == 16 and manifest["backend"] == "flat"
+    assert manifest["encoder"]["fingerprint"] == FAKE.fingerprint and manifest["adapter"]["mode"] == mode
+    again = AdaptedIndex.load(tmp_path / "idx")
+    assert again.search(Q, k=10) == hits
+
+
+def test_build_embeds_through_the_store_and_searches_text(tmp_path):
+    texts = [f"document number {i}" for i in range(30)]
+    ids = [f"d{i}" for i in range(30)]
+    adapter = make_adapter(info=FAKE_INFO, mode="separate")
+    enc = CountingEncoder(dim=16, batch_size=7)
+    index = AdaptedIndex.build(adapter, enc, ids, texts, cache_dir=tmp_path)
+    assert sum(len(c) for c in enc.calls) == 30
+    enc2 = CountingEncoder(dim=16)
+    AdaptedIndex.build(adapter, enc2, ids, texts, cache_dir=tmp_path)
+    assert enc2.calls == []  # every document came from the store
+    # a text query equals a search with its base vector; the document ranks itself first
+    base = enc.encode_queries(["document number 3"])
+    assert index.search(["document number 3"], k=5) == index.search(base, k=5)
+    D = adapter.transform_corpus(enc.encode_corpus(texts))
+    assert np.allclose(index.embed_queries(["q"]), adapter.transform_queries(enc.encode_queries(["q"])))
+    top, _ = exact_search(index.embed_queries(["q"]), D, 5)
+    assert [d for d, _ in index.search(["q"], k=5)[0]] == [ids[i] for i in top[0]]
+    assert len(index.search(["q"], k=1000)[0]) == 30  # k is clipped to the corpus
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        index.search(["q"], k=0)
+    with pytest.raises(TypeError, match="wrap a single query"):
+        index.search("q")
+    with pytest.raises(ValueError, match="one id per text"):
+        AdaptedIndex.build(adapter, enc, ids[:3], texts, cache_dir=tmp_path)
+
+
+def test_hnsw_backend_finds_the_exact_neighbours(synthetic, tmp_path):
+    adapter = make_adapter(info=FAKE_INFO)
+    exact = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)
+    hnsw = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO, backend="hnsw")
+    hnsw.save(tmp_path / "h")
+    hnsw = AdaptedIndex.load(tmp_path / "h")
+    assert hnsw.manifest["hnsw"]["m"] == 32
+    truth, approx = exact.search(synthetic["Q"], 10), hnsw.search(synthetic["Q"], 10)
+    recall = np.mean(
+        [len({d for d, _ in a} & {d for d, _ in t}) / 10 for a, t in zip(approx, truth, strict=True)]
+    )
+    assert recall > 0.95
+    with pytest.raises(ValueError, match="backend must be one of flat, hnsw"):
+        AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO, backend="ivf")
+
+
+def test_load_refuses_parts_that_do_not_belong_together(synthetic, tmp_path):
+    adapter = make_adapter(info=FAKE_INFO)
+    AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO).save(tmp_path / "idx")
+    with pytest.raises(CompatibilityError, match="encoder given is fake:"):
+        AdaptedIndex.load(tmp_path / "idx", encoder=CountingEncoder(dim=8))
+    make_adapter(info=FAKE_INFO, seed=1).save(tmp_path / "idx" / "adapter")  # swapped behind its back
+    with pytest.raises(CompatibilityError, match=r"idx/adapter: this adapter .* rebuild the index"):
+        AdaptedIndex.load(tmp_path / "idx")
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json: not found; build an index"):
+        AdaptedIndex.load(tmp_path)
+    with pytest.raises(CompatibilityError, match="trained on embeddings of fake:"):
+        other = encoder_info(CountingEncoder(dim=17))
+        AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], other)
+
+
+def test_save_replaces_an_index_but_never_other_files(synthetic, tmp_path):
+    adapter = make_adapter(info=FAKE_INFO)
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"][:50], synthetic["D"][:50], FAKE_INFO)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="notes: exists and is not an index"):
+        index.save(tmp_path / "notes")
+    index.save(tmp_path / "idx")
+    AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO).save(tmp_path / "idx")
+    assert AdaptedIndex.load(tmp_path / "idx").n_docs == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "notes"]  # no temporary leftovers
+
+
+def test_encoder_is_recreated_from_the_manifest(synthetic):
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+
+    st_info = encoder_info(SentenceTransformerEncoder())
+    adapter = make_adapter(info=st_info)
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], st_info)
+    assert index.encoder.fingerprint == st_info["fingerprint"]  # no model is loaded until a text comes
+    pre = {
+        "fingerprint": "precomputed:my-model",
+        "provider": "precomputed",
+        "model": "my-model",
+        "config": {},
+    }
+    index = AdaptedIndex.from_vectors(make_adapter(info=pre), synthetic["dids"], synthetic["D"], pre)
+    assert index.search(synthetic["Q"][:2], k=3)  # vectors work
+    with pytest.raises(ValueError, match=r"precomputed embeddings .* pass query vectors"):
+        index.search(["a text"])
+
+
+@pytest.mark.slow
+def test_cli_index_and_search_with_the_local_model(tmp_path, capsys):
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+
+    data = tmp_path / "data"
+    data.mkdir()
+    docs = ["Aspirin reduces fever.", "Paris is the capital of France.", "Vitamin D helps bones."]
+    (data / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(docs))
+    )
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q0", "text": "capital of France"}) + "\n")
+    make_adapter(384, info=encoder_info(SentenceTransformerEncoder()), mode="query_only").save(tmp_path / "a")
+    args = ["index", str(data), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "idx")]
+    assert main([*args, "--quiet", "--cache", str(tmp_path / "cache")]) == 0
+    assert "3 documents indexed (flat, 384-d" in capsys.readouterr().out
+    assert main(["search", str(tmp_path / "idx"), "capital of France", "-k", "2", "-o", "json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["id"] == "d1" and len(hits) == 2
+    assert main(["search", str(tmp_path / "nothing"), "x"]) == 2
+    assert "manifest.json: not found" in capsys.readouterr().err
