@@ -72,8 +72,7 @@ class QueryMap:
     """
 
     W: np.ndarray
-    name: str = "linear map"
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # how it was chosen, for the report
 
     def transform_queries(self, X: np.ndarray) -> np.ndarray:
         """Mapped, unit-norm query vectors."""
@@ -119,7 +118,7 @@ def positive_pairs(
 
 def fit_procrustes(emb: Embeddings, qrels: Mapping[str, Mapping[str, int]]) -> QueryMap:
     """Orthogonal Procrustes on every labelled training query (no hyperparameter, so no validation)."""
-    return QueryMap(procrustes(*positive_pairs(emb, qrels, labelled_queries(qrels))), "procrustes")
+    return QueryMap(procrustes(*positive_pairs(emb, qrels, labelled_queries(qrels))))
 
 
 def fit_least_squares(emb: Embeddings, qrels: Mapping[str, Mapping[str, int]], seed: int) -> QueryMap:
@@ -140,10 +139,10 @@ def fit_least_squares(emb: Embeddings, qrels: Mapping[str, Mapping[str, int]], s
     best = max(scores, key=lambda k: scores[k] + (1e-9 if k == "identity" else 0.0))
     info = {"selected": best, "val_ndcg@10": scores[best], "zero_shot_val_ndcg@10": scores["identity"]}
     if best == "identity":
-        return QueryMap(np.eye(emb.dim), "least-squares", info)
+        return QueryMap(np.eye(emb.dim), info)
     ridge = float(best.split("=")[1])
     W = ridge_map(*positive_pairs(emb, qrels, labelled_queries(qrels)), ridge)
-    return QueryMap(W, "least-squares", info)
+    return QueryMap(W, info)
 
 
 # -- full fine-tuning ---------------------------------------------------------------------------------
@@ -161,10 +160,10 @@ class FineTuneResult:
     train_s: float
 
 
-def _embed_with(model: Any, texts: Sequence[str], batch_size: int) -> np.ndarray:
+def _embed_with(model: Any, texts: Sequence[str]) -> np.ndarray:
     return model.encode(
         list(texts),
-        batch_size=batch_size,
+        batch_size=64,
         convert_to_numpy=True,
         normalize_embeddings=True,
         show_progress_bar=False,
@@ -182,9 +181,9 @@ def embed_split(
     qids = list(query_ids)
     return Embeddings(
         qids,
-        _embed_with(model, [query_texts[q] for q in qids], 64),
+        _embed_with(model, [query_texts[q] for q in qids]),
         list(emb.doc_ids),
-        _embed_with(model, doc_texts, 64),
+        _embed_with(model, doc_texts),
         emb.encoder,
     )
 
@@ -213,13 +212,18 @@ def finetune(
     to sentence-transformers itself.
     """
     import torch
-    from sentence_transformers import SentenceTransformer, losses
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:  # sentence-transformers before 6
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     model = SentenceTransformer(model_path, device="cpu")
-    loss_fn = losses.MultipleNegativesRankingLoss(model)
+    loss_fn = MultipleNegativesRankingLoss(model)
     train, val = validation_split(qrels, seed)
     val_qrels = {q: qrels[q] for q in val}
     doc_pos = {d: i for i, d in enumerate(emb.doc_ids)}
