@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from search_adaptor.model import CompatibilityError, ResidualAdapter, SearchAdaptor, l2_normalize
+from search_adaptor.model import (
+    CompatibilityError,
+    ResidualAdapter,
+    SearchAdaptor,
+    l2_normalize,
+    numpy_forward,
+)
 from search_adaptor.training import family_variants, select
 
 FAST = {"max_steps": 150, "eval_every": 10, "patience": 60, "batch_size": 32}
@@ -33,6 +39,25 @@ def test_untrained_residual_adapter_is_exactly_the_identity():
     for arch in ("mlp", "linear"):
         assert torch.equal(ResidualAdapter(8, 8, arch)(x), x)
     assert torch.allclose(ResidualAdapter(8, 8, "linear", residual=False)(x), x)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "linear"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_numpy_inference_matches_the_torch_network(architecture, residual):
+    torch.manual_seed(0)
+    net = ResidualAdapter(16, 24, architecture, residual)
+    with torch.no_grad():  # move away from the identity start so every layer matters
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    with torch.inference_mode():
+        expected = net(torch.from_numpy(x)).numpy()
+    got = numpy_forward(net, x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # in-place weight updates are seen: the weights are shared, not cached
+        net.f[-1].bias.add_(1.0)
+    np.testing.assert_allclose(numpy_forward(net, x), got + 1.0, rtol=1e-5, atol=1e-5)
 
 
 def test_init_stores_hyperparameters_verbatim_and_params_round_trip():
