@@ -177,7 +177,9 @@ def test_cli_index_and_search_with_the_local_model(tmp_path, capsys):
     make_adapter(384, info=encoder_info(SentenceTransformerEncoder()), mode="query_only").save(tmp_path / "a")
     args = ["index", str(data), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "idx")]
     assert main([*args, "--quiet", "--cache", str(tmp_path / "cache")]) == 0
-    assert "3 documents indexed (flat, 384-d" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 documents indexed (local engine, flat, 384-d" in out and "3 texts sent" in out
+    assert sorted(p.name for p in (tmp_path / "idx" / "vectors").iterdir())[0] == "_manifest.json"
     assert main(["search", str(tmp_path / "idx"), "capital of France", "-k", "2", "-o", "json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert hits[0]["id"] == "d1" and len(hits) == 2

@@ -1,14 +1,21 @@
-"""Figures: each plot writes a PNG; the similarity samples are the pairs they claim to be."""
+"""Figures: each plot writes a PNG; the similarity samples are the pairs they claim to be; ``fit``
+writes its report's figures, and a fit without matplotlib (or with a failing plot) still succeeds."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from search_adaptor import plots
+from search_adaptor.data import Dataset
 from search_adaptor.embed import Embeddings
+from search_adaptor.experiment import run_fit
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.plots import (
     plot_data_efficiency,
@@ -16,8 +23,11 @@ from search_adaptor.plots import (
     plot_similarity,
     similarity_samples,
 )
+from search_adaptor.report import write_report
 
-pytest.importorskip("matplotlib")
+needs_matplotlib = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +61,7 @@ def test_similarity_samples_cover_every_relevant_pair(synthetic: dict, fitted: t
     assert rel_a.mean() - irr_a.mean() > rel.mean() - irr.mean()  # the adapter pulls them apart
 
 
+@needs_matplotlib
 def test_plots_write_pngs(synthetic: dict, fitted: tuple, tmp_path: Path) -> None:
     emb, est = fitted
     sim = plot_similarity(emb, synthetic["qrels"], est, tmp_path / "sub" / "sim.png", title="synthetic")
@@ -63,3 +74,107 @@ def test_plots_write_pngs(synthetic: dict, fitted: tuple, tmp_path: Path) -> Non
     )
     for path in (sim, curves, many, eff):
         assert path.is_file() and _is_png(path)
+
+
+# -- the figures of ``fit``'s report -----------------------------------------------------------------
+
+QUICK = {"max_steps": 30, "eval_every": 10}  # a few validation points per candidate, seconds in all
+
+
+def _synthetic_dataset(
+    synthetic: dict, tmp_path: Path, splits: dict[str, slice]
+) -> tuple[Dataset, Embeddings]:
+    qrels = {
+        split: {q: synthetic["qrels"][q] for q in synthetic["qids"][rows]} for split, rows in splits.items()
+    }
+    dataset = Dataset(
+        name="synthetic",
+        path=tmp_path,
+        doc_ids=synthetic["dids"],
+        doc_texts=list(synthetic["dids"]),
+        queries={q: q for q in synthetic["qids"]},
+        qrels=qrels,
+    )
+    encoder = {"fingerprint": "synthetic", "model": "synthetic", "provider": "test", "config": {}}
+    emb = Embeddings(synthetic["qids"], synthetic["Q"], synthetic["dids"], synthetic["D"], encoder)
+    return dataset, emb
+
+
+def _fit(synthetic: dict, tmp_path: Path, kfold: bool = False) -> tuple[dict, object, Path]:
+    splits = {"test": slice(None)} if kfold else {"train": slice(0, 120), "test": slice(120, None)}
+    dataset, emb = _synthetic_dataset(synthetic, tmp_path, splits)
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report, selection = run_fit(dataset, emb, folds=2, overrides=QUICK, out_dir=out)
+    finally:
+        torch.set_num_threads(threads)
+    write_report(out, report)
+    return report, selection, out
+
+
+def _markdown(out: Path) -> str:
+    return (out / "report.md").read_text()
+
+
+@needs_matplotlib
+def test_fit_writes_and_links_its_figures(synthetic: dict, tmp_path: Path) -> None:
+    report, selection, out = _fit(synthetic, tmp_path)
+    assert report["protocol"] == "test"
+    assert set(selection.histories) == {c["variant"] for c in selection.candidates}
+    assert report["plots"] == {
+        "similarity": "plots/similarity.png",
+        "learning_curves": "plots/learning_curves.png",
+    }
+    assert "plots_skipped" not in report
+    for rel in report["plots"].values():
+        path = out / rel
+        assert _is_png(path) and path.stat().st_size > 10_000  # a drawn figure, not an empty canvas
+    assert json.loads((out / "report.json").read_text())["plots"] == report["plots"]
+    md = _markdown(out)
+    assert "## Figures" in md and "plots skipped" not in md
+    assert "(plots/similarity.png)" in md and "(plots/learning_curves.png)" in md
+    assert "40 held-out `test` queries" in md
+
+
+@needs_matplotlib
+def test_kfold_fit_says_its_similarity_queries_were_seen_in_training(synthetic: dict, tmp_path: Path) -> None:
+    report, selection, out = _fit(synthetic, tmp_path, kfold=True)
+    assert report["protocol"] == "kfold"
+    assert set(report["plots"]) == {"similarity", "learning_curves"}
+    assert all(_is_png(out / rel) for rel in report["plots"].values())
+    assert set(selection.histories) == {c["variant"] for c in report["validation"]["candidates"]}
+    assert "which the saved adapter was trained on" in _markdown(out)
+
+
+def test_fit_without_matplotlib_skips_the_figures(
+    synthetic: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    stale = tmp_path / "out" / "plots" / "similarity.png"  # left by an earlier fit into the same folder
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    report, _, out = _fit(synthetic, tmp_path)
+    assert report["plots"] == {} and not stale.exists()
+    md = _markdown(out)
+    assert "plots skipped: pip install matplotlib (or the `bench` extra)" in md
+    assert "## Figures" not in md
+
+
+@needs_matplotlib
+def test_a_failing_plot_warns_and_the_fit_goes_on(
+    synthetic: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> Path:
+        raise RuntimeError("no room on the canvas\nsecond line")
+
+    monkeypatch.setattr(plots, "plot_learning_curves", broken)
+    report, _, out = _fit(synthetic, tmp_path)
+    assert report["plots"] == {"similarity": "plots/similarity.png"}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "search-adaptor: warning: learning_curves plot failed (RuntimeError: no room on the canvas); "
+        "the fit goes on without it"
+    ]
+    assert "(plots/similarity.png)" in _markdown(out) and "learning_curves" not in _markdown(out)

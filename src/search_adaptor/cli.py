@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 FAMILY_CHOICES = (
@@ -74,6 +75,25 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-candidate lines")
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="local: stream in chunks on this machine (default); ray: Ray Data map_batches stages",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to use (e.g. ray://head:10001 or auto); default: start a local one on loopback",
+    )
+    g.add_argument(
+        "--rows", type=int, default=65536, help="rows per chunk and per Parquet shard (default 65536)"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="search-adaptor",
@@ -114,7 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_encoder_args(emb)
 
     idx = sub.add_parser("index", help="embed a corpus, adapt it and write a searchable index folder")
-    idx.add_argument("data", metavar="DATA_DIR", help="BEIR-layout folder whose corpus is indexed")
+    idx.add_argument(
+        "data",
+        metavar="DATA_DIR",
+        help="BEIR-layout folder, or its corpus file (corpus.jsonl[.gz] or a Parquet file with _id, text)",
+    )
     idx.add_argument("--adapter", required=True, metavar="ADAPTER_DIR")
     idx.add_argument("--out", required=True, metavar="INDEX_DIR")
     idx.add_argument(
@@ -123,7 +147,25 @@ def _parser() -> argparse.ArgumentParser:
         choices=("flat", "hnsw"),
         help="flat: exact inner product (default); hnsw: approximate, faster on large corpora",
     )
+    _add_engine_args(idx)
     _add_encoder_args(idx)
+
+    tf = sub.add_parser(
+        "transform",
+        help="adapt document vectors you already have (.npy / Parquet), streaming, into a new file",
+    )
+    tf.add_argument(
+        "vectors",
+        metavar="VECTORS",
+        help="base document vectors of the adapter's encoder: .npy, .parquet, or a folder of .parquet",
+    )
+    tf.add_argument("--adapter", required=True, metavar="ADAPTER_DIR")
+    tf.add_argument(
+        "--out", required=True, metavar="OUT", help="OUT.npy, OUT.parquet, or a folder of Parquet shards"
+    )
+    tf.add_argument("--id-column", default="id", help="Parquet id column (default id)")
+    tf.add_argument("--vector-column", default="vector", help="Parquet vector column (default vector)")
+    _add_engine_args(tf)
 
     srch = sub.add_parser("search", help="search an index folder with one query")
     srch.add_argument("index", metavar="INDEX_DIR")
@@ -165,8 +207,8 @@ def _encoder(args: argparse.Namespace) -> Any:
         ("--max-concurrency", args.max_concurrency),
         ("--timeout", args.timeout),
     ):
-        if value is not None and value <= 0:
-            raise ValueError(f"{flag} must be positive, got {value:g}")
+        if value is not None:
+            _positive(flag, value)
     options = {} if args.timeout is None else {"timeout": args.timeout}
     if options and args.provider == LOCAL:
         raise ValueError("--timeout applies to API providers only")
@@ -213,10 +255,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         f"embedded in {emb.embed_s:.1f} s ({emb.stats.encoded} texts sent, {emb.stats.cached} cached)"
     )
     overrides = {"max_steps": args.max_steps} if args.max_steps else None
-    report, selection = run_fit(
-        dataset, emb, family=args.family, seed=args.seed, folds=args.folds, overrides=overrides, log=log
-    )
     out = os.path.abspath(args.out)
+    report, selection = run_fit(
+        dataset,
+        emb,
+        family=args.family,
+        seed=args.seed,
+        folds=args.folds,
+        overrides=overrides,
+        log=log,
+        out_dir=out,
+    )
     report["adapter"] = os.path.join(out, "adapter")
     test = {"protocol": report["protocol"], **report["metrics"]}
     selection.adapter.save(os.path.join(out, "adapter"), extra={"test": test, "selected": report["selected"]})
@@ -302,32 +351,81 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from search_adaptor.data import load_beir
+    import tempfile
+
     from search_adaptor.index import AdaptedIndex, import_faiss
     from search_adaptor.model import SearchAdaptor
+    from search_adaptor.pipeline import embed_and_adapt
 
     import_faiss()  # fail before embedding anything
+    _positive("--rows", args.rows)
     adapter = SearchAdaptor.load(args.adapter)
-    dataset = load_beir(args.data)
     if args.embeddings:
+        from search_adaptor.data import load_beir
+
+        dataset = load_beir(args.data)
         emb = _embeddings(args, dataset)
         index = AdaptedIndex.from_vectors(adapter, emb.doc_ids, emb.corpus, emb.encoder, backend=args.backend)
-    else:
-        index = AdaptedIndex.build(
+        out = index.save(args.out)
+        print(
+            f"{index.n_docs} documents indexed ({args.backend}, {index.dim}-d, mode {adapter.mode}) in {out}"
+        )
+        return 0
+    from search_adaptor.embed import encoder_info
+
+    encoder = _encoder(args)
+    target = Path(args.out).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as staging:
+        shards = Path(staging) / "vectors"
+        stats = embed_and_adapt(
+            args.data,
+            encoder,
             adapter,
-            _encoder(args),
-            dataset.doc_ids,
-            dataset.doc_texts,
-            backend=args.backend,
+            shards,
+            engine=args.engine,
             cache_dir=args.cache,
+            rows=args.rows,
+            ray_address=args.ray_address,
             progress=not args.quiet,
         )
-    out = index.save(args.out)
+        index = AdaptedIndex.from_shards(
+            adapter, shards, encoder_info(encoder), backend=args.backend, encoder=encoder
+        )
+        out = index.save(target, vectors=shards)
+    sent = f"; {stats.texts_embedded} texts sent to the encoder" if args.engine == "local" else ""
     print(
-        f"{dataset.name}: {index.n_docs} documents indexed ({args.backend}, {index.dim}-d, "
-        f"adapter mode {adapter.mode}) in {out}"
+        f"{index.n_docs} documents indexed ({args.engine} engine, {args.backend}, {index.dim}-d, adapter "
+        f"mode {adapter.mode}) in {out} ({stats.seconds:.1f} s{sent})"
     )
     return 0
+
+
+def _cmd_transform(args: argparse.Namespace) -> int:
+    from search_adaptor.model import SearchAdaptor
+    from search_adaptor.pipeline import transform_vectors
+
+    _positive("--rows", args.rows)
+    stats = transform_vectors(
+        args.vectors,
+        SearchAdaptor.load(args.adapter),
+        args.out,
+        engine=args.engine,
+        rows=args.rows,
+        id_column=args.id_column,
+        vector_column=args.vector_column,
+        ray_address=args.ray_address,
+    )
+    print(
+        f"{stats.rows} vectors ({stats.dim}-d) adapted with the {stats.engine} engine into {args.out} "
+        f"in {stats.seconds:.1f} s ({stats.rows / max(stats.seconds, 1e-9):,.0f} rows/s)"
+    )
+    return 0
+
+
+def _positive(flag: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{flag} must be positive, got {value:g}")
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -406,6 +504,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "embed": _cmd_embed,
     "index": _cmd_index,
+    "transform": _cmd_transform,
     "search": _cmd_search,
     "serve": _cmd_serve,
     "export": _cmd_export,

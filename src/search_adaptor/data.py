@@ -291,10 +291,8 @@ def _records(path: Path, what: str) -> Iterator[tuple[int, str, dict]]:
         yield lineno, rid, obj
 
 
-def _read_corpus(path: Path) -> tuple[list[str], list[str]]:
-    """Document ids and the texts to embed, ``(title + " " + text).strip()`` as BEIR does."""
-    doc_ids: list[str] = []
-    doc_texts: list[str] = []
+def _corpus_rows(path: Path) -> Iterator[tuple[str, str]]:
+    """``(doc id, text to embed)`` per line, the text being ``(title + " " + text).strip()`` as in BEIR."""
     for lineno, did, obj in _records(path, "corpus"):
         title = obj.get("title")
         if title is None:
@@ -303,13 +301,84 @@ def _read_corpus(path: Path) -> tuple[list[str], list[str]]:
             raise DataError(
                 f'{path}:{lineno}: field "title" must be a string or null, got {json.dumps(title)[:40]}'
             )
+        yield did, (title + " " + obj["text"]).strip()
+
+
+def _no_documents(path: Path) -> DataError:
+    return DataError(
+        f'{path}: no documents (the file is empty; add one JSON line per document with "_id", "text")'
+    )
+
+
+def _read_corpus(path: Path) -> tuple[list[str], list[str]]:
+    """Document ids and the texts to embed."""
+    doc_ids: list[str] = []
+    doc_texts: list[str] = []
+    for did, text in _corpus_rows(path):
         doc_ids.append(did)
-        doc_texts.append((title + " " + obj["text"]).strip())
+        doc_texts.append(text)
     if not doc_ids:
-        raise DataError(
-            f'{path}: no documents (the file is empty; add one JSON line per document with "_id", "text")'
-        )
+        raise _no_documents(path)
     return doc_ids, doc_texts
+
+
+def corpus_file(source: str | Path) -> Path:
+    """The corpus a BEIR folder holds (``corpus.jsonl[.gz]`` or ``corpus.parquet``), or the file given."""
+    path = Path(source)
+    if path.is_dir():
+        parquet = path / "corpus.parquet"
+        return parquet if parquet.is_file() else _find_jsonl(path, "corpus")
+    if not path.is_file():
+        raise DataError(f"{path}: not found (give a BEIR folder or its corpus.jsonl[.gz] / corpus.parquet)")
+    return path
+
+
+def iter_corpus(path: str | Path, rows: int) -> Iterator[tuple[list[str], list[str]]]:
+    """Stream ``(doc ids, texts)`` chunks of at most ``rows`` documents, checked as :func:`load_beir` does.
+
+    Parquet corpora need an ``_id`` (or ``id``) and a ``text`` column; ``title`` is optional.
+    """
+    path = Path(path)
+    if path.suffix == ".parquet":
+        chunks: Iterator[tuple[list[str], list[str]]] = _parquet_corpus(path, rows)
+    else:
+        chunks = _batched(_corpus_rows(path), rows)
+    empty = True
+    for chunk in chunks:
+        empty = False
+        yield chunk
+    if empty:
+        raise _no_documents(path)
+
+
+def _batched(pairs: Iterator[tuple[str, str]], rows: int) -> Iterator[tuple[list[str], list[str]]]:
+    ids: list[str] = []
+    texts: list[str] = []
+    for did, text in pairs:
+        ids.append(did)
+        texts.append(text)
+        if len(ids) == rows:
+            yield ids, texts
+            ids, texts = [], []
+    if ids:
+        yield ids, texts
+
+
+def _parquet_corpus(path: Path, rows: int) -> Iterator[tuple[list[str], list[str]]]:
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(path).schema_arrow.names
+    id_col = "_id" if "_id" in names else "id"
+    for need in (id_col, "text"):
+        if need not in names:
+            raise DataError(f'{path}: no column "{need}" (a Parquet corpus needs "_id" and "text" columns)')
+    columns = [id_col, "text", *(["title"] if "title" in names else [])]
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
+        data = batch.to_pydict()
+        titles = data.get("title") or [None] * batch.num_rows
+        ids = [str(v) for v in data[id_col]]
+        texts = [((t or "") + " " + (x or "")).strip() for t, x in zip(titles, data["text"], strict=True)]
+        yield ids, texts
 
 
 def _read_queries(path: Path) -> dict[str, str]:

@@ -7,12 +7,17 @@ Two protocols, chosen by the data:
 - ``kfold``: only one labelled split; k-fold over its queries, each fold's adapter trained and selected
   on the other folds only; metrics over all held-out queries. The adapter that ships is then trained
   on every labelled query the same way.
+
+Given an output folder, :func:`run_fit` also draws the report's figures there (matplotlib optional).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +31,8 @@ from search_adaptor.retrieval import exact_search
 from search_adaptor.training import Selection, select
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+#: Why a report has no figures when matplotlib is not installed.
+PLOTS_SKIPPED = "pip install matplotlib (or the `bench` extra)"
 
 
 def evaluate_embeddings(
@@ -63,6 +70,50 @@ def evaluate_embeddings(
     return means, per_query, qids
 
 
+def write_figures(
+    out_dir: str | os.PathLike,
+    emb: Embeddings,
+    qrels: Mapping[str, Mapping[str, int]],
+    adapter: SearchAdaptor,
+    histories: Mapping[str, Sequence[Mapping[str, float]]],
+    similarity_title: str = "",
+    curves_title: str = "",
+) -> dict[str, Any]:
+    """Draw the report's figures into ``out_dir/plots/``; never raises for a figure that fails.
+
+    Returns
+    -------
+    {"plots": {name: path relative to out_dir}} for the figures written, plus ``"plots_skipped"``
+    (the fix) when matplotlib is not installed. A figure that fails is reported on stderr in one
+    line and left out.
+    """
+    from search_adaptor import plots
+
+    figures: dict[str, Callable[[Path], Path]] = {
+        "similarity": lambda path: plots.plot_similarity(emb, qrels, adapter, path, title=similarity_title),
+        "learning_curves": lambda path: plots.plot_learning_curves(histories, path, title=curves_title),
+    }
+    rel = {name: f"plots/{name}.png" for name in figures}
+    for name in figures:  # an earlier fit's figure must not pass for this one's
+        (Path(out_dir) / rel[name]).unlink(missing_ok=True)
+    written: dict[str, str] = {}
+    for name, draw in figures.items():
+        try:
+            draw(Path(out_dir) / rel[name])
+        except ImportError:
+            return {"plots": {}, "plots_skipped": PLOTS_SKIPPED}
+        except Exception as exc:
+            detail = (str(exc).strip().splitlines() or [""])[0]
+            print(
+                f"search-adaptor: warning: {name} plot failed ({type(exc).__name__}: {detail}); "
+                "the fit goes on without it",
+                file=sys.stderr,
+            )
+            continue
+        written[name] = rel[name]
+    return {"plots": written}
+
+
 def run_fit(
     dataset: Dataset,
     emb: Embeddings,
@@ -73,10 +124,15 @@ def run_fit(
     test_split: str = "test",
     overrides: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
+    out_dir: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], Selection]:
     """Train, select and evaluate; return the report (see :mod:`search_adaptor.report`) and the adapter.
 
-    Test queries never reach training, early stopping or selection.
+    Test queries never reach training, early stopping or selection. With ``out_dir``, the figures
+    of :func:`write_figures` go to ``out_dir/plots/`` and ``report["plots"]`` names them relative to
+    ``out_dir``: the similarity histograms on the held-out test queries (``kfold``: on all labelled
+    queries, which the saved adapter was trained on) and every candidate's learning curve (``kfold``:
+    those of the final fit on all labelled queries).
     """
 
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str) -> Selection:
@@ -120,6 +176,9 @@ def run_fit(
             n_test_queries=len(zs_q[DEFAULT_METRICS[0]]),
         )
         folds_info: list[dict[str, Any]] = []
+        figure_qrels = test_qrels
+        similarity_title = f"{dataset.name}: {len(zs_q[DEFAULT_METRICS[0]])} held-out {test_split} queries"
+        curves_title = f"{dataset.name}: validation nDCG@10 per candidate"
     else:
         split = test_split if test_split in dataset.splits else dataset.splits[0]
         labelled = dataset.split(split)
@@ -151,6 +210,9 @@ def run_fit(
         ad = {m: float(np.mean(v)) for m, v in ad_q.items()}
         final = fit_on(labelled, "all")
         report.update(protocol="kfold", folds=folds, test_split=split, n_test_queries=len(zs_q["ndcg@10"]))
+        figure_qrels = labelled
+        similarity_title = f"{dataset.name}: all {len(zs_q['ndcg@10'])} labelled queries (seen in training)"
+        curves_title = f"{dataset.name}: validation nDCG@10 per candidate, final fit on all labelled queries"
     report["metrics"] = {"zero-shot": zs, "adapted": ad}
     report["significance"] = {
         "metric": "ndcg@10",
@@ -169,6 +231,12 @@ def run_fit(
         report["folds"] = folds
         report["fold_results"] = folds_info
     report["timings"] = {"embed_s": round(emb.embed_s, 2), "train_s": round(time.perf_counter() - start, 2)}
+    if out_dir is not None:
+        report.update(
+            write_figures(
+                out_dir, emb, figure_qrels, final.adapter, final.histories, similarity_title, curves_title
+            )
+        )
     report["encoder_calls"] = {"texts_sent": emb.stats.encoded, "texts_cached": emb.stats.cached}
     report["library_version"] = __version__
     return report, final

@@ -9,6 +9,9 @@ the environment for a hosted embedding model)::
       index.faiss     the FAISS index of adapted, unit-norm document vectors (inner product = cosine)
       doc_ids.json    document id of every row of the index
       adapter/        a copy of the adapter (config.json + adapter.safetensors)
+      vectors/        (indexes built by ``search-adaptor index``) the adapted vectors as Parquet shards
+                      of (id, vector), in index order: rebuild with another backend or load them
+                      into another vector database without embedding again
 
 In ``query_only`` mode the document vectors are the base ones, normalised: the same index serves the
 zero-shot model and every query-only adapter of it.
@@ -38,6 +41,7 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "doc_ids.json"
 ADAPTER_DIR = "adapter"
+VECTORS_DIR = "vectors"
 _BUILD_CHUNK = 8192  # documents embedded and adapted at a time: bounds memory on large corpora
 _EF_CONSTRUCTION = 200
 #: encoder config keys that are also ``make_encoder`` options of the same name
@@ -111,7 +115,7 @@ def import_faiss() -> Any:
     try:
         import faiss
     except ImportError as exc:
-        raise RuntimeError("FAISS is not installed: pip install 'search-adaptor[faiss]'") from exc
+        raise RuntimeError("FAISS is not installed: pip install 'search-adaptor[serve]'") from exc
     return faiss
 
 
@@ -288,17 +292,60 @@ class AdaptedIndex:
             index._add(doc_ids[start : start + _BUILD_CHUNK], vectors[start : start + _BUILD_CHUNK])
         return index
 
+    @classmethod
+    def from_shards(
+        cls,
+        adapter: SearchAdaptor | str | os.PathLike,
+        folder: str | os.PathLike,
+        encoder_info: Mapping[str, Any],
+        *,
+        backend: str = "flat",
+        encoder: Encoder | None = None,
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+    ) -> AdaptedIndex:
+        """Index the already adapted vectors of a shard folder (see :mod:`search_adaptor.pipeline`).
+
+        Shards are read one at a time, in file-name order, which both engines keep equal to the
+        corpus order; only the FAISS index itself grows with the corpus.
+        """
+        from search_adaptor.pipeline import iter_vectors
+
+        adapter = _as_adapter(adapter)
+        index: AdaptedIndex | None = None
+        seen: set[str] = set()
+        for ids, vectors in iter_vectors(folder):
+            if index is None:
+                index = cls._empty(
+                    adapter, encoder_info, vectors.shape[1], backend, hnsw_m, ef_search, encoder
+                )
+            for doc_id in ids:
+                if doc_id in seen:
+                    raise ValueError(f"{folder}: document id {doc_id!r} appears twice; ids must be unique")
+                seen.add(doc_id)
+            index.faiss_index.add(vectors)
+            index.doc_ids.extend(ids)
+        if index is None:
+            raise ValueError(f"{folder}: no vectors to index")
+        index.manifest["n_docs"] = len(index.doc_ids)
+        return index
+
     # -- persistence -------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, vectors: str | os.PathLike | None = None) -> Path:
         """Write the index folder atomically: readers see the previous index or the new one.
 
         An existing folder is replaced only if it is an index itself (has ``manifest.json``) or empty.
+        ``vectors``, a shard folder of the indexed vectors, is moved in as ``vectors/``.
         """
         from search_adaptor.report import write_text_atomic
 
         faiss = import_faiss()
+        if vectors is not None:
+            self.manifest["vectors"] = VECTORS_DIR
 
         def fill(tmp: Path) -> None:
+            if vectors is not None:
+                shutil.move(str(vectors), tmp / VECTORS_DIR)
             self.adapter.save(tmp / ADAPTER_DIR, extra=getattr(self.adapter, "metrics_", None))
             faiss.write_index(self.faiss_index, str(tmp / INDEX_FILE))
             write_text_atomic(tmp / IDS_FILE, json.dumps(self.doc_ids, ensure_ascii=False) + "\n")

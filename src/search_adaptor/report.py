@@ -4,6 +4,9 @@
 
     {"dataset", "model", "protocol": "test" | "kfold", "metrics": {"zero-shot": {...}, "adapted": {...}},
      "selected", "validation", "timings": {"embed_s", "train_s"}, ...}
+
+``fit`` adds ``"plots": {"similarity": "plots/similarity.png", "learning_curves": ...}`` (paths
+relative to the report's folder; empty with ``"plots_skipped": reason`` when matplotlib is missing).
 """
 
 from __future__ import annotations
@@ -90,10 +93,45 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"| {c['variant']} | {c['val_ndcg@10']:.4f} | {c['zero_shot_val_ndcg@10']:.4f} | "
                 f"{c['best_step']} | {c['n_steps']} | {c['train_s']} |"
             )
+    lines += _figures(report)
     t = report.get("timings") or {}
     if t:
         lines += ["", "Timings: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())]
     return "\n".join(lines) + "\n"
+
+
+def _figures(report: Mapping[str, Any]) -> list[str]:
+    """The "Figures" section: one line per figure saying what to look for."""
+    if report.get("plots_skipped"):
+        return ["", f"plots skipped: {report['plots_skipped']}"]
+    plots = report.get("plots") or {}
+    if not plots:
+        return []
+    n = report.get("n_test_queries", "?")
+    if report["protocol"] == "kfold":
+        queries = (
+            f"all {n} labelled queries, which the saved adapter was trained on (so it overstates the "
+            "gain on new queries; the cross-validated metrics above do not)"
+        )
+        curves = "of the final fit on all labelled queries"
+    else:
+        queries = f"the {n} held-out `{report.get('test_split', 'test')}` queries"
+        curves = "of every candidate"
+    captions = {
+        "similarity": (
+            f"cosine similarity of relevant vs random irrelevant pairs on {queries}; the adapter helps "
+            "when the two histograms sit further apart in the right panel (adapted) than in the left "
+            "(zero-shot)."
+        ),
+        "learning_curves": (
+            f"validation nDCG@10 per training step {curves}, step 0 = zero-shot, dot = checkpoint kept; "
+            "a curve still rising at its last step wants more steps, one that peaks early and falls overfits."
+        ),
+    }
+    lines = ["", "## Figures", ""]
+    for name, path in plots.items():
+        lines.append(f"- [{path}]({path}): {captions.get(name, name)}")
+    return lines
 
 
 def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> tuple[Path, Path]:

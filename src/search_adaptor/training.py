@@ -388,12 +388,17 @@ def family_variants(family: str) -> list[tuple[str, dict[str, Any]]]:
 
 @dataclass
 class Selection:
-    """Outcome of training several variants on one validation split and keeping the best."""
+    """Outcome of training several variants on one validation split and keeping the best.
+
+    ``histories`` maps each candidate's variant name to its ``SearchAdaptor.history_`` (validation
+    nDCG@10 per evaluation step), in training order, for learning curves.
+    """
 
     adapter: SearchAdaptor
     selected: str
     candidates: list[dict[str, Any]] = field(default_factory=list)
     val_query_ids: list[str] = field(default_factory=list)
+    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 def select(
@@ -422,6 +427,7 @@ def select(
     best: SearchAdaptor | None = None
     best_name = "identity (zero-shot)"
     rows: list[dict[str, Any]] = []
+    histories: dict[str, list[dict[str, float]]] = {}
     for name, params in family_variants(family):
         est = SearchAdaptor(seed=seed, val_fraction=val_fraction, **params, **dict(overrides or {}))
         t0 = time.perf_counter()
@@ -435,6 +441,7 @@ def select(
             "train_s": round(time.perf_counter() - t0, 2),
         }
         rows.append(row)
+        histories[name] = est.history_
         if on_candidate is not None:
             on_candidate(row)
         # the first candidate doubles as the identity fallback: at best_step 0 it changes nothing
@@ -445,4 +452,6 @@ def select(
     assert best is not None
     if best.best_step_ == 0:
         best_name = "identity (zero-shot)"
-    return Selection(adapter=best, selected=best_name, candidates=rows, val_query_ids=val)
+    return Selection(
+        adapter=best, selected=best_name, candidates=rows, val_query_ids=val, histories=histories
+    )
