@@ -1,0 +1,240 @@
+"""Streaming corpus jobs: vector files in and out, both engines, and the index built from their shards."""
+
+from __future__ import annotations
+
+import json
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search_adaptor.cli import main
+from search_adaptor.data import DataError, iter_corpus
+from search_adaptor.embed import encoder_info
+from search_adaptor.index import AdaptedIndex
+from search_adaptor.model import CompatibilityError
+from search_adaptor.pipeline import (
+    SHARDS_MANIFEST,
+    VectorWriter,
+    embed_and_adapt,
+    iter_vectors,
+    transform_vectors,
+)
+from test_index import FAKE, FAKE_INFO, make_adapter
+
+pytestmark = pytest.mark.skipif(find_spec("pyarrow") is None, reason="needs pyarrow (the parquet extra)")
+
+
+def read_all(path: Path, **kw) -> tuple[list[str], np.ndarray]:
+    ids: list[str] = []
+    chunks = []
+    for i, v in iter_vectors(path, **kw):
+        ids += i
+        chunks.append(v)
+    return ids, np.concatenate(chunks)
+
+
+@pytest.fixture
+def base(tmp_path):
+    X = np.random.default_rng(1).normal(size=(1000, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    return X, tmp_path / "x.npy"
+
+
+@pytest.mark.parametrize("rows", [1, 77, 1000, 5000])
+def test_npy_streams_in_and_out_in_any_chunk_size(base, tmp_path, rows):
+    X, src = base
+    with VectorWriter(tmp_path / "copy.npy") as w:
+        for ids, v in iter_vectors(src, rows=rows):
+            assert len(v) <= rows
+            w.write(ids, v)
+    assert np.array_equal(np.load(tmp_path / "copy.npy"), X)  # a valid .npy numpy itself reads
+    ids, Y = read_all(tmp_path / "copy.npy", rows=rows)
+    assert ids == [str(i) for i in range(1000)] and np.array_equal(Y, X)
+
+
+@pytest.mark.parametrize("out", ["y.npy", "y.parquet", "shards"])
+def test_local_transform_equals_the_adapter_on_every_row(base, tmp_path, out):
+    X, src = base
+    adapter = make_adapter(16)
+    stats = transform_vectors(src, adapter, tmp_path / out, rows=300)
+    assert (stats.rows, stats.dim, stats.engine) == (1000, 16, "local")
+    ids, Y = read_all(tmp_path / out)
+    assert ids == [str(i) for i in range(1000)]
+    np.testing.assert_array_equal(Y, adapter.transform_corpus(X))
+    if out == "shards":
+        manifest = json.loads((tmp_path / out / SHARDS_MANIFEST).read_text())
+        assert manifest["rows"] == 1000 and manifest["dim"] == 16 and manifest["adapter"]
+        assert len(list((tmp_path / out).glob("part-*.parquet"))) == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_parquet_input_keeps_its_ids_and_named_columns(base, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X, _ = base
+    ids = [f"doc-{i}" for i in range(len(X))]
+    table = pa.table({"doc": ids, "emb": pa.array(list(X.astype(np.float64)))})  # list<double> works too
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=128)
+    adapter = make_adapter(16)
+    transform_vectors(
+        tmp_path / "in.parquet", adapter, tmp_path / "out.parquet", id_column="doc", vector_column="emb"
+    )
+    got_ids, Y = read_all(tmp_path / "out.parquet")
+    assert got_ids == ids
+    np.testing.assert_allclose(Y, adapter.transform_corpus(X), rtol=1e-6, atol=1e-7)
+    with pytest.raises(
+        DataError, match=r"in.parquet.*no column 'vector' \(columns: doc, emb\).*--vector-column"
+    ):
+        transform_vectors(tmp_path / "in.parquet", adapter, tmp_path / "o2.parquet", id_column="doc")
+
+
+def test_bad_inputs_fail_with_one_line_and_leave_nothing_behind(base, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X, src = base
+    adapter = make_adapter(16)
+    with pytest.raises(CompatibilityError, match="expects 8-d embeddings"):
+        transform_vectors(src, make_adapter(8), tmp_path / "a.npy")
+    bad = X.copy()
+    bad[700, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(DataError, match=r"nan.npy: the vector of id '700' contains NaN"):
+        transform_vectors(tmp_path / "nan.npy", adapter, tmp_path / "b.npy", rows=256)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:5000])
+    with pytest.raises(DataError, match=r"cut.npy: file ends before row"):
+        transform_vectors(tmp_path / "cut.npy", adapter, tmp_path / "c.npy")
+    np.save(tmp_path / "ints.npy", np.zeros((3, 16), dtype=np.int64))
+    with pytest.raises(DataError, match="expected a C-ordered 2-D float matrix"):
+        transform_vectors(tmp_path / "ints.npy", adapter, tmp_path / "d.npy")
+    ragged = pa.table({"id": ["a", "b"], "vector": [[0.1] * 16, [0.1] * 15]})
+    pq.write_table(ragged, tmp_path / "ragged.parquet")
+    with pytest.raises(DataError, match="row 1 of column 'vector' has 15 values, row 0 has 16"):
+        transform_vectors(tmp_path / "ragged.parquet", adapter, tmp_path / "e.parquet")
+    (tmp_path / "v.csv").write_text("1,2\n")
+    with pytest.raises(DataError, match="unsupported vector file"):
+        transform_vectors(tmp_path / "v.csv", adapter, tmp_path / "f.npy")
+    for name in ("a.npy", "b.npy", "c.npy", "d.npy", "e.parquet"):
+        assert not (tmp_path / name).exists()  # a failed job publishes nothing
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_output_is_atomic_and_never_replaces_unrelated_folders(base, tmp_path):
+    X, src = base
+    adapter = make_adapter(16)
+    transform_vectors(src, adapter, tmp_path / "out", rows=400)
+    transform_vectors(src, make_adapter(16, seed=5), tmp_path / "out", rows=400)  # a rerun replaces it
+    _, Y = read_all(tmp_path / "out")
+    np.testing.assert_array_equal(Y, make_adapter(16, seed=5).transform_corpus(X))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a shard folder"):
+        transform_vectors(src, adapter, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="already adapted"):  # adapting twice would silently hurt search
+        transform_vectors(tmp_path / "out", adapter, tmp_path / "twice")
+
+
+def write_corpus(folder: Path, n: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["fever", "aspirin", "bones", "vitamin", "paris", "france", "river", "capital", "heart", "sleep"]
+    lines = []
+    for i in range(n):
+        text = " ".join(words[(i * k) % len(words)] for k in range(1, 6)) + f" item {i}"
+        lines.append(json.dumps({"_id": f"d{i}", "title": f"title {i % 7}", "text": text}))
+    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    return [f"d{i}" for i in range(n)]
+
+
+def test_local_index_from_shards_equals_the_in_memory_index(tmp_path, synthetic):
+    ids = write_corpus(tmp_path / "data", 50)
+    adapter = make_adapter(16, info=FAKE_INFO)
+    stats = embed_and_adapt(
+        tmp_path / "data", FAKE, adapter, tmp_path / "v", rows=16, cache_dir=tmp_path / "c"
+    )
+    assert (stats.rows, stats.shards, stats.texts_embedded) == (50, 4, 50)
+    again = embed_and_adapt(
+        tmp_path / "data", FAKE, adapter, tmp_path / "v2", rows=16, cache_dir=tmp_path / "c"
+    )
+    assert again.texts_embedded == 0  # the store already has every text
+    index = AdaptedIndex.from_shards(adapter, tmp_path / "v", FAKE_INFO)
+    assert index.doc_ids == ids
+    texts = [t for _, chunk in iter_corpus(tmp_path / "data" / "corpus.jsonl", 1000) for t in chunk]
+    reference = AdaptedIndex.build(adapter, FAKE, ids, texts, cache_dir=tmp_path / "c")
+    queries = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
+    assert index.search(queries, k=5) == reference.search(queries, k=5)
+    saved = AdaptedIndex.load(index.save(tmp_path / "idx", vectors=tmp_path / "v"))
+    assert saved.search(queries, k=5) == reference.search(queries, k=5)
+    assert read_all(tmp_path / "idx" / "vectors")[0] == ids and not (tmp_path / "v").exists()
+
+
+def test_cli_transform_prints_what_it_did(base, tmp_path, capsys):
+    _, src = base
+    make_adapter(16).save(tmp_path / "a")
+    assert (
+        main(["transform", str(src), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "o.npy")]) == 0
+    )
+    assert "1000 vectors (16-d) adapted with the local engine" in capsys.readouterr().out
+    assert np.load(tmp_path / "o.npy").shape == (1000, 16)
+    assert (
+        main(["transform", str(tmp_path / "none.npy"), "--adapter", str(tmp_path / "a"), "--out", "x"]) == 2
+    )
+    assert "none.npy: file not found" in capsys.readouterr().err
+    assert main(["transform", str(src), "--adapter", str(tmp_path / "a"), "--out", "x", "--rows", "0"]) == 2
+    assert "--rows must be positive" in capsys.readouterr().err
+
+
+# -- Ray: a local cluster on loopback, started once for this module ---------------------------------------
+@pytest.fixture(scope="module")
+def ray_cluster():
+    if find_spec("ray") is None:
+        pytest.skip("needs ray[data] (the ray extra)")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_transform_writes_the_same_rows_as_local(base, tmp_path, ray_cluster):
+    _, src = base
+    adapter = make_adapter(16)
+    with VectorWriter(tmp_path / "in") as w:  # base vectors as Parquet shards: Ray reads Parquet
+        for ids, v in iter_vectors(src, rows=250):
+            w.write(ids, v)
+    local = transform_vectors(tmp_path / "in", adapter, tmp_path / "local", rows=250)
+    ray_stats = transform_vectors(tmp_path / "in", adapter, tmp_path / "ray", rows=250, engine="ray")
+    assert (ray_stats.engine, ray_stats.rows, ray_stats.dim) == ("ray", local.rows, local.dim)
+    ids_l, Y_l = read_all(tmp_path / "local")
+    ids_r, Y_r = read_all(tmp_path / "ray")
+    assert ids_r == ids_l and np.array_equal(Y_r, Y_l)
+    assert json.loads((tmp_path / "ray" / SHARDS_MANIFEST).read_text())["rows"] == 1000
+    with pytest.raises(ValueError, match="ray engine writes a folder"):
+        transform_vectors(tmp_path / "in", adapter, tmp_path / "r.npy", engine="ray")
+
+
+@pytest.mark.slow
+def test_ray_and_local_indexes_of_a_corpus_are_identical(tmp_path, ray_cluster, capsys):
+    """End to end with the local model: the CLI's two engines give the same index and the same results."""
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+
+    ids = write_corpus(tmp_path / "data", 120)
+    make_adapter(384, info=encoder_info(SentenceTransformerEncoder())).save(tmp_path / "a")
+    common = ["--adapter", str(tmp_path / "a"), "--cache", str(tmp_path / "cache"), "--rows", "50", "--quiet"]
+    assert main(["index", str(tmp_path / "data"), *common, "--out", str(tmp_path / "local")]) == 0
+    assert "120 texts sent" in capsys.readouterr().out
+    assert (
+        main(["index", str(tmp_path / "data"), *common, "--out", str(tmp_path / "ray"), "--engine", "ray"])
+        == 0
+    )
+    assert "(ray engine, flat, 384-d" in capsys.readouterr().out
+    local, ray_index = AdaptedIndex.load(tmp_path / "local"), AdaptedIndex.load(tmp_path / "ray")
+    assert local.doc_ids == ray_index.doc_ids == ids
+    assert np.array_equal(
+        read_all(tmp_path / "local" / "vectors")[1], read_all(tmp_path / "ray" / "vectors")[1]
+    )
+    queries = ["aspirin and fever", "the capital of france", "vitamin for bones"]
+    assert local.search(queries, k=10) == ray_index.search(queries, k=10)
