@@ -173,3 +173,16 @@ def test_bad_fit_inputs_fail_with_one_clear_line(synthetic):
         SearchAdaptor(mode="both").fit(d["Q"], d["D"], d["qrels"], d["qids"], d["dids"])
     with pytest.raises(RuntimeError, match="not fitted"):
         SearchAdaptor().transform_queries(d["Q"])
+
+
+def test_a_rows_adapted_vector_does_not_depend_on_its_batch():
+    torch.manual_seed(0)
+    net = ResidualAdapter(384, 384)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    X = np.random.default_rng(0).standard_normal((64, 384)).astype(np.float32)
+    full = numpy_forward(net, X)
+    for size in (1, 2, 3, 5, 17):
+        parts = np.concatenate([numpy_forward(net, X[i : i + size]) for i in range(0, len(X), size)])
+        assert np.array_equal(parts, full), size

@@ -26,6 +26,11 @@ FORMAT_VERSION = 1
 ARCHITECTURES = ("mlp", "linear")
 MODES = ("shared", "query_only", "separate")
 _CHUNK = 65536  # rows per transform chunk: bounds memory on large corpora
+#: BLAS libraries compute batches of one to three rows with matrix-vector kernels whose float32
+#: rounding differs in the last bits from the matrix-matrix kernel; smaller batches are padded to
+#: this many rows so that a row's adapted vector never depends on the batch it came in (one query,
+#: a serving batch, a corpus chunk, a Ray batch: bit-identical).
+_MIN_GEMM_ROWS = 4
 
 
 class ResidualAdapter(nn.Module):
@@ -75,6 +80,9 @@ def numpy_forward(net: ResidualAdapter, x: np.ndarray) -> np.ndarray:
     (which oversubscribes the cores of a busy serving host) cost far more than the arithmetic, so a
     one-query search pays a few microseconds here instead of milliseconds. Training stays in torch.
     """
+    n = len(x)
+    if n < _MIN_GEMM_ROWS:  # see _MIN_GEMM_ROWS: the same kernel for every batch size
+        x = np.concatenate([x, np.zeros((_MIN_GEMM_ROWS - n, x.shape[1]), dtype=x.dtype)])
     h = x
     for layer in net.f:
         if isinstance(layer, nn.Linear):
@@ -86,7 +94,7 @@ def numpy_forward(net: ResidualAdapter, x: np.ndarray) -> np.ndarray:
             raise TypeError(f"numpy_forward cannot apply {type(layer).__name__}")
     if net.residual:
         h += x
-    return h
+    return h[:n]
 
 
 class CompatibilityError(ValueError):
@@ -296,11 +304,19 @@ class SearchAdaptor:
                 f"{what}: this adapter expects {self.dim_}-d embeddings of {self._encoder_name()}, "
                 f"got {got}-d; embed with the same model as at training time"
             )
-        if not np.isfinite(arr).all():
-            row = int(np.argmax(~np.isfinite(arr).all(axis=1)))
-            raise ValueError(f"{what}: row {row} contains NaN or inf; fix the embeddings before adapting")
-        arr = l2_normalize(arr)
-        if net is None or self.best_step_ == 0:
+        norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))  # a NaN or inf anywhere makes its row's norm one
+        if not np.isfinite(norms).all():
+            bad = ~np.isfinite(arr).all(axis=1)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise ValueError(f"{what}: row {row} contains NaN or inf; fix the embeddings before adapting")
+            norms = np.linalg.norm(arr.astype(np.float64), axis=1)  # finite, but squares overflow float32
+        identity = net is None or self.best_step_ == 0
+        if len(norms) and np.abs(norms - 1.0).max() > 1e-6:
+            arr = arr / np.maximum(norms, 1e-12)[:, None].astype(np.float32)
+        elif identity:  # unit rows already (most models and APIs return them): skip a pass, not the copy
+            arr = arr.copy()
+        if identity:
             return arr
         if len(arr) <= _CHUNK:
             out = numpy_forward(net, arr)
