@@ -1,6 +1,6 @@
 """Corpus scale: the streaming ``transform`` job on 1,000,000 x 384 vectors, local engine and Ray.
 
-Run from the repository root (about 10 minutes at the defaults on 2 busy cores; needs ~8 GB of disk
+Run from the repository root (about 10 minutes at the defaults on 2 busy cores; needs ~6 GB of disk
 in the work folder)::
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/scale.py
@@ -8,18 +8,18 @@ in the work folder)::
 
 Writes synthetic base vectors (``.npy`` and a folder of Parquet shards) and a random, non-identity
 384-d MLP adapter, then runs ``search-adaptor transform`` as separate processes, one per job, so that
-each job's peak RSS is its own (``ru_maxrss`` of the process). For the Ray engine that is the driver
+each job's peak RSS is its own (``VmHWM`` of the process). For the Ray engine that is the driver
 only; the Ray processes it starts (GCS, raylet, workers) are sampled from ``/proc`` every 0.5 s and
 their summed PSS reported beside it. Throughput is compared with numpy matmuls of the whole matrix in
-memory, and every output is checked against ``adapter.transform_corpus``. Finally the Cranfield index
-is built by both engines and the two compared document by document and query by query. Writes
-``benchmarks/results/scale.md``.
+memory, interleaved with the jobs. Every output is checked by id against the local ``.npy`` output
+(its first and last chunk against ``adapter.transform_corpus``), and its row order separately.
+Finally Cranfield is indexed by both engines (``index --engine local|ray``) and the two indexes are
+compared document by document and query by query. Writes ``benchmarks/results/scale.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import platform
 import re
@@ -186,18 +186,18 @@ class RaySampler:
             total += pss
             if rss > self.peak_one[0]:
                 self.peak_one = (rss, _name(pid))
-            self.processes.add(_name(pid))
+            short = _name(pid).split("(")[0].split(".")[0]  # ray::FooterReader.__init__ -> ray::FooterReader
+            if short.strip() and short != "?":
+                self.processes.add(short)
         self.peak_pss_kib = max(self.peak_pss_kib, total)
         self.peak_total_kib = max(self.peak_total_kib, total + _memory_kib(self.driver)[1])
         self.samples += 1
 
 
-def run_job(
-    name: str, argv: list[str], work: Path, sample: bool = False, allow_fail: bool = False
-) -> dict[str, Any]:
+def run_job(name: str, argv: list[str], work: Path, sample: bool = False) -> dict[str, Any]:
     """Run ``search-adaptor ARGV`` in a fresh interpreter; wall time, its own peak RSS, what it printed.
 
-    A failure raises, or with ``allow_fail`` returns ``{"name", "wall", "error"}`` (its last line).
+    A failure raises with the job's last lines of stderr.
     """
     out_path, err_path = work / f"{name}.stdout", work / f"{name}.stderr"
     log(f"{name}: search-adaptor {shlex.join(argv)}")
@@ -213,10 +213,6 @@ def run_job(
     stdout = out_path.read_text()
     if proc.returncode != 0:
         tail = "\n".join(err_path.read_text().strip().splitlines()[-15:])
-        if allow_fail:
-            log(f"{name} failed (exit {proc.returncode}): {tail.splitlines()[-1] if tail else ''}")
-            error = tail.splitlines()[-1].removeprefix("search-adaptor: error: ") if tail else ""
-            return {"name": name, "wall": wall, "error": error}
         raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{tail}")
     rss = re.search(r"^PEAK_RSS_KIB (\d+) (\d+)$", stdout, re.M)
     lines = [ln for ln in stdout.splitlines() if ln and not ln.startswith("PEAK_RSS_KIB")]
@@ -242,37 +238,49 @@ def run_job(
     return res
 
 
-def check_output(out: Path, reference: Path, base: Path, adapter: Any) -> dict[str, Any]:
-    """Compare every row of ``out`` with ``reference`` (the local ``.npy`` output) and its first and last
-    chunk with ``adapter.transform_corpus`` of the same base rows."""
-    from search_adaptor.pipeline import iter_vectors
+def check_output(out: Path, reference: Path, base: Path, adapter: Any, rows: int) -> dict[str, Any]:
+    """Check an output row by row, by id (the synthetic ids are row numbers).
+
+    Each row must hold the vector of the local ``.npy`` output (the reference) for its id, every id
+    must appear once, and the first and last chunk must equal ``adapter.transform_corpus`` of the same
+    base rows. Separately: are the rows in input order when read as ``iter_vectors`` reads them (shard
+    files in file-name order), and if not, where the order first breaks.
+    """
+    from search_adaptor.pipeline import iter_vectors, vector_files
 
     ref = np.load(reference, mmap_mode="r")
     X = np.load(base, mmap_mode="r")
-    offset, ids_ok, equal, max_diff = 0, True, True, 0.0
-    chunks: list[tuple[int, np.ndarray]] = []
-    for ids, vectors in iter_vectors(out):
-        n = len(vectors)
-        ids_ok &= ids == [str(i) for i in range(offset, offset + n)]
-        want = ref[offset : offset + n]
-        equal &= bool(np.array_equal(vectors, want))
-        max_diff = max(max_diff, float(np.abs(vectors - want).max()))
-        if not chunks:
-            chunks.append((offset, vectors))
-        last = (offset, vectors)
-        offset += n
+    seen = np.zeros(rows, dtype=np.int64)
+    offset, equal, max_diff, misplaced = 0, True, 0.0, None
+    chunks: list[tuple[np.ndarray, np.ndarray]] = []
+    for file in vector_files(out):
+        for ids, vectors in iter_vectors(file):
+            pos = np.asarray(ids, dtype=np.int64)
+            np.add.at(seen, pos, 1)
+            expected = np.arange(offset, offset + len(pos))
+            if misplaced is None and not np.array_equal(pos, expected):
+                bad = int(np.argmax(pos != expected))
+                misplaced = {"row": offset + bad, "id": ids[bad], "file": file.name}
+            want = ref[pos]
+            equal &= bool(np.array_equal(vectors, want))
+            max_diff = max(max_diff, float(np.abs(vectors - want).max()))
+            if not chunks:
+                chunks.append((pos, vectors))
+            last = (pos, vectors)
+            offset += len(pos)
     chunks.append(last)
-    adapter_diff = 0.0
-    adapter_equal = True
-    for start, vectors in chunks:
-        want = adapter.transform_corpus(np.asarray(X[start : start + len(vectors)]))
+    adapter_equal, adapter_diff = True, 0.0
+    for pos, vectors in chunks:
+        want = adapter.transform_corpus(np.asarray(X[pos]))
         adapter_equal &= bool(np.array_equal(vectors, want))
         adapter_diff = max(adapter_diff, float(np.abs(vectors - want).max()))
     return {
         "rows": offset,
-        "ids_ok": ids_ok,
-        "equal_to_local_npy": equal,
-        "max_diff_local_npy": max_diff,
+        "complete": bool((seen == 1).all()),
+        "in_order": misplaced is None,
+        "misplaced": misplaced,
+        "equal_by_id": equal,
+        "max_diff_by_id": max_diff,
         "first_last_equal_adapter": adapter_equal,
         "max_diff_adapter": adapter_diff,
     }
@@ -312,7 +320,7 @@ def reference(X: np.ndarray, adapter: Any, rounds: int = ROUNDS) -> dict[str, li
 # -- Cranfield ---------------------------------------------------------------------------------------------
 def cranfield(work: Path, adapter_dir: str | None) -> dict[str, Any]:
     """Cranfield indexed by both engines: same ids, same vectors, same top-10 for all 225 queries."""
-    from search_adaptor.data import corpus_file, load_beir
+    from search_adaptor.data import load_beir
     from search_adaptor.embed import embed_dataset
     from search_adaptor.encoders.local import SentenceTransformerEncoder
     from search_adaptor.index import AdaptedIndex
@@ -335,23 +343,12 @@ def cranfield(work: Path, adapter_dir: str | None) -> dict[str, Any]:
     with EmbeddingStore(encoder) as store:
         res["store_before"] = len(store)
 
-    def index(engine: str, data: Path, allow_fail: bool = False) -> dict[str, Any]:
-        argv = ["index", str(data), "--adapter", str(adapter), "--out", str(work / f"cran_{engine}")]
-        return run_job(f"cranfield_{engine}", [*argv, "--engine", engine, "--quiet"], work, False, allow_fail)
+    def index(engine: str) -> dict[str, Any]:
+        argv = ["index", str(CRANFIELD), "--adapter", str(adapter), "--out", str(work / f"cran_{engine}")]
+        return run_job(f"cranfield_{engine}", [*argv, "--engine", engine, "--quiet"], work, False)
 
-    res["local"] = index("local", CRANFIELD)
-    res["ray"] = index("ray", CRANFIELD, allow_fail=True)
-    corpus = corpus_file(CRANFIELD)
-    if "error" in res["ray"] and corpus.name.endswith(".gz"):
-        # the Ray engine has failed on gzip-compressed JSON Lines (see the report): give it the same
-        # documents uncompressed, so that the comparison still runs
-        res["ray_error"] = res["ray"]["error"]
-        res["ray_input"] = work / "corpus.jsonl"
-        with gzip.open(corpus, "rb") as src, open(res["ray_input"], "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        res["ray"] = index("ray", res["ray_input"])
-    elif "error" in res["ray"]:
-        raise RuntimeError(f"cranfield_ray failed: {res['ray']['error']}")
+    res["local"] = index("local")
+    res["ray"] = index("ray")
     with EmbeddingStore(encoder) as store:
         res["store_after"] = len(store)
 
@@ -387,18 +384,28 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _content_ok(check: dict[str, Any]) -> bool:
+    return check["complete"] and check["equal_by_id"] and check["first_last_equal_adapter"]
+
+
 def _check_cell(check: dict[str, Any]) -> str:
-    if check["ids_ok"] and check["equal_to_local_npy"] and check["first_last_equal_adapter"]:
-        return "identical"
-    diff = max(check["max_diff_local_npy"], check["max_diff_adapter"])
-    return f"{'ids differ; ' if not check['ids_ok'] else ''}max abs diff {diff:.1e}"
+    if not _content_ok(check):
+        diff = max(check["max_diff_by_id"], check["max_diff_adapter"])
+        return f"{'' if check['complete'] else 'rows missing or repeated; '}max abs diff {diff:.1e}"
+    if not check["in_order"]:
+        m = check["misplaced"]
+        return f"right rows, **out of order**: row {m['row']:,} holds id {m['id']} ({m['file']})"
+    return "identical, in order"
 
 
 def markdown(res: dict[str, Any], cmd: str) -> str:
     m, ref, spread, jobs = res["machine"], res["reference"], res["reference_range"], res["jobs"]
     rows, dim = res["rows"], res["dim"]
     per_s = lambda x: f"{x:,.0f}"  # noqa: E731
+    from search_adaptor.pipeline import ROWS
+
     matrix_mib = rows * dim * 4 / MiB
+    chunk_mib = min(rows, ROWS) * dim * 4 / MiB
     lines = [
         "## Scale: streaming transform and the Ray engine",
         "",
@@ -409,7 +416,7 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         f"Input: {rows:,} x {dim} float32 synthetic vectors ({matrix_mib:,.0f} MiB as one matrix), as one "
         f"`.npy` and as {res['input_shards']} Parquet shards; adapter: residual MLP {dim}-{dim}-{dim}, "
         "mode shared, random non-identity weights. Each job is `search-adaptor transform IN --adapter A "
-        "--out OUT --engine E` in its own process, default chunk 65,536 rows; the inputs had just been "
+        f"--out OUT --engine E` in its own process, default chunk {ROWS:,} rows; the inputs had just been "
         "written, so they were read from the page cache. Job time is what the command reports (read, "
         "adapt, write; for Ray also starting the local cluster); process wall adds interpreter start-up, "
         "imports and Ray's shut-down. Ratios divide the job's rows/s by the in-memory references below.",
@@ -452,25 +459,44 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         by["local_small"],
         by["local_chunk"],
     )
-    checked = all(_check_cell(j["check"]) == "identical" for j in jobs)
+    content_ok = all(_content_ok(j["check"]) for j in jobs)
+    unordered = [j for j in jobs if not j["check"]["in_order"]]
     lines += [
         "",
-        f"**Memory.** Peak RSS of the local engine: {npy_job['rss_mib']:,.0f} MiB (`.npy` in and out) and "
-        f"{big['rss_mib']:,.0f} MiB (Parquet shards in and out), against {matrix_mib:,.0f} MiB for the "
-        f"matrix itself and {local_small['rss_mib']:,.0f} MiB for the same command on "
-        f"{local_small['rows']:,} rows (interpreter, numpy, torch, pyarrow): it holds one chunk and its "
-        "temporaries at a time, whatever the corpus size, and the chunk sets the peak: "
-        f"{chunk['rss_mib']:,.0f} MiB with `--rows {SMALL_CHUNK}` (Parquet, {chunk['job_s']:.1f} s). "
-        "Peak RSS is `VmHWM` of the job's own process (not `ru_maxrss`, which Linux carries over from "
-        "the parent across exec and would include this benchmark's own memory).",
+        f"**Memory.** Peak RSS against {matrix_mib:,.0f} MiB for the matrix itself: "
+        f"{npy_job['rss_mib']:,.0f} MiB for the local engine on `.npy` "
+        f"({npy_job['rss_mib'] / matrix_mib:.2f} of the matrix) and {big['rss_mib']:,.0f} MiB on Parquet "
+        f"shards ({big['rss_mib'] / matrix_mib:.2f}). Both hold one chunk (up to {ROWS:,} rows, "
+        f"{chunk_mib:,.0f} MiB of base vectors) and its temporaries at a time, so the peak follows the "
+        f"chunk, not the corpus: with `--rows {SMALL_CHUNK}` the Parquet job peaked at "
+        f"{chunk['rss_mib']:,.0f} MiB ({chunk['job_s']:.1f} s). Above the {local_small['rss_mib']:,.0f} MiB "
+        f"of the same command on {local_small['rows']:,} rows (interpreter, numpy, torch, pyarrow), a "
+        f"chunk costs about {(npy_job['rss_mib'] - local_small['rss_mib']) / chunk_mib:.1f} x its size "
+        f"on `.npy` and {(big['rss_mib'] - local_small['rss_mib']) / chunk_mib:.1f} x on Parquet (Arrow's "
+        "read and write buffers on top of the adapter's temporaries). Peak RSS is `VmHWM` of the job's "
+        "own process (not `ru_maxrss`, which Linux carries over from the parent across exec and would "
+        "include this benchmark's own memory).",
         "",
         "**Output.** "
         + (
-            "Every output row equals the local `.npy` output exactly (ids in order too), and the first and "
-            "last chunk equal `adapter.transform_corpus` of the same base rows exactly."
-            if checked
-            else "Not every output matched exactly: see the output column (max abs difference to the "
-            "local `.npy` output or to `adapter.transform_corpus`)."
+            "Every output holds every id once, each with exactly the vector of the local `.npy` output, "
+            "and its first and last chunk equal `adapter.transform_corpus` of the same base rows exactly."
+            if content_ok
+            else "Not every output holds the right vectors: see the output column (max abs difference to "
+            "the local `.npy` output, by id, or to `adapter.transform_corpus`)."
+        )
+        + (
+            " Order, read as `iter_vectors` and the index read a shard folder (files in name order): "
+            + "; ".join(
+                f"{j['label']}: row {j['check']['misplaced']['row']:,} holds id "
+                f"{j['check']['misplaced']['id']} (in `{j['check']['misplaced']['file']}`)"
+                for j in unordered
+            )
+            + ". Ray's `write_parquet` names files by write task and block, not by row position, so "
+            "file-name order need not be row order: ids and vectors stay paired, but not in the input's "
+            "order."
+            if unordered
+            else " All outputs keep the input order."
         ),
     ]
     if "ray" in by:
@@ -545,12 +571,6 @@ def cranfield_lines(c: dict[str, Any] | str | None) -> list[str]:
         else f"`{c['adapter']}`"
     )
     identical = c["ids_equal"] and c["vectors_equal"] and c["same_queries"] == c["n_queries"]
-    workaround = (
-        f" The Ray engine failed on the folder's `corpus.jsonl.gz` (error: `` {c['ray_error']} ``), so it "
-        "was given the same file decompressed (`corpus.jsonl`); the local engine read the original."
-        if c.get("ray_error")
-        else ""
-    )
     return [
         f"**Cranfield, local vs Ray index.** Adapter {how}; `search-adaptor index ../shared/data/cranfield "
         "--engine local|ray`. Both indexes hold "
@@ -558,7 +578,7 @@ def cranfield_lines(c: dict[str, Any] | str | None) -> list[str]:
         f"adapted vectors in `vectors/` {'identical' if c['vectors_equal'] else 'DIFFERENT'} (max abs "
         f"difference {c['max_vector_diff']:.1e}); `index.search(query vectors, k=10)` gave identical "
         f"(id, score) lists for {c['same_queries']} of {c['n_queries']} queries"
-        f"{': the two indexes return identical results' if identical else ''}.{workaround}",
+        f"{': the two indexes return identical results' if identical else ''}.",
         f"Local engine, {c['local']['wall']:.1f} s process wall: `{c['local']['printed']}`. Ray engine, "
         f"{c['ray']['wall']:.1f} s: `{c['ray']['printed']}` (the Ray engine does not count texts sent; "
         f"the embedding store held {c['store_before']:,} vectors before the two runs and "
@@ -633,7 +653,7 @@ def main() -> None:
             job = run_job(key, argv, work, sample=engine == "ray")
             job.update(key=key, label=label, rows=n)
             log(f"{key}: checking the output")
-            job["check"] = check_output(out, work / "out.npy", paths["npy"], adapter)
+            job["check"] = check_output(out, work / "out.npy", paths["npy"], adapter, n)
             if job["check"]["rows"] != n:
                 raise RuntimeError(f"{key}: {job['check']['rows']} rows out, expected {n}")
             if key != "local_npy":  # the reference output of the checks; the others only take disk
@@ -651,6 +671,8 @@ def main() -> None:
 
         if args.skip_cranfield:
             res["cranfield"] = None
+        elif args.skip_ray:
+            res["cranfield"] = "Cranfield local-vs-Ray comparison skipped (`--skip-ray`)."
         elif not CRANFIELD.is_dir():
             res["cranfield"] = f"Cranfield comparison skipped: {CRANFIELD} not found."
             log(res["cranfield"])

@@ -50,11 +50,13 @@ _ENCODER_OPTIONS = ("max_chars", "query_prompt", "document_prompt", "truncate", 
 Hits = list[list[tuple[str, float]]]
 
 
-def encoder_from_info(info: Mapping[str, Any]) -> Encoder:
+def encoder_from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
     """Recreate the encoder an index or adapter records (``{"fingerprint", "provider", "config"}``).
 
     API keys come from the environment, as for any encoder. The result must reproduce the recorded
-    fingerprint; otherwise the vectors would differ from the indexed ones.
+    fingerprint; otherwise the vectors would differ from the indexed ones. ``overrides`` are
+    ``make_encoder`` options that do not change the vectors (``batch_size``, ``max_concurrency``,
+    ``timeout``).
 
     Raises
     ------
@@ -74,7 +76,7 @@ def encoder_from_info(info: Mapping[str, Any]) -> Encoder:
     if cfg.get("dimensions") is not None:
         extra["dimensions"] = cfg["dimensions"]
     options = {k: cfg[k] for k in _ENCODER_OPTIONS if k in cfg}
-    encoder = make_encoder(str(provider), cfg.get("model"), **extra, **options)
+    encoder = make_encoder(str(provider), cfg.get("model"), **extra, **options, **overrides)
     if encoder.fingerprint != info.get("fingerprint"):
         raise ValueError(
             f"recreated encoder {encoder.fingerprint} differs from the recorded {info.get('fingerprint')}; "

@@ -36,6 +36,7 @@ from search_adaptor.model import SearchAdaptor
 ENGINES = ("local", "ray")
 ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
 SHARDS_MANIFEST = "_manifest.json"
+_ROW_GROUP = 8192  # Parquet row group: what a reader decodes at once (12 MB at 384-d), whatever the shard
 ID, VECTOR = "id", "vector"
 
 
@@ -212,11 +213,12 @@ class VectorWriter:
             table = to_table(ids, vectors)
             if self._handle is None:
                 self._handle = pq.ParquetWriter(self._tmp / "data", table.schema)
-            self._handle.write_table(table)
+            self._handle.write_table(table, row_group_size=_ROW_GROUP)
         else:
             import pyarrow.parquet as pq
 
-            pq.write_table(to_table(ids, vectors), self._tmp / f"part-{self.shards:05d}.parquet")
+            path = self._tmp / f"part-{self.shards:05d}.parquet"
+            pq.write_table(to_table(ids, vectors), path, row_group_size=_ROW_GROUP)
         self.rows += len(vectors)
         self.shards += 1
 
@@ -295,11 +297,18 @@ class EmbedBatch:
     environment).
     """
 
-    def __init__(self, encoder: Encoder | dict[str, Any], cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Encoder | dict[str, Any],
+        cache_dir: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         from search_adaptor.index import encoder_from_info
         from search_adaptor.store import EmbeddingStore, StoreStats
 
-        self.encoder = encoder_from_info(encoder) if isinstance(encoder, dict) else encoder
+        if isinstance(encoder, dict):
+            encoder = encoder_from_info(encoder, **(options or {}))
+        self.encoder = encoder
         self.store = EmbeddingStore(self.encoder, cache_dir)
         self.stats = StoreStats()
 
@@ -371,25 +380,17 @@ def ray_session(address: str | None = None) -> Any:
 
 
 def _ray_write(ds: Any, out: Path, rows: int, meta: dict[str, Any]) -> tuple[int, int, int]:
-    """Write a Ray dataset of ``(id, vector)`` as the shard folder ``out``, atomically.
+    """Stream a Ray dataset of ``(id, vector)`` into the shard folder ``out``, in dataset order.
 
+    Ray's own ``write_parquet`` names files by write task, and one task may get the first and the
+    last block, so file order is not row order. Writing the ordered batch stream here instead gives
+    the same shards, in the same order, as the local engine; memory stays at a few batches.
     Returns (rows, dim, shards).
     """
-    import pyarrow.parquet as pq
-
-    out = out.resolve()
-    tmp = _staging_folder(out, shards=True)
-    try:
-        ds.write_parquet(str(tmp), max_rows_per_file=rows)
-        files = sorted(tmp.glob("*.parquet"))
-        n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        dim = pq.ParquetFile(files[0]).schema_arrow.field(VECTOR).type.list_size if files else 0
-        finish_shard_folder(tmp, {"rows": n, "dim": dim, **meta})
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return n, dim, len(files)
+    with VectorWriter(out, meta) as writer:
+        for batch in ds.iter_batches(batch_size=rows, batch_format="pyarrow", prefetch_batches=2):
+            writer.write(*from_table(batch, str(out)))
+    return writer.rows, writer.dim, writer.shards
 
 
 def _read_ray(ray: Any, path: Path) -> Any:
@@ -501,15 +502,17 @@ def embed_and_adapt(
             engine, writer.rows, writer.dim, writer.shards, time.perf_counter() - start, embed.stats.encoded
         )
     ray = ray_session(ray_address)
-    if path.suffix == ".parquet":
-        ds = ray.data.read_parquet(str(path))
-    else:
-        gz = {"arrow_open_stream_args": {"compression": "gzip"}} if path.name.endswith(".gz") else {}
-        ds = ray.data.read_json(str(path), lines=True, **gz)
+    # for JSON, Arrow's reader (lines=False) reads JSON Lines, detects .gz and keeps string ids as
+    # written; lines=True goes through pandas, which would turn an id like "007" into 7
+    read = ray.data.read_parquet if path.suffix == ".parquet" else ray.data.read_json
+    ds = read(str(path))
+    options = {"batch_size": encoder.batch_size, "max_concurrency": encoder.max_concurrency}
+    if getattr(encoder, "timeout", None) is not None:  # API encoders: the --timeout given
+        options["timeout"] = encoder.timeout
     ds = ds.map_batches(_beir_rows, batch_format="pyarrow", batch_size=rows)
     ds = ds.map_batches(
         EmbedBatch,
-        fn_constructor_kwargs={"encoder": encoder_info(encoder), "cache_dir": cache},
+        fn_constructor_kwargs={"encoder": encoder_info(encoder), "cache_dir": cache, "options": options},
         batch_format="pyarrow",
         batch_size=min(rows, 4096),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=_embed_actors(ray)),

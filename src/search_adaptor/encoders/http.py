@@ -488,6 +488,7 @@ class ApiEncoder(Encoder):
         self.max_concurrency = max_concurrency or DEFAULT_MAX_CONCURRENCY
         self.query_prompt = query_prompt
         self.document_prompt = document_prompt
+        self.timeout = timeout
         auth, hint = self._credentials(api_key)
         self._client = HttpClient(
             self.provider,
