@@ -150,18 +150,29 @@ def iter_vectors(
         import pyarrow.parquet as pq
 
         try:
-            reader = pq.ParquetFile(file)
+            reader = pq.ParquetFile(file, pre_buffer=False)  # no read-ahead: memory follows the batch
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
         wanted = [id_column, vector_column]
         columns = (
             wanted if set(wanted) <= set(reader.schema_arrow.names) else None
-        )  # else: name them in the error
-        start = 0
-        for batch in reader.iter_batches(batch_size=rows, columns=columns):
+        )  # else: the error names them
+        # Decoding a list column costs several times its size in Arrow buffers (levels, offsets), so
+        # decode at most a row group's worth at a time and assemble the chunk in numpy.
+        start, ids, parts = 0, [], []
+        for batch in reader.iter_batches(
+            batch_size=min(rows, _ROW_GROUP), columns=columns, use_threads=False
+        ):
             where = f"{file} (rows {start}-{start + batch.num_rows - 1})"
-            yield from_table(pa.Table.from_batches([batch]), where, id_column, vector_column)
+            batch_ids, vectors = from_table(pa.Table.from_batches([batch]), where, id_column, vector_column)
+            ids += batch_ids
+            parts.append(vectors)
             start += batch.num_rows
+            if len(ids) >= rows:
+                yield ids, np.concatenate(parts)
+                ids, parts = [], []
+        if ids:
+            yield ids, np.concatenate(parts)
 
 
 def _iter_npy(path: Path, rows: int) -> Iterator[tuple[list[str], np.ndarray]]:
