@@ -34,6 +34,7 @@ from search_adaptor import __version__
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.integrations import AdaptedEncoder, _as_adapter, adapter_fingerprint
 from search_adaptor.model import CompatibilityError, SearchAdaptor
+from search_adaptor.report import publish_folder
 
 FORMAT_VERSION = 1
 BACKENDS = ("flat", "hnsw")
@@ -99,13 +100,7 @@ def replace_folder(path: str | os.PathLike, fill: Callable[[Path], None], marker
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         fill(tmp)
-        for item in [tmp, *tmp.rglob("*")]:  # temporary files are private (0600); the result need not be
-            item.chmod(0o755 if item.is_dir() else 0o644)
-        old = tmp.with_name(tmp.name + ".old")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

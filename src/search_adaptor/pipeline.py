@@ -32,6 +32,7 @@ import numpy as np
 from search_adaptor.data import DataError, corpus_file, iter_corpus
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.model import SearchAdaptor
+from search_adaptor.report import publish_folder
 
 ENGINES = ("local", "ray")
 ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
@@ -246,7 +247,7 @@ class VectorWriter:
             os.replace(self._tmp / "data", self.out)
         else:
             finish_shard_folder(self._tmp, {"rows": self.rows, "dim": self.dim, **self.meta})
-            _swap_in(self._tmp, self.out)
+            publish_folder(self._tmp, self.out)
         shutil.rmtree(self._tmp, ignore_errors=True)
         return self.out
 
@@ -289,14 +290,6 @@ def _npy_header_bytes(rows: int, dim: int) -> bytes:
 def finish_shard_folder(folder: Path, meta: dict[str, Any]) -> None:
     """Record what a shard folder holds; its presence also marks the folder as complete."""
     (folder / SHARDS_MANIFEST).write_text(json.dumps({"library": "search-adaptor", **meta}, indent=2) + "\n")
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    old = tmp.with_name(tmp.name + ".old")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- the two batch steps -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish_folder(tmp: Path, target: Path) -> None:
+    """Put the finished folder ``tmp`` in place of ``target`` (a sibling): readers see one or the other.
+
+    Temporary folders are private (0700); the published one gets the usual 0755/0644 modes.
+    """
+    for item in [tmp, *tmp.rglob("*")]:
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    old = tmp.with_name(tmp.name + ".old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> list[str]:
