@@ -188,7 +188,8 @@ def main() -> None:
         index, emb, encoder = build_index(adapter_dir, Path(tmp) / "index")
         res = measure(index, emb, encoder)
     res["load"] = load
-    cmd = "HF_HUB_OFFLINE=1 python benchmarks/serving.py"
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    cmd = f"{threads}HF_HUB_OFFLINE=1 python benchmarks/serving.py"
     cmd += f" --adapter {args.adapter}" if args.adapter else ""
     text = markdown(res, index.adapter, cmd)
     RESULTS.mkdir(parents=True, exist_ok=True)

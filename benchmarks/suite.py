@@ -698,6 +698,7 @@ def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Pa
         for b in benches
     }
     lines += _summary(benches, results_by)
+    lines += _partial_finetuning(cache, benches, results_by)
     notes: list[str] = []
     for b in benches:
         lines += _dataset_section(cache, b, results_by[b.name], seed_list, plots, rel, notes)
@@ -727,6 +728,37 @@ def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Pa
     out = results / "suite.md"
     write_text_atomic(out, "\n".join(lines) + "\n")
     return out
+
+
+def _partial_finetuning(
+    cache: Cache, benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, RowResult | None]]
+) -> list[str]:
+    """Full fine-tuning cells that no table shows (no complete seed, or an earlier row definition).
+
+    They are too expensive to throw away silently and too incomplete to average: list them as they are.
+    """
+    lines = []
+    for b in benches:
+        if results_by[b.name].get("full-ft") is not None:
+            continue
+        for key in sorted(k for k in cache.cells if k.startswith(f"{b.name}|full-ft|")):
+            cell = cache.cells[key]
+            stale = (
+                "" if current_cell(cache, key) is not None else " (earlier settings, not the current row's)"
+            )
+            p = cell["params"]
+            lines.append(
+                f"- `{key}`: test nDCG@10 {cell['mean']['ndcg@10']:.4f} on its {cell['n']} queries, "
+                f"{cell['train_s']:.0f} s, lr {p['lr']}, at most {p['max_epochs']} epochs, best epoch "
+                f"{cell['best_step']}{stale}"
+            )
+    if not lines:
+        return []
+    head = (
+        "Full fine-tuning cells computed so far but not in the table (a k-fold seed counts only with all "
+        "its folds; a cell from earlier settings is not averaged with the current row's):"
+    )
+    return ["", head, "", *lines, ""]
 
 
 def _progress(cache: Cache, benches: Sequence[Bench], seeds: int) -> list[str]:
