@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -146,7 +147,7 @@ def test_suite_runs_end_to_end_and_resumes(
     n_rows = len({c for r in rows for c in suite.TABLE_ROWS[r].cells})
     n_eff = len({c for r in suite.EFFICIENCY_ROWS if r in rows for c in suite.TABLE_ROWS[r].cells})
     assert len(cache.cells) == 2 * n_rows * (1 + suite.FOLDS) + 2 * n_eff
-    on_disk = json.loads((tmp_path / "suite_cells.json").read_text())
+    on_disk = json.loads(gzip.decompress((tmp_path / "suite_cells.json.gz").read_bytes()))
     assert set(on_disk["cells"]) == set(cache.cells)
     assert on_disk["runs"][0]["cells"] == len(cache.cells)
     assert again.runs[-1]["cells"] == 0
