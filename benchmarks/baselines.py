@@ -150,14 +150,42 @@ def fit_least_squares(emb: Embeddings, qrels: Mapping[str, Mapping[str, int]], s
 
 @dataclass
 class FineTuneResult:
-    """A fine-tuned (or, when no epoch beat zero-shot on validation, the original) model."""
+    """A fine-tuned (or, when no epoch beat zero-shot on validation, the original) model.
+
+    ``doc_vectors`` is the corpus as the kept model embedded it for its last validation, so the
+    held-out evaluation only has to embed the test queries (:meth:`embed_queries`).
+    """
 
     model: Any  # sentence_transformers.SentenceTransformer
     history: list[dict[str, float]]
     best_epoch: int
     best_score: float
     zero_shot_score: float
+    #: zero-shot validation score on the stored float32 embeddings: how much ``autocast`` moves it
+    zero_shot_store_score: float
     train_s: float
+    doc_vectors: np.ndarray
+    autocast: str | None
+
+    def embed_queries(self, emb: Embeddings, query_texts: Mapping[str, str], query_ids: Sequence[str]) -> Embeddings:
+        """``query_ids`` embedded by the kept model, against the kept model's corpus vectors."""
+        qids = list(query_ids)
+        with _precision(self.autocast):
+            Q = _embed_with(self.model, [query_texts[q] for q in qids])
+        return Embeddings(qids, Q, list(emb.doc_ids), self.doc_vectors, emb.encoder)
+
+
+def _precision(autocast: str | None) -> Any:
+    """A context that runs the model in ``autocast`` precision on CPU (None: float32)."""
+    import contextlib
+
+    import torch
+
+    if autocast is None:
+        return contextlib.nullcontext()
+    if autocast != "bf16":
+        raise ValueError(f"autocast={autocast!r}: use None (float32) or 'bf16'")
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def _embed_with(model: Any, texts: Sequence[str]) -> np.ndarray:
@@ -167,25 +195,7 @@ def _embed_with(model: Any, texts: Sequence[str]) -> np.ndarray:
         convert_to_numpy=True,
         normalize_embeddings=True,
         show_progress_bar=False,
-    )
-
-
-def embed_split(
-    model: Any,
-    emb: Embeddings,
-    query_texts: Mapping[str, str],
-    doc_texts: Sequence[str],
-    query_ids: Sequence[str],
-) -> Embeddings:
-    """Re-embed the whole corpus and the given queries with ``model`` (for evaluate_embeddings)."""
-    qids = list(query_ids)
-    return Embeddings(
-        qids,
-        _embed_with(model, [query_texts[q] for q in qids]),
-        list(emb.doc_ids),
-        _embed_with(model, doc_texts),
-        emb.encoder,
-    )
+    ).astype(np.float32)
 
 
 def finetune(
@@ -199,6 +209,7 @@ def finetune(
     patience: int = 1,
     batch_size: int = 32,
     lr: float = 5e-5,
+    autocast: str | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> FineTuneResult:
     """Fine-tune the base model with MultipleNegativesRankingLoss on (query, relevant doc) pairs.
@@ -209,7 +220,9 @@ def finetune(
     kept. Epoch 0 (the base model) is a candidate too, as for the adapters. Batches never repeat a
     query or a document, so no in-batch negative is a labelled positive of its own query's pair.
     A plain torch loop (AdamW, linear warm-up over the first 10% of steps) keeps the dependencies
-    to sentence-transformers itself.
+    to sentence-transformers itself. ``autocast="bf16"`` runs forward passes (training and
+    embedding) in bfloat16 mixed precision, weights and optimiser state staying float32: on a CPU
+    with AMX that makes embedding about 4x and a training step about 1.6x faster.
     """
     import torch
     from sentence_transformers import SentenceTransformer
@@ -229,15 +242,19 @@ def finetune(
     doc_pos = {d: i for i, d in enumerate(emb.doc_ids)}
     pairs = [(q, doc_pos[d]) for q in train for d, g in qrels[q].items() if g > 0]
 
-    def validate() -> float:
+    def validate() -> tuple[float, np.ndarray]:
         model.eval()
+        with torch.no_grad(), _precision(autocast):
+            D = _embed_with(model, doc_texts)
+            Q = _embed_with(model, [query_texts[q] for q in val])
         score = evaluate_embeddings(
-            embed_split(model, emb, query_texts, doc_texts, val), val_qrels, metrics=[VAL_METRIC]
+            Embeddings(list(val), Q, list(emb.doc_ids), D, emb.encoder), val_qrels, metrics=[VAL_METRIC]
         )[0][VAL_METRIC]
         model.train()
-        return score
+        return score, D
 
-    zero_shot = validate()
+    store_score = evaluate_embeddings(emb, val_qrels, metrics=[VAL_METRIC])[0][VAL_METRIC]
+    zero_shot, best_docs = validate()
     history = [{"epoch": 0, VAL_METRIC: zero_shot}]
     best_score, best_epoch, best_state = zero_shot, 0, None
     steps_per_epoch = max(1, len(pairs) // batch_size)
@@ -249,18 +266,20 @@ def finetune(
         for batch in _unique_batches(pairs, batch_size, rng):
             q_feat = model.preprocess([query_texts[q] for q, _ in batch])
             d_feat = model.preprocess([doc_texts[d] for _, d in batch])
-            loss = loss_fn([q_feat, d_feat], None)
+            with _precision(autocast):
+                loss = loss_fn([q_feat, d_feat], None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        score = validate()
+        score, docs = validate()
         history.append({"epoch": epoch, VAL_METRIC: score})
         log(
             f"  full fine-tuning epoch {epoch}: val nDCG@10 {score:.4f} ({time.perf_counter() - start:.0f} s)"
         )
         if score > best_score + 1e-9:
-            best_score, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
+            best_score, best_epoch, best_docs = score, epoch, docs
+            best_state = copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= patience:
             break
     if best_state is None:
@@ -268,7 +287,17 @@ def finetune(
     else:
         model.load_state_dict(best_state)
     model.eval()
-    return FineTuneResult(model, history, best_epoch, best_score, zero_shot, time.perf_counter() - start)
+    return FineTuneResult(
+        model,
+        history,
+        best_epoch,
+        best_score,
+        zero_shot,
+        store_score,
+        time.perf_counter() - start,
+        best_docs,
+        autocast,
+    )
 
 
 def _unique_batches(

@@ -114,7 +114,11 @@ CELL_ROWS: dict[str, CellRow] = {
         ],
         CellRow("query-only", "adapter", FAMILIES["query-only-ranking"][0][1]),
         CellRow("auto", "family", {"family": "auto"}),
-        CellRow("full-ft", "finetune", {"max_epochs": 6, "patience": 1, "batch_size": 32, "lr": 5e-5}),
+        CellRow(
+            "full-ft",
+            "finetune",
+            {"max_epochs": 6, "patience": 1, "batch_size": 32, "lr": 5e-5, "autocast": "bf16"},
+        ),
     ]
 }
 
@@ -372,9 +376,8 @@ def compute_cell(
             # best epoch == max_epochs flags a model that might have gained from more epochs
             selected=f"best epoch {ft.best_epoch} of {row.params['max_epochs']}",
         )
-        eval_emb = baselines.embed_split(
-            ft.model, emb, bench.dataset.queries, bench.dataset.doc_texts, sorted(test_qrels)
-        )
+        out["zs_val_store"] = round(float(ft.zero_shot_store_score), 5)
+        eval_emb = ft.embed_queries(emb, bench.dataset.queries, sorted(test_qrels))
     train_s = time.perf_counter() - start
     if isinstance(adapter, SearchAdaptor):
         out.update(

@@ -183,6 +183,15 @@ def test_finetune_runs_on_the_local_model(tmp_path: Path) -> None:
     emb = Embeddings(
         list(queries), np.zeros((40, 384)), [f"d{i}" for i in range(40)], np.zeros((40, 384)), {"model": "x"}
     )
-    res = baselines.finetune(path, emb, queries, docs, qrels, seed=0, max_epochs=1, batch_size=8)
+    res = baselines.finetune(
+        path, emb, queries, docs, qrels, seed=0, max_epochs=1, batch_size=8, autocast="bf16"
+    )
     assert len(res.history) == 2 and res.train_s > 0
     assert res.best_score >= res.zero_shot_score
+    # the held-out evaluation reuses the kept model's corpus vectors and embeds only the queries
+    test = res.embed_queries(emb, queries, ["q1", "q2"])
+    assert test.query_ids == ["q1", "q2"] and test.corpus.shape == (40, 384)
+    assert np.allclose(np.linalg.norm(test.queries, axis=1), 1, atol=1e-3)
+    assert np.allclose(np.linalg.norm(test.corpus, axis=1), 1, atol=1e-3)
+    with pytest.raises(ValueError, match="autocast"):
+        baselines.finetune(path, emb, queries, docs, qrels, seed=0, max_epochs=1, autocast="fp8")
