@@ -167,7 +167,9 @@ class FineTuneResult:
     doc_vectors: np.ndarray
     autocast: str | None
 
-    def embed_queries(self, emb: Embeddings, query_texts: Mapping[str, str], query_ids: Sequence[str]) -> Embeddings:
+    def embed_queries(
+        self, emb: Embeddings, query_texts: Mapping[str, str], query_ids: Sequence[str]
+    ) -> Embeddings:
         """``query_ids`` embedded by the kept model, against the kept model's corpus vectors."""
         qids = list(query_ids)
         with _precision(self.autocast):
