@@ -193,8 +193,9 @@ def decode_scores(text: str) -> np.ndarray:
 class Cache:
     """``suite_cells.json.gz``: {"cells": {key: cell}, "runs": [...]}, rewritten atomically after every cell.
 
-    Several processes may run on disjoint datasets at once (one per core): every save takes a lock,
-    re-reads the file and merges its own new cells and run record into what is there.
+    Several processes may run at once (one per core): every save takes a lock, re-reads the file and
+    merges its own new cells and run record into what is there; a process claims a cell before
+    computing it (:meth:`claim`), so processes given overlapping work split it instead of repeating it.
     """
 
     def __init__(self, path: Path) -> None:
@@ -215,6 +216,22 @@ class Cache:
         """The cached cell, unless it was computed with other parameters."""
         cell = self.cells.get(key)
         return cell if cell is not None and cell.get("params") == _jsonable(params) else None
+
+    def claim(self, key: str, params: Mapping[str, Any]) -> bool:
+        """Whether this process should compute ``key``: no other live process has claimed it and no
+        process has stored it since this cache was read. A claim ends with the process."""
+        claims_path = self.path.with_name(self.path.name.replace(".json.gz", ".claims.json"))
+        with _locked(self.path.with_suffix(".lock")):
+            self.cells.update(self._read()[0])
+            if self.get(key, params) is not None:
+                return False
+            claims = json.loads(claims_path.read_text()) if claims_path.is_file() else {}
+            holder = claims.get(key)
+            if holder not in (None, os.getpid()) and _alive(holder):
+                return False
+            claims = {k: pid for k, pid in claims.items() if _alive(pid)} | {key: os.getpid()}
+            write_text_atomic(claims_path, json.dumps(claims, indent=1, sort_keys=True))
+            return True
 
     def save(self, run: dict[str, Any] | None = None) -> None:
         """Merge this process's new cells and its ``run`` record into the file, under a lock."""
@@ -243,6 +260,16 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -514,6 +541,9 @@ def run(
         for fold, train_q, test_q in b.folds(task.seed):
             key = cell_key(task.dataset, task.row, task.seed, fold, task.fraction)
             if cache.get(key, params) is not None:
+                continue
+            if not cache.claim(key, params):
+                log(f"{key}: computed or being computed by another process; skipped")
                 continue
             first = task.seed == 0 and fold in ("test", "k0") and task.fraction == 1.0
             plot = None
@@ -841,17 +871,16 @@ def _progress(cache: Cache, benches: Sequence[Bench], seeds: int) -> list[str]:
             total += min(seeds, FINETUNE_SEEDS) * len(b.folds(0))
     runs = [r for r in cache.runs if r.get("cells")]
     starts = [time.mktime(time.strptime(r["started"], "%Y-%m-%d %H:%M:%S")) for r in runs]
-    span_h = (
-        (max(t + r["wall_s"] for t, r in zip(starts, runs, strict=True)) - min(starts)) / 3600 if runs else 0
-    )
+    spans = [(t, t + r["wall_s"]) for t, r in zip(starts, runs, strict=True)]
+    # the most runs that were going at once: a cell's wall time is only comparable at equal load
+    overlap = max((sum(a <= t < b for a, b in spans) for t, _ in spans), default=0)
     commands = sorted({r["command"] for r in runs if r["command"]})
     return [
         f"Progress: {len(main)} of the {total} cells of the tables below, plus {len(keys) - len(main)} "
         f"data-efficiency cells. Compute: {compute_s / 3600:.1f} h summed over cells (full fine-tuning "
-        f"{ft_s / 3600:.1f} h of it), in {len(runs)} runs over {span_h:.1f} h elapsed, at most two processes "
-        "at a time (one per core) on disjoint datasets. Commands: "
-        + "; ".join(f"`{c}`" for c in commands)
-        + ".",
+        f"{ft_s / 3600:.1f} h of it), in {len(runs)} runs taking {sum(b - a for a, b in spans) / 3600:.1f} h "
+        f"of wall time together, at most {overlap} at a time on this 2-core machine, on disjoint cells. "
+        "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".",
         "",
     ]
 

@@ -195,3 +195,27 @@ def test_finetune_runs_on_the_local_model(tmp_path: Path) -> None:
     assert np.allclose(np.linalg.norm(test.corpus, axis=1), 1, atol=1e-3)
     with pytest.raises(ValueError, match="autocast"):
         baselines.finetune(path, emb, queries, docs, qrels, seed=0, max_epochs=1, autocast="fp8")
+
+
+def test_cache_claims_split_work_between_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    params = {"kind": "zero-shot"}
+    cache = suite.Cache(tmp_path / "suite_cells.json.gz")
+    claims = tmp_path / "suite_cells.claims.json"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claims.write_text(json.dumps({"a|zero-shot|0|k0": other.pid}))
+        assert not cache.claim("a|zero-shot|0|k0", params)  # a live process holds it
+        assert cache.claim("a|zero-shot|0|k1", params)
+    finally:
+        other.kill()
+        other.wait()
+    assert cache.claim("a|zero-shot|0|k0", params)  # its holder died: the claim lapsed
+    # a cell another process stored since this cache was read is not computed again
+    writer = suite.Cache(tmp_path / "suite_cells.json.gz")
+    writer.put("a|zero-shot|1|k0", {"params": params, "mean": {}})
+    writer.save()
+    assert not cache.claim("a|zero-shot|1|k0", params)
+    assert cache.get("a|zero-shot|1|k0", params) is not None
