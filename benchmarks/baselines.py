@@ -5,8 +5,8 @@
   Both map queries only, so the corpus index stays as it is.
 - The linear query-only adapter LlamaIndex ships (``EmbeddingAdapterFinetuneEngine``): one linear
   map on queries, trained with an in-batch contrastive loss, expressed as SearchAdaptor parameters.
-- Full fine-tuning of the base sentence-transformers model with MultipleNegativesRankingLoss, the
-  upper bound that needs the model's weights.
+- Full fine-tuning of the base sentence-transformers model with MultipleNegativesRankingLoss: what
+  a team with the model's weights would try instead (the issue expected it to be an upper bound).
 
 Every baseline validates on the same split the adapters use (:func:`validation_split`).
 """

@@ -161,7 +161,7 @@ TABLE_ROWS: dict[str, TableRow] = {
         TableRow("loss-pointwise", "ablation: point-wise sigmoid loss", ("loss-pointwise",)),
         TableRow("query-only", "Search-Adaptor query-only (paper recipe, no re-index)", ("query-only",)),
         TableRow("auto", f"auto (library default: best of {len(AUTO_CANDIDATES)} on validation)", ("auto",)),
-        TableRow("full-ft", "full fine-tuning, MNRL (needs weights; upper bound)", ("full-ft",)),
+        TableRow("full-ft", "full fine-tuning, MNRL (needs the model's weights)", ("full-ft",)),
     ]
 }
 #: Rows that are not adapters (the `auto` claim is about every adapter row).
