@@ -830,7 +830,8 @@ def _finetuning_costs(cache: Cache, benches: Sequence[Bench]) -> list[str]:
         drift = [abs(c["zs_val"] - c["zs_val_store"]) for c in cells.values() if "zs_val_store" in c]
         epochs = [f"{c['best_step']}/{c['n_steps']}" for c in cells.values()]
         lines.append(
-            f"- {b.name}: {len(cells)} models ({len(complete)} complete seeds"
+            f"- {b.name}: {len(cells)} models ({len(complete)} complete "
+            + ("seed" if len(complete) == 1 else "seeds")
             + (
                 f", {np.mean(minutes):.0f} min per seed, {min(minutes):.0f}-{max(minutes):.0f}"
                 if minutes
