@@ -24,21 +24,12 @@ import numpy as np
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import evaluate_embeddings
 from search_adaptor.model import l2_normalize
+from search_adaptor.training import FAMILIES
 
 #: LlamaIndex's linear adapter: a query-only linear map (identity at start), in-batch contrastive
 #: loss with scale 20 (temperature 0.05), no regulariser, no full-corpus softmax. SearchAdaptor
 #: always adds at least one random document per positive to the batch's pool of candidates.
-LLAMAINDEX_LINEAR: dict[str, Any] = {
-    "architecture": "linear",
-    "mode": "query_only",
-    "loss": "infonce",
-    "in_batch": True,
-    "full_corpus_max": 0,
-    "negatives": "random",
-    "n_negatives": 1,
-    "alpha": 0.0,
-    "beta": 0.0,
-}
+LLAMAINDEX_LINEAR: dict[str, Any] = dict(FAMILIES["linear-random"][0][1])
 #: Ridge strengths tried for the least-squares map; infinity is the identity (zero-shot).
 RIDGE_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 VAL_METRIC = "ndcg@10"

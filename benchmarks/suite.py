@@ -79,14 +79,7 @@ GRID = FAMILIES["paper"]
 GRID_NAMES = tuple(name for name, _ in GRID)
 #: A residual MLP trained with InfoNCE and nothing else: the obvious contrastive baseline (auto's
 #: ``shared-infonce`` adds hard negatives and the recovery loss to it).
-MLP_INFONCE = {
-    "mode": "shared",
-    "loss": "infonce",
-    "in_batch": True,
-    "negatives": "random",
-    "alpha": 0.0,
-    "beta": 0.0,
-}
+MLP_INFONCE = dict(FAMILIES["shared-random"][0][1])
 
 
 @dataclass(frozen=True)
@@ -113,7 +106,8 @@ CELL_ROWS: dict[str, CellRow] = {
             for loss in ("ranknet", "infonce", "softmax", "pointwise")
         ],
         CellRow("query-only", "adapter", FAMILIES["query-only-ranking"][0][1]),
-        CellRow("auto", "family", {"family": "auto"}),
+        # the candidate list is part of the cell's parameters: changing what auto trains recomputes it
+        CellRow("auto", "family", {"family": "auto", "variants": list(AUTO_CANDIDATES)}),
         CellRow(
             "full-ft",
             "finetune",

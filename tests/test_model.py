@@ -124,6 +124,31 @@ def test_select_keeps_the_best_candidate_on_one_split(synthetic):
     assert len({c["zero_shot_val_ndcg@10"] for c in sel.candidates}) == 1  # same validation split for all
 
 
+def test_auto_candidates_train_as_they_would_alone(synthetic):
+    """A candidate inside ``select`` is the same model as a standalone fit with its parameters and
+    seed, so the benchmark rows of the same parameters are auto's candidates, not look-alikes."""
+    sel = select(
+        "linear-random",
+        synthetic["Q"],
+        synthetic["D"],
+        synthetic["qrels"],
+        synthetic["qids"],
+        synthetic["dids"],
+        seed=3,
+        overrides=FAST,
+    )
+    (name, params), *_ = family_variants("linear-random")
+    alone = _fit(synthetic, seed=3, **params)
+    assert sel.candidates[0]["variant"] == name
+    assert alone.val_query_ids_ == sel.val_query_ids
+    assert alone.best_score_ == pytest.approx(sel.candidates[0]["val_ndcg@10"], abs=1e-9)
+    assert np.allclose(alone.transform_queries(synthetic["Q"]), sel.adapter.transform_queries(synthetic["Q"]))
+    auto = {n: v for n, v in family_variants("auto")}
+    # both kinds compete: plain random-negative contrastive and regularised hard-negative variants
+    assert any(v["negatives"] == "random" and v["alpha"] == 0 for v in auto.values())
+    assert any(v["negatives"] == "hard" and v["alpha"] > 0 for v in auto.values())
+
+
 def test_saved_config_describes_the_adapter(synthetic, tmp_path):
     est = _fit(synthetic, max_steps=30)
     est.encoder_ = {"fingerprint": "sentence-transformers:m:abc", "model": "m"}

@@ -18,6 +18,8 @@ FAMILY_CHOICES = (
     "query-only-ranking",
     "linear",
     "shared-infonce",
+    "linear-random",
+    "shared-random",
 )
 PROVIDER_CHOICES = (
     "sentence-transformers",
