@@ -162,10 +162,22 @@ class FineTuneResult:
         self, emb: Embeddings, query_texts: Mapping[str, str], query_ids: Sequence[str]
     ) -> Embeddings:
         """``query_ids`` embedded by the kept model, against the kept model's corpus vectors."""
-        qids = list(query_ids)
-        with _precision(self.autocast):
-            Q = _embed_with(self.model, [query_texts[q] for q in qids])
-        return Embeddings(qids, Q, list(emb.doc_ids), self.doc_vectors, emb.encoder)
+        return _query_embeddings(self.model, self.autocast, emb, query_texts, query_ids, self.doc_vectors)
+
+
+def _query_embeddings(
+    model: Any,
+    autocast: str | None,
+    emb: Embeddings,
+    query_texts: Mapping[str, str],
+    query_ids: Sequence[str],
+    doc_vectors: np.ndarray,
+) -> Embeddings:
+    """``query_ids`` embedded by ``model`` now, against ``doc_vectors`` from the same model."""
+    qids = list(query_ids)
+    with _precision(autocast):
+        Q = _embed_with(model, [query_texts[q] for q in qids])
+    return Embeddings(qids, Q, list(emb.doc_ids), doc_vectors, emb.encoder)
 
 
 def _precision(autocast: str | None) -> Any:
@@ -237,12 +249,11 @@ def finetune(
 
     def validate() -> tuple[float, np.ndarray]:
         model.eval()
-        with torch.no_grad(), _precision(autocast):
-            D = _embed_with(model, doc_texts)
-            Q = _embed_with(model, [query_texts[q] for q in val])
-        score = evaluate_embeddings(
-            Embeddings(list(val), Q, list(emb.doc_ids), D, emb.encoder), val_qrels, metrics=[VAL_METRIC]
-        )[0][VAL_METRIC]
+        with torch.no_grad():
+            with _precision(autocast):
+                D = _embed_with(model, doc_texts)
+            val_emb = _query_embeddings(model, autocast, emb, query_texts, val, D)
+        score = evaluate_embeddings(val_emb, val_qrels, metrics=[VAL_METRIC])[0][VAL_METRIC]
         model.train()
         return score, D
 

@@ -373,7 +373,7 @@ FAMILIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     # Plain contrastive variants: random negatives, no recovery term. The linear one is what
     # LlamaIndex ships (in-batch InfoNCE at temperature 0.05, one random document per positive).
     # They win where hard negatives mislead (incomplete qrels) or the recovery term holds a weak
-    # base space too close to where it started (XQuAD-R es, ru in BENCHMARKS.md).
+    # base space too close to where it started (XQuAD-R de, es, ru in BENCHMARKS.md).
     "linear-random": [
         (
             "linear-query-only-random",
