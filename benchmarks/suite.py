@@ -55,12 +55,22 @@ from search_adaptor.experiment import evaluate_embeddings
 from search_adaptor.metrics import paired_test
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.report import write_text_atomic
+from search_adaptor.training import ALPHA_GRID as ALPHA_VALUES
 from search_adaptor.training import FAMILIES, family_variants, select
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-DATASETS = ("scifact", "cranfield", "xquad-r/en", "xquad-r/de", "xquad-r/es", "xquad-r/ru", "xquad-r/zh")
+DATASETS = (
+    "scifact",
+    "cranfield",
+    "xquad-r/en",
+    "xquad-r/de",
+    "xquad-r/es",
+    "xquad-r/ru",
+    "xquad-r/zh",
+    "metatool",
+)
 FOLDS = 5
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 #: Full fine-tuning needs the model's weights and is slow on 2 cores: these datasets, this many seeds.
@@ -77,6 +87,8 @@ AUTO_CANDIDATES = tuple(name for name, _ in family_variants("auto"))
 PAPER_DEFAULT = dict(FAMILIES["paper-default"][0][1])
 GRID = FAMILIES["paper"]
 GRID_NAMES = tuple(name for name, _ in GRID)
+ALPHA_GRID = FAMILIES["paper-alpha"]
+ALPHA_NAMES = tuple(name for name, _ in ALPHA_GRID)
 #: A residual MLP trained with InfoNCE and nothing else: the obvious contrastive baseline (auto's
 #: ``shared-infonce`` adds hard negatives and the recovery loss to it).
 MLP_INFONCE = dict(FAMILIES["shared-random"][0][1])
@@ -100,7 +112,9 @@ CELL_ROWS: dict[str, CellRow] = {
         CellRow("llamaindex-linear", "adapter", baselines.LLAMAINDEX_LINEAR),
         CellRow("mlp-infonce", "adapter", MLP_INFONCE),
         *[CellRow(name, "adapter", params) for name, params in GRID],
+        *[CellRow(name, "adapter", params) for name, params in ALPHA_GRID if name not in GRID_NAMES],
         CellRow("no-skip", "adapter", {**PAPER_DEFAULT, "residual": False}),
+        CellRow("pair-mean", "adapter", {**PAPER_DEFAULT, "pair_reduction": "mean"}),
         *[
             CellRow(f"loss-{loss}", "adapter", {**PAPER_DEFAULT, "loss": loss})
             for loss in ("ranknet", "infonce", "softmax", "pointwise")
@@ -146,9 +160,19 @@ TABLE_ROWS: dict[str, TableRow] = {
         TableRow("mlp-infonce", "residual MLP + InfoNCE, no regulariser", ("mlp-infonce",)),
         TableRow("paper", "Search-Adaptor, paper recipe (alpha x beta grid on val)", GRID_NAMES),
         TableRow("paper-default", "paper recipe at alpha 0.1, beta 0.01", (_grid_name(0.1, 0.01),)),
+        TableRow(
+            "paper-alpha",
+            f"paper recipe, alpha from {{{', '.join(f'{a:g}' for a in ALPHA_VALUES)}}} on val (beta 0.01)",
+            ALPHA_NAMES,
+        ),
         TableRow("no-recovery", "ablation: no recovery loss (alpha 0)", (_grid_name(0, 0.01),)),
         TableRow("no-prediction", "ablation: no prediction loss (beta 0)", (_grid_name(0.1, 0),)),
         TableRow("no-skip", "ablation: no skip connection", ("no-skip",)),
+        TableRow(
+            "pair-mean",
+            "ablation: ranking loss averaged over each query's pairs, not summed",
+            ("pair-mean",),
+        ),
         TableRow("loss-ranknet", "ablation: RankNet loss", ("loss-ranknet",)),
         TableRow("loss-infonce", "ablation: InfoNCE loss", ("loss-infonce",)),
         TableRow("loss-softmax", "ablation: softmax cross-entropy loss", ("loss-softmax",)),

@@ -27,14 +27,37 @@ Y = torch.tensor([[2.0, 1.0, 0.0]])
 V = torch.tensor([[True, True, True]])
 
 
-def test_ranking_loss_is_relevance_weighted_pairwise_logistic():
-    # ordered pairs with y_j > y_k: (0,1) w=1, (0,2) w=2, (1,2) w=1; mean over the 3 pairs
-    expected = (1 * sp(0.2 - 0.5) + 2 * sp(0.4 - 0.5) + 1 * sp(0.4 - 0.2)) / 3
+def test_ranking_loss_is_relevance_weighted_pairwise_logistic_summed_over_pairs():
+    # ordered pairs with y_j > y_k: (0,1) w=1, (0,2) w=2, (1,2) w=1; the paper sums over them
+    expected = 1 * sp(0.2 - 0.5) + 2 * sp(0.4 - 0.5) + 1 * sp(0.4 - 0.2)
     assert pairwise_ranking_loss(S, Y, V).item() == pytest.approx(expected, rel=1e-6)
+    assert ranking_objective("ranking", S, Y, V, 0.05).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ranking_loss_mean_reduction_divides_by_the_pair_count():
+    expected = (1 * sp(0.2 - 0.5) + 2 * sp(0.4 - 0.5) + 1 * sp(0.4 - 0.2)) / 3
+    assert pairwise_ranking_loss(S, Y, V, reduction="mean").item() == pytest.approx(expected, rel=1e-6)
+    got = ranking_objective("ranking", S, Y, V, 0.05, pair_reduction="mean").item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="reduction must be one of sum, mean"):
+        pairwise_ranking_loss(S, Y, V, reduction="max")
+
+
+def test_ranking_loss_is_a_mean_over_queries_of_per_query_sums():
+    # query 1 has 3 pairs (the case above), query 2 has 2 pairs (grade 1 over two negatives):
+    # the batch value is the plain mean of the two per-query sums, whatever the batch size
+    scores = torch.tensor([[0.5, 0.2, 0.4], [0.3, 0.1, 0.6]])
+    labels = torch.tensor([[2.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    q1 = 1 * sp(0.2 - 0.5) + 2 * sp(0.4 - 0.5) + 1 * sp(0.4 - 0.2)
+    q2 = sp(0.1 - 0.3) + sp(0.6 - 0.3)
+    assert pairwise_ranking_loss(scores, labels, valid).item() == pytest.approx((q1 + q2) / 2, rel=1e-6)
+    doubled = pairwise_ranking_loss(scores.repeat(2, 1), labels.repeat(2, 1), valid.repeat(2, 1))
+    assert doubled.item() == pytest.approx((q1 + q2) / 2, rel=1e-6)
 
 
 def test_ranknet_weighs_every_pair_one():
-    expected = (sp(0.2 - 0.5) + sp(0.4 - 0.5) + sp(0.4 - 0.2)) / 3
+    expected = sp(0.2 - 0.5) + sp(0.4 - 0.5) + sp(0.4 - 0.2)
     assert pairwise_ranking_loss(S, Y, V, weighted=False).item() == pytest.approx(expected, rel=1e-6)
 
 

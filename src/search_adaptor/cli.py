@@ -14,6 +14,7 @@ FAMILY_CHOICES = (
     "auto",
     "paper",
     "paper-default",
+    "paper-alpha",
     "query-only",
     "query-only-ranking",
     "linear",

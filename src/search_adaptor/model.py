@@ -146,8 +146,12 @@ class SearchAdaptor:
         no re-index), or two separate adapters (asymmetric data).
     loss : {"ranking", "ranknet", "infonce", "softmax", "pointwise"}
         Main objective; "ranking" is the paper's relevance-weighted pairwise logistic loss.
+    pair_reduction : {"sum", "mean"}
+        How the pairwise losses ("ranking", "ranknet") combine one query's pairs: the paper's sum, or
+        the mean over pairs (weaker by the pairs per query; kept for the ablation table).
     alpha, beta : float
-        Weights of the recovery (L1 to the original embedding) and query-prediction losses.
+        Weights of the recovery (L1 to the original embedding, ``alpha * (rec_q + rec_d)``) and
+        query-prediction losses.
     negatives : {"random", "hard", "mixed"}
         Where each query's negatives come from: uniform corpus draws, the zero-shot ranking's top
         ``hard_pool`` (labelled positives excluded), or half of each.
@@ -177,6 +181,7 @@ class SearchAdaptor:
         residual: bool = True,
         mode: str = "shared",
         loss: str = "ranking",
+        pair_reduction: str = "sum",
         alpha: float = 0.1,
         beta: float = 0.01,
         negatives: str = "random",
@@ -198,6 +203,7 @@ class SearchAdaptor:
         self.residual = residual
         self.mode = mode
         self.loss = loss
+        self.pair_reduction = pair_reduction
         self.alpha = alpha
         self.beta = beta
         self.negatives = negatives
@@ -243,12 +249,13 @@ class SearchAdaptor:
         return f"SearchAdaptor({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     def _validate_params(self) -> None:
-        from search_adaptor.losses import RANKING_LOSSES
+        from search_adaptor.losses import PAIR_REDUCTIONS, RANKING_LOSSES
 
         choices = {
             "architecture": ARCHITECTURES,
             "mode": MODES,
             "loss": RANKING_LOSSES,
+            "pair_reduction": PAIR_REDUCTIONS,
             "negatives": ("random", "hard", "mixed"),
         }
         for name, allowed in choices.items():
