@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from search_adaptor.data import validation_split as split_queries
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import evaluate_embeddings
-from search_adaptor.model import l2_normalize
-from search_adaptor.training import FAMILIES
+from search_adaptor.retrieval import l2_normalize
+from search_adaptor.variants import FAMILIES, VAL_FRACTION
 
 #: LlamaIndex's linear adapter: a query-only linear map (identity at start), in-batch contrastive
 #: loss with scale 20 (temperature 0.05), no regulariser, no full-corpus softmax. SearchAdaptor
@@ -41,18 +42,12 @@ def labelled_queries(qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
 
 
 def validation_split(
-    qrels: Mapping[str, Mapping[str, int]], seed: int, val_fraction: float = 0.2
+    qrels: Mapping[str, Mapping[str, int]], seed: int, val_fraction: float = VAL_FRACTION
 ) -> tuple[list[str], list[str]]:
-    """(train, validation) query ids exactly as ``training.select`` and ``SearchAdaptor.fit`` draw them.
-
-    Baselines that are not SearchAdaptor variants must early-stop on the same queries as the
-    adapters; ``tests/test_baselines.py`` checks this against ``select``.
-    """
-    labelled = labelled_queries(qrels)
-    n_val = min(max(1, round(val_fraction * len(labelled))), len(labelled) - 1)
-    val = sorted(labelled[i] for i in np.random.default_rng(seed).permutation(len(labelled))[:n_val])
-    chosen = set(val)
-    return [q for q in labelled if q not in chosen], val
+    """(train, validation) query ids as ``SearchAdaptor.fit`` draws them from ``seed``: the library's
+    one rule (:func:`search_adaptor.data.validation_split`), so baselines that are not SearchAdaptor
+    variants early-stop on the same queries as the adapters."""
+    return split_queries(labelled_queries(qrels), val_fraction, np.random.default_rng(seed))
 
 
 @dataclass

@@ -42,7 +42,7 @@ def run(names: list[str]) -> dict:
         rows = {}
         for family in ["auto", *EXTRA_ROWS.get(name, [])]:
             t0 = time.perf_counter()
-            report, _ = run_fit(ds, emb, family=family, seed=0)
+            report = run_fit(ds, emb, family=family, seed=0).report
             rows[family] = {
                 "selected": report["selected"],
                 "protocol": report["protocol"],

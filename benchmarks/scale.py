@@ -70,7 +70,7 @@ def log(msg: str) -> None:
 def write_inputs(work: Path, rows: int, dim: int, ray_rows: int) -> dict[str, Path]:
     """Synthetic base vectors as one ``.npy`` and as Parquet shard folders (all rows, the Ray subset, and
     the first :data:`STARTUP_ROWS`), written chunk by chunk from one seeded generator."""
-    from search_adaptor.pipeline import ROWS, VectorWriter
+    from search_adaptor.vectors import ROWS, VectorWriter
 
     paths = {"npy": work / "base.npy", "shards": work / "base_shards", "small": work / "base_small"}
     if ray_rows < rows:
@@ -246,7 +246,7 @@ def check_output(out: Path, reference: Path, base: Path, adapter: Any, rows: int
     base rows. Separately: are the rows in input order when read as ``iter_vectors`` reads them (shard
     files in file-name order), and if not, where the order first breaks.
     """
-    from search_adaptor.pipeline import iter_vectors, vector_files
+    from search_adaptor.vectors import iter_vectors, vector_files
 
     ref = np.load(reference, mmap_mode="r")
     X = np.load(base, mmap_mode="r")
@@ -324,8 +324,8 @@ def cranfield(work: Path, adapter_dir: str | None) -> dict[str, Any]:
     from search_adaptor.embed import embed_dataset
     from search_adaptor.encoders.local import SentenceTransformerEncoder
     from search_adaptor.index import AdaptedIndex
-    from search_adaptor.pipeline import iter_vectors
     from search_adaptor.store import EmbeddingStore
+    from search_adaptor.vectors import iter_vectors
 
     res: dict[str, Any] = {}
     if adapter_dir:
@@ -402,7 +402,7 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
     m, ref, spread, jobs = res["machine"], res["reference"], res["reference_range"], res["jobs"]
     rows, dim = res["rows"], res["dim"]
     per_s = lambda x: f"{x:,.0f}"  # noqa: E731
-    from search_adaptor.pipeline import ROWS
+    from search_adaptor.vectors import ROWS
 
     matrix_mib = rows * dim * 4 / MiB
     chunk_mib = min(rows, ROWS) * dim * 4 / MiB

@@ -147,7 +147,7 @@ def markdown(res: dict[str, Any], adapter: Any, cmd: str) -> str:
         f"`{cmd}` on {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
         f"load average at start {res['load']:.1f}: absolute times move with machine load; each ratio "
         "compares runs interleaved call by call. The adapter runs in numpy at inference "
-        "(`search_adaptor.model.numpy_forward`); torch is used for training only.",
+        "(`search_adaptor.networks.numpy_forward`); torch is used for training only.",
         f"Index: {n} documents, {dim}-d MiniLM vectors, flat inner product; adapter: "
         f"{adapter.architecture}, mode {adapter.mode}{identity}.",
         "",

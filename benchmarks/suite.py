@@ -49,14 +49,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baselines
-from search_adaptor.data import Dataset, kfold, load_beir
+from search_adaptor.data import Dataset, load_beir
 from search_adaptor.embed import Embeddings
-from search_adaptor.experiment import evaluate_embeddings
+from search_adaptor.experiment import Protocol, evaluate_embeddings, protocol, select
+from search_adaptor.files import write_text_atomic
 from search_adaptor.metrics import paired_test
 from search_adaptor.model import SearchAdaptor
-from search_adaptor.report import write_text_atomic
-from search_adaptor.training import ALPHA_GRID as ALPHA_VALUES
-from search_adaptor.training import FAMILIES, family_variants, select
+from search_adaptor.variants import ALPHA_GRID as ALPHA_VALUES
+from search_adaptor.variants import FAMILIES, family_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -305,7 +305,7 @@ def cell_key(dataset: str, row: str, seed: int, fold: str, fraction: float = 1.0
 
 @dataclass
 class Bench:
-    """One dataset with its embeddings and its evaluation protocol."""
+    """One dataset with its embeddings and its evaluation protocol (``fit``'s, from the library)."""
 
     name: str
     dataset: Dataset
@@ -314,14 +314,12 @@ class Bench:
     labelled: dict[str, dict[str, int]]  # the split scored (test split, or the one k-folded)
     train: dict[str, dict[str, int]] = field(default_factory=dict)  # official train split, if any
 
+    def _protocol(self, seed: int) -> Protocol:
+        return protocol(self.dataset, FOLDS, seed)
+
     def folds(self, seed: int) -> list[tuple[str, dict[str, dict[str, int]], dict[str, dict[str, int]]]]:
         """(fold name, training qrels, held-out qrels) for this seed."""
-        if self.protocol == "test":
-            return [("test", self.train, self.labelled)]
-        return [
-            (f"k{i}", {q: self.labelled[q] for q in tr}, {q: self.labelled[q] for q in te})
-            for i, (tr, te) in enumerate(kfold(sorted(self.labelled), k=FOLDS, seed=seed))
-        ]
+        return self._protocol(seed).folds
 
     def test_ids(self) -> list[str]:
         """Every scored query, sorted: the order of per-query arrays across seeds."""
@@ -339,10 +337,10 @@ def load_shared(name: str) -> Bench:
 
 
 def make_bench(name: str, ds: Dataset, emb: Embeddings) -> Bench:
-    """The protocol ``run_fit`` would use: official train/test split if there is one, else k-fold."""
-    if ds.has_train and "test" in ds.splits:
-        return Bench(name, ds, emb, "test", ds.split("test"), ds.split("train"))
-    return Bench(name, ds, emb, "kfold", ds.split("test" if "test" in ds.splits else ds.splits[0]))
+    """The protocol ``run_fit`` uses: official train/test split if there is one, else k-fold."""
+    proto = protocol(ds, FOLDS, 0)
+    scored = ds.split(proto.scored_split)
+    return Bench(name, ds, emb, proto.name, scored, proto.final_train if proto.name == "test" else {})
 
 
 def subsample(
@@ -393,7 +391,7 @@ def compute_cell(
         out.update(selected=adapter.info["selected"], val=adapter.info["val_ndcg@10"])
     elif row.kind == "adapter":
         adapter = SearchAdaptor(seed=seed, **{**row.params, **steps})
-        adapter.fit(emb.queries, emb.corpus, train_qrels, emb.query_ids, emb.doc_ids)
+        adapter.fit(emb.queries, emb.corpus, train_qrels, emb.query_ids, emb.doc_ids, encoder=emb.encoder)
     elif row.kind == "family":
         sel = select(
             row.params["family"],
@@ -404,6 +402,7 @@ def compute_cell(
             emb.doc_ids,
             seed=seed,
             overrides=steps,
+            encoder=emb.encoder,
         )
         adapter = sel.adapter
         out["selected"] = sel.selected

@@ -12,9 +12,8 @@ import pytest
 
 from search_adaptor.data import Dataset
 from search_adaptor.embed import Embeddings
-from search_adaptor.experiment import evaluate_embeddings
-from search_adaptor.model import l2_normalize
-from search_adaptor.training import select
+from search_adaptor.experiment import evaluate_embeddings, select
+from search_adaptor.retrieval import l2_normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 

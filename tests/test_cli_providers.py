@@ -152,8 +152,8 @@ def test_bad_key_is_one_line_naming_the_env_var(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--provider", "openai", "--batch-size", "0"], "--batch-size must be positive"),
-        (["--provider", "openai", "--timeout", "-1"], "--timeout must be positive"),
+        (["--provider", "openai", "--batch-size", "0"], "--batch-size: must be a positive int, got 0"),
+        (["--provider", "openai", "--timeout", "-1"], "--timeout: must be a positive float, got -1"),
         (["--timeout", "5"], "--timeout applies to API providers only"),
         (["--embeddings", "vectors"], "nothing to embed"),
     ],

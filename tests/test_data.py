@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from search_adaptor.data import (
@@ -22,7 +23,7 @@ from search_adaptor.data import (
     Dataset,
     kfold,
     load_beir,
-    train_val_split,
+    validation_split,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -319,22 +320,25 @@ def test_kfold_rejects_duplicates() -> None:
 @pytest.mark.parametrize(
     ("n", "fraction", "n_val"), [(2, 0.2, 1), (10, 0.2, 2), (10, 0.01, 1), (10, 0.99, 9)]
 )
-def test_train_val_split(n: int, fraction: float, n_val: int) -> None:
-    ids = IDS[:n]
-    train, val = train_val_split(ids, fraction, seed=1)
+def test_validation_split(n: int, fraction: float, n_val: int) -> None:
+    ids = sorted(IDS[:n])
+    train, val = validation_split(ids, fraction, np.random.default_rng(1))
     assert len(val) == n_val
-    assert sorted(train + val) == sorted(ids)
+    assert sorted(train + val) == ids and train == sorted(train) and val == sorted(val)
     assert set(train).isdisjoint(val)
-    assert (train, val) == train_val_split(list(reversed(ids)), fraction, seed=1)
+    assert (train, val) == validation_split(ids, fraction, np.random.default_rng(1))
+    # the rule every model follows: the first n_val of one permutation drawn from the generator
+    first = np.random.default_rng(1).permutation(n)[:n_val]
+    assert val == sorted(ids[i] for i in first)
 
 
-def test_train_val_split_rejects() -> None:
-    with pytest.raises(ValueError, match="at least 2"):
-        train_val_split(["only"])
+def test_validation_split_rejects() -> None:
+    with pytest.raises(DataError, match="at least 2"):
+        validation_split(["only"], 0.2, np.random.default_rng(0))
     with pytest.raises(ValueError, match="val_fraction"):
-        train_val_split(IDS, 1.0)
+        validation_split(IDS, 1.0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="val_fraction"):
-        train_val_split(IDS, 0.0)
+        validation_split(IDS, 0.0, np.random.default_rng(0))
 
 
 # --------------------------------------------------------------------------- shared real datasets

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from search_adaptor.cli import main
-from search_adaptor.embed import encoder_info
-from search_adaptor.model import l2_normalize
+from search_adaptor.retrieval import l2_normalize
 from test_index import make_adapter
 
 ort = pytest.importorskip("onnxruntime")
@@ -68,7 +67,7 @@ def test_sentence_transformers_folder_gives_the_adapted_vectors(tmp_path):
     from search_adaptor.encoders.local import SentenceTransformerEncoder
 
     base = SentenceTransformerEncoder()
-    adapter = make_adapter(384, info=encoder_info(base), mode="separate")  # a Router: two sides
+    adapter = make_adapter(384, info=base.info(), mode="separate")  # a Router: two sides
     out = export_sentence_transformers(adapter, tmp_path / "st")
     modules = json.loads((out / "modules.json").read_text())
     assert all(m["type"].startswith("sentence_transformers.") for m in modules)  # no trust_remote_code

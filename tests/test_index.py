@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from search_adaptor.cli import main
-from search_adaptor.embed import encoder_info
 from search_adaptor.index import AdaptedIndex
 from search_adaptor.model import CompatibilityError, SearchAdaptor
 from search_adaptor.retrieval import exact_search
@@ -35,19 +34,18 @@ def make_adapter(
     qids, dids = [f"q{i}" for i in range(20)], [f"d{i}" for i in range(40)]
     qrels = {q: {dids[i]: 1} for i, q in enumerate(qids)}
     est = SearchAdaptor(max_steps=1, eval_every=1, patience=1, batch_size=8, seed=seed, **params)
-    est.fit(Q, D, qrels, qids, dids)
+    est.fit(Q, D, qrels, qids, dids, encoder=info)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for net in {id(n): n for n in (est.query_net_, est.corpus_net_) if n is not None}.values():
             for p in net.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / p.shape[-1] ** 0.5))
     est.best_step_ = 1  # as if a trained checkpoint beat zero-shot
-    est.encoder_ = dict(info or {})
     return est
 
 
 FAKE = CountingEncoder(dim=16)
-FAKE_INFO = encoder_info(FAKE)
+FAKE_INFO = FAKE.info()
 
 
 @pytest.mark.parametrize("mode", ["shared", "query_only", "separate"])
@@ -127,7 +125,7 @@ def test_load_refuses_parts_that_do_not_belong_together(synthetic, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"manifest\.json: not found; build an index"):
         AdaptedIndex.load(tmp_path)
     with pytest.raises(CompatibilityError, match="trained on embeddings of fake:"):
-        other = encoder_info(CountingEncoder(dim=17))
+        other = CountingEncoder(dim=17).info()
         AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], other)
 
 
@@ -147,7 +145,7 @@ def test_save_replaces_an_index_but_never_other_files(synthetic, tmp_path):
 def test_encoder_is_recreated_from_the_manifest(synthetic):
     from search_adaptor.encoders.local import SentenceTransformerEncoder
 
-    st_info = encoder_info(SentenceTransformerEncoder())
+    st_info = SentenceTransformerEncoder().info()
     adapter = make_adapter(info=st_info)
     index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], st_info)
     assert index.encoder.fingerprint == st_info["fingerprint"]  # no model is loaded until a text comes
@@ -174,7 +172,7 @@ def test_cli_index_and_search_with_the_local_model(tmp_path, capsys):
         "".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(docs))
     )
     (data / "queries.jsonl").write_text(json.dumps({"_id": "q0", "text": "capital of France"}) + "\n")
-    make_adapter(384, info=encoder_info(SentenceTransformerEncoder()), mode="query_only").save(tmp_path / "a")
+    make_adapter(384, info=SentenceTransformerEncoder().info(), mode="query_only").save(tmp_path / "a")
     args = ["index", str(data), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "idx")]
     assert main([*args, "--quiet", "--cache", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out

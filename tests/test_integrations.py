@@ -7,9 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from search_adaptor.embed import encoder_info
-from search_adaptor.integrations import AdaptedEncoder, adapter_fingerprint, as_langchain, as_llamaindex
-from search_adaptor.model import CompatibilityError, SearchAdaptor
+from search_adaptor.integrations import as_langchain, as_llamaindex
+from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor
 from search_adaptor.store import EmbeddingStore
 from test_index import make_adapter
 from test_store import CountingEncoder
@@ -19,7 +18,7 @@ TEXTS = ["how do vaccines work", "Vaccines train the immune system.", "unrelated
 
 @pytest.fixture(scope="module")
 def adapter() -> SearchAdaptor:
-    return make_adapter(info=encoder_info(CountingEncoder(dim=16)), mode="separate")
+    return make_adapter(info=CountingEncoder(dim=16).info(), mode="separate")
 
 
 def _expected(adapter: SearchAdaptor) -> tuple[np.ndarray, np.ndarray]:
@@ -38,8 +37,8 @@ def test_adapted_encoder_is_an_encoder_with_its_own_fingerprint(adapter, tmp_pat
     adapter.save(tmp_path / "a")
     from_folder = AdaptedEncoder(CountingEncoder(dim=16), tmp_path / "a")
     assert from_folder.fingerprint == enc.fingerprint  # same weights, same fingerprint
-    other = make_adapter(info=encoder_info(CountingEncoder(dim=16)), mode="separate", seed=3)
-    assert adapter_fingerprint(other) != adapter_fingerprint(adapter)
+    other = make_adapter(info=CountingEncoder(dim=16).info(), mode="separate", seed=3)
+    assert other.fingerprint_ != adapter.fingerprint_
     assert AdaptedEncoder(CountingEncoder(dim=16), other).fingerprint != enc.fingerprint
     with EmbeddingStore(enc, tmp_path / "cache") as store:  # the store keeps adapted vectors apart
         assert np.array_equal(store.embed(TEXTS, "query"), q)

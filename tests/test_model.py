@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from search_adaptor.model import (
-    CompatibilityError,
-    ResidualAdapter,
-    SearchAdaptor,
-    l2_normalize,
-    numpy_forward,
-)
-from search_adaptor.training import family_variants, select
+from search_adaptor.experiment import select
+from search_adaptor.model import CompatibilityError, SearchAdaptor
+from search_adaptor.networks import ResidualAdapter, numpy_forward
+from search_adaptor.retrieval import l2_normalize
+from search_adaptor.variants import family_variants
 
 FAST = {"max_steps": 150, "eval_every": 10, "patience": 60, "batch_size": 32}
 

@@ -11,7 +11,6 @@ import pytest
 
 from search_adaptor.cli import main
 from search_adaptor.data import DataError, iter_corpus
-from search_adaptor.embed import encoder_info
 from search_adaptor.index import AdaptedIndex
 from search_adaptor.model import CompatibilityError
 from search_adaptor.pipeline import (
@@ -184,7 +183,7 @@ def test_cli_transform_prints_what_it_did(base, tmp_path, capsys):
     )
     assert "none.npy: file not found" in capsys.readouterr().err
     assert main(["transform", str(src), "--adapter", str(tmp_path / "a"), "--out", "x", "--rows", "0"]) == 2
-    assert "--rows must be positive" in capsys.readouterr().err
+    assert "--rows: must be a positive int, got 0" in capsys.readouterr().err
 
 
 # -- Ray: a local cluster on loopback, started once for this module ---------------------------------------
@@ -222,7 +221,7 @@ def test_ray_and_local_indexes_of_a_corpus_are_identical(tmp_path, ray_cluster, 
     from search_adaptor.encoders.local import SentenceTransformerEncoder
 
     ids = write_corpus(tmp_path / "data", 120)
-    make_adapter(384, info=encoder_info(SentenceTransformerEncoder())).save(tmp_path / "a")
+    make_adapter(384, info=SentenceTransformerEncoder().info()).save(tmp_path / "a")
     common = ["--adapter", str(tmp_path / "a"), "--cache", str(tmp_path / "cache"), "--rows", "50", "--quiet"]
     assert main(["index", str(tmp_path / "data"), *common, "--out", str(tmp_path / "local")]) == 0
     assert "120 texts sent" in capsys.readouterr().out

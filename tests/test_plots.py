@@ -15,7 +15,7 @@ import torch
 from search_adaptor import plots
 from search_adaptor.data import Dataset
 from search_adaptor.embed import Embeddings
-from search_adaptor.experiment import run_fit
+from search_adaptor.experiment import Run, run_fit
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.plots import (
     plot_data_efficiency,
@@ -23,7 +23,7 @@ from search_adaptor.plots import (
     plot_similarity,
     similarity_samples,
 )
-from search_adaptor.report import write_report
+from search_adaptor.report import save_run
 
 needs_matplotlib = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed"
@@ -100,18 +100,17 @@ def _synthetic_dataset(
     return dataset, emb
 
 
-def _fit(synthetic: dict, tmp_path: Path, kfold: bool = False) -> tuple[dict, object, Path]:
+def _fit(synthetic: dict, tmp_path: Path, kfold: bool = False) -> tuple[dict, Run, Path]:
     splits = {"test": slice(None)} if kfold else {"train": slice(0, 120), "test": slice(120, None)}
     dataset, emb = _synthetic_dataset(synthetic, tmp_path, splits)
     out = tmp_path / "out"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report, selection = run_fit(dataset, emb, folds=2, overrides=QUICK, out_dir=out)
+        run = run_fit(dataset, emb, folds=2, overrides=QUICK)
     finally:
         torch.set_num_threads(threads)
-    write_report(out, report)
-    return report, selection, out
+    return save_run(run, out), run, out
 
 
 def _markdown(out: Path) -> str:
@@ -120,9 +119,9 @@ def _markdown(out: Path) -> str:
 
 @needs_matplotlib
 def test_fit_writes_and_links_its_figures(synthetic: dict, tmp_path: Path) -> None:
-    report, selection, out = _fit(synthetic, tmp_path)
+    report, run, out = _fit(synthetic, tmp_path)
     assert report["protocol"] == "test"
-    assert set(selection.histories) == {c["variant"] for c in selection.candidates}
+    assert set(run.histories) == {c["variant"] for c in report["validation"]["candidates"]}
     assert report["plots"] == {
         "similarity": "plots/similarity.png",
         "learning_curves": "plots/learning_curves.png",
@@ -140,11 +139,11 @@ def test_fit_writes_and_links_its_figures(synthetic: dict, tmp_path: Path) -> No
 
 @needs_matplotlib
 def test_kfold_fit_says_its_similarity_queries_were_seen_in_training(synthetic: dict, tmp_path: Path) -> None:
-    report, selection, out = _fit(synthetic, tmp_path, kfold=True)
+    report, run, out = _fit(synthetic, tmp_path, kfold=True)
     assert report["protocol"] == "kfold"
     assert set(report["plots"]) == {"similarity", "learning_curves"}
     assert all(_is_png(out / rel) for rel in report["plots"].values())
-    assert set(selection.histories) == {c["variant"] for c in report["validation"]["candidates"]}
+    assert set(run.histories) == {c["variant"] for c in report["validation"]["candidates"]}
     assert "which the saved adapter was trained on" in _markdown(out)
 
 
@@ -175,6 +174,6 @@ def test_a_failing_plot_warns_and_the_fit_goes_on(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "search-adaptor: warning: learning_curves plot failed (RuntimeError: no room on the canvas); "
-        "the fit goes on without it"
+        "the run goes on without it"
     ]
     assert "(plots/similarity.png)" in _markdown(out) and "learning_curves" not in _markdown(out)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from search_adaptor.cli import main
-from search_adaptor.embed import encoder_info
 from search_adaptor.index import AdaptedIndex
 from test_index import make_adapter
 from test_store import CountingEncoder
@@ -23,7 +22,7 @@ KEY = "s3cret-key"
 @pytest.fixture(scope="module")
 def index(synthetic) -> AdaptedIndex:
     enc = CountingEncoder(dim=16, nan_on="make it fail")
-    info = encoder_info(enc)
+    info = enc.info()
     adapter = make_adapter(info=info, mode="separate")
     return AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], info, encoder=enc)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from search_adaptor.encoders.base import Encoder, EncoderError
-from search_adaptor.store import EmbeddingStore, StoreStats, default_cache_dir
+from search_adaptor.files import default_cache_dir
+from search_adaptor.store import EmbeddingStore, StoreStats
 
 
 class CountingEncoder(Encoder):

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SearchAdaptor": "search_adaptor.model",
-    "select": "search_adaptor.training",
+    "select": "search_adaptor.experiment",
     "load_beir": "search_adaptor.data",
     "evaluate": "search_adaptor.metrics",
     "EmbeddingStore": "search_adaptor.store",

@@ -1,533 +1,291 @@
-"""``search-adaptor`` command line. Heavy modules (torch, models) load only inside the commands."""
+"""``search-adaptor`` command line: argparse and printing only; every command is one library call.
+
+Heavy modules (numpy, torch, models) load only inside the commands, so ``--help`` starts instantly.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-FAMILY_CHOICES = (
-    "auto",
-    "paper",
-    "paper-default",
-    "paper-alpha",
-    "query-only",
-    "query-only-ranking",
-    "linear",
-    "shared-infonce",
-    "linear-random",
-    "shared-random",
-)
-PROVIDER_CHOICES = (
-    "sentence-transformers",
-    "openai",
-    "azure-openai",
-    "openai-compatible",
-    "gemini",
-    "vertex",
-    "cohere",
-    "voyage",
-)
+from search_adaptor import __version__
+from search_adaptor.encoders import LOCAL, PROVIDERS
+from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, FAMILY_CHOICES, MAX_STEPS
 
 
 def _eprint(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _add_encoder_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("embeddings")
-    g.add_argument("--provider", default="sentence-transformers", choices=PROVIDER_CHOICES)
-    g.add_argument(
-        "--model",
-        default=None,
-        help="model id (default for sentence-transformers: sentence-transformers/all-MiniLM-L6-v2)",
-    )
-    g.add_argument("--base-url", default=None, help="API root for openai-compatible / self-hosted endpoints")
-    g.add_argument("--dimensions", type=int, default=None, help="shorter output vectors, where supported")
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="texts per batch (default: the provider's maximum per request)",
-    )
-    g.add_argument(
-        "--max-concurrency", type=int, default=None, help="API requests in flight at once (default 4)"
-    )
-    g.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        help="seconds to wait for one API reply before retrying (default 60)",
-    )
-    g.add_argument(
-        "--embeddings",
-        default=None,
-        metavar="DIR",
-        help="precomputed vectors: DIR/queries.{npz,parquet} and DIR/corpus.{npz,parquet}",
-    )
-    g.add_argument(
-        "--cache",
-        default=None,
-        metavar="DIR",
-        help="embedding store (default: $SEARCH_ADAPTOR_CACHE or the user cache dir)",
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bars or per-candidate lines")
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        with contextlib.suppress(ValueError):
+            if 0 < (value := kind(text)) < float("inf"):
+                return value
+        raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text}")
+
+    return parse
 
 
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine")
-    g.add_argument(
-        "--engine",
-        default="local",
-        choices=("local", "ray"),
-        help="local: stream in chunks on this machine (default); ray: Ray Data map_batches stages",
-    )
-    g.add_argument(
-        "--ray-address",
-        default=None,
-        metavar="ADDR",
-        help="Ray cluster to use (e.g. ray://head:10001 or auto); default: start a local one on loopback",
-    )
-    g.add_argument(
-        "--rows", type=int, default=65536, help="rows per chunk and per Parquet shard (default 65536)"
-    )
+_positive_int, _positive_float = _positive(int), _positive(float)
+
+
+Arg = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def A(*flags: str, **options: Any) -> Arg:
+    """One ``add_argument`` call, as data."""
+    return flags, options
+
+
+_OUTPUT = A("-o", "--output", choices=("table", "json"), default="table")
+_ADAPTER = A("--adapter", required=True, metavar="ADAPTER_DIR")
+_DATA = A("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
+_ENCODER = [
+    A("--provider", default=LOCAL, choices=PROVIDERS),
+    A("--model", help=f"model id (default for {LOCAL}: sentence-transformers/all-MiniLM-L6-v2)"),
+    A("--base-url", help="API root for openai-compatible / self-hosted endpoints"),
+    A("--dimensions", type=_positive_int, help="shorter output vectors, where supported"),
+    A("--batch-size", type=_positive_int, help="texts per batch (default: the provider's max)"),
+    A("--max-concurrency", type=_positive_int, help="API requests in flight (default 4)"),
+    A("--timeout", type=_positive_float, help="seconds to wait for one API reply (default 60)"),
+    A("--embeddings", metavar="DIR", help="precomputed DIR/{queries,corpus}.{npz,parquet}"),
+    A("--cache", metavar="DIR", help="embedding store ($SEARCH_ADAPTOR_CACHE or user cache)"),
+    A("--quiet", action="store_true", help="no progress bars or per-candidate lines"),
+]
+_ENGINE = [
+    A("--engine", default="local", choices=("local", "ray"), help="local (default) or Ray Data"),
+    A("--ray-address", metavar="ADDR", help="Ray cluster (ray://head:10001, auto); default: local"),
+    A("--rows", type=_positive_int, help="rows per chunk and shard"),
+]
+#: command -> its arguments; "embeddings" and "engine" add those shared groups. Help: the docstrings.
+_COMMANDS: dict[str, list[Arg | str]] = {
+    "fit": [
+        _DATA,
+        A("--out", required=True, metavar="OUT_DIR", help="for report.json/md and adapter/"),
+        A("--family", default=DEFAULT_FAMILY, choices=FAMILY_CHOICES, help="variants to train"),
+        A("--seed", type=int, default=0),
+        A("--folds", type=int, default=DEFAULT_FOLDS, help="k without a train split"),
+        A("--max-steps", type=_positive_int, help=f"steps per variant (default {MAX_STEPS})"),
+        _OUTPUT,
+        "embeddings",
+    ],
+    "evaluate": [_DATA, _ADAPTER, A("--split", default="test"), A("--out"), _OUTPUT, "embeddings"],
+    "embed": [_DATA, A("--dry-run", action="store_true", help="say what would be sent"), "embeddings"],
+    "index": [
+        A("data", metavar="DATA_DIR", help="BEIR folder, or corpus.jsonl[.gz] / .parquet"),
+        _ADAPTER,
+        A("--out", required=True, metavar="INDEX_DIR"),
+        A("--backend", default="flat", choices=("flat", "hnsw"), help="hnsw: approximate"),
+        "engine",
+        "embeddings",
+    ],
+    "transform": [
+        A("vectors", metavar="VECTORS", help="base vectors: .npy, .parquet or a folder of them"),
+        _ADAPTER,
+        A("--out", required=True, metavar="OUT", help="OUT.npy, OUT.parquet or a folder"),
+        A("--id-column", default="id", help="Parquet id column (default id)"),
+        A("--vector-column", default="vector", help="Parquet vector column (default vector)"),
+        "engine",
+    ],
+    "search": [A("index", metavar="INDEX_DIR"), A("query"), A("-k", type=_positive_int, default=10), _OUTPUT],
+    "serve": [
+        A("index", metavar="INDEX_DIR"),
+        A("--host", default="127.0.0.1", help="address to bind (default: loopback only)"),
+        A("--port", type=int, default=8000),
+        A("--api-key-env", metavar="VAR", help="require Bearer <key>, the key read from VAR"),
+        A("--threads", type=_positive_int, metavar="N", help="CPU threads (1 when shared)"),
+    ],
+    "export": [
+        A("adapter", metavar="ADAPTER_DIR"),
+        A("--out", required=True, metavar="DIR"),
+        A("--format", required=True, choices=("onnx", "sentence-transformers")),
+    ],
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"search-adaptor: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="search-adaptor",
         description="Train Search-Adaptor embedding adapters on your labelled queries and prove they help.",
     )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    fit = sub.add_parser("fit", help="embed, train, select and evaluate an adapter; write report + adapter")
-    fit.add_argument("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
-    fit.add_argument("--out", required=True, metavar="OUT_DIR", help="where report.json/md and adapter/ go")
-    fit.add_argument(
-        "--family",
-        default="auto",
-        choices=FAMILY_CHOICES,
-        help="which variants to train; auto keeps the best on validation (default)",
-    )
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--folds", type=int, default=5, help="k for datasets without a train split (default 5)")
-    fit.add_argument("--max-steps", type=int, default=None, help="step budget per variant (default 2000)")
-    fit.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    _add_encoder_args(fit)
-
-    ev = sub.add_parser("evaluate", help="score a saved adapter (and zero-shot) on a dataset split")
-    ev.add_argument("data", metavar="DATA_DIR")
-    ev.add_argument("--adapter", required=True, metavar="ADAPTER_DIR")
-    ev.add_argument("--split", default="test")
-    ev.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    _add_encoder_args(ev)
-
-    emb = sub.add_parser("embed", help="embed a dataset into the store (only what is not cached yet)")
-    emb.add_argument("data", metavar="DATA_DIR")
-    emb.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print cached / to-send counts and estimated tokens; send nothing",
-    )
-    _add_encoder_args(emb)
-
-    idx = sub.add_parser("index", help="embed a corpus, adapt it and write a searchable index folder")
-    idx.add_argument(
-        "data",
-        metavar="DATA_DIR",
-        help="BEIR-layout folder, or its corpus file (corpus.jsonl[.gz] or a Parquet file with _id, text)",
-    )
-    idx.add_argument("--adapter", required=True, metavar="ADAPTER_DIR")
-    idx.add_argument("--out", required=True, metavar="INDEX_DIR")
-    idx.add_argument(
-        "--backend",
-        default="flat",
-        choices=("flat", "hnsw"),
-        help="flat: exact inner product (default); hnsw: approximate, faster on large corpora",
-    )
-    _add_engine_args(idx)
-    _add_encoder_args(idx)
-
-    tf = sub.add_parser(
-        "transform",
-        help="adapt document vectors you already have (.npy / Parquet), streaming, into a new file",
-    )
-    tf.add_argument(
-        "vectors",
-        metavar="VECTORS",
-        help="base document vectors of the adapter's encoder: .npy, .parquet, or a folder of .parquet",
-    )
-    tf.add_argument("--adapter", required=True, metavar="ADAPTER_DIR")
-    tf.add_argument(
-        "--out", required=True, metavar="OUT", help="OUT.npy, OUT.parquet, or a folder of Parquet shards"
-    )
-    tf.add_argument("--id-column", default="id", help="Parquet id column (default id)")
-    tf.add_argument("--vector-column", default="vector", help="Parquet vector column (default vector)")
-    _add_engine_args(tf)
-
-    srch = sub.add_parser("search", help="search an index folder with one query")
-    srch.add_argument("index", metavar="INDEX_DIR")
-    srch.add_argument("query", help="query text")
-    srch.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    srch.add_argument("-o", "--output", choices=("table", "json"), default="table")
-
-    srv = sub.add_parser("serve", help="serve an index folder over HTTP (POST /search, /embed; GET /health)")
-    srv.add_argument("index", metavar="INDEX_DIR")
-    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument(
-        "--api-key-env",
-        default=None,
-        metavar="VAR",
-        help="require Authorization: Bearer <key>, the key read from environment variable VAR",
-    )
-    srv.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU threads for the model, adapter and FAISS (default: all cores); 1 avoids stalls on shared "
-        "or CPU-limited machines",
-    )
-
-    exp = sub.add_parser("export", help="export an adapter as ONNX or as a sentence-transformers model")
-    exp.add_argument("adapter", metavar="ADAPTER_DIR")
-    exp.add_argument("--out", required=True, metavar="DIR")
-    exp.add_argument("--format", required=True, choices=("onnx", "sentence-transformers"))
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    groups = {"embeddings": _ENCODER, "engine": _ENGINE}
+    for name, arguments in _COMMANDS.items():
+        cmd = sub.add_parser(name, help=globals()[f"_cmd_{name}"].__doc__)
+        for arg in arguments:
+            target = cmd.add_argument_group(arg) if isinstance(arg, str) else cmd
+            for flags, options in groups[arg] if isinstance(arg, str) else [arg]:
+                target.add_argument(*flags, **options)
     return parser
 
 
 def _encoder(args: argparse.Namespace) -> Any:
-    from search_adaptor.encoders.registry import LOCAL, make_encoder
+    from search_adaptor.encoders.registry import make_encoder
 
-    for flag, value in (
-        ("--batch-size", args.batch_size),
-        ("--max-concurrency", args.max_concurrency),
-        ("--timeout", args.timeout),
-    ):
-        if value is not None:
-            _positive(flag, value)
-    options = {} if args.timeout is None else {"timeout": args.timeout}
-    if options and args.provider == LOCAL:
+    if args.timeout is not None and args.provider == LOCAL:
         raise ValueError("--timeout applies to API providers only")
+    options = {k: getattr(args, k) for k in ("base_url", "dimensions", "batch_size", "max_concurrency")}
     return make_encoder(
-        args.provider,
-        args.model,
-        base_url=args.base_url,
-        dimensions=args.dimensions,
-        batch_size=args.batch_size,
-        max_concurrency=args.max_concurrency,
-        **options,
+        args.provider, args.model, **options, **({"timeout": args.timeout} if args.timeout else {})
     )
 
 
-def _embeddings(args: argparse.Namespace, dataset: Any) -> Any:
+def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> Any:
+    from search_adaptor.experiment import embeddings_for
+
     if args.embeddings:
-        from search_adaptor.embed import load_precomputed
-
-        return load_precomputed(dataset, args.embeddings, model=args.model)
-    from search_adaptor.embed import embed_dataset
-
-    return embed_dataset(dataset, _encoder(args), args.cache, progress=not args.quiet)
+        return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, adapter=adapter)
+    return embeddings_for(
+        dataset, _encoder(args), cache_dir=args.cache, progress=not args.quiet, adapter=adapter
+    )
 
 
-def _print_metrics(report: dict[str, Any], output: str) -> None:
+def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> None:
     if output == "json":
         print(json.dumps(report, indent=2))
         return
     from search_adaptor.report import metrics_table
 
+    how = report["test_split"] if report["protocol"] == "evaluate" else report["protocol"]
+    n, selected = report["n_test_queries"], report["selected"]
+    print(f"{report['dataset']} ({how}, {n} held-out queries) selected: {selected}")
     print("\n".join(metrics_table(report["metrics"], list(report["metrics"]["zero-shot"]))))
+    where = f"; report: {os.path.join(os.path.abspath(out_dir), 'report.md')}" if out_dir else ""
+    print(f"paired randomization test on ndcg@10: p = {report['significance']['p_value']:.4g}{where}")
 
 
-def _cmd_fit(args: argparse.Namespace) -> int:
+def _cmd_fit(args: argparse.Namespace) -> None:
+    """embed, train, select and evaluate an adapter; write report + adapter"""
     from search_adaptor.data import load_beir
     from search_adaptor.experiment import run_fit
-    from search_adaptor.report import write_report
+    from search_adaptor.report import save_run
 
     dataset = load_beir(args.data)
     emb = _embeddings(args, dataset)
     log = (lambda _m: None) if args.quiet or args.output == "json" else _eprint
-    log(
-        f"{dataset.name}: {len(dataset.doc_ids)} docs, {len(dataset.queries)} queries; "
-        f"embedded in {emb.embed_s:.1f} s ({emb.stats.encoded} texts sent, {emb.stats.cached} cached)"
-    )
+    log(f"{dataset.name}: {len(dataset.doc_ids)} docs, {len(dataset.queries)} queries; {emb.describe()}")
     overrides = {"max_steps": args.max_steps} if args.max_steps else None
-    out = os.path.abspath(args.out)
-    report, selection = run_fit(
-        dataset,
-        emb,
-        family=args.family,
-        seed=args.seed,
-        folds=args.folds,
-        overrides=overrides,
-        log=log,
-        out_dir=out,
-    )
-    report["adapter"] = os.path.join(out, "adapter")
-    test = {"protocol": report["protocol"], **report["metrics"]}
-    selection.adapter.save(os.path.join(out, "adapter"), extra={"test": test, "selected": report["selected"]})
-    write_report(out, report)
-    if args.output == "table":
-        print(
-            f"{report['dataset']} ({report['protocol']}, {report['n_test_queries']} held-out queries) "
-            f"selected: {report['selected']}"
-        )
-    _print_metrics(report, args.output)
-    if args.output == "table":
-        p = report["significance"]["p_value"]
-        print(f"paired randomization test on ndcg@10: p = {p:.4g}; report: {os.path.join(out, 'report.md')}")
-    return 0
+    run = run_fit(dataset, emb, args.family, args.seed, args.folds, overrides=overrides, log=log)
+    _print_report(save_run(run, args.out), args.output, args.out)
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    """score a saved adapter (and zero-shot) on a dataset split; --out also writes its report"""
     from search_adaptor.data import load_beir
-    from search_adaptor.experiment import evaluate_embeddings
-    from search_adaptor.metrics import paired_test
+    from search_adaptor.experiment import run_evaluate
     from search_adaptor.model import SearchAdaptor
+    from search_adaptor.report import save_run
 
     adapter = SearchAdaptor.load(args.adapter)
     dataset = load_beir(args.data)
-    qrels = dataset.split(args.split)
-    emb = _embeddings(args, dataset)
-    adapter.check_encoder(emb.encoder["fingerprint"], emb.dim)
-    zs, zq, _ = evaluate_embeddings(emb, qrels)
-    ad, aq, _ = evaluate_embeddings(emb, qrels, adapter)
-    report = {
-        "dataset": dataset.name,
-        "model": emb.encoder["model"],
-        "split": args.split,
-        "n_queries": len(zq["ndcg@10"]),
-        "adapter": os.path.abspath(args.adapter),
-        "metrics": {"zero-shot": zs, "adapted": ad},
-        "significance": {"metric": "ndcg@10", "p_value": paired_test(aq["ndcg@10"], zq["ndcg@10"])},
-    }
-    if args.output == "table":
-        print(f"{dataset.name} / {args.split} ({report['n_queries']} queries), adapter {args.adapter}")
-    _print_metrics(report, args.output)
-    return 0
+    run = run_evaluate(dataset, _embeddings(args, dataset, adapter), adapter, args.split)
+    _print_report(save_run(run, args.out) if args.out else run.report, args.output, args.out)
 
 
-def _cmd_embed(args: argparse.Namespace) -> int:
-    """Embed a dataset into the store, or with ``--dry-run`` say what that would send, sending nothing."""
+def _cmd_embed(args: argparse.Namespace) -> None:
+    """embed a dataset into the store (only what is not cached yet)"""
     from search_adaptor.data import load_beir
+    from search_adaptor.embed import embed_dataset, plan_embedding
 
     if args.embeddings:
         raise ValueError("embed: --embeddings brings vectors already made; there is nothing to embed")
-    dataset = load_beir(args.data)
-    encoder = _encoder(args)
+    dataset, encoder = load_beir(args.data), _encoder(args)
     if args.dry_run:
-        from search_adaptor.encoders.http import CHARS_PER_TOKEN, estimate_tokens, prepare_texts
-        from search_adaptor.store import EmbeddingStore
-
-        by_kind = {"query": list(dataset.queries.values()), "document": dataset.doc_texts}
-        with EmbeddingStore(encoder, args.cache) as store:
-            todo = {kind: store.missing(kind, texts) for kind, texts in by_kind.items()}
-        unique = sum(len(set(texts)) for texts in by_kind.values())
-        n_todo = sum(len(texts) for texts in todo.values())
-        # tokens of the texts as the encoder sends them: with its prompts, cut to its max_chars
-        max_chars = getattr(encoder, "max_chars", None)
-        tokens = sum(
-            estimate_tokens(text)
-            for kind, texts in todo.items()
-            for text in prepare_texts([getattr(encoder, f"{kind}_prompt", "") + t for t in texts], max_chars)
-        )
-        print(
-            f"{dataset.name} with {encoder.fingerprint}: {unique - n_todo} texts cached, {n_todo} would be "
-            f"sent (~{tokens} tokens, estimated at {CHARS_PER_TOKEN:g} characters per token)"
-        )
-        return 0
-    from search_adaptor.embed import embed_dataset
-
-    emb = embed_dataset(dataset, encoder, args.cache, progress=not args.quiet)
-    retries = f", {encoder.retries} retries" if hasattr(encoder, "retries") else ""
-    print(
-        f"{dataset.name}: {emb.stats.encoded} texts embedded, {emb.stats.cached} already cached "
-        f"({emb.dim}-d, {emb.embed_s:.1f} s{retries})"
-    )
-    return 0
+        print(plan_embedding(dataset, encoder, args.cache).describe())
+    else:
+        emb = embed_dataset(dataset, encoder, args.cache, not args.quiet)
+        print(f"{dataset.name}: {emb.describe(getattr(encoder, 'retries', None))}")
 
 
-def _cmd_index(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from search_adaptor.index import AdaptedIndex, import_faiss
+def _cmd_index(args: argparse.Namespace) -> None:
+    """embed a corpus, adapt it and write a searchable index folder"""
+    from search_adaptor.data import load_beir
+    from search_adaptor.index import build_index, import_faiss
     from search_adaptor.model import SearchAdaptor
-    from search_adaptor.pipeline import embed_and_adapt
 
     import_faiss()  # fail before embedding anything
-    _positive("--rows", args.rows)
     adapter = SearchAdaptor.load(args.adapter)
-    if args.embeddings:
-        from search_adaptor.data import load_beir
-
-        dataset = load_beir(args.data)
-        emb = _embeddings(args, dataset)
-        index = AdaptedIndex.from_vectors(adapter, emb.doc_ids, emb.corpus, emb.encoder, backend=args.backend)
-        out = index.save(args.out)
-        print(
-            f"{index.n_docs} documents indexed ({args.backend}, {index.dim}-d, mode {adapter.mode}) in {out}"
-        )
-        return 0
-    from search_adaptor.embed import encoder_info
-
-    encoder = _encoder(args)
-    target = Path(args.out).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as staging:
-        shards = Path(staging) / "vectors"
-        stats = embed_and_adapt(
-            args.data,
-            encoder,
-            adapter,
-            shards,
-            engine=args.engine,
-            cache_dir=args.cache,
-            rows=args.rows,
-            ray_address=args.ray_address,
-            progress=not args.quiet,
-        )
-        index = AdaptedIndex.from_shards(
-            adapter, shards, encoder_info(encoder), backend=args.backend, encoder=encoder
-        )
-        out = index.save(target, vectors=shards)
-    sent = f"; {stats.texts_embedded} texts sent to the encoder" if args.engine == "local" else ""
-    print(
-        f"{index.n_docs} documents indexed ({args.engine} engine, {args.backend}, {index.dim}-d, adapter "
-        f"mode {adapter.mode}) in {out} ({stats.seconds:.1f} s{sent})"
+    source = _embeddings(args, load_beir(args.data), adapter) if args.embeddings else args.data
+    encoder = None if args.embeddings else _encoder(args)
+    options = {k: getattr(args, k) for k in ("engine", "backend", "rows", "ray_address")}
+    index, stats = build_index(
+        source, encoder, adapter, args.out, cache_dir=args.cache, progress=not args.quiet, **options
     )
-    return 0
+    how = f"{stats.engine} engine, {args.backend}, {index.dim}-d, adapter mode {adapter.mode}"
+    print(f"{index.n_docs} documents indexed ({how}) in {os.path.abspath(args.out)} ({stats.timing()})")
 
 
-def _cmd_transform(args: argparse.Namespace) -> int:
+def _cmd_transform(args: argparse.Namespace) -> None:
+    """adapt document vectors you already have (.npy / Parquet), streaming"""
     from search_adaptor.model import SearchAdaptor
     from search_adaptor.pipeline import transform_vectors
 
-    _positive("--rows", args.rows)
-    stats = transform_vectors(
-        args.vectors,
-        SearchAdaptor.load(args.adapter),
-        args.out,
-        engine=args.engine,
-        rows=args.rows,
-        id_column=args.id_column,
-        vector_column=args.vector_column,
-        ray_address=args.ray_address,
-    )
+    options = {k: getattr(args, k) for k in ("engine", "rows", "id_column", "vector_column", "ray_address")}
+    stats = transform_vectors(args.vectors, SearchAdaptor.load(args.adapter), args.out, **options)
+    rate = stats.rows / max(stats.seconds, 1e-9)
     print(
         f"{stats.rows} vectors ({stats.dim}-d) adapted with the {stats.engine} engine into {args.out} "
-        f"in {stats.seconds:.1f} s ({stats.rows / max(stats.seconds, 1e-9):,.0f} rows/s)"
+        f"in {stats.seconds:.1f} s ({rate:,.0f} rows/s)"
     )
-    return 0
 
 
-def _positive(flag: str, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{flag} must be positive, got {value:g}")
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
+def _cmd_search(args: argparse.Namespace) -> None:
+    """search an index folder with one query"""
     from search_adaptor.index import AdaptedIndex
 
     hits = AdaptedIndex.load(args.index).search([args.query], k=args.k)[0]
     if args.output == "json":
         print(json.dumps([{"id": doc, "score": score} for doc, score in hits], indent=2))
-        return 0
+        return
     print("rank  score   id")
     for rank, (doc, score) in enumerate(hits, 1):
         print(f"{rank:>4}  {score:.4f}  {doc}")
-    return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    import ipaddress
-
+def _cmd_serve(args: argparse.Namespace) -> None:
+    """serve an index folder over HTTP (POST /search, /embed; GET /health)"""
     try:
-        import uvicorn
-
-        from search_adaptor.server import create_app
+        from search_adaptor.server import serve
     except ImportError as exc:
         raise RuntimeError(f"serve needs {exc.name}: pip install 'search-adaptor[serve]'") from exc
-    from search_adaptor.index import AdaptedIndex, import_faiss
-
-    key = None
-    if args.api_key_env:
-        key = os.environ.get(args.api_key_env, "").strip()
-        if not key:
-            raise ValueError(
-                f"--api-key-env {args.api_key_env}: that environment variable is empty; "
-                "set it to the key clients will send"
-            )
-    try:
-        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = False
-    if not key and not loopback:
-        _eprint(
-            f"search-adaptor: warning: serving on {args.host} without an API key; anyone who can reach it "
-            "can search (use --api-key-env)"
-        )
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
-        import_faiss().omp_set_num_threads(args.threads)
-    index = AdaptedIndex.load(args.index)
-    app = create_app(index, api_key=key)
-    _eprint(
-        f"search-adaptor: serving {index.n_docs} documents on http://{args.host}:{args.port} "
-        f"(OpenAPI docs at /docs{'; API key required' if key else ''})"
-    )
-    uvicorn.run(app, host=args.host, port=args.port)
-    return 0
+    serve(args.index, args.host, args.port, args.api_key_env, args.threads)
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    try:
-        from search_adaptor.export import export_onnx, export_sentence_transformers
+def _cmd_export(args: argparse.Namespace) -> None:
+    """export an adapter as ONNX or as a sentence-transformers model"""
+    from search_adaptor.export import export
 
-        export = export_onnx if args.format == "onnx" else export_sentence_transformers
-        out = export(args.adapter, args.out)
-    except ImportError as exc:
-        extra = "onnx" if args.format == "onnx" else "local"
-        raise RuntimeError(f"export needs {exc.name}: pip install 'search-adaptor[{extra}]'") from exc
+    out = export(args.adapter, args.out, args.format)
     print(f"{args.format} export of {args.adapter} written to {out} and checked against the adapter")
-    return 0
-
-
-COMMANDS = {
-    "fit": _cmd_fit,
-    "evaluate": _cmd_evaluate,
-    "embed": _cmd_embed,
-    "index": _cmd_index,
-    "transform": _cmd_transform,
-    "search": _cmd_search,
-    "serve": _cmd_serve,
-    "export": _cmd_export,
-}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends in one ``search-adaptor: error: ...`` line and exit status 2."""
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.version:
-        from search_adaptor import __version__
-
-        print(__version__)
-        return 0
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed as one line
+        return int(exc.code or 0)
     if not args.command:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        globals()[f"_cmd_{args.command}"](args)
+        return 0
     except KeyboardInterrupt:
         _eprint("search-adaptor: interrupted (embeddings finished so far are kept in the store)")
         return 130

@@ -13,7 +13,6 @@ Only the standard library is imported, so importing this module is cheap.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
@@ -22,12 +21,17 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search_adaptor.files import Staged, default_cache_dir
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "BEIR_MD5",
@@ -37,7 +41,7 @@ __all__ = [
     "Dataset",
     "kfold",
     "load_beir",
-    "train_val_split",
+    "validation_split",
 ]
 
 log = logging.getLogger(__name__)
@@ -246,10 +250,10 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         ) from None
 
 
-def _records(path: Path, what: str) -> Iterator[tuple[int, str, dict]]:
-    """Yield ``(line number, id, object)`` for each JSON line, checking the ``_id`` and ``text`` fields.
+def _records(path: Path, what: str) -> Iterator[tuple[int, str, str]]:
+    """Yield ``(line number, id, text)`` for each JSON line, checked by :func:`record`.
 
-    ``what`` names the kind of record ("corpus", "query") in messages.
+    ``what`` names the kind of record ("corpus", "query") in messages; ids must be unique.
     """
     seen: set[str] = set()
     for lineno, line in _lines(path):
@@ -261,47 +265,59 @@ def _records(path: Path, what: str) -> Iterator[tuple[int, str, dict]]:
                 f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
                 "each line must be one JSON object"
             ) from None
-        if not isinstance(obj, dict):
-            raise DataError(
-                f"{where}: expected a JSON object, got {type(obj).__name__} "
-                f'(each {what} line is {{"_id": ..., "text": ...}})'
-            )
-        for field in ("_id", "text"):
-            if field not in obj:
-                raise DataError(
-                    f'{where}: missing field "{field}" (every {what} line needs "_id" and "text")'
-                )
-        raw_id = obj["_id"]
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
-            raise DataError(
-                f'{where}: field "_id" must be a non-empty string or integer, got {json.dumps(raw_id)}'
-            )
-        rid = str(raw_id)
-        if rid in seen:
-            raise DataError(
-                f'{where}: duplicate "_id" {_quote(rid)} '
-                "(already used on an earlier line; ids must be unique)"
-            )
-        seen.add(rid)
-        if not isinstance(obj["text"], str):
-            raise DataError(
-                f'{where}: field "text" must be a string, got {json.dumps(obj["text"])[:40]} '
-                f'(use "" for an empty text)'
-            )
-        yield lineno, rid, obj
+        rid, text = record(obj, where, what)
+        _check_unique(rid, seen, where)
+        yield lineno, rid, text
+
+
+def record(obj: Any, where: str, what: str = "corpus") -> tuple[str, str]:
+    """``(id, text to embed)`` of one BEIR record, every field checked; the one rule for every format.
+
+    A record is an object with ``"_id"`` (a non-empty string or integer) and ``"text"`` (a string);
+    a corpus record may have ``"title"`` (a string or null), and its text to embed is then
+    ``(title + " " + text).strip()``, exactly as BEIR builds it, so embedding caches keyed on the
+    text are shared with BEIR-based tooling. ``where`` (file and line or row) starts every message.
+    """
+    if not isinstance(obj, dict):
+        raise DataError(
+            f"{where}: expected a JSON object, got {type(obj).__name__} "
+            f'(each {what} line is {{"_id": ..., "text": ...}})'
+        )
+    for field in ("_id", "text"):
+        if field not in obj:
+            raise DataError(f'{where}: missing field "{field}" (every {what} line needs "_id" and "text")')
+    raw_id = obj["_id"]
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
+        raise DataError(
+            f'{where}: field "_id" must be a non-empty string or integer, got {json.dumps(raw_id)}'
+        )
+    text = obj["text"]
+    if not isinstance(text, str):
+        raise DataError(
+            f'{where}: field "text" must be a string, got {json.dumps(text)[:40]} (use "" for an empty text)'
+        )
+    if what != "corpus":
+        return str(raw_id), text
+    title = obj.get("title")
+    if title is None:
+        title = ""
+    elif not isinstance(title, str):
+        raise DataError(f'{where}: field "title" must be a string or null, got {json.dumps(title)[:40]}')
+    return str(raw_id), (title + " " + text).strip()
+
+
+def _check_unique(rid: str, seen: set[str], where: str) -> None:
+    if rid in seen:
+        raise DataError(
+            f'{where}: duplicate "_id" {_quote(rid)} (already used on an earlier line; ids must be unique)'
+        )
+    seen.add(rid)
 
 
 def _corpus_rows(path: Path) -> Iterator[tuple[str, str]]:
-    """``(doc id, text to embed)`` per line, the text being ``(title + " " + text).strip()`` as in BEIR."""
-    for lineno, did, obj in _records(path, "corpus"):
-        title = obj.get("title")
-        if title is None:
-            title = ""
-        elif not isinstance(title, str):
-            raise DataError(
-                f'{path}:{lineno}: field "title" must be a string or null, got {json.dumps(title)[:40]}'
-            )
-        yield did, (title + " " + obj["text"]).strip()
+    """``(doc id, text to embed)`` per line of a JSON Lines corpus."""
+    for _, did, text in _records(path, "corpus"):
+        yield did, text
 
 
 def _no_documents(path: Path) -> DataError:
@@ -365,6 +381,8 @@ def _batched(pairs: Iterator[tuple[str, str]], rows: int) -> Iterator[tuple[list
 
 
 def _parquet_corpus(path: Path, rows: int) -> Iterator[tuple[list[str], list[str]]]:
+    """Chunks of a Parquet corpus (``_id`` or ``id``, ``text``, optional ``title`` columns), every row
+    checked by :func:`record` as a JSON line would be."""
     import pyarrow.parquet as pq
 
     names = pq.ParquetFile(path).schema_arrow.names
@@ -373,17 +391,33 @@ def _parquet_corpus(path: Path, rows: int) -> Iterator[tuple[list[str], list[str
         if need not in names:
             raise DataError(f'{path}: no column "{need}" (a Parquet corpus needs "_id" and "text" columns)')
     columns = [id_col, "text", *(["title"] if "title" in names else [])]
+    seen: set[str] = set()
+    start = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
-        data = batch.to_pydict()
-        titles = data.get("title") or [None] * batch.num_rows
-        ids = [str(v) for v in data[id_col]]
-        texts = [((t or "") + " " + (x or "")).strip() for t, x in zip(titles, data["text"], strict=True)]
+        ids, texts = records_of_batch(batch, f"{path}", start, seen)
+        start += batch.num_rows
         yield ids, texts
+
+
+def records_of_batch(batch: Any, where: str, start: int, seen: set[str]) -> tuple[list[str], list[str]]:
+    """``(ids, texts)`` of an Arrow batch of corpus rows (``_id`` or ``id``, ``text``, ``title``), each
+    row checked by :func:`record` and ids kept unique across batches through ``seen``."""
+    rows = batch.to_pylist()
+    ids, texts = [], []
+    for i, row in enumerate(rows):
+        if "_id" not in row and "id" in row:
+            row["_id"] = row.pop("id")
+        at = f"{where} (row {start + i})"
+        did, text = record(row, at)
+        _check_unique(did, seen, at)
+        ids.append(did)
+        texts.append(text)
+    return ids, texts
 
 
 def _read_queries(path: Path) -> dict[str, str]:
     """Query id to text, for every query in the file (labelled or not)."""
-    queries = {qid: obj["text"] for _, qid, obj in _records(path, "query")}
+    queries = {qid: text for _, qid, text in _records(path, "query")}
     if not queries:
         raise DataError(
             f'{path}: no queries (the file is empty; add one JSON line per query with "_id", "text")'
@@ -479,33 +513,24 @@ def kfold(query_ids: Sequence[str], k: int = 5, seed: int = 0) -> list[tuple[lis
     return [(ids[: bounds[i]] + ids[bounds[i + 1] :], ids[bounds[i] : bounds[i + 1]]) for i in range(k)]
 
 
-def train_val_split(
-    query_ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0
+def validation_split(
+    labelled: Sequence[str], val_fraction: float, rng: np.random.Generator
 ) -> tuple[list[str], list[str]]:
-    """Deterministic shuffled split of queries into training and validation (early stopping) sets.
+    """(train, validation) query ids: the one rule every model and baseline early-stops and selects by.
 
-    Parameters
-    ----------
-    query_ids : sequence of str
-        At least two distinct query ids; their order does not matter.
-    val_fraction : float
-        Share of queries for validation, in (0, 1); rounded, then clamped so that both sides get
-        at least one query.
-    seed : int
-        Shuffle seed.
-
-    Returns
-    -------
-    (train_ids, val_ids)
+    ``labelled`` (sorted, at least 2 ids) is permuted with ``rng``; the first
+    ``round(val_fraction * n)`` ids of the permutation (at least 1, at most ``n - 1``) validate.
+    Both lists come back sorted. ``rng`` is the caller's generator, so a training run that draws
+    its split and then its batches from one seed stays reproducible.
     """
-    n = len(query_ids)
+    n = len(labelled)
     if n < 2:
-        raise ValueError(f"need at least 2 queries to split into train and validation, got {n}")
+        raise DataError(f"need at least 2 labelled queries to train and validate; got {n}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
-    ids = _shuffled(query_ids, seed)
-    n_val = min(max(round(n * val_fraction), 1), n - 1)
-    return ids[n_val:], ids[:n_val]
+    n_val = min(max(1, round(val_fraction * n)), n - 1)
+    chosen = {labelled[i] for i in rng.permutation(n)[:n_val]}
+    return [q for q in labelled if q not in chosen], sorted(chosen)
 
 
 # --------------------------------------------------------------------------- beir:NAME downloads
@@ -519,8 +544,6 @@ def _fetch_beir(name: str, cache_dir: Path | None, md5: str | None) -> Path:
         )
     expected = (md5 or BEIR_MD5.get(name, "")).lower()
     if cache_dir is None:
-        from search_adaptor.store import default_cache_dir
-
         cache_dir = default_cache_dir() / "datasets"
     cache_dir = Path(cache_dir)
     folder = cache_dir / name
@@ -570,29 +593,23 @@ def _download(url: str, dest: Path, expected_md5: str) -> None:
         ) from None
     except (urllib.error.URLError, OSError) as err:
         raise _unreachable(url, err) from None
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with Staged(dest) as staged, response, open(staged.path, "wb") as out:
         digest = hashlib.md5(usedforsecurity=False)
-        with response, os.fdopen(fd, "wb") as out:
-            while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as err:
-                    raise _unreachable(url, err) from None
-                if not chunk:
-                    break
-                digest.update(chunk)
-                out.write(chunk)
+        while True:
+            try:
+                chunk = response.read(_CHUNK)
+            except (OSError, http.client.HTTPException) as err:
+                raise _unreachable(url, err) from None
+            if not chunk:
+                break
+            digest.update(chunk)
+            out.write(chunk)
         got = digest.hexdigest()
         if got != expected_md5:
             raise DataError(
                 f"{dest}: md5 mismatch for {url}: expected {expected_md5}, got {got}; the partial file was "
                 f"removed (retry, or pass md5= if the published zip has changed)"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _unreachable(url: str, err: Exception) -> DataError:
@@ -605,13 +622,13 @@ def _unreachable(url: str, err: Exception) -> DataError:
 
 
 def _extract(zip_path: Path, folder: Path) -> None:
-    """Extract ``zip_path`` into ``folder`` atomically: into a temp dir first, then one rename.
+    """Extract ``zip_path`` into ``folder`` atomically (staged, then one rename).
 
     BEIR zips hold a single top folder (``scifact/corpus.jsonl``, ...); a zip with the files at its
     root is accepted too.
     """
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".extract"))
-    try:
+    with Staged(folder, folder=True) as staged:
+        tmp = staged.path / ".zip"
         try:
             with zipfile.ZipFile(zip_path) as archive:
                 archive.extractall(tmp)
@@ -627,12 +644,6 @@ def _extract(zip_path: Path, folder: Path) -> None:
             root = entries[0]
         else:
             root = tmp
-        try:
-            os.rename(root, folder)
-        except OSError:
-            if not folder.is_dir():  # lost no race: a real failure
-                raise
-            # another process finished extracting the same zip first; its copy is as good as ours
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
+        for item in list(root.iterdir()):
+            os.replace(item, staged.path / item.name)
+        shutil.rmtree(tmp)  # what the zip held beside its root folder (__MACOSX, dotfiles)

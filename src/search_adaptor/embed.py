@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.data import Dataset
-from search_adaptor.encoders.base import Encoder
+from search_adaptor.encoders.base import Encoder, Kind
 from search_adaptor.store import EmbeddingStore, StoreStats
 
 
@@ -32,15 +33,13 @@ class Embeddings:
     def dim(self) -> int:
         return int(self.corpus.shape[1])
 
-
-def encoder_info(encoder: Encoder) -> dict[str, Any]:
-    """What a saved adapter and a report record about the embedding space (never a key)."""
-    return {
-        "fingerprint": encoder.fingerprint,
-        "provider": encoder.provider,
-        "model": encoder.model,
-        "config": encoder.config(),
-    }
+    def describe(self, retries: int | None = None) -> str:
+        """One line: what the store sent and held (and the API retries made), for the command line."""
+        tried = "" if retries is None else f", {retries} retries"
+        return (
+            f"{self.stats.encoded} texts embedded, {self.stats.cached} already cached "
+            f"({self.dim}-d, {self.embed_s:.1f} s{tried})"
+        )
 
 
 def embed_dataset(
@@ -83,31 +82,90 @@ def embed_dataset(
         Q,
         list(dataset.doc_ids),
         D,
-        encoder_info(encoder),
+        encoder.info(),
         embed_s=time.perf_counter() - start,
         stats=stats,
     )
 
 
+@dataclass
+class EmbeddingPlan:
+    """What embedding a dataset would do, before anything is sent (``embed --dry-run``)."""
+
+    dataset: str
+    fingerprint: str
+    unique: int  # distinct (kind, text) pairs
+    cached: int  # already in the store
+    to_send: int
+    tokens: int | None  # estimated tokens billed for what would be sent; None for a local model
+
+    def describe(self) -> str:
+        """One line for people."""
+        cost = "" if self.tokens is None else f" (~{self.tokens} tokens, estimated)"
+        return (
+            f"{self.dataset} with {self.fingerprint}: {self.cached} texts cached, "
+            f"{self.to_send} would be sent{cost}"
+        )
+
+
+def plan_embedding(
+    dataset: Dataset, encoder: Encoder, cache_dir: str | os.PathLike | None = None
+) -> EmbeddingPlan:
+    """How many of ``dataset``'s texts the store holds and what embedding the rest would cost.
+
+    Sends nothing.
+    """
+    by_kind: dict[Kind, list[str]] = {"query": list(dataset.queries.values()), "document": dataset.doc_texts}
+    with EmbeddingStore(encoder, cache_dir) as store:
+        todo = {kind: store.missing(kind, texts) for kind, texts in by_kind.items()}
+    unique = sum(len(set(texts)) for texts in by_kind.values())
+    n_todo = sum(len(texts) for texts in todo.values())
+    counts = [encoder.request_tokens(texts, kind) for kind, texts in todo.items()]
+    tokens = None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
+    return EmbeddingPlan(dataset.name, encoder.fingerprint, unique, unique - n_todo, n_todo, tokens)
+
+
 def _read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
     """(ids, matrix) from ``.npz`` (arrays ids, embeddings) or ``.parquet`` (columns id, embedding)."""
+    fix = "save ids= (strings) and embeddings= (a float matrix) with numpy.savez"
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"ids", "embeddings"} - set(z.files)
-            if missing:
-                raise ValueError(
-                    f"{path}: missing array(s) {', '.join(sorted(missing))}; save ids= and embeddings="
-                )
-            return [str(i) for i in z["ids"].tolist()], np.asarray(z["embeddings"], dtype=np.float32)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = {"ids", "embeddings"} - set(z.files)
+                if missing:
+                    raise ValueError(f"{path}: missing array(s) {', '.join(sorted(missing))}; {fix}")
+                ids, mat = z["ids"], z["embeddings"]
+        except ValueError as exc:
+            if str(exc).startswith(str(path)):
+                raise
+            # object arrays (pickles) and damaged members
+            raise ValueError(f"{path}: unreadable array ({' '.join(str(exc).split())[:80]}); {fix}") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a readable .npz file ({exc}); {fix}") from None
+        if ids.ndim != 1 or ids.dtype.kind not in "UiS":
+            raise ValueError(f"{path}: array 'ids' must be a 1-D array of strings or integers; {fix}")
+        if mat.dtype.kind not in "fiu":
+            raise ValueError(f"{path}: array 'embeddings' has dtype {mat.dtype}, not numbers; {fix}")
+        return [str(i) for i in ids.tolist()], np.asarray(mat, dtype=np.float32)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise ValueError(
+                f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:80]})"
+            ) from None
         missing = {"id", "embedding"} - set(table.column_names)
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; need id and embedding")
         ids = [str(i) for i in table.column("id").to_pylist()]
-        return ids, np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+        try:
+            return ids, np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{path}: column 'embedding' must hold one list of numbers of one length per row"
+            ) from None
     raise ValueError(f"{path}: unsupported format; use .npz (ids, embeddings) or .parquet (id, embedding)")
 
 
@@ -142,10 +200,19 @@ def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | N
                 f"{path}: no vector for {stem[:-1] if stem == 'queries' else 'document'} id "
                 f"{missing[0]!r} ({len(missing)} missing); embed every id of the dataset"
             )
+        if mat.shape[1] == 0:
+            raise ValueError(f"{path}: the vectors have dimension 0; save one embedding per row")
         sub = mat[[pos[i] for i in ids]]
         bad = ~np.isfinite(sub).all(axis=1)
         if bad.any():
             raise ValueError(f"{path}: vector of id {ids[int(np.argmax(bad))]!r} contains NaN or inf")
+        zero = ~sub.any(axis=1)
+        if zero.any():
+            raise ValueError(
+                f"{path}: vector of id {ids[int(np.argmax(zero))]!r} is all zeros "
+                f"({int(zero.sum())} such rows); "
+                "a zero vector has no direction to rank by: re-embed those texts"
+            )
         out[stem] = (ids, sub, path)
     if out["queries"][1].shape[1] != out["corpus"][1].shape[1]:
         raise ValueError(

@@ -1,6 +1,6 @@
-"""The main job: train and select an adapter, then prove on held-out queries whether it helps.
+"""The jobs: select an adapter among variants, fit and prove it on held-out queries, evaluate a saved one.
 
-Two protocols, chosen by the data:
+Two protocols, chosen by the data (:func:`protocol`):
 
 - ``test``: the dataset has a train split; train and select on it (validation carved from it),
   report on the test split.
@@ -8,43 +8,145 @@ Two protocols, chosen by the data:
   on the other folds only; metrics over all held-out queries. The adapter that ships is then trained
   on every labelled query the same way.
 
-Given an output folder, :func:`run_fit` also draws the report's figures there (matplotlib optional).
+The command line and the benchmark suite both run these functions. They compute; writing the
+results (report files, figures, the adapter folder) is :func:`search_adaptor.report.save_run`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from search_adaptor import __version__
-from search_adaptor.data import Dataset, kfold
-from search_adaptor.embed import Embeddings
+from search_adaptor.data import DataError, Dataset, kfold
+from search_adaptor.embed import Embeddings, embed_dataset, load_precomputed
+from search_adaptor.encoders.base import Encoder
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test
-from search_adaptor.model import SearchAdaptor, l2_normalize
-from search_adaptor.retrieval import exact_search
-from search_adaptor.training import Selection, select
+from search_adaptor.model import SearchAdaptor
+from search_adaptor.retrieval import exact_search, l2_normalize
+from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, VAL_FRACTION, family_variants
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
-#: Why a report has no figures when matplotlib is not installed.
-PLOTS_SKIPPED = "pip install matplotlib (or the `bench` extra)"
+SIGNIFICANCE = "paired randomization (sign-flip), two-sided, 10000 resamples"
+
+Qrels = dict[str, dict[str, int]]
 
 
+# -- embeddings ----------------------------------------------------------------------------------------
+def embeddings_for(
+    dataset: Dataset,
+    encoder: Encoder | None = None,
+    *,
+    precomputed: str | os.PathLike | None = None,
+    model: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    adapter: SearchAdaptor | None = None,
+) -> Embeddings:
+    """The dataset's embeddings, from ``encoder`` through the store or from ``precomputed`` vectors.
+
+    With ``adapter``, its encoder is checked first, so a mismatch is refused before anything is
+    embedded (and paid for).
+    """
+    if precomputed is not None:
+        emb = load_precomputed(dataset, precomputed, model=model)
+        if adapter is not None:
+            adapter.check_encoder(emb.encoder, emb.dim)
+        return emb
+    if encoder is None:
+        raise ValueError("give an encoder or a folder of precomputed vectors")
+    if adapter is not None:
+        adapter.check_encoder(encoder)
+    return embed_dataset(dataset, encoder, cache_dir, progress=progress)
+
+
+# -- selection -----------------------------------------------------------------------------------------
+@dataclass
+class Selection:
+    """Outcome of training several variants on one validation split and keeping the best.
+
+    ``histories`` maps each candidate's variant name to its ``SearchAdaptor.history_`` (validation
+    nDCG@10 per evaluation step), in training order, for learning curves.
+    """
+
+    adapter: SearchAdaptor
+    selected: str
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    val_query_ids: list[str] = field(default_factory=list)
+    histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def select(
+    family: str,
+    query_embeddings: np.ndarray,
+    corpus_embeddings: np.ndarray,
+    qrels: Mapping[str, Mapping[str, int]],
+    query_ids: Sequence[str],
+    corpus_ids: Sequence[str],
+    seed: int = 0,
+    val_fraction: float = VAL_FRACTION,
+    overrides: Mapping[str, Any] | None = None,
+    on_candidate: Callable[[dict[str, Any]], None] | None = None,
+    encoder: Encoder | Mapping[str, Any] | str | None = None,
+) -> Selection:
+    """Train every variant of ``family`` on the same split; keep the best by validation nDCG@10.
+
+    The identity (zero-shot) takes part: if no variant beats it, the identity is selected and
+    ``selected`` says so. Ties go to the earlier (simpler) candidate. ``encoder`` (what made the
+    embeddings) is recorded in every candidate.
+    """
+    best: SearchAdaptor | None = None
+    best_name = "identity (zero-shot)"
+    rows: list[dict[str, Any]] = []
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for name, params in family_variants(family):
+        est = SearchAdaptor(seed=seed, val_fraction=val_fraction, **params, **dict(overrides or {}))
+        t0 = time.perf_counter()
+        # every candidate draws the same split from the same seed, and is then exactly the model a
+        # standalone fit with its parameters and seed gives, random stream included
+        est.fit(query_embeddings, corpus_embeddings, qrels, query_ids, corpus_ids, encoder=encoder)
+        row = {
+            "variant": name,
+            "val_ndcg@10": est.best_score_,
+            "zero_shot_val_ndcg@10": est.zero_shot_score_,
+            "best_step": est.best_step_,
+            "n_steps": est.n_steps_,
+            "train_s": round(time.perf_counter() - t0, 2),
+        }
+        rows.append(row)
+        histories[name] = est.history_
+        if on_candidate is not None:
+            on_candidate(row)
+        # the first candidate doubles as the identity fallback: at best_step 0 it changes nothing
+        if best is None or (
+            est.best_step_ > 0 and (best.best_step_ == 0 or est.best_score_ > best.best_score_ + 1e-9)
+        ):
+            best, best_name = est, name
+    if best is None:
+        raise ValueError(f"family {family!r} has no variants")
+    if best.best_step_ == 0:
+        best_name = "identity (zero-shot)"
+    return Selection(best, best_name, rows, best.val_query_ids_, histories)
+
+
+# -- scoring -------------------------------------------------------------------------------------------
 def evaluate_embeddings(
     emb: Embeddings,
     qrels: Mapping[str, Mapping[str, int]],
-    adapter: SearchAdaptor | None = None,
+    adapter: Any = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     corpus: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray], list[str]]:
     """Full-corpus retrieval metrics of zero-shot (``adapter=None``) or adapted embeddings.
 
-    ``corpus`` may pass the already transformed corpus to avoid adapting it again.
+    ``adapter`` is anything with ``transform_queries`` / ``transform_corpus`` (a
+    :class:`SearchAdaptor` is checked against ``emb``'s encoder); ``corpus`` may pass the already
+    transformed corpus to avoid adapting it again.
 
     Returns
     -------
@@ -61,6 +163,8 @@ def evaluate_embeddings(
     if adapter is None:
         Q, D = l2_normalize(Q), (corpus if corpus is not None else l2_normalize(emb.corpus))
     else:
+        if isinstance(adapter, SearchAdaptor):
+            adapter.check_encoder(emb.encoder, emb.dim)
         Q = adapter.transform_queries(Q)
         D = corpus if corpus is not None else adapter.transform_corpus(emb.corpus)
     top, _ = exact_search(Q, D, max_k(metrics))
@@ -70,70 +174,81 @@ def evaluate_embeddings(
     return means, per_query, qids
 
 
-def write_figures(
-    out_dir: str | os.PathLike,
-    emb: Embeddings,
-    qrels: Mapping[str, Mapping[str, int]],
-    adapter: SearchAdaptor,
-    histories: Mapping[str, Sequence[Mapping[str, float]]],
-    similarity_title: str = "",
-    curves_title: str = "",
-) -> dict[str, Any]:
-    """Draw the report's figures into ``out_dir/plots/``; never raises for a figure that fails.
+# -- protocols -----------------------------------------------------------------------------------------
+@dataclass
+class Protocol:
+    """How a dataset is scored: ``folds`` of (name, training qrels, held-out qrels), and the qrels the
+    adapter that ships is trained on. ``test`` has one fold named "test"; ``kfold`` has "k0", "k1", ..."""
 
-    Returns
-    -------
-    {"plots": {name: path relative to out_dir}} for the figures written, plus ``"plots_skipped"``
-    (the fix) when matplotlib is not installed. A figure that fails is reported on stderr in one
-    line and left out.
-    """
-    from search_adaptor import plots
+    name: str  # "test" or "kfold"
+    scored_split: str
+    folds: list[tuple[str, Qrels, Qrels]]
+    final_train: Qrels
+    train_split: str | None = None
 
-    figures: dict[str, Callable[[Path], Path]] = {
-        "similarity": lambda path: plots.plot_similarity(emb, qrels, adapter, path, title=similarity_title),
-        "learning_curves": lambda path: plots.plot_learning_curves(histories, path, title=curves_title),
-    }
-    rel = {name: f"plots/{name}.png" for name in figures}
-    for name in figures:  # an earlier fit's figure must not pass for this one's
-        (Path(out_dir) / rel[name]).unlink(missing_ok=True)
-    written: dict[str, str] = {}
-    for name, draw in figures.items():
-        try:
-            draw(Path(out_dir) / rel[name])
-        except ImportError:
-            return {"plots": {}, "plots_skipped": PLOTS_SKIPPED}
-        except Exception as exc:
-            detail = (str(exc).strip().splitlines() or [""])[0]
-            print(
-                f"search-adaptor: warning: {name} plot failed ({type(exc).__name__}: {detail}); "
-                "the fit goes on without it",
-                file=sys.stderr,
-            )
-            continue
-        written[name] = rel[name]
-    return {"plots": written}
+
+def protocol(
+    dataset: Dataset,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    train_split: str = "train",
+    test_split: str = "test",
+) -> Protocol:
+    """The protocol ``fit`` uses on ``dataset``: official train/test split if there is one, else k-fold
+    over the labelled queries (a different fold assignment per seed)."""
+    if dataset.has_train and test_split in dataset.splits:
+        train = dataset.split(train_split)
+        return Protocol("test", test_split, [("test", train, dataset.split(test_split))], train, train_split)
+    if not dataset.splits:
+        raise DataError(
+            f"{dataset.path / 'qrels'}: no qrels files (add qrels/test.tsv with query-id, corpus-id, score)"
+        )
+    split = test_split if test_split in dataset.splits else dataset.splits[0]
+    labelled = dataset.split(split)
+    if len(labelled) < folds:
+        raise DataError(
+            f"{dataset.path / 'qrels' / f'{split}.tsv'}: {len(labelled)} labelled queries cannot make "
+            f"{folds} folds; pass --folds between 2 and {len(labelled)}, or label more queries"
+        )
+    parts = kfold(sorted(labelled), k=folds, seed=seed)
+    return Protocol(
+        "kfold",
+        split,
+        [
+            (f"k{i}", {q: labelled[q] for q in tr}, {q: labelled[q] for q in te})
+            for i, (tr, te) in enumerate(parts)
+        ],
+        labelled,
+    )
+
+
+@dataclass
+class Run:
+    """A finished job: the report (see :mod:`search_adaptor.report`), the adapter, and what its
+    figures are drawn from."""
+
+    report: dict[str, Any]
+    adapter: SearchAdaptor
+    emb: Embeddings
+    figure_qrels: Qrels  # the queries of the similarity figure
+    histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)  # figure name -> title
 
 
 def run_fit(
     dataset: Dataset,
     emb: Embeddings,
-    family: str = "auto",
+    family: str = DEFAULT_FAMILY,
     seed: int = 0,
-    folds: int = 5,
+    folds: int = DEFAULT_FOLDS,
     train_split: str = "train",
     test_split: str = "test",
     overrides: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
-    out_dir: str | os.PathLike | None = None,
-) -> tuple[dict[str, Any], Selection]:
-    """Train, select and evaluate; return the report (see :mod:`search_adaptor.report`) and the adapter.
-
-    Test queries never reach training, early stopping or selection. With ``out_dir``, the figures
-    of :func:`write_figures` go to ``out_dir/plots/`` and ``report["plots"]`` names them relative to
-    ``out_dir``: the similarity histograms on the held-out test queries (``kfold``: on all labelled
-    queries, which the saved adapter was trained on) and every candidate's learning curve (``kfold``:
-    those of the final fit on all labelled queries).
-    """
+) -> Run:
+    """Train, select and evaluate under :func:`protocol`; the test queries never reach training,
+    early stopping or selection."""
+    proto = protocol(dataset, folds, seed, train_split, test_split)
 
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str) -> Selection:
         def on_candidate(row: dict[str, Any]) -> None:
@@ -142,7 +257,7 @@ def run_fit(
                 f"(zero-shot {row['zero_shot_val_ndcg@10']:.4f}), {row['train_s']} s"
             )
 
-        sel = select(
+        return select(
             family,
             emb.queries,
             emb.corpus,
@@ -152,73 +267,53 @@ def run_fit(
             seed=seed,
             overrides=overrides,
             on_candidate=on_candidate,
+            encoder=emb.encoder,
         )
-        sel.adapter.encoder_ = emb.encoder
-        return sel
 
     start = time.perf_counter()
+    zs_parts, ad_parts, folds_info = [], [], []
+    final: Selection | None = None
+    for f, (name, train_q, test_q) in enumerate(proto.folds):
+        sel = fit_on(train_q, "train" if proto.name == "test" else f"fold {f + 1}/{folds}")
+        zs_f, zq, _ = evaluate_embeddings(emb, test_q)
+        ad_f, aq, _ = evaluate_embeddings(emb, test_q, sel.adapter)
+        zs_parts.append(zq)
+        ad_parts.append(aq)
+        if proto.name == "test":
+            final = sel
+            continue
+        folds_info.append(
+            {
+                "fold": f + 1,
+                "name": name,
+                "selected": sel.selected,
+                "n_test_queries": len(test_q),
+                "zero-shot": zs_f,
+                "adapted": ad_f,
+                "candidates": sel.candidates,
+            }
+        )
+        log(f"fold {f + 1}/{folds}: {sel.selected}: nDCG@10 {zs_f['ndcg@10']:.4f} -> {ad_f['ndcg@10']:.4f}")
+    zs_q = {m: np.concatenate([p[m] for p in zs_parts]) for m in DEFAULT_METRICS}
+    ad_q = {m: np.concatenate([p[m] for p in ad_parts]) for m in DEFAULT_METRICS}
+    if final is None:  # kfold: the adapter that ships is trained on every labelled query
+        final = fit_on(proto.final_train, "all")
+    n_test = len(zs_q[DEFAULT_METRICS[0]])
     report: dict[str, Any] = {
         "dataset": dataset.name,
         "model": emb.encoder["model"],
         "encoder_fingerprint": emb.encoder["fingerprint"],
         "family": family,
         "seed": seed,
+        "protocol": proto.name,
+        "test_split": proto.scored_split,
+        "n_test_queries": n_test,
     }
-    if dataset.has_train and test_split in dataset.splits:
-        test_qrels = dataset.split(test_split)
-        final = fit_on(dataset.split(train_split), "train")
-        zs, zs_q, _ = evaluate_embeddings(emb, test_qrels)
-        ad, ad_q, _ = evaluate_embeddings(emb, test_qrels, final.adapter)
-        report.update(
-            protocol="test",
-            train_split=train_split,
-            test_split=test_split,
-            n_test_queries=len(zs_q[DEFAULT_METRICS[0]]),
-        )
-        folds_info: list[dict[str, Any]] = []
-        figure_qrels = test_qrels
-        similarity_title = f"{dataset.name}: {len(zs_q[DEFAULT_METRICS[0]])} held-out {test_split} queries"
-        curves_title = f"{dataset.name}: validation nDCG@10 per candidate"
+    if proto.name == "test":
+        report["train_split"] = proto.train_split
     else:
-        split = test_split if test_split in dataset.splits else dataset.splits[0]
-        labelled = dataset.split(split)
-        zs_parts, ad_parts, folds_info = [], [], []
-        for f, (train_ids, test_ids) in enumerate(kfold(sorted(labelled), k=folds, seed=seed)):
-            sel = fit_on({q: labelled[q] for q in train_ids}, f"fold {f + 1}/{folds}")
-            held_out = {q: labelled[q] for q in test_ids}
-            zs_f, zq, _ = evaluate_embeddings(emb, held_out)
-            ad_f, aq, _ = evaluate_embeddings(emb, held_out, sel.adapter)
-            zs_parts.append(zq)
-            ad_parts.append(aq)
-            folds_info.append(
-                {
-                    "fold": f + 1,
-                    "selected": sel.selected,
-                    "n_test_queries": len(test_ids),
-                    "zero-shot": zs_f,
-                    "adapted": ad_f,
-                    "candidates": sel.candidates,
-                }
-            )
-            log(
-                f"fold {f + 1}/{folds}: {sel.selected}: "
-                f"nDCG@10 {zs_f['ndcg@10']:.4f} -> {ad_f['ndcg@10']:.4f}"
-            )
-        zs_q = {m: np.concatenate([p[m] for p in zs_parts]) for m in DEFAULT_METRICS}
-        ad_q = {m: np.concatenate([p[m] for p in ad_parts]) for m in DEFAULT_METRICS}
-        zs = {m: float(np.mean(v)) for m, v in zs_q.items()}
-        ad = {m: float(np.mean(v)) for m, v in ad_q.items()}
-        final = fit_on(labelled, "all")
-        report.update(protocol="kfold", folds=folds, test_split=split, n_test_queries=len(zs_q["ndcg@10"]))
-        figure_qrels = labelled
-        similarity_title = f"{dataset.name}: all {len(zs_q['ndcg@10'])} labelled queries (seen in training)"
-        curves_title = f"{dataset.name}: validation nDCG@10 per candidate, final fit on all labelled queries"
-    report["metrics"] = {"zero-shot": zs, "adapted": ad}
-    report["significance"] = {
-        "metric": "ndcg@10",
-        "test": "paired randomization (sign-flip), two-sided, 10000 resamples",
-        "p_value": paired_test(ad_q["ndcg@10"], zs_q["ndcg@10"]),
-    }
+        report.update(folds=folds, fold_results=folds_info)
+    report.update(_comparison(zs_q, ad_q))
     report["selected"] = final.selected
     report["validation"] = {
         "metric": "ndcg@10",
@@ -227,16 +322,71 @@ def run_fit(
         "zero_shot_val_ndcg@10": final.adapter.zero_shot_score_,
         "candidates": final.candidates,
     }
-    if folds_info:
-        report["folds"] = folds
-        report["fold_results"] = folds_info
     report["timings"] = {"embed_s": round(emb.embed_s, 2), "train_s": round(time.perf_counter() - start, 2)}
-    if out_dir is not None:
-        report.update(
-            write_figures(
-                out_dir, emb, figure_qrels, final.adapter, final.histories, similarity_title, curves_title
-            )
-        )
     report["encoder_calls"] = {"texts_sent": emb.stats.encoded, "texts_cached": emb.stats.cached}
     report["library_version"] = __version__
-    return report, final
+    if proto.name == "test":
+        titles = {
+            "similarity": f"{dataset.name}: {n_test} held-out {proto.scored_split} queries",
+            "learning_curves": f"{dataset.name}: validation nDCG@10 per candidate",
+        }
+        figure_qrels = proto.folds[0][2]
+    else:
+        titles = {
+            "similarity": f"{dataset.name}: all {n_test} labelled queries (seen in training)",
+            "learning_curves": (
+                f"{dataset.name}: validation nDCG@10 per candidate, final fit on all labelled queries"
+            ),
+        }
+        figure_qrels = proto.final_train
+    return Run(report, final.adapter, emb, figure_qrels, final.histories, titles)
+
+
+def _comparison(zs_q: Mapping[str, np.ndarray], ad_q: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The report's ``metrics`` and ``significance`` from per-query scores of both systems."""
+    return {
+        "metrics": {
+            "zero-shot": {m: float(np.mean(v)) for m, v in zs_q.items()},
+            "adapted": {m: float(np.mean(v)) for m, v in ad_q.items()},
+        },
+        "significance": {
+            "metric": "ndcg@10",
+            "test": SIGNIFICANCE,
+            "p_value": paired_test(ad_q["ndcg@10"], zs_q["ndcg@10"]),
+        },
+    }
+
+
+def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, split: str = "test") -> Run:
+    """Score a saved adapter (and zero-shot) on one split; the report has ``fit``'s shape, with
+    protocol ``"evaluate"``."""
+    start = time.perf_counter()
+    qrels = dataset.split(split)
+    _, zq, _ = evaluate_embeddings(emb, qrels)
+    _, aq, _ = evaluate_embeddings(emb, qrels, adapter)
+    variant = {k: adapter.get_params()[k] for k in ("architecture", "mode", "loss")}
+    report: dict[str, Any] = {
+        "dataset": dataset.name,
+        "model": emb.encoder["model"],
+        "encoder_fingerprint": emb.encoder["fingerprint"],
+        "protocol": "evaluate",
+        "test_split": split,
+        "n_test_queries": len(zq["ndcg@10"]),
+        "adapter_fingerprint": adapter.fingerprint_,
+        **_comparison(zq, aq),
+        "selected": "identity (zero-shot)"
+        if adapter.is_identity_
+        else f"saved adapter ({variant['architecture']}, {variant['mode']}, {variant['loss']})",
+        "validation": {
+            "metric": "ndcg@10",
+            "n_val_queries": adapter.n_val_queries_,
+            "selected_val_ndcg@10": adapter.best_score_,
+            "zero_shot_val_ndcg@10": adapter.zero_shot_score_,
+            "candidates": [],
+        },
+        "timings": {"embed_s": round(emb.embed_s, 2), "score_s": round(time.perf_counter() - start, 2)},
+        "encoder_calls": {"texts_sent": emb.stats.encoded, "texts_cached": emb.stats.cached},
+        "library_version": __version__,
+    }
+    titles = {"similarity": f"{dataset.name}: {len(zq['ndcg@10'])} {split} queries"}
+    return Run(report, adapter, emb, qrels, {}, titles)

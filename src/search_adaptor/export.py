@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from search_adaptor.index import replace_folder
-from search_adaptor.integrations import _as_adapter
-from search_adaptor.model import ResidualAdapter, SearchAdaptor
+from search_adaptor.encoders import LOCAL
+from search_adaptor.files import Staged
+from search_adaptor.model import SearchAdaptor, as_adapter
+from search_adaptor.networks import ResidualAdapter, linear_layers
 
-FORMATS = ("onnx", "sentence-transformers")
 OPSET = 17  # ReduceL2 still takes axes as an attribute; onnxruntime >= 1.13 runs it
 TOLERANCE = 1e-5
 _EPS = 1e-12  # as l2_normalize
@@ -49,17 +49,11 @@ def _nets(adapter: SearchAdaptor) -> tuple[ResidualAdapter | None, ResidualAdapt
 
 
 def dense_layers(net: ResidualAdapter) -> list[Layer]:
-    """The residual function ``f`` as a list of dense layers."""
-    layers: list[Layer] = []
-    for module in net.f:
-        if isinstance(module, nn.Linear):
-            layers.append((module.weight.detach().numpy().copy(), module.bias.detach().numpy().copy(), False))
-        elif isinstance(module, nn.ReLU):
-            weight, bias, _ = layers[-1]
-            layers[-1] = (weight, bias, True)
-        else:
-            raise TypeError(f"cannot export adapter layer {type(module).__name__}")
-    return layers
+    """The residual function ``f`` as numpy dense layers: (weight (out, in), bias (out,), ReLU after)."""
+    return [
+        (layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy(), relu)
+        for layer, relu in linear_layers(net)
+    ]
 
 
 # -- ONNX --------------------------------------------------------------------------------------------
@@ -120,7 +114,7 @@ def export_onnx(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLi
     import onnx
     import onnxruntime as ort
 
-    adapter = _as_adapter(adapter)
+    adapter = as_adapter(adapter)
     sample = np.random.default_rng(0).normal(size=(16, adapter.dim_)).astype(np.float32)
     query_net, corpus_net = _nets(adapter)
     models = {}
@@ -148,12 +142,11 @@ def export_onnx(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLi
         "documents": "corpus.onnx",
     }
 
-    def fill(tmp: Path) -> None:
+    with Staged(out, folder=True, marker="export.json", what="an ONNX export") as staged:
         for name, blob in models.items():
-            (tmp / name).write_bytes(blob)
-        (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
-
-    return replace_folder(out, fill, "export.json", "an ONNX export")
+            (staged.path / name).write_bytes(blob)
+        (staged.path / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return staged.target
 
 
 # -- sentence-transformers ---------------------------------------------------------------------------
@@ -210,9 +203,7 @@ def export_sentence_transformers(adapter: SearchAdaptor | str | os.PathLike, out
     RuntimeError
         The reloaded folder's vectors differ from the adapter's by more than 1e-5.
     """
-    from search_adaptor.encoders.registry import LOCAL
-
-    adapter = _as_adapter(adapter)
+    adapter = as_adapter(adapter)
     info = adapter.encoder_ or {}
     if info.get("provider") != LOCAL:
         raise ValueError(
@@ -232,7 +223,7 @@ def export_sentence_transformers(adapter: SearchAdaptor | str | os.PathLike, out
         document_prompt=cfg.get("document_prompt", ""),
         device="cpu",
     )
-    adapter.check_encoder(base.fingerprint)
+    adapter.check_encoder(base)
     expected_q = adapter.transform_queries(base.encode_queries(_CHECK_TEXTS))
     expected_d = adapter.transform_corpus(base.encode_corpus(_CHECK_TEXTS))
     modules = list(base._load().children())  # the very model the encoder runs
@@ -256,9 +247,9 @@ def export_sentence_transformers(adapter: SearchAdaptor | str | os.PathLike, out
         default_prompt_name="query" if base.query_prompt else None,
     )
 
-    def fill(tmp: Path) -> None:
-        model.save(str(tmp))
-        again = SentenceTransformer(str(tmp), device="cpu")
+    with Staged(out, folder=True, marker="modules.json", what="a sentence-transformers model") as staged:
+        model.save(str(staged.path))
+        again = SentenceTransformer(str(staged.path), device="cpu")
         for name, got, expected in (
             ("encode_query", again.encode_query(_CHECK_TEXTS), expected_q),
             ("encode_document", again.encode_document(_CHECK_TEXTS), expected_d),
@@ -266,5 +257,20 @@ def export_sentence_transformers(adapter: SearchAdaptor | str | os.PathLike, out
             err = float(np.abs(got - expected).max())
             if err > TOLERANCE:
                 raise RuntimeError(f"exported {name} differs from the adapter by {err:.2e}; report this")
+    return staged.target
 
-    return replace_folder(out, fill, "modules.json", "a sentence-transformers model")
+
+def export(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike, format: str) -> Path:
+    """``search-adaptor export``: :func:`export_onnx` (``"onnx"``) or :func:`export_sentence_transformers`
+    (``"sentence-transformers"``); a missing optional package is one line naming the extra to install."""
+    exporters = {
+        "onnx": (export_onnx, "onnx"),
+        "sentence-transformers": (export_sentence_transformers, "local"),
+    }
+    if format not in exporters:
+        raise ValueError(f"format must be one of {', '.join(exporters)}; got {format!r}")
+    run, extra = exporters[format]
+    try:
+        return run(adapter, out)
+    except ImportError as exc:
+        raise RuntimeError(f"export needs {exc.name}: pip install 'search-adaptor[{extra}]'") from exc

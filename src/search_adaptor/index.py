@@ -24,17 +24,21 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from search_adaptor import __version__
+from search_adaptor.embed import Embeddings
 from search_adaptor.encoders.base import Encoder
-from search_adaptor.integrations import AdaptedEncoder, _as_adapter, adapter_fingerprint
-from search_adaptor.model import CompatibilityError, SearchAdaptor
-from search_adaptor.report import publish_folder
+from search_adaptor.encoders.registry import from_info
+from search_adaptor.files import Staged, inside, read_json
+from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor, as_adapter
+from search_adaptor.pipeline import JobStats, adapted_chunks, embed_and_adapt
+from search_adaptor.vectors import iter_vectors
 
 FORMAT_VERSION = 1
 BACKENDS = ("flat", "hnsw")
@@ -45,66 +49,8 @@ ADAPTER_DIR = "adapter"
 VECTORS_DIR = "vectors"
 _BUILD_CHUNK = 8192  # documents embedded and adapted at a time: bounds memory on large corpora
 _EF_CONSTRUCTION = 200
-#: encoder config keys that are also ``make_encoder`` options of the same name
-_ENCODER_OPTIONS = ("max_chars", "query_prompt", "document_prompt", "truncate", "truncation", "auto_truncate")
-
 Hits = list[list[tuple[str, float]]]
-
-
-def encoder_from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
-    """Recreate the encoder an index or adapter records (``{"fingerprint", "provider", "config"}``).
-
-    API keys come from the environment, as for any encoder. The result must reproduce the recorded
-    fingerprint; otherwise the vectors would differ from the indexed ones. ``overrides`` are
-    ``make_encoder`` options that do not change the vectors (``batch_size``, ``max_concurrency``,
-    ``timeout``).
-
-    Raises
-    ------
-    ValueError
-        Precomputed vectors (no model to call) or a config this library version cannot reproduce.
-    """
-    from search_adaptor.encoders.registry import make_encoder
-
-    provider, cfg = info.get("provider"), info.get("config") or {}
-    if provider == "precomputed":
-        raise ValueError(
-            f"the vectors came from precomputed embeddings ({info.get('model')}): there is no model to embed "
-            "text with; pass query vectors instead, or give an encoder explicitly"
-        )
-    base_url = cfg.get("base_url") or cfg.get("endpoint")
-    extra: dict[str, Any] = {"base_url": base_url} if base_url else {}
-    if cfg.get("dimensions") is not None:
-        extra["dimensions"] = cfg["dimensions"]
-    options = {k: cfg[k] for k in _ENCODER_OPTIONS if k in cfg}
-    encoder = make_encoder(str(provider), cfg.get("model"), **extra, **options, **overrides)
-    if encoder.fingerprint != info.get("fingerprint"):
-        raise ValueError(
-            f"recreated encoder {encoder.fingerprint} differs from the recorded {info.get('fingerprint')}; "
-            "pass the original encoder explicitly"
-        )
-    return encoder
-
-
-def replace_folder(path: str | os.PathLike, fill: Callable[[Path], None], marker: str, what: str) -> Path:
-    """Write a folder atomically: ``fill`` writes a sibling temporary folder that then replaces ``path``.
-
-    Readers see the old folder or the new one, never a mix; a failure leaves the old one untouched.
-    An existing ``path`` is replaced only when empty or when it holds ``marker`` (it is ``what``),
-    so a mistyped path never deletes unrelated files.
-    """
-    target = Path(path).resolve()
-    if target.exists() and not (target / marker).is_file() and any(target.iterdir()):
-        raise FileExistsError(f"{target}: exists and is not {what}; choose a new or empty folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        fill(tmp)
-        publish_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+_REBUILD = "rebuild the index with `search-adaptor index`"
 
 
 def import_faiss() -> Any:
@@ -171,7 +117,7 @@ class AdaptedIndex:
         ef_search: int,
         encoder: Encoder | None,
     ) -> AdaptedIndex:
-        adapter.check_encoder(str(encoder_info.get("fingerprint", "")), dim)
+        adapter.check_encoder(encoder_info, dim)
         manifest: dict[str, Any] = {
             "library": "search-adaptor",
             "version": __version__,
@@ -183,7 +129,7 @@ class AdaptedIndex:
             "encoder": dict(encoder_info),
             "adapter": {
                 "path": ADAPTER_DIR,
-                "fingerprint": adapter_fingerprint(adapter),
+                "fingerprint": adapter.fingerprint_,
                 "mode": adapter.mode,
                 "identity": adapter.is_identity_,
             },
@@ -192,8 +138,8 @@ class AdaptedIndex:
             manifest["hnsw"] = {"m": hnsw_m, "ef_construction": _EF_CONSTRUCTION, "ef_search": ef_search}
         return cls(adapter, _new_faiss_index(dim, backend, hnsw_m, ef_search), [], manifest, encoder)
 
-    def _add(self, doc_ids: Sequence[str], base_vectors: np.ndarray) -> None:
-        self.faiss_index.add(self.adapter.transform_corpus(base_vectors))
+    def _add_adapted(self, doc_ids: Sequence[str], vectors: np.ndarray) -> None:
+        self.faiss_index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.doc_ids.extend(doc_ids)
         self.manifest["n_docs"] = len(self.doc_ids)
 
@@ -230,28 +176,26 @@ class AdaptedIndex:
         hnsw_m, ef_search : int
             HNSW graph degree and search breadth (``ef_search`` can be raised later for recall).
         """
-        from tqdm.auto import tqdm
-
-        from search_adaptor.embed import encoder_info
-        from search_adaptor.store import EmbeddingStore
-
         if len(doc_ids) != len(texts):
             raise ValueError(f"{len(doc_ids)} document ids for {len(texts)} texts; give one id per text")
-        adapter = _as_adapter(adapter)
-        index: AdaptedIndex | None = None
-        with (
-            EmbeddingStore(encoder, cache_dir) as store,
-            tqdm(total=len(texts), desc="indexing", unit="doc", disable=not progress, leave=False) as bar,
-        ):
-            for start in range(0, len(texts), _BUILD_CHUNK):
-                vectors = store.embed(texts[start : start + _BUILD_CHUNK], "document")
-                if index is None:
-                    info = encoder_info(encoder)
-                    index = cls._empty(adapter, info, vectors.shape[1], backend, hnsw_m, ef_search, encoder)
-                index._add(doc_ids[start : start + _BUILD_CHUNK], vectors)
-                bar.update(len(vectors))
-        if index is None:
+        if not len(texts):
             raise ValueError("no documents to index: the list of texts is empty")
+        adapter = as_adapter(adapter)
+        adapter.check_encoder(encoder)
+        index: AdaptedIndex | None = None
+        chunks = (
+            (list(doc_ids[i : i + _BUILD_CHUNK]), list(texts[i : i + _BUILD_CHUNK]))
+            for i in range(0, len(texts), _BUILD_CHUNK)
+        )
+        for ids, vectors, _ in adapted_chunks(
+            chunks, encoder, adapter, cache_dir, "documents", progress, len(texts)
+        ):
+            if index is None:
+                index = cls._empty(
+                    adapter, encoder.info(), vectors.shape[1], backend, hnsw_m, ef_search, encoder
+                )
+            index._add_adapted(ids, vectors)
+        assert index is not None
         return index
 
     @classmethod
@@ -283,10 +227,11 @@ class AdaptedIndex:
             raise ValueError(
                 f"{len(doc_ids)} document ids for vectors of shape {vectors.shape}; give one 2-D row per id"
             )
-        adapter = _as_adapter(adapter)
+        adapter = as_adapter(adapter)
         index = cls._empty(adapter, encoder_info, vectors.shape[1], backend, hnsw_m, ef_search, encoder)
         for start in range(0, len(doc_ids), _BUILD_CHUNK):
-            index._add(doc_ids[start : start + _BUILD_CHUNK], vectors[start : start + _BUILD_CHUNK])
+            chunk = vectors[start : start + _BUILD_CHUNK]
+            index._add_adapted(doc_ids[start : start + _BUILD_CHUNK], adapter.transform_corpus(chunk))
         return index
 
     @classmethod
@@ -306,9 +251,7 @@ class AdaptedIndex:
         Shards are read one at a time, in file-name order, which both engines keep equal to the
         corpus order; only the FAISS index itself grows with the corpus.
         """
-        from search_adaptor.pipeline import iter_vectors
-
-        adapter = _as_adapter(adapter)
+        adapter = as_adapter(adapter)
         index: AdaptedIndex | None = None
         seen: set[str] = set()
         for ids, vectors in iter_vectors(folder):
@@ -334,21 +277,17 @@ class AdaptedIndex:
         An existing folder is replaced only if it is an index itself (has ``manifest.json``) or empty.
         ``vectors``, a shard folder of the indexed vectors, is moved in as ``vectors/``.
         """
-        from search_adaptor.report import write_text_atomic
-
         faiss = import_faiss()
         if vectors is not None:
             self.manifest["vectors"] = VECTORS_DIR
-
-        def fill(tmp: Path) -> None:
+        with Staged(path, folder=True, marker=MANIFEST, what="an index") as staged:
             if vectors is not None:
-                shutil.move(str(vectors), tmp / VECTORS_DIR)
-            self.adapter.save(tmp / ADAPTER_DIR, extra=getattr(self.adapter, "metrics_", None))
-            faiss.write_index(self.faiss_index, str(tmp / INDEX_FILE))
-            write_text_atomic(tmp / IDS_FILE, json.dumps(self.doc_ids, ensure_ascii=False) + "\n")
-            write_text_atomic(tmp / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
-
-        return replace_folder(path, fill, MANIFEST, "an index")
+                shutil.move(str(vectors), staged.path / VECTORS_DIR)
+            self.adapter.save(staged.path / ADAPTER_DIR, extra=getattr(self.adapter, "metrics_", None))
+            faiss.write_index(self.faiss_index, str(staged.path / INDEX_FILE))
+            (staged.path / IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False) + "\n", "utf-8")
+            (staged.path / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n", "utf-8")
+        return staged.target
 
     @classmethod
     def load(cls, path: str | os.PathLike, encoder: Encoder | None = None) -> AdaptedIndex:
@@ -365,8 +304,8 @@ class AdaptedIndex:
         Raises
         ------
         FileNotFoundError, ValueError
-            A missing or damaged file, or an adapter or encoder other than the index was built with;
-            the message names the file and the fix.
+            A missing, damaged or edited file, an adapter path outside the folder, or an adapter or
+            encoder other than the index was built with; the message names the file and the fix.
         """
         faiss = import_faiss()
         folder = Path(path)
@@ -375,39 +314,40 @@ class AdaptedIndex:
             raise FileNotFoundError(
                 f"{manifest_path}: not found; build an index with `search-adaptor index` first"
             )
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{manifest_path}: not valid JSON ({exc.msg}); rebuild the index") from exc
-        if manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{manifest_path}: format_version {manifest['format_version']} is newer than this library "
-                f"understands ({FORMAT_VERSION}); upgrade search-adaptor"
-            )
-        adapter_path = folder / manifest["adapter"]["path"]
+        manifest = _check_manifest(read_json(manifest_path, _REBUILD), manifest_path)
+        adapter_path = inside(folder, manifest["adapter"]["path"], f"{manifest_path}: adapter.path")
         adapter = SearchAdaptor.load(adapter_path)
-        if adapter_fingerprint(adapter) != manifest["adapter"]["fingerprint"]:
+        if adapter.fingerprint_ != manifest["adapter"]["fingerprint"]:
             raise CompatibilityError(
-                f"{adapter_path}: this adapter ({adapter_fingerprint(adapter)}) is not the one the index "
-                f"was built with ({manifest['adapter']['fingerprint']}); rebuild the index with "
-                "`search-adaptor index`"
+                f"{adapter_path}: this adapter ({adapter.fingerprint_}) is not the one the index "
+                f"was built with ({manifest['adapter']['fingerprint']}); {_REBUILD}"
             )
         fingerprint = manifest["encoder"]["fingerprint"]
         try:
-            adapter.check_encoder(fingerprint, int(manifest["dim"]))
+            adapter.check_encoder(manifest["encoder"], manifest["dim"])
         except CompatibilityError as exc:
-            raise CompatibilityError(f"{adapter_path}: {exc}; rebuild the index") from exc
+            raise CompatibilityError(f"{adapter_path}: {exc}; {_REBUILD}") from None
         if encoder is not None and encoder.fingerprint != fingerprint:
             raise CompatibilityError(
                 f"{manifest_path}: the index holds vectors of {fingerprint} but the encoder given is "
                 f"{encoder.fingerprint}; pass the encoder the index was built with"
             )
-        faiss_index = faiss.read_index(str(folder / INDEX_FILE))
-        doc_ids = json.loads((folder / IDS_FILE).read_text())
+        index_path = folder / INDEX_FILE
+        try:
+            faiss_index = faiss.read_index(str(index_path))
+        except Exception as exc:  # faiss raises RuntimeError with a C++ trace for damaged files
+            detail = str(exc).strip().splitlines()[-1][:100] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{index_path}: not a readable FAISS index ({detail}); {_REBUILD}") from None
+        ids_path = folder / IDS_FILE
+        doc_ids = read_json(ids_path, _REBUILD)
+        if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
+            raise ValueError(f"{ids_path}: expected a JSON list of document id strings; {_REBUILD}")
+        if len(set(doc_ids)) != len(doc_ids):
+            raise ValueError(f"{ids_path}: document ids repeat; {_REBUILD}")
         if not (faiss_index.ntotal == len(doc_ids) == manifest["n_docs"]) or faiss_index.d != manifest["dim"]:
             raise ValueError(
-                f"{folder / INDEX_FILE}: {faiss_index.ntotal} {faiss_index.d}-d vectors, {len(doc_ids)} ids "
-                f"in {IDS_FILE}, manifest says {manifest['n_docs']} {manifest['dim']}-d; rebuild the index"
+                f"{index_path}: {faiss_index.ntotal} {faiss_index.d}-d vectors, {len(doc_ids)} ids "
+                f"in {IDS_FILE}, manifest says {manifest['n_docs']} {manifest['dim']}-d; {_REBUILD}"
             )
         return cls(adapter, faiss_index, doc_ids, manifest, encoder)
 
@@ -425,7 +365,7 @@ class AdaptedIndex:
         """The base encoder for text queries; recreated from the manifest on first use."""
         with self._lock:
             if self._encoder is None:
-                self._encoder = encoder_from_info(self.manifest["encoder"])
+                self._encoder = from_info(self.manifest["encoder"])
             return self._encoder
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -477,3 +417,88 @@ class AdaptedIndex:
             [(self.doc_ids[r], float(s)) for r, s in zip(row, score, strict=True) if r >= 0]
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
+
+
+def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """The manifest, with every field the index needs, of the right type (see :meth:`AdaptedIndex.load`)."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}; {_REBUILD}")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(
+            f"{path}: format_version must be an integer >= 1, got {json.dumps(version)}; {_REBUILD}"
+        )
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {version} is newer than this library understands ({FORMAT_VERSION}); "
+            "upgrade search-adaptor"
+        )
+    fields: dict[str, type] = {"backend": str, "dim": int, "n_docs": int, "encoder": dict, "adapter": dict}
+    for key, kind in fields.items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(
+                f"{path}: field {key!r} must be {kind.__name__}, got {json.dumps(value)[:40]}; {_REBUILD}"
+            )
+    if manifest["backend"] not in BACKENDS:
+        raise ValueError(f"{path}: backend must be one of {', '.join(BACKENDS)}; {_REBUILD}")
+    if manifest["dim"] < 1 or manifest["n_docs"] < 0:
+        raise ValueError(f"{path}: dim and n_docs out of range; {_REBUILD}")
+    for section, key in (("adapter", "path"), ("adapter", "fingerprint"), ("encoder", "fingerprint")):
+        if not isinstance(manifest[section].get(key), str):
+            raise ValueError(f"{path}: field {section}.{key} must be a string; {_REBUILD}")
+    return manifest
+
+
+def build_index(
+    corpus: str | os.PathLike | Embeddings,
+    encoder: Encoder | None,
+    adapter: SearchAdaptor | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    engine: str = "local",
+    backend: str = "flat",
+    cache_dir: str | os.PathLike | None = None,
+    rows: int | None = None,
+    ray_address: str | None = None,
+    progress: bool = False,
+) -> tuple[AdaptedIndex, JobStats]:
+    """Embed a corpus file (BEIR folder, ``corpus.jsonl[.gz]`` or Parquet) through the store, adapt it,
+    and write the index folder ``out`` with its vector shards; ``search-adaptor index`` is this call.
+
+    The shards are staged beside ``out`` and the folder appears atomically; nothing is embedded
+    before the adapter has been checked against ``encoder``. ``corpus`` may instead be
+    :class:`~search_adaptor.embed.Embeddings` already made (precomputed vectors; ``encoder`` None):
+    their documents are adapted and indexed as they are.
+    """
+    import_faiss()  # fail before embedding anything
+    adapter = as_adapter(adapter)
+    start = time.perf_counter()
+    if isinstance(corpus, Embeddings):
+        index = AdaptedIndex.from_vectors(
+            adapter, corpus.doc_ids, corpus.corpus, corpus.encoder, backend=backend
+        )
+        index.save(out)
+        return index, JobStats("precomputed", index.n_docs, index.dim, 0, time.perf_counter() - start)
+    if encoder is None:
+        raise ValueError("build_index: give the encoder of the corpus texts")
+    adapter.check_encoder(encoder)
+    target = Path(out).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # scratch space on the target's filesystem, so that save() moves the shards instead of copying them
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as scratch:
+        shards = Path(scratch) / "vectors"
+        stats = embed_and_adapt(
+            corpus,
+            encoder,
+            adapter,
+            shards,
+            engine=engine,
+            cache_dir=cache_dir,
+            ray_address=ray_address,
+            rows=rows,
+            progress=progress,
+        )
+        index = AdaptedIndex.from_shards(adapter, shards, encoder.info(), backend=backend, encoder=encoder)
+        index.save(target, vectors=shards)
+    return index, stats

@@ -1,94 +1,18 @@
-"""A trained adapter as a drop-in embedding model: for this library, LangChain and LlamaIndex.
+"""A trained adapter as a drop-in embedding model for LangChain and LlamaIndex.
 
-:class:`AdaptedEncoder` wraps any :class:`~search_adaptor.encoders.base.Encoder` with a saved
-adapter and is an encoder itself, so everything that takes an encoder (the embedding store, an
-index) takes an adapted one too. :func:`as_langchain` and :func:`as_llamaindex` expose it to those
+:func:`as_langchain` and :func:`as_llamaindex` expose an
+:class:`~search_adaptor.model.AdaptedEncoder` (any encoder followed by a saved adapter) to those
 frameworks; they import the framework only when called, so the core never needs either package.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from search_adaptor.encoders.base import Encoder, Kind, check_vectors
-
-if TYPE_CHECKING:
-    from search_adaptor.model import SearchAdaptor
-
-
-def adapter_fingerprint(adapter: SearchAdaptor) -> str:
-    """Stable id of what an adapter computes: its mode, architecture, identity flag and weights.
-
-    Saving and loading the same adapter gives the same fingerprint; any change of a weight does not.
-    """
-    identity = adapter.is_identity_  # raises on an unfitted adapter
-    params = adapter.get_params()
-    head = {k: params[k] for k in ("architecture", "hidden_dim", "residual", "mode")}
-    described = json.dumps({**head, "dim": adapter.dim_, "identity": identity}, sort_keys=True)
-    h = hashlib.sha256(described.encode())
-    nets = {"query": adapter.query_net_}
-    if adapter.mode == "separate":
-        nets["corpus"] = adapter.corpus_net_
-    for side, net in nets.items():
-        for name, tensor in sorted(net.state_dict().items()):
-            h.update(f"{side}.{name}".encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return f"adapter:{h.hexdigest()[:16]}"
-
-
-def _as_adapter(adapter: SearchAdaptor | str | os.PathLike) -> SearchAdaptor:
-    from search_adaptor.model import SearchAdaptor
-
-    return adapter if isinstance(adapter, SearchAdaptor) else SearchAdaptor.load(adapter)
-
-
-class AdaptedEncoder(Encoder):
-    """``encoder`` followed by a trained adapter: queries and documents come out adapted, unit-norm.
-
-    Parameters
-    ----------
-    encoder : Encoder
-        The base model the adapter was trained on (its fingerprint is checked).
-    adapter : SearchAdaptor or path
-        A fitted adapter or the folder :meth:`SearchAdaptor.save` wrote.
-
-    Notes
-    -----
-    Queries go through ``adapter.transform_queries`` and documents through
-    ``adapter.transform_corpus`` (only normalised in ``query_only`` mode). The fingerprint combines
-    the base encoder's with :func:`adapter_fingerprint`, so an embedding store keeps adapted vectors
-    apart from base ones.
-    """
-
-    provider = "adapted"
-
-    def __init__(self, encoder: Encoder, adapter: SearchAdaptor | str | os.PathLike) -> None:
-        self.base = encoder
-        self.adapter = _as_adapter(adapter)
-        self.adapter.check_encoder(encoder.fingerprint)
-        self.model = encoder.model
-        self.batch_size = encoder.batch_size
-        self.max_concurrency = encoder.max_concurrency
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "provider": self.provider,
-            "base": self.base.config(),
-            "adapter": adapter_fingerprint(self.adapter),
-        }
-
-    def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
-        vectors = check_vectors(self.base.encode_batch(texts, kind), self.base.model, len(texts))
-        if kind == "query":
-            return self.adapter.transform_queries(vectors)
-        return self.adapter.transform_corpus(vectors)
+from search_adaptor.encoders.base import Encoder
+from search_adaptor.model import AdaptedEncoder, SearchAdaptor
 
 
 def _adapted(encoder: Encoder, adapter: SearchAdaptor | str | os.PathLike | None) -> Encoder:

@@ -242,19 +242,24 @@ class RelevanceIndex:
             )
         return self._ideal_dcg_cache[k]
 
-    def lookup_grades(self, topk: np.ndarray) -> np.ndarray:
-        """Grades of ranked documents; 0 for documents the qrels do not judge.
+    def lookup_grades(self, topk: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Grades of ranked (or any) documents; 0 for documents the qrels do not judge.
 
         Parameters
         ----------
-        topk : np.ndarray of int, shape (n_queries, k)
-            Document positions, row ``i`` for query ``query_ids[i]``.
+        topk : np.ndarray of int, shape (n, k)
+            Document positions.
+        rows : np.ndarray of int, shape (n,), optional
+            Which kept query (index into ``query_ids``) each row of ``topk`` is for; by default row
+            ``i`` is query ``query_ids[i]``. Training looks up sampled (query, document) pairs this way.
 
         Returns
         -------
-        np.ndarray of int64, shape (n_queries, k)
+        np.ndarray of int64, shape (n, k)
         """
-        keys = np.arange(len(topk), dtype=np.int64)[:, None] * self.n_docs + topk.astype(np.int64)
+        if rows is None:
+            rows = np.arange(len(topk), dtype=np.int64)
+        keys = np.asarray(rows, dtype=np.int64)[:, None] * self.n_docs + topk.astype(np.int64)
         if len(self._keys) == 0:
             return np.zeros(keys.shape, dtype=np.int64)
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)

@@ -1,18 +1,24 @@
-"""The adapter: a small network on top of frozen embeddings, and its self-describing saved form.
+"""The estimator: Search-Adaptor and its variants behind one scikit-learn style class, and its
+self-describing saved form.
 
-``a(e) = e + f(e)`` with ``f`` a small MLP (or a single linear map) whose last layer starts at zero,
-so an untrained adapter is exactly the identity, i.e. exactly zero-shot. Scores are cosine
-similarities of adapted, L2-normalised vectors. The estimator follows scikit-learn's contract:
-hyperparameters in ``__init__``, ``fit(...) -> self``, fitted state in attributes ending in ``_``.
+Hyperparameters go to ``__init__``; ``fit(...) -> self`` trains (through
+:func:`search_adaptor.training.train`); fitted state lives in attributes ending in ``_``, the same
+after ``fit`` as after :meth:`SearchAdaptor.load`. Scores are cosine similarities of adapted,
+L2-normalised vectors. A saved adapter is a folder (``config.json`` + ``adapter.safetensors`` +
+``README.md``) that records the encoder whose embeddings it was trained on, and loading it checks
+every field and every weight as if a stranger had edited the files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+import logging
+import math
+import numbers
 import os
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,112 +28,45 @@ import torch
 from torch import nn
 
 from search_adaptor import __version__
+from search_adaptor.encoders.base import Encoder, Kind, check_vectors
+from search_adaptor.files import Staged, read_json
+from search_adaptor.losses import PAIR_REDUCTIONS, RANKING_LOSSES
+from search_adaptor.networks import ARCHITECTURES, MODES, ResidualAdapter, build_nets, numpy_forward
+from search_adaptor.retrieval import l2_normalize, row_norms
+from search_adaptor.training import TrainResult, train
+from search_adaptor.variants import MAX_STEPS, VAL_FRACTION
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-ARCHITECTURES = ("mlp", "linear")
-MODES = ("shared", "query_only", "separate")
+CONFIG, WEIGHTS, CARD = "config.json", "adapter.safetensors", "README.md"
+NEGATIVES = ("random", "hard", "mixed")
+MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
 _CHUNK = 65536  # rows per transform chunk: bounds memory on large corpora
-#: BLAS libraries compute batches of one to three rows with matrix-vector kernels whose float32
-#: rounding differs in the last bits from the matrix-matrix kernel; smaller batches are padded to
-#: this many rows so that a row's adapted vector never depends on the batch it came in (one query,
-#: a serving batch, a corpus chunk, a Ray batch: bit-identical).
-_MIN_GEMM_ROWS = 4
+_LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
+_warned_no_encoder: set[str] = set()
 
-
-class ResidualAdapter(nn.Module):
-    """``e -> e + f(e)`` (or ``f(e)`` without the skip connection, the paper's ablation).
-
-    ``f`` is Linear(d, h) -> ReLU -> Linear(h, d) for ``"mlp"`` and Linear(d, d) for ``"linear"``.
-    With the skip connection the last layer starts at zero, making the adapter the identity.
-    """
-
-    def __init__(self, dim: int, hidden_dim: int, architecture: str = "mlp", residual: bool = True) -> None:
-        super().__init__()
-        self.residual = residual
-        if architecture == "mlp":
-            self.f = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
-        elif architecture == "linear":
-            self.f = nn.Sequential(nn.Linear(dim, dim))
-        else:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-        last = self.f[-1]
-        if residual:
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-        elif architecture == "linear":  # a plain linear map still starts at the identity
-            with torch.no_grad():
-                last.weight.copy_(torch.eye(dim))
-                last.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.f(x) if self.residual else self.f(x)
-
-
-class QueryPredictor(nn.Module):
-    """Training-only MLP mapping an adapted relevant document to its adapted query (thrown away after)."""
-
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-_DENSE: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple[int, ...], np.ndarray, np.ndarray]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _dense(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-    """The layer's weight, transposed into a C-contiguous copy, and its bias, as numpy.
-
-    BLAS runs small batches several times faster against a contiguous (in, out) matrix than against
-    the transposed view of torch's (out, in) one. The copy is cached per layer and refreshed when
-    torch's version counters show an in-place change (a training step, ``load_state_dict``).
-    """
-    key = (layer.weight.data_ptr(), layer.weight._version, layer.bias._version)
-    cached = _DENSE.get(layer)
-    if cached is None or cached[0] != key:
-        weight_t = np.ascontiguousarray(layer.weight.detach().numpy().T)
-        cached = (key, weight_t, layer.bias.detach().numpy().copy())
-        _DENSE[layer] = cached
-    return cached[1], cached[2]
-
-
-def numpy_forward(net: ResidualAdapter, x: np.ndarray) -> np.ndarray:
-    """``net(x)`` computed with numpy (no torch call), on cached copies of the weights.
-
-    Inference is one or two small matmuls per batch; torch's per-call dispatch and its thread pool
-    (which oversubscribes the cores of a busy serving host) cost far more than the arithmetic, so a
-    one-query search pays a few microseconds here instead of milliseconds. Training stays in torch.
-    """
-    n = len(x)
-    if n < _MIN_GEMM_ROWS:  # see _MIN_GEMM_ROWS: the same kernel for every batch size
-        x = np.concatenate([x, np.zeros((_MIN_GEMM_ROWS - n, x.shape[1]), dtype=x.dtype)])
-    h = x
-    for layer in net.f:
-        if isinstance(layer, nn.Linear):
-            weight_t, bias = _dense(layer)
-            h = h @ weight_t  # a new array: the in-place ops below are safe
-            h += bias
-        elif isinstance(layer, nn.ReLU):
-            np.maximum(h, 0.0, out=h)
-        else:  # pragma: no cover - ResidualAdapter only builds Linear and ReLU
-            raise TypeError(f"numpy_forward cannot apply {type(layer).__name__}")
-    if net.residual:
-        h += x
-    return h[:n]
+EncoderLike = Encoder | Mapping[str, Any] | str
 
 
 class CompatibilityError(ValueError):
     """Embeddings handed to an adapter come from another model or have another dimension."""
 
 
-def l2_normalize(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Row-wise unit vectors (zero rows stay zero); ``out=x`` normalises in place."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # one pass, no squared temporary
-    return np.divide(x, np.maximum(norms, 1e-12), out=out)
+def describe_encoder(encoder: EncoderLike) -> dict[str, Any]:
+    """``{"fingerprint", "provider", "model", "config"}`` of an encoder, a recorded description of one,
+    or a model name / fingerprint given for precomputed vectors."""
+    if isinstance(encoder, Encoder):
+        return encoder.info()
+    if isinstance(encoder, str):
+        if not encoder:
+            raise ValueError("encoder: give the model name or fingerprint of the embeddings, not ''")
+        return {"fingerprint": encoder, "provider": "precomputed", "model": encoder, "config": {}}
+    if isinstance(encoder, Mapping) and isinstance(encoder.get("fingerprint"), str):
+        return dict(encoder)
+    raise TypeError(
+        f"encoder: expected an Encoder, its info dict or a model name, got {type(encoder).__name__}"
+    )
 
 
 class SearchAdaptor:
@@ -190,10 +129,10 @@ class SearchAdaptor:
         temperature: float = 0.05,
         lr: float = 1e-3,
         batch_size: int = 128,
-        max_steps: int = 2000,
+        max_steps: int = MAX_STEPS,
         eval_every: int = 25,
         patience: int = 125,
-        val_fraction: float = 0.2,
+        val_fraction: float = VAL_FRACTION,
         hard_pool: int = 100,
         full_corpus_max: int = 50000,
         seed: int = 0,
@@ -249,25 +188,39 @@ class SearchAdaptor:
         return f"SearchAdaptor({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     def _validate_params(self) -> None:
-        from search_adaptor.losses import PAIR_REDUCTIONS, RANKING_LOSSES
-
+        """Every hyperparameter's type, choices and bounds (fit and load both run this)."""
         choices = {
             "architecture": ARCHITECTURES,
             "mode": MODES,
             "loss": RANKING_LOSSES,
             "pair_reduction": PAIR_REDUCTIONS,
-            "negatives": ("random", "hard", "mixed"),
+            "negatives": NEGATIVES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("batch_size", "max_steps", "eval_every", "n_negatives", "hard_pool"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1); got {self.val_fraction!r}")
+        for name in ("residual", "in_batch"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        ints = {"batch_size": 1, "max_steps": 1, "eval_every": 1, "n_negatives": 1, "hard_pool": 1}
+        ints.update(patience=0, full_corpus_max=0, seed=0)
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+        hidden = self.hidden_dim
+        if hidden is not None and (
+            isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or not 1 <= hidden <= MAX_DIM
+        ):
+            raise ValueError(f"hidden_dim must be null or an integer in [1, {MAX_DIM}]; got {hidden!r}")
+        for name in ("alpha", "beta", "temperature", "lr", "val_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number; got {value!r}")
         if self.alpha < 0 or self.beta < 0 or self.temperature <= 0 or self.lr <= 0:
             raise ValueError("alpha and beta must be >= 0, temperature and lr > 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1); got {self.val_fraction!r}")
 
     # -- fitting ---------------------------------------------------------------------------------
     def fit(
@@ -278,6 +231,7 @@ class SearchAdaptor:
         query_ids: Sequence[str] | None = None,
         corpus_ids: Sequence[str] | None = None,
         val_query_ids: Sequence[str] | None = None,
+        encoder: EncoderLike | None = None,
     ) -> SearchAdaptor:
         """Train on labelled (query, relevant document) pairs; keep the best validation checkpoint.
 
@@ -294,25 +248,40 @@ class SearchAdaptor:
             Queries to validate on; by default ``val_fraction`` of the labelled queries, drawn
             with ``seed``. Validation picks the checkpoint; the identity (zero-shot) is a candidate
             too, so the fitted adapter is never worse than zero-shot on validation.
+        encoder : Encoder, its ``info()`` dict, or a model name, optional
+            What made the embeddings. It is saved with the adapter, and every later use refuses
+            vectors of another model; without it the adapter cannot tell (a warning says so on save).
         """
-        from search_adaptor.training import train
-
         self._validate_params()
+        info = describe_encoder(encoder) if encoder is not None else {}
         start = time.perf_counter()
-        train(self, query_embeddings, corpus_embeddings, qrels, query_ids, corpus_ids, val_query_ids)
+        result = train(
+            self.get_params(),
+            query_embeddings,
+            corpus_embeddings,
+            qrels,
+            query_ids,
+            corpus_ids,
+            val_query_ids,
+        )
+        self._set_fitted(result, info)
         self.fit_time_ = time.perf_counter() - start
         return self
 
-    def _build_nets(self, dim: int) -> None:
-        hidden = int(self.hidden_dim or dim)
-        self.dim_ = dim
-        self.query_net_ = ResidualAdapter(dim, hidden, self.architecture, self.residual)
-        if self.mode == "shared":
-            self.corpus_net_: ResidualAdapter | None = self.query_net_
-        elif self.mode == "separate":
-            self.corpus_net_ = ResidualAdapter(dim, hidden, self.architecture, self.residual)
-        else:
-            self.corpus_net_ = None
+    def _set_fitted(self, result: TrainResult, encoder: dict[str, Any]) -> None:
+        self.dim_ = result.dim
+        self.query_net_ = result.query_net
+        self.corpus_net_ = result.corpus_net
+        self.history_ = result.history
+        self.best_step_ = result.best_step
+        self.best_score_ = result.best_score
+        self.zero_shot_score_ = result.zero_shot_score
+        self.n_steps_ = result.n_steps
+        self.n_train_queries_ = result.n_train_queries
+        self.val_query_ids_ = result.val_query_ids
+        self.n_val_queries_ = len(result.val_query_ids)
+        self.encoder_ = encoder
+        self.metrics_: dict[str, Any] = {}
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "query_net_"):
@@ -324,9 +293,28 @@ class SearchAdaptor:
         self._check_fitted()
         return self.best_step_ == 0
 
+    @property
+    def fingerprint_(self) -> str:
+        """Stable id of what the adapter computes: mode, architecture, identity flag and weights.
+
+        Saving and loading the same adapter gives the same fingerprint; any change of a weight does not.
+        """
+        params = self.get_params()
+        head = {k: params[k] for k in ("architecture", "hidden_dim", "residual", "mode")}
+        described = json.dumps({**head, "dim": self.dim_, "identity": self.is_identity_}, sort_keys=True)
+        h = hashlib.sha256(described.encode())
+        for name, tensor in sorted(self._tensors().items()):
+            h.update(name.encode())
+            h.update(tensor.cpu().numpy().tobytes())
+        return f"adapter:{h.hexdigest()[:16]}"
+
     # -- inference -------------------------------------------------------------------------------
-    def _apply(self, net: nn.Module | None, x: np.ndarray, what: str) -> np.ndarray:
+    def _apply(
+        self, net: nn.Module | None, x: np.ndarray, what: str, encoder: EncoderLike | None
+    ) -> np.ndarray:
         self._check_fitted()
+        if encoder is not None:
+            self.check_encoder(encoder)
         arr = np.asarray(x, dtype=np.float32)
         if arr.ndim != 2 or arr.shape[1] != self.dim_:
             got = arr.shape[1] if arr.ndim == 2 else f"shape {arr.shape}"
@@ -334,16 +322,13 @@ class SearchAdaptor:
                 f"{what}: this adapter expects {self.dim_}-d embeddings of {self._encoder_name()}, "
                 f"got {got}-d; embed with the same model as at training time"
             )
-        norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))  # a NaN or inf anywhere makes its row's norm one
+        norms = row_norms(arr)
         if not np.isfinite(norms).all():
-            bad = ~np.isfinite(arr).all(axis=1)
-            if bad.any():
-                row = int(np.argmax(bad))
-                raise ValueError(f"{what}: row {row} contains NaN or inf; fix the embeddings before adapting")
-            norms = np.linalg.norm(arr.astype(np.float64), axis=1)  # finite, but squares overflow float32
+            row = int(np.argmax(~np.isfinite(norms)))
+            raise ValueError(f"{what}: row {row} contains NaN or inf; fix the embeddings before adapting")
         identity = net is None or self.best_step_ == 0
         if len(norms) and np.abs(norms - 1.0).max() > 1e-6:
-            arr = arr / np.maximum(norms, 1e-12)[:, None].astype(np.float32)
+            arr = (arr / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
         elif identity:  # unit rows already (most models and APIs return them): skip a pass, not the copy
             arr = arr.copy()
         if identity:
@@ -356,70 +341,98 @@ class SearchAdaptor:
                 out[i : i + _CHUNK] = numpy_forward(net, arr[i : i + _CHUNK])
         return l2_normalize(out, out=out)
 
-    def transform_queries(self, X: np.ndarray) -> np.ndarray:
+    def transform_queries(self, X: np.ndarray, encoder: EncoderLike | None = None) -> np.ndarray:
         """Adapted, unit-norm query vectors.
 
         Parameters
         ----------
         X : array-like of shape (n_queries, dim)
+        encoder : Encoder, info dict or model name, optional
+            What made ``X``; refused (naming both models) when it is not the adapter's encoder.
 
         Returns
         -------
         ndarray of shape (n_queries, dim), float32
         """
         self._check_fitted()
-        return self._apply(self.query_net_, X, "queries")
+        return self._apply(self.query_net_, X, "queries", encoder)
 
-    def transform_corpus(self, X: np.ndarray) -> np.ndarray:
+    def transform_corpus(self, X: np.ndarray, encoder: EncoderLike | None = None) -> np.ndarray:
         """Adapted, unit-norm document vectors (only normalised in query-only mode: no re-index)."""
         self._check_fitted()
-        return self._apply(self.corpus_net_, X, "corpus")
+        return self._apply(self.corpus_net_, X, "corpus", encoder)
 
     def score(self, query_embeddings: np.ndarray, corpus_embeddings: np.ndarray) -> np.ndarray:
         """Cosine scores of adapted queries against adapted documents, shape (n_queries, n_docs)."""
         return self.transform_queries(query_embeddings) @ self.transform_corpus(corpus_embeddings).T
 
-    # -- persistence -------------------------------------------------------------------------------
+    # -- the encoder it belongs to -----------------------------------------------------------------
     def _encoder_name(self) -> str:
         enc = getattr(self, "encoder_", None) or {}
         return enc.get("model") or enc.get("fingerprint") or "the training model"
 
-    def check_encoder(self, fingerprint: str, dim: int | None = None) -> None:
-        """Refuse embeddings from another model (fingerprint) or of another dimension, naming both."""
+    def check_encoder(self, encoder: EncoderLike, dim: int | None = None) -> None:
+        """Refuse embeddings from another model (fingerprint) or of another dimension, naming both.
+
+        ``encoder`` is an Encoder, its info dict, or a fingerprint. An adapter saved without its
+        encoder (older files, or ``fit`` without ``encoder=``) cannot check: it accepts and warns once.
+        """
         self._check_fitted()
+        theirs = describe_encoder(encoder)["fingerprint"]
         mine = (getattr(self, "encoder_", None) or {}).get("fingerprint")
-        if mine and fingerprint != mine:
+        if mine and theirs != mine:
             raise CompatibilityError(
-                f"adapter was trained on embeddings of {mine} but these come from {fingerprint}; "
+                f"adapter was trained on embeddings of {mine} but these come from {theirs}; "
                 "use the same encoder (model, dimensions, prompts) as at training time"
             )
+        if not mine:
+            self._warn_no_encoder()
         if dim is not None and dim != self.dim_:
             raise CompatibilityError(
                 f"adapter expects {self.dim_}-d embeddings of {self._encoder_name()}, got {dim}-d"
             )
 
+    def _warn_no_encoder(self, where: str = "") -> None:
+        key = where or str(id(self))
+        if key not in _warned_no_encoder:
+            _warned_no_encoder.add(key)
+            log.warning(
+                "search-adaptor: warning: %sthis adapter does not record the encoder it was trained on, so "
+                "it cannot refuse vectors of another model; refit with encoder= to record it",
+                f"{where}: " if where else "",
+            )
+
+    # -- persistence -------------------------------------------------------------------------------
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """Weights as saved: ``query.*`` always, ``corpus.*`` for a separate corpus network."""
+        self._check_fitted()
+        nets = {"query": self.query_net_}
+        if self.mode == "separate" and self.corpus_net_ is not None:
+            nets["corpus"] = self.corpus_net_
+        return {
+            f"{side}.{k}": v.detach().contiguous()
+            for side, net in nets.items()
+            for k, v in net.state_dict().items()
+        }
+
     def save(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write ``config.json`` + ``adapter.safetensors`` + ``README.md`` into ``path`` (atomically).
+        """Write ``config.json`` + ``adapter.safetensors`` + ``README.md`` into the folder ``path``.
 
-        ``extra`` (e.g. validation and test metrics) is stored under ``config["metrics"]``.
+        The folder is replaced as a whole (readers see the old adapter or the new one); an existing
+        folder is replaced only when it is an adapter folder or empty. ``extra`` (e.g. validation and
+        test metrics) is stored under ``config["metrics"]``.
         """
-        from safetensors.torch import save_file
-
-        from search_adaptor.report import write_text_atomic
+        from safetensors.torch import save as to_safetensors
 
         self._check_fitted()
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {f"query.{k}": v.detach().contiguous() for k, v in self.query_net_.state_dict().items()}
-        if self.mode == "separate" and self.corpus_net_ is not None:
-            tensors.update(
-                {f"corpus.{k}": v.detach().contiguous() for k, v in self.corpus_net_.state_dict().items()}
-            )
+        if not (self.encoder_ or {}).get("fingerprint"):
+            self._warn_no_encoder(str(path))
+        metrics = dict(extra if extra is not None else getattr(self, "metrics_", {}))
         config = {
             "library": "search-adaptor",
             "version": __version__,
             "format_version": FORMAT_VERSION,
-            "encoder": getattr(self, "encoder_", None) or {},
+            "encoder": self.encoder_ or {},
             "dim": self.dim_,
             "normalization": "l2 on input and output; scores are cosine similarities",
             "identity": self.is_identity_,
@@ -432,54 +445,255 @@ class SearchAdaptor:
                 "n_train_queries": self.n_train_queries_,
                 "n_val_queries": self.n_val_queries_,
                 "fit_time_s": round(float(getattr(self, "fit_time_", 0.0)), 3),
+                "val_query_ids": list(self.val_query_ids_),
+                "history": self.history_,
             },
-            "metrics": dict(extra or {}),
+            "metrics": metrics,
         }
-        tmp = out / "adapter.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata={"format": "pt", "library": "search-adaptor"})
-        os.replace(tmp, out / "adapter.safetensors")
-        write_text_atomic(out / "config.json", json.dumps(config, indent=2, sort_keys=False) + "\n")
-        write_text_atomic(out / "README.md", _model_card(config))
-        return out
+        blob = to_safetensors(self._tensors(), metadata={"format": "pt", "library": "search-adaptor"})
+        with Staged(path, folder=True, marker=CONFIG, what="an adapter folder") as staged:
+            (staged.path / WEIGHTS).write_bytes(blob)
+            (staged.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            (staged.path / CARD).write_text(_model_card(config), encoding="utf-8")
+        return staged.target
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SearchAdaptor:
-        """Rebuild a fitted adapter from :meth:`save`'s folder (no pickle involved)."""
-        from safetensors.torch import load_file
+        """Rebuild a fitted adapter from :meth:`save`'s folder (no pickle involved), checking it whole.
 
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            One line naming the file, the field and the fix: a missing, damaged or edited config
+            (wrong type, unknown key or choice, out-of-range number, newer format), weights that do
+            not match the config (names, shapes, dtype) or are not finite.
+        """
         folder = Path(path)
-        cfg_path = folder / "config.json"
+        cfg_path = folder / CONFIG
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path}: not found; point at a folder written by SearchAdaptor.save")
+        config = _check_config(read_json(cfg_path, _LOAD_FIX), cfg_path)
+        est = cls()
         try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{cfg_path}: not valid JSON ({exc.msg}); the adapter folder is damaged"
-            ) from exc
-        if config.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{cfg_path}: format_version {config['format_version']} is newer than this library "
-                f"understands ({FORMAT_VERSION}); upgrade search-adaptor"
-            )
-        est = cls().set_params(**config["hyperparameters"])
-        est._build_nets(int(config["dim"]))
-        tensors = load_file(str(folder / "adapter.safetensors"))
-        est.query_net_.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("query.")})
-        if est.mode == "separate" and est.corpus_net_ is not None:
-            est.corpus_net_.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("corpus.")})
+            est.set_params(**config["hyperparameters"])
+            est._validate_params()
+        except ValueError as exc:
+            raise ValueError(f"{cfg_path}: hyperparameters: {exc}; {_LOAD_FIX}") from None
+        dim = config["dim"]
+        query_net, corpus_net = _load_weights(folder / WEIGHTS, est, dim)
         training = config["training"]
-        est.encoder_ = config.get("encoder") or {}
-        est.best_step_ = int(training["best_step"])
-        est.n_steps_ = int(training["n_steps"])
-        est.best_score_ = training["val_ndcg@10"]
-        est.zero_shot_score_ = training["zero_shot_val_ndcg@10"]
-        est.n_train_queries_ = training["n_train_queries"]
+        est._set_fitted(
+            TrainResult(
+                query_net=query_net,
+                corpus_net=corpus_net,
+                dim=dim,
+                history=training.get("history", []),
+                best_step=training["best_step"],
+                best_score=training["val_ndcg@10"],
+                zero_shot_score=training["zero_shot_val_ndcg@10"],
+                n_steps=training["n_steps"],
+                n_train_queries=training["n_train_queries"],
+                val_query_ids=training.get("val_query_ids", []),
+            ),
+            config["encoder"],
+        )
         est.n_val_queries_ = training["n_val_queries"]
-        est.fit_time_ = training.get("fit_time_s", 0.0)
-        est.history_ = []
-        est.metrics_ = config.get("metrics", {})
+        est.fit_time_ = training["fit_time_s"]
+        est.metrics_ = config["metrics"]
+        if config["identity"] != est.is_identity_:
+            raise ValueError(
+                f"{cfg_path}: identity is {config['identity']} but training.best_step is "
+                f"{training['best_step']}; {_LOAD_FIX}"
+            )
+        if not config["encoder"].get("fingerprint"):
+            est._warn_no_encoder(str(folder))
         return est
+
+
+_TOP_KEYS = {
+    "library": str,
+    "version": str,
+    "format_version": int,
+    "encoder": dict,
+    "dim": int,
+    "normalization": str,
+    "identity": bool,
+    "hyperparameters": dict,
+    "training": dict,
+    "metrics": dict,
+}
+_TRAINING_KEYS = {
+    "best_step": int,
+    "n_steps": int,
+    "val_ndcg@10": float,
+    "zero_shot_val_ndcg@10": float,
+    "n_train_queries": int,
+    "n_val_queries": int,
+    "fit_time_s": float,
+    "val_query_ids": list,
+    "history": list,
+}
+_OPTIONAL = {"val_query_ids", "history", "normalization", "library", "version"}
+
+
+def _typed(value: Any, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _check_section(section: Mapping[str, Any], schema: Mapping[str, type], where: str) -> None:
+    """Every key of ``schema`` present (unless optional) with its type, and no other key."""
+    for key, kind in schema.items():
+        if key not in section:
+            if key in _OPTIONAL:
+                continue
+            raise ValueError(f"{where}: missing field {key!r}; {_LOAD_FIX}")
+        if not _typed(section[key], kind):
+            raise ValueError(
+                f"{where}: field {key!r} must be {'a finite number' if kind is float else kind.__name__}, "
+                f"got {json.dumps(section[key])[:40]}; {_LOAD_FIX}"
+            )
+    unknown = sorted(set(section) - set(schema))
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r}; {_LOAD_FIX}")
+
+
+def _check_config(config: Any, path: Path) -> dict[str, Any]:
+    """The config of an adapter folder, every field's type and bound checked (see :meth:`load`)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}; {_LOAD_FIX}")
+    version = config.get("format_version")
+    if not _typed(version, int) or version < 1:
+        raise ValueError(
+            f"{path}: field 'format_version' must be an integer >= 1, got {json.dumps(version)}; {_LOAD_FIX}"
+        )
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {version} is newer than this library understands ({FORMAT_VERSION}); "
+            "upgrade search-adaptor"
+        )
+    _check_section(config, _TOP_KEYS, str(path))
+    if not 1 <= config["dim"] <= MAX_DIM:
+        raise ValueError(f"{path}: field 'dim' must be in [1, {MAX_DIM}], got {config['dim']}; {_LOAD_FIX}")
+    training = config["training"]
+    _check_section(training, _TRAINING_KEYS, f"{path}: training")
+    counts = ("best_step", "n_steps", "n_train_queries", "n_val_queries")
+    if any(training[k] < 0 for k in counts) or training["best_step"] > training["n_steps"]:
+        raise ValueError(f"{path}: training: step or query counts out of range; {_LOAD_FIX}")
+    for key in ("val_ndcg@10", "zero_shot_val_ndcg@10"):
+        if not 0.0 <= training[key] <= 1.0:
+            raise ValueError(f"{path}: training: {key} must be in [0, 1], got {training[key]}; {_LOAD_FIX}")
+    if not all(isinstance(q, str) for q in training.get("val_query_ids", [])):
+        raise ValueError(f"{path}: training: val_query_ids must be a list of strings; {_LOAD_FIX}")
+    history = training.get("history", [])
+    if not all(isinstance(h, dict) and _typed(h.get("step"), int) for h in history):
+        raise ValueError(f"{path}: training: history must be a list of {{step, ...}} objects; {_LOAD_FIX}")
+    encoder = config["encoder"]
+    if encoder and not isinstance(encoder.get("fingerprint"), str):
+        raise ValueError(f"{path}: encoder: field 'fingerprint' must be a string; {_LOAD_FIX}")
+    return config
+
+
+def _load_weights(path: Path, est: SearchAdaptor, dim: int) -> tuple[ResidualAdapter, ResidualAdapter | None]:
+    """The networks the config describes, filled from ``path`` after checking names, shapes, dtypes
+    and finiteness against the config (shapes are compared before anything is allocated)."""
+    from safetensors import safe_open
+
+    fix = f"the weights file is damaged; {_LOAD_FIX}"
+    own = ("query", "corpus") if est.mode == "separate" else ("query",)  # networks with their own weights
+    with torch.device("meta"):  # the expected names and shapes, without allocating the weights
+        shapes = {
+            f"{side}.{k}": tuple(v.shape)
+            for side, net in zip(own, _nets_for(est, dim), strict=False)
+            for k, v in net.state_dict().items()
+        }
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = set(handle.keys())
+            if names != set(shapes):
+                odd = sorted(names - set(shapes)) or sorted(set(shapes) - names)
+                what = "unknown tensor" if names - set(shapes) else "missing tensor"
+                raise ValueError(
+                    f"{path}: {what} {odd[0]!r} for the config's {est.mode} {est.architecture}; {fix}"
+                )
+            tensors = {}
+            for name in names:
+                piece = handle.get_slice(name)
+                if tuple(piece.get_shape()) != shapes[name] or piece.get_dtype() != "F32":
+                    raise ValueError(
+                        f"{path}: tensor {name!r} is {piece.get_dtype()} {tuple(piece.get_shape())}, the "
+                        f"config needs F32 {shapes[name]}; {fix}"
+                    )
+                tensors[name] = handle.get_tensor(name)
+    except ValueError:
+        raise
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; {_LOAD_FIX}") from None
+    except Exception as exc:  # safetensors raises its own error types for truncated or garbage files
+        detail = " ".join(str(exc).split())[:120]
+        raise ValueError(f"{path}: not a readable safetensors file ({detail}); {fix}") from None
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: tensor {name!r} contains NaN or inf; {fix}")
+    query_net, corpus_net = _nets_for(est, dim)
+    query_net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("query.")})
+    if est.mode == "separate" and corpus_net is not None:
+        corpus_net.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("corpus.")})
+    for net in (query_net, corpus_net):
+        if net is not None:
+            net.eval()
+    return query_net, corpus_net
+
+
+def _nets_for(est: SearchAdaptor, dim: int) -> tuple[ResidualAdapter, ResidualAdapter | None]:
+    """Networks shaped as ``est``'s config says: (query, corpus), the corpus one shared or absent."""
+    return build_nets(dim, est.hidden_dim, est.architecture, est.residual, est.mode)
+
+
+def as_adapter(adapter: SearchAdaptor | str | os.PathLike) -> SearchAdaptor:
+    """A fitted adapter, or the one saved in the folder ``adapter``."""
+    return adapter if isinstance(adapter, SearchAdaptor) else SearchAdaptor.load(adapter)
+
+
+class AdaptedEncoder(Encoder):
+    """``encoder`` followed by a trained adapter: queries and documents come out adapted, unit-norm.
+
+    Parameters
+    ----------
+    encoder : Encoder
+        The base model the adapter was trained on (its fingerprint is checked).
+    adapter : SearchAdaptor or path
+        A fitted adapter or the folder :meth:`SearchAdaptor.save` wrote.
+
+    Notes
+    -----
+    Queries go through ``adapter.transform_queries`` and documents through
+    ``adapter.transform_corpus`` (only normalised in ``query_only`` mode). The fingerprint combines
+    the base encoder's with the adapter's, so an embedding store keeps adapted vectors apart from
+    base ones.
+    """
+
+    provider = "adapted"
+
+    def __init__(self, encoder: Encoder, adapter: SearchAdaptor | str | os.PathLike) -> None:
+        self.base = encoder
+        self.adapter = as_adapter(adapter)
+        self.adapter.check_encoder(encoder)
+        self.model = encoder.model
+        self.batch_size = encoder.batch_size
+        self.max_concurrency = encoder.max_concurrency
+
+    def config(self) -> dict[str, Any]:
+        return {"provider": self.provider, "base": self.base.config(), "adapter": self.adapter.fingerprint_}
+
+    def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+        vectors = check_vectors(self.base.encode_batch(texts, kind), self.base.model, len(texts))
+        if kind == "query":
+            return self.adapter.transform_queries(vectors)
+        return self.adapter.transform_corpus(vectors)
 
 
 def _model_card(config: Mapping[str, Any]) -> str:

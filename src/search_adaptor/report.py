@@ -1,53 +1,31 @@
 """Reports: the proof a user asked for, as ``report.json`` (for tools) and ``report.md`` (for people).
 
-``report.json`` keeps one shape that other tools read::
+``report.json`` keeps one shape that other tools read, for ``fit`` and ``evaluate`` alike::
 
-    {"dataset", "model", "protocol": "test" | "kfold", "metrics": {"zero-shot": {...}, "adapted": {...}},
-     "selected", "validation", "timings": {"embed_s", "train_s"}, ...}
+    {"dataset", "model", "protocol": "test" | "kfold" | "evaluate", "test_split", "n_test_queries",
+     "metrics": {"zero-shot": {...}, "adapted": {...}}, "significance", "selected", "validation",
+     "timings", ...}
 
-``fit`` adds ``"plots": {"similarity": "plots/similarity.png", "learning_curves": ...}`` (paths
-relative to the report's folder; empty with ``"plots_skipped": reason`` when matplotlib is missing).
+:func:`save_run` writes a finished :class:`~search_adaptor.experiment.Run` into a folder: the
+reports, the figures (``"plots": {"similarity": "plots/similarity.png", ...}``, paths relative to
+the folder; empty with ``"plots_skipped": reason`` when matplotlib is missing) and, for ``fit``,
+the adapter.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from search_adaptor.experiment import Run
+from search_adaptor.files import write_text_atomic
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` so that readers see the old file or the new one, never half of one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def publish_folder(tmp: Path, target: Path) -> None:
-    """Put the finished folder ``tmp`` in place of ``target`` (a sibling): readers see one or the other.
-
-    Temporary folders are private (0700); the published one gets the usual 0755/0644 modes.
-    """
-    for item in [tmp, *tmp.rglob("*")]:
-        item.chmod(0o755 if item.is_dir() else 0o644)
-    old = tmp.with_name(tmp.name + ".old")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+#: Why a report has no figures when matplotlib is not installed.
+PLOTS_SKIPPED = "pip install matplotlib (or the `bench` extra)"
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> list[str]:
@@ -68,7 +46,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Model: `{report['model']}`. Selected variant: **{report['selected']}**.",
     ]
-    if protocol == "kfold":
+    if protocol == "evaluate":
+        lines.append(
+            f"Protocol: a saved adapter scored on the {report.get('n_test_queries', '?')} "
+            f"`{report.get('test_split', 'test')}` queries (the report says nothing about how they relate "
+            "to the queries it was trained on)."
+        )
+    elif protocol == "kfold":
         lines.append(
             f"Protocol: {report['folds']}-fold cross-validation over the labelled queries (the dataset "
             "has no train split): each fold's adapter is trained and selected on the other folds only, "
@@ -123,7 +107,10 @@ def _figures(report: Mapping[str, Any]) -> list[str]:
     if not plots:
         return []
     n = report.get("n_test_queries", "?")
-    if report["protocol"] == "kfold":
+    if report["protocol"] == "evaluate":
+        queries = f"the {n} `{report.get('test_split', 'test')}` queries"
+        curves = "of the saved adapter"
+    elif report["protocol"] == "kfold":
         queries = (
             f"all {n} labelled queries, which the saved adapter was trained on (so it overstates the "
             "gain on new queries; the cross-validated metrics above do not)"
@@ -155,3 +142,59 @@ def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> tuple
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(out / "report.md", render_markdown(report))
     return out / "report.json", out / "report.md"
+
+
+def write_figures(out_dir: str | os.PathLike, run: Run) -> dict[str, Any]:
+    """Draw a run's figures into ``out_dir/plots/``; never raises for a figure that fails.
+
+    Returns
+    -------
+    {"plots": {name: path relative to out_dir}} for the figures written, plus ``"plots_skipped"``
+    (the fix) when matplotlib is not installed. A figure that fails is reported on stderr in one
+    line and left out.
+    """
+    from search_adaptor import plots
+
+    figures: dict[str, Callable[[Path], Path]] = {
+        "similarity": lambda path: plots.plot_similarity(
+            run.emb, run.figure_qrels, run.adapter, path, title=run.titles.get("similarity", "")
+        ),
+    }
+    if run.histories:
+        figures["learning_curves"] = lambda path: plots.plot_learning_curves(
+            run.histories, path, title=run.titles.get("learning_curves", "")
+        )
+    rel = {name: f"plots/{name}.png" for name in ("similarity", "learning_curves")}
+    for name in rel:  # an earlier run's figure must not pass for this one's
+        (Path(out_dir) / rel[name]).unlink(missing_ok=True)
+    written: dict[str, str] = {}
+    for name, draw in figures.items():
+        try:
+            draw(Path(out_dir) / rel[name])
+        except ImportError:
+            return {"plots": {}, "plots_skipped": PLOTS_SKIPPED}
+        except Exception as exc:
+            detail = (str(exc).strip().splitlines() or [""])[0]
+            print(
+                f"search-adaptor: warning: {name} plot failed ({type(exc).__name__}: {detail}); "
+                "the run goes on without it",
+                file=sys.stderr,
+            )
+            continue
+        written[name] = rel[name]
+    return {"plots": written}
+
+
+def save_run(run: Run, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write a finished run into ``out_dir``: figures, ``report.json``, ``report.md`` and, for a
+    ``fit``, ``adapter/`` (with its test metrics in its config). Returns the report as written."""
+    out = Path(out_dir).resolve()
+    report = dict(run.report)
+    if report["protocol"] != "evaluate":
+        adapter_dir = out / "adapter"
+        test = {"protocol": report["protocol"], **report["metrics"]}
+        run.adapter.save(adapter_dir, extra={"test": test, "selected": report["selected"]})
+        report["adapter"] = str(adapter_dir)
+    report.update(write_figures(out, run))
+    write_report(out, report)
+    return report

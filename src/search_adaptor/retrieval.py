@@ -1,4 +1,4 @@
-"""Exact top-k search over a dense matrix: the reference every index is measured against."""
+"""Unit vectors and exact top-k search over a dense matrix: the reference every index is measured against."""
 
 from __future__ import annotations
 
@@ -6,6 +6,22 @@ import numpy as np
 
 _QUERY_CHUNK = 1024
 _DOC_CHUNK = 262144
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """L2 norm of every row, in the input's precision (one pass, no squared temporary); rows whose
+    squares overflow it (finite values around 1e20 and up in float32) are measured in float64.
+    A row with NaN or inf gets a non-finite norm."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    if not np.isfinite(norms).all():
+        redo = ~np.isfinite(norms) & np.isfinite(x).all(axis=1)
+        norms[redo] = np.linalg.norm(x[redo].astype(np.float64), axis=1)
+    return norms
+
+
+def l2_normalize(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise unit vectors (zero rows stay zero); ``out=x`` normalises in place."""
+    return np.divide(x, np.maximum(row_norms(x), 1e-12)[:, None], out=out)
 
 
 def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,10 @@ with a message saying what the limit is.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import os
+import sys
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
@@ -20,8 +23,9 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_adaptor import __version__
+from search_adaptor.encoders import LOCAL
 from search_adaptor.encoders.base import EncoderError
-from search_adaptor.index import AdaptedIndex
+from search_adaptor.index import AdaptedIndex, import_faiss
 
 MAX_BATCH = 64
 MAX_K = 100
@@ -138,8 +142,6 @@ def create_app(
     max_batch, max_k, max_chars : int
         Most queries per request, results per query, and characters per query (413/422 beyond).
     """
-    from search_adaptor.encoders.registry import LOCAL
-
     encoder = index.encoder
     if encoder.provider == LOCAL:  # load the model now: free, and the first request does not pay for it
         index.embed_queries(["warm-up"])
@@ -208,3 +210,54 @@ def create_app(
         }
 
     return app
+
+
+def serve(
+    index_dir: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key_env: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """``search-adaptor serve``: load the index folder and serve it with uvicorn until interrupted.
+
+    ``api_key_env`` names the environment variable holding the key clients must send (never the key
+    itself, which would show in process lists and shell history); serving a non-loopback address
+    without one prints a warning. ``threads`` caps CPU threads of the model, adapter and FAISS.
+    """
+    import uvicorn
+
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env, "").strip()
+        if not key:
+            raise ValueError(
+                f"--api-key-env {api_key_env}: that environment variable is empty; "
+                "set it to the key clients will send"
+            )
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not key and not loopback:
+        print(
+            f"search-adaptor: warning: serving on {host} without an API key; anyone who can reach it "
+            "can search (use --api-key-env)",
+            file=sys.stderr,
+        )
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+        import_faiss().omp_set_num_threads(threads)
+    index = AdaptedIndex.load(index_dir)
+    app = create_app(index, api_key=key)
+    print(
+        f"search-adaptor: serving {index.n_docs} documents on http://{host}:{port} "
+        f"(OpenAPI docs at /docs{'; API key required' if key else ''})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=host, port=port)

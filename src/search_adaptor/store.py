@@ -20,19 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from search_adaptor.encoders.base import Encoder, Kind, check_vectors
+from search_adaptor.files import default_cache_dir
 
-ENV_CACHE = "SEARCH_ADAPTOR_CACHE"
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
-
-
-def default_cache_dir() -> Path:
-    """``$SEARCH_ADAPTOR_CACHE`` or the user's cache dir: shared by every run on this machine."""
-    env = os.environ.get(ENV_CACHE)
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("search-adaptor"))
 
 
 def text_key(kind: Kind, text: str) -> bytes:

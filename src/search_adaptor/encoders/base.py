@@ -59,6 +59,23 @@ class Encoder(ABC):
         blob = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
         return f"{self.provider}:{self.model}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
+    def info(self) -> dict[str, Any]:
+        """What adapters, indexes and reports record about this embedding space (never a key).
+
+        ``{"fingerprint", "provider", "model", "config"}``;
+        :func:`~search_adaptor.encoders.registry.from_info` recreates the encoder from it.
+        """
+        return {
+            "fingerprint": self.fingerprint,
+            "provider": self.provider,
+            "model": self.model,
+            "config": self.config(),
+        }
+
+    def request_tokens(self, texts: Sequence[str], kind: Kind) -> int | None:
+        """Estimated tokens a paid API would bill for ``texts``; None for encoders that run locally."""
+        return None
+
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Embed queries without any cache (use :class:`~search_adaptor.store.EmbeddingStore` for that)."""
         return self._encode_all(texts, "query")

@@ -553,11 +553,19 @@ class ApiEncoder(Encoder):
             **self._wire_config(),
         }
 
-    def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+    def _prepared(self, texts: Sequence[str], kind: Kind) -> list[str]:
+        """The texts as this encoder sends them: with the kind's prompt, cut to ``max_chars``."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         prompt = self.query_prompt if kind == "query" else self.document_prompt
-        prepared = prepare_texts([prompt + t for t in texts], self.max_chars)
+        return prepare_texts([prompt + t for t in texts], self.max_chars)
+
+    def request_tokens(self, texts: Sequence[str], kind: Kind) -> int:
+        """Estimated tokens the provider would bill for embedding ``texts`` (see :data:`CHARS_PER_TOKEN`)."""
+        return sum(estimate_tokens(t) for t in self._prepared(texts, kind))
+
+    def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+        prepared = self._prepared(texts, kind)
         parts = [
             self._request(prepared[s], kind)
             for s in plan_requests(prepared, self.max_inputs, self.max_request_tokens)

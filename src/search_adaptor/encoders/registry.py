@@ -7,22 +7,15 @@ naming ``sentence-transformers`` never imports httpx.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
+from search_adaptor.encoders import API_CLASSES, LOCAL, PROVIDERS
 from search_adaptor.encoders.base import Encoder
 
-#: provider name -> (module, class) of its encoder
-_CLASSES: dict[str, tuple[str, str]] = {
-    "openai": ("search_adaptor.encoders.openai", "OpenAIEncoder"),
-    "azure-openai": ("search_adaptor.encoders.openai", "AzureOpenAIEncoder"),
-    "openai-compatible": ("search_adaptor.encoders.openai", "OpenAICompatibleEncoder"),
-    "gemini": ("search_adaptor.encoders.gemini", "GeminiEncoder"),
-    "vertex": ("search_adaptor.encoders.gemini", "VertexEncoder"),
-    "cohere": ("search_adaptor.encoders.cohere", "CohereEncoder"),
-    "voyage": ("search_adaptor.encoders.voyage", "VoyageEncoder"),
-}
-LOCAL = "sentence-transformers"
-PROVIDERS: tuple[str, ...] = (LOCAL, *_CLASSES)
+__all__ = ["LOCAL", "PROVIDERS", "from_info", "make_encoder"]
+#: encoder config keys that are also ``make_encoder`` options of the same name
+_OPTIONS = ("max_chars", "query_prompt", "document_prompt", "truncate", "truncation", "auto_truncate")
 
 
 def make_encoder(
@@ -74,9 +67,9 @@ def make_encoder(
         if batch_size is not None:
             kw["batch_size"] = batch_size
         return SentenceTransformerEncoder(model or DEFAULT_MODEL, **kw)
-    if provider not in _CLASSES:
+    if provider not in API_CLASSES:
         raise ValueError(f"unknown embedding provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
-    module, name = _CLASSES[provider]
+    module, name = API_CLASSES[provider]
     cls = getattr(importlib.import_module(module), name)
     return cls(
         model,
@@ -86,3 +79,36 @@ def make_encoder(
         max_concurrency=max_concurrency,
         **kw,
     )
+
+
+def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
+    """Recreate the encoder an index or adapter records (:meth:`Encoder.info`).
+
+    API keys come from the environment, as for any encoder. The result must reproduce the recorded
+    fingerprint; otherwise the vectors would differ from the indexed ones. ``overrides`` are
+    ``make_encoder`` options that do not change the vectors (``batch_size``, ``max_concurrency``,
+    ``timeout``).
+
+    Raises
+    ------
+    ValueError
+        Precomputed vectors (no model to call) or a config this library version cannot reproduce.
+    """
+    provider, cfg = info.get("provider"), info.get("config") or {}
+    if provider == "precomputed":
+        raise ValueError(
+            f"the vectors came from precomputed embeddings ({info.get('model')}): there is no model to embed "
+            "text with; pass query vectors instead, or give an encoder explicitly"
+        )
+    base_url = cfg.get("base_url") or cfg.get("endpoint")
+    extra: dict[str, Any] = {"base_url": base_url} if base_url else {}
+    if cfg.get("dimensions") is not None:
+        extra["dimensions"] = cfg["dimensions"]
+    options = {k: cfg[k] for k in _OPTIONS if k in cfg}
+    encoder = make_encoder(str(provider), cfg.get("model"), **extra, **options, **overrides)
+    if encoder.fingerprint != info.get("fingerprint"):
+        raise ValueError(
+            f"recreated encoder {encoder.fingerprint} differs from the recorded {info.get('fingerprint')}; "
+            "pass the original encoder explicitly"
+        )
+    return encoder

@@ -1,0 +1,148 @@
+"""Files the tool writes and reads back: atomic writes, JSON read with one-line errors, the cache dir.
+
+Everything the tool writes (reports, adapters, indexes, vector shards, downloads) is first written to
+a private temporary sibling and then renamed into place, so a reader, or a run killed half-way,
+sees the old file or folder or the new one, never a mix. Everything it reads back is input like any
+other: :func:`read_json` and :func:`inside` turn damaged or edited files into one-line errors that
+name the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ENV_CACHE = "SEARCH_ADAPTOR_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$SEARCH_ADAPTOR_CACHE`` or the user's cache dir: shared by every run on this machine."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("search-adaptor"))
+
+
+class Staged:
+    """A temporary sibling of ``target`` that replaces it in one rename once it is complete.
+
+    Parameters
+    ----------
+    target : path
+        The file or folder to (re)place.
+    folder : bool
+        Stage a folder (filled by the caller) rather than a file.
+    marker, what : str, optional
+        For folders: an existing ``target`` is replaced only when it is empty or holds ``marker``
+        (it is ``what``), so a mistyped path never deletes unrelated files.
+
+    Use as a context manager: :meth:`publish` on success, :meth:`discard` on an exception. The
+    staged folder is private (0700) while it is written; the published one gets 0755/0644 modes.
+    """
+
+    def __init__(
+        self, target: str | os.PathLike, *, folder: bool = False, marker: str | None = None, what: str = ""
+    ) -> None:
+        self.target = Path(target).resolve()
+        self.folder = folder
+        unrelated = folder and marker and self.target.is_dir() and not (self.target / marker).is_file()
+        if unrelated and any(self.target.iterdir()):
+            raise FileExistsError(
+                f"{self.target}: exists and is not {what or 'written by search-adaptor'}; "
+                "choose a new or empty folder"
+            )
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{self.target.name}."
+        if folder:
+            self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.target.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=self.target.parent)
+            os.close(fd)
+            self.path = Path(name)
+
+    def publish(self) -> Path:
+        """Put the staged file or folder in place of the target; returns the target."""
+        if not self.folder:
+            self.path.chmod(0o644)
+            os.replace(self.path, self.target)
+            return self.target
+        for item in [self.path, *self.path.rglob("*")]:
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        old = self.path.with_name(self.path.name + ".old")
+        if self.target.exists():
+            os.replace(self.target, old)
+        os.replace(self.path, self.target)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.target
+
+    def discard(self) -> None:
+        """Remove what was staged; the target is left as it was."""
+        if self.folder:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Staged:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.publish()
+        else:
+            self.discard()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the new one, never half of one."""
+    with Staged(path) as staged, open(staged.path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text, written as :func:`write_bytes_atomic` does."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """The JSON value in ``path``; a missing, non-UTF-8 or malformed file is one ``ValueError`` line.
+
+    ``fix`` ends each message: what the user should do (e.g. "rebuild the index").
+    """
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file}: not found; {fix}") from None
+    except OSError as exc:
+        raise ValueError(f"{file}: cannot be read ({exc.strerror}); {fix}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not UTF-8 (byte {exc.start}); {fix}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+
+
+def inside(folder: str | os.PathLike, relative: Any, field: str) -> Path:
+    """``folder / relative``, refusing anything that is not a relative path inside ``folder``.
+
+    Paths recorded in the tool's own files (an index's adapter, a shard) must stay in their folder:
+    an edited ``"../../x"`` or an absolute path would load something else than what was written.
+    """
+    base = Path(folder).resolve()
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        raise ValueError(f"{field}: {json.dumps(relative)} is not a relative path inside {base}")
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        raise ValueError(f"{field}: {json.dumps(relative)} points outside {base}; rebuild the folder")
+    return path

@@ -1,0 +1,132 @@
+"""The adapter's networks: the residual map ``a(e) = e + f(e)``, the training-only query predictor, and
+their inference in numpy.
+
+``f`` is a small MLP (or a single linear map) whose last layer starts at zero, so an untrained
+adapter is exactly the identity, i.e. exactly zero-shot.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+from torch import nn
+
+ARCHITECTURES = ("mlp", "linear")
+MODES = ("shared", "query_only", "separate")
+#: BLAS libraries compute batches of one to three rows with matrix-vector kernels whose float32
+#: rounding differs in the last bits from the matrix-matrix kernel; smaller batches are padded to
+#: this many rows so that a row's adapted vector never depends on the batch it came in (one query,
+#: a serving batch, a corpus chunk, a Ray batch: bit-identical).
+_MIN_GEMM_ROWS = 4
+
+
+class ResidualAdapter(nn.Module):
+    """``e -> e + f(e)`` (or ``f(e)`` without the skip connection, the paper's ablation).
+
+    ``f`` is Linear(d, h) -> ReLU -> Linear(h, d) for ``"mlp"`` and Linear(d, d) for ``"linear"``.
+    With the skip connection the last layer starts at zero, making the adapter the identity.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, architecture: str = "mlp", residual: bool = True) -> None:
+        super().__init__()
+        self.residual = residual
+        if architecture == "mlp":
+            self.f = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
+        elif architecture == "linear":
+            self.f = nn.Sequential(nn.Linear(dim, dim))
+        else:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        last = self.f[-1]
+        if residual:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        elif architecture == "linear":  # a plain linear map still starts at the identity
+            with torch.no_grad():
+                last.weight.copy_(torch.eye(dim))
+                last.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x) if self.residual else self.f(x)
+
+
+class QueryPredictor(nn.Module):
+    """Training-only MLP mapping an adapted relevant document to its adapted query (thrown away after)."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_nets(
+    dim: int, hidden_dim: int | None, architecture: str, residual: bool, mode: str
+) -> tuple[ResidualAdapter, ResidualAdapter | None]:
+    """(query network, corpus network) for ``mode``: the same network when shared, none for query-only."""
+    hidden = int(hidden_dim or dim)
+    query_net = ResidualAdapter(dim, hidden, architecture, residual)
+    if mode == "shared":
+        return query_net, query_net
+    if mode == "separate":
+        return query_net, ResidualAdapter(dim, hidden, architecture, residual)
+    return query_net, None
+
+
+def linear_layers(net: ResidualAdapter) -> list[tuple[nn.Linear, bool]]:
+    """The residual function ``f`` as ``(linear layer, ReLU after it)`` pairs: the one walk over its
+    layers that numpy inference and every export share."""
+    layers: list[tuple[nn.Linear, bool]] = []
+    for module in net.f:
+        if isinstance(module, nn.Linear):
+            layers.append((module, False))
+        elif isinstance(module, nn.ReLU) and layers:
+            layers[-1] = (layers[-1][0], True)
+        else:
+            raise TypeError(f"adapter layer {type(module).__name__} is not supported")
+    return layers
+
+
+_DENSE: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple[int, ...], np.ndarray, np.ndarray]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _dense(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's weight, transposed into a C-contiguous copy, and its bias, as numpy.
+
+    BLAS runs small batches several times faster against a contiguous (in, out) matrix than against
+    the transposed view of torch's (out, in) one. The copy is cached per layer and refreshed when
+    torch's version counters show an in-place change (a training step, ``load_state_dict``).
+    """
+    key = (layer.weight.data_ptr(), layer.weight._version, layer.bias._version)
+    cached = _DENSE.get(layer)
+    if cached is None or cached[0] != key:
+        weight_t = np.ascontiguousarray(layer.weight.detach().numpy().T)
+        cached = (key, weight_t, layer.bias.detach().numpy().copy())
+        _DENSE[layer] = cached
+    return cached[1], cached[2]
+
+
+def numpy_forward(net: ResidualAdapter, x: np.ndarray) -> np.ndarray:
+    """``net(x)`` computed with numpy (no torch call), on cached copies of the weights.
+
+    Inference is one or two small matmuls per batch; torch's per-call dispatch and its thread pool
+    (which oversubscribes the cores of a busy serving host) cost far more than the arithmetic, so a
+    one-query search pays a few microseconds here instead of milliseconds. Training stays in torch.
+    """
+    n = len(x)
+    if n < _MIN_GEMM_ROWS:  # see _MIN_GEMM_ROWS: the same kernel for every batch size
+        x = np.concatenate([x, np.zeros((_MIN_GEMM_ROWS - n, x.shape[1]), dtype=x.dtype)])
+    h = x
+    for layer, relu in linear_layers(net):
+        weight_t, bias = _dense(layer)
+        h = h @ weight_t  # a new array: the in-place ops below are safe
+        h += bias
+        if relu:
+            np.maximum(h, 0.0, out=h)
+    if net.residual:
+        h += x
+    return h[:n]

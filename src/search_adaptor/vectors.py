@@ -1,0 +1,252 @@
+"""Vector files: ``.npy`` matrices and Parquet tables of (id, vector), read and written in chunks.
+
+A ``.npy`` is read and written sequentially, never memory-mapped whole; Parquet has an id column
+and a vector column (list or fixed-size list of floats), decoded one row group at a time; a folder
+of ``*.parquet`` shards reads as one table in file-name order. Outputs are staged and renamed into
+place (:class:`~search_adaptor.files.Staged`), so a killed job leaves the previous output, never
+half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search_adaptor.data import DataError
+from search_adaptor.files import Staged
+
+ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
+SHARDS_MANIFEST = "_manifest.json"
+_ROW_GROUP = 8192  # Parquet row group: what a reader decodes at once (12 MB at 384-d), whatever the shard
+ID, VECTOR = "id", "vector"
+
+
+# -- Arrow <-> numpy -----------------------------------------------------------------------------------
+def to_table(ids: Sequence[str], vectors: np.ndarray) -> Any:
+    """An Arrow table ``(id: string, vector: fixed_size_list<float32>[dim])`` any Parquet reader opens."""
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    return pa.table(
+        {
+            ID: pa.array(list(ids), type=pa.string()),
+            VECTOR: pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        }
+    )
+
+
+def from_table(
+    table: Any, where: str, id_column: str = ID, vector_column: str = VECTOR
+) -> tuple[list[str], np.ndarray]:
+    """``(ids, float32 matrix)`` from an Arrow table; ``where`` names the source in errors."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in (id_column, vector_column):
+        if name not in table.column_names:
+            raise DataError(
+                f"{where}: no column {name!r} (columns: {', '.join(table.column_names)}); "
+                f"name the {'id' if name == id_column else 'vector'} column with "
+                f"--{'id' if name == id_column else 'vector'}-column"
+            )
+    col = table.column(vector_column).combine_chunks()
+    if not (
+        pa.types.is_list(col.type)
+        or pa.types.is_large_list(col.type)
+        or pa.types.is_fixed_size_list(col.type)
+    ):
+        raise DataError(f"{where}: column {vector_column!r} is {col.type}, not a list of floats")
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{where}: row {row} of column {vector_column!r} is null; every row needs a vector")
+    n = len(col)
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False) if n else np.zeros(0)
+    if n and (lengths != lengths[0]).any():
+        row = int(np.flatnonzero(lengths != lengths[0])[0])
+        raise DataError(
+            f"{where}: row {row} of column {vector_column!r} has {lengths[row]} values, row 0 has "
+            f"{lengths[0]}; all vectors must have one dimension"
+        )
+    dim = int(lengths[0]) if n else 0
+    vectors = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+    ids = [str(v) for v in table.column(id_column).to_pylist()]
+    return ids, vectors
+
+
+# -- reading vectors ---------------------------------------------------------------------------------
+def _npy_header(handle: Any, path: Path) -> tuple[tuple[int, ...], np.dtype, bool]:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(handle)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read(handle)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a .npy file ({exc}); save vectors with numpy.save") from None
+    return shape, dtype, fortran
+
+
+def vector_files(path: str | os.PathLike) -> list[Path]:
+    """The files a vector source stands for: one ``.npy``/``.parquet`` file, or a folder's ``*.parquet``."""
+    src = Path(path)
+    if src.is_dir():
+        files = sorted(p for p in src.glob("*.parquet") if not p.name.startswith((".", "_")))
+        if not files:
+            raise DataError(f"{src}: no *.parquet files in this folder; point at a .npy or .parquet file")
+        return files
+    if not src.is_file():
+        raise DataError(f"{src}: file not found")
+    if src.suffix not in (".npy", ".parquet"):
+        raise DataError(f"{src}: unsupported vector file (use .npy, .parquet or a folder of .parquet shards)")
+    return [src]
+
+
+def iter_vectors(
+    path: str | os.PathLike, rows: int = ROWS, id_column: str = ID, vector_column: str = VECTOR
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Yield ``(ids, vectors)`` chunks of at most ``rows`` rows, holding one chunk in memory at a time.
+
+    A ``.npy`` matrix has no ids: its rows are named ``"0"``, ``"1"``, ... in order.
+    """
+    for file in vector_files(path):
+        if file.suffix == ".npy":
+            yield from _iter_npy(file, rows)
+            continue
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            reader = pq.ParquetFile(file, pre_buffer=False)  # no read-ahead: memory follows the batch
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+        wanted = [id_column, vector_column]
+        columns = (
+            wanted if set(wanted) <= set(reader.schema_arrow.names) else None
+        )  # else: the error names them
+        # Decoding a list column costs several times its size in Arrow buffers (levels, offsets), so
+        # decode at most a row group's worth at a time and assemble the chunk in numpy.
+        start, ids, parts = 0, [], []
+        for batch in reader.iter_batches(
+            batch_size=min(rows, _ROW_GROUP), columns=columns, use_threads=False
+        ):
+            where = f"{file} (rows {start}-{start + batch.num_rows - 1})"
+            batch_ids, vectors = from_table(pa.Table.from_batches([batch]), where, id_column, vector_column)
+            ids += batch_ids
+            parts.append(vectors)
+            start += batch.num_rows
+            if len(ids) >= rows:
+                yield ids, np.concatenate(parts)
+                ids, parts = [], []
+        if ids:
+            yield ids, np.concatenate(parts)
+
+
+def _iter_npy(path: Path, rows: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    with open(path, "rb") as handle:
+        shape, dtype, fortran = _npy_header(handle, path)
+        if len(shape) != 2 or fortran or dtype.kind != "f":
+            raise DataError(
+                f"{path}: expected a C-ordered 2-D float matrix (n_vectors, dim), got shape {shape}, "
+                f"dtype {dtype}{', Fortran order' if fortran else ''}"
+            )
+        n, dim = shape
+        for start in range(0, n, rows):
+            count = min(rows, n - start)
+            buf = np.empty((count, dim), dtype=dtype)
+            if handle.readinto(memoryview(buf).cast("B")) != buf.nbytes:
+                raise DataError(f"{path}: file ends before row {start + count} of {n}; it is truncated")
+            yield [str(i) for i in range(start, start + count)], buf.astype(np.float32, copy=False)
+
+
+# -- writing vectors ---------------------------------------------------------------------------------
+class VectorWriter:
+    """Streams ``(ids, vectors)`` chunks to ``.npy``, one ``.parquet`` file, or a folder of Parquet shards.
+
+    Everything goes to a temporary sibling first; :meth:`close` (or leaving the ``with`` block
+    without an error) renames it into place, so readers never see half an output.
+    """
+
+    def __init__(self, out: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+        self.out = Path(out).resolve()
+        self.kind = {".npy": "npy", ".parquet": "parquet"}.get(self.out.suffix, "shards")
+        self.meta = dict(meta or {})
+        self.rows, self.dim, self.shards = 0, 0, 0
+        folder = self.kind == "shards"
+        self._staged = Staged(
+            self.out, folder=folder, marker=SHARDS_MANIFEST, what="a shard folder of search-adaptor"
+        )
+        self._handle: Any = None
+
+    def write(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.dim and vectors.shape[1] != self.dim:
+            raise ValueError(f"{self.out}: got {vectors.shape[1]}-d vectors after {self.dim}-d ones")
+        self.dim = int(vectors.shape[1])
+        if self.kind == "npy":
+            if self._handle is None:
+                self._handle = open(self._staged.path, "wb+")  # noqa: SIM115 - open across write() calls
+                self._handle.write(b"\0" * 128)  # header space, filled in by close() once n is known
+            self._handle.write(vectors.tobytes())
+        elif self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            table = to_table(ids, vectors)
+            if self._handle is None:
+                self._handle = pq.ParquetWriter(self._staged.path, table.schema)
+            self._handle.write_table(table, row_group_size=_ROW_GROUP)
+        else:
+            import pyarrow.parquet as pq
+
+            path = self._staged.path / f"part-{self.shards:05d}.parquet"
+            pq.write_table(to_table(ids, vectors), path, row_group_size=_ROW_GROUP)
+        self.rows += len(vectors)
+        self.shards += 1
+
+    def close(self) -> Path:
+        if self.kind != "shards" and self._handle is None:
+            self._staged.discard()
+            raise ValueError(f"{self.out}: no vectors to write (the input is empty)")
+        if self.kind == "npy":
+            self._handle.seek(0)
+            self._handle.write(_npy_header_bytes(self.rows, self.dim))
+            self._handle.close()
+        elif self.kind == "parquet":
+            self._handle.close()
+        else:
+            finish_shard_folder(self._staged.path, {"rows": self.rows, "dim": self.dim, **self.meta})
+        return self._staged.publish()
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._staged.discard()
+
+    def __enter__(self) -> VectorWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _npy_header_bytes(rows: int, dim: int) -> bytes:
+    """A version 1.0 ``.npy`` header of exactly 128 bytes for a C-ordered float32 (rows, dim) matrix.
+
+    Its size does not depend on ``rows``, so the header can be reserved first and filled in once
+    the streamed row count is known.
+    """
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+    body = text.ljust(128 - 10 - 1).encode("latin1") + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+
+
+def finish_shard_folder(folder: Path, meta: dict[str, Any]) -> None:
+    """Record what a shard folder holds; its presence also marks the folder as complete."""
+    (folder / SHARDS_MANIFEST).write_text(json.dumps({"library": "search-adaptor", **meta}, indent=2) + "\n")
