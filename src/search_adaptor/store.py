@@ -200,6 +200,7 @@ class EmbeddingStore:
             raise self._damaged(f"table {table} has columns ({cols})" if have else f"no {table} table")
 
     def _meta_dim(self) -> int | None:
+        """The recorded vector dimension (None before the first write); caller holds the lock."""
         row = self._db.execute("SELECT value FROM meta WHERE name='dim'").fetchone()
         if row is None:
             return None
@@ -208,6 +209,7 @@ class EmbeddingStore:
         return int(row[0])
 
     def _damaged(self, reason: str) -> StoreError:
+        """The one-line error for a file this store cannot trust, with the fix: rebuild it."""
         return StoreError(
             f"{self.path}: damaged embedding store ({reason}); delete the folder {self.path.parent} to "
             "rebuild it (every text it held is embedded, and paid for, again on the next run)"
@@ -240,6 +242,7 @@ class EmbeddingStore:
             self._db.execute("COMMIT")
 
     def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """All rows of one read, under the connection lock."""
         with self._lock, self._guard():
             return self._db.execute(sql, params).fetchall()
 
@@ -306,6 +309,7 @@ class EmbeddingStore:
 
     @staticmethod
     def _missing(kind: Kind, texts: Sequence[str], have: dict[bytes, np.ndarray]) -> dict[bytes, str]:
+        """Key -> text of the unique texts without a vector in ``have``, in first-seen order."""
         out: dict[bytes, str] = {}
         for t in texts:
             k = text_key(kind, t)
