@@ -161,9 +161,9 @@ def test_a_frozen_claimants_claims_lapse_after_the_lease(tmp_path: Path) -> None
 
 def test_a_batch_slower_than_the_lease_is_not_taken_over(tmp_path: Path) -> None:
     """Claims are refreshed while their batch runs; threads sharing one store object coordinate too."""
-    encoder = SlowEncoder(delay=1.0)  # each batch takes longer than the 0.3 s lease
+    encoder = SlowEncoder(delay=1.5)  # each batch takes three times the 0.5 s lease
     texts = TEXTS[: 3 * BATCH]
-    with EmbeddingStore(encoder, tmp_path, lease_s=0.3) as store:
+    with EmbeddingStore(encoder, tmp_path, lease_s=0.5) as store:
         out: list[np.ndarray] = []
         threads = [
             threading.Thread(target=lambda: out.append(store.embed(texts, "document"))) for _ in range(2)
