@@ -3,6 +3,16 @@
 Why SQLite: every finished batch is committed in its own transaction (WAL journal), so a process
 killed at any moment loses at most the batches still in flight, and the next run sends only what is
 missing. One database file per encoder fingerprint keeps spaces apart and makes them easy to delete.
+
+Several processes (Ray actors, two runs started by hand) may embed into one store at once without
+paying twice: before sending a batch, a process claims its texts in the ``pending`` table; the
+others skip claimed texts, embed the rest, then wait for the claimed ones and read them back. A
+claim lapses when its owner dies (its process id is gone on this machine) or stops refreshing it
+for ``lease_s`` seconds (frozen, or on another machine), so a killed claimant never blocks anyone.
+
+Nothing hostile gets through: a damaged file or foreign schema raises one :class:`StoreError` that
+says which folder to delete; a store that cannot be written (read-only media) still serves what it
+holds; a stored vector of the wrong length or with NaN/inf is never returned (it is embedded again).
 """
 
 from __future__ import annotations
@@ -10,10 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +38,26 @@ from search_adaptor.encoders.base import Encoder, Kind, check_vectors
 from search_adaptor.files import default_cache_dir
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
+_BUSY_TIMEOUT_S = 60  # several processes (Ray actors) may write: wait this long for their locks
+_POLL_S = 0.1  # how often a process waiting for another one's claimed texts looks again
+_HOST = socket.gethostname()
+#: Columns (name, type) of each table; the store refuses a file whose tables differ.
+_TABLES = {
+    "meta": (("name", "TEXT"), ("value", "TEXT")),
+    "vectors": (("key", "BLOB"), ("vec", "BLOB")),
+    "pending": (("key", "BLOB"), ("owner", "TEXT"), ("host", "TEXT"), ("pid", "INTEGER"), ("seen", "REAL")),
+}
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL)",
+    # one row per text being embedded right now: who embeds it, and when they last said so
+    "CREATE TABLE IF NOT EXISTS pending (key BLOB PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, "
+    "pid INTEGER NOT NULL, seen REAL NOT NULL)",
+)
+
+
+class StoreError(ValueError):
+    """The store's file cannot serve this call (damaged, foreign, read-only); the message says the fix."""
 
 
 def text_key(kind: Kind, text: str) -> bytes:
@@ -30,9 +65,36 @@ def text_key(kind: Kind, text: str) -> bytes:
     return hashlib.sha256(f"{kind}\x00{text}".encode()).digest()[:16]
 
 
+def _can_write(path: Path) -> bool:
+    """Whether this process may change ``path``, or create it (judged on its nearest existing folder).
+
+    ``os.access`` also answers no on read-only mounts, where even root cannot write.
+    """
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (True where that cannot be asked)."""
+    if os.name == "nt":  # os.kill(pid, 0) does not probe there; the claim's lease still applies
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
 @dataclass
 class StoreStats:
-    """What one :meth:`EmbeddingStore.embed` call did: the proof that nothing was paid for twice."""
+    """What one :meth:`EmbeddingStore.embed` call did: the proof that nothing was paid for twice.
+
+    ``encoded`` counts the texts this call sent to the encoder; ``cached`` the unique texts it read
+    from the store instead (including those another process embedded while this call waited).
+    """
 
     requested: int = 0
     unique: int = 0
@@ -57,32 +119,125 @@ class EmbeddingStore:
         The embedding space; its fingerprint names the database.
     root : path, optional
         Cache directory; defaults to :func:`default_cache_dir`.
+    lease_s : float
+        How long another process's claim on a text stays valid without being refreshed (claimants
+        refresh theirs every ``lease_s / 4`` seconds while they embed).
+
+    Attributes
+    ----------
+    read_only : bool
+        True when the file (or its folder) cannot be written: the store serves what it holds and
+        raises :class:`StoreError` only when a text is missing from it.
     """
 
-    def __init__(self, encoder: Encoder, root: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, encoder: Encoder, root: str | os.PathLike | None = None, lease_s: float = 60.0
+    ) -> None:
         self.encoder = encoder
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.lease_s = lease_s
         safe = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:20]
         self.path = self.root / safe / "embeddings.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = not (_can_write(self.path.parent) and _can_write(self.path))
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(  # several processes (Ray actors) may write: wait for their locks
-            self.path, check_same_thread=False, isolation_level=None, timeout=60
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL)")
-        self._dim = self._meta_dim()
-        meta = json.dumps({"fingerprint": encoder.fingerprint, "config": encoder.config()}, sort_keys=True)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('encoder', ?)", (meta,))
+        with self._guard():
+            self._db = self._connect()
+            try:
+                self._check_tables()
+                self._dim = self._meta_dim()
+                if not self.read_only:
+                    meta = {"fingerprint": encoder.fingerprint, "config": encoder.config()}
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO meta VALUES ('encoder', ?)",
+                        (json.dumps(meta, sort_keys=True),),
+                    )
+            except BaseException:
+                self._db.close()
+                raise
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the file for writing, read-only when it cannot be written, or an empty stand-in.
+
+        A read-only WAL database normally needs its ``-shm`` file; in a read-only folder that file
+        cannot be made, so when no ``-wal`` file holds uncheckpointed commits the file is opened
+        ``immutable`` (nothing can change it there). A store that does not exist and cannot be
+        created is an empty in-memory one: it serves nothing and refuses to embed, in one line.
+        """
+        options = {"check_same_thread": False, "isolation_level": None, "timeout": _BUSY_TIMEOUT_S}
+        if self.read_only and self.path.exists():
+            wal = self.path.with_name(self.path.name + "-wal")
+            immutable = not _can_write(self.path.parent) and not wal.exists()
+            uri = f"{self.path.absolute().as_uri()}?mode=ro{'&immutable=1' if immutable else ''}"
+            return sqlite3.connect(uri, uri=True, **options)
+        if self.read_only:
+            db = sqlite3.connect(":memory:", **options)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, **options)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        for sql in _CREATE:
+            db.execute(sql)
+        return db
+
+    def _check_tables(self) -> None:
+        """Refuse a file whose tables are not this store's (``pending`` may be absent when read-only)."""
+        for table, expected in _TABLES.items():
+            have = tuple((row[1], row[2]) for row in self._db.execute(f"PRAGMA table_info({table})"))
+            if have == expected or (not have and table == "pending" and self.read_only):
+                continue
+            cols = ", ".join(f"{name} {kind}" for name, kind in have)
+            raise self._damaged(f"table {table} has columns ({cols})" if have else f"no {table} table")
 
     def _meta_dim(self) -> int | None:
+        """The recorded vector dimension (None before the first write); caller holds the lock."""
         row = self._db.execute("SELECT value FROM meta WHERE name='dim'").fetchone()
-        return int(row[0]) if row else None
+        if row is None:
+            return None
+        if not str(row[0]).isdecimal() or int(row[0]) == 0:
+            raise self._damaged(f"recorded dimension {row[0]!r} is not a positive integer")
+        return int(row[0])
+
+    def _damaged(self, reason: str) -> StoreError:
+        """The one-line error for a file this store cannot trust, with the fix: rebuild it."""
+        return StoreError(
+            f"{self.path}: damaged embedding store ({reason}); delete the folder {self.path.parent} to "
+            "rebuild it (every text it held is embedded, and paid for, again on the next run)"
+        )
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn SQLite's errors into one-line :class:`StoreError`s that name this store's file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if type(exc) is sqlite3.DatabaseError:  # SQLITE_CORRUPT or SQLITE_NOTADB: the file itself
+                raise self._damaged(str(exc)) from exc
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the connection lock.
+
+        ``BEGIN IMMEDIATE`` takes the write lock at once, so waiting for another process (up to the
+        busy timeout) happens here and never between a read and the write that depends on it.
+        """
+        with self._lock, self._guard():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """All rows of one read, under the connection lock."""
+        with self._lock, self._guard():
+            return self._db.execute(sql, params).fetchall()
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+        return self._fetch("SELECT COUNT(*) FROM vectors")[0][0]
 
     def close(self) -> None:
         self._db.close()
@@ -94,46 +249,63 @@ class EmbeddingStore:
         self.close()
 
     def lookup(self, kind: Kind, texts: Sequence[str]) -> dict[bytes, np.ndarray]:
-        """Cached vectors for the texts that have one, keyed by :func:`text_key`."""
-        keys = list({text_key(kind, t) for t in texts})
-        found: dict[bytes, np.ndarray] = {}
+        """Cached vectors for the texts that have a usable one, keyed by :func:`text_key`."""
+        return self._read({text_key(kind, t) for t in texts})
+
+    def _read(self, keys: Iterable[bytes]) -> dict[bytes, np.ndarray]:
+        """Stored vectors of ``keys``, leaving out (and, when writable, deleting) damaged rows.
+
+        A row whose blob is not ``dim`` float32 values, or holds NaN/inf, cannot be the text's vector;
+        treating it as missing is safe (the text is embedded again and the row replaced), and
+        deleting it tells other processes to do the same.
+        """
+        keys = list(keys)
+        rows: list[tuple[bytes, object]] = []
         for i in range(0, len(keys), _SQL_VARS):
             chunk = keys[i : i + _SQL_VARS]
             marks = ",".join("?" * len(chunk))
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk
-                ).fetchall()
-            for key, blob in rows:
-                found[key] = np.frombuffer(blob, dtype=np.float32)
+            rows += self._fetch(f"SELECT key, vec FROM vectors WHERE key IN ({marks})", chunk)
+        if not rows:
+            return {}
+        dim = self._known_dim()
+        sized = [(k, v) for k, v in rows if isinstance(v, bytes) and len(v) == 4 * dim]
+        mat = np.frombuffer(b"".join(v for _, v in sized), dtype=np.float32).reshape(len(sized), dim)
+        finite = np.isfinite(mat).all(axis=1)
+        found = {k: mat[i] for i, (k, _) in enumerate(sized) if finite[i]}
+        if len(found) < len(rows) and not self.read_only:
+            bad = [(k, v) for k, v in rows if k not in found]
+            with self._tx() as db:
+                db.executemany("DELETE FROM vectors WHERE key = ? AND vec = ?", bad)
+            warnings.warn(
+                f"{self.path}: {len(bad)} stored vector(s) had the wrong length or NaN/inf; "
+                "they were deleted and are embedded again",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return found
+
+    def _known_dim(self) -> int:
+        """The store's dimension, re-read when another process recorded it after this one opened."""
+        if self._dim is None:
+            with self._lock, self._guard():
+                self._dim = self._meta_dim()
+        if self._dim is None:
+            raise self._damaged("vectors stored without a recorded dimension")
+        return self._dim
 
     def missing(self, kind: Kind, texts: Sequence[str]) -> list[str]:
         """Unique texts that would be sent to the encoder (in first-seen order)."""
-        have = self.lookup(kind, texts)
-        out, seen = [], set()
+        return list(self._missing(kind, texts, self.lookup(kind, texts)).values())
+
+    @staticmethod
+    def _missing(kind: Kind, texts: Sequence[str], have: dict[bytes, np.ndarray]) -> dict[bytes, str]:
+        """Key -> text of the unique texts without a vector in ``have``, in first-seen order."""
+        out: dict[bytes, str] = {}
         for t in texts:
             k = text_key(kind, t)
-            if k not in have and k not in seen:
-                seen.add(k)
-                out.append(t)
+            if k not in have and k not in out:
+                out[k] = t
         return out
-
-    def _write(self, kind: Kind, texts: Sequence[str], vectors: np.ndarray) -> None:
-        rows = [(text_key(kind, t), v.tobytes()) for t, v in zip(texts, vectors, strict=False)]
-        with self._lock:
-            if self._dim is None:
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(vectors.shape[1]),))
-                self._dim = vectors.shape[1]
-            elif vectors.shape[1] != self._dim:
-                raise ValueError(
-                    f"{self.encoder.model}: returned {vectors.shape[1]}-d vectors but the store at "
-                    f"{self.path} holds {self._dim}-d ones for the same fingerprint; "
-                    "delete that folder or fix the encoder"
-                )
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
-            self._db.execute("COMMIT")
 
     def embed(
         self,
@@ -142,34 +314,168 @@ class EmbeddingStore:
         progress: Callable[[int], None] | None = None,
         stats: StoreStats | None = None,
     ) -> np.ndarray:
-        """Vectors for ``texts`` (in order), encoding and committing only what is not cached yet.
+        """Vectors for ``texts`` (in order), encoding and committing only what is not stored yet.
+
+        Texts another process is embedding right now are not sent again: this call embeds the rest,
+        then waits for those and reads them back. ``progress`` is told how many texts became
+        available each time (embedded here or elsewhere).
 
         Returns
         -------
         ndarray of shape (len(texts), dim), float32
+
+        Raises
+        ------
+        StoreError
+            The store is damaged, or read-only and some text has no vector in it (nothing is sent).
         """
-        todo = self.missing(kind, texts)
-        local = StoreStats(requested=len(texts), unique=len({text_key(kind, t) for t in texts}))
-        local.cached = local.unique - len(todo)
-        batches = [
-            todo[i : i + self.encoder.batch_size] for i in range(0, len(todo), self.encoder.batch_size)
-        ]
-        for batch, vectors in self._run_batches(batches, kind):
-            self._write(kind, batch, vectors)
-            local.encoded += len(batch)
-            local.batches += 1
-            if progress is not None:
-                progress(len(batch))
+        found = self.lookup(kind, texts)
+        todo = self._missing(kind, texts, found)
+        if todo and self.read_only:
+            raise StoreError(
+                f"{self.path}: cannot write the embedding store here (read-only), and {len(todo)} text(s) "
+                f"have no vector in it yet; make {self.path.parent} writable, or point {ENV_CACHE} "
+                "(--cache) at a writable folder (a copy of this one keeps its vectors)"
+            )
+        local = StoreStats(requested=len(texts), unique=len(found) + len(todo))
+        if todo:
+            self._embed_missing(kind, todo, found, local, progress)
+        local.cached = local.unique - local.encoded
         local.by_kind[kind] = local.encoded
         if stats is not None:
             stats.add(local)
-        have = self.lookup(kind, texts)
         if not texts:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
-        return np.stack([have[text_key(kind, t)] for t in texts])
+        return np.stack([found[text_key(kind, t)] for t in texts])
 
-    def _run_batches(self, batches: list[list[str]], kind: Kind) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Encode batches, at most ``encoder.max_concurrency`` in flight, yielding each as it finishes."""
+    def _embed_missing(
+        self,
+        kind: Kind,
+        todo: dict[bytes, str],
+        found: dict[bytes, np.ndarray],
+        stats: StoreStats,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Embed ``todo`` into ``found``: claim and encode what nobody else is embedding, then wait.
+
+        Rounds: encode every batch this call can claim; read back what others finished meanwhile;
+        if texts are still claimed by a live process, sleep briefly and try again (their claims
+        may lapse). Claims are released on any exit, so a failed call never blocks another.
+        """
+        owner = uuid.uuid4().hex  # one per call: threads sharing this store object coordinate too
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(owner, stop), daemon=True)
+        beat.start()
+        try:
+            while todo:
+                for batch, vectors in self._run_batches(self._claimed_batches(owner, todo), kind):
+                    keys = [text_key(kind, t) for t in batch]
+                    self._write(keys, vectors)
+                    for key, vec in zip(keys, vectors, strict=True):
+                        found[key] = vec
+                        del todo[key]
+                    stats.encoded += len(batch)
+                    stats.batches += 1
+                    if progress is not None:
+                        progress(len(batch))
+                if not todo:
+                    break
+                elsewhere = self._read(todo)
+                for key in elsewhere:
+                    del todo[key]
+                found.update(elsewhere)
+                if progress is not None and elsewhere:
+                    progress(len(elsewhere))
+                if todo:
+                    time.sleep(_POLL_S)
+        finally:
+            stop.set()
+            beat.join()
+            with self._tx() as db:
+                db.execute("DELETE FROM pending WHERE owner = ?", (owner,))
+
+    def _claimed_batches(self, owner: str, todo: dict[bytes, str]) -> Iterator[list[str]]:
+        """Batches of ``todo`` (in order) that this call has just claimed; ends when none is left.
+
+        Claims are taken lazily, one batch as each is sent, so that parallel processes split the
+        work batch by batch instead of one of them claiming everything up front.
+        """
+        keys = list(todo)
+        pos = 0
+        while pos < len(keys):
+            claimed, pos = self._claim(owner, keys, pos)
+            if claimed:
+                yield [todo[k] for k in claimed]
+
+    def _claim(self, owner: str, keys: list[bytes], pos: int) -> tuple[list[bytes], int]:
+        """Claim up to one batch of ``keys[pos:]`` that is neither stored nor claimed by a live owner.
+
+        Returns the claimed keys and the position to continue from.
+        """
+        size = self.encoder.batch_size
+        claimed: list[bytes] = []
+        alive: dict[tuple[str, int], bool] = {}
+        with self._tx() as db:
+            now = time.time()
+            while pos < len(keys) and len(claimed) < size:
+                chunk = keys[pos : pos + size - len(claimed)]
+                pos += len(chunk)
+                marks = ",".join("?" * len(chunk))
+                stored = {k for (k,) in db.execute(f"SELECT key FROM vectors WHERE key IN ({marks})", chunk)}
+                busy = set()
+                for key, host, pid, seen in db.execute(
+                    f"SELECT key, host, pid, seen FROM pending WHERE key IN ({marks})", chunk
+                ):
+                    if (host, pid) not in alive:
+                        alive[host, pid] = host != _HOST or _pid_alive(pid)
+                    if alive[host, pid] and now - seen <= self.lease_s:
+                        busy.add(key)
+                claimed += [k for k in chunk if k not in stored and k not in busy]
+            db.executemany(
+                "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
+                [(k, owner, _HOST, os.getpid(), now) for k in claimed],
+            )
+        return claimed, pos
+
+    def _heartbeat(self, owner: str, stop: threading.Event) -> None:
+        """Refresh this call's claims every ``lease_s / 4`` seconds until ``stop`` is set.
+
+        Runs beside the encoder, so a batch that takes longer than the lease is not taken over.
+        """
+        while not stop.wait(self.lease_s / 4):
+            try:
+                with self._tx() as db:
+                    db.execute("UPDATE pending SET seen = ? WHERE owner = ?", (time.time(), owner))
+            except StoreError:
+                return  # the embedding thread meets the same error and reports it
+
+    def _write(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        """Commit one batch and drop its claims, in one transaction (all of it or nothing survives)."""
+        with self._tx() as db:
+            if self._dim is None:
+                self._dim = self._meta_dim()  # another process may have recorded it meanwhile
+            if self._dim is None:
+                db.execute("INSERT INTO meta VALUES ('dim', ?)", (str(vectors.shape[1]),))
+                self._dim = vectors.shape[1]
+            elif vectors.shape[1] != self._dim:
+                raise StoreError(
+                    f"{self.encoder.model}: returned {vectors.shape[1]}-d vectors but the store at "
+                    f"{self.path} holds {self._dim}-d ones for the same fingerprint; "
+                    "delete that folder or fix the encoder"
+                )
+            db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                [(k, v.tobytes()) for k, v in zip(keys, vectors, strict=True)],
+            )
+            db.executemany("DELETE FROM pending WHERE key = ?", [(k,) for k in keys])
+
+    def _run_batches(
+        self, batches: Iterator[list[str]], kind: Kind
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Encode batches, at most ``encoder.max_concurrency`` in flight, yielding each as it finishes.
+
+        The next batch is drawn from ``batches`` (and so claimed) only when a slot is free.
+        """
 
         def one(batch: list[str]) -> np.ndarray:
             return check_vectors(self.encoder.encode_batch(batch, kind), self.encoder.model, len(batch))
@@ -181,9 +487,8 @@ class EmbeddingStore:
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: dict[Future, list[str]] = {}
-            queue = iter(batches)
             try:
-                for batch in queue:
+                for batch in batches:
                     pending[pool.submit(one, batch)] = batch
                     if len(pending) >= workers:
                         break
@@ -196,7 +501,7 @@ class EmbeddingStore:
                             failure = failure or fut.exception()
                             continue
                         yield batch, fut.result()  # committed by the caller before the next one
-                        nxt = None if failure else next(queue, None)
+                        nxt = None if failure else next(batches, None)
                         if nxt is not None:
                             pending[pool.submit(one, nxt)] = nxt
                 if failure is not None:  # batches already in flight were kept; now report the failure
