@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from search_adaptor.encoders.base import Encoder, Kind, check_vectors
-from search_adaptor.files import default_cache_dir
+from search_adaptor.files import ENV_CACHE, default_cache_dir
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
 _BUSY_TIMEOUT_S = 60  # several processes (Ray actors) may write: wait this long for their locks
