@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -23,13 +24,17 @@ from fake_providers import (
     fake_encoder,
     required_options,
 )
-from search_adaptor.encoders.base import EncoderError
+from search_adaptor.encoders.base import EncoderError, InputsRejected
 from search_adaptor.encoders.http import (
     RetryPolicy,
     Secret,
+    cut_to_tokens,
     parse_retry_after,
     plan_requests,
     prepare_texts,
+    request_timeout,
+    retry_delay_in_body,
+    token_bound,
 )
 from search_adaptor.encoders.registry import PROVIDERS, make_encoder
 from search_adaptor.store import EmbeddingStore
@@ -91,14 +96,67 @@ def test_token_budget_splits_requests() -> None:
         assert [len(c.texts) for c in fake.calls] == [2, 1]
 
 
-def test_openai_cuts_long_and_empty_texts_as_configured() -> None:
-    with FakeProvider("openai") as fake:
+def test_openai_cuts_by_a_token_estimate_safe_for_every_script(caplog: pytest.LogCaptureFixture) -> None:
+    """CJK text used to be cut at 24,576 characters, ~74,000 tokens: a 400 that failed its batch."""
+    with FakeProvider("openai") as fake:  # rejects texts over 8192 tokens, CJK at 3 per character
         enc = fake_encoder(fake)
-        enc.encode_batch(["y" * 30_000, ""], "document")
-        assert [len(t) for t in fake.calls[0].texts] == [8192 * 3, 1]
-        assert enc.config()["max_chars"] == 8192 * 3
-        uncut = fake_encoder(fake, max_chars=None)
-        assert uncut.fingerprint != enc.fingerprint
+        english, cjk, code = "y" * 30_000, "東京都" * 10_000, "f(x); " * 5_000
+        vecs = enc.encode_batch([english, cjk, code, ""], "document")
+        sent = fake.calls[-1].texts
+        # letters a third of a token, CJK its 3 UTF-8 bytes, "f(x); " 4 tokens (punctuation 1 each)
+        assert [len(t) for t in sent] == [8192 * 3, 8192 // 3, 8192 // 4 * 6, 1]
+        np.testing.assert_allclose(vecs, fake.expected(sent, "document"), atol=1e-6)
+        assert enc.config()["max_input_tokens"] == 8192 and enc.config()["max_chars"] is None
+        assert fake_encoder(fake, max_input_tokens=None).fingerprint != enc.fingerprint
+        enc.encode_batch([english], "query")
+    cuts = [r for r in caplog.records if "cut before sending" in r.message]
+    assert len(cuts) == 1  # said once, not per text
+
+
+def test_token_bound_is_an_upper_estimate_for_every_script() -> None:
+    assert token_bound("") == 0 and token_bound("abc") == 1 and token_bound("2024") == 3
+    assert token_bound("東京") == 6 and token_bound("Привет") == 12 and token_bound("😀") == 4
+    for text in ("東京都" * 5000, "Привет, мир! " * 3000, "x = f(y)\n" * 4000, "a" * 50_000):
+        cut = cut_to_tokens(text, 8192)
+        assert token_bound(cut) <= 8192 < token_bound(cut + text[len(cut)])
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible", "openai", "vertex", "cohere", "voyage"])
+def test_a_text_no_limit_can_take_is_named_and_the_others_embedded(provider: str) -> None:
+    """The provider rejects one text as too long: the batch is split around it, never failed whole."""
+    strict = {
+        "vertex": {"auto_truncate": False},
+        "cohere": {"truncate": "NONE"},
+        "voyage": {"truncation": False},
+    }
+    with FakeProvider(provider, input_limit=40) as fake:  # stricter than any documented limit
+        enc = fake_encoder(fake, **strict.get(provider, {}))
+        texts = [f"short text {i}" for i in range(12)]
+        texts[7] = "an over-long text " * 20
+        with pytest.raises(InputsRejected) as info:
+            enc.encode_batch(texts, "document")
+        err = info.value
+        assert list(err.rejected) == [7] and "\n" not in str(err)
+        assert str(err).startswith(f"{provider}: 1 of 12 texts cannot be embedded, the other 11 were; text 7")
+        assert "360 characters, starting 'an over-long text an over-long text" in str(err)
+        assert re.search(r"\): HTTP 4\d\d: .*\b40\b", str(err))  # the provider's own message, with its limit
+        ok = [i for i in range(12) if i != 7]
+        np.testing.assert_allclose(
+            err.vectors[ok], fake.expected([texts[i] for i in ok], "document"), atol=1e-6
+        )
+        assert np.isnan(err.vectors[7]).all()
+        assert len(fake.calls) <= 2 * 12  # halving: a few requests, not one per text
+        assert enc.retries == 0
+
+
+def test_rejected_texts_do_not_stop_the_other_batches() -> None:
+    with FakeProvider("openai-compatible", input_limit=40) as fake:
+        enc = fake_encoder(fake, batch_size=3)
+        texts = [f"text {i}" for i in range(9)]
+        texts[1] = texts[7] = "long " * 100
+        with pytest.raises(InputsRejected, match=r"2 of 9 texts cannot be embedded.*text 1 \(and 1 more\)"):
+            enc.encode_corpus(texts)
+        assert sorted(fake.served) == sorted((t, None) for i, t in enumerate(texts) if i not in (1, 7))
 
 
 def test_prompts_are_prefixed_and_fingerprinted() -> None:
@@ -129,11 +187,11 @@ def test_bad_key_fails_at_once_naming_the_env_var(fake: FakeProvider) -> None:
 
 def test_bad_request_is_not_retried(fake: FakeProvider) -> None:
     enc = fake_encoder(fake)
-    fake.schedule(Fault.rejected(400, "this model's maximum context length is 8192 tokens"))
+    fake.schedule(Fault.rejected(400, "Invalid value for dimensions: it must be at most 3072"))
     with pytest.raises(EncoderError) as info:
         enc.encode_corpus(TEXTS)
     message = str(info.value)
-    assert "400" in message and "maximum context length is 8192 tokens" in message
+    assert "400" in message and "must be at most 3072" in message
     assert "\n" not in message
     assert len(fake.calls) == 1 and enc.retries == 0
 
