@@ -318,6 +318,30 @@ def _one_line(text: str, secrets: Sequence[str]) -> str:
     return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
 
 
+class _ScrubSecrets(logging.Filter):
+    """Scrubs the credentials of our base URLs from httpx's own log lines.
+
+    httpx logs every request URL at INFO, query string included, so a ``?key=...`` in a base URL
+    would reach the logs; this filter, on the ``httpx`` logger, replaces such values with ``***``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            scrubbed = _one_line(message, sorted(self.secrets, key=len, reverse=True)) if message else message
+            if scrubbed != message:
+                record.msg, record.args = scrubbed, ()
+        return True
+
+
+_HTTPX_LOG_FILTER = _ScrubSecrets()
+logging.getLogger("httpx").addFilter(_HTTPX_LOG_FILTER)
+
+
 def _header_secrets(headers: Mapping[str, str]) -> list[str]:
     """The credential values inside auth headers (with and without a ``Bearer`` prefix)."""
     out = []
@@ -385,6 +409,7 @@ class HttpClient:
     ) -> None:
         self.provider = provider
         self._endpoint = Endpoint.parse(base_url)
+        _HTTPX_LOG_FILTER.secrets.update(self._endpoint.secrets)
         self.credential_hint = credential_hint
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -462,7 +487,7 @@ class HttpClient:
                     timeout=httpx.Timeout(attempt_timeout, connect=min(attempt_timeout, 10.0)),
                 )
             except httpx.TimeoutException:
-                fault = f"no reply within {attempt_timeout:g}s (timeout)"
+                fault = f"no reply within {attempt_timeout:.3g}s (timeout)"
             except httpx.TransportError as exc:
                 fault = f"connection error: {type(exc).__name__}: {exc}"
             else:
