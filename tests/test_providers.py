@@ -28,6 +28,7 @@ from fake_providers import (
 )
 from search_adaptor.encoders.base import EncoderError, InputsRejected
 from search_adaptor.encoders.http import (
+    LONGEST_TOKEN_CHARS,
     RetryPolicy,
     Secret,
     cut_to_tokens,
@@ -38,6 +39,7 @@ from search_adaptor.encoders.http import (
     retry_delay_in_body,
     token_bound,
 )
+from search_adaptor.encoders.local import cut_to_window
 from search_adaptor.encoders.registry import PROVIDERS, make_encoder
 from search_adaptor.store import EmbeddingStore
 
@@ -713,3 +715,49 @@ def _install_fake_google_auth(monkeypatch: pytest.MonkeyPatch, quota_project_id:
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     return credentials
+
+
+# -- cutting what no model can use ------------------------------------------------------------------
+
+
+def test_cut_to_window_is_proven_by_the_tokenizer() -> None:
+    def words(text: str) -> int:  # a whitespace tokenizer: one token per word
+        return len(text.split())
+
+    text = " ".join(f"w{i}" for i in range(10_000))
+    cut = cut_to_window(text, 50, words)
+    assert words(cut) >= 50 and len(cut) < 8 * 50 and text.startswith(cut)
+    sparse = "a" + " " * 100_000 + "b c"  # 3 tokens: nothing may be cut
+    assert cut_to_window(sparse, 50, words) == sparse
+    assert cut_to_window("short", 50, words) == "short"
+
+
+@pytest.mark.slow
+def test_local_encoder_cuts_huge_texts_without_changing_their_embedding(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 4.6 MB one-line text took 10 s and 1.4 GB to embed, for a model that reads 256 tokens of it."""
+    enc = make_encoder("sentence-transformers")
+    st = enc._load()
+    huge = " ".join(f"word{i % 977} lorem ipsum" for i in range(30_000))
+    whitespace = "alpha" + " " * 100_000 + "beta gamma"  # three tokens: must be sent whole
+    texts = [huge, whitespace, "a short text", huge[::-1]]
+    start = time.monotonic()
+    ours = enc.encode_corpus(texts)
+    ours_s = time.monotonic() - start
+    direct = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    np.testing.assert_allclose(ours, direct, atol=1e-6)
+    assert ours_s < 5
+    assert len([r for r in caplog.records if "cut before tokenizing" in r.message]) == 1
+
+
+def test_providers_that_truncate_get_texts_cut_only_where_nothing_is_lost() -> None:
+    """Voyage keeps at most 32K tokens, and no token is longer than 128 characters: 50 MB need not go."""
+    with FakeProvider("voyage") as fake:
+        enc = fake_encoder(fake)
+        enc.encode_batch(["x" * 5_000_000, "short"], "document")
+        assert [len(t) for t in fake.texts_sent()] == [32_000 * LONGEST_TOKEN_CHARS, 5]
+        assert "max_input_tokens" not in enc.config()  # the vectors do not change: same fingerprint as before
+    with FakeProvider("cohere") as fake:
+        fake_encoder(fake, truncate="START").encode_batch(["ab" * 9_000_000], "document")
+        assert fake.calls[0].texts[0] == ("ab" * 9_000_000)[-128_000 * LONGEST_TOKEN_CHARS :]  # keeps the end
