@@ -327,12 +327,20 @@ class _ScrubSecrets(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: set[str] = set()
+        self.secrets: tuple[str, ...] = ()  # replaced whole, never mutated: safe to read from any thread
+        self._lock = threading.Lock()
+
+    def add(self, secrets: Sequence[str]) -> None:
+        """Scrub ``secrets`` from now on (longest first, so no secret is left half-replaced)."""
+        with self._lock:
+            self.secrets = tuple(sorted({*self.secrets, *secrets}, key=len, reverse=True))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            scrubbed = _one_line(message, sorted(self.secrets, key=len, reverse=True)) if message else message
+        secrets = self.secrets
+        if secrets:
+            message = scrubbed = record.getMessage()
+            for secret in secrets:
+                scrubbed = scrubbed.replace(secret, "***")
             if scrubbed != message:
                 record.msg, record.args = scrubbed, ()
         return True
@@ -409,7 +417,7 @@ class HttpClient:
     ) -> None:
         self.provider = provider
         self._endpoint = Endpoint.parse(base_url)
-        _HTTPX_LOG_FILTER.secrets.update(self._endpoint.secrets)
+        _HTTPX_LOG_FILTER.add(self._endpoint.secrets)
         self.credential_hint = credential_hint
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
