@@ -3,10 +3,13 @@
 Each fake speaks its provider's request and response format: it checks the route, the auth header,
 the body fields (including the query/document mode field) and the documented per-request limits,
 and answers with deterministic unit vectors derived from (mode, text), so a test can tell that the
-right vector came back for the right text in the right mode. It records every request and every
-text served successfully (not counting replies due to a client that has already hung up, e.g.
-after its timeout), and injects faults on a schedule (429 with ``Retry-After``, 5xx, replies
-slower than the client's timeout, malformed bodies).
+right vector came back for the right text in the right mode, as float lists or, when asked, as
+base64 float32 the way each API encodes them. It records every request (path, query, headers,
+body) and every text served successfully (not counting replies due to a client that has already
+hung up, e.g. after its timeout), rejects texts over the model's input limit with the provider's
+own "too long" error (counting tokens with :func:`fake_tokens`), and injects faults on a schedule
+(429 with ``Retry-After``, ``retry-after-ms``, ``x-ratelimit-reset`` or a Google ``RetryInfo`` body,
+``x-should-retry``, 409, 5xx, replies slower than the client's timeout, malformed bodies).
 
 Usage::
 
@@ -19,8 +22,10 @@ Usage::
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 import re
 import select
 import socket
@@ -29,7 +34,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -62,6 +67,20 @@ class BadRequest(Exception):
     """The request body breaks the provider's documented format (answered with a 400)."""
 
 
+def fake_tokens(text: str) -> int:
+    """Tokens the fakes count: a quarter per ASCII character, and each UTF-8 byte of any other one.
+
+    Like real tokenizers, CJK text costs far more tokens per character than English.
+    """
+    ascii_chars = sum(c < "\x80" for c in text)
+    return math.ceil(ascii_chars / 4) + len(text.encode()) - ascii_chars
+
+
+def b64_vector(vector: list[float]) -> str:
+    """A vector as the APIs' ``base64`` encoding sends it: little-endian float32 bytes."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
 def fake_vector(text: str, mode: str | None, dim: int) -> np.ndarray:
     """Deterministic unit vector of ``text`` embedded in ``mode`` (None: a model without modes)."""
     seed = int.from_bytes(hashlib.sha256(f"{mode}\x00{text}".encode()).digest()[:8], "little")
@@ -73,8 +92,9 @@ def fake_vector(text: str, mode: str | None, dim: int) -> np.ndarray:
 class Fault:
     """What the fake does instead of (or before) answering one request.
 
-    ``delay`` sleeps first; then a non-200 ``status`` answers with the provider's error body and
-    the given ``Retry-After`` / ``retry-after-ms`` headers; else a ``malformed`` kind
+    ``delay`` sleeps first; then a non-200 ``status`` answers with the provider's error body (with
+    a Google ``RetryInfo`` detail when ``retry_delay`` is set, e.g. ``"0.05s"``) and the given
+    ``Retry-After`` / ``retry-after-ms`` / other ``headers``; else a ``malformed`` kind
     (``not-json``, ``missing-field``, ``wrong-count``, ``nan``) answers 200 with a bad body; else
     the normal reply follows the delay.
     """
@@ -85,6 +105,8 @@ class Fault:
     retry_after_ms: str | None = None
     delay: float = 0.0
     malformed: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    retry_delay: str | None = None
 
     @classmethod
     def rate_limited(cls, retry_after: str | None = "0.05", retry_after_ms: str | None = None) -> Fault:
@@ -103,8 +125,18 @@ class Fault:
         return cls(malformed=kind)
 
     @classmethod
-    def rejected(cls, status: int = 400, message: str = "input is invalid") -> Fault:
-        return cls(status, message)
+    def rejected(cls, status: int = 400, message: str = "input is invalid", **headers: str) -> Fault:
+        return cls(status, message, headers=tuple((k.replace("_", "-"), v) for k, v in headers.items()))
+
+    @classmethod
+    def rate_limited_until(cls, reset: float) -> Fault:
+        """A 429 whose only hint is ``x-ratelimit-reset`` (a Unix time, as Cohere sends it)."""
+        return cls(429, "rate limit exceeded", headers=(("x-ratelimit-reset", f"{reset:.3f}"),))
+
+    @classmethod
+    def google_rate_limited(cls, retry_delay: str = "0.05s") -> Fault:
+        """A Google 429 ``RESOURCE_EXHAUSTED`` whose body says when to retry (``RetryInfo``)."""
+        return cls(429, "Resource has been exhausted (e.g. check quota).", retry_delay=retry_delay)
 
 
 @dataclass
@@ -117,6 +149,8 @@ class Call:
     mode: str | None = None
     dimensions: int | None = None
     body: Any = None
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 # -- wire formats --------------------------------------------------------------------------------
@@ -142,10 +176,26 @@ class Wire:
         """(texts, mode as "query"/"document"/None, dimensions) of a request, or BadRequest."""
         raise NotImplementedError
 
-    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+    def encoding(self, body: Any) -> str:
+        """How the request asked for vectors: ``"float"`` or ``"base64"``."""
+        return "float"
+
+    def truncates(self, body: Any) -> bool:
+        """Whether the request lets the server cut over-long texts instead of failing."""
+        return False
+
+    def input_limit(self, path: str) -> int | None:
+        """The model's input limit in :func:`fake_tokens` (None: no limit)."""
+        return None
+
+    def too_long(self, index: int, tokens: int, limit: int) -> tuple[int, str]:
+        """(status, message) of the provider's rejection of input ``index`` over ``limit`` tokens."""
+        return 400, f"input {index} has {tokens} tokens, more than the maximum of {limit}; it is too long"
+
+    def reply(self, vectors: list[list[float]], texts: list[str], body: Any) -> Any:
         raise NotImplementedError
 
-    def error(self, status: int, message: str) -> Any:
+    def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
         raise NotImplementedError
 
 
@@ -168,6 +218,7 @@ class OpenAIWire(Wire):
     prefix = "/v1"
     has_mode = False
     max_inputs = 2048
+    formats = ("float", "base64")
 
     def route(self, path: str, query: dict[str, list[str]]) -> bool:
         return path == "/v1/embeddings"
@@ -176,15 +227,28 @@ class OpenAIWire(Wire):
         self.check_model(body)
         texts = _texts(body.get("input"), self.max_inputs, "'input'")
         _require(all(texts), "'$.input' is invalid: an input cannot be an empty string")
-        _require(body.get("encoding_format", "float") == "float", "encoding_format must be float")
+        _require(
+            body.get("encoding_format", "float") in self.formats,
+            f"'encoding_format' must be one of {list(self.formats)}",
+        )
         return texts, None, body.get("dimensions")
 
     def check_model(self, body: Any) -> None:
         _require(isinstance(body.get("model"), str), "you must provide a model parameter")
 
-    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
-        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
-        n = sum(len(t) for t in texts)
+    def encoding(self, body: Any) -> str:
+        return body.get("encoding_format") or "float"
+
+    def input_limit(self, path: str) -> int | None:
+        return 8192
+
+    def too_long(self, index: int, tokens: int, limit: int) -> tuple[int, str]:
+        return 400, f"Invalid 'input[{index}]': maximum input length is {limit} tokens."
+
+    def reply(self, vectors: list[list[float]], texts: list[str], body: Any) -> Any:
+        encode = b64_vector if self.encoding(body) == "base64" else list
+        data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
+        n = sum(map(fake_tokens, texts))
         return {
             "object": "list",
             "data": data[::-1],
@@ -192,13 +256,25 @@ class OpenAIWire(Wire):
             "usage": {"prompt_tokens": n, "total_tokens": n},
         }
 
-    def error(self, status: int, message: str) -> Any:
+    def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
         return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
 
 
 class CompatibleWire(OpenAIWire):
+    """text-embeddings-inference's OpenAI route: floats only, a 512-token model, 413 when too long."""
+
     name = "openai-compatible"
     max_inputs = 32  # text-embeddings-inference's default client batch limit
+    formats = ("float",)
+
+    def input_limit(self, path: str) -> int | None:
+        return 512
+
+    def too_long(self, index: int, tokens: int, limit: int) -> tuple[int, str]:
+        return 413, f"Input validation error: `inputs` must have less than {limit} tokens. Given: {tokens}"
+
+    def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
+        return {"error": message, "error_type": "Validation" if status in (413, 422) else "Backend"}
 
 
 class AzureWire(OpenAIWire):
@@ -211,27 +287,48 @@ class AzureWire(OpenAIWire):
         )
 
     def auth_ok(self, headers: Any, key: str) -> bool:
-        return headers.get("api-key") == key
+        return headers.get("api-key") == key or headers.get("authorization") == f"Bearer {key}"
 
     def presented_key(self, headers: Any) -> str:
-        return headers.get("api-key") or ""
+        return headers.get("api-key") or (headers.get("authorization") or "").removeprefix("Bearer ")
 
     def check_model(self, body: Any) -> None:
-        """Azure takes the model from the deployment in the URL."""
+        """Azure takes the model from the deployment in the URL (the SDK repeats it in the body)."""
 
-    def error(self, status: int, message: str) -> Any:
+    def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
         return {"error": {"code": str(status), "message": message}}
 
 
-class GoogleErrors(Wire):
-    def error(self, status: int, message: str) -> Any:
+class GoogleWire(Wire):
+    """Google's error bodies and models, shared by the Gemini API and Vertex AI."""
+
+    def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
         names = {
             400: "INVALID_ARGUMENT",
             401: "UNAUTHENTICATED",
             403: "PERMISSION_DENIED",
             429: "RESOURCE_EXHAUSTED",
         }
-        return {"error": {"code": status, "message": message, "status": names.get(status, "INTERNAL")}}
+        error: dict[str, Any] = {"code": status, "message": message, "status": names.get(status, "INTERNAL")}
+        if retry_delay is not None:
+            error["details"] = [
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}
+            ]
+        return {"error": error}
+
+    @staticmethod
+    def gemini_2(model: str) -> bool:
+        return "gemini" in model and model != "gemini-embedding-001"
+
+    def input_limit(self, path: str) -> int | None:
+        model = re.search(r"models/([^/:]+):", path)
+        return 8192 if model and self.gemini_2(model.group(1)) else 2048
+
+    def too_long(self, index: int, tokens: int, limit: int) -> tuple[int, str]:
+        return (
+            400,
+            f"The input token count ({tokens}) exceeds the maximum number of tokens allowed ({limit}).",
+        )
 
 
 TASKS = {"RETRIEVAL_QUERY": "query", "RETRIEVAL_DOCUMENT": "document"}
@@ -245,7 +342,18 @@ def _one_mode(modes: list[Any], table: dict[str, str], field_name: str) -> str:
     return table[modes[0]]
 
 
-class GeminiWire(GoogleErrors):
+def _one_text(content: Any) -> str:
+    """The text of a Google ``Content`` holding one text part (role ``user`` or none)."""
+    _require(content.get("role", "user") == "user", "content role must be user")
+    parts = content.get("parts")
+    _require(isinstance(parts, list) and len(parts) == 1, "this fake embeds one text part per content")
+    _require(isinstance(parts[0].get("text"), str), "parts[0].text must be a string")
+    return parts[0]["text"]
+
+
+class GeminiWire(GoogleWire):
+    """The Gemini API. Gemini Embedding 2 takes no task type: its requests carry none (mode None)."""
+
     name = "gemini"
     prefix = "/v1beta"
 
@@ -266,20 +374,29 @@ class GeminiWire(GoogleErrors):
             "at most 100 requests can be in one batch",
         )
         _require(all(r.get("model") == model for r in requests), f"each request's model must be {model}")
-        texts = [r["content"]["parts"][0]["text"] for r in requests]
-        mode = _one_mode([r.get("taskType") for r in requests], TASKS, "taskType")
+        texts = [_one_text(r["content"]) for r in requests]
+        if self.gemini_2(model.removeprefix("models/")):
+            _require(all("taskType" not in r for r in requests), "taskType is not supported by this model")
+            mode = None
+        else:
+            mode = _one_mode([r.get("taskType") for r in requests], TASKS, "taskType")
         dims = {r.get("outputDimensionality") for r in requests}
         _require(len(dims) == 1, "mixed outputDimensionality")
         return texts, mode, dims.pop()
 
-    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+    def reply(self, vectors: list[list[float]], texts: list[str], body: Any) -> Any:
         return {"embeddings": [{"values": v} for v in vectors]}
 
 
-class VertexWire(GoogleErrors):
+class VertexWire(GoogleWire):
+    """Vertex AI: ``:predict`` for text-embedding-* and gemini-embedding-001, ``:embedContent``
+    (one text, no task type) for the later Gemini embedding models, as the SDK routes them."""
+
     name = "vertex"
     prefix = "/v1"
-    route_re = re.compile(r"/v1/projects/[^/]+/locations/[^/]+/publishers/google/models/([^/:]+):predict")
+    route_re = re.compile(
+        r"/v1/projects/[^/]+/locations/[^/]+/publishers/google/models/([^/:]+):(predict|embedContent)"
+    )
 
     def route(self, path: str, query: dict[str, list[str]]) -> bool:
         return bool(self.route_re.fullmatch(path))
@@ -287,7 +404,15 @@ class VertexWire(GoogleErrors):
     def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
         match = self.route_re.fullmatch(path)
         assert match is not None
-        limit = 1 if match.group(1).startswith("gemini") else 250
+        model, method = match.groups()
+        if self.gemini_2(model):
+            _require(method == "embedContent", f"{model} is served by embedContent, not predict")
+            config = body.get("embedContentConfig", {})
+            _require("taskType" not in config, "taskType is not supported by this model")
+            _require(isinstance(config.get("autoTruncate", True), bool), "autoTruncate must be a bool")
+            return [_one_text(body["content"])], None, config.get("outputDimensionality")
+        _require(method == "predict", f"{model} is served by predict, not embedContent")
+        limit = 1 if model.startswith("gemini") else 250
         instances = body.get("instances")
         _require(isinstance(instances, list) and 0 < len(instances) <= limit, f"at most {limit} instances")
         texts = [i["content"] for i in instances]
@@ -296,9 +421,16 @@ class VertexWire(GoogleErrors):
         _require(isinstance(params.get("autoTruncate", True), bool), "autoTruncate must be a bool")
         return texts, mode, params.get("outputDimensionality")
 
-    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+    def truncates(self, body: Any) -> bool:
+        config = body.get("embedContentConfig") or body.get("parameters") or {}
+        return config.get("autoTruncate", True)
+
+    def reply(self, vectors: list[list[float]], texts: list[str], body: Any) -> Any:
+        if "content" in body:
+            usage = {"promptTokenCount": fake_tokens(texts[0])}
+            return {"embedding": {"values": vectors[0]}, "usageMetadata": usage, "truncated": False}
         preds = [
-            {"embeddings": {"values": v, "statistics": {"truncated": False, "token_count": len(t)}}}
+            {"embeddings": {"values": v, "statistics": {"truncated": False, "token_count": fake_tokens(t)}}}
             for v, t in zip(vectors, texts, strict=True)
         ]
         return {"predictions": preds, "metadata": {"billableCharacterCount": sum(len(t) for t in texts)}}
@@ -315,22 +447,41 @@ class CohereWire(Wire):
         _require(isinstance(body.get("model"), str), "model is required")
         texts = _texts(body.get("texts"), 96, "texts")
         mode = _one_mode([body.get("input_type")], COHERE_INPUT_TYPES, "input_type")
-        _require(body.get("embedding_types") == ["float"], "this fake serves embedding_types ['float'] only")
+        _require(
+            body.get("embedding_types") in (["float"], ["base64"]),
+            "this fake serves embedding_types ['float'] or ['base64']",
+        )
         _require(
             body.get("truncate", "END") in ("NONE", "START", "END"), "truncate must be NONE, START or END"
         )
         return texts, mode, body.get("output_dimension")
 
-    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
+    def encoding(self, body: Any) -> str:
+        return body["embedding_types"][0]
+
+    def truncates(self, body: Any) -> bool:
+        return body.get("truncate", "END") != "NONE"
+
+    def input_limit(self, path: str) -> int | None:
+        return 128_000
+
+    def too_long(self, index: int, tokens: int, limit: int) -> tuple[int, str]:
+        return 400, (
+            f"invalid request: too many tokens: text at index {index} has {tokens} tokens, more than "
+            f"the model's {limit}; use truncate START or END"
+        )
+
+    def reply(self, vectors: list[list[float]], texts: list[str], body: Any) -> Any:
+        kind = self.encoding(body)
         return {
             "id": "fake",
-            "embeddings": {"float": vectors},
+            "embeddings": {kind: [b64_vector(v) if kind == "base64" else v for v in vectors]},
             "texts": texts,
-            "meta": {"billed_units": {"input_tokens": sum(len(t) for t in texts)}},
+            "meta": {"billed_units": {"input_tokens": sum(map(fake_tokens, texts))}},
             "response_type": "embeddings_by_type",
         }
 
-    def error(self, status: int, message: str) -> Any:
+    def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
         return {"id": "fake-error", "message": message}
 
 
@@ -347,18 +498,35 @@ class VoyageWire(Wire):
         _require(all(texts), "input texts must be non-empty")
         mode = _one_mode([body.get("input_type")], VOYAGE_INPUT_TYPES, "input_type")
         _require(isinstance(body.get("truncation", True), bool), "truncation must be a bool")
+        _require(body.get("encoding_format") in (None, "base64"), "encoding_format must be null or base64")
         return texts, mode, body.get("output_dimension")
 
-    def reply(self, vectors: list[list[float]], texts: list[str]) -> Any:
-        data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
+    def encoding(self, body: Any) -> str:
+        return body.get("encoding_format") or "float"
+
+    def truncates(self, body: Any) -> bool:
+        return body.get("truncation", True)
+
+    def input_limit(self, path: str) -> int | None:
+        return 32_000
+
+    def too_long(self, index: int, tokens: int, limit: int) -> tuple[int, str]:
+        return 400, (
+            f"Request input at index {index} has {tokens} tokens, more than the context length of "
+            f"{limit}. Please set truncation=True or shorten the input."
+        )
+
+    def reply(self, vectors: list[list[float]], texts: list[str], body: Any) -> Any:
+        encode = b64_vector if self.encoding(body) == "base64" else list
+        data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(vectors)]
         return {
             "object": "list",
             "data": data,
             "model": "fake",
-            "usage": {"total_tokens": sum(len(t) for t in texts)},
+            "usage": {"total_tokens": sum(map(fake_tokens, texts))},
         }
 
-    def error(self, status: int, message: str) -> Any:
+    def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
         return {"detail": message}
 
 
@@ -416,6 +584,9 @@ class FakeProvider:
         Seconds every successful reply waits (a slow server).
     require_key : bool
         Refuse requests without the right key (off for servers that need none).
+    input_limit : int, None or "model"
+        Tokens (:func:`fake_tokens`) one text may have when the request does not let the server
+        truncate; ``"model"``: the model's documented limit; ``None``: no limit.
     """
 
     def __init__(
@@ -426,6 +597,7 @@ class FakeProvider:
         dim: int = 8,
         delay: float = 0.0,
         require_key: bool = True,
+        input_limit: int | Literal["model"] | None = "model",
     ) -> None:
         self.wire = WIRES[provider]()
         self.provider = provider
@@ -433,6 +605,7 @@ class FakeProvider:
         self.dim = dim
         self.delay = delay
         self.require_key = require_key
+        self.input_limit = input_limit
         self.calls: list[Call] = []
         self.served: Counter[tuple[str, str | None]] = Counter()
         self._faults: deque[Fault] = deque()
@@ -486,10 +659,16 @@ class FakeProvider:
 
     def handle(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
         parts = urlsplit(handler.path)
-        call = Call(parts.path, 0)
+        query = parse_qs(parts.query)
+        call = Call(
+            parts.path,
+            0,
+            query={k: v[-1] for k, v in query.items()},
+            headers={k.lower(): v for k, v in handler.headers.items()},
+        )
         with self._lock:
             self.calls.append(call)
-        if not self.wire.route(parts.path, parse_qs(parts.query)):
+        if not self.wire.route(parts.path, query):
             self._send_error(handler, call, 404, f"no route {parts.path}")
             return
         if self.require_key and not self.wire.auth_ok(handler.headers, self.key):
@@ -507,13 +686,23 @@ class FakeProvider:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             self._send_error(handler, call, 400, f"invalid request body: {exc!r}")
             return
+        limit = self.wire.input_limit(parts.path) if self.input_limit == "model" else self.input_limit
+        if limit is not None and not self.wire.truncates(call.body):
+            over = [(i, fake_tokens(t)) for i, t in enumerate(call.texts) if fake_tokens(t) > limit]
+            if over:
+                self._send_error(handler, call, *self.wire.too_long(*over[0], limit))
+                return
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
         if fault is not None and fault.status != 200:
-            headers = {"retry-after": fault.retry_after, "retry-after-ms": fault.retry_after_ms}
-            self._send_error(handler, call, fault.status, fault.message, headers)
+            headers = {
+                "retry-after": fault.retry_after,
+                "retry-after-ms": fault.retry_after_ms,
+                **dict(fault.headers),
+            }
+            self._send_error(handler, call, fault.status, fault.message, headers, fault.retry_delay)
             return
         if self.delay:
             time.sleep(self.delay)
@@ -524,23 +713,23 @@ class FakeProvider:
         vectors = [fake_vector(t, call.mode, dim).tolist() for t in call.texts]
         if fault is not None and fault.malformed:
             call.status = 200
-            self._send(handler, 200, self._malformed(fault.malformed, vectors, call.texts))
+            self._send(handler, 200, self._malformed(fault.malformed, vectors, call.texts, call.body))
             return
         call.status = 200
-        if self._send(handler, 200, json.dumps(self.wire.reply(vectors, call.texts)).encode()):
+        if self._send(handler, 200, json.dumps(self.wire.reply(vectors, call.texts, call.body)).encode()):
             with self._lock:
                 self.served.update((t, call.mode) for t in call.texts)
 
-    def _malformed(self, kind: str, vectors: list[list[float]], texts: list[str]) -> bytes:
+    def _malformed(self, kind: str, vectors: list[list[float]], texts: list[str], body: Any) -> bytes:
         if kind == "not-json":
             return b"<html><body>502 Bad Gateway</body></html>"
         if kind == "missing-field":
             return b'{"object": "list", "unexpected": true}'
         if kind == "wrong-count":
-            return json.dumps(self.wire.reply(vectors[:-1], texts[:-1])).encode()
+            return json.dumps(self.wire.reply(vectors[:-1], texts[:-1], body)).encode()
         if kind == "nan":
             vectors[0][0] = float("nan")
-            return json.dumps(self.wire.reply(vectors, texts)).encode()  # json writes a bare NaN
+            return json.dumps(self.wire.reply(vectors, texts, body)).encode()  # json writes a bare NaN
         raise ValueError(f"unknown malformed kind {kind!r}")
 
     def _send_error(
@@ -550,9 +739,12 @@ class FakeProvider:
         status: int,
         message: str,
         headers: dict[str, str | None] | None = None,
+        retry_delay: str | None = None,
     ) -> None:
         call.status = status
-        self._send(handler, status, json.dumps(self.wire.error(status, message)).encode(), headers)
+        self._send(
+            handler, status, json.dumps(self.wire.error(status, message, retry_delay)).encode(), headers
+        )
 
     @staticmethod
     def _send(

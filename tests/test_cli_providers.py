@@ -170,3 +170,34 @@ def test_bad_encoder_options_are_one_line(
     assert main(["embed", str(data), "--cache", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("search-adaptor: error: ") and message in err and "\n" not in err
+
+
+def test_credentials_in_the_base_url_are_never_written_or_printed(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--base-url http://user:pw@host/v1?api_key=...``: requests authenticate, nothing keeps the secrets."""
+    data = _write_beir(tmp_path / "tiny", n_docs=60, n_queries=30)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    password, key = "pw-SECRET-2718", "q-SECRET-1414"
+    with FakeProvider("openai-compatible", dim=16, require_key=False) as fake:
+        url = fake.url.replace("http://", f"http://user:{password}@") + f"?api_key={key}"
+        args = [str(data), "--provider", "openai-compatible", "--model", "fake-model", "--base-url", url]
+        assert (
+            main(
+                ["fit", *args, "--cache", str(cache), "--out", str(out), "--max-steps", "30", "--folds", "2"]
+            )
+            == 0
+        )
+        assert fake.calls[0].headers["authorization"].startswith("Basic ") and fake.calls[0].query == {
+            "api_key": key
+        }
+        fake.schedule(Fault.rejected(404, "no such model"))
+        assert main(["embed", *args, "--cache", str(tmp_path / "other"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "HTTP 404" in captured.err
+    config = json.loads((out / "adapter" / "config.json").read_text())
+    assert config["encoder"]["config"]["base_url"] == fake.url
+    for secret in (password, key):
+        assert secret not in captured.out + captured.err
+        for path in [*out.rglob("*"), *cache.rglob("*")]:
+            assert not path.is_file() or secret.encode() not in path.read_bytes(), path

@@ -5,10 +5,12 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,16 +23,23 @@ from fake_providers import (
     FakeProvider,
     Fault,
     fake_encoder,
+    fake_vector,
     required_options,
 )
-from search_adaptor.encoders.base import EncoderError
+from search_adaptor.encoders.base import EncoderError, InputsRejected
 from search_adaptor.encoders.http import (
+    LONGEST_TOKEN_CHARS,
     RetryPolicy,
     Secret,
+    cut_to_tokens,
     parse_retry_after,
     plan_requests,
     prepare_texts,
+    request_timeout,
+    retry_delay_in_body,
+    token_bound,
 )
+from search_adaptor.encoders.local import cut_to_window
 from search_adaptor.encoders.registry import PROVIDERS, make_encoder
 from search_adaptor.store import EmbeddingStore
 
@@ -91,14 +100,68 @@ def test_token_budget_splits_requests() -> None:
         assert [len(c.texts) for c in fake.calls] == [2, 1]
 
 
-def test_openai_cuts_long_and_empty_texts_as_configured() -> None:
-    with FakeProvider("openai") as fake:
+def test_openai_cuts_by_a_token_estimate_safe_for_every_script(caplog: pytest.LogCaptureFixture) -> None:
+    """CJK text used to be cut at 24,576 characters, ~74,000 tokens: a 400 that failed its batch."""
+    with FakeProvider("openai") as fake:  # rejects texts over 8192 tokens, CJK at 3 per character
         enc = fake_encoder(fake)
-        enc.encode_batch(["y" * 30_000, ""], "document")
-        assert [len(t) for t in fake.calls[0].texts] == [8192 * 3, 1]
-        assert enc.config()["max_chars"] == 8192 * 3
-        uncut = fake_encoder(fake, max_chars=None)
-        assert uncut.fingerprint != enc.fingerprint
+        english, cjk, code = "y" * 30_000, "東京都" * 10_000, "f(x); " * 5_000
+        vecs = enc.encode_batch([english, cjk, code, ""], "document")
+        sent = fake.calls[-1].texts
+        # letters a third of a token, CJK its 3 UTF-8 bytes, "f(x); " 4 tokens (punctuation 1 each)
+        assert [len(t) for t in sent] == [8192 * 3, 8192 // 3, 8192 // 4 * 6, 1]
+        np.testing.assert_allclose(vecs, fake.expected(sent, "document"), atol=1e-6)
+        assert enc.config()["max_input_tokens"] == 8192 and enc.config()["max_chars"] is None
+        assert fake_encoder(fake, max_input_tokens=None).fingerprint != enc.fingerprint
+        enc.encode_batch([english], "query")
+    cuts = [r for r in caplog.records if "cut before sending" in r.message]
+    assert len(cuts) == 1  # said once, not per text
+
+
+def test_token_bound_is_an_upper_estimate_for_every_script() -> None:
+    assert token_bound("") == 0 and token_bound("abc") == 1 and token_bound("2024") == 3
+    assert token_bound("東京") == 6 and token_bound("Привет") == 12 and token_bound("😀") == 4
+    for text in ("東京都" * 5000, "Привет, мир! " * 3000, "x = f(y)\n" * 4000, "a" * 50_000):
+        cut = cut_to_tokens(text, 8192)
+        assert token_bound(cut) <= 8192 < token_bound(cut + text[len(cut)])
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible", "openai", "vertex", "cohere", "voyage"])
+def test_a_text_no_limit_can_take_is_named_and_the_others_embedded(provider: str) -> None:
+    """The provider rejects one text as too long: the batch is split around it, never failed whole."""
+    strict = {
+        "vertex": {"auto_truncate": False},
+        "cohere": {"truncate": "NONE"},
+        "voyage": {"truncation": False},
+    }
+    with FakeProvider(provider, input_limit=40) as fake:  # stricter than any documented limit
+        enc = fake_encoder(fake, **strict.get(provider, {}))
+        texts = [f"short text {i}" for i in range(12)]
+        texts[7] = "an over-long text " * 20
+        with pytest.raises(InputsRejected) as info:
+            enc.encode_batch(texts, "document")
+        err = info.value
+        assert list(err.rejected) == [7] and "\n" not in str(err)
+        assert str(err).startswith(f"{provider}: 1 of 12 texts cannot be embedded, the other 11 were; text 7")
+        assert "360 characters, starting 'an over-long text an over-long text" in str(err)
+        assert re.search(r"\): HTTP 4\d\d: .*\b40\b", str(err))  # the provider's own message, with its limit
+        ok = [i for i in range(12) if i != 7]
+        np.testing.assert_allclose(
+            err.vectors[ok], fake.expected([texts[i] for i in ok], "document"), atol=1e-6
+        )
+        assert np.isnan(err.vectors[7]).all()
+        assert len(fake.calls) <= 2 * 12  # halving: a few requests, not one per text
+        assert enc.retries == 0
+
+
+def test_rejected_texts_do_not_stop_the_other_batches() -> None:
+    with FakeProvider("openai-compatible", input_limit=40) as fake:
+        enc = fake_encoder(fake, batch_size=3)
+        texts = [f"text {i}" for i in range(9)]
+        texts[1] = texts[7] = "long " * 100
+        with pytest.raises(InputsRejected, match=r"2 of 9 texts cannot be embedded.*text 1 \(and 1 more\)"):
+            enc.encode_corpus(texts)
+        served = [t for call in fake.calls if call.status == 200 for t in call.texts]
+        assert sorted(served) == sorted(t for i, t in enumerate(texts) if i not in (1, 7))
 
 
 def test_prompts_are_prefixed_and_fingerprinted() -> None:
@@ -129,11 +192,11 @@ def test_bad_key_fails_at_once_naming_the_env_var(fake: FakeProvider) -> None:
 
 def test_bad_request_is_not_retried(fake: FakeProvider) -> None:
     enc = fake_encoder(fake)
-    fake.schedule(Fault.rejected(400, "this model's maximum context length is 8192 tokens"))
+    fake.schedule(Fault.rejected(400, "Invalid value for dimensions: it must be at most 3072"))
     with pytest.raises(EncoderError) as info:
         enc.encode_corpus(TEXTS)
     message = str(info.value)
-    assert "400" in message and "maximum context length is 8192 tokens" in message
+    assert "400" in message and "must be at most 3072" in message
     assert "\n" not in message
     assert len(fake.calls) == 1 and enc.retries == 0
 
@@ -338,28 +401,7 @@ def test_vertex_falls_back_to_application_default_credentials(monkeypatch: pytes
     monkeypatch.delenv("VERTEX_ACCESS_TOKEN", raising=False)
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
 
-    class Credentials:
-        valid, token, refreshes = False, None, 0
-
-        def refresh(self, request: object) -> None:
-            self.refreshes += 1
-            self.valid, self.token = True, FAKE_KEY
-
-    credentials = Credentials()
-    modules = {name: ModuleType(name) for name in ("google", "google.auth", "google.auth.exceptions")}
-    modules["google.auth.transport"] = ModuleType("google.auth.transport")
-    modules["google.auth.transport.requests"] = ModuleType("google.auth.transport.requests")
-    errors = modules["google.auth.exceptions"]
-    errors.GoogleAuthError = type("GoogleAuthError", (Exception,), {})
-    errors.DefaultCredentialsError = type("DefaultCredentialsError", (errors.GoogleAuthError,), {})
-    modules["google.auth.transport.requests"].Request = object
-    modules["google.auth.transport"].requests = modules["google.auth.transport.requests"]
-    auth = modules["google.auth"]
-    auth.default = lambda scopes: (credentials, "adc-project")
-    auth.exceptions, auth.transport = errors, modules["google.auth.transport"]
-    modules["google"].auth = auth
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
+    credentials = _install_fake_google_auth(monkeypatch)
     with FakeProvider("vertex") as fake:
         enc = make_encoder("vertex", base_url=fake.url, retry=FAST_RETRY)
         assert enc.project == "adc-project"
@@ -439,3 +481,283 @@ def test_retry_policy_backoff_is_full_jitter() -> None:
     policy = RetryPolicy(base_delay=1.0, max_delay=5.0)
     delays = [policy.backoff(10) for _ in range(200)]
     assert all(0.0 <= d <= 5.0 for d in delays) and max(delays) > 2.5
+
+
+# -- retry signals of the official SDKs -----------------------------------------------------------
+
+
+def test_409_and_x_should_retry_true_are_retried() -> None:
+    with FakeProvider("openai") as fake:
+        enc = fake_encoder(fake)
+        fake.schedule(
+            Fault.rejected(409, "lock timeout"), Fault.rejected(400, "try again", x_should_retry="true")
+        )
+        np.testing.assert_allclose(enc.encode_queries(["a"]), fake.expected(["a"], "query"), atol=1e-6)
+        assert enc.retries == 2
+
+
+def test_x_should_retry_false_is_obeyed() -> None:
+    with FakeProvider("openai") as fake:
+        enc = fake_encoder(fake)
+        fake.schedule(Fault.rejected(503, "overloaded for this key", x_should_retry="false"))
+        with pytest.raises(EncoderError, match=r"openai: HTTP 503 .*overloaded for this key.*not retried"):
+            enc.encode_queries(["a"])
+        assert len(fake.calls) == 1
+
+
+@pytest.mark.parametrize("provider", ["cohere", "gemini"])
+def test_server_wait_hints_in_headers_and_bodies_are_honoured(provider: str) -> None:
+    """Cohere's x-ratelimit-reset (a Unix time) and Google's RetryInfo.retryDelay in a 429 body."""
+    with FakeProvider(provider) as fake:
+        enc = fake_encoder(fake)  # its own backoff is at most 0.02 s
+        hint = (
+            Fault.rate_limited_until(time.time() + 0.3)
+            if provider == "cohere"
+            else Fault.google_rate_limited("0.3s")
+        )
+        fake.schedule(hint)
+        start = time.monotonic()
+        enc.encode_queries(["a"])
+        assert 0.25 <= time.monotonic() - start < 3 and enc.retries == 1
+
+
+def test_wait_hint_parsers() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after({"x-ratelimit-reset": str(int(now) + 7)}, now=now) == pytest.approx(7.0)
+    assert parse_retry_after({"x-ratelimit-reset": "2.5"}, now=now) == 2.5  # seconds, as some servers send
+    assert parse_retry_after({"Retry-After": "1", "x-ratelimit-reset": "9"}) == 1.0
+    detail = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}
+    assert retry_delay_in_body({"error": {"code": 429, "details": [{"@type": "x.Help"}, detail]}}) == 37.0
+    assert retry_delay_in_body({"error": {"message": "no details"}}) is None
+    assert retry_delay_in_body(None) is None
+
+
+def test_timeouts_are_sized_to_the_request() -> None:
+    assert (
+        request_timeout(0) == 60.0 and request_timeout(300_000) == 360.0 and request_timeout(10**7) == 600.0
+    )
+    with FakeProvider("openai") as fake:
+        assert fake_encoder(fake, timeout=None).timeout is None  # sized per request, unless one is given
+
+
+def test_retry_budget_bounds_a_failing_request() -> None:
+    """A server using the encoder gives it a short budget: a failing provider costs seconds, not minutes."""
+    with FakeProvider("voyage") as fake:
+        enc = fake_encoder(
+            fake, retry=RetryPolicy(max_attempts=50, base_delay=0.05, max_delay=0.1), retry_budget_s=0.5
+        )
+        assert enc._client.retry.budget_s == 0.5
+        fake.schedule(*[Fault.server_error(503)] * 50)
+        start = time.monotonic()
+        with pytest.raises(
+            EncoderError, match=r"voyage: giving up: the retry budget of 0.5s is spent.*HTTP 503"
+        ):
+            enc.encode_queries(["a"])
+        assert time.monotonic() - start < 1.0
+    with FakeProvider("voyage") as fake:
+        enc = fake_encoder(fake, timeout=30.0, retry_budget_s=0.5)
+        fake.schedule(Fault.slow(3.0))  # a hung reply is cut at what is left of the budget
+        start = time.monotonic()
+        with pytest.raises(
+            EncoderError, match=r"voyage: giving up: the retry budget.*no reply within 0.5s \(timeout\)"
+        ):
+            enc.encode_queries(["b"])
+        assert time.monotonic() - start < 1.0
+
+
+# -- credentials and endpoints --------------------------------------------------------------------
+
+
+def test_credentials_in_the_base_url_are_used_but_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    password, key = "pw-SECRET-31337", "url-SECRET-key"
+    with FakeProvider("openai-compatible", require_key=False) as fake:
+        host = fake.url.removeprefix("http://")
+        enc = fake_encoder(fake, base_url=f"http://proxy:{password}@{host}?key={key}&region=eu", api_key=None)
+        enc.encode_queries(["a"])
+        call = fake.calls[0]
+        assert call.headers["authorization"].startswith("Basic ") and call.query == {
+            "key": key,
+            "region": "eu",
+        }
+        assert enc.config()["base_url"] == f"http://{host}?region=eu" == enc.base_url
+        fake.schedule(Fault.rejected(404, "no such model"), Fault.server_error(500))
+        with pytest.raises(EncoderError) as info:
+            enc.encode_queries(["b"])
+        enc.encode_queries(["c"])  # one retry, logged
+    places = [repr(enc), enc.fingerprint, json.dumps(enc.config()), str(info.value), caplog.text]
+    assert all(password not in p and key not in p for p in places)
+    assert f"http://{host}/embeddings" in str(info.value)
+
+
+def test_openai_reads_base_url_organization_and_project_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with FakeProvider("openai") as fake:
+        for var, value in [
+            ("OPENAI_BASE_URL", fake.url),
+            ("OPENAI_ORG_ID", "org-1"),
+            ("OPENAI_PROJECT_ID", "proj-1"),
+        ]:
+            monkeypatch.setenv(var, value)
+        make_encoder("openai", api_key=fake.key).encode_queries(["a"])
+        headers = fake.calls[0].headers
+        assert headers["openai-organization"] == "org-1" and headers["openai-project"] == "proj-1"
+        assert fake.calls[0].body["encoding_format"] == "base64"
+
+
+def test_azure_takes_an_entra_id_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("AZURE_OPENAI_AD_TOKEN", FAKE_KEY)
+    monkeypatch.setenv("OPENAI_API_VERSION", "2025-01-01")
+    with FakeProvider("azure-openai") as fake:
+        make_encoder("azure-openai", "dep", base_url=fake.url).encode_queries(["a"])
+        call = fake.calls[0]
+        assert call.headers["authorization"] == f"Bearer {FAKE_KEY}" and "api-key" not in call.headers
+        assert call.query == {"api-version": "2025-01-01"}
+
+
+def test_openai_compatible_asks_for_floats() -> None:
+    with FakeProvider("openai-compatible") as fake:
+        fake_encoder(fake).encode_queries(["a"])
+        assert fake.calls[0].body["encoding_format"] == "float"
+
+
+def test_voyage_atlas_keys_go_to_the_atlas_endpoint() -> None:
+    assert make_encoder("voyage", api_key="al-abc").base_url == "https://ai.mongodb.com/v1"
+    assert make_encoder("voyage", api_key="pa-abc").base_url == "https://api.voyageai.com/v1"
+    assert (
+        make_encoder("voyage", api_key="al-abc").fingerprint
+        == make_encoder("voyage", api_key="pa-x").fingerprint
+    )
+
+
+@pytest.mark.parametrize(
+    ("location", "host"),
+    [
+        ("us-central1", "us-central1-aiplatform.googleapis.com"),
+        ("global", "aiplatform.googleapis.com"),
+        ("us", "aiplatform.us.rep.googleapis.com"),
+        ("eu", "aiplatform.eu.rep.googleapis.com"),
+    ],
+)
+def test_vertex_hosts(location: str, host: str) -> None:
+    enc = make_encoder("vertex", api_key="token", project="p", location=location)
+    assert enc.base_url == f"https://{host}/v1"
+
+
+def test_gemini_embedding_2_on_vertex_uses_embed_content_and_task_prompts() -> None:
+    with FakeProvider("vertex") as fake:
+        enc = fake_encoder(fake, model="gemini-embedding-2-preview", dimensions=4)
+        assert enc.batch_size == 1
+        queries, docs = enc.encode_queries(["a", "b"]), enc.encode_corpus(["a"])
+        sent = ["task: search result | query: a", "task: search result | query: b", "title: none | text: a"]
+        assert fake.texts_sent() == sent
+        expected = np.stack(
+            [fake_vector(t, None, 4) for t in sent]
+        )  # no task type: the prompt tells them apart
+        np.testing.assert_allclose(np.vstack([queries, docs]), expected, atol=1e-6)
+        call = fake.calls[0]
+        assert call.path.endswith("/publishers/google/models/gemini-embedding-2-preview:embedContent")
+        assert call.body == {
+            "content": {"parts": [{"text": sent[0]}], "role": "user"},
+            "embedContentConfig": {"autoTruncate": True, "outputDimensionality": 4},
+        }
+        assert (
+            "task_types" not in enc.config()
+            and enc.config()["query_prompt"] == "task: search result | query: "
+        )
+
+
+def test_gemini_embedding_2_on_the_gemini_api_sends_no_task_type() -> None:
+    with FakeProvider("gemini") as fake:
+        enc = fake_encoder(fake, model="gemini-embedding-2", query_prompt="")
+        enc.encode_queries(["a"])
+        assert fake.calls[0].body["requests"] == [
+            {"content": {"parts": [{"text": "a"}], "role": "user"}, "model": "models/gemini-embedding-2"}
+        ]
+        assert enc.config()["max_input_tokens"] == 8192
+
+
+def test_vertex_sends_the_quota_project_of_default_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VERTEX_ACCESS_TOKEN", raising=False)
+    credentials = _install_fake_google_auth(monkeypatch, quota_project_id="billing-project")
+    with FakeProvider("vertex") as fake:
+        make_encoder("vertex", base_url=fake.url, retry=FAST_RETRY).encode_queries(["a"])
+        assert fake.calls[0].headers["x-goog-user-project"] == "billing-project"
+    assert credentials.refreshes == 1
+
+
+def _install_fake_google_auth(monkeypatch: pytest.MonkeyPatch, quota_project_id: str | None = None) -> Any:
+    """Stand-in google-auth modules whose default credentials hand out FAKE_KEY (and count refreshes)."""
+
+    class Credentials:
+        valid, token, refreshes = False, None, 0
+
+        def refresh(self, request: object) -> None:
+            self.refreshes += 1
+            self.valid, self.token = True, FAKE_KEY
+
+    credentials = Credentials()
+    credentials.quota_project_id = quota_project_id  # type: ignore[attr-defined]
+    modules = {name: ModuleType(name) for name in ("google", "google.auth", "google.auth.exceptions")}
+    modules["google.auth.transport"] = ModuleType("google.auth.transport")
+    modules["google.auth.transport.requests"] = ModuleType("google.auth.transport.requests")
+    errors = modules["google.auth.exceptions"]
+    errors.GoogleAuthError = type("GoogleAuthError", (Exception,), {})
+    errors.DefaultCredentialsError = type("DefaultCredentialsError", (errors.GoogleAuthError,), {})
+    modules["google.auth.transport.requests"].Request = object
+    modules["google.auth.transport"].requests = modules["google.auth.transport.requests"]
+    auth = modules["google.auth"]
+    auth.default = lambda scopes: (credentials, "adc-project")
+    auth.exceptions, auth.transport = errors, modules["google.auth.transport"]
+    modules["google"].auth = auth
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return credentials
+
+
+# -- cutting what no model can use ------------------------------------------------------------------
+
+
+def test_cut_to_window_is_proven_by_the_tokenizer() -> None:
+    def words(text: str) -> int:  # a whitespace tokenizer: one token per word
+        return len(text.split())
+
+    text = " ".join(f"w{i}" for i in range(10_000))
+    cut = cut_to_window(text, 50, words)
+    assert words(cut) >= 50 and len(cut) < 8 * 50 and text.startswith(cut)
+    sparse = "a" + " " * 100_000 + "b c"  # 3 tokens: nothing may be cut
+    assert cut_to_window(sparse, 50, words) == sparse
+    assert cut_to_window("short", 50, words) == "short"
+
+
+@pytest.mark.slow
+def test_local_encoder_cuts_huge_texts_without_changing_their_embedding(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 4.6 MB one-line text took 10 s and 1.4 GB to embed, for a model that reads 256 tokens of it."""
+    enc = make_encoder("sentence-transformers")
+    st = enc._load()
+    huge = " ".join(f"word{i % 977} lorem ipsum" for i in range(30_000))
+    whitespace = "alpha" + " " * 100_000 + "beta gamma"  # three tokens: must be sent whole
+    texts = [huge, whitespace, "a short text", huge[::-1]]
+    start = time.monotonic()
+    ours = enc.encode_corpus(texts)
+    ours_s = time.monotonic() - start
+    direct = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    np.testing.assert_allclose(ours, direct, atol=1e-6)
+    assert ours_s < 5
+    assert len([r for r in caplog.records if "cut before tokenizing" in r.message]) == 1
+
+
+def test_providers_that_truncate_get_texts_cut_only_where_nothing_is_lost() -> None:
+    """Voyage keeps at most 32K tokens, and no token is longer than 128 characters: 50 MB need not go."""
+    with FakeProvider("voyage") as fake:
+        enc = fake_encoder(fake)
+        enc.encode_batch(["x" * 5_000_000, "short"], "document")
+        assert [len(t) for t in fake.texts_sent()] == [32_000 * LONGEST_TOKEN_CHARS, 5]
+        assert "max_input_tokens" not in enc.config()  # the vectors do not change: same fingerprint as before
+    with FakeProvider("cohere") as fake:
+        fake_encoder(fake, truncate="START").encode_batch(["ab" * 9_000_000], "document")
+        assert fake.calls[0].texts[0] == ("ab" * 9_000_000)[-128_000 * LONGEST_TOKEN_CHARS :]  # keeps the end

@@ -23,6 +23,44 @@ class EncoderError(RuntimeError):
     """A provider refused or failed a request in a way retrying will not fix (bad key, bad model...)."""
 
 
+class InputsRejected(EncoderError):
+    """Some texts of a batch cannot be embedded (e.g. too long for every limit); the others were.
+
+    The message names the first rejected text (its position, length and start) and the reason the
+    provider gave. A caller that keeps what was done (a store) saves the rows of ``vectors`` that
+    are not in ``rejected`` and reports the rest.
+
+    Attributes
+    ----------
+    vectors : ndarray of shape (n_texts, dim), float32
+        The batch's embeddings, NaN in the rows of rejected texts.
+    rejected : dict of int to str
+        Row of each rejected text -> the provider's reason.
+    """
+
+    def __init__(self, message: str, vectors: np.ndarray, rejected: dict[int, str]) -> None:
+        super().__init__(message)
+        self.vectors = vectors
+        self.rejected = rejected
+
+    @classmethod
+    def of(
+        cls, source: str, texts: Sequence[str], vectors: np.ndarray, rejected: dict[int, str]
+    ) -> InputsRejected:
+        """The one-line error for ``rejected`` rows of a batch of ``texts``."""
+        first = min(rejected)
+        text = texts[first]
+        start = " ".join(text[:40].split())
+        more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+        return cls(
+            f"{source}: {len(rejected)} of {len(texts)} texts cannot be embedded, the other "
+            f"{len(texts) - len(rejected)} were; text {first}{more} ({len(text):,} characters, "
+            f"starting {start!r}): {rejected[first]}",
+            vectors,
+            rejected,
+        )
+
+
 class Encoder(ABC):
     """Frozen embedding model seen only through its outputs.
 
@@ -85,13 +123,31 @@ class Encoder(ABC):
         return self._encode_all(texts, "document")
 
     def _encode_all(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
-        parts = [
-            check_vectors(self.encode_batch(texts[i : i + self.batch_size], kind), self.model)
-            for i in range(0, len(texts), self.batch_size)
-        ]
-        if not parts:
+        """Every batch in turn; texts rejected by the provider fail at the end, after all the others.
+
+        Raises
+        ------
+        InputsRejected
+            Naming the first rejected text, with the vectors of all the others.
+        """
+        if not texts:
             raise ValueError("nothing to embed: the list of texts is empty")
-        return np.concatenate(parts)
+        parts, rejected = [], {}
+        for start in range(0, len(texts), self.batch_size):
+            try:
+                parts.append(
+                    check_vectors(self.encode_batch(texts[start : start + self.batch_size], kind), self.model)
+                )
+            except InputsRejected as exc:
+                parts.append(exc.vectors)
+                rejected.update({start + i: reason for i, reason in exc.rejected.items()})
+        width = max(p.shape[1] for p in parts)
+        out = np.concatenate(
+            [p if p.shape[1] == width else np.full((len(p), width), np.nan, np.float32) for p in parts]
+        )
+        if rejected:
+            raise InputsRejected.of(self.provider, texts, out, rejected)
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"

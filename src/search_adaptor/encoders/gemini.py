@@ -1,46 +1,90 @@
 """Google embeddings: the Gemini API (API key) and Vertex AI (OAuth access token).
 
+Formats as the official ``google-genai`` SDK (``google/genai/models.py``, ``_api_client.py``) and
+``google-cloud-aiplatform`` send them; ``tests/recordings/`` holds what each sent.
+
 Gemini API, ``POST {base_url}/models/{model}:batchEmbedContents`` with header ``x-goog-api-key``::
 
-    {"requests": [{"model": "models/{model}", "content": {"parts": [{"text": "..."}]},
+    {"requests": [{"model": "models/{model}", "content": {"parts": [{"text": "..."}], "role": "user"},
                    "taskType": "RETRIEVAL_QUERY", "outputDimensionality": 768?}, ...]}
     -> {"embeddings": [{"values": [...]}, ...]}
 
-At most 100 requests per batch. The API has no truncation flag; the models document an input
-limit (2048 tokens for ``gemini-embedding-001``) and pass ``max_chars`` to cut texts client-side.
+At most 100 requests per batch, each embedded on its own. The API has no truncation flag; the
+models' input limit (2048 tokens for ``gemini-embedding-001``, 8192 for ``gemini-embedding-2``)
+is enforced client-side by cutting texts to that many tokens by
+:func:`~search_adaptor.encoders.http.token_bound`.
 
-Vertex AI, ``POST https://{location}-aiplatform.googleapis.com/v1/projects/{project}/locations/
-{location}/publishers/google/models/{model}:predict`` with ``Authorization: Bearer <token>``::
+Vertex AI, ``POST https://{host}/v1/projects/{project}/locations/{location}/publishers/google/
+models/{model}:predict`` with ``Authorization: Bearer <token>``::
 
     {"instances": [{"content": "...", "task_type": "RETRIEVAL_DOCUMENT"}, ...],
      "parameters": {"autoTruncate": true, "outputDimensionality": 768?}}
     -> {"predictions": [{"embeddings": {"values": [...], "statistics": {...}}}, ...]}
 
-At most 250 texts and 20,000 tokens per request, and a single text per request for the Gemini
-embedding models; each text is limited to 2048 tokens and ``autoTruncate`` (on by default) cuts
-longer ones instead of failing. Both APIs report errors as ``{"error": {"code", "message",
-"status"}}``.
+At most 250 texts and 20,000 tokens per request, one text for ``gemini-embedding-001``; each
+text is limited to 2048 tokens and ``autoTruncate`` (on by default) cuts longer ones instead of
+failing. The Gemini embedding models after 001 (``gemini-embedding-2*``; the SDK's
+``t_is_vertex_embed_content_model``: "gemini" in the name and not ``gemini-embedding-001``) are
+served by ``:embedContent`` instead, one text per request::
 
-Queries and documents are told apart with the task types ``RETRIEVAL_QUERY`` and
-``RETRIEVAL_DOCUMENT``.
+    {"content": {"parts": [{"text": "..."}], "role": "user"},
+     "embedContentConfig": {"autoTruncate": true, "outputDimensionality": 768?}}
+    -> {"embedding": {"values": [...]}, "usageMetadata": {...}, "truncated": false}
+
+The host is ``{location}-aiplatform.googleapis.com``, ``aiplatform.googleapis.com`` for
+``global``, and ``aiplatform.{location}.rep.googleapis.com`` for the multi-regions ``us`` and
+``eu`` (as the SDK picks it). Both APIs report errors as ``{"error": {"code", "message",
+"status", "details"?}}``; a 429's details may carry a ``RetryInfo.retryDelay``, which is honoured.
+
+Queries and documents: ``gemini-embedding-001`` and the ``text-embedding-*`` models take the task
+types ``RETRIEVAL_QUERY`` / ``RETRIEVAL_DOCUMENT``. ``gemini-embedding-2*`` takes no task type:
+Google's guide for it (Vertex AI model page "Gemini Embedding 2", "custom task instructions"; the
+Gemini API embeddings guide) puts the task in the text, ``"task: search result | query: {text}"``
+for queries and ``"title: none | text: {text}"`` for documents, so these are its default
+``query_prompt`` / ``document_prompt``.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 import numpy as np
 
 from search_adaptor.encoders.base import EncoderError, Kind
-from search_adaptor.encoders.http import ApiEncoder, AuthHeaders, secret_from_env
+from search_adaptor.encoders.http import ApiEncoder, AuthHeaders, env_value, secret_from_env
 
 TASK_TYPES: dict[str, str] = {"query": "RETRIEVAL_QUERY", "document": "RETRIEVAL_DOCUMENT"}
+#: (query prefix, document prefix) of the Gemini Embedding 2 models, which take no task type.
+GEMINI_2_PROMPTS = ("task: search result | query: ", "title: none | text: ")
+_MULTI_REGIONS = frozenset({"us", "eu"})
 _CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
-class GeminiEncoder(ApiEncoder):
+def is_gemini_2(model: str) -> bool:
+    """Whether ``model`` is a Gemini embedding model after 001 (no task types, 8192-token inputs)."""
+    return "gemini" in model and model.removeprefix("models/") != "gemini-embedding-001"
+
+
+def _content(text: str) -> dict[str, Any]:
+    return {"parts": [{"text": text}], "role": "user"}
+
+
+class _GoogleModels(ApiEncoder):
+    """What both Google APIs share: the models' input limits, task types and prompts."""
+
+    def _context_tokens(self, model: str) -> int | None:
+        return 8192 if is_gemini_2(model) else 2048
+
+    def _default_prompts(self, model: str) -> tuple[str, str]:
+        return GEMINI_2_PROMPTS if is_gemini_2(model) else ("", "")
+
+    def _task_types(self) -> dict[str, Any]:
+        """The task types sent, as recorded in the config (none for Gemini Embedding 2)."""
+        return {} if is_gemini_2(self.model) else {"task_types": TASK_TYPES}
+
+
+class GeminiEncoder(_GoogleModels):
     """The Gemini API (``gemini-embedding-001`` by default; key from ``$GEMINI_API_KEY`` or
     ``$GOOGLE_API_KEY``). See :class:`~search_adaptor.encoders.http.ApiEncoder` for the parameters.
     """
@@ -54,28 +98,31 @@ class GeminiEncoder(ApiEncoder):
     max_inputs = 100
 
     def _wire_config(self) -> dict[str, Any]:
-        return {"task_types": TASK_TYPES}
+        return self._task_types()
 
     def _request(self, texts: list[str], kind: Kind) -> np.ndarray:
         name = self.model if self.model.startswith("models/") else f"models/{self.model}"
-        common: dict[str, Any] = {"model": name, "taskType": TASK_TYPES[kind]}
+        common: dict[str, Any] = {"model": name}
+        if not is_gemini_2(self.model):
+            common["taskType"] = TASK_TYPES[kind]
         if self.dimensions is not None:
             common["outputDimensionality"] = self.dimensions
-        body = {"requests": [{**common, "content": {"parts": [{"text": t}]}} for t in texts]}
-        return self._client.post(
+        body = {"requests": [{"content": _content(t), **common} for t in texts]}
+        return self._post(
             f"/{name}:batchEmbedContents",
             body,
-            lambda payload: self._vectors([e["values"] for e in payload["embeddings"]], len(texts)),
+            texts,
+            lambda payload: [e["values"] for e in payload["embeddings"]],
         )
 
 
-class VertexEncoder(ApiEncoder):
+class VertexEncoder(_GoogleModels):
     """Text embeddings on Vertex AI (``text-embedding-005`` by default).
 
     Credentials: ``api_key`` is taken as an OAuth access token; else ``$VERTEX_ACCESS_TOKEN``
     (e.g. from ``gcloud auth print-access-token``; such tokens expire after about an hour); else
     Google application-default credentials through ``google-auth`` when it is installed, refreshed
-    as they expire.
+    as they expire, with their quota project sent as ``x-goog-user-project`` (as the SDK does).
 
     Parameters
     ----------
@@ -85,13 +132,13 @@ class VertexEncoder(ApiEncoder):
     project : str, optional
         Google Cloud project; else ``$GOOGLE_CLOUD_PROJECT``, else the credentials' project.
     location : str, optional
-        Region; else ``$GOOGLE_CLOUD_LOCATION``, else ``us-central1``.
+        Region (or ``global``, ``us``, ``eu``); else ``$GOOGLE_CLOUD_LOCATION``, else ``us-central1``.
     auto_truncate : bool
         Let Vertex cut texts over the model's input limit instead of failing the request; part
         of the fingerprint.
     **kwargs
         See :class:`~search_adaptor.encoders.http.ApiEncoder`; ``base_url`` replaces
-        ``https://{location}-aiplatform.googleapis.com/v1``.
+        ``https://{host}/v1``.
     """
 
     provider = "vertex"
@@ -109,8 +156,8 @@ class VertexEncoder(ApiEncoder):
         auto_truncate: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.project = project or os.environ.get("GOOGLE_CLOUD_PROJECT", "").strip() or None
-        self.location = location or os.environ.get("GOOGLE_CLOUD_LOCATION", "").strip() or "us-central1"
+        self.project = project or env_value("GOOGLE_CLOUD_PROJECT")
+        self.location = location or env_value("GOOGLE_CLOUD_LOCATION") or "us-central1"
         self.auto_truncate = auto_truncate
         super().__init__(model, **kwargs)
         if not self.project:
@@ -120,6 +167,9 @@ class VertexEncoder(ApiEncoder):
 
     def _limits(self, model: str) -> tuple[int, int | None]:
         return (1 if model.startswith("gemini") else self.max_inputs), self.max_request_tokens
+
+    def _server_truncates(self) -> bool:
+        return self.auto_truncate
 
     def _credentials(self, api_key: str | None) -> tuple[AuthHeaders, str]:
         token = secret_from_env(self.provider, api_key, self.key_env, required=False)
@@ -158,24 +208,38 @@ class VertexEncoder(ApiEncoder):
                         credentials.refresh(google.auth.transport.requests.Request())
                     except google.auth.exceptions.GoogleAuthError as exc:
                         raise EncoderError(f"vertex: could not refresh the access token: {exc}") from None
-                return {"authorization": f"Bearer {credentials.token}"}
+                out = {"authorization": f"Bearer {credentials.token}"}
+                quota_project = getattr(credentials, "quota_project_id", None)
+                if quota_project:  # user credentials bill the API to this project
+                    out["x-goog-user-project"] = quota_project
+                return out
 
         return headers
 
     def _resolve_base_url(self, base_url: str | None) -> str:
         if base_url:
             return base_url
-        host = (
-            "aiplatform.googleapis.com"
-            if self.location == "global"
-            else f"{self.location}-aiplatform.googleapis.com"
-        )
+        if self.location == "global":
+            host = "aiplatform.googleapis.com"
+        elif self.location in _MULTI_REGIONS:
+            host = f"aiplatform.{self.location}.rep.googleapis.com"
+        else:
+            host = f"{self.location}-aiplatform.googleapis.com"
         return f"https://{host}/v1"
 
     def _wire_config(self) -> dict[str, Any]:
-        return {"task_types": TASK_TYPES, "auto_truncate": self.auto_truncate}
+        return {**self._task_types(), "auto_truncate": self.auto_truncate}
 
     def _request(self, texts: list[str], kind: Kind) -> np.ndarray:
+        model_path = (
+            f"/projects/{self.project}/locations/{self.location}/publishers/google/models/{self.model}"
+        )
+        if is_gemini_2(self.model):
+            config: dict[str, Any] = {"autoTruncate": self.auto_truncate}
+            if self.dimensions is not None:
+                config["outputDimensionality"] = self.dimensions
+            body = {"content": _content(texts[0]), "embedContentConfig": config}
+            return self._post(f"{model_path}:embedContent", body, texts, lambda p: [p["embedding"]["values"]])
         parameters: dict[str, Any] = {"autoTruncate": self.auto_truncate}
         if self.dimensions is not None:
             parameters["outputDimensionality"] = self.dimensions
@@ -183,12 +247,9 @@ class VertexEncoder(ApiEncoder):
             "instances": [{"content": t, "task_type": TASK_TYPES[kind]} for t in texts],
             "parameters": parameters,
         }
-        where = f"/projects/{self.project}/locations/{self.location}"
-        path = f"{where}/publishers/google/models/{self.model}:predict"
-        return self._client.post(
-            path,
+        return self._post(
+            f"{model_path}:predict",
             body,
-            lambda payload: self._vectors(
-                [p["embeddings"]["values"] for p in payload["predictions"]], len(texts)
-            ),
+            texts,
+            lambda p: [x["embeddings"]["values"] for x in p["predictions"]],
         )

@@ -1,4 +1,4 @@
-"""Shared HTTP machinery of the embedding-API providers: one place for retries, backoff and errors.
+"""Shared HTTP machinery of the embedding-API providers: one place for retries, backoff, limits and errors.
 
 Why we speak each provider's wire format instead of using the official SDKs
 ---------------------------------------------------------------------------
@@ -9,23 +9,36 @@ policy: attempts multiply (SDK retries times ours), the server's ``Retry-After``
 our sight, retry counts cannot be shown in a progress bar, and a failure surfaces as one of a dozen
 exception types. Each provider's embedding call is a single JSON ``POST``, small and stable, so we
 send it ourselves with httpx and keep one retry policy, one error format, one place that keeps keys
-out of messages, and no heavy SDK dependencies.
+out of messages, and no heavy SDK dependencies. ``tests/test_sdk_parity.py`` replays requests
+recorded from the official SDKs and checks that ours match them field by field.
 
 What is retried
 ---------------
-- 408, 429 and 5xx responses, timeouts and connection errors, with exponential backoff and full
-  jitter (``uniform(0, min(max_delay, base_delay * 2**n))``), or, when the server sends
-  ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), at least that long;
-- malformed 2xx bodies (not JSON, fields missing, wrong number of vectors, NaN/inf, wrong width):
-  treated as a server fault, retried at most :attr:`RetryPolicy.malformed_retries` times.
+The statuses the official SDKs retry: 408, 409, 429 and 5xx, unless the server says otherwise with
+``x-should-retry: false`` (``x-should-retry: true`` makes any status retryable), plus timeouts and
+connection errors. The wait is exponential backoff with full jitter (``uniform(0, min(max_delay,
+base_delay * 2**n))``), or, when the server says how long to wait, at least that long: from
+``retry-after-ms``, ``Retry-After`` (seconds or an HTTP date), ``x-ratelimit-reset`` (Cohere: a Unix
+time) or a Google ``RetryInfo.retryDelay`` in the error body. Malformed 2xx bodies (not JSON,
+fields missing, wrong number of vectors, NaN/inf, wrong width) are treated as a server fault and
+retried at most :attr:`RetryPolicy.malformed_retries` times. :attr:`RetryPolicy.budget_s` bounds the
+seconds one request may take, attempts and waits together (a server answering its own clients
+wants a short one).
 
 Other 4xx statuses (bad request, bad key, unknown model) fail at once: retrying cannot fix them.
+A rejection that says one input is too long (413, or a 400/422 whose message says so) is raised
+as :class:`InputTooLong`, so that :class:`ApiEncoder` can split the batch, embed the rest and name
+the text that cannot go (:class:`~search_adaptor.encoders.base.InputsRejected`).
+
 Every failure is one line of :class:`~search_adaptor.encoders.base.EncoderError` naming the
-provider, the status and the server's own message, with any key or token scrubbed out.
+provider, the status and the server's own message, with any key, token or credential from the URL
+scrubbed out.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import datetime
 import email.utils
 import json
@@ -40,11 +53,12 @@ from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
 
-from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, Kind, check_vectors
+from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind, check_vectors
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +66,39 @@ T = TypeVar("T")
 AuthHeaders = Callable[[], dict[str, str]]
 Auto = Literal["auto"]
 
+#: Seconds to wait for the reply to a small request; bigger requests get more (:func:`request_timeout`).
 DEFAULT_TIMEOUT = 60.0
+#: The most any automatic request timeout grows to (the OpenAI SDK's default timeout).
+MAX_AUTO_TIMEOUT = 600.0
 DEFAULT_MAX_CONCURRENCY = 4
-#: Characters per token assumed when estimating request sizes. English averages about 4 with the
-#: providers' tokenizers; 3 over-estimates tokens, so requests stay under the documented caps.
+#: Characters per token of English with the providers' tokenizers is about 4; 3 over-estimates
+#: tokens. Used for cost estimates (``embed --dry-run``); limits use :func:`token_bound`.
 CHARS_PER_TOKEN = 3.0
-_RETRY_STATUSES = frozenset({408, 429})
+#: The most characters one token covers in the byte-level BPE vocabularies of OpenAI
+#: (cl100k_base, o200k_base) and Voyage (voyage3_base): their longest entries are 128 bytes.
+#: A text cut at ``context_tokens * LONGEST_TOKEN_CHARS`` still holds everything a provider that
+#: truncates on its side can keep.
+LONGEST_TOKEN_CHARS = 128
+_RETRY_STATUSES = frozenset({408, 409, 429})
 _MAX_MESSAGE_CHARS = 400
+#: Messages of a 400/413/422 that reject one over-long input: OpenAI and Azure ("maximum context
+#: length is 8192 tokens", "maximum input length"), vLLM, text-embeddings-inference ("must have
+#: less than 512 tokens"), Google ("exceeds the maximum number of tokens"), Cohere and Voyage
+#: ("too long", "too many tokens").
+_TOO_LONG = re.compile(
+    r"context length|input length|too long|too many tokens|less than \d+ tokens"
+    r"|exceeds? (the )?(max\w*|limit)|maximum (number of )?tokens|token limit",
+    re.IGNORECASE,
+)
+#: Query parameter names that carry credentials (``key=``, ``api_key=``, ``sig=``, ``token=``...).
+_SECRET_PARAM = re.compile(r"key|token|secret|sig|passw|pwd|auth|credential|session", re.IGNORECASE)
+
+# Token weights of one character, in thirds of a token (see :func:`token_bound`).
+_ASCII_WEIGHT = np.full(128, 3, dtype=np.int64)
+for _c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ":
+    _ASCII_WEIGHT[ord(_c)] = 1
+for _c in "0123456789":
+    _ASCII_WEIGHT[ord(_c)] = 2
 
 
 class Secret:
@@ -79,6 +119,11 @@ class Secret:
     __str__ = __repr__
 
 
+def env_value(*names: str) -> str | None:
+    """The first of the environment variables ``names`` that is set and not blank, stripped."""
+    return next((os.environ[v].strip() for v in names if os.environ.get(v, "").strip()), None)
+
+
 def secret_from_env(
     provider: str, explicit: str | None, env_vars: Sequence[str], *, required: bool = True
 ) -> Secret | None:
@@ -89,12 +134,53 @@ def secret_from_env(
     EncoderError
         When ``required`` and no key is found; the message names the variables to set.
     """
-    value = explicit or next((os.environ[v] for v in env_vars if os.environ.get(v, "").strip()), None)
-    if value and value.strip():
-        return Secret(value.strip())
+    value = (explicit or "").strip() or env_value(*env_vars)
+    if value:
+        return Secret(value)
     if required:
         raise EncoderError(f"{provider}: no API key found; set {' or '.join(env_vars)} (or pass api_key=...)")
     return None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An API root split into what may be shown and what authenticates.
+
+    ``public`` is the URL without user name, password or credential-bearing query parameters: the
+    one written to configs, fingerprints, logs and errors. ``root`` (scheme, host, path) and
+    ``params`` (all query parameters) make the requests; ``auth`` is the basic auth from the URL's
+    user info; ``secrets`` are the values to scrub from any message.
+    """
+
+    public: str
+    root: str
+    params: tuple[tuple[str, str], ...] = ()
+    auth: tuple[str, str] | None = None
+    secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url.strip())
+        params = tuple(parse_qsl(parts.query, keep_blank_values=True))
+        kept = [(k, v) for k, v in params if not _SECRET_PARAM.search(k)]
+        secrets = [v for k, v in params if _SECRET_PARAM.search(k) and v]
+        auth = None
+        if parts.username is not None or parts.password is not None:
+            auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+            secrets += [s for s in (parts.password, auth[1]) if s]
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        root = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        public = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), urlencode(kept), ""))
+        secrets += [urlencode({"": s})[1:] for s in secrets]  # as they appear percent-encoded
+        return cls(public, root, params, auth, tuple(sorted(set(secrets), key=len, reverse=True)))
+
+
+def public_url(url: str) -> str:
+    """``url`` without user info or credential-bearing query parameters (safe to print or store)."""
+    return Endpoint.parse(url).public
 
 
 @dataclass(frozen=True)
@@ -113,6 +199,9 @@ class RetryPolicy:
         base_delay * 2**n))`` seconds, unless the server said how long to wait.
     malformed_retries : int
         Retries allowed after a 2xx reply whose body cannot be used.
+    budget_s : float, optional
+        Wall-clock seconds one request may take, attempts and waits together: each attempt's
+        timeout is cut to what is left, and no wait runs past it. ``None``: only the limits above.
     """
 
     max_attempts: int = 8
@@ -120,6 +209,7 @@ class RetryPolicy:
     base_delay: float = 1.0
     max_delay: float = 60.0
     malformed_retries: int = 2
+    budget_s: float | None = None
 
     def backoff(self, retry_index: int) -> float:
         """Full-jitter delay before retry number ``retry_index`` (0-based)."""
@@ -130,32 +220,62 @@ class MalformedResponse(ValueError):
     """A 2xx reply whose body is not the documented shape (retried as a server fault)."""
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds the server asked us to wait, from ``retry-after-ms`` or ``Retry-After``.
+class InputTooLong(EncoderError):
+    """The provider rejected a request because an input in it is too long.
 
-    ``Retry-After`` may be delta-seconds or an HTTP date (RFC 9110); ``retry-after-ms`` is the
-    millisecond variant Azure OpenAI and OpenAI send. Returns ``None`` when neither is usable.
+    ``reason`` is ``"HTTP <status>: <server message>"`` (scrubbed), for naming the text later.
     """
-    lower = {k.lower(): v for k, v in headers.items()}
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait, from its headers; ``None`` when none is usable.
+
+    In order: ``retry-after-ms`` (OpenAI, Azure), ``Retry-After`` (delta-seconds or an HTTP date,
+    RFC 9110), ``x-ratelimit-reset`` (Cohere's SDK reads it as a Unix time in seconds; a value
+    below 10^9 is taken as seconds to wait, as other servers send).
+    """
+    lower = {k.lower(): v.strip() for k, v in headers.items()}
+    now = time.time() if now is None else now
     try:
         if lower.get("retry-after-ms"):
             return max(0.0, float(lower["retry-after-ms"]) / 1000.0)
     except ValueError:
         pass
-    value = lower.get("retry-after", "").strip()
-    if not value:
-        return None
+    value = lower.get("retry-after", "")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are always UTC
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            return max(0.0, when.timestamp() - now)
     try:
-        return max(0.0, float(value))
+        reset = float(lower.get("x-ratelimit-reset", ""))
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are always UTC
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, reset - now if reset > 1e9 else reset)
+
+
+def retry_delay_in_body(payload: Any) -> float | None:
+    """Seconds from a Google ``RetryInfo`` detail (``{"retryDelay": "37s"}``) in an error body."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)s\s*", str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
 
 
 def _find_message(payload: Any) -> str | None:
@@ -177,14 +297,16 @@ def _find_message(payload: Any) -> str | None:
     return None
 
 
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return json.loads(response.text)
+    except ValueError:
+        return None
+
+
 def server_message(response: httpx.Response) -> str:
     """The provider's error message from a response, or the start of its raw body."""
-    text = response.text
-    try:
-        found = _find_message(json.loads(text))
-    except ValueError:
-        found = None
-    return found or text.strip() or "(empty body)"
+    return _find_message(_json_or_none(response)) or response.text.strip() or "(empty body)"
 
 
 def _one_line(text: str, secrets: Sequence[str]) -> str:
@@ -194,6 +316,38 @@ def _one_line(text: str, secrets: Sequence[str]) -> str:
             text = text.replace(secret, "***")
     text = re.sub(r"\s+", " ", text).strip()
     return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
+
+
+class _ScrubSecrets(logging.Filter):
+    """Scrubs the credentials of our base URLs from httpx's own log lines.
+
+    httpx logs every request URL at INFO, query string included, so a ``?key=...`` in a base URL
+    would reach the logs; this filter, on the ``httpx`` logger, replaces such values with ``***``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: tuple[str, ...] = ()  # replaced whole, never mutated: safe to read from any thread
+        self._lock = threading.Lock()
+
+    def add(self, secrets: Sequence[str]) -> None:
+        """Scrub ``secrets`` from now on (longest first, so no secret is left half-replaced)."""
+        with self._lock:
+            self.secrets = tuple(sorted({*self.secrets, *secrets}, key=len, reverse=True))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = self.secrets
+        if secrets:
+            message = scrubbed = record.getMessage()
+            for secret in secrets:
+                scrubbed = scrubbed.replace(secret, "***")
+            if scrubbed != message:
+                record.msg, record.args = scrubbed, ()
+        return True
+
+
+_HTTPX_LOG_FILTER = _ScrubSecrets()
+logging.getLogger("httpx").addFilter(_HTTPX_LOG_FILTER)
 
 
 def _header_secrets(headers: Mapping[str, str]) -> list[str]:
@@ -206,6 +360,24 @@ def _header_secrets(headers: Mapping[str, str]) -> list[str]:
     return out
 
 
+def _should_retry(response: httpx.Response) -> bool:
+    """Whether a non-2xx reply is worth another attempt, as the official SDKs decide it."""
+    verdict = response.headers.get("x-should-retry", "").strip().lower()
+    if verdict in ("true", "false"):
+        return verdict == "true"
+    return response.status_code in _RETRY_STATUSES or response.status_code >= 500
+
+
+def request_timeout(tokens: int) -> float:
+    """Seconds to wait for a reply to a request of ``tokens`` estimated tokens.
+
+    :data:`DEFAULT_TIMEOUT` plus one second per 1,000 tokens, at most :data:`MAX_AUTO_TIMEOUT`:
+    a full OpenAI request (300,000 tokens) gets 360 s instead of timing out at 60 s and being
+    sent again.
+    """
+    return min(MAX_AUTO_TIMEOUT, DEFAULT_TIMEOUT + tokens / 1000.0)
+
+
 class HttpClient:
     """Pooled, retrying JSON-over-HTTP client of one provider (thread-safe).
 
@@ -214,17 +386,21 @@ class HttpClient:
     provider : str
         Name used at the start of every error and log line.
     base_url : str
-        Prefix of every request path.
+        Prefix of every request path. User info in it becomes basic auth and its query
+        parameters go with every request; neither shows in :attr:`base_url` or in any message.
     auth : callable
         Returns the auth headers for the next request (called per attempt, so tokens can refresh).
     credential_hint : str
         Where the credential comes from (e.g. ``"$OPENAI_API_KEY"``), quoted on 401/403.
-    timeout : float
-        Seconds to wait for a reply (and at most 10 s to connect).
+    timeout : float, optional
+        Seconds to wait for a reply (and at most 10 s to connect); ``None`` sizes it to each
+        request with :func:`request_timeout`.
     retry : RetryPolicy, optional
         Retry limits; defaults to :class:`RetryPolicy()`.
     max_connections : int
         Size of the connection pool; match the encoder's ``max_concurrency``.
+    headers : mapping, optional
+        Extra headers sent with every request (e.g. ``OpenAI-Organization``).
     """
 
     def __init__(
@@ -234,23 +410,31 @@ class HttpClient:
         *,
         auth: AuthHeaders,
         credential_hint: str,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | None = None,
         retry: RetryPolicy | None = None,
         max_connections: int = DEFAULT_MAX_CONCURRENCY,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.provider = provider
-        self.base_url = base_url.rstrip("/")
+        self._endpoint = Endpoint.parse(base_url)
+        _HTTPX_LOG_FILTER.add(self._endpoint.secrets)
         self.credential_hint = credential_hint
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._auth = auth
         self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            timeout=httpx.Timeout(timeout or DEFAULT_TIMEOUT, connect=min(timeout or 10.0, 10.0)),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"user-agent": "search-adaptor"},
+            headers={"user-agent": "search-adaptor", **(headers or {})},
+            auth=self._endpoint.auth,
         )
         self._lock = threading.Lock()
         self._retries = 0
+
+    @property
+    def base_url(self) -> str:
+        """The API root as it may be shown: without credentials."""
+        return self._endpoint.public
 
     @property
     def retries(self) -> int:
@@ -268,32 +452,50 @@ class HttpClient:
         body: Any,
         parse: Callable[[Any], T],
         params: Mapping[str, str] | None = None,
+        tokens: int = 0,
     ) -> T:
         """POST ``body`` as JSON to ``base_url + path`` and return ``parse(reply_json)``.
 
         ``parse`` raises (``ValueError``, ``KeyError``, ``TypeError``, ``IndexError``,
         ``AttributeError`` or :class:`EncoderError`) on a body of the wrong shape; that is retried
-        as a server fault, a limited number of times.
+        as a server fault, a limited number of times. ``tokens`` (estimated tokens sent) sizes the
+        timeout when none was given.
 
         Raises
         ------
+        InputTooLong
+            The provider rejected an input as too long (not retried).
         EncoderError
             One line, at once for a non-retryable status, else once the retry budget is spent.
         """
-        url = f"{self.base_url}{path}"
+        url = f"{self._endpoint.root}{path}"
+        shown = f"{self.base_url.split('?')[0]}{path}"
+        query = [*self._endpoint.params, *(params or {}).items()]
         policy = self.retry
+        timeout = self.timeout or request_timeout(tokens)
+        start = time.monotonic()
         waited = 0.0
         malformed = 0
         fault = ""
-        secrets: list[str] = []
+        secrets: list[str] = list(self._endpoint.secrets)
         for attempt in range(1, policy.max_attempts + 1):
+            left = None if policy.budget_s is None else policy.budget_s - (time.monotonic() - start)
+            if left is not None and left <= 0:
+                raise EncoderError(self._line(self._budget_spent(attempt - 1, fault), secrets))
+            attempt_timeout = timeout if left is None else min(timeout, left)
             headers = self._auth()
-            secrets = _header_secrets(headers)
-            retry_after = None
+            secrets = [*self._endpoint.secrets, *_header_secrets(headers)]
+            wait_hint = None
             try:
-                response = self._http.post(url, json=body, params=params, headers=headers)
+                response = self._http.post(
+                    url,
+                    json=body,
+                    params=query,
+                    headers=headers,
+                    timeout=httpx.Timeout(attempt_timeout, connect=min(attempt_timeout, 10.0)),
+                )
             except httpx.TimeoutException:
-                fault = f"no reply within {self.timeout:g}s (timeout)"
+                fault = f"no reply within {attempt_timeout:.3g}s (timeout)"
             except httpx.TransportError as exc:
                 fault = f"connection error: {type(exc).__name__}: {exc}"
             else:
@@ -306,18 +508,20 @@ class HttpClient:
                         fault = f"malformed reply to HTTP {status}: {type(exc).__name__}: {exc}"
                         if malformed > policy.malformed_retries:
                             raise EncoderError(
-                                self._line(f"{fault} ({malformed} unusable replies from {url})", secrets)
+                                self._line(f"{fault} ({malformed} unusable replies from {shown})", secrets)
                             ) from None
-                elif status in _RETRY_STATUSES or status >= 500:
-                    retry_after = parse_retry_after(response.headers)
-                    fault = f"HTTP {status} from {url}: {server_message(response)}"
+                elif _should_retry(response):
+                    wait_hint = parse_retry_after(response.headers)
+                    if wait_hint is None:
+                        wait_hint = retry_delay_in_body(_json_or_none(response))
+                    fault = f"HTTP {status} from {shown}: {server_message(response)}"
                 else:
-                    raise EncoderError(self._fatal(status, url, server_message(response), secrets)) from None
+                    raise self._fatal(status, shown, server_message(response), secrets) from None
             if attempt == policy.max_attempts:
                 break
             delay = policy.backoff(attempt - 1)
-            if retry_after is not None:
-                delay = retry_after * random.uniform(1.0, 1.1)  # never earlier than asked; spread threads
+            if wait_hint is not None:
+                delay = wait_hint * random.uniform(1.0, 1.1)  # never earlier than asked; spread threads
             if waited + delay > policy.max_total_wait:
                 raise EncoderError(
                     self._line(
@@ -326,6 +530,8 @@ class HttpClient:
                         secrets,
                     )
                 )
+            if policy.budget_s is not None and time.monotonic() - start + delay > policy.budget_s:
+                raise EncoderError(self._line(self._budget_spent(attempt, fault), secrets))
             with self._lock:
                 self._retries += 1
             log.info(
@@ -342,44 +548,100 @@ class HttpClient:
             )
         )
 
+    def _budget_spent(self, attempts: int, fault: str) -> str:
+        return (
+            f"giving up: the retry budget of {self.retry.budget_s:g}s is spent after {attempts} "
+            f"attempt(s); last error: {fault or 'none'}"
+        )
+
     def _line(self, text: str, secrets: Sequence[str]) -> str:
         return _one_line(f"{self.provider}: {text}", secrets)
 
-    def _fatal(self, status: int, url: str, message: str, secrets: Sequence[str]) -> str:
+    def _fatal(self, status: int, url: str, message: str, secrets: Sequence[str]) -> EncoderError:
         """The one-line error for a status that retrying cannot fix."""
+        if status == 413 or (status in (400, 422) and _TOO_LONG.search(message)):
+            reason = _one_line(f"HTTP {status}: {message}", secrets)
+            return InputTooLong(
+                self._line(f"HTTP {status} from {url}: {message} (input too long)", secrets), reason
+            )
         if status in (401, 403):
             hint = f"authentication failed; check the credential in {self.credential_hint}"
         elif status == 404:
             hint = "not found; check the model name and the base URL"
         else:
             hint = "the request was rejected; not retried"
-        return self._line(f"HTTP {status} from {url}: {message} ({hint})", secrets)
+        return EncoderError(self._line(f"HTTP {status} from {url}: {message} ({hint})", secrets))
 
 
-def prepare_texts(texts: Sequence[str], max_chars: int | None) -> list[str]:
-    """Texts as sent: cut to ``max_chars`` characters, and empty strings replaced by one space.
+def token_bound(text: str) -> int:
+    """Tokens ``text`` can take, estimated high enough for every script.
 
+    Per character: a third of a token for an ASCII letter or space (English and code run at 3 to
+    4.5 characters per token), half for a digit (numbers go in groups of up to three), one for
+    ASCII punctuation or a control character, and for any other character its length in UTF-8
+    bytes, which no byte-level BPE (OpenAI, Voyage) or byte-fallback SentencePiece (Google)
+    tokenizer can exceed, since every token covers at least one byte. Measured with OpenAI's
+    cl100k_base on random sequences of each script, the worst case per character is 0.66 tokens for
+    ASCII letters, 1.5 for Greek, 2.6 for Hangul and 2.35 for CJK ideographs: only random ASCII
+    (hashes, base64 blobs) beats the estimate, and a provider's rejection of such a text is handled
+    by splitting the batch (:class:`InputTooLong`).
+    """
+    return int(_cumulative_thirds(text)[-1] + 2) // 3 if text else 0
+
+
+def _cumulative_thirds(text: str) -> np.ndarray:
+    """Running total of :func:`token_bound`'s per-character weights, in thirds of a token."""
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    weight = np.where(cp < 0x800, 6, np.where(cp < 0x10000, 9, 12))
+    ascii_ = cp < 128
+    weight[ascii_] = _ASCII_WEIGHT[cp[ascii_]]
+    return np.cumsum(weight)
+
+
+def cut_to_tokens(text: str, max_tokens: int) -> str:
+    """The longest start of ``text`` whose :func:`token_bound` is at most ``max_tokens``."""
+    if len(text) * 4 <= max_tokens:  # no character weighs more than 4 tokens
+        return text
+    head = text[: 3 * max_tokens + 1]  # no character weighs less than a third of a token
+    return head[: int(np.searchsorted(_cumulative_thirds(head), 3 * max_tokens, side="right"))]
+
+
+def prepare_texts(
+    texts: Sequence[str], max_chars: int | None, max_tokens: int | None = None, keep_end: bool = False
+) -> list[str]:
+    """Texts as sent: cut to ``max_chars`` characters and ``max_tokens`` estimated tokens
+    (:func:`cut_to_tokens`), and empty strings replaced by one space.
+
+    ``keep_end`` cuts from the start instead (for a provider told to drop the start of long texts).
     OpenAI and Voyage reject an empty input with a 400 that would fail the whole batch; a single
     space embeds as "nothing" without failing anything.
     """
-    cut = [t if max_chars is None else t[:max_chars] for t in texts]
-    return [t if t else " " for t in cut]
+    out = []
+    for text in texts:
+        if keep_end:
+            text = text[::-1]
+        if max_chars is not None:
+            text = text[:max_chars]
+        if max_tokens is not None:
+            text = cut_to_tokens(text, max_tokens)
+        out.append((text[::-1] if keep_end else text) or " ")
+    return out
 
 
 def estimate_tokens(text: str) -> int:
-    """Conservative token count of ``text`` (see :data:`CHARS_PER_TOKEN`)."""
+    """Typical token count of ``text`` for cost estimates (see :data:`CHARS_PER_TOKEN`)."""
     return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
 
 
 def plan_requests(texts: Sequence[str], max_inputs: int, max_tokens: int | None) -> list[slice]:
     """Split ``texts`` into consecutive requests of at most ``max_inputs`` texts and ``max_tokens``
-    estimated tokens (a single text over the token cap goes alone; the provider truncates it or
-    rejects it).
+    tokens by :func:`token_bound` (a single text over the token cap goes alone; the provider
+    truncates it or rejects it).
     """
     out: list[slice] = []
     start, tokens = 0, 0
     for i, text in enumerate(texts):
-        cost = estimate_tokens(text) if max_tokens is not None else 0
+        cost = token_bound(text) if max_tokens is not None else 0
         full = i - start >= max_inputs or (
             max_tokens is not None and i > start and tokens + cost > max_tokens
         )
@@ -392,8 +654,16 @@ def plan_requests(texts: Sequence[str], max_inputs: int, max_tokens: int | None)
     return out
 
 
+def decode_vector(value: Any) -> Any:
+    """One embedding as sent: a list of floats, or a base64 string of little-endian float32."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value, validate=True), dtype="<f4").tolist()
+    return value
+
+
 def rows_by_index(payload: Any, count: int) -> list[Any]:
-    """Embeddings of an OpenAI-style ``{"data": [{"index", "embedding"}]}`` reply, in input order.
+    """Embeddings of an OpenAI-style ``{"data": [{"index", "embedding"}]}`` reply, in input order
+    (each a list of floats or, with ``encoding_format: "base64"``, a base64 string).
 
     Raises
     ------
@@ -403,7 +673,7 @@ def rows_by_index(payload: Any, count: int) -> list[Any]:
     data = sorted(payload["data"], key=lambda item: item["index"])
     if [item["index"] for item in data] != list(range(count)):
         raise MalformedResponse(f"expected indices 0..{count - 1}, got {len(data)} item(s)")
-    return [item["embedding"] for item in data]
+    return [decode_vector(item["embedding"]) for item in data]
 
 
 class ApiEncoder(Encoder):
@@ -411,12 +681,22 @@ class ApiEncoder(Encoder):
 
     Subclasses set the class attributes below and implement :meth:`_request` (one HTTP request
     for at most ``max_inputs`` texts). This class resolves the key, owns the retrying client,
-    splits each batch into requests within the provider's documented limits, and builds
-    :meth:`config`. Each provider sets ``provider``, ``default_model``, ``default_base_url``,
-    ``key_env`` (the environment variables holding the key, in order of preference),
-    ``key_required``, ``auth_header`` and ``auth_scheme`` (how the key is sent), ``max_inputs``
-    and ``max_request_tokens`` (documented limits per request) and ``default_max_chars``.
+    cuts texts to what the model can use, splits each batch into requests within the provider's
+    documented limits (and splits again around a text the provider rejects as too long), and
+    builds :meth:`config`. Each provider sets ``provider``, ``default_model``,
+    ``default_base_url``, ``key_env`` (the environment variables holding the key, in order of
+    preference), ``key_required``, ``auth_header`` and ``auth_scheme`` (how the key is sent),
+    ``max_inputs`` and ``max_request_tokens`` (documented limits per request) and
+    ``context_tokens`` (the documented input limit per text, ``None`` when unknown).
     ``retries`` counts the retries made so far, across threads.
+
+    Texts are cut in one of two ways. When the provider cuts over-long texts itself (Vertex with
+    ``auto_truncate``, Cohere, Voyage), a text is cut at ``context_tokens *``
+    :data:`LONGEST_TOKEN_CHARS` characters, which keeps every token the provider can use, so the
+    vectors do not change and megabytes are not uploaded for nothing. When it does not (OpenAI,
+    Azure, the Gemini API), a text is cut to ``max_input_tokens`` by :func:`token_bound`, so that
+    it is not rejected; that changes the vectors of long texts and is part of the fingerprint.
+    The first cut of either kind is logged once.
 
     Parameters
     ----------
@@ -426,6 +706,8 @@ class ApiEncoder(Encoder):
         The key; else read from the environment (``key_env``). Never stored in plain view.
     base_url : str, optional
         API root, for proxies, regional endpoints and tests; ``default_base_url`` when omitted.
+        Credentials in it (``https://user:pw@host``, ``?key=...``) authenticate the requests but
+        never appear in :meth:`config`, the fingerprint, ``repr`` or any message.
     dimensions : int, optional
         Output width for models that can shorten their vectors; part of the fingerprint.
     batch_size : int, optional
@@ -433,18 +715,25 @@ class ApiEncoder(Encoder):
         Smaller batches mean finer progress and less work lost when a run is killed.
     max_concurrency : int, optional
         Requests in flight at once (default 4).
-    max_chars : int, None or "auto"
-        Cut every text to this many characters before sending; ``None`` sends texts whole;
-        ``"auto"`` uses the provider's default. Part of the fingerprint.
+    max_chars : int, optional
+        Also cut every text to this many characters. Part of the fingerprint.
+    max_input_tokens : int, None or "auto"
+        Cut every text to this many tokens by :func:`token_bound`; ``"auto"``: the documented
+        input limit for providers that reject longer inputs, none for those that cut them
+        themselves; ``None``: no such cut. Part of the fingerprint.
     max_request_tokens : int, None or "auto"
-        Cap on estimated tokens per request; ``"auto"`` uses the documented cap.
-    query_prompt, document_prompt : str
+        Cap on :func:`token_bound` tokens per request; ``"auto"`` uses the documented cap.
+    query_prompt, document_prompt : str, optional
         Prefixes prepended to queries / documents (e.g. ``"query: "`` for E5 models behind an
-        OpenAI-compatible server); part of the fingerprint.
-    timeout : float
-        Seconds to wait for one reply.
+        OpenAI-compatible server); the model's documented ones when omitted (empty for most);
+        part of the fingerprint.
+    timeout : float, optional
+        Seconds to wait for one reply; ``None`` sizes it to each request (:func:`request_timeout`).
     retry : RetryPolicy, optional
         Retry limits.
+    retry_budget_s : float, optional
+        Seconds one request may take, retries and waits included (sets ``retry.budget_s``); a
+        server that answers its own clients wants a short one.
     """
 
     provider = "api"
@@ -456,7 +745,7 @@ class ApiEncoder(Encoder):
     auth_scheme = "Bearer "
     max_inputs = 96
     max_request_tokens: int | None = None
-    default_max_chars: int | None = None
+    context_tokens: int | None = None
 
     def __init__(
         self,
@@ -467,12 +756,14 @@ class ApiEncoder(Encoder):
         dimensions: int | None = None,
         batch_size: int | None = None,
         max_concurrency: int | None = None,
-        max_chars: int | Auto | None = "auto",
+        max_chars: int | None = None,
+        max_input_tokens: int | Auto | None = "auto",
         max_request_tokens: int | Auto | None = "auto",
-        query_prompt: str = "",
-        document_prompt: str = "",
-        timeout: float = DEFAULT_TIMEOUT,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+        timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        retry_budget_s: float | None = None,
     ) -> None:
         model = model or self.default_model
         if not model:
@@ -483,12 +774,20 @@ class ApiEncoder(Encoder):
         self.dimensions = dimensions
         self.max_inputs, documented_tokens = self._limits(model)
         self.max_request_tokens = documented_tokens if max_request_tokens == "auto" else max_request_tokens
-        self.max_chars = self.default_max_chars if max_chars == "auto" else max_chars
+        self.context_tokens = self._context_tokens(model)
+        if max_input_tokens == "auto":
+            max_input_tokens = None if self._server_truncates() else self.context_tokens
+        self.max_input_tokens = max_input_tokens
+        self.max_chars = max_chars
         self.batch_size = batch_size or self.max_inputs
         self.max_concurrency = max_concurrency or DEFAULT_MAX_CONCURRENCY
-        self.query_prompt = query_prompt
-        self.document_prompt = document_prompt
+        default_query, default_document = self._default_prompts(model)
+        self.query_prompt = default_query if query_prompt is None else query_prompt
+        self.document_prompt = default_document if document_prompt is None else document_prompt
         self.timeout = timeout
+        if retry_budget_s is not None:
+            retry = dataclasses.replace(retry or RetryPolicy(), budget_s=retry_budget_s)
+        self._cut_logged = False
         auth, hint = self._credentials(api_key)
         self._client = HttpClient(
             self.provider,
@@ -498,6 +797,7 @@ class ApiEncoder(Encoder):
             timeout=timeout,
             retry=retry,
             max_connections=self.max_concurrency,
+            headers=self._extra_headers(),
         )
 
     # -- hooks for subclasses -------------------------------------------------------------------
@@ -505,6 +805,26 @@ class ApiEncoder(Encoder):
     def _limits(self, model: str) -> tuple[int, int | None]:
         """Documented (max inputs, max tokens) per request for ``model``."""
         return self.max_inputs, self.max_request_tokens
+
+    def _context_tokens(self, model: str) -> int | None:
+        """Documented input limit of one text for ``model`` (``None``: unknown)."""
+        return self.context_tokens
+
+    def _server_truncates(self) -> bool:
+        """Whether the provider cuts over-long texts itself instead of rejecting them."""
+        return False
+
+    def _keeps_end(self) -> bool:
+        """Whether the provider's own truncation drops the start of a text (keeping its end)."""
+        return False
+
+    def _default_prompts(self, model: str) -> tuple[str, str]:
+        """(query prefix, document prefix) the model documents; none for most models."""
+        return "", ""
+
+    def _extra_headers(self) -> dict[str, str]:
+        """Headers sent with every request besides auth (e.g. OpenAI's organization)."""
+        return {}
 
     def _credentials(self, api_key: str | None) -> tuple[AuthHeaders, str]:
         """(auth header factory, where the credential comes from) from the key or the environment."""
@@ -536,6 +856,7 @@ class ApiEncoder(Encoder):
 
     @property
     def base_url(self) -> str:
+        """The API root without credentials."""
         return self._client.base_url
 
     def close(self) -> None:
@@ -543,36 +864,115 @@ class ApiEncoder(Encoder):
         self._client.close()
 
     def config(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
             "dimensions": self.dimensions,
             "max_chars": self.max_chars,
             "query_prompt": self.query_prompt,
             "document_prompt": self.document_prompt,
-            **self._wire_config(),
         }
+        if self.max_input_tokens is not None:  # absent, the fingerprints of earlier versions still hold
+            config["max_input_tokens"] = self.max_input_tokens
+        return {**config, **self._wire_config()}
 
-    def _prepared(self, texts: Sequence[str], kind: Kind) -> list[str]:
-        """The texts as this encoder sends them: with the kind's prompt, cut to ``max_chars``."""
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    def prepare(self, texts: Sequence[str], kind: Kind) -> list[str]:
+        """``texts`` as they are sent for ``kind``: prefixed with its prompt, cut, never empty."""
         prompt = self.query_prompt if kind == "query" else self.document_prompt
-        return prepare_texts([prompt + t for t in texts], self.max_chars)
+        full = [prompt + t for t in texts]
+        lossless = None
+        if self.context_tokens is not None and self._server_truncates():
+            lossless = self.context_tokens * LONGEST_TOKEN_CHARS
+        limits = [c for c in (self.max_chars, lossless) if c is not None]
+        prepared = prepare_texts(full, min(limits, default=None), self.max_input_tokens, self._keeps_end())
+        if not self._cut_logged:
+            cut = next(
+                (i for i, (a, b) in enumerate(zip(full, prepared, strict=True)) if len(b) < len(a)), None
+            )
+            if cut is not None:
+                self._cut_logged = True
+                log.warning(
+                    "%s: texts longer than %s are cut before sending (first: %d of %d characters kept); "
+                    "this is said once",
+                    self.provider,
+                    self._cut_rule(lossless),
+                    len(prepared[cut]),
+                    len(full[cut]),
+                )
+        return prepared
+
+    def _cut_rule(self, lossless: int | None) -> str:
+        rules = []
+        if self.max_input_tokens is not None:
+            rules.append(f"{self.max_input_tokens} estimated tokens")
+        if self.max_chars is not None:
+            rules.append(f"max_chars={self.max_chars}")
+        if lossless is not None:
+            rules.append(
+                f"{lossless} characters (the model's {self.context_tokens} tokens; it cuts them anyway)"
+            )
+        return " or ".join(rules)
 
     def request_tokens(self, texts: Sequence[str], kind: Kind) -> int:
-        """Estimated tokens the provider would bill for embedding ``texts`` (see :data:`CHARS_PER_TOKEN`)."""
-        return sum(estimate_tokens(t) for t in self._prepared(texts, kind))
+        """Estimated tokens the provider would bill for ``texts`` as sent (see :data:`CHARS_PER_TOKEN`)."""
+        return sum(estimate_tokens(t) for t in self.prepare(texts, kind))
 
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
-        prepared = self._prepared(texts, kind)
-        parts = [
-            self._request(prepared[s], kind)
-            for s in plan_requests(prepared, self.max_inputs, self.max_request_tokens)
-        ]
-        if not parts:
-            return np.zeros((0, self.dimensions or 0), dtype=np.float32)
-        return np.concatenate(parts)
+        """Embed ``texts``; a text the provider rejects as too long does not fail the others.
+
+        Raises
+        ------
+        InputsRejected
+            After embedding every other text: it names the rejected texts and carries the
+            vectors of the rest (``vectors``, NaN rows where rejected).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        prepared = self.prepare(texts, kind)
+        rows: dict[int, np.ndarray] = {}
+        rejected: dict[int, str] = {}
+        for s in plan_requests(prepared, self.max_inputs, self.max_request_tokens):
+            self._send(prepared, list(range(s.start, s.stop)), kind, rows, rejected)
+        width = next((len(v) for v in rows.values()), self.dimensions or 0)
+        out = np.full((len(prepared), width), np.nan, dtype=np.float32)
+        for i, row in rows.items():
+            out[i] = row
+        if rejected:
+            raise InputsRejected.of(self.provider, texts, out, rejected)
+        return out
+
+    def _send(
+        self,
+        texts: list[str],
+        index: list[int],
+        kind: Kind,
+        rows: dict[int, np.ndarray],
+        rejected: dict[int, str],
+    ) -> None:
+        """Embed ``texts[i] for i in index`` into ``rows``, halving the request around rejected texts."""
+        try:
+            vectors = self._request([texts[i] for i in index], kind)
+        except InputTooLong as exc:
+            if len(index) == 1:
+                rejected[index[0]] = exc.reason
+                return
+            half = len(index) // 2
+            self._send(texts, index[:half], kind, rows, rejected)
+            self._send(texts, index[half:], kind, rows, rejected)
+            return
+        rows.update(zip(index, vectors, strict=True))
+
+    def _post(
+        self, path: str, body: Any, texts: list[str], rows: Callable[[Any], Any], **kw: Any
+    ) -> np.ndarray:
+        """POST one request for ``texts``; return its checked vectors (``rows`` finds them in the reply)."""
+        return self._client.post(
+            path,
+            body,
+            lambda payload: self._vectors(rows(payload), len(texts)),
+            tokens=sum(map(token_bound, texts)),
+            **kw,
+        )
 
     def _vectors(self, rows: Any, count: int) -> np.ndarray:
         """Check one reply's embeddings: a list of ``count`` finite, non-empty rows of the asked width.

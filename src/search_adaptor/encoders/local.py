@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,34 @@ import numpy as np
 
 from search_adaptor.encoders.base import Encoder, EncoderError, Kind
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+#: The first cut tried, in characters per token of the model's window; grown 4x while unproven.
+_FIRST_CUT_CHARS_PER_TOKEN = 8
+_LAST_WHITESPACE = re.compile(r"\s+\S*\Z")
+
+
+def cut_to_window(text: str, window: int, count_tokens: Any) -> str:
+    """A start of ``text`` that embeds exactly as ``text`` does under a ``window``-token limit.
+
+    The model sees only the first ``window`` tokens, yet tokenizing a 50 MB text to find them takes
+    minutes and gigabytes. Try a start of ``8 * window`` characters, cut back to its last
+    whitespace; the tokenizers of sentence-transformers models (WordPiece, byte-level BPE,
+    SentencePiece/Metaspace) split words at whitespace and normalize character by character, so
+    that start tokenizes exactly as the same start of the whole text does. When it holds at least
+    ``window`` tokens (``count_tokens``), the model's window is inside it and the embedding cannot
+    change; otherwise (long runs of whitespace, very long words) try 4 times as many characters,
+    and send the text whole when nothing shorter is proven.
+    """
+    bound = _FIRST_CUT_CHARS_PER_TOKEN * window
+    while bound < len(text):
+        head = text[:bound]
+        match = _LAST_WHITESPACE.search(head)
+        if match is not None and count_tokens(head[: match.start()]) >= window:
+            return head[: match.start()]
+        bound *= 4
+    return text
 
 
 def resolve_model(name: str) -> str:
@@ -72,6 +101,7 @@ class SentenceTransformerEncoder(Encoder):
         self.query_prompt = query_prompt
         self.document_prompt = document_prompt
         self._st: Any = None
+        self._cut_logged = False
 
     def config(self) -> dict[str, Any]:
         return {
@@ -89,10 +119,34 @@ class SentenceTransformerEncoder(Encoder):
             self._st = SentenceTransformer(resolve_model(self.model), device=self.device)
         return self._st
 
+    def _cut(self, texts: list[str]) -> list[str]:
+        """``texts`` cut to what the model's window can use (:func:`cut_to_window`); logged once."""
+        st = self._load()
+        window, tokenizer = getattr(st, "max_seq_length", None), getattr(st, "tokenizer", None)
+        if not window or tokenizer is None:
+            return texts
+
+        def count_tokens(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+        cut = [cut_to_window(t, window, count_tokens) for t in texts]
+        first = next((i for i, (a, b) in enumerate(zip(texts, cut, strict=True)) if len(b) < len(a)), None)
+        if first is not None and not self._cut_logged:
+            self._cut_logged = True
+            log.warning(
+                "%s: texts beyond the model's %d-token window are cut before tokenizing (first: %d of %d "
+                "characters kept); the embeddings do not change; this is said once",
+                self.model,
+                window,
+                len(cut[first]),
+                len(texts[first]),
+            )
+        return cut
+
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
         prompt = self.query_prompt if kind == "query" else self.document_prompt
         return self._load().encode(
-            [prompt + t for t in texts],
+            self._cut([prompt + t for t in texts]),
             batch_size=self.batch_size,
             convert_to_numpy=True,
             normalize_embeddings=True,

@@ -1,17 +1,18 @@
 """OpenAI embeddings, on api.openai.com, Azure OpenAI, or any OpenAI-compatible server.
 
-Wire format (``POST {base_url}/embeddings``)::
+Wire format (``POST {base_url}/embeddings``), as the official ``openai`` SDK sends it::
 
-    {"model": "...", "input": ["...", ...], "encoding_format": "float", "dimensions": 256?}
-    -> {"data": [{"index": 0, "embedding": [...]}, ...], "usage": {...}}
+    {"model": "...", "input": ["...", ...], "encoding_format": "base64", "dimensions": 256?}
+    -> {"data": [{"index": 0, "embedding": "<base64 of little-endian float32>"}, ...], "usage": {...}}
 
+``base64`` replies are about a quarter of the size of ``float`` ones and decode to the same
+float32 values; OpenAI-compatible servers may lack it, so they get ``float`` (lists of numbers).
 Errors come back as ``{"error": {"message": ...}}``. Documented limits: 2048 inputs per request,
 8192 tokens per input and 300,000 tokens summed over one request. There is no truncation flag: an
-input over 8192 tokens is a 400 that would fail its whole batch, so texts are cut client-side to
-``max_chars`` characters (default ``8192 * 3``: at the 3-4 characters per token of English and
-code that stays under the limit; text in scripts that tokenize denser, such as CJK, may need a
-lower ``max_chars``). ``max_chars`` is part of the fingerprint, so changing it never mixes cut and
-uncut vectors.
+input over 8192 tokens is a 400, so texts are cut client-side to 8192 tokens by
+:func:`~search_adaptor.encoders.http.token_bound`, an estimate that holds for every script (CJK
+text or code as well as English); a text the API still rejects is named and the rest of its batch
+embedded (:class:`~search_adaptor.encoders.base.InputsRejected`).
 
 OpenAI's models embed queries and documents the same way (no mode field); ``query_prompt`` and
 ``document_prompt`` exist for models that expect prefixes, e.g. E5 behind vLLM.
@@ -19,31 +20,61 @@ OpenAI's models embed queries and documents the same way (no mode field); ``quer
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
 from search_adaptor.encoders.base import EncoderError, Kind
-from search_adaptor.encoders.http import ApiEncoder, rows_by_index
+from search_adaptor.encoders.http import ApiEncoder, AuthHeaders, env_value, rows_by_index, secret_from_env
 
 OPENAI_MAX_TOKENS_PER_INPUT = 8192
 
 
 class OpenAIEncoder(ApiEncoder):
-    """OpenAI's embeddings endpoint (``text-embedding-3-small`` by default, key from ``$OPENAI_API_KEY``).
+    """OpenAI's embeddings endpoint (``text-embedding-3-small`` by default).
 
-    See :class:`~search_adaptor.encoders.http.ApiEncoder` for the parameters.
+    The key comes from ``api_key`` or ``$OPENAI_API_KEY``; the API root from ``base_url``,
+    ``$OPENAI_BASE_URL`` or ``https://api.openai.com/v1``; the organization and project headers
+    (``OpenAI-Organization``, ``OpenAI-Project``) from ``organization`` / ``project`` or
+    ``$OPENAI_ORG_ID`` / ``$OPENAI_PROJECT_ID``, as in the official SDK.
+
+    Parameters
+    ----------
+    organization, project : str, optional
+        Billing organization and project; neither changes the vectors.
+    **kwargs
+        See :class:`~search_adaptor.encoders.http.ApiEncoder`.
     """
 
     provider = "openai"
     default_model = "text-embedding-3-small"
     default_base_url = "https://api.openai.com/v1"
+    base_url_env: str | None = "OPENAI_BASE_URL"
     key_env = ("OPENAI_API_KEY",)
     max_inputs = 2048
     max_request_tokens = 300_000
-    default_max_chars = OPENAI_MAX_TOKENS_PER_INPUT * 3
+    context_tokens = OPENAI_MAX_TOKENS_PER_INPUT
+    encoding_format = "base64"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        organization: str | None = None,
+        project: str | None = None,
+        **kw: Any,
+    ) -> None:
+        self.organization = organization or env_value("OPENAI_ORG_ID")
+        self.project = project or env_value("OPENAI_PROJECT_ID")
+        super().__init__(model, **kw)
+
+    def _extra_headers(self) -> dict[str, str]:
+        headers = {"OpenAI-Organization": self.organization, "OpenAI-Project": self.project}
+        return {k: v for k, v in headers.items() if v}
+
+    def _resolve_base_url(self, base_url: str | None) -> str:
+        return base_url or env_value(self.base_url_env or "") or self.default_base_url
 
     def _path(self) -> str:
         return "/embeddings"
@@ -52,16 +83,17 @@ class OpenAIEncoder(ApiEncoder):
         return None
 
     def _body(self, texts: list[str]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
+        body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": self.encoding_format}
         if self.dimensions is not None:
             body["dimensions"] = self.dimensions
         return body
 
     def _request(self, texts: list[str], kind: Kind) -> np.ndarray:
-        return self._client.post(
+        return self._post(
             self._path(),
             self._body(texts),
-            lambda payload: self._vectors(rows_by_index(payload, len(texts)), len(texts)),
+            texts,
+            lambda payload: rows_by_index(payload, len(texts)),
             params=self._params(),
         )
 
@@ -69,9 +101,11 @@ class OpenAIEncoder(ApiEncoder):
 class AzureOpenAIEncoder(OpenAIEncoder):
     """An Azure OpenAI deployment: ``POST {endpoint}/openai/deployments/{deployment}/embeddings``.
 
-    The key goes in the ``api-key`` header (``$AZURE_OPENAI_API_KEY``); the endpoint is
-    ``base_url`` or ``$AZURE_OPENAI_ENDPOINT`` (``https://<resource>.openai.azure.com``); ``model``
-    is the deployment name. Deployment names are arbitrary, so the endpoint is part of the
+    Credentials, in the official SDK's order: ``api_key`` (``api-key`` header), else a Microsoft
+    Entra ID token from ``azure_ad_token`` or ``$AZURE_OPENAI_AD_TOKEN`` (``Authorization: Bearer``),
+    else ``$AZURE_OPENAI_API_KEY``. The endpoint is ``base_url`` or ``$AZURE_OPENAI_ENDPOINT``
+    (``https://<resource>.openai.azure.com``); ``model`` is the deployment name, also sent in the
+    body as the SDK does. Deployment names are arbitrary, so the endpoint is part of the
     fingerprint. Azure's embeddings guide caps the tokens summed over one request at 8192, lower
     than OpenAI's, so that is the default ``max_request_tokens``; raise it if your deployment allows.
 
@@ -79,26 +113,47 @@ class AzureOpenAIEncoder(OpenAIEncoder):
     ----------
     model : str
         Deployment name (required).
-    api_version : str
-        The ``api-version`` query parameter.
+    api_version : str, optional
+        The ``api-version`` query parameter; else ``$OPENAI_API_VERSION``, else ``2024-10-21``.
+    azure_ad_token : str, optional
+        Entra ID access token (they expire after about an hour).
     **kwargs
-        See :class:`~search_adaptor.encoders.http.ApiEncoder`.
+        See :class:`OpenAIEncoder`.
     """
 
     provider = "azure-openai"
     default_model = None
     default_base_url = ""
+    base_url_env = "AZURE_OPENAI_ENDPOINT"
     key_env = ("AZURE_OPENAI_API_KEY",)
     auth_header = "api-key"
     auth_scheme = ""
     max_request_tokens = OPENAI_MAX_TOKENS_PER_INPUT
 
-    def __init__(self, model: str | None = None, *, api_version: str = "2024-10-21", **kwargs: Any) -> None:
-        self.api_version = api_version
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        api_version: str | None = None,
+        azure_ad_token: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.api_version = api_version or env_value("OPENAI_API_VERSION") or "2024-10-21"
+        self._azure_ad_token = azure_ad_token
         super().__init__(model, **kwargs)
 
+    def _credentials(self, api_key: str | None) -> tuple[AuthHeaders, str]:
+        if not api_key:
+            token = secret_from_env(
+                self.provider, self._azure_ad_token, ("AZURE_OPENAI_AD_TOKEN",), required=False
+            )
+            if token is not None:
+                header = {"authorization": f"Bearer {token.reveal()}"}
+                return header.copy, "$AZURE_OPENAI_AD_TOKEN (Entra ID tokens expire after about an hour)"
+        return super()._credentials(api_key)
+
     def _resolve_base_url(self, base_url: str | None) -> str:
-        endpoint = base_url or os.environ.get("AZURE_OPENAI_ENDPOINT", "").strip()
+        endpoint = super()._resolve_base_url(base_url)
         if not endpoint:
             raise EncoderError(
                 "azure-openai: no endpoint; set AZURE_OPENAI_ENDPOINT (https://<resource>.openai.azure.com) "
@@ -112,11 +167,6 @@ class AzureOpenAIEncoder(OpenAIEncoder):
     def _params(self) -> dict[str, str] | None:
         return {"api-version": self.api_version}
 
-    def _body(self, texts: list[str]) -> dict[str, Any]:
-        body = super()._body(texts)
-        del body["model"]  # the deployment in the URL picks the model
-        return body
-
     def _wire_config(self) -> dict[str, Any]:
         return {"endpoint": self.base_url}
 
@@ -127,7 +177,10 @@ class OpenAICompatibleEncoder(OpenAIEncoder):
     ``base_url`` (or ``$OPENAI_BASE_URL``) is required, e.g. ``http://localhost:11434/v1`` for
     Ollama; ``model`` is the name the server knows. The key is optional:
     ``$OPENAI_COMPATIBLE_API_KEY``, else ``$OPENAI_API_KEY``, else none is sent. A model name only
-    means something on its server, so ``base_url`` is part of the fingerprint. The default
+    means something on its server, so ``base_url`` (without any credentials in it) is part of the
+    fingerprint. Vectors are asked as ``float``: not every such server speaks ``base64``. The input
+    limit is the server's own and unknown here, so texts are not cut unless ``max_input_tokens`` is
+    given; a text the server rejects as too long is named and the rest embedded. The default
     ``batch_size`` of 32 matches text-embeddings-inference's default client batch limit; vLLM and
     Ollama accept more.
     """
@@ -139,15 +192,20 @@ class OpenAICompatibleEncoder(OpenAIEncoder):
     key_required = False
     max_inputs = 32
     max_request_tokens = None
+    context_tokens = None
+    encoding_format = "float"
 
     def _resolve_base_url(self, base_url: str | None) -> str:
-        url = base_url or os.environ.get("OPENAI_BASE_URL", "").strip()
+        url = super()._resolve_base_url(base_url)
         if not url:
             raise ValueError(
                 "openai-compatible: pass base_url=... (e.g. http://localhost:11434/v1 for Ollama) "
                 "or set OPENAI_BASE_URL"
             )
         return url
+
+    def _extra_headers(self) -> dict[str, str]:
+        return {}  # OpenAI's organization and project mean nothing to another server
 
     def _wire_config(self) -> dict[str, Any]:
         return {"base_url": self.base_url}

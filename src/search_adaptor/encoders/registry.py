@@ -45,10 +45,12 @@ def make_encoder(
     batch_size, max_concurrency : int, optional
         Texts per batch and batches in flight; the provider's documented limits by default.
     **kw
-        Provider options: ``api_key``, ``timeout``, ``retry``, ``max_chars``, ``query_prompt``,
-        ``document_prompt``; ``api_version`` (Azure); ``project``, ``location``,
-        ``auto_truncate`` (Vertex); ``truncate`` (Cohere); ``truncation`` (Voyage); ``device``
-        (sentence-transformers).
+        Provider options: ``api_key``, ``timeout``, ``retry``, ``retry_budget_s``, ``max_chars``,
+        ``max_input_tokens``, ``max_request_tokens``, ``query_prompt``, ``document_prompt``;
+        ``organization``, ``project`` (OpenAI); ``api_version``, ``azure_ad_token`` (Azure);
+        ``project``, ``location``, ``auto_truncate`` (Vertex); ``truncate`` (Cohere);
+        ``truncation`` (Voyage); ``device`` (sentence-transformers). See
+        :class:`~search_adaptor.encoders.http.ApiEncoder`.
 
     Raises
     ------
@@ -105,6 +107,8 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
     if cfg.get("dimensions") is not None:
         extra["dimensions"] = cfg["dimensions"]
     options = {k: cfg[k] for k in _OPTIONS if k in cfg}
+    if provider != LOCAL:  # recorded before texts were cut by tokens: absent, so no cut, same fingerprint
+        options["max_input_tokens"] = cfg.get("max_input_tokens")
     encoder = make_encoder(str(provider), cfg.get("model"), **extra, **options, **overrides)
     if encoder.fingerprint != info.get("fingerprint"):
         raise ValueError(
