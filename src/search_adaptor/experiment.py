@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,9 @@ from search_adaptor.embed import Embeddings, embed_dataset, load_precomputed
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test
 from search_adaptor.model import SearchAdaptor
+from search_adaptor.networks import build_nets
 from search_adaptor.retrieval import exact_search, l2_normalize
+from search_adaptor.training import TrainResult, torch_threads
 from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, VAL_FRACTION, family_variants
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
@@ -66,12 +69,17 @@ def embeddings_for(
 
 
 # -- selection -----------------------------------------------------------------------------------------
+#: How ``select`` chooses among trained candidates (see :func:`choose`).
+RULES = ("max", "one-se")
+
+
 @dataclass
 class Selection:
-    """Outcome of training several variants on one validation split and keeping the best.
+    """Outcome of training several variants on one validation split and choosing one.
 
     ``histories`` maps each candidate's variant name to its ``SearchAdaptor.history_`` (validation
-    nDCG@10 per evaluation step), in training order, for learning curves.
+    nDCG@10 per evaluation step), in training order, for learning curves. ``val_scores`` holds each
+    candidate's per-query validation nDCG@10 (``val_query_ids`` order), ``"identity"`` zero-shot's.
     """
 
     adapter: SearchAdaptor
@@ -79,6 +87,33 @@ class Selection:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     val_query_ids: list[str] = field(default_factory=list)
     histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    val_scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def choose(names: Sequence[str], scores: Mapping[str, np.ndarray], rule: str = "max") -> str:
+    """Which candidate to ship, from per-query validation nDCG@10 (``scores["identity"]`` is zero-shot).
+
+    ``names`` are the trained candidates, simplest first.
+
+    - ``"max"``: the best mean; ties go to the earlier candidate; the identity when none beats it.
+    - ``"one-se"``: the simplest candidate within one standard error of the best (SE of the paired
+      per-query differences), and the identity unless that candidate's gain over zero-shot exceeds
+      one standard error of its own paired differences: small validation splits are noisy, and a
+      richer model, or any adapter at all, has to earn its place by more than the noise.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
+    means = {n: float(np.mean(scores[n])) for n in names}
+    best = max(names, key=lambda n: (means[n], -names.index(n)))
+    if rule == "max":
+        return best if means[best] > float(np.mean(scores["identity"])) + 1e-9 else "identity"
+
+    def se(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.std(a - b, ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
+
+    pick = next(n for n in names if means[best] - means[n] <= se(scores[best], scores[n]))
+    gain = means[pick] - float(np.mean(scores["identity"]))
+    return pick if gain > max(se(scores[pick], scores["identity"]), 1e-9) else "identity"
 
 
 def select(
@@ -93,45 +128,98 @@ def select(
     overrides: Mapping[str, Any] | None = None,
     on_candidate: Callable[[dict[str, Any]], None] | None = None,
     encoder: Encoder | Mapping[str, Any] | str | None = None,
+    rule: str = "max",
+    n_jobs: int | None = None,
 ) -> Selection:
-    """Train every variant of ``family`` on the same split; keep the best by validation nDCG@10.
+    """Train every variant of ``family`` on the same split and choose one on validation (:func:`choose`).
 
-    The identity (zero-shot) takes part: if no variant beats it, the identity is selected and
-    ``selected`` says so. Ties go to the earlier (simpler) candidate. ``encoder`` (what made the
-    embeddings) is recorded in every candidate.
+    The identity (zero-shot) takes part: when it wins, ``selected`` says so and the adapter shipped
+    changes nothing. ``encoder`` (what made the embeddings) is recorded in every candidate.
+
+    Candidates train side by side, ``n_jobs`` at once (default: one per CPU core), each on one
+    torch thread: a few thousand small matmuls each, which scale across candidates, not within
+    one. Every candidate is exactly the model a standalone fit with its parameters and seed gives.
     """
-    best: SearchAdaptor | None = None
-    best_name = "identity (zero-shot)"
-    rows: list[dict[str, Any]] = []
-    histories: dict[str, list[dict[str, Any]]] = {}
-    for name, params in family_variants(family):
+    variants = family_variants(family)
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
+
+    def fit(params: Mapping[str, Any]) -> tuple[SearchAdaptor, float]:
         est = SearchAdaptor(seed=seed, val_fraction=val_fraction, **params, **dict(overrides or {}))
         t0 = time.perf_counter()
-        # every candidate draws the same split from the same seed, and is then exactly the model a
-        # standalone fit with its parameters and seed gives, random stream included
         est.fit(query_embeddings, corpus_embeddings, qrels, query_ids, corpus_ids, encoder=encoder)
-        row = {
-            "variant": name,
-            "val_ndcg@10": est.best_score_,
-            "zero_shot_val_ndcg@10": est.zero_shot_score_,
-            "best_step": est.best_step_,
-            "n_steps": est.n_steps_,
-            "train_s": round(time.perf_counter() - t0, 2),
-        }
-        rows.append(row)
-        histories[name] = est.history_
-        if on_candidate is not None:
-            on_candidate(row)
-        # the first candidate doubles as the identity fallback: at best_step 0 it changes nothing
-        if best is None or (
-            est.best_step_ > 0 and (best.best_step_ == 0 or est.best_score_ > best.best_score_ + 1e-9)
-        ):
-            best, best_name = est, name
-    if best is None:
-        raise ValueError(f"family {family!r} has no variants")
-    if best.best_step_ == 0:
-        best_name = "identity (zero-shot)"
-    return Selection(best, best_name, rows, best.val_query_ids_, histories)
+        return est, time.perf_counter() - t0
+
+    workers = max(1, min(n_jobs or os.cpu_count() or 1, len(variants)))
+    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(fit, params) for _, params in variants]
+        fitted: dict[str, SearchAdaptor] = {}
+        rows: list[dict[str, Any]] = []
+        for (name, _), future in zip(variants, futures, strict=True):
+            est, seconds = future.result()
+            fitted[name] = est
+            rows.append(
+                {
+                    "variant": name,
+                    "val_ndcg@10": est.best_score_,
+                    "zero_shot_val_ndcg@10": est.zero_shot_score_,
+                    "best_step": est.best_step_,
+                    "n_steps": est.n_steps_,
+                    "train_s": round(seconds, 2),
+                }
+            )
+            if on_candidate is not None:
+                on_candidate(rows[-1])
+    first = fitted[variants[0][0]]
+    val = first.val_query_ids_
+    val_emb = Embeddings(
+        list(query_ids),
+        np.asarray(query_embeddings),
+        list(corpus_ids),
+        np.asarray(corpus_embeddings),
+        first.encoder_,
+    )
+    val_qrels = {q: qrels[q] for q in val}
+    scores = {
+        n: evaluate_embeddings(val_emb, val_qrels, est, ["ndcg@10"])[1]["ndcg@10"]
+        for n, est in fitted.items()
+    }
+    scores["identity"] = evaluate_embeddings(val_emb, val_qrels, None, ["ndcg@10"])[1]["ndcg@10"]
+    names = [name for name, _ in variants]
+    picked = choose(names, scores, rule)
+    adapter = fitted[picked] if picked != "identity" else _identity_of(first)
+    return Selection(
+        adapter,
+        "identity (zero-shot)" if picked == "identity" else picked,
+        rows,
+        val,
+        {name: est.history_ for name, est in fitted.items()},
+        scores,
+    )
+
+
+def _identity_of(est: SearchAdaptor) -> SearchAdaptor:
+    """The zero-shot adapter ``est`` started as (untrained networks, best step 0), keeping what its
+    training saw (validation split, history, encoder), for when no candidate earns its place."""
+    query_net, corpus_net = build_nets(est.dim_, est.hidden_dim, est.architecture, est.residual, est.mode)
+    ident = est.clone()
+    ident._set_fitted(
+        TrainResult(
+            query_net,
+            corpus_net,
+            est.dim_,
+            est.history_,
+            0,
+            est.zero_shot_score_,
+            est.zero_shot_score_,
+            est.n_steps_,
+            est.n_train_queries_,
+            est.val_query_ids_,
+        ),
+        est.encoder_,
+    )
+    ident.fit_time_ = est.fit_time_
+    return ident
 
 
 # -- scoring -------------------------------------------------------------------------------------------
@@ -163,7 +251,7 @@ def evaluate_embeddings(
     if adapter is None:
         Q, D = l2_normalize(Q), (corpus if corpus is not None else l2_normalize(emb.corpus))
     else:
-        if isinstance(adapter, SearchAdaptor):
+        if isinstance(adapter, SearchAdaptor) and emb.encoder:
             adapter.check_encoder(emb.encoder, emb.dim)
         Q = adapter.transform_queries(Q)
         D = corpus if corpus is not None else adapter.transform_corpus(emb.corpus)
@@ -245,9 +333,11 @@ def run_fit(
     test_split: str = "test",
     overrides: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
+    rule: str = "max",
+    n_jobs: int | None = None,
 ) -> Run:
     """Train, select and evaluate under :func:`protocol`; the test queries never reach training,
-    early stopping or selection."""
+    early stopping or selection. ``rule`` and ``n_jobs`` are :func:`select`'s."""
     proto = protocol(dataset, folds, seed, train_split, test_split)
 
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str) -> Selection:
@@ -268,6 +358,8 @@ def run_fit(
             overrides=overrides,
             on_candidate=on_candidate,
             encoder=emb.encoder,
+            rule=rule,
+            n_jobs=n_jobs,
         )
 
     start = time.perf_counter()

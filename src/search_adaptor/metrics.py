@@ -220,6 +220,7 @@ class RelevanceIndex:
         self._ideal_rank = np.arange(len(segment), dtype=np.int64) - self.indptr[segment]
         self._ideal_contrib = ideal_gain * _discount(len(segment))[self._ideal_rank]
         self._ideal_dcg_cache: dict[int | None, np.ndarray] = {}
+        self._dense: np.ndarray | None = None  # grade table, built on first lookup when small
 
     @property
     def n_queries(self) -> int:
@@ -259,11 +260,21 @@ class RelevanceIndex:
         """
         if rows is None:
             rows = np.arange(len(topk), dtype=np.int64)
-        keys = np.asarray(rows, dtype=np.int64)[:, None] * self.n_docs + topk.astype(np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.n_queries * self.n_docs <= _DENSE_MAX_CELLS:  # small qrels: one gather, no search
+            if self._dense is None:
+                self._dense = np.zeros((self.n_queries, self.n_docs), dtype=np.int32)
+                self._dense[self._segment, self.doc_positions] = self.grades
+            return self._dense[rows[:, None], topk].astype(np.int64)
+        keys = rows[:, None] * self.n_docs + topk.astype(np.int64)
         if len(self._keys) == 0:
             return np.zeros(keys.shape, dtype=np.int64)
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         return np.where(self._keys[at] == keys, self.grades[at], 0)
+
+
+#: Largest (queries x documents) grade table :meth:`RelevanceIndex.lookup_grades` keeps dense (64 MB).
+_DENSE_MAX_CELLS = 16_000_000
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

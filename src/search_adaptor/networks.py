@@ -7,6 +7,7 @@ adapter is exactly the identity, i.e. exactly zero-shot.
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
@@ -22,14 +23,35 @@ MODES = ("shared", "query_only", "separate")
 _MIN_GEMM_ROWS = 4
 
 
+def init_linears(module: nn.Module, generator: torch.Generator | None) -> None:
+    """Re-draw every ``nn.Linear`` of ``module`` as torch initialises one (Kaiming-uniform weights,
+    uniform biases), from ``generator``: fits running side by side stay reproducible, as the global
+    RNG they would otherwise share is not touched. ``None`` keeps torch's own draw."""
+    if generator is None:
+        return
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+            bound = 1 / math.sqrt(layer.in_features)
+            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+
 class ResidualAdapter(nn.Module):
     """``e -> e + f(e)`` (or ``f(e)`` without the skip connection, the paper's ablation).
 
     ``f`` is Linear(d, h) -> ReLU -> Linear(h, d) for ``"mlp"`` and Linear(d, d) for ``"linear"``.
     With the skip connection the last layer starts at zero, making the adapter the identity.
+    Initial weights come from ``generator`` when given (see :func:`init_linears`).
     """
 
-    def __init__(self, dim: int, hidden_dim: int, architecture: str = "mlp", residual: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        architecture: str = "mlp",
+        residual: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         self.residual = residual
         if architecture == "mlp":
@@ -38,6 +60,7 @@ class ResidualAdapter(nn.Module):
             self.f = nn.Sequential(nn.Linear(dim, dim))
         else:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        init_linears(self.f, generator)
         last = self.f[-1]
         if residual:
             nn.init.zeros_(last.weight)
@@ -54,24 +77,30 @@ class ResidualAdapter(nn.Module):
 class QueryPredictor(nn.Module):
     """Training-only MLP mapping an adapted relevant document to its adapted query (thrown away after)."""
 
-    def __init__(self, dim: int, hidden_dim: int) -> None:
+    def __init__(self, dim: int, hidden_dim: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
+        init_linears(self.net, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
 def build_nets(
-    dim: int, hidden_dim: int | None, architecture: str, residual: bool, mode: str
+    dim: int,
+    hidden_dim: int | None,
+    architecture: str,
+    residual: bool,
+    mode: str,
+    generator: torch.Generator | None = None,
 ) -> tuple[ResidualAdapter, ResidualAdapter | None]:
     """(query network, corpus network) for ``mode``: the same network when shared, none for query-only."""
     hidden = int(hidden_dim or dim)
-    query_net = ResidualAdapter(dim, hidden, architecture, residual)
+    query_net = ResidualAdapter(dim, hidden, architecture, residual, generator)
     if mode == "shared":
         return query_net, query_net
     if mode == "separate":
-        return query_net, ResidualAdapter(dim, hidden, architecture, residual)
+        return query_net, ResidualAdapter(dim, hidden, architecture, residual, generator)
     return query_net, None
 
 

@@ -11,8 +11,9 @@ every sampled (query, document) pair from one sorted-key lookup.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -29,6 +30,22 @@ from search_adaptor.retrieval import exact_search, l2_normalize
 MAX_POSITIVES = 32  # relevant documents used per query and step (sampled when a query has more)
 MAX_NEGATIVES = 64  # negatives per query and step
 VAL_METRIC = "ndcg@10"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch threads, then restore the caller's setting.
+
+    Training is thousands of small matmuls: more threads per fit add synchronisation and, on a busy
+    or shared machine, oversubscribe the cores (several times slower); fits in parallel, one
+    thread each, use the cores instead (see :func:`search_adaptor.experiment.select`).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Grades:
@@ -251,7 +268,7 @@ def train(
     if not train_q:
         raise ValueError("no labelled training queries left after carving out the validation split")
 
-    torch.manual_seed(hp.seed)
+    generator = torch.Generator().manual_seed(hp.seed)  # local: concurrent fits stay reproducible
     Qn, Dn = l2_normalize(Q), l2_normalize(D)
     n_docs, dim = Dn.shape
     ts = _csr(train_q, judged, qid_to_row)
@@ -259,10 +276,10 @@ def train(
     rel = RelevanceIndex({q: qrels[q] for q in val}, val, dids)
     Qv = Qn[[qid_to_row[q] for q in val]]
 
-    query_net, corpus_net = build_nets(dim, hp.hidden_dim, hp.architecture, hp.residual, hp.mode)
+    query_net, corpus_net = build_nets(dim, hp.hidden_dim, hp.architecture, hp.residual, hp.mode, generator)
     nets = [query_net] + ([corpus_net] if hp.mode == "separate" and corpus_net is not None else [])
     params_ = [p for net in nets for p in net.parameters()]
-    predictor = QueryPredictor(dim, int(hp.hidden_dim or dim)) if hp.beta > 0 else None
+    predictor = QueryPredictor(dim, int(hp.hidden_dim or dim), generator) if hp.beta > 0 else None
     if predictor is not None:
         params_ += list(predictor.parameters())
     opt = torch.optim.Adam(params_, lr=hp.lr)

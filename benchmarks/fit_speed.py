@@ -1,0 +1,92 @@
+"""How long ``search-adaptor fit`` trains on cached embeddings: SciFact (train/test) and Cranfield (k-fold).
+
+Run from the repository root, alone on the machine (the load average is recorded with each run)::
+
+    HF_HUB_OFFLINE=1 python benchmarks/fit_speed.py                 # SciFact and Cranfield, 3 runs
+    HF_HUB_OFFLINE=1 python benchmarks/fit_speed.py --jobs 1        # candidates one after another
+
+Each run is ``experiment.run_fit`` with the library defaults (family ``auto``, seed 0), timed from
+the first candidate to the report, embeddings read from the persistent store (they are not part
+of the time). Per-candidate times come from the report (``validation.candidates[].train_s``);
+with candidates trained side by side they overlap, so they add up to more than the wall time.
+Writes ``results/fit_speed.md``; ``benchmarks/assemble.py`` puts it into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["scifact", "cranfield"])
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per dataset (median reported)")
+    parser.add_argument("--jobs", type=int, default=None, help="candidates trained at once (default: cores)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fit_speed.md")
+    args = parser.parse_args()
+
+    from search_adaptor import __version__
+    from search_adaptor.data import load_beir
+    from search_adaptor.embed import embed_dataset
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+    from search_adaptor.experiment import run_fit
+
+    encoder = SentenceTransformerEncoder()
+    lines = [
+        "## Fit speed on cached embeddings",
+        "",
+        f"`HF_HUB_OFFLINE=1 python benchmarks/fit_speed.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
+        f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, search-adaptor "
+        f"{__version__}; candidates trained {args.jobs or 'one per core'} at a time. Median of "
+        f"{args.runs} runs of `run_fit` (family auto, seed 0); load average at the start of each run in "
+        "brackets (2 cores: above ~0.5 something else was running).",
+        "",
+        "| dataset | protocol | fits | train s (median, runs) | adapted nDCG@10 | per candidate, s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in args.datasets:
+        ds = load_beir(DATA / name)
+        emb = embed_dataset(ds, encoder, progress=False)
+        times, reports, loads = [], [], []
+        for _ in range(args.runs):
+            loads.append(os.getloadavg()[0])
+            t0 = time.perf_counter()
+            run = run_fit(ds, emb, n_jobs=args.jobs)
+            times.append(time.perf_counter() - t0)
+            reports.append(run.report)
+            print(
+                f"{name}: {times[-1]:.1f} s, nDCG@10 {run.report['metrics']['adapted']['ndcg@10']:.4f}",
+                flush=True,
+            )
+        median = sorted(range(len(times)), key=lambda i: times[i])[len(times) // 2]
+        report = reports[median]
+        folds = report.get("fold_results", [])
+        n_fits = len(report["validation"]["candidates"]) * (len(folds) + 1)
+        per = ", ".join(f"{c['variant']} {c['train_s']}" for c in report["validation"]["candidates"])
+        runs = ", ".join(f"{t:.1f} [{load:.1f}]" for t, load in zip(times, loads, strict=True))
+        lines.append(
+            f"| {name} | {report['protocol']} | {n_fits} | {statistics.median(times):.1f} ({runs}) | "
+            f"{report['metrics']['adapted']['ndcg@10']:.4f} | {per} |"
+        )
+    lines += [
+        "",
+        "Per-candidate times are those of the final fit (k-fold: the fit on all labelled queries).",
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
