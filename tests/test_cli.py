@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import shared_dataset
+
 from search_adaptor.cli import main
 
 
@@ -144,6 +144,7 @@ def test_fit_end_to_end_on_a_scifact_subset(tmp_path, capsys):
     assert "all-MiniLM-L6-v2" in err and "my-8d-model" in err
 
 
+@pytest.mark.slow
 def test_fit_with_precomputed_embeddings_and_kfold(tmp_path, synthetic, capsys):
     """Bring-your-own vectors + a dataset without a train split -> k-fold protocol."""
     d = synthetic

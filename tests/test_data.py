@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_dataset
 
 from search_adaptor.data import (
     BEIR_MD5,
@@ -25,8 +26,6 @@ from search_adaptor.data import (
     load_beir,
     validation_split,
 )
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 HEADER = "query-id\tcorpus-id\tscore\n"
 CORPUS = [
@@ -344,15 +343,8 @@ def test_validation_split_rejects() -> None:
 # --------------------------------------------------------------------------- shared real datasets
 
 
-def shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.is_dir():
-        pytest.skip(f"shared dataset {name} not present at {path}")
-    return path
-
-
 def test_scifact() -> None:
-    ds = load_beir(shared("scifact"))
+    ds = load_beir(shared_dataset("scifact"))
     assert len(ds.doc_ids) == 5183 == len(ds.doc_texts) == len(set(ds.doc_ids))
     assert len(ds.queries) == 1109
     assert ds.splits == ["test", "train"]
@@ -364,7 +356,7 @@ def test_scifact() -> None:
 
 
 def test_cranfield() -> None:
-    ds = load_beir(shared("cranfield"))
+    ds = load_beir(shared_dataset("cranfield"))
     assert len(ds.doc_ids) == 1400
     assert ds.splits == ["test"]
     test = ds.split("test")
@@ -374,7 +366,7 @@ def test_cranfield() -> None:
 
 
 def test_xquad_r_en() -> None:
-    ds = load_beir(shared("xquad-r/en"))
+    ds = load_beir(shared_dataset("xquad-r/en"))
     assert len(ds.doc_ids) == 1180
     assert len(ds.queries) == 1190
     test = ds.split("test")

@@ -6,15 +6,14 @@ import gzip
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_dataset
 
 from search_adaptor.metrics import RelevanceIndex, evaluate, evaluate_topk, max_k, paired_test
 
 # tests/test_metrics.py -> tests -> repo root -> its parent, which holds shared/data next to the repo.
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Our metric name -> pytrec_eval measure key. mrr@10 is derived from P_1..P_10 (see _pytrec_eval),
 # because pytrec_eval accepts "recip_rank.10" but silently ignores the cut.
@@ -272,9 +271,7 @@ def _tokens(text: str) -> list[str]:
 
 @pytest.mark.slow
 def test_cranfield_tfidf_run_matches_pytrec_eval() -> None:
-    folder = DATA_DIR / "cranfield"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} not present")
+    folder = shared_dataset("cranfield")
     with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
         corpus = [json.loads(line) for line in f]
     with open(folder / "queries.jsonl", encoding="utf-8") as f:

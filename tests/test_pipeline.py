@@ -198,6 +198,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_transform_writes_the_same_rows_as_local(base, tmp_path, ray_cluster):
     _, src = base
     adapter = make_adapter(16)

@@ -79,7 +79,8 @@ class Selection:
 
     ``histories`` maps each candidate's variant name to its ``SearchAdaptor.history_`` (validation
     nDCG@10 per evaluation step), in training order, for learning curves. ``val_scores`` holds each
-    candidate's per-query validation nDCG@10 (``val_query_ids`` order), ``"identity"`` zero-shot's.
+    candidate's per-query validation nDCG@10 (``val_query_ids`` order), ``"identity"`` zero-shot's;
+    ``fitted`` every trained candidate.
     """
 
     adapter: SearchAdaptor
@@ -88,6 +89,7 @@ class Selection:
     val_query_ids: list[str] = field(default_factory=list)
     histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     val_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    fitted: dict[str, SearchAdaptor] = field(default_factory=dict)
 
 
 def choose(names: Sequence[str], scores: Mapping[str, np.ndarray], rule: str = "max") -> str:
@@ -195,6 +197,7 @@ def select(
         val,
         {name: est.history_ for name, est in fitted.items()},
         scores,
+        fitted,
     )
 
 

@@ -15,7 +15,7 @@ from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import evaluate_embeddings, select
 from search_adaptor.retrieval import l2_normalize
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import baselines  # benchmarks/ is not a package: its modules are imported from the path
 import suite
@@ -111,6 +111,7 @@ def _bench(name: str, s: dict, with_train: bool) -> suite.Bench:
     return suite.make_bench(name, ds, _embeddings(s))
 
 
+@pytest.mark.slow
 def test_suite_runs_end_to_end_and_resumes(
     synthetic: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
