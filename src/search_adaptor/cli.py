@@ -1,7 +1,5 @@
 """``search-adaptor`` command line: argparse and printing only; every command is one library call.
-
-Heavy modules (numpy, torch, models) load only inside the commands, so ``--help`` starts instantly.
-"""
+Heavy modules (numpy, torch, models) load only inside the commands, so ``--help`` starts instantly."""
 
 from __future__ import annotations
 
@@ -72,6 +70,8 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--seed", type=int, default=0),
         A("--folds", type=int, default=DEFAULT_FOLDS, help="k without a train split"),
         A("--max-steps", type=_positive_int, help=f"steps per variant (default {MAX_STEPS})"),
+        A("--dims", type=lambda t: tuple(map(_positive_int, t.split(","))), help="Matryoshka sizes: 64,128"),
+        A("--unsupervised", action="store_true", help="Matryoshka without labels (they only score)"),
         _OUTPUT,
         "embeddings",
     ],
@@ -138,10 +138,8 @@ def _encoder(args: argparse.Namespace) -> Any:
 
     if args.timeout is not None and args.provider == LOCAL:
         raise ValueError("--timeout applies to API providers only")
-    options = {k: getattr(args, k) for k in ("base_url", "dimensions", "batch_size", "max_concurrency")}
-    return make_encoder(
-        args.provider, args.model, **options, **({"timeout": args.timeout} if args.timeout else {})
-    )
+    keys = ["base_url", "dimensions", "batch_size", "max_concurrency", *(["timeout"] if args.timeout else [])]
+    return make_encoder(args.provider, args.model, **{k: getattr(args, k) for k in keys})
 
 
 def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> Any:
@@ -179,7 +177,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     log = (lambda _m: None) if args.quiet or args.output == "json" else _eprint
     log(f"{dataset.name}: {len(dataset.doc_ids)} docs, {len(dataset.queries)} queries; {emb.describe()}")
     overrides = {"max_steps": args.max_steps} if args.max_steps else None
-    run = run_fit(dataset, emb, args.family, args.seed, args.folds, overrides=overrides, log=log)
+    options = {k: getattr(args, k) for k in ("family", "seed", "folds", "dims", "unsupervised")}
+    run = run_fit(dataset, emb, overrides=overrides, log=log, **options)
     _print_report(save_run(run, args.out), args.output, args.out)
 
 
@@ -258,10 +257,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     """serve an index folder over HTTP (POST /search, /embed; GET /health)"""
-    try:
-        from search_adaptor.server import serve
-    except ImportError as exc:
-        raise RuntimeError(f"serve needs {exc.name}: pip install 'search-adaptor[serve]'") from exc
+    from search_adaptor.server import serve
+
     serve(args.index, args.host, args.port, args.api_key_env, args.threads)
 
 
@@ -289,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _eprint("search-adaptor: interrupted (embeddings finished so far are kept in the store)")
         return 130
+    except ImportError as exc:  # an optional extra that this command needs
+        _eprint(f"search-adaptor: error: {args.command} needs {exc.name}: pip install 'search-adaptor[all]'")
+        return 2
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         _eprint(f"search-adaptor: error: {' '.join(str(exc).split())}")
         return 2

@@ -31,8 +31,8 @@ from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.networks import build_nets
 from search_adaptor.retrieval import exact_search, l2_normalize
-from search_adaptor.training import TrainResult, torch_threads
-from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, VAL_FRACTION, family_variants
+from search_adaptor.training import TrainResult, pca_rotation, torch_threads
+from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, MATRYOSHKA, VAL_FRACTION, family_variants
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
 SIGNIFICANCE = "paired randomization (sign-flip), two-sided, 10000 resamples"
@@ -338,9 +338,19 @@ def run_fit(
     log: Callable[[str], None] = lambda _msg: None,
     rule: str = "max",
     n_jobs: int | None = None,
+    dims: Sequence[int] | None = None,
+    unsupervised: bool = False,
 ) -> Run:
     """Train, select and evaluate under :func:`protocol`; the test queries never reach training,
-    early stopping or selection. ``rule`` and ``n_jobs`` are :func:`select`'s."""
+    early stopping or selection. ``rule`` and ``n_jobs`` are :func:`select`'s.
+
+    ``dims`` trains Matryoshka prefixes of those sizes (family ``matryoshka`` unless another is
+    named) and scores each size against truncation and PCA of the same size; ``unsupervised``
+    trains without labels (family ``matryoshka-unsupervised``), which are then used only to score.
+    """
+    family = _matryoshka_family(family, dims, unsupervised)
+    if dims:
+        overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split)
 
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str) -> Selection:
@@ -366,14 +376,17 @@ def run_fit(
         )
 
     start = time.perf_counter()
-    zs_parts, ad_parts, folds_info = [], [], []
+    sizes = sorted({int(m) for m in (overrides or {}).get("dims") or ()} - {emb.dim})
+    rotation = pca_rotation(l2_normalize(emb.corpus)) if sizes else None  # the pca@m baselines
+    parts: dict[str, list[dict[str, np.ndarray]]] = {}
+    folds_info: list[dict[str, Any]] = []
     final: Selection | None = None
     for f, (name, train_q, test_q) in enumerate(proto.folds):
         sel = fit_on(train_q, "train" if proto.name == "test" else f"fold {f + 1}/{folds}")
-        zs_f, zq, _ = evaluate_embeddings(emb, test_q)
-        ad_f, aq, _ = evaluate_embeddings(emb, test_q, sel.adapter)
-        zs_parts.append(zq)
-        ad_parts.append(aq)
+        means: dict[str, dict[str, float]] = {}
+        for system, view in _systems(sel.adapter, sizes, rotation).items():
+            means[system], per_query, _ = evaluate_embeddings(emb, test_q, view)
+            parts.setdefault(system, []).append(per_query)
         if proto.name == "test":
             final = sel
             continue
@@ -383,17 +396,16 @@ def run_fit(
                 "name": name,
                 "selected": sel.selected,
                 "n_test_queries": len(test_q),
-                "zero-shot": zs_f,
-                "adapted": ad_f,
+                **means,
                 "candidates": sel.candidates,
             }
         )
-        log(f"fold {f + 1}/{folds}: {sel.selected}: nDCG@10 {zs_f['ndcg@10']:.4f} -> {ad_f['ndcg@10']:.4f}")
-    zs_q = {m: np.concatenate([p[m] for p in zs_parts]) for m in DEFAULT_METRICS}
-    ad_q = {m: np.concatenate([p[m] for p in ad_parts]) for m in DEFAULT_METRICS}
+        zs_f, ad_f = means["zero-shot"]["ndcg@10"], means["adapted"]["ndcg@10"]
+        log(f"fold {f + 1}/{folds}: {sel.selected}: nDCG@10 {zs_f:.4f} -> {ad_f:.4f}")
+    scores = {s: {m: np.concatenate([p[m] for p in ps]) for m in DEFAULT_METRICS} for s, ps in parts.items()}
     if final is None:  # kfold: the adapter that ships is trained on every labelled query
         final = fit_on(proto.final_train, "all")
-    n_test = len(zs_q[DEFAULT_METRICS[0]])
+    n_test = len(scores["zero-shot"][DEFAULT_METRICS[0]])
     report: dict[str, Any] = {
         "dataset": dataset.name,
         "model": emb.encoder["model"],
@@ -408,7 +420,7 @@ def run_fit(
         report["train_split"] = proto.train_split
     else:
         report.update(folds=folds, fold_results=folds_info)
-    report.update(_comparison(zs_q, ad_q))
+    report.update(_comparison(scores, sizes))
     report["selected"] = final.selected
     report["validation"] = {
         "metric": "ndcg@10",
@@ -437,19 +449,81 @@ def run_fit(
     return Run(report, final.adapter, emb, figure_qrels, final.histories, titles)
 
 
-def _comparison(zs_q: Mapping[str, np.ndarray], ad_q: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """The report's ``metrics`` and ``significance`` from per-query scores of both systems."""
-    return {
-        "metrics": {
-            "zero-shot": {m: float(np.mean(v)) for m, v in zs_q.items()},
-            "adapted": {m: float(np.mean(v)) for m, v in ad_q.items()},
-        },
-        "significance": {
-            "metric": "ndcg@10",
-            "test": SIGNIFICANCE,
-            "p_value": paired_test(ad_q["ndcg@10"], zs_q["ndcg@10"]),
-        },
+def _matryoshka_family(family: str, dims: Sequence[int] | None, unsupervised: bool) -> str:
+    """The family a fit trains, given ``--dims`` / ``--unsupervised``, or a one-line error."""
+    if unsupervised:
+        if family not in (DEFAULT_FAMILY, "matryoshka-unsupervised"):
+            raise ValueError(f"--unsupervised trains family matryoshka-unsupervised, not {family}")
+        family = "matryoshka-unsupervised"
+    elif dims and family == DEFAULT_FAMILY:
+        family = "matryoshka"
+    if family in MATRYOSHKA and not dims:
+        raise ValueError(
+            f"family {family} trains Matryoshka prefixes: give their sizes, e.g. --dims 64,128,256"
+        )
+    return family
+
+
+def _comparison(scores: Mapping[str, Mapping[str, np.ndarray]], sizes: Sequence[int] = ()) -> dict[str, Any]:
+    """The report's ``metrics`` (every system) and ``significance`` from per-query scores.
+
+    ``significance`` tests adapted against zero-shot on nDCG@10; with Matryoshka ``sizes`` it also
+    gives, per size, ``adapted@m`` against ``zero-shot@m`` (truncation) and against ``pca@m``.
+    """
+    test = {
+        "metric": "ndcg@10",
+        "test": SIGNIFICANCE,
+        "p_value": paired_test(scores["adapted"]["ndcg@10"], scores["zero-shot"]["ndcg@10"]),
     }
+    if sizes:
+        test["by_size"] = {
+            str(m): {
+                f"vs {base}@{m}": paired_test(
+                    scores[f"adapted@{m}"]["ndcg@10"], scores[f"{base}@{m}"]["ndcg@10"]
+                )
+                for base in ("zero-shot", "pca")
+            }
+            for m in sizes
+        }
+    return {
+        "metrics": {s: {m: float(np.mean(v)) for m, v in per.items()} for s, per in scores.items()},
+        "significance": test,
+    }
+
+
+@dataclass
+class SizedView:
+    """A system scored at ``dim`` output dimensions: an adapter's Matryoshka prefix, or, without an
+    adapter, the base embedding truncated, or (``rotation``) its PCA projection fitted on the corpus."""
+
+    adapter: SearchAdaptor | None
+    dim: int
+    rotation: np.ndarray | None = None
+
+    def _view(self, X: np.ndarray, side: str) -> np.ndarray:
+        if self.adapter is not None:
+            return getattr(self.adapter, f"transform_{side}")(X, dim=self.dim)
+        X = l2_normalize(np.asarray(X, dtype=np.float32))
+        if self.rotation is not None:
+            X = X @ self.rotation[: self.dim].T
+        return l2_normalize(np.ascontiguousarray(X[:, : self.dim]))
+
+    def transform_queries(self, X: np.ndarray) -> np.ndarray:
+        return self._view(X, "queries")
+
+    def transform_corpus(self, X: np.ndarray) -> np.ndarray:
+        return self._view(X, "corpus")
+
+
+def _systems(adapter: SearchAdaptor, sizes: Sequence[int], rotation: np.ndarray | None) -> dict[str, Any]:
+    """What a fit is scored as: zero-shot and adapted, and per Matryoshka size the adapter's prefix,
+    the base embedding truncated and its PCA projection (baselines of the same size)."""
+    systems: dict[str, Any] = {"zero-shot": None, "adapted": adapter}
+    for m in sizes:
+        systems[f"zero-shot@{m}"] = SizedView(None, m)
+        systems[f"pca@{m}"] = SizedView(None, m, rotation)
+        systems[f"adapted@{m}"] = SizedView(adapter, m)
+    return systems
 
 
 def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, split: str = "test") -> Run:
@@ -459,6 +533,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
     qrels = dataset.split(split)
     _, zq, _ = evaluate_embeddings(emb, qrels)
     _, aq, _ = evaluate_embeddings(emb, qrels, adapter)
+    scores = {"zero-shot": zq, "adapted": aq}
     variant = {k: adapter.get_params()[k] for k in ("architecture", "mode", "loss")}
     report: dict[str, Any] = {
         "dataset": dataset.name,
@@ -468,7 +543,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         "test_split": split,
         "n_test_queries": len(zq["ndcg@10"]),
         "adapter_fingerprint": adapter.fingerprint_,
-        **_comparison(zq, aq),
+        **_comparison(scores),
         "selected": "identity (zero-shot)"
         if adapter.is_identity_
         else f"saved adapter ({variant['architecture']}, {variant['mode']}, {variant['loss']})",

@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 
 RANKING_LOSSES = ("ranking", "ranknet", "infonce", "softmax", "pointwise")
+#: Every training objective: the ranking losses on labelled pairs, and ``"similarity"``, which needs no
+#: labels (each prefix keeps the base embedding's similarities; see ``training._Similarity``).
+LOSSES = (*RANKING_LOSSES, "similarity")
 
 
 def _masked_mean_per_query(terms: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from search_adaptor import __version__
 from search_adaptor.encoders.base import Encoder, Kind, check_vectors
 from search_adaptor.files import Staged, read_json
-from search_adaptor.losses import PAIR_REDUCTIONS, RANKING_LOSSES
+from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
 from search_adaptor.networks import ARCHITECTURES, MODES, ResidualAdapter, build_nets, numpy_forward
 from search_adaptor.retrieval import l2_normalize, row_norms
 from search_adaptor.training import TrainResult, train
@@ -41,6 +40,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, CARD = "config.json", "adapter.safetensors", "README.md"
 NEGATIVES = ("random", "hard", "mixed")
+INITS = ("identity", "pca")
 MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
 _CHUNK = 65536  # rows per transform chunk: bounds memory on large corpora
 _LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
@@ -121,6 +121,8 @@ class SearchAdaptor:
         mode: str = "shared",
         loss: str = "ranking",
         pair_reduction: str = "sum",
+        dims: Sequence[int] | None = None,
+        init: str = "identity",
         alpha: float = 0.1,
         beta: float = 0.01,
         negatives: str = "random",
@@ -143,6 +145,8 @@ class SearchAdaptor:
         self.mode = mode
         self.loss = loss
         self.pair_reduction = pair_reduction
+        self.dims = dims
+        self.init = init
         self.alpha = alpha
         self.beta = beta
         self.negatives = negatives
@@ -192,7 +196,8 @@ class SearchAdaptor:
         choices = {
             "architecture": ARCHITECTURES,
             "mode": MODES,
-            "loss": RANKING_LOSSES,
+            "loss": LOSSES,
+            "init": INITS,
             "pair_reduction": PAIR_REDUCTIONS,
             "negatives": NEGATIVES,
         }
@@ -221,13 +226,30 @@ class SearchAdaptor:
             raise ValueError("alpha and beta must be >= 0, temperature and lr > 0")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1); got {self.val_fraction!r}")
+        dims = self.dims
+        if dims is not None:
+            if isinstance(dims, (str, bytes)) or not hasattr(dims, "__len__") or not len(dims):
+                raise ValueError(f"dims must be null or a non-empty list of sizes; got {dims!r}")
+            if any(
+                isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= m <= MAX_DIM
+                for m in dims
+            ):
+                raise ValueError(f"dims must be integers in [1, {MAX_DIM}]; got {list(dims)!r}")
+            if self.mode == "query_only":
+                raise ValueError(
+                    "dims: prefixes need the documents adapted too; use mode 'shared' or 'separate'"
+                )
+        if self.loss == "similarity" and self.mode != "shared":
+            raise ValueError(
+                "loss 'similarity' (no labels) adapts queries and documents alike: use mode 'shared'"
+            )
 
     # -- fitting ---------------------------------------------------------------------------------
     def fit(
         self,
         query_embeddings: np.ndarray,
         corpus_embeddings: np.ndarray,
-        qrels: Mapping[str, Mapping[str, int]],
+        qrels: Mapping[str, Mapping[str, int]] | None,
         query_ids: Sequence[str] | None = None,
         corpus_ids: Sequence[str] | None = None,
         val_query_ids: Sequence[str] | None = None,
@@ -240,8 +262,10 @@ class SearchAdaptor:
         query_embeddings : array-like of shape (n_queries, dim)
         corpus_embeddings : array-like of shape (n_docs, dim)
             The whole corpus: validation retrieves over all of it, as at search time.
-        qrels : mapping query id -> {doc id -> grade}
-            Graded relevance of the training (and validation) queries.
+        qrels : mapping query id -> {doc id -> grade}, or None
+            Graded relevance of the training (and validation) queries. With ``loss="similarity"``
+            (no labels) only its query ids are read, to add those query texts to the corpus texts;
+            None trains on the corpus alone.
         query_ids, corpus_ids : sequence of str, optional
             Ids of the rows; default to "0", "1", ...
         val_query_ids : sequence of str, optional
@@ -280,6 +304,7 @@ class SearchAdaptor:
         self.n_train_queries_ = result.n_train_queries
         self.val_query_ids_ = result.val_query_ids
         self.n_val_queries_ = len(result.val_query_ids)
+        self.val_metric_ = result.val_metric
         self.encoder_ = encoder
         self.metrics_: dict[str, Any] = {}
 
@@ -310,9 +335,16 @@ class SearchAdaptor:
 
     # -- inference -------------------------------------------------------------------------------
     def _apply(
-        self, net: nn.Module | None, x: np.ndarray, what: str, encoder: EncoderLike | None
+        self,
+        net: ResidualAdapter | None,
+        x: np.ndarray,
+        what: str,
+        encoder: EncoderLike | None,
+        dim: int | None = None,
     ) -> np.ndarray:
         self._check_fitted()
+        if dim is not None and not (isinstance(dim, numbers.Integral) and 1 <= dim <= self.dim_):
+            raise ValueError(f"dim must be an output size between 1 and {self.dim_}; got {dim!r}")
         if encoder is not None:
             self.check_encoder(encoder)
         arr = np.asarray(x, dtype=np.float32)
@@ -326,22 +358,27 @@ class SearchAdaptor:
         if not np.isfinite(norms).all():
             row = int(np.argmax(~np.isfinite(norms)))
             raise ValueError(f"{what}: row {row} contains NaN or inf; fix the embeddings before adapting")
-        identity = net is None or self.best_step_ == 0
+        # the identity adapter changes nothing, unless it starts with a projection (a PCA rotation)
+        identity = net is None or (self.best_step_ == 0 and net.project is None)
         if len(norms) and np.abs(norms - 1.0).max() > 1e-6:
             arr = (arr / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
         elif identity:  # unit rows already (most models and APIs return them): skip a pass, not the copy
             arr = arr.copy()
         if identity:
-            return arr
-        if len(arr) <= _CHUNK:
+            out = arr
+        elif len(arr) <= _CHUNK:
             out = numpy_forward(net, arr)
         else:
             out = np.empty_like(arr)
             for i in range(0, len(arr), _CHUNK):
                 out[i : i + _CHUNK] = numpy_forward(net, arr[i : i + _CHUNK])
-        return l2_normalize(out, out=out)
+        if dim is not None and dim < self.dim_:  # a Matryoshka prefix: the first dim coordinates
+            return l2_normalize(np.ascontiguousarray(out[:, :dim]))
+        return out if identity else l2_normalize(out, out=out)
 
-    def transform_queries(self, X: np.ndarray, encoder: EncoderLike | None = None) -> np.ndarray:
+    def transform_queries(
+        self, X: np.ndarray, encoder: EncoderLike | None = None, dim: int | None = None
+    ) -> np.ndarray:
         """Adapted, unit-norm query vectors.
 
         Parameters
@@ -349,18 +386,24 @@ class SearchAdaptor:
         X : array-like of shape (n_queries, dim)
         encoder : Encoder, info dict or model name, optional
             What made ``X``; refused (naming both models) when it is not the adapter's encoder.
+        dim : int, optional
+            Keep the first ``dim`` coordinates (renormalised): a Matryoshka prefix. An adapter
+            trained with ``dims`` keeps its ranking quality at those sizes.
 
         Returns
         -------
         ndarray of shape (n_queries, dim), float32
         """
         self._check_fitted()
-        return self._apply(self.query_net_, X, "queries", encoder)
+        return self._apply(self.query_net_, X, "queries", encoder, dim)
 
-    def transform_corpus(self, X: np.ndarray, encoder: EncoderLike | None = None) -> np.ndarray:
-        """Adapted, unit-norm document vectors (only normalised in query-only mode: no re-index)."""
+    def transform_corpus(
+        self, X: np.ndarray, encoder: EncoderLike | None = None, dim: int | None = None
+    ) -> np.ndarray:
+        """Adapted, unit-norm document vectors (only normalised in query-only mode: no re-index);
+        ``encoder`` and ``dim`` as in :meth:`transform_queries`."""
         self._check_fitted()
-        return self._apply(self.corpus_net_, X, "corpus", encoder)
+        return self._apply(self.corpus_net_, X, "corpus", encoder, dim)
 
     def score(self, query_embeddings: np.ndarray, corpus_embeddings: np.ndarray) -> np.ndarray:
         """Cosine scores of adapted queries against adapted documents, shape (n_queries, n_docs)."""
@@ -446,6 +489,7 @@ class SearchAdaptor:
                 "n_val_queries": self.n_val_queries_,
                 "fit_time_s": round(float(getattr(self, "fit_time_", 0.0)), 3),
                 "val_query_ids": list(self.val_query_ids_),
+                "val_metric": self.val_metric_,
                 "history": self.history_,
             },
             "metrics": metrics,
@@ -494,6 +538,7 @@ class SearchAdaptor:
                 n_steps=training["n_steps"],
                 n_train_queries=training["n_train_queries"],
                 val_query_ids=training.get("val_query_ids", []),
+                val_metric=training.get("val_metric", "ndcg@10"),
             ),
             config["encoder"],
         )
@@ -531,9 +576,10 @@ _TRAINING_KEYS = {
     "n_val_queries": int,
     "fit_time_s": float,
     "val_query_ids": list,
+    "val_metric": str,
     "history": list,
 }
-_OPTIONAL = {"val_query_ids", "history", "normalization", "library", "version"}
+_OPTIONAL = {"val_query_ids", "val_metric", "history", "normalization", "library", "version"}
 
 
 def _typed(value: Any, kind: type) -> bool:
@@ -650,7 +696,9 @@ def _load_weights(path: Path, est: SearchAdaptor, dim: int) -> tuple[ResidualAda
 
 def _nets_for(est: SearchAdaptor, dim: int) -> tuple[ResidualAdapter, ResidualAdapter | None]:
     """Networks shaped as ``est``'s config says: (query, corpus), the corpus one shared or absent."""
-    return build_nets(dim, est.hidden_dim, est.architecture, est.residual, est.mode)
+    return build_nets(
+        dim, est.hidden_dim, est.architecture, est.residual, est.mode, None, est.init != "identity"
+    )
 
 
 def as_adapter(adapter: SearchAdaptor | str | os.PathLike) -> SearchAdaptor:

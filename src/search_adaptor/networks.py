@@ -1,8 +1,10 @@
-"""The adapter's networks: the residual map ``a(e) = e + f(e)``, the training-only query predictor, and
-their inference in numpy.
+"""The adapter's networks: the residual map ``a(e) = p(e) + f(p(e))``, the training-only query
+predictor, and their inference in numpy.
 
-``f`` is a small MLP (or a single linear map) whose last layer starts at zero, so an untrained
-adapter is exactly the identity, i.e. exactly zero-shot.
+``f`` is a small MLP (or a single linear map) whose last layer starts at zero. ``p`` is the identity,
+or a trained linear projection when the adapter needs one (a rotation whose leading coordinates
+carry the most variance, for Matryoshka prefixes). An untrained adapter is therefore exactly
+zero-shot: the identity, or a rotation, which keeps every cosine similarity.
 """
 
 from __future__ import annotations
@@ -51,9 +53,15 @@ class ResidualAdapter(nn.Module):
         architecture: str = "mlp",
         residual: bool = True,
         generator: torch.Generator | None = None,
+        projection: bool = False,
     ) -> None:
         super().__init__()
         self.residual = residual
+        # p: a bias-free linear map, starting at the identity (training sets a better start)
+        self.project = nn.Linear(dim, dim, bias=False) if projection else None
+        if self.project is not None:
+            with torch.no_grad():
+                self.project.weight.copy_(torch.eye(dim))
         if architecture == "mlp":
             self.f = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
         elif architecture == "linear":
@@ -70,7 +78,12 @@ class ResidualAdapter(nn.Module):
                 last.weight.copy_(torch.eye(dim))
                 last.bias.zero_()
 
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        """``p(x)``: what the residual function adds to (the recovery loss measures from here)."""
+        return x if self.project is None else self.project(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.base(x)
         return x + self.f(x) if self.residual else self.f(x)
 
 
@@ -93,14 +106,15 @@ def build_nets(
     residual: bool,
     mode: str,
     generator: torch.Generator | None = None,
+    projection: bool = False,
 ) -> tuple[ResidualAdapter, ResidualAdapter | None]:
     """(query network, corpus network) for ``mode``: the same network when shared, none for query-only."""
     hidden = int(hidden_dim or dim)
-    query_net = ResidualAdapter(dim, hidden, architecture, residual, generator)
+    query_net = ResidualAdapter(dim, hidden, architecture, residual, generator, projection)
     if mode == "shared":
         return query_net, query_net
     if mode == "separate":
-        return query_net, ResidualAdapter(dim, hidden, architecture, residual, generator)
+        return query_net, ResidualAdapter(dim, hidden, architecture, residual, generator, projection)
     return query_net, None
 
 
@@ -130,11 +144,12 @@ def _dense(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
     the transposed view of torch's (out, in) one. The copy is cached per layer and refreshed when
     torch's version counters show an in-place change (a training step, ``load_state_dict``).
     """
-    key = (layer.weight.data_ptr(), layer.weight._version, layer.bias._version)
+    bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
+    key = (layer.weight.data_ptr(), layer.weight._version, bias._version)
     cached = _DENSE.get(layer)
     if cached is None or cached[0] != key:
         weight_t = np.ascontiguousarray(layer.weight.detach().numpy().T)
-        cached = (key, weight_t, layer.bias.detach().numpy().copy())
+        cached = (key, weight_t, bias.detach().numpy().copy())
         _DENSE[layer] = cached
     return cached[1], cached[2]
 
@@ -149,6 +164,8 @@ def numpy_forward(net: ResidualAdapter, x: np.ndarray) -> np.ndarray:
     n = len(x)
     if n < _MIN_GEMM_ROWS:  # see _MIN_GEMM_ROWS: the same kernel for every batch size
         x = np.concatenate([x, np.zeros((_MIN_GEMM_ROWS - n, x.shape[1]), dtype=x.dtype)])
+    if net.project is not None:
+        x = x @ _dense(net.project)[0]
     h = x
     for layer, relu in linear_layers(net):
         weight_t, bias = _dense(layer)

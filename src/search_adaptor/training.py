@@ -183,31 +183,57 @@ def _mine_hard(
     return ranked
 
 
+def _adapted(net: ResidualAdapter | None, X: np.ndarray, cache: np.ndarray | None) -> np.ndarray:
+    """``net(X)`` in chunks, without gradients (``X`` itself when ``net`` is None; ``cache`` then)."""
+    if net is None:
+        return cache if cache is not None else X
+    net.eval()
+    with torch.inference_mode():
+        out = np.concatenate(
+            [net(torch.from_numpy(X[i : i + 65536])).numpy() for i in range(0, len(X), 65536)]
+        )
+    net.train()
+    return out
+
+
 def _val_score(
     query_net: ResidualAdapter,
     corpus_net: ResidualAdapter | None,
     Qv: np.ndarray,
     Dn: np.ndarray,
-    doc_cache: np.ndarray | None,
     rel: RelevanceIndex,
-) -> tuple[float, np.ndarray | None]:
-    """Full-corpus nDCG@10 of the current networks on the validation queries."""
-    with torch.inference_mode():
-        query_net.eval()
-        qa = query_net(torch.from_numpy(Qv)).numpy()
-        if corpus_net is None:
-            docs = doc_cache if doc_cache is not None else Dn
-        else:
-            corpus_net.eval()
-            docs = np.concatenate(
-                [corpus_net(torch.from_numpy(Dn[i : i + 65536])).numpy() for i in range(0, len(Dn), 65536)]
-            )
-            docs = l2_normalize(docs)
-    query_net.train()
-    if corpus_net is not None:
-        corpus_net.train()
-    top, _ = exact_search(l2_normalize(qa), docs, 10)
-    return float(evaluate_topk(top, rel, [VAL_METRIC])[VAL_METRIC]), (docs if corpus_net is None else None)
+    prefixes: Sequence[int],
+) -> tuple[float, dict[int, float]]:
+    """Full-corpus nDCG@10 of the current networks on the validation queries: the mean over the
+    trained prefix sizes (the one score early stopping and selection compare) and each size's."""
+    qa = _adapted(query_net, Qv, None)
+    docs = _adapted(corpus_net, Dn, Dn)
+    per: dict[int, float] = {}
+    for m in prefixes:
+        unit_docs = docs if corpus_net is None and m == Dn.shape[1] else l2_normalize(docs[:, :m])
+        top, _ = exact_search(l2_normalize(qa[:, :m]), unit_docs, 10)
+        per[m] = float(evaluate_topk(top, rel, [VAL_METRIC])[VAL_METRIC])
+    return float(np.mean(list(per.values()))), per
+
+
+def prefix_sizes(dims: Sequence[int] | None, dim: int) -> list[int]:
+    """The output sizes trained together: ``dims`` and the full width, ascending (full width alone
+    without ``dims``); a size above ``dim`` is an error naming both."""
+    sizes = sorted({int(m) for m in dims or ()} | {dim})
+    if sizes[-1] > dim:
+        raise ValueError(f"dims: {sizes[-1]} is larger than the {dim}-d embeddings; give sizes up to {dim}")
+    return sizes
+
+
+def pca_rotation(D: np.ndarray) -> np.ndarray:
+    """Orthonormal rows ordered by the corpus variance they carry (principal axes of the centred
+    corpus): ``x @ R.T`` keeps every cosine, and its first ``m`` coordinates are the corpus's best
+    ``m``-d linear summary. Signs are fixed (largest entry positive) so the result is deterministic."""
+    centred = D.astype(np.float64) - D.mean(axis=0, dtype=np.float64)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    R = vectors[:, ::-1].T  # rows: axes, largest variance first
+    R *= np.sign(R[np.arange(len(R)), np.abs(R).argmax(axis=1)])[:, None]
+    return np.ascontiguousarray(R, dtype=np.float32)
 
 
 @dataclass
@@ -225,19 +251,20 @@ class TrainResult:
     n_steps: int
     n_train_queries: int
     val_query_ids: list[str]
+    val_metric: str = VAL_METRIC  # what the validation score measures ("neighbours@10" without labels)
 
 
 def train(
     params: Mapping[str, Any],
     query_embeddings: Any,
     corpus_embeddings: Any,
-    qrels: Mapping[str, Mapping[str, int]],
+    qrels: Mapping[str, Mapping[str, int]] | None,
     query_ids: Sequence[str] | None,
     corpus_ids: Sequence[str] | None,
     val_query_ids: Sequence[str] | None,
 ) -> TrainResult:
     """Train networks with hyperparameters ``params`` (``SearchAdaptor.get_params()``); see
-    :meth:`SearchAdaptor.fit` for the data contract."""
+    :meth:`SearchAdaptor.fit` for the data contract. ``loss="similarity"`` trains without labels."""
     hp = SimpleNamespace(**params)
     Q = _as_matrix(query_embeddings, "query embeddings")
     D = _as_matrix(corpus_embeddings, "corpus embeddings")
@@ -250,107 +277,56 @@ def train(
             f"{len(qids)} query ids for {len(Q)} query embeddings / "
             f"{len(dids)} corpus ids for {len(D)} documents"
         )
-    qid_to_row = {q: i for i, q in enumerate(qids)}
-    did_to_col = {d: i for i, d in enumerate(dids)}
-    judged = _index_qrels(qrels, qid_to_row, did_to_col)
-    labelled = sorted(q for q, pairs in judged.items() if any(g > 0 for _, g in pairs))
     rng = np.random.default_rng(hp.seed)
-    if val_query_ids is None:
-        train_q, val = validation_split(labelled, hp.val_fraction, rng)
-    else:
-        val = sorted({str(q) for q in val_query_ids})
-        missing = [q for q in val if q not in judged]
-        if missing:
-            raise ValueError(
-                f"validation query {missing[0]!r} has no qrels; give labelled validation queries"
-            )
-        train_q = [q for q in labelled if q not in set(val)]
-    if not train_q:
-        raise ValueError("no labelled training queries left after carving out the validation split")
-
     generator = torch.Generator().manual_seed(hp.seed)  # local: concurrent fits stay reproducible
     Qn, Dn = l2_normalize(Q), l2_normalize(D)
-    n_docs, dim = Dn.shape
-    ts = _csr(train_q, judged, qid_to_row)
-    grades = _Grades(RelevanceIndex({q: qrels[q] for q in judged}, qids, dids), len(qids))
-    rel = RelevanceIndex({q: qrels[q] for q in val}, val, dids)
-    Qv = Qn[[qid_to_row[q] for q in val]]
-
-    query_net, corpus_net = build_nets(dim, hp.hidden_dim, hp.architecture, hp.residual, hp.mode, generator)
+    dim = Dn.shape[1]
+    prefixes = prefix_sizes(hp.dims, dim)
+    query_net, corpus_net = build_nets(
+        dim, hp.hidden_dim, hp.architecture, hp.residual, hp.mode, generator, hp.init != "identity"
+    )
     nets = [query_net] + ([corpus_net] if hp.mode == "separate" and corpus_net is not None else [])
-    params_ = [p for net in nets for p in net.parameters()]
-    predictor = QueryPredictor(dim, int(hp.hidden_dim or dim), generator) if hp.beta > 0 else None
-    if predictor is not None:
-        params_ += list(predictor.parameters())
+    if hp.init == "pca":
+        R = torch.from_numpy(pca_rotation(Dn))
+        with torch.no_grad():
+            for net in nets:
+                assert net.project is not None
+                net.project.weight.copy_(R)
+    qid_to_row = {q: i for i, q in enumerate(qids)}
+    if hp.loss == "similarity":  # the texts of the queries given in qrels (labels unused), and the corpus
+        known = [qid_to_row[q] for q in sorted(qrels or {}) if q in qid_to_row]
+        objective: _Objective = _Similarity(hp, Qn[known], Dn, query_net, corpus_net, prefixes, rng)
+    else:
+        objective = _Ranking(hp, Qn, Dn, qrels or {}, qids, dids, qid_to_row, val_query_ids, rng, generator)
+        objective.setup(query_net, corpus_net, prefixes)
+    params_ = [p for net in nets for p in net.parameters()] + objective.extra_parameters()
     opt = torch.optim.Adam(params_, lr=hp.lr)
 
-    hard = _mine_hard(hp, Qn, Dn, ts, grades) if hp.negatives in ("hard", "mixed") else None
-    sampler = _Sampler(hp, ts, grades, hard, n_docs, rng)
-    full_corpus = hp.mode == "query_only" and hp.in_batch and n_docs <= hp.full_corpus_max
-    Dn_t = torch.from_numpy(Dn)
-    Qn_t = torch.from_numpy(Qn)
-    grades_dense = None
-    if full_corpus:  # exhaustive negatives: grades of every training query against every document
-        grades_dense = np.zeros((len(ts.q_rows), n_docs), dtype=np.float32)
-        owner = np.repeat(np.arange(len(ts.q_rows)), np.diff(ts.ptr))
-        grades_dense[owner, ts.docs] = ts.grades
-
-    zero_shot, doc_cache = _val_score(query_net, corpus_net, Qv, Dn, None, rel)
-    best: dict[str, Any] = {"score": zero_shot, "step": 0, "state": None}
-    history: list[dict[str, Any]] = [{"step": 0, VAL_METRIC: zero_shot, "loss": None}]
+    zero_shot, per = objective.score()
+    best: dict[str, Any] = {
+        "score": zero_shot,
+        "step": 0,
+        "state": [copy.deepcopy(n.state_dict()) for n in nets],
+    }
+    history: list[dict[str, Any]] = [_history(0, zero_shot, per, None)]
     last_improvement, running, step = 0, 0.0, 0
     for step in range(1, hp.max_steps + 1):
-        qi, cand, labels, valid, p = sampler.batch()
-        q_in = Qn_t[ts.q_rows[qi]]
-        qa_raw = query_net(q_in)
-        qa = torch.nn.functional.normalize(qa_raw, dim=-1)
-        rec_terms = [recovery_loss(qa_raw, q_in)] if hp.alpha > 0 else []
-        uniq, inv = np.unique(cand, return_inverse=True)
-        inv = inv.reshape(cand.shape)
-        d_in = Dn_t[uniq]
-        if corpus_net is None:
-            da_raw = d_in
-        else:
-            da_raw = corpus_net(d_in)
-            if hp.alpha > 0:
-                rec_terms.append(recovery_loss(da_raw, d_in))
-        da = torch.nn.functional.normalize(da_raw, dim=-1)
-        if grades_dense is not None:
-            scores = qa @ Dn_t.T
-            lab = torch.from_numpy(grades_dense[qi])
-            valid_t = torch.ones_like(lab, dtype=torch.bool)
-        elif hp.in_batch and hp.loss in ("infonce", "softmax"):
-            scores = qa @ da.T
-            lab = torch.from_numpy(grades(ts.q_rows[qi], uniq))
-            valid_t = torch.ones_like(lab, dtype=torch.bool)
-        else:
-            scores = (qa.unsqueeze(1) * da[torch.from_numpy(inv)]).sum(-1)
-            lab, valid_t = torch.from_numpy(labels), torch.from_numpy(valid)
-        loss = ranking_objective(hp.loss, scores, lab, valid_t, hp.temperature, hp.pair_reduction)
-        if rec_terms:  # the paper's alpha * (rec_q + rec_d); query-only adapters have rec_q alone
-            loss = loss + hp.alpha * sum(rec_terms)
-        if predictor is not None:
-            pos_adapted = da[torch.from_numpy(inv[:, :p])]  # (B, P, dim) adapted relevant documents
-            loss = loss + hp.beta * prediction_loss(
-                qa, predictor(pos_adapted), torch.from_numpy(labels[:, :p])
-            )
+        loss = objective.loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         running += float(loss.detach())
         if step % hp.eval_every == 0 or step == hp.max_steps:
-            score, doc_cache = _val_score(query_net, corpus_net, Qv, Dn, doc_cache, rel)
-            history.append({"step": step, VAL_METRIC: score, "loss": running / hp.eval_every})
+            score, per = objective.score()
+            history.append(_history(step, score, per, running / hp.eval_every))
             running = 0.0
             if score > best["score"] + 1e-9:
                 best = {"score": score, "step": step, "state": [copy.deepcopy(n.state_dict()) for n in nets]}
                 last_improvement = step
             elif step - last_improvement >= hp.patience:
                 break
-    if best["state"] is not None:
-        for net, state in zip(nets, best["state"], strict=True):
-            net.load_state_dict(state)
-    for net in nets:
+    for net, state in zip(nets, best["state"], strict=True):  # the best checkpoint, or the start
+        net.load_state_dict(state)
         net.eval()
     return TrainResult(
         query_net=query_net,
@@ -361,6 +337,221 @@ def train(
         best_score=float(best["score"]),
         zero_shot_score=float(zero_shot),
         n_steps=step,
-        n_train_queries=len(train_q),
-        val_query_ids=val,
+        n_train_queries=objective.n_train,
+        val_query_ids=objective.val_ids,
+        val_metric=objective.metric,
     )
+
+
+def _history(step: int, score: float, per: Mapping[int, float], loss: float | None) -> dict[str, Any]:
+    """One evaluation: the validation score, each prefix size's when there are several, the mean loss."""
+    entry: dict[str, Any] = {"step": step, VAL_METRIC: score, "loss": loss}
+    if len(per) > 1:
+        entry.update({f"{VAL_METRIC}@{m}": v for m, v in per.items()})
+    return entry
+
+
+class _Objective:
+    """What one training run minimises and validates on; the loop in :func:`train` is shared."""
+
+    n_train: int
+    val_ids: list[str]
+    metric = VAL_METRIC
+
+    def loss(self) -> torch.Tensor:
+        """The loss of one freshly drawn batch (with its computation graph)."""
+        raise NotImplementedError
+
+    def score(self) -> tuple[float, dict[int, float]]:
+        """The validation score early stopping keeps the best of, and each prefix size's."""
+        raise NotImplementedError
+
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        """Training-only parameters optimised alongside the networks (the query predictor)."""
+        return []
+
+
+class _Ranking(_Objective):
+    """Supervised: labelled (query, relevant document) pairs; validation nDCG@10 on held-out queries."""
+
+    def __init__(
+        self,
+        hp: SimpleNamespace,
+        Qn: np.ndarray,
+        Dn: np.ndarray,
+        qrels: Mapping[str, Mapping[str, int]],
+        qids: list[str],
+        dids: list[str],
+        qid_to_row: Mapping[str, int],
+        val_query_ids: Sequence[str] | None,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+    ) -> None:
+        did_to_col = {d: i for i, d in enumerate(dids)}
+        judged = _index_qrels(qrels, qid_to_row, did_to_col)
+        labelled = sorted(q for q, pairs in judged.items() if any(g > 0 for _, g in pairs))
+        if val_query_ids is None:
+            train_q, val = validation_split(labelled, hp.val_fraction, rng)
+        else:
+            val = sorted({str(q) for q in val_query_ids})
+            missing = [q for q in val if q not in judged]
+            if missing:
+                raise ValueError(
+                    f"validation query {missing[0]!r} has no qrels; give labelled validation queries"
+                )
+            train_q = [q for q in labelled if q not in set(val)]
+        if not train_q:
+            raise ValueError("no labelled training queries left after carving out the validation split")
+        self.hp, self.rng, self.generator = hp, rng, generator
+        self.Qn_t, self.Dn_t, self.Dn = torch.from_numpy(Qn), torch.from_numpy(Dn), Dn
+        self.ts = _csr(train_q, judged, qid_to_row)
+        self.grades = _Grades(RelevanceIndex({q: qrels[q] for q in judged}, qids, dids), len(qids))
+        self.rel = RelevanceIndex({q: qrels[q] for q in val}, val, dids)
+        self.Qv = Qn[[qid_to_row[q] for q in val]]
+        self.n_train, self.val_ids = len(train_q), val
+        self.Qn = Qn
+
+    def setup(
+        self, query_net: ResidualAdapter, corpus_net: ResidualAdapter | None, prefixes: Sequence[int]
+    ) -> None:
+        hp, dim = self.hp, self.Dn.shape[1]
+        self.query_net, self.corpus_net, self.prefixes = query_net, corpus_net, list(prefixes)
+        self.predictor = (
+            QueryPredictor(dim, int(hp.hidden_dim or dim), self.generator) if hp.beta > 0 else None
+        )
+        hard = (
+            _mine_hard(hp, self.Qn, self.Dn, self.ts, self.grades)
+            if hp.negatives in ("hard", "mixed")
+            else None
+        )
+        self.sampler = _Sampler(hp, self.ts, self.grades, hard, len(self.Dn), self.rng)
+        self.grades_dense = None
+        if hp.mode == "query_only" and hp.in_batch and len(self.Dn) <= hp.full_corpus_max:
+            # exhaustive negatives: grades of every training query against every document
+            ts = self.ts
+            self.grades_dense = np.zeros((len(ts.q_rows), len(self.Dn)), dtype=np.float32)
+            self.grades_dense[np.repeat(np.arange(len(ts.q_rows)), np.diff(ts.ptr)), ts.docs] = ts.grades
+
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        return [] if self.predictor is None else list(self.predictor.parameters())
+
+    def score(self) -> tuple[float, dict[int, float]]:
+        return _val_score(self.query_net, self.corpus_net, self.Qv, self.Dn, self.rel, self.prefixes)
+
+    def loss(self) -> torch.Tensor:
+        hp, Dn_t = self.hp, self.Dn_t
+        qi, cand, labels, valid, p = self.sampler.batch()
+        q_in = self.Qn_t[self.ts.q_rows[qi]]
+        qa_raw = self.query_net(q_in)
+        rec_terms = [recovery_loss(qa_raw, self.query_net.base(q_in))] if hp.alpha > 0 else []
+        uniq, inv = np.unique(cand, return_inverse=True)
+        inv = inv.reshape(cand.shape)
+        d_in = Dn_t[uniq]
+        if self.corpus_net is None:
+            da_raw = d_in
+        else:
+            da_raw = self.corpus_net(d_in)
+            if hp.alpha > 0:
+                rec_terms.append(recovery_loss(da_raw, self.corpus_net.base(d_in)))
+        if self.grades_dense is not None:
+            lab = torch.from_numpy(self.grades_dense[qi])
+            valid_t = torch.ones_like(lab, dtype=torch.bool)
+        elif hp.in_batch and hp.loss in ("infonce", "softmax"):
+            lab = torch.from_numpy(self.grades(self.ts.q_rows[qi], uniq))
+            valid_t = torch.ones_like(lab, dtype=torch.bool)
+        else:
+            lab, valid_t = torch.from_numpy(labels), torch.from_numpy(valid)
+        loss = torch.zeros(())
+        for m in self.prefixes:  # Matryoshka: the same objective on every trained prefix, summed
+            full = m == len(Dn_t[0])
+            qa = torch.nn.functional.normalize(qa_raw if full else qa_raw[:, :m], dim=-1)
+            da = torch.nn.functional.normalize(da_raw if full else da_raw[:, :m], dim=-1)
+            if self.grades_dense is not None:
+                scores = qa @ (Dn_t.T if full else torch.nn.functional.normalize(Dn_t[:, :m], dim=-1).T)
+            elif hp.in_batch and hp.loss in ("infonce", "softmax"):
+                scores = qa @ da.T
+            else:
+                scores = (qa.unsqueeze(1) * da[torch.from_numpy(inv)]).sum(-1)
+            loss = loss + ranking_objective(hp.loss, scores, lab, valid_t, hp.temperature, hp.pair_reduction)
+            if full:
+                qa_full, da_full = qa, da
+        if rec_terms:  # the paper's alpha * (rec_q + rec_d); query-only adapters have rec_q alone
+            loss = loss + hp.alpha * sum(rec_terms)
+        if self.predictor is not None:
+            pos_adapted = da_full[torch.from_numpy(inv[:, :p])]  # (B, P, dim) adapted relevant documents
+            loss = loss + hp.beta * prediction_loss(
+                qa_full, self.predictor(pos_adapted), torch.from_numpy(labels[:, :p])
+            )
+        return loss
+
+
+class _Similarity(_Objective):
+    """Unsupervised (Matryoshka-Adaptor): no labels. Every prefix of the adapted vectors should keep
+    the full base embeddings' cosine similarities, over all sampled pairs and, weighted again, over
+    each text's nearest neighbours. Rows are the corpus texts and the query texts given; a share of
+    them (``val_fraction``) is held out, and validation is the overlap of their top-10 neighbours
+    (among the documents) in each adapted prefix with their top-10 in the full base space."""
+
+    NEIGHBOURS = 16
+    metric = "neighbours@10"
+
+    def __init__(
+        self,
+        hp: SimpleNamespace,
+        Qn: np.ndarray,
+        Dn: np.ndarray,
+        query_net: ResidualAdapter,
+        corpus_net: ResidualAdapter | None,
+        prefixes: Sequence[int],
+        rng: np.random.Generator,
+    ) -> None:
+        if corpus_net is None:
+            raise ValueError("loss='similarity' adapts queries and documents alike: use mode 'shared'")
+        self.hp, self.rng, self.net, self.prefixes = hp, rng, corpus_net, list(prefixes)
+        rows = np.concatenate([Dn, Qn]) if hp.mode == "shared" else Dn
+        order = rng.permutation(len(rows))
+        n_val = min(max(1, round(hp.val_fraction * len(rows))), 2000, len(rows) - 1)
+        self.train_rows, val_rows = rows[order[n_val:]], rows[order[:n_val]]
+        self.Dn, self.Dn_t = Dn, torch.from_numpy(Dn)
+        k = min(self.NEIGHBOURS, len(Dn) - 1)
+        self.neighbours = exact_search(self.train_rows, Dn, k + 1)[0][
+            :, 1:
+        ]  # nearest documents, self dropped
+        self.val_rows = val_rows
+        self.val_top = exact_search(val_rows, Dn, 10)[0]
+        self.n_train, self.val_ids = len(self.train_rows), []
+
+    def loss(self) -> torch.Tensor:
+        hp = self.hp
+        b = min(hp.batch_size, len(self.train_rows))
+        pick = self.rng.choice(len(self.train_rows), size=b, replace=False)
+        extra = self.rng.integers(0, len(self.Dn), size=b)  # random pairs, beside the neighbours
+        cols, inv = np.unique(np.concatenate([self.neighbours[pick].ravel(), extra]), return_inverse=True)
+        near = torch.from_numpy(inv[: b * self.neighbours.shape[1]].reshape(b, -1))
+        x = torch.from_numpy(self.train_rows[pick])
+        d = self.Dn_t[cols]
+        target = x @ d.T  # base cosines (rows are unit vectors)
+        xa, da = self.net(x), self.net(d)
+        loss = torch.zeros(())
+        for m in self.prefixes:
+            sim = (
+                torch.nn.functional.normalize(xa[:, :m], dim=-1)
+                @ torch.nn.functional.normalize(da[:, :m], dim=-1).T
+            )
+            gap = (sim - target).abs()
+            loss = loss + gap.mean() + gap.gather(1, near).mean()
+        if hp.alpha > 0:
+            loss = loss + hp.alpha * (
+                recovery_loss(xa, self.net.base(x)) + recovery_loss(da, self.net.base(d))
+            )
+        return loss
+
+    def score(self) -> tuple[float, dict[int, float]]:
+        va = _adapted(self.net, self.val_rows, None)
+        docs = _adapted(self.net, self.Dn, None)
+        per: dict[int, float] = {}
+        for m in self.prefixes:
+            top = exact_search(l2_normalize(va[:, :m]), l2_normalize(docs[:, :m]), 10)[0]
+            hits = (top[:, :, None] == self.val_top[:, None, :]).any(axis=2)
+            per[m] = float(hits.mean())
+        return float(np.mean(list(per.values()))), per

@@ -90,6 +90,32 @@ FAMILIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
         )
     ],
 }
+# Matryoshka (Yoon et al., EMNLP 2024): every prefix of the adapted vector is a good embedding. The map
+# starts as the corpus's PCA rotation (its prefixes are the PCA baseline; the full width is exactly
+# zero-shot) and is trained on the prefix sizes given by ``dims`` (``fit --dims``), each loss summed.
+FAMILIES["matryoshka"] = [
+    (
+        "matryoshka",
+        {
+            "mode": "shared",
+            "init": "pca",
+            "loss": "infonce",
+            "in_batch": True,
+            "negatives": "hard",
+            "alpha": 0.0,
+            "beta": 0.0,
+        },
+    )
+]
+# Without labels: each prefix keeps the base embedding's similarities (``fit --unsupervised``).
+FAMILIES["matryoshka-unsupervised"] = [
+    (
+        "matryoshka-unsupervised",
+        {"mode": "shared", "init": "pca", "loss": "similarity", "alpha": 0.0, "beta": 0.0},
+    )
+]
+#: Families that train Matryoshka prefixes and need ``dims``.
+MATRYOSHKA = ("matryoshka", "matryoshka-unsupervised")
 #: What ``family="auto"`` trains, simplest first (ties go to the earlier one). The paper's own
 #: recipe is not in it: see BENCHMARKS.md for its validation score against its training time.
 AUTO = ("linear-random", "query-only", "linear", "shared-random", "shared-infonce")
