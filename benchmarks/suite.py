@@ -758,6 +758,7 @@ def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Pa
         for b in benches
     }
     lines += _summary(benches, results_by)
+    lines += _claims(benches, results_by)
     lines += _partial_finetuning(cache, benches, results_by)
     lines += _finetuning_costs(cache, benches)
     notes: list[str] = []
@@ -789,6 +790,57 @@ def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Pa
     out = results / "suite.md"
     write_text_atomic(out, "\n".join(lines) + "\n")
     return out
+
+
+#: The paper's claims, each as (claim, the row it is about, the row it beats).
+CLAIMS = (
+    ("the recovery loss helps", "paper-default", "no-recovery"),
+    ("the prediction loss helps", "paper-default", "no-prediction"),
+    ("the skip connection matters", "paper-default", "no-skip"),
+    ("the shared adapter beats query-only", "paper-default", "query-only"),
+    ("summing the pairwise loss over pairs beats averaging it", "paper-default", "pair-mean"),
+    ("the pairwise ranking loss beats InfoNCE", "paper-default", "loss-infonce"),
+    ("the pairwise ranking loss beats softmax cross-entropy", "paper-default", "loss-softmax"),
+    ("the pairwise ranking loss beats point-wise sigmoid", "paper-default", "loss-pointwise"),
+    ("the alpha/beta grid on validation beats the default", "paper", "paper-default"),
+    ("a finer alpha grid on validation beats the default", "paper-alpha", "paper-default"),
+)
+
+
+def _claims(benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, RowResult | None]]) -> list[str]:
+    """Each claim of the paper, per dataset: the difference in test nDCG@10 (mean over seeds) and the
+    paired randomization p-value over queries; 'holds' needs a gain with p < 0.05, 'reversed' a
+    significant loss, anything else is 'not shown'."""
+    names = [b.name for b in benches]
+    lines = [
+        "### The paper's claims, measured",
+        "",
+        "Δ: test nDCG@10 of the first row minus the second (mean over the seeds both have), p: paired "
+        "randomization test over queries (per-query scores averaged over seeds). **holds**: a gain with "
+        f"p < {P_SIGNIFICANT}; *reversed*: a significant loss; otherwise not shown.",
+        "",
+        "| claim (row vs row) | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for text, row, other in CLAIMS:
+        cells = []
+        for name in names:
+            a, b = results_by[name].get(row), results_by[name].get(other)
+            if a is None or b is None:
+                cells.append("–")
+                continue
+            delta = float(np.mean(a.per_seed["ndcg@10"]) - np.mean(b.per_seed["ndcg@10"]))
+            p = paired_test(a.per_query, b.per_query)
+            verdict = (
+                "**holds**"
+                if p < P_SIGNIFICANT and delta > 0
+                else "*reversed*"
+                if p < P_SIGNIFICANT
+                else "not shown"
+            )
+            cells.append(f"{delta:+.3f}, p {_p(p)}: {verdict}")
+        lines.append(f"| {text} (`{row}` vs `{other}`) | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _partial_finetuning(

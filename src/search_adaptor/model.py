@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, CARD = "config.json", "adapter.safetensors", "README.md"
-NEGATIVES = ("random", "hard", "mixed")
+NEGATIVES = ("random", "hard", "mixed", "all")
 INITS = ("identity", "pca")
 MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
 _CHUNK = 65536  # rows per transform chunk: bounds memory on large corpora
@@ -91,9 +91,11 @@ class SearchAdaptor:
     alpha, beta : float
         Weights of the recovery (L1 to the original embedding, ``alpha * (rec_q + rec_d)``) and
         query-prediction losses.
-    negatives : {"random", "hard", "mixed"}
+    negatives : {"random", "hard", "mixed", "all"}
         Where each query's negatives come from: uniform corpus draws, the zero-shot ranking's top
-        ``hard_pool`` (labelled positives excluded), or half of each.
+        ``hard_pool`` (labelled positives excluded), half of each, or every document (softmax-type
+        losses with ``in_batch`` on corpora up to ``full_corpus_max``: the whole corpus is adapted
+        at every step; on larger corpora, as "random").
     n_negatives : int
         Negatives per relevant document of each query (the paper draws about 10).
     in_batch : bool

@@ -426,7 +426,10 @@ class _Ranking(_Objective):
         )
         self.sampler = _Sampler(hp, self.ts, self.grades, hard, len(self.Dn), self.rng)
         self.grades_dense = None
-        if hp.mode == "query_only" and hp.in_batch and len(self.Dn) <= hp.full_corpus_max:
+        small = hp.in_batch and len(self.Dn) <= hp.full_corpus_max
+        # every document a negative when documents need not be adapted (query-only), or when asked
+        self.all_docs = small and hp.negatives == "all" and self.corpus_net is not None
+        if small and (hp.mode == "query_only" or self.all_docs):
             # exhaustive negatives: grades of every training query against every document
             ts = self.ts
             self.grades_dense = np.zeros((len(ts.q_rows), len(self.Dn)), dtype=np.float32)
@@ -444,8 +447,11 @@ class _Ranking(_Objective):
         q_in = self.Qn_t[self.ts.q_rows[qi]]
         qa_raw = self.query_net(q_in)
         rec_terms = [recovery_loss(qa_raw, self.query_net.base(q_in))] if hp.alpha > 0 else []
-        uniq, inv = np.unique(cand, return_inverse=True)
-        inv = inv.reshape(cand.shape)
+        if self.all_docs:  # adapt the whole corpus: every document is a candidate
+            uniq, inv = np.arange(len(self.Dn)), cand
+        else:
+            uniq, inv = np.unique(cand, return_inverse=True)
+            inv = inv.reshape(cand.shape)
         d_in = Dn_t[uniq]
         if self.corpus_net is None:
             da_raw = d_in
@@ -466,7 +472,9 @@ class _Ranking(_Objective):
             full = m == len(Dn_t[0])
             qa = torch.nn.functional.normalize(qa_raw if full else qa_raw[:, :m], dim=-1)
             da = torch.nn.functional.normalize(da_raw if full else da_raw[:, :m], dim=-1)
-            if self.grades_dense is not None:
+            if self.all_docs:
+                scores = qa @ da.T
+            elif self.grades_dense is not None:
                 scores = qa @ (Dn_t.T if full else torch.nn.functional.normalize(Dn_t[:, :m], dim=-1).T)
             elif hp.in_batch and hp.loss in ("infonce", "softmax"):
                 scores = qa @ da.T

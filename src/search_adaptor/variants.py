@@ -101,7 +101,7 @@ FAMILIES["matryoshka"] = [
             "init": "pca",
             "loss": "infonce",
             "in_batch": True,
-            "negatives": "hard",
+            "negatives": "all",
             "alpha": 0.0,
             "beta": 0.0,
         },
