@@ -100,6 +100,8 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--port", type=int, default=8000),
         A("--api-key-env", metavar="VAR", help="require Bearer <key>, the key read from VAR"),
         A("--threads", type=_positive_int, metavar="N", help="CPU threads (1 when shared)"),
+        A("--retry-budget", type=_positive_float, metavar="S", help="seconds per API call (default 10)"),
+        A("--model-name", metavar="NAME", help="/v1 model names NAME-query, NAME-document"),
     ],
     "export": [
         A("adapter", metavar="ADAPTER_DIR"),
@@ -257,12 +259,14 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    """serve an index folder over HTTP (POST /search, /embed; GET /health)"""
+    """serve an index folder over HTTP (POST /search, /embed, /v1/embeddings; GET /health)"""
     try:
         from search_adaptor.server import serve
     except ImportError as exc:
         raise RuntimeError(f"serve needs {exc.name}: pip install 'search-adaptor[serve]'") from exc
-    serve(args.index, args.host, args.port, args.api_key_env, args.threads)
+    options = {"retry_budget_s": args.retry_budget, "model_name": args.model_name}
+    given = {name: value for name, value in options.items() if value is not None}
+    serve(args.index, args.host, args.port, args.api_key_env, args.threads, **given)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
