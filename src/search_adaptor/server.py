@@ -555,8 +555,6 @@ def create_app(
         shown = [s for s in statuses if s != 401 or api_key]
         return {s: {"model": model, "description": _STATUSES[s]} for s in shown}
 
-    body_statuses = (400, 401, 413, 422, 502, 503)
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, message, where = _validation_refusal(exc.errors())
@@ -581,23 +579,15 @@ def create_app(
                 502, f"the embedding provider {encoder.provider} failed; the server log has the details"
             ) from None
 
-    @app.post(
-        "/search",
-        response_model=SearchResponse,
-        dependencies=guarded,
-        responses=responses(Error, *body_statuses),
-    )
+    native = {"dependencies": guarded, "responses": responses(Error, 400, 401, 413, 422, 502, 503)}
+
+    @app.post("/search", response_model=SearchResponse, **native)
     async def search(request: Request, body: SearchRequest) -> dict[str, Any]:
         """Top-``k`` documents for each query text, best first."""
         hits: Hits = await run(request, body.queries, "query", body.k)
         return {"results": [[{"id": d, "score": s} for d, s in row] for row in hits]}
 
-    @app.post(
-        "/embed",
-        response_model=EmbedResponse,
-        dependencies=guarded,
-        responses=responses(Error, *body_statuses),
-    )
+    @app.post("/embed", response_model=EmbedResponse, **native)
     async def embed(request: Request, body: EmbedRequest) -> dict[str, Any]:
         """Adapted, unit-norm vectors of the texts as queries or documents (cosine = inner product)."""
         vectors = await run(request, body.queries, body.kind)
