@@ -140,3 +140,23 @@ def test_local_model_vectors_do_not_depend_on_the_batch():
         assert np.array_equal(together, alone), kind
     hits = index.search(texts, k=5)
     assert hits == [index.search([t], k=5)[0] for t in texts]
+
+
+@pytest.mark.parametrize(("mode", "identity"), [("shared", False), ("query_only", False), ("separate", True)])
+def test_vector_search_adapts_as_transform_queries_in_reused_arrays(synthetic, mode, identity):
+    """The served path (numpy weights read once, arrays reused per thread) computes what the adapter does."""
+    encoder = CountingEncoder(dim=16)
+    adapter = make_adapter(info=encoder.info(), mode=mode)
+    if identity:  # nothing beat zero-shot: the adapter only normalises
+        adapter.best_step_ = 0
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], encoder.info())
+    Q = synthetic["Q"]  # not unit-norm: normalised first
+    for rows in (1, 2, 5, 70, 1):  # grow, then shrink, the reused arrays
+        expected = index.search_adapted(adapter.transform_queries(Q[:rows]), 5)
+        assert index.search(Q[:rows], 5) == expected
+        assert index.search(Q[:rows].astype(np.float64), 5) == expected
+    first = index.search(Q[:1], 5)
+    index.search(Q[1:4], 5)  # answers are lists: later calls never change them
+    assert first == index.search(Q[:1], 5)
+    with pytest.raises(ValueError, match="queries: row 0 contains NaN"):
+        index.search(np.full((1, 16), np.nan, dtype=np.float32), 5)
