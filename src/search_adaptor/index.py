@@ -414,7 +414,7 @@ class AdaptedIndex:
             The encoder failed.
         """
         if isinstance(texts, str):
-            raise TypeError("embed() takes a list of texts; wrap a single text in a list")
+            raise TypeError("embed() takes a list of texts; wrap a single query or document in a list")
         texts = list(texts)
         if not texts:
             raise ValueError("nothing to embed: the list of texts is empty")

@@ -18,8 +18,9 @@ With an API key every other endpoint needs ``Authorization: Bearer <key>``. Text
 characters per text, ``k`` and body size are bounded; the OpenAPI schema (``/openapi.json``, with
 Swagger UI at ``/docs`` and ReDoc at ``/redoc``, served from this package, no CDN) declares each limit
 and every status an endpoint can return. Refusals are one line: 413 (too much), 422 (invalid, naming
-the field), 401 (key), 502 (the embedding provider failed: named, never its URL or credentials) and
-503 (too many texts waiting: retry after ``Retry-After``). ``/v1`` answers errors as OpenAI does
+the field), 400 (not JSON text), 401 (key), 404 (no such ``/v1`` model), 502 (the embedding provider
+failed: named, never its URL or credentials) and 503 (too many texts waiting: retry after
+``Retry-After``). ``/v1`` answers errors as OpenAI does
 (``{"error": {"message", "type", "param", "code"}}``), the others as ``{"detail": "..."}``.
 
 Concurrent requests are micro-batched: waiting requests are merged into one encoder call and one
