@@ -1,6 +1,9 @@
-"""The HTTP server: the same answers as the index, keys enforced, every limit a clear 4xx."""
+"""The HTTP server: the same answers as the index, keys enforced, every limit a clear 4xx in the schema."""
 
 from __future__ import annotations
+
+import re
+import time
 
 import numpy as np
 import pytest
@@ -14,9 +17,11 @@ pytest.importorskip("fastapi")
 pytest.importorskip("faiss")
 from fastapi.testclient import TestClient
 
+from fake_providers import KEY_ENV, FakeProvider, Fault, fake_encoder
 from search_adaptor.server import create_app
 
 KEY = "s3cret-key"
+LIMITS = {"max_batch": 4, "max_k": 20, "max_chars": 50}
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +34,19 @@ def index(synthetic) -> AdaptedIndex:
 
 @pytest.fixture(scope="module")
 def client(index) -> TestClient:
-    return TestClient(create_app(index, max_batch=4, max_k=20, max_chars=50))
+    return TestClient(create_app(index, **LIMITS, batch_window_s=0.0))
 
 
 def test_search_and_embed_answer_what_the_index_answers(client, index):
     queries = ["first query", "second one"]
     body = client.post("/search", json={"queries": queries, "k": 5}).json()
     expected = index.search(queries, k=5)
-    assert [[h["id"] for h in row] for row in body["results"]] == [[d for d, _ in row] for row in expected]
-    assert np.allclose(
-        [[h["score"] for h in row] for row in body["results"]], [[s for _, s in row] for row in expected]
-    )
+    assert body["results"] == [[{"id": d, "score": s} for d, s in row] for row in expected]
     emb = client.post("/embed", json={"queries": queries}).json()
-    assert emb["dim"] == 16 and np.allclose(emb["embeddings"], index.embed_queries(queries), atol=1e-6)
+    assert emb["dim"] == 16 and np.array_equal(np.float32(emb["embeddings"]), index.embed_queries(queries))
+    docs = client.post("/embed", json={"queries": queries, "kind": "document"}).json()["embeddings"]
+    assert np.array_equal(np.float32(docs), index.embed(queries, "document"))
+    assert not np.allclose(docs, emb["embeddings"])  # a separate adapter: the two sides differ
     assert len(client.post("/search", json={"queries": ["x"]}).json()["results"][0]) == 10  # default k
     health = client.get("/health").json()
     assert health == {
@@ -54,13 +59,14 @@ def test_search_and_embed_answer_what_the_index_answers(client, index):
     }
 
 
-def test_limits_are_4xx_with_a_message(client):
+def test_limits_are_4xx_with_a_message(client, caplog):
     too_many = client.post("/search", json={"queries": ["a"] * 5})
-    assert too_many.status_code == 413 and "at most 4" in too_many.json()["detail"]
+    assert too_many.status_code == 413 and "5 texts in queries; this server takes at most 4" in too_many.text
     too_long = client.post("/search", json={"queries": ["ok", "x" * 51]})
     assert too_long.status_code == 413 and "queries[1] has 51 characters" in too_long.json()["detail"]
     big_k = client.post("/search", json={"queries": ["a"], "k": 21})
-    assert big_k.status_code == 422 and "limit of 20" in big_k.json()["detail"]
+    assert big_k.status_code == 422
+    assert big_k.json() == {"detail": "k = 21 is above this server's limit of 20"}
     assert client.post("/search", json={"queries": ["a"], "k": 0}).status_code == 422
     assert client.post("/search", json={"queries": []}).status_code == 422
     assert client.post("/embed", json={"queries": "not a list"}).status_code == 422
@@ -72,26 +78,130 @@ def test_limits_are_4xx_with_a_message(client):
     )
     assert chunked.status_code == 413
     failing = client.post("/embed", json={"queries": ["make it fail"]})
-    assert failing.status_code == 502 and "NaN or inf" in failing.json()["detail"]
+    assert failing.status_code == 502
+    assert failing.json() == {"detail": "the embedding provider fake failed; the server log has the details"}
+    assert "NaN or inf" in caplog.text  # the operator sees why
+
+
+# Issue 14.7: each of these was a 500 (or accepted) before.
+MALFORMED = [
+    (b'{"queries": ["a"], "k": NaN}', 422, "k: Input should be a valid integer"),
+    (b'{"queries": ["a"], "k": Infinity}', 422, "k: Input should be a valid integer"),
+    (b'{"queries": ["a"], "k": "5"}', 422, "k: Input should be a valid integer"),
+    (b'{"queries": ["a"], "k": true}', 422, "k: Input should be a valid integer"),
+    (b'{"queries": ["a"], "k": 5.0}', 422, "k: Input should be a valid integer"),
+    (b'{"queries": ["a"], "k": 1' + b"0" * 5000 + b"}", 400, "error parsing the body"),
+    (b'{"queries": ["ok", "\\ud800 lone"]}', 422, "queries[1]: not valid Unicode (a lone surrogate)"),
+    (b'{"queries": ["\\udfff"], "k": NaN}', 422, "(and 1 more error)"),
+    (b'{"queries": [1]}', 422, "queries[0]: Input should be a valid string"),
+    (b'{"queries": ["a"], "top_k": 3}', 422, "top_k: Extra inputs are not permitted"),
+    (b'["a"]', 422, "body: Input should be a valid dictionary"),
+    (b"null", 422, "body: Input should be a valid dictionary"),
+    (b'{"queries": ["a"', 422, "JSON decode error"),
+    (b'{"queries": ["\xff\xfe"]}', 400, "error parsing the body"),
+    (b"[" * 100000 + b"]" * 100000, 400, "error parsing the body"),
+]
+
+
+@pytest.fixture(scope="module")
+def roomy(index) -> TestClient:
+    """A server with the default limits (room for long malformed bodies)."""
+    return TestClient(create_app(index, batch_window_s=0.0))
+
+
+@pytest.mark.parametrize(("body", "status", "message"), MALFORMED)
+def test_malformed_bodies_are_4xx_with_a_message_never_500(roomy, body, status, message):
+    answer = roomy.post("/search", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["detail"]
+
+
+def test_a_failing_provider_costs_the_retry_budget_and_names_only_the_provider(synthetic, monkeypatch):
+    """Issue 14.8: with a failing provider a request hung ~80 s, then showed the URL and env names."""
+    with FakeProvider("openai") as fake:
+        info = fake_encoder(fake).info()
+        index = AdaptedIndex.from_vectors(make_adapter(8, info=info), ["d0", "d1"], np.eye(2, 8), info)
+        monkeypatch.setenv(KEY_ENV["openai"], fake.key)
+        client = TestClient(create_app(index, retry_budget_s=0.5))  # the encoder comes from the manifest
+        fake.schedule(*[Fault.server_error(503)] * 100)
+        start = time.monotonic()
+        answer = client.post("/search", json={"queries": ["q"]})
+        elapsed = time.monotonic() - start
+    assert answer.status_code == 502 and elapsed < 3.0
+    assert answer.json() == {"detail": "the embedding provider openai failed; the server log has the details"}
 
 
 def test_api_key_is_required_when_set(index):
     client = TestClient(create_app(index, api_key=KEY))
     body = {"queries": ["q"], "k": 3}
+    calls = [("post", "/search", body), ("post", "/embed", body), ("get", "/v1/models", None)]
+    calls.append(("post", "/v1/embeddings", {"input": "q", "model": "search-adaptor-query"}))
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
-        for path in ("/search", "/embed"):
-            answer = client.post(path, json=body, headers=headers)
+        for method, path, json_body in calls:
+            answer = client.request(method, path, json=json_body, headers=headers)
             assert answer.status_code == 401, (path, headers)
             assert answer.headers["www-authenticate"] == "Bearer"
     ok = client.post("/search", json=body, headers={"Authorization": f"Bearer {KEY}"})
     assert ok.status_code == 200 and len(ok.json()["results"][0]) == 3
     assert client.get("/health").status_code == 200  # probes need no key
+    assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
-    assert {"/search", "/embed", "/health"} <= set(schema["paths"])
+    assert {"/search", "/embed", "/health", "/v1/embeddings", "/v1/models"} <= set(schema["paths"])
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    assert "401" in schema["paths"]["/search"]["post"]["responses"]
+
+
+def test_the_schema_declares_every_limit_and_status(client):
+    """Issue 18: generated clients read the limits and statuses from /openapi.json."""
+    schema = client.get("/openapi.json").json()
+    parts = schema["components"]["schemas"]
+    for name in ("SearchRequest", "EmbedRequest"):
+        queries = parts[name]["properties"]["queries"]
+        assert (queries["minItems"], queries["maxItems"], queries["items"]["maxLength"]) == (1, 4, 50)
+        assert parts[name]["additionalProperties"] is False
+    assert parts["SearchRequest"]["properties"]["k"] | {"description": ""} == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 20,
+        "default": 10,
+        "title": "K",
+        "description": "",
+    }
+    text, texts = parts["EmbeddingsRequest"]["properties"]["input"]["anyOf"]
+    assert text["maxLength"] == texts["items"]["maxLength"] == 50 and texts["maxItems"] == 4
+    for path in ("/search", "/embed", "/v1/embeddings"):
+        statuses = set(schema["paths"][path]["post"]["responses"])
+        assert {"200", "400", "413", "422", "502", "503"} <= statuses and "401" not in statuses  # no key set
+    assert "404" in schema["paths"]["/v1/embeddings"]["post"]["responses"]
+    # ... and the server enforces exactly those numbers
+    ok = {"queries": ["x" * 50] * 4, "k": 20}
+    assert client.post("/search", json=ok).status_code == 200
+    assert client.post("/search", json={**ok, "k": 21}).status_code == 422
+    assert client.post("/search", json={**ok, "queries": ["x" * 51]}).status_code == 413
+    assert client.post("/search", json={**ok, "queries": ["x"] * 5}).status_code == 413
+
+
+def test_docs_load_without_a_cdn(client):
+    """Issue 14.14: /docs and /redoc fetch their scripts and styles from this server."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", html)
+        assert assets and all(a.startswith("/") for a in assets), assets
+        for asset in assets:
+            answer = client.get(asset)
+            assert answer.status_code == 200 and len(answer.content) > 1000, asset
+    assert "cdn" not in client.get("/docs").text.lower()
 
 
 def test_serve_refuses_an_empty_key_variable(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     assert main(["serve", str(tmp_path), "--api-key-env", "NO_SUCH_KEY_VAR"]) == 2
     assert "--api-key-env NO_SUCH_KEY_VAR: that environment variable is empty" in capsys.readouterr().err
+
+
+def test_serve_passes_its_options_to_the_app(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("search_adaptor.server.serve", lambda *args, **kw: seen.update(args=args, kw=kw))
+    assert main(["serve", str(tmp_path), "--retry-budget", "2.5", "--model-name", "scifact"]) == 0
+    assert seen["kw"] == {"retry_budget_s": 2.5, "model_name": "scifact"}
+    assert main(["serve", str(tmp_path)]) == 0 and seen["kw"] == {}  # the server's defaults

@@ -96,10 +96,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
     "search": [A("index", metavar="INDEX_DIR"), A("query"), A("-k", type=_positive_int, default=10), _OUTPUT],
     "serve": [
         A("index", metavar="INDEX_DIR"),
-        A("--host", default="127.0.0.1", help="address to bind (default: loopback only)"),
-        A("--port", type=int, default=8000),
+        A("--host", help="address to bind (default: loopback only)"),
+        A("--port", type=int, help="default 8000"),
         A("--api-key-env", metavar="VAR", help="require Bearer <key>, the key read from VAR"),
         A("--threads", type=_positive_int, metavar="N", help="CPU threads (1 when shared)"),
+        A("--retry-budget", type=_positive_float, dest="retry_budget_s", metavar="S", help="s per API call"),
+        A("--model-name", metavar="NAME", help="/v1 model names NAME-query, NAME-document"),
     ],
     "export": [
         A("adapter", metavar="ADAPTER_DIR"),
@@ -147,9 +149,8 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
 
     if args.embeddings:
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, adapter=adapter)
-    return embeddings_for(
-        dataset, _encoder(args), cache_dir=args.cache, progress=not args.quiet, adapter=adapter
-    )
+    options = {"cache_dir": args.cache, "progress": not args.quiet, "adapter": adapter}
+    return embeddings_for(dataset, _encoder(args), **options)
 
 
 def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> None:
@@ -256,10 +257,11 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    """serve an index folder over HTTP (POST /search, /embed; GET /health)"""
+    """serve an index folder over HTTP (POST /search, /embed, /v1/embeddings; GET /health)"""
     from search_adaptor.server import serve
 
-    serve(args.index, args.host, args.port, args.api_key_env, args.threads)
+    keys = ("host", "port", "api_key_env", "threads", "retry_budget_s", "model_name")
+    serve(args.index, **{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ zero-shot model and every query-only adapter of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,10 +34,11 @@ import numpy as np
 
 from search_adaptor import __version__
 from search_adaptor.embed import Embeddings
-from search_adaptor.encoders.base import Encoder
+from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind
 from search_adaptor.encoders.registry import from_info
 from search_adaptor.files import Staged, inside, read_json
-from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor, as_adapter
+from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter
+from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
 from search_adaptor.pipeline import JobStats, adapted_chunks, embed_and_adapt
 from search_adaptor.vectors import iter_vectors
 
@@ -51,6 +53,9 @@ _BUILD_CHUNK = 8192  # documents embedded and adapted at a time: bounds memory o
 _EF_CONSTRUCTION = 200
 Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
+#: query vectors adapted into a thread's reused arrays by :meth:`AdaptedIndex.search`; more go through
+#: ``transform_queries`` (chunked, so a million rows do not keep a million-row workspace alive)
+_SMALL_BATCH = 1024
 
 
 def import_faiss() -> Any:
@@ -102,8 +107,11 @@ class AdaptedIndex:
         self.doc_ids = list(doc_ids)
         self.manifest = dict(manifest)
         self._encoder = encoder
-        self._query_encoder: AdaptedEncoder | None = None
+        self._checked: Encoder | None = None  # the encoder last checked against the adapter
+        self._sides: dict[Kind, NumpyNet | None] | None = None
         self._lock = threading.Lock()
+        self._serial = threading.Lock()  # encoders that run one batch at a time (a local model)
+        self._local = threading.local()  # each thread's Workspace
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -368,22 +376,74 @@ class AdaptedIndex:
                 self._encoder = from_info(self.manifest["encoder"])
             return self._encoder
 
+    def configure_encoder(self, **options: Any) -> bool:
+        """Recreate the base encoder from the manifest with ``options`` unless one was given.
+
+        ``options`` are :func:`~search_adaptor.encoders.registry.from_info` overrides that do not
+        change the vectors (``retry_budget_s``, ``timeout``, ``max_concurrency``): a server gives its
+        API encoder a short retry budget this way. An encoder given to the constructor or to
+        :meth:`load` is kept as it was made. Returns whether the encoder was recreated.
+        """
+        with self._lock:
+            if self._encoder is not None:
+                return False
+            self._encoder = from_info(self.manifest["encoder"], **options)
+            return True
+
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Adapted, unit-norm query vectors of ``texts`` (embedded without the store: nothing is cached).
+        """Adapted, unit-norm query vectors of ``texts`` (see :meth:`embed`)."""
+        return self.embed(texts, "query")
+
+    def embed(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray:
+        """Adapted, unit-norm vectors of ``texts`` as queries or as documents.
+
+        Each text's vector is, bit for bit, the one it gets alone, whatever else is in ``texts``: the
+        texts go to the encoder in groups of equal :meth:`~search_adaptor.encoders.base.Encoder.batch_keys`
+        (a local model: equal token counts), so a server may merge concurrent requests into one
+        call. Embedded without the store: nothing is cached.
 
         Returns
         -------
         ndarray of shape (len(texts), dim), float32
+
+        Raises
+        ------
+        InputsRejected
+            Texts the provider cannot embed (named), with the adapted vectors of the others.
+        EncoderError
+            The encoder failed.
         """
         if isinstance(texts, str):
-            raise TypeError("embed_queries() takes a list of texts; wrap a single query in a list")
-        encoder = self.encoder
-        if self._query_encoder is None:
-            self._query_encoder = AdaptedEncoder(encoder, self.adapter)
-        if encoder.max_concurrency > 1:
-            return self._query_encoder.encode_queries(list(texts))
-        with self._lock:  # a local model runs one batch at a time (its tokenizer is not thread-safe)
-            return self._query_encoder.encode_queries(list(texts))
+            raise TypeError("embed() takes a list of texts; wrap a single query or document in a list")
+        texts = list(texts)
+        if not texts:
+            raise ValueError("nothing to embed: the list of texts is empty")
+        encoder = self._text_encoder()
+        serial = self._serial if encoder.max_concurrency == 1 else contextlib.nullcontext()
+        encode = encoder.encode_queries if kind == "query" else encoder.encode_corpus
+        groups: dict[Any, list[int]] = {}
+        parts, rejected = [], {}
+        with serial:  # a local model's tokenizer is not thread-safe
+            for row, key in enumerate(encoder.batch_keys(texts, kind)):
+                groups.setdefault(key, []).append(row)
+            for rows in groups.values():
+                try:
+                    parts.append(encode([texts[r] for r in rows]))
+                except InputsRejected as exc:
+                    parts.append(exc.vectors)
+                    rejected.update({rows[i]: reason for i, reason in exc.rejected.items()})
+        order = np.fromiter((r for rows in groups.values() for r in rows), dtype=np.int64, count=len(texts))
+        base = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+        base[order] = np.concatenate(parts)
+        side = self._side(kind)
+        what = "queries" if kind == "query" else "corpus"
+        if not rejected:
+            return adapt_rows(side, base, what)
+        kept = np.setdiff1d(np.arange(len(texts)), list(rejected))
+        out = np.full_like(base, np.nan)
+        if len(kept):
+            out[kept] = adapt_rows(side, base[kept], what)
+        raise InputsRejected.of(encoder.provider, texts, out, rejected)
 
     def search(self, queries: Sequence[str] | np.ndarray, k: int = 10) -> Hits:
         """Top-``k`` documents for each query, best first.
@@ -399,24 +459,56 @@ class AdaptedIndex:
         -------
         list (one per query) of lists of (doc_id, cosine score)
         """
-        if isinstance(queries, np.ndarray):
-            vectors = self.adapter.transform_queries(queries)
-        else:
-            vectors = self.embed_queries(queries)
-        return self.search_adapted(vectors, k)
+        if not isinstance(queries, np.ndarray):
+            return self.search_adapted(self.embed_queries(queries), k)
+        if queries.ndim != 2 or queries.shape[1] != self.dim or len(queries) > _SMALL_BATCH:
+            return self.search_adapted(self.adapter.transform_queries(queries), k)  # names what is wrong
+        vectors = np.asarray(queries, dtype=np.float32)
+        return self.search_adapted(adapt_rows(self._side("query"), vectors, "queries", self._work()), k)
 
     def search_adapted(self, vectors: np.ndarray, k: int = 10) -> Hits:
-        """Top-``k`` documents for already adapted, unit-norm query vectors (see :meth:`search`)."""
+        """Top-``k`` documents for already adapted, unit-norm query vectors (see :meth:`search`).
+
+        One FAISS search for all rows, into arrays this thread reuses. A row's hits do not depend on
+        the other rows (FAISS scores each query alone); ties between equal scores are ordered as
+        FAISS orders them for this ``k``.
+        """
         if int(k) < 1:
             raise ValueError(f"k must be >= 1; got {k}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise CompatibilityError(f"queries: expected shape (n, {self.dim}), got {vectors.shape}")
-        scores, rows = self.faiss_index.search(vectors, min(int(k), self.n_docs))
+        k = min(int(k), self.n_docs)
+        work = self._work()
+        scores = work.array("hit_scores", len(vectors), k)
+        rows = work.array("hit_rows", len(vectors), k, np.int64)
+        self.faiss_index.search(vectors, k, D=scores, I=rows)
+        ids = self.doc_ids
         return [
-            [(self.doc_ids[r], float(s)) for r, s in zip(row, score, strict=True) if r >= 0]
+            [(ids[r], s) for r, s in zip(row, score, strict=True) if r >= 0]
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
+
+    def _text_encoder(self) -> Encoder:
+        """:attr:`encoder`, checked once against the adapter (one given by hand may be another model)."""
+        encoder = self.encoder
+        if self._checked is not encoder:
+            self.adapter.check_encoder(encoder)
+            self._checked = encoder
+        return encoder
+
+    def _side(self, kind: Kind) -> NumpyNet | None:
+        """The adapter's query or document network in numpy, read once (an index serves a fixed adapter)."""
+        if self._sides is None:
+            self._sides = {side: self.adapter.numpy_side(side) for side in KINDS}
+        return self._sides[kind]
+
+    def _work(self) -> Workspace:
+        """This thread's arrays for adapting and searching small batches without allocating."""
+        work = getattr(self._local, "work", None)
+        if work is None:
+            work = self._local.work = Workspace()
+        return work
 
 
 def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:

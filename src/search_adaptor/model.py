@@ -30,8 +30,8 @@ from search_adaptor import __version__
 from search_adaptor.encoders.base import Encoder, Kind, check_vectors
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
-from search_adaptor.networks import ARCHITECTURES, MODES, ResidualAdapter, build_nets, numpy_forward
-from search_adaptor.retrieval import l2_normalize, row_norms
+from search_adaptor.networks import ARCHITECTURES, MODES, NumpyNet, ResidualAdapter, adapt_rows, build_nets
+from search_adaptor.retrieval import l2_normalize
 from search_adaptor.training import TrainResult, train
 from search_adaptor.variants import MAX_STEPS, VAL_FRACTION
 
@@ -42,7 +42,6 @@ CONFIG, WEIGHTS, CARD = "config.json", "adapter.safetensors", "README.md"
 NEGATIVES = ("random", "hard", "mixed", "all")
 INITS = ("identity", "pca")
 MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
-_CHUNK = 65536  # rows per transform chunk: bounds memory on large corpora
 _LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
 _warned_no_encoder: set[str] = set()
 
@@ -356,27 +355,24 @@ class SearchAdaptor:
                 f"{what}: this adapter expects {self.dim_}-d embeddings of {self._encoder_name()}, "
                 f"got {got}-d; embed with the same model as at training time"
             )
-        norms = row_norms(arr)
-        if not np.isfinite(norms).all():
-            row = int(np.argmax(~np.isfinite(norms)))
-            raise ValueError(f"{what}: row {row} contains NaN or inf; fix the embeddings before adapting")
-        # the identity adapter changes nothing, unless it starts with a projection (a PCA rotation)
-        identity = net is None or (self.best_step_ == 0 and net.project is None)
-        if len(norms) and np.abs(norms - 1.0).max() > 1e-6:
-            arr = (arr / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
-        elif identity:  # unit rows already (most models and APIs return them): skip a pass, not the copy
-            arr = arr.copy()
-        if identity:
-            out = arr
-        elif len(arr) <= _CHUNK:
-            out = numpy_forward(net, arr)
-        else:
-            out = np.empty_like(arr)
-            for i in range(0, len(arr), _CHUNK):
-                out[i : i + _CHUNK] = numpy_forward(net, arr[i : i + _CHUNK])
+        out = adapt_rows(self._numpy_net(net), arr, what)
         if dim is not None and dim < self.dim_:  # a Matryoshka prefix: the first dim coordinates
             return l2_normalize(np.ascontiguousarray(out[:, :dim]))
-        return out if identity else l2_normalize(out, out=out)
+        return out
+
+    def _numpy_net(self, net: ResidualAdapter | None) -> NumpyNet | None:
+        """``net`` in numpy, as it is now; None where the side only normalises (no network, or the
+        identity: best step 0, unless it starts with a projection, which it then keeps)."""
+        if net is None or (self.best_step_ == 0 and net.project is None):
+            return None
+        return NumpyNet(net)
+
+    def numpy_side(self, kind: Kind) -> NumpyNet | None:
+        """What :meth:`transform_queries` (``"query"``) or :meth:`transform_corpus` (``"document"``) runs,
+        with the weights as they are now: for callers that adapt many small batches and keep it (a
+        served index), through :func:`~search_adaptor.networks.adapt_rows`."""
+        self._check_fitted()
+        return self._numpy_net(self.query_net_ if kind == "query" else self.corpus_net_)
 
     def transform_queries(
         self, X: np.ndarray, encoder: EncoderLike | None = None, dim: int | None = None

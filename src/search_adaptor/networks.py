@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from search_adaptor.retrieval import l2_normalize, row_norms
+
 ARCHITECTURES = ("mlp", "linear")
 MODES = ("shared", "query_only", "separate")
 #: BLAS libraries compute batches of one to three rows with matrix-vector kernels whose float32
@@ -23,6 +25,7 @@ MODES = ("shared", "query_only", "separate")
 #: this many rows so that a row's adapted vector never depends on the batch it came in (one query,
 #: a serving batch, a corpus chunk, a Ray batch: bit-identical).
 _MIN_GEMM_ROWS = 4
+_CHUNK = 65536  # rows per forward pass of a large transform: bounds its temporaries
 
 
 def init_linears(module: nn.Module, generator: torch.Generator | None) -> None:
@@ -154,25 +157,107 @@ def _dense(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
     return cached[1], cached[2]
 
 
-def numpy_forward(net: ResidualAdapter, x: np.ndarray) -> np.ndarray:
-    """``net(x)`` computed with numpy (no torch call), on cached copies of the weights.
+class Workspace:
+    """Arrays reused from call to call, one per name, grown when a call needs more rows.
+
+    Give each thread its own: results computed into a workspace are views of its arrays, valid
+    until the next call that uses the same workspace.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, rows: int, cols: int, dtype: type = np.float32) -> np.ndarray:
+        """A C-contiguous ``(rows, cols)`` array of ``dtype`` (contents undefined)."""
+        held = self._arrays.get(name)
+        if held is None or held.shape[0] < rows or held.shape[1] != cols or held.dtype != dtype:
+            held = np.empty((max(rows, _MIN_GEMM_ROWS), cols), dtype=dtype)
+            self._arrays[name] = held
+        return held[:rows]
+
+
+class NumpyNet:
+    """A :class:`ResidualAdapter` in numpy: its layers' weights, read once, and a forward pass.
 
     Inference is one or two small matmuls per batch; torch's per-call dispatch and its thread pool
     (which oversubscribes the cores of a busy serving host) cost far more than the arithmetic, so a
     one-query search pays a few microseconds here instead of milliseconds. Training stays in torch.
+    The weights are the cached copies of :func:`_dense`, taken when this object is made: a served
+    index makes one and keeps it; :func:`numpy_forward` makes one per call and so sees training's
+    in-place updates.
     """
-    n = len(x)
-    if n < _MIN_GEMM_ROWS:  # see _MIN_GEMM_ROWS: the same kernel for every batch size
-        x = np.concatenate([x, np.zeros((_MIN_GEMM_ROWS - n, x.shape[1]), dtype=x.dtype)])
-    if net.project is not None:
-        x = x @ _dense(net.project)[0]
-    h = x
-    for layer, relu in linear_layers(net):
-        weight_t, bias = _dense(layer)
-        h = h @ weight_t  # a new array: the in-place ops below are safe
-        h += bias
-        if relu:
-            np.maximum(h, 0.0, out=h)
-    if net.residual:
-        h += x
-    return h[:n]
+
+    def __init__(self, net: ResidualAdapter) -> None:
+        self.project = None if net.project is None else _dense(net.project)[0]
+        self.layers = [(*_dense(layer), relu) for layer, relu in linear_layers(net)]
+        self.residual = net.residual
+
+    def forward(self, x: np.ndarray, work: Workspace | None = None) -> np.ndarray:
+        """``net(x)`` for float32 ``x`` of shape (n, dim); into ``work``'s arrays when given."""
+        work = work if work is not None else Workspace()
+        n = len(x)
+        if n < _MIN_GEMM_ROWS:  # see _MIN_GEMM_ROWS: the same kernel for every batch size
+            padded = work.array("padded", _MIN_GEMM_ROWS, x.shape[1])
+            padded[:n] = x
+            padded[n:] = 0.0
+            x = padded
+        if self.project is not None:
+            x = np.matmul(x, self.project, out=work.array("projected", len(x), self.project.shape[1]))
+        h = x
+        for i, (weight_t, bias, relu) in enumerate(self.layers):
+            h = np.matmul(h, weight_t, out=work.array(f"layer{i % 2}", len(x), weight_t.shape[1]))
+            h += bias
+            if relu:
+                np.maximum(h, 0.0, out=h)
+        if self.residual:
+            h += x
+        return h[:n]
+
+
+def numpy_forward(net: ResidualAdapter, x: np.ndarray) -> np.ndarray:
+    """``net(x)`` computed with numpy (no torch call), on the current weights (see :class:`NumpyNet`)."""
+    return NumpyNet(net).forward(x)
+
+
+def adapt_rows(net: NumpyNet | None, x: np.ndarray, what: str, work: Workspace | None = None) -> np.ndarray:
+    """One side of an adapter applied to embeddings: unit rows in, ``net``, unit rows out.
+
+    Parameters
+    ----------
+    net : NumpyNet or None
+        The side's network; None for a side that only normalises (query-only documents, identity).
+    x : ndarray of shape (n, dim), float32
+        Rows that are not unit-norm (more than 1e-6 off) are normalised first.
+    what : str
+        Names the rows in errors (``"queries"``, ``"corpus"``).
+    work : Workspace, optional
+        Compute into its arrays (no allocation once they have grown; the result is one of them);
+        a new array is returned otherwise.
+
+    Raises
+    ------
+    ValueError
+        A row with NaN or inf, naming the first.
+    """
+    norms = row_norms(x)
+    if not np.isfinite(norms).all():
+        row = int(np.argmax(~np.isfinite(norms)))
+        raise ValueError(f"{what}: row {row} contains NaN or inf; fix the embeddings before adapting")
+    rows = work.array("rows", *x.shape) if work is not None else None
+    if len(norms) and np.abs(norms - 1.0).max() > 1e-6:
+        x = np.divide(x, np.maximum(norms, 1e-12)[:, None], out=rows)
+    elif net is None:  # unit rows already (most models and APIs return them): skip a pass, not the copy
+        if rows is None:
+            x = x.copy()
+        else:
+            np.copyto(rows, x)
+            x = rows
+    if net is None:
+        return x
+    if len(x) <= _CHUNK:
+        out = net.forward(x, work)
+    else:
+        out = np.empty_like(x)
+        for i in range(0, len(x), _CHUNK):
+            out[i : i + _CHUNK] = net.forward(x[i : i + _CHUNK])
+    return l2_normalize(out, out=out)

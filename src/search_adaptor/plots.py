@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from search_adaptor.model import l2_normalize
+from search_adaptor.retrieval import l2_normalize
 
 __all__ = ["plot_data_efficiency", "plot_learning_curves", "plot_similarity", "similarity_samples"]
 

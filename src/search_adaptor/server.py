@@ -1,42 +1,127 @@
 """HTTP search over an :class:`~search_adaptor.index.AdaptedIndex` (FastAPI; ``search-adaptor serve``).
 
-Endpoints: ``POST /search`` (top-k documents per query text), ``POST /embed`` (adapted query
-vectors, e.g. for another vector database), ``GET /health`` (unauthenticated, for probes), and the
-OpenAPI schema and docs FastAPI serves at ``/openapi.json`` and ``/docs``. With an API key every
-``POST`` needs ``Authorization: Bearer <key>``. Batch size, ``k``, query length and body size are
-bounded, so one request cannot exhaust the server; refusals are 413 (too much) or 422 (invalid),
-with a message saying what the limit is.
+Endpoints
+---------
+``POST /search``
+    Top-k documents per query text.
+``POST /embed``
+    Adapted vectors of texts, as queries (default) or as documents, e.g. for another vector database.
+``POST /v1/embeddings``, ``GET /v1/models``
+    The same vectors in the OpenAI wire format, so that any OpenAI client (the ``openai`` SDK,
+    LangChain's ``OpenAIEmbeddings``) uses the adapted model by changing its base URL. The side is
+    the model name: ``<name>-query`` or ``<name>-document`` (``model_name``, default
+    ``search-adaptor``), as ``GET /v1/models`` lists.
+``GET /health``
+    Unauthenticated, for probes.
+
+With an API key every other endpoint needs ``Authorization: Bearer <key>``. Texts per request,
+characters per text, ``k`` and body size are bounded; the OpenAPI schema (``/openapi.json``, with
+Swagger UI at ``/docs`` and ReDoc at ``/redoc``, served from this package, no CDN) declares each limit
+and every status an endpoint can return. Refusals are one line: 413 (too much), 422 (invalid, naming
+the field), 400 (not JSON text), 401 (key), 404 (no such ``/v1`` model), 502 (the embedding provider
+failed: named, never its URL or credentials) and 503 (too many texts waiting: retry after
+``Retry-After``). ``/v1`` answers errors as OpenAI does
+(``{"error": {"message", "type", "param", "code"}}``), the others as ``{"detail": "..."}``.
+
+Concurrent requests are micro-batched: waiting requests are merged into one encoder call and one
+FAISS search (per ``k``), and each answer is bit for bit the one the request gets alone
+(:meth:`AdaptedIndex.embed <search_adaptor.index.AdaptedIndex.embed>`).
 """
 
-from __future__ import annotations
-
+import asyncio
+import base64
+import concurrent.futures
 import hmac
 import ipaddress
 import json
+import logging
 import os
+import queue
 import sys
-from typing import Any
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, WithJsonSchema
+from pydantic import create_model as pydantic_model
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_adaptor import __version__
-from search_adaptor.encoders import LOCAL
-from search_adaptor.encoders.base import EncoderError
-from search_adaptor.index import AdaptedIndex, import_faiss
+from search_adaptor.encoders import API_CLASSES, LOCAL
+from search_adaptor.encoders.base import EncoderError, InputsRejected, Kind
+from search_adaptor.index import AdaptedIndex, Hits, import_faiss
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
 MAX_K = 100
 MAX_CHARS = 8192
+#: seconds one call of an API embedding model may take, retries included, while serving
+RETRY_BUDGET_S = 10.0
+MODEL_NAME = "search-adaptor"
+#: how long a worker waits for more requests after the first one of a batch
+BATCH_WINDOW_S = 0.002
+#: texts per merged encoder call
+MAX_BATCH_TEXTS = 256
+#: texts waiting, in batches of ``max_batch``, beyond which requests get 503
+MAX_PENDING_BATCHES = 32
+_IDLE_S = 5.0  # a worker with nothing to do for this long stops (the next request starts one)
+_V1 = "/v1/"
+_OPENAI_TYPES = {
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    502: "server_error",
+    503: "server_error",
+}
+_STATUSES = {
+    400: "the body is not JSON text (e.g. not UTF-8)",
+    401: "missing or wrong API key",
+    404: "no such model: GET /v1/models lists them",
+    413: "too many texts, a text too long, or a body too large (the message names the limit)",
+    422: "invalid body (the message names the field)",
+    502: "the embedding provider failed (named; details in the server log)",
+    503: "too many texts waiting: retry after the Retry-After header's seconds",
+}
 
 
-class SearchRequest(BaseModel):
-    """Body of ``POST /search``."""
+class Health(BaseModel):
+    """Answer of ``GET /health``: what is being served."""
 
-    queries: list[str] = Field(min_length=1, description="query texts, embedded as queries")
-    k: int = Field(10, ge=1, description="results per query")
+    status: str
+    n_docs: int
+    dim: int
+    backend: str
+    mode: str
+    model: str
+
+
+class Error(BaseModel):
+    """Every refusal outside ``/v1``: one line saying what is wrong and, for a limit, what it is."""
+
+    detail: str
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """Every refusal under ``/v1``, as OpenAI's API writes it."""
+
+    error: OpenAIErrorDetail
 
 
 class Hit(BaseModel):
@@ -52,28 +137,169 @@ class SearchResponse(BaseModel):
     results: list[list[Hit]] = Field(description="one list per query, best first")
 
 
-class EmbedRequest(BaseModel):
-    """Body of ``POST /embed``."""
-
-    queries: list[str] = Field(min_length=1, description="query texts")
-
-
 class EmbedResponse(BaseModel):
     """Answer of ``POST /embed``."""
 
-    embeddings: list[list[float]] = Field(description="adapted, unit-norm query vectors")
+    embeddings: list[list[float]] = Field(description="adapted, unit-norm vectors, one per text")
     dim: int
 
 
-class Health(BaseModel):
-    """Answer of ``GET /health``: what is being served."""
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32")
 
-    status: str
-    n_docs: int
-    dim: int
-    backend: str
-    mode: str
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="tokens the base model's API bills (estimated); 0 for a local one")
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    """Answer of ``POST /v1/embeddings`` (OpenAI's format)."""
+
+    object: Literal["list"] = "list"
+    data: list[Embedding]
     model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """Answer of ``GET /v1/models``: the query side and the document side of the adapted model."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask; the request schemas and their enforcement are both made from it."""
+
+    max_batch: int = MAX_BATCH
+    max_k: int = MAX_K
+    max_chars: int = MAX_CHARS
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest body that can hold ``max_batch`` texts of ``max_chars`` (6: a JSON ``\\uXXXX``)."""
+        return self.max_batch * (6 * self.max_chars + 8) + 1024
+
+
+def _token_ids(value: Any) -> bool:
+    """Whether ``value`` is a non-empty list of integers (one text as token ids)."""
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+
+def _one_or_many(value: Any) -> Any:
+    """OpenAI's ``input``: one text or a list of texts; token ids are refused, saying what to send."""
+    if isinstance(value, str):
+        return [value]
+    if _token_ids(value) or (isinstance(value, list) and value and all(_token_ids(v) for v in value)):
+        raise PydanticCustomError(
+            "token_ids",
+            "token ids are not accepted: send text (LangChain: OpenAIEmbeddings(..., "
+            "check_embedding_ctx_length=False))",
+        )
+    return value
+
+
+def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
+    """The request bodies, with every limit in their JSON schema and enforced by the same fields."""
+    text = Annotated[StrictStr, Field(max_length=limits.max_chars)]  # lone surrogates fail here too
+    texts = Annotated[list[text], Field(min_length=1, max_length=limits.max_batch)]
+    strict = ConfigDict(strict=True, extra="forbid")
+    search = pydantic_model(
+        "SearchRequest",
+        __config__=strict,
+        __doc__="Body of ``POST /search``.",
+        queries=(texts, Field(description="query texts")),
+        k=(int, Field(10, ge=1, le=limits.max_k, description="results per query")),
+    )
+    embed = pydantic_model(
+        "EmbedRequest",
+        __config__=strict,
+        __doc__="Body of ``POST /embed``.",
+        queries=(texts, Field(description="texts to embed")),
+        kind=(Literal["query", "document"], Field("query", description="embed them as queries or documents")),
+    )
+    string = {"type": "string", "maxLength": limits.max_chars}
+    one_or_many = {
+        "anyOf": [string, {"type": "array", "items": string, "minItems": 1, "maxItems": limits.max_batch}]
+    }
+    embeddings = pydantic_model(
+        "EmbeddingsRequest",
+        __config__=strict,
+        __doc__="Body of ``POST /v1/embeddings`` (OpenAI's format).",
+        input=(
+            Annotated[texts, BeforeValidator(_one_or_many), WithJsonSchema(one_or_many)],
+            Field(description="one text or a list of texts"),
+        ),
+        model=(StrictStr, Field(description="<name>-query or <name>-document (GET /v1/models)")),
+        encoding_format=(
+            Literal["float", "base64"],
+            Field("float", description="base64: little-endian float32"),
+        ),
+        dimensions=(int | None, Field(None, ge=1, description="if given, the model's dimension")),
+        user=(StrictStr | None, Field(None, description="accepted and ignored")),
+    )
+    return {"search": search, "embed": embed, "embeddings": embeddings}
+
+
+def _error_body(path: str, status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """The JSON of a refusal: OpenAI's shape under ``/v1``, ``{"detail": ...}`` elsewhere."""
+    if not path.startswith(_V1):
+        return {"detail": message}
+    code = {401: "invalid_api_key", 404: "model_not_found"}.get(status)
+    kind = _OPENAI_TYPES.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error(
+    request: Request, status: int, message: str, param: str | None = None, **headers: str
+) -> JSONResponse:
+    return JSONResponse(
+        _error_body(request.url.path, status, message, param), status, headers=headers or None
+    )
+
+
+def _where(loc: Sequence[Any]) -> str:
+    """``("body", "queries", 1)`` -> ``queries[1]``."""
+    parts = [p for p in loc if p != "body"]
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    return text or "body"
+
+
+def _validation_refusal(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str, str]:
+    """(status, one line, field) for pydantic's errors: 413 for a size limit, 422 for the rest.
+
+    The client's input is never echoed (it may hold NaN, lone surrogates or 8,000 characters).
+    """
+    sized = [e for e in errors if e["type"] in ("too_long", "string_too_long")]
+    first = (sized or errors)[0]
+    where, ctx = _where(first["loc"]), first.get("ctx") or {}
+    if first["type"] == "too_long":
+        message = f"{ctx['actual_length']} texts in {where}; this server takes at most {ctx['max_length']}"
+    elif first["type"] == "string_too_long":
+        message = (
+            f"{where} has {len(first['input'])} characters; this server takes at most {ctx['max_length']}"
+        )
+    elif first["type"] == "string_unicode":  # a lone surrogate ("\ud800"): no tokenizer takes it
+        message = f"{where}: not valid Unicode (a lone surrogate); send UTF-8 text"
+    elif first["type"] == "less_than_equal":
+        message = f"{where} = {first['input']} is above this server's limit of {ctx['le']}"
+    else:
+        message = f"{where}: {first['msg']}"
+    more = len(errors) - 1
+    if more:
+        message += f" (and {more} more error{'s' if more > 1 else ''})"
+    return (413 if sized else 422), message, where
 
 
 class _BodyLimit:
@@ -83,9 +309,9 @@ class _BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _refuse(self, send: Send) -> None:
-        detail = f"request body over {self.max_bytes} bytes; send fewer or shorter queries per request"
-        body = json.dumps({"detail": detail}).encode()
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        detail = f"request body over {self.max_bytes} bytes; send fewer or shorter texts per request"
+        body = json.dumps(_error_body(scope["path"], 413, detail)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -96,7 +322,7 @@ class _BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, send)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -106,7 +332,7 @@ class _BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
             more = message.get("more_body", False)
         replayed = False
@@ -121,6 +347,144 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
 
+class Busy(Exception):
+    """More texts are waiting than the server takes: the client should retry shortly (503)."""
+
+
+class Rejected(Exception):
+    """The embedding model cannot take one of the request's texts (422); ``where`` names it."""
+
+    def __init__(self, where: int, reason: str) -> None:
+        super().__init__(reason)
+        self.where = where
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    kind: Kind
+    k: int | None  # None: vectors only
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class Batcher:
+    """Merges the texts of concurrent requests into one embedding call and one FAISS search.
+
+    A worker thread takes the first waiting request, then every request that arrives within
+    ``window_s`` or is already waiting, up to ``max_texts`` texts, embeds them in one
+    :meth:`AdaptedIndex.embed <search_adaptor.index.AdaptedIndex.embed>` call per side (whose
+    answers do not depend on the batch), and searches the query vectors once per distinct ``k``.
+    There is one worker per call the encoder may have in flight (one for a local model); workers
+    stop when idle and start again on demand.
+
+    Parameters
+    ----------
+    index : AdaptedIndex
+    max_texts : int
+        Texts per merged call (a single larger request is taken alone).
+    window_s : float
+        Seconds a worker waits for more requests after the first one.
+    max_pending : int
+        Texts allowed to wait; a request beyond it raises :class:`Busy` at once.
+    """
+
+    def __init__(self, index: AdaptedIndex, max_texts: int, window_s: float, max_pending: int) -> None:
+        self.index = index
+        self.max_texts = max_texts
+        self.window_s = window_s
+        self.max_pending = max_pending
+        self.workers = max(1, index.encoder.max_concurrency)
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._running = 0
+
+    def submit(self, texts: list[str], kind: Kind, k: int | None = None) -> concurrent.futures.Future:
+        """Queue a request; its future holds the vectors (``k`` None) or the hits.
+
+        Raises
+        ------
+        Busy
+            ``max_pending`` texts are already waiting.
+        """
+        job = _Job(texts, kind, k)
+        with self._lock:
+            if self._pending and self._pending + len(texts) > self.max_pending:
+                raise Busy(f"{self._pending} texts are waiting; retry in a second")
+            self._pending += len(texts)
+            self._queue.put(job)
+            if self._running < self.workers:
+                self._running += 1
+                threading.Thread(target=self._work, name="search-adaptor-batcher", daemon=True).start()
+        return job.future
+
+    def _work(self) -> None:
+        carried: _Job | None = None
+        while True:
+            try:
+                first = carried or self._queue.get(timeout=_IDLE_S)
+            except queue.Empty:
+                with self._lock:  # submit() queues under this lock: nothing is left behind
+                    if self._queue.empty():
+                        self._running -= 1
+                        return
+                continue
+            jobs, carried = self._gather(first)
+            with self._lock:
+                self._pending -= sum(len(job.texts) for job in jobs)
+            self._answer([job for job in jobs if job.future.set_running_or_notify_cancel()])
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None]:
+        """``first`` and the requests that fit after it; the one that did not fit is carried over."""
+        jobs, size = [first], len(first.texts)
+        deadline = time.monotonic() + self.window_s
+        while size < self.max_texts:
+            try:
+                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if size + len(job.texts) > self.max_texts:
+                return jobs, job
+            jobs.append(job)
+            size += len(job.texts)
+        return jobs, None
+
+    def _answer(self, jobs: list[_Job]) -> None:
+        for kind in {job.kind for job in jobs}:
+            side = [job for job in jobs if job.kind == kind]
+            try:
+                self._answer_side(side, kind)
+            except Exception as exc:  # the encoder failed (or a bug): every request of the call hears it
+                for job in side:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+
+    def _answer_side(self, jobs: list[_Job], kind: Kind) -> None:
+        texts = [text for job in jobs for text in job.texts]
+        rejected: dict[int, str] = {}
+        try:
+            vectors = self.index.embed(texts, kind)
+        except InputsRejected as exc:  # only the requests holding a rejected text fail
+            vectors, rejected = exc.vectors, exc.rejected
+        starts = np.cumsum([0] + [len(job.texts) for job in jobs])
+        searches: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            bad = [row - starts[i] for row in sorted(rejected) if starts[i] <= row < starts[i + 1]]
+            if bad:
+                job.future.set_exception(Rejected(int(bad[0]), rejected[starts[i] + bad[0]]))
+            elif job.k is None:
+                job.future.set_result(vectors[starts[i] : starts[i + 1]])
+            else:
+                searches.setdefault(job.k, []).append(i)
+        for k, members in searches.items():
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
+            hits = self.index.search_adapted(vectors[rows], k)
+            at = 0
+            for i in members:
+                jobs[i].future.set_result(hits[at : at + len(jobs[i].texts)])
+                at += len(jobs[i].texts)
+
+
 def create_app(
     index: AdaptedIndex,
     api_key: str | None = None,
@@ -128,6 +492,10 @@ def create_app(
     max_batch: int = MAX_BATCH,
     max_k: int = MAX_K,
     max_chars: int = MAX_CHARS,
+    retry_budget_s: float | None = RETRY_BUDGET_S,
+    model_name: str = MODEL_NAME,
+    batch_window_s: float = BATCH_WINDOW_S,
+    max_batch_texts: int = MAX_BATCH_TEXTS,
 ) -> FastAPI:
     """A FastAPI app searching ``index``.
 
@@ -137,20 +505,39 @@ def create_app(
         Its encoder is created (and a local model loaded) here, so a missing API key or model fails
         at start-up rather than on the first request.
     api_key : str, optional
-        When set, ``POST`` requests need ``Authorization: Bearer <api_key>`` (compared in constant
-        time); others get 401. ``/health`` stays open for load-balancer probes.
+        When set, every endpoint but ``/health`` and the docs needs ``Authorization: Bearer
+        <api_key>`` (compared in constant time); others get 401.
     max_batch, max_k, max_chars : int
-        Most queries per request, results per query, and characters per query (413/422 beyond).
+        Most texts per request, results per query, and characters per text (413/422 beyond).
+    retry_budget_s : float, optional
+        Seconds one call of an API embedding model may take, retries included, when the index
+        recreates its encoder from the manifest (an encoder given to the index is used as made);
+        a failing provider then costs a request this long, not minutes. None: the provider's own.
+    model_name : str
+        ``/v1`` serves ``<model_name>-query`` and ``<model_name>-document``.
+    batch_window_s, max_batch_texts : float, int
+        How long a batch waits for more requests after its first, and its most texts.
     """
+    if retry_budget_s is not None and index.manifest["encoder"].get("provider") in API_CLASSES:
+        index.configure_encoder(retry_budget_s=retry_budget_s)
     encoder = index.encoder
     if encoder.provider == LOCAL:  # load the model now: free, and the first request does not pay for it
         index.embed_queries(["warm-up"])
-    app = FastAPI(
+    limits = Limits(max_batch, max_k, max_chars)
+    models = _request_models(limits)
+    SearchRequest, EmbedRequest, EmbeddingsRequest = models["search"], models["embed"], models["embeddings"]
+    batcher = Batcher(index, max(max_batch_texts, max_batch), batch_window_s, MAX_PENDING_BATCHES * max_batch)
+    sides: dict[str, Kind] = {f"{model_name}-query": "query", f"{model_name}-document": "document"}
+    created = int(time.time())
+    app = FastAPIOffline(
         title="search-adaptor",
         version=__version__,
-        description=f"Search {index.n_docs} documents with an adapted {encoder.model} embedding model.",
+        description=(
+            f"Search {index.n_docs} documents with an adapted {encoder.model} embedding model. Limits per "
+            f"request: {max_batch} texts, {max_chars} characters per text, k <= {max_k}."
+        ),
     )
-    app.add_middleware(_BodyLimit, max_bytes=max_batch * (6 * max_chars + 8) + 1024)  # 6: JSON \uXXXX
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
     bearer = HTTPBearer(auto_error=False, description="the key given to `search-adaptor serve`")
     expected = api_key.encode() if api_key else b""
 
@@ -165,40 +552,100 @@ def create_app(
 
     guarded: list[Any] = [Depends(authorize)] if api_key else []
 
-    def check(queries: list[str]) -> None:
-        if len(queries) > max_batch:
-            raise HTTPException(
-                413, f"{len(queries)} queries in one request; this server takes at most {max_batch}"
-            )
-        for i, text in enumerate(queries):
-            if len(text) > max_chars:
-                raise HTTPException(
-                    413, f"queries[{i}] has {len(text)} characters; this server takes at most {max_chars}"
-                )
+    def responses(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
+        shown = [s for s in statuses if s != 401 or api_key]
+        return {s: {"model": model, "description": _STATUSES[s]} for s in shown}
 
-    def embed(queries: list[str]) -> Any:
-        check(queries)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message, where = _validation_refusal(exc.errors())
+        return _error(request, status, message, where)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, str(exc.detail), **(exc.headers or {}))
+
+    async def run(request: Request, texts: list[str], kind: Kind, k: int | None = None) -> Any:
+        """The batcher's answer for one request, its failures turned into refusals."""
         try:
-            return index.embed_queries(queries)
+            return await asyncio.wrap_future(batcher.submit(texts, kind, k))
+        except Busy as exc:
+            raise HTTPException(503, f"the server is busy: {exc}", headers={"Retry-After": "1"}) from None
+        except Rejected as exc:
+            field_name = "input" if request.url.path.startswith(_V1) else "queries"
+            raise HTTPException(422, f"{field_name}[{exc.where}] cannot be embedded: {exc}") from None
         except EncoderError as exc:
-            raise HTTPException(502, f"embedding model failed: {exc}") from exc
+            log.error("embedding failed: %s", exc)
+            raise HTTPException(
+                502, f"the embedding provider {encoder.provider} failed; the server log has the details"
+            ) from None
 
-    @app.post("/search", response_model=SearchResponse, dependencies=guarded)
-    def search(request: SearchRequest) -> dict[str, Any]:
+    native = {"dependencies": guarded, "responses": responses(Error, 400, 401, 413, 422, 502, 503)}
+
+    @app.post("/search", response_model=SearchResponse, **native)
+    async def search(request: Request, body: SearchRequest) -> dict[str, Any]:
         """Top-``k`` documents for each query text, best first."""
-        if request.k > max_k:
-            raise HTTPException(422, f"k = {request.k} is above this server's limit of {max_k}")
-        hits = index.search_adapted(embed(request.queries), request.k)
+        hits: Hits = await run(request, body.queries, "query", body.k)
         return {"results": [[{"id": d, "score": s} for d, s in row] for row in hits]}
 
-    @app.post("/embed", response_model=EmbedResponse, dependencies=guarded)
-    def embed_endpoint(request: EmbedRequest) -> dict[str, Any]:
-        """Adapted, unit-norm query vectors (cosine against the indexed documents)."""
-        vectors = embed(request.queries)
+    @app.post("/embed", response_model=EmbedResponse, **native)
+    async def embed(request: Request, body: EmbedRequest) -> dict[str, Any]:
+        """Adapted, unit-norm vectors of the texts as queries or documents (cosine = inner product)."""
+        vectors = await run(request, body.queries, body.kind)
         return {"embeddings": vectors.tolist(), "dim": int(vectors.shape[1])}
 
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingsResponse,
+        dependencies=guarded,
+        responses=responses(OpenAIError, 400, 401, 404, 413, 422, 502, 503),
+    )
+    async def embeddings(request: Request, body: EmbeddingsRequest) -> dict[str, Any]:
+        """OpenAI's embeddings API: ``model`` ``<name>-query`` or ``<name>-document`` picks the side."""
+        kind = sides.get(body.model)
+        if kind is None:
+            raise HTTPException(
+                404, f"model {body.model!r} does not exist; this server has {', '.join(sides)}"
+            )
+        if body.dimensions is not None and body.dimensions != index.dim:
+            raise HTTPException(422, f"dimensions = {body.dimensions}: this model's vectors have {index.dim}")
+        vectors = await run(request, body.input, kind)
+        if body.encoding_format == "base64":
+            data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+        else:
+            data = vectors.tolist()
+        tokens = encoder.request_tokens(body.input, kind) or 0
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "search-adaptor"}
+
+    @app.get(
+        "/v1/models", response_model=ModelList, dependencies=guarded, responses=responses(OpenAIError, 401)
+    )
+    async def list_models() -> dict[str, Any]:
+        """The two sides of the adapted model, as OpenAI lists models."""
+        return {"object": "list", "data": [card(name) for name in sides]}
+
+    @app.get(
+        "/v1/models/{model}",
+        response_model=ModelCard,
+        dependencies=guarded,
+        responses=responses(OpenAIError, 401, 404),
+    )
+    async def get_model(model: str) -> dict[str, Any]:
+        """One side of the adapted model."""
+        if model not in sides:
+            raise HTTPException(404, f"model {model!r} does not exist; this server has {', '.join(sides)}")
+        return card(model)
+
     @app.get("/health", response_model=Health)
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         """Liveness and what is served; needs no key."""
         return {
             "status": "ok",
@@ -218,12 +665,15 @@ def serve(
     port: int = 8000,
     api_key_env: str | None = None,
     threads: int | None = None,
+    retry_budget_s: float | None = RETRY_BUDGET_S,
+    model_name: str = MODEL_NAME,
 ) -> None:
     """``search-adaptor serve``: load the index folder and serve it with uvicorn until interrupted.
 
     ``api_key_env`` names the environment variable holding the key clients must send (never the key
     itself, which would show in process lists and shell history); serving a non-loopback address
-    without one prints a warning. ``threads`` caps CPU threads of the model, adapter and FAISS.
+    without one prints a warning. ``threads`` caps CPU threads of the model, adapter and FAISS;
+    ``retry_budget_s`` and ``model_name`` are :func:`create_app`'s.
     """
     import uvicorn
 
@@ -253,10 +703,10 @@ def serve(
         torch.set_num_threads(threads)
         import_faiss().omp_set_num_threads(threads)
     index = AdaptedIndex.load(index_dir)
-    app = create_app(index, api_key=key)
+    app = create_app(index, api_key=key, retry_budget_s=retry_budget_s, model_name=model_name)
     print(
         f"search-adaptor: serving {index.n_docs} documents on http://{host}:{port} "
-        f"(OpenAPI docs at /docs{'; API key required' if key else ''})",
+        f"(OpenAPI docs at /docs, OpenAI-compatible embeddings at /v1{'; API key required' if key else ''})",
         file=sys.stderr,
         flush=True,
     )

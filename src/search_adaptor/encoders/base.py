@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -109,6 +109,15 @@ class Encoder(ABC):
             "model": self.model,
             "config": self.config(),
         }
+
+    def batch_keys(self, texts: Sequence[str], kind: Kind) -> list[Hashable]:
+        """One key per text: texts with equal keys embed in one batch exactly as each does alone.
+
+        A caller that merges texts of independent requests into one call (the server's micro-batches)
+        groups them by key, so that an answer never depends on what else was in its batch. By default
+        a text's vector does not depend on its batch: every text gets the same key.
+        """
+        return [None] * len(texts)
 
     def request_tokens(self, texts: Sequence[str], kind: Kind) -> int | None:
         """Estimated tokens a paid API would bill for ``texts``; None for encoders that run locally."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,19 @@ class SentenceTransformerEncoder(Encoder):
                 len(texts[first]),
             )
         return cut
+
+    def batch_keys(self, texts: Sequence[str], kind: Kind) -> list[Hashable]:
+        """The number of tokens the model sees of each text.
+
+        A batch is padded to its longest text, and padding changes the last bits of the other texts'
+        vectors (the attention kernels sum over the padded length), while texts of one length embed
+        in any batch exactly as alone. This tokenizes the texts as :meth:`encode_batch` does.
+        """
+        prompt = self.query_prompt if kind == "query" else self.document_prompt
+        st = self._load()
+        preprocess = getattr(st, "preprocess", None) or st.tokenize  # sentence-transformers < 6: tokenize
+        mask = preprocess(self._cut([prompt + t for t in texts]))["attention_mask"]
+        return [int(n) for n in mask.sum(dim=1).tolist()]
 
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
         prompt = self.query_prompt if kind == "query" else self.document_prompt

@@ -1,0 +1,162 @@
+"""Micro-batching: concurrent requests share encoder calls and FAISS searches, and each answer is, bit for
+bit, the one the request gets alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from search_adaptor.encoders.base import InputsRejected
+from search_adaptor.index import AdaptedIndex
+from test_index import make_adapter
+from test_store import CountingEncoder
+
+pytest.importorskip("fastapi")
+pytest.importorskip("faiss")
+import httpx
+from fastapi.testclient import TestClient
+
+from search_adaptor.server import Batcher, Busy, create_app
+
+
+class PickyEncoder(CountingEncoder):
+    """Rejects texts starting with ``REJECT`` the way an API rejects a text too long for every limit."""
+
+    def encode_batch(self, texts, kind):
+        vectors = super().encode_batch(texts, kind)
+        rejected = {i: "HTTP 400: too long" for i, t in enumerate(texts) if t.startswith("REJECT")}
+        if rejected:
+            vectors[list(rejected)] = np.nan
+            raise InputsRejected.of(self.provider, texts, vectors, rejected)
+        return vectors
+
+
+def fake_index(synthetic, encoder: CountingEncoder) -> AdaptedIndex:
+    info = encoder.info()
+    adapter = make_adapter(info=info, mode="separate")
+    return AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], info, encoder=encoder)
+
+
+def requests(n: int) -> list[tuple[str, dict]]:
+    """A mix of searches (two values of k, duplicate texts) and embeddings of both sides."""
+    out = []
+    for i in range(n):
+        texts = [f"query {i}", f"text {i % 5}"][: 1 + i % 2]
+        if i % 3 == 0:
+            out.append(("/embed", {"queries": texts, "kind": "document" if i % 2 else "query"}))
+        else:
+            out.append(("/search", {"queries": texts, "k": 3 if i % 2 else 7}))
+    return out
+
+
+async def send_together(app, calls: list[tuple[str, dict]]) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+        return await asyncio.gather(*(client.post(path, json=body) for path, body in calls))
+
+
+def test_concurrent_requests_share_calls_and_get_their_lone_answers(synthetic):
+    encoder = CountingEncoder(dim=16, batch_size=64)
+    app = create_app(fake_index(synthetic, encoder), batch_window_s=0.05)
+    calls = requests(40)
+    alone = [TestClient(app).post(path, json=body).json() for path, body in calls]
+    encoder.calls.clear()
+    together = asyncio.run(send_together(app, calls))
+    assert [r.status_code for r in together] == [200] * len(calls)
+    assert [r.json() for r in together] == alone  # floats compared exactly: bit for bit
+    assert len(encoder.calls) < len(calls) / 4, len(encoder.calls)  # merged: a few calls per side
+
+
+def test_a_rejected_text_fails_only_its_own_request(synthetic):
+    app = create_app(fake_index(synthetic, PickyEncoder(dim=16, batch_size=64)), batch_window_s=0.05)
+    calls = [("/search", {"queries": ["fine", "REJECT me"], "k": 2}), *requests(6)]
+    alone = [TestClient(app).post(path, json=body).json() for path, body in calls[1:]]
+    together = asyncio.run(send_together(app, calls))
+    assert together[0].status_code == 422
+    assert together[0].json()["detail"] == "queries[1] cannot be embedded: HTTP 400: too long"
+    assert [r.json() for r in together[1:]] == alone
+
+
+def test_a_full_queue_answers_busy(synthetic):
+    started, release = threading.Event(), threading.Event()
+
+    class SlowEncoder(CountingEncoder):
+        def encode_batch(self, texts, kind):
+            started.set()
+            release.wait(10)
+            return super().encode_batch(texts, kind)
+
+    batcher = Batcher(fake_index(synthetic, SlowEncoder(dim=16)), max_texts=8, window_s=0.0, max_pending=3)
+    first = batcher.submit(["a"], "query")
+    assert started.wait(10)  # the worker holds "a"; what comes next waits
+    waiting = [batcher.submit(["b", "c"], "query"), batcher.submit(["d"], "query", k=2)]
+    with pytest.raises(Busy, match="3 texts are waiting"):
+        batcher.submit(["e"], "query")
+    release.set()
+    assert first.result(10).shape == (1, 16) and waiting[0].result(10).shape == (2, 16)
+    assert len(waiting[1].result(10)[0]) == 2
+
+
+def test_503_tells_when_to_retry(synthetic, monkeypatch):
+    app = create_app(fake_index(synthetic, CountingEncoder(dim=16)), batch_window_s=0.0)
+
+    def busy(*args, **kwargs):
+        raise Busy("64 texts are waiting; retry in a second")
+
+    monkeypatch.setattr(Batcher, "submit", busy)
+    answer = TestClient(app).post("/search", json={"queries": ["q"]})
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert answer.json() == {"detail": "the server is busy: 64 texts are waiting; retry in a second"}
+
+
+@pytest.mark.slow
+def test_local_model_vectors_do_not_depend_on_the_batch():
+    """A local model pads a batch to its longest text, which moves the last bits of the others' vectors;
+    grouped by token count, every text gets in any batch exactly the vector it gets alone."""
+    pytest.importorskip("sentence_transformers")
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+
+    encoder = SentenceTransformerEncoder()
+    info = encoder.info()
+    docs = np.random.default_rng(0).normal(size=(50, 384)).astype(np.float32)
+    ids = [f"d{i}" for i in range(50)]
+    adapter = make_adapter(384, info=info, mode="separate")
+    index = AdaptedIndex.from_vectors(adapter, ids, docs, info, encoder=encoder)
+    texts = [
+        "vitamin D",
+        "vitamin D deficiency and bone fractures in older adults",
+        "a",
+        "the same length text here",
+        "another same length text",
+        "Ein deutscher Satz über Knochenbrüche und Vitamin D bei älteren Menschen.",
+        "vitamin D",
+    ]
+    for kind in ("query", "document"):
+        together = index.embed(texts, kind)
+        alone = np.concatenate([index.embed([t], kind) for t in texts])
+        assert np.array_equal(together, alone), kind
+    hits = index.search(texts, k=5)
+    assert hits == [index.search([t], k=5)[0] for t in texts]
+
+
+@pytest.mark.parametrize(("mode", "identity"), [("shared", False), ("query_only", False), ("separate", True)])
+def test_vector_search_adapts_as_transform_queries_in_reused_arrays(synthetic, mode, identity):
+    """The served path (numpy weights read once, arrays reused per thread) computes what the adapter does."""
+    encoder = CountingEncoder(dim=16)
+    adapter = make_adapter(info=encoder.info(), mode=mode)
+    if identity:  # nothing beat zero-shot: the adapter only normalises
+        adapter.best_step_ = 0
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], encoder.info())
+    Q = synthetic["Q"]  # not unit-norm: normalised first
+    for rows in (1, 2, 5, 70, 1):  # grow, then shrink, the reused arrays
+        expected = index.search_adapted(adapter.transform_queries(Q[:rows]), 5)
+        assert index.search(Q[:rows], 5) == expected
+        assert index.search(Q[:rows].astype(np.float64), 5) == expected
+    first = index.search(Q[:1], 5)
+    index.search(Q[1:4], 5)  # answers are lists: later calls never change them
+    assert first == index.search(Q[:1], 5)
+    with pytest.raises(ValueError, match="queries: row 0 contains NaN"):
+        index.search(np.full((1, 16), np.nan, dtype=np.float32), 5)
