@@ -360,7 +360,8 @@ def test_degenerate_precomputed_vectors_are_refused_before_training(world, tmp_p
     stem, make, parts = DEGENERATE[case]
     vec = write_vectors(tmp_path / "vec", world["d"], **{stem: make(world["d"])})
     out = tmp_path / "out"
-    result = run(capsys, "fit", world["data"], "--out", out, "--embeddings", vec, "--folds", "2", "--quiet")
+    argv = ["fit", world["data"], "--out", out, "--embeddings", vec, "--folds", "2", "--max-steps", "5"]
+    result = run(capsys, *argv, "--quiet")  # a few steps: were they accepted, the test would still end soon
     assert_refused(result, str(vec), *parts)
     assert not out.exists()
 
@@ -405,14 +406,36 @@ def test_fit_refuses_all_zero_rows_naming_the_row(world):
 def test_fit_on_a_folder_without_qrels(world, tmp_path, capsys):
     data = Path(shutil.copytree(world["data"], tmp_path / "syn"))
     shutil.rmtree(data / "qrels")
-    result = run(capsys, "fit", data, "--out", tmp_path / "out", "--embeddings", world["vec"], "--quiet")
+    result = run(
+        capsys,
+        "fit",
+        data,
+        "--out",
+        tmp_path / "out",
+        "--embeddings",
+        world["vec"],
+        "--max-steps",
+        "5",
+        "--quiet",
+    )
     assert_refused(result, str(data / "qrels"), "no qrels files", "qrels/test.tsv")
 
 
 def test_too_few_labelled_queries_for_the_default_folds_names_the_flag(world, tmp_path, capsys):
     d = world["d"]
     data = write_beir(tmp_path / "syn", d, qrels={q: d["qrels"][q] for q in d["qids"][:3]})
-    result = run(capsys, "fit", data, "--out", tmp_path / "out", "--embeddings", world["vec"], "--quiet")
+    result = run(
+        capsys,
+        "fit",
+        data,
+        "--out",
+        tmp_path / "out",
+        "--embeddings",
+        world["vec"],
+        "--max-steps",
+        "5",
+        "--quiet",
+    )
     assert_refused(result, "qrels/test.tsv", "3 labelled queries", "5 folds", "--folds between 2 and 3")
 
 
@@ -447,7 +470,18 @@ def test_a_bad_vector_file_is_one_line_naming_it(world, tmp_path, capsys, case):
     damage, parts = VECTOR_FILES[case]
     vec = write_vectors(tmp_path / "vec", world["d"])
     damage(vec / "queries.npz", world["d"])
-    result = run(capsys, "fit", world["data"], "--out", tmp_path / "out", "--embeddings", vec, "--quiet")
+    result = run(
+        capsys,
+        "fit",
+        world["data"],
+        "--out",
+        tmp_path / "out",
+        "--embeddings",
+        vec,
+        "--max-steps",
+        "5",
+        "--quiet",
+    )
     assert_refused(result, str(vec / "queries.npz"), *parts)
 
 

@@ -216,7 +216,7 @@ class SearchAdaptor:
             raise ValueError(f"hidden_dim must be null or an integer in [1, {MAX_DIM}]; got {hidden!r}")
         for name in ("alpha", "beta", "temperature", "lr", "val_fraction"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
         if self.alpha < 0 or self.beta < 0 or self.temperature <= 0 or self.lr <= 0:
             raise ValueError("alpha and beta must be >= 0, temperature and lr > 0")
@@ -548,11 +548,19 @@ _OPTIONAL = {"val_query_ids", "history", "normalization", "library", "version", 
 _SHAPE_KEYS = ("architecture", "hidden_dim", "residual", "mode")
 
 
+def _finite(value: numbers.Real) -> bool:
+    """Whether ``value`` is a finite float or an integer a float can hold (JSON allows 10**400)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _typed(value: Any, kind: type) -> bool:
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     return isinstance(value, kind)
 
 

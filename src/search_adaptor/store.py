@@ -394,15 +394,14 @@ class EmbeddingStore:
             while todo:
                 for batch, vectors, reasons in self._run_batches(self._claimed_batches(owner, todo), kind):
                     keys = [text_key(kind, t) for t in batch]
-                    for key, reason in zip(keys, reasons, strict=True):
-                        if reason is not None:
-                            refused[key] = reason
-                            del todo[key]
-                    kept = [i for i, reason in enumerate(reasons) if reason is None]
+                    pairs = list(zip(keys, reasons, strict=True))
+                    kept = [key for key, reason in pairs if reason is None]
+                    refused.update((key, reason) for key, reason in pairs if reason is not None)
                     if kept:
-                        self._write([keys[i] for i in kept], vectors)
-                    for key, vec in zip([keys[i] for i in kept], vectors, strict=True):
+                        self._write(kept, vectors)
+                    for key, vec in zip(kept, vectors, strict=True):
                         found[key] = vec
+                    for key in keys:
                         del todo[key]
                     stats.encoded += len(kept)
                     stats.batches += 1
@@ -512,10 +511,9 @@ class EmbeddingStore:
         model = self.encoder.model
 
         def one(batch: list[str]) -> tuple[np.ndarray, list[str | None]]:
+            accepted: list[str | None] = [None] * len(batch)
             try:
-                return check_vectors(self.encoder.encode_batch(batch, kind), model, len(batch)), [None] * len(
-                    batch
-                )
+                return check_vectors(self.encoder.encode_batch(batch, kind), model, len(batch)), accepted
             except InputsRejected as exc:
                 reasons = [exc.rejected.get(i) for i in range(len(batch))]
                 kept = [i for i, reason in enumerate(reasons) if reason is None]
