@@ -88,6 +88,14 @@ def run(capsys, *argv: Any) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def fit(capsys, data: Path, vectors: Path, out: Path, *extra: Any) -> tuple[int, str, str]:
+    """``fit`` on precomputed vectors, a few steps per candidate (were bad input accepted, the test
+    would still end soon)."""
+    return run(
+        capsys, "fit", data, "--out", out, "--embeddings", vectors, "--max-steps", "5", "--quiet", *extra
+    )
+
+
 def assert_refused(result: tuple[int, str, str], *parts: str) -> str:
     """Exit 2 and one stderr line that names each of ``parts`` (file, field, fix); no traceback."""
     rc, _, err = result
@@ -360,9 +368,7 @@ def test_degenerate_precomputed_vectors_are_refused_before_training(world, tmp_p
     stem, make, parts = DEGENERATE[case]
     vec = write_vectors(tmp_path / "vec", world["d"], **{stem: make(world["d"])})
     out = tmp_path / "out"
-    argv = ["fit", world["data"], "--out", out, "--embeddings", vec, "--folds", "2", "--max-steps", "5"]
-    result = run(capsys, *argv, "--quiet")  # a few steps: were they accepted, the test would still end soon
-    assert_refused(result, str(vec), *parts)
+    assert_refused(fit(capsys, world["data"], vec, out, "--folds", "2"), str(vec), *parts)
     assert not out.exists()
 
 
@@ -406,36 +412,14 @@ def test_fit_refuses_all_zero_rows_naming_the_row(world):
 def test_fit_on_a_folder_without_qrels(world, tmp_path, capsys):
     data = Path(shutil.copytree(world["data"], tmp_path / "syn"))
     shutil.rmtree(data / "qrels")
-    result = run(
-        capsys,
-        "fit",
-        data,
-        "--out",
-        tmp_path / "out",
-        "--embeddings",
-        world["vec"],
-        "--max-steps",
-        "5",
-        "--quiet",
-    )
+    result = fit(capsys, data, world["vec"], tmp_path / "out")
     assert_refused(result, str(data / "qrels"), "no qrels files", "qrels/test.tsv")
 
 
 def test_too_few_labelled_queries_for_the_default_folds_names_the_flag(world, tmp_path, capsys):
     d = world["d"]
     data = write_beir(tmp_path / "syn", d, qrels={q: d["qrels"][q] for q in d["qids"][:3]})
-    result = run(
-        capsys,
-        "fit",
-        data,
-        "--out",
-        tmp_path / "out",
-        "--embeddings",
-        world["vec"],
-        "--max-steps",
-        "5",
-        "--quiet",
-    )
+    result = fit(capsys, data, world["vec"], tmp_path / "out")
     assert_refused(result, "qrels/test.tsv", "3 labelled queries", "5 folds", "--folds between 2 and 3")
 
 
@@ -470,19 +454,7 @@ def test_a_bad_vector_file_is_one_line_naming_it(world, tmp_path, capsys, case):
     damage, parts = VECTOR_FILES[case]
     vec = write_vectors(tmp_path / "vec", world["d"])
     damage(vec / "queries.npz", world["d"])
-    result = run(
-        capsys,
-        "fit",
-        world["data"],
-        "--out",
-        tmp_path / "out",
-        "--embeddings",
-        vec,
-        "--max-steps",
-        "5",
-        "--quiet",
-    )
-    assert_refused(result, str(vec / "queries.npz"), *parts)
+    assert_refused(fit(capsys, world["data"], vec, tmp_path / "out"), str(vec / "queries.npz"), *parts)
 
 
 @pytest.mark.parametrize(
