@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from search_adaptor import __version__
 from search_adaptor.encoders import LOCAL, PROVIDERS
+from search_adaptor.files import one_line_error
 from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, FAMILY_CHOICES, MAX_STEPS
 
 
@@ -119,15 +120,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)  # before or after the command
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     parser = _Parser(
         prog="search-adaptor",
         description="Train Search-Adaptor embedding adapters on your labelled queries and prove they help.",
+        parents=[debug],
     )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     groups = {"embeddings": _ENCODER, "engine": _ENGINE}
     for name, arguments in _COMMANDS.items():
-        cmd = sub.add_parser(name, help=globals()[f"_cmd_{name}"].__doc__)
+        cmd = sub.add_parser(name, help=globals()[f"_cmd_{name}"].__doc__, parents=[debug])
         for arg in arguments:
             target = cmd.add_argument_group(arg) if isinstance(arg, str) else cmd
             for flags, options in groups[arg] if isinstance(arg, str) else [arg]:
@@ -273,7 +277,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends in one ``search-adaptor: error: ...`` line and exit status 2."""
+    """Entry point; bad input ends in one ``search-adaptor: error: ...`` line, exit 2 (or --debug)."""
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -283,17 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        globals()[f"_cmd_{args.command}"](args)
-        return 0
-    except KeyboardInterrupt:
-        _eprint("search-adaptor: interrupted (embeddings finished so far are kept in the store)")
-        return 130
-    except ImportError as exc:  # an optional extra that this command needs
-        _eprint(f"search-adaptor: error: {args.command} needs {exc.name}: pip install 'search-adaptor[all]'")
-        return 2
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-        _eprint(f"search-adaptor: error: {' '.join(str(exc).split())}")
-        return 2
+        return globals()[f"_cmd_{args.command}"](args) or 0
+    except (Exception, KeyboardInterrupt) as exc:  # --debug: raised again, with its traceback
+        status, line = one_line_error(exc, debug=getattr(args, "debug", False))
+        _eprint(line)
+        return status
 
 
 if __name__ == "__main__":

@@ -428,8 +428,10 @@ def _read_queries(path: Path) -> dict[str, str]:
 def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str, dict[str, int]]:
     """One qrels split: ``query id -> doc id -> grade``, every line kept, ids checked.
 
-    The first non-blank line is the header when its score column is not a number (BEIR files
-    start with ``query-id<TAB>corpus-id<TAB>score``); a repeated pair must repeat the same grade.
+    The first non-blank line is the header when its score column is not a number and neither of
+    its ids is in the dataset (BEIR files start with ``query-id<TAB>corpus-id<TAB>score``), so a
+    first row of data with a mistyped score is reported, never dropped; a repeated pair must repeat
+    the same grade.
     """
     qrels: dict[str, dict[str, int]] = {}
     for index, (lineno, line) in enumerate(_lines(path)):
@@ -443,8 +445,8 @@ def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str
         try:
             grade = int(score)
         except ValueError:
-            if index == 0 and not _is_number(score):
-                continue
+            if index == 0 and not _is_number(score) and qid not in queries and did not in docs:
+                continue  # the header
             raise DataError(
                 f"{where}: score {_quote(score)} is not an integer "
                 "(grades are integers; 0 = judged non-relevant)"

@@ -6,6 +6,8 @@ import hashlib
 import os
 import time
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,48 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.data import Dataset
-from search_adaptor.encoders.base import Encoder, Kind
+from search_adaptor.encoders.base import Encoder, InputsRejected, Kind
 from search_adaptor.store import EmbeddingStore, StoreStats
+
+_CHUNK = 65536  # rows measured at a time in float64 by unit_rows: bounds its extra memory
+
+
+def unit_rows(x: object, what: str, row: Callable[[int], str] = "row {}".format) -> np.ndarray:
+    """Float32 unit vectors of the rows of ``x``, lengths measured in float64 after scaling each row by
+    its largest value, so that no finite vector overflows or underflows (1e30 or 1e-30 is as good as 1).
+
+    Cosine scores depend on directions only, so this is what every adapter and index sees of a
+    vector. Messages start with ``what`` (the file or argument) and name a row by ``row(i)``.
+
+    Raises
+    ------
+    ValueError
+        Not a non-empty 2-D array of numbers; a row with NaN or inf, or all zeros (no direction).
+    """
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError):  # ragged lists
+        arr = np.empty(0, dtype=object)
+    if arr.dtype.kind not in "fiu" or arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(
+            f"{what}: expected a non-empty 2-D array of numbers, got {arr.dtype} of shape {arr.shape}"
+        )
+    for test, problem, fix in (
+        (lambda a: ~np.isfinite(a).all(axis=1), "contains NaN or inf", "re-embed those texts or drop them"),
+        (lambda a: ~a.any(axis=1), "is all zeros", "a zero vector has no direction to rank by: re-embed it"),
+    ):
+        bad = test(arr)
+        if bad.any():
+            raise ValueError(
+                f"{what}: {row(int(np.argmax(bad)))} {problem} ({int(bad.sum())} such rows); {fix}"
+            )
+    out = np.empty(arr.shape, dtype=np.float32)
+    for start in range(0, len(arr), _CHUNK):
+        part = arr[start : start + _CHUNK].astype(np.float64)
+        part /= np.abs(part).max(axis=1, keepdims=True)
+        part /= np.linalg.norm(part, axis=1, keepdims=True)
+        out[start : start + len(part)] = part
+    return out
 
 
 @dataclass
@@ -75,8 +117,14 @@ def embed_dataset(
                     bar.set_postfix(retries=encoder.retries, refresh=False)
                 bar.update(n)
 
-            Q = store.embed(qtexts, "query", progress=advance, stats=stats)
+            refused = None  # texts the provider refused: reported once the documents are embedded too
+            try:
+                Q = store.embed(qtexts, "query", progress=advance, stats=stats)
+            except InputsRejected as exc:
+                refused = exc
             D = store.embed(dataset.doc_texts, "document", progress=advance, stats=stats)
+    if refused is not None:
+        raise refused
     return Embeddings(
         qids,
         Q,
@@ -127,26 +175,8 @@ def plan_embedding(
 
 def _read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
     """(ids, matrix) from ``.npz`` (arrays ids, embeddings) or ``.parquet`` (columns id, embedding)."""
-    fix = "save ids= (strings) and embeddings= (a float matrix) with numpy.savez"
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = {"ids", "embeddings"} - set(z.files)
-                if missing:
-                    raise ValueError(f"{path}: missing array(s) {', '.join(sorted(missing))}; {fix}")
-                ids, mat = z["ids"], z["embeddings"]
-        except ValueError as exc:
-            if str(exc).startswith(str(path)):
-                raise
-            # object arrays (pickles) and damaged members
-            raise ValueError(f"{path}: unreadable array ({' '.join(str(exc).split())[:80]}); {fix}") from None
-        except (OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{path}: not a readable .npz file ({exc}); {fix}") from None
-        if ids.ndim != 1 or ids.dtype.kind not in "UiS":
-            raise ValueError(f"{path}: array 'ids' must be a 1-D array of strings or integers; {fix}")
-        if mat.dtype.kind not in "fiu":
-            raise ValueError(f"{path}: array 'embeddings' has dtype {mat.dtype}, not numbers; {fix}")
-        return [str(i) for i in ids.tolist()], np.asarray(mat, dtype=np.float32)
+        return _read_npz(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -154,19 +184,58 @@ def _read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise ValueError(
-                f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:80]})"
+                f"{path}: not a readable Parquet file ({' '.join(str(exc).split())[:80]}); write it again"
             ) from None
         missing = {"id", "embedding"} - set(table.column_names)
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; need id and embedding")
         ids = [str(i) for i in table.column("id").to_pylist()]
         try:
-            return ids, np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+            return ids, np.asarray(table.column("embedding").to_pylist(), dtype=np.float64)
         except (TypeError, ValueError):
             raise ValueError(
                 f"{path}: column 'embedding' must hold one list of numbers of one length per row"
             ) from None
     raise ValueError(f"{path}: unsupported format; use .npz (ids, embeddings) or .parquet (id, embedding)")
+
+
+def _read_npz(path: Path) -> tuple[list[str], np.ndarray]:
+    """(ids, matrix) of a ``numpy.savez`` archive; pickles (object arrays) are never loaded."""
+    fix = "save ids= (strings) and embeddings= (a float matrix) with numpy.savez"
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:  # ValueError: not numpy's at all
+        raise ValueError(
+            f"{path}: not a readable .npz file ({' '.join(str(exc).split())[:80]}); {fix}"
+        ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: a single .npy array, not an .npz archive; {fix}")
+    arrays = {}
+    with archive as z:
+        missing = {"ids", "embeddings"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: missing array(s) {', '.join(sorted(missing))}; {fix}")
+        for name in ("ids", "embeddings"):
+            try:
+                arrays[name] = z[name]
+            except ValueError:  # numpy refuses object arrays without allow_pickle
+                raise ValueError(
+                    f"{path}: array {name!r} holds Python objects (dtype object); {fix}"
+                ) from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                detail = " ".join(str(exc).split())[:80]
+                raise ValueError(f"{path}: array {name!r} is damaged ({detail}); {fix}") from None
+    ids, mat = arrays["ids"], arrays["embeddings"]
+    if ids.ndim != 1 or ids.dtype.kind not in "UiuS":
+        raise ValueError(f"{path}: array 'ids' must be a 1-D array of strings or integers; {fix}")
+    if mat.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: array 'embeddings' has dtype {mat.dtype}, not numbers; {fix}")
+    if ids.dtype.kind == "S":
+        try:
+            return [i.decode("utf-8") for i in ids.tolist()], mat
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: array 'ids' holds bytes that are not UTF-8; {fix}") from None
+    return [str(i) for i in ids.tolist()], mat
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -181,7 +250,9 @@ def _find(folder: Path, stem: str) -> Path:
 def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | None = None) -> Embeddings:
     """Vectors the user brings: ``folder/queries.{npz,parquet}`` and ``folder/corpus.{npz,parquet}``.
 
-    Every query and document of ``dataset`` must have a finite vector of one common dimension.
+    Every query and document of ``dataset`` must have a finite, non-zero vector of one common
+    dimension; they come back as unit vectors (:func:`unit_rows`: a vector's length, however large or
+    small, never changes a cosine score).
     The fingerprint is ``model`` when given (name the model that made the vectors, so a saved adapter
     can refuse others), otherwise a hash of the corpus file.
     """
@@ -192,7 +263,9 @@ def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | N
         path = _find(root, stem)
         have_ids, mat = _read_vectors(path)
         if mat.ndim != 2 or len(have_ids) != len(mat):
-            raise ValueError(f"{path}: {len(have_ids)} ids for an array of shape {mat.shape}")
+            raise ValueError(
+                f"{path}: {len(have_ids)} ids for an array of shape {mat.shape}; save one id per row"
+            )
         pos = {i: n for n, i in enumerate(have_ids)}
         missing = [i for i in ids if i not in pos]
         if missing:
@@ -202,17 +275,7 @@ def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | N
             )
         if mat.shape[1] == 0:
             raise ValueError(f"{path}: the vectors have dimension 0; save one embedding per row")
-        sub = mat[[pos[i] for i in ids]]
-        bad = ~np.isfinite(sub).all(axis=1)
-        if bad.any():
-            raise ValueError(f"{path}: vector of id {ids[int(np.argmax(bad))]!r} contains NaN or inf")
-        zero = ~sub.any(axis=1)
-        if zero.any():
-            raise ValueError(
-                f"{path}: vector of id {ids[int(np.argmax(zero))]!r} is all zeros "
-                f"({int(zero.sum())} such rows); "
-                "a zero vector has no direction to rank by: re-embed those texts"
-            )
+        sub = unit_rows(mat[[pos[i] for i in ids]], str(path), lambda n, ids=ids: f"vector of id {ids[n]!r}")
         out[stem] = (ids, sub, path)
     if out["queries"][1].shape[1] != out["corpus"][1].shape[1]:
         raise ValueError(

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 ENV_CACHE = "SEARCH_ADAPTOR_CACHE"
+#: byte-order marks of the encodings a JSON file saved by an editor may have instead of UTF-8
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 
 
 def default_cache_dir() -> Path:
@@ -124,13 +131,18 @@ def read_json(path: str | os.PathLike, fix: str) -> Any:
     except OSError as exc:
         raise ValueError(f"{file}: cannot be read ({exc.strerror}); {fix}") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless
     except UnicodeDecodeError as exc:
+        bom = next((name for mark, name in _BOMS if raw.startswith(mark)), None)
+        if bom:
+            raise ValueError(f"{file}: {bom} text, not UTF-8; save it as UTF-8, or {fix}") from None
         raise ValueError(f"{file}: not UTF-8 (byte {exc.start}); {fix}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+    except RecursionError:
+        raise ValueError(f"{file}: JSON nested too deeply to be one of this tool's files; {fix}") from None
 
 
 def inside(folder: str | os.PathLike, relative: Any, field: str) -> Path:
@@ -141,8 +153,32 @@ def inside(folder: str | os.PathLike, relative: Any, field: str) -> Path:
     """
     base = Path(folder).resolve()
     if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
-        raise ValueError(f"{field}: {json.dumps(relative)} is not a relative path inside {base}")
+        raise ValueError(
+            f"{field}: {json.dumps(relative)} is not a relative path inside {base}; rebuild the folder"
+        )
     path = (base / relative).resolve()
     if not path.is_relative_to(base):
         raise ValueError(f"{field}: {json.dumps(relative)} points outside {base}; rebuild the folder")
     return path
+
+
+def one_line_error(exc: BaseException, debug: bool = False) -> tuple[int, str]:
+    """Exit status and the one line a command ends with when ``exc`` stops it (``debug``: raise it).
+
+    Bad input (``ValueError``, ``OSError``, ``RuntimeError``, whose messages name the file, field and
+    fix) is status 2; an interruption 130; anything else is a bug, status 1, and the line says how to
+    see its traceback.
+    """
+    if debug:
+        raise exc
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "search-adaptor: interrupted (embeddings finished so far are kept in the store)"
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ImportError) and exc.name:  # an optional extra the command needs
+        return 2, f"search-adaptor: error: this command needs {exc.name}: pip install 'search-adaptor[all]'"
+    if isinstance(exc, (ValueError, OSError, RuntimeError)):
+        return 2, f"search-adaptor: error: {text}"
+    return 1, (
+        f"search-adaptor: error: internal error ({type(exc).__name__}: {text}); "
+        "run again with --debug to see the traceback, and please report it"
+    )

@@ -37,13 +37,14 @@ from search_adaptor.variants import MAX_STEPS, VAL_FRACTION
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json records a checksum of the adapter (see _checksum)
 CONFIG, WEIGHTS, CARD = "config.json", "adapter.safetensors", "README.md"
 NEGATIVES = ("random", "hard", "mixed", "all")
 INITS = ("identity", "pca")
 MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
 _LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
 _warned_no_encoder: set[str] = set()
+_warned_no_checksum: set[str] = set()
 
 EncoderLike = Encoder | Mapping[str, Any] | str
 
@@ -221,7 +222,7 @@ class SearchAdaptor:
             raise ValueError(f"hidden_dim must be null or an integer in [1, {MAX_DIM}]; got {hidden!r}")
         for name in ("alpha", "beta", "temperature", "lr", "val_fraction"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
         if self.alpha < 0 or self.beta < 0 or self.temperature <= 0 or self.lr <= 0:
             raise ValueError("alpha and beta must be >= 0, temperature and lr > 0")
@@ -477,6 +478,7 @@ class SearchAdaptor:
             "dim": self.dim_,
             "normalization": "l2 on input and output; scores are cosine similarities",
             "identity": self.is_identity_,
+            "checksum": _checksum(self),
             "hyperparameters": self.get_params(),
             "training": {
                 "best_step": self.best_step_,
@@ -503,12 +505,17 @@ class SearchAdaptor:
     def load(cls, path: str | os.PathLike) -> SearchAdaptor:
         """Rebuild a fitted adapter from :meth:`save`'s folder (no pickle involved), checking it whole.
 
+        The config's ``checksum`` (format 2) covers everything that decides the outputs and the
+        vectors accepted, so an edit or a damaged byte that would change them is refused rather than
+        served; an adapter saved before checksums (format 1) loads, with one warning.
+
         Raises
         ------
         FileNotFoundError, ValueError
             One line naming the file, the field and the fix: a missing, damaged or edited config
             (wrong type, unknown key or choice, out-of-range number, newer format), weights that do
-            not match the config (names, shapes, dtype) or are not finite.
+            not match the config (names, shapes, dtype) or are not finite, a checksum that does not
+            match.
         """
         folder = Path(path)
         cfg_path = folder / CONFIG
@@ -548,6 +555,7 @@ class SearchAdaptor:
                 f"{cfg_path}: identity is {config['identity']} but training.best_step is "
                 f"{training['best_step']}; {_LOAD_FIX}"
             )
+        _verify_checksum(est, config.get("checksum"), cfg_path)
         if not config["encoder"].get("fingerprint"):
             est._warn_no_encoder(str(folder))
         return est
@@ -561,6 +569,7 @@ _TOP_KEYS = {
     "dim": int,
     "normalization": str,
     "identity": bool,
+    "checksum": str,
     "hyperparameters": dict,
     "training": dict,
     "metrics": dict,
@@ -577,14 +586,26 @@ _TRAINING_KEYS = {
     "val_metric": str,
     "history": list,
 }
-_OPTIONAL = {"val_query_ids", "val_metric", "history", "normalization", "library", "version"}
+_OPTIONAL = {"val_query_ids", "val_metric", "history", "normalization", "library", "version", "checksum"}
+#: hyperparameters that decide what the networks compute: a config must state them (the others,
+#: training-only, take their defaults when absent, as in files written before they existed; a
+#: missing ``init`` is the identity start those files had)
+_SHAPE_KEYS = ("architecture", "hidden_dim", "residual", "mode")
+
+
+def _finite(value: numbers.Real) -> bool:
+    """Whether ``value`` is a finite float or an integer a float can hold (JSON allows 10**400)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _typed(value: Any, kind: type) -> bool:
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     return isinstance(value, kind)
 
 
@@ -620,6 +641,11 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
             "upgrade search-adaptor"
         )
     _check_section(config, _TOP_KEYS, str(path))
+    if version >= 2 and "checksum" not in config:
+        raise ValueError(f"{path}: missing field 'checksum'; {_LOAD_FIX}")
+    missing = [k for k in _SHAPE_KEYS if k not in config["hyperparameters"]]
+    if missing:
+        raise ValueError(f"{path}: hyperparameters: missing field {missing[0]!r}; {_LOAD_FIX}")
     if not 1 <= config["dim"] <= MAX_DIM:
         raise ValueError(f"{path}: field 'dim' must be in [1, {MAX_DIM}], got {config['dim']}; {_LOAD_FIX}")
     training = config["training"]
@@ -638,7 +664,54 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     encoder = config["encoder"]
     if encoder and not isinstance(encoder.get("fingerprint"), str):
         raise ValueError(f"{path}: encoder: field 'fingerprint' must be a string; {_LOAD_FIX}")
+    _check_test_metrics(config["metrics"].get("test"), path)
     return config
+
+
+def _check_test_metrics(test: Any, path: Path) -> None:
+    """``metrics.test`` (what the model card tabulates), when present: numbers per system and metric."""
+    if test is None:
+        return
+    ok = isinstance(test, dict) and all(isinstance(test.get(s), dict) for s in ("adapted", "zero-shot"))
+    ok = ok and all(
+        _typed(test["adapted"][m], float) and _typed(test["zero-shot"].get(m), float) for m in test["adapted"]
+    )
+    if not ok:
+        raise ValueError(
+            f"{path}: metrics.test must hold a finite number per metric for 'adapted' and 'zero-shot'; "
+            f"{_LOAD_FIX}"
+        )
+
+
+def _checksum(est: SearchAdaptor) -> str:
+    """sha256 of what the adapter computes and what it accepts, as ``config.json`` records it.
+
+    It covers the adapter's fingerprint (dimension, architecture, widths, skip connection, mode,
+    identity flag and every weight) and the fingerprint of the encoder it was trained on. It detects
+    damage and edits that would change outputs silently; it is not a signature (whoever can edit the
+    files can recompute it).
+    """
+    encoder = (getattr(est, "encoder_", None) or {}).get("fingerprint")
+    blob = json.dumps({"adapter": est.fingerprint_, "encoder": encoder}, sort_keys=True)
+    return f"sha256:{hashlib.sha256(blob.encode()).hexdigest()}"
+
+
+def _verify_checksum(est: SearchAdaptor, recorded: str | None, path: Path) -> None:
+    """Refuse an adapter whose recorded checksum differs; say once that an older one has none."""
+    if recorded is None:
+        if str(path.parent) not in _warned_no_checksum:
+            _warned_no_checksum.add(str(path.parent))
+            log.warning(
+                "search-adaptor: warning: %s: saved without a checksum (format_version 1), so damage to "
+                "its weights cannot be detected; re-save it (SearchAdaptor.load(path).save(path)) to add one",
+                path.parent,
+            )
+        return
+    if recorded != _checksum(est):
+        raise ValueError(
+            f"{path}: checksum does not match the adapter: {WEIGHTS} or {CONFIG} was changed or damaged "
+            f"after saving (weights, settings or encoder); {_LOAD_FIX}"
+        )
 
 
 def _load_weights(path: Path, est: SearchAdaptor, dim: int) -> tuple[ResidualAdapter, ResidualAdapter | None]:
@@ -647,6 +720,7 @@ def _load_weights(path: Path, est: SearchAdaptor, dim: int) -> tuple[ResidualAda
     from safetensors import safe_open
 
     fix = f"the weights file is damaged; {_LOAD_FIX}"
+    both = f"{CONFIG} and {WEIGHTS} do not belong together; {_LOAD_FIX}"
     own = ("query", "corpus") if est.mode == "separate" else ("query",)  # networks with their own weights
     with torch.device("meta"):  # the expected names and shapes, without allocating the weights
         shapes = {
@@ -661,15 +735,15 @@ def _load_weights(path: Path, est: SearchAdaptor, dim: int) -> tuple[ResidualAda
                 odd = sorted(names - set(shapes)) or sorted(set(shapes) - names)
                 what = "unknown tensor" if names - set(shapes) else "missing tensor"
                 raise ValueError(
-                    f"{path}: {what} {odd[0]!r} for the config's {est.mode} {est.architecture}; {fix}"
+                    f"{path}: {what} {odd[0]!r} for {CONFIG}'s {est.mode} {est.architecture}; {both}"
                 )
             tensors = {}
-            for name in names:
+            for name in sorted(names):
                 piece = handle.get_slice(name)
                 if tuple(piece.get_shape()) != shapes[name] or piece.get_dtype() != "F32":
                     raise ValueError(
-                        f"{path}: tensor {name!r} is {piece.get_dtype()} {tuple(piece.get_shape())}, the "
-                        f"config needs F32 {shapes[name]}; {fix}"
+                        f"{path}: tensor {name!r} is {piece.get_dtype()} {tuple(piece.get_shape())}, "
+                        f"the config needs F32 {shapes[name]}; {both}"
                     )
                 tensors[name] = handle.get_tensor(name)
     except ValueError:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search_adaptor.encoders.base import Encoder, Kind, check_vectors
+from search_adaptor.encoders.base import Encoder, EncoderError, InputsRejected, Kind, check_vectors
 from search_adaptor.files import ENV_CACHE, default_cache_dir
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
@@ -328,6 +328,9 @@ class EmbeddingStore:
         ------
         StoreError
             The store is damaged, or read-only and some text has no vector in it (nothing is sent).
+        InputsRejected
+            The encoder refused some texts (too long for the provider): every other text was embedded
+            and saved first; the message names the first refused text, ``vectors`` holds the others.
         """
         found = self.lookup(kind, texts)
         todo = self._missing(kind, texts, found)
@@ -338,15 +341,34 @@ class EmbeddingStore:
                 "(--cache) at a writable folder (a copy of this one keeps its vectors)"
             )
         local = StoreStats(requested=len(texts), unique=len(found) + len(todo))
+        refused: dict[bytes, str] = {}
         if todo:
-            self._embed_missing(kind, todo, found, local, progress)
-        local.cached = local.unique - local.encoded
+            refused = self._embed_missing(kind, todo, found, local, progress)
+        local.cached = local.unique - local.encoded - len(refused)
         local.by_kind[kind] = local.encoded
         if stats is not None:
             stats.add(local)
         if not texts:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
+        if refused:
+            raise self._refused(kind, texts, found, refused)
         return np.stack([found[text_key(kind, t)] for t in texts])
+
+    def _refused(
+        self, kind: Kind, texts: Sequence[str], found: dict[bytes, np.ndarray], refused: dict[bytes, str]
+    ) -> InputsRejected:
+        """The one-line error for texts the encoder refused, with the vectors of all the others."""
+        keys = [text_key(kind, t) for t in texts]
+        rows = {i: refused[k] for i, k in enumerate(keys) if k in refused}
+        nan = np.full(self._dim or 0, np.nan, dtype=np.float32)
+        vectors = np.stack([found.get(k, nan) for k in keys]) if self._dim else np.zeros((len(texts), 0))
+        exc = InputsRejected.of(self.encoder.provider, texts, vectors.astype(np.float32), rows)
+        return InputsRejected(
+            f"{exc}; the other texts are saved in {self.path.parent}: shorten or drop the refused ones "
+            "and run again (only they are sent)",
+            exc.vectors,
+            exc.rejected,
+        )
 
     def _embed_missing(
         self,
@@ -355,26 +377,33 @@ class EmbeddingStore:
         found: dict[bytes, np.ndarray],
         stats: StoreStats,
         progress: Callable[[int], None] | None,
-    ) -> None:
+    ) -> dict[bytes, str]:
         """Embed ``todo`` into ``found``: claim and encode what nobody else is embedding, then wait.
 
         Rounds: encode every batch this call can claim; read back what others finished meanwhile;
         if texts are still claimed by a live process, sleep briefly and try again (their claims
-        may lapse). Claims are released on any exit, so a failed call never blocks another.
+        may lapse). Claims are released on any exit, so a failed call never blocks another. Texts
+        the encoder refuses are left out and returned (key -> reason); the other batches go on.
         """
+        refused: dict[bytes, str] = {}
         owner = uuid.uuid4().hex  # one per call: threads sharing this store object coordinate too
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(owner, stop), daemon=True)
         beat.start()
         try:
             while todo:
-                for batch, vectors in self._run_batches(self._claimed_batches(owner, todo), kind):
+                for batch, vectors, reasons in self._run_batches(self._claimed_batches(owner, todo), kind):
                     keys = [text_key(kind, t) for t in batch]
-                    self._write(keys, vectors)
-                    for key, vec in zip(keys, vectors, strict=True):
+                    pairs = list(zip(keys, reasons, strict=True))
+                    kept = [key for key, reason in pairs if reason is None]
+                    refused.update((key, reason) for key, reason in pairs if reason is not None)
+                    if kept:
+                        self._write(kept, vectors)
+                    for key, vec in zip(kept, vectors, strict=True):
                         found[key] = vec
+                    for key in keys:
                         del todo[key]
-                    stats.encoded += len(batch)
+                    stats.encoded += len(kept)
                     stats.batches += 1
                     if progress is not None:
                         progress(len(batch))
@@ -393,6 +422,7 @@ class EmbeddingStore:
             beat.join()
             with self._tx() as db:
                 db.execute("DELETE FROM pending WHERE owner = ?", (owner,))
+        return refused
 
     def _claimed_batches(self, owner: str, todo: dict[bytes, str]) -> Iterator[list[str]]:
         """Batches of ``todo`` (in order) that this call has just claimed; ends when none is left.
@@ -471,19 +501,33 @@ class EmbeddingStore:
 
     def _run_batches(
         self, batches: Iterator[list[str]], kind: Kind
-    ) -> Iterator[tuple[list[str], np.ndarray]]:
+    ) -> Iterator[tuple[list[str], np.ndarray, list[str | None]]]:
         """Encode batches, at most ``encoder.max_concurrency`` in flight, yielding each as it finishes.
 
+        Each batch comes with the vectors of its accepted texts and, per text, the encoder's reason
+        for refusing it (None when embedded): a refused text never stops its batch or the others.
         The next batch is drawn from ``batches`` (and so claimed) only when a slot is free.
         """
+        model = self.encoder.model
 
-        def one(batch: list[str]) -> np.ndarray:
-            return check_vectors(self.encoder.encode_batch(batch, kind), self.encoder.model, len(batch))
+        def one(batch: list[str]) -> tuple[np.ndarray, list[str | None]]:
+            accepted: list[str | None] = [None] * len(batch)
+            try:
+                return check_vectors(self.encoder.encode_batch(batch, kind), model, len(batch)), accepted
+            except InputsRejected as exc:
+                reasons = [exc.rejected.get(i) for i in range(len(batch))]
+                kept = [i for i, reason in enumerate(reasons) if reason is None]
+                rows = np.asarray(exc.vectors, dtype=np.float32)
+                if rows.shape[:1] != (len(batch),):
+                    raise EncoderError(
+                        f"{model}: asked for {len(batch)} embeddings, got shape {rows.shape}"
+                    ) from exc
+                return check_vectors(rows[kept], model, len(kept)), reasons
 
         workers = max(1, int(self.encoder.max_concurrency))
         if workers == 1:
             for batch in batches:
-                yield batch, one(batch)
+                yield batch, *one(batch)
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: dict[Future, list[str]] = {}
@@ -500,7 +544,7 @@ class EmbeddingStore:
                         if fut.exception() is not None:
                             failure = failure or fut.exception()
                             continue
-                        yield batch, fut.result()  # committed by the caller before the next one
+                        yield batch, *fut.result()  # committed by the caller before the next one
                         nxt = None if failure else next(batches, None)
                         if nxt is not None:
                             pending[pool.submit(one, nxt)] = nxt

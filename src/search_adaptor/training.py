@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from search_adaptor.data import validation_split
+from search_adaptor.embed import unit_rows
 from search_adaptor.losses import prediction_loss, ranking_objective, recovery_loss
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk
 from search_adaptor.networks import QueryPredictor, ResidualAdapter, build_nets
@@ -72,16 +73,9 @@ class _TrainSet:
 
 
 def _as_matrix(x: Any, what: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"{what}: expected a non-empty 2-D array of embeddings, got shape {arr.shape}")
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        raise ValueError(
-            f"{what}: row {int(np.argmax(bad))} contains NaN or inf ({int(bad.sum())} rows in all); "
-            "re-embed those texts or drop them"
-        )
-    return arr
+    """The unit rows of embeddings given to ``fit`` (:func:`~search_adaptor.embed.unit_rows`: lengths
+    measured in float64, so 1e30 or 1e-30 train as 1 would); NaN/inf or all-zero rows are refused."""
+    return unit_rows(x, what)
 
 
 def _index_qrels(

@@ -1,0 +1,686 @@
+"""Nothing hostile gets through (issue 14): every damaged, edited or degenerate input a command reads
+ends in exit status 2 and one stderr line naming the file (and line or field) and the fix, never in a
+traceback, a silent success or different numbers.
+
+Fast and offline: a tiny adapter with random weights, precomputed vectors instead of a model, and a
+counting fake encoder where a command would embed texts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from collections.abc import Callable
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import search_adaptor.encoders.registry as registry
+import search_adaptor.store as store_mod
+from search_adaptor.cli import main
+from search_adaptor.encoders.base import InputsRejected
+from search_adaptor.model import SearchAdaptor
+from search_adaptor.store import EmbeddingStore, text_key
+from test_index import make_adapter
+from test_store import CountingEncoder
+
+MODEL = "syn-16"  # the --model name of the precomputed vectors; the adapter records it
+ENCODER_INFO = {
+    "fingerprint": f"precomputed:{MODEL}",
+    "provider": "precomputed",
+    "model": MODEL,
+    "config": {},
+}
+needs_faiss = pytest.mark.skipif(find_spec("faiss") is None, reason="needs faiss-cpu (the serve extra)")
+needs_onnx = pytest.mark.skipif(find_spec("onnxruntime") is None, reason="needs onnxruntime (the onnx extra)")
+
+
+# -- fixtures: a BEIR folder, its precomputed vectors and an adapter trained on them -------------------
+def write_beir(folder: Path, d: dict, qrels: dict | None = None, header: bool = True) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": i}) + "\n" for i in d["dids"]))
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": q}) + "\n" for q in d["qids"])
+    )
+    rows = [f"{q}\t{doc}\t{g}" for q, docs in (qrels or d["qrels"]).items() for doc, g in docs.items()]
+    head = "query-id\tcorpus-id\tscore\n" if header else ""
+    (folder / "qrels" / "test.tsv").write_text(head + "\n".join(rows) + "\n")
+    return folder
+
+
+def write_vectors(
+    folder: Path, d: dict, scale: float = 1.0, dtype: type = np.float32, **edits: np.ndarray
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, ids, mat in (("queries", d["qids"], d["Q"]), ("corpus", d["dids"], d["D"])):
+        mat = edits.get(stem, (mat.astype(np.float64) * scale).astype(dtype))
+        np.savez(folder / f"{stem}.npz", ids=np.array(ids), embeddings=mat)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(synthetic, tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("world")
+    adapter = make_adapter(info=ENCODER_INFO)
+    adapter.save(root / "adapter")
+    return {
+        "d": synthetic,
+        "data": write_beir(root / "syn", synthetic),
+        "vec": write_vectors(root / "vec", synthetic),
+        "adapter": root / "adapter",
+        "est": adapter,
+    }
+
+
+@pytest.fixture
+def adapter_copy(world, tmp_path) -> Path:
+    return Path(shutil.copytree(world["adapter"], tmp_path / "adapter"))
+
+
+def run(capsys, *argv: Any) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def fit(capsys, data: Path, vectors: Path, out: Path, *extra: Any) -> tuple[int, str, str]:
+    """``fit`` on precomputed vectors, a few steps per candidate (were bad input accepted, the test
+    would still end soon)."""
+    return run(
+        capsys, "fit", data, "--out", out, "--embeddings", vectors, "--max-steps", "5", "--quiet", *extra
+    )
+
+
+def assert_refused(result: tuple[int, str, str], *parts: str) -> str:
+    """Exit 2 and one stderr line that names each of ``parts`` (file, field, fix); no traceback."""
+    rc, _, err = result
+    lines = [line for line in err.splitlines() if line.strip() and "warning" not in line]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("search-adaptor: error: "), err
+    assert "Traceback" not in err
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+    return lines[0]
+
+
+# -- editing the files of an adapter -------------------------------------------------------------------
+def edit_json(name: str, change: Callable[[Any], Any], whole: bool = False) -> Callable[[Path], None]:
+    """Apply ``change`` to the parsed JSON file ``name``; with ``whole`` its result replaces the file."""
+
+    def apply(folder: Path) -> None:
+        value = json.loads((folder / name).read_text())
+        new = change(value)
+        (folder / name).write_text(json.dumps(new if whole else value))
+
+    return apply
+
+
+def edit_config(change: Callable[[dict], Any], whole: bool = False) -> Callable[[Path], None]:
+    return edit_json("config.json", change, whole)
+
+
+def tensor_offsets(blob: bytes) -> tuple[int, dict[str, Any]]:
+    """(start of the data, header) of a safetensors file."""
+    n = struct.unpack("<Q", blob[:8])[0]
+    return 8 + n, json.loads(blob[8 : 8 + n])
+
+
+def set_weight(value: float, name: str = "query.f.0.weight", index: int = 3) -> Callable[[Path], None]:
+    """Overwrite one float32 of one tensor in adapter.safetensors."""
+
+    def apply(folder: Path) -> None:
+        path = folder / "adapter.safetensors"
+        blob = path.read_bytes()
+        start, header = tensor_offsets(blob)
+        at = start + header[name]["data_offsets"][0] + 4 * index
+        path.write_bytes(blob[:at] + np.float32(value).tobytes() + blob[at + 4 :])
+
+    return apply
+
+
+def rewrite_weights(change: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(folder / "adapter.safetensors")
+        change(tensors)
+        save_file(tensors, folder / "adapter.safetensors")
+
+    return apply
+
+
+def edit_weights_bytes(change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        path = folder / "adapter.safetensors"
+        path.write_bytes(change(path.read_bytes()))
+
+    return apply
+
+
+# -- 1. a NaN in adapter.safetensors -----------------------------------------------------------------
+def _commands(world: dict, adapter: Path, out: Path) -> dict[str, list[Any]]:
+    emb = ["--embeddings", world["vec"], "--model", MODEL]
+    npy = out.parent / "base.npy"
+    np.save(npy, world["d"]["D"][:5])
+    return {
+        "transform": ["transform", npy, "--adapter", adapter, "--out", out / "t.npy"],
+        "export": ["export", adapter, "--out", out, "--format", "onnx"],
+        "index": ["index", world["data"], "--adapter", adapter, "--out", out, *emb, "--quiet"],
+        "evaluate": ["evaluate", world["data"], "--adapter", adapter, "--out", out, *emb, "--quiet"],
+    }
+
+
+@pytest.mark.parametrize("command", ["transform", "export", "index", "evaluate"])
+def test_a_nan_weight_is_refused_by_every_command(world, adapter_copy, tmp_path, capsys, command):
+    if command == "export" and find_spec("onnxruntime") is None:
+        pytest.skip("needs onnxruntime")
+    if command == "index" and find_spec("faiss") is None:
+        pytest.skip("needs faiss")
+    set_weight(float("nan"))(adapter_copy)
+    out = tmp_path / "out"
+    result = run(capsys, *_commands(world, adapter_copy, out)[command])
+    assert_refused(
+        result, f"{adapter_copy / 'adapter.safetensors'}:", "'query.f.0.weight'", "NaN", "train it"
+    )
+    assert not out.exists()
+
+
+@needs_faiss
+def test_search_names_the_index_adapter_with_a_nan_not_the_base_model(world, tmp_path, capsys):
+    index = tmp_path / "idx"
+    emb = ["--embeddings", world["vec"], "--model", MODEL, "--quiet"]
+    assert run(capsys, "index", world["data"], "--adapter", world["adapter"], "--out", index, *emb)[0] == 0
+    set_weight(float("inf"), "query.f.2.bias", 0)(index / "adapter")
+    result = run(capsys, "search", index, "a query")
+    assert_refused(result, f"{index / 'adapter' / 'adapter.safetensors'}:", "'query.f.2.bias'", "NaN or inf")
+
+
+# -- 2, 5, 6. config.json: types, choices, bounds, sections, versions, encodings -----------------------
+CONFIG_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+    "mode __class__": (
+        edit_config(lambda c: c["hyperparameters"].update(mode="__class__")),
+        ["hyperparameters", "mode must be one of", "__class__"],
+    ),
+    "unknown architecture": (
+        edit_config(lambda c: c["hyperparameters"].update(architecture="transformer")),
+        ["architecture must be one of"],
+    ),
+    "hidden size 10^9": (
+        edit_config(lambda c: c["hyperparameters"].update(hidden_dim=10**9)),
+        ["hidden_dim", "65536"],
+    ),
+    "residual a string": (edit_config(lambda c: c["hyperparameters"].update(residual="yes")), ["residual"]),
+    "alpha NaN": (edit_config(lambda c: c["hyperparameters"].update(alpha=float("nan"))), ["alpha"]),
+    "unknown hyperparameter": (
+        edit_config(lambda c: c["hyperparameters"].update(gamma=1)),
+        ["unknown SearchAdaptor parameter", "gamma"],
+    ),
+    "mode removed": (edit_config(lambda c: c["hyperparameters"].pop("mode")), ["hyperparameters", "'mode'"]),
+    "dim abc": (edit_config(lambda c: c.update(dim="abc")), ["'dim'", '"abc"']),
+    "dim 10^9": (edit_config(lambda c: c.update(dim=10**9)), ["'dim'", "65536"]),
+    "dim other than the weights": (
+        edit_config(lambda c: c.update(dim=8)),
+        ["tensor 'query.f.0.", "the config needs F32 (8"],
+    ),
+    "separate without corpus weights": (
+        edit_config(lambda c: c["hyperparameters"].update(mode="separate")),
+        ["missing tensor", "corpus."],
+    ),
+    "a list": (edit_config(lambda c: [c], whole=True), ["expected a JSON object, got list"]),
+    "no training section": (edit_config(lambda c: c.pop("training")), ["missing field 'training'"]),
+    "no hyperparameters section": (
+        edit_config(lambda c: c.pop("hyperparameters")),
+        ["missing field 'hyperparameters'"],
+    ),
+    "unknown field": (edit_config(lambda c: c.update(extra=1)), ["unknown field 'extra'"]),
+    "format_version a string": (
+        edit_config(lambda c: c.update(format_version="2")),
+        ["format_version", '"2"'],
+    ),
+    "format_version from the future": (
+        edit_config(lambda c: c.update(format_version=99)),
+        ["format_version 99 is newer", "upgrade search-adaptor"],
+    ),
+    "UTF-16": (
+        lambda f: (f / "config.json").write_bytes((f / "config.json").read_text().encode("utf-16")),
+        ["UTF-16 text, not UTF-8", "save it as UTF-8"],
+    ),
+    "not JSON": (lambda f: (f / "config.json").write_text('{"dim": 16,'), ["not valid JSON", "line 1"]),
+    "nested 10^5 deep": (
+        lambda f: (f / "config.json").write_text("[" * 100_000 + "]" * 100_000),
+        ["nested too deeply"],
+    ),
+    "test metrics not numbers": (
+        edit_config(lambda c: c["metrics"].update(test={"adapted": {"ndcg@10": "high"}, "zero-shot": {}})),
+        ["metrics.test"],
+    ),
+    "no config.json": (lambda f: (f / "config.json").unlink(), ["not found"]),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_EDITS)
+def test_an_edited_or_damaged_config_is_one_line_naming_file_and_field(
+    world, adapter_copy, tmp_path, capsys, case
+):
+    edit, parts = CONFIG_EDITS[case]
+    edit(adapter_copy)
+    npy = tmp_path / "base.npy"
+    np.save(npy, world["d"]["D"][:5])
+    out = tmp_path / "adapted.npy"
+    result = run(capsys, "transform", npy, "--adapter", adapter_copy, "--out", out)
+    assert_refused(result, str(adapter_copy), "config.json", *parts)
+    assert not out.exists()
+
+
+# -- 2, 5. adapter.safetensors: names, dtypes, shapes, damage, integrity -------------------------------
+WEIGHT_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+    "an unknown tensor": (
+        rewrite_weights(lambda t: t.update({"query.extra": torch.zeros(2)})),
+        ["unknown tensor 'query.extra'"],
+    ),
+    "a missing tensor": (
+        rewrite_weights(lambda t: t.pop("query.f.2.bias")),
+        ["missing tensor 'query.f.2.bias'"],
+    ),
+    "float16 weights": (
+        rewrite_weights(lambda t: t.update({k: v.half() for k, v in t.items()})),
+        ["F16", "needs F32"],
+    ),
+    "a transposed weight": (
+        rewrite_weights(lambda t: t.update({"query.f.0.weight": torch.zeros(16, 17)})),
+        ["(16, 17)", "(16, 16)"],
+    ),
+    "truncated": (edit_weights_bytes(lambda b: b[: len(b) // 2]), ["not a readable safetensors file"]),
+    "empty": (edit_weights_bytes(lambda b: b""), ["not a readable safetensors file"]),
+    "garbage": (edit_weights_bytes(lambda b: bytes(range(256)) * 8), ["not a readable safetensors file"]),
+    "a finite weight changed": (set_weight(0.123), ["checksum", "changed or damaged"]),
+    "missing": (lambda f: (f / "adapter.safetensors").unlink(), ["not found"]),
+}
+
+
+@pytest.mark.parametrize("case", WEIGHT_EDITS)
+def test_damaged_or_foreign_weights_are_one_line_naming_the_file(world, adapter_copy, tmp_path, capsys, case):
+    edit, parts = WEIGHT_EDITS[case]
+    edit(adapter_copy)
+    npy = tmp_path / "base.npy"
+    np.save(npy, world["d"]["D"][:5])
+    result = run(capsys, "transform", npy, "--adapter", adapter_copy, "--out", tmp_path / "adapted.npy")
+    assert_refused(result, str(adapter_copy), *parts)
+
+
+def test_a_valid_edit_that_would_change_the_outputs_is_refused(world, adapter_copy):
+    """Shared -> query_only keeps every weight name and shape but stops adapting documents: only the
+    checksum can tell, so the load refuses instead of returning different numbers."""
+    edit_config(lambda c: c["hyperparameters"].update(mode="query_only"))(adapter_copy)
+    with pytest.raises(ValueError, match=r"config\.json: checksum .* changed or damaged") as exc:
+        SearchAdaptor.load(adapter_copy)
+    assert "\n" not in str(exc.value)
+    edit_config(lambda c: c["hyperparameters"].update(mode="shared", alpha=0.5, seed=7))(adapter_copy)
+    again = SearchAdaptor.load(adapter_copy)  # training-only settings change no output
+    X = world["d"]["Q"]
+    assert np.array_equal(again.transform_queries(X), world["est"].transform_queries(X))
+
+
+def test_an_adapter_saved_before_checksums_loads_and_says_so_once(world, adapter_copy, caplog):
+    def older(c: dict) -> None:
+        c["format_version"] = 1
+        del c["checksum"]
+
+    edit_config(older)(adapter_copy)
+    X = world["d"]["Q"]
+    with caplog.at_level("WARNING"):
+        first = SearchAdaptor.load(adapter_copy)
+        SearchAdaptor.load(adapter_copy)
+    said = [r.getMessage() for r in caplog.records if "checksum" in r.getMessage()]
+    assert len(said) == 1 and str(adapter_copy) in said[0] and "re-save" in said[0]
+    assert np.array_equal(first.transform_queries(X), world["est"].transform_queries(X))
+    edit_config(lambda c: c.update(format_version=2))(adapter_copy)  # format 2 cannot drop its checksum
+    with pytest.raises(ValueError, match=r"config\.json: missing field 'checksum'"):
+        SearchAdaptor.load(adapter_copy)
+
+
+# -- 4. degenerate precomputed vectors ------------------------------------------------------------------
+def _zero_row(d: dict, stem: str) -> np.ndarray:
+    mat = (d["Q"] if stem == "queries" else d["D"]).copy()
+    mat[7] = 0.0
+    return mat
+
+
+DEGENERATE = {
+    "an all-zero query": ("queries", lambda d: _zero_row(d, "queries"), ["queries.npz", "'q7'", "all zeros"]),
+    "an all-zero document": ("corpus", lambda d: _zero_row(d, "corpus"), ["corpus.npz", "'d7'", "all zeros"]),
+    "dimension 0": (
+        "corpus",
+        lambda d: np.zeros((len(d["dids"]), 0), np.float32),
+        ["corpus.npz", "dimension 0"],
+    ),
+    "NaN": ("queries", lambda d: np.where(np.arange(16) == 3, np.nan, d["Q"]), ["queries.npz", "NaN"]),
+}
+
+
+@pytest.mark.parametrize("case", DEGENERATE)
+def test_degenerate_precomputed_vectors_are_refused_before_training(world, tmp_path, capsys, case):
+    stem, make, parts = DEGENERATE[case]
+    vec = write_vectors(tmp_path / "vec", world["d"], **{stem: make(world["d"])})
+    out = tmp_path / "out"
+    assert_refused(fit(capsys, world["data"], vec, out, "--folds", "2"), str(vec), *parts)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "scale, dtype", [(1e30, np.float32), (1e-30, np.float32), (3e37, np.float32), (1e300, np.float64)]
+)
+def test_huge_or_tiny_vectors_score_as_their_directions(world, tmp_path, capsys, scale, dtype):
+    """Cosine ignores length: vectors scaled by 1e30 or 1e-30 give the report of the unscaled ones
+    (float32 squares overflow or underflow there, so lengths are measured in float64)."""
+    reports = []
+    for name, s, t in (("unit", 1.0, np.float32), ("scaled", scale, dtype)):
+        vec = write_vectors(tmp_path / name, world["d"], scale=s, dtype=t)
+        out = tmp_path / f"out-{name}"
+        argv = ["evaluate", world["data"], "--adapter", world["adapter"], "--embeddings", vec]
+        assert run(capsys, *argv, "--model", MODEL, "--out", out, "-o", "json", "--quiet")[0] == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    for system in ("zero-shot", "adapted"):
+        for metric, value in reports[0]["metrics"][system].items():
+            assert reports[1]["metrics"][system][metric] == pytest.approx(value, abs=1e-9), (system, metric)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_fit_on_huge_or_tiny_vectors_learns_what_it_learns_at_unit_scale(world, scale):
+    d = world["d"]
+    params = {"max_steps": 30, "eval_every": 10, "batch_size": 32}
+    unit = SearchAdaptor(**params).fit(d["Q"], d["D"], d["qrels"], d["qids"], d["dids"])
+    scaled = SearchAdaptor(**params).fit(d["Q"] * scale, d["D"] * scale, d["qrels"], d["qids"], d["dids"])
+    assert scaled.zero_shot_score_ == pytest.approx(unit.zero_shot_score_, abs=1e-6)
+    assert scaled.best_score_ == pytest.approx(unit.best_score_, abs=0.02)
+
+
+def test_fit_refuses_all_zero_rows_naming_the_row(world):
+    d = world["d"]
+    D = d["D"].copy()
+    D[4] = 0.0
+    with pytest.raises(ValueError, match=r"corpus embeddings: row 4 is all zeros \(1 such rows\)"):
+        SearchAdaptor(max_steps=5).fit(d["Q"], D, d["qrels"], d["qids"], d["dids"])
+
+
+# -- 5, 6. datasets and vector files ---------------------------------------------------------------------
+def test_fit_on_a_folder_without_qrels(world, tmp_path, capsys):
+    data = Path(shutil.copytree(world["data"], tmp_path / "syn"))
+    shutil.rmtree(data / "qrels")
+    result = fit(capsys, data, world["vec"], tmp_path / "out")
+    assert_refused(result, str(data / "qrels"), "no qrels files", "qrels/test.tsv")
+
+
+def test_too_few_labelled_queries_for_the_default_folds_names_the_flag(world, tmp_path, capsys):
+    d = world["d"]
+    data = write_beir(tmp_path / "syn", d, qrels={q: d["qrels"][q] for q in d["qids"][:3]})
+    result = fit(capsys, data, world["vec"], tmp_path / "out")
+    assert_refused(result, "qrels/test.tsv", "3 labelled queries", "5 folds", "--folds between 2 and 3")
+
+
+def _object_npz(path: Path, d: dict) -> None:
+    np.savez(path, ids=np.array(d["qids"], dtype=object), embeddings=d["Q"])
+
+
+VECTOR_FILES: dict[str, tuple[Callable[[Path, dict], None], list[str]]] = {
+    "truncated": (
+        lambda p, d: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+        ["not a readable .npz file"],
+    ),
+    "not a zip": (lambda p, d: p.write_text("q0 0.1 0.2\n"), ["not a readable .npz file"]),
+    "object ids": (_object_npz, ["'ids'", "object"]),
+    "no embeddings array": (
+        lambda p, d: np.savez(p, ids=np.array(d["qids"])),
+        ["missing array(s) embeddings"],
+    ),
+    "strings as vectors": (
+        lambda p, d: np.savez(p, ids=np.array(d["qids"]), embeddings=np.array(d["qids"])),
+        ["'embeddings'", "not numbers"],
+    ),
+    "ids and rows disagree": (
+        lambda p, d: np.savez(p, ids=np.array(d["qids"][:-1]), embeddings=d["Q"]),
+        ["159 ids", "(160, 16)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", VECTOR_FILES)
+def test_a_bad_vector_file_is_one_line_naming_it(world, tmp_path, capsys, case):
+    damage, parts = VECTOR_FILES[case]
+    vec = write_vectors(tmp_path / "vec", world["d"])
+    damage(vec / "queries.npz", world["d"])
+    assert_refused(fit(capsys, world["data"], vec, tmp_path / "out"), str(vec / "queries.npz"), *parts)
+
+
+@pytest.mark.parametrize(
+    "rows, parts",
+    [
+        (["q1\td1\tx", "q2\td2\t1"], [":1:", 'score "x" is not an integer']),
+        (["q1\td1\t1.5", "q2\td2\t1"], [":1:", 'score "1.5" is not an integer']),
+        (["q1\tnope\tscore", "q2\td2\t1"], [":1:", 'score "score" is not an integer']),
+    ],
+)
+def test_a_first_qrels_row_that_is_data_is_never_taken_for_a_header(tmp_path, rows, parts):
+    from search_adaptor.data import DataError, load_beir
+
+    d = {"dids": ["d1", "d2"], "qids": ["q1", "q2"], "qrels": {}}
+    data = write_beir(tmp_path / "syn", d, header=False)
+    (data / "qrels" / "test.tsv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError) as exc:
+        load_beir(data)
+    message = str(exc.value)
+    assert "\n" not in message and "test.tsv" in message
+    for part in parts:
+        assert part in message, message
+    (data / "qrels" / "test.tsv").write_text("qid\tdocid\trelevance\n" + "\n".join(rows[1:]) + "\n")
+    assert load_beir(data).qrels["test"] == {"q2": {"d2": 1}}  # a real header is still skipped
+
+
+# -- 10. evaluate refuses another model's adapter before embedding anything -----------------------------
+def test_evaluate_with_another_models_adapter_embeds_nothing(world, tmp_path, capsys, monkeypatch):
+    fake = CountingEncoder(dim=16, batch_size=50)
+    monkeypatch.setattr(registry, "make_encoder", lambda *a, **k: fake)
+    argv = [
+        "evaluate",
+        world["data"],
+        "--adapter",
+        world["adapter"],
+        "--cache",
+        tmp_path / "cache",
+        "--quiet",
+    ]
+    assert_refused(run(capsys, *argv), f"precomputed:{MODEL}", fake.fingerprint, "same encoder")
+    assert fake.calls == []
+    vec = ["--embeddings", world["vec"], "--model", "other-model"]
+    assert_refused(run(capsys, *argv, *vec), f"precomputed:{MODEL}", "precomputed:other-model")
+
+
+# -- 11, 5, 6. index folders -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def index_dir(world, tmp_path_factory) -> Path:
+    if find_spec("faiss") is None:
+        pytest.skip("needs faiss")
+    from search_adaptor.index import AdaptedIndex
+
+    d = world["d"]
+    folder = tmp_path_factory.mktemp("index") / "idx"
+    AdaptedIndex.from_vectors(world["est"], d["dids"], d["D"], ENCODER_INFO).save(folder)
+    return folder
+
+
+def edit_manifest(change: Callable[[dict], Any], whole: bool = False) -> Callable[[Path], None]:
+    return edit_json("manifest.json", change, whole)
+
+
+INDEX_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
+    "adapter outside the folder": (
+        edit_manifest(lambda m: m["adapter"].update(path="../outside")),
+        ["manifest.json: adapter.path", '"../outside"', "points outside"],
+    ),
+    "absolute adapter path": (
+        edit_manifest(lambda m: m["adapter"].update(path="/tmp")),
+        ["manifest.json: adapter.path", '"/tmp"', "not a relative path"],
+    ),
+    "adapter a link to elsewhere": (
+        lambda f: (shutil.rmtree(f / "adapter"), (f / "adapter").symlink_to(f.parent / "outside")),
+        ["manifest.json: adapter.path", "points outside"],
+    ),
+    "manifest a list": (
+        edit_manifest(lambda m: [m], whole=True),
+        ["manifest.json", "expected a JSON object"],
+    ),
+    "manifest without adapter": (edit_manifest(lambda m: m.pop("adapter")), ["manifest.json", "'adapter'"]),
+    "manifest without adapter.path": (
+        edit_manifest(lambda m: m["adapter"].pop("path")),
+        ["manifest.json", "adapter.path"],
+    ),
+    "doc_ids.json not JSON": (lambda f: (f / "doc_ids.json").write_text('["d0", '), ["doc_ids.json", "JSON"]),
+    "doc_ids.json numbers": (
+        lambda f: (f / "doc_ids.json").write_text(json.dumps(list(range(300)))),
+        ["doc_ids.json", "list of document id strings"],
+    ),
+    "doc_ids.json repeats": (
+        lambda f: (f / "doc_ids.json").write_text(json.dumps(["d0"] * 300)),
+        ["doc_ids.json", "repeat"],
+    ),
+    "doc_ids.json short": (
+        lambda f: (f / "doc_ids.json").write_text(json.dumps([f"d{i}" for i in range(299)])),
+        ["index.faiss", "299 ids"],
+    ),
+    "index.faiss damaged": (lambda f: (f / "index.faiss").write_bytes(b"\0" * 100), ["index.faiss"]),
+}
+
+
+@pytest.mark.parametrize("case", INDEX_EDITS)
+def test_a_damaged_or_edited_index_is_one_line_naming_the_file(world, index_dir, tmp_path, capsys, case):
+    edit, parts = INDEX_EDITS[case]
+    folder = Path(shutil.copytree(index_dir, tmp_path / "idx"))
+    shutil.copytree(world["adapter"], tmp_path / "outside")  # a valid adapter that must not be served
+    edit(folder)
+    assert_refused(run(capsys, "search", folder, "a query"), *parts, "rebuild")
+
+
+# -- 5, 6. the embedding store through the command line ---------------------------------------------------
+@pytest.fixture
+def store_world(world, tmp_path, monkeypatch) -> dict[str, Any]:
+    """``embed`` with a counting fake encoder, its store under ``cache`` filled once."""
+    fake = CountingEncoder(dim=16, batch_size=64)
+    monkeypatch.setattr(registry, "make_encoder", lambda *a, **k: fake)
+    cache = tmp_path / "cache"
+    assert main(["embed", str(world["data"]), "--cache", str(cache), "--quiet"]) == 0
+    with EmbeddingStore(fake, cache) as store:
+        path = store.path
+    fake.calls.clear()
+    return {"fake": fake, "cache": cache, "path": path, "argv": ["embed", world["data"], "--cache", cache]}
+
+
+def test_a_corrupted_store_names_the_file_and_how_to_rebuild(store_world, capsys):
+    path = store_world["path"]
+    path.write_bytes(path.read_bytes()[:50] + b"\x13" * 5000)
+    result = run(capsys, *store_world["argv"], "--quiet")
+    assert_refused(result, str(path), "damaged embedding store", f"delete the folder {path.parent}")
+    assert store_world["fake"].calls == []
+
+
+def test_a_store_on_read_only_media_names_the_folder_and_the_flag(store_world, capsys, monkeypatch):
+    monkeypatch.setattr(store_mod, "_can_write", lambda p: False)
+    assert run(capsys, *store_world["argv"], "--quiet")[0] == 0  # everything is there: served read-only
+    assert store_world["fake"].calls == []
+    result = run(
+        capsys, "embed", store_world["argv"][1], "--cache", store_world["cache"] / "elsewhere", "--quiet"
+    )
+    assert_refused(result, "read-only", "--cache")
+
+
+def test_a_short_blob_in_the_store_is_embedded_again_and_named(store_world, capsys):
+    import sqlite3
+
+    with sqlite3.connect(store_world["path"]) as db:
+        db.execute("UPDATE vectors SET vec = ? WHERE key = ?", (b"\0" * 12, text_key("document", "d3")))
+    db.close()
+    with pytest.warns(RuntimeWarning, match=r"embeddings\.sqlite: 1 stored vector\(s\) had the wrong length"):
+        rc, _, _ = run(capsys, *store_world["argv"], "--quiet")
+    assert rc == 0 and store_world["fake"].calls == [("d3",)]
+
+
+# -- the store keeps what a provider did embed when it rejects one text -----------------------------------
+class RejectingEncoder(CountingEncoder):
+    """Like a provider: rejects texts longer than ``limit`` and embeds the rest of their batch."""
+
+    def __init__(self, limit: int = 40, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.limit = limit
+
+    def encode_batch(self, texts, kind):
+        out = super().encode_batch(texts, kind)
+        rejected = {
+            i: f"HTTP 400: longer than {self.limit} characters"
+            for i, t in enumerate(texts)
+            if len(t) > self.limit
+        }
+        if rejected:
+            out[list(rejected)] = np.nan
+            raise InputsRejected.of(self.provider, texts, out, rejected)
+        return out
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_rejected_text_fails_at_the_end_and_the_others_are_kept(tmp_path, workers):
+    texts = [f"text {i}" for i in range(20)]
+    texts[5] = "an over-long text " * 5
+    enc = RejectingEncoder(dim=8, batch_size=4, max_concurrency=workers)
+    with EmbeddingStore(enc, tmp_path) as store:
+        with pytest.raises(InputsRejected) as exc:
+            store.embed(texts, "document")
+        message = str(exc.value)
+        assert "\n" not in message and "1 of 20 texts cannot be embedded" in message
+        assert "text 5 (90 characters, starting 'an over-long text an over-long text" in message
+        assert "longer than 40 characters" in message and str(store.path.parent) in message
+        assert sum(len(c) for c in enc.calls) == 20  # every batch was sent, the one after it too
+        assert store.missing("document", texts) == [texts[5]]
+        ok = [i for i in range(20) if i != 5]
+        assert np.isnan(exc.value.vectors[5]).all() and list(exc.value.rejected) == [5]
+        assert np.array_equal(exc.value.vectors[ok], store.embed([texts[i] for i in ok], "document"))
+    assert sum(len(c) for c in enc.calls) == 20  # read back from the store, not embedded again
+
+
+def test_a_rejected_query_still_lets_the_documents_be_embedded(world, tmp_path, capsys, monkeypatch):
+    d = world["d"]
+    data = write_beir(tmp_path / "syn", d)
+    lines = (data / "queries.jsonl").read_text().splitlines()
+    lines[2] = json.dumps({"_id": "q2", "text": "too long " * 10})
+    (data / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    fake = RejectingEncoder(dim=16, batch_size=64)
+    monkeypatch.setattr(registry, "make_encoder", lambda *a, **k: fake)
+    result = run(capsys, "embed", data, "--cache", tmp_path / "cache", "--quiet")
+    assert_refused(result, "1 of 160 texts cannot be embedded", "text 2", "starting 'too long")
+    sent = {t for call in fake.calls for t in call}
+    assert set(d["dids"]) <= sent  # the corpus was embedded although a query was refused
+
+
+# -- --debug and unexpected errors ----------------------------------------------------------------------
+def test_debug_shows_the_traceback_and_unexpected_errors_stay_one_line(
+    world, adapter_copy, tmp_path, capsys, monkeypatch
+):
+    edit_config(lambda c: c["hyperparameters"].update(mode="__class__"))(adapter_copy)
+    npy = tmp_path / "base.npy"
+    np.save(npy, world["d"]["D"][:5])
+    argv = ["transform", npy, "--adapter", adapter_copy, "--out", tmp_path / "o.npy"]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        main([str(a) for a in [*argv, "--debug"]])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        main([str(a) for a in ["--debug", *argv]])
+    import search_adaptor.pipeline as pipeline
+
+    def broken(*a: Any, **k: Any) -> None:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(pipeline, "transform_vectors", broken)
+    rc, _, err = run(capsys, "transform", npy, "--adapter", world["adapter"], "--out", tmp_path / "o.npy")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "KeyError" in err and "surprise" in err and "--debug" in err
