@@ -149,8 +149,14 @@ def _encoder(args: argparse.Namespace) -> Any:
 
 
 def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> Any:
-    from search_adaptor.experiment import embeddings_for
+    """The dataset's embeddings, once what the command will score has been checked (nothing is paid for
+    a run that would stop at its qrels)."""
+    from search_adaptor.experiment import embeddings_for, protocol
 
+    if args.command == "fit":
+        protocol(dataset, args.folds, args.seed)
+    elif args.command == "evaluate":
+        dataset.split(args.split)
     if args.embeddings:
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, adapter=adapter)
     options = {"cache_dir": args.cache, "progress": not args.quiet, "adapter": adapter}

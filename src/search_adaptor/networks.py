@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from search_adaptor.retrieval import l2_normalize, row_norms
+from search_adaptor.retrieval import l2_normalize, row_norms, safe_norms
 
 ARCHITECTURES = ("mlp", "linear")
 MODES = ("shared", "query_only", "separate")
@@ -245,7 +245,7 @@ def adapt_rows(net: NumpyNet | None, x: np.ndarray, what: str, work: Workspace |
         raise ValueError(f"{what}: row {row} contains NaN or inf; fix the embeddings before adapting")
     rows = work.array("rows", *x.shape) if work is not None else None
     if len(norms) and np.abs(norms - 1.0).max() > 1e-6:
-        x = np.divide(x, np.maximum(norms, 1e-12)[:, None], out=rows)
+        x = np.divide(x, safe_norms(norms), out=rows if rows is not None else np.empty_like(x))
     elif net is None:  # unit rows already (most models and APIs return them): skip a pass, not the copy
         if rows is None:
             x = x.copy()

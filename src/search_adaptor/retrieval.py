@@ -9,19 +9,30 @@ _DOC_CHUNK = 262144
 
 
 def row_norms(x: np.ndarray) -> np.ndarray:
-    """L2 norm of every row, in the input's precision (one pass, no squared temporary); rows whose
-    squares overflow it (finite values around 1e20 and up in float32) are measured in float64.
-    A row with NaN or inf gets a non-finite norm."""
+    """L2 norm of every row: in the input's precision (one pass, no squared temporary), and, for rows
+    whose squares overflow or underflow it (float32 values beyond about 1e19 or below 1e-19), in
+    float64 after scaling the row by its largest value, so that every finite vector gets its true
+    length (then float64). A row with NaN or inf gets a non-finite norm; a zero row, 0."""
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    if not np.isfinite(norms).all():
-        redo = ~np.isfinite(norms) & np.isfinite(x).all(axis=1)
-        norms[redo] = np.linalg.norm(x[redo].astype(np.float64), axis=1)
+    if np.isfinite(norms).all() and norms.all():
+        return norms
+    norms = norms.astype(np.float64)
+    odd = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    rows = x[odd].astype(np.float64)
+    scale = np.abs(rows).max(axis=1)
+    ok = np.isfinite(scale) & (scale > 0)
+    norms[odd[ok]] = scale[ok] * np.linalg.norm(rows[ok] / scale[ok, None], axis=1)
     return norms
 
 
+def safe_norms(norms: np.ndarray) -> np.ndarray:
+    """Divisors for :func:`row_norms`' output: a zero row divides by 1 and stays zero."""
+    return np.where(norms > 0, norms, 1.0)[:, None]
+
+
 def l2_normalize(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Row-wise unit vectors (zero rows stay zero); ``out=x`` normalises in place."""
-    return np.divide(x, np.maximum(row_norms(x), 1e-12)[:, None], out=out)
+    """Row-wise unit vectors in ``x``'s dtype (zero rows stay zero); ``out=x`` normalises in place."""
+    return np.divide(x, safe_norms(row_norms(x)), out=out if out is not None else np.empty_like(x))
 
 
 def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
