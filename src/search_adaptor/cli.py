@@ -44,6 +44,7 @@ def A(*flags: str, **options: Any) -> Arg:
 
 _OUTPUT = A("-o", "--output", choices=("table", "json"), default="table")
 _ADAPTER = A("--adapter", required=True, metavar="ADAPTER_DIR")
+_DIM = A("--dim", type=_positive_int, help="keep the first DIM adapted coordinates (Matryoshka)")
 _DATA = A("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
 _ENCODER = [
     A("--provider", default=LOCAL, choices=PROVIDERS),
@@ -83,6 +84,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _ADAPTER,
         A("--out", required=True, metavar="INDEX_DIR"),
         A("--backend", default="flat", choices=("flat", "hnsw"), help="hnsw: approximate"),
+        _DIM,
         "engine",
         "embeddings",
     ],
@@ -92,6 +94,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--out", required=True, metavar="OUT", help="OUT.npy, OUT.parquet or a folder"),
         A("--id-column", default="id", help="Parquet id column (default id)"),
         A("--vector-column", default="vector", help="Parquet vector column (default vector)"),
+        _DIM,
         "engine",
     ],
     "search": [A("index", metavar="INDEX_DIR"), A("query"), A("-k", type=_positive_int, default=10), _OUTPUT],
@@ -108,6 +111,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("adapter", metavar="ADAPTER_DIR"),
         A("--out", required=True, metavar="DIR"),
         A("--format", required=True, choices=("onnx", "sentence-transformers")),
+        _DIM,
     ],
 }
 
@@ -231,7 +235,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
     adapter = SearchAdaptor.load(args.adapter)
     source = _embeddings(args, load_beir(args.data), adapter) if args.embeddings else args.data
     encoder = None if args.embeddings else _encoder(args)
-    options = {k: getattr(args, k) for k in ("engine", "backend", "rows", "ray_address")}
+    options = {k: getattr(args, k) for k in ("engine", "backend", "rows", "ray_address", "dim")}
     index, stats = build_index(
         source, encoder, adapter, args.out, cache_dir=args.cache, progress=not args.quiet, **options
     )
@@ -244,7 +248,8 @@ def _cmd_transform(args: argparse.Namespace) -> None:
     from search_adaptor.model import SearchAdaptor
     from search_adaptor.pipeline import transform_vectors
 
-    options = {k: getattr(args, k) for k in ("engine", "rows", "id_column", "vector_column", "ray_address")}
+    keys = ("engine", "rows", "id_column", "vector_column", "ray_address", "dim")
+    options = {k: getattr(args, k) for k in keys}
     stats = transform_vectors(args.vectors, SearchAdaptor.load(args.adapter), args.out, **options)
     rate = stats.rows / max(stats.seconds, 1e-9)
     print(
@@ -278,7 +283,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     """export an adapter as ONNX or as a sentence-transformers model"""
     from search_adaptor.export import export
 
-    out = export(args.adapter, args.out, args.format)
+    out = export(args.adapter, args.out, args.format, args.dim)
     print(f"{args.format} export of {args.adapter} written to {out} and checked against the adapter")
 
 

@@ -43,9 +43,17 @@ Layer = tuple[np.ndarray, np.ndarray, bool]  # weight (out, in), bias (out,), Re
 
 def _nets(adapter: SearchAdaptor) -> tuple[ResidualAdapter | None, ResidualAdapter | None]:
     """(query, corpus) networks as ``transform_*`` applies them; None means "normalise only"."""
-    if adapter.is_identity_:
-        return None, None
-    return adapter.query_net_, adapter.corpus_net_
+    return tuple(  # type: ignore[return-value]
+        None if adapter.numpy_side(kind) is None else net
+        for kind, net in (("query", adapter.query_net_), ("document", adapter.corpus_net_))
+    )
+
+
+def _projection(net: ResidualAdapter) -> np.ndarray:
+    """The network's input projection ``p`` as a (out, in) matrix; the identity when it has none."""
+    if net.project is None:
+        return np.eye(net.f[0].in_features, dtype=np.float32)
+    return net.project.weight.detach().numpy().copy()
 
 
 def dense_layers(net: ResidualAdapter) -> list[Layer]:
@@ -57,8 +65,9 @@ def dense_layers(net: ResidualAdapter) -> list[Layer]:
 
 
 # -- ONNX --------------------------------------------------------------------------------------------
-def _onnx_graph(net: ResidualAdapter | None, dim: int, name: str) -> Any:
-    """ONNX model: normalise -> [residual function (+ input)] -> normalise."""
+def _onnx_graph(net: ResidualAdapter | None, dim: int, name: str, size: int | None = None) -> Any:
+    """ONNX model: normalise -> [projection -> residual function (+ its input)] -> [first ``size``
+    coordinates] -> normalise."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes: list[Any] = []
@@ -70,8 +79,12 @@ def _onnx_graph(net: ResidualAdapter | None, dim: int, name: str) -> Any:
         nodes.append(helper.make_node("Div", [x, f"{out}_safe"], [out]))
 
     normalize("embeddings", "x")
-    h = "x"
+    h = base = "x"
     if net is not None:
+        if net.project is not None:
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(_projection(net).T), "projection"))
+            nodes.append(helper.make_node("MatMul", ["x", "projection"], ["projected"]))
+            h = base = "projected"
         for i, (weight, bias, relu) in enumerate(dense_layers(net)):
             inits += [numpy_helper.from_array(weight, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
             nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [f"h{i}"], transB=1))
@@ -80,14 +93,19 @@ def _onnx_graph(net: ResidualAdapter | None, dim: int, name: str) -> Any:
                 nodes.append(helper.make_node("Relu", [h], [f"{h}_relu"]))
                 h = f"{h}_relu"
         if net.residual:
-            nodes.append(helper.make_node("Add", ["x", h], ["residual"]))
+            nodes.append(helper.make_node("Add", [base, h], ["residual"]))
             h = "residual"
+    if size is not None and size < dim:
+        for key, value in (("starts", 0), ("ends", size), ("axes", 1)):
+            inits.append(numpy_helper.from_array(np.array([value], dtype=np.int64), key))
+        nodes.append(helper.make_node("Slice", [h, "starts", "ends", "axes"], ["prefix"]))
+        h = "prefix"
     normalize(h, "adapted")
     graph = helper.make_graph(
         nodes,
         name,
         [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["n", dim])],
-        [helper.make_tensor_value_info("adapted", TensorProto.FLOAT, ["n", dim])],
+        [helper.make_tensor_value_info("adapted", TensorProto.FLOAT, ["n", size or dim])],
         inits,
     )
     model = helper.make_model(
@@ -97,7 +115,9 @@ def _onnx_graph(net: ResidualAdapter | None, dim: int, name: str) -> Any:
     return model
 
 
-def export_onnx(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike) -> Path:
+def export_onnx(
+    adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike, dim: int | None = None
+) -> Path:
     """Write ``query.onnx``, ``corpus.onnx`` and ``export.json`` into ``out``, verified with onnxruntime.
 
     Parameters
@@ -105,6 +125,8 @@ def export_onnx(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLi
     adapter : SearchAdaptor or path
     out : path
         Replaced atomically if it is an earlier ONNX export (has ``export.json``) or empty.
+    dim : int, optional
+        Output only the first ``dim`` adapted coordinates, unit length again (a Matryoshka prefix).
 
     Raises
     ------
@@ -119,10 +141,10 @@ def export_onnx(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLi
     query_net, corpus_net = _nets(adapter)
     models = {}
     for side, net, expected in (
-        ("query", query_net, adapter.transform_queries(sample)),
-        ("corpus", corpus_net, adapter.transform_corpus(sample)),
+        ("query", query_net, adapter.transform_queries(sample, dim=dim)),
+        ("corpus", corpus_net, adapter.transform_corpus(sample, dim=dim)),
     ):
-        model = _onnx_graph(net, adapter.dim_, f"search_adaptor_{side}")
+        model = _onnx_graph(net, adapter.dim_, f"search_adaptor_{side}", dim)
         onnx.checker.check_model(model, full_check=True)
         blob = model.SerializeToString()
         session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
@@ -135,9 +157,10 @@ def export_onnx(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLi
         "format": "onnx",
         "mode": adapter.mode,
         "dim": adapter.dim_,
+        "output_dim": dim or adapter.dim_,
         "encoder": adapter.encoder_,
         "input": "embeddings: base embeddings, float32 (n, dim)",
-        "output": "adapted: unit-norm adapted embeddings, float32 (n, dim)",
+        "output": "adapted: unit-norm adapted embeddings, float32 (n, output_dim)",
         "queries": "query.onnx",
         "documents": "corpus.onnx",
     }
@@ -150,12 +173,14 @@ def export_onnx(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLi
 
 
 # -- sentence-transformers ---------------------------------------------------------------------------
-def _dense_modules(net: ResidualAdapter | None) -> list[Any]:
-    """Built-in sentence-transformers modules computing ``normalize(net(x))`` for unit-norm ``x``.
+def _dense_modules(net: ResidualAdapter | None, dim: int, size: int | None = None) -> list[Any]:
+    """Built-in sentence-transformers modules computing ``normalize(net(x)[:size])`` for unit-norm ``x``.
 
-    A residual MLP ``x + W2 relu(W1 x + b1) + b2`` becomes two ``Dense`` layers through the identity
-    ``x = relu(x) - relu(-x)``: the first outputs ``[relu(W1 x + b1), relu(x), relu(-x)]``, the second
-    ``[W2, I, -I]`` times that plus ``b2``. A residual linear map ``x + W x + b`` is ``(I + W) x + b``.
+    With ``x' = P x`` (the projection; the identity without one), a residual MLP
+    ``x' + W2 relu(W1 x' + b1) + b2`` becomes two ``Dense`` layers through the identity
+    ``x' = relu(x') - relu(-x')``: the first outputs ``[relu(W1 P x + b1), relu(P x), relu(-P x)]``,
+    the second ``[W2, I, -I]`` times that plus ``b2``. A residual linear map is ``(I + W) P x + b``.
+    A Matryoshka ``size`` keeps the first rows of the last layer.
     """
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
@@ -168,21 +193,37 @@ def _dense_modules(net: ResidualAdapter | None) -> list[Any]:
             init_bias=torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)),
         )
 
+    keep = slice(0, size or dim)
     if net is None:
-        return [Normalize()]
+        cut = (
+            []
+            if size is None or size == dim
+            else [dense(np.eye(dim, dtype=np.float32)[keep], np.zeros(size), False)]
+        )
+        return [*cut, Normalize()]
+    P = _projection(net)
     layers = dense_layers(net)
     if not net.residual:
+        (w0, b0, r0), *rest = layers
+        layers = [(w0 @ P, b0, r0), *rest]
+        (wl, bl, rl) = layers[-1]
+        layers[-1] = (wl[keep], bl[keep], rl)
         return [*(dense(*layer) for layer in layers), Normalize()]
     if len(layers) == 1:
         (weight, bias, _) = layers[0]
-        return [dense(weight + np.eye(len(weight), dtype=np.float32), bias, False), Normalize()]
+        return [
+            dense(((weight + np.eye(len(weight), dtype=np.float32)) @ P)[keep], bias[keep], False),
+            Normalize(),
+        ]
     (w1, b1, _), (w2, b2, _) = layers
     eye = np.eye(w1.shape[1], dtype=np.float32)
-    first = dense(np.vstack([w1, eye, -eye]), np.concatenate([b1, np.zeros(2 * len(eye), np.float32)]), True)
-    return [first, dense(np.hstack([w2, eye, -eye]), b2, False), Normalize()]
+    first = dense(np.vstack([w1 @ P, P, -P]), np.concatenate([b1, np.zeros(2 * len(eye), np.float32)]), True)
+    return [first, dense(np.hstack([w2, eye, -eye])[keep], b2[keep], False), Normalize()]
 
 
-def export_sentence_transformers(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike) -> Path:
+def export_sentence_transformers(
+    adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike, dim: int | None = None
+) -> Path:
     """Write a sentence-transformers model folder whose vectors are the adapted ones.
 
     ``SentenceTransformer(out).encode_query(texts)`` equals the base model's query embeddings through
@@ -195,6 +236,8 @@ def export_sentence_transformers(adapter: SearchAdaptor | str | os.PathLike, out
         Trained on a local sentence-transformers model.
     out : path
         Replaced atomically if it is a sentence-transformers folder (has ``modules.json``) or empty.
+    dim : int, optional
+        Output only the first ``dim`` adapted coordinates, unit length again (a Matryoshka prefix).
 
     Raises
     ------
@@ -224,19 +267,19 @@ def export_sentence_transformers(adapter: SearchAdaptor | str | os.PathLike, out
         device="cpu",
     )
     adapter.check_encoder(base)
-    expected_q = adapter.transform_queries(base.encode_queries(_CHECK_TEXTS))
-    expected_d = adapter.transform_corpus(base.encode_corpus(_CHECK_TEXTS))
+    expected_q = adapter.transform_queries(base.encode_queries(_CHECK_TEXTS), dim=dim)
+    expected_d = adapter.transform_corpus(base.encode_corpus(_CHECK_TEXTS), dim=dim)
     modules = list(base._load().children())  # the very model the encoder runs
     if not isinstance(modules[-1], Normalize):  # the encoder normalises; so must the folder
         modules.append(Normalize())
     query_net, corpus_net = _nets(adapter)
     if adapter.mode == "shared":
-        modules += _dense_modules(query_net)
+        modules += _dense_modules(query_net, adapter.dim_, dim)
     else:
         modules.append(
             Router.for_query_document(
-                query_modules=_dense_modules(query_net),
-                document_modules=_dense_modules(corpus_net),
+                query_modules=_dense_modules(query_net, adapter.dim_, dim),
+                document_modules=_dense_modules(corpus_net, adapter.dim_, dim),
                 default_route="query",
             )
         )
@@ -260,7 +303,9 @@ def export_sentence_transformers(adapter: SearchAdaptor | str | os.PathLike, out
     return staged.target
 
 
-def export(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike, format: str) -> Path:
+def export(
+    adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike, format: str, dim: int | None = None
+) -> Path:
     """``search-adaptor export``: :func:`export_onnx` (``"onnx"``) or :func:`export_sentence_transformers`
     (``"sentence-transformers"``); a missing optional package is one line naming the extra to install."""
     exporters = {
@@ -271,6 +316,6 @@ def export(adapter: SearchAdaptor | str | os.PathLike, out: str | os.PathLike, f
         raise ValueError(f"format must be one of {', '.join(exporters)}; got {format!r}")
     run, extra = exporters[format]
     try:
-        return run(adapter, out)
+        return run(adapter, out, dim)
     except ImportError as exc:
         raise RuntimeError(f"export needs {exc.name}: pip install 'search-adaptor[{extra}]'") from exc

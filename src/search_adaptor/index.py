@@ -40,6 +40,7 @@ from search_adaptor.files import Staged, inside, read_json
 from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
 from search_adaptor.pipeline import JobStats, adapted_chunks, embed_and_adapt
+from search_adaptor.retrieval import l2_normalize
 from search_adaptor.vectors import iter_vectors
 
 FORMAT_VERSION = 1
@@ -124,8 +125,14 @@ class AdaptedIndex:
         hnsw_m: int,
         ef_search: int,
         encoder: Encoder | None,
+        size: int | None = None,
     ) -> AdaptedIndex:
         adapter.check_encoder(encoder_info, dim)
+        if size is not None and not 1 <= size <= dim:
+            raise ValueError(f"dim: an index of {dim}-d adapted vectors keeps 1 to {dim} of them, not {size}")
+        if size == dim:
+            size = None
+        dim = size or dim
         manifest: dict[str, Any] = {
             "library": "search-adaptor",
             "version": __version__,
@@ -140,14 +147,22 @@ class AdaptedIndex:
                 "fingerprint": adapter.fingerprint_,
                 "mode": adapter.mode,
                 "identity": adapter.is_identity_,
+                **({"size": size} if size else {}),  # a Matryoshka prefix: the first `size` coordinates
             },
         }
         if backend == "hnsw":
             manifest["hnsw"] = {"m": hnsw_m, "ef_construction": _EF_CONSTRUCTION, "ef_search": ef_search}
         return cls(adapter, _new_faiss_index(dim, backend, hnsw_m, ef_search), [], manifest, encoder)
 
+    def _sized(self, vectors: np.ndarray) -> np.ndarray:
+        """Adapted vectors as this index holds them: the first ``dim`` coordinates, unit length again,
+        when it keeps a Matryoshka prefix; as they are otherwise."""
+        if vectors.shape[1] == self.dim:
+            return vectors
+        return l2_normalize(np.ascontiguousarray(vectors[:, : self.dim], dtype=np.float32))
+
     def _add_adapted(self, doc_ids: Sequence[str], vectors: np.ndarray) -> None:
-        self.faiss_index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.faiss_index.add(np.ascontiguousarray(self._sized(vectors), dtype=np.float32))
         self.doc_ids.extend(doc_ids)
         self.manifest["n_docs"] = len(self.doc_ids)
 
@@ -164,6 +179,7 @@ class AdaptedIndex:
         progress: bool = False,
         hnsw_m: int = 32,
         ef_search: int = 128,
+        size: int | None = None,
     ) -> AdaptedIndex:
         """Embed ``texts`` through the embedding store, adapt them and index them, chunk by chunk.
 
@@ -183,6 +199,9 @@ class AdaptedIndex:
             Show a progress bar over the documents.
         hnsw_m, ef_search : int
             HNSW graph degree and search breadth (``ef_search`` can be raised later for recall).
+        size : int, optional
+            Keep the first ``size`` adapted coordinates (a Matryoshka prefix, unit length again):
+            every document and query is cut to it. ``from_vectors`` and ``from_shards`` take it too.
         """
         if len(doc_ids) != len(texts):
             raise ValueError(f"{len(doc_ids)} document ids for {len(texts)} texts; give one id per text")
@@ -218,6 +237,7 @@ class AdaptedIndex:
         encoder: Encoder | None = None,
         hnsw_m: int = 32,
         ef_search: int = 128,
+        size: int | None = None,
     ) -> AdaptedIndex:
         """Index base document vectors you already have (adapted here, chunk by chunk).
 
@@ -236,7 +256,7 @@ class AdaptedIndex:
                 f"{len(doc_ids)} document ids for vectors of shape {vectors.shape}; give one 2-D row per id"
             )
         adapter = as_adapter(adapter)
-        index = cls._empty(adapter, encoder_info, vectors.shape[1], backend, hnsw_m, ef_search, encoder)
+        index = cls._empty(adapter, encoder_info, vectors.shape[1], backend, hnsw_m, ef_search, encoder, size)
         for start in range(0, len(doc_ids), _BUILD_CHUNK):
             chunk = vectors[start : start + _BUILD_CHUNK]
             index._add_adapted(doc_ids[start : start + _BUILD_CHUNK], adapter.transform_corpus(chunk))
@@ -253,6 +273,7 @@ class AdaptedIndex:
         encoder: Encoder | None = None,
         hnsw_m: int = 32,
         ef_search: int = 128,
+        size: int | None = None,
     ) -> AdaptedIndex:
         """Index the already adapted vectors of a shard folder (see :mod:`search_adaptor.pipeline`).
 
@@ -265,13 +286,13 @@ class AdaptedIndex:
         for ids, vectors in iter_vectors(folder):
             if index is None:
                 index = cls._empty(
-                    adapter, encoder_info, vectors.shape[1], backend, hnsw_m, ef_search, encoder
+                    adapter, encoder_info, vectors.shape[1], backend, hnsw_m, ef_search, encoder, size
                 )
             for doc_id in ids:
                 if doc_id in seen:
                     raise ValueError(f"{folder}: document id {doc_id!r} appears twice; ids must be unique")
                 seen.add(doc_id)
-            index.faiss_index.add(vectors)
+            index.faiss_index.add(np.ascontiguousarray(index._sized(vectors)))
             index.doc_ids.extend(ids)
         if index is None:
             raise ValueError(f"{folder}: no vectors to index")
@@ -332,9 +353,15 @@ class AdaptedIndex:
             )
         fingerprint = manifest["encoder"]["fingerprint"]
         try:
-            adapter.check_encoder(manifest["encoder"], manifest["dim"])
+            adapter.check_encoder(manifest["encoder"])
         except CompatibilityError as exc:
             raise CompatibilityError(f"{adapter_path}: {exc}; {_REBUILD}") from None
+        size = manifest["adapter"].get("size", adapter.dim_)
+        if manifest["dim"] != size or not 1 <= size <= adapter.dim_:
+            raise ValueError(
+                f"{manifest_path}: dim {manifest['dim']} and adapter.size {size} do not fit the adapter's "
+                f"{adapter.dim_}-d output; {_REBUILD}"
+            )
         if encoder is not None and encoder.fingerprint != fingerprint:
             raise CompatibilityError(
                 f"{manifest_path}: the index holds vectors of {fingerprint} but the encoder given is "
@@ -438,11 +465,11 @@ class AdaptedIndex:
         side = self._side(kind)
         what = "queries" if kind == "query" else "corpus"
         if not rejected:
-            return adapt_rows(side, base, what)
+            return self._sized(adapt_rows(side, base, what))
         kept = np.setdiff1d(np.arange(len(texts)), list(rejected))
-        out = np.full_like(base, np.nan)
+        out = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
         if len(kept):
-            out[kept] = adapt_rows(side, base[kept], what)
+            out[kept] = self._sized(adapt_rows(side, base[kept], what))
         raise InputsRejected.of(encoder.provider, texts, out, rejected)
 
     def search(self, queries: Sequence[str] | np.ndarray, k: int = 10) -> Hits:
@@ -461,10 +488,13 @@ class AdaptedIndex:
         """
         if not isinstance(queries, np.ndarray):
             return self.search_adapted(self.embed_queries(queries), k)
-        if queries.ndim != 2 or queries.shape[1] != self.dim or len(queries) > _SMALL_BATCH:
-            return self.search_adapted(self.adapter.transform_queries(queries), k)  # names what is wrong
+        if queries.ndim != 2 or queries.shape[1] != self.adapter.dim_ or len(queries) > _SMALL_BATCH:
+            return self.search_adapted(
+                self._sized(self.adapter.transform_queries(queries)), k
+            )  # names what is wrong
         vectors = np.asarray(queries, dtype=np.float32)
-        return self.search_adapted(adapt_rows(self._side("query"), vectors, "queries", self._work()), k)
+        adapted = adapt_rows(self._side("query"), vectors, "queries", self._work())
+        return self.search_adapted(self._sized(adapted), k)
 
     def search_adapted(self, vectors: np.ndarray, k: int = 10) -> Hits:
         """Top-``k`` documents for already adapted, unit-norm query vectors (see :meth:`search`).
@@ -536,6 +566,9 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: backend must be one of {', '.join(BACKENDS)}; {_REBUILD}")
     if manifest["dim"] < 1 or manifest["n_docs"] < 0:
         raise ValueError(f"{path}: dim and n_docs out of range; {_REBUILD}")
+    size = manifest["adapter"].get("size", 1)
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise ValueError(f"{path}: field adapter.size must be an integer; {_REBUILD}")
     for section, key in (("adapter", "path"), ("adapter", "fingerprint"), ("encoder", "fingerprint")):
         if not isinstance(manifest[section].get(key), str):
             raise ValueError(f"{path}: field {section}.{key} must be a string; {_REBUILD}")
@@ -554,6 +587,7 @@ def build_index(
     rows: int | None = None,
     ray_address: str | None = None,
     progress: bool = False,
+    dim: int | None = None,
 ) -> tuple[AdaptedIndex, JobStats]:
     """Embed a corpus file (BEIR folder, ``corpus.jsonl[.gz]`` or Parquet) through the store, adapt it,
     and write the index folder ``out`` with its vector shards; ``search-adaptor index`` is this call.
@@ -561,7 +595,8 @@ def build_index(
     The shards are staged beside ``out`` and the folder appears atomically; nothing is embedded
     before the adapter has been checked against ``encoder``. ``corpus`` may instead be
     :class:`~search_adaptor.embed.Embeddings` already made (precomputed vectors; ``encoder`` None):
-    their documents are adapted and indexed as they are.
+    their documents are adapted and indexed as they are. ``dim`` keeps the first ``dim`` adapted
+    coordinates (a Matryoshka prefix): a smaller, faster index, searched with queries of that size.
     """
     import_faiss()  # fail before embedding anything
     adapter = as_adapter(adapter)
@@ -591,6 +626,8 @@ def build_index(
             rows=rows,
             progress=progress,
         )
-        index = AdaptedIndex.from_shards(adapter, shards, encoder.info(), backend=backend, encoder=encoder)
+        index = AdaptedIndex.from_shards(
+            adapter, shards, encoder.info(), backend=backend, encoder=encoder, size=dim
+        )
         index.save(target, vectors=shards)
     return index, stats

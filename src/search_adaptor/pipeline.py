@@ -104,7 +104,7 @@ def adapted_chunks(
     total: int | None = None,
 ) -> Iterator[tuple[list[str], np.ndarray, StoreStats]]:
     """``(ids, adapted vectors, store stats so far)`` for each ``(ids, texts)`` chunk: the local engine's
-    two steps (:class:`EmbedBatch`, :func:`adapt_rows`), shared by every in-process index build."""
+    two steps (:class:`EmbedBatch`, :func:`adapt_documents`), shared by every in-process index build."""
     from tqdm.auto import tqdm
 
     embed = EmbedBatch(encoder, str(cache_dir) if cache_dir is not None else None)
@@ -113,7 +113,7 @@ def adapted_chunks(
             total=total, desc="embedding + adapting", unit="doc", disable=not progress, leave=False
         ) as bar:
             for ids, texts in chunks:
-                yield ids, adapt_rows(adapter, ids, embed.embed(texts), where), embed.stats
+                yield ids, adapt_documents(adapter, ids, embed.embed(texts), where), embed.stats
                 bar.update(len(ids))
     finally:
         embed.close()
@@ -125,23 +125,28 @@ def adapt_batch(
     where: str = "vectors",
     id_column: str = ID,
     vector_column: str = VECTOR,
+    dim: int | None = None,
 ) -> Any:
-    """``{"id", "vector"}`` batch of base vectors -> the same rows through ``adapter.transform_corpus``.
+    """``{"id", "vector"}`` batch of base vectors -> the same rows through ``adapter.transform_corpus``
+    (its first ``dim`` coordinates with ``dim``).
 
     A plain function (Ray runs it as stateless tasks): the adapter is a few hundred kilobytes and its
     transform a couple of matmuls, so there is nothing worth keeping an actor for.
     """
     ids, vectors = from_table(batch, where, id_column, vector_column)
-    return to_table(ids, adapt_rows(adapter, ids, vectors, where))
+    return to_table(ids, adapt_documents(adapter, ids, vectors, where, dim))
 
 
-def adapt_rows(adapter: SearchAdaptor, ids: Sequence[str], vectors: np.ndarray, where: str) -> np.ndarray:
-    """``adapter.transform_corpus(vectors)``, with a bad row named by its id rather than its chunk offset."""
+def adapt_documents(
+    adapter: SearchAdaptor, ids: Sequence[str], vectors: np.ndarray, where: str, dim: int | None = None
+) -> np.ndarray:
+    """``adapter.transform_corpus(vectors, dim=dim)``, with a bad row named by its id rather than its
+    chunk offset."""
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
         doc = ids[int(np.argmin(finite))]
         raise DataError(f"{where}: the vector of id {doc!r} contains NaN or inf; fix the embeddings first")
-    return adapter.transform_corpus(vectors)
+    return adapter.transform_corpus(vectors, dim=dim)
 
 
 def _beir_rows(batch: Any) -> Any:
@@ -205,11 +210,13 @@ def transform_vectors(
     id_column: str = ID,
     vector_column: str = VECTOR,
     ray_address: str | None = None,
+    dim: int | None = None,
 ) -> JobStats:
     """Apply ``adapter.transform_corpus`` to vectors the user already has, streaming, into ``out``.
 
     ``out`` ending in ``.npy`` or ``.parquet`` is one file; anything else is a folder of Parquet
-    shards (the only output of the ``ray`` engine).
+    shards (the only output of the ``ray`` engine). ``dim`` keeps the first ``dim`` adapted
+    coordinates (a Matryoshka prefix, unit length again).
     """
     _check_engine(engine)
     rows = rows or ROWS
@@ -221,10 +228,12 @@ def transform_vectors(
             f"{src}: these vectors are already adapted (see {SHARDS_MANIFEST}); transform base vectors only"
         )
     meta = {"adapter": adapter.fingerprint_, "adapter_mode": adapter.mode, "source": str(src)}
+    if dim is not None:
+        meta["size"] = dim
     if engine == "local":
         with VectorWriter(out, meta) as writer:
             for ids, vectors in iter_vectors(src, rows, id_column, vector_column):
-                writer.write(ids, adapt_rows(adapter, ids, vectors, str(src)))
+                writer.write(ids, adapt_documents(adapter, ids, vectors, str(src), dim))
         return JobStats(engine, writer.rows, writer.dim, writer.shards, time.perf_counter() - start)
     if Path(out).suffix in (".npy", ".parquet"):
         raise ValueError(f"{out}: the ray engine writes a folder of Parquet shards; give a folder name")
@@ -237,12 +246,13 @@ def transform_vectors(
             "where": str(src),
             "id_column": id_column,
             "vector_column": vector_column,
+            "dim": dim,
         },
         batch_format="pyarrow",
         batch_size=rows,
     )
-    n, dim, shards = _ray_write(ds, Path(out), rows, meta)
-    return JobStats(engine, n, dim, shards, time.perf_counter() - start)
+    n, width, shards = _ray_write(ds, Path(out), rows, meta)
+    return JobStats(engine, n, width, shards, time.perf_counter() - start)
 
 
 def embed_and_adapt(
