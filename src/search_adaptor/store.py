@@ -36,6 +36,7 @@ import numpy as np
 
 from search_adaptor.encoders.base import Encoder, Kind, check_vectors
 from search_adaptor.files import ENV_CACHE, default_cache_dir
+from search_adaptor.images import Item
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
 _BUSY_TIMEOUT_S = 60  # several processes (Ray actors) may write: wait this long for their locks
@@ -63,6 +64,19 @@ class StoreError(ValueError):
 def text_key(kind: Kind, text: str) -> bytes:
     """Cache key of one text: queries and documents are kept apart (providers embed them differently)."""
     return hashlib.sha256(f"{kind}\x00{text}".encode()).digest()[:16]
+
+
+def item_key(kind: Kind, item: Item) -> bytes:
+    """Cache key of a text (:func:`text_key`) or of an image: the image's content, never its path.
+
+    An image's key hashes ``image``, the kind and its :attr:`~search_adaptor.images.ImageRef.content_id`
+    (the sha256 of its bytes, or of its URL): the same picture in two places is embedded once, two
+    different pictures never share a key, and no text key can equal an image key (a text's hashed
+    bytes start with its kind, an image's with ``image``).
+    """
+    if isinstance(item, str):
+        return text_key(kind, item)
+    return hashlib.sha256(f"image\x00{kind}\x00{item.content_id}".encode()).digest()[:16]
 
 
 def _can_write(path: Path) -> bool:
@@ -248,9 +262,9 @@ class EmbeddingStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def lookup(self, kind: Kind, texts: Sequence[str]) -> dict[bytes, np.ndarray]:
-        """Cached vectors for the texts that have a usable one, keyed by :func:`text_key`."""
-        return self._read({text_key(kind, t) for t in texts})
+    def lookup(self, kind: Kind, texts: Sequence[Item]) -> dict[bytes, np.ndarray]:
+        """Cached vectors for the texts (or images) that have a usable one, keyed by :func:`item_key`."""
+        return self._read({item_key(kind, t) for t in texts})
 
     def _read(self, keys: Iterable[bytes]) -> dict[bytes, np.ndarray]:
         """Stored vectors of ``keys``, leaving out (and, when writable, deleting) damaged rows.
@@ -293,23 +307,23 @@ class EmbeddingStore:
             raise self._damaged("vectors stored without a recorded dimension")
         return self._dim
 
-    def missing(self, kind: Kind, texts: Sequence[str]) -> list[str]:
+    def missing(self, kind: Kind, texts: Sequence[Item]) -> list[Item]:
         """Unique texts that would be sent to the encoder (in first-seen order)."""
         return list(self._missing(kind, texts, self.lookup(kind, texts)).values())
 
     @staticmethod
-    def _missing(kind: Kind, texts: Sequence[str], have: dict[bytes, np.ndarray]) -> dict[bytes, str]:
+    def _missing(kind: Kind, texts: Sequence[Item], have: dict[bytes, np.ndarray]) -> dict[bytes, Item]:
         """Key -> text of the unique texts without a vector in ``have``, in first-seen order."""
-        out: dict[bytes, str] = {}
+        out: dict[bytes, Item] = {}
         for t in texts:
-            k = text_key(kind, t)
+            k = item_key(kind, t)
             if k not in have and k not in out:
                 out[k] = t
         return out
 
     def embed(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Item],
         kind: Kind,
         progress: Callable[[int], None] | None = None,
         stats: StoreStats | None = None,
@@ -331,6 +345,7 @@ class EmbeddingStore:
         """
         found = self.lookup(kind, texts)
         todo = self._missing(kind, texts, found)
+        self.encoder.check_items(todo.values())  # an image a text-only model cannot take: fail now
         if todo and self.read_only:
             raise StoreError(
                 f"{self.path}: cannot write the embedding store here (read-only), and {len(todo)} text(s) "
@@ -346,12 +361,12 @@ class EmbeddingStore:
             stats.add(local)
         if not texts:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
-        return np.stack([found[text_key(kind, t)] for t in texts])
+        return np.stack([found[item_key(kind, t)] for t in texts])
 
     def _embed_missing(
         self,
         kind: Kind,
-        todo: dict[bytes, str],
+        todo: dict[bytes, Item],
         found: dict[bytes, np.ndarray],
         stats: StoreStats,
         progress: Callable[[int], None] | None,
@@ -369,7 +384,7 @@ class EmbeddingStore:
         try:
             while todo:
                 for batch, vectors in self._run_batches(self._claimed_batches(owner, todo), kind):
-                    keys = [text_key(kind, t) for t in batch]
+                    keys = [item_key(kind, t) for t in batch]
                     self._write(keys, vectors)
                     for key, vec in zip(keys, vectors, strict=True):
                         found[key] = vec
@@ -394,7 +409,7 @@ class EmbeddingStore:
             with self._tx() as db:
                 db.execute("DELETE FROM pending WHERE owner = ?", (owner,))
 
-    def _claimed_batches(self, owner: str, todo: dict[bytes, str]) -> Iterator[list[str]]:
+    def _claimed_batches(self, owner: str, todo: dict[bytes, Item]) -> Iterator[list[Item]]:
         """Batches of ``todo`` (in order) that this call has just claimed; ends when none is left.
 
         Claims are taken lazily, one batch as each is sent, so that parallel processes split the
@@ -470,14 +485,14 @@ class EmbeddingStore:
             db.executemany("DELETE FROM pending WHERE key = ?", [(k,) for k in keys])
 
     def _run_batches(
-        self, batches: Iterator[list[str]], kind: Kind
-    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        self, batches: Iterator[list[Item]], kind: Kind
+    ) -> Iterator[tuple[list[Item], np.ndarray]]:
         """Encode batches, at most ``encoder.max_concurrency`` in flight, yielding each as it finishes.
 
         The next batch is drawn from ``batches`` (and so claimed) only when a slot is free.
         """
 
-        def one(batch: list[str]) -> np.ndarray:
+        def one(batch: list[Item]) -> np.ndarray:
             return check_vectors(self.encoder.encode_batch(batch, kind), self.encoder.model, len(batch))
 
         workers = max(1, int(self.encoder.max_concurrency))
@@ -486,7 +501,7 @@ class EmbeddingStore:
                 yield batch, one(batch)
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: dict[Future, list[str]] = {}
+            pending: dict[Future, list[Item]] = {}
             try:
                 for batch in batches:
                     pending[pool.submit(one, batch)] = batch
