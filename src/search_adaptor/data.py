@@ -285,7 +285,8 @@ def record(
     A corpus record with ``"image"`` (a path relative to ``folder``, the dataset folder, or an
     ``http(s)`` URL) is an image document: what it embeds is the image
     (:class:`~search_adaptor.images.ImageRef`), its ``"text"`` and ``"title"`` are optional and not
-    embedded. A path must name a file inside ``folder``.
+    embedded. A path must stay inside ``folder``; the file is read only when it is embedded (vectors
+    given precomputed need no image files).
     """
     if not isinstance(obj, dict):
         raise DataError(

@@ -118,11 +118,15 @@ class ImageRef:
     def of(cls, value: object, folder: str | os.PathLike | None) -> ImageRef:
         """The image a corpus row names: a URL as is, or a path relative to ``folder`` that must stay in it.
 
+        The file is not read here (nor need it exist yet): a corpus whose vectors are given
+        precomputed needs no image files. It is read when its content is first needed
+        (:attr:`content_id`), and a missing file then fails in one line naming it.
+
         Raises
         ------
         ValueError
             One line, naming the value and the fix: not a string, a path outside ``folder`` (or
-            absolute), no such file, or a relative path without a folder to resolve it in.
+            absolute), or a relative path without a folder to resolve it in.
         """
         if not isinstance(value, str) or not value.strip():
             raise ValueError(
@@ -143,8 +147,6 @@ class ImageRef:
                 f"{json.dumps(value)} is not a relative path inside the dataset folder "
                 f"{Path(folder).resolve()}; keep the images in that folder and name them relative to it"
             ) from None
-        if not path.is_file():
-            raise ValueError(f"{json.dumps(value)}: no such file {path}")
         return cls(str(path))
 
     @property
@@ -165,7 +167,7 @@ class ImageRef:
         try:
             return Path(self.source).read_bytes()
         except OSError as exc:
-            raise ValueError(f"{self.source}: cannot read the image ({exc.strerror})") from None
+            raise self._unreadable(exc) from None
 
     @cached_property
     def content_id(self) -> str:
@@ -179,8 +181,13 @@ class ImageRef:
                 while chunk := fh.read(_CHUNK):
                     digest.update(chunk)
         except OSError as exc:
-            raise ValueError(f"{self.source}: cannot read the image ({exc.strerror})") from None
+            raise self._unreadable(exc) from None
         return "sha256:" + digest.hexdigest()
+
+    def _unreadable(self, exc: OSError) -> ValueError:
+        return ValueError(
+            f'{self.source}: cannot read the image ({exc.strerror}); fix the "image" field of its corpus row'
+        )
 
     def size_bytes(self) -> int:
         """Size of the file in bytes (0 for a URL: nothing is uploaded)."""
