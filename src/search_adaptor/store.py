@@ -1,4 +1,5 @@
-"""Persistent embedding store: each (embedding space, kind, text) is embedded once, ever.
+"""Persistent embedding store: each (embedding space, kind, text) is embedded once, ever (an image
+once per content, :func:`item_key`).
 
 Why SQLite: every finished batch is committed in its own transaction (WAL journal), so a process
 killed at any moment loses at most the batches still in flight, and the next run sends only what is
