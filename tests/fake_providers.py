@@ -11,6 +11,11 @@ own "too long" error (counting tokens with :func:`fake_tokens`), and injects fau
 (429 with ``Retry-After``, ``retry-after-ms``, ``x-ratelimit-reset`` or a Google ``RetryInfo`` body,
 ``x-should-retry``, 409, 5xx, replies slower than the client's timeout, malformed bodies).
 
+The multimodal models take images as their providers document them (Cohere ``images`` data URIs,
+Voyage ``/multimodalembeddings`` inputs, Vertex ``multimodalembedding@001`` instances), with their
+per-request limits; an image is served the vector of ``image:<sha256 of its bytes>`` (or
+``url:<URL>``), which :func:`fake_item_id` gives for an :class:`~search_adaptor.images.ImageRef`.
+
 Usage::
 
     with FakeProvider("cohere") as fake:
@@ -29,8 +34,10 @@ import math
 import re
 import select
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +49,7 @@ import numpy as np
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.encoders.http import RetryPolicy
 from search_adaptor.encoders.registry import make_encoder
+from search_adaptor.images import ImageRef
 
 FAKE_KEY = "sk-fake-SECRET-0123456789abcdef"
 #: ``Call.status`` of a request whose client hung up before the reply (nginx's "client closed request").
@@ -79,6 +87,82 @@ def fake_tokens(text: str) -> int:
 def b64_vector(vector: list[float]) -> str:
     """A vector as the APIs' ``base64`` encoding sends it: little-endian float32 bytes."""
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
+def fake_item_id(item: str | ImageRef) -> str:
+    """What the fakes embed for an item: a text itself, an image file its bytes' hash, a URL itself."""
+    if isinstance(item, str):
+        return item
+    if item.is_url:
+        return f"url:{item.source}"
+    return _image_id(item.read())
+
+
+def png(width: int = 2, height: int = 2, seed: int = 0, *, declared: tuple[int, int] | None = None) -> bytes:
+    """A valid RGB PNG of ``width`` x ``height`` pixels coloured from ``seed``; with ``declared``, a
+    PNG whose header claims that size over the pixels of a small one (only its header is read)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rgb = bytes(np.random.default_rng(seed).integers(0, 256, 3, dtype=np.uint8))
+    rows = b"".join(b"\x00" + rgb * width for _ in range(height))
+    w, h = declared or (width, height)
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _image_id(data: bytes) -> str:
+    return "image:" + hashlib.sha256(data).hexdigest()
+
+
+#: magic bytes -> media type, as the fakes check what an image claims to be
+_MAGIC = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif", b"BM": "image/bmp"}
+
+
+def _sniff(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((kind for magic, kind in _MAGIC.items() if data.startswith(magic)), None)
+
+
+def _image_bytes(b64: Any, media: str | None, types: set[str]) -> bytes:
+    """The bytes of a base64 image that claims ``media`` (None: claims nothing), or BadRequest."""
+    _require(isinstance(b64, str), "an image must be a base64 string")
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except ValueError:
+        raise BadRequest("invalid base64 image data") from None
+    found = _sniff(data)
+    _require(found in types, f"unsupported image format {found}; supported: {sorted(types)}")
+    _require(media in (None, found), f"the image is {found}, not {media}")
+    return data
+
+
+_DATA_URI = re.compile(r"data:(image/[a-z]+);base64,(.*)", re.DOTALL)
+
+
+def _data_uri(value: Any, types: set[str]) -> bytes:
+    match = _DATA_URI.fullmatch(value) if isinstance(value, str) else None
+    _require(match is not None, "an image must be a data URI: data:<media type>;base64,<data>")
+    assert match is not None
+    return _image_bytes(match.group(2), match.group(1), types)
+
+
+def _pixels(data: bytes) -> int:
+    """Pixels of a PNG from its header; other formats count as one megapixel (enough for the fakes)."""
+    if data.startswith(b"\x89PNG") and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return width * height
+    return 1_000_000
+
+
+WEB_IMAGES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 
 
 def fake_vector(text: str, mode: str | None, dim: int) -> np.ndarray:
@@ -332,7 +416,7 @@ class GoogleWire(Wire):
 
 
 TASKS = {"RETRIEVAL_QUERY": "query", "RETRIEVAL_DOCUMENT": "document"}
-COHERE_INPUT_TYPES = {"search_query": "query", "search_document": "document"}
+COHERE_INPUT_TYPES = {"search_query": "query", "search_document": "document", "image": "image"}
 VOYAGE_INPUT_TYPES = {"query": "query", "document": "document"}
 
 
@@ -405,6 +489,9 @@ class VertexWire(GoogleWire):
         match = self.route_re.fullmatch(path)
         assert match is not None
         model, method = match.groups()
+        if model.startswith("multimodalembedding"):
+            _require(method == "predict", f"{model} is served by predict")
+            return self._multimodal(body)
         if self.gemini_2(model):
             _require(method == "embedContent", f"{model} is served by embedContent, not predict")
             config = body.get("embedContentConfig", {})
@@ -421,11 +508,39 @@ class VertexWire(GoogleWire):
         _require(isinstance(params.get("autoTruncate", True), bool), "autoTruncate must be a bool")
         return texts, mode, params.get("outputDimensionality")
 
+    @staticmethod
+    def _multimodal(body: Any) -> tuple[list[str], str | None, int | None]:
+        """multimodalembedding@001: one instance a request, a text or an image; no task type."""
+        instances = body.get("instances")
+        _require(isinstance(instances, list) and len(instances) == 1, "multimodalembedding takes 1 instance")
+        instance = instances[0]
+        _require(set(instance) in ({"text"}, {"image"}), "this fake embeds a text or an image an instance")
+        params = body.get("parameters", {})
+        _require(set(params) <= {"dimension"}, f"unknown parameters {sorted(params)}")
+        _require(
+            params.get("dimension") in (None, 128, 256, 512, 1408), "dimension must be 128, 256, 512 or 1408"
+        )
+        if "text" in instance:
+            _require(isinstance(instance["text"], str), "text must be a string")
+            return [instance["text"]], None, params.get("dimension")
+        image = instance["image"]
+        _require(set(image) == {"bytesBase64Encoded"}, "image takes bytesBase64Encoded (or gcsUri)")
+        data = _image_bytes(
+            image["bytesBase64Encoded"], None, {"image/png", "image/jpeg", "image/gif", "image/bmp"}
+        )
+        _require(len(data) <= 20_000_000, "the image is larger than 20 MB")
+        return [_image_id(data)], None, params.get("dimension")
+
     def truncates(self, body: Any) -> bool:
+        if "instances" in body and "content" not in body["instances"][0]:
+            return True  # multimodalembedding shortens texts over its 32 tokens itself
         config = body.get("embedContentConfig") or body.get("parameters") or {}
         return config.get("autoTruncate", True)
 
     def reply(self, vectors: list[list[float]], texts: list[str], body: Any) -> Any:
+        if "instances" in body and "content" not in body["instances"][0]:
+            field = "imageEmbedding" if "image" in body["instances"][0] else "textEmbedding"
+            return {"predictions": [{field: v} for v in vectors], "deployedModelId": "fake"}
         if "content" in body:
             usage = {"promptTokenCount": fake_tokens(texts[0])}
             return {"embedding": {"values": vectors[0]}, "usageMetadata": usage, "truncated": False}
@@ -434,6 +549,9 @@ class VertexWire(GoogleWire):
             for v, t in zip(vectors, texts, strict=True)
         ]
         return {"predictions": preds, "metadata": {"billableCharacterCount": sum(len(t) for t in texts)}}
+
+
+_FLOAT_ONLY = re.compile(r"-v[12]\.")
 
 
 class CohereWire(Wire):
@@ -445,8 +563,12 @@ class CohereWire(Wire):
 
     def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
         _require(isinstance(body.get("model"), str), "model is required")
-        texts = _texts(body.get("texts"), 96, "texts")
+        _require(("texts" in body) != ("images" in body), "give exactly one of texts or images")
+        texts = self._images(body) if "images" in body else _texts(body.get("texts"), 96, "texts")
         mode = _one_mode([body.get("input_type")], COHERE_INPUT_TYPES, "input_type")
+        _require(
+            (mode == "image") == ("-v3." in body["model"] and "images" in body), "input_type image: v3 images"
+        )
         _require(
             body.get("embedding_types") in (["float"], ["base64"]),
             "this fake serves embedding_types ['float'] or ['base64']",
@@ -455,6 +577,20 @@ class CohereWire(Wire):
             body.get("truncate", "END") in ("NONE", "START", "END"), "truncate must be NONE, START or END"
         )
         return texts, mode, body.get("output_dimension")
+
+    @staticmethod
+    def _images(body: Any) -> list[str]:
+        """Embed v3: one image of at most 5 MB a call; v4: any number, at most 20 MB together."""
+        images = body["images"]
+        _require(isinstance(images, list) and len(images) > 0, "images must be a non-empty list")
+        data = [_data_uri(i, WEB_IMAGES) for i in images]
+        if "-v3." in body["model"]:
+            _require(len(data) == 1, "embed v3 models take at most 1 image per call")
+            _require(len(data[0]) <= 5_000_000, "the image is larger than 5MB")
+        _require(_FLOAT_ONLY.search(body["model"]) is None, f"{body['model']} does not embed images")
+        total = sum(map(len, data))
+        _require(total <= 20_000_000, f"the combined size of all images ({total}) must be at most 20MB")
+        return [_image_id(d) for d in data]
 
     def encoding(self, body: Any) -> str:
         return body["embedding_types"][0]
@@ -490,16 +626,66 @@ class VoyageWire(Wire):
     prefix = "/v1"
 
     def route(self, path: str, query: dict[str, list[str]]) -> bool:
-        return path == "/v1/embeddings"
+        return path in ("/v1/embeddings", "/v1/multimodalembeddings")
 
     def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
         _require(isinstance(body.get("model"), str), "model is required")
-        texts = _texts(body.get("input"), 1000, "input")
+        multimodal = body["model"].startswith("voyage-multimodal")
+        _require(multimodal == path.endswith("/multimodalembeddings"), f"{body['model']} is not served here")
+        texts = self._inputs(body) if multimodal else _texts(body.get("input"), 1000, "input")
         _require(all(texts), "input texts must be non-empty")
         mode = _one_mode([body.get("input_type")], VOYAGE_INPUT_TYPES, "input_type")
         _require(isinstance(body.get("truncation", True), bool), "truncation must be a bool")
         _require(body.get("encoding_format") in (None, "base64"), "encoding_format must be null or base64")
         return texts, mode, body.get("output_dimension")
+
+    @staticmethod
+    def _usage(texts: list[str], body: Any) -> dict[str, int]:
+        tokens = sum(map(fake_tokens, texts))
+        if "inputs" not in body:
+            return {"total_tokens": tokens}
+        return {"text_tokens": tokens, "image_pixels": 0, "video_pixels": 0, "total_tokens": tokens}
+
+    @staticmethod
+    def _inputs(body: Any) -> list[str]:
+        """The items of a multimodal request: at most 1,000 inputs and 320K tokens, an image a token per
+        560 pixels, and image data or image URLs in one request, never both."""
+        inputs = body.get("inputs")
+        _require(isinstance(inputs, list) and 0 < len(inputs) <= 1000, "inputs must hold 1 to 1000 items")
+        items, kinds, total = [], set(), 0
+        for i, entry in enumerate(inputs):
+            content = entry.get("content") if isinstance(entry, dict) else None
+            _require(
+                isinstance(content, list) and len(content) == 1, "this fake embeds one content piece an input"
+            )
+            part = content[0]
+            kind = part.get("type")
+            if kind == "text":
+                _require(isinstance(part.get("text"), str), "text must be a string")
+                items.append(part["text"])
+                tokens = fake_tokens(part["text"])
+            elif kind == "image_base64":
+                data = _data_uri(part.get("image_base64"), WEB_IMAGES)
+                items.append(_image_id(data))
+                tokens = math.ceil(_pixels(data) / 560)
+            elif kind == "image_url":
+                _require(str(part.get("image_url", "")).startswith("http"), "image_url must be a URL")
+                items.append(f"url:{part['image_url']}")
+                tokens = 2_000
+            else:
+                raise BadRequest(f"content type must be text, image_base64 or image_url, got {kind!r}")
+            if kind != "text":
+                kinds.add(kind)
+            _require(
+                tokens <= 32_000, f"input {i} has {tokens} tokens, more than the context length of 32000"
+            )
+            total += tokens
+        _require(
+            len(kinds) <= 1,
+            "each request should use either image_base64 or image_url exclusively for images, not both",
+        )
+        _require(total <= 320_000, f"the request has {total} tokens, more than the 320000 allowed")
+        return items
 
     def encoding(self, body: Any) -> str:
         return body.get("encoding_format") or "float"
@@ -523,7 +709,7 @@ class VoyageWire(Wire):
             "object": "list",
             "data": data,
             "model": "fake",
-            "usage": {"total_tokens": sum(map(fake_tokens, texts))},
+            "usage": self._usage(texts, body),
         }
 
     def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
@@ -646,9 +832,13 @@ class FakeProvider:
         """The mode the fake records for an encoder's ``kind`` (None for models without modes)."""
         return kind if self.wire.has_mode else None
 
-    def expected(self, texts: list[str], kind: str, dim: int | None = None) -> np.ndarray:
-        """The vectors this fake serves for ``texts`` embedded as ``kind``."""
-        return np.stack([fake_vector(t, self.mode(kind), dim or self.dim) for t in texts])
+    def expected(
+        self, texts: list[str | ImageRef], kind: str, dim: int | None = None, *, mode: str | None = "<kind>"
+    ) -> np.ndarray:
+        """The vectors this fake serves for ``texts`` (or images, :func:`fake_item_id`) embedded as
+        ``kind``, or in ``mode`` when given (None: a model without modes)."""
+        mode = self.mode(kind) if mode == "<kind>" else mode
+        return np.stack([fake_vector(fake_item_id(t), mode, dim or self.dim) for t in texts])
 
     def texts_sent(self) -> list[str]:
         """Every text of every well-formed request, in arrival order."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search_adaptor.files import Staged, default_cache_dir
+from search_adaptor.images import ImageRef, Item
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,10 +100,11 @@ class Dataset:
         The folder the data was read from.
     doc_ids : list of str
         Document ids in file order.
-    doc_texts : list of str
+    doc_texts : list of str or ImageRef
         The text embedded for each document, aligned with ``doc_ids``:
         ``(title + " " + text).strip()``, exactly as BEIR builds it, so embedding caches keyed on
-        the text are shared with BEIR-based tooling.
+        the text are shared with BEIR-based tooling; an :class:`~search_adaptor.images.ImageRef`
+        for a row with ``"image"`` (see :func:`record`).
     queries : dict of str to str
         Every query in ``queries.jsonl``, labelled or not.
     qrels : dict
@@ -113,7 +115,7 @@ class Dataset:
     name: str
     path: Path
     doc_ids: list[str]
-    doc_texts: list[str]
+    doc_texts: list[Item]
     queries: dict[str, str]
     qrels: dict[str, dict[str, dict[str, int]]]
 
@@ -250,7 +252,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         ) from None
 
 
-def _records(path: Path, what: str) -> Iterator[tuple[int, str, str]]:
+def _records(path: Path, what: str) -> Iterator[tuple[int, str, Item]]:
     """Yield ``(line number, id, text)`` for each JSON line, checked by :func:`record`.
 
     ``what`` names the kind of record ("corpus", "query") in messages; ids must be unique.
@@ -265,32 +267,43 @@ def _records(path: Path, what: str) -> Iterator[tuple[int, str, str]]:
                 f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
                 "each line must be one JSON object"
             ) from None
-        rid, text = record(obj, where, what)
+        rid, text = record(obj, where, what, folder=path.parent)
         _check_unique(rid, seen, where)
         yield lineno, rid, text
 
 
-def record(obj: Any, where: str, what: str = "corpus") -> tuple[str, str]:
+def record(
+    obj: Any, where: str, what: str = "corpus", folder: str | os.PathLike | None = None
+) -> tuple[str, Item]:
     """``(id, text to embed)`` of one BEIR record, every field checked; the one rule for every format.
 
     A record is an object with ``"_id"`` (a non-empty string or integer) and ``"text"`` (a string);
     a corpus record may have ``"title"`` (a string or null), and its text to embed is then
     ``(title + " " + text).strip()``, exactly as BEIR builds it, so embedding caches keyed on the
     text are shared with BEIR-based tooling. ``where`` (file and line or row) starts every message.
+
+    A corpus record with ``"image"`` (a path relative to ``folder``, the dataset folder, or an
+    ``http(s)`` URL) is an image document: what it embeds is the image
+    (:class:`~search_adaptor.images.ImageRef`), its ``"text"`` and ``"title"`` are optional and not
+    embedded. A path must stay inside ``folder``; the file is read only when it is embedded (vectors
+    given precomputed need no image files).
     """
     if not isinstance(obj, dict):
         raise DataError(
             f"{where}: expected a JSON object, got {type(obj).__name__} "
             f'(each {what} line is {{"_id": ..., "text": ...}})'
         )
+    image = what == "corpus" and obj.get("image") is not None
     for field in ("_id", "text"):
-        if field not in obj:
+        if field not in obj and not (image and field == "text"):
             raise DataError(f'{where}: missing field "{field}" (every {what} line needs "_id" and "text")')
     raw_id = obj["_id"]
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
         raise DataError(
             f'{where}: field "_id" must be a non-empty string or integer, got {json.dumps(raw_id)}'
         )
+    if image:
+        return str(raw_id), _image(obj, where, folder)
     text = obj["text"]
     if not isinstance(text, str):
         raise DataError(
@@ -306,6 +319,19 @@ def record(obj: Any, where: str, what: str = "corpus") -> tuple[str, str]:
     return str(raw_id), (title + " " + text).strip()
 
 
+def _image(obj: dict[str, Any], where: str, folder: str | os.PathLike | None) -> ImageRef:
+    """The image of a corpus record with ``"image"``; its optional text and title must still be strings."""
+    for field in ("text", "title"):
+        if obj.get(field) is not None and not isinstance(obj[field], str):
+            raise DataError(
+                f'{where}: field "{field}" must be a string or null, got {json.dumps(obj[field])[:40]}'
+            )
+    try:
+        return ImageRef.of(obj["image"], folder)
+    except ValueError as err:
+        raise DataError(f'{where}: field "image" {err}') from None
+
+
 def _check_unique(rid: str, seen: set[str], where: str) -> None:
     if rid in seen:
         raise DataError(
@@ -314,7 +340,7 @@ def _check_unique(rid: str, seen: set[str], where: str) -> None:
     seen.add(rid)
 
 
-def _corpus_rows(path: Path) -> Iterator[tuple[str, str]]:
+def _corpus_rows(path: Path) -> Iterator[tuple[str, Item]]:
     """``(doc id, text to embed)`` per line of a JSON Lines corpus."""
     for _, did, text in _records(path, "corpus"):
         yield did, text
@@ -326,10 +352,10 @@ def _no_documents(path: Path) -> DataError:
     )
 
 
-def _read_corpus(path: Path) -> tuple[list[str], list[str]]:
+def _read_corpus(path: Path) -> tuple[list[str], list[Item]]:
     """Document ids and the texts to embed."""
     doc_ids: list[str] = []
-    doc_texts: list[str] = []
+    doc_texts: list[Item] = []
     for did, text in _corpus_rows(path):
         doc_ids.append(did)
         doc_texts.append(text)
@@ -349,14 +375,15 @@ def corpus_file(source: str | Path) -> Path:
     return path
 
 
-def iter_corpus(path: str | Path, rows: int) -> Iterator[tuple[list[str], list[str]]]:
+def iter_corpus(path: str | Path, rows: int) -> Iterator[tuple[list[str], list[Item]]]:
     """Stream ``(doc ids, texts)`` chunks of at most ``rows`` documents, checked as :func:`load_beir` does.
 
-    Parquet corpora need an ``_id`` (or ``id``) and a ``text`` column; ``title`` is optional.
+    Parquet corpora need an ``_id`` (or ``id``) and a ``text`` column (or an ``image`` column); ``title``
+    is optional.
     """
     path = Path(path)
     if path.suffix == ".parquet":
-        chunks: Iterator[tuple[list[str], list[str]]] = _parquet_corpus(path, rows)
+        chunks: Iterator[tuple[list[str], list[Item]]] = _parquet_corpus(path, rows)
     else:
         chunks = _batched(_corpus_rows(path), rows)
     empty = True
@@ -367,9 +394,9 @@ def iter_corpus(path: str | Path, rows: int) -> Iterator[tuple[list[str], list[s
         raise _no_documents(path)
 
 
-def _batched(pairs: Iterator[tuple[str, str]], rows: int) -> Iterator[tuple[list[str], list[str]]]:
+def _batched(pairs: Iterator[tuple[str, Item]], rows: int) -> Iterator[tuple[list[str], list[Item]]]:
     ids: list[str] = []
-    texts: list[str] = []
+    texts: list[Item] = []
     for did, text in pairs:
         ids.append(did)
         texts.append(text)
@@ -380,35 +407,38 @@ def _batched(pairs: Iterator[tuple[str, str]], rows: int) -> Iterator[tuple[list
         yield ids, texts
 
 
-def _parquet_corpus(path: Path, rows: int) -> Iterator[tuple[list[str], list[str]]]:
-    """Chunks of a Parquet corpus (``_id`` or ``id``, ``text``, optional ``title`` columns), every row
-    checked by :func:`record` as a JSON line would be."""
+def _parquet_corpus(path: Path, rows: int) -> Iterator[tuple[list[str], list[Item]]]:
+    """Chunks of a Parquet corpus (``_id`` or ``id``, ``text``, optional ``title`` and ``image``
+    columns), every row checked by :func:`record` as a JSON line would be."""
     import pyarrow.parquet as pq
 
     names = pq.ParquetFile(path).schema_arrow.names
     id_col = "_id" if "_id" in names else "id"
-    for need in (id_col, "text"):
+    for need in (id_col, *([] if "image" in names else ["text"])):
         if need not in names:
             raise DataError(f'{path}: no column "{need}" (a Parquet corpus needs "_id" and "text" columns)')
-    columns = [id_col, "text", *(["title"] if "title" in names else [])]
+    columns = [id_col, *[c for c in ("text", "title", "image") if c in names]]
     seen: set[str] = set()
     start = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
-        ids, texts = records_of_batch(batch, f"{path}", start, seen)
+        ids, texts = records_of_batch(batch, f"{path}", start, seen, folder=path.parent)
         start += batch.num_rows
         yield ids, texts
 
 
-def records_of_batch(batch: Any, where: str, start: int, seen: set[str]) -> tuple[list[str], list[str]]:
-    """``(ids, texts)`` of an Arrow batch of corpus rows (``_id`` or ``id``, ``text``, ``title``), each
-    row checked by :func:`record` and ids kept unique across batches through ``seen``."""
+def records_of_batch(
+    batch: Any, where: str, start: int, seen: set[str], folder: str | os.PathLike | None = None
+) -> tuple[list[str], list[Item]]:
+    """``(ids, texts)`` of an Arrow batch of corpus rows (``_id`` or ``id``, ``text``, ``title``,
+    ``image``), each row checked by :func:`record` (images relative to ``folder``) and ids kept
+    unique across batches through ``seen``."""
     rows = batch.to_pylist()
     ids, texts = [], []
     for i, row in enumerate(rows):
         if "_id" not in row and "id" in row:
             row["_id"] = row.pop("id")
         at = f"{where} (row {start + i})"
-        did, text = record(row, at)
+        did, text = record(row, at, folder=folder)
         _check_unique(did, seen, at)
         ids.append(did)
         texts.append(text)

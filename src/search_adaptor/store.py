@@ -1,4 +1,5 @@
-"""Persistent embedding store: each (embedding space, kind, text) is embedded once, ever.
+"""Persistent embedding store: each (embedding space, kind, text) is embedded once, ever (an image
+once per content, :func:`item_key`).
 
 Why SQLite: every finished batch is committed in its own transaction (WAL journal), so a process
 killed at any moment loses at most the batches still in flight, and the next run sends only what is
@@ -36,6 +37,7 @@ import numpy as np
 
 from search_adaptor.encoders.base import Encoder, EncoderError, InputsRejected, Kind, check_vectors
 from search_adaptor.files import ENV_CACHE, default_cache_dir
+from search_adaptor.images import Item
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
 _BUSY_TIMEOUT_S = 60  # several processes (Ray actors) may write: wait this long for their locks
@@ -63,6 +65,19 @@ class StoreError(ValueError):
 def text_key(kind: Kind, text: str) -> bytes:
     """Cache key of one text: queries and documents are kept apart (providers embed them differently)."""
     return hashlib.sha256(f"{kind}\x00{text}".encode()).digest()[:16]
+
+
+def item_key(kind: Kind, item: Item) -> bytes:
+    """Cache key of a text (:func:`text_key`) or of an image: the image's content, never its path.
+
+    An image's key hashes ``image``, the kind and its :attr:`~search_adaptor.images.ImageRef.content_id`
+    (the sha256 of its bytes, or of its URL): the same picture in two places is embedded once, two
+    different pictures never share a key, and no text key can equal an image key (a text's hashed
+    bytes start with its kind, an image's with ``image``).
+    """
+    if isinstance(item, str):
+        return text_key(kind, item)
+    return hashlib.sha256(f"image\x00{kind}\x00{item.content_id}".encode()).digest()[:16]
 
 
 def _can_write(path: Path) -> bool:
@@ -248,9 +263,9 @@ class EmbeddingStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def lookup(self, kind: Kind, texts: Sequence[str]) -> dict[bytes, np.ndarray]:
-        """Cached vectors for the texts that have a usable one, keyed by :func:`text_key`."""
-        return self._read({text_key(kind, t) for t in texts})
+    def lookup(self, kind: Kind, texts: Sequence[Item]) -> dict[bytes, np.ndarray]:
+        """Cached vectors for the texts (or images) that have a usable one, keyed by :func:`item_key`."""
+        return self._read({item_key(kind, t) for t in texts})
 
     def _read(self, keys: Iterable[bytes]) -> dict[bytes, np.ndarray]:
         """Stored vectors of ``keys``, leaving out (and, when writable, deleting) damaged rows.
@@ -293,23 +308,23 @@ class EmbeddingStore:
             raise self._damaged("vectors stored without a recorded dimension")
         return self._dim
 
-    def missing(self, kind: Kind, texts: Sequence[str]) -> list[str]:
+    def missing(self, kind: Kind, texts: Sequence[Item]) -> list[Item]:
         """Unique texts that would be sent to the encoder (in first-seen order)."""
         return list(self._missing(kind, texts, self.lookup(kind, texts)).values())
 
     @staticmethod
-    def _missing(kind: Kind, texts: Sequence[str], have: dict[bytes, np.ndarray]) -> dict[bytes, str]:
+    def _missing(kind: Kind, texts: Sequence[Item], have: dict[bytes, np.ndarray]) -> dict[bytes, Item]:
         """Key -> text of the unique texts without a vector in ``have``, in first-seen order."""
-        out: dict[bytes, str] = {}
+        out: dict[bytes, Item] = {}
         for t in texts:
-            k = text_key(kind, t)
+            k = item_key(kind, t)
             if k not in have and k not in out:
                 out[k] = t
         return out
 
     def embed(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Item],
         kind: Kind,
         progress: Callable[[int], None] | None = None,
         stats: StoreStats | None = None,
@@ -334,6 +349,7 @@ class EmbeddingStore:
         """
         found = self.lookup(kind, texts)
         todo = self._missing(kind, texts, found)
+        self.encoder.check_items(todo.values())  # an image a text-only model cannot take: fail now
         if todo and self.read_only:
             raise StoreError(
                 f"{self.path}: cannot write the embedding store here (read-only), and {len(todo)} text(s) "
@@ -352,13 +368,13 @@ class EmbeddingStore:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
         if refused:
             raise self._refused(kind, texts, found, refused)
-        return np.stack([found[text_key(kind, t)] for t in texts])
+        return np.stack([found[item_key(kind, t)] for t in texts])
 
     def _refused(
-        self, kind: Kind, texts: Sequence[str], found: dict[bytes, np.ndarray], refused: dict[bytes, str]
+        self, kind: Kind, texts: Sequence[Item], found: dict[bytes, np.ndarray], refused: dict[bytes, str]
     ) -> InputsRejected:
         """The one-line error for texts the encoder refused, with the vectors of all the others."""
-        keys = [text_key(kind, t) for t in texts]
+        keys = [item_key(kind, t) for t in texts]
         rows = {i: refused[k] for i, k in enumerate(keys) if k in refused}
         nan = np.full(self._dim or 0, np.nan, dtype=np.float32)
         vectors = np.stack([found.get(k, nan) for k in keys]) if self._dim else np.zeros((len(texts), 0))
@@ -373,7 +389,7 @@ class EmbeddingStore:
     def _embed_missing(
         self,
         kind: Kind,
-        todo: dict[bytes, str],
+        todo: dict[bytes, Item],
         found: dict[bytes, np.ndarray],
         stats: StoreStats,
         progress: Callable[[int], None] | None,
@@ -393,7 +409,7 @@ class EmbeddingStore:
         try:
             while todo:
                 for batch, vectors, reasons in self._run_batches(self._claimed_batches(owner, todo), kind):
-                    keys = [text_key(kind, t) for t in batch]
+                    keys = [item_key(kind, t) for t in batch]
                     pairs = list(zip(keys, reasons, strict=True))
                     kept = [key for key, reason in pairs if reason is None]
                     refused.update((key, reason) for key, reason in pairs if reason is not None)
@@ -424,7 +440,7 @@ class EmbeddingStore:
                 db.execute("DELETE FROM pending WHERE owner = ?", (owner,))
         return refused
 
-    def _claimed_batches(self, owner: str, todo: dict[bytes, str]) -> Iterator[list[str]]:
+    def _claimed_batches(self, owner: str, todo: dict[bytes, Item]) -> Iterator[list[Item]]:
         """Batches of ``todo`` (in order) that this call has just claimed; ends when none is left.
 
         Claims are taken lazily, one batch as each is sent, so that parallel processes split the
@@ -500,8 +516,8 @@ class EmbeddingStore:
             db.executemany("DELETE FROM pending WHERE key = ?", [(k,) for k in keys])
 
     def _run_batches(
-        self, batches: Iterator[list[str]], kind: Kind
-    ) -> Iterator[tuple[list[str], np.ndarray, list[str | None]]]:
+        self, batches: Iterator[list[Item]], kind: Kind
+    ) -> Iterator[tuple[list[Item], np.ndarray, list[str | None]]]:
         """Encode batches, at most ``encoder.max_concurrency`` in flight, yielding each as it finishes.
 
         Each batch comes with the vectors of its accepted texts and, per text, the encoder's reason
@@ -510,7 +526,7 @@ class EmbeddingStore:
         """
         model = self.encoder.model
 
-        def one(batch: list[str]) -> tuple[np.ndarray, list[str | None]]:
+        def one(batch: list[Item]) -> tuple[np.ndarray, list[str | None]]:
             accepted: list[str | None] = [None] * len(batch)
             try:
                 return check_vectors(self.encoder.encode_batch(batch, kind), model, len(batch)), accepted
@@ -530,7 +546,7 @@ class EmbeddingStore:
                 yield batch, *one(batch)
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: dict[Future, list[str]] = {}
+            pending: dict[Future, list[Item]] = {}
             try:
                 for batch in batches:
                     pending[pool.submit(one, batch)] = batch

@@ -4,6 +4,8 @@ The provider names are plain data here, so the command line lists them without i
 """
 
 LOCAL = "sentence-transformers"
+#: static token-embedding models (a folder made by ``search-adaptor distill``, or any model2vec folder)
+MODEL2VEC = "model2vec"
 #: provider name -> (module, class) of its encoder
 API_CLASSES: dict[str, tuple[str, str]] = {
     "openai": ("search_adaptor.encoders.openai", "OpenAIEncoder"),
@@ -14,4 +16,12 @@ API_CLASSES: dict[str, tuple[str, str]] = {
     "cohere": ("search_adaptor.encoders.cohere", "CohereEncoder"),
     "voyage": ("search_adaptor.encoders.voyage", "VoyageEncoder"),
 }
-PROVIDERS: tuple[str, ...] = (LOCAL, *API_CLASSES)
+PROVIDERS: tuple[str, ...] = (LOCAL, MODEL2VEC, *API_CLASSES)
+#: provider -> a model of it that embeds images as well as texts (corpus rows with ``"image"``)
+IMAGE_MODELS: dict[str, str] = {
+    "cohere": "embed-v4.0",
+    "voyage": "voyage-multimodal-3",
+    "vertex": "multimodalembedding@001",
+}
+#: the providers among :data:`IMAGE_MODELS` that also take image URLs (they fetch the image)
+IMAGE_URL_PROVIDERS: tuple[str, ...] = ("voyage",)

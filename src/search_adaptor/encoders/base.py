@@ -2,7 +2,10 @@
 
 An encoder turns a batch of texts into a float32 matrix. Everything else (caching, batching across a
 whole corpus, progress, resumption) lives in :mod:`search_adaptor.store`, so a provider only has to
-speak its own wire format.
+speak its own wire format. An item of a batch may also be an image
+(:class:`~search_adaptor.images.ImageRef`, a corpus row with ``"image"``): encoders whose model embeds
+images say so with :attr:`Encoder.accepts_images`; every other one refuses it in one line
+(:meth:`Encoder.check_items`).
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+
+from search_adaptor.encoders import IMAGE_MODELS, IMAGE_URL_PROVIDERS
+from search_adaptor.images import Item
 
 Kind = Literal["query", "document"]
 KINDS: tuple[Kind, ...] = ("query", "document")
@@ -21,6 +27,11 @@ KINDS: tuple[Kind, ...] = ("query", "document")
 
 class EncoderError(RuntimeError):
     """A provider refused or failed a request in a way retrying will not fix (bad key, bad model...)."""
+
+
+class ImagesUnsupported(EncoderError):
+    """An image was given to an encoder whose model embeds text only (or an image URL to a provider
+    that takes image data only); the message names the item and the encoders that can."""
 
 
 class InputsRejected(EncoderError):
@@ -45,17 +56,19 @@ class InputsRejected(EncoderError):
 
     @classmethod
     def of(
-        cls, source: str, texts: Sequence[str], vectors: np.ndarray, rejected: dict[int, str]
+        cls, source: str, texts: Sequence[Item], vectors: np.ndarray, rejected: dict[int, str]
     ) -> InputsRejected:
-        """The one-line error for ``rejected`` rows of a batch of ``texts``."""
+        """The one-line error for ``rejected`` rows of a batch of ``texts`` (texts or images)."""
         first = min(rejected)
         text = texts[first]
-        start = " ".join(text[:40].split())
         more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+        if isinstance(text, str):
+            what = f"{len(text):,} characters, starting {' '.join(text[:40].split())!r}"
+        else:
+            what = f"the image {text}"
         return cls(
             f"{source}: {len(rejected)} of {len(texts)} texts cannot be embedded, the other "
-            f"{len(texts) - len(rejected)} were; text {first}{more} ({len(text):,} characters, "
-            f"starting {start!r}): {rejected[first]}",
+            f"{len(texts) - len(rejected)} were; text {first}{more} ({what}): {rejected[first]}",
             vectors,
             rejected,
         )
@@ -73,10 +86,14 @@ class Encoder(ABC):
     model: str = ""
     batch_size: int = 64
     max_concurrency: int = 1
+    #: whether :meth:`encode_batch` takes images (:class:`~search_adaptor.images.ImageRef`) as well
+    accepts_images: bool = False
+    #: whether it takes image URLs too (the provider fetches them)
+    accepts_image_urls: bool = False
 
     @abstractmethod
-    def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
-        """Embed one batch of texts as queries or documents.
+    def encode_batch(self, texts: Sequence[Item], kind: Kind) -> np.ndarray:
+        """Embed one batch of texts (or images, where :attr:`accepts_images`) as queries or documents.
 
         Returns
         -------
@@ -119,19 +136,45 @@ class Encoder(ABC):
         """
         return [None] * len(texts)
 
-    def request_tokens(self, texts: Sequence[str], kind: Kind) -> int | None:
+    def request_tokens(self, texts: Sequence[Item], kind: Kind) -> int | None:
         """Estimated tokens a paid API would bill for ``texts``; None for encoders that run locally."""
         return None
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+    def check_items(self, items: Iterable[Item]) -> None:
+        """Refuse, in one line, the first item this encoder cannot embed: an image for a model that
+        embeds text only, or an image URL for a provider that takes image data only.
+
+        Raises
+        ------
+        ImagesUnsupported
+            Naming the item, the providers that can embed it, and the precomputed-vectors way out.
+        """
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                continue
+            if not self.accepts_images:
+                can = ", ".join(f"{p} ({m})" for p, m in IMAGE_MODELS.items())
+                raise ImagesUnsupported(
+                    f"{self.provider}: {self.model} embeds text only, and item {i} is an image ({item}); "
+                    f"embed image corpora with {can}, or give precomputed vectors (--embeddings)"
+                )
+            if item.is_url and not self.accepts_image_urls:
+                can = ", ".join(f"{p} ({IMAGE_MODELS[p]})" for p in IMAGE_URL_PROVIDERS)
+                raise ImagesUnsupported(
+                    f"{self.provider}: {self.model} takes images as data, not URLs, and item {i} is the URL "
+                    f"{item}; save the images in the dataset folder and name them by relative path, "
+                    f"or use {can}, which fetches URLs"
+                )
+
+    def encode_queries(self, texts: Sequence[Item]) -> np.ndarray:
         """Embed queries without any cache (use :class:`~search_adaptor.store.EmbeddingStore` for that)."""
         return self._encode_all(texts, "query")
 
-    def encode_corpus(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_corpus(self, texts: Sequence[Item]) -> np.ndarray:
         """Embed documents without any cache."""
         return self._encode_all(texts, "document")
 
-    def _encode_all(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+    def _encode_all(self, texts: Sequence[Item], kind: Kind) -> np.ndarray:
         """Every batch in turn; texts rejected by the provider fail at the end, after all the others.
 
         Raises

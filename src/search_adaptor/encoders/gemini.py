@@ -31,6 +31,19 @@ served by ``:embedContent`` instead, one text per request::
      "embedContentConfig": {"autoTruncate": true, "outputDimensionality": 768?}}
     -> {"embedding": {"values": [...]}, "usageMetadata": {...}, "truncated": false}
 
+The multimodal model (``multimodalembedding@001``) embeds texts and images into one space; it is
+served by ``:predict``, one instance per request, as Vertex AI's "Get multimodal embeddings" guide
+and ``vertexai.vision_models.MultiModalEmbeddingModel.get_embeddings`` (google-cloud-aiplatform)
+send it::
+
+    {"instances": [{"image": {"bytesBase64Encoded": "..."}}], "parameters": {"dimension": 512}?}
+    -> {"predictions": [{"imageEmbedding": [...]}]}
+    {"instances": [{"text": "..."}]}  -> {"predictions": [{"textEmbedding": [...]}]}
+
+It takes no task type; ``dimension`` is 128, 256, 512 or 1408 (the default). Texts beyond its 32
+tokens are shortened by the model; images are BMP, GIF, JPEG or PNG, at most 20 MB, sent as bytes
+(Vertex reads ``gcsUri`` too, but no http URL).
+
 The host is ``{location}-aiplatform.googleapis.com``, ``aiplatform.googleapis.com`` for
 ``global``, and ``aiplatform.{location}.rep.googleapis.com`` for the multi-regions ``us`` and
 ``eu`` (as the SDK picks it). Both APIs report errors as ``{"error": {"code", "message",
@@ -52,13 +65,19 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.encoders.base import EncoderError, Kind
-from search_adaptor.encoders.http import ApiEncoder, AuthHeaders, env_value, secret_from_env
+from search_adaptor.encoders.http import ApiEncoder, AuthHeaders, encoded_image, env_value, secret_from_env
+from search_adaptor.images import ImageRef
 
 TASK_TYPES: dict[str, str] = {"query": "RETRIEVAL_QUERY", "document": "RETRIEVAL_DOCUMENT"}
 #: (query prefix, document prefix) of the Gemini Embedding 2 models, which take no task type.
 GEMINI_2_PROMPTS = ("task: search result | query: ", "title: none | text: ")
 _MULTI_REGIONS = frozenset({"us", "eu"})
 _CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
+def is_multimodal(model: str) -> bool:
+    """Whether ``model`` is Vertex AI's multimodal embedding model (texts and images, ``:predict``)."""
+    return model.startswith("multimodalembedding")
 
 
 def is_gemini_2(model: str) -> bool:
@@ -74,14 +93,17 @@ class _GoogleModels(ApiEncoder):
     """What both Google APIs share: the models' input limits, task types and prompts."""
 
     def _context_tokens(self, model: str) -> int | None:
+        if is_multimodal(model):
+            return 32
         return 8192 if is_gemini_2(model) else 2048
 
     def _default_prompts(self, model: str) -> tuple[str, str]:
         return GEMINI_2_PROMPTS if is_gemini_2(model) else ("", "")
 
     def _task_types(self) -> dict[str, Any]:
-        """The task types sent, as recorded in the config (none for Gemini Embedding 2)."""
-        return {} if is_gemini_2(self.model) else {"task_types": TASK_TYPES}
+        """The task types sent, as recorded in the config (none for Gemini Embedding 2 and the
+        multimodal model)."""
+        return {} if is_gemini_2(self.model) or is_multimodal(self.model) else {"task_types": TASK_TYPES}
 
 
 class GeminiEncoder(_GoogleModels):
@@ -146,6 +168,7 @@ class VertexEncoder(_GoogleModels):
     key_env = ("VERTEX_ACCESS_TOKEN",)
     max_inputs = 250
     max_request_tokens = 20_000
+    image_types = frozenset({"image/bmp", "image/gif", "image/jpeg", "image/png"})
 
     def __init__(
         self,
@@ -165,11 +188,16 @@ class VertexEncoder(_GoogleModels):
                 "vertex: no Google Cloud project; set GOOGLE_CLOUD_PROJECT or pass project=..."
             )
 
+    @property
+    def accepts_images(self) -> bool:  # type: ignore[override]
+        return is_multimodal(self.model)
+
     def _limits(self, model: str) -> tuple[int, int | None]:
-        return (1 if model.startswith("gemini") else self.max_inputs), self.max_request_tokens
+        one = model.startswith("gemini") or is_multimodal(model)
+        return (1 if one else self.max_inputs), self.max_request_tokens
 
     def _server_truncates(self) -> bool:
-        return self.auto_truncate
+        return self.auto_truncate or is_multimodal(self.model)
 
     def _credentials(self, api_key: str | None) -> tuple[AuthHeaders, str]:
         token = secret_from_env(self.provider, api_key, self.key_env, required=False)
@@ -230,10 +258,27 @@ class VertexEncoder(_GoogleModels):
     def _wire_config(self) -> dict[str, Any]:
         return {**self._task_types(), "auto_truncate": self.auto_truncate}
 
-    def _request(self, texts: list[str], kind: Kind) -> np.ndarray:
-        model_path = (
-            f"/projects/{self.project}/locations/{self.location}/publishers/google/models/{self.model}"
+    def _model_path(self) -> str:
+        return f"/projects/{self.project}/locations/{self.location}/publishers/google/models/{self.model}"
+
+    def _request_images(self, images: list[ImageRef], kind: Kind) -> np.ndarray:
+        return self._multimodal(
+            [{"image": {"bytesBase64Encoded": encoded_image(i)[1]}} for i in images], images
         )
+
+    def _multimodal(self, instances: list[dict[str, Any]], items: list[Any]) -> np.ndarray:
+        body: dict[str, Any] = {"instances": instances}
+        if self.dimensions is not None:
+            body["parameters"] = {"dimension": self.dimensions}
+        field = "textEmbedding" if "text" in instances[0] else "imageEmbedding"
+        return self._post(
+            f"{self._model_path()}:predict", body, items, lambda p: [x[field] for x in p["predictions"]]
+        )
+
+    def _request(self, texts: list[str], kind: Kind) -> np.ndarray:
+        model_path = self._model_path()
+        if is_multimodal(self.model):
+            return self._multimodal([{"text": t} for t in texts], texts)
         if is_gemini_2(self.model):
             config: dict[str, Any] = {"autoTruncate": self.auto_truncate}
             if self.dimensions is not None:

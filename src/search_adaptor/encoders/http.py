@@ -59,6 +59,7 @@ import httpx
 import numpy as np
 
 from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind, check_vectors
+from search_adaptor.images import ImageRef, Item, image_type
 
 log = logging.getLogger(__name__)
 
@@ -638,19 +639,23 @@ def plan_requests(texts: Sequence[str], max_inputs: int, max_tokens: int | None)
     tokens by :func:`token_bound` (a single text over the token cap goes alone; the provider
     truncates it or rejects it).
     """
+    costs = [0] * len(texts) if max_tokens is None else [token_bound(t) for t in texts]
+    return plan_by_cost(costs, max_inputs, max_tokens)
+
+
+def plan_by_cost(costs: Sequence[int], max_items: int, max_cost: int | None) -> list[slice]:
+    """Split items of ``costs`` into consecutive requests of at most ``max_items`` items whose costs add
+    up to at most ``max_cost`` (an item over the cap goes alone)."""
     out: list[slice] = []
-    start, tokens = 0, 0
-    for i, text in enumerate(texts):
-        cost = token_bound(text) if max_tokens is not None else 0
-        full = i - start >= max_inputs or (
-            max_tokens is not None and i > start and tokens + cost > max_tokens
-        )
+    start, total = 0, 0
+    for i, cost in enumerate(costs):
+        full = i - start >= max_items or (max_cost is not None and i > start and total + cost > max_cost)
         if full:
             out.append(slice(start, i))
-            start, tokens = i, 0
-        tokens += cost
-    if start < len(texts):
-        out.append(slice(start, len(texts)))
+            start, total = i, 0
+        total += cost
+    if start < len(costs):
+        out.append(slice(start, len(costs)))
     return out
 
 
@@ -697,6 +702,13 @@ class ApiEncoder(Encoder):
     Azure, the Gemini API), a text is cut to ``max_input_tokens`` by :func:`token_bound`, so that
     it is not rejected; that changes the vectors of long texts and is part of the fingerprint.
     The first cut of either kind is logged once.
+
+    Images (:class:`~search_adaptor.images.ImageRef` items, for models that embed them:
+    :attr:`~search_adaptor.encoders.base.Encoder.accepts_images`) go in requests of their own,
+    :meth:`_request_images`, within :meth:`_image_limits`; an image whose format the provider does not
+    take (``image_types``) or that is larger than ``max_image_bytes`` is rejected before anything is
+    sent, as a text the provider refuses is. Texts of the same batch go as texts, so their vectors
+    (and the requests that carry them) are those of a text-only batch.
 
     Parameters
     ----------
@@ -746,6 +758,11 @@ class ApiEncoder(Encoder):
     max_inputs = 96
     max_request_tokens: int | None = None
     context_tokens: int | None = None
+    #: media types of the images the provider takes (read from the bytes by
+    #: :func:`~search_adaptor.images.image_type`)
+    image_types: frozenset[str] = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+    #: the largest image file the provider takes
+    max_image_bytes = 20_000_000
 
     def __init__(
         self,
@@ -847,6 +864,23 @@ class ApiEncoder(Encoder):
     def _request(self, texts: list[str], kind: Kind) -> np.ndarray:
         """Embed one request's worth of texts (already prefixed, cut and within the limits)."""
 
+    def _image_limits(self) -> tuple[int, int | None]:
+        """Documented (max images, max total :meth:`_image_cost`) per image request."""
+        return 1, None
+
+    def _image_cost(self, image: ImageRef, header: bytes) -> int:
+        """What one image counts against the cap of :meth:`_image_limits` (bytes, tokens...);
+        ``header`` is the start of its file (empty for a URL)."""
+        return 0
+
+    def _image_tokens(self, image: ImageRef, header: bytes) -> int:
+        """Tokens the provider bills for one image (0 where images are billed per image)."""
+        return 0
+
+    def _request_images(self, images: list[ImageRef], kind: Kind) -> np.ndarray:
+        """Embed one request's worth of images (checked, within :meth:`_image_limits`)."""
+        raise NotImplementedError(f"{self.provider}: {self.model} embeds no images")
+
     # -- shared behaviour -------------------------------------------------------------------------
 
     @property
@@ -913,64 +947,134 @@ class ApiEncoder(Encoder):
             )
         return " or ".join(rules)
 
-    def request_tokens(self, texts: Sequence[str], kind: Kind) -> int:
-        """Estimated tokens the provider would bill for ``texts`` as sent (see :data:`CHARS_PER_TOKEN`)."""
-        return sum(estimate_tokens(t) for t in self.prepare(texts, kind))
+    def request_tokens(self, texts: Sequence[Item], kind: Kind) -> int:
+        """Estimated tokens the provider would bill for ``texts`` as sent (see :data:`CHARS_PER_TOKEN`);
+        images count what :meth:`_image_tokens` says."""
+        words = [t for t in texts if isinstance(t, str)]
+        images = sum(self._image_tokens(t, _header(t)) for t in texts if isinstance(t, ImageRef))
+        return sum(estimate_tokens(t) for t in self.prepare(words, kind)) + images
 
-    def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
-        """Embed ``texts``; a text the provider rejects as too long does not fail the others.
+    def encode_batch(self, texts: Sequence[Item], kind: Kind) -> np.ndarray:
+        """Embed ``texts`` (and images, where the model takes them); an input the provider rejects
+        (a text too long, an image it cannot take) does not fail the others.
 
         Raises
         ------
         InputsRejected
             After embedding every other text: it names the rejected texts and carries the
             vectors of the rest (``vectors``, NaN rows where rejected).
+        ImagesUnsupported
+            An image for a model that embeds text only (nothing is sent).
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        prepared = self.prepare(texts, kind)
         rows: dict[int, np.ndarray] = {}
         rejected: dict[int, str] = {}
-        for s in plan_requests(prepared, self.max_inputs, self.max_request_tokens):
-            self._send(prepared, list(range(s.start, s.stop)), kind, rows, rejected)
+        sent, requests = self._plan(texts, kind, rejected)
+        for index, request in requests:
+            self._send(sent, index, kind, rows, rejected, request)
         width = next((len(v) for v in rows.values()), self.dimensions or 0)
-        out = np.full((len(prepared), width), np.nan, dtype=np.float32)
+        out = np.full((len(sent), width), np.nan, dtype=np.float32)
         for i, row in rows.items():
             out[i] = row
         if rejected:
             raise InputsRejected.of(self.provider, texts, out, rejected)
         return out
 
+    def _plan(
+        self, items: Sequence[Item], kind: Kind, rejected: dict[int, str]
+    ) -> tuple[list[Any], list[tuple[list[int], Callable[[list[Any], Kind], np.ndarray]]]]:
+        """The items as sent (texts prepared) and the requests that embed them: ``(positions, request)``.
+
+        Texts go in requests of texts (:meth:`_request`, :func:`plan_requests`), images in requests of
+        images (:meth:`_request_images`, image URLs apart from image data); an image the provider
+        cannot take goes into ``rejected`` instead.
+        """
+        words = [i for i, t in enumerate(items) if isinstance(t, str)]
+        if len(words) == len(items):  # texts only: as every text batch always went
+            prepared = self.prepare(items, kind)  # type: ignore[arg-type]
+            slices = plan_requests(prepared, self.max_inputs, self.max_request_tokens)
+            return prepared, [(list(range(s.start, s.stop)), self._request) for s in slices]
+        self.check_items(items)
+        sent: list[Any] = list(items)
+        for i, text in zip(words, self.prepare([items[i] for i in words], kind), strict=True):
+            sent[i] = text
+        requests: list[tuple[list[int], Callable[[list[Any], Kind], np.ndarray]]] = [
+            ([words[j] for j in range(s.start, s.stop)], self._request)
+            for s in plan_requests([sent[i] for i in words], self.max_inputs, self.max_request_tokens)
+        ]
+        max_images, max_cost = self._image_limits()
+        for urls in (False, True):  # a request carries image data or image URLs, never both (Voyage)
+            group, costs = [], []
+            for i, item in enumerate(items):
+                if isinstance(item, ImageRef) and item.is_url == urls:
+                    header = _header(item)
+                    reason = None if urls else self._refusal(item, header)
+                    if reason is not None:
+                        rejected[i] = reason
+                        continue
+                    group.append(i)
+                    costs.append(self._image_cost(item, header))
+            requests += [
+                (group[s.start : s.stop], self._request_images)
+                for s in plan_by_cost(costs, max_images, max_cost)
+            ]
+        return sent, requests
+
+    def _refusal(self, image: ImageRef, header: bytes) -> str | None:
+        """Why the provider cannot take this image file (format, size, unreadable), or None."""
+        if not header:
+            return "the file cannot be read, or is empty"
+        media = image_type(header)
+        if media not in self.image_types:
+            takes = ", ".join(sorted(t.removeprefix("image/").upper() for t in self.image_types))
+            what = (
+                f"a {media.removeprefix('image/').upper()} image"
+                if media
+                else "not an image this library knows"
+            )
+            return f"{what}; {self.provider} {self.model} takes {takes}"
+        size = image.size_bytes()
+        if size > self.max_image_bytes:
+            return (
+                f"{size:,} bytes, more than the {self.max_image_bytes:,} {self.provider} takes in one image"
+            )
+        return None
+
     def _send(
         self,
-        texts: list[str],
+        texts: list[Any],
         index: list[int],
         kind: Kind,
         rows: dict[int, np.ndarray],
         rejected: dict[int, str],
+        request: Callable[[list[Any], Kind], np.ndarray] | None = None,
     ) -> None:
-        """Embed ``texts[i] for i in index`` into ``rows``, halving the request around rejected texts."""
+        """Embed ``texts[i] for i in index`` into ``rows`` with ``request`` (:meth:`_request` by default),
+        halving the request around rejected texts."""
+        request = request or self._request
         try:
-            vectors = self._request([texts[i] for i in index], kind)
+            vectors = request([texts[i] for i in index], kind)
         except InputTooLong as exc:
             if len(index) == 1:
                 rejected[index[0]] = exc.reason
                 return
             half = len(index) // 2
-            self._send(texts, index[:half], kind, rows, rejected)
-            self._send(texts, index[half:], kind, rows, rejected)
+            self._send(texts, index[:half], kind, rows, rejected, request)
+            self._send(texts, index[half:], kind, rows, rejected, request)
             return
         rows.update(zip(index, vectors, strict=True))
 
     def _post(
-        self, path: str, body: Any, texts: list[str], rows: Callable[[Any], Any], **kw: Any
+        self, path: str, body: Any, texts: list[Any], rows: Callable[[Any], Any], **kw: Any
     ) -> np.ndarray:
-        """POST one request for ``texts``; return its checked vectors (``rows`` finds them in the reply)."""
+        """POST one request for ``texts`` (or images); return its checked vectors (``rows`` finds them in
+        the reply)."""
         return self._client.post(
             path,
             body,
             lambda payload: self._vectors(rows(payload), len(texts)),
-            tokens=sum(map(token_bound, texts)),
+            tokens=sum(map(_timeout_tokens, texts)),
             **kw,
         )
 
@@ -993,3 +1097,33 @@ class ApiEncoder(Encoder):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
+
+
+def encoded_image(image: ImageRef) -> tuple[str, str]:
+    """``(media type, base64 of the bytes)`` of an image file, as the requests carry it."""
+    data = image.read()
+    return image_type(data) or "application/octet-stream", base64.b64encode(data).decode()
+
+
+def image_data_uri(image: ImageRef) -> str:
+    """``data:<media type>;base64,<bytes>``: an image file as Cohere and Voyage take it."""
+    media, data = encoded_image(image)
+    return f"data:{media};base64,{data}"
+
+
+def _header(image: ImageRef, size: int = 1 << 16) -> bytes:
+    """The first ``size`` bytes of an image file (enough for its format and, nearly always, its
+    pixel size); empty for a URL or a file that cannot be read."""
+    if image.is_url:
+        return b""
+    try:
+        with open(image.source, "rb") as fh:
+            return fh.read(size)
+    except OSError:
+        return b""
+
+
+def _timeout_tokens(item: Any) -> int:
+    """What an item weighs when the timeout of its request is sized (:func:`request_timeout`): a
+    text its :func:`token_bound`, an image a token per 100 bytes uploaded (20 MB: 200 s more)."""
+    return token_bound(item) if isinstance(item, str) else item.size_bytes() // 100

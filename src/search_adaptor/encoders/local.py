@@ -157,6 +157,7 @@ class SentenceTransformerEncoder(Encoder):
         return [int(n) for n in mask.sum(dim=1).tolist()]
 
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+        self.check_items(texts)  # a text model: an image is refused in one line
         prompt = self.query_prompt if kind == "query" else self.document_prompt
         return self._load().encode(
             self._cut([prompt + t for t in texts]),

@@ -1,7 +1,7 @@
 """Build any encoder from a provider name: the one entry point the CLI and the API use.
 
 Provider modules are imported only when asked for, so naming ``openai`` never imports torch and
-naming ``sentence-transformers`` never imports httpx.
+naming ``sentence-transformers`` or ``model2vec`` never imports httpx.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from search_adaptor.encoders import API_CLASSES, LOCAL, PROVIDERS
+from search_adaptor.encoders import API_CLASSES, LOCAL, MODEL2VEC, PROVIDERS
 from search_adaptor.encoders.base import Encoder
 
-__all__ = ["LOCAL", "PROVIDERS", "from_info", "make_encoder"]
+__all__ = ["LOCAL", "MODEL2VEC", "PROVIDERS", "from_info", "make_encoder"]
 #: encoder config keys that are also ``make_encoder`` options of the same name
 _OPTIONS = ("max_chars", "query_prompt", "document_prompt", "truncate", "truncation", "auto_truncate")
 
@@ -35,8 +35,8 @@ def make_encoder(
     provider : str
         One of :data:`PROVIDERS`.
     model : str, optional
-        Model id; the deployment name for ``azure-openai``; required for ``azure-openai`` and
-        ``openai-compatible``.
+        Model id; the deployment name for ``azure-openai``; the folder for ``model2vec``; required
+        for ``azure-openai``, ``openai-compatible`` and ``model2vec``.
     base_url : str, optional
         API root (proxies, regional or self-hosted endpoints, tests); required for
         ``openai-compatible`` unless ``$OPENAI_BASE_URL`` is set.
@@ -59,15 +59,24 @@ def make_encoder(
     EncoderError
         No API key: the message names the environment variable to set.
     """
-    if provider == LOCAL:
+    if provider in (LOCAL, MODEL2VEC):
         if base_url is not None or dimensions is not None or max_concurrency not in (None, 1):
             raise ValueError(
-                f"{LOCAL}: base_url, dimensions and max_concurrency do not apply to a local model"
+                f"{provider}: base_url, dimensions and max_concurrency do not apply to a local model"
             )
-        from search_adaptor.encoders.local import DEFAULT_MODEL, SentenceTransformerEncoder
-
         if batch_size is not None:
             kw["batch_size"] = batch_size
+        if provider == MODEL2VEC:
+            if not model:
+                raise ValueError(f"{MODEL2VEC}: pass the model folder (`search-adaptor distill --out DIR`)")
+            extra = sorted(set(kw) - {"batch_size"})
+            if extra:
+                raise ValueError(f"{MODEL2VEC}: {', '.join(extra)} do not apply to a static model")
+            from search_adaptor.encoders.model2vec import Model2VecEncoder
+
+            return Model2VecEncoder(model, **kw)
+        from search_adaptor.encoders.local import DEFAULT_MODEL, SentenceTransformerEncoder
+
         return SentenceTransformerEncoder(model or DEFAULT_MODEL, **kw)
     if provider not in API_CLASSES:
         raise ValueError(f"unknown embedding provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
@@ -107,7 +116,9 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
     if cfg.get("dimensions") is not None:
         extra["dimensions"] = cfg["dimensions"]
     options = {k: cfg[k] for k in _OPTIONS if k in cfg}
-    if provider != LOCAL:  # recorded before texts were cut by tokens: absent, so no cut, same fingerprint
+    if (
+        provider in API_CLASSES
+    ):  # recorded before texts were cut by tokens: absent, so no cut, same fingerprint
         options["max_input_tokens"] = cfg.get("max_input_tokens")
     encoder = make_encoder(str(provider), cfg.get("model"), **extra, **options, **overrides)
     if encoder.fingerprint != info.get("fingerprint"):

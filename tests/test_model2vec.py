@@ -1,0 +1,197 @@
+"""The model2vec provider (static token-embedding models) and ``distill`` (making one, offline)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("model2vec", reason="needs model2vec (the model2vec extra)")
+
+from model2vec import StaticModel
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+from search_adaptor.distill import MARKER, distill
+from search_adaptor.encoders.base import EncoderError, ImagesUnsupported
+from search_adaptor.encoders.registry import from_info, make_encoder
+from search_adaptor.images import ImageRef
+from search_adaptor.store import EmbeddingStore, StoreStats
+
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "red",
+    "blue",
+    "square",
+    "circle",
+    "photo",
+    "of",
+    "city",
+    "tokyo",
+    "river",
+    "night",
+    "day",
+]
+
+
+def static_model(folder: Path, dim: int = 16, seed: int = 0) -> Path:
+    """A small model2vec folder: a word-level tokenizer over :data:`WORDS` and random vectors."""
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    vectors = np.random.default_rng(seed).standard_normal((len(vocab), dim)).astype(np.float32)
+    config = {"model_type": "model2vec", "hidden_dim": dim, "tokenizer_name": str(folder)}
+    StaticModel(vectors, tokenizer, config=config, normalize=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return static_model(tmp_path / "m2v")
+
+
+def test_encodes_as_the_static_model_does(model_dir: Path) -> None:
+    enc = make_encoder("model2vec", model=str(model_dir))
+    texts = ["the cat sat on the mat", "a red square", "Tokyo at night"]
+    vecs = enc.encode_queries(texts)
+    direct = StaticModel.from_pretrained(model_dir).encode(texts, normalize=True)
+    assert vecs.dtype == np.float32 and vecs.shape == (3, 16)
+    np.testing.assert_allclose(vecs, direct, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(enc.encode_corpus(texts), vecs)  # no query/document modes
+    assert enc.batch_size == 1024 and enc.request_tokens(texts, "query") is None
+
+
+def test_the_fingerprint_is_the_content_not_the_path(model_dir: Path, tmp_path: Path) -> None:
+    enc = make_encoder("model2vec", model=str(model_dir))
+    moved = shutil.copytree(model_dir, tmp_path / "elsewhere" / "m2v")
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "tokenizer_name": "/another/machine"}))
+    assert make_encoder("model2vec", model=str(moved)).fingerprint == enc.fingerprint
+    other = static_model(tmp_path / "other", seed=1)  # another distillation: other vectors
+    assert make_encoder("model2vec", model=str(other)).fingerprint != enc.fingerprint
+    (moved / "config.json").write_text(json.dumps({**config, "max_length": 8}))  # cuts texts: other vectors
+    assert make_encoder("model2vec", model=str(moved)).fingerprint != enc.fingerprint
+    assert enc.fingerprint.startswith("model2vec:m2v:") and len(enc.config()["weights_sha256"]) == 64
+
+
+def test_from_info_recreates_it(model_dir: Path) -> None:
+    enc = make_encoder("model2vec", model=str(model_dir), batch_size=8)
+    again = from_info(json.loads(json.dumps(enc.info())), batch_size=4)
+    assert again.fingerprint == enc.fingerprint and again.batch_size == 4
+    np.testing.assert_array_equal(again.encode_queries(["a cat"]), enc.encode_queries(["a cat"]))
+
+
+def test_the_store_embeds_each_text_once(model_dir: Path, tmp_path: Path) -> None:
+    enc = make_encoder("model2vec", model=str(model_dir), batch_size=2)
+    texts = ["the cat", "a dog", "the cat", "red square", "blue circle"]
+    first, second = StoreStats(), StoreStats()
+    with EmbeddingStore(enc, tmp_path / "cache") as store:
+        a = store.embed(texts, "query", stats=first)
+        b = store.embed(texts, "query", stats=second)
+    assert (first.encoded, first.batches, second.encoded, second.cached) == (4, 2, 0, 4)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_query_takes_well_under_a_millisecond(model_dir: Path) -> None:
+    enc = make_encoder("model2vec", model=str(model_dir))
+    enc.encode_batch(["warm up"], "query")
+    times = []
+    for i in range(200):
+        start = time.perf_counter()
+        enc.encode_batch([f"a photo of the city at night {i}"], "query")
+        times.append(time.perf_counter() - start)
+    assert statistics.median(times) < 2e-3  # microseconds in practice; a loaded CI box still passes
+
+
+def test_refuses_images_and_what_does_not_apply(model_dir: Path, tmp_path: Path) -> None:
+    enc = make_encoder("model2vec", model=str(model_dir))
+    with pytest.raises(
+        ImagesUnsupported, match=r"^model2vec: .*m2v embeds text only, and item 0 is an image"
+    ):
+        enc.encode_corpus([ImageRef("https://example.com/a.png")])
+    with pytest.raises(
+        EncoderError, match=r"model2vec: .*empty is not a model2vec folder \(no model\.safetensors, "
+    ):
+        make_encoder("model2vec", model=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match=r"model2vec: pass the model folder"):
+        make_encoder("model2vec")
+    with pytest.raises(ValueError, match=r"model2vec: base_url, dimensions and max_concurrency do not apply"):
+        make_encoder("model2vec", model=str(model_dir), dimensions=8)
+    with pytest.raises(ValueError, match=r"model2vec: timeout do not apply to a static model"):
+        make_encoder("model2vec", model=str(model_dir), timeout=3.0)
+
+
+# -- distill -----------------------------------------------------------------------------------------
+
+
+def tiny_bert(folder: Path, hidden: int = 32) -> Path:
+    """A randomly initialised one-layer BERT with a 60-token vocabulary: distils in seconds."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    folder.mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"##{w}" for w in WORDS], "tokyo's"]
+    wordpiece = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer()
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+    transformers.PreTrainedTokenizerFast(tokenizer_object=wordpiece, **specials).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=32,
+    )
+    transformers.BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_distill_writes_a_model2vec_folder_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = tiny_bert(tmp_path / "bert")
+    out = distill(tmp_path / "static", model=str(base), dim=16, device="cpu")
+    assert out == (tmp_path / "static").resolve()
+    assert {"config.json", "model.safetensors", "tokenizer.json", MARKER} <= {p.name for p in out.iterdir()}
+    record = json.loads((out / MARKER).read_text())
+    assert record["base_model"] == str(base) and record["dim"] == 16 and record["seconds"] >= 0
+    enc = make_encoder("model2vec", model=str(out))
+    vecs = enc.encode_queries(["the cat sat on the mat", "tokyo river at night"])
+    assert vecs.shape == (2, 16) and not np.allclose(vecs[0], vecs[1])
+    again = distill(out, model=str(base), dim=8, device="cpu")  # a folder distill wrote is replaced
+    assert make_encoder("model2vec", model=str(again)).fingerprint != enc.fingerprint
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".static")]  # nothing staged is left
+
+
+def test_distill_refuses_before_any_work(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"hidden_size": 32}')
+    for dim in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=r"distill: dim must be a positive integer"):
+            distill(tmp_path / "out", model=str(base), dim=dim)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"distill: dim=64 is more than .*base's 32 dimensions; choose 32 or fewer"
+    ):
+        distill(tmp_path / "out", model=str(base), dim=64)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(
+        FileExistsError, match=r"busy: exists and is not a folder written by `search-adaptor distill`"
+    ):
+        distill(tmp_path / "busy", model=str(base), dim=16)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
