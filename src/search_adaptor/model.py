@@ -671,25 +671,28 @@ class AdaptedEncoder(Encoder):
     adapter : SearchAdaptor or path
         A fitted adapter or the folder :meth:`SearchAdaptor.save` wrote.
     cache : path or bool
-        Where :meth:`encode_queries` and :meth:`encode_corpus` keep the *base* embeddings: ``True``
-        (default) is the store every command uses (``$SEARCH_ADAPTOR_CACHE`` or the user cache
-        dir), a path another store, ``False`` none (every text is sent to ``encoder``). A text the
-        store holds, from this object, the command line or an index build, is never sent again.
+        Where :meth:`encode_corpus` keeps the *base* document embeddings: ``True`` (default) is the
+        store every command uses (``$SEARCH_ADAPTOR_CACHE`` or the user cache dir), a path another
+        store, ``False`` none. A document the store holds, embedded by this object, the command line
+        or an index build, is never sent to ``encoder`` again.
 
     Attributes
     ----------
     stats : StoreStats
-        What the store did over this object's calls: ``encoded`` texts were sent to ``encoder``,
-        ``cached`` ones read back instead (all zeros with ``cache=False``).
+        What the store did over this object's :meth:`encode_corpus` calls: ``encoded`` documents
+        were sent to ``encoder``, ``cached`` ones read back instead (all zeros with ``cache=False``).
 
     Notes
     -----
     Queries go through ``adapter.transform_queries`` and documents through
-    ``adapter.transform_corpus`` (only normalised in ``query_only`` mode). The store holds base
-    vectors, so one store serves every adapter of a model; the fingerprint combines the base
-    encoder's with the adapter's, so a store of this encoder's own outputs keeps adapted vectors
-    apart from base ones. Calls from several threads are safe; an encoder that runs one batch at a
-    time (a local model, whose tokenizer is not thread-safe) gets them one after another.
+    ``adapter.transform_corpus`` (only normalised in ``query_only`` mode). Queries are sent to
+    ``encoder`` every time and never written to the store: at search time they are unbounded,
+    often private, each is usually asked once, and a server's disk may be read-only (labelled
+    queries of a dataset are stored by ``fit`` and ``embed``). The store holds base vectors, so one
+    store serves every adapter of a model; the fingerprint combines the base encoder's with the
+    adapter's, so a store of this encoder's own outputs keeps adapted vectors apart from base
+    ones. Calls from several threads are safe; an encoder that runs one batch at a time (a local
+    model, whose tokenizer is not thread-safe) gets them one after another.
     """
 
     provider = "adapted"
@@ -723,29 +726,33 @@ class AdaptedEncoder(Encoder):
         return self.adapter.transform_corpus(vectors)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Adapted query vectors, shape (len(texts), dim); base vectors come from the store when held."""
-        return self.adapter.transform_queries(self._base_vectors(texts, "query"))
+        """Adapted query vectors, shape (len(texts), dim), from the encoder (never stored)."""
+        self._check(texts)
+        with self._serial:
+            return self.adapter.transform_queries(self.base.encode_queries(texts))
 
     def encode_corpus(self, texts: Sequence[str]) -> np.ndarray:
-        """Adapted document vectors, shape (len(texts), dim); base vectors come from the store when held."""
-        return self.adapter.transform_corpus(self._base_vectors(texts, "document"))
+        """Adapted document vectors, shape (len(texts), dim); only documents the store lacks are sent."""
+        self._check(texts)
+        if self.cache is False:
+            with self._serial:
+                return self.adapter.transform_corpus(self.base.encode_corpus(texts))
+        store, done = self._open_store(), StoreStats()
+        with self._serial:
+            vectors = store.embed(list(texts), "document", stats=done)
+        with self._lock:
+            self.stats.add(done)
+        return self.adapter.transform_corpus(vectors)
 
-    def _base_vectors(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+    @staticmethod
+    def _check(texts: Sequence[str]) -> None:
+        """Refuse a bare string (it would embed character by character) and an empty list."""
         if isinstance(texts, str):
             raise TypeError(
                 "encode_queries() and encode_corpus() take a list of texts; wrap one text in a list"
             )
         if not texts:
             raise ValueError("nothing to embed: the list of texts is empty")
-        if self.cache is False:
-            with self._serial:
-                return self.base.encode_queries(texts) if kind == "query" else self.base.encode_corpus(texts)
-        store, done = self._open_store(), StoreStats()
-        with self._serial:
-            vectors = store.embed(list(texts), kind, stats=done)
-        with self._lock:
-            self.stats.add(done)
-        return vectors
 
     def _open_store(self) -> EmbeddingStore:
         """The base encoder's store, opened on first use and kept open (one SQLite connection)."""
