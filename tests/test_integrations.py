@@ -1,5 +1,6 @@
 """An adapted encoder gives the library's own adapted vectors, also through LangChain and LlamaIndex,
-and embeds documents through the same store as the command line: what it holds is never sent again."""
+and embeds documents through the same store as the command line: what it holds is never sent again.
+Loading the model behind them prints nothing unless asked (``--verbose``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import math
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -213,3 +215,56 @@ def test_llamaindex_vector_index_second_run_makes_no_encoder_calls(adapter, caps
     embed_model = as_llamaindex(async_base, adapter, cache=False, num_workers=2)
     vectors = asyncio.run(embed_model.aget_text_embedding_batch(DOCS))
     assert np.allclose(vectors, d, atol=1e-7) and len(async_base.calls) == math.ceil(len(DOCS) / 4)
+
+
+def test_quiet_loading_silences_third_party_output_and_restores_it(monkeypatch, capsys):
+    hf_logging = pytest.importorskip("transformers.utils.logging")
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from search_adaptor.encoders.local import ENV_VERBOSE, quiet_loading
+
+    def load() -> None:  # what a model load does: a transformers bar, a log warning, a Python warning
+        for _ in hf_logging.tqdm(range(3), desc="Loading weights"):
+            pass
+        hf_logging.get_logger("transformers.modeling_utils").warning("some weights were not used")
+        warnings.warn("a deprecation", FutureWarning, stacklevel=1)
+
+    monkeypatch.delenv(ENV_VERBOSE, raising=False)
+    before = (hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled(), hf_logging.get_verbosity())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_loading():
+            load()
+        assert not caught and "Loading weights" not in capsys.readouterr().err
+        assert (
+            hf_logging.is_progress_bar_enabled(),
+            are_progress_bars_disabled(),
+            hf_logging.get_verbosity(),
+        ) == before
+
+        monkeypatch.setenv(ENV_VERBOSE, "1")  # --verbose
+        with quiet_loading():
+            load()
+        err = capsys.readouterr().err
+        assert "Loading weights" in err and "some weights were not used" in err and len(caught) == 1
+
+
+@pytest.mark.slow
+def test_the_model_loads_quietly_unless_the_command_line_says_verbose(tmp_path, monkeypatch, capfd):
+    """A script or server that loads the local model prints nothing at load; ``--verbose`` on the
+    command line shows what transformers prints there (its ``Loading weights`` bar)."""
+    pytest.importorskip("sentence_transformers")
+    from search_adaptor.cli import main
+    from search_adaptor.encoders.local import ENV_VERBOSE, SentenceTransformerEncoder
+
+    monkeypatch.setenv(ENV_VERBOSE, "0")  # restored after the test, whatever main() sets
+    capfd.readouterr()
+    SentenceTransformerEncoder().encode_queries(["a query"])
+    assert capfd.readouterr().err == ""
+    data = tmp_path / "data"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "a document"}\n')
+    (data / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert main(["embed", str(data), "--cache", str(tmp_path / "c"), "--quiet", "--verbose"]) == 0
+    assert "Loading weights" in capfd.readouterr().err

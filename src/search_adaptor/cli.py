@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     groups = {"embeddings": _ENCODER, "engine": _ENGINE}
     for name, arguments in _COMMANDS.items():
         cmd = sub.add_parser(name, help=globals()[f"_cmd_{name}"].__doc__)
-        for arg in arguments:
+        for arg in [*arguments, A("--verbose", action="store_true", help="show third-party load output")]:
             target = cmd.add_argument_group(arg) if isinstance(arg, str) else cmd
             for flags, options in groups[arg] if isinstance(arg, str) else [arg]:
                 target.add_argument(*flags, **options)
@@ -283,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    os.environ.update({"SEARCH_ADAPTOR_VERBOSE": "1"} if args.verbose else {})  # encoders.local.ENV_VERBOSE
     try:
         globals()[f"_cmd_{args.command}"](args)
         return 0
