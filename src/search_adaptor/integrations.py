@@ -4,7 +4,8 @@
 :class:`~search_adaptor.model.AdaptedEncoder` (an encoder followed by a saved adapter) to those
 frameworks. Both embed through the same embedding store as the command line, so documents a
 ``fit``, ``embed`` or ``index`` run (or an earlier script) embedded are read back, not sent to the
-model again; both batch their calls and show progress when the framework's own flag asks for it.
+model again (queries are embedded each time and never stored: see ``AdaptedEncoder``); both batch
+their calls and show progress when the framework's own flag asks for it.
 The frameworks are imported only when a wrapper is built, so the core never needs either package.
 """
 
