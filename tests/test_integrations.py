@@ -5,6 +5,7 @@ Loading the model behind them prints nothing unless asked (``--verbose``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -223,30 +224,41 @@ def test_quiet_loading_silences_third_party_output_and_restores_it(monkeypatch, 
 
     from search_adaptor.encoders.local import ENV_VERBOSE, quiet_loading
 
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append
+
     def load() -> None:  # what a model load does: a transformers bar, a log warning, a Python warning
         for _ in hf_logging.tqdm(range(3), desc="Loading weights"):
             pass
         hf_logging.get_logger("transformers.modeling_utils").warning("some weights were not used")
         warnings.warn("a deprecation", FutureWarning, stacklevel=1)
 
-    monkeypatch.delenv(ENV_VERBOSE, raising=False)
-    before = (hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled(), hf_logging.get_verbosity())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with quiet_loading():
-            load()
-        assert not caught and "Loading weights" not in capsys.readouterr().err
-        assert (
-            hf_logging.is_progress_bar_enabled(),
-            are_progress_bars_disabled(),
-            hf_logging.get_verbosity(),
-        ) == before
+    def state() -> tuple[bool, bool, int]:
+        return hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled(), hf_logging.get_verbosity()
 
-        monkeypatch.setenv(ENV_VERBOSE, "1")  # --verbose
-        with quiet_loading():
-            load()
-        err = capsys.readouterr().err
-        assert "Loading weights" in err and "some weights were not used" in err and len(caught) == 1
+    monkeypatch.delenv(ENV_VERBOSE, raising=False)
+    outside = state()
+    hf_logging.enable_progress_bar()  # transformers' defaults, whatever earlier tests left
+    hf_logging.set_verbosity_warning()
+    hf_logging.get_logger().addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with quiet_loading():
+                load()
+            assert not caught and not logged and "Loading weights" not in capsys.readouterr().err
+            assert state() == (True, False, logging.WARNING)  # as it was before
+
+            monkeypatch.setenv(ENV_VERBOSE, "1")  # --verbose
+            with quiet_loading():
+                load()
+            assert "Loading weights" in capsys.readouterr().err and len(caught) == 1
+            assert [r.getMessage() for r in logged] == ["some weights were not used"]
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+        hf_logging.set_verbosity(outside[2])
+        (hf_logging.enable_progress_bar if outside[0] else hf_logging.disable_progress_bar)()
 
 
 @pytest.mark.slow
