@@ -126,6 +126,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)  # before or after the command
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    debug.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show model loading")
     parser = _Parser(
         prog="search-adaptor",
         description="Train Search-Adaptor embedding adapters on your labelled queries and prove they help.",
@@ -297,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    os.environ.update(
+        {"SEARCH_ADAPTOR_VERBOSE": "1"} if getattr(args, "verbose", False) else {}
+    )  # encoders.local.ENV_VERBOSE
     try:
         return globals()[f"_cmd_{args.command}"](args) or 0
     except (Exception, KeyboardInterrupt) as exc:  # --debug: raised again, with its traceback

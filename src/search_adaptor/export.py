@@ -257,7 +257,7 @@ def export_sentence_transformers(
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Router
 
-    from search_adaptor.encoders.local import SentenceTransformerEncoder
+    from search_adaptor.encoders.local import SentenceTransformerEncoder, quiet_loading
 
     cfg = info.get("config") or {}
     base = SentenceTransformerEncoder(
@@ -283,16 +283,17 @@ def export_sentence_transformers(
                 default_route="query",
             )
         )
-    model = SentenceTransformer(
-        modules=modules,
-        device="cpu",
-        prompts={"query": base.query_prompt, "document": base.document_prompt},
-        default_prompt_name="query" if base.query_prompt else None,
-    )
-
+    with quiet_loading():
+        model = SentenceTransformer(
+            modules=modules,
+            device="cpu",
+            prompts={"query": base.query_prompt, "document": base.document_prompt},
+            default_prompt_name="query" if base.query_prompt else None,
+        )
     with Staged(out, folder=True, marker="modules.json", what="a sentence-transformers model") as staged:
         model.save(str(staged.path))
-        again = SentenceTransformer(str(staged.path), device="cpu")
+        with quiet_loading():
+            again = SentenceTransformer(str(staged.path), device="cpu")
         for name, got, expected in (
             ("encode_query", again.encode_query(_CHECK_TEXTS), expected_q),
             ("encode_document", again.encode_document(_CHECK_TEXTS), expected_d),

@@ -1,22 +1,46 @@
 """A trained adapter as a drop-in embedding model for LangChain and LlamaIndex.
 
 :func:`as_langchain` and :func:`as_llamaindex` expose an
-:class:`~search_adaptor.model.AdaptedEncoder` (any encoder followed by a saved adapter) to those
-frameworks; they import the framework only when called, so the core never needs either package.
+:class:`~search_adaptor.model.AdaptedEncoder` (an encoder followed by a saved adapter) to those
+frameworks. Both embed through the same embedding store as the command line, so documents a
+``fit``, ``embed`` or ``index`` run (or an earlier script) embedded are read back, not sent to the
+model again (queries are embedded each time and never stored: see ``AdaptedEncoder``); both batch
+their calls and show progress when the framework's own flag asks for it.
+The frameworks are imported only when a wrapper is built, so the core never needs either package.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.model import AdaptedEncoder, SearchAdaptor
 
+Cache = str | os.PathLike | bool | None
 
-def _adapted(encoder: Encoder, adapter: SearchAdaptor | str | os.PathLike | None) -> Encoder:
-    return encoder if adapter is None else AdaptedEncoder(encoder, adapter)
+
+def _adapted(
+    encoder: Encoder, adapter: SearchAdaptor | str | os.PathLike | None, cache: Cache, where: str
+) -> AdaptedEncoder:
+    """The :class:`AdaptedEncoder` a wrapper embeds with; ``cache=None`` keeps its default store."""
+    if adapter is not None:
+        return AdaptedEncoder(encoder, adapter, **({} if cache is None else {"cache": cache}))
+    if not isinstance(encoder, AdaptedEncoder):
+        raise TypeError(
+            f"{where}: give the adapter (a folder saved by `search-adaptor fit` or a SearchAdaptor), "
+            "or an AdaptedEncoder"
+        )
+    if cache is None or cache == encoder.cache:
+        return encoder
+    return AdaptedEncoder(encoder.base, encoder.adapter, cache)
+
+
+def _chunk_size(encoder: Encoder) -> int:
+    """Texts per call: one batch for every request the encoder may have in flight at once."""
+    return encoder.batch_size * max(1, encoder.max_concurrency)
 
 
 @functools.cache
@@ -24,15 +48,29 @@ def _langchain_class() -> type:
     from langchain_core.embeddings import Embeddings
 
     class SearchAdaptorEmbeddings(Embeddings):
-        """LangChain embeddings backed by a search-adaptor encoder (adapted when built by as_langchain)."""
+        """LangChain embeddings giving a search-adaptor adapter's vectors (built by :func:`as_langchain`).
 
-        def __init__(self, encoder: Encoder) -> None:
+        ``embed_documents`` sends its texts in chunks of ``batch_size x max_concurrency`` through the
+        embedding store; with ``show_progress`` a bar counts the texts done.
+        """
+
+        def __init__(self, encoder: AdaptedEncoder, show_progress: bool = False) -> None:
             self.encoder = encoder
+            self.show_progress = show_progress
 
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            if not texts:
-                return []
-            return self.encoder.encode_corpus(list(texts)).tolist()
+        def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+            from tqdm.auto import tqdm
+
+            texts, out = list(texts), []
+            step = _chunk_size(self.encoder)
+            with tqdm(
+                total=len(texts), desc="embedding documents", unit="text", disable=not self.show_progress
+            ) as bar:
+                for start in range(0, len(texts), step):
+                    chunk = texts[start : start + step]
+                    out += self.encoder.encode_corpus(chunk).tolist()
+                    bar.update(len(chunk))
+            return out
 
         def embed_query(self, text: str) -> list[float]:
             return self.encoder.encode_queries([text])[0].tolist()
@@ -40,22 +78,36 @@ def _langchain_class() -> type:
     return SearchAdaptorEmbeddings
 
 
-def as_langchain(encoder: Encoder, adapter: SearchAdaptor | str | os.PathLike | None = None) -> Any:
+def as_langchain(
+    encoder: Encoder,
+    adapter: SearchAdaptor | str | os.PathLike | None = None,
+    *,
+    cache: Cache = None,
+    show_progress: bool = False,
+) -> Any:
     """A ``langchain_core.embeddings.Embeddings`` giving the adapted vectors.
 
     Parameters
     ----------
     encoder : Encoder
-        Base encoder (or an :class:`AdaptedEncoder` already, with ``adapter=None``).
+        The base encoder the adapter was trained on, or an :class:`AdaptedEncoder` (then
+        ``adapter=None``).
     adapter : SearchAdaptor or path, optional
-        Wraps ``encoder`` in an :class:`AdaptedEncoder` when given.
+        The adapter; required unless ``encoder`` is an :class:`AdaptedEncoder`.
+    cache : path or bool, optional
+        The embedding store (see :class:`AdaptedEncoder`): by default the command line's, a path for
+        another, ``False`` for none.
+    show_progress : bool
+        A progress bar over the texts of each ``embed_documents`` call, as LangChain's own
+        embeddings offer.
 
     Returns
     -------
     Embeddings
-        ``embed_query`` adapts as a query, ``embed_documents`` as documents.
+        ``embed_query`` adapts as a query, ``embed_documents`` as documents; the ``encoder``
+        attribute is the :class:`AdaptedEncoder` (its ``stats`` count texts sent and read back).
     """
-    return _langchain_class()(_adapted(encoder, adapter))
+    return _langchain_class()(_adapted(encoder, adapter, cache, "as_langchain"), show_progress)
 
 
 @functools.cache
@@ -66,14 +118,23 @@ def _llamaindex_class() -> type:
     from pydantic import PrivateAttr
 
     class SearchAdaptorEmbedding(BaseEmbedding):
-        """LlamaIndex embedding backed by a search-adaptor encoder (adapted when built by as_llamaindex)."""
+        """LlamaIndex embedding giving a search-adaptor adapter's vectors (built by :func:`as_llamaindex`).
 
-        _encoder: Encoder = PrivateAttr()
+        LlamaIndex batches documents by ``embed_batch_size`` and shows its own progress bar
+        (``show_progress=True`` of ``VectorStoreIndex`` or ``get_text_embedding_batch``); each batch
+        goes through the embedding store in one call.
+        """
 
-        def __init__(self, encoder: Encoder, **kw: Any) -> None:
-            kw.setdefault("embed_batch_size", encoder.batch_size)
+        _encoder: AdaptedEncoder = PrivateAttr()
+
+        def __init__(self, encoder: AdaptedEncoder, **kw: Any) -> None:
+            kw.setdefault("embed_batch_size", min(_chunk_size(encoder), 2048))  # LlamaIndex's cap
             super().__init__(model_name=encoder.model, **kw)
             self._encoder = encoder
+
+        @property
+        def encoder(self) -> AdaptedEncoder:
+            return self._encoder
 
         @classmethod
         def class_name(cls) -> str:
@@ -94,26 +155,40 @@ def _llamaindex_class() -> type:
         async def _aget_text_embedding(self, text: str) -> list[float]:
             return await asyncio.to_thread(self._get_text_embedding, text)
 
+        async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+            return await asyncio.to_thread(self._get_text_embeddings, texts)
+
     return SearchAdaptorEmbedding
 
 
 def as_llamaindex(
-    encoder: Encoder, adapter: SearchAdaptor | str | os.PathLike | None = None, **kw: Any
+    encoder: Encoder,
+    adapter: SearchAdaptor | str | os.PathLike | None = None,
+    *,
+    cache: Cache = None,
+    **kw: Any,
 ) -> Any:
     """A LlamaIndex ``BaseEmbedding`` giving the adapted vectors.
 
     Parameters
     ----------
     encoder : Encoder
-        Base encoder (or an :class:`AdaptedEncoder` already, with ``adapter=None``).
+        The base encoder the adapter was trained on, or an :class:`AdaptedEncoder` (then
+        ``adapter=None``).
     adapter : SearchAdaptor or path, optional
-        Wraps ``encoder`` in an :class:`AdaptedEncoder` when given.
+        The adapter; required unless ``encoder`` is an :class:`AdaptedEncoder`.
+    cache : path or bool, optional
+        The embedding store (see :class:`AdaptedEncoder`): by default the command line's, a path for
+        another, ``False`` for none.
     **kw
-        ``BaseEmbedding`` fields, e.g. ``embed_batch_size``.
+        ``BaseEmbedding`` fields, e.g. ``embed_batch_size`` (default: ``batch_size x
+        max_concurrency`` of the encoder, at most LlamaIndex's 2048) or ``num_workers``.
 
     Returns
     -------
     BaseEmbedding
-        ``get_query_embedding`` adapts as a query, ``get_text_embedding(s)`` as documents.
+        ``get_query_embedding`` adapts as a query, ``get_text_embedding(s)`` as documents; the
+        ``encoder`` property is the :class:`AdaptedEncoder`. Pass it as ``embed_model=`` (or set
+        ``Settings.embed_model``), or LlamaIndex falls back to its OpenAI default.
     """
-    return _llamaindex_class()(_adapted(encoder, adapter), **kw)
+    return _llamaindex_class()(_adapted(encoder, adapter, cache, "as_llamaindex"), **kw)

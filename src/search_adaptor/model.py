@@ -11,6 +11,7 @@ every field and every weight as if a stranger had edited the files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -18,6 +19,7 @@ import logging
 import math
 import numbers
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
 from search_adaptor.networks import ARCHITECTURES, MODES, NumpyNet, ResidualAdapter, adapt_rows, build_nets
 from search_adaptor.retrieval import l2_normalize
+from search_adaptor.store import EmbeddingStore, StoreStats
 from search_adaptor.training import TrainResult, train
 from search_adaptor.variants import MAX_STEPS, VAL_FRACTION
 
@@ -787,33 +790,103 @@ class AdaptedEncoder(Encoder):
         The base model the adapter was trained on (its fingerprint is checked).
     adapter : SearchAdaptor or path
         A fitted adapter or the folder :meth:`SearchAdaptor.save` wrote.
+    cache : path or bool
+        Where :meth:`encode_corpus` keeps the *base* document embeddings: ``True`` (default) is the
+        store every command uses (``$SEARCH_ADAPTOR_CACHE`` or the user cache dir), a path another
+        store, ``False`` none. A document the store holds, embedded by this object, the command line
+        or an index build, is never sent to ``encoder`` again.
+
+    Attributes
+    ----------
+    stats : StoreStats
+        What the store did over this object's :meth:`encode_corpus` calls: ``encoded`` documents
+        were sent to ``encoder``, ``cached`` ones read back instead (all zeros with ``cache=False``).
 
     Notes
     -----
     Queries go through ``adapter.transform_queries`` and documents through
-    ``adapter.transform_corpus`` (only normalised in ``query_only`` mode). The fingerprint combines
-    the base encoder's with the adapter's, so an embedding store keeps adapted vectors apart from
-    base ones.
+    ``adapter.transform_corpus`` (only normalised in ``query_only`` mode). Queries are sent to
+    ``encoder`` every time and never written to the store: at search time they are unbounded,
+    often private, each is usually asked once, and a server's disk may be read-only (labelled
+    queries of a dataset are stored by ``fit`` and ``embed``). The store holds base vectors, so one
+    store serves every adapter of a model; the fingerprint combines the base encoder's with the
+    adapter's, so a store of this encoder's own outputs keeps adapted vectors apart from base
+    ones. Calls from several threads are safe; an encoder that runs one batch at a time (a local
+    model, whose tokenizer is not thread-safe) gets them one after another.
     """
 
     provider = "adapted"
 
-    def __init__(self, encoder: Encoder, adapter: SearchAdaptor | str | os.PathLike) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        adapter: SearchAdaptor | str | os.PathLike,
+        cache: str | os.PathLike | bool = True,
+    ) -> None:
         self.base = encoder
         self.adapter = as_adapter(adapter)
         self.adapter.check_encoder(encoder)
+        self.cache = cache
         self.model = encoder.model
         self.batch_size = encoder.batch_size
         self.max_concurrency = encoder.max_concurrency
+        self.stats = StoreStats()
+        self._store: EmbeddingStore | None = None
+        self._lock = threading.Lock()  # opening the store, adding to stats
+        self._serial = threading.Lock() if encoder.max_concurrency == 1 else contextlib.nullcontext()
 
     def config(self) -> dict[str, Any]:
         return {"provider": self.provider, "base": self.base.config(), "adapter": self.adapter.fingerprint_}
 
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+        """One batch, never through the store (a store wrapping this encoder caches adapted vectors)."""
         vectors = check_vectors(self.base.encode_batch(texts, kind), self.base.model, len(texts))
         if kind == "query":
             return self.adapter.transform_queries(vectors)
         return self.adapter.transform_corpus(vectors)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Adapted query vectors, shape (len(texts), dim), from the encoder (never stored)."""
+        self._check(texts)
+        with self._serial:
+            return self.adapter.transform_queries(self.base.encode_queries(texts))
+
+    def encode_corpus(self, texts: Sequence[str]) -> np.ndarray:
+        """Adapted document vectors, shape (len(texts), dim); only documents the store lacks are sent."""
+        self._check(texts)
+        if self.cache is False:
+            with self._serial:
+                return self.adapter.transform_corpus(self.base.encode_corpus(texts))
+        store, done = self._open_store(), StoreStats()
+        with self._serial:
+            vectors = store.embed(list(texts), "document", stats=done)
+        with self._lock:
+            self.stats.add(done)
+        return self.adapter.transform_corpus(vectors)
+
+    @staticmethod
+    def _check(texts: Sequence[str]) -> None:
+        """Refuse a bare string (it would embed character by character) and an empty list."""
+        if isinstance(texts, str):
+            raise TypeError(
+                "encode_queries() and encode_corpus() take a list of texts; wrap one text in a list"
+            )
+        if not texts:
+            raise ValueError("nothing to embed: the list of texts is empty")
+
+    def _open_store(self) -> EmbeddingStore:
+        """The base encoder's store, opened on first use and kept open (one SQLite connection)."""
+        with self._lock:
+            if self._store is None:
+                self._store = EmbeddingStore(self.base, None if self.cache is True else self.cache)
+            return self._store
+
+    def close(self) -> None:
+        """Close the store's connection (it reopens on the next call)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
 
 def _model_card(config: Mapping[str, Any]) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Hashable, Sequence
+import warnings
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from search_adaptor.encoders.base import Encoder, EncoderError, Kind
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+#: Set to 1 (the command line's ``--verbose``) to see third-party output while a model loads.
+ENV_VERBOSE = "SEARCH_ADAPTOR_VERBOSE"
 #: The first cut tried, in characters per token of the model's window; grown 4x while unproven.
 _FIRST_CUT_CHARS_PER_TOKEN = 8
 _LAST_WHITESPACE = re.compile(r"\s+\S*\Z")
@@ -43,6 +47,45 @@ def cut_to_window(text: str, window: int, count_tokens: Any) -> str:
     return text
 
 
+def _env_flag(name: str) -> bool:
+    """Whether environment variable ``name`` is set to a true value (1, true, yes, on)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence third-party progress bars, warnings and log records below ERROR while a model loads.
+
+    transformers draws a ``Loading weights`` bar at every load and huggingface_hub a ``Fetching``
+    bar per download, on the stderr of scripts and server logs alike, and both libraries warn about
+    things the user cannot act on. Errors still show, and everything comes back as it was on exit.
+    ``$SEARCH_ADAPTOR_VERBOSE=1`` (``--verbose`` on the command line) leaves it all visible.
+    """
+    if _env_flag(ENV_VERBOSE):
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hub_bars, bars = not are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    st_log = logging.getLogger("sentence_transformers")
+    st_level = st_log.level
+    hf_logging.disable_progress_bar()  # transformers' bars and huggingface_hub's
+    hf_logging.set_verbosity_error()
+    st_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        st_log.setLevel(st_level)
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()  # turns huggingface_hub's on too: set them apart next
+        (enable_progress_bars if hub_bars else disable_progress_bars)()
+
+
 def resolve_model(name: str) -> str:
     """Where to load ``name`` from: a local folder, the hub (or its cache), or a bundled package.
 
@@ -53,7 +96,7 @@ def resolve_model(name: str) -> str:
         return str(Path(name).expanduser())
     if name != DEFAULT_MODEL:
         return name
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    offline = _env_flag("HF_HUB_OFFLINE")
     try:
         from huggingface_hub import snapshot_download
 
@@ -114,9 +157,10 @@ class SentenceTransformerEncoder(Encoder):
 
     def _load(self) -> Any:
         if self._st is None:
-            from sentence_transformers import SentenceTransformer
+            with quiet_loading():
+                from sentence_transformers import SentenceTransformer
 
-            self._st = SentenceTransformer(resolve_model(self.model), device=self.device)
+                self._st = SentenceTransformer(resolve_model(self.model), device=self.device)
         return self._st
 
     def _cut(self, texts: list[str]) -> list[str]:
