@@ -102,7 +102,7 @@ FAMILIES["matryoshka"] = [
             "loss": "infonce",
             "in_batch": True,
             "negatives": "all",
-            "alpha": 0.0,
+            "alpha": 0.05,  # on SciFact's validation split: 0.798 mean over 48/96/192/384 against 0.761 at 0
             "beta": 0.0,
         },
     )
