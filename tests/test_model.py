@@ -67,7 +67,7 @@ def test_init_stores_hyperparameters_verbatim_and_params_round_trip():
     assert est.set_params(beta=0.2) is est and est.beta == 0.2
     assert "alpha=0.5" in repr(est)
     with pytest.raises(ValueError, match="unknown SearchAdaptor parameter"):
-        est.set_params(gamma=1)
+        est.set_params(not_a_parameter=1)
     assert not hasattr(est, "query_net_")  # nothing learned before fit
 
 

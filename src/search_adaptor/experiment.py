@@ -29,9 +29,8 @@ from search_adaptor.embed import Embeddings, embed_dataset, load_precomputed
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test
 from search_adaptor.model import SearchAdaptor
-from search_adaptor.networks import build_nets
 from search_adaptor.retrieval import exact_search, l2_normalize
-from search_adaptor.training import TrainResult, pca_rotation, torch_threads
+from search_adaptor.training import pca_rotation, torch_threads
 from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, MATRYOSHKA, VAL_FRACTION, family_variants
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
@@ -189,7 +188,7 @@ def select(
     scores["identity"] = evaluate_embeddings(val_emb, val_qrels, None, ["ndcg@10"])[1]["ndcg@10"]
     names = [name for name, _ in variants]
     picked = choose(names, scores, rule)
-    adapter = fitted[picked] if picked != "identity" else _identity_of(first)
+    adapter = fitted[picked] if picked != "identity" else first.at_start()
     return Selection(
         adapter,
         "identity (zero-shot)" if picked == "identity" else picked,
@@ -199,30 +198,6 @@ def select(
         scores,
         fitted,
     )
-
-
-def _identity_of(est: SearchAdaptor) -> SearchAdaptor:
-    """The zero-shot adapter ``est`` started as (untrained networks, best step 0), keeping what its
-    training saw (validation split, history, encoder), for when no candidate earns its place."""
-    query_net, corpus_net = build_nets(est.dim_, est.hidden_dim, est.architecture, est.residual, est.mode)
-    ident = est.clone()
-    ident._set_fitted(
-        TrainResult(
-            query_net,
-            corpus_net,
-            est.dim_,
-            est.history_,
-            0,
-            est.zero_shot_score_,
-            est.zero_shot_score_,
-            est.n_steps_,
-            est.n_train_queries_,
-            est.val_query_ids_,
-        ),
-        est.encoder_,
-    )
-    ident.fit_time_ = est.fit_time_
-    return ident
 
 
 # -- scoring -------------------------------------------------------------------------------------------

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 
 RANKING_LOSSES = ("ranking", "ranknet", "infonce", "softmax", "pointwise")
-#: Every training objective: the ranking losses on labelled pairs, and ``"similarity"``, which needs no
-#: labels (each prefix keeps the base embedding's similarities; see ``training._Similarity``).
-LOSSES = (*RANKING_LOSSES, "similarity")
+#: Every training objective: the ranking losses on labelled pairs, and two that need no labels:
+#: ``"similarity"`` (each prefix keeps the base embedding's similarities; ``training._Similarity``) and
+#: ``"alignment"`` (texts embedded by two models land together; ``training._Alignment``).
+LOSSES = (*RANKING_LOSSES, "similarity", "alignment")
 
 
 def _masked_mean_per_query(terms: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

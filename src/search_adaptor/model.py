@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: config.json records a checksum of the adapter (see _checksum)
 CONFIG, WEIGHTS, CARD = "config.json", "adapter.safetensors", "README.md"
 NEGATIVES = ("random", "hard", "mixed", "all")
-INITS = ("identity", "pca")
+INITS = ("identity", "pca", "lstsq", "procrustes")
 MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
 _LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
 _warned_no_encoder: set[str] = set()
@@ -128,6 +128,7 @@ class SearchAdaptor:
         pair_reduction: str = "sum",
         dims: Sequence[int] | None = None,
         init: str = "identity",
+        gamma: float = 0.0,
         alpha: float = 0.1,
         beta: float = 0.01,
         negatives: str = "random",
@@ -152,6 +153,7 @@ class SearchAdaptor:
         self.pair_reduction = pair_reduction
         self.dims = dims
         self.init = init
+        self.gamma = gamma
         self.alpha = alpha
         self.beta = beta
         self.negatives = negatives
@@ -223,12 +225,12 @@ class SearchAdaptor:
             isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or not 1 <= hidden <= MAX_DIM
         ):
             raise ValueError(f"hidden_dim must be null or an integer in [1, {MAX_DIM}]; got {hidden!r}")
-        for name in ("alpha", "beta", "temperature", "lr", "val_fraction"):
+        for name in ("alpha", "beta", "gamma", "temperature", "lr", "val_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
-        if self.alpha < 0 or self.beta < 0 or self.temperature <= 0 or self.lr <= 0:
-            raise ValueError("alpha and beta must be >= 0, temperature and lr > 0")
+        if self.alpha < 0 or self.beta < 0 or self.gamma < 0 or self.temperature <= 0 or self.lr <= 0:
+            raise ValueError("alpha, beta and gamma must be >= 0, temperature and lr > 0")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1); got {self.val_fraction!r}")
         dims = self.dims
@@ -259,6 +261,8 @@ class SearchAdaptor:
         corpus_ids: Sequence[str] | None = None,
         val_query_ids: Sequence[str] | None = None,
         encoder: EncoderLike | None = None,
+        query_encoder: EncoderLike | None = None,
+        pairs: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> SearchAdaptor:
         """Train on labelled (query, relevant document) pairs; keep the best validation checkpoint.
 
@@ -280,9 +284,19 @@ class SearchAdaptor:
         encoder : Encoder, its ``info()`` dict, or a model name, optional
             What made the embeddings. It is saved with the adapter, and every later use refuses
             vectors of another model; without it the adapter cannot tell (a warning says so on save).
+        query_encoder : Encoder, info dict or model name, optional
+            What made the query embeddings when another model than ``encoder`` did (a cross-model
+            adapter: queries of one model mapped into the documents' space, of any dimension).
+        pairs : (ndarray of shape (n, query_dim), ndarray of shape (n, dim)), optional
+            The same texts embedded by the query model and by the document model: the start of a
+            cross-model query map (``init="lstsq"`` or ``"procrustes"``), the alignment term
+            (``gamma``), and all there is to train on with ``loss="alignment"`` (no labels).
         """
         self._validate_params()
         info = describe_encoder(encoder) if encoder is not None else {}
+        query_info = describe_encoder(query_encoder) if query_encoder is not None else {}
+        if query_info.get("fingerprint") == info.get("fingerprint"):
+            query_info = {}  # one model for both sides
         start = time.perf_counter()
         result = train(
             self.get_params(),
@@ -292,13 +306,19 @@ class SearchAdaptor:
             query_ids,
             corpus_ids,
             val_query_ids,
+            pairs,
         )
-        self._set_fitted(result, info)
+        self._set_fitted(result, info, query_info)
         self.fit_time_ = time.perf_counter() - start
         return self
 
-    def _set_fitted(self, result: TrainResult, encoder: dict[str, Any]) -> None:
+    def _set_fitted(
+        self, result: TrainResult, encoder: dict[str, Any], query_encoder: dict[str, Any] | None = None
+    ) -> None:
         self.dim_ = result.dim
+        self.query_dim_ = result.query_dim or result.dim
+        self.query_encoder_ = dict(query_encoder or {})
+        self._start = result.start  # the networks as training began: see at_start()
         self.query_net_ = result.query_net
         self.corpus_net_ = result.corpus_net
         self.history_ = result.history
@@ -312,6 +332,38 @@ class SearchAdaptor:
         self.val_metric_ = result.val_metric
         self.encoder_ = encoder
         self.metrics_: dict[str, Any] = {}
+
+    def at_start(self) -> SearchAdaptor:
+        """This adapter as its training began (best step 0): the identity, or its starting map (a PCA
+        rotation, another model's closed-form query map), keeping what training saw. It is what
+        selection ships when no trained candidate earns its place."""
+        self._check_fitted()
+        if self._start is None:
+            raise RuntimeError("at_start() needs the adapter fit() returned, not one loaded from a folder")
+        query_net, corpus_net = _nets_for(self, self.dim_, self.query_dim_)
+        own = [query_net] + ([corpus_net] if self.mode == "separate" and corpus_net is not None else [])
+        for net, state in zip(own, self._start, strict=True):
+            net.load_state_dict(state)
+            net.eval()
+        start = self.clone()
+        result = TrainResult(
+            query_net,
+            corpus_net,
+            self.dim_,
+            self.history_,
+            0,
+            self.zero_shot_score_,
+            self.zero_shot_score_,
+            self.n_steps_,
+            self.n_train_queries_,
+            self.val_query_ids_,
+            self.val_metric_,
+            self.query_dim_,
+            self._start,
+        )
+        start._set_fitted(result, self.encoder_, self.query_encoder_)
+        start.fit_time_ = self.fit_time_
+        return start
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "query_net_"):
@@ -350,13 +402,15 @@ class SearchAdaptor:
         self._check_fitted()
         if dim is not None and not (isinstance(dim, numbers.Integral) and 1 <= dim <= self.dim_):
             raise ValueError(f"dim must be an output size between 1 and {self.dim_}; got {dim!r}")
+        kind: Kind = "query" if what == "queries" else "document"
         if encoder is not None:
-            self.check_encoder(encoder)
+            self.check_encoder(encoder, kind=kind)
         arr = np.asarray(x, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != self.dim_:
+        width = self.query_dim_ if kind == "query" else self.dim_
+        if arr.ndim != 2 or arr.shape[1] != width:
             got = arr.shape[1] if arr.ndim == 2 else f"shape {arr.shape}"
             raise CompatibilityError(
-                f"{what}: this adapter expects {self.dim_}-d embeddings of {self._encoder_name()}, "
+                f"{what}: this adapter expects {width}-d embeddings of {self._encoder_name(kind)}, "
                 f"got {got}-d; embed with the same model as at training time"
             )
         out = adapt_rows(self._numpy_net(net), arr, what)
@@ -412,19 +466,27 @@ class SearchAdaptor:
         return self.transform_queries(query_embeddings) @ self.transform_corpus(corpus_embeddings).T
 
     # -- the encoder it belongs to -----------------------------------------------------------------
-    def _encoder_name(self) -> str:
-        enc = getattr(self, "encoder_", None) or {}
+    def _encoder_info(self, kind: Kind = "document") -> dict[str, Any]:
+        """What made this side's embeddings: the query model for queries of a cross-model adapter."""
+        if kind == "query" and getattr(self, "query_encoder_", None):
+            return self.query_encoder_
+        return getattr(self, "encoder_", None) or {}
+
+    def _encoder_name(self, kind: Kind = "document") -> str:
+        enc = self._encoder_info(kind)
         return enc.get("model") or enc.get("fingerprint") or "the training model"
 
-    def check_encoder(self, encoder: EncoderLike, dim: int | None = None) -> None:
+    def check_encoder(self, encoder: EncoderLike, dim: int | None = None, kind: Kind = "document") -> None:
         """Refuse embeddings from another model (fingerprint) or of another dimension, naming both.
 
-        ``encoder`` is an Encoder, its info dict, or a fingerprint. An adapter saved without its
-        encoder (older files, or ``fit`` without ``encoder=``) cannot check: it accepts and warns once.
+        ``encoder`` is an Encoder, its info dict, or a fingerprint, of the documents (``kind``
+        "document") or of the queries ("query": the query model of a cross-model adapter). An
+        adapter saved without its encoder (older files, or ``fit`` without ``encoder=``) cannot
+        check: it accepts and warns once.
         """
         self._check_fitted()
         theirs = describe_encoder(encoder)["fingerprint"]
-        mine = (getattr(self, "encoder_", None) or {}).get("fingerprint")
+        mine = self._encoder_info(kind).get("fingerprint")
         if mine and theirs != mine:
             raise CompatibilityError(
                 f"adapter was trained on embeddings of {mine} but these come from {theirs}; "
@@ -432,9 +494,10 @@ class SearchAdaptor:
             )
         if not mine:
             self._warn_no_encoder()
-        if dim is not None and dim != self.dim_:
+        width = self.query_dim_ if kind == "query" else self.dim_
+        if dim is not None and dim != width:
             raise CompatibilityError(
-                f"adapter expects {self.dim_}-d embeddings of {self._encoder_name()}, got {dim}-d"
+                f"adapter expects {width}-d embeddings of {self._encoder_name(kind)}, got {dim}-d"
             )
 
     def _warn_no_encoder(self, where: str = "") -> None:
@@ -478,7 +541,9 @@ class SearchAdaptor:
             "version": __version__,
             "format_version": FORMAT_VERSION,
             "encoder": self.encoder_ or {},
+            **({"query_encoder": self.query_encoder_} if self.query_encoder_ else {}),
             "dim": self.dim_,
+            **({"query_dim": self.query_dim_} if self.query_dim_ != self.dim_ else {}),
             "normalization": "l2 on input and output; scores are cosine similarities",
             "identity": self.is_identity_,
             "checksum": _checksum(self),
@@ -531,8 +596,10 @@ class SearchAdaptor:
             est._validate_params()
         except ValueError as exc:
             raise ValueError(f"{cfg_path}: hyperparameters: {exc}; {_LOAD_FIX}") from None
-        dim = config["dim"]
-        query_net, corpus_net = _load_weights(folder / WEIGHTS, est, dim)
+        dim, query_dim = config["dim"], config.get("query_dim", config["dim"])
+        if not 1 <= query_dim <= MAX_DIM:
+            raise ValueError(f"{cfg_path}: field 'query_dim' must be in [1, {MAX_DIM}]; {_LOAD_FIX}")
+        query_net, corpus_net = _load_weights(folder / WEIGHTS, est, dim, query_dim)
         training = config["training"]
         est._set_fitted(
             TrainResult(
@@ -547,8 +614,10 @@ class SearchAdaptor:
                 n_train_queries=training["n_train_queries"],
                 val_query_ids=training.get("val_query_ids", []),
                 val_metric=training.get("val_metric", "ndcg@10"),
+                query_dim=query_dim,
             ),
             config["encoder"],
+            config.get("query_encoder"),
         )
         est.n_val_queries_ = training["n_val_queries"]
         est.fit_time_ = training["fit_time_s"]
@@ -569,7 +638,9 @@ _TOP_KEYS = {
     "version": str,
     "format_version": int,
     "encoder": dict,
+    "query_encoder": dict,
     "dim": int,
+    "query_dim": int,
     "normalization": str,
     "identity": bool,
     "checksum": str,
@@ -589,7 +660,10 @@ _TRAINING_KEYS = {
     "val_metric": str,
     "history": list,
 }
-_OPTIONAL = {"val_query_ids", "val_metric", "history", "normalization", "library", "version", "checksum"}
+_OPTIONAL = {
+    *("val_query_ids", "val_metric", "history", "normalization", "library", "version", "checksum"),
+    *("query_encoder", "query_dim"),  # cross-model adapters only
+}
 #: hyperparameters that decide what the networks compute: a config must state them (the others,
 #: training-only, take their defaults when absent, as in files written before they existed; a
 #: missing ``init`` is the identity start those files had)
@@ -695,7 +769,10 @@ def _checksum(est: SearchAdaptor) -> str:
     files can recompute it).
     """
     encoder = (getattr(est, "encoder_", None) or {}).get("fingerprint")
-    blob = json.dumps({"adapter": est.fingerprint_, "encoder": encoder}, sort_keys=True)
+    recorded = {"adapter": est.fingerprint_, "encoder": encoder}
+    if getattr(est, "query_encoder_", None):  # a cross-model adapter's query model, too
+        recorded["query_encoder"] = est.query_encoder_.get("fingerprint")
+    blob = json.dumps(recorded, sort_keys=True)
     return f"sha256:{hashlib.sha256(blob.encode()).hexdigest()}"
 
 
@@ -717,7 +794,9 @@ def _verify_checksum(est: SearchAdaptor, recorded: str | None, path: Path) -> No
         )
 
 
-def _load_weights(path: Path, est: SearchAdaptor, dim: int) -> tuple[ResidualAdapter, ResidualAdapter | None]:
+def _load_weights(
+    path: Path, est: SearchAdaptor, dim: int, query_dim: int
+) -> tuple[ResidualAdapter, ResidualAdapter | None]:
     """The networks the config describes, filled from ``path`` after checking names, shapes, dtypes
     and finiteness against the config (shapes are compared before anything is allocated)."""
     from safetensors import safe_open
@@ -728,7 +807,7 @@ def _load_weights(path: Path, est: SearchAdaptor, dim: int) -> tuple[ResidualAda
     with torch.device("meta"):  # the expected names and shapes, without allocating the weights
         shapes = {
             f"{side}.{k}": tuple(v.shape)
-            for side, net in zip(own, _nets_for(est, dim), strict=False)
+            for side, net in zip(own, _nets_for(est, dim, query_dim), strict=False)
             for k, v in net.state_dict().items()
         }
     try:
@@ -759,7 +838,7 @@ def _load_weights(path: Path, est: SearchAdaptor, dim: int) -> tuple[ResidualAda
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{path}: tensor {name!r} contains NaN or inf; {fix}")
-    query_net, corpus_net = _nets_for(est, dim)
+    query_net, corpus_net = _nets_for(est, dim, query_dim)
     query_net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("query.")})
     if est.mode == "separate" and corpus_net is not None:
         corpus_net.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("corpus.")})
@@ -769,10 +848,13 @@ def _load_weights(path: Path, est: SearchAdaptor, dim: int) -> tuple[ResidualAda
     return query_net, corpus_net
 
 
-def _nets_for(est: SearchAdaptor, dim: int) -> tuple[ResidualAdapter, ResidualAdapter | None]:
+def _nets_for(
+    est: SearchAdaptor, dim: int, query_dim: int | None = None
+) -> tuple[ResidualAdapter, ResidualAdapter | None]:
     """Networks shaped as ``est``'s config says: (query, corpus), the corpus one shared or absent."""
+    projection = est.init != "identity"
     return build_nets(
-        dim, est.hidden_dim, est.architecture, est.residual, est.mode, None, est.init != "identity"
+        dim, est.hidden_dim, est.architecture, est.residual, est.mode, None, projection, query_dim
     )
 
 

@@ -57,14 +57,20 @@ class ResidualAdapter(nn.Module):
         residual: bool = True,
         generator: torch.Generator | None = None,
         projection: bool = False,
+        in_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.residual = residual
-        # p: a bias-free linear map, starting at the identity (training sets a better start)
-        self.project = nn.Linear(dim, dim, bias=False) if projection else None
+        in_dim = in_dim or dim
+        if in_dim != dim and not projection:
+            raise ValueError(f"a {in_dim}-d input needs a projection to the {dim}-d output")
+        # p: a bias-free linear map from the input space (another model's, for a cross-model query
+        # tower) to the output one; it starts at the identity where the two have one dimension, and
+        # training sets a better start (a PCA rotation, a least-squares or Procrustes map)
+        self.project = nn.Linear(in_dim, dim, bias=False) if projection else None
         if self.project is not None:
             with torch.no_grad():
-                self.project.weight.copy_(torch.eye(dim))
+                self.project.weight.copy_(torch.eye(dim, in_dim))
         if architecture == "mlp":
             self.f = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
         elif architecture == "linear":
@@ -110,10 +116,20 @@ def build_nets(
     mode: str,
     generator: torch.Generator | None = None,
     projection: bool = False,
+    query_dim: int | None = None,
 ) -> tuple[ResidualAdapter, ResidualAdapter | None]:
-    """(query network, corpus network) for ``mode``: the same network when shared, none for query-only."""
+    """(query network, corpus network) for ``mode``: the same network when shared, none for query-only.
+
+    ``query_dim`` (another model's queries, cross-model) gives the query network a projection from
+    that dimension; the corpus network, if any, keeps the documents' own dimension.
+    """
     hidden = int(hidden_dim or dim)
-    query_net = ResidualAdapter(dim, hidden, architecture, residual, generator, projection)
+    cross = query_dim is not None and query_dim != dim
+    if cross and mode == "shared":
+        raise ValueError(f"{query_dim}-d queries and {dim}-d documents need mode 'query_only' or 'separate'")
+    query_net = ResidualAdapter(
+        dim, hidden, architecture, residual, generator, projection or cross, query_dim
+    )
     if mode == "shared":
         return query_net, query_net
     if mode == "separate":

@@ -210,6 +210,50 @@ def _val_score(
     return float(np.mean(list(per.values()))), per
 
 
+def _check_pairs(
+    pairs: tuple[Any, Any] | None, query_dim: int, dim: int, hp: SimpleNamespace
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The paired texts' unit vectors (query model, document model), checked; required when the
+    hyperparameters use them (a closed-form start, the alignment term, no labels)."""
+    needed = hp.init in ("lstsq", "procrustes") or hp.gamma > 0 or hp.loss == "alignment"
+    if pairs is None:
+        if needed:
+            raise ValueError(
+                f"init={hp.init!r}, gamma={hp.gamma} and loss={hp.loss!r} need pairs: the same texts "
+                "embedded by the query model and by the document model (the corpus texts will do)"
+            )
+        return None
+    a, b = (_as_matrix(x, f"pairs[{i}]") for i, x in enumerate(pairs))
+    if len(a) != len(b) or a.shape[1] != query_dim or b.shape[1] != dim:
+        raise ValueError(
+            f"pairs: expected ({len(a)}, {query_dim}) and ({len(a)}, {dim}) arrays of the same texts, "
+            f"got {a.shape} and {b.shape}"
+        )
+    if hp.init == "procrustes" and query_dim != dim:
+        raise ValueError(f"init='procrustes' is a rotation: {query_dim}-d and {dim}-d need init='lstsq'")
+    return l2_normalize(a), l2_normalize(b)
+
+
+def pair_map(a: np.ndarray, b: np.ndarray, kind: str = "lstsq", ridge: float = 1e-3) -> np.ndarray:
+    """The closed-form map ``W`` (query_dim x dim) taking paired vectors ``a`` onto ``b``:
+    ridge least squares (``"lstsq"``), or the rotation closest to it (``"procrustes"``, equal dims)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if kind == "procrustes":
+        u, _, vt = np.linalg.svd(a64.T @ b64)
+        return (u @ vt).astype(np.float32)
+    gram = a64.T @ a64 + ridge * len(a64) * np.eye(a64.shape[1])
+    return np.linalg.solve(gram, a64.T @ b64).astype(np.float32)
+
+
+def _pair_loss(
+    query_net: ResidualAdapter, corpus_net: ResidualAdapter | None, a: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
+    """Mean cosine distance between paired texts' mapped query-side and document-side vectors."""
+    qa = torch.nn.functional.normalize(query_net(a), dim=-1)
+    db = torch.nn.functional.normalize(b if corpus_net is None else corpus_net(b), dim=-1)
+    return (1.0 - (qa * db).sum(-1)).mean()
+
+
 def prefix_sizes(dims: Sequence[int] | None, dim: int) -> list[int]:
     """The output sizes trained together: ``dims`` and the full width, ascending (full width alone
     without ``dims``); a size above ``dim`` is an error naming both."""
@@ -246,6 +290,8 @@ class TrainResult:
     n_train_queries: int
     val_query_ids: list[str]
     val_metric: str = VAL_METRIC  # what the validation score measures ("neighbours@10" without labels)
+    query_dim: int | None = None  # the query model's dimension when it is not ``dim`` (cross-model)
+    start: list[dict[str, torch.Tensor]] | None = None  # the networks' states at step 0 (zero-shot)
 
 
 def train(
@@ -256,14 +302,20 @@ def train(
     query_ids: Sequence[str] | None,
     corpus_ids: Sequence[str] | None,
     val_query_ids: Sequence[str] | None,
+    pairs: tuple[Any, Any] | None = None,
 ) -> TrainResult:
     """Train networks with hyperparameters ``params`` (``SearchAdaptor.get_params()``); see
-    :meth:`SearchAdaptor.fit` for the data contract. ``loss="similarity"`` trains without labels."""
+    :meth:`SearchAdaptor.fit` for the data contract. ``loss="similarity"`` and ``"alignment"``
+    train without labels."""
     hp = SimpleNamespace(**params)
     Q = _as_matrix(query_embeddings, "query embeddings")
     D = _as_matrix(corpus_embeddings, "corpus embeddings")
-    if Q.shape[1] != D.shape[1]:
-        raise ValueError(f"query embeddings are {Q.shape[1]}-d but corpus embeddings are {D.shape[1]}-d")
+    paired = _check_pairs(pairs, Q.shape[1], D.shape[1], hp)
+    if Q.shape[1] != D.shape[1] and hp.init not in ("lstsq", "procrustes"):
+        raise ValueError(
+            f"query embeddings are {Q.shape[1]}-d but corpus embeddings are {D.shape[1]}-d: queries of "
+            "another model need a map into the documents' space (init='lstsq' with pairs)"
+        )
     qids = [str(q) for q in query_ids] if query_ids is not None else [str(i) for i in range(len(Q))]
     dids = [str(d) for d in corpus_ids] if corpus_ids is not None else [str(i) for i in range(len(D))]
     if len(qids) != len(Q) or len(dids) != len(D):
@@ -277,7 +329,14 @@ def train(
     dim = Dn.shape[1]
     prefixes = prefix_sizes(hp.dims, dim)
     query_net, corpus_net = build_nets(
-        dim, hp.hidden_dim, hp.architecture, hp.residual, hp.mode, generator, hp.init != "identity"
+        dim,
+        hp.hidden_dim,
+        hp.architecture,
+        hp.residual,
+        hp.mode,
+        generator,
+        hp.init != "identity",
+        Q.shape[1],
     )
     nets = [query_net] + ([corpus_net] if hp.mode == "separate" and corpus_net is not None else [])
     if hp.init == "pca":
@@ -286,22 +345,26 @@ def train(
             for net in nets:
                 assert net.project is not None
                 net.project.weight.copy_(R)
+    elif hp.init in ("lstsq", "procrustes"):  # the query side starts as the closed-form map of the pairs
+        assert paired is not None and query_net.project is not None
+        with torch.no_grad():
+            query_net.project.weight.copy_(torch.from_numpy(pair_map(*paired, hp.init).T))
     qid_to_row = {q: i for i, q in enumerate(qids)}
     if hp.loss == "similarity":  # the texts of the queries given in qrels (labels unused), and the corpus
         known = [qid_to_row[q] for q in sorted(qrels or {}) if q in qid_to_row]
         objective: _Objective = _Similarity(hp, Qn[known], Dn, query_net, corpus_net, prefixes, rng)
+    elif hp.loss == "alignment":
+        assert paired is not None
+        objective = _Alignment(hp, paired, query_net, corpus_net, rng)
     else:
         objective = _Ranking(hp, Qn, Dn, qrels or {}, qids, dids, qid_to_row, val_query_ids, rng, generator)
-        objective.setup(query_net, corpus_net, prefixes)
+        objective.setup(query_net, corpus_net, prefixes, paired if hp.gamma > 0 else None)
     params_ = [p for net in nets for p in net.parameters()] + objective.extra_parameters()
     opt = torch.optim.Adam(params_, lr=hp.lr)
 
     zero_shot, per = objective.score()
-    best: dict[str, Any] = {
-        "score": zero_shot,
-        "step": 0,
-        "state": [copy.deepcopy(n.state_dict()) for n in nets],
-    }
+    start = [copy.deepcopy(n.state_dict()) for n in nets]
+    best: dict[str, Any] = {"score": zero_shot, "step": 0, "state": start}
     history: list[dict[str, Any]] = [_history(0, zero_shot, per, None)]
     last_improvement, running, step = 0, 0.0, 0
     for step in range(1, hp.max_steps + 1):
@@ -334,6 +397,8 @@ def train(
         n_train_queries=objective.n_train,
         val_query_ids=objective.val_ids,
         val_metric=objective.metric,
+        query_dim=Qn.shape[1],
+        start=start,
     )
 
 
@@ -406,18 +471,27 @@ class _Ranking(_Objective):
         self.Qn = Qn
 
     def setup(
-        self, query_net: ResidualAdapter, corpus_net: ResidualAdapter | None, prefixes: Sequence[int]
+        self,
+        query_net: ResidualAdapter,
+        corpus_net: ResidualAdapter | None,
+        prefixes: Sequence[int],
+        pairs: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         hp, dim = self.hp, self.Dn.shape[1]
         self.query_net, self.corpus_net, self.prefixes = query_net, corpus_net, list(prefixes)
+        self.pairs = None if pairs is None else tuple(torch.from_numpy(p) for p in pairs)
         self.predictor = (
             QueryPredictor(dim, int(hp.hidden_dim or dim), self.generator) if hp.beta > 0 else None
         )
-        hard = (
-            _mine_hard(hp, self.Qn, self.Dn, self.ts, self.grades)
-            if hp.negatives in ("hard", "mixed")
-            else None
-        )
+        # hard negatives are mined from the starting map's ranking (the queries as they are, unless a
+        # projection maps them first: another model's queries, a rotation)
+        hard = None
+        if hp.negatives in ("hard", "mixed"):
+            queries, docs = self.Qn, self.Dn
+            if query_net.project is not None:
+                queries = l2_normalize(_adapted(query_net, self.Qn, None))
+                docs = l2_normalize(_adapted(corpus_net, self.Dn, self.Dn))
+            hard = _mine_hard(hp, queries, docs, self.ts, self.grades)
         self.sampler = _Sampler(hp, self.ts, self.grades, hard, len(self.Dn), self.rng)
         self.grades_dense = None
         small = hp.in_batch and len(self.Dn) <= hp.full_corpus_max
@@ -483,6 +557,15 @@ class _Ranking(_Objective):
             pos_adapted = da_full[torch.from_numpy(inv[:, :p])]  # (B, P, dim) adapted relevant documents
             loss = loss + hp.beta * prediction_loss(
                 qa_full, self.predictor(pos_adapted), torch.from_numpy(labels[:, :p])
+            )
+        if self.pairs is not None:  # the alignment term: paired texts of both models land together
+            rows = torch.from_numpy(
+                self.rng.choice(
+                    len(self.pairs[0]), size=min(hp.batch_size, len(self.pairs[0])), replace=False
+                )
+            )
+            loss = loss + hp.gamma * _pair_loss(
+                self.query_net, self.corpus_net, self.pairs[0][rows], self.pairs[1][rows]
             )
         return loss
 
@@ -557,3 +640,43 @@ class _Similarity(_Objective):
             hits = (top[:, :, None] == self.val_top[:, None, :]).any(axis=2)
             per[m] = float(hits.mean())
         return float(np.mean(list(per.values()))), per
+
+
+class _Alignment(_Objective):
+    """Without labels: texts embedded by both models (``pairs``) should land together, the query
+    model's vector mapped onto the document model's (the upgrade-without-re-indexing setting).
+    A share of the pairs (``val_fraction``) is held out; validation is their mean cosine."""
+
+    metric = "pair-cosine"
+
+    def __init__(
+        self,
+        hp: SimpleNamespace,
+        pairs: tuple[np.ndarray, np.ndarray],
+        query_net: ResidualAdapter,
+        corpus_net: ResidualAdapter | None,
+        rng: np.random.Generator,
+    ) -> None:
+        a, b = pairs
+        order = rng.permutation(len(a))
+        n_val = min(max(1, round(hp.val_fraction * len(a))), 5000, len(a) - 1)
+        self.hp, self.rng, self.query_net, self.corpus_net = hp, rng, query_net, corpus_net
+        self.a, self.b = torch.from_numpy(a[order[n_val:]]), torch.from_numpy(b[order[n_val:]])
+        self.va, self.vb = a[order[:n_val]], b[order[:n_val]]
+        self.n_train, self.val_ids = len(self.a), []
+
+    def loss(self) -> torch.Tensor:
+        rows = torch.from_numpy(
+            self.rng.choice(len(self.a), size=min(self.hp.batch_size, len(self.a)), replace=False)
+        )
+        a, b = self.a[rows], self.b[rows]
+        loss = _pair_loss(self.query_net, self.corpus_net, a, b)
+        if self.hp.alpha > 0:
+            loss = loss + self.hp.alpha * recovery_loss(self.query_net(a), self.query_net.base(a))
+        return loss
+
+    def score(self) -> tuple[float, dict[int, float]]:
+        qa = l2_normalize(_adapted(self.query_net, self.va, None))
+        db = l2_normalize(_adapted(self.corpus_net, self.vb, self.vb))
+        cos = float(np.einsum("ij,ij->i", qa, db).mean())
+        return cos, {qa.shape[1]: cos}
