@@ -217,8 +217,8 @@ CONFIG_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     "residual a string": (edit_config(lambda c: c["hyperparameters"].update(residual="yes")), ["residual"]),
     "alpha NaN": (edit_config(lambda c: c["hyperparameters"].update(alpha=float("nan"))), ["alpha"]),
     "unknown hyperparameter": (
-        edit_config(lambda c: c["hyperparameters"].update(gamma=1)),
-        ["unknown SearchAdaptor parameter", "gamma"],
+        edit_config(lambda c: c["hyperparameters"].update(zeta=1)),
+        ["unknown SearchAdaptor parameter", "zeta"],
     ),
     "mode removed": (edit_config(lambda c: c["hyperparameters"].pop("mode")), ["hyperparameters", "'mode'"]),
     "dim abc": (edit_config(lambda c: c.update(dim="abc")), ["'dim'", '"abc"']),
