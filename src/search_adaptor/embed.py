@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -61,15 +62,19 @@ def unit_rows(x: object, what: str, row: Callable[[int], str] = "row {}".format)
 
 @dataclass
 class Embeddings:
-    """A dataset's queries and corpus in one embedding space, rows aligned with the ids."""
+    """A dataset's queries and corpus, rows aligned with the ids: in one embedding space, or, when
+    ``query_encoder`` is set, queries of that model and documents of ``encoder`` (cross-model), with
+    ``pairs``: the corpus texts embedded by the query model too, row for row with ``corpus``."""
 
     query_ids: list[str]
-    queries: np.ndarray  # (n_queries, dim)
+    queries: np.ndarray  # (n_queries, query dim)
     doc_ids: list[str]
     corpus: np.ndarray  # (n_docs, dim)
     encoder: dict[str, Any]  # {"fingerprint", "model", "provider", "config"}
     embed_s: float = 0.0
     stats: StoreStats = field(default_factory=StoreStats)
+    query_encoder: dict[str, Any] | None = None  # another model's queries (cross-model)
+    pairs: np.ndarray | None = None  # (n_docs, query dim): the corpus texts by the query model
 
     @property
     def dim(self) -> int:
@@ -89,8 +94,13 @@ def embed_dataset(
     encoder: Encoder,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    query_encoder: Encoder | None = None,
 ) -> Embeddings:
     """Embed every query and document of ``dataset``, paying only for texts not in the store yet.
+
+    With ``query_encoder`` (another model than ``encoder``), the queries are that model's, and so
+    are the ``pairs``: the corpus texts embedded as queries by it, the paired texts a cross-model
+    adapter aligns with the documents.
 
     The progress bar shows texts per second and, for encoders that count them (the API
     providers), the retries made so far: a climbing count is the sign of rate limits or an
@@ -100,39 +110,55 @@ def embed_dataset(
 
     qids = list(dataset.queries)
     qtexts = [dataset.queries[q] for q in qids]
+    if query_encoder is not None and query_encoder.fingerprint == encoder.fingerprint:
+        query_encoder = None
+    # (encoder, kind, texts): what is embedded, in this order; the first job gives the queries
+    jobs: list[tuple[Encoder, Kind, list[Any]]] = [(query_encoder or encoder, "query", qtexts)]
+    jobs.append((encoder, "document", list(dataset.doc_texts)))
+    if query_encoder is not None:
+        jobs.append((query_encoder, "query", list(dataset.doc_texts)))
     stats = StoreStats()
     start = time.perf_counter()
-    with EmbeddingStore(encoder, cache_dir) as store:
-        todo = len(store.missing("query", qtexts)) + len(store.missing("document", dataset.doc_texts))
-        with tqdm(
-            total=todo,
-            desc=f"embedding {dataset.name}",
-            unit="text",
-            disable=not progress or todo == 0,
-            leave=False,
-        ) as bar:
+    with contextlib.ExitStack() as stack:
+        stores = {id(enc): stack.enter_context(EmbeddingStore(enc, cache_dir)) for enc, _, _ in jobs}
+        todo = sum(len(stores[id(enc)].missing(kind, texts)) for enc, kind, texts in jobs)
+        bar = stack.enter_context(
+            tqdm(
+                total=todo,
+                desc=f"embedding {dataset.name}",
+                unit="text",
+                disable=not progress or todo == 0,
+                leave=False,
+            )
+        )
+        out: list[np.ndarray] = []
+        refused = None  # texts the provider refused: reported once the documents are embedded too
+        for enc, kind, texts in jobs:
 
-            def advance(n: int) -> None:
-                if hasattr(encoder, "retries"):
-                    bar.set_postfix(retries=encoder.retries, refresh=False)
+            def advance(n: int, enc: Encoder = enc) -> None:
+                if hasattr(enc, "retries"):
+                    bar.set_postfix(retries=enc.retries, refresh=False)
                 bar.update(n)
 
-            refused = None  # texts the provider refused: reported once the documents are embedded too
             try:
-                Q = store.embed(qtexts, "query", progress=advance, stats=stats)
+                out.append(stores[id(enc)].embed(texts, kind, progress=advance, stats=stats))
             except InputsRejected as exc:
-                refused = exc
-            D = store.embed(dataset.doc_texts, "document", progress=advance, stats=stats)
+                if kind == "document" and enc is encoder:
+                    raise
+                refused = refused or exc
+                out.append(exc.vectors)
     if refused is not None:
         raise refused
     return Embeddings(
         qids,
-        Q,
+        out[0],
         list(dataset.doc_ids),
-        D,
+        out[1],
         encoder.info(),
         embed_s=time.perf_counter() - start,
         stats=stats,
+        query_encoder=None if query_encoder is None else query_encoder.info(),
+        pairs=out[2] if query_encoder is not None else None,
     )
 
 

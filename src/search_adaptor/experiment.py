@@ -49,10 +49,12 @@ def embeddings_for(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
     adapter: SearchAdaptor | None = None,
+    query_encoder: Encoder | None = None,
 ) -> Embeddings:
-    """The dataset's embeddings, from ``encoder`` through the store or from ``precomputed`` vectors.
+    """The dataset's embeddings, from ``encoder`` through the store or from ``precomputed`` vectors;
+    queries (and the corpus, as pairs) from ``query_encoder`` too when it is another model.
 
-    With ``adapter``, its encoder is checked first, so a mismatch is refused before anything is
+    With ``adapter``, its encoders are checked first, so a mismatch is refused before anything is
     embedded (and paid for).
     """
     if precomputed is not None:
@@ -64,7 +66,8 @@ def embeddings_for(
         raise ValueError("give an encoder or a folder of precomputed vectors")
     if adapter is not None:
         adapter.check_encoder(encoder)
-    return embed_dataset(dataset, encoder, cache_dir, progress=progress)
+        adapter.check_encoder(query_encoder or encoder, kind="query")
+    return embed_dataset(dataset, encoder, cache_dir, progress=progress, query_encoder=query_encoder)
 
 
 # -- selection -----------------------------------------------------------------------------------------
@@ -131,6 +134,8 @@ def select(
     encoder: Encoder | Mapping[str, Any] | str | None = None,
     rule: str = "max",
     n_jobs: int | None = None,
+    query_encoder: Encoder | Mapping[str, Any] | str | None = None,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Selection:
     """Train every variant of ``family`` on the same split and choose one on validation (:func:`choose`).
 
@@ -148,7 +153,16 @@ def select(
     def fit(params: Mapping[str, Any]) -> tuple[SearchAdaptor, float]:
         est = SearchAdaptor(seed=seed, val_fraction=val_fraction, **params, **dict(overrides or {}))
         t0 = time.perf_counter()
-        est.fit(query_embeddings, corpus_embeddings, qrels, query_ids, corpus_ids, encoder=encoder)
+        est.fit(
+            query_embeddings,
+            corpus_embeddings,
+            qrels,
+            query_ids,
+            corpus_ids,
+            encoder=encoder,
+            query_encoder=query_encoder,
+            pairs=pairs,
+        )
         return est, time.perf_counter() - t0
 
     workers = max(1, min(n_jobs or os.cpu_count() or 1, len(variants)))
@@ -173,21 +187,24 @@ def select(
                 on_candidate(rows[-1])
     first = fitted[variants[0][0]]
     val = first.val_query_ids_
-    val_emb = Embeddings(
-        list(query_ids),
-        np.asarray(query_embeddings),
-        list(corpus_ids),
-        np.asarray(corpus_embeddings),
-        first.encoder_,
-    )
-    val_qrels = {q: qrels[q] for q in val}
-    scores = {
-        n: evaluate_embeddings(val_emb, val_qrels, est, ["ndcg@10"])[1]["ndcg@10"]
-        for n, est in fitted.items()
-    }
-    scores["identity"] = evaluate_embeddings(val_emb, val_qrels, None, ["ndcg@10"])[1]["ndcg@10"]
     names = [name for name, _ in variants]
-    picked = choose(names, scores, rule)
+    scores: dict[str, np.ndarray] = {}
+    if all(est.val_metric_ == "ndcg@10" for est in fitted.values()):
+        val_emb = Embeddings(
+            list(query_ids),
+            np.asarray(query_embeddings),
+            list(corpus_ids),
+            np.asarray(corpus_embeddings),
+            first.encoder_,
+            query_encoder=first.query_encoder_ or None,
+        )
+        val_qrels = {q: qrels[q] for q in val}
+        for name, est in [*fitted.items(), ("identity", first.at_start())]:
+            scores[name] = evaluate_embeddings(val_emb, val_qrels, est, ["ndcg@10"])[1]["ndcg@10"]
+        picked = choose(names, scores, rule)
+    else:  # trained without labels: the candidate's own criterion chose its checkpoint, labels play no part
+        picked = max(names, key=lambda n: (fitted[n].best_score_, -names.index(n)))
+        picked = picked if fitted[picked].best_step_ > 0 else "identity"
     adapter = fitted[picked] if picked != "identity" else first.at_start()
     return Selection(
         adapter,
@@ -227,10 +244,16 @@ def evaluate_embeddings(
         raise ValueError(f"qrels name query {missing[0]!r}, which has no embedding")
     Q = emb.queries[[rows[q] for q in qids]]
     if adapter is None:
+        if emb.query_encoder:
+            raise ValueError(
+                f"queries of {emb.query_encoder.get('model')} and documents of {emb.encoder.get('model')} "
+                "are in two spaces: score them through an adapter (its start: the pairs' closed-form map)"
+            )
         Q, D = l2_normalize(Q), (corpus if corpus is not None else l2_normalize(emb.corpus))
     else:
         if isinstance(adapter, SearchAdaptor) and emb.encoder:
             adapter.check_encoder(emb.encoder, emb.dim)
+            adapter.check_encoder(emb.query_encoder or emb.encoder, Q.shape[1], kind="query")
         Q = adapter.transform_queries(Q)
         D = corpus if corpus is not None else adapter.transform_corpus(emb.corpus)
     top, _ = exact_search(Q, D, max_k(metrics))
@@ -323,7 +346,7 @@ def run_fit(
     named) and scores each size against truncation and PCA of the same size; ``unsupervised``
     trains without labels (family ``matryoshka-unsupervised``), which are then used only to score.
     """
-    family = _matryoshka_family(family, dims, unsupervised)
+    family = _family(family, dims, unsupervised, cross=bool(emb.query_encoder))
     if dims:
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split)
@@ -348,6 +371,8 @@ def run_fit(
             encoder=emb.encoder,
             rule=rule,
             n_jobs=n_jobs,
+            query_encoder=emb.query_encoder,
+            pairs=None if emb.pairs is None else (emb.pairs, emb.corpus),
         )
 
     start = time.perf_counter()
@@ -424,8 +449,14 @@ def run_fit(
     return Run(report, final.adapter, emb, figure_qrels, final.histories, titles)
 
 
-def _matryoshka_family(family: str, dims: Sequence[int] | None, unsupervised: bool) -> str:
-    """The family a fit trains, given ``--dims`` / ``--unsupervised``, or a one-line error."""
+def _family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: bool) -> str:
+    """The family a fit trains, given ``--dims``, ``--unsupervised`` and queries of another model
+    (``cross``), or a one-line error."""
+    if cross:
+        wanted = "cross-unlabelled" if unsupervised else "cross"
+        if family not in (DEFAULT_FAMILY, wanted) or dims:
+            raise ValueError(f"queries of another model train family {wanted} (without --dims), not {family}")
+        return wanted
     if unsupervised:
         if family not in (DEFAULT_FAMILY, "matryoshka-unsupervised"):
             raise ValueError(f"--unsupervised trains family matryoshka-unsupervised, not {family}")
@@ -492,8 +523,10 @@ class SizedView:
 
 def _systems(adapter: SearchAdaptor, sizes: Sequence[int], rotation: np.ndarray | None) -> dict[str, Any]:
     """What a fit is scored as: zero-shot and adapted, and per Matryoshka size the adapter's prefix,
-    the base embedding truncated and its PCA projection (baselines of the same size)."""
-    systems: dict[str, Any] = {"zero-shot": None, "adapted": adapter}
+    the base embedding truncated and its PCA projection (baselines of the same size). For a
+    cross-model adapter, zero-shot is its start: the closed-form map of the pairs."""
+    systems: dict[str, Any] = {"zero-shot": adapter.at_start() if adapter.query_encoder_ else None}
+    systems["adapted"] = adapter
     for m in sizes:
         systems[f"zero-shot@{m}"] = SizedView(None, m)
         systems[f"pca@{m}"] = SizedView(None, m, rotation)

@@ -108,7 +108,9 @@ class AdaptedIndex:
         self.doc_ids = list(doc_ids)
         self.manifest = dict(manifest)
         self._encoder = encoder
-        self._checked: Encoder | None = None  # the encoder last checked against the adapter
+        self._query_encoder: Encoder | None = None  # a cross-model adapter's, from the manifest
+        self._options: dict[str, Any] = {}  # configure_encoder()'s overrides
+        self._checked: dict[Kind, Encoder] = {}  # the encoders last checked against the adapter
         self._sides: dict[Kind, NumpyNet | None] | None = None
         self._lock = threading.Lock()
         self._serial = threading.Lock()  # encoders that run one batch at a time (a local model)
@@ -354,6 +356,7 @@ class AdaptedIndex:
         fingerprint = manifest["encoder"]["fingerprint"]
         try:
             adapter.check_encoder(manifest["encoder"])
+            adapter.check_encoder(manifest.get("query_encoder") or manifest["encoder"], kind="query")
         except CompatibilityError as exc:
             raise CompatibilityError(f"{adapter_path}: {exc}; {_REBUILD}") from None
         size = manifest["adapter"].get("size", adapter.dim_)
@@ -403,8 +406,19 @@ class AdaptedIndex:
                 self._encoder = from_info(self.manifest["encoder"])
             return self._encoder
 
+    @property
+    def query_encoder(self) -> Encoder:
+        """The encoder of text queries: another model's when the adapter is cross-model (recorded in
+        the manifest as ``query_encoder``), the base encoder otherwise."""
+        if "query_encoder" not in self.manifest:
+            return self.encoder
+        with self._lock:
+            if self._query_encoder is None:
+                self._query_encoder = from_info(self.manifest["query_encoder"], **self._options)
+            return self._query_encoder
+
     def configure_encoder(self, **options: Any) -> bool:
-        """Recreate the base encoder from the manifest with ``options`` unless one was given.
+        """Recreate the base (and query) encoder from the manifest with ``options`` unless one was given.
 
         ``options`` are :func:`~search_adaptor.encoders.registry.from_info` overrides that do not
         change the vectors (``retry_budget_s``, ``timeout``, ``max_concurrency``): a server gives its
@@ -412,6 +426,7 @@ class AdaptedIndex:
         :meth:`load` is kept as it was made. Returns whether the encoder was recreated.
         """
         with self._lock:
+            self._options = dict(options)
             if self._encoder is not None:
                 return False
             self._encoder = from_info(self.manifest["encoder"], **options)
@@ -445,7 +460,7 @@ class AdaptedIndex:
         texts = list(texts)
         if not texts:
             raise ValueError("nothing to embed: the list of texts is empty")
-        encoder = self._text_encoder()
+        encoder = self._text_encoder(kind)
         serial = self._serial if encoder.max_concurrency == 1 else contextlib.nullcontext()
         encode = encoder.encode_queries if kind == "query" else encoder.encode_corpus
         groups: dict[Any, list[int]] = {}
@@ -519,12 +534,13 @@ class AdaptedIndex:
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
-    def _text_encoder(self) -> Encoder:
-        """:attr:`encoder`, checked once against the adapter (one given by hand may be another model)."""
-        encoder = self.encoder
-        if self._checked is not encoder:
-            self.adapter.check_encoder(encoder)
-            self._checked = encoder
+    def _text_encoder(self, kind: Kind = "query") -> Encoder:
+        """The encoder of ``kind`` (:attr:`query_encoder` or :attr:`encoder`), checked once against the
+        adapter (one given by hand may be another model)."""
+        encoder = self.query_encoder if kind == "query" else self.encoder
+        if self._checked.get(kind) is not encoder:
+            self.adapter.check_encoder(encoder, kind=kind)
+            self._checked[kind] = encoder
         return encoder
 
     def _side(self, kind: Kind) -> NumpyNet | None:
@@ -566,6 +582,9 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: backend must be one of {', '.join(BACKENDS)}; {_REBUILD}")
     if manifest["dim"] < 1 or manifest["n_docs"] < 0:
         raise ValueError(f"{path}: dim and n_docs out of range; {_REBUILD}")
+    query_encoder = manifest.get("query_encoder", {"fingerprint": ""})
+    if not isinstance(query_encoder, dict) or not isinstance(query_encoder.get("fingerprint"), str):
+        raise ValueError(f"{path}: field query_encoder must be an object with a fingerprint; {_REBUILD}")
     size = manifest["adapter"].get("size", 1)
     if isinstance(size, bool) or not isinstance(size, int):
         raise ValueError(f"{path}: field adapter.size must be an integer; {_REBUILD}")
@@ -588,6 +607,7 @@ def build_index(
     ray_address: str | None = None,
     progress: bool = False,
     dim: int | None = None,
+    query_encoder: Encoder | None = None,
 ) -> tuple[AdaptedIndex, JobStats]:
     """Embed a corpus file (BEIR folder, ``corpus.jsonl[.gz]`` or Parquet) through the store, adapt it,
     and write the index folder ``out`` with its vector shards; ``search-adaptor index`` is this call.
@@ -597,19 +617,22 @@ def build_index(
     :class:`~search_adaptor.embed.Embeddings` already made (precomputed vectors; ``encoder`` None):
     their documents are adapted and indexed as they are. ``dim`` keeps the first ``dim`` adapted
     coordinates (a Matryoshka prefix): a smaller, faster index, searched with queries of that size.
+    ``query_encoder`` (a cross-model adapter's query model) is recorded, and text queries use it.
     """
     import_faiss()  # fail before embedding anything
     adapter = as_adapter(adapter)
     start = time.perf_counter()
     if isinstance(corpus, Embeddings):
         index = AdaptedIndex.from_vectors(
-            adapter, corpus.doc_ids, corpus.corpus, corpus.encoder, backend=backend
+            adapter, corpus.doc_ids, corpus.corpus, corpus.encoder, backend=backend, size=dim
         )
+        _record_query_encoder(index, corpus.query_encoder)
         index.save(out)
         return index, JobStats("precomputed", index.n_docs, index.dim, 0, time.perf_counter() - start)
     if encoder is None:
         raise ValueError("build_index: give the encoder of the corpus texts")
     adapter.check_encoder(encoder)
+    adapter.check_encoder(query_encoder or encoder, kind="query")
     target = Path(out).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     # scratch space on the target's filesystem, so that save() moves the shards instead of copying them
@@ -629,5 +652,15 @@ def build_index(
         index = AdaptedIndex.from_shards(
             adapter, shards, encoder.info(), backend=backend, encoder=encoder, size=dim
         )
+        if query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint:
+            _record_query_encoder(index, query_encoder.info())
+            index._query_encoder = query_encoder
         index.save(target, vectors=shards)
     return index, stats
+
+
+def _record_query_encoder(index: AdaptedIndex, info: Mapping[str, Any] | None) -> None:
+    """Note in the manifest the model text queries are embedded by, when it is not the documents'."""
+    if info:
+        index.adapter.check_encoder(info, kind="query")
+        index.manifest["query_encoder"] = dict(info)

@@ -520,8 +520,8 @@ def create_app(
     """
     if retry_budget_s is not None and index.manifest["encoder"].get("provider") in API_CLASSES:
         index.configure_encoder(retry_budget_s=retry_budget_s)
-    encoder = index.encoder
-    if encoder.provider == LOCAL:  # load the model now: free, and the first request does not pay for it
+    encoder = index.query_encoder  # the documents' model too, unless the adapter is cross-model
+    if encoder.provider in (LOCAL, "model2vec"):  # load it now: the first request does not pay for it
         index.embed_queries(["warm-up"])
     limits = Limits(max_batch, max_k, max_chars)
     models = _request_models(limits)

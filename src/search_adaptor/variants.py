@@ -114,6 +114,16 @@ FAMILIES["matryoshka-unsupervised"] = [
         {"mode": "shared", "init": "pca", "loss": "similarity", "alpha": 0.0, "beta": 0.0},
     )
 ]
+# Cross-model (queries of another model, say a static one, mapped into the documents' space): each
+# query tower starts at the least-squares map of paired texts (the corpus texts embedded by both).
+_CROSS = {"mode": "query_only", "init": "lstsq", "loss": "infonce", "in_batch": True, "beta": 0.0}
+FAMILIES["cross"] = [
+    ("cross-linear", {**_CROSS, "architecture": "linear", "negatives": "random", "alpha": 0.0}),
+    ("cross-mlp", {**_CROSS, "negatives": "hard", "alpha": 0.1, "gamma": 0.1}),
+    ("cross-separate", {**_CROSS, "mode": "separate", "negatives": "hard", "alpha": 0.05, "gamma": 0.1}),
+]
+# Without labels (upgrade without re-indexing): the map is trained on the paired texts alone.
+FAMILIES["cross-unlabelled"] = [("cross-unlabelled", {**_CROSS, "loss": "alignment", "alpha": 0.0})]
 #: Families that train Matryoshka prefixes and need ``dims``.
 MATRYOSHKA = ("matryoshka", "matryoshka-unsupervised")
 #: What ``family="auto"`` trains, simplest first (ties go to the earlier one). The paper's own

@@ -1,0 +1,153 @@
+"""The command line's options, as data: every command's arguments and the parser built from them.
+
+:mod:`search_adaptor.cli` holds what each command does; this module only says what it accepts.
+Nothing heavy is imported here, so ``--help`` starts instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
+
+from search_adaptor import __version__
+from search_adaptor.encoders import LOCAL, PROVIDERS
+from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, FAMILY_CHOICES, MAX_STEPS
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        with contextlib.suppress(ValueError):
+            if 0 < (value := kind(text)) < float("inf"):
+                return value
+        raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text}")
+
+    return parse
+
+
+_positive_int, _positive_float = _positive(int), _positive(float)
+
+
+Arg = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def A(*flags: str, **options: Any) -> Arg:
+    """One ``add_argument`` call, as data."""
+    return flags, options
+
+
+_OUTPUT = A("-o", "--output", choices=("table", "json"), default="table")
+_ADAPTER = A("--adapter", required=True, metavar="ADAPTER_DIR")
+_DIM = A("--dim", type=_positive_int, help="keep the first DIM adapted coordinates (Matryoshka)")
+_DATA = A("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
+_ENCODER = [
+    A("--provider", default=LOCAL, choices=PROVIDERS),
+    A("--model", help=f"model id (default for {LOCAL}: sentence-transformers/all-MiniLM-L6-v2)"),
+    A("--base-url", help="API root for openai-compatible / self-hosted endpoints"),
+    A("--dimensions", type=_positive_int, help="shorter output vectors, where supported"),
+    A("--batch-size", type=_positive_int, help="texts per batch (default: the provider's max)"),
+    A("--max-concurrency", type=_positive_int, help="API requests in flight (default 4)"),
+    A("--timeout", type=_positive_float, help="seconds to wait for one API reply (default 60)"),
+    A("--embeddings", metavar="DIR", help="precomputed DIR/{queries,corpus}.{npz,parquet}"),
+    A("--cache", metavar="DIR", help="embedding store ($SEARCH_ADAPTOR_CACHE or user cache)"),
+    A("--quiet", action="store_true", help="no progress bars or per-candidate lines"),
+    A("--query-provider", choices=PROVIDERS, help="queries by another model (default: --provider's)"),
+    A("--query-model", help="that model's id (a folder for model2vec); see `search-adaptor distill`"),
+    A("--query-base-url", help="that model's API root"),
+]
+_ENGINE = [
+    A("--engine", default="local", choices=("local", "ray"), help="local (default) or Ray Data"),
+    A("--ray-address", metavar="ADDR", help="Ray cluster (ray://head:10001, auto); default: local"),
+    A("--rows", type=_positive_int, help="rows per chunk and shard"),
+]
+#: command -> its arguments; "embeddings" and "engine" add those shared groups. Help: the docstrings.
+_COMMANDS: dict[str, list[Arg | str]] = {
+    "fit": [
+        _DATA,
+        A("--out", required=True, metavar="OUT_DIR", help="for report.json/md and adapter/"),
+        A("--family", default=DEFAULT_FAMILY, choices=FAMILY_CHOICES, help="variants to train"),
+        A("--seed", type=int, default=0),
+        A("--folds", type=int, default=DEFAULT_FOLDS, help="k without a train split"),
+        A("--max-steps", type=_positive_int, help=f"steps per variant (default {MAX_STEPS})"),
+        A("--dims", type=lambda t: tuple(map(_positive_int, t.split(","))), help="Matryoshka sizes: 64,128"),
+        A(
+            "--unsupervised",
+            "--unlabelled",
+            action="store_true",
+            help="train without labels (they only score)",
+        ),
+        _OUTPUT,
+        "embeddings",
+    ],
+    "evaluate": [_DATA, _ADAPTER, A("--split", default="test"), A("--out"), _OUTPUT, "embeddings"],
+    "embed": [_DATA, A("--dry-run", action="store_true", help="say what would be sent"), "embeddings"],
+    "index": [
+        A("data", metavar="DATA_DIR", help="BEIR folder, or corpus.jsonl[.gz] / .parquet"),
+        _ADAPTER,
+        A("--out", required=True, metavar="INDEX_DIR"),
+        A("--backend", default="flat", choices=("flat", "hnsw"), help="hnsw: approximate"),
+        _DIM,
+        "engine",
+        "embeddings",
+    ],
+    "transform": [
+        A("vectors", metavar="VECTORS", help="base vectors: .npy, .parquet or a folder of them"),
+        _ADAPTER,
+        A("--out", required=True, metavar="OUT", help="OUT.npy, OUT.parquet or a folder"),
+        A("--id-column", default="id", help="Parquet id column (default id)"),
+        A("--vector-column", default="vector", help="Parquet vector column (default vector)"),
+        _DIM,
+        "engine",
+    ],
+    "search": [A("index", metavar="INDEX_DIR"), A("query"), A("-k", type=_positive_int, default=10), _OUTPUT],
+    "serve": [
+        A("index", metavar="INDEX_DIR"),
+        A("--host", help="address to bind (default: loopback only)"),
+        A("--port", type=int, help="default 8000"),
+        A("--api-key-env", metavar="VAR", help="require Bearer <key>, the key read from VAR"),
+        A("--threads", type=_positive_int, metavar="N", help="CPU threads (1 when shared)"),
+        A("--retry-budget", type=_positive_float, dest="retry_budget_s", metavar="S", help="s per API call"),
+        A("--model-name", metavar="NAME", help="/v1 model names NAME-query, NAME-document"),
+    ],
+    "distill": [
+        A("--out", required=True, metavar="DIR"),
+        A("--model", help="sentence-transformers model to distil (default: the local MiniLM)"),
+        A("--dim", type=_positive_int, help="static model dimension (default 256)"),
+    ],
+    "export": [
+        A("adapter", metavar="ADAPTER_DIR"),
+        A("--out", required=True, metavar="DIR"),
+        A("--format", required=True, choices=("onnx", "sentence-transformers")),
+        _DIM,
+    ],
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"search-adaptor: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(commands: Mapping[str, Callable[..., Any]]) -> argparse.ArgumentParser:
+    """The ``search-adaptor`` parser; each command's help is the docstring of its function in ``commands``."""
+    debug = argparse.ArgumentParser(add_help=False)  # before or after the command
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    debug.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show model loading")
+    parser = _Parser(
+        prog="search-adaptor",
+        description="Train Search-Adaptor embedding adapters on your labelled queries and prove they help.",
+        parents=[debug],
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    groups = {"embeddings": _ENCODER, "engine": _ENGINE}
+    for name, arguments in _COMMANDS.items():
+        cmd = sub.add_parser(name, help=commands[name].__doc__, parents=[debug])
+        for arg in arguments:
+            target = cmd.add_argument_group(arg) if isinstance(arg, str) else cmd
+            for flags, options in groups[arg] if isinstance(arg, str) else [arg]:
+                target.add_argument(*flags, **options)
+    return parser
