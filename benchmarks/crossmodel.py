@@ -1,0 +1,239 @@
+"""Cross-model adapters: queries of one model, documents of another (issue 16).
+
+Run from the repository root (resumable: every result is cached)::
+
+    HF_HUB_OFFLINE=1 python benchmarks/crossmodel.py
+    HF_HUB_OFFLINE=1 python benchmarks/crossmodel.py --report-only
+
+The two models: MiniLM (``sentence-transformers/all-MiniLM-L6-v2``, 384-d) and a static model
+distilled from it by ``search-adaptor distill`` (model2vec, 256-d; kept in the user cache dir,
+never committed). Every fit is ``experiment.run_fit`` on ``Embeddings`` whose queries come from one
+model and documents (and the pairs' second side) from the other; the pairs are the corpus texts
+embedded by both, so they need no labels.
+
+- Cheap queries, strong index (SciFact): static queries mapped into MiniLM's space, without labels
+  (``cross-unlabelled``: the pairs only) and with them (``cross``), against both models' own
+  zero-shot and MiniLM's own adapter (``auto``); and the median time to encode one query.
+- Upgrade without re-indexing (SciFact and XQuAD-R en, both directions): the map trained on the
+  paired corpus texts only, as a share of the index model's own zero-shot nDCG@10, and with labels.
+
+Results: ``results/crossmodel.md`` (cells in ``results/crossmodel_cells.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from search_adaptor.data import load_beir
+from search_adaptor.embed import Embeddings, embed_dataset
+from search_adaptor.encoders.registry import make_encoder
+from search_adaptor.experiment import evaluate_embeddings, run_fit
+from search_adaptor.files import default_cache_dir, write_text_atomic
+from suite import DATA
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CELLS = RESULTS / "crossmodel_cells.json"
+STATIC = default_cache_dir() / "models" / "minilm-static-256"
+SEEDS = {"scifact": 5, "xquad-r/en": 3}
+
+
+def _cells() -> dict[str, Any]:
+    return json.loads(CELLS.read_text()) if CELLS.is_file() else {}
+
+
+def _save(key: str, cell: dict[str, Any]) -> None:
+    cells = _cells()
+    cells[key] = cell
+    write_text_atomic(CELLS, json.dumps(cells, indent=1, sort_keys=True) + "\n")
+
+
+def static_model() -> Path:
+    """The distilled static model (made once with :func:`search_adaptor.distill.distill`)."""
+    if not (STATIC / "model.safetensors").is_file():
+        from search_adaptor.distill import distill
+
+        t0 = time.perf_counter()
+        distill(STATIC, dim=256)
+        print(f"distilled {STATIC} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return STATIC
+
+
+def encoders() -> dict[str, Any]:
+    return {
+        "minilm": make_encoder("sentence-transformers"),
+        "static": make_encoder("model2vec", str(static_model())),
+    }
+
+
+def embeddings(name: str, query_model: str, doc_model: str) -> Embeddings:
+    encs = encoders()
+    ds = load_beir(DATA / name)
+    query = None if query_model == doc_model else encs[query_model]
+    return embed_dataset(ds, encs[doc_model], progress=False, query_encoder=query)
+
+
+def fit(name: str, query_model: str, doc_model: str, seed: int, unlabelled: bool) -> dict[str, Any]:
+    """One ``run_fit``: per-query test nDCG@10 of the adapter and of its start (or zero-shot)."""
+    ds = load_beir(DATA / name)
+    emb = embeddings(name, query_model, doc_model)
+    t0 = time.perf_counter()
+    run = run_fit(ds, emb, seed=seed, unsupervised=unlabelled)
+    return {
+        "adapted": run.report["metrics"]["adapted"]["ndcg@10"],
+        "start": run.report["metrics"]["zero-shot"]["ndcg@10"],
+        "p_vs_start": run.report["significance"]["p_value"],
+        "selected": run.report["selected"],
+        "train_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def zero_shot(name: str, model: str) -> float:
+    """A model's own zero-shot nDCG@10 under ``fit``'s protocol (test split, or all labelled queries)."""
+    ds = load_beir(DATA / name)
+    emb = embeddings(name, model, model)
+    qrels = ds.split("test") if "test" in ds.splits else ds.split(ds.splits[0])
+    return evaluate_embeddings(emb, qrels)[0]["ndcg@10"]
+
+
+def query_speed() -> dict[str, float]:
+    """Median time to encode one SciFact query, each model, same run, one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    ds = load_beir(DATA / "scifact")
+    texts = list(ds.queries.values())[:300]
+    out = {}
+    for name, enc in encoders().items():
+        enc.encode_queries(texts[:4])  # load
+        times = []
+        for text in texts:
+            t = time.perf_counter_ns()
+            enc.encode_queries([text])
+            times.append(time.perf_counter_ns() - t)
+        out[name] = statistics.median(times) / 1e6
+    return out
+
+
+def report(cells: dict[str, Any]) -> str:
+    def seeds(prefix: str) -> list[dict[str, Any]]:
+        return [cells[k] for k in sorted(cells) if k.startswith(prefix)]
+
+    def ms(values: list[float]) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.4f}"
+        return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+    lines = [
+        "## Cross-model adapters: queries of one model, documents of another (issue 16)",
+        "",
+        "Generated by `HF_HUB_OFFLINE=1 python benchmarks/crossmodel.py` (protocol in its docstring). "
+        "MiniLM: `sentence-transformers/all-MiniLM-L6-v2` (384-d); static: model2vec distilled from it "
+        "by `search-adaptor distill` (256-d). nDCG@10 under `fit`'s protocol, mean ± std over seeds; "
+        "'start' is the closed-form least-squares map of the pairs (the corpus texts by both models).",
+        "",
+    ]
+    zs = {k.split("|", 1)[1]: v["ndcg@10"] for k, v in cells.items() if k.startswith("zero-shot|")}
+    speed = cells.get("speed")
+    if "scifact|minilm" in zs:
+        rows = [
+            ("MiniLM zero-shot", f"{zs['scifact|minilm']:.4f}"),
+            ("static zero-shot (its own documents)", f"{zs.get('scifact|static', float('nan')):.4f}"),
+        ]
+        for label, prefix, key in (
+            (
+                "static -> MiniLM, closed-form map of the pairs",
+                "fit|scifact|static>minilm|unlabelled|",
+                "start",
+            ),
+            (
+                "static -> MiniLM, trained on the pairs only (no labels)",
+                "fit|scifact|static>minilm|unlabelled|",
+                "adapted",
+            ),
+            ("static -> MiniLM, adapted with labels", "fit|scifact|static>minilm|labelled|", "adapted"),
+            ("MiniLM adapted (auto)", "fit|scifact|minilm>minilm|labelled|", "adapted"),
+        ):
+            runs = seeds(prefix)
+            if runs:
+                rows.append((f"{label} ({len(runs)} seeds)", ms([r[key] for r in runs])))
+        lines += [
+            "### SciFact: static queries against MiniLM's index",
+            "",
+            "| row | test nDCG@10 |",
+            "|---|---|",
+        ]
+        lines += [f"| {a} | {b} |" for a, b in rows]
+        if speed:
+            lines += [
+                "",
+                f"Median time to encode one query (300 SciFact queries, one thread, same run): static "
+                f"{speed['static'] * 1000:.0f} µs, MiniLM {speed['minilm']:.1f} ms: "
+                f"{speed['minilm'] / speed['static']:.0f}x faster.",
+            ]
+        lines.append("")
+    lines += [
+        "### Upgrade without re-indexing: queries of the new model, the index of the old one",
+        "",
+        "| dataset | queries -> index | index model's own zero-shot | unlabelled map | share | with labels |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in SEEDS:
+        for q, d in (("static", "minilm"), ("minilm", "static")):
+            un = seeds(f"fit|{name}|{q}>{d}|unlabelled|")
+            lab = seeds(f"fit|{name}|{q}>{d}|labelled|")
+            base = zs.get(f"{name}|{d}")
+            if not un or base is None:
+                continue
+            share = np.mean([r["adapted"] for r in un]) / base
+            labelled = ms([r["adapted"] for r in lab]) if lab else "–"
+            unlabelled = ms([r["adapted"] for r in un])
+            lines.append(f"| {name} | {q} -> {d} | {base:.4f} | {unlabelled} | {share:.1%} | {labelled} |")
+    return "\n".join([*lines, ""])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        import torch
+
+        torch.set_num_threads(1)
+        for name in SEEDS:
+            for model in ("minilm", "static"):
+                if f"zero-shot|{name}|{model}" not in _cells():
+                    _save(f"zero-shot|{name}|{model}", {"ndcg@10": zero_shot(name, model)})
+        if "speed" not in _cells():
+            _save("speed", query_speed())
+        plan = [("scifact", "static", "minilm", False), ("scifact", "static", "minilm", True)]
+        plan += [("scifact", "minilm", "minilm", True)]
+        plan += [(n, q, d, False) for n in SEEDS for q, d in (("static", "minilm"), ("minilm", "static"))]
+        plan += [
+            (n, q, d, True)
+            for n in SEEDS
+            for q, d in (("static", "minilm"), ("minilm", "static"))
+            if n != "scifact" or q != "static"
+        ]
+        for name, q, d, labelled in plan:
+            for seed in range(SEEDS[name]):
+                key = f"fit|{name}|{q}>{d}|{'labelled' if labelled else 'unlabelled'}|{seed}"
+                if key not in _cells():
+                    _save(key, fit(name, q, d, seed, unlabelled=not labelled))
+                    print(key, _cells()[key], flush=True)
+    write_text_atomic(RESULTS / "crossmodel.md", report(_cells()))
+    print(f"wrote {RESULTS / 'crossmodel.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

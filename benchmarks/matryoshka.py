@@ -1,0 +1,223 @@
+"""Smaller vectors: Matryoshka adapters against truncation and PCA of the same size (issue 17).
+
+Run from the repository root (resumable: every (mode, dataset, seed) result is cached)::
+
+    HF_HUB_OFFLINE=1 python benchmarks/matryoshka.py                  # supervised SciFact, unsupervised
+    HF_HUB_OFFLINE=1 python benchmarks/matryoshka.py --report-only
+
+- Supervised (SciFact): ``search-adaptor fit --dims 48,96,192`` (``experiment.run_fit`` with
+  ``dims``): trained on the train split, scored on the 300 test queries at 48, 96, 192 and 384
+  dimensions, against the base embedding truncated (``zero-shot@m``) and a PCA fitted on the corpus
+  (``pca@m``), each of the same size.
+- Unsupervised (SciFact, XQuAD-R en and de): the same adapter trained without labels (``loss
+  "similarity"``) on the corpus texts (and SciFact's training query texts); its labels, and every
+  query of XQuAD-R, are used only to score. One fit per seed; no folds are needed as no label
+  reaches training.
+- Cost at each size: index bytes and median search latency of a flat FAISS index of the adapted
+  corpus (``k=10``, one query at a time), as ratios to full width.
+
+Results: ``results/matryoshka.md`` (cells in ``results/matryoshka_cells.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from search_adaptor.experiment import SizedView, evaluate_embeddings, run_fit
+from search_adaptor.files import write_text_atomic
+from search_adaptor.metrics import paired_test
+from search_adaptor.model import SearchAdaptor
+from search_adaptor.retrieval import l2_normalize
+from search_adaptor.training import pca_rotation
+from search_adaptor.variants import FAMILIES
+from suite import load_shared
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CELLS = RESULTS / "matryoshka_cells.json"
+SIZES = (48, 96, 192)
+SEEDS = 5
+UNSUPERVISED = ("scifact", "xquad-r/en", "xquad-r/de")
+
+
+def _cells() -> dict[str, Any]:
+    return json.loads(CELLS.read_text()) if CELLS.is_file() else {}
+
+
+def _save(key: str, cell: dict[str, Any]) -> None:
+    cells = _cells()
+    cells[key] = cell
+    write_text_atomic(CELLS, json.dumps(cells, indent=1, sort_keys=True) + "\n")
+
+
+def supervised(seed: int) -> dict[str, Any]:
+    """One ``fit --dims`` on SciFact: per-query nDCG@10 of every system, kept for the paired tests."""
+    bench = load_shared("scifact")
+    t0 = time.perf_counter()
+    run = run_fit(bench.dataset, bench.emb, seed=seed, dims=SIZES)
+    test = bench.dataset.split("test")
+    per = {}
+    systems = {"zero-shot": None, "adapted": run.adapter}
+    rotation = pca_rotation(l2_normalize(bench.emb.corpus))
+    for m in SIZES:
+        systems |= {
+            f"zero-shot@{m}": SizedView(None, m),
+            f"pca@{m}": SizedView(None, m, rotation),
+            f"adapted@{m}": SizedView(run.adapter, m),
+        }
+    for name, view in systems.items():
+        per[name] = evaluate_embeddings(bench.emb, test, view, ["ndcg@10"])[1]["ndcg@10"].round(5).tolist()
+    return {
+        "per_query": per,
+        "train_s": round(time.perf_counter() - t0, 1),
+        "selected": run.report["selected"],
+    }
+
+
+def unsupervised(name: str, seed: int) -> dict[str, Any]:
+    """A Matryoshka adapter trained without labels, scored on every labelled query of ``name``."""
+    bench = load_shared(name)
+    emb = bench.emb
+    t0 = time.perf_counter()
+    params = {**dict(FAMILIES["matryoshka-unsupervised"][0][1]), "dims": SIZES, "seed": seed}
+    texts = bench.train if bench.protocol == "test" else None  # SciFact's training query texts, no labels
+    adapter = SearchAdaptor(**params).fit(
+        emb.queries, emb.corpus, texts, emb.query_ids, emb.doc_ids, encoder=emb.encoder
+    )
+    train_s = time.perf_counter() - t0
+    scored = bench.labelled
+    rotation = pca_rotation(l2_normalize(emb.corpus))
+    systems = {"zero-shot": None, "adapted": adapter}
+    for m in SIZES:
+        systems |= {
+            f"zero-shot@{m}": SizedView(None, m),
+            f"pca@{m}": SizedView(None, m, rotation),
+            f"adapted@{m}": SizedView(adapter, m),
+        }
+    per = {
+        n: evaluate_embeddings(emb, scored, v, ["ndcg@10"])[1]["ndcg@10"].round(5).tolist()
+        for n, v in systems.items()
+    }
+    return {"per_query": per, "train_s": round(train_s, 1), "best_step": adapter.best_step_}
+
+
+def costs() -> dict[str, Any]:
+    """Index bytes and median one-query search latency of a flat index of SciFact's 5,183 documents at
+    each size (the cost depends on the size only, not on which vectors of that size are indexed)."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    bench = load_shared("scifact")
+    out = {}
+    queries = l2_normalize(bench.emb.queries[:300])
+    for m in (*SIZES, bench.emb.dim):
+        docs = np.ascontiguousarray(l2_normalize(bench.emb.corpus)[:, :m])
+        index = faiss.IndexFlatIP(m)
+        index.add(docs)
+        q = np.ascontiguousarray(l2_normalize(queries[:, :m]))
+        times = []
+        for _ in range(3):
+            for i in range(len(q)):
+                t = time.perf_counter_ns()
+                index.search(q[i : i + 1], 10)
+                times.append(time.perf_counter_ns() - t)
+        out[str(m)] = {
+            "bytes": int(faiss.serialize_index(index).nbytes),
+            "search_us": statistics.median(times) / 1000,
+        }
+    return out
+
+
+def _mean_sd(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def report(cells: dict[str, Any]) -> str:
+    lines = [
+        "## Smaller vectors: Matryoshka adapters (issue 17)",
+        "",
+        "Generated by `HF_HUB_OFFLINE=1 python benchmarks/matryoshka.py` (protocol in its docstring). "
+        "Test nDCG@10, mean ± sample std over seeds; p: paired randomization test over queries (scores "
+        "averaged over seeds) of `adapted@m` against `zero-shot@m` (the base embedding truncated) and "
+        "`pca@m` (a PCA of the corpus), at the same size m.",
+        "",
+    ]
+    for mode, names in (("supervised", ("scifact",)), ("unsupervised", UNSUPERVISED)):
+        for name in names:
+            keys = sorted(k for k in cells if k.startswith(f"{mode}|{name}|"))
+            if not keys:
+                continue
+            runs = [cells[k]["per_query"] for k in keys]
+            mean = {s: [float(np.mean(r[s])) for r in runs] for s in runs[0]}
+            avg = {s: np.mean([r[s] for r in runs], axis=0) for s in runs[0]}
+            full_zs = float(np.mean(mean["zero-shot"]))
+            lines += [
+                f"### {name}, {mode} ({len(keys)} seeds; full width: zero-shot {full_zs:.4f}, adapted "
+                f"{_mean_sd(mean['adapted'])})",
+                "",
+                "| size | truncation | PCA | adapted | p vs truncation | p vs PCA | of full zero-shot |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for m in SIZES:
+                a, z, p = avg[f"adapted@{m}"], avg[f"zero-shot@{m}"], avg[f"pca@{m}"]
+                lines.append(
+                    f"| {m} | {_mean_sd(mean[f'zero-shot@{m}'])} | {_mean_sd(mean[f'pca@{m}'])} | "
+                    f"{_mean_sd(mean[f'adapted@{m}'])} | {paired_test(a, z):.1e} | {paired_test(a, p):.1e} | "
+                    f"{np.mean(mean[f'adapted@{m}']) / full_zs:.1%} |"
+                )
+            secs = [cells[k]["train_s"] for k in keys]
+            lines += ["", f"Training: {np.median(secs):.0f} s per seed (median).", ""]
+    cost = cells.get("costs")
+    if cost:
+        full = cost[max(cost, key=int)]
+        lines += [
+            "### Index size and search latency by size (SciFact, flat FAISS, one query, k=10, 1 thread)",
+            "",
+            "| size | index bytes | ratio | median search µs | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for m, c in sorted(cost.items(), key=lambda kv: int(kv[0])):
+            lines.append(
+                f"| {m} | {c['bytes']:,} | {c['bytes'] / full['bytes']:.2f} | {c['search_us']:.1f} | "
+                f"{c['search_us'] / full['search_us']:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--modes", nargs="+", default=["supervised", "unsupervised", "costs"])
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        import torch
+
+        torch.set_num_threads(1)
+        for seed in range(args.seeds):
+            if "supervised" in args.modes and f"supervised|scifact|{seed}" not in _cells():
+                _save(f"supervised|scifact|{seed}", supervised(seed))
+                print(f"supervised scifact seed {seed} done", flush=True)
+            for name in UNSUPERVISED if "unsupervised" in args.modes else ():
+                if f"unsupervised|{name}|{seed}" not in _cells():
+                    _save(f"unsupervised|{name}|{seed}", unsupervised(name, seed))
+                    print(f"unsupervised {name} seed {seed} done", flush=True)
+        if "costs" in args.modes:
+            _save("costs", costs())
+    write_text_atomic(RESULTS / "matryoshka.md", report(_cells()))
+    print(f"wrote {RESULTS / 'matryoshka.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
