@@ -46,6 +46,7 @@ import pytest
 
 import search_adaptor
 from fake_providers import KEY_ENV, FakeProvider
+from test_model2vec import tiny_bert
 
 codeblocks = pytest.importorskip("pytest_codeblocks")
 
@@ -120,7 +121,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def substitutions(port: int, compatible_url: str) -> list[tuple[str, str, str]]:
+def substitutions(port: int, compatible_url: str, small_model: Path) -> list[tuple[str, str, str]]:
     """(README text, what runs instead, why): every change the runner makes to a block."""
     return [
         (
@@ -140,6 +141,11 @@ def substitutions(port: int, compatible_url: str) -> list[tuple[str, str, str]]:
             "http://localhost:11434/v1",
             compatible_url,
             "the fake openai-compatible server stands in for Ollama",
+        ),
+        (
+            "search-adaptor distill --out models/minilm-static --dim 256",
+            f"search-adaptor distill --out models/minilm-static --dim 16 --model {small_model}",
+            "distilling MiniLM's 30k-token vocabulary takes minutes; a tiny local BERT stands in",
         ),
     ]
 
@@ -274,7 +280,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
             README_SERVER_PID=str(root / "server.pid"),
         )
         env.pop("SEARCH_ADAPTOR_VERBOSE", None)
-        subs = substitutions(port, compatible.url)
+        subs = substitutions(port, compatible.url, tiny_bert(root / "tiny-bert"))
         text = README.read_text()
         stale = [old for old, _, _ in subs if old not in text]
         assert not stale, f"substitutions that no longer match the README: {stale}"

@@ -30,7 +30,7 @@ from search_adaptor.encoders.base import Encoder
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.retrieval import exact_search, l2_normalize
-from search_adaptor.training import pca_rotation, torch_threads
+from search_adaptor.training import pair_map, pca_rotation, torch_threads
 from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, MATRYOSHKA, VAL_FRACTION, family_variants
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
@@ -423,7 +423,7 @@ def run_fit(
     report.update(_comparison(scores, sizes))
     report["selected"] = final.selected
     report["validation"] = {
-        "metric": "ndcg@10",
+        "metric": final.adapter.val_metric_,
         "n_val_queries": len(final.val_query_ids),
         "selected_val_ndcg@10": final.adapter.best_score_,
         "zero_shot_val_ndcg@10": final.adapter.zero_shot_score_,
@@ -521,6 +521,27 @@ class SizedView:
         return self._view(X, "corpus")
 
 
+@dataclass(frozen=True)
+class PairStart:
+    """A cross-model adapter's start rebuilt from the pairs (the corpus texts embedded by both
+    models): queries through the closed-form map, documents unchanged. ``evaluate`` scores a saved
+    cross-model adapter against it, as ``fit`` does against :meth:`SearchAdaptor.at_start`."""
+
+    map: np.ndarray
+
+    @classmethod
+    def of(cls, adapter: SearchAdaptor, emb: Embeddings) -> PairStart:
+        if emb.pairs is None:
+            raise ValueError("a cross-model adapter is scored against its start, which needs the pairs")
+        return cls(pair_map(l2_normalize(emb.pairs), l2_normalize(emb.corpus), adapter.init))
+
+    def transform_queries(self, X: np.ndarray) -> np.ndarray:
+        return l2_normalize(l2_normalize(np.asarray(X, dtype=np.float32)) @ self.map)
+
+    def transform_corpus(self, X: np.ndarray) -> np.ndarray:
+        return l2_normalize(np.asarray(X, dtype=np.float32))
+
+
 def _systems(adapter: SearchAdaptor, sizes: Sequence[int], rotation: np.ndarray | None) -> dict[str, Any]:
     """What a fit is scored as: zero-shot and adapted, and per Matryoshka size the adapter's prefix,
     the base embedding truncated and its PCA projection (baselines of the same size). For a
@@ -539,8 +560,8 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
     protocol ``"evaluate"``."""
     start = time.perf_counter()
     qrels = dataset.split(split)
-    _, zq, _ = evaluate_embeddings(emb, qrels)
-    _, aq, _ = evaluate_embeddings(emb, qrels, adapter)
+    _, aq, _ = evaluate_embeddings(emb, qrels, adapter)  # checks both encoders first
+    _, zq, _ = evaluate_embeddings(emb, qrels, PairStart.of(adapter, emb) if adapter.query_encoder_ else None)
     scores = {"zero-shot": zq, "adapted": aq}
     variant = {k: adapter.get_params()[k] for k in ("architecture", "mode", "loss")}
     report: dict[str, Any] = {
@@ -556,7 +577,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         if adapter.is_identity_
         else f"saved adapter ({variant['architecture']}, {variant['mode']}, {variant['loss']})",
         "validation": {
-            "metric": "ndcg@10",
+            "metric": adapter.val_metric_,
             "n_val_queries": adapter.n_val_queries_,
             "selected_val_ndcg@10": adapter.best_score_,
             "zero_shot_val_ndcg@10": adapter.zero_shot_score_,

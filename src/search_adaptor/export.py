@@ -65,9 +65,12 @@ def dense_layers(net: ResidualAdapter) -> list[Layer]:
 
 
 # -- ONNX --------------------------------------------------------------------------------------------
-def _onnx_graph(net: ResidualAdapter | None, dim: int, name: str, size: int | None = None) -> Any:
+def _onnx_graph(
+    net: ResidualAdapter | None, dim: int, name: str, size: int | None = None, in_dim: int | None = None
+) -> Any:
     """ONNX model: normalise -> [projection -> residual function (+ its input)] -> [first ``size``
-    coordinates] -> normalise."""
+    coordinates] -> normalise; ``in_dim`` is the input width when a projection changes it (queries of
+    another model)."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes: list[Any] = []
@@ -104,7 +107,7 @@ def _onnx_graph(net: ResidualAdapter | None, dim: int, name: str, size: int | No
     graph = helper.make_graph(
         nodes,
         name,
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["n", dim])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["n", in_dim or dim])],
         [helper.make_tensor_value_info("adapted", TensorProto.FLOAT, ["n", size or dim])],
         inits,
     )
@@ -137,14 +140,16 @@ def export_onnx(
     import onnxruntime as ort
 
     adapter = as_adapter(adapter)
-    sample = np.random.default_rng(0).normal(size=(16, adapter.dim_)).astype(np.float32)
+    rng = np.random.default_rng(0)
     query_net, corpus_net = _nets(adapter)
     models = {}
-    for side, net, expected in (
-        ("query", query_net, adapter.transform_queries(sample, dim=dim)),
-        ("corpus", corpus_net, adapter.transform_corpus(sample, dim=dim)),
+    for side, net, width, transform in (
+        ("query", query_net, adapter.query_dim_, adapter.transform_queries),
+        ("corpus", corpus_net, adapter.dim_, adapter.transform_corpus),
     ):
-        model = _onnx_graph(net, adapter.dim_, f"search_adaptor_{side}", dim)
+        sample = rng.normal(size=(16, width)).astype(np.float32)
+        expected = transform(sample, dim=dim)
+        model = _onnx_graph(net, adapter.dim_, f"search_adaptor_{side}", dim, width)
         onnx.checker.check_model(model, full_check=True)
         blob = model.SerializeToString()
         session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
@@ -159,7 +164,12 @@ def export_onnx(
         "dim": adapter.dim_,
         "output_dim": dim or adapter.dim_,
         "encoder": adapter.encoder_,
-        "input": "embeddings: base embeddings, float32 (n, dim)",
+        **(
+            {"query_dim": adapter.query_dim_, "query_encoder": adapter.query_encoder_}
+            if adapter.query_encoder_
+            else {}
+        ),
+        "input": "embeddings: base embeddings, float32 (n, dim); queries (n, query_dim) if given",
         "output": "adapted: unit-norm adapted embeddings, float32 (n, output_dim)",
         "queries": "query.onnx",
         "documents": "corpus.onnx",
@@ -248,6 +258,12 @@ def export_sentence_transformers(
     """
     adapter = as_adapter(adapter)
     info = adapter.encoder_ or {}
+    if adapter.query_encoder_:
+        raise ValueError(
+            f"this adapter maps queries of {adapter.query_encoder_.get('model') or 'another model'} onto "
+            f"documents of {info.get('model') or 'another model'}: one sentence-transformers folder holds "
+            "one base model; use --format onnx"
+        )
     if info.get("provider") != LOCAL:
         raise ValueError(
             f"this adapter was trained on {info.get('provider') or 'unknown'} embeddings "

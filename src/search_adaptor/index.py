@@ -221,7 +221,7 @@ class AdaptedIndex:
         ):
             if index is None:
                 index = cls._empty(
-                    adapter, encoder.info(), vectors.shape[1], backend, hnsw_m, ef_search, encoder
+                    adapter, encoder.info(), vectors.shape[1], backend, hnsw_m, ef_search, encoder, size
                 )
             index._add_adapted(ids, vectors)
         assert index is not None
@@ -503,7 +503,7 @@ class AdaptedIndex:
         """
         if not isinstance(queries, np.ndarray):
             return self.search_adapted(self.embed_queries(queries), k)
-        if queries.ndim != 2 or queries.shape[1] != self.adapter.dim_ or len(queries) > _SMALL_BATCH:
+        if queries.ndim != 2 or queries.shape[1] != self.adapter.query_dim_ or len(queries) > _SMALL_BATCH:
             return self.search_adapted(
                 self._sized(self.adapter.transform_queries(queries)), k
             )  # names what is wrong

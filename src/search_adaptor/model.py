@@ -400,7 +400,9 @@ class SearchAdaptor:
         dim: int | None = None,
     ) -> np.ndarray:
         self._check_fitted()
-        if dim is not None and not (isinstance(dim, numbers.Integral) and 1 <= dim <= self.dim_):
+        if dim is not None and (
+            isinstance(dim, bool) or not (isinstance(dim, numbers.Integral) and 1 <= dim <= self.dim_)
+        ):
             raise ValueError(f"dim must be an output size between 1 and {self.dim_}; got {dim!r}")
         kind: Kind = "query" if what == "queries" else "document"
         if encoder is not None:

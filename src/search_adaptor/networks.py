@@ -273,7 +273,9 @@ def adapt_rows(net: NumpyNet | None, x: np.ndarray, what: str, work: Workspace |
     if len(x) <= _CHUNK:
         out = net.forward(x, work)
     else:
-        out = np.empty_like(x)
-        for i in range(0, len(x), _CHUNK):
+        first = net.forward(x[:_CHUNK])  # its width is the output's (a projection changes it)
+        out = np.empty((len(x), first.shape[1]), dtype=first.dtype)
+        out[:_CHUNK] = first
+        for i in range(_CHUNK, len(x), _CHUNK):
             out[i : i + _CHUNK] = net.forward(x[i : i + _CHUNK])
     return l2_normalize(out, out=out)

@@ -80,11 +80,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )
     cands = (report.get("validation") or {}).get("candidates") or []
     if cands:
+        metric = _val_metric(report)
         lines += [
             "",
-            "## Candidates (validation nDCG@10; the test queries play no part)",
+            f"## Candidates (validation {metric}; the test queries play no part)",
             "",
-            "| variant | val nDCG@10 | zero-shot val | best step | steps | train s |",
+            f"| variant | val {metric} | zero-shot val | best step | steps | train s |",
             "|---|---|---|---|---|---|",
         ]
         for c in cands:
@@ -97,6 +98,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if t:
         lines += ["", "Timings: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())]
     return "\n".join(lines) + "\n"
+
+
+def _val_metric(report: Mapping[str, Any]) -> str:
+    """What validation measured, for a reader: nDCG@10 with labels; without them, what stood in."""
+    metric = (report.get("validation") or {}).get("metric", "ndcg@10")
+    return {
+        "ndcg@10": "nDCG@10",
+        "neighbours@10": "overlap with the base top-10 neighbours",
+        "pair-cosine": "cosine of held-out pairs",
+    }.get(metric, metric)
 
 
 def _figures(report: Mapping[str, Any]) -> list[str]:
@@ -126,7 +137,8 @@ def _figures(report: Mapping[str, Any]) -> list[str]:
             "(zero-shot)."
         ),
         "learning_curves": (
-            f"validation nDCG@10 per training step {curves}, step 0 = zero-shot, dot = checkpoint kept; "
+            f"validation {_val_metric(report)} per training step {curves}, step 0 = zero-shot, dot = "
+            "checkpoint kept; "
             "a curve still rising at its last step wants more steps, one that peaks early and falls overfits."
         ),
     }

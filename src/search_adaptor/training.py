@@ -210,6 +210,9 @@ def _val_score(
     return float(np.mean(list(per.values()))), per
 
 
+MIN_PAIRS = 10  # paired texts a cross-model map needs: a few to fit, a few held out
+
+
 def _check_pairs(
     pairs: tuple[Any, Any] | None, query_dim: int, dim: int, hp: SimpleNamespace
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -228,6 +231,16 @@ def _check_pairs(
         raise ValueError(
             f"pairs: expected ({len(a)}, {query_dim}) and ({len(a)}, {dim}) arrays of the same texts, "
             f"got {a.shape} and {b.shape}"
+        )
+    if len(a) < MIN_PAIRS:
+        raise ValueError(
+            f"pairs: {len(a)} paired texts are too few to map {query_dim}-d queries onto {dim}-d documents "
+            f"(and hold some out); give at least {MIN_PAIRS}: the corpus texts embedded by both models"
+        )
+    if hp.mode == "shared":
+        raise ValueError(
+            "pairs map the queries of another model; the documents keep their own: use mode 'query_only' "
+            "or 'separate', not 'shared'"
         )
     if hp.init == "procrustes" and query_dim != dim:
         raise ValueError(f"init='procrustes' is a rotation: {query_dim}-d and {dim}-d need init='lstsq'")

@@ -1,0 +1,485 @@
+"""Smaller vectors (issue 17): Matryoshka adapters whose every trained prefix is a good embedding.
+
+Trained on the synthetic task of ``conftest.synthetic`` (16-d, prefixes of 4 and 8), scored on held-out
+queries against the two baselines of the same size: the base embedding truncated and its PCA
+projection. Then the same sizes through save/load, ``run_fit``'s report, the unsupervised
+(``loss="similarity"``) fit, and the command line's ``fit --dims``, ``index --dim``, ``transform --dim``
+and ``export --dim``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search_adaptor.cli import main
+from search_adaptor.data import load_beir
+from search_adaptor.embed import Embeddings, load_precomputed
+from search_adaptor.experiment import SizedView, _family, evaluate_embeddings, run_fit
+from search_adaptor.model import CompatibilityError, SearchAdaptor
+from search_adaptor.report import render_markdown
+from search_adaptor.retrieval import exact_search, l2_normalize
+from search_adaptor.training import pca_rotation
+from search_adaptor.variants import FAMILIES
+
+FAST = {"max_steps": 150, "eval_every": 10, "patience": 60, "batch_size": 32}
+SUPERVISED = dict(FAMILIES["matryoshka"][0][1])
+UNSUPERVISED = dict(FAMILIES["matryoshka-unsupervised"][0][1])
+SIZES = (4, 8)
+WIDTH = 16  # the synthetic embeddings' dimension
+N_TRAIN = 120  # the synthetic queries q0..q119 train; q120..q159 are held out
+SYN = {"fingerprint": "precomputed:syn-16", "provider": "precomputed", "model": "syn-16", "config": {}}
+
+
+def _split(data: dict) -> tuple[dict, dict]:
+    qrels, qids = data["qrels"], data["qids"]
+    return {q: qrels[q] for q in qids[:N_TRAIN]}, {q: qrels[q] for q in qids[N_TRAIN:]}
+
+
+def _emb(data: dict) -> Embeddings:
+    return Embeddings(data["qids"], data["Q"], data["dids"], data["D"], dict(SYN))
+
+
+def _ndcg(emb: Embeddings, qrels: dict, view) -> float:
+    return evaluate_embeddings(emb, qrels, view, ["ndcg@10"])[0]["ndcg@10"]
+
+
+def _neighbour_overlap(view, X: np.ndarray, D: np.ndarray) -> float:
+    """Share of each row's top-10 documents in the full base space that ``view`` still ranks top-10."""
+    base = exact_search(l2_normalize(X), l2_normalize(D), 10)[0]
+    top = exact_search(view.transform_queries(X), view.transform_corpus(D), 10)[0]
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, base, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic) -> SearchAdaptor:
+    """The ``matryoshka`` family's variant, trained on prefixes 4 and 8 with the training queries only."""
+    train, _ = _split(synthetic)
+    est = SearchAdaptor(**{**SUPERVISED, **FAST, "dims": SIZES})
+    return est.fit(synthetic["Q"], synthetic["D"], train, synthetic["qids"], synthetic["dids"], encoder=SYN)
+
+
+# -- the estimator ------------------------------------------------------------------------------------------
+def test_every_trained_prefix_beats_truncation_and_pca_on_held_out_queries(trained, synthetic):
+    _, test = _split(synthetic)
+    emb = _emb(synthetic)
+    rotation = pca_rotation(l2_normalize(synthetic["D"]))
+    assert trained.best_step_ > 0 and trained.dim_ == WIDTH
+    for m in (*SIZES, WIDTH):
+        q = trained.transform_queries(synthetic["Q"][:7], dim=m)
+        d = trained.transform_corpus(synthetic["D"][:9], dim=m)
+        assert q.shape == (7, m) and d.shape == (9, m) and q.dtype == d.dtype == np.float32
+        assert np.isfinite(q).all() and np.isfinite(d).all()
+        assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+        assert np.allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
+        adapted = _ndcg(emb, test, SizedView(trained, m))
+        truncated = _ndcg(emb, test, SizedView(None, m))
+        pca = _ndcg(emb, test, SizedView(None, m, rotation))
+        assert adapted > max(truncated, pca) + 0.1, (m, adapted, truncated, pca)
+
+
+def test_training_the_prefixes_is_what_makes_the_small_one_good(trained, synthetic):
+    """The same variant without ``dims`` trains the full width only: its 4-d prefix is clearly worse, and
+    its history has no per-size scores; with ``dims`` validation is the mean over every trained size."""
+    train, test = _split(synthetic)
+    emb = _emb(synthetic)
+    plain = SearchAdaptor(**{**SUPERVISED, **FAST}).fit(
+        synthetic["Q"], synthetic["D"], train, synthetic["qids"], synthetic["dids"], encoder=SYN
+    )
+    assert _ndcg(emb, test, SizedView(trained, 4)) > _ndcg(emb, test, SizedView(plain, 4)) + 0.03
+    for entry in trained.history_:
+        per = [entry[f"ndcg@10@{m}"] for m in (*SIZES, WIDTH)]
+        assert entry["ndcg@10"] == pytest.approx(np.mean(per))
+    assert not any("@10@" in key for entry in plain.history_ for key in entry)
+
+
+def test_a_prefix_is_the_renormalised_head_of_the_full_vector(trained, synthetic):
+    """``dim=m`` keeps the first m adapted coordinates at unit length, at any size up to the width (a
+    size not in ``dims`` too, by design: the docstring promises quality only at the trained sizes)."""
+    for side, X in (("queries", synthetic["Q"]), ("corpus", synthetic["D"])):
+        transform = getattr(trained, f"transform_{side}")
+        full = transform(X)
+        assert np.array_equal(transform(X, dim=WIDTH), full) and np.array_equal(transform(X, dim=None), full)
+        for m in (1, *SIZES, 5, 12, np.int64(8)):
+            np.testing.assert_allclose(transform(X, dim=m), l2_normalize(full[:, :m]), atol=1e-6)
+
+
+def test_the_start_is_the_pca_baseline_and_exactly_zero_shot_at_full_width(trained, synthetic):
+    start = trained.at_start()
+    assert start.best_step_ == 0 and start.dims == trained.dims
+    rotation = pca_rotation(l2_normalize(synthetic["D"]))
+    for m in SIZES:
+        pca = SizedView(None, m, rotation)
+        np.testing.assert_allclose(
+            start.transform_queries(synthetic["Q"], dim=m), pca.transform_queries(synthetic["Q"]), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            start.transform_corpus(synthetic["D"], dim=m), pca.transform_corpus(synthetic["D"]), atol=1e-5
+        )
+    cosines = l2_normalize(synthetic["Q"]) @ l2_normalize(synthetic["D"]).T
+    np.testing.assert_allclose(start.score(synthetic["Q"], synthetic["D"]), cosines, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [0, -1, WIDTH + 1, 8.0, "8", True, None])
+def test_an_output_size_outside_the_width_is_refused(trained, synthetic, dim):
+    if dim is None:  # no size: the full width
+        assert trained.transform_queries(synthetic["Q"][:2], dim=dim).shape == (2, WIDTH)
+        return
+    for transform in (trained.transform_queries, trained.transform_corpus):
+        with pytest.raises(ValueError, match=rf"dim must be an output size between 1 and {WIDTH}; got"):
+            transform(synthetic["Q"][:2], dim=dim)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"dims": ()}, "dims must be null or a non-empty list of sizes"),
+        ({"dims": "4,8"}, "dims must be null or a non-empty list of sizes"),
+        ({"dims": 8}, "dims must be null or a non-empty list of sizes"),
+        ({"dims": (0, 8)}, r"dims must be integers in \[1, 65536\]; got \[0, 8\]"),
+        ({"dims": (4, -8)}, r"dims must be integers in \[1, 65536\]"),
+        ({"dims": (4.0, 8)}, r"dims must be integers in \[1, 65536\]"),
+        ({"dims": ("4",)}, r"dims must be integers in \[1, 65536\]"),
+        ({"dims": (True, 8)}, r"dims must be integers in \[1, 65536\]"),
+        ({"dims": (4, WIDTH + 1)}, rf"dims: {WIDTH + 1} is larger than the {WIDTH}-d embeddings"),
+        ({"dims": (4,), "mode": "query_only"}, "prefixes need the documents adapted too"),
+        ({"dims": (4,), "loss": "similarity", "mode": "separate"}, "loss 'similarity' .* use mode 'shared'"),
+    ],
+)
+def test_invalid_dims_are_refused_at_fit_with_one_line(synthetic, params, message):
+    est = SearchAdaptor(**{**FAST, **params})  # hyperparameters are stored as given; fit checks them
+    with pytest.raises(ValueError, match=message) as err:
+        est.fit(synthetic["Q"], synthetic["D"], synthetic["qrels"], synthetic["qids"], synthetic["dids"])
+    assert "\n" not in str(err.value)
+    assert not hasattr(est, "query_net_")
+
+
+def test_unsorted_repeated_and_full_width_dims_train_the_same_sizes(synthetic):
+    """``dims`` is a set of sizes: order, repeats and the full width (always trained) change nothing."""
+    d = synthetic
+    fits = [
+        SearchAdaptor(**{**SUPERVISED, **FAST, "max_steps": 20, "dims": dims}).fit(
+            d["Q"], d["D"], d["qrels"], d["qids"], d["dids"]
+        )
+        for dims in ((4, 8), (8, 4, 8), (4, 8, WIDTH))
+    ]
+    assert fits[1].dims == (8, 4, 8)  # kept as given
+    for est in fits[1:]:
+        assert est.history_ == fits[0].history_
+        assert np.array_equal(est.transform_queries(d["Q"]), fits[0].transform_queries(d["Q"]))
+
+
+def test_save_load_keeps_dims_and_every_size(trained, synthetic, tmp_path):
+    trained.save(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["hyperparameters"]["dims"] == list(SIZES) and config["hyperparameters"]["init"] == "pca"
+    loaded = SearchAdaptor.load(tmp_path / "a")
+    assert list(loaded.dims) == list(SIZES) and loaded.fingerprint_ == trained.fingerprint_
+    for m in (None, 1, *SIZES, WIDTH):
+        assert np.array_equal(
+            loaded.transform_queries(synthetic["Q"], dim=m), trained.transform_queries(synthetic["Q"], dim=m)
+        )
+        assert np.array_equal(
+            loaded.transform_corpus(synthetic["D"], dim=m), trained.transform_corpus(synthetic["D"], dim=m)
+        )
+    with pytest.raises(ValueError, match="dim must be an output size between 1 and 16"):
+        loaded.transform_queries(synthetic["Q"], dim=WIDTH + 1)
+    config["hyperparameters"]["dims"] = [0, 8]  # an edited config is refused, naming the field
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json: hyperparameters: dims must be integers"):
+        SearchAdaptor.load(tmp_path / "a")
+
+
+# -- without labels -----------------------------------------------------------------------------------------
+def test_unsupervised_fit_needs_no_labels_and_keeps_the_base_ranking(synthetic, tmp_path):
+    """``loss="similarity"`` trains on the corpus alone (``qrels=None``), validates on neighbour overlap,
+    and ships nothing worse than its PCA start by that criterion; the full width keeps the base ranking."""
+    d = synthetic
+    est = SearchAdaptor(**{**UNSUPERVISED, **FAST, "dims": SIZES}).fit(
+        d["Q"], d["D"], None, d["qids"], d["dids"], encoder=SYN
+    )
+    assert est.val_metric_ == "neighbours@10" and est.n_val_queries_ == 0 and est.val_query_ids_ == []
+    assert est.n_train_queries_ == round(len(d["D"]) * 0.8)  # corpus rows only, a fifth held out
+    assert est.best_score_ >= est.zero_shot_score_
+    rotation = pca_rotation(l2_normalize(d["D"]))
+    for m in SIZES:  # the queries were never seen: neighbours kept at least as well as PCA keeps them
+        adapted = _neighbour_overlap(SizedView(est, m), d["Q"], d["D"])
+        assert adapted >= _neighbour_overlap(SizedView(None, m, rotation), d["Q"], d["D"]) - 0.02
+    emb = _emb(d)
+    assert abs(_ndcg(emb, d["qrels"], est) - _ndcg(emb, d["qrels"], None)) < 0.02
+    est.save(tmp_path / "u")
+    loaded = SearchAdaptor.load(tmp_path / "u")
+    assert loaded.val_metric_ == "neighbours@10" and loaded.get_params()["loss"] == "similarity"
+    assert np.array_equal(loaded.transform_queries(d["Q"], dim=4), est.transform_queries(d["Q"], dim=4))
+
+
+def test_unsupervised_fit_reads_only_the_query_ids_of_qrels(synthetic):
+    """The qrels' query texts join the training rows, their labels play no part: scrambled labels give
+    the very same adapter."""
+    d = synthetic
+    params = {**UNSUPERVISED, **FAST, "max_steps": 40, "dims": SIZES}
+    scrambled = {q: {"d0": 1} for q in d["qrels"]}
+    a = SearchAdaptor(**params).fit(d["Q"], d["D"], d["qrels"], d["qids"], d["dids"])
+    b = SearchAdaptor(**params).fit(d["Q"], d["D"], scrambled, d["qids"], d["dids"])
+    assert a.history_ == b.history_
+    assert np.array_equal(a.transform_queries(d["Q"], dim=4), b.transform_queries(d["Q"], dim=4))
+    assert a.n_train_queries_ == round((len(d["D"]) + len(d["qrels"])) * 0.8)
+
+
+def test_similarity_loss_packs_the_neighbours_into_the_prefix():
+    """From the identity (truncation), the unsupervised objective learns to carry the corpus's
+    neighbourhoods in the first coordinates when they live in the last ones; unseen rows gain too."""
+    rng = np.random.default_rng(0)
+    scales = np.r_[np.full(12, 0.15), np.full(4, 1.0)].astype(np.float32)  # the signal: last 4 coords
+    D = (rng.normal(size=(300, WIDTH)) * scales).astype(np.float32)
+    unseen = (rng.normal(size=(80, WIDTH)) * scales).astype(np.float32)
+    params = {"mode": "shared", "loss": "similarity", "architecture": "linear", "alpha": 0.0, "beta": 0.0}
+    est = SearchAdaptor(**{**params, **FAST, "dims": (4,), "lr": 1e-2}).fit(unseen, D, None)  # no qrels:
+    # no query row is read, so ``unseen`` stays unseen
+    assert est.best_step_ > 0 and est.best_score_ > est.zero_shot_score_ + 0.2
+    truncated = _neighbour_overlap(SizedView(None, 4), unseen, D)
+    assert truncated < 0.1
+    assert _neighbour_overlap(SizedView(est, 4), unseen, D) > truncated + 0.5
+    assert _neighbour_overlap(est, unseen, D) > 0.85  # and the full width keeps them
+
+
+# -- run_fit and its report ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def beir(synthetic, tmp_path_factory) -> tuple[Path, Path]:
+    """The synthetic task as a BEIR folder (train: q0..q119, test: q120..q159) and its vectors."""
+    root = tmp_path_factory.mktemp("matryoshka")
+    d = synthetic
+    data, vec = root / "syn", root / "vec"
+    (data / "qrels").mkdir(parents=True)
+    vec.mkdir()
+    (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": i}) + "\n" for i in d["dids"]))
+    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": q}) + "\n" for q in d["qids"]))
+    for split, qrels in zip(("train", "test"), _split(d), strict=True):
+        rows = [f"{q}\t{doc}\t{g}" for q, docs in qrels.items() for doc, g in docs.items()]
+        (data / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    np.savez(vec / "queries.npz", ids=np.array(d["qids"]), embeddings=d["Q"])
+    np.savez(vec / "corpus.npz", ids=np.array(d["dids"]), embeddings=d["D"])
+    return data, vec
+
+
+def test_run_fit_scores_every_size_against_truncation_and_pca(beir, synthetic):
+    data, vec = beir
+    dataset = load_beir(data)
+    emb = load_precomputed(dataset, vec, model="syn-16")
+    run = run_fit(dataset, emb, dims=(8, 4), overrides=FAST)
+    report = run.report
+    assert report["family"] == "matryoshka" and report["protocol"] == "test" and run.adapter.dims == (8, 4)
+    systems = {"zero-shot", "adapted"} | {f"{s}@{m}" for s in ("zero-shot", "pca", "adapted") for m in SIZES}
+    assert set(report["metrics"]) == systems  # the full width is "adapted" itself
+    by_size = report["significance"]["by_size"]
+    assert set(by_size) == {"4", "8"}
+    for m in SIZES:
+        tests = by_size[str(m)]
+        assert set(tests) == {f"vs zero-shot@{m}", f"vs pca@{m}"}
+        assert all(0.0 < p <= 1.0 for p in tests.values())
+        metrics = report["metrics"]
+        assert metrics[f"adapted@{m}"]["ndcg@10"] > metrics[f"pca@{m}"]["ndcg@10"]
+        assert metrics[f"adapted@{m}"]["ndcg@10"] > metrics[f"zero-shot@{m}"]["ndcg@10"]
+        test = dataset.split("test")
+        assert metrics[f"adapted@{m}"]["ndcg@10"] == pytest.approx(
+            _ndcg(emb, test, SizedView(run.adapter, m))
+        )
+    assert by_size["8"]["vs zero-shot@8"] < 0.01 and by_size["8"]["vs pca@8"] < 0.01  # 40 queries suffice
+
+
+def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):
+    data, vec = beir
+    dataset = load_beir(data)
+    emb = load_precomputed(dataset, vec, model="syn-16")
+    run = run_fit(dataset, emb, dims=SIZES, unsupervised=True, overrides=FAST)
+    assert run.report["family"] == "matryoshka-unsupervised"
+    assert run.adapter.get_params()["loss"] == "similarity" and run.adapter.val_metric_ == "neighbours@10"
+    assert set(run.report["significance"]["by_size"]) == {"4", "8"}
+    assert {"adapted@4", "pca@4", "zero-shot@4"} <= set(run.report["metrics"])
+    # what validation measured is named as such: no labels, so not nDCG
+    assert run.report["validation"]["metric"] == "neighbours@10"
+    text = render_markdown(run.report)
+    assert "validation overlap with the base top-10 neighbours" in text and "val nDCG@10" not in text
+
+
+@pytest.mark.parametrize(
+    ("family", "dims", "unsupervised", "cross", "expected"),
+    [
+        ("auto", (4, 8), False, False, "matryoshka"),
+        ("auto", (4, 8), True, False, "matryoshka-unsupervised"),
+        ("matryoshka-unsupervised", (4,), False, False, "matryoshka-unsupervised"),
+        ("paper", (4, 8), False, False, "paper"),  # another family named: it trains the prefixes
+        ("auto", None, False, False, "auto"),
+        ("auto", None, True, False, "family matryoshka-unsupervised trains Matryoshka prefixes: give"),
+        ("matryoshka", None, False, False, "family matryoshka trains Matryoshka prefixes: give their sizes"),
+        ("matryoshka", (), False, False, "family matryoshka trains Matryoshka prefixes"),
+        ("paper", (4,), True, False, "--unsupervised trains family matryoshka-unsupervised, not paper"),
+        ("auto", (4,), False, True, "queries of another model train family cross"),
+    ],
+)
+def test_family_follows_dims_and_unsupervised(family, dims, unsupervised, cross, expected):
+    if " " not in expected:
+        assert _family(family, dims, unsupervised, cross) == expected
+        return
+    with pytest.raises(ValueError, match=expected) as err:
+        _family(family, dims, unsupervised, cross)
+    assert "\n" not in str(err.value)
+
+
+# -- the command line ---------------------------------------------------------------------------------------
+def _vectors(vec: Path) -> list[str]:
+    return ["--embeddings", str(vec), "--model", "syn-16"]
+
+
+@pytest.fixture(scope="module")
+def cli_fit(beir, tmp_path_factory) -> Path:
+    """``search-adaptor fit --dims 4,8`` on the synthetic BEIR folder; returns its --out folder."""
+    data, vec = beir
+    out = tmp_path_factory.mktemp("fit") / "out"
+    args = ["fit", str(data), "--out", str(out), *_vectors(vec), "--dims", "4,8", "--max-steps", "100"]
+    assert main([*args, "--quiet", "-o", "json"]) == 0
+    return out
+
+
+def test_cli_fit_dims_writes_an_adapter_that_records_them(cli_fit, synthetic):
+    report = json.loads((cli_fit / "report.json").read_text())
+    assert report["family"] == "matryoshka" and set(report["significance"]["by_size"]) == {"4", "8"}
+    for m in SIZES:
+        assert report["metrics"][f"adapted@{m}"]["ndcg@10"] > report["metrics"][f"pca@{m}"]["ndcg@10"]
+    config = json.loads((cli_fit / "adapter" / "config.json").read_text())
+    assert config["hyperparameters"]["dims"] == [4, 8] and config["hyperparameters"]["init"] == "pca"
+    assert config["dim"] == WIDTH and config["metrics"]["test"]["adapted@4"] == report["metrics"]["adapted@4"]
+    adapter = SearchAdaptor.load(cli_fit / "adapter")
+    assert adapter.transform_queries(synthetic["Q"], dim=4).shape == (len(synthetic["Q"]), 4)
+
+
+def test_cli_fit_unsupervised_and_its_refusals(beir, tmp_path, capsys):
+    data, vec = beir
+    base = ["fit", str(data), *_vectors(vec), "--quiet", "-o", "json"]
+    out = tmp_path / "u"
+    assert main([*base, "--out", str(out), "--unsupervised", "--dims", "4,8", "--max-steps", "60"]) == 0
+    assert json.loads((out / "report.json").read_text())["family"] == "matryoshka-unsupervised"
+    hp = json.loads((out / "adapter" / "config.json").read_text())["hyperparameters"]
+    assert hp["loss"] == "similarity" and hp["dims"] == [4, 8]
+    capsys.readouterr()
+    refusals = {
+        ("--dims", "4,0"): "--dims: must be a positive int, got 0",
+        ("--dims", "4,x"): "--dims: must be a positive int, got x",
+        ("--dims", "4,17"): "dims: 17 is larger than the 16-d embeddings",
+        ("--unsupervised",): "family matryoshka-unsupervised trains Matryoshka prefixes: give their sizes",
+        ("--family", "matryoshka"): "family matryoshka trains Matryoshka prefixes",
+        ("--unlabelled", "--family", "paper", "--dims", "4"): "--unsupervised trains family matryoshka-unsu",
+    }
+    for extra, message in refusals.items():
+        assert main([*base, "--out", str(tmp_path / "x"), *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("search-adaptor: error:") and message in err and "\n" not in err, err
+    assert not (tmp_path / "x" / "adapter").exists()
+
+
+def test_cli_index_at_a_size_searches_the_prefix_and_refuses_mismatches(cli_fit, beir, synthetic, tmp_path):
+    pytest.importorskip("faiss", reason="needs faiss-cpu (the serve extra)")
+    from search_adaptor.index import AdaptedIndex
+
+    data, vec = beir
+    idx = tmp_path / "idx"
+    args = ["index", str(data), "--adapter", str(cli_fit / "adapter"), "--out", str(idx), *_vectors(vec)]
+    assert main([*args, "--dim", "8", "--quiet"]) == 0
+    manifest = json.loads((idx / "manifest.json").read_text())
+    assert manifest["dim"] == 8 and manifest["adapter"]["size"] == 8 and manifest["n_docs"] == 300
+    index = AdaptedIndex.load(idx)
+    adapter = SearchAdaptor.load(cli_fit / "adapter")
+    Q = synthetic["Q"][N_TRAIN:]
+    top, scores = exact_search(
+        adapter.transform_queries(Q, dim=8), adapter.transform_corpus(synthetic["D"], dim=8), 10
+    )
+    hits = index.search(Q, k=10)  # base query vectors, cut to the index's size
+    assert [[doc for doc, _ in row] for row in hits] == [[synthetic["dids"][i] for i in row] for row in top]
+    np.testing.assert_allclose([[s for _, s in row] for row in hits], scores, atol=1e-5)
+    again = index.search_adapted(adapter.transform_queries(Q[:3], dim=8), k=10)  # adapted at the size
+    assert [[doc for doc, _ in row] for row in again] == [[doc for doc, _ in row] for row in hits[:3]]
+    with pytest.raises(CompatibilityError, match=r"queries: expected shape \(n, 8\), got \(3, 16\)"):
+        index.search_adapted(adapter.transform_queries(Q[:3]), k=10)  # full-width vectors
+
+    # a manifest whose size does not match the index, or that lost its size, is refused
+    for size, message in (
+        (4, "dim 8 and adapter.size 4 do not fit"),
+        (None, "dim 8 and adapter.size 16 do not"),
+    ):
+        edited = json.loads(json.dumps(manifest))
+        edited["adapter"].pop("size")
+        edited["adapter"].update({} if size is None else {"size": size})
+        (idx / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(ValueError, match=message):
+            AdaptedIndex.load(idx)
+    (idx / "manifest.json").write_text(json.dumps(manifest))
+    AdaptedIndex.load(idx)  # restored
+    other = SearchAdaptor(**{**UNSUPERVISED, **FAST, "max_steps": 20, "dims": SIZES})
+    other.fit(synthetic["Q"], synthetic["D"], None, encoder=SYN).save(idx / "adapter")  # another adapter
+    with pytest.raises(CompatibilityError, match="is not the one the index was built with"):
+        AdaptedIndex.load(idx)
+
+    full = tmp_path / "full"
+    assert main([*args[:5], str(full), *_vectors(vec), "--dim", "16", "--quiet"]) == 0
+    manifest = json.loads((full / "manifest.json").read_text())
+    assert manifest["dim"] == WIDTH and "size" not in manifest["adapter"]  # the full width is no prefix
+    assert main([*args[:5], str(tmp_path / "too-wide"), *_vectors(vec), "--dim", "17", "--quiet"]) == 2
+    assert not (tmp_path / "too-wide").exists()
+
+
+def test_index_built_from_texts_at_a_size_keeps_only_the_prefix(tmp_path):
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    from search_adaptor.index import AdaptedIndex
+    from test_index import FAKE, FAKE_INFO, make_adapter
+
+    adapter = make_adapter(info=FAKE_INFO, init="pca", dims=(4, 8))
+    ids, texts = [f"d{i}" for i in range(20)], [f"document {i}" for i in range(20)]
+    index = AdaptedIndex.build(adapter, FAKE, ids, texts, cache_dir=tmp_path / "cache", size=8)
+    assert index.dim == 8 and index.manifest["adapter"]["size"] == 8
+    query = FAKE.encode_queries(["document 3"])
+    expected = exact_search(
+        adapter.transform_queries(query, dim=8), adapter.transform_corpus(FAKE.encode_corpus(texts), dim=8), 5
+    )[0][0]
+    assert [d for d, _ in index.search(query, k=5)[0]] == [ids[i] for i in expected]
+
+
+def test_cli_transform_dim_writes_the_prefix(cli_fit, synthetic, tmp_path, capsys):
+    np.save(tmp_path / "docs.npy", synthetic["D"])
+    adapter = cli_fit / "adapter"
+    args = ["transform", str(tmp_path / "docs.npy"), "--adapter", str(adapter), "--out"]
+    assert main([*args, str(tmp_path / "d4.npy"), "--dim", "4"]) == 0
+    assert "300 vectors (4-d) adapted" in capsys.readouterr().out
+    expected = SearchAdaptor.load(adapter).transform_corpus(synthetic["D"], dim=4)
+    np.testing.assert_array_equal(np.load(tmp_path / "d4.npy"), expected)
+    assert main([*args, str(tmp_path / "d17.npy"), "--dim", "17"]) == 2
+    assert "dim must be an output size between 1 and 16; got 17" in capsys.readouterr().err
+    assert not (tmp_path / "d17.npy").exists()
+    assert main([*args, str(tmp_path / "d0.npy"), "--dim", "0"]) == 2
+    assert "--dim: must be a positive int, got 0" in capsys.readouterr().err
+
+
+def test_cli_export_onnx_dim_equals_the_prefix(cli_fit, synthetic, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (the onnx extra)")
+    pytest.importorskip("onnx", reason="needs onnx (the onnx extra)")
+    adapter = SearchAdaptor.load(cli_fit / "adapter")
+    args = ["export", str(cli_fit / "adapter"), "--format", "onnx", "--out"]
+    for m in (4, 8):
+        out = tmp_path / f"onnx{m}"
+        assert main([*args, str(out), "--dim", str(m)]) == 0
+        info = json.loads((out / "export.json").read_text())
+        assert info["dim"] == WIDTH and info["output_dim"] == m
+        for name, transform, X in (
+            ("query.onnx", adapter.transform_queries, synthetic["Q"] * 3.0),  # not unit-norm on purpose
+            ("corpus.onnx", adapter.transform_corpus, synthetic["D"]),
+        ):
+            session = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+            got = session.run(["adapted"], {"embeddings": X})[0]
+            assert got.shape == (len(X), m)
+            assert np.abs(got - transform(X, dim=m)).max() < 1e-5
+    capsys.readouterr()
+    assert main([*args, str(tmp_path / "bad"), "--dim", "17"]) == 2
+    assert "dim must be an output size between 1 and 16; got 17" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
