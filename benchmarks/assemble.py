@@ -12,7 +12,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["core.md", "suite.md", "provider_faults.md", "serving.md", "load_test.md", "scale.md"]
+ORDER = [
+    "core.md",
+    "suite.md",
+    "selection.md",
+    "fit_speed.md",
+    "matryoshka.md",
+    "crossmodel.md",
+    "provider_faults.md",
+    "serving.md",
+    "load_test.md",
+    "scale.md",
+    "frameworks.md",
+]
 
 
 def assemble() -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from search_adaptor.embed import Embeddings
-from search_adaptor.experiment import evaluate_embeddings, select
+from search_adaptor.experiment import choose, evaluate_embeddings, select
 from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor
 from search_adaptor.networks import ResidualAdapter, numpy_forward
 from search_adaptor.retrieval import l2_normalize
@@ -121,6 +121,26 @@ def test_select_keeps_the_best_candidate_on_one_split(synthetic):
     assert sel.selected == best["variant"]
     assert sel.adapter.best_score_ == pytest.approx(best["val_ndcg@10"])
     assert len({c["zero_shot_val_ndcg@10"] for c in sel.candidates}) == 1  # same validation split for all
+
+
+def test_selection_rules_and_the_identity_winning_ties():
+    """Per-query validation scores where 'rich' is best by a hair and 'simple' by less; the default
+    rule ships the best only when its gain over zero-shot exceeds one paired standard error."""
+    rng = np.random.default_rng(0)
+    identity = rng.uniform(0.2, 0.8, 200)
+    noisy = identity + rng.normal(0.0, 0.2, 200)  # mean gain well inside one standard error
+    noisy += 0.002 - (noisy - identity).mean()
+    clear = identity + 0.05 + rng.normal(0.0, 0.02, 200)
+    simple = clear + rng.normal(0.0, 0.03, 200)  # a hair below 'rich', well within one SE of it
+    simple += -0.001 - (simple - clear).mean()
+    scores = {"identity": identity, "simple": simple, "rich": clear, "noisy": noisy}
+    assert choose(["simple", "rich"], scores, "max") == "rich"
+    assert choose(["simple", "rich"], scores) == "rich"  # default max-se: a clear gain ships
+    assert choose(["simple", "rich"], scores, "one-se") == "simple"  # within one SE of the best
+    assert choose(["noisy"], scores, "max") == "noisy"
+    assert choose(["noisy"], scores) == "identity"  # a gain within the noise ships nothing
+    with pytest.raises(ValueError, match="rule must be one of max, max-se, one-se"):
+        choose(["rich"], scores, "best")
 
 
 def test_auto_candidates_train_as_they_would_alone(synthetic):

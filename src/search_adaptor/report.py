@@ -75,8 +75,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines.append(f"Adapted is {verdict} than zero-shot by {delta:+.4f} {names[0]}{p_text}.")
     if str(report["selected"]).startswith("identity"):
         lines.append(
-            "No variant beat zero-shot on validation, so the saved adapter is the identity: retrieval is "
-            "unchanged."
+            "No variant beat zero-shot on validation by more than the noise of the validation split (one "
+            "standard error of the per-query differences), so the saved adapter is the identity: "
+            "retrieval is unchanged."
         )
     cands = (report.get("validation") or {}).get("candidates") or []
     if cands:
