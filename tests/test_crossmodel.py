@@ -22,6 +22,7 @@ from search_adaptor.data import Dataset
 from search_adaptor.embed import Embeddings, embed_dataset
 from search_adaptor.experiment import PairStart, _family, evaluate_embeddings, run_evaluate, run_fit
 from search_adaptor.model import CompatibilityError, SearchAdaptor, describe_encoder
+from search_adaptor.report import save_run
 from search_adaptor.retrieval import l2_normalize
 from search_adaptor.training import pair_map
 from search_adaptor.variants import family_variants
@@ -411,6 +412,18 @@ def test_evaluate_scores_a_saved_cross_model_adapter_against_the_start_rebuilt_f
             assert report["metrics"][system][metric] == pytest.approx(value, abs=1e-4), (system, metric)
     with pytest.raises(ValueError, match="needs the pairs"):
         run_evaluate(_dataset(narrow), dataclasses.replace(_emb(narrow), pairs=None), loaded)
+
+
+def test_the_report_of_a_cross_model_fit_and_evaluate_draws_its_figures(narrow, cross_run, tmp_path, capsys):
+    """The similarity figure's left panel is the start (the queries have no zero-shot similarity)."""
+    pytest.importorskip("matplotlib")
+    loaded = SearchAdaptor.load(cross_run.adapter.save(tmp_path / "adapter"))
+    evaluated = run_evaluate(_dataset(narrow), _emb(narrow), loaded)
+    for name, run in (("fit", cross_run), ("evaluate", evaluated)):
+        assert run.reference is not None
+        save_run(run, tmp_path / name)
+        assert (tmp_path / name / "plots" / "similarity.png").stat().st_size > 0, name
+    assert "plot failed" not in capsys.readouterr().err
 
 
 def test_a_same_width_query_model_never_maps_the_documents(synthetic):

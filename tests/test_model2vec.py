@@ -6,6 +6,7 @@ import json
 import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,13 +137,14 @@ def test_refuses_images_and_what_does_not_apply(model_dir: Path, tmp_path: Path)
 # -- distill -----------------------------------------------------------------------------------------
 
 
-def tiny_bert(folder: Path, hidden: int = 32) -> Path:
-    """A randomly initialised one-layer BERT with a 60-token vocabulary: distils in seconds."""
+def tiny_bert(folder: Path, hidden: int = 32, words: Sequence[str] = WORDS) -> Path:
+    """A randomly initialised one-layer BERT whose vocabulary is ``words`` (and their ``##`` pieces):
+    distils in seconds. Texts made of other words embed to zero vectors, so pass the test's own."""
     transformers = pytest.importorskip("transformers")
     import torch
 
     folder.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"##{w}" for w in WORDS], "tokyo's"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[f"##{w}" for w in words], "tokyo's"]
     wordpiece = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     wordpiece.normalizer = normalizers.BertNormalizer()
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

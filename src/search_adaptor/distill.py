@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from search_adaptor import __version__
-from search_adaptor.encoders.local import DEFAULT_MODEL, resolve_model
+from search_adaptor.encoders.local import DEFAULT_MODEL, quiet_loading, resolve_model
 from search_adaptor.files import Staged, read_json
 
 __all__ = ["DEFAULT_DIM", "MARKER", "distill"]
@@ -85,7 +85,8 @@ def distill(
     with Staged(
         out_dir, folder=True, marker=MARKER, what="a folder written by `search-adaptor distill`"
     ) as staged:
-        static = m2v_distill(source, pca_dims=dim, device=device)
+        with quiet_loading():  # model2vec's own progress over the vocabulary still shows
+            static = m2v_distill(source, pca_dims=dim, device=device)
         static.save_pretrained(staged.path)
         record = {
             "base_model": model,

@@ -327,6 +327,7 @@ class Run:
     figure_qrels: Qrels  # the queries of the similarity figure
     histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)  # figure name -> title
+    reference: Any = None  # the figure's left panel: None for zero-shot, a cross-model adapter's start
 
 
 def run_fit(
@@ -452,7 +453,8 @@ def run_fit(
             ),
         }
         figure_qrels = proto.final_train
-    return Run(report, final.adapter, emb, figure_qrels, final.histories, titles)
+    reference = final.adapter.at_start() if final.adapter.query_encoder_ else None
+    return Run(report, final.adapter, emb, figure_qrels, final.histories, titles, reference)
 
 
 def _family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: bool) -> str:
@@ -567,7 +569,8 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
     start = time.perf_counter()
     qrels = dataset.split(split)
     _, aq, _ = evaluate_embeddings(emb, qrels, adapter)  # checks both encoders first
-    _, zq, _ = evaluate_embeddings(emb, qrels, PairStart.of(adapter, emb) if adapter.query_encoder_ else None)
+    reference = PairStart.of(adapter, emb) if adapter.query_encoder_ else None
+    _, zq, _ = evaluate_embeddings(emb, qrels, reference)
     scores = {"zero-shot": zq, "adapted": aq}
     variant = {k: adapter.get_params()[k] for k in ("architecture", "mode", "loss")}
     report: dict[str, Any] = {
@@ -594,4 +597,4 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         "library_version": __version__,
     }
     titles = {"similarity": f"{dataset.name}: {len(zq['ndcg@10'])} {split} queries"}
-    return Run(report, adapter, emb, qrels, {}, titles)
+    return Run(report, adapter, emb, qrels, {}, titles, reference)

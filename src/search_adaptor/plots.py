@@ -104,8 +104,12 @@ def plot_similarity(
     adapter: _Adapter,
     path: str | os.PathLike,
     title: str = "",
+    reference: _Adapter | None = None,
 ) -> Path:
     """Histograms of relevant vs irrelevant cosine similarities, zero-shot (left) and adapted (right).
+
+    A cross-model adapter's queries have no zero-shot similarity to the documents (another model,
+    often another width): pass its start as ``reference`` and the left panel shows that instead.
 
     Parameters
     ----------
@@ -116,10 +120,14 @@ def plot_similarity(
     adapter : fitted SearchAdaptor (or anything with transform_queries / transform_corpus)
     path : where the PNG goes
     title : prefix of the figure title, e.g. the dataset name
+    reference : adapter, optional
+        What the left panel shows instead of zero-shot (``SearchAdaptor.at_start()`` of a
+        cross-model adapter).
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, (label, ad) in zip(axes, [("zero-shot", None), ("adapted", adapter)], strict=True):
+    left = ("zero-shot", None) if reference is None else ("start", reference)
+    for ax, (label, ad) in zip(axes, [left, ("adapted", adapter)], strict=True):
         rel, irr = similarity_samples(emb, qrels, ad)
         bins = np.linspace(min(rel.min(), irr.min()), max(rel.max(), irr.max()), 50)
         ax.hist(

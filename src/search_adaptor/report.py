@@ -170,7 +170,12 @@ def write_figures(out_dir: str | os.PathLike, run: Run) -> dict[str, Any]:
 
     figures: dict[str, Callable[[Path], Path]] = {
         "similarity": lambda path: plots.plot_similarity(
-            run.emb, run.figure_qrels, run.adapter, path, title=run.titles.get("similarity", "")
+            run.emb,
+            run.figure_qrels,
+            run.adapter,
+            path,
+            title=run.titles.get("similarity", ""),
+            reference=run.reference,
         ),
     }
     if run.histories:
