@@ -156,7 +156,7 @@ def select(
         raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
 
     def fit(params: Mapping[str, Any]) -> tuple[SearchAdaptor, float]:
-        est = SearchAdaptor(seed=seed, val_fraction=val_fraction, **params, **dict(overrides or {}))
+        est = SearchAdaptor(**{"seed": seed, "val_fraction": val_fraction, **params, **dict(overrides or {})})
         t0 = time.perf_counter()
         est.fit(
             query_embeddings,

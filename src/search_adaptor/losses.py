@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 RANKING_LOSSES = ("ranking", "ranknet", "infonce", "softmax", "pointwise")
 #: Every training objective: the ranking losses on labelled pairs, and two that need no labels:
-#: ``"similarity"`` (each prefix keeps the base embedding's similarities; ``training._Similarity``) and
+#: ``"similarity"`` (each prefix ranks documents as the base embedding does; ``training._Similarity``) and
 #: ``"alignment"`` (texts embedded by two models land together; ``training._Alignment``).
 LOSSES = (*RANKING_LOSSES, "similarity", "alignment")
 

@@ -32,7 +32,15 @@ from search_adaptor import __version__
 from search_adaptor.encoders.base import Encoder, Kind, check_vectors
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
-from search_adaptor.networks import ARCHITECTURES, MODES, NumpyNet, ResidualAdapter, adapt_rows, build_nets
+from search_adaptor.networks import (
+    ARCHITECTURES,
+    MODES,
+    NumpyNet,
+    ResidualAdapter,
+    adapt_rows,
+    build_nets,
+    has_projection,
+)
 from search_adaptor.retrieval import l2_normalize
 from search_adaptor.store import EmbeddingStore, StoreStats
 from search_adaptor.training import TrainResult, train
@@ -854,7 +862,7 @@ def _nets_for(
     est: SearchAdaptor, dim: int, query_dim: int | None = None
 ) -> tuple[ResidualAdapter, ResidualAdapter | None]:
     """Networks shaped as ``est``'s config says: (query, corpus), the corpus one shared or absent."""
-    projection = est.init != "identity"
+    projection = has_projection(est.init, est.loss)
     return build_nets(
         dim, est.hidden_dim, est.architecture, est.residual, est.mode, None, projection, query_dim
     )

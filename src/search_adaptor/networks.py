@@ -108,6 +108,12 @@ class QueryPredictor(nn.Module):
         return self.net(x)
 
 
+def has_projection(init: str, loss: str) -> bool:
+    """Whether the networks carry a linear projection before the residual function: for any start
+    other than the identity, and for the unsupervised objective, which trains nothing else."""
+    return init != "identity" or loss == "similarity"
+
+
 def build_nets(
     dim: int,
     hidden_dim: int | None,

@@ -25,7 +25,7 @@ from search_adaptor.data import validation_split
 from search_adaptor.embed import unit_rows
 from search_adaptor.losses import prediction_loss, ranking_objective, recovery_loss
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk
-from search_adaptor.networks import QueryPredictor, ResidualAdapter, build_nets
+from search_adaptor.networks import QueryPredictor, ResidualAdapter, build_nets, has_projection
 from search_adaptor.retrieval import exact_search, l2_normalize
 
 MAX_POSITIVES = 32  # relevant documents used per query and step (sampled when a query has more)
@@ -348,7 +348,7 @@ def train(
         hp.residual,
         hp.mode,
         generator,
-        hp.init != "identity",
+        has_projection(hp.init, hp.loss),
         Q.shape[1],
     )
     nets = [query_net] + ([corpus_net] if hp.mode == "separate" and corpus_net is not None else [])
@@ -372,7 +372,7 @@ def train(
     else:
         objective = _Ranking(hp, Qn, Dn, qrels or {}, qids, dids, qid_to_row, val_query_ids, rng, generator)
         objective.setup(query_net, corpus_net, prefixes, paired if hp.gamma > 0 else None)
-    params_ = [p for net in nets for p in net.parameters()] + objective.extra_parameters()
+    params_ = [p for net in nets for p in net.parameters() if p.requires_grad] + objective.extra_parameters()
     opt = torch.optim.Adam(params_, lr=hp.lr)
 
     zero_shot, per = objective.score()
@@ -385,6 +385,7 @@ def train(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        objective.after_step()
         running += float(loss.detach())
         if step % hp.eval_every == 0 or step == hp.max_steps:
             score, per = objective.score()
@@ -441,6 +442,9 @@ class _Objective:
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         """Training-only parameters optimised alongside the networks (the query predictor)."""
         return []
+
+    def after_step(self) -> None:
+        """A constraint the networks must keep, restored after each optimiser step."""
 
 
 class _Ranking(_Objective):
@@ -584,11 +588,16 @@ class _Ranking(_Objective):
 
 
 class _Similarity(_Objective):
-    """Unsupervised (Matryoshka-Adaptor): no labels. Every prefix of the adapted vectors should keep
-    the full base embeddings' cosine similarities, over all sampled pairs and, weighted again, over
-    each text's nearest neighbours. Rows are the corpus texts and the query texts given; a share of
-    them (``val_fraction``) is held out, and validation is the overlap of their top-10 neighbours
-    (among the documents) in each adapted prefix with their top-10 in the full base space."""
+    """Unsupervised (Matryoshka-Adaptor): no labels. Every prefix of the adapted vectors should rank
+    the documents as the full base embeddings do. For each sampled text, the softmax (at
+    ``temperature``) of its base cosines to its nearest documents and to random ones is the target,
+    and each prefix's softmax over the same documents is pulled to it (cross-entropy, summed over
+    prefixes). Only the projection trains, and it stays a rotation (each step is followed by the
+    nearest orthogonal matrix): the full width then keeps every cosine exactly, and the prefixes
+    start as the corpus's PCA and can only be reshuffled, never distorted. Rows are the corpus texts
+    and the query texts given; a share of them (``val_fraction``) is held out, and validation is the
+    overlap of their top-10 neighbours (among the documents) in each adapted prefix with their top-10
+    in the full base space."""
 
     NEIGHBOURS = 16
     metric = "neighbours@10"
@@ -604,17 +613,16 @@ class _Similarity(_Objective):
         rng: np.random.Generator,
     ) -> None:
         if corpus_net is None:
-            raise ValueError("loss='similarity' adapts queries and documents alike: use mode 'shared'")
+            raise ValueError("loss='similarity' rotates queries and documents alike: use mode 'shared'")
         self.hp, self.rng, self.net, self.prefixes = hp, rng, corpus_net, list(prefixes)
+        self.net.f.requires_grad_(False)  # the rotation alone: the residual function stays zero
         rows = np.concatenate([Dn, Qn]) if hp.mode == "shared" else Dn
         order = rng.permutation(len(rows))
         n_val = min(max(1, round(hp.val_fraction * len(rows))), 2000, len(rows) - 1)
         self.train_rows, val_rows = rows[order[n_val:]], rows[order[:n_val]]
         self.Dn, self.Dn_t = Dn, torch.from_numpy(Dn)
         k = min(self.NEIGHBOURS, len(Dn) - 1)
-        self.neighbours = exact_search(self.train_rows, Dn, k + 1)[0][
-            :, 1:
-        ]  # nearest documents, self dropped
+        self.neighbours = exact_search(self.train_rows, Dn, k + 1)[0][:, 1:]  # self dropped
         self.val_rows = val_rows
         self.val_top = exact_search(val_rows, Dn, 10)[0]
         self.n_train, self.val_ids = len(self.train_rows), []
@@ -623,12 +631,11 @@ class _Similarity(_Objective):
         hp = self.hp
         b = min(hp.batch_size, len(self.train_rows))
         pick = self.rng.choice(len(self.train_rows), size=b, replace=False)
-        extra = self.rng.integers(0, len(self.Dn), size=b)  # random pairs, beside the neighbours
-        cols, inv = np.unique(np.concatenate([self.neighbours[pick].ravel(), extra]), return_inverse=True)
-        near = torch.from_numpy(inv[: b * self.neighbours.shape[1]].reshape(b, -1))
+        extra = self.rng.integers(0, len(self.Dn), size=b)  # random documents, beside the neighbours
+        cols = np.unique(np.concatenate([self.neighbours[pick].ravel(), extra]))
         x = torch.from_numpy(self.train_rows[pick])
         d = self.Dn_t[cols]
-        target = x @ d.T  # base cosines (rows are unit vectors)
+        target = torch.softmax((x @ d.T) / hp.temperature, dim=-1)  # rows are unit vectors
         xa, da = self.net(x), self.net(d)
         loss = torch.zeros(())
         for m in self.prefixes:
@@ -636,13 +643,15 @@ class _Similarity(_Objective):
                 torch.nn.functional.normalize(xa[:, :m], dim=-1)
                 @ torch.nn.functional.normalize(da[:, :m], dim=-1).T
             )
-            gap = (sim - target).abs()
-            loss = loss + gap.mean() + gap.gather(1, near).mean()
-        if hp.alpha > 0:
-            loss = loss + hp.alpha * (
-                recovery_loss(xa, self.net.base(x)) + recovery_loss(da, self.net.base(d))
-            )
+            loss = loss - (target * torch.log_softmax(sim / hp.temperature, dim=-1)).sum(-1).mean()
         return loss
+
+    def after_step(self) -> None:
+        """Back onto the rotations: the orthogonal matrix nearest the updated projection."""
+        with torch.no_grad():
+            weight = self.net.project.weight  # type: ignore[union-attr]  # has_projection
+            u, _, vh = torch.linalg.svd(weight)
+            weight.copy_(u @ vh)
 
     def score(self) -> tuple[float, dict[int, float]]:
         va = _adapted(self.net, self.val_rows, None)

@@ -107,11 +107,12 @@ FAMILIES["matryoshka"] = [
         },
     )
 ]
-# Without labels: each prefix keeps the base embedding's similarities (``fit --unsupervised``).
+# Without labels (``fit --unsupervised``): the PCA rotation, turned so that each prefix ranks the
+# documents as the full base embedding does (the full width keeps every cosine).
 FAMILIES["matryoshka-unsupervised"] = [
     (
         "matryoshka-unsupervised",
-        {"mode": "shared", "init": "pca", "loss": "similarity", "alpha": 0.0, "beta": 0.0},
+        {"mode": "shared", "init": "pca", "loss": "similarity", "alpha": 0.0, "beta": 0.0, "batch_size": 256},
     )
 ]
 # Cross-model (queries of another model, say a static one, mapped into the documents' space): each
