@@ -24,7 +24,7 @@ from search_adaptor.experiment import PairStart, _family, evaluate_embeddings, r
 from search_adaptor.model import CompatibilityError, SearchAdaptor, describe_encoder
 from search_adaptor.report import save_run
 from search_adaptor.retrieval import l2_normalize
-from search_adaptor.training import pair_map
+from search_adaptor.training import MIN_PAIRS_TO_CHOOSE, RIDGES, _choose_ridge, pair_map
 from search_adaptor.variants import family_variants
 from test_store import CountingEncoder
 
@@ -126,6 +126,37 @@ def test_lstsq_start_of_a_lossless_wider_query_model_matches_the_documents_own_m
     start = _fit(wide, architecture="linear", alpha=0.0, max_steps=10).at_start()
     assert start.query_dim_ == 24 and start.dim_ == 16
     assert _ndcg(wide, start) == pytest.approx(_in_space_ndcg(wide), abs=0.02)
+
+
+_SHARED = np.random.default_rng(99)
+_MAP, _MEAN = _SHARED.normal(size=(64, 48)).astype(np.float32), _SHARED.normal(size=64).astype(np.float32)
+
+
+def _anisotropic_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Texts seen by two models related by a (noisy) linear map, all close to one mean direction as
+    real embeddings are: what tells two texts apart is a small share of their variance."""
+    rng = np.random.default_rng(seed)
+    a = l2_normalize((_MEAN + 0.03 * rng.normal(size=(n, 64))).astype(np.float32))
+    return a, l2_normalize(a @ _MAP + 0.01 * rng.normal(size=(n, 48)).astype(np.float32))
+
+
+def test_the_ridge_is_chosen_by_held_out_self_retrieval():
+    """A strong ridge flattens the low-variance directions that tell texts apart: the choice on
+    held-out pairs goes weaker, and the map it gives retrieves each text's own document better
+    than the strongest ridge's; it is deterministic, and a few pairs get the strongest ridge."""
+    a, b = _anisotropic_pairs(2000)
+    chosen = _choose_ridge(a.astype(np.float64), b.astype(np.float64))
+    assert chosen < RIDGES[-1]
+    assert np.array_equal(pair_map(a, b), pair_map(a, b, ridge=chosen))
+    assert np.array_equal(pair_map(a, b), pair_map(a, b))
+    test_a, test_b = _anisotropic_pairs(500, seed=1)
+
+    def self_top1(W: np.ndarray) -> float:
+        return float(((l2_normalize(test_a @ W) @ test_b.T).argmax(1) == np.arange(500)).mean())
+
+    assert self_top1(pair_map(a, b)) > 0.9 > 0.1 > self_top1(pair_map(a, b, ridge=RIDGES[-1]))
+    few_a, few_b = a[: MIN_PAIRS_TO_CHOOSE - 1], b[: MIN_PAIRS_TO_CHOOSE - 1]
+    assert np.array_equal(pair_map(few_a, few_b), pair_map(few_a, few_b, ridge=RIDGES[-1]))
 
 
 def test_procrustes_start_undoes_a_rotation_exactly(synthetic):

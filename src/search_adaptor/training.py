@@ -247,15 +247,56 @@ def _check_pairs(
     return l2_normalize(a), l2_normalize(b)
 
 
-def pair_map(a: np.ndarray, b: np.ndarray, kind: str = "lstsq", ridge: float = 1e-3) -> np.ndarray:
+#: Ridge strengths (per pair) that :func:`pair_map` chooses from.
+RIDGES = (1e-6, 1e-5, 1e-4, 1e-3)
+#: Fewer pairs than this: no held-out choice, the strongest ridge.
+MIN_PAIRS_TO_CHOOSE = 100
+#: Documents beside the held-out ones that the held-out texts must rank theirs above.
+RIDGE_DISTRACTORS = 20_000
+
+
+def pair_map(a: np.ndarray, b: np.ndarray, kind: str = "lstsq", ridge: float | None = None) -> np.ndarray:
     """The closed-form map ``W`` (query_dim x dim) taking paired vectors ``a`` onto ``b``:
-    ridge least squares (``"lstsq"``), or the rotation closest to it (``"procrustes"``, equal dims)."""
+    ridge least squares (``"lstsq"``), or the rotation closest to it (``"procrustes"``, equal dims).
+
+    ``ridge=None`` chooses it: each of :data:`RIDGES` is fitted on four fifths of the pairs, and the
+    strongest of those whose held-out texts, mapped, find their own document among the held-out
+    documents most often (top-1) is refitted on all. Retrieval decides, not the held-out cosine,
+    which prefers over-smoothed maps (on SciFact, MiniLM -> static: ridge 1e-3 gives nDCG@10 0.332
+    against 0.409 at 1e-5). Deterministic: the held-out rows are drawn from a fixed seed.
+    """
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     if kind == "procrustes":
         u, _, vt = np.linalg.svd(a64.T @ b64)
         return (u @ vt).astype(np.float32)
-    gram = a64.T @ a64 + ridge * len(a64) * np.eye(a64.shape[1])
-    return np.linalg.solve(gram, a64.T @ b64).astype(np.float32)
+    if ridge is None:
+        ridge = _choose_ridge(a64, b64)
+    return _ridge_map(a64, b64, ridge).astype(np.float32)
+
+
+def _ridge_map(a: np.ndarray, b: np.ndarray, ridge: float) -> np.ndarray:
+    gram = a.T @ a + ridge * len(a) * np.eye(a.shape[1])
+    return np.linalg.solve(gram, a.T @ b)
+
+
+def _choose_ridge(a: np.ndarray, b: np.ndarray) -> float:
+    """The ridge of :func:`pair_map` by held-out self-retrieval: each held-out text, mapped, should
+    find its own document first among the held-out documents and up to :data:`RIDGE_DISTRACTORS`
+    others. Ties go to the stronger ridge."""
+    if len(a) < MIN_PAIRS_TO_CHOOSE:
+        return RIDGES[-1]
+    order = np.random.default_rng(0).permutation(len(a))
+    n_val = min(len(a) // 5, 1000)
+    val, fit = order[:n_val], order[n_val:]
+    docs = b[np.concatenate([val, fit[:RIDGE_DISTRACTORS]])]  # held-out documents first
+    docs = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    best, best_hits = RIDGES[-1], -1
+    for ridge in reversed(RIDGES):  # strongest first: a weaker one must find strictly more
+        scores = (a[val] @ _ridge_map(a[fit], b[fit], ridge)) @ docs.T
+        hits = int((scores.argmax(axis=1) == np.arange(n_val)).sum())
+        if hits > best_hits:
+            best, best_hits = ridge, hits
+    return best
 
 
 def _pair_loss(
