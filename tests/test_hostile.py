@@ -400,6 +400,27 @@ def test_fit_on_huge_or_tiny_vectors_learns_what_it_learns_at_unit_scale(world, 
     assert scaled.best_score_ == pytest.approx(unit.best_score_, abs=0.02)
 
 
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_the_fit_command_on_huge_or_tiny_vectors_reports_what_unit_vectors_give(
+    world, tmp_path, capsys, scale
+):
+    """Issue 14.4 as reported: ``fit --embeddings`` on 1e30 vectors said "selected: identity" with
+    adapted != zero-shot. Scaled vectors must give the unit vectors' report, selection included."""
+    reports = []
+    for name, s in (("unit", 1.0), ("scaled", scale)):
+        vec = write_vectors(tmp_path / name, world["d"], scale=s)
+        out = tmp_path / f"out-{name}"
+        assert fit(capsys, world["data"], vec, out, "--folds", "2", "-o", "json")[0] == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    unit, scaled = reports
+    assert scaled["selected"] == unit["selected"]
+    for system in ("zero-shot", "adapted"):
+        for metric, value in unit["metrics"][system].items():
+            assert scaled["metrics"][system][metric] == pytest.approx(value, abs=0.02), (system, metric)
+    if scaled["selected"].startswith("identity"):
+        assert scaled["metrics"]["adapted"] == scaled["metrics"]["zero-shot"]
+
+
 def test_fit_refuses_all_zero_rows_naming_the_row(world):
     d = world["d"]
     D = d["D"].copy()

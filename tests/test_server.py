@@ -122,11 +122,14 @@ def test_a_failing_provider_costs_the_retry_budget_and_names_only_the_provider(s
         info = fake_encoder(fake).info()
         index = AdaptedIndex.from_vectors(make_adapter(8, info=info), ["d0", "d1"], np.eye(2, 8), info)
         monkeypatch.setenv(KEY_ENV["openai"], fake.key)
+        # the manifest keeps no endpoint of the openai provider: the server finds it as fit did
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
         client = TestClient(create_app(index, retry_budget_s=0.5))  # the encoder comes from the manifest
         fake.schedule(*[Fault.server_error(503)] * 100)
         start = time.monotonic()
         answer = client.post("/search", json={"queries": ["q"]})
         elapsed = time.monotonic() - start
+    assert fake.calls, "the request never reached the failing provider"
     assert answer.status_code == 502 and elapsed < 3.0
     assert answer.json() == {"detail": "the embedding provider openai failed; the server log has the details"}
 

@@ -172,14 +172,8 @@ def as_llamaindex(
 
     Parameters
     ----------
-    encoder : Encoder
-        The base encoder the adapter was trained on, or an :class:`AdaptedEncoder` (then
-        ``adapter=None``).
-    adapter : SearchAdaptor or path, optional
-        The adapter; required unless ``encoder`` is an :class:`AdaptedEncoder`.
-    cache : path or bool, optional
-        The embedding store (see :class:`AdaptedEncoder`): by default the command line's, a path for
-        another, ``False`` for none.
+    encoder, adapter, cache
+        As for :func:`as_langchain`.
     **kw
         ``BaseEmbedding`` fields, e.g. ``embed_batch_size`` (default: ``batch_size x
         max_concurrency`` of the encoder, at most LlamaIndex's 2048) or ``num_workers``.
