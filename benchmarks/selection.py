@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from search_adaptor.data import kfold
 from search_adaptor.experiment import RULES, choose, evaluate_embeddings, select
-from search_adaptor.files import write_text_atomic
+from search_adaptor.files import write_bytes_atomic, write_text_atomic
 from search_adaptor.metrics import paired_test
 from search_adaptor.variants import family_variants
 from suite import DATASETS, FOLDS, load_shared
@@ -57,9 +57,7 @@ def _read() -> dict[str, Any]:
 
 def _write(cells: dict[str, Any]) -> None:
     merged = {**_read(), **cells}  # another process may have added cells meanwhile
-    tmp = CELLS.with_suffix(".tmp")
-    tmp.write_bytes(gzip.compress(json.dumps(merged, sort_keys=True).encode(), mtime=0))
-    tmp.replace(CELLS)
+    write_bytes_atomic(CELLS, gzip.compress(json.dumps(merged, sort_keys=True).encode(), mtime=0))
 
 
 def compute(name: str, seed: int, cells: dict[str, Any]) -> None:

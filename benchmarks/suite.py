@@ -52,11 +52,11 @@ import baselines
 from search_adaptor.data import Dataset, load_beir
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import Protocol, evaluate_embeddings, protocol, select
-from search_adaptor.files import write_text_atomic
+from search_adaptor.files import write_bytes_atomic, write_text_atomic
 from search_adaptor.metrics import paired_test
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.variants import ALPHA_GRID as ALPHA_VALUES
-from search_adaptor.variants import FAMILIES, family_variants
+from search_adaptor.variants import DEFAULT_FOLDS, FAMILIES, family_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -71,7 +71,7 @@ DATASETS = (
     "xquad-r/zh",
     "metatool",
 )
-FOLDS = 5
+FOLDS = DEFAULT_FOLDS
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 #: Full fine-tuning needs the model's weights and is slow on 2 cores: these datasets, this many seeds.
 FINETUNE_DATASETS = ("scifact", "cranfield")
@@ -265,9 +265,7 @@ class Cache:
                 f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(cells.items())
             )
             text = f'{{"runs": {json.dumps(runs, indent=1)},\n"cells": {{\n{body}\n}}}}\n'
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_bytes(gzip.compress(text.encode(), mtime=0))  # gzip: 8x smaller in the repo
-            os.replace(tmp, self.path)
+            write_bytes_atomic(self.path, gzip.compress(text.encode(), mtime=0))  # gzip: 8x smaller
 
 
 @contextlib.contextmanager
