@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from search_adaptor.data import labelled_queries
 from search_adaptor.data import validation_split as split_queries
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import evaluate_embeddings
@@ -34,11 +35,6 @@ LLAMAINDEX_LINEAR: dict[str, Any] = dict(FAMILIES["linear-random"][0][1])
 #: Ridge strengths tried for the least-squares map; infinity is the identity (zero-shot).
 RIDGE_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 VAL_METRIC = "ndcg@10"
-
-
-def labelled_queries(qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
-    """Queries with at least one relevant document (grade > 0), sorted."""
-    return sorted(q for q, docs in qrels.items() if any(g > 0 for g in docs.values()))
 
 
 def validation_split(

@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baselines
-from search_adaptor.data import Dataset, load_beir
+from search_adaptor.data import Dataset, labelled_queries, load_beir
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import Protocol, evaluate_embeddings, protocol, select
 from search_adaptor.files import write_bytes_atomic, write_text_atomic
@@ -345,7 +345,7 @@ def subsample(
     qrels: Mapping[str, Mapping[str, int]], fraction: float, seed: int
 ) -> dict[str, dict[str, int]]:
     """``fraction`` of the labelled queries, drawn with ``seed`` (nested: 10% is inside 30% for a seed)."""
-    ids = baselines.labelled_queries(qrels)
+    ids = labelled_queries(qrels)
     if fraction >= 1.0:
         return {q: dict(qrels[q]) for q in ids}
     n = max(5, round(fraction * len(ids)))

@@ -23,7 +23,7 @@ import re
 import shutil
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "kfold",
+    "labelled_queries",
     "load_beir",
     "validation_split",
 ]
@@ -146,9 +147,7 @@ class Dataset:
         available = ", ".join(self.splits) or "none"
         if name not in self.qrels:
             raise DataError(f"{file}: split {name!r} not found (available splits: {available})")
-        judged = {
-            qid: dict(docs) for qid, docs in self.qrels[name].items() if any(g > 0 for g in docs.values())
-        }
+        judged = {qid: dict(self.qrels[name][qid]) for qid in labelled_queries(self.qrels[name])}
         if not judged:
             raise DataError(
                 f"{file}: split {name!r} has no query with a relevant document (score > 0); "
@@ -543,6 +542,12 @@ def kfold(query_ids: Sequence[str], k: int = 5, seed: int = 0) -> list[tuple[lis
     ids = _shuffled(query_ids, seed)
     bounds = [n * i // k for i in range(k + 1)]
     return [(ids[: bounds[i]] + ids[bounds[i + 1] :], ids[bounds[i] : bounds[i + 1]]) for i in range(k)]
+
+
+def labelled_queries(qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Queries with at least one relevant document (grade > 0), sorted: the queries that can be
+    trained on and scored (a query whose judgements are all 0 has no nDCG)."""
+    return sorted(q for q, docs in qrels.items() if any(g > 0 for g in docs.values()))
 
 
 def validation_split(

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from search_adaptor import __version__
-from search_adaptor.data import DataError, Dataset, kfold
+from search_adaptor.data import DataError, Dataset, kfold, labelled_queries
 from search_adaptor.embed import Embeddings, embed_dataset, load_precomputed
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test
@@ -243,7 +243,7 @@ def evaluate_embeddings(
     query_ids : the evaluated queries, in the order of the per-query arrays
     """
     rows = {q: i for i, q in enumerate(emb.query_ids)}
-    qids = sorted(q for q, docs in qrels.items() if any(g > 0 for g in docs.values()))
+    qids = labelled_queries(qrels)
     missing = [q for q in qids if q not in rows]
     if missing:
         raise ValueError(f"qrels name query {missing[0]!r}, which has no embedding")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from search_adaptor.data import labelled_queries
 from search_adaptor.retrieval import l2_normalize
 
 __all__ = ["plot_data_efficiency", "plot_learning_curves", "plot_similarity", "similarity_samples"]
@@ -75,7 +76,7 @@ def similarity_samples(
     """
     qrow = {q: i for i, q in enumerate(emb.query_ids)}
     dcol = {d: i for i, d in enumerate(emb.doc_ids)}
-    qids = sorted(q for q, docs in qrels.items() if any(g > 0 for g in docs.values()) and q in qrow)
+    qids = [q for q in labelled_queries(qrels) if q in qrow]
     Q = emb.queries[[qrow[q] for q in qids]]
     if adapter is None:
         Q, D = l2_normalize(Q), l2_normalize(emb.corpus)
