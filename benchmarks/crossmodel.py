@@ -23,7 +23,6 @@ Results: ``results/crossmodel.md`` (cells in ``results/crossmodel_cells.json``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cells import Cells
 from search_adaptor.data import load_beir
 from search_adaptor.embed import Embeddings, embed_dataset
 from search_adaptor.encoders.registry import make_encoder
@@ -42,19 +42,9 @@ from search_adaptor.files import default_cache_dir, write_text_atomic
 from suite import DATA
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CELLS = RESULTS / "crossmodel_cells.json"
+CELLS = Cells(RESULTS / "crossmodel_cells.json")
 STATIC = default_cache_dir() / "models" / "minilm-static-256"
 SEEDS = {"scifact": 5, "xquad-r/en": 3}
-
-
-def _cells() -> dict[str, Any]:
-    return json.loads(CELLS.read_text()) if CELLS.is_file() else {}
-
-
-def _save(key: str, cell: dict[str, Any]) -> None:
-    cells = _cells()
-    cells[key] = cell
-    write_text_atomic(CELLS, json.dumps(cells, indent=1, sort_keys=True) + "\n")
 
 
 def static_model() -> Path:
@@ -211,10 +201,10 @@ def main() -> int:
         torch.set_num_threads(1)
         for name in SEEDS:
             for model in ("minilm", "static"):
-                if f"zero-shot|{name}|{model}" not in _cells():
-                    _save(f"zero-shot|{name}|{model}", {"ndcg@10": zero_shot(name, model)})
-        if "speed" not in _cells():
-            _save("speed", query_speed())
+                if f"zero-shot|{name}|{model}" not in CELLS.read():
+                    CELLS.save(f"zero-shot|{name}|{model}", {"ndcg@10": zero_shot(name, model)})
+        if "speed" not in CELLS.read():
+            CELLS.save("speed", query_speed())
         plan = [("scifact", "static", "minilm", False), ("scifact", "static", "minilm", True)]
         plan += [("scifact", "minilm", "minilm", True)]
         plan += [(n, q, d, False) for n in SEEDS for q, d in (("static", "minilm"), ("minilm", "static"))]
@@ -227,10 +217,10 @@ def main() -> int:
         for name, q, d, labelled in plan:
             for seed in range(SEEDS[name]):
                 key = f"fit|{name}|{q}>{d}|{'labelled' if labelled else 'unlabelled'}|{seed}"
-                if key not in _cells():
-                    _save(key, fit(name, q, d, seed, unlabelled=not labelled))
-                    print(key, _cells()[key], flush=True)
-    write_text_atomic(RESULTS / "crossmodel.md", report(_cells()))
+                if key not in CELLS.read():
+                    CELLS.save(key, fit(name, q, d, seed, unlabelled=not labelled))
+                    print(key, CELLS.read()[key], flush=True)
+    write_text_atomic(RESULTS / "crossmodel.md", report(CELLS.read()))
     print(f"wrote {RESULTS / 'crossmodel.md'}")
     return 0
 

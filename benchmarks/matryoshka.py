@@ -22,7 +22,6 @@ Results: ``results/matryoshka.md`` (cells in ``results/matryoshka_cells.json``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cells import Cells
 from search_adaptor.experiment import SizedView, evaluate_embeddings, run_fit
 from search_adaptor.files import write_text_atomic
 from search_adaptor.metrics import paired_test
@@ -43,20 +43,10 @@ from search_adaptor.variants import FAMILIES
 from suite import load_shared
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CELLS = RESULTS / "matryoshka_cells.json"
+CELLS = Cells(RESULTS / "matryoshka_cells.json")
 SIZES = (48, 96, 192)
 SEEDS = 5
 UNSUPERVISED = ("scifact", "xquad-r/en", "xquad-r/de")
-
-
-def _cells() -> dict[str, Any]:
-    return json.loads(CELLS.read_text()) if CELLS.is_file() else {}
-
-
-def _save(key: str, cell: dict[str, Any]) -> None:
-    cells = _cells()
-    cells[key] = cell
-    write_text_atomic(CELLS, json.dumps(cells, indent=1, sort_keys=True) + "\n")
 
 
 def supervised(seed: int) -> dict[str, Any]:
@@ -205,16 +195,16 @@ def main() -> int:
 
         torch.set_num_threads(1)
         for seed in range(args.seeds):
-            if "supervised" in args.modes and f"supervised|scifact|{seed}" not in _cells():
-                _save(f"supervised|scifact|{seed}", supervised(seed))
+            if "supervised" in args.modes and f"supervised|scifact|{seed}" not in CELLS.read():
+                CELLS.save(f"supervised|scifact|{seed}", supervised(seed))
                 print(f"supervised scifact seed {seed} done", flush=True)
             for name in UNSUPERVISED if "unsupervised" in args.modes else ():
-                if f"unsupervised|{name}|{seed}" not in _cells():
-                    _save(f"unsupervised|{name}|{seed}", unsupervised(name, seed))
+                if f"unsupervised|{name}|{seed}" not in CELLS.read():
+                    CELLS.save(f"unsupervised|{name}|{seed}", unsupervised(name, seed))
                     print(f"unsupervised {name} seed {seed} done", flush=True)
         if "costs" in args.modes:
-            _save("costs", costs())
-    write_text_atomic(RESULTS / "matryoshka.md", report(_cells()))
+            CELLS.save("costs", costs())
+    write_text_atomic(RESULTS / "matryoshka.md", report(CELLS.read()))
     print(f"wrote {RESULTS / 'matryoshka.md'}")
     return 0
 
