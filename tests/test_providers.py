@@ -117,6 +117,21 @@ def test_openai_cuts_by_a_token_estimate_safe_for_every_script(caplog: pytest.Lo
     assert len(cuts) == 1  # said once, not per text
 
 
+@pytest.mark.parametrize("model, limit", [("gemini-embedding-001", 2048), ("gemini-embedding-2", 8192)])
+def test_gemini_cuts_by_its_models_token_limit(model: str, limit: int) -> None:
+    """The Gemini API has no character cap of its own: texts are cut to the model's token limit."""
+    with FakeProvider("gemini") as fake:
+        enc = fake_encoder(fake, model=model)
+        assert enc.config()["max_input_tokens"] == limit
+        texts = ["東京都" * 10_000, "y" * 30_000, "short"]
+        enc.encode_batch(texts, "document")
+        sent = fake.calls[-1].texts
+        assert all(c.status == 200 for c in fake.calls)
+        assert [token_bound(t) <= limit for t in sent] == [True, True, True]
+        assert len(sent[0]) < len(texts[0]) and len(sent[1]) < len(texts[1])
+        assert sent[2].endswith("short")  # short texts go as they are (a task prompt may lead)
+
+
 def test_token_bound_is_an_upper_estimate_for_every_script() -> None:
     assert token_bound("") == 0 and token_bound("abc") == 1 and token_bound("2024") == 3
     assert token_bound("東京") == 6 and token_bound("Привет") == 12 and token_bound("😀") == 4
@@ -125,7 +140,9 @@ def test_token_bound_is_an_upper_estimate_for_every_script() -> None:
         assert token_bound(cut) <= 8192 < token_bound(cut + text[len(cut)])
 
 
-@pytest.mark.parametrize("provider", ["openai-compatible", "openai", "vertex", "cohere", "voyage"])
+@pytest.mark.parametrize(
+    "provider", ["openai-compatible", "openai", "azure-openai", "gemini", "vertex", "cohere", "voyage"]
+)
 def test_a_text_no_limit_can_take_is_named_and_the_others_embedded(provider: str) -> None:
     """The provider rejects one text as too long: the batch is split around it, never failed whole."""
     strict = {
