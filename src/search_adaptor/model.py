@@ -94,8 +94,11 @@ class SearchAdaptor:
     mode : {"shared", "query_only", "separate"}
         One adapter for queries and documents (the paper), queries only (corpus vectors untouched:
         no re-index), or two separate adapters (asymmetric data).
-    loss : {"ranking", "ranknet", "infonce", "softmax", "pointwise"}
-        Main objective; "ranking" is the paper's relevance-weighted pairwise logistic loss.
+    loss : {"ranking", "ranknet", "infonce", "softmax", "pointwise", "similarity", "alignment"}
+        Main objective; "ranking" is the paper's relevance-weighted pairwise logistic loss. Without
+        labels: "similarity" turns the projection (a rotation) so that each ``dims`` prefix ranks
+        documents as the full embedding does; "alignment" maps another model's vectors of the
+        ``pairs`` onto the documents' model's.
     pair_reduction : {"sum", "mean"}
         How the pairwise losses ("ranking", "ranknet") combine one query's pairs: the paper's sum, or
         the mean over pairs (weaker by the pairs per query; kept for the ablation table).
