@@ -147,6 +147,7 @@ def test_an_output_size_outside_the_width_is_refused(trained, synthetic, dim):
         ({"dims": (4, WIDTH + 1)}, rf"dims: {WIDTH + 1} is larger than the {WIDTH}-d embeddings"),
         ({"dims": (4,), "mode": "query_only"}, "prefixes need the documents adapted too"),
         ({"dims": (4,), "loss": "similarity", "mode": "separate"}, "loss 'similarity' .* use mode 'shared'"),
+        ({"dims": (4,), "loss": "similarity", "alpha": 0.1}, "trains a rotation only.*alpha, beta and gamma"),
     ],
 )
 def test_invalid_dims_are_refused_at_fit_with_one_line(synthetic, params, message):

@@ -261,6 +261,11 @@ class SearchAdaptor:
             raise ValueError(
                 "loss 'similarity' (no labels) adapts queries and documents alike: use mode 'shared'"
             )
+        if self.loss == "similarity" and (self.alpha or self.beta or self.gamma):
+            raise ValueError(
+                "loss 'similarity' trains a rotation only, which no regulariser acts on: "
+                "set alpha, beta and gamma to 0"
+            )
 
     # -- fitting ---------------------------------------------------------------------------------
     def fit(
