@@ -65,7 +65,7 @@ def _embed(root: str, start: threading.Barrier, results, concurrency: int) -> No
     try:
         encoder = SlowEncoder(max_concurrency=concurrency)
         with EmbeddingStore(encoder, root) as store:
-            start.wait()
+            start.wait(timeout=60)  # a sibling that failed to open never arrives: report, not hang
             vectors = store.embed(TEXTS, "document")
         results.put((encoder.sent, vectors))
     except BaseException as exc:  # hand it over: the test reports it instead of waiting for a result
@@ -81,6 +81,28 @@ def _hang(root: str, hanging: threading.Event, lease_s: float) -> None:
 
 def _expected() -> np.ndarray:
     return np.stack([fake_vector(t, "document", 8) for t in TEXTS])
+
+
+def test_a_store_opens_while_another_run_is_still_creating_it(tmp_path: Path) -> None:
+    """Two runs creating the same store at once: the second one's switch to WAL mode met the first
+    one's write in the still rollback-journal file, and SQLite said "database is locked" at once
+    (seen in CI as a flaky failure of the test below). The second run must wait, as for any lock."""
+    with EmbeddingStore(SlowEncoder(), tmp_path) as store:
+        path = store.path
+    for leftover in path.parent.glob(path.name + "*"):
+        leftover.unlink()
+    first = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    first.execute("PRAGMA journal_mode=DELETE")
+    first.execute("BEGIN IMMEDIATE")  # the first run, mid-way through its first write
+    first.execute("CREATE TABLE early (a)")
+    releaser = threading.Timer(0.5, lambda: (first.execute("COMMIT"), first.close()))
+    releaser.start()
+    try:
+        with EmbeddingStore(SlowEncoder(), tmp_path) as store:
+            assert store.embed(TEXTS[:3], "document").shape == (3, 8)
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        releaser.join()
 
 
 def test_two_processes_embed_each_text_once(tmp_path: Path) -> None:

@@ -80,6 +80,25 @@ def item_key(kind: Kind, item: Item) -> bytes:
     return hashlib.sha256(f"image\x00{kind}\x00{item.content_id}".encode()).digest()[:16]
 
 
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so), waiting for other processes as every write does.
+
+    Switching needs the file to itself, and while another process writes to a store that is still
+    in its first, rollback-journal mode (two runs creating the same store at once) SQLite answers
+    "database is locked" at once instead of calling the busy handler: retry until the busy timeout.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _can_write(path: Path) -> bool:
     """Whether this process may change ``path``, or create it (judged on its nearest existing folder).
 
@@ -189,7 +208,7 @@ class EmbeddingStore:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, **options)
-            db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
         for sql in _CREATE:
             db.execute(sql)
