@@ -1,13 +1,15 @@
 """The results cache of the smaller benchmark scripts (``crossmodel.py``, ``matryoshka.py``): one JSON
-object of cells, rewritten atomically after each cell, so an interrupted run resumes where it stopped."""
+object of cells, rewritten atomically after each cell, so an interrupted run resumes where it stopped.
+A ``.gz`` name stores it gzipped (per-query scores make a cache large)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
 
-from search_adaptor.files import write_text_atomic
+from search_adaptor.files import write_bytes_atomic
 
 
 class Cells:
@@ -17,10 +19,14 @@ class Cells:
         self.path = path
 
     def read(self) -> dict[str, Any]:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if not self.path.is_file():
+            return {}
+        data = self.path.read_bytes()
+        return json.loads(gzip.decompress(data) if self.path.suffix == ".gz" else data)
 
     def save(self, key: str, cell: dict[str, Any]) -> None:
         """Add (or replace) one cell, keeping what another run wrote meanwhile."""
         cells = self.read()
         cells[key] = cell
-        write_text_atomic(self.path, json.dumps(cells, indent=1, sort_keys=True) + "\n")
+        data = (json.dumps(cells, indent=1, sort_keys=True) + "\n").encode()
+        write_bytes_atomic(self.path, gzip.compress(data, mtime=0) if self.path.suffix == ".gz" else data)

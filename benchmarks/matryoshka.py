@@ -16,7 +16,7 @@ Run from the repository root (resumable: every (mode, dataset, seed) result is c
 - Cost at each size: index bytes and median search latency of a flat FAISS index of the adapted
   corpus (``k=10``, one query at a time), as ratios to full width.
 
-Results: ``results/matryoshka.md`` (cells in ``results/matryoshka_cells.json``).
+Results: ``results/matryoshka.md`` (cells in ``results/matryoshka_cells.json.gz``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from search_adaptor.variants import FAMILIES
 from suite import load_shared
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CELLS = Cells(RESULTS / "matryoshka_cells.json")
+CELLS = Cells(RESULTS / "matryoshka_cells.json.gz")
 SIZES = (48, 96, 192)
 SEEDS = 5
 UNSUPERVISED = ("scifact", "xquad-r/en", "xquad-r/de")
