@@ -1,6 +1,7 @@
 """The results cache of the smaller benchmark scripts (``crossmodel.py``, ``matryoshka.py``): one JSON
 object of cells, rewritten atomically after each cell, so an interrupted run resumes where it stopped.
-A ``.gz`` name stores it gzipped (per-query scores make a cache large)."""
+A ``.gz`` name stores it gzipped (per-query scores make a cache large). Also the one way their
+reports write a mean over seeds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import gzip
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from search_adaptor.files import write_bytes_atomic
 
@@ -30,3 +33,8 @@ class Cells:
         cells[key] = cell
         data = (json.dumps(cells, indent=1, sort_keys=True) + "\n").encode()
         write_bytes_atomic(self.path, gzip.compress(data, mtime=0) if self.path.suffix == ".gz" else data)
+
+
+def mean_sd(values: list[float]) -> str:
+    """``mean ± sample std`` over seeds to 4 places (the value alone for one seed)."""
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cells import Cells
+from cells import Cells, mean_sd
 from search_adaptor.data import load_beir
 from search_adaptor.embed import Embeddings, embed_dataset
 from search_adaptor.encoders.registry import make_encoder
@@ -118,11 +118,6 @@ def report(cells: dict[str, Any]) -> str:
     def seeds(prefix: str) -> list[dict[str, Any]]:
         return [cells[k] for k in sorted(cells) if k.startswith(prefix)]
 
-    def ms(values: list[float]) -> str:
-        if len(values) == 1:
-            return f"{values[0]:.4f}"
-        return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
-
     lines = [
         "## Cross-model adapters: queries of one model, documents of another (issue 16)",
         "",
@@ -155,7 +150,7 @@ def report(cells: dict[str, Any]) -> str:
         ):
             runs = seeds(prefix)
             if runs:
-                rows.append((f"{label} ({len(runs)} seeds)", ms([r[key] for r in runs])))
+                rows.append((f"{label} ({len(runs)} seeds)", mean_sd([r[key] for r in runs])))
         lines += [
             "### SciFact: static queries against MiniLM's index",
             "",
@@ -185,9 +180,9 @@ def report(cells: dict[str, Any]) -> str:
             if not un or base is None:
                 continue
             share = np.mean([r["adapted"] for r in un]) / base
-            labelled = ms([r["adapted"] for r in lab]) if lab else "–"
-            unlabelled = ms([r["adapted"] for r in un])
-            lines.append(f"| {name} | {q} -> {d} | {base:.4f} | {unlabelled} | {share:.1%} | {labelled} |")
+            with_labels = mean_sd([r["adapted"] for r in lab]) if lab else "–"
+            without = mean_sd([r["adapted"] for r in un])
+            lines.append(f"| {name} | {q} -> {d} | {base:.4f} | {without} | {share:.1%} | {with_labels} |")
     fits = {k: cells[k] for k in sorted(cells) if k.startswith("fit|") and "minilm>minilm" not in k}
     unlabelled = [r for k, r in fits.items() if "|unlabelled|" in k]
     labelled = [r for k, r in fits.items() if "|labelled|" in k]

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cells import Cells
+from cells import Cells, mean_sd
 from search_adaptor.experiment import SizedView, evaluate_embeddings, run_fit
 from search_adaptor.files import write_text_atomic
 from search_adaptor.metrics import paired_test
@@ -127,10 +127,6 @@ def costs() -> dict[str, Any]:
     return out
 
 
-def _mean_sd(values: list[float]) -> str:
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
-
-
 def report(cells: dict[str, Any]) -> str:
     lines = [
         "## Smaller vectors: Matryoshka adapters (issue 17)",
@@ -152,7 +148,7 @@ def report(cells: dict[str, Any]) -> str:
             full_zs = float(np.mean(mean["zero-shot"]))
             lines += [
                 f"### {name}, {mode} ({len(keys)} seeds; full width: zero-shot {full_zs:.4f}, adapted "
-                f"{_mean_sd(mean['adapted'])})",
+                f"{mean_sd(mean['adapted'])})",
                 "",
                 "| size | truncation | PCA | adapted | p vs truncation | p vs PCA | of full zero-shot |",
                 "|---|---|---|---|---|---|---|",
@@ -160,8 +156,8 @@ def report(cells: dict[str, Any]) -> str:
             for m in SIZES:
                 a, z, p = avg[f"adapted@{m}"], avg[f"zero-shot@{m}"], avg[f"pca@{m}"]
                 lines.append(
-                    f"| {m} | {_mean_sd(mean[f'zero-shot@{m}'])} | {_mean_sd(mean[f'pca@{m}'])} | "
-                    f"{_mean_sd(mean[f'adapted@{m}'])} | {paired_test(a, z):.1e} | {paired_test(a, p):.1e} | "
+                    f"| {m} | {mean_sd(mean[f'zero-shot@{m}'])} | {mean_sd(mean[f'pca@{m}'])} | "
+                    f"{mean_sd(mean[f'adapted@{m}'])} | {paired_test(a, z):.1e} | {paired_test(a, p):.1e} | "
                     f"{np.mean(mean[f'adapted@{m}']) / full_zs:.1%} |"
                 )
             secs = [cells[k]["train_s"] for k in keys]
