@@ -433,7 +433,7 @@ def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
     with pytest.raises(EncoderError, match="AZURE_OPENAI_ENDPOINT"):
         make_encoder("azure-openai", "dep", api_key="k")
-    with pytest.raises(ValueError, match="base_url"):
+    with pytest.raises(EncoderError, match="no endpoint; pass base_url"):
         make_encoder("openai-compatible", "m")
     with pytest.raises(ValueError, match="model"):
         make_encoder("openai-compatible", base_url="http://127.0.0.1:9/v1")
@@ -632,6 +632,26 @@ def test_azure_takes_an_entra_id_token(monkeypatch: pytest.MonkeyPatch) -> None:
         call = fake.calls[0]
         assert call.headers["authorization"] == f"Bearer {FAKE_KEY}" and "api-key" not in call.headers
         assert call.query == {"api-version": "2025-01-01"}
+
+
+def test_azure_asks_its_token_provider_for_a_token_on_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+    asked: list[int] = []
+
+    def token() -> str:
+        asked.append(1)
+        return FAKE_KEY
+
+    with FakeProvider("azure-openai") as fake:
+        enc = make_encoder("azure-openai", "dep", base_url=fake.url, azure_ad_token_provider=token)
+        enc.encode_queries(["a"])
+        enc.encode_queries(["b"])
+        fake.schedule(Fault.rejected(401, "token expired"))
+        with pytest.raises(EncoderError) as info:
+            enc.encode_queries(["c"])
+    assert len(asked) == 3 and all(c.headers["authorization"] == f"Bearer {FAKE_KEY}" for c in fake.calls)
+    assert FAKE_KEY not in str(info.value) and "azure_ad_token_provider" in str(info.value)
+    assert "api-key" not in fake.calls[0].headers
 
 
 def test_openai_compatible_asks_for_floats() -> None:

@@ -9,6 +9,7 @@ name the file, the field and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("search-adaptor"))
 
 
-class Staged:
+class Staged(contextlib.AbstractContextManager):
     """A temporary sibling of ``target`` that replaces it in one rename once it is complete.
 
     Parameters
@@ -94,9 +95,6 @@ class Staged:
             shutil.rmtree(self.path, ignore_errors=True)
         else:
             self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> Staged:
-        return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is None:

@@ -26,9 +26,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -80,6 +80,25 @@ def _new_faiss_index(dim: int, backend: str, hnsw_m: int, ef_search: int) -> Any
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
+class IndexOptions(TypedDict, total=False):
+    """How an index is laid out; :meth:`AdaptedIndex.build`, ``from_vectors`` and ``from_shards``
+    take these as keywords.
+
+    backend : {"flat", "hnsw"}
+        Exact inner-product search (default), or an HNSW graph (approximate, faster on large corpora).
+    hnsw_m, ef_search : int
+        HNSW graph degree (32) and search breadth (128; can be raised later for recall).
+    size : int
+        Keep the first ``size`` adapted coordinates (a Matryoshka prefix, unit length again): every
+        document and query is cut to it.
+    """
+
+    backend: str
+    hnsw_m: int
+    ef_search: int
+    size: int | None
+
+
 class AdaptedIndex:
     """Adapted document vectors in a FAISS index, with the adapter and encoder that search needs.
 
@@ -118,15 +137,44 @@ class AdaptedIndex:
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
+    def _filled(
+        cls,
+        adapter: SearchAdaptor,
+        encoder_info: Mapping[str, Any],
+        encoder: Encoder | None,
+        batches: Iterable[tuple[Sequence[str], np.ndarray]],
+        options: IndexOptions,
+        source: str,
+    ) -> AdaptedIndex:
+        """An index of ``batches`` of (ids, adapted vectors), laid out as ``options`` say; the one way
+        every constructor fills an index, so each refuses an empty source and a repeated id alike."""
+        index: AdaptedIndex | None = None
+        seen: set[str] = set()
+        for ids, vectors in batches:
+            if index is None:
+                index = cls._empty(adapter, encoder_info, vectors.shape[1], encoder, **options)
+            for doc_id in ids:
+                if doc_id in seen:
+                    raise ValueError(f"{source}: document id {doc_id!r} appears twice; ids must be unique")
+                seen.add(doc_id)
+            index.faiss_index.add(np.ascontiguousarray(index._sized(vectors), dtype=np.float32))
+            index.doc_ids.extend(ids)
+        if index is None:
+            raise ValueError(f"{source}: no documents to index")
+        index.manifest["n_docs"] = len(index.doc_ids)
+        return index
+
+    @classmethod
     def _empty(
         cls,
         adapter: SearchAdaptor,
         encoder_info: Mapping[str, Any],
         dim: int,
-        backend: str,
-        hnsw_m: int,
-        ef_search: int,
         encoder: Encoder | None,
+        *,
+        backend: str = "flat",
+        hnsw_m: int = 32,
+        ef_search: int = 128,
         size: int | None = None,
     ) -> AdaptedIndex:
         adapter.check_encoder(encoder_info, dim)
@@ -163,11 +211,6 @@ class AdaptedIndex:
             return vectors
         return l2_normalize(np.ascontiguousarray(vectors[:, : self.dim], dtype=np.float32))
 
-    def _add_adapted(self, doc_ids: Sequence[str], vectors: np.ndarray) -> None:
-        self.faiss_index.add(np.ascontiguousarray(self._sized(vectors), dtype=np.float32))
-        self.doc_ids.extend(doc_ids)
-        self.manifest["n_docs"] = len(self.doc_ids)
-
     @classmethod
     def build(
         cls,
@@ -176,12 +219,9 @@ class AdaptedIndex:
         doc_ids: Sequence[str],
         texts: Sequence[str],
         *,
-        backend: str = "flat",
         cache_dir: str | os.PathLike | None = None,
         progress: bool = False,
-        hnsw_m: int = 32,
-        ef_search: int = 128,
-        size: int | None = None,
+        **options: Unpack[IndexOptions],
     ) -> AdaptedIndex:
         """Embed ``texts`` through the embedding store, adapt them and index them, chunk by chunk.
 
@@ -192,40 +232,29 @@ class AdaptedIndex:
         encoder : Encoder
             Base encoder; texts already in the store are not embedded again.
         doc_ids, texts : sequence of str
-            One id per document text.
-        backend : {"flat", "hnsw"}
-            Exact inner-product search, or an HNSW graph (approximate, faster on large corpora).
+            One id per document text; ids must be unique.
         cache_dir : path, optional
             Embedding store; the default store otherwise.
         progress : bool
             Show a progress bar over the documents.
-        hnsw_m, ef_search : int
-            HNSW graph degree and search breadth (``ef_search`` can be raised later for recall).
-        size : int, optional
-            Keep the first ``size`` adapted coordinates (a Matryoshka prefix, unit length again):
-            every document and query is cut to it. ``from_vectors`` and ``from_shards`` take it too.
+        **options
+            The index's layout (:class:`IndexOptions`): ``backend``, ``hnsw_m``, ``ef_search``, ``size``.
         """
         if len(doc_ids) != len(texts):
             raise ValueError(f"{len(doc_ids)} document ids for {len(texts)} texts; give one id per text")
-        if not len(texts):
-            raise ValueError("no documents to index: the list of texts is empty")
         adapter = as_adapter(adapter)
         adapter.check_encoder(encoder)
-        index: AdaptedIndex | None = None
         chunks = (
             (list(doc_ids[i : i + _BUILD_CHUNK]), list(texts[i : i + _BUILD_CHUNK]))
             for i in range(0, len(texts), _BUILD_CHUNK)
         )
-        for ids, vectors, _ in adapted_chunks(
-            chunks, encoder, adapter, cache_dir, "documents", progress, len(texts)
-        ):
-            if index is None:
-                index = cls._empty(
-                    adapter, encoder.info(), vectors.shape[1], backend, hnsw_m, ef_search, encoder, size
-                )
-            index._add_adapted(ids, vectors)
-        assert index is not None
-        return index
+        batches = (
+            (ids, vectors)
+            for ids, vectors, _ in adapted_chunks(
+                chunks, encoder, adapter, cache_dir, "documents", progress, len(texts)
+            )
+        )
+        return cls._filled(adapter, encoder.info(), encoder, batches, options, "the list of texts")
 
     @classmethod
     def from_vectors(
@@ -235,34 +264,33 @@ class AdaptedIndex:
         vectors: np.ndarray,
         encoder_info: Mapping[str, Any],
         *,
-        backend: str = "flat",
         encoder: Encoder | None = None,
-        hnsw_m: int = 32,
-        ef_search: int = 128,
-        size: int | None = None,
+        **options: Unpack[IndexOptions],
     ) -> AdaptedIndex:
         """Index base document vectors you already have (adapted here, chunk by chunk).
 
         Parameters
         ----------
         vectors : ndarray of shape (n_docs, dim)
-            Base (not adapted) embeddings, rows aligned with ``doc_ids``.
+            Base (not adapted) embeddings, rows aligned with ``doc_ids`` (unique ids).
         encoder_info : dict
             ``{"fingerprint", "provider", "model", "config"}`` of the model that made them, e.g.
             ``Embeddings.encoder``; the adapter must match it.
         encoder : Encoder, optional
             To search with texts; recreated from ``encoder_info`` on first use otherwise.
+        **options
+            The index's layout (:class:`IndexOptions`).
         """
         if vectors.ndim != 2 or len(doc_ids) != len(vectors) or not len(doc_ids):
             raise ValueError(
                 f"{len(doc_ids)} document ids for vectors of shape {vectors.shape}; give one 2-D row per id"
             )
         adapter = as_adapter(adapter)
-        index = cls._empty(adapter, encoder_info, vectors.shape[1], backend, hnsw_m, ef_search, encoder, size)
-        for start in range(0, len(doc_ids), _BUILD_CHUNK):
-            chunk = vectors[start : start + _BUILD_CHUNK]
-            index._add_adapted(doc_ids[start : start + _BUILD_CHUNK], adapter.transform_corpus(chunk))
-        return index
+        batches = (
+            (doc_ids[i : i + _BUILD_CHUNK], adapter.transform_corpus(vectors[i : i + _BUILD_CHUNK]))
+            for i in range(0, len(doc_ids), _BUILD_CHUNK)
+        )
+        return cls._filled(adapter, encoder_info, encoder, batches, options, "the document vectors")
 
     @classmethod
     def from_shards(
@@ -271,11 +299,8 @@ class AdaptedIndex:
         folder: str | os.PathLike,
         encoder_info: Mapping[str, Any],
         *,
-        backend: str = "flat",
         encoder: Encoder | None = None,
-        hnsw_m: int = 32,
-        ef_search: int = 128,
-        size: int | None = None,
+        **options: Unpack[IndexOptions],
     ) -> AdaptedIndex:
         """Index the already adapted vectors of a shard folder (see :mod:`search_adaptor.pipeline`).
 
@@ -283,23 +308,7 @@ class AdaptedIndex:
         corpus order; only the FAISS index itself grows with the corpus.
         """
         adapter = as_adapter(adapter)
-        index: AdaptedIndex | None = None
-        seen: set[str] = set()
-        for ids, vectors in iter_vectors(folder):
-            if index is None:
-                index = cls._empty(
-                    adapter, encoder_info, vectors.shape[1], backend, hnsw_m, ef_search, encoder, size
-                )
-            for doc_id in ids:
-                if doc_id in seen:
-                    raise ValueError(f"{folder}: document id {doc_id!r} appears twice; ids must be unique")
-                seen.add(doc_id)
-            index.faiss_index.add(np.ascontiguousarray(index._sized(vectors)))
-            index.doc_ids.extend(ids)
-        if index is None:
-            raise ValueError(f"{folder}: no vectors to index")
-        index.manifest["n_docs"] = len(index.doc_ids)
-        return index
+        return cls._filled(adapter, encoder_info, encoder, iter_vectors(folder), options, str(folder))
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, vectors: str | os.PathLike | None = None) -> Path:

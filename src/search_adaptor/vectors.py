@@ -9,6 +9,7 @@ half of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -164,7 +165,7 @@ def _iter_npy(path: Path, rows: int) -> Iterator[tuple[list[str], np.ndarray]]:
 
 
 # -- writing vectors ---------------------------------------------------------------------------------
-class VectorWriter:
+class VectorWriter(contextlib.AbstractContextManager):
     """Streams ``(ids, vectors)`` chunks to ``.npy``, one ``.parquet`` file, or a folder of Parquet shards.
 
     Everything goes to a temporary sibling first; :meth:`close` (or leaving the ``with`` block
@@ -225,9 +226,6 @@ class VectorWriter:
         if self._handle is not None:
             self._handle.close()
         self._staged.discard()
-
-    def __enter__(self) -> VectorWriter:
-        return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is None:

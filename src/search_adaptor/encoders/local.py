@@ -138,13 +138,13 @@ class SentenceTransformerEncoder(Encoder):
         query_prompt: str = "",
         document_prompt: str = "",
     ) -> None:
+        self._st: Any = None  # the model, loaded on first use
+        self._cut_logged = False
         self.model = model
         self.batch_size = batch_size
         self.device = device
         self.query_prompt = query_prompt
         self.document_prompt = document_prompt
-        self._st: Any = None
-        self._cut_logged = False
 
     def config(self) -> dict[str, Any]:
         return {

@@ -20,6 +20,7 @@ OpenAI's models embed queries and documents the same way (no mode field); ``quer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -56,6 +57,8 @@ class OpenAIEncoder(ApiEncoder):
     max_request_tokens = 300_000
     context_tokens = OPENAI_MAX_TOKENS_PER_INPUT
     encoding_format = "base64"
+    #: how to give the endpoint, for the subclasses that have no default one
+    endpoint_hint = "pass base_url=..."
 
     def __init__(
         self,
@@ -74,7 +77,10 @@ class OpenAIEncoder(ApiEncoder):
         return {k: v for k, v in headers.items() if v}
 
     def _resolve_base_url(self, base_url: str | None) -> str:
-        return base_url or env_value(self.base_url_env or "") or self.default_base_url
+        url = base_url or env_value(self.base_url_env or "") or self.default_base_url
+        if not url:
+            raise EncoderError(f"{self.provider}: no endpoint; {self.endpoint_hint}")
+        return url
 
     def _path(self) -> str:
         return "/embeddings"
@@ -102,12 +108,13 @@ class AzureOpenAIEncoder(OpenAIEncoder):
     """An Azure OpenAI deployment: ``POST {endpoint}/openai/deployments/{deployment}/embeddings``.
 
     Credentials, in the official SDK's order: ``api_key`` (``api-key`` header), else a Microsoft
-    Entra ID token from ``azure_ad_token`` or ``$AZURE_OPENAI_AD_TOKEN`` (``Authorization: Bearer``),
-    else ``$AZURE_OPENAI_API_KEY``. The endpoint is ``base_url`` or ``$AZURE_OPENAI_ENDPOINT``
-    (``https://<resource>.openai.azure.com``); ``model`` is the deployment name, also sent in the
-    body as the SDK does. Deployment names are arbitrary, so the endpoint is part of the
-    fingerprint. Azure's embeddings guide caps the tokens summed over one request at 8192, lower
-    than OpenAI's, so that is the default ``max_request_tokens``; raise it if your deployment allows.
+    Entra ID token from ``azure_ad_token_provider``, ``azure_ad_token`` or ``$AZURE_OPENAI_AD_TOKEN``
+    (``Authorization: Bearer``), else ``$AZURE_OPENAI_API_KEY``. The endpoint is ``base_url`` or
+    ``$AZURE_OPENAI_ENDPOINT`` (``https://<resource>.openai.azure.com``); ``model`` is the
+    deployment name, also sent in the body as the SDK does. Deployment names are arbitrary, so the
+    endpoint is part of the fingerprint. Azure's embeddings guide caps the tokens summed over one
+    request at 8192, lower than OpenAI's, so that is the default ``max_request_tokens``; raise it if
+    your deployment allows.
 
     Parameters
     ----------
@@ -115,6 +122,9 @@ class AzureOpenAIEncoder(OpenAIEncoder):
         Deployment name (required).
     api_version : str, optional
         The ``api-version`` query parameter; else ``$OPENAI_API_VERSION``, else ``2024-10-21``.
+    azure_ad_token_provider : callable, optional
+        Returns a current Entra ID access token; called for every request, as the SDK does (e.g.
+        ``azure.identity.get_bearer_token_provider``), so long runs outlive a token's hour.
     azure_ad_token : str, optional
         Entra ID access token (they expire after about an hour).
     **kwargs
@@ -125,6 +135,7 @@ class AzureOpenAIEncoder(OpenAIEncoder):
     default_model = None
     default_base_url = ""
     base_url_env = "AZURE_OPENAI_ENDPOINT"
+    endpoint_hint = "set AZURE_OPENAI_ENDPOINT (https://<resource>.openai.azure.com) or pass base_url=..."
     key_env = ("AZURE_OPENAI_API_KEY",)
     auth_header = "api-key"
     auth_scheme = ""
@@ -135,14 +146,19 @@ class AzureOpenAIEncoder(OpenAIEncoder):
         model: str | None = None,
         *,
         api_version: str | None = None,
+        azure_ad_token_provider: Callable[[], str] | None = None,
         azure_ad_token: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.api_version = api_version or env_value("OPENAI_API_VERSION") or "2024-10-21"
         self._azure_ad_token = azure_ad_token
+        self._azure_ad_token_provider = azure_ad_token_provider
         super().__init__(model, **kwargs)
 
     def _credentials(self, api_key: str | None) -> tuple[AuthHeaders, str]:
+        if not api_key and self._azure_ad_token_provider is not None:
+            fresh = self._azure_ad_token_provider
+            return lambda: {"authorization": f"Bearer {fresh()}"}, "the azure_ad_token_provider"
         if not api_key:
             token = secret_from_env(
                 self.provider, self._azure_ad_token, ("AZURE_OPENAI_AD_TOKEN",), required=False
@@ -151,15 +167,6 @@ class AzureOpenAIEncoder(OpenAIEncoder):
                 header = {"authorization": f"Bearer {token.reveal()}"}
                 return header.copy, "$AZURE_OPENAI_AD_TOKEN (Entra ID tokens expire after about an hour)"
         return super()._credentials(api_key)
-
-    def _resolve_base_url(self, base_url: str | None) -> str:
-        endpoint = super()._resolve_base_url(base_url)
-        if not endpoint:
-            raise EncoderError(
-                "azure-openai: no endpoint; set AZURE_OPENAI_ENDPOINT (https://<resource>.openai.azure.com) "
-                "or pass base_url=..."
-            )
-        return endpoint
 
     def _path(self) -> str:
         return f"/openai/deployments/{quote(self.model, safe='')}/embeddings"
@@ -194,15 +201,7 @@ class OpenAICompatibleEncoder(OpenAIEncoder):
     max_request_tokens = None
     context_tokens = None
     encoding_format = "float"
-
-    def _resolve_base_url(self, base_url: str | None) -> str:
-        url = super()._resolve_base_url(base_url)
-        if not url:
-            raise ValueError(
-                "openai-compatible: pass base_url=... (e.g. http://localhost:11434/v1 for Ollama) "
-                "or set OPENAI_BASE_URL"
-            )
-        return url
+    endpoint_hint = "pass base_url=... (e.g. http://localhost:11434/v1 for Ollama) or set OPENAI_BASE_URL"
 
     def _extra_headers(self) -> dict[str, str]:
         return {}  # OpenAI's organization and project mean nothing to another server

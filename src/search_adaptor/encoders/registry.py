@@ -18,16 +18,7 @@ __all__ = ["LOCAL", "MODEL2VEC", "PROVIDERS", "from_info", "make_encoder"]
 _OPTIONS = ("max_chars", "query_prompt", "document_prompt", "truncate", "truncation", "auto_truncate")
 
 
-def make_encoder(
-    provider: str,
-    model: str | None = None,
-    *,
-    base_url: str | None = None,
-    dimensions: int | None = None,
-    batch_size: int | None = None,
-    max_concurrency: int | None = None,
-    **kw: Any,
-) -> Encoder:
+def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
     """An encoder for ``provider``'s ``model`` (the provider's default model when omitted).
 
     Parameters
@@ -37,20 +28,17 @@ def make_encoder(
     model : str, optional
         Model id; the deployment name for ``azure-openai``; the folder for ``model2vec``; required
         for ``azure-openai``, ``openai-compatible`` and ``model2vec``.
-    base_url : str, optional
-        API root (proxies, regional or self-hosted endpoints, tests); required for
-        ``openai-compatible`` unless ``$OPENAI_BASE_URL`` is set.
-    dimensions : int, optional
-        Shorter output vectors, where the model supports it.
-    batch_size, max_concurrency : int, optional
-        Texts per batch and batches in flight; the provider's documented limits by default.
     **kw
-        Provider options: ``api_key``, ``timeout``, ``retry``, ``retry_budget_s``, ``max_chars``,
-        ``max_input_tokens``, ``max_request_tokens``, ``query_prompt``, ``document_prompt``;
-        ``organization``, ``project`` (OpenAI); ``api_version``, ``azure_ad_token`` (Azure);
-        ``project``, ``location``, ``auto_truncate`` (Vertex); ``truncate`` (Cohere);
-        ``truncation`` (Voyage); ``device`` (sentence-transformers). See
-        :class:`~search_adaptor.encoders.http.ApiEncoder`.
+        The provider's options, as its class takes them: ``base_url`` (API root: proxies, regional
+        or self-hosted endpoints, tests; required for ``openai-compatible`` unless
+        ``$OPENAI_BASE_URL`` is set), ``dimensions`` (shorter vectors, where the model supports
+        it), ``batch_size`` and ``max_concurrency`` (texts per batch and batches in flight; the
+        provider's documented limits by default), ``api_key``, ``timeout``, ``retry``,
+        ``retry_budget_s``, ``max_chars``, ``max_input_tokens``, ``max_request_tokens``,
+        ``query_prompt``, ``document_prompt``; ``organization``, ``project`` (OpenAI);
+        ``api_version``, ``azure_ad_token`` (Azure); ``project``, ``location``, ``auto_truncate``
+        (Vertex); ``truncate`` (Cohere); ``truncation`` (Voyage); ``device`` (sentence-transformers).
+        See :class:`~search_adaptor.encoders.http.ApiEncoder`.
 
     Raises
     ------
@@ -60,12 +48,13 @@ def make_encoder(
         No API key: the message names the environment variable to set.
     """
     if provider in (LOCAL, MODEL2VEC):
-        if base_url is not None or dimensions is not None or max_concurrency not in (None, 1):
-            raise ValueError(
-                f"{provider}: base_url, dimensions and max_concurrency do not apply to a local model"
-            )
-        if batch_size is not None:
-            kw["batch_size"] = batch_size
+        remote = [k for k in ("base_url", "dimensions") if kw.pop(k, None) is not None]
+        if kw.pop("max_concurrency", None) not in (None, 1):
+            remote.append("max_concurrency")
+        if remote:
+            raise ValueError(f"{provider}: {', '.join(remote)} do not apply to a local model")
+        if kw.get("batch_size") is None:
+            kw.pop("batch_size", None)
         if provider == MODEL2VEC:
             if not model:
                 raise ValueError(f"{MODEL2VEC}: pass the model folder (`search-adaptor distill --out DIR`)")
@@ -82,14 +71,7 @@ def make_encoder(
         raise ValueError(f"unknown embedding provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
     module, name = API_CLASSES[provider]
     cls = getattr(importlib.import_module(module), name)
-    return cls(
-        model,
-        base_url=base_url,
-        dimensions=dimensions,
-        batch_size=batch_size,
-        max_concurrency=max_concurrency,
-        **kw,
-    )
+    return cls(model, **kw)
 
 
 def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
