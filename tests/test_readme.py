@@ -298,6 +298,7 @@ def _marks(block: Any) -> list[pytest.MarkDecorator]:
     return [pytest.mark.xfail(raises=LoadNoise, strict=True, reason=loud[0])] if loud else []
 
 
+@pytest.mark.slow  # the README's commands load MiniLM and train: CI runs them, the inner loop does not
 @pytest.mark.parametrize(
     "index",
     [
