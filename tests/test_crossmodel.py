@@ -687,12 +687,13 @@ def m2v(tmp_path_factory):
     """model2vec pieces from tests/test_model2vec.py: the word list, a static model, a tiny BERT."""
     pytest.importorskip("model2vec", reason="needs model2vec (the model2vec extra)")
     import test_model2vec
+    import tiny_models
 
     root = tmp_path_factory.mktemp("m2v")
     return {
-        "words": test_model2vec.WORDS,
+        "words": tiny_models.WORDS,
         "docs": test_model2vec.static_model(root / "docs-16", dim=16, seed=0),
-        "tiny_bert": test_model2vec.tiny_bert,
+        "tiny_bert": tiny_models.tiny_bert,
     }
 
 

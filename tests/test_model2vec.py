@@ -6,7 +6,6 @@ import json
 import shutil
 import statistics
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +21,7 @@ from search_adaptor.encoders.base import EncoderError, ImagesUnsupported
 from search_adaptor.encoders.registry import from_info, make_encoder
 from search_adaptor.images import ImageRef
 from search_adaptor.store import EmbeddingStore, StoreStats
-
-WORDS = [
-    "the",
-    "a",
-    "cat",
-    "dog",
-    "sat",
-    "on",
-    "mat",
-    "red",
-    "blue",
-    "square",
-    "circle",
-    "photo",
-    "of",
-    "city",
-    "tokyo",
-    "river",
-    "night",
-    "day",
-]
+from tiny_models import WORDS, tiny_bert
 
 
 def static_model(folder: Path, dim: int = 16, seed: int = 0) -> Path:
@@ -130,37 +109,11 @@ def test_refuses_images_and_what_does_not_apply(model_dir: Path, tmp_path: Path)
         make_encoder("model2vec")
     with pytest.raises(ValueError, match=r"model2vec: dimensions do not apply to a local model"):
         make_encoder("model2vec", model=str(model_dir), dimensions=8)
-    with pytest.raises(ValueError, match=r"model2vec: timeout do not apply to a static model"):
+    with pytest.raises(ValueError, match=r"model2vec: timeout do not apply to a model in a folder"):
         make_encoder("model2vec", model=str(model_dir), timeout=3.0)
 
 
 # -- distill -----------------------------------------------------------------------------------------
-
-
-def tiny_bert(folder: Path, hidden: int = 32, words: Sequence[str] = WORDS) -> Path:
-    """A randomly initialised one-layer BERT whose vocabulary is ``words`` (and their ``##`` pieces):
-    distils in seconds. Texts made of other words embed to zero vectors, so pass the test's own."""
-    transformers = pytest.importorskip("transformers")
-    import torch
-
-    folder.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[f"##{w}" for w in words], "tokyo's"]
-    wordpiece = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    wordpiece.normalizer = normalizers.BertNormalizer()
-    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
-    transformers.PreTrainedTokenizerFast(tokenizer_object=wordpiece, **specials).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=32,
-    )
-    transformers.BertModel(config).save_pretrained(folder)
-    return folder
 
 
 def test_distill_writes_a_model2vec_folder_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

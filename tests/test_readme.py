@@ -46,7 +46,7 @@ import pytest
 
 import search_adaptor
 from fake_providers import KEY_ENV, FakeProvider
-from test_model2vec import tiny_bert
+from tiny_models import tiny_bert
 
 codeblocks = pytest.importorskip("pytest_codeblocks")
 

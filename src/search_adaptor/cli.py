@@ -174,6 +174,16 @@ def _cmd_distill(args: argparse.Namespace) -> None:
     print(f"static model written to {distill(args.out, **options)}; use it with --query-provider model2vec")
 
 
+def _cmd_export_encoder(args: argparse.Namespace) -> None:
+    """export a sentence-transformers model to ONNX (int8 weights unless --float32), for --provider onnx"""
+    from search_adaptor.encoders.onnx import export_encoder
+
+    options = {"model": args.model} if args.model else {}
+    out, cosine = export_encoder(args.out, **options, int8=not args.float32)
+    print(f"ONNX encoder written to {out} (lowest cosine to the float model on sample texts: {cosine:.4f})")
+    print(f"use it with --provider onnx --model {out}: its vectors are its own, so fit an adapter on them")
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     """export an adapter as ONNX or as a sentence-transformers model"""
     from search_adaptor.export import export
@@ -184,7 +194,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends in one ``search-adaptor: error: ...`` line, exit 2 (or --debug)."""
-    commands = {name[5:]: fn for name, fn in globals().items() if name.startswith("_cmd_")}
+    commands = {name[5:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("_cmd_")}
     parser = build_parser(commands)
     try:
         args = parser.parse_args(argv)

@@ -115,6 +115,11 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--model", help="sentence-transformers model to distil (default: the local MiniLM)"),
         A("--dim", type=_positive_int, help="static model dimension (default 256)"),
     ],
+    "export-encoder": [
+        A("--out", required=True, metavar="DIR"),
+        A("--model", help="sentence-transformers model to export (default: the local MiniLM)"),
+        A("--float32", action="store_true", help="keep float32 weights (default: int8 per channel)"),
+    ],
     "export": [
         A("adapter", metavar="ADAPTER_DIR"),
         A("--out", required=True, metavar="DIR"),

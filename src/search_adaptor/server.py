@@ -57,7 +57,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_adaptor import __version__
-from search_adaptor.encoders import API_CLASSES, LOCAL
+from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import EncoderError, InputsRejected, Kind
 from search_adaptor.index import AdaptedIndex, Hits, import_faiss
 
@@ -524,7 +524,7 @@ def create_app(
     if retry_budget_s is not None and index.manifest["encoder"].get("provider") in API_CLASSES:
         index.configure_encoder(retry_budget_s=retry_budget_s)
     encoder = index.query_encoder  # the documents' model too, unless the adapter is cross-model
-    if encoder.provider in (LOCAL, "model2vec"):  # load it now: the first request does not pay for it
+    if encoder.provider not in API_CLASSES:  # a local model: load it now, not on the first request
         index.embed_queries(["warm-up"])
     limits = Limits(max_batch, max_k, max_chars)
     models = _request_models(limits)

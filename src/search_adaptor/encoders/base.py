@@ -14,7 +14,8 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -203,6 +204,72 @@ class Encoder(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+class FolderEncoder(Encoder):
+    """A model held in a folder on this machine (a model2vec model, an ONNX export).
+
+    Its fingerprint is its content, a hash of the files that make the vectors and of the settings
+    in its config file less those that only say where it came from, never its path: two different
+    models never share store entries, and a folder moved elsewhere keeps its cached vectors.
+    Subclasses name the files; ``__init__`` checks that they are there, naming the fix.
+    """
+
+    weight_files: ClassVar[tuple[str, ...]]
+    config_file: ClassVar[str]
+    #: config keys that name where a model was made, not what it computes
+    provenance: ClassVar[frozenset[str]] = frozenset()
+    #: how to make such a folder, for the error when one is not
+    how_to_make: ClassVar[str]
+
+    def __init__(self, model: str | Path, batch_size: int) -> None:
+        folder = Path(model).expanduser()
+        missing = [n for n in (*self.weight_files, self.config_file) if not (folder / n).is_file()]
+        if missing:
+            raise EncoderError(
+                f"{self.provider}: {model} is not a {self.provider} folder (no {', '.join(missing)}); "
+                f"{self.how_to_make}"
+            )
+        self.model = str(model)
+        self.batch_size = batch_size
+        self._folder = folder
+        self.weights = self._content_hash()
+
+    def _content_hash(self) -> str:
+        """sha256 of the weight files and of the config (less :attr:`provenance`)."""
+        digest = hashlib.sha256()
+        for name in self.weight_files:
+            digest.update(f"{name}\x00".encode())
+            with open(self._folder / name, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+        digest.update(json.dumps(self.settings(), sort_keys=True, separators=(",", ":")).encode())
+        return digest.hexdigest()
+
+    def settings(self) -> dict[str, Any]:
+        """The folder's config file, less where the model came from."""
+        path = self._folder / self.config_file
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EncoderError(f"{self.provider}: {path}: not readable JSON ({exc}); make it again") from exc
+        if not isinstance(config, dict):
+            raise EncoderError(f"{self.provider}: {path}: expected a JSON object; make the folder again")
+        return {k: v for k, v in config.items() if k not in self.provenance}
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "weights_sha256": self.weights,
+            "normalize": True,
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """Same vectors, same fingerprint: the content hash and settings, not the folder's path."""
+        blob = json.dumps({k: v for k, v in self.config().items() if k != "model"}, sort_keys=True)
+        return f"{self.provider}:{self._folder.name}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def check_vectors(vectors: Any, source: str, expected_rows: int | None = None) -> np.ndarray:

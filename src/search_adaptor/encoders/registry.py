@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from search_adaptor.encoders import API_CLASSES, LOCAL, MODEL2VEC, PROVIDERS
+from search_adaptor.encoders import API_CLASSES, FOLDER_CLASSES, LOCAL, MODEL2VEC, PROVIDERS
 from search_adaptor.encoders.base import Encoder
 
 __all__ = ["LOCAL", "MODEL2VEC", "PROVIDERS", "from_info", "make_encoder"]
@@ -47,7 +47,7 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
     EncoderError
         No API key: the message names the environment variable to set.
     """
-    if provider in (LOCAL, MODEL2VEC):
+    if provider == LOCAL or provider in FOLDER_CLASSES:
         remote = [k for k in ("base_url", "dimensions") if kw.pop(k, None) is not None]
         if kw.pop("max_concurrency", None) not in (None, 1):
             remote.append("max_concurrency")
@@ -55,15 +55,14 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
             raise ValueError(f"{provider}: {', '.join(remote)} do not apply to a local model")
         if kw.get("batch_size") is None:
             kw.pop("batch_size", None)
-        if provider == MODEL2VEC:
+        if provider in FOLDER_CLASSES:
+            module, name, command = FOLDER_CLASSES[provider]
             if not model:
-                raise ValueError(f"{MODEL2VEC}: pass the model folder (`search-adaptor distill --out DIR`)")
+                raise ValueError(f"{provider}: pass the model folder (`{command}`)")
             extra = sorted(set(kw) - {"batch_size"})
             if extra:
-                raise ValueError(f"{MODEL2VEC}: {', '.join(extra)} do not apply to a static model")
-            from search_adaptor.encoders.model2vec import Model2VecEncoder
-
-            return Model2VecEncoder(model, **kw)
+                raise ValueError(f"{provider}: {', '.join(extra)} do not apply to a model in a folder")
+            return getattr(importlib.import_module(module), name)(model, **kw)
         from search_adaptor.encoders.local import DEFAULT_MODEL, SentenceTransformerEncoder
 
         return SentenceTransformerEncoder(model or DEFAULT_MODEL, **kw)

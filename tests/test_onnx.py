@@ -1,0 +1,121 @@
+"""The ``onnx`` provider and ``export-encoder``: a sentence-transformers model run by onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="needs onnxruntime (the onnx extra)")
+pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (the local extra)")
+
+from search_adaptor.cli import main
+from search_adaptor.encoders.base import EncoderError, ImagesUnsupported
+from search_adaptor.encoders.local import SentenceTransformerEncoder
+from search_adaptor.encoders.onnx import OnnxEncoder, export_encoder
+from search_adaptor.encoders.registry import from_info, make_encoder
+from search_adaptor.images import ImageRef
+from search_adaptor.model import CompatibilityError, SearchAdaptor
+from tiny_models import tiny_bert
+
+TEXTS = ["the cat sat on the mat", "a red square", "tokyo river at night", "the dog", "a blue circle photo"]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("bert") / "bert")
+
+
+@pytest.fixture(scope="module")
+def exports(bert: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("onnx")
+    made = {name: export_encoder(root / name, str(bert), int8=name == "int8") for name in ("float32", "int8")}
+    return {name: folder for name, (folder, _) in made.items()}
+
+
+def test_a_float32_export_embeds_as_the_model_does(bert: Path, exports: dict[str, Path]) -> None:
+    st, onnx = SentenceTransformerEncoder(str(bert)), make_encoder("onnx", str(exports["float32"]))
+    for encode in ("encode_queries", "encode_corpus"):
+        ours, theirs = getattr(onnx, encode)(TEXTS), getattr(st, encode)(TEXTS)
+        assert ours.dtype == np.float32 and ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, atol=2e-5)
+    assert json.loads((exports["float32"] / "encoder.json").read_text())["quantization"] == "float32"
+
+
+def test_int8_is_close_to_the_model_and_has_its_own_fingerprint(bert: Path, exports: dict[str, Path]) -> None:
+    st = SentenceTransformerEncoder(str(bert))
+    int8, f32 = OnnxEncoder(str(exports["int8"])), OnnxEncoder(str(exports["float32"]))
+    vectors = int8.encode_corpus(TEXTS)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * st.encode_corpus(TEXTS)).sum(axis=1)
+    assert cosines.min() > 0.9 and not np.allclose(vectors, f32.encode_corpus(TEXTS), atol=1e-6)
+    assert len({int8.fingerprint, f32.fingerprint, st.fingerprint}) == 3
+    size = {name: (folder / "model.onnx").stat().st_size for name, folder in exports.items()}
+    assert size["int8"] < size["float32"]
+
+
+def test_an_adapter_of_the_float_model_refuses_the_onnx_vectors(bert: Path, exports: dict[str, Path]) -> None:
+    st = SentenceTransformerEncoder(str(bert))
+    ids = [f"x{i}" for i in range(len(TEXTS))]
+    q, d = st.encode_queries(TEXTS), st.encode_corpus(TEXTS)
+    qrels = {i: {i: 1} for i in ids}
+    adapter = SearchAdaptor(max_steps=2).fit(q, d, qrels, ids, ids, encoder=st)
+    with pytest.raises(CompatibilityError, match="onnx:"):
+        adapter.check_encoder(OnnxEncoder(str(exports["int8"])))
+
+
+def test_the_fingerprint_is_the_content_and_from_info_recreates_it(exports: dict[str, Path], tmp_path):
+    enc = make_encoder("onnx", str(exports["int8"]))
+    moved = Path(shutil.copytree(exports["int8"], tmp_path / "int8"))
+    assert OnnxEncoder(str(moved)).fingerprint == enc.fingerprint
+    again = from_info(enc.info())
+    np.testing.assert_array_equal(again.encode_queries(TEXTS), enc.encode_queries(TEXTS))
+
+
+def test_a_text_embeds_alike_alone_and_among_texts_of_its_length(exports: dict[str, Path]) -> None:
+    enc = OnnxEncoder(str(exports["int8"]))
+    keys = enc.batch_keys(TEXTS, "query")
+    assert keys == [len(enc._encodings([t], "query")[0].ids) for t in TEXTS]
+    same = [t for t, k in zip(TEXTS, keys, strict=True) if k == keys[0]]
+    together = enc.encode_queries(same)
+    for i, text in enumerate(same):
+        np.testing.assert_array_equal(enc.encode_queries([text])[0], together[i])
+
+
+def test_an_edited_or_incomplete_folder_is_refused_in_one_line(exports: dict[str, Path], tmp_path) -> None:
+    folder = Path(shutil.copytree(exports["int8"], tmp_path / "edited"))
+    config = json.loads((folder / "encoder.json").read_text())
+    for field, value in [("pooling", "max"), ("window", -1), ("window", True), ("quantization", "int4")]:
+        (folder / "encoder.json").write_text(json.dumps({**config, field: value}))
+        with pytest.raises(EncoderError, match=rf"onnx: .*encoder\.json: field '{field}' is .*export-enc"):
+            OnnxEncoder(str(folder))
+    (folder / "encoder.json").write_text("{not json")
+    with pytest.raises(EncoderError, match=r"encoder\.json: not readable JSON"):
+        OnnxEncoder(str(folder))
+    (folder / "model.onnx").unlink()
+    with pytest.raises(EncoderError, match=r"is not a onnx folder \(no model\.onnx\); make one with `"):
+        OnnxEncoder(str(folder))
+    with pytest.raises(ImagesUnsupported, match="embeds text only"):
+        OnnxEncoder(str(exports["int8"])).encode_corpus([ImageRef("https://example.com/a.png")])
+    with pytest.raises(ValueError, match=r"onnx: pass the model folder \(`search-adaptor export-encoder"):
+        make_encoder("onnx")
+    with pytest.raises(ValueError, match="onnx: timeout do not apply to a model in a folder"):
+        make_encoder("onnx", str(exports["int8"]), timeout=3.0)
+
+
+def test_the_command_exports_and_never_replaces_another_folder(bert: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "exported"
+    assert main(["export-encoder", "--out", str(out), "--model", str(bert), "--float32"]) == 0
+    printed = capsys.readouterr().out
+    assert f"--provider onnx --model {out}" in printed and "lowest cosine to the float model" in printed
+    assert OnnxEncoder(str(out)).encode_queries(["the cat"]).shape == (1, 32)
+    assert main(["export-encoder", "--out", str(out), "--model", str(bert)]) == 0  # its own export: replaced
+    assert json.loads((out / "encoder.json").read_text())["quantization"] == "int8"
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    assert main(["export-encoder", "--out", str(other), "--model", str(bert)]) == 2
+    assert "is not an ONNX encoder export" in capsys.readouterr().err and (other / "mine.txt").exists()
