@@ -22,6 +22,7 @@ ORDER = [
     "provider_faults.md",
     "serving.md",
     "load_test.md",
+    "onnx_encoder.md",
     "scale.md",
     "frameworks.md",
 ]

@@ -164,7 +164,6 @@ def export_encoder(
         set of sample texts (1.0 up to rounding for float32; about 0.99 for int8 MiniLM).
     """
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from search_adaptor import __version__
     from search_adaptor.files import Staged
@@ -212,11 +211,7 @@ def export_encoder(
                 dynamo=False,
             )
         if int8:
-            logging.disable(logging.WARNING)  # onnxruntime advises pre-processing, on the root logger
-            try:
-                quantize_dynamic(float_graph, graph, weight_type=QuantType.QInt8, per_channel=True)
-            finally:
-                logging.disable(logging.NOTSET)
+            _quantize(float_graph, graph)
             float_graph.unlink()
         transformer.tokenizer.backend_tokenizer.save(str(staged.path / TOKENIZER))
         config = {
@@ -235,6 +230,39 @@ def export_encoder(
         ]
         cosines = (OnnxEncoder(str(staged.path)).encode_corpus(texts) * base.encode_corpus(texts)).sum(axis=1)
     return staged.target, float(cosines.min())
+
+
+def _quantize(float_graph: Path, graph: Path) -> None:
+    """int8 weights, one scale per output channel, for the matrix products with a weight matrix,
+    except those that narrow their input (a feed-forward block's output projection): their inputs,
+    after the activation, have outliers that one dynamic activation scale per tensor clips, and
+    keeping them float halves the distance to the float model's vectors (MiniLM on SciFact: mean
+    cosine 0.9942 -> 0.9976). Products of two activations (attention scores) stay float too."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(float_graph))
+    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    narrowing = [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul"
+        and len(shape := shapes.get(node.input[1], ())) == 2
+        and shape[0] > shape[1]
+    ]
+    logging.disable(logging.WARNING)  # onnxruntime advises pre-processing, on the root logger
+    try:
+        quantize_dynamic(
+            float_graph,
+            graph,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=narrowing,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 _SAMPLE_WORDS = ("coffee", "sleep", "vitamin D", "exercise", "air pollution", "statins", "sugar", "alcohol")
