@@ -217,7 +217,7 @@ def export_encoder(
         config = {
             "format": "search-adaptor onnx encoder",
             "pooling": pooling,
-            "window": int(transformer.max_seq_length),
+            "window": int(transformer.max_seq_length or net.config.max_position_embeddings),
             "quantization": "int8" if int8 else "float32",
             "query_prompt": base.query_prompt,
             "document_prompt": base.document_prompt,
