@@ -133,12 +133,12 @@ def markdown(speed: dict, quality: dict, folders: dict[str, Path]) -> str:
         "SciFact test queries one at a time, encoders interleaved; documents: the first "
         f"{N_DOCS} SciFact documents in batches of 64, median of {ROUNDS} rounds.",
         "",
-        "| encoder | one query, median | vs torch | documents/s | vs torch | cosine to torch (min / mean) |",
+        "| encoder | one query, median | speed-up | documents/s | speed-up | cosine to torch (min / mean) |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in speed.items():
         lines.append(
-            f"| {name} | {row['query_ms']:.2f} ms | {base['query_ms'] / row['query_ms']:.2f}x faster "
+            f"| {name} | {row['query_ms']:.2f} ms | {base['query_ms'] / row['query_ms']:.2f}x "
             f"| {row['docs_per_s']:.1f} | {row['docs_per_s'] / base['docs_per_s']:.2f}x "
             f"| {row['cos_min']:.4f} / {row['cos_mean']:.4f} |"
         )
