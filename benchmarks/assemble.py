@@ -22,6 +22,7 @@ ORDER = [
     "provider_faults.md",
     "serving.md",
     "load_test.md",
+    "load_test_onnx.md",
     "onnx_encoder.md",
     "scale.md",
     "frameworks.md",

@@ -135,7 +135,7 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
     gain = (len(load["latencies"]) / load["wall"]) / (len(solo["latencies"]) / solo["wall"])
     auth = ", ".join(f"{k} -> {v}" for k, v in res["auth"].items())
     lines = [
-        "## Load test (search-adaptor serve, SciFact index)",
+        f"## Load test (search-adaptor serve, SciFact index, encoder {res['encoder']})",
         "",
         f"`{cmd}` on {platform.machine()}, {os.cpu_count()} cores, load average at start "
         f"{res['load_avg']:.1f} (shared machine: absolute numbers move with it); server: one uvicorn process "
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20, help="sequential requests per client")
     parser.add_argument("--solo", type=int, default=100, help="requests of the one-client run")
     parser.add_argument("--threads", type=int, default=None, help="passed to `serve --threads`")
+    parser.add_argument("--results", default="load_test.md", help="file name under benchmarks/results/")
     args = parser.parse_args()
     from search_adaptor.data import load_beir
 
@@ -204,14 +205,16 @@ def main() -> None:
     load.update(clients=args.clients, requests=args.requests)
     res = {"solo": solo, "load": load, "auth": auth, "load_avg": load_avg, "threads": args.threads}
     res.update(agree=agree, checked=len(checked))
+    res["encoder"] = "{provider} {model}".format(**index.manifest["encoder"])
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     cmd_text = f"{threads}HF_HUB_OFFLINE=1 python benchmarks/load_test.py"
     cmd_text += f" --adapter {args.adapter}" if args.adapter else ""
     cmd_text += f" --clients {args.clients} --requests {args.requests} --solo {args.solo}"
     cmd_text += f" --threads {args.threads}" if args.threads else ""
+    cmd_text += f" --results {args.results}" if args.results != "load_test.md" else ""
     text = markdown(res, cmd_text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "load_test.md").write_text(text)
+    (RESULTS / args.results).write_text(text)
     print(text)
     errors = sum(solo["failures"].values()) + sum(load["failures"].values())
     if errors or auth["no key"] != 401 or auth["wrong key"] != 401:

@@ -48,14 +48,16 @@ def scifact_adapter(adapter: str | None, workdir: Path) -> Path:
 
 
 def build_index(adapter_dir: Path, out: Path) -> tuple[Any, Any, Any]:
-    """(index saved to ``out``, SciFact embeddings, base encoder), all from the embedding store."""
+    """(index saved to ``out``, SciFact embeddings, base encoder), all from the embedding store; the
+    encoder is the one the adapter was trained on (MiniLM, or its ONNX export)."""
     from search_adaptor.data import load_beir
     from search_adaptor.embed import embed_dataset
-    from search_adaptor.encoders.local import SentenceTransformerEncoder
+    from search_adaptor.encoders.registry import from_info
     from search_adaptor.index import AdaptedIndex
+    from search_adaptor.model import SearchAdaptor
 
     dataset = load_beir(DATA)
-    encoder = SentenceTransformerEncoder()
+    encoder = from_info(SearchAdaptor.load(adapter_dir).encoder_)
     emb = embed_dataset(dataset, encoder, progress=False)
     index = AdaptedIndex.build(adapter_dir, encoder, dataset.doc_ids, dataset.doc_texts)
     index.save(out)
