@@ -91,7 +91,9 @@ def test_a_text_embeds_alike_alone_and_among_texts_of_its_length(exports: dict[s
 def test_an_edited_or_incomplete_folder_is_refused_in_one_line(exports: dict[str, Path], tmp_path) -> None:
     folder = Path(shutil.copytree(exports["int8"], tmp_path / "edited"))
     config = json.loads((folder / "encoder.json").read_text())
-    for field, value in [("pooling", "max"), ("window", -1), ("window", True), ("quantization", "int4")]:
+    edits = [("pooling", "max"), ("window", -1), ("window", True), ("quantization", "int4")]
+    edits.append(("document_prompt", 3))
+    for field, value in edits:
         (folder / "encoder.json").write_text(json.dumps({**config, field: value}))
         with pytest.raises(EncoderError, match=rf"onnx: .*encoder\.json: field '{field}' is .*export-enc"):
             OnnxEncoder(str(folder))

@@ -69,7 +69,8 @@ class OnnxEncoder(FolderEncoder):
             "pooling": pooling in POOLINGS,
             "window": isinstance(window, int) and not isinstance(window, bool) and 1 <= window <= 65536,
             "quantization": settings.get("quantization") in QUANTIZATIONS,
-            "query_prompt": all(isinstance(p, str) for p in prompts),
+            "query_prompt": isinstance(prompts[0], str),
+            "document_prompt": isinstance(prompts[1], str),
         }
         bad = next((field for field, ok in checks.items() if not ok), None)
         if bad:
