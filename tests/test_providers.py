@@ -374,7 +374,7 @@ def test_store_sends_each_text_once(fake: FakeProvider, tmp_path) -> None:
 
 
 def test_provider_names() -> None:
-    assert set(PROVIDERS) == {"sentence-transformers", "model2vec", *PROVIDER_NAMES}
+    assert set(PROVIDERS) == {"sentence-transformers", "model2vec", "onnx", *PROVIDER_NAMES}
 
 
 def test_unknown_provider_lists_the_choices() -> None:
