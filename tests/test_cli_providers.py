@@ -109,6 +109,7 @@ def test_progress_bar_shows_rate_and_retries(
     assert "text/s" in captured.err and "retries=1" in captured.err
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 def test_fit_with_an_api_encoder_never_records_the_key(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,6 +173,7 @@ def test_bad_encoder_options_are_one_line(
     assert err.startswith("search-adaptor: error: ") and message in err and "\n" not in err
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 def test_credentials_in_the_base_url_are_never_written_or_printed(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -701,6 +701,7 @@ def _json_out(capsys) -> object:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, capsys, monkeypatch):
     pytest.importorskip("faiss", reason="needs faiss (the index extra)")
     from search_adaptor.encoders.registry import make_encoder
@@ -763,6 +764,7 @@ def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, c
     assert err.endswith("queries of another model train family cross (without --dims), not paper")
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 def test_cli_query_model_over_an_openai_compatible_api(m2v, tmp_path, capsys, monkeypatch):
     pytest.importorskip("faiss", reason="needs faiss (the index extra)")
     from fake_providers import FakeProvider

@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 from search_adaptor.model import CONFIG, WEIGHTS, SearchAdaptor
 from test_index import make_adapter
 
+pytestmark = pytest.mark.slow  # fuzzing: thousands of edited adapter files (CI runs it)
+
 INFO = {
     "fingerprint": "fake:fake-model:0123456789ab",
     "provider": "fake",

@@ -400,6 +400,7 @@ def test_fit_on_huge_or_tiny_vectors_learns_what_it_learns_at_unit_scale(world, 
     assert scaled.best_score_ == pytest.approx(unit.best_score_, abs=0.02)
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 @pytest.mark.parametrize("scale", [1e30, 1e-30])
 def test_the_fit_command_on_huge_or_tiny_vectors_reports_what_unit_vectors_give(
     world, tmp_path, capsys, scale

@@ -105,6 +105,7 @@ def test_identity_ships_when_nothing_beats_zero_shot(synthetic):
     assert np.array_equal(est.transform_queries(synthetic["Q"]), l2_normalize(synthetic["Q"]))
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 def test_select_keeps_the_best_candidate_on_one_split(synthetic):
     sel = select(
         "auto",

@@ -137,6 +137,7 @@ def test_fit_writes_and_links_its_figures(synthetic: dict, tmp_path: Path) -> No
     assert "40 held-out `test` queries" in md
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 @needs_matplotlib
 def test_kfold_fit_says_its_similarity_queries_were_seen_in_training(synthetic: dict, tmp_path: Path) -> None:
     report, run, out = _fit(synthetic, tmp_path, kfold=True)

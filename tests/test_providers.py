@@ -557,6 +557,7 @@ def test_timeouts_are_sized_to_the_request() -> None:
         assert fake_encoder(fake, timeout=None).timeout is None  # sized per request, unless one is given
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 def test_retry_budget_bounds_a_failing_request() -> None:
     """A server using the encoder gives it a short budget: a failing provider costs seconds, not minutes."""
     with FakeProvider("voyage") as fake:
@@ -788,6 +789,7 @@ def test_local_encoder_cuts_huge_texts_without_changing_their_embedding(
     assert len([r for r in caplog.records if "cut before tokenizing" in r.message]) == 1
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 def test_providers_that_truncate_get_texts_cut_only_where_nothing_is_lost() -> None:
     """Voyage keeps at most 32K tokens, and no token is longer than 128 characters: 50 MB need not go."""
     with FakeProvider("voyage") as fake:

@@ -58,6 +58,7 @@ async def send_together(app, calls: list[tuple[str, dict]]) -> list[httpx.Respon
         return await asyncio.gather(*(client.post(path, json=body) for path, body in calls))
 
 
+@pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 def test_concurrent_requests_share_calls_and_get_their_lone_answers(synthetic):
     encoder = CountingEncoder(dim=16, batch_size=64)
     app = create_app(fake_index(synthetic, encoder), batch_window_s=0.05)

@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 
 from search_adaptor.server import create_app
 
+pytestmark = pytest.mark.slow  # fuzzing: hypothesis-generated request bodies (CI runs it)
+
 VALID = {
     "/search": {"queries": ["a query", "another"], "k": 3},
     "/embed": {"queries": ["a text"], "kind": "document"},

@@ -18,6 +18,8 @@ from fake_providers import fake_vector
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.store import EmbeddingStore
 
+pytestmark = pytest.mark.slow  # processes racing on one store, with lease timers (CI runs it)
+
 N_TEXTS = 300
 BATCH = 10
 TEXTS = [f"passage number {i}" for i in range(N_TEXTS)]

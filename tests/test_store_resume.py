@@ -9,9 +9,12 @@ import time
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from fake_providers import FakeProvider, fake_encoder
 from search_adaptor.store import EmbeddingStore
+
+pytestmark = pytest.mark.slow  # a process killed mid-run and resumed (CI runs it)
 
 N_TEXTS = 300
 BATCH = 10

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class OnnxEncoder(FolderEncoder):
     model : str
         The folder.
     batch_size : int
-        Texts per forward pass.
+        Texts per :meth:`encode_batch` call (one commit of the store); each text runs alone.
     threads : int
         onnxruntime's intra-op threads (1: a serving host runs other work too).
 
@@ -84,6 +84,10 @@ class OnnxEncoder(FolderEncoder):
         self._session: Any = None
         self._tokenizer: Any = None
 
+    def config(self) -> dict[str, Any]:
+        # how the graph is run is part of the vectors: one text per call (see encode_batch)
+        return {**super().config(), "texts_per_call": 1}
+
     def _load(self) -> tuple[Any, Any]:
         if self._session is None:
             try:
@@ -115,33 +119,25 @@ class OnnxEncoder(FolderEncoder):
         cut = [cut_to_window(prompt + t, self.window, count_tokens) for t in texts]
         return tokenizer.encode_batch(cut)
 
-    def batch_keys(self, texts: Sequence[str], kind: Kind) -> list[Hashable]:
-        """The number of tokens the model sees of each text: texts of one length embed in any batch
-        exactly as alone (padding changes the last bits of the others' vectors)."""
-        return [len(e.ids) for e in self._encodings(texts, kind)]
-
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+        """Each text runs alone. int8 activations are quantised with one scale per call, so in a
+        batch a text's vector would depend on its neighbours (cosine about 0.995 between the two on
+        SciFact documents); alone, it is the same in every call, and without padding it is faster
+        too (MiniLM int8: 21 documents/s alone, 16 in batches of 64)."""
         self.check_items(texts)  # a text model: an image is refused in one line
         session, _ = self._load()
-        encodings = self._encodings(texts, kind)
-        parts = []
-        wanted = {i.name for i in session.get_inputs()}
-        for start in range(0, len(encodings), self.batch_size):
-            chunk = encodings[start : start + self.batch_size]
-            width = max(len(e.ids) for e in chunk)
-            feed = {name: np.zeros((len(chunk), width), dtype=np.int64) for name in _INPUTS}
-            for row, e in enumerate(chunk):
-                feed["input_ids"][row, : len(e.ids)] = e.ids
-                feed["attention_mask"][row, : len(e.ids)] = e.attention_mask
-                feed["token_type_ids"][row, : len(e.ids)] = e.type_ids
-            hidden = session.run(None, {k: v for k, v in feed.items() if k in wanted})[0]
-            if self.pooling == "mean":
-                mask = feed["attention_mask"][..., None].astype(np.float32)
-                pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            else:
-                pooled = hidden[:, 0]
-            parts.append(pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12))
-        return np.concatenate(parts).astype(np.float32)
+        wanted = [i.name for i in session.get_inputs()]
+        rows = []
+        for encoding in self._encodings(texts, kind):
+            columns = {
+                "input_ids": encoding.ids,
+                "attention_mask": encoding.attention_mask,
+                "token_type_ids": encoding.type_ids,
+            }
+            hidden = session.run(None, {k: np.asarray([columns[k]], dtype=np.int64) for k in wanted})[0][0]
+            pooled = hidden.mean(axis=0) if self.pooling == "mean" else hidden[0]
+            rows.append(pooled / max(float(np.linalg.norm(pooled)), 1e-12))
+        return np.asarray(rows, dtype=np.float32)
 
 
 def export_encoder(
