@@ -1,6 +1,6 @@
 """Record what the official SDKs send for the calls our encoders make (not run by CI).
 
-Each case points an official SDK at a local fake of its API (``tests/fake_providers.py``, which
+Each case points an official SDK at a local fake of its API (``fakes/fake_providers.py``, which
 records every request), makes one embedding call, and writes what arrived to
 ``tests/recordings/<case>.json``: method, path, query, the headers that matter (auth, content type,
 OpenAI organization/project) with the key replaced by ``<KEY>``, the JSON body, the SDK's name and
@@ -8,7 +8,7 @@ version, and the call's parameters. ``tests/test_sdk_parity.py`` replays the sam
 encoder and compares. Re-record after an SDK upgrade::
 
     pip install openai cohere voyageai google-genai
-    PYTHONPATH=src:tests python tests/recordings/record.py
+    PYTHONPATH=src:fakes python tests/recordings/record.py
 
 Google's Vertex calls are recorded with ``google-genai`` (Google's current SDK for both the Gemini
 API and Vertex AI) with ``api_version="v1"``, the version we call; ``google-cloud-aiplatform``'s

@@ -1,7 +1,7 @@
 """Record what the official SDKs send to embed images (not run by CI); ``tests/test_images.py`` replays.
 
 Like ``tests/recordings/record.py``: each case points an SDK at a local fake of its API
-(``tests/fake_providers.py``), makes one image (or multimodal text) embedding call, and writes what
+(``fakes/fake_providers.py``), makes one image (or multimodal text) embedding call, and writes what
 arrived to ``tests/recordings/images/<case>.json``, with the call's images (base64 of the PNG bytes
 made by ``fake_providers.png``) so that the test can send the same images through our encoder.
 Vertex AI's ``MultiModalEmbeddingModel`` looks the model up in Model Garden and speaks gRPC, which a
@@ -9,7 +9,7 @@ local recording server cannot answer; its format is cited from the SDK's source 
 ``search_adaptor/encoders/gemini.py`` instead. Re-record after an SDK upgrade::
 
     pip install cohere voyageai
-    PYTHONPATH=src:tests python tests/recordings/images/record.py
+    PYTHONPATH=src:fakes python tests/recordings/images/record.py
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Local fake embedding APIs for tests: one ``ThreadingHTTPServer`` per provider on 127.0.0.1.
+"""Local fake embedding APIs for tests and benchmarks: one ``ThreadingHTTPServer`` per provider.
 
 Each fake speaks its provider's request and response format: it checks the route, the auth header,
 the body fields (including the query/document mode field) and the documented per-request limits,
