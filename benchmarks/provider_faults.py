@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fakes"))  # the fake providers the tests use too
 
 from fake_providers import CLIENT_GONE, FAKE_KEY, FakeProvider, Fault  # noqa: E402
-
 from search_adaptor.data import Dataset, load_beir  # noqa: E402
 from search_adaptor.encoders.openai import OpenAIEncoder  # noqa: E402
 from search_adaptor.encoders.registry import make_encoder  # noqa: E402
