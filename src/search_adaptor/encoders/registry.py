@@ -26,8 +26,8 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
     provider : str
         One of :data:`PROVIDERS`.
     model : str, optional
-        Model id; the deployment name for ``azure-openai``; the folder for ``model2vec``; required
-        for ``azure-openai``, ``openai-compatible`` and ``model2vec``.
+        Model id; the deployment name for ``azure-openai``; the folder for ``model2vec`` and
+        ``onnx``; required for ``azure-openai``, ``openai-compatible``, ``model2vec`` and ``onnx``.
     **kw
         The provider's options, as its class takes them: ``base_url`` (API root: proxies, regional
         or self-hosted endpoints, tests; required for ``openai-compatible`` unless
