@@ -196,8 +196,8 @@ def export_encoder(
         float_graph = staged.path / "float.onnx" if int8 else graph
         with torch.no_grad(), warnings.catch_warnings():
             # the tracer's notes on branches fixed at export (masks are always given here) and on
-            # its own deprecation; the graph is checked against the model below, on texts of
-            # several lengths padded into one batch
+            # its own deprecation; the graph is checked against the model below, on sample texts
+            # of several lengths
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 LastHidden(),
