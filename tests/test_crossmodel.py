@@ -181,8 +181,9 @@ def test_every_cross_variant_learns_from_labels_beyond_its_start(narrow, variant
 def test_alignment_trains_on_pairs_alone_and_recovers_what_procrustes_misses(synthetic):
     skew = _seen_by(synthetic, "skew")
     params = {"architecture": "linear", "init": "procrustes", "loss": "alignment", "alpha": 0.0, "lr": 1e-2}
+    params.update(max_steps=400, patience=400)
     est = _fit(skew, qrels=None, **params)
-    assert est.val_metric_ == "pair-cosine" and est.val_query_ids_ == []
+    assert est.val_metric_ == "neighbours@10" and est.val_query_ids_ == []
     assert est.n_train_queries_ == len(skew["P"]) - round(0.2 * len(skew["P"]))  # the rest validate
     assert est.best_step_ > 0 and est.best_score_ > est.zero_shot_score_ + 0.03
     start, trained = _ndcg(skew, est.at_start()), _ndcg(skew, est)
@@ -192,6 +193,50 @@ def test_alignment_trains_on_pairs_alone_and_recovers_what_procrustes_misses(syn
     np.testing.assert_array_equal(
         with_labels.transform_queries(skew["Qx"]), est.transform_queries(skew["Qx"])
     )
+
+
+def test_alignment_with_the_training_queries_texts_validates_on_held_out_queries_labels_unused(synthetic):
+    """The queries named in qrels become paired texts (the documents' model's vector of each query
+    is ``Q``, the query model's ``Qx``): a share validates, the rest trains; grades and the queries
+    outside qrels (the test queries) play no part; the start stays the corpus pairs' map."""
+    skew = _seen_by(synthetic, "skew")
+    qids, train = skew["qids"], {q: skew["qrels"][q] for q in skew["qids"][:100]}
+    params = {**FAST, **CROSS, "architecture": "linear", "init": "procrustes", "loss": "alignment"}
+    params.update(alpha=0.0, lr=1e-2, max_steps=400, patience=400)
+
+    def fit(qrels: dict, query_pairs: np.ndarray) -> SearchAdaptor:
+        est = SearchAdaptor(**params)
+        return est.fit(
+            skew["Qx"],
+            skew["D"],
+            qrels,
+            qids,
+            skew["dids"],
+            encoder=DOC_MODEL,
+            query_encoder=QUERY_MODEL,
+            pairs=(skew["P"], skew["D"]),
+            query_pairs=query_pairs,
+        )
+
+    est = fit(train, skew["Q"])
+    assert est.val_metric_ == "neighbours@10"
+    assert len(est.val_query_ids_) == 20 and set(est.val_query_ids_) <= set(train)
+    assert est.n_train_queries_ == len(skew["P"]) + 80  # every corpus pair and the other 80 queries
+    np.testing.assert_allclose(  # the start is the corpus pairs' closed form, as evaluate rebuilds it
+        est.at_start().transform_queries(skew["Qx"]),
+        closed_form(skew, "procrustes").transform_queries(skew["Qx"]),
+        atol=1e-6,
+    )
+    assert est.best_step_ > 0 and _ndcg(skew, est) > _ndcg(skew, est.at_start()) + 0.05
+    # labels unused: other grades, and anything in the rows of queries outside qrels, change nothing
+    regraded = {q: {d: 7 for d in rel} for q, rel in train.items()}
+    scrambled = skew["Q"].copy()
+    scrambled[100:] = np.random.default_rng(0).normal(size=scrambled[100:].shape)
+    again = fit(regraded, scrambled)
+    np.testing.assert_array_equal(again.transform_queries(skew["Qx"]), est.transform_queries(skew["Qx"]))
+    wrong = r"query_pairs: expected the 160 query texts .*\(160, 16\); got \(50, 16\)"
+    with pytest.raises(ValueError, match=wrong):
+        fit(train, skew["Q"][:50])
 
 
 # -- 2. fitted attributes, widths and per-side encoder checks -------------------------------------------
@@ -478,7 +523,7 @@ def test_run_fit_unlabelled_trains_on_the_pairs_and_uses_labels_only_to_score(na
     assert report["family"] == "cross-unlabelled"
     assert [c["variant"] for c in report["validation"]["candidates"]] == ["cross-unlabelled"]
     assert report["selected"] in ("cross-unlabelled", "identity (zero-shot)")
-    assert run.adapter.val_metric_ == "pair-cosine" and run.adapter.query_dim_ == 12
+    assert run.adapter.val_metric_ == "neighbours@10" and run.adapter.query_dim_ == 12
     test = _dataset(narrow).split("test")
     expected = evaluate_embeddings(_emb(narrow), test, closed_form(narrow), ["ndcg@10"])[0]["ndcg@10"]
     assert report["metrics"]["zero-shot"]["ndcg@10"] == pytest.approx(expected, abs=1e-4)
@@ -560,16 +605,21 @@ def test_embed_dataset_with_a_query_model_embeds_queries_and_pairs_with_it(tmp_p
     np.testing.assert_allclose(emb.pairs, queries.encode_queries(ds.doc_texts), rtol=1e-6)
     np.testing.assert_allclose(emb.queries, queries.encode_queries(list(ds.queries.values())), rtol=1e-6)
     np.testing.assert_allclose(emb.corpus, docs.encode_corpus(ds.doc_texts), rtol=1e-6)
-    # the documents' model saw the documents only
-    assert {t for call in docs.calls for t in call} == set(ds.doc_texts)
+    # query_pairs: the query texts embedded by the documents' model, row for row with the queries
+    assert emb.query_pairs.shape == (32, 16)
+    np.testing.assert_allclose(emb.query_pairs, docs.encode_queries(list(ds.queries.values())), rtol=1e-6)
+    # the documents' model saw the documents and the query texts, nothing else
+    assert {t for call in docs.calls for t in call} == set(ds.doc_texts) | set(ds.queries.values())
     # everything is in the store now: a second run sends nothing to either model
     again_docs, again_queries = CountingEncoder(dim=16), CountingEncoder(dim=8)
     again = embed_dataset(ds, again_docs, tmp_path / "cache", progress=False, query_encoder=again_queries)
     assert again_docs.calls == [] and again_queries.calls == [] and again.stats.encoded == 0
     np.testing.assert_array_equal(again.pairs, emb.pairs)
+    np.testing.assert_array_equal(again.query_pairs, emb.query_pairs)
     # the same model on both sides is one space: no query encoder, no pairs
     same = embed_dataset(ds, docs, tmp_path / "cache", progress=False, query_encoder=CountingEncoder(dim=16))
-    assert same.query_encoder is None and same.pairs is None and same.queries.shape == (32, 16)
+    assert same.query_encoder is None and same.pairs is None and same.query_pairs is None
+    assert same.queries.shape == (32, 16)
 
 
 @pytest.fixture
@@ -723,7 +773,8 @@ def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, c
     assert main([*fit, "--out", str(out), "-o", "json"]) == 0
     report = _json_out(capsys)
     assert report["family"] == "cross" and report["protocol"] == "test"
-    assert report["encoder_calls"]["texts_sent"] == 24 + 30 + 30  # queries, documents, documents as pairs
+    # queries, documents, documents as pairs (query model), queries as pairs (documents' model)
+    assert report["encoder_calls"]["texts_sent"] == 24 + 30 + 30 + 24
     config = json.loads((out / "adapter" / "config.json").read_text())
     assert config["query_encoder"]["fingerprint"] == query_model.fingerprint and config["query_dim"] == 8
     assert config["encoder"]["fingerprint"] == make_encoder("model2vec", model=str(m2v["docs"])).fingerprint

@@ -64,7 +64,9 @@ def unit_rows(x: object, what: str, row: Callable[[int], str] = "row {}".format)
 class Embeddings:
     """A dataset's queries and corpus, rows aligned with the ids: in one embedding space, or, when
     ``query_encoder`` is set, queries of that model and documents of ``encoder`` (cross-model), with
-    ``pairs``: the corpus texts embedded by the query model too, row for row with ``corpus``."""
+    ``pairs``: the corpus texts embedded by the query model too, row for row with ``corpus``, and
+    ``query_pairs``: the query texts embedded by the documents' model, row for row with ``queries``
+    (a fit pairs the training queries' texts, never their labels)."""
 
     query_ids: list[str]
     queries: np.ndarray  # (n_queries, query dim)
@@ -75,6 +77,7 @@ class Embeddings:
     stats: StoreStats = field(default_factory=StoreStats)
     query_encoder: dict[str, Any] | None = None  # another model's queries (cross-model)
     pairs: np.ndarray | None = None  # (n_docs, query dim): the corpus texts by the query model
+    query_pairs: np.ndarray | None = None  # (n_queries, dim): the query texts by the documents' model
 
     @property
     def dim(self) -> int:
@@ -100,7 +103,9 @@ def embed_dataset(
 
     With ``query_encoder`` (another model than ``encoder``), the queries are that model's, and so
     are the ``pairs``: the corpus texts embedded as queries by it, the paired texts a cross-model
-    adapter aligns with the documents.
+    adapter aligns with the documents. The query texts are embedded by ``encoder`` too
+    (``query_pairs``): short, query-like paired texts that teach the map far more than documents
+    (queries are few and short, so this adds little to the bill).
 
     The progress bar shows texts per second and, for encoders that count them (the API
     providers), the retries made so far: a climbing count is the sign of rate limits or an
@@ -117,6 +122,7 @@ def embed_dataset(
     jobs.append((encoder, "document", list(dataset.doc_texts)))
     if query_encoder is not None:
         jobs.append((query_encoder, "query", list(dataset.doc_texts)))
+        jobs.append((encoder, "query", qtexts))
     stats = StoreStats()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -159,6 +165,7 @@ def embed_dataset(
         stats=stats,
         query_encoder=None if query_encoder is None else query_encoder.info(),
         pairs=out[2] if query_encoder is not None else None,
+        query_pairs=out[3] if query_encoder is not None else None,
     )
 
 

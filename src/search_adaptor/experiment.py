@@ -141,6 +141,7 @@ def select(
     n_jobs: int | None = None,
     query_encoder: Encoder | Mapping[str, Any] | str | None = None,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    query_pairs: np.ndarray | None = None,
 ) -> Selection:
     """Train every variant of ``family`` on the same split and choose one on validation (:func:`choose`).
 
@@ -167,6 +168,7 @@ def select(
             encoder=encoder,
             query_encoder=query_encoder,
             pairs=pairs,
+            query_pairs=query_pairs,
         )
         return est, time.perf_counter() - t0
 
@@ -379,6 +381,7 @@ def run_fit(
             n_jobs=n_jobs,
             query_encoder=emb.query_encoder,
             pairs=None if emb.pairs is None else (emb.pairs, emb.corpus),
+            query_pairs=emb.query_pairs,
         )
 
     start = time.perf_counter()

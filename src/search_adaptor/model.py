@@ -279,6 +279,7 @@ class SearchAdaptor:
         encoder: EncoderLike | None = None,
         query_encoder: EncoderLike | None = None,
         pairs: tuple[np.ndarray, np.ndarray] | None = None,
+        query_pairs: np.ndarray | None = None,
     ) -> SearchAdaptor:
         """Train on labelled (query, relevant document) pairs; keep the best validation checkpoint.
 
@@ -307,6 +308,10 @@ class SearchAdaptor:
             The same texts embedded by the query model and by the document model: the start of a
             cross-model query map (``init="lstsq"`` or ``"procrustes"``), the alignment term
             (``gamma``), and all there is to train on with ``loss="alignment"`` (no labels).
+        query_pairs : ndarray of shape (n_queries, dim), optional
+            The query texts embedded by the documents' model, row for row with
+            ``query_embeddings``. With ``loss="alignment"`` the queries named in ``qrels`` (labels
+            unused) become paired texts too, and a share of them validates; other losses ignore it.
         """
         self._validate_params()
         info = describe_encoder(encoder) if encoder is not None else {}
@@ -323,6 +328,7 @@ class SearchAdaptor:
             corpus_ids,
             val_query_ids,
             pairs,
+            query_pairs,
         )
         self._set_fitted(result, info, query_info)
         self.fit_time_ = time.perf_counter() - start

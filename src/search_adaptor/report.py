@@ -107,7 +107,6 @@ def _val_metric(report: Mapping[str, Any]) -> str:
     return {
         "ndcg@10": "nDCG@10",
         "neighbours@10": "overlap with the base top-10 neighbours",
-        "pair-cosine": "cosine of held-out pairs",
     }.get(metric, metric)
 
 

@@ -247,6 +247,54 @@ def _check_pairs(
     return l2_normalize(a), l2_normalize(b)
 
 
+def _check_query_pairs(query_pairs: Any, n_queries: int, dim: int) -> np.ndarray | None:
+    """The query texts' unit vectors by the documents' model, row for row with the queries, checked."""
+    if query_pairs is None:
+        return None
+    x = _as_matrix(query_pairs, "query_pairs")
+    if x.shape != (n_queries, dim):
+        raise ValueError(
+            f"query_pairs: expected the {n_queries} query texts embedded by the documents' model, "
+            f"({n_queries}, {dim}); got {x.shape}"
+        )
+    return l2_normalize(x)
+
+
+def _alignment_split(
+    hp: SimpleNamespace,
+    paired: tuple[np.ndarray, np.ndarray],
+    Qn: np.ndarray,
+    query_pairs: np.ndarray | None,
+    qrels: Mapping[str, Mapping[str, int]] | None,
+    qid_to_row: Mapping[str, int],
+    val_query_ids: Sequence[str] | None,
+    rng: np.random.Generator,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
+    """(training pairs, held-out pairs, held-out query ids) of a fit without labels.
+
+    With the queries' texts by the documents' model (``query_pairs``), the queries named in
+    ``qrels`` (their labels unused) are paired texts too: a share of them validates
+    (``val_query_ids``, else ``val_fraction``) and the rest trains beside the corpus texts, so the
+    map is judged on what it will carry: queries, which are short where documents are long. Without
+    them, a share of the corpus pairs validates. The closed-form start is the corpus pairs' map
+    either way, the one ``evaluate`` rebuilds (:class:`~search_adaptor.experiment.PairStart`).
+    """
+    a, b = paired
+    known = sorted(q for q in (qrels or {}) if q in qid_to_row)
+    if query_pairs is not None and len(known) >= 2:
+        if val_query_ids is None:
+            train_q, val_q = validation_split(known, hp.val_fraction, rng)
+        else:
+            val_q = sorted({str(q) for q in val_query_ids} & set(known))
+            train_q = [q for q in known if q not in set(val_q)]
+        tr, va = [qid_to_row[q] for q in train_q], [qid_to_row[q] for q in val_q]
+        fit = (np.concatenate([a, Qn[tr]]), np.concatenate([b, query_pairs[tr]]))
+        return fit, (Qn[va], query_pairs[va]), val_q
+    order = rng.permutation(len(a))
+    n_val = min(max(1, round(hp.val_fraction * len(a))), 2000, len(a) - 1)
+    return (a[order[n_val:]], b[order[n_val:]]), (a[order[:n_val]], b[order[:n_val]]), []
+
+
 #: Ridge strengths (per pair) that :func:`pair_map` chooses from.
 RIDGES = (1e-6, 1e-5, 1e-4, 1e-3)
 #: Fewer pairs than this: no held-out choice, the strongest ridge.
@@ -357,6 +405,7 @@ def train(
     corpus_ids: Sequence[str] | None,
     val_query_ids: Sequence[str] | None,
     pairs: tuple[Any, Any] | None = None,
+    query_pairs: Any = None,
 ) -> TrainResult:
     """Train networks with hyperparameters ``params`` (``SearchAdaptor.get_params()``); see
     :meth:`SearchAdaptor.fit` for the data contract. ``loss="similarity"`` and ``"alignment"``
@@ -409,7 +458,9 @@ def train(
         objective: _Objective = _Similarity(hp, Qn[known], Dn, query_net, corpus_net, prefixes, rng)
     elif hp.loss == "alignment":
         assert paired is not None
-        objective = _Alignment(hp, paired, query_net, corpus_net, rng)
+        doc_side = _check_query_pairs(query_pairs, len(Qn), dim)
+        split = _alignment_split(hp, paired, Qn, doc_side, qrels, qid_to_row, val_query_ids, rng)
+        objective = _Alignment(hp, *split, Dn, query_net, corpus_net, rng)
     else:
         objective = _Ranking(hp, Qn, Dn, qrels or {}, qids, dids, qid_to_row, val_query_ids, rng, generator)
         objective.setup(query_net, corpus_net, prefixes, paired if hp.gamma > 0 else None)
@@ -706,40 +757,59 @@ class _Similarity(_Objective):
 
 
 class _Alignment(_Objective):
-    """Without labels: texts embedded by both models (``pairs``) should land together, the query
-    model's vector mapped onto the document model's (the upgrade-without-re-indexing setting).
-    A share of the pairs (``val_fraction``) is held out; validation is their mean cosine."""
+    """Without labels (the upgrade-without-re-indexing setting): a text embedded by both models
+    (``pairs``) should rank the documents, through the query model and the map, as the document
+    model's own vector of it ranks them. For each sampled pair, the softmax (at ``temperature``) of
+    the document model's cosines to the text's nearest documents and to random ones is the target
+    and the mapped vector's softmax over the same documents is pulled to it (cross-entropy). The
+    rankings, not the cosine of the two vectors: a map can be close on average and still reorder
+    the top of the list (SciFact, static queries onto MiniLM's index: see BENCHMARKS.md). Validation
+    is the overlap of the held-out pairs' mapped top-10 documents with the document model's own
+    top-10 (which pairs are held out: :func:`_alignment_split`)."""
 
-    metric = "pair-cosine"
+    NEIGHBOURS = 16
+    metric = "neighbours@10"
 
     def __init__(
         self,
         hp: SimpleNamespace,
         pairs: tuple[np.ndarray, np.ndarray],
+        held_out: tuple[np.ndarray, np.ndarray],
+        held_out_ids: list[str],
+        Dn: np.ndarray,
         query_net: ResidualAdapter,
         corpus_net: ResidualAdapter | None,
         rng: np.random.Generator,
     ) -> None:
         a, b = pairs
-        order = rng.permutation(len(a))
-        n_val = min(max(1, round(hp.val_fraction * len(a))), 5000, len(a) - 1)
         self.hp, self.rng, self.query_net, self.corpus_net = hp, rng, query_net, corpus_net
-        self.a, self.b = torch.from_numpy(a[order[n_val:]]), torch.from_numpy(b[order[n_val:]])
-        self.va, self.vb = a[order[:n_val]], b[order[:n_val]]
-        self.n_train, self.val_ids = len(self.a), []
+        self.a, self.b = torch.from_numpy(a), torch.from_numpy(b)
+        self.va = held_out[0]
+        self.Dn, self.Dn_t = Dn, torch.from_numpy(Dn)
+        self.neighbours = exact_search(b, Dn, min(self.NEIGHBOURS, len(Dn)))[0]
+        self.val_top = exact_search(held_out[1], Dn, 10)[0]
+        self.n_train, self.val_ids = len(a), held_out_ids
 
     def loss(self) -> torch.Tensor:
-        rows = torch.from_numpy(
-            self.rng.choice(len(self.a), size=min(self.hp.batch_size, len(self.a)), replace=False)
-        )
-        a, b = self.a[rows], self.b[rows]
-        loss = _pair_loss(self.query_net, self.corpus_net, a, b)
-        if self.hp.alpha > 0:
-            loss = loss + self.hp.alpha * recovery_loss(self.query_net(a), self.query_net.base(a))
+        hp = self.hp
+        n = min(hp.batch_size, len(self.a))
+        pick = self.rng.choice(len(self.a), size=n, replace=False)
+        extra = self.rng.integers(0, len(self.Dn), size=n)  # random documents, beside the neighbours
+        cols = torch.from_numpy(np.unique(np.concatenate([self.neighbours[pick].ravel(), extra])))
+        rows = torch.from_numpy(pick)
+        a, b, d = self.a[rows], self.b[rows], self.Dn_t[cols]
+        target = torch.softmax((b @ d.T) / hp.temperature, dim=-1)  # unit rows: cosines
+        mapped = self.query_net(a)
+        qa = torch.nn.functional.normalize(mapped, dim=-1)
+        da = torch.nn.functional.normalize(d if self.corpus_net is None else self.corpus_net(d), dim=-1)
+        loss = -(target * torch.log_softmax((qa @ da.T) / hp.temperature, dim=-1)).sum(-1).mean()
+        if hp.alpha > 0:
+            loss = loss + hp.alpha * recovery_loss(mapped, self.query_net.base(a))
         return loss
 
     def score(self) -> tuple[float, dict[int, float]]:
         qa = l2_normalize(_adapted(self.query_net, self.va, None))
-        db = l2_normalize(_adapted(self.corpus_net, self.vb, self.vb))
-        cos = float(np.einsum("ij,ij->i", qa, db).mean())
-        return cos, {qa.shape[1]: cos}
+        docs = l2_normalize(_adapted(self.corpus_net, self.Dn, self.Dn))
+        top = exact_search(qa, docs, 10)[0]
+        hits = float((top[:, :, None] == self.val_top[:, None, :]).any(axis=2).mean())
+        return hits, {docs.shape[1]: hits}
