@@ -239,6 +239,38 @@ def test_alignment_with_the_training_queries_texts_validates_on_held_out_queries
         fit(train, skew["Q"][:50])
 
 
+def test_more_pairs_train_the_map_beside_the_corpus_pairs_and_leave_the_start_alone(synthetic):
+    skew = _seen_by(synthetic, "skew")
+    more = (skew["Qx"][:100], skew["Q"][:100])  # further texts (queries, here) by both models
+    params = {
+        "architecture": "linear",
+        "init": "procrustes",
+        "loss": "alignment",
+        "alpha": 0.0,
+        "max_steps": 30,
+    }
+    alone = _fit(skew, qrels=None, **params)
+    est = SearchAdaptor(**{**FAST, **CROSS, **params}).fit(
+        skew["Qx"], skew["D"], None, skew["qids"], skew["dids"], pairs=(skew["P"], skew["D"]), more_pairs=more
+    )
+    n = len(skew["P"]) + 100
+    assert est.n_train_queries_ == n - round(0.2 * n) > alone.n_train_queries_
+    np.testing.assert_array_equal(
+        est.at_start().transform_queries(skew["Qx"]), alone.at_start().transform_queries(skew["Qx"])
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"more_pairs: expected \(100, 16\) and \(100, 16\) arrays .* got \(100, 16\) and \(100, 12\)",
+    ):
+        SearchAdaptor(**{**FAST, **CROSS, **params}).fit(
+            skew["Qx"], skew["D"], None, pairs=(skew["P"], skew["D"]), more_pairs=(more[0], more[1][:, :12])
+        )
+    with pytest.raises(ValueError, match="more_pairs join the pairs"):
+        SearchAdaptor(**{**FAST, **CROSS, "loss": "infonce", "init": "identity"}).fit(
+            skew["Qx"], skew["D"], skew["qrels"], skew["qids"], skew["dids"], more_pairs=more
+        )
+
+
 # -- 2. fitted attributes, widths and per-side encoder checks -------------------------------------------
 def test_fitted_attributes_and_output_widths(narrow):
     est = _fit(narrow, max_steps=20)
@@ -847,3 +879,31 @@ def test_cli_query_model_over_an_openai_compatible_api(m2v, tmp_path, capsys, mo
         assert main(["search", str(index_dir), "a new question", "-k", "2", "-o", "json"]) == 0
         assert len(_json_out(capsys)) == 2
         assert [call.texts for call in fake.calls[n_calls:]] == [["a new question"]]
+
+
+@pytest.mark.slow  # a whole fit (CI runs it)
+def test_cli_fit_unlabelled_with_more_pairs_from_a_query_log(m2v, tmp_path, capsys):
+    import test_model2vec
+
+    data = _write_beir(tmp_path / "words", m2v["words"], n_docs=20, n_train=8, n_test=8)
+    query_model = test_model2vec.static_model(tmp_path / "queries-8", dim=8, seed=1)
+    docs = ["--provider", "model2vec", "--model", str(m2v["docs"]), "--cache", str(tmp_path / "cache")]
+    query = ["--query-provider", "model2vec", "--query-model", str(query_model)]
+    log = tmp_path / "log.txt"
+    log.write_text("".join(" ".join(m2v["words"][i : i + 3]) + "\n" for i in range(0, 15, 3)))  # 5 texts
+    fit = ["fit", str(data), *docs, "--unlabelled", "--pairs", str(log), "--max-steps", "20", "--quiet"]
+    assert main([*fit, *query, "--out", str(tmp_path / "fit"), "-o", "json"]) == 0
+    report = _json_out(capsys)
+    assert report["family"] == "cross-unlabelled" and report["validation"]["metric"] == "neighbours@10"
+    # queries and corpus by the query model, corpus and queries by the documents' model, the log by both
+    assert report["encoder_calls"]["texts_sent"] == 16 + 20 + 20 + 16 + 2 * 5
+    # refused before anything is embedded, in one line: no query model, a missing file, precomputed vectors
+    for extra, message in (
+        ([], "name the query model"),
+        ([*query, "--pairs", str(tmp_path / "none.txt")], "none.txt: no such file"),
+        ([*query, "--embeddings", str(tmp_path)], "cannot go with --embeddings"),
+    ):
+        assert main([*fit, *extra, "--out", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+        assert not (tmp_path / "refused").exists()

@@ -24,6 +24,7 @@ from search_adaptor.data import (
     Dataset,
     kfold,
     load_beir,
+    read_texts,
     validation_split,
 )
 
@@ -514,3 +515,40 @@ def test_beir_default_cache_dir(tmp_path: Path, server: _Server, monkeypatch: py
     server.files["/beir/tinybeir.zip"] = body
     ds = load_beir("beir:tinybeir", md5=hashlib.md5(body).hexdigest())
     assert ds.path == tmp_path / "home-cache" / "datasets" / "tinybeir"
+
+
+# -- texts to pair across two models (fit --pairs) -----------------------------------------------------
+@pytest.mark.parametrize("name", ["log.txt", "log.jsonl", "log.jsonl.gz"])
+def test_read_texts_takes_lines_or_query_records_each_text_once(tmp_path: Path, name: str) -> None:
+    texts = ["what is a cat", "", "  ", "how do dogs sleep", "what is a cat", "naïve café"]
+    path = tmp_path / name
+    if name.endswith(".txt"):
+        path.write_text("\ufeff" + "\r\n".join(texts) + "\n", encoding="utf-8")
+    else:
+        lines = "".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in enumerate(texts))
+        if name.endswith(".gz"):
+            path.write_bytes(gzip.compress(lines.encode()))
+        else:
+            path.write_text(lines, encoding="utf-8")
+    assert read_texts(path) == ["what is a cat", "how do dogs sleep", "naïve café"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("none.txt", None, r"none\.txt: no such file \(give a \.jsonl"),
+        ("empty.txt", "\n  \n", r"empty\.txt: no texts"),
+        ("bad.jsonl", '{"_id": 1, "text": "a"}\n{"_id": 2, "text": ', r"bad\.jsonl:2: not valid JSON"),
+        ("field.jsonl", '{"_id": 1, "body": "a"}\n', r'field\.jsonl:1: missing field "text"'),
+        ("type.jsonl", '{"_id": 1, "text": 3}\n', r'type\.jsonl:1: field "text" must be a string'),
+    ],
+)
+def test_read_texts_errors_name_the_file_and_line(
+    tmp_path: Path, name: str, content: str | None, message: str
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=message) as err:
+        read_texts(path)
+    assert "\n" not in str(err.value)

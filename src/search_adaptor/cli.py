@@ -49,9 +49,14 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
         protocol(dataset, args.folds, args.seed)
     elif args.command == "evaluate":
         dataset.split(args.split)
+    options: dict[str, Any] = {"adapter": adapter, "pair_texts": None}
+    if getattr(args, "pairs", None):
+        from search_adaptor.data import read_texts
+
+        options["pair_texts"] = read_texts(args.pairs)
     if args.embeddings:
-        return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, adapter=adapter)
-    options = {"cache_dir": args.cache, "progress": not args.quiet, "adapter": adapter}
+        return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
+    options.update(cache_dir=args.cache, progress=not args.quiet)
     return embeddings_for(dataset, _encoder(args), query_encoder=_encoder(args, "query_"), **options)
 
 

@@ -444,6 +444,29 @@ def records_of_batch(
     return ids, texts
 
 
+def read_texts(source: str | os.PathLike) -> list[str]:
+    """Texts to pair across two models (``fit --pairs``), each once, in file order.
+
+    A JSON-lines file (``.jsonl`` or ``.jsonl.gz``) of query records, ``{"_id": ..., "text": ...}``
+    as in ``queries.jsonl`` (a query log, say), or any other file as plain text, one text per line.
+    Blank lines and blank texts are skipped.
+    """
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(
+            f'{path}: no such file (give a .jsonl of {{"_id": ..., "text": ...}} lines, or a text file '
+            "with one text per line)"
+        )
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        texts = [str(text) for _, _, text in _records(path, "query")]
+    else:
+        texts = [line for _, line in _lines(path)]
+    kept = list(dict.fromkeys(t for t in texts if t.strip()))
+    if not kept:
+        raise DataError(f'{path}: no texts (one text per line, or one JSON object per line with a "text")')
+    return kept
+
+
 def _read_queries(path: Path) -> dict[str, str]:
     """Query id to text, for every query in the file (labelled or not)."""
     queries = {qid: text for _, qid, text in _records(path, "query")}

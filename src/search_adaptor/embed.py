@@ -8,7 +8,7 @@ import os
 import time
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,8 @@ class Embeddings:
     ``query_encoder`` is set, queries of that model and documents of ``encoder`` (cross-model), with
     ``pairs``: the corpus texts embedded by the query model too, row for row with ``corpus``, and
     ``query_pairs``: the query texts embedded by the documents' model, row for row with ``queries``
-    (a fit pairs the training queries' texts, never their labels)."""
+    (a fit pairs the training queries' texts, never their labels); ``more_pairs``: further texts
+    (``fit --pairs``), by the query model and by the documents' model."""
 
     query_ids: list[str]
     queries: np.ndarray  # (n_queries, query dim)
@@ -78,6 +79,7 @@ class Embeddings:
     query_encoder: dict[str, Any] | None = None  # another model's queries (cross-model)
     pairs: np.ndarray | None = None  # (n_docs, query dim): the corpus texts by the query model
     query_pairs: np.ndarray | None = None  # (n_queries, dim): the query texts by the documents' model
+    more_pairs: tuple[np.ndarray, np.ndarray] | None = None  # further texts by both models (fit --pairs)
 
     @property
     def dim(self) -> int:
@@ -98,6 +100,7 @@ def embed_dataset(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     query_encoder: Encoder | None = None,
+    pair_texts: Sequence[str] | None = None,
 ) -> Embeddings:
     """Embed every query and document of ``dataset``, paying only for texts not in the store yet.
 
@@ -105,7 +108,8 @@ def embed_dataset(
     are the ``pairs``: the corpus texts embedded as queries by it, the paired texts a cross-model
     adapter aligns with the documents. The query texts are embedded by ``encoder`` too
     (``query_pairs``): short, query-like paired texts that teach the map far more than documents
-    (queries are few and short, so this adds little to the bill).
+    (queries are few and short, so this adds little to the bill). ``pair_texts`` (a query log, say)
+    are embedded as queries by both models (``more_pairs``); they need a query model.
 
     The progress bar shows texts per second and, for encoders that count them (the API
     providers), the retries made so far: a climbing count is the sign of rate limits or an
@@ -117,12 +121,19 @@ def embed_dataset(
     qtexts = [dataset.queries[q] for q in qids]
     if query_encoder is not None and query_encoder.fingerprint == encoder.fingerprint:
         query_encoder = None
+    if pair_texts and query_encoder is None:
+        raise ValueError(
+            "paired texts map another model's queries into the documents' space: name the query model "
+            "(--query-provider / --query-model), or drop --pairs"
+        )
     # (encoder, kind, texts): what is embedded, in this order; the first job gives the queries
     jobs: list[tuple[Encoder, Kind, list[Any]]] = [(query_encoder or encoder, "query", qtexts)]
     jobs.append((encoder, "document", list(dataset.doc_texts)))
     if query_encoder is not None:
         jobs.append((query_encoder, "query", list(dataset.doc_texts)))
         jobs.append((encoder, "query", qtexts))
+        if pair_texts:
+            jobs += [(query_encoder, "query", list(pair_texts)), (encoder, "query", list(pair_texts))]
     stats = StoreStats()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -166,6 +177,7 @@ def embed_dataset(
         query_encoder=None if query_encoder is None else query_encoder.info(),
         pairs=out[2] if query_encoder is not None else None,
         query_pairs=out[3] if query_encoder is not None else None,
+        more_pairs=(out[4], out[5]) if len(out) > 4 else None,
     )
 
 

@@ -50,14 +50,18 @@ def embeddings_for(
     progress: bool = False,
     adapter: SearchAdaptor | None = None,
     query_encoder: Encoder | None = None,
+    pair_texts: Sequence[str] | None = None,
 ) -> Embeddings:
     """The dataset's embeddings, from ``encoder`` through the store or from ``precomputed`` vectors;
-    queries (and the corpus, as pairs) from ``query_encoder`` too when it is another model.
+    queries (and the corpus, as pairs) from ``query_encoder`` too when it is another model, and
+    ``pair_texts`` by both models (see :func:`~search_adaptor.embed.embed_dataset`).
 
     With ``adapter``, its encoders are checked first, so a mismatch is refused before anything is
     embedded (and paid for).
     """
     if precomputed is not None:
+        if pair_texts:
+            raise ValueError("--pairs embeds texts by two models; it cannot go with --embeddings")
         emb = load_precomputed(dataset, precomputed, model=model)
         if adapter is not None:
             adapter.check_encoder(emb.encoder, emb.dim)
@@ -67,7 +71,9 @@ def embeddings_for(
     if adapter is not None:
         adapter.check_encoder(encoder)
         adapter.check_encoder(query_encoder or encoder, kind="query")
-    return embed_dataset(dataset, encoder, cache_dir, progress=progress, query_encoder=query_encoder)
+    return embed_dataset(
+        dataset, encoder, cache_dir, progress=progress, query_encoder=query_encoder, pair_texts=pair_texts
+    )
 
 
 # -- selection -----------------------------------------------------------------------------------------
@@ -142,6 +148,7 @@ def select(
     query_encoder: Encoder | Mapping[str, Any] | str | None = None,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
     query_pairs: np.ndarray | None = None,
+    more_pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Selection:
     """Train every variant of ``family`` on the same split and choose one on validation (:func:`choose`).
 
@@ -169,6 +176,7 @@ def select(
             query_encoder=query_encoder,
             pairs=pairs,
             query_pairs=query_pairs,
+            more_pairs=more_pairs,
         )
         return est, time.perf_counter() - t0
 
@@ -382,6 +390,7 @@ def run_fit(
             query_encoder=emb.query_encoder,
             pairs=None if emb.pairs is None else (emb.pairs, emb.corpus),
             query_pairs=emb.query_pairs,
+            more_pairs=emb.more_pairs,
         )
 
     start = time.perf_counter()

@@ -280,6 +280,7 @@ class SearchAdaptor:
         query_encoder: EncoderLike | None = None,
         pairs: tuple[np.ndarray, np.ndarray] | None = None,
         query_pairs: np.ndarray | None = None,
+        more_pairs: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> SearchAdaptor:
         """Train on labelled (query, relevant document) pairs; keep the best validation checkpoint.
 
@@ -312,6 +313,10 @@ class SearchAdaptor:
             The query texts embedded by the documents' model, row for row with
             ``query_embeddings``. With ``loss="alignment"`` the queries named in ``qrels`` (labels
             unused) become paired texts too, and a share of them validates; other losses ignore it.
+        more_pairs : (ndarray of shape (m, query_dim), ndarray of shape (m, dim)), optional
+            Further texts embedded by both models (a query log, say): they train the map beside
+            ``pairs`` (the alignment term, ``loss="alignment"``); the closed-form start stays the map
+            of ``pairs``.
         """
         self._validate_params()
         info = describe_encoder(encoder) if encoder is not None else {}
@@ -329,6 +334,7 @@ class SearchAdaptor:
             val_query_ids,
             pairs,
             query_pairs,
+            more_pairs,
         )
         self._set_fitted(result, info, query_info)
         self.fit_time_ = time.perf_counter() - start

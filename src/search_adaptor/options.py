@@ -77,6 +77,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
             action="store_true",
             help="train without labels (they only score)",
         ),
+        A("--pairs", metavar="FILE", help="more texts to map --query-model with: a query log (.jsonl/lines)"),
         _OUTPUT,
         "embeddings",
     ],

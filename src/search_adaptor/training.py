@@ -247,6 +247,23 @@ def _check_pairs(
     return l2_normalize(a), l2_normalize(b)
 
 
+def _with_more_pairs(
+    paired: tuple[np.ndarray, np.ndarray] | None, more_pairs: tuple[Any, Any] | None, query_dim: int, dim: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pairs the map trains on: ``paired`` (the corpus texts) and ``more_pairs``, unit rows, checked."""
+    if more_pairs is None:
+        return paired
+    if paired is None:
+        raise ValueError("more_pairs join the pairs (the corpus texts by both models): give pairs too")
+    a, b = (l2_normalize(_as_matrix(x, f"more_pairs[{i}]")) for i, x in enumerate(more_pairs))
+    if len(a) != len(b) or a.shape[1] != query_dim or b.shape[1] != dim:
+        raise ValueError(
+            f"more_pairs: expected ({len(a)}, {query_dim}) and ({len(a)}, {dim}) arrays of the same texts, "
+            f"got {a.shape} and {b.shape}"
+        )
+    return np.concatenate([paired[0], a]), np.concatenate([paired[1], b])
+
+
 def _check_query_pairs(query_pairs: Any, n_queries: int, dim: int) -> np.ndarray | None:
     """The query texts' unit vectors by the documents' model, row for row with the queries, checked."""
     if query_pairs is None:
@@ -406,6 +423,7 @@ def train(
     val_query_ids: Sequence[str] | None,
     pairs: tuple[Any, Any] | None = None,
     query_pairs: Any = None,
+    more_pairs: tuple[Any, Any] | None = None,
 ) -> TrainResult:
     """Train networks with hyperparameters ``params`` (``SearchAdaptor.get_params()``); see
     :meth:`SearchAdaptor.fit` for the data contract. ``loss="similarity"`` and ``"alignment"``
@@ -414,6 +432,7 @@ def train(
     Q = _as_matrix(query_embeddings, "query embeddings")
     D = _as_matrix(corpus_embeddings, "corpus embeddings")
     paired = _check_pairs(pairs, Q.shape[1], D.shape[1], hp)
+    trained_on = _with_more_pairs(paired, more_pairs, Q.shape[1], D.shape[1])
     if Q.shape[1] != D.shape[1] and hp.init not in ("lstsq", "procrustes"):
         raise ValueError(
             f"query embeddings are {Q.shape[1]}-d but corpus embeddings are {D.shape[1]}-d: queries of "
@@ -459,11 +478,11 @@ def train(
     elif hp.loss == "alignment":
         assert paired is not None
         doc_side = _check_query_pairs(query_pairs, len(Qn), dim)
-        split = _alignment_split(hp, paired, Qn, doc_side, qrels, qid_to_row, val_query_ids, rng)
+        split = _alignment_split(hp, trained_on, Qn, doc_side, qrels, qid_to_row, val_query_ids, rng)
         objective = _Alignment(hp, *split, Dn, query_net, corpus_net, rng)
     else:
         objective = _Ranking(hp, Qn, Dn, qrels or {}, qids, dids, qid_to_row, val_query_ids, rng, generator)
-        objective.setup(query_net, corpus_net, prefixes, paired if hp.gamma > 0 else None)
+        objective.setup(query_net, corpus_net, prefixes, trained_on if hp.gamma > 0 else None)
     params_ = [p for net in nets for p in net.parameters() if p.requires_grad] + objective.extra_parameters()
     opt = torch.optim.Adam(params_, lr=hp.lr)
 
