@@ -13,6 +13,10 @@ Run from the repository root (resumable: every (mode, dataset, seed) result is c
   "similarity"``) on the corpus texts (and SciFact's training query texts); its labels, and every
   query of XQuAD-R, are used only to score. One fit per seed; no folds are needed as no label
   reaches training.
+- Unsupervised with query texts (XQuAD-R en and de, which have no train split): what
+  ``search-adaptor fit --unsupervised --dims 48,96,192`` does there. Five folds per seed (``fit``'s
+  own); each fold's adapter trains on the corpus and the other folds' query texts (their labels
+  unused) and is scored on its held-out queries, so no scored query's text reaches training.
 - Cost at each size: index bytes and median search latency of a flat FAISS index of the adapted
   corpus (``k=10``, one query at a time), as ratios to full width.
 
@@ -33,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cells import Cells, mean_sd
-from search_adaptor.experiment import SizedView, evaluate_embeddings, run_fit
+from search_adaptor.experiment import SizedView, evaluate_embeddings, protocol, run_fit
 from search_adaptor.files import write_text_atomic
 from search_adaptor.metrics import paired_test
 from search_adaptor.model import SearchAdaptor
@@ -47,6 +51,7 @@ CELLS = Cells(RESULTS / "matryoshka_cells.json.gz")
 SIZES = (48, 96, 192)
 SEEDS = 5
 UNSUPERVISED = ("scifact", "xquad-r/en", "xquad-r/de")
+KFOLD = ("xquad-r/en", "xquad-r/de")  # unsupervised-kfold: the training folds' query texts
 
 
 def supervised(seed: int) -> dict[str, Any]:
@@ -73,31 +78,41 @@ def supervised(seed: int) -> dict[str, Any]:
     }
 
 
-def unsupervised(name: str, seed: int) -> dict[str, Any]:
-    """A Matryoshka adapter trained without labels, scored on every labelled query of ``name``."""
+def unsupervised(name: str, seed: int, kfold: bool = False) -> dict[str, Any]:
+    """A Matryoshka adapter trained without labels, scored on every labelled query of ``name``: one
+    fit, or with ``kfold`` one per fold of ``fit``'s protocol with that fold's training query texts."""
     bench = load_shared(name)
     emb = bench.emb
-    t0 = time.perf_counter()
     params = {**dict(FAMILIES["matryoshka-unsupervised"][0][1]), "dims": SIZES, "seed": seed}
-    texts = bench.train if bench.protocol == "test" else None  # SciFact's training query texts, no labels
-    adapter = SearchAdaptor(**params).fit(
-        emb.queries, emb.corpus, texts, emb.query_ids, emb.doc_ids, encoder=emb.encoder
-    )
-    train_s = time.perf_counter() - t0
-    scored = bench.labelled
+    if kfold:
+        folds = [(train, test) for _, train, test in protocol(bench.dataset, seed=seed).folds]
+    else:  # SciFact's training query texts, no labels; XQuAD-R: the corpus alone
+        folds = [(bench.train if bench.protocol == "test" else None, bench.labelled)]
     rotation = pca_rotation(l2_normalize(emb.corpus))
-    systems = {"zero-shot": None, "adapted": adapter}
-    for m in SIZES:
-        systems |= {
-            f"zero-shot@{m}": SizedView(None, m),
-            f"pca@{m}": SizedView(None, m, rotation),
-            f"adapted@{m}": SizedView(adapter, m),
-        }
-    per = {
-        n: evaluate_embeddings(emb, scored, v, ["ndcg@10"])[1]["ndcg@10"].round(5).tolist()
-        for n, v in systems.items()
+    per: dict[str, dict[str, float]] = {}  # system -> query id -> nDCG@10
+    train_s, steps = 0.0, []
+    for texts, scored in folds:
+        t0 = time.perf_counter()
+        adapter = SearchAdaptor(**params).fit(
+            emb.queries, emb.corpus, texts, emb.query_ids, emb.doc_ids, encoder=emb.encoder
+        )
+        train_s += time.perf_counter() - t0
+        steps.append(adapter.best_step_)
+        systems = {"zero-shot": None, "adapted": adapter}
+        for m in SIZES:
+            systems |= {
+                f"zero-shot@{m}": SizedView(None, m),
+                f"pca@{m}": SizedView(None, m, rotation),
+                f"adapted@{m}": SizedView(adapter, m),
+            }
+        for n, v in systems.items():
+            scores = evaluate_embeddings(emb, scored, v, ["ndcg@10"])[1]["ndcg@10"]
+            per.setdefault(n, []).extend(scores.round(5).tolist())
+    return {
+        "per_query": per,
+        "train_s": round(train_s, 1),
+        "best_step": steps[0] if len(steps) == 1 else steps,
     }
-    return {"per_query": per, "train_s": round(train_s, 1), "best_step": adapter.best_step_}
 
 
 def costs() -> dict[str, Any]:
@@ -137,7 +152,12 @@ def report(cells: dict[str, Any]) -> str:
         "`pca@m` (a PCA of the corpus), at the same size m.",
         "",
     ]
-    for mode, names in (("supervised", ("scifact",)), ("unsupervised", UNSUPERVISED)):
+    titles = {"unsupervised-kfold": "unsupervised, with the training folds' query texts (5-fold)"}
+    for mode, names in (
+        ("supervised", ("scifact",)),
+        ("unsupervised", UNSUPERVISED),
+        ("unsupervised-kfold", KFOLD),
+    ):
         for name in names:
             keys = sorted(k for k in cells if k.startswith(f"{mode}|{name}|"))
             if not keys:
@@ -147,8 +167,8 @@ def report(cells: dict[str, Any]) -> str:
             avg = {s: np.mean([r[s] for r in runs], axis=0) for s in runs[0]}
             full_zs = float(np.mean(mean["zero-shot"]))
             lines += [
-                f"### {name}, {mode} ({len(keys)} seeds; full width: zero-shot {full_zs:.4f}, adapted "
-                f"{mean_sd(mean['adapted'])})",
+                f"### {name}, {titles.get(mode, mode)} ({len(keys)} seeds; full width: zero-shot "
+                f"{full_zs:.4f}, adapted {mean_sd(mean['adapted'])})",
                 "",
                 "| size | truncation | PCA | adapted | p vs truncation | p vs PCA | of full zero-shot |",
                 "|---|---|---|---|---|---|---|",
@@ -161,7 +181,8 @@ def report(cells: dict[str, Any]) -> str:
                     f"{np.mean(mean[f'adapted@{m}']) / full_zs:.1%} |"
                 )
             secs = [cells[k]["train_s"] for k in keys]
-            lines += ["", f"Training: {np.median(secs):.0f} s per seed (median).", ""]
+            each = " (all folds)" if mode == "unsupervised-kfold" else ""
+            lines += ["", f"Training: {np.median(secs):.0f} s per seed{each} (median).", ""]
     cost = cells.get("costs")
     if cost:
         full = cost[max(cost, key=int)]
@@ -183,7 +204,8 @@ def report(cells: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=SEEDS)
-    parser.add_argument("--modes", nargs="+", default=["supervised", "unsupervised", "costs"])
+    modes = ["supervised", "unsupervised", "unsupervised-kfold", "costs"]
+    parser.add_argument("--modes", nargs="+", default=modes, choices=modes)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if not args.report_only:
@@ -198,6 +220,10 @@ def main() -> int:
                 if f"unsupervised|{name}|{seed}" not in CELLS.read():
                     CELLS.save(f"unsupervised|{name}|{seed}", unsupervised(name, seed))
                     print(f"unsupervised {name} seed {seed} done", flush=True)
+            for name in KFOLD if "unsupervised-kfold" in args.modes else ():
+                if f"unsupervised-kfold|{name}|{seed}" not in CELLS.read():
+                    CELLS.save(f"unsupervised-kfold|{name}|{seed}", unsupervised(name, seed, kfold=True))
+                    print(f"unsupervised-kfold {name} seed {seed} done", flush=True)
         if "costs" in args.modes:
             CELLS.save("costs", costs())
     write_text_atomic(RESULTS / "matryoshka.md", report(CELLS.read()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -227,7 +228,28 @@ def test_unsupervised_fit_reads_only_the_query_ids_of_qrels(synthetic):
     b = SearchAdaptor(**params).fit(d["Q"], d["D"], scrambled, d["qids"], d["dids"])
     assert a.history_ == b.history_
     assert np.array_equal(a.transform_queries(d["Q"], dim=4), b.transform_queries(d["Q"], dim=4))
-    assert a.n_train_queries_ == round((len(d["D"]) + len(d["qrels"])) * 0.8)
+    # every document and four fifths of the query texts train; the other fifth validates
+    assert a.n_train_queries_ == len(d["D"]) + len(d["qrels"]) - round(0.2 * len(d["qrels"]))
+
+
+def test_unsupervised_targets_keep_a_querys_nearest_document_and_drop_a_documents_own_row(synthetic):
+    """A document's first neighbour is itself (dropped from its target); a query's is its best match."""
+    import torch
+
+    from search_adaptor.networks import build_nets
+    from search_adaptor.training import _Similarity
+
+    d = synthetic
+    Dn, Qn = l2_normalize(d["D"]), l2_normalize(d["D"][:40] + 0.01)  # each query next to one document
+    hp = SimpleNamespace(**{**SearchAdaptor(**UNSUPERVISED).get_params(), "val_fraction": 0.25})
+    net, _ = build_nets(Dn.shape[1], None, "mlp", True, "shared", torch.Generator().manual_seed(0), True)
+    objective = _Similarity(hp, Qn, Dn, net, net, [4, Dn.shape[1]], np.random.default_rng(0))
+    n_docs = len(Dn)
+    assert len(objective.train_rows) == n_docs + 30 and len(objective.val_rows) == 10  # held out: queries
+    doc_first, query_first = objective.neighbours[:n_docs, 0], objective.neighbours[n_docs:, 0]
+    assert (doc_first != np.arange(n_docs)).all()
+    own = [int(np.argmax(Dn @ q)) for q in objective.train_rows[n_docs:]]
+    assert query_first.tolist() == own
 
 
 @pytest.fixture(scope="module")
