@@ -708,8 +708,8 @@ class _Similarity(_Objective):
     start as the corpus's PCA and can only be reshuffled, never distorted. Rows are the corpus texts
     and the query texts given. A share (``val_fraction``) of the query texts, or of the corpus texts
     when no queries are given, is held out: what the prefixes will carry is queries, so those judge
-    them (on XQuAD-R de at 96-d this moved the adapter from level with PCA to above it: see
-    BENCHMARKS.md). Validation is the overlap of the held-out rows' top-10 neighbours (among the
+    them. (Query texts in training move XQuAD-R at 96-d from level with PCA to above it: see
+    BENCHMARKS.md.) Validation is the overlap of the held-out rows' top-10 neighbours (among the
     documents) in each adapted prefix with their top-10 in the full base space."""
 
     NEIGHBOURS = 16
