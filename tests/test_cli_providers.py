@@ -203,3 +203,34 @@ def test_credentials_in_the_base_url_are_never_written_or_printed(
         assert secret not in captured.out + captured.err
         for path in [*out.rglob("*"), *cache.rglob("*")]:
             assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow  # two whole fits (CI runs them)
+def test_matryoshka_sizes_over_an_api_encoder_through_the_store(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--dims` works on API embeddings as on local ones: each size scored against truncation and PCA,
+    the texts paid for once (the unsupervised fit reads them from the store), an index at a size."""
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    data = _write_beir(tmp_path / "tiny", n_docs=60, n_queries=30)
+    with FakeProvider("openai-compatible", dim=16) as fake:
+        clean_env.setenv("OPENAI_COMPATIBLE_API_KEY", fake.key)
+        args = _cli_args(fake, data, tmp_path / "cache")
+        fit = ["fit", *args, "--dims", "4,8", "--max-steps", "30", "--folds", "2", "--quiet", "-o", "json"]
+        assert main([*fit, "--out", str(tmp_path / "sup")]) == 0
+        supervised = json.loads(capsys.readouterr().out)
+        assert main([*fit, "--unsupervised", "--out", str(tmp_path / "unsup")]) == 0
+        unsupervised = json.loads(capsys.readouterr().out)
+        for report, family in ((supervised, "matryoshka"), (unsupervised, "matryoshka-unsupervised")):
+            assert report["family"] == family
+            assert {f"{s}@{m}" for s in ("adapted", "zero-shot", "pca") for m in (4, 8)} <= set(
+                report["metrics"]
+            )
+        assert supervised["encoder_calls"]["texts_sent"] == 90
+        assert unsupervised["encoder_calls"] == {"texts_sent": 0, "texts_cached": 90}
+        adapter, index = str(tmp_path / "sup" / "adapter"), str(tmp_path / "index")
+        assert main(["index", *args, "--adapter", adapter, "--dim", "4", "--out", index, "--quiet"]) == 0
+        capsys.readouterr()
+        assert main(["search", index, "which passage is about item 3?", "-k", "2", "-o", "json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == 2
+    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["dim"] == 4
