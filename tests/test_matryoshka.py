@@ -250,6 +250,10 @@ def test_unsupervised_targets_keep_a_querys_nearest_document_and_drop_a_document
     assert (doc_first != np.arange(n_docs)).all()
     own = [int(np.argmax(Dn @ q)) for q in objective.train_rows[n_docs:]]
     assert query_first.tolist() == own
+    # half of a batch are query texts, however few they are beside the documents
+    rows = objective.batch_rows()
+    assert len(rows) == len(set(rows.tolist())) == min(hp.batch_size, n_docs + 30)
+    assert (rows >= n_docs).sum() == min(len(rows) // 2, 30)
 
 
 @pytest.fixture(scope="module")

@@ -706,10 +706,10 @@ class _Similarity(_Objective):
     prefixes). Only the projection trains, and it stays a rotation (each step is followed by the
     nearest orthogonal matrix): the full width then keeps every cosine exactly, and the prefixes
     start as the corpus's PCA and can only be reshuffled, never distorted. Rows are the corpus texts
-    and the query texts given. A share (``val_fraction``) of the query texts, or of the corpus texts
-    when no queries are given, is held out: what the prefixes will carry is queries, so those judge
-    them. (Query texts in training move XQuAD-R at 96-d from level with PCA to above it: see
-    BENCHMARKS.md.) Validation is the overlap of the held-out rows' top-10 neighbours (among the
+    and the query texts given, which make half of each batch: what the prefixes will carry is
+    queries (their texts move XQuAD-R at 96-d from level with PCA to above it: BENCHMARKS.md). A
+    share (``val_fraction``) of the query texts, or of the corpus texts when no queries are given,
+    is held out; validation is the overlap of the held-out rows' top-10 neighbours (among the
     documents) in each adapted prefix with their top-10 in the full base space."""
 
     NEIGHBOURS = 16
@@ -741,6 +741,7 @@ class _Similarity(_Objective):
         else:
             train_docs, train_queries = Dn[order[n_val:]], queries
         self.train_rows = np.concatenate([train_docs, train_queries])
+        self.n_docs = len(train_docs)  # rows before it are documents, from it on query texts
         self.Dn, self.Dn_t = Dn, torch.from_numpy(Dn)
         k = min(self.NEIGHBOURS, len(Dn) - 1)
         # a document's own row is its first neighbour: dropped; a query's first is kept
@@ -753,9 +754,8 @@ class _Similarity(_Objective):
 
     def loss(self) -> torch.Tensor:
         hp = self.hp
-        b = min(hp.batch_size, len(self.train_rows))
-        pick = self.rng.choice(len(self.train_rows), size=b, replace=False)
-        extra = self.rng.integers(0, len(self.Dn), size=b)  # random documents, beside the neighbours
+        pick = self.batch_rows()
+        extra = self.rng.integers(0, len(self.Dn), size=len(pick))  # random documents, beside the neighbours
         cols = np.unique(np.concatenate([self.neighbours[pick].ravel(), extra]))
         x = torch.from_numpy(self.train_rows[pick])
         d = self.Dn_t[cols]
@@ -769,6 +769,19 @@ class _Similarity(_Objective):
             )
             loss = loss - (target * torch.log_softmax(sim / hp.temperature, dim=-1)).sum(-1).mean()
         return loss
+
+    def batch_rows(self) -> np.ndarray:
+        """Rows of one batch: with query texts, half of it are query texts (however few they are
+        beside the corpus: the prefixes are there to carry queries), the rest documents."""
+        b = min(self.hp.batch_size, len(self.train_rows))
+        n_queries = len(self.train_rows) - self.n_docs
+        if not (n_queries and self.n_docs):
+            return self.rng.choice(len(self.train_rows), size=b, replace=False)
+        half = min(b // 2, n_queries)
+        queries = self.n_docs + self.rng.choice(n_queries, size=half, replace=False)
+        return np.concatenate(
+            [self.rng.choice(self.n_docs, size=min(b - half, self.n_docs), replace=False), queries]
+        )
 
     def after_step(self) -> None:
         """Back onto the rotations: the orthogonal matrix nearest the updated projection."""
