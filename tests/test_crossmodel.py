@@ -20,11 +20,18 @@ import pytest
 from search_adaptor.cli import main
 from search_adaptor.data import Dataset
 from search_adaptor.embed import Embeddings, embed_dataset
-from search_adaptor.experiment import PairStart, _family, evaluate_embeddings, run_evaluate, run_fit
+from search_adaptor.experiment import (
+    PairStart,
+    SizedView,
+    _family,
+    evaluate_embeddings,
+    run_evaluate,
+    run_fit,
+)
 from search_adaptor.model import CompatibilityError, SearchAdaptor, describe_encoder
 from search_adaptor.report import save_run
 from search_adaptor.retrieval import l2_normalize
-from search_adaptor.training import MIN_PAIRS_TO_CHOOSE, RIDGES, _choose_ridge, pair_map
+from search_adaptor.training import MIN_PAIRS_TO_CHOOSE, RIDGES, _choose_ridge, pair_map, pca_rotation
 from search_adaptor.variants import family_variants
 from test_store import CountingEncoder
 
@@ -568,6 +575,8 @@ def test_run_fit_unlabelled_trains_on_the_pairs_and_uses_labels_only_to_score(na
         ("auto", None, False, "cross"),
         ("cross", None, False, "cross"),
         ("auto", None, True, "cross-unlabelled"),
+        ("auto", (8,), False, "cross-matryoshka"),
+        ("cross-matryoshka", (4, 8), False, "cross-matryoshka"),
     ],
 )
 def test_family_of_a_cross_model_fit(family, dims, unsupervised, expected):
@@ -577,16 +586,57 @@ def test_family_of_a_cross_model_fit(family, dims, unsupervised, expected):
 @pytest.mark.parametrize(
     ("family", "dims", "unsupervised", "message"),
     [
-        ("paper", None, False, r"queries of another model train family cross \(without --dims\), not paper"),
-        ("auto", (8,), False, r"train family cross \(without --dims\), not auto"),
-        ("cross", None, True, r"train family cross-unlabelled \(without --dims\), not cross"),
-        ("cross-unlabelled", None, False, r"train family cross \(without --dims\), not cross-unlabelled"),
-        ("matryoshka-unsupervised", (8,), True, r"family cross-unlabelled .*not matryoshka-unsupervised"),
+        ("paper", None, False, r"queries of another model train family cross, not paper"),
+        ("cross", (8,), False, r"train family cross-matryoshka, not cross"),
+        ("cross", None, True, r"train family cross-unlabelled, not cross"),
+        ("cross-unlabelled", None, False, r"train family cross, not cross-unlabelled"),
+        ("auto", (8,), True, r"no prefixes to train: drop --dims or --unlabelled"),
+        ("cross-matryoshka", None, False, r"train family cross, not cross-matryoshka"),
     ],
 )
 def test_family_errors_for_a_cross_model_fit(family, dims, unsupervised, message):
     with pytest.raises(ValueError, match=message):
         _family(family, dims, unsupervised, cross=True)
+
+
+def test_run_fit_with_dims_trains_a_cross_model_adapters_prefixes_against_baselines_of_its_start(narrow):
+    """Both sides rotated onto the corpus's PCA at the start (the full width keeps the map's scores);
+    each size scored against the start truncated and projected on the same PCA."""
+    run = run_fit(_dataset(narrow), _emb(narrow), overrides=FAST, dims=(4, 8), n_jobs=1)
+    report, adapter = run.report, run.adapter
+    assert report["family"] == "cross-matryoshka" and adapter.dims == (4, 8)
+    metrics = report["metrics"]
+    test = _dataset(narrow).split("test")
+    start = closed_form(narrow)
+    expected = evaluate_embeddings(_emb(narrow), test, start, ["ndcg@10"])[0]["ndcg@10"]
+    assert metrics["zero-shot"]["ndcg@10"] == pytest.approx(expected, abs=1e-4)
+    for m in (4, 8):
+        assert {f"zero-shot@{m}", f"pca@{m}", f"adapted@{m}"} <= set(metrics)
+        truncated = evaluate_embeddings(_emb(narrow), test, SizedView(None, m, base=start), ["ndcg@10"])[0]
+        assert metrics[f"zero-shot@{m}"]["ndcg@10"] == pytest.approx(truncated["ndcg@10"], abs=1e-4)
+        assert metrics[f"adapted@{m}"]["ndcg@10"] > metrics[f"zero-shot@{m}"]["ndcg@10"]
+        assert adapter.transform_queries(narrow["Qx"][:3], dim=m).shape == (3, m)
+        assert adapter.transform_corpus(narrow["D"][:3], dim=m).shape == (3, m)
+    # the start: the prefixes are the PCA baseline, the full width the pairs' map
+    begin = adapter.at_start()
+    rotation = pca_rotation(l2_normalize(narrow["D"]))
+    pca4 = SizedView(None, 4, rotation, base=start)
+    np.testing.assert_allclose(
+        begin.transform_queries(narrow["Qx"], dim=4), pca4.transform_queries(narrow["Qx"]), atol=1e-4
+    )
+    full = begin.transform_queries(narrow["Qx"]) @ begin.transform_corpus(narrow["D"]).T
+    mapped = start.transform_queries(narrow["Qx"]) @ start.transform_corpus(narrow["D"]).T
+    np.testing.assert_allclose(full, mapped, atol=1e-4)
+    # an index at a size: documents cut to it, another model's queries (12-d) searched at it
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    from search_adaptor.index import AdaptedIndex
+
+    index = AdaptedIndex.from_vectors(
+        adapter, narrow["dids"], narrow["D"], describe_encoder(DOC_MODEL), size=4
+    )
+    hits = index.search(narrow["Qx"][:2], k=3)
+    expected = index.search_adapted(adapter.transform_queries(narrow["Qx"][:2], dim=4), k=3)
+    assert [[d for d, _ in h] for h in hits] == [[d for d, _ in h] for h in expected]
 
 
 def test_run_fit_refuses_another_family_before_training(narrow):

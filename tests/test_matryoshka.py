@@ -364,7 +364,8 @@ def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):
         ("matryoshka", None, False, False, "family matryoshka trains Matryoshka prefixes: give their sizes"),
         ("matryoshka", (), False, False, "family matryoshka trains Matryoshka prefixes"),
         ("paper", (4,), True, False, "--unsupervised trains family matryoshka-unsupervised, not paper"),
-        ("auto", (4,), False, True, "queries of another model train family cross"),
+        ("auto", (4,), False, True, "cross-matryoshka"),
+        ("auto", (4,), True, True, "no prefixes to train: drop --dims or --unlabelled"),
     ],
 )
 def test_family_follows_dims_and_unsupervised(family, dims, unsupervised, cross, expected):

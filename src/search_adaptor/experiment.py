@@ -402,7 +402,7 @@ def run_fit(
     for f, (name, train_q, test_q) in enumerate(proto.folds):
         sel = fit_on(train_q, "train" if proto.name == "test" else f"fold {f + 1}/{folds}")
         means: dict[str, dict[str, float]] = {}
-        for system, view in _systems(sel.adapter, sizes, rotation).items():
+        for system, view in _systems(sel.adapter, sizes, rotation, emb).items():
             means[system], per_query, _ = evaluate_embeddings(emb, test_q, view)
             parts.setdefault(system, []).append(per_query)
         if proto.name == "test":
@@ -473,9 +473,14 @@ def _family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: 
     """The family a fit trains, given ``--dims``, ``--unsupervised`` and queries of another model
     (``cross``), or a one-line error."""
     if cross:
-        wanted = "cross-unlabelled" if unsupervised else "cross"
-        if family not in (DEFAULT_FAMILY, wanted) or dims:
-            raise ValueError(f"queries of another model train family {wanted} (without --dims), not {family}")
+        if dims and unsupervised:
+            raise ValueError(
+                "without labels a cross-model map keeps the documents as they are, so it has no prefixes "
+                "to train: drop --dims or --unlabelled"
+            )
+        wanted = "cross-matryoshka" if dims else "cross-unlabelled" if unsupervised else "cross"
+        if family not in (DEFAULT_FAMILY, wanted):
+            raise ValueError(f"queries of another model train family {wanted}, not {family}")
         return wanted
     if unsupervised:
         if family not in (DEFAULT_FAMILY, "matryoshka-unsupervised"):
@@ -520,15 +525,19 @@ def _comparison(scores: Mapping[str, Mapping[str, np.ndarray]], sizes: Sequence[
 @dataclass
 class SizedView:
     """A system scored at ``dim`` output dimensions: an adapter's Matryoshka prefix, or, without an
-    adapter, the base embedding truncated, or (``rotation``) its PCA projection fitted on the corpus."""
+    adapter, the base embedding truncated, or (``rotation``) its PCA projection fitted on the corpus;
+    ``base`` (a cross-model start) first takes another model's queries into the documents' space."""
 
     adapter: SearchAdaptor | None
     dim: int
     rotation: np.ndarray | None = None
+    base: Any = None
 
     def _view(self, X: np.ndarray, side: str) -> np.ndarray:
         if self.adapter is not None:
             return getattr(self.adapter, f"transform_{side}")(X, dim=self.dim)
+        if self.base is not None:
+            X = getattr(self.base, f"transform_{side}")(X)
         X = l2_normalize(np.asarray(X, dtype=np.float32))
         if self.rotation is not None:
             X = X @ self.rotation[: self.dim].T
@@ -562,15 +571,20 @@ class PairStart:
         return l2_normalize(np.asarray(X, dtype=np.float32))
 
 
-def _systems(adapter: SearchAdaptor, sizes: Sequence[int], rotation: np.ndarray | None) -> dict[str, Any]:
+def _systems(
+    adapter: SearchAdaptor, sizes: Sequence[int], rotation: np.ndarray | None, emb: Embeddings
+) -> dict[str, Any]:
     """What a fit is scored as: zero-shot and adapted, and per Matryoshka size the adapter's prefix,
     the base embedding truncated and its PCA projection (baselines of the same size). For a
-    cross-model adapter, zero-shot is its start: the closed-form map of the pairs."""
-    systems: dict[str, Any] = {"zero-shot": adapter.at_start() if adapter.query_encoder_ else None}
+    cross-model adapter, zero-shot is its start, and the baselines of a size truncate or project the
+    closed-form map of the pairs (queries in the documents' space)."""
+    cross = bool(adapter.query_encoder_)
+    systems: dict[str, Any] = {"zero-shot": adapter.at_start() if cross else None}
     systems["adapted"] = adapter
+    base = PairStart.of(adapter, emb) if cross and sizes else None
     for m in sizes:
-        systems[f"zero-shot@{m}"] = SizedView(None, m)
-        systems[f"pca@{m}"] = SizedView(None, m, rotation)
+        systems[f"zero-shot@{m}"] = SizedView(None, m, base=base)
+        systems[f"pca@{m}"] = SizedView(None, m, rotation, base=base)
         systems[f"adapted@{m}"] = SizedView(adapter, m)
     return systems
 

@@ -469,8 +469,16 @@ def train(
                 net.project.weight.copy_(R)
     elif hp.init in ("lstsq", "procrustes"):  # the query side starts as the closed-form map of the pairs
         assert paired is not None and query_net.project is not None
+        start = pair_map(*paired, hp.init).T
+        if len(prefixes) > 1 and corpus_net is not None and corpus_net.project is not None:
+            # Matryoshka with a document tower: both sides rotated onto the corpus's PCA (the full
+            # width keeps every score of the map; the prefixes start as the PCA baseline)
+            R = pca_rotation(Dn)
+            start = R @ start
+            with torch.no_grad():
+                corpus_net.project.weight.copy_(torch.from_numpy(R))
         with torch.no_grad():
-            query_net.project.weight.copy_(torch.from_numpy(pair_map(*paired, hp.init).T))
+            query_net.project.weight.copy_(torch.from_numpy(np.ascontiguousarray(start)))
     qid_to_row = {q: i for i, q in enumerate(qids)}
     if hp.loss == "similarity":  # the texts of the queries given in qrels (labels unused), and the corpus
         known = [qid_to_row[q] for q in sorted(qrels or {}) if q in qid_to_row]

@@ -125,8 +125,14 @@ FAMILIES["cross"] = [
 ]
 # Without labels (upgrade without re-indexing): the map is trained on the paired texts alone.
 FAMILIES["cross-unlabelled"] = [("cross-unlabelled", {**_CROSS, "loss": "alignment", "alpha": 0.0})]
+# Matryoshka prefixes of a cross-model adapter (``fit --dims`` with a query model): the documents need
+# their own tower, started at the corpus's PCA rotation, and the query map starts at the pairs' map
+# rotated the same way; the prefixes are trained with labels.
+FAMILIES["cross-matryoshka"] = [
+    ("cross-matryoshka", {**_CROSS, "mode": "separate", "negatives": "hard", "alpha": 0.05, "gamma": 0.1})
+]
 #: Families that train Matryoshka prefixes and need ``dims``.
-MATRYOSHKA = ("matryoshka", "matryoshka-unsupervised")
+MATRYOSHKA = ("matryoshka", "matryoshka-unsupervised", "cross-matryoshka")
 #: What ``family="auto"`` trains, simplest first (ties go to the earlier one). The paper's own
 #: recipe is not in it: see BENCHMARKS.md for its validation score against its training time.
 AUTO = ("linear-random", "query-only", "linear", "shared-random", "shared-infonce")
