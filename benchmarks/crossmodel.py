@@ -79,18 +79,24 @@ def embeddings(name: str, query_model: str, doc_model: str) -> Embeddings:
 #: What each kind of fit trains on: labels, or without them the paired corpus texts alone, or those
 #: and the training queries' texts.
 KINDS = ("labelled", "unlabelled-corpus", "unlabelled")
+#: Matryoshka sizes of the cross-model fit with ``--dims`` (family ``cross-matryoshka``; SciFact).
+SIZES = (48, 96, 192)
+SYSTEMS = ("zero-shot", "pca", "adapted")
 
 
 def fit(name: str, query_model: str, doc_model: str, seed: int, kind: str) -> dict[str, Any]:
-    """One ``run_fit`` of ``kind`` (:data:`KINDS`): test nDCG@10 of the adapter and of its start."""
+    """One ``run_fit`` of ``kind`` (:data:`KINDS`, or ``"labelled-dims"``: with :data:`SIZES`): test
+    nDCG@10 of the adapter and of its start (and of each size against the map's baselines)."""
     ds = load_beir(DATA / name)
     emb = embeddings(name, query_model, doc_model)
     if kind == "unlabelled-corpus":
         emb = dataclasses.replace(emb, query_pairs=None)
-    unlabelled = kind != "labelled"
     t0 = time.perf_counter()
-    run = run_fit(ds, emb, seed=seed, unsupervised=unlabelled)
+    dims = SIZES if kind == "labelled-dims" else None
+    run = run_fit(ds, emb, seed=seed, unsupervised=kind.startswith("unlabelled"), dims=dims)
+    sized = {f"{s}@{m}": run.report["metrics"][f"{s}@{m}"]["ndcg@10"] for s in SYSTEMS for m in dims or ()}
     return {
+        **sized,
         "adapted": run.report["metrics"]["adapted"]["ndcg@10"],
         "start": run.report["metrics"]["zero-shot"]["ndcg@10"],
         "p_vs_start": run.report["significance"]["p_value"],
@@ -182,6 +188,22 @@ def report(cells: dict[str, Any]) -> str:
                 f"{speed['static'] * 1000:.0f} µs, MiniLM {speed['minilm']:.1f} ms: "
                 f"{speed['minilm'] / speed['static']:.0f}x faster.",
             ]
+        sized = seeds("fit|scifact|static>minilm|labelled-dims|")
+        if sized:
+            lines += [
+                "",
+                f"Smaller vectors (`--dims 48,96,192`, family `cross-matryoshka`, {len(sized)} seeds): "
+                "test nDCG@10 of the adapter's prefix against the closed-form map truncated and projected "
+                "on the corpus's PCA, each of the same size.",
+                "",
+                "| size | map truncated | map, PCA | adapted |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {m} | " + " | ".join(mean_sd([r[f"{s}@{m}"] for r in sized]) for s in SYSTEMS) + " |"
+                for m in SIZES
+            ]
+            lines.append(f"| 384 (full) | – | – | {mean_sd([r['adapted'] for r in sized])} |")
         lines.append("")
     lines += [
         "### Upgrade without re-indexing: queries of the new model, the index of the old one",
@@ -235,7 +257,10 @@ def main() -> int:
         if "speed" not in CELLS.read():
             CELLS.save("speed", query_speed())
         plan = [(n, q, d, kind) for kind in KINDS[:0:-1] for n in SEEDS for q, d in DIRECTIONS]
-        plan += [("scifact", "minilm", "minilm", "labelled")]
+        plan += [
+            ("scifact", "minilm", "minilm", "labelled"),
+            ("scifact", "static", "minilm", "labelled-dims"),
+        ]
         plan += [(n, q, d, "labelled") for n in SEEDS for q, d in DIRECTIONS]
         for name, q, d, kind in plan:
             for seed in range(SEEDS[name]):
