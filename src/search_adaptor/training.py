@@ -298,12 +298,15 @@ def _alignment_split(
     """
     a, b = paired
     known = sorted(q for q in (qrels or {}) if q in qid_to_row)
+    train_q: list[str] = []
+    val_q: list[str] = []
     if query_pairs is not None and len(known) >= 2:
         if val_query_ids is None:
             train_q, val_q = validation_split(known, hp.val_fraction, rng)
-        else:
+        else:  # those of the given ones that are known; none: the corpus pairs validate
             val_q = sorted({str(q) for q in val_query_ids} & set(known))
             train_q = [q for q in known if q not in set(val_q)]
+    if query_pairs is not None and val_q:
         tr, va = [qid_to_row[q] for q in train_q], [qid_to_row[q] for q in val_q]
         fit = (np.concatenate([a, Qn[tr]]), np.concatenate([b, query_pairs[tr]]))
         return fit, (Qn[va], query_pairs[va]), val_q
