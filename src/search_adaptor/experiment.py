@@ -396,13 +396,16 @@ def run_fit(
     start = time.perf_counter()
     sizes = sorted({int(m) for m in (overrides or {}).get("dims") or ()} - {emb.dim})
     rotation = pca_rotation(l2_normalize(emb.corpus)) if sizes else None  # the pca@m baselines
+    base: PairStart | None = None  # a cross-model fit's size baselines start here: once for every fold
     parts: dict[str, list[dict[str, np.ndarray]]] = {}
     folds_info: list[dict[str, Any]] = []
     final: Selection | None = None
     for f, (name, train_q, test_q) in enumerate(proto.folds):
         sel = fit_on(train_q, "train" if proto.name == "test" else f"fold {f + 1}/{folds}")
         means: dict[str, dict[str, float]] = {}
-        for system, view in _systems(sel.adapter, sizes, rotation, emb).items():
+        if sizes and sel.adapter.query_encoder_ and base is None:
+            base = PairStart.of(sel.adapter, emb)
+        for system, view in _systems(sel.adapter, sizes, rotation, base).items():
             means[system], per_query, _ = evaluate_embeddings(emb, test_q, view)
             parts.setdefault(system, []).append(per_query)
         if proto.name == "test":
@@ -572,16 +575,14 @@ class PairStart:
 
 
 def _systems(
-    adapter: SearchAdaptor, sizes: Sequence[int], rotation: np.ndarray | None, emb: Embeddings
+    adapter: SearchAdaptor, sizes: Sequence[int], rotation: np.ndarray | None, base: PairStart | None
 ) -> dict[str, Any]:
     """What a fit is scored as: zero-shot and adapted, and per Matryoshka size the adapter's prefix,
     the base embedding truncated and its PCA projection (baselines of the same size). For a
-    cross-model adapter, zero-shot is its start, and the baselines of a size truncate or project the
-    closed-form map of the pairs (queries in the documents' space)."""
-    cross = bool(adapter.query_encoder_)
-    systems: dict[str, Any] = {"zero-shot": adapter.at_start() if cross else None}
+    cross-model adapter, zero-shot is its start, and the baselines of a size truncate or project
+    ``base``, the closed-form map of the pairs (queries in the documents' space)."""
+    systems: dict[str, Any] = {"zero-shot": adapter.at_start() if adapter.query_encoder_ else None}
     systems["adapted"] = adapter
-    base = PairStart.of(adapter, emb) if cross and sizes else None
     for m in sizes:
         systems[f"zero-shot@{m}"] = SizedView(None, m, base=base)
         systems[f"pca@{m}"] = SizedView(None, m, rotation, base=base)

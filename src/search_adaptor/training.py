@@ -213,6 +213,23 @@ def _val_score(
 MIN_PAIRS = 10  # paired texts a cross-model map needs: a few to fit, a few held out
 
 
+def _paired(pairs: tuple[Any, Any], name: str, query_dim: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``name``'s two arrays, checked to hold the same texts by the query model and the documents' model."""
+    a, b = (_as_matrix(x, f"{name}[{i}]") for i, x in enumerate(pairs))
+    if len(a) != len(b) or a.shape[1] != query_dim or b.shape[1] != dim:
+        raise ValueError(
+            f"{name}: expected ({len(a)}, {query_dim}) and ({len(a)}, {dim}) arrays of the same texts, "
+            f"got {a.shape} and {b.shape}"
+        )
+    return a, b
+
+
+def _held_out(n: int, fraction: float) -> int:
+    """How many of ``n`` rows a fit without labels holds out: ``fraction`` of them, at least one, at
+    most 2,000 (its validation searches the corpus for each), never all."""
+    return min(max(1, round(fraction * n)), 2000, n - 1)
+
+
 def _check_pairs(
     pairs: tuple[Any, Any] | None, query_dim: int, dim: int, hp: SimpleNamespace
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -226,12 +243,7 @@ def _check_pairs(
                 "embedded by the query model and by the document model (the corpus texts will do)"
             )
         return None
-    a, b = (_as_matrix(x, f"pairs[{i}]") for i, x in enumerate(pairs))
-    if len(a) != len(b) or a.shape[1] != query_dim or b.shape[1] != dim:
-        raise ValueError(
-            f"pairs: expected ({len(a)}, {query_dim}) and ({len(a)}, {dim}) arrays of the same texts, "
-            f"got {a.shape} and {b.shape}"
-        )
+    a, b = _paired(pairs, "pairs", query_dim, dim)
     if len(a) < MIN_PAIRS:
         raise ValueError(
             f"pairs: {len(a)} paired texts are too few to map {query_dim}-d queries onto {dim}-d documents "
@@ -255,12 +267,7 @@ def _with_more_pairs(
         return paired
     if paired is None:
         raise ValueError("more_pairs join the pairs (the corpus texts by both models): give pairs too")
-    a, b = (l2_normalize(_as_matrix(x, f"more_pairs[{i}]")) for i, x in enumerate(more_pairs))
-    if len(a) != len(b) or a.shape[1] != query_dim or b.shape[1] != dim:
-        raise ValueError(
-            f"more_pairs: expected ({len(a)}, {query_dim}) and ({len(a)}, {dim}) arrays of the same texts, "
-            f"got {a.shape} and {b.shape}"
-        )
+    a, b = (l2_normalize(x) for x in _paired(more_pairs, "more_pairs", query_dim, dim))
     return np.concatenate([paired[0], a]), np.concatenate([paired[1], b])
 
 
@@ -311,7 +318,7 @@ def _alignment_split(
         fit = (np.concatenate([a, Qn[tr]]), np.concatenate([b, query_pairs[tr]]))
         return fit, (Qn[va], query_pairs[va]), val_q
     order = rng.permutation(len(a))
-    n_val = min(max(1, round(hp.val_fraction * len(a))), 2000, len(a) - 1)
+    n_val = _held_out(len(a), hp.val_fraction)
     return (a[order[n_val:]], b[order[n_val:]]), (a[order[:n_val]], b[order[:n_val]]), []
 
 
@@ -745,7 +752,7 @@ class _Similarity(_Objective):
         # else of the documents
         held = queries if len(queries) >= 2 else Dn
         order = rng.permutation(len(held))
-        n_val = min(max(1, round(hp.val_fraction * len(held))), 2000, len(held) - 1)
+        n_val = _held_out(len(held), hp.val_fraction)
         val_rows = held[order[:n_val]]
         if held is queries:
             train_docs, train_queries = Dn, queries[order[n_val:]]
