@@ -83,6 +83,8 @@ EFFICIENCY_ROWS = ("auto", "paper", "llamaindex-linear")
 SIMILARITY_ROWS = ("auto", "paper-default")
 P_SIGNIFICANT = 0.05
 AUTO_CANDIDATES = tuple(name for name, _ in family_variants("auto"))
+AUTO_PARAMS = {name: dict(params) for name, params in family_variants("auto")}
+FLOAT32 = {"precision": "float32"}
 
 PAPER_DEFAULT = dict(FAMILIES["paper-default"][0][1])
 GRID = FAMILIES["paper"]
@@ -90,8 +92,8 @@ GRID_NAMES = tuple(name for name, _ in GRID)
 ALPHA_GRID = FAMILIES["paper-alpha"]
 ALPHA_NAMES = tuple(name for name, _ in ALPHA_GRID)
 #: A residual MLP trained with InfoNCE and nothing else: the obvious contrastive baseline (auto's
-#: ``shared-infonce`` adds hard negatives and the recovery loss to it).
-MLP_INFONCE = dict(FAMILIES["shared-random"][0][1])
+#: ``shared-infonce`` adds hard negatives and the recovery loss to it), in float32 like every row but auto.
+MLP_INFONCE = {k: v for k, v in FAMILIES["shared-random"][0][1].items() if k != "precision"}
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,11 @@ CELL_ROWS: dict[str, CellRow] = {
             for loss in ("ranknet", "infonce", "softmax", "pointwise")
         ],
         CellRow("query-only", "adapter", FAMILIES["query-only-ranking"][0][1]),
-        # the candidate list is part of the cell's parameters: changing what auto trains recomputes it
-        CellRow("auto", "family", {"family": "auto", "variants": list(AUTO_CANDIDATES)}),
+        # what auto trains (its candidates and their parameters) is part of the cell's parameters:
+        # changing it recomputes the cells
+        CellRow("auto", "family", {"family": "auto", "variants": AUTO_PARAMS}),
+        # auto as it was before its candidates trained in mixed precision: every candidate in float32
+        CellRow("auto-float32", "family", {"family": "auto", "variants": AUTO_PARAMS, "overrides": FLOAT32}),
         CellRow(
             "full-ft",
             "finetune",
@@ -179,6 +184,7 @@ TABLE_ROWS: dict[str, TableRow] = {
         TableRow("loss-pointwise", "ablation: point-wise sigmoid loss", ("loss-pointwise",)),
         TableRow("query-only", "Search-Adaptor query-only (paper recipe, no re-index)", ("query-only",)),
         TableRow("auto", f"auto (library default: best of {len(AUTO_CANDIDATES)} on validation)", ("auto",)),
+        TableRow("auto-float32", "auto, every candidate trained in float32", ("auto-float32",)),
         TableRow("full-ft", "full fine-tuning, MNRL (needs the model's weights)", ("full-ft",)),
     ]
 }
@@ -399,7 +405,7 @@ def compute_cell(
             emb.query_ids,
             emb.doc_ids,
             seed=seed,
-            overrides=steps,
+            overrides={**row.params.get("overrides", {}), **steps},
             encoder=emb.encoder,
         )
         adapter = sel.adapter

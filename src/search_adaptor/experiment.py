@@ -14,10 +14,11 @@ results (report files, figures, the adapter folder) is :func:`search_adaptor.rep
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from search_adaptor.encoders.base import Encoder
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.retrieval import exact_search, l2_normalize
-from search_adaptor.training import pair_map, pca_rotation, torch_threads
+from search_adaptor.training import compute_threads, pair_map, pca_rotation
 from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, MATRYOSHKA, VAL_FRACTION, family_variants
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
@@ -149,6 +150,7 @@ def select(
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
     query_pairs: np.ndarray | None = None,
     more_pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    pool: Executor | None = None,
 ) -> Selection:
     """Train every variant of ``family`` on the same split and choose one on validation (:func:`choose`).
 
@@ -156,8 +158,11 @@ def select(
     changes nothing. ``encoder`` (what made the embeddings) is recorded in every candidate.
 
     Candidates train side by side, ``n_jobs`` at once (default: one per CPU core), each on one
-    torch thread: a few thousand small matmuls each, which scale across candidates, not within
-    one. Every candidate is exactly the model a standalone fit with its parameters and seed gives.
+    thread: a few thousand small matmuls each, which scale across candidates, not within one. The
+    costliest start first, so that no long one is left running alone at the end. ``pool`` (a
+    thread pool whose work runs under ``compute_threads(1)``) lets several selections share the
+    cores (:func:`run_fit`'s folds). Every candidate is exactly the model a standalone fit with its
+    parameters and seed gives.
     """
     variants = family_variants(family)
     if rule not in RULES:
@@ -180,9 +185,13 @@ def select(
         )
         return est, time.perf_counter() - t0
 
-    workers = max(1, min(n_jobs or os.cpu_count() or 1, len(variants)))
-    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(fit, params) for _, params in variants]
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            stack.enter_context(compute_threads(1))
+            pool = stack.enter_context(ThreadPoolExecutor(workers(n_jobs, len(variants))))
+        order = sorted(range(len(variants)), key=lambda i: -_cost_rank(variants[i][1]))
+        submitted = {i: pool.submit(fit, variants[i][1]) for i in order}
+        futures = [submitted[i] for i in range(len(variants))]
         fitted: dict[str, SearchAdaptor] = {}
         rows: list[dict[str, Any]] = []
         for (name, _), future in zip(variants, futures, strict=True):
@@ -195,6 +204,7 @@ def select(
                     "zero_shot_val_ndcg@10": est.zero_shot_score_,
                     "best_step": est.best_step_,
                     "n_steps": est.n_steps_,
+                    "precision": est.train_precision_,
                     "train_s": round(seconds, 2),
                 }
             )
@@ -230,6 +240,19 @@ def select(
         scores,
         fitted,
     )
+
+
+def workers(n_jobs: int | None, n_tasks: int) -> int:
+    """Threads to train ``n_tasks`` fits with: ``n_jobs``, by default one per CPU core."""
+    return max(1, min(n_jobs or os.cpu_count() or 1, n_tasks))
+
+
+def _cost_rank(params: Mapping[str, Any]) -> int:
+    """Rough cost of a variant's step, to start the costliest first: documents adapted at each step
+    (shared, separate) > queries scored against the whole corpus (in-batch softmax losses) > the rest."""
+    adapts_documents = params.get("mode", "shared") != "query_only"
+    whole_corpus = bool(params.get("in_batch")) and params.get("full_corpus_max", 1) > 0
+    return 2 * adapts_documents + whole_corpus
 
 
 # -- scoring -------------------------------------------------------------------------------------------
@@ -367,7 +390,7 @@ def run_fit(
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split)
 
-    def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str) -> Selection:
+    def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str, pool: Executor) -> Selection:
         def on_candidate(row: dict[str, Any]) -> None:
             log(
                 f"  {tag} {row['variant']}: val nDCG@10 {row['val_ndcg@10']:.4f} "
@@ -391,17 +414,33 @@ def run_fit(
             pairs=None if emb.pairs is None else (emb.pairs, emb.corpus),
             query_pairs=emb.query_pairs,
             more_pairs=emb.more_pairs,
+            pool=pool,
         )
 
     start = time.perf_counter()
+    # every fold's selection (and k-fold's final fit on all labelled queries) at once, their
+    # candidates sharing one pool: no fold waits for the slowest candidate of the one before
+    jobs = [
+        (train_q, "train" if proto.name == "test" else f"fold {f + 1}/{folds}")
+        for f, (_, train_q, _) in enumerate(proto.folds)
+    ]
+    if proto.name != "test":
+        jobs.append((proto.final_train, "all"))
+    n_candidates = len(family_variants(family))
+    with (
+        compute_threads(1),
+        ThreadPoolExecutor(workers(n_jobs, n_candidates * len(jobs))) as pool,
+        ThreadPoolExecutor(len(jobs)) as folds_pool,
+    ):
+        selections = list(folds_pool.map(lambda job: fit_on(*job, pool), jobs))
     sizes = sorted({int(m) for m in (overrides or {}).get("dims") or ()} - {emb.dim})
     rotation = pca_rotation(l2_normalize(emb.corpus)) if sizes else None  # the pca@m baselines
     base: PairStart | None = None  # a cross-model fit's size baselines start here: once for every fold
     parts: dict[str, list[dict[str, np.ndarray]]] = {}
     folds_info: list[dict[str, Any]] = []
     final: Selection | None = None
-    for f, (name, train_q, test_q) in enumerate(proto.folds):
-        sel = fit_on(train_q, "train" if proto.name == "test" else f"fold {f + 1}/{folds}")
+    for f, (name, _, test_q) in enumerate(proto.folds):
+        sel = selections[f]
         means: dict[str, dict[str, float]] = {}
         if sizes and sel.adapter.query_encoder_ and base is None:
             base = PairStart.of(sel.adapter, emb)
@@ -425,7 +464,7 @@ def run_fit(
         log(f"fold {f + 1}/{folds}: {sel.selected}: nDCG@10 {zs_f:.4f} -> {ad_f:.4f}")
     scores = {s: {m: np.concatenate([p[m] for p in ps]) for m in DEFAULT_METRICS} for s, ps in parts.items()}
     if final is None:  # kfold: the adapter that ships is trained on every labelled query
-        final = fit_on(proto.final_train, "all")
+        final = selections[-1]
     n_test = len(scores["zero-shot"][DEFAULT_METRICS[0]])
     report: dict[str, Any] = {
         "dataset": dataset.name,
