@@ -233,6 +233,14 @@ CONFIG_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     ),
     "a list": (edit_config(lambda c: [c], whole=True), ["expected a JSON object, got list"]),
     "no training section": (edit_config(lambda c: c.pop("training")), ["missing field 'training'"]),
+    "training precision unknown": (
+        edit_config(lambda c: c["training"].update(precision="fp8")),
+        ["training: precision must be one of float32, bfloat16", '"fp8"'],
+    ),
+    "precision hyperparameter unknown": (
+        edit_config(lambda c: c["hyperparameters"].update(precision="half")),
+        ["precision must be one of float32, bfloat16, auto", "'half'"],
+    ),
     "no hyperparameters section": (
         edit_config(lambda c: c.pop("hyperparameters")),
         ["missing field 'hyperparameters'"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from search_adaptor.experiment import choose, evaluate_embeddings, select
 from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor
 from search_adaptor.networks import ResidualAdapter, numpy_forward
 from search_adaptor.retrieval import l2_normalize
+from search_adaptor.training import compute_threads, resolve_precision
 from search_adaptor.variants import family_variants
 from test_store import CountingEncoder
 
@@ -167,6 +169,45 @@ def test_auto_candidates_train_as_they_would_alone(synthetic):
     # both kinds compete: plain random-negative contrastive and regularised hard-negative variants
     assert any(v["negatives"] == "random" and v["alpha"] == 0 for v in auto.values())
     assert any(v["negatives"] == "hard" and v["alpha"] > 0 for v in auto.values())
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_fits_side_by_side_in_threads_equal_each_fit_alone(synthetic, precision):
+    """``select`` trains candidates in threads; in mixed precision too, a fit's weights must not depend
+    on what trains next to it (autocast's cache of weight casts broke this: it is off)."""
+    params = {
+        "mode": "shared",
+        "loss": "infonce",
+        "in_batch": True,
+        "negatives": "hard",
+        "precision": precision,
+    }
+    alone = _fit(synthetic, seed=1, **params)
+    with compute_threads(1), ThreadPoolExecutor(2) as pool:
+        side_by_side = [
+            f.result() for f in [pool.submit(_fit, synthetic, seed=1, **params) for _ in range(2)]
+        ]
+    assert alone.train_precision_ == precision
+    for est in side_by_side:
+        assert est.history_ == alone.history_
+        for name, weight in alone.query_net_.state_dict().items():
+            assert torch.equal(est.query_net_.state_dict()[name], weight)
+
+
+def test_precision_is_checked_resolved_and_recorded(synthetic, tmp_path):
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, auto; got 'fp16'"):
+        _fit(synthetic, precision="fp16")
+    est = _fit(synthetic, max_steps=20, precision="auto")
+    assert est.train_precision_ == resolve_precision("auto") in ("float32", "bfloat16")
+    est.save(tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["hyperparameters"]["precision"] == "auto"
+    assert cfg["training"]["precision"] == est.train_precision_
+    assert SearchAdaptor.load(tmp_path / "a").train_precision_ == est.train_precision_
+    del cfg["training"]["precision"], cfg["hyperparameters"]["precision"]  # a file from before precision
+    (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
+    older = SearchAdaptor.load(tmp_path / "a")
+    assert older.train_precision_ == "float32" and older.precision == "float32"
 
 
 def test_saved_config_describes_the_adapter(synthetic, tmp_path):

@@ -72,9 +72,13 @@ def resolve_precision(precision: str) -> str:
 
 def _steps_in(precision: str) -> contextlib.AbstractContextManager[Any]:
     """Where a training step runs: mixed bfloat16 products (float32 weights, optimiser and losses'
-    reductions, as :func:`torch.autocast` keeps them), or plain float32."""
+    reductions, as :func:`torch.autocast` keeps them), or plain float32.
+
+    Without autocast's cache of weight casts: with it, fits running side by side in threads (as
+    :func:`~search_adaptor.experiment.select` runs them) gave other weights than each fit alone.
+    """
     if precision == "bfloat16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
