@@ -410,6 +410,11 @@ def compute_cell(
         )
         adapter = sel.adapter
         out["selected"] = sel.selected
+        # every candidate on the test queries too: is the selection ever significantly below one of them?
+        out["candidates"] = {
+            name: encode_scores(evaluate_embeddings(emb, test_qrels, est, ["ndcg@10"])[1]["ndcg@10"])
+            for name, est in sel.fitted.items()
+        }
     elif row.kind == "finetune":
         from search_adaptor.encoders.local import DEFAULT_MODEL, resolve_model
 
@@ -764,6 +769,8 @@ def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Pa
     lines += _summary(benches, results_by)
     lines += _scenarios(benches, results_by)
     lines += _claims(benches, results_by)
+    lines += _precision_check(benches, results_by)
+    lines += _auto_vs_candidates(cache, benches, seed_list)
     lines += _partial_finetuning(cache, benches, results_by)
     lines += _finetuning_costs(cache, benches)
     notes: list[str] = []
@@ -894,6 +901,83 @@ def _claims(benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, RowR
             cells.append(f"{delta:+.3f}, p {_p(p)}: {verdict}")
         lines.append(f"| {text} (`{row}` vs `{other}`) | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _precision_check(
+    benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, RowResult | None]]
+) -> list[str]:
+    """``auto`` (its candidates in bfloat16 products where the CPU has them) against the same candidates
+    in float32: what mixed precision costs in test nDCG@10, per dataset."""
+    rows = []
+    for b in benches:
+        mixed, full = results_by[b.name].get("auto"), results_by[b.name].get("auto-float32")
+        if mixed is None or full is None:
+            continue
+        a, f = mixed.per_seed["ndcg@10"], full.per_seed["ndcg@10"]
+        p = paired_test(mixed.per_query, full.per_query)
+        rows.append(
+            f"| {b.name} | {np.mean(a):.4f} ± {np.std(a):.4f} ({mixed.seeds}) | {np.mean(f):.4f} ± "
+            f"{np.std(f):.4f} ({full.seeds}) | {np.mean(a) - np.mean(f):+.4f} | {_p(p)} |"
+        )
+    if not rows:
+        return []
+    return [
+        "### `auto` in mixed precision against the same candidates in float32",
+        "",
+        "Test nDCG@10, mean ± sd over seeds (seeds in brackets); p: paired randomization test over "
+        "queries (per-query scores averaged over seeds). Speed: BENCHMARKS.md, fit speed.",
+        "",
+        "| dataset | `auto` (bfloat16 products) | `auto-float32` | Δ | p |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def _auto_vs_candidates(cache: Cache, benches: Sequence[Bench], seeds: Sequence[int]) -> list[str]:
+    """``auto`` against each of its own candidates on the test queries (cells that scored them all):
+    does selection on a validation split ever ship something significantly worse than a candidate?"""
+    lines: list[str] = []
+    for b in benches:
+        order = {q: i for i, q in enumerate(b.test_ids())}
+        runs: dict[str, list[np.ndarray]] = {}
+        for seed in seeds:
+            per: dict[str, np.ndarray] = {}
+            for fold, _, test_q in b.folds(seed):
+                cell = current_cell(cache, cell_key(b.name, "auto", seed, fold))
+                if cell is None or "candidates" not in cell:
+                    per = {}
+                    break
+                rows = [order[q] for q in sorted(test_q)]
+                for name, text in {"auto": cell["ndcg"], **cell["candidates"]}.items():
+                    per.setdefault(name, np.full(len(order), np.nan))[rows] = decode_scores(text)
+            for name, scores in per.items():
+                runs.setdefault(name, []).append(scores)
+        if not runs:
+            continue
+        auto = np.mean(runs["auto"], axis=0)
+        cells = []
+        for name in AUTO_CANDIDATES:
+            cand = np.mean(runs[name], axis=0)
+            p = paired_test(auto, cand)
+            below = p < P_SIGNIFICANT and auto.mean() < cand.mean()
+            text = f"{cand.mean():.4f} ({auto.mean() - cand.mean():+.4f}, p {_p(p)})"
+            cells.append(f"**{text}: auto below**" if below else text)
+        lines.append(f"| {b.name} | {len(runs['auto'])} | {auto.mean():.4f} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return [
+        "### `auto` against each of its candidates, on the test queries",
+        "",
+        "Every candidate `auto` trained, scored on the test queries as well (selection never sees them). "
+        "Per candidate: its test nDCG@10 (mean over seeds), auto minus it, and p (paired randomization "
+        "test over queries, per-query scores averaged over seeds); **bold**: auto significantly below it.",
+        "",
+        "| dataset | seeds | `auto` | " + " | ".join(f"`{n}`" for n in AUTO_CANDIDATES) + " |",
+        "|---|---|---|" + "---|" * len(AUTO_CANDIDATES),
+        *lines,
+        "",
+    ]
 
 
 def _partial_finetuning(

@@ -84,7 +84,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     emb = _embeddings(args, dataset)
     log = (lambda _m: None) if args.quiet or args.output == "json" else _eprint
     log(f"{dataset.name}: {len(dataset.doc_ids)} docs, {len(dataset.queries)} queries; {emb.describe()}")
-    overrides = {"max_steps": args.max_steps} if args.max_steps else None
+    given = {"max_steps": args.max_steps, "precision": args.precision}
+    overrides = {k: v for k, v in given.items() if v} or None
     options = {k: getattr(args, k) for k in ("family", "seed", "folds", "dims", "unsupervised")}
     run = run_fit(dataset, emb, overrides=overrides, log=log, **options)
     _print_report(save_run(run, args.out), args.output, args.out)

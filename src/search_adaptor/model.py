@@ -43,8 +43,8 @@ from search_adaptor.networks import (
 )
 from search_adaptor.retrieval import l2_normalize
 from search_adaptor.store import EmbeddingStore, StoreStats
-from search_adaptor.training import PRECISIONS, TRAINED_PRECISIONS, TrainResult, train
-from search_adaptor.variants import MAX_STEPS, VAL_FRACTION
+from search_adaptor.training import TrainResult, train
+from search_adaptor.variants import MAX_STEPS, PRECISIONS, TRAINED_PRECISIONS, VAL_FRACTION
 
 log = logging.getLogger(__name__)
 

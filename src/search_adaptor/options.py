@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 from search_adaptor import __version__
 from search_adaptor.encoders import LOCAL, PROVIDERS
-from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, FAMILY_CHOICES, MAX_STEPS
+from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, FAMILY_CHOICES, MAX_STEPS, PRECISIONS
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -70,6 +70,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--seed", type=int, default=0),
         A("--folds", type=int, default=DEFAULT_FOLDS, help="k without a train split"),
         A("--max-steps", type=_positive_int, help=f"steps per variant (default {MAX_STEPS})"),
+        A(
+            "--precision",
+            choices=PRECISIONS,
+            help="training arithmetic of every variant (default: the family's; auto's is auto: "
+            "bfloat16 products where the CPU has them natively; float32: the same adapter on any machine)",
+        ),
         A("--dims", type=lambda t: tuple(map(_positive_int, t.split(","))), help="Matryoshka sizes: 64,128"),
         A(
             "--unsupervised",

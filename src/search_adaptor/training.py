@@ -34,11 +34,6 @@ MAX_NEGATIVES = 64  # negatives per query and step
 VAL_METRIC = "ndcg@10"
 
 
-#: ``precision`` choices, and what "auto" resolves to (what a fitted adapter records).
-PRECISIONS = ("float32", "bfloat16", "auto")
-TRAINED_PRECISIONS = ("float32", "bfloat16")
-
-
 @contextlib.contextmanager
 def compute_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch threads and ``n`` BLAS threads, then restore the caller's settings.

@@ -14,6 +14,9 @@ DEFAULT_FAMILY = "auto"
 DEFAULT_FOLDS = 5
 MAX_STEPS = 2000
 VAL_FRACTION = 0.2
+#: ``precision`` choices, and what "auto" resolves to (what a fitted adapter records).
+PRECISIONS = ("float32", "bfloat16", "auto")
+TRAINED_PRECISIONS = ("float32", "bfloat16")
 
 #: The paper's grid: alpha from {0, 0.1, 1}, beta from {0, 0.01, 0.1}, picked on validation.
 PAPER_GRID = [(a, b) for a in (0.0, 0.1, 1.0) for b in (0.0, 0.01, 0.1)]
