@@ -4,11 +4,14 @@ Run from the repository root, alone on the machine (the load average is recorded
 
     HF_HUB_OFFLINE=1 python benchmarks/fit_speed.py                 # SciFact and Cranfield, 3 runs
     HF_HUB_OFFLINE=1 python benchmarks/fit_speed.py --jobs 1        # candidates one after another
+    HF_HUB_OFFLINE=1 python benchmarks/fit_speed.py --precisions auto  # without the float32 reference
 
-Each run is ``experiment.run_fit`` with the library defaults (family ``auto``, seed 0), timed from
-the first candidate to the report, embeddings read from the persistent store (they are not part
-of the time). Per-candidate times come from the report (``validation.candidates[].train_s``);
-with candidates trained side by side they overlap, so they add up to more than the wall time.
+Each run is ``experiment.run_fit`` with the library defaults (family ``auto``, seed 0) and each
+``--precision`` asked for (``auto``: the default; ``float32``: the same candidates without mixed
+precision, for reference), timed from the first candidate to the report, embeddings read from
+the persistent store (they are not part of the time). Per-candidate times come from the report
+(``validation.candidates[].train_s``); with candidates trained side by side they overlap, so they
+add up to more than the wall time.
 Writes ``results/fit_speed.md``; ``benchmarks/assemble.py`` puts it into BENCHMARKS.md.
 """
 
@@ -32,6 +35,12 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="+", default=["scifact", "cranfield"])
     parser.add_argument("--runs", type=int, default=3, help="timed runs per dataset (median reported)")
     parser.add_argument("--jobs", type=int, default=None, help="candidates trained at once (default: cores)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["auto", "float32"],
+        help="fit --precision values, run interleaved (default: auto, then float32 for reference)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "fit_speed.md")
     args = parser.parse_args()
 
@@ -40,6 +49,7 @@ def main() -> int:
     from search_adaptor.embed import embed_dataset
     from search_adaptor.encoders.local import SentenceTransformerEncoder
     from search_adaptor.experiment import run_fit
+    from search_adaptor.training import resolve_precision
 
     encoder = SentenceTransformerEncoder()
     lines = [
@@ -48,36 +58,45 @@ def main() -> int:
         f"`HF_HUB_OFFLINE=1 python benchmarks/fit_speed.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
         f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, search-adaptor "
         f"{__version__}; candidates trained {args.jobs or 'one per core'} at a time. Median of "
-        f"{args.runs} runs of `run_fit` (family auto, seed 0); load average at the start of each run in "
-        "brackets (2 cores: above ~0.5 something else was running).",
+        f"{args.runs} runs of `run_fit` (family auto, seed 0) per `--precision`, the precisions "
+        "interleaved run by run; load average at the start of each run in brackets (2 cores: above "
+        "~0.5 something else was running). `auto` resolves to "
+        f"{resolve_precision('auto')} on this machine.",
         "",
-        "| dataset | protocol | fits | train s (median, runs) | adapted nDCG@10 | per candidate, s |",
-        "|---|---|---|---|---|---|",
+        "| dataset | protocol | precision | fits | train s (median, runs) | adapted nDCG@10 "
+        "| per candidate, s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in args.datasets:
         ds = load_beir(DATA / name)
         emb = embed_dataset(ds, encoder, progress=False)
-        times, reports, loads = [], [], []
+        times: dict[str, list[float]] = {p: [] for p in args.precisions}
+        reports: dict[str, list[dict]] = {p: [] for p in args.precisions}
+        loads: dict[str, list[float]] = {p: [] for p in args.precisions}
         for _ in range(args.runs):
-            loads.append(os.getloadavg()[0])
-            t0 = time.perf_counter()
-            run = run_fit(ds, emb, n_jobs=args.jobs)
-            times.append(time.perf_counter() - t0)
-            reports.append(run.report)
-            print(
-                f"{name}: {times[-1]:.1f} s, nDCG@10 {run.report['metrics']['adapted']['ndcg@10']:.4f}",
-                flush=True,
+            for precision in args.precisions:
+                loads[precision].append(os.getloadavg()[0])
+                t0 = time.perf_counter()
+                run = run_fit(ds, emb, n_jobs=args.jobs, overrides={"precision": precision})
+                times[precision].append(time.perf_counter() - t0)
+                reports[precision].append(run.report)
+                print(
+                    f"{name} {precision}: {times[precision][-1]:.1f} s, "
+                    f"nDCG@10 {run.report['metrics']['adapted']['ndcg@10']:.4f}",
+                    flush=True,
+                )
+        for precision in args.precisions:
+            ts = times[precision]
+            median = sorted(range(len(ts)), key=lambda i: ts[i])[len(ts) // 2]
+            report = reports[precision][median]
+            folds = report.get("fold_results", [])
+            n_fits = len(report["validation"]["candidates"]) * (len(folds) + 1)
+            per = ", ".join(f"{c['variant']} {c['train_s']}" for c in report["validation"]["candidates"])
+            runs = ", ".join(f"{t:.1f} [{load:.1f}]" for t, load in zip(ts, loads[precision], strict=True))
+            lines.append(
+                f"| {name} | {report['protocol']} | {precision} | {n_fits} | {statistics.median(ts):.1f} "
+                f"({runs}) | {report['metrics']['adapted']['ndcg@10']:.4f} | {per} |"
             )
-        median = sorted(range(len(times)), key=lambda i: times[i])[len(times) // 2]
-        report = reports[median]
-        folds = report.get("fold_results", [])
-        n_fits = len(report["validation"]["candidates"]) * (len(folds) + 1)
-        per = ", ".join(f"{c['variant']} {c['train_s']}" for c in report["validation"]["candidates"])
-        runs = ", ".join(f"{t:.1f} [{load:.1f}]" for t, load in zip(times, loads, strict=True))
-        lines.append(
-            f"| {name} | {report['protocol']} | {n_fits} | {statistics.median(times):.1f} ({runs}) | "
-            f"{report['metrics']['adapted']['ndcg@10']:.4f} | {per} |"
-        )
     lines += [
         "",
         "Per-candidate times are those of the final fit (k-fold: the fit on all labelled queries).",
