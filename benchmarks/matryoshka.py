@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cells import Cells, mean_sd
+from search_adaptor.data import validation_split
 from search_adaptor.experiment import SizedView, evaluate_embeddings, protocol, run_fit
 from search_adaptor.files import write_text_atomic
 from search_adaptor.metrics import paired_test
@@ -52,6 +53,9 @@ SIZES = (48, 96, 192)
 SEEDS = 5
 UNSUPERVISED = ("scifact", "xquad-r/en", "xquad-r/de")
 KFOLD = ("xquad-r/en", "xquad-r/de")  # unsupervised-kfold: the training folds' query texts
+UNSUPERVISED_PARAMS = dict(FAMILIES["matryoshka-unsupervised"][0][1])
+DEV_TEMPERATURES = (0.02, 0.05)  # unsupervised-dev: on SciFact's training queries only
+DEV_SEEDS = 3
 
 
 def supervised(seed: int) -> dict[str, Any]:
@@ -83,7 +87,7 @@ def unsupervised(name: str, seed: int, kfold: bool = False) -> dict[str, Any]:
     fit, or with ``kfold`` one per fold of ``fit``'s protocol with that fold's training query texts."""
     bench = load_shared(name)
     emb = bench.emb
-    params = {**dict(FAMILIES["matryoshka-unsupervised"][0][1]), "dims": SIZES, "seed": seed}
+    params = {**UNSUPERVISED_PARAMS, "dims": SIZES, "seed": seed}
     if kfold:
         folds = [(train, test) for _, train, test in protocol(bench.dataset, seed=seed).folds]
     else:  # SciFact's training query texts, no labels; XQuAD-R: the corpus alone
@@ -112,7 +116,31 @@ def unsupervised(name: str, seed: int, kfold: bool = False) -> dict[str, Any]:
         "per_query": per,
         "train_s": round(train_s, 1),
         "best_step": steps[0] if len(steps) == 1 else steps,
+        "params": UNSUPERVISED_PARAMS,
     }
+
+
+def unsupervised_dev(temperature: float, seed: int) -> dict[str, Any]:
+    """How the unsupervised family's temperature was chosen, without a test query: SciFact's training
+    queries only. The adapter trains on the corpus and 80% of them (texts; labels unused), and is
+    scored on the other 20% (labelled) at each size, against PCA."""
+    bench = load_shared("scifact")
+    emb, train = bench.emb, bench.train
+    fit_q, dev_q = validation_split(sorted(train), 0.2, np.random.default_rng(100 + seed))
+    params = {**UNSUPERVISED_PARAMS, "dims": SIZES, "seed": seed, "temperature": temperature}
+    adapter = SearchAdaptor(**params).fit(
+        emb.queries, emb.corpus, {q: train[q] for q in fit_q}, emb.query_ids, emb.doc_ids, encoder=emb.encoder
+    )
+    dev = {q: train[q] for q in dev_q}
+    rotation = pca_rotation(l2_normalize(emb.corpus))
+    scores = {}
+    for m in SIZES:
+        for name, view in (
+            (f"adapted@{m}", SizedView(adapter, m)),
+            (f"pca@{m}", SizedView(None, m, rotation)),
+        ):
+            scores[name] = float(evaluate_embeddings(emb, dev, view, ["ndcg@10"])[0]["ndcg@10"])
+    return {"ndcg@10": scores, "n_dev": len(dev), "best_step": adapter.best_step_}
 
 
 def costs() -> dict[str, Any]:
@@ -183,6 +211,28 @@ def report(cells: dict[str, Any]) -> str:
             secs = [cells[k]["train_s"] for k in keys]
             each = " (all folds)" if mode == "unsupervised-kfold" else ""
             lines += ["", f"Training: {np.median(secs):.0f} s per seed{each} (median).", ""]
+    dev = sorted(k for k in cells if k.startswith("unsupervised-dev|"))
+    if dev:
+        by_t: dict[str, list[dict[str, float]]] = {}
+        for k in dev:
+            by_t.setdefault(k.split("|")[1], []).append(cells[k]["ndcg@10"])
+        n_dev = cells[dev[0]]["n_dev"]
+        lines += [
+            "### How the unsupervised temperature was chosen (SciFact training queries only)",
+            "",
+            f"`--modes unsupervised-dev`: trained on the corpus and 80% of SciFact's training query texts, "
+            f"scored on the other {n_dev} training queries (labelled; the test queries play no part), per "
+            "temperature of the target and prefix softmaxes; mean nDCG@10 over seeds, PCA of the same size "
+            f"in brackets. The family trains at {SearchAdaptor(**UNSUPERVISED_PARAMS).temperature:g}.",
+            "",
+            "| temperature | seeds | " + " | ".join(f"@{m}" for m in SIZES) + " |",
+            "|---|---|" + "---|" * len(SIZES),
+        ]
+        for t, runs in sorted(by_t.items(), key=lambda kv: float(kv[0])):
+            mean = {key: np.mean([r[key] for r in runs]) for key in runs[0]}
+            row = " | ".join(f"{mean[f'adapted@{m}']:.4f} ({mean[f'pca@{m}']:.4f})" for m in SIZES)
+            lines.append(f"| {t} | {len(runs)} | {row} |")
+        lines.append("")
     cost = cells.get("costs")
     if cost:
         full = cost[max(cost, key=int)]
@@ -204,7 +254,7 @@ def report(cells: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=SEEDS)
-    modes = ["supervised", "unsupervised", "unsupervised-kfold", "costs"]
+    modes = ["supervised", "unsupervised", "unsupervised-kfold", "unsupervised-dev", "costs"]
     parser.add_argument("--modes", nargs="+", default=modes, choices=modes)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
@@ -216,14 +266,21 @@ def main() -> int:
             if "supervised" in args.modes and f"supervised|scifact|{seed}" not in CELLS.read():
                 CELLS.save(f"supervised|scifact|{seed}", supervised(seed))
                 print(f"supervised scifact seed {seed} done", flush=True)
+            # an unsupervised cell is recomputed when the family's parameters change
             for name in UNSUPERVISED if "unsupervised" in args.modes else ():
-                if f"unsupervised|{name}|{seed}" not in CELLS.read():
+                if CELLS.read().get(f"unsupervised|{name}|{seed}", {}).get("params") != UNSUPERVISED_PARAMS:
                     CELLS.save(f"unsupervised|{name}|{seed}", unsupervised(name, seed))
                     print(f"unsupervised {name} seed {seed} done", flush=True)
             for name in KFOLD if "unsupervised-kfold" in args.modes else ():
-                if f"unsupervised-kfold|{name}|{seed}" not in CELLS.read():
-                    CELLS.save(f"unsupervised-kfold|{name}|{seed}", unsupervised(name, seed, kfold=True))
+                key = f"unsupervised-kfold|{name}|{seed}"
+                if CELLS.read().get(key, {}).get("params") != UNSUPERVISED_PARAMS:
+                    CELLS.save(key, unsupervised(name, seed, kfold=True))
                     print(f"unsupervised-kfold {name} seed {seed} done", flush=True)
+        for seed in range(min(args.seeds, DEV_SEEDS)) if "unsupervised-dev" in args.modes else ():
+            for t in DEV_TEMPERATURES:
+                if f"unsupervised-dev|{t:g}|{seed}" not in CELLS.read():
+                    CELLS.save(f"unsupervised-dev|{t:g}|{seed}", unsupervised_dev(t, seed))
+                    print(f"unsupervised-dev temperature {t:g} seed {seed} done", flush=True)
         if "costs" in args.modes:
             CELLS.save("costs", costs())
     write_text_atomic(RESULTS / "matryoshka.md", report(CELLS.read()))
