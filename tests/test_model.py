@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from search_adaptor.data import Dataset
 from search_adaptor.embed import Embeddings
-from search_adaptor.experiment import choose, evaluate_embeddings, select
+from search_adaptor.experiment import choose, evaluate_embeddings, run_fit, select
 from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor
 from search_adaptor.networks import ResidualAdapter, numpy_forward
 from search_adaptor.retrieval import l2_normalize
@@ -192,6 +193,29 @@ def test_fits_side_by_side_in_threads_equal_each_fit_alone(synthetic, precision)
         assert est.history_ == alone.history_
         for name, weight in alone.query_net_.state_dict().items():
             assert torch.equal(est.query_net_.state_dict()[name], weight)
+
+
+@pytest.mark.slow  # three k-fold fits of five candidates
+def test_kfold_fit_gives_the_same_report_however_many_fits_run_at_once(synthetic, tmp_path):
+    """``run_fit`` trains every fold's candidates in one pool: how many run at once changes when each
+    finishes, never what it is."""
+    dataset = Dataset(
+        name="synthetic",
+        path=tmp_path,
+        doc_ids=synthetic["dids"],
+        doc_texts=list(synthetic["dids"]),
+        queries={q: q for q in synthetic["qids"]},
+        qrels={"test": synthetic["qrels"]},
+    )
+    encoder = {"fingerprint": "synthetic", "model": "synthetic", "provider": "test", "config": {}}
+    emb = Embeddings(synthetic["qids"], synthetic["Q"], synthetic["dids"], synthetic["D"], encoder)
+    fast = {**FAST, "max_steps": 40}
+    reports = [run_fit(dataset, emb, folds=3, overrides=fast, n_jobs=n).report for n in (1, 2, 7)]
+    for report in reports[1:]:
+        assert report["metrics"] == reports[0]["metrics"] and report["selected"] == reports[0]["selected"]
+        assert [f["selected"] for f in report["fold_results"]] == [
+            f["selected"] for f in reports[0]["fold_results"]
+        ]
 
 
 def test_precision_is_checked_resolved_and_recorded(synthetic, tmp_path):

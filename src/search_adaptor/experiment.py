@@ -188,7 +188,7 @@ def select(
     with contextlib.ExitStack() as stack:
         if pool is None:
             stack.enter_context(compute_threads(1))
-            pool = stack.enter_context(ThreadPoolExecutor(workers(n_jobs, len(variants))))
+            pool = stack.enter_context(ThreadPoolExecutor(_workers(n_jobs, len(variants))))
         order = sorted(range(len(variants)), key=lambda i: -_cost_rank(variants[i][1]))
         submitted = {i: pool.submit(fit, variants[i][1]) for i in order}
         futures = [submitted[i] for i in range(len(variants))]
@@ -242,7 +242,7 @@ def select(
     )
 
 
-def workers(n_jobs: int | None, n_tasks: int) -> int:
+def _workers(n_jobs: int | None, n_tasks: int) -> int:
     """Threads to train ``n_tasks`` fits with: ``n_jobs``, by default one per CPU core."""
     return max(1, min(n_jobs or os.cpu_count() or 1, n_tasks))
 
@@ -429,7 +429,7 @@ def run_fit(
     n_candidates = len(family_variants(family))
     with (
         compute_threads(1),
-        ThreadPoolExecutor(workers(n_jobs, n_candidates * len(jobs))) as pool,
+        ThreadPoolExecutor(_workers(n_jobs, n_candidates * len(jobs))) as pool,
         ThreadPoolExecutor(len(jobs)) as folds_pool,
     ):
         selections = list(folds_pool.map(lambda job: fit_on(*job, pool), jobs))
