@@ -30,11 +30,8 @@ from search_adaptor.variants import FAMILIES, VAL_FRACTION
 
 #: LlamaIndex's linear adapter: a query-only linear map (identity at start), in-batch contrastive
 #: loss with scale 20 (temperature 0.05), no regulariser, no full-corpus softmax. SearchAdaptor
-#: always adds at least one random document per positive to the batch's pool of candidates. Trained
-#: in float32, the library default, as every suite row but ``auto`` (whose candidates use "auto").
-LLAMAINDEX_LINEAR: dict[str, Any] = {
-    k: v for k, v in FAMILIES["linear-random"][0][1].items() if k != "precision"
-}
+#: always adds at least one random document per positive to the batch's pool of candidates.
+LLAMAINDEX_LINEAR: dict[str, Any] = dict(FAMILIES["linear-random"][0][1])
 #: Ridge strengths tried for the least-squares map; infinity is the identity (zero-shot).
 RIDGE_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 VAL_METRIC = "ndcg@10"

@@ -84,7 +84,7 @@ SIMILARITY_ROWS = ("auto", "paper-default")
 P_SIGNIFICANT = 0.05
 AUTO_CANDIDATES = tuple(name for name, _ in family_variants("auto"))
 AUTO_PARAMS = {name: dict(params) for name, params in family_variants("auto")}
-FLOAT32 = {"precision": "float32"}
+BFLOAT16 = {"precision": "bfloat16"}
 
 PAPER_DEFAULT = dict(FAMILIES["paper-default"][0][1])
 GRID = FAMILIES["paper"]
@@ -92,8 +92,8 @@ GRID_NAMES = tuple(name for name, _ in GRID)
 ALPHA_GRID = FAMILIES["paper-alpha"]
 ALPHA_NAMES = tuple(name for name, _ in ALPHA_GRID)
 #: A residual MLP trained with InfoNCE and nothing else: the obvious contrastive baseline (auto's
-#: ``shared-infonce`` adds hard negatives and the recovery loss to it), in float32 like every row but auto.
-MLP_INFONCE = {k: v for k, v in FAMILIES["shared-random"][0][1].items() if k != "precision"}
+#: ``shared-infonce`` adds hard negatives and the recovery loss to it).
+MLP_INFONCE = dict(FAMILIES["shared-random"][0][1])
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,10 @@ CELL_ROWS: dict[str, CellRow] = {
         # what auto trains (its candidates and their parameters) is part of the cell's parameters:
         # changing it recomputes the cells
         CellRow("auto", "family", {"family": "auto", "variants": AUTO_PARAMS}),
-        # auto as it was before its candidates trained in mixed precision: every candidate in float32
-        CellRow("auto-float32", "family", {"family": "auto", "variants": AUTO_PARAMS, "overrides": FLOAT32}),
+        # the same candidates with mixed-precision steps (``fit --precision bfloat16``)
+        CellRow(
+            "auto-bfloat16", "family", {"family": "auto", "variants": AUTO_PARAMS, "overrides": BFLOAT16}
+        ),
         CellRow(
             "full-ft",
             "finetune",
@@ -184,7 +186,7 @@ TABLE_ROWS: dict[str, TableRow] = {
         TableRow("loss-pointwise", "ablation: point-wise sigmoid loss", ("loss-pointwise",)),
         TableRow("query-only", "Search-Adaptor query-only (paper recipe, no re-index)", ("query-only",)),
         TableRow("auto", f"auto (library default: best of {len(AUTO_CANDIDATES)} on validation)", ("auto",)),
-        TableRow("auto-float32", "auto, every candidate trained in float32", ("auto-float32",)),
+        TableRow("auto-bfloat16", "auto, candidates trained with bfloat16 products", ("auto-bfloat16",)),
         TableRow("full-ft", "full fine-tuning, MNRL (needs the model's weights)", ("full-ft",)),
     ]
 }
@@ -770,7 +772,11 @@ def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Pa
     lines += _scenarios(benches, results_by)
     lines += _claims(benches, results_by)
     lines += _precision_check(benches, results_by)
-    lines += _auto_vs_candidates(cache, benches, seed_list)
+    lines += [
+        line
+        for row in ("auto", "auto-bfloat16")
+        for line in _auto_vs_candidates(cache, benches, seed_list, row)
+    ]
     lines += _partial_finetuning(cache, benches, results_by)
     lines += _finetuning_costs(cache, benches)
     notes: list[str] = []
@@ -906,37 +912,40 @@ def _claims(benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, RowR
 def _precision_check(
     benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, RowResult | None]]
 ) -> list[str]:
-    """``auto`` (its candidates in bfloat16 products where the CPU has them) against the same candidates
-    in float32: what mixed precision costs in test nDCG@10, per dataset."""
+    """``auto`` (float32, the default) against the same candidates trained with bfloat16 products
+    (``fit --precision bfloat16``): what mixed precision costs in test nDCG@10, per dataset."""
     rows = []
     for b in benches:
-        mixed, full = results_by[b.name].get("auto"), results_by[b.name].get("auto-float32")
+        full, mixed = results_by[b.name].get("auto"), results_by[b.name].get("auto-bfloat16")
         if mixed is None or full is None:
             continue
-        a, f = mixed.per_seed["ndcg@10"], full.per_seed["ndcg@10"]
+        f, a = full.per_seed["ndcg@10"], mixed.per_seed["ndcg@10"]
         p = paired_test(mixed.per_query, full.per_query)
         rows.append(
-            f"| {b.name} | {np.mean(a):.4f} ± {np.std(a):.4f} ({mixed.seeds}) | {np.mean(f):.4f} ± "
-            f"{np.std(f):.4f} ({full.seeds}) | {np.mean(a) - np.mean(f):+.4f} | {_p(p)} |"
+            f"| {b.name} | {np.mean(f):.4f} ± {np.std(f):.4f} ({full.seeds}) | {np.mean(a):.4f} ± "
+            f"{np.std(a):.4f} ({mixed.seeds}) | {np.mean(a) - np.mean(f):+.4f} | {_p(p)} |"
         )
     if not rows:
         return []
     return [
-        "### `auto` in mixed precision against the same candidates in float32",
+        "### `auto` in float32 (the default) against the same candidates with bfloat16 products",
         "",
-        "Test nDCG@10, mean ± sd over seeds (seeds in brackets); p: paired randomization test over "
-        "queries (per-query scores averaged over seeds). Speed: BENCHMARKS.md, fit speed.",
+        "Test nDCG@10, mean ± sd over seeds (seeds in brackets); Δ: bfloat16 minus float32; p: paired "
+        "randomization test over queries (per-query scores averaged over seeds). Speed: BENCHMARKS.md, "
+        "fit speed.",
         "",
-        "| dataset | `auto` (bfloat16 products) | `auto-float32` | Δ | p |",
+        "| dataset | `auto` (float32) | `auto-bfloat16` | Δ | p |",
         "|---|---|---|---|---|",
         *rows,
         "",
     ]
 
 
-def _auto_vs_candidates(cache: Cache, benches: Sequence[Bench], seeds: Sequence[int]) -> list[str]:
-    """``auto`` against each of its own candidates on the test queries (cells that scored them all):
-    does selection on a validation split ever ship something significantly worse than a candidate?"""
+def _auto_vs_candidates(
+    cache: Cache, benches: Sequence[Bench], seeds: Sequence[int], row: str = "auto"
+) -> list[str]:
+    """``row`` (an ``auto`` row) against each of its own candidates on the test queries (cells that
+    scored them all): does selection on a validation split ship something worse than a candidate?"""
     lines: list[str] = []
     for b in benches:
         order = {q: i for i, q in enumerate(b.test_ids())}
@@ -944,7 +953,7 @@ def _auto_vs_candidates(cache: Cache, benches: Sequence[Bench], seeds: Sequence[
         for seed in seeds:
             per: dict[str, np.ndarray] = {}
             for fold, _, test_q in b.folds(seed):
-                cell = current_cell(cache, cell_key(b.name, "auto", seed, fold))
+                cell = current_cell(cache, cell_key(b.name, row, seed, fold))
                 if cell is None or "candidates" not in cell:
                     per = {}
                     break
@@ -967,13 +976,13 @@ def _auto_vs_candidates(cache: Cache, benches: Sequence[Bench], seeds: Sequence[
     if not lines:
         return []
     return [
-        "### `auto` against each of its candidates, on the test queries",
+        f"### `{row}` against each of its candidates, on the test queries",
         "",
-        "Every candidate `auto` trained, scored on the test queries as well (selection never sees them). "
+        f"Every candidate `{row}` trained, scored on the test queries as well (selection never sees them). "
         "Per candidate: its test nDCG@10 (mean over seeds), auto minus it, and p (paired randomization "
-        "test over queries, per-query scores averaged over seeds); **bold**: auto significantly below it.",
+        "test over queries, per-query scores averaged over seeds); **bold**: it is significantly below one.",
         "",
-        "| dataset | seeds | `auto` | " + " | ".join(f"`{n}`" for n in AUTO_CANDIDATES) + " |",
+        f"| dataset | seeds | `{row}` | " + " | ".join(f"`{n}`" for n in AUTO_CANDIDATES) + " |",
         "|---|---|---|" + "---|" * len(AUTO_CANDIDATES),
         *lines,
         "",

@@ -118,13 +118,13 @@ def test_fit_with_an_api_encoder_never_records_the_key(
     with FakeProvider("openai-compatible", dim=16) as fake:
         clean_env.setenv("OPENAI_COMPATIBLE_API_KEY", fake.key)
         args = [*_cli_args(fake, data, tmp_path / "cache"), "--out", str(out)]
-        assert main(["fit", *args, "--max-steps", "30", "--folds", "2", "--precision", "float32"]) == 0
+        assert main(["fit", *args, "--max-steps", "30", "--folds", "2", "--precision", "bfloat16"]) == 0
     captured = capsys.readouterr()
     report = json.loads((out / "report.json").read_text())
     config = json.loads((out / "adapter" / "config.json").read_text())
     assert report["protocol"] == "kfold" and report["encoder_calls"]["texts_sent"] == 90
     for fold in [*report["fold_results"], report["validation"]]:  # --precision reaches every fit
-        assert {c["precision"] for c in fold["candidates"]} == {"float32"}
+        assert {c["precision"] for c in fold["candidates"]} == {"bfloat16"}
     assert config["encoder"]["fingerprint"].startswith("openai-compatible:fake-model:")
     assert config["encoder"]["config"]["base_url"] == fake.url
     assert FAKE_KEY not in captured.out + captured.err

@@ -36,11 +36,6 @@ def _paper(alpha: float, beta: float) -> dict[str, Any]:
     }
 
 
-#: ``auto``'s variants train with bfloat16 products where the CPU has them (``precision="auto"``):
-#: the same validation scores as float32 on SciFact, in less time (BENCHMARKS.md, fit speed).
-FAST = {"precision": "auto"}
-
-
 def _infonce(mode: str, architecture: str = "mlp") -> dict[str, Any]:
     # The recovery term is alpha * (rec_q + rec_d): a shared adapter has both terms, a query-only
     # one only rec_q, so alpha 0.05 (shared) and 0.1 (query-only) put the same weight on each vector.
@@ -52,7 +47,6 @@ def _infonce(mode: str, architecture: str = "mlp") -> dict[str, Any]:
         "negatives": "hard",
         "alpha": 0.05 if mode == "shared" else 0.1,
         "beta": 0.0,
-        **FAST,
     }
 
 
@@ -82,7 +76,6 @@ FAMILIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
                 "n_negatives": 1,
                 "alpha": 0.0,
                 "beta": 0.0,
-                **FAST,
             },
         )
     ],
@@ -96,7 +89,6 @@ FAMILIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
                 "negatives": "random",
                 "alpha": 0.0,
                 "beta": 0.0,
-                **FAST,
             },
         )
     ],
