@@ -59,8 +59,8 @@ def main() -> int:
         f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, search-adaptor "
         f"{__version__}; candidates trained {args.jobs or 'one per core'} at a time. Median of "
         f"{args.runs} runs of `run_fit` (family auto, seed 0) per `--precision`, the precisions "
-        "interleaved run by run; load average at the start of each run in brackets (2 cores: above "
-        "~0.5 something else was running). `auto` resolves to "
+        "interleaved run by run; 1-minute load average at the start of each run in brackets "
+        "(2 cores; it includes the previous run's own two threads). `auto` resolves to "
         f"{resolve_precision('auto')} on this machine.",
         "",
         "| dataset | protocol | precision | fits | train s (median, runs) | adapted nDCG@10 "
@@ -99,7 +99,8 @@ def main() -> int:
             )
     lines += [
         "",
-        "Per-candidate times are those of the final fit (k-fold: the fit on all labelled queries).",
+        "Per-candidate times are those of the final fit (k-fold: the fit on all labelled queries, "
+        "trained alongside the folds' fits).",
         "",
     ]
     args.out.write_text("\n".join(lines))
