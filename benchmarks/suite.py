@@ -931,8 +931,8 @@ def _precision_check(
         "### `auto` in float32 (the default) against the same candidates with bfloat16 products",
         "",
         "Test nDCG@10, mean ± sd over seeds (seeds in brackets); Δ: bfloat16 minus float32; p: paired "
-        "randomization test over queries (per-query scores averaged over seeds). Speed: BENCHMARKS.md, "
-        "fit speed.",
+        "randomization test over queries (per-query scores averaged over seeds). Speed: the section "
+        "'Fit speed on cached embeddings' (`benchmarks/fit_speed.py`).",
         "",
         "| dataset | `auto` (float32) | `auto-bfloat16` | Δ | p |",
         "|---|---|---|---|---|",
@@ -979,7 +979,7 @@ def _auto_vs_candidates(
         f"### `{row}` against each of its candidates, on the test queries",
         "",
         f"Every candidate `{row}` trained, scored on the test queries as well (selection never sees them). "
-        "Per candidate: its test nDCG@10 (mean over seeds), auto minus it, and p (paired randomization "
+        "Per candidate: its test nDCG@10 (mean over seeds), the row minus it, and p (paired randomization "
         "test over queries, per-query scores averaged over seeds); **bold**: it is significantly below one.",
         "",
         f"| dataset | seeds | `{row}` | " + " | ".join(f"`{n}`" for n in AUTO_CANDIDATES) + " |",
