@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from search_adaptor.data import Dataset
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import choose, evaluate_embeddings, run_fit, select
 from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor
@@ -17,6 +16,7 @@ from search_adaptor.networks import ResidualAdapter, numpy_forward
 from search_adaptor.retrieval import l2_normalize
 from search_adaptor.training import compute_threads, resolve_precision
 from search_adaptor.variants import family_variants
+from test_plots import synthetic_dataset
 from test_store import CountingEncoder
 
 FAST = {"max_steps": 150, "eval_every": 10, "patience": 60, "batch_size": 32}
@@ -199,16 +199,7 @@ def test_fits_side_by_side_in_threads_equal_each_fit_alone(synthetic, precision)
 def test_kfold_fit_gives_the_same_report_however_many_fits_run_at_once(synthetic, tmp_path):
     """``run_fit`` trains every fold's candidates in one pool: how many run at once changes when each
     finishes, never what it is."""
-    dataset = Dataset(
-        name="synthetic",
-        path=tmp_path,
-        doc_ids=synthetic["dids"],
-        doc_texts=list(synthetic["dids"]),
-        queries={q: q for q in synthetic["qids"]},
-        qrels={"test": synthetic["qrels"]},
-    )
-    encoder = {"fingerprint": "synthetic", "model": "synthetic", "provider": "test", "config": {}}
-    emb = Embeddings(synthetic["qids"], synthetic["Q"], synthetic["dids"], synthetic["D"], encoder)
+    dataset, emb = synthetic_dataset(synthetic, tmp_path, {"test": slice(None)})
     fast = {**FAST, "max_steps": 40}
     reports = [run_fit(dataset, emb, folds=3, overrides=fast, n_jobs=n).report for n in (1, 2, 7)]
     for report in reports[1:]:

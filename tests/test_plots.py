@@ -81,9 +81,10 @@ def test_plots_write_pngs(synthetic: dict, fitted: tuple, tmp_path: Path) -> Non
 QUICK = {"max_steps": 30, "eval_every": 10}  # a few validation points per candidate, seconds in all
 
 
-def _synthetic_dataset(
+def synthetic_dataset(
     synthetic: dict, tmp_path: Path, splits: dict[str, slice]
 ) -> tuple[Dataset, Embeddings]:
+    """The ``synthetic`` fixture as a dataset with qrels ``splits`` (name -> slice of its queries)."""
     qrels = {
         split: {q: synthetic["qrels"][q] for q in synthetic["qids"][rows]} for split, rows in splits.items()
     }
@@ -102,7 +103,7 @@ def _synthetic_dataset(
 
 def _fit(synthetic: dict, tmp_path: Path, kfold: bool = False) -> tuple[dict, Run, Path]:
     splits = {"test": slice(None)} if kfold else {"train": slice(0, 120), "test": slice(120, None)}
-    dataset, emb = _synthetic_dataset(synthetic, tmp_path, splits)
+    dataset, emb = synthetic_dataset(synthetic, tmp_path, splits)
     out = tmp_path / "out"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
