@@ -129,9 +129,10 @@ class SearchAdaptor:
         Seeds sampling, initialisation and the validation split.
     precision : {"float32", "bfloat16", "auto"}
         Arithmetic of the training steps' matrix products (weights, optimiser and validation stay
-        float32, and so does the saved adapter). "bfloat16" is mixed precision, several times faster
-        per product on CPUs that multiply bfloat16 natively (AVX512-BF16, AMX); "auto" uses it where
-        the CPU does and float32 elsewhere. float32 gives the same adapter on every machine.
+        float32, and so does the saved adapter). "bfloat16" is mixed precision: on CPUs that multiply
+        bfloat16 natively (AVX512-BF16, AMX) a step is 1.2-1.5x faster, at a small cost in nDCG@10
+        (BENCHMARKS.md); "auto" uses it where the CPU does and float32 elsewhere. float32, the
+        default, gives the same adapter on every machine.
     """
 
     def __init__(

@@ -54,8 +54,8 @@ def compute_threads(n: int) -> Iterator[None]:
 
 def resolve_precision(precision: str) -> str:
     """The arithmetic a fit with ``precision`` trains in on this machine ("auto": bfloat16 where the
-    CPU multiplies it natively, about 3x float32's matmul throughput on AVX512-BF16; float32 elsewhere,
-    where bfloat16 would be emulated and slower)."""
+    CPU multiplies it natively, about 3x float32's throughput per product on AVX512-BF16; float32
+    elsewhere, where bfloat16 would be emulated and slower)."""
     if precision != "auto":
         return precision
     native = (
