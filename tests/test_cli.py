@@ -189,3 +189,33 @@ def test_fit_with_precomputed_embeddings_and_kfold(tmp_path, synthetic, capsys):
     assert "3-fold cross-validation" in (out / "report.md").read_text()
     cfg = json.loads((out / "adapter" / "config.json").read_text())
     assert cfg["encoder"]["fingerprint"] == "precomputed:syn-16"
+
+
+@pytest.mark.slow
+def test_fit_selection_kfold_is_recorded_in_the_report(tmp_path, synthetic, capsys):
+    """``fit --selection kfold``: candidates compared by k-fold over the training queries, and the
+    report says so, with every training query scored once."""
+    d = synthetic
+    data = tmp_path / "syn"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": i}) + "\n" for i in d["dids"]))
+    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": q}) + "\n" for q in d["qids"]))
+    for split, ids in (("train", d["qids"][:100]), ("test", d["qids"][100:])):
+        rows = [f"{q}\t{doc}\t{g}" for q in ids for doc, g in d["qrels"][q].items()]
+        (data / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    vec = tmp_path / "vec"
+    vec.mkdir()
+    np.savez(vec / "queries.npz", ids=np.array(d["qids"]), embeddings=d["Q"])
+    np.savez(vec / "corpus.npz", ids=np.array(d["dids"]), embeddings=d["D"])
+    out = tmp_path / "out"
+    argv = ["fit", str(data), "--out", str(out), "--embeddings", str(vec), "--model", "syn-16"]
+    assert (
+        main([*argv, "--selection", "kfold", "--folds", "2", "--max-steps", "40", "--quiet", "-o", "json"])
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"] == "test" and report["validation"]["selection"] == "kfold"
+    assert report["validation"]["n_val_queries"] == 100  # every training query, held out once
+    assert "refit_s" in next(
+        c for c in report["validation"]["candidates"] if c["variant"] == report["selected"]
+    ) or (report["selected"].startswith("identity"))

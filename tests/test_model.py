@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from search_adaptor.data import kfold
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import choose, evaluate_embeddings, run_fit, select
 from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor
@@ -170,6 +171,45 @@ def test_auto_candidates_train_as_they_would_alone(synthetic):
     # both kinds compete: plain random-negative contrastive and regularised hard-negative variants
     assert any(v["negatives"] == "random" and v["alpha"] == 0 for v in auto.values())
     assert any(v["negatives"] == "hard" and v["alpha"] > 0 for v in auto.values())
+
+
+@pytest.mark.slow  # three folds of five candidates and a refit
+def test_kfold_selection_holds_out_every_query_once_and_refits_the_winner(synthetic):
+    """``selection="kfold"``: each candidate is scored on every labelled query by the fit that did not
+    train on it, the rule picks from those scores, and what ships is the winner trained on all."""
+    qrels = {q: synthetic["qrels"][q] for q in synthetic["qids"][:60]}
+    args = (synthetic["Q"], synthetic["D"], qrels, synthetic["qids"], synthetic["dids"])
+    sel = select("auto", *args, seed=2, overrides=FAST, selection="kfold", selection_folds=3)
+    names = [name for name, _ in family_variants("auto")]
+    assert sel.method == "kfold" and sorted(sel.val_query_ids) == sorted(qrels)
+    assert sel.selected == choose(names, sel.val_scores)
+    for row in sel.candidates:
+        assert row["val_ndcg@10"] == pytest.approx(sel.val_scores[row["variant"]].mean())
+    picked = sel.selected if sel.selected in names else names[0]
+    params = dict(family_variants("auto"))[picked]
+    emb = Embeddings(synthetic["qids"], synthetic["Q"], synthetic["dids"], synthetic["D"], None)
+    held_out = []
+    for train, held in kfold(sorted(qrels), 3, seed=2):  # the folds, rebuilt by hand
+        alone = _fit(synthetic | {"qrels": {q: qrels[q] for q in train}}, seed=2, **params)
+        held_out.append(
+            evaluate_embeddings(emb, {q: qrels[q] for q in held}, alone, ["ndcg@10"])[1]["ndcg@10"]
+        )
+    assert np.allclose(np.concatenate(held_out), sel.val_scores[picked])
+    on_all = _fit(synthetic | {"qrels": qrels}, seed=2, **params)
+    assert sel.fitted[picked].history_ == on_all.history_
+    shipped = on_all if sel.selected == picked else on_all.at_start()
+    assert np.allclose(
+        sel.adapter.transform_queries(synthetic["Q"]), shipped.transform_queries(synthetic["Q"])
+    )
+
+
+def test_kfold_selection_refuses_too_few_queries_and_unknown_methods(synthetic):
+    args = (synthetic["Q"], synthetic["D"], synthetic["qrels"], synthetic["qids"], synthetic["dids"])
+    few = (*args[:2], {q: synthetic["qrels"][q] for q in synthetic["qids"][:9]}, *args[3:])
+    with pytest.raises(ValueError, match="selection 'kfold' with 5 folds needs at least 25 labelled queries"):
+        select("auto", *few, selection="kfold")
+    with pytest.raises(ValueError, match="selection must be one of validation, kfold; got 'cv'"):
+        select("auto", *args, selection="cv")
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])

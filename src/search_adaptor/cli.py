@@ -86,7 +86,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     log(f"{dataset.name}: {len(dataset.doc_ids)} docs, {len(dataset.queries)} queries; {emb.describe()}")
     given = {"max_steps": args.max_steps, "precision": args.precision}
     overrides = {k: v for k, v in given.items() if v} or None
-    options = {k: getattr(args, k) for k in ("family", "seed", "folds", "dims", "unsupervised")}
+    options = {k: getattr(args, k) for k in ("family", "seed", "folds", "dims", "unsupervised", "selection")}
     run = run_fit(dataset, emb, overrides=overrides, log=log, **options)
     _print_report(save_run(run, args.out), args.output, args.out)
 

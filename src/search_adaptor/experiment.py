@@ -28,11 +28,20 @@ from search_adaptor import __version__
 from search_adaptor.data import DataError, Dataset, kfold, labelled_queries
 from search_adaptor.embed import Embeddings, embed_dataset, load_precomputed
 from search_adaptor.encoders.base import Encoder
+from search_adaptor.losses import UNLABELLED_LOSSES
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.retrieval import exact_search, l2_normalize
 from search_adaptor.training import compute_threads, pair_map, pca_rotation
-from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, MATRYOSHKA, VAL_FRACTION, family_variants
+from search_adaptor.variants import (
+    DEFAULT_FAMILY,
+    DEFAULT_FOLDS,
+    DEFAULT_SELECTION,
+    MATRYOSHKA,
+    SELECTIONS,
+    VAL_FRACTION,
+    family_variants,
+)
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
 SIGNIFICANCE = "paired randomization (sign-flip), two-sided, 10000 resamples"
@@ -86,12 +95,14 @@ DEFAULT_RULE = "max-se"
 
 @dataclass
 class Selection:
-    """Outcome of training several variants on one validation split and choosing one.
+    """Outcome of training several variants and choosing one (``method``: :data:`SELECTIONS`).
 
     ``histories`` maps each candidate's variant name to its ``SearchAdaptor.history_`` (validation
     nDCG@10 per evaluation step), in training order, for learning curves. ``val_scores`` holds each
-    candidate's per-query validation nDCG@10 (``val_query_ids`` order), ``"identity"`` zero-shot's;
-    ``fitted`` every trained candidate.
+    candidate's per-query nDCG@10 on the queries it was compared on (``val_query_ids`` order: the
+    validation split, or with ``"kfold"`` every labelled query, held out fold by fold),
+    ``"identity"`` zero-shot's; ``fitted`` every candidate trained on all the queries (with
+    ``"kfold"``, the winner alone).
     """
 
     adapter: SearchAdaptor
@@ -101,6 +112,7 @@ class Selection:
     histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     val_scores: dict[str, np.ndarray] = field(default_factory=dict)
     fitted: dict[str, SearchAdaptor] = field(default_factory=dict)
+    method: str = DEFAULT_SELECTION
 
 
 def choose(names: Sequence[str], scores: Mapping[str, np.ndarray], rule: str = DEFAULT_RULE) -> str:
@@ -151,11 +163,25 @@ def select(
     query_pairs: np.ndarray | None = None,
     more_pairs: tuple[np.ndarray, np.ndarray] | None = None,
     pool: Executor | None = None,
+    selection: str = DEFAULT_SELECTION,
+    selection_folds: int = DEFAULT_FOLDS,
 ) -> Selection:
-    """Train every variant of ``family`` on the same split and choose one on validation (:func:`choose`).
+    """Train every variant of ``family`` and choose one (:func:`choose`, by ``rule``).
+
+    ``selection`` says on which queries the candidates are compared:
+
+    - ``"validation"``: each candidate's own validation split (``val_fraction`` of ``qrels``, the
+      same for all of them), the one early stopping uses.
+    - ``"kfold"``: ``selection_folds``-fold cross-validation over every labelled query: each
+      candidate is trained once per fold on the other folds and scored on that fold's queries,
+      which its training and early stopping never saw; the winner is then trained on all of them.
+      Every labelled query votes, not a fifth of them, so a small or noisy split picks the wrong
+      candidate far less often (``benchmarks/selection.py``), at about ``selection_folds`` times
+      the training time.
 
     The identity (zero-shot) takes part: when it wins, ``selected`` says so and the adapter shipped
-    changes nothing. ``encoder`` (what made the embeddings) is recorded in every candidate.
+    changes nothing. ``encoder`` (what made the embeddings) is recorded in every candidate. Families
+    trained without labels choose by their own criterion, and ``selection`` plays no part.
 
     Candidates train side by side, ``n_jobs`` at once (default: one per CPU core), each on one
     thread: a few thousand small matmuls each, which scale across candidates, not within one. The
@@ -167,14 +193,20 @@ def select(
     variants = family_variants(family)
     if rule not in RULES:
         raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
+    labelled = not any({**p, **dict(overrides or {})}.get("loss") in UNLABELLED_LOSSES for _, p in variants)
+    folds = (
+        _selection_folds(qrels, query_ids, selection_folds, seed) if selection == "kfold" and labelled else []
+    )
 
-    def fit(params: Mapping[str, Any]) -> tuple[SearchAdaptor, float]:
+    def fit(params: Mapping[str, Any], train: Mapping[str, Mapping[str, int]]) -> tuple[SearchAdaptor, float]:
         est = SearchAdaptor(**{"seed": seed, "val_fraction": val_fraction, **params, **dict(overrides or {})})
         t0 = time.perf_counter()
         est.fit(
             query_embeddings,
             corpus_embeddings,
-            qrels,
+            train,
             query_ids,
             corpus_ids,
             encoder=encoder,
@@ -185,47 +217,55 @@ def select(
         )
         return est, time.perf_counter() - t0
 
+    names = [name for name, _ in variants]
+    # what trains: (candidate, training queries) per fold, or each candidate once on all of qrels
+    jobs = [(i, train) for train, _ in folds for i in range(len(variants))] or [
+        (i, qrels) for i in range(len(variants))
+    ]
     with contextlib.ExitStack() as stack:
         if pool is None:
             stack.enter_context(compute_threads(1))
-            pool = stack.enter_context(ThreadPoolExecutor(_workers(n_jobs, len(variants))))
-        order = sorted(range(len(variants)), key=lambda i: -_cost_rank(variants[i][1]))
-        submitted = {i: pool.submit(fit, variants[i][1]) for i in order}
-        futures = [submitted[i] for i in range(len(variants))]
-        fitted: dict[str, SearchAdaptor] = {}
-        rows: list[dict[str, Any]] = []
-        for (name, _), future in zip(variants, futures, strict=True):
-            est, seconds = future.result()
-            fitted[name] = est
-            rows.append(
-                {
-                    "variant": name,
-                    "val_ndcg@10": est.best_score_,
-                    "zero_shot_val_ndcg@10": est.zero_shot_score_,
-                    "best_step": est.best_step_,
-                    "n_steps": est.n_steps_,
-                    "precision": est.train_precision_,
-                    "train_s": round(seconds, 2),
-                }
+            pool = stack.enter_context(ThreadPoolExecutor(_workers(n_jobs, len(jobs))))
+        order = sorted(range(len(jobs)), key=lambda j: -_cost_rank(variants[jobs[j][0]][1]))
+        submitted = {j: pool.submit(fit, variants[jobs[j][0]][1], jobs[j][1]) for j in order}
+        results = [submitted[j].result() for j in range(len(jobs))]
+        if folds:
+            rows, scores = _cross_validated(
+                names, results, folds, query_ids, query_embeddings, corpus_ids, corpus_embeddings
             )
+            picked = choose(names, scores, rule)
+            # the winner trains on every labelled query; with the identity winning, the simplest
+            # candidate does, for an identity that records what training saw, as a validation fit's
+            refit = names.index(picked) if picked != "identity" else 0
+            est, seconds = pool.submit(fit, variants[refit][1], qrels).result()
+            rows[refit]["refit_s"] = round(seconds, 2)
             if on_candidate is not None:
-                on_candidate(rows[-1])
-    first = fitted[variants[0][0]]
+                for row in rows:
+                    on_candidate(row)
+            return Selection(
+                est if picked != "identity" else est.at_start(),
+                "identity (zero-shot)" if picked == "identity" else picked,
+                rows,
+                [q for _, held in folds for q in sorted(held)],
+                {names[refit]: est.history_},
+                scores,
+                {names[refit]: est},
+                "kfold",
+            )
+    fitted: dict[str, SearchAdaptor] = {}
+    rows: list[dict[str, Any]] = []
+    for name, (est, seconds) in zip(names, results, strict=True):
+        fitted[name] = est
+        rows.append(_candidate_row(name, est, seconds))
+        if on_candidate is not None:
+            on_candidate(rows[-1])
+    first = fitted[names[0]]
     val = first.val_query_ids_
-    names = [name for name, _ in variants]
     scores: dict[str, np.ndarray] = {}
-    if all(est.val_metric_ == "ndcg@10" for est in fitted.values()):
-        val_emb = Embeddings(
-            list(query_ids),
-            np.asarray(query_embeddings),
-            list(corpus_ids),
-            np.asarray(corpus_embeddings),
-            first.encoder_,
-            query_encoder=first.query_encoder_ or None,
-        )
+    if labelled:
         val_qrels = {q: qrels[q] for q in val}
         for name, est in [*fitted.items(), ("identity", first.at_start())]:
-            scores[name] = evaluate_embeddings(val_emb, val_qrels, est, ["ndcg@10"])[1]["ndcg@10"]
+            scores[name] = _scores(val_qrels, est, query_ids, query_embeddings, corpus_ids, corpus_embeddings)
         picked = choose(names, scores, rule)
     else:  # trained without labels: the candidate's own criterion chose its checkpoint, labels play no part
         picked = max(names, key=lambda n: (fitted[n].best_score_, -names.index(n)))
@@ -240,6 +280,92 @@ def select(
         scores,
         fitted,
     )
+
+
+def _candidate_row(name: str, est: SearchAdaptor, seconds: float) -> dict[str, Any]:
+    return {
+        "variant": name,
+        "val_ndcg@10": est.best_score_,
+        "zero_shot_val_ndcg@10": est.zero_shot_score_,
+        "best_step": est.best_step_,
+        "n_steps": est.n_steps_,
+        "precision": est.train_precision_,
+        "train_s": round(seconds, 2),
+    }
+
+
+def _selection_folds(
+    qrels: Mapping[str, Mapping[str, int]], query_ids: Sequence[str], k: int, seed: int
+) -> list[tuple[Qrels, Qrels]]:
+    """(training, held-out) qrels of ``selection="kfold"``: every labelled query held out once."""
+    known = set(map(str, query_ids))
+    ids = sorted(q for q in qrels if q in known)
+    # each fold's model holds out a share of its training queries for early stopping: it needs a few
+    if k < 2 or len(ids) < 5 * k:
+        raise ValueError(
+            f"selection 'kfold' with {k} folds needs at least {5 * k} labelled queries (and k >= 2); "
+            f"{len(ids)} given: use fewer folds or selection 'validation'"
+        )
+    return [
+        ({q: dict(qrels[q]) for q in train}, {q: dict(qrels[q]) for q in held})
+        for train, held in kfold(ids, k, seed=seed)
+    ]
+
+
+def _scores(
+    qrels: Mapping[str, Mapping[str, int]],
+    est: SearchAdaptor,
+    query_ids: Sequence[str],
+    query_embeddings: np.ndarray,
+    corpus_ids: Sequence[str],
+    corpus_embeddings: np.ndarray,
+) -> np.ndarray:
+    """Per-query nDCG@10 of ``est`` on ``qrels`` (sorted query ids), full-corpus retrieval."""
+    emb = Embeddings(
+        list(query_ids),
+        np.asarray(query_embeddings),
+        list(corpus_ids),
+        np.asarray(corpus_embeddings),
+        est.encoder_,
+        query_encoder=est.query_encoder_ or None,
+    )
+    return evaluate_embeddings(emb, qrels, est, ["ndcg@10"])[1]["ndcg@10"]
+
+
+def _cross_validated(
+    names: Sequence[str],
+    results: Sequence[tuple[SearchAdaptor, float]],
+    folds: Sequence[tuple[Qrels, Qrels]],
+    query_ids: Sequence[str],
+    query_embeddings: np.ndarray,
+    corpus_ids: Sequence[str],
+    corpus_embeddings: np.ndarray,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Candidate rows and per-query held-out nDCG@10 (folds in order, ``"identity"`` zero-shot's) of
+    ``selection="kfold"``; ``results`` are the fits, fold by fold, candidates in ``names`` order."""
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in [*names, "identity"]}
+    for f, (_, held) in enumerate(folds):
+        fold_fits = results[f * len(names) : (f + 1) * len(names)]
+        args = (query_ids, query_embeddings, corpus_ids, corpus_embeddings)
+        for name, (est, _) in zip(names, fold_fits, strict=True):
+            parts[name].append(_scores(held, est, *args))
+        parts["identity"].append(_scores(held, fold_fits[0][0].at_start(), *args))
+    scores = {n: np.concatenate(p) for n, p in parts.items()}
+    rows = []
+    for i, name in enumerate(names):
+        fits = results[i :: len(names)]
+        rows.append(
+            {
+                "variant": name,
+                "val_ndcg@10": float(scores[name].mean()),
+                "zero_shot_val_ndcg@10": float(scores["identity"].mean()),
+                "best_step": int(np.median([est.best_step_ for est, _ in fits])),
+                "n_steps": int(np.median([est.n_steps_ for est, _ in fits])),
+                "precision": fits[0][0].train_precision_,
+                "train_s": round(sum(seconds for _, seconds in fits), 2),
+            }
+        )
+    return rows, scores
 
 
 def _workers(n_jobs: int | None, n_tasks: int) -> int:
@@ -377,9 +503,12 @@ def run_fit(
     n_jobs: int | None = None,
     dims: Sequence[int] | None = None,
     unsupervised: bool = False,
+    selection: str = DEFAULT_SELECTION,
 ) -> Run:
     """Train, select and evaluate under :func:`protocol`; the test queries never reach training,
-    early stopping or selection. ``rule`` and ``n_jobs`` are :func:`select`'s.
+    early stopping or selection. ``rule``, ``n_jobs`` and ``selection`` are :func:`select`'s (with
+    ``selection="kfold"``, each k-fold fold's selection cross-validates inside that fold's
+    training queries, ``folds`` folds).
 
     ``dims`` trains Matryoshka prefixes of those sizes (family ``matryoshka`` unless another is
     named) and scores each size against truncation and PCA of the same size; ``unsupervised``
@@ -415,6 +544,8 @@ def run_fit(
             query_pairs=emb.query_pairs,
             more_pairs=emb.more_pairs,
             pool=pool,
+            selection=selection,
+            selection_folds=folds,
         )
 
     start = time.perf_counter()
@@ -485,6 +616,7 @@ def run_fit(
     report["selection_rule"] = rule
     report["validation"] = {
         "metric": final.adapter.val_metric_,
+        "selection": final.method,
         "n_val_queries": len(final.val_query_ids),
         "selected_val_ndcg@10": final.adapter.best_score_,
         "zero_shot_val_ndcg@10": final.adapter.zero_shot_score_,

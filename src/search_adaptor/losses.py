@@ -29,7 +29,8 @@ RANKING_LOSSES = ("ranking", "ranknet", "infonce", "softmax", "pointwise")
 #: Every training objective: the ranking losses on labelled pairs, and two that need no labels:
 #: ``"similarity"`` (each prefix ranks documents as the base embedding does; ``training._Similarity``) and
 #: ``"alignment"`` (texts embedded by two models land together; ``training._Alignment``).
-LOSSES = (*RANKING_LOSSES, "similarity", "alignment")
+UNLABELLED_LOSSES = ("similarity", "alignment")
+LOSSES = (*RANKING_LOSSES, *UNLABELLED_LOSSES)
 
 
 def _masked_mean_per_query(terms: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

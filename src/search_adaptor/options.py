@@ -13,7 +13,15 @@ from typing import Any, NoReturn
 
 from search_adaptor import __version__
 from search_adaptor.encoders import LOCAL, PROVIDERS
-from search_adaptor.variants import DEFAULT_FAMILY, DEFAULT_FOLDS, FAMILY_CHOICES, MAX_STEPS, PRECISIONS
+from search_adaptor.variants import (
+    DEFAULT_FAMILY,
+    DEFAULT_FOLDS,
+    DEFAULT_SELECTION,
+    FAMILY_CHOICES,
+    MAX_STEPS,
+    PRECISIONS,
+    SELECTIONS,
+)
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -68,7 +76,19 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--out", required=True, metavar="OUT_DIR", help="for report.json/md and adapter/"),
         A("--family", default=DEFAULT_FAMILY, choices=FAMILY_CHOICES, help="variants to train"),
         A("--seed", type=int, default=0),
-        A("--folds", type=int, default=DEFAULT_FOLDS, help="k without a train split"),
+        A(
+            "--folds",
+            type=int,
+            default=DEFAULT_FOLDS,
+            help="k without a train split (and of --selection kfold)",
+        ),
+        A(
+            "--selection",
+            default=DEFAULT_SELECTION,
+            choices=SELECTIONS,
+            help="compare candidates on a validation split (default), or by k-fold over every training "
+            "query, then train the winner on all: fewer wrong picks, about k times the training time",
+        ),
         A("--max-steps", type=_positive_int, help=f"steps per variant (default {MAX_STEPS})"),
         A(
             "--precision",

@@ -82,9 +82,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     cands = (report.get("validation") or {}).get("candidates") or []
     if cands:
         metric = _val_metric(report)
+        how = f"validation {metric}"
+        if (report.get("validation") or {}).get("selection") == "kfold":
+            how = (
+                f"{metric} by k-fold over the training queries, each held out once; steps: median over folds"
+            )
         lines += [
             "",
-            f"## Candidates (validation {metric}; the test queries play no part)",
+            f"## Candidates ({how}; the test queries play no part)",
             "",
             f"| variant | val {metric} | zero-shot val | best step | steps | train s |",
             "|---|---|---|---|---|---|",

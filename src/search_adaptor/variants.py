@@ -14,6 +14,10 @@ DEFAULT_FAMILY = "auto"
 DEFAULT_FOLDS = 5
 MAX_STEPS = 2000
 VAL_FRACTION = 0.2
+#: On which queries ``fit`` compares its candidates: each candidate's validation split, or k-fold
+#: cross-validation over every labelled query (``experiment.select``).
+SELECTIONS = ("validation", "kfold")
+DEFAULT_SELECTION = "validation"
 #: ``precision`` choices, and what "auto" resolves to (what a fitted adapter records).
 PRECISIONS = ("float32", "bfloat16", "auto")
 TRAINED_PRECISIONS = ("float32", "bfloat16")
