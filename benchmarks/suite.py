@@ -56,7 +56,7 @@ from search_adaptor.files import write_bytes_atomic, write_text_atomic
 from search_adaptor.metrics import paired_test
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.variants import ALPHA_GRID as ALPHA_VALUES
-from search_adaptor.variants import DEFAULT_FOLDS, FAMILIES, family_variants
+from search_adaptor.variants import DEFAULT_FOLDS, DEFAULT_SELECTION, FAMILIES, family_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -84,6 +84,8 @@ SIMILARITY_ROWS = ("auto", "paper-default")
 P_SIGNIFICANT = 0.05
 AUTO_CANDIDATES = tuple(name for name, _ in family_variants("auto"))
 AUTO_PARAMS = {name: dict(params) for name, params in family_variants("auto")}
+#: Rows whose candidates' test scores are another row's cells (the same models).
+CANDIDATES_OF = {"auto-kfold": "auto"}
 BFLOAT16 = {"precision": "bfloat16"}
 
 PAPER_DEFAULT = dict(FAMILIES["paper-default"][0][1])
@@ -129,6 +131,8 @@ CELL_ROWS: dict[str, CellRow] = {
         CellRow(
             "auto-bfloat16", "family", {"family": "auto", "variants": AUTO_PARAMS, "overrides": BFLOAT16}
         ),
+        # the same candidates compared by k-fold over the training queries (``fit --selection kfold``)
+        CellRow("auto-kfold", "family", {"family": "auto", "variants": AUTO_PARAMS, "selection": "kfold"}),
         CellRow(
             "full-ft",
             "finetune",
@@ -187,6 +191,11 @@ TABLE_ROWS: dict[str, TableRow] = {
         TableRow("query-only", "Search-Adaptor query-only (paper recipe, no re-index)", ("query-only",)),
         TableRow("auto", f"auto (library default: best of {len(AUTO_CANDIDATES)} on validation)", ("auto",)),
         TableRow("auto-bfloat16", "auto, candidates trained with bfloat16 products", ("auto-bfloat16",)),
+        TableRow(
+            "auto-kfold",
+            f"auto, candidates compared by {FOLDS}-fold cross-validation on the training queries",
+            ("auto-kfold",),
+        ),
         TableRow("full-ft", "full fine-tuning, MNRL (needs the model's weights)", ("full-ft",)),
     ]
 }
@@ -409,10 +418,12 @@ def compute_cell(
             seed=seed,
             overrides={**row.params.get("overrides", {}), **steps},
             encoder=emb.encoder,
+            selection=row.params.get("selection", DEFAULT_SELECTION),
         )
         adapter = sel.adapter
         out["selected"] = sel.selected
         # every candidate on the test queries too: is the selection ever significantly below one of them?
+        # (k-fold selection refits the winner alone: its candidates are the `auto` cell's, same models)
         out["candidates"] = {
             name: encode_scores(evaluate_embeddings(emb, test_qrels, est, ["ndcg@10"])[1]["ndcg@10"])
             for name, est in sel.fitted.items()
@@ -774,7 +785,7 @@ def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Pa
     lines += _precision_check(benches, results_by)
     lines += [
         line
-        for row in ("auto", "auto-bfloat16")
+        for row in ("auto", "auto-bfloat16", "auto-kfold")
         for line in _auto_vs_candidates(cache, benches, seed_list, row)
     ]
     lines += _partial_finetuning(cache, benches, results_by)
@@ -945,7 +956,8 @@ def _auto_vs_candidates(
     cache: Cache, benches: Sequence[Bench], seeds: Sequence[int], row: str = "auto"
 ) -> list[str]:
     """``row`` (an ``auto`` row) against each of its own candidates on the test queries (cells that
-    scored them all): does selection on a validation split ship something worse than a candidate?"""
+    scored them all): does selection ship something worse than a candidate? ``auto-kfold`` refits its
+    winner alone; its candidates (the same models: parameters, seed, training queries) are ``auto``'s."""
     lines: list[str] = []
     for b in benches:
         order = {q: i for i, q in enumerate(b.test_ids())}
@@ -954,11 +966,12 @@ def _auto_vs_candidates(
             per: dict[str, np.ndarray] = {}
             for fold, _, test_q in b.folds(seed):
                 cell = current_cell(cache, cell_key(b.name, row, seed, fold))
-                if cell is None or "candidates" not in cell:
+                source = current_cell(cache, cell_key(b.name, CANDIDATES_OF.get(row, row), seed, fold))
+                if cell is None or source is None or "candidates" not in source:
                     per = {}
                     break
                 rows = [order[q] for q in sorted(test_q)]
-                for name, text in {"auto": cell["ndcg"], **cell["candidates"]}.items():
+                for name, text in {"auto": cell["ndcg"], **source["candidates"]}.items():
                     per.setdefault(name, np.full(len(order), np.nan))[rows] = decode_scores(text)
             for name, scores in per.items():
                 runs.setdefault(name, []).append(scores)
