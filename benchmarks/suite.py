@@ -1403,7 +1403,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/suite.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    # recorded with each run; where the results go is left out (it changes nothing computed, and a
+    # machine's own paths do not belong in the committed report)
+    given = list(argv or sys.argv[1:])
+    kept = [a for i, a in enumerate(given) if a != "--results" and (i == 0 or given[i - 1] != "--results")]
+    command = "python benchmarks/suite.py " + " ".join(
+        shlex.quote(a) for a in kept if not a.startswith("--results=")
+    )
     if args.report_only:
         cache = Cache(args.results / "suite_cells.json.gz")
         shown = [d for d in args.datasets if any(k.startswith(f"{d}|") for k in cache.cells)]
