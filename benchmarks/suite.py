@@ -957,7 +957,8 @@ def _auto_vs_candidates(
 ) -> list[str]:
     """``row`` (an ``auto`` row) against each of its own candidates on the test queries (cells that
     scored them all): does selection ship something worse than a candidate? ``auto-kfold`` refits its
-    winner alone; its candidates (the same models: parameters, seed, training queries) are ``auto``'s."""
+    winner alone; its candidates (the same models: parameters, seed, training queries) are ``auto``'s.
+    Another row than ``auto`` is also set against ``auto`` itself, the library's default."""
     lines: list[str] = []
     for b in benches:
         order = {q: i for i, q in enumerate(b.test_ids())}
@@ -967,11 +968,13 @@ def _auto_vs_candidates(
             for fold, _, test_q in b.folds(seed):
                 cell = current_cell(cache, cell_key(b.name, row, seed, fold))
                 source = current_cell(cache, cell_key(b.name, CANDIDATES_OF.get(row, row), seed, fold))
-                if cell is None or source is None or "candidates" not in source:
+                default = current_cell(cache, cell_key(b.name, "auto", seed, fold))
+                if cell is None or source is None or "candidates" not in source or default is None:
                     per = {}
                     break
                 rows = [order[q] for q in sorted(test_q)]
-                for name, text in {"auto": cell["ndcg"], **source["candidates"]}.items():
+                compared = {**source["candidates"], **({"default": default["ndcg"]} if row != "auto" else {})}
+                for name, text in {"auto": cell["ndcg"], **compared}.items():
                     per.setdefault(name, np.full(len(order), np.nan))[rows] = decode_scores(text)
             for name, scores in per.items():
                 runs.setdefault(name, []).append(scores)
@@ -979,7 +982,7 @@ def _auto_vs_candidates(
             continue
         auto = np.mean(runs["auto"], axis=0)
         cells = []
-        for name in AUTO_CANDIDATES:
+        for name in [*AUTO_CANDIDATES, *(["default"] if row != "auto" else [])]:
             cand = np.mean(runs[name], axis=0)
             p = paired_test(auto, cand)
             below = p < P_SIGNIFICANT and auto.mean() < cand.mean()
@@ -993,10 +996,13 @@ def _auto_vs_candidates(
         "",
         f"Every candidate `{row}` trained, scored on the test queries as well (selection never sees them). "
         "Per candidate: its test nDCG@10 (mean over seeds), the row minus it, and p (paired randomization "
-        "test over queries, per-query scores averaged over seeds); **bold**: it is significantly below one.",
+        "test over queries, per-query scores averaged over seeds); **bold**: it is significantly below one."
+        + (" Last column: `auto` itself (the default), the same test." if row != "auto" else ""),
         "",
-        f"| dataset | seeds | `{row}` | " + " | ".join(f"`{n}`" for n in AUTO_CANDIDATES) + " |",
-        "|---|---|---|" + "---|" * len(AUTO_CANDIDATES),
+        f"| dataset | seeds | `{row}` | "
+        + " | ".join(f"`{n}`" for n in [*AUTO_CANDIDATES, *(["auto"] if row != "auto" else [])])
+        + " |",
+        "|---|---|---|" + "---|" * (len(AUTO_CANDIDATES) + (row != "auto")),
         *lines,
         "",
     ]
@@ -1406,10 +1412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # recorded with each run; where the results go is left out (it changes nothing computed, and a
     # machine's own paths do not belong in the committed report)
     given = list(argv or sys.argv[1:])
-    kept = [a for i, a in enumerate(given) if a != "--results" and (i == 0 or given[i - 1] != "--results")]
-    command = "python benchmarks/suite.py " + " ".join(
-        shlex.quote(a) for a in kept if not a.startswith("--results=")
-    )
+    kept = [
+        a
+        for i, a in enumerate(given)
+        if not (a == "--results" or a.startswith("--results=") or (i and given[i - 1] == "--results"))
+    ]
+    command = "python benchmarks/suite.py " + " ".join(shlex.quote(a) for a in kept)
     if args.report_only:
         cache = Cache(args.results / "suite_cells.json.gz")
         shown = [d for d in args.datasets if any(k.startswith(f"{d}|") for k in cache.cells)]
