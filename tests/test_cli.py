@@ -145,32 +145,35 @@ def test_fit_end_to_end_on_a_scifact_subset(tmp_path, capsys):
     assert "all-MiniLM-L6-v2" in err and "my-8d-model" in err
 
 
-@pytest.mark.slow
-def test_fit_with_precomputed_embeddings_and_kfold(tmp_path, synthetic, capsys):
-    """Bring-your-own vectors + a dataset without a train split -> k-fold protocol."""
-    d = synthetic
+def _synthetic_folder(tmp_path: Path, d: dict, splits: dict[str, list[str]]) -> list[str]:
+    """The synthetic fixture as a BEIR folder (qrels ``splits``: name -> query ids) with its vectors
+    given by ``--embeddings``: the start of a ``fit`` command line."""
     data = tmp_path / "syn"
     (data / "qrels").mkdir(parents=True)
     (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": i}) + "\n" for i in d["dids"]))
     (data / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": q}) + "\n" for q in d["qids"]))
-    rows = [f"{q}\t{doc}\t{g}" for q, docs in d["qrels"].items() for doc, g in docs.items()]
-    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    for split, ids in splits.items():
+        rows = [f"{q}\t{doc}\t{g}" for q in ids for doc, g in d["qrels"][q].items()]
+        (data / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
     vec = tmp_path / "vec"
     vec.mkdir()
     np.savez(vec / "queries.npz", ids=np.array(d["qids"]), embeddings=d["Q"])
     np.savez(vec / "corpus.npz", ids=np.array(d["dids"]), embeddings=d["D"])
+    return ["fit", str(data), "--embeddings", str(vec), "--model", "syn-16"]
+
+
+@pytest.mark.slow
+def test_fit_with_precomputed_embeddings_and_kfold(tmp_path, synthetic, capsys):
+    """Bring-your-own vectors + a dataset without a train split -> k-fold protocol."""
+    d = synthetic
+    argv = _synthetic_folder(tmp_path, d, {"test": d["qids"]})
     out = tmp_path / "out"
     assert (
         main(
             [
-                "fit",
-                str(data),
+                *argv,
                 "--out",
                 str(out),
-                "--embeddings",
-                str(vec),
-                "--model",
-                "syn-16",
                 "--folds",
                 "3",
                 "--max-steps",
@@ -196,19 +199,9 @@ def test_fit_selection_kfold_is_recorded_in_the_report(tmp_path, synthetic, caps
     """``fit --selection kfold``: candidates compared by k-fold over the training queries, and the
     report says so, with every training query scored once."""
     d = synthetic
-    data = tmp_path / "syn"
-    (data / "qrels").mkdir(parents=True)
-    (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": i}) + "\n" for i in d["dids"]))
-    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": q}) + "\n" for q in d["qids"]))
-    for split, ids in (("train", d["qids"][:100]), ("test", d["qids"][100:])):
-        rows = [f"{q}\t{doc}\t{g}" for q in ids for doc, g in d["qrels"][q].items()]
-        (data / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-    vec = tmp_path / "vec"
-    vec.mkdir()
-    np.savez(vec / "queries.npz", ids=np.array(d["qids"]), embeddings=d["Q"])
-    np.savez(vec / "corpus.npz", ids=np.array(d["dids"]), embeddings=d["D"])
+    argv = _synthetic_folder(tmp_path, d, {"train": d["qids"][:100], "test": d["qids"][100:]})
     out = tmp_path / "out"
-    argv = ["fit", str(data), "--out", str(out), "--embeddings", str(vec), "--model", "syn-16"]
+    argv += ["--out", str(out)]
     assert (
         main([*argv, "--selection", "kfold", "--folds", "2", "--max-steps", "40", "--quiet", "-o", "json"])
         == 0
@@ -219,3 +212,55 @@ def test_fit_selection_kfold_is_recorded_in_the_report(tmp_path, synthetic, caps
     assert "refit_s" in next(
         c for c in report["validation"]["candidates"] if c["variant"] == report["selected"]
     ) or (report["selected"].startswith("identity"))
+
+
+def test_fit_validates_on_the_dev_split_when_the_data_has_one(tmp_path, synthetic, capsys):
+    """A dataset's ``dev`` qrels validate every fit (early stopping and selection) and train none;
+    a dev query that the test split also holds is left out, so no scored query validates;
+    ``--val-split none`` goes back to a share of the training queries."""
+    d = synthetic
+    qids = d["qids"]
+    splits = {"train": qids[:80], "dev": [*qids[80:110], qids[150]], "test": qids[110:]}
+    argv = [*_synthetic_folder(tmp_path, d, splits), "--max-steps", "30", "--quiet", "-o", "json"]
+    assert main([*argv, "--out", str(tmp_path / "dev")]) == 0
+    report = json.loads((tmp_path / "dev" / "report.json").read_text())
+    assert report["validation"]["split"] == "dev" and report["validation"]["n_val_queries"] == 30
+    config = json.loads((tmp_path / "dev" / "adapter" / "config.json").read_text())
+    assert config["training"]["val_query_ids"] == sorted(qids[80:110])
+    assert "select on the `dev` split" in (tmp_path / "dev" / "report.md").read_text()
+
+    assert main([*argv, "--out", str(tmp_path / "share"), "--val-split", "none"]) == 0
+    report = json.loads((tmp_path / "share" / "report.json").read_text())
+    assert report["validation"]["split"] is None and report["validation"]["n_val_queries"] == 16
+    config = json.loads((tmp_path / "share" / "adapter" / "config.json").read_text())
+    assert set(config["training"]["val_query_ids"]) < set(qids[:80])
+
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--val-split", "test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("search-adaptor: error: --val-split test:") and "\n" not in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tmp_path, synthetic):
+    """Without a train split, the dev queries validate every fold; one the scored split holds does not."""
+    from search_adaptor.data import DataError, load_beir
+    from search_adaptor.experiment import protocol
+
+    qids = synthetic["qids"]
+    _synthetic_folder(tmp_path, synthetic, {"test": qids[:100], "validation": [*qids[100:130], qids[0]]})
+    dataset = load_beir(tmp_path / "syn")
+    proto = protocol(dataset, folds=3)
+    assert (
+        proto.name == "kfold"
+        and proto.val_split == "validation"
+        and sorted(proto.val) == sorted(qids[100:130])
+    )
+    assert protocol(dataset, folds=3, val_split="none").val == {}
+    (tmp_path / "syn" / "qrels" / "validation.tsv").write_text(
+        f"query-id\tcorpus-id\tscore\n{qids[0]}\td0\t1\n"
+    )
+    with pytest.raises(
+        DataError, match=r"validation\.tsv: every query of the validation split is also a scored"
+    ):
+        protocol(load_beir(tmp_path / "syn"), folds=3)

@@ -46,7 +46,7 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
     from search_adaptor.experiment import embeddings_for, protocol
 
     if args.command == "fit":
-        protocol(dataset, args.folds, args.seed)
+        protocol(dataset, args.folds, args.seed, val_split=args.val_split)
     elif args.command == "evaluate":
         dataset.split(args.split)
     options: dict[str, Any] = {"adapter": adapter, "pair_texts": None}
@@ -86,7 +86,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     log(f"{dataset.name}: {len(dataset.doc_ids)} docs, {len(dataset.queries)} queries; {emb.describe()}")
     given = {"max_steps": args.max_steps, "precision": args.precision}
     overrides = {k: v for k, v in given.items() if v} or None
-    options = {k: getattr(args, k) for k in ("family", "seed", "folds", "dims", "unsupervised", "selection")}
+    names = ("family", "seed", "folds", "dims", "unsupervised", "selection", "val_split")
+    options = {k: getattr(args, k) for k in names}
     run = run_fit(dataset, emb, overrides=overrides, log=log, **options)
     _print_report(save_run(run, args.out), args.output, args.out)
 

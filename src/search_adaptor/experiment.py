@@ -165,19 +165,21 @@ def select(
     pool: Executor | None = None,
     selection: str = DEFAULT_SELECTION,
     selection_folds: int = DEFAULT_FOLDS,
+    val_query_ids: Sequence[str] | None = None,
 ) -> Selection:
     """Train every variant of ``family`` and choose one (:func:`choose`, by ``rule``).
 
     ``selection`` says on which queries the candidates are compared:
 
-    - ``"validation"``: each candidate's own validation split (``val_fraction`` of ``qrels``, the
-      same for all of them), the one early stopping uses.
+    - ``"validation"``: each candidate's own validation split, the one early stopping uses and the
+      same for all of them: the queries ``val_query_ids`` of ``qrels`` (a dataset's dev split), else
+      ``val_fraction`` of ``qrels``.
     - ``"kfold"``: ``selection_folds``-fold cross-validation over every labelled query: each
       candidate is trained once per fold on the other folds and scored on that fold's queries,
       which its training and early stopping never saw; the winner is then trained on all of them.
       Every labelled query votes, not a fifth of them, so a small or noisy split picks the wrong
       candidate far less often (``benchmarks/selection.py``), at about ``selection_folds`` times
-      the training time.
+      the training time. ``val_query_ids`` are then labelled queries like the others.
 
     The identity (zero-shot) takes part: when it wins, ``selected`` says so and the adapter shipped
     changes nothing. ``encoder`` (what made the embeddings) is recorded in every candidate. Families
@@ -200,6 +202,8 @@ def select(
         _selection_folds(qrels, query_ids, selection_folds, seed) if selection == "kfold" and labelled else []
     )
 
+    val_ids = None if folds else val_query_ids  # k-fold: every fit carves its own from its queries
+
     def fit(params: Mapping[str, Any], train: Mapping[str, Mapping[str, int]]) -> tuple[SearchAdaptor, float]:
         est = SearchAdaptor(**{"seed": seed, "val_fraction": val_fraction, **params, **dict(overrides or {})})
         t0 = time.perf_counter()
@@ -209,6 +213,7 @@ def select(
             train,
             query_ids,
             corpus_ids,
+            val_ids,
             encoder=encoder,
             query_encoder=query_encoder,
             pairs=pairs,
@@ -428,16 +433,25 @@ def evaluate_embeddings(
 
 
 # -- protocols -----------------------------------------------------------------------------------------
+#: Qrels files that, when present, validate every fit instead of a share of its training queries
+#: (BEIR's ``dev.tsv``; the first found wins).
+VALIDATION_SPLITS = ("dev", "validation", "val")
+
+
 @dataclass
 class Protocol:
     """How a dataset is scored: ``folds`` of (name, training qrels, held-out qrels), and the qrels the
-    adapter that ships is trained on. ``test`` has one fold named "test"; ``kfold`` has "k0", "k1", ..."""
+    adapter that ships is trained on. ``test`` has one fold named "test"; ``kfold`` has "k0", "k1", ...
+    ``val`` (from the split ``val_split``) validates every fit; without one each fit carves its own
+    validation share from its training queries."""
 
     name: str  # "test" or "kfold"
     scored_split: str
     folds: list[tuple[str, Qrels, Qrels]]
     final_train: Qrels
     train_split: str | None = None
+    val_split: str | None = None
+    val: Qrels = field(default_factory=dict)
 
 
 def protocol(
@@ -446,12 +460,20 @@ def protocol(
     seed: int = 0,
     train_split: str = "train",
     test_split: str = "test",
+    val_split: str = "auto",
 ) -> Protocol:
     """The protocol ``fit`` uses on ``dataset``: official train/test split if there is one, else k-fold
-    over the labelled queries (a different fold assignment per seed)."""
+    over the labelled queries (a different fold assignment per seed).
+
+    ``val_split``: the qrels split that validates (early stopping and selection); ``"auto"`` takes
+    the first of :data:`VALIDATION_SPLITS` the dataset has, ``"none"`` a share of the training
+    queries. Its queries that the scored split also holds are left out: no scored query validates.
+    """
     if dataset.has_train and test_split in dataset.splits:
         train = dataset.split(train_split)
-        return Protocol("test", test_split, [("test", train, dataset.split(test_split))], train, train_split)
+        test = dataset.split(test_split)
+        val_name, val = _validation(dataset, val_split, {train_split, test_split}, test)
+        return Protocol("test", test_split, [("test", train, test)], train, train_split, val_name, val)
     if not dataset.splits:
         raise DataError(
             f"{dataset.path / 'qrels'}: no qrels files (add qrels/test.tsv with query-id, corpus-id, score)"
@@ -463,6 +485,7 @@ def protocol(
             f"{dataset.path / 'qrels' / f'{split}.tsv'}: {len(labelled)} labelled queries cannot make "
             f"{folds} folds; pass --folds between 2 and {len(labelled)}, or label more queries"
         )
+    val_name, val = _validation(dataset, val_split, {split}, labelled)
     parts = kfold(sorted(labelled), k=folds, seed=seed)
     return Protocol(
         "kfold",
@@ -472,7 +495,34 @@ def protocol(
             for i, (tr, te) in enumerate(parts)
         ],
         labelled,
+        val_split=val_name,
+        val=val,
     )
+
+
+def _validation(
+    dataset: Dataset, name: str, taken: set[str], scored: Mapping[str, Any]
+) -> tuple[str | None, Qrels]:
+    """(split name, qrels) that validate, per :func:`protocol`'s ``val_split``; (None, {}) for none."""
+    if name == "none":
+        return None, {}
+    if name == "auto":
+        found = [s for s in VALIDATION_SPLITS if s in dataset.splits and s not in taken]
+        if not found:
+            return None, {}
+        name = found[0]
+    elif name in taken:
+        raise DataError(
+            f"--val-split {name}: that split already trains or is scored; name another split, or none "
+            "to validate on a share of the training queries"
+        )
+    val = {q: judged for q, judged in dataset.split(name).items() if q not in scored}
+    if not val:
+        raise DataError(
+            f"{dataset.path / 'qrels' / f'{name}.tsv'}: every query of the validation split is also a "
+            "scored one; remove them from it, or pass --val-split none"
+        )
+    return name, val
 
 
 @dataclass
@@ -504,9 +554,13 @@ def run_fit(
     dims: Sequence[int] | None = None,
     unsupervised: bool = False,
     selection: str = DEFAULT_SELECTION,
+    val_split: str = "auto",
 ) -> Run:
     """Train, select and evaluate under :func:`protocol`; the test queries never reach training,
-    early stopping or selection. ``rule``, ``n_jobs`` and ``selection`` are :func:`select`'s (with
+    early stopping or selection. A validation split (``val_split``, :func:`protocol`'s: a dataset's
+    dev split by default) validates every fit; its queries then train none.
+
+    ``rule``, ``n_jobs`` and ``selection`` are :func:`select`'s (with
     ``selection="kfold"``, each k-fold fold's selection cross-validates inside that fold's
     training queries, ``folds`` folds).
 
@@ -517,7 +571,7 @@ def run_fit(
     family = _family(family, dims, unsupervised, cross=bool(emb.query_encoder))
     if dims:
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
-    proto = protocol(dataset, folds, seed, train_split, test_split)
+    proto = protocol(dataset, folds, seed, train_split, test_split, val_split)
 
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str, pool: Executor) -> Selection:
         def on_candidate(row: dict[str, Any]) -> None:
@@ -530,7 +584,7 @@ def run_fit(
             family,
             emb.queries,
             emb.corpus,
-            qrels,
+            {**qrels, **proto.val},
             emb.query_ids,
             emb.doc_ids,
             seed=seed,
@@ -546,6 +600,7 @@ def run_fit(
             pool=pool,
             selection=selection,
             selection_folds=folds,
+            val_query_ids=sorted(proto.val) if proto.val else None,
         )
 
     start = time.perf_counter()
@@ -617,6 +672,7 @@ def run_fit(
     report["validation"] = {
         "metric": final.adapter.val_metric_,
         "selection": final.method,
+        "split": proto.val_split if final.method == "validation" else None,
         "n_val_queries": len(final.val_query_ids),
         "selected_val_ndcg@10": final.adapter.best_score_,
         "zero_shot_val_ndcg@10": final.adapter.zero_shot_score_,

@@ -89,6 +89,13 @@ _COMMANDS: dict[str, list[Arg | str]] = {
             help="compare candidates on a validation split (default), or by k-fold over every training "
             "query, then train the winner on all: fewer wrong picks, about k times the training time",
         ),
+        A(
+            "--val-split",
+            default="auto",
+            metavar="SPLIT",
+            help="qrels split that validates every fit (default auto: dev, validation or val when the "
+            "data has one); none: a share of the training queries",
+        ),
         A("--max-steps", type=_positive_int, help=f"steps per variant (default {MAX_STEPS})"),
         A(
             "--precision",

@@ -46,6 +46,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Model: `{report['model']}`. Selected variant: **{report['selected']}**.",
     ]
+    val_split = _val_split(report)
     if protocol == "evaluate":
         lines.append(
             f"Protocol: a saved adapter scored on the {report.get('n_test_queries', '?')} "
@@ -57,14 +58,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"Protocol: {report['folds']}-fold cross-validation over the labelled queries (the dataset "
             "has no train split): each fold's adapter is trained and selected on the other folds only, "
             "and the metrics are the mean over all held-out queries. The saved adapter is trained on "
-            "all of them."
+            "all of them." + (f" Every fit is validated on the `{val_split}` split." if val_split else "")
         )
     else:
         n_test, test_split = report.get("n_test_queries", "?"), report.get("test_split", "test")
+        where = f"the `{val_split}` split" if val_split else "a validation split carved from it"
         lines.append(
-            f"Protocol: train on `{report.get('train_split', 'train')}`, select on a validation split "
-            f"carved from it, report on the {n_test} `{test_split}` queries, which training, early "
-            "stopping and selection never saw."
+            f"Protocol: train on `{report.get('train_split', 'train')}`, select on {where}, report on the "
+            f"{n_test} `{test_split}` queries, which training, early stopping and selection never saw."
         )
     lines += ["", *metrics_table({"zero-shot": zs, "adapted": ad}, names), ""]
     delta = ad[names[0]] - zs[names[0]]
@@ -104,6 +105,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if t:
         lines += ["", "Timings: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())]
     return "\n".join(lines) + "\n"
+
+
+def _val_split(report: Mapping[str, Any]) -> str | None:
+    """The qrels split that validated every fit (a dev split), or None for a share of the training queries."""
+    return (report.get("validation") or {}).get("split")
 
 
 def _val_metric(report: Mapping[str, Any]) -> str:
