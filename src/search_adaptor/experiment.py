@@ -672,7 +672,8 @@ def run_fit(
     report["validation"] = {
         "metric": final.adapter.val_metric_,
         "selection": final.method,
-        "split": proto.val_split if final.method == "validation" else None,
+        # the dev split, where it validated (k-fold selection pools it; no labels: the fits' own criterion)
+        "split": proto.val_split if final.method == "validation" and final.val_query_ids else None,
         "n_val_queries": len(final.val_query_ids),
         "selected_val_ndcg@10": final.adapter.best_score_,
         "zero_shot_val_ndcg@10": final.adapter.zero_shot_score_,
