@@ -54,11 +54,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "to the queries it was trained on)."
         )
     elif protocol == "kfold":
+        selected_on = f"the `{val_split}` split" if val_split else "the other folds"
         lines.append(
             f"Protocol: {report['folds']}-fold cross-validation over the labelled queries (the dataset "
-            "has no train split): each fold's adapter is trained and selected on the other folds only, "
-            "and the metrics are the mean over all held-out queries. The saved adapter is trained on "
-            "all of them." + (f" Every fit is validated on the `{val_split}` split." if val_split else "")
+            "has no train split): each fold's adapter is trained on the other folds only and selected "
+            f"on {selected_on}, and the metrics are the mean over all held-out queries. The saved "
+            "adapter is trained on all of them."
         )
     else:
         n_test, test_split = report.get("n_test_queries", "?"), report.get("test_split", "test")
