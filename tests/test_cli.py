@@ -264,3 +264,6 @@ def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tm
         DataError, match=r"validation\.tsv: every query of the validation split is also a scored"
     ):
         protocol(load_beir(tmp_path / "syn"), folds=3)
+    (tmp_path / "syn" / "qrels" / "validation.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    with pytest.raises(DataError, match=r"has no query with a relevant .*; --val-split none validates on a share"):
+        protocol(load_beir(tmp_path / "syn"), folds=3)

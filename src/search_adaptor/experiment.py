@@ -516,7 +516,11 @@ def _validation(
             f"--val-split {name}: that split already trains or is scored; name another split, or none "
             "to validate on a share of the training queries"
         )
-    val = {q: judged for q, judged in dataset.split(name).items() if q not in scored}
+    try:
+        judged_split = dataset.split(name)
+    except DataError as error:
+        raise DataError(f"{error}; --val-split none validates on a share of the training queries") from None
+    val = {q: judged for q, judged in judged_split.items() if q not in scored}
     if not val:
         raise DataError(
             f"{dataset.path / 'qrels' / f'{name}.tsv'}: every query of the validation split is also a "
