@@ -265,5 +265,5 @@ def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tm
     ):
         protocol(load_beir(tmp_path / "syn"), folds=3)
     (tmp_path / "syn" / "qrels" / "validation.tsv").write_text("query-id\tcorpus-id\tscore\n")
-    with pytest.raises(DataError, match=r"has no query with a relevant .*; --val-split none validates on a share"):
+    with pytest.raises(DataError, match=r"no query with a relevant .*; --val-split none validates"):
         protocol(load_beir(tmp_path / "syn"), folds=3)
