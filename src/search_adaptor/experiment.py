@@ -576,6 +576,8 @@ def run_fit(
     if dims:
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split, val_split)
+    if proto.val_split:
+        log(f"validation: the {proto.val_split} split, {len(proto.val)} queries (--val-split none: a share)")
 
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str, pool: Executor) -> Selection:
         def on_candidate(row: dict[str, Any]) -> None:
