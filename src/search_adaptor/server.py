@@ -270,10 +270,16 @@ def _error(
 
 
 def _where(loc: Sequence[Any]) -> str:
-    """``("body", "queries", 1)`` -> ``queries[1]``."""
-    parts = [p for p in loc if p != "body"]
-    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
-    return text or "body"
+    """``("body", "queries", 1)`` -> ``queries[1]``. A field name the client made up (an extra key)
+    that is not a short identifier is shown JSON-escaped and cut: the message stays one line."""
+
+    def name(part: Any) -> str:
+        if isinstance(part, int):
+            return f"[{part}]"
+        text = str(part)
+        return f".{text}" if text.isidentifier() and len(text) <= 40 else f".{json.dumps(text[:40])}"
+
+    return "".join(name(p) for p in loc if p != "body").lstrip(".") or "body"
 
 
 def _validation_refusal(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str, str]:
