@@ -959,12 +959,13 @@ def _auto_vs_candidates(
     scored them all): does selection ship something worse than a candidate? ``auto-kfold`` refits its
     winner alone; its candidates (the same models: parameters, seed, training queries) are ``auto``'s.
     Another row than ``auto`` is also set against ``auto`` itself, the library's default."""
+    columns = [*AUTO_CANDIDATES, *(["auto"] if row != "auto" else [])]  # what the row is set against
     lines: list[str] = []
     for b in benches:
         order = {q: i for i, q in enumerate(b.test_ids())}
-        runs: dict[str, list[np.ndarray]] = {}
+        runs: dict[str | None, list[np.ndarray]] = {}  # the row's own scores under None, columns' by name
         for seed in seeds:
-            per: dict[str, np.ndarray] = {}
+            per: dict[str | None, np.ndarray] = {}
             for fold, _, test_q in b.folds(seed):
                 cell = current_cell(cache, cell_key(b.name, row, seed, fold))
                 source = current_cell(cache, cell_key(b.name, CANDIDATES_OF.get(row, row), seed, fold))
@@ -973,22 +974,22 @@ def _auto_vs_candidates(
                     per = {}
                     break
                 rows = [order[q] for q in sorted(test_q)]
-                compared = {**source["candidates"], **({"default": default["ndcg"]} if row != "auto" else {})}
-                for name, text in {"auto": cell["ndcg"], **compared}.items():
+                scored = {None: cell["ndcg"], **source["candidates"], "auto": default["ndcg"]}
+                for name, text in scored.items():
                     per.setdefault(name, np.full(len(order), np.nan))[rows] = decode_scores(text)
             for name, scores in per.items():
                 runs.setdefault(name, []).append(scores)
         if not runs:
             continue
-        auto = np.mean(runs["auto"], axis=0)
+        mine = np.mean(runs[None], axis=0)
         cells = []
-        for name in [*AUTO_CANDIDATES, *(["default"] if row != "auto" else [])]:
+        for name in columns:
             cand = np.mean(runs[name], axis=0)
-            p = paired_test(auto, cand)
-            below = p < P_SIGNIFICANT and auto.mean() < cand.mean()
-            text = f"{cand.mean():.4f} ({auto.mean() - cand.mean():+.4f}, p {_p(p)})"
+            p = paired_test(mine, cand)
+            below = p < P_SIGNIFICANT and mine.mean() < cand.mean()
+            text = f"{cand.mean():.4f} ({mine.mean() - cand.mean():+.4f}, p {_p(p)})"
             cells.append(f"**{text}: auto below**" if below else text)
-        lines.append(f"| {b.name} | {len(runs['auto'])} | {auto.mean():.4f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {b.name} | {len(runs[None])} | {mine.mean():.4f} | " + " | ".join(cells) + " |")
     if not lines:
         return []
     return [
@@ -999,10 +1000,8 @@ def _auto_vs_candidates(
         "test over queries, per-query scores averaged over seeds); **bold**: it is significantly below one."
         + (" Last column: `auto` itself (the default), the same test." if row != "auto" else ""),
         "",
-        f"| dataset | seeds | `{row}` | "
-        + " | ".join(f"`{n}`" for n in [*AUTO_CANDIDATES, *(["auto"] if row != "auto" else [])])
-        + " |",
-        "|---|---|---|" + "---|" * (len(AUTO_CANDIDATES) + (row != "auto")),
+        f"| dataset | seeds | `{row}` | " + " | ".join(f"`{n}`" for n in columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
         *lines,
         "",
     ]

@@ -14,6 +14,7 @@ import pytest
 from conftest import shared_dataset
 
 from search_adaptor.cli import main
+from test_hostile import write_beir, write_vectors
 
 
 def test_help_does_not_import_torch():
@@ -148,18 +149,8 @@ def test_fit_end_to_end_on_a_scifact_subset(tmp_path, capsys):
 def _synthetic_folder(tmp_path: Path, d: dict, splits: dict[str, list[str]]) -> list[str]:
     """The synthetic fixture as a BEIR folder (qrels ``splits``: name -> query ids) with its vectors
     given by ``--embeddings``: the start of a ``fit`` command line."""
-    data = tmp_path / "syn"
-    (data / "qrels").mkdir(parents=True)
-    (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": i}) + "\n" for i in d["dids"]))
-    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": q}) + "\n" for q in d["qids"]))
-    for split, ids in splits.items():
-        rows = [f"{q}\t{doc}\t{g}" for q in ids for doc, g in d["qrels"][q].items()]
-        (data / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-    vec = tmp_path / "vec"
-    vec.mkdir()
-    np.savez(vec / "queries.npz", ids=np.array(d["qids"]), embeddings=d["Q"])
-    np.savez(vec / "corpus.npz", ids=np.array(d["dids"]), embeddings=d["D"])
-    return ["fit", str(data), "--embeddings", str(vec), "--model", "syn-16"]
+    data = write_beir(tmp_path / "syn", d, splits=splits)
+    return ["fit", str(data), "--embeddings", str(write_vectors(tmp_path / "vec", d)), "--model", "syn-16"]
 
 
 @pytest.mark.slow

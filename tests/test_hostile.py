@@ -41,15 +41,25 @@ needs_onnx = pytest.mark.skipif(find_spec("onnxruntime") is None, reason="needs 
 
 
 # -- fixtures: a BEIR folder, its precomputed vectors and an adapter trained on them -------------------
-def write_beir(folder: Path, d: dict, qrels: dict | None = None, header: bool = True) -> Path:
+def write_beir(
+    folder: Path,
+    d: dict,
+    qrels: dict | None = None,
+    header: bool = True,
+    splits: dict[str, list[str]] | None = None,
+) -> Path:
+    """The synthetic fixture ``d`` as a BEIR folder: its judgements (or ``qrels``) in ``test.tsv``, or
+    the queries named per split in ``splits`` (split name -> query ids)."""
     (folder / "qrels").mkdir(parents=True)
     (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": i}) + "\n" for i in d["dids"]))
     (folder / "queries.jsonl").write_text(
         "".join(json.dumps({"_id": q, "text": q}) + "\n" for q in d["qids"])
     )
-    rows = [f"{q}\t{doc}\t{g}" for q, docs in (qrels or d["qrels"]).items() for doc, g in docs.items()]
+    qrels = qrels or d["qrels"]
     head = "query-id\tcorpus-id\tscore\n" if header else ""
-    (folder / "qrels" / "test.tsv").write_text(head + "\n".join(rows) + "\n")
+    for split, ids in (splits or {"test": list(qrels)}).items():
+        rows = [f"{q}\t{doc}\t{g}" for q in ids for doc, g in qrels[q].items()]
+        (folder / "qrels" / f"{split}.tsv").write_text(head + "\n".join(rows) + "\n")
     return folder
 
 
