@@ -21,6 +21,7 @@ from search_adaptor.cli import main
 from search_adaptor.data import Dataset
 from search_adaptor.embed import Embeddings, embed_dataset
 from search_adaptor.experiment import (
+    DOCUMENTS_MODEL,
     PairStart,
     SizedView,
     _family,
@@ -29,7 +30,7 @@ from search_adaptor.experiment import (
     run_fit,
 )
 from search_adaptor.model import CompatibilityError, SearchAdaptor, describe_encoder
-from search_adaptor.report import save_run
+from search_adaptor.report import render_markdown, save_run
 from search_adaptor.retrieval import l2_normalize
 from search_adaptor.training import MIN_PAIRS_TO_CHOOSE, RIDGES, _choose_ridge, pair_map, pca_rotation
 from search_adaptor.variants import family_variants
@@ -515,6 +516,30 @@ def test_run_fit_reports_the_start_as_zero_shot(narrow, cross_run):
     expected = evaluate_embeddings(_emb(narrow), test, closed_form(narrow))[0]
     for metric, value in cross_run.report["metrics"]["zero-shot"].items():
         assert value == pytest.approx(expected[metric], abs=1e-4), metric
+
+
+def test_reports_name_both_models_and_score_the_documents_model_on_its_own_queries(narrow, tmp_path):
+    """What the map aims at, scored beside it: the query texts embedded by the documents' model
+    (``query_pairs``, which the store always has for a cross-model run) against its documents."""
+    emb = dataclasses.replace(_emb(narrow), query_pairs=narrow["Q"])
+    test = _dataset(narrow).split("test")
+    reference = _in_space_ndcg({**narrow, "qrels": test})
+    run = run_fit(_dataset(narrow), emb, overrides=FAST, unsupervised=True, n_jobs=1)
+    evaluated = run_evaluate(_dataset(narrow), emb, run.adapter)
+    for report in (run.report, evaluated.report):
+        assert report["query_model"] == QUERY_MODEL and report["model"] == DOC_MODEL
+        assert report["query_encoder_fingerprint"] == describe_encoder(QUERY_MODEL)["fingerprint"]
+        assert report["metrics"][DOCUMENTS_MODEL]["ndcg@10"] == pytest.approx(reference, abs=1e-4)
+        assert 0 < report["significance"]["p_value_vs_documents_model"] <= 1
+        text = render_markdown(report)
+        assert f"Queries: `{QUERY_MODEL}`; documents: `{DOC_MODEL}`" in text
+        assert "zero-shot here is the map's start" in text and f"| {DOCUMENTS_MODEL} |" in text
+        assert "what the map aims at: adapted is" in text
+    # one model, or no query_pairs: no such row, and nothing claims a query model
+    assert DOCUMENTS_MODEL not in run_evaluate(_dataset(narrow), _emb(narrow), run.adapter).report["metrics"]
+    save_run(run, tmp_path / "run")
+    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
+    assert f"Query encoder: `{QUERY_MODEL}`" in card and f"| {DOCUMENTS_MODEL} |" in card
 
 
 def test_evaluate_scores_a_saved_cross_model_adapter_against_the_start_rebuilt_from_the_pairs(

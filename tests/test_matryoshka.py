@@ -350,6 +350,10 @@ def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):
     assert run.report["validation"]["metric"] == "neighbours@10"
     text = render_markdown(run.report)
     assert "validation overlap with the base top-10 neighbours" in text and "val nDCG@10" not in text
+    # every size the user asked for is in report.md: its rows, and its line against both baselines
+    for m in SIZES:
+        assert all(f"| {system}@{m} |" in text for system in ("zero-shot", "pca", "adapted"))
+        assert f"- {m} dimensions: `adapted@{m}` " in text and "over truncation (p " in text
 
 
 @pytest.mark.parametrize(

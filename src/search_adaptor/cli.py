@@ -64,11 +64,12 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
     if output == "json":
         print(json.dumps(report, indent=2))
         return
-    from search_adaptor.report import metrics_table
+    from search_adaptor.metrics import metrics_table
 
     how = report["test_split"] if report["protocol"] == "evaluate" else report["protocol"]
     n, selected = report["n_test_queries"], report["selected"]
-    print(f"{report['dataset']} ({how}, {n} held-out queries) selected: {selected}")
+    queries = f"; queries of {report['query_model']}" if report.get("query_model") else ""
+    print(f"{report['dataset']} ({how}, {n} held-out queries{queries}) selected: {selected}")
     print("\n".join(metrics_table(report["metrics"], list(report["metrics"]["zero-shot"]))))
     where = f"; report: {os.path.join(os.path.abspath(out_dir), 'report.md')}" if out_dir else ""
     print(f"paired randomization test on ndcg@10: p = {report['significance']['p_value']:.4g}{where}")

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -636,8 +636,8 @@ def run_fit(
         means: dict[str, dict[str, float]] = {}
         if sizes and sel.adapter.query_encoder_ and base is None:
             base = PairStart.of(sel.adapter, emb)
-        for system, view in _systems(sel.adapter, sizes, rotation, base).items():
-            means[system], per_query, _ = evaluate_embeddings(emb, test_q, view)
+        for system, (data, view) in _systems(sel.adapter, sizes, rotation, base, emb).items():
+            means[system], per_query, _ = evaluate_embeddings(data, test_q, view)
             parts.setdefault(system, []).append(per_query)
         if proto.name == "test":
             final = sel
@@ -667,6 +667,7 @@ def run_fit(
         "protocol": proto.name,
         "test_split": proto.scored_split,
         "n_test_queries": n_test,
+        **_query_model(emb),
     }
     if proto.name == "test":
         report["train_split"] = proto.train_split
@@ -735,14 +736,19 @@ def _family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: 
 def _comparison(scores: Mapping[str, Mapping[str, np.ndarray]], sizes: Sequence[int] = ()) -> dict[str, Any]:
     """The report's ``metrics`` (every system) and ``significance`` from per-query scores.
 
-    ``significance`` tests adapted against zero-shot on nDCG@10; with Matryoshka ``sizes`` it also
-    gives, per size, ``adapted@m`` against ``zero-shot@m`` (truncation) and against ``pca@m``.
+    ``significance`` tests adapted against zero-shot on nDCG@10; against the documents' model
+    (``p_value_vs_documents_model``) for a cross-model run; with Matryoshka ``sizes``, per size,
+    ``adapted@m`` against ``zero-shot@m`` (truncation) and against ``pca@m``.
     """
     test = {
         "metric": "ndcg@10",
         "test": SIGNIFICANCE,
         "p_value": paired_test(scores["adapted"]["ndcg@10"], scores["zero-shot"]["ndcg@10"]),
     }
+    if DOCUMENTS_MODEL in scores:
+        test["p_value_vs_documents_model"] = paired_test(
+            scores["adapted"]["ndcg@10"], scores[DOCUMENTS_MODEL]["ndcg@10"]
+        )
     if sizes:
         test["by_size"] = {
             str(m): {
@@ -808,20 +814,51 @@ class PairStart:
         return l2_normalize(np.asarray(X, dtype=np.float32))
 
 
+#: The report's row for a cross-model fit's reference: the documents' model on both sides.
+DOCUMENTS_MODEL = "zero-shot (documents' model)"
+
+
 def _systems(
-    adapter: SearchAdaptor, sizes: Sequence[int], rotation: np.ndarray | None, base: PairStart | None
-) -> dict[str, Any]:
-    """What a fit is scored as: zero-shot and adapted, and per Matryoshka size the adapter's prefix,
-    the base embedding truncated and its PCA projection (baselines of the same size). For a
-    cross-model adapter, zero-shot is its start, and the baselines of a size truncate or project
-    ``base``, the closed-form map of the pairs (queries in the documents' space)."""
-    systems: dict[str, Any] = {"zero-shot": adapter.at_start() if adapter.query_encoder_ else None}
-    systems["adapted"] = adapter
+    adapter: SearchAdaptor,
+    sizes: Sequence[int],
+    rotation: np.ndarray | None,
+    base: PairStart | None,
+    emb: Embeddings,
+) -> dict[str, tuple[Embeddings, Any]]:
+    """What a fit is scored as, each system's (embeddings, view): zero-shot and adapted, and per
+    Matryoshka size the adapter's prefix, the base embedding truncated and its PCA projection
+    (baselines of the same size). For a cross-model adapter, zero-shot is its start, the baselines
+    of a size truncate or project ``base``, the closed-form map of the pairs (queries in the
+    documents' space), and :data:`DOCUMENTS_MODEL` is what the map aims at: the query texts
+    embedded by the documents' model itself (when the store has them)."""
+    systems: dict[str, tuple[Embeddings, Any]] = {
+        "zero-shot": (emb, adapter.at_start() if adapter.query_encoder_ else None),
+        "adapted": (emb, adapter),
+    }
     for m in sizes:
-        systems[f"zero-shot@{m}"] = SizedView(None, m, base=base)
-        systems[f"pca@{m}"] = SizedView(None, m, rotation, base=base)
-        systems[f"adapted@{m}"] = SizedView(adapter, m)
+        systems[f"zero-shot@{m}"] = (emb, SizedView(None, m, base=base))
+        systems[f"pca@{m}"] = (emb, SizedView(None, m, rotation, base=base))
+        systems[f"adapted@{m}"] = (emb, SizedView(adapter, m))
+    systems.update(_documents_model(emb))
     return systems
+
+
+def _documents_model(emb: Embeddings) -> dict[str, tuple[Embeddings, None]]:
+    """A cross-model run's reference system: the documents' model's own queries (``query_pairs``)
+    against its documents, unadapted; nothing for one model, or when those vectors are absent."""
+    if not emb.query_encoder or emb.query_pairs is None:
+        return {}
+    return {DOCUMENTS_MODEL: (replace(emb, queries=emb.query_pairs, query_encoder=None), None)}
+
+
+def _query_model(emb: Embeddings) -> dict[str, Any]:
+    """The report's fields naming a cross-model run's query encoder (none for one model)."""
+    if not emb.query_encoder:
+        return {}
+    return {
+        "query_model": emb.query_encoder["model"],
+        "query_encoder_fingerprint": emb.query_encoder["fingerprint"],
+    }
 
 
 def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, split: str = "test") -> Run:
@@ -833,6 +870,8 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
     reference = PairStart.of(adapter, emb) if adapter.query_encoder_ else None
     _, zq, _ = evaluate_embeddings(emb, qrels, reference)
     scores = {"zero-shot": zq, "adapted": aq}
+    for system, (data, view) in _documents_model(emb).items():
+        scores[system] = evaluate_embeddings(data, qrels, view)[1]
     variant = {k: adapter.get_params()[k] for k in ("architecture", "mode", "loss")}
     report: dict[str, Any] = {
         "dataset": dataset.name,
@@ -841,6 +880,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         "protocol": "evaluate",
         "test_split": split,
         "n_test_queries": len(zq["ndcg@10"]),
+        **_query_model(emb),
         "adapter_fingerprint": adapter.fingerprint_,
         **_comparison(scores),
         "selected": "identity (zero-shot)"

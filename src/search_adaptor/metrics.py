@@ -501,3 +501,11 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_resamples: int = 10000, seed: in
         signs = rng.integers(0, 2, size=(min(chunk, n_resamples - start), len(diff)), dtype=np.int8)
         count += int((np.abs((2.0 * signs - 1.0) @ diff) >= threshold).sum())
     return (count + 1) / (n_resamples + 1)
+
+
+def metrics_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> list[str]:
+    """Markdown table: one row per system, one column per metric."""
+    lines = ["| system | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for name, vals in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{vals[m]:.4f}" for m in metrics) + " |")
+    return lines

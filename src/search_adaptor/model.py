@@ -32,6 +32,7 @@ from search_adaptor import __version__
 from search_adaptor.encoders.base import Encoder, Kind, check_vectors
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
+from search_adaptor.metrics import metrics_table
 from search_adaptor.networks import (
     ARCHITECTURES,
     MODES,
@@ -1025,32 +1026,47 @@ def _model_card(config: Mapping[str, Any]) -> str:
     enc = config.get("encoder") or {}
     hp = config["hyperparameters"]
     tr = config["training"]
+    metric = {"neighbours@10": "overlap with the base top-10 neighbours"}.get(
+        tr.get("val_metric", "ndcg@10"), "nDCG@10"
+    )
     lines = [
         "# Search-Adaptor adapter",
         "",
         f"Base encoder: `{enc.get('model', 'unknown')}` (fingerprint `{enc.get('fingerprint', 'unknown')}`), "
         f"{config['dim']}-d embeddings.",
+    ]
+    if config.get("query_encoder"):
+        qenc = config["query_encoder"]
+        lines.append(
+            f"Query encoder: `{qenc.get('model', 'unknown')}` "
+            f"(fingerprint `{qenc.get('fingerprint', 'unknown')}`), {config.get('query_dim')}-d: "
+            "queries of that model, documents of the base encoder."
+        )
+    lines += [
         f"Variant: {hp['architecture']} adapter, mode `{hp['mode']}`, loss `{hp['loss']}`, "
         f"alpha={hp['alpha']}, beta={hp['beta']}, negatives `{hp['negatives']}`.",
-        f"Validation nDCG@10: {tr['val_ndcg@10']:.4f} (zero-shot {tr['zero_shot_val_ndcg@10']:.4f}) "
-        f"on {tr['n_val_queries']} held-out training queries; "
-        f"best step {tr['best_step']} of {tr['n_steps']}.",
+        f"Validation {metric}: {tr['val_ndcg@10']:.4f} (zero-shot {tr['zero_shot_val_ndcg@10']:.4f}) "
+        f"on {tr['n_val_queries']} held-out queries; best step {tr['best_step']} of {tr['n_steps']}.",
     ]
+    if hp.get("dims"):
+        sizes = ", ".join(str(m) for m in hp["dims"])
+        lines.append(
+            f"Matryoshka: the first {sizes} coordinates of its output are trained as embeddings too "
+            "(`index --dim`, `transform --dim`, `export --dim`)."
+        )
     if config.get("identity"):
         lines.append("No trained checkpoint beat zero-shot on validation: this adapter is the identity.")
     test = (config.get("metrics") or {}).get("test")
-    if test:
-        lines.append("")
-        lines.append("| test metric | zero-shot | adapted |")
-        lines.append("|---|---|---|")
-        for name in test.get("adapted", {}):
-            lines.append(f"| {name} | {test['zero-shot'][name]:.4f} | {test['adapted'][name]:.4f} |")
+    systems = {k: v for k, v in (test or {}).items() if isinstance(v, dict)}
+    if "adapted" in systems:  # what fit saves; an ``extra`` of another shape is kept, not tabulated
+        lines += ["", "Test metrics:", "", *metrics_table(systems, list(systems["adapted"]))]
     lines += [
         "",
         "```python",
         "from search_adaptor import SearchAdaptor",
         "adapter = SearchAdaptor.load('PATH')",
-        "q = adapter.transform_queries(query_embeddings)      # same base encoder as above",
+        "q = adapter.transform_queries(query_embeddings)      # "
+        + ("of the query encoder above" if config.get("query_encoder") else "same base encoder as above"),
         "d = adapter.transform_corpus(corpus_embeddings)      # re-index unless mode is query_only",
         "```",
         "",

@@ -6,6 +6,10 @@
      "metrics": {"zero-shot": {...}, "adapted": {...}}, "significance", "selected", "validation",
      "timings", ...}
 
+Matryoshka fits add ``"adapted@m"``, ``"zero-shot@m"`` and ``"pca@m"`` systems per size; a
+cross-model fit (queries of another model) adds ``"query_model"`` and the system
+``"zero-shot (documents' model)"``: the documents' model on both sides, what its map aims at.
+
 :func:`save_run` writes a finished :class:`~search_adaptor.experiment.Run` into a folder: the
 reports, the figures (``"plots": {"similarity": "plots/similarity.png", ...}``, paths relative to
 the folder; empty with ``"plots_skipped": reason`` when matplotlib is missing) and, for ``fit``,
@@ -17,23 +21,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from search_adaptor.experiment import Run
+from search_adaptor.experiment import DOCUMENTS_MODEL, Run
 from search_adaptor.files import write_text_atomic
+from search_adaptor.metrics import metrics_table
 
 #: Why a report has no figures when matplotlib is not installed.
 PLOTS_SKIPPED = "pip install matplotlib (or the `bench` extra)"
-
-
-def metrics_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> list[str]:
-    """Markdown table: one row per system, one column per metric."""
-    lines = ["| system | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for name, vals in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{vals[m]:.4f}" for m in metrics) + " |")
-    return lines
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -41,10 +38,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     zs, ad = report["metrics"]["zero-shot"], report["metrics"]["adapted"]
     names = list(zs)
     protocol = report["protocol"]
+    models = (
+        f"Queries: `{report['query_model']}`; documents: `{report['model']}`"
+        if report.get("query_model")
+        else f"Model: `{report['model']}`"
+    )
     lines = [
         f"# search-adaptor report: {report['dataset']}",
         "",
-        f"Model: `{report['model']}`. Selected variant: **{report['selected']}**.",
+        f"{models}. Selected variant: **{report['selected']}**.",
     ]
     val_split = _val_split(report)
     if protocol == "evaluate":
@@ -68,13 +70,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"Protocol: train on `{report.get('train_split', 'train')}`, select on {where}, report on the "
             f"{n_test} `{test_split}` queries, which training, early stopping and selection never saw."
         )
-    lines += ["", *metrics_table({"zero-shot": zs, "adapted": ad}, names), ""]
-    delta = ad[names[0]] - zs[names[0]]
+    lines += ["", *metrics_table(report["metrics"], names), ""]
     sig = report.get("significance") or {}
-    p = sig.get("p_value")
-    verdict = "better" if delta > 0 else ("worse" if delta < 0 else "no different")
-    p_text = f" (paired randomization test over queries: p = {p:.4g})" if p is not None else ""
-    lines.append(f"Adapted is {verdict} than zero-shot by {delta:+.4f} {names[0]}{p_text}.")
+    lines.append(f"Adapted is {_against(ad, zs, 'zero-shot', sig.get('p_value'), names[0])}.")
+    lines += _cross_model(report, names[0]) + _sizes(report, names[0])
     if str(report["selected"]).startswith("identity"):
         lines.append(
             "No variant beat zero-shot on validation by more than the noise of the validation split (one "
@@ -106,6 +105,62 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if t:
         lines += ["", "Timings: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())]
     return "\n".join(lines) + "\n"
+
+
+def _against(ours: Mapping[str, float], other: Mapping[str, float], name: str, p: Any, metric: str) -> str:
+    """ "better than NAME by +0.0123 ndcg@10 (paired ...: p = ...)": one system against another."""
+    delta = ours[metric] - other[metric]
+    verdict = "better" if delta > 0 else ("worse" if delta < 0 else "no different")
+    p_text = f" (paired randomization test over queries: p = {p:.4g})" if p is not None else ""
+    return f"{verdict} than {name} by {delta:+.4f} {metric}{p_text}"
+
+
+def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
+    """What zero-shot means when queries and documents come from two models, and how the adapter
+    compares with the documents' model on its own queries (the reference the map aims at)."""
+    if not report.get("query_model"):
+        return []
+    lines = [
+        "",
+        f"Queries of `{report['query_model']}` and documents of `{report['model']}` live in two spaces, "
+        "so zero-shot here is the map's start: the closed-form least-squares map of the corpus texts "
+        "embedded by both models carries the queries into the documents' space.",
+    ]
+    reference = report["metrics"].get(DOCUMENTS_MODEL)
+    if reference:
+        p = (report.get("significance") or {}).get("p_value_vs_documents_model")
+        ratio = (
+            report["metrics"]["adapted"][metric] / reference[metric] if reference[metric] else float("nan")
+        )
+        lines.append(
+            f"`{DOCUMENTS_MODEL}` is `{report['model']}` on both sides, what the map aims at: adapted is "
+            f"{_against(report['metrics']['adapted'], reference, 'it', p, metric)}, {ratio:.1%} of it."
+        )
+    return lines
+
+
+def _sizes(report: Mapping[str, Any], metric: str) -> list[str]:
+    """One line per Matryoshka size: the adapter's prefix against truncation and PCA at that size,
+    and the share of full-width zero-shot it keeps."""
+    by_size = (report.get("significance") or {}).get("by_size") or {}
+    metrics = report["metrics"]
+    full = metrics["zero-shot"][metric]
+    lines = []
+    for m, tests in by_size.items():
+        ours = metrics[f"adapted@{m}"][metric]
+        versus = ", ".join(
+            f"{ours - metrics[f'{base}@{m}'][metric]:+.4f} over {label} (p {tests.get(f'vs {base}@{m}'):.2g})"
+            for base, label in (("zero-shot", "truncation"), ("pca", "PCA"))
+        )
+        kept = f"; {ours / full:.1%} of full-width zero-shot" if full else ""
+        lines.append(f"- {m} dimensions: `adapted@{m}` {ours:.4f}, {versus}{kept}.")
+    if not lines:
+        return []
+    return [
+        "",
+        f"Smaller vectors (prefixes of the adapted vector; {metric}, paired tests over queries):",
+        *lines,
+    ]
 
 
 def _val_split(report: Mapping[str, Any]) -> str | None:
