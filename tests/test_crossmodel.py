@@ -736,6 +736,7 @@ def fake_world(tmp_path):
 
     data = _write_beir(tmp_path / "tiny", WORDS)
     docs, queries = CountingEncoder(dim=16, batch_size=64), CountingEncoder(dim=8, batch_size=64)
+    queries.model = "fake-query-model"
     emb = embed_dataset(load_beir(data), docs, tmp_path / "cache", progress=False, query_encoder=queries)
     est = SearchAdaptor(**{**FAST, **CROSS, "loss": "alignment", "max_steps": 20}).fit(
         emb.queries,
@@ -785,6 +786,14 @@ def test_build_index_records_the_query_model_and_searches_with_it(fake_world, tm
     assert loaded.search(vec, k=3) == index.search(vec, k=3)
     with pytest.raises(CompatibilityError, match=r"8-d embeddings .*got 16-d"):  # the documents' model
         loaded.search(w["docs"].encode_queries([text]), k=3)
+    # served, /health names both: the model the index holds and the one queries go through
+    pytest.importorskip("fastapi", reason="needs fastapi (the serve extra)")
+    from fastapi.testclient import TestClient
+
+    from search_adaptor.server import create_app
+
+    health = TestClient(create_app(index, batch_window_s=0.0)).get("/health").json()
+    assert (health["model"], health["query_model"]) == ("fake-model", "fake-query-model")
 
 
 def test_export_onnx_of_a_cross_model_adapter_takes_the_query_models_width(saved, narrow, tmp_path):

@@ -56,6 +56,7 @@ def test_search_and_embed_answer_what_the_index_answers(client, index):
         "backend": "flat",
         "mode": "separate",
         "model": "fake-model",
+        "query_model": "fake-model",
     }
 
 
@@ -93,6 +94,7 @@ MALFORMED = [
     (b'{"queries": ["a"], "k": 1' + b"0" * 5000 + b"}", 400, "error parsing the body"),
     (b'{"queries": ["ok", "\\ud800 lone"]}', 422, "queries[1]: not valid Unicode (a lone surrogate)"),
     (b'{"queries": ["\\udfff"], "k": NaN}', 422, "(and 1 more error)"),
+    (b'{"query": "vitamin D", "k": 3}', 422, "queries: Field required; unknown field query sent instead"),
     (b'{"queries": [1]}', 422, "queries[0]: Input should be a valid string"),
     (b'{"queries": ["a"], "top_k": 3}', 422, "top_k: Extra inputs are not permitted"),
     (b'["a"]', 422, "body: Input should be a valid dictionary"),

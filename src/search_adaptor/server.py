@@ -102,7 +102,8 @@ class Health(BaseModel):
     dim: int
     backend: str
     mode: str
-    model: str
+    model: str = Field(description="the model the documents were embedded with")
+    query_model: str = Field(description="the model queries are embedded with (another one: cross-model)")
 
 
 class Error(BaseModel):
@@ -302,7 +303,12 @@ def _validation_refusal(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str, 
         message = f"{where} = {first['input']} is above this server's limit of {ctx['le']}"
     else:
         message = f"{where}: {first['msg']}"
-    more = len(errors) - 1
+    named = []
+    if first["type"] == "missing":  # a misspelt field ("query" for "queries") is the usual cause: name it
+        named = [e for e in errors if e["type"] == "extra_forbidden"][:3]
+        if named:
+            message += f"; unknown field {', '.join(_where(e['loc']) for e in named)} sent instead"
+    more = len(errors) - 1 - len(named)
     if more:
         message += f" (and {more} more error{'s' if more > 1 else ''})"
     return (413 if sized else 422), message, where
@@ -662,7 +668,8 @@ def create_app(
             "dim": index.dim,
             "backend": index.manifest["backend"],
             "mode": index.adapter.mode,
-            "model": encoder.model,
+            "model": str(index.manifest["encoder"].get("model") or index.manifest["encoder"]["fingerprint"]),
+            "query_model": encoder.model,
         }
 
     return app
