@@ -652,6 +652,11 @@ def test_run_fit_with_dims_trains_a_cross_model_adapters_prefixes_against_baseli
     full = begin.transform_queries(narrow["Qx"]) @ begin.transform_corpus(narrow["D"]).T
     mapped = start.transform_queries(narrow["Qx"]) @ start.transform_corpus(narrow["D"]).T
     np.testing.assert_allclose(full, mapped, atol=1e-4)
+    # evaluate on the same split scores every size as fit did, its start rebuilt from the pairs
+    evaluated = run_evaluate(_dataset(narrow), _emb(narrow), adapter).report["metrics"]
+    assert set(evaluated) == set(metrics)
+    for system, values in metrics.items():
+        assert evaluated[system]["ndcg@10"] == pytest.approx(values["ndcg@10"], abs=1e-4), system
     # an index at a size: documents cut to it, another model's queries (12-d) searched at it
     pytest.importorskip("faiss", reason="needs faiss (the index extra)")
     from search_adaptor.index import AdaptedIndex

@@ -19,7 +19,7 @@ import pytest
 from search_adaptor.cli import main
 from search_adaptor.data import load_beir
 from search_adaptor.embed import Embeddings, load_precomputed
-from search_adaptor.experiment import SizedView, _family, evaluate_embeddings, run_fit
+from search_adaptor.experiment import SizedView, _family, evaluate_embeddings, run_evaluate, run_fit
 from search_adaptor.model import CompatibilityError, SearchAdaptor
 from search_adaptor.report import render_markdown
 from search_adaptor.retrieval import exact_search, l2_normalize
@@ -312,7 +312,7 @@ def beir(synthetic, tmp_path_factory) -> tuple[Path, Path]:
     return data, vec
 
 
-def test_run_fit_scores_every_size_against_truncation_and_pca(beir, synthetic):
+def test_run_fit_and_evaluate_score_every_size_against_truncation_and_pca(beir, synthetic, tmp_path):
     data, vec = beir
     dataset = load_beir(data)
     emb = load_precomputed(dataset, vec, model="syn-16")
@@ -335,6 +335,14 @@ def test_run_fit_scores_every_size_against_truncation_and_pca(beir, synthetic):
             _ndcg(emb, test, SizedView(run.adapter, m))
         )
     assert by_size["8"]["vs zero-shot@8"] < 0.01 and by_size["8"]["vs pca@8"] < 0.01  # 40 queries suffice
+    # evaluate on the same split, from the saved adapter: every size, the numbers fit reported
+    loaded = SearchAdaptor.load(run.adapter.save(tmp_path / "adapter"))
+    evaluated = run_evaluate(dataset, emb, loaded).report
+    assert set(evaluated["metrics"]) == systems
+    assert set(evaluated["significance"]["by_size"]) == {"4", "8"}
+    for system, values in report["metrics"].items():
+        for metric, value in values.items():
+            assert evaluated["metrics"][system][metric] == pytest.approx(value, abs=1e-5), (system, metric)
 
 
 def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):

@@ -824,15 +824,19 @@ def _systems(
     rotation: np.ndarray | None,
     base: PairStart | None,
     emb: Embeddings,
+    start: SearchAdaptor | PairStart | None = None,
 ) -> dict[str, tuple[Embeddings, Any]]:
     """What a fit is scored as, each system's (embeddings, view): zero-shot and adapted, and per
     Matryoshka size the adapter's prefix, the base embedding truncated and its PCA projection
     (baselines of the same size). For a cross-model adapter, zero-shot is its start, the baselines
     of a size truncate or project ``base``, the closed-form map of the pairs (queries in the
     documents' space), and :data:`DOCUMENTS_MODEL` is what the map aims at: the query texts
-    embedded by the documents' model itself (when the store has them)."""
+    embedded by the documents' model itself (when the store has them). ``start`` replaces the
+    adapter's own start as zero-shot (``evaluate`` rebuilds it from the pairs)."""
+    if start is None and adapter.query_encoder_:
+        start = adapter.at_start()
     systems: dict[str, tuple[Embeddings, Any]] = {
-        "zero-shot": (emb, adapter.at_start() if adapter.query_encoder_ else None),
+        "zero-shot": (emb, start),
         "adapted": (emb, adapter),
     }
     for m in sizes:
@@ -863,15 +867,20 @@ def _query_model(emb: Embeddings) -> dict[str, Any]:
 
 def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, split: str = "test") -> Run:
     """Score a saved adapter (and zero-shot) on one split; the report has ``fit``'s shape, with
-    protocol ``"evaluate"``."""
+    protocol ``"evaluate"``: a Matryoshka adapter at each of its sizes too, against the same
+    baselines as ``fit``."""
     start = time.perf_counter()
     qrels = dataset.split(split)
     _, aq, _ = evaluate_embeddings(emb, qrels, adapter)  # checks both encoders first
     reference = PairStart.of(adapter, emb) if adapter.query_encoder_ else None
-    _, zq, _ = evaluate_embeddings(emb, qrels, reference)
-    scores = {"zero-shot": zq, "adapted": aq}
-    for system, (data, view) in _documents_model(emb).items():
-        scores[system] = evaluate_embeddings(data, qrels, view)[1]
+    sizes = sorted({int(m) for m in adapter.dims or ()} - {emb.dim})
+    rotation = pca_rotation(l2_normalize(emb.corpus)) if sizes else None
+    systems = _systems(adapter, sizes, rotation, reference, emb, start=reference)
+    scores = {
+        name: aq if name == "adapted" else evaluate_embeddings(data, qrels, view)[1]
+        for name, (data, view) in systems.items()
+    }
+    zq = scores["zero-shot"]
     variant = {k: adapter.get_params()[k] for k in ("architecture", "mode", "loss")}
     report: dict[str, Any] = {
         "dataset": dataset.name,
@@ -882,7 +891,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         "n_test_queries": len(zq["ndcg@10"]),
         **_query_model(emb),
         "adapter_fingerprint": adapter.fingerprint_,
-        **_comparison(scores),
+        **_comparison(scores, sizes),
         "selected": "identity (zero-shot)"
         if adapter.is_identity_
         else f"saved adapter ({variant['architecture']}, {variant['mode']}, {variant['loss']})",
