@@ -23,6 +23,7 @@ from fake_providers import (
     png,
 )
 from search_adaptor.data import DataError, iter_corpus, load_beir
+from search_adaptor.embed import embed_dataset
 from search_adaptor.encoders.base import Encoder, EncoderError, ImagesUnsupported, InputsRejected
 from search_adaptor.encoders.registry import make_encoder
 from search_adaptor.images import ImageRef, image_size, image_type
@@ -240,6 +241,18 @@ def test_text_only_api_models_refuse_images_in_one_line(provider: str, tmp_path:
     assert f"item 1 is an image ({image})" in message
     assert "cohere (embed-v4.0), voyage (voyage-multimodal-3), vertex (multimodalembedding@001)" in message
     assert "--embeddings" in message
+
+
+def test_a_dataset_with_images_is_refused_before_its_text_queries_are_sent(tmp_path: Path) -> None:
+    """Queries are embedded first: a text-only API model must not be billed (or retried against a
+    dead endpoint) for them when the image documents will be refused anyway."""
+    data = _beir(tmp_path / "data", [{"_id": "d1", "image": "d1.png"}, {"_id": "d2", "text": "a cat"}])
+    (data / "d1.png").write_bytes(png())
+    with FakeProvider("openai") as fake:
+        enc = fake_encoder(fake, **TEXT_ONLY["openai"])
+        with pytest.raises(ImagesUnsupported, match=r"embeds text only, and item 0 is an image \(.*d1.png\)"):
+            embed_dataset(load_beir(data), enc, tmp_path / "cache", progress=False)
+        assert fake.calls == []
 
 
 def test_local_models_refuse_images_without_loading_anything(tmp_path: Path) -> None:

@@ -138,7 +138,10 @@ def embed_dataset(
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stores = {id(enc): stack.enter_context(EmbeddingStore(enc, cache_dir)) for enc, _, _ in jobs}
-        todo = sum(len(stores[id(enc)].missing(kind, texts)) for enc, kind, texts in jobs)
+        missing = [stores[id(enc)].missing(kind, texts) for enc, kind, texts in jobs]
+        for (enc, _, _), items in zip(jobs, missing, strict=True):  # before any call is paid for
+            enc.check_items(items)  # an image a text-only model cannot take: one line, nothing sent
+        todo = sum(len(items) for items in missing)
         bar = stack.enter_context(
             tqdm(
                 total=todo,
