@@ -450,6 +450,28 @@ def test_local_provider_builds_lazily() -> None:
     assert enc.model == DEFAULT_MODEL and enc.batch_size == 8
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("/no/such/folder", r"^/no/such/folder: no such model folder; give the folder of a sentence-"),
+        ("./missing-model", r"^\./missing-model: no such model folder"),
+        ("DATA", r": not a model folder \(no config.json or modules.json\); give the folder of a"),
+        ("nobody/no-such-model", r"^nobody/no-such-model: not in the local Hugging Face cache, and HF_HUB"),
+    ],
+)
+def test_a_local_model_that_cannot_be_found_is_named_with_the_fix(
+    name: str, message: str, tmp_path, monkeypatch
+) -> None:
+    """Not transformers' "couldn't connect to huggingface.co" or "Unrecognized model": what is
+    missing, and what to give instead; nothing is loaded."""
+    from search_adaptor.encoders.local import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "corpus.jsonl").write_text("{}\n")  # a folder, but a dataset's
+    with pytest.raises(EncoderError, match=message):
+        resolve_model(str(tmp_path) if name == "DATA" else name)
+
+
 def test_registry_import_is_light() -> None:
     code = (
         "import sys; from search_adaptor.encoders.registry import make_encoder; "

