@@ -900,17 +900,23 @@ def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, c
     assert config["query_encoder"]["fingerprint"] == query_model.fingerprint and config["query_dim"] == 8
     assert config["encoder"]["fingerprint"] == make_encoder("model2vec", model=str(m2v["docs"])).fingerprint
 
-    # the index refuses to be built without the query model, then records it
+    # the index refuses another query model, and records the adapter's own: named by the flags, or,
+    # without them, recreated from what the adapter records
     index_dir = tmp_path / "index"
     index = ["index", str(data), "--adapter", adapter, "--out", str(index_dir), *docs, "--quiet"]
-    assert main(index) == 2
+    assert main([*index, "--query-provider", "model2vec", "--query-model", str(m2v["docs"])]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("search-adaptor: error: ") and "\n" not in err and "static-8" in err
     assert not index_dir.exists()
-    assert main([*index, *query]) == 0
-    assert "30 documents indexed" in capsys.readouterr().out
-    manifest = json.loads((index_dir / "manifest.json").read_text())
-    assert manifest["query_encoder"]["fingerprint"] == query_model.fingerprint
+    for flags in (query, []):
+        shutil.rmtree(index_dir, ignore_errors=True)
+        assert main([*index, *flags]) == 0
+        assert "30 documents indexed" in capsys.readouterr().out
+        manifest = json.loads((index_dir / "manifest.json").read_text())
+        assert manifest["query_encoder"]["fingerprint"] == query_model.fingerprint
+    # evaluate, too, embeds the queries with the adapter's query model when no flag names one
+    assert main(["evaluate", str(data), "--adapter", adapter, *docs, "-o", "json"]) == 0
+    assert _json_out(capsys)["metrics"]["adapted"] == report["metrics"]["adapted"]
 
     # search embeds the query with the static model (recreated from the manifest)
     text = "the cat sat on the mat"

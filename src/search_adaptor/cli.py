@@ -19,13 +19,15 @@ def _eprint(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _encoder(args: argparse.Namespace, side: str = "") -> Any:
+def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> Any:
     """The documents' encoder from the flags, or with ``side="query_"`` the queries' when another model
-    makes them (None otherwise: --query-provider, --query-model and --query-base-url)."""
-    from search_adaptor.encoders.registry import make_encoder
+    makes them: --query-provider, --query-model and --query-base-url, or else the query model a
+    cross-model ``adapter`` records (None for one model)."""
+    from search_adaptor.encoders.registry import from_info, make_encoder
 
     if side and not (args.query_provider or args.query_model or args.query_base_url):
-        return None
+        recorded = getattr(adapter, "query_encoder_", None)
+        return from_info(recorded) if recorded else None
     provider = getattr(args, f"{side}provider") or args.provider
     if args.timeout is not None and provider == LOCAL:
         raise ValueError("--timeout applies to API providers only")
@@ -57,7 +59,8 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
     if args.embeddings:
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
     options.update(cache_dir=args.cache, progress=not args.quiet)
-    return embeddings_for(dataset, _encoder(args), query_encoder=_encoder(args, "query_"), **options)
+    query_encoder = _encoder(args, "query_", adapter)
+    return embeddings_for(dataset, _encoder(args), query_encoder=query_encoder, **options)
 
 
 def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> None:
@@ -132,7 +135,9 @@ def _cmd_index(args: argparse.Namespace) -> None:
     source = _embeddings(args, load_beir(args.data), adapter) if args.embeddings else args.data
     encoder = None if args.embeddings else _encoder(args)
     options = {k: getattr(args, k) for k in ("engine", "backend", "rows", "ray_address", "dim")}
-    options.update(cache_dir=args.cache, progress=not args.quiet, query_encoder=_encoder(args, "query_"))
+    options.update(
+        cache_dir=args.cache, progress=not args.quiet, query_encoder=_encoder(args, "query_", adapter)
+    )
     index, stats = build_index(source, encoder, adapter, args.out, **options)
     how = f"{stats.engine} engine, {args.backend}, {index.dim}-d, adapter mode {adapter.mode}"
     print(f"{index.n_docs} documents indexed ({how}) in {os.path.abspath(args.out)} ({stats.timing()})")

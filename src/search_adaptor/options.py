@@ -60,7 +60,11 @@ _ENCODER = [
     A("--embeddings", metavar="DIR", help="precomputed DIR/{queries,corpus}.{npz,parquet}"),
     A("--cache", metavar="DIR", help="embedding store ($SEARCH_ADAPTOR_CACHE or user cache)"),
     A("--quiet", action="store_true", help="no progress bars or per-candidate lines"),
-    A("--query-provider", choices=PROVIDERS, help="queries by another model (default: --provider's)"),
+    A(
+        "--query-provider",
+        choices=PROVIDERS,
+        help="queries by another model (default: the one an adapter records, else --provider's)",
+    ),
     A("--query-model", help="that model's id (a folder for model2vec); see `search-adaptor distill`"),
     A("--query-base-url", help="that model's API root"),
 ]
