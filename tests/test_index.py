@@ -92,6 +92,10 @@ def test_build_embeds_through_the_store_and_searches_text(tmp_path):
     assert len(index.search(["q"], k=1000)[0]) == 30  # k is clipped to the corpus
     with pytest.raises(ValueError, match="k must be >= 1"):
         index.search(["q"], k=0)
+    calls = len(enc.calls)
+    with pytest.raises(ValueError, match=r"^query 1: the query is blank, and a blank query ranks"):
+        index.search(["q", " \n"])
+    assert len(enc.calls) == calls  # refused before anything is embedded
     with pytest.raises(TypeError, match="wrap a single query"):
         index.search("q")
     with pytest.raises(ValueError, match="one id per text"):

@@ -96,6 +96,7 @@ MALFORMED = [
     (b'{"queries": ["\\udfff"], "k": NaN}', 422, "(and 1 more error)"),
     (b'{"query": "vitamin D", "k": 3}', 422, "queries: Field required; unknown field query sent instead"),
     (b'{"queries": [1]}', 422, "queries[0]: Input should be a valid string"),
+    (b'{"queries": ["ok", "  "]}', 422, "queries[1]: the query is blank, and a blank query ranks documents"),
     (b'{"queries": ["a"], "top_k": 3}', 422, "top_k: Extra inputs are not permitted"),
     (b'["a"]', 422, "body: Input should be a valid dictionary"),
     (b"null", 422, "body: Input should be a valid dictionary"),

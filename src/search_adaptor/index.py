@@ -54,6 +54,8 @@ _BUILD_CHUNK = 8192  # documents embedded and adapted at a time: bounds memory o
 _EF_CONSTRUCTION = 200
 Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
+#: Why a blank query text is refused: it would rank the documents by nothing in particular.
+BLANK_QUERY = "the query is blank, and a blank query ranks documents by nothing in particular; send its text"
 #: query vectors adapted into a thread's reused arrays by :meth:`AdaptedIndex.search`; more go through
 #: ``transform_queries`` (chunked, so a million rows do not keep a million-row workspace alive)
 _SMALL_BATCH = 1024
@@ -511,6 +513,9 @@ class AdaptedIndex:
         list (one per query) of lists of (doc_id, cosine score)
         """
         if not isinstance(queries, np.ndarray):
+            blank = next((i for i, q in enumerate(queries) if isinstance(q, str) and not q.strip()), None)
+            if blank is not None:
+                raise ValueError(f"query {blank}: {BLANK_QUERY}")
             return self.search_adapted(self.embed_queries(queries), k)
         if queries.ndim != 2 or queries.shape[1] != self.adapter.query_dim_ or len(queries) > _SMALL_BATCH:
             return self.search_adapted(

@@ -50,7 +50,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, WithJsonSchema
 from pydantic import create_model as pydantic_model
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -59,7 +59,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from search_adaptor import __version__
 from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import EncoderError, InputsRejected, Kind
-from search_adaptor.index import AdaptedIndex, Hits, import_faiss
+from search_adaptor.index import BLANK_QUERY, AdaptedIndex, Hits, import_faiss
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +211,27 @@ def _one_or_many(value: Any) -> Any:
     return value
 
 
+def _not_blank(value: str) -> str:
+    """A search query must say something: a blank one ranks documents by nothing in particular."""
+    if not value.strip():
+        raise PydanticCustomError("blank", BLANK_QUERY)
+    return value
+
+
 def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
     """The request bodies, with every limit in their JSON schema and enforced by the same fields."""
     text = Annotated[StrictStr, Field(max_length=limits.max_chars)]  # lone surrogates fail here too
     texts = Annotated[list[text], Field(min_length=1, max_length=limits.max_batch)]
+    query = Annotated[text, AfterValidator(_not_blank)]
     strict = ConfigDict(strict=True, extra="forbid")
     search = pydantic_model(
         "SearchRequest",
         __config__=strict,
         __doc__="Body of ``POST /search``.",
-        queries=(texts, Field(description="query texts")),
+        queries=(
+            Annotated[list[query], Field(min_length=1, max_length=limits.max_batch)],
+            Field(description="query texts, none blank"),
+        ),
         k=(int, Field(10, ge=1, le=limits.max_k, description="results per query")),
     )
     embed = pydantic_model(
