@@ -61,14 +61,17 @@ def test_cli_export_onnx_and_refusals(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sentence_transformers_folder_gives_the_adapted_vectors(tmp_path):
+def test_sentence_transformers_folder_gives_the_adapted_vectors(tmp_path, capfd, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
-    from search_adaptor.encoders.local import SentenceTransformerEncoder
+    from search_adaptor.encoders.local import ENV_VERBOSE, SentenceTransformerEncoder
 
+    monkeypatch.setenv(ENV_VERBOSE, "0")
     base = SentenceTransformerEncoder()
     adapter = make_adapter(384, info=base.info(), mode="separate")  # a Router: two sides
+    capfd.readouterr()
     out = export_sentence_transformers(adapter, tmp_path / "st")
+    assert capfd.readouterr().err == ""  # no bar of transformers' while it saves or loads
     modules = json.loads((out / "modules.json").read_text())
     assert all(m["type"].startswith("sentence_transformers.") for m in modules)  # no trust_remote_code
     model = SentenceTransformer(str(out), device="cpu")

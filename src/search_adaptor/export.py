@@ -307,8 +307,8 @@ def export_sentence_transformers(
             default_prompt_name="query" if base.query_prompt else None,
         )
     with Staged(out, folder=True, marker="modules.json", what="a sentence-transformers model") as staged:
-        model.save(str(staged.path))
-        with quiet_loading():
+        with quiet_loading():  # transformers draws a "Writing model shards" bar while it saves
+            model.save(str(staged.path))
             again = SentenceTransformer(str(staged.path), device="cpu")
         for name, got, expected in (
             ("encode_query", again.encode_query(_CHECK_TEXTS), expected_q),
