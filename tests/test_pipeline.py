@@ -198,6 +198,17 @@ def ray_cluster():
     ray.shutdown()
 
 
+def test_ray_refuses_npy_input_before_starting_a_cluster(tmp_path, monkeypatch):
+    """Starting Ray takes seconds (minutes on a cluster): input it cannot read is refused first."""
+    import search_adaptor.pipeline as pipeline
+
+    npy = tmp_path / "base.npy"
+    np.save(npy, np.zeros((3, 16), dtype=np.float32))
+    monkeypatch.setattr(pipeline, "ray_session", lambda *a: pytest.fail("a cluster was started"))
+    with pytest.raises(DataError, match=r"base.npy: the ray engine reads Parquet; convert .npy input"):
+        transform_vectors(npy, make_adapter(16), tmp_path / "out", engine="ray")
+
+
 @pytest.mark.slow
 def test_ray_transform_writes_the_same_rows_as_local(base, tmp_path, ray_cluster):
     _, src = base

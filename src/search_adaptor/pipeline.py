@@ -192,11 +192,11 @@ def _ray_write(ds: Any, out: Path, rows: int, meta: dict[str, Any]) -> tuple[int
     return writer.rows, writer.dim, writer.shards
 
 
-def _read_ray(ray: Any, path: Path) -> Any:
-    files = [str(f) for f in vector_files(path)] if path.suffix != ".npy" else None
-    if files is None:
+def _parquet_files(path: Path) -> list[str]:
+    """The Parquet files the ray engine reads from ``path``: checked before a cluster is started."""
+    if path.suffix == ".npy":
         raise DataError(f"{path}: the ray engine reads Parquet; convert .npy input with --engine local first")
-    return ray.data.read_parquet(files)
+    return [str(f) for f in vector_files(path)]
 
 
 # -- jobs -----------------------------------------------------------------------------------------------
@@ -237,8 +237,9 @@ def transform_vectors(
         return JobStats(engine, writer.rows, writer.dim, writer.shards, time.perf_counter() - start)
     if Path(out).suffix in (".npy", ".parquet"):
         raise ValueError(f"{out}: the ray engine writes a folder of Parquet shards; give a folder name")
+    files = _parquet_files(src)
     ray = ray_session(ray_address)
-    ds = _read_ray(ray, src).select_columns([id_column, vector_column])
+    ds = ray.data.read_parquet(files).select_columns([id_column, vector_column])
     ds = ds.map_batches(
         adapt_batch,
         fn_kwargs={
