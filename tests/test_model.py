@@ -146,6 +146,11 @@ def test_selection_rules_and_the_identity_winning_ties():
     assert choose(["noisy"], scores) == "identity"  # a gain within the noise ships nothing
     with pytest.raises(ValueError, match="rule must be one of max, max-se, one-se"):
         choose(["rich"], scores, "best")
+    # one validation query: 0 -> 1 there shows nothing about noise, so nothing ships (a k-fold fit of
+    # 5 labelled queries shipped such an adapter)
+    one = {"identity": np.array([0.0]), "simple": np.array([0.5]), "rich": np.array([1.0])}
+    assert choose(["simple", "rich"], one) == choose(["simple", "rich"], one, "one-se") == "identity"
+    assert choose(["simple", "rich"], one, "max") == "rich"
 
 
 def test_auto_candidates_train_as_they_would_alone(synthetic):

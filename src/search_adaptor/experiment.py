@@ -128,12 +128,14 @@ def choose(names: Sequence[str], scores: Mapping[str, np.ndarray], rule: str = D
       per-query differences), and the identity unless that candidate's gain over zero-shot exceeds
       one standard error of its own paired differences: small validation splits are noisy, and a
       richer model, or any adapter at all, has to earn its place by more than the noise.
+
+    With a single validation query the noise is unknown, so both SE rules ship the identity.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
 
-    def se(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.std(a - b, ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
+    def se(a: np.ndarray, b: np.ndarray) -> float:  # one query shows no noise, so it proves nothing
+        return float(np.std(a - b, ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("inf")
 
     means = {n: float(np.mean(scores[n])) for n in names}
     best = max(names, key=lambda n: (means[n], -names.index(n)))
