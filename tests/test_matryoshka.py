@@ -25,6 +25,7 @@ from search_adaptor.report import render_markdown
 from search_adaptor.retrieval import exact_search, l2_normalize
 from search_adaptor.training import pca_rotation
 from search_adaptor.variants import FAMILIES
+from test_index import make_adapter
 
 FAST = {"max_steps": 150, "eval_every": 10, "patience": 60, "batch_size": 32}
 SUPERVISED = dict(FAMILIES["matryoshka"][0][1])
@@ -506,12 +507,28 @@ def test_index_built_from_texts_at_a_size_keeps_only_the_prefix(tmp_path):
     assert [d for d, _ in index.search(query, k=5)[0]] == [ids[i] for i in expected]
 
 
+def test_untrained_sizes_are_named(trained):
+    assert trained.untrained_size(None) is None and trained.untrained_size(trained.dim_) is None
+    assert all(trained.untrained_size(m) is None for m in trained.dims)
+    assert "it was trained at 4, 8" in trained.untrained_size(5)
+    plain = make_adapter(16)
+    assert "full width only; fit --dims trains smaller sizes" in plain.untrained_size(8)
+
+
 def test_cli_transform_dim_writes_the_prefix(cli_fit, synthetic, tmp_path, capsys):
     np.save(tmp_path / "docs.npy", synthetic["D"])
     adapter = cli_fit / "adapter"
     args = ["transform", str(tmp_path / "docs.npy"), "--adapter", str(adapter), "--out"]
     assert main([*args, str(tmp_path / "d4.npy"), "--dim", "4"]) == 0
-    assert "300 vectors (4-d) adapted" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "300 vectors (4-d) adapted" in out and err == ""
+    # a size between the trained ones works, and says it was never measured
+    assert main([*args, str(tmp_path / "d6.npy"), "--dim", "6"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "search-adaptor: warning: --dim 6 is not a size this adapter was trained at (it was trained at "
+        "4, 8); its first 6 coordinates are kept, but how well they retrieve was never measured"
+    )
     expected = SearchAdaptor.load(adapter).transform_corpus(synthetic["D"], dim=4)
     np.testing.assert_array_equal(np.load(tmp_path / "d4.npy"), expected)
     assert main([*args, str(tmp_path / "d17.npy"), "--dim", "17"]) == 2

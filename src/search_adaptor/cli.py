@@ -42,6 +42,13 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
     return make_encoder(provider, getattr(args, f"{side}model"), base_url=base_url, **options)
 
 
+def _note_size(adapter: Any, dim: int | None) -> None:
+    """Say so, on stderr, when ``--dim`` asks for a prefix size the adapter was not trained at."""
+    note = adapter.untrained_size(dim)
+    if note:
+        print(f"search-adaptor: warning: --dim {note}", file=sys.stderr)
+
+
 def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> Any:
     """The dataset's embeddings, once what the command will score has been checked (nothing is paid for
     a run that would stop at its qrels)."""
@@ -132,6 +139,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
     import_faiss()  # fail before embedding anything
     adapter = SearchAdaptor.load(args.adapter)
+    _note_size(adapter, args.dim)
     source = _embeddings(args, load_beir(args.data), adapter) if args.embeddings else args.data
     encoder = None if args.embeddings else _encoder(args)
     options = {k: getattr(args, k) for k in ("engine", "backend", "rows", "ray_address", "dim")}
@@ -150,7 +158,9 @@ def _cmd_transform(args: argparse.Namespace) -> None:
 
     keys = ("engine", "rows", "id_column", "vector_column", "ray_address", "dim")
     options = {k: getattr(args, k) for k in keys}
-    stats = transform_vectors(args.vectors, SearchAdaptor.load(args.adapter), args.out, **options)
+    adapter = SearchAdaptor.load(args.adapter)
+    _note_size(adapter, args.dim)
+    stats = transform_vectors(args.vectors, adapter, args.out, **options)
     rate = stats.rows / max(stats.seconds, 1e-9)
     print(
         f"{stats.rows} vectors ({stats.dim}-d) adapted with the {stats.engine} engine into {args.out} "
@@ -200,8 +210,11 @@ def _cmd_export_encoder(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     """export an adapter as ONNX or as a sentence-transformers model"""
     from search_adaptor.export import export
+    from search_adaptor.model import SearchAdaptor
 
-    out = export(args.adapter, args.out, args.format, args.dim)
+    adapter = SearchAdaptor.load(args.adapter)
+    _note_size(adapter, args.dim)
+    out = export(adapter, args.out, args.format, args.dim)
     print(f"{args.format} export of {args.adapter} written to {out} and checked against the adapter")
 
 

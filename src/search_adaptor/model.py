@@ -414,6 +414,22 @@ class SearchAdaptor:
         self._check_fitted()
         return self.best_step_ == 0
 
+    def untrained_size(self, dim: int | None) -> str | None:
+        """Why a prefix of ``dim`` output coordinates was never measured, in one line (None when it
+        was: the full width, or a size trained with ``dims``): any prefix works, not every one is good."""
+        self._check_fitted()
+        if dim is None or dim >= self.dim_ or dim in (self.dims or ()):
+            return None
+        trained = (
+            f"it was trained at {', '.join(str(m) for m in sorted(self.dims))}"
+            if self.dims
+            else "it was trained at full width only; fit --dims trains smaller sizes"
+        )
+        return (
+            f"{dim} is not a size this adapter was trained at ({trained}); its first {dim} coordinates "
+            "are kept, but how well they retrieve was never measured"
+        )
+
     @property
     def fingerprint_(self) -> str:
         """Stable id of what the adapter computes: mode, architecture, identity flag and weights.
