@@ -929,6 +929,20 @@ def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, c
     assert [h["id"] for h in hits] == [d for d, _ in expected]
     assert [h["score"] for h in hits] == pytest.approx([s for _, s in expected], abs=1e-5)
 
+    # the wrappers (AdaptedEncoder, LangChain, LlamaIndex) embed queries with the query model the
+    # adapter records, or one given (checked), and documents with the documents' model
+    from search_adaptor.model import AdaptedEncoder
+
+    doc_model = make_encoder("model2vec", model=str(m2v["docs"]))
+    wrapped = AdaptedEncoder(doc_model, adapter, cache=False)
+    assert wrapped.query_base.fingerprint == query_model.fingerprint
+    np.testing.assert_allclose(wrapped.encode_queries([text]), adapted, atol=1e-6)
+    np.testing.assert_allclose(wrapped.encode_batch([text], "query"), adapted, atol=1e-6)
+    assert wrapped.encode_corpus([text]).shape == (1, config["dim"])
+    assert "query_base" in wrapped.config()
+    with pytest.raises(CompatibilityError, match="static-8"):
+        AdaptedEncoder(doc_model, adapter, query_encoder=doc_model)
+
     # without labels: the unlabelled family, trained on the pairs
     out_u = tmp_path / "fit-unlabelled"
     assert main([*fit, "--out", str(out_u), "--unlabelled", "-o", "json"]) == 0

@@ -90,7 +90,8 @@ def as_langchain(
     Parameters
     ----------
     encoder : Encoder
-        The base encoder the adapter was trained on, or an :class:`AdaptedEncoder` (then
+        The base encoder the adapter was trained on (a cross-model adapter's documents' model: its
+        queries go through the query model it records), or an :class:`AdaptedEncoder` (then
         ``adapter=None``).
     adapter : SearchAdaptor or path, optional
         The adapter; required unless ``encoder`` is an :class:`AdaptedEncoder`.

@@ -30,6 +30,7 @@ import torch
 
 from search_adaptor import __version__
 from search_adaptor.encoders.base import Encoder, Kind, check_vectors
+from search_adaptor.encoders.registry import from_info
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
 from search_adaptor.metrics import metrics_table
@@ -943,6 +944,9 @@ class AdaptedEncoder(Encoder):
         store every command uses (``$SEARCH_ADAPTOR_CACHE`` or the user cache dir), a path another
         store, ``False`` none. A document the store holds, embedded by this object, the command line
         or an index build, is never sent to ``encoder`` again.
+    query_encoder : Encoder, optional
+        For a cross-model adapter, the model its queries come from (checked like ``encoder``);
+        by default the one the adapter records, recreated from its record.
 
     Attributes
     ----------
@@ -970,10 +974,15 @@ class AdaptedEncoder(Encoder):
         encoder: Encoder,
         adapter: SearchAdaptor | str | os.PathLike,
         cache: str | os.PathLike | bool = True,
+        query_encoder: Encoder | None = None,
     ) -> None:
         self.base = encoder
         self.adapter = as_adapter(adapter)
         self.adapter.check_encoder(encoder)
+        if query_encoder is None and self.adapter.query_encoder_:  # a cross-model adapter's query model
+            query_encoder = from_info(self.adapter.query_encoder_)
+        self.query_base = query_encoder or encoder
+        self.adapter.check_encoder(self.query_base, kind="query")
         self.cache = cache
         self.model = encoder.model
         self.batch_size = encoder.batch_size
@@ -984,20 +993,24 @@ class AdaptedEncoder(Encoder):
         self._serial = threading.Lock() if encoder.max_concurrency == 1 else contextlib.nullcontext()
 
     def config(self) -> dict[str, Any]:
-        return {"provider": self.provider, "base": self.base.config(), "adapter": self.adapter.fingerprint_}
+        config = {"provider": self.provider, "base": self.base.config(), "adapter": self.adapter.fingerprint_}
+        if self.query_base is not self.base:
+            config["query_base"] = self.query_base.config()
+        return config
 
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
         """One batch, never through the store (a store wrapping this encoder caches adapted vectors)."""
-        vectors = check_vectors(self.base.encode_batch(texts, kind), self.base.model, len(texts))
+        base = self.query_base if kind == "query" else self.base
+        vectors = check_vectors(base.encode_batch(texts, kind), base.model, len(texts))
         if kind == "query":
             return self.adapter.transform_queries(vectors)
         return self.adapter.transform_corpus(vectors)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Adapted query vectors, shape (len(texts), dim), from the encoder (never stored)."""
+        """Adapted query vectors, shape (len(texts), dim), from the query encoder (never stored)."""
         self._check(texts)
         with self._serial:
-            return self.adapter.transform_queries(self.base.encode_queries(texts))
+            return self.adapter.transform_queries(self.query_base.encode_queries(texts))
 
     def encode_corpus(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted document vectors, shape (len(texts), dim); only documents the store lacks are sent."""
