@@ -10,6 +10,7 @@ import math
 import threading
 import time
 import warnings
+from importlib.util import find_spec
 
 import numpy as np
 import pytest
@@ -124,6 +125,24 @@ def test_calls_into_a_one_batch_encoder_never_overlap(adapter):
         for t in threads:
             t.join()
         assert _sent(enc.base) == 36
+
+
+def test_a_size_gives_the_adapted_prefix_everywhere(adapter):
+    """``dim=``: smaller vectors for a vector store, the same prefix as ``index --dim``."""
+    q, d = (adapter.transform_queries, adapter.transform_corpus)
+    base = CountingEncoder(dim=16)
+    enc = AdaptedEncoder(CountingEncoder(dim=16), adapter, dim=8)
+    np.testing.assert_array_equal(enc.encode_queries(TEXTS), q(base.encode_queries(TEXTS), dim=8))
+    np.testing.assert_array_equal(enc.encode_corpus(TEXTS), d(base.encode_corpus(TEXTS), dim=8))
+    np.testing.assert_allclose(np.linalg.norm(enc.encode_corpus(TEXTS), axis=1), 1.0, atol=1e-6)
+    assert enc.fingerprint != AdaptedEncoder(CountingEncoder(dim=16), adapter).fingerprint
+    with pytest.raises(ValueError, match="dim must be an output size between 1 and 16; got 17"):
+        AdaptedEncoder(CountingEncoder(dim=16), adapter, dim=17)
+    if find_spec("langchain_core"):
+        assert len(as_langchain(CountingEncoder(dim=16), adapter, dim=4).embed_query("x")) == 4
+        kept = as_langchain(enc, cache=False).encoder  # another store keeps the size
+        assert kept.size == 8 and kept.cache is False and len(kept.encode_queries(["x"])[0]) == 8
+        assert as_langchain(enc, dim=4).encoder.size == 4
 
 
 def test_wrappers_need_an_adapter(adapter):

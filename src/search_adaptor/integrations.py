@@ -23,19 +23,30 @@ Cache = str | os.PathLike | bool | None
 
 
 def _adapted(
-    encoder: Encoder, adapter: SearchAdaptor | str | os.PathLike | None, cache: Cache, where: str
+    encoder: Encoder,
+    adapter: SearchAdaptor | str | os.PathLike | None,
+    cache: Cache,
+    where: str,
+    dim: int | None = None,
 ) -> AdaptedEncoder:
-    """The :class:`AdaptedEncoder` a wrapper embeds with; ``cache=None`` keeps its default store."""
+    """The :class:`AdaptedEncoder` a wrapper embeds with; ``cache=None`` keeps its default store,
+    ``dim=None`` its size."""
     if adapter is not None:
-        return AdaptedEncoder(encoder, adapter, **({} if cache is None else {"cache": cache}))
+        return AdaptedEncoder(encoder, adapter, **({} if cache is None else {"cache": cache}), dim=dim)
     if not isinstance(encoder, AdaptedEncoder):
         raise TypeError(
             f"{where}: give the adapter (a folder saved by `search-adaptor fit` or a SearchAdaptor), "
             "or an AdaptedEncoder"
         )
-    if cache is None or cache == encoder.cache:
+    if (cache is None or cache == encoder.cache) and dim in (None, encoder.size):
         return encoder
-    return AdaptedEncoder(encoder.base, encoder.adapter, cache)
+    return AdaptedEncoder(
+        encoder.base,
+        encoder.adapter,
+        encoder.cache if cache is None else cache,
+        query_encoder=encoder.query_base,
+        dim=encoder.size if dim is None else dim,
+    )
 
 
 def _chunk_size(encoder: Encoder) -> int:
@@ -84,6 +95,7 @@ def as_langchain(
     *,
     cache: Cache = None,
     show_progress: bool = False,
+    dim: int | None = None,
 ) -> Any:
     """A ``langchain_core.embeddings.Embeddings`` giving the adapted vectors.
 
@@ -101,6 +113,8 @@ def as_langchain(
     show_progress : bool
         A progress bar over the texts of each ``embed_documents`` call, as LangChain's own
         embeddings offer.
+    dim : int, optional
+        Only the first ``dim`` adapted coordinates (a Matryoshka prefix; see :class:`AdaptedEncoder`).
 
     Returns
     -------
@@ -108,7 +122,7 @@ def as_langchain(
         ``embed_query`` adapts as a query, ``embed_documents`` as documents; the ``encoder``
         attribute is the :class:`AdaptedEncoder` (its ``stats`` count texts sent and read back).
     """
-    return _langchain_class()(_adapted(encoder, adapter, cache, "as_langchain"), show_progress)
+    return _langchain_class()(_adapted(encoder, adapter, cache, "as_langchain", dim), show_progress)
 
 
 @functools.cache
@@ -167,13 +181,14 @@ def as_llamaindex(
     adapter: SearchAdaptor | str | os.PathLike | None = None,
     *,
     cache: Cache = None,
+    dim: int | None = None,
     **kw: Any,
 ) -> Any:
     """A LlamaIndex ``BaseEmbedding`` giving the adapted vectors.
 
     Parameters
     ----------
-    encoder, adapter, cache
+    encoder, adapter, cache, dim
         As for :func:`as_langchain`.
     **kw
         ``BaseEmbedding`` fields, e.g. ``embed_batch_size`` (default: ``batch_size x
@@ -186,4 +201,4 @@ def as_llamaindex(
         ``encoder`` property is the :class:`AdaptedEncoder`. Pass it as ``embed_model=`` (or set
         ``Settings.embed_model``), or LlamaIndex falls back to its OpenAI default.
     """
-    return _llamaindex_class()(_adapted(encoder, adapter, cache, "as_llamaindex"), **kw)
+    return _llamaindex_class()(_adapted(encoder, adapter, cache, "as_llamaindex", dim), **kw)

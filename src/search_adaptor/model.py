@@ -415,6 +415,14 @@ class SearchAdaptor:
         self._check_fitted()
         return self.best_step_ == 0
 
+    def check_size(self, dim: int | None) -> None:
+        """Refuse an output size (a Matryoshka prefix) the adapter cannot give: 1 to its width."""
+        self._check_fitted()
+        if dim is not None and (
+            isinstance(dim, bool) or not (isinstance(dim, numbers.Integral) and 1 <= dim <= self.dim_)
+        ):
+            raise ValueError(f"dim must be an output size between 1 and {self.dim_}; got {dim!r}")
+
     def untrained_size(self, dim: int | None) -> str | None:
         """Why a prefix of ``dim`` output coordinates was never measured, in one line (None when it
         was: the full width, or a size trained with ``dims``): any prefix works, not every one is good."""
@@ -455,11 +463,7 @@ class SearchAdaptor:
         encoder: EncoderLike | None,
         dim: int | None = None,
     ) -> np.ndarray:
-        self._check_fitted()
-        if dim is not None and (
-            isinstance(dim, bool) or not (isinstance(dim, numbers.Integral) and 1 <= dim <= self.dim_)
-        ):
-            raise ValueError(f"dim must be an output size between 1 and {self.dim_}; got {dim!r}")
+        self.check_size(dim)
         kind: Kind = "query" if what == "queries" else "document"
         if encoder is not None:
             self.check_encoder(encoder, kind=kind)
@@ -947,12 +951,17 @@ class AdaptedEncoder(Encoder):
     query_encoder : Encoder, optional
         For a cross-model adapter, the model its queries come from (checked like ``encoder``);
         by default the one the adapter records, recreated from its record.
+    dim : int, optional
+        Give only the first ``dim`` adapted coordinates, unit length again (a Matryoshka prefix,
+        as ``index --dim``): smaller vectors for a vector store.
 
     Attributes
     ----------
     stats : StoreStats
         What the store did over this object's :meth:`encode_corpus` calls: ``encoded`` documents
         were sent to ``encoder``, ``cached`` ones read back instead (all zeros with ``cache=False``).
+    size : int or None
+        ``dim``: the Matryoshka prefix given out, or None for the full width.
 
     Notes
     -----
@@ -975,10 +984,13 @@ class AdaptedEncoder(Encoder):
         adapter: SearchAdaptor | str | os.PathLike,
         cache: str | os.PathLike | bool = True,
         query_encoder: Encoder | None = None,
+        dim: int | None = None,
     ) -> None:
         self.base = encoder
         self.adapter = as_adapter(adapter)
         self.adapter.check_encoder(encoder)
+        self.adapter.check_size(dim)
+        self.size = dim
         if query_encoder is None and self.adapter.query_encoder_:  # a cross-model adapter's query model
             query_encoder = from_info(self.adapter.query_encoder_)
         self.query_base = query_encoder or encoder
@@ -996,6 +1008,8 @@ class AdaptedEncoder(Encoder):
         config = {"provider": self.provider, "base": self.base.config(), "adapter": self.adapter.fingerprint_}
         if self.query_base is not self.base:
             config["query_base"] = self.query_base.config()
+        if self.size is not None:
+            config["dim"] = self.size
         return config
 
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
@@ -1003,27 +1017,27 @@ class AdaptedEncoder(Encoder):
         base = self.query_base if kind == "query" else self.base
         vectors = check_vectors(base.encode_batch(texts, kind), base.model, len(texts))
         if kind == "query":
-            return self.adapter.transform_queries(vectors)
-        return self.adapter.transform_corpus(vectors)
+            return self.adapter.transform_queries(vectors, dim=self.size)
+        return self.adapter.transform_corpus(vectors, dim=self.size)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted query vectors, shape (len(texts), dim), from the query encoder (never stored)."""
         self._check(texts)
         with self._serial:
-            return self.adapter.transform_queries(self.query_base.encode_queries(texts))
+            return self.adapter.transform_queries(self.query_base.encode_queries(texts), dim=self.size)
 
     def encode_corpus(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted document vectors, shape (len(texts), dim); only documents the store lacks are sent."""
         self._check(texts)
         if self.cache is False:
             with self._serial:
-                return self.adapter.transform_corpus(self.base.encode_corpus(texts))
+                return self.adapter.transform_corpus(self.base.encode_corpus(texts), dim=self.size)
         store, done = self._open_store(), StoreStats()
         with self._serial:
             vectors = store.embed(list(texts), "document", stats=done)
         with self._lock:
             self.stats.add(done)
-        return self.adapter.transform_corpus(vectors)
+        return self.adapter.transform_corpus(vectors, dim=self.size)
 
     @staticmethod
     def _check(texts: Sequence[str]) -> None:
