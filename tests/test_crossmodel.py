@@ -713,6 +713,7 @@ def test_embed_dataset_with_a_query_model_embeds_queries_and_pairs_with_it(tmp_p
     emb = embed_dataset(ds, docs, tmp_path / "cache", progress=False, query_encoder=queries)
     assert emb.queries.shape == (32, 8) and emb.corpus.shape == (40, 16) and emb.pairs.shape == (40, 8)
     assert emb.query_encoder == queries.info() and emb.encoder == docs.info()
+    assert "(queries 8-d of fake-model, documents 16-d, " in emb.describe()
     # pairs: the corpus texts embedded as queries by the query model, row for row with the corpus
     np.testing.assert_allclose(emb.pairs, queries.encode_queries(ds.doc_texts), rtol=1e-6)
     np.testing.assert_allclose(emb.queries, queries.encode_queries(list(ds.queries.values())), rtol=1e-6)

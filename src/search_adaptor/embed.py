@@ -88,9 +88,14 @@ class Embeddings:
     def describe(self, retries: int | None = None) -> str:
         """One line: what the store sent and held (and the API retries made), for the command line."""
         tried = "" if retries is None else f", {retries} retries"
+        width = f"{self.dim}-d"
+        if self.query_encoder:  # two models: say whose queries, and how wide each side is
+            width = (
+                f"queries {self.queries.shape[1]}-d of {self.query_encoder.get('model')}, documents {width}"
+            )
         return (
             f"{self.stats.encoded} texts embedded, {self.stats.cached} already cached "
-            f"({self.dim}-d, {self.embed_s:.1f} s{tried})"
+            f"({width}, {self.embed_s:.1f} s{tried})"
         )
 
 
