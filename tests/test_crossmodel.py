@@ -705,6 +705,26 @@ def _write_beir(root: Path, words: list[str], n_docs: int = 40, n_train: int = 1
 WORDS = [f"w{i}" for i in range(30)]
 
 
+def test_a_plan_counts_what_a_cross_model_embedding_sends(tmp_path):
+    """``embed --dry-run`` with a query model: the pairs of both models count, and the plan says
+    exactly what the run then sends, then that nothing is left."""
+    from search_adaptor.data import load_beir
+    from search_adaptor.embed import plan_embedding
+
+    ds = load_beir(_write_beir(tmp_path / "tiny", WORDS))
+    docs, queries = CountingEncoder(dim=16, batch_size=64), CountingEncoder(dim=8, batch_size=64)
+    queries.model = "fake-query-model"
+    plan = plan_embedding(ds, docs, tmp_path / "cache", queries)
+    assert (plan.unique, plan.cached, plan.to_send) == (2 * (32 + 40), 0, 2 * (32 + 40))
+    assert plan.fingerprint == f"{queries.fingerprint} and {docs.fingerprint}"
+    one_model = plan_embedding(ds, docs, tmp_path / "cache")
+    assert (one_model.to_send, one_model.fingerprint) == (32 + 40, docs.fingerprint)
+    emb = embed_dataset(ds, docs, tmp_path / "cache", progress=False, query_encoder=queries)
+    assert emb.stats.encoded == plan.to_send
+    after = plan_embedding(ds, docs, tmp_path / "cache", queries)
+    assert (after.cached, after.to_send) == (plan.unique, 0)
+
+
 def test_embed_dataset_with_a_query_model_embeds_queries_and_pairs_with_it(tmp_path):
     from search_adaptor.data import load_beir
 
@@ -899,6 +919,10 @@ def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, c
     assert report["encoder_calls"]["texts_sent"] == 24 + 30 + 30 + 24
     config = json.loads((out / "adapter" / "config.json").read_text())
     assert config["query_encoder"]["fingerprint"] == query_model.fingerprint and config["query_dim"] == 8
+    # embed --dry-run with the query model: every text of both models is in the store already
+    assert main(["embed", str(data), *docs, *query, "--dry-run"]) == 0
+    assert f"{query_model.fingerprint} and " in (planned := capsys.readouterr().out)
+    assert "108 texts cached, 0 would be sent" in planned
     assert config["encoder"]["fingerprint"] == make_encoder("model2vec", model=str(m2v["docs"])).fingerprint
 
     # the index refuses another query model, and records the adapter's own: named by the flags, or,

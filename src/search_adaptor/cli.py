@@ -123,11 +123,11 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
     if args.embeddings:
         raise ValueError("embed: --embeddings brings vectors already made; there is nothing to embed")
-    dataset, encoder = load_beir(args.data), _encoder(args)
+    dataset, encoder, query_encoder = load_beir(args.data), _encoder(args), _encoder(args, "query_")
     if args.dry_run:
-        print(plan_embedding(dataset, encoder, args.cache).describe())
+        print(plan_embedding(dataset, encoder, args.cache, query_encoder).describe())
     else:
-        emb = embed_dataset(dataset, encoder, args.cache, not args.quiet)
+        emb = embed_dataset(dataset, encoder, args.cache, not args.quiet, query_encoder=query_encoder)
         print(f"{dataset.name}: {emb.describe(getattr(encoder, 'retries', None))}")
 
 

@@ -123,22 +123,9 @@ def embed_dataset(
     from tqdm.auto import tqdm
 
     qids = list(dataset.queries)
-    qtexts = [dataset.queries[q] for q in qids]
     if query_encoder is not None and query_encoder.fingerprint == encoder.fingerprint:
         query_encoder = None
-    if pair_texts and query_encoder is None:
-        raise ValueError(
-            "paired texts map another model's queries into the documents' space: name the query model "
-            "(--query-provider / --query-model), or drop --pairs"
-        )
-    # (encoder, kind, texts): what is embedded, in this order; the first job gives the queries
-    jobs: list[tuple[Encoder, Kind, list[Any]]] = [(query_encoder or encoder, "query", qtexts)]
-    jobs.append((encoder, "document", list(dataset.doc_texts)))
-    if query_encoder is not None:
-        jobs.append((query_encoder, "query", list(dataset.doc_texts)))
-        jobs.append((encoder, "query", qtexts))
-        if pair_texts:
-            jobs += [(query_encoder, "query", list(pair_texts)), (encoder, "query", list(pair_texts))]
+    jobs = _jobs(dataset, encoder, query_encoder, pair_texts)
     stats = StoreStats()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -189,6 +176,30 @@ def embed_dataset(
     )
 
 
+def _jobs(
+    dataset: Dataset,
+    encoder: Encoder,
+    query_encoder: Encoder | None = None,
+    pair_texts: Sequence[str] | None = None,
+) -> list[tuple[Encoder, Kind, list[Any]]]:
+    """What embedding ``dataset`` takes, in order, as (encoder, kind, texts); the first job gives the
+    queries, the second the documents, then a cross-model run's pairs (see :func:`embed_dataset`)."""
+    if pair_texts and query_encoder is None:
+        raise ValueError(
+            "paired texts map another model's queries into the documents' space: name the query model "
+            "(--query-provider / --query-model), or drop --pairs"
+        )
+    qtexts = list(dataset.queries.values())
+    jobs: list[tuple[Encoder, Kind, list[Any]]] = [(query_encoder or encoder, "query", qtexts)]
+    jobs.append((encoder, "document", list(dataset.doc_texts)))
+    if query_encoder is not None:
+        jobs.append((query_encoder, "query", list(dataset.doc_texts)))
+        jobs.append((encoder, "query", qtexts))
+        if pair_texts:
+            jobs += [(query_encoder, "query", list(pair_texts)), (encoder, "query", list(pair_texts))]
+    return jobs
+
+
 @dataclass
 class EmbeddingPlan:
     """What embedding a dataset would do, before anything is sent (``embed --dry-run``)."""
@@ -210,20 +221,33 @@ class EmbeddingPlan:
 
 
 def plan_embedding(
-    dataset: Dataset, encoder: Encoder, cache_dir: str | os.PathLike | None = None
+    dataset: Dataset,
+    encoder: Encoder,
+    cache_dir: str | os.PathLike | None = None,
+    query_encoder: Encoder | None = None,
 ) -> EmbeddingPlan:
-    """How many of ``dataset``'s texts the store holds and what embedding the rest would cost.
+    """How many of ``dataset``'s texts the store holds and what embedding the rest would cost: the
+    texts :func:`embed_dataset` would embed (with ``query_encoder``, a cross-model run's too).
 
     Sends nothing.
     """
-    by_kind: dict[Kind, list[str]] = {"query": list(dataset.queries.values()), "document": dataset.doc_texts}
-    with EmbeddingStore(encoder, cache_dir) as store:
-        todo = {kind: store.missing(kind, texts) for kind, texts in by_kind.items()}
-    unique = sum(len(set(texts)) for texts in by_kind.values())
-    n_todo = sum(len(texts) for texts in todo.values())
-    counts = [encoder.request_tokens(texts, kind) for kind, texts in todo.items()]
-    tokens = None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
-    return EmbeddingPlan(dataset.name, encoder.fingerprint, unique, unique - n_todo, n_todo, tokens)
+    if query_encoder is not None and query_encoder.fingerprint == encoder.fingerprint:
+        query_encoder = None
+    texts: dict[tuple[str, Kind], dict[Any, None]] = {}  # per store and kind, distinct, first-seen order
+    encoders: dict[str, Encoder] = {}
+    for enc, kind, items in _jobs(dataset, encoder, query_encoder):
+        encoders[enc.fingerprint] = enc
+        texts.setdefault((enc.fingerprint, kind), {}).update(dict.fromkeys(items))
+    unique = sum(len(t) for t in texts.values())
+    n_todo, counts = 0, []
+    with contextlib.ExitStack() as stack:
+        stores = {f: stack.enter_context(EmbeddingStore(e, cache_dir)) for f, e in encoders.items()}
+        for (fingerprint, kind), items in texts.items():
+            todo = stores[fingerprint].missing(kind, list(items))
+            n_todo += len(todo)
+            counts.append(encoders[fingerprint].request_tokens(todo, kind))
+    tokens = None if all(c is None for c in counts) else sum(c or 0 for c in counts)
+    return EmbeddingPlan(dataset.name, " and ".join(encoders), unique, unique - n_todo, n_todo, tokens)
 
 
 def _read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
