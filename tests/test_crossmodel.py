@@ -705,6 +705,17 @@ def _write_beir(root: Path, words: list[str], n_docs: int = 40, n_train: int = 1
 WORDS = [f"w{i}" for i in range(30)]
 
 
+def test_precomputed_vectors_with_a_query_model_are_refused_in_one_line(tmp_path, capsys):
+    data = _write_beir(tmp_path / "tiny", WORDS)
+    args = ["fit", str(data), "--embeddings", str(tmp_path / "vec"), "--query-model", "static", "--out"]
+    assert main([*args, str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "--embeddings brings vectors of one model for queries and documents alike; drop "
+        "the --query-* flags, or embed with both models instead of --embeddings"
+    )
+
+
 def test_a_plan_counts_what_a_cross_model_embedding_sends(tmp_path):
     """``embed --dry-run`` with a query model: the pairs of both models count, and the plan says
     exactly what the run then sends, then that nothing is left."""

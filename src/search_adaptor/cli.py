@@ -64,6 +64,11 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
 
         options["pair_texts"] = read_texts(args.pairs)
     if args.embeddings:
+        if args.query_provider or args.query_model or args.query_base_url:
+            raise ValueError(
+                "--embeddings brings vectors of one model for queries and documents alike; drop the "
+                "--query-* flags, or embed with both models instead of --embeddings"
+            )
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
     options.update(cache_dir=args.cache, progress=not args.quiet)
     query_encoder = _encoder(args, "query_", adapter)
