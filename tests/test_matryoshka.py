@@ -433,6 +433,13 @@ def test_cli_fit_unsupervised_and_its_refusals(beir, tmp_path, capsys):
         ("--unsupervised",): "family matryoshka-unsupervised trains Matryoshka prefixes: give their sizes",
         ("--family", "matryoshka"): "family matryoshka trains Matryoshka prefixes",
         ("--unlabelled", "--family", "paper", "--dims", "4"): "--unsupervised trains family matryoshka-unsu",
+        (
+            "--unsupervised",
+            "--dims",
+            "4",
+            "--selection",
+            "kfold",
+        ): "a fit without labels trains on none: drop",
     }
     for extra, message in refusals.items():
         assert main([*base, "--out", str(tmp_path / "x"), *extra]) == 2, extra

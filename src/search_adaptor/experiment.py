@@ -575,16 +575,22 @@ def run_fit(
     trains without labels (family ``matryoshka-unsupervised``), which are then used only to score.
     """
     family = _family(family, dims, unsupervised, cross=bool(emb.query_encoder))
+    if unsupervised and selection == "kfold":
+        raise ValueError(
+            "--selection kfold cross-validates labelled queries, and a fit without labels trains on "
+            "none: drop --selection kfold"
+        )
     if dims:
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split, val_split)
-    if proto.val_split:
+    if proto.val_split and family != "matryoshka-unsupervised":  # that one validates on the corpus
         log(f"validation: the {proto.val_split} split, {len(proto.val)} queries (--val-split none: a share)")
+    metric = "val overlap with the base top-10" if unsupervised else "val nDCG@10"
 
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str, pool: Executor) -> Selection:
         def on_candidate(row: dict[str, Any]) -> None:
             log(
-                f"  {tag} {row['variant']}: val nDCG@10 {row['val_ndcg@10']:.4f} "
+                f"  {tag} {row['variant']}: {metric} {row['val_ndcg@10']:.4f} "
                 f"(zero-shot {row['zero_shot_val_ndcg@10']:.4f}), {row['train_s']} s"
             )
 
