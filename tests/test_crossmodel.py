@@ -1046,7 +1046,8 @@ def test_cli_fit_unlabelled_with_more_pairs_from_a_query_log(m2v, tmp_path, caps
     for extra, message in (
         ([], "name the query model"),
         ([*query, "--pairs", str(tmp_path / "none.txt")], "none.txt: no such file"),
-        ([*query, "--embeddings", str(tmp_path)], "cannot go with --embeddings"),
+        ([*query, "--embeddings", str(tmp_path)], "--embeddings brings vectors of one model"),
+        (["--embeddings", str(tmp_path)], "cannot go with --embeddings"),
     ):
         assert main([*fit, *extra, "--out", str(tmp_path / "refused")]) == 2
         err = capsys.readouterr().err.strip()
