@@ -194,6 +194,12 @@ def test_save_load_keeps_dims_and_every_size(trained, synthetic, tmp_path):
     (tmp_path / "a" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"config\.json: hyperparameters: dims must be integers"):
         SearchAdaptor.load(tmp_path / "a")
+    config["hyperparameters"]["dims"] = [4, WIDTH + 1]  # wider than the adapter's output
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=rf"hyperparameters: dims \[4, {WIDTH + 1}\] go beyond the {WIDTH}-d"
+    ):
+        SearchAdaptor.load(tmp_path / "a")
 
 
 # -- without labels -----------------------------------------------------------------------------------------

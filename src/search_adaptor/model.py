@@ -662,6 +662,11 @@ class SearchAdaptor:
         dim, query_dim = config["dim"], config.get("query_dim", config["dim"])
         if not 1 <= query_dim <= MAX_DIM:
             raise ValueError(f"{cfg_path}: field 'query_dim' must be in [1, {MAX_DIM}]; {_LOAD_FIX}")
+        if est.dims is not None and max(est.dims) > dim:  # a prefix wider than the output
+            raise ValueError(
+                f"{cfg_path}: hyperparameters: dims {list(est.dims)} go beyond the {dim}-d output; "
+                f"{_LOAD_FIX}"
+            )
         query_net, corpus_net = _load_weights(folder / WEIGHTS, est, dim, query_dim)
         training = config["training"]
         est._set_fitted(
