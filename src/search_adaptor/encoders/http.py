@@ -179,11 +179,6 @@ class Endpoint:
         return cls(public, root, params, auth, tuple(sorted(set(secrets), key=len, reverse=True)))
 
 
-def public_url(url: str) -> str:
-    """``url`` without user info or credential-bearing query parameters (safe to print or store)."""
-    return Endpoint.parse(url).public
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """How hard to try before giving up on one request.
