@@ -179,6 +179,9 @@ def test_save_load_keeps_dims_and_every_size(trained, synthetic, tmp_path):
     trained.save(tmp_path / "a")
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["hyperparameters"]["dims"] == list(SIZES) and config["hyperparameters"]["init"] == "pca"
+    assert (
+        "Matryoshka: the first 4, 8 coordinates of its output" in (tmp_path / "a" / "README.md").read_text()
+    )
     loaded = SearchAdaptor.load(tmp_path / "a")
     assert list(loaded.dims) == list(SIZES) and loaded.fingerprint_ == trained.fingerprint_
     for m in (None, 1, *SIZES, WIDTH):
