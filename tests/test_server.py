@@ -205,6 +205,26 @@ def test_serve_refuses_an_empty_key_variable(tmp_path, capsys, monkeypatch):
     assert "--api-key-env NO_SUCH_KEY_VAR: that environment variable is empty" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_port_it_cannot_listen_on_before_loading_anything(tmp_path, capsys, monkeypatch):
+    """A port in use, an address this machine lacks, a port out of range: one line each, and the
+    index is never loaded (no model load, no "serving on ..." that is not true)."""
+    import socket
+
+    monkeypatch.setattr(AdaptedIndex, "load", lambda *a, **k: pytest.fail("the index was loaded"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["serve", str(tmp_path), "--port", str(port)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"search-adaptor: error: cannot listen on 127.0.0.1:{port} (")
+        assert err.endswith("stop what holds that port, or choose another with --port") and "\n" not in err
+    assert main(["serve", str(tmp_path), "--host", "203.0.113.5", "--port", str(port)]) == 2
+    assert "give --host an address of this machine" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--port", "99999"]) == 2
+    assert "--port: must be a TCP port from 1 to 65535, got 99999" in capsys.readouterr().err
+
+
 def test_serve_passes_its_options_to_the_app(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr("search_adaptor.server.serve", lambda *args, **kw: seen.update(args=args, kw=kw))

@@ -37,6 +37,13 @@ def _positive(kind: type) -> Callable[[str], Any]:
 _positive_int, _positive_float = _positive(int), _positive(float)
 
 
+def _port(text: str) -> int:
+    with contextlib.suppress(ValueError):
+        if 1 <= (value := int(text)) <= 65535:
+            return value
+    raise argparse.ArgumentTypeError(f"must be a TCP port from 1 to 65535, got {text}")
+
+
 Arg = tuple[tuple[str, ...], dict[str, Any]]
 
 
@@ -142,7 +149,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
     "serve": [
         A("index", metavar="INDEX_DIR"),
         A("--host", help="address to bind (default: loopback only)"),
-        A("--port", type=int, help="default 8000"),
+        A("--port", type=_port, help="default 8000"),
         A("--api-key-env", metavar="VAR", help="require Bearer <key>, the key read from VAR"),
         A("--threads", type=_positive_int, metavar="N", help="CPU threads (1 when shared)"),
         A("--retry-budget", type=_positive_float, dest="retry_budget_s", metavar="S", help="s per API call"),

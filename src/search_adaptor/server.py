@@ -31,12 +31,14 @@ FAISS search (per ``k``), and each answer is bit for bit the one the request get
 import asyncio
 import base64
 import concurrent.futures
+import errno
 import hmac
 import ipaddress
 import json
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -729,12 +731,37 @@ def serve(
 
         torch.set_num_threads(threads)
         import_faiss().omp_set_num_threads(threads)
-    index = AdaptedIndex.load(index_dir)
-    app = create_app(index, api_key=key, retry_budget_s=retry_budget_s, model_name=model_name)
-    print(
-        f"search-adaptor: serving {index.n_docs} documents on http://{host}:{port} "
-        f"(OpenAPI docs at /docs, OpenAI-compatible embeddings at /v1{'; API key required' if key else ''})",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.run(app, host=host, port=port)
+    sock = _listen(host, port)  # before the model loads: a port in use is one line, not a false start
+    try:
+        index = AdaptedIndex.load(index_dir)
+        app = create_app(index, api_key=key, retry_budget_s=retry_budget_s, model_name=model_name)
+        print(
+            f"search-adaptor: serving {index.n_docs} documents on http://{host}:{port} (OpenAPI docs at "
+            f"/docs, OpenAI-compatible embeddings at /v1{'; API key required' if key else ''})",
+            file=sys.stderr,
+            flush=True,
+        )
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port)).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for uvicorn to listen on, or a one-line error naming the fix."""
+    sock = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: restarts work
+        sock.bind(address)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        fix = (
+            "stop what holds that port, or choose another with --port"
+            if exc.errno == errno.EADDRINUSE
+            else "give --host an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+        )
+        raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}") from None
+    sock.set_inheritable(True)
+    return sock
