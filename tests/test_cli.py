@@ -153,6 +153,28 @@ def _synthetic_folder(tmp_path: Path, d: dict, splits: dict[str, list[str]]) -> 
     return ["fit", str(data), "--embeddings", str(write_vectors(tmp_path / "vec", d)), "--model", "syn-16"]
 
 
+def test_fit_and_evaluate_refuse_an_out_folder_holding_other_files(tmp_path, synthetic, capsys):
+    """A mistyped --out (the dataset's own folder, say) is refused before anything is embedded or
+    trained, and nothing is written into it; a previous run's folder is fine to write again."""
+    argv = _synthetic_folder(tmp_path, synthetic, {"test": synthetic["qids"]})
+    data = Path(argv[1])
+    before = sorted(p.name for p in data.iterdir())
+    assert main([*argv, "--out", str(data), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"search-adaptor: error: {data}: exists and is not a folder written by `search-adaptor fit`; "
+        "choose a new or empty folder"
+    )
+    assert sorted(p.name for p in data.iterdir()) == before
+    (tmp_path / "a-file").write_text("x")
+    assert main([*argv, "--out", str(tmp_path / "a-file"), "--quiet"]) == 2
+    assert "a-file: exists and is a file; choose a new or empty folder" in capsys.readouterr().err
+    evaluate = ["evaluate", str(data), "--adapter", str(tmp_path / "none"), "--out", str(data)]
+    assert main(evaluate) == 2
+    assert "is not a folder written by `search-adaptor fit` or `evaluate`" in capsys.readouterr().err
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
 @pytest.mark.slow
 def test_fit_with_precomputed_embeddings_and_kfold(tmp_path, synthetic, capsys):
     """Bring-your-own vectors + a dataset without a train split -> k-fold protocol."""

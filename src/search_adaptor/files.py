@@ -37,6 +37,19 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("search-adaptor"))
 
 
+def check_output_folder(target: str | os.PathLike, marker: str, what: str = "") -> None:
+    """Refuse an output folder that exists with other files in it: one a tool may fill or replace is
+    absent, empty, or holds ``marker`` (it is ``what``), so a mistyped path never mixes with or
+    deletes unrelated files."""
+    path = Path(target)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is a file; choose a new or empty folder")
+    if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
+        raise FileExistsError(
+            f"{path}: exists and is not {what or 'written by search-adaptor'}; choose a new or empty folder"
+        )
+
+
 class Staged(contextlib.AbstractContextManager):
     """A temporary sibling of ``target`` that replaces it in one rename once it is complete.
 
@@ -59,12 +72,8 @@ class Staged(contextlib.AbstractContextManager):
     ) -> None:
         self.target = Path(target).resolve()
         self.folder = folder
-        unrelated = folder and marker and self.target.is_dir() and not (self.target / marker).is_file()
-        if unrelated and any(self.target.iterdir()):
-            raise FileExistsError(
-                f"{self.target}: exists and is not {what or 'written by search-adaptor'}; "
-                "choose a new or empty folder"
-            )
+        if folder and marker:
+            check_output_folder(self.target, marker, what)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{self.target.name}."
         if folder:

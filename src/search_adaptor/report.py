@@ -29,6 +29,8 @@ from search_adaptor.experiment import DOCUMENTS_MODEL, Run
 from search_adaptor.files import write_text_atomic
 from search_adaptor.metrics import metrics_table
 
+#: The machine-readable report, which marks a folder as a run's (``fit --out``, ``evaluate --out``).
+REPORT = "report.json"
 #: Why a report has no figures when matplotlib is not installed.
 PLOTS_SKIPPED = "pip install matplotlib (or the `bench` extra)"
 
@@ -218,9 +220,9 @@ def _figures(report: Mapping[str, Any]) -> list[str]:
 def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``out_dir`` atomically."""
     out = Path(out_dir)
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / REPORT, json.dumps(report, indent=2) + "\n")
     write_text_atomic(out / "report.md", render_markdown(report))
-    return out / "report.json", out / "report.md"
+    return out / REPORT, out / "report.md"
 
 
 def write_figures(out_dir: str | os.PathLike, run: Run) -> dict[str, Any]:
