@@ -29,7 +29,7 @@ from search_adaptor.data import DataError, Dataset, kfold, labelled_queries
 from search_adaptor.embed import Embeddings, embed_dataset, load_precomputed
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.losses import UNLABELLED_LOSSES
-from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test
+from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test, val_metric_name
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.retrieval import exact_search, l2_normalize
 from search_adaptor.training import compute_threads, pair_map, pca_rotation
@@ -585,7 +585,7 @@ def run_fit(
     proto = protocol(dataset, folds, seed, train_split, test_split, val_split)
     if proto.val_split and family != "matryoshka-unsupervised":  # that one validates on the corpus
         log(f"validation: the {proto.val_split} split, {len(proto.val)} queries (--val-split none: a share)")
-    metric = "val overlap with the base top-10" if unsupervised else "val nDCG@10"
+    metric = "val " + val_metric_name("neighbours@10" if unsupervised else "ndcg@10")
 
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str, pool: Executor) -> Selection:
         def on_candidate(row: dict[str, Any]) -> None:
@@ -633,8 +633,7 @@ def run_fit(
         ThreadPoolExecutor(len(jobs)) as folds_pool,
     ):
         selections = list(folds_pool.map(lambda job: fit_on(*job, pool), jobs))
-    sizes = sorted({int(m) for m in (overrides or {}).get("dims") or ()} - {emb.dim})
-    rotation = pca_rotation(l2_normalize(emb.corpus)) if sizes else None  # the pca@m baselines
+    sizes, rotation = _scored_sizes(emb, (overrides or {}).get("dims"))
     base: PairStart | None = None  # a cross-model fit's size baselines start here: once for every fold
     parts: dict[str, list[dict[str, np.ndarray]]] = {}
     folds_info: list[dict[str, Any]] = []
@@ -855,6 +854,13 @@ def _systems(
     return systems
 
 
+def _scored_sizes(emb: Embeddings, dims: Sequence[int] | None) -> tuple[list[int], np.ndarray | None]:
+    """The Matryoshka sizes a run scores (below the full width, which is "adapted" itself) and the
+    corpus's PCA rotation their ``pca@m`` baselines project on (None without sizes)."""
+    sizes = sorted({int(m) for m in dims or ()} - {emb.dim})
+    return sizes, pca_rotation(l2_normalize(emb.corpus)) if sizes else None
+
+
 def _documents_model(emb: Embeddings) -> dict[str, tuple[Embeddings, None]]:
     """A cross-model run's reference system: the documents' model's own queries (``query_pairs``)
     against its documents, unadapted; nothing for one model, or when those vectors are absent."""
@@ -881,8 +887,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
     qrels = dataset.split(split)
     _, aq, _ = evaluate_embeddings(emb, qrels, adapter)  # checks both encoders first
     reference = PairStart.of(adapter, emb) if adapter.query_encoder_ else None
-    sizes = sorted({int(m) for m in adapter.dims or ()} - {emb.dim})
-    rotation = pca_rotation(l2_normalize(emb.corpus)) if sizes else None
+    sizes, rotation = _scored_sizes(emb, adapter.dims)
     systems = _systems(adapter, sizes, rotation, reference, emb, start=reference)
     scores = {
         name: aq if name == "adapted" else evaluate_embeddings(data, qrels, view)[1]

@@ -509,3 +509,13 @@ def metrics_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str
     for name, vals in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{vals[m]:.4f}" for m in metrics) + " |")
     return lines
+
+
+#: What validation measured, named for a reader: nDCG@10 with labels; without them, what stood in
+#: (how much of each text's top 10 under the base embedding the adapted one keeps).
+_VAL_METRIC_NAMES = {"ndcg@10": "nDCG@10", "neighbours@10": "overlap with the base top-10 neighbours"}
+
+
+def val_metric_name(metric: str) -> str:
+    """``metric`` (a validation score's name, e.g. ``"neighbours@10"``) as reports and logs print it."""
+    return _VAL_METRIC_NAMES.get(metric, metric)

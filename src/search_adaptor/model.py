@@ -33,7 +33,7 @@ from search_adaptor.encoders.base import Encoder, Kind, check_vectors
 from search_adaptor.encoders.registry import from_info
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
-from search_adaptor.metrics import metrics_table
+from search_adaptor.metrics import metrics_table, val_metric_name
 from search_adaptor.networks import (
     ARCHITECTURES,
     MODES,
@@ -1074,9 +1074,7 @@ def _model_card(config: Mapping[str, Any]) -> str:
     enc = config.get("encoder") or {}
     hp = config["hyperparameters"]
     tr = config["training"]
-    metric = {"neighbours@10": "overlap with the base top-10 neighbours"}.get(
-        tr.get("val_metric", "ndcg@10"), "nDCG@10"
-    )
+    metric = val_metric_name(tr.get("val_metric", "ndcg@10"))
     lines = [
         "# Search-Adaptor adapter",
         "",

@@ -27,7 +27,7 @@ from typing import Any
 
 from search_adaptor.experiment import DOCUMENTS_MODEL, Run
 from search_adaptor.files import write_text_atomic
-from search_adaptor.metrics import metrics_table
+from search_adaptor.metrics import metrics_table, val_metric_name
 
 #: The machine-readable report, which marks a folder as a run's (``fit --out``, ``evaluate --out``).
 REPORT = "report.json"
@@ -172,11 +172,7 @@ def _val_split(report: Mapping[str, Any]) -> str | None:
 
 def _val_metric(report: Mapping[str, Any]) -> str:
     """What validation measured, for a reader: nDCG@10 with labels; without them, what stood in."""
-    metric = (report.get("validation") or {}).get("metric", "ndcg@10")
-    return {
-        "ndcg@10": "nDCG@10",
-        "neighbours@10": "overlap with the base top-10 neighbours",
-    }.get(metric, metric)
+    return val_metric_name((report.get("validation") or {}).get("metric", "ndcg@10"))
 
 
 def _figures(report: Mapping[str, Any]) -> list[str]:
