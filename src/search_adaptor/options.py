@@ -24,24 +24,20 @@ from search_adaptor.variants import (
 )
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
+def _positive(kind: type, what: str = "", most: float = float("inf")) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` above 0 and at most ``most``, else "must be ``what``"."""
+
     def parse(text: str) -> Any:
         with contextlib.suppress(ValueError):
-            if 0 < (value := kind(text)) < float("inf"):
+            if 0 < (value := kind(text)) < float("inf") and value <= most:
                 return value
-        raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text}")
+        raise argparse.ArgumentTypeError(f"must be {what or f'a positive {kind.__name__}'}, got {text}")
 
     return parse
 
 
 _positive_int, _positive_float = _positive(int), _positive(float)
-
-
-def _port(text: str) -> int:
-    with contextlib.suppress(ValueError):
-        if 1 <= (value := int(text)) <= 65535:
-            return value
-    raise argparse.ArgumentTypeError(f"must be a TCP port from 1 to 65535, got {text}")
+_port = _positive(int, "a TCP port from 1 to 65535", 65535)
 
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
