@@ -175,6 +175,22 @@ def test_fit_and_evaluate_refuse_an_out_folder_holding_other_files(tmp_path, syn
     assert sorted(p.name for p in data.iterdir()) == before
 
 
+def test_five_labelled_queries_ship_the_identity_and_say_why(tmp_path, synthetic, capsys):
+    """5-fold over 5 queries: every fit validates on one query, which proves nothing, so nothing
+    ships (the rule itself: test_model's test_selection_rules...), and report.md says what to do."""
+    argv = _synthetic_folder(tmp_path, synthetic, {"test": synthetic["qids"][:5]})
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--max-steps", "30", "--quiet", "-o", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["selected"] == "identity (zero-shot)" and report["validation"]["n_val_queries"] == 1
+    assert all(f["selected"] == "identity (zero-shot)" for f in report["fold_results"])
+    assert report["metrics"]["adapted"] == report["metrics"]["zero-shot"]
+    assert (
+        "Validation held a single query, which cannot tell a gain from noise"
+        in (out / "report.md").read_text()
+    )
+
+
 @pytest.mark.slow
 def test_fit_with_precomputed_embeddings_and_kfold(tmp_path, synthetic, capsys):
     """Bring-your-own vectors + a dataset without a train split -> k-fold protocol."""

@@ -82,6 +82,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "standard error of the per-query differences), so the saved adapter is the identity: "
             "retrieval is unchanged."
         )
+        if (report.get("validation") or {}).get("n_val_queries") == 1:
+            lines.append(
+                "Validation held a single query, which cannot tell a gain from noise: label more queries "
+                "(or add a `qrels/dev.tsv`) for an adapter to be chosen."
+            )
     cands = (report.get("validation") or {}).get("candidates") or []
     if cands:
         metric = _val_metric(report)
