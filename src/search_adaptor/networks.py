@@ -20,11 +20,6 @@ from search_adaptor.retrieval import l2_normalize, row_norms, safe_norms
 
 ARCHITECTURES = ("mlp", "linear")
 MODES = ("shared", "query_only", "separate")
-#: BLAS libraries compute batches of one to three rows with matrix-vector kernels whose float32
-#: rounding differs in the last bits from the matrix-matrix kernel; smaller batches are padded to
-#: this many rows so that a row's adapted vector never depends on the batch it came in (one query,
-#: a serving batch, a corpus chunk, a Ray batch: bit-identical).
-_MIN_GEMM_ROWS = 4
 _CHUNK = 65536  # rows per forward pass of a large transform: bounds its temporaries
 
 
@@ -179,6 +174,19 @@ def _dense(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
     return cached[1], cached[2]
 
 
+def _rowwise_matmul(x: np.ndarray, weight_t: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``x @ weight_t`` into ``out``, one matrix-vector product per row.
+
+    A matrix-matrix product rounds a row's float32 sums differently with the number of rows beside it
+    (BLAS picks its kernels and splits its threads by the batch's shape, and which sizes agree varies
+    with the CPU and the thread count), so a row's adapted vector would depend on the batch it came in.
+    The same matrix-vector call on every row makes it bit-identical alone, in a serving batch, a corpus
+    chunk or a Ray batch; one query also costs a quarter of what the smallest matrix product does.
+    """
+    np.matmul(x[:, None, :], weight_t, out=out[:, None, :])
+    return out
+
+
 class Workspace:
     """Arrays reused from call to call, one per name, grown when a call needs more rows.
 
@@ -193,7 +201,7 @@ class Workspace:
         """A C-contiguous ``(rows, cols)`` array of ``dtype`` (contents undefined)."""
         held = self._arrays.get(name)
         if held is None or held.shape[0] < rows or held.shape[1] != cols or held.dtype != dtype:
-            held = np.empty((max(rows, _MIN_GEMM_ROWS), cols), dtype=dtype)
+            held = np.empty((rows, cols), dtype=dtype)
             self._arrays[name] = held
         return held[:rows]
 
@@ -217,23 +225,17 @@ class NumpyNet:
     def forward(self, x: np.ndarray, work: Workspace | None = None) -> np.ndarray:
         """``net(x)`` for float32 ``x`` of shape (n, dim); into ``work``'s arrays when given."""
         work = work if work is not None else Workspace()
-        n = len(x)
-        if n < _MIN_GEMM_ROWS:  # see _MIN_GEMM_ROWS: the same kernel for every batch size
-            padded = work.array("padded", _MIN_GEMM_ROWS, x.shape[1])
-            padded[:n] = x
-            padded[n:] = 0.0
-            x = padded
         if self.project is not None:
-            x = np.matmul(x, self.project, out=work.array("projected", len(x), self.project.shape[1]))
+            x = _rowwise_matmul(x, self.project, work.array("projected", len(x), self.project.shape[1]))
         h = x
         for i, (weight_t, bias, relu) in enumerate(self.layers):
-            h = np.matmul(h, weight_t, out=work.array(f"layer{i % 2}", len(x), weight_t.shape[1]))
+            h = _rowwise_matmul(h, weight_t, work.array(f"layer{i % 2}", len(x), weight_t.shape[1]))
             h += bias
             if relu:
                 np.maximum(h, 0.0, out=h)
         if self.residual:
             h += x
-        return h[:n]
+        return h
 
 
 def numpy_forward(net: ResidualAdapter, x: np.ndarray) -> np.ndarray:
