@@ -4,6 +4,7 @@ Run from the repository root::
 
     HF_HUB_OFFLINE=1 python benchmarks/load_test.py                        # trains an adapter first
     HF_HUB_OFFLINE=1 python benchmarks/load_test.py --adapter DIR --threads 1
+    python benchmarks/load_test.py --api-latency 0.1 --results load_test_api.md   # an embeddings API
 
 Builds the SciFact index, starts the server in a subprocess (loopback only, key from an environment
 variable), checks that calls without the key or with a wrong one are refused (401) while ``/health``
@@ -12,12 +13,19 @@ CLIENTS concurrent clients that each send REQUESTS sequential ``/search`` reques
 query, k=10); the throughput ratio shows what micro-batching buys. Every request has a timeout and
 the whole run a deadline, so the test always ends; the server is stopped at the end. Writes
 ``benchmarks/results/load_test.md``; exits 1 on any error or a key not enforced.
+
+With ``--api-latency S`` the server's encoder is an embeddings API instead of the local model: the
+OpenAI-format fake of ``fakes/fake_providers.py`` on 127.0.0.1, answering each request after S
+seconds (a typical API round trip is 0.1-0.3 s). The adapter is fitted with ``search-adaptor fit
+--provider openai --base-url`` on SciFact's texts as the fake embeds them (hash-derived 384-d vectors:
+retrieval quality means nothing here, the cost of serving is the same), with a throw-away store.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import secrets
@@ -32,10 +40,15 @@ from typing import Any
 import httpx
 import numpy as np
 
-from serving import DATA, RESULTS, build_index, scifact_adapter
+from serving import DATA, RESULTS, ROOT, build_index, scifact_adapter
+
+sys.path.insert(0, str(ROOT / "fakes"))  # the fake providers the tests use too
+from fake_providers import KEY_ENV as PROVIDER_KEY_ENV
+from fake_providers import FakeProvider
 
 HOST = "127.0.0.1"
 KEY_ENV = "SEARCH_ADAPTOR_LOAD_TEST_KEY"
+API_DIM = 384  # the simulated API's vectors: as wide as MiniLM's, so FAISS does the same work
 REQUEST_TIMEOUT = 120.0
 DEADLINE = 900.0
 CHECKED = 100  # answers compared with in-process search
@@ -59,6 +72,14 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
             pass
         time.sleep(0.5)
     raise RuntimeError(f"server not healthy after {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+def api_adapter(url: str, workdir: Path, cache: Path) -> Path:
+    """An adapter fitted with ``search-adaptor fit`` on SciFact embedded by the API at ``url``."""
+    cli = [sys.executable, "-m", "search_adaptor.cli", "fit", str(DATA), "--provider", "openai"]
+    cli += ["--base-url", url, "--cache", str(cache), "--out", str(workdir / "fit"), "--quiet"]
+    subprocess.run(cli, check=True, stdout=sys.stderr)  # keep stdout for the markdown
+    return workdir / "fit" / "adapter"
 
 
 def auth_checks(url: str, key: str) -> dict[str, int]:
@@ -158,6 +179,17 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         "thread that is busy anyway bounds the gain. An encoder that runs each text alone (the `onnx` "
         "provider, whose int8 activation scales are per call) gains only the HTTP and FAISS share.",
     ]
+    if res["api_latency"] is not None:
+        lines[-1] = (
+            f"The encoder is an embeddings API simulated on {HOST} (the OpenAI-format fake of "
+            f"`fakes/fake_providers.py`, {API_DIM}-d hash-derived vectors, each request answered after "
+            f"{res['api_latency']:g} s; the adapter was fitted on its vectors, so retrieval quality means "
+            "nothing here). Concurrent requests are micro-batched: the queries waiting while an API call "
+            "is in flight go out together in the next one (up to the encoder's 4 calls in flight), and are "
+            "searched with one FAISS call; with closed-loop clients, mean latency = clients / throughput. "
+            "An API's cost is per call, not per token, so here batching multiplies throughput; a local "
+            "model's is its arithmetic per token (the sections above and below)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -169,6 +201,10 @@ def main() -> None:
     parser.add_argument("--solo", type=int, default=100, help="requests of the one-client run")
     parser.add_argument("--threads", type=int, default=None, help="passed to `serve --threads`")
     parser.add_argument("--results", default="load_test.md", help="file name under benchmarks/results/")
+    parser.add_argument(
+        "--api-latency", type=float, default=None, metavar="S",
+        help="serve over a simulated embeddings API answering each request after S seconds",
+    )  # fmt: skip
     args = parser.parse_args()
     from search_adaptor.data import load_beir
 
@@ -176,16 +212,25 @@ def main() -> None:
     queries = load_beir(DATA).queries
     texts = [queries[q] for q in sorted(queries)]
     key = secrets.token_urlsafe(32)
-    with tempfile.TemporaryDirectory() as tmp:
-        index, _, _ = build_index(scifact_adapter(args.adapter, Path(tmp)), Path(tmp) / "index")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        env = {**os.environ, KEY_ENV: key}
+        if args.api_latency is None:
+            index, _, _ = build_index(scifact_adapter(args.adapter, Path(tmp)), Path(tmp) / "index")
+        else:
+            fake = stack.enter_context(FakeProvider("openai", dim=API_DIM))
+            os.environ[PROVIDER_KEY_ENV["openai"]] = env[PROVIDER_KEY_ENV["openai"]] = fake.key
+            cache = Path(tmp) / "cache"
+            index, _, _ = build_index(api_adapter(fake.url, Path(tmp), cache), Path(tmp) / "index", cache)
+            fake.delay = args.api_latency
         port = _free_port()
         url = f"http://{HOST}:{port}"
         cmd = [sys.executable, "-m", "search_adaptor.cli", "serve", str(Path(tmp) / "index"), "--host", HOST]
         cmd += ["--port", str(port), "--api-key-env", KEY_ENV]
         cmd += ["--threads", str(args.threads)] if args.threads else []
+        cmd += ["--base-url", fake.url] if args.api_latency is not None else []
         log = Path(tmp) / "server.log"
         with log.open("w") as log_fh:
-            proc = subprocess.Popen(cmd, env={**os.environ, KEY_ENV: key}, stdout=log_fh, stderr=log_fh)
+            proc = subprocess.Popen(cmd, env=env, stdout=log_fh, stderr=log_fh)
             try:
                 _wait_healthy(url, proc, log)
                 auth = auth_checks(url, key)
@@ -205,11 +250,13 @@ def main() -> None:
     solo.update(clients=1, requests=args.solo)
     load.update(clients=args.clients, requests=args.requests)
     res = {"solo": solo, "load": load, "auth": auth, "load_avg": load_avg, "threads": args.threads}
+    res["api_latency"] = args.api_latency
     res.update(agree=agree, checked=len(checked))
     res["encoder"] = "{provider} {model}".format(**index.manifest["encoder"])
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     cmd_text = f"{threads}HF_HUB_OFFLINE=1 python benchmarks/load_test.py"
     cmd_text += f" --adapter {args.adapter}" if args.adapter else ""
+    cmd_text += f" --api-latency {args.api_latency:g}" if args.api_latency is not None else ""
     cmd_text += f" --clients {args.clients} --requests {args.requests} --solo {args.solo}"
     cmd_text += f" --threads {args.threads}" if args.threads else ""
     cmd_text += f" --results {args.results}" if args.results != "load_test.md" else ""

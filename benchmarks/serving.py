@@ -47,9 +47,10 @@ def scifact_adapter(adapter: str | None, workdir: Path) -> Path:
     return workdir / "fit" / "adapter"
 
 
-def build_index(adapter_dir: Path, out: Path) -> tuple[Any, Any, Any]:
-    """(index saved to ``out``, SciFact embeddings, base encoder), all from the embedding store; the
-    encoder is the one the adapter was trained on (MiniLM, or its ONNX export)."""
+def build_index(adapter_dir: Path, out: Path, cache_dir: Path | None = None) -> tuple[Any, Any, Any]:
+    """(index saved to ``out``, SciFact embeddings, base encoder), all from the embedding store
+    (``cache_dir``, else the default one); the encoder is the one the adapter was trained on (MiniLM,
+    its ONNX export, or an API)."""
     from search_adaptor.data import load_beir
     from search_adaptor.embed import embed_dataset
     from search_adaptor.encoders.registry import from_info
@@ -58,8 +59,8 @@ def build_index(adapter_dir: Path, out: Path) -> tuple[Any, Any, Any]:
 
     dataset = load_beir(DATA)
     encoder = from_info(SearchAdaptor.load(adapter_dir).encoder_)
-    emb = embed_dataset(dataset, encoder, progress=False)
-    index = AdaptedIndex.build(adapter_dir, encoder, dataset.doc_ids, dataset.doc_texts)
+    emb = embed_dataset(dataset, encoder, cache_dir=cache_dir, progress=False)
+    index = AdaptedIndex.build(adapter_dir, encoder, dataset.doc_ids, dataset.doc_texts, cache_dir=cache_dir)
     index.save(out)
     return index, emb, encoder
 

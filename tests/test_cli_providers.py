@@ -6,10 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fake_providers import FAKE_KEY, KEY_ENV, PROVIDER_NAMES, FakeProvider, Fault
 from search_adaptor.cli import main
+from search_adaptor.encoders.registry import from_info
 
 #: What the CLI needs besides --provider and --base-url for each provider.
 PROVIDER_ARGS = {
@@ -236,3 +238,55 @@ def test_matryoshka_sizes_over_an_api_encoder_through_the_store(
         assert main(["search", index, "which passage is about item 3?", "-k", "2", "-o", "json"]) == 0
         assert len(json.loads(capsys.readouterr().out)) == 2
     assert json.loads((tmp_path / "index" / "manifest.json").read_text())["dim"] == 4
+
+
+def test_search_and_serve_reach_the_recorded_api_through_another_root(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An index built through one API root is searched and served through another (a proxy, a gateway,
+    a regional endpoint) with --base-url, with the same answers; the root survives the server's own
+    encoder settings. A root that changes what the model records, one for a local model, and a query
+    root for an index without a query model are refused in one line."""
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    from fastapi.testclient import TestClient
+
+    from search_adaptor.encoders.registry import make_encoder
+    from search_adaptor.index import AdaptedIndex
+    from search_adaptor.server import create_app
+    from test_index import make_adapter
+    from test_store import CountingEncoder
+
+    query, index_dir = "which passage is about item 3?", tmp_path / "index"
+    with FakeProvider("cohere", dim=8) as built, FakeProvider("cohere", dim=8) as proxy:
+        clean_env.setenv(KEY_ENV["cohere"], built.key)
+        encoder = make_encoder("cohere", base_url=built.url)
+        docs = [f"passage number {i}" for i in range(12)]
+        ids = [f"d{i}" for i in range(12)]
+        adapter = make_adapter(8, info=encoder.info())
+        AdaptedIndex.from_vectors(adapter, ids, encoder.encode_corpus(docs), encoder.info()).save(index_dir)
+        expected = AdaptedIndex.load(index_dir, encoder=encoder).search([query], k=3)[0]
+        built_calls = len(built.calls)
+
+        assert main(["search", str(index_dir), query, "-k", "3", "-o", "json", "--base-url", proxy.url]) == 0
+        got = [(hit["id"], hit["score"]) for hit in json.loads(capsys.readouterr().out)]
+        assert got == [(d, pytest.approx(s, abs=1e-6)) for d, s in expected]
+        assert [call.texts for call in proxy.calls] == [[query]] and len(built.calls) == built_calls
+
+        served = AdaptedIndex.load(index_dir)
+        served.configure_encoder(base_url=proxy.url)  # what `serve --base-url` does, then create_app
+        reply = TestClient(create_app(served)).post("/search", json={"queries": [query], "k": 3})
+        assert [hit["id"] for hit in reply.json()["results"][0]] == [d for d, _ in expected]
+        assert len(proxy.calls) == 2 and len(built.calls) == built_calls
+
+        assert main(["search", str(index_dir), query, "--query-base-url", proxy.url]) == 2
+        err = capsys.readouterr().err
+        assert "queries are embedded by its documents' model" in err and "\n" not in err.strip()
+
+    compatible = make_encoder("openai-compatible", "m", base_url="http://127.0.0.1:9/v1", api_key="k")
+    with pytest.raises(ValueError, match="API root is part of what it records"):
+        from_info(compatible.info(), base_url="http://127.0.0.1:8/v1")
+    local = CountingEncoder(dim=8).info()
+    vectors = np.eye(12, 8, dtype=np.float32)
+    index = AdaptedIndex.from_vectors(make_adapter(8, info=local), ids, vectors, local)
+    with pytest.raises(ValueError, match="is a local model, not an API"):
+        index.configure_encoder(base_url=proxy.url)

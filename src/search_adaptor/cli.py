@@ -180,7 +180,10 @@ def _cmd_search(args: argparse.Namespace) -> None:
     """search an index folder with one query"""
     from search_adaptor.index import AdaptedIndex
 
-    hits = AdaptedIndex.load(args.index).search([args.query], k=args.k)[0]
+    index = AdaptedIndex.load(args.index)
+    if args.base_url or args.query_base_url:
+        index.configure_encoder(base_url=args.base_url, query_base_url=args.query_base_url)
+    hits = index.search([args.query], k=args.k)[0]
     if args.output == "json":
         print(json.dumps([{"id": doc, "score": score} for doc, score in hits], indent=2))
         return
@@ -194,6 +197,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from search_adaptor.server import serve
 
     keys = ("host", "port", "api_key_env", "threads", "retry_budget_s", "model_name")
+    keys += ("base_url", "query_base_url")
     serve(args.index, **{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from search_adaptor import __version__
 from search_adaptor.embed import Embeddings
+from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind
 from search_adaptor.encoders.registry import from_info
 from search_adaptor.files import Staged, inside, read_json
@@ -129,8 +130,10 @@ class AdaptedIndex:
         self.doc_ids = list(doc_ids)
         self.manifest = dict(manifest)
         self._encoder = encoder
+        self._given = encoder is not None  # kept as it was made
         self._query_encoder: Encoder | None = None  # a cross-model adapter's, from the manifest
         self._options: dict[str, Any] = {}  # configure_encoder()'s overrides
+        self._roots: dict[str, str] = {}  # configure_encoder()'s API roots, by manifest key
         self._checked: dict[Kind, Encoder] = {}  # the encoders last checked against the adapter
         self._sides: dict[Kind, NumpyNet | None] | None = None
         self._lock = threading.Lock()
@@ -414,7 +417,7 @@ class AdaptedIndex:
         """The base encoder for text queries; recreated from the manifest on first use."""
         with self._lock:
             if self._encoder is None:
-                self._encoder = from_info(self.manifest["encoder"])
+                self._encoder = self._recreate("encoder")
             return self._encoder
 
     @property
@@ -425,23 +428,60 @@ class AdaptedIndex:
             return self.encoder
         with self._lock:
             if self._query_encoder is None:
-                self._query_encoder = from_info(self.manifest["query_encoder"], **self._options)
+                self._query_encoder = self._recreate("query_encoder")
             return self._query_encoder
 
-    def configure_encoder(self, **options: Any) -> bool:
-        """Recreate the base (and query) encoder from the manifest with ``options`` unless one was given.
+    def configure_encoder(
+        self, *, base_url: str | None = None, query_base_url: str | None = None, **options: Any
+    ) -> bool:
+        """Recreate the base (and query) encoder from the manifest with these settings, added to any
+        set before, unless an encoder was given.
 
         ``options`` are :func:`~search_adaptor.encoders.registry.from_info` overrides that do not
         change the vectors (``retry_budget_s``, ``timeout``, ``max_concurrency``): a server gives its
-        API encoder a short retry budget this way. An encoder given to the constructor or to
-        :meth:`load` is kept as it was made. Returns whether the encoder was recreated.
+        API encoder a short retry budget this way. ``base_url`` and ``query_base_url`` reach the
+        recorded API models (the documents', and a cross-model adapter's query model) through
+        another root: a proxy, a gateway, a regional endpoint. An encoder given to the constructor or
+        to :meth:`load` is kept as it was made. Returns whether the base encoder was recreated.
+
+        Raises
+        ------
+        ValueError
+            A root for a local model, for an encoder that was given, or for a query model the index
+            does not have; a root that changes what the model records (see ``from_info``).
         """
+        roots = {"encoder": base_url, "query_encoder": query_base_url}
+        for key, root in roots.items():
+            if root is None:
+                continue
+            info = self.manifest.get(key)
+            if info is None:
+                raise ValueError(
+                    f"query API root {root}: this index's queries are embedded by its documents' model "
+                    f"({self.manifest['encoder'].get('model')}); give the documents' API root instead"
+                )
+            if info.get("provider") not in API_CLASSES:
+                raise ValueError(
+                    f"API root {root}: {info.get('provider')} {info.get('model')} is a local model, not an "
+                    "API; there is no root to set"
+                )
+            if key == "encoder" and self._given:
+                raise ValueError(f"API root {root}: an encoder was given to this index; set its root there")
         with self._lock:
-            self._options = dict(options)
-            if self._encoder is not None:
+            self._options.update(options)
+            self._roots.update({key: root for key, root in roots.items() if root is not None})
+            self._query_encoder = None
+            if "query_encoder" in self.manifest:
+                self._query_encoder = self._recreate("query_encoder")
+            if self._given:
                 return False
-            self._encoder = from_info(self.manifest["encoder"], **options)
+            self._encoder = self._recreate("encoder")
             return True
+
+    def _recreate(self, key: str) -> Encoder:
+        """The manifest's ``encoder`` or ``query_encoder``, made with :meth:`configure_encoder`'s settings."""
+        root = {"base_url": self._roots[key]} if key in self._roots else {}
+        return from_info(self.manifest[key], **self._options, **root)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted, unit-norm query vectors of ``texts`` (see :meth:`embed`)."""

@@ -71,6 +71,11 @@ _ENCODER = [
     A("--query-model", help="that model's id (a folder for model2vec); see `search-adaptor distill`"),
     A("--query-base-url", help="that model's API root"),
 ]
+#: where ``search`` and ``serve`` reach the API models an index records (their keys: the environment)
+_API_ROOTS = [
+    A("--base-url", help="reach the index's API model through this root (a proxy, a regional endpoint)"),
+    A("--query-base-url", help="the same for a cross-model index's query model"),
+]
 _ENGINE = [
     A("--engine", default="local", choices=("local", "ray"), help="local (default) or Ray Data"),
     A("--ray-address", metavar="ADDR", help="Ray cluster (ray://head:10001, auto); default: local"),
@@ -141,7 +146,13 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _DIM,
         "engine",
     ],
-    "search": [A("index", metavar="INDEX_DIR"), A("query"), A("-k", type=_positive_int, default=10), _OUTPUT],
+    "search": [
+        A("index", metavar="INDEX_DIR"),
+        A("query"),
+        A("-k", type=_positive_int, default=10),
+        _OUTPUT,
+        *_API_ROOTS,
+    ],
     "serve": [
         A("index", metavar="INDEX_DIR"),
         A("--host", help="address to bind (default: loopback only)"),
@@ -150,6 +161,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--threads", type=_positive_int, metavar="N", help="CPU threads (1 when shared)"),
         A("--retry-budget", type=_positive_float, dest="retry_budget_s", metavar="S", help="s per API call"),
         A("--model-name", metavar="NAME", help="/v1 model names NAME-query, NAME-document"),
+        *_API_ROOTS,
     ],
     "distill": [
         A("--out", required=True, metavar="DIR"),

@@ -696,13 +696,16 @@ def serve(
     threads: int | None = None,
     retry_budget_s: float | None = RETRY_BUDGET_S,
     model_name: str = MODEL_NAME,
+    base_url: str | None = None,
+    query_base_url: str | None = None,
 ) -> None:
     """``search-adaptor serve``: load the index folder and serve it with uvicorn until interrupted.
 
     ``api_key_env`` names the environment variable holding the key clients must send (never the key
     itself, which would show in process lists and shell history); serving a non-loopback address
     without one prints a warning. ``threads`` caps CPU threads of the model, adapter and FAISS;
-    ``retry_budget_s`` and ``model_name`` are :func:`create_app`'s.
+    ``retry_budget_s`` and ``model_name`` are :func:`create_app`'s; ``base_url`` and ``query_base_url``
+    reach the index's API models through other roots (:meth:`AdaptedIndex.configure_encoder`).
     """
     import uvicorn
 
@@ -734,6 +737,8 @@ def serve(
     sock = _listen(host, port)  # before the model loads: a port in use is one line, not a false start
     try:
         index = AdaptedIndex.load(index_dir)
+        if base_url or query_base_url:
+            index.configure_encoder(base_url=base_url, query_base_url=query_base_url)
         app = create_app(index, api_key=key, retry_budget_s=retry_budget_s, model_name=model_name)
         print(
             f"search-adaptor: serving {index.n_docs} documents on http://{host}:{port} (OpenAPI docs at "

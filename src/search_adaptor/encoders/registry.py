@@ -79,7 +79,9 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
     API keys come from the environment, as for any encoder. The result must reproduce the recorded
     fingerprint; otherwise the vectors would differ from the indexed ones. ``overrides`` are
     ``make_encoder`` options that do not change the vectors (``batch_size``, ``max_concurrency``,
-    ``timeout``).
+    ``timeout``), and ``base_url``: the recorded API reached through another root (a proxy, a gateway,
+    a regional endpoint), refused where the root is part of the fingerprint (an OpenAI-compatible
+    server, whose model names mean something only on it).
 
     Raises
     ------
@@ -92,7 +94,8 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
             f"the vectors came from precomputed embeddings ({info.get('model')}): there is no model to embed "
             "text with; pass query vectors instead, or give an encoder explicitly"
         )
-    base_url = cfg.get("base_url") or cfg.get("endpoint")
+    root = overrides.pop("base_url", None)
+    base_url = root or cfg.get("base_url") or cfg.get("endpoint")
     extra: dict[str, Any] = {"base_url": base_url} if base_url else {}
     if cfg.get("dimensions") is not None:
         extra["dimensions"] = cfg["dimensions"]
@@ -103,8 +106,12 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
         options["max_input_tokens"] = cfg.get("max_input_tokens")
     encoder = make_encoder(str(provider), cfg.get("model"), **extra, **options, **overrides)
     if encoder.fingerprint != info.get("fingerprint"):
-        raise ValueError(
-            f"recreated encoder {encoder.fingerprint} differs from the recorded {info.get('fingerprint')}; "
-            "pass the original encoder explicitly"
+        fix = (
+            f"its API root is part of what it records, and {root} may serve other vectors under that "
+            "model name; use the recorded root, or embed again through this one"
+            if root
+            else "pass the original encoder explicitly"
         )
+        recorded, made = info.get("fingerprint"), encoder.fingerprint
+        raise ValueError(f"recreated encoder {made} differs from the recorded {recorded}; {fix}")
     return encoder
