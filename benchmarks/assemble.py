@@ -23,6 +23,7 @@ ORDER = [
     "serving.md",
     "load_test.md",
     "load_test_onnx.md",
+    "load_test_api.md",
     "onnx_encoder.md",
     "scale.md",
     "frameworks.md",

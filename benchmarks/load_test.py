@@ -78,6 +78,7 @@ def api_adapter(url: str, workdir: Path, cache: Path) -> Path:
     """An adapter fitted with ``search-adaptor fit`` on SciFact embedded by the API at ``url``."""
     cli = [sys.executable, "-m", "search_adaptor.cli", "fit", str(DATA), "--provider", "openai"]
     cli += ["--base-url", url, "--cache", str(cache), "--out", str(workdir / "fit"), "--quiet"]
+    cli += ["--max-steps", "200"]  # the fake's vectors hold nothing to learn: keep the fit short
     subprocess.run(cli, check=True, stdout=sys.stderr)  # keep stdout for the markdown
     return workdir / "fit" / "adapter"
 
@@ -220,7 +221,8 @@ def main() -> None:
             fake = stack.enter_context(FakeProvider("openai", dim=API_DIM))
             os.environ[PROVIDER_KEY_ENV["openai"]] = env[PROVIDER_KEY_ENV["openai"]] = fake.key
             cache = Path(tmp) / "cache"
-            index, _, _ = build_index(api_adapter(fake.url, Path(tmp), cache), Path(tmp) / "index", cache)
+            adapter = api_adapter(fake.url, Path(tmp), cache)
+            index, _, _ = build_index(adapter, Path(tmp) / "index", cache, base_url=fake.url)
             fake.delay = args.api_latency
         port = _free_port()
         url = f"http://{HOST}:{port}"
@@ -253,6 +255,8 @@ def main() -> None:
     res["api_latency"] = args.api_latency
     res.update(agree=agree, checked=len(checked))
     res["encoder"] = "{provider} {model}".format(**index.manifest["encoder"])
+    if args.api_latency is not None:
+        res["encoder"] += f" as simulated on loopback, {args.api_latency:g} s per call"
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     cmd_text = f"{threads}HF_HUB_OFFLINE=1 python benchmarks/load_test.py"
     cmd_text += f" --adapter {args.adapter}" if args.adapter else ""

@@ -47,10 +47,12 @@ def scifact_adapter(adapter: str | None, workdir: Path) -> Path:
     return workdir / "fit" / "adapter"
 
 
-def build_index(adapter_dir: Path, out: Path, cache_dir: Path | None = None) -> tuple[Any, Any, Any]:
+def build_index(
+    adapter_dir: Path, out: Path, cache_dir: Path | None = None, base_url: str | None = None
+) -> tuple[Any, Any, Any]:
     """(index saved to ``out``, SciFact embeddings, base encoder), all from the embedding store
     (``cache_dir``, else the default one); the encoder is the one the adapter was trained on (MiniLM,
-    its ONNX export, or an API)."""
+    its ONNX export, or an API, reached at ``base_url`` when given)."""
     from search_adaptor.data import load_beir
     from search_adaptor.embed import embed_dataset
     from search_adaptor.encoders.registry import from_info
@@ -58,7 +60,8 @@ def build_index(adapter_dir: Path, out: Path, cache_dir: Path | None = None) -> 
     from search_adaptor.model import SearchAdaptor
 
     dataset = load_beir(DATA)
-    encoder = from_info(SearchAdaptor.load(adapter_dir).encoder_)
+    root = {"base_url": base_url} if base_url else {}
+    encoder = from_info(SearchAdaptor.load(adapter_dir).encoder_, **root)
     emb = embed_dataset(dataset, encoder, cache_dir=cache_dir, progress=False)
     index = AdaptedIndex.build(adapter_dir, encoder, dataset.doc_ids, dataset.doc_texts, cache_dir=cache_dir)
     index.save(out)

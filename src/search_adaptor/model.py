@@ -134,7 +134,8 @@ class SearchAdaptor:
         float32, and so does the saved adapter). "bfloat16" is mixed precision: on CPUs that multiply
         bfloat16 natively (AVX512-BF16, AMX) a step is 1.2-1.5x faster, at a small cost in nDCG@10
         (BENCHMARKS.md); "auto" uses it where the CPU does and float32 elsewhere. float32, the
-        default, gives the same adapter on every machine.
+        default, runs the same arithmetic on every machine and the same adapter on one; another
+        CPU's kernels round float32 sums differently, which can move scores in the third decimal.
     """
 
     def __init__(

@@ -112,7 +112,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A(
             "--precision",
             choices=PRECISIONS,
-            help="training steps' products (default float32: the same adapter on any machine; bfloat16, "
+            help="training steps' products (default float32: the same arithmetic on any machine; bfloat16, "
             "or auto where the CPU has it natively: faster steps, slightly lower nDCG@10, BENCHMARKS.md)",
         ),
         A("--dims", type=lambda t: tuple(map(_positive_int, t.split(","))), help="Matryoshka sizes: 64,128"),
