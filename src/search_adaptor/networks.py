@@ -180,8 +180,11 @@ def _rowwise_matmul(x: np.ndarray, weight_t: np.ndarray, out: np.ndarray) -> np.
     A matrix-matrix product rounds a row's float32 sums differently with the number of rows beside it
     (BLAS picks its kernels and splits its threads by the batch's shape, and which sizes agree varies
     with the CPU and the thread count), so a row's adapted vector would depend on the batch it came in.
-    The same matrix-vector call on every row makes it bit-identical alone, in a serving batch, a corpus
-    chunk or a Ray batch; one query also costs a quarter of what the smallest matrix product does.
+    The same matrix-vector call on every row makes it bit-identical alone, in a serving batch or in a
+    corpus chunk; one query also costs a quarter of what the smallest matrix product does. Across
+    BLAS thread counts (a Ray worker's one thread, a driver's two) it agreed wherever tried; BLAS
+    splits a matrix-vector product's outputs between threads, so an uneven split could still round
+    a column differently.
     """
     np.matmul(x[:, None, :], weight_t, out=out[:, None, :])
     return out
