@@ -11,7 +11,7 @@ import pytest
 
 from fake_providers import FAKE_KEY, KEY_ENV, PROVIDER_NAMES, FakeProvider, Fault
 from search_adaptor.cli import main
-from search_adaptor.encoders.registry import from_info
+from search_adaptor.encoders.registry import from_info, make_encoder
 
 #: What the CLI needs besides --provider and --base-url for each provider.
 PROVIDER_ARGS = {
@@ -250,7 +250,6 @@ def test_search_and_serve_reach_the_recorded_api_through_another_root(
     pytest.importorskip("faiss", reason="needs faiss (the index extra)")
     from fastapi.testclient import TestClient
 
-    from search_adaptor.encoders.registry import make_encoder
     from search_adaptor.index import AdaptedIndex
     from search_adaptor.server import create_app
     from test_index import make_adapter
@@ -290,3 +289,53 @@ def test_search_and_serve_reach_the_recorded_api_through_another_root(
     index = AdaptedIndex.from_vectors(make_adapter(8, info=local), ids, vectors, local)
     with pytest.raises(ValueError, match="is a local model, not an API"):
         index.configure_encoder(base_url=proxy.url)
+
+
+def test_a_cross_model_index_with_api_documents_and_local_queries_serves(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """Cheap queries, strong index: documents embedded by an API, queries by a local static model. The
+    server's API settings (a retry budget, a root) go to the API model only; the local one loads."""
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    from fastapi.testclient import TestClient
+
+    from search_adaptor.data import load_beir
+    from search_adaptor.embed import embed_dataset
+    from search_adaptor.index import AdaptedIndex, build_index
+    from search_adaptor.model import SearchAdaptor
+    from search_adaptor.server import create_app
+    from test_crossmodel import _write_beir as write_word_beir
+    from test_model2vec import static_model
+    from tiny_models import WORDS
+
+    data = write_word_beir(tmp_path / "tiny", WORDS, n_docs=20, n_train=5, n_test=5)  # words it knows
+    with FakeProvider("cohere", dim=8) as api, FakeProvider("cohere", dim=8) as proxy:
+        clean_env.setenv(KEY_ENV["cohere"], api.key)
+        docs = make_encoder("cohere", base_url=api.url)
+        queries = make_encoder("model2vec", model=str(static_model(tmp_path / "m2v")))
+        emb = embed_dataset(load_beir(data), docs, tmp_path / "cache", progress=False, query_encoder=queries)
+        adapter = SearchAdaptor(
+            mode="query_only", init="lstsq", loss="alignment", max_steps=5, eval_every=5, batch_size=8
+        ).fit(
+            emb.queries,
+            emb.corpus,
+            None,
+            emb.query_ids,
+            emb.doc_ids,
+            encoder=docs,
+            query_encoder=queries,
+            pairs=(emb.pairs, emb.corpus),
+        )
+        index_dir = tmp_path / "index"
+        build_index(data, docs, adapter, index_dir, cache_dir=tmp_path / "cache", query_encoder=queries)
+        expected = AdaptedIndex.load(index_dir, encoder=docs).search(["the cat sat"], k=3)
+        assert "query_encoder" in json.loads((index_dir / "manifest.json").read_text())
+
+        served = AdaptedIndex.load(index_dir)
+        served.configure_encoder(base_url=proxy.url)
+        client = TestClient(create_app(served))  # gives the API model a retry budget
+        reply = client.post("/search", json={"queries": ["the cat sat"], "k": 3})
+        assert reply.status_code == 200, reply.text
+        assert [hit["id"] for hit in reply.json()["results"][0]] == [d for d, _ in expected[0]]
+        documents = client.post("/embed", json={"queries": ["a red square"], "kind": "document"})
+        assert documents.status_code == 200 and [c.texts for c in proxy.calls] == [["a red square"]]

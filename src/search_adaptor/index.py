@@ -479,9 +479,13 @@ class AdaptedIndex:
             return True
 
     def _recreate(self, key: str) -> Encoder:
-        """The manifest's ``encoder`` or ``query_encoder``, made with :meth:`configure_encoder`'s settings."""
+        """The manifest's ``encoder`` or ``query_encoder``, made with :meth:`configure_encoder`'s settings
+        where they apply: an API model's (a cross-model index may pair one with a local model)."""
+        info = self.manifest[key]
+        if info.get("provider") not in API_CLASSES:
+            return from_info(info)
         root = {"base_url": self._roots[key]} if key in self._roots else {}
-        return from_info(self.manifest[key], **self._options, **root)
+        return from_info(info, **self._options, **root)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted, unit-norm query vectors of ``texts`` (see :meth:`embed`)."""
