@@ -299,12 +299,10 @@ def test_a_cross_model_index_with_api_documents_and_local_queries_serves(
     pytest.importorskip("faiss", reason="needs faiss (the index extra)")
     from fastapi.testclient import TestClient
 
-    from search_adaptor.data import load_beir
-    from search_adaptor.embed import embed_dataset
     from search_adaptor.index import AdaptedIndex, build_index
-    from search_adaptor.model import SearchAdaptor
     from search_adaptor.server import create_app
     from test_crossmodel import _write_beir as write_word_beir
+    from test_crossmodel import unlabelled_cross_adapter
     from test_model2vec import static_model
     from tiny_models import WORDS
 
@@ -313,19 +311,7 @@ def test_a_cross_model_index_with_api_documents_and_local_queries_serves(
         clean_env.setenv(KEY_ENV["cohere"], api.key)
         docs = make_encoder("cohere", base_url=api.url)
         queries = make_encoder("model2vec", model=str(static_model(tmp_path / "m2v")))
-        emb = embed_dataset(load_beir(data), docs, tmp_path / "cache", progress=False, query_encoder=queries)
-        adapter = SearchAdaptor(
-            mode="query_only", init="lstsq", loss="alignment", max_steps=5, eval_every=5, batch_size=8
-        ).fit(
-            emb.queries,
-            emb.corpus,
-            None,
-            emb.query_ids,
-            emb.doc_ids,
-            encoder=docs,
-            query_encoder=queries,
-            pairs=(emb.pairs, emb.corpus),
-        )
+        _, adapter = unlabelled_cross_adapter(data, docs, queries, tmp_path / "cache")
         index_dir = tmp_path / "index"
         build_index(data, docs, adapter, index_dir, cache_dir=tmp_path / "cache", query_encoder=queries)
         expected = AdaptedIndex.load(index_dir, encoder=docs).search(["the cat sat"], k=3)

@@ -20,6 +20,7 @@ import pytest
 from search_adaptor.cli import main
 from search_adaptor.data import Dataset
 from search_adaptor.embed import Embeddings, embed_dataset
+from search_adaptor.encoders.base import Encoder
 from search_adaptor.experiment import (
     DOCUMENTS_MODEL,
     PairStart,
@@ -766,15 +767,14 @@ def test_embed_dataset_with_a_query_model_embeds_queries_and_pairs_with_it(tmp_p
     assert same.queries.shape == (32, 16)
 
 
-@pytest.fixture
-def fake_world(tmp_path):
-    """A BEIR folder, two fake encoders of different widths, and a cross adapter trained on them."""
+def unlabelled_cross_adapter(
+    data: Path, docs: Encoder, queries: Encoder, cache: Path
+) -> tuple[Embeddings, SearchAdaptor]:
+    """``data`` embedded by both models (through the store at ``cache``), and a cross adapter from
+    ``queries``' space into ``docs``' trained on the paired corpus texts alone (a few steps)."""
     from search_adaptor.data import load_beir
 
-    data = _write_beir(tmp_path / "tiny", WORDS)
-    docs, queries = CountingEncoder(dim=16, batch_size=64), CountingEncoder(dim=8, batch_size=64)
-    queries.model = "fake-query-model"
-    emb = embed_dataset(load_beir(data), docs, tmp_path / "cache", progress=False, query_encoder=queries)
+    emb = embed_dataset(load_beir(data), docs, cache, progress=False, query_encoder=queries)
     est = SearchAdaptor(**{**FAST, **CROSS, "loss": "alignment", "max_steps": 20}).fit(
         emb.queries,
         emb.corpus,
@@ -785,6 +785,16 @@ def fake_world(tmp_path):
         query_encoder=queries,
         pairs=(emb.pairs, emb.corpus),
     )
+    return emb, est
+
+
+@pytest.fixture
+def fake_world(tmp_path):
+    """A BEIR folder, two fake encoders of different widths, and a cross adapter trained on them."""
+    data = _write_beir(tmp_path / "tiny", WORDS)
+    docs, queries = CountingEncoder(dim=16, batch_size=64), CountingEncoder(dim=8, batch_size=64)
+    queries.model = "fake-query-model"
+    emb, est = unlabelled_cross_adapter(data, docs, queries, tmp_path / "cache")
     return {
         "data": data,
         "docs": docs,
