@@ -325,3 +325,35 @@ def test_a_cross_model_index_with_api_documents_and_local_queries_serves(
         assert [hit["id"] for hit in reply.json()["results"][0]] == [d for d, _ in expected[0]]
         documents = client.post("/embed", json={"queries": ["a red square"], "kind": "document"})
         assert documents.status_code == 200 and [c.texts for c in proxy.calls] == [["a red square"]]
+
+
+def test_evaluate_reaches_the_recorded_api_query_model_through_another_root(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cross-model adapter records its query model (here an API); `evaluate` recreates it from the
+    record, at --query-base-url when given (a proxy), with no --query-provider or --query-model."""
+    from test_crossmodel import unlabelled_cross_adapter
+
+    data = _write_beir(tmp_path / "tiny", n_docs=20, n_queries=10)
+    with (
+        FakeProvider("cohere", dim=8) as documents_api,
+        FakeProvider("openai", dim=12) as queries_api,
+        FakeProvider("openai", dim=12) as proxy,
+    ):
+        clean_env.setenv(KEY_ENV["cohere"], documents_api.key)
+        clean_env.setenv(KEY_ENV["openai"], queries_api.key)
+        docs = make_encoder("cohere", base_url=documents_api.url)
+        queries = make_encoder("openai", base_url=queries_api.url)
+        _, adapter = unlabelled_cross_adapter(data, docs, queries, tmp_path / "cache")
+        adapter.save(tmp_path / "adapter")
+        before = len(queries_api.calls)
+        args = [
+            "evaluate", str(data), "--adapter", str(tmp_path / "adapter"), "--provider", "cohere",
+            "--base-url", documents_api.url, "--cache", str(tmp_path / "fresh"), "--quiet", "-o", "json",
+        ]  # fmt: skip
+        assert main([*args, "--query-base-url", proxy.url]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["query_model"] == "text-embedding-3-small" and "adapted" in report["metrics"]
+        texts = {text for call in proxy.calls for text in call.texts}
+        assert {f"which passage is about item {i}?" for i in range(10)} <= texts
+        assert len(queries_api.calls) == before  # the recorded model, reached through the proxy only

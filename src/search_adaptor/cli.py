@@ -22,12 +22,13 @@ def _eprint(msg: str) -> None:
 def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> Any:
     """The documents' encoder from the flags, or with ``side="query_"`` the queries' when another model
     makes them: --query-provider, --query-model and --query-base-url, or else the query model a
-    cross-model ``adapter`` records (None for one model)."""
+    cross-model ``adapter`` records (None for one model), reached at --query-base-url when given."""
     from search_adaptor.encoders.registry import from_info, make_encoder
 
-    if side and not (args.query_provider or args.query_model or args.query_base_url):
-        recorded = getattr(adapter, "query_encoder_", None)
-        return from_info(recorded) if recorded else None
+    recorded = getattr(adapter, "query_encoder_", None)
+    if side and not (args.query_provider or args.query_model) and (recorded or not args.query_base_url):
+        root = {"base_url": args.query_base_url} if args.query_base_url else {}
+        return from_info(recorded, **root) if recorded else None
     provider = getattr(args, f"{side}provider") or args.provider
     if args.timeout is not None and provider == LOCAL:
         raise ValueError("--timeout applies to API providers only")

@@ -69,7 +69,7 @@ _ENCODER = [
         help="queries by another model (default: the one an adapter records, else --provider's)",
     ),
     A("--query-model", help="that model's id (a folder for model2vec); see `search-adaptor distill`"),
-    A("--query-base-url", help="that model's API root"),
+    A("--query-base-url", help="that model's API root (alone: of the query model an adapter records)"),
 ]
 #: where ``search`` and ``serve`` reach the API models an index records (their keys: the environment)
 _API_ROOTS = [
