@@ -357,3 +357,24 @@ def test_evaluate_reaches_the_recorded_api_query_model_through_another_root(
         texts = {text for call in proxy.calls for text in call.texts}
         assert {f"which passage is about item {i}?" for i in range(10)} <= texts
         assert len(queries_api.calls) == before  # the recorded model, reached through the proxy only
+
+
+def test_evaluate_and_index_default_to_the_model_the_adapter_records(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --provider or --model, `evaluate` and `index` embed with the model the adapter was
+    trained on (reached at --base-url when given), not the local default."""
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    from test_index import make_adapter
+
+    data = _write_beir(tmp_path / "tiny", n_docs=20, n_queries=10)
+    with FakeProvider("cohere", dim=8) as fake:
+        clean_env.setenv(KEY_ENV["cohere"], fake.key)
+        make_adapter(8, info=make_encoder("cohere", base_url=fake.url).info()).save(tmp_path / "adapter")
+        common = ["--adapter", str(tmp_path / "adapter"), "--base-url", fake.url]
+        common += ["--cache", str(tmp_path / "cache")]
+        assert main(["evaluate", str(data), *common, "--quiet", "-o", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["encoder_fingerprint"].startswith("cohere:embed-v4.0:")
+        assert main(["index", str(data), *common, "--out", str(tmp_path / "index"), "--quiet"]) == 0
+        assert "20 documents indexed" in capsys.readouterr().out
+        assert len(fake.served) == 30  # each text sent once: the index found the documents in the store

@@ -534,7 +534,11 @@ def test_evaluate_with_another_models_adapter_embeds_nothing(world, tmp_path, ca
         tmp_path / "cache",
         "--quiet",
     ]
-    assert_refused(run(capsys, *argv), f"precomputed:{MODEL}", fake.fingerprint, "same encoder")
+    # no --provider: the adapter's own record, precomputed vectors, which no model can embed again
+    assert_refused(run(capsys, *argv), f"precomputed vectors ({MODEL})", "--embeddings DIR")
+    assert_refused(
+        run(capsys, *argv, "--provider", "sentence-transformers"), f"precomputed:{MODEL}", fake.fingerprint
+    )
     assert fake.calls == []
     vec = ["--embeddings", world["vec"], "--model", "other-model"]
     assert_refused(run(capsys, *argv, *vec), f"precomputed:{MODEL}", "precomputed:other-model")

@@ -22,14 +22,27 @@ def _eprint(msg: str) -> None:
 def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> Any:
     """The documents' encoder from the flags, or with ``side="query_"`` the queries' when another model
     makes them: --query-provider, --query-model and --query-base-url, or else the query model a
-    cross-model ``adapter`` records (None for one model), reached at --query-base-url when given."""
+    cross-model ``adapter`` records (None for one model), reached at --query-base-url when given.
+    Without --provider or --model, the documents' model is the one ``adapter`` records (at --base-url
+    when given), else the local default."""
     from search_adaptor.encoders.registry import from_info, make_encoder
 
-    recorded = getattr(adapter, "query_encoder_", None)
-    if side and not (args.query_provider or args.query_model) and (recorded or not args.query_base_url):
-        root = {"base_url": args.query_base_url} if args.query_base_url else {}
-        return from_info(recorded, **root) if recorded else None
-    provider = getattr(args, f"{side}provider") or args.provider
+    wanted = (args.query_provider or args.query_model) if side else (args.provider or args.model)
+    recorded = getattr(adapter, "query_encoder_" if side else "encoder_", None)
+    root = getattr(args, f"{side}base_url")
+    if not wanted and (recorded or (side and not root)):
+        if not recorded:
+            return None  # one model for queries and documents
+        if recorded.get("provider") == "precomputed":
+            raise ValueError(
+                f"the adapter was trained on precomputed vectors ({recorded.get('model')}): give them with "
+                "--embeddings DIR, or the model that made them with --provider and --model"
+            )
+        given = {k: getattr(args, k) for k in ("batch_size", "max_concurrency", "timeout")}
+        options = {k: v for k, v in given.items() if v is not None}  # a local model refuses the API's
+        return from_info(recorded, **options, **({"base_url": root} if root else {}))
+    documents = args.provider or LOCAL
+    provider = getattr(args, f"{side}provider") or documents
     if args.timeout is not None and provider == LOCAL:
         raise ValueError("--timeout applies to API providers only")
     keys = [
@@ -39,8 +52,7 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
         *(["timeout"] if args.timeout else []),
     ]
     options = {k: getattr(args, k) for k in keys if not side or getattr(args, k) is not None}
-    base_url = getattr(args, f"{side}base_url")
-    return make_encoder(provider, getattr(args, f"{side}model"), base_url=base_url, **options)
+    return make_encoder(provider, getattr(args, f"{side}model"), base_url=root, **options)
 
 
 def _note_size(adapter: Any, dim: int | None) -> None:
@@ -73,7 +85,7 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
     options.update(cache_dir=args.cache, progress=not args.quiet)
     query_encoder = _encoder(args, "query_", adapter)
-    return embeddings_for(dataset, _encoder(args), query_encoder=query_encoder, **options)
+    return embeddings_for(dataset, _encoder(args, adapter=adapter), query_encoder=query_encoder, **options)
 
 
 def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> None:
@@ -150,7 +162,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
     source = _embeddings(args, load_beir(args.data), adapter) if args.embeddings else args.data
-    encoder = None if args.embeddings else _encoder(args)
+    encoder = None if args.embeddings else _encoder(args, adapter=adapter)
     options = {k: getattr(args, k) for k in ("engine", "backend", "rows", "ray_address", "dim")}
     options.update(
         cache_dir=args.cache, progress=not args.quiet, query_encoder=_encoder(args, "query_", adapter)

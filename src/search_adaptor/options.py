@@ -53,7 +53,7 @@ _ADAPTER = A("--adapter", required=True, metavar="ADAPTER_DIR")
 _DIM = A("--dim", type=_positive_int, help="keep the first DIM adapted coordinates (Matryoshka)")
 _DATA = A("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
 _ENCODER = [
-    A("--provider", default=LOCAL, choices=PROVIDERS),
+    A("--provider", choices=PROVIDERS, help=f"default: the model an adapter records, else {LOCAL}"),
     A("--model", help=f"model id (default for {LOCAL}: sentence-transformers/all-MiniLM-L6-v2)"),
     A("--base-url", help="API root for openai-compatible / self-hosted endpoints"),
     A("--dimensions", type=_positive_int, help="shorter output vectors, where supported"),
