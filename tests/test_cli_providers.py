@@ -159,7 +159,7 @@ def test_bad_key_is_one_line_naming_the_env_var(
     [
         (["--provider", "openai", "--batch-size", "0"], "--batch-size: must be a positive int, got 0"),
         (["--provider", "openai", "--timeout", "-1"], "--timeout: must be a positive float, got -1"),
-        (["--timeout", "5"], "--timeout applies to API providers only"),
+        (["--timeout", "5"], "sentence-transformers: timeout do not apply to a local model"),
         (["--embeddings", "vectors"], "nothing to embed"),
     ],
 )

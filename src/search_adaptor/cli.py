@@ -43,8 +43,6 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
         return from_info(recorded, **options, **({"base_url": root} if root else {}))
     documents = args.provider or LOCAL
     provider = getattr(args, f"{side}provider") or documents
-    if args.timeout is not None and provider == LOCAL:
-        raise ValueError("--timeout applies to API providers only")
     keys = [
         *([] if side else ["dimensions"]),
         "batch_size",

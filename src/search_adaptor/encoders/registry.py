@@ -63,6 +63,9 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
             if extra:
                 raise ValueError(f"{provider}: {', '.join(extra)} do not apply to a model in a folder")
             return getattr(importlib.import_module(module), name)(model, **kw)
+        api_only = sorted(set(kw) & {"api_key", "retry", "retry_budget_s", "timeout"})
+        if api_only:
+            raise ValueError(f"{provider}: {', '.join(api_only)} do not apply to a local model")
         from search_adaptor.encoders.local import DEFAULT_MODEL, SentenceTransformerEncoder
 
         return SentenceTransformerEncoder(model or DEFAULT_MODEL, **kw)
