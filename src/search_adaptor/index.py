@@ -454,16 +454,16 @@ class AdaptedIndex:
         for key, root in roots.items():
             if root is None:
                 continue
-            info = self.manifest.get(key)
-            if info is None:
-                raise ValueError(
-                    f"query API root {root}: this index's queries are embedded by its documents' model "
-                    f"({self.manifest['encoder'].get('model')}); give the documents' API root instead"
-                )
+            info = self.manifest.get(key) or self.manifest["encoder"]
             if info.get("provider") not in API_CLASSES:
                 raise ValueError(
                     f"API root {root}: {info.get('provider')} {info.get('model')} is a local model, not an "
                     "API; there is no root to set"
+                )
+            if key not in self.manifest:
+                raise ValueError(
+                    f"query API root {root}: this index's queries are embedded by its documents' model "
+                    f"({info.get('model')}); give the documents' API root instead"
                 )
             if key == "encoder" and self._given:
                 raise ValueError(f"API root {root}: an encoder was given to this index; set its root there")
