@@ -378,3 +378,7 @@ def test_evaluate_and_index_default_to_the_model_the_adapter_records(
         assert main(["index", str(data), *common, "--out", str(tmp_path / "index"), "--quiet"]) == 0
         assert "20 documents indexed" in capsys.readouterr().out
         assert len(fake.served) == 30  # each text sent once: the index found the documents in the store
+        assert main(["evaluate", str(data), *common, "--dimensions", "4"]) == 2
+        assert "--dimensions 4: the adapter was trained on embed-v4.0 at its full width" in (
+            capsys.readouterr().err
+        )

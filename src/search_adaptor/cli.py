@@ -38,6 +38,13 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
                 f"the adapter was trained on precomputed vectors ({recorded.get('model')}): give them with "
                 "--embeddings DIR, or the model that made them with --provider and --model"
             )
+        recorded_dims = (recorded.get("config") or {}).get("dimensions")
+        if not side and args.dimensions is not None and args.dimensions != recorded_dims:
+            raise ValueError(
+                f"--dimensions {args.dimensions}: the adapter was trained on {recorded.get('model')} "
+                f"{f'with dimensions {recorded_dims}' if recorded_dims else 'at its full width'}; drop "
+                "--dimensions, or give --provider and --model too"
+            )
         given = {k: getattr(args, k) for k in ("batch_size", "max_concurrency", "timeout")}
         options = {k: v for k, v in given.items() if v is not None}  # a local model refuses the API's
         return from_info(recorded, **options, **({"base_url": root} if root else {}))
