@@ -435,14 +435,15 @@ class AdaptedIndex:
         self, *, base_url: str | None = None, query_base_url: str | None = None, **options: Any
     ) -> bool:
         """Recreate the base (and query) encoder from the manifest with these settings, added to any
-        set before, unless an encoder was given.
+        set before, where they apply (an API model) and unless an encoder was given.
 
         ``options`` are :func:`~search_adaptor.encoders.registry.from_info` overrides that do not
         change the vectors (``retry_budget_s``, ``timeout``, ``max_concurrency``): a server gives its
         API encoder a short retry budget this way. ``base_url`` and ``query_base_url`` reach the
         recorded API models (the documents', and a cross-model adapter's query model) through
         another root: a proxy, a gateway, a regional endpoint. An encoder given to the constructor or
-        to :meth:`load` is kept as it was made. Returns whether the base encoder was recreated.
+        to :meth:`load`, and a local model, are kept as they were made. Returns whether the base encoder
+        was recreated.
 
         Raises
         ------
@@ -470,22 +471,24 @@ class AdaptedIndex:
         with self._lock:
             self._options.update(options)
             self._roots.update({key: root for key, root in roots.items() if root is not None})
-            self._query_encoder = None
-            if "query_encoder" in self.manifest:
+            if self._is_api("query_encoder"):
                 self._query_encoder = self._recreate("query_encoder")
-            if self._given:
+            if self._given or not self._is_api("encoder"):
                 return False
             self._encoder = self._recreate("encoder")
             return True
 
+    def _is_api(self, key: str) -> bool:
+        """Whether the manifest's ``encoder`` or ``query_encoder`` is an API model (settings apply)."""
+        return (self.manifest.get(key) or {}).get("provider") in API_CLASSES
+
     def _recreate(self, key: str) -> Encoder:
         """The manifest's ``encoder`` or ``query_encoder``, made with :meth:`configure_encoder`'s settings
         where they apply: an API model's (a cross-model index may pair one with a local model)."""
-        info = self.manifest[key]
-        if info.get("provider") not in API_CLASSES:
-            return from_info(info)
+        if not self._is_api(key):
+            return from_info(self.manifest[key])
         root = {"base_url": self._roots[key]} if key in self._roots else {}
-        return from_info(info, **self._options, **root)
+        return from_info(self.manifest[key], **self._options, **root)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted, unit-norm query vectors of ``texts`` (see :meth:`embed`)."""
