@@ -30,9 +30,9 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
     wanted = (args.query_provider or args.query_model) if side else (args.provider or args.model)
     recorded = getattr(adapter, "query_encoder_" if side else "encoder_", None)
     root = getattr(args, f"{side}base_url")
-    if not wanted and (recorded or (side and not root)):
-        if not recorded:
-            return None  # one model for queries and documents
+    if side and not (wanted or recorded or root):
+        return None  # one model for queries and documents
+    if not wanted and recorded:
         if recorded.get("provider") == "precomputed":
             raise ValueError(
                 f"the adapter was trained on precomputed vectors ({recorded.get('model')}): give them with "

@@ -455,13 +455,14 @@ class AdaptedIndex:
         for key, root in roots.items():
             if root is None:
                 continue
-            info = self.manifest.get(key) or self.manifest["encoder"]
-            if info.get("provider") not in API_CLASSES:
+            model = key if key in self.manifest else "encoder"  # queries by the documents' model
+            info = self.manifest[model]
+            if not self._is_api(model):
                 raise ValueError(
                     f"API root {root}: {info.get('provider')} {info.get('model')} is a local model, not an "
                     "API; there is no root to set"
                 )
-            if key not in self.manifest:
+            if model != key:
                 raise ValueError(
                     f"query API root {root}: this index's queries are embedded by its documents' model "
                     f"({info.get('model')}); give the documents' API root instead"

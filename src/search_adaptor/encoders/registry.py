@@ -51,6 +51,9 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
         remote = [k for k in ("base_url", "dimensions") if kw.pop(k, None) is not None]
         if kw.pop("max_concurrency", None) not in (None, 1):
             remote.append("max_concurrency")
+        if provider == LOCAL:  # a model in a folder names whatever it does not take, below
+            api_only = ("api_key", "retry", "retry_budget_s", "timeout")
+            remote += [k for k in api_only if kw.pop(k, None) is not None]
         if remote:
             raise ValueError(f"{provider}: {', '.join(remote)} do not apply to a local model")
         if kw.get("batch_size") is None:
@@ -63,9 +66,6 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
             if extra:
                 raise ValueError(f"{provider}: {', '.join(extra)} do not apply to a model in a folder")
             return getattr(importlib.import_module(module), name)(model, **kw)
-        api_only = sorted(set(kw) & {"api_key", "retry", "retry_budget_s", "timeout"})
-        if api_only:
-            raise ValueError(f"{provider}: {', '.join(api_only)} do not apply to a local model")
         from search_adaptor.encoders.local import DEFAULT_MODEL, SentenceTransformerEncoder
 
         return SentenceTransformerEncoder(model or DEFAULT_MODEL, **kw)
