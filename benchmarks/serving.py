@@ -60,8 +60,7 @@ def build_index(
     from search_adaptor.model import SearchAdaptor
 
     dataset = load_beir(DATA)
-    root = {"base_url": base_url} if base_url else {}
-    encoder = from_info(SearchAdaptor.load(adapter_dir).encoder_, **root)
+    encoder = from_info(SearchAdaptor.load(adapter_dir).encoder_, base_url=base_url)
     emb = embed_dataset(dataset, encoder, cache_dir=cache_dir, progress=False)
     index = AdaptedIndex.build(adapter_dir, encoder, dataset.doc_ids, dataset.doc_texts, cache_dir=cache_dir)
     index.save(out)

@@ -535,7 +535,7 @@ def test_evaluate_with_another_models_adapter_embeds_nothing(world, tmp_path, ca
         "--quiet",
     ]
     # no --provider: the adapter's own record, precomputed vectors, which no model can embed again
-    assert_refused(run(capsys, *argv), f"precomputed vectors ({MODEL})", "--embeddings DIR")
+    assert_refused(run(capsys, *argv), f"precomputed embeddings ({MODEL})", "--embeddings DIR")
     assert_refused(
         run(capsys, *argv, "--provider", "sentence-transformers"), f"precomputed:{MODEL}", fake.fingerprint
     )

@@ -161,7 +161,7 @@ def test_encoder_is_recreated_from_the_manifest(synthetic):
     }
     index = AdaptedIndex.from_vectors(make_adapter(info=pre), synthetic["dids"], synthetic["D"], pre)
     assert index.search(synthetic["Q"][:2], k=3)  # vectors work
-    with pytest.raises(ValueError, match=r"precomputed embeddings .* pass query vectors"):
+    with pytest.raises(ValueError, match=r"precomputed embeddings .* give such vectors instead"):
         index.search(["a text"])
 
 

@@ -33,11 +33,6 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
     if side and not (wanted or recorded or root):
         return None  # one model for queries and documents
     if not wanted and recorded:
-        if recorded.get("provider") == "precomputed":
-            raise ValueError(
-                f"the adapter was trained on precomputed vectors ({recorded.get('model')}): give them with "
-                "--embeddings DIR, or the model that made them with --provider and --model"
-            )
         recorded_dims = (recorded.get("config") or {}).get("dimensions")
         if not side and args.dimensions is not None and args.dimensions != recorded_dims:
             raise ValueError(
@@ -47,7 +42,7 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
             )
         given = {k: getattr(args, k) for k in ("batch_size", "max_concurrency", "timeout")}
         options = {k: v for k, v in given.items() if v is not None}  # a local model refuses the API's
-        return from_info(recorded, **options, **({"base_url": root} if root else {}))
+        return from_info(recorded, **options, base_url=root)
     documents = args.provider or LOCAL
     provider = getattr(args, f"{side}provider") or documents
     keys = [

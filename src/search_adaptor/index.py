@@ -488,8 +488,7 @@ class AdaptedIndex:
         where they apply: an API model's (a cross-model index may pair one with a local model)."""
         if not self._is_api(key):
             return from_info(self.manifest[key])
-        root = {"base_url": self._roots[key]} if key in self._roots else {}
-        return from_info(self.manifest[key], **self._options, **root)
+        return from_info(self.manifest[key], **self._options, base_url=self._roots.get(key))
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted, unit-norm query vectors of ``texts`` (see :meth:`embed`)."""

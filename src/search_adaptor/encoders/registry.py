@@ -82,9 +82,9 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
     API keys come from the environment, as for any encoder. The result must reproduce the recorded
     fingerprint; otherwise the vectors would differ from the indexed ones. ``overrides`` are
     ``make_encoder`` options that do not change the vectors (``batch_size``, ``max_concurrency``,
-    ``timeout``), and ``base_url``: the recorded API reached through another root (a proxy, a gateway,
-    a regional endpoint), refused where the root is part of the fingerprint (an OpenAI-compatible
-    server, whose model names mean something only on it).
+    ``timeout``), and ``base_url``: the recorded API reached through another root (a proxy, a
+    gateway, a regional endpoint; None keeps the recorded one), refused where the root is part of
+    the fingerprint (an OpenAI-compatible server, whose model names mean something only on it).
 
     Raises
     ------
@@ -95,7 +95,8 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
     if provider == "precomputed":
         raise ValueError(
             f"the vectors came from precomputed embeddings ({info.get('model')}): there is no model to embed "
-            "text with; pass query vectors instead, or give an encoder explicitly"
+            "text with; give such vectors instead (query vectors; --embeddings DIR), or the model that made "
+            "them (an encoder; --provider and --model)"
         )
     root = overrides.pop("base_url", None)
     base_url = root or cfg.get("base_url") or cfg.get("endpoint")
