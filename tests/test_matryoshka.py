@@ -426,6 +426,20 @@ def test_cli_fit_dims_writes_an_adapter_that_records_them(cli_fit, synthetic):
     assert adapter.transform_queries(synthetic["Q"], dim=4).shape == (len(synthetic["Q"]), 4)
 
 
+def test_cli_table_output_reports_every_size_against_its_baselines(cli_fit, beir, capsys):
+    """The terminal summary of a Matryoshka adapter names each size's score and its p-values against
+    truncation and PCA (the full-width p alone says nothing of the sizes)."""
+    data, vec = beir
+    capsys.readouterr()
+    assert main(["evaluate", str(data), "--adapter", str(cli_fit / "adapter"), *_vectors(vec)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((cli_fit / "report.json").read_text())
+    for m in SIZES:
+        score = report["metrics"][f"adapted@{m}"]["ndcg@10"]
+        assert f"- {m} dimensions: `adapted@{m}` {score:.4f}, " in out
+        assert out.count("over truncation (p ") == len(SIZES) and out.count("over PCA (p ") == len(SIZES)
+
+
 def test_cli_fit_unsupervised_and_its_refusals(beir, tmp_path, capsys):
     data, vec = beir
     base = ["fit", str(data), *_vectors(vec), "--quiet", "-o", "json"]

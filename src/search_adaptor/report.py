@@ -75,7 +75,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", *metrics_table(report["metrics"], names), ""]
     sig = report.get("significance") or {}
     lines.append(f"Adapted is {_against(ad, zs, 'zero-shot', sig.get('p_value'), names[0])}.")
-    lines += _cross_model(report, names[0]) + _sizes(report, names[0])
+    lines += _cross_model(report, names[0]) + size_lines(report, names[0])
     if str(report["selected"]).startswith("identity"):
         lines.append(
             "No variant beat zero-shot on validation by more than the noise of the validation split (one "
@@ -146,9 +146,10 @@ def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
     return lines
 
 
-def _sizes(report: Mapping[str, Any], metric: str) -> list[str]:
+def size_lines(report: Mapping[str, Any], metric: str) -> list[str]:
     """One line per Matryoshka size: the adapter's prefix against truncation and PCA at that size,
-    and the share of full-width zero-shot it keeps."""
+    and the share of full-width zero-shot it keeps (markdown; the command line prints them too, as
+    a full-width p says nothing of the sizes, and of an unsupervised adapter is 1 by design)."""
     by_size = (report.get("significance") or {}).get("by_size") or {}
     metrics = report["metrics"]
     full = metrics["zero-shot"][metric]
