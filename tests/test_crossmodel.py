@@ -1063,3 +1063,48 @@ def test_cli_fit_unlabelled_with_more_pairs_from_a_query_log(m2v, tmp_path, caps
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err
         assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow  # two whole fits (CI runs it)
+def test_cli_fit_unlabelled_with_the_corpus_sentences_as_pairs(m2v, tmp_path, capsys):
+    import test_model2vec
+    from search_adaptor.data import corpus_sentences, load_beir
+
+    data = _write_beir(tmp_path / "words", m2v["words"], n_docs=20, n_train=8, n_test=8)
+    query_model = test_model2vec.static_model(tmp_path / "queries-8", dim=8, seed=1)
+    docs = ["--provider", "model2vec", "--model", str(m2v["docs"]), "--cache", str(tmp_path / "cache")]
+    query = ["--query-provider", "model2vec", "--query-model", str(query_model)]
+    fit = [
+        "fit",
+        str(data),
+        *docs,
+        *query,
+        "--unlabelled",
+        "--sentence-pairs",
+        "--max-steps",
+        "20",
+        "--quiet",
+    ]
+    # word bags are one sentence each: paired already, said once, and the fit goes on without more
+    assert main([*fit, "--out", str(tmp_path / "bags"), "-o", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["encoder_calls"]["texts_sent"] == 16 + 20 + 20 + 16
+    assert "--sentence-pairs: words's documents are one sentence each" in captured.err
+
+    rows = [json.loads(line) for line in (data / "corpus.jsonl").read_text().splitlines()]
+    for row in rows:  # two sentences a document, each its words in another order
+        words = row["text"].split()
+        row["text"] = f"{' '.join(words)} and more. More and {' '.join(reversed(words))}."
+    (data / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sentences = corpus_sentences(load_beir(data))
+    assert len(sentences) == 2 * len(rows)
+    assert (
+        main([*fit, "--out", str(tmp_path / "sentences"), "--cache", str(tmp_path / "cache2"), "-o", "json"])
+        == 0
+    )
+    report = _json_out(capsys)
+    assert report["family"] == "cross-unlabelled"
+    # queries and corpus by the query model, corpus and queries by the documents' model, sentences by both
+    assert report["encoder_calls"]["texts_sent"] == 16 + 20 + 20 + 16 + 2 * len(sentences)
+    assert main(["fit", str(data), *docs, "--sentence-pairs", "--out", str(tmp_path / "refused")]) == 2
+    assert "drop --pairs / --sentence-pairs" in capsys.readouterr().err

@@ -22,11 +22,13 @@ from search_adaptor.data import (
     ENV_BEIR_URL,
     DataError,
     Dataset,
+    corpus_sentences,
     kfold,
     load_beir,
     read_texts,
     validation_split,
 )
+from search_adaptor.images import ImageRef
 
 HEADER = "query-id\tcorpus-id\tscore\n"
 CORPUS = [
@@ -552,3 +554,22 @@ def test_read_texts_errors_name_the_file_and_line(
     with pytest.raises(DataError, match=message) as err:
         read_texts(path)
     assert "\n" not in str(err.value)
+
+
+def test_corpus_sentences_are_the_query_length_sentences_of_text_documents_each_once() -> None:
+    run_on = "and then " * 50  # 450 bytes with no sentence end: longer than a query
+    docs = [
+        "Smoking raises the risk of cancer. Smith et al. found this in 2004! Does it hold in mice?",
+        "Vitamin D has no effect on bone density.",  # one sentence: already a pair, left out
+        "维生素D对骨密度没有影响。吸烟会增加患癌症的风险！",
+        ImageRef("https://example.com/cat.png"),
+        f"Smoking raises the risk of cancer.  Too short.\nEvery cohort showed it. {run_on}",
+    ]
+    ds = Dataset("t", Path("."), [f"d{i}" for i in range(len(docs))], docs, {}, {})
+    assert corpus_sentences(ds) == [
+        "Smoking raises the risk of cancer.",
+        "Does it hold in mice?",  # "Smith et al." and "found this in 2004!" are pieces under 20 bytes
+        "维生素D对骨密度没有影响。",  # 13 characters, 37 bytes: CJK sentences count by their bytes
+        "吸烟会增加患癌症的风险！",
+        "Every cohort showed it.",
+    ]

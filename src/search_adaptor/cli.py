@@ -76,6 +76,17 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
         from search_adaptor.data import read_texts
 
         options["pair_texts"] = read_texts(args.pairs)
+    if getattr(args, "sentence_pairs", False):
+        from search_adaptor.data import corpus_sentences
+
+        sentences = corpus_sentences(dataset)
+        if not sentences:
+            print(
+                f"search-adaptor: warning: --sentence-pairs: {dataset.name}'s documents are one sentence "
+                "each (or images); they are paired already, nothing is added",
+                file=sys.stderr,
+            )
+        options["pair_texts"] = list(dict.fromkeys([*(options["pair_texts"] or []), *sentences])) or None
     if args.embeddings:
         if args.query_provider or args.query_model or args.query_base_url:
             raise ValueError(

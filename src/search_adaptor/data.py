@@ -467,6 +467,32 @@ def read_texts(source: str | os.PathLike) -> list[str]:
     return kept
 
 
+#: Where a sentence ends: after ., ! or ? and a space, or after a CJK full stop, ! or ? (no space).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])")
+#: Sentences kept as pairs, in bytes of UTF-8 (about 20-400 Latin letters, 7-133 CJK characters):
+#: long enough to say something (an abbreviation, "et al.", splits off short pieces), short enough to
+#: read like a query (what was measured: BENCHMARKS.md, cross-model).
+SENTENCE_BYTES = (20, 400)
+
+
+def corpus_sentences(dataset: Dataset) -> list[str]:
+    """The sentences of the corpus's text documents, each once (``fit --sentence-pairs``).
+
+    A map between two models learnt on whole documents is applied to queries, which are short: the
+    documents' sentences, embedded by both models, are texts of a query's length from the same
+    domain, with no label needed. A document that is one sentence already is a pair, and is left out.
+    """
+    lo, hi = SENTENCE_BYTES
+    whole = {text for text in dataset.doc_texts if isinstance(text, str)}
+    kept = (
+        sentence.strip()
+        for text in dataset.doc_texts
+        if isinstance(text, str)
+        for sentence in _SENTENCE_END.split(text)
+    )
+    return list(dict.fromkeys(t for t in kept if lo <= len(t.encode()) <= hi and t not in whole))
+
+
 def _read_queries(path: Path) -> dict[str, str]:
     """Query id to text, for every query in the file (labelled or not)."""
     queries = {qid: text for _, qid, text in _records(path, "query")}

@@ -187,7 +187,7 @@ def _jobs(
     if pair_texts and query_encoder is None:
         raise ValueError(
             "paired texts map another model's queries into the documents' space: name the query model "
-            "(--query-provider / --query-model), or drop --pairs"
+            "(--query-provider / --query-model), or drop --pairs / --sentence-pairs"
         )
     qtexts = list(dataset.queries.values())
     jobs: list[tuple[Encoder, Kind, list[Any]]] = [(query_encoder or encoder, "query", qtexts)]

@@ -71,7 +71,9 @@ def embeddings_for(
     """
     if precomputed is not None:
         if pair_texts:
-            raise ValueError("--pairs embeds texts by two models; it cannot go with --embeddings")
+            raise ValueError(
+                "--pairs / --sentence-pairs embed texts by two models; they cannot go with --embeddings"
+            )
         emb = load_precomputed(dataset, precomputed, model=model)
         if adapter is not None:
             adapter.check_encoder(emb.encoder, emb.dim)

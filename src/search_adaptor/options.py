@@ -123,6 +123,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
             help="train without labels (they only score)",
         ),
         A("--pairs", metavar="FILE", help="more texts to map --query-model with: a query log (.jsonl/lines)"),
+        A(
+            "--sentence-pairs",
+            action="store_true",
+            help="map --query-model with the corpus's sentences too: query-length texts, no labels needed "
+            "(about the corpus's tokens again, embedded by both models)",
+        ),
         _OUTPUT,
         "embeddings",
     ],
