@@ -1036,14 +1036,20 @@ def test_cli_query_model_over_an_openai_compatible_api(m2v, tmp_path, capsys, mo
         assert [call.texts for call in fake.calls[n_calls:]] == [["a new question"]]
 
 
-@pytest.mark.slow  # a whole fit (CI runs it)
-def test_cli_fit_unlabelled_with_more_pairs_from_a_query_log(m2v, tmp_path, capsys):
+def _two_static_models(m2v, tmp_path: Path) -> tuple[Path, list[str], list[str]]:
+    """A word-bag BEIR folder, and the flags of its two models: static documents (16-d), static
+    queries of another model (8-d)."""
     import test_model2vec
 
     data = _write_beir(tmp_path / "words", m2v["words"], n_docs=20, n_train=8, n_test=8)
     query_model = test_model2vec.static_model(tmp_path / "queries-8", dim=8, seed=1)
     docs = ["--provider", "model2vec", "--model", str(m2v["docs"]), "--cache", str(tmp_path / "cache")]
-    query = ["--query-provider", "model2vec", "--query-model", str(query_model)]
+    return data, docs, ["--query-provider", "model2vec", "--query-model", str(query_model)]
+
+
+@pytest.mark.slow  # a whole fit (CI runs it)
+def test_cli_fit_unlabelled_with_more_pairs_from_a_query_log(m2v, tmp_path, capsys):
+    data, docs, query = _two_static_models(m2v, tmp_path)
     log = tmp_path / "log.txt"
     log.write_text("".join(" ".join(m2v["words"][i : i + 3]) + "\n" for i in range(0, 15, 3)))  # 5 texts
     fit = ["fit", str(data), *docs, "--unlabelled", "--pairs", str(log), "--max-steps", "20", "--quiet"]
@@ -1067,13 +1073,9 @@ def test_cli_fit_unlabelled_with_more_pairs_from_a_query_log(m2v, tmp_path, caps
 
 @pytest.mark.slow  # two whole fits (CI runs it)
 def test_cli_fit_unlabelled_with_the_corpus_sentences_as_pairs(m2v, tmp_path, capsys):
-    import test_model2vec
     from search_adaptor.data import corpus_sentences, load_beir
 
-    data = _write_beir(tmp_path / "words", m2v["words"], n_docs=20, n_train=8, n_test=8)
-    query_model = test_model2vec.static_model(tmp_path / "queries-8", dim=8, seed=1)
-    docs = ["--provider", "model2vec", "--model", str(m2v["docs"]), "--cache", str(tmp_path / "cache")]
-    query = ["--query-provider", "model2vec", "--query-model", str(query_model)]
+    data, docs, query = _two_static_models(m2v, tmp_path)
     fit = [
         "fit",
         str(data),
