@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from search_adaptor.cli import main
 from search_adaptor.data import Dataset
@@ -593,6 +594,31 @@ def test_run_fit_unlabelled_trains_on_the_pairs_and_uses_labels_only_to_score(na
     expected = evaluate_embeddings(_emb(narrow), test, closed_form(narrow), ["ndcg@10"])[0]["ndcg@10"]
     assert report["metrics"]["zero-shot"]["ndcg@10"] == pytest.approx(expected, abs=1e-4)
     assert report["metrics"]["adapted"]["ndcg@10"] >= expected - 0.02  # the start is a candidate
+
+
+@pytest.mark.parametrize(("n_texts", "n_queries", "from_queries"), [(1000, 20, 8), (1000, 5, 5), (30, 0, 0)])
+def test_unlabelled_batches_draw_the_query_texts_at_their_share_however_many_other_texts(
+    n_texts, n_queries, from_queries
+):
+    """Without labels, the training queries' texts make half of each batch (all of them when fewer):
+    48,000 corpus sentences beside 647 query texts would otherwise leave about one query a batch."""
+    from types import SimpleNamespace
+
+    from search_adaptor.networks import build_nets
+    from search_adaptor.training import _Alignment
+
+    rng = np.random.default_rng(0)
+    n = n_texts + n_queries
+    a, b = (l2_normalize(rng.normal(size=(n, 8)).astype(np.float32)) for _ in range(2))
+    docs = l2_normalize(rng.normal(size=(50, 8)).astype(np.float32))
+    query_net, _ = build_nets(8, None, "linear", True, "query_only", projection=True)
+    hp = SimpleNamespace(batch_size=16, temperature=0.05, alpha=0.0)
+    objective = _Alignment(hp, (a, b), (a[:4], b[:4]), [], n_queries, docs, query_net, None, rng)
+    for _ in range(20):
+        rows = objective.batch_rows()
+        assert len(rows) == len(set(rows.tolist())) == 16
+        assert (rows >= n_texts).sum() == from_queries
+    assert torch.isfinite(objective.loss())
 
 
 @pytest.mark.parametrize(

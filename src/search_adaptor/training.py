@@ -321,8 +321,9 @@ def _alignment_split(
     qid_to_row: Mapping[str, int],
     val_query_ids: Sequence[str] | None,
     rng: np.random.Generator,
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
-    """(training pairs, held-out pairs, held-out query ids) of a fit without labels.
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str], int]:
+    """(training pairs, held-out pairs, held-out query ids, training query texts) of a fit without
+    labels; the training query texts are the last rows of the training pairs.
 
     With the queries' texts by the documents' model (``query_pairs``), the queries named in
     ``qrels`` (their labels unused) are paired texts too: a share of them validates
@@ -344,10 +345,10 @@ def _alignment_split(
     if query_pairs is not None and val_q:
         tr, va = [qid_to_row[q] for q in train_q], [qid_to_row[q] for q in val_q]
         fit = (np.concatenate([a, Qn[tr]]), np.concatenate([b, query_pairs[tr]]))
-        return fit, (Qn[va], query_pairs[va]), val_q
+        return fit, (Qn[va], query_pairs[va]), val_q, len(tr)
     order = rng.permutation(len(a))
     n_val = _held_out(len(a), hp.val_fraction)
-    return (a[order[n_val:]], b[order[n_val:]]), (a[order[:n_val]], b[order[:n_val]]), []
+    return (a[order[n_val:]], b[order[n_val:]]), (a[order[:n_val]], b[order[:n_val]]), [], 0
 
 
 #: Ridge strengths (per pair) that :func:`pair_map` chooses from.
@@ -860,9 +861,14 @@ class _Alignment(_Objective):
     rankings, not the cosine of the two vectors: a map can be close on average and still reorder
     the top of the list (SciFact, static queries onto MiniLM's index: see BENCHMARKS.md). Validation
     is the overlap of the held-out pairs' mapped top-10 documents with the document model's own
-    top-10 (which pairs are held out: :func:`_alignment_split`)."""
+    top-10 (which pairs are held out: :func:`_alignment_split`). Query texts, when given, make
+    :attr:`QUERY_SHARE` of each batch, as in the unsupervised Matryoshka objective: they are what
+    the map will carry, and drawn in proportion they would drown under a large corpus's texts (the
+    corpus's sentences, ``fit --sentence-pairs``: SciFact's 48,000 against its 647 training
+    queries; BENCHMARKS.md)."""
 
     NEIGHBOURS = 16
+    QUERY_SHARE = 0.5
     metric = "neighbours@10"
 
     def __init__(
@@ -871,6 +877,7 @@ class _Alignment(_Objective):
         pairs: tuple[np.ndarray, np.ndarray],
         held_out: tuple[np.ndarray, np.ndarray],
         held_out_ids: list[str],
+        n_queries: int,
         Dn: np.ndarray,
         query_net: ResidualAdapter,
         corpus_net: ResidualAdapter | None,
@@ -878,6 +885,7 @@ class _Alignment(_Objective):
     ) -> None:
         a, b = pairs
         self.hp, self.rng, self.query_net, self.corpus_net = hp, rng, query_net, corpus_net
+        self.n_queries = n_queries
         self.a, self.b = torch.from_numpy(a), torch.from_numpy(b)
         self.va = held_out[0]
         self.Dn, self.Dn_t = Dn, torch.from_numpy(Dn)
@@ -885,10 +893,20 @@ class _Alignment(_Objective):
         self.val_top = exact_search(held_out[1], Dn, 10)[0]
         self.n_train, self.val_ids = len(a), held_out_ids
 
+    def batch_rows(self) -> np.ndarray:
+        """The training pairs of one step: query texts for their share, other texts for the rest."""
+        n = min(self.hp.batch_size, len(self.a))
+        n_texts = len(self.a) - self.n_queries
+        n_q = min(self.n_queries, int(n * self.QUERY_SHARE)) if n_texts else 0
+        if not n_q:
+            return self.rng.choice(len(self.a), size=n, replace=False)
+        queries = n_texts + self.rng.choice(self.n_queries, size=n_q, replace=False)
+        return np.concatenate([queries, self.rng.choice(n_texts, size=n - n_q, replace=False)])
+
     def loss(self) -> torch.Tensor:
         hp = self.hp
-        n = min(hp.batch_size, len(self.a))
-        pick = self.rng.choice(len(self.a), size=n, replace=False)
+        pick = self.batch_rows()
+        n = len(pick)
         extra = self.rng.integers(0, len(self.Dn), size=n)  # random documents, beside the neighbours
         cols = torch.from_numpy(np.unique(np.concatenate([self.neighbours[pick].ravel(), extra])))
         rows = torch.from_numpy(pick)
