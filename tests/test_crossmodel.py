@@ -1134,5 +1134,8 @@ def test_cli_fit_unlabelled_with_the_corpus_sentences_as_pairs(m2v, tmp_path, ca
     assert report["family"] == "cross-unlabelled"
     # queries and corpus by the query model, corpus and queries by the documents' model, sentences by both
     assert report["encoder_calls"]["texts_sent"] == 16 + 20 + 20 + 16 + 2 * len(sentences)
+    assert report["paired_texts"] == {"corpus": 20, "more": len(sentences)}
+    md = (tmp_path / "sentences" / "report.md").read_text()
+    assert f"beside the corpus's 20: {len(sentences)} more (`--pairs`, `--sentence-pairs`)" in md
     assert main(["fit", str(data), *docs, "--sentence-pairs", "--out", str(tmp_path / "refused")]) == 2
     assert "drop --pairs / --sentence-pairs" in capsys.readouterr().err

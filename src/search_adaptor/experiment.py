@@ -678,6 +678,9 @@ def run_fit(
         "n_test_queries": n_test,
         **_query_model(emb),
     }
+    if emb.pairs is not None:  # what the map trained on beside the labels: the texts embedded by both
+        more = 0 if emb.more_pairs is None else len(emb.more_pairs[0])
+        report["paired_texts"] = {"corpus": len(emb.pairs), "more": more}
     if proto.name == "test":
         report["train_split"] = proto.train_split
     else:

@@ -7,7 +7,8 @@
      "timings", ...}
 
 Matryoshka fits add ``"adapted@m"``, ``"zero-shot@m"`` and ``"pca@m"`` systems per size; a
-cross-model fit (queries of another model) adds ``"query_model"`` and the system
+cross-model fit (queries of another model) adds ``"query_model"``, ``"paired_texts"``
+(``{"corpus": n, "more": m}``: the texts embedded by both models; ``fit`` only) and the system
 ``"zero-shot (documents' model)"``: the documents' model on both sides, what its map aims at.
 
 :func:`save_run` writes a finished :class:`~search_adaptor.experiment.Run` into a folder: the
@@ -133,6 +134,12 @@ def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
         "so zero-shot here is the map's start: the closed-form least-squares map of the corpus texts "
         "embedded by both models carries the queries into the documents' space.",
     ]
+    paired = report.get("paired_texts")
+    if paired and paired["more"]:
+        lines.append(
+            f"Paired texts (embedded by both models) beside the corpus's {paired['corpus']}: "
+            f"{paired['more']} more (`--pairs`, `--sentence-pairs`)."
+        )
     reference = report["metrics"].get(DOCUMENTS_MODEL)
     if reference:
         p = (report.get("significance") or {}).get("p_value_vs_documents_model")
