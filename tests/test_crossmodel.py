@@ -596,12 +596,17 @@ def test_run_fit_unlabelled_trains_on_the_pairs_and_uses_labels_only_to_score(na
     assert report["metrics"]["adapted"]["ndcg@10"] >= expected - 0.02  # the start is a candidate
 
 
-@pytest.mark.parametrize(("n_texts", "n_queries", "from_queries"), [(1000, 20, 8), (1000, 5, 5), (30, 0, 0)])
-def test_unlabelled_batches_draw_the_query_texts_at_their_share_however_many_other_texts(
-    n_texts, n_queries, from_queries
+@pytest.mark.parametrize(
+    ("n_texts", "n_queries", "share", "from_queries"),
+    [(1000, 20, 0.1, 2), (1000, 20, 0.01, 1), (1000, 5, 0.9, 5), (30, 0, None, 0), (1000, 20, None, None)],
+)
+def test_unlabelled_batches_keep_the_query_texts_share_however_many_texts_are_added(
+    n_texts, n_queries, share, from_queries
 ):
-    """Without labels, the training queries' texts make half of each batch (all of them when fewer):
-    48,000 corpus sentences beside 647 query texts would otherwise leave about one query a batch."""
+    """Without labels, query texts beside more paired texts keep the share of each batch they have
+    among the corpus texts alone (at least one; all of them when fewer): 48,000 corpus sentences beside
+    647 query texts would otherwise leave about one a batch. With nothing added, pairs are drawn
+    uniformly (``share`` None)."""
     from types import SimpleNamespace
 
     from search_adaptor.networks import build_nets
@@ -613,11 +618,14 @@ def test_unlabelled_batches_draw_the_query_texts_at_their_share_however_many_oth
     docs = l2_normalize(rng.normal(size=(50, 8)).astype(np.float32))
     query_net, _ = build_nets(8, None, "linear", True, "query_only", projection=True)
     hp = SimpleNamespace(batch_size=16, temperature=0.05, alpha=0.0)
-    objective = _Alignment(hp, (a, b), (a[:4], b[:4]), [], n_queries, docs, query_net, None, rng)
-    for _ in range(20):
-        rows = objective.batch_rows()
+    objective = _Alignment(hp, (a, b), (a[:4], b[:4]), [], n_queries, share, docs, query_net, None, rng)
+    drawn = [objective.batch_rows() for _ in range(50)]
+    for rows in drawn:
         assert len(rows) == len(set(rows.tolist())) == 16
-        assert (rows >= n_texts).sum() == from_queries
+        if from_queries is not None:
+            assert (rows >= n_texts).sum() == from_queries
+    if from_queries is None:  # uniform: the 20 query rows of 1,020 turn up about 2% of the time
+        assert 0 < sum((rows >= n_texts).sum() for rows in drawn) < 0.1 * 16 * 50
     assert torch.isfinite(objective.loss())
 
 

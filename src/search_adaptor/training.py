@@ -526,8 +526,14 @@ def train(
     elif hp.loss == "alignment":
         assert paired is not None
         doc_side = _check_query_pairs(query_pairs, len(Qn), dim)
-        split = _alignment_split(hp, trained_on, Qn, doc_side, qrels, qid_to_row, val_query_ids, rng)
-        objective = _Alignment(hp, *split, Dn, query_net, corpus_net, rng)
+        fit_pairs, held_out, held_out_ids, n_queries = _alignment_split(
+            hp, trained_on, Qn, doc_side, qrels, qid_to_row, val_query_ids, rng
+        )
+        added = len(trained_on[0]) - len(paired[0])  # more_pairs: they must not crowd out the queries
+        share = n_queries / (len(paired[0]) + n_queries) if added and n_queries else None
+        objective = _Alignment(
+            hp, fit_pairs, held_out, held_out_ids, n_queries, share, Dn, query_net, corpus_net, rng
+        )
     else:
         objective = _Ranking(hp, Qn, Dn, qrels or {}, qids, dids, qid_to_row, val_query_ids, rng, generator)
         objective.setup(query_net, corpus_net, prefixes, trained_on if hp.gamma > 0 else None)
@@ -861,14 +867,13 @@ class _Alignment(_Objective):
     rankings, not the cosine of the two vectors: a map can be close on average and still reorder
     the top of the list (SciFact, static queries onto MiniLM's index: see BENCHMARKS.md). Validation
     is the overlap of the held-out pairs' mapped top-10 documents with the document model's own
-    top-10 (which pairs are held out: :func:`_alignment_split`). Query texts, when given, make
-    :attr:`QUERY_SHARE` of each batch, as in the unsupervised Matryoshka objective: they are what
-    the map will carry, and drawn in proportion they would drown under a large corpus's texts (the
-    corpus's sentences, ``fit --sentence-pairs``: SciFact's 48,000 against its 647 training
-    queries; BENCHMARKS.md)."""
+    top-10 (which pairs are held out: :func:`_alignment_split`). Pairs are drawn uniformly, except
+    that query texts beside more paired texts (``fit --pairs``, ``--sentence-pairs``) keep
+    ``query_share``, the share they have among the corpus texts alone: drawn in proportion to all,
+    SciFact's 48,000 corpus sentences would leave about one of its 647 training query texts a
+    batch, and those are what the map will carry (BENCHMARKS.md)."""
 
     NEIGHBOURS = 16
-    QUERY_SHARE = 0.5
     metric = "neighbours@10"
 
     def __init__(
@@ -878,6 +883,7 @@ class _Alignment(_Objective):
         held_out: tuple[np.ndarray, np.ndarray],
         held_out_ids: list[str],
         n_queries: int,
+        query_share: float | None,
         Dn: np.ndarray,
         query_net: ResidualAdapter,
         corpus_net: ResidualAdapter | None,
@@ -885,7 +891,7 @@ class _Alignment(_Objective):
     ) -> None:
         a, b = pairs
         self.hp, self.rng, self.query_net, self.corpus_net = hp, rng, query_net, corpus_net
-        self.n_queries = n_queries
+        self.n_queries, self.query_share = n_queries, query_share
         self.a, self.b = torch.from_numpy(a), torch.from_numpy(b)
         self.va = held_out[0]
         self.Dn, self.Dn_t = Dn, torch.from_numpy(Dn)
@@ -894,10 +900,10 @@ class _Alignment(_Objective):
         self.n_train, self.val_ids = len(a), held_out_ids
 
     def batch_rows(self) -> np.ndarray:
-        """The training pairs of one step: query texts for their share, other texts for the rest."""
+        """The training pairs of one step (the query texts, the last ``n_queries``, for their share)."""
         n = min(self.hp.batch_size, len(self.a))
         n_texts = len(self.a) - self.n_queries
-        n_q = min(self.n_queries, int(n * self.QUERY_SHARE)) if n_texts else 0
+        n_q = min(self.n_queries, max(1, round(n * self.query_share))) if self.query_share and n_texts else 0
         if not n_q:
             return self.rng.choice(len(self.a), size=n, replace=False)
         queries = n_texts + self.rng.choice(self.n_queries, size=n_q, replace=False)
