@@ -546,9 +546,8 @@ def create_app(
     batch_window_s, max_batch_texts : float, int
         How long a batch waits for more requests after its first, and its most texts.
     """
-    recorded = (index.manifest["encoder"], index.manifest.get("query_encoder") or {})
-    if retry_budget_s is not None and any(info.get("provider") in API_CLASSES for info in recorded):
-        index.configure_encoder(retry_budget_s=retry_budget_s)  # the API models' (of one or both sides)
+    if retry_budget_s is not None:  # the index gives it to its API models only (of one or both sides)
+        index.configure_encoder(retry_budget_s=retry_budget_s)
     encoder = index.query_encoder  # the documents' model too, unless the adapter is cross-model
     if encoder.provider not in API_CLASSES:  # a local model: load it now, not on the first request
         index.embed_queries(["warm-up"])

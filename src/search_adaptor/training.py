@@ -529,8 +529,8 @@ def train(
         fit_pairs, held_out, held_out_ids, n_queries = _alignment_split(
             hp, trained_on, Qn, doc_side, qrels, qid_to_row, val_query_ids, rng
         )
-        added = len(trained_on[0]) - len(paired[0])  # more_pairs: they must not crowd out the queries
-        share = n_queries / (len(paired[0]) + n_queries) if added and n_queries else None
+        # texts added by more_pairs must not crowd out the queries: those keep their share of the corpus's
+        share = n_queries / (len(paired[0]) + n_queries) if more_pairs is not None and n_queries else None
         objective = _Alignment(
             hp, fit_pairs, held_out, held_out_ids, n_queries, share, Dn, query_net, corpus_net, rng
         )
