@@ -189,6 +189,12 @@ def test_five_labelled_queries_ship_the_identity_and_say_why(tmp_path, synthetic
         "Validation held a single query, which cannot tell a gain from noise"
         in (out / "report.md").read_text()
     )
+    # the terminal summary says why too, not only report.md
+    assert main([*argv, "--out", str(tmp_path / "again"), "--max-steps", "30", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "selected: identity (zero-shot)" in printed
+    assert "No variant beat zero-shot on validation by more than the noise" in printed
+    assert "Validation held a single query" in printed
 
 
 @pytest.mark.slow

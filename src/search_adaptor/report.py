@@ -77,17 +77,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     sig = report.get("significance") or {}
     lines.append(f"Adapted is {_against(ad, zs, 'zero-shot', sig.get('p_value'), names[0])}.")
     lines += _cross_model(report, names[0]) + size_lines(report, names[0])
-    if str(report["selected"]).startswith("identity"):
-        lines.append(
-            "No variant beat zero-shot on validation by more than the noise of the validation split (one "
-            "standard error of the per-query differences), so the saved adapter is the identity: "
-            "retrieval is unchanged."
-        )
-        if (report.get("validation") or {}).get("n_val_queries") == 1:
-            lines.append(
-                "Validation held a single query, which cannot tell a gain from noise: label more queries "
-                "(or add a `qrels/dev.tsv`) for an adapter to be chosen."
-            )
+    lines += identity_lines(report)
     cands = (report.get("validation") or {}).get("candidates") or []
     if cands:
         metric = _val_metric(report)
@@ -149,6 +139,24 @@ def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
         lines.append(
             f"`{DOCUMENTS_MODEL}` is `{report['model']}` on both sides, what the map aims at: adapted is "
             f"{_against(report['metrics']['adapted'], reference, 'it', p, metric)}, {ratio:.1%} of it."
+        )
+    return lines
+
+
+def identity_lines(report: Mapping[str, Any]) -> list[str]:
+    """Why the saved adapter is the identity, when it is: a user who sees a candidate's validation score
+    above zero-shot's deserves to know why it was not kept (also printed by ``fit``)."""
+    if not str(report["selected"]).startswith("identity"):
+        return []
+    lines = [
+        "No variant beat zero-shot on validation by more than the noise of the validation split (one "
+        "standard error of the per-query differences), so the saved adapter is the identity: "
+        "retrieval is unchanged."
+    ]
+    if (report.get("validation") or {}).get("n_val_queries") == 1:
+        lines.append(
+            "Validation held a single query, which cannot tell a gain from noise: label more queries "
+            "(or add a `qrels/dev.tsv`) for an adapter to be chosen."
         )
     return lines
 
