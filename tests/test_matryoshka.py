@@ -21,7 +21,7 @@ from search_adaptor.data import load_beir
 from search_adaptor.embed import Embeddings, load_precomputed
 from search_adaptor.experiment import SizedView, _family, evaluate_embeddings, run_evaluate, run_fit
 from search_adaptor.model import CompatibilityError, SearchAdaptor
-from search_adaptor.report import render_markdown
+from search_adaptor.report import render_markdown, size_lines
 from search_adaptor.retrieval import exact_search, l2_normalize
 from search_adaptor.training import pca_rotation
 from search_adaptor.variants import FAMILIES
@@ -438,6 +438,30 @@ def test_cli_table_output_reports_every_size_against_its_baselines(cli_fit, beir
         score = report["metrics"][f"adapted@{m}"]["ndcg@10"]
         assert f"- {m} dimensions: `adapted@{m}` {score:.4f}, " in out
         assert out.count("over truncation (p ") == len(SIZES) and out.count("over PCA (p ") == len(SIZES)
+
+
+def test_a_size_significantly_below_pca_is_warned_of_with_the_fix():
+    """A prefix that loses to a PCA of its size is never shipped in silence: a family started from
+    the truncated embedding (say ``--family paper --dims 64``) is told to refit as ``matryoshka``;
+    a Matryoshka fit (started at that PCA) that still loses overfitted; no warning for a loss
+    within noise, or a gain."""
+
+    def report(family, adapted, p):
+        scores = {"zero-shot": 0.53, "zero-shot@64": 0.44, "pca@64": 0.52, "adapted@64": adapted}
+        return {
+            "family": family,
+            "metrics": {name: {"ndcg@10": v} for name, v in scores.items()},
+            "significance": {"by_size": {"64": {"vs zero-shot@64": 1.0, "vs pca@64": p}}},
+        }
+
+    paper = size_lines(report("paper", 0.44, 0.009), "ndcg@10")
+    assert paper[-1].startswith("  WARNING: at 64 dimensions this adapter is significantly below a PCA")
+    assert "refit with `--family matryoshka`" in paper[-1]
+    own = size_lines(report("matryoshka", 0.44, 0.009), "ndcg@10")[-1]
+    assert "WARNING" in own and "overfitted" in own and "--family matryoshka" not in own
+    for quiet in (report("paper", 0.50, 0.2), report("paper", 0.56, 0.001), report(None, 0.52, 1.0)):
+        assert not any("WARNING" in line for line in size_lines(quiet, "ndcg@10"))
+    assert "refit with `--family matryoshka`" in size_lines(report(None, 0.44, 0.009), "ndcg@10")[-1]
 
 
 def test_cli_fit_unsupervised_and_its_refusals(beir, tmp_path, capsys):

@@ -29,6 +29,10 @@ from typing import Any
 from search_adaptor.experiment import DOCUMENTS_MODEL, Run
 from search_adaptor.files import write_text_atomic
 from search_adaptor.metrics import metrics_table, val_metric_name
+from search_adaptor.variants import MATRYOSHKA
+
+#: p of a paired test below which a difference is called significant (and a loss is warned of).
+SIGNIFICANT = 0.05
 
 #: The machine-readable report, which marks a folder as a run's (``fit --out``, ``evaluate --out``).
 REPORT = "report.json"
@@ -177,6 +181,8 @@ def size_lines(report: Mapping[str, Any], metric: str) -> list[str]:
         )
         kept = f"; {ours / full:.1%} of full-width zero-shot" if full else ""
         lines.append(f"- {m} dimensions: `adapted@{m}` {ours:.4f}, {versus}{kept}.")
+        if ours < metrics[f"pca@{m}"][metric] and tests.get(f"vs pca@{m}", 1.0) < SIGNIFICANT:
+            lines.append(f"  {_below_pca(report, m)}")
     if not lines:
         return []
     return [
@@ -184,6 +190,21 @@ def size_lines(report: Mapping[str, Any], metric: str) -> list[str]:
         f"Smaller vectors (prefixes of the adapted vector; {metric}, paired tests over queries):",
         *lines,
     ]
+
+
+def _below_pca(report: Mapping[str, Any], m: int) -> str:
+    """What to do when a prefix is significantly below a PCA of its size: never worse in silence."""
+    fix = (
+        "that PCA was its start, so it overfitted its validation split: label more queries, or "
+        "index at a size where it is not below"
+        if report.get("family") in MATRYOSHKA
+        else "refit with `--family matryoshka` (the default with --dims), whose prefixes start as that "
+        "PCA and keep it unless validation shows a gain"
+    )
+    return (
+        f"WARNING: at {m} dimensions this adapter is significantly below a PCA of the corpus of the "
+        f"same size: {fix}."
+    )
 
 
 def _val_split(report: Mapping[str, Any]) -> str | None:
