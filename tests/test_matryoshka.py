@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from search_adaptor.cli import main
 from search_adaptor.data import load_beir
@@ -438,6 +439,33 @@ def test_cli_table_output_reports_every_size_against_its_baselines(cli_fit, beir
         score = report["metrics"][f"adapted@{m}"]["ndcg@10"]
         assert f"- {m} dimensions: `adapted@{m}` {score:.4f}, " in out
         assert out.count("over truncation (p ") == len(SIZES) and out.count("over PCA (p ") == len(SIZES)
+
+
+def test_an_adapter_significantly_below_zero_shot_is_warned_of_loudly(cli_fit, beir, tmp_path, capsys):
+    """An adapter that loses to zero-shot on the scored queries (here: one whose weights were
+    scrambled) is flagged in one WARNING line on the terminal and in report.md, saying not to deploy
+    it; a gain or a loss within noise stays quiet (the other CLI tests)."""
+    data, vec = beir
+    bad = SearchAdaptor.load(cli_fit / "adapter")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in bad.query_net_.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen))
+    bad.save(tmp_path / "bad")
+    capsys.readouterr()
+    out = tmp_path / "ev"
+    argv = ["evaluate", str(data), "--adapter", str(tmp_path / "bad"), *_vectors(vec), "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["adapted"]["ndcg@10"] < report["metrics"]["zero-shot"]["ndcg@10"]
+    assert report["significance"]["p_value"] < 0.05
+    warning = [line for line in printed.splitlines() if line.startswith("WARNING: the adapter is")]
+    assert len(warning) == 1 and "significantly below zero-shot" in warning[0]
+    assert "do not deploy it as it is" in warning[0]
+    assert warning[0] in (out / "report.md").read_text()
+    good = ["evaluate", str(data), "--adapter", str(cli_fit / "adapter"), *_vectors(vec)]
+    assert main(good) == 0 and "WARNING" not in capsys.readouterr().out
 
 
 def test_a_size_significantly_below_pca_is_warned_of_with_the_fix():

@@ -112,9 +112,9 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
     print("\n".join(metrics_table(report["metrics"], list(report["metrics"]["zero-shot"]))))
     where = f"; report: {os.path.join(os.path.abspath(out_dir), 'report.md')}" if out_dir else ""
     print(f"paired randomization test on ndcg@10: p = {report['significance']['p_value']:.4g}{where}")
-    from search_adaptor.report import identity_lines, size_lines
+    from search_adaptor.report import identity_lines, loss_lines, size_lines
 
-    for line in identity_lines(report):  # why a candidate ahead on validation was not kept
+    for line in loss_lines(report) + identity_lines(report):  # a loss; why nothing was kept
         print(line)
     for line in size_lines(report, "ndcg@10")[1:]:  # a Matryoshka fit: each size against its baselines
         print(line)

@@ -80,6 +80,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", *metrics_table(report["metrics"], names), ""]
     sig = report.get("significance") or {}
     lines.append(f"Adapted is {_against(ad, zs, 'zero-shot', sig.get('p_value'), names[0])}.")
+    lines += loss_lines(report)
     lines += _cross_model(report, names[0]) + size_lines(report, names[0])
     lines += identity_lines(report)
     cands = (report.get("validation") or {}).get("candidates") or []
@@ -145,6 +146,29 @@ def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
             f"{_against(report['metrics']['adapted'], reference, 'it', p, metric)}, {ratio:.1%} of it."
         )
     return lines
+
+
+def loss_lines(report: Mapping[str, Any]) -> list[str]:
+    """A loud warning when the adapter is significantly below zero-shot on the scored queries:
+    selection guards validation, not every query set, and a loss must never pass in silence (also
+    printed by ``fit`` and ``evaluate``)."""
+    metric = (report.get("significance") or {}).get("metric", "ndcg@10")
+    p = (report.get("significance") or {}).get("p_value")
+    ours, base = report["metrics"]["adapted"][metric], report["metrics"]["zero-shot"][metric]
+    if p is None or p >= SIGNIFICANT or ours >= base:
+        return []
+    n = report.get("n_test_queries", "?")
+    if report["protocol"] == "evaluate":
+        fix = "keep zero-shot (or refit on labels like these queries) for queries like them"
+    else:
+        fix = (
+            "selection on validation did not carry over; label more queries, add a `qrels/dev.tsv`, "
+            "or refit with `--selection kfold`"
+        )
+    return [
+        f"WARNING: the adapter is significantly below zero-shot on the {n} scored queries "
+        f"({ours - base:+.4f} {metric}, p = {p:.2g}): do not deploy it as it is; {fix}."
+    ]
 
 
 def identity_lines(report: Mapping[str, Any]) -> list[str]:
