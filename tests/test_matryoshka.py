@@ -24,7 +24,7 @@ from search_adaptor.experiment import SizedView, _family, evaluate_embeddings, r
 from search_adaptor.model import CompatibilityError, SearchAdaptor
 from search_adaptor.report import render_markdown, size_lines
 from search_adaptor.retrieval import exact_search, l2_normalize
-from search_adaptor.training import pca_rotation
+from search_adaptor.training import nearest_rotation, pca_rotation
 from search_adaptor.variants import FAMILIES
 from test_index import make_adapter
 
@@ -302,6 +302,36 @@ def test_similarity_training_is_a_rotation(packed):
     assert not net.f[-1].weight.any() and not net.f[-1].bias.any()  # f(x) = 0
     adapted = est.transform_queries(unseen) @ est.transform_corpus(D).T
     assert np.allclose(adapted, l2_normalize(unseen) @ l2_normalize(D).T, atol=1e-5)
+
+
+def test_nearest_rotation_is_the_polar_factor():
+    """The rotation constraint's projection is the orthogonal matrix nearest the updated weights:
+    the polar factor an SVD gives (``u @ vh``, here numpy's in float64), orthogonal to float32
+    rounding, and a rotation is its own nearest one."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+    for drift in (0.0, 1e-3, 0.05):  # an optimiser step moves the weights a little off the rotations
+        w = (q + drift * rng.normal(size=q.shape)).astype(np.float32)
+        got = nearest_rotation(torch.from_numpy(w)).numpy()
+        u, _, vh = np.linalg.svd(w.astype(np.float64))
+        assert got.dtype == np.float32 and np.allclose(got, u @ vh, atol=1e-5)
+        assert np.allclose(got @ got.T, np.eye(64), atol=1e-5)
+
+
+def test_an_svd_that_does_not_converge_cannot_end_an_unsupervised_fit(synthetic, monkeypatch):
+    """On SciFact, torch's SVD with two threads failed to converge on the projection mid-fit ("too
+    many repeated singular values"; it succeeded on the same matrix with one thread) and the fit died
+    with a traceback. The constraint needs no SVD: with every SVD failing so, the fit completes and
+    its projection is a rotation."""
+
+    def no_convergence(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (error code: 1).")
+
+    monkeypatch.setattr(torch.linalg, "svd", no_convergence)
+    d = synthetic
+    est = SearchAdaptor(**{**UNSUPERVISED, **FAST, "dims": SIZES}).fit(d["Q"], d["D"], None, encoder=SYN)
+    W = est.query_net_.project.weight.detach().numpy()
+    assert est.n_steps_ > 1 and np.allclose(W @ W.T, np.eye(len(W)), atol=1e-5)
 
 
 # -- run_fit and its report ---------------------------------------------------------------------------------

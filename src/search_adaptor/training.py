@@ -421,6 +421,21 @@ def prefix_sizes(dims: Sequence[int] | None, dim: int) -> list[int]:
     return sizes
 
 
+def nearest_rotation(w: torch.Tensor) -> torch.Tensor:
+    """The orthogonal matrix nearest ``w``: its polar factor ``w (wᵀw)^(-1/2)``, from the symmetric
+    eigendecomposition of ``wᵀw`` in float64.
+
+    Not from an SVD (``u @ vh``), the textbook way: on the near-orthogonal matrices a rotation
+    drifts to in one optimiser step (singular values within a few percent of 1), torch's SVD with
+    two threads failed to converge ("too many repeated singular values") and ended an unsupervised
+    SciFact fit; the eigensolver is well-posed there, and faster.
+    """
+    w64 = w.detach().double()
+    eigenvalues, vectors = torch.linalg.eigh(w64.T @ w64)
+    inverse_sqrt = (vectors * eigenvalues.clamp_min(1e-12).rsqrt()) @ vectors.T
+    return (w64 @ inverse_sqrt).to(w.dtype)
+
+
 def pca_rotation(D: np.ndarray) -> np.ndarray:
     """Orthonormal rows ordered by the corpus variance they carry (principal axes of the centred
     corpus): ``x @ R.T`` keeps every cosine, and its first ``m`` coordinates are the corpus's best
@@ -844,8 +859,7 @@ class _Similarity(_Objective):
         """Back onto the rotations: the orthogonal matrix nearest the updated projection."""
         with torch.no_grad():
             weight = self.net.project.weight  # type: ignore[union-attr]  # has_projection
-            u, _, vh = torch.linalg.svd(weight)
-            weight.copy_(u @ vh)
+            weight.copy_(nearest_rotation(weight))
 
     def score(self) -> tuple[float, dict[int, float]]:
         va = _adapted(self.net, self.val_rows, None)
