@@ -517,6 +517,8 @@ def test_a_size_significantly_below_pca_is_warned_of_with_the_fix():
     assert "refit with `--family matryoshka`" in paper[-1]
     own = size_lines(report("matryoshka", 0.44, 0.009), "ndcg@10")[-1]
     assert "WARNING" in own and "overfitted" in own and "--family matryoshka" not in own
+    unlabelled = size_lines(report("matryoshka-unsupervised", 0.44, 0.009), "ndcg@10")[-1]
+    assert "WARNING" in unlabelled and "fit `--dims` with labels" in unlabelled
     for quiet in (report("paper", 0.50, 0.2), report("paper", 0.56, 0.001), report(None, 0.52, 1.0)):
         assert not any("WARNING" in line for line in size_lines(quiet, "ndcg@10"))
     assert "refit with `--family matryoshka`" in size_lines(report(None, 0.44, 0.009), "ndcg@10")[-1]

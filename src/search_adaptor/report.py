@@ -159,7 +159,7 @@ def loss_lines(report: Mapping[str, Any]) -> list[str]:
         return []
     n = report.get("n_test_queries", "?")
     if report["protocol"] == "evaluate":
-        fix = "keep zero-shot (or refit on labels like these queries) for queries like them"
+        fix = "keep zero-shot for queries like these, or refit with labelled queries like them"
     else:
         fix = (
             "selection on validation did not carry over; label more queries, add a `qrels/dev.tsv`, "
@@ -218,13 +218,22 @@ def size_lines(report: Mapping[str, Any], metric: str) -> list[str]:
 
 def _below_pca(report: Mapping[str, Any], m: int) -> str:
     """What to do when a prefix is significantly below a PCA of its size: never worse in silence."""
-    fix = (
-        "that PCA was its start, so it overfitted its validation split: label more queries, or "
-        "index at a size where it is not below"
-        if report.get("family") in MATRYOSHKA
-        else "refit with `--family matryoshka` (the default with --dims), whose prefixes start as that "
-        "PCA and keep it unless validation shows a gain"
-    )
+    family = report.get("family")
+    if family == "matryoshka-unsupervised":
+        fix = (
+            "that PCA was its start, and what validation measured without labels did not carry over "
+            "to these queries: index at a size where it is not below, or fit `--dims` with labels"
+        )
+    elif family in MATRYOSHKA:
+        fix = (
+            "that PCA was its start, so it overfitted its validation split: label more queries, or "
+            "index at a size where it is not below"
+        )
+    else:
+        fix = (
+            "refit with `--family matryoshka` (the default with --dims), whose prefixes start as that "
+            "PCA and keep it unless validation shows a gain"
+        )
     return (
         f"WARNING: at {m} dimensions this adapter is significantly below a PCA of the corpus of the "
         f"same size: {fix}."
