@@ -179,6 +179,12 @@ def report(cells: dict[str, Any]) -> str:
         "averaged over seeds) of `adapted@m` against `zero-shot@m` (the base embedding truncated) and "
         "`pca@m` (a PCA of the corpus), at the same size m.",
         "",
+        "Machines: the supervised cells and the index costs were computed on 2026-11-30 on an earlier "
+        "2-core machine; the unsupervised cells (every mode) were recomputed on 2026-12-01 on a 2-core "
+        "x86_64 machine with AVX-512 and no AMX, after the rotation constraint moved from an SVD to an "
+        "eigendecomposition (`training.nearest_rotation`: the SVD failed to converge mid-fit with two "
+        "threads). Training times compare within one machine only.",
+        "",
     ]
     titles = {"unsupervised-kfold": "unsupervised, with the training folds' query texts (5-fold)"}
     for mode, names in (

@@ -428,7 +428,7 @@ def nearest_rotation(w: torch.Tensor) -> torch.Tensor:
     Not from an SVD (``u @ vh``), the textbook way: on the near-orthogonal matrices a rotation
     drifts to in one optimiser step (singular values within a few percent of 1), torch's SVD with
     two threads failed to converge ("too many repeated singular values") and ended an unsupervised
-    SciFact fit; the eigensolver is well-posed there, and faster.
+    SciFact fit; the eigensolver is well-posed there.
     """
     w64 = w.detach().double()
     eigenvalues, vectors = torch.linalg.eigh(w64.T @ w64)
