@@ -293,6 +293,8 @@ def test_refuses_other_dimension_and_other_model(synthetic, tmp_path):
     with pytest.raises(CompatibilityError, match=r"expects 16-d embeddings of model-a, got 8-d") as err:
         loaded.transform_queries(np.ones((2, 8), dtype=np.float32))
     assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"expected a 2-D array .* got shape \(16,\); pass one vector as"):
+        loaded.transform_queries(np.ones(16, dtype=np.float32))  # the right width, one row unwrapped
     with pytest.raises(CompatibilityError, match=r"model-a.*openai:text-embedding-3-small"):
         loaded.check_encoder("openai:text-embedding-3-small:222")
     loaded.check_encoder("sentence-transformers:model-a:111", 16)

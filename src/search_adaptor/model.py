@@ -470,11 +470,15 @@ class SearchAdaptor:
             self.check_encoder(encoder, kind=kind)
         arr = np.asarray(x, dtype=np.float32)
         width = self.query_dim_ if kind == "query" else self.dim_
-        if arr.ndim != 2 or arr.shape[1] != width:
-            got = arr.shape[1] if arr.ndim == 2 else f"shape {arr.shape}"
+        if arr.ndim != 2:
+            raise ValueError(
+                f"{what}: expected a 2-D array (one row per text), got shape {arr.shape}; "
+                "pass one vector as x.reshape(1, -1)"
+            )
+        if arr.shape[1] != width:
             raise CompatibilityError(
                 f"{what}: this adapter expects {width}-d embeddings of {self._encoder_name(kind)}, "
-                f"got {got}-d; embed with the same model as at training time"
+                f"got {arr.shape[1]}-d; embed with the same model as at training time"
             )
         out = adapt_rows(self._numpy_net(net), arr, what)
         if dim is not None and dim < self.dim_:  # a Matryoshka prefix: the first dim coordinates
