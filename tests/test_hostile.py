@@ -390,6 +390,19 @@ def test_degenerate_precomputed_vectors_are_refused_before_training(world, tmp_p
     assert not out.exists()
 
 
+def test_an_id_with_two_precomputed_vectors_is_refused_naming_both_rows(world, tmp_path, capsys):
+    """Which of two vectors an id means is the user's to say: neither is picked silently."""
+    d = world["d"]
+    vec = write_vectors(tmp_path / "vec", d)
+    ids, mat = [*d["dids"], d["dids"][3]], np.vstack([d["D"], -d["D"][3:4]])
+    np.savez(vec / "corpus.npz", ids=np.array(ids), embeddings=mat)
+    out = tmp_path / "out"
+    last = len(ids) - 1
+    parts = ["corpus.npz", f"id 'd3' is on rows 3 and {last}", "one vector per id"]
+    assert_refused(fit(capsys, world["data"], vec, out, "--folds", "2"), str(vec), *parts)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "scale, dtype", [(1e30, np.float32), (1e-30, np.float32), (3e37, np.float32), (1e300, np.float64)]
 )

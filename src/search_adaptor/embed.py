@@ -343,7 +343,10 @@ def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | N
             raise ValueError(
                 f"{path}: {len(have_ids)} ids for an array of shape {mat.shape}; save one id per row"
             )
-        pos = {i: n for n, i in enumerate(have_ids)}
+        pos: dict[str, int] = {}
+        for n, i in enumerate(have_ids):
+            if pos.setdefault(i, n) != n:
+                raise ValueError(f"{path}: id {i!r} is on rows {pos[i]} and {n}; keep one vector per id")
         missing = [i for i in ids if i not in pos]
         if missing:
             raise ValueError(
