@@ -390,7 +390,7 @@ def test_degenerate_precomputed_vectors_are_refused_before_training(world, tmp_p
     assert not out.exists()
 
 
-def test_an_id_with_two_precomputed_vectors_is_refused_naming_both_rows(world, tmp_path, capsys):
+def test_a_precomputed_id_twice_or_null_is_refused_naming_the_rows(world, tmp_path, capsys):
     """Which of two vectors an id means is the user's to say: neither is picked silently."""
     d = world["d"]
     vec = write_vectors(tmp_path / "vec", d)
@@ -401,6 +401,12 @@ def test_an_id_with_two_precomputed_vectors_is_refused_naming_both_rows(world, t
     parts = ["corpus.npz", f"id 'd3' is on rows 3 and {last}", "one vector per id"]
     assert_refused(fit(capsys, world["data"], vec, out, "--folds", "2"), str(vec), *parts)
     assert not out.exists()
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    (vec / "corpus.npz").unlink()  # Parquet: a null id is refused, not read as the id 'None'
+    ids = [*d["dids"][:-1], None]
+    pq.write_table(pa.table({"id": ids, "embedding": d["D"].tolist()}), vec / "corpus.parquet")
+    parts = ["corpus.parquet", f"row {len(ids) - 1} of column 'id' is null"]
+    assert_refused(fit(capsys, world["data"], vec, out, "--folds", "2"), str(vec), *parts)
 
 
 @pytest.mark.parametrize(

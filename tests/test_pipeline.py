@@ -116,7 +116,16 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing_behind(base, tmp_path):
     (tmp_path / "v.csv").write_text("1,2\n")
     with pytest.raises(DataError, match="unsupported vector file"):
         transform_vectors(tmp_path / "v.csv", adapter, tmp_path / "f.npy")
-    for name in ("a.npy", "b.npy", "c.npy", "d.npy", "e.parquet"):
+    bad = X.copy()
+    bad[300] = 0.0  # no direction: the adapter would give it (and every other zero row) one vector
+    np.save(tmp_path / "zero.npy", bad)
+    with pytest.raises(DataError, match=r"zero.npy: the vector of id '300' is all zeros"):
+        transform_vectors(tmp_path / "zero.npy", adapter, tmp_path / "g.npy")
+    no_id = pa.table({"id": ["a", None], "vector": [[0.1] * 16, [0.2] * 16]})
+    pq.write_table(no_id, tmp_path / "no_id.parquet")
+    with pytest.raises(DataError, match="row 1 of column 'id' is null; every row needs an id"):
+        transform_vectors(tmp_path / "no_id.parquet", adapter, tmp_path / "h.parquet")
+    for name in ("a.npy", "b.npy", "c.npy", "d.npy", "e.parquet", "g.npy", "h.parquet"):
         assert not (tmp_path / name).exists()  # a failed job publishes nothing
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

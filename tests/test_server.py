@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from search_adaptor.cli import main
+from search_adaptor.encoders.base import InputsRejected
 from search_adaptor.index import AdaptedIndex
 from test_index import make_adapter
 from test_store import CountingEncoder
@@ -117,6 +118,42 @@ def test_malformed_bodies_are_4xx_with_a_message_never_500(roomy, body, status, 
     answer = roomy.post("/search", content=body, headers={"content-type": "application/json"})
     assert answer.status_code == status, answer.text
     assert message in answer.json()["detail"]
+
+
+class StaticLikeEncoder(CountingEncoder):
+    """A zero vector for a text of unknown words only, as a static (model2vec) model gives one."""
+
+    def encode_batch(self, texts, kind):
+        out = super().encode_batch(texts, kind)
+        out[[i for i, t in enumerate(texts) if t.startswith("zzz")]] = 0.0
+        return out
+
+
+def test_a_query_the_model_gives_a_zero_vector_is_refused_by_name(synthetic):
+    """A zero vector ranks by nothing; adapted, it became one vector shared by every such query."""
+    enc = StaticLikeEncoder(dim=16)
+    index = AdaptedIndex.from_vectors(
+        make_adapter(info=enc.info(), mode="separate"),
+        synthetic["dids"],
+        synthetic["D"],
+        enc.info(),
+        encoder=enc,
+    )
+    client = TestClient(create_app(index, batch_window_s=0.0))
+    answer = client.post("/search", json={"queries": ["fine", "zzz qqq"], "k": 3})
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == (
+        "queries[1] cannot be embedded: the model gives it a zero vector (it knows none of its tokens), "
+        "which ranks by nothing"
+    )
+    assert client.post("/search", json={"queries": ["fine"], "k": 3}).status_code == 200
+    with pytest.raises(InputsRejected, match=r"fake: 1 of 2 texts cannot be embedded.*text 0 .*zero vector"):
+        index.search(["zzz", "fine"])
+    zero = np.zeros((2, 16), np.float32)  # base vectors given directly: zero stays zero, as unadapted
+    zero[1, 0] = 1.0
+    adapted = index.adapter.transform_queries(zero)
+    assert not adapted[0].any() and np.linalg.norm(adapted[1]) == pytest.approx(1.0)
+    assert index.search(zero, k=2)[0] == [(d, 0.0) for d, _ in index.search(zero, k=2)[0]]
 
 
 def test_a_failing_provider_costs_the_retry_budget_and_names_only_the_provider(synthetic, monkeypatch):

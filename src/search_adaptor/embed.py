@@ -267,6 +267,9 @@ def _read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; need id and embedding")
         ids = [str(i) for i in table.column("id").to_pylist()]
+        if table.column("id").null_count:
+            row = table.column("id").to_pylist().index(None)
+            raise ValueError(f"{path}: row {row} of column 'id' is null; every row needs an id")
         try:
             return ids, np.asarray(table.column("embedding").to_pylist(), dtype=np.float64)
         except (TypeError, ValueError):

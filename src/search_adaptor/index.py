@@ -57,6 +57,7 @@ Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
 #: Why a blank query text is refused: it would rank the documents by nothing in particular.
 BLANK_QUERY = "the query is blank, and a blank query ranks documents by nothing in particular; send its text"
+NO_DIRECTION = "the model gives it a zero vector (it knows none of its tokens), which ranks by nothing"
 #: query vectors adapted into a thread's reused arrays by :meth:`AdaptedIndex.search`; more go through
 #: ``transform_queries`` (chunked, so a million rows do not keep a million-row workspace alive)
 _SMALL_BATCH = 1024
@@ -509,7 +510,8 @@ class AdaptedIndex:
         Raises
         ------
         InputsRejected
-            Texts the provider cannot embed (named), with the adapted vectors of the others.
+            Texts the provider cannot embed (named), with the adapted vectors of the others; a text
+            the model gives a zero vector (none of its tokens known) is one: nothing ranks by it.
         EncoderError
             The encoder failed.
         """
@@ -535,6 +537,8 @@ class AdaptedIndex:
         order = np.fromiter((r for rows in groups.values() for r in rows), dtype=np.int64, count=len(texts))
         base = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
         base[order] = np.concatenate(parts)
+        for row in np.flatnonzero(~base.any(axis=1)):  # NaN rows (rejected already) are not zero
+            rejected[int(row)] = NO_DIRECTION
         side = self._side(kind)
         what = "queries" if kind == "query" else "corpus"
         if not rejected:

@@ -249,6 +249,10 @@ def numpy_forward(net: ResidualAdapter, x: np.ndarray) -> np.ndarray:
 def adapt_rows(net: NumpyNet | None, x: np.ndarray, what: str, work: Workspace | None = None) -> np.ndarray:
     """One side of an adapter applied to embeddings: unit rows in, ``net``, unit rows out.
 
+    A zero row (a static model gives one to a text none of whose tokens it knows) has no direction
+    and stays zero, scoring 0 against everything, as it does unadapted: the network would otherwise
+    map every such row to one shared vector.
+
     Parameters
     ----------
     net : NumpyNet or None
@@ -289,4 +293,6 @@ def adapt_rows(net: NumpyNet | None, x: np.ndarray, what: str, work: Workspace |
         out[:_CHUNK] = first
         for i in range(_CHUNK, len(x), _CHUNK):
             out[i : i + _CHUNK] = net.forward(x[i : i + _CHUNK])
+    if not norms.all():
+        out[norms == 0] = 0.0
     return l2_normalize(out, out=out)

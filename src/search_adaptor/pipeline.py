@@ -142,10 +142,13 @@ def adapt_documents(
 ) -> np.ndarray:
     """``adapter.transform_corpus(vectors, dim=dim)``, with a bad row named by its id rather than its
     chunk offset."""
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        doc = ids[int(np.argmin(finite))]
-        raise DataError(f"{where}: the vector of id {doc!r} contains NaN or inf; fix the embeddings first")
+    for bad, problem in (
+        (~np.isfinite(vectors).all(axis=1), "contains NaN or inf"),
+        (~vectors.any(axis=1), "is all zeros (no direction to rank by)"),
+    ):
+        if bad.any():
+            doc = ids[int(np.argmax(bad))]
+            raise DataError(f"{where}: the vector of id {doc!r} {problem}; fix the embeddings first")
     return adapter.transform_corpus(vectors, dim=dim)
 
 

@@ -31,6 +31,7 @@ FAISS search (per ``k``), and each answer is bit for bit the one the request get
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import errno
 import hmac
 import ipaddress
@@ -550,7 +551,8 @@ def create_app(
         index.configure_encoder(retry_budget_s=retry_budget_s)
     encoder = index.query_encoder  # the documents' model too, unless the adapter is cross-model
     if encoder.provider not in API_CLASSES:  # a local model: load it now, not on the first request
-        index.embed_queries(["warm-up"])
+        with contextlib.suppress(InputsRejected):  # loaded is what counts, not what it makes of the text
+            index.embed_queries(["warm-up"])
     limits = Limits(max_batch, max_k, max_chars)
     models = _request_models(limits)
     SearchRequest, EmbedRequest, EmbeddingsRequest = models["search"], models["embed"], models["embeddings"]

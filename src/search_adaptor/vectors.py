@@ -76,7 +76,11 @@ def from_table(
         )
     dim = int(lengths[0]) if n else 0
     vectors = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
-    ids = [str(v) for v in table.column(id_column).to_pylist()]
+    id_col = table.column(id_column)
+    if id_col.null_count:
+        row = int(np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{where}: row {row} of column {id_column!r} is null; every row needs an id")
+    ids = [str(v) for v in id_col.to_pylist()]
     return ids, vectors
 
 
