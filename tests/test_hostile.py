@@ -459,12 +459,16 @@ def test_the_fit_command_on_huge_or_tiny_vectors_reports_what_unit_vectors_give(
         assert scaled["metrics"]["adapted"] == scaled["metrics"]["zero-shot"]
 
 
-def test_fit_refuses_all_zero_rows_naming_the_row(world):
+def test_fit_refuses_all_zero_rows_naming_the_id(world):
     d = world["d"]
     D = d["D"].copy()
     D[4] = 0.0
-    with pytest.raises(ValueError, match=r"corpus embeddings: row 4 is all zeros \(1 such rows\)"):
+    with pytest.raises(ValueError, match=r"corpus embeddings: the vector of document 'd4' is all zeros"):
         SearchAdaptor(max_steps=5).fit(d["Q"], D, d["qrels"], d["qids"], d["dids"])
+    Q = d["Q"].copy()
+    Q[7] = 0.0  # a static model's vector for a query none of whose words it knows: drop or reword it
+    with pytest.raises(ValueError, match=r"query embeddings: the vector of query 'q7' is all zeros.*drop it"):
+        SearchAdaptor(max_steps=5).fit(Q, d["D"], d["qrels"], d["qids"], d["dids"])
 
 
 # -- 5, 6. datasets and vector files ---------------------------------------------------------------------

@@ -343,10 +343,10 @@ def test_fitted_state_is_the_same_after_fit_and_load(synthetic, tmp_path):
     assert (loaded.corpus_net_ is loaded.query_net_) == (est.corpus_net_ is est.query_net_)
 
 
-def test_nan_embeddings_are_refused_with_the_row(synthetic):
+def test_nan_embeddings_are_refused_naming_the_query(synthetic):
     bad = synthetic["Q"].copy()
     bad[5, 3] = np.nan
-    with pytest.raises(ValueError, match=r"query embeddings: row 5 contains NaN"):
+    with pytest.raises(ValueError, match=r"query embeddings: the vector of query 'q5' contains NaN"):
         SearchAdaptor(**FAST).fit(
             bad, synthetic["D"], synthetic["qrels"], synthetic["qids"], synthetic["dids"]
         )

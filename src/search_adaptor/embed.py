@@ -44,7 +44,12 @@ def unit_rows(x: object, what: str, row: Callable[[int], str] = "row {}".format)
         )
     for test, problem, fix in (
         (lambda a: ~np.isfinite(a).all(axis=1), "contains NaN or inf", "re-embed those texts or drop them"),
-        (lambda a: ~a.any(axis=1), "is all zeros", "a zero vector has no direction to rank by: re-embed it"),
+        (
+            lambda a: ~a.any(axis=1),
+            "is all zeros",
+            "a zero vector has no direction to rank by: re-embed it, or drop it "
+            "(a static model gives one to a text none of whose words it knows)",
+        ),
     ):
         bad = test(arr)
         if bad.any():

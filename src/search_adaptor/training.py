@@ -100,10 +100,13 @@ class _TrainSet:
     grades: np.ndarray  # positives' grades (> 0)
 
 
-def _as_matrix(x: Any, what: str) -> np.ndarray:
+def _as_matrix(x: Any, what: str, ids: Sequence[str] | None = None, noun: str = "") -> np.ndarray:
     """The unit rows of embeddings given to ``fit`` (:func:`~search_adaptor.embed.unit_rows`: lengths
-    measured in float64, so 1e30 or 1e-30 train as 1 would); NaN/inf or all-zero rows are refused."""
-    return unit_rows(x, what)
+    measured in float64, so 1e30 or 1e-30 train as 1 would); NaN/inf or all-zero rows are refused,
+    named by ``noun`` and their id when ``ids`` has one per row."""
+    if ids is None or len(ids) != len(x):
+        return unit_rows(x, what)
+    return unit_rows(x, what, lambda n: f"the vector of {noun} {str(ids[n])!r}")
 
 
 def _index_qrels(
@@ -242,8 +245,15 @@ MIN_PAIRS = 10  # paired texts a cross-model map needs: a few to fit, a few held
 
 
 def _paired(pairs: tuple[Any, Any], name: str, query_dim: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``name``'s two arrays, checked to hold the same texts by the query model and the documents' model."""
-    a, b = (_as_matrix(x, f"{name}[{i}]") for i, x in enumerate(pairs))
+    """``name``'s two arrays, checked to hold the same texts by the query model and the documents' model.
+
+    A text either model gives a zero vector (a static model does when it knows none of its words)
+    pairs with nothing and is left out."""
+    raw = [np.asarray(x) for x in pairs]
+    if raw[0].ndim == raw[1].ndim == 2 and len(raw[0]) == len(raw[1]):
+        keep = raw[0].any(axis=1) & raw[1].any(axis=1)  # NaN counts as non-zero: refused below
+        raw = [x[keep] for x in raw]
+    a, b = (_as_matrix(x, f"{name}[{i}]") for i, x in enumerate(raw))
     if len(a) != len(b) or a.shape[1] != query_dim or b.shape[1] != dim:
         raise ValueError(
             f"{name}: expected ({len(a)}, {query_dim}) and ({len(a)}, {dim}) arrays of the same texts, "
@@ -484,8 +494,8 @@ def train(
     :meth:`SearchAdaptor.fit` for the data contract. ``loss="similarity"`` and ``"alignment"``
     train without labels."""
     hp = SimpleNamespace(**params)
-    Q = _as_matrix(query_embeddings, "query embeddings")
-    D = _as_matrix(corpus_embeddings, "corpus embeddings")
+    Q = _as_matrix(query_embeddings, "query embeddings", query_ids, "query")
+    D = _as_matrix(corpus_embeddings, "corpus embeddings", corpus_ids, "document")
     paired = _check_pairs(pairs, Q.shape[1], D.shape[1], hp)
     trained_on = _with_more_pairs(paired, more_pairs, Q.shape[1], D.shape[1])
     if Q.shape[1] != D.shape[1] and hp.init not in ("lstsq", "procrustes"):
