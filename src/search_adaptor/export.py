@@ -98,6 +98,13 @@ def _onnx_graph(
         if net.residual:
             nodes.append(helper.make_node("Add", [base, h], ["residual"]))
             h = "residual"
+        inits.append(numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"))
+        nodes += [  # a zero input stays zero, as in adapt_rows: the network would give it a shared vector
+            helper.make_node("Greater", ["x_norm", "zero"], ["has_direction"]),
+            helper.make_node("Cast", ["has_direction"], ["keep"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [h, "keep"], ["kept"]),
+        ]
+        h = "kept"
     if size is not None and size < dim:
         for key, value in (("starts", 0), ("ends", size), ("axes", 1)):
             inits.append(numpy_helper.from_array(np.array([value], dtype=np.int64), key))
@@ -148,6 +155,7 @@ def export_onnx(
         ("corpus", corpus_net, adapter.dim_, adapter.transform_corpus),
     ):
         sample = rng.normal(size=(16, width)).astype(np.float32)
+        sample[3] = 0.0  # a zero row stays zero in both
         expected = transform(sample, dim=dim)
         model = _onnx_graph(net, adapter.dim_, f"search_adaptor_{side}", dim, width)
         onnx.checker.check_model(model, full_check=True)
