@@ -143,6 +143,14 @@ def test_qrels_header_is_optional_and_negative_grades_kept(tmp_path: Path) -> No
     assert ds.qrels["dev"] == {"q1": {"d1": 1}}
 
 
+def test_trec_qrels_are_read_as_pytrec_eval_reads_them(tmp_path: Path) -> None:
+    """TREC's ``query-id iteration corpus-id score``, by spaces or tabs, the iteration ignored."""
+    trec = "q1 0 d1 2\nq1 0 d2 0\nq2\tQ0\td2\t1\nq3 1 d3 0\n"
+    ds = load_beir(write_beir(tmp_path / "f", qrels={"train": trec, "test": "q2  0  7  1\n"}))
+    beir = load_beir(write_beir(tmp_path / "g"))
+    assert ds.qrels == beir.qrels
+
+
 def test_repeated_identical_judgement_is_accepted(tmp_path: Path) -> None:
     ds = load_beir(write_beir(tmp_path / "f", qrels={"test": HEADER + "q1\td1\t1\nq1\td1\t1\n"}))
     assert ds.qrels["test"] == {"q1": {"d1": 1}}
@@ -204,7 +212,9 @@ INT_AND_STR_ID = '{"_id": 1, "text": ""}\n{"_id": "1", "text": ""}\n'
         ("qrels", HEADER + "q1\td1\tx\n", ["qrels/test.tsv:2:", 'score "x" is not an integer']),
         ("qrels", HEADER + "q1\td1\t1.0\n", ["qrels/test.tsv:2:", 'score "1.0"']),
         ("qrels", HEADER + "q1\td1\n", ["qrels/test.tsv:2:", "3 tab-separated columns", "got 2"]),
-        ("qrels", HEADER + "q1 d1 1\n", ["qrels/test.tsv:2:", "got 1"]),
+        ("qrels", HEADER + "q1 d1 1\n", ["qrels/test.tsv:2:", "got 1", "or TREC's 4 columns"]),
+        ("qrels", "q1 0 d1 x\n", ["qrels/test.tsv:1:", 'score "x" is not an integer']),
+        ("qrels", "q1 0 nope 1\n", ["qrels/test.tsv:1:", 'corpus-id "nope"']),
         ("qrels", HEADER + "q1\td1\t1\textra\n", ["qrels/test.tsv:2:", "got 4"]),
         ("qrels", HEADER + "q1\td1\t1\nq9\td1\t1\n", ["qrels/test.tsv:3:", 'query-id "q9"', "queries.jsonl"]),
         ("qrels", HEADER + "\nq1\tnope\t1\n", ["qrels/test.tsv:3:", 'corpus-id "nope"', "corpus"]),

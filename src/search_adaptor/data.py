@@ -506,18 +506,24 @@ def _read_queries(path: Path) -> dict[str, str]:
 def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str, dict[str, int]]:
     """One qrels split: ``query id -> doc id -> grade``, every line kept, ids checked.
 
-    The first non-blank line is the header when its score column is not a number and neither of
-    its ids is in the dataset (BEIR files start with ``query-id<TAB>corpus-id<TAB>score``), so a
-    first row of data with a mistyped score is reported, never dropped; a repeated pair must repeat
-    the same grade.
+    A line is BEIR's ``query-id<TAB>corpus-id<TAB>score`` or TREC's ``query-id iteration corpus-id
+    score`` (four columns split by tabs or spaces, as pytrec_eval and ir_measures read qrels; the
+    iteration, an integer or ``Q0``, is ignored). The first non-blank line is the header when its
+    score column is not a number and neither of its ids is in the dataset (BEIR files start with
+    ``query-id<TAB>corpus-id<TAB>score``), so a first row of data with a mistyped score is
+    reported, never dropped; a repeated pair must repeat the same grade.
     """
     qrels: dict[str, dict[str, int]] = {}
     for index, (lineno, line) in enumerate(_lines(path)):
         where = f"{path}:{lineno}"
         cols = line.split("\t")
+        trec = line.split() if len(cols) == 1 else cols  # TREC: split by spaces, or by tabs
+        if len(trec) == 4 and _is_iteration(trec[1].strip()):
+            cols = [trec[0], trec[2], trec[3]]
         if len(cols) != 3:
             raise DataError(
-                f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
+                f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}; "
+                "or TREC's 4 columns (query-id 0 corpus-id score)"
             )
         qid, did, score = (c.strip() for c in cols)
         try:
@@ -544,6 +550,11 @@ def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str
                 f"{judged[did]} on an earlier line (keep one grade per pair)"
             )
     return qrels
+
+
+def _is_iteration(text: str) -> bool:
+    """Whether ``text`` is a TREC qrels line's second column: an integer (usually 0) or ``Q0``."""
+    return text == "Q0" or text.lstrip("-").isdigit()
 
 
 def _is_number(text: str) -> bool:
