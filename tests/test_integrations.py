@@ -15,11 +15,12 @@ from importlib.util import find_spec
 import numpy as np
 import pytest
 
+from search_adaptor.encoders.base import InputsRejected
 from search_adaptor.integrations import as_langchain, as_llamaindex
 from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor
 from search_adaptor.store import EmbeddingStore
 from test_index import make_adapter
-from test_store import CountingEncoder
+from test_store import CountingEncoder, StaticLikeEncoder
 
 TEXTS = ["how do vaccines work", "Vaccines train the immune system.", "unrelated text"]
 DOCS = [f"document {i} about topic {i % 5}" for i in range(20)]
@@ -46,6 +47,18 @@ def _expected(adapter: SearchAdaptor, texts: list[str] = TEXTS) -> tuple[np.ndar
 
 def _sent(encoder: CountingEncoder) -> int:
     return sum(len(call) for call in encoder.calls)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_text_the_model_gives_a_zero_vector_is_refused_by_name(adapter, cache):
+    """A zero vector scores 0 against everything (LangChain's in-memory store fails such a query with
+    "NaN values found"): the text is refused, as the server refuses it."""
+    enc = AdaptedEncoder(StaticLikeEncoder(dim=16), adapter, cache=cache)
+    for encode in (enc.encode_queries, enc.encode_corpus):
+        with pytest.raises(InputsRejected, match=r"fake: 1 of 3 texts .* text 1 .*'zzz'.*zero vector") as err:
+            encode(["fine", "zzz", "also fine"])
+        assert np.isnan(err.value.vectors[1]).all() and np.isfinite(err.value.vectors[[0, 2]]).all()
+    assert np.isfinite(enc.encode_queries(["fine"])).all()
 
 
 def test_adapted_encoder_is_an_encoder_with_its_own_fingerprint(adapter, tmp_path):

@@ -12,7 +12,7 @@ from search_adaptor.cli import main
 from search_adaptor.encoders.base import InputsRejected
 from search_adaptor.index import AdaptedIndex
 from test_index import make_adapter
-from test_store import CountingEncoder
+from test_store import CountingEncoder, StaticLikeEncoder
 
 pytest.importorskip("fastapi")
 pytest.importorskip("faiss")
@@ -118,15 +118,6 @@ def test_malformed_bodies_are_4xx_with_a_message_never_500(roomy, body, status, 
     answer = roomy.post("/search", content=body, headers={"content-type": "application/json"})
     assert answer.status_code == status, answer.text
     assert message in answer.json()["detail"]
-
-
-class StaticLikeEncoder(CountingEncoder):
-    """A zero vector for a text of unknown words only, as a static (model2vec) model gives one."""
-
-    def encode_batch(self, texts, kind):
-        out = super().encode_batch(texts, kind)
-        out[[i for i, t in enumerate(texts) if t.startswith("zzz")]] = 0.0
-        return out
 
 
 def test_a_query_the_model_gives_a_zero_vector_is_refused_by_name(synthetic):

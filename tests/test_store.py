@@ -38,6 +38,15 @@ class CountingEncoder(Encoder):
         return out.astype(np.float32)
 
 
+class StaticLikeEncoder(CountingEncoder):
+    """A zero vector for a text of unknown words only, as a static (model2vec) model gives one."""
+
+    def encode_batch(self, texts, kind):
+        out = super().encode_batch(texts, kind)
+        out[[i for i, t in enumerate(texts) if t.startswith("zzz")]] = 0.0
+        return out
+
+
 def test_second_run_makes_zero_encoder_calls(tmp_path):
     texts = [f"text {i}" for i in range(10)] + ["text 0"]  # a duplicate is embedded once
     enc = CountingEncoder()

@@ -35,7 +35,7 @@ import numpy as np
 from search_adaptor import __version__
 from search_adaptor.embed import Embeddings
 from search_adaptor.encoders import API_CLASSES
-from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind
+from search_adaptor.encoders.base import KINDS, NO_DIRECTION, Encoder, InputsRejected, Kind
 from search_adaptor.encoders.registry import from_info
 from search_adaptor.files import Staged, inside, read_json
 from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter
@@ -57,7 +57,6 @@ Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
 #: Why a blank query text is refused: it would rank the documents by nothing in particular.
 BLANK_QUERY = "the query is blank, and a blank query ranks documents by nothing in particular; send its text"
-NO_DIRECTION = "the model gives it a zero vector (it knows none of its tokens), which ranks by nothing"
 #: query vectors adapted into a thread's reused arrays by :meth:`AdaptedIndex.search`; more go through
 #: ``transform_queries`` (chunked, so a million rows do not keep a million-row workspace alive)
 _SMALL_BATCH = 1024

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from search_adaptor import __version__
-from search_adaptor.encoders.base import Encoder, Kind, check_vectors
+from search_adaptor.encoders.base import NO_DIRECTION, Encoder, InputsRejected, Kind, check_vectors
 from search_adaptor.encoders.registry import from_info
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
@@ -1025,29 +1025,45 @@ class AdaptedEncoder(Encoder):
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
         """One batch, never through the store (a store wrapping this encoder caches adapted vectors)."""
         base = self.query_base if kind == "query" else self.base
-        vectors = check_vectors(base.encode_batch(texts, kind), base.model, len(texts))
-        if kind == "query":
-            return self.adapter.transform_queries(vectors, dim=self.size)
-        return self.adapter.transform_corpus(vectors, dim=self.size)
+        return self._adapt(check_vectors(base.encode_batch(texts, kind), base.model, len(texts)), texts, kind)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted query vectors, shape (len(texts), dim), from the query encoder (never stored)."""
         self._check(texts)
         with self._serial:
-            return self.adapter.transform_queries(self.query_base.encode_queries(texts), dim=self.size)
+            return self._adapt(self.query_base.encode_queries(texts), texts, "query")
 
     def encode_corpus(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted document vectors, shape (len(texts), dim); only documents the store lacks are sent."""
         self._check(texts)
         if self.cache is False:
             with self._serial:
-                return self.adapter.transform_corpus(self.base.encode_corpus(texts), dim=self.size)
+                return self._adapt(self.base.encode_corpus(texts), texts, "document")
         store, done = self._open_store(), StoreStats()
         with self._serial:
             vectors = store.embed(list(texts), "document", stats=done)
         with self._lock:
             self.stats.add(done)
-        return self.adapter.transform_corpus(vectors, dim=self.size)
+        return self._adapt(vectors, texts, "document")
+
+    def _adapt(self, vectors: np.ndarray, texts: Sequence[str], kind: Kind) -> np.ndarray:
+        """The adapter's side of ``kind`` applied to the base vectors of ``texts``.
+
+        Raises
+        ------
+        InputsRejected
+            A text the model gives a zero vector (a static model, none of its words known), with the
+            others' vectors: it would score 0 against everything (LangChain's in-memory store
+            fails such a query with "NaN values found").
+        """
+        transform = self.adapter.transform_queries if kind == "query" else self.adapter.transform_corpus
+        out = transform(vectors, dim=self.size)
+        zero = np.flatnonzero(~np.asarray(vectors).any(axis=1))
+        if len(zero):
+            out[zero] = np.nan
+            provider = (self.query_base if kind == "query" else self.base).provider
+            raise InputsRejected.of(provider, texts, out, dict.fromkeys(zero.tolist(), NO_DIRECTION))
+        return out
 
     @staticmethod
     def _check(texts: Sequence[str]) -> None:

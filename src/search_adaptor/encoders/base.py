@@ -26,6 +26,11 @@ Kind = Literal["query", "document"]
 KINDS: tuple[Kind, ...] = ("query", "document")
 
 
+#: Why a text whose embedding is all zeros is refused (a static model gives one to a text none of whose
+#: tokens it knows): a zero vector has no direction, so it ranks documents by nothing.
+NO_DIRECTION = "the model gives it a zero vector (it knows none of its tokens), which ranks by nothing"
+
+
 class EncoderError(RuntimeError):
     """A provider refused or failed a request in a way retrying will not fix (bad key, bad model...)."""
 
