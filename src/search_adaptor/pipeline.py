@@ -143,12 +143,16 @@ def adapt_documents(
     """``adapter.transform_corpus(vectors, dim=dim)``, with a bad row named by its id rather than its
     chunk offset."""
     for bad, problem in (
-        (~np.isfinite(vectors).all(axis=1), "contains NaN or inf"),
-        (~vectors.any(axis=1), "is all zeros (no direction to rank by)"),
+        (~np.isfinite(vectors).all(axis=1), "contains NaN or inf; fix the embeddings first"),
+        (
+            ~vectors.any(axis=1),
+            "is all zeros, with no direction to rank by (a static model gives one to a text none of "
+            "whose words it knows); fix or drop it",
+        ),
     ):
         if bad.any():
             doc = ids[int(np.argmax(bad))]
-            raise DataError(f"{where}: the vector of id {doc!r} {problem}; fix the embeddings first")
+            raise DataError(f"{where}: the vector of id {doc!r} {problem}")
     return adapter.transform_corpus(vectors, dim=dim)
 
 
