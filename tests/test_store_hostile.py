@@ -130,6 +130,23 @@ def test_a_read_only_place_without_a_store_serves_nothing(tmp_path, monkeypatch)
     assert enc.calls == [] and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("where", ["root", "below", "folder"])
+def test_a_file_where_the_store_needs_a_folder_is_one_line(tmp_path, where) -> None:
+    enc = CountingEncoder()
+    root = tmp_path / "cache"
+    if where == "folder":  # the model's own folder inside the store is a file
+        root.mkdir()
+        blocked = root / hashlib.sha256(enc.fingerprint.encode()).hexdigest()[:20]
+    else:
+        blocked = root
+        root = root / "sub" if where == "below" else root
+    blocked.write_text("not a folder")
+    with pytest.raises(StoreError) as exc:
+        EmbeddingStore(enc, root)
+    _assert_one_line(exc, root, f"but {blocked} is a file", "give --cache", "a folder")
+    assert blocked.read_text() == "not a folder"
+
+
 def _serve_without_rights(root: str) -> tuple[bool, np.ndarray, str, int]:
     """Open the store where permissions bind; serve ``TEXTS``, then ask for one text it lacks."""
     enc = CountingEncoder(dim=16, batch_size=100)

@@ -172,6 +172,13 @@ class EmbeddingStore:
         self.lease_s = lease_s
         safe = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:20]
         self.path = self.root / safe / "embeddings.sqlite"
+        folder = self.path.parent
+        file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if file is not None:
+            raise StoreError(
+                f"{self.root}: the embedding store needs a folder, but {file} is a file; give --cache "
+                "(or $SEARCH_ADAPTOR_CACHE) a folder"
+            )
         self.read_only = not (_can_write(self.path.parent) and _can_write(self.path))
         self._lock = threading.Lock()
         with self._guard():
