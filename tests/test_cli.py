@@ -169,6 +169,9 @@ def test_fit_and_evaluate_refuse_an_out_folder_holding_other_files(tmp_path, syn
     (tmp_path / "a-file").write_text("x")
     assert main([*argv, "--out", str(tmp_path / "a-file"), "--quiet"]) == 2
     assert "a-file: exists and is a file; choose a new or empty folder" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "a-file" / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"run: {tmp_path / 'a-file'} is a file, not a folder; choose another place" in err
     evaluate = ["evaluate", str(data), "--adapter", str(tmp_path / "none"), "--out", str(data)]
     assert main(evaluate) == 2
     assert "is not a folder written by `search-adaptor fit` or `evaluate`" in capsys.readouterr().err

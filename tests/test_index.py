@@ -140,6 +140,8 @@ def test_save_replaces_an_index_but_never_other_files(synthetic, tmp_path):
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="notes: exists and is not an index"):
         index.save(tmp_path / "notes")
+    with pytest.raises(FileExistsError, match=r"idx: .*todo\.txt is a file, not a folder; choose another"):
+        index.save(tmp_path / "notes" / "todo.txt" / "idx")
     index.save(tmp_path / "idx")
     AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO).save(tmp_path / "idx")
     assert AdaptedIndex.load(tmp_path / "idx").n_docs == 300

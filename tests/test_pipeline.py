@@ -125,6 +125,9 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing_behind(base, tmp_path):
     pq.write_table(no_id, tmp_path / "no_id.parquet")
     with pytest.raises(DataError, match="row 1 of column 'id' is null; every row needs an id"):
         transform_vectors(tmp_path / "no_id.parquet", adapter, tmp_path / "h.parquet")
+    for out in ("x.npy/a.npy", "x.npy/shards"):  # a file where a folder of the output must be
+        with pytest.raises(FileExistsError, match=r"x\.npy is a file, not a folder; choose another place"):
+            transform_vectors(src, adapter, tmp_path / out)
     for name in ("a.npy", "b.npy", "c.npy", "d.npy", "e.parquet", "g.npy", "h.parquet"):
         assert not (tmp_path / name).exists()  # a failed job publishes nothing
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

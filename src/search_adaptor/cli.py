@@ -172,10 +172,11 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 def _cmd_index(args: argparse.Namespace) -> None:
     """embed a corpus, adapt it and write a searchable index folder"""
     from search_adaptor.data import load_beir
-    from search_adaptor.index import build_index, import_faiss
+    from search_adaptor.index import MANIFEST, build_index, import_faiss
     from search_adaptor.model import SearchAdaptor
 
     import_faiss()  # fail before embedding anything
+    check_output_folder(args.out, MANIFEST, "an index")
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
     source = _embeddings(args, load_beir(args.data), adapter) if args.embeddings else args.data

@@ -37,6 +37,20 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("search-adaptor"))
 
 
+def file_in_the_way(folder: str | os.PathLike) -> Path | None:
+    """The first of ``folder`` and the folders above it that exists as a file (so ``folder`` cannot
+    be made), or None."""
+    path = Path(folder).absolute()
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def check_parent_folders(target: str | os.PathLike) -> None:
+    """Refuse an output path one of whose parent folders is a file, before any work is done."""
+    blocked = file_in_the_way(Path(target).absolute().parent)
+    if blocked is not None:
+        raise FileExistsError(f"{target}: {blocked} is a file, not a folder; choose another place")
+
+
 def check_output_folder(target: str | os.PathLike, marker: str, what: str = "") -> None:
     """Refuse an output folder that exists with other files in it: one a tool may fill or replace is
     absent, empty, or holds ``marker`` (it is ``what``), so a mistyped path never mixes with or
@@ -44,6 +58,7 @@ def check_output_folder(target: str | os.PathLike, marker: str, what: str = "") 
     path = Path(target)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: exists and is a file; choose a new or empty folder")
+    check_parent_folders(path)
     if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
         raise FileExistsError(
             f"{path}: exists and is not {what or 'written by search-adaptor'}; choose a new or empty folder"
@@ -74,6 +89,7 @@ class Staged(contextlib.AbstractContextManager):
         self.folder = folder
         if folder and marker:
             check_output_folder(self.target, marker, what)
+        check_parent_folders(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{self.target.name}."
         if folder:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from search_adaptor.encoders.base import Encoder, EncoderError, InputsRejected, Kind, check_vectors
-from search_adaptor.files import ENV_CACHE, default_cache_dir
+from search_adaptor.files import ENV_CACHE, default_cache_dir, file_in_the_way
 from search_adaptor.images import Item
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
@@ -172,8 +172,7 @@ class EmbeddingStore:
         self.lease_s = lease_s
         safe = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:20]
         self.path = self.root / safe / "embeddings.sqlite"
-        folder = self.path.parent
-        file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        file = file_in_the_way(self.path.parent)
         if file is not None:
             raise StoreError(
                 f"{self.root}: the embedding store needs a folder, but {file} is a file; give --cache "
