@@ -14,6 +14,7 @@ import pytest
 from conftest import shared_dataset
 
 from search_adaptor.cli import main
+from search_adaptor.model import SearchAdaptor
 from test_hostile import write_beir, write_vectors
 
 
@@ -151,6 +152,43 @@ def _synthetic_folder(tmp_path: Path, d: dict, splits: dict[str, list[str]]) -> 
     given by ``--embeddings``: the start of a ``fit`` command line."""
     data = write_beir(tmp_path / "syn", d, splits=splits)
     return ["fit", str(data), "--embeddings", str(write_vectors(tmp_path / "vec", d)), "--model", "syn-16"]
+
+
+def test_evaluate_tells_held_out_queries_from_those_that_trained_the_adapter(tmp_path, synthetic, capsys):
+    """An adapter scored on queries whose labels trained it looks far better than it is: the adapter
+    records their texts' digests, and `evaluate` warns, loudly, when it scores such queries."""
+    qids = synthetic["qids"]
+    train, test = qids[:100], qids[100:]
+    argv = _synthetic_folder(tmp_path, synthetic, {"train": train, "test": test})
+    out = tmp_path / "out"
+    fit = [*argv, "--out", str(out), "--family", "shared-infonce", "--max-steps", "60", "--quiet"]
+    assert main(fit) == 0
+    capsys.readouterr()
+    training = json.loads((out / "adapter" / "config.json").read_text())["training"]
+    assert len(training["query_text_sha256"]) == len(train)  # its training and validation queries
+    evaluate = ["evaluate", argv[1], "--adapter", str(out / "adapter"), *argv[2:]]
+    for split, n_seen in (("train", len(train)), ("test", 0)):
+        assert main([*evaluate, "--split", split, "--out", str(tmp_path / split), "--quiet"]) == 0
+        printed = capsys.readouterr().out
+        report = json.loads((tmp_path / split / "report.json").read_text())
+        assert report["seen_in_training"] == {"n": n_seen, "of": report["n_test_queries"]}
+        warning = (
+            f"WARNING: {n_seen} of the {n_seen} scored queries have the text of a query whose labels "
+            "trained or chose this adapter, so these scores are not held-out"
+        )
+        markdown = (tmp_path / split / "report.md").read_text()
+        assert (warning in printed) == (warning in markdown) == bool(n_seen), printed
+        assert ("held-out queries)" in printed) == (not n_seen)
+    assert "none of them has the text of a query whose labels trained or chose it" in markdown
+    est = SearchAdaptor.load(out / "adapter")
+    est.query_text_digests_ = None  # as a Python fit saves it: the fit never saw the texts
+    est.save(tmp_path / "api-adapter")
+    evaluate[3] = str(tmp_path / "api-adapter")
+    assert main([*evaluate, "--split", "train", "--out", str(tmp_path / "api"), "--quiet"]) == 0
+    assert "(train, 100 scored queries)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "api" / "report.json").read_text())
+    assert report["seen_in_training"] is None
+    assert "whether these were among them is unknown" in (tmp_path / "api" / "report.md").read_text()
 
 
 def test_fit_and_evaluate_refuse_an_out_folder_holding_other_files(tmp_path, synthetic, capsys):

@@ -247,6 +247,14 @@ CONFIG_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         edit_config(lambda c: c["training"].update(precision="fp8")),
         ["training: precision must be one of float32, bfloat16", '"fp8"'],
     ),
+    "query text digests not hex": (
+        edit_config(lambda c: c["training"].update(query_text_sha256=["../../etc/passwd"])),
+        ["training: query_text_sha256 must be a list of 32-character hex digests"],
+    ),
+    "query text digests not a list": (
+        edit_config(lambda c: c["training"].update(query_text_sha256="abc")),
+        ["training: field 'query_text_sha256' must be list"],
+    ),
     "precision hyperparameter unknown": (
         edit_config(lambda c: c["hyperparameters"].update(precision="half")),
         ["precision must be one of float32, bfloat16, auto", "'half'"],

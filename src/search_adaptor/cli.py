@@ -108,13 +108,15 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
     how = report["test_split"] if report["protocol"] == "evaluate" else report["protocol"]
     n, selected = report["n_test_queries"], report["selected"]
     queries = f"; queries of {report['query_model']}" if report.get("query_model") else ""
-    print(f"{report['dataset']} ({how}, {n} held-out queries{queries}) selected: {selected}")
+    seen = report.get("seen_in_training")  # evaluate: held-out only when none trained the adapter
+    kind = "held-out" if report["protocol"] != "evaluate" or (seen and not seen["n"]) else "scored"
+    print(f"{report['dataset']} ({how}, {n} {kind} queries{queries}) selected: {selected}")
     print("\n".join(metrics_table(report["metrics"], list(report["metrics"]["zero-shot"]))))
     where = f"; report: {os.path.join(os.path.abspath(out_dir), 'report.md')}" if out_dir else ""
     print(f"paired randomization test on ndcg@10: p = {report['significance']['p_value']:.4g}{where}")
-    from search_adaptor.report import identity_lines, loss_lines, size_lines
+    from search_adaptor.report import identity_lines, loss_lines, seen_lines, size_lines
 
-    for line in loss_lines(report) + identity_lines(report):  # a loss; why nothing was kept
+    for line in seen_lines(report) + loss_lines(report) + identity_lines(report):  # leak, loss, identity
         print(line)
     for line in size_lines(report, "ndcg@10")[1:]:  # a Matryoshka fit: each size against its baselines
         print(line)

@@ -32,6 +32,7 @@ from search_adaptor.losses import UNLABELLED_LOSSES
 from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test, val_metric_name
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.retrieval import exact_search, l2_normalize
+from search_adaptor.store import text_key
 from search_adaptor.training import compute_threads, pair_map, pca_rotation
 from search_adaptor.variants import (
     DEFAULT_FAMILY,
@@ -715,8 +716,19 @@ def run_fit(
             ),
         }
         figure_qrels = proto.final_train
+    final.adapter.query_text_digests_ = _labelled_texts(dataset, final.adapter, final.val_query_ids)
     reference = final.adapter.at_start() if final.adapter.query_encoder_ else None
     return Run(report, final.adapter, emb, figure_qrels, final.histories, titles, reference)
+
+
+def _labelled_texts(dataset: Dataset, adapter: SearchAdaptor, selected_on: Sequence[str]) -> list[str]:
+    """Digests (:func:`~search_adaptor.store.text_key`) of the texts of the queries whose labels
+    trained ``adapter``, stopped it early or chose it (``selected_on``): what ``evaluate`` must not
+    count as held-out; none for a fit without labels."""
+    if adapter.loss in UNLABELLED_LOSSES:
+        return []
+    ids = {*adapter.train_query_ids_, *adapter.val_query_ids_, *selected_on}
+    return sorted({text_key("query", dataset.queries[q]).hex() for q in ids if q in dataset.queries})
 
 
 def _family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: bool) -> str:
@@ -900,6 +912,12 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
     }
     zq = scores["zero-shot"]
     variant = {k: adapter.get_params()[k] for k in ("architecture", "mode", "loss")}
+    seen = None  # unknown: an adapter saved by a fit that did not know its queries' texts
+    if adapter.query_text_digests_ is not None:
+        known = set(adapter.query_text_digests_)
+        scored = labelled_queries(qrels)
+        hits = sum(text_key("query", dataset.queries[q]).hex() in known for q in scored)
+        seen = {"n": hits, "of": len(scored)}
     report: dict[str, Any] = {
         "dataset": dataset.name,
         "model": emb.encoder["model"],
@@ -907,6 +925,8 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         "protocol": "evaluate",
         "test_split": split,
         "n_test_queries": len(zq["ndcg@10"]),
+        # scored queries with the text of one whose labels trained or chose the adapter (None: unknown)
+        "seen_in_training": seen,
         **_query_model(emb),
         "adapter_fingerprint": adapter.fingerprint_,
         **_comparison(scores, sizes),

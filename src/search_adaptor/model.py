@@ -19,6 +19,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -370,6 +371,10 @@ class SearchAdaptor:
         self.n_train_queries_ = result.n_train_queries
         self.val_query_ids_ = result.val_query_ids
         self.n_val_queries_ = len(result.val_query_ids)
+        self.train_query_ids_ = list(result.train_query_ids)
+        #: digests (store.text_key) of the texts of the labelled queries that trained or validated it,
+        #: when its fit knew them (``search-adaptor fit``): ``evaluate`` tells held-out queries by them
+        self.query_text_digests_: list[str] | None = None
         self.val_metric_ = result.val_metric
         self.encoder_ = encoder
         self.metrics_: dict[str, Any] = {}
@@ -401,9 +406,11 @@ class SearchAdaptor:
             self.val_metric_,
             self.query_dim_,
             self._start,
+            train_query_ids=self.train_query_ids_,
         )
         start._set_fitted(result, self.encoder_, self.query_encoder_)
         start.fit_time_ = self.fit_time_
+        start.query_text_digests_ = self.query_text_digests_
         return start
 
     def _check_fitted(self) -> None:
@@ -623,10 +630,16 @@ class SearchAdaptor:
                 "n_train_queries": self.n_train_queries_,
                 "n_val_queries": self.n_val_queries_,
                 "fit_time_s": round(float(getattr(self, "fit_time_", 0.0)), 3),
+                "train_query_ids": list(self.train_query_ids_),
                 "val_query_ids": list(self.val_query_ids_),
                 "val_metric": self.val_metric_,
                 "precision": self.train_precision_,
                 "history": self.history_,
+                **(
+                    {"query_text_sha256": list(self.query_text_digests_)}
+                    if self.query_text_digests_ is not None
+                    else {}
+                ),
             },
             "metrics": metrics,
         }
@@ -689,12 +702,14 @@ class SearchAdaptor:
                 val_metric=training.get("val_metric", "ndcg@10"),
                 query_dim=query_dim,
                 precision=training.get("precision", "float32"),
+                train_query_ids=training.get("train_query_ids", []),
             ),
             config["encoder"],
             config.get("query_encoder"),
         )
         est.n_val_queries_ = training["n_val_queries"]
         est.fit_time_ = training["fit_time_s"]
+        est.query_text_digests_ = training.get("query_text_sha256")
         est.metrics_ = config["metrics"]
         if config["identity"] != est.is_identity_:
             raise ValueError(
@@ -730,14 +745,19 @@ _TRAINING_KEYS = {
     "n_train_queries": int,
     "n_val_queries": int,
     "fit_time_s": float,
+    "train_query_ids": list,
     "val_query_ids": list,
     "val_metric": str,
     "history": list,
     "precision": str,
+    "query_text_sha256": list,
 }
+_HEX32 = re.compile("[0-9a-f]{32}")  # a query text's digest (store.text_key, hex)
 _OPTIONAL = {
     *("val_query_ids", "val_metric", "history", "normalization", "library", "version", "checksum"),
     "precision",  # files written before mixed precision trained in float32
+    "query_text_sha256",  # fits that knew their queries' texts (``search-adaptor fit``) only
+    "train_query_ids",  # files written before it was recorded
     *("query_encoder", "query_dim"),  # cross-model adapters only
 }
 #: hyperparameters that decide what the networks compute: a config must state them (the others,
@@ -809,8 +829,13 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     for key in ("val_ndcg@10", "zero_shot_val_ndcg@10"):
         if not 0.0 <= training[key] <= 1.0:
             raise ValueError(f"{path}: training: {key} must be in [0, 1], got {training[key]}; {_LOAD_FIX}")
-    if not all(isinstance(q, str) for q in training.get("val_query_ids", [])):
-        raise ValueError(f"{path}: training: val_query_ids must be a list of strings; {_LOAD_FIX}")
+    for key in ("train_query_ids", "val_query_ids"):
+        if not all(isinstance(q, str) for q in training.get(key, [])):
+            raise ValueError(f"{path}: training: {key} must be a list of strings; {_LOAD_FIX}")
+    if not all(isinstance(d, str) and _HEX32.fullmatch(d) for d in training.get("query_text_sha256", [])):
+        raise ValueError(
+            f"{path}: training: query_text_sha256 must be a list of 32-character hex digests; {_LOAD_FIX}"
+        )
     if training.get("precision", "float32") not in TRAINED_PRECISIONS:
         raise ValueError(
             f"{path}: training: precision must be one of {', '.join(TRAINED_PRECISIONS)}, "

@@ -57,10 +57,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     val_split = _val_split(report)
     if protocol == "evaluate":
+        seen = report.get("seen_in_training")
+        relation = (
+            "the adapter does not record the queries it was trained on, so whether these were among "
+            "them is unknown"
+            if seen is None
+            else f"{seen['n']} of them have the text of a query whose labels trained or chose it"
+            if seen["n"]
+            else "none of them has the text of a query whose labels trained or chose it: the scores "
+            "are held-out"
+        )
         lines.append(
             f"Protocol: a saved adapter scored on the {report.get('n_test_queries', '?')} "
-            f"`{report.get('test_split', 'test')}` queries (the report says nothing about how they relate "
-            "to the queries it was trained on)."
+            f"`{report.get('test_split', 'test')}` queries; {relation}."
         )
     elif protocol == "kfold":
         selected_on = f"the `{val_split}` split" if val_split else "the other folds"
@@ -80,7 +89,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", *metrics_table(report["metrics"], names), ""]
     sig = report.get("significance") or {}
     lines.append(f"Adapted is {_against(ad, zs, 'zero-shot', sig.get('p_value'), names[0])}.")
-    lines += loss_lines(report)
+    lines += seen_lines(report) + loss_lines(report)
     lines += _cross_model(report, names[0]) + size_lines(report, names[0])
     lines += identity_lines(report)
     cands = (report.get("validation") or {}).get("candidates") or []
@@ -146,6 +155,19 @@ def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
             f"{_against(report['metrics']['adapted'], reference, 'it', p, metric)}, {ratio:.1%} of it."
         )
     return lines
+
+
+def seen_lines(report: Mapping[str, Any]) -> list[str]:
+    """A loud warning when ``evaluate`` scored queries whose labels trained or chose the adapter: such
+    scores flatter it, and are no proof on held-out queries (also printed by ``evaluate``)."""
+    seen = report.get("seen_in_training")
+    if not seen or not seen["n"] or str(report["selected"]).startswith("identity"):
+        return []
+    return [
+        f"WARNING: {seen['n']} of the {seen['of']} scored queries have the text of a query whose labels "
+        "trained or chose this adapter, so these scores are not held-out and flatter it; score queries "
+        "it never saw (the split `fit` held out)."
+    ]
 
 
 def loss_lines(report: Mapping[str, Any]) -> list[str]:

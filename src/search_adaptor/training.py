@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -476,6 +476,7 @@ class TrainResult:
     query_dim: int | None = None  # the query model's dimension when it is not ``dim`` (cross-model)
     start: list[dict[str, torch.Tensor]] | None = None  # the networks' states at step 0 (zero-shot)
     precision: str = "float32"  # the arithmetic of the training steps (see resolve_precision)
+    train_query_ids: list[str] = field(default_factory=list)  # whose labels trained it (none: no labels)
 
 
 def train(
@@ -606,6 +607,7 @@ def train(
         query_dim=Qn.shape[1],
         start=start,
         precision=precision,
+        train_query_ids=list(objective.train_ids),
     )
 
 
@@ -622,6 +624,7 @@ class _Objective:
 
     n_train: int
     val_ids: list[str]
+    train_ids: tuple[str, ...] = ()  # the queries whose labels train (a fit without labels: none)
     metric = VAL_METRIC
 
     def loss(self) -> torch.Tensor:
@@ -677,7 +680,7 @@ class _Ranking(_Objective):
         self.grades = _Grades(RelevanceIndex({q: qrels[q] for q in judged}, qids, dids), len(qids))
         self.rel = RelevanceIndex({q: qrels[q] for q in val}, val, dids)
         self.Qv = Qn[[qid_to_row[q] for q in val]]
-        self.n_train, self.val_ids = len(train_q), val
+        self.n_train, self.val_ids, self.train_ids = len(train_q), val, tuple(train_q)
         self.Qn = Qn
 
     def setup(
