@@ -174,7 +174,7 @@ def test_evaluate_tells_held_out_queries_from_those_that_trained_the_adapter(tmp
         assert report["seen_in_training"] == {"n": n_seen, "of": report["n_test_queries"]}
         warning = (
             f"WARNING: {n_seen} of the {n_seen} scored queries have the text of a query whose labels "
-            "trained or chose this adapter, so these scores are not held-out"
+            "trained or chose this adapter; these scores are not held-out"
         )
         markdown = (tmp_path / split / "report.md").read_text()
         assert (warning in printed) == (warning in markdown) == bool(n_seen), printed

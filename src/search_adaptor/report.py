@@ -163,10 +163,16 @@ def seen_lines(report: Mapping[str, Any]) -> list[str]:
     seen = report.get("seen_in_training")
     if not seen or not seen["n"] or str(report["selected"]).startswith("identity"):
         return []
+    if seen["n"] < seen["of"]:
+        fix = "their scores are not held-out: drop them from the split for a held-out score"
+    else:
+        fix = (
+            "these scores are not held-out and flatter it; score queries it never saw (the split "
+            "`fit` held out)"
+        )
     return [
         f"WARNING: {seen['n']} of the {seen['of']} scored queries have the text of a query whose labels "
-        "trained or chose this adapter, so these scores are not held-out and flatter it; score queries "
-        "it never saw (the split `fit` held out)."
+        f"trained or chose this adapter; {fix}."
     ]
 
 
