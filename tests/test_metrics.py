@@ -145,6 +145,16 @@ def test_unknown_metric_names() -> None:
         max_k([])
 
 
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), "0.5", None, True])
+def test_a_score_that_is_not_a_finite_number_is_refused_by_name(score) -> None:
+    """A NaN would rank wherever the sort happens to put it; a string or a bool is a caller's bug."""
+    run = {"q1": {"d1": 0.5, "d2": score}}
+    with pytest.raises(
+        ValueError, match=r"run: query 'q1', document 'd2' has score .*must be finite numbers"
+    ):
+        evaluate({"q1": {"d1": 1}}, run, "ndcg@10")
+
+
 def test_max_k() -> None:
     assert max_k(["ndcg@10", "Recall@100", "mrr@10"]) == 100
     assert max_k("map@1000", n_docs=300) == 300

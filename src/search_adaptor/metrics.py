@@ -38,9 +38,11 @@ float32 and scores that differ only beyond float32 precision tie.
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -339,6 +341,16 @@ def _means(values: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(v.mean()) for name, v in values.items()}
 
 
+def _score(qid: str, doc: str, score: Any) -> float:
+    """A run's score as trec_eval keeps it (float32); anything but a finite number is refused, as a
+    NaN would rank where the sort happens to put it."""
+    if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
+        raise ValueError(
+            f"run: query {qid!r}, document {doc!r} has score {score!r}; scores must be finite numbers"
+        )
+    return float(np.float32(score))
+
+
 def evaluate(
     qrels: Mapping[str, Mapping[str, int]],
     run: Mapping[str, Mapping[str, float]],
@@ -371,7 +383,8 @@ def evaluate(
     Raises
     ------
     ValueError
-        On an unknown metric name, or (for means) when no query has a relevant document.
+        On an unknown metric name, a NaN or infinite score, or (for means) when no query has a
+        relevant document.
     """
     parsed = _parse_metrics(metrics)
     cut = None if any(m.k is None for m in parsed) else max(m.k for m in parsed if m.k is not None)
@@ -380,7 +393,7 @@ def evaluate(
     ranked_grades: list[list[int]] = []
     for qid in rel.query_ids:
         judged = qrels[qid]
-        scored = [(doc, float(np.float32(score))) for doc, score in run.get(qid, {}).items()]
+        scored = [(doc, _score(qid, doc, score)) for doc, score in run.get(qid, {}).items()]
         scored.sort(key=lambda item: item[0], reverse=True)
         scored.sort(key=lambda item: item[1], reverse=True)  # stable: ties keep doc id descending
         ranked_grades.append([int(judged.get(doc, 0)) for doc, _ in scored[:cut]])
