@@ -151,6 +151,14 @@ def test_trec_qrels_are_read_as_pytrec_eval_reads_them(tmp_path: Path) -> None:
     assert ds.qrels == beir.qrels
 
 
+def test_a_folder_under_home_may_be_named_with_a_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_beir(tmp_path / "data" / "f")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_beir("~/data/f").name == "f"
+
+
 def test_repeated_identical_judgement_is_accepted(tmp_path: Path) -> None:
     ds = load_beir(write_beir(tmp_path / "f", qrels={"test": HEADER + "q1\td1\t1\nq1\td1\t1\n"}))
     assert ds.qrels["test"] == {"q1": {"d1": 1}}
