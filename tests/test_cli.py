@@ -165,7 +165,7 @@ def test_evaluate_tells_held_out_queries_from_those_that_trained_the_adapter(tmp
     assert main(fit) == 0
     capsys.readouterr()
     training = json.loads((out / "adapter" / "config.json").read_text())["training"]
-    assert len(training["query_text_sha256"]) == len(train)  # its training and validation queries
+    assert len(training["query_text_digests"]) == len(train)  # its training and validation queries
     evaluate = ["evaluate", argv[1], "--adapter", str(out / "adapter"), *argv[2:]]
     for split, n_seen in (("train", len(train)), ("test", 0)):
         assert main([*evaluate, "--split", split, "--out", str(tmp_path / split), "--quiet"]) == 0

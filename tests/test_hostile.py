@@ -248,12 +248,12 @@ CONFIG_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         ["training: precision must be one of float32, bfloat16", '"fp8"'],
     ),
     "query text digests not hex": (
-        edit_config(lambda c: c["training"].update(query_text_sha256=["../../etc/passwd"])),
-        ["training: query_text_sha256 must be a list of 32-character hex digests"],
+        edit_config(lambda c: c["training"].update(query_text_digests=["../../etc/passwd"])),
+        ["training: query_text_digests must be a list of 16-character hex digests"],
     ),
     "query text digests not a list": (
-        edit_config(lambda c: c["training"].update(query_text_sha256="abc")),
-        ["training: field 'query_text_sha256' must be list"],
+        edit_config(lambda c: c["training"].update(query_text_digests="abc")),
+        ["training: field 'query_text_digests' must be list"],
     ),
     "precision hyperparameter unknown": (
         edit_config(lambda c: c["hyperparameters"].update(precision="half")),

@@ -372,7 +372,7 @@ class SearchAdaptor:
         self.val_query_ids_ = result.val_query_ids
         self.n_val_queries_ = len(result.val_query_ids)
         self.train_query_ids_ = list(result.train_query_ids)
-        #: digests (store.text_key) of the texts of the labelled queries that trained or validated it,
+        #: 64-bit digests of the texts of the labelled queries that trained, validated or chose it,
         #: when its fit knew them (``search-adaptor fit``): ``evaluate`` tells held-out queries by them
         self.query_text_digests_: list[str] | None = None
         self.val_metric_ = result.val_metric
@@ -636,7 +636,7 @@ class SearchAdaptor:
                 "precision": self.train_precision_,
                 "history": self.history_,
                 **(
-                    {"query_text_sha256": list(self.query_text_digests_)}
+                    {"query_text_digests": list(self.query_text_digests_)}
                     if self.query_text_digests_ is not None
                     else {}
                 ),
@@ -709,7 +709,7 @@ class SearchAdaptor:
         )
         est.n_val_queries_ = training["n_val_queries"]
         est.fit_time_ = training["fit_time_s"]
-        est.query_text_digests_ = training.get("query_text_sha256")
+        est.query_text_digests_ = training.get("query_text_digests")
         est.metrics_ = config["metrics"]
         if config["identity"] != est.is_identity_:
             raise ValueError(
@@ -750,13 +750,13 @@ _TRAINING_KEYS = {
     "val_metric": str,
     "history": list,
     "precision": str,
-    "query_text_sha256": list,
+    "query_text_digests": list,
 }
-_HEX32 = re.compile("[0-9a-f]{32}")  # a query text's digest (store.text_key, hex)
+_DIGEST = re.compile("[0-9a-f]{16}")  # a query text's digest (hex)
 _OPTIONAL = {
     *("val_query_ids", "val_metric", "history", "normalization", "library", "version", "checksum"),
     "precision",  # files written before mixed precision trained in float32
-    "query_text_sha256",  # fits that knew their queries' texts (``search-adaptor fit``) only
+    "query_text_digests",  # fits that knew their queries' texts (``search-adaptor fit``) only
     "train_query_ids",  # files written before it was recorded
     *("query_encoder", "query_dim"),  # cross-model adapters only
 }
@@ -832,9 +832,9 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     for key in ("train_query_ids", "val_query_ids"):
         if not all(isinstance(q, str) for q in training.get(key, [])):
             raise ValueError(f"{path}: training: {key} must be a list of strings; {_LOAD_FIX}")
-    if not all(isinstance(d, str) and _HEX32.fullmatch(d) for d in training.get("query_text_sha256", [])):
+    if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in training.get("query_text_digests", [])):
         raise ValueError(
-            f"{path}: training: query_text_sha256 must be a list of 32-character hex digests; {_LOAD_FIX}"
+            f"{path}: training: query_text_digests must be a list of 16-character hex digests; {_LOAD_FIX}"
         )
     if training.get("precision", "float32") not in TRAINED_PRECISIONS:
         raise ValueError(
