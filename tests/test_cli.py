@@ -190,6 +190,20 @@ def test_evaluate_tells_held_out_queries_from_those_that_trained_the_adapter(tmp
     assert report["seen_in_training"] is None
     assert "whether these were among them is unknown" in (tmp_path / "api" / "report.md").read_text()
 
+    # a dataset that repeats a training query's text under a test id: held-out by id, not by text
+    queries = Path(argv[1]) / "queries.jsonl"
+    queries.write_text(queries.read_text().replace('"text": "q100"', '"text": "q0"'))
+    assert main([*fit, "--out", str(tmp_path / "again")]) == 0
+    assert "held-out queries" in capsys.readouterr().out  # fit's protocol holds out by id
+    protocol = (tmp_path / "again" / "report.md").read_text()
+    assert "never saw by id; 1 of them repeat the text of a query whose labels trained or chose" in protocol
+    evaluate[3] = str(tmp_path / "again" / "adapter")
+    assert main([*evaluate, "--out", str(tmp_path / "again-test"), "--quiet"]) == 0
+    assert (
+        "WARNING: 1 of the 60 scored queries have the text of a query whose labels trained or chose this "
+        "adapter; their scores are not held-out: drop them from the split for a held-out score."
+    ) in capsys.readouterr().out
+
 
 def test_fit_and_evaluate_refuse_an_out_folder_holding_other_files(tmp_path, synthetic, capsys):
     """A mistyped --out (the dataset's own folder, say) is refused before anything is embedded or

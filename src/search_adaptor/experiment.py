@@ -717,6 +717,8 @@ def run_fit(
         }
         figure_qrels = proto.final_train
     final.adapter.query_text_digests_ = _labelled_texts(dataset, final.adapter, final.val_query_ids)
+    if proto.name == "test":  # distinct ids, yet a dataset may repeat a text (SciFact: 2 of 300)
+        report["seen_in_training"] = _seen(dataset, final.adapter, proto.folds[0][2])
     reference = final.adapter.at_start() if final.adapter.query_encoder_ else None
     return Run(report, final.adapter, emb, figure_qrels, final.histories, titles, reference)
 
@@ -729,6 +731,18 @@ def _labelled_texts(dataset: Dataset, adapter: SearchAdaptor, selected_on: Seque
         return []
     ids = {*adapter.train_query_ids_, *adapter.val_query_ids_, *selected_on}
     return sorted({_digest(dataset.queries[q]) for q in ids if q in dataset.queries})
+
+
+def _seen(
+    dataset: Dataset, adapter: SearchAdaptor, qrels: Mapping[str, Mapping[str, int]]
+) -> dict[str, int] | None:
+    """How many of the queries ``qrels`` scores have the text of one whose labels trained or chose
+    ``adapter`` (``{"n", "of"}``); None when the adapter does not know (saved by a Python fit)."""
+    if adapter.query_text_digests_ is None:
+        return None
+    known = set(adapter.query_text_digests_)
+    scored = labelled_queries(qrels)
+    return {"n": sum(_digest(dataset.queries[q]) in known for q in scored), "of": len(scored)}
 
 
 def _digest(query: str) -> str:
@@ -917,12 +931,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
     }
     zq = scores["zero-shot"]
     variant = {k: adapter.get_params()[k] for k in ("architecture", "mode", "loss")}
-    seen = None  # unknown: an adapter saved by a fit that did not know its queries' texts
-    if adapter.query_text_digests_ is not None:
-        known = set(adapter.query_text_digests_)
-        scored = labelled_queries(qrels)
-        hits = sum(_digest(dataset.queries[q]) in known for q in scored)
-        seen = {"n": hits, "of": len(scored)}
+    seen = _seen(dataset, adapter, qrels)
     report: dict[str, Any] = {
         "dataset": dataset.name,
         "model": emb.encoder["model"],

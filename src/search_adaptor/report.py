@@ -84,7 +84,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         where = f"the `{val_split}` split" if val_split else "a validation split carved from it"
         lines.append(
             f"Protocol: train on `{report.get('train_split', 'train')}`, select on {where}, report on the "
-            f"{n_test} `{test_split}` queries, which training, early stopping and selection never saw."
+            f"{n_test} `{test_split}` queries, which training, early stopping and selection never saw"
+            f"{_repeated(report)}."
         )
     lines += ["", *metrics_table(report["metrics"], names), ""]
     sig = report.get("significance") or {}
@@ -157,11 +158,28 @@ def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
     return lines
 
 
+def _repeated(report: Mapping[str, Any]) -> str:
+    """What a fit's protocol line adds when the dataset repeats a training query's text in the scored
+    split (their ids differ, so the split is held-out by id, not by text)."""
+    seen = report.get("seen_in_training")
+    if not seen or not seen["n"]:
+        return ""
+    return (
+        f" by id; {seen['n']} of them repeat the text of a query whose labels trained or chose the "
+        "adapter, so their scores are not held-out"
+    )
+
+
 def seen_lines(report: Mapping[str, Any]) -> list[str]:
     """A loud warning when ``evaluate`` scored queries whose labels trained or chose the adapter: such
     scores flatter it, and are no proof on held-out queries (also printed by ``evaluate``)."""
     seen = report.get("seen_in_training")
-    if not seen or not seen["n"] or str(report["selected"]).startswith("identity"):
+    if (
+        report["protocol"] != "evaluate"
+        or not seen
+        or not seen["n"]
+        or str(report["selected"]).startswith("identity")
+    ):
         return []
     if seen["n"] < seen["of"]:
         fix = "their scores are not held-out: drop them from the split for a held-out score"
