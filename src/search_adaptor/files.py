@@ -89,7 +89,8 @@ class Staged(contextlib.AbstractContextManager):
         self.folder = folder
         if folder and marker:
             check_output_folder(self.target, marker, what)
-        check_parent_folders(self.target)
+        else:
+            check_parent_folders(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{self.target.name}."
         if folder:

@@ -383,8 +383,8 @@ def evaluate(
     Raises
     ------
     ValueError
-        On an unknown metric name, a NaN or infinite score, or (for means) when no query has a
-        relevant document.
+        On an unknown metric name, a score that is not a finite number, or (for means) when no
+        query has a relevant document.
     """
     parsed = _parse_metrics(metrics)
     cut = None if any(m.k is None for m in parsed) else max(m.k for m in parsed if m.k is not None)
