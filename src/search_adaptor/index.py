@@ -35,7 +35,7 @@ import numpy as np
 from search_adaptor import __version__
 from search_adaptor.embed import Embeddings
 from search_adaptor.encoders import API_CLASSES
-from search_adaptor.encoders.base import KINDS, NO_DIRECTION, Encoder, InputsRejected, Kind
+from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind, without_direction
 from search_adaptor.encoders.registry import from_info
 from search_adaptor.files import Staged, inside, read_json
 from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter
@@ -536,8 +536,7 @@ class AdaptedIndex:
         order = np.fromiter((r for rows in groups.values() for r in rows), dtype=np.int64, count=len(texts))
         base = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
         base[order] = np.concatenate(parts)
-        for row in np.flatnonzero(~base.any(axis=1)):  # NaN rows (rejected already) are not zero
-            rejected[int(row)] = NO_DIRECTION
+        rejected.update(without_direction(base))  # NaN rows (rejected already) are not zero
         side = self._side(kind)
         what = "queries" if kind == "query" else "corpus"
         if not rejected:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from search_adaptor import __version__
-from search_adaptor.encoders.base import NO_DIRECTION, Encoder, InputsRejected, Kind, check_vectors
+from search_adaptor.encoders.base import Encoder, InputsRejected, Kind, check_vectors, without_direction
 from search_adaptor.encoders.registry import from_info
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
@@ -1083,11 +1083,11 @@ class AdaptedEncoder(Encoder):
         """
         transform = self.adapter.transform_queries if kind == "query" else self.adapter.transform_corpus
         out = transform(vectors, dim=self.size)
-        zero = np.flatnonzero(~np.asarray(vectors).any(axis=1))
-        if len(zero):
-            out[zero] = np.nan
+        zero = without_direction(vectors)
+        if zero:
+            out[list(zero)] = np.nan
             provider = (self.query_base if kind == "query" else self.base).provider
-            raise InputsRejected.of(provider, texts, out, dict.fromkeys(zero.tolist(), NO_DIRECTION))
+            raise InputsRejected.of(provider, texts, out, zero)
         return out
 
     @staticmethod

@@ -31,6 +31,12 @@ KINDS: tuple[Kind, ...] = ("query", "document")
 NO_DIRECTION = "the model gives it a zero vector (it knows none of its tokens), which ranks by nothing"
 
 
+def without_direction(vectors: np.ndarray) -> dict[int, str]:
+    """``{row: NO_DIRECTION}`` for each all-zero row of ``vectors`` (a NaN row is not one), the form
+    :class:`InputsRejected` takes."""
+    return dict.fromkeys(np.flatnonzero(~np.asarray(vectors).any(axis=1)).tolist(), NO_DIRECTION)
+
+
 class EncoderError(RuntimeError):
     """A provider refused or failed a request in a way retrying will not fix (bad key, bad model...)."""
 
