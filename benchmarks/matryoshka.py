@@ -55,6 +55,7 @@ UNSUPERVISED = ("scifact", "xquad-r/en", "xquad-r/de")
 KFOLD = ("xquad-r/en", "xquad-r/de")  # unsupervised-kfold: the training folds' query texts
 UNSUPERVISED_PARAMS = dict(FAMILIES["matryoshka-unsupervised"][0][1])
 DEV_TEMPERATURES = (0.02, 0.05)  # unsupervised-dev: on SciFact's training queries only
+DEV_INITS = ("pca", "score-axes")  # ... and the rotation's start
 DEV_SEEDS = 3
 
 
@@ -120,14 +121,14 @@ def unsupervised(name: str, seed: int, kfold: bool = False) -> dict[str, Any]:
     }
 
 
-def unsupervised_dev(temperature: float, seed: int) -> dict[str, Any]:
-    """How the unsupervised family's temperature was chosen, without a test query: SciFact's training
-    queries only. The adapter trains on the corpus and 80% of them (texts; labels unused), and is
-    scored on the other 20% (labelled) at each size, against PCA."""
+def unsupervised_dev(init: str, temperature: float, seed: int) -> dict[str, Any]:
+    """How the unsupervised family's start and temperature were chosen, without a test query: SciFact's
+    training queries only. The adapter trains on the corpus and 80% of them (texts; labels unused),
+    and is scored on the other 20% (labelled) at each size, against PCA."""
     bench = load_shared("scifact")
     emb, train = bench.emb, bench.train
     fit_q, dev_q = validation_split(sorted(train), 0.2, np.random.default_rng(100 + seed))
-    params = {**UNSUPERVISED_PARAMS, "dims": SIZES, "seed": seed, "temperature": temperature}
+    params = {**UNSUPERVISED_PARAMS, "dims": SIZES, "seed": seed, "temperature": temperature, "init": init}
     adapter = SearchAdaptor(**params).fit(
         emb.queries, emb.corpus, {q: train[q] for q in fit_q}, emb.query_ids, emb.doc_ids, encoder=emb.encoder
     )
@@ -219,25 +220,29 @@ def report(cells: dict[str, Any]) -> str:
             lines += ["", f"Training: {np.median(secs):.0f} s per seed{each} (median).", ""]
     dev = sorted(k for k in cells if k.startswith("unsupervised-dev|"))
     if dev:
-        by_t: dict[str, list[dict[str, float]]] = {}
+        by_setting: dict[tuple[str, str], list[dict[str, float]]] = {}
         for k in dev:
-            by_t.setdefault(k.split("|")[1], []).append(cells[k]["ndcg@10"])
+            _, init, t, _ = k.split("|")
+            by_setting.setdefault((init, t), []).append(cells[k]["ndcg@10"])
         n_dev = cells[dev[0]]["n_dev"]
+        family = SearchAdaptor(**UNSUPERVISED_PARAMS)
         lines += [
-            "### How the unsupervised temperature was chosen (SciFact training queries only)",
+            "### How the unsupervised start and temperature were chosen (SciFact training queries only)",
             "",
             f"`--modes unsupervised-dev`: trained on the corpus and 80% of SciFact's training query texts, "
             f"scored on the other {n_dev} training queries (labelled; the test queries play no part), per "
+            "start of the rotation (`pca`: the corpus's principal axes; `score-axes`: the axes carrying the "
+            "most of the training query texts' scores against the documents, `training.score_axes`) and "
             "temperature of the target and prefix softmaxes; mean nDCG@10 over seeds, PCA of the same size "
-            f"in brackets. The family trains at {SearchAdaptor(**UNSUPERVISED_PARAMS).temperature:g}.",
+            f"in brackets. The family trains from `{family.init}` at {family.temperature:g}.",
             "",
-            "| temperature | seeds | " + " | ".join(f"@{m}" for m in SIZES) + " |",
-            "|---|---|" + "---|" * len(SIZES),
+            "| start | temperature | seeds | " + " | ".join(f"@{m}" for m in SIZES) + " |",
+            "|---|---|---|" + "---|" * len(SIZES),
         ]
-        for t, runs in sorted(by_t.items(), key=lambda kv: float(kv[0])):
+        for (init, t), runs in sorted(by_setting.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
             mean = {key: np.mean([r[key] for r in runs]) for key in runs[0]}
             row = " | ".join(f"{mean[f'adapted@{m}']:.4f} ({mean[f'pca@{m}']:.4f})" for m in SIZES)
-            lines.append(f"| {t} | {len(runs)} | {row} |")
+            lines.append(f"| {init} | {t} | {len(runs)} | {row} |")
         lines.append("")
     cost = cells.get("costs")
     if cost:
@@ -283,10 +288,12 @@ def main() -> int:
                     CELLS.save(key, unsupervised(name, seed, kfold=True))
                     print(f"unsupervised-kfold {name} seed {seed} done", flush=True)
         for seed in range(min(args.seeds, DEV_SEEDS)) if "unsupervised-dev" in args.modes else ():
-            for t in DEV_TEMPERATURES:
-                if f"unsupervised-dev|{t:g}|{seed}" not in CELLS.read():
-                    CELLS.save(f"unsupervised-dev|{t:g}|{seed}", unsupervised_dev(t, seed))
-                    print(f"unsupervised-dev temperature {t:g} seed {seed} done", flush=True)
+            for init in DEV_INITS:
+                for t in DEV_TEMPERATURES:
+                    key = f"unsupervised-dev|{init}|{t:g}|{seed}"
+                    if key not in CELLS.read():
+                        CELLS.save(key, unsupervised_dev(init, t, seed))
+                        print(f"unsupervised-dev start {init} temperature {t:g} seed {seed} done", flush=True)
         if "costs" in args.modes:
             CELLS.save("costs", costs())
     write_text_atomic(RESULTS / "matryoshka.md", report(CELLS.read()))

@@ -24,7 +24,7 @@ from search_adaptor.experiment import SizedView, _family, evaluate_embeddings, r
 from search_adaptor.model import CompatibilityError, SearchAdaptor
 from search_adaptor.report import render_markdown, size_lines
 from search_adaptor.retrieval import exact_search, l2_normalize
-from search_adaptor.training import nearest_rotation, pca_rotation
+from search_adaptor.training import nearest_rotation, pca_rotation, score_axes
 from search_adaptor.variants import FAMILIES
 from test_index import make_adapter
 
@@ -151,6 +151,7 @@ def test_an_output_size_outside_the_width_is_refused(trained, synthetic, dim):
         ({"dims": (4,), "mode": "query_only"}, "prefixes need the documents adapted too"),
         ({"dims": (4,), "loss": "similarity", "mode": "separate"}, "loss 'similarity' .* use mode 'shared'"),
         ({"dims": (4,), "loss": "similarity", "alpha": 0.1}, "trains a rotation only.*alpha, beta and gamma"),
+        ({"dims": (4,), "init": "score-axes"}, "init 'score-axes' .* use loss 'similarity', or init 'pca'"),
     ],
 )
 def test_invalid_dims_are_refused_at_fit_with_one_line(synthetic, params, message):
@@ -265,6 +266,68 @@ def test_unsupervised_targets_keep_a_querys_nearest_document_and_drop_a_document
     rows = objective.batch_rows()
     assert len(rows) == len(set(rows.tolist())) == min(hp.batch_size, n_docs + 30)
     assert (rows >= n_docs).sum() == min(len(rows) // 2, 30)
+
+
+def _mean_product(R: np.ndarray, m: int, Q: np.ndarray, D: np.ndarray) -> float:
+    """Mean over every (query, document) of the score of their first ``m`` coordinates after ``R``
+    times their full score: what :func:`score_axes` orders its axes by."""
+    P = R[:m].T @ R[:m]
+    return float(np.mean((Q @ P @ D.T) * (Q @ D.T)))
+
+
+def test_score_axes_put_first_what_queries_and_documents_share():
+    """Documents vary most along coordinates 0-7, queries dwell on 8-11: PCA of the corpus keeps the
+    documents' axes first and misses the queries', the score axes keep the queries' ones first. Each
+    prefix holds more of the query-document scores than PCA's or truncation's of its size."""
+    rng = np.random.default_rng(0)
+    doc_scales = np.r_[np.full(8, 1.0), np.full(8, 0.3)]
+    query_scales = np.r_[np.full(8, 0.1), np.full(4, 1.0), np.full(4, 0.1)]
+    D = l2_normalize((rng.normal(size=(400, WIDTH)) * doc_scales).astype(np.float32))
+    Q = l2_normalize((rng.normal(size=(60, WIDTH)) * query_scales).astype(np.float32))
+    R = score_axes(Q, D)
+    assert R.shape == (WIDTH, WIDTH) and R.dtype == np.float32
+    assert np.allclose(R @ R.T, np.eye(WIDTH), atol=1e-5)
+    assert np.array_equal(R, score_axes(Q, D))  # deterministic, signs included
+    assert (R[:4, 8:12] ** 2).sum() > 0.8 * 4  # the first four axes lie mostly in the queries' four
+    pca = pca_rotation(D)
+    assert (pca[:4, 8:12] ** 2).sum() < 0.5
+    for m in (4, 8):
+        ours = _mean_product(R, m, Q, D)
+        assert ours > _mean_product(pca, m, Q, D) and ours > _mean_product(np.eye(WIDTH), m, Q, D)
+
+
+def test_score_axes_of_one_query_text_do_not_swing_with_rounding():
+    """One query text spans few axes (its product with the documents has rank 2 at most); the floor of
+    the documents' own moment orders the others by the corpus. Without it they would be any basis of
+    a degenerate eigenspace: documents moved by 1e-4 turned the 4-d prefix by more than one axis."""
+    rng = np.random.default_rng(0)
+    scales = np.linspace(1.0, 0.2, WIDTH).astype(np.float32)
+    D = l2_normalize(rng.normal(size=(200, WIDTH)).astype(np.float32) * scales)
+    moved = l2_normalize(D + 1e-4 * rng.normal(size=D.shape).astype(np.float32))
+    q = l2_normalize(rng.normal(size=(1, WIDTH)).astype(np.float32))
+    a, b = score_axes(q, D), score_axes(q, moved)
+    assert np.isfinite(a).all() and np.allclose(a @ a.T, np.eye(WIDTH), atol=1e-5)
+    for m in (1, 4, 8, 12):  # the two prefixes span the same subspace: squared overlaps sum to m
+        assert ((a[:m] @ b[:m].T) ** 2).sum() == pytest.approx(m, abs=1e-3)
+
+
+def test_an_unsupervised_fit_starts_on_its_training_query_texts_score_axes(synthetic):
+    """Family ``matryoshka-unsupervised`` starts on :func:`score_axes` of the query texts it trains on,
+    not of those it holds out to validate; without query texts it starts as the corpus's PCA."""
+    from search_adaptor.networks import build_nets
+    from search_adaptor.training import _Similarity
+
+    Dn, Qn = l2_normalize(synthetic["D"]), l2_normalize(synthetic["Q"])
+    hp = SimpleNamespace(**SearchAdaptor(**UNSUPERVISED).get_params())
+    assert hp.init == "score-axes"
+    for queries, expected in ((Qn, None), (Qn[:0], pca_rotation(Dn))):
+        net, _ = build_nets(WIDTH, None, "mlp", True, "shared", torch.Generator().manual_seed(0), True)
+        objective = _Similarity(hp, queries, Dn, net, net, [4, WIDTH], np.random.default_rng(0))
+        if expected is None:
+            trained_on = objective.train_rows[objective.n_docs :]
+            assert len(trained_on) == len(Qn) - len(objective.val_rows)
+            expected = score_axes(trained_on, Dn)
+        assert np.array_equal(net.project.weight.detach().numpy(), expected)
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: config.json records a checksum of the adapter (see _checksum)
 CONFIG, WEIGHTS, CARD = "config.json", "adapter.safetensors", "README.md"
 NEGATIVES = ("random", "hard", "mixed", "all")
-INITS = ("identity", "pca", "lstsq", "procrustes")
+INITS = ("identity", "pca", "score-axes", "lstsq", "procrustes")
 MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
 _LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
 _warned_no_encoder: set[str] = set()
@@ -105,6 +105,18 @@ class SearchAdaptor:
     pair_reduction : {"sum", "mean"}
         How the pairwise losses ("ranking", "ranknet") combine one query's pairs: the paper's sum, or
         the mean over pairs (weaker by the pairs per query; kept for the ablation table).
+    dims : list of int, optional
+        Matryoshka sizes: each prefix of the adapted vector of these lengths is trained to be an
+        embedding of its own (a loss term per prefix).
+    init : {"identity", "pca", "score-axes", "lstsq", "procrustes"}
+        Where the networks start: the identity; a rotation onto the corpus's principal axes; with
+        loss "similarity", a rotation onto the axes that carry the most of the query texts' scores
+        against the documents (:func:`~search_adaptor.training.score_axes`; the corpus's PCA
+        without query texts); another model's query map (closed-form least squares or Procrustes
+        on the ``pairs``).
+    gamma : float
+        Weight of the alignment term of a cross-model map: the ``pairs`` mapped onto the documents'
+        model's vectors of the same texts.
     alpha, beta : float
         Weights of the recovery (L1 to the original embedding, ``alpha * (rec_q + rec_d)``) and
         query-prediction losses.
@@ -273,6 +285,11 @@ class SearchAdaptor:
         if self.loss == "similarity" and self.mode != "shared":
             raise ValueError(
                 "loss 'similarity' (no labels) adapts queries and documents alike: use mode 'shared'"
+            )
+        if self.init == "score-axes" and self.loss != "similarity":
+            raise ValueError(
+                "init 'score-axes' orders the axes by the query texts' scores against the documents, "
+                "which the unsupervised objective alone knows: use loss 'similarity', or init 'pca'"
             )
         if self.loss == "similarity" and (self.alpha or self.beta or self.gamma):
             raise ValueError(

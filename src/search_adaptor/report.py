@@ -267,8 +267,9 @@ def _below_pca(report: Mapping[str, Any], m: int) -> str:
     family = report.get("family")
     if family == "matryoshka-unsupervised":
         fix = (
-            "that PCA was its start, and what validation measured without labels did not carry over "
-            "to these queries: index at a size where it is not below, or fit `--dims` with labels"
+            "it started at that PCA or on its query texts' axes, and what validation measured "
+            "without labels did not carry over to these queries: index at a size where it is not "
+            "below, or fit `--dims` with labels"
         )
     elif family in MATRYOSHKA:
         fix = (

@@ -451,8 +451,35 @@ def pca_rotation(D: np.ndarray) -> np.ndarray:
     corpus): ``x @ R.T`` keeps every cosine, and its first ``m`` coordinates are the corpus's best
     ``m``-d linear summary. Signs are fixed (largest entry positive) so the result is deterministic."""
     centred = D.astype(np.float64) - D.mean(axis=0, dtype=np.float64)
-    _, vectors = np.linalg.eigh(centred.T @ centred)
-    R = vectors[:, ::-1].T  # rows: axes, largest variance first
+    return _axes(centred.T @ centred)
+
+
+#: Weight of the documents' second moment added to the queries' in :func:`score_axes`: small enough
+#: to leave the axes the queries span in place, it orders the rest (a few query texts span few axes)
+#: by the corpus instead of leaving them arbitrary.
+QUERY_MOMENT_FLOOR = 1e-3
+
+
+def score_axes(Q: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Orthonormal rows ordered by their share of the query-document scores: with ``P`` the
+    projection on the first ``m`` rows, the mean over the query texts ``Q`` and documents ``D`` of
+    ``(q.P.d) * (q.d)`` is the sum of their eigenvalues (the eigenvectors of the symmetrised product
+    of the two second-moment matrices), so the first ``m`` coordinates keep the most of what a query
+    and a document share. PCA of the corpus ranks axes by document variance alone; queries that
+    dwell on other axes (short claims against long abstracts) are summarised worse by it. Signs as
+    :func:`pca_rotation`'s."""
+    Q64, D64 = Q.astype(np.float64), D.astype(np.float64)
+    docs = D64.T @ D64 / len(D64)
+    queries = Q64.T @ Q64 / len(Q64) + QUERY_MOMENT_FLOOR * docs
+    product = queries @ docs
+    return _axes(product + product.T)
+
+
+def _axes(M: np.ndarray) -> np.ndarray:
+    """Eigenvectors of the symmetric matrix ``M`` as float32 rows, largest eigenvalue first, each
+    signed so that its largest entry is positive (the result is deterministic)."""
+    _, vectors = np.linalg.eigh(M)
+    R = vectors[:, ::-1].T
     R *= np.sign(R[np.arange(len(R)), np.abs(R).argmax(axis=1)])[:, None]
     return np.ascontiguousarray(R, dtype=np.float32)
 
@@ -790,7 +817,8 @@ class _Similarity(_Objective):
     and each prefix's softmax over the same documents is pulled to it (cross-entropy, summed over
     prefixes). Only the projection trains, and it stays a rotation (each step is followed by the
     nearest orthogonal matrix): the full width then keeps every cosine exactly, and the prefixes
-    start as the corpus's PCA and can only be reshuffled, never distorted. Rows are the corpus texts
+    start as the corpus's PCA (``init="pca"``) or on the training query texts' :func:`score_axes`
+    (``"score-axes"``) and can only be reshuffled, never distorted. Rows are the corpus texts
     and the query texts given, which make half of each batch: what the prefixes will carry is
     queries (their texts move XQuAD-R at 96-d from level with PCA to above it: BENCHMARKS.md). A
     share (``val_fraction``) of the query texts, or of the corpus texts when no queries are given,
@@ -827,6 +855,10 @@ class _Similarity(_Objective):
             train_docs, train_queries = Dn[order[n_val:]], queries
         self.train_rows = np.concatenate([train_docs, train_queries])
         self.n_docs = len(train_docs)  # rows before it are documents, from it on query texts
+        if hp.init == "score-axes":  # the training query texts' axes (the held-out ones play no part)
+            R = score_axes(train_queries, Dn) if len(train_queries) else pca_rotation(Dn)
+            with torch.no_grad():
+                self.net.project.weight.copy_(torch.from_numpy(R))  # type: ignore[union-attr]
         self.Dn, self.Dn_t = Dn, torch.from_numpy(Dn)
         k = min(self.NEIGHBOURS, len(Dn) - 1)
         # a document's own row is its first neighbour: dropped; a query's first is kept
