@@ -17,6 +17,10 @@ Run from the repository root (resumable: every (mode, dataset, seed) result is c
   ``search-adaptor fit --unsupervised --dims 48,96,192`` does there. Five folds per seed (``fit``'s
   own); each fold's adapter trains on the corpus and the other folds' query texts (their labels
   unused) and is scored on its held-out queries, so no scored query's text reaches training.
+- Where the rotation starts (``--modes unsupervised-score-axes unsupervised-kfold-score-axes``): the
+  SciFact and the 5-fold XQuAD-R fits above with ``init="score-axes"`` (``training.score_axes``: the
+  axes carrying the most of the training query texts' scores against the documents) instead of the
+  family's PCA start; the corpus-only fits are left out, as they start at PCA either way.
 - Cost at each size: index bytes and median search latency of a flat FAISS index of the adapted
   corpus (``k=10``, one query at a time), as ratios to full width.
 
@@ -54,8 +58,11 @@ SEEDS = 5
 UNSUPERVISED = ("scifact", "xquad-r/en", "xquad-r/de")
 KFOLD = ("xquad-r/en", "xquad-r/de")  # unsupervised-kfold: the training folds' query texts
 UNSUPERVISED_PARAMS = dict(FAMILIES["matryoshka-unsupervised"][0][1])
+SCORE_AXES_PARAMS = {**UNSUPERVISED_PARAMS, "init": "score-axes"}
 DEV_TEMPERATURES = (0.02, 0.05)  # unsupervised-dev: on SciFact's training queries only
 DEV_INITS = ("pca", "score-axes")  # ... and the rotation's start
+#: The fits with query texts again, started on the score axes: (mode, datasets, 5-fold)
+STARTS = (("unsupervised-score-axes", ("scifact",), False), ("unsupervised-kfold-score-axes", KFOLD, True))
 DEV_SEEDS = 3
 
 
@@ -83,12 +90,15 @@ def supervised(seed: int) -> dict[str, Any]:
     }
 
 
-def unsupervised(name: str, seed: int, kfold: bool = False) -> dict[str, Any]:
-    """A Matryoshka adapter trained without labels, scored on every labelled query of ``name``: one
-    fit, or with ``kfold`` one per fold of ``fit``'s protocol with that fold's training query texts."""
+def unsupervised(
+    name: str, seed: int, kfold: bool = False, family: dict[str, Any] = UNSUPERVISED_PARAMS
+) -> dict[str, Any]:
+    """A Matryoshka adapter trained without labels (``family``'s parameters), scored on every labelled
+    query of ``name``: one fit, or with ``kfold`` one per fold of ``fit``'s protocol with that fold's
+    training query texts."""
     bench = load_shared(name)
     emb = bench.emb
-    params = {**UNSUPERVISED_PARAMS, "dims": SIZES, "seed": seed}
+    params = {**family, "dims": SIZES, "seed": seed}
     if kfold:
         folds = [(train, test) for _, train, test in protocol(bench.dataset, seed=seed).folds]
     else:  # SciFact's training query texts, no labels; XQuAD-R: the corpus alone
@@ -117,7 +127,7 @@ def unsupervised(name: str, seed: int, kfold: bool = False) -> dict[str, Any]:
         "per_query": per,
         "train_s": round(train_s, 1),
         "best_step": steps[0] if len(steps) == 1 else steps,
-        "params": UNSUPERVISED_PARAMS,
+        "params": family,
     }
 
 
@@ -218,6 +228,7 @@ def report(cells: dict[str, Any]) -> str:
             secs = [cells[k]["train_s"] for k in keys]
             each = " (all folds)" if mode == "unsupervised-kfold" else ""
             lines += ["", f"Training: {np.median(secs):.0f} s per seed{each} (median).", ""]
+    lines += starts(cells)
     dev = sorted(k for k in cells if k.startswith("unsupervised-dev|"))
     if dev:
         by_setting: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -262,10 +273,52 @@ def report(cells: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def starts(cells: dict[str, Any]) -> list[str]:
+    """The fits with query texts from either start, side by side: test nDCG@10 per size (mean over
+    seeds) and paired tests against PCA of the size and between the two starts."""
+    rows = []
+    for mode, names, _ in STARTS:
+        base = mode.removesuffix("-score-axes")
+        for name in names:
+            pair = []
+            for m in (base, mode):
+                keys = sorted(k for k in cells if k.startswith(f"{m}|{name}|"))
+                pair.append([cells[k]["per_query"] for k in keys])
+            if not all(pair):
+                continue
+            n = min(len(pair[0]), len(pair[1]))
+            avg = [{s: np.mean([r[s] for r in runs[:n]], axis=0) for s in runs[0]} for runs in pair]
+            for m in SIZES:
+                a, b, pca = avg[0][f"adapted@{m}"], avg[1][f"adapted@{m}"], avg[0][f"pca@{m}"]
+                rows.append(
+                    f"| {name} | {m} | {np.mean(pca):.4f} | {np.mean(a):.4f} ({paired_test(a, pca):.1e}) | "
+                    f"{np.mean(b):.4f} ({paired_test(b, pca):.1e}) | {np.mean(b) - np.mean(a):+.4f} "
+                    f"({paired_test(b, a):.1e}) | {n} |"
+                )
+    if not rows:
+        return []
+    return [
+        "### Where the rotation starts: the corpus's PCA (the family's) or the query texts' score axes",
+        "",
+        "The fits above that have query texts (SciFact's training queries; XQuAD-R's training folds), "
+        'started on `training.score_axes` of those texts (`init="score-axes"`) instead of PCA. Test '
+        "nDCG@10, mean over seeds; p in brackets (paired randomization test over queries, per-query "
+        "scores averaged over seeds) against the PCA of the size, and in the last but one column "
+        "between the two starts.",
+        "",
+        "| dataset | size | PCA | from PCA (p vs PCA) | from score axes (p vs PCA) "
+        "| score axes - PCA start (p) | seeds |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=SEEDS)
-    modes = ["supervised", "unsupervised", "unsupervised-kfold", "unsupervised-dev", "costs"]
+    modes = ["supervised", "unsupervised", "unsupervised-kfold", *(m for m, _, _ in STARTS)]
+    modes += ["unsupervised-dev", "costs"]
     parser.add_argument("--modes", nargs="+", default=modes, choices=modes)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
@@ -287,6 +340,12 @@ def main() -> int:
                 if CELLS.read().get(key, {}).get("params") != UNSUPERVISED_PARAMS:
                     CELLS.save(key, unsupervised(name, seed, kfold=True))
                     print(f"unsupervised-kfold {name} seed {seed} done", flush=True)
+            for mode, names, kfold in STARTS:
+                for name in names if mode in args.modes else ():
+                    key = f"{mode}|{name}|{seed}"
+                    if CELLS.read().get(key, {}).get("params") != SCORE_AXES_PARAMS:
+                        CELLS.save(key, unsupervised(name, seed, kfold=kfold, family=SCORE_AXES_PARAMS))
+                        print(f"{mode} {name} seed {seed} done", flush=True)
         for seed in range(min(args.seeds, DEV_SEEDS)) if "unsupervised-dev" in args.modes else ():
             for init in DEV_INITS:
                 for t in DEV_TEMPERATURES:

@@ -311,15 +311,14 @@ def test_score_axes_of_one_query_text_do_not_swing_with_rounding():
         assert ((a[:m] @ b[:m].T) ** 2).sum() == pytest.approx(m, abs=1e-3)
 
 
-def test_an_unsupervised_fit_starts_on_its_training_query_texts_score_axes(synthetic):
-    """Family ``matryoshka-unsupervised`` starts on :func:`score_axes` of the query texts it trains on,
-    not of those it holds out to validate; without query texts it starts as the corpus's PCA."""
+def test_a_score_axes_start_uses_the_training_query_texts_only(synthetic):
+    """``init="score-axes"`` starts the unsupervised rotation on :func:`score_axes` of the query texts
+    it trains on, not of those it holds out to validate; without query texts, on the corpus's PCA."""
     from search_adaptor.networks import build_nets
     from search_adaptor.training import _Similarity
 
     Dn, Qn = l2_normalize(synthetic["D"]), l2_normalize(synthetic["Q"])
-    hp = SimpleNamespace(**SearchAdaptor(**UNSUPERVISED).get_params())
-    assert hp.init == "score-axes"
+    hp = SimpleNamespace(**SearchAdaptor(**{**UNSUPERVISED, "init": "score-axes"}).get_params())
     for queries, expected in ((Qn, None), (Qn[:0], pca_rotation(Dn))):
         net, _ = build_nets(WIDTH, None, "mlp", True, "shared", torch.Generator().manual_seed(0), True)
         objective = _Similarity(hp, queries, Dn, net, net, [4, WIDTH], np.random.default_rng(0))

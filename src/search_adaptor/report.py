@@ -267,9 +267,8 @@ def _below_pca(report: Mapping[str, Any], m: int) -> str:
     family = report.get("family")
     if family == "matryoshka-unsupervised":
         fix = (
-            "it started at that PCA or on its query texts' axes, and what validation measured "
-            "without labels did not carry over to these queries: index at a size where it is not "
-            "below, or fit `--dims` with labels"
+            "that PCA was its start, and what validation measured without labels did not carry over "
+            "to these queries: index at a size where it is not below, or fit `--dims` with labels"
         )
     elif family in MATRYOSHKA:
         fix = (

@@ -461,13 +461,14 @@ QUERY_MOMENT_FLOOR = 1e-3
 
 
 def score_axes(Q: np.ndarray, D: np.ndarray) -> np.ndarray:
-    """Orthonormal rows ordered by their share of the query-document scores: with ``P`` the
-    projection on the first ``m`` rows, the mean over the query texts ``Q`` and documents ``D`` of
-    ``(q.P.d) * (q.d)`` is the sum of their eigenvalues (the eigenvectors of the symmetrised product
-    of the two second-moment matrices), so the first ``m`` coordinates keep the most of what a query
-    and a document share. PCA of the corpus ranks axes by document variance alone; queries that
-    dwell on other axes (short claims against long abstracts) are summarised worse by it. Signs as
-    :func:`pca_rotation`'s."""
+    """Orthonormal rows ordered by their share of the query-document scores. With ``P`` the
+    projection on rows ``r``, the mean over the query texts ``Q`` and documents ``D`` of
+    ``(q.P.d) * (q.d)`` is the sum of ``r.S.r``, ``S`` the symmetrised product of the two
+    second-moment matrices (the queries' with a floor of :data:`QUERY_MOMENT_FLOOR` times the
+    documents'); the rows are ``S``'s eigenvectors, largest eigenvalue first, so the first ``m``
+    coordinates keep the most of what a query and a document share. PCA of the corpus ranks axes by
+    document variance alone; queries that dwell on other axes (short claims against long abstracts)
+    are summarised worse by it. Signs as :func:`pca_rotation`'s."""
     Q64, D64 = Q.astype(np.float64), D.astype(np.float64)
     docs = D64.T @ D64 / len(D64)
     queries = Q64.T @ Q64 / len(Q64) + QUERY_MOMENT_FLOOR * docs
