@@ -76,6 +76,18 @@ def test_init_stores_hyperparameters_verbatim_and_params_round_trip():
     assert not hasattr(est, "query_net_")  # nothing learned before fit
 
 
+def test_scikit_learns_clone_gives_an_unfitted_copy_with_the_same_hyperparameters(synthetic):
+    """``sklearn.base.clone`` calls ``get_params(deep=False)`` and checks that the copy holds the very
+    parameters it was built with (it raises otherwise); before ``deep`` was accepted it raised
+    TypeError."""
+    base = pytest.importorskip("sklearn.base")
+    est = _fit(synthetic, dims=(4, 8), alpha=0.2, max_steps=30)
+    copy = base.clone(est)
+    assert type(copy) is SearchAdaptor and copy.get_params() == est.get_params()
+    assert not hasattr(copy, "query_net_")
+    assert est.get_params(deep=True) == est.get_params(deep=False)
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_contract_every_variant(name, synthetic, tmp_path):
     est = _fit(synthetic, **VARIANTS[name])

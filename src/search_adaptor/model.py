@@ -211,8 +211,9 @@ class SearchAdaptor:
         sig = inspect.signature(cls.__init__)
         return [p for p in sig.parameters if p != "self"]
 
-    def get_params(self) -> dict[str, Any]:
-        """Hyperparameters as given to ``__init__``."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyperparameters as given to ``__init__``. ``deep`` is scikit-learn's flag for nested
+        estimators (there are none here), accepted so that ``sklearn.base.clone`` takes an adapter."""
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> SearchAdaptor:
