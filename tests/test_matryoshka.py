@@ -594,6 +594,16 @@ def test_cli_fit_unsupervised_and_its_refusals(beir, tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["family"] == "matryoshka-unsupervised"
     hp = json.loads((out / "adapter" / "config.json").read_text())["hyperparameters"]
     assert hp["loss"] == "similarity" and hp["dims"] == [4, 8]
+    # the report says the training queries gave their texts, not their labels (k-fold alike)
+    assert (
+        "Protocol: train on `train`'s query texts (their labels unused), select on"
+        in (out / "report.md").read_text()
+    )
+    report = {**json.loads((out / "report.json").read_text()), "protocol": "kfold", "folds": 5}
+    assert "trained on the other folds' query texts only (their labels unused)" in render_markdown(report)
+    # a rotation keeps every full-width score: the same as zero-shot, said as such
+    report["metrics"]["adapted"] = dict(report["metrics"]["zero-shot"])
+    assert "Adapted is level with zero-shot, +0.0000 ndcg@10" in render_markdown(report)
     capsys.readouterr()
     refusals = {
         ("--dims", "4,0"): "--dims: must be a positive int, got 0",

@@ -34,6 +34,8 @@ from search_adaptor.variants import MATRYOSHKA
 #: p of a paired test below which a difference is called significant (and a loss is warned of).
 SIGNIFICANT = 0.05
 
+#: What a fit without labels trained on, after the name of its training split.
+TEXTS_ONLY = "'s query texts (their labels unused)"
 #: The machine-readable report, which marks a folder as a run's (``fit --out``, ``evaluate --out``).
 REPORT = "report.json"
 #: Why a report has no figures when matplotlib is not installed.
@@ -56,6 +58,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{models}. Selected variant: **{report['selected']}**.",
     ]
     val_split = _val_split(report)
+    # a fit without labels (Matryoshka's unsupervised family, an unlabelled cross-model map) trains on
+    # query texts alone, and validation measures something other than nDCG@10
+    unlabelled = (report.get("validation") or {}).get("metric", "ndcg@10") != "ndcg@10"
     if protocol == "evaluate":
         seen = report.get("seen_in_training")
         relation = (
@@ -73,9 +78,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )
     elif protocol == "kfold":
         selected_on = f"the `{val_split}` split" if val_split else "the other folds"
+        trained_on = (
+            "the other folds' query texts only (their labels unused)"
+            if unlabelled
+            else "the other folds only"
+        )
         lines.append(
             f"Protocol: {report['folds']}-fold cross-validation over the labelled queries (the dataset "
-            "has no train split): each fold's adapter is trained on the other folds only and selected "
+            f"has no train split): each fold's adapter is trained on {trained_on} and selected "
             f"on {selected_on}, and the metrics are the mean over all held-out queries. The saved "
             "adapter is trained on all of them."
         )
@@ -83,7 +93,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         n_test, test_split = report.get("n_test_queries", "?"), report.get("test_split", "test")
         where = f"the `{val_split}` split" if val_split else "a validation split carved from it"
         lines.append(
-            f"Protocol: train on `{report.get('train_split', 'train')}`, select on {where}, report on the "
+            f"Protocol: train on `{report.get('train_split', 'train')}`"
+            f"{TEXTS_ONLY if unlabelled else ''}, select on {where}, report on the "
             f"{n_test} `{test_split}` queries, which training, early stopping and selection never saw"
             f"{_repeated(report)}."
         )
@@ -121,11 +132,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def _against(ours: Mapping[str, float], other: Mapping[str, float], name: str, p: Any, metric: str) -> str:
-    """ "better than NAME by +0.0123 ndcg@10 (paired ...: p = ...)": one system against another."""
+    """ "better than NAME by +0.0123 ndcg@10 (paired ...: p = ...)": one system against another
+    ("level with NAME" when they score the same, as an unsupervised adapter does at full width)."""
     delta = ours[metric] - other[metric]
-    verdict = "better" if delta > 0 else ("worse" if delta < 0 else "no different")
     p_text = f" (paired randomization test over queries: p = {p:.4g})" if p is not None else ""
-    return f"{verdict} than {name} by {delta:+.4f} {metric}{p_text}"
+    if delta == 0:
+        return f"level with {name}, {delta:+.4f} {metric}{p_text}"
+    return f"{'better' if delta > 0 else 'worse'} than {name} by {delta:+.4f} {metric}{p_text}"
 
 
 def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
