@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -310,6 +311,29 @@ def test_refuses_other_dimension_and_other_model(synthetic, tmp_path):
     with pytest.raises(CompatibilityError, match=r"model-a.*openai:text-embedding-3-small"):
         loaded.check_encoder("openai:text-embedding-3-small:222")
     loaded.check_encoder("sentence-transformers:model-a:111", 16)
+
+
+@pytest.mark.parametrize(
+    ("bad", "got"),
+    [
+        (np.full((2, 16), "0.1"), "got <U3 of shape (2, 16)"),  # numbers read from a file as text
+        (np.ones((2, 16), dtype=bool), "got bool of shape (2, 16)"),
+        ([[0.1] * 16, [0.1] * 15], "got rows of unequal lengths"),
+        ([[None] * 16], "got object of shape (1, 16)"),
+    ],
+)
+def test_vectors_that_are_not_numbers_are_refused_naming_the_side(synthetic, bad, got):
+    """Strings, booleans, ragged rows and objects are refused by fit and by transform, in one line that
+    names the side (numpy's "could not convert string to float" named neither)."""
+    est = _fit(synthetic, max_steps=20)
+    for call, what in (
+        (lambda: est.transform_queries(bad), "queries"),
+        (lambda: est.transform_corpus(bad), "corpus"),
+        (lambda: SearchAdaptor(**FAST).fit(bad, synthetic["D"], {"q0": {"d0": 1}}), "query embeddings"),
+    ):
+        with pytest.raises(ValueError, match="of numbers, " + re.escape(got)) as err:
+            call()
+        assert str(err.value).startswith(f"{what}: expected ") and "\n" not in str(err.value)
 
 
 def test_fit_save_load_refuses_vectors_of_another_model(synthetic, tmp_path):

@@ -22,6 +22,18 @@ from search_adaptor.store import EmbeddingStore, StoreStats
 _CHUNK = 65536  # rows measured at a time in float64 by unit_rows: bounds its extra memory
 
 
+def numeric_array(x: object, what: str, shape: str = "an array") -> np.ndarray:
+    """``x`` as a numpy array of integers or floats; anything else (strings, objects, ragged lists) is
+    a one-line error starting with ``what`` and saying the ``shape`` expected."""
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError):  # ragged lists
+        raise ValueError(f"{what}: expected {shape} of numbers, got rows of unequal lengths") from None
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{what}: expected {shape} of numbers, got {arr.dtype} of shape {arr.shape}")
+    return arr
+
+
 def unit_rows(x: object, what: str, row: Callable[[int], str] = "row {}".format) -> np.ndarray:
     """Float32 unit vectors of the rows of ``x``, lengths measured in float64 after scaling each row by
     its largest value, so that no finite vector overflows or underflows (1e30 or 1e-30 is as good as 1).
@@ -34,11 +46,8 @@ def unit_rows(x: object, what: str, row: Callable[[int], str] = "row {}".format)
     ValueError
         Not a non-empty 2-D array of numbers; a row with NaN or inf, or all zeros (no direction).
     """
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError):  # ragged lists
-        arr = np.empty(0, dtype=object)
-    if arr.dtype.kind not in "fiu" or arr.ndim != 2 or 0 in arr.shape:
+    arr = numeric_array(x, what, "a non-empty 2-D array")
+    if arr.ndim != 2 or 0 in arr.shape:
         raise ValueError(
             f"{what}: expected a non-empty 2-D array of numbers, got {arr.dtype} of shape {arr.shape}"
         )

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from search_adaptor import __version__
+from search_adaptor.embed import numeric_array
 from search_adaptor.encoders.base import Encoder, InputsRejected, Kind, check_vectors, without_direction
 from search_adaptor.encoders.registry import from_info
 from search_adaptor.files import Staged, read_json
@@ -493,7 +494,7 @@ class SearchAdaptor:
         kind: Kind = "query" if what == "queries" else "document"
         if encoder is not None:
             self.check_encoder(encoder, kind=kind)
-        arr = np.asarray(x, dtype=np.float32)
+        arr = numeric_array(x, what, "a 2-D array").astype(np.float32, copy=False)
         width = self.query_dim_ if kind == "query" else self.dim_
         if arr.ndim != 2:
             raise ValueError(
