@@ -243,6 +243,28 @@ def test_text_only_api_models_refuse_images_in_one_line(provider: str, tmp_path:
     assert "--embeddings" in message
 
 
+@pytest.mark.parametrize("provider", ["openai", "cohere"])  # text only, and one that takes images
+@pytest.mark.parametrize("item", [None, 3, {"text": "a dict"}, b"bytes"])
+def test_items_that_are_neither_texts_nor_images_are_refused_as_such(provider, item, tmp_path: Path) -> None:
+    """A None or a number among the texts (a document whose text is missing) was called "an image" by
+    a text-only model and failed deep inside the store ('NoneType' object has no attribute
+    'content_id'); now the encoder and the store name it, before anything is sent."""
+    with FakeProvider(provider) as fake:
+        enc = fake_encoder(fake, **TEXT_ONLY.get(provider, {}))
+        with EmbeddingStore(enc, tmp_path / "cache") as store:
+            for call in (
+                lambda: enc.encode_batch(["a text", item], "document"),
+                lambda: store.embed(["a text", item], "document"),
+                lambda: store.embed(["a text", item], "query"),
+            ):
+                with pytest.raises(TypeError) as info:
+                    call()
+                message = str(info.value)
+                assert message.startswith(f"item 1 is {type(item).__name__} ") and "not a text" in message
+                assert "\n" not in message
+        assert fake.calls == []
+
+
 def test_a_dataset_with_images_is_refused_before_its_text_queries_are_sent(tmp_path: Path) -> None:
     """Queries are embedded first: a text-only API model must not be billed (or retried against a
     dead endpoint) for them when the image documents will be refused anyway."""

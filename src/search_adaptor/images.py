@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -199,3 +200,14 @@ class ImageRef:
 
 #: One item to embed: a text, or an image (a corpus row with ``"image"``).
 Item = str | ImageRef
+
+
+def check_item_types(items: Iterable[object]) -> None:
+    """Refuse, in one line, the first item that is neither a text nor an :class:`ImageRef` (a None, a
+    number, a document object): it would otherwise be taken for an image, or fail deep inside."""
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, ImageRef)):
+            raise TypeError(
+                f"item {i} is {type(item).__name__} {item!r:.60}, not a text: pass texts as str "
+                "(images as search_adaptor.images.ImageRef)"
+            )

@@ -37,7 +37,7 @@ import numpy as np
 
 from search_adaptor.encoders.base import Encoder, EncoderError, InputsRejected, Kind, check_vectors
 from search_adaptor.files import ENV_CACHE, default_cache_dir, file_in_the_way
-from search_adaptor.images import Item
+from search_adaptor.images import Item, check_item_types
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
 _BUSY_TIMEOUT_S = 60  # several processes (Ray actors) may write: wait this long for their locks
@@ -289,7 +289,9 @@ class EmbeddingStore:
         self.close()
 
     def lookup(self, kind: Kind, texts: Sequence[Item]) -> dict[bytes, np.ndarray]:
-        """Cached vectors for the texts (or images) that have a usable one, keyed by :func:`item_key`."""
+        """Cached vectors for the texts (or images) that have a usable one, keyed by :func:`item_key`;
+        an item that is neither (None, a number) is a TypeError naming it."""
+        check_item_types(texts)
         return self._read({item_key(kind, t) for t in texts})
 
     def _read(self, keys: Iterable[bytes]) -> dict[bytes, np.ndarray]:

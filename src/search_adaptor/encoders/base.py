@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from search_adaptor.encoders import IMAGE_MODELS, IMAGE_URL_PROVIDERS
-from search_adaptor.images import Item
+from search_adaptor.images import Item, check_item_types
 
 Kind = Literal["query", "document"]
 KINDS: tuple[Kind, ...] = ("query", "document")
@@ -158,9 +158,13 @@ class Encoder(ABC):
 
         Raises
         ------
+        TypeError
+            An item that is neither a text nor an image (None, a number), naming it.
         ImagesUnsupported
             Naming the item, the providers that can embed it, and the precomputed-vectors way out.
         """
+        items = list(items)
+        check_item_types(items)
         for i, item in enumerate(items):
             if isinstance(item, str):
                 continue
