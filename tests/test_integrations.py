@@ -5,8 +5,10 @@ Loading the model behind them prints nothing unless asked (``--verbose``)."""
 from __future__ import annotations
 
 import asyncio
+import copy as copy_module
 import logging
 import math
+import pickle
 import threading
 import time
 import warnings
@@ -156,6 +158,35 @@ def test_a_size_gives_the_adapted_prefix_everywhere(adapter):
         kept = as_langchain(enc, cache=False).encoder  # another store keeps the size
         assert kept.size == 8 and kept.cache is False and len(kept.encode_queries(["x"])[0]) == 8
         assert as_langchain(enc, dim=4).encoder.size == 4
+
+
+def test_pickled_copies_embed_as_the_original_through_their_own_store(adapter):
+    """Multiprocessing, Ray and LlamaIndex's worker pools pickle an embedding model; the open store and
+    the locks cannot be pickled (TypeError: cannot pickle '_thread.lock' object, before), so a copy
+    opens the store again on first use and reads back what the original stored."""
+    enc = AdaptedEncoder(CountingEncoder(dim=16), adapter)
+    docs, queries = enc.encode_corpus(DOCS), enc.encode_queries(TEXTS)  # the store is open now
+    copy = pickle.loads(pickle.dumps(enc))
+    sent = _sent(copy.base)
+    assert np.array_equal(copy.encode_corpus(DOCS), docs) and np.array_equal(
+        copy.encode_queries(TEXTS), queries
+    )
+    assert _sent(copy.base) == sent + len(TEXTS)  # documents read back from the store, queries sent
+    assert copy.stats.cached == enc.stats.cached + len(DOCS) and copy.fingerprint == enc.fingerprint
+
+
+def test_the_wrappers_pickle_and_copy_with_their_settings(adapter):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    enc = AdaptedEncoder(CountingEncoder(dim=16), adapter)
+    lc = as_langchain(enc, show_progress=True)
+    li = as_llamaindex(enc, embed_batch_size=7, num_workers=2)
+    for copy in (pickle.loads(pickle.dumps(lc)), copy_module.deepcopy(lc)):
+        assert type(copy) is type(lc) and copy.show_progress
+        assert np.allclose(copy.embed_query(TEXTS[0]), lc.embed_query(TEXTS[0]), atol=0)
+    for copy in (pickle.loads(pickle.dumps(li)), copy_module.deepcopy(li)):
+        assert type(copy) is type(li) and (copy.embed_batch_size, copy.num_workers) == (7, 2)
+        assert np.allclose(copy.get_text_embedding(TEXTS[1]), li.get_text_embedding(TEXTS[1]), atol=0)
 
 
 def test_wrappers_need_an_adapter(adapter):

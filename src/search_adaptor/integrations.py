@@ -86,6 +86,9 @@ def _langchain_class() -> type:
         def embed_query(self, text: str) -> list[float]:
             return self.encoder.encode_queries([text])[0].tolist()
 
+        def __reduce__(self) -> tuple[Any, ...]:  # pickled as the call that builds it (a local class)
+            return functools.partial(as_langchain, show_progress=self.show_progress), (self.encoder,)
+
     return SearchAdaptorEmbeddings
 
 
@@ -172,6 +175,10 @@ def _llamaindex_class() -> type:
 
         async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
             return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+        def __reduce__(self) -> tuple[Any, ...]:  # pickled as the call that builds it (a local class)
+            fields = self.model_dump(include={"embed_batch_size", "num_workers"})
+            return functools.partial(as_llamaindex, **fields), (self._encoder,)
 
     return SearchAdaptorEmbedding
 

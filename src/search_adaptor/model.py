@@ -1055,8 +1055,21 @@ class AdaptedEncoder(Encoder):
         self.max_concurrency = encoder.max_concurrency
         self.stats = StoreStats()
         self._store: EmbeddingStore | None = None
+        self._new_locks()
+
+    def _new_locks(self) -> None:
         self._lock = threading.Lock()  # opening the store, adding to stats
-        self._serial = threading.Lock() if encoder.max_concurrency == 1 else contextlib.nullcontext()
+        self._serial = threading.Lock() if self.base.max_concurrency == 1 else contextlib.nullcontext()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickled copy keeps (multiprocessing, Ray and the frameworks' worker pools copy an
+        encoder so): all but the open store and the locks, which the copy makes anew; its store
+        reopens on first use."""
+        return {**self.__dict__, "_store": None, "_lock": None, "_serial": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._new_locks()
 
     def config(self) -> dict[str, Any]:
         config = {"provider": self.provider, "base": self.base.config(), "adapter": self.adapter.fingerprint_}
