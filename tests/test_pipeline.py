@@ -113,6 +113,10 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing_behind(base, tmp_path):
     pq.write_table(ragged, tmp_path / "ragged.parquet")
     with pytest.raises(DataError, match="row 1 of column 'vector' has 15 values, row 0 has 16"):
         transform_vectors(tmp_path / "ragged.parquet", adapter, tmp_path / "e.parquet")
+    holey = pa.table({"id": ["a", "b"], "vector": [[0.1] * 16, [0.1] * 15 + [None]]})
+    pq.write_table(holey, tmp_path / "holey.parquet")
+    with pytest.raises(DataError, match=r"holey.parquet: the vector of id 'b' contains NaN, inf or a null"):
+        transform_vectors(tmp_path / "holey.parquet", adapter, tmp_path / "e2.parquet")
     (tmp_path / "v.csv").write_text("1,2\n")
     with pytest.raises(DataError, match="unsupported vector file"):
         transform_vectors(tmp_path / "v.csv", adapter, tmp_path / "f.npy")

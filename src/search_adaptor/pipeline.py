@@ -143,7 +143,7 @@ def adapt_documents(
     """``adapter.transform_corpus(vectors, dim=dim)``, with a bad row named by its id rather than its
     chunk offset."""
     for bad, problem in (
-        (~np.isfinite(vectors).all(axis=1), "contains NaN or inf; fix the embeddings first"),
+        (~np.isfinite(vectors).all(axis=1), "contains NaN, inf or a null; fix the embeddings first"),
         (
             ~vectors.any(axis=1),
             "is all zeros, with no direction to rank by (a static model gives one to a text none of "
