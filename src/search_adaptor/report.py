@@ -34,8 +34,6 @@ from search_adaptor.variants import MATRYOSHKA
 #: p of a paired test below which a difference is called significant (and a loss is warned of).
 SIGNIFICANT = 0.05
 
-#: What a fit without labels trained on, after the name of its training split.
-TEXTS_ONLY = "'s query texts (their labels unused)"
 #: The machine-readable report, which marks a folder as a run's (``fit --out``, ``evaluate --out``).
 REPORT = "report.json"
 #: Why a report has no figures when matplotlib is not installed.
@@ -92,9 +90,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     else:
         n_test, test_split = report.get("n_test_queries", "?"), report.get("test_split", "test")
         where = f"the `{val_split}` split" if val_split else "a validation split carved from it"
+        texts_only = "'s query texts (their labels unused)" if unlabelled else ""
         lines.append(
-            f"Protocol: train on `{report.get('train_split', 'train')}`"
-            f"{TEXTS_ONLY if unlabelled else ''}, select on {where}, report on the "
+            f"Protocol: train on `{report.get('train_split', 'train')}`{texts_only}, select on {where}, "
+            "report on the "
             f"{n_test} `{test_split}` queries, which training, early stopping and selection never saw"
             f"{_repeated(report)}."
         )
