@@ -398,6 +398,19 @@ def test_degenerate_precomputed_vectors_are_refused_before_training(world, tmp_p
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("stem", "noun", "first"), [("queries", "query", "q0"), ("corpus", "document", "d0")]
+)
+def test_a_missing_precomputed_vector_is_named_by_its_kind_and_id(world, tmp_path, capsys, stem, noun, first):
+    """Was "no vector for querie id ..." (the file's stem cut by one letter)."""
+    d = world["d"]
+    vec = write_vectors(tmp_path / "vec", d)
+    ids, mat = (d["qids"], d["Q"]) if stem == "queries" else (d["dids"], d["D"])
+    np.savez(vec / f"{stem}.npz", ids=np.array(ids[1:]), embeddings=mat[1:])
+    parts = [f"{stem}.npz", f"no vector for {noun} id '{first}' (1 missing)", "embed every id"]
+    assert_refused(fit(capsys, world["data"], vec, tmp_path / "out", "--folds", "2"), str(vec), *parts)
+
+
 def test_a_precomputed_id_twice_or_null_is_refused_naming_the_rows(world, tmp_path, capsys):
     """Which of two vectors an id means is the user's to say: neither is picked silently."""
     d = world["d"]

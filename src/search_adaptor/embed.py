@@ -353,7 +353,10 @@ def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | N
     start = time.perf_counter()
     root = Path(folder)
     out = {}
-    for stem, ids in (("queries", list(dataset.queries)), ("corpus", list(dataset.doc_ids))):
+    for stem, noun, ids in (
+        ("queries", "query", list(dataset.queries)),
+        ("corpus", "document", list(dataset.doc_ids)),
+    ):
         path = _find(root, stem)
         have_ids, mat = _read_vectors(path)
         if mat.ndim != 2 or len(have_ids) != len(mat):
@@ -367,7 +370,7 @@ def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | N
         missing = [i for i in ids if i not in pos]
         if missing:
             raise ValueError(
-                f"{path}: no vector for {stem[:-1] if stem == 'queries' else 'document'} id "
+                f"{path}: no vector for {noun} id "
                 f"{missing[0]!r} ({len(missing)} missing); embed every id of the dataset"
             )
         if mat.shape[1] == 0:
