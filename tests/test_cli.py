@@ -40,6 +40,19 @@ def test_bad_data_dir_is_one_line_and_exit_2(tmp_path, capsys):
     assert "corpus.jsonl:2" in err and "_id" in err
 
 
+@pytest.mark.parametrize("folds", ["1", "0", "2.5", "x"])
+def test_folds_below_two_are_refused_by_the_flag(tmp_path, capsys, folds):
+    """One fold holds out nothing; the refusal names the flag (it was 'k must be between 2 and the
+    number of queries', after the dataset was read)."""
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "out"), "--folds", folds]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        f"argument --folds: must be an integer of at least 2 (k-fold holds out one part in k), got {folds}"
+        in err
+    )
+    assert "\n" not in err
+
+
 def _subset(src: Path, dst: Path, n_train: int = 60, n_test: int = 30, n_docs: int = 250) -> Path:
     """A small BEIR folder cut from a real dataset: sampled queries, their documents and distractors."""
     rng = random.Random(0)

@@ -24,12 +24,15 @@ from search_adaptor.variants import (
 )
 
 
-def _positive(kind: type, what: str = "", most: float = float("inf")) -> Callable[[str], Any]:
-    """An argparse type: a finite ``kind`` above 0 and at most ``most``, else "must be ``what``"."""
+def _positive(
+    kind: type, what: str = "", most: float = float("inf"), above: float = 0
+) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` above ``above`` (0) and at most ``most``, else "must be
+    ``what``"."""
 
     def parse(text: str) -> Any:
         with contextlib.suppress(ValueError):
-            if 0 < (value := kind(text)) < float("inf") and value <= most:
+            if above < (value := kind(text)) < float("inf") and value <= most:
                 return value
         raise argparse.ArgumentTypeError(f"must be {what or f'a positive {kind.__name__}'}, got {text}")
 
@@ -38,6 +41,7 @@ def _positive(kind: type, what: str = "", most: float = float("inf")) -> Callabl
 
 _positive_int, _positive_float = _positive(int), _positive(float)
 _port = _positive(int, "a TCP port from 1 to 65535", 65535)
+_folds = _positive(int, "an integer of at least 2 (k-fold holds out one part in k)", above=1)
 
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
@@ -90,7 +94,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--seed", type=int, default=0),
         A(
             "--folds",
-            type=int,
+            type=_folds,
             default=DEFAULT_FOLDS,
             help="k without a train split (and of --selection kfold)",
         ),
