@@ -121,6 +121,18 @@ def test_hand_computed_means_and_names() -> None:
     assert short == pytest.approx({"precision@10": 1 / 10, "recall@10": 1 / 2})
 
 
+def test_ir_measures_names_are_the_same_metrics() -> None:
+    """P@k, R@k, RR@k and AP@k (and uncut RR, AP) as ir_measures spells them give the canonical
+    metrics, under the canonical names."""
+    names = ["P@3", "R@3", "RR@2", "rr", "AP@3", "ap"]
+    canonical = ["precision@3", "recall@3", "mrr@2", "mrr", "map@3", "map"]
+    assert evaluate(QRELS, RUN, names) == evaluate(QRELS, RUN, canonical)
+    assert list(evaluate(QRELS, RUN, names)) == canonical
+    for bad in ["R", "P", "RR@0", "AP@x"]:  # recall and precision need a cut, as they do spelt out
+        with pytest.raises(ValueError, match="supported: ndcg@k"):
+            evaluate(QRELS, RUN, bad)
+
+
 def test_ties_break_by_descending_doc_id_after_float32_rounding() -> None:
     qrels = {"q": {"d10": 1}}
     # Exact tie: "d9" > "d10" as strings, so d9 ranks first and the relevant d10 second.

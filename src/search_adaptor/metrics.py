@@ -9,7 +9,7 @@ name                    pytrec_eval measure    definition
                                                ``1/log2(rank+1)``) over the ideal DCG of all
                                                the query's judged grades, sorted, cut at ``k``
 ``recall@k``            ``recall_k``           relevant in the top ``k`` / relevant in qrels
-``precision@k``         ``P_k``                relevant in the top ``k`` / ``k`` (``p@k`` too)
+``precision@k``         ``P_k``                relevant in the top ``k`` / ``k``
 ``map@k``               ``map_cut_k``          sum of precision@r over relevant ranks ``r <= k``
                                                / relevant in qrels
 ``mrr@k``               ``recip_rank`` on the  ``1/rank`` of the first relevant doc in the top
@@ -17,6 +17,9 @@ name                    pytrec_eval measure    definition
 ``ndcg``, ``map``,      ``ndcg``, ``map``,     the same over the whole ranking; the ideal DCG
 ``mrr``                 ``recip_rank``         of ``ndcg`` uses all judged grades
 ======================  =====================  ==========================================
+
+ir_measures' names work too: ``P@k``, ``R@k``, ``RR@k`` (and ``RR``), ``AP@k`` (and ``AP``)
+for precision, recall, MRR and MAP.
 
 Relevance grades are ints; a grade ``<= 0`` is not relevant and has zero gain, a grade ``>= 1`` is
 relevant (trec_eval's default ``relevance_level`` of 1). Documents the qrels do not judge are not
@@ -48,8 +51,12 @@ import numpy as np
 
 __all__ = ["RelevanceIndex", "evaluate", "evaluate_topk", "max_k", "paired_test"]
 
-_SUPPORTED = "ndcg@k, map@k, mrr@k, recall@k, precision@k (or p@k), with k >= 1; ndcg, map, mrr uncut"
-_NAME_RE = re.compile(r"(ndcg|map|mrr|recall|precision|p)(?:@(\d+))?")
+_SUPPORTED = (
+    "ndcg@k, map@k, mrr@k, recall@k, precision@k (ir_measures' AP@k, RR@k, R@k, P@k too), with k >= 1; "
+    "ndcg, map, mrr uncut"
+)
+_ALIASES = {"p": "precision", "r": "recall", "rr": "mrr", "ap": "map"}  # ir_measures' names
+_NAME_RE = re.compile(r"(ndcg|map|mrr|recall|precision|p|r|rr|ap)(?:@(\d+))?")
 _UNCUT_KINDS = frozenset({"ndcg", "map", "mrr"})
 
 
@@ -71,7 +78,7 @@ def _parse_metrics(metrics: str | Sequence[str]) -> list[_Metric]:
         match = _NAME_RE.fullmatch(str(raw).strip().lower())
         if match is None:
             raise ValueError(f"unknown metric {raw!r}; supported: {_SUPPORTED}")
-        kind = "precision" if match[1] == "p" else match[1]
+        kind = _ALIASES.get(match[1], match[1])
         k = None if match[2] is None else int(match[2])
         if (k is None and kind not in _UNCUT_KINDS) or k == 0:
             raise ValueError(f"unknown metric {raw!r}; supported: {_SUPPORTED}")
