@@ -53,7 +53,9 @@ def A(*flags: str, **options: Any) -> Arg:
 
 
 _OUTPUT = A("-o", "--output", choices=("table", "json"), default="table")
-_ADAPTER = A("--adapter", required=True, metavar="ADAPTER_DIR")
+_ADAPTER = A(
+    "--adapter", required=True, metavar="ADAPTER_DIR", help="the adapter folder fit wrote (OUT_DIR/adapter)"
+)
 _DIM = A("--dim", type=_positive_int, help="keep the first DIM adapted coordinates (Matryoshka)")
 _DATA = A("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
 _ENCODER = [
@@ -136,7 +138,14 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _OUTPUT,
         "embeddings",
     ],
-    "evaluate": [_DATA, _ADAPTER, A("--split", default="test"), A("--out"), _OUTPUT, "embeddings"],
+    "evaluate": [
+        _DATA,
+        _ADAPTER,
+        A("--split", default="test", help="qrels split to score (default test)"),
+        A("--out", metavar="OUT_DIR", help="also write report.json/md (and figures) there"),
+        _OUTPUT,
+        "embeddings",
+    ],
     "embed": [_DATA, A("--dry-run", action="store_true", help="say what would be sent"), "embeddings"],
     "index": [
         A("data", metavar="DATA_DIR", help="BEIR folder, or corpus.jsonl[.gz] / .parquet"),
