@@ -93,7 +93,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _DATA,
         A("--out", required=True, metavar="OUT_DIR", help="for report.json/md and adapter/"),
         A("--family", default=DEFAULT_FAMILY, choices=FAMILY_CHOICES, help="variants to train"),
-        A("--seed", type=int, default=0),
+        A("--seed", type=int, default=0, help="seeds sampling, starts and the validation split (default 0)"),
         A(
             "--folds",
             type=_folds,
@@ -150,7 +150,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
     "index": [
         A("data", metavar="DATA_DIR", help="BEIR folder, or corpus.jsonl[.gz] / .parquet"),
         _ADAPTER,
-        A("--out", required=True, metavar="INDEX_DIR"),
+        A("--out", required=True, metavar="INDEX_DIR", help="a new or empty folder for the index"),
         A("--backend", default="flat", choices=("flat", "hnsw"), help="hnsw: approximate"),
         _DIM,
         "engine",
@@ -183,19 +183,24 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         *_API_ROOTS,
     ],
     "distill": [
-        A("--out", required=True, metavar="DIR"),
+        A("--out", required=True, metavar="DIR", help="a new or empty folder for the static model"),
         A("--model", help="sentence-transformers model to distil (default: the local MiniLM)"),
         A("--dim", type=_positive_int, help="static model dimension (default 256)"),
     ],
     "export-encoder": [
-        A("--out", required=True, metavar="DIR"),
+        A("--out", required=True, metavar="DIR", help="a new or empty folder for the ONNX model"),
         A("--model", help="sentence-transformers model to export (default: the local MiniLM)"),
         A("--float32", action="store_true", help="keep float32 weights (default: int8 per channel)"),
     ],
     "export": [
-        A("adapter", metavar="ADAPTER_DIR"),
-        A("--out", required=True, metavar="DIR"),
-        A("--format", required=True, choices=("onnx", "sentence-transformers")),
+        A("adapter", metavar="ADAPTER_DIR", help="the adapter folder fit wrote (OUT_DIR/adapter)"),
+        A("--out", required=True, metavar="DIR", help="a new or empty folder for the export"),
+        A(
+            "--format",
+            required=True,
+            choices=("onnx", "sentence-transformers"),
+            help="onnx (any base model) or a sentence-transformers folder (local base models)",
+        ),
         _DIM,
     ],
 }
