@@ -12,6 +12,7 @@ import pytest
 from conftest import shared_dataset
 
 from search_adaptor.metrics import RelevanceIndex, evaluate, evaluate_topk, max_k, paired_test
+from search_adaptor.model import SearchAdaptor
 
 # tests/test_metrics.py -> tests -> repo root -> its parent, which holds shared/data next to the repo.
 
@@ -213,6 +214,19 @@ def test_relevance_index_rejects_unknown_ids() -> None:
         RelevanceIndex(QRELS, ["q1", "q2", "q3", "q4"], [*DOC_IDS, "d1"])
     with pytest.raises(ValueError, match="not an integer"):
         RelevanceIndex({"q": {"d1": 1.5}}, ["q"], DOC_IDS)
+
+
+@pytest.mark.parametrize("grade", [1.5, "1", True, float("nan"), float("inf"), None])
+def test_a_grade_that_is_not_an_integer_is_refused_naming_the_pair(grade) -> None:
+    """NaN and None used to escape as int()'s own errors ("cannot convert float NaN to integer"), and
+    True passed as 1; evaluate and fit (training's qrels) refuse all of them by the same rule."""
+    qrels = {"q": {"d1": grade}}
+    message = rf"qrels grade {re.escape(repr(grade))} for query 'q', doc 'd1' is not an integer"
+    with pytest.raises(ValueError, match=message):
+        evaluate(qrels, {"q": {"d1": 1.0}}, "ndcg@10")
+    with pytest.raises(ValueError, match=message):
+        eye = np.eye(4, dtype=np.float32)
+        SearchAdaptor(max_steps=1).fit(eye[:1], eye, qrels, ["q"], ["d0", "d1", "d2", "d3"])
 
 
 def test_evaluate_topk_hand_example_and_validation() -> None:

@@ -126,12 +126,12 @@ def _index_ids(ids: Sequence[str], what: str) -> dict[str, int]:
     return positions
 
 
-def _as_grade(value: object, qid: str, doc_id: str) -> int:
-    """Return a qrels grade as an int, refusing non-integral values (trec_eval grades are ints)."""
-    grade = int(value)  # type: ignore[call-overload]
-    if grade != value:
-        raise ValueError(f"qrels grade {value!r} for query {qid!r}, doc {doc_id!r} is not an integer")
-    return grade
+def as_grade(value: object, qid: str, doc_id: str) -> int:
+    """Return a qrels grade as an int, refusing in one line what is not an integer (trec_eval grades
+    are ints): 1.5, "1", True, NaN or None, naming the query and the document."""
+    if not isinstance(value, bool) and isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"qrels grade {value!r} for query {qid!r}, doc {doc_id!r} is not an integer")
 
 
 class RelevanceIndex:
@@ -202,7 +202,7 @@ class RelevanceIndex:
                         f"qrels for query {qid!r} name doc id {doc_id!r}, which is not in the corpus"
                     )
                 positions.append(doc_pos[doc_id])
-                grades.append(_as_grade(value, qid, doc_id))
+                grades.append(as_grade(value, qid, doc_id))
             if any(g >= 1 for g in grades):
                 per_query[query_pos[qid]] = (positions, grades)
 

@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from search_adaptor.data import validation_split
 from search_adaptor.embed import unit_rows
 from search_adaptor.losses import prediction_loss, ranking_objective, recovery_loss
-from search_adaptor.metrics import RelevanceIndex, evaluate_topk
+from search_adaptor.metrics import RelevanceIndex, as_grade, evaluate_topk
 from search_adaptor.networks import QueryPredictor, ResidualAdapter, build_nets, has_projection
 from search_adaptor.retrieval import exact_search, l2_normalize
 
@@ -121,7 +121,7 @@ def _index_qrels(
         for did, grade in docs.items():
             if did not in did_to_col:
                 raise ValueError(f"qrels: query {qid!r} names document {did!r}, which is not in the corpus")
-            pairs.append((did_to_col[did], int(grade)))
+            pairs.append((did_to_col[did], as_grade(grade, qid, did)))
         out[qid] = pairs
     return out
 
