@@ -552,6 +552,14 @@ def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str
     return qrels
 
 
+def refuse_nulls(column: Any, where: str, name: str, needs: str) -> None:
+    """Refuse, naming the first, a null row of the Arrow ``column`` (``name``): every row ``needs`` a
+    value (an id, a vector), and a null must not be read as the id ``'None'`` or an empty vector."""
+    if column.null_count:
+        row = column.is_null().to_pylist().index(True)  # the error path only: no numpy import here
+        raise DataError(f"{where}: row {row} of column {name!r} is null; every row needs {needs}")
+
+
 def _is_iteration(text: str) -> bool:
     """Whether ``text`` is a TREC qrels line's second column: an integer (usually 0) or ``Q0``."""
     return text == "Q0" or text.lstrip("-").isdigit()

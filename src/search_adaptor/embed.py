@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from search_adaptor.data import Dataset
+from search_adaptor.data import Dataset, refuse_nulls
 from search_adaptor.encoders.base import Encoder, InputsRejected, Kind
 from search_adaptor.store import EmbeddingStore, StoreStats
 
@@ -280,10 +280,8 @@ def _read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
         missing = {"id", "embedding"} - set(table.column_names)
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; need id and embedding")
+        refuse_nulls(table.column("id"), str(path), "id", "an id")
         ids = [str(i) for i in table.column("id").to_pylist()]
-        if table.column("id").null_count:
-            row = table.column("id").to_pylist().index(None)
-            raise ValueError(f"{path}: row {row} of column 'id' is null; every row needs an id")
         try:
             return ids, np.asarray(table.column("embedding").to_pylist(), dtype=np.float64)
         except (TypeError, ValueError):

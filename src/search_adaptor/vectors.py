@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from search_adaptor.data import DataError
+from search_adaptor.data import DataError, refuse_nulls
 from search_adaptor.files import Staged
 
 ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
@@ -63,9 +63,7 @@ def from_table(
         or pa.types.is_fixed_size_list(col.type)
     ):
         raise DataError(f"{where}: column {vector_column!r} is {col.type}, not a list of floats")
-    if col.null_count:
-        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{where}: row {row} of column {vector_column!r} is null; every row needs a vector")
+    refuse_nulls(col, where, vector_column, "a vector")
     n = len(col)
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False) if n else np.zeros(0)
     if n and (lengths != lengths[0]).any():
@@ -77,9 +75,7 @@ def from_table(
     dim = int(lengths[0]) if n else 0
     vectors = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
     id_col = table.column(id_column)
-    if id_col.null_count:
-        row = int(np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{where}: row {row} of column {id_column!r} is null; every row needs an id")
+    refuse_nulls(id_col, where, id_column, "an id")
     ids = [str(v) for v in id_col.to_pylist()]
     return ids, vectors
 
