@@ -630,7 +630,9 @@ def validation_split(
     """
     n = len(labelled)
     if n < 2:
-        raise DataError(f"need at least 2 labelled queries to train and validate; got {n}")
+        raise DataError(
+            f"need at least 2 labelled queries (with a document of grade >= 1) to train and validate; got {n}"
+        )
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
     n_val = min(max(1, round(val_fraction * n)), n - 1)

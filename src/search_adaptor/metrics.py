@@ -117,12 +117,13 @@ def max_k(metrics: str | Sequence[str], n_docs: int | None = None) -> int:
     return deepest if n_docs is None else min(deepest, n_docs)
 
 
-def _index_ids(ids: Sequence[str], what: str) -> dict[str, int]:
+def index_ids(ids: Sequence[str], what: str) -> dict[str, int]:
     """Map each id to its position, refusing duplicates (they would make positions ambiguous)."""
     positions: dict[str, int] = {}
     for i, item in enumerate(ids):
-        if positions.setdefault(item, i) != i:
-            raise ValueError(f"duplicate {what} id {item!r}")
+        first = positions.setdefault(item, i)
+        if first != i:
+            raise ValueError(f"duplicate {what} id {item!r} (rows {first} and {i}): each row needs its own")
     return positions
 
 
@@ -188,8 +189,8 @@ class RelevanceIndex:
         query_ids: Sequence[str],
         doc_ids: Sequence[str],
     ) -> None:
-        query_pos = _index_ids(query_ids, "query")
-        doc_pos = _index_ids(doc_ids, "document")
+        query_pos = index_ids(query_ids, "query")
+        doc_pos = index_ids(doc_ids, "document")
         per_query: dict[int, tuple[list[int], list[int]]] = {}
         for qid, judged in qrels.items():
             if qid not in query_pos:

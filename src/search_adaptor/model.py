@@ -267,8 +267,10 @@ class SearchAdaptor:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
-        if self.alpha < 0 or self.beta < 0 or self.gamma < 0 or self.temperature <= 0 or self.lr <= 0:
-            raise ValueError("alpha, beta and gamma must be >= 0, temperature and lr > 0")
+        for name in ("alpha", "beta", "gamma", "temperature", "lr"):
+            value, positive = getattr(self, name), name in ("temperature", "lr")
+            if value < 0 or (positive and value == 0):
+                raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}; got {value!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1); got {self.val_fraction!r}")
         dims = self.dims

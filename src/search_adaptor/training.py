@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from search_adaptor.data import validation_split
 from search_adaptor.embed import unit_rows
 from search_adaptor.losses import prediction_loss, ranking_objective, recovery_loss
-from search_adaptor.metrics import RelevanceIndex, as_grade, evaluate_topk
+from search_adaptor.metrics import RelevanceIndex, as_grade, evaluate_topk, index_ids
 from search_adaptor.networks import QueryPredictor, ResidualAdapter, build_nets, has_projection
 from search_adaptor.retrieval import exact_search, l2_normalize
 
@@ -573,7 +573,7 @@ def train(
                 corpus_net.project.weight.copy_(torch.from_numpy(R))
         with torch.no_grad():
             query_net.project.weight.copy_(torch.from_numpy(np.ascontiguousarray(start)))
-    qid_to_row = {q: i for i, q in enumerate(qids)}
+    qid_to_row = index_ids(qids, "query")
     if hp.loss == "similarity":  # the texts of the queries given in qrels (labels unused), and the corpus
         known = [qid_to_row[q] for q in sorted(qrels or {}) if q in qid_to_row]
         objective: _Objective = _Similarity(hp, Qn[known], Dn, query_net, corpus_net, prefixes, rng)
@@ -687,7 +687,7 @@ class _Ranking(_Objective):
         rng: np.random.Generator,
         generator: torch.Generator,
     ) -> None:
-        did_to_col = {d: i for i, d in enumerate(dids)}
+        did_to_col = index_ids(dids, "document")
         judged = _index_qrels(qrels, qid_to_row, did_to_col)
         labelled = sorted(q for q, pairs in judged.items() if any(g > 0 for _, g in pairs))
         if val_query_ids is None:
