@@ -276,6 +276,10 @@ def test_missing_folder_and_files(tmp_path: Path) -> None:
     with pytest.raises(DataError) as excinfo:
         load_beir(tmp_path / "absent")
     one_line_error(excinfo, "absent", "no such folder")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(DataError) as excinfo:
+        load_beir(tmp_path / "a-file")
+    one_line_error(excinfo, "a-file", "is a file, not a folder")
     folder = write_beir(tmp_path / "f")
     (folder / "corpus.jsonl").unlink()
     with pytest.raises(DataError) as excinfo:

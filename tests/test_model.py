@@ -229,6 +229,13 @@ def test_kfold_selection_refuses_too_few_queries_and_unknown_methods(synthetic):
         select("auto", *few, selection="kfold")
     with pytest.raises(ValueError, match="selection must be one of validation, kfold; got 'cv'"):
         select("auto", *args, selection="cv")
+    with pytest.raises(ValueError, match=r"^selection 'kfold' needs an integer number of folds >= 2; got 1$"):
+        select("auto", *args, selection="kfold", selection_folds=1)
+    for n_jobs in (0, -2, 1.5, True):
+        with pytest.raises(
+            ValueError, match=r"^n_jobs must be an integer >= 1, or None or -1 for one per CPU"
+        ):
+            select("auto", *args, n_jobs=n_jobs)
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])

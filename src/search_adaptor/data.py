@@ -191,7 +191,8 @@ def load_beir(source: str | Path, cache_dir: Path | None = None, *, md5: str | N
         raise ValueError(f"md5= only applies to beir:NAME sources, not to the folder {source}")
     folder = Path(source).expanduser()  # "~/data", quoted or from Python, as a shell would read it
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder (pass a BEIR folder or beir:NAME; {_LAYOUT_HINT})")
+        what = "is a file, not a folder" if folder.exists() else "no such folder"
+        raise DataError(f"{folder}: {what} (pass a BEIR folder or beir:NAME; {_LAYOUT_HINT})")
     return _load_folder(folder, name=folder.resolve().name)
 
 

@@ -190,7 +190,7 @@ def select(
     changes nothing. ``encoder`` (what made the embeddings) is recorded in every candidate. Families
     trained without labels choose by their own criterion, and ``selection`` plays no part.
 
-    Candidates train side by side, ``n_jobs`` at once (default: one per CPU core), each on one
+    Candidates train side by side, ``n_jobs`` at once (None or -1: one per CPU core), each on one
     thread: a few thousand small matmuls each, which scale across candidates, not within one. The
     costliest start first, so that no long one is left running alone at the end. ``pool`` (a
     thread pool whose work runs under ``compute_threads(1)``) lets several selections share the
@@ -311,9 +311,11 @@ def _selection_folds(
     known = set(map(str, query_ids))
     ids = sorted(q for q in qrels if q in known)
     # each fold's model holds out a share of its training queries for early stopping: it needs a few
-    if k < 2 or len(ids) < 5 * k:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"selection 'kfold' needs an integer number of folds >= 2; got {k!r}")
+    if len(ids) < 5 * k:
         raise ValueError(
-            f"selection 'kfold' with {k} folds needs at least {5 * k} labelled queries (and k >= 2); "
+            f"selection 'kfold' with {k} folds needs at least {5 * k} labelled queries; "
             f"{len(ids)} given: use fewer folds or selection 'validation'"
         )
     return [
@@ -379,8 +381,16 @@ def _cross_validated(
 
 
 def _workers(n_jobs: int | None, n_tasks: int) -> int:
-    """Threads to train ``n_tasks`` fits with: ``n_jobs``, by default one per CPU core."""
-    return max(1, min(n_jobs or os.cpu_count() or 1, n_tasks))
+    """Threads to train ``n_tasks`` fits with: ``n_jobs``, or one per CPU core for None or -1
+    (scikit-learn's convention)."""
+    if n_jobs is not None and (
+        isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1
+    ):
+        raise ValueError(
+            f"n_jobs must be an integer >= 1, or None or -1 for one per CPU core; got {n_jobs!r}"
+        )
+    cores = os.cpu_count() or 1
+    return max(1, min(cores if n_jobs in (None, -1) else n_jobs, n_tasks))
 
 
 def _cost_rank(params: Mapping[str, Any]) -> int:
