@@ -92,3 +92,10 @@ def test_a_failing_batch_keeps_the_finished_ones(tmp_path):
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SEARCH_ADAPTOR_CACHE", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"
+
+
+def test_a_path_given_for_the_encoder_is_refused_in_one_line(tmp_path):
+    with pytest.raises(
+        TypeError, match=r"^EmbeddingStore\(encoder, root=None\): encoder must be an Encoder .* got str$"
+    ):
+        EmbeddingStore(str(tmp_path))

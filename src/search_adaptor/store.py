@@ -167,6 +167,11 @@ class EmbeddingStore:
     def __init__(
         self, encoder: Encoder, root: str | os.PathLike | None = None, lease_s: float = 60.0
     ) -> None:
+        if not isinstance(getattr(encoder, "fingerprint", None), str):
+            raise TypeError(
+                f"EmbeddingStore(encoder, root=None): encoder must be an Encoder "
+                f"(search_adaptor.encoders.registry.make_encoder), got {type(encoder).__name__}"
+            )
         self.encoder = encoder
         self.root = Path(root) if root is not None else default_cache_dir()
         self.lease_s = lease_s
