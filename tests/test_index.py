@@ -102,6 +102,23 @@ def test_build_embeds_through_the_store_and_searches_text(tmp_path):
         AdaptedIndex.build(adapter, enc, ids[:3], texts, cache_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("queries", "k", "message"),
+    [
+        (np.ones((2, 8)), 0, r"k must be an integer >= 1; got 0"),
+        (np.ones((2, 8)), 2.5, r"k must be an integer >= 1; got 2.5"),
+        (np.ones((2, 4)), 3, r"queries \(2, 4\) and docs \(5, 8\) must be 2-D arrays of one width"),
+        (np.ones(8), 3, r"queries \(8,\) and docs \(5, 8\)"),
+        (np.array([[1.0] * 8, [np.nan] * 8]), 3, r"query row 1 has a NaN or inf score"),
+    ],
+)
+def test_exact_search_refuses_what_it_cannot_rank(queries, k, message):
+    """A NaN score ranked arbitrarily, a bad k or width failed deep in numpy."""
+    docs = np.random.default_rng(0).standard_normal((5, 8))
+    with pytest.raises(ValueError, match="^exact_search: " + message):
+        exact_search(queries, docs, k)
+
+
 def test_hnsw_backend_finds_the_exact_neighbours(synthetic, tmp_path):
     adapter = make_adapter(info=FAKE_INFO)
     exact = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 _QUERY_CHUNK = 1024
@@ -52,7 +54,20 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndar
     -------
     indices : ndarray of shape (n_queries, k), int64
     scores : ndarray of shape (n_queries, k), float32
+
+    Raises
+    ------
+    ValueError
+        Arrays that are not 2-D of one width, ``k`` not an integer >= 1, or a NaN or inf score (a
+        vector holding NaN or inf would otherwise rank arbitrarily).
     """
+    queries, docs = np.asarray(queries), np.asarray(docs)
+    if queries.ndim != 2 or docs.ndim != 2 or queries.shape[1] != docs.shape[1]:
+        raise ValueError(
+            f"exact_search: queries {queries.shape} and docs {docs.shape} must be 2-D arrays of one width"
+        )
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"exact_search: k must be an integer >= 1; got {k!r}")
     n_docs = docs.shape[0]
     k = min(int(k), n_docs)
     out_idx = np.empty((queries.shape[0], k), dtype=np.int64)
@@ -63,6 +78,12 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndar
         best_score = np.empty((q.shape[0], 0), dtype=np.float32)
         for ds in range(0, n_docs, _DOC_CHUNK):
             s = q @ docs[ds : ds + _DOC_CHUNK].T
+            if not np.isfinite(s).all():
+                row = qs + int(np.flatnonzero(~np.isfinite(s).all(axis=1))[0])
+                raise ValueError(
+                    f"exact_search: query row {row} has a NaN or inf score: a query or document vector "
+                    "holds NaN or inf; fix or drop it"
+                )
             kk = min(k, s.shape[1])
             part = (
                 np.argpartition(-s, kk - 1, axis=1)[:, :kk]
