@@ -243,6 +243,34 @@ def test_fit_and_evaluate_refuse_an_out_folder_holding_other_files(tmp_path, syn
     assert sorted(p.name for p in data.iterdir()) == before
 
 
+def test_a_fit_interrupted_while_saving_leaves_a_folder_the_next_fit_takes(
+    tmp_path, synthetic, capsys, monkeypatch
+):
+    """Ctrl-C between the adapter and the report left adapter/ without report.json: the next fit
+    refused the folder as not its own, and an earlier run's report stayed beside the new adapter."""
+    from search_adaptor import report
+
+    argv = _synthetic_folder(tmp_path, synthetic, {"test": synthetic["qids"]})
+    out = tmp_path / "out"
+    fit = [*argv, "--out", str(out), "--family", "linear", "--max-steps", "20", "--quiet"]
+    assert main(fit) == 0
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_figures", interrupted)
+    assert main([*fit, "--seed", "1"]) == 130
+    assert "search-adaptor: interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "plots"]  # no report of another run
+    monkeypatch.undo()
+    assert main(fit) == 0
+    assert json.loads((out / "report.json").read_text())["selected"]
+    (out / "notes.txt").write_text("mine")  # with a file of the user's and no report: not a run's
+    (out / "report.json").unlink()
+    assert main(fit) == 2
+    assert "is not a folder written by `search-adaptor fit`" in capsys.readouterr().err
+
+
 def test_five_labelled_queries_ship_the_identity_and_say_why(tmp_path, synthetic, capsys):
     """5-fold over 5 queries: every fit validates on one query, which proves nothing, so nothing
     ships (the rule itself: test_model's test_selection_rules...), and report.md says what to do."""

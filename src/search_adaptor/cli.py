@@ -126,9 +126,11 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     """embed, train, select and evaluate an adapter; write report + adapter"""
     from search_adaptor.data import load_beir
     from search_adaptor.experiment import run_fit
-    from search_adaptor.report import REPORT, save_run
+    from search_adaptor.report import REPORT, RUN_PARTS, save_run
 
-    check_output_folder(args.out, REPORT, "a folder written by `search-adaptor fit`")  # before any work
+    check_output_folder(
+        args.out, REPORT, "a folder written by `search-adaptor fit`", RUN_PARTS
+    )  # before work
     dataset = load_beir(args.data)
     emb = _embeddings(args, dataset)
     log = (lambda _m: None) if args.quiet or args.output == "json" else _eprint
@@ -146,10 +148,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from search_adaptor.data import load_beir
     from search_adaptor.experiment import run_evaluate
     from search_adaptor.model import SearchAdaptor
-    from search_adaptor.report import REPORT, save_run
+    from search_adaptor.report import REPORT, RUN_PARTS, save_run
 
     if args.out:
-        check_output_folder(args.out, REPORT, "a folder written by `search-adaptor fit` or `evaluate`")
+        check_output_folder(
+            args.out, REPORT, "a folder written by `search-adaptor fit` or `evaluate`", RUN_PARTS
+        )
     adapter = SearchAdaptor.load(args.adapter)
     dataset = load_beir(args.data)
     run = run_evaluate(dataset, _embeddings(args, dataset, adapter), adapter, args.split)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,23 @@ def check_parent_folders(target: str | os.PathLike) -> None:
         raise FileExistsError(f"{target}: {blocked} is a file, not a folder; choose another place")
 
 
-def check_output_folder(target: str | os.PathLike, marker: str, what: str = "") -> None:
+def check_output_folder(
+    target: str | os.PathLike, marker: str, what: str = "", parts: Sequence[str] = ()
+) -> None:
     """Refuse an output folder that exists with other files in it: one a tool may fill or replace is
-    absent, empty, or holds ``marker`` (it is ``what``), so a mistyped path never mixes with or
-    deletes unrelated files."""
+    absent, empty, holds ``marker`` (it is ``what``), or holds nothing but ``parts`` (what the tool
+    writes there, and their staging siblings: an interrupted run's leftovers), so a mistyped path
+    never mixes with or deletes unrelated files."""
     path = Path(target)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: exists and is a file; choose a new or empty folder")
     check_parent_folders(path)
-    if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
+    staging = tuple(f".{part}." for part in parts)
+    if (
+        path.is_dir()
+        and not (path / marker).is_file()
+        and any(p.name not in parts and not p.name.startswith(staging) for p in path.iterdir())
+    ):
         raise FileExistsError(
             f"{path}: exists and is not {what or 'written by search-adaptor'}; choose a new or empty folder"
         )

@@ -36,6 +36,9 @@ SIGNIFICANT = 0.05
 
 #: The machine-readable report, which marks a folder as a run's (``fit --out``, ``evaluate --out``).
 REPORT = "report.json"
+#: Everything a run writes into its ``--out`` folder: a folder holding only these (an interrupted
+#: run's) may be written again.
+RUN_PARTS = ("adapter", "plots", REPORT, "report.md")
 #: Why a report has no figures when matplotlib is not installed.
 PLOTS_SKIPPED = "pip install matplotlib (or the `bench` extra)"
 
@@ -404,6 +407,8 @@ def save_run(run: Run, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write a finished run into ``out_dir``: figures, ``report.json``, ``report.md`` and, for a
     ``fit``, ``adapter/`` (with its test metrics in its config). Returns the report as written."""
     out = Path(out_dir).resolve()
+    for name in (REPORT, "report.md"):  # an earlier run's report must not describe this run's adapter
+        (out / name).unlink(missing_ok=True)
     report = dict(run.report)
     if report["protocol"] != "evaluate":
         adapter_dir = out / "adapter"
