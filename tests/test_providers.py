@@ -29,6 +29,7 @@ from fake_providers import (
 from search_adaptor.encoders.base import EncoderError, InputsRejected
 from search_adaptor.encoders.http import (
     LONGEST_TOKEN_CHARS,
+    Endpoint,
     RetryPolicy,
     Secret,
     cut_to_tokens,
@@ -344,6 +345,27 @@ def test_keys_never_leak(fake: FakeProvider, caplog: pytest.LogCaptureFixture) -
     places = [repr(enc), str(enc), enc.fingerprint, json.dumps(enc.config()), str(info.value), caplog.text]
     for place in places:
         assert FAKE_KEY not in place and wrong not in place
+
+
+def test_credentials_in_the_url_are_scrubbed_as_sent_and_from_a_refusal(monkeypatch) -> None:
+    """``user:pw@`` goes out as Basic auth, which a server may echo: the Basic value is scrubbed too,
+    as is a lone ``TOKEN@``; a recorded model reached through another root is refused naming that
+    root without its credentials."""
+    from search_adaptor.encoders.registry import from_info
+
+    monkeypatch.delenv("OPENAI_COMPATIBLE_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeProvider("openai-compatible") as fake:
+        url = fake.url.replace("http://", "http://usr:PW-SECRET-1@")
+        with pytest.raises(EncoderError) as info:
+            make_encoder("openai-compatible", "m", base_url=url).encode_queries(["a"])
+        assert "HTTP 401" in str(info.value) and "Basic ***" in str(info.value)
+        assert "PW-SECRET" not in str(info.value) and "dXNyOlBXLVNFQ1JFVC0x" not in str(info.value)
+    assert "TOKEN-SECRET-2" in Endpoint.parse("https://TOKEN-SECRET-2@example.com/v1").secrets
+    recorded = make_encoder("openai-compatible", "m", base_url="http://127.0.0.1:9/v1", api_key="k").info()
+    with pytest.raises(ValueError, match="API root is part of what it records") as refused:
+        from_info(recorded, base_url="http://usr:PW-SECRET-3@127.0.0.1:8/v1?api_key=Q-SECRET-4")
+    assert "SECRET" not in str(refused.value) and "http://127.0.0.1:8/v1 may serve" in str(refused.value)
 
 
 def test_secret_hides_its_value() -> None:

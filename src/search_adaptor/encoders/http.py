@@ -168,7 +168,9 @@ class Endpoint:
         auth = None
         if parts.username is not None or parts.password is not None:
             auth = (unquote(parts.username or ""), unquote(parts.password or ""))
-            secrets += [s for s in (parts.password, auth[1]) if s]
+            token = (parts.username, auth[0]) if not auth[1] else ()  # https://TOKEN@host/
+            basic = base64.b64encode(":".join(auth).encode()).decode()  # as httpx sends it; servers echo it
+            secrets += [s for s in (parts.password, auth[1], *token, basic) if s]
         host = parts.hostname or ""
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"

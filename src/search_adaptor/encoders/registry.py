@@ -110,6 +110,10 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
         options["max_input_tokens"] = cfg.get("max_input_tokens")
     encoder = make_encoder(str(provider), cfg.get("model"), **extra, **options, **overrides)
     if encoder.fingerprint != info.get("fingerprint"):
+        if root:
+            from search_adaptor.encoders.http import Endpoint
+
+            root = Endpoint.parse(root).public  # never a credential inside the URL in a message
         fix = (
             f"its API root is part of what it records, and {root} may serve other vectors under that "
             "model name; use the recorded root, or embed again through this one"
