@@ -150,3 +150,28 @@ def test_distill_refuses_before_any_work(tmp_path: Path) -> None:
     ):
         distill(tmp_path / "busy", model=str(base), dim=16)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_a_model_folder_given_relative_is_recorded_absolute(tmp_path, monkeypatch):
+    """`--model models/static` recorded as typed made every adapter and index that records it fail
+    from any other working folder (search and serve have no flag to point at it)."""
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+
+    (tmp_path / "work" / "models").mkdir(parents=True)
+    static_model(tmp_path / "work" / "models" / "static")
+    monkeypatch.chdir(tmp_path / "work")
+    made = make_encoder("model2vec", model="models/static")
+    assert made.model == str(tmp_path / "work" / "models" / "static")
+    expected = made.encode_queries(["the cat sat"])
+    monkeypatch.chdir(tmp_path)
+    again = from_info(made.info())
+    assert again.fingerprint == made.fingerprint
+    np.testing.assert_array_equal(again.encode_queries(["the cat sat"]), expected)
+    monkeypatch.chdir(tmp_path / "work")
+    assert SentenceTransformerEncoder("models").model == str(
+        tmp_path / "work" / "models"
+    )  # a folder: as loaded
+    assert (
+        SentenceTransformerEncoder("sentence-transformers/all-MiniLM-L6-v2").model
+        == "sentence-transformers/all-MiniLM-L6-v2"
+    )

@@ -224,9 +224,11 @@ class Encoder(ABC):
 class FolderEncoder(Encoder):
     """A model held in a folder on this machine (a model2vec model, an ONNX export).
 
-    Its fingerprint is its content, a hash of the files that make the vectors and of the settings
-    in its config file less those that only say where it came from, never its path: two different
-    models never share store entries, and a folder moved elsewhere keeps its cached vectors.
+    Its fingerprint is the folder's name (a label people read) and its content, a hash of the files
+    that make the vectors and of the settings in its config file less those that only say where it
+    came from, never the path to it: two different models never share store entries, and a folder
+    moved elsewhere keeps its cached vectors (a renamed copy is another label, so embeds again). The
+    path recorded is absolute, so adapters and indexes find the model from any working folder.
     Subclasses name the files; ``__init__`` checks that they are there, naming the fix.
     """
 
@@ -245,7 +247,7 @@ class FolderEncoder(Encoder):
                 f"{self.provider}: {model} is not a {self.provider} folder (no {', '.join(missing)}); "
                 f"{self.how_to_make}"
             )
-        self.model = str(model)
+        self.model = str(folder.absolute())  # recorded: adapters and indexes load it from any folder
         self.batch_size = batch_size
         self._folder = folder
         self.weights = self._content_hash()

@@ -155,7 +155,10 @@ class SentenceTransformerEncoder(Encoder):
     ) -> None:
         self._st: Any = None  # the model, loaded on first use
         self._cut_logged = False
-        self.model = model
+        folder = Path(model).expanduser()
+        # a folder is what gets loaded (as by SentenceTransformer): recorded absolute, so that the
+        # fingerprint names one model wherever it runs, and adapters and indexes find it from any folder
+        self.model = str(folder.absolute()) if folder.is_dir() else model
         self.batch_size = batch_size
         self.device = device
         self.query_prompt = query_prompt
