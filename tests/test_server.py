@@ -92,7 +92,7 @@ MALFORMED = [
     (b'{"queries": ["a"], "k": "5"}', 422, "k: Input should be a valid integer"),
     (b'{"queries": ["a"], "k": true}', 422, "k: Input should be a valid integer"),
     (b'{"queries": ["a"], "k": 5.0}', 422, "k: Input should be a valid integer"),
-    (b'{"queries": ["a"], "k": 1' + b"0" * 5000 + b"}", 400, "error parsing the body"),
+    (b'{"queries": ["a"], "k": 1' + b"0" * 5000 + b"}", 400, "body: a number has over 4300 digits"),
     (b'{"queries": ["ok", "\\ud800 lone"]}', 422, "queries[1]: not valid Unicode (a lone surrogate)"),
     (b'{"queries": ["\\udfff"], "k": NaN}', 422, "(and 1 more error)"),
     (b'{"query": "vitamin D", "k": 3}', 422, "queries: Field required; unknown field query sent instead"),
@@ -101,9 +101,9 @@ MALFORMED = [
     (b'{"queries": ["a"], "top_k": 3}', 422, "top_k: Extra inputs are not permitted"),
     (b'["a"]', 422, "body: Input should be a valid dictionary"),
     (b"null", 422, "body: Input should be a valid dictionary"),
-    (b'{"queries": ["a"', 422, "JSON decode error"),
-    (b'{"queries": ["\xff\xfe"]}', 400, "error parsing the body"),
-    (b"[" * 100000 + b"]" * 100000, 400, "error parsing the body"),
+    (b'{"queries": ["a"', 400, "body: not valid JSON at character 16: Expecting ',' delimiter"),
+    (b'{"queries": ["\xff\xfe"]}', 400, "body is not UTF-8 (byte 14 cannot be decoded)"),
+    (b"[" * 100000 + b"]" * 100000, 400, "body: JSON nested too deeply to parse"),
 ]
 
 
@@ -118,6 +118,36 @@ def test_malformed_bodies_are_4xx_with_a_message_never_500(roomy, body, status, 
     answer = roomy.post("/search", content=body, headers={"content-type": "application/json"})
     assert answer.status_code == status, answer.text
     assert message in answer.json()["detail"]
+
+
+# Each of these was vague: "There was an error parsing the body", "[9]: JSON decode error" (422; under /v1
+# with param "[9]") or "body: Input should be a valid dictionary or object to extract fields from" (422).
+UNTYPED = "body was not sent as JSON; send the header Content-Type: application/json"
+NOT_JSON = [
+    (
+        b'{"input": "caf\xe9"}',
+        "application/json",
+        "body is not UTF-8 (byte 14 cannot be decoded); send JSON encoded as UTF-8",
+    ),
+    (b'{"input":', "application/json", "body: not valid JSON at character 9: Expecting value"),
+    (b"", "application/json", "body is empty; send a JSON object of the documented fields"),
+    (b'{"input": "x"}', "text/plain", UNTYPED),
+    (b'{"input": "x"}', None, UNTYPED),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "message"), NOT_JSON)
+@pytest.mark.parametrize("path", ["/embed", "/v1/embeddings"])
+def test_a_body_that_is_not_json_is_400_saying_why_in_the_endpoints_format(
+    roomy, path, body, content_type, message
+):
+    answer = roomy.post(path, content=body, headers={"content-type": content_type} if content_type else {})
+    assert answer.status_code == 400, answer.text
+    if path.startswith("/v1/"):  # OpenAI's shape; no parameter to blame
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+        assert answer.json() == {"error": error}
+    else:
+        assert answer.json() == {"detail": message}
 
 
 def test_a_query_the_model_gives_a_zero_vector_is_refused_by_name(synthetic):

@@ -18,14 +18,17 @@ With an API key every other endpoint needs ``Authorization: Bearer <key>``. Text
 characters per text, ``k`` and body size are bounded; the OpenAPI schema (``/openapi.json``, with
 Swagger UI at ``/docs`` and ReDoc at ``/redoc``, served from this package, no CDN) declares each limit
 and every status an endpoint can return. Refusals are one line: 413 (too much), 422 (invalid, naming
-the field), 400 (not JSON text), 401 (key), 404 (no such ``/v1`` model), 502 (the embedding provider
-failed: named, never its URL or credentials) and 503 (too many texts waiting: retry after
-``Retry-After``). ``/v1`` answers errors as OpenAI does
-(``{"error": {"message", "type", "param", "code"}}``), the others as ``{"detail": "..."}``.
+the field), 400 (not JSON: not UTF-8, malformed, empty or not sent as ``application/json``, saying
+which), 401 (key), 404 (no such ``/v1`` model), 502 (the embedding provider failed: named, never its
+URL or credentials) and 503 (too many texts waiting: retry after ``Retry-After``). ``/v1`` answers
+errors as OpenAI does (``{"error": {"message", "type", "param", "code"}}``), the others as
+``{"detail": "..."}``.
 
 Concurrent requests are micro-batched: waiting requests are merged into one encoder call and one
-FAISS search (per ``k``), and each answer is bit for bit the one the request gets alone
-(:meth:`AdaptedIndex.embed <search_adaptor.index.AdaptedIndex.embed>`).
+FAISS search (per ``k``). The adapter and the search compute each text alone, so merging changes
+nothing of theirs, but the encoder's vector of a text may differ from the one it gets alone in the
+last float32 bits (a local transformer's matrix kernels round by batch shape: at most 2e-7 per
+component measured with all-MiniLM-L6-v2), and so may a score, near its 7th decimal.
 """
 
 import asyncio
@@ -87,7 +90,7 @@ _OPENAI_TYPES = {
     503: "server_error",
 }
 _STATUSES = {
-    400: "the body is not JSON text (e.g. not UTF-8)",
+    400: "the body is not JSON: not UTF-8, malformed, empty, or not sent as Content-Type: application/json",
     401: "missing or wrong API key",
     404: "no such model: GET /v1/models lists them",
     413: "too many texts, a text too long, or a body too large (the message names the limit)",
@@ -297,11 +300,19 @@ def _where(loc: Sequence[Any]) -> str:
     return "".join(name(p) for p in loc if p != "body").lstrip(".") or "body"
 
 
-def _validation_refusal(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str, str]:
-    """(status, one line, field) for pydantic's errors: 413 for a size limit, 422 for the rest.
+def _validation_refusal(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str, str | None]:
+    """(status, one line, field) for FastAPI's and pydantic's errors: 400 for a body that is not JSON,
+    413 for a size limit, 422 for the rest.
 
     The client's input is never echoed (it may hold NaN, lone surrogates or 8,000 characters).
     """
+    body = errors[0]  # a body that is not JSON is the one error FastAPI reports
+    if body["type"] == "json_invalid":  # FastAPI's own: loc ("body", character), ctx the decoder's reason
+        return 400, f"body: not valid JSON at character {body['loc'][-1]}: {body['ctx']['error']}", None
+    if body["loc"] == ("body",) and body["type"] == "missing":
+        return 400, "body is empty; send a JSON object of the documented fields", None
+    if body["loc"] == ("body",) and isinstance(body["input"], bytes):  # FastAPI parses only declared JSON
+        return 400, "body was not sent as JSON; send the header Content-Type: application/json", None
     sized = [e for e in errors if e["type"] in ("too_long", "string_too_long")]
     first = (sized or errors)[0]
     where, ctx = _where(first["loc"]), first.get("ctx") or {}
@@ -326,6 +337,18 @@ def _validation_refusal(errors: Sequence[Mapping[str, Any]]) -> tuple[int, str, 
     if more:
         message += f" (and {more} more error{'s' if more > 1 else ''})"
     return (413 if sized else 422), message, where
+
+
+def _unparsed(cause: BaseException | None) -> str | None:
+    """One line for a body the JSON decoder refused other than for its syntax (FastAPI answers those
+    400 "There was an error parsing the body", the decoder's error its cause); None for other causes."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"body is not UTF-8 (byte {cause.start} cannot be decoded); send JSON encoded as UTF-8"
+    if isinstance(cause, RecursionError):
+        return "body: JSON nested too deeply to parse; send a JSON object of the documented fields"
+    if isinstance(cause, ValueError):  # Python converts integers of at most so many digits
+        return f"body: a number has over {sys.get_int_max_str_digits()} digits; no field takes one that long"
+    return None
 
 
 class _BodyLimit:
@@ -398,8 +421,9 @@ class Batcher:
 
     A worker thread takes the first waiting request, then every request that arrives within
     ``window_s`` or is already waiting, up to ``max_texts`` texts, embeds them in one
-    :meth:`AdaptedIndex.embed <search_adaptor.index.AdaptedIndex.embed>` call per side (whose
-    answers do not depend on the batch), and searches the query vectors once per distinct ``k``.
+    :meth:`AdaptedIndex.embed <search_adaptor.index.AdaptedIndex.embed>` call per side (which adapts
+    each row alone, and pads no text to a longer one), and searches the query vectors once per
+    distinct ``k`` (FAISS scores each row alone).
     There is one worker per call the encoder may have in flight (one for a local model); workers
     stop when idle and start again on demand.
 
@@ -526,7 +550,8 @@ def create_app(
     """A FastAPI app searching ``index``.
 
     Concurrent requests are gathered into one encoder call and one index search per batch, so
-    throughput grows with the number of clients; each answer equals the unbatched one.
+    throughput grows with the number of clients; an answer differs from the unbatched one only by
+    the encoder's rounding (a local model's last float32 bits; see the module's docstring).
 
     Parameters
     ----------
@@ -593,7 +618,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(request, exc.status_code, str(exc.detail), **(exc.headers or {}))
+        message = _unparsed(exc.__cause__) if exc.status_code == 400 else None
+        return _error(request, exc.status_code, message or str(exc.detail), **(exc.headers or {}))
 
     async def run(request: Request, texts: list[str], kind: Kind, k: int | None = None) -> Any:
         """The batcher's answer for one request, its failures turned into refusals."""
