@@ -46,6 +46,28 @@ def test_a_float32_export_embeds_as_the_model_does(bert: Path, exports: dict[str
     assert json.loads((exports["float32"] / "encoder.json").read_text())["quantization"] == "float32"
 
 
+def test_a_model_with_more_than_pooling_and_normalisation_is_refused(bert, tmp_path, monkeypatch) -> None:
+    """A Dense (or any module) after pooling was dropped without a word: the export embedded as the
+    model without it (cosine 0.986 to the real one, float32 included). A float32 export whose vectors
+    differ from its model's is refused too, and nothing is published."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+
+    from search_adaptor.encoders import onnx
+
+    word = st_models.Transformer(str(bert))
+    modules = [word, st_models.Pooling(word.get_word_embedding_dimension()), st_models.Dense(32, 8)]
+    SentenceTransformer(modules=modules).save(str(tmp_path / "dense"))
+    with pytest.raises(
+        ValueError, match=r"modules are Transformer -> Pooling -> Dense; .* so Dense would be"
+    ):
+        export_encoder(tmp_path / "out", str(tmp_path / "dense"), int8=False)
+    monkeypatch.setattr(onnx, "FLOAT32_AGREEMENT", 1.01)  # as if the graph computed something else
+    with pytest.raises(ValueError, match=r"the float32 export's vectors differ from the model's"):
+        export_encoder(tmp_path / "out", str(bert), int8=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_int8_is_close_to_the_model_and_has_its_own_fingerprint(bert: Path, exports: dict[str, Path]) -> None:
     st = SentenceTransformerEncoder(str(bert))
     int8, f32 = OnnxEncoder(str(exports["int8"])), OnnxEncoder(str(exports["float32"]))

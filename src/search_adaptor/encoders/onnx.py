@@ -35,6 +35,8 @@ TOKENIZER = "tokenizer.json"
 CONFIG = "encoder.json"
 POOLINGS = ("mean", "cls")
 QUANTIZATIONS = ("int8", "float32")
+#: the lowest cosine a float32 export may have to its model on the sample texts: rounding only
+FLOAT32_AGREEMENT = 0.9999
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -176,6 +178,14 @@ def export_encoder(
         pooling = pooler.get_pooling_mode_str()
     if pooling not in POOLINGS:
         raise ValueError(f"{model}: pooling {pooling!r} is not supported by the onnx provider (mean or cls)")
+    kinds = [type(m).__name__ for m in st]
+    extra = [k for k in kinds[1:] if k not in ("Pooling", "Normalize")]
+    if extra:  # the graph is the transformer, then pooling and normalisation: a Dense would be dropped
+        raise ValueError(
+            f"{model}: its modules are {' -> '.join(kinds)}; the onnx provider runs a transformer, mean or "
+            f"CLS pooling and normalisation only, so {extra[0]} would be left out: export a model without "
+            "it, or embed with --provider sentence-transformers"
+        )
 
     net = transformer.auto_model.eval()
     names = [n for n in _INPUTS if n in inspect.signature(net.forward).parameters]  # RoBERTa: no types
@@ -228,6 +238,12 @@ def export_encoder(
             f"sample text {i}: how does {w} affect health outcomes?" for i, w in enumerate(_SAMPLE_WORDS)
         ]
         cosines = (OnnxEncoder(str(staged.path)).encode_corpus(texts) * base.encode_corpus(texts)).sum(axis=1)
+        if not int8 and cosines.min() < FLOAT32_AGREEMENT:  # nothing is published
+            raise ValueError(
+                f"{model}: the float32 export's vectors differ from the model's (lowest cosine "
+                f"{cosines.min():.4f} on sample texts, below {FLOAT32_AGREEMENT}); this model cannot be "
+                "exported faithfully: embed with --provider sentence-transformers"
+            )
     return staged.target, float(cosines.min())
 
 
