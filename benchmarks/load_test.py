@@ -174,11 +174,13 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         f"Auth (HTTP status): {auth}. Answers equal in-process `AdaptedIndex.search` for "
         f"{res['agree']}/{res['checked']} checked queries.",
         "Concurrent requests are micro-batched: the queries waiting while the model works are embedded in "
-        "one call per token length (so that each vector is bit for bit the one it gets alone) and searched "
-        "with one FAISS call; with closed-loop clients, mean latency = clients / throughput. Batching saves "
-        "the per-call overhead and the padding, not the model's arithmetic per token, which on a model "
-        "thread that is busy anyway bounds the gain. An encoder that runs each text alone (the `onnx` "
-        "provider, whose int8 activation scales are per call) gains only the HTTP and FAISS share.",
+        "one call per token length (so that no text is padded to a longer one; a vector may still differ "
+        "from the one it gets alone in its last float32 bits, as the model's kernels round by batch shape) "
+        "and searched with one FAISS call; with closed-loop clients, mean latency = clients / throughput. "
+        "Batching saves the per-call overhead and the padding, not the model's arithmetic per token, "
+        "which on a model thread that is busy anyway bounds the gain. An encoder that runs each text "
+        "alone (the `onnx` provider, whose int8 activation scales are per call) gains only the HTTP and "
+        "FAISS share.",
     ]
     if res["api_latency"] is not None:
         lines[-1] = (

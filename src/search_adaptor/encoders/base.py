@@ -140,11 +140,13 @@ class Encoder(ABC):
         }
 
     def batch_keys(self, texts: Sequence[str], kind: Kind) -> list[Hashable]:
-        """One key per text: texts with equal keys embed in one batch exactly as each does alone.
+        """One key per text: texts with equal keys may share a batch, each embedding as it does alone
+        up to the model's rounding.
 
         A caller that merges texts of independent requests into one call (the server's micro-batches)
-        groups them by key, so that an answer never depends on what else was in its batch. By default
-        a text's vector does not depend on its batch: every text gets the same key.
+        groups them by key, so that an answer depends on what else was in its batch at most in its
+        last float32 bits (a local model's kernels round by batch shape). By default a text's vector
+        does not depend on its batch: every text gets the same key.
         """
         return [None] * len(texts)
 
