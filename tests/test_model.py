@@ -15,7 +15,7 @@ from search_adaptor.data import kfold
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import choose, evaluate_embeddings, run_fit, select
 from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor
-from search_adaptor.networks import ResidualAdapter, numpy_forward
+from search_adaptor.networks import NumpyNet, ResidualAdapter, adapt_rows, numpy_forward
 from search_adaptor.retrieval import l2_normalize
 from search_adaptor.training import compute_threads, resolve_precision
 from search_adaptor.variants import family_variants
@@ -436,3 +436,7 @@ def test_a_rows_adapted_vector_does_not_depend_on_its_batch():
         assert np.array_equal(parts, full), size
     with threadpool_limits(limits=1, user_api="blas"):
         assert np.array_equal(numpy_forward(net, X), full)
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)  # unit to within float32 rounding
+    mixed = np.vstack([unit[:1], 3.0 * unit[1:2]])  # next to a row that is far from unit norm
+    alone = adapt_rows(NumpyNet(net), unit[:1], "queries")
+    assert np.array_equal(adapt_rows(NumpyNet(net), mixed, "queries")[:1], alone)

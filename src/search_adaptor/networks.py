@@ -275,8 +275,10 @@ def adapt_rows(net: NumpyNet | None, x: np.ndarray, what: str, work: Workspace |
         row = int(np.argmax(~np.isfinite(norms)))
         raise ValueError(f"{what}: row {row} contains NaN or inf; fix the embeddings before adapting")
     rows = work.array("rows", *x.shape) if work is not None else None
-    if len(norms) and np.abs(norms - 1.0).max() > 1e-6:
-        x = np.divide(x, safe_norms(norms), out=rows if rows is not None else np.empty_like(x))
+    off = np.abs(norms - 1.0) > 1e-6
+    if off.any():  # only those rows: a unit row divided by 1.0 keeps its bits, whatever its batch holds
+        divisors = safe_norms(np.where(off, norms, 1.0))
+        x = np.divide(x, divisors, out=rows if rows is not None else np.empty_like(x))
     elif net is None:  # unit rows already (most models and APIs return them): skip a pass, not the copy
         if rows is None:
             x = x.copy()
