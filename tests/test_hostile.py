@@ -641,7 +641,30 @@ INDEX_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         ["index.faiss", "299 ids"],
     ),
     "index.faiss damaged": (lambda f: (f / "index.faiss").write_bytes(b"\0" * 100), ["index.faiss"]),
+    "index.faiss of distances": (
+        lambda f: _swap_faiss(f, lambda index: _faiss().IndexFlatL2(index.d)),
+        ["index.faiss", "IndexFlatL2 (metric 1)", "flat inner-product index"],
+    ),
+    "index.faiss approximate": (
+        lambda f: _swap_faiss(
+            f, lambda index: _faiss().IndexHNSWFlat(index.d, 8, _faiss().METRIC_INNER_PRODUCT)
+        ),
+        ["index.faiss", "IndexHNSWFlat", "flat inner-product index"],
+    ),
 }
+
+
+def _faiss() -> Any:
+    return pytest.importorskip("faiss")
+
+
+def _swap_faiss(folder: Path, make: Callable[[Any], Any]) -> None:
+    """Replace index.faiss by another kind of index holding the same vectors (a stranger's edit)."""
+    faiss = _faiss()
+    old = faiss.read_index(str(folder / "index.faiss"))
+    new = make(old)
+    new.add(old.reconstruct_n(0, old.ntotal))
+    faiss.write_index(new, str(folder / "index.faiss"))
 
 
 @pytest.mark.parametrize("case", INDEX_EDITS)

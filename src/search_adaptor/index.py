@@ -390,6 +390,12 @@ class AdaptedIndex:
         except Exception as exc:  # faiss raises RuntimeError with a C++ trace for damaged files
             detail = str(exc).strip().splitlines()[-1][:100] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{index_path}: not a readable FAISS index ({detail}); {_REBUILD}") from None
+        kind = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSWFlat}[manifest["backend"]]
+        if not isinstance(faiss_index, kind) or faiss_index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError(  # another type or metric would answer distances or approximate hits as cosines
+                f"{index_path}: a {type(faiss_index).__name__} (metric {faiss_index.metric_type}), but the "
+                f"manifest says a {manifest['backend']} inner-product index; {_REBUILD}"
+            )
         ids_path = folder / IDS_FILE
         doc_ids = read_json(ids_path, _REBUILD)
         if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
