@@ -225,6 +225,14 @@ CONFIG_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         ["hidden_dim", "65536"],
     ),
     "residual a string": (edit_config(lambda c: c["hyperparameters"].update(residual="yes")), ["residual"]),
+    "encoder config a string": (
+        edit_config(lambda c: c["encoder"].update(config="x")),
+        ["encoder: field 'config' must be an object"],
+    ),
+    "encoder model a list": (
+        edit_config(lambda c: c["encoder"].update(model=[1])),
+        ["encoder: field 'model' must be a string"],
+    ),
     "alpha NaN": (edit_config(lambda c: c["hyperparameters"].update(alpha=float("nan"))), ["alpha"]),
     "unknown hyperparameter": (
         edit_config(lambda c: c["hyperparameters"].update(zeta=1)),
@@ -623,6 +631,10 @@ INDEX_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         ["manifest.json", "expected a JSON object"],
     ),
     "manifest without adapter": (edit_manifest(lambda m: m.pop("adapter")), ["manifest.json", "'adapter'"]),
+    "encoder config a list": (
+        edit_manifest(lambda m: m["encoder"].update(config=[1])),
+        ["manifest.json: encoder: field 'config' must be an object"],
+    ),
     "manifest without adapter.path": (
         edit_manifest(lambda m: m["adapter"].pop("path")),
         ["manifest.json", "adapter.path"],

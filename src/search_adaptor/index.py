@@ -36,7 +36,7 @@ from search_adaptor import __version__
 from search_adaptor.embed import Embeddings
 from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind, without_direction
-from search_adaptor.encoders.registry import from_info
+from search_adaptor.encoders.registry import from_info, info_problem
 from search_adaptor.files import Staged, inside, read_json
 from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
@@ -654,13 +654,14 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: backend must be one of {', '.join(BACKENDS)}; {_REBUILD}")
     if manifest["dim"] < 1 or manifest["n_docs"] < 0:
         raise ValueError(f"{path}: dim and n_docs out of range; {_REBUILD}")
-    query_encoder = manifest.get("query_encoder", {"fingerprint": ""})
-    if not isinstance(query_encoder, dict) or not isinstance(query_encoder.get("fingerprint"), str):
-        raise ValueError(f"{path}: field query_encoder must be an object with a fingerprint; {_REBUILD}")
+    for key in ("encoder", "query_encoder"):
+        problem = info_problem(manifest[key]) if key in manifest else None
+        if problem:
+            raise ValueError(f"{path}: {key}: {problem}; {_REBUILD}")
     size = manifest["adapter"].get("size", 1)
     if isinstance(size, bool) or not isinstance(size, int):
         raise ValueError(f"{path}: field adapter.size must be an integer; {_REBUILD}")
-    for section, key in (("adapter", "path"), ("adapter", "fingerprint"), ("encoder", "fingerprint")):
+    for section, key in (("adapter", "path"), ("adapter", "fingerprint")):
         if not isinstance(manifest[section].get(key), str):
             raise ValueError(f"{path}: field {section}.{key} must be a string; {_REBUILD}")
     return manifest

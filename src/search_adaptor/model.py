@@ -32,7 +32,7 @@ import torch
 from search_adaptor import __version__
 from search_adaptor.embed import numeric_array
 from search_adaptor.encoders.base import Encoder, InputsRejected, Kind, check_vectors, without_direction
-from search_adaptor.encoders.registry import from_info
+from search_adaptor.encoders.registry import from_info, info_problem
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
 from search_adaptor.metrics import metrics_table, val_metric_name
@@ -865,9 +865,10 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     history = training.get("history", [])
     if not all(isinstance(h, dict) and _typed(h.get("step"), int) for h in history):
         raise ValueError(f"{path}: training: history must be a list of {{step, ...}} objects; {_LOAD_FIX}")
-    encoder = config["encoder"]
-    if encoder and not isinstance(encoder.get("fingerprint"), str):
-        raise ValueError(f"{path}: encoder: field 'fingerprint' must be a string; {_LOAD_FIX}")
+    for key in ("encoder", "query_encoder"):  # an empty encoder: saved from Python without one
+        problem = info_problem(config[key]) if config.get(key) else None
+        if problem:
+            raise ValueError(f"{path}: {key}: {problem}; {_LOAD_FIX}")
     _check_test_metrics(config["metrics"].get("test"), path)
     return config
 

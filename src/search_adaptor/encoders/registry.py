@@ -76,6 +76,19 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
     return cls(model, **kw)
 
 
+def info_problem(info: Any) -> str | None:
+    """What is wrong with a recorded encoder (an :meth:`Encoder.info` dict read back from a file), in
+    words naming the field, or None: the loaders of adapters and indexes refuse such files with it."""
+    if not isinstance(info, Mapping):
+        return f"must be an object, got {type(info).__name__}"
+    if not isinstance(info.get("fingerprint"), str):
+        return "field 'fingerprint' must be a string"
+    for key, kind in (("provider", str), ("model", str), ("config", Mapping)):
+        if info.get(key) is not None and not isinstance(info[key], kind):
+            return f"field {key!r} must be {'an object' if kind is Mapping else 'a string'}"
+    return None
+
+
 def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
     """Recreate the encoder an index or adapter records (:meth:`Encoder.info`).
 
