@@ -265,6 +265,24 @@ def test_items_that_are_neither_texts_nor_images_are_refused_as_such(provider, i
         assert fake.calls == []
 
 
+def test_a_text_that_is_not_valid_unicode_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    """A lone surrogate (a Latin-1 byte on a UTF-8 command line, a ``\\ud800`` JSON escape) failed in
+    the store's hashing or the tokenizer ('TextEncodeInput must be Union[...]')."""
+    bad = "caf\udce9 au lait"
+    with FakeProvider("openai") as fake:
+        enc = fake_encoder(fake, **TEXT_ONLY["openai"])
+        with EmbeddingStore(enc, tmp_path / "cache") as store:
+            for call in (
+                lambda: enc.encode_batch(["a text", bad], "query"),
+                lambda: store.embed(["ok", bad], "query"),
+            ):
+                with pytest.raises(
+                    ValueError, match=r"^text 1 is not valid Unicode: character 3 is a lone surrogate"
+                ):
+                    call()
+        assert fake.calls == []
+
+
 def test_a_dataset_with_images_is_refused_before_its_text_queries_are_sent(tmp_path: Path) -> None:
     """Queries are embedded first: a text-only API model must not be billed (or retried against a
     dead endpoint) for them when the image documents will be refused anyway."""

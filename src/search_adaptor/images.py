@@ -204,10 +204,20 @@ Item = str | ImageRef
 
 def check_item_types(items: Iterable[object]) -> None:
     """Refuse, in one line, the first item that is neither a text nor an :class:`ImageRef` (a None, a
-    number, a document object): it would otherwise be taken for an image, or fail deep inside."""
+    number, a document object): it would otherwise be taken for an image, or fail deep inside; and a
+    text that is not valid Unicode (a lone surrogate: bytes that were not UTF-8, kept by Python's
+    command-line decoding, or a ``\\ud800`` escape in JSON), which no tokenizer or store takes."""
     for i, item in enumerate(items):
         if not isinstance(item, (str, ImageRef)):
             raise TypeError(
                 f"item {i} is {type(item).__name__} {item!r:.60}, not a text: pass texts as str "
                 "(images as search_adaptor.images.ImageRef)"
             )
+        if isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"text {i} is not valid Unicode: character {exc.start} is a lone surrogate "
+                    f"({item[exc.start]!r}: bytes that were not UTF-8?); pass UTF-8 text"
+                ) from None

@@ -162,6 +162,8 @@ class Encoder(ABC):
         ------
         TypeError
             An item that is neither a text nor an image (None, a number), naming it.
+        ValueError
+            A text that is not valid Unicode (a lone surrogate), naming it.
         ImagesUnsupported
             Naming the item, the providers that can embed it, and the precomputed-vectors way out.
         """

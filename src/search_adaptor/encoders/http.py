@@ -987,12 +987,12 @@ class ApiEncoder(Encoder):
         images (:meth:`_request_images`, image URLs apart from image data); an image the provider
         cannot take goes into ``rejected`` instead.
         """
+        self.check_items(items)
         words = [i for i, t in enumerate(items) if isinstance(t, str)]
         if len(words) == len(items):  # texts only: as every text batch always went
             prepared = self.prepare(items, kind)  # type: ignore[arg-type]
             slices = plan_requests(prepared, self.max_inputs, self.max_request_tokens)
             return prepared, [(list(range(s.start, s.stop)), self._request) for s in slices]
-        self.check_items(items)
         sent: list[Any] = list(items)
         for i, text in zip(words, self.prepare([items[i] for i in words], kind), strict=True):
             sent[i] = text

@@ -214,6 +214,7 @@ class SentenceTransformerEncoder(Encoder):
         (the matrix kernels round by batch shape: 1.5e-7 for "a" among eight). This tokenizes the
         texts as :meth:`encode_batch` does.
         """
+        self.check_items(texts)  # as encode_batch does: what the tokenizer cannot take, in one line
         prompt = self.query_prompt if kind == "query" else self.document_prompt
         st = self._load()
         preprocess = getattr(st, "preprocess", None) or st.tokenize  # sentence-transformers < 6: tokenize
