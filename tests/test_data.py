@@ -211,6 +211,16 @@ INT_AND_STR_ID = '{"_id": 1, "text": ""}\n{"_id": "1", "text": ""}\n'
         ("corpus", INT_AND_STR_ID, ["corpus.jsonl:2:", 'duplicate "_id" "1"']),
         ("corpus", BAD_JSON, ["corpus.jsonl:1:", "not valid JSON (Expecting ',' delimiter"]),
         ("corpus", '["d1", "x"]\n', ["corpus.jsonl:1:", "expected a JSON object, got list"]),
+        (
+            "corpus",
+            '{"_id": "d1", "text": "caf\\ud800"}\n',
+            ["corpus.jsonl:1:", 'field "text"', "lone surrogate"],
+        ),
+        (
+            "queries",
+            '{"_id": "q\\udc00", "text": "x"}\n',
+            ["queries.jsonl:1:", 'field "_id"', "not valid Unicode"],
+        ),
         ("corpus", "\n\n", ["corpus.jsonl:", "no documents"]),
         ("corpus", "", ["corpus.jsonl:", "no documents"]),
         ("queries", jsonl(QUERIES) + BAD_JSON, ["queries.jsonl:5:", "not valid JSON (Expecting ','"]),

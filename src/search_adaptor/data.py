@@ -302,6 +302,16 @@ def record(
         raise DataError(
             f'{where}: field "_id" must be a non-empty string or integer, got {json.dumps(raw_id)}'
         )
+    for field in ("_id", "text", "title"):  # JSON may escape half a surrogate pair: no encoder takes it
+        value = obj.get(field)
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DataError(
+                    f'{where}: field "{field}" is not valid Unicode (a lone surrogate {value[exc.start]!r} '
+                    f"at character {exc.start}, an escape without its pair); fix or drop it"
+                ) from None
     if image:
         return str(raw_id), _image(obj, where, folder)
     text = obj["text"]
