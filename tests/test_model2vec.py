@@ -175,3 +175,27 @@ def test_a_model_folder_given_relative_is_recorded_absolute(tmp_path, monkeypatc
         SentenceTransformerEncoder("sentence-transformers/all-MiniLM-L6-v2").model
         == "sentence-transformers/all-MiniLM-L6-v2"
     )
+
+
+def test_a_provider_or_model_flag_given_alone_takes_the_rest_from_the_adapter(tmp_path):
+    """--query-model (the recorded folder itself) alone fell back to sentence-transformers, and
+    --query-provider model2vec alone asked for a folder; --model alone, likewise, for the documents."""
+    import argparse
+
+    from search_adaptor.cli import _encoder
+
+    queries = make_encoder("model2vec", model=str(static_model(tmp_path / "queries")))
+    documents = make_encoder("model2vec", model=str(static_model(tmp_path / "documents", seed=1)))
+    adapter = argparse.Namespace(encoder_=documents.info(), query_encoder_=queries.info())
+    flags = dict.fromkeys(
+        ("provider", "model", "base_url", "dimensions", "batch_size", "max_concurrency", "timeout"), None
+    )
+    flags.update({f"query_{k}": None for k in ("provider", "model", "base_url")})
+    for side, given, expected in (
+        ("query_", {"query_model": str(tmp_path / "queries")}, queries),
+        ("query_", {"query_provider": "model2vec"}, queries),
+        ("", {"model": str(tmp_path / "documents")}, documents),
+        ("", {"provider": "model2vec"}, documents),
+    ):
+        made = _encoder(argparse.Namespace(**{**flags, **given}), side, adapter)
+        assert made.fingerprint == expected.fingerprint, given

@@ -24,11 +24,17 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
     makes them: --query-provider, --query-model and --query-base-url, or else the query model a
     cross-model ``adapter`` records (None for one model), reached at --query-base-url when given.
     Without --provider or --model, the documents' model is the one ``adapter`` records (at --base-url
-    when given), else the local default."""
+    when given), else the local default. A provider or model flag given alone takes the other from
+    the record (the recorded provider's model; the recorded model's provider)."""
     from search_adaptor.encoders.registry import from_info, make_encoder
 
-    wanted = (args.query_provider or args.query_model) if side else (args.provider or args.model)
-    recorded = getattr(adapter, "query_encoder_" if side else "encoder_", None)
+    recorded = getattr(adapter, "query_encoder_" if side else "encoder_", None) or {}
+    known = recorded.get("provider") if recorded.get("provider") != "precomputed" else None
+    given_provider, given_model = getattr(args, f"{side}provider"), getattr(args, f"{side}model")
+    # a flag given alone takes the rest from the record: --model alone, the recorded provider's model
+    provider = given_provider or known or (args.provider if side else None) or LOCAL
+    model = given_model or (recorded.get("model") if provider == known else None)
+    wanted = (given_provider or given_model) and (provider, model) != (known, recorded.get("model"))
     root = getattr(args, f"{side}base_url")
     if side and not (wanted or recorded or root):
         return None  # one model for queries and documents
@@ -43,8 +49,6 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
         given = {k: getattr(args, k) for k in ("batch_size", "max_concurrency", "timeout")}
         options = {k: v for k, v in given.items() if v is not None}  # a local model refuses the API's
         return from_info(recorded, **options, base_url=root)
-    documents = args.provider or LOCAL
-    provider = getattr(args, f"{side}provider") or documents
     keys = [
         *([] if side else ["dimensions"]),
         "batch_size",
@@ -52,7 +56,7 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
         *(["timeout"] if args.timeout else []),
     ]
     options = {k: getattr(args, k) for k in keys if not side or getattr(args, k) is not None}
-    return make_encoder(provider, getattr(args, f"{side}model"), base_url=root, **options)
+    return make_encoder(provider, model, base_url=root, **options)
 
 
 def _note_size(adapter: Any, dim: int | None) -> None:
