@@ -594,6 +594,8 @@ def test_evaluate_with_another_models_adapter_embeds_nothing(world, tmp_path, ca
     assert fake.calls == []
     vec = ["--embeddings", world["vec"], "--model", "other-model"]
     assert_refused(run(capsys, *argv, *vec), f"precomputed:{MODEL}", "precomputed:other-model")
+    unnamed = run(capsys, *argv, "--embeddings", world["vec"])  # vectors are known by --model's name
+    assert_refused(unnamed, f"precomputed:{MODEL}", f"are named by --model: give --model {MODEL}")
 
 
 # -- 11, 5, 6. index folders -----------------------------------------------------------------------------
@@ -677,6 +679,16 @@ def _swap_faiss(folder: Path, make: Callable[[Any], Any]) -> None:
     new = make(old)
     new.add(old.reconstruct_n(0, old.ntotal))
     faiss.write_index(new, str(folder / "index.faiss"))
+
+
+def test_a_text_query_on_an_index_of_precomputed_vectors_says_how_to_search_it(index_dir, capsys):
+    """The fix it gave named --embeddings DIR and --provider/--model, which search does not have."""
+    assert_refused(
+        run(capsys, "search", index_dir, "a query"),
+        f"this index was built from precomputed vectors ({MODEL})",
+        "AdaptedIndex.search(vectors)",
+        "search-adaptor index --provider",
+    )
 
 
 @pytest.mark.parametrize("case", INDEX_EDITS)

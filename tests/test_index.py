@@ -119,6 +119,25 @@ def test_exact_search_refuses_what_it_cannot_rank(queries, k, message):
         exact_search(queries, docs, k)
 
 
+def test_an_edited_encoder_record_is_named_by_its_manifest(tmp_path):
+    """The encoder recreated from an edited manifest no longer has the recorded fingerprint: the
+    message named no file and asked to 'pass the original encoder', which search cannot."""
+    from search_adaptor.encoders.registry import make_encoder
+
+    info = make_encoder("sentence-transformers").info()  # its record only: the model is not loaded
+    adapter = make_adapter(8, info=info)
+    vectors = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
+    AdaptedIndex.from_vectors(adapter, [f"d{i}" for i in range(12)], vectors, info).save(tmp_path / "idx")
+    manifest = tmp_path / "idx" / "manifest.json"
+    edited = json.loads(manifest.read_text())
+    edited["encoder"]["config"]["query_prompt"] = "query: "
+    manifest.write_text(json.dumps(edited))
+    with pytest.raises(
+        ValueError, match=r"idx/manifest.json: encoder: recreated encoder .*the file was edited"
+    ):
+        AdaptedIndex.load(tmp_path / "idx").search(["a query"], k=2)
+
+
 def test_hnsw_backend_finds_the_exact_neighbours(synthetic, tmp_path):
     adapter = make_adapter(info=FAKE_INFO)
     exact = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)
@@ -180,7 +199,9 @@ def test_encoder_is_recreated_from_the_manifest(synthetic):
     }
     index = AdaptedIndex.from_vectors(make_adapter(info=pre), synthetic["dids"], synthetic["D"], pre)
     assert index.search(synthetic["Q"][:2], k=3)  # vectors work
-    with pytest.raises(ValueError, match=r"precomputed embeddings .* give such vectors instead"):
+    with pytest.raises(
+        ValueError, match=r"built from precomputed vectors \(my-model\): it has no model to embed"
+    ):
         index.search(["a text"])
 
 

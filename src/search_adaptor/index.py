@@ -139,6 +139,7 @@ class AdaptedIndex:
         self._lock = threading.Lock()
         self._serial = threading.Lock()  # encoders that run one batch at a time (a local model)
         self._local = threading.local()  # each thread's Workspace
+        self.folder: Path | None = None  # where it was loaded from (named in messages)
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -407,7 +408,9 @@ class AdaptedIndex:
                 f"{index_path}: {faiss_index.ntotal} {faiss_index.d}-d vectors, {len(doc_ids)} ids "
                 f"in {IDS_FILE}, manifest says {manifest['n_docs']} {manifest['dim']}-d; {_REBUILD}"
             )
-        return cls(adapter, faiss_index, doc_ids, manifest, encoder)
+        index = cls(adapter, faiss_index, doc_ids, manifest, encoder)
+        index.folder = folder
+        return index
 
     # -- search ------------------------------------------------------------------------------------
     @property
@@ -492,9 +495,21 @@ class AdaptedIndex:
     def _recreate(self, key: str) -> Encoder:
         """The manifest's ``encoder`` or ``query_encoder``, made with :meth:`configure_encoder`'s settings
         where they apply: an API model's (a cross-model index may pair one with a local model)."""
-        if not self._is_api(key):
-            return from_info(self.manifest[key])
-        return from_info(self.manifest[key], **self._options, base_url=self._roots.get(key))
+        info = self.manifest[key]
+        if info.get("provider") == "precomputed":
+            raise ValueError(
+                f"this index was built from precomputed vectors ({info.get('model')}): it has no model to "
+                "embed query texts with; search it with query vectors of that model (Python: "
+                "AdaptedIndex.search(vectors)), or build it with `search-adaptor index --provider P "
+                "--model M`"
+            )
+        try:
+            if not self._is_api(key):
+                return from_info(info)
+            return from_info(info, **self._options, base_url=self._roots.get(key))
+        except ValueError as exc:  # named by the file it was recorded in
+            where = f"{self.folder / MANIFEST}: {key}: " if self.folder is not None else ""
+            raise ValueError(f"{where}{exc}") from None
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted, unit-norm query vectors of ``texts`` (see :meth:`embed`)."""

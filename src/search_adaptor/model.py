@@ -583,9 +583,15 @@ class SearchAdaptor:
         theirs = describe_encoder(encoder)["fingerprint"]
         mine = self._encoder_info(kind).get("fingerprint")
         if mine and theirs != mine:
+            name = self._encoder_info(kind).get("model")
+            fix = (  # vectors brought with --embeddings are known by the name --model gives them
+                f"vectors brought with --embeddings are named by --model: give --model {name} for vectors "
+                "of that model"
+                if mine.startswith("precomputed:") and not str(name).startswith("precomputed:")
+                else "use the same encoder (model, dimensions, prompts) as at training time"
+            )
             raise CompatibilityError(
-                f"adapter was trained on embeddings of {mine} but these come from {theirs}; "
-                "use the same encoder (model, dimensions, prompts) as at training time"
+                f"adapter was trained on embeddings of {mine} but these come from {theirs}; {fix}"
             )
         if not mine:
             self._warn_no_encoder()

@@ -131,7 +131,8 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
             f"its API root is part of what it records, and {root} may serve other vectors under that "
             "model name; use the recorded root, or embed again through this one"
             if root
-            else "pass the original encoder explicitly"
+            else "its recorded settings no longer make that model (the file was edited, or written by "
+            "another search-adaptor version): make the file again, or pass the encoder explicitly (Python)"
         )
         recorded, made = info.get("fingerprint"), encoder.fingerprint
         raise ValueError(f"recreated encoder {made} differs from the recorded {recorded}; {fix}")
