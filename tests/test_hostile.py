@@ -819,3 +819,18 @@ def test_debug_shows_the_traceback_and_unexpected_errors_stay_one_line(
     rc, _, err = run(capsys, "transform", npy, "--adapter", world["adapter"], "--out", tmp_path / "o.npy")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "KeyError" in err and "surprise" in err and "--debug" in err
+
+
+@needs_faiss
+def test_engine_flags_that_would_do_nothing_are_refused(world, tmp_path, capsys):
+    """--ray-address without --engine ray ran locally, and index --embeddings took --engine ray and
+    --rows without a word, though it embeds nothing."""
+    npy = tmp_path / "base.npy"
+    np.save(npy, world["d"]["D"][:5])
+    transform = ["transform", npy, "--adapter", world["adapter"], "--out", tmp_path / "o.npy"]
+    assert_refused(run(capsys, *transform, "--ray-address", "nowhere:1"), "--ray-address", "--engine ray")
+    index = ["index", world["data"], "--adapter", world["adapter"], "--out", tmp_path / "idx"]
+    for extra in (["--engine", "ray"], ["--rows", "3"]):
+        result = run(capsys, *index, "--embeddings", world["vec"], "--model", MODEL, *extra)
+        assert_refused(result, "--embeddings vectors are indexed in memory")
+    assert not (tmp_path / "o.npy").exists() and not (tmp_path / "idx").exists()

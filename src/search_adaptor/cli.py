@@ -59,6 +59,17 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
     return make_encoder(provider, model, base_url=root, **options)
 
 
+def _check_engine_flags(args: argparse.Namespace) -> None:
+    """Refuse engine flags that would do nothing here, rather than ignore them."""
+    if args.ray_address and args.engine != "ray":
+        raise ValueError("--ray-address names the cluster of --engine ray; add --engine ray, or drop it")
+    if getattr(args, "embeddings", None) and (args.engine != "local" or args.rows):
+        raise ValueError(
+            "--embeddings vectors are indexed in memory, and --engine and --rows apply to embedding a "
+            "corpus; drop them, or index the corpus's texts instead"
+        )
+
+
 def _note_size(adapter: Any, dim: int | None) -> None:
     """Say so, on stderr, when ``--dim`` asks for a prefix size the adapter was not trained at."""
     note = adapter.untrained_size(dim)
@@ -186,6 +197,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
     from search_adaptor.model import SearchAdaptor
 
     import_faiss()  # fail before embedding anything
+    _check_engine_flags(args)
     check_output_folder(args.out, MANIFEST, "an index")
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
@@ -205,6 +217,7 @@ def _cmd_transform(args: argparse.Namespace) -> None:
     from search_adaptor.model import SearchAdaptor
     from search_adaptor.pipeline import transform_vectors
 
+    _check_engine_flags(args)
     keys = ("engine", "rows", "id_column", "vector_column", "ray_address", "dim")
     options = {k: getattr(args, k) for k in keys}
     adapter = SearchAdaptor.load(args.adapter)

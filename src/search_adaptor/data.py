@@ -670,7 +670,7 @@ def _fetch_beir(name: str, cache_dir: Path | None, md5: str | None) -> Path:
     if not expected:
         raise DataError(
             f"beir:{name}: no known md5 for {name}.zip (known: {', '.join(sorted(BEIR_MD5))}); "
-            f"pass load_beir('beir:{name}', md5=...) or a local folder"
+            f"give a local folder of it (in Python, load_beir('beir:{name}', md5=...) downloads it too)"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     zip_path = cache_dir / f"{name}.zip"

@@ -59,20 +59,28 @@ _ADAPTER = A(
 _DIM = A("--dim", type=_positive_int, help="keep the first DIM adapted coordinates (Matryoshka)")
 _DATA = A("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
 _ENCODER = [
-    A("--provider", choices=PROVIDERS, help=f"default: the model an adapter records, else {LOCAL}"),
+    A(
+        "--provider",
+        choices=PROVIDERS,
+        help=f"default: the model --adapter records (commands that take one), else {LOCAL}",
+    ),
     A("--model", help=f"model id (default for {LOCAL}: sentence-transformers/all-MiniLM-L6-v2)"),
     A("--base-url", help="API root for openai-compatible / self-hosted endpoints"),
     A("--dimensions", type=_positive_int, help="shorter output vectors, where supported"),
     A("--batch-size", type=_positive_int, help="texts per batch (default: the provider's max)"),
     A("--max-concurrency", type=_positive_int, help="API requests in flight (default 4)"),
-    A("--timeout", type=_positive_float, help="seconds to wait for one API reply (default 60)"),
+    A(
+        "--timeout",
+        type=_positive_float,
+        help="seconds to wait for one API reply (default 60 plus 1 per 1,000 tokens sent, at most 600)",
+    ),
     A("--embeddings", metavar="DIR", help="precomputed DIR/{queries,corpus}.{npz,parquet}"),
     A("--cache", metavar="DIR", help="embedding store ($SEARCH_ADAPTOR_CACHE or user cache)"),
     A("--quiet", action="store_true", help="no progress bars or per-candidate lines"),
     A(
         "--query-provider",
         choices=PROVIDERS,
-        help="queries by another model (default: the one an adapter records, else --provider's)",
+        help="queries by another model (default: the one --adapter records, else --provider's)",
     ),
     A("--query-model", help="that model's id (a folder for model2vec); see `search-adaptor distill`"),
     A("--query-base-url", help="that model's API root (alone: of the query model an adapter records)"),

@@ -139,7 +139,9 @@ def secret_from_env(
     if value:
         return Secret(value)
     if required:
-        raise EncoderError(f"{provider}: no API key found; set {' or '.join(env_vars)} (or pass api_key=...)")
+        raise EncoderError(
+            f"{provider}: no API key found; set {' or '.join(env_vars)} (in Python, api_key= works too)"
+        )
     return None
 
 
