@@ -99,3 +99,19 @@ def test_a_path_given_for_the_encoder_is_refused_in_one_line(tmp_path):
         TypeError, match=r"^EmbeddingStore\(encoder, root=None\): encoder must be an Encoder .* got str$"
     ):
         EmbeddingStore(str(tmp_path))
+
+
+def test_an_output_that_cannot_be_staged_is_named_by_its_own_path(tmp_path, monkeypatch):
+    """The message named the hidden temporary sibling (/proc/.x.86q9kn24), not the --out given."""
+    import tempfile
+
+    from search_adaptor.files import Staged
+
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with pytest.raises(
+        OSError, match=rf"^{tmp_path / 'out'}: cannot write in {tmp_path} \(Permission denied\)"
+    ):
+        Staged(tmp_path / "out", folder=True)

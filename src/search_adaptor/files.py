@@ -100,14 +100,20 @@ class Staged(contextlib.AbstractContextManager):
             check_output_folder(self.target, marker, what)
         else:
             check_parent_folders(self.target)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{self.target.name}."
-        if folder:
-            self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.target.parent))
-        else:
-            fd, name = tempfile.mkstemp(prefix=prefix, dir=self.target.parent)
-            os.close(fd)
-            self.path = Path(name)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            if folder:
+                self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.target.parent))
+            else:
+                fd, name = tempfile.mkstemp(prefix=prefix, dir=self.target.parent)
+                os.close(fd)
+                self.path = Path(name)
+        except OSError as exc:  # named by the user's path, not the temporary sibling's
+            raise OSError(
+                f"{self.target}: cannot write in {self.target.parent} ({exc.strerror or exc}); "
+                "choose another place"
+            ) from None
 
     def publish(self) -> Path:
         """Put the staged file or folder in place of the target; returns the target."""

@@ -158,7 +158,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
     "index": [
         A("data", metavar="DATA_DIR", help="BEIR folder, or corpus.jsonl[.gz] / .parquet"),
         _ADAPTER,
-        A("--out", required=True, metavar="INDEX_DIR", help="a new or empty folder for the index"),
+        A(
+            "--out",
+            required=True,
+            metavar="INDEX_DIR",
+            help="a new or empty folder for the index, or an earlier index (replaced)",
+        ),
         A("--backend", default="flat", choices=("flat", "hnsw"), help="hnsw: approximate"),
         _DIM,
         "engine",
@@ -191,18 +196,33 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         *_API_ROOTS,
     ],
     "distill": [
-        A("--out", required=True, metavar="DIR", help="a new or empty folder for the static model"),
+        A(
+            "--out",
+            required=True,
+            metavar="DIR",
+            help="a new or empty folder, or an earlier static model (replaced)",
+        ),
         A("--model", help="sentence-transformers model to distil (default: the local MiniLM)"),
         A("--dim", type=_positive_int, help="static model dimension (default 256)"),
     ],
     "export-encoder": [
-        A("--out", required=True, metavar="DIR", help="a new or empty folder for the ONNX model"),
+        A(
+            "--out",
+            required=True,
+            metavar="DIR",
+            help="a new or empty folder, or an earlier ONNX encoder export (replaced)",
+        ),
         A("--model", help="sentence-transformers model to export (default: the local MiniLM)"),
         A("--float32", action="store_true", help="keep float32 weights (default: int8 per channel)"),
     ],
     "export": [
         A("adapter", metavar="ADAPTER_DIR", help="the adapter folder fit wrote (OUT_DIR/adapter)"),
-        A("--out", required=True, metavar="DIR", help="a new or empty folder for the export"),
+        A(
+            "--out",
+            required=True,
+            metavar="DIR",
+            help="a new or empty folder, or an earlier export of that format (replaced)",
+        ),
         A(
             "--format",
             required=True,
