@@ -239,8 +239,18 @@ def test_fit_and_evaluate_refuse_an_out_folder_holding_other_files(tmp_path, syn
     assert f"run: {tmp_path / 'a-file'} is a file, not a folder; choose another place" in err
     evaluate = ["evaluate", str(data), "--adapter", str(tmp_path / "none"), "--out", str(data)]
     assert main(evaluate) == 2
-    assert "is not a folder written by `search-adaptor fit` or `evaluate`" in capsys.readouterr().err
+    assert "is not a folder written by `search-adaptor evaluate`" in capsys.readouterr().err
     assert sorted(p.name for p in data.iterdir()) == before
+    # a fit's folder holds its proof, which evaluate's report would replace
+    run = tmp_path / "run"
+    assert main([*argv, "--out", str(run), "--family", "linear", "--max-steps", "10", "--quiet"]) == 0
+    fits = (run / "report.json").read_bytes()
+    evaluate = ["evaluate", str(data), "--adapter", str(run / "adapter"), *argv[2:], "--quiet"]
+    assert main([*evaluate, "--out", str(run)]) == 2
+    assert f"{run}: holds the report of a fit, which evaluate would replace" in capsys.readouterr().err
+    assert (run / "report.json").read_bytes() == fits
+    assert main([*evaluate, "--out", str(run / "evaluate")]) == 0
+    assert main([*evaluate, "--out", str(run / "evaluate")]) == 0  # its own folder: written again
 
 
 def test_a_fit_interrupted_while_saving_leaves_a_folder_the_next_fit_takes(

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from search_adaptor.encoders import LOCAL
@@ -158,6 +159,19 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     _print_report(save_run(run, args.out), args.output, args.out)
 
 
+def _refuse_a_fits_folder(report: Path) -> None:
+    """``evaluate --out`` into a fit's folder would replace the fit's report (its proof) with its own."""
+    try:
+        protocol = json.loads(report.read_text(encoding="utf-8")).get("protocol")
+    except (OSError, ValueError, AttributeError):  # none, or not one this tool reads: not a fit's either
+        return
+    if protocol != "evaluate":
+        raise FileExistsError(
+            f"{report.parent}: holds the report of a fit, which evaluate would replace; choose another "
+            f"folder (e.g. {report.parent / 'evaluate'})"
+        )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     """score a saved adapter (and zero-shot) on a dataset split; --out also writes its report"""
     from search_adaptor.data import load_beir
@@ -166,9 +180,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from search_adaptor.report import REPORT, RUN_PARTS, save_run
 
     if args.out:
-        check_output_folder(
-            args.out, REPORT, "a folder written by `search-adaptor fit` or `evaluate`", RUN_PARTS
-        )
+        check_output_folder(args.out, REPORT, "a folder written by `search-adaptor evaluate`", RUN_PARTS)
+        _refuse_a_fits_folder(Path(args.out) / REPORT)
     adapter = SearchAdaptor.load(args.adapter)
     dataset = load_beir(args.data)
     run = run_evaluate(dataset, _embeddings(args, dataset, adapter), adapter, args.split)

@@ -150,7 +150,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _DATA,
         _ADAPTER,
         A("--split", default="test", help="qrels split to score (default test)"),
-        A("--out", metavar="OUT_DIR", help="also write report.json/md (and figures) there"),
+        A(
+            "--out",
+            metavar="OUT_DIR",
+            help="also write report.json/md (and figures) there: a new or empty folder, or an earlier "
+            "evaluate's",
+        ),
         _OUTPUT,
         "embeddings",
     ],
