@@ -13,13 +13,8 @@ from search_adaptor.cli import main
 from search_adaptor.data import DataError, iter_corpus
 from search_adaptor.index import AdaptedIndex
 from search_adaptor.model import CompatibilityError
-from search_adaptor.pipeline import (
-    SHARDS_MANIFEST,
-    VectorWriter,
-    embed_and_adapt,
-    iter_vectors,
-    transform_vectors,
-)
+from search_adaptor.pipeline import embed_and_adapt, transform_vectors
+from search_adaptor.vectors import SHARDS_MANIFEST, VectorWriter, iter_vectors
 from test_index import FAKE, FAKE_INFO, make_adapter
 
 pytestmark = pytest.mark.skipif(find_spec("pyarrow") is None, reason="needs pyarrow (the parquet extra)")
@@ -153,15 +148,21 @@ def test_output_is_atomic_and_never_replaces_unrelated_folders(base, tmp_path):
         transform_vectors(tmp_path / "out", adapter, tmp_path / "twice")
 
 
-def write_corpus(folder: Path, n: int) -> list[str]:
+def write_corpus(folder: Path, n: int, varied: bool = False) -> list[str]:
+    """A BEIR corpus of ``n`` documents; ``varied``: as real exports are, a ``metadata`` field of
+    another shape on each line and integer ids on some (every engine must read it as written)."""
     folder.mkdir(parents=True, exist_ok=True)
     words = ["fever", "aspirin", "bones", "vitamin", "paris", "france", "river", "capital", "heart", "sleep"]
-    lines = []
+    lines, ids = [], []
     for i in range(n):
         text = " ".join(words[(i * k) % len(words)] for k in range(1, 6)) + f" item {i}"
-        lines.append(json.dumps({"_id": f"d{i}", "title": f"title {i % 7}", "text": text}))
+        record = {"_id": i if varied and i % 3 == 0 else f"d{i}", "title": f"title {i % 7}", "text": text}
+        if varied:
+            record["metadata"] = [{}, {"url": f"http://x/{i}"}, {"url": i}, "none"][i % 4]
+        lines.append(json.dumps(record))
+        ids.append(str(record["_id"]))
     (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
-    return [f"d{i}" for i in range(n)]
+    return ids
 
 
 def test_local_index_from_shards_equals_the_in_memory_index(tmp_path, synthetic):
@@ -248,7 +249,7 @@ def test_ray_and_local_indexes_of_a_corpus_are_identical(tmp_path, ray_cluster, 
     """End to end with the local model: the CLI's two engines give the same index and the same results."""
     from search_adaptor.encoders.local import SentenceTransformerEncoder
 
-    ids = write_corpus(tmp_path / "data", 120)
+    ids = write_corpus(tmp_path / "data", 120, varied=True)  # Arrow's JSON reader refused it
     make_adapter(384, info=SentenceTransformerEncoder().info()).save(tmp_path / "a")
     common = ["--adapter", str(tmp_path / "a"), "--cache", str(tmp_path / "cache"), "--rows", "50", "--quiet"]
     assert main(["index", str(tmp_path / "data"), *common, "--out", str(tmp_path / "local")]) == 0
@@ -265,3 +266,55 @@ def test_ray_and_local_indexes_of_a_corpus_are_identical(tmp_path, ray_cluster, 
     )
     queries = ["aspirin and fever", "the capital of france", "vitamin for bones"]
     assert local.search(queries, k=10) == ray_index.search(queries, k=10)
+
+
+@pytest.mark.slow
+def test_ray_refuses_bad_input_with_the_local_engines_line(tmp_path, ray_cluster, capsys):
+    """A task's error is the one the local engine raises, not Ray's wrapper (a traceback on one line,
+    'internal error', exit 1); a repeated document id names its line, not a temporary folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+
+    X = np.random.default_rng(4).normal(size=(30, 16)).astype(np.float32)
+    X[17, 2] = np.nan
+    rows = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 16)
+    pq.write_table(pa.table({"id": [f"v{i}" for i in range(30)], "vector": rows}), tmp_path / "nan.parquet")
+    make_adapter(16).save(tmp_path / "a")
+    lines = {}
+    for engine in ("local", "ray"):
+        argv = ["transform", tmp_path / "nan.parquet", "--adapter", tmp_path / "a", "--engine", engine]
+        assert main([str(a) for a in [*argv, "--out", tmp_path / engine]]) == 2
+        lines[engine] = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        lines["ray"]
+        == lines["local"]
+        == (
+            f"search-adaptor: error: {tmp_path / 'nan.parquet'}: the vector of id 'v17' contains NaN, inf or "
+            "a null; fix the embeddings first"
+        )
+    )
+    write_corpus(tmp_path / "data", 10)
+    with open(tmp_path / "data" / "corpus.jsonl", "a") as corpus:
+        corpus.write(json.dumps({"_id": "d4", "text": "again"}) + "\n")
+    encoder = SentenceTransformerEncoder()
+    adapter = make_adapter(384, info=encoder.info())
+    with pytest.raises(DataError, match=r'corpus.jsonl:11: duplicate "_id" "d4" \(already used') as caught:
+        embed_and_adapt(tmp_path / "data", encoder, adapter, tmp_path / "v", engine="ray", rows=4)
+    assert "Failed to apply" not in str(caught.value) and not (tmp_path / "v").exists()
+
+
+def test_ray_refuses_a_missing_column_naming_the_file_before_starting(tmp_path, monkeypatch):
+    """Checked on the driver, from each file's schema: Ray's own select_columns named a stub column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import search_adaptor.pipeline as pipeline
+
+    (tmp_path / "in").mkdir()
+    for name, column in (("a.parquet", "id"), ("b.parquet", "doc")):
+        pq.write_table(pa.table({column: ["x"], "vector": [[0.5] * 16]}), tmp_path / "in" / name)
+    monkeypatch.setattr(pipeline, "ray_session", lambda *a: pytest.fail("a cluster was started"))
+    with pytest.raises(DataError, match=r"b.parquet: no column 'id' \(columns: doc, vector\); name the id"):
+        transform_vectors(tmp_path / "in", make_adapter(16), tmp_path / "out", engine="ray")

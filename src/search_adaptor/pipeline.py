@@ -7,41 +7,56 @@ of rows. Both engines run the same two batch steps, :class:`EmbedBatch` and :fun
   reading the next, so memory stays bounded by the chunk, whatever the corpus size;
 - ``ray`` runs them as Ray Data ``map_batches`` stages (on a cluster given by ``ray_address``, or a
   local one started on loopback), with order preserved, so both engines write the same rows in the
-  same order and build the same index.
+  same order and build the same index. The corpus is read by the local engine's own reader
+  (:func:`~search_adaptor.data.iter_corpus`) inside a Ray task, and an error a task raises reaches
+  the caller as that error, not wrapped in Ray's: both engines accept the same inputs and refuse
+  bad ones with the same line.
 
 Vector files are read and written by :mod:`search_adaptor.vectors`.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 import os
+import re
+import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from search_adaptor.data import DataError, corpus_file, iter_corpus, records_of_batch
+from search_adaptor.data import DataError, corpus_file, iter_corpus
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.encoders.registry import from_info
-from search_adaptor.model import SearchAdaptor
+from search_adaptor.model import CompatibilityError, SearchAdaptor
 from search_adaptor.store import EmbeddingStore, StoreStats
 from search_adaptor.vectors import (
     ID,
     ROWS,
-    SHARDS_MANIFEST,
     VECTOR,
     VectorWriter,
     from_table,
     iter_vectors,
+    parquet_file,
     to_table,
     vector_files,
+    written_by,
 )
 
 ENGINES = ("local", "ray")
+#: seconds to wait for the cluster at --ray-address to answer before saying that nothing does
+CONNECT_TIMEOUT_S = 5.0
+#: what Ray Data appends to the message of an error a task raised (on a new line, which DataError
+#: joins into its one line): "Failed to apply UDF transform after 1/1 attempts (total backoff ...)..."
+#: Ray Data's driver-side loggers that print a failed task's error with its traceback, twice
+_RAY_ERROR_LOGS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+_RAY_RETRY_NOTE = re.compile(r"\s+Failed to [^\n]*? after \d+/\d+ attempts \(total backoff .*\Z", re.S)
 
 
 @dataclass
@@ -153,22 +168,38 @@ def adapt_documents(
         if bad.any():
             doc = ids[int(np.argmax(bad))]
             raise DataError(f"{where}: the vector of id {doc!r} {problem}")
+    if vectors.shape[1] != adapter.dim_:  # the adapter would name its own side ("corpus"), not the file
+        model = (adapter.encoder_ or {}).get("model") or "the model it was trained on"
+        raise CompatibilityError(
+            f"{where}: {vectors.shape[1]}-d vectors, but this adapter expects {adapter.dim_}-d embeddings "
+            f"of {model}; give vectors of that model"
+        )
     return adapter.transform_corpus(vectors, dim=dim)
 
 
-def _beir_rows(batch: Any) -> Any:
-    """A Ray batch of BEIR corpus records -> ``{"id", "text"}``, every row checked by the rule the local
-    reader applies (:func:`search_adaptor.data.record`); duplicate ids across batches are refused
-    when the index is built from the shards."""
+def _corpus_batches(batch: Any, rows: int) -> Iterator[Any]:
+    """A Ray batch of corpus file paths -> ``{"id", "text"}`` batches of ``rows`` documents, read by
+    the local engine's reader (:func:`~search_adaptor.data.iter_corpus`), so that both engines take
+    the same files (an ``_id`` that is a number on one line, a ``metadata`` field of any shape) and
+    name a bad or repeated record by its file and line."""
     import pyarrow as pa
 
-    ids, texts = records_of_batch(batch, "corpus", 0, set())
-    return pa.table({ID: pa.array(ids, type=pa.string()), "text": pa.array(texts, type=pa.string())})
+    for path in batch["path"].to_pylist():
+        for ids, texts in iter_corpus(path, rows):
+            if not all(isinstance(text, str) for text in texts):
+                raise DataError(
+                    f"{path}: image documents are embedded by the local engine only; use --engine local"
+                )
+            yield pa.table({ID: pa.array(ids, type=pa.string()), "text": pa.array(texts, type=pa.string())})
 
 
 # -- Ray -------------------------------------------------------------------------------------------------
 def ray_session(address: str | None = None) -> Any:
-    """Connect to the Ray cluster at ``address``, or start a local one bound to loopback; order kept."""
+    """Connect to the Ray cluster at ``address``, or start a local one bound to loopback; order kept.
+
+    An address where nothing answers is refused within :data:`CONNECT_TIMEOUT_S` (Ray itself retries
+    for minutes), and every refusal names ``--ray-address``.
+    """
     try:
         import ray
         import ray.data
@@ -176,34 +207,141 @@ def ray_session(address: str | None = None) -> Any:
         raise RuntimeError("the ray engine needs Ray Data: pip install 'search-adaptor[ray]'") from exc
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            _check_reachable(address)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError:  # Ray's own line names its `--address` flag
+                raise RuntimeError(
+                    f"--ray-address {address}: found no running Ray cluster; start one (`ray start --head`), "
+                    "give its address, or leave --ray-address out to run a local Ray"
+                ) from None
         else:
             ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # same rows in the same order as the local engine
     ctx.enable_progress_bars = False
+    ctx.raise_original_map_exception = True  # a task's DataError, not Ray's UserCodeException, reaches us
     return ray
 
 
-def _ray_write(ds: Any, out: Path, rows: int, meta: dict[str, Any]) -> tuple[int, int, int]:
-    """Stream a Ray dataset of ``(id, vector)`` into the shard folder ``out``, in dataset order.
+def _check_reachable(address: str) -> None:
+    """Refuse, in seconds, a ``host:port`` or ``ray://host:port`` address that nothing listens at, and
+    a ``ray://`` one without Ray Client installed (the ``[ray]`` extra installs ``ray[data]`` only)."""
+    from importlib.util import find_spec
+
+    client = address.startswith("ray://")
+    if client and find_spec("grpc") is None:
+        raise RuntimeError(
+            f'--ray-address {address}: a ray:// address needs Ray Client: pip install "ray[client]" (or '
+            "give the head's GCS address, host:6379, from a machine of the cluster)"
+        )
+    try:
+        parts = urlsplit(address if client else f"//{address}")
+        host, port = parts.hostname, parts.port
+    except ValueError:  # not host:port ("auto", a malformed one): Ray decides
+        return
+    if not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RuntimeError(
+            f"--ray-address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); start the "
+            "cluster, correct the address, or leave --ray-address out to run a local Ray"
+        ) from None
+
+
+@contextlib.contextmanager
+def _task_errors() -> Iterator[None]:
+    """Raise the error a Ray task raised, as it raised it, instead of Ray's wrapper around it.
+
+    Ray wraps it in a ``RayTaskError`` whose message carries the worker's traceback (and colour codes),
+    appends its retry advice to the error's own message (:data:`_RAY_RETRY_NOTE`), and logs it with
+    two tracebacks: all dropped, so a bad row gives the line the local engine gives (``--debug``
+    shows Ray's traceback, chained). Errors of Ray's own stay as they are.
+    """
+    from ray.exceptions import RayError, RayTaskError
+
+    loggers = [logging.getLogger(name) for name in _RAY_ERROR_LOGS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except RayTaskError as exc:
+        cause = exc.cause
+        while isinstance(cause, RayTaskError):
+            cause = cause.cause
+        if not isinstance(cause, Exception) or isinstance(cause, RayError):
+            raise
+        if cause.args and isinstance(cause.args[0], str):
+            cause.args = (_RAY_RETRY_NOTE.sub("", cause.args[0]), *cause.args[1:])
+        raise cause from exc
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
+def _ray_chunks(ds: Any, rows: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """The ``(ids, vectors)`` of a Ray dataset, in dataset order, ``rows`` at a time.
 
     Ray's own ``write_parquet`` names files by write task, and one task may get the first and the
-    last block, so file order is not row order. Writing the ordered batch stream here instead gives
-    the same shards, in the same order, as the local engine; memory stays at a few batches.
-    Returns (rows, dim, shards).
+    last block, so file order is not row order. Writing this ordered stream instead gives the same
+    shards, in the same order, as the local engine; memory stays at a few batches.
     """
-    with VectorWriter(out, meta) as writer:
+    with _task_errors():
         for batch in ds.iter_batches(batch_size=rows, batch_format="pyarrow", prefetch_batches=2):
-            writer.write(*from_table(batch, str(out)))
+            yield from_table(batch, "the ray engine's output")
+
+
+def _write(
+    out: str | os.PathLike, meta: dict[str, Any], chunks: Iterable[tuple[list[str], np.ndarray]], source: Path
+) -> tuple[int, int, int]:
+    """Stream ``(ids, adapted vectors)`` chunks into ``out``; (rows, dim, shards). An empty ``source``
+    is refused naming it, and nothing is written."""
+    with VectorWriter(out, meta) as writer:
+        for ids, vectors in chunks:
+            writer.write(ids, vectors)
+        if not writer.rows:
+            raise DataError(f"{source}: no vectors in it; give at least one row")
     return writer.rows, writer.dim, writer.shards
 
 
-def _parquet_files(path: Path) -> list[str]:
-    """The Parquet files the ray engine reads from ``path``: checked before a cluster is started."""
-    if path.suffix == ".npy":
-        raise DataError(f"{path}: the ray engine reads Parquet; convert .npy input with --engine local first")
-    return [str(f) for f in vector_files(path)]
+def _parquet_files(files: list[Path], id_column: str, vector_column: str) -> list[str]:
+    """The Parquet files the ray engine reads, each checked on the driver before a cluster starts:
+    that it is Parquet, and that its columns are there and hold vectors (the local engine's rule,
+    :func:`~search_adaptor.vectors.from_table`, on no rows)."""
+    for file in files:
+        if file.suffix == ".npy":
+            raise DataError(
+                f"{file}: the ray engine reads Parquet; convert .npy input with --engine local first"
+            )
+        from_table(parquet_file(file).schema_arrow.empty_table(), str(file), id_column, vector_column)
+    return [str(f.resolve()) for f in files]  # absolute: workers on other nodes run in other folders
+
+
+def _refuse_adapted(src: Path, files: list[Path]) -> None:
+    """Refuse input that search-adaptor already adapted: a shard folder, a shard or Parquet file it
+    wrote, a ``.npy`` with its record beside it. A second pass would silently hurt search."""
+    for part in dict.fromkeys([src, *files]):
+        record = written_by(part)
+        if record and record.get("adapter"):
+            raise ValueError(
+                f"{part}: these vectors are already adapted (by {record['adapter']}); transform base "
+                "vectors only, e.g. those these were made from"
+            )
+
+
+def _check_apart(src: Path, out: str | os.PathLike) -> None:
+    """Refuse an ``out`` that is the input, inside it or around it: writing it would replace the base
+    vectors being read."""
+    a, b = src.resolve(), Path(out).resolve()
+    inside = a.is_relative_to(b) or (a.is_dir() and b.is_relative_to(a))
+    if a == b or inside or (b.exists() and os.path.samefile(a, b)):
+        raise ValueError(
+            f"--out {out}: overlaps the input {src}; write the adapted vectors to a new path (in place, "
+            "the base vectors would be lost)"
+        )
 
 
 # -- jobs -----------------------------------------------------------------------------------------------
@@ -223,30 +361,34 @@ def transform_vectors(
 
     ``out`` ending in ``.npy`` or ``.parquet`` is one file; anything else is a folder of Parquet
     shards (the only output of the ``ray`` engine). ``dim`` keeps the first ``dim`` adapted
-    coordinates (a Matryoshka prefix, unit length again).
+    coordinates (a Matryoshka prefix, unit length again). Refused before any work: vectors
+    search-adaptor already adapted, and an ``out`` that is the input, inside it or around it.
     """
     _check_engine(engine)
+    try:
+        adapter.check_size(dim)
+    except ValueError:
+        raise ValueError(f"--dim must be an output size between 1 and {adapter.dim_}; got {dim!r}") from None
     rows = rows or ROWS
     start = time.perf_counter()
     src = Path(source)
-    done = src / SHARDS_MANIFEST
-    if done.is_file() and json.loads(done.read_text()).get("adapter"):
-        raise ValueError(
-            f"{src}: these vectors are already adapted (see {SHARDS_MANIFEST}); transform base vectors only"
-        )
+    files = vector_files(src)
+    _check_apart(src, out)
+    _refuse_adapted(src, files)
     meta = {"adapter": adapter.fingerprint_, "adapter_mode": adapter.mode, "source": str(src)}
     if dim is not None:
         meta["size"] = dim
     if engine == "local":
-        with VectorWriter(out, meta) as writer:
-            for ids, vectors in iter_vectors(src, rows, id_column, vector_column):
-                writer.write(ids, adapt_documents(adapter, ids, vectors, str(src), dim))
-        return JobStats(engine, writer.rows, writer.dim, writer.shards, time.perf_counter() - start)
+        chunks = (
+            (ids, adapt_documents(adapter, ids, vectors, str(src), dim))
+            for ids, vectors in iter_vectors(src, rows, id_column, vector_column)
+        )
+        return JobStats(engine, *_write(out, meta, chunks, src), time.perf_counter() - start)
     if Path(out).suffix in (".npy", ".parquet"):
         raise ValueError(f"{out}: the ray engine writes a folder of Parquet shards; give a folder name")
-    files = _parquet_files(src)
+    paths = _parquet_files(files, id_column, vector_column)
     ray = ray_session(ray_address)
-    ds = ray.data.read_parquet(files).select_columns([id_column, vector_column])
+    ds = ray.data.read_parquet(paths).select_columns([id_column, vector_column])
     ds = ds.map_batches(
         adapt_batch,
         fn_kwargs={
@@ -259,8 +401,7 @@ def transform_vectors(
         batch_format="pyarrow",
         batch_size=rows,
     )
-    n, width, shards = _ray_write(ds, Path(out), rows, meta)
-    return JobStats(engine, n, width, shards, time.perf_counter() - start)
+    return JobStats(engine, *_write(out, meta, _ray_chunks(ds, rows), src), time.perf_counter() - start)
 
 
 def embed_and_adapt(
@@ -302,14 +443,13 @@ def embed_and_adapt(
                 embedded = stats.encoded
         return JobStats(engine, writer.rows, writer.dim, writer.shards, time.perf_counter() - start, embedded)
     ray = ray_session(ray_address)
-    # for JSON, Arrow's reader (lines=False) reads JSON Lines, detects .gz and keeps string ids as
-    # written; lines=True goes through pandas, which would turn an id like "007" into 7
-    read = ray.data.read_parquet if path.suffix == ".parquet" else ray.data.read_json
-    ds = read(str(path))
+    # one read task, which streams the file in order; an absolute path, as workers on other nodes
+    # run in other folders
+    ds = ray.data.from_items([{"path": str(path.resolve())}])
     options = {"batch_size": encoder.batch_size, "max_concurrency": encoder.max_concurrency}
     if getattr(encoder, "timeout", None) is not None:  # API encoders: the --timeout given
         options["timeout"] = encoder.timeout
-    ds = ds.map_batches(_beir_rows, batch_format="pyarrow", batch_size=rows)
+    ds = ds.map_batches(_corpus_batches, fn_kwargs={"rows": rows}, batch_format="pyarrow", batch_size=1)
     ds = ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={"encoder": encoder.info(), "cache_dir": cache, "options": options},
@@ -323,8 +463,7 @@ def embed_and_adapt(
         batch_format="pyarrow",
         batch_size=rows,
     )
-    n, dim, shards = _ray_write(ds, Path(out), rows, meta)
-    return JobStats(engine, n, dim, shards, time.perf_counter() - start)
+    return JobStats(engine, *_write(out, meta, _ray_chunks(ds, rows), path), time.perf_counter() - start)
 
 
 def _embed_actors(ray: Any) -> int:

@@ -2,9 +2,14 @@
 
 A ``.npy`` is read and written sequentially, never memory-mapped whole; Parquet has an id column
 and a vector column (list or fixed-size list of floats), decoded one row group at a time; a folder
-of ``*.parquet`` shards reads as one table in file-name order. Outputs are staged and renamed into
-place (:class:`~search_adaptor.files.Staged`), so a killed job leaves the previous output, never
-half of one.
+of ``*.parquet`` shards, or of ``*.npy`` matrices, reads as one table in file-name order. Outputs are
+staged and renamed into place (:class:`~search_adaptor.files.Staged`), so a killed job leaves the
+previous output, never half of one.
+
+Every output records what wrote it (:func:`written_by`): a shard folder in ``_manifest.json``, a
+Parquet file in its schema metadata (so each shard carries it too), a ``.npy``, whose format has no
+room for it, in ``OUT.npy.json`` beside it. That is how adapted vectors are told from base ones, and
+how an existing output is told from a file of the user's that must not be overwritten.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.data import DataError, refuse_nulls
-from search_adaptor.files import Staged
+from search_adaptor.files import Staged, read_json, write_text_atomic
 
 ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
 SHARDS_MANIFEST = "_manifest.json"
 _ROW_GROUP = 8192  # Parquet row group: what a reader decodes at once (12 MB at 384-d), whatever the shard
 ID, VECTOR = "id", "vector"
+#: Parquet schema metadata key under which :class:`VectorWriter` records what it wrote (JSON)
+MARKER = b"search-adaptor"
+_REWRITE = "make it again with the search-adaptor command that wrote it"
 
 
 # -- Arrow <-> numpy -----------------------------------------------------------------------------------
@@ -93,18 +101,36 @@ def _npy_header(handle: Any, path: Path) -> tuple[tuple[int, ...], np.dtype, boo
 
 
 def vector_files(path: str | os.PathLike) -> list[Path]:
-    """The files a vector source stands for: one ``.npy``/``.parquet`` file, or a folder's ``*.parquet``."""
+    """The files a vector source stands for: one ``.npy``/``.parquet`` file, or a folder's ``*.parquet``
+    or ``*.npy`` files (one kind: ``.npy`` rows have no ids to go beside Parquet's)."""
     src = Path(path)
     if src.is_dir():
-        files = sorted(p for p in src.glob("*.parquet") if not p.name.startswith((".", "_")))
+        files = sorted(
+            p for p in src.iterdir() if p.suffix in (".npy", ".parquet") and not p.name.startswith((".", "_"))
+        )
         if not files:
-            raise DataError(f"{src}: no *.parquet files in this folder; point at a .npy or .parquet file")
+            raise DataError(f"{src}: no *.parquet or *.npy files in this folder; point at a vector file")
+        if len({p.suffix for p in files}) > 1:
+            raise DataError(
+                f"{src}: holds both .npy and .parquet files; give a folder of one kind (.npy rows have no "
+                "ids), or transform each kind on its own"
+            )
         return files
     if not src.is_file():
         raise DataError(f"{src}: file not found")
     if src.suffix not in (".npy", ".parquet"):
-        raise DataError(f"{src}: unsupported vector file (use .npy, .parquet or a folder of .parquet shards)")
+        raise DataError(f"{src}: unsupported vector file (use .npy, .parquet or a folder of them)")
     return [src]
+
+
+def parquet_file(path: Path) -> Any:
+    """``pyarrow.parquet.ParquetFile`` of ``path``, a damaged file refused in one line naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path, pre_buffer=False)  # no read-ahead: memory follows the batch
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
 def iter_vectors(
@@ -112,19 +138,19 @@ def iter_vectors(
 ) -> Iterator[tuple[list[str], np.ndarray]]:
     """Yield ``(ids, vectors)`` chunks of at most ``rows`` rows, holding one chunk in memory at a time.
 
-    A ``.npy`` matrix has no ids: its rows are named ``"0"``, ``"1"``, ... in order.
+    A ``.npy`` matrix has no ids: its rows are named ``"0"``, ``"1"``, ... in order, counted on
+    across the files of a folder (the row number in the table they read as).
     """
+    numbered = 0
     for file in vector_files(path):
         if file.suffix == ".npy":
-            yield from _iter_npy(file, rows)
+            for ids, vectors in _iter_npy(file, rows, numbered):
+                yield ids, vectors
+                numbered += len(ids)
             continue
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        try:
-            reader = pq.ParquetFile(file, pre_buffer=False)  # no read-ahead: memory follows the batch
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+        reader = parquet_file(file)
         wanted = [id_column, vector_column]
         columns = (
             wanted if set(wanted) <= set(reader.schema_arrow.names) else None
@@ -147,7 +173,8 @@ def iter_vectors(
             yield ids, np.concatenate(parts)
 
 
-def _iter_npy(path: Path, rows: int) -> Iterator[tuple[list[str], np.ndarray]]:
+def _iter_npy(path: Path, rows: int, first: int = 0) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Chunks of a ``.npy`` matrix, its rows named by number from ``first``."""
     with open(path, "rb") as handle:
         shape, dtype, fortran = _npy_header(handle, path)
         if len(shape) != 2 or fortran or dtype.kind != "f":
@@ -161,7 +188,8 @@ def _iter_npy(path: Path, rows: int) -> Iterator[tuple[list[str], np.ndarray]]:
             buf = np.empty((count, dim), dtype=dtype)
             if handle.readinto(memoryview(buf).cast("B")) != buf.nbytes:
                 raise DataError(f"{path}: file ends before row {start + count} of {n}; it is truncated")
-            yield [str(i) for i in range(start, start + count)], buf.astype(np.float32, copy=False)
+            ids = [str(first + i) for i in range(start, start + count)]
+            yield ids, buf.astype(np.float32, copy=False)
 
 
 # -- writing vectors ---------------------------------------------------------------------------------
@@ -169,15 +197,22 @@ class VectorWriter(contextlib.AbstractContextManager):
     """Streams ``(ids, vectors)`` chunks to ``.npy``, one ``.parquet`` file, or a folder of Parquet shards.
 
     Everything goes to a temporary sibling first; :meth:`close` (or leaving the ``with`` block
-    without an error) renames it into place, so readers never see half an output.
+    without an error) renames it into place, so readers never see half an output. ``meta`` is
+    recorded with the output (:func:`written_by`). An existing ``out`` is replaced only when this
+    class wrote it: another file or folder there is the user's, and is refused.
     """
 
     def __init__(self, out: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
         self.out = Path(out).resolve()
         self.kind = {".npy": "npy", ".parquet": "parquet"}.get(self.out.suffix, "shards")
-        self.meta = dict(meta or {})
+        self.meta = {"library": "search-adaptor", **(meta or {})}
         self.rows, self.dim, self.shards = 0, 0, 0
         folder = self.kind == "shards"
+        if not folder and self.out.exists() and (self.out.is_dir() or written_by(self.out) is None):
+            raise FileExistsError(
+                f"{out}: exists and was not written by search-adaptor; choose a new file name, or remove "
+                "it first"
+            )
         self._staged = Staged(
             self.out, folder=folder, marker=SHARDS_MANIFEST, what="a shard folder of search-adaptor"
         )
@@ -196,7 +231,7 @@ class VectorWriter(contextlib.AbstractContextManager):
         elif self.kind == "parquet":
             import pyarrow.parquet as pq
 
-            table = to_table(ids, vectors)
+            table = self._marked(ids, vectors)
             if self._handle is None:
                 self._handle = pq.ParquetWriter(self._staged.path, table.schema)
             self._handle.write_table(table, row_group_size=_ROW_GROUP)
@@ -204,14 +239,20 @@ class VectorWriter(contextlib.AbstractContextManager):
             import pyarrow.parquet as pq
 
             path = self._staged.path / f"part-{self.shards:05d}.parquet"
-            pq.write_table(to_table(ids, vectors), path, row_group_size=_ROW_GROUP)
+            pq.write_table(self._marked(ids, vectors), path, row_group_size=_ROW_GROUP)
         self.rows += len(vectors)
         self.shards += 1
+
+    def _marked(self, ids: Sequence[str], vectors: np.ndarray) -> Any:
+        """:func:`to_table`, with ``meta`` in the schema metadata: a shard taken out of its folder, or
+        a single Parquet output, still says what made it."""
+        return to_table(ids, vectors).replace_schema_metadata({MARKER: json.dumps(self.meta)})
 
     def close(self) -> Path:
         if self.kind != "shards" and self._handle is None:
             self._staged.discard()
             raise ValueError(f"{self.out}: no vectors to write (the input is empty)")
+        record = {**self.meta, "rows": self.rows, "dim": self.dim}
         if self.kind == "npy":
             self._handle.seek(0)
             self._handle.write(_npy_header_bytes(self.rows, self.dim))
@@ -219,8 +260,11 @@ class VectorWriter(contextlib.AbstractContextManager):
         elif self.kind == "parquet":
             self._handle.close()
         else:
-            finish_shard_folder(self._staged.path, {"rows": self.rows, "dim": self.dim, **self.meta})
-        return self._staged.publish()
+            (self._staged.path / SHARDS_MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+        published = self._staged.publish()
+        if self.kind == "npy":  # after the matrix: never a record of a matrix that is not there
+            write_text_atomic(npy_record(published), json.dumps(record, indent=2) + "\n")
+        return published
 
     def abort(self) -> None:
         if self._handle is not None:
@@ -245,6 +289,37 @@ def _npy_header_bytes(rows: int, dim: int) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
 
 
-def finish_shard_folder(folder: Path, meta: dict[str, Any]) -> None:
-    """Record what a shard folder holds; its presence also marks the folder as complete."""
-    (folder / SHARDS_MANIFEST).write_text(json.dumps({"library": "search-adaptor", **meta}, indent=2) + "\n")
+def npy_record(path: Path) -> Path:
+    """Where :class:`VectorWriter` records what it wrote to the ``.npy`` ``path``: ``path.json``
+    beside it (numpy refuses extra keys in a ``.npy`` header, and other readers any trailing bytes)."""
+    return path.with_name(path.name + ".json")
+
+
+def written_by(path: str | os.PathLike) -> dict[str, Any] | None:
+    """What :class:`VectorWriter` recorded when it wrote ``path`` (a shard folder, a shard or Parquet
+    file, a ``.npy``), or None when it did not write it. ``"adapter"`` in it means adapted vectors.
+
+    A damaged record is refused in one line naming it: whether the vectors are adapted is unknown.
+    """
+    src = Path(path)
+    if src.is_dir() or src.suffix == ".npy":
+        record = src / SHARDS_MANIFEST if src.is_dir() else npy_record(src)
+        if not record.is_file():
+            return None
+        found = read_json(record, _REWRITE)
+        if not isinstance(found, dict):
+            raise ValueError(f"{record}: expected a JSON object, got {type(found).__name__}; {_REWRITE}")
+        return found
+    try:
+        metadata = parquet_file(src).schema_arrow.metadata or {}
+    except DataError:
+        return None  # not Parquet at all: not ours (reading it as input names the damage)
+    if MARKER not in metadata:
+        return None
+    try:
+        found = json.loads(metadata[MARKER])
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise ValueError(f"{src}: its {MARKER.decode()} schema metadata is not a JSON object; {_REWRITE}")
+    return found

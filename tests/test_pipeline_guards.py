@@ -1,0 +1,263 @@
+"""What ``transform`` refuses, and how it says so: vectors it already adapted (in any of its outputs,
+or one file of them), an ``--out`` that would destroy the input or a file of the user's, damaged
+records, and inputs or flags named wrongly; a folder of ``.npy`` files; ``--ray-address`` checks that
+need no cluster, and the unwrapping of a Ray task's error.
+
+Fast and offline: random base vectors and an adapter with random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search_adaptor.cli import main
+from search_adaptor.data import DataError
+from search_adaptor.model import CompatibilityError
+from search_adaptor.pipeline import embed_and_adapt, ray_session, transform_vectors
+from search_adaptor.vectors import MARKER, SHARDS_MANIFEST, iter_vectors, written_by
+from test_index import FAKE, FAKE_INFO, make_adapter
+from test_pipeline import read_all, write_corpus
+
+pytestmark = pytest.mark.skipif(find_spec("pyarrow") is None, reason="needs pyarrow (the parquet extra)")
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> tuple[np.ndarray, Path]:
+    X = np.random.default_rng(2).normal(size=(40, 16)).astype(np.float32)
+    np.save(tmp_path / "base.npy", X)
+    return X, tmp_path / "base.npy"
+
+
+def cli(capsys, *argv: object) -> tuple[int, str]:
+    """``search-adaptor`` with ``argv``: its status and its stderr, which must be one line on failure."""
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    if rc:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("search-adaptor: error: "), err
+    return rc, err
+
+
+# -- adapted vectors are refused, whichever output of transform or index they come from ---------------
+@pytest.mark.parametrize("out", ["once.npy", "once.parquet", "shards"])
+def test_every_output_is_marked_and_refused_as_input(base, tmp_path, out):
+    _, src = base
+    adapter = make_adapter(16)
+    transform_vectors(src, adapter, tmp_path / out)
+    record = written_by(tmp_path / out)
+    assert record["adapter"] == adapter.fingerprint_ and record["library"] == "search-adaptor"
+    inputs = [tmp_path / out, *sorted((tmp_path / out).glob("part-*.parquet"))]  # a shard alone too
+    for adapted in inputs:
+        with pytest.raises(
+            ValueError, match=rf"{adapted.name}: these vectors are already adapted \(by adapter:"
+        ):
+            transform_vectors(adapted, adapter, tmp_path / "twice.parquet")
+    assert not (tmp_path / "twice.parquet").exists()
+
+
+def test_parquet_outputs_carry_the_record_in_their_schema(base, tmp_path):
+    import pyarrow.parquet as pq
+
+    _, src = base
+    adapter = make_adapter(16)
+    transform_vectors(src, adapter, tmp_path / "one.parquet")
+    transform_vectors(src, adapter, tmp_path / "shards", rows=16)
+    for file in [tmp_path / "one.parquet", *sorted((tmp_path / "shards").glob("*.parquet"))]:
+        recorded = json.loads(pq.read_schema(file).metadata[MARKER])
+        assert recorded["adapter"] == adapter.fingerprint_ and recorded["source"] == str(src)
+
+
+def test_a_shard_of_an_index_is_refused(tmp_path):
+    write_corpus(tmp_path / "data", 20)
+    adapter = make_adapter(16, info=FAKE_INFO)
+    embed_and_adapt(tmp_path / "data", FAKE, adapter, tmp_path / "vectors", rows=8, cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match=r"part-00001.parquet: these vectors are already adapted"):
+        transform_vectors(tmp_path / "vectors" / "part-00001.parquet", adapter, tmp_path / "t.npy")
+
+
+def test_out_may_not_be_or_overlap_the_input(base, tmp_path):
+    X, src = base
+    adapter = make_adapter(16)
+    same = [src, tmp_path / "." / "base.npy"]
+    (tmp_path / "link.npy").symlink_to(src)
+    (tmp_path / "hard.npy").hardlink_to(src)
+    for out in [*same, tmp_path / "link.npy", tmp_path / "hard.npy"]:
+        with pytest.raises(ValueError, match=r"--out .*: overlaps the input .*base.npy; write the adapted"):
+            transform_vectors(src, adapter, out)
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "a.npy", X)
+    for out in ("in", "in/adapted.npy", "in/shards"):  # the folder read, or a file or folder inside it
+        with pytest.raises(ValueError, match="overlaps the input"):
+            transform_vectors(tmp_path / "in", adapter, tmp_path / out)
+    assert np.array_equal(np.load(src), X) and sorted(p.name for p in (tmp_path / "in").iterdir()) == [
+        "a.npy"
+    ]
+
+
+def test_an_existing_file_is_replaced_only_when_transform_wrote_it(base, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X, src = base
+    adapter = make_adapter(16)
+    (tmp_path / "notes.npy").write_text("my notes")
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "mine.parquet")
+    for name in ("notes.npy", "mine.parquet"):
+        with pytest.raises(FileExistsError, match=rf"{name}: exists and was not written by search-adaptor"):
+            transform_vectors(src, adapter, tmp_path / name)
+    assert (tmp_path / "notes.npy").read_text() == "my notes"
+    assert pq.read_table(tmp_path / "mine.parquet").column_names == ["x"]
+    for name in ("out.npy", "out.parquet"):  # a rerun replaces its own output
+        transform_vectors(src, adapter, tmp_path / name)
+        transform_vectors(src, make_adapter(16, seed=3), tmp_path / name)
+        np.testing.assert_allclose(
+            read_all(tmp_path / name)[1], make_adapter(16, seed=3).transform_corpus(X), rtol=1e-6, atol=1e-7
+        )
+
+
+def test_cli_refuses_to_adapt_in_place(base, tmp_path, capsys):
+    X, src = base
+    make_adapter(16).save(tmp_path / "a")
+    rc, err = cli(capsys, "transform", src, "--adapter", tmp_path / "a", "--out", src)
+    assert rc == 2 and "overlaps the input" in err
+    assert np.array_equal(np.load(src), X)
+
+
+# -- a folder of .npy files ----------------------------------------------------------------------------
+def test_a_folder_of_npy_files_reads_as_one_matrix(tmp_path):
+    X = np.random.default_rng(3).normal(size=(30, 16)).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    for name, part in (("b.npy", X[12:]), ("a.npy", X[:12])):  # read in file-name order
+        np.save(tmp_path / "in" / name, part)
+    ids, Y = read_all(tmp_path / "in", rows=5)
+    assert ids == [str(i) for i in range(30)] and np.array_equal(Y, X)  # rows numbered on across files
+    adapter = make_adapter(16)
+    transform_vectors(tmp_path / "in", adapter, tmp_path / "o.parquet", rows=7)
+    ids, Y = read_all(tmp_path / "o.parquet")
+    assert ids == [str(i) for i in range(30)]
+    np.testing.assert_allclose(Y, adapter.transform_corpus(X), rtol=1e-6, atol=1e-7)
+
+
+def test_a_folder_of_both_kinds_is_refused(base, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X, _ = base
+    (tmp_path / "mix").mkdir()
+    np.save(tmp_path / "mix" / "a.npy", X)
+    pq.write_table(pa.table({"id": ["x"], "vector": [X[0].tolist()]}), tmp_path / "mix" / "b.parquet")
+    with pytest.raises(
+        DataError, match=r"mix: holds both .npy and .parquet files; give a folder of one kind"
+    ):
+        next(iter_vectors(tmp_path / "mix"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: no \*.parquet or \*.npy files in this folder"):
+        transform_vectors(tmp_path / "empty", make_adapter(16), tmp_path / "o.npy")
+
+
+# -- messages name the input and the flag -------------------------------------------------------------
+def test_messages_name_the_input_file_and_the_flag(tmp_path):
+    adapter = make_adapter(16)
+    np.save(tmp_path / "wide.npy", np.ones((3, 24), dtype=np.float32))
+    with pytest.raises(CompatibilityError, match=r"wide.npy: 24-d vectors, but this adapter expects 16-d"):
+        transform_vectors(tmp_path / "wide.npy", adapter, tmp_path / "o1.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 16), dtype=np.float32))
+    with pytest.raises(DataError, match=r"empty.npy: no vectors in it; give at least one row"):
+        transform_vectors(tmp_path / "empty.npy", adapter, tmp_path / "o2.npy")
+    with pytest.raises(ValueError, match=r"^--dim must be an output size between 1 and 16; got 500$"):
+        transform_vectors(tmp_path / "wide.npy", adapter, tmp_path / "o3.npy", dim=500)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("o", "."))]
+
+
+# -- a damaged record of a shard folder ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"[\n", "not valid JSON (Expecting value at line 2)"),
+        (b'"text"\n', "expected a JSON object, got str"),
+        ('{"adapter": 1}'.encode("utf-16"), "UTF-16 text, not UTF-8"),
+    ],
+)
+def test_a_damaged_manifest_is_one_line_naming_it(base, tmp_path, capsys, content, says):
+    _, src = base
+    adapter = make_adapter(16)
+    adapter.save(tmp_path / "a")
+    transform_vectors(src, adapter, tmp_path / "shards")
+    (tmp_path / "shards" / SHARDS_MANIFEST).write_bytes(content)
+    rc, err = cli(
+        capsys, "transform", tmp_path / "shards", "--adapter", tmp_path / "a", "--out", tmp_path / "o.npy"
+    )
+    assert rc == 2 and f"{tmp_path / 'shards' / SHARDS_MANIFEST}: {says}" in err
+    assert "search-adaptor command that wrote it" in err
+
+
+# -- --ray-address, before any cluster --------------------------------------------------------------
+needs_ray = pytest.mark.skipif(find_spec("ray") is None, reason="needs ray[data] (the ray extra)")
+
+
+@pytest.fixture
+def no_session(monkeypatch):
+    """Ray as if no cluster were connected yet, and a cluster start that fails the test if reached."""
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init was reached"))
+    return ray
+
+
+@needs_ray
+def test_an_address_where_nothing_listens_is_refused_at_once(no_session):
+    with socket.socket() as free:  # a port nothing listens at once this socket is closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        with pytest.raises(RuntimeError, match=rf"^--ray-address {address}: nothing answers at .*:{port} \("):
+            ray_session(address)
+
+
+@needs_ray
+@pytest.mark.skipif(find_spec("grpc") is not None, reason="Ray Client (ray[client]) is installed")
+def test_a_ray_client_address_without_ray_client_says_what_to_install(no_session):
+    with pytest.raises(RuntimeError, match=r'^--ray-address ray://head:10001: .*pip install "ray\[client\]"'):
+        ray_session("ray://head:10001")
+
+
+@needs_ray
+def test_auto_without_a_cluster_names_our_flag(monkeypatch):
+    import ray
+
+    def no_cluster(*a, **k):
+        raise ConnectionError("Could not find any running Ray instance. ... setting `--address` flag")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with pytest.raises(RuntimeError, match=r"^--ray-address auto: found no running Ray cluster") as caught:
+        ray_session("auto")
+    assert "`--address`" not in str(caught.value)
+
+
+# -- a Ray task's error reaches the caller as the task raised it --------------------------------------
+@needs_ray
+def test_a_task_error_is_unwrapped_to_the_error_raised(capsys):
+    from ray.exceptions import RayTaskError
+
+    from search_adaptor.pipeline import _task_errors
+
+    raised = DataError("x.parquet: the vector of id '3' contains NaN")
+    raised.args = (  # what Ray Data does to the message of an error a task raises
+        f"{raised.args[0]}\nFailed to apply UDF transform after 1/1 attempts (total backoff 0.0s).\n"
+        "To change retry attempts, configure `ray.data.DataContext.get_current()` if transient.",
+    )
+    wrapped = RayTaskError(
+        "MapBatches(adapt_batch)", "\x1b[36mTraceback ...\x1b[39m", raised
+    ).as_instanceof_cause()
+    with pytest.raises(DataError) as caught, _task_errors():
+        raise wrapped
+    assert str(caught.value) == "x.parquet: the vector of id '3' contains NaN"
+    assert caught.value.__cause__ is wrapped  # --debug still shows Ray's traceback
