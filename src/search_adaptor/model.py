@@ -490,10 +490,10 @@ class SearchAdaptor:
         x: np.ndarray,
         what: str,
         encoder: EncoderLike | None,
-        dim: int | None = None,
+        dim: int | None,
+        kind: Kind,
     ) -> np.ndarray:
         self.check_size(dim)
-        kind: Kind = "query" if what == "queries" else "document"
         if encoder is not None:
             self.check_encoder(encoder, kind=kind)
         arr = numeric_array(x, what, "a 2-D array").astype(np.float32, copy=False)
@@ -528,7 +528,7 @@ class SearchAdaptor:
         return self._numpy_net(self.query_net_ if kind == "query" else self.corpus_net_)
 
     def transform_queries(
-        self, X: np.ndarray, encoder: EncoderLike | None = None, dim: int | None = None
+        self, X: np.ndarray, encoder: EncoderLike | None = None, dim: int | None = None, what: str = "queries"
     ) -> np.ndarray:
         """Adapted, unit-norm query vectors.
 
@@ -540,21 +540,23 @@ class SearchAdaptor:
         dim : int, optional
             Keep the first ``dim`` coordinates (renormalised): a Matryoshka prefix. An adapter
             trained with ``dims`` keeps its ranking quality at those sizes.
+        what : str
+            Names ``X`` in errors (a file, say).
 
         Returns
         -------
         ndarray of shape (n_queries, dim), float32
         """
         self._check_fitted()
-        return self._apply(self.query_net_, X, "queries", encoder, dim)
+        return self._apply(self.query_net_, X, what, encoder, dim, "query")
 
     def transform_corpus(
-        self, X: np.ndarray, encoder: EncoderLike | None = None, dim: int | None = None
+        self, X: np.ndarray, encoder: EncoderLike | None = None, dim: int | None = None, what: str = "corpus"
     ) -> np.ndarray:
         """Adapted, unit-norm document vectors (only normalised in query-only mode: no re-index);
-        ``encoder`` and ``dim`` as in :meth:`transform_queries`."""
+        ``encoder``, ``dim`` and ``what`` as in :meth:`transform_queries`."""
         self._check_fitted()
-        return self._apply(self.corpus_net_, X, "corpus", encoder, dim)
+        return self._apply(self.corpus_net_, X, what, encoder, dim, "document")
 
     def score(self, query_embeddings: np.ndarray, corpus_embeddings: np.ndarray) -> np.ndarray:
         """Cosine scores of adapted queries against adapted documents, shape (n_queries, n_docs)."""

@@ -34,7 +34,7 @@ import numpy as np
 from search_adaptor.data import DataError, corpus_file, iter_corpus
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.encoders.registry import from_info
-from search_adaptor.model import CompatibilityError, SearchAdaptor
+from search_adaptor.model import SearchAdaptor
 from search_adaptor.store import EmbeddingStore, StoreStats
 from search_adaptor.vectors import (
     ID,
@@ -168,13 +168,7 @@ def adapt_documents(
         if bad.any():
             doc = ids[int(np.argmax(bad))]
             raise DataError(f"{where}: the vector of id {doc!r} {problem}")
-    if vectors.shape[1] != adapter.dim_:  # the adapter would name its own side ("corpus"), not the file
-        model = (adapter.encoder_ or {}).get("model") or "the model it was trained on"
-        raise CompatibilityError(
-            f"{where}: {vectors.shape[1]}-d vectors, but this adapter expects {adapter.dim_}-d embeddings "
-            f"of {model}; give vectors of that model"
-        )
-    return adapter.transform_corpus(vectors, dim=dim)
+    return adapter.transform_corpus(vectors, dim=dim, what=where)
 
 
 def _corpus_batches(batch: Any, rows: int) -> Iterator[Any]:
