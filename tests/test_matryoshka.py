@@ -693,6 +693,27 @@ def test_index_built_from_texts_at_a_size_keeps_only_the_prefix(tmp_path):
     assert [d for d, _ in index.search(query, k=5)[0]] == [ids[i] for i in expected]
 
 
+def test_an_index_of_a_corpus_at_a_size_keeps_shards_of_that_size(tmp_path):
+    """vectors/ held the full-width vectors (and said so) under an index of 8-d ones, so a vector
+    database loaded from it got 16-d documents for /embed's 8-d queries."""
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    from search_adaptor.index import build_index
+    from search_adaptor.vectors import iter_vectors
+    from test_index import FAKE, FAKE_INFO, make_adapter
+
+    adapter = make_adapter(info=FAKE_INFO, init="pca", dims=(4, 8))
+    texts = [f"document {i}" for i in range(20)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    index, _ = build_index(corpus, FAKE, adapter, tmp_path / "idx", cache_dir=tmp_path / "cache", dim=8)
+    shards = json.loads((tmp_path / "idx" / "vectors" / "_manifest.json").read_text())
+    assert index.dim == 8 and shards["dim"] == 8 and shards["size"] == 8
+    ids, vectors = zip(*iter_vectors(tmp_path / "idx" / "vectors"), strict=True)
+    expected = adapter.transform_corpus(FAKE.encode_corpus(texts), dim=8)
+    np.testing.assert_array_equal(np.concatenate(vectors), expected)
+    assert [d for part in ids for d in part] == [f"d{i}" for i in range(20)]
+
+
 def test_untrained_sizes_are_named(trained):
     assert trained.untrained_size(None) is None and trained.untrained_size(trained.dim_) is None
     assert all(trained.untrained_size(m) is None for m in trained.dims)

@@ -183,10 +183,14 @@ class AdaptedIndex:
         ef_search: int = 128,
         size: int | None = None,
     ) -> AdaptedIndex:
-        adapter.check_encoder(encoder_info, dim)
-        if size is not None and not 1 <= size <= dim:
-            raise ValueError(f"dim: an index of {dim}-d adapted vectors keeps 1 to {dim} of them, not {size}")
-        if size == dim:
+        # vectors of the adapter's full width, or already cut to ``size`` (shards written at a size)
+        adapter.check_encoder(encoder_info, None if dim == size else dim)
+        full = adapter.dim_
+        if size is not None and not 1 <= size <= full:
+            raise ValueError(
+                f"dim: an index of {full}-d adapted vectors keeps 1 to {full} of them, not {size}"
+            )
+        if size == full:
             size = None
         dim = size or dim
         manifest: dict[str, Any] = {
@@ -736,6 +740,7 @@ def build_index(
             ray_address=ray_address,
             rows=rows,
             progress=progress,
+            dim=dim,
         )
         index = AdaptedIndex.from_shards(
             adapter, shards, encoder.info(), backend=backend, encoder=encoder, size=dim

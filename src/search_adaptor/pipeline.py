@@ -117,9 +117,11 @@ def adapted_chunks(
     where: str,
     progress: bool = False,
     total: int | None = None,
+    dim: int | None = None,
 ) -> Iterator[tuple[list[str], np.ndarray, StoreStats]]:
     """``(ids, adapted vectors, store stats so far)`` for each ``(ids, texts)`` chunk: the local engine's
-    two steps (:class:`EmbedBatch`, :func:`adapt_documents`), shared by every in-process index build."""
+    two steps (:class:`EmbedBatch`, :func:`adapt_documents`), shared by every in-process index build;
+    with ``dim``, the vectors' first ``dim`` coordinates (a Matryoshka prefix)."""
     from tqdm.auto import tqdm
 
     embed = EmbedBatch(encoder, str(cache_dir) if cache_dir is not None else None)
@@ -128,7 +130,7 @@ def adapted_chunks(
             total=total, desc="embedding + adapting", unit="doc", disable=not progress, leave=False
         ) as bar:
             for ids, texts in chunks:
-                yield ids, adapt_documents(adapter, ids, embed.embed(texts), where), embed.stats
+                yield ids, adapt_documents(adapter, ids, embed.embed(texts), where, dim), embed.stats
                 bar.update(len(ids))
     finally:
         embed.close()
@@ -409,13 +411,16 @@ def embed_and_adapt(
     rows: int | None = None,
     ray_address: str | None = None,
     progress: bool = False,
+    dim: int | None = None,
 ) -> JobStats:
     """Corpus texts -> base embeddings (through the store) -> adapted vectors, as a shard folder ``out``.
 
     ``corpus`` is a BEIR folder or its ``corpus.jsonl[.gz]`` / ``corpus.parquet``. Texts already in
-    the store are not embedded again, by either engine.
+    the store are not embedded again, by either engine. ``dim`` keeps the first ``dim`` adapted
+    coordinates (a Matryoshka prefix, unit length again), as ``transform`` does.
     """
     _check_engine(engine)
+    adapter.check_size(dim)
     rows = rows or ROWS
     adapter.check_encoder(encoder)
     start = time.perf_counter()
@@ -426,12 +431,13 @@ def embed_and_adapt(
         "adapter_mode": adapter.mode,
         "source": str(path),
         "encoder": encoder.fingerprint,
+        **({"size": dim} if dim is not None else {}),
     }
     if engine == "local":
         embedded = 0
         with VectorWriter(out, meta) as writer:
             for ids, vectors, stats in adapted_chunks(
-                iter_corpus(path, rows), encoder, adapter, cache_dir, str(path), progress
+                iter_corpus(path, rows), encoder, adapter, cache_dir, str(path), progress, dim=dim
             ):
                 writer.write(ids, vectors)
                 embedded = stats.encoded
@@ -453,7 +459,7 @@ def embed_and_adapt(
     )
     ds = ds.map_batches(
         adapt_batch,
-        fn_kwargs={"adapter": adapter, "where": str(path)},
+        fn_kwargs={"adapter": adapter, "where": str(path), "dim": dim},
         batch_format="pyarrow",
         batch_size=rows,
     )
