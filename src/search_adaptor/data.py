@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search_adaptor.files import Staged, default_cache_dir
-from search_adaptor.images import ImageRef, Item
+from search_adaptor.images import ImageRef, Item, lone_surrogate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -304,14 +304,12 @@ def record(
         )
     for field in ("_id", "text", "title"):  # JSON may escape half a surrogate pair: no encoder takes it
         value = obj.get(field)
-        if isinstance(value, str) and not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise DataError(
-                    f'{where}: field "{field}" is not valid Unicode (a lone surrogate {value[exc.start]!r} '
-                    f"at character {exc.start}, an escape without its pair); fix or drop it"
-                ) from None
+        at = lone_surrogate(value) if isinstance(value, str) else None
+        if at is not None:
+            raise DataError(
+                f'{where}: field "{field}" is not valid Unicode (a lone surrogate {value[at]!r} at '
+                f"character {at}, an escape without its pair); fix or drop it"
+            )
     if image:
         return str(raw_id), _image(obj, where, folder)
     text = obj["text"]

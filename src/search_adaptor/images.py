@@ -213,11 +213,21 @@ def check_item_types(items: Iterable[object]) -> None:
                 f"item {i} is {type(item).__name__} {item!r:.60}, not a text: pass texts as str "
                 "(images as search_adaptor.images.ImageRef)"
             )
-        if isinstance(item, str) and not item.isascii():
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ValueError(
-                    f"text {i} is not valid Unicode: character {exc.start} is a lone surrogate "
-                    f"({item[exc.start]!r}: bytes that were not UTF-8?); pass UTF-8 text"
-                ) from None
+        at = lone_surrogate(item) if isinstance(item, str) else None
+        if at is not None:
+            raise ValueError(
+                f"text {i} is not valid Unicode: character {at} is a lone surrogate "
+                f"({item[at]!r}: bytes that were not UTF-8?); pass UTF-8 text"
+            )
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The position of the first lone surrogate in ``text`` (no valid Unicode text has one, and no
+    encoder or store takes it), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
