@@ -408,3 +408,19 @@ def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tm
     (tmp_path / "syn" / "qrels" / "validation.tsv").write_text("query-id\tcorpus-id\tscore\n")
     with pytest.raises(DataError, match=r"no query with a relevant .*; --val-split none validates"):
         protocol(load_beir(tmp_path / "syn"), folds=3)
+
+
+def test_train_and_dev_without_test_k_folds_the_training_queries(tmp_path, synthetic):
+    """qrels/train.tsv + qrels/dev.tsv: "dev" sorted first, so fit k-folded the dev queries and left
+    every training query unused (with validation.tsv instead, it k-folded train)."""
+    from search_adaptor.data import load_beir
+    from search_adaptor.experiment import protocol
+
+    qids = synthetic["qids"]
+    for dev in ("dev", "validation"):
+        folder = tmp_path / dev
+        folder.mkdir()
+        _synthetic_folder(folder, synthetic, {"train": qids[:100], dev: qids[100:130]})
+        proto = protocol(load_beir(folder / "syn"), folds=3)
+        assert (proto.name, proto.scored_split, proto.val_split) == ("kfold", "train", dev)
+        assert sorted(proto.final_train) == sorted(qids[:100]) and sorted(proto.val) == sorted(qids[100:130])

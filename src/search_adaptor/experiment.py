@@ -478,7 +478,8 @@ def protocol(
     val_split: str = "auto",
 ) -> Protocol:
     """The protocol ``fit`` uses on ``dataset``: official train/test split if there is one, else k-fold
-    over the labelled queries (a different fold assignment per seed).
+    over the labelled queries (a different fold assignment per seed) of the test split, else of the
+    train split, else of the first split that is not a validation one.
 
     ``val_split``: the qrels split that validates (early stopping and selection); ``"auto"`` takes
     the first of :data:`VALIDATION_SPLITS` the dataset has, ``"none"`` a share of the training
@@ -493,7 +494,11 @@ def protocol(
         raise DataError(
             f"{dataset.path / 'qrels'}: no qrels files (add qrels/test.tsv with query-id, corpus-id, score)"
         )
-    split = test_split if test_split in dataset.splits else dataset.splits[0]
+    # k-fold over the test split, else the train split, else any split but a validation one: never
+    # a dev split that happens to sort first while the training queries go unused
+    scorable = [s for s in (test_split, train_split) if s in dataset.splits]
+    scorable += [s for s in dataset.splits if s not in VALIDATION_SPLITS] + list(dataset.splits)
+    split = scorable[0]
     labelled = dataset.split(split)
     if len(labelled) < folds:
         raise DataError(
