@@ -373,3 +373,29 @@ def test_paired_test() -> None:
     assert 0.01 < paired_test(a, a + 0.01 * rng.standard_normal(200), n_resamples=2000) <= 1.0
     with pytest.raises(ValueError, match="equal length"):
         paired_test(a, a[:-1])
+
+
+def test_exact_search_with_tie_order_ranks_duplicate_documents_as_trec_eval():
+    """Duplicate documents score alike, and which one a partition kept decided the metric: fit and
+    evaluate reported 0.8169 nDCG@10 where pytrec_eval (and evaluate() on the same run) gave 0.599."""
+    from search_adaptor.metrics import tie_order
+    from search_adaptor.retrieval import exact_search
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(-3, 4, size=(30, 8)).astype(np.float32)  # integer dot products: exact ties
+    D = np.concatenate([base, base[:10], base[:10], np.zeros((2, 8), np.float32)])
+    doc_ids = [f"d{i}" for i in rng.permutation(len(D))]
+    Q = rng.integers(-3, 4, size=(12, 8)).astype(np.float32)
+    reference = _trec_order(Q @ D.T, doc_ids)
+    for k in (1, 3, 7, 10, len(D)):
+        top, _ = exact_search(Q, D, k, order=tie_order(doc_ids))
+        np.testing.assert_array_equal(top, reference[:, :k], err_msg=f"k={k}")
+    qrels = {f"q{i}": {doc_ids[j]: 1 for j in rng.choice(len(D), 3, replace=False)} for i in range(len(Q))}
+    run = {
+        f"q{i}": {doc: float(s) for doc, s in zip(doc_ids, Q[i] @ D.T, strict=True)} for i in range(len(Q))
+    }
+    top, _ = exact_search(Q, D, 10, order=tie_order(doc_ids))
+    rel = RelevanceIndex(qrels, list(qrels), doc_ids)
+    ours = evaluate_topk(top, rel, ["ndcg@10", "mrr@10"], per_query=True)
+    assert np.allclose(ours["ndcg@10"], [_pytrec_eval(qrels, run)["ndcg@10"][q] for q in qrels])
+    assert evaluate_topk(top, rel, ["ndcg@10"]) == pytest.approx(evaluate(qrels, run, ["ndcg@10"]))

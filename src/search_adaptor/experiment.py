@@ -29,7 +29,14 @@ from search_adaptor.data import DataError, Dataset, kfold, labelled_queries
 from search_adaptor.embed import Embeddings, embed_dataset, load_precomputed
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.losses import UNLABELLED_LOSSES
-from search_adaptor.metrics import RelevanceIndex, evaluate_topk, max_k, paired_test, val_metric_name
+from search_adaptor.metrics import (
+    RelevanceIndex,
+    evaluate_topk,
+    max_k,
+    paired_test,
+    tie_order,
+    val_metric_name,
+)
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.retrieval import exact_search, l2_normalize
 from search_adaptor.store import text_key
@@ -440,7 +447,7 @@ def evaluate_embeddings(
             adapter.check_encoder(emb.query_encoder or emb.encoder, Q.shape[1], kind="query")
         Q = adapter.transform_queries(Q)
         D = corpus if corpus is not None else adapter.transform_corpus(emb.corpus)
-    top, _ = exact_search(Q, D, max_k(metrics))
+    top, _ = exact_search(Q, D, max_k(metrics), order=tie_order(emb.doc_ids))  # pytrec_eval's ties
     rel = RelevanceIndex({q: qrels[q] for q in qids}, qids, emb.doc_ids)
     per_query = evaluate_topk(top, rel, metrics, per_query=True)
     means = {m: float(np.mean(per_query[m])) for m in metrics}

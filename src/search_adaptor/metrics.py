@@ -117,6 +117,15 @@ def max_k(metrics: str | Sequence[str], n_docs: int | None = None) -> int:
     return deepest if n_docs is None else min(deepest, n_docs)
 
 
+def tie_order(doc_ids: Sequence[str]) -> np.ndarray:
+    """Each document's key in trec_eval's order of equal scores, doc id descending (the lower key
+    ranks first): give it to :func:`~search_adaptor.retrieval.exact_search` so that a ranking of
+    duplicate documents is scored as pytrec_eval scores it (:func:`evaluate`)."""
+    keys = np.empty(len(doc_ids), dtype=np.int64)
+    keys[np.argsort(np.asarray(doc_ids, dtype=str), kind="stable")[::-1]] = np.arange(len(doc_ids))
+    return keys
+
+
 def index_ids(ids: Sequence[str], what: str) -> dict[str, int]:
     """Map each id to its position, refusing duplicates (they would make positions ambiguous)."""
     positions: dict[str, int] = {}

@@ -37,7 +37,9 @@ def l2_normalize(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.divide(x, safe_norms(row_norms(x)), out=out if out is not None else np.empty_like(x))
 
 
-def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    queries: np.ndarray, docs: np.ndarray, k: int, order: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` documents by inner product for every query, best first.
 
     Memory stays bounded on large corpora: queries and documents are processed in chunks and only
@@ -49,6 +51,10 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndar
     docs : ndarray of shape (n_docs, dim)
     k : int
         Clipped to ``n_docs``.
+    order : ndarray of shape (n_docs,), optional
+        Breaks ties of equal (float32) scores, the lower key first, at the cut too (a metric must
+        not depend on which of two duplicate documents a partition happened to keep; see
+        :func:`search_adaptor.metrics.tie_order`). Without it ties fall as they may.
 
     Returns
     -------
@@ -69,6 +75,10 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndar
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"exact_search: k must be an integer >= 1; got {k!r}")
     n_docs = docs.shape[0]
+    if order is not None and np.shape(order) != (n_docs,):
+        raise ValueError(
+            f"exact_search: order must hold one key per document ({n_docs}); got {np.shape(order)}"
+        )
     k = min(int(k), n_docs)
     out_idx = np.empty((queries.shape[0], k), dtype=np.int64)
     out_score = np.empty((queries.shape[0], k), dtype=np.float32)
@@ -77,7 +87,7 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndar
         best_idx = np.empty((q.shape[0], 0), dtype=np.int64)
         best_score = np.empty((q.shape[0], 0), dtype=np.float32)
         for ds in range(0, n_docs, _DOC_CHUNK):
-            s = q @ docs[ds : ds + _DOC_CHUNK].T
+            s = (q @ docs[ds : ds + _DOC_CHUNK].T).astype(np.float32, copy=False)  # as scores are kept
             if not np.isfinite(s).all():
                 row = qs + int(np.flatnonzero(~np.isfinite(s).all(axis=1))[0])
                 raise ValueError(
@@ -90,11 +100,26 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndar
                 if kk < s.shape[1]
                 else np.tile(np.arange(s.shape[1]), (s.shape[0], 1))
             )
+            if order is not None and kk < s.shape[1]:
+                _settle_ties_at_the_cut(s, part, order[ds : ds + s.shape[1]])
             cand_score = np.concatenate([best_score, np.take_along_axis(s, part, axis=1)], axis=1)
             cand_idx = np.concatenate([best_idx, part + ds], axis=1)
-            keep = np.argsort(-cand_score, axis=1, kind="stable")[:, :k]
+            if order is None:
+                keep = np.argsort(-cand_score, axis=1, kind="stable")[:, :k]
+            else:  # by score, then key: np.lexsort sorts by its last key first
+                keep = np.lexsort((order[cand_idx], -cand_score), axis=1)[:, :k]
             best_score = np.take_along_axis(cand_score, keep, axis=1)
             best_idx = np.take_along_axis(cand_idx, keep, axis=1)
         out_idx[qs : qs + q.shape[0]] = best_idx
         out_score[qs : qs + q.shape[0]] = best_score
     return out_idx, out_score
+
+
+def _settle_ties_at_the_cut(scores: np.ndarray, part: np.ndarray, keys: np.ndarray) -> None:
+    """Where the ``k``-th best score of a row (``part`` holds its ``k`` best columns, in any order) is
+    shared by columns left out, keep the tied columns with the lowest ``keys``, in place."""
+    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    at_least = (scores >= kth[:, None]).sum(axis=1)
+    for row in np.flatnonzero(at_least > part.shape[1]):  # rare: only exact ties at the cut
+        cand = np.flatnonzero(scores[row] >= kth[row])
+        part[row] = cand[np.lexsort((keys[cand], -scores[row, cand]))][: part.shape[1]]
