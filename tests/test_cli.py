@@ -424,3 +424,24 @@ def test_train_and_dev_without_test_k_folds_the_training_queries(tmp_path, synth
         proto = protocol(load_beir(folder / "syn"), folds=3)
         assert (proto.name, proto.scored_split, proto.val_split) == ("kfold", "train", dev)
         assert sorted(proto.final_train) == sorted(qids[:100]) and sorted(proto.val) == sorted(qids[100:130])
+
+
+def test_too_few_queries_for_the_folds_name_the_folds_that_work(tmp_path, synthetic):
+    """2 labelled queries were told to pass --folds 2, which then failed with 'need at least 2 labelled
+    queries ...; got 1' naming nothing: each fold trains on the others, so 2 queries make no folds."""
+    from search_adaptor.data import DataError, load_beir
+    from search_adaptor.experiment import protocol
+
+    qids = synthetic["qids"]
+    for n, folds, message in (
+        (2, 2, "2 labelled queries cannot make 2 folds that each train on 2 or more; label at least 3"),
+        (3, 5, "3 labelled queries cannot make 5 folds .*; pass --folds 3, or label"),
+        (3, 2, "pass --folds 3, or label more queries"),
+        (9, 10, "pass --folds between 2 and 9"),
+    ):
+        folder = tmp_path / f"{n}-{folds}"
+        folder.mkdir()
+        _synthetic_folder(folder, synthetic, {"test": qids[:n]})
+        with pytest.raises(DataError, match=rf"qrels/test\.tsv: .*{message}"):
+            protocol(load_beir(folder / "syn"), folds=folds)
+    assert protocol(load_beir(tmp_path / "3-5" / "syn"), folds=3).name == "kfold"

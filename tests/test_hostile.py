@@ -512,7 +512,7 @@ def test_too_few_labelled_queries_for_the_default_folds_names_the_flag(world, tm
     d = world["d"]
     data = write_beir(tmp_path / "syn", d, qrels={q: d["qrels"][q] for q in d["qids"][:3]})
     result = fit(capsys, data, world["vec"], tmp_path / "out")
-    assert_refused(result, "qrels/test.tsv", "3 labelled queries", "5 folds", "--folds between 2 and 3")
+    assert_refused(result, "qrels/test.tsv", "3 labelled queries", "5 folds", "--folds 3,")
 
 
 def _object_npz(path: Path, d: dict) -> None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -507,12 +508,8 @@ def protocol(
     scorable += [s for s in dataset.splits if s not in VALIDATION_SPLITS] + list(dataset.splits)
     split = scorable[0]
     labelled = dataset.split(split)
-    if len(labelled) < folds:
-        raise DataError(
-            f"{dataset.path / 'qrels' / f'{split}.tsv'}: {len(labelled)} labelled queries cannot make "
-            f"{folds} folds; pass --folds between 2 and {len(labelled)}, or label more queries"
-        )
     val_name, val = _validation(dataset, val_split, {split}, labelled)
+    _check_folds(dataset.path / "qrels" / f"{split}.tsv", labelled, folds, need=1 if val else 2)
     parts = kfold(sorted(labelled), k=folds, seed=seed)
     return Protocol(
         "kfold",
@@ -524,6 +521,25 @@ def protocol(
         labelled,
         val_split=val_name,
         val=val,
+    )
+
+
+def _check_folds(path: Path, labelled: Qrels, folds: int, need: int) -> None:
+    """Refuse ``folds`` that leave a fold fewer than ``need`` training queries with a relevant
+    document (two: one trains, one validates; one when a validation split is given), naming the
+    ``--folds`` values that work."""
+    n = sum(any(g >= 1 for g in judged.values()) for judged in labelled.values())
+    works = [k for k in range(2, n + 1) if n - -(-n // k) >= need]  # a fold trains on n - ceil(n/k)
+    if folds in works:
+        return
+    fix = (
+        f"pass --folds {works[0] if len(works) == 1 else f'between {works[0]} and {works[-1]}'}, or label "
+        "more queries"
+        if works
+        else f"label at least {need + 1} queries (each fold trains on the others)"
+    )
+    raise DataError(
+        f"{path}: {n} labelled queries cannot make {folds} folds that each train on {need} or more; {fix}"
     )
 
 
