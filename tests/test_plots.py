@@ -76,6 +76,22 @@ def test_plots_write_pngs(synthetic: dict, fitted: tuple, tmp_path: Path) -> Non
         assert path.is_file() and _is_png(path)
 
 
+@needs_matplotlib
+def test_a_one_document_corpus_draws_the_relevant_pairs_alone(
+    synthetic: dict, fitted: tuple, tmp_path: Path
+) -> None:
+    """Every query judges the only document, so no pair is irrelevant: the figure failed with numpy's
+    "zero-size array to reduction operation minimum", printed as a warning by ``fit``."""
+    _, est = fitted
+    qids = synthetic["qids"][:6]
+    one = Embeddings(qids, synthetic["Q"][:6], ["d0"], synthetic["D"][:1], {"fingerprint": "synthetic"})
+    qrels = {q: {"d0": 1} for q in qids}
+    rel, irr = similarity_samples(one, qrels, est)
+    assert len(rel) == 6 and len(irr) == 0
+    path = plot_similarity(one, qrels, est, tmp_path / "sim.png")
+    assert _is_png(path) and path.stat().st_size > 10_000
+
+
 # -- the figures of ``fit``'s report -----------------------------------------------------------------
 
 QUICK = {"max_steps": 30, "eval_every": 10}  # a few validation points per candidate, seconds in all

@@ -698,7 +698,12 @@ class SearchAdaptor:
         folder = Path(path)
         cfg_path = folder / CONFIG
         if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path}: not found; point at a folder written by SearchAdaptor.save")
+            if (folder / "adapter" / CONFIG).is_file():  # a fit's --out folder, which holds the adapter
+                raise FileNotFoundError(f"{cfg_path}: not found; did you mean {folder / 'adapter'}?")
+            raise FileNotFoundError(
+                f"{cfg_path}: not found; point at an adapter folder: `search-adaptor fit`'s OUT_DIR/adapter, "
+                "or one written by SearchAdaptor.save"
+            )
         config = _check_config(read_json(cfg_path, _LOAD_FIX), cfg_path)
         est = cls()
         try:

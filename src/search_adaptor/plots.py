@@ -111,6 +111,8 @@ def plot_similarity(
 
     A cross-model adapter's queries have no zero-shot similarity to the documents (another model,
     often another width): pass its start as ``reference`` and the left panel shows that instead.
+    Where every document of the corpus is judged (a one-document corpus), there are no irrelevant
+    pairs: the relevant ones are drawn alone and the panels' titles say so.
 
     Parameters
     ----------
@@ -130,13 +132,28 @@ def plot_similarity(
     left = ("zero-shot", None) if reference is None else ("start", reference)
     for ax, (label, ad) in zip(axes, [left, ("adapted", adapter)], strict=True):
         rel, irr = similarity_samples(emb, qrels, ad)
-        bins = np.linspace(min(rel.min(), irr.min()), max(rel.max(), irr.max()), 50)
-        ax.hist(
-            irr, bins=bins, density=True, alpha=0.55, label=f"irrelevant (n={len(irr)})", color="tab:gray"
+        both = np.concatenate([rel, irr])
+        span = (float(both.min()), float(both.max()))  # one value: numpy widens it to a unit span
+        for values, kind, alpha, color in (
+            (irr, "irrelevant", 0.55, "tab:gray"),
+            (rel, "relevant", 0.65, "tab:blue"),
+        ):
+            if len(values):  # a corpus whose every document each query judges has no irrelevant pair
+                ax.hist(
+                    values,
+                    bins=50,
+                    range=span,
+                    density=True,
+                    alpha=alpha,
+                    label=f"{kind} (n={len(values)})",
+                    color=color,
+                )
+        gap = (
+            f"mean gap {float(rel.mean() - irr.mean()):.3f}"
+            if len(rel) and len(irr)
+            else f"no {'irrelevant' if len(rel) else 'relevant'} pairs"
         )
-        ax.hist(rel, bins=bins, density=True, alpha=0.65, label=f"relevant (n={len(rel)})", color="tab:blue")
-        gap = float(rel.mean() - irr.mean())
-        ax.set_title(f"{label}: mean gap {gap:.3f}")
+        ax.set_title(f"{label}: {gap}")
         ax.set_xlabel("cosine similarity")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("density")

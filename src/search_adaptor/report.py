@@ -59,26 +59,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{models}. Selected variant: **{report['selected']}**.",
     ]
     val_split = _val_split(report)
-    # a fit without labels (Matryoshka's unsupervised family, an unlabelled cross-model map) trains on
-    # query texts alone, and validation measures something other than nDCG@10
-    unlabelled = (report.get("validation") or {}).get("metric", "ndcg@10") != "ndcg@10"
+    unlabelled = _unlabelled(report)
     if protocol == "evaluate":
-        seen = report.get("seen_in_training")
-        relation = (
-            "the adapter does not record the queries it was trained on, so whether these were among "
-            "them is unknown"
-            if seen is None
-            else f"{seen['n']} of them have the text of a query whose labels trained or chose it"
-            if seen["n"]
-            else "none of them has the text of a query whose labels trained or chose it: the scores "
-            "are held-out"
-        )
         lines.append(
             f"Protocol: a saved adapter scored on the {report.get('n_test_queries', '?')} "
-            f"`{report.get('test_split', 'test')}` queries; {relation}."
+            f"`{report.get('test_split', 'test')}` queries; {_relation(report.get('seen_in_training'))}."
         )
     elif protocol == "kfold":
-        selected_on = f"the `{val_split}` split" if val_split else "the other folds"
+        selected_on = (
+            f"the `{val_split}` split"
+            if val_split
+            else "the other folds, by k-fold cross-validation within them"
+            if _by_kfold(report)
+            else "the other folds"
+        )
         trained_on = (
             "the other folds' query texts only (their labels unused)"
             if unlabelled
@@ -92,10 +86,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )
     else:
         n_test, test_split = report.get("n_test_queries", "?"), report.get("test_split", "test")
-        where = f"the `{val_split}` split" if val_split else "a validation split carved from it"
+        select = (
+            f"on the `{val_split}` split"
+            if val_split
+            else "by k-fold cross-validation over its queries (each variant scored on the fold it did not "
+            "train on; the winner then trained on all of them)"
+            if _by_kfold(report)
+            else "on a validation split carved from it"
+        )
         texts_only = "'s query texts (their labels unused)" if unlabelled else ""
         lines.append(
-            f"Protocol: train on `{report.get('train_split', 'train')}`{texts_only}, select on {where}, "
+            f"Protocol: train on `{report.get('train_split', 'train')}`{texts_only}, select {select}, "
             "report on the "
             f"{n_test} `{test_split}` queries, which training, early stopping and selection never saw"
             f"{_repeated(report)}."
@@ -110,13 +111,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if cands:
         metric = _val_metric(report)
         how = f"validation {metric}"
-        if (report.get("validation") or {}).get("selection") == "kfold":
+        if _by_kfold(report):
             how = (
                 f"{metric} by k-fold over the training queries, each held out once; steps: median over folds"
             )
+        whose = (
+            "; from the final fit on all labelled queries, which made the saved adapter; each fold's "
+            "own candidates are in report.json's `fold_results`"
+            if protocol == "kfold"
+            else "; the test queries play no part"
+        )
         lines += [
             "",
-            f"## Candidates ({how}; the test queries play no part)",
+            f"## Candidates ({how}{whose})",
             "",
             f"| variant | val {metric} | zero-shot val | best step | steps | train s |",
             "|---|---|---|---|---|---|",
@@ -173,6 +180,32 @@ def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
     return lines
 
 
+def _relation(seen: Mapping[str, Any] | None) -> str:
+    """``evaluate``'s protocol line: how the scored queries relate to those whose labels trained or
+    chose the adapter, by text (the digests ``fit`` records) or, for an adapter fit in Python, by id."""
+    if seen is None:
+        return (
+            "the adapter records neither the texts nor the ids of the queries it was trained on, so "
+            "whether these were among them is unknown"
+        )
+    by = _shared(seen)
+    ids_only = (
+        " (the adapter records those queries' ids, not their texts, so the check is by id)"
+        if by == "id"
+        else ""
+    )
+    one = f"the {by} of a query whose labels trained or chose it"
+    if seen["n"]:
+        return f"{seen['n']} of them have {one}{ids_only}"
+    return f"none of them has {one}: the scores are held-out{ids_only}"
+
+
+def _shared(seen: Mapping[str, Any]) -> str:
+    """What ``seen_in_training`` matched a scored query by: "text" (digests of the texts a ``fit``
+    records) or "id" (a fit in Python records no texts, only the query ids)."""
+    return seen.get("by", "text")
+
+
 def _repeated(report: Mapping[str, Any]) -> str:
     """What a fit's protocol line adds when the dataset repeats a training query's text in the scored
     split (their ids differ, so the split is held-out by id, not by text)."""
@@ -200,12 +233,13 @@ def seen_lines(report: Mapping[str, Any]) -> list[str]:
         fix = "their scores are not held-out: drop them from the split for a held-out score"
     else:
         fix = (
-            "these scores are not held-out and flatter it; score queries it never saw (the split "
-            "`fit` held out)"
+            "these scores are not held-out and flatter it; score queries it never saw (the test split "
+            "of a fit with a train split; a k-fold fit trained it on every labelled query, and its "
+            "report's cross-validated metrics are the held-out score)"
         )
     return [
-        f"WARNING: {seen['n']} of the {seen['of']} scored queries have the text of a query whose labels "
-        f"trained or chose this adapter; {fix}."
+        f"WARNING: {seen['n']} of the {seen['of']} scored queries have the {_shared(seen)} of a query "
+        f"whose labels trained or chose this adapter; {fix}."
     ]
 
 
@@ -219,8 +253,23 @@ def loss_lines(report: Mapping[str, Any]) -> list[str]:
     if p is None or p >= SIGNIFICANT or ours >= base:
         return []
     n = report.get("n_test_queries", "?")
+    val_split = _val_split(report)
     if report["protocol"] == "evaluate":
         fix = "keep zero-shot for queries like these, or refit with labelled queries like them"
+    elif _unlabelled(report):
+        fix = (
+            f"what validation measured without labels ({_val_metric(report)}) did not carry over; refit "
+            "with labelled queries like these, without --unsupervised (--unlabelled)"
+        )
+    elif _by_kfold(report):
+        fix = (
+            "selection by k-fold over the training queries did not carry over; label more queries like these"
+        )
+    elif val_split:
+        fix = (
+            f"selection on the `{val_split}` split did not carry over; label more queries like these, or "
+            "refit with `--selection kfold`"
+        )
     else:
         fix = (
             "selection on validation did not carry over; label more queries, add a `qrels/dev.tsv`, "
@@ -237,17 +286,41 @@ def identity_lines(report: Mapping[str, Any]) -> list[str]:
     above zero-shot's deserves to know why it was not kept (also printed by ``fit``)."""
     if not str(report["selected"]).startswith("identity"):
         return []
-    lines = [
-        "No variant beat zero-shot on validation by more than the noise of the validation split (one "
-        "standard error of the per-query differences), so the saved adapter is the identity: "
-        "retrieval is unchanged."
-    ]
+    if _unlabelled(report):  # no labels, no noise rule: the fit's own criterion kept its start
+        return [
+            f"No training step beat the start on validation {_val_metric(report)} (what stands in for "
+            f"nDCG@10 without labels), so the saved adapter is {_kept(report)}."
+        ]
+    where, scores = (
+        ("in k-fold cross-validation over the training queries", "k-fold scores")
+        if _by_kfold(report)
+        else ("on validation", "validation split")
+    )
+    noise = (
+        ""
+        if report.get("selection_rule") == "max"
+        else f" by more than the noise of the {scores} (one standard error of the per-query differences)"
+    )
+    lines = [f"No variant beat zero-shot {where}{noise}, so the saved adapter is {_kept(report)}."]
     if (report.get("validation") or {}).get("n_val_queries") == 1:
         lines.append(
             "Validation held a single query, which cannot tell a gain from noise: label more queries "
             "(or add a `qrels/dev.tsv`) for an adapter to be chosen."
         )
     return lines
+
+
+def _kept(report: Mapping[str, Any]) -> str:
+    """What an adapter that kept its start is: the identity, or a start that is not one (a
+    cross-model fit's closed-form map, a Matryoshka fit's PCA rotation)."""
+    if report.get("query_model"):
+        return "its start, the closed-form map of the paired texts: retrieval is the zero-shot row's"
+    if report.get("family") in MATRYOSHKA:
+        return (
+            "its start, a PCA rotation of the corpus: retrieval at full width is unchanged, and each "
+            "prefix is the `pca@m` baseline of its size"
+        )
+    return "the identity: retrieval is unchanged"
 
 
 def size_lines(report: Mapping[str, Any], metric: str) -> list[str]:
@@ -299,6 +372,18 @@ def _below_pca(report: Mapping[str, Any], m: int) -> str:
         f"WARNING: at {m} dimensions this adapter is significantly below a PCA of the corpus of the "
         f"same size: {fix}."
     )
+
+
+def _unlabelled(report: Mapping[str, Any]) -> bool:
+    """Whether the fit trained without labels (Matryoshka's unsupervised family, an unlabelled
+    cross-model map): its validation measured something other than nDCG@10."""
+    return (report.get("validation") or {}).get("metric", "ndcg@10") != "ndcg@10"
+
+
+def _by_kfold(report: Mapping[str, Any]) -> bool:
+    """Whether the candidates were compared by k-fold cross-validation (``fit --selection kfold``)
+    rather than on one validation split."""
+    return (report.get("validation") or {}).get("selection") == "kfold"
 
 
 def _val_split(report: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,178 @@
+"""What report.md and the terminal say about a run: each sentence true of the run it describes (how
+the candidates were selected, what the scored queries have to do with training, why the identity
+shipped, what to do about a loss), and an adapter path that misses names the one meant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from search_adaptor.cli import main
+from search_adaptor.report import identity_lines, loss_lines, render_markdown, seen_lines
+
+
+def _report(**changes: Any) -> dict[str, Any]:
+    """A fit's report.json (protocol test, validation on a share of `train`), with ``changes``; a
+    ``validation`` dict in them updates the validation block."""
+    scores = {"ndcg@10": 0.8, "recall@100": 0.9, "mrr@10": 0.7, "map@100": 0.7}
+    report: dict[str, Any] = {
+        "dataset": "data",
+        "model": "m",
+        "family": "auto",
+        "protocol": "test",
+        "test_split": "test",
+        "n_test_queries": 60,
+        "train_split": "train",
+        "metrics": {"zero-shot": scores, "adapted": dict(scores)},
+        "significance": {"metric": "ndcg@10", "p_value": 1.0},
+        "selected": "shared-infonce",
+        "selection_rule": "max-se",
+        "seen_in_training": {"n": 0, "of": 60},
+    }
+    validation = {
+        "metric": "ndcg@10",
+        "selection": "validation",
+        "split": None,
+        "n_val_queries": 50,
+        "selected_val_ndcg@10": 0.9,
+        "zero_shot_val_ndcg@10": 0.85,
+        "candidates": [
+            {
+                "variant": "shared-infonce",
+                "val_ndcg@10": 0.9,
+                "zero_shot_val_ndcg@10": 0.85,
+                "best_step": 50,
+                "n_steps": 60,
+                "train_s": 1.0,
+            }
+        ],
+    }
+    validation.update(changes.pop("validation", {}))
+    return {**report, "validation": validation, **changes}
+
+
+def _worse(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with the adapter significantly below zero-shot on the scored queries."""
+    metrics = {**report["metrics"], "adapted": {**report["metrics"]["adapted"], "ndcg@10": 0.7}}
+    return {**report, "metrics": metrics, "significance": {"metric": "ndcg@10", "p_value": 0.001}}
+
+
+def _evaluate(seen: dict[str, Any] | None) -> dict[str, Any]:
+    """An evaluate report whose scored queries relate to the adapter's training as ``seen`` says."""
+    return _report(protocol="evaluate", test_split="train", seen_in_training=seen, family=None)
+
+
+def test_an_adapter_that_records_query_ids_only_is_checked_by_id():
+    """An adapter fit in Python records its queries' ids, not their texts: evaluate's report said
+    their relation was unknown, and no WARNING, though the ids were there to check."""
+    seen = {"n": 60, "of": 60, "by": "id"}
+    markdown = render_markdown(_evaluate(seen))
+    assert (
+        "Protocol: a saved adapter scored on the 60 `train` queries; 60 of them have the id of a query "
+        "whose labels trained or chose it (the adapter records those queries' ids, not their texts, so "
+        "the check is by id)."
+    ) in markdown
+    warning = (
+        "WARNING: 60 of the 60 scored queries have the id of a query whose labels trained or chose this "
+        "adapter; these scores are not held-out and flatter it"
+    )
+    assert seen_lines(_evaluate(seen))[0].startswith(warning) and warning in markdown
+    held_out = render_markdown(_evaluate({"n": 0, "of": 60, "by": "id"}))
+    assert "none of them has the id of a query whose labels trained or chose it: the scores are held-out" in (
+        held_out
+    )
+    assert "WARNING" not in held_out
+    # by text (a `fit`'s digests) reads as before; without texts or ids, the relation is unknown
+    assert "have the text of a query" in seen_lines(_evaluate({"n": 60, "of": 60}))[0]
+    unknown = render_markdown(_evaluate(None))
+    assert "records neither the texts nor the ids of the queries it was trained on" in unknown
+
+
+def test_the_advice_for_seen_queries_holds_for_an_adapter_of_a_kfold_fit():
+    """A k-fold fit has no split it held out: "score the split `fit` held out" sent its users nowhere."""
+    (line,) = seen_lines(_evaluate({"n": 60, "of": 60}))
+    assert "the split `fit` held out" not in line
+    assert "a k-fold fit trained it on every labelled query" in line
+
+
+def test_kfold_selection_is_described_as_kfold():
+    """`fit --selection kfold` compared the candidates by k-fold over the training queries: report.md
+    said they were selected on "a validation split carved from it", and its WARNING advised the very
+    `--selection kfold` the fit had used."""
+    report = _report(validation={"selection": "kfold", "n_val_queries": 250})
+    markdown = render_markdown(report)
+    assert "carved" not in markdown
+    assert "Protocol: train on `train`, select by k-fold cross-validation over its queries" in markdown
+    (warning,) = loss_lines(_worse(report))
+    assert "--selection kfold" not in warning
+    assert "selection by k-fold over the training queries did not carry over" in warning
+    # without a train split each fold's selection cross-validates within the other folds
+    folds = render_markdown({**report, "protocol": "kfold", "folds": 3})
+    assert "selected on the other folds, by k-fold cross-validation within them" in folds
+    # the identity kept by k-fold selection
+    (line,) = identity_lines({**report, "selected": "identity (zero-shot)"})
+    assert line.startswith("No variant beat zero-shot in k-fold cross-validation over the training queries")
+
+
+def test_the_loss_warning_advises_what_the_run_did_not_do():
+    """A fit validated on a dev split was told to add a `qrels/dev.tsv`; an unsupervised one to refit
+    with `--selection kfold`, which refuses a fit without labels."""
+    (dev,) = loss_lines(_worse(_report(validation={"split": "dev", "n_val_queries": 30})))
+    assert "qrels/dev.tsv" not in dev and "selection on the `dev` split did not carry over" in dev
+    unlabelled = _report(family="matryoshka-unsupervised", validation={"metric": "neighbours@10"})
+    (line,) = loss_lines(_worse(unlabelled))
+    assert "--selection kfold" not in line and "without --unsupervised" in line
+    (share,) = loss_lines(_worse(_report()))
+    assert "add a `qrels/dev.tsv`, or refit with `--selection kfold`" in share
+
+
+def test_an_unsupervised_fit_that_kept_its_start_says_why():
+    """`fit --unsupervised --dims 32` keeps its start when no training step beats it: there is no
+    labelled validation split, so the "one standard error ... on validation" explanation was false."""
+    report = _report(
+        family="matryoshka-unsupervised",
+        selected="identity (zero-shot)",
+        validation={"metric": "neighbours@10", "n_val_queries": 0},
+    )
+    (line,) = identity_lines(report)
+    assert "standard error" not in line
+    assert line.startswith("No training step beat the start on validation overlap with the base top-10")
+    assert "a PCA rotation of the corpus" in line
+    # with labels, the noise rule is what kept the identity
+    (labelled,) = identity_lines({**_report(), "selected": "identity (zero-shot)"})
+    assert labelled == (
+        "No variant beat zero-shot on validation by more than the noise of the validation split (one "
+        "standard error of the per-query differences), so the saved adapter is the identity: retrieval "
+        "is unchanged."
+    )
+    assert "noise" not in identity_lines({**_report(), "selected": "identity", "selection_rule": "max"})[0]
+
+
+def test_kfold_protocol_candidates_are_the_final_fits():
+    """Without a train split every labelled query is scored: "the test queries play no part" was false."""
+    markdown = render_markdown(_report(protocol="kfold", folds=3))
+    assert "the test queries play no part" not in markdown
+    assert "## Candidates (validation nDCG@10; from the final fit on all labelled queries" in markdown
+    assert "the test queries play no part" in render_markdown(_report())
+
+
+@pytest.mark.parametrize("run_folder", [True, False])
+def test_an_adapter_path_that_is_a_fits_folder_names_its_adapter(tmp_path, capsys, run_folder):
+    """`evaluate --adapter runs/X` (the fit's folder, not runs/X/adapter) was told to "point at a
+    folder written by SearchAdaptor.save"."""
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    if run_folder:
+        (run / "adapter" / "config.json").write_text(json.dumps({}))
+    assert main(["evaluate", str(tmp_path / "data"), "--adapter", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    fix = (
+        f"did you mean {Path(run) / 'adapter'}?"
+        if run_folder
+        else "point at an adapter folder: `search-adaptor fit`'s OUT_DIR/adapter, or one written by "
+        "SearchAdaptor.save"
+    )
+    assert err == f"search-adaptor: error: {run / 'config.json'}: not found; {fix}"
