@@ -184,7 +184,7 @@ def test_evaluate_tells_held_out_queries_from_those_that_trained_the_adapter(tmp
         assert main([*evaluate, "--split", split, "--out", str(tmp_path / split), "--quiet"]) == 0
         printed = capsys.readouterr().out
         report = json.loads((tmp_path / split / "report.json").read_text())
-        assert report["seen_in_training"] == {"n": n_seen, "of": report["n_test_queries"]}
+        assert report["seen_in_training"] == {"n": n_seen, "of": report["n_test_queries"], "by": "text"}
         warning = (
             f"WARNING: {n_seen} of the {n_seen} scored queries have the text of a query whose labels "
             "trained or chose this adapter; these scores are not held-out"
@@ -194,14 +194,16 @@ def test_evaluate_tells_held_out_queries_from_those_that_trained_the_adapter(tmp
         assert ("held-out queries)" in printed) == (not n_seen)
     assert "none of them has the text of a query whose labels trained or chose it" in markdown
     est = SearchAdaptor.load(out / "adapter")
-    est.query_text_digests_ = None  # as a Python fit saves it: the fit never saw the texts
+    est.query_text_digests_ = None  # as a Python fit saves it: the fit never saw the texts, only ids
     est.save(tmp_path / "api-adapter")
     evaluate[3] = str(tmp_path / "api-adapter")
     assert main([*evaluate, "--split", "train", "--out", str(tmp_path / "api"), "--quiet"]) == 0
-    assert "(train, 100 scored queries)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(train, 100 scored queries)" in printed
     report = json.loads((tmp_path / "api" / "report.json").read_text())
-    assert report["seen_in_training"] is None
-    assert "whether these were among them is unknown" in (tmp_path / "api" / "report.md").read_text()
+    assert report["seen_in_training"] == {"n": 100, "of": 100, "by": "id"}
+    assert "WARNING: 100 of the 100 scored queries have the id of a query whose labels" in printed
+    assert "so the check is by id" in (tmp_path / "api" / "report.md").read_text()
 
     # a dataset that repeats a training query's text under a test id: held-out by id, not by text
     queries = Path(argv[1]) / "queries.jsonl"

@@ -1043,7 +1043,9 @@ def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, c
     # a family that cannot take another model's queries is one line
     assert main([*fit, "--out", str(tmp_path / "paper"), "--family", "paper"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("queries of another model train family cross, not paper")
+    assert err.endswith(
+        "queries of another model train family cross, not paper: drop --family, or the --query-* flags"
+    )
 
 
 @pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)

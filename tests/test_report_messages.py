@@ -5,13 +5,16 @@ shipped, what to do about a loss), and an adapter path that misses names the one
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from search_adaptor.cli import main
+from search_adaptor.experiment import _family
 from search_adaptor.report import identity_lines, loss_lines, render_markdown, seen_lines
+from test_hostile import write_beir, write_vectors
 
 
 def _report(**changes: Any) -> dict[str, Any]:
@@ -176,3 +179,63 @@ def test_an_adapter_path_that_is_a_fits_folder_names_its_adapter(tmp_path, capsy
         "SearchAdaptor.save"
     )
     assert err == f"search-adaptor: error: {run / 'config.json'}: not found; {fix}"
+
+
+def _fit_argv(tmp_path: Path, d: dict) -> list[str]:
+    """``fit`` of the synthetic fixture (100 train, 60 test queries) on its own vectors."""
+    qids = d["qids"]
+    data = write_beir(tmp_path / "syn", d, splits={"train": qids[:100], "test": qids[100:]})
+    vectors = write_vectors(tmp_path / "vec", d)
+    return ["fit", str(data), "--embeddings", str(vectors), "--model", "syn-16", "--quiet"]
+
+
+def test_kfold_selection_reports_its_kfold_scores_and_the_refit_apart(tmp_path, synthetic):
+    """report.json paired the k-fold count of queries (100) with the scores of the refit's own
+    early-stopping split (20 queries), which disagreed with the candidate table."""
+    out = tmp_path / "out"
+    argv = [*_fit_argv(tmp_path, synthetic), "--out", str(out), "--family", "linear"]
+    assert main([*argv, "--selection", "kfold", "--folds", "2", "--max-steps", "30"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    validation = report["validation"]
+    assert validation["selection"] == "kfold" and validation["n_val_queries"] == 100
+    (row,) = validation["candidates"]
+    assert validation["zero_shot_val_ndcg@10"] == row["zero_shot_val_ndcg@10"]
+    if not report["selected"].startswith("identity"):
+        assert validation["selected_val_ndcg@10"] == row["val_ndcg@10"]
+    training = json.loads((out / "adapter" / "config.json").read_text())["training"]
+    assert validation["refit"] == {
+        "n_val_queries": training["n_val_queries"],
+        "val_ndcg@10": training["val_ndcg@10"],
+        "zero_shot_val_ndcg@10": training["zero_shot_val_ndcg@10"],
+    }
+    assert training["n_val_queries"] < 100
+    assert "select by k-fold cross-validation over its queries" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("family", "dims", "unsupervised", "fix"),
+    [
+        ("cross-unlabelled", None, False, "not cross-unlabelled: add --unlabelled, or drop --family"),
+        ("cross-unlabelled", (8,), False, "add --unlabelled and drop --dims, or drop --family"),
+        ("cross-matryoshka", None, False, "add --dims SIZES (e.g. --dims 64,128), or drop --family"),
+        ("cross", None, True, "not cross: drop --unlabelled, or drop --family"),
+        ("paper", None, False, "not paper: drop --family, or the --query-* flags"),
+    ],
+)
+def test_a_family_the_query_model_flags_do_not_train_names_the_flags(family, dims, unsupervised, fix):
+    """`--family cross-unlabelled --query-model M` said "queries of another model train family cross,
+    not cross-unlabelled", and not that --unlabelled trains it."""
+    with pytest.raises(ValueError, match=re.escape(fix)):
+        _family(family, dims, unsupervised, cross=True)
+
+
+@pytest.mark.parametrize("family", ["cross", "cross-unlabelled"])
+def test_a_cross_family_without_a_query_model_says_to_give_one(tmp_path, synthetic, capsys, family):
+    """`fit --family cross` without --query-model failed in training with "init='lstsq', gamma=0.0
+    and loss='infonce' need pairs", Python parameters the command line never takes."""
+    argv = [*_fit_argv(tmp_path, synthetic), "--out", str(tmp_path / "out"), "--family", family]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"search-adaptor: error: --family {family} maps the queries of another model into the documents' "
+        "space: give that model with --query-model (and --query-provider), or drop --family"
+    )

@@ -733,8 +733,7 @@ def run_fit(
         # the dev split, where it validated (k-fold selection pools it; no labels: the fits' own criterion)
         "split": proto.val_split if final.method == "validation" and final.val_query_ids else None,
         "n_val_queries": len(final.val_query_ids),
-        "selected_val_ndcg@10": final.adapter.best_score_,
-        "zero_shot_val_ndcg@10": final.adapter.zero_shot_score_,
+        **_selection_scores(final),
         "candidates": final.candidates,
     }
     report["timings"] = {"embed_s": round(emb.embed_s, 2), "train_s": round(time.perf_counter() - start, 2)}
@@ -761,6 +760,29 @@ def run_fit(
     return Run(report, final.adapter, emb, figure_qrels, final.histories, titles, reference)
 
 
+def _selection_scores(final: Selection) -> dict[str, Any]:
+    """The validation block's scores of what selection chose and of zero-shot, on the queries it
+    compared them on: a validation split's (the shipped fit's own), or with k-fold selection every
+    query held out once, the winner's refit on all of them then stopping early on a split of its
+    own (``refit``, apart: it is not what chose it)."""
+    adapter = final.adapter
+    if final.method != "kfold":
+        return {
+            "selected_val_ndcg@10": adapter.best_score_,
+            "zero_shot_val_ndcg@10": adapter.zero_shot_score_,
+        }
+    winner = "identity" if final.selected.startswith("identity") else final.selected
+    return {
+        "selected_val_ndcg@10": float(np.mean(final.val_scores[winner])),
+        "zero_shot_val_ndcg@10": float(np.mean(final.val_scores["identity"])),
+        "refit": {
+            "n_val_queries": adapter.n_val_queries_,
+            "val_ndcg@10": adapter.best_score_,
+            "zero_shot_val_ndcg@10": adapter.zero_shot_score_,
+        },
+    }
+
+
 def _labelled_texts(dataset: Dataset, adapter: SearchAdaptor, selected_on: Sequence[str]) -> list[str]:
     """Digests (:func:`_digest`) of the texts of the queries whose labels
     trained ``adapter``, stopped it early or chose it (``selected_on``): what ``evaluate`` must not
@@ -773,14 +795,24 @@ def _labelled_texts(dataset: Dataset, adapter: SearchAdaptor, selected_on: Seque
 
 def _seen(
     dataset: Dataset, adapter: SearchAdaptor, qrels: Mapping[str, Mapping[str, int]]
-) -> dict[str, int] | None:
-    """How many of the queries ``qrels`` scores have the text of one whose labels trained or chose
-    ``adapter`` (``{"n", "of"}``); None when the adapter does not know (saved by a Python fit)."""
-    if adapter.query_text_digests_ is None:
-        return None
-    known = set(adapter.query_text_digests_)
+) -> dict[str, Any] | None:
+    """How many of the queries ``qrels`` scores are one whose labels trained or chose ``adapter``
+    (``{"n", "of", "by"}``): by text (``"by": "text"``, the digests ``search-adaptor fit`` records),
+    else by id (``"by": "id"``: a Python fit records its training and validation query ids, not their
+    texts); None when the adapter records neither (a file written before the ids were recorded)."""
     scored = labelled_queries(qrels)
-    return {"n": sum(_digest(dataset.queries[q]) in known for q in scored), "of": len(scored)}
+    if adapter.query_text_digests_ is not None:
+        known = set(adapter.query_text_digests_)
+        return {
+            "n": sum(_digest(dataset.queries[q]) in known for q in scored),
+            "of": len(scored),
+            "by": "text",
+        }
+    labelled = adapter.loss not in UNLABELLED_LOSSES  # a fit without labels: no query's trained it
+    ids = {*adapter.train_query_ids_, *adapter.val_query_ids_} if labelled else set()
+    if labelled and not ids:
+        return None
+    return {"n": sum(q in ids for q in scored), "of": len(scored), "by": "id"}
 
 
 def _digest(query: str) -> str:
@@ -799,8 +831,15 @@ def _family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: 
             )
         wanted = "cross-matryoshka" if dims else "cross-unlabelled" if unsupervised else "cross"
         if family not in (DEFAULT_FAMILY, wanted):
-            raise ValueError(f"queries of another model train family {wanted}, not {family}")
+            raise ValueError(
+                f"queries of another model train family {wanted}, not {family}: {_cross_fix(family, wanted)}"
+            )
         return wanted
+    if family in CROSS_FAMILIES:
+        raise ValueError(
+            f"--family {family} maps the queries of another model into the documents' space: give that "
+            "model with --query-model (and --query-provider), or drop --family"
+        )
     if unsupervised:
         if family not in (DEFAULT_FAMILY, "matryoshka-unsupervised"):
             raise ValueError(f"--unsupervised trains family matryoshka-unsupervised, not {family}")
@@ -812,6 +851,22 @@ def _family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: 
             f"family {family} trains Matryoshka prefixes: give their sizes, e.g. --dims 64,128,256"
         )
     return family
+
+
+#: The families that map the queries of another model (``fit --query-model``) into the documents'
+#: space, each with the flag that trains it beside the query model's (``cross``: none).
+CROSS_FAMILIES = {"cross": None, "cross-unlabelled": "--unlabelled", "cross-matryoshka": "--dims"}
+
+
+def _cross_fix(family: str, wanted: str) -> str:
+    """What to do when ``--family family`` is asked for while the flags given with a query model
+    train family ``wanted``: the flags to add and to drop, or drop --family."""
+    if family not in CROSS_FAMILIES:
+        return "drop --family, or the --query-* flags"
+    add, drop = CROSS_FAMILIES[family], CROSS_FAMILIES[wanted]
+    steps = [f"add {add}{' SIZES (e.g. --dims 64,128)' if add == '--dims' else ''}"] if add else []
+    steps += [f"drop {drop}"] if drop else []
+    return f"{' and '.join(steps)}, or drop --family"
 
 
 def _comparison(scores: Mapping[str, Mapping[str, np.ndarray]], sizes: Sequence[int] = ()) -> dict[str, Any]:
@@ -977,7 +1032,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         "protocol": "evaluate",
         "test_split": split,
         "n_test_queries": len(zq["ndcg@10"]),
-        # scored queries with the text of one whose labels trained or chose the adapter (None: unknown)
+        # scored queries with the text (or id) of one whose labels trained or chose it (None: unknown)
         "seen_in_training": seen,
         **_query_model(emb),
         "adapter_fingerprint": adapter.fingerprint_,
