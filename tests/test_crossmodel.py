@@ -26,8 +26,8 @@ from search_adaptor.experiment import (
     DOCUMENTS_MODEL,
     PairStart,
     SizedView,
-    _family,
     evaluate_embeddings,
+    fit_family,
     run_evaluate,
     run_fit,
 )
@@ -650,7 +650,7 @@ def test_unlabelled_batches_keep_the_query_texts_share_however_many_texts_are_ad
     ],
 )
 def test_family_of_a_cross_model_fit(family, dims, unsupervised, expected):
-    assert _family(family, dims, unsupervised, cross=True) == expected
+    assert fit_family(family, dims, unsupervised, cross=True) == expected
 
 
 @pytest.mark.parametrize(
@@ -666,7 +666,7 @@ def test_family_of_a_cross_model_fit(family, dims, unsupervised, expected):
 )
 def test_family_errors_for_a_cross_model_fit(family, dims, unsupervised, message):
     with pytest.raises(ValueError, match=message):
-        _family(family, dims, unsupervised, cross=True)
+        fit_family(family, dims, unsupervised, cross=True)
 
 
 def test_run_fit_with_dims_trains_a_cross_model_adapters_prefixes_against_baselines_of_its_start(narrow):

@@ -834,3 +834,15 @@ def test_engine_flags_that_would_do_nothing_are_refused(world, tmp_path, capsys)
         result = run(capsys, *index, "--embeddings", world["vec"], "--model", MODEL, *extra)
         assert_refused(result, "--embeddings vectors are indexed in memory")
     assert not (tmp_path / "o.npy").exists() and not (tmp_path / "idx").exists()
+
+
+def test_a_family_the_flags_cannot_train_is_refused_before_anything_is_embedded(
+    world, tmp_path, capsys, monkeypatch
+):
+    """The refusal came from run_fit, after the corpus was embedded (and, through an API, paid for)."""
+    fake = CountingEncoder(dim=16, batch_size=50)
+    monkeypatch.setattr(registry, "make_encoder", lambda *a, **k: fake)
+    fit = ["fit", world["data"], "--out", tmp_path / "out", "--cache", tmp_path / "cache", "--quiet"]
+    assert_refused(run(capsys, *fit, "--family", "cross"), "--family cross maps the queries of another model")
+    assert_refused(run(capsys, *fit, "--unsupervised", "--family", "linear"), "--unsupervised trains family")
+    assert fake.calls == [] and not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ import torch
 from search_adaptor.cli import main
 from search_adaptor.data import load_beir
 from search_adaptor.embed import Embeddings, load_precomputed
-from search_adaptor.experiment import SizedView, _family, evaluate_embeddings, run_evaluate, run_fit
+from search_adaptor.experiment import SizedView, evaluate_embeddings, fit_family, run_evaluate, run_fit
 from search_adaptor.model import CompatibilityError, SearchAdaptor
 from search_adaptor.report import render_markdown, size_lines
 from search_adaptor.retrieval import exact_search, l2_normalize
@@ -485,10 +485,10 @@ def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):
 )
 def test_family_follows_dims_and_unsupervised(family, dims, unsupervised, cross, expected):
     if " " not in expected:
-        assert _family(family, dims, unsupervised, cross) == expected
+        assert fit_family(family, dims, unsupervised, cross) == expected
         return
     with pytest.raises(ValueError, match=expected) as err:
-        _family(family, dims, unsupervised, cross)
+        fit_family(family, dims, unsupervised, cross)
     assert "\n" not in str(err.value)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from search_adaptor.cli import main
-from search_adaptor.experiment import _family
+from search_adaptor.experiment import fit_family
 from search_adaptor.report import identity_lines, loss_lines, render_markdown, seen_lines
 from test_hostile import write_beir, write_vectors
 
@@ -226,7 +226,7 @@ def test_a_family_the_query_model_flags_do_not_train_names_the_flags(family, dim
     """`--family cross-unlabelled --query-model M` said "queries of another model train family cross,
     not cross-unlabelled", and not that --unlabelled trains it."""
     with pytest.raises(ValueError, match=re.escape(fix)):
-        _family(family, dims, unsupervised, cross=True)
+        fit_family(family, dims, unsupervised, cross=True)
 
 
 @pytest.mark.parametrize("family", ["cross", "cross-unlabelled"])

@@ -81,7 +81,7 @@ def _note_size(adapter: Any, dim: int | None) -> None:
 def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> Any:
     """The dataset's embeddings, once what the command will score has been checked (nothing is paid for
     a run that would stop at its qrels)."""
-    from search_adaptor.experiment import embeddings_for, protocol
+    from search_adaptor.experiment import embeddings_for, fit_family, protocol
 
     if args.command == "fit":
         protocol(dataset, args.folds, args.seed, val_split=args.val_split)
@@ -109,10 +109,15 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
                 "--embeddings brings vectors of one model for queries and documents alike; drop the "
                 "--query-* flags, or embed with both models instead of --embeddings"
             )
+        if args.command == "fit":
+            fit_family(args.family, args.dims, args.unsupervised, cross=False)
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
     options.update(cache_dir=args.cache, progress=not args.quiet)
-    query_encoder = _encoder(args, "query_", adapter)
-    return embeddings_for(dataset, _encoder(args, adapter=adapter), query_encoder=query_encoder, **options)
+    encoder, query_encoder = _encoder(args, adapter=adapter), _encoder(args, "query_", adapter)
+    if args.command == "fit":  # a family the flags cannot train is refused before anything is embedded
+        cross = query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint
+        fit_family(args.family, args.dims, args.unsupervised, cross=cross)
+    return embeddings_for(dataset, encoder, query_encoder=query_encoder, **options)
 
 
 def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> None:

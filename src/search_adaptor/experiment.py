@@ -615,7 +615,7 @@ def run_fit(
     named) and scores each size against truncation and PCA of the same size; ``unsupervised``
     trains without labels (family ``matryoshka-unsupervised``), which are then used only to score.
     """
-    family = _family(family, dims, unsupervised, cross=bool(emb.query_encoder))
+    family = fit_family(family, dims, unsupervised, cross=bool(emb.query_encoder))
     if unsupervised and selection == "kfold":
         raise ValueError(
             "--selection kfold cross-validates labelled queries, and a fit without labels trains on "
@@ -820,7 +820,7 @@ def _digest(query: str) -> str:
     return text_key("query", query).hex()[:16]
 
 
-def _family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: bool) -> str:
+def fit_family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: bool) -> str:
     """The family a fit trains, given ``--dims``, ``--unsupervised`` and queries of another model
     (``cross``), or a one-line error."""
     if cross:

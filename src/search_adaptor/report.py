@@ -79,8 +79,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             else "the other folds only"
         )
         lines.append(
-            f"Protocol: {report['folds']}-fold cross-validation over the labelled queries (the dataset "
-            f"has no train split): each fold's adapter is trained on {trained_on} and selected "
+            f"Protocol: {report['folds']}-fold cross-validation over the labelled queries of "
+            f"`{report.get('test_split', 'test')}` (the dataset has no train and test split pair): each "
+            f"fold's adapter is trained on {trained_on} and selected "
             f"on {selected_on}, and the metrics are the mean over all held-out queries. The saved "
             "adapter is trained on all of them."
         )
