@@ -8,6 +8,7 @@ one benchmark never erases another's results. Run it directly to rebuild the pag
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,4 +49,5 @@ def assemble() -> Path:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help: no rewrite
     print(f"wrote {assemble()}")

@@ -13,6 +13,7 @@ reassembled (``benchmarks/assemble.py``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -144,8 +145,14 @@ def markdown(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    chosen = [a for a in sys.argv[1:] if a != "--report-only"] or list(DATASETS)
-    res = json.loads(RESULTS.read_text()) if "--report-only" in sys.argv else run(chosen)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("datasets", nargs="*", help=f"any of {', '.join(DATASETS)} (default: all)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the markdown from the results")
+    args = parser.parse_args()
+    unknown = sorted(set(args.datasets) - set(DATASETS))
+    if unknown:
+        parser.error(f"unknown dataset {unknown[0]!r}; choose from {', '.join(DATASETS)}")
+    res = json.loads(RESULTS.read_text()) if args.report_only else run(args.datasets or list(DATASETS))
     (RESULTS.parent / "core.md").write_text(markdown({k: res[k] for k in DATASETS if k in res}))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from assemble import assemble

@@ -19,6 +19,7 @@ Writes ``benchmarks/results/onnx_encoder.md``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -167,4 +168,5 @@ def markdown(speed: dict, quality: dict, folders: dict[str, Path]) -> str:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help: no run
     main()

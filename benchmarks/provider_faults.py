@@ -22,6 +22,7 @@ Writes ``benchmarks/results/provider_faults.md`` and reassembles ``BENCHMARKS.md
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -345,4 +346,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help: no run
     main()
