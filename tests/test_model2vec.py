@@ -199,3 +199,23 @@ def test_a_provider_or_model_flag_given_alone_takes_the_rest_from_the_adapter(tm
     ):
         made = _encoder(argparse.Namespace(**{**flags, **given}), side, adapter)
         assert made.fingerprint == expected.fingerprint, given
+
+
+def test_a_moved_or_renamed_model_folder_says_what_happened(tmp_path):
+    """A recorded folder that was moved was called 'not a model2vec folder ... make one with distill',
+    and a renamed copy (the same weights) was refused as another model without saying why."""
+    from search_adaptor.model import CompatibilityError
+    from test_index import make_adapter
+
+    made = make_encoder("model2vec", model=str(static_model(tmp_path / "static")))
+    adapter = make_adapter(16, info=made.info())
+    shutil.copytree(tmp_path / "static", tmp_path / "static-v1")
+    with pytest.raises(
+        CompatibilityError, match=r"a model folder's name is part of its fingerprint, so name it static"
+    ):
+        adapter.check_encoder(make_encoder("model2vec", model=str(tmp_path / "static-v1")))
+    shutil.rmtree(tmp_path / "static")
+    with pytest.raises(
+        EncoderError, match=r"static: no such folder; a model an adapter or index records must stay"
+    ):
+        from_info(made.info())

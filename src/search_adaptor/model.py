@@ -586,10 +586,14 @@ class SearchAdaptor:
         mine = self._encoder_info(kind).get("fingerprint")
         if mine and theirs != mine:
             name = self._encoder_info(kind).get("model")
+            ours, theirs_parts = mine.split(":"), theirs.split(":")
             fix = (  # vectors brought with --embeddings are known by the name --model gives them
                 f"vectors brought with --embeddings are named by --model: give --model {name} for vectors "
                 "of that model"
                 if mine.startswith("precomputed:") and not str(name).startswith("precomputed:")
+                else f"the same model in a folder of another name: a model folder's name is part of its "
+                f"fingerprint, so name it {ours[1]} again"
+                if len(ours) == len(theirs_parts) == 3 and ours[::2] == theirs_parts[::2]
                 else "use the same encoder (model, dimensions, prompts) as at training time"
             )
             raise CompatibilityError(
