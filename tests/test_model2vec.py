@@ -101,6 +101,7 @@ def test_refuses_images_and_what_does_not_apply(model_dir: Path, tmp_path: Path)
         ImagesUnsupported, match=r"^model2vec: .*m2v embeds text only, and item 0 is an image"
     ):
         enc.encode_corpus([ImageRef("https://example.com/a.png")])
+    (tmp_path / "empty").mkdir()
     with pytest.raises(
         EncoderError, match=r"model2vec: .*empty is not a model2vec folder \(no model\.safetensors, "
     ):
