@@ -109,14 +109,15 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
                 "--embeddings brings vectors of one model for queries and documents alike; drop the "
                 "--query-* flags, or embed with both models instead of --embeddings"
             )
-        if args.command == "fit":
-            fit_family(args.family, args.dims, args.unsupervised, cross=False)
+        if args.command == "fit":  # (paired texts, for a query model, are refused with these vectors)
+            fit_family(args.family, args.dims, args.unsupervised, cross=bool(options["pair_texts"]))
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
     options.update(cache_dir=args.cache, progress=not args.quiet)
     encoder, query_encoder = _encoder(args, adapter=adapter), _encoder(args, "query_", adapter)
     if args.command == "fit":  # a family the flags cannot train is refused before anything is embedded
+        # paired texts map a query model: without one, embedding says to name it
         cross = query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint
-        fit_family(args.family, args.dims, args.unsupervised, cross=cross)
+        fit_family(args.family, args.dims, args.unsupervised, cross=cross or bool(options["pair_texts"]))
     return embeddings_for(dataset, encoder, query_encoder=query_encoder, **options)
 
 
