@@ -205,6 +205,8 @@ def test_langchain_embeddings_equal_the_library(adapter):
     assert np.allclose(asyncio.run(emb.aembed_query(TEXTS[1])), q[1], atol=1e-7)
     assert np.allclose(asyncio.run(emb.aembed_documents(TEXTS)), d, atol=1e-7)
     assert emb.embed_documents([]) == []
+    with pytest.raises(TypeError, match=r"embed_documents\(\) takes a list of texts"):
+        emb.embed_documents("vitamin D")  # was 9 vectors, one per character
 
 
 def test_langchain_vector_store_second_run_makes_no_encoder_calls(adapter, capsys):

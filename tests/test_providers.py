@@ -368,6 +368,30 @@ def test_credentials_in_the_url_are_scrubbed_as_sent_and_from_a_refusal(monkeypa
     assert "SECRET" not in str(refused.value) and "http://127.0.0.1:8/v1 may serve" in str(refused.value)
 
 
+@pytest.mark.parametrize("key", ["sk-live-SECRET\r\nextra", "sk-live-SECRET\u201d"])
+def test_a_key_no_header_can_carry_is_refused_without_showing_it(key: str, monkeypatch) -> None:
+    """A key with a line break went into httpx's 'Illegal header value b'Bearer sk-...'' (unscrubbed:
+    escaped, it no longer matched the key) after 8 retries; a non-ASCII one gave a bare
+    UnicodeEncodeError."""
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    with pytest.raises(
+        EncoderError, match=r"^openai: the API key \(\$OPENAI_API_KEY\) has a character"
+    ) as info:
+        make_encoder("openai", base_url="http://127.0.0.1:9/v1")
+    assert "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:11434/v1", "ftp://host/v1", "http:///v1", "http://u:pw@h:99999/v1"]
+)
+def test_an_api_root_no_request_can_reach_is_refused_at_once(url: str) -> None:
+    """A root without http(s):// was retried for a minute ('UnsupportedProtocol'); a bad port said
+    only 'Port out of range 0-65535'."""
+    with pytest.raises(EncoderError, match=r"^openai-compatible: API root.*; correct --base-url") as info:
+        make_encoder("openai-compatible", "m", base_url=url, api_key="k")
+    assert "pw" not in str(info.value)
+
+
 def test_secret_hides_its_value() -> None:
     secret = Secret("sk-abc")
     assert "sk-abc" not in repr(secret) and "sk-abc" not in str(secret)

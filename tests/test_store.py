@@ -115,3 +115,25 @@ def test_an_output_that_cannot_be_staged_is_named_by_its_own_path(tmp_path, monk
         OSError, match=rf"^{tmp_path / 'out'}: cannot write in {tmp_path} \(Permission denied\)"
     ):
         Staged(tmp_path / "out", folder=True)
+
+
+def test_a_store_folder_of_another_model_is_refused(tmp_path):
+    """A store folder copied or renamed from another model's served that model's vectors as this one's:
+    its recorded fingerprint was written but never read back."""
+    import shutil
+
+    from search_adaptor.store import StoreError
+
+    one, other = CountingEncoder(dim=4), CountingEncoder(dim=4)
+    other.model = "other-model"
+    with EmbeddingStore(one, tmp_path) as store:
+        store.embed(["a text"], "document")
+        mine = store.path.parent
+    with EmbeddingStore(other, tmp_path) as store:
+        theirs = store.path.parent
+    shutil.rmtree(theirs)
+    shutil.copytree(mine, theirs)
+    with pytest.raises(
+        StoreError, match=rf"holds embeddings of {one.fingerprint}, not of {other.fingerprint}"
+    ):
+        EmbeddingStore(other, tmp_path)

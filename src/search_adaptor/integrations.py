@@ -72,6 +72,8 @@ def _langchain_class() -> type:
         def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
             from tqdm.auto import tqdm
 
+            if isinstance(texts, str):  # list() would embed it character by character
+                raise TypeError("embed_documents() takes a list of texts; wrap one text in a list")
             texts, out = list(texts), []
             step = _chunk_size(self.encoder)
             with tqdm(

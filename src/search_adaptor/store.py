@@ -189,6 +189,7 @@ class EmbeddingStore:
             self._db = self._connect()
             try:
                 self._check_tables()
+                self._check_owner()
                 self._dim = self._meta_dim()
                 if not self.read_only:
                     meta = {"fingerprint": encoder.fingerprint, "config": encoder.config()}
@@ -233,6 +234,23 @@ class EmbeddingStore:
                 continue
             cols = ", ".join(f"{name} {kind}" for name, kind in have)
             raise self._damaged(f"table {table} has columns ({cols})" if have else f"no {table} table")
+
+    def _check_owner(self) -> None:
+        """Refuse a store that records another model (a folder copied or renamed from another's): its
+        vectors would be served as this model's."""
+        row = self._db.execute("SELECT value FROM meta WHERE name='encoder'").fetchone()
+        if row is None:
+            return
+        try:
+            theirs = json.loads(row[0])["fingerprint"]
+        except (TypeError, ValueError, KeyError):
+            raise self._damaged("its record of the model is not readable") from None
+        if theirs != self.encoder.fingerprint:
+            raise StoreError(
+                f"{self.path}: holds embeddings of {theirs}, not of {self.encoder.fingerprint} (the folder "
+                f"was copied or renamed from another model's); delete the folder {self.path.parent}, and "
+                "this model's texts are embedded again"
+            )
 
     def _meta_dim(self) -> int | None:
         """The recorded vector dimension (None before the first write); caller holds the lock."""

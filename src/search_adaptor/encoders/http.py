@@ -137,6 +137,13 @@ def secret_from_env(
     """
     value = (explicit or "").strip() or env_value(*env_vars)
     if value:
+        bad = next((i for i, c in enumerate(value) if not c.isascii() or not c.isprintable()), None)
+        if bad is not None:  # a header cannot carry it, and httpx's error would print the whole key
+            where = "the api_key= given" if (explicit or "").strip() else f"${' or $'.join(env_vars)}"
+            raise EncoderError(
+                f"{provider}: the API key ({where}) has a character no HTTP header can carry at position "
+                f"{bad} (a line break or a non-ASCII character, often from a copied file); set it again"
+            )
         return Secret(value)
     if required:
         raise EncoderError(
@@ -416,8 +423,18 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.provider = provider
-        self._endpoint = Endpoint.parse(base_url)
+        fix = "correct --base-url (e.g. http://localhost:11434/v1)"
+        try:
+            self._endpoint = Endpoint.parse(base_url)
+        except ValueError as exc:  # urllib's own line ("Port out of range 0-65535"), never the URL itself
+            raise EncoderError(f"{provider}: API root: {exc}; {fix}") from None
         _HTTPX_LOG_FILTER.add(self._endpoint.secrets)
+        parts = urlsplit(self._endpoint.root)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port == 0:
+            raise EncoderError(  # no request could reach it: retrying for a minute would only hide that
+                f"{provider}: API root {self._endpoint.public!r} is not an http(s)://host[:port]/path "
+                f"URL; {fix}"
+            )
         self.credential_hint = credential_hint
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
