@@ -35,7 +35,7 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
     # a flag given alone takes the rest from the record: --model alone, the recorded provider's model
     provider = given_provider or known or (args.provider if side else None) or LOCAL
     model = given_model or (recorded.get("model") if provider == known else None)
-    wanted = (given_provider or given_model) and (provider, model) != (known, recorded.get("model"))
+    wanted = bool(given_provider or given_model) and (provider, model) != (known, recorded.get("model"))
     root = getattr(args, f"{side}base_url")
     if side and not (wanted or recorded or root):
         return None  # one model for queries and documents
@@ -150,9 +150,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from search_adaptor.experiment import run_fit
     from search_adaptor.report import REPORT, RUN_PARTS, save_run
 
-    check_output_folder(
-        args.out, REPORT, "a folder written by `search-adaptor fit`", RUN_PARTS
-    )  # before work
+    # before any work: a folder of the user's is never written into
+    check_output_folder(args.out, REPORT, "a folder written by `search-adaptor fit`", RUN_PARTS)
     dataset = load_beir(args.data)
     emb = _embeddings(args, dataset)
     log = (lambda _m: None) if args.quiet or args.output == "json" else _eprint
