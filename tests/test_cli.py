@@ -357,6 +357,21 @@ def test_fit_selection_kfold_is_recorded_in_the_report(tmp_path, synthetic, caps
     ) or (report["selected"].startswith("identity"))
 
 
+@pytest.mark.slow
+def test_fit_selection_kfold_pools_the_dev_split_and_says_so(tmp_path, synthetic, capsys):
+    """With a dev split, ``--selection kfold`` cross-validates over the training and dev queries
+    together; the log said the dev split validated, which it did not."""
+    d = synthetic
+    splits = {"train": d["qids"][:80], "dev": d["qids"][80:110], "test": d["qids"][110:]}
+    argv = [*_synthetic_folder(tmp_path, d, splits), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--selection", "kfold", "--folds", "2", "--max-steps", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "the dev split's 30 queries join the training queries" in err
+    assert "validation: the dev split" not in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["validation"]["split"] is None and report["validation"]["n_val_queries"] == 110
+
+
 def test_fit_validates_on_the_dev_split_when_the_data_has_one(tmp_path, synthetic, capsys):
     """A dataset's ``dev`` qrels validate every fit (early stopping and selection) and train none;
     a dev query that the test split also holds is left out, so no scored query validates;

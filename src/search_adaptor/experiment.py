@@ -625,7 +625,16 @@ def run_fit(
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split, val_split)
     if proto.val_split and family != "matryoshka-unsupervised":  # that one validates on the corpus
-        log(f"validation: the {proto.val_split} split, {len(proto.val)} queries (--val-split none: a share)")
+        if selection == "kfold":
+            log(
+                f"the {proto.val_split} split's {len(proto.val)} queries join the training queries: "
+                "--selection kfold cross-validates over all of them"
+            )
+        else:
+            log(
+                f"validation: the {proto.val_split} split, {len(proto.val)} queries "
+                "(--val-split none: a share)"
+            )
     metric = "val " + val_metric_name("neighbours@10" if unsupervised else "ndcg@10")
 
     def fit_on(qrels: Mapping[str, Mapping[str, int]], tag: str, pool: Executor) -> Selection:
