@@ -160,6 +160,22 @@ def test_a_size_gives_the_adapted_prefix_everywhere(adapter):
         assert as_langchain(enc, dim=4).encoder.size == 4
 
 
+def test_an_untrained_size_is_warned_once(caplog):
+    """``dim=`` at a size the adapter never trained at said nothing, where ``index --dim`` warns."""
+    fresh = make_adapter(info=CountingEncoder(dim=16).info(), mode="separate", seed=11)
+    with caplog.at_level(logging.WARNING, logger="search_adaptor.model"):
+        AdaptedEncoder(CountingEncoder(dim=16), fresh)
+        AdaptedEncoder(CountingEncoder(dim=16), fresh, dim=16)
+        assert not caplog.records
+        AdaptedEncoder(CountingEncoder(dim=16), fresh, dim=8)
+        AdaptedEncoder(CountingEncoder(dim=16), fresh, dim=8)
+    assert [r.getMessage() for r in caplog.records] == [
+        "search-adaptor: warning: dim=8 is not a size this adapter was trained at (it was trained at "
+        "full width only; fit --dims trains smaller sizes); its first 8 coordinates are kept, but how "
+        "well they retrieve was never measured"
+    ]
+
+
 def test_pickled_copies_embed_as_the_original_through_their_own_store(adapter):
     """Multiprocessing, Ray and LlamaIndex's worker pools pickle an embedding model; the open store and
     the locks cannot be pickled (TypeError: cannot pickle '_thread.lock' object, before), so a copy

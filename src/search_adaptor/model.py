@@ -60,6 +60,7 @@ MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
 _LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
 _warned_no_encoder: set[str] = set()
 _warned_no_checksum: set[str] = set()
+_warned_size: set[tuple[str, int | None]] = set()
 
 EncoderLike = Encoder | Mapping[str, Any] | str
 
@@ -1027,7 +1028,8 @@ class AdaptedEncoder(Encoder):
         by default the one the adapter records, recreated from its record.
     dim : int, optional
         Give only the first ``dim`` adapted coordinates, unit length again (a Matryoshka prefix,
-        as ``index --dim``): smaller vectors for a vector store.
+        as ``index --dim``): smaller vectors for a vector store. A size the adapter was not
+        trained at (see ``fit --dims``) is logged as a warning, once per adapter and size.
 
     Attributes
     ----------
@@ -1064,6 +1066,7 @@ class AdaptedEncoder(Encoder):
         self.adapter = as_adapter(adapter)
         self.adapter.check_encoder(encoder)
         self.adapter.check_size(dim)
+        self._note_size(dim)
         self.size = dim
         if query_encoder is None and self.adapter.query_encoder_:  # a cross-model adapter's query model
             query_encoder = from_info(self.adapter.query_encoder_)
@@ -1076,6 +1079,15 @@ class AdaptedEncoder(Encoder):
         self.stats = StoreStats()
         self._store: EmbeddingStore | None = None
         self._new_locks()
+
+    def _note_size(self, dim: int | None) -> None:
+        """Warn, once per adapter and size, that a prefix of this size was never measured (a user
+        shipping ``dim=64`` of a full-width adapter is otherwise told nothing, as ``index --dim`` is)."""
+        note = self.adapter.untrained_size(dim)
+        key = (self.adapter.fingerprint_, dim)
+        if note and key not in _warned_size:
+            _warned_size.add(key)
+            log.warning("search-adaptor: warning: dim=%s", note)
 
     def _new_locks(self) -> None:
         self._lock = threading.Lock()  # opening the store, adding to stats
