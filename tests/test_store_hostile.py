@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +78,36 @@ def test_a_damaged_file_is_one_line_naming_the_folder_to_delete(built, damage: s
     with pytest.raises(StoreError) as exc, EmbeddingStore(enc, path.parents[1]) as store:
         store.embed(TEXTS, "document")  # raises at opening, or at the first read of a damaged page
     _assert_one_line(exc, path, "damaged embedding store", f"delete the folder {path.parent}", "embedded")
+
+
+@pytest.mark.parametrize("first", ["contradicts", "agrees"])  # its first row: checked at opening
+@pytest.mark.parametrize("asked", ["cached texts", "new texts only"])
+def test_a_recorded_dimension_its_vectors_contradict_deletes_nothing(built, first, asked) -> None:
+    """An edited dimension record made every stored vector 'the wrong length': all were deleted, embedded
+    again, then refused as the store 'holding 8-d ones' (it held none)."""
+    path, vectors = built
+    _sql(path, "UPDATE meta SET value='8' WHERE name='dim'")
+    if first == "agrees":  # a damaged first row of the recorded length: opening sees nothing wrong
+        _sql(path, "UPDATE vectors SET vec = zeroblob(32) WHERE rowid = (SELECT MIN(rowid) FROM vectors)")
+    texts = TEXTS[:5] if asked == "cached texts" else ["a text it does not hold"]
+    enc = CountingEncoder(dim=16, batch_size=100)
+    with pytest.raises(StoreError) as exc, EmbeddingStore(enc, path.parents[1]) as store:
+        store.embed(texts, "document")
+    _assert_one_line(
+        exc,
+        path,
+        "damaged embedding store (recorded dimension 8, but ",
+        " of its vectors are 64 bytes long, not 32)",
+        f"delete the folder {path.parent}",
+    )
+    paid = first == "agrees" and asked == "new texts only"  # only its vector's width told
+    assert enc.calls == ([tuple(texts)] if paid else [])
+    _sql(path, "UPDATE meta SET value='16' WHERE name='dim'")  # the record mended: every vector is there
+    enc = CountingEncoder(dim=16, batch_size=100)
+    with EmbeddingStore(enc, path.parents[1]) as store, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the damaged first row, embedded again
+        assert np.array_equal(store.embed(TEXTS, "document"), vectors)
+    assert enc.calls == ([(TEXTS[0],)] if first == "agrees" else [])
 
 
 def test_rebuilding_after_deleting_the_folder_works(built) -> None:

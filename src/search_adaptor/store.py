@@ -11,9 +11,10 @@ others skip claimed texts, embed the rest, then wait for the claimed ones and re
 claim lapses when its owner dies (its process id is gone on this machine) or stops refreshing it
 for ``lease_s`` seconds (frozen, or on another machine), so a killed claimant never blocks anyone.
 
-Nothing hostile gets through: a damaged file or foreign schema raises one :class:`StoreError` that
-says which folder to delete; a store that cannot be written (read-only media) still serves what it
-holds; a stored vector of the wrong length or with NaN/inf is never returned (it is embedded again).
+Nothing hostile gets through: a damaged file, a foreign schema or a recorded dimension most of its
+vectors contradict raises one :class:`StoreError` that says which folder to delete (and deletes no
+row); a store that cannot be written (read-only media) still serves what it holds; a stored vector
+of the wrong length or with NaN/inf is never returned (it is embedded again).
 """
 
 from __future__ import annotations
@@ -253,13 +254,33 @@ class EmbeddingStore:
             )
 
     def _meta_dim(self) -> int | None:
-        """The recorded vector dimension (None before the first write); caller holds the lock."""
+        """The recorded vector dimension (None before the first write), checked against the stored
+        vectors (:meth:`_check_dim`) when the first of them disagrees; caller holds the lock."""
         row = self._db.execute("SELECT value FROM meta WHERE name='dim'").fetchone()
         if row is None:
             return None
         if not str(row[0]).isdecimal() or int(row[0]) == 0:
             raise self._damaged(f"recorded dimension {row[0]!r} is not a positive integer")
-        return int(row[0])
+        dim = int(row[0])
+        first = self._db.execute(
+            "SELECT length(vec) FROM vectors WHERE typeof(vec) = 'blob' LIMIT 1"
+        ).fetchone()
+        if first is not None and first[0] != 4 * dim:
+            self._check_dim(dim)
+        return dim
+
+    def _check_dim(self, dim: int) -> None:
+        """Refuse a recorded dimension that more stored vectors contradict than agree with (the record
+        was edited): dropped as damaged, they would all be deleted. Reads every row's length, so it runs
+        only once a row of another length turned up; caller holds the lock."""
+        lengths = self._db.execute(
+            "SELECT length(vec), COUNT(*) FROM vectors WHERE typeof(vec) = 'blob' GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+        size, most = lengths[0] if lengths else (0, 0)
+        if most > dict(lengths).get(4 * dim, 0):
+            raise self._damaged(
+                f"recorded dimension {dim}, but {most} of its vectors are {size} bytes long, not {4 * dim}"
+            )
 
     def _damaged(self, reason: str) -> StoreError:
         """The one-line error for a file this store cannot trust, with the fix: rebuild it."""
@@ -334,6 +355,9 @@ class EmbeddingStore:
             return {}
         dim = self._known_dim()
         sized = [(k, v) for k, v in rows if isinstance(v, bytes) and len(v) == 4 * dim]
+        if len(sized) < len(rows):  # before dropping rows of another length: is the record wrong instead?
+            with self._lock, self._guard():
+                self._check_dim(dim)
         mat = np.frombuffer(b"".join(v for _, v in sized), dtype=np.float32).reshape(len(sized), dim)
         finite = np.isfinite(mat).all(axis=1)
         found = {k: mat[i] for i, (k, _) in enumerate(sized) if finite[i]}
@@ -554,6 +578,7 @@ class EmbeddingStore:
                 db.execute("INSERT INTO meta VALUES ('dim', ?)", (str(vectors.shape[1]),))
                 self._dim = vectors.shape[1]
             elif vectors.shape[1] != self._dim:
+                self._check_dim(self._dim)  # the record may be what is wrong, not the encoder
                 raise StoreError(
                     f"{self.encoder.model}: returned {vectors.shape[1]}-d vectors but the store at "
                     f"{self.path} holds {self._dim}-d ones for the same fingerprint; "
