@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -303,6 +306,33 @@ def test_ray_refuses_bad_input_with_the_local_engines_line(tmp_path, ray_cluster
     with pytest.raises(DataError, match=r'corpus.jsonl:11: duplicate "_id" "d4" \(already used') as caught:
         embed_and_adapt(tmp_path / "data", encoder, adapter, tmp_path / "v", engine="ray", rows=4)
     assert "Failed to apply" not in str(caught.value) and not (tmp_path / "v").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("ray") is None, reason="needs ray[data] (the ray extra)")
+def test_ray_index_with_quiet_prints_no_ray_lines(tmp_path):
+    """--quiet is errors only: Ray's start, Ray Data's plans and its warnings stay off the terminal. In
+    a process of its own, as the CLI runs, so that the run starts its Ray itself."""
+    from search_adaptor.encoders.local import SentenceTransformerEncoder
+
+    write_corpus(tmp_path / "data", 20)
+    make_adapter(384, info=SentenceTransformerEncoder().info()).save(tmp_path / "a")
+    argv = [tmp_path / "data", "--adapter", tmp_path / "a", "--out", tmp_path / "idx", "--engine", "ray"]
+    code = "import sys\nfrom search_adaptor.cli import main\nsys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "index", *map(str, argv), "--cache", str(tmp_path / "c"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("20 documents indexed (ray engine") and done.stdout.count("\n") == 1
+    # Ray's Python lines ("<time>\tINFO worker.py:2038 -- Started a local Ray instance.") and its
+    # core's ("[<time> W <pid> <tid>] file.cc:1: ..."); its core's error lines go to stderr whatever
+    # the level asked for
+    below_errors = re.compile(r"\t(DEBUG|INFO|WARNING) |^\[[^]]* [DIW] \d+ \d+\] ", re.M)
+    assert not below_errors.search(done.stderr), done.stderr
 
 
 def test_ray_refuses_a_missing_column_naming_the_file_before_starting(tmp_path, monkeypatch):

@@ -190,29 +190,36 @@ def _corpus_batches(batch: Any, rows: int) -> Iterator[Any]:
 
 
 # -- Ray -------------------------------------------------------------------------------------------------
-def ray_session(address: str | None = None) -> Any:
+def ray_session(address: str | None = None, quiet: bool = False) -> Any:
     """Connect to the Ray cluster at ``address``, or start a local one bound to loopback; order kept.
 
     An address where nothing answers is refused within :data:`CONNECT_TIMEOUT_S` (Ray itself retries
-    for minutes), and every refusal names ``--ray-address``.
+    for minutes), and every refusal names ``--ray-address``. ``quiet`` (``--quiet``) keeps Ray's lines
+    below errors off the terminal: its start ("Started a local Ray instance"), Ray Data's execution
+    plans and warnings (Ray's C++ core prints its error lines at any level asked for).
     """
     try:
         import ray
         import ray.data
     except ImportError as exc:
         raise RuntimeError("the ray engine needs Ray Data: pip install 'search-adaptor[ray]'") from exc
+    if quiet:  # Ray Data's logger, set as Ray documents for its libraries; ray.init's logging_level, Ray's
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     if not ray.is_initialized():
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if quiet:
+            options["logging_level"] = logging.ERROR
         if address:
             _check_reachable(address)
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                ray.init(address=address, **options)
             except ConnectionError:  # Ray's own line names its `--address` flag
                 raise RuntimeError(
                     f"--ray-address {address}: found no running Ray cluster; start one (`ray start --head`), "
                     "give its address, or leave --ray-address out to run a local Ray"
                 ) from None
         else:
-            ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+            ray.init(_node_ip_address="127.0.0.1", **options)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # same rows in the same order as the local engine
     ctx.enable_progress_bars = False
@@ -417,7 +424,8 @@ def embed_and_adapt(
 
     ``corpus`` is a BEIR folder or its ``corpus.jsonl[.gz]`` / ``corpus.parquet``. Texts already in
     the store are not embedded again, by either engine. ``dim`` keeps the first ``dim`` adapted
-    coordinates (a Matryoshka prefix, unit length again), as ``transform`` does.
+    coordinates (a Matryoshka prefix, unit length again), as ``transform`` does. Without ``progress``
+    the ray engine is quiet too: Ray prints its errors only.
     """
     _check_engine(engine)
     adapter.check_size(dim)
@@ -442,7 +450,7 @@ def embed_and_adapt(
                 writer.write(ids, vectors)
                 embedded = stats.encoded
         return JobStats(engine, writer.rows, writer.dim, writer.shards, time.perf_counter() - start, embedded)
-    ray = ray_session(ray_address)
+    ray = ray_session(ray_address, quiet=not progress)
     # one read task, which streams the file in order; an absolute path, as workers on other nodes
     # run in other folders
     ds = ray.data.from_items([{"path": str(path.resolve())}])
