@@ -252,6 +252,49 @@ def test_transient_faults_are_retried(fake: FakeProvider, fault: Fault) -> None:
     assert enc.retries == 2
 
 
+def _zero_for_the_second_text(monkeypatch: pytest.MonkeyPatch) -> Fault:
+    """A fault answering 200 with an all-zero vector for the second text sent (a kind the fakes lack)."""
+    malformed = FakeProvider._malformed
+
+    def zero(self: FakeProvider, kind: str, vectors: list[list[float]], texts: list[str], body: Any) -> bytes:
+        if kind != "zero":
+            return malformed(self, kind, vectors, texts, body)
+        vectors[1] = [0.0] * len(vectors[1])
+        return json.dumps(self.wire.reply(vectors, texts, body)).encode()
+
+    monkeypatch.setattr(FakeProvider, "_malformed", zero)
+    return Fault.bad_body("zero")
+
+
+def test_a_zero_vector_in_a_reply_is_retried(fake: FakeProvider, monkeypatch) -> None:
+    """An all-zero vector was taken as the text's (and stored for good): it ranks nothing."""
+    zero = _zero_for_the_second_text(monkeypatch)
+    enc = fake_encoder(fake)
+    fake.schedule(zero, zero)
+    np.testing.assert_allclose(enc.encode_corpus(TEXTS), fake.expected(TEXTS, "document"), atol=1e-6)
+    assert len(fake.calls) == 3 and enc.retries == 2
+
+
+def test_a_zero_vector_sent_every_time_is_one_line_and_never_stored(
+    fake: FakeProvider, monkeypatch, tmp_path
+) -> None:
+    zero = _zero_for_the_second_text(monkeypatch)
+    enc = fake_encoder(fake)
+    fake.schedule(zero, zero, zero)
+    with EmbeddingStore(enc, tmp_path) as store:
+        with pytest.raises(EncoderError) as err:
+            store.embed(TEXTS, "document")
+        assert len(store) == 0 and store.missing("document", TEXTS) == TEXTS
+    message = str(err.value)
+    assert message.startswith(f"{fake.provider}: malformed reply to HTTP 200") and "\n" not in message
+    assert (
+        f"text 1 of the 3 sent ({len(TEXTS[1])} characters, starting {TEXTS[1]!r}) came back as an "
+        f"all-zero vector, which ranks nothing; if {fake.provider} keeps answering so, drop or reword "
+        "that text, or check the model (3 unusable replies from "
+    ) in message
+    assert len(fake.calls) == 3
+
+
 def test_timeouts_are_retried(fake: FakeProvider) -> None:
     enc = fake_encoder(fake, timeout=0.2)
     fake.schedule(Fault.slow(0.6))

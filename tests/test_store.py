@@ -89,6 +89,18 @@ def test_a_failing_batch_keeps_the_finished_ones(tmp_path):
         assert store.missing("document", texts) == ["t6", "t7", "t8"]
 
 
+def test_a_zero_vector_is_handed_back_but_never_kept(tmp_path):
+    """A zero vector ranks nothing; kept, one bad reply spoiled its text for good. A static model's (its
+    words unknown) still comes back each time: the callers refuse that text by name."""
+    enc = StaticLikeEncoder()
+    with EmbeddingStore(enc, tmp_path) as store:
+        vectors = store.embed(["fine", "zzz", "zzz"], "document")
+        assert not vectors[1:].any() and vectors[0].any()
+        assert len(store) == 1 and store.missing("document", ["fine", "zzz"]) == ["zzz"]
+        assert np.array_equal(store.embed(["zzz", "fine"], "document"), vectors[[1, 0]])
+    assert enc.calls == [("fine", "zzz"), ("zzz",)]
+
+
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SEARCH_ADAPTOR_CACHE", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"

@@ -242,6 +242,7 @@ BAD_ROWS = {
     "NaN": np.full(16, np.nan, dtype=np.float32).tobytes(),
     "inf": np.r_[np.ones(15), np.inf].astype(np.float32).tobytes(),
     "text instead of bytes": "0.1 0.2 0.3",
+    "zeros": np.zeros(16, dtype=np.float32).tobytes(),
 }
 
 
@@ -256,10 +257,11 @@ def _spoil(path: Path, rows: dict[str, object]) -> None:
 
 def test_damaged_vectors_are_embedded_again(built) -> None:
     path, vectors = built
-    spoiled = dict(zip(TEXTS[3:8], BAD_ROWS.values(), strict=True))
+    spoiled = dict(zip(TEXTS[3 : 3 + len(BAD_ROWS)], BAD_ROWS.values(), strict=True))
     _spoil(path, spoiled)
     enc = CountingEncoder(dim=16, batch_size=100)
-    with EmbeddingStore(enc, path.parents[1]) as store, pytest.warns(RuntimeWarning, match="5 stored vector"):
+    warned = pytest.warns(RuntimeWarning, match=f"{len(BAD_ROWS)} stored vector")
+    with EmbeddingStore(enc, path.parents[1]) as store, warned:
         again = store.embed(TEXTS, "document")
     assert np.array_equal(again, vectors)
     assert enc.calls == [tuple(spoiled)]  # exactly the damaged rows, once

@@ -14,7 +14,9 @@ for ``lease_s`` seconds (frozen, or on another machine), so a killed claimant ne
 Nothing hostile gets through: a damaged file, a foreign schema or a recorded dimension most of its
 vectors contradict raises one :class:`StoreError` that says which folder to delete (and deletes no
 row); a store that cannot be written (read-only media) still serves what it holds; a stored vector
-of the wrong length or with NaN/inf is never returned (it is embedded again).
+of the wrong length, with NaN/inf or all zeros is never returned (it is embedded again). An all-zero
+vector is never stored either: it has no direction to rank by, so one bad reply would spoil its text
+for good (a static model's, for a text none of whose tokens it knows, is still handed back each time).
 """
 
 from __future__ import annotations
@@ -341,9 +343,9 @@ class EmbeddingStore:
     def _read(self, keys: Iterable[bytes]) -> dict[bytes, np.ndarray]:
         """Stored vectors of ``keys``, leaving out (and, when writable, deleting) damaged rows.
 
-        A row whose blob is not ``dim`` float32 values, or holds NaN/inf, cannot be the text's vector;
-        treating it as missing is safe (the text is embedded again and the row replaced), and
-        deleting it tells other processes to do the same.
+        A row whose blob is not ``dim`` float32 values, or holds NaN/inf or only zeros, cannot be the
+        text's vector; treating it as missing is safe (the text is embedded again and the row
+        replaced), and deleting it tells other processes to do the same.
         """
         keys = list(keys)
         rows: list[tuple[bytes, object]] = []
@@ -359,14 +361,14 @@ class EmbeddingStore:
             with self._lock, self._guard():
                 self._check_dim(dim)
         mat = np.frombuffer(b"".join(v for _, v in sized), dtype=np.float32).reshape(len(sized), dim)
-        finite = np.isfinite(mat).all(axis=1)
-        found = {k: mat[i] for i, (k, _) in enumerate(sized) if finite[i]}
+        usable = np.isfinite(mat).all(axis=1) & mat.any(axis=1)
+        found = {k: mat[i] for i, (k, _) in enumerate(sized) if usable[i]}
         if len(found) < len(rows) and not self.read_only:
             bad = [(k, v) for k, v in rows if k not in found]
             with self._tx() as db:
                 db.executemany("DELETE FROM vectors WHERE key = ? AND vec = ?", bad)
             warnings.warn(
-                f"{self.path}: {len(bad)} stored vector(s) had the wrong length or NaN/inf; "
+                f"{self.path}: {len(bad)} stored vector(s) had the wrong length, NaN/inf or only zeros; "
                 "they were deleted and are embedded again",
                 RuntimeWarning,
                 stacklevel=3,
@@ -570,7 +572,10 @@ class EmbeddingStore:
                 return  # the embedding thread meets the same error and reports it
 
     def _write(self, keys: list[bytes], vectors: np.ndarray) -> None:
-        """Commit one batch and drop its claims, in one transaction (all of it or nothing survives)."""
+        """Commit one batch and drop its claims, in one transaction (all of it or nothing survives).
+
+        All-zero vectors are left out: they rank nothing, so their texts count as missing (:meth:`_read`).
+        """
         with self._tx() as db:
             if self._dim is None:
                 self._dim = self._meta_dim()  # another process may have recorded it meanwhile
@@ -586,7 +591,7 @@ class EmbeddingStore:
                 )
             db.executemany(
                 "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
-                [(k, v.tobytes()) for k, v in zip(keys, vectors, strict=True)],
+                [(k, v.tobytes()) for k, v in zip(keys, vectors, strict=True) if v.any()],
             )
             db.executemany("DELETE FROM pending WHERE key = ?", [(k,) for k in keys])
 

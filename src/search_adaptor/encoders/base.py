@@ -37,6 +37,13 @@ def without_direction(vectors: np.ndarray) -> dict[int, str]:
     return dict.fromkeys(np.flatnonzero(~np.asarray(vectors).any(axis=1)).tolist(), NO_DIRECTION)
 
 
+def describe_item(item: Item) -> str:
+    """How an error names one text (its length and start) or image, so that it can be found."""
+    if isinstance(item, str):
+        return f"{len(item):,} characters, starting {' '.join(item[:40].split())!r}"
+    return f"the image {item}"
+
+
 class EncoderError(RuntimeError):
     """A provider refused or failed a request in a way retrying will not fix (bad key, bad model...)."""
 
@@ -72,15 +79,11 @@ class InputsRejected(EncoderError):
     ) -> InputsRejected:
         """The one-line error for ``rejected`` rows of a batch of ``texts`` (texts or images)."""
         first = min(rejected)
-        text = texts[first]
         more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
-        if isinstance(text, str):
-            what = f"{len(text):,} characters, starting {' '.join(text[:40].split())!r}"
-        else:
-            what = f"the image {text}"
         return cls(
             f"{source}: {len(rejected)} of {len(texts)} texts cannot be embedded, the other "
-            f"{len(texts) - len(rejected)} were; text {first}{more} ({what}): {rejected[first]}",
+            f"{len(texts) - len(rejected)} were; text {first}{more} ({describe_item(texts[first])}): "
+            f"{rejected[first]}",
             vectors,
             rejected,
         )

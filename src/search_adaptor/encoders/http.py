@@ -20,10 +20,10 @@ connection errors. The wait is exponential backoff with full jitter (``uniform(0
 base_delay * 2**n))``), or, when the server says how long to wait, at least that long: from
 ``retry-after-ms``, ``Retry-After`` (seconds or an HTTP date), ``x-ratelimit-reset`` (Cohere: a Unix
 time) or a Google ``RetryInfo.retryDelay`` in the error body. Malformed 2xx bodies (not JSON,
-fields missing, wrong number of vectors, NaN/inf, wrong width) are treated as a server fault and
-retried at most :attr:`RetryPolicy.malformed_retries` times. :attr:`RetryPolicy.budget_s` bounds the
-seconds one request may take, attempts and waits together (a server answering its own clients
-wants a short one).
+fields missing, wrong number of vectors, NaN/inf, an all-zero vector, wrong width) are treated as a
+server fault and retried at most :attr:`RetryPolicy.malformed_retries` times.
+:attr:`RetryPolicy.budget_s` bounds the seconds one request may take, attempts and waits together
+(a server answering its own clients wants a short one).
 
 Other 4xx statuses (bad request, bad key, unknown model) fail at once: retrying cannot fix them.
 A rejection that says one input is too long (413, or a 400/422 whose message says so) is raised
@@ -58,7 +58,16 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import httpx
 import numpy as np
 
-from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind, check_vectors
+from search_adaptor.encoders.base import (
+    KINDS,
+    Encoder,
+    EncoderError,
+    InputsRejected,
+    Kind,
+    check_vectors,
+    describe_item,
+    without_direction,
+)
 from search_adaptor.images import ImageRef, Item, image_type
 
 log = logging.getLogger(__name__)
@@ -1089,13 +1098,14 @@ class ApiEncoder(Encoder):
         return self._client.post(
             path,
             body,
-            lambda payload: self._vectors(rows(payload), len(texts)),
+            lambda payload: self._vectors(rows(payload), texts),
             tokens=sum(map(_timeout_tokens, texts)),
             **kw,
         )
 
-    def _vectors(self, rows: Any, count: int) -> np.ndarray:
-        """Check one reply's embeddings: a list of ``count`` finite, non-empty rows of the asked width.
+    def _vectors(self, rows: Any, texts: list[Any]) -> np.ndarray:
+        """Check one reply's embeddings: one finite, non-empty row of the asked width per text sent, none
+        all zeros (a vector without direction ranks nothing, and stored it would stay so).
 
         Raises
         ------
@@ -1104,11 +1114,19 @@ class ApiEncoder(Encoder):
         """
         if not isinstance(rows, list):
             raise MalformedResponse(f"expected a list of embeddings, got {type(rows).__name__}")
-        arr = check_vectors(rows, f"{self.provider}:{self.model}", count)
+        arr = check_vectors(rows, f"{self.provider}:{self.model}", len(texts))
         if arr.shape[1] == 0:
             raise MalformedResponse("the embeddings are empty")
         if self.dimensions is not None and arr.shape[1] != self.dimensions:
             raise MalformedResponse(f"asked for {self.dimensions}-d embeddings, got {arr.shape[1]}-d")
+        zero = without_direction(arr)
+        if zero:
+            first = min(zero)
+            raise MalformedResponse(
+                f"text {first} of the {len(texts)} sent ({describe_item(texts[first])}) came back as an "
+                f"all-zero vector, which ranks nothing; if {self.provider} keeps answering so, drop or "
+                "reword that text, or check the model"
+            )
         return arr
 
     def __repr__(self) -> str:
