@@ -142,10 +142,13 @@ def test_a_read_only_store_serves_what_it_holds(built, monkeypatch, what, writab
         assert np.array_equal(store.embed(TEXTS[::-1], "document"), vectors[::-1])
         with pytest.raises(sqlite3.OperationalError, match="readonly"):  # SQLite itself refuses writes
             store._db.execute("DELETE FROM vectors")
-        with pytest.raises(StoreError) as exc:
-            store.embed([*TEXTS[:5], "a text it does not hold"], "document")
+        new = ["a text it does not hold", "another"]
+        with pytest.raises(StoreError) as exc:  # counted once each, the held ones not at all
+            store.embed([*TEXTS[:5], new[0], TEXTS[0], new[0], new[1], TEXTS[1]], "document")
     assert enc.calls == []  # nothing was paid for that could not be kept
-    _assert_one_line(exc, path, "read-only", "1 text(s)", f"make {path.parent} writable", "--cache")
+    _assert_one_line(
+        exc, path, "read-only", "and 2 text(s) have no vector", f"make {path.parent} writable", "--cache"
+    )
     assert _digest(path) == before
 
 
