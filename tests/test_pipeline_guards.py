@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from search_adaptor.cli import main
 from search_adaptor.data import DataError
 from search_adaptor.model import CompatibilityError
-from search_adaptor.pipeline import embed_and_adapt, ray_session, transform_vectors
+from search_adaptor.pipeline import CONNECT_TIMEOUT_S, embed_and_adapt, ray_session, transform_vectors
 from search_adaptor.vectors import MARKER, SHARDS_MANIFEST, iter_vectors, written_by
 from test_index import FAKE, FAKE_INFO, make_adapter
 from test_pipeline import read_all, write_corpus
@@ -211,11 +212,26 @@ def no_session(monkeypatch):
     return ray
 
 
+def closed_port() -> int:
+    """A port nothing listens at once its socket is closed."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
+
+
+@pytest.fixture
+def ray_record(tmp_path, monkeypatch):
+    """Ray's record of the last cluster started, in a temp folder of this test's (not /tmp/ray), and
+    no RAY_ADDRESS: write an address to it to make a crashed cluster's record."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "ray").mkdir()
+    return tmp_path / "ray" / "ray_current_cluster"
+
+
 @needs_ray
 def test_an_address_where_nothing_listens_is_refused_at_once(no_session):
-    with socket.socket() as free:  # a port nothing listens at once this socket is closed
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = closed_port()
     for address in (f"127.0.0.1:{port}", f"localhost:{port}"):
         with pytest.raises(RuntimeError, match=rf"^--ray-address {address}: nothing answers at .*:{port} \("):
             ray_session(address)
@@ -229,7 +245,47 @@ def test_a_ray_client_address_without_ray_client_says_what_to_install(no_session
 
 
 @needs_ray
-def test_auto_without_a_cluster_names_our_flag(monkeypatch):
+def test_auto_with_the_record_of_a_crashed_cluster_is_refused_at_once(no_session, ray_record):
+    """Ray waited minutes on the dead GCS that the record of the last `ray start` names."""
+    port = closed_port()
+    ray_record.write_text(f"127.0.0.1:{port}\n")
+    start = time.monotonic()
+    with pytest.raises(
+        RuntimeError, match=rf"^--ray-address auto: no Ray cluster answers at .*:{port} \("
+    ) as caught:
+        ray_session("auto")
+    assert time.monotonic() - start < CONNECT_TIMEOUT_S + 5
+    said = str(caught.value)
+    assert f"({ray_record}: `ray stop` forgets a dead one); start one (`ray start --head`)" in said
+    assert said.endswith("or leave --ray-address out to run a local Ray") and "\n" not in said
+
+
+@needs_ray
+def test_no_address_with_the_record_of_a_crashed_cluster_starts_a_local_ray(monkeypatch, ray_record):
+    import ray
+
+    addresses = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda address, **_: addresses.append(address))
+    ray_session()  # nothing recorded: Ray decides (a local Ray)
+    ray_record.write_text(f"127.0.0.1:{closed_port()}\n")
+    ray_session()
+    assert addresses == [None, "local"]
+
+
+@needs_ray
+def test_a_dead_ray_address_variable_is_refused_naming_it(no_session, monkeypatch):
+    port = closed_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    for address in ("auto", None):  # Ray takes RAY_ADDRESS for both
+        with pytest.raises(
+            RuntimeError, match=rf"^RAY_ADDRESS 127.0.0.1:{port}: nothing answers .*leave RAY_ADDRESS out"
+        ):
+            ray_session(address)
+
+
+@needs_ray
+def test_auto_without_a_cluster_names_our_flag(monkeypatch, ray_record):
     import ray
 
     def no_cluster(*a, **k):

@@ -194,9 +194,10 @@ def ray_session(address: str | None = None, quiet: bool = False) -> Any:
     """Connect to the Ray cluster at ``address``, or start a local one bound to loopback; order kept.
 
     An address where nothing answers is refused within :data:`CONNECT_TIMEOUT_S` (Ray itself retries
-    for minutes), and every refusal names ``--ray-address``. ``quiet`` (``--quiet``) keeps Ray's lines
-    below errors off the terminal: its start ("Started a local Ray instance"), Ray Data's execution
-    plans and warnings (Ray's C++ core prints its error lines at any level asked for).
+    for minutes), ``auto``'s included (:func:`_cluster_address`), and every refusal names
+    ``--ray-address``. ``quiet`` (``--quiet``) keeps Ray's lines below errors off the terminal: its
+    start ("Started a local Ray instance"), Ray Data's execution plans and warnings (Ray's C++ core
+    prints its error lines at any level asked for).
     """
     try:
         import ray
@@ -210,16 +211,15 @@ def ray_session(address: str | None = None, quiet: bool = False) -> Any:
         if quiet:
             options["logging_level"] = logging.ERROR
         if address:
-            _check_reachable(address)
             try:
-                ray.init(address=address, **options)
+                ray.init(address=_cluster_address(address), **options)
             except ConnectionError:  # Ray's own line names its `--address` flag
                 raise RuntimeError(
                     f"--ray-address {address}: found no running Ray cluster; start one (`ray start --head`), "
                     "give its address, or leave --ray-address out to run a local Ray"
                 ) from None
         else:
-            ray.init(_node_ip_address="127.0.0.1", **options)
+            ray.init(address=_cluster_address(None), _node_ip_address="127.0.0.1", **options)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # same rows in the same order as the local engine
     ctx.enable_progress_bars = False
@@ -227,31 +227,70 @@ def ray_session(address: str | None = None, quiet: bool = False) -> Any:
     return ray
 
 
-def _check_reachable(address: str) -> None:
+def _cluster_address(address: str | None) -> str | None:
+    """The address to give ``ray.init`` for ``address``, once something answers at what it stands for.
+
+    For ``auto`` and no address, Ray takes ``RAY_ADDRESS``, else the address the last ``ray start``
+    recorded (``ray_current_cluster`` in Ray's temp folder, ``$RAY_TMPDIR`` or ``/tmp``), which a
+    cluster that crashed leaves behind: Ray then retries its dead GCS for minutes. Such a record is
+    refused in seconds for ``auto``, and passed over for the local Ray that no address asks for.
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray._private.utils import get_ray_address_file
+
+    if address not in (None, "auto"):
+        _check_reachable(address)
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        _check_reachable(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+        return address
+    found = canonicalize_bootstrap_address(address)  # "auto" and no cluster: ConnectionError
+    nothing = _unanswered(found) if found else None
+    if nothing is None:
+        return address
+    if address is None:
+        return "local"
+    raise RuntimeError(
+        f"--ray-address auto: no Ray cluster answers at {nothing}, the last one Ray recorded "
+        f"({get_ray_address_file(None)}: `ray stop` forgets a dead one); start one (`ray start --head`), "
+        "or leave --ray-address out to run a local Ray"
+    )
+
+
+def _check_reachable(address: str, flag: str = "--ray-address") -> None:
     """Refuse, in seconds, a ``host:port`` or ``ray://host:port`` address that nothing listens at, and
-    a ``ray://`` one without Ray Client installed (the ``[ray]`` extra installs ``ray[data]`` only)."""
+    a ``ray://`` one without Ray Client installed (the ``[ray]`` extra installs ``ray[data]`` only);
+    ``flag`` is where the address was given."""
     from importlib.util import find_spec
 
-    client = address.startswith("ray://")
-    if client and find_spec("grpc") is None:
+    if address.startswith("ray://") and find_spec("grpc") is None:
         raise RuntimeError(
-            f'--ray-address {address}: a ray:// address needs Ray Client: pip install "ray[client]" (or '
+            f'{flag} {address}: a ray:// address needs Ray Client: pip install "ray[client]" (or '
             "give the head's GCS address, host:6379, from a machine of the cluster)"
         )
+    nothing = _unanswered(address)
+    if nothing is not None:
+        raise RuntimeError(
+            f"{flag} {address}: nothing answers at {nothing}; start the cluster, correct the address, or "
+            f"leave {flag} out to run a local Ray"
+        )
+
+
+def _unanswered(address: str) -> str | None:
+    """``host:port (why)`` when nothing answers at ``address`` (``host:port`` or ``ray://host:port``)
+    within :data:`CONNECT_TIMEOUT_S`; None when something does, or for another form (Ray decides)."""
     try:
-        parts = urlsplit(address if client else f"//{address}")
+        parts = urlsplit(address if address.startswith("ray://") else f"//{address}")
         host, port = parts.hostname, parts.port
-    except ValueError:  # not host:port ("auto", a malformed one): Ray decides
-        return
+    except ValueError:  # not host:port (a malformed one)
+        return None
     if not host or port is None:
-        return
+        return None
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise RuntimeError(
-            f"--ray-address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); start the "
-            "cluster, correct the address, or leave --ray-address out to run a local Ray"
-        ) from None
+        return f"{host}:{port} ({exc.strerror or exc})"
+    return None
 
 
 @contextlib.contextmanager
