@@ -17,7 +17,7 @@ import numpy as np
 
 from search_adaptor.data import Dataset, refuse_nulls
 from search_adaptor.encoders.base import Encoder, InputsRejected, Kind
-from search_adaptor.store import EmbeddingStore, StoreStats
+from search_adaptor.store import EmbeddingStore, StoreStats, item_key
 
 _CHUNK = 65536  # rows measured at a time in float64 by unit_rows: bounds its extra memory
 
@@ -144,10 +144,15 @@ def embed_dataset(
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stores = {id(enc): stack.enter_context(EmbeddingStore(enc, cache_dir)) for enc, _, _ in jobs}
-        missing = [stores[id(enc)].missing(kind, texts) for enc, kind, texts in jobs]
-        for (enc, _, _), items in zip(jobs, missing, strict=True):  # before any call is paid for
+        unsent: dict[int, set[bytes]] = {key: set() for key in stores}  # per store: a text counts once
+        for enc, kind, texts in jobs:  # before any call is paid for
+            items = stores[id(enc)].missing(kind, texts)
             enc.check_items(items)  # an image a text-only model cannot take: one line, nothing sent
-        todo = sum(len(items) for items in missing)
+            unsent[id(enc)].update(item_key(kind, t) for t in items)
+        for key, keys in unsent.items():  # all a read-only store lacks, not the first job's share
+            if keys and stores[key].read_only:
+                raise stores[key].unwritable(len(keys))
+        todo = sum(map(len, unsent.values()))
         bar = stack.enter_context(
             tqdm(
                 total=todo,

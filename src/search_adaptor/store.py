@@ -284,6 +284,14 @@ class EmbeddingStore:
                 f"recorded dimension {dim}, but {most} of its vectors are {size} bytes long, not {4 * dim}"
             )
 
+    def unwritable(self, count: int) -> StoreError:
+        """The one-line error for a read-only store that lacks ``count`` distinct texts, with the fix."""
+        return StoreError(
+            f"{self.path}: cannot write the embedding store here (read-only), and {count} text(s) "
+            f"have no vector in it yet; make {self.path.parent} writable, or point {ENV_CACHE} "
+            "(--cache) at a writable folder (a copy of this one keeps its vectors)"
+        )
+
     def _damaged(self, reason: str) -> StoreError:
         """The one-line error for a file this store cannot trust, with the fix: rebuild it."""
         return StoreError(
@@ -427,11 +435,7 @@ class EmbeddingStore:
         todo = self._missing(kind, texts, found)
         self.encoder.check_items(todo.values())  # an image a text-only model cannot take: fail now
         if todo and self.read_only:
-            raise StoreError(
-                f"{self.path}: cannot write the embedding store here (read-only), and {len(todo)} text(s) "
-                f"have no vector in it yet; make {self.path.parent} writable, or point {ENV_CACHE} "
-                "(--cache) at a writable folder (a copy of this one keeps its vectors)"
-            )
+            raise self.unwritable(len(todo))
         local = StoreStats(requested=len(texts), unique=len(found) + len(todo))
         refused: dict[bytes, str] = {}
         if todo:
