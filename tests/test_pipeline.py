@@ -310,24 +310,45 @@ def test_ray_refuses_bad_input_with_the_local_engines_line(tmp_path, ray_cluster
 
 @pytest.mark.slow
 @pytest.mark.skipif(find_spec("ray") is None, reason="needs ray[data] (the ray extra)")
-def test_ray_index_with_quiet_prints_no_ray_lines(tmp_path):
+def test_ray_index_and_transform_with_quiet_print_no_ray_lines(tmp_path):
     """--quiet is errors only: Ray's start, Ray Data's plans and its warnings stay off the terminal. In
-    a process of its own, as the CLI runs, so that the run starts its Ray itself."""
+    a process of its own, as the CLI runs: transform starts its Ray itself, then index uses it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from search_adaptor.encoders.local import SentenceTransformerEncoder
 
     write_corpus(tmp_path / "data", 20)
     make_adapter(384, info=SentenceTransformerEncoder().info()).save(tmp_path / "a")
-    argv = [tmp_path / "data", "--adapter", tmp_path / "a", "--out", tmp_path / "idx", "--engine", "ray"]
-    code = "import sys\nfrom search_adaptor.cli import main\nsys.exit(main(sys.argv[1:]))"
+    vectors = np.random.default_rng(0).normal(size=(8, 384)).astype(np.float32)
+    pq.write_table(
+        pa.table({"id": [str(i) for i in range(8)], "vector": list(vectors)}), tmp_path / "v.parquet"
+    )
+    ray = ["--engine", "ray", "--quiet"]
+    transform = [
+        "transform",
+        tmp_path / "v.parquet",
+        "--adapter",
+        tmp_path / "a",
+        "--out",
+        tmp_path / "t",
+        *ray,
+    ]
+    index = ["index", tmp_path / "data", "--adapter", tmp_path / "a", "--out", tmp_path / "idx", *ray]
+    index += ["--cache", tmp_path / "c"]
+    runs = json.dumps([list(map(str, transform)), list(map(str, index))])
+    code = f"import sys\nfrom search_adaptor.cli import main\nsys.exit(any(main(a) for a in {runs}))"
     done = subprocess.run(
-        [sys.executable, "-c", code, "index", *map(str, argv), "--cache", str(tmp_path / "c"), "--quiet"],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("20 documents indexed (ray engine") and done.stdout.count("\n") == 1
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("8 vectors (384-d) adapted with the ray engine")
+    assert lines[1].startswith("20 documents indexed (ray engine")
     # Ray's Python lines ("<time>\tINFO worker.py:2038 -- Started a local Ray instance.") and its
     # core's ("[<time> W <pid> <tid>] file.cc:1: ..."); its core's error lines go to stderr whatever
     # the level asked for

@@ -240,7 +240,7 @@ def _cmd_transform(args: argparse.Namespace) -> None:
     options = {k: getattr(args, k) for k in keys}
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
-    stats = transform_vectors(args.vectors, adapter, args.out, **options)
+    stats = transform_vectors(args.vectors, adapter, args.out, progress=not args.quiet, **options)
     rate = stats.rows / max(stats.seconds, 1e-9)
     print(
         f"{stats.rows} vectors ({stats.dim}-d) adapted with the {stats.engine} engine into {args.out} "

@@ -58,6 +58,7 @@ _ADAPTER = A(
 )
 _DIM = A("--dim", type=_positive_int, help="keep the first DIM adapted coordinates (Matryoshka)")
 _DATA = A("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
+_QUIET = A("--quiet", action="store_true", help="no progress bars, per-candidate or Ray lines")
 _ENCODER = [
     A(
         "--provider",
@@ -76,7 +77,7 @@ _ENCODER = [
     ),
     A("--embeddings", metavar="DIR", help="precomputed DIR/{queries,corpus}.{npz,parquet}"),
     A("--cache", metavar="DIR", help="embedding store ($SEARCH_ADAPTOR_CACHE or user cache)"),
-    A("--quiet", action="store_true", help="no progress bars or per-candidate lines"),
+    _QUIET,
     A(
         "--query-provider",
         choices=PROVIDERS,
@@ -181,6 +182,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--id-column", default="id", help="Parquet id column (default id)"),
         A("--vector-column", default="vector", help="Parquet vector column (default vector)"),
         _DIM,
+        _QUIET,
         "engine",
     ],
     "search": [

@@ -398,6 +398,7 @@ def transform_vectors(
     vector_column: str = VECTOR,
     ray_address: str | None = None,
     dim: int | None = None,
+    progress: bool = False,
 ) -> JobStats:
     """Apply ``adapter.transform_corpus`` to vectors the user already has, streaming, into ``out``.
 
@@ -405,6 +406,8 @@ def transform_vectors(
     shards (the only output of the ``ray`` engine). ``dim`` keeps the first ``dim`` adapted
     coordinates (a Matryoshka prefix, unit length again). Refused before any work: vectors
     search-adaptor already adapted, and an ``out`` that is the input, inside it or around it.
+    Without ``progress`` (``--quiet``) the ray engine prints its errors only, as in
+    :func:`embed_and_adapt`.
     """
     _check_engine(engine)
     try:
@@ -429,7 +432,7 @@ def transform_vectors(
     if Path(out).suffix in (".npy", ".parquet"):
         raise ValueError(f"{out}: the ray engine writes a folder of Parquet shards; give a folder name")
     paths = _parquet_files(files, id_column, vector_column)
-    ray = ray_session(ray_address)
+    ray = ray_session(ray_address, quiet=not progress)
     ds = ray.data.read_parquet(paths).select_columns([id_column, vector_column])
     ds = ds.map_batches(
         adapt_batch,
