@@ -1104,6 +1104,19 @@ def test_cli_fit_unlabelled_with_more_pairs_from_a_query_log(m2v, tmp_path, caps
     assert report["family"] == "cross-unlabelled" and report["validation"]["metric"] == "neighbours@10"
     # queries and corpus by the query model, corpus and queries by the documents' model, the log by both
     assert report["encoder_calls"]["texts_sent"] == 16 + 20 + 20 + 16 + 2 * 5
+    # a log holding the scored queries' texts (up to case and spacing): those are left out, said once
+    from search_adaptor.data import load_beir
+
+    dataset = load_beir(data)
+    test = [f"  {dataset.queries[q].upper()} " for q in dataset.qrels["test"]]
+    train = dataset.queries[next(iter(dataset.qrels["train"]))]
+    held = tmp_path / "held.txt"
+    held.write_text("".join(f"{text}\n" for text in [*test, train, "a text of its own"]))
+    again = [*fit, *query, "--pairs", str(held), "--cache", str(tmp_path / "cache2"), "-o", "json"]
+    assert main([*again, "--out", str(tmp_path / "fit2")]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {len(test)} paired text(s) are the texts of queries this fit scores" in captured.err
+    assert json.loads(captured.out)["encoder_calls"]["texts_sent"] == 16 + 20 + 20 + 16 + 2 * 1
     # refused before anything is embedded, in one line: no query model, a missing file, precomputed vectors
     for extra, message in (
         ([], "name the query model"),

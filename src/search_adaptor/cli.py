@@ -81,10 +81,10 @@ def _note_size(adapter: Any, dim: int | None) -> None:
 def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> Any:
     """The dataset's embeddings, once what the command will score has been checked (nothing is paid for
     a run that would stop at its qrels)."""
-    from search_adaptor.experiment import embeddings_for, fit_family, protocol
+    from search_adaptor.experiment import embeddings_for, fit_family, protocol, without_held_out
 
     if args.command == "fit":
-        protocol(dataset, args.folds, args.seed, val_split=args.val_split)
+        proto = protocol(dataset, args.folds, args.seed, val_split=args.val_split)
     elif args.command == "evaluate":
         dataset.split(args.split)
     options: dict[str, Any] = {"adapter": adapter, "pair_texts": None}
@@ -103,6 +103,15 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
                 file=sys.stderr,
             )
         options["pair_texts"] = list(dict.fromkeys([*(options["pair_texts"] or []), *sentences])) or None
+    if options["pair_texts"] and args.command == "fit":  # fit's options only
+        options["pair_texts"], left_out = without_held_out(options["pair_texts"], dataset, proto)
+        if left_out:
+            print(
+                f"search-adaptor: warning: {left_out} paired text(s) are the texts of queries this fit "
+                "scores or validates; they are left out, so that those queries stay held-out",
+                file=sys.stderr,
+            )
+        options["pair_texts"] = options["pair_texts"] or None
     if args.embeddings:
         if args.query_provider or args.query_model or args.query_base_url:
             raise ValueError(

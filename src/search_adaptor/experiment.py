@@ -824,6 +824,21 @@ def _seen(
     return {"n": sum(q in ids for q in scored), "of": len(scored), "by": "id"}
 
 
+def without_held_out(texts: Sequence[str], dataset: Dataset, proto: Protocol) -> tuple[list[str], int]:
+    """``texts`` (paired texts for a query model: a query log, the corpus's sentences) without those
+    that are, up to case and spacing, the text of a query ``proto`` scores or validates, and how many
+    were left out: a scored query's own text, paired, would train the map its score goes through, and
+    that score would no longer be a held-out one."""
+
+    def same(text: str) -> str:
+        return " ".join(text.casefold().split())
+
+    held = {q for _, _, scored in proto.folds for q in scored} | set(proto.val)
+    held_texts = {same(dataset.queries[q]) for q in held if q in dataset.queries}
+    kept = [t for t in texts if same(t) not in held_texts]
+    return kept, len(texts) - len(kept)
+
+
 def _digest(query: str) -> str:
     """A query text's 64-bit digest, hex (its store key's first half): two texts never meet in practice."""
     return text_key("query", query).hex()[:16]
