@@ -112,6 +112,18 @@ def test_image_paths_must_name_a_file_inside_the_dataset_folder(
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("url", ["HTTP://example.com/Cat.PNG", "Https://example.com/Cat.PNG"])
+def test_an_image_url_is_one_whatever_the_case_of_its_scheme(tmp_path: Path, url: str) -> None:
+    """Schemes are case-insensitive (RFC 3986): ``HTTP://...`` was taken for a relative file path in
+    the dataset folder (then refused as a missing file). It is a URL, kept with its scheme in lower
+    case, so that one URL is one store key however a row spells it; the rest stays as written."""
+    scheme, rest = url.split(":", 1)
+    [image] = load_beir(_beir(tmp_path, [{"_id": "d1", "image": url}])).doc_texts
+    assert image == ImageRef(f"{scheme.lower()}:{rest}") and image.is_url and ImageRef(url).is_url
+    assert image.content_id == ImageRef.of(f"{scheme.lower()}:{rest}", None).content_id
+    assert image.size_bytes() == 0
+
+
 def test_a_row_without_text_needs_an_image(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r'corpus\.jsonl:1: missing field "text"'):
         load_beir(_beir(tmp_path, [{"_id": "d1", "title": "only a title"}]))

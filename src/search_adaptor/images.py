@@ -42,6 +42,12 @@ _CHUNK = 1 << 20
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
+def _is_url(value: str) -> bool:
+    """Whether ``value`` is an http(s) URL: its scheme in any case (RFC 3986 makes schemes
+    case-insensitive, so ``HTTPS://host/a.png`` is a URL, not a relative file path)."""
+    return value[:8].lower().startswith(_URL_SCHEMES)
+
+
 def image_type(data: bytes) -> str | None:
     """The media type of an image's bytes (``"image/png"``...), from its magic bytes; None if unknown."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
@@ -117,7 +123,8 @@ class ImageRef:
 
     @classmethod
     def of(cls, value: object, folder: str | os.PathLike | None) -> ImageRef:
-        """The image a corpus row names: a URL as is, or a path relative to ``folder`` that must stay in it.
+        """The image a corpus row names: an http(s) URL (its scheme in lower case, whatever case the row
+        wrote it in), or a path relative to ``folder`` that must stay in it.
 
         The file is not read here (nor need it exist yet): a corpus whose vectors are given
         precomputed needs no image files. It is read when its content is first needed
@@ -134,8 +141,9 @@ class ImageRef:
                 "must be a path relative to the dataset folder or an http(s) URL, "
                 f"got {json.dumps(value)[:60]}"
             )
-        if value.startswith(_URL_SCHEMES):
-            return cls(value)
+        if _is_url(value):  # the scheme in RFC 3986's canonical lower case: one URL, one store key
+            scheme, rest = value.split(":", 1)
+            return cls(f"{scheme.lower()}:{rest}")
         if folder is None:
             raise ValueError(
                 f"{json.dumps(value)} is a path, but this corpus was given without its folder; "
@@ -153,7 +161,7 @@ class ImageRef:
     @property
     def is_url(self) -> bool:
         """Whether the provider fetches the image itself (else its bytes are sent)."""
-        return self.source.startswith(_URL_SCHEMES)
+        return _is_url(self.source)
 
     def read(self) -> bytes:
         """The file's bytes.
