@@ -112,6 +112,35 @@ def test_image_paths_must_name_a_file_inside_the_dataset_folder(
     assert "\n" not in str(info.value)
 
 
+def test_an_image_folder_linked_from_another_disk_is_named_as_what_leads_out(tmp_path: Path) -> None:
+    """Images kept elsewhere through a linked folder (``DATA/images -> /mnt/...``) are refused, as
+    any path out of the dataset folder is; the message said the relative path written in the row was
+    not a relative path inside the folder, and to keep the images there: it names the link now."""
+    elsewhere = tmp_path / "bigdisk"
+    elsewhere.mkdir()
+    (elsewhere / "p0.png").write_bytes(png())
+    folder = _beir(tmp_path / "ds", [{"_id": "d1", "image": "images/p0.png"}])
+    (folder / "images").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(DataError) as info:
+        load_beir(folder)
+    link, base = folder / "images", folder.resolve()
+    assert str(info.value).endswith(
+        f'corpus.jsonl:1: field "image" "images/p0.png" leads out of the dataset folder {base}: '
+        f"{link} is a symbolic link to {elsewhere.resolve()}, and images must be inside the dataset "
+        f"folder itself; move {elsewhere.resolve()} to {link} in place of the link, or keep the whole "
+        "dataset folder where the images are"
+    )
+    # following the advice works; a link that stays inside the folder is no reason to refuse
+    (folder / "images").unlink()
+    shutil.move(elsewhere, folder / "pics")
+    (folder / "images").symlink_to(folder / "pics", target_is_directory=True)
+    [image] = load_beir(folder).doc_texts
+    assert image == ImageRef(str(folder.resolve() / "pics" / "p0.png"))
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "image": "../ds/images/../../bigdisk/p0.png"}\n')
+    with pytest.raises(DataError, match=r'"image" "\.\./ds/.*" is not a relative path inside the dataset'):
+        load_beir(folder)  # out by "..": no link to blame
+
+
 @pytest.mark.parametrize("url", ["HTTP://example.com/Cat.PNG", "Https://example.com/Cat.PNG"])
 def test_an_image_url_is_one_whatever_the_case_of_its_scheme(tmp_path: Path, url: str) -> None:
     """Schemes are case-insensitive (RFC 3986): ``HTTP://...`` was taken for a relative file path in

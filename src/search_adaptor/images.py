@@ -134,7 +134,8 @@ class ImageRef:
         ------
         ValueError
             One line, naming the value and the fix: not a string, a path outside ``folder`` (or
-            absolute), or a relative path without a folder to resolve it in.
+            absolute; one that a symbolic link leads out of it is told apart, naming the link and
+            where it points), or a relative path without a folder to resolve it in.
         """
         if not isinstance(value, str) or not value.strip():
             raise ValueError(
@@ -152,6 +153,14 @@ class ImageRef:
         try:
             path = inside(folder, value, "image")
         except ValueError:
+            link = _link_out(folder, value)
+            if link is not None:  # a relative path indeed, led out by a link: name it, and where it goes
+                raise ValueError(
+                    f"{json.dumps(value)} leads out of the dataset folder {Path(folder).resolve()}: "
+                    f"{link[0]} is a symbolic link to {link[1]}, and images must be inside the dataset "
+                    f"folder itself; move {link[1]} to {link[0]} in place of the link, or keep the whole "
+                    "dataset folder where the images are"
+                ) from None
             raise ValueError(
                 f"{json.dumps(value)} is not a relative path inside the dataset folder "
                 f"{Path(folder).resolve()}; keep the images in that folder and name them relative to it"
@@ -204,6 +213,24 @@ class ImageRef:
 
     def __str__(self) -> str:
         return self.source
+
+
+def _link_out(folder: str | os.PathLike, relative: str) -> tuple[Path, Path] | None:
+    """The first symbolic link along ``relative`` (a path in ``folder``) that points out of ``folder``,
+    and the place it points to; None where the path leaves ``folder`` without one (``..``, absolute).
+
+    Such a path is relative and inside ``folder`` as written: only the link takes it out, so the
+    refusal must name the link (images kept on another disk through a linked folder), not the path.
+    """
+    base = Path(folder).resolve()
+    step = base
+    for part in Path(relative).parts:
+        if part == ".." or Path(part).is_absolute():  # left as written: no link to blame
+            return None
+        step = step / part
+        if step.is_symlink() and not step.resolve().is_relative_to(base):
+            return step, step.resolve()
+    return None
 
 
 #: One item to embed: a text, or an image (a corpus row with ``"image"``).
