@@ -4,10 +4,12 @@ Heavy modules (numpy, torch, models) load only inside the commands, so ``--help`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,8 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
             )
         given = {k: getattr(args, k) for k in ("batch_size", "max_concurrency", "timeout")}
         options = {k: v for k, v in given.items() if v is not None}  # a local model refuses the API's
-        return from_info(recorded, **options, base_url=root)
+        with _in_flags(side):
+            return from_info(recorded, **options, base_url=root)
     keys = [
         *([] if side else ["dimensions"]),
         "batch_size",
@@ -57,7 +60,28 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
         *(["timeout"] if args.timeout else []),
     ]
     options = {k: getattr(args, k) for k in keys if not side or getattr(args, k) is not None}
-    return make_encoder(provider, model, base_url=root, **options)
+    with _in_flags(side):
+        return make_encoder(provider, model, base_url=root, **options)
+
+
+#: an encoder's options, as its refusals name them, and the flags that set them (``base_url`` and the
+#: model have a --query- twin; the others apply to both models)
+_OPTION_FLAGS = re.compile(r"(?<![-\w])(base_url|dimensions|batch_size|max_concurrency|timeout)(?![-\w])")
+
+
+@contextlib.contextmanager
+def _in_flags(side: str) -> Iterator[None]:
+    """Raise an encoder's refusal in the command line's words: its options named as the flags that
+    set them, on the model's side (``base_url`` of the query model is --query-base-url), so that the
+    fix it gives is a flag the user can type."""
+    dashed = side.replace("_", "-")
+    try:
+        yield
+    except ValueError as exc:
+        text = _OPTION_FLAGS.sub(
+            lambda m: f"--{dashed if m[1] == 'base_url' else ''}{m[1].replace('_', '-')}", str(exc)
+        )
+        raise ValueError(text.replace("pass the model", f"pass --{dashed}model, the model")) from None
 
 
 def _check_engine_flags(args: argparse.Namespace) -> None:
