@@ -571,6 +571,7 @@ def test_read_texts_takes_lines_or_query_records_each_text_once(tmp_path: Path, 
     ("name", "content", "message"),
     [
         ("none.txt", None, r"none\.txt: no such file \(give a \.jsonl"),
+        ("log", "folder", r"log: a folder, not a file \(give a \.jsonl"),
         ("empty.txt", "\n  \n", r"empty\.txt: no texts"),
         ("bad.jsonl", '{"_id": 1, "text": "a"}\n{"_id": 2, "text": ', r"bad\.jsonl:2: not valid JSON"),
         ("field.jsonl", '{"_id": 1, "body": "a"}\n', r'field\.jsonl:1: missing field "text"'),
@@ -581,7 +582,9 @@ def test_read_texts_errors_name_the_file_and_line(
     tmp_path: Path, name: str, content: str | None, message: str
 ) -> None:
     path = tmp_path / name
-    if content is not None:
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(DataError, match=message) as err:
         read_texts(path)

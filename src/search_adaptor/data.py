@@ -462,8 +462,9 @@ def read_texts(source: str | os.PathLike) -> list[str]:
     """
     path = Path(source)
     if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "no such file"
         raise DataError(
-            f'{path}: no such file (give a .jsonl of {{"_id": ..., "text": ...}} lines, or a text file '
+            f'{path}: {what} (give a .jsonl of {{"_id": ..., "text": ...}} lines, or a text file '
             "with one text per line)"
         )
     if path.name.endswith((".jsonl", ".jsonl.gz")):
