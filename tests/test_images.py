@@ -22,8 +22,9 @@ from fake_providers import (
     fake_vector,
     png,
 )
+from search_adaptor.cli import main
 from search_adaptor.data import DataError, iter_corpus, load_beir
-from search_adaptor.embed import embed_dataset
+from search_adaptor.embed import embed_dataset, plan_embedding
 from search_adaptor.encoders.base import Encoder, EncoderError, ImagesUnsupported, InputsRejected
 from search_adaptor.encoders.registry import make_encoder
 from search_adaptor.images import ImageRef, image_size, image_type
@@ -334,6 +335,32 @@ def test_a_dataset_with_images_is_refused_before_its_text_queries_are_sent(tmp_p
         with pytest.raises(ImagesUnsupported, match=r"embeds text only, and item 0 is an image \(.*d1.png\)"):
             embed_dataset(load_beir(data), enc, tmp_path / "cache", progress=False)
         assert fake.calls == []
+
+
+def test_a_dry_run_refuses_images_a_text_only_model_cannot_take_as_the_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``embed --dry-run`` said the images "would be sent" to a text-only model (an API model priced
+    them as texts); the run then refused them. The plan refuses them alike, sending nothing, and still
+    counts the images of a model that embeds them."""
+    data = _beir(tmp_path / "data", [{"_id": "d1", "image": "d1.png"}, {"_id": "d2", "text": "a cat"}])
+    (data / "d1.png").write_bytes(png())
+    with FakeProvider("openai") as fake:
+        enc = fake_encoder(fake, **TEXT_ONLY["openai"])
+        with pytest.raises(ImagesUnsupported) as planned:
+            plan_embedding(load_beir(data), enc, tmp_path / "cache")
+        with pytest.raises(ImagesUnsupported) as run:
+            embed_dataset(load_beir(data), enc, tmp_path / "cache", progress=False)
+        assert fake.calls == []
+    assert str(planned.value) == str(run.value)
+    assert main(["embed", str(data), "--cache", str(tmp_path / "cache"), "--dry-run"]) == 2
+    assert re.fullmatch(
+        r"search-adaptor: error: sentence-transformers: \S+ embeds text only, and item 0 is an image .*",
+        capsys.readouterr().err.strip(),
+    )
+    with FakeProvider("cohere") as fake:
+        plan = plan_embedding(load_beir(data), image_encoder(fake), tmp_path / "cache")
+        assert (plan.to_send, fake.calls) == (3, [])  # the query, the image and the text
 
 
 def test_local_models_refuse_images_without_loading_anything(tmp_path: Path) -> None:

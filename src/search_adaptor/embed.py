@@ -248,7 +248,9 @@ def plan_embedding(
     """How many of ``dataset``'s texts the store holds and what embedding the rest would cost: the
     texts :func:`embed_dataset` would embed (with ``query_encoder``, a cross-model run's too).
 
-    Sends nothing.
+    Sends nothing. What the run would refuse before sending anything (an image for a model that
+    embeds text only, :meth:`~search_adaptor.encoders.base.Encoder.check_items`) is refused here
+    the same way, so that a dry run never counts (or prices) what no run can send.
     """
     if query_encoder is not None and query_encoder.fingerprint == encoder.fingerprint:
         query_encoder = None
@@ -263,6 +265,7 @@ def plan_embedding(
         stores = {f: stack.enter_context(EmbeddingStore(e, cache_dir)) for f, e in encoders.items()}
         for (fingerprint, kind), items in texts.items():
             todo = stores[fingerprint].missing(kind, list(items))
+            encoders[fingerprint].check_items(todo)  # what the run would refuse: refused here too
             n_todo += len(todo)
             counts.append(encoders[fingerprint].request_tokens(todo, kind))
     tokens = None if all(c is None for c in counts) else sum(c or 0 for c in counts)
