@@ -119,7 +119,8 @@ def test_lstsq_start_is_the_pairs_closed_form_map_and_retrieves_far_better_than_
         start.transform_queries(narrow["Qx"]), expected.transform_queries(narrow["Qx"]), atol=1e-5
     )
     np.testing.assert_allclose(start.transform_corpus(narrow["D"]), l2_normalize(narrow["D"]), atol=1e-6)
-    assert start.best_step_ == 0 and start.is_identity_ and start.query_dim_ == 12
+    assert start.kept_start_ and not start.is_identity_ and start.query_dim_ == 12
+    assert start.start_ == "a least-squares map 12 -> 16 of the paired texts"
     # chance: the same 12 -> 16 shape, but a map that knows nothing of the pairs
     rng = np.random.default_rng(7)
     blind = PairStart(rng.normal(size=(12, 16)).astype(np.float32))

@@ -22,7 +22,7 @@ from search_adaptor.data import load_beir
 from search_adaptor.embed import Embeddings, load_precomputed
 from search_adaptor.experiment import SizedView, evaluate_embeddings, fit_family, run_evaluate, run_fit
 from search_adaptor.model import CompatibilityError, SearchAdaptor
-from search_adaptor.report import render_markdown, size_lines
+from search_adaptor.report import identity_lines, render_markdown, size_lines
 from search_adaptor.retrieval import exact_search, l2_normalize
 from search_adaptor.training import nearest_rotation, pca_rotation, score_axes
 from search_adaptor.variants import FAMILIES
@@ -446,6 +446,26 @@ def test_run_fit_and_evaluate_score_every_size_against_truncation_and_pca(beir, 
     for system, values in report["metrics"].items():
         for metric, value in values.items():
             assert evaluated["metrics"][system][metric] == pytest.approx(value, abs=1e-5), (system, metric)
+
+
+def test_a_fit_that_kept_its_pca_start_says_so_and_evaluate_says_the_same(beir, synthetic, tmp_path):
+    """A Matryoshka adapter that kept its start is a PCA rotation, not the identity: ``evaluate`` on
+    the saved adapter said "the saved adapter is the identity: retrieval is unchanged", while ``fit``
+    named the rotation; both now name it from what the adapter records."""
+    data, vec = beir
+    dataset = load_beir(data)
+    emb = load_precomputed(dataset, vec, model="syn-16")
+    kept = run_fit(dataset, emb, dims=SIZES, overrides={**FAST, "max_steps": 20, "lr": 1e-12})
+    assert kept.report["selected"] == "identity (zero-shot)" and not kept.adapter.is_identity_
+    (fitted,) = identity_lines(kept.report)
+    assert fitted.endswith(
+        "so the saved adapter is its start, a PCA rotation of the corpus, not the identity: retrieval at "
+        "full width is the zero-shot row's."
+    )
+    loaded = SearchAdaptor.load(kept.adapter.save(tmp_path / "adapter"))
+    assert json.loads((tmp_path / "adapter" / "config.json").read_text())["identity"] is False
+    evaluated = run_evaluate(dataset, emb, loaded).report
+    assert evaluated["selected"] == "identity (zero-shot)" and identity_lines(evaluated) == [fitted]
 
 
 def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):

@@ -119,8 +119,37 @@ def test_training_beats_zero_shot_on_a_learnable_problem(synthetic):
 
 def test_identity_ships_when_nothing_beats_zero_shot(synthetic):
     est = _fit(synthetic, lr=1e-12, max_steps=40)
-    assert est.is_identity_ and est.best_step_ == 0
+    assert est.is_identity_ and est.kept_start_ and est.start_ is None and est.best_step_ == 0
     assert np.array_equal(est.transform_queries(synthetic["Q"]), l2_normalize(synthetic["Q"]))
+
+
+def test_a_kept_start_that_is_not_the_identity_is_not_called_one(synthetic, tmp_path):
+    """An adapter that kept a PCA start (best step 0) was saved with ``identity: true`` and a README
+    saying "this adapter is the identity": a tool trusting either would skip a map that turns every
+    vector. A file written so before still loads, and no longer claims it."""
+    est = _fit(synthetic, init="pca", dims=[8], lr=1e-12, max_steps=40)
+    assert est.best_step_ == 0
+    assert not np.allclose(est.transform_queries(synthetic["Q"]), l2_normalize(synthetic["Q"]), atol=1e-3)
+    folder = est.save(tmp_path / "pca")
+    config = json.loads((folder / "config.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert config["identity"] is False and "is the identity" not in card
+    assert "this adapter is its start, a PCA rotation of the corpus, not the identity." in card
+    assert est.kept_start_ and not est.is_identity_ and est.start_ == "a PCA rotation of the corpus"
+    config["identity"] = True  # as written before: any kept start was "the identity"
+    (folder / "config.json").write_text(json.dumps(config))
+    older = SearchAdaptor.load(folder)
+    assert not older.is_identity_ and older.fingerprint_ == est.fingerprint_
+    # the identity start is still the identity, and a file denying it, or claiming it for a trained
+    # adapter, is refused
+    for adapter, claim in ((_fit(synthetic, lr=1e-12, max_steps=40), False), (_fit(synthetic), True)):
+        folder = adapter.save(tmp_path / str(claim))
+        config = json.loads((folder / "config.json").read_text())
+        assert config["identity"] is not claim
+        config["identity"] = claim
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=f"identity is {claim} but training.best_step is"):
+            SearchAdaptor.load(folder)
 
 
 @pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)

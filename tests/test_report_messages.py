@@ -138,6 +138,7 @@ def test_an_unsupervised_fit_that_kept_its_start_says_why():
     report = _report(
         family="matryoshka-unsupervised",
         selected="identity (zero-shot)",
+        start="a PCA rotation of the corpus",
         validation={"metric": "neighbours@10", "n_val_queries": 0},
     )
     (line,) = identity_lines(report)
@@ -152,6 +153,22 @@ def test_an_unsupervised_fit_that_kept_its_start_says_why():
         "is unchanged."
     )
     assert "noise" not in identity_lines({**_report(), "selected": "identity", "selection_rule": "max"})[0]
+
+
+def test_a_kept_start_is_named_from_the_report_not_guessed_from_the_family():
+    """`evaluate` has no family: a kept Matryoshka rotation was "the identity: retrieval is unchanged".
+    The report's ``start`` (the adapter's own words) decides; without one the adapter is the identity."""
+    start = "a least-squares map 256 -> 384 of the paired texts"
+    evaluated = _evaluate({"n": 0, "of": 60, "by": "id"})
+    (line,) = identity_lines({**evaluated, "selected": "identity (zero-shot)", "start": start})
+    assert line.endswith(
+        f"so the saved adapter is its start, {start}, not the identity: retrieval is the zero-shot row's."
+    )
+    for family in ("matryoshka", "cross"):
+        (identity,) = identity_lines(
+            {**_report(family=family), "selected": "identity (zero-shot)", "start": None}
+        )
+        assert identity.endswith("so the saved adapter is the identity: retrieval is unchanged.")
 
 
 def test_kfold_protocol_candidates_are_the_final_fits():

@@ -735,6 +735,7 @@ def run_fit(
         report.update(folds=folds, fold_results=folds_info)
     report.update(_comparison(scores, sizes))
     report["selected"] = final.selected
+    report["start"] = final.adapter.start_  # what "selected: identity" kept, when it is not the identity
     report["selection_rule"] = rule
     report["validation"] = {
         "metric": final.adapter.val_metric_,
@@ -1062,8 +1063,9 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         "adapter_fingerprint": adapter.fingerprint_,
         **_comparison(scores, sizes),
         "selected": "identity (zero-shot)"
-        if adapter.is_identity_
+        if adapter.kept_start_
         else f"saved adapter ({variant['architecture']}, {variant['mode']}, {variant['loss']})",
+        "start": adapter.start_,
         "validation": {
             "metric": adapter.val_metric_,
             "n_val_queries": adapter.n_val_queries_,

@@ -440,10 +440,35 @@ class SearchAdaptor:
             raise RuntimeError("this SearchAdaptor is not fitted yet: call fit() or SearchAdaptor.load()")
 
     @property
-    def is_identity_(self) -> bool:
-        """True when no trained checkpoint beat zero-shot on validation: the adapter changes nothing."""
+    def kept_start_(self) -> bool:
+        """True when no trained checkpoint beat the start on validation (best step 0): the adapter
+        computes what it computed before training, :attr:`start_`, which need not be the identity."""
         self._check_fitted()
         return self.best_step_ == 0
+
+    @property
+    def start_(self) -> str | None:
+        """What the networks computed before training, in words, from the hyperparameters the adapter
+        records (so a loaded adapter says what its fit said); None for the identity, where the
+        residual function starts at zero and nothing else maps the vectors."""
+        self._check_fitted()
+        if self.init == "identity":
+            return None
+        if self.init == "pca":
+            return "a PCA rotation of the corpus"
+        if self.init == "score-axes":
+            return "a rotation onto the query texts' score axes"
+        kind = "least-squares map" if self.init == "lstsq" else "Procrustes rotation"
+        start = f"a {kind} {self.query_dim_} -> {self.dim_} of the paired texts"
+        if any(m < self.dim_ for m in self.dims or ()):  # Matryoshka: both sides on the corpus's PCA axes
+            start += ", turned onto the corpus's principal axes"
+        return start
+
+    @property
+    def is_identity_(self) -> bool:
+        """True when the adapter changes nothing but the norm: it kept its start, and that start is
+        the identity (a kept PCA rotation or another model's map is not)."""
+        return self.kept_start_ and self.start_ is None
 
     def check_size(self, dim: int | None) -> None:
         """Refuse an output size (a Matryoshka prefix) the adapter cannot give: 1 to its width."""
@@ -471,13 +496,15 @@ class SearchAdaptor:
 
     @property
     def fingerprint_(self) -> str:
-        """Stable id of what the adapter computes: mode, architecture, identity flag and weights.
+        """Stable id of what the adapter computes: mode, architecture, whether it kept its start
+        (then a network without a projection is skipped) and weights.
 
         Saving and loading the same adapter gives the same fingerprint; any change of a weight does not.
         """
         params = self.get_params()
         head = {k: params[k] for k in ("architecture", "hidden_dim", "residual", "mode")}
-        described = json.dumps({**head, "dim": self.dim_, "identity": self.is_identity_}, sort_keys=True)
+        # the key keeps its first name, so that saved checksums and index manifests still match
+        described = json.dumps({**head, "dim": self.dim_, "identity": self.kept_start_}, sort_keys=True)
         h = hashlib.sha256(described.encode())
         for name, tensor in sorted(self._tensors().items()):
             h.update(name.encode())
@@ -517,7 +544,7 @@ class SearchAdaptor:
     def _numpy_net(self, net: ResidualAdapter | None) -> NumpyNet | None:
         """``net`` in numpy, as it is now; None where the side only normalises (no network, or the
         identity: best step 0, unless it starts with a projection, which it then keeps)."""
-        if net is None or (self.best_step_ == 0 and net.project is None):
+        if net is None or (self.kept_start_ and net.project is None):
             return None
         return NumpyNet(net)
 
@@ -681,7 +708,7 @@ class SearchAdaptor:
         with Staged(path, folder=True, marker=CONFIG, what="an adapter folder") as staged:
             (staged.path / WEIGHTS).write_bytes(blob)
             (staged.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-            (staged.path / CARD).write_text(_model_card(config), encoding="utf-8")
+            (staged.path / CARD).write_text(_model_card(config, self), encoding="utf-8")
         return staged.target
 
     @classmethod
@@ -750,10 +777,11 @@ class SearchAdaptor:
         est.fit_time_ = training["fit_time_s"]
         est.query_text_digests_ = training.get("query_text_digests")
         est.metrics_ = config["metrics"]
-        if config["identity"] != est.is_identity_:
+        # files written before start_ said true for any kept start, the identity or not
+        if config["identity"] not in (est.is_identity_, est.kept_start_):
             raise ValueError(
                 f"{cfg_path}: identity is {config['identity']} but training.best_step is "
-                f"{training['best_step']}; {_LOAD_FIX}"
+                f"{training['best_step']} and hyperparameters.init is {est.init!r}; {_LOAD_FIX}"
             )
         _verify_checksum(est, config.get("checksum"), cfg_path)
         if not config["encoder"].get("fingerprint"):
@@ -1179,8 +1207,9 @@ class AdaptedEncoder(Encoder):
                 self._store = None
 
 
-def _model_card(config: Mapping[str, Any]) -> str:
-    """Short README for the saved folder: what it adapts, how it was chosen, how it scored."""
+def _model_card(config: Mapping[str, Any], adapter: SearchAdaptor) -> str:
+    """Short README for the saved folder: what it adapts, how it was chosen, how it scored (and, when
+    it kept its start, what that start is: ``adapter`` says)."""
     enc = config.get("encoder") or {}
     hp = config["hyperparameters"]
     tr = config["training"]
@@ -1210,8 +1239,13 @@ def _model_card(config: Mapping[str, Any]) -> str:
             f"Matryoshka: the first {sizes} coordinates of its output are trained as embeddings too "
             "(`index --dim`, `transform --dim`, `export --dim`)."
         )
-    if config.get("identity"):
+    if adapter.is_identity_:
         lines.append("No trained checkpoint beat zero-shot on validation: this adapter is the identity.")
+    elif adapter.kept_start_:
+        lines.append(
+            f"No trained checkpoint beat its start on validation: this adapter is its start, "
+            f"{adapter.start_}, not the identity."
+        )
     test = (config.get("metrics") or {}).get("test")
     systems = {k: v for k, v in (test or {}).items() if isinstance(v, dict)}
     if "adapted" in systems:  # what fit saves; an ``extra`` of another shape is kept, not tabulated

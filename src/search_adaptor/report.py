@@ -313,15 +313,13 @@ def identity_lines(report: Mapping[str, Any]) -> list[str]:
 
 def _kept(report: Mapping[str, Any]) -> str:
     """What an adapter that kept its start is: the identity, or a start that is not one (a
-    cross-model fit's closed-form map, a Matryoshka fit's PCA rotation)."""
-    if report.get("query_model"):
-        return "its start, the closed-form map of the paired texts: retrieval is the zero-shot row's"
-    if report.get("family") in MATRYOSHKA:
-        return (
-            "its start, a PCA rotation of the corpus: retrieval at full width is unchanged, and each "
-            "prefix is the `pca@m` baseline of its size"
-        )
-    return "the identity: retrieval is unchanged"
+    cross-model fit's closed-form map, a Matryoshka fit's PCA rotation), as the adapter's own
+    ``start_`` names it in the report (``fit`` and ``evaluate`` alike)."""
+    start = report.get("start")
+    if start is None:
+        return "the identity: retrieval is unchanged"
+    width = " at full width" if (report.get("significance") or {}).get("by_size") else ""
+    return f"its start, {start}, not the identity: retrieval{width} is the zero-shot row's"
 
 
 def size_lines(report: Mapping[str, Any], metric: str) -> list[str]:
