@@ -388,6 +388,74 @@ def test_providers_that_take_image_data_refuse_image_urls(provider: str) -> None
     )
 
 
+# -- a cross-model run over images: a query model of text --------------------------------------------
+
+
+def _mixed(folder: Path, n_images: int, n_texts: int) -> Path:
+    """A BEIR folder of ``n_images`` image documents (d1...) then ``n_texts`` text documents."""
+    rows = [{"_id": f"d{i + 1}", "image": f"p{i}.png"} for i in range(n_images)]
+    rows += [{"_id": f"t{i}", "text": f"a text document {i} about topic {i % 3}"} for i in range(n_texts)]
+    _beir(folder, rows)
+    for i in range(n_images):
+        (folder / f"p{i}.png").write_bytes(png(seed=i))
+    return folder
+
+
+def test_a_text_query_model_pairs_the_text_documents_of_an_image_corpus(tmp_path: Path) -> None:
+    """Documents by a model that embeds images, queries by one of text (fit --query-provider model2vec):
+    the query model was sent the image documents to pair, and refused them with advice that did not
+    work (embed them with cohere: done; --embeddings: refused with --query-*). The images go unpaired
+    (zero rows of ``pairs``, which a fit leaves out) and the map learns from the text documents."""
+    from search_adaptor.model import SearchAdaptor
+    from test_store import CountingEncoder
+
+    ds = load_beir(_mixed(tmp_path / "data", n_images=3, n_texts=12))
+    queries = CountingEncoder(dim=8, batch_size=64)
+    with FakeProvider("cohere") as fake:
+        docs = image_encoder(fake)
+        plan = plan_embedding(ds, docs, tmp_path / "cache", queries)
+        emb = embed_dataset(ds, docs, tmp_path / "cache", progress=False, query_encoder=queries)
+    assert plan.to_send == emb.stats.encoded == 1 + 15 + 12 + 1  # the query, the corpus, the pairs
+    assert all(isinstance(t, str) for call in queries.calls for t in call)
+    assert emb.pairs.shape == (15, 8) and not emb.pairs[:3].any()
+    np.testing.assert_allclose(emb.pairs[3:], queries.encode_queries(ds.doc_texts[3:]), rtol=1e-6)
+    cross = {"mode": "query_only", "init": "lstsq", "loss": "alignment", "max_steps": 5, "seed": 0}
+    with_images, texts_only = (
+        SearchAdaptor(**cross).fit(emb.queries, emb.corpus, None, emb.query_ids, emb.doc_ids, pairs=p)
+        for p in ((emb.pairs, emb.corpus), (emb.pairs[3:], emb.corpus[3:]))
+    )
+    adapted = [fit.transform_queries(emb.queries) for fit in (with_images, texts_only)]
+    assert np.array_equal(*adapted)
+
+
+def test_a_cross_model_run_with_no_document_its_query_model_takes_is_refused_before_sending(
+    tmp_path: Path,
+) -> None:
+    from test_store import CountingEncoder
+
+    ds = load_beir(_mixed(tmp_path / "data", n_images=2, n_texts=0))
+    queries = CountingEncoder(dim=8)
+    with FakeProvider("cohere") as fake:
+        docs = image_encoder(fake)
+        for call in (
+            lambda: plan_embedding(ds, docs, tmp_path / "cache", queries),
+            lambda: embed_dataset(ds, docs, tmp_path / "cache", progress=False, query_encoder=queries),
+        ):
+            with pytest.raises(ImagesUnsupported) as info:
+                call()
+            assert str(info.value) == (
+                "fake: fake-model embeds none of the 2 documents of data (images), and a cross-model run "
+                "learns its map from documents both models embed; drop the --query-* flags to embed the "
+                "queries with cohere (embed-v4.0) too, or name a query model that takes them: cohere "
+                "(embed-v4.0), voyage (voyage-multimodal-3), vertex (multimodalembedding@001)"
+            )
+        assert fake.calls == [] and queries.calls == []
+        # a documents' model of text is the first thing to fix: its own refusal comes first
+        text_docs = fake_encoder(fake, **TEXT_ONLY["cohere"])
+        with pytest.raises(ImagesUnsupported, match=r"^cohere: \S+ embeds text only, and item 0 is an image"):
+            plan_embedding(ds, text_docs, tmp_path / "cache", queries)
+
+
 # -- the providers that embed images ---------------------------------------------------------------
 
 

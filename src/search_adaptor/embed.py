@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.data import Dataset, refuse_nulls
-from search_adaptor.encoders.base import Encoder, InputsRejected, Kind
+from search_adaptor.encoders.base import Encoder, ImagesUnsupported, InputsRejected, Kind, image_models
 from search_adaptor.store import EmbeddingStore, StoreStats, item_key
 
 _CHUNK = 65536  # rows measured at a time in float64 by unit_rows: bounds its extra memory
@@ -78,7 +78,8 @@ def unit_rows(x: object, what: str, row: Callable[[int], str] = "row {}".format)
 class Embeddings:
     """A dataset's queries and corpus, rows aligned with the ids: in one embedding space, or, when
     ``query_encoder`` is set, queries of that model and documents of ``encoder`` (cross-model), with
-    ``pairs``: the corpus texts embedded by the query model too, row for row with ``corpus``, and
+    ``pairs``: the corpus texts embedded by the query model too, row for row with ``corpus`` (a zero
+    row for a document the query model cannot embed, an image: unpaired, see :func:`embed_dataset`), and
     ``query_pairs``: the query texts embedded by the documents' model, row for row with ``queries``
     (a fit pairs the training queries' texts, never their labels); ``more_pairs``: further texts
     (``fit --pairs``), by the query model and by the documents' model."""
@@ -91,7 +92,7 @@ class Embeddings:
     embed_s: float = 0.0
     stats: StoreStats = field(default_factory=StoreStats)
     query_encoder: dict[str, Any] | None = None  # another model's queries (cross-model)
-    pairs: np.ndarray | None = None  # (n_docs, query dim): the corpus texts by the query model
+    pairs: np.ndarray | None = None  # (n_docs, query dim): the corpus texts by the query model (0: an image)
     query_pairs: np.ndarray | None = None  # (n_queries, dim): the query texts by the documents' model
     more_pairs: tuple[np.ndarray, np.ndarray] | None = None  # further texts by both models (fit --pairs)
 
@@ -125,7 +126,11 @@ def embed_dataset(
 
     With ``query_encoder`` (another model than ``encoder``), the queries are that model's, and so
     are the ``pairs``: the corpus texts embedded as queries by it, the paired texts a cross-model
-    adapter aligns with the documents. The query texts are embedded by ``encoder`` too
+    adapter aligns with the documents. A document the query model cannot embed (an image, for a
+    model of text) goes unpaired, its row of ``pairs`` zero, which a fit leaves out as it does a text
+    a static model knows no word of: the map learns from the text documents (and the query texts),
+    and the image documents are searched as ever, by ``encoder``'s vectors. A corpus with no
+    document to pair is refused before anything is sent. The query texts are embedded by ``encoder`` too
     (``query_pairs``): short, query-like paired texts that teach the map far more than documents
     (queries are few and short, so this adds little to the bill). ``pair_texts`` (a query log, say)
     are embedded as queries by both models (``more_pairs``); they need a query model.
@@ -139,7 +144,7 @@ def embed_dataset(
     qids = list(dataset.queries)
     if query_encoder is not None and query_encoder.fingerprint == encoder.fingerprint:
         query_encoder = None
-    jobs = _jobs(dataset, encoder, query_encoder, pair_texts)
+    jobs, paired = _jobs(dataset, encoder, query_encoder, pair_texts)
     stats = StoreStats()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -189,7 +194,7 @@ def embed_dataset(
         embed_s=time.perf_counter() - start,
         stats=stats,
         query_encoder=None if query_encoder is None else query_encoder.info(),
-        pairs=out[2] if query_encoder is not None else None,
+        pairs=None if paired is None else _unpaired_as_zeros(out[2], paired, len(dataset.doc_ids)),
         query_pairs=out[3] if query_encoder is not None else None,
         more_pairs=(out[4], out[5]) if len(out) > 4 else None,
     )
@@ -200,9 +205,11 @@ def _jobs(
     encoder: Encoder,
     query_encoder: Encoder | None = None,
     pair_texts: Sequence[str] | None = None,
-) -> list[tuple[Encoder, Kind, list[Any]]]:
-    """What embedding ``dataset`` takes, in order, as (encoder, kind, texts); the first job gives the
-    queries, the second the documents, then a cross-model run's pairs (see :func:`embed_dataset`)."""
+) -> tuple[list[tuple[Encoder, Kind, list[Any]]], list[int] | None]:
+    """What embedding ``dataset`` takes, in order, as (encoder, kind, texts), and the corpus rows that
+    the third job embeds (None without a query model). The first job gives the queries, the second
+    the documents, then come a cross-model run's pairs (see :func:`embed_dataset`): the corpus rows
+    the query model takes, the query texts by the documents' model, and ``pair_texts`` by both."""
     if pair_texts and query_encoder is None:
         raise ValueError(
             "paired texts map another model's queries into the documents' space: name the query model "
@@ -211,12 +218,47 @@ def _jobs(
     qtexts = list(dataset.queries.values())
     jobs: list[tuple[Encoder, Kind, list[Any]]] = [(query_encoder or encoder, "query", qtexts)]
     jobs.append((encoder, "document", list(dataset.doc_texts)))
-    if query_encoder is not None:
-        jobs.append((query_encoder, "query", list(dataset.doc_texts)))
-        jobs.append((encoder, "query", qtexts))
-        if pair_texts:
-            jobs += [(query_encoder, "query", list(pair_texts)), (encoder, "query", list(pair_texts))]
-    return jobs
+    if query_encoder is None:
+        return jobs, None
+    paired = _paired_rows(dataset, encoder, query_encoder)
+    jobs.append((query_encoder, "query", [dataset.doc_texts[i] for i in paired]))
+    jobs.append((encoder, "query", qtexts))
+    if pair_texts:
+        jobs += [(query_encoder, "query", list(pair_texts)), (encoder, "query", list(pair_texts))]
+    return jobs, paired
+
+
+def _paired_rows(dataset: Dataset, encoder: Encoder, query_encoder: Encoder) -> list[int]:
+    """The corpus rows a cross-model run pairs: the documents ``query_encoder`` embeds.
+
+    Raises
+    ------
+    ImagesUnsupported
+        It embeds none of them (all images, and a model of text): no pair to learn the map from. The
+        documents' own model refuses them first where it cannot embed them either.
+    """
+    rows = [i for i, item in enumerate(dataset.doc_texts) if query_encoder.takes(item)]
+    if rows:
+        return rows
+    encoder.check_items(dataset.doc_texts)  # the documents' model first: what is wrong first
+    urls = query_encoder.accepts_images  # then what it cannot take is image URLs
+    raise ImagesUnsupported(
+        f"{query_encoder.provider}: {query_encoder.model} embeds none of the {len(dataset.doc_texts)} "
+        f"documents of {dataset.name} (images{' by URL' if urls else ''}), and a cross-model run learns "
+        f"its map from documents both models embed; drop the --query-* flags to embed the queries with "
+        f"{encoder.provider} ({encoder.model}) too, or name a query model that takes them: "
+        f"{image_models(urls=urls)}"
+    )
+
+
+def _unpaired_as_zeros(vectors: np.ndarray, rows: list[int], n_docs: int) -> np.ndarray:
+    """The query model's ``vectors`` of the corpus ``rows``, row for row with the whole corpus: the
+    rows it did not embed (images) are zero, which a fit leaves out of its pairs."""
+    if len(rows) == n_docs:
+        return vectors
+    out = np.zeros((n_docs, vectors.shape[1]), dtype=vectors.dtype)
+    out[rows] = vectors
+    return out
 
 
 @dataclass
@@ -256,7 +298,7 @@ def plan_embedding(
         query_encoder = None
     texts: dict[tuple[str, Kind], dict[Any, None]] = {}  # per store and kind, distinct, first-seen order
     encoders: dict[str, Encoder] = {}
-    for enc, kind, items in _jobs(dataset, encoder, query_encoder):
+    for enc, kind, items in _jobs(dataset, encoder, query_encoder)[0]:
         encoders[enc.fingerprint] = enc
         texts.setdefault((enc.fingerprint, kind), {}).update(dict.fromkeys(items))
     unique = sum(len(t) for t in texts.values())

@@ -44,6 +44,12 @@ def describe_item(item: Item) -> str:
     return f"the image {item}"
 
 
+def image_models(urls: bool = False) -> str:
+    """The providers whose models embed images, each with that model (``urls``: those that fetch image
+    URLs), for the messages that send a user to them."""
+    return ", ".join(f"{p} ({IMAGE_MODELS[p]})" for p in (IMAGE_URL_PROVIDERS if urls else IMAGE_MODELS))
+
+
 class EncoderError(RuntimeError):
     """A provider refused or failed a request in a way retrying will not fix (bad key, bad model...)."""
 
@@ -173,21 +179,26 @@ class Encoder(ABC):
         items = list(items)
         check_item_types(items)
         for i, item in enumerate(items):
-            if isinstance(item, str):
+            if self.takes(item):
                 continue
             if not self.accepts_images:
-                can = ", ".join(f"{p} ({m})" for p, m in IMAGE_MODELS.items())
                 raise ImagesUnsupported(
                     f"{self.provider}: {self.model} embeds text only, and item {i} is an image ({item}); "
-                    f"embed image corpora with {can}, or give precomputed vectors (--embeddings)"
+                    f"embed image corpora with {image_models()}, or give precomputed vectors (--embeddings)"
                 )
-            if item.is_url and not self.accepts_image_urls:
-                can = ", ".join(f"{p} ({IMAGE_MODELS[p]})" for p in IMAGE_URL_PROVIDERS)
-                raise ImagesUnsupported(
-                    f"{self.provider}: {self.model} takes images as data, not URLs, and item {i} is the URL "
-                    f"{item}; save the images in the dataset folder and name them by relative path, "
-                    f"or use {can}, which fetches URLs"
-                )
+            raise ImagesUnsupported(
+                f"{self.provider}: {self.model} takes images as data, not URLs, and item {i} is the URL "
+                f"{item}; save the images in the dataset folder and name them by relative path, "
+                f"or use {image_models(urls=True)}, which fetches URLs"
+            )
+
+    def takes(self, item: Item) -> bool:
+        """Whether this encoder embeds ``item`` (a text, or an image its model and provider take):
+        what :meth:`check_items` refuses, asked without raising (a cross-model run pairs only the
+        documents its query model takes)."""
+        if isinstance(item, str):
+            return True
+        return self.accepts_images and (not item.is_url or self.accepts_image_urls)
 
     def encode_queries(self, texts: Sequence[Item]) -> np.ndarray:
         """Embed queries without any cache (use :class:`~search_adaptor.store.EmbeddingStore` for that)."""
