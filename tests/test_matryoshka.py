@@ -151,6 +151,8 @@ def test_an_output_size_outside_the_width_is_refused(trained, synthetic, dim):
         ({"dims": (4,), "mode": "query_only"}, "prefixes need the documents adapted too"),
         ({"dims": (4,), "loss": "similarity", "mode": "separate"}, "loss 'similarity' .* use mode 'shared'"),
         ({"dims": (4,), "loss": "similarity", "alpha": 0.1}, "trains a rotation only.*alpha, beta and gamma"),
+        # without the skip connection the function is a random MLP, not zero: the 'rotation' was not one
+        ({**UNSUPERVISED, "residual": False}, "zero start.*keep residual=True"),
         ({"dims": (4,), "init": "score-axes"}, "init 'score-axes' .* use loss 'similarity', or init 'pca'"),
     ],
 )

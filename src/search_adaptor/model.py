@@ -301,6 +301,11 @@ class SearchAdaptor:
                 "loss 'similarity' trains a rotation only, which no regulariser acts on: "
                 "set alpha, beta and gamma to 0"
             )
+        if self.loss == "similarity" and not self.residual:
+            raise ValueError(
+                "loss 'similarity' trains a rotation only, the residual function held at its zero start, "
+                "which only the skip connection gives: keep residual=True"
+            )
 
     # -- fitting ---------------------------------------------------------------------------------
     def fit(
