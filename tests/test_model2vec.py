@@ -16,6 +16,7 @@ pytest.importorskip("model2vec", reason="needs model2vec (the model2vec extra)")
 from model2vec import StaticModel
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
+from search_adaptor.cli import main
 from search_adaptor.distill import MARKER, distill
 from search_adaptor.encoders.base import EncoderError, ImagesUnsupported
 from search_adaptor.encoders.registry import from_info, make_encoder
@@ -136,7 +137,7 @@ def test_distill_writes_a_model2vec_folder_offline(tmp_path: Path, monkeypatch: 
 def test_distill_refuses_before_any_work(tmp_path: Path) -> None:
     base = tmp_path / "base"
     base.mkdir()
-    (base / "config.json").write_text('{"hidden_size": 32}')
+    (base / "config.json").write_text('{"model_type": "bert", "hidden_size": 32}')
     for dim in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match=r"distill: dim must be a positive integer"):
             distill(tmp_path / "out", model=str(base), dim=dim)  # type: ignore[arg-type]
@@ -151,6 +152,51 @@ def test_distill_refuses_before_any_work(tmp_path: Path) -> None:
     ):
         distill(tmp_path / "busy", model=str(base), dim=16)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_distill_from_what_is_not_a_transformers_model_says_what_it_is_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model2vec folder (what --query-model takes) or another folder with a config.json given to
+    distill --model got transformers' message of several lines, advising to upgrade transformers
+    (which does not help); each is named for what it is now, before model2vec is called."""
+    minilm = "sentence-transformers/all-MiniLM-L6-v2"
+    static = static_model(tmp_path / "static")
+    (static / MARKER).write_text(json.dumps({"base_model": minilm}))
+    downloaded = static_model(tmp_path / "potion")  # a model2vec model not made by distill
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"library": "x"}')
+    modules_only = tmp_path / "st-old"
+    modules_only.mkdir()
+    (modules_only / "modules.json").write_text("[]")
+    fix = f"give the folder of a sentence-transformers or transformers model, or a hub id ({minilm})"
+    is_static = 'is a model2vec static model (its config.json says model_type "model2vec"), not a '
+    use = "or use it as it is (--query-provider model2vec --query-model"
+    expected = {
+        static: f"{static} {is_static}sentence-transformers model: distill from the model it came from "
+        f"({minilm}, says its distill.json), {use} {static})",
+        downloaded: f"{downloaded} {is_static}sentence-transformers model: distill from the model it came "
+        f"from, {use} {downloaded})",
+        other: f"{other}: not a sentence-transformers or transformers model (its config.json has no "
+        f"model_type); {fix}",
+        modules_only: f"{modules_only}: no config.json, so no transformers model to run over its "
+        f"vocabulary; {fix}",
+    }
+    for folder, message in expected.items():
+        with pytest.raises(ValueError) as info:
+            distill(tmp_path / "out", model=str(folder), dim=8)
+        assert str(info.value) == f"distill: {message}"
+    assert not (tmp_path / "out").exists()
+    assert main(["distill", "--out", str(tmp_path / "out"), "--model", str(other), "--dim", "8"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    # a hub id: its config.json as the hub gives it (here, a model2vec model's)
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: str(downloaded / name))
+    with pytest.raises(ValueError, match=r"^distill: minishlab/potion-base-8M is a model2vec static model"):
+        distill(tmp_path / "out", model="minishlab/potion-base-8M", dim=8)
 
 
 def test_a_model_folder_given_relative_is_recorded_absolute(tmp_path, monkeypatch):

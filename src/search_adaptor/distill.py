@@ -19,6 +19,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from search_adaptor import __version__
 from search_adaptor.encoders.local import DEFAULT_MODEL, quiet_loading, resolve_model
@@ -61,7 +62,8 @@ def distill(
     Raises
     ------
     ValueError
-        ``dim`` not a positive integer, or larger than the base model's hidden size.
+        ``dim`` not a positive integer, or larger than the base model's hidden size; ``model`` not a
+        model to distil from (a model2vec static model, a folder that is no transformers model).
     ImportError
         model2vec (or skeletoken) is not installed; the message names the extra.
     FileExistsError
@@ -70,8 +72,8 @@ def distill(
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
         raise ValueError(f"distill: dim must be a positive integer, got {dim!r}")
     source = resolve_model(model)
-    hidden = _hidden_size(source)
-    if hidden is not None and dim > hidden:
+    hidden = _base_config(source, model).get("hidden_size")
+    if isinstance(hidden, int) and dim > hidden:
         raise ValueError(
             f"distill: dim={dim} is more than {model}'s {hidden} dimensions; choose {hidden} or fewer"
         )
@@ -101,10 +103,54 @@ def distill(
     return staged.target
 
 
-def _hidden_size(folder: str) -> int | None:
-    """The base model's hidden size from its ``config.json`` (None where it has none here)."""
-    config = Path(folder) / "config.json"
-    if not config.is_file():
+def _base_config(source: str, model: str) -> dict[str, Any]:
+    """The ``config.json`` of the base model ``model`` (found at ``source``), refusing in one line one
+    that distill cannot start from: a model2vec static model (what ``--query-model`` takes, and what
+    distill makes), or a folder that is not a transformers model. transformers says so in several
+    lines, advising to upgrade it, which does not help. Empty for a hub model out of reach here (the
+    download says why)."""
+    folder = Path(source)
+    path = folder / "config.json" if folder.is_dir() else _hub_config(source)
+    fix = f"give the folder of a sentence-transformers or transformers model, or a hub id ({DEFAULT_MODEL})"
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise ValueError(
+            f"distill: {model}: no config.json, so no transformers model to run over its vocabulary; {fix}"
+        )
+    config = read_json(path, "check the base model's folder")
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ValueError(
+            f"distill: {model}: not a sentence-transformers or transformers model (its config.json has no "
+            f"model_type); {fix}"
+        )
+    if config["model_type"] == "model2vec":
+        base = _distilled_from(path.parent)
+        raise ValueError(
+            f'distill: {model} is a model2vec static model (its config.json says model_type "model2vec"), '
+            f"not a sentence-transformers model: distill from the model it came from"
+            f"{f' ({base}, says its {MARKER})' if base else ''}, or use it as it is "
+            f"(--query-provider model2vec --query-model {model})"
+        )
+    return config
+
+
+def _hub_config(name: str) -> Path | None:
+    """The ``config.json`` of the hub model ``name`` (from the cache, or fetched as transformers would
+    fetch it); None where the hub cannot give it (transformers then says why, in its words)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(name, "config.json"))
+    except Exception:  # huggingface_hub raises many types: unknown repo, no such file, no network
         return None
-    value = read_json(config, "check the base model's folder").get("hidden_size")
-    return value if isinstance(value, int) else None
+
+
+def _distilled_from(folder: Path) -> str | None:
+    """The base model a static model's :data:`MARKER` records (None: not one :func:`distill` wrote)."""
+    try:
+        record = read_json(folder / MARKER, "")
+    except (OSError, ValueError):  # absent or damaged: the message goes without the name
+        return None
+    base = record.get("base_model") if isinstance(record, dict) else None
+    return base if isinstance(base, str) else None
