@@ -473,6 +473,21 @@ def test_a_text_either_model_gives_a_zero_vector_is_left_out_of_the_pairs(narrow
     assert np.array_equal(fits[0].transform_queries(n["Qx"]), fits[1].transform_queries(n["Qx"]))
 
 
+def test_evaluate_rebuilds_the_start_from_the_pairs_the_fit_used(narrow):
+    """A pair either model gives a zero vector (an image document, for a text-only query model) is
+    left out of the fit's start; evaluate's rebuilt start kept it, and scored another zero-shot."""
+    n = narrow
+    P = n["P"].copy()
+    P[:7] = 0.0
+    est = SearchAdaptor(**{**FAST, **CROSS, "max_steps": 10}).fit(
+        n["Qx"], n["D"], n["qrels"], n["qids"], n["dids"], pairs=(P, n["D"])
+    )
+    rebuilt = PairStart.of(est, dataclasses.replace(_emb(n), pairs=P))
+    np.testing.assert_allclose(
+        rebuilt.transform_queries(n["Qx"]), est.at_start().transform_queries(n["Qx"]), atol=1e-5
+    )
+
+
 @pytest.mark.parametrize(
     "params",
     [

@@ -41,7 +41,7 @@ from search_adaptor.metrics import (
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.retrieval import exact_search, l2_normalize
 from search_adaptor.store import text_key
-from search_adaptor.training import compute_threads, pair_map, pca_rotation
+from search_adaptor.training import compute_threads, pair_map, pca_rotation, usable_pairs
 from search_adaptor.variants import (
     DEFAULT_FAMILY,
     DEFAULT_FOLDS,
@@ -727,8 +727,8 @@ def run_fit(
         **_query_model(emb),
     }
     if emb.pairs is not None:  # what the map trained on beside the labels: the texts embedded by both
-        more = 0 if emb.more_pairs is None else len(emb.more_pairs[0])
-        report["paired_texts"] = {"corpus": len(emb.pairs), "more": more}
+        more = 0 if emb.more_pairs is None else len(usable_pairs(*emb.more_pairs)[0])
+        report["paired_texts"] = {"corpus": len(usable_pairs(emb.pairs, emb.corpus)[0]), "more": more}
     if proto.name == "test":
         report["train_split"] = proto.train_split
     else:
@@ -966,7 +966,8 @@ class PairStart:
     def of(cls, adapter: SearchAdaptor, emb: Embeddings) -> PairStart:
         if emb.pairs is None:
             raise ValueError("a cross-model adapter is scored against its start, which needs the pairs")
-        return cls(pair_map(l2_normalize(emb.pairs), l2_normalize(emb.corpus), adapter.init))
+        a, b = usable_pairs(emb.pairs, emb.corpus)  # the rows the fit's start was computed from
+        return cls(pair_map(l2_normalize(a), l2_normalize(b), adapter.init))
 
     def transform_queries(self, X: np.ndarray) -> np.ndarray:
         return l2_normalize(l2_normalize(np.asarray(X, dtype=np.float32)) @ self.map)

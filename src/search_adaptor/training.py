@@ -244,15 +244,21 @@ def _val_score(
 MIN_PAIRS = 10  # paired texts a cross-model map needs: a few to fit, a few held out
 
 
-def _paired(pairs: tuple[Any, Any], name: str, query_dim: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``name``'s two arrays, checked to hold the same texts by the query model and the documents' model.
+def usable_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of two arrays of the same texts (one per model) that both models gave a direction: a
+    text either model gives a zero vector (a static model does when it knows none of its words; a
+    text-only query model, to an image document) pairs with nothing and is left out. NaN counts as
+    non-zero (refused by whoever checks the values)."""
+    keep = a.any(axis=1) & b.any(axis=1)
+    return a[keep], b[keep]
 
-    A text either model gives a zero vector (a static model does when it knows none of its words)
-    pairs with nothing and is left out."""
+
+def _paired(pairs: tuple[Any, Any], name: str, query_dim: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``name``'s two arrays, checked to hold the same texts by the query model and the documents'
+    model, without the texts that pair with nothing (:func:`usable_pairs`)."""
     raw = [np.asarray(x) for x in pairs]
     if raw[0].ndim == raw[1].ndim == 2 and len(raw[0]) == len(raw[1]):
-        keep = raw[0].any(axis=1) & raw[1].any(axis=1)  # NaN counts as non-zero: refused below
-        raw = [x[keep] for x in raw]
+        raw = list(usable_pairs(raw[0], raw[1]))
     a, b = (_as_matrix(x, f"{name}[{i}]") for i, x in enumerate(raw))
     if len(a) != len(b) or a.shape[1] != query_dim or b.shape[1] != dim:
         raise ValueError(
