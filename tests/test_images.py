@@ -282,7 +282,7 @@ def test_text_only_api_models_refuse_images_in_one_line(provider: str, tmp_path:
     assert "\n" not in message and message.startswith(f"{provider}: {enc.model} embeds text only")
     assert f"item 1 is an image ({image})" in message
     assert "cohere (embed-v4.0), voyage (voyage-multimodal-3), vertex (multimodalembedding@001)" in message
-    assert "--embeddings" in message
+    assert "one model's precomputed vectors of queries and documents (--embeddings)" in message
 
 
 @pytest.mark.parametrize("provider", ["openai", "cohere"])  # text only, and one that takes images

@@ -184,7 +184,8 @@ class Encoder(ABC):
             if not self.accepts_images:
                 raise ImagesUnsupported(
                     f"{self.provider}: {self.model} embeds text only, and item {i} is an image ({item}); "
-                    f"embed image corpora with {image_models()}, or give precomputed vectors (--embeddings)"
+                    f"embed image corpora with {image_models()}, or give one model's precomputed vectors of "
+                    "queries and documents (--embeddings)"
                 )
             raise ImagesUnsupported(
                 f"{self.provider}: {self.model} takes images as data, not URLs, and item {i} is the URL "
