@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from threadpoolctl import threadpool_limits
 from search_adaptor.data import kfold
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import choose, evaluate_embeddings, run_fit, select
-from search_adaptor.model import AdaptedEncoder, CompatibilityError, SearchAdaptor
+from search_adaptor.model import AdaptedEncoder, CompatibilityError, NotFittedError, SearchAdaptor
 from search_adaptor.networks import NumpyNet, ResidualAdapter, adapt_rows, numpy_forward
 from search_adaptor.retrieval import l2_normalize
 from search_adaptor.training import compute_threads, resolve_precision
@@ -446,8 +447,24 @@ def test_bad_fit_inputs_fail_with_one_clear_line(synthetic):
         SearchAdaptor(temperature=0).fit(d["Q"], d["D"], d["qrels"], d["qids"], d["dids"])
     with pytest.raises(ValueError, match=r"^alpha must be >= 0; got -0.5$"):
         SearchAdaptor(alpha=-0.5).fit(d["Q"], d["D"], d["qrels"], d["qids"], d["dids"])
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         SearchAdaptor().transform_queries(d["Q"])
+
+
+def test_an_unfitted_adapter_lacks_its_fitted_attributes_as_scikit_learn_says(synthetic):
+    """Before fit, a fitted attribute is absent (hasattr() is False, inspect.getmembers() lists the
+    rest) and a fitted method raises NotFittedError, a ValueError and an AttributeError as
+    scikit-learn's is; its check_is_fitted tells the two states apart."""
+    est = SearchAdaptor()
+    assert not hasattr(est, "is_identity_") and not hasattr(est, "fingerprint_")
+    assert "fit" in dict(inspect.getmembers(est))
+    with pytest.raises(NotFittedError, match=r"^this SearchAdaptor is not fitted yet: call fit\(\)") as err:
+        est.transform_queries(synthetic["Q"])
+    assert isinstance(err.value, ValueError) and isinstance(err.value, AttributeError)
+    validation = pytest.importorskip("sklearn.utils.validation")
+    with pytest.raises(validation.NotFittedError):
+        validation.check_is_fitted(est)
+    validation.check_is_fitted(_fit(synthetic, max_steps=20))
 
 
 def test_a_rows_adapted_vector_does_not_depend_on_its_batch():

@@ -69,6 +69,14 @@ class CompatibilityError(ValueError):
     """Embeddings handed to an adapter come from another model or have another dimension."""
 
 
+class NotFittedError(ValueError, AttributeError):
+    """A fitted attribute or method of an adapter used before ``fit()`` or ``SearchAdaptor.load()``.
+
+    An AttributeError, so that ``hasattr()`` and ``inspect.getmembers()`` see a fitted attribute as
+    absent rather than fail, and a ValueError, as scikit-learn's ``NotFittedError`` is both.
+    """
+
+
 def describe_encoder(encoder: EncoderLike) -> dict[str, Any]:
     """``{"fingerprint", "provider", "model", "config"}`` of an encoder, a recorded description of one,
     or a model name / fingerprint given for precomputed vectors."""
@@ -440,9 +448,21 @@ class SearchAdaptor:
         start.query_text_digests_ = self.query_text_digests_
         return start
 
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether ``fit()`` or ``SearchAdaptor.load()`` made this adapter (scikit-learn's
+        ``check_is_fitted`` asks this)."""
+        return hasattr(self, "query_net_")
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's estimator tags, which its ``check_is_fitted`` reads (1.6 and later): an
+        estimator that needs fitting, on labels given as qrels rather than a target ``y``."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False))
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "query_net_"):
-            raise RuntimeError("this SearchAdaptor is not fitted yet: call fit() or SearchAdaptor.load()")
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError("this SearchAdaptor is not fitted yet: call fit() or SearchAdaptor.load()")
 
     @property
     def kept_start_(self) -> bool:
