@@ -154,6 +154,65 @@ def test_hnsw_backend_finds_the_exact_neighbours(synthetic, tmp_path):
         AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO, backend="ivf")
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"hnsw_m": 0}, r"hnsw_m must be an integer from 2 to 1024; got 0"),  # FAISS aborted the process
+        ({"hnsw_m": 1}, r"hnsw_m must be an integer from 2 to 1024; got 1"),  # FAISS segfaulted
+        ({"hnsw_m": 16.0}, r"hnsw_m must be an integer from 2 to 1024; got 16\.0"),
+        ({"hnsw_m": True}, r"hnsw_m must be an integer from 2 to 1024; got True"),
+        ({"ef_search": 0}, r"ef_search must be an integer from 1 to 2147483647; got 0"),  # 1 hit, not k
+        ({"ef_search": "64"}, r"ef_search must be an integer from 1 to 2147483647; got '64'"),
+        ({"ef_search": 2**31}, r"ef_search must be an integer from 1 to 2147483647; got 2147483648"),
+        ({"size": 2.5}, r"size must be an integer from 1 to 16; got 2\.5"),
+        ({"size": 17}, r"size must be an integer from 1 to 16; got 17"),
+    ],
+)
+def test_index_options_are_refused_before_faiss_sees_them(tmp_path, options, message):
+    """hnsw_m 0 killed the Python process (a FAISS assertion), ef_search 0 answered 1 hit for k=5, and
+    a float or string setting was coerced; each is refused in one line before anything is embedded."""
+    adapter = make_adapter(info=FAKE_INFO)
+    enc = CountingEncoder(dim=16)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        AdaptedIndex.from_vectors(adapter, ["a", "b"], np.ones((2, 16)), FAKE_INFO, backend="hnsw", **options)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        AdaptedIndex.build(adapter, enc, ["a"], ["a text"], cache_dir=tmp_path, backend="hnsw", **options)
+    assert enc.calls == []  # nothing embedded
+    with pytest.raises(TypeError, match=r"^'hnsw_M' is not an index option; the options are backend, hnsw_m"):
+        AdaptedIndex.from_vectors(adapter, ["a"], np.ones((1, 16)), FAKE_INFO, hnsw_M=8)
+
+
+def test_hnsw_settings_are_ints_in_the_manifest_and_checked_on_load(synthetic, tmp_path):
+    """numpy integers are taken (and written as JSON numbers); a manifest whose HNSW settings FAISS
+    cannot use (written by an older version, or edited) is refused naming the file and the field."""
+    adapter = make_adapter(info=FAKE_INFO)
+    dids, D = synthetic["dids"], synthetic["D"]
+    index = AdaptedIndex.from_vectors(
+        adapter, dids, D, FAKE_INFO, backend="hnsw", hnsw_m=np.int64(8), ef_search=np.int32(1)
+    )
+    assert [len(row) for row in index.search(synthetic["Q"][:3], k=5)] == [5, 5, 5]
+    index.save(tmp_path / "h")
+    manifest = tmp_path / "h" / "manifest.json"
+    saved = json.loads(manifest.read_text())
+    assert saved["hnsw"] == {"m": 8, "ef_construction": 200, "ef_search": 1}
+    assert AdaptedIndex.load(tmp_path / "h").n_docs == len(dids)
+    for field, value, message in [
+        ("m", 0, "field hnsw.m must be an integer from 2 to 1024; got 0"),
+        ("ef_search", 0, "field hnsw.ef_search must be an integer from 1 to 2147483647; got 0"),
+        (
+            "ef_construction",
+            2.5,
+            "field hnsw.ef_construction must be an integer from 1 to 2147483647; got 2.5",
+        ),
+    ]:
+        manifest.write_text(json.dumps({**saved, "hnsw": {**saved["hnsw"], field: value}}))
+        with pytest.raises(ValueError, match=rf"h/manifest\.json: {message}; rebuild the index"):
+            AdaptedIndex.load(tmp_path / "h")
+    manifest.write_text(json.dumps({key: value for key, value in saved.items() if key != "hnsw"}))
+    with pytest.raises(ValueError, match=r"h/manifest\.json: field 'hnsw' must be an object, got null"):
+        AdaptedIndex.load(tmp_path / "h")
+
+
 def test_load_refuses_parts_that_do_not_belong_together(synthetic, tmp_path):
     adapter = make_adapter(info=FAKE_INFO)
     AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO).save(tmp_path / "idx")

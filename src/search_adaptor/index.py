@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import shutil
 import tempfile
@@ -53,6 +54,10 @@ ADAPTER_DIR = "adapter"
 VECTORS_DIR = "vectors"
 _BUILD_CHUNK = 8192  # documents embedded and adapted at a time: bounds memory on large corpora
 _EF_CONSTRUCTION = 200
+#: Bounds of each HNSW setting: below them FAISS aborts the process (degree 0 or 1) or answers fewer
+#: than ``k`` hits (breadth 0); above them it overflows its C ints, or, past a degree of 1024, each
+#: document's graph links outweigh its vector.
+_HNSW_BOUNDS = {"m": (2, 1024), "ef_construction": (1, 2**31 - 1), "ef_search": (1, 2**31 - 1)}
 Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
 #: Why a blank query text is refused: it would rank the documents by nothing in particular.
@@ -71,16 +76,26 @@ def import_faiss() -> Any:
     return faiss
 
 
+def _count(value: Any, name: str, low: int = 1, high: int | None = None) -> int:
+    """``value`` as an int from ``low`` to ``high`` (a Python or numpy integer), else a one-line
+    ValueError naming ``name``: FAISS takes C ints, and a float, a string or a bool taken for one would
+    be cut or coerced without a word; a numpy integer would fail in ``json.dumps`` of the manifest."""
+    bad = isinstance(value, bool) or not isinstance(value, numbers.Integral)
+    if bad or value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ValueError(f"{name} must be an integer {span}; got {value!r}")
+    return int(value)
+
+
 def _new_faiss_index(dim: int, backend: str, hnsw_m: int, ef_search: int) -> Any:
+    """An empty FAISS index of ``backend`` (checked by :meth:`AdaptedIndex._layout`)."""
     faiss = import_faiss()
     if backend == "flat":
         return faiss.IndexFlatIP(dim)
-    if backend == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = _EF_CONSTRUCTION
-        index.hnsw.efSearch = ef_search
-        return index
-    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = _EF_CONSTRUCTION
+    index.hnsw.efSearch = ef_search
+    return index
 
 
 class IndexOptions(TypedDict, total=False):
@@ -90,10 +105,13 @@ class IndexOptions(TypedDict, total=False):
     backend : {"flat", "hnsw"}
         Exact inner-product search (default), or an HNSW graph (approximate, faster on large corpora).
     hnsw_m, ef_search : int
-        HNSW graph degree (32) and search breadth (128; can be raised later for recall).
+        HNSW graph degree (32; 2 to 1024) and search breadth (128; at least 1; can be raised later for
+        recall).
     size : int
         Keep the first ``size`` adapted coordinates (a Matryoshka prefix, unit length again): every
         document and query is cut to it.
+
+    Each is checked before anything is embedded (see :meth:`AdaptedIndex._layout`).
     """
 
     backend: str
@@ -154,11 +172,12 @@ class AdaptedIndex:
     ) -> AdaptedIndex:
         """An index of ``batches`` of (ids, adapted vectors), laid out as ``options`` say; the one way
         every constructor fills an index, so each refuses an empty source and a repeated id alike."""
+        layout = cls._layout(adapter, options)  # before the first batch is embedded or adapted
         index: AdaptedIndex | None = None
         seen: set[str] = set()
         for ids, vectors in batches:
             if index is None:
-                index = cls._empty(adapter, encoder_info, vectors.shape[1], encoder, **options)
+                index = cls._empty(adapter, encoder_info, vectors.shape[1], encoder, **layout)
             for doc_id in ids:
                 if doc_id in seen:
                     raise ValueError(f"{source}: document id {doc_id!r} appears twice; ids must be unique")
@@ -170,6 +189,26 @@ class AdaptedIndex:
         index.manifest["n_docs"] = len(index.doc_ids)
         return index
 
+    @staticmethod
+    def _layout(adapter: SearchAdaptor, options: Mapping[str, Any]) -> IndexOptions:
+        """``options`` checked, numpy integers made ints: an unknown option, an unknown backend, or a
+        setting FAISS would abort the process on (``hnsw_m`` 0) or answer fewer hits with
+        (``ef_search`` 0) is refused in one line naming it, before anything is embedded."""
+        known = list(IndexOptions.__annotations__)
+        unknown = next((key for key in options if key not in known), None)
+        if unknown is not None:
+            raise TypeError(f"{unknown!r} is not an index option; the options are {', '.join(known)}")
+        backend, size = options.get("backend", "flat"), options.get("size")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        layout: IndexOptions = {
+            "backend": backend,
+            "hnsw_m": _count(options.get("hnsw_m", 32), "hnsw_m", *_HNSW_BOUNDS["m"]),
+            "ef_search": _count(options.get("ef_search", 128), "ef_search", *_HNSW_BOUNDS["ef_search"]),
+            "size": None if size is None else _count(size, "size", 1, adapter.dim_),
+        }
+        return layout
+
     @classmethod
     def _empty(
         cls,
@@ -178,18 +217,15 @@ class AdaptedIndex:
         dim: int,
         encoder: Encoder | None,
         *,
-        backend: str = "flat",
-        hnsw_m: int = 32,
-        ef_search: int = 128,
-        size: int | None = None,
+        backend: str,
+        hnsw_m: int,
+        ef_search: int,
+        size: int | None,
     ) -> AdaptedIndex:
+        """An index with no documents yet, laid out as :meth:`_layout` checked."""
         # vectors of the adapter's full width, or already cut to ``size`` (shards written at a size)
         adapter.check_encoder(encoder_info, None if dim == size else dim)
         full = adapter.dim_
-        if size is not None and not 1 <= size <= full:
-            raise ValueError(
-                f"dim: an index of {full}-d adapted vectors keeps 1 to {full} of them, not {size}"
-            )
         if size == full:
             size = None
         dim = size or dim
@@ -673,6 +709,17 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: backend must be one of {', '.join(BACKENDS)}; {_REBUILD}")
     if manifest["dim"] < 1 or manifest["n_docs"] < 0:
         raise ValueError(f"{path}: dim and n_docs out of range; {_REBUILD}")
+    if manifest["backend"] == "hnsw":  # settings an edit or an older version let through
+        hnsw = manifest.get("hnsw")
+        if not isinstance(hnsw, dict):
+            raise ValueError(
+                f"{path}: field 'hnsw' must be an object, got {json.dumps(hnsw)[:40]}; {_REBUILD}"
+            )
+        try:
+            for key, (low, high) in _HNSW_BOUNDS.items():
+                _count(hnsw.get(key), f"field hnsw.{key}", low, high)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}; {_REBUILD}") from None
     for key in ("encoder", "query_encoder"):
         problem = info_problem(manifest[key]) if key in manifest else None
         if problem:
