@@ -213,6 +213,46 @@ def test_hnsw_settings_are_ints_in_the_manifest_and_checked_on_load(synthetic, t
         AdaptedIndex.load(tmp_path / "h")
 
 
+def test_integer_ids_and_array_likes_are_taken_as_the_corpus_readers_take_them(synthetic, tmp_path):
+    """Integer ids (Python or numpy) became an index that searched and saved but could not be loaded
+    (or, numpy's, could not be saved): they are taken as their text, as a corpus file's integer _id
+    and fit's ids are. A list of vectors failed on ``.ndim``; a model name for encoder_info, in dict()."""
+    adapter = make_adapter(info=FAKE_INFO)
+    D, Q = synthetic["D"][:50], synthetic["Q"][:3]
+    named = AdaptedIndex.from_vectors(adapter, [str(i) for i in range(50)], D, FAKE_INFO)
+    for ids in (list(range(50)), np.arange(50), np.arange(50).astype(str)):
+        index = AdaptedIndex.from_vectors(adapter, ids, D, FAKE_INFO)
+        assert index.doc_ids == named.doc_ids and index.search(Q, k=3) == named.search(Q, k=3)
+        index.save(tmp_path / "ints")
+        assert AdaptedIndex.load(tmp_path / "ints").search(Q, k=3) == named.search(Q, k=3)
+    assert AdaptedIndex.from_vectors(adapter, named.doc_ids, D.tolist(), FAKE_INFO).search(Q, k=3) == (
+        named.search(Q, k=3)
+    )
+    index = AdaptedIndex.build(adapter, FAKE, range(3), ["a", "b", "c"], cache_dir=tmp_path / "cache")
+    assert index.doc_ids == ["0", "1", "2"]
+    for ids, message in [
+        (
+            [*range(49), None],
+            r"doc_ids: id 49 is NoneType None, not a string; give each document a string id",
+        ),
+        ([*range(49), 1.5], r"doc_ids: id 49 is float 1\.5, not a string; .* \[str\(i\) for i in ids\]"),
+        ([True, *range(49)], r"doc_ids: id 0 is bool True, not a string"),
+        ([1, "1", *range(2, 50)], r"the document vectors: document id '1' appears twice"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            AdaptedIndex.from_vectors(adapter, ids, D, FAKE_INFO)
+    for vectors, message in [
+        (D > 0, r"vectors: expected a 2-D array of numbers, got bool of shape \(50, 16\)"),
+        ([[1.0] * 16, [1.0]] * 25, r"vectors: expected a 2-D array of numbers, got rows of unequal lengths"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            AdaptedIndex.from_vectors(adapter, named.doc_ids, vectors, FAKE_INFO)
+    with pytest.raises(ValueError, match=r"^encoder_info must be an object, got str; give the info dict"):
+        AdaptedIndex.from_vectors(adapter, named.doc_ids, D, "my-model")
+    with pytest.raises(ValueError, match=r"^encoder_info field 'fingerprint' must be a string; give"):
+        AdaptedIndex.from_vectors(adapter, named.doc_ids, D, {"model": "my-model"})
+
+
 def test_load_refuses_parts_that_do_not_belong_together(synthetic, tmp_path):
     adapter = make_adapter(info=FAKE_INFO)
     AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO).save(tmp_path / "idx")

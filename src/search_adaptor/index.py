@@ -34,7 +34,7 @@ from typing import Any, TypedDict, Unpack
 import numpy as np
 
 from search_adaptor import __version__
-from search_adaptor.embed import Embeddings
+from search_adaptor.embed import Embeddings, numeric_array
 from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind, without_direction
 from search_adaptor.encoders.registry import from_info, info_problem
@@ -85,6 +85,24 @@ def _count(value: Any, name: str, low: int = 1, high: int | None = None) -> int:
         span = f">= {low}" if high is None else f"from {low} to {high}"
         raise ValueError(f"{name} must be an integer {span}; got {value!r}")
     return int(value)
+
+
+def _as_ids(doc_ids: Iterable[Any]) -> list[str]:
+    """``doc_ids`` as strings, as the corpus readers and ``fit`` take them: a Python or numpy integer
+    becomes its decimal text, since ``doc_ids.json`` holds strings (:meth:`AdaptedIndex.load` takes
+    nothing else) and search answers the ids a corpus file would give; any other id (None, a float, a
+    bool) is refused in one line naming the first."""
+    ids = []
+    for i, doc_id in enumerate(doc_ids):
+        if isinstance(doc_id, numbers.Integral) and not isinstance(doc_id, bool):
+            doc_id = int(doc_id)
+        elif not isinstance(doc_id, str):
+            raise ValueError(
+                f"doc_ids: id {i} is {type(doc_id).__name__} {doc_id!r:.40}, not a string; give each "
+                "document a string id, e.g. [str(i) for i in ids]"
+            )
+        ids.append(str(doc_id))
+    return ids
 
 
 def _new_faiss_index(dim: int, backend: str, hnsw_m: int, ef_search: int) -> Any:
@@ -172,6 +190,12 @@ class AdaptedIndex:
     ) -> AdaptedIndex:
         """An index of ``batches`` of (ids, adapted vectors), laid out as ``options`` say; the one way
         every constructor fills an index, so each refuses an empty source and a repeated id alike."""
+        problem = info_problem(encoder_info)  # load() would refuse the manifest that records it
+        if problem:
+            raise ValueError(
+                f"encoder_info {problem}; give the info dict of the model that made the vectors "
+                "(Encoder.info(), Embeddings.encoder)"
+            )
         layout = cls._layout(adapter, options)  # before the first batch is embedded or adapted
         index: AdaptedIndex | None = None
         seen: set[str] = set()
@@ -278,7 +302,7 @@ class AdaptedIndex:
         encoder : Encoder
             Base encoder; texts already in the store are not embedded again.
         doc_ids, texts : sequence of str
-            One id per document text; ids must be unique.
+            One id per document text; ids must be unique (integers are taken as their text).
         cache_dir : path, optional
             Embedding store; the default store otherwise.
         progress : bool
@@ -286,6 +310,7 @@ class AdaptedIndex:
         **options
             The index's layout (:class:`IndexOptions`): ``backend``, ``hnsw_m``, ``ef_search``, ``size``.
         """
+        doc_ids = _as_ids(doc_ids)
         if len(doc_ids) != len(texts):
             raise ValueError(f"{len(doc_ids)} document ids for {len(texts)} texts; give one id per text")
         adapter = as_adapter(adapter)
@@ -307,7 +332,7 @@ class AdaptedIndex:
         cls,
         adapter: SearchAdaptor | str | os.PathLike,
         doc_ids: Sequence[str],
-        vectors: np.ndarray,
+        vectors: np.ndarray | Sequence[Sequence[float]],
         encoder_info: Mapping[str, Any],
         *,
         encoder: Encoder | None = None,
@@ -317,8 +342,10 @@ class AdaptedIndex:
 
         Parameters
         ----------
-        vectors : ndarray of shape (n_docs, dim)
-            Base (not adapted) embeddings, rows aligned with ``doc_ids`` (unique ids).
+        doc_ids : sequence of str
+            Unique ids, one per row of ``vectors`` (integers are taken as their text).
+        vectors : array-like of shape (n_docs, dim)
+            Base (not adapted) embeddings of numbers, rows aligned with ``doc_ids``.
         encoder_info : dict
             ``{"fingerprint", "provider", "model", "config"}`` of the model that made them, e.g.
             ``Embeddings.encoder``; the adapter must match it.
@@ -327,6 +354,8 @@ class AdaptedIndex:
         **options
             The index's layout (:class:`IndexOptions`).
         """
+        doc_ids = _as_ids(doc_ids)
+        vectors = numeric_array(vectors, "vectors", "a 2-D array")
         if vectors.ndim != 2 or len(doc_ids) != len(vectors) or not len(doc_ids):
             raise ValueError(
                 f"{len(doc_ids)} document ids for vectors of shape {vectors.shape}; give one 2-D row per id"
