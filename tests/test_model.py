@@ -90,6 +90,33 @@ def test_scikit_learns_clone_gives_an_unfitted_copy_with_the_same_hyperparameter
     assert est.get_params(deep=True) == est.get_params(deep=False)
 
 
+def test_numpy_hyperparameters_of_a_parameter_grid_train_save_and_clone_as_given(synthetic, tmp_path):
+    """``np.linspace`` and scikit-learn's ``ParameterGrid`` give numpy scalars and arrays: they train
+    the adapter the Python numbers train, save as JSON numbers (the save of a finished fit raised
+    "float32 is not JSON serializable"; a numpy seed failed in torch, an array of dims in fit and
+    repr), and stay as given in ``get_params``, as ``sklearn.base.clone`` requires."""
+    grid = {
+        "lr": np.float64(2e-3),
+        "batch_size": np.int64(16),
+        "temperature": np.float32(0.05),
+        "seed": np.int64(3),
+        "dims": np.array([4, 8]),
+        "residual": np.bool_(True),
+    }
+    est = _fit(synthetic, max_steps=30, **grid)
+    plain = _fit(synthetic, max_steps=30, lr=2e-3, batch_size=16, temperature=0.05, seed=3, dims=[4, 8])
+    assert est.fingerprint_ == plain.fingerprint_
+    assert all(est.get_params()[k] is v for k, v in grid.items())
+    assert "dims=array([4, 8])" in repr(est) and "seed=np.int64(3)" in repr(est)
+    est.save(tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["hyperparameters"]
+    assert saved["batch_size"] == 16 and saved["seed"] == 3 and saved["dims"] == [4, 8]
+    assert type(saved["temperature"]) is float and saved["residual"] is True
+    assert SearchAdaptor.load(tmp_path / "a").fingerprint_ == est.fingerprint_
+    base = pytest.importorskip("sklearn.base")
+    assert base.clone(est).get_params()["dims"].tolist() == [4, 8]  # clone checks its params are kept
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_contract_every_variant(name, synthetic, tmp_path):
     est = _fit(synthetic, **VARIANTS[name])

@@ -240,12 +240,17 @@ class SearchAdaptor:
         return type(self)(**{**self.get_params(), **overrides})
 
     def __repr__(self) -> str:
-        defaults = type(self)().get_params()
-        changed = {k: v for k, v in self.get_params().items() if defaults[k] != v}
+        defaults = type(self)().get_params()  # compared by repr, as scikit-learn does: dims may be an array
+        changed = {k: v for k, v in self.get_params().items() if repr(defaults[k]) != repr(v)}
         return f"SearchAdaptor({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
-    def _validate_params(self) -> None:
-        """Every hyperparameter's type, choices and bounds (fit and load both run this)."""
+    def _validate_params(self) -> dict[str, Any]:
+        """Every hyperparameter's type, choices and bounds (fit and load both run this), returned as
+        plain Python values, which training, the fitted adapter and its saved config use: a parameter
+        grid's numpy scalars (``np.linspace``, ``ParameterGrid``) as the int, float or bool they are,
+        ``dims`` (a list, tuple or array) as a list of ints. The attributes stay as given: scikit-learn's
+        ``clone`` needs ``get_params`` to return what ``__init__`` got, and ``fit`` to change none of it."""
+        p = {k: v.item() if isinstance(v, np.generic) else v for k, v in self.get_params().items()}
         choices = {
             "architecture": ARCHITECTURES,
             "mode": MODES,
@@ -256,64 +261,65 @@ class SearchAdaptor:
             "precision": PRECISIONS,
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+            if p[name] not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {p[name]!r}")
         for name in ("residual", "in_batch"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+            if not isinstance(p[name], bool):
+                raise ValueError(f"{name} must be true or false; got {p[name]!r}")
         ints = {"batch_size": 1, "max_steps": 1, "eval_every": 1, "n_negatives": 1, "hard_pool": 1}
         ints.update(patience=0, full_corpus_max=0, seed=0)
         for name, low in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-        hidden = self.hidden_dim
-        if hidden is not None and (
-            isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or not 1 <= hidden <= MAX_DIM
-        ):
+            if not _integer(p[name]) or p[name] < low:
+                raise ValueError(f"{name} must be an integer >= {low}; got {p[name]!r}")
+            p[name] = int(p[name])
+        hidden = p["hidden_dim"]
+        if hidden is not None and not (_integer(hidden) and 1 <= hidden <= MAX_DIM):
             raise ValueError(f"hidden_dim must be null or an integer in [1, {MAX_DIM}]; got {hidden!r}")
-        for name in ("alpha", "beta", "gamma", "temperature", "lr", "val_fraction"):
-            value = getattr(self, name)
+        p["hidden_dim"] = None if hidden is None else int(hidden)
+        reals = ("alpha", "beta", "gamma", "temperature", "lr", "val_fraction")
+        for name in reals:
+            value = p[name]
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
         for name in ("alpha", "beta", "gamma", "temperature", "lr"):
-            value, positive = getattr(self, name), name in ("temperature", "lr")
+            value, positive = p[name], name in ("temperature", "lr")
             if value < 0 or (positive and value == 0):
                 raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}; got {value!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1); got {self.val_fraction!r}")
-        dims = self.dims
+        if not 0.0 < p["val_fraction"] < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1); got {p['val_fraction']!r}")
+        p.update({name: float(p[name]) for name in reals})
+        dims = p["dims"].tolist() if isinstance(p["dims"], np.ndarray) else p["dims"]
         if dims is not None:
             if isinstance(dims, (str, bytes)) or not hasattr(dims, "__len__") or not len(dims):
                 raise ValueError(f"dims must be null or a non-empty list of sizes; got {dims!r}")
-            if any(
-                isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= m <= MAX_DIM
-                for m in dims
-            ):
+            if not all(_integer(m) and 1 <= m <= MAX_DIM for m in dims):
                 raise ValueError(f"dims must be integers in [1, {MAX_DIM}]; got {list(dims)!r}")
-            if self.mode == "query_only":
+            if p["mode"] == "query_only":
                 raise ValueError(
                     "dims: prefixes need the documents adapted too; use mode 'shared' or 'separate'"
                 )
-        if self.loss == "similarity" and self.mode != "shared":
+            dims = [int(m) for m in dims]
+        p["dims"] = dims
+        if p["loss"] == "similarity" and p["mode"] != "shared":
             raise ValueError(
                 "loss 'similarity' (no labels) adapts queries and documents alike: use mode 'shared'"
             )
-        if self.init == "score-axes" and self.loss != "similarity":
+        if p["init"] == "score-axes" and p["loss"] != "similarity":
             raise ValueError(
                 "init 'score-axes' orders the axes by the query texts' scores against the documents, "
                 "which the unsupervised objective alone knows: use loss 'similarity', or init 'pca'"
             )
-        if self.loss == "similarity" and (self.alpha or self.beta or self.gamma):
+        if p["loss"] == "similarity" and (p["alpha"] or p["beta"] or p["gamma"]):
             raise ValueError(
                 "loss 'similarity' trains a rotation only, which no regulariser acts on: "
                 "set alpha, beta and gamma to 0"
             )
-        if self.loss == "similarity" and not self.residual:
+        if p["loss"] == "similarity" and not p["residual"]:
             raise ValueError(
                 "loss 'similarity' trains a rotation only, the residual function held at its zero start, "
                 "which only the skip connection gives: keep residual=True"
             )
+        return p
 
     # -- fitting ---------------------------------------------------------------------------------
     def fit(
@@ -366,14 +372,14 @@ class SearchAdaptor:
             ``pairs`` (the alignment term, ``loss="alignment"``); the closed-form start stays the map
             of ``pairs``.
         """
-        self._validate_params()
+        params = self._validate_params()
         info = describe_encoder(encoder) if encoder is not None else {}
         query_info = describe_encoder(query_encoder) if query_encoder is not None else {}
         if query_info.get("fingerprint") == info.get("fingerprint"):
             query_info = {}  # one model for both sides
         start = time.perf_counter()
         result = train(
-            self.get_params(),
+            params,
             query_embeddings,
             corpus_embeddings,
             qrels,
@@ -384,13 +390,20 @@ class SearchAdaptor:
             query_pairs,
             more_pairs,
         )
-        self._set_fitted(result, info, query_info)
+        self._set_fitted(result, params, info, query_info)
         self.fit_time_ = time.perf_counter() - start
         return self
 
     def _set_fitted(
-        self, result: TrainResult, encoder: dict[str, Any], query_encoder: dict[str, Any] | None = None
+        self,
+        result: TrainResult,
+        params: dict[str, Any],
+        encoder: dict[str, Any],
+        query_encoder: dict[str, Any] | None = None,
     ) -> None:
+        #: the hyperparameters it was fitted with, as :meth:`_validate_params` returned them: what the
+        #: fitted adapter reads and :meth:`save` records (the attributes stay as the user gave them)
+        self._params = params
         self.dim_ = result.dim
         self.query_dim_ = result.query_dim or result.dim
         self.query_encoder_ = dict(query_encoder or {})
@@ -421,8 +434,9 @@ class SearchAdaptor:
         self._check_fitted()
         if self._start is None:
             raise RuntimeError("at_start() needs the adapter fit() returned, not one loaded from a folder")
-        query_net, corpus_net = _nets_for(self, self.dim_, self.query_dim_)
-        own = [query_net] + ([corpus_net] if self.mode == "separate" and corpus_net is not None else [])
+        query_net, corpus_net = _nets_for(self._params, self.dim_, self.query_dim_)
+        separate = self._params["mode"] == "separate"
+        own = [query_net] + ([corpus_net] if separate and corpus_net is not None else [])
         for net, state in zip(own, self._start, strict=True):
             net.load_state_dict(state)
             net.eval()
@@ -443,7 +457,7 @@ class SearchAdaptor:
             self._start,
             train_query_ids=self.train_query_ids_,
         )
-        start._set_fitted(result, self.encoder_, self.query_encoder_)
+        start._set_fitted(result, self._params, self.encoder_, self.query_encoder_)
         start.fit_time_ = self.fit_time_
         start.query_text_digests_ = self.query_text_digests_
         return start
@@ -477,15 +491,16 @@ class SearchAdaptor:
         records (so a loaded adapter says what its fit said); None for the identity, where the
         residual function starts at zero and nothing else maps the vectors."""
         self._check_fitted()
-        if self.init == "identity":
+        init = self._params["init"]
+        if init == "identity":
             return None
-        if self.init == "pca":
+        if init == "pca":
             return "a PCA rotation of the corpus"
-        if self.init == "score-axes":
+        if init == "score-axes":
             return "a rotation onto the query texts' score axes"
-        kind = "least-squares map" if self.init == "lstsq" else "Procrustes rotation"
+        kind = "least-squares map" if init == "lstsq" else "Procrustes rotation"
         start = f"a {kind} {self.query_dim_} -> {self.dim_} of the paired texts"
-        if any(m < self.dim_ for m in self.dims or ()):  # Matryoshka: both sides on the corpus's PCA axes
+        if any(m < self.dim_ for m in self._params["dims"] or ()):  # Matryoshka: both sides on PCA axes
             start += ", turned onto the corpus's principal axes"
         return start
 
@@ -507,11 +522,12 @@ class SearchAdaptor:
         """Why a prefix of ``dim`` output coordinates was never measured, in one line (None when it
         was: the full width, or a size trained with ``dims``): any prefix works, not every one is good."""
         self._check_fitted()
-        if dim is None or dim >= self.dim_ or dim in (self.dims or ()):
+        dims = self._params["dims"]
+        if dim is None or dim >= self.dim_ or dim in (dims or ()):
             return None
         trained = (
-            f"it was trained at {', '.join(str(m) for m in sorted(self.dims))}"
-            if self.dims
+            f"it was trained at {', '.join(str(m) for m in sorted(dims))}"
+            if dims
             else "it was trained at full width only; fit --dims trains smaller sizes"
         )
         return (
@@ -526,8 +542,8 @@ class SearchAdaptor:
 
         Saving and loading the same adapter gives the same fingerprint; any change of a weight does not.
         """
-        params = self.get_params()
-        head = {k: params[k] for k in ("architecture", "hidden_dim", "residual", "mode")}
+        self._check_fitted()
+        head = {k: self._params[k] for k in ("architecture", "hidden_dim", "residual", "mode")}
         # the key keeps its first name, so that saved checksums and index manifests still match
         described = json.dumps({**head, "dim": self.dim_, "identity": self.kept_start_}, sort_keys=True)
         h = hashlib.sha256(described.encode())
@@ -675,7 +691,7 @@ class SearchAdaptor:
         """Weights as saved: ``query.*`` always, ``corpus.*`` for a separate corpus network."""
         self._check_fitted()
         nets = {"query": self.query_net_}
-        if self.mode == "separate" and self.corpus_net_ is not None:
+        if self._params["mode"] == "separate" and self.corpus_net_ is not None:
             nets["corpus"] = self.corpus_net_
         return {
             f"{side}.{k}": v.detach().contiguous()
@@ -707,7 +723,7 @@ class SearchAdaptor:
             "normalization": "l2 on input and output; scores are cosine similarities",
             "identity": self.is_identity_,
             "checksum": _checksum(self),
-            "hyperparameters": self.get_params(),
+            "hyperparameters": self._params,
             "training": {
                 "best_step": self.best_step_,
                 "n_steps": self.n_steps_,
@@ -765,18 +781,18 @@ class SearchAdaptor:
         est = cls()
         try:
             est.set_params(**config["hyperparameters"])
-            est._validate_params()
+            params = est._validate_params()
         except ValueError as exc:
             raise ValueError(f"{cfg_path}: hyperparameters: {exc}; {_LOAD_FIX}") from None
         dim, query_dim = config["dim"], config.get("query_dim", config["dim"])
         if not 1 <= query_dim <= MAX_DIM:
             raise ValueError(f"{cfg_path}: field 'query_dim' must be in [1, {MAX_DIM}]; {_LOAD_FIX}")
-        if est.dims is not None and max(est.dims) > dim:  # a prefix wider than the output
+        if params["dims"] is not None and max(params["dims"]) > dim:  # a prefix wider than the output
             raise ValueError(
-                f"{cfg_path}: hyperparameters: dims {list(est.dims)} go beyond the {dim}-d output; "
+                f"{cfg_path}: hyperparameters: dims {params['dims']} go beyond the {dim}-d output; "
                 f"{_LOAD_FIX}"
             )
-        query_net, corpus_net = _load_weights(folder / WEIGHTS, est, dim, query_dim)
+        query_net, corpus_net = _load_weights(folder / WEIGHTS, params, dim, query_dim)
         training = config["training"]
         est._set_fitted(
             TrainResult(
@@ -795,6 +811,7 @@ class SearchAdaptor:
                 precision=training.get("precision", "float32"),
                 train_query_ids=training.get("train_query_ids", []),
             ),
+            params,
             config["encoder"],
             config.get("query_encoder"),
         )
@@ -866,9 +883,14 @@ def _finite(value: numbers.Real) -> bool:
         return False
 
 
+def _integer(value: Any) -> bool:
+    """Whether ``value`` is an integer (a bool is not one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _typed(value: Any, kind: type) -> bool:
     if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return _integer(value)
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     return isinstance(value, kind)
@@ -994,19 +1016,21 @@ def _verify_checksum(est: SearchAdaptor, recorded: str | None, path: Path) -> No
 
 
 def _load_weights(
-    path: Path, est: SearchAdaptor, dim: int, query_dim: int
+    path: Path, params: Mapping[str, Any], dim: int, query_dim: int
 ) -> tuple[ResidualAdapter, ResidualAdapter | None]:
-    """The networks the config describes, filled from ``path`` after checking names, shapes, dtypes
-    and finiteness against the config (shapes are compared before anything is allocated)."""
+    """The networks the config's hyperparameters ``params`` describe, filled from ``path`` after
+    checking names, shapes, dtypes and finiteness against the config (shapes are compared before
+    anything is allocated)."""
     from safetensors import safe_open
 
     fix = f"the weights file is damaged; {_LOAD_FIX}"
     both = f"{CONFIG} and {WEIGHTS} do not belong together; {_LOAD_FIX}"
-    own = ("query", "corpus") if est.mode == "separate" else ("query",)  # networks with their own weights
+    mode = params["mode"]
+    own = ("query", "corpus") if mode == "separate" else ("query",)  # networks with their own weights
     with torch.device("meta"):  # the expected names and shapes, without allocating the weights
         shapes = {
             f"{side}.{k}": tuple(v.shape)
-            for side, net in zip(own, _nets_for(est, dim, query_dim), strict=False)
+            for side, net in zip(own, _nets_for(params, dim, query_dim), strict=False)
             for k, v in net.state_dict().items()
         }
     try:
@@ -1016,7 +1040,7 @@ def _load_weights(
                 odd = sorted(names - set(shapes)) or sorted(set(shapes) - names)
                 what = "unknown tensor" if names - set(shapes) else "missing tensor"
                 raise ValueError(
-                    f"{path}: {what} {odd[0]!r} for {CONFIG}'s {est.mode} {est.architecture}; {both}"
+                    f"{path}: {what} {odd[0]!r} for {CONFIG}'s {mode} {params['architecture']}; {both}"
                 )
             tensors = {}
             for name in sorted(names):
@@ -1037,9 +1061,9 @@ def _load_weights(
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{path}: tensor {name!r} contains NaN or inf; {fix}")
-    query_net, corpus_net = _nets_for(est, dim, query_dim)
+    query_net, corpus_net = _nets_for(params, dim, query_dim)
     query_net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("query.")})
-    if est.mode == "separate" and corpus_net is not None:
+    if mode == "separate" and corpus_net is not None:
         corpus_net.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("corpus.")})
     for net in (query_net, corpus_net):
         if net is not None:
@@ -1048,13 +1072,15 @@ def _load_weights(
 
 
 def _nets_for(
-    est: SearchAdaptor, dim: int, query_dim: int | None = None
+    params: Mapping[str, Any], dim: int, query_dim: int | None = None
 ) -> tuple[ResidualAdapter, ResidualAdapter | None]:
-    """Networks shaped as ``est``'s config says: (query, corpus), the corpus one shared or absent."""
-    projection = has_projection(est.init, est.loss)
-    return build_nets(
-        dim, est.hidden_dim, est.architecture, est.residual, est.mode, None, projection, query_dim
+    """Networks shaped as the hyperparameters ``params`` say: (query, corpus), the corpus one shared
+    or absent."""
+    projection = has_projection(params["init"], params["loss"])
+    hidden, architecture, residual, mode = (
+        params[k] for k in ("hidden_dim", "architecture", "residual", "mode")
     )
+    return build_nets(dim, hidden, architecture, residual, mode, None, projection, query_dim)
 
 
 def as_adapter(adapter: SearchAdaptor | str | os.PathLike) -> SearchAdaptor:
