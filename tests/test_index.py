@@ -90,7 +90,7 @@ def test_build_embeds_through_the_store_and_searches_text(tmp_path):
     top, _ = exact_search(index.embed_queries(["q"]), D, 5)
     assert [d for d, _ in index.search(["q"], k=5)[0]] == [ids[i] for i in top[0]]
     assert len(index.search(["q"], k=1000)[0]) == 30  # k is clipped to the corpus
-    with pytest.raises(ValueError, match="k must be >= 1"):
+    with pytest.raises(ValueError, match="k must be an integer >= 1; got 0"):
         index.search(["q"], k=0)
     calls = len(enc.calls)
     with pytest.raises(ValueError, match=r"^query 1: the query is blank, and a blank query ranks"):
@@ -100,6 +100,56 @@ def test_build_embeds_through_the_store_and_searches_text(tmp_path):
         index.search("q")
     with pytest.raises(ValueError, match="one id per text"):
         AdaptedIndex.build(adapter, enc, ids[:3], texts, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("queries", "k", "error", "message"),
+    [
+        ("vitamin d", 3, TypeError, r"search\(\) takes a list of query texts; .*: \['vitamin d'\]"),
+        ([[0.5] * 16], 3, TypeError, r"query 0 \(list\) is not a text; give query vectors as one array"),
+        (
+            [np.ones(16)],
+            3,
+            TypeError,
+            r"query 0 \(ndarray\) is not a text; give query vectors as one array",
+        ),
+        (["q", None], 3, TypeError, r"item 1 is NoneType None, not a text"),
+        (["q"], 2.7, ValueError, r"k must be an integer >= 1; got 2\.7"),
+        (["q"], "3", ValueError, r"k must be an integer >= 1; got '3'"),
+        (["q"], None, ValueError, r"k must be an integer >= 1; got None"),
+        (["q"], True, ValueError, r"k must be an integer >= 1; got True"),
+        (np.ones((1, 16), dtype=bool), 3, ValueError, r"queries: expected a 2-D array of numbers, got bool"),
+        (
+            np.ones((1, 16), dtype=object),
+            3,
+            ValueError,
+            r"queries: expected a 2-D array of numbers, got object",
+        ),
+    ],
+)
+def test_search_refuses_queries_it_would_misread(tmp_path, queries, k, error, message):
+    """A bare string was searched letter by letter, rows of numbers were sent to the encoder as texts,
+    None reached the encoder, k=2.7 or "3" was coerced, and bool or object arrays were taken where
+    transform_queries refuses them: each is refused in one line before anything is embedded."""
+    adapter = make_adapter(info=FAKE_INFO)
+    enc = CountingEncoder(dim=16)
+    index = AdaptedIndex.build(adapter, enc, ["a", "b"], ["a text", "b text"], cache_dir=tmp_path)
+    calls = len(enc.calls)
+    with pytest.raises(error, match=f"^{message}"):
+        index.search(queries, k=k)
+    assert len(enc.calls) == calls
+    if isinstance(queries, np.ndarray):  # the same refusal as transform_queries'
+        with pytest.raises(error, match=f"^{message}"):
+            adapter.transform_queries(queries)
+
+
+def test_search_takes_any_iterable_of_texts_once(tmp_path):
+    """A generator was spent by the blank check, leaving 'nothing to embed'; numpy integers are a k."""
+    adapter = make_adapter(info=FAKE_INFO)
+    index = AdaptedIndex.build(adapter, FAKE, ["a", "b", "c"], ["a", "b", "c"], cache_dir=tmp_path)
+    hits = index.search(["b", "c"], k=2)
+    assert index.search((q for q in ["b", "c"]), k=np.int64(2)) == hits
+    assert index.search(("b", "c"), k=2) == hits
 
 
 @pytest.mark.parametrize(

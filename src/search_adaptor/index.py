@@ -39,6 +39,7 @@ from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind, without_direction
 from search_adaptor.encoders.registry import from_info, info_problem
 from search_adaptor.files import Staged, inside, read_json
+from search_adaptor.images import Item, check_item_types
 from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
 from search_adaptor.pipeline import JobStats, adapted_chunks, embed_and_adapt
@@ -640,25 +641,49 @@ class AdaptedIndex:
             out[kept] = self._sized(adapt_rows(side, base[kept], what))
         raise InputsRejected.of(encoder.provider, texts, out, rejected)
 
-    def search(self, queries: Sequence[str] | np.ndarray, k: int = 10) -> Hits:
+    def search(self, queries: Iterable[Item] | np.ndarray, k: int = 10) -> Hits:
         """Top-``k`` documents for each query, best first.
 
         Parameters
         ----------
-        queries : list of str, or ndarray of shape (n_queries, dim)
-            Query texts, or base (not adapted) query embeddings of the index's encoder.
+        queries : list of str, or array of shape (n_queries, dim)
+            Query texts (any iterable of them), or base (not adapted) query embeddings of the index's
+            encoder, as a numpy array of numbers.
         k : int
             Results per query (at most the number of documents).
 
         Returns
         -------
         list (one per query) of lists of (doc_id, cosine score)
+
+        Raises
+        ------
+        TypeError
+            A bare string (it would be read letter by letter), or a query that is not a text: None, a
+            number, a row of numbers (give vectors as an array).
+        ValueError
+            ``k`` not an integer >= 1, a blank query, or an array that is not of numbers; all refused
+            before anything is embedded.
         """
+        k = _count(k, "k")
+        if isinstance(queries, str):
+            raise TypeError(
+                f"search() takes a list of query texts; wrap a single query in a list: {[queries]!r:.80}"
+            )
         if not isinstance(queries, np.ndarray):
+            queries = list(queries)  # once: a generator would be spent by the checks
+            row = next((i for i, q in enumerate(queries) if isinstance(q, (list, tuple, np.ndarray))), None)
+            if row is not None:
+                raise TypeError(
+                    f"query {row} ({type(queries[row]).__name__}) is not a text; give query vectors as "
+                    "one array of shape (n_queries, dim): np.asarray(queries, dtype=np.float32)"
+                )
+            check_item_types(queries)
             blank = next((i for i, q in enumerate(queries) if isinstance(q, str) and not q.strip()), None)
             if blank is not None:
                 raise ValueError(f"query {blank}: {BLANK_QUERY}")
             return self.search_adapted(self.embed_queries(queries), k)
+        queries = numeric_array(queries, "queries", "a 2-D array")  # as transform_queries refuses them
         if queries.ndim != 2 or queries.shape[1] != self.adapter.query_dim_ or len(queries) > _SMALL_BATCH:
             return self.search_adapted(
                 self._sized(self.adapter.transform_queries(queries)), k
@@ -674,12 +699,10 @@ class AdaptedIndex:
         the other rows (FAISS scores each query alone); ties between equal scores are ordered as
         FAISS orders them for this ``k``.
         """
-        if int(k) < 1:
-            raise ValueError(f"k must be >= 1; got {k}")
+        k = min(_count(k, "k"), self.n_docs)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise CompatibilityError(f"queries: expected shape (n, {self.dim}), got {vectors.shape}")
-        k = min(int(k), self.n_docs)
         work = self._work()
         scores = work.array("hit_scores", len(vectors), k)
         rows = work.array("hit_rows", len(vectors), k, np.int64)
