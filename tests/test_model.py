@@ -350,13 +350,70 @@ def test_precision_is_checked_resolved_and_recorded(synthetic, tmp_path):
 
 def test_saved_config_describes_the_adapter(synthetic, tmp_path):
     est = _fit(synthetic, max_steps=30, encoder={"fingerprint": "sentence-transformers:m:abc", "model": "m"})
-    est.save(tmp_path / "a", extra={"test": {"ndcg@10": 0.5}})
+    est.save(tmp_path / "a", extra={"test": {"adapted": {"ndcg@10": 0.6}, "zero-shot": {"ndcg@10": 0.5}}})
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["dim"] == 16 and cfg["encoder"]["model"] == "m"
     assert cfg["hyperparameters"]["alpha"] == est.alpha
     assert cfg["training"]["val_ndcg@10"] == pytest.approx(est.best_score_)
-    assert cfg["metrics"]["test"]["ndcg@10"] == 0.5 and "version" in cfg
+    assert cfg["metrics"]["test"]["zero-shot"]["ndcg@10"] == 0.5 and "version" in cfg
     assert "Search-Adaptor adapter" in (tmp_path / "a" / "README.md").read_text()
+
+
+def test_save_takes_numpy_numbers_in_extra_and_tabulates_its_test_table(synthetic, tmp_path):
+    """Metrics computed with numpy are saved as the numbers they are (save raised "float32 is not
+    JSON serializable"); what fit saves as ``test`` (a protocol beside the systems) is the card's table."""
+    est = _fit(synthetic, max_steps=20)
+    test = {
+        "protocol": "test",
+        "zero-shot": {"ndcg@10": np.float32(0.5), "recall@100": 0.75},
+        "adapted": {"ndcg@10": np.float64(0.625), "recall@100": np.float32(0.875)},
+    }
+    est.save(tmp_path / "a", extra={"test": test, "n": np.int64(3), "ok": np.bool_(True)})
+    loaded = SearchAdaptor.load(tmp_path / "a")
+    assert loaded.metrics_["test"]["adapted"] == {"ndcg@10": 0.625, "recall@100": 0.875}
+    assert loaded.metrics_["n"] == 3 and loaded.metrics_["ok"] is True
+    assert "| adapted | 0.6250 | 0.8750 |" in (tmp_path / "a" / "README.md").read_text()
+    loaded.save(tmp_path / "b")  # what load read, save writes again
+    assert SearchAdaptor.load(tmp_path / "b").metrics_ == loaded.metrics_
+    with pytest.raises(TypeError, match=r"^extra: a ndarray has no JSON form; give dicts") as err:
+        est.save(tmp_path / "c", extra={"scores": np.zeros(3)})
+    assert "\n" not in str(err.value) and not (tmp_path / "c").exists()
+
+
+UNTABULATED = {
+    "adapted only": ({"adapted": {"ndcg@10": 0.61}}, "test.zero-shot must be an object {metric: number}"),
+    "a NaN metric": (
+        {"adapted": {"ndcg@10": float("nan")}, "zero-shot": {"ndcg@10": 0.5}},
+        "test.adapted.ndcg@10 must be a finite number, got NaN",
+    ),
+    "a string": ("held-out", 'test must be an object {system: {metric: number}}, got "held-out"'),
+    "per-query scores": (
+        {"adapted": {"ndcg@10": 0.6, "per_query": {"q1": 0.3}}, "zero-shot": {"ndcg@10": 0.5}},
+        'test.adapted.per_query must be a finite number, got {"q1": 0.3}',
+    ),
+    "a system short of a metric": (
+        {"adapted": {"ndcg@10": 0.6}, "zero-shot": {"ndcg@10": 0.5}, "bm25": {"mrr": 0.4}},
+        "test.bm25.ndcg@10 must be a finite number, got nothing",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNTABULATED)
+def test_save_refuses_a_test_table_that_load_would_refuse_before_writing(synthetic, tmp_path, case):
+    """``save(extra={"test": ...})`` wrote a folder ``load`` then refused (a table without zero-shot,
+    a NaN) or crashed with a raw AttributeError or TypeError (a string, per-query scores): both ask
+    the same question, and save asks it before writing, in one line naming the field."""
+    test, problem = UNTABULATED[case]
+    est = _fit(synthetic, max_steps=20)
+    with pytest.raises(ValueError) as err:
+        est.save(tmp_path / "a", extra={"test": test})
+    assert str(err.value).startswith(f"extra: {problem}") and "keep results of other shapes" in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "a").exists()
+    est.save(tmp_path / "a")
+    config = tmp_path / "a" / "config.json"
+    config.write_text(config.read_text().replace('"metrics": {}', f'"metrics": {json.dumps({"test": test})}'))
+    with pytest.raises(ValueError, match=re.escape(f"{config}: metrics.{problem}")):
+        SearchAdaptor.load(tmp_path / "a")
 
 
 def test_refuses_other_dimension_and_other_model(synthetic, tmp_path):

@@ -704,14 +704,24 @@ class SearchAdaptor:
 
         The folder is replaced as a whole (readers see the old adapter or the new one); an existing
         folder is replaced only when it is an adapter folder or empty. ``extra`` (e.g. validation and
-        test metrics) is stored under ``config["metrics"]``.
+        test metrics; by default the ``metrics_`` it was loaded with) is stored under
+        ``config["metrics"]``, numpy scalars as the numbers they are. Its ``"test"`` entry is the
+        model card's table: ``{system: {metric: number}}`` with ``"adapted"`` and ``"zero-shot"``
+        among the systems (what ``search-adaptor fit`` saves), entries that are no system (the
+        protocol) kept but not tabulated; keep results of other shapes under other keys.
+
+        Raises
+        ------
+        TypeError, ValueError
+            One line naming the field, before anything is written: an ``extra`` that JSON cannot hold
+            or whose ``"test"`` entry :meth:`load` would refuse.
         """
         from safetensors.torch import save as to_safetensors
 
         self._check_fitted()
+        metrics = _saved_metrics(extra if extra is not None else self.metrics_)
         if not (self.encoder_ or {}).get("fingerprint"):
             self._warn_no_encoder(str(path))
-        metrics = dict(extra if extra is not None else getattr(self, "metrics_", {}))
         config = {
             "library": "search-adaptor",
             "version": __version__,
@@ -962,23 +972,61 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
         problem = info_problem(config[key]) if config.get(key) else None
         if problem:
             raise ValueError(f"{path}: {key}: {problem}; {_LOAD_FIX}")
-    _check_test_metrics(config["metrics"].get("test"), path)
+    problem = _test_problem(config["metrics"].get("test"))
+    if problem:  # the metrics are not part of the checksum: an edit there breaks nothing else
+        raise ValueError(f"{path}: metrics.{problem}; correct or delete metrics.test in it")
     return config
 
 
-def _check_test_metrics(test: Any, path: Path) -> None:
-    """``metrics.test`` (what the model card tabulates), when present: numbers per system and metric."""
+def _test_problem(test: Any) -> str | None:
+    """What keeps ``metrics.test`` from being the table the model card prints, in words that name the
+    field; None when nothing does, or when it is absent (None). The table is an object whose
+    ``adapted`` and ``zero-shot`` entries, and any other object in it (another system), hold a finite
+    number for each metric ``adapted`` has; its other entries (the protocol) are kept, not tabulated.
+    :meth:`SearchAdaptor.save` and :meth:`SearchAdaptor.load` both ask this, so what one writes the
+    other reads."""
     if test is None:
-        return
-    ok = isinstance(test, dict) and all(isinstance(test.get(s), dict) for s in ("adapted", "zero-shot"))
-    ok = ok and all(
-        _typed(test["adapted"][m], float) and _typed(test["zero-shot"].get(m), float) for m in test["adapted"]
-    )
-    if not ok:
+        return None
+    if not isinstance(test, dict):
+        return f"test must be an object {{system: {{metric: number}}}}, got {json.dumps(test)[:40]}"
+    for system in ("adapted", "zero-shot"):
+        if not isinstance(test.get(system), dict):
+            return f"test.{system} must be an object {{metric: number}}, got {_shown(test, system)}"
+    for system, scores in test.items():
+        for metric in test["adapted"] if isinstance(scores, dict) else ():
+            if not _typed(scores.get(metric), float):
+                return f"test.{system}.{metric} must be a finite number, got {_shown(scores, metric)}"
+    return None
+
+
+def _shown(section: Mapping[str, Any], key: str) -> str:
+    """``section[key]`` as JSON cut to 40 characters, or "nothing" when absent: for messages."""
+    return json.dumps(section[key])[:40] if key in section else "nothing"
+
+
+def _saved_metrics(extra: Any) -> dict[str, Any]:
+    """``extra`` as ``config.json`` will hold it (numpy scalars as the numbers they are), refused in
+    one line when JSON cannot hold it or :meth:`SearchAdaptor.load` would refuse it."""
+    if not isinstance(extra, Mapping):
+        raise TypeError(f"extra: expected a dict of results, got {type(extra).__name__}")
+    try:
+        metrics = json.loads(json.dumps(dict(extra), default=_json_number))
+    except (TypeError, ValueError) as exc:  # a value or key JSON has no form for, a loop
+        raise TypeError(f"extra: {exc}; give dicts with string keys, lists, strings and numbers") from None
+    problem = _test_problem(metrics.get("test"))
+    if problem:
         raise ValueError(
-            f"{path}: metrics.test must hold a finite number per metric for 'adapted' and 'zero-shot'; "
-            f"{_LOAD_FIX}"
+            f"extra: {problem}; 'test' is the model card's table, with 'adapted' and 'zero-shot' among "
+            "its systems: keep results of other shapes under another key"
         )
+    return metrics
+
+
+def _json_number(value: Any) -> Any:
+    """A numpy scalar as the Python number (or bool, or string) it is, for ``json.dumps``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"a {type(value).__name__} has no JSON form")
 
 
 def _checksum(est: SearchAdaptor) -> str:
@@ -1297,10 +1345,10 @@ def _model_card(config: Mapping[str, Any], adapter: SearchAdaptor) -> str:
             f"No trained checkpoint beat its start on validation: this adapter is its start, "
             f"{adapter.start_}, not the identity."
         )
-    test = (config.get("metrics") or {}).get("test")
-    systems = {k: v for k, v in (test or {}).items() if isinstance(v, dict)}
-    if "adapted" in systems:  # what fit saves; an ``extra`` of another shape is kept, not tabulated
-        lines += ["", "Test metrics:", "", *metrics_table(systems, list(systems["adapted"]))]
+    test = config["metrics"].get("test")  # a table, as _test_problem checks; its non-systems untabulated
+    if test is not None:
+        systems = {k: v for k, v in test.items() if isinstance(v, dict)}
+        lines += ["", "Test metrics:", "", *metrics_table(systems, list(test["adapted"]))]
     lines += [
         "",
         "```python",
