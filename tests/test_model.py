@@ -380,6 +380,28 @@ def test_save_takes_numpy_numbers_in_extra_and_tabulates_its_test_table(syntheti
     assert "\n" not in str(err.value) and not (tmp_path / "c").exists()
 
 
+def test_saving_over_an_adapter_folder_never_deletes_a_file_it_did_not_write(synthetic, tmp_path):
+    """Saving replaces the folder as a whole, which deleted a user's notes and runs kept beside the
+    adapter: a folder holding anything but an adapter's own files is refused, naming the first."""
+    est = _fit(synthetic, max_steps=20)
+    folder = est.save(tmp_path / "a")
+    assert est.save(folder) == folder  # only an adapter's files: re-saved in place
+    (folder / "NOTES.md").write_text("mine")
+    (folder / "runs").mkdir()
+    (folder / "runs" / "test.trec").write_text("q0 Q0 d0 1 0.5 run")
+    config = (folder / "config.json").read_bytes()
+    for first in ("NOTES.md", "runs"):
+        with pytest.raises(FileExistsError) as err:
+            est.save(folder)
+        assert str(err.value) == (
+            f"{folder / first}: not part of an adapter folder, and saving over {folder} would delete it; "
+            "move it out of the folder, or choose a new or empty folder"
+        )
+        assert (folder / "config.json").read_bytes() == config and (folder / "runs" / "test.trec").is_file()
+        (folder / "NOTES.md").unlink(missing_ok=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]  # nothing staged was left behind
+
+
 UNTABULATED = {
     "adapted only": ({"adapted": {"ndcg@10": 0.61}}, "test.zero-shot must be an object {metric: number}"),
     "a NaN metric": (

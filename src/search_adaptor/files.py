@@ -63,15 +63,30 @@ def check_output_folder(
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: exists and is a file; choose a new or empty folder")
     check_parent_folders(path)
-    staging = tuple(f".{part}." for part in parts)
-    if (
-        path.is_dir()
-        and not (path / marker).is_file()
-        and any(p.name not in parts and not p.name.startswith(staging) for p in path.iterdir())
-    ):
+    if path.is_dir() and not (path / marker).is_file() and _others(path, parts):
         raise FileExistsError(
             f"{path}: exists and is not {what or 'written by search-adaptor'}; choose a new or empty folder"
         )
+
+
+def check_replaceable(target: str | os.PathLike, parts: Sequence[str], what: str) -> None:
+    """Refuse to replace the folder ``target`` as a whole (as :class:`Staged` does, deleting what it
+    held) while it holds anything but ``parts``, what the tool writes there: a note or a run a user
+    keeps beside them is never deleted silently. The first such entry is named."""
+    path = Path(target)
+    others = _others(path, parts) if path.is_dir() else []
+    if others:
+        raise FileExistsError(
+            f"{others[0]}: not part of {what}, and saving over {path} would delete it; "
+            "move it out of the folder, or choose a new or empty folder"
+        )
+
+
+def _others(folder: Path, parts: Sequence[str]) -> list[Path]:
+    """The entries of ``folder`` that are neither one of ``parts`` nor a staging sibling of one (an
+    interrupted run's leftover), sorted by name."""
+    staging = tuple(f".{part}." for part in parts)
+    return sorted(p for p in folder.iterdir() if p.name not in parts and not p.name.startswith(staging))
 
 
 class Staged(contextlib.AbstractContextManager):
@@ -86,18 +101,29 @@ class Staged(contextlib.AbstractContextManager):
     marker, what : str, optional
         For folders: an existing ``target`` is replaced only when it is empty or holds ``marker``
         (it is ``what``), so a mistyped path never deletes unrelated files.
+    parts : sequence of str, optional
+        For folders with a ``marker``: the names the tool writes in ``target``. An existing one
+        holding anything else is refused (:func:`check_replaceable`), as replacing it would delete that.
 
     Use as a context manager: :meth:`publish` on success, :meth:`discard` on an exception. The
     staged folder is private (0700) while it is written; the published one gets 0755/0644 modes.
     """
 
     def __init__(
-        self, target: str | os.PathLike, *, folder: bool = False, marker: str | None = None, what: str = ""
+        self,
+        target: str | os.PathLike,
+        *,
+        folder: bool = False,
+        marker: str | None = None,
+        what: str = "",
+        parts: Sequence[str] = (),
     ) -> None:
         self.target = Path(target).resolve()
         self.folder = folder
         if folder and marker:
             check_output_folder(self.target, marker, what)
+            if parts:
+                check_replaceable(self.target, parts, what)
         else:
             check_parent_folders(self.target)
         prefix = f".{self.target.name}."

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: config.json records a checksum of the adapter (see _checksum)
 CONFIG, WEIGHTS, CARD = "config.json", "adapter.safetensors", "README.md"
+FILES = (CONFIG, WEIGHTS, CARD)  # all that an adapter folder holds
 NEGATIVES = ("random", "hard", "mixed", "all")
 INITS = ("identity", "pca", "score-axes", "lstsq", "procrustes")
 MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
@@ -703,7 +704,8 @@ class SearchAdaptor:
         """Write ``config.json`` + ``adapter.safetensors`` + ``README.md`` into the folder ``path``.
 
         The folder is replaced as a whole (readers see the old adapter or the new one); an existing
-        folder is replaced only when it is an adapter folder or empty. ``extra`` (e.g. validation and
+        folder is replaced only when it is empty or an adapter folder that holds nothing else, so a
+        file of the user's beside the adapter (notes, runs) is never deleted. ``extra`` (e.g. validation and
         test metrics; by default the ``metrics_`` it was loaded with) is stored under
         ``config["metrics"]``, numpy scalars as the numbers they are. Its ``"test"`` entry is the
         model card's table: ``{system: {metric: number}}`` with ``"adapted"`` and ``"zero-shot"``
@@ -715,6 +717,9 @@ class SearchAdaptor:
         TypeError, ValueError
             One line naming the field, before anything is written: an ``extra`` that JSON cannot hold
             or whose ``"test"`` entry :meth:`load` would refuse.
+        FileExistsError
+            One line naming the first file in the way: ``path`` holds something other than an adapter,
+            or an adapter and a file that is none of its own.
         """
         from safetensors.torch import save as to_safetensors
 
@@ -756,7 +761,7 @@ class SearchAdaptor:
             "metrics": metrics,
         }
         blob = to_safetensors(self._tensors(), metadata={"format": "pt", "library": "search-adaptor"})
-        with Staged(path, folder=True, marker=CONFIG, what="an adapter folder") as staged:
+        with Staged(path, folder=True, marker=CONFIG, what="an adapter folder", parts=FILES) as staged:
             (staged.path / WEIGHTS).write_bytes(blob)
             (staged.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             (staged.path / CARD).write_text(_model_card(config, self), encoding="utf-8")
