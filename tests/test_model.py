@@ -402,6 +402,30 @@ def test_saving_over_an_adapter_folder_never_deletes_a_file_it_did_not_write(syn
     assert [p.name for p in tmp_path.iterdir()] == ["a"]  # nothing staged was left behind
 
 
+def test_load_names_a_model_folder_and_an_edited_query_dim(synthetic, tmp_path):
+    """A Hugging Face / sentence-transformers model folder (a config.json of another kind) was "field
+    'format_version' must be an integer >= 1, got null; re-save it"; a query_dim a shared adapter
+    cannot take failed inside networks.py without naming the file."""
+    model = tmp_path / "all-MiniLM-L6-v2"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 384}))
+    with pytest.raises(ValueError) as err:
+        SearchAdaptor.load(model)
+    assert str(err.value) == (
+        f"{model}: not a search-adaptor adapter folder (its config.json has no format_version); give the "
+        "folder `search-adaptor fit` wrote (OUT/adapter) or one SearchAdaptor.save wrote"
+    )
+    folder = _fit(synthetic, max_steps=20).save(tmp_path / "a")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "query_dim": 32}))
+    with pytest.raises(ValueError) as err:
+        SearchAdaptor.load(folder)
+    assert str(err.value).startswith(
+        f"{folder / 'config.json'}: field 'query_dim': 32-d queries and 16-d documents need mode "
+        "'query_only' or 'separate'; remove the field"
+    )
+
+
 UNTABULATED = {
     "adapted only": ({"adapted": {"ndcg@10": 0.61}}, "test.zero-shot must be an object {metric: number}"),
     "a NaN metric": (

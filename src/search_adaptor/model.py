@@ -932,7 +932,12 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     """The config of an adapter folder, every field's type and bound checked (see :meth:`load`)."""
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}; {_LOAD_FIX}")
-    version = config.get("format_version")
+    if "format_version" not in config:  # a model's config.json (Hugging Face, sentence-transformers)
+        raise ValueError(
+            f"{path.parent}: not a search-adaptor adapter folder (its {CONFIG} has no format_version); "
+            "give the folder `search-adaptor fit` wrote (OUT/adapter) or one SearchAdaptor.save wrote"
+        )
+    version = config["format_version"]
     if not _typed(version, int) or version < 1:
         raise ValueError(
             f"{path}: field 'format_version' must be an integer >= 1, got {json.dumps(version)}; {_LOAD_FIX}"
@@ -1080,12 +1085,18 @@ def _load_weights(
     both = f"{CONFIG} and {WEIGHTS} do not belong together; {_LOAD_FIX}"
     mode = params["mode"]
     own = ("query", "corpus") if mode == "separate" else ("query",)  # networks with their own weights
-    with torch.device("meta"):  # the expected names and shapes, without allocating the weights
-        shapes = {
-            f"{side}.{k}": tuple(v.shape)
-            for side, net in zip(own, _nets_for(params, dim, query_dim), strict=False)
-            for k, v in net.state_dict().items()
-        }
+    try:
+        with torch.device("meta"):  # the expected names and shapes, without allocating the weights
+            shapes = {
+                f"{side}.{k}": tuple(v.shape)
+                for side, net in zip(own, _nets_for(params, dim, query_dim), strict=False)
+                for k, v in net.state_dict().items()
+            }
+    except ValueError as exc:  # widths the networks cannot take (networks.build_nets): an edited query_dim
+        raise ValueError(
+            f"{path.with_name(CONFIG)}: field 'query_dim': {exc}; remove the field (queries as wide as the "
+            "documents), or train the adapter again with `search-adaptor fit`"
+        ) from None
     try:
         with safe_open(str(path), framework="pt") as handle:
             names = set(handle.keys())
