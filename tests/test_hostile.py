@@ -850,3 +850,33 @@ def test_a_family_the_flags_cannot_train_is_refused_before_anything_is_embedded(
     assert_refused(run(capsys, *fit, "--family", "cross"), "--family cross maps the queries of another model")
     assert_refused(run(capsys, *fit, "--unsupervised", "--family", "linear"), "--unsupervised trains family")
     assert fake.calls == [] and not (tmp_path / "out").exists()
+
+
+def test_writing_over_an_earlier_output_never_deletes_a_file_of_the_users(world, index_dir, tmp_path, capsys):
+    """``fit``'s adapter/, an index and an ONNX export are replaced whole when written again: a note
+    a user kept inside one was deleted; now the command refuses before any work, naming it."""
+    from search_adaptor.index import AdaptedIndex
+
+    out = tmp_path / "run"
+    (out / "adapter").mkdir(parents=True)
+    (out / "report.json").write_text("{}")
+    (out / "adapter" / "NOTES.md").write_text("mine")
+    result = fit(capsys, world["data"], world["vec"], out)
+    assert_refused(result, "NOTES.md: not part of an adapter folder", "move it out of the folder")
+    assert (out / "adapter" / "NOTES.md").read_text() == "mine" and (out / "report.json").exists()
+
+    index = Path(shutil.copytree(index_dir, tmp_path / "idx"))
+    (index / "NOTES.md").write_text("mine")
+    refused = run(capsys, "index", world["data"], "--adapter", world["adapter"], "--out", index)
+    assert_refused(refused, "NOTES.md: not part of an index", f"saving over {index} would delete it")
+    with pytest.raises(FileExistsError, match=r"NOTES\.md: not part of an index"):
+        AdaptedIndex.load(index).save(index)
+    assert (index / "NOTES.md").read_text() == "mine"
+
+    if find_spec("onnx") is not None:
+        export = tmp_path / "export"
+        args = ["export", world["adapter"], "--out", export, "--format", "onnx"]
+        assert run(capsys, *args)[0] == 0
+        (export / "NOTES.md").write_text("mine")
+        assert_refused(run(capsys, *args), "NOTES.md: not part of an ONNX export")
+        assert (export / "NOTES.md").read_text() == "mine"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search_adaptor.encoders import LOCAL
-from search_adaptor.files import check_output_folder, one_line_error
+from search_adaptor.files import check_output_folder, check_replaceable, one_line_error
 from search_adaptor.options import build_parser
 
 
@@ -181,10 +181,9 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     """embed, train, select and evaluate an adapter; write report + adapter"""
     from search_adaptor.data import load_beir
     from search_adaptor.experiment import run_fit
-    from search_adaptor.report import REPORT, RUN_PARTS, save_run
+    from search_adaptor.report import check_run_folder, save_run
 
-    # before any work: a folder of the user's is never written into
-    check_output_folder(args.out, REPORT, "a folder written by `search-adaptor fit`", RUN_PARTS)
+    check_run_folder(args.out, "fit")  # before any work: a folder of the user's is never written into
     dataset = load_beir(args.data)
     emb = _embeddings(args, dataset)
     log = (lambda _m: None) if args.quiet or args.output == "json" else _eprint
@@ -215,10 +214,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from search_adaptor.data import load_beir
     from search_adaptor.experiment import run_evaluate
     from search_adaptor.model import SearchAdaptor
-    from search_adaptor.report import REPORT, RUN_PARTS, save_run
+    from search_adaptor.report import REPORT, check_run_folder, save_run
 
     if args.out:
-        check_output_folder(args.out, REPORT, "a folder written by `search-adaptor evaluate`", RUN_PARTS)
+        check_run_folder(args.out, "evaluate")
         _refuse_a_fits_folder(Path(args.out) / REPORT)
     adapter = SearchAdaptor.load(args.adapter)
     dataset = load_beir(args.data)
@@ -244,12 +243,13 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 def _cmd_index(args: argparse.Namespace) -> None:
     """embed a corpus, adapt it and write a searchable index folder"""
     from search_adaptor.data import load_beir
-    from search_adaptor.index import MANIFEST, build_index, import_faiss
+    from search_adaptor.index import INDEX_PARTS, MANIFEST, build_index, import_faiss
     from search_adaptor.model import SearchAdaptor
 
     import_faiss()  # fail before embedding anything
     _check_engine_flags(args)
     check_output_folder(args.out, MANIFEST, "an index")
+    check_replaceable(args.out, INDEX_PARTS, "an index")  # (a file of the user's in it would go)
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
     source = _embeddings(args, load_beir(args.data), adapter) if args.embeddings else args.data

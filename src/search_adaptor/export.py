@@ -183,7 +183,8 @@ def export_onnx(
         "documents": "corpus.onnx",
     }
 
-    with Staged(out, folder=True, marker="export.json", what="an ONNX export") as staged:
+    parts = (*models, "export.json")
+    with Staged(out, folder=True, marker="export.json", what="an ONNX export", parts=parts) as staged:
         for name, blob in models.items():
             (staged.path / name).write_bytes(blob)
         (staged.path / "export.json").write_text(json.dumps(info, indent=2) + "\n")

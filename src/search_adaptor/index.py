@@ -53,6 +53,8 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "doc_ids.json"
 ADAPTER_DIR = "adapter"
 VECTORS_DIR = "vectors"
+#: all that an index folder holds: saving over one that holds anything else is refused, not a deletion
+INDEX_PARTS = (MANIFEST, INDEX_FILE, IDS_FILE, ADAPTER_DIR, VECTORS_DIR)
 _BUILD_CHUNK = 8192  # documents embedded and adapted at a time: bounds memory on large corpora
 _EF_CONSTRUCTION = 200
 #: Bounds of each HNSW setting: below them FAISS aborts the process (degree 0 or 1) or answers fewer
@@ -396,7 +398,7 @@ class AdaptedIndex:
         faiss = import_faiss()
         if vectors is not None:
             self.manifest["vectors"] = VECTORS_DIR
-        with Staged(path, folder=True, marker=MANIFEST, what="an index") as staged:
+        with Staged(path, folder=True, marker=MANIFEST, what="an index", parts=INDEX_PARTS) as staged:
             if vectors is not None:
                 shutil.move(str(vectors), staged.path / VECTORS_DIR)
             self.adapter.save(staged.path / ADAPTER_DIR, extra=getattr(self.adapter, "metrics_", None))

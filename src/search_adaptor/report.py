@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from search_adaptor.experiment import DOCUMENTS_MODEL, Run
-from search_adaptor.files import write_text_atomic
+from search_adaptor.files import check_output_folder, check_replaceable, write_text_atomic
 from search_adaptor.metrics import metrics_table, val_metric_name
+from search_adaptor.model import FILES as ADAPTER_FILES
 from search_adaptor.variants import MATRYOSHKA
 
 #: p of a paired test below which a difference is called significant (and a loss is warned of).
@@ -487,10 +488,21 @@ def write_figures(out_dir: str | os.PathLike, run: Run) -> dict[str, Any]:
     return {"plots": written}
 
 
+def check_run_folder(out_dir: str | os.PathLike, command: str) -> None:
+    """Refuse, before any work, an ``out_dir`` that ``command`` (``fit`` or ``evaluate``) cannot
+    write without mixing with or deleting files of the user's: a folder it did not write, or a fit's
+    ``adapter/`` holding more than an adapter (saving replaces that folder whole)."""
+    check_output_folder(out_dir, REPORT, f"a folder written by `search-adaptor {command}`", RUN_PARTS)
+    if command == "fit":
+        check_replaceable(Path(out_dir) / "adapter", ADAPTER_FILES, "an adapter folder")
+
+
 def save_run(run: Run, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write a finished run into ``out_dir``: figures, ``report.json``, ``report.md`` and, for a
     ``fit``, ``adapter/`` (with its test metrics in its config). Returns the report as written."""
     out = Path(out_dir).resolve()
+    if run.report["protocol"] != "evaluate":  # refused before the earlier report goes
+        check_replaceable(out / "adapter", ADAPTER_FILES, "an adapter folder")
     for name in (REPORT, "report.md"):  # an earlier run's report must not describe this run's adapter
         (out / name).unlink(missing_ok=True)
     report = dict(run.report)
