@@ -168,6 +168,98 @@ def test_a_score_that_is_not_a_finite_number_is_refused_by_name(score) -> None:
         evaluate({"q1": {"d1": 1}}, run, "ndcg@10")
 
 
+@pytest.mark.parametrize(
+    ("qrels", "run", "message"),
+    [
+        ({1: {"a": 1}}, {"1": {"a": 0.9}}, r"qrels query id is int 1: ids must be str .* e\.g\. '1'$"),
+        ({"q": {5: 1}}, {"q": {"5": 0.9}}, r"qrels doc id \(query 'q'\) is int 5: ids must be str"),
+        ({"1": {"a": 1}}, {1: {"a": 0.9}}, r"run query id is int 1: ids must be str"),
+        (
+            {"q": {"5": 1}},
+            {"q": {np.int64(5): 0.9}},
+            r"run doc id \(query 'q'\) is int64 np.int64\(5\): ids must be str",
+        ),
+    ],
+)
+def test_an_id_that_is_not_a_str_is_refused_naming_it(qrels, run, message) -> None:
+    """An int id never equals the str id of the other mapping: evaluate scored 0.0 silently (ids from
+    a pandas int column); pytrec_eval refuses them, and so does evaluate, with the fix."""
+    with pytest.raises(TypeError, match=message):
+        evaluate(qrels, run, ["ndcg@10", "mrr@10"])
+
+
+def test_a_run_that_shares_no_scored_query_with_the_qrels_is_refused() -> None:
+    """Typos, another split's run or an empty one scored 0.0 without a word; a run missing only some of
+    the queries still scores those 0, as pytrec_eval/BEIR do."""
+    for run in ({"x1": {"a": 0.9}}, {}, {"q3": {"d1": 1.0}}):  # q3 has no relevant document
+        with pytest.raises(
+            ValueError, match=r"run holds none of the qrels' queries .*qrels: 'q1', 'q2', 'q4'"
+        ):
+            evaluate(QRELS, run, "ndcg@10")
+    assert evaluate(QRELS, {"q1": RUN["q1"]}, "mrr@1", per_query=True) == {
+        "mrr@1": {"q1": 1, "q2": 0, "q4": 0}
+    }
+
+
+@pytest.mark.parametrize(
+    ("qrels", "run", "error", "message"),
+    [
+        ({"q": {"a"}}, {"q": {"a": 1.0}}, TypeError, r"qrels\['q'\] is a set, not a dict: .*\{doc_id: 1 for"),
+        ({"q": ["a"]}, {"q": {"a": 1.0}}, TypeError, r"qrels\['q'\] is a list, not a dict"),
+        (
+            [("q", "a", 1)],
+            {"q": {"a": 1.0}},
+            TypeError,
+            r"qrels must be a dict \{query_id: \{doc_id: grade\}\}",
+        ),
+        (
+            {"q": {"a": 1}},
+            {"q": ["a"]},
+            TypeError,
+            r"run\['q'\] is a list, not a dict: .*enumerate\(ranked\)",
+        ),
+        (
+            {"q": {"a": 2**70}},
+            {"q": {"a": 1.0}},
+            ValueError,
+            r"grade 1180591620717411303424 .* out of range: .* to 32767",
+        ),
+        (
+            {"q": {"a": 2**15}},
+            {"q": {"a": 1.0}},
+            ValueError,
+            r"grade 32768 .* from -32768 to 32767 \(<= 0: not relevant\)$",
+        ),
+        (
+            {"q": {"a": 1, "b": -(2**15) - 1}},
+            {"q": {"a": 1.0}},
+            ValueError,
+            r"grade -32769 for query 'q', doc 'b'",
+        ),
+    ],
+)
+def test_qrels_and_runs_of_another_shape_are_refused_saying_the_shape(qrels, run, error, message) -> None:
+    """A set or list of relevant documents or a run of ranked lists surfaced as AttributeError ("'set'
+    object has no attribute 'items'"), a grade of 2**70 as OverflowError; one past 16 bits was taken."""
+    with pytest.raises(error, match=message):
+        evaluate(qrels, run, "ndcg@10")
+
+
+def test_grades_at_the_ends_of_the_range_match_pytrec_eval() -> None:
+    """The ends of GRADE_RANGE are grades like any other: scored as pytrec_eval scores them."""
+    qrels = {"q": {"a": 2**15 - 1, "b": 1, "c": -(2**15)}}
+    run = {"q": {"a": 0.5, "b": 0.9, "c": 0.7}}
+    _assert_close(
+        evaluate(qrels, run, list(PYTREC_KEYS), per_query=True),
+        {k: v for k, v in _pytrec_eval(qrels, run).items() if k in PYTREC_KEYS},
+    )
+
+
+def test_metrics_that_are_neither_a_name_nor_names_are_refused() -> None:
+    with pytest.raises(TypeError, match=r"metrics: give a metric name or a list of them, .* not None"):
+        evaluate({"q": {"a": 1}}, {"q": {"a": 1.0}}, None)
+
+
 def test_max_k() -> None:
     assert max_k(["ndcg@10", "Recall@100", "mrr@10"]) == 100
     assert max_k("map@1000", n_docs=300) == 300

@@ -21,10 +21,14 @@ name                    pytrec_eval measure    definition
 ir_measures' names work too: ``P@k``, ``R@k``, ``RR@k`` (and ``RR``), ``AP@k`` (and ``AP``)
 for precision, recall, MRR and MAP.
 
-Relevance grades are ints; a grade ``<= 0`` is not relevant and has zero gain, a grade ``>= 1`` is
-relevant (trec_eval's default ``relevance_level`` of 1). Documents the qrels do not judge are not
-relevant. A mean is taken over the qrels queries that have at least one relevant document; such a
-query missing from the run scores 0. Run queries absent from the qrels are ignored.
+Qrels are ``{query_id: {doc_id: grade}}`` and runs ``{query_id: {doc_id: score}}``, ids ``str`` (as
+pytrec_eval requires: an int id never equals its str, so a mismatch would silently score 0).
+Relevance grades are ints from ``-32768`` to ``32767`` (:data:`GRADE_RANGE`); a grade ``<= 0`` is
+not relevant and has zero gain, a grade ``>= 1`` is relevant (trec_eval's default
+``relevance_level`` of 1). Documents the qrels do not judge are not relevant. A mean is taken over
+the qrels queries that have at least one relevant document; such a query missing from the run
+scores 0, but a run that holds none of them is refused (its ids are another set's). Run queries
+absent from the qrels are ignored.
 
 Two entry points share one vectorised kernel:
 
@@ -44,7 +48,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -70,6 +74,10 @@ class _Metric(NamedTuple):
 
 def _parse_metrics(metrics: str | Sequence[str]) -> list[_Metric]:
     """Parse metric names into :class:`_Metric` s, dropping duplicates and keeping order."""
+    if not isinstance(metrics, str | Iterable):
+        raise TypeError(
+            f"metrics: give a metric name or a list of them, e.g. ['ndcg@10', 'recall@100'], not {metrics!r}"
+        )
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     if not names:
         raise ValueError(f"no metrics given; supported: {_SUPPORTED}")
@@ -136,12 +144,72 @@ def index_ids(ids: Sequence[str], what: str) -> dict[str, int]:
     return positions
 
 
+def check_id(value: object, where: str) -> str:
+    """``value`` as an id, refusing in one line anything but a ``str`` (an int ``1`` never matches the
+    ``"1"`` of another mapping, which scored 0 silently); ``where`` names the slot, e.g. ``"qrels
+    query id"``."""
+    if isinstance(value, str):
+        return value
+    raise TypeError(
+        f"{where} is {type(value).__name__} {value!r}: ids must be str (as pytrec_eval requires); "
+        f"convert them with str(), e.g. {str(value)!r}"
+    )
+
+
+#: Smallest and largest qrels grade, those of a 16-bit int: far beyond any graded scale in use (0-4,
+#: TREC's -2..4), and every metric of pytrec_eval stays defined (its nDCG sizes a table by the largest
+#: grade and crashed the process near 2**20).
+GRADE_RANGE = (-(2**15), 2**15 - 1)
+
+
 def as_grade(value: object, qid: str, doc_id: str) -> int:
     """Return a qrels grade as an int, refusing in one line what is not an integer (trec_eval grades
-    are ints): 1.5, "1", True, NaN or None, naming the query and the document."""
+    are ints): 1.5, "1", True, NaN or None, or one outside :data:`GRADE_RANGE`, naming the query and
+    the document."""
     if not isinstance(value, bool) and isinstance(value, numbers.Real) and float(value).is_integer():
-        return int(value)
+        grade = int(value)
+        if GRADE_RANGE[0] <= grade <= GRADE_RANGE[1]:
+            return grade
+        raise ValueError(
+            f"qrels grade {value!r} for query {qid!r}, doc {doc_id!r} is out of range: grades are "
+            f"integers from {GRADE_RANGE[0]} to {GRADE_RANGE[1]} (<= 0: not relevant)"
+        )
     raise ValueError(f"qrels grade {value!r} for query {qid!r}, doc {doc_id!r} is not an integer")
+
+
+def _nested(
+    mapping: object, what: str, value: str, example: str, check: Callable[[object, str, str], Any]
+) -> dict[str, dict[str, Any]]:
+    """``mapping`` (the argument ``what``) checked to be ``{query_id: {doc_id: value}}`` with str ids,
+    each value passed through ``check(value, query_id, doc_id)``; a one-line TypeError names the
+    first part of another shape, ``example`` saying how to build the expected one."""
+    shape = f"{{query_id: {{doc_id: {value}}}}}"
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{what} must be a dict {shape}, not a {type(mapping).__name__}")
+    out: dict[str, dict[str, Any]] = {}
+    for qid, inner in mapping.items():
+        check_id(qid, f"{what} query id")
+        if not isinstance(inner, Mapping):
+            raise TypeError(
+                f"{what}[{qid!r}] is a {type(inner).__name__}, not a dict: {what} must be {shape}; {example}"
+            )
+        out[qid] = {
+            check_id(doc_id, f"{what} doc id (query {qid!r})"): check(v, qid, doc_id)
+            for doc_id, v in inner.items()
+        }
+    return out
+
+
+def check_qrels(qrels: object) -> dict[str, dict[str, int]]:
+    """``qrels`` checked to be ``{query_id: {doc_id: grade}}``, str ids and :func:`as_grade` grades:
+    the one rule :func:`evaluate`, :class:`RelevanceIndex` and training read qrels by."""
+    return _nested(
+        qrels,
+        "qrels",
+        "grade",
+        "a set or list of relevant doc ids becomes {doc_id: 1 for doc_id in relevant}",
+        as_grade,
+    )
 
 
 class RelevanceIndex:
@@ -172,7 +240,9 @@ class RelevanceIndex:
     ValueError
         If the qrels name a query not in ``query_ids`` or a document not in ``doc_ids`` (the
         message names the id; the caller knows which file and line it came from), if ids repeat,
-        or if a grade is not an integer.
+        or if a grade is not an integer in :data:`GRADE_RANGE`.
+    TypeError
+        If the qrels are not ``{query_id: {doc_id: grade}}`` with str ids (:func:`check_qrels`).
 
     Attributes
     ----------
@@ -201,18 +271,18 @@ class RelevanceIndex:
         query_pos = index_ids(query_ids, "query")
         doc_pos = index_ids(doc_ids, "document")
         per_query: dict[int, tuple[list[int], list[int]]] = {}
-        for qid, judged in qrels.items():
+        for qid, judged in check_qrels(qrels).items():
             if qid not in query_pos:
                 raise ValueError(f"qrels name query id {qid!r}, which is not among the query ids")
             positions: list[int] = []
             grades: list[int] = []
-            for doc_id, value in judged.items():
+            for doc_id, grade in judged.items():
                 if doc_id not in doc_pos:
                     raise ValueError(
                         f"qrels for query {qid!r} name doc id {doc_id!r}, which is not in the corpus"
                     )
                 positions.append(doc_pos[doc_id])
-                grades.append(as_grade(value, qid, doc_id))
+                grades.append(grade)
             if any(g >= 1 for g in grades):
                 per_query[query_pos[qid]] = (positions, grades)
 
@@ -358,7 +428,7 @@ def _means(values: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(v.mean()) for name, v in values.items()}
 
 
-def _score(qid: str, doc: str, score: Any) -> float:
+def _score(score: object, qid: str, doc: str) -> float:
     """A run's score as trec_eval keeps it (float32); anything but a finite number is refused, as a
     NaN would rank where the sort happens to put it."""
     if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
@@ -366,6 +436,18 @@ def _score(qid: str, doc: str, score: Any) -> float:
             f"run: query {qid!r}, document {doc!r} has score {score!r}; scores must be finite numbers"
         )
     return float(np.float32(score))
+
+
+def _check_run(run: object) -> dict[str, dict[str, float]]:
+    """``run`` checked to be ``{query_id: {doc_id: score}}``, str ids and :func:`_score` scores."""
+    ranked = "a ranked list becomes {doc_id: -rank for rank, doc_id in enumerate(ranked)}"
+    return _nested(run, "run", "score", ranked, _score)
+
+
+def _some(ids: Iterable[str], n: int = 3) -> str:
+    """The first ``n`` of ``ids``, quoted, for a message ("none" when there are none)."""
+    shown = [repr(i) for i in list(ids)[: n + 1]]
+    return "none" if not shown else ", ".join(shown[:n]) + (", ..." if len(shown) > n else "")
 
 
 def evaluate(
@@ -399,21 +481,32 @@ def evaluate(
 
     Raises
     ------
+    TypeError
+        When ``qrels`` or ``run`` is not a dict of dicts, an id is not a str (an int id never
+        matches a str one), or ``metrics`` is neither a name nor a list of names.
     ValueError
-        On an unknown metric name, a score that is not a finite number, or (for means) when no
-        query has a relevant document.
+        On an unknown metric name, a grade that is not an integer in :data:`GRADE_RANGE`, a score
+        that is not a finite number, a run that holds none of the queries with a relevant
+        document (its ids are another set's: each would score 0), or (for means) when no query has
+        a relevant document.
     """
     parsed = _parse_metrics(metrics)
+    qrels, run = check_qrels(qrels), _check_run(run)
     cut = None if any(m.k is None for m in parsed) else max(m.k for m in parsed if m.k is not None)
     judged_docs = list(dict.fromkeys(doc for judged in qrels.values() for doc in judged))
     rel = RelevanceIndex(qrels, list(qrels), judged_docs)
+    if rel.n_queries and not any(qid in run for qid in rel.query_ids):
+        raise ValueError(
+            f"run holds none of the qrels' queries with a relevant document (qrels: {_some(rel.query_ids)}; "
+            f"run: {_some(run)}): key both by the same query ids"
+        )
     ranked_grades: list[list[int]] = []
     for qid in rel.query_ids:
         judged = qrels[qid]
-        scored = [(doc, _score(qid, doc, score)) for doc, score in run.get(qid, {}).items()]
+        scored = list(run.get(qid, {}).items())
         scored.sort(key=lambda item: item[0], reverse=True)
         scored.sort(key=lambda item: item[1], reverse=True)  # stable: ties keep doc id descending
-        ranked_grades.append([int(judged.get(doc, 0)) for doc, _ in scored[:cut]])
+        ranked_grades.append([judged.get(doc, 0) for doc, _ in scored[:cut]])
     depth = max([1, *map(len, ranked_grades)])
     grades = np.zeros((rel.n_queries, depth), dtype=np.int64)
     for row, ranked in enumerate(ranked_grades):
