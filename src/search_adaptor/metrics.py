@@ -156,6 +156,14 @@ def check_id(value: object, where: str) -> str:
     )
 
 
+def check_ids(ids: Iterable[object], what: str) -> list[str]:
+    """The ids of the sequence argument ``what`` (e.g. ``"query_ids"``) as a list, each checked by
+    :func:`check_id`; a bare ``str`` is refused, as it would be read letter by letter."""
+    if isinstance(ids, str):
+        raise TypeError(f"{what} is the str {ids!r}: give a list of ids, e.g. [{ids!r}]")
+    return [check_id(item, f"{what}[{i}]") for i, item in enumerate(ids)]
+
+
 #: Smallest and largest qrels grade, those of a 16-bit int: far beyond any graded scale in use (0-4,
 #: TREC's -2..4), and every metric of pytrec_eval stays defined (its nDCG sizes a table by the largest
 #: grade and crashed the process near 2**20).

@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from search_adaptor.data import validation_split
 from search_adaptor.embed import unit_rows
 from search_adaptor.losses import prediction_loss, ranking_objective, recovery_loss
-from search_adaptor.metrics import RelevanceIndex, as_grade, evaluate_topk, index_ids
+from search_adaptor.metrics import RelevanceIndex, check_ids, check_qrels, evaluate_topk, index_ids
 from search_adaptor.networks import QueryPredictor, ResidualAdapter, build_nets, has_projection
 from search_adaptor.retrieval import exact_search, l2_normalize
 
@@ -112,7 +112,8 @@ def _as_matrix(x: Any, what: str, ids: Sequence[str] | None = None, noun: str = 
 def _index_qrels(
     qrels: Mapping[str, Mapping[str, int]], qid_to_row: Mapping[str, int], did_to_col: Mapping[str, int]
 ) -> dict[str, list[tuple[int, int]]]:
-    """qrels as {qid: [(doc column, grade), ...]}, refusing ids that have no embedding."""
+    """qrels (checked by :func:`~search_adaptor.metrics.check_qrels`) as {qid: [(doc column, grade),
+    ...]}, refusing ids that have no embedding."""
     out: dict[str, list[tuple[int, int]]] = {}
     for qid, docs in qrels.items():
         if qid not in qid_to_row:
@@ -121,7 +122,7 @@ def _index_qrels(
         for did, grade in docs.items():
             if did not in did_to_col:
                 raise ValueError(f"qrels: query {qid!r} names document {did!r}, which is not in the corpus")
-            pairs.append((did_to_col[did], as_grade(grade, qid, did)))
+            pairs.append((did_to_col[did], grade))
         out[qid] = pairs
     return out
 
@@ -356,7 +357,7 @@ def _alignment_split(
         if val_query_ids is None:
             train_q, val_q = validation_split(known, hp.val_fraction, rng)
         else:  # those of the given ones that are known; none: the corpus pairs validate
-            val_q = sorted({str(q) for q in val_query_ids} & set(known))
+            val_q = sorted(set(val_query_ids) & set(known))
             train_q = [q for q in known if q not in set(val_q)]
     if query_pairs is not None and val_q:
         tr, va = [qid_to_row[q] for q in train_q], [qid_to_row[q] for q in val_q]
@@ -527,8 +528,15 @@ def train(
 ) -> TrainResult:
     """Train networks with hyperparameters ``params`` (``SearchAdaptor.get_params()``); see
     :meth:`SearchAdaptor.fit` for the data contract. ``loss="similarity"`` and ``"alignment"``
-    train without labels."""
+    train without labels.
+
+    Ids are str, in the qrels as in ``query_ids``, ``corpus_ids`` and ``val_query_ids``, and qrels
+    are ``{query_id: {doc_id: grade}}``: one rule with :func:`~search_adaptor.metrics.evaluate`
+    (:func:`~search_adaptor.metrics.check_qrels`, :func:`~search_adaptor.metrics.check_ids`), as
+    an int id converted on one side only would never meet the other's."""
     hp = SimpleNamespace(**params)
+    qrels = None if qrels is None else check_qrels(qrels)
+    val_query_ids = None if val_query_ids is None else check_ids(val_query_ids, "val_query_ids")
     Q = _as_matrix(query_embeddings, "query embeddings", query_ids, "query")
     D = _as_matrix(corpus_embeddings, "corpus embeddings", corpus_ids, "document")
     paired = _check_pairs(pairs, Q.shape[1], D.shape[1], hp)
@@ -538,8 +546,8 @@ def train(
             f"query embeddings are {Q.shape[1]}-d but corpus embeddings are {D.shape[1]}-d: queries of "
             "another model need a map into the documents' space (init='lstsq' with pairs)"
         )
-    qids = [str(q) for q in query_ids] if query_ids is not None else [str(i) for i in range(len(Q))]
-    dids = [str(d) for d in corpus_ids] if corpus_ids is not None else [str(i) for i in range(len(D))]
+    qids = check_ids(query_ids, "query_ids") if query_ids is not None else [str(i) for i in range(len(Q))]
+    dids = check_ids(corpus_ids, "corpus_ids") if corpus_ids is not None else [str(i) for i in range(len(D))]
     if len(qids) != len(Q) or len(dids) != len(D):
         raise ValueError(
             f"{len(qids)} query ids for {len(Q)} query embeddings / "
@@ -699,7 +707,7 @@ class _Ranking(_Objective):
         if val_query_ids is None:
             train_q, val = validation_split(labelled, hp.val_fraction, rng)
         else:
-            val = sorted({str(q) for q in val_query_ids})
+            val = sorted(set(val_query_ids))
             missing = [q for q in val if q not in judged]
             if missing:
                 raise ValueError(
