@@ -83,3 +83,21 @@ def test_validation_ids_that_are_not_a_list_of_str_are_refused(synthetic, val_qu
     """A bare str was read letter by letter ("validation query '2' has no qrels")."""
     with pytest.raises(TypeError, match=f"^{message}"):
         _fit(synthetic, val_query_ids=val_query_ids)
+
+
+def test_validation_queries_without_a_relevant_document_are_left_out(synthetic) -> None:
+    """Judged all grade 0 (common in TREC qrels), such a query crashed the fit inside the metrics
+    ("topk must have shape (n_queries=1, k >= 1), got (2, 10)"); it has no nDCG, so it is left out of
+    validation as it is of training."""
+    qrels = {**synthetic["qrels"], "q0": {"d0": 0, "d1": 0}}
+    est = _fit(synthetic, qrels, val_query_ids=["q0", "q2"])
+    assert est.val_query_ids_ == ["q2"] and "q0" not in est.train_query_ids_
+    with pytest.raises(ValueError, match=r"^val_query_ids: none of the 1 validation queries has a relevant"):
+        _fit(synthetic, qrels, val_query_ids=["q0"])
+
+
+def test_an_empty_list_of_validation_queries_is_refused_not_read_as_none(synthetic) -> None:
+    """It failed in numpy ("need at least one array to concatenate"); read as None it would turn a
+    filter that came out empty into a random split without a word."""
+    with pytest.raises(ValueError, match=r"^val_query_ids is empty: .* or None to hold out val_fraction"):
+        _fit(synthetic, val_query_ids=[])

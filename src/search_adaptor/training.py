@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from search_adaptor.data import validation_split
+from search_adaptor.data import labelled_queries, validation_split
 from search_adaptor.embed import unit_rows
 from search_adaptor.losses import prediction_loss, ranking_objective, recovery_loss
 from search_adaptor.metrics import RelevanceIndex, check_ids, check_qrels, evaluate_topk, index_ids
@@ -685,6 +685,33 @@ class _Objective:
         """A constraint the networks must keep, restored after each optimiser step."""
 
 
+def _given_validation(
+    val_query_ids: Sequence[str], qrels: Mapping[str, Mapping[str, int]], labelled: Sequence[str]
+) -> list[str]:
+    """The given validation queries that can be scored, sorted: those with a relevant document
+    (``labelled``, by :func:`~search_adaptor.data.labelled_queries`, the rule that keeps training
+    queries and a drawn split's); nDCG is undefined for the others (all judgements grade 0, common in
+    TREC qrels), which are left out. An empty list is refused, not read as None: a filter that came
+    out empty would otherwise turn silently into a random split."""
+    if not val_query_ids:
+        raise ValueError(
+            "val_query_ids is empty: give the query ids to validate on, or None to hold out "
+            "val_fraction of the labelled queries"
+        )
+    given = sorted(set(val_query_ids))
+    missing = [q for q in given if q not in qrels]
+    if missing:
+        raise ValueError(f"val_query_ids: query {missing[0]!r} has no qrels; give labelled queries")
+    kept = sorted(set(given) & set(labelled))
+    if not kept:
+        raise ValueError(
+            f"val_query_ids: none of the {len(given)} validation queries has a relevant document "
+            "(grade >= 1), so none can be scored; give labelled ones, or None to hold out val_fraction "
+            "of the labelled queries"
+        )
+    return kept
+
+
 class _Ranking(_Objective):
     """Supervised: labelled (query, relevant document) pairs; validation nDCG@10 on held-out queries."""
 
@@ -703,16 +730,11 @@ class _Ranking(_Objective):
     ) -> None:
         did_to_col = index_ids(dids, "document")
         judged = _index_qrels(qrels, qid_to_row, did_to_col)
-        labelled = sorted(q for q, pairs in judged.items() if any(g > 0 for _, g in pairs))
+        labelled = labelled_queries(qrels)
         if val_query_ids is None:
             train_q, val = validation_split(labelled, hp.val_fraction, rng)
         else:
-            val = sorted(set(val_query_ids))
-            missing = [q for q in val if q not in judged]
-            if missing:
-                raise ValueError(
-                    f"validation query {missing[0]!r} has no qrels; give labelled validation queries"
-                )
+            val = _given_validation(val_query_ids, qrels, labelled)
             train_q = [q for q in labelled if q not in set(val)]
         if not train_q:
             raise ValueError("no labelled training queries left after carving out the validation split")
