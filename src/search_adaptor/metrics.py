@@ -165,8 +165,8 @@ def check_ids(ids: Iterable[object], what: str) -> list[str]:
 
 
 #: Smallest and largest qrels grade, those of a 16-bit int: far beyond any graded scale in use (0-4,
-#: TREC's -2..4), and every metric of pytrec_eval stays defined (its nDCG sizes a table by the largest
-#: grade and crashed the process near 2**20).
+#: TREC's -2..4), and within what pytrec_eval scores (its uncut nDCG crashed the process on a grade
+#: of 2**20).
 GRADE_RANGE = (-(2**15), 2**15 - 1)
 
 
