@@ -345,15 +345,18 @@ class SearchAdaptor:
         corpus_embeddings : array-like of shape (n_docs, dim)
             The whole corpus: validation retrieves over all of it, as at search time.
         qrels : mapping query id -> {doc id -> grade}, or None
-            Graded relevance of the training (and validation) queries. With ``loss="similarity"``
+            Graded relevance of the training (and validation) queries: str ids, int grades in
+            ``metrics.GRADE_RANGE`` (as pytrec_eval takes them). With ``loss="similarity"``
             (no labels) only its query ids are read, to add those query texts to the corpus texts;
             None trains on the corpus alone.
         query_ids, corpus_ids : sequence of str, optional
-            Ids of the rows; default to "0", "1", ...
+            Ids of the rows; default to "0", "1", ... Other types (int) are refused, not converted:
+            they would not match the qrels' str ids.
         val_query_ids : sequence of str, optional
-            Queries to validate on; by default ``val_fraction`` of the labelled queries, drawn
-            with ``seed``. Validation picks the checkpoint; the identity (zero-shot) is a candidate
-            too, so the fitted adapter is never worse than zero-shot on validation.
+            Queries to validate on (not empty); those without a relevant document are left out,
+            so ``val_query_ids_`` may be shorter. By default ``val_fraction`` of the labelled
+            queries, drawn with ``seed``. Validation picks the checkpoint; the identity (zero-shot)
+            is a candidate too, so the fitted adapter is never worse than zero-shot on validation.
         encoder : Encoder, its ``info()`` dict, or a model name, optional
             What made the embeddings. It is saved with the adapter, and every later use refuses
             vectors of another model; without it the adapter cannot tell (a warning says so on save).
