@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -244,6 +244,7 @@ def select(
         if pool is None:
             stack.enter_context(compute_threads(1))
             pool = stack.enter_context(ThreadPoolExecutor(_workers(n_jobs, len(jobs))))
+            stack.enter_context(_cancelled_on_error(pool))
         order = sorted(range(len(jobs)), key=lambda j: -_cost_rank(variants[jobs[j][0]][1]))
         submitted = {j: pool.submit(fit, variants[jobs[j][0]][1], jobs[j][1]) for j in order}
         results = [submitted[j].result() for j in range(len(jobs))]
@@ -386,6 +387,19 @@ def _cross_validated(
             }
         )
     return rows, scores
+
+
+@contextlib.contextmanager
+def _cancelled_on_error(*pools: ThreadPoolExecutor) -> Iterator[None]:
+    """On an exception (Ctrl-C above all), drop the work still queued in ``pools``: leaving them then
+    waits only for the fits already running, not for every queued candidate to train first. A
+    selection waiting on a dropped fit gets ``CancelledError`` and ends too."""
+    try:
+        yield
+    except BaseException:
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def _workers(n_jobs: int | None, n_tasks: int) -> int:
@@ -681,6 +695,7 @@ def run_fit(
         compute_threads(1),
         ThreadPoolExecutor(_workers(n_jobs, n_candidates * len(jobs))) as pool,
         ThreadPoolExecutor(len(jobs)) as folds_pool,
+        _cancelled_on_error(folds_pool, pool),
     ):
         selections = list(folds_pool.map(lambda job: fit_on(*job, pool), jobs))
     sizes, rotation = _scored_sizes(emb, (overrides or {}).get("dims"))
