@@ -14,7 +14,8 @@ cross-model fit (queries of another model) adds ``"query_model"``, ``"paired_tex
 :func:`save_run` writes a finished :class:`~search_adaptor.experiment.Run` into a folder: the
 reports, the figures (``"plots": {"similarity": "plots/similarity.png", ...}``, paths relative to
 the folder; empty with ``"plots_skipped": reason`` when matplotlib is missing) and, for ``fit``,
-the adapter.
+the adapter. The folder is replaced whole, in one rename: a reader, a run killed while it saves,
+or two runs saving into one folder at once see one run's complete output, never a mix.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from search_adaptor.experiment import DOCUMENTS_MODEL, Run
-from search_adaptor.files import check_output_folder, check_replaceable, write_text_atomic
+from search_adaptor.files import Staged, check_output_folder, check_replaceable, write_text_atomic
 from search_adaptor.metrics import metrics_table, val_metric_name
 from search_adaptor.model import FILES as ADAPTER_FILES
 from search_adaptor.variants import MATRYOSHKA
@@ -40,6 +41,8 @@ REPORT = "report.json"
 #: Everything a run writes into its ``--out`` folder: a folder holding only these (an interrupted
 #: run's) may be written again.
 RUN_PARTS = ("adapter", "plots", REPORT, "report.md")
+#: The figures a run draws, each into ``plots/NAME.png``.
+FIGURES = ("similarity", "learning_curves")
 #: Why a report has no figures when matplotlib is not installed.
 PLOTS_SKIPPED = "pip install matplotlib (or the `bench` extra)"
 
@@ -467,9 +470,7 @@ def write_figures(out_dir: str | os.PathLike, run: Run) -> dict[str, Any]:
         figures["learning_curves"] = lambda path: plots.plot_learning_curves(
             run.histories, path, title=run.titles.get("learning_curves", "")
         )
-    rel = {name: f"plots/{name}.png" for name in ("similarity", "learning_curves")}
-    for name in rel:  # an earlier run's figure must not pass for this one's
-        (Path(out_dir) / rel[name]).unlink(missing_ok=True)
+    rel = {name: f"plots/{name}.png" for name in FIGURES}
     written: dict[str, str] = {}
     for name, draw in figures.items():
         try:
@@ -488,29 +489,59 @@ def write_figures(out_dir: str | os.PathLike, run: Run) -> dict[str, Any]:
     return {"plots": written}
 
 
+def _check_no_adapter(out: Path) -> None:
+    """Refuse to save an ``evaluate`` run over a folder holding an ``adapter/``: it writes none, and
+    saving replaces the folder whole, so that adapter would be deleted."""
+    if (out / "adapter").exists():
+        raise FileExistsError(
+            f"{out / 'adapter'}: evaluate writes no adapter, and saving over {out} would delete it; "
+            f"choose another folder (e.g. {out / 'evaluate'})"
+        )
+
+
 def check_run_folder(out_dir: str | os.PathLike, command: str) -> None:
     """Refuse, before any work, an ``out_dir`` that ``command`` (``fit`` or ``evaluate``) cannot
-    write without mixing with or deleting files of the user's: a folder it did not write, or a fit's
-    ``adapter/`` holding more than an adapter (saving replaces that folder whole)."""
-    check_output_folder(out_dir, REPORT, f"a folder written by `search-adaptor {command}`", RUN_PARTS)
+    replace whole (as :func:`save_run` does) without deleting files of the user's: a folder it did
+    not write, one holding anything but what a run writes (``adapter/`` more than an adapter,
+    ``plots/`` more than the figures, an adapter at all for ``evaluate``), or the current directory
+    or one above it (replaced, the shell would be left in a deleted folder)."""
+    what = f"a folder written by `search-adaptor {command}`"
+    check_output_folder(out_dir, REPORT, what, RUN_PARTS)
+    out = Path(out_dir).resolve()
+    if Path.cwd().resolve().is_relative_to(out):
+        raise FileExistsError(
+            f"{out_dir}: is the current directory or holds it, and saving replaces the folder whole; "
+            "choose a folder beside it (e.g. --out run) or run from another directory"
+        )
+    check_replaceable(out, RUN_PARTS, what)
+    check_replaceable(out / "plots", [f"{name}.png" for name in FIGURES], "a run's plots folder")
     if command == "fit":
-        check_replaceable(Path(out_dir) / "adapter", ADAPTER_FILES, "an adapter folder")
+        check_replaceable(out / "adapter", ADAPTER_FILES, "an adapter folder")
+    elif not (out / REPORT).is_file():  # with a report, a fit's folder: the CLI refuses it in its own words
+        _check_no_adapter(out)
 
 
 def save_run(run: Run, out_dir: str | os.PathLike) -> dict[str, Any]:
     """Write a finished run into ``out_dir``: figures, ``report.json``, ``report.md`` and, for a
-    ``fit``, ``adapter/`` (with its test metrics in its config). Returns the report as written."""
+    ``fit``, ``adapter/`` (with its test metrics in its config). Returns the report as written.
+
+    Everything is written into a staging sibling of ``out_dir`` that then replaces it in one
+    rename: until then the earlier run there stays whole, and a run killed while it saves, a full
+    disk or a second run saving into the same folder at once leave one run's complete output (the
+    last one's), never one run's report beside another's adapter. The paths recorded (the
+    adapter's; the figures' are relative) are those of the published folder.
+    """
     out = Path(out_dir).resolve()
-    if run.report["protocol"] != "evaluate":  # refused before the earlier report goes
-        check_replaceable(out / "adapter", ADAPTER_FILES, "an adapter folder")
-    for name in (REPORT, "report.md"):  # an earlier run's report must not describe this run's adapter
-        (out / name).unlink(missing_ok=True)
+    fit = run.report["protocol"] != "evaluate"
+    check_run_folder(out, "fit" if fit else "evaluate")  # refused before anything is written
+    if not fit:
+        _check_no_adapter(out)
     report = dict(run.report)
-    if report["protocol"] != "evaluate":
-        adapter_dir = out / "adapter"
-        test = {"protocol": report["protocol"], **report["metrics"]}
-        run.adapter.save(adapter_dir, extra={"test": test, "selected": report["selected"]})
-        report["adapter"] = str(adapter_dir)
-    report.update(write_figures(out, run))
-    write_report(out, report)
+    with Staged(out, folder=True) as staged:
+        if fit:
+            test = {"protocol": report["protocol"], **report["metrics"]}
+            run.adapter.save(staged.path / "adapter", extra={"test": test, "selected": report["selected"]})
+            report["adapter"] = str(out / "adapter")
+        report.update(write_figures(staged.path, run))
+        write_report(staged.path, report)
     return report
