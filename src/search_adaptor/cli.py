@@ -17,9 +17,71 @@ from search_adaptor.encoders import LOCAL
 from search_adaptor.files import check_output_folder, check_replaceable, one_line_error
 from search_adaptor.options import build_parser
 
+#: the exit status when the reader of stdout closed it early: 128 + SIGPIPE, what a shell reports for
+#: a tool that SIGPIPE ended (``cat``, ``grep`` fed to ``head``), so pipelines read it as they do theirs
+SIGPIPE_STATUS = 141
+
 
 def _eprint(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class OutputClosed(Exception):
+    """The reader of the command's output went away (``search ... | head -1``): not an error."""
+
+
+class _Guarded:
+    """``sys.stdout`` or ``sys.stderr``, whose reader may close the pipe before the command is done.
+
+    A write to the closed pipe points the stream's file descriptor at the null device (so neither
+    later writes nor Python's flush at exit fail again, the recipe of Python's ``signal`` docs) and
+    then, on stdout, raises :class:`OutputClosed` to end the command quietly; on stderr, which only
+    carries progress, warnings and log lines, the job goes on (a ``fit ... 2>&1 | head -1`` must not
+    lose the fit). Everything else is the stream's own.
+    """
+
+    def __init__(self, stream: Any, output: bool) -> None:
+        self._stream, self._output, self._closed = stream, output, False
+
+    def write(self, text: str) -> int:
+        if self._closed:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._on_closed()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._on_closed()
+
+    def _on_closed(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError, ValueError):  # a stream without a descriptor (a test's)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        if self._output:
+            raise OutputClosed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _guarded_streams() -> Iterator[None]:
+    """``sys.stdout`` and ``sys.stderr`` as :class:`_Guarded` streams while a command runs."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Guarded(sys.stdout, output=True), _Guarded(sys.stderr, output=False)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> Any:
@@ -349,12 +411,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(
         {"SEARCH_ADAPTOR_VERBOSE": "1"} if getattr(args, "verbose", False) else {}
     )  # encoders.local.ENV_VERBOSE
-    try:
-        return commands[args.command](args) or 0
-    except (Exception, KeyboardInterrupt) as exc:  # --debug: raised again, with its traceback
-        status, line = one_line_error(exc, debug=getattr(args, "debug", False))
-        _eprint(line)
-        return status
+    with _guarded_streams():
+        try:
+            return commands[args.command](args) or 0
+        except OutputClosed:  # as a tool killed by SIGPIPE, the shell's status for it
+            return SIGPIPE_STATUS
+        except (Exception, KeyboardInterrupt) as exc:  # --debug: raised again, with its traceback
+            status, line = one_line_error(exc, debug=getattr(args, "debug", False))
+            _eprint(line)
+            return status
 
 
 if __name__ == "__main__":
