@@ -10,8 +10,10 @@ name the file, the field and the fix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -19,6 +21,19 @@ from pathlib import Path
 from typing import Any
 
 ENV_CACHE = "SEARCH_ADAPTOR_CACHE"
+#: what stops an output from being written, as the one line that says so: the cause and the fix
+_WRITE_FAILURES = {
+    errno.ENOSPC: ("no space left on the device", "free some space there, or choose another place"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space there, or choose another place"),
+    errno.EFBIG: ("file too large for its file system", "choose another place"),
+    errno.EACCES: ("permission denied", "choose a folder you can write to"),
+    errno.EPERM: ("permission denied", "choose a folder you can write to"),
+    errno.EROFS: ("read-only file system", "choose a folder you can write to"),
+    errno.ENAMETOOLONG: ("name too long", "choose a shorter name"),
+}
+#: the most characters :class:`Staged` adds to a target's name for its siblings (``.NAME.XXXXXXXX.old``
+#: and a ``.npy``'s ``.json`` record's): a name is refused when these would pass the file system's limit
+_STAGING_CHARS = len(".") + len(".XXXXXXXX") + len(".old") + len(".json")
 #: byte-order marks of the encodings a JSON file saved by an editor may have instead of UTF-8
 _BOMS = (
     (b"\xff\xfe\x00\x00", "UTF-32"),
@@ -52,6 +67,70 @@ def check_parent_folders(target: str | os.PathLike) -> None:
         raise FileExistsError(f"{target}: {blocked} is a file, not a folder; choose another place")
 
 
+class OutputError(OSError):
+    """An output could not be written: its message is one line naming the user's path (never a
+    staging sibling's), the cause and a fix; ``errno`` is the cause's."""
+
+
+def output_error(target: str | os.PathLike, exc: BaseException) -> BaseException:
+    """``exc``, raised while ``target`` was written, as an :class:`OutputError` naming ``target`` when
+    it is a write failure (no space, no permission, a name too long) of ``target`` or of its staging
+    siblings; any other exception (an input that cannot be read, a network error) as it is.
+
+    pyarrow's write errors carry no errno but name it in their text ("... [errno 28] ...").
+    """
+    if not isinstance(exc, OSError):
+        return exc
+    code = exc.errno
+    if code is None:
+        found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+        code = int(found[1]) if found else None
+    if code not in _WRITE_FAILURES or not (isinstance(exc, OutputError) or _is_staging(target, exc.filename)):
+        return exc
+    cause, fix = _WRITE_FAILURES[code]
+    error = OutputError(f"{target}: cannot be written ({cause}); {fix}")
+    error.errno = code
+    return error
+
+
+def _is_staging(target: str | os.PathLike, filename: Any) -> bool:
+    """Whether an error's ``filename`` is ``target``, a staging sibling of it or a path inside one
+    (None: a failed ``write()``, which names no file, is the output's being written)."""
+    if filename is None:
+        return True
+    path, goal = Path(os.fsdecode(filename)).absolute(), Path(target).absolute()
+    return any(
+        p == goal or (p.parent == goal.parent and p.name.startswith(f".{goal.name}."))
+        for p in (path, *path.parents)
+    )
+
+
+def check_writable(target: str | os.PathLike) -> None:
+    """Refuse, before any work, an output path that cannot be written: a name (of it or a folder to
+    make above it) too long for the file system, once staged, or a nearest existing folder in which
+    a file cannot be made. A probe file is made and removed there: permission bits alone do not tell
+    (root passes them, but not a read-only mount)."""
+    path = Path(target).absolute()
+    existing = next(p for p in path.parents if p.is_dir())
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no such query here: the usual limit
+        limit = 255
+    for part in path.relative_to(existing).parts:
+        if len(os.fsencode(part)) + (_STAGING_CHARS if part == path.name else 0) > limit:
+            raise output_error(path, OSError(errno.ENAMETOOLONG, "name too long"))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".search-adaptor-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        cause, _ = _WRITE_FAILURES.get(exc.errno or 0, (exc.strerror or str(exc), ""))
+        raise OutputError(
+            f"{target}: cannot be written: no file can be made in {existing} ({cause}); choose a folder "
+            "you can write to"
+        ) from None
+
+
 def check_output_folder(
     target: str | os.PathLike, marker: str, what: str = "", parts: Sequence[str] = ()
 ) -> None:
@@ -63,6 +142,7 @@ def check_output_folder(
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path}: exists and is a file; choose a new or empty folder")
     check_parent_folders(path)
+    check_writable(path)
     if path.is_dir() and not (path / marker).is_file() and _others(path, parts):
         raise FileExistsError(
             f"{path}: exists and is not {what or 'written by search-adaptor'}; choose a new or empty folder"
@@ -136,10 +216,13 @@ class Staged(contextlib.AbstractContextManager):
                 os.close(fd)
                 self.path = Path(name)
         except OSError as exc:  # named by the user's path, not the temporary sibling's
-            raise OSError(
-                f"{self.target}: cannot write in {self.target.parent} ({exc.strerror or exc}); "
-                "choose another place"
-            ) from None
+            error = output_error(self.target, OSError(exc.errno, exc.strerror))
+            if not isinstance(error, OutputError):
+                error = OSError(
+                    f"{self.target}: cannot write in {self.target.parent} ({exc.strerror or exc}); "
+                    "choose another place"
+                )
+            raise error from None
 
     def publish(self) -> Path:
         """Put the staged file or folder in place of the target; returns the target."""
@@ -163,11 +246,19 @@ class Staged(contextlib.AbstractContextManager):
         else:
             self.path.unlink(missing_ok=True)
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.publish()
-        else:
-            self.discard()
+    def __exit__(self, exc_type: object, exc: BaseException | None, *rest: object) -> None:
+        """Publish, or discard on an exception; a write failure is raised naming the target."""
+        if exc is None:
+            try:
+                self.publish()
+            except OSError as failed:
+                self.discard()
+                raise output_error(self.target, failed) from None
+            return
+        self.discard()
+        error = output_error(self.target, exc)
+        if error is not exc:
+            raise error from None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

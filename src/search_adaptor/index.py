@@ -38,7 +38,7 @@ from search_adaptor.embed import Embeddings, numeric_array
 from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind, without_direction
 from search_adaptor.encoders.registry import from_info, info_problem
-from search_adaptor.files import Staged, inside, read_json
+from search_adaptor.files import Staged, inside, output_error, read_json
 from search_adaptor.images import Item, check_item_types
 from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
@@ -827,29 +827,32 @@ def build_index(
     adapter.check_encoder(encoder)
     adapter.check_encoder(query_encoder or encoder, kind="query")
     target = Path(out).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # scratch space on the target's filesystem, so that save() moves the shards instead of copying them
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as scratch:
-        shards = Path(scratch) / "vectors"
-        stats = embed_and_adapt(
-            corpus,
-            encoder,
-            adapter,
-            shards,
-            engine=engine,
-            cache_dir=cache_dir,
-            ray_address=ray_address,
-            rows=rows,
-            progress=progress,
-            dim=dim,
-        )
-        index = AdaptedIndex.from_shards(
-            adapter, shards, encoder.info(), backend=backend, encoder=encoder, size=dim
-        )
-        if query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint:
-            _record_query_encoder(index, query_encoder.info())
-            index._query_encoder = query_encoder
-        index.save(target, vectors=shards)
+    try:  # scratch and staging are named by the user's out in a write failure, not by their own
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # scratch space on the target's filesystem, so that save() moves the shards instead of copying them
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as scratch:
+            shards = Path(scratch) / "vectors"
+            stats = embed_and_adapt(
+                corpus,
+                encoder,
+                adapter,
+                shards,
+                engine=engine,
+                cache_dir=cache_dir,
+                ray_address=ray_address,
+                rows=rows,
+                progress=progress,
+                dim=dim,
+            )
+            index = AdaptedIndex.from_shards(
+                adapter, shards, encoder.info(), backend=backend, encoder=encoder, size=dim
+            )
+            if query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint:
+                _record_query_encoder(index, query_encoder.info())
+                index._query_encoder = query_encoder
+            index.save(target, vectors=shards)
+    except OSError as exc:
+        raise output_error(target, exc) from None
     return index, stats
 
 

@@ -15,6 +15,7 @@ how an existing output is told from a file of the user's that must not be overwr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.data import DataError, refuse_nulls
-from search_adaptor.files import Staged, read_json, write_text_atomic
+from search_adaptor.files import Staged, output_error, read_json, write_text_atomic
 
 ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
 SHARDS_MANIFEST = "_manifest.json"
@@ -33,6 +34,7 @@ ID, VECTOR = "id", "vector"
 #: Parquet schema metadata key under which :class:`VectorWriter` records what it wrote (JSON)
 MARKER = b"search-adaptor"
 _REWRITE = "make it again with the search-adaptor command that wrote it"
+_SAMPLED = 1 << 20  # bytes from each end of a ``.npy`` that its record's checksum covers
 
 
 # -- Arrow <-> numpy -----------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ class VectorWriter(contextlib.AbstractContextManager):
         self.meta = {"library": "search-adaptor", **(meta or {})}
         self.rows, self.dim, self.shards = 0, 0, 0
         folder = self.kind == "shards"
-        if not folder and self.out.exists() and (self.out.is_dir() or written_by(self.out) is None):
+        if not folder and self.out.exists() and (self.out.is_dir() or _recorded(self.out) is None):
             raise FileExistsError(
                 f"{out}: exists and was not written by search-adaptor; choose a new file name, or remove "
                 "it first"
@@ -261,21 +263,31 @@ class VectorWriter(contextlib.AbstractContextManager):
             self._handle.close()
         else:
             (self._staged.path / SHARDS_MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
-        published = self._staged.publish()
-        if self.kind == "npy":  # after the matrix: never a record of a matrix that is not there
-            write_text_atomic(npy_record(published), json.dumps(record, indent=2) + "\n")
-        return published
+        if self.kind == "npy":  # before the matrix, which is never there without its record; the
+            # checksum tells a matrix that is not the record's (a job killed between the two renames)
+            record["checksum"] = _npy_checksum(self._staged.path)
+            write_text_atomic(npy_record(self.out), json.dumps(record, indent=2) + "\n")
+        return self._staged.publish()
 
     def abort(self) -> None:
         if self._handle is not None:
             self._handle.close()
         self._staged.discard()
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+    def __exit__(self, exc_type: object, exc: BaseException | None, *rest: object) -> None:
+        """Close, or abort on an exception; a write failure is raised naming ``out`` (not its
+        staging sibling), with its cause and a fix."""
+        if exc is None:
+            try:
+                self.close()
+            except OSError as failed:
+                self.abort()
+                raise output_error(self.out, failed) from None
+            return
+        self.abort()
+        error = output_error(self.out, exc)
+        if error is not exc:
+            raise error from None
 
 
 def _npy_header_bytes(rows: int, dim: int) -> bytes:
@@ -295,12 +307,40 @@ def npy_record(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def _npy_checksum(path: Path) -> str:
+    """SHA-256 of a ``.npy``'s size and its first and last MiB (header included): what tells one
+    matrix from another in its record without reading all of a large file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest.update(str(size).encode())
+        digest.update(handle.read(_SAMPLED))
+        handle.seek(max(size - _SAMPLED, 0))
+        digest.update(handle.read(_SAMPLED))
+    return digest.hexdigest()
+
+
 def written_by(path: str | os.PathLike) -> dict[str, Any] | None:
     """What :class:`VectorWriter` recorded when it wrote ``path`` (a shard folder, a shard or Parquet
     file, a ``.npy``), or None when it did not write it. ``"adapter"`` in it means adapted vectors.
 
-    A damaged record is refused in one line naming it: whether the vectors are adapted is unknown.
+    A damaged record, or a ``.npy``'s record of another matrix (a job was killed between writing the
+    two), is refused in one line naming it: whether the vectors are adapted is unknown.
     """
+    found = _recorded(path)
+    src = Path(path)
+    checksum = (found or {}).get("checksum")  # (records of earlier versions have none)
+    if checksum and src.suffix == ".npy" and src.is_file() and checksum != _npy_checksum(src):
+        raise ValueError(
+            f"{src}: is not the matrix its record {npy_record(src)} describes (a job was stopped "
+            f"between writing them); {_REWRITE}"
+        )
+    return found
+
+
+def _recorded(path: str | os.PathLike) -> dict[str, Any] | None:
+    """:func:`written_by`'s record, not checked against a ``.npy``: enough to tell an output of this
+    tool, which a new job may replace, from a file of the user's."""
     src = Path(path)
     if src.is_dir() or src.suffix == ".npy":
         record = src / SHARDS_MANIFEST if src.is_dir() else npy_record(src)
