@@ -5,6 +5,12 @@ Why SQLite: every finished batch is committed in its own transaction (WAL journa
 killed at any moment loses at most the batches still in flight, and the next run sends only what is
 missing. One database file per encoder fingerprint keeps spaces apart and makes them easy to delete.
 
+Ctrl-C stops a run within seconds and keeps what was paid for: no new batch, request or retry
+starts (the worker threads' event, :func:`~search_adaptor.encoders.http.cancelled_by`), the replies
+that arrive within :data:`_GRACE_S` are committed, and the :class:`KeyboardInterrupt` goes on. The
+workers are daemon threads, so a request a stuck server never answers does not keep the process
+alive; a second Ctrl-C skips the grace.
+
 Several processes (Ray actors, two runs started by hand) may embed into one store at once without
 paying twice: before sending a batch, a process claims its texts in the ``pending`` table; the
 others skip claimed texts, embed the rest, then wait for the claimed ones and read them back. A
@@ -31,7 +37,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +45,14 @@ from pathlib import Path
 import numpy as np
 
 from search_adaptor.encoders.base import Encoder, EncoderError, InputsRejected, Kind, check_vectors
+from search_adaptor.encoders.http import cancelled_by
 from search_adaptor.files import ENV_CACHE, default_cache_dir, file_in_the_way
 from search_adaptor.images import Item, check_item_types
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
 _BUSY_TIMEOUT_S = 60  # several processes (Ray actors) may write: wait this long for their locks
+#: Seconds a Ctrl-C'd run still waits for the replies already on the wire (paid for) to save them.
+_GRACE_S = 2.0
 _POLL_S = 0.1  # how often a process waiting for another one's claimed texts looks again
 _HOST = socket.gethostname()
 #: Columns (name, type) of each table; the store refuses a file whose tables differ.
@@ -483,26 +492,30 @@ class EmbeddingStore:
         """
         refused: dict[bytes, str] = {}
         owner = uuid.uuid4().hex  # one per call: threads sharing this store object coordinate too
+
+        def commit(batch: list[Item], vectors: np.ndarray, reasons: list[str | None]) -> None:
+            """Save one encoded batch and take its texts off ``todo`` (a repeat of a batch is harmless)."""
+            keys = [item_key(kind, t) for t in batch]
+            pairs = list(zip(keys, reasons, strict=True))
+            kept = [key for key, reason in pairs if reason is None]
+            refused.update((key, reason) for key, reason in pairs if reason is not None)
+            if kept:
+                self._write(kept, vectors)
+            for key, vec in zip(kept, vectors, strict=True):
+                found[key] = vec
+            for key in keys:
+                todo.pop(key, None)
+            stats.encoded += len(kept)
+            stats.batches += 1
+            if progress is not None:
+                progress(len(batch))
+
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(owner, stop), daemon=True)
         beat.start()
         try:
             while todo:
-                for batch, vectors, reasons in self._run_batches(self._claimed_batches(owner, todo), kind):
-                    keys = [item_key(kind, t) for t in batch]
-                    pairs = list(zip(keys, reasons, strict=True))
-                    kept = [key for key, reason in pairs if reason is None]
-                    refused.update((key, reason) for key, reason in pairs if reason is not None)
-                    if kept:
-                        self._write(kept, vectors)
-                    for key, vec in zip(kept, vectors, strict=True):
-                        found[key] = vec
-                    for key in keys:
-                        del todo[key]
-                    stats.encoded += len(kept)
-                    stats.batches += 1
-                    if progress is not None:
-                        progress(len(batch))
+                self._run_batches(self._claimed_batches(owner, todo), kind, commit)
                 if not todo:
                     break
                 elsewhere = self._read(todo)
@@ -600,13 +613,23 @@ class EmbeddingStore:
             db.executemany("DELETE FROM pending WHERE key = ?", [(k,) for k in keys])
 
     def _run_batches(
-        self, batches: Iterator[list[Item]], kind: Kind
-    ) -> Iterator[tuple[list[Item], np.ndarray, list[str | None]]]:
-        """Encode batches, at most ``encoder.max_concurrency`` in flight, yielding each as it finishes.
+        self,
+        batches: Iterator[list[Item]],
+        kind: Kind,
+        commit: Callable[[list[Item], np.ndarray, list[str | None]], None],
+    ) -> None:
+        """Encode batches, at most ``encoder.max_concurrency`` in flight, committing each as it finishes.
 
-        Each batch comes with the vectors of its accepted texts and, per text, the encoder's reason
-        for refusing it (None when embedded): a refused text never stops its batch or the others.
-        The next batch is drawn from ``batches`` (and so claimed) only when a slot is free.
+        ``commit`` gets each batch with the vectors of its accepted texts and, per text, the
+        encoder's reason for refusing it (None when embedded): a refused text never stops its batch
+        or the others. The next batch is drawn from ``batches`` (and so claimed) only when a slot is
+        free. On a failure, the batches already in flight are committed before it is raised.
+
+        On Ctrl-C (:class:`KeyboardInterrupt`) no batch is drawn and no request or retry starts any
+        more (the workers' event, :func:`~search_adaptor.encoders.http.cancelled_by`); the replies
+        that arrive within :data:`_GRACE_S` are committed (they are paid for), and the interrupt is
+        raised again. The workers are daemon threads, so a request still on the wire then (a stuck
+        server) does not hold the process; a second Ctrl-C during the grace stops at once.
         """
         model = self.encoder.model
 
@@ -625,31 +648,55 @@ class EmbeddingStore:
                 return check_vectors(rows[kept], model, len(kept)), reasons
 
         workers = max(1, int(self.encoder.max_concurrency))
-        if workers == 1:
+        if workers == 1:  # in this thread: Ctrl-C stops the request at once (nothing else is in flight)
             for batch in batches:
-                yield batch, *one(batch)
+                commit(batch, *one(batch))
             return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: dict[Future, list[Item]] = {}
-            try:
-                for batch in batches:
-                    pending[pool.submit(one, batch)] = batch
-                    if len(pending) >= workers:
-                        break
-                failure: BaseException | None = None
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        batch = pending.pop(fut)
-                        if fut.exception() is not None:
-                            failure = failure or fut.exception()
-                            continue
-                        yield batch, *fut.result()  # committed by the caller before the next one
-                        nxt = None if failure else next(batches, None)
-                        if nxt is not None:
-                            pending[pool.submit(one, nxt)] = nxt
-                if failure is not None:  # batches already in flight were kept; now report the failure
-                    raise failure
-            finally:
-                for fut in pending:
-                    fut.cancel()
+        cancel = threading.Event()
+        pending: dict[Future, list[Item]] = {}
+
+        def start(batch: list[Item]) -> None:
+            fut: Future = Future()
+
+            def run() -> None:
+                with cancelled_by(cancel):
+                    try:
+                        fut.set_result(one(batch))
+                    except BaseException as exc:  # handed to the main thread, which decides
+                        fut.set_exception(exc)
+
+            threading.Thread(target=run, name="search-adaptor-encode", daemon=True).start()
+            pending[fut] = batch
+
+        try:
+            for batch in batches:
+                start(batch)
+                if len(pending) >= workers:
+                    break
+            failure: BaseException | None = None
+            while pending:
+                # a timeout, so that a Ctrl-C that reached another thread is still seen here promptly
+                done, _ = wait(pending, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut.exception() is not None:
+                        failure = failure or fut.exception()
+                    else:
+                        commit(pending[fut], *fut.result())
+                    del pending[fut]  # only now: a commit cut short by Ctrl-C is done again below
+                    nxt = None if failure else next(batches, None)
+                    if nxt is not None:
+                        start(nxt)
+            if failure is not None:  # batches already in flight were kept; now report the failure
+                raise failure
+        except KeyboardInterrupt:
+            cancel.set()
+            deadline = time.monotonic() + _GRACE_S
+            while pending:
+                done, _ = wait(pending, timeout=deadline - time.monotonic(), return_when=FIRST_COMPLETED)
+                if not done:
+                    break
+                for fut in done:
+                    if fut.exception() is None:
+                        commit(pending[fut], *fut.result())
+                    del pending[fut]
+            raise

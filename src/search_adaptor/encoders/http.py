@@ -30,6 +30,15 @@ A rejection that says one input is too long (413, or a 400/422 whose message say
 as :class:`InputTooLong`, so that :class:`ApiEncoder` can split the batch, embed the rest and name
 the text that cannot go (:class:`~search_adaptor.encoders.base.InputsRejected`).
 
+Interruption
+------------
+A run that is stopped (Ctrl-C) should neither pay for more requests nor wait minutes for a retry
+loop. :func:`cancelled_by` marks the requests made in a block with a :class:`threading.Event`
+(the :class:`~search_adaptor.store.EmbeddingStore` gives each worker thread its run's event and
+sets it on Ctrl-C): once it is set, no new request or retry of that block starts, and a backoff
+wait ends at once, with :class:`Cancelled`. A request already on the wire is not cut: its reply
+is paid for, so the store waits a moment for it and keeps its vectors.
+
 Every failure is one line of :class:`~search_adaptor.encoders.base.EncoderError` naming the
 provider, the status and the server's own message, with any key, token or credential from the URL
 scrubbed out.
@@ -50,7 +59,9 @@ import re
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -230,6 +241,29 @@ class RetryPolicy:
     def backoff(self, retry_index: int) -> float:
         """Full-jitter delay before retry number ``retry_index`` (0-based)."""
         return random.uniform(0.0, min(self.max_delay, self.base_delay * 2.0**retry_index))
+
+
+#: The event that stops the requests of the current thread's block of :func:`cancelled_by`, if any.
+_CANCEL: ContextVar[threading.Event | None] = ContextVar("search_adaptor_cancel", default=None)
+
+
+@contextmanager
+def cancelled_by(event: threading.Event) -> Iterator[None]:
+    """Within this block (in this thread), stop sending requests and retrying once ``event`` is set.
+
+    Why a context variable: the store runs any :class:`~search_adaptor.encoders.base.Encoder`, so
+    it cannot pass an event through ``encode_batch``; each of its worker threads opens this block
+    around its batch instead, and every request of that batch (several when it is split) sees it.
+    """
+    token = _CANCEL.set(event)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
+class Cancelled(EncoderError):
+    """A request was not sent, or not retried, because its run was interrupted (:func:`cancelled_by`)."""
 
 
 class MalformedResponse(ValueError):
@@ -504,7 +538,10 @@ class HttpClient:
         malformed = 0
         fault = ""
         secrets: list[str] = list(self._endpoint.secrets)
+        cancel = _CANCEL.get() or threading.Event()  # outside cancelled_by: one that is never set
         for attempt in range(1, policy.max_attempts + 1):
+            if cancel.is_set():
+                raise Cancelled(self._line(f"interrupted; request to {shown} not sent", secrets))
             left = None if policy.budget_s is None else policy.budget_s - (time.monotonic() - start)
             if left is not None and left <= 0:
                 raise EncoderError(self._line(self._budget_spent(attempt - 1, fault), secrets))
@@ -564,7 +601,8 @@ class HttpClient:
                 "%s",
                 self._line(f"retry {attempt}/{policy.max_attempts - 1} in {delay:.2f}s: {fault}", secrets),
             )
-            time.sleep(delay)
+            if cancel.wait(delay):  # a sleep that Ctrl-C (the store setting the event) cuts short
+                raise Cancelled(self._line(f"interrupted before a retry; last error: {fault}", secrets))
             waited += delay
         raise EncoderError(
             self._line(
