@@ -154,3 +154,34 @@ def test_records_of_earlier_versions_without_a_checksum_are_still_read(tmp_path)
 def test_the_probe_leaves_nothing_behind(tmp_path):
     check_output_folder(tmp_path / "run", "report.json")
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def _publish_over_an_old_folder(tmp_path: Path) -> Path:
+    target = tmp_path / "index"
+    target.mkdir()
+    (target / "manifest.json").write_text("old")
+    with Staged(target, folder=True, marker="manifest.json") as staged:
+        (staged.path / "manifest.json").write_text("new")
+    return target
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_a_folder_is_replaced_in_one_exchange(tmp_path, monkeypatch):
+    """Two renames (old aside, new in) left no index at all when killed between them."""
+
+    def no_second_rename(*_args):
+        raise AssertionError("replaced in two renames")
+
+    monkeypatch.setattr(os, "replace", no_second_rename)
+    target = _publish_over_an_old_folder(tmp_path)
+    assert (target / "manifest.json").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]  # the old one is gone
+
+
+def test_where_no_exchange_is_possible_two_renames_replace_the_folder(tmp_path, monkeypatch):
+    from search_adaptor import files
+
+    monkeypatch.setattr(files, "_exchange", lambda *_paths: False)
+    target = _publish_over_an_old_folder(tmp_path)
+    assert (target / "manifest.json").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]

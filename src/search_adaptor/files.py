@@ -10,11 +10,13 @@ name the file, the field and the fix.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,7 +234,10 @@ class Staged(contextlib.AbstractContextManager):
             return self.target
         for item in [self.path, *self.path.rglob("*")]:
             item.chmod(0o755 if item.is_dir() else 0o644)
-        old = self.path.with_name(self.path.name + ".old")
+        if self.target.exists() and _exchange(self.path, self.target):
+            shutil.rmtree(self.path, ignore_errors=True)  # (now the old folder)
+            return self.target
+        old = self.path.with_name(self.path.name + ".old")  # a kill between two renames hides both
         if self.target.exists():
             os.replace(self.target, old)
         os.replace(self.path, self.target)
@@ -259,6 +264,23 @@ class Staged(contextlib.AbstractContextManager):
         error = output_error(self.target, exc)
         if error is not exc:
             raise error from None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` in one step (Linux's ``renameat2(RENAME_EXCHANGE)``), so that a kill never
+    leaves neither in place; False where the system or file system cannot, and two renames must do."""
+    renameat2 = (
+        getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    )
+    if renameat2 is None:
+        return False
+    at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE from <fcntl.h>, <linux/fs.h>
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a kernel or file system without it
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
