@@ -133,19 +133,26 @@ def test_a_folder_replacing_would_lose_files_from_is_refused_before_any_work(tmp
 
 
 def test_ctrl_c_during_a_fit_drops_the_candidates_still_queued(tmp_path, synthetic, monkeypatch):
-    """Ctrl-C waited for every queued candidate (of every fold) to train before the fit stopped."""
+    """Ctrl-C waited for every queued candidate (of every fold) to train before the fit stopped; a
+    second one, pressed while a candidate still ran, then left with it running and aborted the
+    process ("terminate called without an active exception")."""
     dataset, emb = synthetic_dataset(synthetic, tmp_path, {"test": slice(None)})
     started: list[float] = []
+    ended: list[float] = []
     fit = SearchAdaptor.fit
 
     def slow_fit(self, *args, **kwargs):
         started.append(time.perf_counter())
-        if len(started) == 1:  # Ctrl-C reaches the main thread while the first candidate trains
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-        time.sleep(0.3)
-        return fit(self, *args, **kwargs)
+        if len(started) == 1:  # Ctrl-C reaches the main thread while the first candidate trains, twice
+            for _ in range(2):
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                time.sleep(0.2)
+        result = fit(self, *args, **kwargs)
+        ended.append(time.perf_counter())
+        return result
 
     monkeypatch.setattr(SearchAdaptor, "fit", slow_fit)
     with pytest.raises(KeyboardInterrupt):
         run_fit(dataset, emb, folds=3, selection="kfold", n_jobs=1, overrides=QUICK)
     assert len(started) == 1  # of 3 folds and a final fit, times 3 selection folds, times the candidates
+    assert len(ended) == 1  # the one running was waited for, through the second Ctrl-C

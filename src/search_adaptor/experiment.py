@@ -18,7 +18,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -243,8 +243,9 @@ def select(
     with contextlib.ExitStack() as stack:
         if pool is None:
             stack.enter_context(compute_threads(1))
-            pool = stack.enter_context(ThreadPoolExecutor(_workers(n_jobs, len(jobs))))
-            stack.enter_context(_cancelled_on_error(pool))
+            own = stack.enter_context(_Pool(_workers(n_jobs, len(jobs))))
+            stack.enter_context(_cancelled_on_error(own))
+            pool = own
         order = sorted(range(len(jobs)), key=lambda j: -_cost_rank(variants[jobs[j][0]][1]))
         submitted = {j: pool.submit(fit, variants[jobs[j][0]][1], jobs[j][1]) for j in order}
         results = [submitted[j].result() for j in range(len(jobs))]
@@ -389,16 +390,45 @@ def _cross_validated(
     return rows, scores
 
 
+class _Pool(ThreadPoolExecutor):
+    """A thread pool that keeps the futures it hands out, so that an interrupted run can wait for the
+    fits already running (:func:`_cancelled_on_error`) without ``Thread.join``, which a second
+    Ctrl-C breaks: interrupted, it marks a running thread as ended (CPython's bpo-45274 handling)."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers)
+        self.futures: list[Future[Any]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        self.futures.append(future)
+        return future
+
+
 @contextlib.contextmanager
-def _cancelled_on_error(*pools: ThreadPoolExecutor) -> Iterator[None]:
-    """On an exception (Ctrl-C above all), drop the work still queued in ``pools``: leaving them then
-    waits only for the fits already running, not for every queued candidate to train first. A
-    selection waiting on a dropped fit gets ``CancelledError`` and ends too."""
+def _cancelled_on_error(*pools: _Pool) -> Iterator[None]:
+    """On an exception (Ctrl-C above all), drop the work still queued in ``pools`` and wait only for
+    the fits already running, not for every queued candidate to train first; a selection waiting
+    on a dropped fit gets ``CancelledError`` and ends too.
+
+    A further Ctrl-C does not cut that wait short: a fit cannot be stopped inside its thread, and
+    leaving :func:`compute_threads` while one runs (resetting torch's threads under it) aborted the
+    process ("terminate called without an active exception") instead of ending in the one
+    "interrupted" line.
+    """
     try:
         yield
     except BaseException:
         for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)
+        for future in (future for pool in pools for future in pool.futures):
+            while True:  # future.exception(), not wait(): the latter never sees a dropped fit end
+                try:
+                    with contextlib.suppress(CancelledError):
+                        future.exception()
+                    break
+                except KeyboardInterrupt:
+                    continue
         raise
 
 
@@ -693,8 +723,8 @@ def run_fit(
     n_candidates = len(family_variants(family))
     with (
         compute_threads(1),
-        ThreadPoolExecutor(_workers(n_jobs, n_candidates * len(jobs))) as pool,
-        ThreadPoolExecutor(len(jobs)) as folds_pool,
+        _Pool(_workers(n_jobs, n_candidates * len(jobs))) as pool,
+        _Pool(len(jobs)) as folds_pool,
         _cancelled_on_error(folds_pool, pool),
     ):
         selections = list(folds_pool.map(lambda job: fit_on(*job, pool), jobs))
