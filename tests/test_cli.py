@@ -259,13 +259,15 @@ def test_a_fit_interrupted_while_saving_leaves_a_folder_the_next_fit_takes(
     tmp_path, synthetic, capsys, monkeypatch
 ):
     """Ctrl-C between the adapter and the report left adapter/ without report.json: the next fit
-    refused the folder as not its own, and an earlier run's report stayed beside the new adapter."""
+    refused the folder as not its own, and an earlier run's report stayed beside the new adapter.
+    A run is now published whole or not at all: the earlier run stays as it was."""
     from search_adaptor import report
 
     argv = _synthetic_folder(tmp_path, synthetic, {"test": synthetic["qids"]})
     out = tmp_path / "out"
     fit = [*argv, "--out", str(out), "--family", "linear", "--max-steps", "20", "--quiet"]
     assert main(fit) == 0
+    before = {p.name: p.read_bytes() for p in (out / "report.json", out / "adapter" / "config.json")}
 
     def interrupted(*_args):
         raise KeyboardInterrupt
@@ -273,7 +275,9 @@ def test_a_fit_interrupted_while_saving_leaves_a_folder_the_next_fit_takes(
     monkeypatch.setattr(report, "write_figures", interrupted)
     assert main([*fit, "--seed", "1"]) == 130
     assert "search-adaptor: interrupted" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "plots"]  # no report of another run
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "plots", "report.json", "report.md"]
+    assert {p.name: p.read_bytes() for p in (out / "report.json", out / "adapter" / "config.json")} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # nothing staged is left
     monkeypatch.undo()
     assert main(fit) == 0
     assert json.loads((out / "report.json").read_text())["selected"]
