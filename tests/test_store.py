@@ -124,7 +124,7 @@ def test_an_output_that_cannot_be_staged_is_named_by_its_own_path(tmp_path, monk
 
     monkeypatch.setattr(tempfile, "mkdtemp", refuse)
     with pytest.raises(
-        OSError, match=rf"^{tmp_path / 'out'}: cannot write in {tmp_path} \(Permission denied\)"
+        OSError, match=rf"^{tmp_path / 'out'}: cannot be written \(permission denied\); choose a folder"
     ):
         Staged(tmp_path / "out", folder=True)
 
