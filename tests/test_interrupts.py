@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -24,6 +24,16 @@ from search_adaptor.store import _GRACE_S, EmbeddingStore
 BATCH = 4
 WORKERS = 4
 TEXTS = [f"passage number {i}" for i in range(10 * BATCH)]
+pytestmark = pytest.mark.usefixtures("sigint_raises")
+
+
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt here, as at a terminal: a process started in the background
+    by a shell without job control (as CI may run the tests) inherits SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _sigint_when(ready: Callable[[], bool], *, after: float = 0.0, times: int = 1) -> threading.Thread:
@@ -78,7 +88,9 @@ def test_ctrl_c_keeps_the_replies_in_flight_and_the_rerun_sends_only_the_rest(tm
 # A run in its own process: only there does a thread still waiting for its reply show (it kept the
 # process alive past the KeyboardInterrupt until the reply came).
 RUN = """
+import signal
 import sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal, whatever the parent ignores
 from search_adaptor.encoders.registry import make_encoder
 from search_adaptor.store import EmbeddingStore
 

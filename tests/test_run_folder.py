@@ -21,6 +21,7 @@ from search_adaptor.experiment import run_fit
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.report import check_run_folder, save_run
 from test_hostile import write_beir, write_vectors
+from test_interrupts import sigint_raises  # noqa: F401 (the fixture)
 from test_plots import QUICK, synthetic_dataset
 
 
@@ -132,6 +133,7 @@ def test_a_folder_replacing_would_lose_files_from_is_refused_before_any_work(tmp
             check_run_folder(".", "fit")
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_ctrl_c_during_a_fit_drops_the_candidates_still_queued(tmp_path, synthetic, monkeypatch):
     """Ctrl-C waited for every queued candidate (of every fold) to train before the fit stopped; a
     second one, pressed while a candidate still ran, then left with it running and aborted the
