@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,17 +253,26 @@ class Staged(contextlib.AbstractContextManager):
 
     def __exit__(self, exc_type: object, exc: BaseException | None, *rest: object) -> None:
         """Publish, or discard on an exception; a write failure is raised naming the target."""
-        if exc is None:
-            try:
-                self.publish()
-            except OSError as failed:
-                self.discard()
-                raise output_error(self.target, failed) from None
-            return
-        self.discard()
-        error = output_error(self.target, exc)
-        if error is not exc:
-            raise error from None
+        finish_output(self.target, exc, self.publish, self.discard)
+
+
+def finish_output(
+    target: Path, exc: BaseException | None, done: Callable[[], object], undo: Callable[[], None]
+) -> None:
+    """End writing the output ``target`` (a context manager's exit): ``done()`` when the block raised
+    nothing, else ``undo()``; a write failure, from the block or from ``done()`` (which is undone
+    then), is raised as :func:`output_error`'s one line naming ``target``."""
+    if exc is None:
+        try:
+            done()
+        except OSError as failed:
+            undo()
+            raise output_error(target, failed) from None
+        return
+    undo()
+    error = output_error(target, exc)
+    if error is not exc:
+        raise error from None
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.data import DataError, refuse_nulls
-from search_adaptor.files import Staged, output_error, read_json, write_text_atomic
+from search_adaptor.files import Staged, finish_output, read_json, write_text_atomic
 
 ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
 SHARDS_MANIFEST = "_manifest.json"
@@ -277,17 +277,7 @@ class VectorWriter(contextlib.AbstractContextManager):
     def __exit__(self, exc_type: object, exc: BaseException | None, *rest: object) -> None:
         """Close, or abort on an exception; a write failure is raised naming ``out`` (not its
         staging sibling), with its cause and a fix."""
-        if exc is None:
-            try:
-                self.close()
-            except OSError as failed:
-                self.abort()
-                raise output_error(self.out, failed) from None
-            return
-        self.abort()
-        error = output_error(self.out, exc)
-        if error is not exc:
-            raise error from None
+        finish_output(self.out, exc, self.close, self.abort)
 
 
 def _npy_header_bytes(rows: int, dim: int) -> bytes:
