@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from fake_providers import FakeProvider, Fault, fake_encoder
-from search_adaptor.encoders.base import Encoder
-from search_adaptor.encoders.http import Cancelled, HttpClient, RetryPolicy, cancelled_by
+from search_adaptor.encoders.base import Encoder, cancelled_by
+from search_adaptor.encoders.http import Cancelled, HttpClient, RetryPolicy
 from search_adaptor.store import _GRACE_S, EmbeddingStore
 
 BATCH = 4

@@ -6,7 +6,7 @@ killed at any moment loses at most the batches still in flight, and the next run
 missing. One database file per encoder fingerprint keeps spaces apart and makes them easy to delete.
 
 Ctrl-C stops a run within seconds and keeps what was paid for: no new batch, request or retry
-starts (the worker threads' event, :func:`~search_adaptor.encoders.http.cancelled_by`), the replies
+starts (the worker threads' event, :func:`~search_adaptor.encoders.base.cancelled_by`), the replies
 that arrive within :data:`_GRACE_S` are committed, and the :class:`KeyboardInterrupt` goes on. The
 workers are daemon threads, so a request a stuck server never answers does not keep the process
 alive; a second Ctrl-C skips the grace.
@@ -44,8 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-from search_adaptor.encoders.base import Encoder, EncoderError, InputsRejected, Kind, check_vectors
-from search_adaptor.encoders.http import cancelled_by
+from search_adaptor.encoders.base import (
+    Encoder,
+    EncoderError,
+    InputsRejected,
+    Kind,
+    cancelled_by,
+    check_vectors,
+)
 from search_adaptor.files import ENV_CACHE, default_cache_dir, file_in_the_way
 from search_adaptor.images import Item, check_item_types
 
@@ -626,7 +632,7 @@ class EmbeddingStore:
         free. On a failure, the batches already in flight are committed before it is raised.
 
         On Ctrl-C (:class:`KeyboardInterrupt`) no batch is drawn and no request or retry starts any
-        more (the workers' event, :func:`~search_adaptor.encoders.http.cancelled_by`); the replies
+        more (the workers' event, :func:`~search_adaptor.encoders.base.cancelled_by`); the replies
         that arrive within :data:`_GRACE_S` are committed (they are paid for), and the interrupt is
         raised again. The workers are daemon threads, so a request still on the wire then (a stuck
         server) does not hold the process; a second Ctrl-C during the grace stops at once.

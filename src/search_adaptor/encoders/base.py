@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -48,6 +51,31 @@ def image_models(urls: bool = False) -> str:
     """The providers whose models embed images, each with that model (``urls``: those that fetch image
     URLs), for the messages that send a user to them."""
     return ", ".join(f"{p} ({IMAGE_MODELS[p]})" for p in (IMAGE_URL_PROVIDERS if urls else IMAGE_MODELS))
+
+
+#: The event that stops the requests of the current thread's block of :func:`cancelled_by`, if any.
+_CANCEL: ContextVar[threading.Event | None] = ContextVar("search_adaptor_cancel", default=None)
+
+
+@contextmanager
+def cancelled_by(event: threading.Event) -> Iterator[None]:
+    """Within this block (in this thread), stop sending requests and retrying once ``event`` is set.
+
+    Why a context variable: the store runs any :class:`~search_adaptor.encoders.base.Encoder`, so
+    it cannot pass an event through ``encode_batch``; each of its worker threads opens this block
+    around its batch instead, and every request of that batch (several when it is split) sees it.
+    """
+    token = _CANCEL.set(event)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
+def cancel_event() -> threading.Event | None:
+    """The event of the :func:`cancelled_by` block this code runs in (None outside one): an encoder
+    that sends requests checks it before each one and each retry."""
+    return _CANCEL.get()
 
 
 class EncoderError(RuntimeError):

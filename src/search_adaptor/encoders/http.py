@@ -33,7 +33,8 @@ the text that cannot go (:class:`~search_adaptor.encoders.base.InputsRejected`).
 Interruption
 ------------
 A run that is stopped (Ctrl-C) should neither pay for more requests nor wait minutes for a retry
-loop. :func:`cancelled_by` marks the requests made in a block with a :class:`threading.Event`
+loop. :func:`~search_adaptor.encoders.base.cancelled_by` marks the requests made in a block with a
+:class:`threading.Event`
 (the :class:`~search_adaptor.store.EmbeddingStore` gives each worker thread its run's event and
 sets it on Ctrl-C): once it is set, no new request or retry of that block starts, and a backoff
 wait ends at once, with :class:`Cancelled`. A request already on the wire is not cut: its reply
@@ -59,9 +60,7 @@ import re
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -75,6 +74,7 @@ from search_adaptor.encoders.base import (
     EncoderError,
     InputsRejected,
     Kind,
+    cancel_event,
     check_vectors,
     describe_item,
     without_direction,
@@ -243,27 +243,9 @@ class RetryPolicy:
         return random.uniform(0.0, min(self.max_delay, self.base_delay * 2.0**retry_index))
 
 
-#: The event that stops the requests of the current thread's block of :func:`cancelled_by`, if any.
-_CANCEL: ContextVar[threading.Event | None] = ContextVar("search_adaptor_cancel", default=None)
-
-
-@contextmanager
-def cancelled_by(event: threading.Event) -> Iterator[None]:
-    """Within this block (in this thread), stop sending requests and retrying once ``event`` is set.
-
-    Why a context variable: the store runs any :class:`~search_adaptor.encoders.base.Encoder`, so
-    it cannot pass an event through ``encode_batch``; each of its worker threads opens this block
-    around its batch instead, and every request of that batch (several when it is split) sees it.
-    """
-    token = _CANCEL.set(event)
-    try:
-        yield
-    finally:
-        _CANCEL.reset(token)
-
-
 class Cancelled(EncoderError):
-    """A request was not sent, or not retried, because its run was interrupted (:func:`cancelled_by`)."""
+    """A request was not sent, or not retried, because its run was interrupted
+    (:func:`~search_adaptor.encoders.base.cancelled_by`)."""
 
 
 class MalformedResponse(ValueError):
@@ -538,7 +520,7 @@ class HttpClient:
         malformed = 0
         fault = ""
         secrets: list[str] = list(self._endpoint.secrets)
-        cancel = _CANCEL.get() or threading.Event()  # outside cancelled_by: one that is never set
+        cancel = cancel_event() or threading.Event()  # outside cancelled_by: one that is never set
         for attempt in range(1, policy.max_attempts + 1):
             if cancel.is_set():
                 raise Cancelled(self._line(f"interrupted; request to {shown} not sent", secrets))
