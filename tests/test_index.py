@@ -143,6 +143,20 @@ def test_search_refuses_queries_it_would_misread(tmp_path, queries, k, error, me
             adapter.transform_queries(queries)
 
 
+@pytest.mark.parametrize("kind", ["query", "document"])
+@pytest.mark.parametrize(("item", "shown"), [(None, "NoneType None"), (3, "int 3")])
+def test_embed_refuses_an_item_that_is_not_a_text(tmp_path, kind, item, shown):
+    """embed() passed None or a number on to the encoder (search() already refused them): it is now
+    named by its position before anything is embedded, on both sides."""
+    adapter = make_adapter(info=FAKE_INFO)
+    enc = CountingEncoder(dim=16)
+    index = AdaptedIndex.build(adapter, enc, ["a", "b"], ["a text", "b text"], cache_dir=tmp_path)
+    calls = len(enc.calls)
+    with pytest.raises(TypeError, match=f"^item 1 is {shown}, not a text"):
+        index.embed(["q", item], kind)
+    assert len(enc.calls) == calls
+
+
 def test_search_takes_any_iterable_of_texts_once(tmp_path):
     """A generator was spent by the blank check, leaving 'nothing to embed'; numpy integers are a k."""
     adapter = make_adapter(info=FAKE_INFO)

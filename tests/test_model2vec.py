@@ -109,9 +109,9 @@ def test_refuses_images_and_what_does_not_apply(model_dir: Path, tmp_path: Path)
         make_encoder("model2vec", model=str(tmp_path / "empty"))
     with pytest.raises(ValueError, match=r"model2vec: pass the model folder"):
         make_encoder("model2vec")
-    with pytest.raises(ValueError, match=r"model2vec: dimensions do not apply to a local model"):
+    with pytest.raises(ValueError, match=r"model2vec: dimensions does not apply to a local model"):
         make_encoder("model2vec", model=str(model_dir), dimensions=8)
-    with pytest.raises(ValueError, match=r"model2vec: timeout do not apply to a model in a folder"):
+    with pytest.raises(ValueError, match=r"model2vec: timeout does not apply to a model in a folder"):
         make_encoder("model2vec", model=str(model_dir), timeout=3.0)
 
 

@@ -128,7 +128,7 @@ def test_an_edited_or_incomplete_folder_is_refused_in_one_line(exports: dict[str
         OnnxEncoder(str(exports["int8"])).encode_corpus([ImageRef("https://example.com/a.png")])
     with pytest.raises(ValueError, match=r"onnx: pass the model folder \(`search-adaptor export-encoder"):
         make_encoder("onnx")
-    with pytest.raises(ValueError, match="onnx: timeout do not apply to a model in a folder"):
+    with pytest.raises(ValueError, match="onnx: timeout does not apply to a model in a folder"):
         make_encoder("onnx", str(exports["int8"]), timeout=3.0)
 
 

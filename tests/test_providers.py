@@ -528,8 +528,10 @@ def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         make_encoder("openai-compatible", base_url="http://127.0.0.1:9/v1")
     with pytest.raises(EncoderError, match="GOOGLE_CLOUD_PROJECT"):
         make_encoder("vertex", api_key="token")
-    with pytest.raises(ValueError, match="do not apply"):
+    with pytest.raises(ValueError, match="dimensions does not apply"):
         make_encoder("sentence-transformers", dimensions=64)
+    with pytest.raises(ValueError, match="base_url, dimensions do not apply"):
+        make_encoder("sentence-transformers", base_url="http://127.0.0.1:9/v1", dimensions=64)
 
 
 def test_local_provider_builds_lazily() -> None:

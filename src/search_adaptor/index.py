@@ -609,12 +609,16 @@ class AdaptedIndex:
             the model gives a zero vector (none of its tokens known) is one: nothing ranks by it.
         EncoderError
             The encoder failed.
+        TypeError
+            A bare string, or an item that is not a text (None, a number), named by its position
+            before anything is embedded.
         """
         if isinstance(texts, str):
             raise TypeError("embed() takes a list of texts; wrap a single query or document in a list")
         texts = list(texts)
         if not texts:
             raise ValueError("nothing to embed: the list of texts is empty")
+        check_item_types(texts)
         encoder = self._text_encoder(kind)
         serial = self._serial if encoder.max_concurrency == 1 else contextlib.nullcontext()
         encode = encoder.encode_queries if kind == "query" else encoder.encode_corpus

@@ -55,7 +55,7 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
             api_only = ("api_key", "retry", "retry_budget_s", "timeout")
             remote += [k for k in api_only if kw.pop(k, None) is not None]
         if remote:
-            raise ValueError(f"{provider}: {', '.join(remote)} do not apply to a local model")
+            raise ValueError(f"{provider}: {_do_not_apply(remote)} to a local model")
         if kw.get("batch_size") is None:
             kw.pop("batch_size", None)
         if provider in FOLDER_CLASSES:
@@ -64,7 +64,7 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
                 raise ValueError(f"{provider}: pass the model folder (`{command}`)")
             extra = sorted(set(kw) - {"batch_size"})
             if extra:
-                raise ValueError(f"{provider}: {', '.join(extra)} do not apply to a model in a folder")
+                raise ValueError(f"{provider}: {_do_not_apply(extra)} to a model in a folder")
             return getattr(importlib.import_module(module), name)(model, **kw)
         from search_adaptor.encoders.local import DEFAULT_MODEL, SentenceTransformerEncoder
 
@@ -74,6 +74,11 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
     module, name = API_CLASSES[provider]
     cls = getattr(importlib.import_module(module), name)
     return cls(model, **kw)
+
+
+def _do_not_apply(options: list[str]) -> str:
+    """The options named as the subject of "do(es) not apply", agreeing in number."""
+    return f"{', '.join(options)} {'does' if len(options) == 1 else 'do'} not apply"
 
 
 def info_problem(info: Any) -> str | None:
