@@ -161,7 +161,10 @@ def test_bad_key_is_one_line_naming_the_env_var(
         (["--provider", "openai", "--timeout", "-1"], "--timeout: must be a positive float, got -1"),
         (["--timeout", "5"], "sentence-transformers: --timeout does not apply to a local model"),
         # the query model's refusals name its flags, not the documents' model's (or Python's names)
-        (["--query-base-url", "http://127.0.0.1:9/v1"], "sentence-transformers: --query-base-url does not apply"),
+        (
+            ["--query-base-url", "http://127.0.0.1:9/v1"],
+            "sentence-transformers: --query-base-url does not apply",
+        ),
         (
             ["--query-provider", "openai-compatible", "--query-base-url", "http://127.0.0.1:9/v1"],
             "openai-compatible: pass --query-model, the model (or deployment) name",
