@@ -14,8 +14,9 @@ alive; a second Ctrl-C skips the grace.
 Several processes (Ray actors, two runs started by hand) may embed into one store at once without
 paying twice: before sending a batch, a process claims its texts in the ``pending`` table; the
 others skip claimed texts, embed the rest, then wait for the claimed ones and read them back. A
-claim lapses when its owner dies (its process id is gone on this machine) or stops refreshing it
-for ``lease_s`` seconds (frozen, or on another machine), so a killed claimant never blocks anyone.
+claim lapses when its owner dies (its process id is gone on this machine, or names a process that
+started later: ids are reused, :func:`_started`) or stops refreshing it for ``lease_s`` seconds
+(frozen, or on another machine), so a killed claimant never blocks anyone.
 
 Nothing hostile gets through: a damaged file, a foreign schema or a recorded dimension most of its
 vectors contradict raises one :class:`StoreError` that says which folder to delete (and deletes no
@@ -66,13 +67,20 @@ _TABLES = {
     "meta": (("name", "TEXT"), ("value", "TEXT")),
     "vectors": (("key", "BLOB"), ("vec", "BLOB")),
     "pending": (("key", "BLOB"), ("owner", "TEXT"), ("host", "TEXT"), ("pid", "INTEGER"), ("seen", "REAL")),
+    "owners": (("owner", "TEXT"), ("started", "TEXT")),
 }
+#: Tables a store written by an earlier version may lack: made on opening (absent when read-only).
+_ADDED = ("pending", "owners")
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)",
     "CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL)",
     # one row per text being embedded right now: who embeds it, and when they last said so
     "CREATE TABLE IF NOT EXISTS pending (key BLOB PRIMARY KEY, owner TEXT NOT NULL, host TEXT NOT NULL, "
     "pid INTEGER NOT NULL, seen REAL NOT NULL)",
+    # one row per owner of claims: when its process started (_started; NULL where unknown). A table of
+    # its own, not a column of pending: earlier versions, which refuse a pending table of other columns,
+    # still open the store, and their claims (without a row here) are judged as they always were
+    "CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, started TEXT)",
 )
 
 
@@ -133,11 +141,45 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # none has it (an id past the system's range: never)
         return False
     except PermissionError:  # alive, owned by another user
         return True
     return True
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` of this machine started, as ``"<boot id> <start time>"``; None where unknown.
+
+    A process id is reused once its process is gone (pid 1 in every restart of a container), so a
+    claim names its process by id and start: the start time (field 22 of ``/proc/<pid>/stat``, in
+    clock ticks since boot) tells this process from an earlier one of the same id, the boot id tells
+    this boot from an earlier one. None without Linux's ``/proc`` (macOS, Windows), or when the
+    process is gone or hidden from this user.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # after the command name, which is in parentheses and may hold spaces and parentheses itself
+    return f"{boot} {stat[stat.rindex(')') + 2 :].split()[19]}"
+
+
+def _claimant_alive(host: object, pid: int, started: object) -> bool:
+    """Whether the process that made a claim may still be embedding its texts.
+
+    On another machine only the claim's lease tells. Here, its process id must run and, when both
+    the claim and this machine know when that process started, have started then: otherwise the id
+    is a later process's. A claim without a known start (written by an earlier version, or where
+    ``/proc`` is missing; ``started`` of another type, edited by hand) is judged by its id alone.
+    """
+    if host != _HOST:
+        return True
+    if not _pid_alive(pid):
+        return False
+    now = _started(pid) if isinstance(started, str) else None
+    return now is None or now == started
 
 
 @dataclass
@@ -245,10 +287,11 @@ class EmbeddingStore:
         return db
 
     def _check_tables(self) -> None:
-        """Refuse a file whose tables are not this store's (``pending`` may be absent when read-only)."""
+        """Refuse a file whose tables are not this store's (one in :data:`_ADDED` may be absent when
+        read-only)."""
         for table, expected in _TABLES.items():
             have = tuple((row[1], row[2]) for row in self._db.execute(f"PRAGMA table_info({table})"))
-            if have == expected or (not have and table == "pending" and self.read_only):
+            if have == expected or (not have and table in _ADDED and self.read_only):
                 continue
             cols = ", ".join(f"{name} {kind}" for name, kind in have)
             raise self._damaged(f"table {table} has columns ({cols})" if have else f"no {table} table")
@@ -537,6 +580,8 @@ class EmbeddingStore:
             beat.join()
             with self._tx() as db:
                 db.execute("DELETE FROM pending WHERE owner = ?", (owner,))
+                # this call's row, and those of killed owners whose claims were all taken over
+                db.execute("DELETE FROM owners WHERE owner NOT IN (SELECT owner FROM pending)")
         return refused
 
     def _claimed_batches(self, owner: str, todo: dict[bytes, Item]) -> Iterator[list[Item]]:
@@ -555,11 +600,16 @@ class EmbeddingStore:
     def _claim(self, owner: str, keys: list[bytes], pos: int) -> tuple[list[bytes], int]:
         """Claim up to one batch of ``keys[pos:]`` that is neither stored nor claimed by a live owner.
 
+        A claim row whose process id or time is not a number (edited by hand) is nobody's: it is
+        claimed over. The owner's row in ``owners`` (when its process started) is written in the same
+        transaction as its claims, so the clean-up of rows without claims (:meth:`_embed_missing`)
+        never leaves a live owner's claims without it.
+
         Returns the claimed keys and the position to continue from.
         """
         size = self.encoder.batch_size
         claimed: list[bytes] = []
-        alive: dict[tuple[str, int], bool] = {}
+        alive: dict[tuple[object, int, object], bool] = {}
         with self._tx() as db:
             now = time.time()
             while pos < len(keys) and len(claimed) < size:
@@ -568,14 +618,18 @@ class EmbeddingStore:
                 marks = ",".join("?" * len(chunk))
                 stored = {k for (k,) in db.execute(f"SELECT key FROM vectors WHERE key IN ({marks})", chunk)}
                 busy = set()
-                for key, host, pid, seen in db.execute(
-                    f"SELECT key, host, pid, seen FROM pending WHERE key IN ({marks})", chunk
+                for key, host, pid, seen, started in db.execute(
+                    "SELECT key, host, pid, seen, started FROM pending LEFT JOIN owners USING (owner) WHERE "
+                    f"key IN ({marks}) AND typeof(pid) = 'integer' AND typeof(seen) IN ('integer', 'real')",
+                    chunk,
                 ):
-                    if (host, pid) not in alive:
-                        alive[host, pid] = host != _HOST or _pid_alive(pid)
-                    if alive[host, pid] and now - seen <= self.lease_s:
+                    if (host, pid, started) not in alive:
+                        alive[host, pid, started] = _claimant_alive(host, pid, started)
+                    if alive[host, pid, started] and now - seen <= self.lease_s:
                         busy.add(key)
                 claimed += [k for k in chunk if k not in stored and k not in busy]
+            if claimed:
+                db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (owner, _started(os.getpid())))
             db.executemany(
                 "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
                 [(k, owner, _HOST, os.getpid(), now) for k in claimed],
