@@ -1,7 +1,8 @@
 """Faults around a command's outputs: a reader that closes the pipe early, a full disk, a folder that
-cannot be written, a name too long, and a ``.npy`` whose record a killed job left out of step.
+cannot be written, a name too long, a ``.npy`` whose record a killed job left out of step, a job ended
+by SIGTERM, and the staging siblings a job killed with SIGKILL left behind.
 
-Fast and offline: fake commands, random vectors and an adapter with random weights.
+Fast and offline: fake commands, random vectors, an adapter with random weights and a fake embedding API.
 """
 
 from __future__ import annotations
@@ -9,17 +10,30 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fake_providers import FakeProvider, fake_encoder
 from search_adaptor import cli
-from search_adaptor.files import OutputError, Staged, check_output_folder, output_error
+from search_adaptor.files import (
+    OutputError,
+    Staged,
+    check_output_folder,
+    output_error,
+    remove_stale_siblings,
+    staging_prefix,
+    write_text_atomic,
+)
 from search_adaptor.pipeline import transform_vectors
 from search_adaptor.vectors import npy_record, written_by
+from test_cli_providers import _write_beir
 from test_index import make_adapter
 
 
@@ -185,3 +199,100 @@ def test_where_no_exchange_is_possible_two_renames_replace_the_folder(tmp_path, 
     target = _publish_over_an_old_folder(tmp_path)
     assert (target / "manifest.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["index"]
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, by its path relative to it."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _siblings(target: Path) -> list[str]:
+    """The staging siblings of ``target`` (and anything else named as one) beside it."""
+    return sorted(p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}."))
+
+
+@pytest.mark.skipif(find_spec("faiss") is None, reason="needs faiss (the index extra)")
+def test_sigterm_ends_a_job_as_ctrl_c_does_with_its_own_status(tmp_path, monkeypatch):
+    """``kill``, ``timeout``, ``docker stop``: SIGTERM killed the job at once, leaving the index's
+    staging sibling (as large as an index) behind and skipping what Ctrl-C does in order."""
+    data = _write_beir(tmp_path / "tiny", n_docs=40, n_queries=10)
+    out = tmp_path / "index"
+    with FakeProvider("openai-compatible", dim=8) as fake:
+        make_adapter(8, info=fake_encoder(fake, model="fake-model").info()).save(tmp_path / "adapter")
+        monkeypatch.setenv("OPENAI_COMPATIBLE_API_KEY", fake.key)
+        args = ["index", str(data), "--provider", "openai-compatible", "--model", "fake-model"]
+        args += ["--base-url", fake.url, "--adapter", str(tmp_path / "adapter"), "--out", str(out)]
+        args += ["--batch-size", "4", "--max-concurrency", "2", "--quiet"]
+        assert cli.main([*args, "--cache", str(tmp_path / "cache")]) == 0  # the earlier index
+        earlier, sent = _contents(out), len(fake.calls)
+
+        fake.delay = 30  # the next run embeds again (a new cache), slowly
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        command = [sys.executable, "-m", "search_adaptor.cli", *args, "--cache", str(tmp_path / "new")]
+        proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while len(fake.calls) < sent + 2:
+                assert proc.poll() is None and time.monotonic() < deadline, "the run never got going"
+                time.sleep(0.01)
+            assert _siblings(out)  # the job is writing its output when SIGTERM comes
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+    assert proc.returncode == 143, err  # 128 + SIGTERM, as a shell reports a job SIGTERM ended
+    assert err.strip().splitlines()[-1] == (
+        "search-adaptor: terminated (embeddings finished so far are kept in the store)"
+    )
+    assert _siblings(out) == []  # the staged output was discarded...
+    assert _contents(out) == earlier  # ...and the earlier index is as it was
+    assert len(fake.calls) == sent + 2  # nothing was sent after SIGTERM
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a pid is looked up with os.kill(pid, 0)")
+def test_the_next_write_removes_the_staging_siblings_of_dead_writers_only(tmp_path):
+    """A job killed with SIGKILL (or crashed) left its staging siblings forever: no later run removed
+    them. The next write of the same output removes those whose writer is dead, and nothing else."""
+    target = tmp_path / "out.npy"
+    target.write_text("earlier")
+    dead, live = _dead_pid(), os.getppid()  # (a live writer: the process that started this one)
+    stale = [staging_prefix(target, dead) + "a1b2c3d4", staging_prefix(target, dead) + "e5f6_7h8.old"]
+    (tmp_path / stale[0]).write_bytes(b"\0" * 1024)  # a file being written...
+    (tmp_path / stale[1]).mkdir()  # ...and a folder, set aside while its replacement went in
+    (tmp_path / stale[1] / "index.faiss").write_bytes(b"\0" * 1024)
+    kept = [
+        staging_prefix(target, live) + "a1b2c3d4",  # a live writer's
+        staging_prefix(tmp_path / "out.npy.json", dead) + "a1b2c3d4",  # another output's
+        f".out.npy.{dead}-00000000.a1b2c3d4",  # another host's (its pids cannot be looked up here)
+        ".out.npy.a1b2c3d4",  # an earlier version's: no writer named
+        ".out.npy.notes",  # not a staging name at all
+    ]
+    for name in kept:
+        (tmp_path / name).write_text("keep")
+
+    write_text_atomic(target, "new")
+    assert target.read_text() == "new"
+    assert _siblings(target) == sorted(kept)
+
+    target.unlink()  # a kill between two renames: the earlier output aside is its only copy
+    (tmp_path / stale[1]).mkdir()
+    assert remove_stale_siblings(target) == []
+    assert (tmp_path / stale[1]).is_dir()
+
+
+def test_a_staging_sibling_names_its_writer(tmp_path):
+    """What lets a later write tell a dead writer's sibling from a live one's."""
+    target = tmp_path / "out.bin"
+    with Staged(target) as staged:
+        assert staged.path.name.startswith(staging_prefix(target))
+        assert f".{os.getpid()}-" in staged.path.name
+        remove_stale_siblings(target)  # this writer is alive: its sibling stays
+        assert staged.path.exists()
+    assert _siblings(target) == []

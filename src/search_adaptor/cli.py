@@ -8,13 +8,15 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from search_adaptor.encoders import LOCAL
-from search_adaptor.files import check_output_folder, check_replaceable, one_line_error
+from search_adaptor.files import Terminated, check_output_folder, check_replaceable, one_line_error
 from search_adaptor.options import build_parser
 
 #: the exit status when the reader of stdout closed it early: 128 + SIGPIPE, what a shell reports for
@@ -82,6 +84,34 @@ def _guarded_streams() -> Iterator[None]:
         yield
     finally:
         sys.stdout, sys.stderr = saved
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`~search_adaptor.files.Terminated` (a
+    KeyboardInterrupt) in the main thread, so that ``kill``, ``timeout``, ``docker stop``, Kubernetes
+    and systemd end it as the first Ctrl-C does (staged outputs discarded, the store's replies in
+    flight committed) instead of at once, with nothing cleaned up.
+
+    Only where SIGTERM's action is the default: a handler of the program calling :func:`main`, or
+    SIGTERM ignored by the parent, is left as it is; and only in the main thread, the one Python runs
+    signal handlers in. ``serve`` keeps uvicorn's own handling: it installs its handler while it
+    serves, shuts down cleanly, then raises the signal again, which ends here.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> Any:
@@ -411,12 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(
         {"SEARCH_ADAPTOR_VERBOSE": "1"} if getattr(args, "verbose", False) else {}
     )  # encoders.local.ENV_VERBOSE
-    with _guarded_streams():
+    with _guarded_streams(), _sigterm_interrupts():
         try:
             return commands[args.command](args) or 0
         except OutputClosed:  # as a tool killed by SIGPIPE, the shell's status for it
             return SIGPIPE_STATUS
-        except (Exception, KeyboardInterrupt) as exc:  # --debug: raised again, with its traceback
+        except (Exception, KeyboardInterrupt) as exc:  # SIGTERM's Terminated too; --debug: raised again
             status, line = one_line_error(exc, debug=getattr(args, "debug", False))
             _eprint(line)
             return status

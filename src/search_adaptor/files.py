@@ -2,9 +2,10 @@
 
 Everything the tool writes (reports, adapters, indexes, vector shards, downloads) is first written to
 a private temporary sibling and then renamed into place, so a reader, or a run killed half-way,
-sees the old file or folder or the new one, never a mix. Everything it reads back is input like any
-other: :func:`read_json` and :func:`inside` turn damaged or edited files into one-line errors that
-name the file, the field and the fix.
+sees the old file or folder or the new one, never a mix; a sibling that a killed writer left behind
+is removed by the next write of the same output (:func:`remove_stale_siblings`). Everything it reads
+back is input like any other: :func:`read_json` and :func:`inside` turn damaged or edited files into
+one-line errors that name the file, the field and the fix.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,9 +37,10 @@ _WRITE_FAILURES = {
     errno.EROFS: ("read-only file system", "choose a folder you can write to"),
     errno.ENAMETOOLONG: ("name too long", "choose a shorter name"),
 }
-#: the most characters :class:`Staged` adds to a target's name for its siblings (``.NAME.XXXXXXXX.old``
-#: and a ``.npy``'s ``.json`` record's): a name is refused when these would pass the file system's limit
-_STAGING_CHARS = len(".") + len(".XXXXXXXX") + len(".old") + len(".json")
+#: the most characters :class:`Staged` adds to a target's name for its siblings
+#: (``.NAME.PID-HOST.XXXXXXXX.old``, :func:`staging_prefix`, with Linux's largest pid, and a ``.npy``'s
+#: ``.json`` record's): a name is refused when these would pass the file system's limit
+_STAGING_CHARS = len(".") + len(".4194304-0123abcd.XXXXXXXX") + len(".old") + len(".json")
 #: byte-order marks of the encodings a JSON file saved by an editor may have instead of UTF-8
 _BOMS = (
     (b"\xff\xfe\x00\x00", "UTF-32"),
@@ -171,6 +176,78 @@ def _others(folder: Path, parts: Sequence[str]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in parts and not p.name.startswith(staging))
 
 
+def staging_prefix(target: str | os.PathLike, pid: int | None = None) -> str:
+    """The start of the names of the staging siblings of ``target`` that process ``pid`` (this one by
+    default) makes: ``.NAME.PID-HOST.``, random characters follow (and ``.old`` for the old folder
+    during a replacement in two renames).
+
+    Why the writer's pid and host in the name: a sibling whose writer died (kill -9, a crash, a power
+    cut) would stay forever, and may be as large as an index; with them a later write of ``target``
+    can tell it from one a live writer is filling, and remove it (:func:`remove_stale_siblings`).
+    """
+    return f".{Path(target).name}.{os.getpid() if pid is None else pid}-{_host_tag()}."
+
+
+@functools.cache
+def _host_tag() -> str:
+    """8 hex digits naming the space this process's pids live in: this host's name and (on Linux) its
+    pid namespace, since two containers of one host, which may share a host name, each have their own
+    pids. A pid is looked up only under the tag it was written with."""
+    import socket
+
+    try:
+        space = os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux: the host name alone
+        space = ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{space}".encode()).hexdigest()[:8]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run here: True unless the system says there is none (another
+    user's process, a zombie and a system that cannot tell all count as alive, the safe answer)."""
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
+
+
+def remove_stale_siblings(target: str | os.PathLike) -> list[Path]:
+    """Remove the staging siblings of ``target`` that dead processes left (killed by SIGKILL, crashed);
+    returns what was removed.
+
+    Only names :func:`staging_prefix` makes for this very ``target`` are looked at, and only those
+    with this host's tag whose pid is no longer alive are removed: a live writer's sibling, another
+    host's or pid namespace's (whose pids cannot be looked up here), another output's and any other
+    file stay. A stale ``.old`` stays while ``target`` is missing: a kill between the two renames of
+    :meth:`Staged.publish` left it the only copy of the earlier output. Removal is best effort: a
+    sibling that cannot be removed never stops the write.
+    """
+    path = Path(target)
+    # staging_prefix's name, then tempfile's random characters (never a "." or "-": no other output's
+    # sibling matches)
+    name = re.compile(rf"\.{re.escape(path.name)}\.([1-9][0-9]*)-{_host_tag()}\.[A-Za-z0-9_]+(\.old)?")
+    found: list[tuple[Path, re.Match[str]]] = []
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        found = [(Path(e.path), m) for e in entries if (m := name.fullmatch(e.name))]
+    alive = {pid: _alive(pid) for pid in {int(m[1]) for _, m in found}}  # looked up after the listing
+    removed = []
+    for sibling, m in found:
+        with contextlib.suppress(OSError):
+            if alive[int(m[1])] or (m[2] and not path.exists()):
+                continue
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling)
+            else:
+                sibling.unlink()
+            removed.append(sibling)
+    return removed
+
+
 class Staged(contextlib.AbstractContextManager):
     """A temporary sibling of ``target`` that replaces it in one rename once it is complete.
 
@@ -189,6 +266,7 @@ class Staged(contextlib.AbstractContextManager):
 
     Use as a context manager: :meth:`publish` on success, :meth:`discard` on an exception. The
     staged folder is private (0700) while it is written; the published one gets 0755/0644 modes.
+    Siblings that dead writers of ``target`` left are removed first (:func:`remove_stale_siblings`).
     """
 
     def __init__(
@@ -208,9 +286,10 @@ class Staged(contextlib.AbstractContextManager):
                 check_replaceable(self.target, parts, what)
         else:
             check_parent_folders(self.target)
-        prefix = f".{self.target.name}."
+        prefix = staging_prefix(self.target)
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_siblings(self.target)
             if folder:
                 self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.target.parent))
             else:
@@ -349,15 +428,29 @@ def inside(folder: str | os.PathLike, relative: Any, field: str) -> Path:
     return path
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``, Kubernetes, systemd), raised in the main thread
+    as the first Ctrl-C is. A :class:`KeyboardInterrupt`, so that everything that ends a run in order
+    on Ctrl-C (staged outputs discarded, the store committing the replies in flight and sending no
+    more) does so on SIGTERM too, rather than the process dying with its outputs' siblings left; only
+    the exit status and the last line (:func:`one_line_error`) differ."""
+
+
 def one_line_error(exc: BaseException, debug: bool = False) -> tuple[int, str]:
     """Exit status and the one line a command ends with when ``exc`` stops it (``debug``: raise it).
 
     Bad input (``ValueError``, ``OSError``, ``RuntimeError``, whose messages name the file, field and
-    fix) is status 2; an interruption 130; anything else is a bug, status 1, and the line says how to
-    see its traceback.
+    fix) is status 2; an interruption 130 (Ctrl-C) or 143 (SIGTERM, :class:`Terminated`), 128 + the
+    signal as a shell reports it; anything else is a bug, status 1, and the line says how to see its
+    traceback.
     """
     if debug:
         raise exc
+    if isinstance(exc, Terminated):
+        return (
+            128 + signal.SIGTERM,
+            "search-adaptor: terminated (embeddings finished so far are kept in the store)",
+        )
     if isinstance(exc, KeyboardInterrupt):
         return 130, "search-adaptor: interrupted (embeddings finished so far are kept in the store)"
     text = " ".join(str(exc).split())
