@@ -296,3 +296,35 @@ def test_a_staging_sibling_names_its_writer(tmp_path):
         remove_stale_siblings(target)  # this writer is alive: its sibling stays
         assert staged.path.exists()
     assert _siblings(target) == []
+
+
+def test_an_index_build_removes_the_scratch_a_killed_build_left(tmp_path, monkeypatch):
+    """A build killed while embedding left its scratch folder (the corpus's vectors, as large as the
+    index) beside the output for good: it is named as a staging sibling, and the next build of that
+    output removes it before embedding. A name with a pid past the system's range is a dead writer's,
+    not a crash."""
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    from search_adaptor import index as index_module
+    from search_adaptor.index import AdaptedIndex, build_index
+    from test_index import FAKE, FAKE_INFO
+
+    while_embedding: list[list[str]] = []
+
+    def embed_and_adapt(*args, **kwargs):
+        while_embedding.append(_siblings(out))
+        return real(*args, **kwargs)
+
+    real = index_module.embed_and_adapt
+    monkeypatch.setattr(index_module, "embed_and_adapt", embed_and_adapt)
+
+    data = _write_beir(tmp_path / "tiny", n_docs=6, n_queries=2)
+    out = tmp_path / "index"
+    left = [staging_prefix(out, _dead_pid()) + "a1b2c3d4", staging_prefix(out, 2**70) + "e5f6g7h8"]
+    for name in left:
+        (tmp_path / name / "vectors").mkdir(parents=True)
+        (tmp_path / name / "vectors" / "part-0.npy").write_bytes(b"\0" * 1024)
+    build_index(data, FAKE, make_adapter(info=FAKE_INFO), out, cache_dir=tmp_path / "cache")
+    [scratch] = while_embedding[0]  # only this build's own, named so that a later build can remove it
+    assert scratch.startswith(staging_prefix(out))
+    assert _siblings(out) == []
+    assert AdaptedIndex.load(out, encoder=FAKE).n_docs == 6

@@ -202,14 +202,15 @@ def _host_tag() -> str:
     return hashlib.sha256(f"{socket.gethostname()}\0{space}".encode()).hexdigest()[:8]
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` may still run here: True unless the system says there is none (another
-    user's process, a zombie and a system that cannot tell all count as alive, the safe answer)."""
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run on this machine: True unless the system says there is
+    none (another user's process, a zombie and a system that cannot tell all count as alive, the safe
+    answer); an id past the system's range never runs."""
     if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except OSError:  # EPERM: another user's process
         return True
@@ -234,7 +235,7 @@ def remove_stale_siblings(target: str | os.PathLike) -> list[Path]:
     found: list[tuple[Path, re.Match[str]]] = []
     with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
         found = [(Path(e.path), m) for e in entries if (m := name.fullmatch(e.name))]
-    alive = {pid: _alive(pid) for pid in {int(m[1]) for _, m in found}}  # looked up after the listing
+    alive = {pid: pid_alive(pid) for pid in {int(m[1]) for _, m in found}}  # looked up after the listing
     removed = []
     for sibling, m in found:
         with contextlib.suppress(OSError):

@@ -38,7 +38,14 @@ from search_adaptor.embed import Embeddings, numeric_array
 from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind, without_direction
 from search_adaptor.encoders.registry import from_info, info_problem
-from search_adaptor.files import Staged, inside, output_error, read_json
+from search_adaptor.files import (
+    Staged,
+    inside,
+    output_error,
+    read_json,
+    remove_stale_siblings,
+    staging_prefix,
+)
 from search_adaptor.images import Item, check_item_types
 from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
@@ -833,8 +840,10 @@ def build_index(
     target = Path(out).resolve()
     try:  # scratch and staging are named by the user's out in a write failure, not by their own
         target.parent.mkdir(parents=True, exist_ok=True)
-        # scratch space on the target's filesystem, so that save() moves the shards instead of copying them
-        with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as scratch:
+        remove_stale_siblings(target)  # a killed build's scratch, as large as the index
+        # scratch space on the target's filesystem, so that save() moves the shards instead of copying
+        # them; named as a staging sibling, so that the next build removes it if this one is killed
+        with tempfile.TemporaryDirectory(prefix=staging_prefix(target), dir=target.parent) as scratch:
             shards = Path(scratch) / "vectors"
             stats = embed_and_adapt(
                 corpus,

@@ -53,7 +53,7 @@ from search_adaptor.encoders.base import (
     cancelled_by,
     check_vectors,
 )
-from search_adaptor.files import ENV_CACHE, default_cache_dir, file_in_the_way
+from search_adaptor.files import ENV_CACHE, default_cache_dir, file_in_the_way, pid_alive
 from search_adaptor.images import Item, check_item_types
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
@@ -135,19 +135,6 @@ def _can_write(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (True where that cannot be asked)."""
-    if os.name == "nt":  # os.kill(pid, 0) does not probe there; the claim's lease still applies
-        return True
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # none has it (an id past the system's range: never)
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
 def _started(pid: int) -> str | None:
     """When process ``pid`` of this machine started, as ``"<boot id> <start time>"``; None where unknown.
 
@@ -176,7 +163,7 @@ def _claimant_alive(host: object, pid: int, started: object) -> bool:
     """
     if host != _HOST:
         return True
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     now = _started(pid) if isinstance(started, str) else None
     return now is None or now == started
