@@ -85,11 +85,6 @@ def test_ctrl_c_keeps_the_replies_in_flight_and_the_rerun_sends_only_the_rest(tm
         assert all(count == 1 for count in fake.served.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EmbeddingStore._run_batches runs max_concurrency=1 on the main thread, outside cancelled_by and "
-    "its grace: Ctrl-C cuts the request (drop this mark with that shortcut)",
-)
 def test_ctrl_c_with_one_request_at_a_time_keeps_the_reply_in_flight(tmp_path) -> None:
     """``max_concurrency=1`` waits for the reply on the wire as more requests at once do: it is paid for."""
     with FakeProvider("openai-compatible", delay=0.5) as fake:

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from search_adaptor.encoders import FOLDER_CLASSES, LOCAL
 from search_adaptor.encoders.base import (
     Encoder,
     EncoderError,
@@ -695,7 +696,9 @@ class EmbeddingStore:
                 return check_vectors(rows[kept], model, len(kept)), reasons
 
         workers = max(1, int(self.encoder.max_concurrency))
-        if workers == 1:  # in this thread: Ctrl-C stops the request at once (nothing else is in flight)
+        if workers == 1 and self.encoder.provider in (LOCAL, *FOLDER_CLASSES):
+            # a model on this machine, in this thread: Ctrl-C stops it at once (nothing is paid for);
+            # an API's one request at a time goes through the workers, so its reply gets the grace
             for batch in batches:
                 commit(batch, *one(batch))
             return
