@@ -168,6 +168,8 @@ def test_a_query_the_model_gives_a_zero_vector_is_refused_by_name(synthetic):
         "which ranks by nothing"
     )
     assert client.post("/search", json={"queries": ["fine"], "k": 3}).status_code == 200
+    v1 = client.post("/v1/embeddings", json={"input": ["fine", "zzz qqq"], "model": "search-adaptor-query"})
+    assert v1.status_code == 422 and v1.json()["error"]["param"] == "input[1]"  # named, as a 413's is
     with pytest.raises(InputsRejected, match=r"fake: 1 of 2 texts cannot be embedded.*text 0 .*zero vector"):
         index.search(["zzz", "fine"])
     zero = np.zeros((2, 16), np.float32)  # base vectors given directly: zero stays zero, as unadapted

@@ -7,11 +7,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
-from search_adaptor.index import AdaptedIndex
+from fake_providers import FakeProvider, Fault, fake_encoder
+from search_adaptor.index import AdaptedIndex, build_index
+from test_crossmodel import WORDS, unlabelled_cross_adapter
+from test_crossmodel import _write_beir as write_word_beir
 from test_index import make_adapter
 from test_store import CountingEncoder
 
@@ -21,8 +25,9 @@ pytest.importorskip("openai")
 import httpx
 import openai
 import uvicorn
+from fastapi.testclient import TestClient
 
-from search_adaptor.server import create_app
+from search_adaptor.server import Batcher, create_app
 
 KEY = "s3cret-key"
 TEXTS = ["vitamin D and bone fractures", "a second, longer text about something else entirely", ""]
@@ -97,5 +102,115 @@ def test_openai_errors_are_what_the_sdk_expects(server):
     assert many.value.status_code == 413 and many.value.body["param"] == "input"
     with pytest.raises(openai.UnprocessableEntityError, match="token ids are not accepted"):
         client.embeddings.create(model="scifact-query", input=[[101, 2023, 102]])
-    with pytest.raises(openai.UnprocessableEntityError, match="this model's vectors have 16"):
+    with pytest.raises(openai.UnprocessableEntityError, match="this model's vectors have 16") as narrower:
         client.embeddings.create(model="scifact-query", input="x", dimensions=8)
+    assert narrower.value.body["param"] == "dimensions"  # was null: the field at fault is named, as OpenAI's
+
+
+def test_an_unknown_v1_url_is_answered_as_openai_answers_it(server):
+    """Only a model the server lacks is ``model_not_found``; an endpoint it lacks (chat, say, from a
+    client pointed at it by mistake) was one too, sending its user looking for a model."""
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(POST /v1/chat/completions\)") as chat:
+        client.chat.completions.create(model="scifact-query", messages=[{"role": "user", "content": "hi"}])
+    assert chat.value.body == {
+        "message": "Invalid URL (POST /v1/chat/completions)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+    reply = httpx.get(f"{server}/v1/files", headers={"Authorization": f"Bearer {KEY}"})
+    assert reply.status_code == 404 and reply.json()["error"]["code"] is None
+    assert reply.json()["error"]["message"] == "Invalid URL (GET /v1/files)"
+    assert httpx.get(f"{server}/nowhere").json() == {"detail": "Not Found"}  # outside /v1: as before
+    with pytest.raises(openai.NotFoundError) as card:
+        client.models.retrieve("gpt-4")
+    assert card.value.body["code"] == "model_not_found"
+
+
+@pytest.fixture(params=["api documents", "api queries"])
+def cross_model(request, tmp_path) -> Iterator[dict[str, Any]]:
+    """A cross-model index whose one side is embedded by an API (a fake Cohere, billed per token, 3
+    calls at once) and the other by a local model (nothing billed, one call at once; NaN for "boom")."""
+    data = write_word_beir(tmp_path / "tiny", WORDS, n_docs=20, n_train=5, n_test=5)
+    with FakeProvider("cohere", dim=8) as fake:
+        api = fake_encoder(fake, max_concurrency=3)
+        local = CountingEncoder(dim=16, batch_size=64, nan_on="boom")
+        docs, queries = (api, local) if request.param == "api documents" else (local, api)
+        _, adapter = unlabelled_cross_adapter(data, docs, queries, tmp_path / "cache")
+        index, _ = build_index(
+            data, docs, adapter, tmp_path / "index", cache_dir=tmp_path / "cache", query_encoder=queries
+        )
+        local.calls.clear()
+        fake.calls.clear()
+        api_side = "document" if request.param == "api documents" else "query"
+        local_side = "query" if api_side == "document" else "document"
+        yield {
+            "index": index,
+            "fake": fake,
+            "api": api,
+            "local": local,
+            "api_side": api_side,
+            "local_side": local_side,
+        }
+
+
+def test_a_cross_model_index_reports_the_tokens_the_model_of_the_side_bills(cross_model):
+    """``usage`` is what the model that embedded the request bills: the query model's estimate was
+    reported for documents a local model embedded (and 0 for documents an API embedded)."""
+    w = cross_model
+    client = TestClient(create_app(w["index"], retry_budget_s=None, batch_window_s=0.0))
+    text = "w1 w2 w3 " * 40
+    billed = w["api"].request_tokens([text], w["api_side"])
+    assert billed > 0
+    for side, tokens in ((w["api_side"], billed), (w["local_side"], 0)):
+        reply = client.post("/v1/embeddings", json={"input": [text], "model": f"search-adaptor-{side}"})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}, side
+
+
+def test_a_cross_model_index_names_the_provider_of_the_side_that_failed(cross_model):
+    """A 502 names the provider that failed, not the query model's whichever side failed."""
+    w = cross_model
+    client = TestClient(create_app(w["index"], retry_budget_s=None, batch_window_s=0.0))
+    failing = client.post("/embed", json={"queries": ["boom"], "kind": w["local_side"]})
+    assert failing.status_code == 502
+    assert failing.json() == {"detail": "the embedding provider fake failed; the server log has the details"}
+    w["fake"].schedule(*[Fault.server_error(500)] * 10)  # more than the fast retries' attempts
+    failing = client.post("/embed", json={"queries": ["w1"], "kind": w["api_side"]})
+    assert failing.status_code == 502
+    assert failing.json() == {
+        "detail": "the embedding provider cohere failed; the server log has the details"
+    }
+
+
+def test_a_cross_model_index_loads_its_local_model_at_start_and_names_both(cross_model):
+    """The local model loads at start-up whichever side it embeds (a local documents' model loaded on
+    the first document request); the API is never called to warm up (it bills); the app's description
+    names both models, not the query model alone."""
+    w = cross_model
+    app = create_app(w["index"], retry_budget_s=None, batch_window_s=0.0)  # None: keeps the fake's root
+    assert w["local"].calls == [("warm-up",)] and w["fake"].calls == []
+    assert f"embedded by {w['index'].encoder.model}, queries by {w['index'].query_encoder.model}" in (
+        app.description
+    )
+
+
+def test_a_cross_model_index_batches_each_model_with_its_own_workers(cross_model):
+    """Each model runs as many calls at once as it takes: one count for both held an API query model
+    to a local documents' model's one call (or let a local model's batches split across an API's)."""
+    w = cross_model
+    batcher = Batcher(w["index"], max_texts=8, window_s=0.0, max_pending=8)
+    assert batcher.workers == {w["api_side"]: 3, w["local_side"]: 1}
+
+
+def test_one_model_for_both_sides_shares_its_workers(synthetic):
+    """Without a query model both sides share one model's calls: two lanes would run twice its
+    ``max_concurrency`` against an API's connection pool."""
+    enc = CountingEncoder(dim=16, max_concurrency=3)
+    index = AdaptedIndex.from_vectors(
+        make_adapter(info=enc.info()), synthetic["dids"], synthetic["D"], enc.info(), encoder=enc
+    )
+    batcher = Batcher(index, max_texts=8, window_s=0.0, max_pending=8)
+    assert batcher.workers == {"query": 3, "document": 3}
+    assert batcher._lanes["query"] is batcher._lanes["document"]  # one count of calls in flight

@@ -19,10 +19,14 @@ characters per text, ``k`` and body size are bounded; the OpenAPI schema (``/ope
 Swagger UI at ``/docs`` and ReDoc at ``/redoc``, served from this package, no CDN) declares each limit
 and every status an endpoint can return. Refusals are one line: 413 (too much), 422 (invalid, naming
 the field), 400 (not JSON: not UTF-8, malformed, empty or not sent as ``application/json``, saying
-which), 401 (key), 404 (no such ``/v1`` model), 502 (the embedding provider failed: named, never its
-URL or credentials) and 503 (too many texts waiting: retry after ``Retry-After``). ``/v1`` answers
-errors as OpenAI does (``{"error": {"message", "type", "param", "code"}}``), the others as
-``{"detail": "..."}``.
+which), 401 (key), 404 (no such ``/v1`` model, or no such URL), 502 (the embedding provider failed:
+named, never its URL or credentials) and 503 (too many texts waiting: retry after ``Retry-After``).
+``/v1`` answers errors as OpenAI does (``{"error": {"message", "type", "param", "code"}}``: ``param``
+the field at fault, ``code`` ``model_not_found`` or ``invalid_api_key`` where OpenAI sends them, an
+unknown URL ``Invalid URL (POST /v1/...)`` with no code), the others as ``{"detail": "..."}``.
+
+A cross-model index embeds queries with one model and documents with another: each request is
+embedded, counted (``usage``), blamed (502) and batched by the model of the side it asks for.
 
 Concurrent requests are micro-batched: waiting requests are merged into one encoder call and one
 FAISS search (per ``k``). The adapter and the search compute each text alone, so merging changes
@@ -64,7 +68,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_adaptor import __version__
 from search_adaptor.encoders import API_CLASSES
-from search_adaptor.encoders.base import EncoderError, InputsRejected, Kind
+from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind
 from search_adaptor.index import BLANK_QUERY, AdaptedIndex, Hits, import_faiss
 
 log = logging.getLogger(__name__)
@@ -270,21 +274,49 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
     return {"search": search, "embed": embed, "embeddings": embeddings}
 
 
-def _error_body(path: str, status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    """The JSON of a refusal: OpenAI's shape under ``/v1``, ``{"detail": ...}`` elsewhere."""
+def _error_body(
+    path: str, status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The JSON of a refusal: OpenAI's shape under ``/v1`` (``code`` ``invalid_api_key`` for every 401,
+    as OpenAI's), ``{"detail": ...}`` elsewhere."""
     if not path.startswith(_V1):
         return {"detail": message}
-    code = {401: "invalid_api_key", 404: "model_not_found"}.get(status)
+    code = "invalid_api_key" if status == 401 else code
     kind = _OPENAI_TYPES.get(status, "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def _error(
-    request: Request, status: int, message: str, param: str | None = None, **headers: str
+    request: Request,
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    **headers: str,
 ) -> JSONResponse:
     return JSONResponse(
-        _error_body(request.url.path, status, message, param), status, headers=headers or None
+        _error_body(request.url.path, status, message, param, code), status, headers=headers or None
     )
+
+
+class Refusal(HTTPException):
+    """A refusal that names the field at fault (``param``) or an OpenAI error ``code``, which a ``/v1``
+    answer carries (``{"detail": ...}`` elsewhere has room for neither): a client of OpenAI's API
+    branches on them (``code == "model_not_found"``) where a plain 404 or 422 would leave it guessing."""
+
+    def __init__(
+        self, status: int, detail: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(status, detail)
+        self.param = param
+        self.code = code
+
+
+def _side_encoder(index: AdaptedIndex, kind: Kind) -> Encoder:
+    """The model that embeds ``kind`` texts: the query model (:attr:`AdaptedIndex.query_encoder`) or the
+    documents' (:attr:`AdaptedIndex.encoder`), one model unless the adapter is cross-model; what a
+    request of that side costs, fails by and may run at once is that model's."""
+    return index.query_encoder if kind == "query" else index.encoder
 
 
 def _where(loc: Sequence[Any]) -> str:
@@ -416,6 +448,15 @@ class _Job:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
+@dataclass
+class _Lane:
+    """The requests of one model (both sides, unless the adapter is cross-model) and its workers."""
+
+    workers: int
+    waiting: queue.SimpleQueue[_Job] = field(default_factory=queue.SimpleQueue)
+    running: int = 0
+
+
 class Batcher:
     """Merges the texts of concurrent requests into one embedding call and one FAISS search.
 
@@ -424,8 +465,13 @@ class Batcher:
     :meth:`AdaptedIndex.embed <search_adaptor.index.AdaptedIndex.embed>` call per side (which adapts
     each row alone, and pads no text to a longer one), and searches the query vectors once per
     distinct ``k`` (FAISS scores each row alone).
-    There is one worker per call the encoder may have in flight (one for a local model); workers
-    stop when idle and start again on demand.
+    Each model has its own queue and one worker per call it may have in flight (its
+    ``max_concurrency``: one for a local model); workers stop when idle and start again on demand.
+    A cross-model index's two models are two such lanes: a side never runs more calls at once than
+    its model takes (an API's connection pool, a local model's lock) nor fewer (one count for both
+    held an API query model to a local documents' model's one call, or sent the local model's batches
+    to several workers, so each merged fewer requests), and a slow call of one model never holds up
+    the other's requests.
 
     Parameters
     ----------
@@ -443,11 +489,20 @@ class Batcher:
         self.max_texts = max_texts
         self.window_s = window_s
         self.max_pending = max_pending
-        self.workers = max(1, index.encoder.max_concurrency)
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lanes: dict[Kind, _Lane] = {}
+        for kind in KINDS:
+            encoder = _side_encoder(index, kind)
+            shared = [k for k in self._lanes if _side_encoder(index, k) is encoder]
+            self._lanes[kind] = (
+                self._lanes[shared[0]] if shared else _Lane(max(1, int(encoder.max_concurrency)))
+            )
         self._lock = threading.Lock()
         self._pending = 0
-        self._running = 0
+
+    @property
+    def workers(self) -> dict[Kind, int]:
+        """Most workers (calls in flight) per side; the two sides share them when one model embeds both."""
+        return {kind: lane.workers for kind, lane in self._lanes.items()}
 
     def submit(self, texts: list[str], kind: Kind, k: int | None = None) -> concurrent.futures.Future:
         """Queue a request; its future holds the vectors (``k`` None) or the hits.
@@ -457,40 +512,44 @@ class Batcher:
         Busy
             ``max_pending`` texts are already waiting.
         """
-        job = _Job(texts, kind, k)
+        job, lane = _Job(texts, kind, k), self._lanes[kind]
         with self._lock:
             if self._pending and self._pending + len(texts) > self.max_pending:
                 raise Busy(f"{self._pending} texts are waiting; retry in a second")
             self._pending += len(texts)
-            self._queue.put(job)
-            if self._running < self.workers:
-                self._running += 1
-                threading.Thread(target=self._work, name="search-adaptor-batcher", daemon=True).start()
+            lane.waiting.put(job)
+            if lane.running < lane.workers:
+                lane.running += 1
+                worker = threading.Thread(
+                    target=self._work, args=(lane,), name="search-adaptor-batcher", daemon=True
+                )
+                worker.start()
         return job.future
 
-    def _work(self) -> None:
+    def _work(self, lane: _Lane) -> None:
         carried: _Job | None = None
         while True:
             try:
-                first = carried or self._queue.get(timeout=_IDLE_S)
+                first = carried or lane.waiting.get(timeout=_IDLE_S)
             except queue.Empty:
                 with self._lock:  # submit() queues under this lock: nothing is left behind
-                    if self._queue.empty():
-                        self._running -= 1
+                    if lane.waiting.empty():
+                        lane.running -= 1
                         return
                 continue
-            jobs, carried = self._gather(first)
+            jobs, carried = self._gather(lane, first)
             with self._lock:
                 self._pending -= sum(len(job.texts) for job in jobs)
             self._answer([job for job in jobs if job.future.set_running_or_notify_cancel()])
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None]:
-        """``first`` and the requests that fit after it; the one that did not fit is carried over."""
+    def _gather(self, lane: _Lane, first: _Job) -> tuple[list[_Job], _Job | None]:
+        """``first`` and the requests of its lane that fit after it; the one that did not fit is carried
+        over."""
         jobs, size = [first], len(first.texts)
         deadline = time.monotonic() + self.window_s
         while size < self.max_texts:
             try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                job = lane.waiting.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             if size + len(job.texts) > self.max_texts:
@@ -556,8 +615,9 @@ def create_app(
     Parameters
     ----------
     index : AdaptedIndex
-        Its encoder is created (and a local model loaded) here, so a missing API key or model fails
-        at start-up rather than on the first request.
+        Its encoders (the query model and the documents', two models for a cross-model adapter) are
+        created and each local one loaded here, so a missing API key or model fails at start-up and
+        the first request of either side is not the one that waits for a model to load.
     api_key : str, optional
         When set, every endpoint but ``/health`` and the docs needs ``Authorization: Bearer
         <api_key>`` (compared in constant time); others get 401.
@@ -574,10 +634,20 @@ def create_app(
     """
     if retry_budget_s is not None:  # the index gives it to its API models only (of one or both sides)
         index.configure_encoder(retry_budget_s=retry_budget_s)
-    encoder = index.query_encoder  # the documents' model too, unless the adapter is cross-model
-    if encoder.provider not in API_CLASSES:  # a local model: load it now, not on the first request
+    warmed: list[Encoder] = []
+    for kind in KINDS:  # each local model loads now, not on the first request of its side; an API bills
+        encoder = _side_encoder(index, kind)
+        if encoder.provider in API_CLASSES or any(encoder is done for done in warmed):
+            continue
+        warmed.append(encoder)
         with contextlib.suppress(InputsRejected):  # loaded is what counts, not what it makes of the text
-            index.embed_queries(["warm-up"])
+            index.embed(["warm-up"], kind)
+    documents_model, query_model = index.encoder.model, index.query_encoder.model
+    served = (  # a cross-model index names both: a client choosing a side needs to know whose it is
+        f"documents with an adapted {documents_model} embedding model"
+        if index.query_encoder is index.encoder
+        else f"documents embedded by {documents_model}, queries by {query_model} adapted to them"
+    )
     limits = Limits(max_batch, max_k, max_chars)
     models = _request_models(limits)
     SearchRequest, EmbedRequest, EmbeddingsRequest = models["search"], models["embed"], models["embeddings"]
@@ -588,8 +658,8 @@ def create_app(
         title="search-adaptor",
         version=__version__,
         description=(
-            f"Search {index.n_docs} documents with an adapted {encoder.model} embedding model. Limits per "
-            f"request: {max_batch} texts, {max_chars} characters per text, k <= {max_k}."
+            f"Search {index.n_docs} {served}. Limits per request: {max_batch} texts, "
+            f"{max_chars} characters per text, k <= {max_k}."
         ),
     )
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
@@ -619,6 +689,10 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = _unparsed(exc.__cause__) if exc.status_code == 400 else None
+        if isinstance(exc, Refusal):
+            return _error(request, exc.status_code, str(exc.detail), exc.param, exc.code)
+        if exc.status_code == 404 and request.url.path.startswith(_V1):  # no route: as OpenAI answers it
+            message = f"Invalid URL ({request.method} {request.url.path})"
         return _error(request, exc.status_code, message or str(exc.detail), **(exc.headers or {}))
 
     async def run(request: Request, texts: list[str], kind: Kind, k: int | None = None) -> Any:
@@ -628,12 +702,13 @@ def create_app(
         except Busy as exc:
             raise HTTPException(503, f"the server is busy: {exc}", headers={"Retry-After": "1"}) from None
         except Rejected as exc:
-            field_name = "input" if request.url.path.startswith(_V1) else "queries"
-            raise HTTPException(422, f"{field_name}[{exc.where}] cannot be embedded: {exc}") from None
+            where = f"{'input' if request.url.path.startswith(_V1) else 'queries'}[{exc.where}]"
+            raise Refusal(422, f"{where} cannot be embedded: {exc}", param=where) from None
         except EncoderError as exc:
             log.error("embedding failed: %s", exc)
+            provider = _side_encoder(index, kind).provider
             raise HTTPException(
-                502, f"the embedding provider {encoder.provider} failed; the server log has the details"
+                502, f"the embedding provider {provider} failed; the server log has the details"
             ) from None
 
     native = {"dependencies": guarded, "responses": responses(Error, 400, 401, 413, 422, 502, 503)}
@@ -660,23 +735,31 @@ def create_app(
         """OpenAI's embeddings API: ``model`` ``<name>-query`` or ``<name>-document`` picks the side."""
         kind = sides.get(body.model)
         if kind is None:
-            raise HTTPException(
-                404, f"model {body.model!r} does not exist; this server has {', '.join(sides)}"
-            )
+            raise no_such_model(body.model)
         if body.dimensions is not None and body.dimensions != index.dim:
-            raise HTTPException(422, f"dimensions = {body.dimensions}: this model's vectors have {index.dim}")
+            raise Refusal(
+                422,
+                f"dimensions = {body.dimensions}: this model's vectors have {index.dim}",
+                param="dimensions",
+            )
         vectors = await run(request, body.input, kind)
         if body.encoding_format == "base64":
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
             data = vectors.tolist()
-        tokens = encoder.request_tokens(body.input, kind) or 0
+        tokens = _side_encoder(index, kind).request_tokens(body.input, kind) or 0  # that side's model bills
         return {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
             "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    def no_such_model(model: str) -> Refusal:
+        """404 for a model this server does not serve, with OpenAI's code for it."""
+        return Refusal(
+            404, f"model {model!r} does not exist; this server has {', '.join(sides)}", code="model_not_found"
+        )
 
     def card(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": created, "owned_by": "search-adaptor"}
@@ -697,7 +780,7 @@ def create_app(
     async def get_model(model: str) -> dict[str, Any]:
         """One side of the adapted model."""
         if model not in sides:
-            raise HTTPException(404, f"model {model!r} does not exist; this server has {', '.join(sides)}")
+            raise no_such_model(model)
         return card(model)
 
     @app.get("/health", response_model=Health)
@@ -710,7 +793,7 @@ def create_app(
             "backend": index.manifest["backend"],
             "mode": index.adapter.mode,
             "model": str(index.manifest["encoder"].get("model") or index.manifest["encoder"]["fingerprint"]),
-            "query_model": encoder.model,
+            "query_model": query_model,
         }
 
     return app
