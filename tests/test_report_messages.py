@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from search_adaptor.cli import main
-from search_adaptor.experiment import fit_family
+from search_adaptor.experiment import IDENTITY, fit_family
 from search_adaptor.report import identity_lines, loss_lines, render_markdown, seen_lines
 from test_hostile import write_beir, write_vectors
 
@@ -137,7 +137,7 @@ def test_an_unsupervised_fit_that_kept_its_start_says_why():
     labelled validation split, so the "one standard error ... on validation" explanation was false."""
     report = _report(
         family="matryoshka-unsupervised",
-        selected="identity (zero-shot)",
+        selected="its start (a PCA rotation of the corpus)",
         start="a PCA rotation of the corpus",
         validation={"metric": "neighbours@10", "n_val_queries": 0},
     )
@@ -152,7 +152,7 @@ def test_an_unsupervised_fit_that_kept_its_start_says_why():
         "standard error of the per-query differences), so the saved adapter is the identity: retrieval "
         "is unchanged."
     )
-    assert "noise" not in identity_lines({**_report(), "selected": "identity", "selection_rule": "max"})[0]
+    assert "noise" not in identity_lines({**_report(), "selected": IDENTITY, "selection_rule": "max"})[0]
 
 
 def test_a_kept_start_is_named_from_the_report_not_guessed_from_the_family():
@@ -160,7 +160,7 @@ def test_a_kept_start_is_named_from_the_report_not_guessed_from_the_family():
     The report's ``start`` (the adapter's own words) decides; without one the adapter is the identity."""
     start = "a least-squares map 256 -> 384 of the paired texts"
     evaluated = _evaluate({"n": 0, "of": 60, "by": "id"})
-    (line,) = identity_lines({**evaluated, "selected": "identity (zero-shot)", "start": start})
+    (line,) = identity_lines({**evaluated, "selected": f"its start ({start})", "start": start})
     assert line.endswith(
         f"so the saved adapter is its start, {start}, not the identity: retrieval is the zero-shot row's."
     )
@@ -256,3 +256,34 @@ def test_a_cross_family_without_a_query_model_says_to_give_one(tmp_path, synthet
         f"search-adaptor: error: --family {family} maps the queries of another model into the documents' "
         "space: give that model with --query-model (and --query-provider), or drop --family"
     )
+
+
+def test_a_start_that_is_not_the_identity_is_not_called_zero_shot():
+    """A Matryoshka or cross-model fit that kept its start was "Selected variant: identity (zero-shot)",
+    its candidates' step-0 score (the start's, a mean over the sizes) was the "zero-shot val" column,
+    and "No variant beat zero-shot" named what selection never compared against: each now says start."""
+    start = "a PCA rotation of the corpus"
+    candidate = {"variant": "matryoshka", "val_ndcg@10": 0.5, "zero_shot_val_ndcg@10": 0.5, "best_step": 0}
+    report = _report(
+        family="matryoshka",
+        selected=f"its start ({start})",
+        start=start,
+        validation={"n_val_queries": 30, "candidates": [{**candidate, "n_steps": 100, "train_s": 1.0}]},
+    )
+    for m in ("4", "8"):
+        report["significance"].setdefault("by_size", {})[m] = {f"vs zero-shot@{m}": 0.5, f"vs pca@{m}": 0.5}
+        for system in ("adapted", "zero-shot", "pca"):
+            report["metrics"][f"{system}@{m}"] = report["metrics"]["zero-shot"]
+    (line,) = identity_lines(report)
+    assert line.startswith("No variant beat their start on validation")
+    markdown = render_markdown(report)
+    assert f"Selected variant: **its start ({start})**" in markdown
+    assert "| variant | val nDCG@10 | start val |" in markdown and "zero-shot val" not in markdown
+    assert (
+        f"Start val: the score of the candidate's start ({start}) before any step, not zero-shot's"
+        in markdown
+    )
+    assert "Each validation score is the mean over the sizes 4, 8 and full width." in markdown
+    assert "step 0 = zero-shot" not in markdown
+    plain = render_markdown({**report, "selected": IDENTITY, "start": None, "significance": {}})
+    assert "| start val |" not in plain and "| zero-shot val |" in plain and "Start val:" not in plain

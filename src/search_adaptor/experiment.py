@@ -104,6 +104,21 @@ RULES = ("max", "max-se", "one-se")
 DEFAULT_RULE = "max-se"
 
 
+#: ``selected`` when no candidate beat zero-shot and the adapter kept its start, the identity
+IDENTITY = "identity (zero-shot)"
+
+
+def kept_start(adapter: SearchAdaptor) -> str:
+    """``selected`` when no trained checkpoint beat the start: :data:`IDENTITY`, or the start the
+    adapter names (a Matryoshka fit's PCA rotation, a cross-model map), which is not zero-shot."""
+    return IDENTITY if adapter.start_ is None else f"its start ({adapter.start_})"
+
+
+def is_kept_start(selected: str) -> bool:
+    """Whether a report's ``selected`` (:func:`kept_start`) says the adapter kept its start."""
+    return selected == IDENTITY or selected.startswith("its start (")
+
+
 @dataclass
 class Selection:
     """Outcome of training several variants and choosing one (``method``: :data:`SELECTIONS`).
@@ -262,9 +277,10 @@ def select(
             if on_candidate is not None:
                 for row in rows:
                     on_candidate(row)
+            shipped = est if picked != "identity" else est.at_start()
             return Selection(
-                est if picked != "identity" else est.at_start(),
-                "identity (zero-shot)" if picked == "identity" else picked,
+                shipped,
+                kept_start(shipped) if picked == "identity" else picked,
                 rows,
                 [q for _, held in folds for q in sorted(held)],
                 {names[refit]: est.history_},
@@ -293,7 +309,7 @@ def select(
     adapter = fitted[picked] if picked != "identity" else first.at_start()
     return Selection(
         adapter,
-        "identity (zero-shot)" if picked == "identity" else picked,
+        kept_start(adapter) if picked == "identity" else picked,
         rows,
         val,
         {name: est.history_ for name, est in fitted.items()},
@@ -780,7 +796,7 @@ def run_fit(
         report.update(folds=folds, fold_results=folds_info)
     report.update(_comparison(scores, sizes))
     report["selected"] = final.selected
-    report["start"] = final.adapter.start_  # what "selected: identity" kept, when it is not the identity
+    report["start"] = final.adapter.start_  # what each candidate started from, and a kept start is
     report["selection_rule"] = rule
     report["validation"] = {
         "metric": final.adapter.val_metric_,
@@ -826,7 +842,7 @@ def _selection_scores(final: Selection) -> dict[str, Any]:
             "selected_val_ndcg@10": adapter.best_score_,
             "zero_shot_val_ndcg@10": adapter.zero_shot_score_,
         }
-    winner = "identity" if final.selected.startswith("identity") else final.selected
+    winner = "identity" if is_kept_start(final.selected) else final.selected
     return {
         "selected_val_ndcg@10": float(np.mean(final.val_scores[winner])),
         "zero_shot_val_ndcg@10": float(np.mean(final.val_scores["identity"])),
@@ -1108,7 +1124,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         **_query_model(emb),
         "adapter_fingerprint": adapter.fingerprint_,
         **_comparison(scores, sizes),
-        "selected": "identity (zero-shot)"
+        "selected": kept_start(adapter)
         if adapter.kept_start_
         else f"saved adapter ({variant['architecture']}, {variant['mode']}, {variant['loss']})",
         "start": adapter.start_,

@@ -1348,7 +1348,8 @@ def _model_card(config: Mapping[str, Any], adapter: SearchAdaptor) -> str:
     lines += [
         f"Variant: {hp['architecture']} adapter, mode `{hp['mode']}`, loss `{hp['loss']}`, "
         f"alpha={hp['alpha']}, beta={hp['beta']}, negatives `{hp['negatives']}`.",
-        f"Validation {metric}: {tr['val_ndcg@10']:.4f} (zero-shot {tr['zero_shot_val_ndcg@10']:.4f}) "
+        f"Validation {metric}: {tr['val_ndcg@10']:.4f} "
+        f"({'zero-shot' if adapter.start_ is None else 'its start'} {tr['zero_shot_val_ndcg@10']:.4f}) "
         f"on {tr['n_val_queries']} held-out queries; best step {tr['best_step']} of {tr['n_steps']}.",
     ]
     if hp.get("dims"):

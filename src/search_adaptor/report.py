@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from search_adaptor.experiment import DOCUMENTS_MODEL, Run
+from search_adaptor.experiment import DOCUMENTS_MODEL, Run, is_kept_start
 from search_adaptor.files import Staged, check_output_folder, check_replaceable, write_text_atomic
 from search_adaptor.metrics import metrics_table, val_metric_name
 from search_adaptor.model import FILES as ADAPTER_FILES
@@ -126,11 +126,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             if protocol == "kfold"
             else "; the test queries play no part"
         )
+        start = "zero-shot" if report.get("start") is None else "start"
         lines += [
             "",
             f"## Candidates ({how}{whose})",
             "",
-            f"| variant | val {metric} | zero-shot val | best step | steps | train s |",
+            f"| variant | val {metric} | {start} val | best step | steps | train s |",
             "|---|---|---|---|---|---|",
         ]
         for c in cands:
@@ -138,6 +139,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"| {c['variant']} | {c['val_ndcg@10']:.4f} | {c['zero_shot_val_ndcg@10']:.4f} | "
                 f"{c['best_step']} | {c['n_steps']} | {c['train_s']} |"
             )
+        lines += _scored_as(report)
     lines += _figures(report)
     t = report.get("timings") or {}
     if t:
@@ -231,7 +233,7 @@ def seen_lines(report: Mapping[str, Any]) -> list[str]:
         report["protocol"] != "evaluate"
         or not seen
         or not seen["n"]
-        or str(report["selected"]).startswith("identity")
+        or is_kept_start(str(report["selected"]))
     ):
         return []
     if seen["n"] < seen["of"]:
@@ -289,7 +291,7 @@ def loss_lines(report: Mapping[str, Any]) -> list[str]:
 def identity_lines(report: Mapping[str, Any]) -> list[str]:
     """Why the saved adapter is the identity, when it is: a user who sees a candidate's validation score
     above zero-shot's deserves to know why it was not kept (also printed by ``fit``)."""
-    if not str(report["selected"]).startswith("identity"):
+    if not is_kept_start(str(report["selected"])):
         return []
     if _unlabelled(report):  # no labels, no noise rule: the fit's own criterion kept its start
         return [
@@ -306,13 +308,30 @@ def identity_lines(report: Mapping[str, Any]) -> list[str]:
         if report.get("selection_rule") == "max"
         else f" by more than the noise of the {scores} (one standard error of the per-query differences)"
     )
-    lines = [f"No variant beat zero-shot {where}{noise}, so the saved adapter is {_kept(report)}."]
+    beaten = "zero-shot" if report.get("start") is None else "their start"  # what selection compared
+    lines = [f"No variant beat {beaten} {where}{noise}, so the saved adapter is {_kept(report)}."]
     if (report.get("validation") or {}).get("n_val_queries") == 1:
         lines.append(
             "Validation held a single query, which cannot tell a gain from noise: label more queries "
             "(or add a `qrels/dev.tsv`) for an adapter to be chosen."
         )
     return lines
+
+
+def _scored_as(report: Mapping[str, Any]) -> list[str]:
+    """What the candidates' validation columns hold when it is not plain zero-shot nDCG@10: the score
+    of a start that is not the identity (step 0, what early stopping and selection compared against),
+    and with Matryoshka sizes the mean over the trained sizes and the full width."""
+    notes = []
+    if report.get("start") is not None:
+        notes.append(
+            f"Start val: the score of the candidate's start ({report['start']}) before any step, not "
+            "zero-shot's; the zero-shot row above is the base model's."
+        )
+    sizes = (report.get("significance") or {}).get("by_size")
+    if sizes:
+        notes.append(f"Each validation score is the mean over the sizes {', '.join(sizes)} and full width.")
+    return ["", " ".join(notes)] if notes else []
 
 
 def _kept(report: Mapping[str, Any]) -> str:
@@ -426,7 +445,8 @@ def _figures(report: Mapping[str, Any]) -> list[str]:
             "(zero-shot)."
         ),
         "learning_curves": (
-            f"validation {_val_metric(report)} per training step {curves}, step 0 = zero-shot, dot = "
+            f"validation {_val_metric(report)} per training step {curves}, step 0 = "
+            f"{'zero-shot' if report.get('start') is None else 'the start'}, dot = "
             "checkpoint kept; "
             "a curve still rising at its last step wants more steps, one that peaks early and falls overfits."
         ),
