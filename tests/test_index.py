@@ -277,6 +277,82 @@ def test_hnsw_settings_are_ints_in_the_manifest_and_checked_on_load(synthetic, t
         AdaptedIndex.load(tmp_path / "h")
 
 
+def test_hnsw_ef_search_is_the_manifests_on_load_and_the_one_in_effect_on_save(synthetic, tmp_path):
+    """load() checked the manifest's ef_search but searched with the FAISS file's, and save() wrote the
+    build option whatever search used: the manifest and the search disagreed both ways."""
+    adapter = make_adapter(info=FAKE_INFO)
+    index = AdaptedIndex.from_vectors(
+        adapter, synthetic["dids"], synthetic["D"], FAKE_INFO, backend="hnsw", hnsw_m=8, ef_search=16
+    )
+    index.save(tmp_path / "h")
+    manifest = tmp_path / "h" / "manifest.json"
+    saved = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**saved, "hnsw": {**saved["hnsw"], "ef_search": 64}}))  # raised by hand
+    loaded = AdaptedIndex.load(tmp_path / "h")
+    assert loaded.faiss_index.hnsw.efSearch == 64 and loaded.ef_search == 64
+    loaded.ef_search = np.int64(200)  # the supported way: checked, recorded by save
+    assert loaded.faiss_index.hnsw.efSearch == 200
+    loaded.save(tmp_path / "h2")
+    assert json.loads((tmp_path / "h2" / "manifest.json").read_text())["hnsw"]["ef_search"] == 200
+    assert AdaptedIndex.load(tmp_path / "h2").faiss_index.hnsw.efSearch == 200
+    loaded.faiss_index.hnsw.efSearch = 99  # set on FAISS itself: save still writes what search uses
+    loaded.save(tmp_path / "h2")
+    assert json.loads((tmp_path / "h2" / "manifest.json").read_text())["hnsw"]["ef_search"] == 99
+    for bad in (0, 2.5, "64"):
+        with pytest.raises(
+            ValueError, match=rf"^ef_search must be an integer from 1 to 2147483647; got {bad!r}$"
+        ):
+            loaded.ef_search = bad
+    assert loaded.ef_search == 99  # unchanged by a refusal
+    loaded.faiss_index.hnsw.efSearch = 0  # a breadth load() would refuse is not written
+    with pytest.raises(ValueError, match=r"^faiss_index\.hnsw\.efSearch must be an integer from 1"):
+        loaded.save(tmp_path / "h2")
+    assert AdaptedIndex.load(tmp_path / "h2").ef_search == 99
+    flat = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)
+    assert flat.ef_search is None
+    with pytest.raises(ValueError, match=r"^ef_search applies to an HNSW index; this one is flat"):
+        flat.ef_search = 64
+
+
+@pytest.mark.parametrize(("field", "value"), [("m", 16), ("ef_construction", 100)])
+def test_load_refuses_an_hnsw_manifest_that_describes_another_graph(synthetic, tmp_path, field, value):
+    """The graph's degree and construction breadth are fixed in index.faiss when it is built; a manifest
+    that says otherwise (an edit) was loaded and trusted."""
+    adapter = make_adapter(info=FAKE_INFO)
+    AdaptedIndex.from_vectors(
+        adapter, synthetic["dids"], synthetic["D"], FAKE_INFO, backend="hnsw", hnsw_m=8
+    ).save(tmp_path / "h")
+    manifest = tmp_path / "h" / "manifest.json"
+    saved = json.loads(manifest.read_text())
+    built = saved["hnsw"][field]
+    manifest.write_text(json.dumps({**saved, "hnsw": {**saved["hnsw"], field: value}}))
+    with pytest.raises(ValueError) as refused:
+        AdaptedIndex.load(tmp_path / "h")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"{manifest}: field hnsw.{field} is {value} but {tmp_path / 'h' / 'index.faiss'}"
+    )
+    assert message.endswith(
+        f"was built with {built}; set it back to {built} (it is fixed when the graph is built)"
+    )
+
+
+def test_a_query_model_is_refused_for_an_index_whose_queries_are_the_documents_models(synthetic, tmp_path):
+    """``query_encoder`` is a cross-model index's query model; one index model embeds both sides here."""
+    adapter = make_adapter(info=FAKE_INFO)
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO, encoder=FAKE)
+    index.save(tmp_path / "idx")
+    message = r"query_encoder given, but this index's queries are embedded by its documents' model"
+    with pytest.raises(
+        ValueError, match=rf"idx/manifest\.json: {message} \(fake-model\); pass that model as encoder"
+    ):
+        AdaptedIndex.load(tmp_path / "idx", query_encoder=CountingEncoder(dim=16))
+    with pytest.raises(ValueError, match=rf"^{message}"):
+        AdaptedIndex(adapter, index.faiss_index, index.doc_ids, index.manifest, query_encoder=FAKE)
+    assert index.encoder_for("query") is index.encoder_for("document") is index.encoder
+
+
 def test_integer_ids_and_array_likes_are_taken_as_the_corpus_readers_take_them(synthetic, tmp_path):
     """Integer ids (Python or numpy) became an index that searched and saved but could not be loaded
     (or, numpy's, could not be saved): they are taken as their text, as a corpus file's integer _id

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fake_providers import FakeProvider, Fault, fake_encoder
+from fake_providers import KEY_ENV, FakeProvider, Fault, fake_encoder
 from search_adaptor.index import AdaptedIndex, build_index
+from search_adaptor.model import CompatibilityError
 from test_crossmodel import WORDS, unlabelled_cross_adapter
 from test_crossmodel import _write_beir as write_word_beir
 from test_index import make_adapter
@@ -152,6 +153,7 @@ def cross_model(request, tmp_path) -> Iterator[dict[str, Any]]:
             "local": local,
             "api_side": api_side,
             "local_side": local_side,
+            "folder": tmp_path / "index",
         }
 
 
@@ -214,3 +216,45 @@ def test_one_model_for_both_sides_shares_its_workers(synthetic):
     batcher = Batcher(index, max_texts=8, window_s=0.0, max_pending=8)
     assert batcher.workers == {"query": 3, "document": 3}
     assert batcher._lanes["query"] is batcher._lanes["document"]  # one count of calls in flight
+
+
+def test_a_cross_model_index_embeds_each_side_by_its_own_model(cross_model):
+    """One public rule for the model of a side (the server had a copy of the index's private one)."""
+    w = cross_model
+    assert w["index"].encoder_for(w["api_side"]) is w["api"]
+    assert w["index"].encoder_for(w["local_side"]) is w["local"]
+
+
+def test_an_api_model_given_to_the_index_keeps_its_key_and_root(cross_model, monkeypatch):
+    """The server's retry budget recreated an API query model given to ``build_index`` from the
+    manifest, without its key and root ("cohere: no API key found"); a documents' model given was kept.
+    Both are now kept as made, and a root for one given is refused as for the documents' model."""
+    w = cross_model
+    monkeypatch.delenv(KEY_ENV["cohere"], raising=False)  # the key is the given model's alone
+    client = TestClient(create_app(w["index"], batch_window_s=0.0))  # the default retry budget
+    reply = client.post("/embed", json={"queries": ["w1 w2"], "kind": w["api_side"]})
+    assert reply.status_code == 200, reply.text
+    assert [call.texts for call in w["fake"].calls] == [["w1 w2"]]
+    assert w["index"].encoder_for(w["api_side"]) is w["api"]
+    root = {"base_url" if w["api_side"] == "document" else "query_base_url": "http://127.0.0.1:9"}
+    side = "an encoder" if w["api_side"] == "document" else "a query encoder"
+    with pytest.raises(ValueError, match=rf"^API root http://127\.0\.0\.1:9: {side} was given to this index"):
+        w["index"].configure_encoder(**root)
+
+
+def test_models_given_to_load_are_kept_for_their_sides(cross_model, monkeypatch):
+    """``load`` takes a cross-model index's query model as it takes the documents' (fingerprint checked),
+    and the server keeps both as made."""
+    w = cross_model
+    monkeypatch.delenv(KEY_ENV["cohere"], raising=False)
+    docs, queries = (w["api"], w["local"]) if w["api_side"] == "document" else (w["local"], w["api"])
+    index = AdaptedIndex.load(w["folder"], encoder=docs, query_encoder=queries)
+    client = TestClient(create_app(index, batch_window_s=0.0))
+    reply = client.post("/search", json={"queries": ["w1 w2"], "k": 2})
+    assert reply.status_code == 200, reply.text
+    assert index.encoder_for("query") is queries and index.encoder_for("document") is docs
+    with pytest.raises(
+        CompatibilityError,
+        match=r"index/manifest\.json: the index embeds queries with .* but the query encoder given is",
+    ):
+        AdaptedIndex.load(w["folder"], encoder=docs, query_encoder=docs)

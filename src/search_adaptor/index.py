@@ -72,6 +72,11 @@ Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
 #: Why a blank query text is refused: it would rank the documents by nothing in particular.
 BLANK_QUERY = "the query is blank, and a blank query ranks documents by nothing in particular; send its text"
+#: Why a query model is refused for an index that records none (its queries are the documents' model's).
+_ONE_MODEL = (
+    "query_encoder given, but this index's queries are embedded by its documents' model ({model}); "
+    "pass that model as encoder"
+)
 #: query vectors adapted into a thread's reused arrays by :meth:`AdaptedIndex.search`; more go through
 #: ``transform_queries`` (chunked, so a million rows do not keep a million-row workspace alive)
 _SMALL_BATCH = 1024
@@ -133,8 +138,8 @@ class IndexOptions(TypedDict, total=False):
     backend : {"flat", "hnsw"}
         Exact inner-product search (default), or an HNSW graph (approximate, faster on large corpora).
     hnsw_m, ef_search : int
-        HNSW graph degree (32; 2 to 1024) and search breadth (128; at least 1; can be raised later for
-        recall).
+        HNSW graph degree (32; 2 to 1024; fixed once the graph is built) and search breadth (128; at
+        least 1; raise it later for recall with :attr:`AdaptedIndex.ef_search`, which ``save`` records).
     size : int
         Keep the first ``size`` adapted coordinates (a Matryoshka prefix, unit length again): every
         document and query is cut to it.
@@ -154,6 +159,11 @@ class AdaptedIndex:
     Build one with :meth:`build` (texts, embedded through the store) or :meth:`from_vectors`, write
     it with :meth:`save`, and open it anywhere with :meth:`load`. Searches are thread-safe.
 
+    ``encoder`` and ``query_encoder``, when given, embed the documents' and the queries' texts as they
+    were made (a key, a root, a retry policy of your own): :meth:`configure_encoder` recreates only
+    the models it was not given. ``query_encoder`` is for a cross-model index, whose manifest records
+    the query model; by default each model is recreated from the manifest on first use.
+
     Attributes
     ----------
     adapter : SearchAdaptor
@@ -170,14 +180,19 @@ class AdaptedIndex:
         doc_ids: Sequence[str],
         manifest: Mapping[str, Any],
         encoder: Encoder | None = None,
+        query_encoder: Encoder | None = None,
     ) -> None:
+        if query_encoder is not None and "query_encoder" not in manifest:
+            raise ValueError(_ONE_MODEL.format(model=(manifest.get("encoder") or {}).get("model")))
         self.adapter = adapter
         self.faiss_index = faiss_index
         self.doc_ids = list(doc_ids)
         self.manifest = dict(manifest)
         self._encoder = encoder
-        self._given = encoder is not None  # kept as it was made
-        self._query_encoder: Encoder | None = None  # a cross-model adapter's, from the manifest
+        self._query_encoder = query_encoder  # a cross-model adapter's; from the manifest when None
+        # the manifest keys ("encoder", "query_encoder") of the models given: kept as they were made
+        given = {"encoder": encoder, "query_encoder": query_encoder}
+        self._given = {key for key, model in given.items() if model is not None}
         self._options: dict[str, Any] = {}  # configure_encoder()'s overrides
         self._roots: dict[str, str] = {}  # configure_encoder()'s API roots, by manifest key
         self._checked: dict[Kind, Encoder] = {}  # the encoders last checked against the adapter
@@ -400,9 +415,15 @@ class AdaptedIndex:
         """Write the index folder atomically: readers see the previous index or the new one.
 
         An existing folder is replaced only if it is an index itself (has ``manifest.json``) or empty.
-        ``vectors``, a shard folder of the indexed vectors, is moved in as ``vectors/``.
+        ``vectors``, a shard folder of the indexed vectors, is moved in as ``vectors/``. The manifest
+        records the HNSW search breadth in effect (:attr:`ef_search`), so that :meth:`load` searches
+        as this index does.
         """
         faiss = import_faiss()
+        hnsw = self._hnsw()
+        if hnsw is not None and "hnsw" in self.manifest:  # the breadth search uses, however it was set
+            ef_search = _count(hnsw.efSearch, "faiss_index.hnsw.efSearch", *_HNSW_BOUNDS["ef_search"])
+            self.manifest["hnsw"] = {**self.manifest["hnsw"], "ef_search": ef_search}  # not the caller's
         if vectors is not None:
             self.manifest["vectors"] = VECTORS_DIR
         with Staged(path, folder=True, marker=MANIFEST, what="an index", parts=INDEX_PARTS) as staged:
@@ -415,7 +436,9 @@ class AdaptedIndex:
         return staged.target
 
     @classmethod
-    def load(cls, path: str | os.PathLike, encoder: Encoder | None = None) -> AdaptedIndex:
+    def load(
+        cls, path: str | os.PathLike, encoder: Encoder | None = None, query_encoder: Encoder | None = None
+    ) -> AdaptedIndex:
         """Open an index folder written by :meth:`save`, checking that its parts belong together.
 
         Parameters
@@ -425,6 +448,12 @@ class AdaptedIndex:
         encoder : Encoder, optional
             Base encoder for text queries (its fingerprint must match the manifest's); by default it
             is recreated from the manifest on first use, with API keys from the environment.
+        query_encoder : Encoder, optional
+            The same for a cross-model index's query model (its fingerprint must match the manifest's
+            ``query_encoder``); an index without one embeds queries with ``encoder``.
+
+        An HNSW index searches with the manifest's ``hnsw.ef_search`` (an edit there takes effect);
+        the graph's ``m`` and ``ef_construction`` must be the FAISS file's.
 
         Raises
         ------
@@ -464,6 +493,17 @@ class AdaptedIndex:
                 f"{manifest_path}: the index holds vectors of {fingerprint} but the encoder given is "
                 f"{encoder.fingerprint}; pass the encoder the index was built with"
             )
+        if query_encoder is not None:
+            recorded = manifest.get("query_encoder")
+            if recorded is None:
+                raise ValueError(
+                    f"{manifest_path}: {_ONE_MODEL.format(model=manifest['encoder'].get('model'))}"
+                )
+            if query_encoder.fingerprint != recorded["fingerprint"]:
+                raise CompatibilityError(
+                    f"{manifest_path}: the index embeds queries with {recorded['fingerprint']} but the query "
+                    f"encoder given is {query_encoder.fingerprint}; pass the query model it was built with"
+                )
         index_path = folder / INDEX_FILE
         try:
             faiss_index = faiss.read_index(str(index_path))
@@ -487,7 +527,15 @@ class AdaptedIndex:
                 f"{index_path}: {faiss_index.ntotal} {faiss_index.d}-d vectors, {len(doc_ids)} ids "
                 f"in {IDS_FILE}, manifest says {manifest['n_docs']} {manifest['dim']}-d; {_REBUILD}"
             )
-        index = cls(adapter, faiss_index, doc_ids, manifest, encoder)
+        if manifest["backend"] == "hnsw":
+            for key, built in _graph_settings(faiss_index).items():
+                if manifest["hnsw"][key] != built:  # the manifest would describe another graph
+                    raise ValueError(
+                        f"{manifest_path}: field hnsw.{key} is {manifest['hnsw'][key]} but {index_path} was "
+                        f"built with {built}; set it back to {built} (it is fixed when the graph is built)"
+                    )
+            faiss_index.hnsw.efSearch = manifest["hnsw"]["ef_search"]  # the manifest's: one source of truth
+        index = cls(adapter, faiss_index, doc_ids, manifest, encoder, query_encoder)
         index.folder = folder
         return index
 
@@ -499,6 +547,40 @@ class AdaptedIndex:
     @property
     def dim(self) -> int:
         return int(self.manifest["dim"])
+
+    @property
+    def ef_search(self) -> int | None:
+        """The HNSW search breadth in effect (FAISS ``efSearch``); None for a flat (exact) index.
+
+        A larger breadth finds more of the exact neighbours, more slowly. Set it on a built or loaded
+        index to trade latency for recall without rebuilding: it is checked as the ``ef_search`` build
+        option is (an integer from 1), applies from the next search, and :meth:`save` records it, so
+        the manifest always says what search uses.
+
+        Raises
+        ------
+        ValueError
+            Set on a flat index (nothing to widen), or to a value that is not an integer >= 1.
+        """
+        hnsw = self._hnsw()
+        return None if hnsw is None else int(hnsw.efSearch)
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        hnsw = self._hnsw()
+        if hnsw is None:
+            raise ValueError(
+                f"ef_search applies to an HNSW index; this one is {self.manifest.get('backend')}: exact "
+                "search, nothing to widen"
+            )
+        value = _count(value, "ef_search", *_HNSW_BOUNDS["ef_search"])
+        hnsw.efSearch = value
+        if "hnsw" in self.manifest:  # a new dict: the one given to the constructor is the caller's
+            self.manifest["hnsw"] = {**self.manifest["hnsw"], "ef_search": value}
+
+    def _hnsw(self) -> Any:
+        """The FAISS HNSW graph searched, or None for a flat index."""
+        return getattr(self.faiss_index, "hnsw", None)
 
     @property
     def encoder(self) -> Encoder:
@@ -529,9 +611,10 @@ class AdaptedIndex:
         change the vectors (``retry_budget_s``, ``timeout``, ``max_concurrency``): a server gives its
         API encoder a short retry budget this way. ``base_url`` and ``query_base_url`` reach the
         recorded API models (the documents', and a cross-model adapter's query model) through
-        another root: a proxy, a gateway, a regional endpoint. An encoder given to the constructor or
-        to :meth:`load`, and a local model, are kept as they were made. Returns whether the base encoder
-        was recreated.
+        another root: a proxy, a gateway, a regional endpoint. An encoder of either side given to the
+        constructor, to :meth:`load` or to :func:`build_index`, and a local model, are kept as they were
+        made (recreating one from the manifest would lose its key and root). Returns whether the base
+        encoder was recreated.
 
         Raises
         ------
@@ -555,14 +638,15 @@ class AdaptedIndex:
                     f"query API root {root}: this index's queries are embedded by its documents' model "
                     f"({info.get('model')}); give the documents' API root instead"
                 )
-            if key == "encoder" and self._given:
-                raise ValueError(f"API root {root}: an encoder was given to this index; set its root there")
+            if key in self._given:
+                side = "a query encoder" if key == "query_encoder" else "an encoder"
+                raise ValueError(f"API root {root}: {side} was given to this index; set its root there")
         with self._lock:
             self._options.update(options)
             self._roots.update({key: root for key, root in roots.items() if root is not None})
-            if self._is_api("query_encoder"):
+            if self._is_api("query_encoder") and "query_encoder" not in self._given:
                 self._query_encoder = self._recreate("query_encoder")
-            if self._given or not self._is_api("encoder"):
+            if "encoder" in self._given or not self._is_api("encoder"):
                 return False
             self._encoder = self._recreate("encoder")
             return True
@@ -626,7 +710,7 @@ class AdaptedIndex:
         if not texts:
             raise ValueError("nothing to embed: the list of texts is empty")
         check_item_types(texts)
-        encoder = self._text_encoder(kind)
+        encoder = self.encoder_for(kind)
         serial = self._serial if encoder.max_concurrency == 1 else contextlib.nullcontext()
         encode = encoder.encode_queries if kind == "query" else encoder.encode_corpus
         groups: dict[Any, list[int]] = {}
@@ -726,14 +810,30 @@ class AdaptedIndex:
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
-    def _text_encoder(self, kind: Kind = "query") -> Encoder:
-        """The encoder of ``kind`` (:attr:`query_encoder` or :attr:`encoder`), checked once against the
-        adapter (one given by hand may be another model)."""
+    def encoder_for(self, kind: Kind) -> Encoder:
+        """The model that embeds ``kind`` texts: :attr:`query_encoder` for queries, :attr:`encoder` for
+        documents (one model unless the adapter is cross-model), checked once against the adapter (one
+        given by hand may be another model).
+
+        :meth:`embed` embeds with it, so what a text of that side costs, fails by and may run at once
+        is this model's: a server bills, names and batches each side by it.
+        """
         encoder = self.query_encoder if kind == "query" else self.encoder
         if self._checked.get(kind) is not encoder:
             self.adapter.check_encoder(encoder, kind=kind)
             self._checked[kind] = encoder
         return encoder
+
+    def _record_query_encoder(self, info: Mapping[str, Any] | None, encoder: Encoder | None = None) -> None:
+        """Note in the manifest the model text queries are embedded by, when it is not the documents';
+        ``encoder``, that model as the caller made it, is kept as a query model given to the constructor
+        is (:meth:`configure_encoder` does not recreate it)."""
+        if info:
+            self.adapter.check_encoder(info, kind="query")
+            self.manifest["query_encoder"] = dict(info)
+            if encoder is not None:
+                self._query_encoder = encoder
+                self._given.add("query_encoder")
 
     def _side(self, kind: Kind) -> NumpyNet | None:
         """The adapter's query or document network in numpy, read once (an index serves a fixed adapter)."""
@@ -747,6 +847,14 @@ class AdaptedIndex:
         if work is None:
             work = self._local.work = Workspace()
         return work
+
+
+def _graph_settings(faiss_index: Any) -> dict[str, int]:
+    """The HNSW settings a FAISS index file fixed when its graph was built, by manifest field: ``m``
+    (FAISS's M: links per node above the base layer, twice as many in it) and ``ef_construction``."""
+    hnsw = faiss_index.hnsw
+    m = hnsw.nb_neighbors(1) if hnsw.cum_nneighbor_per_level.size() > 2 else 0  # 0: no graph of ours
+    return {"m": int(m), "ef_construction": int(hnsw.efConstruction)}
 
 
 def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
@@ -830,7 +938,7 @@ def build_index(
         index = AdaptedIndex.from_vectors(
             adapter, corpus.doc_ids, corpus.corpus, corpus.encoder, backend=backend, size=dim
         )
-        _record_query_encoder(index, corpus.query_encoder)
+        index._record_query_encoder(corpus.query_encoder)
         index.save(out)
         return index, JobStats("precomputed", index.n_docs, index.dim, 0, time.perf_counter() - start)
     if encoder is None:
@@ -861,16 +969,8 @@ def build_index(
                 adapter, shards, encoder.info(), backend=backend, encoder=encoder, size=dim
             )
             if query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint:
-                _record_query_encoder(index, query_encoder.info())
-                index._query_encoder = query_encoder
+                index._record_query_encoder(query_encoder.info(), query_encoder)  # kept as given
             index.save(target, vectors=shards)
     except OSError as exc:
         raise output_error(target, exc) from None
     return index, stats
-
-
-def _record_query_encoder(index: AdaptedIndex, info: Mapping[str, Any] | None) -> None:
-    """Note in the manifest the model text queries are embedded by, when it is not the documents'."""
-    if info:
-        index.adapter.check_encoder(info, kind="query")
-        index.manifest["query_encoder"] = dict(info)

@@ -312,13 +312,6 @@ class Refusal(HTTPException):
         self.code = code
 
 
-def _side_encoder(index: AdaptedIndex, kind: Kind) -> Encoder:
-    """The model that embeds ``kind`` texts: the query model (:attr:`AdaptedIndex.query_encoder`) or the
-    documents' (:attr:`AdaptedIndex.encoder`), one model unless the adapter is cross-model; what a
-    request of that side costs, fails by and may run at once is that model's."""
-    return index.query_encoder if kind == "query" else index.encoder
-
-
 def _where(loc: Sequence[Any]) -> str:
     """``("body", "queries", 1)`` -> ``queries[1]``. A field name the client made up (an extra key)
     that is not a short identifier is shown JSON-escaped and cut: the message stays one line."""
@@ -491,8 +484,8 @@ class Batcher:
         self.max_pending = max_pending
         self._lanes: dict[Kind, _Lane] = {}
         for kind in KINDS:
-            encoder = _side_encoder(index, kind)
-            shared = [k for k in self._lanes if _side_encoder(index, k) is encoder]
+            encoder = index.encoder_for(kind)
+            shared = [k for k in self._lanes if index.encoder_for(k) is encoder]
             self._lanes[kind] = (
                 self._lanes[shared[0]] if shared else _Lane(max(1, int(encoder.max_concurrency)))
             )
@@ -625,8 +618,9 @@ def create_app(
         Most texts per request, results per query, and characters per text (413/422 beyond).
     retry_budget_s : float, optional
         Seconds one call of an API embedding model may take, retries included, when the index
-        recreates its encoder from the manifest (an encoder given to the index is used as made);
-        a failing provider then costs a request this long, not minutes. None: the provider's own.
+        recreates that model from the manifest (a model of either side given to the index, or to
+        ``build_index``, is used as made, key and root included); a failing provider then costs a
+        request this long, not minutes. None: the provider's own.
     model_name : str
         ``/v1`` serves ``<model_name>-query`` and ``<model_name>-document``.
     batch_window_s, max_batch_texts : float, int
@@ -636,7 +630,7 @@ def create_app(
         index.configure_encoder(retry_budget_s=retry_budget_s)
     warmed: list[Encoder] = []
     for kind in KINDS:  # each local model loads now, not on the first request of its side; an API bills
-        encoder = _side_encoder(index, kind)
+        encoder = index.encoder_for(kind)
         if encoder.provider in API_CLASSES or any(encoder is done for done in warmed):
             continue
         warmed.append(encoder)
@@ -706,7 +700,7 @@ def create_app(
             raise Refusal(422, f"{where} cannot be embedded: {exc}", param=where) from None
         except EncoderError as exc:
             log.error("embedding failed: %s", exc)
-            provider = _side_encoder(index, kind).provider
+            provider = index.encoder_for(kind).provider
             raise HTTPException(
                 502, f"the embedding provider {provider} failed; the server log has the details"
             ) from None
@@ -747,7 +741,7 @@ def create_app(
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
             data = vectors.tolist()
-        tokens = _side_encoder(index, kind).request_tokens(body.input, kind) or 0  # that side's model bills
+        tokens = index.encoder_for(kind).request_tokens(body.input, kind) or 0  # that side's model bills
         return {
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
