@@ -8,6 +8,7 @@ form start (least squares, Procrustes) can be checked against what it should rec
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import random
@@ -28,8 +29,10 @@ from search_adaptor.experiment import (
     SizedView,
     evaluate_embeddings,
     fit_family,
+    protocol,
     run_evaluate,
     run_fit,
+    without_held_out,
 )
 from search_adaptor.model import CompatibilityError, SearchAdaptor, describe_encoder
 from search_adaptor.report import render_markdown, save_run
@@ -622,6 +625,55 @@ def test_run_fit_unlabelled_trains_on_the_pairs_and_uses_labels_only_to_score(na
     expected = evaluate_embeddings(_emb(narrow), test, closed_form(narrow), ["ndcg@10"])[0]["ndcg@10"]
     assert report["metrics"]["zero-shot"]["ndcg@10"] == pytest.approx(expected, abs=1e-4)
     assert report["metrics"]["adapted"]["ndcg@10"] >= expected - 0.02  # the start is a candidate
+
+
+@pytest.fixture(scope="module")
+def unlabelled_run(narrow):
+    """A ``cross-unlabelled`` fit (seed 3) that pairs the training queries' texts (``query_pairs``)."""
+    emb = dataclasses.replace(_emb(narrow), query_pairs=narrow["Q"])
+    return run_fit(_dataset(narrow), emb, seed=3, overrides=FAST, unsupervised=True, n_jobs=1)
+
+
+def test_paired_texts_leave_out_the_queries_each_fit_draws_to_validate_on(narrow, cross_run, unlabelled_run):
+    """A query log (``fit --pairs``) holds the training queries' texts: with no validation split, the
+    share of them a fit draws to validate on must not train its map (the validation score, which
+    stops it early and chooses it, jumped from 0.50 to 0.91 on SciFact). Their texts are left out,
+    up to case and spacing, and counted, by the fit's own draw (its seed, its share), labels or not;
+    the other training texts stay."""
+    dataset = _dataset(narrow)
+    train = sorted(dataset.split("train"))
+    log = [f"  {dataset.queries[q].upper()} " for q in train]
+    for seed, adapter in ((0, cross_run.adapter), (3, unlabelled_run.adapter)):
+        kept, left_out = without_held_out([*log, "a text of its own"], dataset, protocol(dataset, seed=seed))
+        validated = set(adapter.val_query_ids_)
+        assert len(validated) == round(0.2 * len(train)) == left_out, seed
+        assert kept == [text for q, text in zip(train, log, strict=True) if q not in validated] + [
+            "a text of its own"
+        ]
+    assert set(cross_run.adapter.val_query_ids_) != set(unlabelled_run.adapter.val_query_ids_)
+
+
+def test_evaluate_counts_the_queries_whose_texts_trained_an_unlabelled_map(narrow, unlabelled_run, tmp_path):
+    """Without labels the training queries' texts train the map (labels unused): ``evaluate`` on them
+    must not call its scores held-out. The adapter records their texts (``fit``) and ids (Python);
+    one saved before it did records neither, and is judged as it was."""
+    dataset, adapter = _dataset(narrow), unlabelled_run.adapter
+    emb = dataclasses.replace(_emb(narrow), query_pairs=narrow["Q"])
+    assert set(adapter.train_query_ids_) | set(adapter.val_query_ids_) == set(dataset.split("train"))
+    for split, n_seen in (("train", 100), ("test", 0)):
+        report = run_evaluate(dataset, emb, adapter, split).report
+        assert report["seen_in_training"] == {"n": n_seen, "of": report["n_test_queries"], "by": "text"}
+    python_fit = copy.copy(adapter)
+    python_fit.query_text_digests_ = None  # a fit in Python records the ids alone
+    assert run_evaluate(dataset, emb, python_fit, "train").report["seen_in_training"]["n"] == 100
+    folder = adapter.save(tmp_path / "adapter")
+    _edit(folder, lambda config: config["training"].update(train_query_ids=[], query_text_digests=[]))
+    older_fit = SearchAdaptor.load(folder)  # an older `fit`'s file: no ids, no digests
+    _edit(folder, lambda config: config["training"].pop("query_text_digests"))
+    older_python_fit = SearchAdaptor.load(folder)
+    for older, by in ((older_fit, "text"), (older_python_fit, "id")):
+        seen = run_evaluate(dataset, emb, older, "train").report["seen_in_training"]
+        assert seen == {"n": 0, "of": 100, "by": by}
 
 
 @pytest.mark.parametrize(

@@ -491,6 +491,10 @@ def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):
     for m in SIZES:
         assert all(f"| {system}@{m} |" in text for system in ("zero-shot", "pca", "adapted"))
         assert f"- {m} dimensions: `adapted@{m}` " in text and "over truncation (p " in text
+    # the training queries' texts trained the prefixes (labels unused): evaluate says so, by their texts
+    for split, n_seen in (("train", 120), ("test", 0)):
+        seen = run_evaluate(dataset, emb, run.adapter, split).report["seen_in_training"]
+        assert seen == {"n": n_seen, "of": len(dataset.split(split)), "by": "text"}
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ from search_adaptor.metrics import (
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.retrieval import exact_search, l2_normalize
 from search_adaptor.store import text_key
-from search_adaptor.training import compute_threads, pair_map, pca_rotation, usable_pairs
+from search_adaptor.training import compute_threads, drawn_validation, pair_map, pca_rotation, usable_pairs
 from search_adaptor.variants import (
     DEFAULT_FAMILY,
     DEFAULT_FOLDS,
@@ -526,7 +526,7 @@ class Protocol:
     """How a dataset is scored: ``folds`` of (name, training qrels, held-out qrels), and the qrels the
     adapter that ships is trained on. ``test`` has one fold named "test"; ``kfold`` has "k0", "k1", ...
     ``val`` (from the split ``val_split``) validates every fit; without one each fit carves its own
-    validation share from its training queries."""
+    validation share from its training queries, drawn with ``seed``."""
 
     name: str  # "test" or "kfold"
     scored_split: str
@@ -535,6 +535,7 @@ class Protocol:
     train_split: str | None = None
     val_split: str | None = None
     val: Qrels = field(default_factory=dict)
+    seed: int = 0  # the fits' seed: the k-fold folds and each fit's own validation share
 
 
 def protocol(
@@ -557,7 +558,7 @@ def protocol(
         train = dataset.split(train_split)
         test = dataset.split(test_split)
         val_name, val = _validation(dataset, val_split, {train_split, test_split}, test)
-        return Protocol("test", test_split, [("test", train, test)], train, train_split, val_name, val)
+        return Protocol("test", test_split, [("test", train, test)], train, train_split, val_name, val, seed)
     if not dataset.splits:
         raise DataError(
             f"{dataset.path / 'qrels'}: no qrels files (add qrels/test.tsv with query-id, corpus-id, score)"
@@ -581,6 +582,7 @@ def protocol(
         labelled,
         val_split=val_name,
         val=val,
+        seed=seed,
     )
 
 
@@ -824,7 +826,7 @@ def run_fit(
             ),
         }
         figure_qrels = proto.final_train
-    final.adapter.query_text_digests_ = _labelled_texts(dataset, final.adapter, final.val_query_ids)
+    final.adapter.query_text_digests_ = _trained_texts(dataset, final.adapter, final.val_query_ids)
     if proto.name == "test":  # distinct ids, yet a dataset may repeat a text (SciFact: 2 of 300)
         report["seen_in_training"] = _seen(dataset, final.adapter, proto.folds[0][2])
     reference = final.adapter.at_start() if final.adapter.query_encoder_ else None
@@ -854,12 +856,11 @@ def _selection_scores(final: Selection) -> dict[str, Any]:
     }
 
 
-def _labelled_texts(dataset: Dataset, adapter: SearchAdaptor, selected_on: Sequence[str]) -> list[str]:
-    """Digests (:func:`_digest`) of the texts of the queries whose labels
-    trained ``adapter``, stopped it early or chose it (``selected_on``): what ``evaluate`` must not
-    count as held-out; none for a fit without labels."""
-    if adapter.loss in UNLABELLED_LOSSES:
-        return []
+def _trained_texts(dataset: Dataset, adapter: SearchAdaptor, selected_on: Sequence[str]) -> list[str]:
+    """Digests (:func:`_digest`) of the texts of the queries whose labels trained ``adapter``, stopped
+    it early or chose it (``selected_on``), or, for a fit without labels, whose texts did (a
+    cross-model map trained on the query texts, Matryoshka prefixes on their neighbours): what
+    ``evaluate`` must not count as held-out."""
     ids = {*adapter.train_query_ids_, *adapter.val_query_ids_, *selected_on}
     return sorted({_digest(dataset.queries[q]) for q in ids if q in dataset.queries})
 
@@ -867,10 +868,12 @@ def _labelled_texts(dataset: Dataset, adapter: SearchAdaptor, selected_on: Seque
 def _seen(
     dataset: Dataset, adapter: SearchAdaptor, qrels: Mapping[str, Mapping[str, int]]
 ) -> dict[str, Any] | None:
-    """How many of the queries ``qrels`` scores are one whose labels trained or chose ``adapter``
-    (``{"n", "of", "by"}``): by text (``"by": "text"``, the digests ``search-adaptor fit`` records),
-    else by id (``"by": "id"``: a Python fit records its training and validation query ids, not their
-    texts); None when the adapter records neither (a file written before the ids were recorded)."""
+    """How many of the queries ``qrels`` scores are one whose labels (without labels, whose texts)
+    trained or chose ``adapter`` (``{"n", "of", "by"}``): by text (``"by": "text"``, the digests
+    ``search-adaptor fit`` records), else by id (``"by": "id"``: a Python fit records its training and
+    validation query ids, not their texts); None when the adapter records neither (a file written
+    before the ids were recorded). A fit without labels written before it recorded its texts' ids
+    records none: no query counts, as then."""
     scored = labelled_queries(qrels)
     if adapter.query_text_digests_ is not None:
         known = set(adapter.query_text_digests_)
@@ -879,26 +882,56 @@ def _seen(
             "of": len(scored),
             "by": "text",
         }
-    labelled = adapter.loss not in UNLABELLED_LOSSES  # a fit without labels: no query's trained it
-    ids = {*adapter.train_query_ids_, *adapter.val_query_ids_} if labelled else set()
+    labelled = adapter.loss not in UNLABELLED_LOSSES
+    ids = (
+        {*adapter.train_query_ids_, *adapter.val_query_ids_}
+        if labelled or adapter.train_query_ids_
+        else set()
+    )
     if labelled and not ids:
         return None
     return {"n": sum(q in ids for q in scored), "of": len(scored), "by": "id"}
 
 
-def without_held_out(texts: Sequence[str], dataset: Dataset, proto: Protocol) -> tuple[list[str], int]:
+def without_held_out(
+    texts: Sequence[str], dataset: Dataset, proto: Protocol, val_fraction: float = VAL_FRACTION
+) -> tuple[list[str], int]:
     """``texts`` (paired texts for a query model: a query log, the corpus's sentences) without those
     that are, up to case and spacing, the text of a query ``proto`` scores or validates, and how many
     were left out: a scored query's own text, paired, would train the map its score goes through, and
-    that score would no longer be a held-out one."""
+    that score would no longer be a held-out one; a validation query's would inflate the score that
+    stops training early and chooses the candidate. Validation is ``proto``'s split, or, without
+    one, the share of the training queries each fit draws itself (``val_fraction``, :func:`_drawn`)."""
 
     def same(text: str) -> str:
         return " ".join(text.casefold().split())
 
-    held = {q for _, _, scored in proto.folds for q in scored} | set(proto.val)
+    held = (
+        {q for _, _, scored in proto.folds for q in scored}
+        | set(proto.val)
+        | _drawn(dataset, proto, val_fraction)
+    )
     held_texts = {same(dataset.queries[q]) for q in held if q in dataset.queries}
     kept = [t for t in texts if same(t) not in held_texts]
     return kept, len(texts) - len(kept)
+
+
+def _drawn(dataset: Dataset, proto: Protocol, val_fraction: float) -> set[str]:
+    """The queries a fit under ``proto`` draws from its training queries to validate on, known before
+    it trains (:func:`~search_adaptor.training.drawn_validation`: the same draw, seed and share): with
+    a train and test split and no validation split, the share of the training queries that every
+    candidate holds out (they share the seed). The family is not known yet, so both draws: by
+    labels (queries with a relevant document) and by texts (every query, without labels); they are
+    one draw when every training query has a relevant document. None otherwise: a validation split
+    validates, and a k-fold fit draws its share from queries another fold scores."""
+    if proto.name != "test" or proto.val:
+        return set()
+    train = proto.folds[0][1]
+    return {
+        q
+        for labels in (True, False)
+        for q in drawn_validation(train, dataset.queries, val_fraction, proto.seed, labels)
+    }
 
 
 def _digest(query: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -329,6 +329,37 @@ def _check_query_pairs(query_pairs: Any, n_queries: int, dim: int) -> np.ndarray
     return l2_normalize(x)
 
 
+def fit_queries(qrels: Mapping[str, Mapping[str, int]], known: Container[str], labels: bool) -> list[str]:
+    """The queries of ``qrels`` (those with an embedding: in ``known``) that a fit trains and
+    validates on, sorted: with ``labels``, those with a relevant document
+    (:func:`~search_adaptor.data.labelled_queries`: nDCG is undefined for the others); without, every
+    one, as their texts are what it reads (``loss="alignment"`` pairs them, ``"similarity"`` adds
+    them to the corpus texts). A fit given no ``val_query_ids`` draws its validation share from
+    these (:func:`drawn_validation`)."""
+    ids = labelled_queries(qrels) if labels else sorted(qrels)
+    return [q for q in ids if q in known]
+
+
+def drawn_validation(
+    qrels: Mapping[str, Mapping[str, int]],
+    query_ids: Iterable[str],
+    val_fraction: float,
+    seed: int,
+    labels: bool,
+) -> list[str]:
+    """The validation queries, sorted, that :func:`train` draws from ``qrels`` when given no
+    ``val_query_ids``: :func:`~search_adaptor.data.validation_split` of :func:`fit_queries`, the first
+    draw of the fit's generator (``seed``), as a ranking loss (``labels``) and ``loss="alignment"``
+    with ``query_pairs`` make it; none from fewer than two. Known before anything is embedded, so
+    that texts paired for a query model can leave out the texts of the queries a fit will validate
+    on (:func:`search_adaptor.experiment.without_held_out`): such a text, paired, would train the map
+    its validation score goes through."""
+    pool = fit_queries(qrels, set(query_ids), labels)
+    if len(pool) < 2:
+        return []
+    return validation_split(pool, val_fraction, np.random.default_rng(seed))[1]
+
+
 def _alignment_split(
     hp: SimpleNamespace,
     paired: tuple[np.ndarray, np.ndarray],
@@ -338,9 +369,9 @@ def _alignment_split(
     qid_to_row: Mapping[str, int],
     val_query_ids: Sequence[str] | None,
     rng: np.random.Generator,
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str], int]:
-    """(training pairs, held-out pairs, held-out query ids, training query texts) of a fit without
-    labels; the training query texts are the last rows of the training pairs.
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str], list[str]]:
+    """(training pairs, held-out pairs, held-out query ids, training query ids) of a fit without
+    labels; the training queries' texts are the last rows of the training pairs, in that order.
 
     With the queries' texts by the documents' model (``query_pairs``), the queries named in
     ``qrels`` (their labels unused) are paired texts too: a share of them validates
@@ -350,7 +381,7 @@ def _alignment_split(
     either way, the one ``evaluate`` rebuilds (:class:`~search_adaptor.experiment.PairStart`).
     """
     a, b = paired
-    known = sorted(q for q in (qrels or {}) if q in qid_to_row)
+    known = fit_queries(qrels or {}, qid_to_row, labels=False)
     train_q: list[str] = []
     val_q: list[str] = []
     if query_pairs is not None and len(known) >= 2:
@@ -362,10 +393,10 @@ def _alignment_split(
     if query_pairs is not None and val_q:
         tr, va = [qid_to_row[q] for q in train_q], [qid_to_row[q] for q in val_q]
         fit = (np.concatenate([a, Qn[tr]]), np.concatenate([b, query_pairs[tr]]))
-        return fit, (Qn[va], query_pairs[va]), val_q, len(tr)
+        return fit, (Qn[va], query_pairs[va]), val_q, train_q
     order = rng.permutation(len(a))
     n_val = _held_out(len(a), hp.val_fraction)
-    return (a[order[n_val:]], b[order[n_val:]]), (a[order[:n_val]], b[order[:n_val]]), [], 0
+    return (a[order[n_val:]], b[order[n_val:]]), (a[order[:n_val]], b[order[:n_val]]), [], []
 
 
 #: Ridge strengths (per pair) that :func:`pair_map` chooses from.
@@ -511,7 +542,8 @@ class TrainResult:
     query_dim: int | None = None  # the query model's dimension when it is not ``dim`` (cross-model)
     start: list[dict[str, torch.Tensor]] | None = None  # the networks' states at step 0 (zero-shot)
     precision: str = "float32"  # the arithmetic of the training steps (see resolve_precision)
-    train_query_ids: list[str] = field(default_factory=list)  # whose labels trained it (none: no labels)
+    # whose labels trained it; without labels, whose texts did (see _Objective.train_ids)
+    train_query_ids: list[str] = field(default_factory=list)
 
 
 def train(
@@ -589,18 +621,22 @@ def train(
             query_net.project.weight.copy_(torch.from_numpy(np.ascontiguousarray(start)))
     qid_to_row = index_ids(qids, "query")
     if hp.loss == "similarity":  # the texts of the queries given in qrels (labels unused), and the corpus
-        known = [qid_to_row[q] for q in sorted(qrels or {}) if q in qid_to_row]
-        objective: _Objective = _Similarity(hp, Qn[known], Dn, query_net, corpus_net, prefixes, rng)
+        known = fit_queries(qrels or {}, qid_to_row, labels=False)
+        rows = [qid_to_row[q] for q in known]
+        objective: _Objective = _Similarity(
+            hp, Qn[rows], Dn, query_net, corpus_net, prefixes, rng, query_ids=known
+        )
     elif hp.loss == "alignment":
         assert paired is not None
         doc_side = _check_query_pairs(query_pairs, len(Qn), dim)
-        fit_pairs, held_out, held_out_ids, n_queries = _alignment_split(
+        fit_pairs, held_out, held_out_ids, train_q = _alignment_split(
             hp, trained_on, Qn, doc_side, qrels, qid_to_row, val_query_ids, rng
         )
+        n_queries = len(train_q)
         # texts added by more_pairs must not crowd out the queries: those keep their share of the corpus's
         share = n_queries / (len(paired[0]) + n_queries) if more_pairs is not None and n_queries else None
         objective = _Alignment(
-            hp, fit_pairs, held_out, held_out_ids, n_queries, share, Dn, query_net, corpus_net, rng
+            hp, fit_pairs, held_out, held_out_ids, n_queries, share, Dn, query_net, corpus_net, rng, train_q
         )
     else:
         objective = _Ranking(hp, Qn, Dn, qrels or {}, qids, dids, qid_to_row, val_query_ids, rng, generator)
@@ -666,7 +702,10 @@ class _Objective:
 
     n_train: int
     val_ids: list[str]
-    train_ids: tuple[str, ...] = ()  # the queries whose labels train (a fit without labels: none)
+    #: the queries whose labels train it; without labels, those whose texts train it, and (a
+    #: similarity fit, whose ``val_ids`` stay empty) those whose texts it holds out to validate: what
+    #: ``evaluate`` must not call held-out (its texts, not its labels, trained the map)
+    train_ids: tuple[str, ...] = ()
     metric = VAL_METRIC
 
     def loss(self) -> torch.Tensor:
@@ -730,8 +769,8 @@ class _Ranking(_Objective):
     ) -> None:
         did_to_col = index_ids(dids, "document")
         judged = _index_qrels(qrels, qid_to_row, did_to_col)
-        labelled = labelled_queries(qrels)
-        if val_query_ids is None:
+        labelled = fit_queries(qrels, qid_to_row, labels=True)  # (judged: every one has an embedding)
+        if val_query_ids is None:  # the generator's first draw: drawn_validation knows it beforehand
             train_q, val = validation_split(labelled, hp.val_fraction, rng)
         else:
             val = _given_validation(val_query_ids, qrels, labelled)
@@ -874,7 +913,9 @@ class _Similarity(_Objective):
         corpus_net: ResidualAdapter | None,
         prefixes: Sequence[int],
         rng: np.random.Generator,
+        query_ids: Sequence[str] = (),
     ) -> None:
+        """``Qn``: the query texts' rows (``query_ids``, when known, name them)."""
         if corpus_net is None:
             raise ValueError("loss='similarity' rotates queries and documents alike: use mode 'shared'")
         self.hp, self.rng, self.net, self.prefixes = hp, rng, corpus_net, list(prefixes)
@@ -905,6 +946,8 @@ class _Similarity(_Objective):
         self.val_rows = val_rows
         self.val_top = exact_search(val_rows, Dn, 10)[0]
         self.n_train, self.val_ids = len(self.train_rows), []
+        # every query text it reads, trained on or held out: neighbours, not queries, validate
+        self.train_ids = tuple(query_ids) if len(queries) else ()
 
     def loss(self) -> torch.Tensor:
         hp = self.hp
@@ -984,7 +1027,9 @@ class _Alignment(_Objective):
         query_net: ResidualAdapter,
         corpus_net: ResidualAdapter | None,
         rng: np.random.Generator,
+        train_ids: Sequence[str] = (),
     ) -> None:
+        """``train_ids``: the queries whose texts are the last ``n_queries`` training pairs."""
         a, b = pairs
         self.hp, self.rng, self.query_net, self.corpus_net = hp, rng, query_net, corpus_net
         self.n_queries, self.query_share = n_queries, query_share
@@ -993,7 +1038,7 @@ class _Alignment(_Objective):
         self.Dn, self.Dn_t = Dn, torch.from_numpy(Dn)
         self.neighbours = exact_search(b, Dn, min(self.NEIGHBOURS, len(Dn)))[0]
         self.val_top = exact_search(held_out[1], Dn, 10)[0]
-        self.n_train, self.val_ids = len(a), held_out_ids
+        self.n_train, self.val_ids, self.train_ids = len(a), held_out_ids, tuple(train_ids)
 
     def batch_rows(self) -> np.ndarray:
         """The training pairs of one step (the query texts, the last ``n_queries``, for their share)."""
