@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -392,3 +393,45 @@ def test_evaluate_and_index_default_to_the_model_the_adapter_records(
         assert "--dimensions 4: the adapter was trained on embed-v4.0 at its full width" in (
             capsys.readouterr().err
         )
+
+
+def test_hnsw_settings_are_flags_and_refused_on_an_exact_index(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every HNSW index built by the command line was M 32 and ef_search 128, and nothing widened a
+    search for recall: `index --hnsw-m --ef-search` set the graph (recorded in the manifest), and
+    `search`/`serve --ef-search` widen one run without changing the folder. On a flat index, where
+    they would do nothing, each is refused in one line."""
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    from search_adaptor.server import serve
+
+    data = _write_beir(tmp_path / "tiny", n_docs=40, n_queries=20)
+    with FakeProvider("openai-compatible", dim=16) as fake:
+        clean_env.setenv("OPENAI_COMPATIBLE_API_KEY", fake.key)
+        args = _cli_args(fake, data, tmp_path / "cache")
+        fit = ["fit", *args, "--family", "linear", "--max-steps", "5", "--quiet"]
+        assert main([*fit, "--out", str(tmp_path / "f")]) == 0
+        adapter, hnsw, flat = str(tmp_path / "f" / "adapter"), tmp_path / "hnsw", tmp_path / "flat"
+        index = ["index", *args, "--adapter", adapter, "--quiet", "--out"]
+        assert main([*index, str(hnsw), "--backend", "hnsw", "--hnsw-m", "8", "--ef-search", "40"]) == 0
+        manifest = json.loads((hnsw / "manifest.json").read_text())
+        assert (manifest["hnsw"]["m"], manifest["hnsw"]["ef_search"]) == (8, 40)
+        capsys.readouterr()
+        query = "which passage is about item 3?"
+        assert main(["search", str(hnsw), query, "-k", "3", "-o", "json", "--ef-search", "300"]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == 3
+        assert json.loads((hnsw / "manifest.json").read_text()) == manifest  # one run's, not the folder's
+
+        assert main([*index, str(flat), "--hnsw-m", "8"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            "search-adaptor: error: --hnsw-m: for an HNSW graph; add --backend hnsw, or drop them "
+            "(flat is exact)"
+        )
+        assert not flat.exists()
+        assert main([*index, str(flat)]) == 0
+        capsys.readouterr()
+        assert main(["search", str(flat), query, "--ef-search", "5"]) == 2
+        refusal = f"--ef-search widens an HNSW index's search; {flat} is flat (exact): drop it"
+        assert capsys.readouterr().err.strip() == f"search-adaptor: error: {refusal}"
+        with pytest.raises(ValueError, match=f"^{re.escape(refusal)}$"):
+            serve(flat, port=0, ef_search=5, retry_budget_s=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from search_adaptor.cli import main
-from search_adaptor.index import AdaptedIndex
+from search_adaptor.index import AdaptedIndex, build_index
 from search_adaptor.model import CompatibilityError, SearchAdaptor
 from search_adaptor.retrieval import exact_search
 from test_store import CountingEncoder
@@ -466,3 +467,16 @@ def test_cli_index_and_search_with_the_local_model(tmp_path, capsys):
     assert hits[0]["id"] == "d1" and len(hits) == 2
     assert main(["search", str(tmp_path / "nothing"), "x"]) == 2
     assert "manifest.json: not found" in capsys.readouterr().err
+
+
+def test_hnsw_options_are_refused_on_a_flat_index(tmp_path):
+    """hnsw_m and ef_search with backend="flat" (the default) were dropped without a word: the index
+    was exact, not the graph asked for."""
+    adapter = make_adapter(info=FAKE_INFO)
+    with pytest.raises(ValueError, match=r"^ef_search applies to backend='hnsw'; this index is flat$"):
+        AdaptedIndex.from_vectors(adapter, ["a"], np.ones((1, 16)), FAKE_INFO, ef_search=64)
+    with pytest.raises(
+        ValueError, match=r"^hnsw_m and ef_search apply to backend='hnsw'; this index is flat$"
+    ):
+        build_index(Path("unused"), FAKE, adapter, tmp_path / "index", hnsw_m=8, ef_search=64)
+    assert not (tmp_path / "index").exists()

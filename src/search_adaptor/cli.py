@@ -340,13 +340,18 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
     import_faiss()  # fail before embedding anything
     _check_engine_flags(args)
+    graph = [flag for flag in ("hnsw_m", "ef_search") if getattr(args, flag) is not None]
+    if graph and args.backend != "hnsw":
+        flags = " and ".join(f"--{flag.replace('_', '-')}" for flag in graph)
+        raise ValueError(f"{flags}: for an HNSW graph; add --backend hnsw, or drop them (flat is exact)")
     check_output_folder(args.out, MANIFEST, "an index")
     check_replaceable(args.out, INDEX_PARTS, "an index")  # (a file of the user's in it would go)
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
     source = _embeddings(args, load_beir(args.data), adapter) if args.embeddings else args.data
     encoder = None if args.embeddings else _encoder(args, adapter=adapter)
-    options = {k: getattr(args, k) for k in ("engine", "backend", "rows", "ray_address", "dim")}
+    keys = ("engine", "backend", "rows", "ray_address", "dim", "hnsw_m", "ef_search")
+    options = {k: getattr(args, k) for k in keys}
     options.update(
         cache_dir=args.cache, progress=not args.quiet, query_encoder=_encoder(args, "query_", adapter)
     )
@@ -375,9 +380,10 @@ def _cmd_transform(args: argparse.Namespace) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> None:
     """search an index folder with one query"""
-    from search_adaptor.index import AdaptedIndex
+    from search_adaptor.index import AdaptedIndex, widen
 
     index = AdaptedIndex.load(args.index)
+    widen(index, args.ef_search)
     if args.base_url or args.query_base_url:
         index.configure_encoder(base_url=args.base_url, query_base_url=args.query_base_url)
     hits = index.search([args.query], k=args.k)[0]
@@ -393,7 +399,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     """serve an index folder over HTTP (POST /search, /embed, /v1/embeddings; GET /health)"""
     from search_adaptor.server import serve
 
-    keys = ("host", "port", "api_key_env", "threads", "retry_budget_s", "model_name")
+    keys = ("host", "port", "api_key_env", "threads", "retry_budget_s", "model_name", "ef_search")
     keys += ("base_url", "query_base_url")
     serve(args.index, **{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
 

@@ -120,6 +120,12 @@ def _as_ids(doc_ids: Iterable[Any]) -> list[str]:
     return ids
 
 
+def _given(options: Mapping[str, Any], key: str, default: int) -> Any:
+    """``options[key]``, or ``default`` when it is absent or None (a flag not given)."""
+    value = options.get(key)
+    return default if value is None else value
+
+
 def _new_faiss_index(dim: int, backend: str, hnsw_m: int, ef_search: int) -> Any:
     """An empty FAISS index of ``backend`` (checked by :meth:`AdaptedIndex._layout`)."""
     faiss = import_faiss()
@@ -250,10 +256,14 @@ class AdaptedIndex:
         backend, size = options.get("backend", "flat"), options.get("size")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        graph = [key for key in ("hnsw_m", "ef_search") if options.get(key) is not None]
+        if graph and backend != "hnsw":  # exact search has no graph: they would do nothing
+            verb = "applies" if len(graph) == 1 else "apply"
+            raise ValueError(f"{' and '.join(graph)} {verb} to backend='hnsw'; this index is {backend}")
         layout: IndexOptions = {
             "backend": backend,
-            "hnsw_m": _count(options.get("hnsw_m", 32), "hnsw_m", *_HNSW_BOUNDS["m"]),
-            "ef_search": _count(options.get("ef_search", 128), "ef_search", *_HNSW_BOUNDS["ef_search"]),
+            "hnsw_m": _count(_given(options, "hnsw_m", 32), "hnsw_m", *_HNSW_BOUNDS["m"]),
+            "ef_search": _count(_given(options, "ef_search", 128), "ef_search", *_HNSW_BOUNDS["ef_search"]),
             "size": None if size is None else _count(size, "size", 1, adapter.dim_),
         }
         return layout
@@ -906,6 +916,19 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     return manifest
 
 
+def widen(index: AdaptedIndex, ef_search: int | None) -> None:
+    """``--ef-search`` of ``search`` and ``serve``: this run's HNSW search breadth (the index folder
+    keeps its own), refused in the flag's words on a flat index, whose search is exact."""
+    if ef_search is None:
+        return
+    if index.ef_search is None:
+        raise ValueError(
+            f"--ef-search widens an HNSW index's search; {index.folder or 'this index'} is flat "
+            "(exact): drop it"
+        )
+    index.ef_search = ef_search
+
+
 def build_index(
     corpus: str | os.PathLike | Embeddings,
     encoder: Encoder | None,
@@ -920,6 +943,8 @@ def build_index(
     progress: bool = False,
     dim: int | None = None,
     query_encoder: Encoder | None = None,
+    hnsw_m: int | None = None,
+    ef_search: int | None = None,
 ) -> tuple[AdaptedIndex, JobStats]:
     """Embed a corpus file (BEIR folder, ``corpus.jsonl[.gz]`` or Parquet) through the store, adapt it,
     and write the index folder ``out`` with its vector shards; ``search-adaptor index`` is this call.
@@ -930,14 +955,17 @@ def build_index(
     their documents are adapted and indexed as they are. ``dim`` keeps the first ``dim`` adapted
     coordinates (a Matryoshka prefix): a smaller, faster index, searched with queries of that size.
     ``query_encoder`` (a cross-model adapter's query model) is recorded, and text queries use it.
+    ``hnsw_m`` and ``ef_search`` are an HNSW index's graph degree and search breadth
+    (:class:`IndexOptions`), refused with another backend.
     """
     import_faiss()  # fail before embedding anything
     adapter = as_adapter(adapter)
+    options = {"backend": backend, "size": dim, "hnsw_m": hnsw_m, "ef_search": ef_search}
+    layout: dict[str, Any] = {k: v for k, v in options.items() if v is not None}  # the flags given
+    AdaptedIndex._layout(adapter, layout)  # refused before anything is embedded
     start = time.perf_counter()
     if isinstance(corpus, Embeddings):
-        index = AdaptedIndex.from_vectors(
-            adapter, corpus.doc_ids, corpus.corpus, corpus.encoder, backend=backend, size=dim
-        )
+        index = AdaptedIndex.from_vectors(adapter, corpus.doc_ids, corpus.corpus, corpus.encoder, **layout)
         index._record_query_encoder(corpus.query_encoder)
         index.save(out)
         return index, JobStats("precomputed", index.n_docs, index.dim, 0, time.perf_counter() - start)
@@ -965,9 +993,7 @@ def build_index(
                 progress=progress,
                 dim=dim,
             )
-            index = AdaptedIndex.from_shards(
-                adapter, shards, encoder.info(), backend=backend, encoder=encoder, size=dim
-            )
+            index = AdaptedIndex.from_shards(adapter, shards, encoder.info(), encoder=encoder, **layout)
             if query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint:
                 index._record_query_encoder(query_encoder.info(), query_encoder)  # kept as given
             index.save(target, vectors=shards)

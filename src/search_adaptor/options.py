@@ -57,6 +57,9 @@ _ADAPTER = A(
     "--adapter", required=True, metavar="ADAPTER_DIR", help="the adapter folder fit wrote (OUT_DIR/adapter)"
 )
 _DIM = A("--dim", type=_positive_int, help="keep the first DIM adapted coordinates (Matryoshka)")
+_EF_SEARCH = A(
+    "--ef-search", type=_positive_int, metavar="N", help="HNSW search breadth (default: the index's)"
+)
 _DATA = A("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
 _QUIET = A("--quiet", action="store_true", help="no progress bars, per-candidate or Ray lines")
 _ENCODER = [
@@ -171,6 +174,8 @@ _COMMANDS: dict[str, list[Arg | str]] = {
             help="a new or empty folder for the index, or an earlier index (replaced)",
         ),
         A("--backend", default="flat", choices=("flat", "hnsw"), help="hnsw: approximate"),
+        A("--hnsw-m", type=_positive_int, metavar="M", help="HNSW graph degree (default 32)"),
+        A("--ef-search", type=_positive_int, metavar="N", help="HNSW search breadth (default 128)"),
         _DIM,
         "engine",
         "embeddings",
@@ -189,6 +194,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("index", metavar="INDEX_DIR"),
         A("query"),
         A("-k", type=_positive_int, default=10),
+        _EF_SEARCH,
         _OUTPUT,
         *_API_ROOTS,
     ],
@@ -200,6 +206,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--threads", type=_positive_int, metavar="N", help="CPU threads (1 when shared)"),
         A("--retry-budget", type=_positive_float, dest="retry_budget_s", metavar="S", help="s per API call"),
         A("--model-name", metavar="NAME", help="/v1 model names NAME-query, NAME-document"),
+        _EF_SEARCH,
         *_API_ROOTS,
     ],
     "distill": [
