@@ -68,6 +68,18 @@ def _evaluate(seen: dict[str, Any] | None) -> dict[str, Any]:
     return _report(protocol="evaluate", test_split="train", seen_in_training=seen, family=None)
 
 
+def test_a_map_trained_on_query_texts_without_labels_says_texts_not_labels():
+    """An unlabelled cross-model map (or unsupervised Matryoshka fit) trains on the query texts, its
+    labels unused: evaluate's warning said those queries' "labels trained or chose" it."""
+    report = {**_evaluate({"n": 80, "of": 80}), "validation": {"metric": "neighbours@10"}}
+    (warning,) = seen_lines(report)
+    assert warning.startswith(
+        "WARNING: 80 of the 80 scored queries have the text of a query whose text (its labels unused) "
+        "trained or validated this adapter;"
+    )
+    assert "whose labels" not in render_markdown(report)
+
+
 def test_an_adapter_that_records_query_ids_only_is_checked_by_id():
     """An adapter fit in Python records its queries' ids, not their texts: evaluate's report said
     their relation was unknown, and no WARNING, though the ids were there to check."""

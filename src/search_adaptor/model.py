@@ -424,8 +424,9 @@ class SearchAdaptor:
         self.val_query_ids_ = result.val_query_ids
         self.n_val_queries_ = len(result.val_query_ids)
         self.train_query_ids_ = list(result.train_query_ids)
-        #: 64-bit digests of the texts of the labelled queries that trained, validated or chose it,
-        #: when its fit knew them (``search-adaptor fit``): ``evaluate`` tells held-out queries by them
+        #: 64-bit digests of the texts of the queries that trained, validated or chose it (without
+        #: labels, whose texts trained it), when its fit knew them (``search-adaptor fit``):
+        #: ``evaluate`` tells held-out queries by them
         self.query_text_digests_: list[str] | None = None
         self.val_metric_ = result.val_metric
         self.encoder_ = encoder

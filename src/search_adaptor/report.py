@@ -67,7 +67,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if protocol == "evaluate":
         lines.append(
             f"Protocol: a saved adapter scored on the {report.get('n_test_queries', '?')} "
-            f"`{report.get('test_split', 'test')}` queries; {_relation(report.get('seen_in_training'))}."
+            f"`{report.get('test_split', 'test')}` queries; {_relation(report)}."
         )
     elif protocol == "kfold":
         selected_on = (
@@ -187,9 +187,11 @@ def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
     return lines
 
 
-def _relation(seen: Mapping[str, Any] | None) -> str:
-    """``evaluate``'s protocol line: how the scored queries relate to those whose labels trained or
-    chose the adapter, by text (the digests ``fit`` records) or, for an adapter fit in Python, by id."""
+def _relation(report: Mapping[str, Any]) -> str:
+    """``evaluate``'s protocol line: how the scored queries relate to those that trained or chose the
+    adapter (:func:`_whose`), by text (the digests ``fit`` records) or, for an adapter fit in Python,
+    by id."""
+    seen = report.get("seen_in_training")
     if seen is None:
         return (
             "the adapter records neither the texts nor the ids of the queries it was trained on, so "
@@ -201,10 +203,18 @@ def _relation(seen: Mapping[str, Any] | None) -> str:
         if by == "id"
         else ""
     )
-    one = f"the {by} of a query whose labels trained or chose it"
+    one = f"the {by} of a query {_whose(report)} it"
     if seen["n"]:
         return f"{seen['n']} of them have {one}{ids_only}"
     return f"none of them has {one}: the scores are held-out{ids_only}"
+
+
+def _whose(report: Mapping[str, Any]) -> str:
+    """Which queries a held-out one must not be: those whose labels trained or chose the adapter or,
+    for a fit without labels (:func:`_unlabelled`), those whose texts trained or validated it."""
+    if _unlabelled(report):
+        return "whose text (its labels unused) trained or validated"
+    return "whose labels trained or chose"
 
 
 def _shared(seen: Mapping[str, Any]) -> str:
@@ -220,14 +230,15 @@ def _repeated(report: Mapping[str, Any]) -> str:
     if not seen or not seen["n"]:
         return ""
     return (
-        f" by id; {seen['n']} of them repeat the text of a query whose labels trained or chose the "
-        "adapter, so their scores are not held-out"
+        f" by id; {seen['n']} of them repeat the text of a query {_whose(report)} the adapter, so "
+        "their scores are not held-out"
     )
 
 
 def seen_lines(report: Mapping[str, Any]) -> list[str]:
-    """A loud warning when ``evaluate`` scored queries whose labels trained or chose the adapter: such
-    scores flatter it, and are no proof on held-out queries (also printed by ``evaluate``)."""
+    """A loud warning when ``evaluate`` scored queries that trained or chose the adapter
+    (:func:`_whose`): such scores flatter it, and are no proof on held-out queries (also printed by
+    ``evaluate``)."""
     seen = report.get("seen_in_training")
     if (
         report["protocol"] != "evaluate"
@@ -246,7 +257,7 @@ def seen_lines(report: Mapping[str, Any]) -> list[str]:
         )
     return [
         f"WARNING: {seen['n']} of the {seen['of']} scored queries have the {_shared(seen)} of a query "
-        f"whose labels trained or chose this adapter; {fix}."
+        f"{_whose(report)} this adapter; {fix}."
     ]
 
 
