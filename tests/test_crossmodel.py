@@ -651,6 +651,9 @@ def test_paired_texts_leave_out_the_queries_each_fit_draws_to_validate_on(narrow
             "a text of its own"
         ]
     assert set(cross_run.adapter.val_query_ids_) != set(unlabelled_run.adapter.val_query_ids_)
+    # k-fold selection holds every training query out once to choose: none of their texts may pair
+    kept, left_out = without_held_out(log, dataset, protocol(dataset), selection="kfold")
+    assert (kept, left_out) == ([], len(train))
 
 
 def test_evaluate_counts_the_queries_whose_texts_trained_an_unlabelled_map(narrow, unlabelled_run, tmp_path):

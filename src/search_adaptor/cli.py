@@ -220,7 +220,9 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
             )
         options["pair_texts"] = list(dict.fromkeys([*(options["pair_texts"] or []), *sentences])) or None
     if options["pair_texts"] and args.command == "fit":  # fit's options only
-        options["pair_texts"], left_out = without_held_out(options["pair_texts"], dataset, proto)
+        options["pair_texts"], left_out = without_held_out(
+            options["pair_texts"], dataset, proto, selection=args.selection
+        )
         if left_out:
             print(
                 f"search-adaptor: warning: {left_out} paired text(s) are the texts of queries this fit "

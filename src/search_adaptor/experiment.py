@@ -894,14 +894,19 @@ def _seen(
 
 
 def without_held_out(
-    texts: Sequence[str], dataset: Dataset, proto: Protocol, val_fraction: float = VAL_FRACTION
+    texts: Sequence[str],
+    dataset: Dataset,
+    proto: Protocol,
+    val_fraction: float = VAL_FRACTION,
+    selection: str = DEFAULT_SELECTION,
 ) -> tuple[list[str], int]:
     """``texts`` (paired texts for a query model: a query log, the corpus's sentences) without those
     that are, up to case and spacing, the text of a query ``proto`` scores or validates, and how many
     were left out: a scored query's own text, paired, would train the map its score goes through, and
     that score would no longer be a held-out one; a validation query's would inflate the score that
     stops training early and chooses the candidate. Validation is ``proto``'s split, or, without
-    one, the share of the training queries each fit draws itself (``val_fraction``, :func:`_drawn`)."""
+    one, the share of the training queries each fit draws itself (``val_fraction``, :func:`_drawn`);
+    with ``selection="kfold"``, every training query, as each is held out once to choose."""
 
     def same(text: str) -> str:
         return " ".join(text.casefold().split())
@@ -910,6 +915,7 @@ def without_held_out(
         {q for _, _, scored in proto.folds for q in scored}
         | set(proto.val)
         | _drawn(dataset, proto, val_fraction)
+        | (set(proto.folds[0][1]) if selection == "kfold" and proto.name == "test" else set())
     )
     held_texts = {same(dataset.queries[q]) for q in held if q in dataset.queries}
     kept = [t for t in texts if same(t) not in held_texts]
