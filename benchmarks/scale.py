@@ -450,8 +450,10 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         "",
         "One reference round ran before the jobs and one after each job, so the median saw the same "
         "background load as the jobs. An MLP adapter does two matmuls per row, each row's as its own "
-        "matrix-vector product (so that a row never depends on its batch), so against one matrix product "
-        "its ceiling is about 0.25; `transform_corpus` in memory is the ceiling of any streaming job.",
+        "matrix-vector product (so that a row never depends on its batch): `transform_corpus` in memory "
+        f"ran at {ref['transform_corpus'] / ref['one_matmul']:.2f} of one matrix product and "
+        f"{ref['transform_corpus'] / ref['adapter_matmuls']:.2f} of the adapter's own two, and it is the "
+        "ceiling of any streaming job.",
     ]
     by = {j["key"]: j for j in jobs}
     big, npy_job, local_small, chunk = (
@@ -566,15 +568,17 @@ def cranfield_lines(c: dict[str, Any] | str | None) -> list[str]:
         return [c]
     fit = c.get("fit")
     how = (
-        f"trained now with `search-adaptor fit ../shared/data/cranfield --family {FAMILY}` "
-        f"({fit['wall']:.0f} s)"
+        f"trained now with `search-adaptor fit ../shared/data/cranfield --family {FAMILY} --out "
+        f"$WORK/cran_fit` ({fit['wall']:.0f} s)"
         if fit
         else f"`{c['adapter']}`"
     )
+    adapter = "$WORK/cran_fit/adapter" if fit else c["adapter"]
+    index = f"search-adaptor index ../shared/data/cranfield --adapter {adapter} --out $WORK/cran_"
     identical = c["ids_equal"] and c["vectors_equal"] and c["same_queries"] == c["n_queries"]
     return [
-        f"**Cranfield, local vs Ray index.** Adapter {how}; `search-adaptor index ../shared/data/cranfield "
-        "--engine local|ray`. Both indexes hold "
+        f"**Cranfield, local vs Ray index.** Adapter {how}; `{index}local --engine local` and "
+        f"`{index}ray --engine ray` (`$WORK`: the benchmark's work folder). Both indexes hold "
         f"{c['n_docs']:,} documents; doc id lists {'equal' if c['ids_equal'] else 'DIFFERENT'}; the "
         f"adapted vectors in `vectors/` {'identical' if c['vectors_equal'] else 'DIFFERENT'} (max abs "
         f"difference {c['max_vector_diff']:.1e}); `index.search(query vectors, k=10)` gave identical "

@@ -43,7 +43,7 @@ from search_adaptor.experiment import RULES, choose, evaluate_embeddings, select
 from search_adaptor.files import write_bytes_atomic, write_text_atomic
 from search_adaptor.metrics import paired_test
 from search_adaptor.variants import family_variants
-from suite import DATASETS, FOLDS, load_shared
+from suite import DATASETS, FOLDS, fmt_p, load_shared
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CELLS = RESULTS / "selection_cells.json.gz"
@@ -153,7 +153,7 @@ def report(cells: dict[str, Any]) -> str:
             ]
             p = paired_test(flat[rule], flat[best])
             lost = f"; below {', '.join(below)}" if below else ""
-            cols.append(f"{flat[rule].mean():.4f} (p {p:.3f} vs {best}{lost})")
+            cols.append(f"{flat[rule].mean():.4f} (p {fmt_p(p)} vs {best}{lost})")
             counts = {n: picks[rule].count(n) for n in dict.fromkeys(picks[rule])}
             verdicts.append(
                 f"- {name}, `{rule}` picked: " + ", ".join(f"{n} x{c}" for n, c in counts.items())

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines
 from search_adaptor.data import Dataset, labelled_queries, load_beir
 from search_adaptor.embed import Embeddings
-from search_adaptor.experiment import Protocol, evaluate_embeddings, protocol, select
+from search_adaptor.experiment import Protocol, evaluate_embeddings, is_kept_start, protocol, select
 from search_adaptor.files import write_bytes_atomic, write_text_atomic
 from search_adaptor.metrics import paired_test
 from search_adaptor.model import SearchAdaptor
@@ -447,8 +447,9 @@ def compute_cell(
             best_step=ft.best_epoch,
             n_steps=len(ft.history) - 1,
             history=[[h["epoch"], round(h["ndcg@10"], 4)] for h in ft.history],
-            # best epoch == max_epochs flags a model that might have gained from more epochs
-            selected=f"best epoch {ft.best_epoch} of {row.params['max_epochs']}",
+            # best epoch == max_epochs flags a model that might have gained from more epochs (the
+            # report shows the epochs run, n_steps; cells written earlier say "of {max_epochs}")
+            selected=f"best epoch {ft.best_epoch} of at most {row.params['max_epochs']}",
         )
         out["zs_val_store"] = round(float(ft.zero_shot_store_score), 5)
         eval_emb = ft.embed_queries(emb, bench.dataset.queries, sorted(test_qrels))
@@ -640,6 +641,7 @@ class RowResult:
     train_s: list[float]  # training time per seed (summed over folds)
     picked: list[str]  # what validation picked, per seed and fold (rows that select)
     seeds: int
+    cells: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)  # (seed, fold): the cell used
 
 
 def current_cell(cache: Cache, key: str) -> dict[str, Any] | None:
@@ -658,18 +660,24 @@ def aggregate(
     order = {q: i for i, q in enumerate(b.test_ids())}
     means: dict[str, list[float]] = {m: [] for m in METRICS}
     queries, times, picked = [], [], []
+    used: dict[tuple[int, str], dict[str, Any]] = {}
+    finetune = len(table_row.cells) == 1 and CELL_ROWS[table_row.cells[0]].kind == "finetune"
     for seed in seeds:
         scores = np.full(len(order), np.nan)
         sums = dict.fromkeys(METRICS, 0.0)
         total_s, complete = 0.0, True
         chosen: list[str] = []
+        kept: dict[tuple[int, str], dict[str, Any]] = {}
         for fold, _, test_q in b.folds(seed):
             cells = [current_cell(cache, cell_key(b.name, c, seed, fold, fraction)) for c in table_row.cells]
             if any(c is None for c in cells):
                 complete = False
                 break
             cell = _pick_on_validation(cells) if len(cells) > 1 else cells[0]
-            if cell.get("best_step") == 0 and "selected" not in cell:
+            kept[(seed, fold)] = cell
+            if finetune:  # its epochs run, not the cap (a cell's `selected` names max_epochs)
+                chosen.append(f"best epoch {cell['best_step']} of {cell['n_steps']} run")
+            elif cell.get("best_step") == 0 and "selected" not in cell:
                 chosen.append("identity")  # validation kept the zero-shot model
             elif len(cells) > 1:
                 chosen.append(table_row.cells[cells.index(cell)])
@@ -688,9 +696,10 @@ def aggregate(
         queries.append(scores)
         times.append(total_s)
         picked += chosen
+        used.update(kept)
     if not queries:
         return None
-    return RowResult(means, np.mean(queries, axis=0), times, picked, len(queries))
+    return RowResult(means, np.mean(queries, axis=0), times, picked, len(queries), used)
 
 
 def _ms(values: Sequence[float], digits: int = 4) -> str:
@@ -699,7 +708,9 @@ def _ms(values: Sequence[float], digits: int = 4) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def _p(p: float) -> str:
+def fmt_p(p: float) -> str:
+    """A randomization test's p: 3 decimals, or 2 significant digits below 0.001 (its floor is 1 over
+    the flips + 1, never 0)."""
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
@@ -780,7 +791,7 @@ def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Pa
         }
         for b in benches
     }
-    lines += _summary(benches, results_by)
+    lines += _summary(cache, benches, results_by, seed_list)
     lines += _scenarios(benches, results_by)
     lines += _claims(benches, results_by)
     lines += _precision_check(benches, results_by)
@@ -864,8 +875,8 @@ def _scenarios(
                 spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
                 cells.append(f"{np.mean(values):.3f}{spread}{seeds}")
             paper, zero, auto = res.get("paper"), res.get("zero-shot"), res.get("auto")
-            p_zero = _p(paired_test(paper.per_query, zero.per_query)) if paper and zero else "–"
-            p_auto = _p(paired_test(auto.per_query, paper.per_query)) if paper and auto else "–"
+            p_zero = fmt_p(paired_test(paper.per_query, zero.per_query)) if paper and zero else "–"
+            p_auto = fmt_p(paired_test(auto.per_query, paper.per_query)) if paper and auto else "–"
             lines.append(f"| {scenario} | {name} | " + " | ".join(cells) + f" | {p_zero} | {p_auto} |")
     return [*lines, ""]
 
@@ -916,7 +927,7 @@ def _claims(benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, RowR
                 if p < P_SIGNIFICANT
                 else "not shown"
             )
-            cells.append(f"{delta:+.3f}, p {_p(p)}: {verdict}")
+            cells.append(f"{delta:+.3f}, p {fmt_p(p)}: {verdict}")
         lines.append(f"| {text} (`{row}` vs `{other}`) | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -934,16 +945,16 @@ def _precision_check(
         f, a = full.per_seed["ndcg@10"], mixed.per_seed["ndcg@10"]
         p = paired_test(mixed.per_query, full.per_query)
         rows.append(
-            f"| {b.name} | {np.mean(f):.4f} ± {np.std(f):.4f} ({full.seeds}) | {np.mean(a):.4f} ± "
-            f"{np.std(a):.4f} ({mixed.seeds}) | {np.mean(a) - np.mean(f):+.4f} | {_p(p)} |"
+            f"| {b.name} | {_ms(f)} ({full.seeds}) | {_ms(a)} ({mixed.seeds}) | "
+            f"{np.mean(a) - np.mean(f):+.4f} | {fmt_p(p)} |"
         )
     if not rows:
         return []
     return [
         "### `auto` in float32 (the default) against the same candidates with bfloat16 products",
         "",
-        "Test nDCG@10, mean ± sd over seeds (seeds in brackets); Δ: bfloat16 minus float32; p: paired "
-        "randomization test over queries (per-query scores averaged over seeds). Speed: the section "
+        "Test nDCG@10, mean ± sample std over seeds (seeds in brackets); Δ: bfloat16 minus float32; p: "
+        "paired randomization test over queries (per-query scores averaged over seeds). Speed: the section "
         "'Fit speed on cached embeddings' (`benchmarks/fit_speed.py`).",
         "",
         "| dataset | `auto` (float32) | `auto-bfloat16` | Δ | p |",
@@ -951,6 +962,32 @@ def _precision_check(
         *rows,
         "",
     ]
+
+
+def _with_candidates(
+    cache: Cache, b: Bench, seeds: Sequence[int], row: str = "auto"
+) -> dict[str | None, list[np.ndarray]]:
+    """Per-query test nDCG@10 of ``row`` (an ``auto`` row) under None, of each of its candidates by
+    name (as its cells, or ``auto``'s for ``auto-kfold``, stored them) and of ``auto`` under "auto":
+    one array per seed whose cells all scored their candidates (Bench.test_ids order)."""
+    order = {q: i for i, q in enumerate(b.test_ids())}
+    runs: dict[str | None, list[np.ndarray]] = {}
+    for seed in seeds:
+        per: dict[str | None, np.ndarray] = {}
+        for fold, _, test_q in b.folds(seed):
+            cell = current_cell(cache, cell_key(b.name, row, seed, fold))
+            source = current_cell(cache, cell_key(b.name, CANDIDATES_OF.get(row, row), seed, fold))
+            default = current_cell(cache, cell_key(b.name, "auto", seed, fold))
+            if cell is None or source is None or "candidates" not in source or default is None:
+                per = {}
+                break
+            rows = [order[q] for q in sorted(test_q)]
+            scored = {None: cell["ndcg"], **source["candidates"], "auto": default["ndcg"]}
+            for name, text in scored.items():
+                per.setdefault(name, np.full(len(order), np.nan))[rows] = decode_scores(text)
+        for name, scores in per.items():
+            runs.setdefault(name, []).append(scores)
+    return runs
 
 
 def _auto_vs_candidates(
@@ -963,23 +1000,7 @@ def _auto_vs_candidates(
     columns = [*AUTO_CANDIDATES, *(["auto"] if row != "auto" else [])]  # what the row is set against
     lines: list[str] = []
     for b in benches:
-        order = {q: i for i, q in enumerate(b.test_ids())}
-        runs: dict[str | None, list[np.ndarray]] = {}  # the row's own scores under None, columns' by name
-        for seed in seeds:
-            per: dict[str | None, np.ndarray] = {}
-            for fold, _, test_q in b.folds(seed):
-                cell = current_cell(cache, cell_key(b.name, row, seed, fold))
-                source = current_cell(cache, cell_key(b.name, CANDIDATES_OF.get(row, row), seed, fold))
-                default = current_cell(cache, cell_key(b.name, "auto", seed, fold))
-                if cell is None or source is None or "candidates" not in source or default is None:
-                    per = {}
-                    break
-                rows = [order[q] for q in sorted(test_q)]
-                scored = {None: cell["ndcg"], **source["candidates"], "auto": default["ndcg"]}
-                for name, text in scored.items():
-                    per.setdefault(name, np.full(len(order), np.nan))[rows] = decode_scores(text)
-            for name, scores in per.items():
-                runs.setdefault(name, []).append(scores)
+        runs = _with_candidates(cache, b, seeds, row)
         if not runs:
             continue
         mine = np.mean(runs[None], axis=0)
@@ -988,8 +1009,8 @@ def _auto_vs_candidates(
             cand = np.mean(runs[name], axis=0)
             p = paired_test(mine, cand)
             below = p < P_SIGNIFICANT and mine.mean() < cand.mean()
-            text = f"{cand.mean():.4f} ({mine.mean() - cand.mean():+.4f}, p {_p(p)})"
-            cells.append(f"**{text}: auto below**" if below else text)
+            text = f"{cand.mean():.4f} ({mine.mean() - cand.mean():+.4f}, p {fmt_p(p)})"
+            cells.append(f"**{text}: {row} below**" if below else text)
         lines.append(f"| {b.name} | {len(runs[None])} | {mine.mean():.4f} | " + " | ".join(cells) + " |")
     if not lines:
         return []
@@ -1115,12 +1136,111 @@ def _progress(cache: Cache, benches: Sequence[Bench], seeds: int) -> list[str]:
         f"data-efficiency cells. Compute: {compute_s / 3600:.1f} h summed over cells (full fine-tuning "
         f"{ft_s / 3600:.1f} h of it), in {len(runs)} runs taking {sum(b - a for a, b in spans) / 3600:.1f} h "
         f"of wall time together, at most {overlap} at a time on this 2-core machine, on disjoint cells. "
-        "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".",
+        "Commands: " + "; ".join(f"`{c}`" for c in commands) + "." + _uncovered(cache, benches, seeds),
         "",
     ]
 
 
-def _summary(benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, RowResult | None]]) -> list[str]:
+#: Where cells came from that no recorded command computes under their current row (see _uncovered).
+ORIGINS = {
+    "auto-bfloat16": "computed under row `auto` by the run recorded as `python benchmarks/suite.py --rows "
+    "auto --seeds 5`, while `auto` trained its candidates with bfloat16 products, and moved to this row "
+    "by commit 928a7ef, when float32 became the default",
+}
+
+
+def _uncovered(cache: Cache, benches: Sequence[Bench], seeds: int) -> str:
+    """The cells of the tables that none of the recorded commands would compute if run again (each
+    computes what its datasets, rows and seeds lack): ' Not computed by any of these commands: ...', or ''."""
+    protocols = {b.name: b.protocol for b in benches}
+    covered: set[tuple[str, str, int, float]] = set()
+    prefix = ["python", "benchmarks/suite.py"]
+    for run in cache.runs:
+        argv = shlex.split(run.get("command", ""))
+        if argv[:2] != prefix:
+            continue
+        try:
+            args, _ = _parser(exit_on_error=False).parse_known_args(argv[2:])
+        except argparse.ArgumentError:  # a row or option since renamed: it computes none of today's cells
+            continue
+        eff = next((d for d in args.datasets if protocols.get(d) == "test"), None) if args.fractions else None
+        for t in plan(args.datasets, args.seeds, args.rows, args.fractions, eff, args.seed_major):
+            covered.add((t.dataset, t.row, t.seed, t.fraction))
+    shown = {c for key in EFFICIENCY_ROWS for c in TABLE_ROWS[key].cells}
+    missing: dict[str, dict[str, int]] = {}
+    for key in cache.cells:
+        name, row, seed, *rest = key.split("|")
+        fraction = float(rest[1][2:]) if len(rest) > 1 else 1.0
+        if name not in protocols or int(seed) >= seeds or (fraction != 1.0 and row not in shown):
+            continue
+        if current_cell(cache, key) is not None and (name, row, int(seed), fraction) not in covered:
+            missing.setdefault(row, {})
+            missing[row][name] = missing[row].get(name, 0) + 1
+    if not missing:
+        return ""
+    return (
+        " Not computed by any of these commands: "
+        + "; ".join(
+            f"`{row}` on {', '.join(f'{name} ({n} cells)' for name, n in by.items())}"
+            + (f", {ORIGINS[row]}" if row in ORIGINS else "")
+            + (
+                f" (the command that covers them: `python benchmarks/suite.py --datasets {' '.join(by)} "
+                f"--rows {row}`)"
+                if row in TABLE_ROWS
+                else ""
+            )
+            for row, by in missing.items()
+        )
+        + "."
+    )
+
+
+def _same_as_candidate(
+    cache: Cache, benches: Sequence[Bench], key: str, variant: str, seeds: Sequence[int]
+) -> tuple[int, int]:
+    """(cells where row ``key`` has exactly the test scores ``auto``'s cell stored for its candidate
+    ``variant``, cells where both are there), over ``benches`` and ``seeds``."""
+    same = total = 0
+    for b in benches:
+        for seed in seeds:
+            for fold, _, _ in b.folds(seed):
+                mine = current_cell(cache, cell_key(b.name, key, seed, fold))
+                auto = current_cell(cache, cell_key(b.name, "auto", seed, fold))
+                if mine is None or auto is None or variant not in auto.get("candidates", {}):
+                    continue
+                total += 1
+                same += mine["ndcg"] == auto["candidates"][variant]
+    return same, total
+
+
+def _candidate_rows_note(cache: Cache, benches: Sequence[Bench], seeds: Sequence[int]) -> str:
+    """How the rows with the parameters of one of auto's candidates relate to its cells."""
+    parts = []
+    for key, variant in AUTO_ROWS.items():
+        same, total = _same_as_candidate(cache, benches, key, variant, seeds)
+        label = TABLE_ROWS[key].label
+        if same == total:
+            parts.append(
+                f"{label} is its candidate `{variant}` (same parameters, seed and validation split"
+                + (f"; identical test scores in all {total} cells)" if total else ")")
+            )
+        else:
+            parts.append(
+                f"{label} has the parameters, seed and validation split of its candidate `{variant}` but "
+                "not its cells: the two were trained in separate runs, on other machines or library "
+                "versions, and float32 training does not reproduce bit for bit across those (identical "
+                f"test scores in {same} of {total} cells; the readings below set auto against its own "
+                f"`{variant}`)"
+            )
+    return "; " + ", ".join(parts) if parts else ""
+
+
+def _summary(
+    cache: Cache,
+    benches: Sequence[Bench],
+    results_by: Mapping[str, Mapping[str, RowResult | None]],
+    seeds: Sequence[int],
+) -> list[str]:
     lines = [
         "### Test nDCG@10, every row on every dataset",
         "",
@@ -1155,13 +1275,7 @@ def _summary(benches: Sequence[Bench], results_by: Mapping[str, Mapping[str, Row
         "grade weighting of the paper's pairwise loss, so it is the same objective on binary qrels "
         "(SciFact, XQuAD-R) and differs only on Cranfield's graded ones. `auto` trains "
         f"{', '.join(AUTO_CANDIDATES)} and keeps the best on validation"
-        + (
-            "; "
-            + ", ".join(f"{TABLE_ROWS[k].label} is its candidate `{v}`" for k, v in AUTO_ROWS.items())
-            + " (the same model for a seed and fold: same parameters, seed and validation split)"
-            if AUTO_ROWS
-            else ""
-        )
+        + _candidate_rows_note(cache, benches, seeds)
         + ". In the per-dataset tables, 'picked on validation' counts what selection chose per seed and "
         "fold, 'identity' where no trained checkpoint beat zero-shot on validation.",
         "",
@@ -1200,7 +1314,7 @@ def _dataset_section(
             p_text, d_text = "–", "–"
         else:
             p = paired_test(r.per_query, zs.per_query)
-            p_text = _p(p)
+            p_text = fmt_p(p)
             verdict = ""
             if p < P_SIGNIFICANT and delta < 0:
                 verdict = " (significantly below zero-shot)"
@@ -1236,34 +1350,13 @@ def _dataset_section(
         )
         lines.append(
             f"`auto` vs the best other adapter row ({TABLE_ROWS[best_key].label}): {a_mean:.4f} vs "
-            f"{b_mean:.4f}, p = {_p(p)}: auto is {verdict} it."
+            f"{b_mean:.4f}, p = {fmt_p(p)}: auto is {verdict} it."
         )
         if a_mean < b_mean:
-            n_val = len(baselines.validation_split(b.folds(0)[0][1], 0)[1])
-            unit = "fold" if b.protocol == "kfold" else "seed"
-            label = TABLE_ROWS[best_key].label
-            picked = f"picked: {_counts(auto.picked)}"
-            if best_key in AUTO_ROWS:
-                why = (
-                    f"{label} is auto's candidate `{AUTO_ROWS[best_key]}`, the same model per seed and fold; "
-                    f"selection on {n_val} validation queries per {unit} chose other candidates where they "
-                    f"scored higher there ({picked}), and those did worse on the test queries: the price of "
-                    "selecting on a small validation split"
-                    + (", within noise." if p >= P_SIGNIFICANT else ", larger than the noise here.")
-                )
-            else:
-                why = (
-                    f"auto picks among {', '.join(AUTO_CANDIDATES)} by nDCG@10 on {n_val} validation "
-                    f"queries per {unit} ({picked}); {label} is not one of them, and "
-                    + (
-                        "the gap is within seed and selection noise."
-                        if p >= P_SIGNIFICANT
-                        else "on this dataset it beats the candidate auto picks on validation."
-                    )
-                )
+            why = _why_auto_below(cache, b, seeds, auto, best_key, best, p)
             notes.append(
                 f"{b.name}: auto ({a_mean:.4f}) is {verdict} {TABLE_ROWS[best_key].label} "
-                f"({b_mean:.4f}), p = {_p(p)}. Why: {why}"
+                f"({b_mean:.4f}), p = {fmt_p(p)}. Why: {why}"
             )
         lines.append("")
     grid = [(name, aggregate(cache, b, TableRow(name, name, (name,)), seeds)) for name in GRID_NAMES]
@@ -1289,6 +1382,78 @@ def _dataset_section(
     if figures:
         lines += ["Figures: " + " · ".join(figures), ""]
     return lines
+
+
+def _why_auto_below(
+    cache: Cache, b: Bench, seeds: Sequence[int], auto: RowResult, key: str, best: RowResult, p: float
+) -> str:
+    """Why ``auto`` is below the adapter row ``key`` on ``b``, from the stored cells only: what auto
+    picked, how the row's validation score compares with that of auto's pick on the same split, and
+    for a row with the parameters of one of auto's candidates, auto against that candidate's own cells."""
+    n_val = len(baselines.validation_split(b.folds(0)[0][1], 0)[1])
+    unit = "fold" if b.protocol == "kfold" else "seed"
+    label = TABLE_ROWS[key].label
+    noise = p >= P_SIGNIFICANT
+    both = [sf for sf in auto.cells if sf in best.cells]
+    valid = [sf for sf in both if "val" in auto.cells[sf] and "val" in best.cells[sf]]
+    above = sum(best.cells[sf]["val"] > auto.cells[sf]["val"] + 1e-9 for sf in valid)
+    gap = float(np.mean([best.cells[sf]["val"] - auto.cells[sf]["val"] for sf in valid])) if valid else 0.0
+    on_val = (
+        f"its validation nDCG@10 (the split auto selects on) is above that of auto's pick in {above} of "
+        f"{len(valid)} {unit}s (mean {gap:+.4f})"
+    )
+    if key in AUTO_ROWS:
+        variant = AUTO_ROWS[key]
+        runs = _with_candidates(cache, b, seeds)
+        if variant not in runs:
+            return f"{label} has the parameters of auto's candidate `{variant}` (its test scores not stored)."
+        own = np.mean(runs[variant], axis=0)
+        mine = np.mean(runs[None], axis=0)
+        p_own, delta = paired_test(mine, own), float(mine.mean() - own.mean())
+        same, total = _same_as_candidate(cache, [b], key, variant, seeds)
+        head = (
+            f"{label} is auto's candidate `{variant}` (identical test scores in all {total} {unit}s)"
+            if same == total
+            else f"{label} has the parameters of auto's candidate `{variant}` but was trained separately "
+            f"(identical test scores in {same} of {total} {unit}s: see the reading note under the main "
+            "suite table); "
+            f"auto's own `{variant}` scored {own.mean():.4f} on the test queries, auto {delta:+.4f}, "
+            f"p = {fmt_p(p_own)}"
+        )
+        if delta >= 0:
+            return head + f"; auto is not below its own `{variant}`: the gap is between two trainings of it."
+        kept_identity = any(is_kept_start(x) for x in auto.picked)
+        return (
+            head + f"; selection on {n_val} validation queries per {unit} picked `{variant}` in "
+            f"{auto.picked.count(variant)} of {len(auto.picked)} (picked: {_counts(auto.picked)}) and "
+            "elsewhere the candidate that scored highest there"
+            + (" (or kept the identity)" if kept_identity else "")
+            + ", and those did worse on the test queries: the price of selecting on a small validation split"
+            + (", within noise." if p_own >= P_SIGNIFICANT else ", larger than the noise here.")
+        )
+    row = CELL_ROWS[TABLE_ROWS[key].cells[0]]
+    if row.kind == "family" and row.params.get("variants") == AUTO_PARAMS:
+        same_pick = [sf for sf in both if best.cells[sf].get("selected") == auto.cells[sf].get("selected")]
+        identical = sum(best.cells[sf]["ndcg"] == auto.cells[sf]["ndcg"] for sf in same_pick)
+        return (
+            f"{label} chooses among auto's candidates too (it picked: {_counts(best.picked)}; auto: "
+            f"{_counts(auto.picked)}); it shipped what auto shipped in {len(same_pick)} of {len(both)} "
+            f"{unit}s"
+            + (
+                f", with identical test scores there, so the gap comes from the other "
+                f"{len(both) - len(same_pick)}"
+                if identical == len(same_pick) < len(both)
+                else f" (identical test scores in {identical} of them)"
+            )
+            + f", and {on_val}"
+            + ("; the gap is within seed and selection noise." if noise else ".")
+        )
+    return (
+        f"auto picks among {', '.join(AUTO_CANDIDATES)} by nDCG@10 on {n_val} validation queries per {unit} "
+        f"(picked: {_counts(auto.picked)}); {label} is not one of them"
+        + (f", and {on_val}" if valid else "")
+        + ("; the gap is within seed and selection noise." if noise else ".")
+    )
 
 
 def _histories(cache: Cache, b: Bench) -> dict[str, list[dict[str, float]]]:
@@ -1336,7 +1501,7 @@ def _efficiency(
             vals = r.per_seed["ndcg@10"]
             points[f] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
             p = paired_test(r.per_query, zs.per_query) if zs is not None else float("nan")
-            texts.append(f"{_ms(vals)} (p {_p(p)})")
+            texts.append(f"{_ms(vals)} (p {fmt_p(p)})")
         curves[TABLE_ROWS[key].label] = points
         lines.append(f"| {TABLE_ROWS[key].label} | " + " | ".join(texts) + " |")
     lines.append("")
@@ -1354,8 +1519,8 @@ def _efficiency(
 # -- command line ----------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _parser(exit_on_error: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], exit_on_error=exit_on_error)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), help="names under ../shared/data")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (full fine-tuning: at most 3)")
     parser.add_argument(
@@ -1404,7 +1569,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild suite.md and plots from the cache"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)  # its lock file and the cache go there
     max_steps = 500 if args.fast else args.max_steps
     import torch
