@@ -7,7 +7,10 @@ right vector came back for the right text in the right mode, as float lists or, 
 base64 float32 the way each API encodes them. It records every request (path, query, headers,
 body) and every text served successfully (not counting replies due to a client that has already
 hung up, e.g. after its timeout), rejects texts over the model's input limit with the provider's
-own "too long" error (counting tokens with :func:`fake_tokens`), and injects faults on a schedule
+own "too long" error (counting tokens with :func:`fake_tokens`), rejects a request whose texts
+together hold more tokens than the provider's documented cap per request with the provider's own
+message (OpenAI's 300,000, Voyage's per-model batch total counted after truncation, Vertex's 20,000
+counted before ``autoTruncate``), and injects faults on a schedule
 (429 with ``Retry-After``, ``retry-after-ms``, ``x-ratelimit-reset`` or a Google ``RetryInfo`` body,
 ``x-should-retry``, 409, 5xx, replies slower than the client's timeout, malformed bodies).
 
@@ -276,6 +279,18 @@ class Wire:
         """(status, message) of the provider's rejection of input ``index`` over ``limit`` tokens."""
         return 400, f"input {index} has {tokens} tokens, more than the maximum of {limit}; it is too long"
 
+    def request_limit(self, path: str, body: Any) -> int | None:
+        """The documented cap on the :func:`fake_tokens` of one request's texts together (None: none)."""
+        return None
+
+    def request_tokens(self, texts: list[str], body: Any) -> int:
+        """What a request's texts count against :meth:`request_limit` (the provider's own way)."""
+        return sum(map(fake_tokens, texts))
+
+    def too_many_tokens(self, tokens: int, limit: int, body: Any) -> tuple[int, str]:
+        """(status, message) of the provider's rejection of a request of ``tokens`` over ``limit``."""
+        raise NotImplementedError(f"{self.name} documents no cap per request")
+
     def reply(self, vectors: list[list[float]], texts: list[str], body: Any) -> Any:
         raise NotImplementedError
 
@@ -329,6 +344,12 @@ class OpenAIWire(Wire):
     def too_long(self, index: int, tokens: int, limit: int) -> tuple[int, str]:
         return 400, f"Invalid 'input[{index}]': maximum input length is {limit} tokens."
 
+    def request_limit(self, path: str, body: Any) -> int | None:
+        return 300_000
+
+    def too_many_tokens(self, tokens: int, limit: int, body: Any) -> tuple[int, str]:
+        return 400, f"Requested {tokens} tokens, max {limit} tokens per request"
+
     def reply(self, vectors: list[list[float]], texts: list[str], body: Any) -> Any:
         encode = b64_vector if self.encoding(body) == "base64" else list
         data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
@@ -341,7 +362,9 @@ class OpenAIWire(Wire):
         }
 
     def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
-        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        kind = "max_tokens_per_request" if message.endswith("tokens per request") else "invalid_request_error"
+        code = "max_tokens_per_request" if kind != "invalid_request_error" else None
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 class CompatibleWire(OpenAIWire):
@@ -356,6 +379,9 @@ class CompatibleWire(OpenAIWire):
 
     def too_long(self, index: int, tokens: int, limit: int) -> tuple[int, str]:
         return 413, f"Input validation error: `inputs` must have less than {limit} tokens. Given: {tokens}"
+
+    def request_limit(self, path: str, body: Any) -> int | None:
+        return None  # the server's own batch limits, not OpenAI's
 
     def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
         return {"error": message, "error_type": "Validation" if status in (413, 422) else "Backend"}
@@ -378,6 +404,9 @@ class AzureWire(OpenAIWire):
 
     def check_model(self, body: Any) -> None:
         """Azure takes the model from the deployment in the URL (the SDK repeats it in the body)."""
+
+    def request_limit(self, path: str, body: Any) -> int | None:
+        return None  # a deployment's own; Azure's wording for it is not documented
 
     def error(self, status: int, message: str, retry_delay: str | None = None) -> Any:
         return {"error": {"code": str(status), "message": message}}
@@ -531,6 +560,22 @@ class VertexWire(GoogleWire):
         _require(len(data) <= 20_000_000, "the image is larger than 20 MB")
         return [_image_id(data)], None, params.get("dimension")
 
+    def request_limit(self, path: str, body: Any) -> int | None:
+        """20,000 tokens a ``:predict`` request of texts, counted before ``autoTruncate`` cuts them
+        ("Inputs exceeding this limit result in a 400 error"); Gemini Embedding 2 and the
+        multimodal model document none."""
+        match = self.route_re.fullmatch(path)
+        text_predict = match is not None and match.group(2) == "predict" and "content" in body["instances"][0]
+        return 20_000 if text_predict else None
+
+    def too_many_tokens(self, tokens: int, limit: int, body: Any) -> tuple[int, str]:
+        return 400, (
+            f"Unable to submit request because the input token count is {tokens} but the model supports "
+            f"up to {limit}. Reduce the input token count and try again. You can also use the CountTokens "
+            "API to calculate prompt token count and billable characters. Learn more: "
+            "https://cloud.google.com/vertex-ai/generative-ai/docs/learn/models"
+        )
+
     def truncates(self, body: Any) -> bool:
         if "instances" in body and "content" not in body["instances"][0]:
             return True  # multimodalembedding shortens texts over its 32 tokens itself
@@ -621,6 +666,24 @@ class CohereWire(Wire):
         return {"id": "fake-error", "message": message}
 
 
+def voyage_batch_limit(model: str) -> int:
+    """Voyage's documented cap on the tokens of one request: 1M for the ``-lite`` models, 320K for
+    voyage-4, voyage-3.5, voyage-2 and the multimodal models, 120K for the others."""
+    if "lite" in model:
+        return 1_000_000
+    if model in ("voyage-4", "voyage-3.5", "voyage-2") or model.startswith("voyage-multimodal"):
+        return 320_000
+    return 120_000
+
+
+def voyage_batch_message(model: str, tokens: int, limit: int) -> str:
+    """Voyage's own words for a request over :func:`voyage_batch_limit`."""
+    return (
+        f"Request to model '{model}' failed. The max allowed tokens per submitted batch is {limit}. "
+        f"Your batch has {tokens} tokens after truncation. Please lower the number of tokens in the batch."
+    )
+
+
 class VoyageWire(Wire):
     name = "voyage"
     prefix = "/v1"
@@ -684,7 +747,8 @@ class VoyageWire(Wire):
             len(kinds) <= 1,
             "each request should use either image_base64 or image_url exclusively for images, not both",
         )
-        _require(total <= 320_000, f"the request has {total} tokens, more than the 320000 allowed")
+        limit = voyage_batch_limit(body["model"])
+        _require(total <= limit, voyage_batch_message(body["model"], total, limit))
         return items
 
     def encoding(self, body: Any) -> str:
@@ -695,6 +759,20 @@ class VoyageWire(Wire):
 
     def input_limit(self, path: str) -> int | None:
         return 32_000
+
+    def request_limit(self, path: str, body: Any) -> int | None:
+        # multimodal requests are counted, images included, as they are parsed (_inputs)
+        return None if path.endswith("/multimodalembeddings") else voyage_batch_limit(body["model"])
+
+    def request_tokens(self, texts: list[str], body: Any) -> int:
+        """Counted "after truncation": a text cut to the 32K context counts 32K at most."""
+        counts = [fake_tokens(t) for t in texts]
+        if self.truncates(body):
+            counts = [min(c, 32_000) for c in counts]
+        return sum(counts)
+
+    def too_many_tokens(self, tokens: int, limit: int, body: Any) -> tuple[int, str]:
+        return 400, voyage_batch_message(body["model"], tokens, limit)
 
     def too_long(self, index: int, tokens: int, limit: int) -> tuple[int, str]:
         return 400, (
@@ -773,6 +851,12 @@ class FakeProvider:
     input_limit : int, None or "model"
         Tokens (:func:`fake_tokens`) one text may have when the request does not let the server
         truncate; ``"model"``: the model's documented limit; ``None``: no limit.
+    request_limit : int, None or "model"
+        Tokens the texts of one request may hold together, counted the provider's way
+        (:meth:`Wire.request_tokens`), refused with its own message; ``"model"``: the documented
+        cap per request, where the provider has one; an int: that cap instead, where it has one (as
+        a tokenizer denser than the client's estimate would count, e.g. on random ASCII); ``None``:
+        no cap.
     """
 
     def __init__(
@@ -784,6 +868,7 @@ class FakeProvider:
         delay: float = 0.0,
         require_key: bool = True,
         input_limit: int | Literal["model"] | None = "model",
+        request_limit: int | Literal["model"] | None = "model",
     ) -> None:
         self.wire = WIRES[provider]()
         self.provider = provider
@@ -792,6 +877,7 @@ class FakeProvider:
         self.delay = delay
         self.require_key = require_key
         self.input_limit = input_limit
+        self.request_limit = request_limit
         self.calls: list[Call] = []
         self.served: Counter[tuple[str, str | None]] = Counter()
         self._faults: deque[Fault] = deque()
@@ -876,6 +962,14 @@ class FakeProvider:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             self._send_error(handler, call, 400, f"invalid request body: {exc!r}")
             return
+        cap = self.wire.request_limit(parts.path, call.body)
+        if cap is not None and self.request_limit != "model":
+            cap = self.request_limit
+        if cap is not None:
+            tokens = self.wire.request_tokens(call.texts, call.body)
+            if tokens > cap:
+                self._send_error(handler, call, *self.wire.too_many_tokens(tokens, cap, call.body))
+                return
         limit = self.wire.input_limit(parts.path) if self.input_limit == "model" else self.input_limit
         if limit is not None and not self.wire.truncates(call.body):
             over = [(i, fake_tokens(t)) for i, t in enumerate(call.texts) if fake_tokens(t) > limit]

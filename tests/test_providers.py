@@ -182,6 +182,101 @@ def test_rejected_texts_do_not_stop_the_other_batches() -> None:
         assert sorted(served) == sorted(t for i, t in enumerate(texts) if i not in (1, 7))
 
 
+# -- caps on the tokens of one request -------------------------------------------------------------
+
+
+#: What each provider says of a request over its cap per request (the fakes send its own words).
+REQUEST_CAP_WORDS = {
+    "openai": r"Requested \d+ tokens, max 60 tokens per request",
+    "voyage": r"The max allowed tokens per submitted batch is 60\. Your batch has \d+ tokens after",
+    "vertex": r"the input token count is \d+ but the model supports up to 60\.",
+}
+
+
+@pytest.mark.parametrize("provider", sorted(REQUEST_CAP_WORDS))
+def test_a_request_over_the_providers_token_cap_is_split_and_a_text_over_it_alone_named(
+    provider: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client plans requests under each provider's cap by its estimate; when that runs low (a
+    tokenizer denser than it, as random ASCII meets), the provider refuses the request for its total.
+    That 400 failed the whole batch; now the request is halved until it fits, and a text over the cap
+    by itself is named with the provider's message while the others are embedded."""
+    caplog.set_level(logging.INFO)
+    with FakeProvider(provider, request_limit=60) as fake:  # as a denser tokenizer would count
+        enc = fake_encoder(fake)
+        texts = [f"document number {i}, of a batch " for i in range(8)]  # ~8 fake tokens each
+        texts[5] = "a text that is over the cap all by itself " * 6  # ~64
+        with pytest.raises(InputsRejected) as info:
+            enc.encode_batch(texts, "document")
+        err = info.value
+        assert list(err.rejected) == [5] and "\n" not in str(err)
+        assert str(err).startswith(f"{provider}: 1 of 8 texts cannot be embedded, the other 7 were; text 5")
+        assert re.search(REQUEST_CAP_WORDS[provider], str(err))
+        ok = [i for i in range(8) if i != 5]
+        np.testing.assert_allclose(
+            err.vectors[ok], fake.expected([texts[i] for i in ok], "document"), atol=1e-6
+        )
+        assert fake.calls[0].status == 400 and len(fake.calls[0].texts) == 8  # planned as one, refused
+        assert enc.retries == 0 and len(fake.calls) < 2 * 8  # halving: a few requests, not one a text
+    assert "sending it in halves" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "provider, options, texts",
+    [  # the documented caps, with the client told none (as if its estimate ran that low)
+        ("openai", {}, ["y" * 24_500] * 60),  # 60 x 6,125 fake tokens: over 300,000
+        ("voyage", {"model": "voyage-3-large"}, ["y" * 60_000] * 10),  # 10 x 15,000: over 120,000
+    ],
+)
+def test_the_fakes_enforce_the_documented_caps_per_request(
+    provider: str, options: dict[str, Any], texts: list[str]
+) -> None:
+    with FakeProvider(provider) as fake:
+        enc = fake_encoder(fake, max_request_tokens=None, **options)
+        texts = [f"{i} {t}" for i, t in enumerate(texts)]
+        vecs = enc.encode_batch(texts, "document")
+        np.testing.assert_allclose(vecs, fake.expected(texts, "document"), atol=1e-6)
+        assert [(c.status, len(c.texts)) for c in fake.calls] == [
+            (400, len(texts)),
+            (200, len(texts) // 2),
+            (200, len(texts) // 2),
+        ]
+
+
+VERTEX_LONG_DOC = "The quick brown fox jumps over the lazy dog. " * 2300  # 103,500 characters
+
+
+@pytest.mark.parametrize(
+    "model, fingerprint",
+    [
+        ("text-embedding-005", "vertex:text-embedding-005:fd01e08b794a"),
+        ("gemini-embedding-001", "vertex:gemini-embedding-001:42619b008045"),
+    ],
+)
+def test_vertex_cuts_a_long_text_to_its_request_cap_keeping_the_fingerprint(
+    model: str, fingerprint: str, tmp_path
+) -> None:
+    """Vertex refuses a request of more than 20,000 tokens counted before autoTruncate cuts each text
+    to 2048: a 100 kB document went whole (its only cut was at 262,144 characters) and its 400 ended
+    the run, and every resume, at that document. Texts are now cut to 20,000 estimated tokens, which
+    still hold the 2048 tokens Vertex keeps: the fingerprint, and so every store, stays as it was."""
+    with FakeProvider("vertex") as fake:  # refuses over 20,000 with Vertex's own message
+        enc = fake_encoder(fake, model=model)
+        texts = ["short a", VERTEX_LONG_DOC, "short b"]
+        with EmbeddingStore(enc, tmp_path) as store:
+            vecs = store.embed(texts, "document")
+        sent = enc.prepare(texts, "document")
+        assert all(c.status == 200 for c in fake.calls) and sorted(fake.texts_sent()) == sorted(sent)
+        assert VERTEX_LONG_DOC.startswith(sent[1])
+        assert token_bound(sent[1]) <= 20_000 < token_bound(VERTEX_LONG_DOC)
+        assert len(sent[1]) > 2048 * 4  # far more than the 2048 tokens Vertex keeps of it
+        np.testing.assert_allclose(vecs, fake.expected(sent, "document"), atol=1e-6)
+        assert enc.fingerprint == fingerprint  # as before: stores, indexes and adapters stay valid
+        assert "max_input_tokens" not in enc.config()
+        strict = fake_encoder(fake, model=model, auto_truncate=False)  # 2048 tokens, cut as before
+        assert strict.prepare([VERTEX_LONG_DOC], "document") == prepare_texts([VERTEX_LONG_DOC], None, 2048)
+
+
 def test_prompts_are_prefixed_and_fingerprinted() -> None:
     with FakeProvider("openai-compatible") as fake:
         enc = fake_encoder(fake, query_prompt="query: ", document_prompt="passage: ")
@@ -422,6 +517,83 @@ def test_a_key_no_header_can_carry_is_refused_without_showing_it(key: str, monke
     ) as info:
         make_encoder("openai", base_url="http://127.0.0.1:9/v1")
     assert "SECRET" not in str(info.value)
+
+
+ENTRA_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.SECRETPAYLOAD.sig"
+
+
+def test_a_token_providers_newline_is_stripped_as_a_keys_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`az account get-access-token -o tsv` prints the token with a newline: h11 refused the header
+    ('Illegal header value b'Bearer eyJ...\\n''), the escaped token went unscrubbed into 8 retry log
+    lines and the error. It is stripped, as a key from a file is."""
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+    with FakeProvider("azure-openai", key=ENTRA_TOKEN) as fake:
+        make_encoder(
+            "azure-openai", "dep", base_url=fake.url, azure_ad_token_provider=lambda: f" {ENTRA_TOKEN}\r\n"
+        ).encode_queries(["a"])
+        assert (
+            fake.calls[0].headers["authorization"] == f"Bearer {ENTRA_TOKEN}" and fake.calls[0].status == 200
+        )
+
+
+@pytest.mark.parametrize(
+    "token, says",
+    [
+        (
+            ENTRA_TOKEN[:20] + "\n" + ENTRA_TOKEN[20:],
+            "has a character no HTTP header can carry at position 20",
+        ),
+        (ENTRA_TOKEN + "\u00e9", "has a character no HTTP header can carry at position 54"),
+        ("  ", "is a blank string, not a key or token"),
+        (None, "is nothing, not a key or token"),
+    ],
+)
+def test_a_token_provider_answer_no_header_can_carry_is_refused_in_one_line(
+    token: Any, says: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused before anything is sent, in one line that does not show it, and not retried (a
+    non-ASCII one was a bare UnicodeEncodeError)."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+    with FakeProvider("azure-openai") as fake:
+        enc = make_encoder(
+            "azure-openai", "dep", base_url=fake.url, retry=FAST_RETRY, azure_ad_token_provider=lambda: token
+        )
+        with pytest.raises(EncoderError) as info:
+            enc.encode_queries(["a"])
+        assert fake.calls == [] and enc.retries == 0
+    assert str(info.value) == (
+        f"azure-openai: the token azure_ad_token_provider returned {says}"
+        + (" (a line break or a non-ASCII character, often from a copied file)" if "position" in says else "")
+        + "; fix the provider"
+    )
+    assert "SECRETPAYLOAD" not in caplog.text
+
+
+def test_a_request_that_cannot_be_written_is_not_retried_and_no_form_of_its_secret_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever the source of a header no request can carry, httpx's LocalProtocolError (which quotes
+    the value escaped: b'Bearer SECRET...\\n') is one line at once, not a 'connection error' retried
+    8 times, and the secret is scrubbed in its escaped forms too."""
+    from search_adaptor.encoders.http import HttpClient
+
+    caplog.set_level(logging.DEBUG)
+    with FakeProvider("openai") as fake:
+        for value in ("Bearer SECRET-TOKEN-1\nX", "Bearer SECRET-TOKEN-2\x00", "Bearer SECRET-TOKEN-3\u00e9"):
+            client = HttpClient(
+                "openai",
+                fake.url,
+                auth=lambda v=value: {"authorization": v},
+                credential_hint="$K",
+                retry=FAST_RETRY,
+            )
+            with pytest.raises(EncoderError, match=r"^openai: the request to .* could not be sent: ") as info:
+                client.post("/embeddings", {"input": ["a"]}, lambda payload: payload)
+            assert "not retried" in str(info.value) and client.retries == 0
+            assert "SECRET-TOKEN" not in str(info.value)
+        assert fake.calls == []
+    assert "SECRET-TOKEN" not in caplog.text
 
 
 @pytest.mark.parametrize(

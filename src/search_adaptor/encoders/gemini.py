@@ -23,7 +23,13 @@ models/{model}:predict`` with ``Authorization: Bearer <token>``::
 
 At most 250 texts and 20,000 tokens per request, one text for ``gemini-embedding-001``; each
 text is limited to 2048 tokens and ``autoTruncate`` (on by default) cuts longer ones instead of
-failing. The Gemini embedding models after 001 (``gemini-embedding-2*``; the SDK's
+failing. The 20,000 are counted before that cut ("Inputs exceeding this limit result in a 400
+error"; Vertex says "Unable to submit request because the input token count is 25123 but the model
+supports up to 20000"), so with ``autoTruncate`` texts are also cut client-side to 20,000 tokens by
+:func:`~search_adaptor.encoders.http.token_bound` (:data:`VERTEX_REQUEST_TOKENS`); a request
+refused all the same (the estimate ran low) is split, and a text refused alone is named.
+
+The Gemini embedding models after 001 (``gemini-embedding-2*``; the SDK's
 ``t_is_vertex_embed_content_model``: "gemini" in the name and not ``gemini-embedding-001``) are
 served by ``:embedContent`` instead, one text per request::
 
@@ -65,7 +71,14 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.encoders.base import EncoderError, Kind
-from search_adaptor.encoders.http import ApiEncoder, AuthHeaders, encoded_image, env_value, secret_from_env
+from search_adaptor.encoders.http import (
+    ApiEncoder,
+    AuthHeaders,
+    encoded_image,
+    env_value,
+    header_secret,
+    secret_from_env,
+)
 from search_adaptor.images import ImageRef
 
 TASK_TYPES: dict[str, str] = {"query": "RETRIEVAL_QUERY", "document": "RETRIEVAL_DOCUMENT"}
@@ -73,6 +86,9 @@ TASK_TYPES: dict[str, str] = {"query": "RETRIEVAL_QUERY", "document": "RETRIEVAL
 GEMINI_2_PROMPTS = ("task: search result | query: ", "title: none | text: ")
 _MULTI_REGIONS = frozenset({"us", "eu"})
 _CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+_ADC_LOGIN = "log in again (gcloud auth application-default login)"
+#: Vertex's cap on the tokens of one ``:predict`` request, counted before ``autoTruncate`` cuts texts.
+VERTEX_REQUEST_TOKENS = 20_000
 
 
 def is_multimodal(model: str) -> bool:
@@ -157,7 +173,15 @@ class VertexEncoder(_GoogleModels):
         Region (or ``global``, ``us``, ``eu``); else ``$GOOGLE_CLOUD_LOCATION``, else ``us-central1``.
     auto_truncate : bool
         Let Vertex cut texts over the model's input limit instead of failing the request; part
-        of the fingerprint.
+        of the fingerprint. Vertex counts a request's tokens before it cuts them, and refuses more
+        than :data:`VERTEX_REQUEST_TOKENS`, so with it texts are also cut to that many tokens by
+        :func:`~search_adaptor.encoders.http.token_bound` before sending (the ``:predict`` models;
+        Gemini Embedding 2's ``:embedContent`` documents no such cap). That cut is not part of
+        the fingerprint, as it does not change the vectors: Vertex keeps a text's first 2048
+        tokens, which its first 20,000 estimated tokens hold unless the estimate runs about ten
+        times high (a text made of long runs of one punctuation character); and a text over
+        20,000 real tokens, the only kind the cut could newly let through, never had a vector
+        (its request was refused). Stores, indexes and adapters made before it stay valid.
     **kwargs
         See :class:`~search_adaptor.encoders.http.ApiEncoder`; ``base_url`` replaces
         ``https://{host}/v1``.
@@ -167,7 +191,7 @@ class VertexEncoder(_GoogleModels):
     default_model = "text-embedding-005"
     key_env = ("VERTEX_ACCESS_TOKEN",)
     max_inputs = 250
-    max_request_tokens = 20_000
+    max_request_tokens = VERTEX_REQUEST_TOKENS
     image_types = frozenset({"image/bmp", "image/gif", "image/jpeg", "image/png"})
 
     def __init__(
@@ -198,6 +222,13 @@ class VertexEncoder(_GoogleModels):
 
     def _server_truncates(self) -> bool:
         return self.auto_truncate or is_multimodal(self.model)
+
+    def _whole_text_cap(self) -> int | None:
+        # documented for the :predict text models; the multimodal model's texts (32 tokens kept,
+        # 4096 characters sent) stay far below it
+        if is_gemini_2(self.model) or is_multimodal(self.model):
+            return None
+        return VERTEX_REQUEST_TOKENS
 
     def _credentials(self, api_key: str | None) -> tuple[AuthHeaders, str]:
         token = secret_from_env(self.provider, api_key, self.key_env, required=False)
@@ -236,7 +267,10 @@ class VertexEncoder(_GoogleModels):
                         credentials.refresh(google.auth.transport.requests.Request())
                     except google.auth.exceptions.GoogleAuthError as exc:
                         raise EncoderError(f"vertex: could not refresh the access token: {exc}") from None
-                out = {"authorization": f"Bearer {credentials.token}"}
+                token = header_secret(  # the same rule as keys: google-auth's token, checked
+                    "vertex", credentials.token, "the application-default access token", _ADC_LOGIN
+                )
+                out = {"authorization": f"Bearer {token.reveal()}"}
                 quota_project = getattr(credentials, "quota_project_id", None)
                 if quota_project:  # user credentials bill the API to this project
                     out["x-goog-user-project"] = quota_project

@@ -28,7 +28,10 @@ server fault and retried at most :attr:`RetryPolicy.malformed_retries` times.
 Other 4xx statuses (bad request, bad key, unknown model) fail at once: retrying cannot fix them.
 A rejection that says one input is too long (413, or a 400/422 whose message says so) is raised
 as :class:`InputTooLong`, so that :class:`ApiEncoder` can split the batch, embed the rest and name
-the text that cannot go (:class:`~search_adaptor.encoders.base.InputsRejected`).
+the text that cannot go (:class:`~search_adaptor.encoders.base.InputsRejected`). One that says the
+request's inputs together are over the provider's cap per request (OpenAI's 300,000 tokens,
+Voyage's per-model batch total, Vertex's 20,000) is raised as :class:`RequestTooLarge`, and split
+the same way: halves fit, and a text over the cap alone is named as a text too long is.
 
 Interruption
 ------------
@@ -60,6 +63,7 @@ import re
 import threading
 import time
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -111,6 +115,16 @@ _TOO_LONG = re.compile(
     r"|exceeds? (the )?(max\w*|limit)|maximum (number of )?tokens|token limit",
     re.IGNORECASE,
 )
+#: Messages of a 400 that reject a request for the tokens of all its inputs together, over the
+#: provider's cap per request: OpenAI ("Requested 453357 tokens, max 300000 tokens per request"),
+#: Voyage ("The max allowed tokens per submitted batch is 120000. Your batch has 124302 tokens
+#: after truncation"), Vertex ("Unable to submit request because the input token count is 25123
+#: but the model supports up to 20000", counted before ``autoTruncate`` cuts each text).
+_REQUEST_TOO_LARGE = re.compile(
+    r"tokens per (submitted )?(request|batch)"
+    r"|input token count is \d+ but (the )?model (only )?supports up to",
+    re.IGNORECASE,
+)
 #: Query parameter names that carry credentials (``key=``, ``api_key=``, ``sig=``, ``token=``...).
 _SECRET_PARAM = re.compile(r"key|token|secret|sig|passw|pwd|auth|credential|session", re.IGNORECASE)
 
@@ -145,26 +159,49 @@ def env_value(*names: str) -> str | None:
     return next((os.environ[v].strip() for v in names if os.environ.get(v, "").strip()), None)
 
 
-def secret_from_env(
-    provider: str, explicit: str | None, env_vars: Sequence[str], *, required: bool = True
-) -> Secret | None:
-    """The key passed in, else the first of ``env_vars`` that is set.
+def header_secret(provider: str, value: object, what: str, fix: str) -> Secret:
+    """``value`` stripped of surrounding whitespace, as a :class:`Secret`, if an HTTP header can carry
+    it: the one rule for every key and token, whether given, read from the environment or returned by
+    a token provider.
+
+    A line break or a non-ASCII character (a key read from a file, a token printed by a command with
+    its newline) makes httpx fail with an error that prints the whole header value, escaped so that
+    it is no longer scrubbed, and retrying cannot fix it; so it is refused here, in one line that says
+    where (``what``, e.g. "the API key ($OPENAI_API_KEY)") and how to fix it, and never shows it.
 
     Raises
     ------
     EncoderError
-        When ``required`` and no key is found; the message names the variables to set.
+        ``value`` is not a string, is blank, or holds a character no header can carry.
+    """
+    if not isinstance(value, str) or not value.strip():
+        got = "nothing" if not isinstance(value, str) else "a blank string"
+        raise EncoderError(f"{provider}: {what} is {got}, not a key or token; {fix}")
+    value = value.strip()
+    bad = next((i for i, c in enumerate(value) if not c.isascii() or not c.isprintable()), None)
+    if bad is not None:
+        raise EncoderError(
+            f"{provider}: {what} has a character no HTTP header can carry at position {bad} (a line "
+            f"break or a non-ASCII character, often from a copied file); {fix}"
+        )
+    return Secret(value)
+
+
+def secret_from_env(
+    provider: str, explicit: str | None, env_vars: Sequence[str], *, required: bool = True
+) -> Secret | None:
+    """The key passed in, else the first of ``env_vars`` that is set, checked by :func:`header_secret`.
+
+    Raises
+    ------
+    EncoderError
+        When ``required`` and no key is found (the message names the variables to set), or when the
+        key found cannot go in a header.
     """
     value = (explicit or "").strip() or env_value(*env_vars)
     if value:
-        bad = next((i for i, c in enumerate(value) if not c.isascii() or not c.isprintable()), None)
-        if bad is not None:  # a header cannot carry it, and httpx's error would print the whole key
-            where = "the api_key= given" if (explicit or "").strip() else f"${' or $'.join(env_vars)}"
-            raise EncoderError(
-                f"{provider}: the API key ({where}) has a character no HTTP header can carry at position "
-                f"{bad} (a line break or a non-ASCII character, often from a copied file); set it again"
-            )
-        return Secret(value)
+        where = "the api_key= given" if (explicit or "").strip() else f"${' or $'.join(env_vars)}"
+        return header_secret(provider, value, f"the API key ({where})", "set it again")
     if required:
         raise EncoderError(
             f"{provider}: no API key found; set {' or '.join(env_vars)} (in Python, api_key= works too)"
@@ -179,7 +216,8 @@ class Endpoint:
     ``public`` is the URL without user name, password or credential-bearing query parameters: the
     one written to configs, fingerprints, logs and errors. ``root`` (scheme, host, path) and
     ``params`` (all query parameters) make the requests; ``auth`` is the basic auth from the URL's
-    user info; ``secrets`` are the values to scrub from any message.
+    user info; ``secrets`` are the values to scrub from any message, in all their forms
+    (:func:`scrub_list`).
     """
 
     public: str
@@ -206,8 +244,7 @@ class Endpoint:
         netloc = f"{host}:{parts.port}" if parts.port else host
         root = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         public = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), urlencode(kept), ""))
-        secrets += [urlencode({"": s})[1:] for s in secrets]  # as they appear percent-encoded
-        return cls(public, root, params, auth, tuple(sorted(set(secrets), key=len, reverse=True)))
+        return cls(public, root, params, auth, scrub_list(secrets))
 
 
 @dataclass(frozen=True)
@@ -261,6 +298,18 @@ class InputTooLong(EncoderError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class RequestTooLarge(InputTooLong):
+    """The provider rejected a request because its inputs together hold more tokens than it takes in
+    one request (:data:`_REQUEST_TOO_LARGE`), although none need be too long on its own.
+
+    The requests are planned under each provider's documented cap by :func:`token_bound`, so this
+    means the estimate ran low (random ASCII such as hashes or base64, or a tokenizer denser than
+    the estimate). Halving the request fixes it; a single text that is still refused is over the
+    cap by itself and is named as a text too long is. Hence a subclass: :meth:`ApiEncoder._send`
+    splits on both.
+    """
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -341,8 +390,46 @@ def server_message(response: httpx.Response) -> str:
     return _find_message(_json_or_none(response)) or response.text.strip() or "(empty body)"
 
 
+#: Characters that escaping (``repr`` of a str or of bytes, once or again) writes otherwise.
+_ESCAPABLE = re.compile(r"[^\x20-\x7e]|[\\'\"]")
+#: The shortest run of a secret between escapable characters that is scrubbed on its own.
+_MIN_SECRET_RUN = 8
+
+
+def secret_forms(secret: str) -> set[str]:
+    """Every way ``secret`` can be written into a message: as it is, percent-encoded (in a URL),
+    escaped as Python's ``repr`` of a ``str`` or of ``bytes`` writes it, and, where it holds
+    characters that escaping changes, each run of at least :data:`_MIN_SECRET_RUN` characters
+    between them.
+
+    The escaped forms matter: a value with a line break or a non-ASCII character shows up escaped
+    (h11's ``Illegal header value b'Bearer eyJ...\\n'``), where the raw value no longer matches it;
+    escaped again (httpcore's trace logs the ``repr`` of that exception) only the runs still match.
+    """
+    forms = {
+        secret,
+        urlencode({"": secret})[1:],
+        repr(secret)[1:-1],
+        repr(secret.encode("utf-8", "surrogatepass"))[2:-1],
+    }
+    if _ESCAPABLE.search(secret):
+        forms.update(run for run in _ESCAPABLE.split(secret) if len(run) >= _MIN_SECRET_RUN)
+    return {f for f in forms if f}
+
+
+def scrub_list(secrets: Sequence[str]) -> tuple[str, ...]:
+    """The forms (:func:`secret_forms`) of ``secrets`` to replace in a message, longest first, so that
+    no secret is left half-replaced by a shorter one inside it."""
+    forms = {f for secret in secrets if secret for f in secret_forms(secret)}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
 def _one_line(text: str, secrets: Sequence[str]) -> str:
-    """Collapse whitespace, scrub every secret, and cap the length: fit for one log/exception line."""
+    """Collapse whitespace, scrub every secret, and cap the length: fit for one log/exception line.
+
+    ``secrets`` are replaced in the order given: pass :func:`scrub_list`'s, which holds their escaped
+    and percent-encoded forms too.
+    """
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
@@ -351,21 +438,37 @@ def _one_line(text: str, secrets: Sequence[str]) -> str:
 
 
 class _ScrubSecrets(logging.Filter):
-    """Scrubs the credentials of our base URLs from httpx's own log lines.
+    """Scrubs our credentials from httpx's and httpcore's own log lines.
 
     httpx logs every request URL at INFO, query string included, so a ``?key=...`` in a base URL
-    would reach the logs; this filter, on the ``httpx`` logger, replaces such values with ``***``.
+    would reach the logs; httpcore's DEBUG trace quotes the exception of a request that could not be
+    written, auth header value included (escaped). This filter, on their loggers, replaces the
+    credentials of our base URLs and the values of our auth headers, in all their forms, with
+    ``***``. Auth header values change as tokens refresh, so only the latest
+    :attr:`RECENT_HEADERS` of them are kept.
     """
+
+    RECENT_HEADERS = 64
 
     def __init__(self) -> None:
         super().__init__()
         self.secrets: tuple[str, ...] = ()  # replaced whole, never mutated: safe to read from any thread
+        self._lasting: set[str] = set()
+        self._recent: deque[str] = deque(maxlen=self.RECENT_HEADERS)
         self._lock = threading.Lock()
 
-    def add(self, secrets: Sequence[str]) -> None:
-        """Scrub ``secrets`` from now on (longest first, so no secret is left half-replaced)."""
+    def add(self, secrets: Sequence[str], *, lasting: bool = True) -> None:
+        """Scrub ``secrets`` (and their forms, :func:`scrub_list`) from now on; ``lasting=False`` for
+        values that are replaced over time (auth headers), of which only the latest are kept."""
         with self._lock:
-            self.secrets = tuple(sorted({*self.secrets, *secrets}, key=len, reverse=True))
+            new = [s for s in secrets if s and s not in self._lasting and s not in self._recent]
+            if not new:
+                return
+            if lasting:
+                self._lasting.update(new)
+            else:
+                self._recent.extend(new)
+            self.secrets = scrub_list([*self._lasting, *self._recent])
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = self.secrets
@@ -379,7 +482,9 @@ class _ScrubSecrets(logging.Filter):
 
 
 _HTTPX_LOG_FILTER = _ScrubSecrets()
-logging.getLogger("httpx").addFilter(_HTTPX_LOG_FILTER)
+# a filter acts on its own logger's records only, not on those of the loggers below it
+for _name in ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy"):
+    logging.getLogger(_name).addFilter(_HTTPX_LOG_FILTER)
 
 
 def _header_secrets(headers: Mapping[str, str]) -> list[str]:
@@ -390,6 +495,12 @@ def _header_secrets(headers: Mapping[str, str]) -> list[str]:
         if value.lower().startswith("bearer "):
             out.append(value[7:])
     return out
+
+
+#: What httpx raises when a request cannot even be written (a header value with a line break or a
+#: non-ASCII character): nothing was sent, and the same request would fail the same way again, so it
+#: is not retried as a connection error is.
+_NOT_SENT = (httpx.LocalProtocolError, UnicodeEncodeError)
 
 
 def _should_retry(response: httpx.Response) -> bool:
@@ -506,7 +617,8 @@ class HttpClient:
         Raises
         ------
         InputTooLong
-            The provider rejected an input as too long (not retried).
+            The provider rejected an input as too long, or (:class:`RequestTooLarge`) the request
+            as holding too many tokens together (not retried).
         EncoderError
             One line, at once for a non-retryable status, else once the retry budget is spent.
         """
@@ -519,7 +631,7 @@ class HttpClient:
         waited = 0.0
         malformed = 0
         fault = ""
-        secrets: list[str] = list(self._endpoint.secrets)
+        secrets: Sequence[str] = self._endpoint.secrets
         cancel = cancel_event() or threading.Event()  # outside cancelled_by: one that is never set
         for attempt in range(1, policy.max_attempts + 1):
             if cancel.is_set():
@@ -529,7 +641,9 @@ class HttpClient:
                 raise EncoderError(self._line(self._budget_spent(attempt - 1, fault), secrets))
             attempt_timeout = timeout if left is None else min(timeout, left)
             headers = self._auth()
-            secrets = [*self._endpoint.secrets, *_header_secrets(headers)]
+            in_headers = _header_secrets(headers)
+            _HTTPX_LOG_FILTER.add(in_headers, lasting=False)
+            secrets = scrub_list([*self._endpoint.secrets, *in_headers])
             wait_hint = None
             try:
                 response = self._http.post(
@@ -539,6 +653,14 @@ class HttpClient:
                     headers=headers,
                     timeout=httpx.Timeout(attempt_timeout, connect=min(attempt_timeout, 10.0)),
                 )
+            except _NOT_SENT as exc:
+                raise EncoderError(
+                    self._line(
+                        f"the request to {shown} could not be sent: {type(exc).__name__}: {exc} (a header "
+                        "value with a line break or a non-ASCII character; not retried)",
+                        secrets,
+                    )
+                ) from None
             except httpx.TimeoutException:
                 fault = f"no reply within {attempt_timeout:.3g}s (timeout)"
             except httpx.TransportError as exc:
@@ -605,8 +727,11 @@ class HttpClient:
 
     def _fatal(self, status: int, url: str, message: str, secrets: Sequence[str]) -> EncoderError:
         """The one-line error for a status that retrying cannot fix."""
+        reason = _one_line(f"HTTP {status}: {message}", secrets)
+        if status in (400, 413, 422) and _REQUEST_TOO_LARGE.search(message):
+            line = f"HTTP {status} from {url}: {message} (the request's texts together are over the cap)"
+            return RequestTooLarge(self._line(line, secrets), reason)
         if status == 413 or (status in (400, 422) and _TOO_LONG.search(message)):
-            reason = _one_line(f"HTTP {status}: {message}", secrets)
             return InputTooLong(
                 self._line(f"HTTP {status} from {url}: {message} (input too long)", secrets), reason
             )
@@ -623,14 +748,18 @@ def token_bound(text: str) -> int:
     """Tokens ``text`` can take, estimated high enough for every script.
 
     Per character: a third of a token for an ASCII letter or space (English and code run at 3 to
-    4.5 characters per token), half for a digit (numbers go in groups of up to three), one for
-    ASCII punctuation or a control character, and for any other character its length in UTF-8
-    bytes, which no byte-level BPE (OpenAI, Voyage) or byte-fallback SentencePiece (Google)
-    tokenizer can exceed, since every token covers at least one byte. Measured with OpenAI's
-    cl100k_base on random sequences of each script, the worst case per character is 0.66 tokens for
-    ASCII letters, 1.5 for Greek, 2.6 for Hangul and 2.35 for CJK ideographs: only random ASCII
-    (hashes, base64 blobs) beats the estimate, and a provider's rejection of such a text is handled
-    by splitting the batch (:class:`InputTooLong`).
+    4.5 characters per token), two thirds for a digit (OpenAI's tokenizers take numbers in groups
+    of up to three digits: a third each at best), one for ASCII punctuation or a control character,
+    and for any other character its length in UTF-8 bytes, which no byte-level BPE (OpenAI, Voyage)
+    or byte-fallback SentencePiece (Google) tokenizer can exceed, since every token covers at least
+    one byte. Measured with OpenAI's cl100k_base on random sequences of each script, the worst case
+    per character is 0.66 tokens for ASCII letters, 1.5 for Greek, 2.6 for Hangul and 2.35 for CJK
+    ideographs: only random ASCII (hashes, base64 blobs) and long runs of digits for a tokenizer
+    that takes each digit as a token (as Gemma's SentencePiece, a subset of Gemini's, does) beat
+    the estimate. A provider's rejection of such a text is handled by splitting the batch
+    (:class:`InputTooLong`), and of such a request, over the provider's cap per request, likewise
+    (:class:`RequestTooLarge`). Texts are cut by these weights, so changing one changes what a long
+    text sends, hence its vector, under an unchanged fingerprint.
     """
     return int(_cumulative_thirds(text)[-1] + 2) // 3 if text else 0
 
@@ -746,7 +875,10 @@ class ApiEncoder(Encoder):
     vectors do not change and megabytes are not uploaded for nothing. When it does not (OpenAI,
     Azure, the Gemini API), a text is cut to ``max_input_tokens`` by :func:`token_bound`, so that
     it is not rejected; that changes the vectors of long texts and is part of the fingerprint.
-    The first cut of either kind is logged once.
+    A provider that cuts texts itself but counts a request's tokens before cutting (Vertex) also
+    gets each text cut to that cap by :func:`token_bound` (:meth:`_whole_text_cap`), so that no text
+    fills a request it would be refused for; see :class:`~search_adaptor.encoders.gemini.VertexEncoder`
+    for why that cut is not part of the fingerprint. The first cut of any kind is logged once.
 
     Images (:class:`~search_adaptor.images.ImageRef` items, for models that embed them:
     :attr:`~search_adaptor.encoders.base.Encoder.accepts_images`) go in requests of their own,
@@ -876,6 +1008,16 @@ class ApiEncoder(Encoder):
         """Whether the provider cuts over-long texts itself instead of rejecting them."""
         return False
 
+    def _whole_text_cap(self) -> int | None:
+        """Estimated tokens (:func:`token_bound`) a text may be sent with where the provider cuts long
+        texts itself but caps a request's tokens counted before it cuts them (Vertex); None: no
+        such cap.
+
+        Without it a long text goes whole, its request is refused for its total, and no split can
+        help: the text is cut to this many tokens instead.
+        """
+        return None
+
     def _keeps_end(self) -> bool:
         """Whether the provider's own truncation drops the start of a text (keeping its end)."""
         return False
@@ -959,11 +1101,16 @@ class ApiEncoder(Encoder):
         """``texts`` as they are sent for ``kind``: prefixed with its prompt, cut, never empty."""
         prompt = self.query_prompt if kind == "query" else self.document_prompt
         full = [prompt + t for t in texts]
-        lossless = None
-        if self.context_tokens is not None and self._server_truncates():
-            lossless = self.context_tokens * LONGEST_TOKEN_CHARS
+        lossless = whole = None
+        if self._server_truncates():
+            if self.context_tokens is not None:
+                lossless = self.context_tokens * LONGEST_TOKEN_CHARS
+            whole = self._whole_text_cap()
         limits = [c for c in (self.max_chars, lossless) if c is not None]
-        prepared = prepare_texts(full, min(limits, default=None), self.max_input_tokens, self._keeps_end())
+        tokens = [c for c in (self.max_input_tokens, whole) if c is not None]
+        prepared = prepare_texts(
+            full, min(limits, default=None), min(tokens, default=None), self._keeps_end()
+        )
         if not self._cut_logged:
             cut = next(
                 (i for i, (a, b) in enumerate(zip(full, prepared, strict=True)) if len(b) < len(a)), None
@@ -974,16 +1121,21 @@ class ApiEncoder(Encoder):
                     "%s: texts longer than %s are cut before sending (first: %d of %d characters kept); "
                     "this is said once",
                     self.provider,
-                    self._cut_rule(lossless),
+                    self._cut_rule(lossless, whole),
                     len(prepared[cut]),
                     len(full[cut]),
                 )
         return prepared
 
-    def _cut_rule(self, lossless: int | None) -> str:
+    def _cut_rule(self, lossless: int | None, whole: int | None = None) -> str:
         rules = []
         if self.max_input_tokens is not None:
             rules.append(f"{self.max_input_tokens} estimated tokens")
+        if whole is not None:
+            rules.append(
+                f"{whole} estimated tokens (the most {self.provider} takes in one request, counted before "
+                f"it cuts each text to {self.context_tokens} tokens)"
+            )
         if self.max_chars is not None:
             rules.append(f"max_chars={self.max_chars}")
         if lossless is not None:
@@ -1096,7 +1248,8 @@ class ApiEncoder(Encoder):
         request: Callable[[list[Any], Kind], np.ndarray] | None = None,
     ) -> None:
         """Embed ``texts[i] for i in index`` into ``rows`` with ``request`` (:meth:`_request` by default),
-        halving the request around rejected texts."""
+        halving the request around rejected texts, or until it fits the provider's cap per request
+        (:class:`RequestTooLarge`); a text refused alone goes into ``rejected``."""
         request = request or self._request
         try:
             vectors = request([texts[i] for i in index], kind)
@@ -1104,6 +1257,14 @@ class ApiEncoder(Encoder):
             if len(index) == 1:
                 rejected[index[0]] = exc.reason
                 return
+            if isinstance(exc, RequestTooLarge):
+                log.info(
+                    "%s: a request of %d texts holds more tokens than %s takes in one (more than "
+                    "estimated); sending it in halves",
+                    self.provider,
+                    len(index),
+                    self.provider,
+                )
             half = len(index) // 2
             self._send(texts, index[:half], kind, rows, rejected, request)
             self._send(texts, index[half:], kind, rows, rejected, request)

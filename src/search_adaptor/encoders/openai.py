@@ -27,7 +27,14 @@ from urllib.parse import quote
 import numpy as np
 
 from search_adaptor.encoders.base import EncoderError, Kind
-from search_adaptor.encoders.http import ApiEncoder, AuthHeaders, env_value, rows_by_index, secret_from_env
+from search_adaptor.encoders.http import (
+    ApiEncoder,
+    AuthHeaders,
+    env_value,
+    header_secret,
+    rows_by_index,
+    secret_from_env,
+)
 
 OPENAI_MAX_TOKENS_PER_INPUT = 8192
 
@@ -124,7 +131,10 @@ class AzureOpenAIEncoder(OpenAIEncoder):
         The ``api-version`` query parameter; else ``$OPENAI_API_VERSION``, else ``2024-10-21``.
     azure_ad_token_provider : callable, optional
         Returns a current Entra ID access token; called for every request, as the SDK does (e.g.
-        ``azure.identity.get_bearer_token_provider``), so long runs outlive a token's hour.
+        ``azure.identity.get_bearer_token_provider``), so long runs outlive a token's hour. Its
+        answer is checked as a key is (:func:`~search_adaptor.encoders.http.header_secret`):
+        surrounding whitespace is stripped, and a token no header can carry fails the request in
+        one line that does not show it.
     azure_ad_token : str, optional
         Entra ID access token (they expire after about an hour).
     **kwargs
@@ -157,8 +167,18 @@ class AzureOpenAIEncoder(OpenAIEncoder):
 
     def _credentials(self, api_key: str | None) -> tuple[AuthHeaders, str]:
         if not api_key and self._azure_ad_token_provider is not None:
-            fresh = self._azure_ad_token_provider
-            return lambda: {"authorization": f"Bearer {fresh()}"}, "the azure_ad_token_provider"
+            fresh, provider = self._azure_ad_token_provider, self.provider
+
+            def headers() -> dict[str, str]:
+                # checked as keys are: a token printed by a command (`az account get-access-token -o
+                # tsv`) ends with a newline, which is stripped; one no header can carry is refused
+                # before anything is sent, never echoed by httpx's error nor retried
+                token = header_secret(
+                    provider, fresh(), "the token azure_ad_token_provider returned", "fix the provider"
+                )
+                return {"authorization": f"Bearer {token.reveal()}"}
+
+            return headers, "the azure_ad_token_provider"
         if not api_key:
             token = secret_from_env(
                 self.provider, self._azure_ad_token, ("AZURE_OPENAI_AD_TOKEN",), required=False
