@@ -946,6 +946,13 @@ def test_openai_compatible_asks_for_floats() -> None:
         assert fake.calls[0].body["encoding_format"] == "float"
 
 
+def test_voyage_contextualized_models_are_refused_before_any_request() -> None:
+    """voyage-context-3 went to /embeddings, which refuses it on every request, run after run: it
+    embeds a document's chunks together, so it is refused in one line naming the models that fit."""
+    with pytest.raises(ValueError, match=r"^voyage: voyage-context-3 embeds a document's chunks together"):
+        make_encoder("voyage", "voyage-context-3", api_key="pa-abc")
+
+
 def test_voyage_atlas_keys_go_to_the_atlas_endpoint() -> None:
     assert make_encoder("voyage", api_key="al-abc").base_url == "https://ai.mongodb.com/v1"
     assert make_encoder("voyage", api_key="pa-abc").base_url == "https://api.voyageai.com/v1"

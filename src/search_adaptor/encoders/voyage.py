@@ -90,6 +90,12 @@ class VoyageEncoder(ApiEncoder):
         self.truncation = truncation
         self._atlas = False
         super().__init__(model, **kwargs)
+        if self.model.startswith("voyage-context"):  # /embeddings would refuse it on every request
+            raise ValueError(
+                f"voyage: {self.model} embeds a document's chunks together (/contextualizedembeddings), "
+                "not one text at a time; choose a text model such as voyage-3.5 or voyage-4, or embed "
+                "the corpus yourself and pass the vectors (--embeddings)"
+            )
 
     def _credentials(self, api_key: str | None) -> tuple[AuthHeaders, str]:
         key = secret_from_env(self.provider, api_key, self.key_env)
