@@ -62,20 +62,23 @@ def _served(fake: FakeProvider) -> set[str]:
     return {text for text, _mode in fake.served}
 
 
-def test_ctrl_c_keeps_the_replies_in_flight_and_the_rerun_sends_only_the_rest(tmp_path) -> None:
+@pytest.mark.parametrize("workers", [WORKERS, 1])
+def test_ctrl_c_keeps_the_replies_in_flight_and_the_rerun_sends_only_the_rest(tmp_path, workers) -> None:
+    """The replies on the wire at Ctrl-C are paid for: they are kept, whether several requests are in
+    flight or one (``max_concurrency=1`` cut its request), and the re-run sends only the rest."""
     with FakeProvider("openai-compatible", delay=0.5) as fake:
-        encoder = _encoder(fake)
+        encoder = _encoder(fake, workers=workers)
         with EmbeddingStore(encoder, tmp_path) as store:
-            timer = _sigint_when(lambda: len(fake.calls) >= WORKERS, after=0.1)
+            timer = _sigint_when(lambda: len(fake.calls) >= workers, after=0.1)
             start = time.monotonic()
             with pytest.raises(KeyboardInterrupt):
                 store.embed(TEXTS, "document")
             took = time.monotonic() - start
             timer.join()
             assert took < 0.5 + _GRACE_S  # the replies came within the grace, not after all batches
-            assert len(fake.calls) == WORKERS  # no request started after Ctrl-C
+            assert len(fake.calls) == workers  # no request started after Ctrl-C
             first = _served(fake)
-            assert len(first) == WORKERS * BATCH  # the requests in flight were answered (paid)...
+            assert len(first) == workers * BATCH  # the requests in flight were answered (paid)...
             assert set(store.missing("document", TEXTS)) == set(TEXTS) - first  # ...and their vectors kept
 
             calls = len(fake.calls)
@@ -83,24 +86,6 @@ def test_ctrl_c_keeps_the_replies_in_flight_and_the_rerun_sends_only_the_rest(tm
         resent = {text for call in fake.calls[calls:] for text in call.texts}
         assert resent == set(TEXTS) - first  # the re-run pays only for what was never answered
         assert all(count == 1 for count in fake.served.values())
-
-
-def test_ctrl_c_with_one_request_at_a_time_keeps_the_reply_in_flight(tmp_path) -> None:
-    """``max_concurrency=1`` waits for the reply on the wire as more requests at once do: it is paid for."""
-    with FakeProvider("openai-compatible", delay=0.5) as fake:
-        encoder = _encoder(fake, workers=1)
-        with EmbeddingStore(encoder, tmp_path) as store:
-            timer = _sigint_when(lambda: len(fake.calls) >= 1, after=0.1)
-            start = time.monotonic()
-            with pytest.raises(KeyboardInterrupt):
-                store.embed(TEXTS, "document")
-            took = time.monotonic() - start
-            timer.join()
-            assert took < 0.5 + _GRACE_S  # the reply came within the grace, not after all batches
-            assert len(fake.calls) == 1  # no request started after Ctrl-C
-            first = _served(fake)
-            assert len(first) == BATCH  # the request in flight was answered (paid)...
-            assert set(store.missing("document", TEXTS)) == set(TEXTS) - first  # ...and its vectors kept
 
 
 # A run in its own process: only there does a thread still waiting for its reply show (it kept the
