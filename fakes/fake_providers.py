@@ -388,13 +388,31 @@ class CompatibleWire(OpenAIWire):
 
 
 class AzureWire(OpenAIWire):
+    """Azure OpenAI on a resource root: the classic and the v1 API.
+
+    Classic: ``/openai/deployments/{deployment}/embeddings?api-version=YYYY-MM-DD[-preview]``. v1
+    (2025+): ``/openai/v1/embeddings``, the deployment as the body's ``model``, and either no
+    ``api-version`` or one of the v1 API's own (``v1``, ``preview``); a dated one, or any other
+    path (such as a v1 root with the classic path appended to it), is 404 as on Azure.
+    """
+
     name = "azure-openai"
     prefix = ""
+    v1_path = "/openai/v1/embeddings"
+    v1_versions = ("v1", "preview")
 
     def route(self, path: str, query: dict[str, list[str]]) -> bool:
-        return bool(re.fullmatch(r"/openai/deployments/[^/]+/embeddings", path)) and bool(
-            query.get("api-version")
-        )
+        versions = query.get("api-version", [])
+        if path == self.v1_path:
+            return all(v in self.v1_versions for v in versions)
+        return bool(re.fullmatch(r"/openai/deployments/[^/]+/embeddings", path)) and bool(versions)
+
+    def parse(self, path: str, body: Any) -> tuple[list[str], str | None, int | None]:
+        if path == self.v1_path:  # no deployment in the URL: the body must name it
+            _require(
+                isinstance(body.get("model"), str) and body["model"], "you must provide a model parameter"
+            )
+        return super().parse(path, body)
 
     def auth_ok(self, headers: Any, key: str) -> bool:
         return headers.get("api-key") == key or headers.get("authorization") == f"Bearer {key}"

@@ -41,7 +41,7 @@ from search_adaptor.encoders.http import (
     token_bound,
 )
 from search_adaptor.encoders.local import cut_to_window
-from search_adaptor.encoders.registry import PROVIDERS, make_encoder
+from search_adaptor.encoders.registry import PROVIDERS, from_info, make_encoder
 from search_adaptor.store import EmbeddingStore
 
 TEXTS = ["the cat sat on the mat", "embeddings map text to vectors", "a third, rather different text"]
@@ -918,6 +918,71 @@ def test_azure_takes_an_entra_id_token(monkeypatch: pytest.MonkeyPatch) -> None:
         call = fake.calls[0]
         assert call.headers["authorization"] == f"Bearer {FAKE_KEY}" and "api-key" not in call.headers
         assert call.query == {"api-version": "2025-01-01"}
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+@pytest.mark.parametrize("via_env", [False, True])
+def test_azure_v1_endpoint_posts_to_its_embeddings_with_the_deployment_as_model(
+    monkeypatch: pytest.MonkeyPatch, slash: str, via_env: bool
+) -> None:
+    """The v1 root as the portal shows it: ``{endpoint}/embeddings``, no api-version (even with
+    ``$OPENAI_API_VERSION`` set for the classic API), the deployment in the body; a key or an Entra
+    ID token, as on the classic path."""
+    monkeypatch.setenv("OPENAI_API_VERSION", "2024-10-21")
+    with FakeProvider("azure-openai") as fake:
+        endpoint = f"{fake.url}/openai/v1{slash}"
+        if via_env:
+            monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", endpoint)
+        options: dict[str, Any] = {} if via_env else {"base_url": endpoint}
+        enc = make_encoder("azure-openai", "dep", api_key=fake.key, retry=FAST_RETRY, **options)
+        got = enc.encode_queries(TEXTS)
+        monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+        entra = make_encoder("azure-openai", "dep", azure_ad_token=fake.key, retry=FAST_RETRY, **options)
+        entra.encode_queries(["a"])
+    np.testing.assert_allclose(got, fake.expected(TEXTS, "query"), atol=1e-6)
+    key_call, token_call = fake.calls
+    assert [c.status for c in fake.calls] == [200, 200]
+    assert key_call.path == token_call.path == "/openai/v1/embeddings"
+    assert key_call.query == token_call.query == {}
+    assert key_call.body["model"] == "dep" and key_call.headers["api-key"] == fake.key
+    assert token_call.headers["authorization"] == f"Bearer {fake.key}" and "api-key" not in token_call.headers
+
+
+def test_azure_fake_refuses_a_v1_root_with_the_classic_path_appended() -> None:
+    """What the encoder sent for a v1 endpoint before it knew one: Azure answers 404."""
+    with FakeProvider("azure-openai") as fake:
+        enc = make_encoder("azure-openai", "dep", base_url=fake.url, api_key=fake.key, retry=FAST_RETRY)
+        enc._client._endpoint = Endpoint.parse(f"{fake.url}/openai/v1")  # the old concatenation
+        with pytest.raises(EncoderError, match="404"):
+            enc.encode_queries(["a"])
+    assert fake.calls[0].path == "/openai/v1/openai/deployments/dep/embeddings"
+
+
+def test_azure_v1_endpoint_refuses_an_explicit_api_version() -> None:
+    """The v1 API has no dated versions: an api_version asked for is refused, not dropped silently."""
+    with pytest.raises(ValueError, match=r"api_version='2024-10-21' does not apply to a v1 endpoint") as info:
+        make_encoder(
+            "azure-openai",
+            "dep",
+            api_key="k",
+            base_url="https://r.openai.azure.com/openai/v1/",
+            api_version="2024-10-21",
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_azure_v1_and_classic_endpoints_share_one_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One deployment, the same vectors through either API: one fingerprint, so stores and indexes
+    made through one path are used through the other; another resource is another space."""
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "k")  # from_info takes keys from the environment
+    classic = make_encoder("azure-openai", "dep", api_key="k", base_url="https://r.openai.azure.com/")
+    v1 = make_encoder("azure-openai", "dep", api_key="k", base_url="https://r.openai.azure.com/openai/v1/")
+    other = make_encoder("azure-openai", "dep", api_key="k", base_url="https://s.openai.azure.com/openai/v1")
+    assert v1.v1 and not classic.v1
+    assert v1.config() == classic.config() and v1.fingerprint == classic.fingerprint
+    assert other.fingerprint != classic.fingerprint
+    served = from_info(classic.info(), base_url="https://r.openai.azure.com/openai/v1")
+    assert served.fingerprint == classic.fingerprint and served.v1
 
 
 def test_azure_asks_its_token_provider_for_a_token_on_every_request(monkeypatch: pytest.MonkeyPatch) -> None:

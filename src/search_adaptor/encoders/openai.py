@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -37,6 +37,23 @@ from search_adaptor.encoders.http import (
 )
 
 OPENAI_MAX_TOKENS_PER_INPUT = 8192
+#: the path of Azure OpenAI's v1 API root (``https://<resource>.openai.azure.com/openai/v1``)
+AZURE_V1_PATH = "/openai/v1"
+
+
+def azure_v1_root(url: str) -> str | None:
+    """The resource endpoint in front of an Azure OpenAI v1 API root, or None if ``url`` is not one.
+
+    ``https://r.openai.azure.com/openai/v1/`` gives ``https://r.openai.azure.com``: the v1 API
+    serves the same deployments as the classic ``/openai/deployments/...`` path of that resource,
+    so the two roots name one embedding space. The trailing slash and the path's case do not
+    matter; the query string (a gateway's parameters) is kept.
+    """
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/")
+    if not path.lower().endswith(AZURE_V1_PATH):
+        return None
+    return urlunsplit(parts._replace(path=path[: -len(AZURE_V1_PATH)], fragment=""))
 
 
 class OpenAIEncoder(ApiEncoder):
@@ -112,23 +129,37 @@ class OpenAIEncoder(ApiEncoder):
 
 
 class AzureOpenAIEncoder(OpenAIEncoder):
-    """An Azure OpenAI deployment: ``POST {endpoint}/openai/deployments/{deployment}/embeddings``.
+    """An Azure OpenAI deployment, through the classic or the v1 API.
 
-    Credentials, in the official SDK's order: ``api_key`` (``api-key`` header), else a Microsoft
-    Entra ID token from ``azure_ad_token_provider``, ``azure_ad_token`` or ``$AZURE_OPENAI_AD_TOKEN``
-    (``Authorization: Bearer``), else ``$AZURE_OPENAI_API_KEY``. The endpoint is ``base_url`` or
-    ``$AZURE_OPENAI_ENDPOINT`` (``https://<resource>.openai.azure.com``); ``model`` is the
-    deployment name, also sent in the body as the SDK does. Deployment names are arbitrary, so the
-    endpoint is part of the fingerprint. Azure's embeddings guide caps the tokens summed over one
-    request at 8192, lower than OpenAI's, so that is the default ``max_request_tokens``; raise it if
-    your deployment allows.
+    The endpoint is ``base_url`` or ``$AZURE_OPENAI_ENDPOINT``; ``model`` is the deployment name.
+
+    * A resource endpoint (``https://<resource>.openai.azure.com``): the classic API,
+      ``POST {endpoint}/openai/deployments/{deployment}/embeddings?api-version=...``, the
+      deployment also sent in the body as the SDK does.
+    * A v1 API root, as the Azure portal shows it (``https://<resource>.openai.azure.com/openai/v1``,
+      trailing slash or not): ``POST {endpoint}/embeddings`` with the deployment as ``model`` and no
+      ``api-version``, as Microsoft's v1 examples send it with the plain ``openai`` client. The v1 API
+      takes no dated version, so an explicit ``api_version`` with such an endpoint is refused rather
+      than silently dropped, while ``$OPENAI_API_VERSION`` (the classic API's setting, often set
+      for every tool at once; the ``openai`` client that calls the v1 API never reads it) is ignored.
+
+    Both APIs serve the same deployments, so they make the same vectors: the fingerprint records the
+    resource endpoint without ``/openai/v1``, and an index made through one path is served through
+    the other. Deployment names are arbitrary, so the endpoint is part of the fingerprint.
+
+    Credentials, in the official SDK's order and the same for both APIs: ``api_key`` (``api-key``
+    header), else a Microsoft Entra ID token from ``azure_ad_token_provider``, ``azure_ad_token`` or
+    ``$AZURE_OPENAI_AD_TOKEN`` (``Authorization: Bearer``), else ``$AZURE_OPENAI_API_KEY``. Azure's
+    embeddings guide caps the tokens summed over one request at 8192, lower than OpenAI's, so that
+    is the default ``max_request_tokens``; raise it if your deployment allows.
 
     Parameters
     ----------
     model : str
         Deployment name (required).
     api_version : str, optional
-        The ``api-version`` query parameter; else ``$OPENAI_API_VERSION``, else ``2024-10-21``.
+        The classic API's ``api-version`` query parameter; else ``$OPENAI_API_VERSION``, else
+        ``2024-10-21``. Refused with a v1 endpoint, which takes none.
     azure_ad_token_provider : callable, optional
         Returns a current Entra ID access token; called for every request, as the SDK does (e.g.
         ``azure.identity.get_bearer_token_provider``), so long runs outlive a token's hour. Its
@@ -139,6 +170,11 @@ class AzureOpenAIEncoder(OpenAIEncoder):
         Entra ID access token (they expire after about an hour).
     **kwargs
         See :class:`OpenAIEncoder`.
+
+    Raises
+    ------
+    ValueError
+        ``api_version`` given with a v1 endpoint.
     """
 
     provider = "azure-openai"
@@ -160,7 +196,11 @@ class AzureOpenAIEncoder(OpenAIEncoder):
         azure_ad_token: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self.api_version = api_version or env_value("OPENAI_API_VERSION") or "2024-10-21"
+        #: the ``api-version`` sent; None on the v1 API, which takes none
+        self.api_version: str | None = api_version or env_value("OPENAI_API_VERSION") or "2024-10-21"
+        self._explicit_api_version = api_version
+        #: whether requests go to the v1 API (the endpoint ends with ``/openai/v1``)
+        self.v1 = False
         self._azure_ad_token = azure_ad_token
         self._azure_ad_token_provider = azure_ad_token_provider
         super().__init__(model, **kwargs)
@@ -188,14 +228,31 @@ class AzureOpenAIEncoder(OpenAIEncoder):
                 return header.copy, "$AZURE_OPENAI_AD_TOKEN (Entra ID tokens expire after about an hour)"
         return super()._credentials(api_key)
 
+    def _resolve_base_url(self, base_url: str | None) -> str:
+        """The endpoint, and which API it is: checked before any client is made."""
+        url = super()._resolve_base_url(base_url)
+        if azure_v1_root(url) is not None:
+            if self._explicit_api_version:
+                raise ValueError(
+                    f"{self.provider}: api_version={self._explicit_api_version!r} does not apply to a v1 "
+                    f"endpoint (ending {AZURE_V1_PATH}), which takes no api-version; drop it, or give the "
+                    "resource endpoint (https://<resource>.openai.azure.com) to use the dated API"
+                )
+            self.v1 = True
+            self.api_version = None  # $OPENAI_API_VERSION belongs to the classic API
+        return url
+
     def _path(self) -> str:
+        if self.v1:
+            return "/embeddings"  # the deployment goes in the body's "model"
         return f"/openai/deployments/{quote(self.model, safe='')}/embeddings"
 
     def _params(self) -> dict[str, str] | None:
-        return {"api-version": self.api_version}
+        return None if self.api_version is None else {"api-version": self.api_version}
 
     def _wire_config(self) -> dict[str, Any]:
-        return {"endpoint": self.base_url}
+        # the resource endpoint for both APIs: the same deployment, the same vectors, one fingerprint
+        return {"endpoint": azure_v1_root(self.base_url) or self.base_url}
 
 
 class OpenAICompatibleEncoder(OpenAIEncoder):
