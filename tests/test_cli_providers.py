@@ -424,14 +424,17 @@ def test_hnsw_settings_are_flags_and_refused_on_an_exact_index(
 
         assert main([*index, str(flat), "--hnsw-m", "8"]) == 2
         assert capsys.readouterr().err.strip() == (
-            "search-adaptor: error: --hnsw-m: for an HNSW graph; add --backend hnsw, or drop them "
-            "(flat is exact)"
+            "search-adaptor: error: hnsw_m applies to backend='hnsw' (--backend hnsw); this index is flat "
+            "(exact), which has no graph"
         )
         assert not flat.exists()
         assert main([*index, str(flat)]) == 0
         capsys.readouterr()
         assert main(["search", str(flat), query, "--ef-search", "5"]) == 2
-        refusal = f"--ef-search widens an HNSW index's search; {flat} is flat (exact): drop it"
+        refusal = (
+            f"ef_search (--ef-search) applies to an HNSW index; {flat} is flat: exact search, nothing "
+            "to widen"
+        )
         assert capsys.readouterr().err.strip() == f"search-adaptor: error: {refusal}"
         with pytest.raises(ValueError, match=f"^{re.escape(refusal)}$"):
             serve(flat, port=0, ef_search=5, retry_budget_s=None)

@@ -311,7 +311,9 @@ def test_hnsw_ef_search_is_the_manifests_on_load_and_the_one_in_effect_on_save(s
     assert AdaptedIndex.load(tmp_path / "h2").ef_search == 99
     flat = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)
     assert flat.ef_search is None
-    with pytest.raises(ValueError, match=r"^ef_search applies to an HNSW index; this one is flat"):
+    with pytest.raises(
+        ValueError, match=r"^ef_search \(--ef-search\) applies to an HNSW index; this index is flat"
+    ):
         flat.ef_search = 64
 
 
@@ -473,10 +475,14 @@ def test_hnsw_options_are_refused_on_a_flat_index(tmp_path):
     """hnsw_m and ef_search with backend="flat" (the default) were dropped without a word: the index
     was exact, not the graph asked for."""
     adapter = make_adapter(info=FAKE_INFO)
-    with pytest.raises(ValueError, match=r"^ef_search applies to backend='hnsw'; this index is flat$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^ef_search applies to backend='hnsw' \(--backend hnsw\); this index is flat \(exact\)",
+    ):
         AdaptedIndex.from_vectors(adapter, ["a"], np.ones((1, 16)), FAKE_INFO, ef_search=64)
     with pytest.raises(
-        ValueError, match=r"^hnsw_m and ef_search apply to backend='hnsw'; this index is flat$"
+        ValueError,
+        match=r"^hnsw_m and ef_search apply to backend='hnsw' \(--backend hnsw\); this index is flat",
     ):
         build_index(Path("unused"), FAKE, adapter, tmp_path / "index", hnsw_m=8, ef_search=64)
     assert not (tmp_path / "index").exists()

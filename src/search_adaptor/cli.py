@@ -342,10 +342,6 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
     import_faiss()  # fail before embedding anything
     _check_engine_flags(args)
-    graph = [flag for flag in ("hnsw_m", "ef_search") if getattr(args, flag) is not None]
-    if graph and args.backend != "hnsw":
-        flags = " and ".join(f"--{flag.replace('_', '-')}" for flag in graph)
-        raise ValueError(f"{flags}: for an HNSW graph; add --backend hnsw, or drop them (flat is exact)")
     check_output_folder(args.out, MANIFEST, "an index")
     check_replaceable(args.out, INDEX_PARTS, "an index")  # (a file of the user's in it would go)
     adapter = SearchAdaptor.load(args.adapter)
@@ -382,10 +378,11 @@ def _cmd_transform(args: argparse.Namespace) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> None:
     """search an index folder with one query"""
-    from search_adaptor.index import AdaptedIndex, widen
+    from search_adaptor.index import AdaptedIndex
 
     index = AdaptedIndex.load(args.index)
-    widen(index, args.ef_search)
+    if args.ef_search is not None:  # this run's breadth; the folder keeps its own
+        index.ef_search = args.ef_search
     if args.base_url or args.query_base_url:
         index.configure_encoder(base_url=args.base_url, query_base_url=args.query_base_url)
     hits = index.search([args.query], k=args.k)[0]

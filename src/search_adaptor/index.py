@@ -259,7 +259,10 @@ class AdaptedIndex:
         graph = [key for key in ("hnsw_m", "ef_search") if options.get(key) is not None]
         if graph and backend != "hnsw":  # exact search has no graph: they would do nothing
             verb = "applies" if len(graph) == 1 else "apply"
-            raise ValueError(f"{' and '.join(graph)} {verb} to backend='hnsw'; this index is {backend}")
+            raise ValueError(
+                f"{' and '.join(graph)} {verb} to backend='hnsw' (--backend hnsw); this index is {backend} "
+                "(exact), which has no graph"
+            )
         layout: IndexOptions = {
             "backend": backend,
             "hnsw_m": _count(_given(options, "hnsw_m", 32), "hnsw_m", *_HNSW_BOUNDS["m"]),
@@ -579,9 +582,10 @@ class AdaptedIndex:
     def ef_search(self, value: int) -> None:
         hnsw = self._hnsw()
         if hnsw is None:
+            where = self.folder or "this index"
             raise ValueError(
-                f"ef_search applies to an HNSW index; this one is {self.manifest.get('backend')}: exact "
-                "search, nothing to widen"
+                f"ef_search (--ef-search) applies to an HNSW index; {where} is "
+                f"{self.manifest.get('backend')}: exact search, nothing to widen"
             )
         value = _count(value, "ef_search", *_HNSW_BOUNDS["ef_search"])
         hnsw.efSearch = value
@@ -914,19 +918,6 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         if not isinstance(manifest[section].get(key), str):
             raise ValueError(f"{path}: field {section}.{key} must be a string; {_REBUILD}")
     return manifest
-
-
-def widen(index: AdaptedIndex, ef_search: int | None) -> None:
-    """``--ef-search`` of ``search`` and ``serve``: this run's HNSW search breadth (the index folder
-    keeps its own), refused in the flag's words on a flat index, whose search is exact."""
-    if ef_search is None:
-        return
-    if index.ef_search is None:
-        raise ValueError(
-            f"--ef-search widens an HNSW index's search; {index.folder or 'this index'} is flat "
-            "(exact): drop it"
-        )
-    index.ef_search = ef_search
 
 
 def build_index(

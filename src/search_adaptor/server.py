@@ -69,7 +69,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from search_adaptor import __version__
 from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind
-from search_adaptor.index import BLANK_QUERY, AdaptedIndex, Hits, import_faiss, widen
+from search_adaptor.index import BLANK_QUERY, AdaptedIndex, Hits, import_faiss
 
 log = logging.getLogger(__name__)
 
@@ -812,7 +812,7 @@ def serve(
     without one prints a warning. ``threads`` caps CPU threads of the model, adapter and FAISS;
     ``retry_budget_s`` and ``model_name`` are :func:`create_app`'s; ``base_url`` and ``query_base_url``
     reach the index's API models through other roots (:meth:`AdaptedIndex.configure_encoder`);
-    ``ef_search`` widens an HNSW index's search for this server (:func:`~search_adaptor.index.widen`).
+    ``ef_search`` widens an HNSW index's search for this server (:attr:`AdaptedIndex.ef_search`).
     """
     import uvicorn
 
@@ -844,7 +844,8 @@ def serve(
     sock = _listen(host, port)  # before the model loads: a port in use is one line, not a false start
     try:
         index = AdaptedIndex.load(index_dir)
-        widen(index, ef_search)
+        if ef_search is not None:  # this server's breadth; the folder keeps its own
+            index.ef_search = ef_search
         if base_url or query_base_url:
             index.configure_encoder(base_url=base_url, query_base_url=query_base_url)
         app = create_app(index, api_key=key, retry_budget_s=retry_budget_s, model_name=model_name)
