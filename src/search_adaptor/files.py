@@ -185,14 +185,15 @@ def staging_prefix(target: str | os.PathLike, pid: int | None = None) -> str:
     cut) would stay forever, and may be as large as an index; with them a later write of ``target``
     can tell it from one a live writer is filling, and remove it (:func:`remove_stale_siblings`).
     """
-    return f".{Path(target).name}.{os.getpid() if pid is None else pid}-{_host_tag()}."
+    return f".{Path(target).name}.{os.getpid() if pid is None else pid}-{host_tag()}."
 
 
 @functools.cache
-def _host_tag() -> str:
+def host_tag() -> str:
     """8 hex digits naming the space this process's pids live in: this host's name and (on Linux) its
     pid namespace, since two containers of one host, which may share a host name, each have their own
-    pids. A pid is looked up only under the tag it was written with."""
+    pids. A pid is looked up only under the tag it was written with (a staging sibling's name, an
+    embedding store's claim)."""
     import socket
 
     try:
@@ -231,7 +232,7 @@ def remove_stale_siblings(target: str | os.PathLike) -> list[Path]:
     path = Path(target)
     # staging_prefix's name, then tempfile's random characters (never a "." or "-": no other output's
     # sibling matches)
-    name = re.compile(rf"\.{re.escape(path.name)}\.([1-9][0-9]*)-{_host_tag()}\.[A-Za-z0-9_]+(\.old)?")
+    name = re.compile(rf"\.{re.escape(path.name)}\.([1-9][0-9]*)-{host_tag()}\.[A-Za-z0-9_]+(\.old)?")
     found: list[tuple[Path, re.Match[str]]] = []
     with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
         found = [(Path(e.path), m) for e in entries if (m := name.fullmatch(e.name))]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -54,7 +53,7 @@ from search_adaptor.encoders.base import (
     cancelled_by,
     check_vectors,
 )
-from search_adaptor.files import ENV_CACHE, default_cache_dir, file_in_the_way, pid_alive
+from search_adaptor.files import ENV_CACHE, default_cache_dir, file_in_the_way, host_tag, pid_alive
 from search_adaptor.images import Item, check_item_types
 
 _SQL_VARS = 900  # stay under SQLite's host-parameter limit on old builds
@@ -62,7 +61,8 @@ _BUSY_TIMEOUT_S = 60  # several processes (Ray actors) may write: wait this long
 #: Seconds a Ctrl-C'd run still waits for the replies already on the wire (paid for) to save them.
 _GRACE_S = 2.0
 _POLL_S = 0.1  # how often a process waiting for another one's claimed texts looks again
-_HOST = socket.gethostname()
+#: this machine's pid space (:func:`~search_adaptor.files.host_tag`): a claim's pid is looked up only here
+_HOST = host_tag()
 #: Columns (name, type) of each table; the store refuses a file whose tables differ.
 _TABLES = {
     "meta": (("name", "TEXT"), ("value", "TEXT")),
