@@ -825,6 +825,30 @@ def test_debug_shows_the_traceback_and_unexpected_errors_stay_one_line(
     assert "KeyError" in err and "surprise" in err and "--debug" in err
 
 
+@pytest.mark.parametrize("debug", [[], ["--debug"]])
+def test_sigterm_ends_with_its_own_status_with_or_without_debug(world, tmp_path, capsys, monkeypatch, debug):
+    """Under --debug, SIGTERM's Terminated was raised out of main as a Ctrl-C is: Python then ended
+    with Ctrl-C's status 130, telling a supervisor that a person stopped the job."""
+    import search_adaptor.pipeline as pipeline
+    from search_adaptor.files import Terminated
+
+    def terminated(*a: Any, **k: Any) -> None:
+        raise Terminated
+
+    monkeypatch.setattr(pipeline, "transform_vectors", terminated)
+    npy = tmp_path / "base.npy"
+    np.save(npy, world["d"]["D"][:5])
+    rc, _, err = run(
+        capsys, "transform", npy, "--adapter", world["adapter"], "--out", tmp_path / "o.npy", *debug
+    )
+    assert rc == 143
+    assert (
+        err.strip().splitlines()[-1]
+        == "search-adaptor: terminated (embeddings finished so far are kept in the store)"
+    )
+    assert ("Traceback" in err) == bool(debug)
+
+
 @needs_faiss
 def test_engine_flags_that_would_do_nothing_are_refused(world, tmp_path, capsys):
     """--ray-address without --engine ray ran locally, and index --embeddings took --engine ray and
