@@ -424,8 +424,13 @@ def test_hnsw_settings_are_flags_and_refused_on_an_exact_index(
 
         assert main([*index, str(flat), "--hnsw-m", "8"]) == 2
         assert capsys.readouterr().err.strip() == (
-            "search-adaptor: error: hnsw_m applies to backend='hnsw' (--backend hnsw); this index is flat "
-            "(exact), which has no graph"
+            "search-adaptor: error: hnsw_m (--hnsw-m) applies to backend='hnsw' (--backend hnsw); this index "
+            "is flat (exact), which has no graph"
+        )
+        assert not flat.exists()
+        assert main([*index, str(flat), "--backend", "hnsw", "--hnsw-m", "1"]) == 2  # FAISS segfaulted
+        assert capsys.readouterr().err.strip() == (
+            "search-adaptor: error: hnsw_m (--hnsw-m) must be an integer from 2 to 1024; got 1"
         )
         assert not flat.exists()
         assert main([*index, str(flat)]) == 0
