@@ -810,10 +810,12 @@ def test_debug_shows_the_traceback_and_unexpected_errors_stay_one_line(
     npy = tmp_path / "base.npy"
     np.save(npy, world["d"]["D"][:5])
     argv = ["transform", npy, "--adapter", adapter_copy, "--out", tmp_path / "o.npy"]
-    with pytest.raises(ValueError, match="mode must be one of"):
-        main([str(a) for a in [*argv, "--debug"]])
-    with pytest.raises(ValueError, match="mode must be one of"):
-        main([str(a) for a in ["--debug", *argv]])
+    for where in ([*argv, "--debug"], ["--debug", *argv]):  # --debug before or after the command
+        rc, _, err = run(capsys, *where)
+        # the traceback, then the same line and status as without --debug (it raised: status 1, a bug's)
+        assert rc == 2 and err.startswith("Traceback") and "ValueError" in err
+        assert err.strip().splitlines()[-1].startswith("search-adaptor: error: ")
+        assert "mode must be one of" in err.strip().splitlines()[-1]
     import search_adaptor.pipeline as pipeline
 
     def broken(*a: Any, **k: Any) -> None:
@@ -823,6 +825,12 @@ def test_debug_shows_the_traceback_and_unexpected_errors_stay_one_line(
     rc, _, err = run(capsys, "transform", npy, "--adapter", world["adapter"], "--out", tmp_path / "o.npy")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "KeyError" in err and "surprise" in err and "--debug" in err
+    rc, _, err = run(
+        capsys, "transform", npy, "--adapter", world["adapter"], "--out", tmp_path / "o.npy", "--debug"
+    )
+    assert (
+        rc == 1 and err.startswith("Traceback") and "internal error (KeyError" in err.strip().splitlines()[-1]
+    )
 
 
 @pytest.mark.parametrize("debug", [[], ["--debug"]])

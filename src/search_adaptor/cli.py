@@ -433,7 +433,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends in one ``search-adaptor: error: ...`` line, exit 2 (or --debug)."""
+    """Entry point; bad input ends in one ``search-adaptor: error: ...`` line, exit 2 (--debug: after
+    its traceback)."""
     commands = {name[5:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("_cmd_")}
     parser = build_parser(commands)
     try:
@@ -451,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands[args.command](args) or 0
         except OutputClosed:  # as a tool killed by SIGPIPE, the shell's status for it
             return SIGPIPE_STATUS
-        except (Exception, KeyboardInterrupt) as exc:  # SIGTERM's Terminated too; --debug: raised again
+        except (Exception, KeyboardInterrupt) as exc:  # SIGTERM's Terminated too
             status, line = one_line_error(exc, debug=getattr(args, "debug", False))
             _eprint(line)
             return status

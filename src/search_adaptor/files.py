@@ -440,19 +440,18 @@ class Terminated(KeyboardInterrupt):
 
 
 def one_line_error(exc: BaseException, debug: bool = False) -> tuple[int, str]:
-    """Exit status and the one line a command ends with when ``exc`` stops it (``debug``: raise it,
-    except SIGTERM's, whose traceback is printed and whose status stays 143).
+    """Exit status and the one line a command ends with when ``exc`` stops it (``debug``: its
+    traceback is printed first).
 
     Bad input (``ValueError``, ``OSError``, ``RuntimeError``, whose messages name the file, field and
     fix) is status 2; an interruption 130 (Ctrl-C) or 143 (SIGTERM, :class:`Terminated`), 128 + the
     signal as a shell reports it; anything else is a bug, status 1, and the line says how to see its
-    traceback. Raised out of a command, a :class:`Terminated` would end Python as an uncaught Ctrl-C
-    does (status 130), telling a supervisor that a person stopped the job.
+    traceback. ``--debug`` changes what is printed, never the status: raised out of a command, bad
+    input would end Python with status 1 (a bug's) and SIGTERM with an uncaught Ctrl-C's 130, telling
+    a supervisor that a person stopped the job.
     """
-    if debug and isinstance(exc, Terminated):
+    if debug:
         traceback.print_exception(exc)
-    elif debug:
-        raise exc
     if isinstance(exc, Terminated):
         return (
             128 + signal.SIGTERM,
