@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
@@ -201,6 +202,70 @@ def test_an_edited_encoder_record_is_named_by_its_manifest(tmp_path):
         ValueError, match=r"idx/manifest.json: encoder: recreated encoder .*the file was edited"
     ):
         AdaptedIndex.load(tmp_path / "idx").search(["a query"], k=2)
+
+
+#: a recorded model name of the wrong type, empty ones too: ``[]``, ``{}`` and ``0`` were read as the
+#: default model (the fingerprint then agreeing), the others failed in ``Path(model)`` as an internal error
+WRONG_MODELS = [1.5, -1, True, float("nan"), 1e999, 10**30, ["a"], [], {}, 0]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index (``idx``) and an adapter (``adapter``) recording the local model, and a corpus (``data``)."""
+    from search_adaptor.encoders.registry import make_encoder
+
+    folder = tmp_path_factory.mktemp("recorded")
+    info = make_encoder("sentence-transformers").info()  # its record only: the model is not loaded
+    adapter = make_adapter(8, info=info)
+    adapter.save(folder / "adapter")
+    vectors = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
+    AdaptedIndex.from_vectors(adapter, [f"d{i}" for i in range(12)], vectors, info).save(folder / "idx")
+    (folder / "data").mkdir()
+    (folder / "data" / "corpus.jsonl").write_text(json.dumps({"_id": "d0", "text": "a document"}) + "\n")
+    return folder
+
+
+def _record_model(json_file: Path, value: Any) -> None:
+    """Set ``encoder.config.model`` in ``json_file``, as an edit by hand would."""
+    edited = json.loads(json_file.read_text())
+    edited["encoder"]["config"]["model"] = value
+    json_file.write_text(json.dumps(edited))
+
+
+def _refused(capsys: pytest.CaptureFixture[str], rc: int, *parts: str) -> None:
+    """Status 2 and one line naming each of ``parts`` (the file, the field)."""
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "internal error" not in err, err
+    for part in parts:
+        assert part in err, (part, err)
+
+
+@pytest.mark.parametrize("value", WRONG_MODELS, ids=repr)
+def test_a_recorded_model_of_the_wrong_type_in_a_manifest_is_refused_naming_it(
+    recorded, tmp_path, capsys, value
+):
+    """``search`` on an index whose manifest records ``encoder.config.model`` 1.5 said "internal error
+    (TypeError: expected str, bytes or os.PathLike object, not float)", status 1."""
+    shutil.copytree(recorded / "idx", tmp_path / "idx")
+    _record_model(tmp_path / "idx" / "manifest.json", value)
+    rc = main(["search", str(tmp_path / "idx"), "wing lift"])
+    manifest = str(tmp_path / "idx" / "manifest.json")
+    _refused(capsys, rc, manifest, "encoder: field 'config.model' must be a string, got ")
+
+
+@pytest.mark.parametrize("value", WRONG_MODELS, ids=repr)
+def test_a_recorded_model_of_the_wrong_type_in_an_adapter_is_refused_naming_it(
+    recorded, tmp_path, capsys, value
+):
+    """``index --adapter`` with an adapter whose config.json records ``encoder.config.model`` ["a"]
+    said "internal error (TypeError ...)", status 1; nothing is written."""
+    shutil.copytree(recorded / "adapter", tmp_path / "adapter")
+    _record_model(tmp_path / "adapter" / "config.json", value)
+    args = ["index", str(recorded / "data"), "--adapter", str(tmp_path / "adapter")]
+    rc = main([*args, "--out", str(tmp_path / "out"), "--quiet", "--cache", str(tmp_path / "cache")])
+    config = str(tmp_path / "adapter" / "config.json")
+    _refused(capsys, rc, config, "encoder: field 'config.model' must be a string, got ")
+    assert not (tmp_path / "out").exists()
 
 
 def test_hnsw_backend_finds_the_exact_neighbours(synthetic, tmp_path):

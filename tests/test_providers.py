@@ -753,6 +753,52 @@ def test_fingerprint_depends_on_what_changes_vectors(monkeypatch: pytest.MonkeyP
     assert base.fingerprint != make_encoder("cohere", "embed-english-v3.0", api_key="k1").fingerprint
 
 
+#: recorded config fields of the wrong type (``model`` [] or 0 was read as the default model)
+WRONG_RECORDS = [
+    ("model", 1.5),
+    ("model", []),
+    ("model", 0),
+    ("base_url", ["http://127.0.0.1:9/v1"]),
+    ("endpoint", 1),
+    ("query_prompt", 0),
+    ("document_prompt", False),
+    ("truncate", {}),
+    ("dimensions", "256"),
+    ("dimensions", True),
+    ("max_chars", 1.5),
+    ("max_input_tokens", [512]),
+    ("truncation", "yes"),
+    ("auto_truncate", 1),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), WRONG_RECORDS)
+def test_a_recorded_option_of_the_wrong_type_is_refused_by_name(field: str, value: Any) -> None:
+    """A record of an edited file reached the encoder's constructor as it was: a float model failed in
+    ``Path(model)``, a string ``dimensions`` in ``dimensions <= 0``, as internal errors (TypeError);
+    a loader puts the file's name before this line."""
+    from search_adaptor.encoders.registry import info_problem
+
+    info = make_encoder("cohere", api_key="k").info()
+    info["config"][field] = value
+    message = f"field 'config.{field}' must be "
+    assert info_problem(info).startswith(message)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        from_info(info)
+
+
+@pytest.mark.parametrize("provider", ["sentence-transformers", *PROVIDER_NAMES])
+def test_every_provider_records_options_of_the_types_it_is_recreated_from(provider: str) -> None:
+    """What each encoder writes passes the check its loaders make (null stands for an unset option)."""
+    from search_adaptor.encoders.registry import info_problem
+
+    remote = {} if provider == "sentence-transformers" else {"api_key": "k", "base_url": "http://127.0.0.1:9"}
+    info = json.loads(json.dumps(make_encoder(provider, **remote, **required_options(provider)).info()))
+    assert info_problem(info) is None
+    unrecorded = {k: v for k, v in {**remote, **required_options(provider)}.items() if k != "model"}
+    assert from_info(info, **unrecorded).fingerprint == info["fingerprint"]
+
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 

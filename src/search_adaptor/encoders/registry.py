@@ -7,6 +7,7 @@ naming ``sentence-transformers`` or ``model2vec`` never imports httpx.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,24 @@ from search_adaptor.encoders.base import Encoder
 __all__ = ["LOCAL", "MODEL2VEC", "PROVIDERS", "from_info", "make_encoder"]
 #: encoder config keys that are also ``make_encoder`` options of the same name
 _OPTIONS = ("max_chars", "query_prompt", "document_prompt", "truncate", "truncation", "auto_truncate")
+#: every encoder config field :func:`from_info` passes to a constructor, and the type the encoders
+#: record it as (null stands for absent, as ``dimensions`` and ``max_chars`` are recorded when unset): a
+#: value of another type, from an edited file, must be refused by name, not reach ``Path(model)`` or
+#: ``dimensions <= 0`` as a float or a list and fail there as an internal error
+_RECORDED_TYPES: dict[str, type] = {
+    "model": str,
+    "base_url": str,
+    "endpoint": str,
+    "query_prompt": str,
+    "document_prompt": str,
+    "truncate": str,
+    "dimensions": int,
+    "max_chars": int,
+    "max_input_tokens": int,
+    "truncation": bool,
+    "auto_truncate": bool,
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 
 
 def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
@@ -83,7 +102,9 @@ def _do_not_apply(options: list[str]) -> str:
 
 def info_problem(info: Any) -> str | None:
     """What is wrong with a recorded encoder (an :meth:`Encoder.info` dict read back from a file), in
-    words naming the field, or None: the loaders of adapters and indexes refuse such files with it."""
+    words naming the field, or None: the loaders of adapters and indexes refuse such files with it, so
+    that a config field :func:`from_info` would pass on is of the type the encoders record, or a
+    float or a list as a model name reaches a constructor and fails there as an internal error."""
     if not isinstance(info, Mapping):
         return f"must be an object, got {type(info).__name__}"
     if not isinstance(info.get("fingerprint"), str):
@@ -91,6 +112,13 @@ def info_problem(info: Any) -> str | None:
     for key, kind in (("provider", str), ("model", str), ("config", Mapping)):
         if info.get(key) is not None and not isinstance(info[key], kind):
             return f"field {key!r} must be {'an object' if kind is Mapping else 'a string'}"
+    config = info.get("config") or {}
+    for key, kind in _RECORDED_TYPES.items():
+        value = config.get(key)
+        typed = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))  # True: an int
+        if value is not None and not typed:  # refused even when empty: [] or 0 read as the default model
+            shown = json.dumps(value, default=repr)[:40]
+            return f"field 'config.{key}' must be {_TYPE_NAMES[kind]}, got {shown}"
     return None
 
 
@@ -107,8 +135,13 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
     Raises
     ------
     ValueError
-        Precomputed vectors (no model to call) or a config this library version cannot reproduce.
+        Precomputed vectors (no model to call), a record of the wrong shape or with a field of the
+        wrong type (:func:`info_problem`: a loader names the file it came from), or a config this
+        library version cannot reproduce.
     """
+    problem = info_problem(info)  # a loader refused its file already; a dict from Python is checked here
+    if problem:
+        raise ValueError(problem)
     provider, cfg = info.get("provider"), info.get("config") or {}
     if provider == "precomputed":
         raise ValueError(
