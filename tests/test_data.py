@@ -151,6 +151,36 @@ def test_trec_qrels_are_read_as_pytrec_eval_reads_them(tmp_path: Path) -> None:
     assert ds.qrels == beir.qrels
 
 
+def test_qrels_ids_between_tabs_are_read_as_written_spaces_included(tmp_path: Path) -> None:
+    """A JSON id with a space around it, written the same between the tabs of the qrels (as a TSV
+    writer does and BEIR's loader reads), was refused as 'not in queries.jsonl': qrels columns were
+    stripped, JSON ids not. Spaces inside an id, and after the score, are kept and ignored as before."""
+    corpus = jsonl([*CORPUS, {"_id": "d2 ", "text": "padded"}])
+    queries = jsonl([*QUERIES, {"_id": " q1", "text": "padded"}, {"_id": "q 5", "text": "inner"}])
+    qrels = {"test": HEADER + " q1\td1\t1\nq2\td2 \t1\nq 5\td1\t1 \t\r\n"}
+    ds = load_beir(write_beir(tmp_path / "f", corpus=corpus, queries=queries, qrels=qrels))
+    assert ds.qrels["test"] == {" q1": {"d1": 1}, "q2": {"d2 ": 1}, "q 5": {"d1": 1}}
+
+
+@pytest.mark.parametrize(
+    ("queries", "qrels", "expected"),
+    [
+        # a TREC line split by spaces cannot hold a space around an id
+        ([{"_id": " q1", "text": "x"}], "q1 0 d1 1\n", ['query-id "q1"', 'which has " q1"']),
+        (QUERIES, HEADER + "q1 \td1\t1\n", ['query-id "q1 "', 'which has "q1"']),
+        (QUERIES, HEADER + "q1\t d1\t1\n", ['corpus-id " d1"', 'the corpus, which has "d1"']),
+    ],
+)
+def test_an_id_that_differs_only_by_surrounding_spaces_names_both_spellings(
+    tmp_path: Path, queries: list[dict], qrels: str, expected: list[str]
+) -> None:
+    folder = write_beir(tmp_path / "f", queries=jsonl(queries), qrels={"test": qrels})
+    with pytest.raises(DataError) as excinfo:
+        load_beir(folder)
+    line = 1 if qrels.startswith("q1 0") else 2
+    one_line_error(excinfo, f"qrels/test.tsv:{line}:", *expected, "whitespace", "the same in both files")
+
+
 def test_a_folder_under_home_may_be_named_with_a_tilde(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

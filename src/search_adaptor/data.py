@@ -23,7 +23,7 @@ import re
 import shutil
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,11 +224,13 @@ def _find_jsonl(folder: Path, stem: str) -> Path:
     raise DataError(f"{plain}: file not found (nor {packed.name}; {_LAYOUT_HINT})")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line number, text)`` of every non-blank line; a UTF-8 BOM and CRLF are tolerated.
+def _lines(path: Path, *, keep_start: bool = False) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, text)`` of every non-blank line, stripped; a UTF-8 BOM and CRLF are tolerated.
 
-    Lines are read as bytes and decoded one at a time so that a decoding error is reported at
-    its exact line, and a gzip file is streamed rather than decompressed in memory.
+    With ``keep_start`` only the end of each line is stripped: a qrels line starts with a query id,
+    which is read as written (see :func:`_read_qrels`). Lines are read as bytes and decoded one at a
+    time so that a decoding error is reported at its exact line, and a gzip file is streamed rather
+    than decompressed in memory.
     """
     opener = gzip.open if path.name.endswith(".gz") else open
     lineno = 0
@@ -238,11 +240,12 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]
                 try:
-                    line = raw.decode("utf-8").strip()
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
                     raise DataError(
                         f"{path}:{lineno}: not valid UTF-8 at byte {err.start} (save the file as UTF-8)"
                     ) from None
+                line = text.rstrip() if keep_start else text.strip()
                 if line:
                     yield lineno, line
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
@@ -522,9 +525,14 @@ def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str
     score column is not a number and neither of its ids is in the dataset (BEIR files start with
     ``query-id<TAB>corpus-id<TAB>score``), so a first row of data with a mistyped score is
     reported, never dropped; a repeated pair must repeat the same grade.
+
+    Ids are matched exactly, as ``record`` reads them from the JSON lines: between tabs an id is
+    read as written, spaces around it included, as BEIR's loader (a tab-delimited ``csv.reader``)
+    and a TSV writer have it; a TREC line split by spaces cannot hold them. An id that is missing
+    but matches a known one up to surrounding whitespace is reported with both spellings.
     """
     qrels: dict[str, dict[str, int]] = {}
-    for index, (lineno, line) in enumerate(_lines(path)):
+    for index, (lineno, line) in enumerate(_lines(path, keep_start=True)):
         where = f"{path}:{lineno}"
         cols = line.split("\t")
         trec = line.split() if len(cols) == 1 else cols  # TREC: split by spaces, or by tabs
@@ -535,7 +543,7 @@ def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str
                 f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}; "
                 "or TREC's 4 columns (query-id 0 corpus-id score)"
             )
-        qid, did, score = (c.strip() for c in cols)
+        qid, did, score = cols[0], cols[1], cols[2].strip()
         try:
             grade = int(score)
         except ValueError:
@@ -546,13 +554,9 @@ def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str
                 "(grades are integers; 0 = judged non-relevant)"
             ) from None
         if qid not in queries:
-            raise DataError(
-                f"{where}: query-id {_quote(qid)} is not in queries.jsonl (add the query or drop the line)"
-            )
+            raise _unknown_id(where, "query-id", qid, queries, "queries.jsonl", "add the query")
         if did not in docs:
-            raise DataError(
-                f"{where}: corpus-id {_quote(did)} is not in the corpus (add the document or drop the line)"
-            )
+            raise _unknown_id(where, "corpus-id", did, docs, "the corpus", "add the document")
         judged = qrels.setdefault(qid, {})
         if judged.setdefault(did, grade) != grade:
             raise DataError(
@@ -560,6 +564,23 @@ def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str
                 f"{judged[did]} on an earlier line (keep one grade per pair)"
             )
     return qrels
+
+
+def _unknown_id(where: str, column: str, rid: str, known: Iterable[str], file: str, fix: str) -> DataError:
+    """The error for a qrels ``column`` naming ``rid``, an id not among ``known`` (those of ``file``).
+
+    An id written with spaces around it in one file and without in the other is the likely slip (a
+    hand-edited TSV, a JSON id with a stray space): the message then gives both spellings.
+    """
+    bare = rid.strip()
+    near = next((k for k in known if k.strip() == bare), None) if bare else None
+    if near is None:
+        return DataError(f"{where}: {column} {_quote(rid)} is not in {file} ({fix} or drop the line)")
+    return DataError(
+        f"{where}: {column} {_quote(rid)} is not in {file}, which has {_quote(near)}, the same id but for "
+        "the whitespace around it; ids are matched exactly, spaces included (write the id the same in "
+        "both files, in qrels between tabs)"
+    )
 
 
 def refuse_nulls(column: Any, where: str, name: str, needs: str) -> None:
