@@ -181,6 +181,25 @@ def test_an_id_that_differs_only_by_surrounding_spaces_names_both_spellings(
     one_line_error(excinfo, f"qrels/test.tsv:{line}:", *expected, "whitespace", "the same in both files")
 
 
+def test_a_labelled_query_with_a_blank_text_is_refused_at_its_line(tmp_path: Path) -> None:
+    """A query of nothing but whitespace was embedded, trained on and scored without a word, while
+    ``search`` refuses it; unlabelled (or only grade-0) blank queries and empty documents stay."""
+    queries = [*QUERIES[:1], {"_id": "q2", "text": " \t "}, *QUERIES[2:]]
+    with pytest.raises(DataError) as excinfo:
+        load_beir(write_beir(tmp_path / "f", queries=jsonl(queries)))
+    one_line_error(
+        excinfo,
+        f"{tmp_path / 'f' / 'queries.jsonl'}:2:",
+        'field "text" of query "q2" is blank',
+        "qrels/test.tsv",
+        "ranks documents by nothing in particular",
+        "give the query a text or drop its qrels lines",
+    )
+    blank = [*QUERIES[:2], {"_id": "q3", "text": ""}, {"_id": "q4", "text": "  "}]  # q3: grade 0 only
+    ds = load_beir(write_beir(tmp_path / "g", queries=jsonl(blank)))
+    assert ds.queries["q3"] == "" and ds.queries["q4"] == "  " and ds.doc_texts[3] == "Seven"
+
+
 def test_a_folder_under_home_may_be_named_with_a_tilde(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

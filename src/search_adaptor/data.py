@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BEIR_MD5",
+    "BLANK_QUERY_REASON",
     "DEFAULT_BEIR_URL",
     "ENV_BEIR_URL",
     "DataError",
@@ -70,6 +71,10 @@ BEIR_MD5: dict[str, str] = {
     "climate-fever": "8b66f0a9126c521bae2bde127b4dc99d",
     "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
 }
+
+#: Why a query whose text is blank (nothing but whitespace) cannot be labelled; the reason
+#: ``index.BLANK_QUERY`` gives for refusing one in a search.
+BLANK_QUERY_REASON = "a blank query ranks documents by nothing in particular"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LAYOUT_HINT = "a BEIR folder holds corpus.jsonl[.gz], queries.jsonl and qrels/<split>.tsv"
@@ -202,13 +207,15 @@ def load_beir(source: str | Path, cache_dir: Path | None = None, *, md5: str | N
 def _load_folder(folder: Path, name: str) -> Dataset:
     """Read and cross-check the three parts of a BEIR folder."""
     doc_ids, doc_texts = _read_corpus(_find_jsonl(folder, "corpus"))
-    queries = _read_queries(_find_jsonl(folder, "queries"))
+    queries_file = _find_jsonl(folder, "queries")
+    queries, blank = _read_queries(queries_file)
     known_docs = set(doc_ids)
     qrels: dict[str, dict[str, dict[str, int]]] = {}
     qrels_dir = folder / "qrels"
     if qrels_dir.is_dir():
         for file in sorted(qrels_dir.glob("*.tsv")):
             qrels[file.stem] = _read_qrels(file, queries, known_docs)
+            _refuse_blank_labelled(queries_file, blank, file, qrels[file.stem])
     return Dataset(name=name, path=folder, doc_ids=doc_ids, doc_texts=doc_texts, queries=queries, qrels=qrels)
 
 
@@ -506,14 +513,38 @@ def corpus_sentences(dataset: Dataset) -> list[str]:
     return list(dict.fromkeys(t for t in kept if lo <= len(t.encode()) <= hi and t not in whole))
 
 
-def _read_queries(path: Path) -> dict[str, str]:
-    """Query id to text, for every query in the file (labelled or not)."""
-    queries = {qid: text for _, qid, text in _records(path, "query")}
+def _read_queries(path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """Query id to text, for every query in the file (labelled or not), and the line of each query
+    whose text is blank (nothing but whitespace), which may stay only while it is not labelled."""
+    queries: dict[str, str] = {}
+    blank: dict[str, int] = {}
+    for lineno, qid, text in _records(path, "query"):
+        queries[qid] = str(text)
+        if not queries[qid].strip():
+            blank[qid] = lineno
     if not queries:
         raise DataError(
             f'{path}: no queries (the file is empty; add one JSON line per query with "_id", "text")'
         )
-    return queries
+    return queries, blank
+
+
+def _refuse_blank_labelled(
+    queries_file: Path, blank: Mapping[str, int], qrels_file: Path, judged: Mapping[str, Mapping[str, int]]
+) -> None:
+    """Refuse, at its line of ``queries_file``, the first blank query that ``judged`` labels.
+
+    A labelled query is embedded, trained on and scored, and a blank one would be so by nothing in
+    particular, as ``search`` refuses it; a blank query nobody labels is harmless and stays.
+    """
+    labelled = labelled_queries({qid: judged[qid] for qid in blank if qid in judged})
+    if labelled:
+        qid = min(labelled, key=blank.__getitem__)
+        raise DataError(
+            f'{queries_file}:{blank[qid]}: field "text" of query {_quote(qid)} is blank, but '
+            f"{qrels_file} gives it a relevant document, and {BLANK_QUERY_REASON} "
+            "(give the query a text or drop its qrels lines)"
+        )
 
 
 def _read_qrels(path: Path, queries: dict[str, str], docs: set[str]) -> dict[str, dict[str, int]]:
