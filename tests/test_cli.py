@@ -466,3 +466,12 @@ def test_too_few_queries_for_the_folds_name_the_folds_that_work(tmp_path, synthe
         with pytest.raises(DataError, match=rf"qrels/test\.tsv: .*{message}"):
             protocol(load_beir(folder / "syn"), folds=folds)
     assert protocol(load_beir(tmp_path / "3-5" / "syn"), folds=3).name == "kfold"
+
+
+@pytest.mark.parametrize("seed", ["-1", "18446744073709551616", "x"])
+def test_a_seed_out_of_range_is_refused_by_the_flag(tmp_path, capsys, seed):
+    """--seed -1 was refused after the data was read and embedded, and 2**64 failed in training with
+    'Overflow when unpacking long long', naming neither the flag nor the range."""
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "out"), "--seed", seed]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"argument --seed: must be an integer from 0 to 18446744073709551615, got {seed}" in err

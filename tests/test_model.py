@@ -332,6 +332,15 @@ def test_kfold_fit_gives_the_same_report_however_many_fits_run_at_once(synthetic
         ]
 
 
+def test_a_seed_is_an_integer_torch_takes_or_refused_before_training(synthetic):
+    """A seed of 2**64 failed in training with torch's 'Overflow when unpacking long long', naming no
+    parameter; a negative one was refused only as 'an integer >= 0'."""
+    for seed in (-1, 2**64, 1.5):
+        with pytest.raises(ValueError, match=rf"^seed must be an integer from 0 to {2**64 - 1}; got "):
+            _fit(synthetic, seed=seed)
+    assert _fit(synthetic, max_steps=5, seed=2**64 - 1).seed == 2**64 - 1
+
+
 def test_precision_is_checked_resolved_and_recorded(synthetic, tmp_path):
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, auto; got 'fp16'"):
         _fit(synthetic, precision="fp16")

@@ -48,7 +48,7 @@ from search_adaptor.networks import (
 from search_adaptor.retrieval import l2_normalize
 from search_adaptor.store import EmbeddingStore, StoreStats
 from search_adaptor.training import TrainResult, train
-from search_adaptor.variants import MAX_STEPS, PRECISIONS, TRAINED_PRECISIONS, VAL_FRACTION
+from search_adaptor.variants import MAX_SEED, MAX_STEPS, PRECISIONS, TRAINED_PRECISIONS, VAL_FRACTION
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +269,12 @@ class SearchAdaptor:
                 raise ValueError(f"{name} must be true or false; got {p[name]!r}")
         ints = {"batch_size": 1, "max_steps": 1, "eval_every": 1, "n_negatives": 1, "hard_pool": 1}
         ints.update(patience=0, full_corpus_max=0, seed=0)
+        highest = {"seed": MAX_SEED}  # what torch's generator takes: refused here, not after embedding
         for name, low in ints.items():
-            if not _integer(p[name]) or p[name] < low:
-                raise ValueError(f"{name} must be an integer >= {low}; got {p[name]!r}")
+            high = highest.get(name)
+            if not _integer(p[name]) or p[name] < low or (high is not None and p[name] > high):
+                bound = f">= {low}" if high is None else f"from {low} to {high}"
+                raise ValueError(f"{name} must be an integer {bound}; got {p[name]!r}")
             p[name] = int(p[name])
         hidden = p["hidden_dim"]
         if hidden is not None and not (_integer(hidden) and 1 <= hidden <= MAX_DIM):

@@ -18,6 +18,7 @@ from search_adaptor.variants import (
     DEFAULT_FOLDS,
     DEFAULT_SELECTION,
     FAMILY_CHOICES,
+    MAX_SEED,
     MAX_STEPS,
     PRECISIONS,
     SELECTIONS,
@@ -42,6 +43,7 @@ def _positive(
 _positive_int, _positive_float = _positive(int), _positive(float)
 _port = _positive(int, "a TCP port from 1 to 65535", 65535)
 _folds = _positive(int, "an integer of at least 2 (k-fold holds out one part in k)", above=1)
+_seed = _positive(int, f"an integer from 0 to {MAX_SEED}", MAX_SEED, above=-1)
 
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
@@ -105,7 +107,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _DATA,
         A("--out", required=True, metavar="OUT_DIR", help="for report.json/md and adapter/"),
         A("--family", default=DEFAULT_FAMILY, choices=FAMILY_CHOICES, help="variants to train"),
-        A("--seed", type=int, default=0, help="seeds sampling, starts and the validation split (default 0)"),
+        A(
+            "--seed",
+            type=_seed,
+            default=0,
+            help="seeds sampling, starts and the validation split (default 0)",
+        ),
         A(
             "--folds",
             type=_folds,

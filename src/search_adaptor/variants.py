@@ -13,6 +13,9 @@ from typing import Any
 DEFAULT_FAMILY = "auto"
 DEFAULT_FOLDS = 5
 MAX_STEPS = 2000
+#: The largest seed: torch's ``Generator.manual_seed`` takes an unsigned 64-bit integer (numpy's
+#: ``default_rng`` any integer >= 0), so a seed is an integer from 0 to this.
+MAX_SEED = 2**64 - 1
 VAL_FRACTION = 0.2
 #: On which queries ``fit`` compares its candidates: each candidate's validation split, or k-fold
 #: cross-validation over every labelled query (``experiment.select``).
