@@ -249,6 +249,60 @@ def test_sigterm_ends_a_job_as_ctrl_c_does_with_its_own_status(tmp_path, monkeyp
     assert len(fake.calls) == sent + 2  # nothing was sent after SIGTERM
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("ray") is None, reason="needs ray[data] (the ray extra)")
+@pytest.mark.skipif(find_spec("faiss") is None, reason="needs faiss (the index extra)")
+@pytest.mark.skipif(sys.platform != "linux", reason="Ray's processes are looked up in /proc")
+def test_sigterm_ends_a_ray_job_as_it_ends_a_local_one(tmp_path, monkeypatch):
+    """``ray.init`` replaced the CLI's SIGTERM handler: an ``--engine ray`` job SIGTERM stopped ended
+    in SIGABRT (status 134) and a stack dump from Ray's C++ core, never the one line and 143."""
+    data = _write_beir(tmp_path / "tiny", n_docs=40, n_queries=10)
+    out = tmp_path / "index"
+    with FakeProvider("openai-compatible", dim=8) as fake:
+        make_adapter(8, info=fake_encoder(fake, model="fake-model").info()).save(tmp_path / "adapter")
+        monkeypatch.setenv("OPENAI_COMPATIBLE_API_KEY", fake.key)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        fake.delay = 30  # a Ray actor is embedding, slowly, when SIGTERM comes
+        args = ["index", str(data), "--provider", "openai-compatible", "--model", "fake-model"]
+        args += ["--base-url", fake.url, "--adapter", str(tmp_path / "adapter"), "--out", str(out)]
+        args += ["--cache", str(tmp_path / "cache"), "--engine", "ray", "--quiet"]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        command = [sys.executable, "-m", "search_adaptor.cli", *args]
+        proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 90
+            while not (fake.calls and _siblings(out)):
+                assert proc.poll() is None and time.monotonic() < deadline, "the run never got going"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        deadline = time.monotonic() + 30
+        while left := _running_in_session(proc.pid):  # Ray's processes, started in the job's session
+            assert time.monotonic() < deadline, f"Ray's processes {left} outlived the job"
+            time.sleep(0.2)
+    assert proc.returncode == 143, err  # not -6 (SIGABRT)
+    assert err.strip().splitlines()[-1] == (
+        "search-adaptor: terminated (embeddings finished so far are kept in the store)"
+    )
+    assert "SIGTERM received" not in err
+    assert _siblings(out) == [] and not out.exists()  # the staged output was discarded
+
+
+def _running_in_session(session: int) -> list[int]:
+    """The processes of session ``session`` still running (zombies aside), from ``/proc``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, _group, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except OSError:  # it ended while the others were read
+            continue
+        if int(sid) == session and state != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def _dead_pid() -> int:
     """The id of a process that has ended."""
     proc = subprocess.Popen([sys.executable, "-c", ""])

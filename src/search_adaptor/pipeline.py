@@ -21,7 +21,9 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -210,21 +212,46 @@ def ray_session(address: str | None = None, quiet: bool = False) -> Any:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if quiet:
             options["logging_level"] = logging.ERROR
-        if address:
-            try:
-                ray.init(address=_cluster_address(address), **options)
-            except ConnectionError:  # Ray's own line names its `--address` flag
-                raise RuntimeError(
-                    f"--ray-address {address}: found no running Ray cluster; start one (`ray start --head`), "
-                    "give its address, or leave --ray-address out to run a local Ray"
-                ) from None
-        else:
-            ray.init(address=_cluster_address(None), _node_ip_address="127.0.0.1", **options)
+        with _sigterm_kept():
+            if address:
+                try:
+                    ray.init(address=_cluster_address(address), **options)
+                except ConnectionError:  # Ray's own line names its `--address` flag
+                    raise RuntimeError(
+                        f"--ray-address {address}: found no running Ray cluster; start one (`ray start "
+                        "--head`), give its address, or leave --ray-address out to run a local Ray"
+                    ) from None
+            else:
+                ray.init(address=_cluster_address(None), _node_ip_address="127.0.0.1", **options)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # same rows in the same order as the local engine
     ctx.enable_progress_bars = False
     ctx.raise_original_map_exception = True  # a task's DataError, not Ray's UserCodeException, reaches us
     return ray
+
+
+@contextlib.contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """SIGTERM's handler as it was before, once ``ray.init`` has run (in the main thread, where
+    handlers live).
+
+    ``ray.init`` replaces it twice: with a Python handler that calls ``sys.exit(15)``, then, in the
+    C++ core its driver starts, with a failure-signal handler that prints a stack dump and aborts
+    (SIGABRT, status 134). The CLI's handler (SIGTERM raises
+    :class:`~search_adaptor.files.Terminated`, as Ctrl-C does) is put back, so that ``kill``,
+    ``timeout`` and ``docker stop`` end a ray job as they end a local one: staged outputs discarded,
+    status 143 and one line, Ray shut down at exit. A caller's own handler, or SIGTERM ignored, is
+    kept the same way.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if handler is not None:  # None: a handler not set from Python, which it cannot put back
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _cluster_address(address: str | None) -> str | None:
