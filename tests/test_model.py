@@ -625,3 +625,13 @@ def test_a_rows_adapted_vector_does_not_depend_on_its_batch():
     mixed = np.vstack([unit[:1], 3.0 * unit[1:2]])  # next to a row that is far from unit norm
     alone = adapt_rows(NumpyNet(net), unit[:1], "queries")
     assert np.array_equal(adapt_rows(NumpyNet(net), mixed, "queries")[:1], alone)
+
+
+def test_a_fit_leaves_torch_global_rng_alone(synthetic):
+    """A fit draws its initial weights from its own generator only: a caller's torch.manual_seed()
+    stream went on differently after a fit (nn.Linear's default init drew from the global RNG)."""
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    _fit(synthetic, max_steps=5, mode="separate", init="pca")  # projection, two networks, predictor
+    assert torch.equal(torch.rand(3), want)

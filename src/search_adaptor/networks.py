@@ -23,10 +23,26 @@ MODES = ("shared", "query_only", "separate")
 _CHUNK = 65536  # rows per forward pass of a large transform: bounds its temporaries
 
 
+def _linear(
+    in_features: int, out_features: int, generator: torch.Generator | None, bias: bool = True
+) -> nn.Linear:
+    """An ``nn.Linear`` for :func:`init_linears` to fill from ``generator`` (a projection: its caller).
+
+    With a generator the layer is made without torch's default initialisation
+    (:func:`torch.nn.utils.skip_init`: its values are left unset): that draw comes from the global RNG,
+    so a fit would move the stream of a caller who seeded torch, and would be thrown away anyway.
+    ``None`` keeps torch's own draw, from the global RNG.
+    """
+    if generator is None:
+        return nn.Linear(in_features, out_features, bias=bias)
+    return nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias)
+
+
 def init_linears(module: nn.Module, generator: torch.Generator | None) -> None:
-    """Re-draw every ``nn.Linear`` of ``module`` as torch initialises one (Kaiming-uniform weights,
+    """Draw every ``nn.Linear`` of ``module`` as torch initialises one (Kaiming-uniform weights,
     uniform biases), from ``generator``: fits running side by side stay reproducible, as the global
-    RNG they would otherwise share is not touched. ``None`` keeps torch's own draw."""
+    RNG they would otherwise share is not touched (the layers are made with :func:`_linear`, which
+    skips torch's own draw). ``None`` keeps torch's own draw."""
     if generator is None:
         return
     for layer in module.modules():
@@ -62,14 +78,16 @@ class ResidualAdapter(nn.Module):
         # p: a bias-free linear map from the input space (another model's, for a cross-model query
         # tower) to the output one; it starts at the identity where the two have one dimension, and
         # training sets a better start (a PCA rotation, a least-squares or Procrustes map)
-        self.project = nn.Linear(in_dim, dim, bias=False) if projection else None
+        self.project = _linear(in_dim, dim, generator, bias=False) if projection else None
         if self.project is not None:
             with torch.no_grad():
                 self.project.weight.copy_(torch.eye(dim, in_dim))
         if architecture == "mlp":
-            self.f = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
+            self.f = nn.Sequential(
+                _linear(dim, hidden_dim, generator), nn.ReLU(), _linear(hidden_dim, dim, generator)
+            )
         elif architecture == "linear":
-            self.f = nn.Sequential(nn.Linear(dim, dim))
+            self.f = nn.Sequential(_linear(dim, dim, generator))
         else:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
         init_linears(self.f, generator)
@@ -96,7 +114,9 @@ class QueryPredictor(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
+        self.net = nn.Sequential(
+            _linear(dim, hidden_dim, generator), nn.ReLU(), _linear(hidden_dim, dim, generator)
+        )
         init_linears(self.net, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
