@@ -149,3 +149,36 @@ def test_a_store_folder_of_another_model_is_refused(tmp_path):
         StoreError, match=rf"holds embeddings of {one.fingerprint}, not of {other.fingerprint}"
     ):
         EmbeddingStore(other, tmp_path)
+
+
+@pytest.mark.parametrize("texts", ["hello", b"hello"], ids=["str", "bytes"])
+def test_a_bare_string_is_refused_before_anything_is_embedded_or_stored(tmp_path, texts):
+    """embed("hello", ...) embedded and stored one row per letter; the store's entry points and the
+    encoder's now refuse it, as AdaptedEncoder and AdaptedIndex do."""
+    enc = CountingEncoder()
+    with EmbeddingStore(enc, tmp_path) as store:
+        for call in (
+            lambda: store.embed(texts, "document"),
+            lambda: store.lookup("document", texts),
+            lambda: store.missing("document", texts),
+            lambda: enc.encode_queries(texts),
+            lambda: enc.encode_corpus(texts),
+        ):
+            with pytest.raises(TypeError, match=r"takes a list of texts, not a bare .*letter by letter"):
+                call()
+        assert enc.calls == [] and len(store) == 0
+
+
+def test_an_unknown_kind_is_refused_before_anything_is_embedded_or_stored(tmp_path):
+    """A misspelt kind ("qeury") was sent to the encoder and its vectors stored under it."""
+    enc = CountingEncoder()
+    with EmbeddingStore(enc, tmp_path) as store:
+        for call in (
+            lambda: store.embed(["hello"], "qeury"),
+            lambda: store.lookup("qeury", ["hello"]),
+            lambda: store.missing(None, ["hello"]),
+        ):
+            with pytest.raises(ValueError, match=r"^kind must be one of 'query', 'document'; got "):
+                call()
+        assert enc.calls == [] and len(store) == 0
+        assert store.embed(["hello"], "query").shape == (1, enc.dim)

@@ -51,7 +51,9 @@ from search_adaptor.encoders.base import (
     InputsRejected,
     Kind,
     cancelled_by,
+    check_kind,
     check_vectors,
+    refuse_bare_text,
 )
 from search_adaptor.files import ENV_CACHE, default_cache_dir, file_in_the_way, host_tag, pid_alive
 from search_adaptor.images import Item, check_item_types
@@ -168,6 +170,15 @@ def _claimant_alive(host: object, pid: int, started: object) -> bool:
         return False
     now = _started(pid) if isinstance(started, str) else None
     return now is None or now == started
+
+
+def _check_call(texts: object, kind: object, method: str) -> None:
+    """Refuse, before anything is looked up, sent or written, what a public method of
+    :class:`EmbeddingStore` must not take: a bare string for ``texts`` (one row per character would be
+    embedded and stored) and a ``kind`` other than "query" or "document" (its vectors would be kept
+    under a key nothing reads)."""
+    refuse_bare_text(texts, f"EmbeddingStore.{method}()")
+    check_kind(kind)
 
 
 @dataclass
@@ -390,7 +401,9 @@ class EmbeddingStore:
 
     def lookup(self, kind: Kind, texts: Sequence[Item]) -> dict[bytes, np.ndarray]:
         """Cached vectors for the texts (or images) that have a usable one, keyed by :func:`item_key`;
-        an item that is neither (None, a number) is a TypeError naming it."""
+        an item that is neither (None, a number) is a TypeError naming it, as is a bare string
+        (:func:`_check_call`), and an unknown kind a ValueError."""
+        _check_call(texts, kind, "lookup")
         check_item_types(texts)
         return self._read({item_key(kind, t) for t in texts})
 
@@ -439,7 +452,9 @@ class EmbeddingStore:
         return self._dim
 
     def missing(self, kind: Kind, texts: Sequence[Item]) -> list[Item]:
-        """Unique texts that would be sent to the encoder (in first-seen order)."""
+        """Unique texts that would be sent to the encoder (in first-seen order); refuses what
+        :meth:`lookup` does."""
+        _check_call(texts, kind, "missing")
         return list(self._missing(kind, texts, self.lookup(kind, texts)).values())
 
     @staticmethod
@@ -476,7 +491,13 @@ class EmbeddingStore:
         InputsRejected
             The encoder refused some texts (too long for the provider): every other text was embedded
             and saved first; the message names the first refused text, ``vectors`` holds the others.
+        TypeError
+            A bare string (it would be read letter by letter), or an item that is not a text (None, a
+            number), before anything is looked up, sent or stored.
+        ValueError
+            ``kind`` is not ``"query"`` or ``"document"`` (a typo would be embedded and stored under it).
         """
+        _check_call(texts, kind, "embed")
         found = self.lookup(kind, texts)
         todo = self._missing(kind, texts, found)
         self.encoder.check_items(todo.values())  # an image a text-only model cannot take: fail now

@@ -29,6 +29,47 @@ Kind = Literal["query", "document"]
 KINDS: tuple[Kind, ...] = ("query", "document")
 
 
+def refuse_bare_text(texts: object, call: str) -> None:
+    """Refuse a bare ``str`` or ``bytes`` given where a sequence of texts belongs, naming ``call``
+    (e.g. ``"EmbeddingStore.embed()"``).
+
+    Why: a string is itself a sequence, so it would be read letter by letter: one vector per
+    character, each sent to the encoder (paid for, with an API) and kept in the store. The one rule
+    for every public entry point that takes texts, so that they refuse it alike.
+
+    Raises
+    ------
+    TypeError
+        ``texts`` is a ``str``, ``bytes`` or ``bytearray``; the message shows it wrapped in a list.
+    """
+    if isinstance(texts, (str, bytes, bytearray)):
+        fix = (
+            "wrap a single text in a list"
+            if isinstance(texts, str)
+            else "decode it to str and wrap it in a list"
+        )
+        raise TypeError(
+            f"{call} takes a list of texts, not a bare {type(texts).__name__} (it would be read letter by "
+            f"letter); {fix}: {[texts]!r:.80}"
+        )
+
+
+def check_kind(kind: object) -> Kind:
+    """``kind`` when it is one of :data:`KINDS`, refused in one line otherwise (a typo, ``"qeury"``).
+
+    Why: queries and documents are embedded and stored apart, so an unknown kind would be sent to the
+    encoder (embedded as whatever its provider makes of it) and kept under a key nothing reads again.
+
+    Raises
+    ------
+    ValueError
+        Naming the allowed kinds.
+    """
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r:.60}")
+    return kind
+
+
 #: Why a text whose embedding is all zeros is refused (a static model gives one to a text none of whose
 #: tokens it knows): a zero vector has no direction, so it ranks documents by nothing.
 NO_DIRECTION = "the model gives it a zero vector (it knows none of its tokens), which ranks by nothing"
@@ -230,11 +271,16 @@ class Encoder(ABC):
         return self.accepts_images and (not item.is_url or self.accepts_image_urls)
 
     def encode_queries(self, texts: Sequence[Item]) -> np.ndarray:
-        """Embed queries without any cache (use :class:`~search_adaptor.store.EmbeddingStore` for that)."""
+        """Embed queries without any cache (use :class:`~search_adaptor.store.EmbeddingStore` for that).
+
+        A bare string is a TypeError (:func:`refuse_bare_text`), before anything is sent.
+        """
+        refuse_bare_text(texts, "encode_queries()")
         return self._encode_all(texts, "query")
 
     def encode_corpus(self, texts: Sequence[Item]) -> np.ndarray:
-        """Embed documents without any cache."""
+        """Embed documents without any cache; a bare string is a TypeError, as for :meth:`encode_queries`."""
+        refuse_bare_text(texts, "encode_corpus()")
         return self._encode_all(texts, "document")
 
     def _encode_all(self, texts: Sequence[Item], kind: Kind) -> np.ndarray:
