@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -291,3 +302,106 @@ def test_serve_passes_its_options_to_the_app(tmp_path, monkeypatch):
     assert main(["serve", str(tmp_path), "--retry-budget", "2.5", "--model-name", "scifact"]) == 0
     assert seen["kw"] == {"retry_budget_s": 2.5, "model_name": "scifact"}
     assert main(["serve", str(tmp_path)]) == 0 and seen["kw"] == {}  # the server's defaults
+
+
+def _free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_body_that_stops_arriving_is_answered_408_and_its_connection_closed() -> None:
+    """uvicorn's own timeouts end at the headers: a client that sent part of a body and then nothing
+    held its connection forever, and a SIGTERM's graceful shutdown with it. Now the body is answered
+    408 once no byte came for ``idle_s``, on a connection then closed, and never reaches the app."""
+    from search_adaptor.server import BODY_IDLE_S, GRACEFUL_SHUTDOWN_S, _BodyLimit
+
+    # a stalled upload is answered before the shutdown's bound would cancel it, within docker stop's 10 s
+    assert BODY_IDLE_S < GRACEFUL_SHUTDOWN_S < 10
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a part of a body reached the app")
+
+    first = [{"type": "http.request", "body": b'{"queries": [', "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if first:
+            return first.pop()
+        await asyncio.Event().wait()  # the rest never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/search", "headers": [(b"content-length", b"100")]}
+    asyncio.run(asyncio.wait_for(_BodyLimit(app, 1000, idle_s=0.05)(scope, receive, send), 5))
+    start, body = sent
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    assert json.loads(body["body"]) == {
+        "detail": "request body stopped arriving for 0.05 s; send the whole body at once"
+    }
+
+
+def test_sigterm_ends_serve_while_a_client_stalls_halfway_through_a_body(tmp_path: Path) -> None:
+    """A client that sent its headers and part of a body, then nothing, kept ``serve`` from exiting on
+    SIGTERM: uvicorn waited for that request forever, so ``docker stop`` ended in a SIGKILL. Now the
+    graceful shutdown has a bound (shortened here, in the server's process, to keep the test short),
+    and a request answered normally at that moment still gets its answer."""
+    with FakeProvider("openai-compatible", dim=8) as fake:
+        encoder = fake_encoder(fake, model="fake-model")
+        adapter = make_adapter(8, info=encoder.info())
+        texts = [f"document {i}" for i in range(6)]
+        index = AdaptedIndex.build(adapter, encoder, [f"d{i}" for i in range(6)], texts, cache_dir=tmp_path)
+        index.save(tmp_path / "idx")
+        port, log = _free_port(), tmp_path / "serve.log"
+        code = "import sys, search_adaptor.server as server; server.GRACEFUL_SHUTDOWN_S = 2.0; "
+        code += "from search_adaptor.cli import main; sys.exit(main(sys.argv[1:]))"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), KEY_ENV[fake.provider]: fake.key}
+        command = [sys.executable, "-c", code, "serve", str(tmp_path / "idx"), "--port", str(port)]
+        url = f"http://127.0.0.1:{port}"
+        with log.open("w") as err:
+            proc = subprocess.Popen(command, env=env, stderr=err)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                try:
+                    urllib.request.urlopen(f"{url}/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            stalled = socket.create_connection(("127.0.0.1", port))
+            stalled.sendall(
+                b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"queries": ['
+            )
+            answered: dict[str, Any] = {}
+
+            def search() -> None:
+                request = urllib.request.Request(
+                    f"{url}/search",
+                    data=json.dumps({"queries": ["document 1"], "k": 2}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    answered.update(status=answer.status, body=json.loads(answer.read()))
+
+            sent = len(fake.calls)
+            fake.schedule(Fault.slow(0.3))  # the provider is still embedding the query at SIGTERM
+            normal = threading.Thread(target=search)
+            normal.start()
+            while len(fake.calls) == sent:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=6)  # 20 s later, it was still waiting for the stalled client
+            normal.join(timeout=10)
+            stalled.close()
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, log.read_text()  # 128 + SIGTERM, as before
+    assert "timeout graceful shutdown exceeded" in log.read_text()  # the stalled request, not the other
+    assert answered["status"] == 200 and len(answered["body"]["results"][0]) == 2

@@ -19,8 +19,9 @@ characters per text, ``k`` and body size are bounded; the OpenAPI schema (``/ope
 Swagger UI at ``/docs`` and ReDoc at ``/redoc``, served from this package, no CDN) declares each limit
 and every status an endpoint can return. Refusals are one line: 413 (too much), 422 (invalid, naming
 the field), 400 (not JSON: not UTF-8, malformed, empty or not sent as ``application/json``, saying
-which), 401 (key), 404 (no such ``/v1`` model, or no such URL), 502 (the embedding provider failed:
-named, never its URL or credentials) and 503 (too many texts waiting: retry after ``Retry-After``).
+which), 401 (key), 404 (no such ``/v1`` model, or no such URL), 408 (a body that stopped arriving for
+:data:`BODY_IDLE_S`; the connection is closed), 502 (the embedding provider failed: named, never its URL
+or credentials) and 503 (too many texts waiting: retry after ``Retry-After``).
 ``/v1`` answers errors as OpenAI does (``{"error": {"message", "type", "param", "code"}}``: ``param``
 the field at fault, ``code`` ``model_not_found`` or ``invalid_api_key`` where OpenAI sends them, an
 unknown URL ``Invalid URL (POST /v1/...)`` with no code), the others as ``{"detail": "..."}``.
@@ -86,10 +87,21 @@ MAX_BATCH_TEXTS = 256
 #: texts waiting, in batches of ``max_batch``, beyond which requests get 503
 MAX_PENDING_BATCHES = 32
 _IDLE_S = 5.0  # a worker with nothing to do for this long stops (the next request starts one)
+#: seconds a request body may go without new bytes before the server answers 408 and closes the
+#: connection: uvicorn's own timeouts stop at the headers, so a client that sent part of a body and
+#: stalled held its connection forever, and with it a SIGTERM's graceful shutdown. 5: the idle time
+#: uvicorn grants a client between requests (its ``timeout_keep_alive``); a JSON body is sent at once
+BODY_IDLE_S = 5.0
+#: seconds a SIGTERM (``docker stop``, Kubernetes, systemd) waits for requests in flight before they
+#: are cancelled and the server exits: 8, under ``docker stop``'s 10 s before its SIGKILL (Kubernetes
+#: waits 30 s), and over :data:`BODY_IDLE_S`, so that a stalled upload is answered 408 and closed
+#: rather than cancelled; a request answered normally (a local model: milliseconds) finishes within it
+GRACEFUL_SHUTDOWN_S = 8.0
 _V1 = "/v1/"
 _OPENAI_TYPES = {
     401: "invalid_request_error",
     404: "invalid_request_error",
+    408: "invalid_request_error",
     502: "server_error",
     503: "server_error",
 }
@@ -97,6 +109,7 @@ _STATUSES = {
     400: "the body is not JSON: not UTF-8, malformed, empty, or not sent as Content-Type: application/json",
     401: "missing or wrong API key",
     404: "no such model: GET /v1/models lists them",
+    408: "the body stopped arriving halfway (the message says for how long); the connection is closed",
     413: "too many texts, a text too long, or a body too large (the message names the limit)",
     422: "invalid body (the message names the field)",
     502: "the embedding provider failed (named; details in the server log)",
@@ -377,17 +390,28 @@ def _unparsed(cause: BaseException | None) -> str | None:
 
 
 class _BodyLimit:
-    """Answer 413 to request bodies over ``max_bytes`` before anything parses them (chunked ones too)."""
+    """Answer 413 to request bodies over ``max_bytes`` before anything parses them (chunked ones too),
+    and 408 to one that goes ``idle_s`` seconds without new bytes: a stalled upload would otherwise
+    hold its connection forever, and a graceful shutdown that waits for it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.idle_s = idle_s
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        detail = f"request body over {self.max_bytes} bytes; send fewer or shorter texts per request"
-        body = json.dumps(_error_body(scope["path"], 413, detail)).encode()
+    async def _refuse(self, scope: Scope, send: Send, status: int = 413) -> None:
+        """Answer 413 (too large) or 408 (stalled); a 408 closes the connection too: the rest of its
+        body, were it to come, could not be told from a next request."""
+        stalled = status == 408
+        detail = (
+            f"request body stopped arriving for {self.idle_s:g} s; send the whole body at once"
+            if stalled
+            else f"request body over {self.max_bytes} bytes; send fewer or shorter texts per request"
+        )
+        body = json.dumps(_error_body(scope["path"], status, detail)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        headers += [(b"connection", b"close")] if stalled else []
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -400,7 +424,11 @@ class _BodyLimit:
             return
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_s)
+            except asyncio.TimeoutError:
+                await self._refuse(scope, send, 408)
+                return
             if message["type"] != "http.request":  # the client went away
                 return
             chunks.append(message.get("body", b""))
@@ -656,7 +684,7 @@ def create_app(
             f"{max_chars} characters per text, k <= {max_k}."
         ),
     )
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes, idle_s=BODY_IDLE_S)
     bearer = HTTPBearer(auto_error=False, description="the key given to `search-adaptor serve`")
     expected = api_key.encode() if api_key else b""
 
@@ -705,7 +733,7 @@ def create_app(
                 502, f"the embedding provider {provider} failed; the server log has the details"
             ) from None
 
-    native = {"dependencies": guarded, "responses": responses(Error, 400, 401, 413, 422, 502, 503)}
+    native = {"dependencies": guarded, "responses": responses(Error, 400, 401, 408, 413, 422, 502, 503)}
 
     @app.post("/search", response_model=SearchResponse, **native)
     async def search(request: Request, body: SearchRequest) -> dict[str, Any]:
@@ -723,7 +751,7 @@ def create_app(
         "/v1/embeddings",
         response_model=EmbeddingsResponse,
         dependencies=guarded,
-        responses=responses(OpenAIError, 400, 401, 404, 413, 422, 502, 503),
+        responses=responses(OpenAIError, 400, 401, 404, 408, 413, 422, 502, 503),
     )
     async def embeddings(request: Request, body: EmbeddingsRequest) -> dict[str, Any]:
         """OpenAI's embeddings API: ``model`` ``<name>-query`` or ``<name>-document`` picks the side."""
@@ -813,6 +841,10 @@ def serve(
     ``retry_budget_s`` and ``model_name`` are :func:`create_app`'s; ``base_url`` and ``query_base_url``
     reach the index's API models through other roots (:meth:`AdaptedIndex.configure_encoder`);
     ``ef_search`` widens an HNSW index's search for this server (:attr:`AdaptedIndex.ef_search`).
+
+    On SIGTERM or Ctrl-C the server stops accepting connections, lets requests in flight finish for
+    up to :data:`GRACEFUL_SHUTDOWN_S` seconds, cancels what is left and exits, so that no client, not
+    even one that stalled halfway through a body, keeps a ``docker stop`` from ending it.
     """
     import uvicorn
 
@@ -855,7 +887,8 @@ def serve(
             file=sys.stderr,
             flush=True,
         )
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port)).run(sockets=[sock])
+        config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
 
