@@ -475,3 +475,47 @@ def test_a_seed_out_of_range_is_refused_by_the_flag(tmp_path, capsys, seed):
     assert main(["fit", str(tmp_path), "--out", str(tmp_path / "out"), "--seed", seed]) == 2
     err = capsys.readouterr().err.strip()
     assert f"argument --seed: must be an integer from 0 to 18446744073709551615, got {seed}" in err
+
+
+def test_training_queries_the_test_split_holds_are_left_out_and_said(tmp_path, synthetic, capsys):
+    """qrels/train.tsv holding queries of qrels/test.tsv trained the adapter on them, yet fit printed
+    "held-out" and report.md said training "never saw" them: they are now left out of training
+    (as a dev split's are of validation), with a warning naming both files, and a train split
+    holding nothing else is refused in one line."""
+    qids = synthetic["qids"]
+    train, test = qids[:100], qids[60:]  # 40 shared
+    argv = _synthetic_folder(tmp_path, synthetic, {"train": train, "test": test})
+    qrels = Path(argv[1]) / "qrels"
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "20", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert (
+        f"search-adaptor: warning: 40 of the 100 labelled queries of {qrels / 'train.tsv'} are also in "
+        f"{qrels / 'test.tsv'}, the scored split: they are left out of training, early stopping and "
+        "selection, so that every scored query stays held-out"
+    ) in captured.err
+    assert "(test, 100 held-out queries)" in captured.out
+    adapter = SearchAdaptor.load(out / "adapter")
+    assert {*adapter.train_query_ids_, *adapter.val_query_ids_} == set(qids[:60])
+    report = json.loads((out / "report.json").read_text())
+    assert report["train_left_out"] == {"n": 40, "of": 100}
+    assert report["seen_in_training"]["n"] == 0 and report["n_test_queries"] == 100
+    markdown = (out / "report.md").read_text()
+    assert (
+        "Protocol: train on `train` without the 40 of its 100 queries that `test` also holds, select on "
+        "a validation split carved from it, report on the 100 `test` queries, which training, early "
+        "stopping and selection never saw."
+    ) in markdown
+
+    (qrels / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n"
+        + "".join(f"{q}\t{d}\t{g}\n" for q in test[:30] for d, g in synthetic["qrels"][q].items())
+    )
+    assert main([*argv, "--out", str(tmp_path / "refused"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"search-adaptor: error: {qrels / 'train.tsv'}: all 30 of its labelled queries are also in "
+        f"{qrels / 'test.tsv'}, whose queries are scored and never train; give train.tsv queries of its "
+        "own, or move it aside to cross-validate over the test.tsv queries"
+    )
+    assert not (tmp_path / "refused").exists()

@@ -201,6 +201,8 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
 
     if args.command == "fit":
         proto = protocol(dataset, args.folds, args.seed, val_split=args.val_split)
+        for warning in proto.warnings:  # e.g. training queries the scored split holds, left out
+            print(f"search-adaptor: warning: {warning}", file=sys.stderr)
     elif args.command == "evaluate":
         dataset.split(args.split)
     options: dict[str, Any] = {"adapter": adapter, "pair_texts": None}
@@ -257,7 +259,9 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
     how = report["test_split"] if report["protocol"] == "evaluate" else report["protocol"]
     n, selected = report["n_test_queries"], report["selected"]
     queries = f"; queries of {report['query_model']}" if report.get("query_model") else ""
-    seen = report.get("seen_in_training")  # evaluate: held-out only when none trained the adapter
+    # fit: held-out by id (protocol leaves the scored queries out of training); evaluate: held-out
+    # only when none trained the adapter
+    seen = report.get("seen_in_training")
     kind = "held-out" if report["protocol"] != "evaluate" or (seen and not seen["n"]) else "scored"
     print(f"{report['dataset']} ({how}, {n} {kind} queries{queries}) selected: {selected}")
     print("\n".join(metrics_table(report["metrics"], list(report["metrics"]["zero-shot"]))))

@@ -526,7 +526,10 @@ class Protocol:
     """How a dataset is scored: ``folds`` of (name, training qrels, held-out qrels), and the qrels the
     adapter that ships is trained on. ``test`` has one fold named "test"; ``kfold`` has "k0", "k1", ...
     ``val`` (from the split ``val_split``) validates every fit; without one each fit carves its own
-    validation share from its training queries, drawn with ``seed``."""
+    validation share from its training queries, drawn with ``seed``. ``train_left_out``: the
+    training split's queries that the scored split also holds, which train nothing; ``warnings``:
+    what the run must say about how it read the qrels, a line each (``fit`` prints them before
+    anything is embedded)."""
 
     name: str  # "test" or "kfold"
     scored_split: str
@@ -536,6 +539,8 @@ class Protocol:
     val_split: str | None = None
     val: Qrels = field(default_factory=dict)
     seed: int = 0  # the fits' seed: the k-fold folds and each fit's own validation share
+    train_left_out: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def protocol(
@@ -553,16 +558,46 @@ def protocol(
     ``val_split``: the qrels split that validates (early stopping and selection); ``"auto"`` takes
     the first of :data:`VALIDATION_SPLITS` the dataset has, ``"none"`` a share of the training
     queries. Its queries that the scored split also holds are left out: no scored query validates.
+    Training queries that the scored split also holds are left out the same way, so that no scored
+    query trains either (said in ``warnings``); a training split holding no other is refused.
     """
+    qrels_dir = dataset.path / "qrels"
     if dataset.has_train and test_split in dataset.splits:
-        train = dataset.split(train_split)
+        train_file, test_file = qrels_dir / f"{train_split}.tsv", qrels_dir / f"{test_split}.tsv"
         test = dataset.split(test_split)
+        judged = dataset.split(train_split)
+        train = {q: labels for q, labels in judged.items() if q not in test}
+        left_out = sorted(set(judged) - set(train))
+        if not train:
+            raise DataError(
+                f"{train_file}: all {len(judged)} of its labelled queries are also in {test_file}, whose "
+                f"queries are scored and never train; give {train_file.name} queries of its own, or move "
+                f"it aside to cross-validate over the {test_file.name} queries"
+            )
         val_name, val = _validation(dataset, val_split, {train_split, test_split}, test)
-        return Protocol("test", test_split, [("test", train, test)], train, train_split, val_name, val, seed)
-    if not dataset.splits:
-        raise DataError(
-            f"{dataset.path / 'qrels'}: no qrels files (add qrels/test.tsv with query-id, corpus-id, score)"
+        warnings = (
+            [
+                f"{len(left_out)} of the {len(judged)} labelled queries of {train_file} are also in "
+                f"{test_file}, the scored split: they are left out of training, early stopping and "
+                "selection, so that every scored query stays held-out"
+            ]
+            if left_out
+            else []
         )
+        return Protocol(
+            "test",
+            test_split,
+            [("test", train, test)],
+            train,
+            train_split,
+            val_name,
+            val,
+            seed,
+            left_out,
+            warnings,
+        )
+    if not dataset.splits:
+        raise DataError(f"{qrels_dir}: no qrels files (add qrels/test.tsv with query-id, corpus-id, score)")
     # k-fold over the test split, else the train split, else any split but a validation one: never
     # a dev split that happens to sort first while the training queries go unused
     scorable = [s for s in (test_split, train_split) if s in dataset.splits]
@@ -570,7 +605,7 @@ def protocol(
     split = scorable[0]
     labelled = dataset.split(split)
     val_name, val = _validation(dataset, val_split, {split}, labelled)
-    _check_folds(dataset.path / "qrels" / f"{split}.tsv", labelled, folds, need=1 if val else 2)
+    _check_folds(qrels_dir / f"{split}.tsv", labelled, folds, need=1 if val else 2)
     parts = kfold(sorted(labelled), k=folds, seed=seed)
     return Protocol(
         "kfold",
@@ -794,6 +829,11 @@ def run_fit(
         report["paired_texts"] = {"corpus": len(usable_pairs(emb.pairs, emb.corpus)[0]), "more": more}
     if proto.name == "test":
         report["train_split"] = proto.train_split
+        # training queries the scored split also holds: left out, so none of them trained
+        report["train_left_out"] = {
+            "n": len(proto.train_left_out),
+            "of": len(proto.final_train) + len(proto.train_left_out),
+        }
     else:
         report.update(folds=folds, fold_results=folds_info)
     report.update(_comparison(scores, sizes))
@@ -827,7 +867,7 @@ def run_fit(
         }
         figure_qrels = proto.final_train
     final.adapter.query_text_digests_ = _trained_texts(dataset, final.adapter, final.val_query_ids)
-    if proto.name == "test":  # distinct ids, yet a dataset may repeat a text (SciFact: 2 of 300)
+    if proto.name == "test":  # no scored id trained (protocol), yet a text may repeat (SciFact: 2 of 300)
         report["seen_in_training"] = _seen(dataset, final.adapter, proto.folds[0][2])
     reference = final.adapter.at_start() if final.adapter.query_encoder_ else None
     return Run(report, final.adapter, emb, figure_qrels, final.histories, titles, reference)

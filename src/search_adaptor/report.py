@@ -101,8 +101,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )
         texts_only = "'s query texts (their labels unused)" if unlabelled else ""
         lines.append(
-            f"Protocol: train on `{report.get('train_split', 'train')}`{texts_only}, select {select}, "
-            "report on the "
+            f"Protocol: train on `{report.get('train_split', 'train')}`{texts_only}{_left_out(report)}, "
+            f"select {select}, report on the "
             f"{n_test} `{test_split}` queries, which training, early stopping and selection never saw"
             f"{_repeated(report)}."
         )
@@ -223,9 +223,20 @@ def _shared(seen: Mapping[str, Any]) -> str:
     return seen.get("by", "text")
 
 
+def _left_out(report: Mapping[str, Any]) -> str:
+    """What a fit's protocol line adds when the training split also held scored queries: those were
+    left out of training (``train_left_out``, :func:`~search_adaptor.experiment.protocol`), so the
+    scored split is held-out by id all the same."""
+    left = report.get("train_left_out")
+    if not left or not left["n"]:
+        return ""
+    test_split = report.get("test_split", "test")
+    return f" without the {left['n']} of its {left['of']} queries that `{test_split}` also holds"
+
+
 def _repeated(report: Mapping[str, Any]) -> str:
     """What a fit's protocol line adds when the dataset repeats a training query's text in the scored
-    split (their ids differ, so the split is held-out by id, not by text)."""
+    split (no scored id trains, :func:`_left_out`, so the split is held-out by id, not by text)."""
     seen = report.get("seen_in_training")
     if not seen or not seen["n"]:
         return ""
