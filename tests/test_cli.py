@@ -519,3 +519,73 @@ def test_training_queries_the_test_split_holds_are_left_out_and_said(tmp_path, s
         "own, or move it aside to cross-validate over the test.tsv queries"
     )
     assert not (tmp_path / "refused").exists()
+
+
+def test_kfold_selection_short_of_queries_is_refused_before_anything_is_embedded(
+    tmp_path, synthetic, capsys, monkeypatch
+):
+    """--selection kfold on a small dataset was refused only after every text was embedded (paid
+    for), counting one outer fold's training queries as what was "given" and advising "fewer
+    folds" at --folds 2: it is now refused first, naming the qrels file, what each fit has and the
+    --folds values that work, or that none does."""
+    from search_adaptor import experiment
+
+    embedded = []
+    real = experiment.embeddings_for
+
+    def counted(*args, **kwargs):
+        embedded.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "embeddings_for", counted)
+    qids = synthetic["qids"]
+    for splits, folds, message in (
+        (
+            {"test": qids[:12]},
+            2,
+            "test.tsv: --selection kfold with --folds 2 needs at least 10 labelled queries in each "
+            "training fold (5 a selection fold), and of its 12 labelled queries each training fold has 6; "
+            "no --folds value leaves enough: pass --selection validation, or label more queries",
+        ),
+        ({"test": qids[:11]}, 2, "each training fold has 5 or 6; no --folds value leaves enough"),
+        (
+            {"test": qids[:30]},
+            5,
+            "needs at least 25 labelled queries in each training fold (5 a selection fold), and of its 30 "
+            "labelled queries each training fold has 24; pass --folds between 2 and 4, or --selection "
+            "validation",
+        ),
+        (
+            {"train": qids[:12], "test": qids[100:]},
+            3,
+            "train.tsv: --selection kfold with --folds 3 needs at least 15 labelled queries to train on "
+            "(5 a selection fold), and there are 12; pass --folds 2, or --selection validation",
+        ),
+    ):
+        folder = tmp_path / f"{len(splits)}-{len(next(iter(splits.values())))}-{folds}"
+        folder.mkdir()
+        argv = [*_synthetic_folder(folder, synthetic, splits), "--selection", "kfold", "--folds", str(folds)]
+        assert main([*argv, "--out", str(folder / "out"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("search-adaptor: error: ") and "\n" not in err
+        assert message in err, err
+        assert embedded == []  # refused before anything is embedded
+        assert not (folder / "out").exists()
+
+    # the --folds values named work
+    from search_adaptor.data import load_beir
+    from search_adaptor.experiment import protocol, select
+
+    assert protocol(load_beir(tmp_path / "2-12-3" / "syn"), folds=2, selection="kfold").name == "test"
+    assert protocol(load_beir(tmp_path / "1-30-5" / "syn"), folds=4, selection="kfold").name == "kfold"
+
+    # select() itself (the Python API) applies the same rule, and names a fix that works
+
+    d = synthetic
+    for n, folds, message in (
+        (9, 2, r"9 given, too few for any number of folds: use selection 'validation'"),
+        (12, 3, r"needs at least 15 labelled queries \(5 a fold\); 12 given: use 2 folds or selection"),
+    ):
+        qrels = {q: d["qrels"][q] for q in qids[:n]}
+        with pytest.raises(ValueError, match=message):
+            select("linear", d["Q"], d["D"], qrels, qids, d["dids"], selection="kfold", selection_folds=folds)

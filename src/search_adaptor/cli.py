@@ -199,8 +199,8 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
     a run that would stop at its qrels)."""
     from search_adaptor.experiment import embeddings_for, fit_family, protocol, without_held_out
 
-    if args.command == "fit":
-        proto = protocol(dataset, args.folds, args.seed, val_split=args.val_split)
+    if args.command == "fit":  # its qrels, and --selection kfold's needs in every fit, checked first
+        proto = protocol(dataset, args.folds, args.seed, val_split=args.val_split, selection=args.selection)
         for warning in proto.warnings:  # e.g. training queries the scored split holds, left out
             print(f"search-adaptor: warning: {warning}", file=sys.stderr)
     elif args.command == "evaluate":

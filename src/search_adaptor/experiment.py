@@ -330,19 +330,48 @@ def _candidate_row(name: str, est: SearchAdaptor, seconds: float) -> dict[str, A
     }
 
 
+#: Labelled queries each fold of ``selection="kfold"`` needs at least: each of its fits holds out a
+#: share of its training queries for early stopping, which needs a few.
+SELECTION_PER_FOLD = 5
+
+
+def _selection_needs(k: int) -> int:
+    """The fewest labelled queries ``k``-fold selection cross-validates: :data:`SELECTION_PER_FOLD` a fold."""
+    return SELECTION_PER_FOLD * k
+
+
+def _selection_folds_that_work(training: Callable[[int], int], most: int) -> list[int]:
+    """The numbers of folds ``k`` with which ``selection="kfold"`` has the queries it needs
+    (:func:`_selection_needs`) when each fit it runs in trains on ``training(k)`` labelled queries,
+    never more than ``most``: the one rule both the protocol's check, before anything is embedded,
+    and :func:`select`'s own apply."""
+    return [k for k in range(2, most // SELECTION_PER_FOLD + 1) if training(k) >= _selection_needs(k)]
+
+
+def _folds_text(works: Sequence[int]) -> str:
+    """``works`` (numbers of folds, ascending) for a message: "3", "between 2 and 4", "2, 3 or 5"."""
+    if len(works) == 1:
+        return str(works[0])
+    if list(works) == list(range(works[0], works[-1] + 1)):
+        return f"between {works[0]} and {works[-1]}"
+    return f"{', '.join(map(str, works[:-1]))} or {works[-1]}"
+
+
 def _selection_folds(
     qrels: Mapping[str, Mapping[str, int]], query_ids: Sequence[str], k: int, seed: int
 ) -> list[tuple[Qrels, Qrels]]:
-    """(training, held-out) qrels of ``selection="kfold"``: every labelled query held out once."""
+    """(training, held-out) qrels of ``selection="kfold"``: every labelled query held out once.
+    (``fit`` checks the same needs per fit in :func:`protocol`, before anything is embedded.)"""
     known = set(map(str, query_ids))
     ids = sorted(q for q in qrels if q in known)
-    # each fold's model holds out a share of its training queries for early stopping: it needs a few
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValueError(f"selection 'kfold' needs an integer number of folds >= 2; got {k!r}")
-    if len(ids) < 5 * k:
+    works = _selection_folds_that_work(lambda _k: len(ids), len(ids))
+    if k not in works:
+        fix = f": use {_folds_text(works)} folds or" if works else ", too few for any number of folds: use"
         raise ValueError(
-            f"selection 'kfold' with {k} folds needs at least {5 * k} labelled queries; "
-            f"{len(ids)} given: use fewer folds or selection 'validation'"
+            f"selection 'kfold' with {k} folds needs at least {_selection_needs(k)} labelled queries "
+            f"({SELECTION_PER_FOLD} a fold); {len(ids)} given{fix} selection 'validation'"
         )
     return [
         ({q: dict(qrels[q]) for q in train}, {q: dict(qrels[q]) for q in held})
@@ -550,6 +579,7 @@ def protocol(
     train_split: str = "train",
     test_split: str = "test",
     val_split: str = "auto",
+    selection: str = DEFAULT_SELECTION,
 ) -> Protocol:
     """The protocol ``fit`` uses on ``dataset``: official train/test split if there is one, else k-fold
     over the labelled queries (a different fold assignment per seed) of the test split, else of the
@@ -560,6 +590,10 @@ def protocol(
     queries. Its queries that the scored split also holds are left out: no scored query validates.
     Training queries that the scored split also holds are left out the same way, so that no scored
     query trains either (said in ``warnings``); a training split holding no other is refused.
+
+    ``selection``: :func:`select`'s, with ``folds`` folds inside every fit's training queries
+    (``fit --selection kfold``); checked here, so that a fit with too few queries for it is refused
+    before anything is embedded (and paid for).
     """
     qrels_dir = dataset.path / "qrels"
     if dataset.has_train and test_split in dataset.splits:
@@ -584,7 +618,7 @@ def protocol(
             if left_out
             else []
         )
-        return Protocol(
+        proto = Protocol(
             "test",
             test_split,
             [("test", train, test)],
@@ -596,6 +630,17 @@ def protocol(
             left_out,
             warnings,
         )
+        if selection == "kfold":
+            n = len({**train, **val})
+            _check_selection(
+                train_file,
+                folds,
+                lambda _k: n,
+                n,
+                "to train on",
+                f"there are {n}" + (f", the {val_name} split's included" if val else ""),
+            )
+        return proto
     if not dataset.splits:
         raise DataError(f"{qrels_dir}: no qrels files (add qrels/test.tsv with query-id, corpus-id, score)")
     # k-fold over the test split, else the train split, else any split but a validation one: never
@@ -605,8 +650,22 @@ def protocol(
     split = scorable[0]
     labelled = dataset.split(split)
     val_name, val = _validation(dataset, val_split, {split}, labelled)
-    _check_folds(qrels_dir / f"{split}.tsv", labelled, folds, need=1 if val else 2)
+    path, need = qrels_dir / f"{split}.tsv", 1 if val else 2
+    _check_folds(path, labelled, folds, need)
     parts = kfold(sorted(labelled), k=folds, seed=seed)
+    if selection == "kfold":  # each fold's fits (and the final one on all) select among the fold's queries
+        n, v = len(labelled), len(val)
+        sizes = sorted({len(tr) + v for tr, _ in parts})
+        _check_selection(
+            path,
+            folds,
+            lambda k: _fold_training(n, k) + v,
+            n + v,
+            "in each training fold",
+            f"of its {n} labelled queries each training fold has {' or '.join(map(str, sizes))}"
+            + (f", the {val_name} split's {v} included" if val else ""),
+            _folds_that_work(n, need),
+        )
     return Protocol(
         "kfold",
         split,
@@ -621,12 +680,51 @@ def protocol(
     )
 
 
+def _fold_training(n: int, k: int) -> int:
+    """The fewest queries a fold of ``k``-fold over ``n`` trains on: n - ceil(n/k) (the folds of
+    :func:`~search_adaptor.data.kfold` differ by at most one)."""
+    return n - -(-n // k)
+
+
+def _folds_that_work(n: int, need: int) -> list[int]:
+    """The numbers of folds over ``n`` queries with which every fold trains on ``need`` or more."""
+    return [k for k in range(2, n + 1) if _fold_training(n, k) >= need]
+
+
+def _check_selection(
+    path: Path,
+    folds: int,
+    training: Callable[[int], int],
+    most: int,
+    where: str,
+    has: str,
+    allowed: Sequence[int] | None = None,
+) -> None:
+    """Refuse ``selection="kfold"`` over ``folds`` folds when a fit would train on too few labelled
+    queries for it (:func:`_selection_folds_that_work`, the rule :func:`select` applies): ``training(k)``
+    is what a fit has with ``--folds k`` (which sets the protocol's folds too; ``allowed``: those it
+    accepts), ``where`` and ``has`` say it, and the message names ``path`` and the ``--folds``
+    values that work, or that none does."""
+    works = [k for k in _selection_folds_that_work(training, most) if allowed is None or k in allowed]
+    if folds in works:
+        return
+    fix = (
+        f"pass --folds {_folds_text(works)}, or --selection validation"
+        if works
+        else "no --folds value leaves enough: pass --selection validation, or label more queries"
+    )
+    raise DataError(
+        f"{path}: --selection kfold with --folds {folds} needs at least {_selection_needs(folds)} labelled "
+        f"queries {where} ({SELECTION_PER_FOLD} a selection fold), and {has}; {fix}"
+    )
+
+
 def _check_folds(path: Path, labelled: Qrels, folds: int, need: int) -> None:
     """Refuse ``folds`` that leave a fold fewer than ``need`` training queries with a relevant
     document (two: one trains, one validates; one when a validation split is given), naming the
     ``--folds`` values that work."""
     n = sum(any(g >= 1 for g in judged.values()) for judged in labelled.values())
-    works = [k for k in range(2, n + 1) if n - -(-n // k) >= need]  # a fold trains on n - ceil(n/k)
+    works = _folds_that_work(n, need)
     if folds in works:
         return
     fix = (
@@ -720,7 +818,7 @@ def run_fit(
         )
     if dims:
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
-    proto = protocol(dataset, folds, seed, train_split, test_split, val_split)
+    proto = protocol(dataset, folds, seed, train_split, test_split, val_split, selection)
     if proto.val_split and family != "matryoshka-unsupervised":  # that one validates on the corpus
         if selection == "kfold":
             log(
