@@ -30,7 +30,8 @@ VARIANTS = {
     "query_only_infonce": {"mode": "query_only", "loss": "infonce", "in_batch": True, "negatives": "hard"},
     "separate_softmax": {"mode": "separate", "loss": "softmax", "negatives": "mixed"},
     "linear_ranknet": {"architecture": "linear", "loss": "ranknet"},
-    "no_skip_pointwise": {"residual": False, "loss": "pointwise"},
+    # the paper's no-skip ablation, wide enough to beat zero-shot (its random start no longer counts)
+    "no_skip_ranking": {"residual": False, "hidden_dim": 64, "lr": 3e-3},
     "shared_infonce_in_batch": {"mode": "shared", "loss": "infonce", "in_batch": True},
 }
 
@@ -635,3 +636,18 @@ def test_a_fit_leaves_torch_global_rng_alone(synthetic):
     torch.manual_seed(0)
     _fit(synthetic, max_steps=5, mode="separate", init="pca")  # projection, two networks, predictor
     assert torch.equal(torch.rand(3), want)
+
+
+def test_a_no_skip_fit_competes_with_its_true_start_and_keeps_it_when_nothing_beats_it(synthetic):
+    """Without the skip connection an MLP starts as a random draw, which was scored as step 0 and
+    recorded as zero-shot (0.19 here, the identity 0.45), so a checkpoint far below zero-shot shipped;
+    a kept PCA start computed that random MLP over the rotation. The start is the projection alone:
+    the identity, or a rotation, which keeps every cosine."""
+    zero_shot = _fit(synthetic, max_steps=1, eval_every=1).zero_shot_score_  # with the skip connection
+    cosines = l2_normalize(synthetic["Q"]) @ l2_normalize(synthetic["D"]).T
+    for init in ("identity", "pca"):
+        est = _fit(synthetic, residual=False, init=init, max_steps=20, eval_every=20)
+        assert est.zero_shot_score_ == pytest.approx(zero_shot, abs=1e-3) == est.history_[0]["ndcg@10"]
+        assert est.best_step_ == 0 and est.best_score_ == est.zero_shot_score_  # 20 steps: about 0.2
+        assert est.is_identity_ == (init == "identity")
+        np.testing.assert_allclose(est.score(synthetic["Q"], synthetic["D"]), cosines, atol=1e-5)

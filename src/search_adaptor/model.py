@@ -358,8 +358,9 @@ class SearchAdaptor:
         val_query_ids : sequence of str, optional
             Queries to validate on (not empty); those without a relevant document are left out,
             so ``val_query_ids_`` may be shorter. By default ``val_fraction`` of the labelled
-            queries, drawn with ``seed``. Validation picks the checkpoint; the identity (zero-shot)
-            is a candidate too, so the fitted adapter is never worse than zero-shot on validation.
+            queries, drawn with ``seed``. Validation picks the checkpoint; the start (the identity,
+            zero-shot, or the map ``init`` names: :attr:`start_`) is a candidate too, so the fitted
+            adapter is never worse than its start on validation.
         encoder : Encoder, its ``info()`` dict, or a model name, optional
             What made the embeddings. It is saved with the adapter, and every later use refuses
             vectors of another model; without it the adapter cannot tell (a warning says so on save).
@@ -495,9 +496,12 @@ class SearchAdaptor:
 
     @property
     def start_(self) -> str | None:
-        """What the networks computed before training, in words, from the hyperparameters the adapter
-        records (so a loaded adapter says what its fit said); None for the identity, where the
-        residual function starts at zero and nothing else maps the vectors."""
+        """What the adapter started from, in words, from the hyperparameters the adapter records (so a
+        loaded adapter says what its fit said); None for the identity. The start is the networks'
+        projection alone (none: the identity), which training scores as step 0 and a kept start
+        computes (:meth:`_numpy_net`): the residual function adds nothing to it, being zero at the
+        start with the skip connection, and without it (``residual=False``) a random draw that no
+        checkpoint is compared with."""
         self._check_fitted()
         init = self._params["init"]
         if init == "identity":
@@ -592,10 +596,17 @@ class SearchAdaptor:
 
     def _numpy_net(self, net: ResidualAdapter | None) -> NumpyNet | None:
         """``net`` in numpy, as it is now; None where the side only normalises (no network, or the
-        identity: best step 0, unless it starts with a projection, which it then keeps)."""
+        identity: best step 0, unless it starts with a projection, which it then keeps).
+
+        A kept start (best step 0) is the projection alone, :attr:`start_`, the map training scored
+        as step 0: with the skip connection the residual function adds exactly zero there (so the
+        result is the same, bit for bit), and without it that function is a random draw."""
         if net is None or (self.kept_start_ and net.project is None):
             return None
-        return NumpyNet(net)
+        side = NumpyNet(net)
+        if self.kept_start_:
+            side.layers, side.residual = [], False
+        return side
 
     def numpy_side(self, kind: Kind) -> NumpyNet | None:
         """What :meth:`transform_queries` (``"query"``) or :meth:`transform_corpus` (``"document"``) runs,

@@ -209,14 +209,25 @@ def _mine_hard(
     return ranked
 
 
-def _adapted(net: ResidualAdapter | None, X: np.ndarray, cache: np.ndarray | None) -> np.ndarray:
-    """``net(X)`` in chunks, without gradients (``X`` itself when ``net`` is None; ``cache`` then)."""
+def _adapted(
+    net: ResidualAdapter | None, X: np.ndarray, cache: np.ndarray | None, start: bool = False
+) -> np.ndarray:
+    """``net(X)`` in chunks, without gradients (``X`` itself when ``net`` is None; ``cache`` then).
+
+    With ``start``, the network's start instead: its base ``p(X)`` alone (``X`` without a
+    projection; a PCA rotation, another model's closed-form map), the map every fit competes
+    against and a fit that keeps its start ships (see ``SearchAdaptor._numpy_net``). With the skip
+    connection the residual function starts at zero, so that is what ``net`` computes before
+    training; without it (the paper's no-skip ablation) an MLP starts as a random draw, which is
+    no baseline: scored as step 0, it let a checkpoint below zero-shot win.
+    """
     if net is None:
         return cache if cache is not None else X
+    forward = net.base if start else net
     net.eval()
     with torch.inference_mode():
         out = np.concatenate(
-            [net(torch.from_numpy(X[i : i + 65536])).numpy() for i in range(0, len(X), 65536)]
+            [forward(torch.from_numpy(X[i : i + 65536])).numpy() for i in range(0, len(X), 65536)]
         )
     net.train()
     return out
@@ -229,11 +240,13 @@ def _val_score(
     Dn: np.ndarray,
     rel: RelevanceIndex,
     prefixes: Sequence[int],
+    start: bool = False,
 ) -> tuple[float, dict[int, float]]:
-    """Full-corpus nDCG@10 of the current networks on the validation queries: the mean over the
-    trained prefix sizes (the one score early stopping and selection compare) and each size's."""
-    qa = _adapted(query_net, Qv, None)
-    docs = _adapted(corpus_net, Dn, Dn)
+    """Full-corpus nDCG@10 of the current networks (their start with ``start``: :func:`_adapted`) on
+    the validation queries: the mean over the trained prefix sizes (the one score early stopping and
+    selection compare) and each size's."""
+    qa = _adapted(query_net, Qv, None, start)
+    docs = _adapted(corpus_net, Dn, Dn, start)
     per: dict[int, float] = {}
     for m in prefixes:
         unit_docs = docs if corpus_net is None and m == Dn.shape[1] else l2_normalize(docs[:, :m])
@@ -525,16 +538,16 @@ def _axes(M: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TrainResult:
-    """Trained networks (best validation checkpoint, or untouched when zero-shot stayed best) and how
+    """Trained networks (best validation checkpoint, or untouched when their start stayed best) and how
     training went; :meth:`SearchAdaptor.fit` turns it into the estimator's fitted attributes."""
 
     query_net: ResidualAdapter
     corpus_net: ResidualAdapter | None
     dim: int
     history: list[dict[str, Any]]  # validation nDCG@10 and mean loss (None at step 0) per evaluation
-    best_step: int  # 0: no checkpoint beat zero-shot
+    best_step: int  # 0: no checkpoint beat the start (zero-shot, or init's map), whose score best_score is
     best_score: float
-    zero_shot_score: float
+    zero_shot_score: float  # the start's: the networks' base alone (see _adapted), not a no-skip MLP's draw
     n_steps: int
     n_train_queries: int
     val_query_ids: list[str]
@@ -645,7 +658,7 @@ def train(
     opt = torch.optim.Adam(params_, lr=hp.lr)
 
     precision = resolve_precision(hp.precision)
-    zero_shot, per = objective.score()
+    zero_shot, per = objective.score(start=True)  # step 0: the start, which a checkpoint must beat
     start = [copy.deepcopy(n.state_dict()) for n in nets]
     best: dict[str, Any] = {"score": zero_shot, "step": 0, "state": start}
     history: list[dict[str, Any]] = [_history(0, zero_shot, per, None)]
@@ -712,8 +725,9 @@ class _Objective:
         """The loss of one freshly drawn batch (with its computation graph)."""
         raise NotImplementedError
 
-    def score(self) -> tuple[float, dict[int, float]]:
-        """The validation score early stopping keeps the best of, and each prefix size's."""
+    def score(self, start: bool = False) -> tuple[float, dict[int, float]]:
+        """The validation score early stopping keeps the best of, and each prefix size's: of the
+        networks as they are, or with ``start`` of the map they start from (:func:`_adapted`)."""
         raise NotImplementedError
 
     def extra_parameters(self) -> list[torch.nn.Parameter]:
@@ -805,8 +819,8 @@ class _Ranking(_Objective):
         if hp.negatives in ("hard", "mixed"):
             queries, docs = self.Qn, self.Dn
             if query_net.project is not None:
-                queries = l2_normalize(_adapted(query_net, self.Qn, None))
-                docs = l2_normalize(_adapted(corpus_net, self.Dn, self.Dn))
+                queries = l2_normalize(_adapted(query_net, self.Qn, None, start=True))
+                docs = l2_normalize(_adapted(corpus_net, self.Dn, self.Dn, start=True))
             hard = _mine_hard(hp, queries, docs, self.ts, self.grades)
         self.sampler = _Sampler(hp, self.ts, self.grades, hard, len(self.Dn), self.rng)
         self.grades_dense = None
@@ -822,8 +836,8 @@ class _Ranking(_Objective):
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         return [] if self.predictor is None else list(self.predictor.parameters())
 
-    def score(self) -> tuple[float, dict[int, float]]:
-        return _val_score(self.query_net, self.corpus_net, self.Qv, self.Dn, self.rel, self.prefixes)
+    def score(self, start: bool = False) -> tuple[float, dict[int, float]]:
+        return _val_score(self.query_net, self.corpus_net, self.Qv, self.Dn, self.rel, self.prefixes, start)
 
     def loss(self) -> torch.Tensor:
         hp, Dn_t = self.hp, self.Dn_t
@@ -986,9 +1000,9 @@ class _Similarity(_Objective):
             weight = self.net.project.weight  # type: ignore[union-attr]  # has_projection
             weight.copy_(nearest_rotation(weight))
 
-    def score(self) -> tuple[float, dict[int, float]]:
-        va = _adapted(self.net, self.val_rows, None)
-        docs = _adapted(self.net, self.Dn, None)
+    def score(self, start: bool = False) -> tuple[float, dict[int, float]]:
+        va = _adapted(self.net, self.val_rows, None, start)
+        docs = _adapted(self.net, self.Dn, None, start)
         per: dict[int, float] = {}
         for m in self.prefixes:
             top = exact_search(l2_normalize(va[:, :m]), l2_normalize(docs[:, :m]), 10)[0]
@@ -1067,9 +1081,9 @@ class _Alignment(_Objective):
             loss = loss + hp.alpha * recovery_loss(mapped, self.query_net.base(a))
         return loss
 
-    def score(self) -> tuple[float, dict[int, float]]:
-        qa = l2_normalize(_adapted(self.query_net, self.va, None))
-        docs = l2_normalize(_adapted(self.corpus_net, self.Dn, self.Dn))
+    def score(self, start: bool = False) -> tuple[float, dict[int, float]]:
+        qa = l2_normalize(_adapted(self.query_net, self.va, None, start))
+        docs = l2_normalize(_adapted(self.corpus_net, self.Dn, self.Dn, start))
         top = exact_search(qa, docs, 10)[0]
         hits = float((top[:, :, None] == self.val_top[:, None, :]).any(axis=2).mean())
         return hits, {docs.shape[1]: hits}
