@@ -577,7 +577,7 @@ class SearchAdaptor:
         self.check_size(dim)
         if encoder is not None:
             self.check_encoder(encoder, kind=kind)
-        arr = numeric_array(x, what, "a 2-D array").astype(np.float32, copy=False)
+        arr = numeric_array(x, what, "a 2-D array")
         width = self.query_dim_ if kind == "query" else self.dim_
         if arr.ndim != 2:
             raise ValueError(
@@ -589,7 +589,7 @@ class SearchAdaptor:
                 f"{what}: this adapter expects {width}-d embeddings of {self._encoder_name(kind)}, "
                 f"got {arr.shape[1]}-d; embed with the same model as at training time"
             )
-        out = adapt_rows(self._numpy_net(net), arr, what)
+        out = adapt_rows(self._numpy_net(net), float32_rows(arr), what)
         if dim is not None and dim < self.dim_:  # a Matryoshka prefix: the first dim coordinates
             return l2_normalize(np.ascontiguousarray(out[:, :dim]))
         return out
@@ -1163,6 +1163,17 @@ def _nets_for(
         params[k] for k in ("hidden_dim", "architecture", "residual", "mode")
     )
     return build_nets(dim, hidden, architecture, residual, mode, None, projection, query_dim)
+
+
+def float32_rows(arr: np.ndarray) -> np.ndarray:
+    """The rows of the 2-D array ``arr`` (of numbers: :func:`~search_adaptor.embed.numeric_array`) as
+    the C-contiguous float32 array that :func:`~search_adaptor.networks.adapt_rows` takes: what
+    ``transform_*`` adapt, and whoever adapts rows through :meth:`SearchAdaptor.numpy_side` should.
+
+    Laid out row by row: a Fortran-ordered array (a pandas DataFrame's, a column slice's) rounded
+    each row's sums in another order, so a row's adapted vector depended on the array it came in.
+    """
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def as_adapter(adapter: SearchAdaptor | str | os.PathLike) -> SearchAdaptor:
