@@ -653,6 +653,29 @@ def test_a_no_skip_fit_competes_with_its_true_start_and_keeps_it_when_nothing_be
         np.testing.assert_allclose(est.score(synthetic["Q"], synthetic["D"]), cosines, atol=1e-5)
 
 
+def test_float64_rows_that_float32_cannot_hold_are_adapted_as_fit_reads_them(synthetic):
+    """fit scales each row by its largest value before casting (embed.unit_rows: 1e-50 and 1e300
+    train as 1 would); transform_* cast first, so 1e-50 came out as zero rows and 1e300 was refused
+    as NaN or inf. Such rows now give the direction the float32 rows give (the same bits whatever
+    power of two scales them); zero and NaN rows are kept and refused as float32 ones are."""
+    est = _fit(synthetic, max_steps=30)
+    want = est.transform_queries(synthetic["Q"])
+    assert np.array_equal(est.transform_queries(synthetic["Q"].tolist()), want)  # float32 numbers as float64
+    Q = synthetic["Q"].astype(np.float64)
+    tiny = est.transform_queries(Q * 2.0**-200)
+    assert np.array_equal(est.transform_queries(Q * 2.0**1000), tiny)
+    np.testing.assert_allclose(tiny, want, atol=1e-6)
+    for scale in (1e-50, 1e300):
+        np.testing.assert_allclose(est.transform_corpus(Q * scale), est.transform_corpus(Q), atol=1e-6)
+    odd = Q * 1e-50
+    odd[1] = 0.0
+    out = est.transform_queries(odd)
+    assert not out[1].any() and np.array_equal(out[2:], tiny[2:])
+    odd[2, 0] = np.nan
+    with pytest.raises(ValueError, match="row 2 contains NaN or inf"):
+        est.transform_queries(odd)
+
+
 def test_a_rows_adapted_vector_does_not_depend_on_the_arrays_memory_order(synthetic):
     """Fortran-ordered rows (np.asfortranarray, a pandas DataFrame) were adapted up to 1.2e-7 away
     from the same rows in C order: their sums were rounded in another order."""

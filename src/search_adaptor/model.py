@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from search_adaptor import __version__
-from search_adaptor.embed import numeric_array
+from search_adaptor.embed import numeric_array, unit_rows
 from search_adaptor.encoders.base import Encoder, InputsRejected, Kind, check_vectors, without_direction
 from search_adaptor.encoders.registry import from_info, info_problem
 from search_adaptor.files import Staged, read_json
@@ -58,6 +58,7 @@ FILES = (CONFIG, WEIGHTS, CARD)  # all that an adapter folder holds
 NEGATIVES = ("random", "hard", "mixed", "all")
 INITS = ("identity", "pca", "score-axes", "lstsq", "procrustes")
 MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
+_FLOAT32 = np.finfo(np.float32)  # the range float32_rows casts rows within
 _LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
 _warned_no_encoder: set[str] = set()
 _warned_no_checksum: set[str] = set()
@@ -589,7 +590,7 @@ class SearchAdaptor:
                 f"{what}: this adapter expects {width}-d embeddings of {self._encoder_name(kind)}, "
                 f"got {arr.shape[1]}-d; embed with the same model as at training time"
             )
-        out = adapt_rows(self._numpy_net(net), float32_rows(arr), what)
+        out = adapt_rows(self._numpy_net(net), float32_rows(arr, what), what)
         if dim is not None and dim < self.dim_:  # a Matryoshka prefix: the first dim coordinates
             return l2_normalize(np.ascontiguousarray(out[:, :dim]))
         return out
@@ -1165,15 +1166,32 @@ def _nets_for(
     return build_nets(dim, hidden, architecture, residual, mode, None, projection, query_dim)
 
 
-def float32_rows(arr: np.ndarray) -> np.ndarray:
+def float32_rows(arr: np.ndarray, what: str) -> np.ndarray:
     """The rows of the 2-D array ``arr`` (of numbers: :func:`~search_adaptor.embed.numeric_array`) as
     the C-contiguous float32 array that :func:`~search_adaptor.networks.adapt_rows` takes: what
     ``transform_*`` adapt, and whoever adapts rows through :meth:`SearchAdaptor.numpy_side` should.
 
     Laid out row by row: a Fortran-ordered array (a pandas DataFrame's, a column slice's) rounded
     each row's sums in another order, so a row's adapted vector depended on the array it came in.
+    Values are cast, except in a row whose largest value is no normal float32 number (float64's
+    1e-50 or 1e300): the cast would make it zeros (adapted to zeros without a word), blur it by more
+    than a rounding, or make it inf (refused), so it becomes its unit vector by
+    :func:`~search_adaptor.embed.unit_rows`, the rule ``fit`` reads every row by (each row scaled by
+    its largest value first). The cast keeps any other row's direction to within a float32
+    rounding, and a row of float32 numbers given as float64 (a list of them reads so) adapts bit for
+    bit as those do. Rows without a direction (all zeros) or with NaN or inf are left to
+    ``adapt_rows``, which keeps the first at zero and refuses the second, naming it.
     """
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype == np.float32:
+        return np.ascontiguousarray(arr)
+    largest = np.abs(arr).max(axis=1)
+    normal = (largest >= _FLOAT32.tiny) & (largest <= _FLOAT32.max)
+    lost = np.isfinite(arr).all(axis=1) & (largest > 0) & ~normal
+    with np.errstate(over="ignore"):  # overflows only in `lost` rows, replaced, or in rows adapt_rows refuses
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if lost.any():
+        out[lost] = unit_rows(np.ascontiguousarray(arr[lost]), what)
+    return out
 
 
 def as_adapter(adapter: SearchAdaptor | str | os.PathLike) -> SearchAdaptor:
