@@ -607,6 +607,22 @@ def test_an_unfitted_adapter_lacks_its_fitted_attributes_as_scikit_learn_says(sy
     validation.check_is_fitted(_fit(synthetic, max_steps=20))
 
 
+def test_fitted_params_are_what_the_fitted_adapter_computes_with_not_later_set_params(synthetic, tmp_path):
+    """set_params after fit changes the attributes (for the next fit), not the fitted adapter:
+    fitted_params_ stays what fit validated (dims a list of ints), is a copy, and load gives the same."""
+    with pytest.raises(NotFittedError, match="not fitted"):
+        SearchAdaptor().fitted_params_  # noqa: B018
+    est = _fit(synthetic, max_steps=20, mode="shared", dims=np.array([8, 16]))
+    est.set_params(mode="query_only", dims=None, init="pca")
+    fitted = est.fitted_params_
+    assert (fitted["mode"], fitted["dims"], fitted["init"]) == ("shared", [8, 16], "identity")
+    fitted["mode"] = "separate"
+    fitted["dims"].append(4)
+    assert est.fitted_params_["mode"] == "shared" and est.fitted_params_["dims"] == [8, 16]
+    est.save(tmp_path / "a")
+    assert SearchAdaptor.load(tmp_path / "a").fitted_params_ == est.fitted_params_
+
+
 def test_a_rows_adapted_vector_does_not_depend_on_its_batch():
     """Bit for bit, whatever the batch size and the BLAS thread count: BLAS's matrix-matrix kernels
     round a row differently by batch shape (which sizes agree varies with the CPU and threads)."""

@@ -12,6 +12,7 @@ every field and every weight as if a stranger had edited the files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import json
@@ -487,6 +488,19 @@ class SearchAdaptor:
     def _check_fitted(self) -> None:
         if not self.__sklearn_is_fitted__():
             raise NotFittedError("this SearchAdaptor is not fitted yet: call fit() or SearchAdaptor.load()")
+
+    @property
+    def fitted_params_(self) -> dict[str, Any]:
+        """The hyperparameters the fitted adapter computes with, as ``fit`` validated them or
+        ``load`` read them (plain Python values, ``dims`` a list of ints): a copy, so editing it
+        changes nothing.
+
+        Describe a fitted adapter (its mode, sizes, start, loss) by these, not by its attributes:
+        those are the editable hyperparameters, which ``set_params`` may have changed since the fit
+        (as scikit-learn allows, for the next ``fit``) while the fitted networks stay as they were.
+        """
+        self._check_fitted()
+        return copy.deepcopy(self._params)
 
     @property
     def kept_start_(self) -> bool:
