@@ -74,6 +74,20 @@ def test_flat_index_equals_exact_search_and_round_trips(synthetic, tmp_path, mod
     assert again.search(Q, k=10) == hits
 
 
+def test_the_manifest_names_the_fitted_mode_not_one_set_after_the_fit(synthetic, tmp_path):
+    """set_params after fit (for the next fit) leaves the fitted adapter as it was: the manifest said
+    mode query_only (documents only normalised) for documents the shared adapter had adapted, while
+    the index's own adapter/config.json said shared."""
+    adapter = make_adapter(info=FAKE_INFO, mode="shared")
+    adapter.set_params(mode="query_only")
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)
+    assert index.manifest["adapter"]["mode"] == "shared"
+    index.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    config = json.loads((tmp_path / "idx" / "adapter" / "config.json").read_text())
+    assert manifest["adapter"]["mode"] == config["hyperparameters"]["mode"] == "shared"
+
+
 def test_build_embeds_through_the_store_and_searches_text(tmp_path):
     texts = [f"document number {i}" for i in range(30)]
     ids = [f"d{i}" for i in range(30)]

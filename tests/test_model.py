@@ -6,19 +6,34 @@ import inspect
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from search_adaptor.data import kfold
+from search_adaptor.data import Dataset, kfold
 from search_adaptor.embed import Embeddings
-from search_adaptor.experiment import choose, evaluate_embeddings, run_fit, select
-from search_adaptor.model import AdaptedEncoder, CompatibilityError, NotFittedError, SearchAdaptor
+from search_adaptor.experiment import (
+    PairStart,
+    _scored_sizes,
+    choose,
+    evaluate_embeddings,
+    run_evaluate,
+    run_fit,
+    select,
+)
+from search_adaptor.model import (
+    AdaptedEncoder,
+    CompatibilityError,
+    NotFittedError,
+    SearchAdaptor,
+    describe_encoder,
+)
 from search_adaptor.networks import NumpyNet, ResidualAdapter, adapt_rows, numpy_forward
 from search_adaptor.retrieval import l2_normalize
-from search_adaptor.training import compute_threads, resolve_precision
+from search_adaptor.training import compute_threads, pair_map, resolve_precision, usable_pairs
 from search_adaptor.variants import family_variants
 from test_plots import synthetic_dataset
 from test_store import CountingEncoder
@@ -621,6 +636,59 @@ def test_fitted_params_are_what_the_fitted_adapter_computes_with_not_later_set_p
     assert est.fitted_params_["mode"] == "shared" and est.fitted_params_["dims"] == [8, 16]
     est.save(tmp_path / "a")
     assert SearchAdaptor.load(tmp_path / "a").fitted_params_ == est.fitted_params_
+
+
+def test_evaluate_describes_the_fitted_adapter_not_hyperparameters_set_after_the_fit(synthetic):
+    """run_evaluate read the sizes it scores (and the variant it names, the loss that tells seen
+    queries) from the attributes, which set_params may change after the fit; a dims array there
+    failed ("truth value of an array is ambiguous"). The fitted adapter's sizes and variant count."""
+    d = synthetic
+    qids = d["qids"]
+    dataset = Dataset(
+        "syn",
+        Path("syn"),
+        list(d["dids"]),
+        list(d["dids"]),
+        {q: q for q in qids},
+        {"train": {q: d["qrels"][q] for q in qids[:120]}, "test": {q: d["qrels"][q] for q in qids[120:]}},
+    )
+    emb = Embeddings(qids, d["Q"], d["dids"], d["D"], describe_encoder("syn-16"))
+    train = {q: d["qrels"][q] for q in qids[:120]}
+    est = SearchAdaptor(**FAST, dims=[4, 8]).fit(d["Q"], d["D"], train, qids, d["dids"], encoder="syn-16")
+    assert not est.kept_start_
+    est.set_params(dims=np.array([2, 12]), mode="separate", loss="similarity", architecture="linear")
+    report = run_evaluate(dataset, emb, est).report
+    assert {m for m in report["metrics"] if "@" in m} == {
+        f"{s}@{m}" for s in ("zero-shot", "pca", "adapted") for m in (4, 8)
+    }
+    assert report["selected"] == "saved adapter (mlp, shared, ranking)"
+    assert report["seen_in_training"] == {"n": 0, "of": 40, "by": "id"}
+    assert _scored_sizes(emb, np.array([8, 4, 16]))[0] == [4, 8]  # an array, as a parameter grid gives
+
+
+def test_a_cross_model_adapters_start_is_rebuilt_with_its_fitted_init(synthetic):
+    """evaluate's reference for a cross-model adapter is the closed-form map its fit started from:
+    the fitted init (lstsq), not one set_params gave it afterwards (procrustes)."""
+    d = synthetic
+    M = np.random.default_rng(1).normal(size=(16, 12))
+    Qx, P = (d["Q"] @ M).astype(np.float32), (d["D"] @ M).astype(np.float32)
+    cross = {"mode": "query_only", "init": "lstsq", "loss": "infonce", "in_batch": True, "beta": 0.0}
+    est = SearchAdaptor(**{**FAST, **cross, "max_steps": 20}).fit(
+        Qx, d["D"], d["qrels"], d["qids"], d["dids"], encoder="doc", query_encoder="query", pairs=(P, d["D"])
+    )
+    est.set_params(init="procrustes")
+    emb = Embeddings(
+        d["qids"],
+        Qx,
+        d["dids"],
+        d["D"],
+        describe_encoder("doc"),
+        query_encoder=describe_encoder("query"),
+        pairs=P,
+    )
+    a, b = usable_pairs(P, d["D"])
+    expected = pair_map(l2_normalize(a), l2_normalize(b), "lstsq")
+    np.testing.assert_array_equal(PairStart.of(est, emb).map, expected)
 
 
 def test_a_rows_adapted_vector_does_not_depend_on_its_batch():

@@ -190,6 +190,19 @@ def test_local_index_from_shards_equals_the_in_memory_index(tmp_path, synthetic)
     assert read_all(tmp_path / "idx" / "vectors")[0] == ids and not (tmp_path / "v").exists()
 
 
+def test_shards_record_the_fitted_mode_not_one_set_after_the_fit(base, tmp_path):
+    """Both jobs' metadata name the mode the vectors were adapted with: set_params after fit (for
+    the next fit) changed what they said, not what computed the vectors."""
+    _, src = base
+    adapter = make_adapter(16, info=FAKE_INFO, mode="shared")
+    adapter.set_params(mode="query_only")
+    transform_vectors(src, adapter, tmp_path / "t", rows=500)
+    write_corpus(tmp_path / "data", 5)
+    embed_and_adapt(tmp_path / "data", FAKE, adapter, tmp_path / "e", cache_dir=tmp_path / "c")
+    for out in ("t", "e"):
+        assert json.loads((tmp_path / out / SHARDS_MANIFEST).read_text())["adapter_mode"] == "shared", out
+
+
 def test_cli_transform_prints_what_it_did(base, tmp_path, capsys):
     _, src = base
     make_adapter(16).save(tmp_path / "a")

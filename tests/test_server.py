@@ -72,6 +72,19 @@ def test_search_and_embed_answer_what_the_index_answers(client, index):
     }
 
 
+def test_health_names_the_fitted_mode_not_one_set_after_the_fit(synthetic):
+    """/health said the mode set_params had set after the fit (for the next fit), not the one the
+    served vectors were adapted with."""
+    encoder = CountingEncoder(dim=16)
+    info = encoder.info()
+    adapter = make_adapter(info=info, mode="separate")
+    adapter.set_params(mode="shared")
+    served = AdaptedIndex.from_vectors(
+        adapter, synthetic["dids"][:20], synthetic["D"][:20], info, encoder=encoder
+    )
+    assert TestClient(create_app(served, batch_window_s=0.0)).get("/health").json()["mode"] == "separate"
+
+
 def test_limits_are_4xx_with_a_message(client, caplog):
     too_many = client.post("/search", json={"queries": ["a"] * 5})
     assert too_many.status_code == 413 and "5 texts in queries; this server takes at most 4" in too_many.text

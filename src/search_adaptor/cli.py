@@ -358,7 +358,9 @@ def _cmd_index(args: argparse.Namespace) -> None:
         cache_dir=args.cache, progress=not args.quiet, query_encoder=_encoder(args, "query_", adapter)
     )
     index, stats = build_index(source, encoder, adapter, args.out, **options)
-    how = f"{stats.engine} engine, {args.backend}, {index.dim}-d, adapter mode {adapter.mode}"
+    how = (
+        f"{stats.engine} engine, {args.backend}, {index.dim}-d, adapter mode {adapter.fitted_params_['mode']}"
+    )
     print(f"{index.n_docs} documents indexed ({how}) in {os.path.abspath(args.out)} ({stats.timing()})")
 
 

@@ -1020,7 +1020,7 @@ def _seen(
             "of": len(scored),
             "by": "text",
         }
-    labelled = adapter.loss not in UNLABELLED_LOSSES
+    labelled = adapter.fitted_params_["loss"] not in UNLABELLED_LOSSES
     ids = (
         {*adapter.train_query_ids_, *adapter.val_query_ids_}
         if labelled or adapter.train_query_ids_
@@ -1205,7 +1205,7 @@ class PairStart:
         if emb.pairs is None:
             raise ValueError("a cross-model adapter is scored against its start, which needs the pairs")
         a, b = usable_pairs(emb.pairs, emb.corpus)  # the rows the fit's start was computed from
-        return cls(pair_map(l2_normalize(a), l2_normalize(b), adapter.init))
+        return cls(pair_map(l2_normalize(a), l2_normalize(b), adapter.fitted_params_["init"]))
 
     def transform_queries(self, X: np.ndarray) -> np.ndarray:
         return l2_normalize(l2_normalize(np.asarray(X, dtype=np.float32)) @ self.map)
@@ -1249,8 +1249,9 @@ def _systems(
 
 def _scored_sizes(emb: Embeddings, dims: Sequence[int] | None) -> tuple[list[int], np.ndarray | None]:
     """The Matryoshka sizes a run scores (below the full width, which is "adapted" itself) and the
-    corpus's PCA rotation their ``pca@m`` baselines project on (None without sizes)."""
-    sizes = sorted({int(m) for m in dims or ()} - {emb.dim})
+    corpus's PCA rotation their ``pca@m`` baselines project on (None without sizes). ``dims`` may be
+    a numpy array (a parameter grid's), whose truth value numpy refuses: only None means none."""
+    sizes = sorted({int(m) for m in (() if dims is None else dims)} - {emb.dim})
     return sizes, pca_rotation(l2_normalize(emb.corpus)) if sizes else None
 
 
@@ -1280,14 +1281,14 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
     qrels = dataset.split(split)
     _, aq, _ = evaluate_embeddings(emb, qrels, adapter)  # checks both encoders first
     reference = PairStart.of(adapter, emb) if adapter.query_encoder_ else None
-    sizes, rotation = _scored_sizes(emb, adapter.dims)
+    sizes, rotation = _scored_sizes(emb, adapter.fitted_params_["dims"])
     systems = _systems(adapter, sizes, rotation, reference, emb, start=reference)
     scores = {
         name: aq if name == "adapted" else evaluate_embeddings(data, qrels, view)[1]
         for name, (data, view) in systems.items()
     }
     zq = scores["zero-shot"]
-    variant = {k: adapter.get_params()[k] for k in ("architecture", "mode", "loss")}
+    variant = adapter.fitted_params_
     seen = _seen(dataset, adapter, qrels)
     report: dict[str, Any] = {
         "dataset": dataset.name,

@@ -307,7 +307,7 @@ class AdaptedIndex:
             "adapter": {
                 "path": ADAPTER_DIR,
                 "fingerprint": adapter.fingerprint_,
-                "mode": adapter.mode,
+                "mode": adapter.fitted_params_["mode"],
                 "identity": adapter.is_identity_,
                 **({"size": size} if size else {}),  # a Matryoshka prefix: the first `size` coordinates
             },

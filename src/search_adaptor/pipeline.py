@@ -447,7 +447,11 @@ def transform_vectors(
     files = vector_files(src)
     _check_apart(src, out)
     _refuse_adapted(src, files)
-    meta = {"adapter": adapter.fingerprint_, "adapter_mode": adapter.mode, "source": str(src)}
+    meta = {
+        "adapter": adapter.fingerprint_,
+        "adapter_mode": adapter.fitted_params_["mode"],
+        "source": str(src),
+    }
     if dim is not None:
         meta["size"] = dim
     if engine == "local":
@@ -505,7 +509,7 @@ def embed_and_adapt(
     cache = str(cache_dir) if cache_dir is not None else None
     meta = {
         "adapter": adapter.fingerprint_,
-        "adapter_mode": adapter.mode,
+        "adapter_mode": adapter.fitted_params_["mode"],
         "source": str(path),
         "encoder": encoder.fingerprint,
         **({"size": dim} if dim is not None else {}),

@@ -813,7 +813,7 @@ def create_app(
             "n_docs": index.n_docs,
             "dim": index.dim,
             "backend": index.manifest["backend"],
-            "mode": index.adapter.mode,
+            "mode": index.adapter.fitted_params_["mode"],
             "model": str(index.manifest["encoder"].get("model") or index.manifest["encoder"]["fingerprint"]),
             "query_model": query_model,
         }
