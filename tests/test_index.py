@@ -88,6 +88,21 @@ def test_the_manifest_names_the_fitted_mode_not_one_set_after_the_fit(synthetic,
     assert manifest["adapter"]["mode"] == config["hyperparameters"]["mode"] == "shared"
 
 
+def test_searching_vectors_gives_the_same_hits_in_any_layout_and_dtype(synthetic):
+    """A few query vectors are adapted row by row, as transform_queries adapts them: given
+    Fortran-ordered (a DataFrame's, a column slice's) their scores differed in the last bits (1.2e-7),
+    and float64 rows float32 cannot hold (1e-50) were cast to zeros."""
+    adapter = make_adapter(info=FAKE_INFO)
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)
+    Q = synthetic["Q"][:5]
+    hits = index.search(Q, k=10)
+    assert index.search(np.asfortranarray(Q), k=10) == hits
+    assert index.search(Q.astype(np.float64), k=10) == hits
+    tiny = Q.astype(np.float64) * 1e-50
+    assert index.search(tiny, k=10) == index.search_adapted(adapter.transform_queries(tiny), k=10)
+    assert [[d for d, _ in row] for row in index.search(tiny, k=10)] == [[d for d, _ in row] for row in hits]
+
+
 def test_build_embeds_through_the_store_and_searches_text(tmp_path):
     texts = [f"document number {i}" for i in range(30)]
     ids = [f"d{i}" for i in range(30)]

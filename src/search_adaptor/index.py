@@ -47,7 +47,7 @@ from search_adaptor.files import (
     staging_prefix,
 )
 from search_adaptor.images import Item, check_item_types
-from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter
+from search_adaptor.model import CompatibilityError, SearchAdaptor, as_adapter, float32_rows
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
 from search_adaptor.pipeline import JobStats, adapted_chunks, embed_and_adapt
 from search_adaptor.retrieval import l2_normalize
@@ -803,7 +803,9 @@ class AdaptedIndex:
             return self.search_adapted(
                 self._sized(self.adapter.transform_queries(queries)), k
             )  # names what is wrong
-        vectors = np.asarray(queries, dtype=np.float32)
+        # laid out and cast as transform_queries does, so a row's hits are the same in any layout
+        # (a Fortran-ordered array rounded each row's sums in another order) and at any batch size
+        vectors = float32_rows(queries, "queries")
         adapted = adapt_rows(self._side("query"), vectors, "queries", self._work())
         return self.search_adapted(self._sized(adapted), k)
 
