@@ -722,6 +722,38 @@ def test_a_fit_leaves_torch_global_rng_alone(synthetic):
     assert torch.equal(torch.rand(3), want)
 
 
+@pytest.mark.parametrize(
+    "params", [{"mode": "separate", "init": "pca"}, {"mode": "shared"}, {"mode": "query_only"}]
+)
+def test_load_and_at_start_leave_torch_global_rng_alone_and_the_weights_as_saved(synthetic, tmp_path, params):
+    """load built its networks with torch's default init, drawn from the global RNG, then overwrote
+    them from the file (at_start from the start's states): a caller's torch.manual_seed() stream went
+    on differently after a load. The weights, and what the adapter computes, are the saved ones."""
+    est = _fit(synthetic, max_steps=20, **params)
+    est.save(tmp_path / "a")
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    loaded = SearchAdaptor.load(tmp_path / "a")
+    assert torch.equal(torch.rand(3), want)
+    torch.manual_seed(0)
+    start = est.at_start()
+    assert torch.equal(torch.rand(3), want)
+    for side in ("query_net_", "corpus_net_"):
+        saved, read = getattr(est, side), getattr(loaded, side)
+        assert (saved is None) == (read is None) and (read is loaded.query_net_) == (saved is est.query_net_)
+        if saved is not None:
+            a, b = saved.state_dict(), read.state_dict()
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), side
+    assert np.array_equal(loaded.transform_queries(synthetic["Q"]), est.transform_queries(synthetic["Q"]))
+    assert np.array_equal(loaded.transform_corpus(synthetic["D"]), est.transform_corpus(synthetic["D"]))
+    own = [start.query_net_] + ([start.corpus_net_] if params["mode"] == "separate" else [])
+    for net, state in zip(own, est._start, strict=True):  # the networks as the fit began
+        assert net.state_dict().keys() == state.keys()
+        assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert est.fingerprint_ == loaded.fingerprint_
+
+
 def test_a_no_skip_fit_competes_with_its_true_start_and_keeps_it_when_nothing_beats_it(synthetic):
     """Without the skip connection an MLP starts as a random draw, which was scored as step 0 and
     recorded as zero-shot (0.19 here, the identity 0.45), so a checkpoint far below zero-shot shipped;

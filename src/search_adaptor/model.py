@@ -445,7 +445,8 @@ class SearchAdaptor:
         self._check_fitted()
         if self._start is None:
             raise RuntimeError("at_start() needs the adapter fit() returned, not one loaded from a folder")
-        query_net, corpus_net = _nets_for(self._params, self.dim_, self.query_dim_)
+        # every weight is set below, from the start's states: nothing is drawn from torch's global RNG
+        query_net, corpus_net = _unset_nets(self._params, self.dim_, self.query_dim_)
         separate = self._params["mode"] == "separate"
         own = [query_net] + ([corpus_net] if separate and corpus_net is not None else [])
         for net, state in zip(own, self._start, strict=True):
@@ -1120,16 +1121,17 @@ def _load_weights(
     own = ("query", "corpus") if mode == "separate" else ("query",)  # networks with their own weights
     try:
         with torch.device("meta"):  # the expected names and shapes, without allocating the weights
-            shapes = {
-                f"{side}.{k}": tuple(v.shape)
-                for side, net in zip(own, _nets_for(params, dim, query_dim), strict=False)
-                for k, v in net.state_dict().items()
-            }
+            nets = _nets_for(params, dim, query_dim)
     except ValueError as exc:  # widths the networks cannot take (networks.build_nets): an edited query_dim
         raise ValueError(
             f"{path.with_name(CONFIG)}: field 'query_dim': {exc}; remove the field (queries as wide as the "
             "documents), or train the adapter again with `search-adaptor fit`"
         ) from None
+    shapes = {
+        f"{side}.{k}": tuple(v.shape)
+        for side, net in zip(own, nets, strict=False)
+        for k, v in net.state_dict().items()
+    }
     try:
         with safe_open(str(path), framework="pt") as handle:
             names = set(handle.keys())
@@ -1158,7 +1160,7 @@ def _load_weights(
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{path}: tensor {name!r} contains NaN or inf; {fix}")
-    query_net, corpus_net = _nets_for(params, dim, query_dim)
+    query_net, corpus_net = _allocated(*nets)  # every weight is set from the file below
     query_net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("query.")})
     if mode == "separate" and corpus_net is not None:
         corpus_net.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("corpus.")})
@@ -1178,6 +1180,29 @@ def _nets_for(
         params[k] for k in ("hidden_dim", "architecture", "residual", "mode")
     )
     return build_nets(dim, hidden, architecture, residual, mode, None, projection, query_dim)
+
+
+def _unset_nets(
+    params: Mapping[str, Any], dim: int, query_dim: int | None = None
+) -> tuple[ResidualAdapter, ResidualAdapter | None]:
+    """:func:`_nets_for`'s networks with their weights allocated but not set, for a caller that sets
+    every one (``load_state_dict``): torch's default initialisation would draw them from its global RNG,
+    so loading an adapter (or taking its start) moved the stream of a caller who had seeded torch, for
+    weights overwritten at once."""
+    with torch.device("meta"):
+        nets = _nets_for(params, dim, query_dim)
+    return _allocated(*nets)
+
+
+def _allocated(
+    query_net: ResidualAdapter, corpus_net: ResidualAdapter | None
+) -> tuple[ResidualAdapter, ResidualAdapter | None]:
+    """Networks built on the meta device given CPU memory, uninitialised (``to_empty``): nothing is
+    drawn from an RNG; the caller sets every weight. A shared network is one module, allocated once."""
+    query_net.to_empty(device="cpu")
+    if corpus_net is not None and corpus_net is not query_net:
+        corpus_net.to_empty(device="cpu")
+    return query_net, corpus_net
 
 
 def float32_rows(arr: np.ndarray, what: str) -> np.ndarray:
