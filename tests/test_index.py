@@ -127,7 +127,7 @@ def test_build_embeds_through_the_store_and_searches_text(tmp_path):
     with pytest.raises(ValueError, match=r"^query 1: the query is blank, and a blank query ranks"):
         index.search(["q", " \n"])
     assert len(enc.calls) == calls  # refused before anything is embedded
-    with pytest.raises(TypeError, match="wrap a single query"):
+    with pytest.raises(TypeError, match="wrap a single text in a list"):
         index.search("q")
     with pytest.raises(ValueError, match="one id per text"):
         AdaptedIndex.build(adapter, enc, ids[:3], texts, cache_dir=tmp_path)
@@ -136,7 +136,14 @@ def test_build_embeds_through_the_store_and_searches_text(tmp_path):
 @pytest.mark.parametrize(
     ("queries", "k", "error", "message"),
     [
-        ("vitamin d", 3, TypeError, r"search\(\) takes a list of query texts; .*: \['vitamin d'\]"),
+        (
+            "vitamin d",
+            3,
+            TypeError,
+            r"AdaptedIndex\.search\(\) takes a list of texts, not a bare str \(it would be read letter by "
+            r"letter\); wrap a single text in a list: \['vitamin d'\]",
+        ),
+        (b"vitamin d", 3, TypeError, r"AdaptedIndex\.search\(\) .* bare bytes .*decode it to str"),
         ([[0.5] * 16], 3, TypeError, r"query 0 \(list\) is not a text; give query vectors as one array"),
         (
             [np.ones(16)],
@@ -185,6 +192,33 @@ def test_embed_refuses_an_item_that_is_not_a_text(tmp_path, kind, item, shown):
     calls = len(enc.calls)
     with pytest.raises(TypeError, match=f"^item 1 is {shown}, not a text"):
         index.embed(["q", item], kind)
+    assert len(enc.calls) == calls
+
+
+@pytest.mark.parametrize(
+    ("texts", "kind", "error", "message"),
+    [
+        (
+            "q",
+            "query",
+            TypeError,
+            r"^AdaptedIndex\.embed\(\) takes a list of texts, not a bare str \(it would be read",
+        ),
+        (b"q", "document", TypeError, r"^AdaptedIndex\.embed\(\) .* bare bytes .*decode it to str"),
+        (["q"], "qeury", ValueError, r"^kind must be one of 'query', 'document'; got 'qeury'$"),
+    ],
+)
+def test_embed_refuses_a_bare_text_and_an_unknown_kind_before_embedding(
+    tmp_path, texts, kind, error, message
+):
+    """A misspelt kind embedded the texts as documents (paid for), then failed with KeyError: 'qeury';
+    bare bytes were named item by item as numbers. Each is refused as the store refuses it."""
+    adapter = make_adapter(info=FAKE_INFO)
+    enc = CountingEncoder(dim=16)
+    index = AdaptedIndex.build(adapter, enc, ["a", "b"], ["a text", "b text"], cache_dir=tmp_path)
+    calls = len(enc.calls)
+    with pytest.raises(error, match=message):
+        index.embed(texts, kind)
     assert len(enc.calls) == calls
 
 

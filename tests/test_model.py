@@ -691,6 +691,24 @@ def test_a_cross_model_adapters_start_is_rebuilt_with_its_fitted_init(synthetic)
     np.testing.assert_array_equal(PairStart.of(est, emb).map, expected)
 
 
+@pytest.mark.parametrize("method", ["encode_queries", "encode_corpus"])
+@pytest.mark.parametrize(
+    ("texts", "shown"), [("q", r"bare str .*wrap a single text"), (b"q", r"bare bytes .*decode")]
+)
+def test_an_adapted_encoder_refuses_a_bare_text_naming_itself(synthetic, method, texts, shown):
+    """A bare str or bytes is refused as every encoder refuses it (it would be read letter by
+    letter), naming AdaptedEncoder's method, before anything is sent to the base encoder."""
+    base = CountingEncoder(dim=16)
+    adapted = AdaptedEncoder(base, _fit(synthetic, max_steps=5, encoder=base.info()), cache=False)
+    with pytest.raises(
+        TypeError, match=rf"^AdaptedEncoder\.{method}\(\) takes a list of texts, not a {shown}"
+    ):
+        getattr(adapted, method)(texts)
+    assert base.calls == []
+    with pytest.raises(ValueError, match="nothing to embed: the list of texts is empty"):
+        getattr(adapted, method)([])
+
+
 def test_a_rows_adapted_vector_does_not_depend_on_its_batch():
     """Bit for bit, whatever the batch size and the BLAS thread count: BLAS's matrix-matrix kernels
     round a row differently by batch shape (which sizes agree varies with the CPU and threads)."""

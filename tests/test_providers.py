@@ -67,6 +67,15 @@ def test_right_vector_for_each_text_and_mode(fake: FakeProvider) -> None:
     assert enc.retries == 0
 
 
+def test_an_unknown_kind_is_refused_as_the_store_refuses_it_before_anything_is_sent(
+    fake: FakeProvider,
+) -> None:
+    enc = fake_encoder(fake)
+    with pytest.raises(ValueError, match=r"^kind must be one of 'query', 'document'; got 'qeury'$"):
+        enc.encode_batch(TEXTS, "qeury")  # type: ignore[arg-type]
+    assert fake.calls == []
+
+
 def test_output_dimensions_are_requested(fake: FakeProvider) -> None:
     enc = fake_encoder(fake, dimensions=4)
     vecs = enc.encode_corpus(TEXTS)

@@ -34,9 +34,18 @@ from typing import Any, TypedDict, Unpack
 import numpy as np
 
 from search_adaptor import __version__
+from search_adaptor.data import BLANK_QUERY_REASON
 from search_adaptor.embed import Embeddings, numeric_array
 from search_adaptor.encoders import API_CLASSES
-from search_adaptor.encoders.base import KINDS, Encoder, InputsRejected, Kind, without_direction
+from search_adaptor.encoders.base import (
+    KINDS,
+    Encoder,
+    InputsRejected,
+    Kind,
+    check_kind,
+    refuse_bare_text,
+    without_direction,
+)
 from search_adaptor.encoders.registry import from_info, info_problem
 from search_adaptor.files import (
     Staged,
@@ -72,8 +81,9 @@ _HNSW_BOUNDS = {"m": (2, 1024), "ef_construction": (1, 2**31 - 1), "ef_search": 
 _NAMED = {"hnsw_m": "hnsw_m (--hnsw-m)", "ef_search": "ef_search (--ef-search)"}
 Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
-#: Why a blank query text is refused: it would rank the documents by nothing in particular.
-BLANK_QUERY = "the query is blank, and a blank query ranks documents by nothing in particular; send its text"
+#: Why a blank query text is refused: it would rank the documents by nothing in particular (the reason
+#: written once, in :data:`~search_adaptor.data.BLANK_QUERY_REASON`, which a labelled blank query gives).
+BLANK_QUERY = f"the query is blank, and {BLANK_QUERY_REASON}; send its text"
 #: Why a query model is refused for an index that records none (its queries are the documents' model's).
 _ONE_MODEL = (
     "query_encoder given, but this index's queries are embedded by its documents' model ({model}); "
@@ -719,11 +729,14 @@ class AdaptedIndex:
         EncoderError
             The encoder failed.
         TypeError
-            A bare string, or an item that is not a text (None, a number), named by its position
-            before anything is embedded.
+            A bare string (it would be read letter by letter: :func:`refuse_bare_text`), or an item
+            that is not a text (None, a number), named by its position before anything is embedded.
+        ValueError
+            An empty list, or a ``kind`` other than "query" and "document" (a misspelt one embedded
+            the texts as documents, then failed), before anything is embedded.
         """
-        if isinstance(texts, str):
-            raise TypeError("embed() takes a list of texts; wrap a single query or document in a list")
+        refuse_bare_text(texts, "AdaptedIndex.embed()")
+        check_kind(kind)
         texts = list(texts)
         if not texts:
             raise ValueError("nothing to embed: the list of texts is empty")
@@ -781,10 +794,7 @@ class AdaptedIndex:
             before anything is embedded.
         """
         k = _count(k, "k")
-        if isinstance(queries, str):
-            raise TypeError(
-                f"search() takes a list of query texts; wrap a single query in a list: {[queries]!r:.80}"
-            )
+        refuse_bare_text(queries, "AdaptedIndex.search()")
         if not isinstance(queries, np.ndarray):
             queries = list(queries)  # once: a generator would be spent by the checks
             row = next((i for i, q in enumerate(queries) if isinstance(q, (list, tuple, np.ndarray))), None)

@@ -32,7 +32,14 @@ import torch
 
 from search_adaptor import __version__
 from search_adaptor.embed import numeric_array, unit_rows
-from search_adaptor.encoders.base import Encoder, InputsRejected, Kind, check_vectors, without_direction
+from search_adaptor.encoders.base import (
+    Encoder,
+    InputsRejected,
+    Kind,
+    check_vectors,
+    refuse_bare_text,
+    without_direction,
+)
 from search_adaptor.encoders.registry import from_info, info_problem
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
@@ -1347,13 +1354,13 @@ class AdaptedEncoder(Encoder):
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted query vectors, shape (len(texts), dim), from the query encoder (never stored)."""
-        self._check(texts)
+        self._check(texts, "AdaptedEncoder.encode_queries()")
         with self._serial:
             return self._adapt(self.query_base.encode_queries(texts), texts, "query")
 
     def encode_corpus(self, texts: Sequence[str]) -> np.ndarray:
         """Adapted document vectors, shape (len(texts), dim); only documents the store lacks are sent."""
-        self._check(texts)
+        self._check(texts, "AdaptedEncoder.encode_corpus()")
         if self.cache is False:
             with self._serial:
                 return self._adapt(self.base.encode_corpus(texts), texts, "document")
@@ -1384,12 +1391,10 @@ class AdaptedEncoder(Encoder):
         return out
 
     @staticmethod
-    def _check(texts: Sequence[str]) -> None:
-        """Refuse a bare string (it would embed character by character) and an empty list."""
-        if isinstance(texts, str):
-            raise TypeError(
-                "encode_queries() and encode_corpus() take a list of texts; wrap one text in a list"
-            )
+    def _check(texts: Sequence[str], call: str) -> None:
+        """Refuse a bare string (it would be read letter by letter: :func:`refuse_bare_text`, which
+        names ``call``) and an empty list, before anything is sent."""
+        refuse_bare_text(texts, call)
         if not texts:
             raise ValueError("nothing to embed: the list of texts is empty")
 

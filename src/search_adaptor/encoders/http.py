@@ -73,12 +73,12 @@ import httpx
 import numpy as np
 
 from search_adaptor.encoders.base import (
-    KINDS,
     Encoder,
     EncoderError,
     InputsRejected,
     Kind,
     cancel_event,
+    check_kind,
     check_vectors,
     describe_item,
     without_direction,
@@ -1163,8 +1163,7 @@ class ApiEncoder(Encoder):
         ImagesUnsupported
             An image for a model that embeds text only (nothing is sent).
         """
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        check_kind(kind)
         rows: dict[int, np.ndarray] = {}
         rejected: dict[int, str] = {}
         sent, requests = self._plan(texts, kind, rejected)
