@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
 
 from search_adaptor.cli import main
+from search_adaptor.model import SearchAdaptor
 from search_adaptor.retrieval import l2_normalize
 from test_index import make_adapter
 
@@ -28,6 +31,55 @@ VARIANTS = {
 def _run(path, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(["adapted"], {"embeddings": x})[0]
+
+
+def _kept_no_skip_start(
+    dim: int, init: str, info: Mapping[str, Any] | None = None, **params: Any
+) -> SearchAdaptor:
+    """A no-skip MLP (``residual=False``) fitted for one step, which cannot beat its start: it keeps
+    it (best step 0) and computes the start alone, the map ``init`` names (a PCA rotation), or the
+    identity, never its random MLP."""
+    rng = np.random.default_rng(0)
+    D = rng.normal(size=(40, dim)).astype(np.float32)
+    Q = (D[:20] + 0.3 * rng.normal(size=(20, dim))).astype(np.float32)
+    qids, dids = [f"q{i}" for i in range(20)], [f"d{i}" for i in range(40)]
+    qrels = {q: {dids[i]: 1} for i, q in enumerate(qids)}
+    est = SearchAdaptor(
+        residual=False, init=init, max_steps=1, eval_every=1, patience=1, batch_size=8, **params
+    )
+    est.fit(Q, D, qrels, qids, dids, encoder=info)
+    assert est.kept_start_ and est.is_identity_ == (init == "identity")
+    return est
+
+
+@pytest.mark.parametrize("mode", ["shared", "separate"])
+def test_onnx_of_a_kept_no_skip_start_is_that_start_alone(synthetic, tmp_path, mode):
+    """A no-skip PCA start that no checkpoint beat computes the rotation alone, but the export wrote
+    its random MLP over it and refused itself ('query.onnx differs from the torch adapter by
+    9.78e-01'); it is now the rotation (MatMul, no Gemm), and a kept identity start only normalises."""
+    import onnx
+
+    x = synthetic["Q"] * 3.0
+    adapter = _kept_no_skip_start(16, "pca", mode=mode)
+    for dim in (None, 8):
+        out = export_onnx(adapter, tmp_path / f"pca{dim}", dim)
+        for side, transform in (("query", adapter.transform_queries), ("corpus", adapter.transform_corpus)):
+            got = _run(out / f"{side}.onnx", x)
+            assert np.abs(got - transform(x, dim=dim)).max() < 1e-5
+            ops = {node.op_type for node in onnx.load(out / f"{side}.onnx").graph.node}
+            assert "MatMul" in ops and "Gemm" not in ops
+    rotated, unit = _run(tmp_path / "pcaNone" / "query.onnx", x), l2_normalize(x)
+    assert np.abs(rotated - unit).max() > 0.1  # not the identity, but a rotation: cosines kept
+    assert np.abs(rotated @ rotated.T - unit @ unit.T).max() < 1e-5
+    identity = _kept_no_skip_start(16, "identity", mode=mode)
+    out = export_onnx(identity, tmp_path / "identity")
+    for side in ("query", "corpus"):
+        assert {node.op_type for node in onnx.load(out / f"{side}.onnx").graph.node} == {
+            "ReduceL2",
+            "Max",
+            "Div",
+        }
+        assert np.abs(_run(out / f"{side}.onnx", x) - l2_normalize(x)).max() < 1e-6
 
 
 @pytest.mark.parametrize("params", VARIANTS.values(), ids=VARIANTS.keys())
@@ -82,3 +134,30 @@ def test_sentence_transformers_folder_gives_the_adapted_vectors(tmp_path, capfd,
     assert np.abs(model.encode_document(texts) - d).max() < 1e-5
     assert np.abs(model.encode(texts) - q).max() < 1e-5  # plain encode is the query encoder
     assert not np.allclose(q, d, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["shared", "separate"])
+def test_sentence_transformers_folder_of_a_kept_no_skip_start_is_that_start_alone(
+    tmp_path, monkeypatch, mode
+):
+    """The folder of a kept no-skip PCA start held its random MLP and refused itself ('exported
+    encode_query differs from the adapter'); it is now the rotation, one bias-free Dense, and a kept
+    identity start adds no Dense at all."""
+    from sentence_transformers import SentenceTransformer
+
+    from search_adaptor.encoders.local import ENV_VERBOSE, SentenceTransformerEncoder
+
+    monkeypatch.setenv(ENV_VERBOSE, "0")
+    base = SentenceTransformerEncoder()
+    texts = ["does vitamin D prevent fractures", "Vitamin D supplements and bone density in adults."]
+    for init in ("pca", "identity"):
+        adapter = _kept_no_skip_start(384, init, base.info(), mode=mode)
+        out = export_sentence_transformers(adapter, tmp_path / init)
+        model = SentenceTransformer(str(out), device="cpu")
+        q = adapter.transform_queries(base.encode_queries(texts))
+        d = adapter.transform_corpus(base.encode_corpus(texts))
+        assert np.abs(model.encode_query(texts) - q).max() < 1e-5
+        assert np.abs(model.encode_document(texts) - d).max() < 1e-5
+        dense = [folder.name for folder in out.rglob("*_Dense") if folder.is_dir()]  # a Router's too
+        assert len(dense) == (0 if init == "identity" else 1 if mode == "shared" else 2)

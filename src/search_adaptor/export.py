@@ -13,6 +13,11 @@ needed): the base modules, then the adapter as built-in ``Dense`` and ``Normaliz
 their own side: ``encode_query`` and ``encode_document`` give the adapted vectors in every mode, and
 plain ``encode`` is the query encoder.
 
+Both emit exactly what ``transform_queries`` / ``transform_corpus`` compute
+(``SearchAdaptor.numpy_side``): an adapter that kept its start (best step 0) exports its start, the
+projection alone (a PCA rotation, another model's map), or only the normalisation where it starts at
+the identity, never the residual function that it does not apply.
+
 Every export is checked against the torch adapter before it is written (1e-5), and written
 atomically.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,7 @@ from torch import nn
 from search_adaptor.encoders import LOCAL
 from search_adaptor.files import Staged
 from search_adaptor.model import SearchAdaptor, as_adapter
-from search_adaptor.networks import ResidualAdapter, linear_layers
+from search_adaptor.networks import NumpyNet, ResidualAdapter, linear_layers
 
 OPSET = 17  # ReduceL2 still takes axes as an attribute; onnxruntime >= 1.13 runs it
 TOLERANCE = 1e-5
@@ -41,19 +47,45 @@ _CHECK_TEXTS = ["what causes fever", "Aspirin lowers the risk of heart attacks."
 Layer = tuple[np.ndarray, np.ndarray, bool]  # weight (out, in), bias (out,), ReLU after
 
 
-def _nets(adapter: SearchAdaptor) -> tuple[ResidualAdapter | None, ResidualAdapter | None]:
-    """(query, corpus) networks as ``transform_*`` applies them; None means "normalise only"."""
-    return tuple(  # type: ignore[return-value]
-        None if adapter.numpy_side(kind) is None else net
-        for kind, net in (("query", adapter.query_net_), ("document", adapter.corpus_net_))
+@dataclass(frozen=True)
+class _Side:
+    """One side of the adapter as ``transform_*`` computes it: ``p`` then, unless the adapter kept its
+    start, the residual function ``f`` (plus its input with the skip connection).
+
+    Read from :meth:`SearchAdaptor.numpy_side`, the very object ``transform_*`` runs, rather than from
+    the torch network: a kept start (best step 0) computes ``p`` alone, so a no-skip network's random
+    ``f`` (the paper's ablation; never trained, never scored) must not reach an export.
+    """
+
+    projection: np.ndarray | None  # p as a (out, in) matrix; None: no projection
+    layers: list[Layer]  # f as dense layers; empty for a kept start, which is p alone
+    residual: bool  # add f's input to its output
+
+    @classmethod
+    def of(cls, side: NumpyNet) -> _Side:
+        """``side``'s weights back in torch's (out, in) layout, as copies (numpy caches its arrays)."""
+        return cls(
+            None if side.project is None else side.project.T.copy(),
+            [(weight_t.T.copy(), bias.copy(), relu) for weight_t, bias, relu in side.layers],
+            side.residual,
+        )
+
+
+def _nets(adapter: SearchAdaptor) -> tuple[_Side | None, _Side | None]:
+    """(query, corpus) sides exactly as ``transform_*`` applies them; None means "normalise only"
+    (no network, or a kept identity start)."""
+    query, corpus = (adapter.numpy_side(kind) for kind in ("query", "document"))
+    return (
+        None if query is None else _Side.of(query),
+        None if corpus is None else _Side.of(corpus),
     )
 
 
-def _projection(net: ResidualAdapter) -> np.ndarray:
-    """The network's input projection ``p`` as a (out, in) matrix; the identity when it has none."""
-    if net.project is None:
-        return np.eye(net.f[0].in_features, dtype=np.float32)
-    return net.project.weight.detach().numpy().copy()
+def _projection(side: _Side) -> np.ndarray:
+    """The side's input projection ``p`` as a (out, in) matrix; the identity when it has none."""
+    if side.projection is None:
+        return np.eye(side.layers[0][0].shape[1], dtype=np.float32)
+    return side.projection
 
 
 def dense_layers(net: ResidualAdapter) -> list[Layer]:
@@ -66,11 +98,11 @@ def dense_layers(net: ResidualAdapter) -> list[Layer]:
 
 # -- ONNX --------------------------------------------------------------------------------------------
 def _onnx_graph(
-    net: ResidualAdapter | None, dim: int, name: str, size: int | None = None, in_dim: int | None = None
+    net: _Side | None, dim: int, name: str, size: int | None = None, in_dim: int | None = None
 ) -> Any:
     """ONNX model: normalise -> [projection -> residual function (+ its input)] -> [first ``size``
     coordinates] -> normalise; ``in_dim`` is the input width when a projection changes it (queries of
-    another model)."""
+    another model). A kept start has no residual function: the projection alone."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes: list[Any] = []
@@ -84,11 +116,11 @@ def _onnx_graph(
     normalize("embeddings", "x")
     h = base = "x"
     if net is not None:
-        if net.project is not None:
+        if net.projection is not None:
             inits.append(numpy_helper.from_array(np.ascontiguousarray(_projection(net).T), "projection"))
             nodes.append(helper.make_node("MatMul", ["x", "projection"], ["projected"]))
             h = base = "projected"
-        for i, (weight, bias, relu) in enumerate(dense_layers(net)):
+        for i, (weight, bias, relu) in enumerate(net.layers):
             inits += [numpy_helper.from_array(weight, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
             nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [f"h{i}"], transB=1))
             h = f"h{i}"
@@ -192,13 +224,14 @@ def export_onnx(
 
 
 # -- sentence-transformers ---------------------------------------------------------------------------
-def _dense_modules(net: ResidualAdapter | None, dim: int, size: int | None = None) -> list[Any]:
+def _dense_modules(net: _Side | None, dim: int, size: int | None = None) -> list[Any]:
     """Built-in sentence-transformers modules computing ``normalize(net(x)[:size])`` for unit-norm ``x``.
 
     With ``x' = P x`` (the projection; the identity without one), a residual MLP
     ``x' + W2 relu(W1 x' + b1) + b2`` becomes two ``Dense`` layers through the identity
     ``x' = relu(x') - relu(-x')``: the first outputs ``[relu(W1 P x + b1), relu(P x), relu(-P x)]``,
     the second ``[W2, I, -I]`` times that plus ``b2``. A residual linear map is ``(I + W) P x + b``.
+    A kept start (no residual function) is ``P x``, one ``Dense`` with a zero bias.
     A Matryoshka ``size`` keeps the first rows of the last layer.
     """
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
@@ -221,7 +254,9 @@ def _dense_modules(net: ResidualAdapter | None, dim: int, size: int | None = Non
         )
         return [*cut, Normalize()]
     P = _projection(net)
-    layers = dense_layers(net)
+    layers = list(net.layers)  # edited below; the side stays as it is
+    if not layers:  # a kept start: the projection alone (_Side; a kept identity is None, above)
+        return [dense(P[keep], np.zeros(len(P), np.float32)[keep], False), Normalize()]
     if not net.residual:
         (w0, b0, r0), *rest = layers
         layers = [(w0 @ P, b0, r0), *rest]
