@@ -100,6 +100,19 @@ def test_onnx_of_an_identity_adapter_only_normalises(synthetic, tmp_path):
     assert np.abs(_run(out / "query.onnx", synthetic["D"]) - l2_normalize(synthetic["D"])).max() < 1e-6
 
 
+def test_onnx_export_json_gives_the_fitted_mode_after_set_params(synthetic, tmp_path):
+    """set_params after fit edits the attributes (for the next fit), not the fitted networks: a
+    shared adapter set to query_only was exported with 'mode': 'query_only' in export.json, telling a
+    reader the documents need no re-index while corpus.onnx adapts them; it now says shared."""
+    adapter = make_adapter(mode="shared").set_params(mode="query_only")
+    out = export_onnx(adapter, tmp_path / "onnx")
+    assert json.loads((out / "export.json").read_text())["mode"] == "shared"
+    x = synthetic["D"]
+    corpus = _run(out / "corpus.onnx", x)
+    assert np.abs(corpus - adapter.transform_corpus(x)).max() < 1e-5
+    assert np.abs(corpus - l2_normalize(x)).max() > 0.1  # the shared network, not query_only's identity
+
+
 def test_cli_export_onnx_and_refusals(tmp_path, capsys):
     make_adapter(info={"fingerprint": "openai:x:1", "provider": "openai", "model": "x"}).save(tmp_path / "a")
     assert main(["export", str(tmp_path / "a"), "--out", str(tmp_path / "o"), "--format", "onnx"]) == 0
@@ -161,3 +174,24 @@ def test_sentence_transformers_folder_of_a_kept_no_skip_start_is_that_start_alon
         assert np.abs(model.encode_document(texts) - d).max() < 1e-5
         dense = [folder.name for folder in out.rglob("*_Dense") if folder.is_dir()]  # a Router's too
         assert len(dense) == (0 if init == "identity" else 1 if mode == "shared" else 2)
+
+
+@pytest.mark.slow
+def test_sentence_transformers_layout_is_the_fitted_modes_after_set_params(tmp_path, monkeypatch):
+    """A shared adapter set to query_only after fit was written as a query/document Router (the
+    layout for two sides) from the edited attribute; it is now the shared layout the fitted adapter
+    has: its Dense modules straight after the base model, no Router."""
+    from sentence_transformers import SentenceTransformer
+
+    from search_adaptor.encoders.local import ENV_VERBOSE, SentenceTransformerEncoder
+
+    monkeypatch.setenv(ENV_VERBOSE, "0")
+    base = SentenceTransformerEncoder()
+    adapter = make_adapter(384, info=base.info(), mode="shared").set_params(mode="query_only")
+    out = export_sentence_transformers(adapter, tmp_path / "st")
+    types = [m["type"].rsplit(".", 1)[-1] for m in json.loads((out / "modules.json").read_text())]
+    assert "Router" not in types and types[-3:] == ["Dense", "Dense", "Normalize"]
+    texts = ["does vitamin D prevent fractures", "Vitamin D supplements and bone density in adults."]
+    model = SentenceTransformer(str(out), device="cpu")
+    d = adapter.transform_corpus(base.encode_corpus(texts))
+    assert np.abs(model.encode_document(texts) - d).max() < 1e-5

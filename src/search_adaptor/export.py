@@ -4,7 +4,9 @@
 shape (n, dim); output ``adapted``: unit-norm vectors), each including the input and output L2
 normalisation, so any ONNX runtime reproduces ``transform_queries`` / ``transform_corpus``. Both
 files exist for every mode: in ``shared`` mode they are the same network, in ``query_only`` mode
-``corpus.onnx`` only normalises. ``export.json`` records the mode and base encoder.
+``corpus.onnx`` only normalises. ``export.json`` records the mode and base encoder. The mode is the
+fitted adapter's (``fitted_params_``): ``set_params`` after ``fit`` edits the attributes for the next
+fit, not the networks an export writes.
 
 ``export_sentence_transformers`` (local sentence-transformers base models only) writes a model
 folder that plain ``SentenceTransformer(folder)`` loads (no ``trust_remote_code``, no search-adaptor
@@ -200,7 +202,7 @@ def export_onnx(
         models[f"{side}.onnx"] = blob
     info = {
         "format": "onnx",
-        "mode": adapter.mode,
+        "mode": adapter.fitted_params_["mode"],  # the fitted one: set_params may have edited .mode since
         "dim": adapter.dim_,
         "output_dim": dim or adapter.dim_,
         "encoder": adapter.encoder_,
@@ -333,7 +335,7 @@ def export_sentence_transformers(
     if not isinstance(modules[-1], Normalize):  # the encoder normalises; so must the folder
         modules.append(Normalize())
     query_net, corpus_net = _nets(adapter)
-    if adapter.mode == "shared":
+    if adapter.fitted_params_["mode"] == "shared":  # one network, whatever set_params made .mode since
         modules += _dense_modules(query_net, adapter.dim_, dim)
     else:
         modules.append(
