@@ -378,13 +378,19 @@ def test_fit_selection_kfold_pools_the_dev_split_and_says_so(tmp_path, synthetic
 
 def test_fit_validates_on_the_dev_split_when_the_data_has_one(tmp_path, synthetic, capsys):
     """A dataset's ``dev`` qrels validate every fit (early stopping and selection) and train none;
-    a dev query that the test split also holds is left out, so no scored query validates;
-    ``--val-split none`` goes back to a share of the training queries."""
+    a dev query that the test split also holds is left out, so no scored query validates, and said
+    (it was dropped without a word); ``--val-split none`` goes back to a share of the training queries."""
     d = synthetic
     qids = d["qids"]
     splits = {"train": qids[:80], "dev": [*qids[80:110], qids[150]], "test": qids[110:]}
     argv = [*_synthetic_folder(tmp_path, d, splits), "--max-steps", "30", "--quiet", "-o", "json"]
+    qrels = Path(argv[1]) / "qrels"
     assert main([*argv, "--out", str(tmp_path / "dev")]) == 0
+    assert (
+        f"search-adaptor: warning: 1 of the 31 labelled queries of {qrels / 'dev.tsv'} are also in "
+        f"{qrels / 'test.tsv'}, the scored split: they are left out of early stopping and selection, so "
+        "that every scored query stays held-out"
+    ) in capsys.readouterr().err
     report = json.loads((tmp_path / "dev" / "report.json").read_text())
     assert report["validation"]["split"] == "dev" and report["validation"]["n_val_queries"] == 30
     config = json.loads((tmp_path / "dev" / "adapter" / "config.json").read_text())
@@ -392,6 +398,7 @@ def test_fit_validates_on_the_dev_split_when_the_data_has_one(tmp_path, syntheti
     assert "select on the `dev` split" in (tmp_path / "dev" / "report.md").read_text()
 
     assert main([*argv, "--out", str(tmp_path / "share"), "--val-split", "none"]) == 0
+    assert "dev.tsv" not in capsys.readouterr().err  # no dev split, nothing left out of it
     report = json.loads((tmp_path / "share" / "report.json").read_text())
     assert report["validation"]["split"] is None and report["validation"]["n_val_queries"] == 16
     config = json.loads((tmp_path / "share" / "adapter" / "config.json").read_text())
@@ -418,7 +425,16 @@ def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tm
         and proto.val_split == "validation"
         and sorted(proto.val) == sorted(qids[100:130])
     )
+    qrels = tmp_path / "syn" / "qrels"
+    assert proto.warnings == [
+        f"1 of the 31 labelled queries of {qrels / 'validation.tsv'} are also in {qrels / 'test.tsv'}, "
+        "the scored split: they are left out of early stopping and selection, so that every scored query "
+        "stays held-out"
+    ]
+    (pooled,) = protocol(dataset, folds=3, selection="kfold").warnings  # the split trains there too
+    assert "the scored split: they are left out of training, early stopping and selection" in pooled
     assert protocol(dataset, folds=3, val_split="none").val == {}
+    assert protocol(dataset, folds=3, val_split="none").warnings == []
     (tmp_path / "syn" / "qrels" / "validation.tsv").write_text(
         f"query-id\tcorpus-id\tscore\n{qids[0]}\td0\t1\n"
     )

@@ -608,7 +608,9 @@ def protocol(
                 f"queries are scored and never train; give {train_file.name} queries of its own, or move "
                 f"it aside to cross-validate over the {test_file.name} queries"
             )
-        val_name, val = _validation(dataset, val_split, {train_split, test_split}, test)
+        val_name, val, val_warnings = _validation(
+            dataset, val_split, {train_split, test_split}, test, test_file, selection
+        )
         warnings = (
             [
                 f"{len(left_out)} of the {len(judged)} labelled queries of {train_file} are also in "
@@ -617,7 +619,7 @@ def protocol(
             ]
             if left_out
             else []
-        )
+        ) + val_warnings
         proto = Protocol(
             "test",
             test_split,
@@ -649,8 +651,9 @@ def protocol(
     scorable += [s for s in dataset.splits if s not in VALIDATION_SPLITS] + list(dataset.splits)
     split = scorable[0]
     labelled = dataset.split(split)
-    val_name, val = _validation(dataset, val_split, {split}, labelled)
-    path, need = qrels_dir / f"{split}.tsv", 1 if val else 2
+    path = qrels_dir / f"{split}.tsv"
+    val_name, val, warnings = _validation(dataset, val_split, {split}, labelled, path, selection)
+    need = 1 if val else 2
     _check_folds(path, labelled, folds, need)
     parts = kfold(sorted(labelled), k=folds, seed=seed)
     if selection == "kfold":  # each fold's fits (and the final one on all) select among the fold's queries
@@ -677,6 +680,7 @@ def protocol(
         val_split=val_name,
         val=val,
         seed=seed,
+        warnings=warnings,
     )
 
 
@@ -739,15 +743,25 @@ def _check_folds(path: Path, labelled: Qrels, folds: int, need: int) -> None:
 
 
 def _validation(
-    dataset: Dataset, name: str, taken: set[str], scored: Mapping[str, Any]
-) -> tuple[str | None, Qrels]:
-    """(split name, qrels) that validate, per :func:`protocol`'s ``val_split``; (None, {}) for none."""
+    dataset: Dataset,
+    name: str,
+    taken: set[str],
+    scored: Mapping[str, Any],
+    scored_file: Path,
+    selection: str = DEFAULT_SELECTION,
+) -> tuple[str | None, Qrels, list[str]]:
+    """(split name, qrels, warnings) that validate, per :func:`protocol`'s ``val_split``; (None, {}, [])
+    for none. The split's queries that ``scored`` (read from ``scored_file``) also holds are left out,
+    so that no scored query stops training early or chooses the adapter (nor trains it, where
+    ``selection`` "kfold" pools the split with the training queries); the warning (a line, or none)
+    counts them, naming both files, as the training split's are counted: left out without a word,
+    they made the validation set smaller than the file said."""
     if name == "none":
-        return None, {}
+        return None, {}, []
     if name == "auto":
         found = [s for s in VALIDATION_SPLITS if s in dataset.splits and s not in taken]
         if not found:
-            return None, {}
+            return None, {}, []
         name = found[0]
     elif name in taken:
         raise DataError(
@@ -759,12 +773,24 @@ def _validation(
     except DataError as error:
         raise DataError(f"{error}; --val-split none validates on a share of the training queries") from None
     val = {q: judged for q, judged in judged_split.items() if q not in scored}
+    val_file = dataset.path / "qrels" / f"{name}.tsv"
     if not val:
         raise DataError(
-            f"{dataset.path / 'qrels' / f'{name}.tsv'}: every query of the validation split is also a "
-            "scored one; remove them from it, or pass --val-split none"
+            f"{val_file}: every query of the validation split is also a scored one; remove them from "
+            "it, or pass --val-split none"
         )
-    return name, val
+    left_out = len(judged_split) - len(val)
+    warnings = (
+        [
+            f"{left_out} of the {len(judged_split)} labelled queries of {val_file} are also in "
+            f"{scored_file}, the scored split: they are left out of "
+            f"{'training, ' if selection == 'kfold' else ''}early stopping and selection, so that every "
+            "scored query stays held-out"
+        ]
+        if left_out
+        else []
+    )
+    return name, val, warnings
 
 
 @dataclass
