@@ -122,6 +122,29 @@ def test_an_existing_file_is_replaced_only_when_transform_wrote_it(base, tmp_pat
         )
 
 
+def test_a_shard_folder_holding_a_file_of_the_users_is_refused_naming_it(base, tmp_path, capsys):
+    """Re-running over an earlier shard folder, or over a folder that merely holds a ``_manifest.json``,
+    must not delete what else is there (it did: the folder was replaced whole)."""
+    _, src = base
+    make_adapter(16).save(tmp_path / "a")
+    args = ("transform", src, "--adapter", tmp_path / "a", "--quiet", "--out")
+    assert cli(capsys, *args, tmp_path / "shards", "--rows", 16)[0] == 0
+    (tmp_path / "shards" / "NOTES.txt").write_text("important notes")
+    rc, err = cli(capsys, *args, tmp_path / "shards")
+    assert rc == 2 and f"{tmp_path / 'shards' / 'NOTES.txt'}: not part of a shard folder" in err
+    assert "move it out of the folder" in err
+    assert (tmp_path / "shards" / "NOTES.txt").read_text() == "important notes"
+    (tmp_path / "shards" / "NOTES.txt").unlink()  # its own shards and manifest alone: replaced
+    assert cli(capsys, *args, tmp_path / "shards")[0] == 0
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [SHARDS_MANIFEST, "part-00000.parquet"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / SHARDS_MANIFEST).write_text('{"mine": 1}')
+    (tmp_path / "mine" / "precious.csv").write_text("data")
+    rc, err = cli(capsys, *args, tmp_path / "mine")
+    assert rc == 2 and f"{tmp_path / 'mine' / 'precious.csv'}: not part of a shard folder" in err
+    assert (tmp_path / "mine" / "precious.csv").read_text() == "data"
+
+
 def test_cli_refuses_to_adapt_in_place(base, tmp_path, capsys):
     X, src = base
     make_adapter(16).save(tmp_path / "a")

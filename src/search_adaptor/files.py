@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fnmatch
 import functools
 import hashlib
 import json
@@ -172,9 +173,15 @@ def check_replaceable(target: str | os.PathLike, parts: Sequence[str], what: str
 
 def _others(folder: Path, parts: Sequence[str]) -> list[Path]:
     """The entries of ``folder`` that are neither one of ``parts`` nor a staging sibling of one (an
-    interrupted run's leftover), sorted by name."""
-    staging = tuple(f".{part}." for part in parts)
-    return sorted(p for p in folder.iterdir() if p.name not in parts and not p.name.startswith(staging))
+    interrupted run's leftover), sorted by name. A part may be a name pattern (``fnmatch``'s, case
+    sensitive: ``part-*.parquet``), for the numbered files a writer makes as many of as it needs; a
+    plain name matches only itself."""
+    return sorted(p for p in folder.iterdir() if not any(_is_part(p.name, part) for part in parts))
+
+
+def _is_part(name: str, part: str) -> bool:
+    """Whether the entry ``name`` is ``part`` (a name or pattern) or a staging sibling of one."""
+    return fnmatch.fnmatchcase(name, part) or fnmatch.fnmatchcase(name, f".{part}.*")
 
 
 def staging_prefix(target: str | os.PathLike, pid: int | None = None) -> str:
@@ -264,7 +271,8 @@ class Staged(contextlib.AbstractContextManager):
         For folders: an existing ``target`` is replaced only when it is empty or holds ``marker``
         (it is ``what``), so a mistyped path never deletes unrelated files.
     parts : sequence of str, optional
-        For folders with a ``marker``: the names the tool writes in ``target``. An existing one
+        For folders with a ``marker``: the names (or ``fnmatch`` patterns, for numbered files) the
+        tool writes in ``target``. An existing one
         holding anything else is refused (:func:`check_replaceable`), as replacing it would delete that.
 
     Use as a context manager: :meth:`publish` on success, :meth:`discard` on an exception. The

@@ -29,6 +29,9 @@ from search_adaptor.files import Staged, finish_output, read_json, write_text_at
 
 ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
 SHARDS_MANIFEST = "_manifest.json"
+SHARD = "part-{:05d}.parquet"  # a shard folder's numbered files
+#: what a shard folder holds: its shards (as a pattern) and manifest; anything else is the user's
+SHARDS_PARTS = ("part-*.parquet", SHARDS_MANIFEST)
 _ROW_GROUP = 8192  # Parquet row group: what a reader decodes at once (12 MB at 384-d), whatever the shard
 ID, VECTOR = "id", "vector"
 #: Parquet schema metadata key under which :class:`VectorWriter` records what it wrote (JSON)
@@ -215,8 +218,12 @@ class VectorWriter(contextlib.AbstractContextManager):
                 f"{out}: exists and was not written by search-adaptor; choose a new file name, or remove "
                 "it first"
             )
-        self._staged = Staged(
-            self.out, folder=folder, marker=SHARDS_MANIFEST, what="a shard folder of search-adaptor"
+        self._staged = Staged(  # parts: replacing a shard folder must not delete a file of the user's
+            self.out,
+            folder=folder,
+            marker=SHARDS_MANIFEST,
+            what="a shard folder of search-adaptor",
+            parts=SHARDS_PARTS,
         )
         self._handle: Any = None
 
@@ -240,7 +247,7 @@ class VectorWriter(contextlib.AbstractContextManager):
         else:
             import pyarrow.parquet as pq
 
-            path = self._staged.path / f"part-{self.shards:05d}.parquet"
+            path = self._staged.path / SHARD.format(self.shards)
             pq.write_table(self._marked(ids, vectors), path, row_group_size=_ROW_GROUP)
         self.rows += len(vectors)
         self.shards += 1
