@@ -409,7 +409,9 @@ def test_sigterm_ends_serve_while_a_client_stalls_halfway_through_a_body(tmp_pat
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=6)  # 20 s later, it was still waiting for the stalled client
+            # it waited for the stalled client as long as the client stayed (20 s and more); the bound is
+            # loose because a loaded 2-core machine takes seconds to end the interpreter after shutdown
+            proc.wait(timeout=30)
             normal.join(timeout=10)
             stalled.close()
         finally:
