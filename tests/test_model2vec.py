@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import time
@@ -132,6 +133,10 @@ def test_distill_writes_a_model2vec_folder_offline(tmp_path: Path, monkeypatch: 
     again = distill(out, model=str(base), dim=8, device="cpu")  # a folder distill wrote is replaced
     assert make_encoder("model2vec", model=str(again)).fingerprint != enc.fingerprint
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".static")]  # nothing staged is left
+    (out / "NOTES.md").write_text("benchmark notes")  # a file of the user's: rerunning would delete it
+    with pytest.raises(FileExistsError, match=r"NOTES\.md: not part of a folder written by `search-adaptor "):
+        distill(out, model=str(base), dim=8, device="cpu")
+    assert (out / "NOTES.md").read_text() == "benchmark notes" and (out / MARKER).is_file()
 
 
 def test_distill_refuses_before_any_work(tmp_path: Path) -> None:
@@ -266,3 +271,89 @@ def test_a_moved_or_renamed_model_folder_says_what_happened(tmp_path):
         EncoderError, match=r"static: no such folder; a model an adapter or index records must stay"
     ):
         from_info(made.info())
+
+
+# --- a damaged or mistaken model folder: one line naming the file and the fix ---------------------
+
+
+def _set_config(folder: Path, **fields: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
+def _save_tensors(folder: Path, **tensors: np.ndarray) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: _set_config(d, max_length="lots"),
+            r"config\.json: field 'max_length' is \"lots\"; it must be",
+        ),
+        (lambda d: _set_config(d, max_length=-5), r"config\.json: field 'max_length' is -5; it must be"),
+        (
+            lambda d: _set_config(d, model_type="bert"),
+            r"config\.json: model_type is \"bert\", not \"model2vec\"",
+        ),
+        (
+            lambda d: (d / "model.safetensors").write_bytes(b"x" * 200),
+            r"model\.safetensors: not a readable safetensors file \(.*\); make the folder again",
+        ),
+        (
+            lambda d: _save_tensors(d, foo=np.zeros((len(WORDS) + 1, 16), np.float32)),
+            r"model\.safetensors: no tensor 'embeddings' \(it holds foo\)",
+        ),
+        (
+            lambda d: _save_tensors(d, embeddings=np.zeros((5, 16), np.float32)),
+            r"model\.safetensors: its 'embeddings' tensor has shape \[5, 16\] \(no mapping\), "
+            rf"but the tokenizer has {len(WORDS) + 1} tokens",
+        ),
+        (
+            lambda d: (d / "tokenizer.json").write_text('{"version": "1.0"}'),
+            r"tokenizer\.json: not a readable tokenizer \(.*\); make the folder again",
+        ),
+    ],
+    ids=["max_length-str", "max_length-neg", "model_type", "garbage", "renamed", "rows", "tokenizer"],
+)
+def test_a_damaged_model_folder_is_refused_in_one_line_naming_the_file(
+    model_dir: Path, damage, message: str, tmp_path: Path, capsys
+) -> None:
+    damage(model_dir)
+    with pytest.raises(
+        EncoderError, match=rf"^model2vec: {re.escape(str(model_dir))}/{message}.*distill --out DIR"
+    ):
+        make_encoder("model2vec", model=str(model_dir)).encode_queries(["the cat"])
+    data = tmp_path / "data"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text('{"_id": "d1", "text": "the cat sat"}\n')
+    (data / "queries.jsonl").write_text('{"_id": "q1", "text": "a cat"}\n')
+    (data / "qrels/test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    args = [
+        "embed",
+        str(data),
+        "--provider",
+        "model2vec",
+        "--model",
+        str(model_dir),
+        "--cache",
+        str(tmp_path / "c"),
+    ]
+    assert main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(model_dir) in err[0] and "internal error" not in err[0]
+
+
+def test_inf_weights_give_the_one_line_error_without_a_numpy_warning(model_dir: Path) -> None:
+    vectors = np.ones((len(WORDS) + 1, 16), np.float32)
+    vectors[WORDS.index("cat") + 1] = np.inf
+    _save_tensors(model_dir, embeddings=vectors)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning would fail here, before the EncoderError
+        with pytest.raises(EncoderError, match="contain NaN or inf"):
+            make_encoder("model2vec", model=str(model_dir)).encode_queries(["the cat"])

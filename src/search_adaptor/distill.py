@@ -31,6 +31,9 @@ __all__ = ["DEFAULT_DIM", "MARKER", "distill"]
 DEFAULT_DIM = 256
 #: The file that marks a folder written by :func:`distill` (so that rerunning replaces it).
 MARKER = "distill.json"
+#: what a distilled folder holds: model2vec's ``save_pretrained`` files and the record; anything else
+#: in an existing ``out_dir`` is the user's, and replacing the folder would delete it
+PARTS = ("config.json", "model.safetensors", "tokenizer.json", "README.md", "modules.json", MARKER)
 
 
 def distill(
@@ -67,7 +70,7 @@ def distill(
     ImportError
         model2vec (or skeletoken) is not installed; the message names the extra.
     FileExistsError
-        ``out_dir`` holds other files.
+        ``out_dir`` holds other files (in a folder distill wrote too: replacing it would delete them).
     """
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
         raise ValueError(f"distill: dim must be a positive integer, got {dim!r}")
@@ -85,7 +88,11 @@ def distill(
         ) from exc
     start = time.perf_counter()
     with Staged(
-        out_dir, folder=True, marker=MARKER, what="a folder written by `search-adaptor distill`"
+        out_dir,
+        folder=True,
+        marker=MARKER,
+        what="a folder written by `search-adaptor distill`",
+        parts=PARTS,
     ) as staged:
         with quiet_loading():  # model2vec's own progress over the vocabulary still shows
             static = m2v_distill(source, pca_dims=dim, device=device)
