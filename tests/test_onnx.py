@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -145,3 +146,38 @@ def test_the_command_exports_and_never_replaces_another_folder(bert: Path, tmp_p
     (other / "mine.txt").write_text("keep")
     assert main(["export-encoder", "--out", str(other), "--model", str(bert)]) == 2
     assert "is not an ONNX encoder export" in capsys.readouterr().err and (other / "mine.txt").exists()
+
+
+# --- a damaged folder, and export-encoder over one holding a user's file ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:1000]),
+            r"model\.onnx: onnxruntime cannot load it \(.*\); make the folder again",
+        ),
+        (
+            lambda d: (d / "tokenizer.json").write_text('{"version": "1.0"}'),
+            r"tokenizer\.json: not a readable tokenizer \(.*\); make the folder again",
+        ),
+        (
+            lambda d: (d / "encoder.json").write_text(
+                json.dumps({**json.loads((d / "encoder.json").read_text()), "window": 64})
+            ),
+            r"encoder\.json: field 'window' is 64, but the model in model\.onnx has 32 positions; "
+            "set it to at most 32",
+        ),
+    ],
+    ids=["graph-truncated", "tokenizer", "window-past-positions"],
+)
+def test_a_damaged_folder_is_refused_in_one_line_naming_the_file(
+    exports: dict[str, Path], damage, message: str, tmp_path: Path
+) -> None:
+    folder = Path(shutil.copytree(exports["int8"], tmp_path / "damaged"))
+    damage(folder)
+    with pytest.raises(
+        EncoderError, match=rf"^onnx: {re.escape(str(folder))}/{message}.*export-encoder --out"
+    ):
+        OnnxEncoder(str(folder)).encode_queries(["the cat"])

@@ -12,6 +12,7 @@ the vectors, the tokenizer and the settings that change the output, never its pa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,7 +48,67 @@ class Model2VecEncoder(FolderEncoder):
 
     def __init__(self, model: str, batch_size: int = 1024) -> None:
         super().__init__(model, batch_size)
+        self._check_config()
         self._static: Any = None
+
+    def _check_config(self) -> None:
+        """Refuse a ``config.json`` that model2vec would fail on later, with a library error naming
+        no file: another kind of model (a transformers folder has the same three files, with its own
+        ``model_type``), or a ``max_length`` that is not a whole number of tokens."""
+        settings, path = self.settings(), self._folder / self.config_file
+        model_type = settings.get("model_type", "model2vec")  # older model2vec folders lack it
+        if model_type != "model2vec":
+            raise EncoderError(
+                f'model2vec: {path}: model_type is {json.dumps(model_type)}, not "model2vec": '
+                "another kind of model (a transformers model embeds with --provider sentence-transformers); "
+                f"{self.how_to_make}"
+            )
+        max_length = settings.get("max_length")
+        if max_length is not None and (
+            not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1
+        ):
+            raise EncoderError(
+                f"model2vec: {path}: field 'max_length' is {json.dumps(max_length)}; it must be a "
+                "number of tokens of at least 1, or null for no limit: set it so, or make the folder again "
+                f"({self.how_to_make})"
+            )
+
+    def _check_weights(self) -> None:
+        """Refuse a ``tokenizer.json`` or ``model.safetensors`` that model2vec cannot load, or whose
+        vectors do not match the tokenizer (one row per token, unless a ``mapping`` tensor maps
+        tokens to rows), naming the file; only the tensors' headers are read."""
+        from safetensors import SafetensorError, safe_open
+        from tokenizers import Tokenizer
+
+        remake = f"make the folder again ({self.how_to_make})"
+        tokenizer_path, tensors_path = self._folder / "tokenizer.json", self._folder / "model.safetensors"
+        try:
+            vocabulary = Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
+        except Exception as exc:  # the tokenizers library raises a bare Exception
+            raise EncoderError(
+                f"model2vec: {tokenizer_path}: not a readable tokenizer ({exc}); {remake}"
+            ) from exc
+        try:
+            with safe_open(str(tensors_path), framework="numpy") as tensors:
+                names = set(tensors.keys())
+                if "embeddings" not in names:
+                    raise EncoderError(
+                        f"model2vec: {tensors_path}: no tensor 'embeddings' (it holds "
+                        f"{', '.join(sorted(names)) or 'none'}); {remake}"
+                    )
+                shape = tuple(tensors.get_slice("embeddings").get_shape())
+                mapping = tuple(tensors.get_slice("mapping").get_shape()) if "mapping" in names else None
+        except SafetensorError as exc:
+            raise EncoderError(
+                f"model2vec: {tensors_path}: not a readable safetensors file ({exc}); {remake}"
+            ) from exc
+        rows = mapping[0] if mapping is not None and len(mapping) == 1 else shape[0] if shape else 0
+        if len(shape) != 2 or (mapping is not None and len(mapping) != 1) or rows != vocabulary:
+            what = f"a mapping of shape {list(mapping)}" if mapping is not None else "no mapping"
+            raise EncoderError(
+                f"model2vec: {tensors_path}: its 'embeddings' tensor has shape {list(shape)} ({what}), "
+                f"but the tokenizer has {vocabulary:,} tokens: it needs one row per token; {remake}"
+            )
 
     def _load(self) -> Any:
         if self._static is None:
@@ -58,12 +119,16 @@ class Model2VecEncoder(FolderEncoder):
                     "model2vec: the model2vec package is not installed; "
                     "pip install 'search-adaptor[model2vec]'"
                 ) from exc
+            self._check_weights()
             self._static = StaticModel.from_pretrained(self._folder, normalize=True)
         return self._static
 
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
         self.check_items(texts)  # a text model: an image is refused in one line
-        vectors = self._load().encode(
-            list(texts), normalize=True, show_progress_bar=False, use_multiprocessing=False
-        )
+        static = self._load()
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            # inf or NaN weights: numpy's warning would come before check_vectors' one-line error
+            vectors = static.encode(
+                list(texts), normalize=True, show_progress_bar=False, use_multiprocessing=False
+            )
         return np.asarray(vectors, dtype=np.float32)

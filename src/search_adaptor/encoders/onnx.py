@@ -104,14 +104,51 @@ class OnnxEncoder(FolderEncoder):
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
-            tokenizer = Tokenizer.from_file(str(self._folder / TOKENIZER))
+            remake = f"make the folder again ({self.how_to_make})"
+            try:
+                tokenizer = Tokenizer.from_file(str(self._folder / TOKENIZER))
+            except Exception as exc:  # the tokenizers library raises a bare Exception
+                raise EncoderError(
+                    f"onnx: {self._folder / TOKENIZER}: not a readable tokenizer ({exc}); {remake}"
+                ) from exc
             tokenizer.enable_truncation(max_length=self.window)
             tokenizer.no_padding()
-            session = ort.InferenceSession(
-                str(self._folder / GRAPH), options, providers=["CPUExecutionProvider"]
-            )
+            try:
+                session = ort.InferenceSession(
+                    str(self._folder / GRAPH), options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # onnxruntime's errors have no common public base class
+                raise EncoderError(
+                    f"onnx: {self._folder / GRAPH}: onnxruntime cannot load it ({exc}); {remake}"
+                ) from exc
+            self._check_window()
             self._tokenizer, self._session = tokenizer, session
         return self._session, self._tokenizer
+
+    def _check_window(self) -> None:
+        """Refuse a ``window`` longer than the graph's position table (``encoder.json`` edited by
+        hand): a text that long would fail inside onnxruntime, mid-corpus, naming no file. Read from
+        the graph's ``position_embeddings`` weight where it has one (BERT-like models) and the
+        ``onnx`` package is installed; otherwise nothing is checked."""
+        try:
+            import onnx
+        except ImportError:
+            return
+        try:
+            graph = onnx.load(str(self._folder / GRAPH), load_external_data=False).graph
+        except Exception:  # onnxruntime loaded it, so this is only a lack of information
+            return
+        positions = [
+            init.dims[0]
+            for init in graph.initializer
+            if "position_embeddings" in init.name and len(init.dims) == 2
+        ]
+        if positions and self.window > min(positions):
+            raise EncoderError(
+                f"onnx: {self._folder / CONFIG}: field 'window' is {self.window}, but the model in {GRAPH} "
+                f"has {min(positions)} positions; set it to at most {min(positions)}, or make the folder "
+                f"again ({self.how_to_make})"
+            )
 
     def _encodings(self, texts: Sequence[str], kind: Kind) -> list[Any]:
         _, tokenizer = self._load()
