@@ -181,3 +181,15 @@ def test_a_damaged_folder_is_refused_in_one_line_naming_the_file(
         EncoderError, match=rf"^onnx: {re.escape(str(folder))}/{message}.*export-encoder --out"
     ):
         OnnxEncoder(str(folder)).encode_queries(["the cat"])
+
+
+def test_export_encoder_over_an_earlier_export_keeps_a_users_file(
+    bert: Path, exports, tmp_path, capsys
+) -> None:
+    out = Path(shutil.copytree(exports["float32"], tmp_path / "earlier"))
+    (out / "NOTES.md").write_text("benchmark notes")
+    assert main(["export-encoder", "--out", str(out), "--model", str(bert)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'NOTES.md'}: not part of an ONNX encoder export" in err and "move it out" in err
+    assert (out / "NOTES.md").read_text() == "benchmark notes"
+    assert json.loads((out / "encoder.json").read_text())["quantization"] == "float32"  # untouched

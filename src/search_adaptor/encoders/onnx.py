@@ -238,7 +238,9 @@ def export_encoder(
     sample = transformer.tokenizer(["a query", "a longer document text"], padding=True, return_tensors="pt")
     ids = sample["input_ids"]
     example = tuple(sample[n] if n in sample else torch.zeros_like(ids) for n in names)
-    with Staged(out_dir, folder=True, marker=CONFIG, what="an ONNX encoder export") as staged:
+    with Staged(
+        out_dir, folder=True, marker=CONFIG, what="an ONNX encoder export", parts=(GRAPH, TOKENIZER, CONFIG)
+    ) as staged:
         graph = staged.path / GRAPH
         float_graph = staged.path / "float.onnx" if int8 else graph
         with torch.no_grad(), warnings.catch_warnings():
