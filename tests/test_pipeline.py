@@ -88,6 +88,33 @@ def test_parquet_input_keeps_its_ids_and_named_columns(base, tmp_path):
         transform_vectors(tmp_path / "in.parquet", adapter, tmp_path / "o2.parquet", id_column="doc")
 
 
+def test_a_parquet_file_of_one_large_row_group_is_read_in_bounded_memory(tmp_path):
+    """pyarrow's defaults write one row group of up to 1Mi rows: it was read whole (34 MB of Arrow
+    memory for 26 MB of vectors here), so memory grew with the file, not the chunk."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, dim = 100_000, 64
+    X = np.random.default_rng(4).normal(size=(n, dim)).astype(np.float32)
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim)
+    table = pa.table({"id": pa.array([str(i) for i in range(n)]), "vector": flat})
+    pq.write_table(table, tmp_path / "one.parquet")  # pyarrow's default row group: the whole file
+    assert pq.ParquetFile(tmp_path / "one.parquet").metadata.num_row_groups == 1
+    script = (  # a fresh process: the Arrow pool's peak is that of the read alone
+        "import sys, pyarrow as pa\n"
+        "from search_adaptor.vectors import iter_vectors\n"
+        "rows = sum(len(ids) for ids, _ in iter_vectors(sys.argv[1], rows=1024))\n"
+        "print(rows, pa.default_memory_pool().max_memory())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "one.parquet")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert int(out[0]) == n and int(out[1]) < X.nbytes / 2, out  # ~9 MB: a read buffer and a batch
+
+
 def test_bad_inputs_fail_with_one_line_and_leave_nothing_behind(base, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

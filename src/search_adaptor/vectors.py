@@ -33,6 +33,7 @@ SHARD = "part-{:05d}.parquet"  # a shard folder's numbered files
 #: what a shard folder holds: its shards (as a pattern) and manifest; anything else is the user's
 SHARDS_PARTS = ("part-*.parquet", SHARDS_MANIFEST)
 _ROW_GROUP = 8192  # Parquet row group: what a reader decodes at once (12 MB at 384-d), whatever the shard
+_READ_BUFFER = 1 << 20  # bytes a Parquet column is read ahead by (a stream, not a whole column chunk)
 ID, VECTOR = "id", "vector"
 #: Parquet schema metadata key under which :class:`VectorWriter` records what it wrote (JSON)
 MARKER = b"search-adaptor"
@@ -133,7 +134,10 @@ def parquet_file(path: Path) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path, pre_buffer=False)  # no read-ahead: memory follows the batch
+        # No read-ahead, and a column chunk read as a buffered stream: without buffer_size pyarrow
+        # loads each row group's column chunk whole, and a file written with pyarrow's defaults is one
+        # row group of up to 1Mi rows; so memory follows the batch, not the row group.
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
 
