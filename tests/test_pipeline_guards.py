@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import warnings
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -143,6 +144,34 @@ def test_a_shard_folder_holding_a_file_of_the_users_is_refused_naming_it(base, t
     rc, err = cli(capsys, *args, tmp_path / "mine")
     assert rc == 2 and f"{tmp_path / 'mine' / 'precious.csv'}: not part of a shard folder" in err
     assert (tmp_path / "mine" / "precious.csv").read_text() == "data"
+
+
+def test_inputs_are_cast_by_the_adapters_rule_after_their_width_is_checked(tmp_path, capsys):
+    """transform cast to float32 before checking: a finite float64 row beyond float32's range was
+    refused as NaN or inf (the Python API adapts it), an (n, 0) matrix was an internal error and
+    empty Parquet vectors were 'all zeros'; now as ``transform_corpus``, and 0-d named as such."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    adapter = make_adapter(16)
+    adapter.save(tmp_path / "a")
+    X = np.random.default_rng(5).normal(size=(5, 16))
+    X[2] *= 1e300  # finite float64, beyond float32's range
+    np.save(tmp_path / "big.npy", X)
+    pq.write_table(pa.table({"id": list("abcde"), "vector": list(X)}), tmp_path / "big.parquet")
+    for name in ("big.npy", "big.parquet"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's overflow warning leaked
+            transform_vectors(tmp_path / name, adapter, tmp_path / f"{name}.out.npy")
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.out.npy"), adapter.transform_corpus(X))
+    np.save(tmp_path / "dim0.npy", np.zeros((5, 0), np.float32))
+    no_values = pa.table({"id": ["a", "b"], "vector": pa.array([[], []], type=pa.list_(pa.float32()))})
+    pq.write_table(no_values, tmp_path / "dim0.parquet")
+    for name in ("dim0.npy", "dim0.parquet"):
+        args = ("transform", tmp_path / name, "--adapter", tmp_path / "a", "--out", tmp_path / "o.npy")
+        rc, err = cli(capsys, *args)
+        assert rc == 2 and f"{tmp_path / name}: this adapter expects 16-d embeddings" in err
+        assert "got 0-d" in err
 
 
 def test_cli_refuses_to_adapt_in_place(base, tmp_path, capsys):

@@ -160,7 +160,13 @@ def adapt_documents(
     adapter: SearchAdaptor, ids: Sequence[str], vectors: np.ndarray, where: str, dim: int | None = None
 ) -> np.ndarray:
     """``adapter.transform_corpus(vectors, dim=dim)``, with a bad row named by its id rather than its
-    chunk offset."""
+    chunk offset.
+
+    ``vectors`` come as stored (float64 too): the adapter casts them by its one rule
+    (:func:`~search_adaptor.model.float32_rows`). Their width is checked first, by the adapter (one
+    row), so that 0-d or mis-sized vectors are refused as such, not as zeros or NaN."""
+    if vectors.shape[1] != adapter.dim_:
+        adapter.transform_corpus(vectors[:1], dim=dim, what=where)  # raises CompatibilityError
     for bad, problem in (
         (~np.isfinite(vectors).all(axis=1), "contains NaN, inf or a null; fix the embeddings first"),
         (

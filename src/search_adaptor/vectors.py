@@ -59,7 +59,10 @@ def to_table(ids: Sequence[str], vectors: np.ndarray) -> Any:
 def from_table(
     table: Any, where: str, id_column: str = ID, vector_column: str = VECTOR
 ) -> tuple[list[str], np.ndarray]:
-    """``(ids, float32 matrix)`` from an Arrow table; ``where`` names the source in errors."""
+    """``(ids, float matrix)`` from an Arrow table; ``where`` names the source in errors.
+
+    Floats are kept as stored: a float64 value beyond float32's range must reach the adapter, whose
+    one rule (:func:`~search_adaptor.model.float32_rows`) casts rows, not be made inf here."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -87,7 +90,10 @@ def from_table(
             f"{lengths[0]}; all vectors must have one dimension"
         )
     dim = int(lengths[0]) if n else 0
-    vectors = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    if values.dtype.kind != "f":  # integers (or booleans): float64 holds them exactly
+        values = values.astype(np.float64)
+    vectors = values.reshape(n, dim)  # as stored: the adapter casts (model.float32_rows), not here
     id_col = table.column(id_column)
     refuse_nulls(id_col, where, id_column, "an id")
     ids = [str(v) for v in id_col.to_pylist()]
@@ -183,7 +189,7 @@ def iter_vectors(
 
 
 def _iter_npy(path: Path, rows: int, first: int = 0) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Chunks of a ``.npy`` matrix, its rows named by number from ``first``."""
+    """Chunks of a ``.npy`` matrix in its own float dtype, its rows named by number from ``first``."""
     with open(path, "rb") as handle:
         shape, dtype, fortran = _npy_header(handle, path)
         if len(shape) != 2 or fortran or dtype.kind != "f":
@@ -195,10 +201,11 @@ def _iter_npy(path: Path, rows: int, first: int = 0) -> Iterator[tuple[list[str]
         for start in range(0, n, rows):
             count = min(rows, n - start)
             buf = np.empty((count, dim), dtype=dtype)
-            if handle.readinto(memoryview(buf).cast("B")) != buf.nbytes:
+            # (an (n, 0) matrix has no bytes to read; the adapter refuses its width)
+            if buf.nbytes and handle.readinto(memoryview(buf).cast("B")) != buf.nbytes:
                 raise DataError(f"{path}: file ends before row {start + count} of {n}; it is truncated")
             ids = [str(first + i) for i in range(start, start + count)]
-            yield ids, buf.astype(np.float32, copy=False)
+            yield ids, buf  # as stored, as from_table's
 
 
 # -- writing vectors ---------------------------------------------------------------------------------
