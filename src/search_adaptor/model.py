@@ -600,22 +600,32 @@ class SearchAdaptor:
         self.check_size(dim)
         if encoder is not None:
             self.check_encoder(encoder, kind=kind)
-        arr = numeric_array(x, what, "a 2-D array")
+        arr = self.check_width(x, kind, what)
+        out = adapt_rows(self._numpy_net(net), float32_rows(arr, what), what)
+        if dim is not None and dim < self.dim_:  # a Matryoshka prefix: the first dim coordinates
+            return l2_normalize(np.ascontiguousarray(out[:, :dim]))
+        return out
+
+    def check_width(self, x: object, kind: Kind, what: str) -> np.ndarray:
+        """``x`` as a 2-D numpy array of numbers one row per text, each as wide as the ``kind`` side
+        (``"query"`` or ``"document"``) takes: what ``transform_*`` check before adapting.
+
+        Raises
+        ------
+        ValueError
+            Not a 2-D array of numbers.
+        CompatibilityError
+            Rows of another width (another model's embeddings), naming the adapter's model.
+        """
+        self._check_fitted()
+        arr = _rows_array(x, what)
         width = self.query_dim_ if kind == "query" else self.dim_
-        if arr.ndim != 2:
-            raise ValueError(
-                f"{what}: expected a 2-D array (one row per text), got shape {arr.shape}; "
-                "pass one vector as x.reshape(1, -1)"
-            )
         if arr.shape[1] != width:
             raise CompatibilityError(
                 f"{what}: this adapter expects {width}-d embeddings of {self._encoder_name(kind)}, "
                 f"got {arr.shape[1]}-d; embed with the same model as at training time"
             )
-        out = adapt_rows(self._numpy_net(net), float32_rows(arr, what), what)
-        if dim is not None and dim < self.dim_:  # a Matryoshka prefix: the first dim coordinates
-            return l2_normalize(np.ascontiguousarray(out[:, :dim]))
-        return out
+        return arr
 
     def _numpy_net(self, net: ResidualAdapter | None) -> NumpyNet | None:
         """``net`` in numpy, as it is now; None where the side only normalises (no network, or the
@@ -1210,6 +1220,17 @@ def _allocated(
     if corpus_net is not None and corpus_net is not query_net:
         corpus_net.to_empty(device="cpu")
     return query_net, corpus_net
+
+
+def _rows_array(x: object, what: str) -> np.ndarray:
+    """``x`` as a 2-D numpy array of numbers (one row per text), or the one-line error saying so."""
+    arr = numeric_array(x, what, "a 2-D array")
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{what}: expected a 2-D array (one row per text), got shape {arr.shape}; "
+            "pass one vector as x.reshape(1, -1)"
+        )
+    return arr
 
 
 def float32_rows(arr: np.ndarray, what: str) -> np.ndarray:

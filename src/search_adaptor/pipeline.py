@@ -163,10 +163,12 @@ def adapt_documents(
     chunk offset.
 
     ``vectors`` come as stored (float64 too): the adapter casts them by its one rule
-    (:func:`~search_adaptor.model.float32_rows`). Their width is checked first, by the adapter (one
-    row), so that 0-d or mis-sized vectors are refused as such, not as zeros or NaN."""
+    (:func:`~search_adaptor.model.float32_rows`). Their width is checked first, by the adapter
+    (:meth:`~search_adaptor.model.SearchAdaptor.check_width`), so that 0-d or mis-sized vectors are
+    refused as such, not as zeros or NaN."""
     if vectors.shape[1] != adapter.dim_:
-        adapter.transform_corpus(vectors[:1], dim=dim, what=where)  # raises CompatibilityError
+        adapter.check_size(dim)  # transform_corpus's first check, still first
+    adapter.check_width(vectors, "document", where)
     for bad, problem in (
         (~np.isfinite(vectors).all(axis=1), "contains NaN, inf or a null; fix the embeddings first"),
         (
