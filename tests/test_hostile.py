@@ -828,9 +828,9 @@ def test_debug_shows_the_traceback_and_unexpected_errors_stay_one_line(
     rc, _, err = run(
         capsys, "transform", npy, "--adapter", world["adapter"], "--out", tmp_path / "o.npy", "--debug"
     )
-    assert (
-        rc == 1 and err.startswith("Traceback") and "internal error (KeyError" in err.strip().splitlines()[-1]
-    )
+    last = err.strip().splitlines()[-1]
+    assert rc == 1 and err.startswith("Traceback") and "internal error (KeyError" in last
+    assert last.endswith("please report it with the traceback above")  # not "run again with --debug"
 
 
 @pytest.mark.parametrize("debug", [[], ["--debug"]])

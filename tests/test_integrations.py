@@ -223,6 +223,8 @@ def test_langchain_embeddings_equal_the_library(adapter):
     assert emb.embed_documents([]) == []
     with pytest.raises(TypeError, match=r"embed_documents\(\) takes a list of texts"):
         emb.embed_documents("vitamin D")  # was 9 vectors, one per character
+    with pytest.raises(TypeError, match=r"not a bare bytes .*decode it to str"):
+        emb.embed_documents(b"vitamin D")  # was refused item by item, as numbers
 
 
 def test_langchain_vector_store_second_run_makes_no_encoder_calls(adapter, capsys):

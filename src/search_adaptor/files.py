@@ -472,7 +472,9 @@ def one_line_error(exc: BaseException, debug: bool = False) -> tuple[int, str]:
         return 2, f"search-adaptor: error: this command needs {exc.name}: pip install 'search-adaptor[all]'"
     if isinstance(exc, (ValueError, OSError, RuntimeError)):
         return 2, f"search-adaptor: error: {text}"
-    return 1, (
-        f"search-adaptor: error: internal error ({type(exc).__name__}: {text}); "
-        "run again with --debug to see the traceback, and please report it"
+    ask = (
+        "please report it with the traceback above"
+        if debug
+        else "run again with --debug to see the traceback, and please report it"
     )
+    return 1, f"search-adaptor: error: internal error ({type(exc).__name__}: {text}); {ask}"

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from search_adaptor.encoders.base import Encoder
+from search_adaptor.encoders.base import Encoder, refuse_bare_text
 from search_adaptor.model import AdaptedEncoder, SearchAdaptor
 
 Cache = str | os.PathLike | bool | None
@@ -72,8 +72,7 @@ def _langchain_class() -> type:
         def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
             from tqdm.auto import tqdm
 
-            if isinstance(texts, str):  # list() would embed it character by character
-                raise TypeError("embed_documents() takes a list of texts; wrap one text in a list")
+            refuse_bare_text(texts, "embed_documents()")  # list() would read it letter by letter
             texts, out = list(texts), []
             step = _chunk_size(self.encoder)
             with tqdm(
