@@ -30,6 +30,7 @@ from search_adaptor.model import (
     NotFittedError,
     SearchAdaptor,
     describe_encoder,
+    float32_rows,
 )
 from search_adaptor.networks import NumpyNet, ResidualAdapter, adapt_rows, numpy_forward
 from search_adaptor.retrieval import l2_normalize
@@ -808,6 +809,19 @@ def test_float64_rows_that_float32_cannot_hold_are_adapted_as_fit_reads_them(syn
     odd[2, 0] = np.nan
     with pytest.raises(ValueError, match="row 2 contains NaN or inf"):
         est.transform_queries(odd)
+
+
+def test_float32_rows_refuses_what_transform_refuses_and_casts_rows_of_no_values():
+    """float32_rows is for any caller adapting rows through numpy_side: a list was an AttributeError,
+    a 1-D array a numpy axis error and an (n, 0) array a reduction error with no initial value."""
+    assert np.array_equal(float32_rows([[1.0, 2.0]], "q"), np.array([[1.0, 2.0]], np.float32))
+    for shape in ((3, 0), (0, 3), (0, 0)):
+        out = float32_rows(np.zeros(shape), "q")
+        assert out.shape == shape and out.dtype == np.float32
+    with pytest.raises(ValueError, match=r"^q: expected a 2-D array \(one row per text\), got shape \(2,\)"):
+        float32_rows([1.0, 2.0], "q")
+    with pytest.raises(ValueError, match=r"^q: expected a 2-D array of numbers"):
+        float32_rows([["a"]], "q")
 
 
 def test_a_rows_adapted_vector_does_not_depend_on_the_arrays_memory_order(synthetic):

@@ -1233,10 +1233,12 @@ def _rows_array(x: object, what: str) -> np.ndarray:
     return arr
 
 
-def float32_rows(arr: np.ndarray, what: str) -> np.ndarray:
-    """The rows of the 2-D array ``arr`` (of numbers: :func:`~search_adaptor.embed.numeric_array`) as
-    the C-contiguous float32 array that :func:`~search_adaptor.networks.adapt_rows` takes: what
-    ``transform_*`` adapt, and whoever adapts rows through :meth:`SearchAdaptor.numpy_side` should.
+def float32_rows(arr: object, what: str) -> np.ndarray:
+    """The rows of the 2-D array of numbers ``arr`` as the C-contiguous float32 array that
+    :func:`~search_adaptor.networks.adapt_rows` takes: what ``transform_*`` adapt, and whoever adapts
+    rows through :meth:`SearchAdaptor.numpy_side` should. Anything else (a list of lists is read as
+    an array) is refused as ``transform_*`` refuse it, starting with ``what``; the width is the
+    caller's to check (:meth:`SearchAdaptor.check_width`).
 
     Laid out row by row: a Fortran-ordered array (a pandas DataFrame's, a column slice's) rounded
     each row's sums in another order, so a row's adapted vector depended on the array it came in.
@@ -1249,9 +1251,10 @@ def float32_rows(arr: np.ndarray, what: str) -> np.ndarray:
     bit as those do. Rows without a direction (all zeros) or with NaN or inf are left to
     ``adapt_rows``, which keeps the first at zero and refuses the second, naming it.
     """
+    arr = _rows_array(arr, what)
     if arr.dtype == np.float32:
         return np.ascontiguousarray(arr)
-    largest = np.abs(arr).max(axis=1)
+    largest = np.abs(arr).max(axis=1, initial=0)  # 0 for a row of no values: cast, not reduced
     normal = (largest >= _FLOAT32.tiny) & (largest <= _FLOAT32.max)
     lost = np.isfinite(arr).all(axis=1) & (largest > 0) & ~normal
     with np.errstate(over="ignore"):  # overflows only in `lost` rows, replaced, or in rows adapt_rows refuses
