@@ -347,6 +347,32 @@ def test_a_damaged_model_folder_is_refused_in_one_line_naming_the_file(
     assert len(err) == 1 and str(model_dir) in err[0] and "internal error" not in err[0]
 
 
+def test_the_tokenizer_is_parsed_once_and_a_mapping_is_checked_after_loading(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tokenizer.json was parsed twice on every load (once just for its size); model2vec's own parse
+    now serves the vocabulary check, and the folder is read again only to name a file at fault."""
+    import tokenizers
+
+    class ParsedAgain:  # model2vec holds its own reference to the class; ours is looked up at use
+        @staticmethod
+        def from_file(path: str) -> None:
+            raise AssertionError(f"{path} parsed a second time")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tokenizers, "Tokenizer", ParsedAgain)
+        assert make_encoder("model2vec", model=str(model_dir)).encode_queries(["the cat"]).shape == (1, 16)
+    # a mapping model2vec loads without a word, one entry short of the tokenizer: refused after loading
+    mapping = np.arange(len(WORDS), dtype=np.int64) % 3
+    _save_tensors(model_dir, embeddings=np.ones((3, 16), np.float32), mapping=mapping)
+    with pytest.raises(
+        EncoderError,
+        match=r"model\.safetensors: its 'embeddings' tensor has shape \[3, 16\] \(a mapping of shape "
+        rf"\[{len(WORDS)}\]\), but the tokenizer has {len(WORDS) + 1} tokens",
+    ):
+        make_encoder("model2vec", model=str(model_dir)).encode_queries(["the cat"])
+
+
 def test_inf_weights_give_the_one_line_error_without_a_numpy_warning(model_dir: Path) -> None:
     vectors = np.ones((len(WORDS) + 1, 16), np.float32)
     vectors[WORDS.index("cat") + 1] = np.inf

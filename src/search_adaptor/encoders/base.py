@@ -373,6 +373,30 @@ class FolderEncoder(Encoder):
             raise EncoderError(f"{self.provider}: {path}: expected a JSON object; make the folder again")
         return {k: v for k, v in config.items() if k not in self.provenance}
 
+    @property
+    def remake(self) -> str:
+        """The fix a damaged folder's refusal ends with."""
+        return f"make the folder again ({self.how_to_make})"
+
+    def read_tokenizer(self, name: str = "tokenizer.json") -> Any:
+        """The folder's tokenizer (a ``tokenizers.Tokenizer``), or one line naming the file and the fix
+        when it cannot be read: the tokenizers library raises a bare ``Exception`` naming no file.
+
+        Raises
+        ------
+        EncoderError
+            ``name`` is not a tokenizer the library reads (damaged, or another format).
+        """
+        from tokenizers import Tokenizer
+
+        path = self._folder / name
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:  # the tokenizers library raises a bare Exception
+            raise EncoderError(
+                f"{self.provider}: {path}: not a readable tokenizer ({exc}); {self.remake}"
+            ) from exc
+
     def config(self) -> dict[str, Any]:
         return {
             "provider": self.provider,

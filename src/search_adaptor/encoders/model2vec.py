@@ -73,44 +73,46 @@ class Model2VecEncoder(FolderEncoder):
                 f"({self.how_to_make})"
             )
 
-    def _check_weights(self) -> None:
-        """Refuse a ``tokenizer.json`` or ``model.safetensors`` that model2vec cannot load, or whose
-        vectors do not match the tokenizer (one row per token, unless a ``mapping`` tensor maps
-        tokens to rows), naming the file; only the tensors' headers are read."""
+    def _tensor_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+        """The shapes of ``model.safetensors``' ``embeddings`` and ``mapping`` (None without one),
+        from its header only; a file model2vec cannot read, or one without ``embeddings``, is refused
+        naming it."""
         from safetensors import SafetensorError, safe_open
-        from tokenizers import Tokenizer
 
-        remake = f"make the folder again ({self.how_to_make})"
-        tokenizer_path, tensors_path = self._folder / "tokenizer.json", self._folder / "model.safetensors"
+        path = self._folder / "model.safetensors"
         try:
-            vocabulary = Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
-        except Exception as exc:  # the tokenizers library raises a bare Exception
-            raise EncoderError(
-                f"model2vec: {tokenizer_path}: not a readable tokenizer ({exc}); {remake}"
-            ) from exc
-        try:
-            with safe_open(str(tensors_path), framework="numpy") as tensors:
+            with safe_open(str(path), framework="numpy") as tensors:
                 names = set(tensors.keys())
                 if "embeddings" not in names:
                     raise EncoderError(
-                        f"model2vec: {tensors_path}: no tensor 'embeddings' (it holds "
-                        f"{', '.join(sorted(names)) or 'none'}); {remake}"
+                        f"model2vec: {path}: no tensor 'embeddings' (it holds "
+                        f"{', '.join(sorted(names)) or 'none'}); {self.remake}"
                     )
                 shape = tuple(tensors.get_slice("embeddings").get_shape())
                 mapping = tuple(tensors.get_slice("mapping").get_shape()) if "mapping" in names else None
         except SafetensorError as exc:
             raise EncoderError(
-                f"model2vec: {tensors_path}: not a readable safetensors file ({exc}); {remake}"
+                f"model2vec: {path}: not a readable safetensors file ({exc}); {self.remake}"
             ) from exc
+        return shape, mapping
+
+    def _check_rows(self, shape: tuple[int, ...], mapping: tuple[int, ...] | None, vocabulary: int) -> None:
+        """Refuse vectors that do not match the tokenizer: one row per token, unless a ``mapping``
+        tensor maps tokens to rows (then one entry per token), naming ``model.safetensors``."""
         rows = mapping[0] if mapping is not None and len(mapping) == 1 else shape[0] if shape else 0
         if len(shape) != 2 or (mapping is not None and len(mapping) != 1) or rows != vocabulary:
             what = f"a mapping of shape {list(mapping)}" if mapping is not None else "no mapping"
             raise EncoderError(
-                f"model2vec: {tensors_path}: its 'embeddings' tensor has shape {list(shape)} ({what}), "
-                f"but the tokenizer has {vocabulary:,} tokens: it needs one row per token; {remake}"
+                f"model2vec: {self._folder / 'model.safetensors'}: its 'embeddings' tensor has shape "
+                f"{list(shape)} ({what}), but the tokenizer has {vocabulary:,} tokens: it needs one row "
+                f"per token; {self.remake}"
             )
 
     def _load(self) -> Any:
+        """The model, loaded once. ``tokenizer.json`` is parsed once, by model2vec; the tensors'
+        headers are read first (a file without ``embeddings`` would fail inside the library naming no
+        file), and the vectors are checked against the tokenizer once it is loaded. When model2vec
+        fails, the files are read again, on that path only, to name the one at fault."""
         if self._static is None:
             try:
                 from model2vec import StaticModel
@@ -119,8 +121,20 @@ class Model2VecEncoder(FolderEncoder):
                     "model2vec: the model2vec package is not installed; "
                     "pip install 'search-adaptor[model2vec]'"
                 ) from exc
-            self._check_weights()
-            self._static = StaticModel.from_pretrained(self._folder, normalize=True)
+            shape, mapping = self._tensor_shapes()
+            try:
+                static = StaticModel.from_pretrained(self._folder, normalize=True)
+            except Exception as exc:  # the tokenizers library raises a bare Exception, model2vec ValueError
+                self._check_rows(shape, mapping, self.read_tokenizer().get_vocab_size())
+                raise EncoderError(
+                    f"model2vec: {self._folder}: model2vec cannot load it ({exc}); {self.remake}"
+                ) from exc
+            self._check_rows(
+                tuple(np.shape(static.embedding)),
+                None if static.token_mapping is None else tuple(np.shape(static.token_mapping)),
+                static.tokenizer.get_vocab_size(),
+            )
+            self._static = static
         return self._static
 
     def encode_batch(self, texts: Sequence[str], kind: Kind) -> np.ndarray:

@@ -96,7 +96,7 @@ class OnnxEncoder(FolderEncoder):
         if self._session is None:
             try:
                 import onnxruntime as ort
-                from tokenizers import Tokenizer
+                import tokenizers  # noqa: F401  (read_tokenizer's)
             except ImportError as exc:
                 raise EncoderError(
                     "onnx: onnxruntime is not installed; pip install 'search-adaptor[onnx]'"
@@ -104,13 +104,7 @@ class OnnxEncoder(FolderEncoder):
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
-            remake = f"make the folder again ({self.how_to_make})"
-            try:
-                tokenizer = Tokenizer.from_file(str(self._folder / TOKENIZER))
-            except Exception as exc:  # the tokenizers library raises a bare Exception
-                raise EncoderError(
-                    f"onnx: {self._folder / TOKENIZER}: not a readable tokenizer ({exc}); {remake}"
-                ) from exc
+            tokenizer = self.read_tokenizer(TOKENIZER)
             tokenizer.enable_truncation(max_length=self.window)
             tokenizer.no_padding()
             try:
@@ -119,7 +113,7 @@ class OnnxEncoder(FolderEncoder):
                 )
             except Exception as exc:  # onnxruntime's errors have no common public base class
                 raise EncoderError(
-                    f"onnx: {self._folder / GRAPH}: onnxruntime cannot load it ({exc}); {remake}"
+                    f"onnx: {self._folder / GRAPH}: onnxruntime cannot load it ({exc}); {self.remake}"
                 ) from exc
             self._check_window()
             self._tokenizer, self._session = tokenizer, session
