@@ -114,7 +114,7 @@ def test_an_edited_or_incomplete_folder_is_refused_in_one_line(exports: dict[str
     folder = Path(shutil.copytree(exports["int8"], tmp_path / "edited"))
     config = json.loads((folder / "encoder.json").read_text())
     edits = [("pooling", "max"), ("window", -1), ("window", True), ("quantization", "int4")]
-    edits.append(("document_prompt", 3))
+    edits += [("document_prompt", 3), ("max_positions", 0), ("max_positions", "32"), ("max_positions", True)]
     for field, value in edits:
         (folder / "encoder.json").write_text(json.dumps({**config, field: value}))
         with pytest.raises(EncoderError, match=rf"onnx: .*encoder\.json: field '{field}' is .*export-enc"):
@@ -181,6 +181,30 @@ def test_a_damaged_folder_is_refused_in_one_line_naming_the_file(
         EncoderError, match=rf"^onnx: {re.escape(str(folder))}/{message}.*export-encoder --out"
     ):
         OnnxEncoder(str(folder)).encode_queries(["the cat"])
+
+
+def test_the_window_is_checked_against_the_recorded_positions_without_opening_the_graph(
+    exports: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading parsed model.onnx a second time (onnx.load, after onnxruntime) to read one tensor's
+    shape; export-encoder records the model's positions in encoder.json instead. A folder exported
+    before has none: it loads, its window unchecked."""
+    onnx = pytest.importorskip("onnx")
+
+    def parsed_again(*_: object, **__: object) -> None:
+        raise AssertionError("model.onnx parsed a second time")
+
+    monkeypatch.setattr(onnx, "load", parsed_again)
+    monkeypatch.setattr(onnx, "load_model", parsed_again)
+    assert json.loads((exports["int8"] / "encoder.json").read_text())["max_positions"] == 32
+    assert OnnxEncoder(str(exports["int8"])).encode_queries(["the cat"]).shape == (1, 32)
+    older = Path(shutil.copytree(exports["int8"], tmp_path / "older"))
+    config = json.loads((older / "encoder.json").read_text())
+    del config["max_positions"]
+    (older / "encoder.json").write_text(json.dumps({**config, "window": 16}))
+    assert OnnxEncoder(str(older)).encode_queries(["the cat"]).shape == (1, 32)
+    (older / "encoder.json").write_text(json.dumps({**config, "window": 64}))  # not known: not refused
+    assert OnnxEncoder(str(older)).window == 64
 
 
 def test_export_encoder_over_an_earlier_export_keeps_a_users_file(

@@ -3,8 +3,8 @@
 ``search-adaptor export-encoder --out DIR`` (:func:`export_encoder`) exports the model's
 transformer to ONNX, quantises its weights to int8, one scale per output channel (dynamic
 quantisation: activations are quantised as each call runs; see :func:`_quantize` for what stays
-float), and writes the tokenizer and ``encoder.json`` (pooling, window, quantisation, source
-model) beside it. The ``onnx`` provider runs such a folder with
+float), and writes the tokenizer and ``encoder.json`` (pooling, window, the model's positions,
+quantisation, source model) beside it. The ``onnx`` provider runs such a folder with
 onnxruntime and the ``tokenizers`` library only: no torch at query time; on a CPU core MiniLM int8
 encodes a query about 3x faster than the float model, and long documents about 1.5x
 (``benchmarks/onnx_encoder.py``).
@@ -38,6 +38,8 @@ QUANTIZATIONS = ("int8", "float32")
 #: the lowest cosine a float32 export may have to its model on the sample texts: rounding only
 FLOAT32_AGREEMENT = 0.9999
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: the most positions ``encoder.json`` may record (a bound on a hand edit, far above any model's)
+MAX_POSITIONS = 1 << 24
 
 
 class OnnxEncoder(FolderEncoder):
@@ -55,7 +57,11 @@ class OnnxEncoder(FolderEncoder):
     Raises
     ------
     EncoderError
-        Not such a folder, or an ``encoder.json`` out of bounds; the message says how to remake it.
+        Not such a folder, or an ``encoder.json`` out of bounds (a ``window`` longer than the model's
+        ``max_positions`` included: a text that long would fail inside onnxruntime, mid-corpus, naming
+        no file); the message says how to remake it. An ``encoder.json`` written before
+        ``max_positions`` was recorded has none, and its ``window`` is not checked against the model:
+        the graph is not opened to find it.
     """
 
     provider = "onnx"
@@ -68,19 +74,30 @@ class OnnxEncoder(FolderEncoder):
         super().__init__(model, batch_size)
         settings = self.settings()
         pooling, window = settings.get("pooling"), settings.get("window")
+        positions = settings.get("max_positions")
         prompts = settings.get("query_prompt", ""), settings.get("document_prompt", "")
+
+        def count(value: Any, top: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top
+
         checks = {
             "pooling": pooling in POOLINGS,
-            "window": isinstance(window, int) and not isinstance(window, bool) and 1 <= window <= 65536,
+            "window": count(window, 65536),
             "quantization": settings.get("quantization") in QUANTIZATIONS,
             "query_prompt": isinstance(prompts[0], str),
             "document_prompt": isinstance(prompts[1], str),
+            "max_positions": positions is None or count(positions, MAX_POSITIONS),  # older: none
         }
         bad = next((field for field, ok in checks.items() if not ok), None)
         if bad:
             raise EncoderError(
                 f"onnx: {self._folder / CONFIG}: field {bad!r} is {json.dumps(settings.get(bad))}, "
                 f"out of bounds; {self.how_to_make}"
+            )
+        if positions is not None and window > positions:  # encoder.json edited by hand
+            raise EncoderError(
+                f"onnx: {self._folder / CONFIG}: field 'window' is {window}, but the model in {GRAPH} "
+                f"has {positions} positions; set it to at most {positions}, or {self.remake}"
             )
         self.pooling, self.window = str(pooling), int(window)
         self.query_prompt, self.document_prompt = prompts
@@ -115,34 +132,8 @@ class OnnxEncoder(FolderEncoder):
                 raise EncoderError(
                     f"onnx: {self._folder / GRAPH}: onnxruntime cannot load it ({exc}); {self.remake}"
                 ) from exc
-            self._check_window()
             self._tokenizer, self._session = tokenizer, session
         return self._session, self._tokenizer
-
-    def _check_window(self) -> None:
-        """Refuse a ``window`` longer than the graph's position table (``encoder.json`` edited by
-        hand): a text that long would fail inside onnxruntime, mid-corpus, naming no file. Read from
-        the graph's ``position_embeddings`` weight where it has one (BERT-like models) and the
-        ``onnx`` package is installed; otherwise nothing is checked."""
-        try:
-            import onnx
-        except ImportError:
-            return
-        try:
-            graph = onnx.load(str(self._folder / GRAPH), load_external_data=False).graph
-        except Exception:  # onnxruntime loaded it, so this is only a lack of information
-            return
-        positions = [
-            init.dims[0]
-            for init in graph.initializer
-            if "position_embeddings" in init.name and len(init.dims) == 2
-        ]
-        if positions and self.window > min(positions):
-            raise EncoderError(
-                f"onnx: {self._folder / CONFIG}: field 'window' is {self.window}, but the model in {GRAPH} "
-                f"has {min(positions)} positions; set it to at most {min(positions)}, or make the folder "
-                f"again ({self.how_to_make})"
-            )
 
     def _encodings(self, texts: Sequence[str], kind: Kind) -> list[Any]:
         _, tokenizer = self._load()
@@ -219,6 +210,7 @@ def export_encoder(
         )
 
     net = transformer.auto_model.eval()
+    positions = getattr(net.config, "max_position_embeddings", None)  # the window's bound, if it has one
     names = [n for n in _INPUTS if n in inspect.signature(net.forward).parameters]  # RoBERTa: no types
 
     class LastHidden(torch.nn.Module):
@@ -260,6 +252,7 @@ def export_encoder(
             "format": "search-adaptor onnx encoder",
             "pooling": pooling,
             "window": int(transformer.max_seq_length or net.config.max_position_embeddings),
+            **({"max_positions": positions} if isinstance(positions, int) and positions > 0 else {}),
             "quantization": "int8" if int8 else "float32",
             "query_prompt": base.query_prompt,
             "document_prompt": base.document_prompt,
