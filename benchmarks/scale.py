@@ -299,11 +299,10 @@ def _seconds(fn: Callable[[], Any], rounds: int = ROUNDS) -> list[float]:
 def reference(X: np.ndarray, adapter: Any, rounds: int = ROUNDS) -> dict[str, list[float]]:
     """Seconds per pass of numpy over the whole matrix in memory: one square matmul, the adapter's own
     matmuls, and ``adapter.transform_corpus`` itself (checks, normalisation, bias, ReLU, residual)."""
-    from search_adaptor.export import dense_layers
-
     dim = X.shape[1]
     W = (np.random.default_rng(1).standard_normal((dim, dim), dtype=np.float32) / dim**0.5).copy()
-    weights = [w.T.copy() for w, _, _ in dense_layers(adapter.query_net_)]
+    side = adapter.numpy_side("query")
+    weights = [] if side is None else [w for w, _, _ in side.layers]  # (in, out): what transform runs
 
     def own() -> None:
         h = X

@@ -89,7 +89,6 @@ def _interleaved(fns: dict[str, Callable[[int], Any]], n: int, rounds: int) -> d
 def measure(index: Any, emb: Any, encoder: Any) -> dict[str, Any]:
     """Median latencies (s), throughputs (rows/s) and HNSW recall for :func:`markdown`."""
     from search_adaptor.data import load_beir
-    from search_adaptor.export import dense_layers
     from search_adaptor.index import AdaptedIndex
     from search_adaptor.networks import Workspace, adapt_rows
     from search_adaptor.retrieval import exact_search
@@ -144,7 +143,7 @@ def measure(index: Any, emb: Any, encoder: Any) -> dict[str, Any]:
 
     X = np.ascontiguousarray(emb.corpus)
     square = np.random.default_rng(0).normal(size=(X.shape[1], X.shape[1])).astype(np.float32)
-    weights = [w.T.copy() for w, _, _ in dense_layers(adapter.query_net_)]
+    weights = [] if side is None else [w for w, _, _ in side.layers]  # (in, out): what transform runs
 
     def same_matmuls(_: int) -> None:
         h = X

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,68 +38,31 @@ from torch import nn
 from search_adaptor.encoders import LOCAL
 from search_adaptor.files import Staged
 from search_adaptor.model import SearchAdaptor, as_adapter
-from search_adaptor.networks import NumpyNet, ResidualAdapter, linear_layers
+from search_adaptor.networks import NumpyNet
 
 OPSET = 17  # ReduceL2 still takes axes as an attribute; onnxruntime >= 1.13 runs it
 TOLERANCE = 1e-5
 _EPS = 1e-12  # as l2_normalize
 _CHECK_TEXTS = ["what causes fever", "Aspirin lowers the risk of heart attacks.", "", "ß ünïcode 漢字 ✓"]
 
-Layer = tuple[np.ndarray, np.ndarray, bool]  # weight (out, in), bias (out,), ReLU after
+
+def _nets(adapter: SearchAdaptor) -> tuple[NumpyNet | None, NumpyNet | None]:
+    """(query, corpus) sides exactly as ``transform_*`` applies them (:meth:`SearchAdaptor.numpy_side`,
+    the very objects they run, not the torch networks: a kept start (best step 0) computes ``p`` alone,
+    so a no-skip network's random ``f``, never trained nor scored, must not reach an export); None
+    means "normalise only" (no network, or a kept identity start). Their weights are (in, out) and
+    shared: transposed copies go into the (out, in) layouts ONNX's Gemm and torch's Linear take."""
+    return adapter.numpy_side("query"), adapter.numpy_side("document")
 
 
-@dataclass(frozen=True)
-class _Side:
-    """One side of the adapter as ``transform_*`` computes it: ``p`` then, unless the adapter kept its
-    start, the residual function ``f`` (plus its input with the skip connection).
-
-    Read from :meth:`SearchAdaptor.numpy_side`, the very object ``transform_*`` runs, rather than from
-    the torch network: a kept start (best step 0) computes ``p`` alone, so a no-skip network's random
-    ``f`` (the paper's ablation; never trained, never scored) must not reach an export.
-    """
-
-    projection: np.ndarray | None  # p as a (out, in) matrix; None: no projection
-    layers: list[Layer]  # f as dense layers; empty for a kept start, which is p alone
-    residual: bool  # add f's input to its output
-
-    @classmethod
-    def of(cls, side: NumpyNet) -> _Side:
-        """``side``'s weights back in torch's (out, in) layout, as copies (numpy caches its arrays)."""
-        return cls(
-            None if side.project is None else side.project.T.copy(),
-            [(weight_t.T.copy(), bias.copy(), relu) for weight_t, bias, relu in side.layers],
-            side.residual,
-        )
-
-
-def _nets(adapter: SearchAdaptor) -> tuple[_Side | None, _Side | None]:
-    """(query, corpus) sides exactly as ``transform_*`` applies them; None means "normalise only"
-    (no network, or a kept identity start)."""
-    query, corpus = (adapter.numpy_side(kind) for kind in ("query", "document"))
-    return (
-        None if query is None else _Side.of(query),
-        None if corpus is None else _Side.of(corpus),
-    )
-
-
-def _projection(side: _Side) -> np.ndarray:
-    """The side's input projection ``p`` as a (out, in) matrix; the identity when it has none."""
-    if side.projection is None:
-        return np.eye(side.layers[0][0].shape[1], dtype=np.float32)
-    return side.projection
-
-
-def dense_layers(net: ResidualAdapter) -> list[Layer]:
-    """The residual function ``f`` as numpy dense layers: (weight (out, in), bias (out,), ReLU after)."""
-    return [
-        (layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy(), relu)
-        for layer, relu in linear_layers(net)
-    ]
+def _out_in(weight_t: np.ndarray) -> np.ndarray:
+    """A NumpyNet's (in, out) weight as the C-contiguous (out, in) copy ONNX and torch layers take."""
+    return np.ascontiguousarray(weight_t.T)
 
 
 # -- ONNX --------------------------------------------------------------------------------------------
 def _onnx_graph(
-    net: _Side | None, dim: int, name: str, size: int | None = None, in_dim: int | None = None
+    net: NumpyNet | None, dim: int, name: str, size: int | None = None, in_dim: int | None = None
 ) -> Any:
     """ONNX model: normalise -> [projection -> residual function (+ its input)] -> [first ``size``
     coordinates] -> normalise; ``in_dim`` is the input width when a projection changes it (queries of
@@ -118,12 +80,15 @@ def _onnx_graph(
     normalize("embeddings", "x")
     h = base = "x"
     if net is not None:
-        if net.projection is not None:
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(_projection(net).T), "projection"))
+        if net.project is not None:  # (in, out) already: x @ p
+            inits.append(numpy_helper.from_array(net.project, "projection"))
             nodes.append(helper.make_node("MatMul", ["x", "projection"], ["projected"]))
             h = base = "projected"
-        for i, (weight, bias, relu) in enumerate(net.layers):
-            inits += [numpy_helper.from_array(weight, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
+        for i, (weight_t, bias, relu) in enumerate(net.layers):
+            inits += [
+                numpy_helper.from_array(_out_in(weight_t), f"w{i}"),
+                numpy_helper.from_array(bias, f"b{i}"),
+            ]
             nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [f"h{i}"], transB=1))
             h = f"h{i}"
             if relu:
@@ -226,7 +191,7 @@ def export_onnx(
 
 
 # -- sentence-transformers ---------------------------------------------------------------------------
-def _dense_modules(net: _Side | None, dim: int, size: int | None = None) -> list[Any]:
+def _dense_modules(net: NumpyNet | None, dim: int, size: int | None = None) -> list[Any]:
     """Built-in sentence-transformers modules computing ``normalize(net(x)[:size])`` for unit-norm ``x``.
 
     With ``x' = P x`` (the projection; the identity without one), a residual MLP
@@ -243,8 +208,9 @@ def _dense_modules(net: _Side | None, dim: int, size: int | None = None) -> list
             weight.shape[1],
             weight.shape[0],
             activation_function=nn.ReLU() if relu else nn.Identity(),
-            init_weight=torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)),
-            init_bias=torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)),
+            # copies: the module's parameters must not share the side's cached arrays
+            init_weight=torch.from_numpy(np.array(weight, dtype=np.float32, order="C")),
+            init_bias=torch.from_numpy(np.array(bias, dtype=np.float32, order="C")),
         )
 
     keep = slice(0, size or dim)
@@ -255,9 +221,10 @@ def _dense_modules(net: _Side | None, dim: int, size: int | None = None) -> list
             else [dense(np.eye(dim, dtype=np.float32)[keep], np.zeros(size), False)]
         )
         return [*cut, Normalize()]
-    P = _projection(net)
-    layers = list(net.layers)  # edited below; the side stays as it is
-    if not layers:  # a kept start: the projection alone (_Side; a kept identity is None, above)
+    # torch's (out, in) layout; the identity for a side without a projection
+    P = np.eye(len(net.layers[0][0]), dtype=np.float32) if net.project is None else _out_in(net.project)
+    layers = [(_out_in(weight_t), bias, relu) for weight_t, bias, relu in net.layers]
+    if not layers:  # a kept start: the projection alone (NumpyNet(start=True); a kept identity is None)
         return [dense(P[keep], np.zeros(len(P), np.float32)[keep], False), Normalize()]
     if not net.residual:
         (w0, b0, r0), *rest = layers

@@ -636,10 +636,7 @@ class SearchAdaptor:
         result is the same, bit for bit), and without it that function is a random draw."""
         if net is None or (self.kept_start_ and net.project is None):
             return None
-        side = NumpyNet(net)
-        if self.kept_start_:
-            side.layers, side.residual = [], False
-        return side
+        return NumpyNet(net, start=self.kept_start_)
 
     def numpy_side(self, kind: Kind) -> NumpyNet | None:
         """What :meth:`transform_queries` (``"query"``) or :meth:`transform_corpus` (``"document"``) runs,

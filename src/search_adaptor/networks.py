@@ -238,12 +238,26 @@ class NumpyNet:
     The weights are the cached copies of :func:`_dense`, taken when this object is made: a served
     index makes one and keeps it; :func:`numpy_forward` makes one per call and so sees training's
     in-place updates.
+
+    With ``start=True`` it is the network's start alone, its projection (the identity without one):
+    what an adapter that kept its start computes, no layers read.
+
+    Attributes
+    ----------
+    project : ndarray of shape (in, out) or None
+        The projection ``p``, transposed; None: no projection.
+    layers : list of (weight_t (in, out), bias (out,), relu)
+        The residual function ``f`` (weights transposed); empty for a start.
+    residual : bool
+        Whether ``f``'s input is added to its output.
+
+    The arrays are shared (a cache): read them, copy them before changing them.
     """
 
-    def __init__(self, net: ResidualAdapter) -> None:
+    def __init__(self, net: ResidualAdapter, start: bool = False) -> None:
         self.project = None if net.project is None else _dense(net.project)[0]
-        self.layers = [(*_dense(layer), relu) for layer, relu in linear_layers(net)]
-        self.residual = net.residual
+        self.layers = [] if start else [(*_dense(layer), relu) for layer, relu in linear_layers(net)]
+        self.residual = net.residual and not start
 
     def forward(self, x: np.ndarray, work: Workspace | None = None) -> np.ndarray:
         """``net(x)`` for float32 ``x`` of shape (n, dim); into ``work``'s arrays when given."""
