@@ -208,12 +208,23 @@ def test_the_window_is_checked_against_the_recorded_positions_without_opening_th
 
 
 def test_export_encoder_over_an_earlier_export_keeps_a_users_file(
-    bert: Path, exports, tmp_path, capsys
+    bert: Path, exports, tmp_path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Refused before the model is loaded (it was refused only after, as index and distill are not)."""
+    from search_adaptor.encoders import onnx
+
+    def load(*_: object, **__: object) -> None:
+        raise AssertionError("the model was loaded before the folder was checked")
+
+    monkeypatch.setattr(onnx, "SentenceTransformerEncoder", load)
     out = Path(shutil.copytree(exports["float32"], tmp_path / "earlier"))
     (out / "NOTES.md").write_text("benchmark notes")
     assert main(["export-encoder", "--out", str(out), "--model", str(bert)]) == 2
     err = capsys.readouterr().err
     assert f"{out / 'NOTES.md'}: not part of an ONNX encoder export" in err and "move it out" in err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=r"other: exists and is not an ONNX encoder export"):
+        export_encoder(tmp_path / "other", str(bert))
     assert (out / "NOTES.md").read_text() == "benchmark notes"
     assert json.loads((out / "encoder.json").read_text())["quantization"] == "float32"  # untouched

@@ -38,6 +38,8 @@ QUANTIZATIONS = ("int8", "float32")
 #: the lowest cosine a float32 export may have to its model on the sample texts: rounding only
 FLOAT32_AGREEMENT = 0.9999
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: what :func:`export_encoder` writes in its folder, and calls it
+PARTS, WHAT = (GRAPH, TOKENIZER, CONFIG), "an ONNX encoder export"
 #: the most positions ``encoder.json`` may record (a bound on a hand edit, far above any model's)
 MAX_POSITIONS = 1 << 24
 
@@ -174,7 +176,8 @@ def export_encoder(
     Parameters
     ----------
     out_dir : path
-        Written atomically; an existing folder is replaced only if it is such an export or empty.
+        Written atomically; an existing folder is replaced only if it is such an export or empty,
+        and holds nothing else: checked first, before the model is loaded.
     model : str
         Hub id or folder of a sentence-transformers model whose pooling is mean or CLS.
     int8 : bool
@@ -185,11 +188,21 @@ def export_encoder(
     (Path, float)
         The folder, and the lowest cosine between its vectors and the float model's over a fixed
         set of sample texts (1.0 up to rounding for float32; about 0.99 for int8 MiniLM).
+
+    Raises
+    ------
+    FileExistsError
+        ``out_dir`` is another folder, or holds a file that is not part of an export (a user's note),
+        naming it.
     """
+    from search_adaptor.files import Staged, check_output_folder, check_replaceable
+
+    check_output_folder(out_dir, CONFIG, WHAT)  # as Staged checks it below, but before any work
+    check_replaceable(out_dir, PARTS, WHAT)
+
     import torch
 
     from search_adaptor import __version__
-    from search_adaptor.files import Staged
 
     base = SentenceTransformerEncoder(model)
     st = base._load()
@@ -224,9 +237,7 @@ def export_encoder(
     sample = transformer.tokenizer(["a query", "a longer document text"], padding=True, return_tensors="pt")
     ids = sample["input_ids"]
     example = tuple(sample[n] if n in sample else torch.zeros_like(ids) for n in names)
-    with Staged(
-        out_dir, folder=True, marker=CONFIG, what="an ONNX encoder export", parts=(GRAPH, TOKENIZER, CONFIG)
-    ) as staged:
+    with Staged(out_dir, folder=True, marker=CONFIG, what=WHAT, parts=PARTS) as staged:
         graph = staged.path / GRAPH
         float_graph = staged.path / "float.onnx" if int8 else graph
         with torch.no_grad(), warnings.catch_warnings():
