@@ -379,28 +379,49 @@ def test_fit_selection_kfold_pools_the_dev_split_and_says_so(tmp_path, synthetic
 def test_fit_validates_on_the_dev_split_when_the_data_has_one(tmp_path, synthetic, capsys):
     """A dataset's ``dev`` qrels validate every fit (early stopping and selection) and train none;
     a dev query that the test split also holds is left out, so no scored query validates, and said
-    (it was dropped without a word); ``--val-split none`` goes back to a share of the training queries."""
+    (it was dropped without a word), once (before embedding; the fit's log, which says it to a
+    Python caller of run_fit, does not repeat it), and counted in report.json and report.md as the
+    training split's are; ``--val-split none`` goes back to a share of the training queries."""
+    from search_adaptor.data import load_beir
+    from search_adaptor.embed import Embeddings
+    from search_adaptor.experiment import run_fit
+
     d = synthetic
     qids = d["qids"]
     splits = {"train": qids[:80], "dev": [*qids[80:110], qids[150]], "test": qids[110:]}
-    argv = [*_synthetic_folder(tmp_path, d, splits), "--max-steps", "30", "--quiet", "-o", "json"]
+    argv = [*_synthetic_folder(tmp_path, d, splits), "--max-steps", "30", "--family", "linear"]
     qrels = Path(argv[1]) / "qrels"
-    assert main([*argv, "--out", str(tmp_path / "dev")]) == 0
-    assert (
-        f"search-adaptor: warning: 1 of the 31 labelled queries of {qrels / 'dev.tsv'} are also in "
-        f"{qrels / 'test.tsv'}, the scored split: they are left out of early stopping and selection, so "
-        "that every scored query stays held-out"
-    ) in capsys.readouterr().err
+    warning = (
+        f"1 of the 31 labelled queries of {qrels / 'dev.tsv'} are also in {qrels / 'test.tsv'}, the "
+        "scored split: they are left out of early stopping and selection, so that every scored query "
+        "stays held-out"
+    )
+    assert main([*argv, "--out", str(tmp_path / "dev")]) == 0  # not --quiet: the log is on
+    assert capsys.readouterr().err.count(warning) == 1
     report = json.loads((tmp_path / "dev" / "report.json").read_text())
     assert report["validation"]["split"] == "dev" and report["validation"]["n_val_queries"] == 30
+    assert report["val_left_out"] == {"split": "dev", "n": 1, "of": 31}
     config = json.loads((tmp_path / "dev" / "adapter" / "config.json").read_text())
     assert config["training"]["val_query_ids"] == sorted(qids[80:110])
-    assert "select on the `dev` split" in (tmp_path / "dev" / "report.md").read_text()
+    assert (
+        "select on the `dev` split without the 1 of its 31 queries that `test` also holds, report on"
+        in (tmp_path / "dev" / "report.md").read_text()
+    )
+    said: list[str] = []  # a fit in Python logs it, a line of its log
+    encoder = {"fingerprint": "syn", "model": "syn-16", "provider": "test", "config": {}}
+    emb = Embeddings(qids, d["Q"], d["dids"], d["D"], encoder)
+    run = run_fit(
+        load_beir(Path(argv[1])), emb, family="linear", overrides={"max_steps": 30}, log=said.append
+    )
+    assert said.count(f"warning: {warning}") == 1
+    assert run.report["val_left_out"] == {"split": "dev", "n": 1, "of": 31}
+    argv += ["--quiet", "-o", "json"]
 
     assert main([*argv, "--out", str(tmp_path / "share"), "--val-split", "none"]) == 0
     assert "dev.tsv" not in capsys.readouterr().err  # no dev split, nothing left out of it
     report = json.loads((tmp_path / "share" / "report.json").read_text())
     assert report["validation"]["split"] is None and report["validation"]["n_val_queries"] == 16
+    assert "val_left_out" not in report
     config = json.loads((tmp_path / "share" / "adapter" / "config.json").read_text())
     assert set(config["training"]["val_query_ids"]) < set(qids[:80])
 
@@ -497,24 +518,27 @@ def test_training_queries_the_test_split_holds_are_left_out_and_said(tmp_path, s
     """qrels/train.tsv holding queries of qrels/test.tsv trained the adapter on them, yet fit printed
     "held-out" and report.md said training "never saw" them: they are now left out of training
     (as a dev split's are of validation), with a warning naming both files, and a train split
-    holding nothing else is refused in one line."""
+    holding nothing else is refused in one line. The warning is printed once, before embedding:
+    the fit's log (on here, no --quiet) does not say it again."""
     qids = synthetic["qids"]
     train, test = qids[:100], qids[60:]  # 40 shared
     argv = _synthetic_folder(tmp_path, synthetic, {"train": train, "test": test})
     qrels = Path(argv[1]) / "qrels"
     out = tmp_path / "out"
-    assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "20", "--quiet"]) == 0
+    assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "20"]) == 0
     captured = capsys.readouterr()
-    assert (
-        f"search-adaptor: warning: 40 of the 100 labelled queries of {qrels / 'train.tsv'} are also in "
-        f"{qrels / 'test.tsv'}, the scored split: they are left out of training, early stopping and "
-        "selection, so that every scored query stays held-out"
-    ) in captured.err
+    warning = (
+        f"40 of the 100 labelled queries of {qrels / 'train.tsv'} are also in {qrels / 'test.tsv'}, the "
+        "scored split: they are left out of training, early stopping and selection, so that every "
+        "scored query stays held-out"
+    )
+    assert f"search-adaptor: warning: {warning}" in captured.err and captured.err.count(warning) == 1
+    assert captured.err.index(warning) < captured.err.index(" docs, ")  # before the embeddings
     assert "(test, 100 held-out queries)" in captured.out
     adapter = SearchAdaptor.load(out / "adapter")
     assert {*adapter.train_query_ids_, *adapter.val_query_ids_} == set(qids[:60])
     report = json.loads((out / "report.json").read_text())
-    assert report["train_left_out"] == {"n": 40, "of": 100}
+    assert report["train_left_out"] == {"n": 40, "of": 100} and "val_left_out" not in report
     assert report["seen_in_training"]["n"] == 0 and report["n_test_queries"] == 100
     markdown = (out / "report.md").read_text()
     assert (

@@ -113,6 +113,27 @@ def test_the_advice_for_seen_queries_holds_for_an_adapter_of_a_kfold_fit():
     assert "a k-fold fit trained it on every labelled query" in line
 
 
+def test_the_protocol_sentence_counts_the_dev_queries_left_out():
+    """A dev split's queries that the scored split also holds are left out of validation (or of the
+    pool --selection kfold makes of it and the training queries): report.json counted only the
+    training split's, and report.md said neither."""
+    left = {"val_left_out": {"split": "dev", "n": 1, "of": 31}}
+    dev = render_markdown(_report(**left, validation={"split": "dev", "n_val_queries": 30}))
+    assert "select on the `dev` split without the 1 of its 31 queries that `test` also holds, report" in dev
+    pooled = render_markdown(_report(**left, validation={"selection": "kfold", "n_val_queries": 90}))
+    assert (
+        "the winner then trained on all of them), the `dev` split's queries pooled in without the 1 of "
+        "its 31 queries that `test` also holds, report on"
+    ) in pooled
+    folds = render_markdown(
+        _report(**left, protocol="kfold", folds=3, validation={"split": "dev", "n_val_queries": 30})
+    )
+    assert "selected on the `dev` split without the 1 of its 31 queries that `test` also holds, and" in folds
+    for none in ({"split": "dev", "n": 0, "of": 30}, None):  # nothing left out, or no dev split
+        quiet = render_markdown(_report(val_left_out=none, validation={"split": "dev", "n_val_queries": 30}))
+        assert "select on the `dev` split, report on" in quiet
+
+
 def test_kfold_selection_is_described_as_kfold():
     """`fit --selection kfold` compared the candidates by k-fold over the training queries: report.md
     said they were selected on "a validation split carved from it", and its WARNING advised the very

@@ -201,7 +201,10 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
 
     if args.command == "fit":  # its qrels, and --selection kfold's needs in every fit, checked first
         proto = protocol(dataset, args.folds, args.seed, val_split=args.val_split, selection=args.selection)
-        for warning in proto.warnings:  # e.g. training queries the scored split holds, left out
+        # e.g. training queries the scored split holds, left out: said here, before anything is embedded
+        # (a user can stop the run before paying for it) and under --quiet, as every warning is; run_fit,
+        # which would log them after embedding, is told they are said (_cmd_fit's warn)
+        for warning in proto.warnings:
             print(f"search-adaptor: warning: {warning}", file=sys.stderr)
     elif args.command == "evaluate":
         dataset.split(args.split)
@@ -290,7 +293,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in given.items() if v} or None
     names = ("family", "seed", "folds", "dims", "unsupervised", "selection", "val_split")
     options = {k: getattr(args, k) for k in names}
-    run = run_fit(dataset, emb, overrides=overrides, log=log, **options)
+    # protocol's warnings were printed before embedding (_embeddings): not a second time
+    run = run_fit(dataset, emb, overrides=overrides, log=log, warn=lambda _w: None, **options)
     _print_report(save_run(run, args.out), args.output, args.out)
 
 

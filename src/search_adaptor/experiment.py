@@ -556,9 +556,10 @@ class Protocol:
     adapter that ships is trained on. ``test`` has one fold named "test"; ``kfold`` has "k0", "k1", ...
     ``val`` (from the split ``val_split``) validates every fit; without one each fit carves its own
     validation share from its training queries, drawn with ``seed``. ``train_left_out``: the
-    training split's queries that the scored split also holds, which train nothing; ``warnings``:
-    what the run must say about how it read the qrels, a line each (``fit`` prints them before
-    anything is embedded)."""
+    training split's queries that the scored split also holds, which train nothing; ``val_left_out``:
+    the ``val_split`` split's, which validate nothing; ``warnings``: what the run must say about how it
+    read the qrels, a line each (:func:`run_fit` logs them; ``fit`` prints them before anything is
+    embedded)."""
 
     name: str  # "test" or "kfold"
     scored_split: str
@@ -570,6 +571,19 @@ class Protocol:
     seed: int = 0  # the fits' seed: the k-fold folds and each fit's own validation share
     train_left_out: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    val_left_out: list[str] = field(default_factory=list)
+
+
+def _left_out_warning(left_out: int, of: int, path: Path, scored_file: Path, kept_out_of: str) -> list[str]:
+    """The warning (a line, or none where ``left_out`` is 0) that ``left_out`` of the ``of`` labelled
+    queries of ``path`` are also in ``scored_file`` and so are left out of ``kept_out_of`` (what they
+    would have done: "training, early stopping and selection" for the training split)."""
+    if not left_out:
+        return []
+    return [
+        f"{left_out} of the {of} labelled queries of {path} are also in {scored_file}, the scored split: "
+        f"they are left out of {kept_out_of}, so that every scored query stays held-out"
+    ]
 
 
 def protocol(
@@ -608,18 +622,15 @@ def protocol(
                 f"queries are scored and never train; give {train_file.name} queries of its own, or move "
                 f"it aside to cross-validate over the {test_file.name} queries"
             )
-        val_name, val, val_warnings = _validation(
+        val_name, val, val_left_out, val_warnings = _validation(
             dataset, val_split, {train_split, test_split}, test, test_file, selection
         )
         warnings = (
-            [
-                f"{len(left_out)} of the {len(judged)} labelled queries of {train_file} are also in "
-                f"{test_file}, the scored split: they are left out of training, early stopping and "
-                "selection, so that every scored query stays held-out"
-            ]
-            if left_out
-            else []
-        ) + val_warnings
+            _left_out_warning(
+                len(left_out), len(judged), train_file, test_file, "training, early stopping and selection"
+            )
+            + val_warnings
+        )
         proto = Protocol(
             "test",
             test_split,
@@ -631,6 +642,7 @@ def protocol(
             seed,
             left_out,
             warnings,
+            val_left_out,
         )
         if selection == "kfold":
             n = len({**train, **val})
@@ -652,7 +664,9 @@ def protocol(
     split = scorable[0]
     labelled = dataset.split(split)
     path = qrels_dir / f"{split}.tsv"
-    val_name, val, warnings = _validation(dataset, val_split, {split}, labelled, path, selection)
+    val_name, val, val_left_out, warnings = _validation(
+        dataset, val_split, {split}, labelled, path, selection
+    )
     need = 1 if val else 2
     _check_folds(path, labelled, folds, need)
     parts = kfold(sorted(labelled), k=folds, seed=seed)
@@ -681,6 +695,7 @@ def protocol(
         val=val,
         seed=seed,
         warnings=warnings,
+        val_left_out=val_left_out,
     )
 
 
@@ -749,19 +764,19 @@ def _validation(
     scored: Mapping[str, Any],
     scored_file: Path,
     selection: str = DEFAULT_SELECTION,
-) -> tuple[str | None, Qrels, list[str]]:
-    """(split name, qrels, warnings) that validate, per :func:`protocol`'s ``val_split``; (None, {}, [])
-    for none. The split's queries that ``scored`` (read from ``scored_file``) also holds are left out,
-    so that no scored query stops training early or chooses the adapter (nor trains it, where
-    ``selection`` "kfold" pools the split with the training queries); the warning (a line, or none)
-    counts them, naming both files, as the training split's are counted: left out without a word,
-    they made the validation set smaller than the file said."""
+) -> tuple[str | None, Qrels, list[str], list[str]]:
+    """(split name, qrels, the ids left out, warnings) that validate, per :func:`protocol`'s
+    ``val_split``; (None, {}, [], []) for none. The split's queries that ``scored`` (read from
+    ``scored_file``) also holds are left out, so that no scored query stops training early or chooses
+    the adapter (nor trains it, where ``selection`` "kfold" pools the split with the training
+    queries); the warning (a line, or none) counts them, naming both files, as the training split's
+    are counted: left out without a word, they made the validation set smaller than the file said."""
     if name == "none":
-        return None, {}, []
+        return None, {}, [], []
     if name == "auto":
         found = [s for s in VALIDATION_SPLITS if s in dataset.splits and s not in taken]
         if not found:
-            return None, {}, []
+            return None, {}, [], []
         name = found[0]
     elif name in taken:
         raise DataError(
@@ -779,18 +794,15 @@ def _validation(
             f"{val_file}: every query of the validation split is also a scored one; remove them from "
             "it, or pass --val-split none"
         )
-    left_out = len(judged_split) - len(val)
-    warnings = (
-        [
-            f"{left_out} of the {len(judged_split)} labelled queries of {val_file} are also in "
-            f"{scored_file}, the scored split: they are left out of "
-            f"{'training, ' if selection == 'kfold' else ''}early stopping and selection, so that every "
-            "scored query stays held-out"
-        ]
-        if left_out
-        else []
+    left_out = sorted(set(judged_split) - set(val))
+    warnings = _left_out_warning(
+        len(left_out),
+        len(judged_split),
+        val_file,
+        scored_file,
+        f"{'training, ' if selection == 'kfold' else ''}early stopping and selection",
     )
-    return name, val, warnings
+    return name, val, left_out, warnings
 
 
 @dataclass
@@ -823,6 +835,7 @@ def run_fit(
     unsupervised: bool = False,
     selection: str = DEFAULT_SELECTION,
     val_split: str = "auto",
+    warn: Callable[[str], None] | None = None,
 ) -> Run:
     """Train, select and evaluate under :func:`protocol`; the test queries never reach training,
     early stopping or selection. A validation split (``val_split``, :func:`protocol`'s: a dataset's
@@ -835,6 +848,11 @@ def run_fit(
     ``dims`` trains Matryoshka prefixes of those sizes (family ``matryoshka`` unless another is
     named) and scores each size against truncation and PCA of the same size; ``unsupervised``
     trains without labels (family ``matryoshka-unsupervised``), which are then used only to score.
+
+    :func:`protocol`'s warnings (labelled queries left out because the scored split holds them) go
+    to ``log``, a line each starting "warning: "; ``warn``, where given, takes them instead (``fit``
+    prints them before embedding, so that a user can stop a run before paying for it, and passes a
+    no-op here so that they are not said twice).
     """
     family = fit_family(family, dims, unsupervised, cross=bool(emb.query_encoder))
     if unsupervised and selection == "kfold":
@@ -845,6 +863,8 @@ def run_fit(
     if dims:
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split, val_split, selection)
+    for warning in proto.warnings:
+        (warn or log)(f"warning: {warning}")
     if proto.val_split and family != "matryoshka-unsupervised":  # that one validates on the corpus
         if selection == "kfold":
             log(
@@ -960,6 +980,12 @@ def run_fit(
         }
     else:
         report.update(folds=folds, fold_results=folds_info)
+    if proto.val_split:  # the dev split's queries the scored split also holds: left out, none validated
+        report["val_left_out"] = {
+            "split": proto.val_split,
+            "n": len(proto.val_left_out),
+            "of": len(proto.val) + len(proto.val_left_out),
+        }
     report.update(_comparison(scores, sizes))
     report["selected"] = final.selected
     report["start"] = final.adapter.start_  # what each candidate started from, and a kept start is

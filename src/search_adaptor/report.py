@@ -86,8 +86,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"Protocol: {report['folds']}-fold cross-validation over the labelled queries of "
             f"`{report.get('test_split', 'test')}` (the dataset has no train and test split pair): each "
             f"fold's adapter is trained on {trained_on} and selected "
-            f"on {selected_on}, and the metrics are the mean over all held-out queries. The saved "
-            "adapter is trained on all of them."
+            f"on {selected_on}{_val_left_out(report)}, and the metrics are the mean over all held-out "
+            "queries. The saved adapter is trained on all of them."
         )
     else:
         n_test, test_split = report.get("n_test_queries", "?"), report.get("test_split", "test")
@@ -102,7 +102,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         texts_only = "'s query texts (their labels unused)" if unlabelled else ""
         lines.append(
             f"Protocol: train on `{report.get('train_split', 'train')}`{texts_only}{_left_out(report)}, "
-            f"select {select}, report on the "
+            f"select {select}{_val_left_out(report)}, report on the "
             f"{n_test} `{test_split}` queries, which training, early stopping and selection never saw"
             f"{_repeated(report)}."
         )
@@ -227,7 +227,22 @@ def _left_out(report: Mapping[str, Any]) -> str:
     """What a fit's protocol line adds when the training split also held scored queries: those were
     left out of training (``train_left_out``, :func:`~search_adaptor.experiment.protocol`), so the
     scored split is held-out by id all the same."""
-    left = report.get("train_left_out")
+    return _without(report, report.get("train_left_out"))
+
+
+def _val_left_out(report: Mapping[str, Any]) -> str:
+    """What a fit's protocol line adds, after how it selected, when the dev split also held scored
+    queries: those were left out of validation (``val_left_out``, as :func:`_left_out`'s of
+    training), or of the pool ``--selection kfold`` made of the training and dev queries."""
+    left = report.get("val_left_out")
+    without = _without(report, left)
+    if not without or _val_split(report) == left["split"]:
+        return without
+    return f", the `{left['split']}` split's queries pooled in{without}" if _by_kfold(report) else ""
+
+
+def _without(report: Mapping[str, Any], left: Mapping[str, Any] | None) -> str:
+    """ " without the N of its M queries that `test` also holds", or "" where none was left out."""
     if not left or not left["n"]:
         return ""
     test_split = report.get("test_split", "test")
