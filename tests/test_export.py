@@ -93,6 +93,31 @@ def test_onnx_equals_torch(synthetic, tmp_path, params):
     assert info["mode"] == adapter.mode and info["dim"] == 16 and info["queries"] == "query.onnx"
 
 
+@pytest.mark.parametrize("params", VARIANTS.values(), ids=VARIANTS.keys())
+def test_sentence_transformers_modules_keep_a_zero_row_zero(synthetic, params):
+    """A text the base model embeds to an exactly-zero vector (a static model, none of its tokens
+    known) came out of the exported folder as the last Dense layer's bias, normalised, while
+    transform_* (adapt_rows) and the ONNX graphs keep it zero; the modules now gate every bias by
+    min(1, |x|_1), 1 on a unit row and 0 on a zero row, so the folder keeps it zero too."""
+    import torch
+
+    from search_adaptor.export import _dense_modules, _nets
+
+    adapter = make_adapter(**params)
+    x = l2_normalize(synthetic["Q"][:6].copy())
+    x[2] = 0.0
+    for net, transform in zip(
+        _nets(adapter), (adapter.transform_queries, adapter.transform_corpus), strict=True
+    ):
+        for dim in (None, 8):
+            features = {"sentence_embedding": torch.from_numpy(x)}
+            for module in _dense_modules(net, adapter.dim_, dim):
+                features = module(features)
+            got = features["sentence_embedding"].detach().numpy()
+            assert not got[2].any()
+            assert np.abs(got - transform(x, dim=dim)).max() < 1e-5
+
+
 def test_onnx_of_an_identity_adapter_only_normalises(synthetic, tmp_path):
     adapter = make_adapter()
     adapter.best_step_ = 0  # nothing beat zero-shot: the saved adapter is the identity
@@ -195,3 +220,35 @@ def test_sentence_transformers_layout_is_the_fitted_modes_after_set_params(tmp_p
     model = SentenceTransformer(str(out), device="cpu")
     d = adapter.transform_corpus(base.encode_corpus(texts))
     assert np.abs(model.encode_document(texts) - d).max() < 1e-5
+
+
+def test_sentence_transformers_folder_of_a_static_model_keeps_a_zero_row_zero(tmp_path, monkeypatch):
+    """A static base model embeds a text of unknown words (and "") to zero: the folder gave it the
+    Dense bias, normalised, so the export's own check refused it ('exported encode_query differs
+    from the adapter by 6.90e-01'); it now writes the folder, and such a text stays zero in it."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from search_adaptor.encoders.local import ENV_VERBOSE, SentenceTransformerEncoder
+    from tiny_models import WORDS
+
+    monkeypatch.setenv(ENV_VERBOSE, "0")
+    vocab = ["[UNK]", *WORDS]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    weights = np.random.default_rng(0).normal(size=(len(vocab), 16)).astype(np.float32)
+    weights[0] = 0.0  # an unknown word adds nothing
+    static = StaticEmbedding(tokenizer, embedding_weights=weights)
+    SentenceTransformer(modules=[static], device="cpu").save(str(tmp_path / "static"))
+    base = SentenceTransformerEncoder(str(tmp_path / "static"), device="cpu")
+    texts = ["the cat sat on the mat", "zebra", ""]
+    assert not base.encode_queries(texts)[1:].any()
+    for mode in ("shared", "separate"):
+        adapter = make_adapter(16, info=base.info(), mode=mode)
+        model = SentenceTransformer(str(export_sentence_transformers(adapter, tmp_path / mode)), device="cpu")
+        q = adapter.transform_queries(base.encode_queries(texts))
+        d = adapter.transform_corpus(base.encode_corpus(texts))
+        assert np.abs(model.encode_query(texts) - q).max() < 1e-5
+        assert np.abs(model.encode_document(texts) - d).max() < 1e-5
+        assert not model.encode_query(texts)[1:].any() and model.encode_query(texts)[0].any()

@@ -10,7 +10,8 @@ fit, not the networks an export writes.
 
 ``export_sentence_transformers`` (local sentence-transformers base models only) writes a model
 folder that plain ``SentenceTransformer(folder)`` loads (no ``trust_remote_code``, no search-adaptor
-needed): the base modules, then the adapter as built-in ``Dense`` and ``Normalize`` modules. For
+needed): the base modules, then the adapter as built-in ``Dense`` and ``Normalize`` modules (a text
+the base model embeds to zero, a static model's of unknown words, stays zero, as in ``transform_*``). For
 ``query_only`` and ``separate`` adapters a built-in ``Router`` sends queries and documents through
 their own side: ``encode_query`` and ``encode_document`` give the adapted vectors in every mode, and
 plain ``encode`` is the query encoder.
@@ -191,57 +192,104 @@ def export_onnx(
 
 
 # -- sentence-transformers ---------------------------------------------------------------------------
-def _dense_modules(net: NumpyNet | None, dim: int, size: int | None = None) -> list[Any]:
-    """Built-in sentence-transformers modules computing ``normalize(net(x)[:size])`` for unit-norm ``x``.
+Layer = tuple[np.ndarray, np.ndarray, bool]  # (weight (out, in), bias, ReLU after it)
+
+
+def _affine_layers(net: NumpyNet | None, dim: int, size: int | None = None) -> list[Layer]:
+    """Dense layers computing ``net(x)[:size]`` (before the output normalisation) for unit-norm ``x``.
 
     With ``x' = P x`` (the projection; the identity without one), a residual MLP
-    ``x' + W2 relu(W1 x' + b1) + b2`` becomes two ``Dense`` layers through the identity
+    ``x' + W2 relu(W1 x' + b1) + b2`` becomes two layers through the identity
     ``x' = relu(x') - relu(-x')``: the first outputs ``[relu(W1 P x + b1), relu(P x), relu(-P x)]``,
     the second ``[W2, I, -I]`` times that plus ``b2``. A residual linear map is ``(I + W) P x + b``.
-    A kept start (no residual function) is ``P x``, one ``Dense`` with a zero bias.
+    A kept start (no residual function) is ``P x``, one layer with a zero bias; a side that only
+    normalises has none, or the first ``size`` rows of the identity.
     A Matryoshka ``size`` keeps the first rows of the last layer.
     """
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
-
-    def dense(weight: np.ndarray, bias: np.ndarray, relu: bool) -> Any:
-        return Dense(
-            weight.shape[1],
-            weight.shape[0],
-            activation_function=nn.ReLU() if relu else nn.Identity(),
-            # copies: the module's parameters must not share the side's cached arrays
-            init_weight=torch.from_numpy(np.array(weight, dtype=np.float32, order="C")),
-            init_bias=torch.from_numpy(np.array(bias, dtype=np.float32, order="C")),
-        )
-
     keep = slice(0, size or dim)
     if net is None:
-        cut = (
-            []
-            if size is None or size == dim
-            else [dense(np.eye(dim, dtype=np.float32)[keep], np.zeros(size), False)]
-        )
-        return [*cut, Normalize()]
+        if size is None or size == dim:
+            return []
+        return [(np.eye(dim, dtype=np.float32)[keep], np.zeros(size, np.float32), False)]
     # torch's (out, in) layout; the identity for a side without a projection
     P = np.eye(len(net.layers[0][0]), dtype=np.float32) if net.project is None else _out_in(net.project)
     layers = [(_out_in(weight_t), bias, relu) for weight_t, bias, relu in net.layers]
     if not layers:  # a kept start: the projection alone (NumpyNet(start=True); a kept identity is None)
-        return [dense(P[keep], np.zeros(len(P), np.float32)[keep], False), Normalize()]
+        return [(P[keep], np.zeros(len(P), np.float32)[keep], False)]
     if not net.residual:
         (w0, b0, r0), *rest = layers
         layers = [(w0 @ P, b0, r0), *rest]
         (wl, bl, rl) = layers[-1]
         layers[-1] = (wl[keep], bl[keep], rl)
-        return [*(dense(*layer) for layer in layers), Normalize()]
+        return layers
     if len(layers) == 1:
         (weight, bias, _) = layers[0]
-        return [
-            dense(((weight + np.eye(len(weight), dtype=np.float32)) @ P)[keep], bias[keep], False),
-            Normalize(),
-        ]
+        return [(((weight + np.eye(len(weight), dtype=np.float32)) @ P)[keep], bias[keep], False)]
     (w1, b1, _), (w2, b2, _) = layers
     eye = np.eye(w1.shape[1], dtype=np.float32)
-    first = dense(np.vstack([w1 @ P, P, -P]), np.concatenate([b1, np.zeros(2 * len(eye), np.float32)]), True)
-    return [first, dense(np.hstack([w2, eye, -eye])[keep], b2[keep], False), Normalize()]
+    first = (np.vstack([w1 @ P, P, -P]), np.concatenate([b1, np.zeros(2 * len(eye), np.float32)]), True)
+    return [first, (np.hstack([w2, eye, -eye])[keep], b2[keep], False)]
+
+
+def _zero_gated(layers: list[Layer]) -> list[Layer]:
+    """``layers`` with every bias multiplied by ``s = min(1, |x|_1)``: the same output for a unit
+    ``x`` (``|x|_1 >= |x|_2 = 1``), and exactly zero for a zero ``x``, as ``adapt_rows`` keeps it
+    (a static model's text of unknown tokens), where the biases alone would give it a shared vector.
+
+    Built from ReLU layers only (plain ``SentenceTransformer`` loads them): two layers first output
+    ``u = relu(x)``, ``v = relu(-x)``, then ``[u, v, t = relu(1 - sum(u + v))]`` (ReLU keeps
+    ``u, v >= 0``), so ``x = u - v`` and ``s = 1 - t``; each layer then takes ``s`` as one more input,
+    its bias as that input's weight, and passes ``s`` on (``s >= 0``: a ReLU keeps it) to the next.
+    At a zero ``x``, ``t = 1`` and the first gated layer's ``b - b * t`` is exactly 0.
+    """
+    width = layers[0][0].shape[1]
+    eye, one = np.eye(width, dtype=np.float32), np.ones((1, 2 * width), np.float32)
+    zeros = np.zeros(2 * width, np.float32)
+    gate = [
+        (np.vstack([eye, -eye]), zeros, True),
+        (np.vstack([np.eye(2 * width, dtype=np.float32), -one]), np.append(zeros, 1.0), True),
+    ]
+    # [x; s] from the gate's [u; v; t]: x = u - v, s = 1 - t (the 1 is a bias: first layer only)
+    unpack = np.zeros((width + 1, 2 * width + 1), np.float32)
+    unpack[:width, :width], unpack[:width, width : 2 * width], unpack[width, -1] = eye, -eye, -1.0
+    gated = []
+    for i, (weight, bias, relu) in enumerate(layers):
+        last = i == len(layers) - 1
+        # [W h + b s; s] from [h; s]
+        full = np.zeros((len(weight) + 1, weight.shape[1] + 1), np.float32)
+        full[: len(weight), :-1], full[: len(weight), -1], full[-1, -1] = weight, bias, 1.0
+        rows = slice(0, len(weight) if last else len(full))
+        if i == 0:  # s = 1 - t: the constant 1 enters as the biases, b and (for s's row) 1
+            constant = np.append(bias, np.float32(1.0))[rows]
+            gated.append(((full @ unpack)[rows], constant, relu))
+        else:
+            gated.append((full[rows], np.zeros(len(full), np.float32)[rows], relu))
+    return [*gate, *gated]
+
+
+def _dense_modules(net: NumpyNet | None, dim: int, size: int | None = None) -> list[Any]:
+    """Built-in sentence-transformers modules computing what ``adapt_rows`` does for unit-norm or
+    zero ``x``: ``normalize(net(x)[:size])`` (:func:`_affine_layers`), a zero row kept zero
+    (:func:`_zero_gated`, where a layer has a bias that would move it)."""
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    layers = _affine_layers(net, dim, size)
+    if any(bias.any() for _, bias, _ in layers):
+        layers = _zero_gated(layers)
+    return [
+        *(
+            Dense(
+                weight.shape[1],
+                weight.shape[0],
+                activation_function=nn.ReLU() if relu else nn.Identity(),
+                # copies: the module's parameters must not share the side's cached arrays
+                init_weight=torch.from_numpy(np.array(weight, dtype=np.float32, order="C")),
+                init_bias=torch.from_numpy(np.array(bias, dtype=np.float32, order="C")),
+            )
+            for weight, bias, relu in layers
+        ),
+        Normalize(),
+    ]
 
 
 def export_sentence_transformers(
