@@ -287,6 +287,63 @@ def test_a_fit_interrupted_while_saving_leaves_a_folder_the_next_fit_takes(
     assert "is not a folder written by `search-adaptor fit`" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "stopped_in", "signal_", "status", "line"),
+    [
+        ("fit", "search_adaptor.experiment.embeddings_for", KeyboardInterrupt, 130, "interrupted"),
+        (
+            "embed",
+            "search_adaptor.embed.embed_dataset",
+            "Terminated",
+            143,
+            "terminated (embeddings finished so far are kept in the store)",
+        ),
+        ("dry-run", "search_adaptor.embed.plan_embedding", KeyboardInterrupt, 130, "interrupted"),
+        ("search", "search_adaptor.index.AdaptedIndex.load", KeyboardInterrupt, 130, "interrupted"),
+        ("serve", "search_adaptor.server.serve", "Terminated", 143, "terminated (server stopped)"),
+    ],
+)
+def test_an_interrupted_command_ends_with_what_is_true_of_it(
+    tmp_path, synthetic, capsys, monkeypatch, command, stopped_in, signal_, status, line
+):
+    """Every interrupted command ended "(embeddings finished so far are kept in the store)", though
+    serve, search, a fit of --embeddings vectors or a dry run embed nothing: only a command that
+    embeds through the store says so, serve says the server stopped, the others say nothing more.
+    The statuses are Ctrl-C's 130 and SIGTERM's 143, as ever."""
+    from search_adaptor.files import Terminated
+
+    raised = Terminated if signal_ == "Terminated" else signal_
+
+    def stopped(*_args, **_kwargs):
+        raise raised
+
+    monkeypatch.setattr(stopped_in, stopped)
+    fit = _synthetic_folder(tmp_path, synthetic, {"test": synthetic["qids"]})
+    # an API model needs no download to be made; nothing reaches the root
+    embed = [
+        "embed",
+        fit[1],
+        "--provider",
+        "openai-compatible",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9",
+    ]
+    argv = {
+        "fit": [*fit, "--out", str(tmp_path / "out")],
+        "embed": embed,
+        "dry-run": [*embed, "--dry-run"],
+        "search": ["search", str(tmp_path / "index"), "a query"],
+        "serve": ["serve", str(tmp_path / "index")],
+    }[command]
+    assert (
+        main([*argv, "--cache", str(tmp_path / "cache")] if command in ("embed", "dry-run") else argv)
+        == status
+    )
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"search-adaptor: {line}"
+
+
 def test_five_labelled_queries_ship_the_identity_and_say_why(tmp_path, synthetic, capsys):
     """5-fold over 5 queries: every fit validates on one query, which proves nothing, so nothing
     ships (the rule itself: test_model's test_selection_rules...), and report.md says what to do."""

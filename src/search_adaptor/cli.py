@@ -442,6 +442,18 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"{args.format} export of {args.adapter} written to {out} and checked against the adapter")
 
 
+def _when_stopped(args: argparse.Namespace) -> str:
+    """What is true of the command ``args`` ran once Ctrl-C or SIGTERM stops it, for the line it ends
+    with (:func:`~search_adaptor.files.one_line_error`): a command that takes --cache embeds through
+    the store, which keeps every batch it finished (a rerun pays only for the rest), unless
+    --embeddings brought the vectors or --dry-run sends nothing; ``serve`` has stopped serving; the
+    others have nothing to add."""
+    if args.command == "serve":
+        return "server stopped"
+    embeds = hasattr(args, "cache") and not args.embeddings and not getattr(args, "dry_run", False)
+    return "embeddings finished so far are kept in the store" if embeds else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends in one ``search-adaptor: error: ...`` line, exit 2 (--debug: after
     its traceback)."""
@@ -463,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OutputClosed:  # as a tool killed by SIGPIPE, the shell's status for it
             return SIGPIPE_STATUS
         except (Exception, KeyboardInterrupt) as exc:  # SIGTERM's Terminated too
-            status, line = one_line_error(exc, debug=getattr(args, "debug", False))
+            status, line = one_line_error(exc, getattr(args, "debug", False), _when_stopped(args))
             _eprint(line)
             return status
 

@@ -447,7 +447,7 @@ class Terminated(KeyboardInterrupt):
     the exit status and the last line (:func:`one_line_error`) differ."""
 
 
-def one_line_error(exc: BaseException, debug: bool = False) -> tuple[int, str]:
+def one_line_error(exc: BaseException, debug: bool = False, stopped: str = "") -> tuple[int, str]:
     """Exit status and the one line a command ends with when ``exc`` stops it (``debug``: its
     traceback is printed first).
 
@@ -457,16 +457,17 @@ def one_line_error(exc: BaseException, debug: bool = False) -> tuple[int, str]:
     traceback. ``--debug`` changes what is printed, never the status: raised out of a command, bad
     input would end Python with status 1 (a bug's) and SIGTERM with an uncaught Ctrl-C's 130, telling
     a supervisor that a person stopped the job.
+
+    ``stopped`` ends an interruption's line in brackets: what is true of the interrupted command
+    (its caller knows which ran: embeddings kept in the store, a server stopped); nothing is added
+    without it, since no one clause is true of every command.
     """
     if debug:
         traceback.print_exception(exc)
-    if isinstance(exc, Terminated):
-        return (
-            128 + signal.SIGTERM,
-            "search-adaptor: terminated (embeddings finished so far are kept in the store)",
-        )
-    if isinstance(exc, KeyboardInterrupt):
-        return 130, "search-adaptor: interrupted (embeddings finished so far are kept in the store)"
+    if isinstance(exc, KeyboardInterrupt):  # SIGTERM's Terminated too
+        sigterm = isinstance(exc, Terminated)
+        line = f"search-adaptor: {'terminated' if sigterm else 'interrupted'}"
+        return 128 + signal.SIGTERM if sigterm else 130, line + (f" ({stopped})" if stopped else "")
     text = " ".join(str(exc).split())
     if isinstance(exc, ImportError) and exc.name:  # an optional extra the command needs
         return 2, f"search-adaptor: error: this command needs {exc.name}: pip install 'search-adaptor[all]'"
