@@ -14,6 +14,7 @@ import pytest
 from conftest import shared_dataset
 
 from search_adaptor.cli import main
+from search_adaptor.files import Terminated
 from search_adaptor.model import SearchAdaptor
 from test_hostile import write_beir, write_vectors
 
@@ -288,31 +289,28 @@ def test_a_fit_interrupted_while_saving_leaves_a_folder_the_next_fit_takes(
 
 
 @pytest.mark.parametrize(
-    ("command", "stopped_in", "signal_", "status", "line"),
+    ("command", "stopped_in", "raised", "status", "line"),
     [
         ("fit", "search_adaptor.experiment.embeddings_for", KeyboardInterrupt, 130, "interrupted"),
         (
             "embed",
             "search_adaptor.embed.embed_dataset",
-            "Terminated",
+            Terminated,
             143,
             "terminated (embeddings finished so far are kept in the store)",
         ),
         ("dry-run", "search_adaptor.embed.plan_embedding", KeyboardInterrupt, 130, "interrupted"),
         ("search", "search_adaptor.index.AdaptedIndex.load", KeyboardInterrupt, 130, "interrupted"),
-        ("serve", "search_adaptor.server.serve", "Terminated", 143, "terminated (server stopped)"),
+        ("serve", "search_adaptor.server.serve", Terminated, 143, "terminated (server stopped)"),
     ],
 )
 def test_an_interrupted_command_ends_with_what_is_true_of_it(
-    tmp_path, synthetic, capsys, monkeypatch, command, stopped_in, signal_, status, line
+    tmp_path, synthetic, capsys, monkeypatch, command, stopped_in, raised, status, line
 ):
     """Every interrupted command ended "(embeddings finished so far are kept in the store)", though
     serve, search, a fit of --embeddings vectors or a dry run embed nothing: only a command that
     embeds through the store says so, serve says the server stopped, the others say nothing more.
     The statuses are Ctrl-C's 130 and SIGTERM's 143, as ever."""
-    from search_adaptor.files import Terminated
-
-    raised = Terminated if signal_ == "Terminated" else signal_
 
     def stopped(*_args, **_kwargs):
         raise raised
@@ -329,6 +327,8 @@ def test_an_interrupted_command_ends_with_what_is_true_of_it(
         "m",
         "--base-url",
         "http://127.0.0.1:9",
+        "--cache",
+        str(tmp_path / "cache"),
     ]
     argv = {
         "fit": [*fit, "--out", str(tmp_path / "out")],
@@ -337,10 +337,7 @@ def test_an_interrupted_command_ends_with_what_is_true_of_it(
         "search": ["search", str(tmp_path / "index"), "a query"],
         "serve": ["serve", str(tmp_path / "index")],
     }[command]
-    assert (
-        main([*argv, "--cache", str(tmp_path / "cache")] if command in ("embed", "dry-run") else argv)
-        == status
-    )
+    assert main(argv) == status
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"search-adaptor: {line}"
 
 
