@@ -615,6 +615,28 @@ def test_training_queries_the_test_split_holds_are_left_out_and_said(tmp_path, s
     assert not (tmp_path / "refused").exists()
 
 
+def test_unsupervised_kfold_selection_is_refused_before_anything_is_embedded(
+    tmp_path, synthetic, capsys, monkeypatch
+):
+    """fit --unsupervised --selection kfold embedded every text (paid for, with an API model) and only
+    then said that a fit without labels has nothing to cross-validate: it is refused first now."""
+    from search_adaptor import experiment
+
+    def no_embedding(*_args, **_kwargs):
+        raise AssertionError("embedded before the refusal")
+
+    monkeypatch.setattr(experiment, "embeddings_for", no_embedding)
+    data = _synthetic_folder(tmp_path, synthetic, {"test": synthetic["qids"]})[1]
+    api = ["--provider", "openai-compatible", "--model", "m", "--base-url", "http://127.0.0.1:9"]
+    fit = ["fit", data, *api, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    assert main([*fit, "--unsupervised", "--dims", "8", "--selection", "kfold", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "search-adaptor: error: --selection kfold cross-validates labelled queries, and --unsupervised "
+        "trains on none: drop --selection kfold"
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
 def test_kfold_selection_short_of_queries_is_refused_before_anything_is_embedded(
     tmp_path, synthetic, capsys, monkeypatch
 ):

@@ -187,6 +187,16 @@ def _check_engine_flags(args: argparse.Namespace) -> None:
         )
 
 
+def _check_fit_flags(args: argparse.Namespace) -> None:
+    """Refuse fit flags that contradict each other before the data is read or anything embedded (and
+    paid for): run_fit refuses them too, for Python callers, but only once given the embeddings."""
+    if args.unsupervised and args.selection == "kfold":
+        raise ValueError(
+            "--selection kfold cross-validates labelled queries, and --unsupervised trains on none: drop "
+            "--selection kfold"
+        )
+
+
 def _note_size(adapter: Any, dim: int | None) -> None:
     """Say so, on stderr, when ``--dim`` asks for a prefix size the adapter was not trained at."""
     note = adapter.untrained_size(dim)
@@ -284,6 +294,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from search_adaptor.experiment import run_fit
     from search_adaptor.report import check_run_folder, save_run
 
+    _check_fit_flags(args)
     check_run_folder(args.out, "fit")  # before any work: a folder of the user's is never written into
     dataset = load_beir(args.data)
     emb = _embeddings(args, dataset)
