@@ -166,7 +166,7 @@ def test_the_command_exports_and_never_replaces_another_folder(bert: Path, tmp_p
             lambda d: (d / "encoder.json").write_text(
                 json.dumps({**json.loads((d / "encoder.json").read_text()), "window": 64})
             ),
-            r"encoder\.json: field 'window' is 64, but the model in model\.onnx has 32 positions; "
+            r"encoder\.json: field 'window' is 64, but the model in model\.onnx takes at most 32 tokens; "
             "set it to at most 32",
         ),
     ],
@@ -184,11 +184,12 @@ def test_a_damaged_folder_is_refused_in_one_line_naming_the_file(
 
 
 def test_the_window_is_checked_against_the_recorded_positions_without_opening_the_graph(
-    exports: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    exports: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
     """Loading parsed model.onnx a second time (onnx.load, after onnxruntime) to read one tensor's
     shape; export-encoder records the model's positions in encoder.json instead. A folder exported
-    before has none: it loads, its window unchecked."""
+    before has none: it loads, its window unchecked, which was silent and is now one warning line
+    naming the file and the fix. A model whose config records no positions has null: no warning."""
     onnx = pytest.importorskip("onnx")
 
     def parsed_again(*_: object, **__: object) -> None:
@@ -203,8 +204,51 @@ def test_the_window_is_checked_against_the_recorded_positions_without_opening_th
     del config["max_positions"]
     (older / "encoder.json").write_text(json.dumps({**config, "window": 16}))
     assert OnnxEncoder(str(older)).encode_queries(["the cat"]).shape == (1, 32)
+    caplog.clear()
     (older / "encoder.json").write_text(json.dumps({**config, "window": 64}))  # not known: not refused
     assert OnnxEncoder(str(older)).window == 64
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"onnx: {older / 'encoder.json'} has no 'max_positions'" in warning
+    assert "'window' 64 is not checked" in warning and "export-encoder --out" in warning
+    caplog.clear()
+    (older / "encoder.json").write_text(json.dumps({**config, "window": 64, "max_positions": None}))
+    assert OnnxEncoder(str(older)).window == 64 and not caplog.records
+
+
+def test_a_roberta_style_model_takes_its_position_table_less_its_padding_offset(
+    bert: Path, tmp_path: Path
+) -> None:
+    """A RoBERTa-style table numbers tokens from padding_idx + 1: its 34 rows take 33 tokens here
+    (RoBERTa's 514 take 512). The export recorded window and max_positions 34, so a long text failed
+    inside onnxruntime ('indices element out of data bounds, idx=34') and a window of 34 was not
+    refused; both are now 33, and the long text embeds as the model does at 33 tokens."""
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(shutil.copytree(bert, tmp_path / "roberta"))  # its tokenizer; [PAD] is id 0
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(
+        vocab_size=json.loads((bert / "config.json").read_text())["vocab_size"],
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=34,
+        pad_token_id=0,
+        type_vocab_size=1,
+    )
+    transformers.RobertaModel(config).save_pretrained(folder)
+    out, _ = export_encoder(tmp_path / "onnx", str(folder), int8=False)
+    recorded = json.loads((out / "encoder.json").read_text())
+    assert recorded["max_positions"] == recorded["window"] == 33
+    model = SentenceTransformer(str(folder), device="cpu")
+    model.max_seq_length = 33
+    expected = model.encode([LONG], normalize_embeddings=True)
+    np.testing.assert_allclose(OnnxEncoder(str(out)).encode_corpus([LONG]), expected, atol=2e-5)
+    (out / "encoder.json").write_text(json.dumps({**recorded, "window": 34}))
+    with pytest.raises(EncoderError, match=r"field 'window' is 34, but .* takes at most 33 tokens"):
+        OnnxEncoder(str(out))
 
 
 def test_export_encoder_over_an_earlier_export_keeps_a_users_file(

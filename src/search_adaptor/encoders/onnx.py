@@ -3,8 +3,8 @@
 ``search-adaptor export-encoder --out DIR`` (:func:`export_encoder`) exports the model's
 transformer to ONNX, quantises its weights to int8, one scale per output channel (dynamic
 quantisation: activations are quantised as each call runs; see :func:`_quantize` for what stays
-float), and writes the tokenizer and ``encoder.json`` (pooling, window, the model's positions,
-quantisation, source model) beside it. The ``onnx`` provider runs such a folder with
+float), and writes the tokenizer and ``encoder.json`` (pooling, window, the most tokens the model
+takes, quantisation, source model) beside it. The ``onnx`` provider runs such a folder with
 onnxruntime and the ``tokenizers`` library only: no torch at query time; on a CPU core MiniLM int8
 encodes a query about 3x faster than the float model, and long documents about 1.5x
 (``benchmarks/onnx_encoder.py``).
@@ -29,6 +29,8 @@ import numpy as np
 
 from search_adaptor.encoders.base import EncoderError, FolderEncoder, Kind
 from search_adaptor.encoders.local import DEFAULT_MODEL, SentenceTransformerEncoder, cut_to_window
+
+log = logging.getLogger(__name__)
 
 GRAPH = "model.onnx"
 TOKENIZER = "tokenizer.json"
@@ -60,10 +62,12 @@ class OnnxEncoder(FolderEncoder):
     ------
     EncoderError
         Not such a folder, or an ``encoder.json`` out of bounds (a ``window`` longer than the model's
-        ``max_positions`` included: a text that long would fail inside onnxruntime, mid-corpus, naming
-        no file); the message says how to remake it. An ``encoder.json`` written before
-        ``max_positions`` was recorded has none, and its ``window`` is not checked against the model:
-        the graph is not opened to find it.
+        ``max_positions``, the most tokens it takes, included: a text that long would fail inside
+        onnxruntime, mid-corpus, naming no file); the message says how to remake it.
+        ``max_positions`` is null for a model whose config records no positions: nothing to check.
+        An ``encoder.json`` written before ``max_positions`` was recorded has no such field, and
+        nothing else in the folder says it (the graph is not opened to find it: a second parse of
+        hundreds of MB at every load); its ``window`` is not checked, and a warning says so.
     """
 
     provider = "onnx"
@@ -99,7 +103,16 @@ class OnnxEncoder(FolderEncoder):
         if positions is not None and window > positions:  # encoder.json edited by hand
             raise EncoderError(
                 f"onnx: {self._folder / CONFIG}: field 'window' is {window}, but the model in {GRAPH} "
-                f"has {positions} positions; set it to at most {positions}, or {self.remake}"
+                f"takes at most {positions} tokens; set it to at most {positions}, or {self.remake}"
+            )
+        if "max_positions" not in settings:
+            log.warning(
+                "onnx: %s has no 'max_positions' (exported before it was recorded): its 'window' %d is "
+                "not checked against the model, and a text longer than the model takes fails inside "
+                "onnxruntime; %s to have it checked",
+                self._folder / CONFIG,
+                window,
+                self.remake,
             )
         self.pooling, self.window = str(pooling), int(window)
         self.query_prompt, self.document_prompt = prompts
@@ -223,7 +236,13 @@ def export_encoder(
         )
 
     net = transformer.auto_model.eval()
-    positions = getattr(net.config, "max_position_embeddings", None)  # the window's bound, if it has one
+    positions = _usable_positions(net)  # the window's bound, if the model has one
+    window = min((n for n in (transformer.max_seq_length, positions) if n), default=None)
+    if window is None:
+        raise ValueError(
+            f"{model}: neither its max_seq_length nor its config's max_position_embeddings says how many "
+            "tokens it takes; set max_seq_length in its sentence_bert_config.json"
+        )
     names = [n for n in _INPUTS if n in inspect.signature(net.forward).parameters]  # RoBERTa: no types
 
     class LastHidden(torch.nn.Module):
@@ -262,8 +281,8 @@ def export_encoder(
         config = {
             "format": "search-adaptor onnx encoder",
             "pooling": pooling,
-            "window": int(transformer.max_seq_length or net.config.max_position_embeddings),
-            **({"max_positions": positions} if isinstance(positions, int) and positions > 0 else {}),
+            "window": int(window),
+            "max_positions": positions,  # null: the model records none (absent: an older export)
             "quantization": "int8" if int8 else "float32",
             "query_prompt": base.query_prompt,
             "document_prompt": base.document_prompt,
@@ -282,6 +301,23 @@ def export_encoder(
                 "exported faithfully: embed with --provider sentence-transformers"
             )
     return staged.target, float(cosines.min())
+
+
+def _usable_positions(net: Any) -> int | None:
+    """The most tokens ``net`` (a transformers model) takes: its config's ``max_position_embeddings``,
+    less the rows a RoBERTa-style position table never gives a token. Such a table (RoBERTa,
+    XLM-R, MPNet, CamemBERT...) numbers a text's tokens from ``padding_idx + 1``, so its first
+    ``padding_idx + 1`` rows are never a token's (RoBERTa: 514 rows, 512 tokens); it is told by its
+    own ``padding_idx`` (a BERT table has none), read from the module the model runs rather than
+    from a list of model types or the config's ``pad_token_id`` (MPNet fixes its own). None where
+    the config records no positions (nothing to check a window against)."""
+    positions = getattr(net.config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or isinstance(positions, bool) or positions <= 0:
+        return None
+    table = getattr(getattr(net, "embeddings", None), "position_embeddings", None)
+    padding = getattr(table, "padding_idx", None)
+    offset = padding + 1 if isinstance(padding, int) and 0 <= padding < positions else 0
+    return positions - offset
 
 
 def _quantize(float_graph: Path, graph: Path) -> None:
