@@ -12,6 +12,7 @@ import pytest
 
 from fake_providers import FAKE_KEY, KEY_ENV, PROVIDER_NAMES, FakeProvider, Fault
 from search_adaptor.cli import main
+from search_adaptor.encoders.base import EncoderError
 from search_adaptor.encoders.registry import from_info, make_encoder
 
 #: What the CLI needs besides --provider and --base-url for each provider.
@@ -98,6 +99,32 @@ def test_dry_run_estimates_tokens_of_the_texts_as_sent(
     assert f"0 texts cached, 6 would be sent (~{tokens} tokens" in capsys.readouterr().out
 
 
+def test_dry_run_needs_no_api_key(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`embed --dry-run --provider openai` was refused for want of $OPENAI_API_KEY, though it sends
+    nothing: it now says what would be sent, and what the store holds, without a key; the key is
+    asked for where something is sent, and an encoder made to plan refuses to send."""
+    data = _write_beir(tmp_path / "tiny", n_docs=4, n_queries=2)
+    with FakeProvider("openai") as fake:
+        embed = ["embed", *_cli_args(fake, data, tmp_path / "cache")]
+        assert main([*embed, "--dry-run"]) == 0
+        assert "0 texts cached, 6 would be sent (~" in capsys.readouterr().out
+        assert main(embed) == 2
+        assert "openai: no API key found; set OPENAI_API_KEY" in capsys.readouterr().err
+        clean_env.setenv("OPENAI_API_KEY", fake.key)
+        assert main([*embed, "--quiet"]) == 0
+        capsys.readouterr()
+        clean_env.delenv("OPENAI_API_KEY")
+        assert main([*embed, "--dry-run"]) == 0
+        assert "6 texts cached, 0 would be sent (~0 tokens" in capsys.readouterr().out
+        sent = len(fake.calls)
+        planner = make_encoder("openai", base_url=fake.url, plan_only=True)
+        with pytest.raises(EncoderError, match="made with plan_only=True, to say what would be sent"):
+            planner.encode_batch(["a text"], "query")
+        assert len(fake.calls) == sent
+
+
 def test_progress_bar_shows_rate_and_retries(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -149,8 +176,8 @@ def test_bad_key_is_one_line_naming_the_env_var(
     assert err.startswith("search-adaptor: error: openai: HTTP 401") and "\n" not in err
     assert "$OPENAI_API_KEY" in err and wrong not in captured.err + captured.out
 
-    clean_env.delenv("OPENAI_API_KEY")
-    assert main(["embed", str(data), "--provider", "openai", "--cache", str(tmp_path), "--dry-run"]) == 2
+    clean_env.delenv("OPENAI_API_KEY")  # (a dry run needs none: test_dry_run_needs_no_api_key)
+    assert main(["embed", str(data), "--provider", "openai", "--cache", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("search-adaptor: error: openai: no API key") and "OPENAI_API_KEY" in err
 

@@ -152,8 +152,9 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
         *(["timeout"] if args.timeout else []),
     ]
     options = {k: getattr(args, k) for k in keys if not side or getattr(args, k) is not None}
+    plan_only = getattr(args, "dry_run", False)  # says what it would send: no key needed
     with _in_flags(side):
-        return make_encoder(provider, model, base_url=root, **options)
+        return make_encoder(provider, model, base_url=root, plan_only=plan_only, **options)
 
 
 #: an encoder's options, as its refusals name them, and the flags that set them (``base_url`` and the

@@ -923,6 +923,10 @@ class ApiEncoder(Encoder):
     retry_budget_s : float, optional
         Seconds one request may take, retries and waits included (sets ``retry.budget_s``); a
         server that answers its own clients wants a short one.
+    plan_only : bool
+        An encoder that only says what it would send (:attr:`fingerprint`, :meth:`request_tokens`,
+        :meth:`check_items`: ``embed --dry-run``): no key is looked up, so none is needed, and
+        sending raises :class:`EncoderError` before anything leaves.
     """
 
     provider = "api"
@@ -958,6 +962,7 @@ class ApiEncoder(Encoder):
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         retry_budget_s: float | None = None,
+        plan_only: bool = False,
     ) -> None:
         model = model or self.default_model
         if not model:
@@ -982,7 +987,7 @@ class ApiEncoder(Encoder):
         if retry_budget_s is not None:
             retry = dataclasses.replace(retry or RetryPolicy(), budget_s=retry_budget_s)
         self._cut_logged = False
-        auth, hint = self._credentials(api_key)
+        auth, hint = (self._sends_nothing, "") if plan_only else self._credentials(api_key)
         self._client = HttpClient(
             self.provider,
             self._resolve_base_url(base_url),
@@ -1038,6 +1043,13 @@ class ApiEncoder(Encoder):
             return dict, hint
         header = {self.auth_header: f"{self.auth_scheme}{secret.reveal()}"}
         return header.copy, hint
+
+    def _sends_nothing(self) -> dict[str, str]:
+        """The auth headers of a ``plan_only`` encoder: a refusal, raised before a request leaves."""
+        raise EncoderError(
+            f"{self.provider}: this encoder was made with plan_only=True, to say what would be sent; "
+            "make it without plan_only to send"
+        )
 
     def _resolve_base_url(self, base_url: str | None) -> str:
         """The API root: the one passed in, else the provider's public endpoint."""

@@ -37,7 +37,7 @@ _RECORDED_TYPES: dict[str, type] = {
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 
 
-def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
+def make_encoder(provider: str, model: str | None = None, *, plan_only: bool = False, **kw: Any) -> Encoder:
     """An encoder for ``provider``'s ``model`` (the provider's default model when omitted).
 
     Parameters
@@ -58,13 +58,17 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
         ``api_version``, ``azure_ad_token`` (Azure); ``project``, ``location``, ``auto_truncate``
         (Vertex); ``truncate`` (Cohere); ``truncation`` (Voyage); ``device`` (sentence-transformers).
         See :class:`~search_adaptor.encoders.http.ApiEncoder`.
+    plan_only : bool
+        Make an API encoder that only says what it would send (``embed --dry-run``): it needs no key
+        and refuses to send (:class:`~search_adaptor.encoders.http.ApiEncoder`); a model on this
+        machine is made as ever, since it sends nothing.
 
     Raises
     ------
     ValueError
         Unknown provider (the message lists the choices) or an option the provider lacks.
     EncoderError
-        No API key: the message names the environment variable to set.
+        No API key (unless ``plan_only``): the message names the environment variable to set.
     """
     if provider == LOCAL or provider in FOLDER_CLASSES:
         remote = [k for k in ("base_url", "dimensions") if kw.pop(k, None) is not None]
@@ -92,7 +96,7 @@ def make_encoder(provider: str, model: str | None = None, **kw: Any) -> Encoder:
         raise ValueError(f"unknown embedding provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
     module, name = API_CLASSES[provider]
     cls = getattr(importlib.import_module(module), name)
-    return cls(model, **kw)
+    return cls(model, plan_only=plan_only, **kw)
 
 
 def _do_not_apply(options: list[str]) -> str:
