@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -12,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -357,66 +360,240 @@ def test_a_body_that_stops_arriving_is_answered_408_and_its_connection_closed() 
     }
 
 
+@contextlib.contextmanager
+def _serving(
+    tmp_path: Path, fake: FakeProvider, bound: float
+) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """``search-adaptor serve`` of a 6-document index that ``fake`` embeds, in a process of its own whose
+    shutdown bound (:data:`~search_adaptor.server.GRACEFUL_SHUTDOWN_S`) is ``bound`` seconds; yields the
+    process once it answers, its URL and its log (stdout and stderr: uvicorn writes to both), and kills
+    it if the test left it running."""
+    encoder = fake_encoder(fake, model="fake-model")
+    adapter = make_adapter(8, info=encoder.info())
+    texts = [f"document {i}" for i in range(6)]
+    index = AdaptedIndex.build(adapter, encoder, [f"d{i}" for i in range(6)], texts, cache_dir=tmp_path)
+    index.save(tmp_path / "idx")
+    port, log = _free_port(), tmp_path / "serve.log"
+    code = f"import sys, search_adaptor.server as server; server.GRACEFUL_SHUTDOWN_S = {bound}; "
+    code += "from search_adaptor.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), KEY_ENV[fake.provider]: fake.key}
+    command = [sys.executable, "-c", code, "serve", str(tmp_path / "idx"), "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, env=env, stdout=err, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield proc, url, log
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _post(url: str, body: dict[str, Any], answers: dict[str, Any]) -> None:
+    """POST ``body`` as JSON to ``url``; ``answers`` gets the status, the headers and the JSON body, of
+    an error status too (a body that is not JSON as text)."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            status, headers, raw = answer.status, answer.headers, answer.read()
+    except urllib.error.HTTPError as refusal:
+        status, headers, raw = refusal.code, refusal.headers, refusal.read()
+    json_body = headers.get_content_type() == "application/json"
+    answers.update(status=status, headers=headers, body=json.loads(raw) if json_body else raw.decode())
+
+
+def _calls_reach(fake: FakeProvider, count: int, proc: subprocess.Popen, log: Path) -> None:
+    """Wait until ``fake`` has received ``count`` requests."""
+    deadline = time.monotonic() + 60
+    while len(fake.calls) < count:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
+
+
 def test_sigterm_ends_serve_while_a_client_stalls_halfway_through_a_body(tmp_path: Path) -> None:
     """A client that sent its headers and part of a body, then nothing, kept ``serve`` from exiting on
     SIGTERM: uvicorn waited for that request forever, so ``docker stop`` ended in a SIGKILL. Now the
     graceful shutdown has a bound (shortened here, in the server's process, to keep the test short),
     and a request answered normally at that moment still gets its answer."""
-    with FakeProvider("openai-compatible", dim=8) as fake:
-        encoder = fake_encoder(fake, model="fake-model")
-        adapter = make_adapter(8, info=encoder.info())
-        texts = [f"document {i}" for i in range(6)]
-        index = AdaptedIndex.build(adapter, encoder, [f"d{i}" for i in range(6)], texts, cache_dir=tmp_path)
-        index.save(tmp_path / "idx")
-        port, log = _free_port(), tmp_path / "serve.log"
-        code = "import sys, search_adaptor.server as server; server.GRACEFUL_SHUTDOWN_S = 2.0; "
-        code += "from search_adaptor.cli import main; sys.exit(main(sys.argv[1:]))"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), KEY_ENV[fake.provider]: fake.key}
-        command = [sys.executable, "-c", code, "serve", str(tmp_path / "idx"), "--port", str(port)]
-        url = f"http://127.0.0.1:{port}"
-        with log.open("w") as err:
-            proc = subprocess.Popen(command, env=env, stderr=err)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                try:
-                    urllib.request.urlopen(f"{url}/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            stalled = socket.create_connection(("127.0.0.1", port))
-            stalled.sendall(
-                b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b'Content-Length: 100\r\n\r\n{"queries": ['
-            )
-            answered: dict[str, Any] = {}
-
-            def search() -> None:
-                request = urllib.request.Request(
-                    f"{url}/search",
-                    data=json.dumps({"queries": ["document 1"], "k": 2}).encode(),
-                    headers={"Content-Type": "application/json"},
-                )
-                with urllib.request.urlopen(request, timeout=30) as answer:
-                    answered.update(status=answer.status, body=json.loads(answer.read()))
-
-            sent = len(fake.calls)
-            fake.schedule(Fault.slow(0.3))  # the provider is still embedding the query at SIGTERM
-            normal = threading.Thread(target=search)
-            normal.start()
-            while len(fake.calls) == sent:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGTERM)
-            # it waited for the stalled client as long as the client stayed (20 s and more); the bound is
-            # loose because a loaded 2-core machine takes seconds to end the interpreter after shutdown
-            proc.wait(timeout=30)
-            normal.join(timeout=10)
-            stalled.close()
-        finally:
-            proc.kill()
-            proc.wait()
+    with FakeProvider("openai-compatible", dim=8) as fake, _serving(tmp_path, fake, 2.0) as (proc, url, log):
+        port = int(url.rsplit(":", 1)[1])
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(
+            b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"queries": ['
+        )
+        answered: dict[str, Any] = {}
+        body = {"queries": ["document 1"], "k": 2}
+        normal = threading.Thread(target=_post, args=(f"{url}/search", body, answered))
+        sent = len(fake.calls)
+        fake.schedule(Fault.slow(0.3))  # the provider is still embedding the query at SIGTERM
+        normal.start()
+        _calls_reach(fake, sent + 1, proc, log)
+        proc.send_signal(signal.SIGTERM)
+        # it waited for the stalled client as long as the client stayed (20 s and more); the bound is
+        # loose because a loaded 2-core machine takes seconds to end the interpreter after shutdown
+        proc.wait(timeout=30)
+        normal.join(timeout=10)
+        stalled.settimeout(10)
+        cut = stalled.recv(65536)  # the server is gone: what it sent is all there is
+        stalled.close()
     assert proc.returncode == 143, log.read_text()  # 128 + SIGTERM, as before
     assert "timeout graceful shutdown exceeded" in log.read_text()  # the stalled request, not the other
+    assert cut.startswith(b"HTTP/1.1 503 "), cut  # cut while its body was read: the shutdown's 503
     assert answered["status"] == 200 and len(answered["body"]["results"][0]) == 2
+
+
+SHUTTING_DOWN = (
+    "the server is shutting down; send the request again (to another instance, or once it is back)"
+)
+
+
+def test_a_request_the_shutdown_bound_cuts_is_answered_503_and_logged_in_one_line(tmp_path: Path) -> None:
+    """A request still running when the shutdown's bound ran out was cancelled by uvicorn, which
+    logged a CancelledError traceback and answered 500. Now its client gets a 503 saying why, with
+    ``Retry-After``, in the format of that endpoint's other errors, and the log one line naming it."""
+    with FakeProvider("openai-compatible", dim=8) as fake, _serving(tmp_path, fake, 1.0) as (proc, url, log):
+        fake.schedule(Fault.slow(6), Fault.slow(6))  # both on the wire at the bound: not stopped, cut
+        sent = len(fake.calls)
+        native: dict[str, Any] = {}
+        openai: dict[str, Any] = {}
+        clients = [
+            threading.Thread(target=_post, args=(f"{url}/search", {"queries": ["document 1"]}, native)),
+            threading.Thread(
+                target=_post,
+                args=(
+                    f"{url}/v1/embeddings",
+                    {"input": "document 2", "model": "search-adaptor-document"},
+                    openai,
+                ),
+            ),
+        ]
+        for client in clients:
+            client.start()
+            _calls_reach(fake, sent := sent + 1, proc, log)  # in turn: two calls, not one merged
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        for client in clients:
+            client.join(timeout=10)
+    text = log.read_text()
+    assert proc.returncode == 143, text
+    assert native["status"] == 503 and native["headers"]["Retry-After"] == "1", native
+    assert native["body"] == {"detail": SHUTTING_DOWN}
+    assert openai["status"] == 503 and openai["headers"]["Retry-After"] == "1", openai
+    assert openai["body"] == {
+        "error": {"message": SHUTTING_DOWN, "type": "server_error", "param": None, "code": None}
+    }
+    assert "Traceback" not in text and "CancelledError" not in text and '" 500' not in text, text
+    for path in ("/search", "/v1/embeddings"):
+        assert f'"POST {path} HTTP/1.1" 503' in text, text
+        cut = [line for line in text.splitlines() if f"POST {path} from 127.0.0.1:" in line]
+        assert len(cut) == 1 and "cut off by the shutdown" in cut[0] and "answered 503" in cut[0], text
+
+
+def test_sigterm_stops_an_api_model_retrying_and_answers_503_at_once(tmp_path: Path) -> None:
+    """A request whose API model was waiting to retry (a retry budget of 10 s) at SIGTERM went on
+    retrying until the shutdown's bound (8 s) cut it. Now the retry is not sent: the request is
+    answered the 503 of a shutdown, before the bound, and the log says which request and why."""
+    with FakeProvider("openai-compatible", dim=8) as fake, _serving(tmp_path, fake, 4.0) as (proc, url, log):
+        fake.schedule(Fault.rate_limited(retry_after="6"), Fault.rate_limited(retry_after="6"))
+        sent = len(fake.calls)
+        answered: dict[str, Any] = {}
+        client = threading.Thread(target=_post, args=(f"{url}/search", {"queries": ["document 1"]}, answered))
+        client.start()
+        _calls_reach(fake, sent + 1, proc, log)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        client.join(timeout=10)
+    text = log.read_text()
+    assert proc.returncode == 143, text
+    assert len(fake.calls) == sent + 1, "a retry was sent after SIGTERM"
+    assert answered["status"] == 503 and answered["headers"]["Retry-After"] == "1", answered
+    assert answered["body"] == {"detail": SHUTTING_DOWN}
+    assert "timeout graceful shutdown exceeded" not in text and "Traceback" not in text, text
+    stopped = [line for line in text.splitlines() if "POST /search from 127.0.0.1:" in line]
+    assert len(stopped) == 1 and "answered 503" in stopped[0] and "HTTP 429" in stopped[0], text
+
+
+def test_once_the_shutdown_began_an_api_model_sends_nothing_and_its_request_is_answered_503(
+    synthetic, monkeypatch, caplog
+) -> None:
+    """After the signal (``state.stopping``, set by ``serve``) an API model's request that is not on
+    the wire yet is not sent: a retry's or a new call's answer would come after the process is gone.
+    Its client gets the shutdown's 503 at once, in OpenAI's format under ``/v1``."""
+    with FakeProvider("openai-compatible", dim=8) as fake:
+        encoder = fake_encoder(fake, model="fake-model")
+        index = AdaptedIndex.from_vectors(
+            make_adapter(8, info=encoder.info()), ["d0", "d1"], np.eye(2, 8), encoder.info(), encoder=encoder
+        )
+        app = create_app(index)
+        client = TestClient(app)
+        assert client.post("/search", json={"queries": ["q"], "k": 1}).status_code == 200
+        sent = len(fake.calls)
+        app.state.stopping.set()
+        answer = client.post("/v1/embeddings", json={"input": "q", "model": "search-adaptor-query"})
+    assert len(fake.calls) == sent, "a request was sent after the shutdown began"
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert answer.json() == {
+        "error": {"message": SHUTTING_DOWN, "type": "server_error", "param": None, "code": None}
+    }
+    named = [r.getMessage() for r in caplog.records if "POST /v1/embeddings" in r.getMessage()]
+    assert len(named) == 1 and "not sent" in named[0] and "answered 503" in named[0], named
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+@pytest.mark.parametrize("answering", [False, True])
+def test_a_request_cancelled_is_answered_503_only_when_the_shutdown_cancelled_it(
+    stopping: bool, answering: bool, caplog
+) -> None:
+    """A cancellation before the shutdown began is not the shutdown's: it goes on as it came. One
+    during the shutdown is answered 503, unless the answer had started (half of it cannot become a
+    503): either way the log has one line, naming the request, and no traceback."""
+    from search_adaptor.server import _CutByShutdown
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if answering:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.Event().wait()  # a request that is still running
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    event = threading.Event()
+    if stopping:
+        event.set()
+    scope = {"type": "http", "method": "POST", "path": "/embed", "client": ("10.0.0.1", 5), "headers": []}
+
+    async def cut() -> None:
+        task = asyncio.ensure_future(_CutByShutdown(app, event)(scope, None, send))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await task
+
+    if not stopping:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(cut())
+        assert not caplog.records
+        return
+    asyncio.run(cut())
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert (
+        line.startswith("POST /embed from 10.0.0.1:5 cut off by the shutdown")
+        and not caplog.records[0].exc_info
+    )
+    if answering:
+        assert len(sent) == 1 and line.endswith("halfway through its answer")
+    else:
+        start, body = sent
+        assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+        assert json.loads(body["body"]) == {"detail": SHUTTING_DOWN} and line.endswith("answered 503")

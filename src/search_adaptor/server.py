@@ -21,7 +21,7 @@ and every status an endpoint can return. Refusals are one line: 413 (too much), 
 the field), 400 (not JSON: not UTF-8, malformed, empty or not sent as ``application/json``, saying
 which), 401 (key), 404 (no such ``/v1`` model, or no such URL), 408 (a body that stopped arriving for
 :data:`BODY_IDLE_S`; the connection is closed), 502 (the embedding provider failed: named, never its URL
-or credentials) and 503 (too many texts waiting: retry after ``Retry-After``).
+or credentials) and 503 (too many texts waiting, or the server shutting down: retry after ``Retry-After``).
 ``/v1`` answers errors as OpenAI does (``{"error": {"message", "type", "param", "code"}}``: ``param``
 the field at fault, ``code`` ``model_not_found`` or ``invalid_api_key`` where OpenAI sends them, an
 unknown URL ``Invalid URL (POST /v1/...)`` with no code), the others as ``{"detail": "..."}``.
@@ -53,6 +53,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -69,7 +70,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_adaptor import __version__
 from search_adaptor.encoders import API_CLASSES
-from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind
+from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind, cancelled_by
+from search_adaptor.encoders.http import Cancelled
 from search_adaptor.index import BLANK_QUERY, AdaptedIndex, Hits, import_faiss
 
 log = logging.getLogger(__name__)
@@ -93,10 +95,18 @@ _IDLE_S = 5.0  # a worker with nothing to do for this long stops (the next reque
 #: uvicorn grants a client between requests (its ``timeout_keep_alive``); a JSON body is sent at once
 BODY_IDLE_S = 5.0
 #: seconds a SIGTERM (``docker stop``, Kubernetes, systemd) waits for requests in flight before they
-#: are cancelled and the server exits: 8, under ``docker stop``'s 10 s before its SIGKILL (Kubernetes
-#: waits 30 s), and over :data:`BODY_IDLE_S`, so that a stalled upload is answered 408 and closed
-#: rather than cancelled; a request answered normally (a local model: milliseconds) finishes within it
+#: are cut off (answered :data:`SHUTTING_DOWN`) and the server exits: 8, under ``docker stop``'s 10 s
+#: before its SIGKILL (Kubernetes waits 30 s), and over :data:`BODY_IDLE_S`, so that a stalled upload
+#: is answered 408 and closed rather than cut; a request answered normally (a local model:
+#: milliseconds) finishes within it. An API model sends no new request or retry from the SIGTERM on
+#: (:class:`Batcher`): a retry's wait (its budget is :data:`RETRY_BUDGET_S`) would outlast the bound.
 GRACEFUL_SHUTDOWN_S = 8.0
+#: the 503 of a request the server's shutdown ends: its client should send it again, to another
+#: instance behind the same address or to this one once restarted
+SHUTTING_DOWN = (
+    "the server is shutting down; send the request again (to another instance, or once it is back)"
+)
+_SHUTDOWN_HEADERS = {"Retry-After": "1", "Connection": "close"}  # the connection takes no next request
 _V1 = "/v1/"
 _OPENAI_TYPES = {
     401: "invalid_request_error",
@@ -113,7 +123,7 @@ _STATUSES = {
     413: "too many texts, a text too long, or a body too large (the message names the limit)",
     422: "invalid body (the message names the field)",
     502: "the embedding provider failed (named; details in the server log)",
-    503: "too many texts waiting: retry after the Retry-After header's seconds",
+    503: "too many texts waiting, or the server shutting down: retry after the Retry-After header's seconds",
 }
 
 
@@ -449,6 +459,47 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
 
+def _named(scope: Scope) -> str:
+    """A request as the server log names it: ``POST /search from 127.0.0.1:51234``."""
+    client = scope.get("client")
+    return f"{scope['method']} {scope['path']}" + (f" from {client[0]}:{client[1]}" if client else "")
+
+
+class _CutByShutdown:
+    """Answer a request that the server's shutdown cancels (uvicorn cancels what still runs
+    :data:`GRACEFUL_SHUTDOWN_S` after a SIGTERM) with the 503 :data:`SHUTTING_DOWN`, and log one line
+    naming it: uvicorn logged the ``CancelledError`` with its traceback and answered 500, as it does
+    a bug. ``stopping`` is set once the shutdown has begun; a cancellation before it goes on as it came."""
+
+    def __init__(self, app: ASGIApp, stopping: threading.Event) -> None:
+        self.app = app
+        self.stopping = stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, answering = time.monotonic(), False
+
+        async def watched(message: Message) -> None:
+            nonlocal answering
+            answering = answering or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except asyncio.CancelledError:
+            if not self.stopping.is_set():
+                raise
+            elapsed = time.monotonic() - started
+            cut = f"{_named(scope)} cut off by the shutdown, unfinished after {elapsed:.1f} s"
+            if answering:  # half an answer cannot become a 503: uvicorn closes the connection
+                log.warning("%s, halfway through its answer", cut)
+                return
+            log.warning("%s; answered 503", cut)  # unless uvicorn closed the connection already
+            await _error(Request(scope), 503, SHUTTING_DOWN, **_SHUTDOWN_HEADERS)(scope, receive, send)
+
+
 class Busy(Exception):
     """More texts are waiting than the server takes: the client should retry shortly (503)."""
 
@@ -486,6 +537,10 @@ class Batcher:
     :meth:`AdaptedIndex.embed <search_adaptor.index.AdaptedIndex.embed>` call per side (which adapts
     each row alone, and pads no text to a longer one), and searches the query vectors once per
     distinct ``k`` (FAISS scores each row alone).
+    Once ``stopping`` is set (the server is shutting down) an API model sends no new request and no
+    retry (:func:`~search_adaptor.encoders.base.cancelled_by`): its requests fail at once with
+    :class:`~search_adaptor.encoders.http.Cancelled` rather than wait for a retry the shutdown would
+    cut off; a request already on the wire is answered, and a local model goes on as before.
     Each model has its own queue and one worker per call it may have in flight (its
     ``max_concurrency``: one for a local model); workers stop when idle and start again on demand.
     A cross-model index's two models are two such lanes: a side never runs more calls at once than
@@ -503,10 +558,20 @@ class Batcher:
         Seconds a worker waits for more requests after the first one.
     max_pending : int
         Texts allowed to wait; a request beyond it raises :class:`Busy` at once.
+    stopping : threading.Event, optional
+        Set when the server begins to shut down (a new, unset one by default).
     """
 
-    def __init__(self, index: AdaptedIndex, max_texts: int, window_s: float, max_pending: int) -> None:
+    def __init__(
+        self,
+        index: AdaptedIndex,
+        max_texts: int,
+        window_s: float,
+        max_pending: int,
+        stopping: threading.Event | None = None,
+    ) -> None:
         self.index = index
+        self.stopping = stopping or threading.Event()
         self.max_texts = max_texts
         self.window_s = window_s
         self.max_pending = max_pending
@@ -593,7 +658,8 @@ class Batcher:
         texts = [text for job in jobs for text in job.texts]
         rejected: dict[int, str] = {}
         try:
-            vectors = self.index.embed(texts, kind)
+            with cancelled_by(self.stopping):
+                vectors = self.index.embed(texts, kind)
         except InputsRejected as exc:  # only the requests holding a rejected text fail
             vectors, rejected = exc.vectors, exc.rejected
         starts = np.cumsum([0] + [len(job.texts) for job in jobs])
@@ -653,6 +719,15 @@ def create_app(
         ``/v1`` serves ``<model_name>-query`` and ``<model_name>-document``.
     batch_window_s, max_batch_texts : float, int
         How long a batch waits for more requests after its first, and its most texts.
+
+    Returns
+    -------
+    FastAPI
+        Its ``state.stopping`` (a :class:`threading.Event`) is for the server running it to set when
+        it begins to shut down (:func:`serve` sets it on SIGTERM and Ctrl-C; another host sets it from
+        its own shutdown hook): from then on an API model sends no new request and no retry, and its
+        requests, and any request the server then cancels, are answered 503 :data:`SHUTTING_DOWN`
+        with a one-line log naming them (not a ``CancelledError`` traceback and a 500).
     """
     if retry_budget_s is not None:  # the index gives it to its API models only (of one or both sides)
         index.configure_encoder(retry_budget_s=retry_budget_s)
@@ -673,7 +748,10 @@ def create_app(
     limits = Limits(max_batch, max_k, max_chars)
     models = _request_models(limits)
     SearchRequest, EmbedRequest, EmbeddingsRequest = models["search"], models["embed"], models["embeddings"]
-    batcher = Batcher(index, max(max_batch_texts, max_batch), batch_window_s, MAX_PENDING_BATCHES * max_batch)
+    stopping = threading.Event()
+    batcher = Batcher(
+        index, max(max_batch_texts, max_batch), batch_window_s, MAX_PENDING_BATCHES * max_batch, stopping
+    )
     sides: dict[str, Kind] = {f"{model_name}-query": "query", f"{model_name}-document": "document"}
     created = int(time.time())
     app = FastAPIOffline(
@@ -684,7 +762,9 @@ def create_app(
             f"{max_chars} characters per text, k <= {max_k}."
         ),
     )
+    app.state.stopping = stopping
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes, idle_s=BODY_IDLE_S)
+    app.add_middleware(_CutByShutdown, stopping=stopping)  # outside: a body being read is cut too
     bearer = HTTPBearer(auto_error=False, description="the key given to `search-adaptor serve`")
     expected = api_key.encode() if api_key else b""
 
@@ -726,6 +806,9 @@ def create_app(
         except Rejected as exc:
             where = f"{'input' if request.url.path.startswith(_V1) else 'queries'}[{exc.where}]"
             raise Refusal(422, f"{where} cannot be embedded: {exc}", param=where) from None
+        except Cancelled as exc:  # the shutdown stopped its API model (Batcher): no retry was sent
+            log.warning("%s stopped by the shutdown (%s); answered 503", _named(request.scope), exc)
+            raise HTTPException(503, SHUTTING_DOWN, headers=_SHUTDOWN_HEADERS) from None
         except EncoderError as exc:
             log.error("embedding failed: %s", exc)
             provider = index.encoder_for(kind).provider
@@ -843,8 +926,11 @@ def serve(
     ``ef_search`` widens an HNSW index's search for this server (:attr:`AdaptedIndex.ef_search`).
 
     On SIGTERM or Ctrl-C the server stops accepting connections, lets requests in flight finish for
-    up to :data:`GRACEFUL_SHUTDOWN_S` seconds, cancels what is left and exits, so that no client, not
-    even one that stalled halfway through a body, keeps a ``docker stop`` from ending it.
+    up to :data:`GRACEFUL_SHUTDOWN_S` seconds, cuts off what is left and exits, so that no client, not
+    even one that stalled halfway through a body, keeps a ``docker stop`` from ending it. An API
+    model sends no new request or retry after the signal (one on the wire is answered); a request
+    it then fails, or one cut off, is answered 503 :data:`SHUTTING_DOWN` and named in one line of
+    the log (``create_app``'s ``state.stopping``).
     """
     import uvicorn
 
@@ -888,7 +974,14 @@ def serve(
             flush=True,
         )
         config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-        uvicorn.Server(config).run(sockets=[sock])
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                """Tell the app at the signal, not when uvicorn's shutdown cancels what is left."""
+                app.state.stopping.set()
+                super().handle_exit(sig, frame)
+
+        Server(config).run(sockets=[sock])
     finally:
         sock.close()
 
