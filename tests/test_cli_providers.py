@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -428,7 +429,8 @@ def test_hnsw_settings_are_flags_and_refused_on_an_exact_index(
     """Every HNSW index built by the command line was M 32 and ef_search 128, and nothing widened a
     search for recall: `index --hnsw-m --ef-search` set the graph (recorded in the manifest), and
     `search`/`serve --ef-search` widen one run without changing the folder. On a flat index, where
-    they would do nothing, each is refused in one line."""
+    they would do nothing, each is refused in one line, naming the flags on the command line and the
+    arguments in Python."""
     pytest.importorskip("faiss", reason="needs faiss (the index extra)")
     from search_adaptor.server import serve
 
@@ -451,22 +453,24 @@ def test_hnsw_settings_are_flags_and_refused_on_an_exact_index(
 
         assert main([*index, str(flat), "--hnsw-m", "8"]) == 2
         assert capsys.readouterr().err.strip() == (
-            "search-adaptor: error: hnsw_m (--hnsw-m) applies to backend='hnsw' (--backend hnsw); this index "
-            "is flat (exact), which has no graph"
+            "search-adaptor: error: --hnsw-m applies to --backend hnsw; this index is flat (exact), which "
+            "has no graph"
         )
         assert not flat.exists()
         assert main([*index, str(flat), "--backend", "hnsw", "--hnsw-m", "1"]) == 2  # FAISS segfaulted
         assert capsys.readouterr().err.strip() == (
-            "search-adaptor: error: hnsw_m (--hnsw-m) must be an integer from 2 to 1024; got 1"
+            "search-adaptor: error: --hnsw-m must be an integer from 2 to 1024; got 1"
         )
         assert not flat.exists()
         assert main([*index, str(flat)]) == 0
         capsys.readouterr()
         assert main(["search", str(flat), query, "--ef-search", "5"]) == 2
-        refusal = (
-            f"ef_search (--ef-search) applies to an HNSW index; {flat} is flat: exact search, nothing "
-            "to widen"
-        )
-        assert capsys.readouterr().err.strip() == f"search-adaptor: error: {refusal}"
-        with pytest.raises(ValueError, match=f"^{re.escape(refusal)}$"):
+        refusal = f"applies to an HNSW index; {flat} is flat: exact search, nothing to widen"
+        assert capsys.readouterr().err.strip() == f"search-adaptor: error: --ef-search {refusal}"
+        with socket.socket() as probe:  # a free port: serve listens before it loads the index
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        assert main(["serve", str(flat), "--port", str(port), "--ef-search", "5"]) == 2
+        assert capsys.readouterr().err.strip() == f"search-adaptor: error: --ef-search {refusal}"
+        with pytest.raises(ValueError, match=f"^ef_search {re.escape(refusal)}$"):
             serve(flat, port=0, ef_search=5, retry_budget_s=None)

@@ -143,7 +143,7 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
             )
         given = {k: getattr(args, k) for k in ("batch_size", "max_concurrency", "timeout")}
         options = {k: v for k, v in given.items() if v is not None}  # a local model refuses the API's
-        with _in_flags(side):
+        with _in_flags(_ENCODER_OPTIONS, side):
             return from_info(recorded, **options, base_url=root)
     keys = [
         *([] if side else ["dimensions"]),
@@ -153,28 +153,38 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
     ]
     options = {k: getattr(args, k) for k in keys if not side or getattr(args, k) is not None}
     plan_only = getattr(args, "dry_run", False)  # says what it would send: no key needed
-    with _in_flags(side):
+    with _in_flags(_ENCODER_OPTIONS, side):
         return make_encoder(provider, model, base_url=root, plan_only=plan_only, **options)
 
 
-#: an encoder's options, as its refusals name them, and the flags that set them (``base_url`` and the
-#: model have a --query- twin; the others apply to both models)
-_OPTION_FLAGS = re.compile(r"(?<![-\w])(base_url|dimensions|batch_size|max_concurrency|timeout)(?![-\w])")
+#: the options of an encoder that flags set (``base_url`` and the model have a --query- twin; the
+#: others apply to both models), of an index (``index``) and of searching one (``search``, ``serve``)
+_ENCODER_OPTIONS = ("base_url", "dimensions", "batch_size", "max_concurrency", "timeout")
+_INDEX_OPTIONS = ("backend", "hnsw_m", "ef_search")
+_SEARCH_OPTIONS = ("ef_search",)
 
 
 @contextlib.contextmanager
-def _in_flags(side: str) -> Iterator[None]:
-    """Raise an encoder's refusal in the command line's words: its options named as the flags that
-    set them, on the model's side (``base_url`` of the query model is --query-base-url), so that the
-    fix it gives is a flag the user can type."""
+def _in_flags(options: Sequence[str], side: str = "") -> Iterator[None]:
+    """Raise a library's refusal in the command line's words: each of ``options`` that it names, as
+    the library does (``hnsw_m``, ``backend='hnsw'``), becomes the flag that sets it (--hnsw-m,
+    --backend hnsw), on the model's ``side`` (``base_url`` of the query model is --query-base-url),
+    so that the fix it gives is a flag the user can type. Only the options of the command's own flags
+    are named, so that a word of another kind (a manifest's field, after a dot or in quotes) stays."""
     dashed = side.replace("_", "-")
+    named = re.compile(rf"(?<![-\w.'])({'|'.join(options)})(?:='([^']*)')?(?![-\w])")
+
+    def flag(m: re.Match[str]) -> str:
+        value = "" if m[2] is None else f" {m[2]}"
+        return f"--{dashed if m[1] == 'base_url' else ''}{m[1].replace('_', '-')}{value}"
+
     try:
         yield
     except ValueError as exc:
-        text = _OPTION_FLAGS.sub(
-            lambda m: f"--{dashed if m[1] == 'base_url' else ''}{m[1].replace('_', '-')}", str(exc)
-        )
-        raise ValueError(text.replace("pass the model", f"pass --{dashed}model, the model")) from None
+        text = named.sub(flag, str(exc)).replace("pass the model", f"pass --{dashed}model, the model")
+        if text == str(exc):
+            raise
+        raise ValueError(text).with_traceback(exc.__traceback__) from None
 
 
 def _check_engine_flags(args: argparse.Namespace) -> None:
@@ -373,7 +383,8 @@ def _cmd_index(args: argparse.Namespace) -> None:
     options.update(
         cache_dir=args.cache, progress=not args.quiet, query_encoder=_encoder(args, "query_", adapter)
     )
-    index, stats = build_index(source, encoder, adapter, args.out, **options)
+    with _in_flags(_INDEX_OPTIONS):
+        index, stats = build_index(source, encoder, adapter, args.out, **options)
     how = (
         f"{stats.engine} engine, {args.backend}, {index.dim}-d, adapter mode {adapter.fitted_params_['mode']}"
     )
@@ -404,7 +415,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
     index = AdaptedIndex.load(args.index)
     if args.ef_search is not None:  # this run's breadth; the folder keeps its own
-        index.ef_search = args.ef_search
+        with _in_flags(_SEARCH_OPTIONS):
+            index.ef_search = args.ef_search
     if args.base_url or args.query_base_url:
         index.configure_encoder(base_url=args.base_url, query_base_url=args.query_base_url)
     hits = index.search([args.query], k=args.k)[0]
@@ -422,7 +434,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     keys = ("host", "port", "api_key_env", "threads", "retry_budget_s", "model_name", "ef_search")
     keys += ("base_url", "query_base_url")
-    serve(args.index, **{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+    with _in_flags(_SEARCH_OPTIONS):
+        serve(args.index, **{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
 
 
 def _cmd_distill(args: argparse.Namespace) -> None:

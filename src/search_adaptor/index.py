@@ -77,8 +77,6 @@ _EF_CONSTRUCTION = 200
 #: than ``k`` hits (breadth 0); above them it overflows its C ints, or, past a degree of 1024, each
 #: document's graph links outweigh its vector.
 _HNSW_BOUNDS = {"m": (2, 1024), "ef_construction": (1, 2**31 - 1), "ef_search": (1, 2**31 - 1)}
-#: The HNSW settings as refusals name them, with the command line's flag for each
-_NAMED = {"hnsw_m": "hnsw_m (--hnsw-m)", "ef_search": "ef_search (--ef-search)"}
 Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
 #: Why a blank query text is refused: it would rank the documents by nothing in particular (the reason
@@ -268,19 +266,17 @@ class AdaptedIndex:
         backend, size = options.get("backend", "flat"), options.get("size")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        graph = [named for key, named in _NAMED.items() if options.get(key) is not None]
+        graph = [key for key in ("hnsw_m", "ef_search") if options.get(key) is not None]
         if graph and backend != "hnsw":  # exact search has no graph: they would do nothing
             verb = "applies" if len(graph) == 1 else "apply"
             raise ValueError(
-                f"{' and '.join(graph)} {verb} to backend='hnsw' (--backend hnsw); this index is {backend} "
+                f"{' and '.join(graph)} {verb} to backend='hnsw'; this index is {backend} "
                 "(exact), which has no graph"
             )
         layout: IndexOptions = {
             "backend": backend,
-            "hnsw_m": _count(_given(options, "hnsw_m", 32), _NAMED["hnsw_m"], *_HNSW_BOUNDS["m"]),
-            "ef_search": _count(
-                _given(options, "ef_search", 128), _NAMED["ef_search"], *_HNSW_BOUNDS["ef_search"]
-            ),
+            "hnsw_m": _count(_given(options, "hnsw_m", 32), "hnsw_m", *_HNSW_BOUNDS["m"]),
+            "ef_search": _count(_given(options, "ef_search", 128), "ef_search", *_HNSW_BOUNDS["ef_search"]),
             "size": None if size is None else _count(size, "size", 1, adapter.dim_),
         }
         return layout
@@ -598,10 +594,10 @@ class AdaptedIndex:
         if hnsw is None:
             where = self.folder or "this index"
             raise ValueError(
-                f"{_NAMED['ef_search']} applies to an HNSW index; {where} is "
+                f"ef_search applies to an HNSW index; {where} is "
                 f"{self.manifest.get('backend')}: exact search, nothing to widen"
             )
-        value = _count(value, _NAMED["ef_search"], *_HNSW_BOUNDS["ef_search"])
+        value = _count(value, "ef_search", *_HNSW_BOUNDS["ef_search"])
         hnsw.efSearch = value
         if "hnsw" in self.manifest:  # a new dict: the one given to the constructor is the caller's
             self.manifest["hnsw"] = {**self.manifest["hnsw"], "ef_search": value}
