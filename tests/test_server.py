@@ -523,12 +523,13 @@ def test_sigterm_stops_an_api_model_retrying_and_answers_503_at_once(tmp_path: P
     assert len(stopped) == 1 and "answered 503" in stopped[0] and "HTTP 429" in stopped[0], text
 
 
-def test_once_the_shutdown_began_an_api_model_sends_nothing_and_its_request_is_answered_503(
+def test_once_the_shutdown_began_an_api_model_tries_each_request_once_and_retries_none(
     synthetic, monkeypatch, caplog
 ) -> None:
-    """After the signal (``state.stopping``, set by ``serve``) an API model's request that is not on
-    the wire yet is not sent: a retry's or a new call's answer would come after the process is gone.
-    Its client gets the shutdown's 503 at once, in OpenAI's format under ``/v1``."""
+    """After the signal (``state.stopping``, set by ``serve``) a request the server accepted still goes
+    to the API model once (it is answered, as a graceful shutdown should), but a failed try is not
+    retried: the retry's answer would come after the process is gone. That client gets the
+    shutdown's 503 at once, in OpenAI's format under ``/v1``."""
     with FakeProvider("openai-compatible", dim=8) as fake:
         encoder = fake_encoder(fake, model="fake-model")
         index = AdaptedIndex.from_vectors(
@@ -537,16 +538,19 @@ def test_once_the_shutdown_began_an_api_model_sends_nothing_and_its_request_is_a
         app = create_app(index)
         client = TestClient(app)
         assert client.post("/search", json={"queries": ["q"], "k": 1}).status_code == 200
-        sent = len(fake.calls)
         app.state.stopping.set()
-        answer = client.post("/v1/embeddings", json={"input": "q", "model": "search-adaptor-query"})
-    assert len(fake.calls) == sent, "a request was sent after the shutdown began"
+        sent = len(fake.calls)
+        assert client.post("/search", json={"queries": ["q2"], "k": 1}).status_code == 200
+        assert len(fake.calls) == sent + 1, "an accepted request was not sent after the signal"
+        fake.schedule(Fault.rate_limited(retry_after="1"))
+        answer = client.post("/v1/embeddings", json={"input": "q3", "model": "search-adaptor-query"})
+    assert len(fake.calls) == sent + 2, "a retry was sent after the shutdown began"
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
     assert answer.json() == {
         "error": {"message": SHUTTING_DOWN, "type": "server_error", "param": None, "code": None}
     }
     named = [r.getMessage() for r in caplog.records if "POST /v1/embeddings" in r.getMessage()]
-    assert len(named) == 1 and "not sent" in named[0] and "answered 503" in named[0], named
+    assert len(named) == 1 and "before a retry" in named[0] and "answered 503" in named[0], named
 
 
 @pytest.mark.parametrize("stopping", [False, True])

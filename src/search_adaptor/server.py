@@ -98,8 +98,8 @@ BODY_IDLE_S = 5.0
 #: are cut off (answered :data:`SHUTTING_DOWN`) and the server exits: 8, under ``docker stop``'s 10 s
 #: before its SIGKILL (Kubernetes waits 30 s), and over :data:`BODY_IDLE_S`, so that a stalled upload
 #: is answered 408 and closed rather than cut; a request answered normally (a local model:
-#: milliseconds) finishes within it. An API model sends no new request or retry from the SIGTERM on
-#: (:class:`Batcher`): a retry's wait (its budget is :data:`RETRY_BUDGET_S`) would outlast the bound.
+#: milliseconds) finishes within it. An API model retries nothing from the SIGTERM on (:class:`Batcher`):
+#: a retry's wait (its budget is :data:`RETRY_BUDGET_S`) would outlast the bound.
 GRACEFUL_SHUTDOWN_S = 8.0
 #: the 503 of a request the server's shutdown ends: its client should send it again, to another
 #: instance behind the same address or to this one once restarted
@@ -537,10 +537,10 @@ class Batcher:
     :meth:`AdaptedIndex.embed <search_adaptor.index.AdaptedIndex.embed>` call per side (which adapts
     each row alone, and pads no text to a longer one), and searches the query vectors once per
     distinct ``k`` (FAISS scores each row alone).
-    Once ``stopping`` is set (the server is shutting down) an API model sends no new request and no
-    retry (:func:`~search_adaptor.encoders.base.cancelled_by`): its requests fail at once with
-    :class:`~search_adaptor.encoders.http.Cancelled` rather than wait for a retry the shutdown would
-    cut off; a request already on the wire is answered, and a local model goes on as before.
+    Once ``stopping`` is set (the server is shutting down) an API model tries each accepted request
+    once and retries none (:func:`~search_adaptor.encoders.base.cancelled_by`): a failed try fails
+    at once with :class:`~search_adaptor.encoders.http.Cancelled` rather than wait for a retry the
+    shutdown would cut off; a local model goes on as before.
     Each model has its own queue and one worker per call it may have in flight (its
     ``max_concurrency``: one for a local model); workers stop when idle and start again on demand.
     A cross-model index's two models are two such lanes: a side never runs more calls at once than
@@ -658,7 +658,7 @@ class Batcher:
         texts = [text for job in jobs for text in job.texts]
         rejected: dict[int, str] = {}
         try:
-            with cancelled_by(self.stopping):
+            with cancelled_by(self.stopping, retries_only=True):
                 vectors = self.index.embed(texts, kind)
         except InputsRejected as exc:  # only the requests holding a rejected text fail
             vectors, rejected = exc.vectors, exc.rejected
@@ -725,8 +725,8 @@ def create_app(
     FastAPI
         Its ``state.stopping`` (a :class:`threading.Event`) is for the server running it to set when
         it begins to shut down (:func:`serve` sets it on SIGTERM and Ctrl-C; another host sets it from
-        its own shutdown hook): from then on an API model sends no new request and no retry, and its
-        requests, and any request the server then cancels, are answered 503 :data:`SHUTTING_DOWN`
+        its own shutdown hook): from then on an API model tries each request once and retries none;
+        a failed try, and any request the server then cancels, is answered 503 :data:`SHUTTING_DOWN`
         with a one-line log naming them (not a ``CancelledError`` traceback and a 500).
     """
     if retry_budget_s is not None:  # the index gives it to its API models only (of one or both sides)
@@ -928,8 +928,8 @@ def serve(
     On SIGTERM or Ctrl-C the server stops accepting connections, lets requests in flight finish for
     up to :data:`GRACEFUL_SHUTDOWN_S` seconds, cuts off what is left and exits, so that no client, not
     even one that stalled halfway through a body, keeps a ``docker stop`` from ending it. An API
-    model sends no new request or retry after the signal (one on the wire is answered); a request
-    it then fails, or one cut off, is answered 503 :data:`SHUTTING_DOWN` and named in one line of
+    model tries each request once after the signal and retries none; a request whose try fails, or
+    one cut off, is answered 503 :data:`SHUTTING_DOWN` and named in one line of
     the log (``create_app``'s ``state.stopping``).
     """
     import uvicorn

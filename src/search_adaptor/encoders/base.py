@@ -94,28 +94,31 @@ def image_models(urls: bool = False) -> str:
     return ", ".join(f"{p} ({IMAGE_MODELS[p]})" for p in (IMAGE_URL_PROVIDERS if urls else IMAGE_MODELS))
 
 
-#: The event that stops the requests of the current thread's block of :func:`cancelled_by`, if any.
-_CANCEL: ContextVar[threading.Event | None] = ContextVar("search_adaptor_cancel", default=None)
+#: The event that stops the requests of the current thread's block of :func:`cancelled_by`, if any,
+#: and whether it stops retries only (a request's first try still goes out).
+_CANCEL: ContextVar[tuple[threading.Event, bool] | None] = ContextVar("search_adaptor_cancel", default=None)
 
 
 @contextmanager
-def cancelled_by(event: threading.Event) -> Iterator[None]:
-    """Within this block (in this thread), stop sending requests and retrying once ``event`` is set.
+def cancelled_by(event: threading.Event, retries_only: bool = False) -> Iterator[None]:
+    """Within this block (in this thread), stop sending requests and retrying once ``event`` is set;
+    with ``retries_only``, stop retrying only: a request not tried yet still goes out once (a server
+    shutting down answers what it accepted, but does not wait out a provider's back-off for it).
 
     Why a context variable: the store runs any :class:`~search_adaptor.encoders.base.Encoder`, so
     it cannot pass an event through ``encode_batch``; each of its worker threads opens this block
     around its batch instead, and every request of that batch (several when it is split) sees it.
     """
-    token = _CANCEL.set(event)
+    token = _CANCEL.set((event, retries_only))
     try:
         yield
     finally:
         _CANCEL.reset(token)
 
 
-def cancel_event() -> threading.Event | None:
-    """The event of the :func:`cancelled_by` block this code runs in (None outside one): an encoder
-    that sends requests checks it before each one and each retry."""
+def cancel_event() -> tuple[threading.Event, bool] | None:
+    """The event of the :func:`cancelled_by` block this code runs in, and whether it stops retries
+    only (None outside one): an encoder that sends requests checks it before each one and each retry."""
     return _CANCEL.get()
 
 

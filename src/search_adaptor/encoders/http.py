@@ -632,9 +632,10 @@ class HttpClient:
         malformed = 0
         fault = ""
         secrets: Sequence[str] = self._endpoint.secrets
-        cancel = cancel_event() or threading.Event()  # outside cancelled_by: one that is never set
+        # outside cancelled_by: an event that is never set
+        cancel, retries_only = cancel_event() or (threading.Event(), False)
         for attempt in range(1, policy.max_attempts + 1):
-            if cancel.is_set():
+            if cancel.is_set() and not (retries_only and attempt == 1):
                 raise Cancelled(self._line(f"interrupted; request to {shown} not sent", secrets))
             left = None if policy.budget_s is None else policy.budget_s - (time.monotonic() - start)
             if left is not None and left <= 0:
