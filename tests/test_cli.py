@@ -631,8 +631,8 @@ def test_unsupervised_kfold_selection_is_refused_before_anything_is_embedded(
     fit = ["fit", data, *api, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     assert main([*fit, "--unsupervised", "--dims", "8", "--selection", "kfold", "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "search-adaptor: error: --selection kfold cross-validates labelled queries, and --unsupervised "
-        "trains on none: drop --selection kfold"
+        "search-adaptor: error: --selection kfold cross-validates labelled queries, and a fit without "
+        "labels trains on none: drop --selection kfold"
     )
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 

@@ -198,16 +198,6 @@ def _check_engine_flags(args: argparse.Namespace) -> None:
         )
 
 
-def _check_fit_flags(args: argparse.Namespace) -> None:
-    """Refuse fit flags that contradict each other before the data is read or anything embedded (and
-    paid for): run_fit refuses them too, for Python callers, but only once given the embeddings."""
-    if args.unsupervised and args.selection == "kfold":
-        raise ValueError(
-            "--selection kfold cross-validates labelled queries, and --unsupervised trains on none: drop "
-            "--selection kfold"
-        )
-
-
 def _note_size(adapter: Any, dim: int | None) -> None:
     """Say so, on stderr, when ``--dim`` asks for a prefix size the adapter was not trained at."""
     note = adapter.untrained_size(dim)
@@ -263,14 +253,16 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
                 "--query-* flags, or embed with both models instead of --embeddings"
             )
         if args.command == "fit":  # (paired texts, for a query model, are refused with these vectors)
-            fit_family(args.family, args.dims, args.unsupervised, cross=bool(options["pair_texts"]))
+            fit_family(args.family, args.dims, args.unsupervised, bool(options["pair_texts"]), args.selection)
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
     options.update(cache_dir=args.cache, progress=not args.quiet)
     encoder, query_encoder = _encoder(args, adapter=adapter), _encoder(args, "query_", adapter)
     if args.command == "fit":  # a family the flags cannot train is refused before anything is embedded
         # paired texts map a query model: without one, embedding says to name it
         cross = query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint
-        fit_family(args.family, args.dims, args.unsupervised, cross=cross or bool(options["pair_texts"]))
+        fit_family(
+            args.family, args.dims, args.unsupervised, cross or bool(options["pair_texts"]), args.selection
+        )
     return embeddings_for(dataset, encoder, query_encoder=query_encoder, **options)
 
 
@@ -305,7 +297,6 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from search_adaptor.experiment import run_fit
     from search_adaptor.report import check_run_folder, save_run
 
-    _check_fit_flags(args)
     check_run_folder(args.out, "fit")  # before any work: a folder of the user's is never written into
     dataset = load_beir(args.data)
     emb = _embeddings(args, dataset)

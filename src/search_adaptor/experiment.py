@@ -854,12 +854,7 @@ def run_fit(
     prints them before embedding, so that a user can stop a run before paying for it, and passes a
     no-op here so that they are not said twice).
     """
-    family = fit_family(family, dims, unsupervised, cross=bool(emb.query_encoder))
-    if unsupervised and selection == "kfold":
-        raise ValueError(
-            "--selection kfold cross-validates labelled queries, and a fit without labels trains on "
-            "none: drop --selection kfold"
-        )
+    family = fit_family(family, dims, unsupervised, cross=bool(emb.query_encoder), selection=selection)
     if dims:
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split, val_split, selection)
@@ -1135,9 +1130,16 @@ def _digest(query: str) -> str:
     return text_key("query", query).hex()[:16]
 
 
-def fit_family(family: str, dims: Sequence[int] | None, unsupervised: bool, cross: bool) -> str:
-    """The family a fit trains, given ``--dims``, ``--unsupervised`` and queries of another model
-    (``cross``), or a one-line error."""
+def fit_family(
+    family: str, dims: Sequence[int] | None, unsupervised: bool, cross: bool, selection: str = "validation"
+) -> str:
+    """The family a fit trains, given ``--dims``, ``--unsupervised``, queries of another model
+    (``cross``) and ``--selection``, or a one-line error (the CLI asks before embedding anything)."""
+    if unsupervised and selection == "kfold":
+        raise ValueError(
+            "--selection kfold cross-validates labelled queries, and a fit without labels trains on "
+            "none: drop --selection kfold"
+        )
     if cross:
         if dims and unsupervised:
             raise ValueError(
