@@ -657,13 +657,24 @@ def test_cli_fit_unsupervised_and_its_refusals(beir, tmp_path, capsys):
     assert not (tmp_path / "x" / "adapter").exists()
 
 
-def test_cli_index_at_a_size_searches_the_prefix_and_refuses_mismatches(cli_fit, beir, synthetic, tmp_path):
+def test_cli_index_at_a_size_searches_the_prefix_and_refuses_mismatches(
+    cli_fit, beir, synthetic, tmp_path, capsys
+):
     pytest.importorskip("faiss", reason="needs faiss-cpu (the serve extra)")
-    from search_adaptor.index import AdaptedIndex
+    from search_adaptor.index import AdaptedIndex, build_index
 
     data, vec = beir
     idx = tmp_path / "idx"
     args = ["index", str(data), "--adapter", str(cli_fit / "adapter"), "--out", str(idx), *_vectors(vec)]
+    # a size wider than the adapter is refused naming the flag (it said "size must be ...", the name
+    # of neither --dim nor build_index's dim), before anything is written
+    assert main([*args, "--dim", "17", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "search-adaptor: error: --dim must be an output size between 1 and 16; got 17"
+    )
+    assert not idx.exists()
+    with pytest.raises(ValueError, match=r"^dim must be an output size between 1 and 16; got 17$"):
+        build_index(data, None, cli_fit / "adapter", tmp_path / "py", dim=17)
     assert main([*args, "--dim", "8", "--quiet"]) == 0
     manifest = json.loads((idx / "manifest.json").read_text())
     assert manifest["dim"] == 8 and manifest["adapter"]["size"] == 8 and manifest["n_docs"] == 300
@@ -769,7 +780,7 @@ def test_cli_transform_dim_writes_the_prefix(cli_fit, synthetic, tmp_path, capsy
     expected = SearchAdaptor.load(adapter).transform_corpus(synthetic["D"], dim=4)
     np.testing.assert_array_equal(np.load(tmp_path / "d4.npy"), expected)
     assert main([*args, str(tmp_path / "d17.npy"), "--dim", "17"]) == 2
-    assert "dim must be an output size between 1 and 16; got 17" in capsys.readouterr().err
+    assert "error: --dim must be an output size between 1 and 16; got 17" in capsys.readouterr().err
     assert not (tmp_path / "d17.npy").exists()
     assert main([*args, str(tmp_path / "d0.npy"), "--dim", "0"]) == 2
     assert "--dim: must be a positive int, got 0" in capsys.readouterr().err
@@ -795,5 +806,5 @@ def test_cli_export_onnx_dim_equals_the_prefix(cli_fit, synthetic, tmp_path, cap
             assert np.abs(got - transform(X, dim=m)).max() < 1e-5
     capsys.readouterr()
     assert main([*args, str(tmp_path / "bad"), "--dim", "17"]) == 2
-    assert "dim must be an output size between 1 and 16; got 17" in capsys.readouterr().err
+    assert "error: --dim must be an output size between 1 and 16; got 17" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -223,7 +223,7 @@ def test_messages_name_the_input_file_and_the_flag(tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 16), dtype=np.float32))
     with pytest.raises(DataError, match=r"empty.npy: no vectors in it; give at least one row"):
         transform_vectors(tmp_path / "empty.npy", adapter, tmp_path / "o2.npy")
-    with pytest.raises(ValueError, match=r"^--dim must be an output size between 1 and 16; got 500$"):
+    with pytest.raises(ValueError, match=r"^dim must be an output size between 1 and 16; got 500$"):
         transform_vectors(tmp_path / "wide.npy", adapter, tmp_path / "o3.npy", dim=500)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("o", "."))]
 

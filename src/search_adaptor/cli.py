@@ -160,7 +160,8 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
 #: the options of an encoder that flags set (``base_url`` and the model have a --query- twin; the
 #: others apply to both models), of an index (``index``) and of searching one (``search``, ``serve``)
 _ENCODER_OPTIONS = ("base_url", "dimensions", "batch_size", "max_concurrency", "timeout")
-_INDEX_OPTIONS = ("backend", "hnsw_m", "ef_search")
+_INDEX_OPTIONS = ("backend", "hnsw_m", "ef_search", "dim")
+_SIZE_OPTIONS = ("dim",)  # transform and export: a Matryoshka prefix
 _SEARCH_OPTIONS = ("ef_search",)
 
 
@@ -392,7 +393,8 @@ def _cmd_transform(args: argparse.Namespace) -> None:
     options = {k: getattr(args, k) for k in keys}
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
-    stats = transform_vectors(args.vectors, adapter, args.out, progress=not args.quiet, **options)
+    with _in_flags(_SIZE_OPTIONS):
+        stats = transform_vectors(args.vectors, adapter, args.out, progress=not args.quiet, **options)
     rate = stats.rows / max(stats.seconds, 1e-9)
     print(
         f"{stats.rows} vectors ({stats.dim}-d) adapted with the {stats.engine} engine into {args.out} "
@@ -454,7 +456,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
-    out = export(adapter, args.out, args.format, args.dim)
+    with _in_flags(_SIZE_OPTIONS):
+        out = export(adapter, args.out, args.format, args.dim)
     print(f"{args.format} export of {args.adapter} written to {out} and checked against the adapter")
 
 

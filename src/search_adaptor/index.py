@@ -963,6 +963,7 @@ def build_index(
     """
     import_faiss()  # fail before embedding anything
     adapter = as_adapter(adapter)
+    adapter.check_size(dim)  # named as this function's argument (the layout's is ``size``)
     options = {"backend": backend, "size": dim, "hnsw_m": hnsw_m, "ef_search": ef_search}
     layout: dict[str, Any] = {k: v for k, v in options.items() if v is not None}  # the flags given
     AdaptedIndex._layout(adapter, layout)  # refused before anything is embedded

@@ -445,10 +445,7 @@ def transform_vectors(
     :func:`embed_and_adapt`.
     """
     _check_engine(engine)
-    try:
-        adapter.check_size(dim)
-    except ValueError:
-        raise ValueError(f"--dim must be an output size between 1 and {adapter.dim_}; got {dim!r}") from None
+    adapter.check_size(dim)
     rows = rows or ROWS
     start = time.perf_counter()
     src = Path(source)
