@@ -320,3 +320,24 @@ def test_a_start_that_is_not_the_identity_is_not_called_zero_shot():
     assert "step 0 = zero-shot" not in markdown
     plain = render_markdown({**report, "selected": IDENTITY, "start": None, "significance": {}})
     assert "| start val |" not in plain and "| zero-shot val |" in plain and "Start val:" not in plain
+
+
+def test_an_adapter_recording_validation_ids_but_no_training_ids_is_unknown_not_held_out(tmp_path):
+    """Adapters saved before the training ids were recorded, but after the validation ids were,
+    counted only their validation queries as seen: scored on their own training split, 64 of 80
+    queries that trained them passed as held-out. Without training ids the relation is unknown."""
+    from search_adaptor.experiment import _seen
+    from search_adaptor.model import SearchAdaptor
+    from test_index import make_adapter
+
+    adapter = make_adapter(16)
+    qrels = {q: {"d0": 1} for q in [*adapter.train_query_ids_, *adapter.val_query_ids_]}
+    assert adapter.train_query_ids_ and adapter.val_query_ids_
+    assert _seen(None, adapter, qrels) == {"n": len(qrels), "of": len(qrels), "by": "id"}
+    adapter.save(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    del config["training"]["train_query_ids"]  # as an adapter of that time wrote it
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    old = SearchAdaptor.load(tmp_path / "a")
+    assert old.val_query_ids_ and not old.train_query_ids_
+    assert _seen(None, old, qrels) is None

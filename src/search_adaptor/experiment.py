@@ -1056,9 +1056,10 @@ def _seen(
     """How many of the queries ``qrels`` scores are one whose labels (without labels, whose texts)
     trained or chose ``adapter`` (``{"n", "of", "by"}``): by text (``"by": "text"``, the digests
     ``search-adaptor fit`` records), else by id (``"by": "id"``: a Python fit records its training and
-    validation query ids, not their texts); None when the adapter records neither (a file written
-    before the ids were recorded). A fit without labels written before it recorded its texts' ids
-    records none: no query counts, as then."""
+    validation query ids, not their texts); None when a labelled adapter records no training ids
+    (a file written before they were recorded: some also record their validation ids, which alone
+    would count the training queries as held-out). A fit without labels written before it recorded
+    its texts' ids records none: no query counts, as then."""
     scored = labelled_queries(qrels)
     if adapter.query_text_digests_ is not None:
         known = set(adapter.query_text_digests_)
@@ -1073,7 +1074,7 @@ def _seen(
         if labelled or adapter.train_query_ids_
         else set()
     )
-    if labelled and not ids:
+    if labelled and not adapter.train_query_ids_:  # a labelled fit always trains on some
         return None
     return {"n": sum(q in ids for q in scored), "of": len(scored), "by": "id"}
 
