@@ -108,11 +108,12 @@ class OnnxEncoder(FolderEncoder):
         if "max_positions" not in settings:
             log.warning(
                 "onnx: %s has no 'max_positions' (exported before it was recorded): its 'window' %d is "
-                "not checked against the model, and a text longer than the model takes fails inside "
-                "onnxruntime; %s to have it checked",
+                "not checked against the model, and a text longer than the model takes would fail inside "
+                "onnxruntime (a window up to the model's max_seq_length, the default, is safe); a new "
+                "export records it, but is a new embedding space: adapters fitted on this folder's "
+                "vectors would have to be fitted again",
                 self._folder / CONFIG,
                 window,
-                self.remake,
             )
         self.pooling, self.window = str(pooling), int(window)
         self.query_prompt, self.document_prompt = prompts
