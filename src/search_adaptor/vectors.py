@@ -226,8 +226,8 @@ class VectorWriter(contextlib.AbstractContextManager):
         folder = self.kind == "shards"
         if not folder and self.out.exists() and (self.out.is_dir() or _recorded(self.out) is None):
             raise FileExistsError(
-                f"{out}: exists and was not written by search-adaptor; choose a new file name, or remove "
-                "it first"
+                f"{out}: exists and was not written by search-adaptor (or by a version that did not mark "
+                "its outputs); choose a new file name, or remove it first"
             )
         self._staged = Staged(  # parts: replacing a shard folder must not delete a file of the user's
             self.out,
