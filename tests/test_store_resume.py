@@ -5,6 +5,7 @@ store, a claim row edited by hand)."""
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -175,7 +176,8 @@ def test_claims_of_a_live_process_are_waited_for(tmp_path) -> None:
 
 def test_an_earlier_versions_store_opens_and_resumes(tmp_path, monkeypatch) -> None:
     """A store written before the owners table existed: it opens (read-only too), gains the table, and
-    its claims, which record no start, are judged as before: by process id, then by lease."""
+    its claims, which record no start and name this machine by its host name, as those versions did,
+    are judged as before: by process id, then by lease."""
     with EmbeddingStore(CountingEncoder(batch_size=5), tmp_path) as store:
         first = store.embed(TEXTS[:5], "document")
         path = store.path
@@ -185,10 +187,13 @@ def test_an_earlier_versions_store_opens_and_resumes(tmp_path, monkeypatch) -> N
     _sql(
         path,
         ("DROP TABLE IF EXISTS owners", ()),
-        ("INSERT INTO pending VALUES (?, 'an old run', ?, ?, ?)", (KEYS[5], store_mod._HOST, dead.pid, now)),
         (
             "INSERT INTO pending VALUES (?, 'an old run', ?, ?, ?)",
-            (KEYS[6], store_mod._HOST, os.getpid(), now),
+            (KEYS[5], socket.gethostname(), dead.pid, now),
+        ),
+        (
+            "INSERT INTO pending VALUES (?, 'an old run', ?, ?, ?)",
+            (KEYS[6], socket.gethostname(), os.getpid(), now),
         ),
     )
     with monkeypatch.context() as patch:

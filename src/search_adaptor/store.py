@@ -16,7 +16,9 @@ paying twice: before sending a batch, a process claims its texts in the ``pendin
 others skip claimed texts, embed the rest, then wait for the claimed ones and read them back. A
 claim lapses when its owner dies (its process id is gone on this machine, or names a process that
 started later: ids are reused, :func:`_started`) or stops refreshing it for ``lease_s`` seconds
-(frozen, or on another machine), so a killed claimant never blocks anyone.
+(frozen, or on another machine), so a killed claimant never blocks anyone. Claims left by versions
+before the machine was named by its pid space (:func:`~search_adaptor.files.host_tag`) name it by its
+host name, and are judged by process id all the same.
 
 Nothing hostile gets through: a damaged file, a foreign schema or a recorded dimension most of its
 vectors contradict raises one :class:`StoreError` that says which folder to delete (and deletes no
@@ -31,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -65,6 +68,8 @@ _GRACE_S = 2.0
 _POLL_S = 0.1  # how often a process waiting for another one's claimed texts looks again
 #: this machine's pid space (:func:`~search_adaptor.files.host_tag`): a claim's pid is looked up only here
 _HOST = host_tag()
+#: how versions before :data:`_HOST` named this machine in a claim (its host name alone)
+_HOSTNAME = socket.gethostname()
 #: Columns (name, type) of each table; the store refuses a file whose tables differ.
 _TABLES = {
     "meta": (("name", "TEXT"), ("value", "TEXT")),
@@ -163,8 +168,11 @@ def _claimant_alive(host: object, pid: int, started: object) -> bool:
     the claim and this machine know when that process started, have started then: otherwise the id
     is a later process's. A claim without a known start (written by an earlier version, or where
     ``/proc`` is missing; ``started`` of another type, edited by hand) is judged by its id alone.
+    "Here" is :data:`_HOST`, or this machine's host name in a claim of a version before it: such a
+    claim of a killed run is taken over at once instead of after its lease (were it another pid
+    space's of the same host name, one batch would at worst be embedded twice).
     """
-    if host != _HOST:
+    if host not in (_HOST, _HOSTNAME):
         return True
     if not pid_alive(pid):
         return False
