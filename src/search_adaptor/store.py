@@ -20,6 +20,13 @@ started later: ids are reused, :func:`_started`) or stops refreshing it for ``le
 before the machine was named by its pid space (:func:`~search_adaptor.files.host_tag`) name it by its
 host name, and are judged by process id all the same.
 
+A new version may record an encoder otherwise (a new rule for cutting texts), so that its store is
+another file: the encoder names its earlier forms
+(:meth:`~search_adaptor.encoders.base.Encoder.earlier_versions`), and a text missing here that such a
+version sent exactly as this one sends it takes that version's stored vector (its file is opened
+read-only and checked as any store is; the vector is copied here and counted, ``StoreStats.adopted``),
+instead of being paid for again. A text either rule cut otherwise is embedded anew.
+
 Nothing hostile gets through: a damaged file, a foreign schema or a recorded dimension most of its
 vectors contradict raises one :class:`StoreError` that says which folder to delete (and deletes no
 row); a store that cannot be written (read-only media) still serves what it holds; a stored vector
@@ -49,6 +56,7 @@ import numpy as np
 
 from search_adaptor.encoders import FOLDER_CLASSES, LOCAL
 from search_adaptor.encoders.base import (
+    EarlierVersion,
     Encoder,
     EncoderError,
     InputsRejected,
@@ -112,6 +120,11 @@ def item_key(kind: Kind, item: Item) -> bytes:
     if isinstance(item, str):
         return text_key(kind, item)
     return hashlib.sha256(f"image\x00{kind}\x00{item.content_id}".encode()).digest()[:16]
+
+
+def _store_file(root: Path, fingerprint: str) -> Path:
+    """The database file of the store of ``fingerprint`` under the cache directory ``root``."""
+    return root / hashlib.sha256(fingerprint.encode()).hexdigest()[:20] / "embeddings.sqlite"
 
 
 def _use_wal(db: sqlite3.Connection) -> None:
@@ -194,7 +207,8 @@ class StoreStats:
     """What one :meth:`EmbeddingStore.embed` call did: the proof that nothing was paid for twice.
 
     ``encoded`` counts the texts this call sent to the encoder; ``cached`` the unique texts it read
-    from the store instead (including those another process embedded while this call waited).
+    from the store instead (including those another process embedded while this call waited), and
+    ``adopted`` those of them it found only in an earlier version's store (copied into this one).
     """
 
     requested: int = 0
@@ -202,10 +216,11 @@ class StoreStats:
     cached: int = 0
     encoded: int = 0
     batches: int = 0
+    adopted: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: StoreStats) -> None:
-        for name in ("requested", "unique", "cached", "encoded", "batches"):
+        for name in ("requested", "unique", "cached", "encoded", "batches", "adopted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for k, v in other.by_kind.items():
             self.by_kind[k] = self.by_kind.get(k, 0) + v
@@ -223,16 +238,23 @@ class EmbeddingStore:
     lease_s : float
         How long another process's claim on a text stays valid without being refreshed (claimants
         refresh theirs every ``lease_s / 4`` seconds while they embed).
+    read_only : bool
+        Never change the file, even where it could be written (an earlier version's store is read so).
 
     Attributes
     ----------
     read_only : bool
-        True when the file (or its folder) cannot be written: the store serves what it holds and
-        raises :class:`StoreError` only when a text is missing from it.
+        True when asked, or when the file (or its folder) cannot be written: the store serves what it
+        holds and raises :class:`StoreError` only when a text is missing from it.
     """
 
     def __init__(
-        self, encoder: Encoder, root: str | os.PathLike | None = None, lease_s: float = 60.0
+        self,
+        encoder: Encoder,
+        root: str | os.PathLike | None = None,
+        lease_s: float = 60.0,
+        *,
+        read_only: bool = False,
     ) -> None:
         if not isinstance(getattr(encoder, "fingerprint", None), str):
             raise TypeError(
@@ -242,16 +264,17 @@ class EmbeddingStore:
         self.encoder = encoder
         self.root = Path(root) if root is not None else default_cache_dir()
         self.lease_s = lease_s
-        safe = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:20]
-        self.path = self.root / safe / "embeddings.sqlite"
+        self.path = _store_file(self.root, encoder.fingerprint)
         file = file_in_the_way(self.path.parent)
         if file is not None:
             raise StoreError(
                 f"{self.root}: the embedding store needs a folder, but {file} is a file; give --cache "
                 "(or $SEARCH_ADAPTOR_CACHE) a folder"
             )
-        self.read_only = not (_can_write(self.path.parent) and _can_write(self.path))
+        self.read_only = read_only or not (_can_write(self.path.parent) and _can_write(self.path))
         self._lock = threading.Lock()
+        #: the stores of the encoder's earlier versions that exist, opened when first needed
+        self._earlier: list[tuple[EarlierVersion, EmbeddingStore]] | None = None
         with self._guard():
             self._db = self._connect()
             try:
@@ -399,6 +422,8 @@ class EmbeddingStore:
         return self._fetch("SELECT COUNT(*) FROM vectors")[0][0]
 
     def close(self) -> None:
+        for _, earlier in self._earlier or []:
+            earlier.close()
         self._db.close()
 
     def __enter__(self) -> EmbeddingStore:
@@ -460,10 +485,52 @@ class EmbeddingStore:
         return self._dim
 
     def missing(self, kind: Kind, texts: Sequence[Item]) -> list[Item]:
-        """Unique texts that would be sent to the encoder (in first-seen order); refuses what
-        :meth:`lookup` does."""
+        """Unique texts that would be sent to the encoder (in first-seen order): neither here nor
+        reusable from an earlier version's store (:meth:`embed`); refuses what :meth:`lookup` does."""
         _check_call(texts, kind, "missing")
-        return list(self._missing(kind, texts, self.lookup(kind, texts)).values())
+        todo = self._missing(kind, texts, self.lookup(kind, texts))
+        for key in self._from_earlier(kind, todo):
+            del todo[key]
+        return list(todo.values())
+
+    def _from_earlier(self, kind: Kind, todo: dict[bytes, Item]) -> dict[bytes, np.ndarray]:
+        """Vectors of ``todo``'s texts that a store of an earlier version of the encoder holds, where
+        that version sent the text exactly as this encoder does (its vector is then this one's), keyed
+        as ``todo``; only vectors of this store's width, once it has one."""
+        texts = {k: t for k, t in todo.items() if isinstance(t, str)}  # images: no earlier version
+        out: dict[bytes, np.ndarray] = {}
+        for version, earlier in self._earlier_stores() if texts else []:
+            keys = list(texts)
+            alike = version.sends_alike([texts[k] for k in keys], kind)
+            found = earlier._read(k for k, same in zip(keys, alike, strict=True) if same)
+            if self._dim not in (None, earlier._dim):  # vectors of another width: not this space's
+                continue
+            out.update(found)
+            for key in found:
+                del texts[key]
+        return out
+
+    def _earlier_stores(self) -> list[tuple[EarlierVersion, EmbeddingStore]]:
+        """The stores of the encoder's earlier versions that exist here, opened read-only the first time.
+
+        Each is checked as any store is: a damaged or foreign one raises its :class:`StoreError`, which
+        names the folder to delete, before anything is sent.
+        """
+        with self._lock:
+            if self._earlier is None:
+                opened: list[tuple[EarlierVersion, EmbeddingStore]] = []
+                try:
+                    for version in self.encoder.earlier_versions():
+                        if _store_file(self.root, version.encoder.fingerprint).is_file():
+                            opened.append(
+                                (version, EmbeddingStore(version.encoder, self.root, read_only=True))
+                            )
+                except BaseException:  # refused again by the next call, not skipped
+                    for _, earlier in opened:
+                        earlier.close()
+                    raise
+                self._earlier = opened
+            return self._earlier
 
     @staticmethod
     def _missing(kind: Kind, texts: Sequence[Item], have: dict[bytes, np.ndarray]) -> dict[bytes, Item]:
@@ -484,6 +551,8 @@ class EmbeddingStore:
     ) -> np.ndarray:
         """Vectors for ``texts`` (in order), encoding and committing only what is not stored yet.
 
+        A text stored only by an earlier version of the encoder that sent it as this one sends it
+        (:meth:`~search_adaptor.encoders.base.Encoder.earlier_versions`) takes that vector, copied here.
         Texts another process is embedding right now are not sent again: this call embeds the rest,
         then waits for those and reads them back. ``progress`` is told how many texts became
         available each time (embedded here or elsewhere).
@@ -508,10 +577,16 @@ class EmbeddingStore:
         _check_call(texts, kind, "embed")
         found = self.lookup(kind, texts)
         todo = self._missing(kind, texts, found)
+        adopted = self._from_earlier(kind, todo)
+        if adopted and not self.read_only:  # the next run finds them here
+            self._write(list(adopted), np.stack(list(adopted.values())))
+        for key in adopted:
+            del todo[key]
+        found.update(adopted)
         self.encoder.check_items(todo.values())  # an image a text-only model cannot take: fail now
         if todo and self.read_only:
             raise self.unwritable(len(todo))
-        local = StoreStats(requested=len(texts), unique=len(found) + len(todo))
+        local = StoreStats(requested=len(texts), unique=len(found) + len(todo), adopted=len(adopted))
         refused: dict[bytes, str] = {}
         if todo:
             refused = self._embed_missing(kind, todo, found, local, progress)

@@ -5,7 +5,9 @@ whole corpus, progress, resumption) lives in :mod:`search_adaptor.store`, so a p
 speak its own wire format. An item of a batch may also be an image
 (:class:`~search_adaptor.images.ImageRef`, a corpus row with ``"image"``): encoders whose model embeds
 images say so with :attr:`Encoder.accepts_images`; every other one refuses it in one line
-(:meth:`Encoder.check_items`).
+(:meth:`Encoder.check_items`). An encoder whose recorded config changed between versions of this
+library (a new rule for cutting texts) names its earlier forms (:meth:`Encoder.earlier_versions`), so
+that the store still serves the vectors paid for under them.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import hashlib
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -235,6 +238,15 @@ class Encoder(ABC):
         """Estimated tokens a paid API would bill for ``texts``; None for encoders that run locally."""
         return None
 
+    def earlier_versions(self) -> list[EarlierVersion]:
+        """This encoder as earlier versions of this library recorded it, under other fingerprints,
+        whose stored vectors it may take (:class:`EarlierVersion`); none by default.
+
+        Why: a fingerprint names its store's file, so a version that records another config (a new
+        rule for cutting texts) would otherwise find none of the vectors paid for before it.
+        """
+        return []
+
     def check_items(self, items: Iterable[Item]) -> None:
         """Refuse, in one line, the first item this encoder cannot embed: an image for a model that
         embeds text only, or an image URL for a provider that takes image data only.
@@ -315,6 +327,28 @@ class Encoder(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+@dataclass(frozen=True)
+class EarlierVersion:
+    """An encoder as an earlier version of this library recorded it: the same model and settings, but
+    another rule for what it sends (texts cut otherwise), hence another fingerprint and store file.
+
+    A text that version sent exactly as the current encoder sends it has the same vector, so a store
+    takes that version's stored vector instead of paying for the text again
+    (:meth:`~search_adaptor.store.EmbeddingStore.embed`); any other text is embedded anew.
+
+    Attributes
+    ----------
+    encoder : Encoder
+        The encoder as that version made it: its fingerprint and config are that version's (they name
+        and validate its store). Only its store is read; nothing is sent through it.
+    sends_alike : callable (texts, kind) -> list of bool
+        Per text, whether that version sent it for ``kind`` exactly as the current encoder does.
+    """
+
+    encoder: Encoder
+    sends_alike: Callable[[Sequence[str], Kind], list[bool]]
 
 
 class FolderEncoder(Encoder):

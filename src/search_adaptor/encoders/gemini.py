@@ -12,7 +12,9 @@ Gemini API, ``POST {base_url}/models/{model}:batchEmbedContents`` with header ``
 At most 100 requests per batch, each embedded on its own. The API has no truncation flag; the
 models' input limit (2048 tokens for ``gemini-embedding-001``, 8192 for ``gemini-embedding-2``)
 is enforced client-side by cutting texts to that many tokens by
-:func:`~search_adaptor.encoders.http.token_bound`.
+:func:`~search_adaptor.encoders.http.token_bound`. Versions before that cut (30 Nov 2026) sent texts
+whole, under another fingerprint; the store still takes their vectors of the texts both rules send
+alike (:meth:`~search_adaptor.encoders.http.ApiEncoder.earlier_versions`).
 
 Vertex AI, ``POST https://{host}/v1/projects/{project}/locations/{location}/publishers/google/
 models/{model}:predict`` with ``Authorization: Bearer <token>``::

@@ -51,9 +51,11 @@ scrubbed out.
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import datetime
 import email.utils
+import functools
 import json
 import logging
 import math
@@ -73,6 +75,7 @@ import httpx
 import numpy as np
 
 from search_adaptor.encoders.base import (
+    EarlierVersion,
     Encoder,
     EncoderError,
     InputsRejected,
@@ -881,6 +884,12 @@ class ApiEncoder(Encoder):
     fills a request it would be refused for; see :class:`~search_adaptor.encoders.gemini.VertexEncoder`
     for why that cut is not part of the fingerprint. The first cut of any kind is logged once.
 
+    Versions before the cut by tokens (30 Nov 2026) cut texts to ``max_chars`` characters only, by
+    default :attr:`earlier_max_chars`, and recorded no ``max_input_tokens``: their stores bear other
+    fingerprints. :meth:`earlier_versions` names that form, so that a store reuses its vector of any
+    text both rules send alike (the same prompt; cut by neither, or to the same text) instead of
+    paying for it again.
+
     Images (:class:`~search_adaptor.images.ImageRef` items, for models that embed them:
     :attr:`~search_adaptor.encoders.base.Encoder.accepts_images`) go in requests of their own,
     :meth:`_request_images`, within :meth:`_image_limits`; an image whose format the provider does not
@@ -945,6 +954,8 @@ class ApiEncoder(Encoder):
     image_types: frozenset[str] = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
     #: the largest image file the provider takes
     max_image_bytes = 20_000_000
+    #: ``max_chars`` that versions before the cut by tokens applied by default, and recorded
+    earlier_max_chars: int | None = None
 
     def __init__(
         self,
@@ -1112,18 +1123,8 @@ class ApiEncoder(Encoder):
 
     def prepare(self, texts: Sequence[str], kind: Kind) -> list[str]:
         """``texts`` as they are sent for ``kind``: prefixed with its prompt, cut, never empty."""
-        prompt = self.query_prompt if kind == "query" else self.document_prompt
-        full = [prompt + t for t in texts]
-        lossless = whole = None
-        if self._server_truncates():
-            if self.context_tokens is not None:
-                lossless = self.context_tokens * LONGEST_TOKEN_CHARS
-            whole = self._whole_text_cap()
-        limits = [c for c in (self.max_chars, lossless) if c is not None]
-        tokens = [c for c in (self.max_input_tokens, whole) if c is not None]
-        prepared = prepare_texts(
-            full, min(limits, default=None), min(tokens, default=None), self._keeps_end()
-        )
+        full = self._prompted(texts, kind)
+        prepared = self._cut(full)
         if not self._cut_logged:
             cut = next(
                 (i for i, (a, b) in enumerate(zip(full, prepared, strict=True)) if len(b) < len(a)), None
@@ -1134,11 +1135,55 @@ class ApiEncoder(Encoder):
                     "%s: texts longer than %s are cut before sending (first: %d of %d characters kept); "
                     "this is said once",
                     self.provider,
-                    self._cut_rule(lossless, whole),
+                    self._cut_rule(*self._server_cuts()),
                     len(prepared[cut]),
                     len(full[cut]),
                 )
         return prepared
+
+    def _prompted(self, texts: Sequence[str], kind: Kind) -> list[str]:
+        """``texts`` prefixed with the prompt of ``kind``."""
+        prompt = self.query_prompt if kind == "query" else self.document_prompt
+        return [prompt + t for t in texts]
+
+    def _server_cuts(self) -> tuple[int | None, int | None]:
+        """(characters, estimated tokens) texts are cut to because the provider cuts them itself: every
+        character it can use, and the :meth:`_whole_text_cap`; (None, None) where it does not."""
+        if not self._server_truncates():
+            return None, None
+        lossless = None if self.context_tokens is None else self.context_tokens * LONGEST_TOKEN_CHARS
+        return lossless, self._whole_text_cap()
+
+    def _cut(self, full: list[str]) -> list[str]:
+        """Prompted texts cut by every rule that applies (:meth:`prepare`), without a word."""
+        lossless, whole = self._server_cuts()
+        limits = [c for c in (self.max_chars, lossless) if c is not None]
+        tokens = [c for c in (self.max_input_tokens, whole) if c is not None]
+        return prepare_texts(full, min(limits, default=None), min(tokens, default=None), self._keeps_end())
+
+    def earlier_versions(self) -> list[EarlierVersion]:
+        """This encoder as versions before the cut by tokens (30 Nov 2026) recorded it, where that differs.
+
+        Those versions sent a text prefixed with its prompt and cut to ``max_chars`` characters,
+        nothing else, and recorded that ``max_chars`` and no ``max_input_tokens``; the model, the API
+        and every other setting were as now. Without ``max_chars`` now, either of theirs may have been
+        used: their default (:attr:`earlier_max_chars`) or none. A text that such a rule sends exactly
+        as :meth:`prepare` does has the vector they stored.
+        """
+        choices = [self.max_chars] if self.max_chars is not None else [self.earlier_max_chars, None]
+        versions = []
+        for max_chars in dict.fromkeys(choices):
+            earlier = copy.copy(self)  # shares the client, but only its fingerprint and config are read
+            earlier.max_input_tokens, earlier.max_chars = None, max_chars
+            if earlier.fingerprint != self.fingerprint:
+                versions.append(EarlierVersion(earlier, functools.partial(self._sent_alike, max_chars)))
+        return versions
+
+    def _sent_alike(self, max_chars: int | None, texts: Sequence[str], kind: Kind) -> list[bool]:
+        """Per text, whether the rule of versions before the cut by tokens, with ``max_chars``, sent it
+        for ``kind`` as :meth:`prepare` sends it now."""
+        full = self._prompted(texts, kind)
+        return [a == b for a, b in zip(prepare_texts(full, max_chars), self._cut(full), strict=True)]
 
     def _cut_rule(self, lossless: int | None, whole: int | None = None) -> str:
         rules = []

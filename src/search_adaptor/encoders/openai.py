@@ -12,7 +12,10 @@ Errors come back as ``{"error": {"message": ...}}``. Documented limits: 2048 inp
 input over 8192 tokens is a 400, so texts are cut client-side to 8192 tokens by
 :func:`~search_adaptor.encoders.http.token_bound`, an estimate that holds for every script (CJK
 text or code as well as English); a text the API still rejects is named and the rest of its batch
-embedded (:class:`~search_adaptor.encoders.base.InputsRejected`).
+embedded (:class:`~search_adaptor.encoders.base.InputsRejected`). Versions before that cut (30 Nov
+2026) cut every text to :data:`EARLIER_MAX_CHARS` characters instead, under another fingerprint; the
+store still takes their vectors of the texts both rules send alike
+(:meth:`~search_adaptor.encoders.http.ApiEncoder.earlier_versions`).
 
 OpenAI's models embed queries and documents the same way (no mode field); ``query_prompt`` and
 ``document_prompt`` exist for models that expect prefixes, e.g. E5 behind vLLM.
@@ -37,6 +40,8 @@ from search_adaptor.encoders.http import (
 )
 
 OPENAI_MAX_TOKENS_PER_INPUT = 8192
+#: what versions before the cut by tokens (30 Nov 2026) cut every text to, in characters, by default
+EARLIER_MAX_CHARS = 3 * OPENAI_MAX_TOKENS_PER_INPUT
 #: the path of Azure OpenAI's v1 API root (``https://<resource>.openai.azure.com/openai/v1``)
 AZURE_V1_PATH = "/openai/v1"
 
@@ -80,6 +85,7 @@ class OpenAIEncoder(ApiEncoder):
     max_inputs = 2048
     max_request_tokens = 300_000
     context_tokens = OPENAI_MAX_TOKENS_PER_INPUT
+    earlier_max_chars = EARLIER_MAX_CHARS
     encoding_format = "base64"
     #: how to give the endpoint, for the subclasses that have no default one
     endpoint_hint = "pass base_url=..."
@@ -264,7 +270,9 @@ class OpenAICompatibleEncoder(OpenAIEncoder):
     means something on its server, so ``base_url`` (without any credentials in it) is part of the
     fingerprint. Vectors are asked as ``float``: not every such server speaks ``base64``. The input
     limit is the server's own and unknown here, so texts are not cut unless ``max_input_tokens`` is
-    given; a text the server rejects as too long is named and the rest embedded. The default
+    given (versions before 30 Nov 2026 cut them to :data:`EARLIER_MAX_CHARS` characters; the store
+    still takes their vectors of shorter texts); a text the server rejects as too long is named and
+    the rest embedded. The default
     ``batch_size`` of 32 matches text-embeddings-inference's default client batch limit; vLLM and
     Ollama accept more.
     """
