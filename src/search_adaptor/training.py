@@ -99,6 +99,19 @@ class _TrainSet:
     docs: np.ndarray  # positives' columns
     grades: np.ndarray  # positives' grades (> 0)
 
+    def label_rows(self, qi: np.ndarray, n_docs: int) -> np.ndarray:
+        """Grades of the training queries at positions ``qi`` against every document, float32 of
+        shape (len(qi), n_docs), 0 where a document is not relevant: the labels of a step that scores
+        the whole corpus. Scattered from the CSR table for the batch alone (vectorised), not sliced
+        from a dense (n_queries x n_docs) table kept for the fit, which at 64,000 training queries
+        and 50,000 documents was 11.9 GiB (and a MemoryError at 240,000)."""
+        counts = self.ptr[qi + 1] - self.ptr[qi]
+        # each batch row's entries of the table: ptr[q], ptr[q] + 1, ..., ptr[q + 1] - 1
+        entries = np.repeat(self.ptr[qi] - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+        out = np.zeros((len(qi), n_docs), dtype=np.float32)
+        out[np.repeat(np.arange(len(qi)), counts), self.docs[entries]] = self.grades[entries]
+        return out
+
 
 def _as_matrix(x: Any, what: str, ids: Sequence[str] | None = None, noun: str = "") -> np.ndarray:
     """The unit rows of embeddings given to ``fit`` (:func:`~search_adaptor.embed.unit_rows`: lengths
@@ -823,15 +836,11 @@ class _Ranking(_Objective):
                 docs = l2_normalize(_adapted(corpus_net, self.Dn, self.Dn, start=True))
             hard = _mine_hard(hp, queries, docs, self.ts, self.grades)
         self.sampler = _Sampler(hp, self.ts, self.grades, hard, len(self.Dn), self.rng)
-        self.grades_dense = None
         small = hp.in_batch and len(self.Dn) <= hp.full_corpus_max
         # every document a negative when documents need not be adapted (query-only), or when asked
         self.all_docs = small and hp.negatives == "all" and self.corpus_net is not None
-        if small and (hp.mode == "query_only" or self.all_docs):
-            # exhaustive negatives: grades of every training query against every document
-            ts = self.ts
-            self.grades_dense = np.zeros((len(ts.q_rows), len(self.Dn)), dtype=np.float32)
-            self.grades_dense[np.repeat(np.arange(len(ts.q_rows)), np.diff(ts.ptr)), ts.docs] = ts.grades
+        # exhaustive negatives: each step labels its queries against every document (_TrainSet.label_rows)
+        self.exhaustive = small and (hp.mode == "query_only" or self.all_docs)
 
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         return [] if self.predictor is None else list(self.predictor.parameters())
@@ -857,8 +866,8 @@ class _Ranking(_Objective):
             da_raw = self.corpus_net(d_in)
             if hp.alpha > 0:
                 rec_terms.append(recovery_loss(da_raw, self.corpus_net.base(d_in)))
-        if self.grades_dense is not None:
-            lab = torch.from_numpy(self.grades_dense[qi])
+        if self.exhaustive:
+            lab = torch.from_numpy(self.ts.label_rows(qi, len(self.Dn)))
             valid_t = torch.ones_like(lab, dtype=torch.bool)
         elif hp.in_batch and hp.loss in ("infonce", "softmax"):
             lab = torch.from_numpy(self.grades(self.ts.q_rows[qi], uniq))
@@ -872,7 +881,7 @@ class _Ranking(_Objective):
             da = torch.nn.functional.normalize(da_raw if full else da_raw[:, :m], dim=-1)
             if self.all_docs:
                 scores = qa @ da.T
-            elif self.grades_dense is not None:
+            elif self.exhaustive:
                 scores = qa @ (Dn_t.T if full else torch.nn.functional.normalize(Dn_t[:, :m], dim=-1).T)
             elif hp.in_batch and hp.loss in ("infonce", "softmax"):
                 scores = qa @ da.T

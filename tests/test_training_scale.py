@@ -1,0 +1,201 @@
+"""``fit`` at the scale of 100,000s of labelled queries: what a fit keeps in memory and how many
+queries it validates on grow with the batch and a fixed cap, not with the labelled queries, while a
+fit trains exactly as it did before (sweep E: a dense (training queries x documents) table of grades,
+11.9 GiB at 64,000 x 50,000; 20,000 validation queries searched every 25 steps; two unit copies of
+the corpus per fit)."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from search_adaptor import training
+from search_adaptor.model import SearchAdaptor
+from search_adaptor.training import compute_threads
+
+#: Whole-corpus fits: every document a candidate of every step (in_batch, at most full_corpus_max
+#: documents), query-only (documents as they are) and with negatives "all" (documents adapted too).
+WHOLE_CORPUS = {
+    "query_only": {
+        "mode": "query_only",
+        "loss": "infonce",
+        "in_batch": True,
+        "negatives": "hard",
+        "alpha": 0.1,
+        "beta": 0.0,
+    },
+    "all": {
+        "mode": "shared",
+        "loss": "infonce",
+        "in_batch": True,
+        "negatives": "all",
+        "alpha": 0.05,
+        "beta": 0.0,
+        "dims": [8],
+    },
+}
+FIT = {"max_steps": 60, "eval_every": 10, "patience": 60, "batch_size": 32, "seed": 0, "precision": "float32"}
+
+#: Recorded at 70744e6, when each step sliced its labels from the dense table (one torch and BLAS
+#: thread, float32): sha256 of the fitted networks' weights, best step and score, the history.
+RECORDED: dict[str, tuple[str, int, float, list[dict[str, Any]]]] = {
+    "query_only": (
+        "972072935bff3e097fc3c7d407881b4a303a4347d0df96f1ea679e1a08fcc223",
+        60,
+        0.46778014303578813,
+        [
+            {"step": 0, "ndcg@10": 0.39825322148215125, "loss": None},
+            {"step": 10, "ndcg@10": 0.4102898400323607, "loss": 7.762657356262207},
+            {"step": 20, "ndcg@10": 0.4108049404571001, "loss": 8.04407877922058},
+            {"step": 30, "ndcg@10": 0.41703537891439457, "loss": 7.680964136123658},
+            {"step": 40, "ndcg@10": 0.4219925308872816, "loss": 7.640671634674073},
+            {"step": 50, "ndcg@10": 0.4325142294317466, "loss": 7.657658052444458},
+            {"step": 60, "ndcg@10": 0.46778014303578813, "loss": 7.5461745262146},
+        ],
+    ),
+    "all": (
+        "f9e514eb81d7f3ffd5892698e70803b2286b919791cf6c474cb906b31af4bc65",
+        60,
+        0.3478597978140904,
+        [
+            {"step": 0, "ndcg@10": 0.2889730511088389, "loss": None, "ndcg@10@8": 0.17969288073552656,
+             "ndcg@10@16": 0.39825322148215125},
+            {"step": 10, "ndcg@10": 0.2911143401224415, "loss": 19.039011001586914,
+             "ndcg@10@8": 0.17626585398817393, "ndcg@10@16": 0.405962826256709},
+            {"step": 20, "ndcg@10": 0.2957512763925624, "loss": 19.44020233154297,
+             "ndcg@10@8": 0.18445376982487272, "ndcg@10@16": 0.4070487829602521},
+            {"step": 30, "ndcg@10": 0.3049892263567153, "loss": 18.633379173278808,
+             "ndcg@10@8": 0.19530281935748958, "ndcg@10@16": 0.4146756333559411},
+            {"step": 40, "ndcg@10": 0.3134321236703758, "loss": 18.267987060546876,
+             "ndcg@10@8": 0.209307377560184, "ndcg@10@16": 0.4175568697805676},
+            {"step": 50, "ndcg@10": 0.3243444407587321, "loss": 18.19048023223877,
+             "ndcg@10@8": 0.23261065093490443, "ndcg@10@16": 0.4160782305825597},
+            {"step": 60, "ndcg@10": 0.3478597978140904, "loss": 17.38223171234131,
+             "ndcg@10@8": 0.26221041488883207, "ndcg@10@16": 0.43350918073934874},
+        ],
+    ),
+}  # fmt: skip
+
+
+def graded_problem() -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, int]], list[str], list[str]]:
+    """(Q, D, qrels, query ids, doc ids): 240 queries, a distortion of their first relevant document
+    plus noise, with 1 to 3 relevant documents of grades 1 and 2 and one judged irrelevant (grade 0),
+    among 400 16-d documents."""
+    rng = np.random.default_rng(7)
+    dim, n_docs, n_queries = 16, 400, 240
+    docs = rng.normal(size=(n_docs, dim)).astype(np.float32)
+    distortion = np.eye(dim) + 1.6 * rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    qids = [f"q{i}" for i in range(n_queries)]
+    dids = [f"d{i}" for i in range(n_docs)]
+    qrels, queries = {}, []
+    for i in range(n_queries):
+        rel = rng.choice(n_docs, size=1 + i % 3, replace=False)
+        queries.append(docs[rel[0]] @ distortion.T + 0.4 * rng.normal(size=dim))
+        judged = {dids[d]: 1 + int((i + j) % 2) for j, d in enumerate(rel)}
+        judged[dids[(rel[0] + 1) % n_docs]] = 0
+        qrels[qids[i]] = judged
+    return np.asarray(queries, dtype=np.float32), docs, qrels, qids, dids
+
+
+def _weights_sha256(est: SearchAdaptor) -> str:
+    h = hashlib.sha256()
+    for net in (est.query_net_, est.corpus_net_):
+        if net is not None:
+            for name, value in sorted(net.state_dict().items()):
+                h.update(name.encode())
+                h.update(value.detach().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("case", sorted(WHOLE_CORPUS))
+def test_whole_corpus_fits_train_as_they_did_with_the_dense_table(case: str) -> None:
+    """Bit for bit: the labels of a step, now scattered from the training qrels for the batch alone,
+    are the rows the dense table gave, so the weights, best step and every validation score are the
+    ones recorded before it went."""
+    Q, D, qrels, qids, dids = graded_problem()
+    with compute_threads(1):
+        est = SearchAdaptor(**FIT, **WHOLE_CORPUS[case]).fit(Q, D, qrels, qids, dids)
+    sha, best_step, best_score, history = RECORDED[case]
+    assert (est.best_step_, est.best_score_, est.history_) == (best_step, best_score, history)
+    assert _weights_sha256(est) == sha
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, seen: Callable[..., None]) -> None:
+    """Call ``seen(result, *args)`` after each call of ``owner.name`` (for the rest of the test)."""
+    original = getattr(owner, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        seen(result, *args)
+        return result
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+@pytest.mark.parametrize("case", sorted(WHOLE_CORPUS))
+def test_each_step_labels_its_queries_against_every_document_by_their_qrels(monkeypatch, case) -> None:
+    """The labels a whole-corpus step gives the loss are, row for row, each batch query's grades of
+    every document by the qrels (0 for grade 0 and unjudged): the dense table's rows, built here."""
+    Q, D, qrels, qids, dids = graded_problem()
+    col = {d: i for i, d in enumerate(dids)}
+    batches: list[np.ndarray] = []  # query rows of Q, per step
+    labels: list[np.ndarray] = []
+    sampler_batch = lambda out, sampler: batches.append(sampler.ts.q_rows[out[0]])  # noqa: E731
+    objective = lambda out, loss, scores, lab, *_: labels.append(lab.numpy().copy())  # noqa: E731
+    _spy(monkeypatch, training._Sampler, "batch", sampler_batch)
+    _spy(monkeypatch, training, "ranking_objective", objective)
+    SearchAdaptor(**{**FIT, "max_steps": 5}, **WHOLE_CORPUS[case]).fit(Q, D, qrels, qids, dids)
+    prefixes = 1 + len(WHOLE_CORPUS[case].get("dims", []))  # the loss is called once per prefix
+    assert len(batches) == 5 and len(labels) == 5 * prefixes
+    for step, rows in enumerate(batches):
+        expected = np.zeros((len(rows), len(dids)), dtype=np.float32)
+        for b, row in enumerate(rows):
+            for doc, grade in qrels[qids[row]].items():
+                expected[b, col[doc]] = max(grade, 0)
+        for lab in labels[step * prefixes : (step + 1) * prefixes]:
+            assert lab.dtype == np.float32 and np.array_equal(lab, expected)
+
+
+def _measured(method: Callable[..., Any], peaks: list[int]) -> Callable[..., Any]:
+    """``method``, appending to ``peaks`` the most memory (numpy's and Python's) each call allocated
+    above what was held when it started."""
+
+    def wrapped(*args: Any) -> Any:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            result = method(*args)
+            peaks.append(tracemalloc.get_traced_memory()[1] - before)
+            return result
+        finally:
+            tracemalloc.stop()
+
+    return wrapped
+
+
+def test_a_whole_corpus_fit_keeps_no_table_of_every_training_query_against_every_document(monkeypatch):
+    """Setting up a query-only whole-corpus fit of 2,000 training queries on 10,000 documents
+    allocates far less than the 80 MB (training queries x documents, float32) table it built, and a
+    step what its batch's rows take (batch x documents)."""
+    rng = np.random.default_rng(0)
+    n_queries, n_docs, batch = 2500, 10_000, 32
+    D = rng.normal(size=(n_docs, 8)).astype(np.float32)
+    Q = rng.normal(size=(n_queries, 8)).astype(np.float32)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(n_queries)}
+    params = {**WHOLE_CORPUS["query_only"], "negatives": "random", "max_steps": 3, "batch_size": batch}
+    setups: list[int] = []
+    steps: list[int] = []
+    monkeypatch.setattr(training._Ranking, "setup", _measured(training._Ranking.setup, setups))
+    monkeypatch.setattr(training._Ranking, "loss", _measured(training._Ranking.loss, steps))
+    est = SearchAdaptor(**params).fit(
+        Q, D, qrels, [f"q{i}" for i in range(n_queries)], [f"d{i}" for i in range(n_docs)]
+    )
+    table = est.n_train_queries_ * n_docs * 4
+    assert est.n_train_queries_ == 2000 and len(setups) == 1 and len(steps) == 3
+    assert setups[0] < table / 20, f"setup allocated {setups[0]} bytes; the table is {table}"
+    assert max(steps) < 4 * batch * n_docs * 4, f"a step allocated {max(steps)} bytes"
