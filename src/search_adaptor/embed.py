@@ -34,12 +34,17 @@ def numeric_array(x: object, what: str, shape: str = "an array") -> np.ndarray:
     return arr
 
 
-def unit_rows(x: object, what: str, row: Callable[[int], str] = "row {}".format) -> np.ndarray:
+def unit_rows(
+    x: object, what: str, row: Callable[[int], str] = "row {}".format, take: np.ndarray | None = None
+) -> np.ndarray:
     """Float32 unit vectors of the rows of ``x``, lengths measured in float64 after scaling each row by
     its largest value, so that no finite vector overflows or underflows (1e30 or 1e-30 is as good as 1).
 
     Cosine scores depend on directions only, so this is what every adapter and index sees of a
     vector. Messages start with ``what`` (the file or argument) and name a row by ``row(i)``.
+    ``take`` (row numbers of ``x``) gives the unit vectors of ``x[take]``, gathered ``_CHUNK`` rows
+    at a time: a corpus read from a file is never copied whole to put its rows in the dataset's order.
+    Rows are checked and measured ``_CHUNK`` at a time too, so the extra memory stays bounded.
 
     Raises
     ------
@@ -47,30 +52,39 @@ def unit_rows(x: object, what: str, row: Callable[[int], str] = "row {}".format)
         Not a non-empty 2-D array of numbers; a row with NaN or inf, or all zeros (no direction).
     """
     arr = numeric_array(x, what, "a non-empty 2-D array")
-    if arr.ndim != 2 or 0 in arr.shape:
+    shape = arr.shape if take is None or arr.ndim != 2 else (len(take), arr.shape[1])
+    if arr.ndim != 2 or 0 in shape:
         raise ValueError(
-            f"{what}: expected a non-empty 2-D array of numbers, got {arr.dtype} of shape {arr.shape}"
+            f"{what}: expected a non-empty 2-D array of numbers, got {arr.dtype} of shape {shape}"
         )
-    for test, problem, fix in (
-        (lambda a: ~np.isfinite(a).all(axis=1), "contains NaN or inf", "re-embed those texts or drop them"),
+    out = np.empty(shape, dtype=np.float32)
+    nonfinite, zero = np.zeros(len(out), dtype=bool), np.zeros(len(out), dtype=bool)
+    refused = False
+    for start in range(0, len(out), _CHUNK):
+        stop = min(start + _CHUNK, len(out))
+        part = arr[start:stop] if take is None else arr[take[start:stop]]
+        nonfinite[start:stop] = ~np.isfinite(part).all(axis=1)
+        zero[start:stop] = ~part.any(axis=1)
+        refused = refused or bool(nonfinite[start:stop].any() or zero[start:stop].any())
+        if refused:  # refused below once every row is checked; measuring it would divide by zero
+            continue
+        part = part.astype(np.float64)
+        part /= np.abs(part).max(axis=1, keepdims=True)
+        part /= np.linalg.norm(part, axis=1, keepdims=True)
+        out[start:stop] = part
+    for bad, problem, fix in (
+        (nonfinite, "contains NaN or inf", "re-embed those texts or drop them"),
         (
-            lambda a: ~a.any(axis=1),
+            zero,
             "is all zeros",
             "a zero vector has no direction to rank by: re-embed it, or drop it "
             "(a static model gives one to a text none of whose words it knows)",
         ),
     ):
-        bad = test(arr)
         if bad.any():
             raise ValueError(
                 f"{what}: {row(int(np.argmax(bad)))} {problem} ({int(bad.sum())} such rows); {fix}"
             )
-    out = np.empty(arr.shape, dtype=np.float32)
-    for start in range(0, len(arr), _CHUNK):
-        part = arr[start : start + _CHUNK].astype(np.float64)
-        part /= np.abs(part).max(axis=1, keepdims=True)
-        part /= np.linalg.norm(part, axis=1, keepdims=True)
-        out[start : start + len(part)] = part
     return out
 
 
@@ -389,6 +403,42 @@ def _find(folder: Path, stem: str) -> Path:
     )
 
 
+def _read_rows(path: Path, noun: str, ids: list[str]) -> np.ndarray:
+    """The unit vectors (:func:`unit_rows`) of ``ids`` in the file ``path``, in the order of ``ids``.
+
+    Only the file's matrix and the result are ever whole in memory: the rows are gathered into the
+    order of ``ids`` a chunk at a time, and the matrix is let go on return.
+    """
+    have_ids, mat = _read_vectors(path)
+    if mat.ndim != 2 or len(have_ids) != len(mat):
+        raise ValueError(
+            f"{path}: {len(have_ids)} ids for an array of shape {mat.shape}; save one id per row"
+        )
+    pos: dict[str, int] = {}
+    for n, i in enumerate(have_ids):
+        if pos.setdefault(i, n) != n:
+            raise ValueError(f"{path}: id {i!r} is on rows {pos[i]} and {n}; keep one vector per id")
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        raise ValueError(
+            f"{path}: no vector for {noun} id "
+            f"{missing[0]!r} ({len(missing)} missing); embed every id of the dataset"
+        )
+    if mat.shape[1] == 0:
+        raise ValueError(f"{path}: the vectors have dimension 0; save one embedding per row")
+    take = np.fromiter((pos[i] for i in ids), dtype=np.intp, count=len(ids))
+    return unit_rows(mat, str(path), lambda n: f"vector of id {ids[n]!r}", take=take)
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read 1 MiB at a time: a corpus file may be as large as the memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | None = None) -> Embeddings:
     """Vectors the user brings: ``folder/queries.{npz,parquet}`` and ``folder/corpus.{npz,parquet}``.
 
@@ -406,31 +456,13 @@ def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | N
         ("corpus", "document", list(dataset.doc_ids)),
     ):
         path = _find(root, stem)
-        have_ids, mat = _read_vectors(path)
-        if mat.ndim != 2 or len(have_ids) != len(mat):
-            raise ValueError(
-                f"{path}: {len(have_ids)} ids for an array of shape {mat.shape}; save one id per row"
-            )
-        pos: dict[str, int] = {}
-        for n, i in enumerate(have_ids):
-            if pos.setdefault(i, n) != n:
-                raise ValueError(f"{path}: id {i!r} is on rows {pos[i]} and {n}; keep one vector per id")
-        missing = [i for i in ids if i not in pos]
-        if missing:
-            raise ValueError(
-                f"{path}: no vector for {noun} id "
-                f"{missing[0]!r} ({len(missing)} missing); embed every id of the dataset"
-            )
-        if mat.shape[1] == 0:
-            raise ValueError(f"{path}: the vectors have dimension 0; save one embedding per row")
-        sub = unit_rows(mat[[pos[i] for i in ids]], str(path), lambda n, ids=ids: f"vector of id {ids[n]!r}")
-        out[stem] = (ids, sub, path)
+        out[stem] = (ids, _read_rows(path, noun, ids), path)
     if out["queries"][1].shape[1] != out["corpus"][1].shape[1]:
         raise ValueError(
             f"{out['queries'][2]} holds {out['queries'][1].shape[1]}-d vectors but "
             f"{out['corpus'][2]} holds {out['corpus'][1].shape[1]}-d ones; use one model for both"
         )
-    digest = hashlib.sha256(out["corpus"][2].read_bytes()).hexdigest()[:12]
+    digest = _sha256(out["corpus"][2])[:12]
     name = model or f"precomputed:{digest}"
     info = {"fingerprint": f"precomputed:{name}", "provider": "precomputed", "model": name, "config": {}}
     return Embeddings(
