@@ -20,6 +20,7 @@ from conftest import shared_dataset
 from search_adaptor.data import (
     BEIR_MD5,
     ENV_BEIR_URL,
+    MAX_VALIDATION_QUERIES,
     DataError,
     Dataset,
     corpus_sentences,
@@ -413,6 +414,18 @@ def test_validation_split(n: int, fraction: float, n_val: int) -> None:
     # the rule every model follows: the first n_val of one permutation drawn from the generator
     first = np.random.default_rng(1).permutation(n)[:n_val]
     assert val == sorted(ids[i] for i in first)
+
+
+def test_validation_split_validates_at_most_max_validation_queries_and_trains_the_rest() -> None:
+    """20% of 30,000 would be 6,000 validation queries, each searched against the whole corpus at
+    every evaluation: the first 5,000 of the permutation validate, the other 25,000 train."""
+    ids = [f"q{i:05d}" for i in range(30_000)]
+    train, val = validation_split(ids, 0.2, np.random.default_rng(1))
+    assert len(val) == MAX_VALIDATION_QUERIES == 5000 and len(train) == 25_000
+    assert val == sorted(ids[i] for i in np.random.default_rng(1).permutation(30_000)[:5000])
+    assert sorted(train + val) == ids
+    # below the cap, the share as before
+    assert len(validation_split(ids[:20_000], 0.2, np.random.default_rng(1))[1]) == 4000
 
 
 def test_validation_split_rejects() -> None:

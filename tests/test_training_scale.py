@@ -16,7 +16,7 @@ import pytest
 
 from search_adaptor import training
 from search_adaptor.model import SearchAdaptor
-from search_adaptor.training import compute_threads
+from search_adaptor.training import compute_threads, drawn_validation
 
 #: Whole-corpus fits: every document a candidate of every step (in_batch, at most full_corpus_max
 #: documents), query-only (documents as they are) and with negatives "all" (documents adapted too).
@@ -228,3 +228,20 @@ def test_a_fit_holds_one_unit_copy_of_the_corpus(monkeypatch) -> None:
         tracemalloc.stop()
     one_copy = Q.nbytes + D.nbytes
     assert held[0] - before < 1.5 * one_copy, f"held {held[0] - before} bytes; one unit copy is {one_copy}"
+
+
+def test_a_fit_validates_on_at_most_max_validation_queries_and_trains_on_the_rest() -> None:
+    """Of 30,000 labelled queries, 20% would be 6,000 validation queries, each searched against the
+    corpus at every evaluation: the first 5,000 (data.MAX_VALIDATION_QUERIES) of the seeded
+    permutation validate, the other 25,000 train, as drawn_validation predicts before anything is
+    embedded."""
+    rng = np.random.default_rng(0)
+    n = 30_000
+    qids, dids = [f"q{i:05d}" for i in range(n)], [f"d{i}" for i in range(50)]
+    qrels = {q: {dids[i % 50]: 1} for i, q in enumerate(qids)}
+    Q = rng.normal(size=(n, 4)).astype(np.float32)
+    D = rng.normal(size=(50, 4)).astype(np.float32)
+    est = SearchAdaptor(max_steps=1, seed=3).fit(Q, D, qrels, qids, dids)
+    assert est.n_val_queries_ == 5000  # data.MAX_VALIDATION_QUERIES
+    assert est.n_train_queries_ == n - 5000
+    assert est.val_query_ids_ == drawn_validation(qrels, qids, 0.2, 3, labels=True)

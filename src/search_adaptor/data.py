@@ -39,6 +39,7 @@ __all__ = [
     "BLANK_QUERY_REASON",
     "DEFAULT_BEIR_URL",
     "ENV_BEIR_URL",
+    "MAX_VALIDATION_QUERIES",
     "DataError",
     "Dataset",
     "kfold",
@@ -680,15 +681,24 @@ def labelled_queries(qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
     return sorted(q for q, docs in qrels.items() if any(g > 0 for g in docs.values()))
 
 
+#: Most queries a drawn validation split holds (:func:`validation_split`). Each is searched against
+#: the whole corpus at every evaluation of every candidate: 20% of 100,000 labelled queries against
+#: 50,000 documents took 13-15 s an evaluation, up to 19 minutes a candidate, while 5,000 queries
+#: already give a mean nDCG@10 a standard error of about 0.005 (per-query values spread about 0.35).
+#: The queries beyond it train instead.
+MAX_VALIDATION_QUERIES = 5000
+
+
 def validation_split(
     labelled: Sequence[str], val_fraction: float, rng: np.random.Generator
 ) -> tuple[list[str], list[str]]:
     """(train, validation) query ids: the one rule every model and baseline early-stops and selects by.
 
     ``labelled`` (sorted, at least 2 ids) is permuted with ``rng``; the first
-    ``round(val_fraction * n)`` ids of the permutation (at least 1, at most ``n - 1``) validate.
-    Both lists come back sorted. ``rng`` is the caller's generator, so a training run that draws
-    its split and then its batches from one seed stays reproducible.
+    ``round(val_fraction * n)`` ids of the permutation validate: at least 1, at most ``n - 1`` and
+    at most :data:`MAX_VALIDATION_QUERIES` (the rest of a larger share trains). Both lists come
+    back sorted. ``rng`` is the caller's generator, so a training run that draws its split and then
+    its batches from one seed stays reproducible.
     """
     n = len(labelled)
     if n < 2:
@@ -697,7 +707,7 @@ def validation_split(
         )
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
-    n_val = min(max(1, round(val_fraction * n)), n - 1)
+    n_val = min(max(1, round(val_fraction * n)), n - 1, MAX_VALIDATION_QUERIES)
     chosen = {labelled[i] for i in rng.permutation(n)[:n_val]}
     return [q for q in labelled if q not in chosen], sorted(chosen)
 

@@ -157,7 +157,10 @@ class SearchAdaptor:
     eval_every, patience : int
         Validate every ``eval_every`` steps; stop after ``patience`` steps without improvement.
     val_fraction : float
-        Share of the training queries held out for validation when no validation set is given.
+        Share of the training queries held out for validation when no validation set is given, at
+        most :data:`~search_adaptor.data.MAX_VALIDATION_QUERIES` (5,000) queries: each is searched
+        against the whole corpus at every evaluation; the rest of a larger share trains
+        (:func:`~search_adaptor.data.validation_split`).
     hard_pool, full_corpus_max : int
         Depth of the zero-shot ranking hard negatives come from; largest corpus scored exhaustively.
     seed : int

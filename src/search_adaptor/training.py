@@ -380,9 +380,10 @@ def drawn_validation(
     labels: bool,
 ) -> list[str]:
     """The validation queries, sorted, that :func:`train` draws from ``qrels`` when given no
-    ``val_query_ids``: :func:`~search_adaptor.data.validation_split` of :func:`fit_queries`, the first
-    draw of the fit's generator (``seed``), as a ranking loss (``labels``) and ``loss="alignment"``
-    with ``query_pairs`` make it; none from fewer than two. Known before anything is embedded, so
+    ``val_query_ids``: :func:`~search_adaptor.data.validation_split` of :func:`fit_queries` (``val_fraction``
+    of them, at most :data:`~search_adaptor.data.MAX_VALIDATION_QUERIES`), the first draw of the
+    fit's generator (``seed``), as a ranking loss (``labels``) and ``loss="alignment"`` with
+    ``query_pairs`` make it; none from fewer than two. Known before anything is embedded, so
     that texts paired for a query model can leave out the texts of the queries a fit will validate
     on (:func:`search_adaptor.experiment.without_held_out`): such a text, paired, would train the map
     its validation score goes through."""
@@ -407,10 +408,11 @@ def _alignment_split(
 
     With the queries' texts by the documents' model (``query_pairs``), the queries named in
     ``qrels`` (their labels unused) are paired texts too: a share of them validates
-    (``val_query_ids``, else ``val_fraction``) and the rest trains beside the corpus texts, so the
-    map is judged on what it will carry: queries, which are short where documents are long. Without
-    them, a share of the corpus pairs validates. The closed-form start is the corpus pairs' map
-    either way, the one ``evaluate`` rebuilds (:class:`~search_adaptor.experiment.PairStart`).
+    (``val_query_ids``, else :func:`~search_adaptor.data.validation_split`'s ``val_fraction``, at
+    most :data:`~search_adaptor.data.MAX_VALIDATION_QUERIES`) and the rest trains beside the corpus
+    texts, so the map is judged on what it will carry: queries, which are short where documents are
+    long. Without them, a share of the corpus pairs validates. The closed-form start is the corpus
+    pairs' map either way, the one ``evaluate`` rebuilds (:class:`~search_adaptor.experiment.PairStart`).
     """
     a, b = paired
     known = fit_queries(qrels or {}, qid_to_row, labels=False)
