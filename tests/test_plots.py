@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,80 @@ def test_a_one_document_corpus_draws_the_relevant_pairs_alone(
     assert len(rel) == 6 and len(irr) == 0
     path = plot_similarity(one, qrels, est, tmp_path / "sim.png")
     assert _is_png(path) and path.stat().st_size > 10_000
+
+
+class _Linear:
+    """A fixed linear map of queries and documents: an adapter whose vectors are not unit length."""
+
+    def __init__(self, W: np.ndarray) -> None:
+        self.W = W
+
+    def transform_queries(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.W
+
+    def transform_corpus(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.W
+
+
+def _pairs(n_queries: int, n_docs: int, dim: int, seed: int = 0) -> tuple[Embeddings, dict]:
+    """Random vectors (not unit length), two judged documents per query (both relevant, or one judged
+    0), a query judged 0 only (not labelled), and ids the corpus or the queries lack."""
+    rng = np.random.default_rng(seed)
+    Q = rng.standard_normal((n_queries, dim), dtype=np.float32) * 3
+    D = rng.standard_normal((n_docs, dim), dtype=np.float32) * 2
+    qids, dids = [f"q{i}" for i in range(n_queries)], [f"d{i}" for i in range(n_docs)]
+    qrels = {q: {f"d{(7 * i) % n_docs}": 1, f"d{(3 * i + 1) % n_docs}": i % 2} for i, q in enumerate(qids)}
+    qrels["q1"] = {"d2": 0}
+    qrels["q2"]["gone"] = 2
+    qrels["absent"] = {"d0": 1}
+    return Embeddings(qids, Q, dids, D, {"fingerprint": "synthetic"}), qrels
+
+
+@pytest.mark.parametrize("adapted", [False, True])
+def test_similarity_samples_are_the_cosines_the_figure_always_plotted(adapted: bool) -> None:
+    """The pairs and their values, computed here as the figure always computed them (every pair
+    gathered at once): chunking the gather changes no value, so no committed figure changes."""
+    emb, qrels = _pairs(60, 15, 8)  # a small corpus: many draws hit a judged document
+    rng = np.random.default_rng(5)
+    adapter = _Linear(rng.standard_normal((8, 8)).astype(np.float32)) if adapted else None
+    rel, irr = similarity_samples(emb, qrels, adapter, n_irrelevant=6, seed=3)
+
+    qids = sorted(q for q in qrels if q in emb.query_ids and max(qrels[q].values()) > 0)
+    Q = emb.queries[[emb.query_ids.index(q) for q in qids]]
+    if adapter is None:  # lengths as l2_normalize takes them (an einsum, in float32)
+        Q = Q / np.sqrt(np.einsum("ij,ij->i", Q, Q))[:, None]
+        D = emb.corpus / np.sqrt(np.einsum("ij,ij->i", emb.corpus, emb.corpus))[:, None]
+    else:
+        Q, D = Q @ adapter.W, emb.corpus @ adapter.W
+    draws = np.random.default_rng(3)
+    rel_pairs, irr_pairs = [], []
+    for i, q in enumerate(qids):
+        judged = {emb.doc_ids.index(d) for d in qrels[q] if d in emb.doc_ids}
+        rel_pairs += [(i, emb.doc_ids.index(d)) for d, g in qrels[q].items() if g > 0 and d in emb.doc_ids]
+        irr_pairs += [(i, int(d)) for d in draws.integers(0, len(D), size=6) if int(d) not in judged]
+    for got, pairs in ((rel, rel_pairs), (irr, irr_pairs)):
+        rows, cols = np.array(pairs).T
+        np.testing.assert_array_equal(got, np.einsum("ij,ij->i", Q[rows], D[cols]))
+    assert 0 < len(irr) < 6 * len(qids)  # some draws were judged documents, and were dropped
+
+
+def test_similarity_samples_never_gather_every_pair_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pair's two vectors were gathered at once: two (pairs x dim) matrices, 3 GB each for the
+    100k queries of a large test split (sweep E). Now they are gathered ``_PAIR_BYTES`` at a time:
+    the peak is the copies of the queries and corpus, one chunk per side and a few numbers per pair."""
+    monkeypatch.setattr(plots, "_PAIR_BYTES", 1 << 20)  # small chunks next to the pairs, as at scale
+    emb, qrels = _pairs(5000, 2000, 96)
+    tracemalloc.start()
+    try:
+        _, irr = similarity_samples(emb, qrels, n_irrelevant=40)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_side = len(irr) * emb.corpus.shape[1] * emb.corpus.itemsize  # all irrelevant pairs' queries
+    assert len(irr) > 190_000
+    assert peak < one_side / 2, (
+        f"peak {peak / 2**20:.1f} MiB; all pairs' queries take {one_side / 2**20:.0f} MiB"
+    )
 
 
 # -- the figures of ``fit``'s report -----------------------------------------------------------------

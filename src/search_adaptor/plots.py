@@ -24,6 +24,8 @@ from search_adaptor.retrieval import l2_normalize
 
 __all__ = ["plot_data_efficiency", "plot_learning_curves", "plot_similarity", "similarity_samples"]
 
+_PAIR_BYTES = 16 << 20  # vectors gathered at a time per side by similarity_samples: bounds its memory
+
 
 class _Adapter(Protocol):
     def transform_queries(self, X: np.ndarray) -> np.ndarray: ...
@@ -82,21 +84,38 @@ def similarity_samples(
         Q, D = l2_normalize(Q), l2_normalize(emb.corpus)
     else:
         Q, D = adapter.transform_queries(Q), adapter.transform_corpus(emb.corpus)
-    rng = np.random.default_rng(seed)
-    rel_q, rel_d, irr_q, irr_d = [], [], [], []
+    rel_q, rel_d, judged = [], [], []
     for i, q in enumerate(qids):
-        judged = {dcol[d] for d in qrels[q] if d in dcol}
         for d, g in qrels[q].items():
-            if g > 0 and d in dcol:
-                rel_q.append(i)
-                rel_d.append(dcol[d])
-        drawn = rng.integers(0, D.shape[0], size=n_irrelevant)
-        keep = [int(d) for d in drawn if int(d) not in judged]
-        irr_q += [i] * len(keep)
-        irr_d += keep
-    relevant = np.einsum("ij,ij->i", Q[rel_q], D[rel_d])
-    irrelevant = np.einsum("ij,ij->i", Q[irr_q], D[irr_d])
-    return relevant, irrelevant
+            if d in dcol:
+                judged.append(i * D.shape[0] + dcol[d])
+                if g > 0:
+                    rel_q.append(i)
+                    rel_d.append(dcol[d])
+    # one draw per query, in query order, as ever: a seed gives the pairs it always gave
+    rng = np.random.default_rng(seed)
+    drawn = np.empty((len(qids), n_irrelevant), dtype=np.int64)
+    for i in range(len(qids)):
+        drawn[i] = rng.integers(0, D.shape[0], size=n_irrelevant)
+    irr_q = np.repeat(np.arange(len(qids), dtype=np.int64), n_irrelevant)
+    irr_d = drawn.ravel()
+    keep = ~np.isin(irr_q * D.shape[0] + irr_d, np.asarray(judged, dtype=np.int64))
+    relevant = _row_cosines(Q, D, np.asarray(rel_q, dtype=np.int64), np.asarray(rel_d, dtype=np.int64))
+    return relevant, _row_cosines(Q, D, irr_q[keep], irr_d[keep])
+
+
+def _row_cosines(Q: np.ndarray, D: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``Q[rows[k]] . D[cols[k]]`` for every k, gathered ``_PAIR_BYTES`` of vectors at a time.
+
+    Gathering every pair at once held two (pairs x dim) matrices: 3 GB each for 100k queries with
+    20 pairs apiece. Each value is the same dot product either way (one row pair per output).
+    """
+    out = np.empty(len(rows), dtype=np.result_type(Q, D))
+    step = max(1, _PAIR_BYTES // max(1, Q.shape[1] * out.itemsize))
+    for start in range(0, len(rows), step):
+        stop = start + step
+        out[start:stop] = np.einsum("ij,ij->i", Q[rows[start:stop]], D[cols[start:stop]])
+    return out
 
 
 def plot_similarity(
