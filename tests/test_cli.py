@@ -619,7 +619,8 @@ def test_unsupervised_kfold_selection_is_refused_before_anything_is_embedded(
     tmp_path, synthetic, capsys, monkeypatch
 ):
     """fit --unsupervised --selection kfold embedded every text (paid for, with an API model) and only
-    then said that a fit without labels has nothing to cross-validate: it is refused first now."""
+    then said that a fit without labels has nothing to cross-validate: it is refused first now, before
+    the data is read or a key looked up (whose errors' fixes would only lead to this one)."""
     from search_adaptor import experiment
 
     def no_embedding(*_args, **_kwargs):
@@ -635,6 +636,11 @@ def test_unsupervised_kfold_selection_is_refused_before_anything_is_embedded(
         "labels trains on none: drop --selection kfold"
     )
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    kfold = ["--unsupervised", "--selection", "kfold", "--provider", "openai", "--out", str(tmp_path / "o")]
+    for folder in (str(tmp_path / "no-such-data"), data):  # a missing folder; the openai model's missing key
+        assert main(["fit", folder, *kfold]) == 2
+        assert "error: --selection kfold cross-validates labelled queries" in capsys.readouterr().err
 
 
 def test_kfold_selection_short_of_queries_is_refused_before_anything_is_embedded(

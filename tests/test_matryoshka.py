@@ -784,6 +784,16 @@ def test_cli_transform_dim_writes_the_prefix(cli_fit, synthetic, tmp_path, capsy
     assert not (tmp_path / "d17.npy").exists()
     assert main([*args, str(tmp_path / "d0.npy"), "--dim", "0"]) == 2
     assert "--dim: must be a positive int, got 0" in capsys.readouterr().err
+    # the word dim in another sense, a matrix's width, is not the flag; the refusal keeps its type
+    np.save(tmp_path / "cube.npy", np.ones((3, 4, 2), dtype=np.float32))
+    assert main(["transform", str(tmp_path / "cube.npy"), "--adapter", str(adapter), "--out", "c.npy"]) == 2
+    err = capsys.readouterr().err
+    assert "expected a C-ordered 2-D float matrix (n_vectors, dim), got shape (3, 4, 2)" in err, err
+    assert (
+        main(["transform", str(tmp_path / "cube.npy"), "--adapter", str(adapter), "--out", "c", "--debug"])
+        == 2
+    )
+    assert "search_adaptor.data.DataError: " in capsys.readouterr().err  # the traceback's last line
 
 
 def test_cli_export_onnx_dim_equals_the_prefix(cli_fit, synthetic, tmp_path, capsys):

@@ -171,9 +171,15 @@ def _in_flags(options: Sequence[str], side: str = "") -> Iterator[None]:
     the library does (``hnsw_m``, ``backend='hnsw'``), becomes the flag that sets it (--hnsw-m,
     --backend hnsw), on the model's ``side`` (``base_url`` of the query model is --query-base-url),
     so that the fix it gives is a flag the user can type. Only the options of the command's own flags
-    are named, so that a word of another kind (a manifest's field, after a dot or in quotes) stays."""
+    are named, and only where the refusal speaks of the argument (``dim must ...``, ``ef_search
+    applies ...``, ``timeout does not ...``, ``backend='hnsw'``, ``pass base_url=...``), so that the
+    same word in another sense (a matrix's ``(n_vectors, dim)``, a field after a dot or in quotes)
+    stays. The refusal keeps its type and traceback."""
     dashed = side.replace("_", "-")
-    named = re.compile(rf"(?<![-\w.'])({'|'.join(options)})(?:='([^']*)')?(?![-\w])")
+    either = "|".join(options)
+    named = re.compile(
+        rf"(?<![-\w.'])({either})(?:='([^']*)'|(?= must\b| appl| does not| and (?:{either})\b|=))"
+    )
 
     def flag(m: re.Match[str]) -> str:
         value = "" if m[2] is None else f" {m[2]}"
@@ -183,9 +189,9 @@ def _in_flags(options: Sequence[str], side: str = "") -> Iterator[None]:
         yield
     except ValueError as exc:
         text = named.sub(flag, str(exc)).replace("pass the model", f"pass --{dashed}model, the model")
-        if text == str(exc):
-            raise
-        raise ValueError(text).with_traceback(exc.__traceback__) from None
+        if text != str(exc):
+            exc.args = (text, *exc.args[1:])
+        raise
 
 
 def _check_engine_flags(args: argparse.Namespace) -> None:
@@ -295,9 +301,10 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
 def _cmd_fit(args: argparse.Namespace) -> None:
     """embed, train, select and evaluate an adapter; write report + adapter"""
     from search_adaptor.data import load_beir
-    from search_adaptor.experiment import run_fit
+    from search_adaptor.experiment import check_selection, run_fit
     from search_adaptor.report import check_run_folder, save_run
 
+    check_selection(args.unsupervised, args.selection)  # flags that contradict each other: said first
     check_run_folder(args.out, "fit")  # before any work: a folder of the user's is never written into
     dataset = load_beir(args.data)
     emb = _embeddings(args, dataset)

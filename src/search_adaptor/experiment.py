@@ -1136,11 +1136,7 @@ def fit_family(
 ) -> str:
     """The family a fit trains, given ``--dims``, ``--unsupervised``, queries of another model
     (``cross``) and ``--selection``, or a one-line error (the CLI asks before embedding anything)."""
-    if unsupervised and selection == "kfold":
-        raise ValueError(
-            "--selection kfold cross-validates labelled queries, and a fit without labels trains on "
-            "none: drop --selection kfold"
-        )
+    check_selection(unsupervised, selection)
     if cross:
         if dims and unsupervised:
             raise ValueError(
@@ -1169,6 +1165,16 @@ def fit_family(
             f"family {family} trains Matryoshka prefixes: give their sizes, e.g. --dims 64,128,256"
         )
     return family
+
+
+def check_selection(unsupervised: bool, selection: str) -> None:
+    """Refuse ``--selection kfold`` for a fit without labels (it cross-validates labelled queries):
+    flags alone decide it, so the CLI asks before it reads the data (:func:`fit_family` asks too)."""
+    if unsupervised and selection == "kfold":
+        raise ValueError(
+            "--selection kfold cross-validates labelled queries, and a fit without labels trains on "
+            "none: drop --selection kfold"
+        )
 
 
 #: The families that map the queries of another model (``fit --query-model``) into the documents'
