@@ -124,6 +124,12 @@ def test_dry_run_needs_no_api_key(
         with pytest.raises(EncoderError, match="made with plan_only=True, to say what would be sent"):
             planner.encode_batch(["a text"], "query")
         assert len(fake.calls) == sent
+    # Vertex: no token and no $GOOGLE_CLOUD_PROJECT (the application-default credentials name it when
+    # something is sent): the plan needs neither
+    clean_env.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    vertex = ["embed", str(data), "--provider", "vertex", "--cache", str(tmp_path / "cache"), "--dry-run"]
+    assert main(vertex) == 0
+    assert "0 texts cached, 6 would be sent (~" in capsys.readouterr().out
 
 
 def test_progress_bar_shows_rate_and_retries(

@@ -209,7 +209,9 @@ class VertexEncoder(_GoogleModels):
         self.location = location or env_value("GOOGLE_CLOUD_LOCATION") or "us-central1"
         self.auto_truncate = auto_truncate
         super().__init__(model, **kwargs)
-        if not self.project:
+        # the application-default credentials can name the project, and are looked up only to send
+        # (a plan, embed --dry-run, needs neither; the project is not part of the fingerprint)
+        if not self.project and not kwargs.get("plan_only"):
             raise EncoderError(
                 "vertex: no Google Cloud project; set GOOGLE_CLOUD_PROJECT or pass project=..."
             )
