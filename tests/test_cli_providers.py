@@ -195,6 +195,10 @@ def test_bad_key_is_one_line_naming_the_env_var(
         (["--provider", "openai", "--batch-size", "0"], "--batch-size: must be a positive int, got 0"),
         (["--provider", "openai", "--timeout", "-1"], "--timeout: must be a positive float, got -1"),
         (["--timeout", "5"], "sentence-transformers: --timeout does not apply to a local model"),
+        (
+            ["--timeout", "5", "--max-concurrency", "2"],
+            "sentence-transformers: --max-concurrency, --timeout do not apply to a local model",
+        ),
         # the query model's refusals name its flags, not the documents' model's (or Python's names)
         (
             ["--query-base-url", "http://127.0.0.1:9/v1"],

@@ -178,7 +178,7 @@ def _in_flags(options: Sequence[str], side: str = "") -> Iterator[None]:
     dashed = side.replace("_", "-")
     either = "|".join(options)
     named = re.compile(
-        rf"(?<![-\w.'])({either})(?:='([^']*)'|(?= must\b| appl| does not| and (?:{either})\b|=))"
+        rf"(?<![-\w.'])({either})(?:='([^']*)'|(?= must\b| appl| do(?:es)? not|(?:,| and) (?:{either})\b|=))"
     )
 
     def flag(m: re.Match[str]) -> str:
