@@ -18,6 +18,7 @@ ORDER = [
     "suite.md",
     "selection.md",
     "fit_speed.md",
+    "exact_search.md",
     "matryoshka.md",
     "crossmodel.md",
     "provider_faults.md",

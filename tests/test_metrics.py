@@ -467,6 +467,33 @@ def test_paired_test() -> None:
         paired_test(a, a[:-1])
 
 
+@pytest.mark.parametrize("chunks", [(1024, 262144), (5, 17)])
+def test_exact_search_is_the_full_ranking_cut_at_k(monkeypatch, chunks):
+    """Top-k by a partial selection (torch's top-k per chunk of documents, merged chunk by chunk) is
+    the full ranking's first k: by score; with an order, ties by key, at the cut too; whatever the
+    chunks of queries and documents (here also 5 queries and 17 documents at a time)."""
+    from search_adaptor import retrieval
+    from search_adaptor.metrics import tie_order
+
+    monkeypatch.setattr(retrieval, "_QUERY_CHUNK", chunks[0])
+    monkeypatch.setattr(retrieval, "_DOC_CHUNK", chunks[1])
+    rng = np.random.default_rng(1)
+    Q, D = rng.standard_normal((23, 16), dtype=np.float32), rng.standard_normal((90, 16), dtype=np.float32)
+    S = Q @ D.T
+    for k in (1, 10, 17, 40, 90, 200):
+        top, scores = retrieval.exact_search(Q, D, k)
+        full = np.argsort(-S, axis=1, kind="stable")[:, : min(k, 90)]
+        np.testing.assert_array_equal(top, full, err_msg=f"k={k}")
+        np.testing.assert_array_equal(scores, np.take_along_axis(S, full, axis=1))
+    tied = rng.integers(-2, 3, size=(90, 6)).astype(np.float32)  # integer products: ties everywhere
+    Qt = rng.integers(-2, 3, size=(23, 6)).astype(np.float32)
+    doc_ids = [f"d{i}" for i in rng.permutation(90)]
+    reference = _trec_order(Qt @ tied.T, doc_ids)
+    for k in (1, 10, 17, 40, 90):
+        top, _ = retrieval.exact_search(Qt, tied, k, order=tie_order(doc_ids))
+        np.testing.assert_array_equal(top, reference[:, :k], err_msg=f"k={k}")
+
+
 def test_exact_search_with_tie_order_ranks_duplicate_documents_as_trec_eval():
     """Duplicate documents score alike, and which one a partition kept decided the metric: fit and
     evaluate reported 0.8169 nDCG@10 where pytrec_eval (and evaluate() on the same run) gave 0.599."""

@@ -96,9 +96,7 @@ def exact_search(
                 )
             kk = min(k, s.shape[1])
             part = (
-                np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-                if kk < s.shape[1]
-                else np.tile(np.arange(s.shape[1]), (s.shape[0], 1))
+                _best_columns(s, kk) if kk < s.shape[1] else np.tile(np.arange(s.shape[1]), (s.shape[0], 1))
             )
             if order is not None and kk < s.shape[1]:
                 _settle_ties_at_the_cut(s, part, order[ds : ds + s.shape[1]])
@@ -113,6 +111,19 @@ def exact_search(
         out_idx[qs : qs + q.shape[0]] = best_idx
         out_score[qs : qs + q.shape[0]] = best_score
     return out_idx, out_score
+
+
+def _best_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """The columns of each row's ``k`` highest ``scores``, in no order (of columns tied at the cut, any).
+
+    torch's top-k, not ``np.argpartition``: numpy's row-by-row introselect took three to four times
+    the products that made the scores, so that exact search (a fit's validation and hard negatives,
+    ``evaluate``) was mostly selection; with torch's it is 2.7-3.1x faster at 50,000 documents
+    (``benchmarks/exact_search.py``). torch is loaded wherever exact search runs.
+    """
+    import torch
+
+    return torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
 
 
 def _settle_ties_at_the_cut(scores: np.ndarray, part: np.ndarray, keys: np.ndarray) -> None:
