@@ -500,11 +500,11 @@ class EmbeddingStore:
         texts = {k: t for k, t in todo.items() if isinstance(t, str)}  # images: no earlier version
         out: dict[bytes, np.ndarray] = {}
         for version, earlier in self._earlier_stores() if texts else []:
+            if self._dim not in (None, earlier._dim):  # vectors of another width: not this space's
+                continue
             keys = list(texts)
             alike = version.sends_alike([texts[k] for k in keys], kind)
             found = earlier._read(k for k, same in zip(keys, alike, strict=True) if same)
-            if self._dim not in (None, earlier._dim):  # vectors of another width: not this space's
-                continue
             out.update(found)
             for key in found:
                 del texts[key]
