@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -63,6 +65,31 @@ def test_second_run_makes_zero_encoder_calls(tmp_path):
         assert len(store) == 10
     assert enc2.calls == [] and stats2.encoded == 0 and stats2.cached == 10
     assert np.array_equal(first, again) and np.array_equal(first[0], first[10])
+
+
+def test_a_warm_read_holds_its_vectors_about_once(tmp_path):
+    """Reading every vector back from the store costs their size, not also their blobs and a joined
+    copy (the read built both, then stacked a third copy: 2.4x); the rows come back in the texts'
+    order, repeats included, as the encoder made them."""
+
+    class Wide(CountingEncoder):
+        def encode_batch(self, texts, kind):  # as fast as the store can take them, one row per text
+            return np.stack([np.full(self.dim, 1.0 + int(t[1:]), np.float32) for t in texts])
+
+    texts = [f"t{i}" for i in range(20_000)]
+    with EmbeddingStore(Wide(dim=384, batch_size=5_000), tmp_path) as store:
+        store.embed(texts, "document")
+    with EmbeddingStore(Wide(dim=384, batch_size=5_000), tmp_path) as store:
+        tracemalloc.start()
+        try:
+            vectors = store.embed(texts, "document")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert vectors.shape == (20_000, 384) and np.array_equal(vectors[:, 0], np.arange(1.0, 20_001.0))
+        assert peak < 1.5 * vectors.nbytes, f"peak {peak / vectors.nbytes:.2f}x the vectors read"
+        mixed = store.embed(["t5", "t1", "t5", "t99999", "t1"], "document")  # repeats, and one not stored
+    assert np.array_equal(mixed[:, 0], [6.0, 2.0, 6.0, 100_000.0, 2.0])
 
 
 def test_queries_and_documents_are_cached_apart(tmp_path):
