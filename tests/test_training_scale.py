@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import tracemalloc
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -217,3 +218,40 @@ def test_a_fit_validates_on_at_most_max_validation_queries_and_trains_on_the_res
     assert est.n_val_queries_ == 5000  # data.MAX_VALIDATION_QUERIES
     assert est.n_train_queries_ == n - 5000
     assert est.val_query_ids_ == drawn_validation(qrels, qids, 0.2, 3, labels=True)
+
+
+def test_hard_negatives_are_mined_once_for_the_fits_that_share_them(monkeypatch) -> None:
+    """Fits that mine from the same queries, corpus and positives (three of ``auto``'s five candidates
+    in each fold) mine once, also when they start together, and train exactly as a fit that mined
+    its own; other positives, or another corpus, are mined again."""
+    Q, D, qrels, qids, dids = graded_problem()
+    mined: list[int] = []
+    _spy(monkeypatch, training, "_mine_hard", lambda out, *_: mined.append(len(out)))
+    monkeypatch.setattr(training, "MINED", training._MinedNegatives())
+    hard = {**FIT, **WHOLE_CORPUS["query_only"], "max_steps": 20}
+
+    def fit(params: dict[str, Any] = hard, rels: dict = qrels, docs: np.ndarray = D) -> SearchAdaptor:
+        with compute_threads(1):
+            return SearchAdaptor(**params).fit(Q, docs, rels, qids, dids)
+
+    first = fit()
+    assert mined == [192]  # the 240 queries less the 20% validation split
+    again, shared = fit(), fit({**hard, "mode": "shared", "alpha": 0.05})
+    assert mined == [192] and _weights_sha256(again) == _weights_sha256(first)
+    monkeypatch.setattr(training, "MINED", training._MinedNegatives())  # nothing mined yet: its own
+    assert _weights_sha256(fit({**hard, "mode": "shared", "alpha": 0.05})) == _weights_sha256(shared)
+    assert mined == [192, 192]
+
+    monkeypatch.setattr(training, "MINED", training._MinedNegatives())
+    with ThreadPoolExecutor(2) as pool:  # two candidates at once: the second waits for the first's
+        together = list(pool.map(lambda _: fit(), range(2)))
+    assert mined == [192] * 3 and {_weights_sha256(est) for est in together} == {_weights_sha256(first)}
+
+    positives = [[d for d, g in rel.items() if g > 0] for rel in qrels.values()]
+    fewer = {
+        q: {**rel, **({pos[-1]: 0} if len(pos) > 1 else {})}
+        for (q, rel), pos in zip(qrels.items(), positives, strict=True)
+    }
+    fit(rels=fewer)  # the same queries, some with a positive fewer
+    fit(docs=D[::-1].copy())  # another corpus order
+    assert len(mined) == 5

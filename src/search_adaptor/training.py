@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -215,6 +218,65 @@ class _Sampler:
         return np.concatenate(parts, axis=1)
 
 
+class _MinedNegatives:
+    """Hard negatives already mined, by the content of what they were mined from.
+
+    Three of ``auto``'s five candidates mine from the same training queries and corpus in each fold,
+    and mining is an exact search of every training query over the whole corpus: at 16,000 training
+    queries and 100,000 documents it was most of a short fit, paid three times. Keyed by a digest of
+    the queries' rows, the documents, the positives and the depth (the same inputs give the same
+    negatives), it runs once; a candidate started while another mines the same waits for it. The
+    last :attr:`KEEP` results are kept (read-only arrays), for the candidates of one fold."""
+
+    KEEP = 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._running: dict[bytes, threading.Lock] = {}
+
+    def get(
+        self, hp: SimpleNamespace, Qn: np.ndarray, Dn: np.ndarray, ts: _TrainSet, grades: _Grades
+    ) -> np.ndarray:
+        """The hard negatives of :func:`_mine_hard`, mined now only if not already."""
+        key = _mining_key(hp, Qn, Dn, ts)
+        with self._lock:
+            running = self._running.setdefault(key, threading.Lock())
+        with running:
+            with self._lock:
+                if key in self._done:
+                    self._done.move_to_end(key)
+                    return self._done[key]
+            try:
+                ranked = _mine_hard(hp, Qn, Dn, ts, grades)
+                ranked.flags.writeable = False  # shared by the candidates that read it
+                with self._lock:
+                    self._done[key] = ranked
+                    while len(self._done) > self.KEEP:
+                        self._done.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._running.pop(key, None)
+        return ranked
+
+
+def _mining_key(hp: SimpleNamespace, Qn: np.ndarray, Dn: np.ndarray, ts: _TrainSet) -> bytes:
+    """Digest of everything :func:`_mine_hard` reads: the training queries' rows, the documents, each
+    query's positives (excluded from its negatives) and the depth."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.array([*Qn.shape, *Dn.shape, hp.hard_pool, len(ts.q_rows)], dtype=np.int64).tobytes())
+    for start in range(0, len(ts.q_rows), 4096):  # the rows alone, without a copy of them all
+        h.update(np.ascontiguousarray(Qn[ts.q_rows[start : start + 4096]]).data)
+    h.update(np.ascontiguousarray(Dn).data)
+    for part in (ts.ptr, ts.docs, ts.grades):
+        h.update(np.ascontiguousarray(part).data)
+    return h.digest()
+
+
+#: Hard negatives shared by the fits of one process (:class:`_MinedNegatives`).
+MINED = _MinedNegatives()
+
+
 def _mine_hard(
     hp: SimpleNamespace, Qn: np.ndarray, Dn: np.ndarray, ts: _TrainSet, grades: _Grades
 ) -> np.ndarray:
@@ -224,8 +286,7 @@ def _mine_hard(
     is_pos = grades(ts.q_rows, idx) > 0
     # push positives to the back, keep the first hard_pool of what remains
     order = np.argsort(is_pos, axis=1, kind="stable")
-    ranked = np.take_along_axis(idx, order, axis=1)[:, : min(hp.hard_pool, depth)]
-    return ranked
+    return np.ascontiguousarray(np.take_along_axis(idx, order, axis=1)[:, : min(hp.hard_pool, depth)])
 
 
 def _adapted(
@@ -841,7 +902,7 @@ class _Ranking(_Objective):
             if query_net.project is not None:
                 queries = l2_normalize(_adapted(query_net, self.Qn, None, start=True))
                 docs = l2_normalize(_adapted(corpus_net, self.Dn, self.Dn, start=True))
-            hard = _mine_hard(hp, queries, docs, self.ts, self.grades)
+            hard = MINED.get(hp, queries, docs, self.ts, self.grades)
         self.sampler = _Sampler(hp, self.ts, self.grades, hard, len(self.Dn), self.rng)
         small = hp.in_batch and len(self.Dn) <= hp.full_corpus_max
         # every document a negative when documents need not be adapted (query-only), or when asked
