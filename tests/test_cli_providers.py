@@ -71,7 +71,8 @@ def test_embed_then_dry_run_sends_nothing(
 
         assert main(["embed", *args, "--dry-run"]) == 0
         before = capsys.readouterr().out
-        assert "0 texts cached, 15 would be sent" in before
+        planned = re.search(r"0 texts cached, 15 would be sent in (\d+) requests \(", before)
+        assert planned, before
         assert not fake.calls
 
         assert main(["embed", *args, "--max-concurrency", "2", "--quiet"]) == 0
@@ -79,6 +80,7 @@ def test_embed_then_dry_run_sends_nothing(
         assert "15 texts embedded, 0 already cached (4-d" in out and "0 retries" in out
         assert all(count == 1 for count in fake.served.values()) and len(fake.served) == 15
         assert max(len(call.texts) for call in fake.calls) <= 3
+        assert len(fake.calls) == int(planned[1])  # what rate limits count, said before the run
 
         calls = len(fake.calls)
         assert main(["embed", *args, "--dry-run"]) == 0
@@ -97,7 +99,7 @@ def test_dry_run_estimates_tokens_of_the_texts_as_sent(
     dataset = load_beir(data)
     texts = [*dataset.queries.values(), *dataset.doc_texts]
     tokens = sum(math.ceil(len(t) / 3) for t in texts)
-    assert f"0 texts cached, 6 would be sent (~{tokens} tokens" in capsys.readouterr().out
+    assert f"0 texts cached, 6 would be sent in 2 requests (~{tokens} tokens" in capsys.readouterr().out
 
 
 def test_dry_run_needs_no_api_key(
@@ -110,7 +112,7 @@ def test_dry_run_needs_no_api_key(
     with FakeProvider("openai") as fake:
         embed = ["embed", *_cli_args(fake, data, tmp_path / "cache")]
         assert main([*embed, "--dry-run"]) == 0
-        assert "0 texts cached, 6 would be sent (~" in capsys.readouterr().out
+        assert "0 texts cached, 6 would be sent in 2 requests (~" in capsys.readouterr().out
         assert main(embed) == 2
         assert "openai: no API key found; set OPENAI_API_KEY" in capsys.readouterr().err
         clean_env.setenv("OPENAI_API_KEY", fake.key)
@@ -129,7 +131,7 @@ def test_dry_run_needs_no_api_key(
     clean_env.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
     vertex = ["embed", str(data), "--provider", "vertex", "--cache", str(tmp_path / "cache"), "--dry-run"]
     assert main(vertex) == 0
-    assert "0 texts cached, 6 would be sent (~" in capsys.readouterr().out
+    assert "0 texts cached, 6 would be sent in 2 requests (~" in capsys.readouterr().out
 
 
 def test_progress_bar_shows_rate_and_retries(

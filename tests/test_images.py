@@ -491,6 +491,9 @@ def test_a_mixed_batch_sends_its_texts_as_a_text_batch(tmp_path: Path) -> None:
     [image] = write_images(tmp_path, png())
     with FakeProvider("cohere") as fake:
         enc = image_encoder(fake)
+        # what a dry run counts: a request of texts and one of images, then one of texts
+        assert enc.request_count(["first text", image, "second text", "third text"], "document") == 2
+        assert enc.request_count(["first text", "second text"], "document") == 1
         vecs = enc.encode_batch(["first text", image, "second text"], "document")
         enc.encode_batch(["first text", "second text"], "document")
         text_call, image_call, text_only = fake.calls

@@ -285,13 +285,15 @@ class EmbeddingPlan:
     cached: int  # already in the store
     to_send: int
     tokens: int | None  # estimated tokens billed for what would be sent; None for a local model
+    requests: int | None = None  # HTTP requests that would send them; None for a local model
 
     def describe(self) -> str:
         """One line for people."""
         cost = "" if self.tokens is None else f" (~{self.tokens} tokens, estimated)"
+        calls = "" if not self.requests else f" in {self.requests} request{'s' * (self.requests != 1)}"
         return (
             f"{self.dataset} with {self.fingerprint}: {self.cached} texts cached, "
-            f"{self.to_send} would be sent{cost}"
+            f"{self.to_send} would be sent{calls}{cost}"
         )
 
 
@@ -316,7 +318,7 @@ def plan_embedding(
         encoders[enc.fingerprint] = enc
         texts.setdefault((enc.fingerprint, kind), {}).update(dict.fromkeys(items))
     unique = sum(len(t) for t in texts.values())
-    n_todo, counts = 0, []
+    n_todo, counts, calls = 0, [], []
     with contextlib.ExitStack() as stack:
         stores = {f: stack.enter_context(EmbeddingStore(e, cache_dir)) for f, e in encoders.items()}
         for (fingerprint, kind), items in texts.items():
@@ -324,8 +326,12 @@ def plan_embedding(
             encoders[fingerprint].check_items(todo)  # what the run would refuse: refused here too
             n_todo += len(todo)
             counts.append(encoders[fingerprint].request_tokens(todo, kind))
+            calls.append(encoders[fingerprint].request_count(todo, kind))
     tokens = None if all(c is None for c in counts) else sum(c or 0 for c in counts)
-    return EmbeddingPlan(dataset.name, " and ".join(encoders), unique, unique - n_todo, n_todo, tokens)
+    requests = None if all(c is None for c in calls) else sum(c or 0 for c in calls)
+    return EmbeddingPlan(
+        dataset.name, " and ".join(encoders), unique, unique - n_todo, n_todo, tokens, requests
+    )
 
 
 def _read_vectors(path: Path) -> tuple[list[str], np.ndarray]:

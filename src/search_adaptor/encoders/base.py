@@ -238,6 +238,11 @@ class Encoder(ABC):
         """Estimated tokens a paid API would bill for ``texts``; None for encoders that run locally."""
         return None
 
+    def request_count(self, texts: Sequence[Item], kind: Kind) -> int | None:
+        """HTTP requests embedding ``texts`` would take (what rate limits count); None for encoders
+        that run locally."""
+        return None
+
     def earlier_versions(self) -> list[EarlierVersion]:
         """This encoder as earlier versions of this library recorded it, under other fingerprints,
         whose stored vectors it may take (:class:`EarlierVersion`); none by default.

@@ -1209,6 +1209,15 @@ class ApiEncoder(Encoder):
         images = sum(self._image_tokens(t, _header(t)) for t in texts if isinstance(t, ImageRef))
         return sum(estimate_tokens(t) for t in self.prepare(words, kind)) + images
 
+    def request_count(self, texts: Sequence[Item], kind: Kind) -> int:
+        """Requests embedding ``texts`` would take, as the store sends them: batches of ``batch_size``,
+        each split within the provider's limits as :meth:`encode_batch` splits it (images it cannot
+        take are not sent). A text the provider then rejects as too long costs its request again."""
+        return sum(
+            len(self._plan(texts[start : start + self.batch_size], kind, {})[1])
+            for start in range(0, len(texts), self.batch_size)
+        )
+
     def encode_batch(self, texts: Sequence[Item], kind: Kind) -> np.ndarray:
         """Embed ``texts`` (and images, where the model takes them); an input the provider rejects
         (a text too long, an image it cannot take) does not fail the others.
