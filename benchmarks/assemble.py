@@ -19,6 +19,7 @@ ORDER = [
     "selection.md",
     "fit_speed.md",
     "exact_search.md",
+    "validation_pools.md",
     "matryoshka.md",
     "crossmodel.md",
     "provider_faults.md",

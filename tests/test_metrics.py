@@ -494,6 +494,29 @@ def test_exact_search_is_the_full_ranking_cut_at_k(monkeypatch, chunks):
         np.testing.assert_array_equal(top, reference[:, :k], err_msg=f"k={k}")
 
 
+def test_pool_search_is_exact_search_within_each_querys_pool(monkeypatch):
+    """Each query ranks its own candidates only, best first, whatever number of queries is gathered at
+    once (here 5); a pool of every document is exact search."""
+    from search_adaptor import retrieval
+
+    monkeypatch.setattr(retrieval, "_POOL_GATHER", 5 * 30 * 16)
+    rng = np.random.default_rng(2)
+    Q, D = rng.standard_normal((23, 16), dtype=np.float32), rng.standard_normal((90, 16), dtype=np.float32)
+    S = Q @ D.T
+    pool = np.stack([rng.choice(90, size=30, replace=False) for _ in range(23)])
+    inside = np.zeros_like(S, dtype=bool)
+    np.put_along_axis(inside, pool, True, axis=1)
+    for k in (1, 10, 30, 50):
+        top, scores = retrieval.pool_search(Q, D, pool, k)
+        expected = np.argsort(-np.where(inside, S, -np.inf), axis=1, kind="stable")[:, : min(k, 30)]
+        np.testing.assert_array_equal(top, expected, err_msg=f"k={k}")
+        np.testing.assert_allclose(scores, np.take_along_axis(S, expected, axis=1), rtol=1e-5, atol=1e-6)
+    every = np.tile(np.arange(90), (23, 1))
+    np.testing.assert_array_equal(
+        retrieval.pool_search(Q, D, every, 10)[0], retrieval.exact_search(Q, D, 10)[0]
+    )
+
+
 def test_exact_search_with_tie_order_ranks_duplicate_documents_as_trec_eval():
     """Duplicate documents score alike, and which one a partition kept decided the metric: fit and
     evaluate reported 0.8169 nDCG@10 where pytrec_eval (and evaluate() on the same run) gave 0.599."""

@@ -255,3 +255,57 @@ def test_hard_negatives_are_mined_once_for_the_fits_that_share_them(monkeypatch)
     fit(rels=fewer)  # the same queries, some with a positive fewer
     fit(docs=D[::-1].copy())  # another corpus order
     assert len(mined) == 5
+
+
+def _exact_validation(est: SearchAdaptor, Q, D, qrels, qids, dids, start: bool = False) -> float:
+    """The estimator's nDCG@10 on its validation queries over the whole corpus (its start with ``start``)."""
+    from search_adaptor.metrics import RelevanceIndex
+
+    val = est.val_query_ids_
+    row = {q: i for i, q in enumerate(qids)}
+    rel = RelevanceIndex({q: qrels[q] for q in val}, val, dids)
+    nets = (est.query_net_, est.corpus_net_)
+    return training._val_score(
+        *nets,
+        training._as_matrix(Q[[row[q] for q in val]], "q"),
+        training._as_matrix(D, "d"),
+        rel,
+        training.prefix_sizes(est.dims, Q.shape[1]),
+        start,
+    )[0]
+
+
+@pytest.mark.parametrize("case", sorted(WHOLE_CORPUS))
+def test_large_corpora_validate_on_pools_and_keep_what_beats_the_start_over_the_whole_corpus(
+    monkeypatch, case: str
+) -> None:
+    """Above VAL_POOL_ABOVE documents each evaluation ranks every validation query's pool of its
+    nearest documents under the start (searching the whole corpus every 25 steps was most of a large
+    fit); a pool of every document trains exactly as the whole corpus does, and with small pools the
+    scores the fit reports, its start's and its kept checkpoint's, are over the whole corpus."""
+    Q, D, qrels, qids, dids = graded_problem()
+    params = {**FIT, **WHOLE_CORPUS[case]}
+    monkeypatch.setattr(training, "VAL_POOL_ABOVE", 100)  # 400 documents: pools
+    pools: list[tuple[int, int]] = []
+    _spy(monkeypatch, training._Pool, "of", lambda out, *_: pools.append(out.top.shape))
+
+    def fit() -> SearchAdaptor:
+        with compute_threads(1):
+            return SearchAdaptor(**params).fit(Q, D, qrels, qids, dids)
+
+    monkeypatch.setattr(training, "VAL_POOL", len(D))  # every document in every pool
+    whole_pools = fit()
+    assert pools == [(48, 400)]
+    monkeypatch.setattr(training._Pool, "of", classmethod(lambda cls, *_: None))  # the whole corpus
+    whole = fit()
+    assert whole_pools.history_ == whole.history_ and whole_pools.best_step_ == whole.best_step_
+    assert _weights_sha256(whole_pools) == _weights_sha256(whole)
+    monkeypatch.undo()
+
+    monkeypatch.setattr(training, "VAL_POOL_ABOVE", 100)
+    monkeypatch.setattr(training, "VAL_POOL", 12)
+    pooled = fit()
+    assert pooled.best_step_ > 0 and pooled.history_ != whole.history_
+    exact = _exact_validation(pooled, Q, D, qrels, qids, dids)
+    assert pooled.best_score_ == exact > pooled.zero_shot_score_
+    assert pooled.zero_shot_score_ == _exact_validation(pooled, Q, D, qrels, qids, dids, start=True)

@@ -159,8 +159,11 @@ class SearchAdaptor:
     val_fraction : float
         Share of the training queries held out for validation when no validation set is given, at
         most :data:`~search_adaptor.data.MAX_VALIDATION_QUERIES` (5,000) queries: each is searched
-        against the whole corpus at every evaluation; the rest of a larger share trains
-        (:func:`~search_adaptor.data.validation_split`).
+        against the whole corpus at every evaluation (above
+        :data:`~search_adaptor.training.VAL_POOL_ABOVE` documents, against its pool of the
+        :data:`~search_adaptor.training.VAL_POOL` documents nearest it under the start map, with the
+        start and the checkpoint kept scored again over the whole corpus); the rest of a larger
+        share trains (:func:`~search_adaptor.data.validation_split`).
     hard_pool, full_corpus_max : int
         Depth of the zero-shot ranking hard negatives come from; largest corpus scored exhaustively.
     seed : int

@@ -8,6 +8,7 @@ import numpy as np
 
 _QUERY_CHUNK = 1024
 _DOC_CHUNK = 262144
+_POOL_GATHER = 4_194_304  # values of candidate vectors gathered at once by pool_search (16 MiB)
 
 
 def row_norms(x: np.ndarray) -> np.ndarray:
@@ -111,6 +112,34 @@ def exact_search(
         out_idx[qs : qs + q.shape[0]] = best_idx
         out_score[qs : qs + q.shape[0]] = best_score
     return out_idx, out_score
+
+
+def pool_search(
+    queries: np.ndarray, docs: np.ndarray, pool: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` documents by inner product for every query among its own candidates only, best first:
+    row ``i`` of ``pool`` holds query ``i``'s candidates (rows of ``docs``). Exact search restricted
+    to a pool: what a fit validates on when the corpus is too large to search at every evaluation.
+    Candidates are gathered a few queries at a time, so memory stays bounded.
+
+    Returns
+    -------
+    (indices, scores) : the rows of ``docs`` and their scores, each of shape (n_queries, min(k, pool
+    width))
+    """
+    import torch
+
+    k = min(k, pool.shape[1])
+    idx = np.empty((len(queries), k), dtype=np.int64)
+    out = np.empty((len(queries), k), dtype=np.float32)
+    step = max(1, _POOL_GATHER // max(1, pool.shape[1] * docs.shape[1]))
+    for s in range(0, len(queries), step):
+        cand = pool[s : s + step]
+        scores = np.einsum("qd,qpd->qp", queries[s : s + step], docs[cand])
+        top = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=True)
+        out[s : s + step] = top.values.numpy()
+        idx[s : s + step] = np.take_along_axis(cand, top.indices.numpy(), axis=1)
+    return idx, out
 
 
 def _best_columns(scores: np.ndarray, k: int) -> np.ndarray:
