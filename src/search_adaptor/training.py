@@ -37,9 +37,9 @@ MAX_NEGATIVES = 64  # negatives per query and step
 VAL_METRIC = "ndcg@10"
 #: Candidates per validation query on corpora above :data:`VAL_POOL_ABOVE` documents (:class:`_Pool`).
 VAL_POOL = 1000
-#: Corpora above this many documents validate on pools. Ranking 1,000 gathered candidates per query
-#: costs what searching about 70,000 documents does (``benchmarks/validation_pools.py``), and the
-#: pools' own search and the two whole-corpus scores at the end must be paid back too.
+#: Corpora above this many documents validate on pools: ranking 1,000 gathered candidates per query
+#: costs what searching tens of thousands of documents does, and the search that makes the pools and
+#: the two whole-corpus scores at the end must be paid back too (``benchmarks/validation_pools.py``).
 VAL_POOL_ABOVE = 200_000
 
 
@@ -228,8 +228,8 @@ class _MinedNegatives:
     """Hard negatives already mined, by the content of what they were mined from.
 
     Three of ``auto``'s five candidates mine from the same training queries and corpus in each fold,
-    and mining is an exact search of every training query over the whole corpus: at 16,000 training
-    queries and 100,000 documents it was most of a short fit, paid three times. Keyed by a digest of
+    and mining is an exact search of every training query over the whole corpus, paid three times
+    (``benchmarks/exact_search.py`` measures what that cost). Keyed by a digest of
     the queries' rows, the documents, the positives and the depth (the same inputs give the same
     negatives), it runs once; a candidate started while another mines the same waits for it. The
     last :attr:`KEEP` results are kept (read-only arrays), for the candidates of one fold."""
@@ -959,9 +959,8 @@ class _Ranking(_Objective):
         # as they are, unless a projection maps them first: another model's queries, a rotation)
         mining = hp.negatives in ("hard", "mixed")
         # on large corpora a search of the whole corpus at every evaluation would be most of the fit
-        # (5,000 validation queries x 200,000 documents: 11.5 s, against about 0.5 s for the 25 steps
-        # between two): evaluations rank each query's pool, and the start and the checkpoint kept
-        # are scored again over the whole corpus (train's exact_score)
+        # (benchmarks/validation_pools.py): evaluations rank each query's pool, and the start and the
+        # checkpoint kept are scored again over the whole corpus (train's exact_score)
         self.pooled = len(self.Dn) > VAL_POOL_ABOVE
         queries, docs, val_queries = self.Qn, self.Dn, self.Qv
         if query_net.project is not None and (mining or self.pooled):
