@@ -505,7 +505,9 @@ class EmbeddingStore:
         """Unique texts that would be sent to the encoder (in first-seen order): neither here nor
         reusable from an earlier version's store (:meth:`embed`); refuses what :meth:`lookup` does."""
         _check_call(texts, kind, "missing")
-        todo = self._missing(kind, texts, self.lookup(kind, texts))
+        check_item_types(texts)
+        keys = [item_key(kind, t) for t in texts]
+        todo = self._missing(keys, texts, self._read(keys))
         for key in self._from_earlier(kind, todo):
             del todo[key]
         return list(todo.values())
@@ -550,11 +552,13 @@ class EmbeddingStore:
             return self._earlier
 
     @staticmethod
-    def _missing(kind: Kind, texts: Sequence[Item], have: dict[bytes, np.ndarray]) -> dict[bytes, Item]:
-        """Key -> text of the unique texts without a vector in ``have``, in first-seen order."""
+    def _missing(
+        keys: Sequence[bytes], texts: Sequence[Item], have: dict[bytes, np.ndarray]
+    ) -> dict[bytes, Item]:
+        """Key -> text of the unique texts (``keys``: their :func:`item_key`) without a vector in
+        ``have``, in first-seen order."""
         out: dict[bytes, Item] = {}
-        for t in texts:
-            k = item_key(kind, t)
+        for k, t in zip(keys, texts, strict=True):
             if k not in have and k not in out:
                 out[k] = t
         return out
@@ -597,7 +601,7 @@ class EmbeddingStore:
         unique = list(dict.fromkeys(keys))
         stored, usable = self._read_rows(unique)
         found = {k: stored[i] for i, k in enumerate(unique) if usable[i]}
-        todo = self._missing(kind, texts, found)
+        todo = self._missing(keys, texts, found)
         adopted = self._from_earlier(kind, todo)
         if adopted and not self.read_only:  # the next run finds them here
             self._write(list(adopted), np.stack(list(adopted.values())))

@@ -334,10 +334,9 @@ def _adapted(
 @dataclass
 class _Pool:
     """Each validation query's candidates on a corpus too large to search at every evaluation: its
-    :data:`VAL_POOL` nearest documents under the start map (``top``, corpus rows), and the same as
-    positions (``local``) in the documents any of them names (``cols``), the only ones adapted."""
+    :data:`VAL_POOL` nearest documents under the start map, as positions (``local``) in the
+    documents any of them names (``cols``, corpus rows), the only ones adapted."""
 
-    top: np.ndarray
     cols: np.ndarray
     local: np.ndarray
 
@@ -345,7 +344,12 @@ class _Pool:
     def of(cls, queries: np.ndarray, docs: np.ndarray) -> _Pool:
         top = exact_search(queries, docs, min(VAL_POOL, len(docs)))[0]
         cols, local = np.unique(top, return_inverse=True)
-        return cls(top, cols, local.reshape(top.shape))
+        return cls(cols, local.reshape(top.shape))
+
+    @property
+    def top(self) -> np.ndarray:
+        """Each query's candidates as corpus rows."""
+        return self.cols[self.local]
 
 
 def _val_score(
