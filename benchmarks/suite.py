@@ -133,6 +133,10 @@ CELL_ROWS: dict[str, CellRow] = {
         ),
         # the same candidates compared by k-fold over the training queries (``fit --selection kfold``)
         CellRow("auto-kfold", "family", {"family": "auto", "variants": AUTO_PARAMS, "selection": "kfold"}),
+        # the winner trained again on every training query for its validated step count (``fit --refit-all``)
+        CellRow("auto-refit", "family", {"family": "auto", "variants": AUTO_PARAMS, "refit_all": True}),
+        CellRow("paper-refit", "family", {"family": "paper", "variants": dict(GRID), "refit_all": True}),
+        CellRow("paper-default-refit", "family", {"family": "paper-default", "refit_all": True}),
         CellRow(
             "full-ft",
             "finetune",
@@ -195,6 +199,21 @@ TABLE_ROWS: dict[str, TableRow] = {
             "auto-kfold",
             f"auto, candidates compared by {FOLDS}-fold cross-validation on the training queries",
             ("auto-kfold",),
+        ),
+        TableRow(
+            "auto-refit",
+            "auto, the winner trained again on every training query for its validated steps",
+            ("auto-refit",),
+        ),
+        TableRow(
+            "paper-refit",
+            "paper recipe (alpha x beta grid on val), the winner trained again on every training query",
+            ("paper-refit",),
+        ),
+        TableRow(
+            "paper-default-refit",
+            "paper recipe at alpha 0.1, beta 0.01, trained again on every training query",
+            ("paper-default-refit",),
         ),
         TableRow("full-ft", "full fine-tuning, MNRL (needs the model's weights)", ("full-ft",)),
     ]
@@ -419,6 +438,7 @@ def compute_cell(
             overrides={**row.params.get("overrides", {}), **steps},
             encoder=emb.encoder,
             selection=row.params.get("selection", DEFAULT_SELECTION),
+            refit_all=row.params.get("refit_all", False),
         )
         adapter = sel.adapter
         out["selected"] = sel.selected

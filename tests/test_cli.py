@@ -415,6 +415,36 @@ def test_fit_selection_kfold_is_recorded_in_the_report(tmp_path, synthetic, caps
     ) or (report["selected"].startswith("identity"))
 
 
+def test_fit_refit_all_ships_the_winner_trained_on_every_training_query(tmp_path, synthetic, capsys):
+    """``fit --refit-all``: the adapter saved trained on every training query (validation's too), the
+    report and its summary say so, and the test queries still trained nothing."""
+    d = synthetic
+    argv = _synthetic_folder(tmp_path, d, {"train": d["qids"][:100], "test": d["qids"][100:]})
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "60", "--refit-all"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["refit_all"] == {
+        "n_train_queries": 100,
+        "steps": report["validation"]["candidates"][0]["best_step"],
+    }
+    adapter = SearchAdaptor.load(out / "adapter")
+    assert adapter.refit_all_ and sorted(adapter.train_query_ids_) == sorted(d["qids"][:100])
+    line = "trained again on all 100 training queries, the validation ones too"
+    assert line in printed and line in (out / "report.md").read_text()
+    assert report["seen_in_training"]["n"] == 0
+
+
+def test_refit_all_without_labels_is_refused_before_anything_is_embedded(tmp_path, synthetic, capsys):
+    data = _synthetic_folder(tmp_path, synthetic, {"test": synthetic["qids"]})[1]
+    assert main(["fit", data, "--out", str(tmp_path / "out"), "--unsupervised", "--refit-all"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "search-adaptor: error: --refit-all trains the winner again on every labelled query, and a fit "
+        "without labels has none: drop --refit-all"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_fit_selection_kfold_pools_the_dev_split_and_says_so(tmp_path, synthetic, capsys):
     """With a dev split, ``--selection kfold`` cross-validates over the training and dev queries

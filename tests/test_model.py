@@ -296,6 +296,93 @@ def test_kfold_selection_holds_out_every_query_once_and_refits_the_winner(synthe
     )
 
 
+def test_refit_all_trains_again_on_every_labelled_query_for_the_validated_steps(
+    synthetic, tmp_path, monkeypatch
+):
+    """``refit_all``: the validated fit's hyperparameters trained on every labelled query, the
+    validation ones too, for exactly the best step count validation chose; the validation record
+    stays the fit's that chose it, the fit itself is unchanged, and the file says what it is."""
+    train = {q: synthetic["qrels"][q] for q in synthetic["qids"][:120]}
+    data = synthetic | {"qrels": train}
+    est = _fit(data, seed=1, **VARIANTS["paper"])
+    before = est.transform_queries(synthetic["Q"])
+    assert est.best_step_ > 0 and est.n_train_queries_ < len(train)
+    steps = []
+    adam_step = torch.optim.Adam.step
+    monkeypatch.setattr(
+        torch.optim.Adam, "step", lambda opt, *a, **k: steps.append(1) or adam_step(opt, *a, **k)
+    )
+    args = (synthetic["Q"], synthetic["D"], train, synthetic["qids"], synthetic["dids"])
+    refit = est.refit_all(*args)
+    assert len(steps) == est.best_step_  # no validation, no early stop: the validated step count
+    assert refit.refit_all_ and not est.refit_all_
+    assert sorted(refit.train_query_ids_) == sorted(train) and refit.n_train_queries_ == len(train)
+    assert set(est.val_query_ids_) <= set(refit.train_query_ids_)
+    for name in ("best_step_", "n_steps_", "best_score_", "zero_shot_score_", "val_query_ids_", "history_"):
+        assert getattr(refit, name) == getattr(est, name), name
+    assert np.array_equal(est.transform_queries(synthetic["Q"]), before)
+    after = refit.transform_queries(synthetic["Q"])
+    assert not np.allclose(after, before)
+    assert np.array_equal(est.refit_all(*args).transform_queries(synthetic["Q"]), after)  # seeded
+    emb = Embeddings(synthetic["qids"], synthetic["Q"], synthetic["dids"], synthetic["D"], None)
+    held = {q: synthetic["qrels"][q] for q in synthetic["qids"][120:]}
+    zero = evaluate_embeddings(emb, held, None, ["ndcg@10"])[0]["ndcg@10"]
+    assert evaluate_embeddings(emb, held, refit, ["ndcg@10"])[0]["ndcg@10"] > zero + 0.05
+
+    refit.save(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    est.save(tmp_path / "validated")
+    assert config["training"]["refit_all"] is True
+    assert "refit_all" not in json.loads((tmp_path / "validated" / "config.json").read_text())["training"]
+    assert "trained again on all 120 labelled queries" in (tmp_path / "a" / "README.md").read_text()
+    loaded = SearchAdaptor.load(tmp_path / "a")
+    assert loaded.refit_all_ and np.array_equal(loaded.transform_queries(synthetic["Q"]), after)
+    config["training"]["refit_all"] = "yes"
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"training: field 'refit_all' must be bool, got \"yes\""):
+        SearchAdaptor.load(tmp_path / "a")
+
+
+def test_refit_all_of_a_kept_start_trains_nothing_and_of_an_unlabelled_fit_is_refused(synthetic):
+    args = (synthetic["Q"], synthetic["D"], synthetic["qrels"], synthetic["qids"], synthetic["dids"])
+    still = _fit(synthetic, lr=1e-12, max_steps=10, eval_every=10)  # no step beats the start
+    assert still.best_step_ == 0
+    kept = still.refit_all(*args)
+    assert kept.best_step_ == 0 and not kept.refit_all_ and kept.is_identity_
+    (_, params), *_ = family_variants("matryoshka-unsupervised")
+    unlabelled = SearchAdaptor(**{**params, "dims": (8,), "max_steps": 2, "eval_every": 1})
+    unlabelled.fit(synthetic["Q"], synthetic["D"], None)
+    with pytest.raises(
+        ValueError, match=r"loss='similarity' trains without labels.*refit_all is for labelled"
+    ):
+        unlabelled.refit_all(*args)
+
+
+@pytest.mark.parametrize("selection", ["validation", "kfold"])
+def test_select_with_refit_all_ships_the_winner_trained_on_every_query(synthetic, selection):
+    """``select(refit_all=True)`` ships the winner's :meth:`refit_all` on the queries it was given
+    (``fitted`` keeps the validated one); the identity winning trains nothing more."""
+    qrels = {q: synthetic["qrels"][q] for q in synthetic["qids"][:60]}
+    args = (synthetic["Q"], synthetic["D"], qrels, synthetic["qids"], synthetic["dids"])
+    folds = {"selection": selection, "selection_folds": 3}
+    sel = select("linear", *args, seed=2, overrides=FAST, refit_all=True, **folds)
+    plain = select("linear", *args, seed=2, overrides=FAST, **folds)
+    (name,) = sel.fitted
+    assert sel.selected == plain.selected == name  # training on the distortion helps: a candidate wins
+    winner = sel.fitted[name]
+    assert np.array_equal(
+        winner.transform_queries(synthetic["Q"]), plain.adapter.transform_queries(synthetic["Q"])
+    )
+    assert sel.adapter.refit_all_ and sorted(sel.adapter.train_query_ids_) == sorted(qrels)
+    assert np.array_equal(
+        sel.adapter.transform_queries(synthetic["Q"]),
+        winner.refit_all(*args).transform_queries(synthetic["Q"]),
+    )
+    assert sel.candidates[0]["refit_all_s"] >= 0
+    identity = select("linear", *args, seed=2, overrides={**FAST, "lr": 1e-12}, refit_all=True, **folds)
+    assert identity.adapter.is_identity_ and not identity.adapter.refit_all_
+
+
 def test_kfold_selection_refuses_too_few_queries_and_unknown_methods(synthetic):
     args = (synthetic["Q"], synthetic["D"], synthetic["qrels"], synthetic["qids"], synthetic["dids"])
     few = (*args[:2], {q: synthetic["qrels"][q] for q in synthetic["qids"][:9]}, *args[3:])

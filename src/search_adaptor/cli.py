@@ -290,9 +290,10 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
     print("\n".join(metrics_table(report["metrics"], list(report["metrics"]["zero-shot"]))))
     where = f"; report: {os.path.join(os.path.abspath(out_dir), 'report.md')}" if out_dir else ""
     print(f"paired randomization test on ndcg@10: p = {report['significance']['p_value']:.4g}{where}")
-    from search_adaptor.report import identity_lines, loss_lines, seen_lines, size_lines
+    from search_adaptor.report import identity_lines, loss_lines, refit_lines, seen_lines, size_lines
 
-    for line in seen_lines(report) + loss_lines(report) + identity_lines(report):  # leak, loss, identity
+    # a leak, a loss, the identity, a refit on every query
+    for line in seen_lines(report) + loss_lines(report) + identity_lines(report) + refit_lines(report):
         print(line)
     for line in size_lines(report, "ndcg@10")[1:]:  # a Matryoshka fit: each size against its baselines
         print(line)
@@ -304,7 +305,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from search_adaptor.experiment import check_selection, run_fit
     from search_adaptor.report import check_run_folder, save_run
 
-    check_selection(args.unsupervised, args.selection)  # flags that contradict each other: said first
+    check_selection(args.unsupervised, args.selection, args.refit_all)  # contradicting flags: said first
     check_run_folder(args.out, "fit")  # before any work: a folder of the user's is never written into
     dataset = load_beir(args.data)
     emb = _embeddings(args, dataset)
@@ -312,7 +313,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     log(f"{dataset.name}: {len(dataset.doc_ids)} docs, {len(dataset.queries)} queries; {emb.describe()}")
     given = {"max_steps": args.max_steps, "precision": args.precision}
     overrides = {k: v for k, v in given.items() if v} or None
-    names = ("family", "seed", "folds", "dims", "unsupervised", "selection", "val_split")
+    names = ("family", "seed", "folds", "dims", "unsupervised", "selection", "val_split", "refit_all")
     options = {k: getattr(args, k) for k in names}
     # protocol's warnings were printed before embedding (_embeddings): not a second time
     run = run_fit(dataset, emb, overrides=overrides, log=log, warn=lambda _w: None, **options)

@@ -15,6 +15,7 @@ results (report files, figures, the adapter folder) is :func:`search_adaptor.rep
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -194,6 +195,7 @@ def select(
     selection: str = DEFAULT_SELECTION,
     selection_folds: int = DEFAULT_FOLDS,
     val_query_ids: Sequence[str] | None = None,
+    refit_all: bool = False,
 ) -> Selection:
     """Train every variant of ``family`` and choose one (:func:`choose`, by ``rule``).
 
@@ -208,6 +210,10 @@ def select(
       Every labelled query votes, not a fifth of them, so a small or noisy split picks the wrong
       candidate far less often (``benchmarks/selection.py``), at about ``selection_folds`` times
       the training time. ``val_query_ids`` are then labelled queries like the others.
+
+    With ``refit_all`` (labelled families), the winner is trained again on every labelled query of
+    ``qrels``, none held out, for the steps its validation chose (:meth:`SearchAdaptor.refit_all`):
+    that is the adapter shipped; ``fitted`` keeps the validated one.
 
     The identity (zero-shot) takes part: when it wins, ``selected`` says so and the adapter shipped
     changes nothing. ``encoder`` (what made the embeddings) is recorded in every candidate. Families
@@ -250,6 +256,28 @@ def select(
         )
         return est, time.perf_counter() - t0
 
+    def shipped(est: SearchAdaptor, row: dict[str, Any], where: Executor | None = None) -> SearchAdaptor:
+        """``est``, or with ``refit_all`` its refit on every labelled query (timed in ``row``), run
+        in ``where`` (the candidates' pool, while it is open) or here."""
+        if not (refit_all and labelled) or est.best_step_ == 0:
+            return est
+        t0 = time.perf_counter()
+        job = functools.partial(
+            est.refit_all,
+            query_embeddings,
+            corpus_embeddings,
+            qrels,
+            query_ids,
+            corpus_ids,
+            encoder=encoder,
+            query_encoder=query_encoder,
+            pairs=pairs,
+            more_pairs=more_pairs,
+        )
+        refit = where.submit(job).result() if where is not None else job()
+        row["refit_all_s"] = round(time.perf_counter() - t0, 2)
+        return refit
+
     names = [name for name, _ in variants]
     # what trains: (candidate, training queries) per fold, or each candidate once on all of qrels
     jobs = [(i, train) for train, _ in folds for i in range(len(variants))] or [
@@ -274,13 +302,13 @@ def select(
             refit = names.index(picked) if picked != "identity" else 0
             est, seconds = pool.submit(fit, variants[refit][1], qrels).result()
             rows[refit]["refit_s"] = round(seconds, 2)
+            adapter = shipped(est, rows[refit], pool) if picked != "identity" else est.at_start()
             if on_candidate is not None:
                 for row in rows:
                     on_candidate(row)
-            shipped = est if picked != "identity" else est.at_start()
             return Selection(
-                shipped,
-                kept_start(shipped) if picked == "identity" else picked,
+                adapter,
+                kept_start(adapter) if picked == "identity" else picked,
                 rows,
                 [q for _, held in folds for q in sorted(held)],
                 {names[refit]: est.history_},
@@ -293,8 +321,6 @@ def select(
     for name, (est, seconds) in zip(names, results, strict=True):
         fitted[name] = est
         rows.append(_candidate_row(name, est, seconds))
-        if on_candidate is not None:
-            on_candidate(rows[-1])
     first = fitted[names[0]]
     val = first.val_query_ids_
     scores: dict[str, np.ndarray] = {}
@@ -306,7 +332,10 @@ def select(
     else:  # trained without labels: the candidate's own criterion chose its checkpoint, labels play no part
         picked = max(names, key=lambda n: (fitted[n].best_score_, -names.index(n)))
         picked = picked if fitted[picked].best_step_ > 0 else "identity"
-    adapter = fitted[picked] if picked != "identity" else first.at_start()
+    adapter = shipped(fitted[picked], rows[names.index(picked)]) if picked != "identity" else first.at_start()
+    if on_candidate is not None:
+        for row in rows:
+            on_candidate(row)
     return Selection(
         adapter,
         kept_start(adapter) if picked == "identity" else picked,
@@ -836,12 +865,13 @@ def run_fit(
     selection: str = DEFAULT_SELECTION,
     val_split: str = "auto",
     warn: Callable[[str], None] | None = None,
+    refit_all: bool = False,
 ) -> Run:
     """Train, select and evaluate under :func:`protocol`; the test queries never reach training,
     early stopping or selection. A validation split (``val_split``, :func:`protocol`'s: a dataset's
     dev split by default) validates every fit; its queries then train none.
 
-    ``rule``, ``n_jobs`` and ``selection`` are :func:`select`'s (with
+    ``rule``, ``n_jobs``, ``selection`` and ``refit_all`` are :func:`select`'s (with
     ``selection="kfold"``, each k-fold fold's selection cross-validates inside that fold's
     training queries, ``folds`` folds).
 
@@ -901,6 +931,7 @@ def run_fit(
             selection=selection,
             selection_folds=folds,
             val_query_ids=sorted(proto.val) if proto.val else None,
+            refit_all=refit_all,
         )
 
     start = time.perf_counter()
@@ -994,6 +1025,11 @@ def run_fit(
         **_selection_scores(final),
         "candidates": final.candidates,
     }
+    if final.adapter.refit_all_:  # the weights shipped trained on every query, validation's included
+        report["validation"]["refit_all"] = {
+            "n_train_queries": final.adapter.n_train_queries_,
+            "steps": final.adapter.best_step_,
+        }
     report["timings"] = {"embed_s": round(emb.embed_s, 2), "train_s": round(time.perf_counter() - start, 2)}
     report["encoder_calls"] = {"texts_sent": emb.stats.encoded, "texts_cached": emb.stats.cached}
     report["library_version"] = __version__
@@ -1167,9 +1203,15 @@ def fit_family(
     return family
 
 
-def check_selection(unsupervised: bool, selection: str) -> None:
-    """Refuse ``--selection kfold`` for a fit without labels (it cross-validates labelled queries):
-    flags alone decide it, so the CLI asks before it reads the data (:func:`fit_family` asks too)."""
+def check_selection(unsupervised: bool, selection: str, refit_all: bool = False) -> None:
+    """Refuse ``--selection kfold`` or ``--refit-all`` for a fit without labels (they need labelled
+    queries): flags alone decide it, so the CLI asks before it reads the data (:func:`fit_family`
+    asks too)."""
+    if unsupervised and refit_all:
+        raise ValueError(
+            "--refit-all trains the winner again on every labelled query, and a fit without labels "
+            "has none: drop --refit-all"
+        )
     if unsupervised and selection == "kfold":
         raise ValueError(
             "--selection kfold cross-validates labelled queries, and a fit without labels trains on "

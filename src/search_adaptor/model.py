@@ -42,7 +42,7 @@ from search_adaptor.encoders.base import (
 )
 from search_adaptor.encoders.registry import from_info, info_problem
 from search_adaptor.files import Staged, read_json
-from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS
+from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS, UNLABELLED_LOSSES
 from search_adaptor.metrics import metrics_table, val_metric_name
 from search_adaptor.networks import (
     ARCHITECTURES,
@@ -85,6 +85,16 @@ class NotFittedError(ValueError, AttributeError):
     An AttributeError, so that ``hasattr()`` and ``inspect.getmembers()`` see a fitted attribute as
     absent rather than fail, and a ValueError, as scikit-learn's ``NotFittedError`` is both.
     """
+
+
+def _described(
+    encoder: EncoderLike | None, query_encoder: EncoderLike | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a fit records of its encoders (:func:`describe_encoder`); ``{}`` for one not given, and
+    for a query encoder that is the documents' own (one model for both sides)."""
+    info = describe_encoder(encoder) if encoder is not None else {}
+    query_info = describe_encoder(query_encoder) if query_encoder is not None else {}
+    return info, ({} if query_info.get("fingerprint") == info.get("fingerprint") else query_info)
 
 
 def describe_encoder(encoder: EncoderLike) -> dict[str, Any]:
@@ -396,10 +406,7 @@ class SearchAdaptor:
             of ``pairs``.
         """
         params = self._validate_params()
-        info = describe_encoder(encoder) if encoder is not None else {}
-        query_info = describe_encoder(query_encoder) if query_encoder is not None else {}
-        if query_info.get("fingerprint") == info.get("fingerprint"):
-            query_info = {}  # one model for both sides
+        info, query_info = _described(encoder, query_encoder)
         start = time.perf_counter()
         result = train(
             params,
@@ -450,6 +457,66 @@ class SearchAdaptor:
         self.val_metric_ = result.val_metric
         self.encoder_ = encoder
         self.metrics_: dict[str, Any] = {}
+        #: whether these weights trained on every labelled query after a validated fit chose their
+        #: step count (:meth:`refit_all`): the validation record is that fit's
+        self.refit_all_ = False
+
+    def refit_all(
+        self,
+        query_embeddings: np.ndarray,
+        corpus_embeddings: np.ndarray,
+        qrels: Mapping[str, Mapping[str, int]],
+        query_ids: Sequence[str] | None = None,
+        corpus_ids: Sequence[str] | None = None,
+        encoder: EncoderLike | None = None,
+        query_encoder: EncoderLike | None = None,
+        pairs: tuple[np.ndarray, np.ndarray] | None = None,
+        more_pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> SearchAdaptor:
+        """A new adapter of this one's hyperparameters, trained on every labelled query of ``qrels``
+        (none held out) for the :attr:`best_step_` steps this fit's validation chose; this one is
+        unchanged.
+
+        A validated fit trains on the queries validation leaves it, typically 80%; this trains on all
+        of them, as scikit-learn's ``GridSearchCV`` refits its winner on the whole training set: on
+        SciFact test nDCG@10 rises by about 0.02 (BENCHMARKS.md). Nothing validates the new weights:
+        its validation record (scores, history, the queries that validated) stays this fit's, the one
+        that chose the number of steps, and ``refit_all_`` says so. A fit whose start won (best step
+        0) has nothing to train: its copy at the start comes back. ``qrels`` and the inputs are those
+        of :meth:`fit` (the validation queries now train too).
+        """
+        self._check_fitted()
+        if self._params["loss"] in UNLABELLED_LOSSES:
+            raise ValueError(
+                f"loss={self._params['loss']!r} trains without labels, so there is no labelled query to "
+                "train on again: refit_all is for labelled fits"
+            )
+        if self.best_step_ == 0:
+            return self.at_start()
+        params = dict(self._params)
+        info, query_info = _described(encoder, query_encoder)
+        start = time.perf_counter()
+        result = train(
+            params,
+            query_embeddings,
+            corpus_embeddings,
+            qrels,
+            query_ids,
+            corpus_ids,
+            None,
+            pairs,
+            more_pairs=more_pairs,
+            steps=self.best_step_,
+        )
+        # the record of the fit that chose the step count: the new weights have no validation of their own
+        result.history, result.n_steps = self.history_, self.n_steps_
+        result.best_score, result.zero_shot_score = self.best_score_, self.zero_shot_score_
+        result.val_query_ids, result.val_metric = list(self.val_query_ids_), self.val_metric_
+        refit = self.clone()
+        refit._set_fitted(result, params, info or self.encoder_, query_info or self.query_encoder_)
+        refit.refit_all_ = True
+        refit.fit_time_ = time.perf_counter() - start
+        return refit
 
     def at_start(self) -> SearchAdaptor:
         """This adapter as its training began (best step 0): the identity, or its starting map (a PCA
@@ -805,6 +872,7 @@ class SearchAdaptor:
                 "val_query_ids": list(self.val_query_ids_),
                 "val_metric": self.val_metric_,
                 "precision": self.train_precision_,
+                **({"refit_all": True} if self.refit_all_ else {}),
                 "history": self.history_,
                 **(
                     {"query_text_digests": list(self.query_text_digests_)}
@@ -887,6 +955,7 @@ class SearchAdaptor:
         est.n_val_queries_ = training["n_val_queries"]
         est.fit_time_ = training["fit_time_s"]
         est.query_text_digests_ = training.get("query_text_digests")
+        est.refit_all_ = training.get("refit_all", False)
         est.metrics_ = config["metrics"]
         # files written before start_ said true for any kept start, the identity or not
         if config["identity"] not in (est.is_identity_, est.kept_start_):
@@ -929,6 +998,7 @@ _TRAINING_KEYS = {
     "history": list,
     "precision": str,
     "query_text_digests": list,
+    "refit_all": bool,
 }
 _DIGEST = re.compile("[0-9a-f]{16}")  # a query text's digest (hex)
 _OPTIONAL = {
@@ -936,6 +1006,7 @@ _OPTIONAL = {
     "precision",  # files written before mixed precision trained in float32
     "query_text_digests",  # fits that knew their queries' texts (``search-adaptor fit``) only
     "train_query_ids",  # files written before it was recorded
+    "refit_all",  # written only by refit_all's adapters
     *("query_encoder", "query_dim"),  # cross-model adapters only
 }
 #: hyperparameters that decide what the networks compute: a config must state them (the others,
@@ -1467,6 +1538,12 @@ def _model_card(config: Mapping[str, Any], adapter: SearchAdaptor) -> str:
         f"({'zero-shot' if adapter.start_ is None else 'its start'} {tr['zero_shot_val_ndcg@10']:.4f}) "
         f"on {tr['n_val_queries']} held-out queries; best step {tr['best_step']} of {tr['n_steps']}.",
     ]
+    if adapter.refit_all_:
+        lines.append(
+            f"These weights were then trained again on all {tr['n_train_queries']} labelled queries, the "
+            f"held-out ones too, for {tr['best_step']} steps (`refit_all`): the scores above are the "
+            "validated fit's, not theirs."
+        )
     if hp.get("dims"):
         sizes = ", ".join(str(m) for m in hp["dims"])
         lines.append(

@@ -127,6 +127,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
             "query, then train the winner on all: fewer wrong picks, about k times the training time",
         ),
         A(
+            "--refit-all",
+            action="store_true",
+            help="train the winner again on every training query, the validation ones too, for the "
+            "steps its validation chose, and ship that: more labels, no held-out check of its own",
+        ),
+        A(
             "--val-split",
             default="auto",
             metavar="SPLIT",

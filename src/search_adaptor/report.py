@@ -111,7 +111,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines.append(f"Adapted is {_against(ad, zs, 'zero-shot', sig.get('p_value'), names[0])}.")
     lines += seen_lines(report) + loss_lines(report)
     lines += _cross_model(report, names[0]) + size_lines(report, names[0])
-    lines += identity_lines(report)
+    lines += identity_lines(report) + refit_lines(report)
     cands = (report.get("validation") or {}).get("candidates") or []
     if cands:
         metric = _val_metric(report)
@@ -353,6 +353,19 @@ def identity_lines(report: Mapping[str, Any]) -> list[str]:
             "(or add a `qrels/dev.tsv`) for an adapter to be chosen."
         )
     return lines
+
+
+def refit_lines(report: Mapping[str, Any]) -> list[str]:
+    """What ``--refit-all`` shipped: the winner trained again on every training query, which no
+    held-out query then checked."""
+    refit = (report.get("validation") or {}).get("refit_all")
+    if not refit:
+        return []
+    return [
+        f"The saved adapter is {report['selected']} trained again on all {refit['n_train_queries']} "
+        f"training queries, the validation ones too, for the {refit['steps']} steps its validation "
+        "chose (--refit-all); no held-out query checked those weights before the test queries did."
+    ]
 
 
 def _scored_as(report: Mapping[str, Any]) -> list[str]:

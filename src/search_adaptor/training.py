@@ -701,10 +701,15 @@ def train(
     pairs: tuple[Any, Any] | None = None,
     query_pairs: Any = None,
     more_pairs: tuple[Any, Any] | None = None,
+    steps: int | None = None,
 ) -> TrainResult:
     """Train networks with hyperparameters ``params`` (``SearchAdaptor.get_params()``); see
     :meth:`SearchAdaptor.fit` for the data contract. ``loss="similarity"`` and ``"alignment"``
     train without labels.
+
+    ``steps`` (labelled losses) trains on every labelled query, none held out, for exactly that
+    many steps and keeps the last state: the refit of :meth:`SearchAdaptor.refit`, whose step count
+    a validated fit chose. Nothing validates it, so its scores are NaN and its history empty.
 
     Ids are str, in the qrels as in ``query_ids``, ``corpus_ids`` and ``val_query_ids``, and qrels
     are ``{query_id: {doc_id: grade}}``: one rule with :func:`~search_adaptor.metrics.evaluate`
@@ -782,25 +787,24 @@ def train(
             hp, fit_pairs, held_out, held_out_ids, n_queries, share, Dn, query_net, corpus_net, rng, train_q
         )
     else:
-        objective = _Ranking(hp, Qn, Dn, qrels or {}, qids, dids, qid_to_row, val_query_ids, rng, generator)
+        held_out = steps is None
+        objective = _Ranking(
+            hp, Qn, Dn, qrels or {}, qids, dids, qid_to_row, val_query_ids, rng, generator, held_out
+        )
         objective.setup(query_net, corpus_net, prefixes, trained_on if hp.gamma > 0 else None)
     params_ = [p for net in nets for p in net.parameters() if p.requires_grad] + objective.extra_parameters()
     opt = torch.optim.Adam(params_, lr=hp.lr)
 
     precision = resolve_precision(hp.precision)
-    zero_shot, per = objective.score(start=True)  # step 0: the start, which a checkpoint must beat
     start = [copy.deepcopy(n.state_dict()) for n in nets]
+    if steps is not None:
+        return _refitted(objective, opt, nets, steps, precision, start, query_net, corpus_net, dim, Qn)
+    zero_shot, per = objective.score(start=True)  # step 0: the start, which a checkpoint must beat
     best: dict[str, Any] = {"score": zero_shot, "step": 0, "state": start}
     history: list[dict[str, Any]] = [_history(0, zero_shot, per, None)]
     last_improvement, running, step = 0, 0.0, 0
     for step in range(1, hp.max_steps + 1):
-        with _steps_in(precision):
-            loss = objective.loss().float()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        objective.after_step()
-        running += float(loss.detach())
+        running += _step(objective, opt, precision)
         if step % hp.eval_every == 0 or step == hp.max_steps:
             score, per = objective.score()
             history.append(_history(step, score, per, running / hp.eval_every))
@@ -832,6 +836,53 @@ def train(
         n_steps=step,
         n_train_queries=objective.n_train,
         val_query_ids=objective.val_ids,
+        val_metric=objective.metric,
+        query_dim=Qn.shape[1],
+        start=start,
+        precision=precision,
+        train_query_ids=list(objective.train_ids),
+    )
+
+
+def _step(objective: _Objective, opt: torch.optim.Optimizer, precision: str) -> float:
+    """One optimiser step on a fresh batch, the objective's constraint restored; its loss."""
+    with _steps_in(precision):
+        loss = objective.loss().float()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    objective.after_step()
+    return float(loss.detach())
+
+
+def _refitted(
+    objective: _Objective,
+    opt: torch.optim.Optimizer,
+    nets: list[ResidualAdapter],
+    steps: int,
+    precision: str,
+    start: list[dict[str, torch.Tensor]],
+    query_net: ResidualAdapter,
+    corpus_net: ResidualAdapter | None,
+    dim: int,
+    Qn: np.ndarray,
+) -> TrainResult:
+    """``steps`` optimiser steps on every labelled query, the last state kept (see :func:`train`)."""
+    for _ in range(steps):
+        _step(objective, opt, precision)
+    for net in nets:
+        net.eval()
+    return TrainResult(
+        query_net=query_net,
+        corpus_net=corpus_net,
+        dim=dim,
+        history=[],
+        best_step=steps,
+        best_score=float("nan"),
+        zero_shot_score=float("nan"),
+        n_steps=steps,
+        n_train_queries=objective.n_train,
+        val_query_ids=[],
         val_metric=objective.metric,
         query_dim=Qn.shape[1],
         start=start,
@@ -926,11 +977,14 @@ class _Ranking(_Objective):
         val_query_ids: Sequence[str] | None,
         rng: np.random.Generator,
         generator: torch.Generator,
+        held_out: bool = True,
     ) -> None:
         did_to_col = index_ids(dids, "document")
         judged = _index_qrels(qrels, qid_to_row, did_to_col)
         labelled = fit_queries(qrels, qid_to_row, labels=True)  # (judged: every one has an embedding)
-        if val_query_ids is None:  # the generator's first draw: drawn_validation knows it beforehand
+        if not held_out:  # a refit: every labelled query trains, none validates
+            train_q, val = list(labelled), []
+        elif val_query_ids is None:  # the generator's first draw: drawn_validation knows it beforehand
             train_q, val = validation_split(labelled, hp.val_fraction, rng)
         else:
             val = _given_validation(val_query_ids, qrels, labelled)
@@ -965,12 +1019,14 @@ class _Ranking(_Objective):
         # on large corpora a search of the whole corpus at every evaluation would be most of the fit
         # (benchmarks/validation_pools.py): evaluations rank each query's pool, and the start and the
         # checkpoint kept are scored again over the whole corpus (train's exact_score)
-        self.pooled = len(self.Dn) > VAL_POOL_ABOVE
+        self.pooled = len(self.Dn) > VAL_POOL_ABOVE and len(self.Qv) > 0  # (a refit validates nothing)
         queries, docs, val_queries = self.Qn, self.Dn, self.Qv
         if query_net.project is not None and (mining or self.pooled):
             docs = l2_normalize(_adapted(corpus_net, self.Dn, self.Dn, start=True))
             queries = l2_normalize(_adapted(query_net, self.Qn, None, start=True)) if mining else queries
-            val_queries = l2_normalize(_adapted(query_net, self.Qv, None, start=True))
+            val_queries = (
+                l2_normalize(_adapted(query_net, self.Qv, None, start=True)) if self.pooled else None
+            )
         hard = MINED.get(hp, queries, docs, self.ts, self.grades) if mining else None
         self.pool = _Pool.of(val_queries, docs) if self.pooled else None
         self.sampler = _Sampler(hp, self.ts, self.grades, hard, len(self.Dn), self.rng)
