@@ -78,7 +78,7 @@ FINETUNE_DATASETS = ("scifact", "cranfield")
 FINETUNE_SEEDS = 3
 #: Data efficiency: shares of the training queries, on the first dataset with an official train split.
 FRACTIONS = (0.1, 0.3, 0.5)
-EFFICIENCY_ROWS = ("auto", "paper", "llamaindex-linear")
+EFFICIENCY_ROWS = ("auto", "auto-refit", "paper", "llamaindex-linear")
 #: Rows whose seed-0 adapter is drawn in the similarity figure (the paper's Figure 5).
 SIMILARITY_ROWS = ("auto", "paper-default")
 P_SIGNIFICANT = 0.05
@@ -86,6 +86,8 @@ AUTO_CANDIDATES = tuple(name for name, _ in family_variants("auto"))
 AUTO_PARAMS = {name: dict(params) for name, params in family_variants("auto")}
 #: Rows whose candidates' test scores are another row's cells (the same models).
 CANDIDATES_OF = {"auto-kfold": "auto"}
+#: ``fit --refit-all`` rows and the row each refits the winner of.
+REFITS = {"auto-refit": "auto", "paper-refit": "paper", "paper-default-refit": "paper-default"}
 BFLOAT16 = {"precision": "bfloat16"}
 
 PAPER_DEFAULT = dict(FAMILIES["paper-default"][0][1])
@@ -828,6 +830,7 @@ def write_report(cache: Cache, benches: Sequence[Bench], seeds: int, results: Pa
     lines += _scenarios(benches, results_by)
     lines += _claims(benches, results_by)
     lines += _precision_check(benches, results_by)
+    lines += _refit_check(cache, benches, seed_list, results_by)
     lines += [
         line
         for row in ("auto", "auto-bfloat16", "auto-kfold")
@@ -993,6 +996,72 @@ def _precision_check(
         "| dataset | `auto` (float32) | `auto-bfloat16` | Δ | p |",
         "|---|---|---|---|---|",
         *rows,
+        "",
+    ]
+
+
+def _refit_check(
+    cache: Cache,
+    benches: Sequence[Bench],
+    seeds: Sequence[int],
+    results_by: Mapping[str, Mapping[str, RowResult | None]],
+) -> list[str]:
+    """Each ``--refit-all`` row against the validated winner it refitted (the same cell: the same
+    run, machine and candidates) and against the row without refit (its own cells)."""
+    order_rows = []
+    for b in benches:
+        order = {q: i for i, q in enumerate(b.test_ids())}
+        for row, base in REFITS.items():
+            refit, winner = [], []
+            for seed in seeds:
+                mine, theirs = np.full(len(order), np.nan), np.full(len(order), np.nan)
+                for fold, _, test_q in b.folds(seed):
+                    cell = current_cell(cache, cell_key(b.name, row, seed, fold))
+                    if cell is None:
+                        break
+                    rows = [order[q] for q in sorted(test_q)]
+                    mine[rows] = decode_scores(cell["ndcg"])
+                    # the identity winning trains nothing more: the validated winner is what shipped
+                    theirs[rows] = decode_scores(cell["candidates"].get(cell["selected"], cell["ndcg"]))
+                else:
+                    refit.append(mine)
+                    winner.append(theirs)
+            if not refit:
+                continue
+            a, w = np.mean(refit, axis=0), np.mean(winner, axis=0)
+            cells = [
+                f"{w.mean():.4f}",
+                f"{a.mean():.4f}",
+                f"{a.mean() - w.mean():+.4f}",
+                fmt_p(paired_test(a, w)),
+            ]
+            other = results_by[b.name].get(base)
+            if other is None:
+                cells += ["–", "–", "–"]
+            else:
+                o = other.per_query
+                cells += [
+                    f"{o.mean():.4f} ({other.seeds})",
+                    f"{a.mean() - o.mean():+.4f}",
+                    fmt_p(paired_test(a, o)),
+                ]
+            order_rows.append(f"| {b.name} | `{row}` | {len(refit)} | " + " | ".join(cells) + " |")
+    if not order_rows:
+        return []
+    return [
+        "### The winner trained again on every training query (`fit --refit-all`)",
+        "",
+        "Each refit row trains its family as the row without refit does, then trains the winner again on "
+        "all the training queries, validation's included, for the steps its validation chose "
+        "(`SearchAdaptor.refit_all`). Test nDCG@10, means over seeds (seeds in the third column); "
+        "'validated winner': the same cells' winner before the refit (the same run and machine); the "
+        "row without refit: its own cells, which may come from another machine or library version "
+        "(float32 training does not reproduce bit for bit across those; seeds in brackets). p: paired "
+        "randomization test over queries, per-query scores averaged over seeds.",
+        "",
+        "| dataset | row | seeds | validated winner | refit | Δ | p | row without refit | Δ | p |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *order_rows,
         "",
     ]
 
@@ -1465,6 +1534,15 @@ def _why_auto_below(
             + (", within noise." if p_own >= P_SIGNIFICANT else ", larger than the noise here.")
         )
     row = CELL_ROWS[TABLE_ROWS[key].cells[0]]
+    if row.params.get("refit_all") and REFITS.get(key) == "auto":
+        same_pick = sum(best.cells[sf].get("selected") == auto.cells[sf].get("selected") for sf in both)
+        return (
+            f"{label} trains auto's candidates and selects as auto does (the same winner in {same_pick} of "
+            f"{len(both)} {unit}s), then trains the winner again on every training query, the "
+            f"{n_val} validation ones per {unit} too, for the steps its validation chose (`fit --refit-all`, "
+            "the table 'The winner trained again on every training query'): the gap is what those "
+            "queries' labels add" + ("; within seed noise." if noise else ".")
+        )
     if row.kind == "family" and row.params.get("variants") == AUTO_PARAMS:
         same_pick = [sf for sf in both if best.cells[sf].get("selected") == auto.cells[sf].get("selected")]
         identical = sum(best.cells[sf]["ndcg"] == auto.cells[sf]["ndcg"] for sf in same_pick)

@@ -708,7 +708,7 @@ def train(
     train without labels.
 
     ``steps`` (labelled losses) trains on every labelled query, none held out, for exactly that
-    many steps and keeps the last state: the refit of :meth:`SearchAdaptor.refit`, whose step count
+    many steps and keeps the last state: :meth:`SearchAdaptor.refit_all`, whose step count
     a validated fit chose. Nothing validates it, so its scores are NaN and its history empty.
 
     Ids are str, in the qrels as in ``query_ids``, ``corpus_ids`` and ``val_query_ids``, and qrels
