@@ -416,14 +416,16 @@ def test_fit_selection_kfold_is_recorded_in_the_report(tmp_path, synthetic, caps
 
 
 def test_fit_refit_all_ships_the_winner_trained_on_every_training_query(tmp_path, synthetic, capsys):
-    """``fit --refit-all``: the adapter saved trained on every training query (validation's too), the
-    report and its summary say so, and the test queries still trained nothing."""
+    """``fit --refit-all``: the adapter saved trained on every training query, the dev split's that
+    validated too, the report and its summary say so, and the test queries still trained nothing."""
     d = synthetic
-    argv = _synthetic_folder(tmp_path, d, {"train": d["qids"][:100], "test": d["qids"][100:]})
+    splits = {"train": d["qids"][:80], "dev": d["qids"][80:100], "test": d["qids"][100:]}
+    argv = _synthetic_folder(tmp_path, d, splits)
     out = tmp_path / "out"
     assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "60", "--refit-all"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["split"] == "dev"
     assert report["validation"]["refit_all"] == {
         "n_train_queries": 100,
         "steps": report["validation"]["candidates"][0]["best_step"],
