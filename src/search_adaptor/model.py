@@ -406,21 +406,30 @@ class SearchAdaptor:
             of ``pairs``.
         """
         params = self._validate_params()
-        info, query_info = _described(encoder, query_encoder)
+        data = (query_embeddings, corpus_embeddings, qrels, query_ids, corpus_ids, val_query_ids, pairs)
+        return self._train(params, _described(encoder, query_encoder), data, query_pairs, more_pairs)
+
+    def _train(
+        self,
+        params: dict[str, Any],
+        encoders: tuple[dict[str, Any], dict[str, Any]],
+        data: tuple[Any, ...],
+        query_pairs: np.ndarray | None,
+        more_pairs: tuple[np.ndarray, np.ndarray] | None,
+        steps: int | None = None,
+        record: SearchAdaptor | None = None,
+    ) -> SearchAdaptor:
+        """:func:`~search_adaptor.training.train` on ``data`` (:meth:`fit`'s first seven inputs),
+        timed, into this estimator; with ``record`` (:meth:`refit_all`) the validation record is
+        ``record``'s, the fit that chose ``steps``."""
         start = time.perf_counter()
-        result = train(
-            params,
-            query_embeddings,
-            corpus_embeddings,
-            qrels,
-            query_ids,
-            corpus_ids,
-            val_query_ids,
-            pairs,
-            query_pairs,
-            more_pairs,
-        )
-        self._set_fitted(result, params, info, query_info)
+        result = train(params, *data, query_pairs, more_pairs, steps=steps)
+        if record is not None:  # the new weights have no validation of their own
+            result.history, result.n_steps = record.history_, record.n_steps_
+            result.best_score, result.zero_shot_score = record.best_score_, record.zero_shot_score_
+            result.val_query_ids, result.val_metric = list(record.val_query_ids_), record.val_metric_
+        self._set_fitted(result, params, *encoders)
+        self.refit_all_ = record is not None
         self.fit_time_ = time.perf_counter() - start
         return self
 
@@ -479,7 +488,7 @@ class SearchAdaptor:
 
         A validated fit trains on the queries validation leaves it, typically 80%; this trains on all
         of them, as scikit-learn's ``GridSearchCV`` refits its winner on the whole training set: on
-        SciFact test nDCG@10 rises by about 0.02 (BENCHMARKS.md). Nothing validates the new weights:
+        SciFact ``auto``'s test nDCG@10 rose by 0.029 (BENCHMARKS.md). Nothing validates the new weights:
         its validation record (scores, history, the queries that validated) stays this fit's, the one
         that chose the number of steps, and ``refit_all_`` says so. A fit whose start won (best step
         0) has nothing to train: its copy at the start comes back. ``qrels`` and the inputs are those
@@ -493,30 +502,12 @@ class SearchAdaptor:
             )
         if self.best_step_ == 0:
             return self.at_start()
-        params = dict(self._params)
         info, query_info = _described(encoder, query_encoder)
-        start = time.perf_counter()
-        result = train(
-            params,
-            query_embeddings,
-            corpus_embeddings,
-            qrels,
-            query_ids,
-            corpus_ids,
-            None,
-            pairs,
-            more_pairs=more_pairs,
-            steps=self.best_step_,
+        data = (query_embeddings, corpus_embeddings, qrels, query_ids, corpus_ids, None, pairs)
+        encoders = (info or self.encoder_, query_info or self.query_encoder_)
+        return self.clone()._train(
+            dict(self._params), encoders, data, None, more_pairs, self.best_step_, self
         )
-        # the record of the fit that chose the step count: the new weights have no validation of their own
-        result.history, result.n_steps = self.history_, self.n_steps_
-        result.best_score, result.zero_shot_score = self.best_score_, self.zero_shot_score_
-        result.val_query_ids, result.val_metric = list(self.val_query_ids_), self.val_metric_
-        refit = self.clone()
-        refit._set_fitted(result, params, info or self.encoder_, query_info or self.query_encoder_)
-        refit.refit_all_ = True
-        refit.fit_time_ = time.perf_counter() - start
-        return refit
 
     def at_start(self) -> SearchAdaptor:
         """This adapter as its training began (best step 0): the identity, or its starting map (a PCA
