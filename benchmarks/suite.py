@@ -446,9 +446,13 @@ def compute_cell(
         out["selected"] = sel.selected
         # every candidate on the test queries too: is the selection ever significantly below one of them?
         # (k-fold selection refits the winner alone: its candidates are the `auto` cell's, same models)
+        # (a refit row's: its winner alone, before the refit, which is all _refit_check reads; the
+        # other candidates are the row without refit's)
+        refit = row.params.get("refit_all", False)
         out["candidates"] = {
             name: encode_scores(evaluate_embeddings(emb, test_qrels, est, ["ndcg@10"])[1]["ndcg@10"])
             for name, est in sel.fitted.items()
+            if not refit or name == sel.selected
         }
     elif row.kind == "finetune":
         from search_adaptor.encoders.local import DEFAULT_MODEL, resolve_model
