@@ -259,7 +259,7 @@ def select(
     def shipped(est: SearchAdaptor, row: dict[str, Any], where: Executor | None = None) -> SearchAdaptor:
         """``est``, or with ``refit_all`` its refit on every labelled query (timed in ``row``), run
         in ``where`` (the candidates' pool, while it is open) or here."""
-        if not (refit_all and labelled) or est.best_step_ == 0:
+        if not (refit_all and labelled):  # (refit_all itself keeps a start that won: one rule)
             return est
         t0 = time.perf_counter()
         job = functools.partial(
