@@ -437,6 +437,23 @@ def test_fit_refit_all_ships_the_winner_trained_on_every_training_query(tmp_path
     assert report["seen_in_training"]["n"] == 0
 
 
+def test_fit_refits_auto_by_default_and_no_refit_all_ships_the_validated_winner(tmp_path, synthetic):
+    """``auto`` (the default family) ships its winner trained again on every training query unless
+    ``--no-refit-all`` says not to; other families ship the validated winner unless ``--refit-all``."""
+    d = synthetic
+    argv = _synthetic_folder(tmp_path, d, {"train": d["qids"][:100], "test": d["qids"][100:]})
+    shipped = {}
+    for name, flags in (("auto", []), ("auto-no", ["--no-refit-all"]), ("linear", ["--family", "linear"])):
+        out = tmp_path / name
+        assert main([*argv, "--out", str(out), "--max-steps", "40", "--quiet", *flags]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert not report["selected"].startswith("identity")  # a winner that trained: a refit to ship
+        adapter = SearchAdaptor.load(out / "adapter")
+        shipped[name] = (report["validation"].get("refit_all"), adapter.refit_all_)
+    assert shipped["auto"][0]["n_train_queries"] == 100 and shipped["auto"][1] is True
+    assert shipped["auto-no"] == (None, False) and shipped["linear"] == (None, False)
+
+
 def test_refit_all_without_labels_is_refused_before_anything_is_embedded(tmp_path, synthetic, capsys):
     data = _synthetic_folder(tmp_path, synthetic, {"test": synthetic["qids"]})[1]
     assert main(["fit", data, "--out", str(tmp_path / "out"), "--unsupervised", "--refit-all"]) == 2

@@ -48,6 +48,7 @@ from search_adaptor.variants import (
     DEFAULT_FOLDS,
     DEFAULT_SELECTION,
     MATRYOSHKA,
+    REFIT_BY_DEFAULT,
     SELECTIONS,
     VAL_FRACTION,
     family_variants,
@@ -865,15 +866,18 @@ def run_fit(
     selection: str = DEFAULT_SELECTION,
     val_split: str = "auto",
     warn: Callable[[str], None] | None = None,
-    refit_all: bool = False,
+    refit_all: bool | None = None,
 ) -> Run:
     """Train, select and evaluate under :func:`protocol`; the test queries never reach training,
     early stopping or selection. A validation split (``val_split``, :func:`protocol`'s: a dataset's
-    dev split by default) validates every fit; its queries then train none.
+    dev split by default) validates every fit; its queries train none of the candidates.
 
     ``rule``, ``n_jobs``, ``selection`` and ``refit_all`` are :func:`select`'s (with
     ``selection="kfold"``, each k-fold fold's selection cross-validates inside that fold's
-    training queries, ``folds`` folds).
+    training queries, ``folds`` folds). ``refit_all=None`` is the family's default: on for the
+    families of :data:`~search_adaptor.variants.REFIT_BY_DEFAULT` (``auto``: its winner is then
+    trained again on every labelled query, the validation split's too), off for the others and for
+    fits without labels.
 
     ``dims`` trains Matryoshka prefixes of those sizes (family ``matryoshka`` unless another is
     named) and scores each size against truncation and PCA of the same size; ``unsupervised``
@@ -885,6 +889,8 @@ def run_fit(
     no-op here so that they are not said twice).
     """
     family = fit_family(family, dims, unsupervised, cross=bool(emb.query_encoder), selection=selection)
+    if refit_all is None:  # the family's default, once ``fit_family`` has said which family trains
+        refit_all = family in REFIT_BY_DEFAULT
     if dims:
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split, val_split, selection)
@@ -1203,10 +1209,10 @@ def fit_family(
     return family
 
 
-def check_selection(unsupervised: bool, selection: str, refit_all: bool = False) -> None:
-    """Refuse ``--selection kfold`` or ``--refit-all`` for a fit without labels (they need labelled
-    queries): flags alone decide it, so the CLI asks before it reads the data (:func:`fit_family`
-    asks too)."""
+def check_selection(unsupervised: bool, selection: str, refit_all: bool | None = None) -> None:
+    """Refuse ``--selection kfold`` or ``--refit-all`` (asked for: ``refit_all`` True, not the
+    family's default None) for a fit without labels (they need labelled queries): flags alone
+    decide it, so the CLI asks before it reads the data (:func:`fit_family` asks too)."""
     if unsupervised and refit_all:
         raise ValueError(
             "--refit-all trains the winner again on every labelled query, and a fit without labels "

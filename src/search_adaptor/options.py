@@ -21,6 +21,7 @@ from search_adaptor.variants import (
     MAX_SEED,
     MAX_STEPS,
     PRECISIONS,
+    REFIT_BY_DEFAULT,
     SELECTIONS,
 )
 
@@ -128,9 +129,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         ),
         A(
             "--refit-all",
-            action="store_true",
+            action=argparse.BooleanOptionalAction,
+            default=None,
             help="train the winner again on every training query, the validation ones too, for the "
-            "steps its validation chose, and ship that: more labels, no held-out check of its own",
+            "steps its validation chose, and ship that: more labels, no held-out check of its own "
+            f"(default: on for family {', '.join(REFIT_BY_DEFAULT)} with labels; --no-refit-all ships "
+            "the validated winner)",
         ),
         A(
             "--val-split",

@@ -356,15 +356,16 @@ def identity_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 def refit_lines(report: Mapping[str, Any]) -> list[str]:
-    """What ``--refit-all`` shipped: the winner trained again on every training query, which no
-    held-out query then checked."""
+    """What ``--refit-all`` (``auto``'s default) shipped: the winner trained again on every training
+    query, which no held-out query then checked."""
     refit = (report.get("validation") or {}).get("refit_all")
     if not refit:
         return []
     return [
         f"The saved adapter is {report['selected']} trained again on all {refit['n_train_queries']} "
         f"training queries, the validation ones too, for the {refit['steps']} steps its validation "
-        "chose (--refit-all); no held-out query checked those weights before the test queries did."
+        "chose (--refit-all, family auto's default; --no-refit-all ships the validated winner); no "
+        "held-out query checked those weights before the test queries did."
     ]
 
 
