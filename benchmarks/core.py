@@ -90,7 +90,10 @@ def markdown(results: dict) -> str:
         "",
         "Protocol `test`: official train/test split (validation carved from train). Protocol `kfold`: 5-fold "
         "over the labelled queries, every query scored once by an adapter that never saw it. Metrics are "
-        "BEIR's (pytrec_eval definitions); p is a paired randomization test on per-query nDCG@10.",
+        "BEIR's (pytrec_eval definitions); p is a paired randomization test on per-query nDCG@10. "
+        "As `fit` does by default, `auto` ships the winner (`selected`) trained again on every training "
+        "query for the steps its validation chose (`--refit-all`); the other families below ship their "
+        "validated winner.",
         "",
         "| dataset | protocol | test queries | zero-shot nDCG@10 | adapted nDCG@10 | delta | p | "
         "recall@100 zs -> ad | selected | wall s |",
