@@ -31,7 +31,7 @@ from search_adaptor.experiment import DOCUMENTS_MODEL, Run, is_kept_start
 from search_adaptor.files import Staged, check_output_folder, check_replaceable, write_text_atomic
 from search_adaptor.metrics import metrics_table, val_metric_name
 from search_adaptor.model import FILES as ADAPTER_FILES
-from search_adaptor.variants import MATRYOSHKA
+from search_adaptor.variants import MATRYOSHKA, REFIT_BY_DEFAULT
 
 #: p of a paired test below which a difference is called significant (and a loss is warned of).
 SIGNIFICANT = 0.05
@@ -356,16 +356,16 @@ def identity_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 def refit_lines(report: Mapping[str, Any]) -> list[str]:
-    """What ``--refit-all`` (``auto``'s default) shipped: the winner trained again on every training
-    query, which no held-out query then checked."""
+    """What ``--refit-all`` (the default for the families of ``REFIT_BY_DEFAULT``) shipped: the winner
+    trained again on every training query, which no held-out query then checked."""
     refit = (report.get("validation") or {}).get("refit_all")
     if not refit:
         return []
     return [
         f"The saved adapter is {report['selected']} trained again on all {refit['n_train_queries']} "
         f"training queries, the validation ones too, for the {refit['steps']} steps its validation "
-        "chose (--refit-all, family auto's default; --no-refit-all ships the validated winner); no "
-        "held-out query checked those weights before the test queries did."
+        f"chose (--refit-all, the default for family {', '.join(REFIT_BY_DEFAULT)}; --no-refit-all ships "
+        "the validated winner); no held-out query checked those weights before the test queries did."
     ]
 
 

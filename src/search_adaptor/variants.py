@@ -22,7 +22,7 @@ VAL_FRACTION = 0.2
 SELECTIONS = ("validation", "kfold")
 DEFAULT_SELECTION = "validation"
 #: Families whose winner ``fit`` trains again on every labelled query before shipping it, unless told
-#: not to (``--no-refit-all``; ``experiment.run_fit``). Over 4-5 seeds of every shared dataset, `auto`
+#: not to (``--no-refit-all``; ``experiment.run_fit``). Over 5 seeds of every shared dataset, `auto`
 #: refitted gained on all 8 (SciFact +0.029 nDCG@10, significant on 6), while the paper's recipe lost on
 #: MetaTool (-0.005, p 1e-4): BENCHMARKS.md, the suite's refit table.
 REFIT_BY_DEFAULT = ("auto",)
