@@ -434,6 +434,7 @@ def compute_cell(
         adapter = SearchAdaptor(seed=seed, **{**row.params, **steps})
         adapter.fit(emb.queries, emb.corpus, train_qrels, emb.query_ids, emb.doc_ids, encoder=emb.encoder)
     elif row.kind == "family":
+        refit = row.params.get("refit_all", False)
         sel = select(
             row.params["family"],
             emb.queries,
@@ -445,7 +446,7 @@ def compute_cell(
             overrides={**row.params.get("overrides", {}), **steps},
             encoder=emb.encoder,
             selection=row.params.get("selection", DEFAULT_SELECTION),
-            refit_all=row.params.get("refit_all", False),
+            refit_all=refit,
         )
         adapter = sel.adapter
         out["selected"] = sel.selected
@@ -453,7 +454,6 @@ def compute_cell(
         # (k-fold selection refits the winner alone: its candidates are the `auto` cell's, same models)
         # (a refit row's: its winner alone, before the refit, which is all _refit_check reads; the
         # other candidates are the row without refit's)
-        refit = row.params.get("refit_all", False)
         out["candidates"] = {
             name: encode_scores(evaluate_embeddings(emb, test_qrels, est, ["ndcg@10"])[1]["ndcg@10"])
             for name, est in sel.fitted.items()
@@ -920,9 +920,9 @@ def _scenarios(
                 seeds = "" if r.seeds >= 5 else f" ({r.seeds})"
                 spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
                 cells.append(f"{np.mean(values):.3f}{spread}{seeds}")
-            paper, zero, auto = res.get("paper"), res.get("zero-shot"), res.get("auto-refit")
+            paper, zero, default = res.get("paper"), res.get("zero-shot"), res.get("auto-refit")
             p_zero = fmt_p(paired_test(paper.per_query, zero.per_query)) if paper and zero else "–"
-            p_auto = fmt_p(paired_test(auto.per_query, paper.per_query)) if paper and auto else "–"
+            p_auto = fmt_p(paired_test(default.per_query, paper.per_query)) if paper and default else "–"
             lines.append(f"| {scenario} | {name} | " + " | ".join(cells) + f" | {p_zero} | {p_auto} |")
     return [*lines, ""]
 
