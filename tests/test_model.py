@@ -13,9 +13,12 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
+from search_adaptor import experiment
 from search_adaptor.data import Dataset, kfold
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import (
+    DEFAULT_RULE,
+    IDENTITY,
     PairStart,
     _scored_sizes,
     choose,
@@ -294,6 +297,32 @@ def test_kfold_selection_holds_out_every_query_once_and_refits_the_winner(synthe
     assert np.allclose(
         sel.adapter.transform_queries(synthetic["Q"]), shipped.transform_queries(synthetic["Q"])
     )
+
+
+@pytest.mark.parametrize("refit_all", [True, False])
+def test_a_kfold_winner_whose_final_fit_keeps_its_start_is_named_as_the_start(
+    synthetic, monkeypatch, refit_all
+):
+    """The k-fold winner, trained on all the queries, can keep its start on its own validation split
+    (Cranfield, 157 training queries: `query-only-infonce` won the folds by more than their noise,
+    and its final fit's best step was 0): the identity shipped and was named `query-only-infonce`,
+    with nDCG@10 unchanged and no word why."""
+    monkeypatch.setattr(experiment, "choose", lambda names, scores, rule=DEFAULT_RULE: names[0])
+    qrels = {q: synthetic["qrels"][q] for q in synthetic["qids"][:60]}
+    args = (synthetic["Q"], synthetic["D"], qrels, synthetic["qids"], synthetic["dids"])
+    still = {**FAST, "max_steps": 20, "lr": 1e-12}  # no step can move a ranking: every fit keeps its start
+    sel = select(
+        "linear-random",
+        *args,
+        seed=2,
+        overrides=still,
+        selection="kfold",
+        selection_folds=2,
+        refit_all=refit_all,
+    )
+    (row,) = sel.candidates
+    assert sel.selected == IDENTITY and row["kept_start"] is True
+    assert np.array_equal(sel.adapter.transform_queries(synthetic["Q"]), l2_normalize(synthetic["Q"]))
 
 
 def test_refit_all_trains_again_on_every_labelled_query_for_the_validated_steps(

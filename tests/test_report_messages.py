@@ -188,6 +188,20 @@ def test_an_unsupervised_fit_that_kept_its_start_says_why():
     assert "noise" not in identity_lines({**_report(), "selected": IDENTITY, "selection_rule": "max"})[0]
 
 
+def test_a_kfold_winner_that_kept_its_start_is_named_with_why_the_identity_shipped():
+    """`select` marks the k-fold winner whose final fit kept its start (``kept_start``): the sentence
+    names it and why, instead of "No variant beat zero-shot", which the k-fold scores contradict."""
+    row = {**_report()["validation"]["candidates"][0], "best_step": 0, "kept_start": True}
+    kfold = {"selection": "kfold", "n_val_queries": 100, "candidates": [row]}
+    (line,) = identity_lines(_report(selected=IDENTITY, validation=kfold))
+    assert line == (
+        "shared-infonce won in k-fold cross-validation over the training queries by more than the noise "
+        "of the k-fold scores (one standard error of the per-query differences), but trained on all the "
+        "training queries it did not beat zero-shot on its own validation split (best step 0), so the "
+        "saved adapter is the identity: retrieval is unchanged."
+    )
+
+
 def test_a_kept_start_is_named_from_the_report_not_guessed_from_the_family():
     """`evaluate` has no family: a kept Matryoshka rotation was "the identity: retrieval is unchanged".
     The report's ``start`` (the adapter's own words) decides; without one the adapter is the identity."""

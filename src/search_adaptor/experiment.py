@@ -304,12 +304,16 @@ def select(
             est, seconds = pool.submit(fit, variants[refit][1], qrels).result()
             rows[refit]["refit_s"] = round(seconds, 2)
             adapter = shipped(est, rows[refit], pool) if picked != "identity" else est.at_start()
+            if picked != "identity" and est.best_step_ == 0:
+                # the k-fold winner, trained on all the queries, kept its start on its own validation
+                # split: the start ships, and is named as such, not as the winner
+                rows[refit]["kept_start"] = True
             if on_candidate is not None:
                 for row in rows:
                     on_candidate(row)
             return Selection(
                 adapter,
-                kept_start(adapter) if picked == "identity" else picked,
+                kept_start(adapter) if picked == "identity" or est.best_step_ == 0 else picked,
                 rows,
                 [q for _, held in folds for q in sorted(held)],
                 {names[refit]: est.history_},

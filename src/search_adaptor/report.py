@@ -346,7 +346,15 @@ def identity_lines(report: Mapping[str, Any]) -> list[str]:
         else f" by more than the noise of the {scores} (one standard error of the per-query differences)"
     )
     beaten = "zero-shot" if report.get("start") is None else "their start"  # what selection compared
-    lines = [f"No variant beat {beaten} {where}{noise}, so the saved adapter is {_kept(report)}."]
+    won = [c for c in (report.get("validation") or {}).get("candidates", []) if c.get("kept_start")]
+    if won:  # the k-fold winner's final fit, on every training query, kept its start
+        lines = [
+            f"{won[0]['variant']} won {where}{noise}, but trained on all the training queries it did "
+            f"not beat {beaten} on its own validation split (best step 0), so the saved adapter is "
+            f"{_kept(report)}."
+        ]
+    else:
+        lines = [f"No variant beat {beaten} {where}{noise}, so the saved adapter is {_kept(report)}."]
     if (report.get("validation") or {}).get("n_val_queries") == 1:
         lines.append(
             "Validation held a single query, which cannot tell a gain from noise: label more queries "
