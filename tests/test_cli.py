@@ -194,6 +194,11 @@ def test_evaluate_tells_held_out_queries_from_those_that_trained_the_adapter(tmp
         assert (warning in printed) == (warning in markdown) == bool(n_seen), printed
         assert ("held-out queries)" in printed) == (not n_seen)
     assert "none of them has the text of a query whose labels trained or chose it" in markdown
+    # `-o json` (a script): stdout stays one JSON document, and the warning still reaches stderr
+    assert main([*evaluate, "--split", "train", "-o", "json", "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["seen_in_training"]["n"] == len(train)
+    assert f"WARNING: {len(train)} of the {len(train)} scored queries have the text" in printed.err
     est = SearchAdaptor.load(out / "adapter")
     est.query_text_digests_ = None  # as a Python fit saves it: the fit never saw the texts, only ids
     est.save(tmp_path / "api-adapter")

@@ -274,8 +274,12 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
 
 
 def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> None:
+    from search_adaptor.report import identity_lines, loss_lines, refit_lines, seen_lines, size_lines
+
     if output == "json":
         print(json.dumps(report, indent=2))
+        for line in seen_lines(report) + loss_lines(report):  # a script's stderr gets the warnings too
+            print(line, file=sys.stderr)
         return
     from search_adaptor.metrics import metrics_table
 
@@ -290,8 +294,6 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
     print("\n".join(metrics_table(report["metrics"], list(report["metrics"]["zero-shot"]))))
     where = f"; report: {os.path.join(os.path.abspath(out_dir), 'report.md')}" if out_dir else ""
     print(f"paired randomization test on ndcg@10: p = {report['significance']['p_value']:.4g}{where}")
-    from search_adaptor.report import identity_lines, loss_lines, refit_lines, seen_lines, size_lines
-
     # a leak, a loss, the identity, a refit on every query
     for line in seen_lines(report) + loss_lines(report) + identity_lines(report) + refit_lines(report):
         print(line)
