@@ -334,6 +334,13 @@ def test_a_start_that_is_not_the_identity_is_not_called_zero_shot():
     assert "step 0 = zero-shot" not in markdown
     plain = render_markdown({**report, "selected": IDENTITY, "start": None, "significance": {}})
     assert "| start val |" not in plain and "| zero-shot val |" in plain and "Start val:" not in plain
+    # a cross-model fit's zero-shot row is its start (the map): "the base model's" was false there
+    mapped = "a least-squares map 256 -> 384 of the paired texts"
+    cross = render_markdown({**report, "start": mapped, "query_model": "static", "significance": {}})
+    assert (
+        f"Start val: the score of the candidate's start ({mapped}) before any step, the zero-shot row "
+        "above is that start on the scored queries." in cross
+    )
 
 
 def test_an_adapter_recording_validation_ids_but_no_training_ids_is_unknown_not_held_out(tmp_path):

@@ -383,9 +383,13 @@ def _scored_as(report: Mapping[str, Any]) -> list[str]:
     and with Matryoshka sizes the mean over the trained sizes and the full width."""
     notes = []
     if report.get("start") is not None:
+        row = (  # a cross-model fit's zero-shot is its start: two spaces have no other
+            "the zero-shot row above is that start on the scored queries"
+            if report.get("query_model")
+            else "not zero-shot's; the zero-shot row above is the base model's"
+        )
         notes.append(
-            f"Start val: the score of the candidate's start ({report['start']}) before any step, not "
-            "zero-shot's; the zero-shot row above is the base model's."
+            f"Start val: the score of the candidate's start ({report['start']}) before any step, {row}."
         )
     sizes = (report.get("significance") or {}).get("by_size")
     if sizes:
