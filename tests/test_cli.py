@@ -356,6 +356,11 @@ def test_five_labelled_queries_ship_the_identity_and_say_why(tmp_path, synthetic
     assert report["selected"] == "identity (zero-shot)" and report["validation"]["n_val_queries"] == 1
     assert all(f["selected"] == "identity (zero-shot)" for f in report["fold_results"])
     assert report["metrics"]["adapted"] == report["metrics"]["zero-shot"]
+    # every metric is tested, not nDCG@10 alone: the identity equals zero-shot in each (p exactly 1)
+    assert report["significance"]["p_value"] == 1.0
+    assert report["significance"]["p_values"] == {
+        m: 1.0 for m in report["metrics"]["adapted"] if m != "ndcg@10"
+    }
     assert (
         "Validation held a single query, which cannot tell a gain from noise"
         in (out / "report.md").read_text()

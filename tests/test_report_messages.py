@@ -165,6 +165,29 @@ def test_the_loss_warning_advises_what_the_run_did_not_do():
     assert "add a `qrels/dev.tsv`, or refit with `--selection kfold`" in share
 
 
+def test_a_significant_loss_in_another_metric_is_warned_too():
+    """An unlabelled cross-model map rose in nDCG@10 (+0.021, p 0.14) while recall@100 fell from 0.577
+    to 0.524, and nothing said so: every reported metric is tested now (``p_values``) and a
+    significant loss in any of them is a warning, whatever nDCG@10 did."""
+    base = _report()
+    metrics = {**base["metrics"], "adapted": {**base["metrics"]["adapted"], "recall@100": 0.85}}
+    deep = {"metric": "ndcg@10", "p_value": 1.0, "p_values": {"recall@100": 0.002, "mrr@10": 1.0}}
+    (line,) = loss_lines({**base, "metrics": metrics, "significance": deep})
+    assert line.startswith(
+        "WARNING: the adapter is significantly below zero-shot on the 60 scored queries in -0.0500 "
+        "recall@100, p = 0.002 (not in ndcg@10): where those matter"
+    )
+    assert (
+        loss_lines({**base, "metrics": metrics, "significance": {**deep, "p_values": {"recall@100": 0.3}}})
+        == []
+    )
+    worse = _worse(base)  # both: one warning naming both losses
+    worse["metrics"]["adapted"]["recall@100"] = 0.85
+    worse["significance"]["p_values"] = {"recall@100": 0.002}
+    (both,) = loss_lines(worse)
+    assert "(-0.1000 ndcg@10, p = 0.001, -0.0500 recall@100, p = 0.002): do not deploy it as it is" in both
+
+
 def test_an_unsupervised_fit_that_kept_its_start_says_why():
     """`fit --unsupervised --dims 32` keeps its start when no training step beats it: there is no
     labelled validation split, so the "one standard error ... on validation" explanation was false."""
