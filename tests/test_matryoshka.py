@@ -638,6 +638,7 @@ def test_cli_fit_unsupervised_and_its_refusals(beir, tmp_path, capsys):
     refusals = {
         ("--dims", "4,0"): "--dims: must be a positive int, got 0",
         ("--dims", "4,x"): "--dims: must be a positive int, got x",
+        ("--dims", "8,4,8"): "--dims: 8 is given twice in 8,4,8; give each size once",
         ("--dims", "4,17"): "dims: 17 is larger than the 16-d embeddings",
         ("--unsupervised",): "family matryoshka-unsupervised trains Matryoshka prefixes: give their sizes",
         ("--family", "matryoshka"): "family matryoshka trains Matryoshka prefixes",

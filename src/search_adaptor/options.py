@@ -42,6 +42,17 @@ def _positive(
 
 
 _positive_int, _positive_float = _positive(int), _positive(float)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """``--dims``: distinct positive sizes, comma-separated (a size given twice is a typo, refused)."""
+    sizes = tuple(map(_positive_int, text.split(",")))
+    twice = next((m for i, m in enumerate(sizes) if m in sizes[:i]), None)
+    if twice is not None:
+        raise argparse.ArgumentTypeError(f"{twice} is given twice in {text}; give each size once")
+    return sizes
+
+
 _port = _positive(int, "a TCP port from 1 to 65535", 65535)
 _folds = _positive(int, "an integer of at least 2 (k-fold holds out one part in k)", above=1)
 _seed = _positive(int, f"an integer from 0 to {MAX_SEED}", MAX_SEED, above=-1)
@@ -150,7 +161,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
             help="training steps' products (default float32: the same arithmetic on any machine; bfloat16, "
             "or auto where the CPU has it natively: faster steps, slightly lower nDCG@10, BENCHMARKS.md)",
         ),
-        A("--dims", type=lambda t: tuple(map(_positive_int, t.split(","))), help="Matryoshka sizes: 64,128"),
+        A("--dims", type=_sizes, help="Matryoshka sizes: 64,128"),
         A(
             "--unsupervised",
             "--unlabelled",
