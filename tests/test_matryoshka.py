@@ -611,9 +611,35 @@ def test_a_size_significantly_below_pca_is_warned_of_with_the_fix():
     assert "WARNING" in own and "overfitted" in own and "--family matryoshka" not in own
     unlabelled = size_lines(report("matryoshka-unsupervised", 0.44, 0.009), "ndcg@10")[-1]
     assert "WARNING" in unlabelled and "fit `--dims` with labels" in unlabelled
+    # `evaluate` records no family: its adapter's prefixes were trained, "refit with --family
+    # matryoshka" was advice for another family
+    scored = size_lines({**report(None, 0.44, 0.009), "protocol": "evaluate"}, "ndcg@10")[-1]
+    assert "WARNING" in scored and "--family matryoshka" not in scored
+    assert "the prefix does not keep what its fit measured" in scored
     for quiet in (report("paper", 0.50, 0.2), report("paper", 0.56, 0.001), report(None, 0.52, 1.0)):
         assert not any("WARNING" in line for line in size_lines(quiet, "ndcg@10"))
     assert "refit with `--family matryoshka`" in size_lines(report(None, 0.44, 0.009), "ndcg@10")[-1]
+
+
+def test_a_size_below_pca_is_warned_of_on_stderr_under_json_output(capsys):
+    """`evaluate -o json` printed the JSON and nothing else: a prefix significantly below PCA (0.1731
+    against 0.2932 at 48-d, XQuAD-R de queries on a ru-trained adapter) reached a script in silence."""
+    from search_adaptor.cli import _print_report
+
+    scores = {"zero-shot": 0.53, "adapted": 0.53, "zero-shot@64": 0.44, "pca@64": 0.52, "adapted@64": 0.44}
+    report = {
+        "protocol": "evaluate",
+        "metrics": {name: {"ndcg@10": v} for name, v in scores.items()},
+        "significance": {
+            "metric": "ndcg@10",
+            "p_value": 1.0,
+            "by_size": {"64": {"vs zero-shot@64": 1.0, "vs pca@64": 0.001}},
+        },
+    }
+    _print_report(report, "json", None)
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == report
+    assert printed.err.startswith("WARNING: at 64 dimensions this adapter is significantly below a PCA")
 
 
 def test_cli_fit_unsupervised_and_its_refusals(beir, tmp_path, capsys):

@@ -278,7 +278,8 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
 
     if output == "json":
         print(json.dumps(report, indent=2))
-        for line in seen_lines(report) + loss_lines(report):  # a script's stderr gets the warnings too
+        sizes = [line.strip() for line in size_lines(report, "ndcg@10") if "WARNING:" in line]
+        for line in seen_lines(report) + loss_lines(report) + sizes:  # a script's stderr gets them too
             print(line, file=sys.stderr)
         return
     from search_adaptor.metrics import metrics_table

@@ -451,7 +451,12 @@ def size_lines(report: Mapping[str, Any], metric: str) -> list[str]:
 def _below_pca(report: Mapping[str, Any], m: int) -> str:
     """What to do when a prefix is significantly below a PCA of its size: never worse in silence."""
     family = report.get("family")
-    if family == "matryoshka-unsupervised":
+    if report.get("protocol") == "evaluate":  # no family recorded: the adapter's prefixes were trained
+        fix = (
+            "on these queries the prefix does not keep what its fit measured: index at a size where it "
+            "is not below, or refit `--dims` with labelled queries like these"
+        )
+    elif family == "matryoshka-unsupervised":
         fix = (
             "that PCA was its start, and what validation measured without labels did not carry over "
             "to these queries: index at a size where it is not below, or fit `--dims` with labels"
