@@ -620,6 +620,14 @@ def test_refuses_other_dimension_and_other_model(synthetic, tmp_path):
     with pytest.raises(CompatibilityError, match=r"model-a.*openai:text-embedding-3-small"):
         loaded.check_encoder("openai:text-embedding-3-small:222")
     loaded.check_encoder("sentence-transformers:model-a:111", 16)
+    # the same model's vectors brought with --embeddings: "use the same encoder" was all it said
+    with pytest.raises(CompatibilityError) as err:
+        loaded.check_encoder("precomputed:model-a")
+    assert str(err.value).endswith(
+        "vectors brought with --embeddings cannot prove which model made them, so an adapter fit through "
+        "model-a's encoder takes only vectors that encoder makes: drop --embeddings (the store embeds the "
+        "texts, once), or fit the adapter on these vectors"
+    )
 
 
 @pytest.mark.parametrize(

@@ -773,6 +773,10 @@ class SearchAdaptor:
                 f"vectors brought with --embeddings are named by --model: give --model {name} for vectors "
                 "of that model"
                 if mine.startswith("precomputed:") and not str(name).startswith("precomputed:")
+                else "vectors brought with --embeddings cannot prove which model made them, so an adapter "
+                f"fit through {name}'s encoder takes only vectors that encoder makes: drop --embeddings "
+                "(the store embeds the texts, once), or fit the adapter on these vectors"
+                if theirs.startswith("precomputed:") and not mine.startswith("precomputed:")
                 else f"the same model in a folder of another name: a model folder's name is part of its "
                 f"fingerprint, so name it {ours[1]} again"
                 if len(ours) == len(theirs_parts) == 3 and ours[::2] == theirs_parts[::2]
