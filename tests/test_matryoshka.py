@@ -504,8 +504,11 @@ def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):
         ("auto", (4, 8), True, False, "matryoshka-unsupervised"),
         ("matryoshka-unsupervised", (4,), False, False, "matryoshka-unsupervised"),
         ("paper", (4, 8), False, False, "paper"),  # another family named: it trains the prefixes
+        ("linear", (4,), False, False, "family linear adapts the queries only .linear-query-only-infonce."),
         ("auto", None, False, False, "auto"),
-        ("auto", None, True, False, "family matryoshka-unsupervised trains Matryoshka prefixes: give"),
+        ("auto", None, True, False, "a fit without labels trains Matryoshka prefixes .give their sizes"),
+        ("auto", None, True, False, "or a map from another model's queries .give it with --query-model"),
+        ("matryoshka-unsupervised", None, True, False, "family matryoshka-unsupervised trains Matryoshka"),
         ("matryoshka", None, False, False, "family matryoshka trains Matryoshka prefixes: give their sizes"),
         ("matryoshka", (), False, False, "family matryoshka trains Matryoshka prefixes"),
         ("paper", (4,), True, False, "--unsupervised trains family matryoshka-unsupervised, not paper"),
@@ -666,7 +669,7 @@ def test_cli_fit_unsupervised_and_its_refusals(beir, tmp_path, capsys):
         ("--dims", "4,x"): "--dims: must be a positive int, got x",
         ("--dims", "8,4,8"): "--dims: 8 is given twice in 8,4,8; give each size once",
         ("--dims", "4,17"): "dims: 17 is larger than the 16-d embeddings",
-        ("--unsupervised",): "family matryoshka-unsupervised trains Matryoshka prefixes: give their sizes",
+        ("--unsupervised",): "a fit without labels trains Matryoshka prefixes (give their sizes, e.g. --dims",
         ("--family", "matryoshka"): "family matryoshka trains Matryoshka prefixes",
         ("--unlabelled", "--family", "paper", "--dims", "4"): "--unsupervised trains family matryoshka-unsu",
         (

@@ -1200,13 +1200,26 @@ def fit_family(
             f"--family {family} maps the queries of another model into the documents' space: give that "
             "model with --query-model (and --query-provider), or drop --family"
         )
+    named = family != DEFAULT_FAMILY
     if unsupervised:
         if family not in (DEFAULT_FAMILY, "matryoshka-unsupervised"):
             raise ValueError(f"--unsupervised trains family matryoshka-unsupervised, not {family}")
         family = "matryoshka-unsupervised"
     elif dims and family == DEFAULT_FAMILY:
         family = "matryoshka"
+    query_only = [n for n, p in family_variants(family) if p.get("mode") == "query_only"]
+    if dims and query_only:  # refused by SearchAdaptor too, but in terms (mode) the CLI has no flag for
+        raise ValueError(
+            f"--dims trains prefixes of the documents' vectors too, and family {family} adapts the queries "
+            f"only ({', '.join(query_only)}): drop --family (with --dims the default trains family "
+            "matryoshka), or name one that adapts the documents too (shared-infonce, paper)"
+        )
     if family in MATRYOSHKA and not dims:
+        if unsupervised and not named:  # without labels either trains, and --unlabelled names neither
+            raise ValueError(
+                "a fit without labels trains Matryoshka prefixes (give their sizes, e.g. --dims 64,128,256) "
+                "or a map from another model's queries (give it with --query-model and --query-provider)"
+            )
         raise ValueError(
             f"family {family} trains Matryoshka prefixes: give their sizes, e.g. --dims 64,128,256"
         )
