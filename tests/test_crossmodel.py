@@ -1193,6 +1193,7 @@ def test_cli_fit_unlabelled_with_more_pairs_from_a_query_log(m2v, tmp_path, caps
     # refused before anything is embedded, in one line: no query model, a missing file, precomputed vectors
     for extra, message in (
         ([], "name the query model"),
+        (["--pairs", str(held)], "name the query model"),  # no warning of left-out texts first
         ([*query, "--pairs", str(tmp_path / "none.txt")], "none.txt: no such file"),
         ([*query, "--embeddings", str(tmp_path)], "--embeddings brings vectors of one model"),
         (["--embeddings", str(tmp_path)], "cannot go with --embeddings"),

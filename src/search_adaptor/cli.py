@@ -242,16 +242,11 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
                 file=sys.stderr,
             )
         options["pair_texts"] = list(dict.fromkeys([*(options["pair_texts"] or []), *sentences])) or None
+    left_out = 0
     if options["pair_texts"] and args.command == "fit":  # fit's options only
         options["pair_texts"], left_out = without_held_out(
             options["pair_texts"], dataset, proto, selection=args.selection
         )
-        if left_out:
-            print(
-                f"search-adaptor: warning: {left_out} paired text(s) are the texts of queries this fit "
-                "scores or validates; they are left out, so that those queries stay held-out",
-                file=sys.stderr,
-            )
         options["pair_texts"] = options["pair_texts"] or None
     if args.embeddings:
         if args.query_provider or args.query_model or args.query_base_url:
@@ -264,11 +259,17 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
     options.update(cache_dir=args.cache, progress=not args.quiet)
     encoder, query_encoder = _encoder(args, adapter=adapter), _encoder(args, "query_", adapter)
+    cross = query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint
     if args.command == "fit":  # a family the flags cannot train is refused before anything is embedded
         # paired texts map a query model: without one, embedding says to name it
-        cross = query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint
         fit_family(
             args.family, args.dims, args.unsupervised, cross or bool(options["pair_texts"]), args.selection
+        )
+    if left_out and cross:  # (without a query model the paired texts are refused: no warning first)
+        print(
+            f"search-adaptor: warning: {left_out} paired text(s) are the texts of queries this fit "
+            "scores or validates; they are left out, so that those queries stay held-out",
+            file=sys.stderr,
         )
     return embeddings_for(dataset, encoder, query_encoder=query_encoder, **options)
 
