@@ -1091,6 +1091,24 @@ def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, c
     expected = loaded.search_adapted(adapted, k=3)[0]
     assert [h["id"] for h in hits] == [d for d, _ in expected]
     assert [h["score"] for h in hits] == pytest.approx([s for _, s in expected], abs=1e-5)
+    # an index shipped elsewhere, its model folders too (same names): --model / --query-model say
+    # where (search and serve took no such flag: the static model's old path was all they knew)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    static.rename(moved / static.name)
+    shutil.copytree(m2v["docs"], moved / Path(m2v["docs"]).name)
+    try:
+        assert main(["search", str(index_dir), text, "-k", "3", "-o", "json"]) == 2
+        assert "static-8: no such folder" in capsys.readouterr().err
+        flags = ["--query-model", str(moved / static.name), "--model", str(moved / Path(m2v["docs"]).name)]
+        assert main(["search", str(index_dir), text, "-k", "3", "-o", "json", *flags]) == 0
+        assert _json_out(capsys) == hits
+        for flag, side in (("--model", "documents"), ("--query-model", "queries")):  # the other folder
+            wrong = moved / (Path(m2v["docs"]).name if side == "queries" else static.name)
+            assert main(["search", str(index_dir), text, flag, str(wrong)]) == 2
+            assert "pass the" in capsys.readouterr().err
+    finally:
+        (moved / static.name).rename(static)
 
     # the wrappers (AdaptedEncoder, LangChain, LlamaIndex) embed queries with the query model the
     # adapter records, or one given (checked), and documents with the documents' model

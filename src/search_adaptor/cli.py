@@ -416,9 +416,9 @@ def _cmd_transform(args: argparse.Namespace) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> None:
     """search an index folder with one query"""
-    from search_adaptor.index import AdaptedIndex
+    from search_adaptor.index import AdaptedIndex, moved_models
 
-    index = AdaptedIndex.load(args.index)
+    index = AdaptedIndex.load(args.index, **moved_models(args.index, args.model, args.query_model))
     if args.ef_search is not None:  # this run's breadth; the folder keeps its own
         with _in_flags(_SEARCH_OPTIONS):
             index.ef_search = args.ef_search
@@ -438,7 +438,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from search_adaptor.server import serve
 
     keys = ("host", "port", "api_key_env", "threads", "retry_budget_s", "model_name", "ef_search")
-    keys += ("base_url", "query_base_url")
+    keys += ("base_url", "query_base_url", "model", "query_model")
     with _in_flags(_SEARCH_OPTIONS):
         serve(args.index, **{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
 

@@ -36,7 +36,7 @@ import numpy as np
 from search_adaptor import __version__
 from search_adaptor.data import BLANK_QUERY_REASON
 from search_adaptor.embed import Embeddings, numeric_array
-from search_adaptor.encoders import API_CLASSES
+from search_adaptor.encoders import API_CLASSES, FOLDER_CLASSES
 from search_adaptor.encoders.base import (
     KINDS,
     Encoder,
@@ -46,7 +46,7 @@ from search_adaptor.encoders.base import (
     refuse_bare_text,
     without_direction,
 )
-from search_adaptor.encoders.registry import from_info, info_problem
+from search_adaptor.encoders.registry import from_info, info_problem, make_encoder
 from search_adaptor.files import (
     Staged,
     inside,
@@ -881,6 +881,45 @@ def _graph_settings(faiss_index: Any) -> dict[str, int]:
     hnsw = faiss_index.hnsw
     m = hnsw.nb_neighbors(1) if hnsw.cum_nneighbor_per_level.size() > 2 else 0  # 0: no graph of ours
     return {"m": int(m), "ef_construction": int(hnsw.efConstruction)}
+
+
+def moved_models(
+    path: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    query_model: str | os.PathLike | None = None,
+) -> dict[str, Encoder]:
+    """The ``encoder`` and ``query_encoder`` to give :meth:`AdaptedIndex.load` for an index whose
+    model folders moved since it was built (an index shipped to a server, say): ``model`` is the new
+    place of the documents' model, ``query_model`` of a cross-model index's query model (a static
+    model from ``search-adaptor distill``). Only a model held in a folder (:data:`FOLDER_CLASSES`)
+    moves; its folder keeps its name, part of the fingerprint that ``load`` then checks with its
+    content.
+
+    Raises
+    ------
+    ValueError
+        A flag for a side the index has no folder model on, naming the model it records there.
+    """
+    manifest_path = Path(path) / MANIFEST
+    if not (model or query_model) or not manifest_path.is_file():  # load names a missing manifest
+        return {}
+    manifest = _check_manifest(read_json(manifest_path, _REBUILD), manifest_path)
+    encoders: dict[str, Encoder] = {}
+    for key, flag, folder in (("encoder", "--model", model), ("query_encoder", "--query-model", query_model)):
+        if folder is None:
+            continue
+        info = manifest.get(key)
+        if info is None:
+            raise ValueError(
+                f"{flag} {folder}: {manifest_path} embeds queries with its documents' model; drop {flag}"
+            )
+        if info.get("provider") not in FOLDER_CLASSES:
+            raise ValueError(
+                f"{flag} {folder}: the model {manifest_path} records there, {info.get('model')} "
+                f"({info.get('provider')}), is not held in a folder, so it cannot have moved; drop {flag}"
+            )
+        encoders[key] = make_encoder(str(info["provider"]), str(folder))
+    return encoders
 
 
 def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:

@@ -70,6 +70,11 @@ _OUTPUT = A("-o", "--output", choices=("table", "json"), default="table")
 _ADAPTER = A(
     "--adapter", required=True, metavar="ADAPTER_DIR", help="the adapter folder fit wrote (OUT_DIR/adapter)"
 )
+#: where an index's model folders are now, when they moved since it was built (same folder name)
+_MOVED_MODELS = (
+    A("--model", metavar="DIR", help="the index's model folder (model2vec, onnx), if moved since"),
+    A("--query-model", metavar="DIR", help="the same for a cross-model index's query model"),
+)
 _DIM = A("--dim", type=_positive_int, help="keep the first DIM adapted coordinates (Matryoshka)")
 _EF_SEARCH = A(
     "--ef-search", type=_positive_int, metavar="N", help="HNSW search breadth (default: the index's)"
@@ -225,6 +230,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _EF_SEARCH,
         _OUTPUT,
         *_API_ROOTS,
+        *_MOVED_MODELS,
     ],
     "serve": [
         A("index", metavar="INDEX_DIR"),
@@ -236,6 +242,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--model-name", metavar="NAME", help="/v1 model names NAME-query, NAME-document"),
         _EF_SEARCH,
         *_API_ROOTS,
+        *_MOVED_MODELS,
     ],
     "distill": [
         A(

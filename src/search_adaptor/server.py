@@ -72,7 +72,7 @@ from search_adaptor import __version__
 from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind, cancelled_by
 from search_adaptor.encoders.http import Cancelled
-from search_adaptor.index import BLANK_QUERY, AdaptedIndex, Hits, import_faiss
+from search_adaptor.index import BLANK_QUERY, AdaptedIndex, Hits, import_faiss, moved_models
 
 log = logging.getLogger(__name__)
 
@@ -915,6 +915,8 @@ def serve(
     base_url: str | None = None,
     query_base_url: str | None = None,
     ef_search: int | None = None,
+    model: str | None = None,
+    query_model: str | None = None,
 ) -> None:
     """``search-adaptor serve``: load the index folder and serve it with uvicorn until interrupted.
 
@@ -923,7 +925,8 @@ def serve(
     without one prints a warning. ``threads`` caps CPU threads of the model, adapter and FAISS;
     ``retry_budget_s`` and ``model_name`` are :func:`create_app`'s; ``base_url`` and ``query_base_url``
     reach the index's API models through other roots (:meth:`AdaptedIndex.configure_encoder`);
-    ``ef_search`` widens an HNSW index's search for this server (:attr:`AdaptedIndex.ef_search`).
+    ``ef_search`` widens an HNSW index's search for this server (:attr:`AdaptedIndex.ef_search`);
+    ``model`` and ``query_model`` are the new places of its model folders (:func:`moved_models`).
 
     On SIGTERM or Ctrl-C the server stops accepting connections, lets requests in flight finish for
     up to :data:`GRACEFUL_SHUTDOWN_S` seconds, cuts off what is left and exits, so that no client, not
@@ -961,7 +964,7 @@ def serve(
         import_faiss().omp_set_num_threads(threads)
     sock = _listen(host, port)  # before the model loads: a port in use is one line, not a false start
     try:
-        index = AdaptedIndex.load(index_dir)
+        index = AdaptedIndex.load(index_dir, **moved_models(index_dir, model, query_model))
         if ef_search is not None:  # this server's breadth; the folder keeps its own
             index.ef_search = ef_search
         if base_url or query_base_url:
