@@ -280,7 +280,7 @@ def test_text_only_api_models_refuse_images_in_one_line(provider: str, tmp_path:
         assert fake.calls == []
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{provider}: {enc.model} embeds text only")
-    assert f"item 1 is an image ({image})" in message
+    assert f"embeds text only, and {image} is an image;" in message
     assert "cohere (embed-v4.0), voyage (voyage-multimodal-3), vertex (multimodalembedding@001)" in message
     assert "one model's precomputed vectors of queries and documents (--embeddings)" in message
 
@@ -332,9 +332,15 @@ def test_a_dataset_with_images_is_refused_before_its_text_queries_are_sent(tmp_p
     (data / "d1.png").write_bytes(png())
     with FakeProvider("openai") as fake:
         enc = fake_encoder(fake, **TEXT_ONLY["openai"])
-        with pytest.raises(ImagesUnsupported, match=r"embeds text only, and item 0 is an image \(.*d1.png\)"):
+        with pytest.raises(ImagesUnsupported) as refused:
             embed_dataset(load_beir(data), enc, tmp_path / "cache", progress=False)
         assert fake.calls == []
+    # named by the document that holds it (the batch position, "item 0", told nothing)
+    assert re.fullmatch(
+        rf"{re.escape(str(data))}: document 'd1': openai: \S+ embeds text only, and \S+d1\.png is an "
+        r"image; .*",
+        str(refused.value),
+    )
 
 
 def test_a_dry_run_refuses_images_a_text_only_model_cannot_take_as_the_run_does(
@@ -355,7 +361,8 @@ def test_a_dry_run_refuses_images_a_text_only_model_cannot_take_as_the_run_does(
     assert str(planned.value) == str(run.value)
     assert main(["embed", str(data), "--cache", str(tmp_path / "cache"), "--dry-run"]) == 2
     assert re.fullmatch(
-        r"search-adaptor: error: sentence-transformers: \S+ embeds text only, and item 0 is an image .*",
+        rf"search-adaptor: error: {re.escape(str(data))}: document 'd1': sentence-transformers: \S+ embeds "
+        r"text only, and \S+d1\.png is an image; .*",
         capsys.readouterr().err.strip(),
     )
     with FakeProvider("cohere") as fake:
@@ -381,8 +388,8 @@ def test_providers_that_take_image_data_refuse_image_urls(provider: str) -> None
             enc.encode_corpus([ImageRef("https://example.com/cat.png")])
         assert fake.calls == []
     assert re.fullmatch(
-        rf"{provider}: \S+ takes images as data, not URLs, and item 0 is the URL "
-        r"https://example\.com/cat\.png; save the images in the dataset folder .* "
+        rf"{provider}: \S+ takes images as data, not URLs, and https://example\.com/cat\.png is a URL; "
+        r"save the images in the dataset folder .* "
         r"or use voyage \(voyage-multimodal-3\), which fetches URLs",
         str(info.value),
     )
@@ -452,7 +459,7 @@ def test_a_cross_model_run_with_no_document_its_query_model_takes_is_refused_bef
         assert fake.calls == [] and queries.calls == []
         # a documents' model of text is the first thing to fix: its own refusal comes first
         text_docs = fake_encoder(fake, **TEXT_ONLY["cohere"])
-        with pytest.raises(ImagesUnsupported, match=r"^cohere: \S+ embeds text only, and item 0 is an image"):
+        with pytest.raises(ImagesUnsupported, match=r": document 'd1': cohere: \S+ embeds text only, and "):
             plan_embedding(ds, text_docs, tmp_path / "cache", queries)
 
 
@@ -612,18 +619,22 @@ def test_billed_tokens_of_images() -> None:
 
 
 def test_a_missing_image_file_loads_but_fails_before_anything_is_sent(tmp_path: Path) -> None:
-    """Precomputed vectors need no image files; embedding does, and names the missing one."""
+    """Precomputed vectors need no image files; embedding does, and names the missing one (and, from a
+    dataset, the document that names it: "its corpus row" said not which)."""
     (tmp_path / "here.png").write_bytes(png())
     ds = load_beir(_beir(tmp_path, [{"_id": "d1", "image": "here.png"}, {"_id": "d2", "image": "gone.png"}]))
     with FakeProvider("cohere") as fake, EmbeddingStore(image_encoder(fake), tmp_path / "cache") as store:
         with pytest.raises(ValueError) as info:
             store.embed(ds.doc_texts, "document")
+        with pytest.raises(ValueError) as named:
+            embed_dataset(ds, image_encoder(fake), tmp_path / "cache", progress=False)
         assert fake.calls == []
-    assert re.fullmatch(
-        r".*gone\.png: cannot read the image \(No such file or directory\); "
-        r'fix the "image" field of its corpus row',
-        str(info.value),
+    unreadable = (
+        r'\S*gone\.png: cannot read the image \(No such file or directory\); fix the "image" field of '
+        "its corpus row"
     )
+    assert re.fullmatch(unreadable, str(info.value))
+    assert re.fullmatch(rf"{re.escape(str(ds.path))}: document 'd2': {unreadable}", str(named.value))
 
 
 # -- what the official SDKs send -------------------------------------------------------------------

@@ -8,7 +8,7 @@ import os
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 
 from search_adaptor.data import Dataset, refuse_nulls
 from search_adaptor.encoders.base import Encoder, ImagesUnsupported, InputsRejected, Kind, image_models
+from search_adaptor.images import ImageRef, ImageUnreadable
 from search_adaptor.store import EmbeddingStore, StoreStats, item_key
 
 _CHUNK = 65536  # rows measured at a time in float64 by unit_rows: bounds its extra memory
@@ -158,16 +159,18 @@ def embed_dataset(
     qids = list(dataset.queries)
     if query_encoder is not None and query_encoder.fingerprint == encoder.fingerprint:
         query_encoder = None
-    jobs, paired = _jobs(dataset, encoder, query_encoder, pair_texts)
+    with naming_the_document(dataset):
+        jobs, paired = _jobs(dataset, encoder, query_encoder, pair_texts)
     stats = StoreStats()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stores = {id(enc): stack.enter_context(EmbeddingStore(enc, cache_dir)) for enc, _, _ in jobs}
         unsent: dict[int, set[bytes]] = {key: set() for key in stores}  # per store: a text counts once
-        for enc, kind, texts in jobs:  # before any call is paid for
-            items = stores[id(enc)].missing(kind, texts)
-            enc.check_items(items)  # an image a text-only model cannot take: one line, nothing sent
-            unsent[id(enc)].update(item_key(kind, t) for t in items)
+        with naming_the_document(dataset):
+            for enc, kind, texts in jobs:  # before any call is paid for
+                items = stores[id(enc)].missing(kind, texts)
+                enc.check_items(items)  # an image a text-only model cannot take: one line, nothing sent
+                unsent[id(enc)].update(item_key(kind, t) for t in items)
         for key, keys in unsent.items():  # all a read-only store lacks, not the first job's share
             if keys and stores[key].read_only:
                 raise stores[key].unwritable(len(keys))
@@ -212,6 +215,22 @@ def embed_dataset(
         query_pairs=out[3] if query_encoder is not None else None,
         more_pairs=(out[4], out[5]) if len(out) > 4 else None,
     )
+
+
+@contextlib.contextmanager
+def naming_the_document(dataset: Dataset) -> Iterator[None]:
+    """An error about one image of the corpus (it cannot be read, or the model cannot take it) names
+    the document that holds it, by id, instead of its position in a batch."""
+    try:
+        yield
+    except (ImagesUnsupported, ImageUnreadable) as exc:
+        item = exc.item
+        if not isinstance(item, ImageRef):
+            raise
+        doc = next((d for d, i in zip(dataset.doc_ids, dataset.doc_texts, strict=True) if i == item), None)
+        if doc is None:
+            raise
+        raise type(exc)(f"{dataset.path}: document {doc!r}: {exc}", item) from None
 
 
 def _jobs(
@@ -314,7 +333,9 @@ def plan_embedding(
         query_encoder = None
     texts: dict[tuple[str, Kind], dict[Any, None]] = {}  # per store and kind, distinct, first-seen order
     encoders: dict[str, Encoder] = {}
-    for enc, kind, items in _jobs(dataset, encoder, query_encoder)[0]:
+    with naming_the_document(dataset):
+        jobs = _jobs(dataset, encoder, query_encoder)[0]
+    for enc, kind, items in jobs:
         encoders[enc.fingerprint] = enc
         texts.setdefault((enc.fingerprint, kind), {}).update(dict.fromkeys(items))
     unique = sum(len(t) for t in texts.values())
@@ -322,8 +343,9 @@ def plan_embedding(
     with contextlib.ExitStack() as stack:
         stores = {f: stack.enter_context(EmbeddingStore(e, cache_dir)) for f, e in encoders.items()}
         for (fingerprint, kind), items in texts.items():
-            todo = stores[fingerprint].missing(kind, list(items))
-            encoders[fingerprint].check_items(todo)  # what the run would refuse: refused here too
+            with naming_the_document(dataset):
+                todo = stores[fingerprint].missing(kind, list(items))
+                encoders[fingerprint].check_items(todo)  # what the run would refuse: refused here too
             n_todo += len(todo)
             counts.append(encoders[fingerprint].request_tokens(todo, kind))
             calls.append(encoders[fingerprint].request_count(todo, kind))

@@ -108,6 +108,15 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+class ImageUnreadable(ValueError):
+    """An image file that cannot be read (missing, unreadable); ``item`` is its :class:`ImageRef`, so
+    that a caller that knows its corpus row can name it."""
+
+    def __init__(self, message: str, item: ImageRef) -> None:
+        super().__init__(message)
+        self.item = item
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """One image to embed: an absolute file path (checked to be inside its dataset folder when the
@@ -202,9 +211,10 @@ class ImageRef:
             raise self._unreadable(exc) from None
         return "sha256:" + digest.hexdigest()
 
-    def _unreadable(self, exc: OSError) -> ValueError:
-        return ValueError(
-            f'{self.source}: cannot read the image ({exc.strerror}); fix the "image" field of its corpus row'
+    def _unreadable(self, exc: OSError) -> ImageUnreadable:
+        return ImageUnreadable(
+            f'{self.source}: cannot read the image ({exc.strerror}); fix the "image" field of its corpus row',
+            self,
         )
 
     def size_bytes(self) -> int:

@@ -131,7 +131,12 @@ class EncoderError(RuntimeError):
 
 class ImagesUnsupported(EncoderError):
     """An image was given to an encoder whose model embeds text only (or an image URL to a provider
-    that takes image data only); the message names the item and the encoders that can."""
+    that takes image data only); the message names the item and the encoders that can, ``item`` is
+    it (so that a caller that knows where it came from, a corpus row, can say so)."""
+
+    def __init__(self, message: str, item: object = None) -> None:
+        super().__init__(message)
+        self.item = item
 
 
 class InputsRejected(EncoderError):
@@ -267,19 +272,21 @@ class Encoder(ABC):
         """
         items = list(items)
         check_item_types(items)
-        for i, item in enumerate(items):
+        for item in items:
             if self.takes(item):
                 continue
             if not self.accepts_images:
                 raise ImagesUnsupported(
-                    f"{self.provider}: {self.model} embeds text only, and item {i} is an image ({item}); "
+                    f"{self.provider}: {self.model} embeds text only, and {item} is an image; "
                     f"embed image corpora with {image_models()}, or give one model's precomputed vectors of "
-                    "queries and documents (--embeddings)"
+                    "queries and documents (--embeddings)",
+                    item,
                 )
             raise ImagesUnsupported(
-                f"{self.provider}: {self.model} takes images as data, not URLs, and item {i} is the URL "
-                f"{item}; save the images in the dataset folder and name them by relative path, "
-                f"or use {image_models(urls=True)}, which fetches URLs"
+                f"{self.provider}: {self.model} takes images as data, not URLs, and {item} is a URL; "
+                "save the images in the dataset folder and name them by relative path, "
+                f"or use {image_models(urls=True)}, which fetches URLs",
+                item,
             )
 
     def takes(self, item: Item) -> bool:
