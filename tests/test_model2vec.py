@@ -281,6 +281,17 @@ def test_a_provider_or_model_flag_given_alone_takes_the_rest_from_the_adapter(tm
     ):
         made = _encoder(argparse.Namespace(**{**flags, **given}), side, adapter)
         assert made.fingerprint == expected.fingerprint, given
+    # with no provider anywhere (no adapter, no --provider), a model2vec folder was loaded through
+    # sentence-transformers: slower, under another fingerprint, everything embedded again
+    for side in ("query_", ""):
+        given = {f"{side}model": str(tmp_path / "queries")}
+        with pytest.raises(ValueError) as refused:
+            _encoder(argparse.Namespace(**{**flags, **given}), side)
+        flag = side.replace("_", "-")
+        assert str(refused.value) == (
+            f"--{flag}model {tmp_path / 'queries'} is a model2vec static model: add "
+            f"--{flag}provider model2vec"
+        )
 
 
 def test_a_moved_or_renamed_model_folder_says_what_happened(tmp_path):

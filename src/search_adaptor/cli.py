@@ -152,9 +152,22 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
         *(["timeout"] if args.timeout else []),
     ]
     options = {k: getattr(args, k) for k in keys if not side or getattr(args, k) is not None}
+    if not given_provider and provider == LOCAL and model and _is_model2vec(model):
+        raise ValueError(  # sentence-transformers would load it too: slower, under another fingerprint
+            f"--{side.replace('_', '-')}model {model} is a model2vec static model: add "
+            f"--{side.replace('_', '-')}provider model2vec"
+        )
     plan_only = getattr(args, "dry_run", False)  # says what it would send: no key needed
     with _in_flags(_ENCODER_OPTIONS, side):
         return make_encoder(provider, model, base_url=root, plan_only=plan_only, **options)
+
+
+def _is_model2vec(model: str) -> bool:
+    """Whether ``model`` is a folder holding a model2vec model (its config says so)."""
+    try:
+        return json.loads((Path(model) / "config.json").read_text()).get("model_type") == "model2vec"
+    except (OSError, ValueError, AttributeError):  # no such folder or file, not JSON, not an object
+        return False
 
 
 #: the options of an encoder that flags set (``base_url`` and the model have a --query- twin; the
