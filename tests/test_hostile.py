@@ -9,6 +9,7 @@ counting fake encoder where a command would embed texts.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from collections.abc import Callable
@@ -742,9 +743,14 @@ def test_a_short_blob_in_the_store_is_embedded_again_and_named(store_world, caps
     with sqlite3.connect(store_world["path"]) as db:
         db.execute("UPDATE vectors SET vec = ? WHERE key = ?", (b"\0" * 12, text_key("document", "d3")))
     db.close()
-    with pytest.warns(RuntimeWarning, match=r"embeddings\.sqlite: 1 stored vector\(s\) had the wrong length"):
-        rc, _, _ = run(capsys, *store_world["argv"], "--quiet")
+    rc, _, err = run(capsys, *store_world["argv"], "--quiet")
     assert rc == 0 and store_world["fake"].calls == [("d3",)]
+    # one line of the command's own, not Python's warning with a source file and a line of code
+    assert re.fullmatch(
+        r"search-adaptor: warning: \S+embeddings\.sqlite: 1 stored vector\(s\) had the wrong length, "
+        r"NaN/inf or only zeros; they were deleted and are embedded again",
+        err.strip(),
+    )
 
 
 # -- the store keeps what a provider did embed when it rejects one text -----------------------------------

@@ -232,7 +232,11 @@ def test_messages_name_the_input_file_and_the_flag(tmp_path):
 @pytest.mark.parametrize(
     ("content", "says"),
     [
-        (b"[\n", "not valid JSON (Expecting value at line 2)"),
+        (b"[\n", "not valid JSON (Expecting value at line 2, column 1)"),
+        (
+            b'{"adapter": "a',
+            "not valid JSON (Unterminated string starting at line 1, column 13)",
+        ),  # not "at at"
         (b'"text"\n', "expected a JSON object, got str"),
         ('{"adapter": 1}'.encode("utf-16"), "UTF-16 text, not UTF-8"),
     ],

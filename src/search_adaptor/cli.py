@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,27 @@ def _guarded_streams() -> Iterator[None]:
         yield
     finally:
         sys.stdout, sys.stderr = saved
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """This library's warnings (a damaged stored vector, embedded again) as the command line's own
+    ``search-adaptor: warning: ...`` lines, not Python's, which show a source file and a line of code
+    the user never wrote; other packages' warnings keep Python's form."""
+    package = str(Path(__file__).resolve().parent)
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, *rest: Any, **kw: Any) -> None:
+        if str(Path(filename).resolve()).startswith(package):
+            print(f"search-adaptor: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, *rest, **kw)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _terminate(_signum: int, _frame: object) -> None:
@@ -513,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(
         {"SEARCH_ADAPTOR_VERBOSE": "1"} if getattr(args, "verbose", False) else {}
     )  # encoders.local.ENV_VERBOSE
-    with _guarded_streams(), _sigterm_interrupts():
+    with _guarded_streams(), _sigterm_interrupts(), _one_line_warnings():
         try:
             return commands[args.command](args) or 0
         except OutputClosed:  # as a tool killed by SIGPIPE, the shell's status for it

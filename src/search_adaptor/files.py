@@ -417,7 +417,9 @@ def read_json(path: str | os.PathLike, fix: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+        # json's own words end in "at" where they name a place ("Unterminated string starting at")
+        where = f"{exc.msg.removesuffix(' at')} at line {exc.lineno}, column {exc.colno}"
+        raise ValueError(f"{file}: not valid JSON ({where}); {fix}") from None
     except RecursionError:
         raise ValueError(f"{file}: JSON nested too deeply to be one of this tool's files; {fix}") from None
 
