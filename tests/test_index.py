@@ -86,6 +86,18 @@ def test_the_manifest_names_the_fitted_mode_not_one_set_after_the_fit(synthetic,
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     config = json.loads((tmp_path / "idx" / "adapter" / "config.json").read_text())
     assert manifest["adapter"]["mode"] == config["hyperparameters"]["mode"] == "shared"
+    # an edit of what the manifest records, found on load: a mode not its adapter's (it said nothing),
+    # a vectors folder outside the index (accepted, though the index writes only its own)
+    saved = (tmp_path / "idx" / "manifest.json").read_text()
+    for field, value, says in (
+        ("adapter", {**manifest["adapter"], "mode": "query_only"}, 'adapter.mode "query_only" is not its'),
+        ("vectors", "../../../etc", "field 'vectors' must be 'vectors', the folder inside the index"),
+    ):
+        (tmp_path / "idx" / "manifest.json").write_text(json.dumps({**manifest, field: value}))
+        with pytest.raises(ValueError, match=rf"idx/manifest\.json: {says}.*; rebuild the index"):
+            AdaptedIndex.load(tmp_path / "idx")
+    (tmp_path / "idx" / "manifest.json").write_text(saved)
+    AdaptedIndex.load(tmp_path / "idx")
 
 
 def test_searching_vectors_gives_the_same_hits_in_any_layout_and_dtype(synthetic):
@@ -411,7 +423,9 @@ def test_hnsw_settings_are_ints_in_the_manifest_and_checked_on_load(synthetic, t
         with pytest.raises(ValueError, match=rf"h/manifest\.json: {message}; rebuild the index"):
             AdaptedIndex.load(tmp_path / "h")
     manifest.write_text(json.dumps({key: value for key, value in saved.items() if key != "hnsw"}))
-    with pytest.raises(ValueError, match=r"h/manifest\.json: field 'hnsw' must be an object, got null"):
+    with pytest.raises(
+        ValueError, match=r"h/manifest\.json: backend 'hnsw' needs the field 'hnsw' .* got null"
+    ):
         AdaptedIndex.load(tmp_path / "h")
 
 

@@ -499,6 +499,12 @@ class AdaptedIndex:
                 f"{adapter_path}: this adapter ({adapter.fingerprint_}) is not the one the index "
                 f"was built with ({manifest['adapter']['fingerprint']}); {_REBUILD}"
             )
+        recorded_mode = manifest["adapter"].get("mode")
+        if recorded_mode is not None and recorded_mode != adapter.fitted_params_["mode"]:
+            raise ValueError(
+                f"{manifest_path}: adapter.mode {json.dumps(recorded_mode)[:40]} is not its adapter's "
+                f"({adapter.fitted_params_['mode']}); {_REBUILD}"
+            )
         fingerprint = manifest["encoder"]["fingerprint"]
         try:
             adapter.check_encoder(manifest["encoder"])
@@ -951,7 +957,8 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         hnsw = manifest.get("hnsw")
         if not isinstance(hnsw, dict):
             raise ValueError(
-                f"{path}: field 'hnsw' must be an object, got {json.dumps(hnsw)[:40]}; {_REBUILD}"
+                f"{path}: backend 'hnsw' needs the field 'hnsw' (the graph's settings) as an object, got "
+                f"{json.dumps(hnsw)[:40]}; {_REBUILD}"
             )
         try:
             for key, (low, high) in _HNSW_BOUNDS.items():
@@ -968,6 +975,11 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     for section, key in (("adapter", "path"), ("adapter", "fingerprint")):
         if not isinstance(manifest[section].get(key), str):
             raise ValueError(f"{path}: field {section}.{key} must be a string; {_REBUILD}")
+    if manifest.get("vectors", VECTORS_DIR) != VECTORS_DIR:  # the one name save writes: inside the folder
+        raise ValueError(
+            f"{path}: field 'vectors' must be {VECTORS_DIR!r}, the folder inside the index that holds its "
+            f"vectors, got {json.dumps(manifest['vectors'])[:40]}; {_REBUILD}"
+        )
     return manifest
 
 
