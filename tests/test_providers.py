@@ -413,9 +413,15 @@ def test_connection_errors_are_retried_then_reported() -> None:
     enc = make_encoder(
         "cohere", base_url=url, api_key=FAKE_KEY, retry=RetryPolicy(max_attempts=2, base_delay=0.001)
     )
-    with pytest.raises(EncoderError, match=r"cohere: giving up after 2 attempts.*connection error"):
+    with pytest.raises(EncoderError, match=r"cohere: giving up after 2 attempts.*connection error") as err:
         enc.encode_queries(["a"])
     assert enc.retries == 1
+    # where it tried, and what to check (an offline machine searching an API model's index said neither)
+    assert f"connection error reaching {url}/" in str(err.value)
+    assert str(err.value).endswith(
+        "; check that this machine reaches it, or reach the API through another root (--base-url: a "
+        "proxy, a gateway)"
+    )
 
 
 def test_retry_after_is_honoured(fake: FakeProvider) -> None:

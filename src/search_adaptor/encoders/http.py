@@ -668,7 +668,7 @@ class HttpClient:
             except httpx.TimeoutException:
                 fault = f"no reply within {attempt_timeout:.3g}s (timeout)"
             except httpx.TransportError as exc:
-                fault = f"connection error: {type(exc).__name__}: {exc}"
+                fault = f"connection error reaching {shown}: {type(exc).__name__}: {exc}"
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -712,10 +712,17 @@ class HttpClient:
             if cancel.wait(delay):  # a sleep that Ctrl-C (the store setting the event) cuts short
                 raise Cancelled(self._line(f"interrupted before a retry; last error: {fault}", secrets))
             waited += delay
+        unreachable = fault.startswith("connection error")  # no reply at all, every time: say what to check
         raise EncoderError(
             self._line(
                 f"giving up after {policy.max_attempts} attempts ({waited:.1f}s waiting); "
-                f"last error: {fault}",
+                f"last error: {fault}"
+                + (
+                    "; check that this machine reaches it, or reach the API through another root "
+                    "(--base-url: a proxy, a gateway)"
+                    if unreachable
+                    else ""
+                ),
                 secrets,
             )
         )
