@@ -514,6 +514,11 @@ def test_credentials_in_the_url_are_scrubbed_as_sent_and_from_a_refusal(monkeypa
             make_encoder("openai-compatible", "m", base_url=url).encode_queries(["a"])
         assert "HTTP 401" in str(info.value) and "Basic ***" in str(info.value)
         assert "PW-SECRET" not in str(info.value) and "dXNyOlBXLVNFQ1JFVC0x" not in str(info.value)
+        # the credential sent is the URL's, not the environment's the hint used to name
+        assert str(info.value).endswith(
+            "(authentication failed; check the credential in the base URL's user info (sent as HTTP "
+            "Basic auth, in place of an API key))"
+        )
     assert "TOKEN-SECRET-2" in Endpoint.parse("https://TOKEN-SECRET-2@example.com/v1").secrets
     recorded = make_encoder("openai-compatible", "m", base_url="http://127.0.0.1:9/v1", api_key="k").info()
     with pytest.raises(ValueError, match="API root is part of what it records") as refused:

@@ -747,7 +747,12 @@ class HttpClient:
                 self._line(f"HTTP {status} from {url}: {message} (input too long)", secrets), reason
             )
         if status in (401, 403):
-            hint = f"authentication failed; check the credential in {self.credential_hint}"
+            where = (  # a URL's user info is sent as HTTP Basic auth, in the API key's header
+                "the base URL's user info (sent as HTTP Basic auth, in place of an API key)"
+                if self._endpoint.auth is not None
+                else self.credential_hint
+            )
+            hint = f"authentication failed; check the credential in {where}"
         elif status == 404:
             hint = "not found; check the model name and the base URL"
         else:
