@@ -656,6 +656,10 @@ INDEX_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         ["index.faiss", "299 ids"],
     ),
     "index.faiss damaged": (lambda f: (f / "index.faiss").write_bytes(b"\0" * 100), ["index.faiss"]),
+    "index.faiss of another format": (  # FAISS's reason, not its C++ function and source file
+        lambda f: (f / "index.faiss").write_bytes(b"garbage"),
+        ['not a readable FAISS index (Index type 0x62726167 ("garb") not recognized)'],
+    ),
     "index.faiss of distances": (
         lambda f: _swap_faiss(f, lambda index: _faiss().IndexFlatL2(index.d)),
         ["index.faiss", "IndexFlatL2 (metric 1)", "flat inner-product index"],

@@ -23,6 +23,7 @@ import contextlib
 import json
 import numbers
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -537,8 +538,9 @@ class AdaptedIndex:
         try:
             faiss_index = faiss.read_index(str(index_path))
         except Exception as exc:  # faiss raises RuntimeError with a C++ trace for damaged files
-            detail = str(exc).strip().splitlines()[-1][:100] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"{index_path}: not a readable FAISS index ({detail}); {_REBUILD}") from None
+            raise ValueError(
+                f"{index_path}: not a readable FAISS index ({_faiss_reason(exc)}); {_REBUILD}"
+            ) from None
         kind = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSWFlat}[manifest["backend"]]
         if not isinstance(faiss_index, kind) or faiss_index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError(  # another type or metric would answer distances or approximate hits as cosines
@@ -926,6 +928,17 @@ def moved_models(
             )
         encoders[key] = make_encoder(str(info["provider"]), str(folder))
     return encoders
+
+
+def _faiss_reason(exc: Exception) -> str:
+    """What FAISS says went wrong, without the C++ function and source file it names first ("Error in
+    ... faiss::read_index_up(IOReader*, int) at /project/faiss/impl/index_read.cpp:3251: ..."),
+    which cut to a line's length left no reason at all."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    reason = re.sub(r"^Error in .*? at \S+:\d+: (?:Error: )?", "", text)
+    return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
 def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
