@@ -207,7 +207,8 @@ def ray_session(address: str | None = None, quiet: bool = False) -> Any:
     for minutes), ``auto``'s included (:func:`_cluster_address`), and every refusal names
     ``--ray-address``. ``quiet`` (``--quiet``) keeps Ray's lines below errors off the terminal: its
     start ("Started a local Ray instance"), Ray Data's execution plans and warnings (Ray's C++ core
-    prints its error lines at any level asked for).
+    prints its error lines at any level asked for, and a driver prints what the raylet pushes to it,
+    such as a busy machine's "N PYTHON worker processes have been started", on stdout).
     """
     try:
         import ray
