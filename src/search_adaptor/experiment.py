@@ -308,12 +308,13 @@ def select(
                 # the k-fold winner, trained on all the queries, kept its start on its own validation
                 # split: the start ships, and is named as such, not as the winner
                 rows[refit]["kept_start"] = True
+                picked = "identity"
             if on_candidate is not None:
                 for row in rows:
                     on_candidate(row)
             return Selection(
                 adapter,
-                kept_start(adapter) if picked == "identity" or est.best_step_ == 0 else picked,
+                kept_start(adapter) if picked == "identity" else picked,
                 rows,
                 [q for _, held in folds for q in sorted(held)],
                 {names[refit]: est.history_},
