@@ -310,12 +310,19 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
 
 
 def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> None:
-    from search_adaptor.report import identity_lines, loss_lines, refit_lines, seen_lines, size_lines
+    from search_adaptor.report import (
+        identity_lines,
+        loss_lines,
+        refit_lines,
+        seen_lines,
+        size_lines,
+        size_warnings,
+    )
 
     if output == "json":
         print(json.dumps(report, indent=2))
-        sizes = [line.strip() for line in size_lines(report, "ndcg@10") if "WARNING:" in line]
-        for line in seen_lines(report) + loss_lines(report) + sizes:  # a script's stderr gets them too
+        alerts = seen_lines(report) + loss_lines(report) + size_warnings(report, "ndcg@10")
+        for line in alerts:  # a script's stderr gets them too
             print(line, file=sys.stderr)
         return
     from search_adaptor.metrics import metrics_table

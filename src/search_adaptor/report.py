@@ -437,8 +437,7 @@ def size_lines(report: Mapping[str, Any], metric: str) -> list[str]:
         )
         kept = f"; {ours / full:.1%} of full-width zero-shot" if full else ""
         lines.append(f"- {m} dimensions: `adapted@{m}` {ours:.4f}, {versus}{kept}.")
-        if ours < metrics[f"pca@{m}"][metric] and tests.get(f"vs pca@{m}", 1.0) < SIGNIFICANT:
-            lines.append(f"  {_below_pca(report, m)}")
+        lines += [f"  {line}" for line in _size_warning(report, m, metric)]
     if not lines:
         return []
     return [
@@ -446,6 +445,20 @@ def size_lines(report: Mapping[str, Any], metric: str) -> list[str]:
         f"Smaller vectors (prefixes of the adapted vector; {metric}, paired tests over queries):",
         *lines,
     ]
+
+
+def size_warnings(report: Mapping[str, Any], metric: str) -> list[str]:
+    """The WARNING of each Matryoshka size significantly below a PCA of its size (:func:`size_lines`
+    shows them among the sizes; ``-o json`` prints them alone, on stderr)."""
+    sizes = (report.get("significance") or {}).get("by_size") or {}
+    return [line for m in sizes for line in _size_warning(report, m, metric)]
+
+
+def _size_warning(report: Mapping[str, Any], m: str, metric: str) -> list[str]:
+    """:func:`_below_pca`'s warning when the prefix of size ``m`` is significantly below PCA, else none."""
+    metrics, tests = report["metrics"], report["significance"]["by_size"][m]
+    below = metrics[f"adapted@{m}"][metric] < metrics[f"pca@{m}"][metric]
+    return [_below_pca(report, m)] if below and tests.get(f"vs pca@{m}", 1.0) < SIGNIFICANT else []
 
 
 def _below_pca(report: Mapping[str, Any], m: int) -> str:
