@@ -80,6 +80,37 @@ def test_openai_client_gets_the_vectors_of_embed(server, kind, encoding_format):
     assert one.data[0].embedding == answer.data[0].embedding
 
 
+@pytest.mark.parametrize("mode", ["shared", "separate"])
+@pytest.mark.parametrize("kind", ["query", "document"])
+def test_dimensions_gives_a_trained_matryoshka_size_and_refuses_an_untrained_one(synthetic, kind, mode):
+    """OpenAI's ``dimensions`` shortens the vectors; here to a size the adapter was trained at (the
+    adapter's own prefix, as ``transform`` gives it), never to one whose quality was not measured."""
+    enc = CountingEncoder(dim=16)
+    adapter = make_adapter(info=enc.info(), mode=mode, dims=[4, 8])
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], enc.info(), encoder=enc)
+    client = TestClient(create_app(index, api_key=KEY, model_name="m", batch_window_s=0.0))
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    def embeddings(**extra: Any) -> Any:
+        body = {"model": f"m-{kind}", "input": TEXTS[:2], **extra}
+        return client.post("/v1/embeddings", json=body, headers=auth)
+
+    full = np.asarray([d["embedding"] for d in embeddings().json()["data"]], dtype=np.float32)
+    base = enc.encode_queries(TEXTS[:2]) if kind == "query" else enc.encode_corpus(TEXTS[:2])
+    transform = adapter.transform_queries if kind == "query" else adapter.transform_corpus
+    for size in (4, 8, 16):
+        got = np.asarray([d["embedding"] for d in embeddings(dimensions=size).json()["data"]], np.float32)
+        assert got.shape == (2, size)
+        np.testing.assert_allclose(got, transform(base, dim=size), atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    assert np.array_equal(got, full)
+    for size, sizes in ((6, "4, 8, 16"), (17, "4, 8, 16")):
+        refused = embeddings(dimensions=size)
+        assert refused.status_code == 422
+        assert refused.json()["error"]["param"] == "dimensions"
+        assert refused.json()["error"]["message"] == f"dimensions = {size}: this model serves {sizes}"
+
+
 def test_models_list_the_two_sides(server):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list()] == ["scifact-query", "scifact-document"]
@@ -103,7 +134,9 @@ def test_openai_errors_are_what_the_sdk_expects(server):
     assert many.value.status_code == 413 and many.value.body["param"] == "input"
     with pytest.raises(openai.UnprocessableEntityError, match="token ids are not accepted"):
         client.embeddings.create(model="scifact-query", input=[[101, 2023, 102]])
-    with pytest.raises(openai.UnprocessableEntityError, match="this model's vectors have 16") as narrower:
+    with pytest.raises(
+        openai.UnprocessableEntityError, match=r"this model serves 16 \(fit --dims trains smaller sizes\)"
+    ) as narrower:
         client.embeddings.create(model="scifact-query", input="x", dimensions=8)
     assert narrower.value.body["param"] == "dimensions"  # was null: the field at fault is named, as OpenAI's
 

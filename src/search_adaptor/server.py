@@ -73,6 +73,7 @@ from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind, cancelled_by
 from search_adaptor.encoders.http import Cancelled
 from search_adaptor.index import BLANK_QUERY, AdaptedIndex, Hits, import_faiss, moved_models
+from search_adaptor.retrieval import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,15 @@ def _request_models(limits: Limits) -> dict[str, type[BaseModel]]:
             Literal["float", "base64"],
             Field("float", description="base64: little-endian float32"),
         ),
-        dimensions=(int | None, Field(None, ge=1, description="if given, the model's dimension")),
+        dimensions=(
+            int | None,
+            Field(
+                None,
+                ge=1,
+                description="the served width, or a smaller size the adapter was trained at (fit --dims): "
+                "the vectors' first coordinates, unit length again",
+            ),
+        ),
         user=(StrictStr | None, Field(None, description="accepted and ignored")),
     )
     return {"search": search, "embed": embed, "embeddings": embeddings}
@@ -841,13 +850,10 @@ def create_app(
         kind = sides.get(body.model)
         if kind is None:
             raise no_such_model(body.model)
-        if body.dimensions is not None and body.dimensions != index.dim:
-            raise Refusal(
-                422,
-                f"dimensions = {body.dimensions}: this model's vectors have {index.dim}",
-                param="dimensions",
-            )
+        size = served_size(body.dimensions)
         vectors = await run(request, body.input, kind)
+        if size is not None:  # a trained Matryoshka prefix, as OpenAI's `dimensions` shortens its vectors
+            vectors = l2_normalize(np.ascontiguousarray(vectors[:, :size]))
         if body.encoding_format == "base64":
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
@@ -859,6 +865,22 @@ def create_app(
             "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    def served_size(dimensions: int | None) -> int | None:
+        """The prefix ``dimensions`` asks for (None: the served width), refused where the adapter was
+        never trained to give it, so a shorter vector never ranks worse in silence."""
+        if dimensions is None or dimensions == index.dim:
+            return None
+        trained = sorted(m for m in index.adapter.fitted_params_["dims"] or () if m < index.dim)
+        if dimensions < index.dim and dimensions in trained:
+            return dimensions
+        sizes = ", ".join(str(m) for m in [*trained, index.dim])
+        why = "" if trained else " (fit --dims trains smaller sizes)"
+        raise Refusal(
+            422,
+            f"dimensions = {dimensions}: this model serves {sizes}{why}",
+            param="dimensions",
+        )
 
     def no_such_model(model: str) -> Refusal:
         """404 for a model this server does not serve, with OpenAI's code for it."""
