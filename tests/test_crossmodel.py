@@ -1061,6 +1061,19 @@ def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, c
     assert main(["embed", str(data), *docs, *query, "--dry-run"]) == 0
     assert f"{query_model.fingerprint} and " in (planned := capsys.readouterr().out)
     assert "108 texts cached, 0 would be sent" in planned
+    # --pairs: the plan counts what a fit given them would embed (each text by both models), and
+    # embed embeds it ahead of the fit; without a query model there is nothing to pair
+    log = tmp_path / "log.txt"
+    log.write_text(f"{m2v['words'][0]} {m2v['words'][1]}\n{m2v['words'][2]} {m2v['words'][3]}\n")
+    pairs = ["--pairs", str(log)]
+    assert main(["embed", str(data), *docs, *query, *pairs, "--dry-run"]) == 0
+    assert "108 texts cached, 4 would be sent" in capsys.readouterr().out
+    assert main(["embed", str(data), *docs, *query, *pairs, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["embed", str(data), *docs, *query, *pairs, "--dry-run"]) == 0
+    assert "112 texts cached, 0 would be sent" in capsys.readouterr().out
+    assert main(["embed", str(data), *docs, *pairs, "--dry-run"]) == 2
+    assert "name the query model (--query-provider / --query-model)" in capsys.readouterr().err
     assert config["encoder"]["fingerprint"] == make_encoder("model2vec", model=str(m2v["docs"])).fingerprint
 
     # the index refuses another query model, and records the adapter's own: named by the flags, or,

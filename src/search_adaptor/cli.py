@@ -247,6 +247,27 @@ def _note_size(adapter: Any, dim: int | None) -> None:
         print(f"search-adaptor: warning: --dim {note}", file=sys.stderr)
 
 
+def _pair_texts(args: argparse.Namespace, dataset: Any) -> list[str] | None:
+    """The texts ``--pairs`` and ``--sentence-pairs`` add for both models to embed (None: none)."""
+    texts: list[str] = []
+    if getattr(args, "pairs", None):
+        from search_adaptor.data import read_texts
+
+        texts = read_texts(args.pairs)
+    if getattr(args, "sentence_pairs", False):
+        from search_adaptor.data import corpus_sentences
+
+        sentences = corpus_sentences(dataset)
+        if not sentences:
+            print(
+                f"search-adaptor: warning: --sentence-pairs: {dataset.name}'s documents are one sentence "
+                "each (or images); they are paired already, nothing is added",
+                file=sys.stderr,
+            )
+        texts = list(dict.fromkeys([*texts, *sentences]))
+    return texts or None
+
+
 def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> Any:
     """The dataset's embeddings, once what the command will score has been checked (nothing is paid for
     a run that would stop at its qrels)."""
@@ -261,22 +282,7 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
             print(f"search-adaptor: warning: {warning}", file=sys.stderr)
     elif args.command == "evaluate":
         dataset.split(args.split)
-    options: dict[str, Any] = {"adapter": adapter, "pair_texts": None}
-    if getattr(args, "pairs", None):
-        from search_adaptor.data import read_texts
-
-        options["pair_texts"] = read_texts(args.pairs)
-    if getattr(args, "sentence_pairs", False):
-        from search_adaptor.data import corpus_sentences
-
-        sentences = corpus_sentences(dataset)
-        if not sentences:
-            print(
-                f"search-adaptor: warning: --sentence-pairs: {dataset.name}'s documents are one sentence "
-                "each (or images); they are paired already, nothing is added",
-                file=sys.stderr,
-            )
-        options["pair_texts"] = list(dict.fromkeys([*(options["pair_texts"] or []), *sentences])) or None
+    options: dict[str, Any] = {"adapter": adapter, "pair_texts": _pair_texts(args, dataset)}
     left_out = 0
     if options["pair_texts"] and args.command == "fit":  # fit's options only
         options["pair_texts"], left_out = without_held_out(
@@ -403,10 +409,13 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     if args.embeddings:
         raise ValueError("embed: --embeddings brings vectors already made; there is nothing to embed")
     dataset, encoder, query_encoder = load_beir(args.data), _encoder(args), _encoder(args, "query_")
+    pairs = _pair_texts(args, dataset)  # what a cross-model fit given them would embed too
     if args.dry_run:
-        print(plan_embedding(dataset, encoder, args.cache, query_encoder).describe())
+        print(plan_embedding(dataset, encoder, args.cache, query_encoder, pairs).describe())
     else:
-        emb = embed_dataset(dataset, encoder, args.cache, not args.quiet, query_encoder=query_encoder)
+        emb = embed_dataset(
+            dataset, encoder, args.cache, not args.quiet, query_encoder=query_encoder, pair_texts=pairs
+        )
         print(f"{dataset.name}: {emb.describe(getattr(encoder, 'retries', None))}")
 
 

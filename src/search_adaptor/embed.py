@@ -321,9 +321,11 @@ def plan_embedding(
     encoder: Encoder,
     cache_dir: str | os.PathLike | None = None,
     query_encoder: Encoder | None = None,
+    pair_texts: Sequence[str] | None = None,
 ) -> EmbeddingPlan:
     """How many of ``dataset``'s texts the store holds and what embedding the rest would cost: the
-    texts :func:`embed_dataset` would embed (with ``query_encoder``, a cross-model run's too).
+    texts :func:`embed_dataset` would embed (with ``query_encoder``, a cross-model run's too, and
+    ``pair_texts`` by both models).
 
     Sends nothing. What the run would refuse before sending anything (an image for a model that
     embeds text only, :meth:`~search_adaptor.encoders.base.Encoder.check_items`) is refused here
@@ -334,7 +336,7 @@ def plan_embedding(
     texts: dict[tuple[str, Kind], dict[Any, None]] = {}  # per store and kind, distinct, first-seen order
     encoders: dict[str, Encoder] = {}
     with naming_the_document(dataset):
-        jobs = _jobs(dataset, encoder, query_encoder)[0]
+        jobs = _jobs(dataset, encoder, query_encoder, pair_texts)[0]
     for enc, kind, items in jobs:
         encoders[enc.fingerprint] = enc
         texts.setdefault((enc.fingerprint, kind), {}).update(dict.fromkeys(items))

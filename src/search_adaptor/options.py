@@ -80,6 +80,15 @@ _EF_SEARCH = A(
     "--ef-search", type=_positive_int, metavar="N", help="HNSW search breadth (default: the index's)"
 )
 _DATA = A("data", metavar="DATA_DIR", help="BEIR-layout folder, or beir:NAME to download")
+_PAIRS = [
+    A("--pairs", metavar="FILE", help="more texts to map --query-model with: a query log (.jsonl/lines)"),
+    A(
+        "--sentence-pairs",
+        action="store_true",
+        help="map --query-model with the corpus's sentences too: query-length texts, no labels needed "
+        "(about the corpus's tokens again, embedded by both models)",
+    ),
+]
 _QUIET = A("--quiet", action="store_true", help="no progress bars, per-candidate or Ray lines")
 _ENCODER = [
     A(
@@ -173,13 +182,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
             action="store_true",
             help="train without labels (they only score)",
         ),
-        A("--pairs", metavar="FILE", help="more texts to map --query-model with: a query log (.jsonl/lines)"),
-        A(
-            "--sentence-pairs",
-            action="store_true",
-            help="map --query-model with the corpus's sentences too: query-length texts, no labels needed "
-            "(about the corpus's tokens again, embedded by both models)",
-        ),
+        *_PAIRS,
         _OUTPUT,
         "embeddings",
     ],
@@ -196,7 +199,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _OUTPUT,
         "embeddings",
     ],
-    "embed": [_DATA, A("--dry-run", action="store_true", help="say what would be sent"), "embeddings"],
+    "embed": [
+        _DATA,
+        A("--dry-run", action="store_true", help="say what would be sent"),
+        *_PAIRS,
+        "embeddings",
+    ],
     "index": [
         A("data", metavar="DATA_DIR", help="BEIR folder, or corpus.jsonl[.gz] / .parquet"),
         _ADAPTER,
