@@ -236,7 +236,8 @@ def test_cli_transform_prints_what_it_did(base, tmp_path, capsys):
     assert (
         main(["transform", str(src), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "o.npy")]) == 0
     )
-    assert "1000 vectors (16-d) adapted with the local engine" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1000 vectors (16-d) adapted with the local engine" in out and "Only normalised" not in out
     assert np.load(tmp_path / "o.npy").shape == (1000, 16)
     assert (
         main(["transform", str(tmp_path / "none.npy"), "--adapter", str(tmp_path / "a"), "--out", "x"]) == 2
@@ -244,6 +245,25 @@ def test_cli_transform_prints_what_it_did(base, tmp_path, capsys):
     assert "none.npy: file not found" in capsys.readouterr().err
     assert main(["transform", str(src), "--adapter", str(tmp_path / "a"), "--out", "x", "--rows", "0"]) == 2
     assert "--rows: must be a positive int, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["query_only", "identity"])
+def test_cli_transform_says_when_the_documents_are_only_normalised(base, tmp_path, capsys, mode):
+    """A query-only adapter (or one that kept the identity) leaves documents where they were: the
+    user who re-indexes its output is told the index they have serves it already."""
+    _, src = base
+    adapter = make_adapter(16, mode="shared" if mode == "identity" else mode)
+    if mode == "identity":
+        adapter.best_step_ = 0  # no trained checkpoint beat zero-shot
+    adapter.save(tmp_path / "a")
+    assert (
+        main(["transform", str(src), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "o.npy")]) == 0
+    )
+    why = "is the identity (zero-shot won)" if mode == "identity" else "adapts queries only"
+    assert f"Only normalised to unit length: this adapter {why}" in capsys.readouterr().out
+    vectors = np.load(src)
+    expected = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), expected, atol=1e-6)
 
 
 # -- Ray: a local cluster on loopback, started once for this module ---------------------------------------

@@ -463,6 +463,12 @@ def _cmd_transform(args: argparse.Namespace) -> None:
         f"{stats.rows} vectors ({stats.dim}-d) adapted with the {stats.engine} engine into {args.out} "
         f"in {stats.seconds:.1f} s ({rate:,.0f} rows/s)"
     )
+    if adapter.is_identity_ or adapter.fitted_params_["mode"] == "query_only":
+        why = "is the identity (zero-shot won)" if adapter.is_identity_ else "adapts queries only"
+        print(
+            f"Only normalised to unit length: this adapter {why}, so the documents' vectors keep their "
+            "direction; an index of them as they are serves it too."
+        )
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
