@@ -1051,6 +1051,27 @@ def test_azure_v1_and_classic_endpoints_share_one_fingerprint(monkeypatch: pytes
     assert served.fingerprint == classic.fingerprint and served.v1
 
 
+def test_a_root_written_with_its_schemes_default_port_is_the_same_root() -> None:
+    """``https://host:443/v1`` is ``https://host/v1``: one fingerprint, so the vectors stored under one
+    spelling are not paid for again under the other; another port is another server."""
+    prints = {
+        url: make_encoder("openai-compatible", "m", api_key="k", base_url=url).fingerprint
+        for url in (
+            "https://x.example.com/v1",
+            "https://x.example.com:443/v1/",
+            "HTTPS://X.example.com:443/v1",
+            "http://x.example.com/v1",
+            "http://x.example.com:80/v1",
+            "https://x.example.com:8443/v1",
+            "http://x.example.com:443/v1",
+        )
+    }
+    assert len(set(list(prints.values())[:3])) == 1 and len(set(list(prints.values())[3:5])) == 1
+    assert len(set(prints.values())) == 4
+    assert Endpoint.parse("https://x.example.com:443/v1?a=1").public == "https://x.example.com/v1?a=1"
+    assert Endpoint.parse("http://127.0.0.1:8000/v1").public == "http://127.0.0.1:8000/v1"
+
+
 def test_azure_asks_its_token_provider_for_a_token_on_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
     asked: list[int] = []

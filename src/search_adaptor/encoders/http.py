@@ -212,6 +212,9 @@ def secret_from_env(
     return None
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """An API root split into what may be shown and what authenticates.
@@ -244,7 +247,8 @@ class Endpoint:
         host = parts.hostname or ""
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"
-        netloc = f"{host}:{parts.port}" if parts.port else host
+        port = None if _DEFAULT_PORTS.get(parts.scheme.lower()) == parts.port else parts.port
+        netloc = f"{host}:{port}" if port else host  # one root, one fingerprint, with its port or without
         root = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         public = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), urlencode(kept), ""))
         return cls(public, root, params, auth, scrub_list(secrets))
