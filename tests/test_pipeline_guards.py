@@ -123,6 +123,39 @@ def test_an_existing_file_is_replaced_only_when_transform_wrote_it(base, tmp_pat
         )
 
 
+def test_a_npy_written_over_by_the_user_or_a_record_of_theirs_is_not_replaced(base, tmp_path):
+    """An earlier output the user wrote over with ``np.save`` (its record left beside it), and a
+    ``.npy.json`` of the user's beside a new name, were replaced in silence; a matrix left by a job
+    killed between writing the record and the matrix is still the tool's to replace."""
+    from search_adaptor.vectors import npy_record
+
+    X, src = base
+    adapter = make_adapter(16)
+    out = tmp_path / "r.npy"
+    transform_vectors(src, adapter, out)
+    mine = np.arange(14, dtype=np.float32).reshape(7, 2)
+    np.save(out, mine)
+    with pytest.raises(FileExistsError, match=r"r\.npy: is not the matrix search-adaptor wrote there"):
+        transform_vectors(src, adapter, out)
+    assert np.array_equal(np.load(out), mine)
+
+    sidecar = npy_record(tmp_path / "y.npy")
+    sidecar.write_text('{"mine": 1}')
+    with pytest.raises(FileExistsError, match=r"y\.npy\.json: exists and was not written by search-adaptor"):
+        transform_vectors(src, adapter, tmp_path / "y.npy")
+    assert sidecar.read_text() == '{"mine": 1}' and not (tmp_path / "y.npy").exists()
+
+    killed = tmp_path / "k.npy"  # the record of the second run written, its matrix not yet
+    transform_vectors(src, adapter, killed)
+    first = killed.read_bytes()
+    transform_vectors(src, make_adapter(16, seed=3), killed)
+    killed.write_bytes(first)
+    transform_vectors(src, make_adapter(16, seed=4), killed)
+    np.testing.assert_allclose(
+        np.load(killed), make_adapter(16, seed=4).transform_corpus(X), rtol=1e-6, atol=1e-7
+    )
+
+
 def test_a_shard_folder_holding_a_file_of_the_users_is_refused_naming_it(base, tmp_path, capsys):
     """Re-running over an earlier shard folder, or over a folder that merely holds a ``_manifest.json``,
     must not delete what else is there (it did: the folder was replaced whole)."""

@@ -224,11 +224,7 @@ class VectorWriter(contextlib.AbstractContextManager):
         self.meta = {"library": "search-adaptor", **(meta or {})}
         self.rows, self.dim, self.shards = 0, 0, 0
         folder = self.kind == "shards"
-        if not folder and self.out.exists() and (self.out.is_dir() or _recorded(self.out) is None):
-            raise FileExistsError(
-                f"{out}: exists and was not written by search-adaptor (or by a version that did not mark "
-                "its outputs); choose a new file name, or remove it first"
-            )
+        self._replaces = None if folder else _replaceable(out, self.out, self.kind)
         self._staged = Staged(  # parts: replacing a shard folder must not delete a file of the user's
             self.out,
             folder=folder,
@@ -282,8 +278,11 @@ class VectorWriter(contextlib.AbstractContextManager):
         else:
             (self._staged.path / SHARDS_MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
         if self.kind == "npy":  # before the matrix, which is never there without its record; the
-            # checksum tells a matrix that is not the record's (a job killed between the two renames)
+            # checksum tells a matrix that is not the record's (a job killed between the two renames,
+            # which left the matrix the record says it replaces)
             record["checksum"] = _npy_checksum(self._staged.path)
+            if self._replaces:
+                record["replaces"] = self._replaces
             write_text_atomic(npy_record(self.out), json.dumps(record, indent=2) + "\n")
         return self._staged.publish()
 
@@ -296,6 +295,52 @@ class VectorWriter(contextlib.AbstractContextManager):
         """Close, or abort on an exception; a write failure is raised naming ``out`` (not its
         staging sibling), with its cause and a fix."""
         finish_output(self.out, exc, self.close, self.abort)
+
+
+def _replaceable(given: str | os.PathLike, out: Path, kind: str) -> str | None:
+    """Refuse to replace a file of the user's at ``out`` (a ``.npy`` or Parquet output) and return
+    the checksum of the ``.npy`` matrix it replaces (None: no matrix there), which the new record
+    keeps. A ``.npy`` written over since this tool wrote it (``np.save`` to the same name) no longer
+    matches its record, and a ``.npy.json`` beside a new name may be a file of the user's: both are
+    refused, unless the matrix is the one the record says it replaced (a job killed between writing
+    the record and the matrix)."""
+    foreign = (
+        f"{given}: exists and was not written by search-adaptor (or by a version that did not mark its "
+        "outputs); choose a new file name, or remove it first"
+    )
+    if out.is_dir():
+        raise FileExistsError(foreign)
+    if kind != "npy":
+        if out.exists() and _recorded(out) is None:
+            raise FileExistsError(foreign)
+        return None
+    record = npy_record(out)
+    if not out.exists():
+        if record.exists() and not _ours(record):
+            raise FileExistsError(
+                f"{record}: exists and was not written by search-adaptor, and {Path(given).name}'s record "
+                "would replace it; choose a new file name, or remove it first"
+            )
+        return None
+    found = _recorded(out) if _ours(record) else None
+    if found is None:
+        raise FileExistsError(foreign)
+    checksum = _npy_checksum(out)
+    if found.get("checksum") not in (None, checksum) and found.get("replaces") != checksum:
+        raise FileExistsError(
+            f"{given}: is not the matrix search-adaptor wrote there (its record {record.name} describes "
+            "another: written over since?); choose a new file name, or remove both files first"
+        )
+    return checksum
+
+
+def _ours(record: Path) -> bool:
+    """Whether the JSON file ``record`` is a record this tool wrote (a file of the user's is not)."""
+    try:
+        found = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and found.get("library") == "search-adaptor"
 
 
 def _npy_header_bytes(rows: int, dim: int) -> bytes:
