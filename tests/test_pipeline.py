@@ -332,6 +332,40 @@ def test_ray_and_local_indexes_of_a_corpus_are_identical(tmp_path, ray_cluster, 
 
 
 @pytest.mark.slow
+def test_ray_workers_call_the_api_root_given_with_its_credentials(tmp_path, ray_cluster, capsys):
+    """``--base-url`` (here with ``user:password@`` in it) reached only the driver: the workers
+    made their encoder from what the adapter records, so a proxy or gateway was skipped (an
+    openai root's vectors went to api.openai.com) and credentials in the URL were not sent."""
+    import base64
+
+    from fake_providers import FakeProvider
+    from search_adaptor.encoders.registry import make_encoder
+
+    ids = write_corpus(tmp_path / "data", 40, varied=True)
+    with FakeProvider("openai-compatible", require_key=False) as fake:
+        root = fake.url.replace("http://", "http://bob:pa%3Ass@")
+        enc = make_encoder("openai-compatible", "m", base_url=root)
+        make_adapter(fake.dim, info=enc.info()).save(tmp_path / "a")
+        flags = ["--provider", "openai-compatible", "--model", "m", "--base-url", root, "--quiet"]
+        common = ["index", str(tmp_path / "data"), "--adapter", str(tmp_path / "a"), *flags]
+        rc = main(
+            [*common, "--cache", str(tmp_path / "c1"), "--out", str(tmp_path / "ray"), "--engine", "ray"]
+        )
+        assert rc == 0, capsys.readouterr().err
+        basic = "Basic " + base64.b64encode(b"bob:pa:ss").decode()
+        sent = [c for c in fake.calls if c.status == 200]
+        assert sent and all(c.headers.get("authorization") == basic for c in sent)
+        assert sorted(t for c in sent for t in c.texts) == sorted(set(t for c in sent for t in c.texts))
+        assert main([*common, "--cache", str(tmp_path / "c2"), "--out", str(tmp_path / "local")]) == 0
+    assert AdaptedIndex.load(tmp_path / "ray").doc_ids == AdaptedIndex.load(tmp_path / "local").doc_ids == ids
+    assert np.array_equal(
+        read_all(tmp_path / "ray" / "vectors")[1], read_all(tmp_path / "local" / "vectors")[1]
+    )
+    for path in (tmp_path / "ray").rglob("*"):
+        assert path.is_dir() or (b"pa%3Ass" not in path.read_bytes() and b"bob:" not in path.read_bytes())
+
+
+@pytest.mark.slow
 def test_ray_refuses_bad_input_with_the_local_engines_line(tmp_path, ray_cluster, capsys):
     """A task's error is the one the local engine raises, not Ray's wrapper (a traceback on one line,
     'internal error', exit 1); a repeated document id names its line, not a temporary folder."""

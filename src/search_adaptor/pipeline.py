@@ -533,9 +533,7 @@ def embed_and_adapt(
     # one read task, which streams the file in order; an absolute path, as workers on other nodes
     # run in other folders
     ds = ray.data.from_items([{"path": str(path.resolve())}])
-    options = {"batch_size": encoder.batch_size, "max_concurrency": encoder.max_concurrency}
-    if getattr(encoder, "timeout", None) is not None:  # API encoders: the --timeout given
-        options["timeout"] = encoder.timeout
+    options = encoder.worker_options()  # an API's root as given (a proxy, credentials in its URL) too
     ds = ds.map_batches(_corpus_batches, fn_kwargs={"rows": rows}, batch_format="pyarrow", batch_size=1)
     ds = ds.map_batches(
         EmbedBatch,

@@ -228,6 +228,11 @@ class Encoder(ABC):
             "config": self.config(),
         }
 
+    def worker_options(self) -> dict[str, Any]:
+        """What :func:`~search_adaptor.encoders.registry.from_info` needs besides :meth:`info` to make
+        this encoder again in another process (``index --engine ray``'s workers)."""
+        return {"batch_size": self.batch_size, "max_concurrency": self.max_concurrency}
+
     def batch_keys(self, texts: Sequence[str], kind: Kind) -> list[Hashable]:
         """One key per text: texts with equal keys may share a batch, each embedding as it does alone
         up to the model's rounding.

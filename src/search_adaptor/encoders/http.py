@@ -69,7 +69,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -252,6 +252,16 @@ class Endpoint:
         root = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         public = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), urlencode(kept), ""))
         return cls(public, root, params, auth, scrub_list(secrets))
+
+    def with_credentials(self) -> str:
+        """The root with the user info and every query parameter it was given: what makes the same
+        endpoint in another process (a Ray worker). Never shown or written (``public`` is)."""
+        parts = urlsplit(self.root)
+        netloc = parts.netloc
+        if self.auth is not None:
+            user, password = (quote(part, safe="") for part in self.auth)
+            netloc = f"{user}{':' + password if password else ''}@{netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, urlencode(self.params), ""))
 
 
 @dataclass(frozen=True)
@@ -1119,6 +1129,17 @@ class ApiEncoder(Encoder):
     def base_url(self) -> str:
         """The API root without credentials."""
         return self._client.base_url
+
+    def worker_options(self) -> dict[str, Any]:
+        """Besides the batch and concurrency, the API root as given (a proxy's, say: :meth:`info`
+        records only a root given for a self-hosted model), credentials in its URL included (never
+        shown or written), and the timeout. Keys come from the worker's environment, as they come
+        from this one's."""
+        options = super().worker_options()
+        options["base_url"] = self._client._endpoint.with_credentials()
+        if self.timeout is not None:
+            options["timeout"] = self.timeout
+        return options
 
     def close(self) -> None:
         """Close the pooled connections."""
