@@ -210,6 +210,10 @@ def test_bad_key_is_one_line_naming_the_env_var(
             ["--query-provider", "openai-compatible", "--query-base-url", "http://127.0.0.1:9/v1"],
             "openai-compatible: pass --query-model, the model (or deployment) name",
         ),
+        (  # the query model's API without a root names the flag, not Python's base_url=
+            ["--query-provider", "openai-compatible", "--query-model", "m"],
+            "openai-compatible: no endpoint; pass --query-base-url",
+        ),
         (["--provider", "model2vec"], "model2vec: pass --model, the model folder"),
         (["--embeddings", "vectors"], "nothing to embed"),
     ],
@@ -226,6 +230,22 @@ def test_bad_encoder_options_are_one_line(
     assert main(["embed", str(data), "--cache", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("search-adaptor: error: ") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("provider", ["openai", "openai-compatible"])
+def test_a_query_model_of_the_documents_api_is_called_at_its_base_url(
+    provider: str, tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--provider P --base-url ROOT --query-model M``: the query model is P's too, so it is called
+    at ROOT as the documents' model is; it went to P's public endpoint (api.openai.com) or, for an
+    openai-compatible API, was refused for want of ``base_url=``."""
+    data = _write_beir(tmp_path / "tiny", n_docs=6, n_queries=3)
+    with FakeProvider(provider) as fake:
+        clean_env.setenv(KEY_ENV[provider], fake.key)
+        args = [*_cli_args(fake, data, tmp_path / "cache"), "--model", "doc-model"]
+        assert main(["embed", *args, "--query-model", "query-model", "--quiet"]) == 0, capsys.readouterr().err
+        models = {call.body["model"] for call in fake.calls if call.status == 200}
+        assert models == {"doc-model", "query-model"}
 
 
 @pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)

@@ -155,6 +155,8 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
     root = getattr(args, f"{side}base_url")
     if side and not (wanted or recorded or root):
         return None  # one model for queries and documents
+    if side and wanted and root is None and provider == args.provider:
+        root = args.base_url  # another model of the documents' API: at the root given for it
     if not wanted and recorded:
         recorded_dims = (recorded.get("config") or {}).get("dimensions")
         if not side and args.dimensions is not None and args.dimensions != recorded_dims:
@@ -210,6 +212,8 @@ def _in_flags(options: Sequence[str], side: str = "") -> Iterator[None]:
     applies ...``, ``timeout does not ...``, ``backend='hnsw'``, ``pass base_url=...``), so that the
     same word in another sense (a matrix's ``(n_vectors, dim)``, a field after a dot or in quotes)
     stays. The refusal keeps its type and traceback."""
+    from search_adaptor.encoders.base import EncoderError
+
     dashed = side.replace("_", "-")
     either = "|".join(options)
     named = re.compile(
@@ -222,7 +226,7 @@ def _in_flags(options: Sequence[str], side: str = "") -> Iterator[None]:
 
     try:
         yield
-    except ValueError as exc:
+    except (ValueError, EncoderError) as exc:  # (an API model without a root: "pass base_url=...")
         text = named.sub(flag, str(exc)).replace("pass the model", f"pass --{dashed}model, the model")
         if text != str(exc):
             exc.args = (text, *exc.args[1:])

@@ -115,7 +115,11 @@ _ENCODER = [
         help="queries by another model (default: the one --adapter records, else --provider's)",
     ),
     A("--query-model", help="that model's id (a folder for model2vec); see `search-adaptor distill`"),
-    A("--query-base-url", help="that model's API root (alone: of the query model an adapter records)"),
+    A(
+        "--query-base-url",
+        help="that model's API root (default: --base-url for a model of --provider; alone: of the "
+        "query model an adapter records)",
+    ),
 ]
 #: where ``search`` and ``serve`` reach the API models an index records (their keys: the environment)
 _API_ROOTS = [
