@@ -359,6 +359,32 @@ def test_hnsw_backend_finds_the_exact_neighbours(synthetic, tmp_path):
         AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO, backend="ivf")
 
 
+def test_hnsw_answers_k_hits_whatever_its_breadth(synthetic):
+    """A breadth below k (``--ef-search 1``) answered 21 hits for k=100, and even the default one
+    fewer than the corpus for k = n_docs, in silence; a breadth of 2**31-1 failed every search (a
+    2**31-candidate allocation). Now the walk is at least k and at most the corpus wide, rows it
+    still leaves short are searched exactly, and a wide-enough breadth keeps its hits."""
+    adapter = make_adapter(info=FAKE_INFO)
+    exact = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)
+    hnsw = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO, backend="hnsw")
+    Q, n = synthetic["Q"][:20], len(synthetic["dids"])
+    wide = hnsw.search(Q, 10)
+    for ef, k in ((1, 100), (128, n), (2**31 - 1, 5)):
+        hnsw.ef_search = ef
+        hits = hnsw.search(Q, k)
+        assert all(len(row) == k and len({d for d, _ in row}) == k for row in hits), (ef, k)
+        if k == n:
+            assert [sorted(d for d, _ in row) for row in hits] == [sorted(synthetic["dids"])] * len(Q)
+    hnsw.ef_search = 128
+    assert hnsw.search(Q, 10) == wide  # an ordinary breadth searches as before
+    assert (
+        sum(
+            len({d for d, _ in a} & {d for d, _ in t}) for a, t in zip(wide, exact.search(Q, 10), strict=True)
+        )
+        > 190
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -74,9 +74,10 @@ VECTORS_DIR = "vectors"
 INDEX_PARTS = (MANIFEST, INDEX_FILE, IDS_FILE, ADAPTER_DIR, VECTORS_DIR)
 _BUILD_CHUNK = 8192  # documents embedded and adapted at a time: bounds memory on large corpora
 _EF_CONSTRUCTION = 200
-#: Bounds of each HNSW setting: below them FAISS aborts the process (degree 0 or 1) or answers fewer
-#: than ``k`` hits (breadth 0); above them it overflows its C ints, or, past a degree of 1024, each
-#: document's graph links outweigh its vector.
+#: Bounds of each HNSW setting: below them FAISS aborts the process (degree 0 or 1) or finds nothing
+#: (breadth 0); above them it overflows its C ints, or, past a degree of 1024, each document's graph
+#: links outweigh its vector. (A search walks at least ``k`` and at most every document whatever the
+#: breadth: :meth:`AdaptedIndex.search_adapted`.)
 _HNSW_BOUNDS = {"m": (2, 1024), "ef_construction": (1, 2**31 - 1), "ef_search": (1, 2**31 - 1)}
 Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
@@ -837,12 +838,32 @@ class AdaptedIndex:
         work = self._work()
         scores = work.array("hit_scores", len(vectors), k)
         rows = work.array("hit_rows", len(vectors), k, np.int64)
-        self.faiss_index.search(vectors, k, D=scores, I=rows)
+        hnsw = self._hnsw()
+        if hnsw is None:
+            self.faiss_index.search(vectors, k, D=scores, I=rows)
+        else:
+            self._search_graph(vectors, k, hnsw.efSearch, scores, rows)
         ids = self.doc_ids
         return [
             [(ids[r], s) for r, s in zip(row, score, strict=True) if r >= 0]
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
+
+    def _search_graph(
+        self, vectors: np.ndarray, k: int, ef_search: int, scores: np.ndarray, rows: np.ndarray
+    ) -> None:
+        """Search the HNSW graph into ``scores``/``rows``, with k hits for every row: a breadth below
+        ``k`` walks too few documents to find k (it answered fewer, in silence), one above the corpus
+        only allocates more, and a row whose walk still found fewer than k (a graph whose last links
+        leave a document unreached) is searched exactly."""
+        faiss = import_faiss()
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = min(max(ef_search, k), self.n_docs)
+        self.faiss_index.search(vectors, k, params=params, D=scores, I=rows)
+        short = np.flatnonzero((rows < 0).any(axis=1))
+        if short.size:
+            exact = faiss.downcast_index(self.faiss_index.storage)
+            scores[short], rows[short] = exact.search(vectors[short], k)
 
     def encoder_for(self, kind: Kind) -> Encoder:
         """The model that embeds ``kind`` texts: :attr:`query_encoder` for queries, :attr:`encoder` for
