@@ -959,6 +959,33 @@ def test_credentials_in_the_base_url_are_used_but_never_shown(caplog: pytest.Log
     assert f"http://{host}/embeddings" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("provider", "credential"), [("openai", "proxy:pw-SECRET-1@"), ("gemini", "?key=url-SECRET-2")]
+)
+def test_credentials_in_the_base_url_need_no_key_variable(
+    provider: str, credential: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README says credentials in the API root authenticate the requests; a provider whose key
+    is required still refused for want of $OPENAI_API_KEY / $GEMINI_API_KEY, which it then never
+    sent. Without them in the URL the key is still required."""
+    for var in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    with FakeProvider(provider, require_key=False) as fake:
+        if credential.startswith("?"):
+            root = fake.url + credential
+        else:
+            root = fake.url.replace("http://", f"http://{credential}")
+        enc = make_encoder(provider, base_url=root, retry=FAST_RETRY)
+        assert enc.encode_queries(["a"]).shape[0] == 1
+        sent = fake.calls[-1]
+        if credential.startswith("?"):
+            assert sent.query.get("key") == "url-SECRET-2"
+        else:
+            assert sent.headers["authorization"].startswith("Basic ")
+        with pytest.raises(EncoderError, match="no API key found"):
+            make_encoder(provider, base_url=fake.url)
+
+
 def test_openai_reads_base_url_organization_and_project_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

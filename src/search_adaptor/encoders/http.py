@@ -264,6 +264,14 @@ class Endpoint:
         return urlunsplit((parts.scheme, netloc, parts.path, urlencode(self.params), ""))
 
 
+def _carries_credentials(url: str | None) -> bool:
+    """Whether the API root ``url`` authenticates its requests itself (user info, a key parameter)."""
+    try:
+        return bool(url) and bool(Endpoint.parse(str(url)).secrets)
+    except ValueError:  # a root no request can reach: the client names what is wrong with it
+        return False
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How hard to try before giving up on one request.
@@ -1025,6 +1033,7 @@ class ApiEncoder(Encoder):
         if retry_budget_s is not None:
             retry = dataclasses.replace(retry or RetryPolicy(), budget_s=retry_budget_s)
         self._cut_logged = False
+        self._url_authenticates = _carries_credentials(base_url)  # user:password@ or ?key=: no key needed
         auth, hint = (self._sends_nothing, "") if plan_only else self._credentials(api_key)
         self._client = HttpClient(
             self.provider,
@@ -1075,7 +1084,8 @@ class ApiEncoder(Encoder):
 
     def _credentials(self, api_key: str | None) -> tuple[AuthHeaders, str]:
         """(auth header factory, where the credential comes from) from the key or the environment."""
-        secret = secret_from_env(self.provider, api_key, self.key_env, required=self.key_required)
+        required = self.key_required and not self._url_authenticates
+        secret = secret_from_env(self.provider, api_key, self.key_env, required=required)
         hint = " or ".join(f"${v}" for v in self.key_env) or "api_key"
         if secret is None:
             return dict, hint
