@@ -160,7 +160,39 @@ NOT_JSON = [
     (b"", "application/json", "body is empty; send a JSON object of the documented fields"),
     (b'{"input": "x"}', "text/plain", UNTYPED),
     (b'{"input": "x"}', None, UNTYPED),
+    # json.loads reads UTF-16 and UTF-32 too: they were answered as if UTF-8
+    (
+        '{"input": "x"}'.encode("utf-16-le"),
+        "application/json",
+        "body is UTF-16-LE, not UTF-8; send JSON encoded as UTF-8",
+    ),
+    (
+        '{"input": "x"}'.encode("utf-16"),
+        "application/json",
+        "body is UTF-16, not UTF-8; send JSON encoded as UTF-8",
+    ),
+    (
+        '{"input": "x"}'.encode("utf-32-be"),
+        "application/json",
+        "body is UTF-32-BE, not UTF-8; send JSON encoded as UTF-8",
+    ),
 ]
+
+
+def test_a_body_within_the_text_limits_fits_the_body_limit_however_json_escapes_it(index):
+    """``json.dumps`` writes an emoji as a 12-byte surrogate pair: the most texts of the most
+    characters each were refused 413 for a body cap sized for 6 bytes a character; a UTF-8 BOM, which
+    JSON readers may ignore, is taken."""
+    client = TestClient(create_app(index, batch_window_s=0.0, max_batch=3, max_chars=200))
+    body = json.dumps({"queries": ["\U0001f600" * 200] * 3, "k": 1}).encode()
+    assert len(body) > 3 * (6 * 200 + 8) + 1024  # the cap before
+    answer = client.post("/search", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    bom = client.post("/search", content=b"\xef\xbb\xbf" + body, headers={"content-type": "application/json"})
+    assert bom.status_code == 200 and bom.json() == answer.json()
+    over = json.dumps({"queries": ["\U0001f600" * 201] * 3, "k": 1}).encode()
+    too_long = client.post("/search", content=over, headers={"content-type": "application/json"})
+    assert too_long.status_code == 413 and "201 characters; this server takes at most 200" in too_long.text
 
 
 @pytest.mark.parametrize(("body", "content_type", "message"), NOT_JSON)

@@ -223,8 +223,10 @@ class Limits:
 
     @property
     def max_body_bytes(self) -> int:
-        """Largest body that can hold ``max_batch`` texts of ``max_chars`` (6: a JSON ``\\uXXXX``)."""
-        return self.max_batch * (6 * self.max_chars + 8) + 1024
+        """Largest body that can hold ``max_batch`` texts of ``max_chars`` (12 bytes a character: one
+        beyond the BMP, an emoji, as JSON's escaped surrogate pair ``\\uXXXX\\uXXXX``, as
+        ``json.dumps`` writes it by default)."""
+        return self.max_batch * (12 * self.max_chars + 8) + 1024
 
 
 def _token_ids(value: Any) -> bool:
@@ -418,11 +420,11 @@ class _BodyLimit:
         self.max_bytes = max_bytes
         self.idle_s = idle_s
 
-    async def _refuse(self, scope: Scope, send: Send, status: int = 413) -> None:
-        """Answer 413 (too large) or 408 (stalled); a 408 closes the connection too: the rest of its
-        body, were it to come, could not be told from a next request."""
+    async def _refuse(self, scope: Scope, send: Send, status: int = 413, detail: str = "") -> None:
+        """Answer 413 (too large), 408 (stalled) or 400 with ``detail``; a 408 closes the connection
+        too: the rest of its body, were it to come, could not be told from a next request."""
         stalled = status == 408
-        detail = (
+        detail = detail or (
             f"request body stopped arriving for {self.idle_s:g} s; send the whole body at once"
             if stalled
             else f"request body over {self.max_bytes} bytes; send fewer or shorter texts per request"
@@ -456,6 +458,12 @@ class _BodyLimit:
                 await self._refuse(scope, send)
                 return
             more = message.get("more_body", False)
+        body = b"".join(chunks)
+        encoding = json.detect_encoding(body) if body else "utf-8"
+        if encoding not in ("utf-8", "utf-8-sig"):  # json.loads would read UTF-16 and UTF-32 too
+            detail = f"body is {encoding.upper()}, not UTF-8; send JSON encoded as UTF-8"
+            await self._refuse(scope, send, 400, detail)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -463,7 +471,7 @@ class _BodyLimit:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
 
