@@ -111,6 +111,22 @@ def test_dimensions_gives_a_trained_matryoshka_size_and_refuses_an_untrained_one
         assert refused.json()["error"]["message"] == f"dimensions = {size}: this model serves {sizes}"
 
 
+def test_a_model_name_with_a_slash_is_served_under_v1_models(synthetic):
+    """``serve --model-name org/model``: /v1/models listed org/model-query, and GET
+    /v1/models/org/model-query (the OpenAI SDK's ``models.retrieve``) answered 404."""
+    enc = CountingEncoder(dim=16)
+    adapter = make_adapter(info=enc.info())
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], enc.info(), encoder=enc)
+    client = TestClient(create_app(index, api_key=KEY, model_name="org/model", batch_window_s=0.0))
+    auth = {"Authorization": f"Bearer {KEY}"}
+    listed = [m["id"] for m in client.get("/v1/models", headers=auth).json()["data"]]
+    assert listed == ["org/model-query", "org/model-document"]
+    for name in listed:
+        card = client.get(f"/v1/models/{name}", headers=auth)
+        assert card.status_code == 200 and card.json()["id"] == name
+    assert client.get("/v1/models/org/other", headers=auth).json()["error"]["code"] == "model_not_found"
+
+
 def test_models_list_the_two_sides(server):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list()] == ["scifact-query", "scifact-document"]

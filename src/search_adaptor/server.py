@@ -907,7 +907,7 @@ def create_app(
         return {"object": "list", "data": [card(name) for name in sides]}
 
     @app.get(
-        "/v1/models/{model}",
+        "/v1/models/{model:path}",  # a name may hold a slash (serve --model-name org/model)
         response_model=ModelCard,
         dependencies=guarded,
         responses=responses(OpenAIError, 401, 404),
