@@ -359,6 +359,24 @@ def test_hnsw_backend_finds_the_exact_neighbours(synthetic, tmp_path):
         AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO, backend="ivf")
 
 
+def test_vectors_that_rank_by_nothing_are_refused_by_row(synthetic):
+    """search_adapted answered [[]] for a NaN row and scores of 10.4 as "cosines" for a row of
+    length 5, and search() ranked documents by a zero query vector (all scored 0)."""
+    adapter = make_adapter(info=FAKE_INFO)
+    index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)
+    good = adapter.transform_queries(synthetic["Q"][:3])
+    assert index.search_adapted(good, 5) == index.search(synthetic["Q"][:3], 5)
+    for value, why in ((np.nan, "contains NaN or inf"), (0.0, "is all zeros"), (5.0, "has length")):
+        bad = good.copy()
+        bad[1] = value if value != 5.0 else good[1] * 5
+        with pytest.raises(ValueError, match=rf"^queries: row 1 {why}.*unit-length vectors"):
+            index.search_adapted(bad, 5)
+    base = synthetic["Q"][:3].copy()
+    base[2] = 0
+    with pytest.raises(ValueError, match=r"^queries: row 2 is all zeros: it has no direction to rank by$"):
+        index.search(base, 5)
+
+
 def test_hnsw_answers_k_hits_whatever_its_breadth(synthetic):
     """A breadth below k (``--ef-search 1``) answered 21 hits for k=100, and even the default one
     fewer than the corpus for k = n_docs, in silence; a breadth of 2**31-1 failed every search (a

@@ -812,17 +812,20 @@ class AdaptedIndex:
             blank = next((i for i, q in enumerate(queries) if isinstance(q, str) and not q.strip()), None)
             if blank is not None:
                 raise ValueError(f"query {blank}: {BLANK_QUERY}")
-            return self.search_adapted(self.embed_queries(queries), k)
+            return self._search(self.embed_queries(queries), k)
         queries = numeric_array(queries, "queries", "a 2-D array")  # as transform_queries refuses them
+        zero = np.flatnonzero(~queries.any(axis=1)) if queries.ndim == 2 else ()
+        if len(zero):  # adapted, it stays zero: every document would score 0, ranked by nothing
+            raise ValueError(f"queries: row {zero[0]} is all zeros: it has no direction to rank by")
         if queries.ndim != 2 or queries.shape[1] != self.adapter.query_dim_ or len(queries) > _SMALL_BATCH:
-            return self.search_adapted(
+            return self._search(
                 self._sized(self.adapter.transform_queries(queries)), k
             )  # names what is wrong
         # laid out and cast as transform_queries does, so a row's hits are the same in any layout
         # (a Fortran-ordered array rounded each row's sums in another order) and at any batch size
         vectors = float32_rows(queries, "queries")
         adapted = adapt_rows(self._side("query"), vectors, "queries", self._work())
-        return self.search_adapted(self._sized(adapted), k)
+        return self._search(self._sized(adapted), k)
 
     def search_adapted(self, vectors: np.ndarray, k: int = 10) -> Hits:
         """Top-``k`` documents for already adapted, unit-norm query vectors (see :meth:`search`).
@@ -830,11 +833,43 @@ class AdaptedIndex:
         One FAISS search for all rows, into arrays this thread reuses. A row's hits do not depend on
         the other rows (FAISS scores each query alone); ties between equal scores are ordered as
         FAISS orders them for this ``k``.
+
+        Raises
+        ------
+        CompatibilityError
+            Vectors of another width than the index's.
+        ValueError
+            A row with NaN or inf, all zeros, or not of unit length (to 1e-3): scores are cosines
+            only for unit vectors, and NaN ranked nothing in silence.
         """
-        k = min(_count(k, "k"), self.n_docs)
+        vectors = self._checked_shape(vectors)
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+        bad = np.flatnonzero(~(np.abs(norms - 1) <= 1e-3))
+        if bad.size:
+            i, norm = int(bad[0]), float(norms[bad[0]])
+            why = (
+                "contains NaN or inf"
+                if not np.isfinite(norm)
+                else "is all zeros"
+                if norm == 0
+                else f"has length {norm:.6g}"
+            )
+            raise ValueError(
+                f"queries: row {i} {why}; give adapted, unit-length vectors (transform_queries gives "
+                "them), or search the base vectors with search()"
+            )
+        return self._search(vectors, k)
+
+    def _checked_shape(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise CompatibilityError(f"queries: expected shape (n, {self.dim}), got {vectors.shape}")
+        return vectors
+
+    def _search(self, vectors: np.ndarray, k: int) -> Hits:
+        """:meth:`search_adapted` of vectors this index adapted (or a server batched): unit rows."""
+        k = min(_count(k, "k"), self.n_docs)
+        vectors = self._checked_shape(vectors)
         work = self._work()
         scores = work.array("hit_scores", len(vectors), k)
         rows = work.array("hit_rows", len(vectors), k, np.int64)
