@@ -181,6 +181,29 @@ def test_a_file_where_the_store_needs_a_folder_is_one_line(tmp_path, where) -> N
     assert blocked.read_text() == "not a folder"
 
 
+def test_a_folder_where_the_store_file_goes_and_a_held_lock_say_what_to_do(built, monkeypatch) -> None:
+    """SQLite's own words ("unable to open database file", "database is locked") named neither the
+    cause nor the fix."""
+    path, _ = built
+    enc = CountingEncoder(dim=16, batch_size=100)
+    folder_root = path.parent.parent / "other"
+    (folder_root / path.parent.name / path.name).mkdir(parents=True)
+    with pytest.raises(StoreError) as exc:
+        EmbeddingStore(enc, folder_root)
+    _assert_one_line(exc, folder_root, "unable to open database file (it is a folder", "--cache")
+
+    monkeypatch.setattr(store_mod, "_BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError) as exc, EmbeddingStore(enc, path.parent.parent) as store:
+            store.embed(["a text not stored yet"], "document")
+        _assert_one_line(exc, path, "database is locked (another process held its write lock", "--cache")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 def _serve_without_rights(root: str) -> tuple[bool, np.ndarray, str, int]:
     """Open the store where permissions bind; serve ``TEXTS``, then ask for one text it lacks."""
     enc = CountingEncoder(dim=16, batch_size=100)

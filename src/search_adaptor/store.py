@@ -395,7 +395,22 @@ class EmbeddingStore:
         except sqlite3.Error as exc:
             if type(exc) is sqlite3.DatabaseError:  # SQLITE_CORRUPT or SQLITE_NOTADB: the file itself
                 raise self._damaged(str(exc)) from exc
-            raise StoreError(f"{self.path}: {exc}") from exc
+            raise StoreError(f"{self.path}: {exc}{self._fix(str(exc))}") from exc
+
+    def _fix(self, error: str) -> str:
+        """What to do about SQLite's ``error`` where its words do not say (empty where they do)."""
+        if "database is locked" in error:
+            return (
+                f" (another process held its write lock for over {_BUSY_TIMEOUT_S:g} s: a job that "
+                "is stuck or stopped, or a program reading it); let that process finish or stop it, "
+                "or embed into another folder with --cache"
+            )
+        if "unable to open database file" in error:
+            return (
+                " (it is a folder, or its folder cannot be written or entered); remove what is in its "
+                "place or fix the permissions, or embed into another folder with --cache"
+            )
+        return ""
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
