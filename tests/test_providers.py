@@ -959,6 +959,22 @@ def test_credentials_in_the_base_url_are_used_but_never_shown(caplog: pytest.Log
     assert f"http://{host}/embeddings" in str(info.value)
 
 
+def test_part_of_a_key_echoed_by_a_server_is_masked_too() -> None:
+    """A proxy that answers 401 with part of the key (past the API's own ``sk-*****zzzz`` mask) had
+    that part shown in the error line and the --debug trace."""
+    with FakeProvider("openai") as fake:
+        enc = fake_encoder(fake)
+        fragment = fake.key[3:-4]  # "fake-SECRET-0123456789ab"
+        fake.schedule(
+            Fault.rejected(401, f"Incorrect API key provided: sk-*****{fake.key[-4:]} / raw={fragment}")
+        )
+        with pytest.raises(EncoderError) as info:
+            enc.encode_queries(["a"])
+    message = str(info.value)
+    assert "Incorrect API key provided: sk-*****cdef / raw=***" in message
+    assert not any(fake.key[i : i + 8] in message for i in range(len(fake.key) - 7))
+
+
 @pytest.mark.parametrize(
     ("provider", "credential"), [("openai", "proxy:pw-SECRET-1@"), ("gemini", "?key=url-SECRET-2")]
 )

@@ -129,6 +129,7 @@ _REQUEST_TOO_LARGE = re.compile(
     re.IGNORECASE,
 )
 #: Query parameter names that carry credentials (``key=``, ``api_key=``, ``sig=``, ``token=``...).
+_FRAGMENT = 8  # characters of a secret that a message may not show in a row (_without_fragments)
 _SECRET_PARAM = re.compile(r"key|token|secret|sig|passw|pwd|auth|credential|session", re.IGNORECASE)
 
 # Token weights of one character, in thirds of a token (see :func:`token_bound`).
@@ -457,9 +458,28 @@ def _one_line(text: str, secrets: Sequence[str]) -> str:
     """
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            text = _without_fragments(text.replace(secret, "***"), secret)
     text = re.sub(r"\s+", " ", text).strip()
     return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def _without_fragments(text: str, secret: str) -> str:
+    """``text`` with every run of :data:`_FRAGMENT` or more characters of ``secret`` masked: a server
+    that echoes part of a key (``raw=SECRET-zzzz``, past its own mask) shows no more of it here."""
+    if len(secret) <= _FRAGMENT or len(text) < _FRAGMENT:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        end = i + _FRAGMENT
+        if end <= len(text) and text[i:end] in secret:
+            while end < len(text) and text[i : end + 1] in secret:
+                end += 1
+            out.append("***")
+            i = end
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 class _ScrubSecrets(logging.Filter):
