@@ -156,6 +156,25 @@ def test_a_npy_written_over_by_the_user_or_a_record_of_theirs_is_not_replaced(ba
     )
 
 
+def test_an_id_column_that_holds_no_ids_is_refused(tmp_path, capsys):
+    """``--id-column vector`` was taken: every id came out as the text of 16 floats."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    make_adapter(16).save(tmp_path / "a")
+    X = np.random.default_rng(2).normal(size=(4, 16)).astype(np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 16)
+    ids = {"s": pa.array(["a", "b", "c", "d"]), "n": pa.array([1, 2, 3, 4]), "f": pa.array([0.5] * 4)}
+    pq.write_table(pa.table({**ids, "vector": vectors}), tmp_path / "v.parquet")
+    args = ("transform", tmp_path / "v.parquet", "--adapter", tmp_path / "a", "--quiet", "--id-column")
+    for column, message in (("vector", "fixed_size_list<element: float>[16]"), ("f", "double")):
+        rc, err = cli(capsys, *args, column, "--out", tmp_path / f"{column}.parquet")
+        assert rc == 2 and f"column {column!r} is {message}, not strings or integers" in err
+    for column in ("s", "n"):
+        assert cli(capsys, *args, column, "--out", tmp_path / f"{column}.parquet")[0] == 0
+    assert read_all(tmp_path / "n.parquet")[0] == ["1", "2", "3", "4"]
+
+
 def test_a_shard_folder_holding_a_file_of_the_users_is_refused_naming_it(base, tmp_path, capsys):
     """Re-running over an earlier shard folder, or over a folder that merely holds a ``_manifest.json``,
     must not delete what else is there (it did: the folder was replaced whole)."""

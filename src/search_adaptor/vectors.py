@@ -95,6 +95,13 @@ def from_table(
         values = values.astype(np.float64)
     vectors = values.reshape(n, dim)  # as stored: the adapter casts (model.float32_rows), not here
     id_col = table.column(id_column)
+    if not (pa.types.is_string(id_col.type) or pa.types.is_large_string(id_col.type)) and not (
+        pa.types.is_integer(id_col.type) or pa.types.is_dictionary(id_col.type)
+    ):  # a list, a float or a struct written as text would be an id no one can look up
+        raise DataError(
+            f"{where}: column {id_column!r} is {id_col.type}, not strings or integers; name the id column "
+            "with --id-column"
+        )
     refuse_nulls(id_col, where, id_column, "an id")
     ids = [str(v) for v in id_col.to_pylist()]
     return ids, vectors
