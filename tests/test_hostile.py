@@ -589,8 +589,12 @@ def test_evaluate_with_another_models_adapter_embeds_nothing(world, tmp_path, ca
     ]
     # no --provider: the adapter's own record, precomputed vectors, which no model can embed again
     assert_refused(run(capsys, *argv), f"precomputed embeddings ({MODEL})", "--embeddings DIR")
-    assert_refused(
-        run(capsys, *argv, "--provider", "sentence-transformers"), f"precomputed:{MODEL}", fake.fingerprint
+    assert_refused(  # (it said to give --model, which names vectors brought with --embeddings only)
+        run(capsys, *argv, "--provider", "sentence-transformers"),
+        f"precomputed:{MODEL}",
+        fake.fingerprint,
+        f"it was fit on vectors brought with --embeddings ({MODEL}), which no encoder here makes: give "
+        f"such vectors (--embeddings DIR --model {MODEL})",
     )
     assert fake.calls == []
     vec = ["--embeddings", world["vec"], "--model", "other-model"]

@@ -772,7 +772,13 @@ class SearchAdaptor:
             fix = (  # vectors brought with --embeddings are known by the name --model gives them
                 f"vectors brought with --embeddings are named by --model: give --model {name} for vectors "
                 "of that model"
-                if mine.startswith("precomputed:") and not str(name).startswith("precomputed:")
+                if mine.startswith("precomputed:")
+                and theirs.startswith("precomputed:")
+                and not str(name).startswith("precomputed:")
+                else f"it was fit on vectors brought with --embeddings ({name}), which no encoder here "
+                f"makes: give such vectors (--embeddings DIR --model {name}), or fit an adapter on this "
+                "encoder's vectors"
+                if mine.startswith("precomputed:")
                 else "vectors brought with --embeddings cannot prove which model made them, so an adapter "
                 f"fit through {name}'s encoder takes only vectors that encoder makes: drop --embeddings "
                 "(the store embeds the texts, once), or fit the adapter on these vectors"
