@@ -660,6 +660,19 @@ INDEX_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         ["index.faiss", "299 ids"],
     ),
     "index.faiss damaged": (lambda f: (f / "index.faiss").write_bytes(b"\0" * 100), ["index.faiss"]),
+    # answered in silence before the manifest recorded checksums: wrong documents for right scores
+    "doc_ids.json two ids swapped": (
+        edit_json("doc_ids.json", lambda ids: [ids[1], ids[0], *ids[2:]], whole=True),
+        ["doc_ids.json: changed since the index was written"],
+    ),
+    "index.faiss of another corpus of the same shape": (
+        lambda f: _swap_faiss(f, lambda index: _faiss().IndexFlatIP(index.d), shuffle=True),
+        ["index.faiss: changed since the index was written"],
+    ),
+    "checksums not an object": (
+        edit_manifest(lambda m: m.update(checksums=[1])),
+        ["manifest.json: field 'checksums' must map index.faiss and doc_ids.json"],
+    ),
     "index.faiss of another format": (  # FAISS's reason, not its C++ function and source file
         lambda f: (f / "index.faiss").write_bytes(b"garbage"),
         ['not a readable FAISS index (Index type 0x62726167 ("garb") not recognized)'],
@@ -681,12 +694,14 @@ def _faiss() -> Any:
     return pytest.importorskip("faiss")
 
 
-def _swap_faiss(folder: Path, make: Callable[[Any], Any]) -> None:
-    """Replace index.faiss by another kind of index holding the same vectors (a stranger's edit)."""
+def _swap_faiss(folder: Path, make: Callable[[Any], Any], shuffle: bool = False) -> None:
+    """Replace index.faiss by another kind of index holding the same vectors (a stranger's edit), or
+    by one holding them in another order (``shuffle``: another corpus's index, to the checks)."""
     faiss = _faiss()
     old = faiss.read_index(str(folder / "index.faiss"))
     new = make(old)
-    new.add(old.reconstruct_n(0, old.ntotal))
+    vectors = old.reconstruct_n(0, old.ntotal)
+    new.add(vectors[::-1].copy() if shuffle else vectors)
     faiss.write_index(new, str(folder / "index.faiss"))
 
 

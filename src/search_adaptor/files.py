@@ -481,3 +481,19 @@ def one_line_error(exc: BaseException, debug: bool = False, stopped: str = "") -
         else "run again with --debug to see the traceback, and please report it"
     )
     return 1, f"search-adaptor: error: internal error ({type(exc).__name__}: {text}); {ask}"
+
+
+_SAMPLED = 1 << 20  # bytes from each end of a file that sampled_checksum reads
+
+
+def sampled_checksum(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's size and its first and last MiB: what tells one written file (a matrix,
+    an index) from another, or from itself edited, without reading all of a large one."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest.update(str(size).encode())
+        digest.update(handle.read(_SAMPLED))
+        handle.seek(max(size - _SAMPLED, 0))
+        digest.update(handle.read(_SAMPLED))
+    return digest.hexdigest()

@@ -20,6 +20,7 @@ zero-shot model and every query-only adapter of it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import numbers
 import os
@@ -54,6 +55,7 @@ from search_adaptor.files import (
     output_error,
     read_json,
     remove_stale_siblings,
+    sampled_checksum,
     staging_prefix,
 )
 from search_adaptor.images import Item, check_item_types
@@ -457,6 +459,9 @@ class AdaptedIndex:
             self.adapter.save(staged.path / ADAPTER_DIR, extra=getattr(self.adapter, "metrics_", None))
             faiss.write_index(self.faiss_index, str(staged.path / INDEX_FILE))
             (staged.path / IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False) + "\n", "utf-8")
+            # what load checks the two files against: an edit to either (ids swapped, another corpus's
+            # index of the same shape) would answer the wrong documents in silence
+            self.manifest = {**self.manifest, "checksums": _checksums(staged.path)}
             (staged.path / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n", "utf-8")
         return staged.target
 
@@ -567,6 +572,17 @@ class AdaptedIndex:
                         f"built with {built}; set it back to {built} (it is fixed when the graph is built)"
                     )
             faiss_index.hnsw.efSearch = manifest["hnsw"]["ef_search"]  # the manifest's: one source of truth
+        # last: an edit the checks above let through (ids swapped, another corpus's index of the same
+        # shape); indexes written before checksums were recorded have none
+        recorded_sums = manifest.get("checksums")
+        if recorded_sums is not None:
+            found = _checksums(folder)
+            changed = [name for name in (INDEX_FILE, IDS_FILE) if recorded_sums.get(name) != found[name]]
+            if changed:
+                raise ValueError(
+                    f"{folder / changed[0]}: changed since the index was written (its checksum in "
+                    f"{MANIFEST} differs), so its documents may not be the ones it answers; {_REBUILD}"
+                )
         index = cls(adapter, faiss_index, doc_ids, manifest, encoder, query_encoder)
         index.folder = folder
         return index
@@ -997,6 +1013,13 @@ def _faiss_reason(exc: Exception) -> str:
     return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
+def _checksums(folder: Path) -> dict[str, str]:
+    """The checksums a manifest records of the FAISS file (sampled: it may be gigabytes) and of the
+    document ids (whole: a swap of two ids changes no size)."""
+    ids = hashlib.sha256((folder / IDS_FILE).read_bytes()).hexdigest()
+    return {INDEX_FILE: sampled_checksum(folder / INDEX_FILE), IDS_FILE: ids}
+
+
 def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     """The manifest, with every field the index needs, of the right type (see :meth:`AdaptedIndex.load`)."""
     if not isinstance(manifest, dict):
@@ -1044,6 +1067,14 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     for section, key in (("adapter", "path"), ("adapter", "fingerprint")):
         if not isinstance(manifest[section].get(key), str):
             raise ValueError(f"{path}: field {section}.{key} must be a string; {_REBUILD}")
+    sums = manifest.get("checksums")
+    if sums is not None and not (
+        isinstance(sums, dict) and all(isinstance(sums.get(name), str) for name in (INDEX_FILE, IDS_FILE))
+    ):
+        raise ValueError(
+            f"{path}: field 'checksums' must map {INDEX_FILE} and {IDS_FILE} to their checksums, got "
+            f"{json.dumps(sums)[:40]}; {_REBUILD}"
+        )
     if manifest.get("vectors", VECTORS_DIR) != VECTORS_DIR:  # the one name save writes: inside the folder
         raise ValueError(
             f"{path}: field 'vectors' must be {VECTORS_DIR!r}, the folder inside the index that holds its "

@@ -15,7 +15,6 @@ how an existing output is told from a file of the user's that must not be overwr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.data import DataError, refuse_nulls
-from search_adaptor.files import Staged, finish_output, read_json, write_text_atomic
+from search_adaptor.files import Staged, finish_output, read_json, sampled_checksum, write_text_atomic
 
 ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
 SHARDS_MANIFEST = "_manifest.json"
@@ -38,7 +37,6 @@ ID, VECTOR = "id", "vector"
 #: Parquet schema metadata key under which :class:`VectorWriter` records what it wrote (JSON)
 MARKER = b"search-adaptor"
 _REWRITE = "make it again with the search-adaptor command that wrote it"
-_SAMPLED = 1 << 20  # bytes from each end of a ``.npy`` that its record's checksum covers
 
 
 # -- Arrow <-> numpy -----------------------------------------------------------------------------------
@@ -287,7 +285,7 @@ class VectorWriter(contextlib.AbstractContextManager):
         if self.kind == "npy":  # before the matrix, which is never there without its record; the
             # checksum tells a matrix that is not the record's (a job killed between the two renames,
             # which left the matrix the record says it replaces)
-            record["checksum"] = _npy_checksum(self._staged.path)
+            record["checksum"] = sampled_checksum(self._staged.path)
             if self._replaces:
                 record["replaces"] = self._replaces
             write_text_atomic(npy_record(self.out), json.dumps(record, indent=2) + "\n")
@@ -332,7 +330,7 @@ def _replaceable(given: str | os.PathLike, out: Path, kind: str) -> str | None:
     found = _recorded(out) if _ours(record) else None
     if found is None:
         raise FileExistsError(foreign)
-    checksum = _npy_checksum(out)
+    checksum = sampled_checksum(out)
     if found.get("checksum") not in (None, checksum) and found.get("replaces") != checksum:
         raise FileExistsError(
             f"{given}: is not the matrix search-adaptor wrote there (its record {record.name} describes "
@@ -367,19 +365,6 @@ def npy_record(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _npy_checksum(path: Path) -> str:
-    """SHA-256 of a ``.npy``'s size and its first and last MiB (header included): what tells one
-    matrix from another in its record without reading all of a large file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        digest.update(str(size).encode())
-        digest.update(handle.read(_SAMPLED))
-        handle.seek(max(size - _SAMPLED, 0))
-        digest.update(handle.read(_SAMPLED))
-    return digest.hexdigest()
-
-
 def written_by(path: str | os.PathLike) -> dict[str, Any] | None:
     """What :class:`VectorWriter` recorded when it wrote ``path`` (a shard folder, a shard or Parquet
     file, a ``.npy``), or None when it did not write it. ``"adapter"`` in it means adapted vectors.
@@ -390,7 +375,7 @@ def written_by(path: str | os.PathLike) -> dict[str, Any] | None:
     found = _recorded(path)
     src = Path(path)
     checksum = (found or {}).get("checksum")  # (records of earlier versions have none)
-    if checksum and src.suffix == ".npy" and src.is_file() and checksum != _npy_checksum(src):
+    if checksum and src.suffix == ".npy" and src.is_file() and checksum != sampled_checksum(src):
         raise ValueError(
             f"{src}: is not the matrix its record {npy_record(src)} describes (a job was stopped "
             f"between writing them); {_REWRITE}"
