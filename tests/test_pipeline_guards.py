@@ -156,6 +156,30 @@ def test_a_npy_written_over_by_the_user_or_a_record_of_theirs_is_not_replaced(ba
     )
 
 
+def test_npy_output_says_it_drops_ids_and_suffixes_are_read_in_any_case(base, tmp_path, capsys):
+    """Parquet ids written to a .npy were lost in silence; ``--out UP.NPY`` wrote a shard folder and
+    an input ``C.NPY`` was "unsupported"; a Fortran-ordered or integer .npy was refused without a fix."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X, src = base
+    make_adapter(16).save(tmp_path / "a")
+    args = ("transform", "--adapter", tmp_path / "a", "--quiet", "--out")
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(X[:5].ravel()), 16)
+    pq.write_table(pa.table({"id": [f"doc{i}" for i in range(5)], "vector": vectors}), tmp_path / "v.parquet")
+    rc, err = cli(capsys, *args, tmp_path / "v.npy", tmp_path / "v.parquet")
+    assert rc == 0 and err.count("warning:") == 1
+    assert "v.npy: a .npy keeps no ids, so the input's (the first is 'doc0') are dropped" in err
+    assert cli(capsys, *args, tmp_path / "plain.npy", src) == (0, "")  # row numbers in, row numbers out
+    assert cli(capsys, *args, tmp_path / "UP.NPY", src)[0] == 0
+    assert (tmp_path / "UP.NPY").is_file() and np.load(tmp_path / "UP.NPY").shape == X.shape
+    (tmp_path / "C.NPY").write_bytes(src.read_bytes())
+    assert cli(capsys, *args, tmp_path / "c.parquet", tmp_path / "C.NPY")[0] == 0
+    np.save(tmp_path / "f.npy", np.asfortranarray(X))
+    rc, err = cli(capsys, *args, tmp_path / "o.npy", tmp_path / "f.npy")
+    assert rc == 2 and "Fortran order; save it with numpy.save(path, numpy.ascontiguousarray(" in err
+
+
 def test_an_id_column_that_holds_no_ids_is_refused(tmp_path, capsys):
     """``--id-column vector`` was taken: every id came out as the text of 16 floats."""
     import pyarrow as pa

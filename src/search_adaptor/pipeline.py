@@ -390,7 +390,7 @@ def _parquet_files(files: list[Path], id_column: str, vector_column: str) -> lis
     that it is Parquet, and that its columns are there and hold vectors (the local engine's rule,
     :func:`~search_adaptor.vectors.from_table`, on no rows)."""
     for file in files:
-        if file.suffix == ".npy":
+        if file.suffix.lower() == ".npy":
             raise DataError(
                 f"{file}: the ray engine reads Parquet; convert .npy input with --engine local first"
             )
@@ -466,7 +466,7 @@ def transform_vectors(
             for ids, vectors in iter_vectors(src, rows, id_column, vector_column)
         )
         return JobStats(engine, *_write(out, meta, chunks, src), time.perf_counter() - start)
-    if Path(out).suffix in (".npy", ".parquet"):
+    if Path(out).suffix.lower() in (".npy", ".parquet"):
         raise ValueError(f"{out}: the ray engine writes a folder of Parquet shards; give a folder name")
     paths = _parquet_files(files, id_column, vector_column)
     ray = ray_session(ray_address, quiet=not progress)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -123,11 +124,13 @@ def vector_files(path: str | os.PathLike) -> list[Path]:
     src = Path(path)
     if src.is_dir():
         files = sorted(
-            p for p in src.iterdir() if p.suffix in (".npy", ".parquet") and not p.name.startswith((".", "_"))
+            p
+            for p in src.iterdir()
+            if p.suffix.lower() in (".npy", ".parquet") and not p.name.startswith((".", "_"))
         )
         if not files:
             raise DataError(f"{src}: no *.parquet or *.npy files in this folder; point at a vector file")
-        if len({p.suffix for p in files}) > 1:
+        if len({p.suffix.lower() for p in files}) > 1:
             raise DataError(
                 f"{src}: holds both .npy and .parquet files; give a folder of one kind (.npy rows have no "
                 "ids), or transform each kind on its own"
@@ -135,7 +138,7 @@ def vector_files(path: str | os.PathLike) -> list[Path]:
         return files
     if not src.is_file():
         raise DataError(f"{src}: file not found")
-    if src.suffix not in (".npy", ".parquet"):
+    if src.suffix.lower() not in (".npy", ".parquet"):
         raise DataError(f"{src}: unsupported vector file (use .npy, .parquet or a folder of them)")
     return [src]
 
@@ -163,7 +166,7 @@ def iter_vectors(
     """
     numbered = 0
     for file in vector_files(path):
-        if file.suffix == ".npy":
+        if file.suffix.lower() == ".npy":
             for ids, vectors in _iter_npy(file, rows, numbered):
                 yield ids, vectors
                 numbered += len(ids)
@@ -200,7 +203,8 @@ def _iter_npy(path: Path, rows: int, first: int = 0) -> Iterator[tuple[list[str]
         if len(shape) != 2 or fortran or dtype.kind != "f":
             raise DataError(
                 f"{path}: expected a C-ordered 2-D float matrix (n_vectors, dim), got shape {shape}, "
-                f"dtype {dtype}{', Fortran order' if fortran else ''}"
+                f"dtype {dtype}{', Fortran order' if fortran else ''}; save it with "
+                "numpy.save(path, numpy.ascontiguousarray(vectors, dtype=numpy.float32))"
             )
         n, dim = shape
         for start in range(0, n, rows):
@@ -225,7 +229,7 @@ class VectorWriter(contextlib.AbstractContextManager):
 
     def __init__(self, out: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
         self.out = Path(out).resolve()
-        self.kind = {".npy": "npy", ".parquet": "parquet"}.get(self.out.suffix, "shards")
+        self.kind = {".npy": "npy", ".parquet": "parquet"}.get(self.out.suffix.lower(), "shards")
         self.meta = {"library": "search-adaptor", **(meta or {})}
         self.rows, self.dim, self.shards = 0, 0, 0
         folder = self.kind == "shards"
@@ -238,6 +242,7 @@ class VectorWriter(contextlib.AbstractContextManager):
             parts=SHARDS_PARTS,
         )
         self._handle: Any = None
+        self._ids_dropped = False
 
     def write(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -245,6 +250,13 @@ class VectorWriter(contextlib.AbstractContextManager):
             raise ValueError(f"{self.out}: got {vectors.shape[1]}-d vectors after {self.dim}-d ones")
         self.dim = int(vectors.shape[1])
         if self.kind == "npy":
+            if not self._ids_dropped and list(ids) != [str(self.rows + i) for i in range(len(ids))]:
+                self._ids_dropped = True  # said once: a .npy's rows are known by their number only
+                warnings.warn(
+                    f"{self.out}: a .npy keeps no ids, so the input's (the first is {str(ids[0])!r}) are "
+                    "dropped and only the rows' order remains; write a .parquet to keep them",
+                    stacklevel=2,
+                )
             if self._handle is None:
                 self._handle = open(self._staged.path, "wb+")  # noqa: SIM115 - open across write() calls
                 self._handle.write(b"\0" * 128)  # header space, filled in by close() once n is known
@@ -375,7 +387,7 @@ def written_by(path: str | os.PathLike) -> dict[str, Any] | None:
     found = _recorded(path)
     src = Path(path)
     checksum = (found or {}).get("checksum")  # (records of earlier versions have none)
-    if checksum and src.suffix == ".npy" and src.is_file() and checksum != sampled_checksum(src):
+    if checksum and src.suffix.lower() == ".npy" and src.is_file() and checksum != sampled_checksum(src):
         raise ValueError(
             f"{src}: is not the matrix its record {npy_record(src)} describes (a job was stopped "
             f"between writing them); {_REWRITE}"
@@ -387,7 +399,7 @@ def _recorded(path: str | os.PathLike) -> dict[str, Any] | None:
     """:func:`written_by`'s record, not checked against a ``.npy``: enough to tell an output of this
     tool, which a new job may replace, from a file of the user's."""
     src = Path(path)
-    if src.is_dir() or src.suffix == ".npy":
+    if src.is_dir() or src.suffix.lower() == ".npy":
         record = src / SHARDS_MANIFEST if src.is_dir() else npy_record(src)
         if not record.is_file():
             return None
