@@ -898,6 +898,33 @@ def test_engine_flags_that_would_do_nothing_are_refused(world, tmp_path, capsys)
     assert not (tmp_path / "o.npy").exists() and not (tmp_path / "idx").exists()
 
 
+@needs_faiss
+def test_index_embeddings_needs_the_corpus_vectors_only(world, tmp_path, capsys):
+    """index --embeddings read the queries' vectors too (refused without them; refused for any query
+    id they lacked) and its DATA had to be a BEIR folder, though index takes a corpus file and uses
+    no query."""
+    from search_adaptor.index import AdaptedIndex
+
+    corpus_only = tmp_path / "vec"
+    corpus_only.mkdir()
+    shutil.copy(next(Path(world["vec"]).glob("corpus.*")), corpus_only)
+    flags = ["--adapter", world["adapter"], "--embeddings", corpus_only, "--model", MODEL, "--quiet"]
+    for data, out in (
+        (world["data"], tmp_path / "a"),
+        (Path(world["data"]) / "corpus.jsonl", tmp_path / "b"),
+    ):
+        rc, stdout, err = run(capsys, "index", data, *flags, "--out", out)
+        assert rc == 0 and "indexed" in stdout, err
+    a, b = AdaptedIndex.load(tmp_path / "a"), AdaptedIndex.load(tmp_path / "b")
+    assert a.doc_ids == b.doc_ids and len(a.doc_ids) == len(world["d"]["dids"])
+    assert a.search(world["d"]["Q"][:3], 5) == b.search(world["d"]["Q"][:3], 5)
+    (tmp_path / "empty").mkdir()
+    assert_refused(
+        run(capsys, "index", world["data"], *flags[:2], "--embeddings", tmp_path / "empty", "--out", out),
+        "no corpus.npz or corpus.parquet",
+    )
+
+
 def test_a_family_the_flags_cannot_train_is_refused_before_anything_is_embedded(
     world, tmp_path, capsys, monkeypatch
 ):

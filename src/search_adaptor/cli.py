@@ -272,6 +272,28 @@ def _pair_texts(args: argparse.Namespace, dataset: Any) -> list[str] | None:
     return texts or None
 
 
+def _one_model_with_embeddings(args: argparse.Namespace) -> None:
+    """Refuse --query-* flags beside --embeddings, whose vectors are one model's."""
+    if args.query_provider or args.query_model or args.query_base_url:
+        raise ValueError(
+            "--embeddings brings vectors of one model for queries and documents alike; drop the "
+            "--query-* flags, or embed with both models instead of --embeddings"
+        )
+
+
+def _corpus_vectors(args: argparse.Namespace, adapter: Any) -> Any:
+    """``index --embeddings``: the precomputed vectors of the corpus's documents only (an index needs
+    no query's), of a BEIR folder or of a corpus file, checked against ``adapter``."""
+    from search_adaptor.data import corpus_file, iter_corpus
+    from search_adaptor.embed import precomputed_vectors
+
+    _one_model_with_embeddings(args)
+    doc_ids = [i for ids, _ in iter_corpus(corpus_file(args.data), 1 << 16) for i in ids]
+    emb = precomputed_vectors(args.embeddings, doc_ids, model=args.model)
+    adapter.check_encoder(emb.encoder, emb.dim)
+    return emb
+
+
 def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> Any:
     """The dataset's embeddings, once what the command will score has been checked (nothing is paid for
     a run that would stop at its qrels)."""
@@ -294,11 +316,7 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
         )
         options["pair_texts"] = options["pair_texts"] or None
     if args.embeddings:
-        if args.query_provider or args.query_model or args.query_base_url:
-            raise ValueError(
-                "--embeddings brings vectors of one model for queries and documents alike; drop the "
-                "--query-* flags, or embed with both models instead of --embeddings"
-            )
+        _one_model_with_embeddings(args)
         if args.command == "fit":  # (paired texts, for a query model, are refused with these vectors)
             fit_family(args.family, args.dims, args.unsupervised, bool(options["pair_texts"]), args.selection)
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
@@ -425,7 +443,6 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
 def _cmd_index(args: argparse.Namespace) -> None:
     """embed a corpus, adapt it and write a searchable index folder"""
-    from search_adaptor.data import load_beir
     from search_adaptor.index import INDEX_PARTS, MANIFEST, build_index, import_faiss
     from search_adaptor.model import SearchAdaptor
 
@@ -435,7 +452,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
     check_replaceable(args.out, INDEX_PARTS, "an index")  # (a file of the user's in it would go)
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
-    source = _embeddings(args, load_beir(args.data), adapter) if args.embeddings else args.data
+    source = _corpus_vectors(args, adapter) if args.embeddings else args.data
     encoder = None if args.embeddings else _encoder(args, adapter=adapter)
     keys = ("engine", "backend", "rows", "ray_address", "dim", "hnsw_m", "ef_search")
     options = {k: getattr(args, k) for k in keys}

@@ -478,19 +478,31 @@ def load_precomputed(dataset: Dataset, folder: str | os.PathLike, model: str | N
     The fingerprint is ``model`` when given (name the model that made the vectors, so a saved adapter
     can refuse others), otherwise a hash of the corpus file.
     """
+    return precomputed_vectors(folder, list(dataset.doc_ids), list(dataset.queries), model)
+
+
+def precomputed_vectors(
+    folder: str | os.PathLike,
+    doc_ids: list[str],
+    query_ids: list[str] | None = None,
+    model: str | None = None,
+) -> Embeddings:
+    """:func:`load_precomputed` of these ids; without ``query_ids`` (an index needs none) only
+    ``folder/corpus.{npz,parquet}`` is read, and the queries are none."""
     start = time.perf_counter()
     root = Path(folder)
     out = {}
-    for stem, noun, ids in (
-        ("queries", "query", list(dataset.queries)),
-        ("corpus", "document", list(dataset.doc_ids)),
-    ):
-        path = _find(root, stem)
-        out[stem] = (ids, _read_rows(path, noun, ids), path)
-    if out["queries"][1].shape[1] != out["corpus"][1].shape[1]:
+    for stem, noun, ids in (("queries", "query", query_ids), ("corpus", "document", doc_ids)):
+        if ids is not None:
+            path = _find(root, stem)
+            out[stem] = (ids, _read_rows(path, noun, ids), path)
+    dim = out["corpus"][1].shape[1]
+    if "queries" not in out:
+        out["queries"] = ([], np.zeros((0, dim), np.float32), None)
+    elif out["queries"][1].shape[1] != dim:
         raise ValueError(
             f"{out['queries'][2]} holds {out['queries'][1].shape[1]}-d vectors but "
-            f"{out['corpus'][2]} holds {out['corpus'][1].shape[1]}-d ones; use one model for both"
+            f"{out['corpus'][2]} holds {dim}-d ones; use one model for both"
         )
     digest = _sha256(out["corpus"][2])[:12]
     name = model or f"precomputed:{digest}"
