@@ -598,7 +598,15 @@ def test_evaluate_with_another_models_adapter_embeds_nothing(world, tmp_path, ca
     )
     assert fake.calls == []
     vec = ["--embeddings", world["vec"], "--model", "other-model"]
-    assert_refused(run(capsys, *argv, *vec), f"precomputed:{MODEL}", "precomputed:other-model")
+    assert_refused(
+        run(capsys, *argv, *vec), f"{world['vec']}: adapter was trained", "precomputed:other-model"
+    )  # (the folder is named: it was not)
+    narrow = tmp_path / "narrow"
+    write_vectors(narrow, {**world["d"], "Q": world["d"]["Q"][:, :8], "D": world["d"]["D"][:, :8]})
+    assert_refused(
+        run(capsys, *argv, "--embeddings", narrow, "--model", MODEL),
+        f"{narrow}: adapter expects 16-d embeddings of {MODEL}, got 8-d",
+    )
     unnamed = run(capsys, *argv, "--embeddings", world["vec"])  # vectors are known by --model's name
     assert_refused(unnamed, f"precomputed:{MODEL}", f"are named by --model: give --model {MODEL}")
 

@@ -286,11 +286,12 @@ def _corpus_vectors(args: argparse.Namespace, adapter: Any) -> Any:
     no query's), of a BEIR folder or of a corpus file, checked against ``adapter``."""
     from search_adaptor.data import corpus_file, iter_corpus
     from search_adaptor.embed import precomputed_vectors
+    from search_adaptor.experiment import check_precomputed
 
     _one_model_with_embeddings(args)
     doc_ids = [i for ids, _ in iter_corpus(corpus_file(args.data), 1 << 16) for i in ids]
     emb = precomputed_vectors(args.embeddings, doc_ids, model=args.model)
-    adapter.check_encoder(emb.encoder, emb.dim)
+    check_precomputed(adapter, emb, args.embeddings)
     return emb
 
 

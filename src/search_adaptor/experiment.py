@@ -39,7 +39,7 @@ from search_adaptor.metrics import (
     tie_order,
     val_metric_name,
 )
-from search_adaptor.model import SearchAdaptor
+from search_adaptor.model import CompatibilityError, SearchAdaptor
 from search_adaptor.retrieval import exact_search, l2_normalize
 from search_adaptor.store import text_key
 from search_adaptor.training import compute_threads, drawn_validation, pair_map, pca_rotation, usable_pairs
@@ -87,7 +87,7 @@ def embeddings_for(
             )
         emb = load_precomputed(dataset, precomputed, model=model)
         if adapter is not None:
-            adapter.check_encoder(emb.encoder, emb.dim)
+            check_precomputed(adapter, emb, precomputed)
         return emb
     if encoder is None:
         raise ValueError("give an encoder or a folder of precomputed vectors")
@@ -97,6 +97,15 @@ def embeddings_for(
     return embed_dataset(
         dataset, encoder, cache_dir, progress=progress, query_encoder=query_encoder, pair_texts=pair_texts
     )
+
+
+def check_precomputed(adapter: SearchAdaptor, emb: Embeddings, folder: str | os.PathLike) -> None:
+    """Refuse vectors brought with ``--embeddings`` that ``adapter`` cannot take (another model or
+    width), naming their folder: the adapter's message alone named neither."""
+    try:
+        adapter.check_encoder(emb.encoder, emb.dim)
+    except CompatibilityError as exc:
+        raise CompatibilityError(f"{folder}: {exc}") from None
 
 
 # -- selection -----------------------------------------------------------------------------------------
