@@ -78,7 +78,14 @@ def _onnx_graph(
         nodes.append(helper.make_node("Max", [f"{out}_norm", "eps"], [f"{out}_safe"]))
         nodes.append(helper.make_node("Div", [x, f"{out}_safe"], [out]))
 
-    normalize("embeddings", "x")
+    # scaled by its largest value first, as the library reads a row: a float32 sum of squares of a
+    # vector of length 1e-20 underflows (and of 1e20 overflows), which left it unnormalised
+    inits.append(numpy_helper.from_array(np.array(np.finfo(np.float32).tiny, dtype=np.float32), "tiny"))
+    nodes.append(helper.make_node("Abs", ["embeddings"], ["abs"]))
+    nodes.append(helper.make_node("ReduceMax", ["abs"], ["largest"], axes=[1], keepdims=1))
+    nodes.append(helper.make_node("Max", ["largest", "tiny"], ["largest_safe"]))
+    nodes.append(helper.make_node("Div", ["embeddings", "largest_safe"], ["scaled"]))
+    normalize("scaled", "x")
     h = base = "x"
     if net is not None:
         if net.project is not None:  # (in, out) already: x @ p
