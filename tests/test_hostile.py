@@ -361,6 +361,26 @@ def test_a_valid_edit_that_would_change_the_outputs_is_refused(world, adapter_co
     assert np.array_equal(again.transform_queries(X), world["est"].transform_queries(X))
 
 
+def test_an_edit_of_the_trained_sizes_is_refused_and_a_format_2_adapter_still_loads(world, adapter_copy):
+    """``hyperparameters.dims`` edited from null to [8] loaded: evaluate then scored an ``adapted@8``
+    as a trained size and ``transform --dim 8`` no longer warned; the checksum covers the sizes now
+    (format_version 3), and an adapter saved before (format 2, its checksum without them) loads."""
+    from search_adaptor.model import _checksum
+
+    edit_config(lambda c: c["hyperparameters"].update(dims=[8]))(adapter_copy)
+    with pytest.raises(
+        ValueError, match=r"config\.json: checksum .* \(weights, settings, sizes or encoder\)"
+    ):
+        SearchAdaptor.load(adapter_copy)
+    edit_config(lambda c: c["hyperparameters"].update(dims=None))(adapter_copy)
+    older = _checksum(SearchAdaptor.load(adapter_copy), 2)
+    edit_config(lambda c: c.update(format_version=2, checksum=older))(adapter_copy)
+    X = world["d"]["Q"]
+    assert np.array_equal(
+        SearchAdaptor.load(adapter_copy).transform_queries(X), world["est"].transform_queries(X)
+    )
+
+
 def test_an_adapter_saved_before_checksums_loads_and_says_so_once(world, adapter_copy, caplog):
     def older(c: dict) -> None:
         c["format_version"] = 1

@@ -60,7 +60,7 @@ from search_adaptor.variants import MAX_SEED, MAX_STEPS, PRECISIONS, TRAINED_PRE
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: config.json records a checksum of the adapter (see _checksum)
+FORMAT_VERSION = 3  # 2: config.json records a checksum of the adapter (see _checksum); 3: of its sizes too
 CONFIG, WEIGHTS, CARD = "config.json", "adapter.safetensors", "README.md"
 FILES = (CONFIG, WEIGHTS, CARD)  # all that an adapter folder holds
 NEGATIVES = ("random", "hard", "mixed", "all")
@@ -964,7 +964,7 @@ class SearchAdaptor:
                 f"{cfg_path}: identity is {config['identity']} but training.best_step is "
                 f"{training['best_step']} and hyperparameters.init is {est.init!r}; {_LOAD_FIX}"
             )
-        _verify_checksum(est, config.get("checksum"), cfg_path)
+        _verify_checksum(est, config.get("checksum"), cfg_path, config["format_version"])
         if not config["encoder"].get("fingerprint"):
             est._warn_no_encoder(str(folder))
         return est
@@ -1165,23 +1165,26 @@ def _json_number(value: Any) -> Any:
     raise TypeError(f"a {type(value).__name__} has no JSON form")
 
 
-def _checksum(est: SearchAdaptor) -> str:
+def _checksum(est: SearchAdaptor, version: int = FORMAT_VERSION) -> str:
     """sha256 of what the adapter computes and what it accepts, as ``config.json`` records it.
 
     It covers the adapter's fingerprint (dimension, architecture, widths, skip connection, mode,
-    identity flag and every weight) and the fingerprint of the encoder it was trained on. It detects
-    damage and edits that would change outputs silently; it is not a signature (whoever can edit the
-    files can recompute it).
+    identity flag and every weight), the fingerprint of the encoder it was trained on and, from
+    ``format_version`` 3, the Matryoshka sizes it was trained at (an edit there made sizes it never
+    trained look measured). It detects damage and edits that would change outputs or claims
+    silently; it is not a signature (whoever can edit the files can recompute it).
     """
     encoder = (getattr(est, "encoder_", None) or {}).get("fingerprint")
     recorded = {"adapter": est.fingerprint_, "encoder": encoder}
+    if version >= 3:
+        recorded["dims"] = est._params["dims"]
     if getattr(est, "query_encoder_", None):  # a cross-model adapter's query model, too
         recorded["query_encoder"] = est.query_encoder_.get("fingerprint")
     blob = json.dumps(recorded, sort_keys=True)
     return f"sha256:{hashlib.sha256(blob.encode()).hexdigest()}"
 
 
-def _verify_checksum(est: SearchAdaptor, recorded: str | None, path: Path) -> None:
+def _verify_checksum(est: SearchAdaptor, recorded: str | None, path: Path, version: int) -> None:
     """Refuse an adapter whose recorded checksum differs; say once that an older one has none."""
     if recorded is None:
         if str(path.parent) not in _warned_no_checksum:
@@ -1192,10 +1195,10 @@ def _verify_checksum(est: SearchAdaptor, recorded: str | None, path: Path) -> No
                 path.parent,
             )
         return
-    if recorded != _checksum(est):
+    if recorded != _checksum(est, version):
         raise ValueError(
             f"{path}: checksum does not match the adapter: {WEIGHTS} or {CONFIG} was changed or damaged "
-            f"after saving (weights, settings or encoder); {_LOAD_FIX}"
+            f"after saving (weights, settings, sizes or encoder); {_LOAD_FIX}"
         )
 
 
