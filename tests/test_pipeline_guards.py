@@ -180,6 +180,22 @@ def test_npy_output_says_it_drops_ids_and_suffixes_are_read_in_any_case(base, tm
     assert rc == 2 and "Fortran order; save it with numpy.save(path, numpy.ascontiguousarray(" in err
 
 
+def test_a_file_of_another_width_in_a_folder_is_named(base, tmp_path, capsys):
+    """The refusal named the folder ("vin: this adapter expects 16-d embeddings, got 8-d"), not
+    the one file of another width among its files."""
+    X, _ = base
+    make_adapter(16).save(tmp_path / "a")
+    (tmp_path / "vin").mkdir()
+    np.save(tmp_path / "vin" / "a.npy", X[:10])
+    np.save(tmp_path / "vin" / "c.npy", X[:5, :8])
+    rc, err = cli(capsys, "transform", tmp_path / "vin", "--adapter", tmp_path / "a", "--out", tmp_path / "o")
+    assert (
+        rc == 2
+        and f"{tmp_path / 'vin' / 'c.npy'}: 8-d vectors, but {tmp_path / 'vin' / 'a.npy'} holds 16-d" in err
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_id_column_that_holds_no_ids_is_refused(tmp_path, capsys):
     """``--id-column vector`` was taken: every id came out as the text of 16 floats."""
     import pyarrow as pa

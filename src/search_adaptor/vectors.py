@@ -164,11 +164,27 @@ def iter_vectors(
     A ``.npy`` matrix has no ids: its rows are named ``"0"``, ``"1"``, ... in order, counted on
     across the files of a folder (the row number in the table they read as).
     """
+    first = None
+    for file, ids, vectors in _file_chunks(path, rows, id_column, vector_column):
+        if first is None:
+            first = (file, vectors.shape[1])
+        elif vectors.shape[1] != first[1]:  # named here: the adapter's refusal names only the folder
+            raise DataError(
+                f"{file}: {vectors.shape[1]}-d vectors, but {first[0]} holds {first[1]}-d ones; the files "
+                "of a folder must hold vectors of one model and width"
+            )
+        yield ids, vectors
+
+
+def _file_chunks(
+    path: str | os.PathLike, rows: int, id_column: str, vector_column: str
+) -> Iterator[tuple[Path, list[str], np.ndarray]]:
+    """:func:`iter_vectors`'s chunks with the file each comes from."""
     numbered = 0
     for file in vector_files(path):
         if file.suffix.lower() == ".npy":
             for ids, vectors in _iter_npy(file, rows, numbered):
-                yield ids, vectors
+                yield file, ids, vectors
                 numbered += len(ids)
             continue
         import pyarrow as pa
@@ -190,10 +206,10 @@ def iter_vectors(
             parts.append(vectors)
             start += batch.num_rows
             if len(ids) >= rows:
-                yield ids, np.concatenate(parts)
+                yield file, ids, np.concatenate(parts)
                 ids, parts = [], []
         if ids:
-            yield ids, np.concatenate(parts)
+            yield file, ids, np.concatenate(parts)
 
 
 def _iter_npy(path: Path, rows: int, first: int = 0) -> Iterator[tuple[list[str], np.ndarray]]:
