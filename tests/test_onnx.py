@@ -57,7 +57,7 @@ def test_a_model_with_more_than_pooling_and_normalisation_is_refused(bert, tmp_p
     from search_adaptor.encoders import onnx
 
     word = st_models.Transformer(str(bert))
-    modules = [word, st_models.Pooling(word.get_word_embedding_dimension()), st_models.Dense(32, 8)]
+    modules = [word, st_models.Pooling(32), st_models.Dense(32, 8)]  # the tiny BERT is 32-d
     SentenceTransformer(modules=modules).save(str(tmp_path / "dense"))
     with pytest.raises(
         ValueError, match=r"modules are Transformer -> Pooling -> Dense; .* so Dense would be"
