@@ -118,13 +118,15 @@ class Embeddings:
     def describe(self, retries: int | None = None) -> str:
         """One line: what the store sent and held (and the API retries made), for the command line."""
         tried = "" if retries is None else f", {retries} retries"
-        width = f"{self.dim}-d"
-        if self.query_encoder:  # two models: say whose queries, and how wide each side is
+        width, whose = f"{self.dim}-d", ""
+        if self.query_encoder:  # two models: say whose queries, how wide each side is, and that
+            # the counts are both models' (a text embedded by each counts twice)
             width = (
                 f"queries {self.queries.shape[1]}-d of {self.query_encoder.get('model')}, documents {width}"
             )
+            whose = " by the two models together"
         return (
-            f"{self.stats.encoded} texts embedded, {self.stats.cached} already cached "
+            f"{self.stats.encoded} texts embedded, {self.stats.cached} already cached{whose} "
             f"({width}, {self.embed_s:.1f} s{tried})"
         )
 
