@@ -544,6 +544,26 @@ def test_saving_over_an_adapter_folder_never_deletes_a_file_it_did_not_write(syn
     assert [p.name for p in tmp_path.iterdir()] == ["a"]  # nothing staged was left behind
 
 
+def test_save_without_an_encoder_warns_only_when_it_writes(synthetic, tmp_path, caplog):
+    """An adapter that records no encoder warns once, naming the folder it is saved to; a save refused
+    because the folder holds a file of the user's warned first, then refused, so the user read a
+    warning about a file that was never written."""
+    est = _fit(synthetic, max_steps=5)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "NOTES.md").write_text("mine")
+    with caplog.at_level("WARNING", logger="search_adaptor.model"), pytest.raises(FileExistsError):
+        est.save(busy)
+    assert caplog.records == []
+    with caplog.at_level("WARNING", logger="search_adaptor.model"):
+        folder = est.save(tmp_path / "a")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"search-adaptor: warning: {tmp_path / 'a'}: this adapter does not record the encoder it was trained "
+        "on, so it cannot refuse vectors of another model; refit with encoder= to record it"
+    ]
+    assert (folder / "config.json").is_file()
+
+
 def test_load_names_a_model_folder_and_an_edited_query_dim(synthetic, tmp_path):
     """A Hugging Face / sentence-transformers model folder (a config.json of another kind) was "field
     'format_version' must be an integer >= 1, got null; re-save it"; a query_dim a shared adapter

@@ -847,8 +847,6 @@ class SearchAdaptor:
 
         self._check_fitted()
         metrics = _saved_metrics(extra if extra is not None else self.metrics_)
-        if not (self.encoder_ or {}).get("fingerprint"):
-            self._warn_no_encoder(str(path))
         config = {
             "library": "search-adaptor",
             "version": __version__,
@@ -888,6 +886,8 @@ class SearchAdaptor:
             (staged.path / WEIGHTS).write_bytes(blob)
             (staged.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             (staged.path / CARD).write_text(_model_card(config, self), encoding="utf-8")
+        if not (self.encoder_ or {}).get("fingerprint"):  # once written: a refused save warns of nothing
+            self._warn_no_encoder(str(path))
         return staged.target
 
     @classmethod
