@@ -962,8 +962,19 @@ def test_float32_rows_refuses_what_transform_refuses_and_casts_rows_of_no_values
     for shape in ((3, 0), (0, 3), (0, 0)):
         out = float32_rows(np.zeros(shape), "q")
         assert out.shape == shape and out.dtype == np.float32
-    with pytest.raises(ValueError, match=r"^q: expected a 2-D array \(one row per text\), got shape \(2,\)"):
+    with pytest.raises(ValueError) as err:
         float32_rows([1.0, 2.0], "q")
+    assert str(err.value) == (
+        "q: expected a 2-D array (one row per text), got shape (2,); pass one vector as x.reshape(1, -1)"
+    )
+    with pytest.raises(ValueError) as err:  # the hint for one vector made (2, 3, 4) one row of 24
+        float32_rows(np.zeros((2, 3, 4)), "q")
+    assert str(err.value) == (
+        "q: expected a 2-D array (one row per text), got shape (2, 3, 4); "
+        "for rows of the last axis, pass x.reshape(-1, x.shape[-1])"
+    )
+    with pytest.raises(ValueError, match=r"^q: expected a 2-D array \(one row per text\), got shape \(\); "):
+        float32_rows(np.float32(1.0), "q")
     with pytest.raises(ValueError, match=r"^q: expected a 2-D array of numbers"):
         float32_rows([["a"]], "q")
 

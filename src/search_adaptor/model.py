@@ -1304,9 +1304,10 @@ def _rows_array(x: object, what: str) -> np.ndarray:
     """``x`` as a 2-D numpy array of numbers (one row per text), or the one-line error saying so."""
     arr = numeric_array(x, what, "a 2-D array")
     if arr.ndim != 2:
+        fix = {0: "give an array of shape (n_texts, dim)", 1: "pass one vector as x.reshape(1, -1)"}
         raise ValueError(
             f"{what}: expected a 2-D array (one row per text), got shape {arr.shape}; "
-            "pass one vector as x.reshape(1, -1)"
+            + fix.get(arr.ndim, "for rows of the last axis, pass x.reshape(-1, x.shape[-1])")
         )
     return arr
 
