@@ -215,7 +215,7 @@ def test_bad_key_is_one_line_naming_the_env_var(
             "openai-compatible: no endpoint; pass --query-base-url",
         ),
         (["--provider", "model2vec"], "model2vec: pass --model, the model folder"),
-        (["--embeddings", "vectors"], "nothing to embed"),
+        (["--embeddings", "vectors"], "unrecognized arguments: --embeddings vectors"),  # not in its --help
     ],
 )
 def test_bad_encoder_options_are_one_line(

@@ -429,8 +429,6 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     from search_adaptor.data import load_beir
     from search_adaptor.embed import embed_dataset, plan_embedding
 
-    if args.embeddings:
-        raise ValueError("embed: --embeddings brings vectors already made; there is nothing to embed")
     dataset, encoder, query_encoder = load_beir(args.data), _encoder(args), _encoder(args, "query_")
     pairs = _pair_texts(args, dataset)  # what a cross-model fit given them would embed too
     if args.dry_run:
@@ -560,7 +558,8 @@ def _when_stopped(args: argparse.Namespace) -> str:
     others have nothing to add."""
     if args.command == "serve":
         return "server stopped"
-    embeds = hasattr(args, "cache") and not args.embeddings and not getattr(args, "dry_run", False)
+    brought = getattr(args, "embeddings", None) or getattr(args, "dry_run", False)  # (not all have both)
+    embeds = hasattr(args, "cache") and not brought
     return "embeddings finished so far are kept in the store" if embeds else ""
 
 

@@ -89,6 +89,7 @@ _PAIRS = [
         "(about the corpus's tokens again, embedded by both models)",
     ),
 ]
+_PRECOMPUTED = A("--embeddings", metavar="DIR", help="precomputed DIR/{queries,corpus}.{npz,parquet}")
 _QUIET = A("--quiet", action="store_true", help="no progress bars, per-candidate or Ray lines")
 _ENCODER = [
     A(
@@ -106,7 +107,7 @@ _ENCODER = [
         type=_positive_float,
         help="seconds to wait for one API reply (default 60 plus 1 per 1,000 tokens sent, at most 600)",
     ),
-    A("--embeddings", metavar="DIR", help="precomputed DIR/{queries,corpus}.{npz,parquet}"),
+    _PRECOMPUTED,
     A("--cache", metavar="DIR", help="embedding store ($SEARCH_ADAPTOR_CACHE or user cache)"),
     _QUIET,
     A(
@@ -131,7 +132,8 @@ _ENGINE = [
     A("--ray-address", metavar="ADDR", help="Ray cluster (ray://head:10001, auto); default: local"),
     A("--rows", type=_positive_int, help="rows per chunk and shard"),
 ]
-#: command -> its arguments; "embeddings" and "engine" add those shared groups. Help: the docstrings.
+#: command -> its arguments; "embeddings", "encoder" (the same without --embeddings: embed makes the
+#: vectors it would bring) and "engine" add those shared groups. Help: the docstrings.
 _COMMANDS: dict[str, list[Arg | str]] = {
     "fit": [
         _DATA,
@@ -207,7 +209,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _DATA,
         A("--dry-run", action="store_true", help="say what would be sent"),
         *_PAIRS,
-        "embeddings",
+        "encoder",
     ],
     "index": [
         A("data", metavar="DATA_DIR", help="BEIR folder, or corpus.jsonl[.gz] / .parquet"),
@@ -314,7 +316,11 @@ def build_parser(commands: Mapping[str, Callable[..., Any]]) -> argparse.Argumen
     )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    groups = {"embeddings": _ENCODER, "engine": _ENGINE}
+    groups = {
+        "embeddings": _ENCODER,
+        "encoder": [arg for arg in _ENCODER if arg is not _PRECOMPUTED],
+        "engine": _ENGINE,
+    }
     for name, arguments in _COMMANDS.items():
         cmd = sub.add_parser(name, help=commands[name].__doc__, parents=[debug])
         for arg in arguments:
