@@ -189,11 +189,37 @@ def test_a_file_of_another_width_in_a_folder_is_named(base, tmp_path, capsys):
     np.save(tmp_path / "vin" / "a.npy", X[:10])
     np.save(tmp_path / "vin" / "c.npy", X[:5, :8])
     rc, err = cli(capsys, "transform", tmp_path / "vin", "--adapter", tmp_path / "a", "--out", tmp_path / "o")
-    assert (
-        rc == 2
-        and f"{tmp_path / 'vin' / 'c.npy'}: 8-d vectors, but {tmp_path / 'vin' / 'a.npy'} holds 16-d" in err
-    )
+    vin = tmp_path / "vin"
+    assert rc == 2
+    assert f"{vin / 'c.npy'} (rows 0-4): 8-d vectors, but {vin / 'a.npy'} (rows 0-9) holds 16-d" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_parquet_file_whose_row_groups_differ_in_width_is_named(tmp_path):
+    """A file whose vectors change width past the first 8,192 rows (a reader's batch) met numpy's
+    concatenate error ("all the input array dimensions except for the concatenation axis must match
+    exactly ...") naming no file; within one batch the rows' widths are compared (named) already."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "v.parquet"
+    rng = np.random.default_rng(0)
+    with pq.ParquetWriter(path, pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32()))])) as out:
+        for n, dim, first in ((8192, 16, 0), (2, 8, 8192)):
+            out.write_table(
+                pa.table(
+                    {
+                        "id": [str(first + i) for i in range(n)],
+                        "vector": pa.array(list(rng.random((n, dim))), pa.list_(pa.float32())),
+                    }
+                )
+            )
+    with pytest.raises(DataError) as err:
+        list(iter_vectors(path))
+    assert str(err.value) == (
+        f"{path} (rows 8192-8193): 8-d vectors, but {path} (rows 0-8191) holds 16-d ones; the vectors of a "
+        "file, and the files of a folder, must be of one model and width"
+    )
 
 
 def test_an_id_column_that_holds_no_ids_is_refused(tmp_path, capsys):

@@ -162,30 +162,31 @@ def iter_vectors(
     """Yield ``(ids, vectors)`` chunks of at most ``rows`` rows, holding one chunk in memory at a time.
 
     A ``.npy`` matrix has no ids: its rows are named ``"0"``, ``"1"``, ... in order, counted on
-    across the files of a folder (the row number in the table they read as).
+    across the files of a folder (the row number in the table they read as). Every part read is
+    checked against the width of the first, naming both (the adapter's refusal names only the
+    folder, and numpy's concatenate of a file's batches named nothing).
     """
-    first = None
-    for file, ids, vectors in _file_chunks(path, rows, id_column, vector_column):
+    first: tuple[str, int] | None = None
+
+    def same_width(where: str, vectors: np.ndarray) -> None:
+        nonlocal first
         if first is None:
-            first = (file, vectors.shape[1])
-        elif vectors.shape[1] != first[1]:  # named here: the adapter's refusal names only the folder
+            first = (where, vectors.shape[1])
+        elif vectors.shape[1] != first[1]:
             raise DataError(
-                f"{file}: {vectors.shape[1]}-d vectors, but {first[0]} holds {first[1]}-d ones; the files "
-                "of a folder must hold vectors of one model and width"
+                f"{where}: {vectors.shape[1]}-d vectors, but {first[0]} holds {first[1]}-d ones; the "
+                "vectors of a file, and the files of a folder, must be of one model and width"
             )
-        yield ids, vectors
 
-
-def _file_chunks(
-    path: str | os.PathLike, rows: int, id_column: str, vector_column: str
-) -> Iterator[tuple[Path, list[str], np.ndarray]]:
-    """:func:`iter_vectors`'s chunks with the file each comes from."""
     numbered = 0
     for file in vector_files(path):
         if file.suffix.lower() == ".npy":
+            start = 0
             for ids, vectors in _iter_npy(file, rows, numbered):
-                yield file, ids, vectors
-                numbered += len(ids)
+                same_width(f"{file} (rows {start}-{start + len(ids) - 1})", vectors)
+                yield ids, vectors
+                start += len(ids)
+            numbered += start
             continue
         import pyarrow as pa
 
@@ -202,14 +203,15 @@ def _file_chunks(
         ):
             where = f"{file} (rows {start}-{start + batch.num_rows - 1})"
             batch_ids, vectors = from_table(pa.Table.from_batches([batch]), where, id_column, vector_column)
+            same_width(where, vectors)
             ids += batch_ids
             parts.append(vectors)
             start += batch.num_rows
             if len(ids) >= rows:
-                yield file, ids, np.concatenate(parts)
+                yield ids, np.concatenate(parts)
                 ids, parts = [], []
         if ids:
-            yield file, ids, np.concatenate(parts)
+            yield ids, np.concatenate(parts)
 
 
 def _iter_npy(path: Path, rows: int, first: int = 0) -> Iterator[tuple[list[str], np.ndarray]]:
