@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import re
@@ -13,7 +14,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from search_adaptor import experiment
+from search_adaptor import __version__, experiment
 from search_adaptor.data import Dataset, kfold
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import (
@@ -562,6 +563,33 @@ def test_save_without_an_encoder_warns_only_when_it_writes(synthetic, tmp_path, 
         "on, so it cannot refuse vectors of another model; refit with encoder= to record it"
     ]
     assert (folder / "config.json").is_file()
+
+
+def test_an_adapter_of_a_newer_version_says_to_upgrade(synthetic, tmp_path):
+    """A field or hyperparameter a newer search-adaptor writes was refused with "re-save it with
+    SearchAdaptor.save", which this older library cannot do: it cannot load the file."""
+    folder = _fit(synthetic, max_steps=5).save(tmp_path / "a")
+    saved = json.loads((folder / "config.json").read_text())
+    edits = {
+        "new field": lambda c: c.update(new_field={"x": 1}),
+        "new hyperparameter": lambda c: c["hyperparameters"].update(warmup_steps=10),
+    }
+    for version, fix in (
+        ("99.0", f"it was written by search-adaptor 99.0, newer than this one ({__version__}): upgrade"),
+        (__version__, "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"),
+        ("garbled", "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"),
+    ):
+        for what, edit in edits.items():
+            config = copy.deepcopy(saved)
+            config["version"] = version
+            edit(config)
+            (folder / "config.json").write_text(json.dumps(config))
+            with pytest.raises(ValueError) as err:
+                SearchAdaptor.load(folder)
+            assert str(err.value).endswith(fix), (version, what, str(err.value))
+    saved["version"] = "99.0"  # a newer writer that added nothing: its format_version says it loads
+    (folder / "config.json").write_text(json.dumps(saved))
+    assert SearchAdaptor.load(folder).__sklearn_is_fitted__()
 
 
 def test_load_names_a_model_folder_and_an_edited_query_dim(synthetic, tmp_path):

@@ -915,7 +915,20 @@ class SearchAdaptor:
                 f"{cfg_path}: not found; point at an adapter folder: `search-adaptor fit`'s OUT_DIR/adapter, "
                 "or one written by SearchAdaptor.save"
             )
-        config = _check_config(read_json(cfg_path, _LOAD_FIX), cfg_path)
+        raw = read_json(cfg_path, _LOAD_FIX)
+        try:
+            return cls._from_config(raw, folder, cfg_path)
+        except ValueError as exc:  # a field it does not know: "re-save it" cannot work where it is newer
+            newer = _newer_writer(raw)
+            if newer is None or _LOAD_FIX not in str(exc):
+                raise
+            fix = f"it was written by search-adaptor {newer}, newer than this one ({__version__}): upgrade"
+            raise ValueError(str(exc).replace(_LOAD_FIX, fix)) from None
+
+    @classmethod
+    def _from_config(cls, raw: Any, folder: Path, cfg_path: Path) -> SearchAdaptor:
+        """The adapter of the folder whose parsed ``config.json`` is ``raw``: :meth:`load`'s checks."""
+        config = _check_config(raw, cfg_path)
         est = cls()
         try:
             est.set_params(**config["hyperparameters"])
@@ -1035,6 +1048,20 @@ def _typed(value: Any, kind: type) -> bool:
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     return isinstance(value, kind)
+
+
+def _newer_writer(config: Any) -> str | None:
+    """The ``version`` of search-adaptor that wrote ``config`` when it is newer than this one (its
+    fields and choices may be unknown here), else None."""
+    if not isinstance(config, dict) or config.get("library") != "search-adaptor":
+        return None
+    version = config.get("version")
+    release = re.match(r"\d+(\.\d+)*", version) if isinstance(version, str) else None
+    if release is None:
+        return None
+    ours = re.match(r"\d+(\.\d+)*", __version__)
+    newer = tuple(map(int, release[0].split("."))) > tuple(map(int, ours[0].split(".")))
+    return version if newer else None
 
 
 def _check_section(section: Mapping[str, Any], schema: Mapping[str, type], where: str) -> None:
