@@ -234,7 +234,10 @@ CONFIG_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         edit_config(lambda c: c["encoder"].update(model=[1])),
         ["encoder: field 'model' must be a string"],
     ),
-    "alpha NaN": (edit_config(lambda c: c["hyperparameters"].update(alpha=float("nan"))), ["alpha"]),
+    "alpha NaN": (
+        edit_config(lambda c: c["hyperparameters"].update(alpha=float("nan"))),
+        ["NaN is not a JSON"],
+    ),
     "unknown hyperparameter": (
         edit_config(lambda c: c["hyperparameters"].update(zeta=1)),
         ["unknown SearchAdaptor parameter", "zeta"],

@@ -521,6 +521,19 @@ def test_save_takes_numpy_numbers_in_extra_and_tabulates_its_test_table(syntheti
     with pytest.raises(TypeError, match=r"^extra: a ndarray has no JSON form; give dicts") as err:
         est.save(tmp_path / "c", extra={"scores": np.zeros(3)})
     assert "\n" not in str(err.value) and not (tmp_path / "c").exists()
+    # config.json held NaN, which no JSON reader but Python's takes; a number key came back a string
+    for extra, message in (
+        ({"val": {"ndcg@10": float("nan")}}, "extra.val.ndcg@10 is nan, which JSON cannot hold; store None"),
+        ({"runs": [0.5, np.float32("inf")]}, "extra.runs[1] is inf, which JSON cannot hold; store None"),
+        ({"by_k": {10: 0.5}}, "extra.by_k: key 10 is int, not a string; JSON keys are strings"),
+    ):
+        with pytest.raises(ValueError) as err:
+            est.save(tmp_path / "c", extra=extra)
+        assert str(err.value).startswith(message) and not (tmp_path / "c").exists()
+    loop: dict = {}
+    loop["self"] = loop
+    with pytest.raises(TypeError, match=r"^extra: Circular reference detected; give dicts"):
+        est.save(tmp_path / "c", extra=loop)
 
 
 def test_saving_over_an_adapter_folder_never_deletes_a_file_it_did_not_write(synthetic, tmp_path):
@@ -565,9 +578,10 @@ def test_save_without_an_encoder_warns_only_when_it_writes(synthetic, tmp_path, 
     assert (folder / "config.json").is_file()
 
 
-def test_an_adapter_of_a_newer_version_says_to_upgrade(synthetic, tmp_path):
+def test_a_config_of_a_newer_version_or_with_nan_says_what_to_do(synthetic, tmp_path):
     """A field or hyperparameter a newer search-adaptor writes was refused with "re-save it with
-    SearchAdaptor.save", which this older library cannot do: it cannot load the file."""
+    SearchAdaptor.save", which this older library cannot do: it cannot load the file. A NaN put in
+    by hand was read (Python's json takes it), and the next save refused it as the caller's."""
     folder = _fit(synthetic, max_steps=5).save(tmp_path / "a")
     saved = json.loads((folder / "config.json").read_text())
     edits = {
@@ -587,6 +601,15 @@ def test_an_adapter_of_a_newer_version_says_to_upgrade(synthetic, tmp_path):
             with pytest.raises(ValueError) as err:
                 SearchAdaptor.load(folder)
             assert str(err.value).endswith(fix), (version, what, str(err.value))
+    config = copy.deepcopy(saved)  # NaN, which Python's json reads and no other reader does
+    config["metrics"] = {"val": float("nan")}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError) as err:
+        SearchAdaptor.load(folder)
+    assert str(err.value) == (
+        f"{folder / 'config.json'}: not valid JSON (NaN is not a JSON number: write null); re-save it with "
+        "SearchAdaptor.save or train it again with `search-adaptor fit`"
+    )
     saved["version"] = "99.0"  # a newer writer that added nothing: its format_version says it loads
     (folder / "config.json").write_text(json.dumps(saved))
     assert SearchAdaptor.load(folder).__sklearn_is_fitted__()
@@ -648,7 +671,8 @@ def test_save_refuses_a_test_table_that_load_would_refuse_before_writing(synthet
     est.save(tmp_path / "a")
     config = tmp_path / "a" / "config.json"
     config.write_text(config.read_text().replace('"metrics": {}', f'"metrics": {json.dumps({"test": test})}'))
-    with pytest.raises(ValueError, match=re.escape(f"{config}: metrics.{problem}")):
+    edited = "not valid JSON (NaN is not a JSON number" if case == "a NaN metric" else f"metrics.{problem}"
+    with pytest.raises(ValueError, match=re.escape(f"{config}: {edited}")):
         SearchAdaptor.load(tmp_path / "a")
 
 

@@ -129,7 +129,7 @@ def _base_config(source: str, model: str) -> dict[str, Any]:
         raise ValueError(
             f"distill: {model}: no config.json, so no transformers model to run over its vocabulary; {fix}"
         )
-    config = read_json(path, "check the base model's folder")
+    config = read_json(path, "check the base model's folder", strict=False)  # transformers' file
     if not isinstance(config, dict) or not config.get("model_type"):
         raise ValueError(
             f"distill: {model}: not a sentence-transformers or transformers model (its config.json has no "

@@ -395,10 +395,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def read_json(path: str | os.PathLike, fix: str) -> Any:
+def read_json(path: str | os.PathLike, fix: str, strict: bool = True) -> Any:
     """The JSON value in ``path``; a missing, non-UTF-8 or malformed file is one ``ValueError`` line.
 
-    ``fix`` ends each message: what the user should do (e.g. "rebuild the index").
+    ``fix`` ends each message: what the user should do (e.g. "rebuild the index"). ``strict``: NaN
+    and Infinity, which Python's json reads but JSON has not, are malformed too (the tool never
+    writes them: one there was put by hand, and every other reader of the file fails on it);
+    ``strict=False`` for files of other tools.
     """
     file = Path(path)
     try:
@@ -415,13 +418,23 @@ def read_json(path: str | os.PathLike, fix: str) -> Any:
             raise ValueError(f"{file}: {bom} text, not UTF-8; save it as UTF-8, or {fix}") from None
         raise ValueError(f"{file}: not UTF-8 (byte {exc.start}); {fix}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant if strict else None)
+    except _NotJSON as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc} is not a JSON number: write null); {fix}") from None
     except json.JSONDecodeError as exc:
         # json's own words end in "at" where they name a place ("Unterminated string starting at")
         where = f"{exc.msg.removesuffix(' at')} at line {exc.lineno}, column {exc.colno}"
         raise ValueError(f"{file}: not valid JSON ({where}); {fix}") from None
     except RecursionError:
         raise ValueError(f"{file}: JSON nested too deeply to be one of this tool's files; {fix}") from None
+
+
+class _NotJSON(ValueError):
+    """A constant Python's json reads that JSON has not (its name is the message)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJSON(name)
 
 
 def inside(folder: str | os.PathLike, relative: Any, field: str) -> Path:

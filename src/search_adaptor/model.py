@@ -1182,7 +1182,28 @@ def _saved_metrics(extra: Any) -> dict[str, Any]:
             f"extra: {problem}; 'test' is the model card's table, with 'adapted' and 'zero-shot' among "
             "its systems: keep results of other shapes under another key"
         )
+    problem = _not_json(extra, "extra")  # (no loop: dumps refused it)
+    if problem:
+        raise ValueError(problem)
     return metrics
+
+
+def _not_json(value: Any, where: str) -> str | None:
+    """What in ``value`` JSON would not hold as given, named by its path from ``where``: a NaN or
+    infinity (``json.dumps`` writes ``NaN``, which no JSON reader takes) or a key that is not a
+    string (written as one, it would come back another key)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where}: key {key!r} is {type(key).__name__}, not a string; JSON keys are strings"
+            problem = _not_json(item, f"{where}.{key}")
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        return next((p for i, item in enumerate(value) if (p := _not_json(item, f"{where}[{i}]"))), None)
+    elif isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return f"{where} is {float(value)}, which JSON cannot hold; store None for a missing number"
+    return None
 
 
 def _json_number(value: Any) -> Any:
