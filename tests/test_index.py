@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import pickle
 import shutil
 from collections.abc import Mapping
 from importlib.util import find_spec
@@ -349,6 +351,24 @@ def test_a_recorded_model_of_the_wrong_type_in_an_adapter_is_refused_naming_it(
     config = str(tmp_path / "adapter" / "config.json")
     _refused(capsys, rc, config, _wrong_model_refusal(value))
     assert not (tmp_path / "out").exists()
+
+
+def test_an_index_refuses_pickle_and_deepcopy_in_one_line_naming_save_and_load(synthetic, tmp_path):
+    """A worker pool pickling an index met "cannot pickle '_thread.lock' object", naming no way out."""
+    index = AdaptedIndex.from_vectors(
+        make_adapter(info=FAKE_INFO), synthetic["dids"], synthetic["D"], FAKE_INFO
+    )
+    for copy_it in (pickle.dumps, copy.deepcopy, copy.copy):
+        with pytest.raises(TypeError) as err:
+            copy_it(index)
+        assert str(err.value) == (
+            "an AdaptedIndex cannot be pickled or copied (it holds a FAISS index, locks and its encoders); "
+            "save it with index.save(folder) and open it in each process with AdaptedIndex.load(folder)"
+        )
+    index.save(tmp_path / "i")  # the way it travels
+    assert AdaptedIndex.load(tmp_path / "i").search(synthetic["Q"][:2], 3) == index.search(
+        synthetic["Q"][:2], 3
+    )
 
 
 def test_hnsw_backend_finds_the_exact_neighbours(synthetic, tmp_path):

@@ -222,6 +222,14 @@ class AdaptedIndex:
         self._local = threading.local()  # each thread's Workspace
         self.folder: Path | None = None  # where it was loaded from (named in messages)
 
+    def __reduce__(self) -> Any:
+        """Refused in one line: pickle (and copy.deepcopy) met a lock inside and said only "cannot
+        pickle '_thread.lock' object"; a folder is how an index travels (its checks run on load)."""
+        raise TypeError(
+            "an AdaptedIndex cannot be pickled or copied (it holds a FAISS index, locks and its encoders); "
+            "save it with index.save(folder) and open it in each process with AdaptedIndex.load(folder)"
+        )
+
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def _filled(
