@@ -374,6 +374,22 @@ def test_evaluate_matches_pytrec_eval(seed: int) -> None:
     _assert_close(evaluate(qrels, run, ALL_METRICS, per_query=True), _pytrec_eval(qrels, run))
 
 
+def test_the_mean_is_beirs_less_the_queries_with_no_relevant_document() -> None:
+    """What the README says of the mean, measured: BEIR averages pytrec_eval's output over the run's
+    queries; on a run of every labelled query that is this mean once the queries judged with no
+    relevant document (0 there) are left out, and lower with them in."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    qrels, run, _, _ = _random_case(0)
+    run = {**run, **{qid: {"unjudged": 0.0} for qid in qrels if qid not in run}}
+    beir = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+    assert set(beir) == set(qrels)
+    answerable = [qid for qid, judged in qrels.items() if max(judged.values()) >= 1]
+    assert 0 < len(answerable) < len(qrels)
+    ours = evaluate(qrels, run, "ndcg@10")["ndcg@10"]
+    assert ours == pytest.approx(np.mean([beir[qid]["ndcg_cut_10"] for qid in answerable]), abs=1e-12)
+    assert np.mean([v["ndcg_cut_10"] for v in beir.values()]) < ours
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_evaluate_topk_matches_evaluate_and_pytrec_eval(seed: int) -> None:
     qrels, _, query_ids, doc_ids = _random_case(seed)

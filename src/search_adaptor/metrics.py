@@ -1,4 +1,4 @@
-"""Retrieval metrics that reproduce pytrec_eval / trec_eval (and hence BEIR) numbers exactly.
+"""Retrieval metrics that reproduce pytrec_eval / trec_eval per-query numbers (and hence BEIR's) exactly.
 
 Metrics are named by ranx-style strings, parsed case-insensitively:
 
@@ -28,7 +28,10 @@ not relevant and has zero gain, a grade ``>= 1`` is relevant (trec_eval's defaul
 ``relevance_level`` of 1). Documents the qrels do not judge are not relevant. A mean is taken over
 the qrels queries that have at least one relevant document; such a query missing from the run
 scores 0, but a run that holds none of them is refused (its ids are another set's). Run queries
-absent from the qrels are ignored.
+absent from the qrels are ignored. BEIR averages pytrec_eval's output instead, the run's queries
+that the qrels name: the same mean on a full retrieval run, except that a query judged with no
+relevant document (0 in every metric there, its ideal DCG being 0) counts in BEIR's mean and not in
+this one, which only measures queries that can be answered.
 
 Two entry points share one vectorised kernel:
 
