@@ -364,7 +364,8 @@ def test_refit_all_trains_again_on_every_labelled_query_for_the_validated_steps(
     est.save(tmp_path / "validated")
     assert config["training"]["refit_all"] is True
     assert "refit_all" not in json.loads((tmp_path / "validated" / "config.json").read_text())["training"]
-    assert "trained again on all 120 labelled queries" in (tmp_path / "a" / "README.md").read_text()
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "trained again on all 120 training queries, the validation ones too (never the test" in card
     loaded = SearchAdaptor.load(tmp_path / "a")
     assert loaded.refit_all_ and np.array_equal(loaded.transform_queries(synthetic["Q"]), after)
     config["training"]["refit_all"] = "yes"

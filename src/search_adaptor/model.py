@@ -1589,13 +1589,14 @@ def _model_card(config: Mapping[str, Any], adapter: SearchAdaptor) -> str:
         f"alpha={hp['alpha']}, beta={hp['beta']}, negatives `{hp['negatives']}`.",
         f"Validation {metric}: {tr['val_ndcg@10']:.4f} "
         f"({'zero-shot' if adapter.start_ is None else 'its start'} {tr['zero_shot_val_ndcg@10']:.4f}) "
-        f"on {tr['n_val_queries']} held-out queries; best step {tr['best_step']} of {tr['n_steps']}.",
+        f"on {tr['n_val_queries']} validation queries (held out of its training); best step "
+        f"{tr['best_step']} of {tr['n_steps']}.",
     ]
     if adapter.refit_all_:
         lines.append(
-            f"These weights were then trained again on all {tr['n_train_queries']} labelled queries, the "
-            f"held-out ones too, for {tr['best_step']} steps (`refit_all`): the scores above are the "
-            "validated fit's, not theirs."
+            f"These weights were then trained again on all {tr['n_train_queries']} training queries, the "
+            f"validation ones too (never the test queries), for {tr['best_step']} steps (`refit_all`): "
+            "the scores above are the validated fit's, not theirs."
         )
     if hp.get("dims"):
         sizes = ", ".join(str(m) for m in hp["dims"])
