@@ -505,8 +505,8 @@ def test_fit_validates_on_the_dev_split_when_the_data_has_one(tmp_path, syntheti
     argv = [*_synthetic_folder(tmp_path, d, splits), "--max-steps", "30", "--family", "linear"]
     qrels = Path(argv[1]) / "qrels"
     warning = (
-        f"1 of the 31 labelled queries of {qrels / 'dev.tsv'} are also in {qrels / 'test.tsv'}, the "
-        "scored split: they are left out of early stopping and selection, so that every scored query "
+        f"1 of the 31 labelled queries of {qrels / 'dev.tsv'} is also in {qrels / 'test.tsv'}, the "
+        "scored split: it is left out of early stopping and selection, so that every scored query "
         "stays held-out"
     )
     assert main([*argv, "--out", str(tmp_path / "dev")]) == 0  # not --quiet: the log is on
@@ -561,12 +561,12 @@ def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tm
     )
     qrels = tmp_path / "syn" / "qrels"
     assert proto.warnings == [
-        f"1 of the 31 labelled queries of {qrels / 'validation.tsv'} are also in {qrels / 'test.tsv'}, "
-        "the scored split: they are left out of early stopping and selection, so that every scored query "
+        f"1 of the 31 labelled queries of {qrels / 'validation.tsv'} is also in {qrels / 'test.tsv'}, "
+        "the scored split: it is left out of early stopping and selection, so that every scored query "
         "stays held-out"
     ]
     (pooled,) = protocol(dataset, folds=3, selection="kfold").warnings  # the split trains there too
-    assert "the scored split: they are left out of training, early stopping and selection" in pooled
+    assert "the scored split: it is left out of training, early stopping and selection" in pooled
     assert protocol(dataset, folds=3, val_split="none").val == {}
     assert protocol(dataset, folds=3, val_split="none").warnings == []
     (tmp_path / "syn" / "qrels" / "validation.tsv").write_text(

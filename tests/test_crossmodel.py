@@ -1070,7 +1070,7 @@ def test_cli_distill_fit_index_search_with_a_static_query_model(m2v, tmp_path, c
     assert "108 texts cached, 4 would be sent" in capsys.readouterr().out
     assert main(["embed", str(data), *docs, *query, *pairs, "--quiet"]) == 0
     said = capsys.readouterr().out  # the counts are the two stores' (it did not say so)
-    assert "4 texts embedded, 108 already cached by the two models together (queries 8-d of" in said
+    assert "both models together: 4 texts embedded, 108 already cached (queries 8-d of" in said
     assert main(["embed", str(data), *docs, *query, *pairs, "--dry-run"]) == 0
     assert "112 texts cached, 0 would be sent" in capsys.readouterr().out
     assert main(["embed", str(data), *docs, *pairs, "--dry-run"]) == 2

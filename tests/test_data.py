@@ -261,6 +261,11 @@ INT_AND_STR_ID = '{"_id": 1, "text": ""}\n{"_id": "1", "text": ""}\n'
         ("corpus", INT_AND_STR_ID, ["corpus.jsonl:2:", 'duplicate "_id" "1"']),
         ("corpus", BAD_JSON, ["corpus.jsonl:1:", "not valid JSON (Expecting ',' delimiter"]),
         ("corpus", '["d1", "x"]\n', ["corpus.jsonl:1:", "expected a JSON object, got list"]),
+        (  # json's words end in "at": it read "starting at at column 23"
+            "corpus",
+            '{"_id": "d1", "text": "cut\n',
+            ["corpus.jsonl:1:", "not valid JSON (Unterminated string starting at column 23);"],
+        ),
         (
             "corpus",
             '{"_id": "d1", "text": "caf\\ud800"}\n',

@@ -461,7 +461,7 @@ def test_a_fit_that_kept_its_pca_start_says_so_and_evaluate_says_the_same(beir, 
     assert kept.report["selected"] == "its start (a PCA rotation of the corpus)"
     assert not kept.adapter.is_identity_
     (fitted,) = identity_lines(kept.report)
-    assert fitted.startswith("No variant beat their start on validation")  # what selection compared
+    assert fitted.startswith("No variant beat its start on validation")  # what selection compared
     assert fitted.endswith(
         "so the saved adapter is its start, a PCA rotation of the corpus, not the identity: retrieval at "
         "full width is the zero-shot row's."

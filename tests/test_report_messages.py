@@ -345,7 +345,7 @@ def test_a_start_that_is_not_the_identity_is_not_called_zero_shot():
         for system in ("adapted", "zero-shot", "pca"):
             report["metrics"][f"{system}@{m}"] = report["metrics"]["zero-shot"]
     (line,) = identity_lines(report)
-    assert line.startswith("No variant beat their start on validation")
+    assert line.startswith("No variant beat its start on validation")
     markdown = render_markdown(report)
     assert f"Selected variant: **its start ({start})**" in markdown
     assert "| variant | val nDCG@10 | start val |" in markdown and "zero-shot val" not in markdown

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search_adaptor.files import Staged, default_cache_dir
+from search_adaptor.files import Staged, default_cache_dir, json_error
 from search_adaptor.images import ImageRef, Item, lone_surrogate
 
 if TYPE_CHECKING:
@@ -275,8 +275,7 @@ def _records(path: Path, what: str) -> Iterator[tuple[int, str, Item]]:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(
-                f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
-                "each line must be one JSON object"
+                f"{where}: not valid JSON ({json_error(err, line=False)}); each line must be one JSON object"
             ) from None
         rid, text = record(obj, where, what, folder=path.parent)
         _check_unique(rid, seen, where)

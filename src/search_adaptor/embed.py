@@ -124,9 +124,9 @@ class Embeddings:
             width = (
                 f"queries {self.queries.shape[1]}-d of {self.query_encoder.get('model')}, documents {width}"
             )
-            whose = " by the two models together"
+            whose = "both models together: "
         return (
-            f"{self.stats.encoded} texts embedded, {self.stats.cached} already cached{whose} "
+            f"{whose}{self.stats.encoded} texts embedded, {self.stats.cached} already cached "
             f"({width}, {self.embed_s:.1f} s{tried})"
         )
 

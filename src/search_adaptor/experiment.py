@@ -625,8 +625,9 @@ def _left_out_warning(left_out: int, of: int, path: Path, scored_file: Path, kep
     if not left_out:
         return []
     return [
-        f"{left_out} of the {of} labelled queries of {path} are also in {scored_file}, the scored split: "
-        f"they are left out of {kept_out_of}, so that every scored query stays held-out"
+        f"{left_out} of the {of} labelled queries of {path} {'is' if left_out == 1 else 'are'} also in "
+        f"{scored_file}, the scored split: {'it is' if left_out == 1 else 'they are'} left out of "
+        f"{kept_out_of}, so that every scored query stays held-out"
     ]
 
 

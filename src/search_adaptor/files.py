@@ -422,11 +422,17 @@ def read_json(path: str | os.PathLike, fix: str, strict: bool = True) -> Any:
     except _NotJSON as exc:
         raise ValueError(f"{file}: not valid JSON ({exc} is not a JSON number: write null); {fix}") from None
     except json.JSONDecodeError as exc:
-        # json's own words end in "at" where they name a place ("Unterminated string starting at")
-        where = f"{exc.msg.removesuffix(' at')} at line {exc.lineno}, column {exc.colno}"
-        raise ValueError(f"{file}: not valid JSON ({where}); {fix}") from None
+        raise ValueError(f"{file}: not valid JSON ({json_error(exc)}); {fix}") from None
     except RecursionError:
         raise ValueError(f"{file}: JSON nested too deeply to be one of this tool's files; {fix}") from None
+
+
+def json_error(exc: json.JSONDecodeError, line: bool = True) -> str:
+    """What ``exc`` says and where: "Expecting ',' delimiter at line 3, column 7" (``line=False``: the
+    column only, for one line of a JSON Lines file, which the caller names)."""
+    # json's own words end in "at" where they name a place ("Unterminated string starting at")
+    place = f"line {exc.lineno}, column {exc.colno}" if line else f"column {exc.colno}"
+    return f"{exc.msg.removesuffix(' at')} at {place}"
 
 
 class _NotJSON(ValueError):

@@ -148,13 +148,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def _against(ours: Mapping[str, float], other: Mapping[str, float], name: str, p: Any, metric: str) -> str:
-    """ "better than NAME by +0.0123 ndcg@10 (paired ...: p = ...)": one system against another
+    """ "better than NAME by 0.0123 ndcg@10 (paired ...: p = ...)": one system against another
     ("level with NAME" when they score the same, as an unsupervised adapter does at full width)."""
     delta = ours[metric] - other[metric]
     p_text = f" (paired randomization test over queries: p = {p:.4g})" if p is not None else ""
     if delta == 0:
         return f"level with {name}, {delta:+.4f} {metric}{p_text}"
-    return f"{'better' if delta > 0 else 'worse'} than {name} by {delta:+.4f} {metric}{p_text}"
+    return f"{'better' if delta > 0 else 'worse'} than {name} by {abs(delta):.4f} {metric}{p_text}"
 
 
 def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
@@ -358,7 +358,7 @@ def identity_lines(report: Mapping[str, Any]) -> list[str]:
         if report.get("selection_rule") == "max"
         else f" by more than the noise of the {scores} (one standard error of the per-query differences)"
     )
-    beaten = "zero-shot" if report.get("start") is None else "their start"  # what selection compared
+    beaten = "zero-shot" if report.get("start") is None else "its start"  # what selection compared
     won = [c for c in (report.get("validation") or {}).get("candidates", []) if c.get("kept_start")]
     if won:  # the k-fold winner's final fit, on every training query, kept its start
         lines = [
