@@ -32,6 +32,24 @@ def test_help_does_not_import_torch():
     assert "fit" in out.stdout and "evaluate" in out.stdout
 
 
+@pytest.mark.parametrize(
+    ("argv", "help_of"),
+    [
+        (["serve", "idx", "--quiet"], "search-adaptor serve"),
+        (["fit", "data", "--out", "o", "--nope", "1"], "search-adaptor fit"),
+        (["--nope"], "search-adaptor"),
+    ],
+)
+def test_an_unknown_flag_points_at_its_commands_help(capsys, argv, help_of):
+    """argparse reports a flag a command does not take from the top parser, so the line pointed at
+    the list of commands ("see search-adaptor --help") rather than at the command's flags."""
+    assert main(argv) == 2
+    extras = " ".join(argv[argv.index(next(a for a in argv if a in ("--quiet", "--nope"))) :])
+    assert capsys.readouterr().err == (
+        f"search-adaptor: error: unrecognized arguments: {extras} (see {help_of} --help)\n"
+    )
+
+
 def test_bad_data_dir_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n{"text": "no id"}\n')
     (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "y"}\n')

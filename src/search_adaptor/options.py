@@ -300,8 +300,20 @@ _COMMANDS: dict[str, list[Arg | str]] = {
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line like every other error (``--help`` shows the usage)."""
 
+    #: the command parsers by name (the top parser's): an unknown flag is the command's error
+    commands: dict[str, argparse.ArgumentParser]
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"search-adaptor: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        """As argparse, but a flag the command does not take points at the command's --help, not at
+        the list of commands (argparse reports it from the top parser)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            where = getattr(self, "commands", {}).get(getattr(parsed, "command", None), self)
+            where.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
 
 def build_parser(commands: Mapping[str, Callable[..., Any]]) -> argparse.ArgumentParser:
@@ -316,13 +328,14 @@ def build_parser(commands: Mapping[str, Callable[..., Any]]) -> argparse.Argumen
     )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.commands = {}
     groups = {
         "embeddings": _ENCODER,
         "encoder": [arg for arg in _ENCODER if arg is not _PRECOMPUTED],
         "engine": _ENGINE,
     }
     for name, arguments in _COMMANDS.items():
-        cmd = sub.add_parser(name, help=commands[name].__doc__, parents=[debug])
+        cmd = parser.commands[name] = sub.add_parser(name, help=commands[name].__doc__, parents=[debug])
         for arg in arguments:
             target = cmd.add_argument_group(arg) if isinstance(arg, str) else cmd
             for flags, options in groups[arg] if isinstance(arg, str) else [arg]:
