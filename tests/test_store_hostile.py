@@ -6,6 +6,7 @@ a read-only store serves what it holds, and a damaged row is embedded again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -202,6 +203,25 @@ def test_a_folder_where_the_store_file_goes_and_a_held_lock_say_what_to_do(built
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_store_folder_that_cannot_be_made_names_cache(tmp_path, monkeypatch) -> None:
+    """A place that looked writable but took no folder (root on /proc: "[Errno 2] No such file or
+    directory: '/proc/nope'", a full disk) named neither the store nor the flag."""
+    real = Path.mkdir
+
+    def full(self: Path, *args: object, **kwargs: object) -> None:
+        if tmp_path / "full" in (self, *self.parents):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    with pytest.raises(StoreError) as exc:
+        EmbeddingStore(CountingEncoder(dim=16, batch_size=100), tmp_path / "full")
+    assert str(exc.value) == (
+        f"{tmp_path / 'full'}: the embedding store's folder cannot be made there (No space left on device); "
+        "give --cache (or $SEARCH_ADAPTOR_CACHE) a folder you can write"
+    )
 
 
 def _serve_without_rights(root: str) -> tuple[bool, np.ndarray, str, int]:

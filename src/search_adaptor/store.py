@@ -308,7 +308,13 @@ class EmbeddingStore:
         if self.read_only:
             db = sqlite3.connect(":memory:", **options)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a place that looked writable (root on /proc, a full disk)
+                raise StoreError(
+                    f"{self.root}: the embedding store's folder cannot be made there ({exc.strerror}); "
+                    "give --cache (or $SEARCH_ADAPTOR_CACHE) a folder you can write"
+                ) from None
             db = sqlite3.connect(self.path, **options)
             _use_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
