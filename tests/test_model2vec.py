@@ -314,6 +314,20 @@ def test_a_moved_or_renamed_model_folder_says_what_happened(tmp_path):
         from_info(made.info())
 
 
+def test_a_model_folder_replaced_in_place_says_its_content_changed(tmp_path):
+    """Another model written over the recorded folder was called "the file was edited, or written by
+    another search-adaptor version", though the index was as built: the folder's content changed."""
+    made = make_encoder("model2vec", model=str(static_model(tmp_path / "static")))
+    shutil.rmtree(tmp_path / "static")
+    static_model(tmp_path / "static", seed=1)  # distilled again: other vectors under the same name
+    with pytest.raises(ValueError) as err:
+        from_info(made.info())
+    assert str(err.value).endswith(
+        f"the model folder {tmp_path / 'static'} no longer holds the model it was built with (its files "
+        "changed since); put that model back there, or build again with the model it holds now"
+    )
+
+
 # --- a damaged or mistaken model folder: one line naming the file and the fix ---------------------
 
 

@@ -52,7 +52,11 @@ def test_a_model_with_more_than_pooling_and_normalisation_is_refused(bert, tmp_p
     model without it (cosine 0.986 to the real one, float32 included). A float32 export whose vectors
     differ from its model's is refused too, and nothing is published."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers import models as st_models
+
+    try:  # sentence-transformers 6 moved the modules (the old path warns there); 3-5 have only it
+        from sentence_transformers.sentence_transformer import modules as st_models
+    except ImportError:
+        from sentence_transformers import models as st_models
 
     from search_adaptor.encoders import onnx
 

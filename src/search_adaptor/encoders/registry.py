@@ -169,13 +169,22 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
             from search_adaptor.encoders.http import Endpoint
 
             root = Endpoint.parse(root).public  # never a credential inside the URL in a message
-        fix = (
-            f"its API root is part of what it records, and {root} may serve other vectors under that "
-            "model name; use the recorded root, or embed again through this one"
-            if root
-            else "its recorded settings no longer make that model (the file was edited, or written by "
-            "another search-adaptor version): make the file again, or pass the encoder explicitly (Python)"
-        )
+        if root:
+            fix = (
+                f"its API root is part of what it records, and {root} may serve other vectors under that "
+                "model name; use the recorded root, or embed again through this one"
+            )
+        elif provider in FOLDER_CLASSES:  # the folder's content is in the fingerprint
+            fix = (
+                f"the model folder {cfg.get('model')} no longer holds the model it was built with (its "
+                "files changed since); put that model back there, or build again with the model it holds now"
+            )
+        else:
+            fix = (
+                "its recorded settings no longer make that model (the file was edited, or written by "
+                "another search-adaptor version): make the file again, or pass the encoder explicitly "
+                "(Python)"
+            )
         recorded, made = info.get("fingerprint"), encoder.fingerprint
         raise ValueError(f"recreated encoder {made} differs from the recorded {recorded}; {fix}")
     return encoder
