@@ -353,6 +353,12 @@ def test_a_recorded_model_of_the_wrong_type_in_an_adapter_is_refused_naming_it(
     assert not (tmp_path / "out").exists()
 
 
+def test_an_index_of_no_documents_says_so(synthetic):
+    """It said "0 document ids for vectors of shape (0, 16); give one 2-D row per id", a mismatch."""
+    with pytest.raises(ValueError, match=r"^no documents to index: doc_ids and vectors are empty; give at"):
+        AdaptedIndex.from_vectors(make_adapter(info=FAKE_INFO), [], np.zeros((0, 16), np.float32), FAKE_INFO)
+
+
 def test_an_index_refuses_pickle_and_deepcopy_in_one_line_naming_save_and_load(synthetic, tmp_path):
     """A worker pool pickling an index met "cannot pickle '_thread.lock' object", naming no way out."""
     index = AdaptedIndex.from_vectors(

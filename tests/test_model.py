@@ -97,6 +97,47 @@ def test_init_stores_hyperparameters_verbatim_and_params_round_trip():
     with pytest.raises(ValueError, match="unknown SearchAdaptor parameter"):
         est.set_params(not_a_parameter=1)
     assert not hasattr(est, "query_net_")  # nothing learned before fit
+    # clone's overrides are set_params' names (it was __init__'s TypeError, "unexpected keyword")
+    with pytest.raises(ValueError, match=r"^unknown SearchAdaptor parameter\(s\): bogus$"):
+        est.clone(bogus=1)
+    assert est.clone(alpha=0.25).alpha == 0.25 and est.alpha == 0.5
+
+
+def test_ids_that_do_not_match_the_embeddings_are_named(synthetic):
+    """A query id short said "59 query ids for 60 query embeddings / 200 corpus ids for 200 documents",
+    naming the corpus too; a judged document missing from the corpus gave no fix."""
+    data = synthetic
+    with pytest.raises(ValueError) as err:
+        _fit({**data, "qids": data["qids"][:-1]})
+    assert str(err.value) == (
+        f"query_ids: {len(data['qids']) - 1} ids for {len(data['Q'])} query embeddings; give one id per row, "
+        "in order"
+    )
+    with pytest.raises(
+        ValueError, match=r"^corpus_ids: 1 ids for \d+ corpus embeddings; give one id per row"
+    ):
+        _fit({**data, "dids": data["dids"][:1]})
+    qid = next(iter(data["qrels"]))
+    qrels = {**data["qrels"], qid: {**data["qrels"][qid], "nodoc": 1}}
+    with pytest.raises(ValueError) as err:
+        _fit({**data, "qrels": qrels})
+    assert str(err.value) == (
+        f"qrels: query {qid!r} names document 'nodoc', which is not in the corpus; pass its embedding with "
+        "its id in corpus_ids, or drop that judgement"
+    )
+
+
+def test_select_refuses_an_unknown_override_before_training(synthetic):
+    with pytest.raises(ValueError, match=r"^overrides: unknown SearchAdaptor parameter\(s\): bogus$"):
+        select(
+            "linear",
+            synthetic["Q"],
+            synthetic["D"],
+            synthetic["qrels"],
+            synthetic["qids"],
+            synthetic["dids"],
+            overrides={"bogus": 1},
+        )
 
 
 def test_scikit_learns_clone_gives_an_unfitted_copy_with_the_same_hyperparameters(synthetic):

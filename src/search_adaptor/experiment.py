@@ -241,6 +241,10 @@ def select(
         raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
+    try:  # an unknown name, before anything trains (it was SearchAdaptor.__init__'s TypeError)
+        SearchAdaptor().set_params(**dict(overrides or {}))
+    except ValueError as exc:
+        raise ValueError(f"overrides: {exc}") from None
     labelled = not any({**p, **dict(overrides or {})}.get("loss") in UNLABELLED_LOSSES for _, p in variants)
     folds = (
         _selection_folds(qrels, query_ids, selection_folds, seed) if selection == "kfold" and labelled else []

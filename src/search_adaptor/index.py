@@ -416,6 +416,8 @@ class AdaptedIndex:
         """
         doc_ids = _as_ids(doc_ids)
         vectors = numeric_array(vectors, "vectors", "a 2-D array")
+        if not doc_ids and vectors.ndim and not len(vectors):
+            raise ValueError("no documents to index: doc_ids and vectors are empty; give at least one")
         if vectors.ndim != 2 or len(doc_ids) != len(vectors) or not len(doc_ids):
             raise ValueError(
                 f"{len(doc_ids)} document ids for vectors of shape {vectors.shape}; give one 2-D row per id"

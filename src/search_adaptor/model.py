@@ -262,8 +262,9 @@ class SearchAdaptor:
         return self
 
     def clone(self, **overrides: Any) -> SearchAdaptor:
-        """An unfitted copy with the same hyperparameters (and ``overrides``)."""
-        return type(self)(**{**self.get_params(), **overrides})
+        """An unfitted copy with the same hyperparameters (and ``overrides``, named as
+        :meth:`set_params` names them: an unknown one is refused in one line)."""
+        return type(self)(**self.get_params()).set_params(**overrides)
 
     def __repr__(self) -> str:
         defaults = type(self)().get_params()  # compared by repr, as scikit-learn does: dims may be an array

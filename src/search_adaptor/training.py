@@ -149,7 +149,10 @@ def _index_qrels(
         pairs = []
         for did, grade in docs.items():
             if did not in did_to_col:
-                raise ValueError(f"qrels: query {qid!r} names document {did!r}, which is not in the corpus")
+                raise ValueError(
+                    f"qrels: query {qid!r} names document {did!r}, which is not in the corpus; pass its "
+                    "embedding with its id in corpus_ids, or drop that judgement"
+                )
             pairs.append((did_to_col[did], grade))
         out[qid] = pairs
     return out
@@ -729,11 +732,11 @@ def train(
         )
     qids = check_ids(query_ids, "query_ids") if query_ids is not None else [str(i) for i in range(len(Qn))]
     dids = check_ids(corpus_ids, "corpus_ids") if corpus_ids is not None else [str(i) for i in range(len(Dn))]
-    if len(qids) != len(Qn) or len(dids) != len(Dn):
-        raise ValueError(
-            f"{len(qids)} query ids for {len(Qn)} query embeddings / "
-            f"{len(dids)} corpus ids for {len(Dn)} documents"
-        )
+    for ids, rows, what in ((qids, Qn, "query"), (dids, Dn, "corpus")):
+        if len(ids) != len(rows):
+            raise ValueError(
+                f"{what}_ids: {len(ids)} ids for {len(rows)} {what} embeddings; give one id per row, in order"
+            )
     rng = np.random.default_rng(hp.seed)
     generator = torch.Generator().manual_seed(hp.seed)  # local: concurrent fits stay reproducible
     dim = Dn.shape[1]
