@@ -129,15 +129,7 @@ def test_ids_that_do_not_match_the_embeddings_are_named(synthetic):
 
 def test_select_refuses_an_unknown_override_before_training(synthetic):
     with pytest.raises(ValueError, match=r"^overrides: unknown SearchAdaptor parameter\(s\): bogus$"):
-        select(
-            "linear",
-            synthetic["Q"],
-            synthetic["D"],
-            synthetic["qrels"],
-            synthetic["qids"],
-            synthetic["dids"],
-            overrides={"bogus": 1},
-        )
+        select("linear", *(synthetic[k] for k in ("Q", "D", "qrels", "qids", "dids")), overrides={"bogus": 1})
 
 
 def test_scikit_learns_clone_gives_an_unfitted_copy_with_the_same_hyperparameters(synthetic):
