@@ -377,6 +377,18 @@ def test_an_index_refuses_pickle_and_deepcopy_in_one_line_naming_save_and_load(s
     )
 
 
+def test_a_damaged_adapter_inside_an_index_says_to_rebuild_the_index(recorded, tmp_path, capsys):
+    """The index's own copy of its adapter, damaged, said "re-save it with SearchAdaptor.save or
+    train it again": the fix is the index's, to build it again."""
+    shutil.copytree(recorded / "idx", tmp_path / "idx")
+    weights = next((tmp_path / "idx").glob("*/adapter.safetensors"))
+    weights.unlink()
+    rc = main(["search", str(tmp_path / "idx"), "wing lift"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and str(weights) in err, err
+    assert err.endswith("rebuild the index with `search-adaptor index`") and "SearchAdaptor.save" not in err
+
+
 def test_hnsw_backend_finds_the_exact_neighbours(synthetic, tmp_path):
     adapter = make_adapter(info=FAKE_INFO)
     exact = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], FAKE_INFO)

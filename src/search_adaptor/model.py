@@ -67,7 +67,9 @@ NEGATIVES = ("random", "hard", "mixed", "all")
 INITS = ("identity", "pca", "score-axes", "lstsq", "procrustes")
 MAX_DIM = 65536  # largest embedding or hidden width a saved config may declare
 _FLOAT32 = np.finfo(np.float32)  # the range float32_rows casts rows within
-_LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
+#: the fix that ends a refusal of an adapter folder (a loader that keeps the adapter inside its own
+#: folder, as an index does, names its own fix instead)
+LOAD_FIX = "re-save it with SearchAdaptor.save or train it again with `search-adaptor fit`"
 _warned_no_encoder: set[str] = set()
 _warned_no_checksum: set[str] = set()
 _warned_size: set[tuple[str, int | None]] = set()
@@ -916,15 +918,15 @@ class SearchAdaptor:
                 f"{cfg_path}: not found; point at an adapter folder: `search-adaptor fit`'s OUT_DIR/adapter, "
                 "or one written by SearchAdaptor.save"
             )
-        raw = read_json(cfg_path, _LOAD_FIX)
+        raw = read_json(cfg_path, LOAD_FIX)
         try:
             return cls._from_config(raw, folder, cfg_path)
         except ValueError as exc:  # a field it does not know: "re-save it" cannot work where it is newer
             newer = _newer_writer(raw)
-            if newer is None or _LOAD_FIX not in str(exc):
+            if newer is None or LOAD_FIX not in str(exc):
                 raise
             fix = f"it was written by search-adaptor {newer}, newer than this one ({__version__}): upgrade"
-            raise ValueError(str(exc).replace(_LOAD_FIX, fix)) from None
+            raise ValueError(str(exc).replace(LOAD_FIX, fix)) from None
 
     @classmethod
     def _from_config(cls, raw: Any, folder: Path, cfg_path: Path) -> SearchAdaptor:
@@ -935,14 +937,13 @@ class SearchAdaptor:
             est.set_params(**config["hyperparameters"])
             params = est._validate_params()
         except ValueError as exc:
-            raise ValueError(f"{cfg_path}: hyperparameters: {exc}; {_LOAD_FIX}") from None
+            raise ValueError(f"{cfg_path}: hyperparameters: {exc}; {LOAD_FIX}") from None
         dim, query_dim = config["dim"], config.get("query_dim", config["dim"])
         if not 1 <= query_dim <= MAX_DIM:
-            raise ValueError(f"{cfg_path}: field 'query_dim' must be in [1, {MAX_DIM}]; {_LOAD_FIX}")
+            raise ValueError(f"{cfg_path}: field 'query_dim' must be in [1, {MAX_DIM}]; {LOAD_FIX}")
         if params["dims"] is not None and max(params["dims"]) > dim:  # a prefix wider than the output
             raise ValueError(
-                f"{cfg_path}: hyperparameters: dims {params['dims']} go beyond the {dim}-d output; "
-                f"{_LOAD_FIX}"
+                f"{cfg_path}: hyperparameters: dims {params['dims']} go beyond the {dim}-d output; {LOAD_FIX}"
             )
         query_net, corpus_net = _load_weights(folder / WEIGHTS, params, dim, query_dim)
         training = config["training"]
@@ -976,7 +977,7 @@ class SearchAdaptor:
         if config["identity"] not in (est.is_identity_, est.kept_start_):
             raise ValueError(
                 f"{cfg_path}: identity is {config['identity']} but training.best_step is "
-                f"{training['best_step']} and hyperparameters.init is {est.init!r}; {_LOAD_FIX}"
+                f"{training['best_step']} and hyperparameters.init is {est.init!r}; {LOAD_FIX}"
             )
         _verify_checksum(est, config.get("checksum"), cfg_path, config["format_version"])
         if not config["encoder"].get("fingerprint"):
@@ -1071,21 +1072,21 @@ def _check_section(section: Mapping[str, Any], schema: Mapping[str, type], where
         if key not in section:
             if key in _OPTIONAL:
                 continue
-            raise ValueError(f"{where}: missing field {key!r}; {_LOAD_FIX}")
+            raise ValueError(f"{where}: missing field {key!r}; {LOAD_FIX}")
         if not _typed(section[key], kind):
             raise ValueError(
                 f"{where}: field {key!r} must be {'a finite number' if kind is float else kind.__name__}, "
-                f"got {json.dumps(section[key])[:40]}; {_LOAD_FIX}"
+                f"got {json.dumps(section[key])[:40]}; {LOAD_FIX}"
             )
     unknown = sorted(set(section) - set(schema))
     if unknown:
-        raise ValueError(f"{where}: unknown field {unknown[0]!r}; {_LOAD_FIX}")
+        raise ValueError(f"{where}: unknown field {unknown[0]!r}; {LOAD_FIX}")
 
 
 def _check_config(config: Any, path: Path) -> dict[str, Any]:
     """The config of an adapter folder, every field's type and bound checked (see :meth:`load`)."""
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}; {_LOAD_FIX}")
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}; {LOAD_FIX}")
     if "format_version" not in config:  # a model's config.json (Hugging Face, sentence-transformers)
         raise ValueError(
             f"{path.parent}: not a search-adaptor adapter folder (its {CONFIG} has no format_version); "
@@ -1094,7 +1095,7 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     version = config["format_version"]
     if not _typed(version, int) or version < 1:
         raise ValueError(
-            f"{path}: field 'format_version' must be an integer >= 1, got {json.dumps(version)}; {_LOAD_FIX}"
+            f"{path}: field 'format_version' must be an integer >= 1, got {json.dumps(version)}; {LOAD_FIX}"
         )
     if version > FORMAT_VERSION:
         raise ValueError(
@@ -1103,39 +1104,39 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
         )
     _check_section(config, _TOP_KEYS, str(path))
     if version >= 2 and "checksum" not in config:
-        raise ValueError(f"{path}: missing field 'checksum'; {_LOAD_FIX}")
+        raise ValueError(f"{path}: missing field 'checksum'; {LOAD_FIX}")
     missing = [k for k in _SHAPE_KEYS if k not in config["hyperparameters"]]
     if missing:
-        raise ValueError(f"{path}: hyperparameters: missing field {missing[0]!r}; {_LOAD_FIX}")
+        raise ValueError(f"{path}: hyperparameters: missing field {missing[0]!r}; {LOAD_FIX}")
     if not 1 <= config["dim"] <= MAX_DIM:
-        raise ValueError(f"{path}: field 'dim' must be in [1, {MAX_DIM}], got {config['dim']}; {_LOAD_FIX}")
+        raise ValueError(f"{path}: field 'dim' must be in [1, {MAX_DIM}], got {config['dim']}; {LOAD_FIX}")
     training = config["training"]
     _check_section(training, _TRAINING_KEYS, f"{path}: training")
     counts = ("best_step", "n_steps", "n_train_queries", "n_val_queries")
     if any(training[k] < 0 for k in counts) or training["best_step"] > training["n_steps"]:
-        raise ValueError(f"{path}: training: step or query counts out of range; {_LOAD_FIX}")
+        raise ValueError(f"{path}: training: step or query counts out of range; {LOAD_FIX}")
     for key in ("val_ndcg@10", "zero_shot_val_ndcg@10"):
         if not 0.0 <= training[key] <= 1.0:
-            raise ValueError(f"{path}: training: {key} must be in [0, 1], got {training[key]}; {_LOAD_FIX}")
+            raise ValueError(f"{path}: training: {key} must be in [0, 1], got {training[key]}; {LOAD_FIX}")
     for key in ("train_query_ids", "val_query_ids"):
         if not all(isinstance(q, str) for q in training.get(key, [])):
-            raise ValueError(f"{path}: training: {key} must be a list of strings; {_LOAD_FIX}")
+            raise ValueError(f"{path}: training: {key} must be a list of strings; {LOAD_FIX}")
     if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in training.get("query_text_digests", [])):
         raise ValueError(
-            f"{path}: training: query_text_digests must be a list of 16-character hex digests; {_LOAD_FIX}"
+            f"{path}: training: query_text_digests must be a list of 16-character hex digests; {LOAD_FIX}"
         )
     if training.get("precision", "float32") not in TRAINED_PRECISIONS:
         raise ValueError(
             f"{path}: training: precision must be one of {', '.join(TRAINED_PRECISIONS)}, "
-            f"got {json.dumps(training['precision'])[:40]}; {_LOAD_FIX}"
+            f"got {json.dumps(training['precision'])[:40]}; {LOAD_FIX}"
         )
     history = training.get("history", [])
     if not all(isinstance(h, dict) and _typed(h.get("step"), int) for h in history):
-        raise ValueError(f"{path}: training: history must be a list of {{step, ...}} objects; {_LOAD_FIX}")
+        raise ValueError(f"{path}: training: history must be a list of {{step, ...}} objects; {LOAD_FIX}")
     for key in ("encoder", "query_encoder"):  # an empty encoder: saved from Python without one
         problem = info_problem(config[key]) if config.get(key) else None
         if problem:
-            raise ValueError(f"{path}: {key}: {problem}; {_LOAD_FIX}")
+            raise ValueError(f"{path}: {key}: {problem}; {LOAD_FIX}")
     problem = _test_problem(config["metrics"].get("test"))
     if problem:  # the metrics are not part of the checksum: an edit there breaks nothing else
         raise ValueError(f"{path}: metrics.{problem}; correct or delete metrics.test in it")
@@ -1247,7 +1248,7 @@ def _verify_checksum(est: SearchAdaptor, recorded: str | None, path: Path, versi
     if recorded != _checksum(est, version):
         raise ValueError(
             f"{path}: checksum does not match the adapter: {WEIGHTS} or {CONFIG} was changed or damaged "
-            f"after saving (weights, settings, sizes or encoder); {_LOAD_FIX}"
+            f"after saving (weights, settings, sizes or encoder); {LOAD_FIX}"
         )
 
 
@@ -1259,8 +1260,8 @@ def _load_weights(
     anything is allocated)."""
     from safetensors import safe_open
 
-    fix = f"the weights file is damaged; {_LOAD_FIX}"
-    both = f"{CONFIG} and {WEIGHTS} do not belong together; {_LOAD_FIX}"
+    fix = f"the weights file is damaged; {LOAD_FIX}"
+    both = f"{CONFIG} and {WEIGHTS} do not belong together; {LOAD_FIX}"
     mode = params["mode"]
     own = ("query", "corpus") if mode == "separate" else ("query",)  # networks with their own weights
     try:
@@ -1297,7 +1298,7 @@ def _load_weights(
     except ValueError:
         raise
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found; {_LOAD_FIX}") from None
+        raise FileNotFoundError(f"{path}: not found; {LOAD_FIX}") from None
     except Exception as exc:  # safetensors raises its own error types for truncated or garbage files
         detail = " ".join(str(exc).split())[:120]
         raise ValueError(f"{path}: not a readable safetensors file ({detail}); {fix}") from None
