@@ -137,6 +137,19 @@ def test_distill_writes_a_model2vec_folder_offline(tmp_path: Path, monkeypatch: 
     assert (out / "NOTES.md").read_text() == "benchmark notes" and (out / MARKER).is_file()
 
 
+def test_distill_quiet_hides_model2vecs_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    """Every other command's --quiet hides its bars; distill had none, and model2vec drew its
+    "Encoding tokens" bar over the whole vocabulary."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = tiny_bert(tmp_path / "bert")
+    for quiet, shown in (([], True), (["--quiet"], False)):
+        argv = ["distill", "--out", str(tmp_path / "static"), "--model", str(base), "--dim", "8", *quiet]
+        assert main(argv) == 0
+        out, err = capfd.readouterr()
+        assert ("Encoding tokens" in err) is shown, err
+        assert out.startswith("static model written to ")
+
+
 def test_distill_replaces_what_its_model2vec_wrote_and_still_refuses_a_users_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

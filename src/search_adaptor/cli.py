@@ -525,7 +525,8 @@ def _cmd_distill(args: argparse.Namespace) -> None:
     from search_adaptor.distill import distill
 
     options = {k: v for k, v in {"model": args.model, "dim": args.dim}.items() if v is not None}
-    print(f"static model written to {distill(args.out, **options)}; use it with --query-provider model2vec")
+    out = distill(args.out, **options, progress=not args.quiet)
+    print(f"static model written to {out}; use it with --query-provider model2vec")
 
 
 def _cmd_export_encoder(args: argparse.Namespace) -> None:

@@ -15,10 +15,14 @@ them, whatever a later model2vec writes, and refuses only a file someone put the
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import json
 import os
 import time
+import unittest.mock
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,7 @@ def distill(
     model: str = DEFAULT_MODEL,
     dim: int = DEFAULT_DIM,
     device: str | None = None,
+    progress: bool = True,
 ) -> Path:
     """Distil a model2vec static model from ``model`` into ``out_dir``; returns the folder.
 
@@ -57,6 +62,8 @@ def distill(
         Dimensions kept by PCA; at most the base model's hidden size.
     device : str, optional
         Where the base model runs once over its vocabulary (``"cpu"``, ``"cuda"``); model2vec picks.
+    progress : bool
+        Show model2vec's bar over the vocabulary (``distill --quiet``: not).
 
     Returns
     -------
@@ -97,7 +104,7 @@ def distill(
         what="a folder written by `search-adaptor distill`",
         parts=(*PARTS, *_written_files(Path(out_dir))),
     ) as staged:
-        with quiet_loading():  # model2vec's own progress over the vocabulary still shows
+        with quiet_loading(), _vocabulary_bar(progress):
             static = m2v_distill(source, pca_dims=dim, device=device)
         static.save_pretrained(staged.path)
         record = {
@@ -112,6 +119,19 @@ def distill(
             json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
     return staged.target
+
+
+@contextlib.contextmanager
+def _vocabulary_bar(show: bool) -> Iterator[None]:
+    """model2vec's "Encoding tokens" bar, hidden unless ``show``: it draws it with its module's own
+    ``tqdm`` and no switch (quiet_loading's settings do not reach it)."""
+    from model2vec.distill import inference
+
+    if show or not hasattr(inference, "tqdm"):
+        yield
+        return
+    with unittest.mock.patch.object(inference, "tqdm", functools.partial(inference.tqdm, disable=True)):
+        yield
 
 
 def _base_config(source: str, model: str) -> dict[str, Any]:

@@ -267,6 +267,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         ),
         A("--model", help="sentence-transformers model to distil (default: the local MiniLM)"),
         A("--dim", type=_positive_int, help="static model dimension (default 256)"),
+        _QUIET,
     ],
     "export-encoder": [
         A(
