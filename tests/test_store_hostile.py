@@ -160,9 +160,11 @@ def test_a_read_only_place_without_a_store_serves_nothing(tmp_path, monkeypatch)
         assert store.read_only and len(store) == 0
         assert store.missing("query", ["a", "b", "a"]) == ["a", "b"]
         assert store.embed([], "query").shape == (0, 0)
-        with pytest.raises(StoreError, match="read-only"):
+        with pytest.raises(StoreError, match="read-only") as exc:
             store.embed(["a"], "query")
     assert enc.calls == [] and not (tmp_path / "cache").exists()
+    # the folder to make writable is one that exists (it named the model's folder, never made)
+    assert f"make {tmp_path} writable, or point" in str(exc.value)
 
 
 @pytest.mark.parametrize("where", ["root", "below", "folder"])
@@ -221,6 +223,17 @@ def test_a_store_folder_that_cannot_be_made_names_cache(tmp_path, monkeypatch) -
     assert str(exc.value) == (
         f"{tmp_path / 'full'}: the embedding store's folder cannot be made there (No space left on device); "
         "give --cache (or $SEARCH_ADAPTOR_CACHE) a folder you can write"
+    )
+
+
+def test_a_disk_io_error_says_what_may_cause_it_and_what_to_do(built) -> None:
+    """SQLite's "disk I/O error" (a -wal file deleted under a running job, a failing disk) came alone."""
+    path, _ = built
+    store = EmbeddingStore(CountingEncoder(dim=16, batch_size=100), path.parents[1])
+    with store, pytest.raises(StoreError) as exc, store._guard():
+        raise sqlite3.OperationalError("disk I/O error")
+    _assert_one_line(
+        exc, path, "disk I/O error (the disk failed, or its -wal/-shm file was removed", "--cache"
     )
 
 

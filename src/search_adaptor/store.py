@@ -379,10 +379,12 @@ class EmbeddingStore:
             )
 
     def unwritable(self, count: int) -> StoreError:
-        """The one-line error for a read-only store that lacks ``count`` distinct texts, with the fix."""
+        """The one-line error for a read-only store that lacks ``count`` distinct texts, with the fix:
+        the folder to make writable is the nearest that exists (the store's own may not yet)."""
+        folder = next(p for p in self.path.parents if p.exists())
         return StoreError(
             f"{self.path}: cannot write the embedding store here (read-only), and {count} text(s) "
-            f"have no vector in it yet; make {self.path.parent} writable, or point {ENV_CACHE} "
+            f"have no vector in it yet; make {folder} writable, or point {ENV_CACHE} "
             "(--cache) at a writable folder (a copy of this one keeps its vectors)"
         )
 
@@ -415,6 +417,12 @@ class EmbeddingStore:
             return (
                 " (it is a folder, or its folder cannot be written or entered); remove what is in its "
                 "place or fix the permissions, or embed into another folder with --cache"
+            )
+        if "disk I/O error" in error:
+            return (
+                " (the disk failed, or its -wal/-shm file was removed while another process had it "
+                "open); let other jobs on this store finish and run again; if it persists, check the "
+                "disk, or embed into another folder with --cache"
             )
         return ""
 
