@@ -59,7 +59,14 @@ from search_adaptor.files import (
     staging_prefix,
 )
 from search_adaptor.images import Item, check_item_types
-from search_adaptor.model import LOAD_FIX, CompatibilityError, SearchAdaptor, as_adapter, float32_rows
+from search_adaptor.model import (
+    LOAD_FIX,
+    CompatibilityError,
+    SearchAdaptor,
+    as_adapter,
+    float32_rows,
+    with_fix,
+)
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
 from search_adaptor.pipeline import JobStats, adapted_chunks, embed_and_adapt
 from search_adaptor.retrieval import l2_normalize
@@ -515,7 +522,7 @@ class AdaptedIndex:
         except (FileNotFoundError, ValueError) as exc:  # the index's own copy: rebuilding mends it
             if LOAD_FIX not in str(exc):
                 raise
-            raise type(exc)(str(exc).replace(LOAD_FIX, _REBUILD)) from None
+            raise with_fix(exc, _REBUILD) from None
         if adapter.fingerprint_ != manifest["adapter"]["fingerprint"]:
             raise CompatibilityError(
                 f"{adapter_path}: this adapter ({adapter.fingerprint_}) is not the one the index "

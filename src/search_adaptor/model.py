@@ -923,10 +923,10 @@ class SearchAdaptor:
             return cls._from_config(raw, folder, cfg_path)
         except ValueError as exc:  # a field it does not know: "re-save it" cannot work where it is newer
             newer = _newer_writer(raw)
+            fix = f"it was written by search-adaptor {newer}, newer than this one ({__version__}): upgrade"
             if newer is None or LOAD_FIX not in str(exc):
                 raise
-            fix = f"it was written by search-adaptor {newer}, newer than this one ({__version__}): upgrade"
-            raise ValueError(str(exc).replace(LOAD_FIX, fix)) from None
+            raise with_fix(exc, fix) from None
 
     @classmethod
     def _from_config(cls, raw: Any, folder: Path, cfg_path: Path) -> SearchAdaptor:
@@ -1050,6 +1050,12 @@ def _typed(value: Any, kind: type) -> bool:
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     return isinstance(value, kind)
+
+
+def with_fix(exc: Exception, fix: str) -> Exception:
+    """``exc``, a refusal of an adapter folder, ending with ``fix`` instead of :data:`LOAD_FIX` (an
+    index mends its own copy by rebuilding; a newer library's file, by upgrading)."""
+    return type(exc)(str(exc).replace(LOAD_FIX, fix))
 
 
 def _newer_writer(config: Any) -> str | None:
