@@ -386,7 +386,7 @@ def test_five_labelled_queries_ship_the_identity_and_say_why(tmp_path, synthetic
     # the terminal summary says why too, not only report.md
     assert main([*argv, "--out", str(tmp_path / "again"), "--max-steps", "30", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "selected: identity (zero-shot)" in printed
+    assert "saved adapter: identity (zero-shot)" in printed  # (k-fold: each fold scored by its own)
     assert "No variant beat zero-shot on validation by more than the noise" in printed
     assert "Validation held a single query" in printed
 

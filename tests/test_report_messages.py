@@ -241,6 +241,31 @@ def test_a_kept_start_is_named_from_the_report_not_guessed_from_the_family():
         assert identity.endswith("so the saved adapter is the identity: retrieval is unchanged.")
 
 
+def test_what_an_audit_of_the_reports_wording_found():
+    """An independent audit recomputed every number and found them right, but three sentences not:
+    a k-fold fit named the saved adapter "Selected variant" above a table of each fold's own winner;
+    a fit whose test queries repeat training texts (SciFact: 2 of 300) warned only in report.md,
+    where evaluate warns on the terminal; and p = 0.072 read "better than zero-shot"."""
+    kfold = render_markdown(_report(protocol="kfold", folds=5))
+    assert "Saved adapter: **shared-infonce** (each fold's own winner scored its held-out queries)." in kfold
+    assert "Selected variant" not in kfold
+    (line,) = seen_lines(_report(seen_in_training={"n": 2, "of": 300, "by": "text"}))
+    assert line == (
+        "WARNING: 2 of the 300 scored queries repeat the text of a query whose labels trained or chose this "
+        "adapter (held-out by id, not by text); their scores flatter it: drop them from the split for a "
+        "held-out score."
+    )
+    up = {**_report()["metrics"]["zero-shot"], "ndcg@10": 0.8217}
+    noisy = _report(metrics={"zero-shot": _report()["metrics"]["zero-shot"], "adapted": up})
+    noisy["significance"] = {"metric": "ndcg@10", "p_value": 0.07219}
+    assert (
+        "Adapted is above zero-shot by 0.0217 ndcg@10, not significantly (paired randomization test over "
+        "queries: p = 0.07219)." in render_markdown(noisy)
+    )
+    noisy["significance"]["p_value"] = 0.001
+    assert "Adapted is better than zero-shot by 0.0217 ndcg@10 (paired" in render_markdown(noisy)
+
+
 def test_kfold_protocol_candidates_are_the_final_fits():
     """Without a train split every labelled query is scored: "the test queries play no part" was false."""
     markdown = render_markdown(_report(protocol="kfold", folds=3))

@@ -363,7 +363,13 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
     # only when none trained the adapter
     seen = report.get("seen_in_training")
     kind = "held-out" if report["protocol"] != "evaluate" or (seen and not seen["n"]) else "scored"
-    print(f"{report['dataset']} ({how}, {n} {kind} queries{queries}) selected: {selected}")
+    if report["protocol"] == "kfold":  # the table's adapted row is each fold's own winner's
+        print(
+            f"{report['dataset']} (kfold, {n} {kind} queries, each scored by its fold's winner{queries}) "
+            f"saved adapter: {selected}"
+        )
+    else:
+        print(f"{report['dataset']} ({how}, {n} {kind} queries{queries}) selected: {selected}")
     print("\n".join(metrics_table(report["metrics"], list(report["metrics"]["zero-shot"]))))
     where = f"; report: {os.path.join(os.path.abspath(out_dir), 'report.md')}" if out_dir else ""
     print(f"paired randomization test on ndcg@10: p = {report['significance']['p_value']:.4g}{where}")

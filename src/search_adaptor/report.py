@@ -57,11 +57,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         if report.get("query_model")
         else f"Model: `{report['model']}`"
     )
-    lines = [
-        f"# search-adaptor report: {report['dataset']}",
-        "",
-        f"{models}. Selected variant: **{report['selected']}**.",
-    ]
+    chosen = (  # k-fold: the table's adapted row is each fold's own winner's, not the saved one's
+        f"Saved adapter: **{report['selected']}** (each fold's own winner scored its held-out queries)."
+        if protocol == "kfold"
+        else f"Selected variant: **{report['selected']}**."
+    )
+    lines = [f"# search-adaptor report: {report['dataset']}", "", f"{models}. {chosen}"]
     val_split = _val_split(report)
     unlabelled = _unlabelled(report)
     if protocol == "evaluate":
@@ -149,11 +150,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 def _against(ours: Mapping[str, float], other: Mapping[str, float], name: str, p: Any, metric: str) -> str:
     """ "better than NAME by 0.0123 ndcg@10 (paired ...: p = ...)": one system against another
-    ("level with NAME" when they score the same, as an unsupervised adapter does at full width)."""
+    ("level with NAME" when they score the same, as an unsupervised adapter does at full width;
+    "above NAME by ..., not significantly" when the test cannot tell them apart at p < 0.05)."""
     delta = ours[metric] - other[metric]
     p_text = f" (paired randomization test over queries: p = {p:.4g})" if p is not None else ""
     if delta == 0:
         return f"level with {name}, {delta:+.4f} {metric}{p_text}"
+    if p is not None and p >= SIGNIFICANT:  # a difference within noise is no "better"
+        side = "above" if delta > 0 else "below"
+        return f"{side} {name} by {abs(delta):.4f} {metric}, not significantly{p_text}"
     return f"{'better' if delta > 0 else 'worse'} than {name} by {abs(delta):.4f} {metric}{p_text}"
 
 
@@ -266,13 +271,14 @@ def seen_lines(report: Mapping[str, Any]) -> list[str]:
     (:func:`_whose`): such scores flatter it, and are no proof on held-out queries (also printed by
     ``evaluate``)."""
     seen = report.get("seen_in_training")
-    if (
-        report["protocol"] != "evaluate"
-        or not seen
-        or not seen["n"]
-        or is_kept_start(str(report["selected"]))
-    ):
+    if not seen or not seen["n"] or is_kept_start(str(report["selected"])):
         return []
+    if report["protocol"] != "evaluate":  # a fit: held-out by id, but the dataset repeats texts
+        return [
+            f"WARNING: {seen['n']} of the {seen['of']} scored queries repeat the text of a query "
+            f"{_whose(report)} this adapter (held-out by id, not by text); their scores flatter it: "
+            "drop them from the split for a held-out score."
+        ]
     if seen["n"] < seen["of"]:
         fix = "their scores are not held-out: drop them from the split for a held-out score"
     else:
