@@ -267,9 +267,9 @@ def _repeated(report: Mapping[str, Any]) -> str:
 
 
 def seen_lines(report: Mapping[str, Any]) -> list[str]:
-    """A loud warning when ``evaluate`` scored queries that trained or chose the adapter
-    (:func:`_whose`): such scores flatter it, and are no proof on held-out queries (also printed by
-    ``evaluate``)."""
+    """A loud warning when scored queries trained or chose the adapter (:func:`_whose`): in
+    ``evaluate``, by text or id; in ``fit``, whose scored ids never train, by a training query's text
+    the dataset repeats. Such scores flatter it, and are no proof on held-out queries."""
     seen = report.get("seen_in_training")
     if not seen or not seen["n"] or is_kept_start(str(report["selected"])):
         return []
