@@ -352,6 +352,16 @@ def test_search_and_serve_reach_the_recorded_api_through_another_root(
         err = capsys.readouterr().err
         assert "queries are embedded by its documents' model" in err and "\n" not in err.strip()
 
+        # an API out of reach: search gives its one call a retry budget (30 s by default), as serve
+        # does (10 s); it retried for about a minute, as a long embedding job does
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))  # a port nothing listens on: every connection refused
+        closed = f"http://127.0.0.1:{dead.getsockname()[1]}/v1"
+        assert main(["search", str(index_dir), query, "--base-url", closed, "--retry-budget", "0.5"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "the retry budget of 0.5s is spent" in err and "\n" not in err, err
+        dead.close()
+
     compatible = make_encoder("openai-compatible", "m", base_url="http://127.0.0.1:9/v1", api_key="k")
     with pytest.raises(ValueError, match="API root is part of what it records"):
         from_info(compatible.info(), base_url="http://127.0.0.1:8/v1")

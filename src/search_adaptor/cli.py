@@ -23,6 +23,8 @@ from search_adaptor.options import build_parser
 #: the exit status when the reader of stdout closed it early: 128 + SIGPIPE, what a shell reports for
 #: a tool that SIGPIPE ended (``cat``, ``grep`` fed to ``head``), so pipelines read it as they do theirs
 SIGPIPE_STATUS = 141
+#: seconds ``search`` gives its one API call, retries included (``--retry-budget``); ``serve`` gives 10
+SEARCH_RETRY_BUDGET_S = 30.0
 
 
 def _eprint(msg: str) -> None:
@@ -505,8 +507,10 @@ def _cmd_search(args: argparse.Namespace) -> None:
     if args.ef_search is not None:  # this run's breadth; the folder keeps its own
         with _in_flags(_SEARCH_OPTIONS):
             index.ef_search = args.ef_search
-    if args.base_url or args.query_base_url:
-        index.configure_encoder(base_url=args.base_url, query_base_url=args.query_base_url)
+    # one query at a terminal: an API out of reach ends in seconds, not after the minute of retries
+    # a long embedding job is right to spend (an API model only; a local one has none)
+    budget = args.retry_budget_s or SEARCH_RETRY_BUDGET_S
+    index.configure_encoder(base_url=args.base_url, query_base_url=args.query_base_url, retry_budget_s=budget)
     hits = index.search([args.query], k=args.k)[0]
     if args.output == "json":
         print(json.dumps([{"id": doc, "score": score} for doc, score in hits], indent=2))
