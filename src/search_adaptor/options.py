@@ -90,6 +90,8 @@ _PAIRS = [
     ),
 ]
 _PRECOMPUTED = A("--embeddings", metavar="DIR", help="precomputed DIR/{queries,corpus}.{npz,parquet}")
+#: ``--retry-budget`` of the commands that call an API for their answers (search, serve)
+_RETRY_BUDGET: dict[str, Any] = {"type": _positive_float, "dest": "retry_budget_s", "metavar": "S"}
 _QUIET = A("--quiet", action="store_true", help="no progress bars, per-candidate or Ray lines")
 _ENCODER = [
     A(
@@ -244,9 +246,7 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         _EF_SEARCH,
         A(
             "--retry-budget",
-            type=_positive_float,
-            dest="retry_budget_s",
-            metavar="S",
+            **_RETRY_BUDGET,
             help="seconds the API call may take, retries included (default 30)",
         ),
         _OUTPUT,
@@ -261,10 +261,8 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--threads", type=_positive_int, metavar="N", help="CPU threads (1 when shared)"),
         A(
             "--retry-budget",
-            type=_positive_float,
-            dest="retry_budget_s",
-            metavar="S",
-            help="s per API call (10)",
+            **_RETRY_BUDGET,
+            help="seconds each API call may take, retries included (default 10)",
         ),
         A("--model-name", metavar="NAME", help="/v1 model names NAME-query, NAME-document"),
         _EF_SEARCH,
