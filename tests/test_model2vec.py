@@ -137,6 +137,20 @@ def test_distill_writes_a_model2vec_folder_offline(tmp_path: Path, monkeypatch: 
     assert (out / "NOTES.md").read_text() == "benchmark notes" and (out / MARKER).is_file()
 
 
+def test_distill_records_the_base_model_by_the_name_given_not_the_folder_it_was_found_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default model resolves to a folder inside site-packages: that machine path stayed in the
+    distilled config.json, a folder meant to be copied to other machines."""
+    base = tiny_bert(tmp_path / "bert")
+    monkeypatch.setattr("search_adaptor.distill.resolve_model", lambda name: str(base))
+    out = distill(tmp_path / "static", model="org/base-model", dim=8, device="cpu")
+    config = json.loads((out / "config.json").read_text())
+    assert config["tokenizer_name"] == "org/base-model"
+    assert str(tmp_path) not in "".join(p.read_text(errors="ignore") for p in out.iterdir())
+    assert make_encoder("model2vec", model=str(out)).encode_queries(["the cat"]).shape == (1, 8)
+
+
 def test_distill_quiet_hides_model2vecs_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
     """Every other command's --quiet hides its bars; distill had none, and model2vec drew its
     "Encoding tokens" bar over the whole vocabulary."""

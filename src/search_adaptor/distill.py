@@ -107,6 +107,7 @@ def distill(
         with quiet_loading(), _vocabulary_bar(progress):
             static = m2v_distill(source, pca_dims=dim, device=device)
         static.save_pretrained(staged.path)
+        _name_the_base(staged.path / "config.json", model)
         record = {
             "base_model": model,
             "dim": dim,
@@ -119,6 +120,15 @@ def distill(
             json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
     return staged.target
+
+
+def _name_the_base(config: Path, model: str) -> None:
+    """Record the base model in model2vec's ``config.json`` as the user named it: model2vec writes
+    the folder it loaded (for the default model, a path inside this machine's site-packages), which
+    would ship a machine path in a folder meant to be copied; the tokenizer itself is in the folder."""
+    settings = read_json(config, "distill again", strict=False)
+    settings["tokenizer_name"] = model
+    config.write_text(json.dumps(settings, indent=4) + "\n", encoding="utf-8")
 
 
 @contextlib.contextmanager
