@@ -818,7 +818,7 @@ def test_cli_transform_dim_writes_the_prefix(cli_fit, synthetic, tmp_path, capsy
     np.save(tmp_path / "cube.npy", np.ones((3, 4, 2), dtype=np.float32))
     assert main(["transform", str(tmp_path / "cube.npy"), "--adapter", str(adapter), "--out", "c.npy"]) == 2
     err = capsys.readouterr().err
-    assert "expected a C-ordered 2-D float matrix (n_vectors, dim), got shape (3, 4, 2)" in err, err
+    assert "expected a C-ordered 2-D numeric matrix (n_vectors, dim), got shape (3, 4, 2)" in err, err
     assert (
         main(["transform", str(tmp_path / "cube.npy"), "--adapter", str(adapter), "--out", "c", "--debug"])
         == 2

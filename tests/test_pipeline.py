@@ -88,6 +88,22 @@ def test_parquet_input_keeps_its_ids_and_named_columns(base, tmp_path):
         transform_vectors(tmp_path / "in.parquet", adapter, tmp_path / "o2.parquet", id_column="doc")
 
 
+def test_integer_vectors_are_read_alike_from_npy_and_parquet(tmp_path):
+    """int8-quantised embeddings: Parquet and ``--embeddings`` read integers as numbers, a ``.npy``
+    of them was refused, asking for the float32 cast that changes nothing about their directions."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    Q = np.random.default_rng(2).integers(-128, 128, size=(50, 16)).astype(np.int8)
+    np.save(tmp_path / "q.npy", Q)
+    pq.write_table(pa.table({"id": [str(i) for i in range(50)], "vector": list(Q)}), tmp_path / "q.parquet")
+    adapter = make_adapter(16)
+    expected = adapter.transform_corpus(Q.astype(np.float32))
+    for src in ("q.npy", "q.parquet"):
+        transform_vectors(tmp_path / src, adapter, tmp_path / f"out-{src}.npy")
+        np.testing.assert_array_equal(np.load(tmp_path / f"out-{src}.npy"), expected)
+
+
 def test_a_parquet_file_of_one_large_row_group_is_read_in_bounded_memory(tmp_path):
     """pyarrow's defaults write one row group of up to 1Mi rows: it was read whole (34 MB of Arrow
     memory for 26 MB of vectors here), so memory grew with the file, not the chunk."""
@@ -131,9 +147,9 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing_behind(base, tmp_path):
     (tmp_path / "cut.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:5000])
     with pytest.raises(DataError, match=r"cut.npy: file ends before row"):
         transform_vectors(tmp_path / "cut.npy", adapter, tmp_path / "c.npy")
-    np.save(tmp_path / "ints.npy", np.zeros((3, 16), dtype=np.int64))
-    with pytest.raises(DataError, match="expected a C-ordered 2-D float matrix"):
-        transform_vectors(tmp_path / "ints.npy", adapter, tmp_path / "d.npy")
+    np.save(tmp_path / "complex.npy", np.ones((3, 16), dtype=np.complex64))
+    with pytest.raises(DataError, match="expected a C-ordered 2-D numeric matrix"):
+        transform_vectors(tmp_path / "complex.npy", adapter, tmp_path / "d.npy")
     ragged = pa.table({"id": ["a", "b"], "vector": [[0.1] * 16, [0.1] * 15]})
     pq.write_table(ragged, tmp_path / "ragged.parquet")
     with pytest.raises(DataError, match="row 1 of column 'vector' has 15 values, row 0 has 16"):

@@ -215,12 +215,14 @@ def iter_vectors(
 
 
 def _iter_npy(path: Path, rows: int, first: int = 0) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Chunks of a ``.npy`` matrix in its own float dtype, its rows named by number from ``first``."""
+    """Chunks of a ``.npy`` matrix in its own float dtype (integers, quantised embeddings among them,
+    as float64, which holds them exactly: the Parquet and ``--embeddings`` readers' rule), its rows
+    named by number from ``first``."""
     with open(path, "rb") as handle:
         shape, dtype, fortran = _npy_header(handle, path)
-        if len(shape) != 2 or fortran or dtype.kind != "f":
+        if len(shape) != 2 or fortran or dtype.kind not in "fiu":
             raise DataError(
-                f"{path}: expected a C-ordered 2-D float matrix (n_vectors, dim), got shape {shape}, "
+                f"{path}: expected a C-ordered 2-D numeric matrix (n_vectors, dim), got shape {shape}, "
                 f"dtype {dtype}{', Fortran order' if fortran else ''}; save it with "
                 "numpy.save(path, numpy.ascontiguousarray(vectors, dtype=numpy.float32))"
             )
@@ -232,7 +234,7 @@ def _iter_npy(path: Path, rows: int, first: int = 0) -> Iterator[tuple[list[str]
             if buf.nbytes and handle.readinto(memoryview(buf).cast("B")) != buf.nbytes:
                 raise DataError(f"{path}: file ends before row {start + count} of {n}; it is truncated")
             ids = [str(first + i) for i in range(start, start + count)]
-            yield ids, buf  # as stored, as from_table's
+            yield ids, buf if dtype.kind == "f" else buf.astype(np.float64)  # as from_table's
 
 
 # -- writing vectors ---------------------------------------------------------------------------------
