@@ -218,7 +218,7 @@ def test_unsupervised_fit_needs_no_labels_and_keeps_the_base_ranking(synthetic, 
         d["Q"], d["D"], None, d["qids"], d["dids"], encoder=SYN
     )
     assert est.val_metric_ == "neighbours@10" and est.n_val_queries_ == 0 and est.val_query_ids_ == []
-    assert est.n_train_queries_ == round(len(d["D"]) * 0.8)  # corpus rows only, a fifth held out
+    assert est.n_train_queries_ == 0  # corpus rows only (a fifth held out): no query text trained it
     assert est.best_score_ >= est.zero_shot_score_
     rotation = pca_rotation(l2_normalize(d["D"]))
     for m in SIZES:  # the queries were never seen: neighbours kept at least as well as PCA keeps them
@@ -232,7 +232,18 @@ def test_unsupervised_fit_needs_no_labels_and_keeps_the_base_ranking(synthetic, 
     assert np.array_equal(loaded.transform_queries(d["Q"], dim=4), est.transform_queries(d["Q"], dim=4))
 
 
-def test_unsupervised_fit_reads_only_the_query_ids_of_qrels(synthetic):
+def test_unsupervised_fit_of_one_document_is_refused_in_one_line(synthetic, tmp_path, capsys):
+    """It failed deep inside with 'exact_search: k must be an integer >= 1; got 0'."""
+    d = synthetic
+    with pytest.raises(
+        ValueError, match=r"^an unsupervised fit .* the corpus has 1 document: give at least 2$"
+    ):
+        SearchAdaptor(**{**UNSUPERVISED, **FAST, "dims": SIZES}).fit(
+            d["Q"], d["D"][:1], None, d["qids"], ["d0"]
+        )
+
+
+def test_unsupervised_fit_reads_only_the_query_ids_of_qrels(synthetic, tmp_path):
     """The qrels' query texts join the training rows, their labels play no part: scrambled labels give
     the very same adapter."""
     d = synthetic
@@ -242,8 +253,14 @@ def test_unsupervised_fit_reads_only_the_query_ids_of_qrels(synthetic):
     b = SearchAdaptor(**params).fit(d["Q"], d["D"], scrambled, d["qids"], d["dids"])
     assert a.history_ == b.history_
     assert np.array_equal(a.transform_queries(d["Q"], dim=4), b.transform_queries(d["Q"], dim=4))
-    # every document and four fifths of the query texts train; the other fifth validates
-    assert a.n_train_queries_ == len(d["D"]) + len(d["qrels"]) - round(0.2 * len(d["qrels"]))
+    # four fifths of the query texts train (beside every document), the other fifth validates: the
+    # counts report.json and the card give (they read 'on 0 validation queries', and the documents
+    # counted as training queries)
+    assert a.n_val_queries_ == round(0.2 * len(d["qrels"]))
+    assert a.n_train_queries_ == len(d["qrels"]) - a.n_val_queries_
+    a.save(tmp_path / "a")
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert f"on {a.n_val_queries_} query texts held out of its training (no labels)" in card
 
 
 def test_unsupervised_targets_keep_a_querys_nearest_document_and_drop_a_documents_own_row(synthetic):
@@ -485,6 +502,10 @@ def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):
     assert {"adapted@4", "pca@4", "zero-shot@4"} <= set(run.report["metrics"])
     # what validation measured is named as such: no labels, so not nDCG
     assert run.report["validation"]["metric"] == "neighbours@10"
+    # the training split's query texts: a fifth held out validated, the rest trained (it said 0, and
+    # counted the documents as training queries)
+    assert run.report["validation"]["n_val_queries"] == run.adapter.n_val_queries_ == round(0.2 * 120)
+    assert run.adapter.n_train_queries_ == 120 - run.adapter.n_val_queries_
     text = render_markdown(run.report)
     assert "validation overlap with the base top-10 neighbours" in text and "val nDCG@10" not in text
     # every size the user asked for is in report.md: its rows, and its line against both baselines

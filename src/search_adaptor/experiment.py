@@ -1046,7 +1046,8 @@ def run_fit(
         "selection": final.method,
         # the dev split, where it validated (k-fold selection pools it; no labels: the fits' own criterion)
         "split": proto.val_split if final.method == "validation" and final.val_query_ids else None,
-        "n_val_queries": len(final.val_query_ids),
+        # without labels, the fit's own held-out query texts (its validation ids are labelled ones)
+        "n_val_queries": len(final.val_query_ids) or final.adapter.n_val_queries_,
         **_selection_scores(final),
         "candidates": final.candidates,
     }

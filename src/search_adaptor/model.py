@@ -460,7 +460,8 @@ class SearchAdaptor:
         self.train_precision_ = result.precision
         self.n_train_queries_ = result.n_train_queries
         self.val_query_ids_ = result.val_query_ids
-        self.n_val_queries_ = len(result.val_query_ids)
+        n_val = result.n_val_queries
+        self.n_val_queries_ = len(result.val_query_ids) if n_val is None else n_val
         self.train_query_ids_ = list(result.train_query_ids)
         #: 64-bit digests of the texts of the queries that trained, validated or chose it (without
         #: labels, whose texts trained it), when its fit knew them (``search-adaptor fit``):
@@ -542,6 +543,7 @@ class SearchAdaptor:
             self.query_dim_,
             self._start,
             train_query_ids=self.train_query_ids_,
+            n_val_queries=self.n_val_queries_,
         )
         start._set_fitted(result, self._params, self.encoder_, self.query_encoder_)
         start.fit_time_ = self.fit_time_
@@ -963,12 +965,12 @@ class SearchAdaptor:
                 query_dim=query_dim,
                 precision=training.get("precision", "float32"),
                 train_query_ids=training.get("train_query_ids", []),
+                n_val_queries=training["n_val_queries"],
             ),
             params,
             config["encoder"],
             config.get("query_encoder"),
         )
-        est.n_val_queries_ = training["n_val_queries"]
         est.fit_time_ = training["fit_time_s"]
         est.query_text_digests_ = training.get("query_text_digests")
         est.refit_all_ = training.get("refit_all", False)
@@ -1572,6 +1574,17 @@ class AdaptedEncoder(Encoder):
                 self._store = None
 
 
+def _validated_on(training: Mapping[str, Any]) -> str:
+    """What the card's validation score was measured on: labelled queries, or without labels the
+    texts held out of training, whose top-10 documents under the base embedding it is to keep."""
+    n = training["n_val_queries"]
+    if training.get("val_metric", "ndcg@10") == "ndcg@10":
+        return f"{n} validation queries (held out of its training)"
+    if n:
+        return f"{n} query texts held out of its training (no labels)"
+    return "corpus texts held out of its training (no query texts were given; no labels)"
+
+
 def _model_card(config: Mapping[str, Any], adapter: SearchAdaptor) -> str:
     """Short README for the saved folder: what it adapts, how it was chosen, how it scored (and, when
     it kept its start, what that start is: ``adapter`` says)."""
@@ -1597,8 +1610,7 @@ def _model_card(config: Mapping[str, Any], adapter: SearchAdaptor) -> str:
         f"alpha={hp['alpha']}, beta={hp['beta']}, negatives `{hp['negatives']}`.",
         f"Validation {metric}: {tr['val_ndcg@10']:.4f} "
         f"({'zero-shot' if adapter.start_ is None else 'its start'} {tr['zero_shot_val_ndcg@10']:.4f}) "
-        f"on {tr['n_val_queries']} validation queries (held out of its training); best step "
-        f"{tr['best_step']} of {tr['n_steps']}.",
+        f"on {_validated_on(tr)}; best step {tr['best_step']} of {tr['n_steps']}.",
     ]
     if adapter.refit_all_:
         lines.append(

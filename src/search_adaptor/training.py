@@ -683,7 +683,7 @@ class TrainResult:
     best_score: float
     zero_shot_score: float  # the start's: the networks' base alone (see _adapted), not a no-skip MLP's draw
     n_steps: int
-    n_train_queries: int
+    n_train_queries: int  # without labels: the query texts it trained on (corpus texts are not counted)
     val_query_ids: list[str]
     val_metric: str = VAL_METRIC  # what the validation score measures ("neighbours@10" without labels)
     query_dim: int | None = None  # the query model's dimension when it is not ``dim`` (cross-model)
@@ -691,6 +691,8 @@ class TrainResult:
     precision: str = "float32"  # the arithmetic of the training steps (see resolve_precision)
     # whose labels trained it; without labels, whose texts did (see _Objective.train_ids)
     train_query_ids: list[str] = field(default_factory=list)
+    # queries that validated it: len(val_query_ids) when None; a similarity fit's held-out query texts
+    n_val_queries: int | None = None
 
 
 def train(
@@ -839,6 +841,7 @@ def train(
         n_steps=step,
         n_train_queries=objective.n_train,
         val_query_ids=objective.val_ids,
+        n_val_queries=objective.n_val,
         val_metric=objective.metric,
         query_dim=Qn.shape[1],
         start=start,
@@ -912,6 +915,11 @@ class _Objective:
     #: ``evaluate`` must not call held-out (its texts, not its labels, trained the map)
     train_ids: tuple[str, ...] = ()
     metric = VAL_METRIC
+
+    @property
+    def n_val(self) -> int:
+        """The queries whose labels (or, without labels, texts) validate it."""
+        return len(self.val_ids)
 
     def loss(self) -> torch.Tensor:
         """The loss of one freshly drawn batch (with its computation graph)."""
@@ -1143,6 +1151,11 @@ class _Similarity(_Objective):
         """``Qn``: the query texts' rows (``query_ids``, when known, name them)."""
         if corpus_net is None:
             raise ValueError("loss='similarity' rotates queries and documents alike: use mode 'shared'")
+        if len(Dn) < 2:  # a document's nearest neighbours are the others
+            raise ValueError(
+                f"an unsupervised fit keeps each text's nearest documents, and the corpus has {len(Dn)} "
+                "document: give at least 2"
+            )
         self.hp, self.rng, self.net, self.prefixes = hp, rng, corpus_net, list(prefixes)
         self.net.f.requires_grad_(False)  # the rotation alone: the residual function stays zero
         queries = Qn if hp.mode == "shared" else Qn[:0]
@@ -1170,9 +1183,16 @@ class _Similarity(_Objective):
         )
         self.val_rows = val_rows
         self.val_top = exact_search(val_rows, Dn, 10)[0]
-        self.n_train, self.val_ids = len(self.train_rows), []
+        # query texts, not rows (the documents are every fit's): what report.json and the card count
+        self.n_train, self.val_ids = len(train_queries), []
+        self._n_val = n_val if held is queries else 0
         # every query text it reads, trained on or held out: neighbours, not queries, validate
         self.train_ids = tuple(query_ids) if len(queries) else ()
+
+    @property
+    def n_val(self) -> int:
+        """The held-out query texts (0 when, without query texts, documents were held out)."""
+        return self._n_val
 
     def loss(self) -> torch.Tensor:
         hp = self.hp
@@ -1263,7 +1283,8 @@ class _Alignment(_Objective):
         self.Dn, self.Dn_t = Dn, torch.from_numpy(Dn)
         self.neighbours = exact_search(b, Dn, min(self.NEIGHBOURS, len(Dn)))[0]
         self.val_top = exact_search(held_out[1], Dn, 10)[0]
-        self.n_train, self.val_ids, self.train_ids = len(a), held_out_ids, tuple(train_ids)
+        # query texts, not paired rows (the corpus's texts are every fit's), as a similarity fit counts
+        self.n_train, self.val_ids, self.train_ids = n_queries, held_out_ids, tuple(train_ids)
 
     def batch_rows(self) -> np.ndarray:
         """The training pairs of one step (the query texts, the last ``n_queries``, for their share)."""
