@@ -248,6 +248,29 @@ def test_a_query_model_of_the_documents_api_is_called_at_its_base_url(
         assert models == {"doc-model", "query-model"}
 
 
+@pytest.mark.slow  # a whole fit (CI runs it)
+@pytest.mark.parametrize("provider", ["openai", "openai-compatible"])
+def test_a_recorded_query_model_of_the_documents_api_is_called_at_the_base_url_given(
+    provider: str, tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a cross-model fit at ``--base-url ROOT``, ``evaluate`` (``index``, ``search``, ``serve``)
+    at ``--base-url ROOT`` reads the query model from the adapter: it is the documents' API's, so it is
+    called at ROOT too. It went to the public endpoint (api.openai.com: retried for a minute, then
+    advised --base-url, which was given), or was refused for want of a root."""
+    data = _write_beir(tmp_path / "tiny", n_docs=40, n_queries=12)
+    with FakeProvider(provider, dim=16) as fake:
+        clean_env.setenv(KEY_ENV[provider], fake.key)
+        args = [*_cli_args(fake, data, tmp_path / "cache"), "--model", "doc-model"]
+        fit = ["fit", *args, "--query-model", "query-model", "--unlabelled", "--max-steps", "5", "--quiet"]
+        assert main([*fit, "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+        fake.calls.clear()
+        again = ["--adapter", str(tmp_path / "out" / "adapter"), "--base-url", fake.url, "--quiet"]
+        again += ["--cache", str(tmp_path / "other")]  # nothing cached: every text is sent again
+        assert main(["evaluate", str(data), *again]) == 0, capsys.readouterr().err
+        models = {call.body["model"] for call in fake.calls if call.status == 200}
+        assert models == {"doc-model", "query-model"}
+
+
 @pytest.mark.slow  # a whole fit or timed retries, over a second (CI runs it)
 def test_credentials_in_the_base_url_are_never_written_or_printed(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

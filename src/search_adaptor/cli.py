@@ -141,7 +141,8 @@ def _sigterm_interrupts() -> Iterator[None]:
 def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> Any:
     """The documents' encoder from the flags, or with ``side="query_"`` the queries' when another model
     makes them: --query-provider, --query-model and --query-base-url, or else the query model a
-    cross-model ``adapter`` records (None for one model), reached at --query-base-url when given.
+    cross-model ``adapter`` records (None for one model), reached at --query-base-url when given, else,
+    for a model of the documents' API, at --base-url.
     Without --provider or --model, the documents' model is the one ``adapter`` records (at --base-url
     when given), else the local default. A provider or model flag given alone takes the other from
     the record (the recorded provider's model; the recorded model's provider)."""
@@ -157,8 +158,10 @@ def _encoder(args: argparse.Namespace, side: str = "", adapter: Any = None) -> A
     root = getattr(args, f"{side}base_url")
     if side and not (wanted or recorded or root):
         return None  # one model for queries and documents
-    if side and wanted and root is None and provider == args.provider:
-        root = args.base_url  # another model of the documents' API: at the root given for it
+    documents = args.provider or (getattr(adapter, "encoder_", None) or {}).get("provider") or LOCAL
+    if side and root is None and provider == documents:
+        # another model of the documents' API, named by flags or recorded: at the root given for it
+        root = args.base_url
     if not wanted and recorded:
         recorded_dims = (recorded.get("config") or {}).get("dimensions")
         if not side and args.dimensions is not None and args.dimensions != recorded_dims:

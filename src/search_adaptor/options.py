@@ -120,14 +120,18 @@ _ENCODER = [
     A("--query-model", help="that model's id (a folder for model2vec); see `search-adaptor distill`"),
     A(
         "--query-base-url",
-        help="that model's API root (default: --base-url for a model of --provider; alone: of the "
-        "query model an adapter records)",
+        help="that model's API root (default: --base-url for a model of the documents' provider, named "
+        "or recorded; alone: of the query model an adapter records)",
     ),
 ]
 #: where ``search`` and ``serve`` reach the API models an index records (their keys: the environment)
 _API_ROOTS = [
     A("--base-url", help="reach the index's API model through this root (a proxy, a regional endpoint)"),
-    A("--query-base-url", help="the same for a cross-model index's query model"),
+    A(
+        "--query-base-url",
+        help="the same for a cross-model index's query model (default: --base-url for a model of "
+        "the documents' provider)",
+    ),
 ]
 _ENGINE = [
     A("--engine", default="local", choices=("local", "ray"), help="local (default) or Ray Data"),
