@@ -15,9 +15,9 @@ import pytest
 from search_adaptor.cli import main
 from search_adaptor.data import DataError, iter_corpus
 from search_adaptor.index import AdaptedIndex
-from search_adaptor.model import CompatibilityError
+from search_adaptor.model import CompatibilityError, SearchAdaptor
 from search_adaptor.pipeline import embed_and_adapt, transform_vectors
-from search_adaptor.vectors import SHARDS_MANIFEST, VectorWriter, iter_vectors
+from search_adaptor.vectors import SHARDS_MANIFEST, VectorWriter, iter_vectors, npy_record
 from test_index import FAKE, FAKE_INFO, make_adapter
 
 pytestmark = pytest.mark.skipif(find_spec("pyarrow") is None, reason="needs pyarrow (the parquet extra)")
@@ -263,6 +263,45 @@ def test_cli_transform_prints_what_it_did(base, tmp_path, capsys):
     assert "--rows: must be a positive int, got 0" in capsys.readouterr().err
 
 
+def test_transform_queries_applies_the_query_side(base, tmp_path, capsys):
+    """A query log's vectors: ``transform`` applied the document side only, which a query-only
+    adapter leaves as it is (normalised), so its query side had no command-line path."""
+    X, src = base
+    adapter = make_adapter(16, mode="query_only")
+    assert not np.allclose(adapter.transform_queries(X), adapter.transform_corpus(X))
+    transform_vectors(src, adapter, tmp_path / "q.npy", kind="query")
+    np.testing.assert_array_equal(np.load(tmp_path / "q.npy"), adapter.transform_queries(X))
+    assert json.loads(npy_record(tmp_path / "q.npy").read_text())["side"] == "queries"
+    adapter.save(tmp_path / "a")
+    cli = ["transform", str(src), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "c.npy")]
+    assert main([*cli, "--queries"]) == 0
+    assert "1000 query vectors (16-d) adapted with the local engine" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), adapter.transform_queries(X))
+    transform_vectors(src, adapter, tmp_path / "shards", kind="query")  # not an index's documents
+    with pytest.raises(ValueError, match=r"shards: query vectors \(transform --queries\); an index holds"):
+        AdaptedIndex.from_shards(adapter, tmp_path / "shards", FAKE_INFO)
+
+
+def test_transform_queries_of_a_cross_model_adapter_takes_the_query_models_width(tmp_path):
+    """A cross-model adapter's query vectors (another model's, another width) were refused by
+    ``transform`` with 'embed with the same model as at training time', which they were."""
+    rng = np.random.default_rng(3)
+    D, P = rng.normal(size=(60, 16)).astype(np.float32), rng.normal(size=(60, 8)).astype(np.float32)
+    Qx = (P[:20] + 0.1 * rng.normal(size=(20, 8))).astype(np.float32)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(20)}
+    params = {"mode": "query_only", "init": "lstsq", "loss": "infonce", "in_batch": True}
+    cross = SearchAdaptor(**params, max_steps=2, eval_every=1, patience=1, batch_size=8).fit(
+        Qx, D, qrels, list(qrels), [f"d{i}" for i in range(60)], pairs=(P, D)
+    )
+    np.save(tmp_path / "qx.npy", Qx)
+    transform_vectors(tmp_path / "qx.npy", cross, tmp_path / "q.npy", kind="query")
+    np.testing.assert_array_equal(np.load(tmp_path / "q.npy"), cross.transform_queries(Qx))
+    with pytest.raises(
+        CompatibilityError, match=r"got 8-d; 8-d is its query model's .*`transform --queries`"
+    ):
+        transform_vectors(tmp_path / "qx.npy", cross, tmp_path / "d.npy")
+
+
 @pytest.mark.parametrize("mode", ["query_only", "identity"])
 def test_cli_transform_says_when_the_documents_are_only_normalised(base, tmp_path, capsys, mode):
     """A query-only adapter (or one that kept the identity) leaves documents where they were: the
@@ -319,6 +358,10 @@ def test_ray_transform_writes_the_same_rows_as_local(base, tmp_path, ray_cluster
     ids_r, Y_r = read_all(tmp_path / "ray")
     assert ids_r == ids_l and np.array_equal(Y_r, Y_l)
     assert json.loads((tmp_path / "ray" / SHARDS_MANIFEST).read_text())["rows"] == 1000
+    queries = make_adapter(16, mode="query_only")  # --queries: the query side, by Ray's tasks too
+    transform_vectors(tmp_path / "in", queries, tmp_path / "rq", rows=250, engine="ray", kind="query")
+    X = read_all(tmp_path / "in")[1]
+    assert np.array_equal(read_all(tmp_path / "rq")[1], queries.transform_queries(X))
     with pytest.raises(ValueError, match="ray engine writes a folder"):
         transform_vectors(tmp_path / "in", adapter, tmp_path / "r.npy", engine="ray")
 

@@ -478,7 +478,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
 
 def _cmd_transform(args: argparse.Namespace) -> None:
-    """adapt document vectors you already have (.npy / Parquet), streaming"""
+    """adapt document (or, --queries, query) vectors you already have (.npy / Parquet), streaming"""
     from search_adaptor.model import SearchAdaptor
     from search_adaptor.pipeline import transform_vectors
 
@@ -487,14 +487,20 @@ def _cmd_transform(args: argparse.Namespace) -> None:
     options = {k: getattr(args, k) for k in keys}
     adapter = SearchAdaptor.load(args.adapter)
     _note_size(adapter, args.dim)
+    kind = "query" if args.queries else "document"
     with _in_flags(_SIZE_OPTIONS):
-        stats = transform_vectors(args.vectors, adapter, args.out, progress=not args.quiet, **options)
+        stats = transform_vectors(
+            args.vectors, adapter, args.out, progress=not args.quiet, kind=kind, **options
+        )
     rate = stats.rows / max(stats.seconds, 1e-9)
     print(
-        f"{stats.rows} vectors ({stats.dim}-d) adapted with the {stats.engine} engine into {args.out} "
-        f"in {stats.seconds:.1f} s ({rate:,.0f} rows/s)"
+        f"{stats.rows} {'query ' * args.queries}vectors ({stats.dim}-d) adapted with the {stats.engine} "
+        f"engine into {args.out} in {stats.seconds:.1f} s ({rate:,.0f} rows/s)"
     )
-    if adapter.is_identity_ or adapter.fitted_params_["mode"] == "query_only":
+    if args.queries:
+        if adapter.is_identity_:
+            print("Only normalised to unit length: this adapter is the identity (zero-shot won).")
+    elif adapter.is_identity_ or adapter.fitted_params_["mode"] == "query_only":
         why = "is the identity (zero-shot won)" if adapter.is_identity_ else "adapts queries only"
         print(
             f"Only normalised to unit length: this adapter {why}, so the documents' vectors keep their "

@@ -70,7 +70,7 @@ from search_adaptor.model import (
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
 from search_adaptor.pipeline import JobStats, adapted_chunks, embed_and_adapt
 from search_adaptor.retrieval import l2_normalize
-from search_adaptor.vectors import iter_vectors
+from search_adaptor.vectors import iter_vectors, written_by
 
 FORMAT_VERSION = 1
 BACKENDS = ("flat", "hnsw")
@@ -449,8 +449,14 @@ class AdaptedIndex:
         """Index the already adapted vectors of a shard folder (see :mod:`search_adaptor.pipeline`).
 
         Shards are read one at a time, in file-name order, which both engines keep equal to the
-        corpus order; only the FAISS index itself grows with the corpus.
+        corpus order; only the FAISS index itself grows with the corpus. Query vectors
+        (``transform --queries``) are refused: an index holds documents.
         """
+        if (written_by(folder) or {}).get("side") == "queries":
+            raise ValueError(
+                f"{folder}: query vectors (transform --queries); an index holds documents: transform "
+                "the documents' vectors without --queries"
+            )
         adapter = as_adapter(adapter)
         return cls._filled(adapter, encoder_info, encoder, iter_vectors(folder), options, str(folder))
 

@@ -690,9 +690,15 @@ class SearchAdaptor:
         arr = _rows_array(x, what)
         width = self.query_dim_ if kind == "query" else self.dim_
         if arr.shape[1] != width:
+            fix = "embed with the same model as at training time"
+            if kind == "document" and arr.shape[1] == self.query_dim_:  # a cross-model adapter's queries
+                fix = (
+                    f"{arr.shape[1]}-d is its query model's ({self._encoder_name('query')}): adapt query "
+                    f"vectors as queries (transform_queries; `transform --queries`), or {fix}"
+                )
             raise CompatibilityError(
                 f"{what}: this adapter expects {width}-d embeddings of {self._encoder_name(kind)}, "
-                f"got {arr.shape[1]}-d; embed with the same model as at training time"
+                f"got {arr.shape[1]}-d; {fix}"
             )
         return arr
 

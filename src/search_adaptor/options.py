@@ -239,6 +239,12 @@ _COMMANDS: dict[str, list[Arg | str]] = {
         A("--out", required=True, metavar="OUT", help="OUT.npy, OUT.parquet or a folder"),
         A("--id-column", default="id", help="Parquet id column (default id)"),
         A("--vector-column", default="vector", help="Parquet vector column (default vector)"),
+        A(
+            "--queries",
+            action="store_true",
+            help="adapt them as queries: the adapter's query side (a query-only adapter's network; "
+            "a cross-model adapter's map from its query model); default: as documents",
+        ),
         _DIM,
         _QUIET,
         "engine",

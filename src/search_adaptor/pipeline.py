@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from search_adaptor.data import DataError, corpus_file, iter_corpus
-from search_adaptor.encoders.base import Encoder
+from search_adaptor.encoders.base import Encoder, Kind
 from search_adaptor.encoders.registry import from_info
 from search_adaptor.model import SearchAdaptor
 from search_adaptor.store import EmbeddingStore, StoreStats
@@ -145,30 +145,37 @@ def adapt_batch(
     id_column: str = ID,
     vector_column: str = VECTOR,
     dim: int | None = None,
+    kind: Kind = "document",
 ) -> Any:
     """``{"id", "vector"}`` batch of base vectors -> the same rows through ``adapter.transform_corpus``
-    (its first ``dim`` coordinates with ``dim``).
+    (``transform_queries`` for ``kind="query"``; its first ``dim`` coordinates with ``dim``).
 
     A plain function (Ray runs it as stateless tasks): the adapter is a few hundred kilobytes and its
     transform a couple of matmuls, so there is nothing worth keeping an actor for.
     """
     ids, vectors = from_table(batch, where, id_column, vector_column)
-    return to_table(ids, adapt_documents(adapter, ids, vectors, where, dim))
+    return to_table(ids, adapt_documents(adapter, ids, vectors, where, dim, kind))
 
 
 def adapt_documents(
-    adapter: SearchAdaptor, ids: Sequence[str], vectors: np.ndarray, where: str, dim: int | None = None
+    adapter: SearchAdaptor,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    where: str,
+    dim: int | None = None,
+    kind: Kind = "document",
 ) -> np.ndarray:
-    """``adapter.transform_corpus(vectors, dim=dim)``, with a bad row named by its id rather than its
-    chunk offset.
+    """``adapter.transform_corpus(vectors, dim=dim)`` (``transform_queries`` for ``kind="query"``:
+    query vectors, of the query model for a cross-model adapter), with a bad row named by its id
+    rather than its chunk offset.
 
     ``vectors`` come as stored (float64 too): the adapter casts them by its one rule
     (:func:`~search_adaptor.model.float32_rows`). Their width is checked first, by the adapter
     (:meth:`~search_adaptor.model.SearchAdaptor.check_width`), so that 0-d or mis-sized vectors are
     refused as such, not as zeros or NaN."""
-    if vectors.shape[1] != adapter.dim_:
+    if vectors.shape[1] != (adapter.query_dim_ if kind == "query" else adapter.dim_):
         adapter.check_size(dim)  # transform_corpus's first check, still first
-    adapter.check_width(vectors, "document", where)
+    adapter.check_width(vectors, kind, where)
     for bad, problem in (
         (~np.isfinite(vectors).all(axis=1), "contains NaN, inf or a null; fix the embeddings first"),
         (
@@ -180,7 +187,8 @@ def adapt_documents(
         if bad.any():
             doc = ids[int(np.argmax(bad))]
             raise DataError(f"{where}: the vector of id {doc!r} {problem}")
-    return adapter.transform_corpus(vectors, dim=dim, what=where)
+    transform = adapter.transform_queries if kind == "query" else adapter.transform_corpus
+    return transform(vectors, dim=dim, what=where)
 
 
 def _corpus_batches(batch: Any, rows: int) -> Iterator[Any]:
@@ -435,8 +443,11 @@ def transform_vectors(
     ray_address: str | None = None,
     dim: int | None = None,
     progress: bool = False,
+    kind: Kind = "document",
 ) -> JobStats:
-    """Apply ``adapter.transform_corpus`` to vectors the user already has, streaming, into ``out``.
+    """Apply ``adapter.transform_corpus`` to vectors the user already has, streaming, into ``out``;
+    with ``kind="query"``, ``adapter.transform_queries`` (a query log's vectors: the side a query-only
+    adapter trains, and a cross-model adapter's map from its query model).
 
     ``out`` ending in ``.npy`` or ``.parquet`` is one file; anything else is a folder of Parquet
     shards (the only output of the ``ray`` engine). ``dim`` keeps the first ``dim`` adapted
@@ -460,9 +471,11 @@ def transform_vectors(
     }
     if dim is not None:
         meta["size"] = dim
+    if kind == "query":  # (documents: no field, as before it could be anything else)
+        meta["side"] = "queries"
     if engine == "local":
         chunks = (
-            (ids, adapt_documents(adapter, ids, vectors, str(src), dim))
+            (ids, adapt_documents(adapter, ids, vectors, str(src), dim, kind))
             for ids, vectors in iter_vectors(src, rows, id_column, vector_column)
         )
         return JobStats(engine, *_write(out, meta, chunks, src), time.perf_counter() - start)
@@ -479,6 +492,7 @@ def transform_vectors(
             "id_column": id_column,
             "vector_column": vector_column,
             "dim": dim,
+            "kind": kind,
         },
         batch_format="pyarrow",
         batch_size=rows,
