@@ -334,6 +334,16 @@ def test_a_moved_or_renamed_model_folder_says_what_happened(tmp_path):
         CompatibilityError, match=r"a model folder's name is part of its fingerprint, so name it static"
     ):
         adapter.check_encoder(make_encoder("model2vec", model=str(tmp_path / "static-v1")))
+    # an index's model given renamed (search/serve --model, --query-model): said as well, not 'pass
+    # the query model it was built with' beside two fingerprints that differ by the folder's name alone
+    from search_adaptor.index import AdaptedIndex
+
+    AdaptedIndex.build(adapter, made, ["d0", "d1"], ["the cat", "a river"], cache_dir=tmp_path / "c").save(
+        tmp_path / "idx"
+    )
+    renamed = make_encoder("model2vec", model=str(tmp_path / "static-v1"))
+    with pytest.raises(CompatibilityError, match=r"folder of another name: .* so name it static again$"):
+        AdaptedIndex.load(tmp_path / "idx", encoder=renamed)
     shutil.rmtree(tmp_path / "static")
     with pytest.raises(
         EncoderError, match=r"static: no such folder; a model an adapter or index records must stay"

@@ -65,6 +65,7 @@ from search_adaptor.model import (
     SearchAdaptor,
     as_adapter,
     float32_rows,
+    renamed_folder,
     with_fix,
 )
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
@@ -553,9 +554,13 @@ class AdaptedIndex:
                 f"{adapter.dim_}-d output; {_REBUILD}"
             )
         if encoder is not None and encoder.fingerprint != fingerprint:
+            fix = (
+                renamed_folder(fingerprint, encoder.fingerprint)
+                or "pass the encoder the index was built with"
+            )
             raise CompatibilityError(
                 f"{manifest_path}: the index holds vectors of {fingerprint} but the encoder given is "
-                f"{encoder.fingerprint}; pass the encoder the index was built with"
+                f"{encoder.fingerprint}; {fix}"
             )
         if query_encoder is not None:
             recorded = manifest.get("query_encoder")
@@ -564,9 +569,12 @@ class AdaptedIndex:
                     f"{manifest_path}: {_ONE_MODEL.format(model=manifest['encoder'].get('model'))}"
                 )
             if query_encoder.fingerprint != recorded["fingerprint"]:
+                fix = renamed_folder(recorded["fingerprint"], query_encoder.fingerprint) or (
+                    "pass the query model it was built with"
+                )
                 raise CompatibilityError(
                     f"{manifest_path}: the index embeds queries with {recorded['fingerprint']} but the query "
-                    f"encoder given is {query_encoder.fingerprint}; pass the query model it was built with"
+                    f"encoder given is {query_encoder.fingerprint}; {fix}"
                 )
         index_path = folder / INDEX_FILE
         try:

@@ -115,6 +115,47 @@ def describe_encoder(encoder: EncoderLike) -> dict[str, Any]:
     )
 
 
+def _mismatch_fix(mine: str, theirs: str, name: Any) -> str:
+    """How to mend embeddings of ``theirs`` (a fingerprint) where ``mine`` (of model ``name``) made
+    an adapter's or an index's vectors: the end of each message that refuses them."""
+    if (
+        mine.startswith("precomputed:")
+        and theirs.startswith("precomputed:")
+        and not str(name).startswith("precomputed:")
+    ):  # vectors brought with --embeddings are known by the name --model gives them
+        return (
+            f"vectors brought with --embeddings are named by --model: give --model {name} for vectors "
+            "of that model"
+        )
+    if mine.startswith("precomputed:"):
+        return (
+            f"it was fit on vectors brought with --embeddings ({name}), which no encoder here makes: give "
+            f"such vectors (--embeddings DIR --model {name}), or fit an adapter on this encoder's vectors"
+        )
+    if theirs.startswith("precomputed:"):
+        return (
+            "vectors brought with --embeddings cannot prove which model made them, so an adapter fit "
+            f"through {name}'s encoder takes only vectors that encoder makes: drop --embeddings (the store "
+            "embeds the texts, once), or fit the adapter on these vectors"
+        )
+    return (
+        renamed_folder(mine, theirs)
+        or "use the same encoder (model, dimensions, prompts) as at training time"
+    )
+
+
+def renamed_folder(mine: str, theirs: str) -> str | None:
+    """The fix when fingerprints ``mine`` and ``theirs`` differ by the model folder's name alone (the
+    same content, its folder renamed), else None."""
+    ours, others = mine.split(":"), theirs.split(":")
+    if len(ours) == len(others) == 3 and ours[::2] == others[::2]:
+        return (
+            "the same model in a folder of another name: a model folder's name is part of its "
+            f"fingerprint, so name it {ours[1]} again"
+        )
+    return None
+
+
 class SearchAdaptor:
     """Search-Adaptor (Yoon et al., ACL 2024) and its variants, as one estimator.
 
@@ -779,26 +820,7 @@ class SearchAdaptor:
         mine = self._encoder_info(kind).get("fingerprint")
         if mine and theirs != mine:
             name = self._encoder_info(kind).get("model")
-            ours, theirs_parts = mine.split(":"), theirs.split(":")
-            fix = (  # vectors brought with --embeddings are known by the name --model gives them
-                f"vectors brought with --embeddings are named by --model: give --model {name} for vectors "
-                "of that model"
-                if mine.startswith("precomputed:")
-                and theirs.startswith("precomputed:")
-                and not str(name).startswith("precomputed:")
-                else f"it was fit on vectors brought with --embeddings ({name}), which no encoder here "
-                f"makes: give such vectors (--embeddings DIR --model {name}), or fit an adapter on this "
-                "encoder's vectors"
-                if mine.startswith("precomputed:")
-                else "vectors brought with --embeddings cannot prove which model made them, so an adapter "
-                f"fit through {name}'s encoder takes only vectors that encoder makes: drop --embeddings "
-                "(the store embeds the texts, once), or fit the adapter on these vectors"
-                if theirs.startswith("precomputed:") and not mine.startswith("precomputed:")
-                else f"the same model in a folder of another name: a model folder's name is part of its "
-                f"fingerprint, so name it {ours[1]} again"
-                if len(ours) == len(theirs_parts) == 3 and ours[::2] == theirs_parts[::2]
-                else "use the same encoder (model, dimensions, prompts) as at training time"
-            )
+            fix = _mismatch_fix(mine, theirs, name)
             raise CompatibilityError(
                 f"adapter was trained on embeddings of {mine} but these come from {theirs}; {fix}"
             )
