@@ -643,6 +643,11 @@ def test_read_texts_takes_lines_or_query_records_each_text_once(tmp_path: Path, 
         ("bad.jsonl", '{"_id": 1, "text": "a"}\n{"_id": 2, "text": ', r"bad\.jsonl:2: not valid JSON"),
         ("field.jsonl", '{"_id": 1, "body": "a"}\n', r'field\.jsonl:1: missing field "text"'),
         ("type.jsonl", '{"_id": 1, "text": 3}\n', r'type\.jsonl:1: field "text" must be a string'),
+        (  # a query log under another name was embedded as raw JSON, every line of it
+            "log.txt",
+            '\n{"_id": "q1", "text": "what is a cat"}\n',
+            r'log\.txt:2: a JSON object with a "text", in a file read as plain text .* rename it to \.jsonl',
+        ),
     ],
 )
 def test_read_texts_errors_name_the_file_and_line(

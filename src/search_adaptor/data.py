@@ -480,11 +480,28 @@ def read_texts(source: str | os.PathLike) -> list[str]:
     if path.name.endswith((".jsonl", ".jsonl.gz")):
         texts = [str(text) for _, _, text in _records(path, "query")]
     else:
-        texts = [line for _, line in _lines(path)]
+        lines = list(_lines(path))
+        _refuse_records_as_lines(path, lines)
+        texts = [line for _, line in lines]
     kept = list(dict.fromkeys(t for t in texts if t.strip()))
     if not kept:
         raise DataError(f'{path}: no texts (one text per line, or one JSON object per line with a "text")')
     return kept
+
+
+def _refuse_records_as_lines(path: Path, lines: Sequence[tuple[int, str]]) -> None:
+    """Refuse a plain-text file whose first text is a query record (``{"_id": ..., "text": ...}``):
+    a query log saved under another name would be embedded as raw JSON, every text of it."""
+    lineno, first = next(((n, line) for n, line in lines if line.strip()), (0, ""))
+    try:
+        record = json.loads(first) if first.lstrip().startswith("{") else None
+    except ValueError:
+        return
+    if isinstance(record, dict) and "text" in record:
+        raise DataError(
+            f'{path}:{lineno}: a JSON object with a "text", in a file read as plain text (one text per '
+            "line) for its name: rename it to .jsonl to read its records' texts"
+        )
 
 
 #: Where a sentence ends: after ., ! or ? and a space, or after a CJK full stop, ! or ? (no space).
