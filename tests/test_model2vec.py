@@ -349,6 +349,9 @@ def test_a_moved_or_renamed_model_folder_says_what_happened(tmp_path):
         EncoderError, match=r"static: no such folder; a model an adapter or index records must stay"
     ):
         from_info(made.info())
+    # named by a flag (fit --query-model), nothing records it yet: how to make one, not 'move it back'
+    with pytest.raises(EncoderError, match=r"static: no such folder; make one with `search-adaptor distill"):
+        make_encoder("model2vec", model=str(tmp_path / "static"))
 
 
 def test_a_model_folder_replaced_in_place_says_its_content_changed(tmp_path):

@@ -388,12 +388,8 @@ class FolderEncoder(Encoder):
 
     def __init__(self, model: str | Path, batch_size: int) -> None:
         folder = Path(model).expanduser()
-        if not folder.exists():  # often a recorded model, moved or deleted since
-            raise EncoderError(
-                f"{self.provider}: {model}: no such folder; a model an adapter or index records must stay "
-                f"where it was (move it back, or give its new place with --model or --query-model where "
-                f"the command takes them, keeping its folder name)"
-            )
+        if not folder.exists():  # (a recorded model, moved or deleted since: from_info says so)
+            raise EncoderError(f"{self.provider}: {model}: no such folder; {self.how_to_make}")
         missing = [n for n in (*self.weight_files, self.config_file) if not (folder / n).is_file()]
         if missing:
             raise EncoderError(

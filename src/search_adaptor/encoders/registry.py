@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from search_adaptor.encoders import API_CLASSES, FOLDER_CLASSES, LOCAL, MODEL2VEC, PROVIDERS
-from search_adaptor.encoders.base import Encoder
+from search_adaptor.encoders.base import Encoder, EncoderError
 
 __all__ = ["LOCAL", "MODEL2VEC", "PROVIDERS", "from_info", "make_encoder"]
 #: encoder config keys that are also ``make_encoder`` options of the same name
@@ -163,6 +164,12 @@ def from_info(info: Mapping[str, Any], **overrides: Any) -> Encoder:
         provider in API_CLASSES
     ):  # recorded before texts were cut by tokens: absent, so no cut, same fingerprint
         options["max_input_tokens"] = cfg.get("max_input_tokens")
+    if provider in FOLDER_CLASSES and not Path(str(cfg.get("model"))).expanduser().exists():
+        raise EncoderError(
+            f"{provider}: {cfg.get('model')}: no such folder; a model an adapter or index records must stay "
+            "where it was (move it back, or give its new place with --model or --query-model where the "
+            "command takes them, keeping its folder name)"
+        )
     encoder = make_encoder(str(provider), cfg.get("model"), **extra, **options, **overrides)
     if encoder.fingerprint != info.get("fingerprint"):
         if root:
