@@ -366,6 +366,14 @@ def test_a_model_folder_replaced_in_place_says_its_content_changed(tmp_path):
         f"the model folder {tmp_path / 'static'} no longer holds the model it was built with (its files "
         "changed since); put that model back there, or build again with the model it holds now"
     )
+    # given by a flag instead (search/serve --query-model DIR; an adapter's check): said as well, not
+    # 'pass the query model it was built with' as if another model had been named
+    from search_adaptor.model import CompatibilityError
+    from test_index import make_adapter
+
+    changed = make_encoder("model2vec", model=str(tmp_path / "static"))
+    with pytest.raises(CompatibilityError, match=r"the folder static holds other files than the model"):
+        make_adapter(16, info=made.info()).check_encoder(changed)
 
 
 # --- a damaged or mistaken model folder: one line naming the file and the fix ---------------------

@@ -65,7 +65,7 @@ from search_adaptor.model import (
     SearchAdaptor,
     as_adapter,
     float32_rows,
-    renamed_folder,
+    folder_fix,
     with_fix,
 )
 from search_adaptor.networks import NumpyNet, Workspace, adapt_rows
@@ -554,10 +554,7 @@ class AdaptedIndex:
                 f"{adapter.dim_}-d output; {_REBUILD}"
             )
         if encoder is not None and encoder.fingerprint != fingerprint:
-            fix = (
-                renamed_folder(fingerprint, encoder.fingerprint)
-                or "pass the encoder the index was built with"
-            )
+            fix = folder_fix(fingerprint, encoder.fingerprint) or "pass the encoder the index was built with"
             raise CompatibilityError(
                 f"{manifest_path}: the index holds vectors of {fingerprint} but the encoder given is "
                 f"{encoder.fingerprint}; {fix}"
@@ -569,7 +566,7 @@ class AdaptedIndex:
                     f"{manifest_path}: {_ONE_MODEL.format(model=manifest['encoder'].get('model'))}"
                 )
             if query_encoder.fingerprint != recorded["fingerprint"]:
-                fix = renamed_folder(recorded["fingerprint"], query_encoder.fingerprint) or (
+                fix = folder_fix(recorded["fingerprint"], query_encoder.fingerprint) or (
                     "pass the query model it was built with"
                 )
                 raise CompatibilityError(

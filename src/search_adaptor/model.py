@@ -32,6 +32,7 @@ import torch
 
 from search_adaptor import __version__
 from search_adaptor.embed import numeric_array, unit_rows
+from search_adaptor.encoders import FOLDER_CLASSES
 from search_adaptor.encoders.base import (
     Encoder,
     InputsRejected,
@@ -138,20 +139,25 @@ def _mismatch_fix(mine: str, theirs: str, name: Any) -> str:
             f"through {name}'s encoder takes only vectors that encoder makes: drop --embeddings (the store "
             "embeds the texts, once), or fit the adapter on these vectors"
         )
-    return (
-        renamed_folder(mine, theirs)
-        or "use the same encoder (model, dimensions, prompts) as at training time"
-    )
+    return folder_fix(mine, theirs) or "use the same encoder (model, dimensions, prompts) as at training time"
 
 
-def renamed_folder(mine: str, theirs: str) -> str | None:
-    """The fix when fingerprints ``mine`` and ``theirs`` differ by the model folder's name alone (the
-    same content, its folder renamed), else None."""
+def folder_fix(mine: str, theirs: str) -> str | None:
+    """The fix when fingerprints ``mine`` and ``theirs`` are of one model folder's kind and differ by
+    the folder's name alone (the same content, renamed) or by its content alone (its files changed
+    since, or another model under that name), else None."""
     ours, others = mine.split(":"), theirs.split(":")
-    if len(ours) == len(others) == 3 and ours[::2] == others[::2]:
+    if len(ours) != 3 or len(others) != 3 or ours[0] != others[0]:
+        return None
+    if ours[2] == others[2]:
         return (
             "the same model in a folder of another name: a model folder's name is part of its "
             f"fingerprint, so name it {ours[1]} again"
+        )
+    if ours[1] == others[1] and ours[0] in FOLDER_CLASSES:
+        return (
+            f"the folder {ours[1]} holds other files than the model it was built with (changed since, or "
+            "another model under that name): give the folder of that model, or build again with this one"
         )
     return None
 
