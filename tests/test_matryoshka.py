@@ -491,6 +491,18 @@ def test_a_fit_that_kept_its_pca_start_says_so_and_evaluate_says_the_same(beir, 
     assert line.endswith(fitted.split(", so ")[1])
 
 
+def test_run_fit_refuses_dims_that_are_the_full_width_alone(beir):
+    """``fit --dims 384`` on 384-d embeddings trained no prefix and shipped its PCA start, saying
+    nothing of why; sizes beside the full width stay accepted (it is always trained)."""
+    data, vec = beir
+    dataset = load_beir(data)
+    emb = load_precomputed(dataset, vec, model="syn-16")
+    with pytest.raises(
+        ValueError, match=rf"^dims: {WIDTH} is the embeddings' full width, .* give smaller sizes"
+    ):
+        run_fit(dataset, emb, dims=(WIDTH,), overrides=FAST)
+
+
 def test_run_fit_unsupervised_trains_without_labels_and_reports_sizes(beir):
     data, vec = beir
     dataset = load_beir(data)

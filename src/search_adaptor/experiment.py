@@ -910,6 +910,11 @@ def run_fit(
     family = fit_family(family, dims, unsupervised, cross=bool(emb.query_encoder), selection=selection)
     if refit_all is None:  # the family's default, once ``fit_family`` has said which family trains
         refit_all = family in REFIT_BY_DEFAULT
+    if dims and {int(m) for m in dims} == {emb.dim}:  # a Matryoshka fit with no smaller size to train
+        raise ValueError(
+            f"dims: {emb.dim} is the embeddings' full width, which every adapter keeps; give smaller "
+            "sizes to train its prefixes at (e.g. 48,96,192), or no --dims"
+        )
     if dims:
         overrides = {**dict(overrides or {}), "dims": tuple(int(m) for m in dims)}
     proto = protocol(dataset, folds, seed, train_split, test_split, val_split, selection)
