@@ -534,6 +534,25 @@ def test_a_rejected_image_request_is_reported_not_retried(fake: FakeProvider, tm
     assert len(fake.calls) == 1 and enc.retries == 0
 
 
+def test_the_texts_of_a_batch_whose_image_request_fails_are_kept(tmp_path: Path) -> None:
+    """A batch's texts and images go in requests of their own: a 400 on the images threw the texts'
+    reply away (paid for), and the next run paid for those texts again."""
+    [image] = write_images(tmp_path, png(seed=7))
+    items = ["first text", image, "second text"]
+    with FakeProvider("cohere") as fake:
+        fake.schedule(Fault(), Fault.rejected(400, "invalid image: could not decode"))
+        with EmbeddingStore(image_encoder(fake), tmp_path / "cache") as store:
+            with pytest.raises(EncoderError, match=r"HTTP 400 .*invalid image: could not decode") as info:
+                store.embed(items, "document")
+            assert type(info.value) is EncoderError  # the failure itself, not a wrapper of it
+            assert store.missing("document", items) == [image]
+        sent = len(fake.calls)
+        with EmbeddingStore(image_encoder(fake), tmp_path / "cache") as store:
+            vecs = store.embed(items, "document")
+        assert [call.texts for call in fake.calls[sent:]] == [[fake_item_id(image)]]  # the image alone
+    np.testing.assert_allclose(vecs, fake.expected(items, "document"), atol=1e-6)
+
+
 def test_a_rate_limited_image_request_is_retried(fake: FakeProvider, tmp_path: Path) -> None:
     images = write_images(tmp_path, png(seed=4), png(seed=5))
     enc = image_encoder(fake)

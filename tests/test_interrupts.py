@@ -88,6 +88,26 @@ def test_ctrl_c_keeps_the_replies_in_flight_and_the_rerun_sends_only_the_rest(tm
         assert all(count == 1 for count in fake.served.values())
 
 
+def test_ctrl_c_keeps_the_texts_answered_before_a_batchs_image_request_is_cancelled(tmp_path) -> None:
+    """A batch of texts and an image goes in two requests: with Ctrl-C pressed while the texts' was
+    on the wire, its reply came within the grace, the image's request was cancelled, and the whole
+    batch was dropped with it (the texts paid for, and again by the re-run)."""
+    from search_adaptor.images import ImageRef
+    from test_images import png
+
+    (tmp_path / "red.png").write_bytes(png(seed=8))
+    items = ["first text", ImageRef.of("red.png", tmp_path), "second text"]
+    with FakeProvider("cohere", delay=0.5) as fake:
+        encoder = fake_encoder(fake, model="embed-v4.0", max_concurrency=1)
+        with EmbeddingStore(encoder, tmp_path / "cache") as store:
+            timer = _sigint_when(lambda: len(fake.calls) >= 1, after=0.1)
+            with pytest.raises(KeyboardInterrupt):
+                store.embed(items, "document")
+            timer.join()
+            assert len(fake.calls) == 1  # the texts' request, answered; the image's never sent
+            assert store.missing("document", items) == [items[1]]
+
+
 # A run in its own process: only there does a thread still waiting for its reply show (it kept the
 # process alive past the KeyboardInterrupt until the reply came).
 RUN = """

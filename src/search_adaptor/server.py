@@ -70,7 +70,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_adaptor import __version__
 from search_adaptor.encoders import API_CLASSES
-from search_adaptor.encoders.base import KINDS, Encoder, EncoderError, InputsRejected, Kind, cancelled_by
+from search_adaptor.encoders.base import (
+    KINDS,
+    BatchCutShort,
+    Encoder,
+    EncoderError,
+    InputsRejected,
+    Kind,
+    cancelled_by,
+)
 from search_adaptor.encoders.http import Cancelled
 from search_adaptor.index import BLANK_QUERY, AdaptedIndex, Hits, import_faiss, moved_models
 from search_adaptor.retrieval import l2_normalize
@@ -817,7 +825,10 @@ def create_app(
     async def run(request: Request, texts: list[str], kind: Kind, k: int | None = None) -> Any:
         """The batcher's answer for one request, its failures turned into refusals."""
         try:
-            return await asyncio.wrap_future(batcher.submit(texts, kind, k))
+            try:
+                return await asyncio.wrap_future(batcher.submit(texts, kind, k))
+            except BatchCutShort as exc:  # (part answered, kept nowhere here): its failure
+                raise exc.cause from None
         except Busy as exc:
             raise HTTPException(503, f"the server is busy: {exc}", headers={"Retry-After": "1"}) from None
         except Rejected as exc:

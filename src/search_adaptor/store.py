@@ -56,6 +56,7 @@ import numpy as np
 
 from search_adaptor.encoders import FOLDER_CLASSES, LOCAL
 from search_adaptor.encoders.base import (
+    BatchCutShort,
     EarlierVersion,
     Encoder,
     EncoderError,
@@ -868,6 +869,18 @@ class EmbeddingStore:
         cancel = threading.Event()
         pending: dict[Future, list[Item]] = {}
 
+        def keep_answered(batch: list[Item], exc: BaseException | None) -> BaseException | None:
+            """Commit the rows of a batch its failure left answered (:class:`BatchCutShort`: a
+            request failed or was cancelled after others were answered, and paid for); the failure."""
+            if not isinstance(exc, BatchCutShort):
+                return exc
+            vectors = np.asarray(exc.vectors, dtype=np.float32)
+            kept = np.flatnonzero(np.isfinite(vectors).all(axis=1)).tolist()
+            if kept:
+                answered = check_vectors(vectors[kept], model, len(kept))
+                commit([batch[i] for i in kept], answered, [None] * len(kept))
+            return exc.cause
+
         def start(batch: list[Item]) -> None:
             fut: Future = Future()
 
@@ -892,7 +905,7 @@ class EmbeddingStore:
                 done, _ = wait(pending, timeout=_POLL_S, return_when=FIRST_COMPLETED)
                 for fut in done:
                     if fut.exception() is not None:
-                        failure = failure or fut.exception()
+                        failure = failure or keep_answered(pending[fut], fut.exception())
                     else:
                         commit(pending[fut], *fut.result())
                     del pending[fut]  # only now: a commit cut short by Ctrl-C is done again below
@@ -911,5 +924,7 @@ class EmbeddingStore:
                 for fut in done:
                     if fut.exception() is None:
                         commit(pending[fut], *fut.result())
+                    else:
+                        keep_answered(pending[fut], fut.exception())
                     del pending[fut]
             raise

@@ -175,6 +175,25 @@ class InputsRejected(EncoderError):
         )
 
 
+class BatchCutShort(EncoderError):
+    """A batch sent in several requests (texts and images apart, or a long batch split) failed in one
+    of them after others were answered: those replies are paid for, and a store keeps them before
+    ``cause`` (the failure, or a cancellation on Ctrl-C) is raised.
+
+    Attributes
+    ----------
+    vectors : ndarray of shape (n_texts, dim), float32
+        The rows that were embedded; NaN in the others.
+    cause : BaseException
+        What stopped the batch.
+    """
+
+    def __init__(self, vectors: np.ndarray, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.vectors = vectors
+        self.cause = cause
+
+
 class Encoder(ABC):
     """Frozen embedding model seen only through its outputs.
 

@@ -75,6 +75,7 @@ import httpx
 import numpy as np
 
 from search_adaptor.encoders.base import (
+    BatchCutShort,
     EarlierVersion,
     Encoder,
     EncoderError,
@@ -1294,6 +1295,9 @@ class ApiEncoder(Encoder):
         InputsRejected
             After embedding every other text: it names the rejected texts and carries the
             vectors of the rest (``vectors``, NaN rows where rejected).
+        BatchCutShort
+            A request failed (or was cancelled) after others of the batch were answered: it carries
+            their vectors, which are paid for, and the failure.
         ImagesUnsupported
             An image for a model that embeds text only (nothing is sent).
         """
@@ -1301,14 +1305,24 @@ class ApiEncoder(Encoder):
         rows: dict[int, np.ndarray] = {}
         rejected: dict[int, str] = {}
         sent, requests = self._plan(texts, kind, rejected)
-        for index, request in requests:
-            self._send(sent, index, kind, rows, rejected, request)
-        width = next((len(v) for v in rows.values()), self.dimensions or 0)
-        out = np.full((len(sent), width), np.nan, dtype=np.float32)
-        for i, row in rows.items():
-            out[i] = row
+        try:
+            for index, request in requests:
+                self._send(sent, index, kind, rows, rejected, request)
+        except Exception as exc:
+            if not rows:
+                raise
+            raise BatchCutShort(self._rows(len(sent), rows), exc) from exc
+        out = self._rows(len(sent), rows)
         if rejected:
             raise InputsRejected.of(self.provider, texts, out, rejected)
+        return out
+
+    def _rows(self, n: int, rows: Mapping[int, np.ndarray]) -> np.ndarray:
+        """``n`` rows, those of ``rows`` filled in, NaN elsewhere."""
+        width = next((len(v) for v in rows.values()), self.dimensions or 0)
+        out = np.full((n, width), np.nan, dtype=np.float32)
+        for i, row in rows.items():
+            out[i] = row
         return out
 
     def _plan(
