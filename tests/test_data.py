@@ -317,7 +317,9 @@ def test_gz_corpus_error_names_gz_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(DataError) as excinfo:
         load_beir(tmp_path / "f")
     one_line_error(
-        excinfo, 'corpus.jsonl.gz:17: missing field "_id" (every corpus line needs "_id" and "text")'
+        excinfo,
+        'corpus.jsonl.gz:17: missing field "_id" (every corpus line needs "_id" and "text", or "image" '
+        "for an image document)",
     )
 
 

@@ -154,8 +154,18 @@ def test_an_image_url_is_one_whatever_the_case_of_its_scheme(tmp_path: Path, url
     assert image.size_bytes() == 0
 
 
+def test_messages_name_an_image_url_without_its_query(tmp_path: Path) -> None:
+    """A presigned URL's signature is a credential: messages printed it whole."""
+    ref = ImageRef("https://user:pw@bucket.example.com:8443/a.png?X-Amz-Signature=SECRET#frag")
+    assert str(ref) == "https://bucket.example.com:8443/a.png?..."
+    assert str(ImageRef("https://example.com/a.png")) == "https://example.com/a.png"
+    with FakeProvider("cohere") as fake, pytest.raises(ImagesUnsupported) as info:
+        image_encoder(fake).check_items([ref])
+    assert "SECRET" not in str(info.value) and "bucket.example.com:8443/a.png" in str(info.value)
+
+
 def test_a_row_without_text_needs_an_image(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r'corpus\.jsonl:1: missing field "text"'):
+    with pytest.raises(DataError, match=r'corpus\.jsonl:1: missing field "text" .*or "image" for an image'):
         load_beir(_beir(tmp_path, [{"_id": "d1", "title": "only a title"}]))
     with pytest.raises(DataError, match=r'corpus\.jsonl:1: field "text" must be a string or null, got 3'):
         (tmp_path / "a.png").write_bytes(png())

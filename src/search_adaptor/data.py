@@ -306,7 +306,12 @@ def record(
     image = what == "corpus" and obj.get("image") is not None
     for field in ("_id", "text"):
         if field not in obj and not (image and field == "text"):
-            raise DataError(f'{where}: missing field "{field}" (every {what} line needs "_id" and "text")')
+            needs = (
+                '"_id" and "text", or "image" for an image document'
+                if what == "corpus"
+                else '"_id" and "text"'
+            )
+            raise DataError(f'{where}: missing field "{field}" (every {what} line needs {needs})')
     raw_id = obj["_id"]
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
         raise DataError(

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from search_adaptor.files import inside
 
@@ -222,7 +223,13 @@ class ImageRef:
         return 0 if self.is_url else os.path.getsize(self.source)
 
     def __str__(self) -> str:
-        return self.source
+        """How messages name it: a URL without its query, fragment or user part (a presigned URL's
+        signature is a credential, as an API key is), a file by its path."""
+        if not self.is_url:
+            return self.source
+        parts = urlsplit(self.source)
+        hidden = "?..." if parts.query or parts.fragment else ""
+        return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", "")) + hidden
 
 
 def _link_out(folder: str | os.PathLike, relative: str) -> tuple[Path, Path] | None:
