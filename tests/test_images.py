@@ -628,13 +628,21 @@ def test_an_image_the_provider_cannot_take_is_named_and_the_others_embedded(tmp_
     err = info.value
     assert sorted(err.rejected) == [1, 2] and "\n" not in str(err)
     assert re.search(
-        r"2 of 4 texts cannot be embedded.*text 1 \(and 1 more\) \(the image .*bitmap\.bmp\): "
+        r"2 of 4 inputs cannot be embedded.*input 1 \(and 1 more\) \(the image .*bitmap\.bmp\): "
         r"a BMP image; cohere embed-v4\.0 takes GIF, JPEG, PNG, WEBP",
         str(err),
     )
     assert "not an image this library knows" in err.rejected[2]
     np.testing.assert_allclose(err.vectors[[0, 3]], fake.expected([good[0], good[1]], "document"), atol=1e-6)
     assert np.isnan(err.vectors[[1, 2]]).all()
+    with (  # the fix for an image: not 'shorten' alone
+        FakeProvider("cohere") as fake,
+        EmbeddingStore(image_encoder(fake), tmp_path / "cache") as store,
+        pytest.raises(InputsRejected) as info,
+    ):
+        store.embed(items, "document")
+    assert "input 1 (and 1 more)" in str(info.value)
+    assert "replace (an image) or shorten or drop the refused ones" in str(info.value)
 
 
 def test_billed_tokens_of_images() -> None:

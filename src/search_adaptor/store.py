@@ -669,9 +669,11 @@ class EmbeddingStore:
         nan = np.full(self._dim or 0, np.nan, dtype=np.float32)
         vectors = np.stack([found.get(k, nan) for k in keys]) if self._dim else np.zeros((len(texts), 0))
         exc = InputsRejected.of(self.encoder.provider, texts, vectors.astype(np.float32), rows)
+        images = not all(isinstance(texts[i], str) for i in rows)
         return InputsRejected(
-            f"{exc}; the other texts are saved in {self.path.parent}: shorten or drop the refused ones "
-            "and run again (only they are sent)",
+            f"{exc}; the others are saved in {self.path.parent}: "
+            f"{'replace (an image) or ' if images else ''}shorten or drop the refused ones and run "
+            "again (only they are sent)",
             exc.vectors,
             exc.rejected,
         )

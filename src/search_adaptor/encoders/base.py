@@ -166,9 +166,10 @@ class InputsRejected(EncoderError):
         """The one-line error for ``rejected`` rows of a batch of ``texts`` (texts or images)."""
         first = min(rejected)
         more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+        noun = "text" if all(isinstance(t, str) for t in texts) else "input"  # images among them
         return cls(
-            f"{source}: {len(rejected)} of {len(texts)} texts cannot be embedded, the other "
-            f"{len(texts) - len(rejected)} were; text {first}{more} ({describe_item(texts[first])}): "
+            f"{source}: {len(rejected)} of {len(texts)} {noun}s cannot be embedded, the other "
+            f"{len(texts) - len(rejected)} were; {noun} {first}{more} ({describe_item(texts[first])}): "
             f"{rejected[first]}",
             vectors,
             rejected,
