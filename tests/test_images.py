@@ -545,14 +545,15 @@ def test_a_rejected_image_request_is_reported_not_retried(fake: FakeProvider, tm
 
 
 def test_the_texts_of_a_batch_whose_image_request_fails_are_kept(tmp_path: Path) -> None:
-    """A batch's texts and images go in requests of their own: a 400 on the images threw the texts'
-    reply away (paid for), and the next run paid for those texts again."""
+    """A batch's texts and images go in requests of their own: a failure of the images' request (here
+    a key without image access) threw the texts' reply away (paid for), and the next run paid for
+    those texts again."""
     [image] = write_images(tmp_path, png(seed=7))
     items = ["first text", image, "second text"]
     with FakeProvider("cohere") as fake:
-        fake.schedule(Fault(), Fault.rejected(400, "invalid image: could not decode"))
+        fake.schedule(Fault(), Fault.rejected(403, "this key may not embed images"))
         with EmbeddingStore(image_encoder(fake), tmp_path / "cache") as store:
-            with pytest.raises(EncoderError, match=r"HTTP 400 .*invalid image: could not decode") as info:
+            with pytest.raises(EncoderError, match=r"HTTP 403 .*this key may not embed images") as info:
                 store.embed(items, "document")
             assert type(info.value) is EncoderError  # the failure itself, not a wrapper of it
             assert store.missing("document", items) == [image]
@@ -561,6 +562,24 @@ def test_the_texts_of_a_batch_whose_image_request_fails_are_kept(tmp_path: Path)
             vecs = store.embed(items, "document")
         assert [call.texts for call in fake.calls[sent:]] == [[fake_item_id(image)]]  # the image alone
     np.testing.assert_allclose(vecs, fake.expected(items, "document"), atol=1e-6)
+
+
+def test_an_image_request_refused_as_a_whole_is_halved_to_name_the_image(tmp_path: Path) -> None:
+    """One corrupt image among many (a valid header, so it passes the checks here) got its request a
+    400 and stopped the run without saying which image: the request is sent again in halves until
+    the image it is about is found; the others are embedded."""
+    images = write_images(tmp_path, png(seed=11), png(seed=12), png(seed=13))
+    bad = Fault.rejected(400, "invalid image: could not decode")
+    with FakeProvider("cohere") as fake:
+        fake.schedule(bad, Fault(), bad, bad, Fault())  # [a b c], [a], [b c], [b], [c]
+        with pytest.raises(InputsRejected) as info:
+            image_encoder(fake).encode_batch(images, "document")
+        assert [len(call.texts) for call in fake.calls] == [3, 1, 2, 1, 1]
+    assert info.value.rejected == {1: "HTTP 400: invalid image: could not decode"}
+    assert "input 1 (the image " in str(info.value) and "img1.png" in str(info.value)
+    np.testing.assert_allclose(
+        info.value.vectors[[0, 2]], fake.expected([images[0], images[2]], "document"), atol=1e-6
+    )
 
 
 def test_a_rate_limited_image_request_is_retried(fake: FakeProvider, tmp_path: Path) -> None:

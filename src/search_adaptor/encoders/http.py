@@ -327,6 +327,18 @@ class InputTooLong(EncoderError):
         self.reason = reason
 
 
+class BadRequest(EncoderError):
+    """A 400 or 422 that names no cause this client knows (an input too long, a request over the
+    cap): an image request that gets one is sent again in halves, to find the image it is about.
+
+    ``reason`` is ``"HTTP <status>: <server message>"`` (scrubbed), for naming the image later.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class RequestTooLarge(InputTooLong):
     """The provider rejected a request because its inputs together hold more tokens than it takes in
     one request (:data:`_REQUEST_TOO_LARGE`), although none need be too long on its own.
@@ -800,7 +812,8 @@ class HttpClient:
             hint = "not found; check the model name and the base URL"
         else:
             hint = "the request was rejected; not retried"
-        return EncoderError(self._line(f"HTTP {status} from {url}: {message} ({hint})", secrets))
+        line = self._line(f"HTTP {status} from {url}: {message} ({hint})", secrets)
+        return BadRequest(line, reason) if status in (400, 422) else EncoderError(line)
 
 
 def token_bound(text: str) -> int:
@@ -1400,8 +1413,13 @@ class ApiEncoder(Encoder):
         request = request or self._request
         try:
             vectors = request([texts[i] for i in index], kind)
-        except InputTooLong as exc:
+        except (InputTooLong, BadRequest) as exc:
+            images = request == self._request_images
+            if isinstance(exc, BadRequest) and not images:  # about texts: nothing says which, if any
+                raise
             if len(index) == 1:
+                if isinstance(exc, BadRequest) and len(texts) == 1:  # the whole call: its own error
+                    raise
                 rejected[index[0]] = exc.reason
                 return
             if isinstance(exc, RequestTooLarge):
