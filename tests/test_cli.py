@@ -16,6 +16,7 @@ from conftest import shared_dataset
 from search_adaptor.cli import main
 from search_adaptor.files import Terminated
 from search_adaptor.model import SearchAdaptor
+from search_adaptor.store import text_key
 from test_hostile import write_beir, write_vectors
 
 
@@ -231,17 +232,48 @@ def test_evaluate_tells_held_out_queries_from_those_that_trained_the_adapter(tmp
 
     # a dataset that repeats a training query's text under a test id: held-out by id, not by text
     queries = Path(argv[1]) / "queries.jsonl"
-    queries.write_text(queries.read_text().replace('"text": "q100"', '"text": "q0"'))
+    # (up to case and spacing: an uncased model gives "  Q1 " the vector of "q1"; it went unflagged)
+    text = queries.read_text().replace('"text": "q100"', '"text": "q0"')
+    queries.write_text(text.replace('"text": "q101"', '"text": "  Q1 "'))
     assert main([*fit, "--out", str(tmp_path / "again")]) == 0
     assert "held-out queries" in capsys.readouterr().out  # fit's protocol holds out by id
     protocol = (tmp_path / "again" / "report.md").read_text()
-    assert "never saw by id; 1 of them repeat the text of a query whose labels trained or chose" in protocol
+    assert "never saw by id; 2 of them repeat the text of a query whose labels trained or chose" in protocol
     evaluate[3] = str(tmp_path / "again" / "adapter")
     assert main([*evaluate, "--out", str(tmp_path / "again-test"), "--quiet"]) == 0
     assert (
-        "WARNING: 1 of the 60 scored queries have the text of a query whose labels trained or chose this "
+        "WARNING: 2 of the 60 scored queries have the text of a query whose labels trained or chose this "
         "adapter; their scores are not held-out: drop them from the split for a held-out score."
     ) in capsys.readouterr().out
+    # an adapter written before digests were taken up to case and spacing: its exact ones still match
+    queries.write_text(queries.read_text().replace('"text": "q102"', '"text": "Mixed  Case"'))
+    older = SearchAdaptor.load(tmp_path / "again" / "adapter")
+    texts = [*(f"q{i}" for i in range(100)), "Mixed  Case"]  # as written, as they were digested then
+    older.query_text_digests_ = sorted(text_key("query", t).hex()[:16] for t in texts)
+    older.save(tmp_path / "older")
+    evaluate[3] = str(tmp_path / "older")
+    assert main([*evaluate, "--out", str(tmp_path / "older-test"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "older-test" / "report.json").read_text())["seen_in_training"]["n"] == 3
+
+
+def test_a_kfold_fit_says_when_scored_queries_repeat_the_text_of_their_folds_training_queries(
+    tmp_path, synthetic, capsys
+):
+    """Folds split ids: a question asked under two ids is scored in one fold by an adapter that may
+    have trained on its twin in another, and the k-fold report said nothing of it."""
+    argv = _synthetic_folder(tmp_path, synthetic, {"test": synthetic["qids"]})
+    queries = Path(argv[1]) / "queries.jsonl"
+    text = queries.read_text()
+    for i in range(10):  # q150..q159 ask what q0..q9 ask
+        text = text.replace(f'"text": "q{150 + i}"', f'"text": "Q{i}"')
+    queries.write_text(text)
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "40", "--folds", "3"]) == 0
+    printed = capsys.readouterr()
+    seen = json.loads((out / "report.json").read_text())["seen_in_training"]
+    assert seen["by"] == "text" and 0 < seen["n"] <= 20 and seen["of"] == len(synthetic["qids"])
+    warning = f"WARNING: {seen['n']} of the {seen['of']} scored queries repeat the text of a query"
+    assert warning in printed.out + printed.err and warning in (out / "report.md").read_text()
 
 
 def test_fit_and_evaluate_refuse_an_out_folder_holding_other_files(tmp_path, synthetic, capsys):

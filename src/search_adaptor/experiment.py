@@ -1081,8 +1081,25 @@ def run_fit(
     final.adapter.query_text_digests_ = _trained_texts(dataset, final.adapter, final.val_query_ids)
     if proto.name == "test":  # no scored id trained (protocol), yet a text may repeat (SciFact: 2 of 300)
         report["seen_in_training"] = _seen(dataset, final.adapter, proto.folds[0][2])
+    else:  # each fold's scored queries, against what trained or chose that fold's own adapter
+        report["seen_in_training"] = _seen_in_folds(dataset, selections, proto)
     reference = final.adapter.at_start() if final.adapter.query_encoder_ else None
     return Run(report, final.adapter, emb, figure_qrels, final.histories, titles, reference)
+
+
+def _seen_in_folds(dataset: Dataset, selections: Sequence[Selection], proto: Protocol) -> dict[str, Any]:
+    """:func:`_seen` of a k-fold fit, by text: how many scored queries repeat, up to case and spacing,
+    the text of a query that trained or chose their own fold's adapter (no id does: folds split ids,
+    and a dataset may hold one question under two ids). A fold that kept its start flatters none."""
+    n = of = 0
+    for sel, (_, _, scored_qrels) in zip(selections, proto.folds, strict=False):  # (then "all")
+        scored = labelled_queries(scored_qrels)
+        of += len(scored)
+        if sel.adapter.is_identity_:
+            continue
+        known = set(_trained_texts(dataset, sel.adapter, sel.val_query_ids))
+        n += sum(_digest(dataset.queries[q]) in known for q in scored)
+    return {"n": n, "of": of, "by": "text"}
 
 
 def _selection_scores(final: Selection) -> dict[str, Any]:
@@ -1131,7 +1148,10 @@ def _seen(
     if adapter.query_text_digests_ is not None:
         known = set(adapter.query_text_digests_)
         return {
-            "n": sum(_digest(dataset.queries[q]) in known for q in scored),
+            "n": sum(
+                _digest(dataset.queries[q]) in known or _digest(dataset.queries[q], exact=True) in known
+                for q in scored
+            ),
             "of": len(scored),
             "by": "text",
         }
@@ -1161,17 +1181,14 @@ def without_held_out(
     one, the share of the training queries each fit draws itself (``val_fraction``, :func:`_drawn`);
     with ``selection="kfold"``, every training query, as each is held out once to choose."""
 
-    def same(text: str) -> str:
-        return " ".join(text.casefold().split())
-
     held = (
         {q for _, _, scored in proto.folds for q in scored}
         | set(proto.val)
         | _drawn(dataset, proto, val_fraction)
         | (set(proto.folds[0][1]) if selection == "kfold" and proto.name == "test" else set())
     )
-    held_texts = {same(dataset.queries[q]) for q in held if q in dataset.queries}
-    kept = [t for t in texts if same(t) not in held_texts]
+    held_texts = {_same(dataset.queries[q]) for q in held if q in dataset.queries}
+    kept = [t for t in texts if _same(t) not in held_texts]
     return kept, len(texts) - len(kept)
 
 
@@ -1193,9 +1210,17 @@ def _drawn(dataset: Dataset, proto: Protocol, val_fraction: float) -> set[str]:
     }
 
 
-def _digest(query: str) -> str:
-    """A query text's 64-bit digest, hex (its store key's first half): two texts never meet in practice."""
-    return text_key("query", query).hex()[:16]
+def _same(text: str) -> str:
+    """A query text up to case and spacing: two queries that differ only there are one query (an
+    uncased model, MiniLM among them, gives them one vector)."""
+    return " ".join(text.casefold().split())
+
+
+def _digest(query: str, exact: bool = False) -> str:
+    """A query text's 64-bit digest, hex (the first half of its store key), up to case and spacing
+    (:func:`_same`), or with ``exact`` as written: what adapters recorded before (both are looked for).
+    Two texts never meet in practice."""
+    return text_key("query", query if exact else _same(query)).hex()[:16]
 
 
 def fit_family(
