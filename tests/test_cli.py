@@ -631,6 +631,21 @@ def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tm
         protocol(load_beir(tmp_path / "syn"), folds=3)
 
 
+def test_a_train_split_with_no_relevant_document_is_refused_not_passed_over(tmp_path, synthetic):
+    """qrels/train.tsv with every grade 0 (a wrong column, an inverted scale): fit trained by k-fold
+    on the test queries instead, its report saying the dataset had no train split."""
+    from search_adaptor.data import DataError, load_beir
+    from search_adaptor.experiment import protocol
+
+    qids = synthetic["qids"]
+    write_beir(tmp_path / "syn", synthetic, splits={"train": qids[:100], "test": qids[100:]})
+    train = tmp_path / "syn" / "qrels" / "train.tsv"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join([lines[0], *(row.rsplit("\t", 1)[0] + "\t0" for row in lines[1:])]) + "\n")
+    with pytest.raises(DataError, match=r"train\.tsv: split 'train' has no query with a relevant"):
+        protocol(load_beir(tmp_path / "syn"), folds=3)
+
+
 def test_train_and_dev_without_test_k_folds_the_training_queries(tmp_path, synthetic):
     """qrels/train.tsv + qrels/dev.tsv: "dev" sorted first, so fit k-folded the dev queries and left
     every training query unused (with validation.tsv instead, it k-folded train)."""

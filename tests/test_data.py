@@ -119,7 +119,7 @@ def test_split_keeps_grades_and_drops_queries_without_relevant(tmp_path: Path) -
     assert train == {"q1": {"d1": 2, "d2": 0}, "q2": {"d2": 1}}  # q3 has only grade 0
     train["q1"]["d1"] = 99
     assert ds.qrels["train"]["q1"]["d1"] == 2  # split returns a copy
-    assert ds.has_train
+    assert "train" in ds.splits
 
 
 def test_blank_lines_bom_and_crlf(tmp_path: Path) -> None:
@@ -219,7 +219,7 @@ def test_no_qrels_folder_gives_no_splits(tmp_path: Path) -> None:
     (folder / "qrels").rmdir()
     ds = load_beir(str(folder))
     assert ds.splits == []
-    assert not ds.has_train
+    assert "train" not in ds.splits
     with pytest.raises(DataError) as excinfo:
         ds.split("test")
     one_line_error(excinfo, "qrels/test.tsv", "available splits: none")
@@ -234,7 +234,7 @@ def test_missing_split_names_file_and_available(tmp_path: Path) -> None:
 
 def test_split_with_no_relevant_is_an_error(tmp_path: Path) -> None:
     ds = load_beir(write_beir(tmp_path / "f", qrels={"train": HEADER + "q1\td1\t0\n", "test": HEADER}))
-    assert not ds.has_train
+    assert ds.splits == ["test", "train"]
     for split in ("train", "test"):
         with pytest.raises(DataError) as excinfo:
             ds.split(split)
@@ -455,7 +455,7 @@ def test_scifact() -> None:
     assert len(ds.split("train")) == 809
     assert len(ds.split("test")) == 300
     assert sum(len(d) for d in ds.qrels["test"].values()) == 339
-    assert ds.has_train
+    assert "train" in ds.splits
     assert all(ds.doc_texts)
 
 
@@ -466,7 +466,7 @@ def test_cranfield() -> None:
     test = ds.split("test")
     assert len(test) == 225
     assert {g for docs in test.values() for g in docs.values()} == {1, 2, 3, 4}
-    assert not ds.has_train
+    assert "train" not in ds.splits
 
 
 def test_xquad_r_en() -> None:

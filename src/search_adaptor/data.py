@@ -131,13 +131,6 @@ class Dataset:
         """Names of the qrels splits that were found (sorted), e.g. ``["test", "train"]``."""
         return sorted(self.qrels)
 
-    @property
-    def has_train(self) -> bool:
-        """Whether a ``train`` split exists and has at least one query with a relevant document."""
-        return any(
-            any(grade > 0 for grade in judged.values()) for judged in self.qrels.get("train", {}).values()
-        )
-
     def split(self, name: str) -> dict[str, dict[str, int]]:
         """Judgements of one split, restricted to queries with at least one relevant (grade > 0) doc.
 

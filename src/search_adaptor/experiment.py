@@ -659,7 +659,9 @@ def protocol(
     before anything is embedded (and paid for).
     """
     qrels_dir = dataset.path / "qrels"
-    if dataset.has_train and test_split in dataset.splits:
+    # a train split is one, labelled or not: one with no relevant document is refused (Dataset.split),
+    # not passed over for k-fold on the test split, as if there were none
+    if train_split in dataset.splits and test_split in dataset.splits:
         train_file, test_file = qrels_dir / f"{train_split}.tsv", qrels_dir / f"{test_split}.tsv"
         test = dataset.split(test_split)
         judged = dataset.split(train_split)
