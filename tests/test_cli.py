@@ -631,6 +631,27 @@ def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tm
         protocol(load_beir(tmp_path / "syn"), folds=3)
 
 
+def test_test_queries_with_no_relevant_document_are_said_not_scored(tmp_path, synthetic, capsys):
+    """TREC-style qrels: 20 of the 80 test queries judged, every grade 0. They were left out of the
+    mean without a word, though BEIR's mean counts each as 0 (its figure here: 0.75 of ours)."""
+    qids = synthetic["qids"]
+    argv = _synthetic_folder(tmp_path, synthetic, {"train": qids[:80], "test": qids[80:140]})
+    with open(Path(argv[1]) / "qrels" / "test.tsv", "a") as qrels:
+        qrels.writelines(f"{q}\td0\t0\n" for q in qids[140:160])
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "40", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_test_queries"] == 60 and report["unscored"] == {"n": 20, "of": 80}
+    beir = report["metrics"]["adapted"]["ndcg@10"] * 60 / 80
+    note = "Note: 20 of the 80 queries of `test` have no relevant document (every judgement grade 0)"
+    for text in (printed, (out / "report.md").read_text()):
+        assert note in text and f"adapted {beir:.4f}." in text
+    evaluate = ["evaluate", argv[1], "--adapter", str(out / "adapter"), *argv[2:]]
+    assert main([*evaluate, "--quiet"]) == 0
+    assert note in capsys.readouterr().out
+
+
 def test_a_train_split_with_no_relevant_document_is_refused_not_passed_over(tmp_path, synthetic):
     """qrels/train.tsv with every grade 0 (a wrong column, an inverted scale): fit trained by k-fold
     on the test queries instead, its report saying the dataset had no train split."""

@@ -351,6 +351,7 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
         seen_lines,
         size_lines,
         size_warnings,
+        unscored_lines,
     )
 
     if output == "json":
@@ -378,9 +379,10 @@ def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> N
     print("\n".join(metrics_table(report["metrics"], list(report["metrics"]["zero-shot"]))))
     where = f"; report: {os.path.join(os.path.abspath(out_dir), 'report.md')}" if out_dir else ""
     print(f"paired randomization test on ndcg@10: p = {report['significance']['p_value']:.4g}{where}")
-    # a leak, a loss, the identity, a refit on every query
-    for line in seen_lines(report) + loss_lines(report) + identity_lines(report) + refit_lines(report):
-        print(line)
+    # queries not scored, a leak, a loss, the identity, a refit on every query
+    for lines in (unscored_lines, seen_lines, loss_lines, identity_lines, refit_lines):
+        for line in lines(report):
+            print(line)
     for line in size_lines(report, "ndcg@10")[1:]:  # a Matryoshka fit: each size against its baselines
         print(line)
 

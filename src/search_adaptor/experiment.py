@@ -1024,6 +1024,7 @@ def run_fit(
         "protocol": proto.name,
         "test_split": proto.scored_split,
         "n_test_queries": n_test,
+        **_unscored(dataset, proto.scored_split),
         **_query_model(emb),
     }
     if emb.pairs is not None:  # what the map trained on beside the labels: the texts embedded by both
@@ -1087,6 +1088,15 @@ def run_fit(
         report["seen_in_training"] = _seen_in_folds(dataset, selections, proto)
     reference = final.adapter.at_start() if final.adapter.query_encoder_ else None
     return Run(report, final.adapter, emb, figure_qrels, final.histories, titles, reference)
+
+
+def _unscored(dataset: Dataset, split: str) -> dict[str, Any]:
+    """``{"unscored": {"n", "of"}}``: the queries of the scored split whose judgements are all grade 0,
+    which no rank metric can score (left out, as :meth:`~search_adaptor.data.Dataset.split` leaves
+    them), when there are any; BEIR's mean counts each as 0, so a report says how many."""
+    judged = dataset.qrels.get(split, {})
+    n = len(judged) - len(labelled_queries(judged))
+    return {"unscored": {"n": n, "of": len(judged)}} if n else {}
 
 
 def _seen_in_folds(dataset: Dataset, selections: Sequence[Selection], proto: Protocol) -> dict[str, Any]:
@@ -1475,6 +1485,7 @@ def run_evaluate(dataset: Dataset, emb: Embeddings, adapter: SearchAdaptor, spli
         "protocol": "evaluate",
         "test_split": split,
         "n_test_queries": len(zq["ndcg@10"]),
+        **_unscored(dataset, split),
         # scored queries with the text (or id) of one whose labels trained or chose it (None: unknown)
         "seen_in_training": seen,
         **_query_model(emb),

@@ -110,7 +110,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", *metrics_table(report["metrics"], names), ""]
     sig = report.get("significance") or {}
     lines.append(f"Adapted is {_against(ad, zs, 'zero-shot', sig.get('p_value'), names[0])}.")
-    lines += seen_lines(report) + loss_lines(report)
+    lines += unscored_lines(report) + seen_lines(report) + loss_lines(report)
     lines += _cross_model(report, names[0]) + size_lines(report, names[0])
     lines += identity_lines(report) + refit_lines(report)
     cands = (report.get("validation") or {}).get("candidates") or []
@@ -264,6 +264,23 @@ def _repeated(report: Mapping[str, Any]) -> str:
         f" by id; {seen['n']} of them repeat the text of a query {_whose(report)} the adapter, so "
         "their scores are not held-out"
     )
+
+
+def unscored_lines(report: Mapping[str, Any]) -> list[str]:
+    """A note when the scored split holds queries with no relevant document (all grade 0): they are
+    not scored, and BEIR's mean, which counts each as 0, is lower by their share (its figures given)."""
+    unscored = report.get("unscored")
+    if not unscored:
+        return []
+    n, of = unscored["n"], unscored["of"]
+    share = (of - n) / of
+    metrics = report["metrics"]
+    beir = ", ".join(f"{name} {metrics[name]['ndcg@10'] * share:.4f}" for name in ("zero-shot", "adapted"))
+    return [
+        f"Note: {n} of the {of} queries of `{report['test_split']}` have no relevant document (every "
+        f"judgement grade 0) and are not scored; BEIR's mean counts each as 0, so its nDCG@10 here is "
+        f"{beir}."
+    ]
 
 
 def seen_lines(report: Mapping[str, Any]) -> list[str]:
