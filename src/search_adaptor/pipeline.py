@@ -122,7 +122,7 @@ def adapted_chunks(
     dim: int | None = None,
 ) -> Iterator[tuple[list[str], np.ndarray, StoreStats]]:
     """``(ids, adapted vectors, store stats so far)`` for each ``(ids, texts)`` chunk: the local engine's
-    two steps (:class:`EmbedBatch`, :func:`adapt_documents`), shared by every in-process index build;
+    two steps (:class:`EmbedBatch`, :func:`adapt_vectors`), shared by every in-process index build;
     with ``dim``, the vectors' first ``dim`` coordinates (a Matryoshka prefix)."""
     from tqdm.auto import tqdm
 
@@ -132,7 +132,7 @@ def adapted_chunks(
             total=total, desc="embedding + adapting", unit="doc", disable=not progress, leave=False
         ) as bar:
             for ids, texts in chunks:
-                yield ids, adapt_documents(adapter, ids, embed.embed(texts), where, dim), embed.stats
+                yield ids, adapt_vectors(adapter, ids, embed.embed(texts), where, dim), embed.stats
                 bar.update(len(ids))
     finally:
         embed.close()
@@ -154,10 +154,10 @@ def adapt_batch(
     transform a couple of matmuls, so there is nothing worth keeping an actor for.
     """
     ids, vectors = from_table(batch, where, id_column, vector_column)
-    return to_table(ids, adapt_documents(adapter, ids, vectors, where, dim, kind))
+    return to_table(ids, adapt_vectors(adapter, ids, vectors, where, dim, kind))
 
 
-def adapt_documents(
+def adapt_vectors(
     adapter: SearchAdaptor,
     ids: Sequence[str],
     vectors: np.ndarray,
@@ -475,7 +475,7 @@ def transform_vectors(
         meta["side"] = "queries"
     if engine == "local":
         chunks = (
-            (ids, adapt_documents(adapter, ids, vectors, str(src), dim, kind))
+            (ids, adapt_vectors(adapter, ids, vectors, str(src), dim, kind))
             for ids, vectors in iter_vectors(src, rows, id_column, vector_column)
         )
         return JobStats(engine, *_write(out, meta, chunks, src), time.perf_counter() - start)
