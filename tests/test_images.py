@@ -380,6 +380,25 @@ def test_a_dry_run_refuses_images_a_text_only_model_cannot_take_as_the_run_does(
         assert (plan.to_send, fake.calls) == (3, [])  # the query, the image and the text
 
 
+def test_a_dry_run_counts_apart_the_images_the_run_would_refuse(tmp_path: Path) -> None:
+    """A 0-byte image, or a text file named .png, was counted 'would be sent' by the dry run, and the
+    run refused it after sending everything else."""
+    rows = [{"_id": "d1", "image": "d1.png"}, {"_id": "d2", "image": "empty.png"}, {"_id": "d3", "text": "x"}]
+    data = _beir(tmp_path / "data", rows)
+    (data / "d1.png").write_bytes(png())
+    (data / "empty.png").write_bytes(b"")
+    with FakeProvider("cohere") as fake:
+        plan = plan_embedding(load_beir(data), image_encoder(fake), tmp_path / "cache")
+        assert fake.calls == []
+    assert (plan.unique, plan.cached, plan.to_send) == (4, 0, 3)  # the query, d1 and d3
+    assert plan.refused is not None and plan.refused[1] == 1
+    assert re.search(
+        r"3 would be sent in 3 requests.*; 1 would be refused \(the image \S+empty\.png: the file cannot "
+        r"be read, or is empty\)$",
+        plan.describe(),
+    )
+
+
 def test_local_models_refuse_images_without_loading_anything(tmp_path: Path) -> None:
     [image] = write_images(tmp_path, png())
     enc = make_encoder("sentence-transformers")

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from search_adaptor.data import Dataset, refuse_nulls
-from search_adaptor.encoders.base import Encoder, ImagesUnsupported, InputsRejected, Kind, image_models
+from search_adaptor.encoders.base import (
+    Encoder,
+    ImagesUnsupported,
+    InputsRejected,
+    Kind,
+    describe_item,
+    image_models,
+)
 from search_adaptor.images import ImageRef, ImageUnreadable
 from search_adaptor.store import EmbeddingStore, StoreStats, item_key
 
@@ -307,14 +314,21 @@ class EmbeddingPlan:
     to_send: int
     tokens: int | None  # estimated tokens billed for what would be sent; None for a local model
     requests: int | None = None  # HTTP requests that would send them; None for a local model
+    #: what the run would refuse after sending the rest (an image the provider cannot take): the first,
+    #: described with its reason, and how many
+    refused: tuple[str, int] | None = None
 
     def describe(self) -> str:
         """One line for people."""
         cost = "" if self.tokens is None else f" (~{self.tokens} tokens, estimated)"
         calls = "" if not self.requests else f" in {self.requests} request{'s' * (self.requests != 1)}"
+        refused = ""
+        if self.refused:
+            first, n = self.refused
+            refused = f"; {n} would be refused ({first}{f', and {n - 1} more' if n > 1 else ''})"
         return (
             f"{self.dataset} with {self.fingerprint}: {self.cached} texts cached, "
-            f"{self.to_send} would be sent{calls}{cost}"
+            f"{self.to_send} would be sent{calls}{cost}{refused}"
         )
 
 
@@ -343,20 +357,31 @@ def plan_embedding(
         encoders[enc.fingerprint] = enc
         texts.setdefault((enc.fingerprint, kind), {}).update(dict.fromkeys(items))
     unique = sum(len(t) for t in texts.values())
-    n_todo, counts, calls = 0, [], []
+    n_todo, counts, calls, refused = 0, [], [], []
     with contextlib.ExitStack() as stack:
         stores = {f: stack.enter_context(EmbeddingStore(e, cache_dir)) for f, e in encoders.items()}
         for (fingerprint, kind), items in texts.items():
+            encoder = encoders[fingerprint]
             with naming_the_document(dataset):
                 todo = stores[fingerprint].missing(kind, list(items))
-                encoders[fingerprint].check_items(todo)  # what the run would refuse: refused here too
+                encoder.check_items(todo)  # what the run would refuse first: refused here too
+            later = encoder.refusals(todo)  # what it would refuse after sending the rest: counted apart
+            refused += [f"{describe_item(todo[i])}: {reason}" for i, reason in later.items()]
+            todo = [item for i, item in enumerate(todo) if i not in later]
             n_todo += len(todo)
-            counts.append(encoders[fingerprint].request_tokens(todo, kind))
-            calls.append(encoders[fingerprint].request_count(todo, kind))
+            counts.append(encoder.request_tokens(todo, kind))
+            calls.append(encoder.request_count(todo, kind))
     tokens = None if all(c is None for c in counts) else sum(c or 0 for c in counts)
     requests = None if all(c is None for c in calls) else sum(c or 0 for c in calls)
     return EmbeddingPlan(
-        dataset.name, " and ".join(encoders), unique, unique - n_todo, n_todo, tokens, requests
+        dataset.name,
+        " and ".join(encoders),
+        unique,
+        unique - n_todo - len(refused),
+        n_todo,
+        tokens,
+        requests,
+        (refused[0], len(refused)) if refused else None,
     )
 
 

@@ -273,6 +273,12 @@ class Encoder(ABC):
         that run locally."""
         return None
 
+    def refusals(self, items: Sequence[Item]) -> dict[int, str]:
+        """The items, by position, that a run would not send, refusing them after embedding the others
+        (an image file whose format or size the provider does not take, or that cannot be read), each
+        with the reason: what a dry run counts apart. None by default."""
+        return {}
+
     def earlier_versions(self) -> list[EarlierVersion]:
         """This encoder as earlier versions of this library recorded it, under other fingerprints,
         whose stored vectors it may take (:class:`EarlierVersion`); none by default.

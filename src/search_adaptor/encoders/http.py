@@ -1283,6 +1283,14 @@ class ApiEncoder(Encoder):
             )
         return " or ".join(rules)
 
+    def refusals(self, items: Sequence[Item]) -> dict[int, str]:
+        found = {
+            i: self._refusal(item, _header(item))
+            for i, item in enumerate(items)
+            if isinstance(item, ImageRef) and not item.is_url
+        }
+        return {i: reason for i, reason in found.items() if reason is not None}
+
     def request_tokens(self, texts: Sequence[Item], kind: Kind) -> int:
         """Estimated tokens the provider would bill for ``texts`` as sent (see :data:`CHARS_PER_TOKEN`);
         images count what :meth:`_image_tokens` says."""
