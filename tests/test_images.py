@@ -645,6 +645,20 @@ def test_voyage_keeps_to_320k_tokens_and_never_mixes_urls_with_data(tmp_path: Pa
         assert part == {"type": "image_url", "image_url": "https://example.com/0.png"}
 
 
+def test_voyage_refuses_an_image_over_16_million_pixels_before_sending_it(tmp_path: Path) -> None:
+    """Voyage documents at most 16 million pixels an image: a 20000x20000 PNG was sent, and its request
+    refused for 714,286 tokens; it is now named (and counted apart by a dry run), the rest embedded."""
+    small, huge = write_images(tmp_path, png(seed=1), png(seed=2, declared=(20000, 20000)))
+    reason = "20000x20000 pixels, more than the 16,000,000 voyage takes in one image; scale it down"
+    with FakeProvider("voyage") as fake:
+        enc = image_encoder(fake)
+        assert enc.refusals([small, huge]) == {1: reason}  # what embed --dry-run counts apart
+        with pytest.raises(InputsRejected) as info:
+            enc.encode_batch([small, huge], "document")
+        assert [len(call.texts) for call in fake.calls] == [1]
+    assert info.value.rejected == {1: reason}
+
+
 def test_vertex_multimodal_sends_one_instance_per_request(tmp_path: Path) -> None:
     images = write_images(tmp_path, png(seed=1), png(seed=2), png(seed=3))
     with FakeProvider("vertex") as fake:

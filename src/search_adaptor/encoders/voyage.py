@@ -139,6 +139,15 @@ class VoyageEncoder(ApiEncoder):
 
     _image_cost = _image_tokens
 
+    def _refusal(self, image: ImageRef, header: bytes) -> str | None:
+        size = image_size(header)
+        if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:  # documented per image
+            return (
+                f"{size[0]}x{size[1]} pixels, more than the {MAX_IMAGE_PIXELS:,} {self.provider} takes in "
+                "one image; scale it down"
+            )
+        return super()._refusal(image, header)
+
     def _request_images(self, images: list[ImageRef], kind: Kind) -> np.ndarray:
         parts = [
             {"type": "image_url", "image_url": image.source}
