@@ -99,7 +99,14 @@ def test_dry_run_estimates_tokens_of_the_texts_as_sent(
     dataset = load_beir(data)
     texts = [*dataset.queries.values(), *dataset.doc_texts]
     tokens = sum(math.ceil(len(t) / 3) for t in texts)
-    assert f"0 texts cached, 6 would be sent in 2 requests (~{tokens} tokens" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"0 texts cached, 6 would be sent in 2 requests (~{tokens} tokens" in printed
+    assert " at https://api.openai.com/v1: " in printed  # where the texts, and the key, would go
+    root = "http://user:pw-SECRET-1@proxy.example:8080/v1"
+    dry_run = ["embed", str(data), "--provider", "openai", "--cache", str(tmp_path), "--dry-run"]
+    assert main([*dry_run, "--base-url", root]) == 0
+    printed = capsys.readouterr().out
+    assert " at http://proxy.example:8080/v1: " in printed and "SECRET" not in printed
 
 
 def test_dry_run_needs_no_api_key(

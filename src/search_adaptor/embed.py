@@ -332,6 +332,13 @@ class EmbeddingPlan:
         )
 
 
+def _reached(fingerprint: str, encoder: Encoder) -> str:
+    """An encoder as a plan names it: its fingerprint, and an API model's root, as it may be shown (a
+    proxy or gateway given is where the texts go, and where a key is sent)."""
+    root = getattr(encoder, "base_url", None)
+    return f"{fingerprint} at {root}" if root else fingerprint
+
+
 def plan_embedding(
     dataset: Dataset,
     encoder: Encoder,
@@ -375,7 +382,7 @@ def plan_embedding(
     requests = None if all(c is None for c in calls) else sum(c or 0 for c in calls)
     return EmbeddingPlan(
         dataset.name,
-        " and ".join(encoders),
+        " and ".join(_reached(fingerprint, encoder) for fingerprint, encoder in encoders.items()),
         unique,
         unique - n_todo - len(refused),
         n_todo,
