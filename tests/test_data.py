@@ -23,7 +23,9 @@ from search_adaptor.data import (
     MAX_VALIDATION_QUERIES,
     DataError,
     Dataset,
+    corpus_file,
     corpus_sentences,
+    iter_corpus,
     kfold,
     load_beir,
     read_texts,
@@ -618,6 +620,24 @@ def test_beir_default_cache_dir(tmp_path: Path, server: _Server, monkeypatch: py
     server.files["/beir/tinybeir.zip"] = body
     ds = load_beir("beir:tinybeir", md5=hashlib.md5(body).hexdigest())
     assert ds.path == tmp_path / "home-cache" / "datasets" / "tinybeir"
+
+
+def test_parquet_corpora_refuse_bytes_in_one_line_and_sit_alone_in_a_folder(tmp_path: Path) -> None:
+    """A Parquet ``binary`` text column (Spark and pandas write them) ended in 'internal error (TypeError:
+    Object of type bytes is not JSON serializable)'; a folder holding corpus.parquet beside
+    corpus.jsonl was indexed from the Parquet file while fit and evaluate read the JSON lines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    pq.write_table(pa.table({"_id": ["d1", "d2"], "text": [b"a cat", b"a dog"]}), folder / "corpus.parquet")
+    with pytest.raises(DataError, match=r"\(row 0\): field .text. must be a string, got a value of type"):
+        list(iter_corpus(corpus_file(folder), rows=10))
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a cat"}\n')
+    with pytest.raises(DataError, match=r"both corpus\.parquet and corpus\.jsonl exist, and fit reads"):
+        corpus_file(folder)
+    assert corpus_file(folder / "corpus.parquet") == folder / "corpus.parquet"  # the file given: taken
 
 
 # -- texts to pair across two models (fit --pairs) -----------------------------------------------------

@@ -307,9 +307,7 @@ def record(
             raise DataError(f'{where}: missing field "{field}" (every {what} line needs {needs})')
     raw_id = obj["_id"]
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
-        raise DataError(
-            f'{where}: field "_id" must be a non-empty string or integer, got {json.dumps(raw_id)}'
-        )
+        raise DataError(f'{where}: field "_id" must be a non-empty string or integer, got {_shown(raw_id)}')
     for field in ("_id", "text", "title"):  # JSON may escape half a surrogate pair: no encoder takes it
         value = obj.get(field)
         at = lone_surrogate(value) if isinstance(value, str) else None
@@ -323,7 +321,7 @@ def record(
     text = obj["text"]
     if not isinstance(text, str):
         raise DataError(
-            f'{where}: field "text" must be a string, got {json.dumps(text)[:40]} (use "" for an empty text)'
+            f'{where}: field "text" must be a string, got {_shown(text)[:40]} (use "" for an empty text)'
         )
     if what != "corpus":
         return str(raw_id), text
@@ -331,7 +329,7 @@ def record(
     if title is None:
         title = ""
     elif not isinstance(title, str):
-        raise DataError(f'{where}: field "title" must be a string or null, got {json.dumps(title)[:40]}')
+        raise DataError(f'{where}: field "title" must be a string or null, got {_shown(title)[:40]}')
     return str(raw_id), (title + " " + text).strip()
 
 
@@ -340,7 +338,7 @@ def _image(obj: dict[str, Any], where: str, folder: str | os.PathLike | None) ->
     for field in ("text", "title"):
         if obj.get(field) is not None and not isinstance(obj[field], str):
             raise DataError(
-                f'{where}: field "{field}" must be a string or null, got {json.dumps(obj[field])[:40]}'
+                f'{where}: field "{field}" must be a string or null, got {_shown(obj[field])[:40]}'
             )
     try:
         return ImageRef.of(obj["image"], folder)
@@ -380,12 +378,31 @@ def _read_corpus(path: Path) -> tuple[list[str], list[Item]]:
     return doc_ids, doc_texts
 
 
+def _shown(value: Any) -> str:
+    """A field's value as a message shows it: as JSON writes it, or, for a value JSON has no form
+    for (bytes from a Parquet ``binary`` column), its type."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return f"a value of type {type(value).__name__}"
+
+
 def corpus_file(source: str | Path) -> Path:
-    """The corpus a BEIR folder holds (``corpus.jsonl[.gz]`` or ``corpus.parquet``), or the file given."""
+    """The corpus a BEIR folder holds (``corpus.jsonl[.gz]`` or ``corpus.parquet``), or the file given.
+    A folder holding both is refused: ``fit`` and ``evaluate`` read the JSON lines, and an index of the
+    Parquet file would serve another corpus than they scored."""
     path = Path(source)
     if path.is_dir():
         parquet = path / "corpus.parquet"
-        return parquet if parquet.is_file() else _find_jsonl(path, "corpus")
+        if not parquet.is_file():
+            return _find_jsonl(path, "corpus")
+        others = [p.name for p in (path / "corpus.jsonl", path / "corpus.jsonl.gz") if p.is_file()]
+        if others:
+            raise DataError(
+                f"{path}: both {parquet.name} and {others[0]} exist, and fit reads {others[0]}: keep "
+                "only one of them, or give the file to index"
+            )
+        return parquet
     if not path.is_file():
         raise DataError(f"{path}: not found (give a BEIR folder or its corpus.jsonl[.gz] / corpus.parquet)")
     return path
