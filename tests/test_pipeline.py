@@ -233,6 +233,25 @@ def test_local_index_from_shards_equals_the_in_memory_index(tmp_path, synthetic)
     assert read_all(tmp_path / "idx" / "vectors")[0] == ids and not (tmp_path / "v").exists()
 
 
+def test_cli_transform_refuses_an_output_inside_an_index(base, tmp_path, capsys):
+    """`transform --out INDEX/vectors` replaced an index's shards (what a vector database is loaded
+    with) by other vectors, and nothing noticed."""
+    _, src = base
+    adapter = make_adapter(16, info=FAKE_INFO)
+    adapter.save(tmp_path / "a")
+    transform_vectors(src, adapter, tmp_path / "v")
+    AdaptedIndex.from_shards(adapter, tmp_path / "v", FAKE_INFO).save(
+        tmp_path / "idx", vectors=tmp_path / "v"
+    )
+    before = read_all(tmp_path / "idx" / "vectors")
+    for out in ("idx/vectors", "idx/vectors/more", "idx/other.npy"):
+        cli = ["transform", str(src), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / out)]
+        assert main(cli) == 2
+        assert f"inside the index {tmp_path / 'idx'}, whose vectors it would" in capsys.readouterr().err
+    after = read_all(tmp_path / "idx" / "vectors")
+    assert after[0] == before[0] and np.array_equal(after[1], before[1])
+
+
 def test_shards_record_the_fitted_mode_not_one_set_after_the_fit(base, tmp_path):
     """Both jobs' metadata name the mode the vectors were adapted with: set_params after fit (for
     the next fit) changed what they said, not what computed the vectors."""

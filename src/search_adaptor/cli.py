@@ -485,6 +485,7 @@ def _cmd_transform(args: argparse.Namespace) -> None:
     from search_adaptor.pipeline import transform_vectors
 
     _check_engine_flags(args)
+    _outside_an_index(args.out)
     keys = ("engine", "rows", "id_column", "vector_column", "ray_address", "dim")
     options = {k: getattr(args, k) for k in keys}
     adapter = SearchAdaptor.load(args.adapter)
@@ -508,6 +509,20 @@ def _cmd_transform(args: argparse.Namespace) -> None:
             f"Only normalised to unit length: this adapter {why}, so the documents' vectors keep their "
             "direction; an index of them as they are serves it too."
         )
+
+
+def _outside_an_index(out: str) -> None:
+    """Refuse an output inside an index folder: its ``vectors/`` are what the index was built from
+    (and what a vector database is loaded with); other vectors there would pass for them."""
+    from search_adaptor.index import INDEX_FILE, MANIFEST
+
+    target = Path(out).resolve()
+    for folder in target.parents:
+        if (folder / MANIFEST).is_file() and (folder / INDEX_FILE).is_file():
+            raise ValueError(
+                f"{out}: inside the index {folder}, whose vectors it would replace or join; write it "
+                "outside the index"
+            )
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
