@@ -638,6 +638,17 @@ def test_parquet_corpora_refuse_bytes_in_one_line_and_sit_alone_in_a_folder(tmp_
     with pytest.raises(DataError, match=r"both corpus\.parquet and corpus\.jsonl exist, and fit reads"):
         corpus_file(folder)
     assert corpus_file(folder / "corpus.parquet") == folder / "corpus.parquet"  # the file given: taken
+    # damaged or empty: named, and told in Parquet's terms (pyarrow's "magic bytes not found" named no
+    # file; an empty one was told to add JSON lines)
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"bad\.parquet: not a readable Parquet file"):
+        list(iter_corpus(tmp_path / "bad.parquet", rows=10))
+    pq.write_table(
+        pa.table({"_id": pa.array([], pa.string()), "text": pa.array([], pa.string())}),
+        tmp_path / "e.parquet",
+    )
+    with pytest.raises(DataError, match=r"e\.parquet: no documents \(the file has no rows"):
+        list(iter_corpus(tmp_path / "e.parquet", rows=10))
 
 
 # -- texts to pair across two models (fit --pairs) -----------------------------------------------------

@@ -361,6 +361,10 @@ def _corpus_rows(path: Path) -> Iterator[tuple[str, Item]]:
 
 
 def _no_documents(path: Path) -> DataError:
+    if path.suffix == ".parquet":
+        return DataError(
+            f'{path}: no documents (the file has no rows; add one per document, "_id" and "text")'
+        )
     return DataError(
         f'{path}: no documents (the file is empty; add one JSON line per document with "_id", "text")'
     )
@@ -440,12 +444,27 @@ def _batched(pairs: Iterator[tuple[str, Item]], rows: int) -> Iterator[tuple[lis
         yield ids, texts
 
 
+_READ_BUFFER = 1 << 20  # bytes a Parquet column is read ahead by (a stream, not a whole column chunk)
+
+
+def parquet_file(path: Path) -> Any:
+    """``pyarrow.parquet.ParquetFile`` of ``path``, a damaged file refused in one line naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        # No read-ahead, and a column chunk read as a buffered stream: without buffer_size pyarrow
+        # loads each row group's column chunk whole, and a file written with pyarrow's defaults is one
+        # row group of up to 1Mi rows; so memory follows the batch, not the row group.
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+
+
 def _parquet_corpus(path: Path, rows: int) -> Iterator[tuple[list[str], list[Item]]]:
     """Chunks of a Parquet corpus (``_id`` or ``id``, ``text``, optional ``title`` and ``image``
     columns), every row checked by :func:`record` as a JSON line would be."""
-    import pyarrow.parquet as pq
-
-    names = pq.ParquetFile(path).schema_arrow.names
+    reader = parquet_file(path)
+    names = reader.schema_arrow.names
     id_col = "_id" if "_id" in names else "id"
     for need in (id_col, *([] if "image" in names else ["text"])):
         if need not in names:
@@ -453,7 +472,7 @@ def _parquet_corpus(path: Path, rows: int) -> Iterator[tuple[list[str], list[Ite
     columns = [id_col, *[c for c in ("text", "title", "image") if c in names]]
     seen: set[str] = set()
     start = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
+    for batch in reader.iter_batches(batch_size=rows, columns=columns):
         ids, texts = records_of_batch(batch, f"{path}", start, seen, folder=path.parent)
         start += batch.num_rows
         yield ids, texts

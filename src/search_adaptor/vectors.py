@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from search_adaptor.data import DataError, refuse_nulls
+from search_adaptor.data import DataError, parquet_file, refuse_nulls
 from search_adaptor.files import Staged, finish_output, read_json, sampled_checksum, write_text_atomic
 
 ROWS = 65536  # rows per chunk (local) and per Parquet shard: ~100 MB of 384-d float32
@@ -33,7 +33,6 @@ SHARD = "part-{:05d}.parquet"  # a shard folder's numbered files
 #: what a shard folder holds: its shards (as a pattern) and manifest; anything else is the user's
 SHARDS_PARTS = ("part-*.parquet", SHARDS_MANIFEST)
 _ROW_GROUP = 8192  # Parquet row group: what a reader decodes at once (12 MB at 384-d), whatever the shard
-_READ_BUFFER = 1 << 20  # bytes a Parquet column is read ahead by (a stream, not a whole column chunk)
 ID, VECTOR = "id", "vector"
 #: Parquet schema metadata key under which :class:`VectorWriter` records what it wrote (JSON)
 MARKER = b"search-adaptor"
@@ -141,19 +140,6 @@ def vector_files(path: str | os.PathLike) -> list[Path]:
     if src.suffix.lower() not in (".npy", ".parquet"):
         raise DataError(f"{src}: unsupported vector file (use .npy, .parquet or a folder of them)")
     return [src]
-
-
-def parquet_file(path: Path) -> Any:
-    """``pyarrow.parquet.ParquetFile`` of ``path``, a damaged file refused in one line naming it."""
-    import pyarrow.parquet as pq
-
-    try:
-        # No read-ahead, and a column chunk read as a buffered stream: without buffer_size pyarrow
-        # loads each row group's column chunk whole, and a file written with pyarrow's defaults is one
-        # row group of up to 1Mi rows; so memory follows the batch, not the row group.
-        return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
 def iter_vectors(
