@@ -1109,9 +1109,17 @@ def _seen_in_folds(dataset: Dataset, selections: Sequence[Selection], proto: Pro
         of += len(scored)
         if sel.adapter.is_identity_:
             continue
-        known = set(_trained_texts(dataset, sel.adapter, sel.val_query_ids))
-        n += sum(_digest(dataset.queries[q]) in known for q in scored)
+        n += _repeating(dataset, scored, set(_trained_texts(dataset, sel.adapter, sel.val_query_ids)))
     return {"n": n, "of": of, "by": "text"}
+
+
+def _repeating(dataset: Dataset, scored: Sequence[str], known: set[str]) -> int:
+    """How many ``scored`` queries have a text among the digests ``known``: as :func:`_digest` takes it
+    now, or as written (the digests adapters recorded before)."""
+    return sum(
+        _digest(dataset.queries[q]) in known or _digest(dataset.queries[q], exact=True) in known
+        for q in scored
+    )
 
 
 def _selection_scores(final: Selection) -> dict[str, Any]:
@@ -1159,14 +1167,7 @@ def _seen(
     scored = labelled_queries(qrels)
     if adapter.query_text_digests_ is not None:
         known = set(adapter.query_text_digests_)
-        return {
-            "n": sum(
-                _digest(dataset.queries[q]) in known or _digest(dataset.queries[q], exact=True) in known
-                for q in scored
-            ),
-            "of": len(scored),
-            "by": "text",
-        }
+        return {"n": _repeating(dataset, scored, known), "of": len(scored), "by": "text"}
     labelled = adapter.fitted_params_["loss"] not in UNLABELLED_LOSSES
     ids = (
         {*adapter.train_query_ids_, *adapter.val_query_ids_}
