@@ -386,6 +386,33 @@ def test_ray_transform_writes_the_same_rows_as_local(base, tmp_path, ray_cluster
 
 
 @pytest.mark.slow
+def test_ray_takes_files_that_type_their_ids_and_vectors_differently_as_local_does(tmp_path, ray_cluster):
+    """Parquet files written by different jobs (integer ids here, string or dictionary ids there, float16
+    fixed-size vectors) failed Ray's schema merge with Arrow's 'Unable to merge'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X = np.random.default_rng(2).normal(size=(9, 16))
+    (tmp_path / "in").mkdir()
+    pq.write_table(
+        pa.table({"id": pa.array([1, 2, 3]), "vector": list(X[:3].astype(np.float32))}),
+        tmp_path / "in/a.parquet",
+    )
+    pq.write_table(pa.table({"id": ["4", "5", "6"], "vector": list(X[3:6])}), tmp_path / "in/b.parquet")
+    half = pa.FixedSizeListArray.from_arrays(pa.array(X[6:].astype(np.float16).ravel()), 16)
+    pq.write_table(
+        pa.table({"id": pa.array(["7", "8", "9"]).dictionary_encode(), "vector": half}),
+        tmp_path / "in/c.parquet",
+    )
+    adapter = make_adapter(16)
+    transform_vectors(tmp_path / "in", adapter, tmp_path / "local")
+    transform_vectors(tmp_path / "in", adapter, tmp_path / "ray", engine="ray")
+    ids_l, Y_l = read_all(tmp_path / "local")
+    ids_r, Y_r = read_all(tmp_path / "ray")
+    assert ids_r == ids_l == [str(i) for i in range(1, 10)] and np.array_equal(Y_r, Y_l)
+
+
+@pytest.mark.slow
 def test_ray_and_local_indexes_of_a_corpus_are_identical(tmp_path, ray_cluster, capsys):
     """End to end with the local model: the CLI's two engines give the same index and the same results."""
     from search_adaptor.encoders.local import SentenceTransformerEncoder

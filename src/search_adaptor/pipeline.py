@@ -393,17 +393,31 @@ def _write(
     return writer.rows, writer.dim, writer.shards
 
 
-def _parquet_files(files: list[Path], id_column: str, vector_column: str) -> list[str]:
+def _parquet_files(files: list[Path], id_column: str, vector_column: str) -> tuple[list[str], Any]:
     """The Parquet files the ray engine reads, each checked on the driver before a cluster starts:
     that it is Parquet, and that its columns are there and hold vectors (the local engine's rule,
-    :func:`~search_adaptor.vectors.from_table`, on no rows)."""
+    :func:`~search_adaptor.vectors.from_table`, on no rows); and the schema to read them with.
+
+    The schema is None when the files agree. Files that type their ids or vectors differently (one
+    written with integer ids, the next with strings) would fail Ray's merge of their schemas; the
+    local engine takes them, so they are read as string ids and float64 vectors, which hold every
+    accepted value exactly (the adapter casts rows to float32 as it does for the local engine).
+    """
+    import pyarrow as pa
+
+    types = set()
     for file in files:
         if file.suffix.lower() == ".npy":
             raise DataError(
                 f"{file}: the ray engine reads Parquet; convert .npy input with --engine local first"
             )
-        from_table(parquet_file(file).schema_arrow.empty_table(), str(file), id_column, vector_column)
-    return [str(f.resolve()) for f in files]  # absolute: workers on other nodes run in other folders
+        schema = parquet_file(file).schema_arrow
+        from_table(schema.empty_table(), str(file), id_column, vector_column)
+        types.add((schema.field(id_column).type, schema.field(vector_column).type))
+    paths = [str(f.resolve()) for f in files]  # absolute: workers on other nodes run in other folders
+    if len(types) == 1:
+        return paths, None
+    return paths, pa.schema([(id_column, pa.string()), (vector_column, pa.list_(pa.float64()))])
 
 
 def _refuse_adapted(src: Path, files: list[Path]) -> None:
@@ -481,9 +495,10 @@ def transform_vectors(
         return JobStats(engine, *_write(out, meta, chunks, src), time.perf_counter() - start)
     if Path(out).suffix.lower() in (".npy", ".parquet"):
         raise ValueError(f"{out}: the ray engine writes a folder of Parquet shards; give a folder name")
-    paths = _parquet_files(files, id_column, vector_column)
+    paths, schema = _parquet_files(files, id_column, vector_column)
     ray = ray_session(ray_address, quiet=not progress)
-    ds = ray.data.read_parquet(paths).select_columns([id_column, vector_column])
+    read = {"schema": schema} if schema is not None else {}
+    ds = ray.data.read_parquet(paths, **read).select_columns([id_column, vector_column])
     ds = ds.map_batches(
         adapt_batch,
         fn_kwargs={
