@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -166,6 +167,18 @@ def test_a_score_that_is_not_a_finite_number_is_refused_by_name(score) -> None:
         ValueError, match=r"run: query 'q1', document 'd2' has score .*must be finite numbers"
     ):
         evaluate({"q1": {"d1": 1}}, run, "ndcg@10")
+
+
+@pytest.mark.parametrize("score", [1e300, -1e39, np.float64(3.5e38), 10**40])
+def test_a_score_beyond_float32_is_refused_not_ranked_as_inf(score) -> None:
+    """Kept as float32 (trec_eval's type), 1e300 became inf with only numpy's overflow warning, tied with
+    any other such score."""
+    run = {"q1": {"d1": 0.5, "d2": score}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no RuntimeWarning on the way
+        with pytest.raises(ValueError, match=r"document 'd2' has score .*beyond float32's range.*rescale"):
+            evaluate({"q1": {"d1": 1}}, run, "ndcg@10")
+    assert evaluate({"q1": {"d1": 1}}, {"q1": {"d1": 3.0e38, "d2": 1.0}}, "ndcg@10")["ndcg@10"] == 1.0
 
 
 @pytest.mark.parametrize(

@@ -446,7 +446,14 @@ def _score(score: object, qid: str, doc: str) -> float:
         raise ValueError(
             f"run: query {qid!r}, document {doc!r} has score {score!r}; scores must be finite numbers"
         )
-    return float(np.float32(score))
+    with np.errstate(over="ignore"):
+        kept = np.float32(score)
+    if not np.isfinite(kept):  # 1e300: inf once kept as float32, tied with every other such score
+        raise ValueError(
+            f"run: query {qid!r}, document {doc!r} has score {score!r}, beyond float32's range (±3.4e38) "
+            "that scores are ranked in, as trec_eval keeps them; rescale the run's scores"
+        )
+    return float(kept)
 
 
 def _check_run(run: object) -> dict[str, dict[str, float]]:
