@@ -297,6 +297,29 @@ CONFIG_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         edit_config(lambda c: c["metrics"].update(test={"adapted": {"ndcg@10": "high"}, "zero-shot": {}})),
         ["metrics.test"],
     ),
+    "test metric out of range": (
+        edit_config(
+            lambda c: c["metrics"].update(test={"adapted": {"ndcg@10": 5.0}, "zero-shot": {"ndcg@10": 0.5}})
+        ),
+        ["metrics.test.adapted.ndcg@10 must be in [0, 1], got 5.0"],
+    ),
+    "a training-only hyperparameter removed": (  # clone/refit_all would train with the default
+        edit_config(lambda c: c["hyperparameters"].pop("lr")),
+        ["hyperparameters: missing field 'lr'"],
+    ),
+    "negative fit time": (
+        edit_config(lambda c: c["training"].update(fit_time_s=-1)),
+        ["training: fit_time_s must be >= 0, got -1"],
+    ),
+    "unknown validation metric": (
+        edit_config(lambda c: c["training"].update(val_metric="bogus@10")),
+        ["training: val_metric must be one of ndcg@10, neighbours@10", '"bogus@10"'],
+    ),
+    "another library": (edit_config(lambda c: c.update(library="x")), ["field 'library' must be"]),
+    "a validation query said to have trained it": (
+        edit_config(lambda c: c["training"]["val_query_ids"].append(c["training"]["train_query_ids"][0])),
+        ["is in both train_query_ids and val_query_ids"],
+    ),
     "no config.json": (lambda f: (f / "config.json").unlink(), ["not found"]),
 }
 

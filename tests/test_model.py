@@ -33,6 +33,7 @@ from search_adaptor.model import (
     CompatibilityError,
     NotFittedError,
     SearchAdaptor,
+    _checksum,
     describe_encoder,
     float32_rows,
 )
@@ -519,7 +520,9 @@ def test_precision_is_checked_resolved_and_recorded(synthetic, tmp_path):
     assert cfg["hyperparameters"]["precision"] == "auto"
     assert cfg["training"]["precision"] == est.train_precision_
     assert SearchAdaptor.load(tmp_path / "a").train_precision_ == est.train_precision_
-    del cfg["training"]["precision"], cfg["hyperparameters"]["precision"]  # a file from before precision
+    # a file from before precision: format 2, with that format's checksum (format 3 states every setting)
+    del cfg["training"]["precision"], cfg["hyperparameters"]["precision"]
+    cfg.update(format_version=2, checksum=_checksum(est, 2))
     (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
     older = SearchAdaptor.load(tmp_path / "a")
     assert older.train_precision_ == "float32" and older.precision == "float32"

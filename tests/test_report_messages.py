@@ -293,6 +293,16 @@ def test_an_adapter_path_that_is_a_fits_folder_names_its_adapter(tmp_path, capsy
     assert err == f"search-adaptor: error: {run / 'config.json'}: not found; {fix}"
 
 
+def test_an_adapter_path_that_is_its_config_file_names_the_folder(tmp_path, capsys):
+    """`--adapter runs/X/adapter/config.json` was 'config.json/config.json: not found'."""
+    config = tmp_path / "adapter" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({}))
+    assert main(["evaluate", str(tmp_path / "data"), "--adapter", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"search-adaptor: error: {config}: a file; give the adapter's folder ({config.parent})"
+
+
 def _fit_argv(tmp_path: Path, d: dict) -> list[str]:
     """``fit`` of the synthetic fixture (100 train, 60 test queries) on its own vectors."""
     qids = d["qids"]

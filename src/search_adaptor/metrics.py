@@ -432,6 +432,15 @@ def _metric_values(
     return values
 
 
+def is_metric(name: str) -> bool:
+    """Whether ``name`` is a metric :func:`evaluate` computes (all of them are fractions in [0, 1])."""
+    try:
+        _parse_metrics(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _means(values: dict[str, np.ndarray]) -> dict[str, float]:
     """Mean of each metric over queries; refuses an empty query set, whose mean is undefined."""
     if any(len(v) == 0 for v in values.values()):
@@ -655,6 +664,8 @@ def metrics_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str
 #: What validation measured, named for a reader: nDCG@10 with labels; without them, what stood in
 #: (how much of each text's top 10 under the base embedding the adapted one keeps).
 _VAL_METRIC_NAMES = {"ndcg@10": "nDCG@10", "neighbours@10": "overlap with the base top-10 neighbours"}
+#: The validation scores a fit records (``training.val_metric`` of an adapter's config).
+VAL_METRICS = tuple(_VAL_METRIC_NAMES)
 
 
 def val_metric_name(metric: str) -> str:

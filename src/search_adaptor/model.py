@@ -44,7 +44,7 @@ from search_adaptor.encoders.base import (
 from search_adaptor.encoders.registry import from_info, info_problem
 from search_adaptor.files import Staged, read_json
 from search_adaptor.losses import LOSSES, PAIR_REDUCTIONS, UNLABELLED_LOSSES
-from search_adaptor.metrics import metrics_table, val_metric_name
+from search_adaptor.metrics import VAL_METRICS, is_metric, metrics_table, val_metric_name
 from search_adaptor.networks import (
     ARCHITECTURES,
     MODES,
@@ -947,6 +947,9 @@ class SearchAdaptor:
         """
         folder = Path(path)
         cfg_path = folder / CONFIG
+        if folder.is_file():
+            parent = f" ({folder.parent})" if folder.name == CONFIG else ""
+            raise FileNotFoundError(f"{folder}: a file; give the adapter's folder{parent}")
         if not cfg_path.is_file():
             if (folder / "adapter" / CONFIG).is_file():  # a fit's --out folder, which holds the adapter
                 raise FileNotFoundError(f"{cfg_path}: not found; did you mean {folder / 'adapter'}?")
@@ -1065,6 +1068,10 @@ _OPTIONAL = {
 #: training-only, take their defaults when absent, as in files written before they existed; a
 #: missing ``init`` is the identity start those files had)
 _SHAPE_KEYS = ("architecture", "hidden_dim", "residual", "mode")
+#: From this format on, a config states every hyperparameter (what ``clone`` and ``refit_all`` train
+#: with), so a missing one is an edit, not an older file. A hyperparameter added later must come
+#: with a new format version, or files of this one would be refused for lacking it.
+_ALL_PARAMS_FROM = 3
 
 
 def _finite(value: numbers.Real) -> bool:
@@ -1145,9 +1152,15 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
             "upgrade search-adaptor"
         )
     _check_section(config, _TOP_KEYS, str(path))
+    if config.get("library", "search-adaptor") != "search-adaptor":
+        raise ValueError(
+            f"{path}: field 'library' must be \"search-adaptor\", got {json.dumps(config['library'])[:40]}; "
+            f"{LOAD_FIX}"
+        )
     if version >= 2 and "checksum" not in config:
         raise ValueError(f"{path}: missing field 'checksum'; {LOAD_FIX}")
-    missing = [k for k in _SHAPE_KEYS if k not in config["hyperparameters"]]
+    required = SearchAdaptor._param_names() if version >= _ALL_PARAMS_FROM else _SHAPE_KEYS
+    missing = [k for k in required if k not in config["hyperparameters"]]
     if missing:
         raise ValueError(f"{path}: hyperparameters: missing field {missing[0]!r}; {LOAD_FIX}")
     if not 1 <= config["dim"] <= MAX_DIM:
@@ -1160,9 +1173,24 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     for key in ("val_ndcg@10", "zero_shot_val_ndcg@10"):
         if not 0.0 <= training[key] <= 1.0:
             raise ValueError(f"{path}: training: {key} must be in [0, 1], got {training[key]}; {LOAD_FIX}")
+    if training["fit_time_s"] < 0:
+        raise ValueError(
+            f"{path}: training: fit_time_s must be >= 0, got {training['fit_time_s']}; {LOAD_FIX}"
+        )
+    if training.get("val_metric", VAL_METRICS[0]) not in VAL_METRICS:
+        raise ValueError(
+            f"{path}: training: val_metric must be one of {', '.join(VAL_METRICS)}, "
+            f"got {json.dumps(training['val_metric'])[:40]}; {LOAD_FIX}"
+        )
     for key in ("train_query_ids", "val_query_ids"):
         if not all(isinstance(q, str) for q in training.get(key, [])):
             raise ValueError(f"{path}: training: {key} must be a list of strings; {LOAD_FIX}")
+    both = set(training.get("train_query_ids", [])) & set(training.get("val_query_ids", []))
+    if both and not training.get("refit_all"):  # (a refit trains on its validation queries too)
+        raise ValueError(
+            f"{path}: training: query id {min(both)!r} is in both train_query_ids and val_query_ids; "
+            f"{LOAD_FIX}"
+        )
     if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in training.get("query_text_digests", [])):
         raise ValueError(
             f"{path}: training: query_text_digests must be a list of 16-character hex digests; {LOAD_FIX}"
@@ -1203,6 +1231,8 @@ def _test_problem(test: Any) -> str | None:
         for metric in test["adapted"] if isinstance(scores, dict) else ():
             if not _typed(scores.get(metric), float):
                 return f"test.{system}.{metric} must be a finite number, got {_shown(scores, metric)}"
+            if is_metric(metric) and not 0 <= scores[metric] <= 1:  # a fraction (other names: the user's)
+                return f"test.{system}.{metric} must be in [0, 1], got {_shown(scores, metric)}"
     return None
 
 
