@@ -790,6 +790,28 @@ def test_fit_save_load_refuses_vectors_of_another_model(synthetic, tmp_path):
     assert np.array_equal(same, est.transform_queries(synthetic["Q"]))
 
 
+def test_a_model_name_as_encoder_is_told_to_be_a_fingerprint_both_ways(synthetic):
+    """encoder="the model's name" against an adapter fit with the Encoder (and the Encoder against one fit
+    with a name) ended with "use the same encoder ... as at training time", though it was the same model."""
+    model = CountingEncoder(dim=16)
+    by_encoder = _fit(synthetic, max_steps=5, encoder=model)
+    with pytest.raises(CompatibilityError) as err:
+        by_encoder.transform_queries(synthetic["Q"], encoder=model.model)
+    assert str(err.value).endswith(
+        "a name given as encoder= is compared with the recorded fingerprint as it is: pass the Encoder that "
+        f"made these vectors, its info() dict, or {model.fingerprint!r}"
+    )
+    by_name = _fit(synthetic, max_steps=5, encoder="my-model")
+    with pytest.raises(
+        CompatibilityError, match=r"fit with encoder='my-model', a name for vectors made elsewhere"
+    ):
+        by_name.transform_queries(synthetic["Q"], encoder=model)
+    assert np.array_equal(
+        by_name.transform_queries(synthetic["Q"], encoder="my-model"),
+        by_name.transform_queries(synthetic["Q"]),
+    )
+
+
 def test_fitted_state_is_the_same_after_fit_and_load(synthetic, tmp_path):
     est = _fit(synthetic, max_steps=40, encoder={"fingerprint": "fake:m:1", "model": "m"})
     est.save(tmp_path / "a")

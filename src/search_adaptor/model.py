@@ -439,6 +439,8 @@ class SearchAdaptor:
         encoder : Encoder, its ``info()`` dict, or a model name, optional
             What made the embeddings. It is saved with the adapter, and every later use refuses
             vectors of another model; without it the adapter cannot tell (a warning says so on save).
+            A name (for vectors made elsewhere) is recorded as it is: later uses must give that
+            name, as an Encoder's fingerprint cannot be matched to it.
         query_encoder : Encoder, info dict or model name, optional
             What made the query embeddings when another model than ``encoder`` did (a cross-model
             adapter: queries of one model mapped into the documents' space, of any dimension).
@@ -775,8 +777,9 @@ class SearchAdaptor:
         Parameters
         ----------
         X : array-like of shape (n_queries, dim)
-        encoder : Encoder, info dict or model name, optional
-            What made ``X``; refused (naming both models) when it is not the adapter's encoder.
+        encoder : Encoder, info dict or fingerprint, optional
+            What made ``X``; refused (naming both models) when it is not the adapter's encoder. A
+            model's name is compared with the recorded fingerprint as it is (:meth:`check_encoder`).
         dim : int, optional
             Keep the first ``dim`` coordinates (renormalised): a Matryoshka prefix. An adapter
             trained with ``dims`` keeps its ranking quality at those sizes.
@@ -786,6 +789,8 @@ class SearchAdaptor:
         Returns
         -------
         ndarray of shape (n_queries, dim), float32
+            Unit rows; a row of zeros (a static model's vector for a text none of whose words it knows)
+            stays zeros, scoring 0 against every document, as it does unadapted.
         """
         self._check_fitted()
         return self._apply(self.query_net_, X, what, encoder, dim, "query")
@@ -794,7 +799,7 @@ class SearchAdaptor:
         self, X: np.ndarray, encoder: EncoderLike | None = None, dim: int | None = None, what: str = "corpus"
     ) -> np.ndarray:
         """Adapted, unit-norm document vectors (only normalised in query-only mode: no re-index);
-        ``encoder``, ``dim`` and ``what`` as in :meth:`transform_queries`."""
+        ``encoder``, ``dim`` and ``what`` as in :meth:`transform_queries`, and zero rows kept as there."""
         self._check_fitted()
         return self._apply(self.corpus_net_, X, what, encoder, dim, "document")
 
@@ -816,7 +821,8 @@ class SearchAdaptor:
     def check_encoder(self, encoder: EncoderLike, dim: int | None = None, kind: Kind = "document") -> None:
         """Refuse embeddings from another model (fingerprint) or of another dimension, naming both.
 
-        ``encoder`` is an Encoder, its info dict, or a fingerprint, of the documents (``kind``
+        ``encoder`` is an Encoder, its info dict, or a fingerprint (a model's name matches only an
+        adapter fit with that name as ``encoder=``), of the documents (``kind``
         "document") or of the queries ("query": the query model of a cross-model adapter). An
         adapter saved without its encoder (older files, or ``fit`` without ``encoder=``) cannot
         check: it accepts and warns once.
@@ -825,8 +831,20 @@ class SearchAdaptor:
         theirs = describe_encoder(encoder)["fingerprint"]
         mine = self._encoder_info(kind).get("fingerprint")
         if mine and theirs != mine:
-            name = self._encoder_info(kind).get("model")
-            fix = _mismatch_fix(mine, theirs, name)
+            recorded = self._encoder_info(kind)
+            if isinstance(encoder, str):  # a model's name is no fingerprint: it names no weights
+                fix = (
+                    "a name given as encoder= is compared with the recorded fingerprint as it is: pass the "
+                    f"Encoder that made these vectors, its info() dict, or {mine!r}"
+                )
+            elif recorded.get("provider") == "precomputed" and not mine.startswith("precomputed:"):
+                fix = (
+                    f"it was fit with encoder={mine!r}, a name for vectors made elsewhere, which no "
+                    f"encoder's fingerprint equals: pass encoder={mine!r} with vectors of that model, or "
+                    "refit with encoder= the Encoder (its fingerprint is then checked)"
+                )
+            else:
+                fix = _mismatch_fix(mine, theirs, recorded.get("model"))
             raise CompatibilityError(
                 f"adapter was trained on embeddings of {mine} but these come from {theirs}; {fix}"
             )
