@@ -845,14 +845,16 @@ def test_bad_fit_inputs_fail_with_one_clear_line(synthetic):
         SearchAdaptor().fit(d["Q"], d["D"][:, :8], d["qrels"], d["qids"], d["dids"])
     with pytest.raises(ValueError, match="names document 'nope'"):
         SearchAdaptor().fit(d["Q"], d["D"], {"q0": {"nope": 1}, "q1": {"d1": 1}}, d["qids"], d["dids"])
-    with pytest.raises(ValueError, match="at least 2 labelled queries"):
+    with pytest.raises(ValueError, match=r"^qrels: need at least 2 labelled queries"):
         SearchAdaptor().fit(d["Q"], d["D"], {"q0": {"d0": 1}}, d["qids"], d["dids"])
     with pytest.raises(ValueError, match="mode must be one of"):
         SearchAdaptor(mode="both").fit(d["Q"], d["D"], d["qrels"], d["qids"], d["dids"])
     twice = [d["qids"][0], *d["qids"][:-1]]
-    with pytest.raises(ValueError, match=r"duplicate query id 'q0' \(rows 0 and 1\): each row needs its own"):
+    with pytest.raises(
+        ValueError, match=r"^query_ids: duplicate query id 'q0' \(rows 0 and 1\): each row needs its own"
+    ):
         SearchAdaptor().fit(d["Q"], d["D"], {"q0": {"d0": 1}, "q1": {"d1": 1}}, twice, d["dids"])
-    with pytest.raises(ValueError, match=r"duplicate document id 'd0' \(rows 0 and 1\)"):
+    with pytest.raises(ValueError, match=r"^corpus_ids: duplicate document id 'd0' \(rows 0 and 1\)"):
         SearchAdaptor().fit(d["Q"], d["D"], d["qrels"], d["qids"], [d["dids"][0], *d["dids"][:-1]])
     with pytest.raises(ValueError, match=r"^temperature must be > 0; got 0$"):
         SearchAdaptor(temperature=0).fit(d["Q"], d["D"], d["qrels"], d["qids"], d["dids"])

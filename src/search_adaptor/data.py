@@ -753,7 +753,8 @@ def validation_split(
     n = len(labelled)
     if n < 2:
         raise DataError(
-            f"need at least 2 labelled queries (with a document of grade >= 1) to train and validate; got {n}"
+            f"qrels: need at least 2 labelled queries (with a document of grade >= 1) to train and validate; "
+            f"got {n}"
         )
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")

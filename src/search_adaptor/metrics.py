@@ -137,13 +137,16 @@ def tie_order(doc_ids: Sequence[str]) -> np.ndarray:
     return keys
 
 
-def index_ids(ids: Sequence[str], what: str) -> dict[str, int]:
-    """Map each id to its position, refusing duplicates (they would make positions ambiguous)."""
+def index_ids(ids: Sequence[str], what: str, argument: str) -> dict[str, int]:
+    """Map each id to its position, refusing duplicates (they would make positions ambiguous), named
+    as a ``what`` id of the caller's ``argument``."""
     positions: dict[str, int] = {}
     for i, item in enumerate(ids):
         first = positions.setdefault(item, i)
         if first != i:
-            raise ValueError(f"duplicate {what} id {item!r} (rows {first} and {i}): each row needs its own")
+            raise ValueError(
+                f"{argument}: duplicate {what} id {item!r} (rows {first} and {i}): each row needs its own"
+            )
     return positions
 
 
@@ -279,8 +282,8 @@ class RelevanceIndex:
         query_ids: Sequence[str],
         doc_ids: Sequence[str],
     ) -> None:
-        query_pos = index_ids(query_ids, "query")
-        doc_pos = index_ids(doc_ids, "document")
+        query_pos = index_ids(query_ids, "query", "query_ids")
+        doc_pos = index_ids(doc_ids, "document", "doc_ids")
         per_query: dict[int, tuple[list[int], list[int]]] = {}
         for qid, judged in check_qrels(qrels).items():
             if qid not in query_pos:

@@ -832,7 +832,7 @@ class SearchAdaptor:
         mine = self._encoder_info(kind).get("fingerprint")
         if mine and theirs != mine:
             recorded = self._encoder_info(kind)
-            if isinstance(encoder, str):  # a model's name is no fingerprint: it names no weights
+            if isinstance(encoder, str) and ":" not in encoder:  # a name, not a fingerprint (p:model:hash)
                 fix = (
                     "a name given as encoder= is compared with the recorded fingerprint as it is: pass the "
                     f"Encoder that made these vectors, its info() dict, or {mine!r}"

@@ -772,7 +772,7 @@ def train(
                 corpus_net.project.weight.copy_(torch.from_numpy(R))
         with torch.no_grad():
             query_net.project.weight.copy_(torch.from_numpy(np.ascontiguousarray(start)))
-    qid_to_row = index_ids(qids, "query")
+    qid_to_row = index_ids(qids, "query", "query_ids")
     if hp.loss == "similarity":  # the texts of the queries given in qrels (labels unused), and the corpus
         known = fit_queries(qrels or {}, qid_to_row, labels=False)
         rows = [qid_to_row[q] for q in known]
@@ -990,7 +990,7 @@ class _Ranking(_Objective):
         generator: torch.Generator,
         held_out: bool = True,
     ) -> None:
-        did_to_col = index_ids(dids, "document")
+        did_to_col = index_ids(dids, "document", "corpus_ids")
         judged = _index_qrels(qrels, qid_to_row, did_to_col)
         labelled = fit_queries(qrels, qid_to_row, labels=True)  # (judged: every one has an embedding)
         if not held_out:  # a refit: every labelled query trains, none validates
