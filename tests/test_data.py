@@ -184,10 +184,12 @@ def test_an_id_that_differs_only_by_surrounding_spaces_names_both_spellings(
     one_line_error(excinfo, f"qrels/test.tsv:{line}:", *expected, "whitespace", "the same in both files")
 
 
-def test_a_labelled_query_with_a_blank_text_is_refused_at_its_line(tmp_path: Path) -> None:
-    """A query of nothing but whitespace was embedded, trained on and scored without a word, while
-    ``search`` refuses it; unlabelled (or only grade-0) blank queries and empty documents stay."""
-    queries = [*QUERIES[:1], {"_id": "q2", "text": " \t "}, *QUERIES[2:]]
+@pytest.mark.parametrize("text", [" \t ", "\u200b", "\x00\u00ad"])
+def test_a_labelled_query_with_a_blank_text_is_refused_at_its_line(tmp_path: Path, text: str) -> None:
+    """A query of nothing but whitespace (or of characters nothing is seen in: a zero-width space, NUL)
+    was embedded, trained on and scored without a word, while ``search`` refuses it; unlabelled (or only
+    grade-0) blank queries and empty documents stay."""
+    queries = [*QUERIES[:1], {"_id": "q2", "text": text}, *QUERIES[2:]]
     with pytest.raises(DataError) as excinfo:
         load_beir(write_beir(tmp_path / "f", queries=jsonl(queries)))
     one_line_error(

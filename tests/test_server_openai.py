@@ -68,12 +68,13 @@ def own_embed(url: str, texts: list[str], kind: str) -> np.ndarray:
 def test_openai_client_gets_the_vectors_of_embed(server, kind, encoding_format):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
     options = {"encoding_format": encoding_format} if encoding_format else {}
-    answer = client.embeddings.create(model=f"scifact-{kind}", input=TEXTS, **options)
+    texts = TEXTS if kind == "document" else [*TEXTS[:2], "x"]  # an empty document, never a blank query
+    answer = client.embeddings.create(model=f"scifact-{kind}", input=texts, **options)
     if encoding_format == "base64":  # asked for explicitly, the SDK hands the strings over as they came
         got = np.stack([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in answer.data])
     else:  # the SDK's default: it asks for base64 and decodes it
         got = np.asarray([d.embedding for d in answer.data], dtype=np.float32)
-    assert np.array_equal(got, own_embed(server, TEXTS, kind))  # bit for bit
+    assert np.array_equal(got, own_embed(server, texts, kind))  # bit for bit
     assert [d.index for d in answer.data] == [0, 1, 2] and answer.model == f"scifact-{kind}"
     assert answer.usage.prompt_tokens == answer.usage.total_tokens == 0  # a local-style model bills nothing
     one = client.embeddings.create(model=f"scifact-{kind}", input=TEXTS[0], **options)
@@ -109,6 +110,52 @@ def test_dimensions_gives_a_trained_matryoshka_size_and_refuses_an_untrained_one
         assert refused.status_code == 422
         assert refused.json()["error"]["param"] == "dimensions"
         assert refused.json()["error"]["message"] == f"dimensions = {size}: this model serves {sizes}"
+
+
+@pytest.mark.parametrize(("size", "build"), [(8, "with index --dim 8"), (16, "without --dim")])
+def test_dimensions_of_an_index_built_smaller_names_the_index_not_the_fit(synthetic, size, build):
+    """An index built with --dim 4 from an adapter trained at 4 and 8 was asked for 8: the refusal said
+    'fit --dims trains smaller sizes', though the adapter has it and only the index lacks it."""
+    enc = CountingEncoder(dim=16)
+    adapter = make_adapter(info=enc.info(), dims=[4, 8])
+    index = AdaptedIndex.from_vectors(
+        adapter, synthetic["dids"], synthetic["D"], enc.info(), encoder=enc, size=4
+    )
+    client = TestClient(create_app(index, api_key=KEY, model_name="m", batch_window_s=0.0))
+    body = {"model": "m-query", "input": "x", "dimensions": size}
+    refused = client.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert refused.status_code == 422
+    assert refused.json()["error"]["message"] == (
+        f"dimensions = {size}: this model serves 4 (the index was built with index --dim 4; an index built "
+        f"{build} from the same adapter serves {size})"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "  ", "\u200b", "\x00", "\u00ad\ufeff"])
+def test_a_blank_query_is_refused_by_every_endpoint_a_document_is_not(synthetic, text):
+    """/search refused "" and "  " but took "\u200b" or "\x00" (embedded as "" is: ranked by nothing), and
+    /embed and /v1/embeddings gave a blank query a vector."""
+    enc = CountingEncoder(dim=16)
+    index = AdaptedIndex.from_vectors(
+        make_adapter(info=enc.info()), synthetic["dids"], synthetic["D"], enc.info(), encoder=enc
+    )
+    client = TestClient(create_app(index, api_key=KEY, model_name="m", batch_window_s=0.0))
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for path, body, field in (
+        ("/search", {"queries": ["ok", text]}, "queries[1]"),
+        ("/embed", {"queries": ["ok", text]}, "queries[1]"),
+        ("/v1/embeddings", {"model": "m-query", "input": ["ok", text]}, "input[1]"),
+    ):
+        refused = client.post(path, json=body, headers=auth)
+        assert refused.status_code == 422, path
+        assert f"{field}: the query is blank, and a blank query ranks documents" in refused.text, path
+    assert (
+        client.post("/embed", json={"queries": [text], "kind": "document"}, headers=auth).status_code == 200
+    )
+    document = {"model": "m-document", "input": [text]}
+    assert client.post("/v1/embeddings", json=document, headers=auth).status_code == 200
+    with pytest.raises(ValueError, match="query 0: the query is blank"):
+        index.search([text])
 
 
 def test_a_model_name_with_a_slash_is_served_under_v1_models(synthetic):

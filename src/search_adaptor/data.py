@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "MAX_VALIDATION_QUERIES",
     "DataError",
     "Dataset",
+    "is_blank",
     "kfold",
     "labelled_queries",
     "load_beir",
@@ -73,9 +75,20 @@ BEIR_MD5: dict[str, str] = {
     "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
 }
 
-#: Why a query whose text is blank (nothing but whitespace) cannot be labelled; the reason
+#: Why a query whose text is blank (:func:`is_blank`) cannot be labelled; the reason
 #: ``index.BLANK_QUERY`` gives for refusing one in a search.
 BLANK_QUERY_REASON = "a blank query ranks documents by nothing in particular"
+#: Unicode categories of characters nothing is seen in: spaces and separators, control characters
+#: (NUL, BEL), format characters (zero-width space, soft hyphen, byte-order mark).
+_UNSEEN = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` has no visible character: the one rule for a blank query, wherever one is
+    refused. Whitespace alone is not enough: "\u200b" or "\x00" passed, and a model embeds them as it
+    embeds "" (MiniLM: cosine 1.0), ranking documents by nothing."""
+    return all(unicodedata.category(c) in _UNSEEN for c in text)
+
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LAYOUT_HINT = "a BEIR folder holds corpus.jsonl[.gz], queries.jsonl and qrels/<split>.tsv"
@@ -566,12 +579,12 @@ def corpus_sentences(dataset: Dataset) -> list[str]:
 
 def _read_queries(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     """Query id to text, for every query in the file (labelled or not), and the line of each query
-    whose text is blank (nothing but whitespace), which may stay only while it is not labelled."""
+    whose text is blank (:func:`is_blank`), which may stay only while it is not labelled."""
     queries: dict[str, str] = {}
     blank: dict[str, int] = {}
     for lineno, qid, text in _records(path, "query"):
         queries[qid] = str(text)
-        if not queries[qid].strip():
+        if is_blank(queries[qid]):
             blank[qid] = lineno
     if not queries:
         raise DataError(

@@ -36,7 +36,7 @@ from typing import Any, TypedDict, Unpack
 import numpy as np
 
 from search_adaptor import __version__
-from search_adaptor.data import BLANK_QUERY_REASON
+from search_adaptor.data import BLANK_QUERY_REASON, is_blank
 from search_adaptor.embed import Embeddings, numeric_array
 from search_adaptor.encoders import API_CLASSES, FOLDER_CLASSES
 from search_adaptor.encoders.base import (
@@ -858,7 +858,7 @@ class AdaptedIndex:
                     "one array of shape (n_queries, dim): np.asarray(queries, dtype=np.float32)"
                 )
             check_item_types(queries)
-            blank = next((i for i, q in enumerate(queries) if isinstance(q, str) and not q.strip()), None)
+            blank = next((i for i, q in enumerate(queries) if isinstance(q, str) and is_blank(q)), None)
             if blank is not None:
                 raise ValueError(f"query {blank}: {BLANK_QUERY}")
             return self._search(self.embed_queries(queries), k)

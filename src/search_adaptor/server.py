@@ -69,6 +69,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_adaptor import __version__
+from search_adaptor.data import is_blank
 from search_adaptor.encoders import API_CLASSES
 from search_adaptor.encoders.base import (
     KINDS,
@@ -257,7 +258,7 @@ def _one_or_many(value: Any) -> Any:
 
 def _not_blank(value: str) -> str:
     """A search query must say something: a blank one ranks documents by nothing in particular."""
-    if not value.strip():
+    if is_blank(value):
         raise PydanticCustomError("blank", BLANK_QUERY)
     return value
 
@@ -852,9 +853,18 @@ def create_app(
         hits: Hits = await run(request, body.queries, "query", body.k)
         return {"results": [[{"id": d, "score": s} for d, s in row] for row in hits]}
 
+    def refuse_blank_queries(texts: list[str], kind: Kind, field: str) -> None:
+        """A blank text embedded as a query is refused as ``/search`` refuses it: its vector is the
+        empty text's, which ranks documents by nothing (a blank document may be embedded: corpora have
+        empty ones)."""
+        blank = next((i for i, text in enumerate(texts) if is_blank(text)), None) if kind == "query" else None
+        if blank is not None:
+            raise Refusal(422, f"{field}[{blank}]: {BLANK_QUERY}", param=f"{field}[{blank}]")
+
     @app.post("/embed", response_model=EmbedResponse, **native)
     async def embed(request: Request, body: EmbedRequest) -> dict[str, Any]:
         """Adapted, unit-norm vectors of the texts as queries or documents (cosine = inner product)."""
+        refuse_blank_queries(body.queries, body.kind, "queries")
         vectors = await run(request, body.queries, body.kind)
         return {"embeddings": vectors.tolist(), "dim": int(vectors.shape[1])}
 
@@ -870,6 +880,7 @@ def create_app(
         if kind is None:
             raise no_such_model(body.model)
         size = served_size(body.dimensions)
+        refuse_blank_queries(body.input, kind, "input")
         vectors = await run(request, body.input, kind)
         if size is not None:  # a trained Matryoshka prefix, as OpenAI's `dimensions` shortens its vectors
             vectors = l2_normalize(np.ascontiguousarray(vectors[:, :size]))
@@ -894,7 +905,15 @@ def create_app(
         if dimensions < index.dim and dimensions in trained:
             return dimensions
         sizes = ", ".join(str(m) for m in [*trained, index.dim])
-        why = "" if trained else " (fit --dims trains smaller sizes)"
+        full, trained_sizes = index.adapter.dim_, index.adapter.fitted_params_["dims"] or ()
+        if index.dim < dimensions and (dimensions in trained_sizes or dimensions == full):
+            build = "without --dim" if dimensions == full else f"with index --dim {dimensions}"
+            why = (
+                f" (the index was built with index --dim {index.dim}; an index built {build} from the "
+                f"same adapter serves {dimensions})"
+            )
+        else:
+            why = "" if trained else " (fit --dims trains smaller sizes)"
         raise Refusal(
             422,
             f"dimensions = {dimensions}: this model serves {sizes}{why}",
