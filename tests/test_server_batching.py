@@ -5,7 +5,11 @@ only in the last float32 bits, as its matrix kernels round by batch shape."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,9 +22,10 @@ from test_store import CountingEncoder
 pytest.importorskip("fastapi")
 pytest.importorskip("faiss")
 import httpx
+import uvicorn
 from fastapi.testclient import TestClient
 
-from search_adaptor.server import Batcher, Busy, create_app
+from search_adaptor.server import Batcher, Busy, create_app, text_units
 
 
 class PickyEncoder(CountingEncoder):
@@ -95,11 +100,100 @@ def test_a_full_queue_answers_busy(synthetic):
     first = batcher.submit(["a"], "query")
     assert started.wait(10)  # the worker holds "a"; what comes next waits
     waiting = [batcher.submit(["b", "c"], "query"), batcher.submit(["d"], "query", k=2)]
-    with pytest.raises(Busy, match="3 texts are waiting"):
+    with pytest.raises(Busy, match=r"3 texts are waiting \(one per 128 characters\)"):
         batcher.submit(["e"], "query")
     release.set()
     assert first.result(10).shape == (1, 16) and waiting[0].result(10).shape == (2, 16)
     assert len(waiting[1].result(10)[0]) == 2
+
+
+class HeldEncoder(CountingEncoder):
+    """Holds every call but the server's warm-up until ``release`` is set (``started`` says one began):
+    a busy model."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def encode_batch(self, texts, kind):
+        if list(texts) != ["warm-up"]:
+            self.started.set()
+            self.release.wait(10)
+        return super().encode_batch(texts, kind)
+
+
+def test_long_texts_count_by_their_length_in_the_queue(synthetic):
+    """The queue's limit counted texts: 35 requests of 64 long texts (6 s of a model each) got in, and
+    the last waited minutes. A text counts once per 128 characters."""
+    assert text_units(["a", "b" * 128, "c" * 129, "d" * 8192, ""]) == 1 + 1 + 2 + 64 + 1
+    encoder = HeldEncoder(dim=16)
+    batcher = Batcher(fake_index(synthetic, encoder), max_texts=8, window_s=0.0, max_pending=4)
+    first = batcher.submit(["a"], "query")
+    assert encoder.started.wait(10)
+    long = batcher.submit(["x" * 300], "query")  # 3 short texts' worth
+    with pytest.raises(Busy, match=r"3 texts are waiting \(one per 128 characters\)"):
+        batcher.submit(["y"] * 2, "query")
+    short = batcher.submit(["z"], "query")  # 4: still within
+    encoder.release.set()
+    assert [f.result(10).shape for f in (first, long, short)] == [(1, 16)] * 3
+
+
+def test_a_cancelled_request_is_dropped_unembedded_and_leaves_the_count(synthetic):
+    encoder = HeldEncoder(dim=16)
+    batcher = Batcher(fake_index(synthetic, encoder), max_texts=8, window_s=0.0, max_pending=4)
+    first = batcher.submit(["a"], "query")
+    assert encoder.started.wait(10)
+    gone = batcher.submit(["gone"] * 4, "query")
+    assert gone.cancel()
+    encoder.release.set()
+    first.result(10)
+    later = batcher.submit(["later"] * 4, "query")  # the cancelled texts no longer count: not Busy
+    assert later.result(10).shape == (4, 16)
+    assert not any("gone" in call for call in encoder.calls)
+
+
+@contextlib.contextmanager
+def served(app) -> Iterator[str]:
+    """``app`` on a free loopback port, served by uvicorn in a thread (so that a client can really close
+    its connection); yields its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the test server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_request_whose_client_hangs_up_while_it_waits_is_never_embedded(synthetic, caplog):
+    """Clients that timed out and closed their connections still had their texts embedded, one after
+    another: a small request sent after 32 abandoned long ones waited 173 s."""
+    encoder = HeldEncoder(dim=16)
+    app = create_app(fake_index(synthetic, encoder), batch_window_s=0.0)
+    with served(app) as url:
+        held = threading.Thread(
+            target=httpx.post, args=(f"{url}/search",), kwargs={"json": {"queries": ["held"]}, "timeout": 30}
+        )
+        held.start()
+        assert encoder.started.wait(10)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/search", json={"queries": ["abandoned"]}, timeout=0.5)
+        deadline = time.monotonic() + 10
+        while "closed the connection" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        encoder.release.set()
+        held.join(10)
+        assert httpx.post(f"{url}/search", json={"queries": ["after"]}, timeout=10).status_code == 200
+    assert "POST /search from 127.0.0.1" in caplog.text and "its request was dropped" in caplog.text
+    assert encoder.calls == [("warm-up",), ("held",), ("after",)]
 
 
 def test_503_tells_when_to_retry(synthetic, monkeypatch):
