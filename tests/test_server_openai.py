@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +15,7 @@ from search_adaptor.model import CompatibilityError
 from test_crossmodel import WORDS, unlabelled_cross_adapter
 from test_crossmodel import _write_beir as write_word_beir
 from test_index import make_adapter
+from test_server_batching import served
 from test_store import CountingEncoder
 
 pytest.importorskip("fastapi")
@@ -25,7 +23,6 @@ pytest.importorskip("faiss")
 pytest.importorskip("openai")
 import httpx
 import openai
-import uvicorn
 from fastapi.testclient import TestClient
 
 from search_adaptor.server import Batcher, create_app
@@ -41,19 +38,8 @@ def server(synthetic) -> Iterator[str]:
     adapter = make_adapter(info=enc.info(), mode="separate")
     index = AdaptedIndex.from_vectors(adapter, synthetic["dids"], synthetic["D"], enc.info(), encoder=enc)
     app = create_app(index, api_key=KEY, max_batch=4, model_name="scifact")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert uv.started, "the test server did not start"
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with served(app) as url:
+        yield url
 
 
 def own_embed(url: str, texts: list[str], kind: str) -> np.ndarray:
