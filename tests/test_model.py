@@ -812,6 +812,17 @@ def test_a_model_name_as_encoder_is_told_to_be_a_fingerprint_both_ways(synthetic
     )
 
 
+def test_saving_the_same_adapter_again_writes_the_same_weights_file(synthetic, tmp_path):
+    """Two metadata keys came out of safetensors in a random order, so the same command gave an
+    adapter.safetensors of another hash now and then: users compare shipped files by hash."""
+    est = _fit(synthetic, max_steps=5)
+    blobs = set()
+    for i in range(12):
+        est.save(tmp_path / f"a{i}")
+        blobs.add((tmp_path / f"a{i}" / "adapter.safetensors").read_bytes())
+    assert len(blobs) == 1
+
+
 def test_fitted_state_is_the_same_after_fit_and_load(synthetic, tmp_path):
     est = _fit(synthetic, max_steps=40, encoder={"fingerprint": "fake:m:1", "model": "m"})
     est.save(tmp_path / "a")

@@ -938,7 +938,9 @@ class SearchAdaptor:
             },
             "metrics": metrics,
         }
-        blob = to_safetensors(self._tensors(), metadata={"format": "pt", "library": "search-adaptor"})
+        # one metadata key: safetensors writes them from a Rust HashMap, in an order that changes from
+        # call to call, so two keys made two saves of the same weights differ byte for byte
+        blob = to_safetensors(self._tensors(), metadata={"format": "pt"})
         with Staged(path, folder=True, marker=CONFIG, what="an adapter folder", parts=FILES) as staged:
             (staged.path / WEIGHTS).write_bytes(blob)
             (staged.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
