@@ -1148,6 +1148,17 @@ def test_voyage_contextualized_models_are_refused_before_any_request() -> None:
         make_encoder("voyage", "voyage-context-3", api_key="pa-abc")
 
 
+def test_a_dry_run_names_the_atlas_root_an_atlas_key_would_use(monkeypatch) -> None:
+    """`embed --dry-run` reads no key, and named api.voyageai.com for an Atlas key the run sends to
+    ai.mongodb.com."""
+    monkeypatch.setenv("VOYAGE_API_KEY", "al-abc")
+    assert make_encoder("voyage", plan_only=True).base_url == "https://ai.mongodb.com/v1"
+    monkeypatch.setenv("VOYAGE_API_KEY", "pa-abc")
+    assert make_encoder("voyage", plan_only=True).base_url == "https://api.voyageai.com/v1"
+    monkeypatch.delenv("VOYAGE_API_KEY")
+    assert make_encoder("voyage", plan_only=True).base_url == "https://api.voyageai.com/v1"
+
+
 def test_voyage_atlas_keys_go_to_the_atlas_endpoint() -> None:
     assert make_encoder("voyage", api_key="al-abc").base_url == "https://ai.mongodb.com/v1"
     assert make_encoder("voyage", api_key="pa-abc").base_url == "https://api.voyageai.com/v1"

@@ -39,6 +39,7 @@ largest image (16 million pixels).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,7 @@ class VoyageEncoder(ApiEncoder):
 
     def __init__(self, model: str | None = None, *, truncation: bool = True, **kwargs: Any) -> None:
         self.truncation = truncation
-        self._atlas = False
+        self._atlas: bool | None = None  # known once the key is read (a dry run reads none)
         super().__init__(model, **kwargs)
         if self.model.startswith("voyage-context"):  # /embeddings would refuse it on every request
             raise ValueError(
@@ -104,7 +105,11 @@ class VoyageEncoder(ApiEncoder):
         return super()._credentials(key.reveal())
 
     def _resolve_base_url(self, base_url: str | None) -> str:
-        return base_url or (ATLAS_BASE_URL if self._atlas else self.default_base_url)
+        atlas = self._atlas
+        if atlas is None:  # a dry run: the root its run would use, from the key's prefix alone
+            key = next((os.environ[name] for name in self.key_env if os.environ.get(name)), "")
+            atlas = key.startswith("al-")
+        return base_url or (ATLAS_BASE_URL if atlas else self.default_base_url)
 
     @property
     def accepts_images(self) -> bool:  # type: ignore[override]
