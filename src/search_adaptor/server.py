@@ -859,7 +859,11 @@ def create_app(
         behind them for minutes)."""
         waiting = asyncio.wrap_future(job)
         while True:
-            done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+            try:
+                done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+            except asyncio.CancelledError:  # the shutdown cut it: the job goes too, as awaiting it did
+                waiting.cancel()
+                raise
             if done:
                 return waiting.result()
             if await request.is_disconnected() and job.cancel():  # (False once a worker took it)
