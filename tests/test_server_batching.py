@@ -196,6 +196,31 @@ def test_a_request_whose_client_hangs_up_while_it_waits_is_never_embedded(synthe
     assert encoder.calls == [("warm-up",), ("held",), ("after",)]
 
 
+def test_a_request_cancelled_while_it_waits_takes_its_job_along(synthetic):
+    """The shutdown cuts a waiting request by cancelling its task: its texts must leave the queue with
+    it, not be embedded after the server has answered 503."""
+    encoder = HeldEncoder(dim=16)
+    app = create_app(fake_index(synthetic, encoder), batch_window_s=0.0)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            held = asyncio.create_task(client.post("/search", json={"queries": ["held"]}))
+            while not encoder.started.is_set():
+                await asyncio.sleep(0.01)
+            cut = asyncio.create_task(client.post("/search", json={"queries": ["cut"]}))
+            await asyncio.sleep(0.1)
+            cut.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cut
+            encoder.release.set()
+            assert (await held).status_code == 200
+            assert (await client.post("/search", json={"queries": ["after"]})).status_code == 200
+
+    asyncio.run(scenario())
+    assert encoder.calls == [("warm-up",), ("held",), ("after",)]
+
+
 def test_503_tells_when_to_retry(synthetic, monkeypatch):
     app = create_app(fake_index(synthetic, CountingEncoder(dim=16)), batch_window_s=0.0)
 
