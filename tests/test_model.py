@@ -14,7 +14,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from search_adaptor import __version__, experiment
+from search_adaptor import __version__, evaluate, experiment
 from search_adaptor.data import Dataset, kfold
 from search_adaptor.embed import Embeddings
 from search_adaptor.experiment import (
@@ -821,6 +821,25 @@ def test_saving_the_same_adapter_again_writes_the_same_weights_file(synthetic, t
         est.save(tmp_path / f"a{i}")
         blobs.add((tmp_path / f"a{i}" / "adapter.safetensors").read_bytes())
     assert len(blobs) == 1
+
+
+def test_a_perfect_graded_ranking_saves_and_loads(synthetic, tmp_path):
+    """A perfect graded ranking's nDCG@10 is 1.0000000000000002 (pytrec_eval's too): fit ended, after
+    training, with 'must be in [0, 1]' and saved nothing."""
+    perfect = evaluate(
+        {"q": {f"d{i}": g for i, g in enumerate([2, 1, 1, 2, 1, 1, 1, 1, 2])}},
+        {"q": {f"d{i}": s for i, s in enumerate([9, 5, 4, 8, 3, 2, 1.5, 1, 7])}},
+        "ndcg@10",
+    )["ndcg@10"]
+    assert perfect > 1.0
+    est = _fit(synthetic, max_steps=5)
+    est.save(
+        tmp_path / "a", extra={"test": {"adapted": {"ndcg@10": perfect}, "zero-shot": {"ndcg@10": perfect}}}
+    )
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    config["training"]["val_ndcg@10"] = perfect
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    assert SearchAdaptor.load(tmp_path / "a").metrics_["test"]["adapted"]["ndcg@10"] == perfect
 
 
 def test_fitted_state_is_the_same_after_fit_and_load(synthetic, tmp_path):

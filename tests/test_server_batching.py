@@ -25,7 +25,7 @@ import httpx
 import uvicorn
 from fastapi.testclient import TestClient
 
-from search_adaptor.server import Batcher, Busy, create_app, text_units
+from search_adaptor.server import MAX_PENDING_BATCHES, Batcher, Busy, create_app, text_units
 
 
 class PickyEncoder(CountingEncoder):
@@ -100,7 +100,10 @@ def test_a_full_queue_answers_busy(synthetic):
     first = batcher.submit(["a"], "query")
     assert started.wait(10)  # the worker holds "a"; what comes next waits
     waiting = [batcher.submit(["b", "c"], "query"), batcher.submit(["d"], "query", k=2)]
-    with pytest.raises(Busy, match=r"3 texts are waiting \(one per 128 characters\)"):
+    with pytest.raises(
+        Busy,
+        match=r"3 texts' worth of work waits \(a text counts once per 128 characters, 16 times at most\)",
+    ):
         batcher.submit(["e"], "query")
     release.set()
     assert first.result(10).shape == (1, 16) and waiting[0].result(10).shape == (2, 16)
@@ -125,13 +128,17 @@ class HeldEncoder(CountingEncoder):
 def test_long_texts_count_by_their_length_in_the_queue(synthetic):
     """The queue's limit counted texts: 35 requests of 64 long texts (6 s of a model each) got in, and
     the last waited minutes. A text counts once per 128 characters."""
-    assert text_units(["a", "b" * 128, "c" * 129, "d" * 8192, ""]) == 1 + 1 + 2 + 64 + 1
+    assert text_units(["a", "b" * 128, "c" * 129, "d" * 2048, "e" * 8192, ""]) == 1 + 1 + 2 + 16 + 16 + 1
+    assert text_units(["x" * 8192] * 64) <= MAX_PENDING_BATCHES * 64 // 2  # two of the largest fit together
     encoder = HeldEncoder(dim=16)
     batcher = Batcher(fake_index(synthetic, encoder), max_texts=8, window_s=0.0, max_pending=4)
     first = batcher.submit(["a"], "query")
     assert encoder.started.wait(10)
     long = batcher.submit(["x" * 300], "query")  # 3 short texts' worth
-    with pytest.raises(Busy, match=r"3 texts are waiting \(one per 128 characters\)"):
+    with pytest.raises(
+        Busy,
+        match=r"3 texts' worth of work waits \(a text counts once per 128 characters, 16 times at most\)",
+    ):
         batcher.submit(["y"] * 2, "query")
     short = batcher.submit(["z"], "query")  # 4: still within
     encoder.release.set()

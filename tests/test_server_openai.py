@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fake_providers import KEY_ENV, FakeProvider, Fault, fake_encoder
+from search_adaptor.data import is_blank
 from search_adaptor.index import AdaptedIndex, build_index
 from search_adaptor.model import CompatibilityError
 from test_crossmodel import WORDS, unlabelled_cross_adapter
@@ -117,7 +118,16 @@ def test_dimensions_of_an_index_built_smaller_names_the_index_not_the_fit(synthe
     )
 
 
-@pytest.mark.parametrize("text", ["", "  ", "\u200b", "\x00", "\u00ad\ufeff"])
+@pytest.mark.parametrize("text", ["❤️", "e\u0301", "\u0915\u093e", "?!", "42", "\u200fשלום\u200f", "東京"])
+def test_a_short_query_of_any_script_is_not_blank(text):
+    """Emoji with a variation selector, a letter with a combining accent, a Devanagari consonant with
+    its vowel sign, punctuation, digits, RTL text in its marks: each says something."""
+    assert not is_blank(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "  ", "\u200b", "\x00", "\u00ad\ufeff", "\ufe0f", "\u0301\u034f", "\ue000"]
+)
 def test_a_blank_query_is_refused_by_every_endpoint_a_document_is_not(synthetic, text):
     """/search refused "" and "  " but took "\u200b" or "\x00" (embedded as "" is: ranked by nothing), and
     /embed and /v1/embeddings gave a blank query a vector."""

@@ -78,15 +78,18 @@ BEIR_MD5: dict[str, str] = {
 #: Why a query whose text is blank (:func:`is_blank`) cannot be labelled; the reason
 #: ``index.BLANK_QUERY`` gives for refusing one in a search.
 BLANK_QUERY_REASON = "a blank query ranks documents by nothing in particular"
-#: Unicode categories of characters nothing is seen in: spaces and separators, control characters
-#: (NUL, BEL), format characters (zero-width space, soft hyphen, byte-order mark).
-_UNSEEN = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+#: Unicode categories of characters that say nothing alone: spaces and separators, control characters
+#: (NUL, BEL), format characters (zero-width space, soft hyphen, byte-order mark), combining marks
+#: with no letter to mark (a lone accent, a variation selector), private-use and unassigned code points.
+_UNSEEN = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me", "Co", "Cn"})
 
 
 def is_blank(text: str) -> bool:
-    """Whether ``text`` has no visible character: the one rule for a blank query, wherever one is
-    refused. Whitespace alone is not enough: "\u200b" or "\x00" passed, and a model embeds them as it
-    embeds "" (MiniLM: cosine 1.0), ranking documents by nothing."""
+    """Whether ``text`` has no character that says anything alone (:data:`_UNSEEN`): the one rule for
+    a blank query, wherever one is refused. Whitespace alone is not enough: "\u200b", "\x00" or a
+    lone "\ufe0f" passed, and a model embeds them as it embeds "" (MiniLM: cosine 1.0), ranking
+    documents by nothing. A letter, digit, symbol or punctuation mark, or a spacing vowel sign, is
+    enough."""
     return all(unicodedata.category(c) in _UNSEEN for c in text)
 
 

@@ -1102,6 +1102,12 @@ def _finite(value: numbers.Real) -> bool:
         return False
 
 
+def _fraction(value: float) -> bool:
+    """Whether ``value`` is a metric's value: in [0, 1], up to the rounding of the sums that compute it
+    (a perfect graded ranking's nDCG is 1.0000000000000002, as pytrec_eval's is)."""
+    return -1e-9 <= value <= 1 + 1e-9
+
+
 def _integer(value: Any) -> bool:
     """Whether ``value`` is an integer (a bool is not one)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -1191,7 +1197,7 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     if any(training[k] < 0 for k in counts) or training["best_step"] > training["n_steps"]:
         raise ValueError(f"{path}: training: step or query counts out of range; {LOAD_FIX}")
     for key in ("val_ndcg@10", "zero_shot_val_ndcg@10"):
-        if not 0.0 <= training[key] <= 1.0:
+        if not _fraction(training[key]):
             raise ValueError(f"{path}: training: {key} must be in [0, 1], got {training[key]}; {LOAD_FIX}")
     if training["fit_time_s"] < 0:
         raise ValueError(
@@ -1251,7 +1257,7 @@ def _test_problem(test: Any) -> str | None:
         for metric in test["adapted"] if isinstance(scores, dict) else ():
             if not _typed(scores.get(metric), float):
                 return f"test.{system}.{metric} must be a finite number, got {_shown(scores, metric)}"
-            if is_metric(metric) and not 0 <= scores[metric] <= 1:  # a fraction (other names: the user's)
+            if is_metric(metric) and not _fraction(scores[metric]):  # (other names: the user's results)
                 return f"test.{system}.{metric} must be in [0, 1], got {_shown(scores, metric)}"
     return None
 

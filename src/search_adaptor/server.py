@@ -101,6 +101,9 @@ MAX_BATCH_TEXTS = 256
 MAX_PENDING_BATCHES = 32
 #: characters of text that count as one text of work when the queue is measured
 TEXT_UNIT_CHARS = 128
+#: the most one text counts (2,048 characters: beyond, a local model cuts it, MiniLM at 256 tokens), so
+#: that two requests of the most and the longest texts fit in the queue together
+MAX_TEXT_UNITS = 16
 #: how often a request waiting for its answer checks whether its client has gone
 DISCONNECT_POLL_S = 0.25
 _IDLE_S = 5.0  # a worker with nothing to do for this long stops (the next request starts one)
@@ -537,10 +540,10 @@ class Busy(Exception):
 
 def text_units(texts: Sequence[str]) -> int:
     """The work ``texts`` queue, in short texts: one for a text of up to :data:`TEXT_UNIT_CHARS`
-    characters, one more per that many beyond. Counting texts alone let 35 requests of 64 long texts
-    in (each took a model 6 s), so the last waited over three minutes behind a limit meant for
-    queries."""
-    return sum(max(1, -(-len(text) // TEXT_UNIT_CHARS)) for text in texts)
+    characters, one more per that many beyond, at most :data:`MAX_TEXT_UNITS`. Counting texts alone
+    let 35 requests of 64 long texts in (each took a model 6 s), so the last waited over three
+    minutes behind a limit meant for queries."""
+    return sum(min(max(1, -(-len(text) // TEXT_UNIT_CHARS)), MAX_TEXT_UNITS) for text in texts)
 
 
 class Rejected(Exception):
@@ -642,8 +645,8 @@ class Batcher:
         job, lane = _Job(texts, kind, k, text_units(texts)), self._lanes[kind]
         with self._lock:
             if self._pending and self._pending + job.units > self.max_pending:
-                per = f"one per {TEXT_UNIT_CHARS} characters"
-                raise Busy(f"{self._pending} texts are waiting ({per}); retry in a second")
+                per = f"a text counts once per {TEXT_UNIT_CHARS} characters, {MAX_TEXT_UNITS} times at most"
+                raise Busy(f"{self._pending} texts' worth of work waits ({per}); retry in a second")
             self._pending += job.units
             lane.waiting.put(job)
             if lane.running < lane.workers:
