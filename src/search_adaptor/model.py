@@ -116,9 +116,22 @@ def describe_encoder(encoder: EncoderLike) -> dict[str, Any]:
     )
 
 
-def _mismatch_fix(mine: str, theirs: str, name: Any) -> str:
-    """How to mend embeddings of ``theirs`` (a fingerprint) where ``mine`` (of model ``name``) made
-    an adapter's or an index's vectors: the end of each message that refuses them."""
+def _mismatch_fix(mine: str, theirs: str, recorded: Mapping[str, Any], given: EncoderLike) -> str:
+    """How to mend embeddings of ``theirs`` (the fingerprint of ``given``, what the caller passed) where
+    ``mine`` (of the ``recorded`` encoder) made an adapter's vectors: the end of the message that
+    refuses them."""
+    name = recorded.get("model")
+    if isinstance(given, str) and ":" not in given:  # a name, not a fingerprint (provider:model:hash)
+        return (
+            "a name given as encoder= is compared with the recorded fingerprint as it is: pass the "
+            f"Encoder that made these vectors, its info() dict, or {mine!r}"
+        )
+    if recorded.get("provider") == "precomputed" and not mine.startswith("precomputed:"):
+        return (
+            f"it was fit with encoder={mine!r}, a name for vectors made elsewhere, which no encoder's "
+            f"fingerprint equals: pass encoder={mine!r} with vectors of that model, or refit with "
+            "encoder= the Encoder (its fingerprint is then checked)"
+        )
     if (
         mine.startswith("precomputed:")
         and theirs.startswith("precomputed:")
@@ -831,20 +844,7 @@ class SearchAdaptor:
         theirs = describe_encoder(encoder)["fingerprint"]
         mine = self._encoder_info(kind).get("fingerprint")
         if mine and theirs != mine:
-            recorded = self._encoder_info(kind)
-            if isinstance(encoder, str) and ":" not in encoder:  # a name, not a fingerprint (p:model:hash)
-                fix = (
-                    "a name given as encoder= is compared with the recorded fingerprint as it is: pass the "
-                    f"Encoder that made these vectors, its info() dict, or {mine!r}"
-                )
-            elif recorded.get("provider") == "precomputed" and not mine.startswith("precomputed:"):
-                fix = (
-                    f"it was fit with encoder={mine!r}, a name for vectors made elsewhere, which no "
-                    f"encoder's fingerprint equals: pass encoder={mine!r} with vectors of that model, or "
-                    "refit with encoder= the Encoder (its fingerprint is then checked)"
-                )
-            else:
-                fix = _mismatch_fix(mine, theirs, recorded.get("model"))
+            fix = _mismatch_fix(mine, theirs, self._encoder_info(kind), encoder)
             raise CompatibilityError(
                 f"adapter was trained on embeddings of {mine} but these come from {theirs}; {fix}"
             )

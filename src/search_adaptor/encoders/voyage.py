@@ -105,11 +105,13 @@ class VoyageEncoder(ApiEncoder):
         return super()._credentials(key.reveal())
 
     def _resolve_base_url(self, base_url: str | None) -> str:
+        if base_url:
+            return base_url
         atlas = self._atlas
         if atlas is None:  # a dry run: the root its run would use, from the key's prefix alone
             key = next((os.environ[name] for name in self.key_env if os.environ.get(name)), "")
             atlas = key.startswith("al-")
-        return base_url or (ATLAS_BASE_URL if atlas else self.default_base_url)
+        return ATLAS_BASE_URL if atlas else self.default_base_url
 
     @property
     def accepts_images(self) -> bool:  # type: ignore[override]
