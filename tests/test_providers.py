@@ -356,47 +356,74 @@ def test_transient_faults_are_retried(fake: FakeProvider, fault: Fault) -> None:
     assert enc.retries == 2
 
 
-def _zero_for_the_second_text(monkeypatch: pytest.MonkeyPatch) -> Fault:
-    """A fault answering 200 with an all-zero vector for the second text sent (a kind the fakes lack)."""
+def _faulty_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two malformed kinds the fakes lack: ``zero`` answers 200 with an all-zero vector for TEXTS[1]
+    wherever it is in the request; ``ragged`` with one vector a number short."""
     malformed = FakeProvider._malformed
 
-    def zero(self: FakeProvider, kind: str, vectors: list[list[float]], texts: list[str], body: Any) -> bytes:
-        if kind != "zero":
+    def faulty(
+        self: FakeProvider, kind: str, vectors: list[list[float]], texts: list[str], body: Any
+    ) -> bytes:
+        if kind == "zero":
+            vectors = [[0.0] * len(v) if TEXTS[1] in t else v for v, t in zip(vectors, texts, strict=True)]
+        elif kind == "ragged":
+            vectors[-1] = vectors[-1][:-1]
+        else:
             return malformed(self, kind, vectors, texts, body)
-        vectors[1] = [0.0] * len(vectors[1])
         return json.dumps(self.wire.reply(vectors, texts, body)).encode()
 
-    monkeypatch.setattr(FakeProvider, "_malformed", zero)
-    return Fault.bad_body("zero")
+    monkeypatch.setattr(FakeProvider, "_malformed", faulty)
 
 
-def test_a_zero_vector_in_a_reply_is_retried(fake: FakeProvider, monkeypatch) -> None:
-    """An all-zero vector was taken as the text's (and stored for good): it ranks nothing."""
-    zero = _zero_for_the_second_text(monkeypatch)
+def test_a_zero_vector_in_a_reply_is_retried_alone(fake: FakeProvider, monkeypatch) -> None:
+    """An all-zero vector was taken as the text's (and stored for good): it ranks nothing. The other
+    vectors of the reply are kept: only that text is sent again (once its whole batch was)."""
+    _faulty_vectors(monkeypatch)
     enc = fake_encoder(fake)
-    fake.schedule(zero, zero)
+    fake.schedule(Fault.bad_body("zero"), Fault.bad_body("zero"))
     np.testing.assert_allclose(enc.encode_corpus(TEXTS), fake.expected(TEXTS, "document"), atol=1e-6)
-    assert len(fake.calls) == 3 and enc.retries == 2
+    assert [len(call.texts) for call in fake.calls] == [3, 1, 1] and enc.retries == 2
+    assert all(TEXTS[1] in call.texts[0] for call in fake.calls[1:])
+
+
+def test_a_nan_vector_costs_its_text_not_its_batch(fake: FakeProvider) -> None:
+    """One vector with NaN in a reply of 12 sent the 12 texts three times and kept none of them."""
+    enc = fake_encoder(fake, batch_size=12)
+    texts = [f"text number {i}" for i in range(12)]
+    fake.schedule(Fault.bad_body("nan"))  # the first vector of the reply
+    np.testing.assert_allclose(enc.encode_corpus(texts), fake.expected(texts, "document"), atol=1e-6)
+    assert [len(call.texts) for call in fake.calls] == [12, 1] and enc.retries == 1
 
 
 def test_a_zero_vector_sent_every_time_is_one_line_and_never_stored(
     fake: FakeProvider, monkeypatch, tmp_path
 ) -> None:
-    zero = _zero_for_the_second_text(monkeypatch)
+    _faulty_vectors(monkeypatch)
     enc = fake_encoder(fake)
-    fake.schedule(zero, zero, zero)
+    fake.schedule(*[Fault.bad_body("zero")] * 4)
     with EmbeddingStore(enc, tmp_path) as store:
         with pytest.raises(EncoderError) as err:
             store.embed(TEXTS, "document")
-        assert len(store) == 0 and store.missing("document", TEXTS) == TEXTS
+        assert len(store) == 2 and store.missing("document", TEXTS) == [TEXTS[1]]  # the others are kept
     message = str(err.value)
     assert message.startswith(f"{fake.provider}: malformed reply to HTTP 200") and "\n" not in message
     assert (
-        f"text 1 of the 3 sent ({len(TEXTS[1])} characters, starting {TEXTS[1]!r}) came back as an "
-        f"all-zero vector, which ranks nothing; if {fake.provider} keeps answering so, drop or reword "
-        "that text, or check the model (3 unusable replies from "
+        f"no usable embedding: text 0 of the 1 sent ({len(TEXTS[1])} characters, starting {TEXTS[1]!r}) "
+        f"came back all zeros (no direction: it ranks nothing); if {fake.provider} keeps answering so, "
+        "drop or reword that text, or check the model (3 unusable replies from "
     ) in message
-    assert len(fake.calls) == 3
+    assert [len(call.texts) for call in fake.calls] == [3, 1, 1, 1]
+
+
+def test_vectors_of_different_lengths_in_a_reply_are_named(fake: FakeProvider, monkeypatch) -> None:
+    """numpy's "inhomogeneous shape after 1 dimensions" was the message."""
+    _faulty_vectors(monkeypatch)
+    enc = fake_encoder(fake)
+    fake.schedule(*[Fault.bad_body("ragged")] * 3)
+    with pytest.raises(EncoderError) as err:
+        enc.encode_corpus(TEXTS)
+    assert f"embeddings of different lengths ({fake.dim - 1} and {fake.dim}) in one reply" in str(err.value)
+    assert "inhomogeneous" not in str(err.value) and len(fake.calls) == 3
 
 
 def test_timeouts_are_retried(fake: FakeProvider) -> None:
@@ -852,6 +879,28 @@ def test_retry_policy_backoff_is_full_jitter() -> None:
 
 
 # -- retry signals of the official SDKs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [{"retry_after": "0"}, {"retry_after": None, "retry_after_ms": "0"}, {"retry_after": "past"}],
+    ids=["retry-after-0", "retry-after-ms-0", "a-date-past"],
+)
+def test_a_wait_of_zero_is_no_hint(
+    hint: dict[str, str | None], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway's ``Retry-After: 0`` (or a date past, a clock skewed) replaced the backoff by no wait:
+    a sustained 429 spent all 8 attempts within a second."""
+    if hint.get("retry_after") == "past":
+        hint = {"retry_after": email.utils.formatdate(time.time() - 30, usegmt=True)}
+    monkeypatch.setattr(RetryPolicy, "backoff", lambda self, n: 0.01 * 2**n)
+    caplog.set_level(logging.INFO)
+    with FakeProvider("openai") as fake:
+        enc = fake_encoder(fake)
+        fake.schedule(Fault.rate_limited(**hint), Fault.rate_limited(**hint))
+        np.testing.assert_allclose(enc.encode_queries(["a"]), fake.expected(["a"], "query"), atol=1e-6)
+    waits = re.findall(r"retry \d/\d in ([\d.]+)s", caplog.text)
+    assert waits == ["0.01", "0.02"], caplog.text
 
 
 def test_409_and_x_should_retry_true_are_retried() -> None:

@@ -19,9 +19,13 @@ The statuses the official SDKs retry: 408, 409, 429 and 5xx, unless the server s
 connection errors. The wait is exponential backoff with full jitter (``uniform(0, min(max_delay,
 base_delay * 2**n))``), or, when the server says how long to wait, at least that long: from
 ``retry-after-ms``, ``Retry-After`` (seconds or an HTTP date), ``x-ratelimit-reset`` (Cohere: a Unix
-time) or a Google ``RetryInfo.retryDelay`` in the error body. Malformed 2xx bodies (not JSON,
-fields missing, wrong number of vectors, NaN/inf, an all-zero vector, wrong width) are treated as a
-server fault and retried at most :attr:`RetryPolicy.malformed_retries` times.
+time) or a Google ``RetryInfo.retryDelay`` in the error body (a wait of 0, or a date already past,
+is no hint: the backoff applies). Malformed 2xx bodies (not JSON, fields missing, wrong number of
+vectors or of numbers in one, wrong width, no usable vector at all) are treated as a server fault
+and retried at most :attr:`RetryPolicy.malformed_retries` times. A reply that is usable but for
+some vectors (NaN/inf, or all zeros) keeps the others, and only those texts are sent again (then
+retried as above: a text that keeps coming back so ends the run with a line naming it, the rest
+kept), so one bad text does not cost its whole batch again.
 :attr:`RetryPolicy.budget_s` bounds the seconds one request may take, attempts and waits together
 (a server answering its own clients wants a short one).
 
@@ -83,7 +87,6 @@ from search_adaptor.encoders.base import (
     Kind,
     cancel_event,
     check_kind,
-    check_vectors,
     describe_item,
     without_direction,
 )
@@ -653,6 +656,12 @@ class HttpClient:
         with self._lock:
             return self._retries
 
+    def note_retry(self, line: str) -> None:
+        """Count one retry (of a request, or of some of its texts) and log ``line`` saying why."""
+        with self._lock:
+            self._retries += 1
+        log.info("%s", line)
+
     def close(self) -> None:
         """Close the pooled connections."""
         self._http.close()
@@ -740,6 +749,8 @@ class HttpClient:
                     wait_hint = parse_retry_after(response.headers)
                     if wait_hint is None:
                         wait_hint = retry_delay_in_body(_json_or_none(response))
+                    if wait_hint is not None and wait_hint <= 0:  # 0, or a date past, paces nothing:
+                        wait_hint = None  # back off as without one (the OpenAI SDK does), not hammer
                     fault = f"HTTP {status} from {shown}: {server_message(response)}"
                 else:
                     raise self._fatal(status, shown, server_message(response), secrets) from None
@@ -758,11 +769,8 @@ class HttpClient:
                 )
             if policy.budget_s is not None and time.monotonic() - start + delay > policy.budget_s:
                 raise EncoderError(self._line(self._budget_spent(attempt, fault), secrets))
-            with self._lock:
-                self._retries += 1
-            log.info(
-                "%s",
-                self._line(f"retry {attempt}/{policy.max_attempts - 1} in {delay:.2f}s: {fault}", secrets),
+            self.note_retry(
+                self._line(f"retry {attempt}/{policy.max_attempts - 1} in {delay:.2f}s: {fault}", secrets)
             )
             if cancel.wait(delay):  # a sleep that Ctrl-C (the store setting the event) cuts short
                 raise Cancelled(self._line(f"interrupted before a retry; last error: {fault}", secrets))
@@ -910,6 +918,14 @@ def decode_vector(value: Any) -> Any:
     if isinstance(value, str):
         return np.frombuffer(base64.b64decode(value, validate=True), dtype="<f4").tolist()
     return value
+
+
+def _row_faults(vectors: np.ndarray) -> dict[int, str]:
+    """``{row: what is wrong}`` for each embedding of a reply that cannot be stored: NaN or inf, or all
+    zeros (no direction, so it ranks nothing, and stored it would stay so)."""
+    faults = dict.fromkeys(np.flatnonzero(~np.isfinite(vectors).all(axis=1)).tolist(), "with NaN or inf")
+    faults.update((i, "all zeros (no direction: it ranks nothing)") for i in without_direction(vectors))
+    return dict(sorted(faults.items()))
 
 
 def rows_by_index(payload: Any, count: int) -> list[Any]:
@@ -1417,7 +1433,8 @@ class ApiEncoder(Encoder):
     ) -> None:
         """Embed ``texts[i] for i in index`` into ``rows`` with ``request`` (:meth:`_request` by default),
         halving the request around rejected texts, or until it fits the provider's cap per request
-        (:class:`RequestTooLarge`); a text refused alone goes into ``rejected``."""
+        (:class:`RequestTooLarge`); a text refused alone goes into ``rejected``. The texts whose
+        vectors come back unusable beside usable ones are sent again without the others."""
         request = request or self._request
         try:
             vectors = request([texts[i] for i in index], kind)
@@ -1442,7 +1459,15 @@ class ApiEncoder(Encoder):
             self._send(texts, index[:half], kind, rows, rejected, request)
             self._send(texts, index[half:], kind, rows, rejected, request)
             return
-        rows.update(zip(index, vectors, strict=True))
+        faults = _row_faults(vectors)  # some, not all (:meth:`_vectors`): the rest is kept, they go again
+        rows.update((i, v) for at, (i, v) in enumerate(zip(index, vectors, strict=True)) if at not in faults)
+        if faults:
+            again = [index[at] for at in faults]
+            self._client.note_retry(
+                f"{self.provider}: sending {len(again)} of {len(index)} texts again, alone: their vectors "
+                f"came back unusable ({next(iter(faults.values()))}); the others are kept"
+            )
+            self._send(texts, again, kind, rows, rejected, request)
 
     def _post(
         self, path: str, body: Any, texts: list[Any], rows: Callable[[Any], Any], **kw: Any
@@ -1458,28 +1483,37 @@ class ApiEncoder(Encoder):
         )
 
     def _vectors(self, rows: Any, texts: list[Any]) -> np.ndarray:
-        """Check one reply's embeddings: one finite, non-empty row of the asked width per text sent, none
-        all zeros (a vector without direction ranks nothing, and stored it would stay so).
+        """Check one reply's embeddings: a non-empty row of numbers of the asked width per text sent,
+        one at least usable (:func:`_row_faults`; :meth:`_send` sends the others' texts again).
 
         Raises
         ------
-        MalformedResponse or EncoderError
-            Either is retried as a server fault by :meth:`HttpClient.post`.
+        MalformedResponse
+            Retried as a server fault by :meth:`HttpClient.post`.
         """
         if not isinstance(rows, list):
             raise MalformedResponse(f"expected a list of embeddings, got {type(rows).__name__}")
-        arr = check_vectors(rows, f"{self.provider}:{self.model}", len(texts))
+        if len(rows) != len(texts):
+            raise MalformedResponse(f"asked for {len(texts)} embeddings, got {len(rows)}")
+        widths = sorted({len(row) if isinstance(row, list) else -1 for row in rows})
+        if -1 in widths:
+            raise MalformedResponse("an embedding is not a list of numbers")
+        if len(widths) > 1:
+            raise MalformedResponse(
+                f"embeddings of different lengths ({widths[0]} and {widths[-1]}) in one reply"
+            )
+        arr = np.asarray(rows, dtype=np.float32).reshape(len(rows), widths[0] if rows else 0)
         if arr.shape[1] == 0:
             raise MalformedResponse("the embeddings are empty")
         if self.dimensions is not None and arr.shape[1] != self.dimensions:
             raise MalformedResponse(f"asked for {self.dimensions}-d embeddings, got {arr.shape[1]}-d")
-        zero = without_direction(arr)
-        if zero:
-            first = min(zero)
+        faults = _row_faults(arr)
+        if len(faults) == len(texts):  # nothing usable: a fault of the reply, not of its texts
+            first = min(faults)
             raise MalformedResponse(
-                f"text {first} of the {len(texts)} sent ({describe_item(texts[first])}) came back as an "
-                f"all-zero vector, which ranks nothing; if {self.provider} keeps answering so, drop or "
-                "reword that text, or check the model"
+                f"no usable embedding: text {first} of the {len(texts)} sent ({describe_item(texts[first])}) "
+                f"came back {faults[first]}; if {self.provider} keeps answering so, drop or reword that "
+                "text, or check the model"
             )
         return arr
 
