@@ -546,3 +546,32 @@ def test_hnsw_settings_are_flags_and_refused_on_an_exact_index(
         assert capsys.readouterr().err.strip() == f"search-adaptor: error: --ef-search {refusal}"
         with pytest.raises(ValueError, match=f"^ef_search {re.escape(refusal)}$"):
             serve(flat, port=0, ef_search=5, retry_budget_s=None)
+
+
+def test_search_table_escapes_ids_that_would_split_a_row_or_command_the_terminal(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id with a line break printed as two rows, and one with an ANSI escape recoloured the
+    terminal: the table shows such ids as literals; plain ids (spaces, accents, CJK) as they are, and
+    ``-o json`` gives every id exactly."""
+    pytest.importorskip("faiss", reason="needs faiss (the index extra)")
+    from search_adaptor.index import AdaptedIndex
+    from test_index import make_adapter
+
+    ids = ["evil\x1b[31mRED\x1b[0m\r", "two\nlines", "tab\there", "plain id é 文", "d4"]
+    with FakeProvider("cohere", dim=8) as fake:
+        clean_env.setenv(KEY_ENV["cohere"], fake.key)
+        encoder = make_encoder("cohere", base_url=fake.url)
+        vectors = encoder.encode_corpus([f"passage number {i}" for i in range(len(ids))])
+        AdaptedIndex.from_vectors(make_adapter(8, info=encoder.info()), ids, vectors, encoder.info()).save(
+            tmp_path / "index"
+        )
+        search = ["search", str(tmp_path / "index"), "a query", "-k", "5", "--base-url", fake.url]
+        assert main(search) == 0
+        table = capsys.readouterr().out
+        assert main([*search, "-o", "json"]) == 0
+        exact = [hit["id"] for hit in json.loads(capsys.readouterr().out)]
+    rows = table.splitlines()[1:]
+    assert sorted(exact) == sorted(ids) and len(rows) == 5 and "\x1b" not in table and "\r" not in table
+    shown = {re.fullmatch(r" *\d+  -?\d\.\d{4}  (.*)", row).group(1) for row in rows}
+    assert shown == {"'evil\\x1b[31mRED\\x1b[0m\\r'", "'two\\nlines'", "'tab\\there'", "plain id é 文", "d4"}

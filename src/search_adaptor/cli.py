@@ -543,7 +543,9 @@ def _cmd_search(args: argparse.Namespace) -> None:
         return
     print("rank  score   id")
     for rank, (doc, score) in enumerate(hits, 1):
-        print(f"{rank:>4}  {score:.4f}  {doc}")
+        # an id with a line break, a tab or a terminal escape would split its row or reach the
+        # terminal as a command: such an id is shown as a Python literal, its characters escaped
+        print(f"{rank:>4}  {score:.4f}  {doc if doc.isprintable() else repr(doc)}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
