@@ -59,6 +59,24 @@ def _cli_args(fake: FakeProvider, data: Path, cache: Path) -> list[str]:
     ]
 
 
+def test_a_dry_run_counts_the_requests_of_a_cross_model_run(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each job goes in batches of its own (its last batch a request of its own): the plan merged a
+    model's texts of one kind across jobs and said 23 requests where 26 were sent."""
+    data = _write_beir(tmp_path / "tiny", n_docs=10, n_queries=5)
+    with FakeProvider("openai") as docs, FakeProvider("cohere") as queries:
+        clean_env.setenv(KEY_ENV["openai"], docs.key)
+        clean_env.setenv(KEY_ENV["cohere"], queries.key)
+        args = [*_cli_args(docs, data, tmp_path / "cache"), "--batch-size", "3"]
+        args += ["--query-provider", "cohere", "--query-base-url", queries.url]
+        assert main(["embed", *args, "--dry-run"]) == 0
+        planned = re.search(r"0 texts cached, 30 would be sent in (\d+) requests \(", capsys.readouterr().out)
+        assert planned and not docs.calls and not queries.calls
+        assert main(["embed", *args, "--quiet"]) == 0
+        assert len(docs.calls) + len(queries.calls) == int(planned[1]) == 12
+
+
 @pytest.mark.parametrize("provider", PROVIDER_NAMES)
 def test_embed_then_dry_run_sends_nothing(
     provider: str, tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -356,21 +356,21 @@ def plan_embedding(
     """
     if query_encoder is not None and query_encoder.fingerprint == encoder.fingerprint:
         query_encoder = None
-    texts: dict[tuple[str, Kind], dict[Any, None]] = {}  # per store and kind, distinct, first-seen order
-    encoders: dict[str, Encoder] = {}
     with naming_the_document(dataset):
         jobs = _jobs(dataset, encoder, query_encoder, pair_texts)[0]
-    for enc, kind, items in jobs:
-        encoders[enc.fingerprint] = enc
-        texts.setdefault((enc.fingerprint, kind), {}).update(dict.fromkeys(items))
-    unique = sum(len(t) for t in texts.values())
+    encoders = {enc.fingerprint: enc for enc, _, _ in jobs}
+    # per store and kind, the distinct texts of the jobs planned so far: a job is sent in batches of its
+    # own (so a job's last batch is a request of its own) and finds its predecessors' texts cached
+    texts: dict[tuple[str, Kind], dict[Any, None]] = {}
     n_todo, counts, calls, refused = 0, [], [], []
     with contextlib.ExitStack() as stack:
         stores = {f: stack.enter_context(EmbeddingStore(e, cache_dir)) for f, e in encoders.items()}
-        for (fingerprint, kind), items in texts.items():
-            encoder = encoders[fingerprint]
+        for encoder, kind, items in jobs:
+            planned = texts.setdefault((encoder.fingerprint, kind), {})
+            fresh = [item for item in dict.fromkeys(items) if item not in planned]
+            planned.update(dict.fromkeys(fresh))
             with naming_the_document(dataset):
-                todo = stores[fingerprint].missing(kind, list(items))
+                todo = stores[encoder.fingerprint].missing(kind, fresh)
                 encoder.check_items(todo)  # what the run would refuse first: refused here too
             later = encoder.refusals(todo)  # what it would refuse after sending the rest: counted apart
             refused += [f"{describe_item(todo[i])}: {reason}" for i, reason in later.items()]
@@ -378,6 +378,7 @@ def plan_embedding(
             n_todo += len(todo)
             counts.append(encoder.request_tokens(todo, kind))
             calls.append(encoder.request_count(todo, kind))
+    unique = sum(len(t) for t in texts.values())
     tokens = None if all(c is None for c in counts) else sum(c or 0 for c in counts)
     requests = None if all(c is None for c in calls) else sum(c or 0 for c in calls)
     return EmbeddingPlan(
