@@ -725,7 +725,12 @@ INDEX_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     ),
     "checksums not an object": (
         edit_manifest(lambda m: m.update(checksums=[1])),
-        ["manifest.json: field 'checksums' must map index.faiss and doc_ids.json"],
+        ["manifest.json: field 'checksums' must map index.faiss, doc_ids.json and adapter"],
+    ),
+    # answered in silence: the manifest's checksums covered index.faiss and doc_ids.json only
+    "adapter of the same model swapped, its fingerprint copied": (
+        lambda f: _swap_adapter(f),
+        ["adapter: changed since the index was written", "another adapter than its documents were"],
     ),
     "index.faiss of another format": (  # FAISS's reason, not its C++ function and source file
         lambda f: (f / "index.faiss").write_bytes(b"garbage"),
@@ -746,6 +751,23 @@ INDEX_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
 
 def _faiss() -> Any:
     return pytest.importorskip("faiss")
+
+
+def _swap_adapter(folder: Path) -> None:
+    """Replace the index's adapter by another one of the same model, and copy its fingerprint into the
+    manifest: every check but the checksums finds the parts agree."""
+    other = make_adapter(info=ENCODER_INFO, seed=1)
+    shutil.rmtree(folder / "adapter")
+    other.save(folder / "adapter")
+    edit_manifest(lambda m: m["adapter"].update(fingerprint=other.fingerprint_))(folder)
+
+
+def test_an_index_written_before_the_adapters_checksum_loads(index_dir, tmp_path):
+    from search_adaptor.index import AdaptedIndex
+
+    folder = Path(shutil.copytree(index_dir, tmp_path / "idx"))
+    edit_manifest(lambda m: (m.update(format_version=1), m["checksums"].pop("adapter", None)))(folder)
+    assert AdaptedIndex.load(folder).doc_ids == AdaptedIndex.load(index_dir).doc_ids
 
 
 def _swap_faiss(folder: Path, make: Callable[[Any], Any], shuffle: bool = False) -> None:

@@ -5,7 +5,8 @@ the environment for a hosted embedding model)::
 
     INDEX_DIR/
       manifest.json   library version, backend, dim, n_docs, base encoder (fingerprint + config),
-                      adapter fingerprint and mode; never a key
+                      adapter fingerprint and mode, checksums of index.faiss, doc_ids.json and
+                      adapter/ (checked on load); never a key
       index.faiss     the FAISS index of adapted, unit-norm document vectors (inner product = cosine)
       doc_ids.json    document id of every row of the index
       adapter/        a copy of the adapter (config.json + adapter.safetensors)
@@ -60,7 +61,9 @@ from search_adaptor.files import (
 )
 from search_adaptor.images import Item, check_item_types
 from search_adaptor.model import (
+    CONFIG,
     LOAD_FIX,
+    WEIGHTS,
     CompatibilityError,
     SearchAdaptor,
     as_adapter,
@@ -91,6 +94,12 @@ _EF_CONSTRUCTION = 200
 _HNSW_BOUNDS = {"m": (2, 1024), "ef_construction": (1, 2**31 - 1), "ef_search": (1, 2**31 - 1)}
 Hits = list[list[tuple[str, float]]]
 _REBUILD = "rebuild the index with `search-adaptor index`"
+#: What a part of an index that changed since it was written would do, by its name in ``checksums``
+_CHANGED_MEANS = {
+    INDEX_FILE: "its documents may not be the ones it answers",
+    IDS_FILE: "its documents may not be the ones it answers",
+    ADAPTER_DIR: "queries would be adapted by another adapter than its documents were",
+}
 #: Why a blank query text is refused: it would rank the documents by nothing in particular (the reason
 #: written once, in :data:`~search_adaptor.data.BLANK_QUERY_REASON`, which a labelled blank query gives).
 BLANK_QUERY = f"the query is blank, and {BLANK_QUERY_REASON}; send its text"
@@ -483,9 +492,11 @@ class AdaptedIndex:
             self.adapter.save(staged.path / ADAPTER_DIR, extra=getattr(self.adapter, "metrics_", None))
             faiss.write_index(self.faiss_index, str(staged.path / INDEX_FILE))
             (staged.path / IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False) + "\n", "utf-8")
-            # what load checks the two files against: an edit to either (ids swapped, another corpus's
-            # index of the same shape) would answer the wrong documents in silence
-            self.manifest = {**self.manifest, "checksums": _checksums(staged.path)}
+            # what load checks the files against: an edit to either (ids swapped, another corpus's index
+            # of the same shape) would answer the wrong documents in silence, and another adapter of
+            # the same model (its fingerprint copied into the manifest) would rank by other vectors
+            sums = _checksums(staged.path, staged.path / ADAPTER_DIR)
+            self.manifest = {**self.manifest, "checksums": sums}
             (staged.path / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n", "utf-8")
         return staged.target
 
@@ -606,15 +617,18 @@ class AdaptedIndex:
                     )
             faiss_index.hnsw.efSearch = manifest["hnsw"]["ef_search"]  # the manifest's: one source of truth
         # last: an edit the checks above let through (ids swapped, another corpus's index of the same
-        # shape); indexes written before checksums were recorded have none
+        # shape, another adapter with its fingerprint copied into the manifest); indexes written before
+        # checksums were recorded have none, and before the adapter's was, none of it
         recorded_sums = manifest.get("checksums")
         if recorded_sums is not None:
-            found = _checksums(folder)
-            changed = [name for name in (INDEX_FILE, IDS_FILE) if recorded_sums.get(name) != found[name]]
+            found = _checksums(folder, adapter_path)
+            parts = {INDEX_FILE: index_path, IDS_FILE: ids_path, ADAPTER_DIR: adapter_path}
+            changed = [name for name in parts if name in recorded_sums and recorded_sums[name] != found[name]]
             if changed:
+                why = _CHANGED_MEANS[changed[0]]
                 raise ValueError(
-                    f"{folder / changed[0]}: changed since the index was written (its checksum in "
-                    f"{MANIFEST} differs), so its documents may not be the ones it answers; {_REBUILD}"
+                    f"{parts[changed[0]]}: changed since the index was written (its checksum in "
+                    f"{MANIFEST} differs), so {why}; {_REBUILD}"
                 )
         index = cls(adapter, faiss_index, doc_ids, manifest, encoder, query_encoder)
         index.folder = folder
@@ -1046,11 +1060,15 @@ def _faiss_reason(exc: Exception) -> str:
     return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
-def _checksums(folder: Path) -> dict[str, str]:
-    """The checksums a manifest records of the FAISS file (sampled: it may be gigabytes) and of the
-    document ids (whole: a swap of two ids changes no size)."""
+def _checksums(folder: Path, adapter: Path) -> dict[str, str]:
+    """The checksums a manifest records of the FAISS file (sampled: it may be gigabytes), of the
+    document ids (whole: a swap of two ids changes no size) and of the ``adapter`` folder: its
+    ``config.json`` whole (whose own checksum, which :meth:`SearchAdaptor.load` verifies, covers every
+    weight and the encoder) and its weights sampled."""
     ids = hashlib.sha256((folder / IDS_FILE).read_bytes()).hexdigest()
-    return {INDEX_FILE: sampled_checksum(folder / INDEX_FILE), IDS_FILE: ids}
+    digest = hashlib.sha256((adapter / CONFIG).read_bytes())
+    digest.update(sampled_checksum(adapter / WEIGHTS).encode())
+    return {INDEX_FILE: sampled_checksum(folder / INDEX_FILE), IDS_FILE: ids, ADAPTER_DIR: digest.hexdigest()}
 
 
 def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
@@ -1102,11 +1120,13 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
             raise ValueError(f"{path}: field {section}.{key} must be a string; {_REBUILD}")
     sums = manifest.get("checksums")
     if sums is not None and not (
-        isinstance(sums, dict) and all(isinstance(sums.get(name), str) for name in (INDEX_FILE, IDS_FILE))
+        isinstance(sums, dict)
+        and all(isinstance(sums.get(name), str) for name in (INDEX_FILE, IDS_FILE))
+        and isinstance(sums.get(ADAPTER_DIR, ""), str)  # (indexes written before it was recorded lack it)
     ):
         raise ValueError(
-            f"{path}: field 'checksums' must map {INDEX_FILE} and {IDS_FILE} to their checksums, got "
-            f"{json.dumps(sums)[:40]}; {_REBUILD}"
+            f"{path}: field 'checksums' must map {INDEX_FILE}, {IDS_FILE} and {ADAPTER_DIR} to their "
+            f"checksums, got {json.dumps(sums)[:40]}; {_REBUILD}"
         )
     if manifest.get("vectors", VECTORS_DIR) != VECTORS_DIR:  # the one name save writes: inside the folder
         raise ValueError(
