@@ -727,6 +727,15 @@ INDEX_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         edit_manifest(lambda m: m.update(checksums=[1])),
         ["manifest.json: field 'checksums' must map index.faiss, doc_ids.json and adapter"],
     ),
+    # the check was off, with every part unchecked: format 1 indexes written before checksums lack it
+    "checksums deleted": (
+        edit_manifest(lambda m: m.pop("checksums")),
+        ["manifest.json: missing field 'checksums' (format_version 2 always records it)"],
+    ),
+    "adapter's checksum deleted": (
+        edit_manifest(lambda m: m["checksums"].pop("adapter")),
+        ["manifest.json: field 'checksums' must map index.faiss, doc_ids.json and adapter"],
+    ),
     # answered in silence: the manifest's checksums covered index.faiss and doc_ids.json only
     "adapter of the same model swapped, its fingerprint copied": (
         lambda f: _swap_adapter(f),
@@ -762,11 +771,19 @@ def _swap_adapter(folder: Path) -> None:
     edit_manifest(lambda m: m["adapter"].update(fingerprint=other.fingerprint_))(folder)
 
 
-def test_an_index_written_before_the_adapters_checksum_loads(index_dir, tmp_path):
+@pytest.mark.parametrize("without", ["the adapter's checksum", "checksums"])
+def test_an_index_written_before_the_adapters_checksum_loads(index_dir, tmp_path, without):
+    """Format 1 indexes were written without checksums, then without the adapter's: both load."""
     from search_adaptor.index import AdaptedIndex
 
+    def older(manifest: dict) -> None:
+        manifest["format_version"] = 1
+        if without == "checksums":
+            del manifest["checksums"]
+        manifest.get("checksums", {}).pop("adapter", None)
+
     folder = Path(shutil.copytree(index_dir, tmp_path / "idx"))
-    edit_manifest(lambda m: (m.update(format_version=1), m["checksums"].pop("adapter", None)))(folder)
+    edit_manifest(older)(folder)
     assert AdaptedIndex.load(folder).doc_ids == AdaptedIndex.load(index_dir).doc_ids
 
 

@@ -76,7 +76,9 @@ from search_adaptor.pipeline import JobStats, adapted_chunks, embed_and_adapt
 from search_adaptor.retrieval import l2_normalize
 from search_adaptor.vectors import iter_vectors, written_by
 
-FORMAT_VERSION = 1
+#: 2: ``checksums`` always recorded, the adapter's among them (a format 1 manifest may lack either:
+#: they came later in it), so that deleting them from a manifest cannot turn the check off
+FORMAT_VERSION = 2
 BACKENDS = ("flat", "hnsw")
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
@@ -617,8 +619,8 @@ class AdaptedIndex:
                     )
             faiss_index.hnsw.efSearch = manifest["hnsw"]["ef_search"]  # the manifest's: one source of truth
         # last: an edit the checks above let through (ids swapped, another corpus's index of the same
-        # shape, another adapter with its fingerprint copied into the manifest); indexes written before
-        # checksums were recorded have none, and before the adapter's was, none of it
+        # shape, another adapter with its fingerprint copied into the manifest); format 1 indexes
+        # written before checksums were recorded have none, and before the adapter's was, none of it
         recorded_sums = manifest.get("checksums")
         if recorded_sums is not None:
             found = _checksums(folder, adapter_path)
@@ -1119,10 +1121,16 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         if not isinstance(manifest[section].get(key), str):
             raise ValueError(f"{path}: field {section}.{key} must be a string; {_REBUILD}")
     sums = manifest.get("checksums")
+    if sums is None and version >= 2:
+        raise ValueError(
+            f"{path}: missing field 'checksums' (format_version {version} always records it), so its "
+            f"parts cannot be checked; {_REBUILD}"
+        )
+    needed = (INDEX_FILE, IDS_FILE, ADAPTER_DIR) if version >= 2 else (INDEX_FILE, IDS_FILE)
     if sums is not None and not (
         isinstance(sums, dict)
-        and all(isinstance(sums.get(name), str) for name in (INDEX_FILE, IDS_FILE))
-        and isinstance(sums.get(ADAPTER_DIR, ""), str)  # (indexes written before it was recorded lack it)
+        and all(isinstance(sums.get(name), str) for name in needed)
+        and isinstance(sums.get(ADAPTER_DIR, ""), str)  # (format 1 indexes written before it lack it)
     ):
         raise ValueError(
             f"{path}: field 'checksums' must map {INDEX_FILE}, {IDS_FILE} and {ADAPTER_DIR} to their "
