@@ -1018,6 +1018,29 @@ def test_index_embeddings_needs_the_corpus_vectors_only(world, tmp_path, capsys)
     )
 
 
+def test_index_embeddings_refuses_vectors_transform_adapted(world, tmp_path, capsys):
+    """transform refuses vectors it wrote (adapted twice, they rank worse in silence); index
+    --embeddings indexed them, the Parquet's record of the adapter that made them unread."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    npy, adapted = tmp_path / "base.npy", tmp_path / "adapted.parquet"
+    np.save(npy, world["d"]["D"])
+    assert run(capsys, "transform", npy, "--adapter", world["adapter"], "--out", adapted, "--quiet")[0] == 0
+    # as --embeddings takes them: the corpus's ids, the vectors as 'embedding', the record kept
+    table = pa.table({"id": world["d"]["dids"], "embedding": pq.read_table(adapted).column("vector")})
+    (tmp_path / "vec").mkdir()
+    corpus = tmp_path / "vec" / "corpus.parquet"
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(adapted).metadata), corpus)
+    flags = ["--adapter", world["adapter"], "--embeddings", tmp_path / "vec", "--model", MODEL, "--quiet"]
+    assert_refused(
+        run(capsys, "index", world["data"], *flags, "--out", tmp_path / "idx"),
+        f"{corpus}: these vectors are already adapted (by adapter:",
+        "give --embeddings base vectors only, e.g. those these were made from",
+    )
+    assert not (tmp_path / "idx").exists()
+
+
 def test_a_family_the_flags_cannot_train_is_refused_before_anything_is_embedded(
     world, tmp_path, capsys, monkeypatch
 ):

@@ -288,12 +288,15 @@ def _one_model_with_embeddings(args: argparse.Namespace) -> None:
 
 def _corpus_vectors(args: argparse.Namespace, adapter: Any) -> Any:
     """``index --embeddings``: the precomputed vectors of the corpus's documents only (an index needs
-    no query's), of a BEIR folder or of a corpus file, checked against ``adapter``."""
+    no query's), of a BEIR folder or of a corpus file, checked against ``adapter``; vectors ``transform``
+    wrote are refused, as ``transform`` refuses them (adapted twice, they would rank in silence)."""
     from search_adaptor.data import corpus_file, iter_corpus
-    from search_adaptor.embed import precomputed_vectors
+    from search_adaptor.embed import precomputed_file, precomputed_vectors
     from search_adaptor.experiment import check_precomputed
+    from search_adaptor.pipeline import refuse_adapted
 
     _one_model_with_embeddings(args)
+    refuse_adapted([precomputed_file(args.embeddings, "corpus")], "give --embeddings base vectors only")
     doc_ids = [i for ids, _ in iter_corpus(corpus_file(args.data), 1 << 16) for i in ids]
     emb = precomputed_vectors(args.embeddings, doc_ids, model=args.model)
     check_precomputed(adapter, emb, args.embeddings)

@@ -459,12 +459,15 @@ def _read_npz(path: Path) -> tuple[list[str], np.ndarray]:
     return [str(i) for i in ids.tolist()], mat
 
 
-def _find(folder: Path, stem: str) -> Path:
+def precomputed_file(folder: str | os.PathLike, stem: str) -> Path:
+    """The file of ``--embeddings`` vectors, ``folder/{stem}.npz`` or ``.parquet``, that
+    :func:`precomputed_vectors` reads, or a one-line error saying to put one there."""
+    root = Path(folder)
     for ext in (".npz", ".parquet"):
-        if (folder / f"{stem}{ext}").is_file():
-            return folder / f"{stem}{ext}"
+        if (root / f"{stem}{ext}").is_file():
+            return root / f"{stem}{ext}"
     raise FileNotFoundError(
-        f"{folder}: no {stem}.npz or {stem}.parquet; put your precomputed {stem} vectors there"
+        f"{root}: no {stem}.npz or {stem}.parquet; put your precomputed {stem} vectors there"
     )
 
 
@@ -529,7 +532,7 @@ def precomputed_vectors(
     out = {}
     for stem, noun, ids in (("queries", "query", query_ids), ("corpus", "document", doc_ids)):
         if ids is not None:
-            path = _find(root, stem)
+            path = precomputed_file(root, stem)
             out[stem] = (ids, _read_rows(path, noun, ids), path)
     dim = out["corpus"][1].shape[1]
     if "queries" not in out:

@@ -420,15 +420,16 @@ def _parquet_files(files: list[Path], id_column: str, vector_column: str) -> tup
     return paths, pa.schema([(id_column, pa.string()), (vector_column, pa.list_(pa.float64()))])
 
 
-def _refuse_adapted(src: Path, files: list[Path]) -> None:
+def refuse_adapted(parts: Iterable[Path], fix: str = "transform base vectors only") -> None:
     """Refuse input that search-adaptor already adapted: a shard folder, a shard or Parquet file it
-    wrote, a ``.npy`` with its record beside it. A second pass would silently hurt search."""
-    for part in dict.fromkeys([src, *files]):
+    wrote, a ``.npy`` with its record beside it. A second pass would silently hurt search; ``fix``
+    says what to give instead (``transform``'s by default; ``index --embeddings`` names its flag)."""
+    for part in dict.fromkeys(parts):
         record = written_by(part)
         if record and record.get("adapter"):
             raise ValueError(
-                f"{part}: these vectors are already adapted (by {record['adapter']}); transform base "
-                "vectors only, e.g. those these were made from"
+                f"{part}: these vectors are already adapted (by {record['adapter']}); {fix}, e.g. those "
+                "these were made from"
             )
 
 
@@ -477,7 +478,7 @@ def transform_vectors(
     src = Path(source)
     files = vector_files(src)
     _check_apart(src, out)
-    _refuse_adapted(src, files)
+    refuse_adapted([src, *files])
     meta = {
         "adapter": adapter.fingerprint_,
         "adapter_mode": adapter.fitted_params_["mode"],
