@@ -700,6 +700,15 @@ INDEX_EDITS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         edit_manifest(lambda m: m["adapter"].pop("path")),
         ["manifest.json", "adapter.path"],
     ),
+    # said to point at an adapter folder (fit's OUT_DIR/adapter), which search does not take
+    "adapter folder deleted": (
+        lambda f: shutil.rmtree(f / "adapter"),
+        ["adapter/config.json: not found; rebuild the index with `search-adaptor index`"],
+    ),
+    "adapter a file": (
+        lambda f: (shutil.rmtree(f / "adapter"), (f / "adapter").write_text("")),
+        ["adapter/config.json: not found; rebuild the index with `search-adaptor index`"],
+    ),
     "doc_ids.json not JSON": (lambda f: (f / "doc_ids.json").write_text('["d0", '), ["doc_ids.json", "JSON"]),
     "doc_ids.json numbers": (
         lambda f: (f / "doc_ids.json").write_text(json.dumps(list(range(300)))),

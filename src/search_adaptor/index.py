@@ -537,6 +537,8 @@ class AdaptedIndex:
             )
         manifest = _check_manifest(read_json(manifest_path, _REBUILD), manifest_path)
         adapter_path = inside(folder, manifest["adapter"]["path"], f"{manifest_path}: adapter.path")
+        if not (adapter_path / CONFIG).is_file():  # load's fix, to point at another folder, is not this one
+            raise FileNotFoundError(f"{adapter_path / CONFIG}: not found; {_REBUILD}")
         try:
             adapter = SearchAdaptor.load(adapter_path)
         except (FileNotFoundError, ValueError) as exc:  # the index's own copy: rebuilding mends it
