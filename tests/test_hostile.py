@@ -1050,6 +1050,24 @@ def test_index_embeddings_refuses_vectors_transform_adapted(world, tmp_path, cap
     assert not (tmp_path / "idx").exists()
 
 
+def test_index_warns_once_of_an_adapter_without_its_encoder_naming_its_folder(
+    world, tmp_path, capsys, caplog
+):
+    """It said so three times: on loading the adapter, on checking the vectors against it (naming no
+    folder), and on saving the index's copy (naming the index's hidden staging folder)."""
+    make_adapter().save(tmp_path / "saved")
+    adapter = Path(shutil.copytree(tmp_path / "saved", tmp_path / "adapter"))  # a folder not warned of yet
+    caplog.clear()
+    flags = ["--adapter", adapter, "--embeddings", world["vec"], "--model", MODEL, "--quiet"]
+    with caplog.at_level("WARNING"):
+        rc, _, err = run(capsys, "index", world["data"], *flags, "--out", tmp_path / "idx")
+    assert rc == 0, err
+    assert [r.getMessage() for r in caplog.records] == [
+        f"search-adaptor: warning: {adapter}: this adapter does not record the encoder it was trained on, so "
+        "it cannot refuse vectors of another model; refit with encoder= to record it"
+    ]
+
+
 def test_a_family_the_flags_cannot_train_is_refused_before_anything_is_embedded(
     world, tmp_path, capsys, monkeypatch
 ):

@@ -857,9 +857,14 @@ class SearchAdaptor:
             )
 
     def _warn_no_encoder(self, where: str = "") -> None:
-        key = where or str(id(self))
-        if key not in _warned_no_encoder:
-            _warned_no_encoder.add(key)
+        """Say that this adapter records no encoder, once for it and once for the folder ``where`` it was
+        loaded from or saved to: ``index`` loads, checks and saves one adapter, and said it three times,
+        the last naming the index's hidden staging folder instead of a path the user gave."""
+        said = getattr(self, "_said_no_encoder", False) or where in _warned_no_encoder
+        self._said_no_encoder = True
+        if where:
+            _warned_no_encoder.add(where)
+        if not said:
             log.warning(
                 "search-adaptor: warning: %sthis adapter does not record the encoder it was trained on, so "
                 "it cannot refuse vectors of another model; refit with encoder= to record it",
