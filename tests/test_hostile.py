@@ -1048,6 +1048,18 @@ def test_index_embeddings_refuses_vectors_transform_adapted(world, tmp_path, cap
         "give --embeddings base vectors only, e.g. those these were made from",
     )
     assert not (tmp_path / "idx").exists()
+    # fit and evaluate read --embeddings as index does: trained or scored on them, in silence too
+    queries = next(Path(world["vec"]).glob("queries.*"))
+    shutil.copy(queries, tmp_path / "vec" / queries.name)
+    for command in (
+        ["evaluate", world["data"], *flags],
+        ["fit", world["data"], *flags[2:], "--out", tmp_path / "f"],
+    ):
+        assert_refused(
+            run(capsys, *command),
+            f"{corpus}: these vectors are already adapted (by adapter:",
+            "give --embeddings base vectors only",
+        )
 
 
 def test_index_warns_once_of_an_adapter_without_its_encoder_naming_its_folder(

@@ -286,17 +286,26 @@ def _one_model_with_embeddings(args: argparse.Namespace) -> None:
         )
 
 
+def _base_vectors_only(folder: str, *stems: str) -> None:
+    """Refuse ``--embeddings`` files that ``transform`` wrote (their Parquet records the adapter), as
+    ``transform`` refuses them: adapted vectors taken for base ones are adapted twice, and rank, or
+    train and score, in silence."""
+    from search_adaptor.embed import precomputed_file
+    from search_adaptor.pipeline import refuse_adapted
+
+    refuse_adapted([precomputed_file(folder, stem) for stem in stems], "give --embeddings base vectors only")
+
+
 def _corpus_vectors(args: argparse.Namespace, adapter: Any) -> Any:
     """``index --embeddings``: the precomputed vectors of the corpus's documents only (an index needs
     no query's), of a BEIR folder or of a corpus file, checked against ``adapter``; vectors ``transform``
     wrote are refused, as ``transform`` refuses them (adapted twice, they would rank in silence)."""
     from search_adaptor.data import corpus_file, iter_corpus
-    from search_adaptor.embed import precomputed_file, precomputed_vectors
+    from search_adaptor.embed import precomputed_vectors
     from search_adaptor.experiment import check_precomputed
-    from search_adaptor.pipeline import refuse_adapted
 
     _one_model_with_embeddings(args)
-    refuse_adapted([precomputed_file(args.embeddings, "corpus")], "give --embeddings base vectors only")
+    _base_vectors_only(args.embeddings, "corpus")
     doc_ids = [i for ids, _ in iter_corpus(corpus_file(args.data), 1 << 16) for i in ids]
     emb = precomputed_vectors(args.embeddings, doc_ids, model=args.model)
     check_precomputed(adapter, emb, args.embeddings)
@@ -326,6 +335,7 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
         options["pair_texts"] = options["pair_texts"] or None
     if args.embeddings:
         _one_model_with_embeddings(args)
+        _base_vectors_only(args.embeddings, "queries", "corpus")
         if args.command == "fit":  # (paired texts, for a query model, are refused with these vectors)
             fit_family(args.family, args.dims, args.unsupervised, bool(options["pair_texts"]), args.selection)
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
