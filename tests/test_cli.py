@@ -595,6 +595,45 @@ def test_fit_validates_on_the_dev_split_when_the_data_has_one(tmp_path, syntheti
     assert not (tmp_path / "bad").exists()
 
 
+def test_training_queries_the_dev_split_holds_validate_only_and_are_said(tmp_path, synthetic, capsys):
+    """A query in both qrels/train.tsv and qrels/dev.tsv was in the training qrels and the validation
+    ones, without a word (report.json: train_left_out n 0): it is now left out of training (it
+    validates only), said before anything is embedded, naming both files, and counted in report.json
+    and report.md as the test split's are; a train split holding only dev queries is refused."""
+    from search_adaptor.data import DataError, load_beir
+    from search_adaptor.experiment import protocol
+
+    qids = synthetic["qids"]
+    splits = {"train": qids[:80], "dev": qids[75:110], "test": qids[110:]}  # 5 in train and dev
+    argv = [*_synthetic_folder(tmp_path, synthetic, splits), "--max-steps", "20", "--family", "linear"]
+    qrels = Path(argv[1]) / "qrels"
+    warning = (
+        f"5 of the 80 labelled queries of {qrels / 'train.tsv'} are also in {qrels / 'dev.tsv'}, the "
+        "validation split: they are left out of training (they validate only), so that no candidate is "
+        "chosen on queries it trained on"
+    )
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--no-refit-all"]) == 0
+    err = capsys.readouterr().err
+    assert err.count(warning) == 1 and err.index(warning) < err.index(" docs, ")  # before the embeddings
+    report = json.loads((out / "report.json").read_text())
+    assert report["train_left_out"] == {"n": 0, "of": 80}
+    assert report["train_in_val"] == {"split": "dev", "n": 5, "of": 80}
+    assert "Protocol: train on `train` without the 5 of its 80 queries that `dev` also holds (they " in (
+        (out / "report.md").read_text()
+    )
+    adapter = SearchAdaptor.load(out / "adapter")
+    assert set(adapter.train_query_ids_) == set(qids[:75])
+    assert set(adapter.val_query_ids_) == set(qids[75:110])
+    proto = protocol(load_beir(Path(argv[1])), selection="kfold")  # pooled: nothing to leave out
+    assert proto.train_in_val == [] and len(proto.final_train) == 80
+    (qrels / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\td0\t1\n" for q in qids[80:90])
+    )
+    with pytest.raises(DataError, match=r"train\.tsv: all 10 of its labelled queries that test\.tsv does "):
+        protocol(load_beir(Path(argv[1])))
+
+
 def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tmp_path, synthetic):
     """Without a train split, the dev queries validate every fold; one the scored split holds does not."""
     from search_adaptor.data import DataError, load_beir

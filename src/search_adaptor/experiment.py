@@ -605,9 +605,10 @@ class Protocol:
     ``val`` (from the split ``val_split``) validates every fit; without one each fit carves its own
     validation share from its training queries, drawn with ``seed``. ``train_left_out``: the
     training split's queries that the scored split also holds, which train nothing; ``val_left_out``:
-    the ``val_split`` split's, which validate nothing; ``warnings``: what the run must say about how it
-    read the qrels, a line each (:func:`run_fit` logs them; ``fit`` prints them before anything is
-    embedded)."""
+    the ``val_split`` split's, which validate nothing; ``train_in_val``: the training split's queries
+    that the validation split also holds, which validate and train nothing; ``warnings``: what the
+    run must say about how it read the qrels, a line each (:func:`run_fit` logs them; ``fit`` prints
+    them before anything is embedded)."""
 
     name: str  # "test" or "kfold"
     scored_split: str
@@ -620,18 +621,28 @@ class Protocol:
     train_left_out: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     val_left_out: list[str] = field(default_factory=list)
+    train_in_val: list[str] = field(default_factory=list)
 
 
-def _left_out_warning(left_out: int, of: int, path: Path, scored_file: Path, kept_out_of: str) -> list[str]:
+def _left_out_warning(
+    left_out: int,
+    of: int,
+    path: Path,
+    scored_file: Path,
+    kept_out_of: str,
+    role: str = "the scored split",
+    so_that: str = "every scored query stays held-out",
+) -> list[str]:
     """The warning (a line, or none where ``left_out`` is 0) that ``left_out`` of the ``of`` labelled
-    queries of ``path`` are also in ``scored_file`` and so are left out of ``kept_out_of`` (what they
-    would have done: "training, early stopping and selection" for the training split)."""
+    queries of ``path`` are also in ``scored_file`` (``role``: the scored split, or the validation
+    split) and so are left out of ``kept_out_of`` (what they would have done: "training, early
+    stopping and selection" for the training split), ``so_that`` what this keeps true."""
     if not left_out:
         return []
     return [
         f"{left_out} of the {of} labelled queries of {path} {'is' if left_out == 1 else 'are'} also in "
-        f"{scored_file}, the scored split: {'it is' if left_out == 1 else 'they are'} left out of "
-        f"{kept_out_of}, so that every scored query stays held-out"
+        f"{scored_file}, {role}: {'it is' if left_out == 1 else 'they are'} left out of "
+        f"{kept_out_of}, so that {so_that}"
     ]
 
 
@@ -652,7 +663,9 @@ def protocol(
     the first of :data:`VALIDATION_SPLITS` the dataset has, ``"none"`` a share of the training
     queries. Its queries that the scored split also holds are left out: no scored query validates.
     Training queries that the scored split also holds are left out the same way, so that no scored
-    query trains either (said in ``warnings``); a training split holding no other is refused.
+    query trains either (said in ``warnings``); a training split holding no other is refused. So are
+    training queries that the validation split holds (they validate only: a candidate is not chosen
+    on queries it trained on), unless ``selection`` "kfold" pools the two splits anyway.
 
     ``selection``: :func:`select`'s, with ``folds`` folds inside every fit's training queries
     (``fit --selection kfold``); checked here, so that a fit with too few queries for it is refused
@@ -676,11 +689,30 @@ def protocol(
         val_name, val, val_left_out, val_warnings = _validation(
             dataset, val_split, {train_split, test_split}, test, test_file, selection
         )
+        # training queries the validation split holds validate only (--selection kfold pools the two)
+        in_val = sorted(set(train) & set(val)) if selection != "kfold" else []
+        val_file = qrels_dir / f"{val_name}.tsv"
+        if in_val and len(in_val) == len(train):
+            raise DataError(
+                f"{train_file}: all {len(train)} of its labelled queries that {test_file.name} does not hold "
+                f"are also in {val_file}, whose queries validate and never train; give {train_file.name} "
+                f"queries of its own, or pass --val-split none to validate on a share of them"
+            )
+        train = {q: labels for q, labels in train.items() if q not in set(in_val)}
         warnings = (
             _left_out_warning(
                 len(left_out), len(judged), train_file, test_file, "training, early stopping and selection"
             )
             + val_warnings
+            + _left_out_warning(
+                len(in_val),
+                len(judged),
+                train_file,
+                val_file,
+                "training (they validate only)" if len(in_val) > 1 else "training (it validates only)",
+                "the validation split",
+                "no candidate is chosen on queries it trained on",
+            )
         )
         proto = Protocol(
             "test",
@@ -694,6 +726,7 @@ def protocol(
             left_out,
             warnings,
             val_left_out,
+            in_val,
         )
         if selection == "kfold":
             n = len({**train, **val})
@@ -1035,8 +1068,14 @@ def run_fit(
         # training queries the scored split also holds: left out, so none of them trained
         report["train_left_out"] = {
             "n": len(proto.train_left_out),
-            "of": len(proto.final_train) + len(proto.train_left_out),
+            "of": len(proto.final_train) + len(proto.train_left_out) + len(proto.train_in_val),
         }
+        if proto.val_split:  # training queries the dev split also holds: left out, they validate only
+            report["train_in_val"] = {
+                "split": proto.val_split,
+                "n": len(proto.train_in_val),
+                "of": report["train_left_out"]["of"],
+            }
     else:
         report.update(folds=folds, fold_results=folds_info)
     if proto.val_split:  # the dev split's queries the scored split also holds: left out, none validated

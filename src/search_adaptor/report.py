@@ -231,8 +231,18 @@ def _shared(seen: Mapping[str, Any]) -> str:
 def _left_out(report: Mapping[str, Any]) -> str:
     """What a fit's protocol line adds when the training split also held scored queries: those were
     left out of training (``train_left_out``, :func:`~search_adaptor.experiment.protocol`), so the
-    scored split is held-out by id all the same."""
-    return _without(report, report.get("train_left_out"))
+    scored split is held-out by id all the same; and when the dev split also held training queries,
+    which were left out of training too and validate only (``train_in_val``)."""
+    without = _without(report, report.get("train_left_out"))
+    in_val = report.get("train_in_val")
+    if not in_val or not in_val["n"]:
+        return without
+    if without:
+        return f"{without} and the {in_val['n']} that `{in_val['split']}` also holds (those validate only)"
+    return (
+        f" without the {in_val['n']} of its {in_val['of']} queries that `{in_val['split']}` also holds "
+        f"({'it validates' if in_val['n'] == 1 else 'they validate'} only)"
+    )
 
 
 def _val_left_out(report: Mapping[str, Any]) -> str:
