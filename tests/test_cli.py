@@ -634,6 +634,52 @@ def test_training_queries_the_dev_split_holds_validate_only_and_are_said(tmp_pat
         protocol(load_beir(Path(argv[1])))
 
 
+def test_qrels_files_fit_does_not_read_are_named_and_eval_is_refused(tmp_path, synthetic, capsys):
+    """qrels/training.tsv beside qrels/testing.tsv: fit cross-validated over `testing` and dropped the
+    `training` queries without a word; train.tsv beside eval.tsv ran k-fold over train, eval unsaid.
+    An unused file is now named before anything is embedded, with how to make it count, and recorded
+    in report.json; eval.tsv (scored, or validating?) is refused unless --val-split names it."""
+    from search_adaptor.data import load_beir
+    from search_adaptor.experiment import protocol
+
+    qids = synthetic["qids"]
+    argv = _synthetic_folder(tmp_path, synthetic, {"training": qids[:60], "testing": qids[60:100]})
+    qrels = Path(argv[1]) / "qrels"
+    warning = (
+        f"{qrels / 'training.tsv'} is not used: this fit cross-validates over testing.tsv; fit reads qrels "
+        "files by name (train.tsv trains, test.tsv is scored, dev.tsv, validation.tsv or val.tsv "
+        "validates): rename it to one of these, or pass --val-split training to validate on it"
+    )
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "20", "--folds", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count(warning) == 1 and err.index(warning) < err.index(" docs, ")  # before the embeddings
+    assert json.loads((out / "report.json").read_text())["unused_splits"] == ["training"]
+
+    (qrels / "training.tsv").rename(qrels / "train.tsv")
+    (qrels / "testing.tsv").rename(qrels / "eval.tsv")
+    assert main([*argv, "--out", str(tmp_path / "eval"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"search-adaptor: error: {qrels / 'eval.tsv'}: a split named 'eval' could be scored or validate, "
+        "so fit reads neither from it; rename it test.tsv (scored; held-out) or dev.tsv (validates early "
+        "stopping and selection), or pass --val-split eval"
+    )
+    assert not (tmp_path / "eval").exists()
+    proto = protocol(load_beir(Path(argv[1])), val_split="eval")
+    assert (proto.scored_split, proto.val_split, proto.unused_splits) == ("train", "eval", [])
+
+    (qrels / "eval.tsv").rename(qrels / "test.tsv")
+    write_beir(tmp_path / "more", synthetic, splits={"dev": qids[100:130], "val": qids[130:150]})
+    for name in ("train", "test"):
+        (tmp_path / "more" / "qrels" / f"{name}.tsv").write_text((qrels / f"{name}.tsv").read_text())
+    proto = protocol(load_beir(tmp_path / "more"))
+    assert proto.unused_splits == ["val"] and proto.warnings == [
+        f"{tmp_path / 'more' / 'qrels' / 'val.tsv'} is not used: this fit trains on train.tsv and scores "
+        "test.tsv, validating on dev.tsv; pass --val-split val to validate on it instead"
+    ]
+    assert protocol(load_beir(tmp_path / "more"), val_split="none").unused_splits == []
+
+
 def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tmp_path, synthetic):
     """Without a train split, the dev queries validate every fold; one the scored split holds does not."""
     from search_adaptor.data import DataError, load_beir

@@ -596,6 +596,10 @@ def evaluate_embeddings(
 #: Qrels files that, when present, validate every fit instead of a share of its training queries
 #: (BEIR's ``dev.tsv``; the first found wins).
 VALIDATION_SPLITS = ("dev", "validation", "val")
+#: Qrels file names that say a split evaluates but not whether it is scored (a test split) or
+#: validates (a dev split, as Hugging Face's "eval" does): refused unless ``--val-split`` names one,
+#: rather than guessed or passed over while ``fit`` cross-validates over the training queries.
+AMBIGUOUS_SPLITS = ("eval", "evaluation")
 
 
 @dataclass
@@ -606,9 +610,10 @@ class Protocol:
     validation share from its training queries, drawn with ``seed``. ``train_left_out``: the
     training split's queries that the scored split also holds, which train nothing; ``val_left_out``:
     the ``val_split`` split's, which validate nothing; ``train_in_val``: the training split's queries
-    that the validation split also holds, which validate and train nothing; ``warnings``: what the
-    run must say about how it read the qrels, a line each (:func:`run_fit` logs them; ``fit`` prints
-    them before anything is embedded)."""
+    that the validation split also holds, which validate and train nothing; ``unused_splits``: the
+    qrels splits the protocol reads nothing from; ``warnings``: what the run must say about how it
+    read the qrels, a line each (:func:`run_fit` logs them; ``fit`` prints them before anything is
+    embedded)."""
 
     name: str  # "test" or "kfold"
     scored_split: str
@@ -622,6 +627,7 @@ class Protocol:
     warnings: list[str] = field(default_factory=list)
     val_left_out: list[str] = field(default_factory=list)
     train_in_val: list[str] = field(default_factory=list)
+    unused_splits: list[str] = field(default_factory=list)
 
 
 def _left_out_warning(
@@ -670,6 +676,9 @@ def protocol(
     ``selection``: :func:`select`'s, with ``folds`` folds inside every fit's training queries
     (``fit --selection kfold``); checked here, so that a fit with too few queries for it is refused
     before anything is embedded (and paid for).
+
+    A qrels file the protocol reads nothing from (``training.tsv``, a second validation split) is
+    named in ``warnings`` with how to make it count, and one of :data:`AMBIGUOUS_SPLITS` is refused.
     """
     qrels_dir = dataset.path / "qrels"
     # a train split is one, labelled or not: one with no relevant document is refused (Dataset.split),
@@ -688,6 +697,13 @@ def protocol(
             )
         val_name, val, val_left_out, val_warnings = _validation(
             dataset, val_split, {train_split, test_split}, test, test_file, selection
+        )
+        unused, unused_warnings = _unused_splits(
+            dataset,
+            {train_split, test_split},
+            val_name,
+            val_split,
+            f"trains on {train_file.name} and scores {test_file.name}",
         )
         # training queries the validation split holds validate only (--selection kfold pools the two)
         in_val = sorted(set(train) & set(val)) if selection != "kfold" else []
@@ -713,6 +729,7 @@ def protocol(
                 "the validation split",
                 "no candidate is chosen on queries it trained on",
             )
+            + unused_warnings
         )
         proto = Protocol(
             "test",
@@ -727,6 +744,7 @@ def protocol(
             warnings,
             val_left_out,
             in_val,
+            unused,
         )
         if selection == "kfold":
             n = len({**train, **val})
@@ -751,6 +769,10 @@ def protocol(
     val_name, val, val_left_out, warnings = _validation(
         dataset, val_split, {split}, labelled, path, selection
     )
+    unused, unused_warnings = _unused_splits(
+        dataset, {split}, val_name, val_split, f"cross-validates over {path.name}"
+    )
+    warnings += unused_warnings
     need = 1 if val else 2
     _check_folds(path, labelled, folds, need)
     parts = kfold(sorted(labelled), k=folds, seed=seed)
@@ -780,7 +802,47 @@ def protocol(
         seed=seed,
         warnings=warnings,
         val_left_out=val_left_out,
+        unused_splits=unused,
     )
+
+
+def _unused_splits(
+    dataset: Dataset, used: set[str], val_name: str | None, val_split: str, uses: str
+) -> tuple[list[str], list[str]]:
+    """(names, warnings): the dataset's qrels splits that a protocol reading ``used`` and validating
+    on ``val_name`` (``val_split`` as given) reads nothing from, and a line each saying so and how to
+    make it count (``uses``: what this fit does with the splits in ``used``). A qrels file that is
+    neither trained on, scored nor validated on was passed over without a word, even
+    ``training.tsv`` beside ``testing.tsv`` (k-fold ran over the latter). A validation split passed
+    over for ``--val-split none`` is no surprise: it is not named. One of :data:`AMBIGUOUS_SPLITS`
+    is refused: ``eval.tsv`` beside ``train.tsv`` is more likely meant to be scored, or to
+    validate, than to lie unused while the training queries are cross-validated."""
+    qrels_dir = dataset.path / "qrels"
+    if val_name:
+        uses += f", validating on {val_name}.tsv"
+    names: list[str] = []
+    warnings: list[str] = []
+    for name in dataset.splits:
+        if name in used or name == val_name or (val_split == "none" and name in VALIDATION_SPLITS):
+            continue
+        path = qrels_dir / f"{name}.tsv"
+        if name in AMBIGUOUS_SPLITS:
+            raise DataError(
+                f"{path}: a split named {name!r} could be scored or validate, so fit reads neither from it; "
+                f"rename it test.tsv (scored; held-out) or dev.tsv (validates early stopping and "
+                f"selection), or pass --val-split {name}"
+            )
+        names.append(name)
+        if name in VALIDATION_SPLITS:  # another one validates: the first found, or --val-split's
+            fix = f"pass --val-split {name} to validate on it instead"
+        else:
+            fix = (
+                "fit reads qrels files by name (train.tsv trains, test.tsv is scored, dev.tsv, "
+                f"validation.tsv or val.tsv validates): rename it to one of these, or pass --val-split "
+                f"{name} to validate on it"
+            )
+        warnings.append(f"{path} is not used: this fit {uses}; {fix}")
+    return names, warnings
 
 
 def _fold_training(n: int, k: int) -> int:
@@ -1060,6 +1122,8 @@ def run_fit(
         **_unscored(dataset, proto.scored_split),
         **_query_model(emb),
     }
+    if proto.unused_splits:  # qrels files this fit read nothing from (said before embedding)
+        report["unused_splits"] = proto.unused_splits
     if emb.pairs is not None:  # what the map trained on beside the labels: the texts embedded by both
         more = 0 if emb.more_pairs is None else len(usable_pairs(*emb.more_pairs)[0])
         report["paired_texts"] = {"corpus": len(usable_pairs(emb.pairs, emb.corpus)[0]), "more": more}
