@@ -227,7 +227,7 @@ def test_evaluate_tells_held_out_queries_from_those_that_trained_the_adapter(tmp
     assert "(train, 100 scored queries)" in printed
     report = json.loads((tmp_path / "api" / "report.json").read_text())
     assert report["seen_in_training"] == {"n": 100, "of": 100, "by": "id"}
-    assert "WARNING: 100 of the 100 scored queries have the id of a query whose labels" in printed
+    assert "WARNING: 100 of the 100 scored queries share an id with a query whose labels" in printed
     assert "so the check is by id" in (tmp_path / "api" / "report.md").read_text()
 
     # a dataset that repeats a training query's text under a test id: held-out by id, not by text

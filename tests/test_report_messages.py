@@ -82,22 +82,32 @@ def test_a_map_trained_on_query_texts_without_labels_says_texts_not_labels():
 
 def test_an_adapter_that_records_query_ids_only_is_checked_by_id():
     """An adapter fit in Python records its queries' ids, not their texts: evaluate's report said
-    their relation was unknown, and no WARNING, though the ids were there to check."""
+    their relation was unknown, and no WARNING, though the ids were there to check. An id is all it
+    knows: the scored queries "have the id of" a training query read as if they were that query, and
+    on another dataset the ids merely coincide, so it says they share an id, and what follows if
+    they are the same queries."""
     seen = {"n": 60, "of": 60, "by": "id"}
     markdown = render_markdown(_evaluate(seen))
     assert (
-        "Protocol: a saved adapter scored on the 60 `train` queries; 60 of them have the id of a query "
+        "Protocol: a saved adapter scored on the 60 `train` queries; 60 of them share an id with a query "
         "whose labels trained or chose it (the adapter records those queries' ids, not their texts, so "
-        "the check is by id)."
+        "the check is by id: if they are the same queries, their scores are not held-out)."
     ) in markdown
     warning = (
-        "WARNING: 60 of the 60 scored queries have the id of a query whose labels trained or chose this "
-        "adapter; these scores are not held-out and flatter it"
+        "WARNING: 60 of the 60 scored queries share an id with a query whose labels trained or chose "
+        "this adapter (it records ids, not texts); if they are the same queries, these scores are not "
+        "held-out and flatter it"
     )
     assert seen_lines(_evaluate(seen))[0].startswith(warning) and warning in markdown
+    assert seen_lines(_evaluate({"n": 3, "of": 30, "by": "id"})) == [
+        "WARNING: 3 of the 30 scored queries share an id with a query whose labels trained or chose this "
+        "adapter (it records ids, not texts); if they are the same queries, their scores are not "
+        "held-out: drop them from the split for a held-out score."
+    ]
     held_out = render_markdown(_evaluate({"n": 0, "of": 60, "by": "id"}))
-    assert "none of them has the id of a query whose labels trained or chose it: the scores are held-out" in (
-        held_out
+    assert (
+        "none of them shares an id with a query whose labels trained or chose it: the scores are held-out"
+        in held_out
     )
     assert "WARNING" not in held_out
     # by text (a `fit`'s digests) reads as before; without texts or ids, the relation is unknown

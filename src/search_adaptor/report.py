@@ -202,16 +202,19 @@ def _relation(report: Mapping[str, Any]) -> str:
             "the adapter records neither the texts nor the ids of the queries it was trained on, so "
             "whether these were among them is unknown"
         )
-    by = _shared(seen)
-    ids_only = (
-        " (the adapter records those queries' ids, not their texts, so the check is by id)"
-        if by == "id"
-        else ""
-    )
-    one = f"the {by} of a query {_whose(report)} it"
+    whose = f"a query {_whose(report)} it"
+    if _shared(seen) == "text":
+        if seen["n"]:
+            return f"{seen['n']} of them have the text of {whose}"
+        return f"none of them has the text of {whose}: the scores are held-out"
+    # an id is all the adapter records: a query of another dataset may bear it and be another query
+    ids_only = "the adapter records those queries' ids, not their texts, so the check is by id"
     if seen["n"]:
-        return f"{seen['n']} of them have {one}{ids_only}"
-    return f"none of them has {one}: the scores are held-out{ids_only}"
+        return (
+            f"{seen['n']} of them share an id with {whose} ({ids_only}: if they are the same queries, "
+            "their scores are not held-out)"
+        )
+    return f"none of them shares an id with {whose}: the scores are held-out ({ids_only})"
 
 
 def _whose(report: Mapping[str, Any]) -> str:
@@ -314,9 +317,13 @@ def seen_lines(report: Mapping[str, Any]) -> list[str]:
             "of a fit with a train split; a k-fold fit trained it on every labelled query, and its "
             "report's cross-validated metrics are the held-out score)"
         )
+    if _shared(seen) == "id":  # the same id, which another dataset's query may bear: said as known
+        what, known = "share an id with", " (it records ids, not texts); if they are the same queries,"
+    else:
+        what, known = "have the text of", ";"
     return [
-        f"WARNING: {seen['n']} of the {seen['of']} scored queries have the {_shared(seen)} of a query "
-        f"{_whose(report)} this adapter; {fix}."
+        f"WARNING: {seen['n']} of the {seen['of']} scored queries {what} a query {_whose(report)} this "
+        f"adapter{known} {fix}."
     ]
 
 
