@@ -184,6 +184,25 @@ def test_an_id_that_differs_only_by_surrounding_spaces_names_both_spellings(
     one_line_error(excinfo, f"qrels/test.tsv:{line}:", *expected, "whitespace", "the same in both files")
 
 
+def test_an_id_that_differs_only_by_unicode_normalization_names_both_spellings(tmp_path: Path) -> None:
+    """A qrels corpus-id with a decomposed accent (NFD) for a corpus id with a composed one (NFC) was
+    refused as 'corpus-id "doc 13770184 é" is not in the corpus', which printed the id the corpus
+    has: both spellings are now given with their code points escaped, and their forms named."""
+    corpus = jsonl([*CORPUS, {"_id": "doc 13770184 \u00e9", "text": "accented"}])
+    folder = write_beir(
+        tmp_path / "f", corpus=corpus, qrels={"test": HEADER + "q1\tdoc 13770184 e\u0301\t1\n"}
+    )
+    with pytest.raises(DataError) as excinfo:
+        load_beir(folder)
+    one_line_error(
+        excinfo,
+        'qrels/test.tsv:2: corpus-id "doc 13770184 e\u0301" is not in the corpus, which has the same id in '
+        'another Unicode normalization: "doc 13770184 e\\u0301" (NFD) here, "doc 13770184 \\u00e9" (NFC) '
+        "there; ids are matched code point by code point (write the id the same in both files, e.g. both "
+        "NFC)",
+    )
+
+
 @pytest.mark.parametrize("text", [" \t ", "\u200b", "\x00\u00ad"])
 def test_a_labelled_query_with_a_blank_text_is_refused_at_its_line(tmp_path: Path, text: str) -> None:
     """A query of nothing but whitespace (or of characters nothing is seen in: a zero-width space, NUL)

@@ -668,17 +668,35 @@ def _unknown_id(where: str, column: str, rid: str, known: Iterable[str], file: s
     """The error for a qrels ``column`` naming ``rid``, an id not among ``known`` (those of ``file``).
 
     An id written with spaces around it in one file and without in the other is the likely slip (a
-    hand-edited TSV, a JSON id with a stray space): the message then gives both spellings.
+    hand-edited TSV, a JSON id with a stray space): the message then gives both spellings. So is an
+    id whose accents are composed in one file and decomposed in the other (NFC and NFD, as macOS
+    file names and some editors write them): printed as they are, the two look identical, so the
+    message gives both with their code points escaped.
     """
     bare = rid.strip()
     near = next((k for k in known if k.strip() == bare), None) if bare else None
-    if near is None:
-        return DataError(f"{where}: {column} {_quote(rid)} is not in {file} ({fix} or drop the line)")
-    return DataError(
-        f"{where}: {column} {_quote(rid)} is not in {file}, which has {_quote(near)}, the same id but for "
-        "the whitespace around it; ids are matched exactly, spaces included (write the id the same in "
-        "both files, in qrels between tabs)"
-    )
+    if near is not None:
+        return DataError(
+            f"{where}: {column} {_quote(rid)} is not in {file}, which has {_quote(near)}, the same id but "
+            "for the whitespace around it; ids are matched exactly, spaces included (write the id the "
+            "same in both files, in qrels between tabs)"
+        )
+    composed = unicodedata.normalize("NFC", rid)
+    near = next((k for k in known if unicodedata.normalize("NFC", k) == composed), None)
+    if near is not None:
+        return DataError(
+            f"{where}: {column} {_quote(rid)} is not in {file}, which has the same id in another Unicode "
+            f"normalization: {_forms(rid)} here, {_forms(near)} there; ids are matched code point by "
+            "code point (write the id the same in both files, e.g. both NFC)"
+        )
+    return DataError(f"{where}: {column} {_quote(rid)} is not in {file} ({fix} or drop the line)")
+
+
+def _forms(rid: str) -> str:
+    """``rid`` with its non-ASCII code points escaped (``"e\\u0301"``), and which normal form it is
+    in: two spellings of one id that print alike, told apart."""
+    form = next((f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, rid)), "neither NFC nor NFD")
+    return f"{json.dumps(rid)} ({form})"
 
 
 def refuse_nulls(column: Any, where: str, name: str, needs: str) -> None:
