@@ -680,6 +680,28 @@ def test_qrels_files_fit_does_not_read_are_named_and_eval_is_refused(tmp_path, s
     assert protocol(load_beir(tmp_path / "more"), val_split="none").unused_splits == []
 
 
+def test_a_train_split_of_one_labelled_query_is_refused_naming_its_file(tmp_path, synthetic, capsys):
+    """qrels/train.tsv with one labelled query beside qrels/test.tsv: fit embedded everything, then
+    failed with 'qrels: need at least 2 labelled queries ...; got 1', naming no file. Now refused
+    before anything is embedded, naming train.tsv; a dev split (which validates) lets it train."""
+    qids = synthetic["qids"]
+    argv = _synthetic_folder(tmp_path, synthetic, {"train": qids[:3], "test": qids[1:40]})
+    qrels = Path(argv[1]) / "qrels"
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "20"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"search-adaptor: error: {qrels / 'train.tsv'}: need at least 2 labelled queries (with a document of "
+        "grade >= 1) to train and validate; got 1 (the other 2 are also in test.tsv): label more queries, "
+        "or add a qrels/dev.tsv to validate on"
+    )
+    assert not out.exists()
+    write_beir(
+        tmp_path / "dev", synthetic, splits={"train": qids[:1], "dev": qids[50:60], "test": qids[1:40]}
+    )
+    argv[1] = str(tmp_path / "dev")
+    assert main([*argv, "--out", str(out), "--family", "linear", "--max-steps", "20", "--quiet"]) == 0
+
+
 def test_kfold_protocol_validates_on_the_dev_split_without_its_scored_queries(tmp_path, synthetic):
     """Without a train split, the dev queries validate every fold; one the scored split holds does not."""
     from search_adaptor.data import DataError, load_beir

@@ -773,6 +773,15 @@ def labelled_queries(qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
 MAX_VALIDATION_QUERIES = 5000
 
 
+def too_few_to_validate(n: int, where: str = "qrels", fix: str = "") -> DataError:
+    """The refusal of ``n`` (fewer than 2) labelled queries to train and validate on: ``where`` they
+    came from (a qrels file, where there is one), and ``fix``, what would give more."""
+    return DataError(
+        f"{where}: need at least 2 labelled queries (with a document of grade >= 1) to train and validate; "
+        f"got {n}{fix}"
+    )
+
+
 def validation_split(
     labelled: Sequence[str], val_fraction: float, rng: np.random.Generator
 ) -> tuple[list[str], list[str]]:
@@ -786,10 +795,7 @@ def validation_split(
     """
     n = len(labelled)
     if n < 2:
-        raise DataError(
-            f"qrels: need at least 2 labelled queries (with a document of grade >= 1) to train and validate; "
-            f"got {n}"
-        )
+        raise too_few_to_validate(n)
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
     n_val = min(max(1, round(val_fraction * n)), n - 1, MAX_VALIDATION_QUERIES)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from search_adaptor import __version__
-from search_adaptor.data import DataError, Dataset, kfold, labelled_queries
+from search_adaptor.data import DataError, Dataset, kfold, labelled_queries, too_few_to_validate
 from search_adaptor.embed import Embeddings, embed_dataset, load_precomputed
 from search_adaptor.encoders.base import Encoder
 from search_adaptor.losses import UNLABELLED_LOSSES
@@ -715,6 +715,14 @@ def protocol(
                 f"queries of its own, or pass --val-split none to validate on a share of them"
             )
         train = {q: labels for q, labels in train.items() if q not in set(in_val)}
+        if not val and len(train) < 2 and selection != "kfold":  # (kfold's own check says what it needs)
+            # one query cannot both train and validate: said here, naming the file, not after embedding
+            held = f" (the other {len(left_out)} are also in {test_file.name})" if left_out else ""
+            raise too_few_to_validate(
+                len(train),
+                str(train_file),
+                f"{held}: label more queries, or add a qrels/dev.tsv to validate on",
+            )
         warnings = (
             _left_out_warning(
                 len(left_out), len(judged), train_file, test_file, "training, early stopping and selection"
