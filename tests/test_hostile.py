@@ -654,7 +654,11 @@ def test_evaluate_with_another_models_adapter_embeds_nothing(world, tmp_path, ca
         f"{narrow}: adapter expects 16-d embeddings of {MODEL}, got 8-d",
     )
     unnamed = run(capsys, *argv, "--embeddings", world["vec"])  # vectors are known by --model's name
-    assert_refused(unnamed, f"precomputed:{MODEL}", f"are named by --model: give --model {MODEL}")
+    line = assert_refused(unnamed, f"precomputed:{MODEL}", f"are named by --model: give --model {MODEL}")
+    # (their fingerprint is precomputed:precomputed:DIGEST, which the line printed as it is)
+    digest = line.split("these come from precomputed:")[1][:12]
+    assert f"these come from precomputed:{digest} (vectors given no --model, named by their digest);" in line
+    assert "precomputed:precomputed:" not in line
 
 
 # -- 11, 5, 6. index folders -----------------------------------------------------------------------------

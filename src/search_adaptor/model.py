@@ -155,6 +155,16 @@ def _mismatch_fix(mine: str, theirs: str, recorded: Mapping[str, Any], given: En
     return folder_fix(mine, theirs) or "use the same encoder (model, dimensions, prompts) as at training time"
 
 
+def _shown_fingerprint(fingerprint: str) -> str:
+    """A fingerprint as a message names it. Vectors brought with ``--embeddings`` and no ``--model``
+    are named ``precomputed:DIGEST`` (their corpus file's), so their fingerprint, the provider before
+    the name, reads ``precomputed:precomputed:DIGEST``: shown as the name, with what it is."""
+    doubled = "precomputed:precomputed:"
+    if fingerprint.startswith(doubled):
+        return f"precomputed:{fingerprint[len(doubled) :]} (vectors given no --model, named by their digest)"
+    return fingerprint
+
+
 def folder_fix(mine: str, theirs: str) -> str | None:
     """The fix when fingerprints ``mine`` and ``theirs`` are of one model folder's kind and differ by
     the folder's name alone (the same content, renamed) or by its content alone (its files changed
@@ -846,7 +856,8 @@ class SearchAdaptor:
         if mine and theirs != mine:
             fix = _mismatch_fix(mine, theirs, self._encoder_info(kind), encoder)
             raise CompatibilityError(
-                f"adapter was trained on embeddings of {mine} but these come from {theirs}; {fix}"
+                f"adapter was trained on embeddings of {_shown_fingerprint(mine)} but these come from "
+                f"{_shown_fingerprint(theirs)}; {fix}"
             )
         if not mine:
             self._warn_no_encoder()
