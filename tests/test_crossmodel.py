@@ -1224,6 +1224,13 @@ def test_cli_fit_unlabelled_with_more_pairs_from_a_query_log(m2v, tmp_path, caps
     captured = capsys.readouterr()
     assert f"warning: {len(test)} paired text(s) are the texts of queries this fit scores" in captured.err
     assert json.loads(captured.out)["encoder_calls"]["texts_sent"] == 16 + 20 + 20 + 16 + 2 * 1
+    # and recorded (it was said on stderr only): report.json beside the paired texts' counts, report.md
+    left_out = len(test)  # the training query's text is kept (cached already: 1 text sent, 2 kept)
+    assert json.loads(captured.out)["paired_texts"] == {"corpus": 20, "more": 2, "left_out": left_out}
+    assert (
+        f"{left_out} paired text(s) given (`--pairs`, `--sentence-pairs`) were left out: they are the texts "
+        "of queries this fit scores or validates, which stay held-out."
+    ) in (tmp_path / "fit2" / "report.md").read_text()
     # refused before anything is embedded, in one line: no query model, a missing file, precomputed vectors
     for extra, message in (
         ([], "name the query model"),
@@ -1275,7 +1282,7 @@ def test_cli_fit_unlabelled_with_the_corpus_sentences_as_pairs(m2v, tmp_path, ca
     assert report["family"] == "cross-unlabelled"
     # queries and corpus by the query model, corpus and queries by the documents' model, sentences by both
     assert report["encoder_calls"]["texts_sent"] == 16 + 20 + 20 + 16 + 2 * len(sentences)
-    assert report["paired_texts"] == {"corpus": 20, "more": len(sentences)}
+    assert report["paired_texts"] == {"corpus": 20, "more": len(sentences), "left_out": 0}
     md = (tmp_path / "sentences" / "report.md").read_text()
     assert f"beside the corpus's 20: {len(sentences)} more (`--pairs`, `--sentence-pairs`)" in md
     assert main(["fit", str(data), *docs, "--sentence-pairs", "--out", str(tmp_path / "refused")]) == 2

@@ -312,9 +312,10 @@ def _corpus_vectors(args: argparse.Namespace, adapter: Any) -> Any:
     return emb
 
 
-def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> Any:
+def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> tuple[Any, int]:
     """The dataset's embeddings, once what the command will score has been checked (nothing is paid for
-    a run that would stop at its qrels)."""
+    a run that would stop at its qrels), and how many paired texts (``fit --pairs``) were left out,
+    unembedded, as the texts of queries the fit scores or validates (its report records them)."""
     from search_adaptor.experiment import embeddings_for, fit_family, protocol, without_held_out
 
     if args.command == "fit":  # its qrels, and --selection kfold's needs in every fit, checked first
@@ -338,7 +339,7 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
         _base_vectors_only(args.embeddings, "queries", "corpus")
         if args.command == "fit":  # (paired texts, for a query model, are refused with these vectors)
             fit_family(args.family, args.dims, args.unsupervised, bool(options["pair_texts"]), args.selection)
-        return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options)
+        return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options), left_out
     options.update(cache_dir=args.cache, progress=not args.quiet)
     encoder, query_encoder = _encoder(args, adapter=adapter), _encoder(args, "query_", adapter)
     cross = query_encoder is not None and query_encoder.fingerprint != encoder.fingerprint
@@ -353,7 +354,7 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
             "scores or validates; they are left out, so that those queries stay held-out",
             file=sys.stderr,
         )
-    return embeddings_for(dataset, encoder, query_encoder=query_encoder, **options)
+    return embeddings_for(dataset, encoder, query_encoder=query_encoder, **options), left_out
 
 
 def _print_report(report: dict[str, Any], output: str, out_dir: str | None) -> None:
@@ -409,7 +410,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     check_selection(args.unsupervised, args.selection, args.refit_all)  # contradicting flags: said first
     check_run_folder(args.out, "fit")  # before any work: a folder of the user's is never written into
     dataset = load_beir(args.data)
-    emb = _embeddings(args, dataset)
+    emb, pairs_left_out = _embeddings(args, dataset)
     log = (lambda _m: None) if args.quiet or args.output == "json" else _eprint
     log(f"{dataset.name}: {len(dataset.doc_ids)} docs, {len(dataset.queries)} queries; {emb.describe()}")
     given = {"max_steps": args.max_steps, "precision": args.precision}
@@ -417,7 +418,15 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     names = ("family", "seed", "folds", "dims", "unsupervised", "selection", "val_split", "refit_all")
     options = {k: getattr(args, k) for k in names}
     # protocol's warnings were printed before embedding (_embeddings): not a second time
-    run = run_fit(dataset, emb, overrides=overrides, log=log, warn=lambda _w: None, **options)
+    run = run_fit(
+        dataset,
+        emb,
+        overrides=overrides,
+        log=log,
+        warn=lambda _w: None,
+        pairs_left_out=pairs_left_out,
+        **options,
+    )
     _print_report(save_run(run, args.out), args.output, args.out)
 
 
@@ -446,7 +455,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         _refuse_a_fits_folder(Path(args.out) / REPORT)
     adapter = SearchAdaptor.load(args.adapter)
     dataset = load_beir(args.data)
-    run = run_evaluate(dataset, _embeddings(args, dataset, adapter), adapter, args.split)
+    run = run_evaluate(dataset, _embeddings(args, dataset, adapter)[0], adapter, args.split)
     _print_report(save_run(run, args.out) if args.out else run.report, args.output, args.out)
 
 

@@ -991,6 +991,7 @@ def run_fit(
     val_split: str = "auto",
     warn: Callable[[str], None] | None = None,
     refit_all: bool | None = None,
+    pairs_left_out: int = 0,
 ) -> Run:
     """Train, select and evaluate under :func:`protocol`; the test queries never reach training,
     early stopping or selection. A validation split (``val_split``, :func:`protocol`'s: a dataset's
@@ -1011,6 +1012,10 @@ def run_fit(
     to ``log``, a line each starting "warning: "; ``warn``, where given, takes them instead (``fit``
     prints them before embedding, so that a user can stop a run before paying for it, and passes a
     no-op here so that they are not said twice).
+
+    ``pairs_left_out``: how many paired texts the caller left out of ``emb.more_pairs`` before
+    embedding, as the texts of queries this fit scores or validates (:func:`without_held_out`);
+    recorded beside the paired texts' counts.
     """
     family = fit_family(family, dims, unsupervised, cross=bool(emb.query_encoder), selection=selection)
     if refit_all is None:  # the family's default, once ``fit_family`` has said which family trains
@@ -1134,7 +1139,11 @@ def run_fit(
         report["unused_splits"] = proto.unused_splits
     if emb.pairs is not None:  # what the map trained on beside the labels: the texts embedded by both
         more = 0 if emb.more_pairs is None else len(usable_pairs(*emb.more_pairs)[0])
-        report["paired_texts"] = {"corpus": len(usable_pairs(emb.pairs, emb.corpus)[0]), "more": more}
+        report["paired_texts"] = {
+            "corpus": len(usable_pairs(emb.pairs, emb.corpus)[0]),
+            "more": more,
+            "left_out": pairs_left_out,  # held-out queries' texts, never embedded (without_held_out)
+        }
     if proto.name == "test":
         report["train_split"] = proto.train_split
         # training queries the scored split also holds: left out, so none of them trained

@@ -8,7 +8,8 @@
 
 Matryoshka fits add ``"adapted@m"``, ``"zero-shot@m"`` and ``"pca@m"`` systems per size; a
 cross-model fit (queries of another model) adds ``"query_model"``, ``"paired_texts"``
-(``{"corpus": n, "more": m}``: the texts embedded by both models; ``fit`` only) and the system
+(``{"corpus": n, "more": m, "left_out": k}``: the texts embedded by both models, and the paired
+texts left out as the texts of queries the fit scores or validates; ``fit`` only) and the system
 ``"zero-shot (documents' model)"``: the documents' model on both sides, what its map aims at.
 
 :func:`save_run` writes a finished :class:`~search_adaptor.experiment.Run` into a folder: the
@@ -178,6 +179,11 @@ def _cross_model(report: Mapping[str, Any], metric: str) -> list[str]:
         lines.append(
             f"Paired texts (embedded by both models) beside the corpus's {paired['corpus']}: "
             f"{paired['more']} more (`--pairs`, `--sentence-pairs`)."
+        )
+    if paired and paired.get("left_out"):
+        lines.append(
+            f"{paired['left_out']} paired text(s) given (`--pairs`, `--sentence-pairs`) were left out: they "
+            "are the texts of queries this fit scores or validates, which stay held-out."
         )
     reference = report["metrics"].get(DOCUMENTS_MODEL)
     if reference:
