@@ -338,7 +338,8 @@ def _embeddings(args: argparse.Namespace, dataset: Any, adapter: Any = None) -> 
         _one_model_with_embeddings(args)
         if args.command == "fit":  # (paired texts, for a query model, are refused with these vectors)
             fit_family(args.family, args.dims, args.unsupervised, bool(options["pair_texts"]), args.selection)
-        _base_vectors_only(args.embeddings, "queries", "corpus")
+        if not options["pair_texts"]:  # which embeddings_for refuses first: the flags, then the files
+            _base_vectors_only(args.embeddings, "queries", "corpus")
         return embeddings_for(dataset, precomputed=args.embeddings, model=args.model, **options), left_out
     options.update(cache_dir=args.cache, progress=not args.quiet)
     encoder, query_encoder = _encoder(args, adapter=adapter), _encoder(args, "query_", adapter)
