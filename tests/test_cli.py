@@ -893,6 +893,16 @@ def test_unsupervised_kfold_selection_is_refused_before_anything_is_embedded(
     for folder in (str(tmp_path / "no-such-data"), data):  # a missing folder; the openai model's missing key
         assert main(["fit", folder, *kfold]) == 2
         assert "error: --selection kfold cross-validates labelled queries" in capsys.readouterr().err
+    # the family that trains without labels, named instead of --unsupervised: both flags were dropped
+    # in silence (report.json: selection validation, no refit)
+    named = [*fit, "--family", "matryoshka-unsupervised", "--dims", "8", "--quiet"]
+    for flags, refusal in (
+        (["--selection", "kfold"], "drop --selection kfold"),
+        (["--refit-all"], "drop --refit-all"),
+    ):
+        assert main([*named, *flags]) == 2
+        assert capsys.readouterr().err.strip().endswith(refusal)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
 def test_kfold_selection_short_of_queries_is_refused_before_anything_is_embedded(

@@ -1361,7 +1361,7 @@ def fit_family(
 ) -> str:
     """The family a fit trains, given ``--dims``, ``--unsupervised``, queries of another model
     (``cross``) and ``--selection``, or a one-line error (the CLI asks before embedding anything)."""
-    check_selection(unsupervised, selection)
+    check_selection(unsupervised, selection, family=family)
     if cross:
         if dims and unsupervised:
             raise ValueError(
@@ -1405,10 +1405,14 @@ def fit_family(
     return family
 
 
-def check_selection(unsupervised: bool, selection: str, refit_all: bool | None = None) -> None:
+def check_selection(
+    unsupervised: bool, selection: str, refit_all: bool | None = None, family: str = DEFAULT_FAMILY
+) -> None:
     """Refuse ``--selection kfold`` or ``--refit-all`` (asked for: ``refit_all`` True, not the
-    family's default None) for a fit without labels (they need labelled queries): flags alone
-    decide it, so the CLI asks before it reads the data (:func:`fit_family` asks too)."""
+    family's default None) for a fit without labels (they need labelled queries), asked for with
+    ``--unsupervised`` or by naming the family that trains so: flags alone decide it, so the CLI asks
+    before it reads the data (:func:`fit_family` asks too)."""
+    unsupervised = unsupervised or family == "matryoshka-unsupervised"
     if unsupervised and refit_all:
         raise ValueError(
             "--refit-all trains the winner again on every labelled query, and a fit without labels "
