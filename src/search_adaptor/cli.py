@@ -408,9 +408,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from search_adaptor.experiment import check_selection, run_fit
     from search_adaptor.report import check_run_folder, save_run
 
-    check_selection(
-        args.unsupervised, args.selection, args.refit_all, args.family
-    )  # contradicting flags: said first
+    # contradicting flags: said first
+    check_selection(args.unsupervised, args.selection, args.refit_all, args.family)
     check_run_folder(args.out, "fit")  # before any work: a folder of the user's is never written into
     dataset = load_beir(args.data)
     emb, pairs_left_out = _embeddings(args, dataset)

@@ -714,7 +714,8 @@ def protocol(
                 f"are also in {val_file}, whose queries validate and never train; give {train_file.name} "
                 f"queries of its own, or pass --val-split none to validate on a share of them"
             )
-        train = {q: labels for q, labels in train.items() if q not in set(in_val)}
+        validating_only = set(in_val)
+        train = {q: labels for q, labels in train.items() if q not in validating_only}
         if not val and len(train) < 2 and selection != "kfold":  # (kfold's own check says what it needs)
             # one query cannot both train and validate: said here, naming the file, not after embedding
             held = f" (the other {len(left_out)} are also in {test_file.name})" if left_out else ""
